@@ -1,0 +1,357 @@
+//! The quantize, dequantize and fake-quant kernels, bit-exact with ONNX QuantizeLinear /
+//! DequantizeLinear:
+//!
+//! ```text
+//! q  = clamp(round_half_to_even(x / s) + z, qmin, qmax)
+//! x^ = (q - z) · s
+//! ```
+//!
+//! `x / s` is a true f32 division, as in ONNX's reference evaluator and ONNX Runtime (multiplying
+//! by 1/s differs in the last bit often enough to change codes at ties).
+//!
+//! Special values, following what ONNX Runtime's kernels and the onnx reference evaluator do (the
+//! ONNX specification only says "saturate"):
+//! - +Inf saturates to qmax and -Inf to qmin;
+//! - NaN becomes qmin, as in ONNX Runtime (whose MAXPS-based clamp maps NaN to the lower bound);
+//!   fake-quant of NaN is therefore (qmin - z)·s. Callers that estimate ranges refuse NaN first.
+//!
+//! The hot loops are written as plain scalar Rust that LLVM vectorizes; on x86-64 they are
+//! compiled a second time with AVX2 enabled and chosen at run time. Work is split into fixed
+//! chunks of elements processed in parallel with rayon; every element's result depends only on
+//! that element, so the output is the same for any thread count.
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::layout::{Layout, Segment};
+use crate::params::{QParam, QParams, CHUNK};
+use crate::scheme::Grid;
+
+/// An integer storage type for codes: i8, u8, i16 or u16.
+pub trait Code: Copy + Send + Sync + Default + 'static {
+    const NAME: &'static str;
+    const MIN: i32;
+    const MAX: i32;
+    /// `q` is already within [MIN, MAX].
+    fn from_code(q: i32) -> Self;
+    fn code(self) -> i32;
+}
+
+macro_rules! impl_code {
+    ($($t:ty => $name:literal),*) => {$(
+        impl Code for $t {
+            const NAME: &'static str = $name;
+            const MIN: i32 = <$t>::MIN as i32;
+            const MAX: i32 = <$t>::MAX as i32;
+            #[inline(always)]
+            fn from_code(q: i32) -> Self {
+                q as $t
+            }
+            #[inline(always)]
+            fn code(self) -> i32 {
+                self as i32
+            }
+        }
+    )*};
+}
+impl_code!(i8 => "int8", u8 => "uint8", i16 => "int16", u16 => "uint16");
+
+/// 1.5 · 2^23: adding it to |v| < 2^22 leaves round_half_to_even(v) in the low mantissa bits,
+/// in the default rounding mode, without a float-to-int conversion (the trick ggml uses).
+const MAGIC: f32 = 12_582_912.0;
+const MAGIC_BITS: i32 = 0x4B40_0000;
+
+/// round_half_to_even(clamp(v, lo, hi)) for integral lo, hi with |lo|, |hi| < 2^22.
+/// The comparisons are MAXPS / MINPS: a NaN `v` becomes `lo`.
+#[inline(always)]
+fn round_clamped(v: f32, lo: f32, hi: f32) -> i32 {
+    let v = if v > lo { v } else { lo };
+    let v = if v < hi { v } else { hi };
+    (v + MAGIC).to_bits() as i32 - MAGIC_BITS
+}
+
+/// The clamp bounds in the x/s domain: clamp(round(v) + z, qmin, qmax) equals
+/// round(clamp(v, qmin - z, qmax - z)) + z because the bounds are integers.
+#[inline(always)]
+fn bounds(grid: Grid, z: i32) -> (f32, f32) {
+    ((grid.qmin - z) as f32, (grid.qmax - z) as f32)
+}
+
+#[inline(always)]
+fn quantize_uniform<T: Code>(x: &[f32], out: &mut [T], p: QParam, grid: Grid) {
+    let (s, z) = (p.scale, p.zero_point);
+    let (lo, hi) = bounds(grid, z);
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = T::from_code(round_clamped(v / s, lo, hi) + z);
+    }
+}
+
+#[inline(always)]
+fn quantize_each<T: Code>(x: &[f32], out: &mut [T], s: &[f32], z: &[i32], grid: Grid) {
+    for (((o, &v), &s), &z) in out.iter_mut().zip(x).zip(s).zip(z) {
+        let (lo, hi) = bounds(grid, z);
+        *o = T::from_code(round_clamped(v / s, lo, hi) + z);
+    }
+}
+
+#[inline(always)]
+fn dequantize_uniform<T: Code>(q: &[T], out: &mut [f32], p: QParam) {
+    let (s, z) = (p.scale, p.zero_point);
+    for (o, &c) in out.iter_mut().zip(q) {
+        *o = (c.code() - z) as f32 * s;
+    }
+}
+
+#[inline(always)]
+fn dequantize_each<T: Code>(q: &[T], out: &mut [f32], s: &[f32], z: &[i32]) {
+    for (((o, &c), &s), &z) in out.iter_mut().zip(q).zip(s).zip(z) {
+        *o = (c.code() - z) as f32 * s;
+    }
+}
+
+/// One step of fake-quant: (q - z)·s computed without materializing q.
+#[inline(always)]
+fn fake(v: f32, s: f32, lo: f32, hi: f32) -> f32 {
+    round_clamped(v / s, lo, hi) as f32 * s
+}
+
+/// Fake-quant of one value: the kernels' exact semantics, for scalar code paths.
+#[inline]
+pub fn fake_quant_value(x: f32, p: QParam, grid: Grid) -> f32 {
+    let (lo, hi) = bounds(grid, p.zero_point);
+    fake(x, p.scale, lo, hi)
+}
+
+#[inline(always)]
+fn fake_uniform(x: &mut [f32], p: QParam, grid: Grid) {
+    let (lo, hi) = bounds(grid, p.zero_point);
+    for v in x.iter_mut() {
+        *v = fake(*v, p.scale, lo, hi);
+    }
+}
+
+#[inline(always)]
+fn fake_each(x: &mut [f32], s: &[f32], z: &[i32], grid: Grid) {
+    for ((v, &s), &z) in x.iter_mut().zip(s).zip(z) {
+        let (lo, hi) = bounds(grid, z);
+        *v = fake(*v, s, lo, hi);
+    }
+}
+
+/// Runs `f` compiled with AVX2 enabled when the CPU has it, so the loops inlined into it vectorize
+/// 8 lanes wide; otherwise runs it as compiled for the baseline target.
+#[inline(always)]
+fn dispatch<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
+/// Quantizes elements `start..start + x.len()` of the tensor that `layout` describes.
+pub(crate) fn quantize_chunk<T: Code>(
+    layout: &Layout,
+    params: &QParams,
+    start: usize,
+    x: &[f32],
+    out: &mut [T],
+) {
+    dispatch(
+        #[inline(always)]
+        || {
+            layout.for_each_segment(start..start + x.len(), |r, seg| {
+                let (a, b) = (r.start - start, r.end - start);
+                match seg {
+                    Segment::Uniform(p) => {
+                        quantize_uniform(&x[a..b], &mut out[a..b], params.get(p), params.grid)
+                    }
+                    Segment::PerElement(p) => quantize_each(
+                        &x[a..b],
+                        &mut out[a..b],
+                        &params.scale[p..p + b - a],
+                        &params.zero_point[p..p + b - a],
+                        params.grid,
+                    ),
+                }
+            })
+        },
+    )
+}
+
+/// Dequantizes elements `start..start + q.len()` of the tensor that `layout` describes.
+pub(crate) fn dequantize_chunk<T: Code>(
+    layout: &Layout,
+    params: &QParams,
+    start: usize,
+    q: &[T],
+    out: &mut [f32],
+) {
+    dispatch(
+        #[inline(always)]
+        || {
+            layout.for_each_segment(start..start + q.len(), |r, seg| {
+                let (a, b) = (r.start - start, r.end - start);
+                match seg {
+                    Segment::Uniform(p) => {
+                        dequantize_uniform(&q[a..b], &mut out[a..b], params.get(p))
+                    }
+                    Segment::PerElement(p) => dequantize_each(
+                        &q[a..b],
+                        &mut out[a..b],
+                        &params.scale[p..p + b - a],
+                        &params.zero_point[p..p + b - a],
+                    ),
+                }
+            })
+        },
+    )
+}
+
+fn fake_quant_chunk(layout: &Layout, params: &QParams, start: usize, x: &mut [f32]) {
+    dispatch(
+        #[inline(always)]
+        || {
+            layout.for_each_segment(start..start + x.len(), |r, seg| {
+                let (a, b) = (r.start - start, r.end - start);
+                match seg {
+                    Segment::Uniform(p) => fake_uniform(&mut x[a..b], params.get(p), params.grid),
+                    Segment::PerElement(p) => fake_each(
+                        &mut x[a..b],
+                        &params.scale[p..p + b - a],
+                        &params.zero_point[p..p + b - a],
+                        params.grid,
+                    ),
+                }
+            })
+        },
+    )
+}
+
+fn check_len(what: &'static str, shape: &[usize], expected: usize, got: usize) -> Result<()> {
+    if expected != got {
+        return Err(Error::Length {
+            what,
+            shape: shape.to_vec(),
+            expected,
+            got,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_grid_fits(grid: Grid, min: i32, max: i32, storage: &'static str) -> Result<()> {
+    if grid.qmin < min || grid.qmax > max {
+        return Err(Error::Storage {
+            qmin: grid.qmin,
+            qmax: grid.qmax,
+            storage,
+        });
+    }
+    Ok(())
+}
+
+/// Quantizes the tensor `x` of shape `shape` into `out` (same length).
+pub fn quantize<T: Code>(x: &[f32], shape: &[usize], params: &QParams, out: &mut [T]) -> Result<()> {
+    let layout = params.layout_for(x.len(), shape)?;
+    check_len("the output", shape, x.len(), out.len())?;
+    check_grid_fits(params.grid, T::MIN, T::MAX, T::NAME)?;
+    x.par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(k, (xc, oc))| quantize_chunk(&layout, params, k * CHUNK, xc, oc));
+    Ok(())
+}
+
+/// Dequantizes the codes `q` of shape `shape` into `out` (same length).
+pub fn dequantize<T: Code>(q: &[T], shape: &[usize], params: &QParams, out: &mut [f32]) -> Result<()> {
+    let layout = params.layout_for(q.len(), shape)?;
+    check_len("the output", shape, q.len(), out.len())?;
+    q.par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(k, (qc, oc))| dequantize_chunk(&layout, params, k * CHUNK, qc, oc));
+    Ok(())
+}
+
+/// Replaces every value of `x` by dequantize(quantize(x)), in one pass and without the codes.
+pub fn fake_quant_in_place(x: &mut [f32], shape: &[usize], params: &QParams) -> Result<()> {
+    let layout = params.layout_for(x.len(), shape)?;
+    x.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(k, xc)| fake_quant_chunk(&layout, params, k * CHUNK, xc));
+    Ok(())
+}
+
+/// dequantize(quantize(x)) into a new vector.
+pub fn fake_quant(x: &[f32], shape: &[usize], params: &QParams) -> Result<Vec<f32>> {
+    let mut out = x.to_vec();
+    fake_quant_in_place(&mut out, shape, params)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheme::{Granularity, Scheme};
+
+    fn per_tensor(scale: f32, z: i32, grid: Grid) -> QParams {
+        QParams::new(Granularity::PerTensor, grid, vec![scale], vec![z]).unwrap()
+    }
+
+    #[test]
+    fn ties_round_to_even_and_saturate() {
+        let p = per_tensor(1.0, 0, Scheme::new(8).grid());
+        let x = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.5, 1000.0, -128.5, -1e30];
+        let mut q = [0i8; 11];
+        quantize(&x, &[11], &p, &mut q).unwrap();
+        assert_eq!(q, [0, 2, 2, 0, -2, -2, 126, 127, 127, -128, -128]);
+    }
+
+    #[test]
+    fn special_values_follow_onnx_runtime() {
+        let p = per_tensor(0.1, 10, Scheme::asymmetric_unsigned(8).grid());
+        let x = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
+        let mut q = [0u8; 3];
+        quantize(&x, &[3], &p, &mut q).unwrap();
+        assert_eq!(q, [255, 0, 0]);
+        let f = fake_quant(&x, &[3], &p).unwrap();
+        assert_eq!(f, [245.0 * 0.1, -10.0 * 0.1f32, -10.0 * 0.1f32]);
+    }
+
+    #[test]
+    fn division_not_reciprocal_multiplication() {
+        // 0.3 / 0.1 = 2.9999998 in f32 but 0.3 * (1/0.1) = 3.0000002; at a tie the two differ.
+        let s = 0.1f32;
+        let x = 2.5f32 * s; // x / s = 2.5 exactly? not necessarily: that is the point
+        let p = per_tensor(s, 0, Scheme::new(8).grid());
+        let mut q = [0i8; 1];
+        quantize(&[x], &[1], &p, &mut q).unwrap();
+        assert_eq!(q[0] as f32, (x / s).round_ties_even());
+    }
+
+    #[test]
+    fn storage_must_hold_the_grid() {
+        let p = per_tensor(1.0, 0, Scheme::new(16).grid());
+        let mut q = [0i8; 1];
+        assert!(matches!(
+            quantize(&[1.0], &[1], &p, &mut q),
+            Err(Error::Storage { .. })
+        ));
+    }
+
+    #[test]
+    fn lengths_are_checked() {
+        let p = per_tensor(1.0, 0, Scheme::new(8).grid());
+        let mut q = [0i8; 2];
+        assert!(quantize(&[1.0, 2.0, 3.0], &[3], &p, &mut q).is_err());
+        assert!(quantize(&[1.0, 2.0], &[3], &p, &mut q).is_err());
+    }
+}

@@ -1,0 +1,233 @@
+//! How much a quantizer costs: MSE, SQNR, max abs error, cosine similarity, and the split of the
+//! squared error into clipping error (values outside the grid's real range, cut to its ends) and
+//! rounding error (values inside, moved to the nearest level). The two parts add up to the total.
+//!
+//! Sums are accumulated in f64 per fixed-size chunk and the chunk sums added in order, so results
+//! are identical for any thread count. Data holding NaN gives NaN metrics.
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::layout::Segment;
+use crate::kernel::fake_quant_value;
+use crate::params::{QParams, CHUNK};
+
+/// Error of an approximation `y` of a reference `x`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ErrorStats {
+    pub n: usize,
+    /// mean((x - y)^2)
+    pub mse: f64,
+    /// Signal-to-quantization-noise ratio in dB: 10·log10(Σx² / Σ(x - y)²); +inf when exact.
+    pub sqnr_db: f64,
+    /// max |x - y|
+    pub max_abs: f64,
+    /// x·y / (|x| |y|); 1 when both are zero.
+    pub cosine: f64,
+}
+
+/// The squared error of a quantizer split by cause.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ErrorSplit {
+    pub n: usize,
+    /// Elements outside [(qmin - z)·s, (qmax - z)·s].
+    pub clipped: usize,
+    /// Σ(x - x^)² over the clipped elements.
+    pub clip_sse: f64,
+    /// Σ(x - x^)² over the others.
+    pub round_sse: f64,
+}
+
+impl ErrorSplit {
+    pub fn clip_mse(&self) -> f64 {
+        self.clip_sse / self.n.max(1) as f64
+    }
+    pub fn round_mse(&self) -> f64 {
+        self.round_sse / self.n.max(1) as f64
+    }
+    /// Share of the elements that were clipped.
+    pub fn clipped_fraction(&self) -> f64 {
+        self.clipped as f64 / self.n.max(1) as f64
+    }
+}
+
+/// Running sums; merged in a fixed order.
+#[derive(Debug, Clone, Copy, Default)]
+struct Acc {
+    n: usize,
+    sxx: f64,
+    syy: f64,
+    sxy: f64,
+    clip: f64,
+    round: f64,
+    clipped: usize,
+    max_abs: f64,
+}
+
+impl Acc {
+    #[inline]
+    fn add(&mut self, x: f32, y: f32, clipped: bool) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        let e = x - y;
+        self.n += 1;
+        self.sxx += x * x;
+        self.syy += y * y;
+        self.sxy += x * y;
+        if clipped {
+            self.clip += e * e;
+            self.clipped += 1;
+        } else {
+            self.round += e * e;
+        }
+        // NaN must not vanish from the maximum.
+        self.max_abs = if e.abs() > self.max_abs || e.is_nan() {
+            e.abs()
+        } else {
+            self.max_abs
+        };
+    }
+
+    fn merge(mut self, o: &Acc) -> Acc {
+        self.n += o.n;
+        self.sxx += o.sxx;
+        self.syy += o.syy;
+        self.sxy += o.sxy;
+        self.clip += o.clip;
+        self.round += o.round;
+        self.clipped += o.clipped;
+        self.max_abs = if o.max_abs > self.max_abs || o.max_abs.is_nan() {
+            o.max_abs
+        } else {
+            self.max_abs
+        };
+        self
+    }
+
+    fn stats(&self) -> ErrorStats {
+        let sse = self.clip + self.round;
+        let sqnr_db = if sse == 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (self.sxx / sse).log10()
+        };
+        let norms = (self.sxx * self.syy).sqrt();
+        let cosine = if norms == 0.0 {
+            if self.sxx == self.syy {
+                1.0
+            } else {
+                0.0
+            }
+        } else {
+            self.sxy / norms
+        };
+        ErrorStats {
+            n: self.n,
+            mse: sse / self.n.max(1) as f64,
+            sqnr_db,
+            max_abs: self.max_abs,
+            cosine,
+        }
+    }
+
+    fn split(&self) -> ErrorSplit {
+        ErrorSplit {
+            n: self.n,
+            clipped: self.clipped,
+            clip_sse: self.clip,
+            round_sse: self.round,
+        }
+    }
+}
+
+fn ordered_sum(parts: Vec<Acc>) -> Acc {
+    parts.iter().fold(Acc::default(), |a, p| a.merge(p))
+}
+
+/// Error of `approx` against `reference`.
+pub fn compare(reference: &[f32], approx: &[f32]) -> Result<ErrorStats> {
+    if reference.len() != approx.len() {
+        return Err(Error::Mismatch {
+            a: "the approximation",
+            b: "the reference",
+            expected: reference.len(),
+            got: approx.len(),
+        });
+    }
+    let parts = reference
+        .par_chunks(CHUNK)
+        .zip(approx.par_chunks(CHUNK))
+        .map(|(x, y)| {
+            let mut acc = Acc::default();
+            for (&x, &y) in x.iter().zip(y) {
+                acc.add(x, y, false);
+            }
+            acc
+        })
+        .collect();
+    Ok(ordered_sum(parts).stats())
+}
+
+/// Error of quantizing `x` (shape `shape`) with `params`, with its clipping / rounding split.
+/// Computes the fake-quantized values on the fly; nothing of the tensor's size is allocated.
+pub fn quantization_error(
+    x: &[f32],
+    shape: &[usize],
+    params: &QParams,
+) -> Result<(ErrorStats, ErrorSplit)> {
+    let layout = params.layout_for(x.len(), shape)?;
+    let grid = params.grid;
+    let parts = x
+        .par_chunks(CHUNK)
+        .enumerate()
+        .map(|(k, xc)| {
+            let mut acc = Acc::default();
+            let start = k * CHUNK;
+            layout.for_each_segment(start..start + xc.len(), |r, seg| {
+                for (off, i) in r.enumerate() {
+                    let q = params.get(match seg {
+                        Segment::Uniform(p) => p,
+                        Segment::PerElement(p) => p + off,
+                    });
+                    let (lo, hi) = q.real_range(grid);
+                    let v = xc[i - start];
+                    acc.add(v, fake_quant_value(v, q, grid), v < lo || v > hi);
+                }
+            });
+            acc
+        })
+        .collect();
+    let acc = ordered_sum(parts);
+    Ok((acc.stats(), acc.split()))
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Granularity, Grid};
+
+    #[test]
+    fn compare_basic_metrics() {
+        let s = compare(&[1.0, 2.0, 3.0], &[1.0, 2.0, 4.0]).unwrap();
+        assert!((s.mse - 1.0 / 3.0).abs() < 1e-12);
+        assert!((s.sqnr_db - 10.0 * 14f64.log10()).abs() < 1e-9);
+        assert_eq!(s.max_abs, 1.0);
+        assert!((s.cosine - 17.0 / (14f64.sqrt() * 21f64.sqrt())).abs() < 1e-12);
+        assert_eq!(compare(&[1.0], &[1.0]).unwrap().sqnr_db, f64::INFINITY);
+        assert_eq!(compare(&[0.0], &[0.0]).unwrap().cosine, 1.0);
+        assert!(compare(&[1.0], &[]).is_err());
+    }
+
+    #[test]
+    fn clipping_and_rounding_add_up() {
+        // Grid [-2, 1] with s = 1: real range [-2, 1].
+        let grid = Grid { qmin: -2, qmax: 1 };
+        let p = QParams::new(Granularity::PerTensor, grid, vec![1.0], vec![0]).unwrap();
+        let x = [0.25, -0.6, 3.0, -5.0, 1.0];
+        let (stats, split) = quantization_error(&x, &[5], &p).unwrap();
+        assert_eq!(split.clipped, 2);
+        assert_eq!(split.clip_sse, 4.0 + 9.0);
+        assert!((split.round_sse - (0.0625 + 0.16)).abs() < 1e-7);
+        assert!((stats.mse * 5.0 - split.clip_sse - split.round_sse).abs() < 1e-12);
+    }
+}
