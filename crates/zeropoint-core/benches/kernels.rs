@@ -1,1 +1,149 @@
-fn main() {}
+//! Kernel throughput in GB/s of f32 input, next to a plain copy of the same buffer.
+//!
+//! Run through `scripts/bench-kernels`, which also measures numpy in the same run and prints the
+//! ratios. Alone: `cargo bench -p zeropoint-core --bench kernels -- [--json] [--quick]`.
+//! Each case is timed `REPS` times and the fastest run kept (the least disturbed by the machine).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use zeropoint_core::{
+    dequantize, fake_quant_in_place, quantize, quantize_packed, Packing, QParams, Scheme,
+};
+
+struct Case {
+    name: &'static str,
+    bytes: usize,
+    run: Box<dyn FnMut() + Send>,
+}
+
+fn data(n: usize) -> Vec<f32> {
+    // A deterministic, roughly Gaussian signal (sum of 4 uniforms) with no special values.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..n)
+        .map(|_| (next() + next() + next() + next() - 2.0) * 1.7)
+        .collect()
+}
+
+fn cases(quick: bool) -> Vec<Case> {
+    let n = if quick { 1 << 22 } else { 64 << 20 };
+    let side = if quick { 1024 } else { 4096 };
+    let x = data(n);
+    let shape = [n];
+    let p8 = QParams::from_data(&Scheme::new(8), &x, &shape).unwrap();
+    let mut out: Vec<Case> = Vec::new();
+
+    let (src, mut dst) = (x.clone(), vec![0f32; n]);
+    out.push(Case {
+        name: "copy f32",
+        bytes: 4 * n,
+        run: Box::new(move || {
+            dst.par_chunks_mut(1 << 16)
+                .zip(src.par_chunks(1 << 16))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            black_box(&dst);
+        }),
+    });
+
+    let (src, p, mut q) = (x.clone(), p8.clone(), vec![0i8; n]);
+    out.push(Case {
+        name: "quantize per-tensor int8",
+        bytes: 4 * n,
+        run: Box::new(move || {
+            quantize(&src, &shape, &p, &mut q).unwrap();
+            black_box(&q);
+        }),
+    });
+
+    let mut codes = vec![0i8; n];
+    quantize(&x, &shape, &p8, &mut codes).unwrap();
+    let (p, mut y) = (p8.clone(), vec![0f32; n]);
+    out.push(Case {
+        name: "dequantize per-tensor int8",
+        bytes: 4 * n,
+        run: Box::new(move || {
+            dequantize(&codes, &shape, &p, &mut y).unwrap();
+            black_box(&y);
+        }),
+    });
+
+    let (mut buf, p) = (x.clone(), p8.clone());
+    out.push(Case {
+        name: "fake-quant per-tensor int8 (in place)",
+        bytes: 4 * n,
+        run: Box::new(move || {
+            fake_quant_in_place(&mut buf, &shape, &p).unwrap();
+            black_box(&buf);
+        }),
+    });
+
+    let m = data(side * side);
+    let mshape = [side, side];
+    let pc = QParams::from_data(&Scheme::new(8).per_axis(0), &m, &mshape).unwrap();
+    let (src, mut q) = (m.clone(), vec![0i8; side * side]);
+    out.push(Case {
+        name: "quantize per-channel int8 (axis 0)",
+        bytes: 4 * side * side,
+        run: Box::new(move || {
+            quantize(&src, &mshape, &pc, &mut q).unwrap();
+            black_box(&q);
+        }),
+    });
+
+    let pb = QParams::from_data(&Scheme::new(4).per_block(1, 32), &m, &mshape).unwrap();
+    let (src, mut q) = (m, vec![0u8; side * side / 2]);
+    out.push(Case {
+        name: "quantize per-block-32 int4 (packed)",
+        bytes: 4 * side * side,
+        run: Box::new(move || {
+            quantize_packed(&src, &mshape, &pb, Packing::Int4, &mut q).unwrap();
+            black_box(&q);
+        }),
+    });
+    out
+}
+
+fn best_seconds(run: &mut (dyn FnMut() + Send), reps: usize) -> f64 {
+    run(); // warm: page faults, caches
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            run();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|a| a == "--json");
+    let quick = args.iter().any(|a| a == "--quick");
+    let reps = if quick { 3 } else { 7 };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut cases = cases(quick);
+    for threads in [1, cores] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for case in &mut cases {
+            let secs = pool.install(|| best_seconds(&mut case.run, reps));
+            let gbps = case.bytes as f64 / secs / 1e9;
+            if json {
+                println!(
+                    "{{\"name\":\"{}\",\"threads\":{threads},\"gbps\":{gbps:.4},\"seconds\":{secs:.6}}}",
+                    case.name
+                );
+            } else {
+                println!("{:<40} threads {threads}: {gbps:7.2} GB/s", case.name);
+            }
+        }
+    }
+}

@@ -259,7 +259,12 @@ pub(crate) fn check_grid_fits(grid: Grid, min: i32, max: i32, storage: &'static 
 }
 
 /// Quantizes the tensor `x` of shape `shape` into `out` (same length).
-pub fn quantize<T: Code>(x: &[f32], shape: &[usize], params: &QParams, out: &mut [T]) -> Result<()> {
+pub fn quantize<T: Code>(
+    x: &[f32],
+    shape: &[usize],
+    params: &QParams,
+    out: &mut [T],
+) -> Result<()> {
     let layout = params.layout_for(x.len(), shape)?;
     check_len("the output", shape, x.len(), out.len())?;
     check_grid_fits(params.grid, T::MIN, T::MAX, T::NAME)?;
@@ -271,7 +276,12 @@ pub fn quantize<T: Code>(x: &[f32], shape: &[usize], params: &QParams, out: &mut
 }
 
 /// Dequantizes the codes `q` of shape `shape` into `out` (same length).
-pub fn dequantize<T: Code>(q: &[T], shape: &[usize], params: &QParams, out: &mut [f32]) -> Result<()> {
+pub fn dequantize<T: Code>(
+    q: &[T],
+    shape: &[usize],
+    params: &QParams,
+    out: &mut [f32],
+) -> Result<()> {
     let layout = params.layout_for(q.len(), shape)?;
     check_len("the output", shape, q.len(), out.len())?;
     q.par_chunks(CHUNK)
@@ -309,7 +319,9 @@ mod tests {
     #[test]
     fn ties_round_to_even_and_saturate() {
         let p = per_tensor(1.0, 0, Scheme::new(8).grid());
-        let x = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.5, 1000.0, -128.5, -1e30];
+        let x = [
+            0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.5, 1000.0, -128.5, -1e30,
+        ];
         let mut q = [0i8; 11];
         quantize(&x, &[11], &p, &mut q).unwrap();
         assert_eq!(q, [0, 2, 2, 0, -2, -2, 126, 127, 127, -128, -128]);

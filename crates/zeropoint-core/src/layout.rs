@@ -27,9 +27,16 @@ pub enum Segment {
 enum Kind {
     Tensor,
     /// Per-axis: `dim` channels, each a run of `inner` elements.
-    Axis { dim: usize, inner: usize },
+    Axis {
+        dim: usize,
+        inner: usize,
+    },
     /// Per-block along the last (contiguous) axis of length `dim`.
-    BlockRow { dim: usize, block: usize, blocks: usize },
+    BlockRow {
+        dim: usize,
+        block: usize,
+        blocks: usize,
+    },
     /// Per-block along a leading axis: `inner` elements after it.
     BlockInner {
         dim: usize,
@@ -151,6 +158,22 @@ impl Layout {
     #[inline(always)]
     pub fn for_each_segment(&self, range: Range<usize>, mut f: impl FnMut(Range<usize>, Segment)) {
         let mut i = range.start;
+        if let Kind::BlockRow { dim, block, blocks } = self.kind {
+            // Short runs: step from block to block instead of dividing for each one.
+            let mut row = i / dim;
+            let mut b = (i - row * dim) / block;
+            while i < range.end {
+                let end = (row * dim + ((b + 1) * block).min(dim)).min(range.end);
+                f(i..end, Segment::Uniform(row * blocks + b));
+                i = end;
+                b += 1;
+                if b == blocks {
+                    b = 0;
+                    row += 1;
+                }
+            }
+            return;
+        }
         while i < range.end {
             let (end, seg) = self.segment(i);
             let end = end.min(range.end);

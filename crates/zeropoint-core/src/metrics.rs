@@ -8,8 +8,8 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::layout::Segment;
 use crate::kernel::fake_quant_value;
+use crate::layout::Segment;
 use crate::params::{QParams, CHUNK};
 
 /// Error of an approximation `y` of a reference `x`.
@@ -199,7 +199,6 @@ pub fn quantization_error(
     let acc = ordered_sum(parts);
     Ok((acc.stats(), acc.split()))
 }
-
 
 #[cfg(test)]
 mod tests {

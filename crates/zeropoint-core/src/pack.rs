@@ -61,13 +61,26 @@ const STAGE: usize = 1024;
 
 /// Packs codes (each within the format's range) into `out`.
 pub fn pack(codes: &[i8], packing: Packing, out: &mut [u8]) {
-    let bits = packing.bits();
-    let mask = (1u8 << bits) - 1;
-    for (byte, group) in out.iter_mut().zip(codes.chunks(packing.per_byte())) {
-        *byte = group
+    let mask = (1u8 << packing.bits()) - 1;
+    let field = |c: i8, k: usize| (c as u8 & mask) << (k as u32 * packing.bits());
+    let per_byte = packing.per_byte();
+    let whole = codes.len() / per_byte;
+    // Fixed-width groups, written out so the loops vectorize; the ragged tail is padded with 0.
+    if per_byte == 2 {
+        for (b, g) in out.iter_mut().zip(codes.chunks_exact(2)) {
+            *b = field(g[0], 0) | field(g[1], 1);
+        }
+    } else {
+        for (b, g) in out.iter_mut().zip(codes.chunks_exact(4)) {
+            *b = field(g[0], 0) | field(g[1], 1) | field(g[2], 2) | field(g[3], 3);
+        }
+    }
+    let tail = &codes[whole * per_byte..];
+    if !tail.is_empty() {
+        out[whole] = tail
             .iter()
             .enumerate()
-            .fold(0u8, |acc, (k, &c)| acc | ((c as u8 & mask) << (k as u32 * bits)));
+            .fold(0, |acc, (k, &c)| acc | field(c, k));
     }
 }
 

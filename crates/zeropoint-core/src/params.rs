@@ -262,7 +262,10 @@ fn min_max(xs: &[f32]) -> (f32, f32, usize) {
         }
     }
     let mut nan_total: usize = nan.iter().map(|&c| c as usize).sum();
-    let (mut l, mut h) = (lo.iter().copied().fold(f32::INFINITY, f32::min), f32::NEG_INFINITY);
+    let (mut l, mut h) = (
+        lo.iter().copied().fold(f32::INFINITY, f32::min),
+        f32::NEG_INFINITY,
+    );
     h = hi.iter().copied().fold(h, f32::max);
     for &v in chunks.remainder() {
         nan_total += usize::from(v.is_nan());
@@ -313,7 +316,10 @@ mod tests {
         ] {
             for (lo, hi) in [(0.0, 0.0), (3.0, 3.0), (-1e-45, 0.0), (-7.0, -7.0)] {
                 let p = QParam::from_range(&scheme, lo, hi).unwrap();
-                assert!(p.scale.is_finite() && p.scale >= f32::MIN_POSITIVE, "{scheme} {lo}");
+                assert!(
+                    p.scale.is_finite() && p.scale >= f32::MIN_POSITIVE,
+                    "{scheme} {lo}"
+                );
                 let g = scheme.grid();
                 assert!((g.qmin..=g.qmax).contains(&p.zero_point));
             }
@@ -368,8 +374,13 @@ mod tests {
             ranges(&x, &l).unwrap(),
             vec![(-2.0, 1.0), (3.0, 3.0), (4.0, 5.0), (-6.0, -6.0)]
         );
-        assert_eq!(ranges(&[1.0, f32::NAN], &Layout::new(&[2], Granularity::PerTensor).unwrap()),
-            Err(Error::NaN { count: 1 }));
+        assert_eq!(
+            ranges(
+                &[1.0, f32::NAN],
+                &Layout::new(&[2], Granularity::PerTensor).unwrap()
+            ),
+            Err(Error::NaN { count: 1 })
+        );
     }
 
     #[test]
@@ -378,7 +389,13 @@ mod tests {
         assert!(QParams::new(Granularity::PerTensor, g, vec![0.0], vec![0]).is_err());
         assert!(QParams::new(Granularity::PerTensor, g, vec![1.0], vec![300]).is_err());
         assert!(QParams::new(Granularity::PerTensor, g, vec![1.0], vec![0, 1]).is_err());
-        let p = QParams::new(Granularity::PerAxis { axis: 0 }, g, vec![1.0; 3], vec![0; 3]).unwrap();
+        let p = QParams::new(
+            Granularity::PerAxis { axis: 0 },
+            g,
+            vec![1.0; 3],
+            vec![0; 3],
+        )
+        .unwrap();
         assert!(p.layout_for(8, &[4, 2]).is_err());
         assert!(p.layout_for(6, &[3, 2]).is_ok());
         assert!(p.layout_for(5, &[3, 2]).is_err());

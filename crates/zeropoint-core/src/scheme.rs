@@ -175,10 +175,19 @@ mod tests {
 
     #[test]
     fn grids_follow_the_bit_width() {
-        assert_eq!(Scheme::new(8).grid(), Grid { qmin: -128, qmax: 127 });
+        assert_eq!(
+            Scheme::new(8).grid(),
+            Grid {
+                qmin: -128,
+                qmax: 127
+            }
+        );
         assert_eq!(
             Scheme::new(8).narrow(true).grid(),
-            Grid { qmin: -127, qmax: 127 }
+            Grid {
+                qmin: -127,
+                qmax: 127
+            }
         );
         assert_eq!(
             Scheme::new(4).signed(false).grid(),
@@ -187,7 +196,10 @@ mod tests {
         assert_eq!(Scheme::new(2).grid(), Grid { qmin: -2, qmax: 1 });
         assert_eq!(
             Scheme::new(16).signed(false).grid(),
-            Grid { qmin: 0, qmax: 65535 }
+            Grid {
+                qmin: 0,
+                qmax: 65535
+            }
         );
         assert_eq!(Scheme::new(8).grid().levels(), 256);
     }
@@ -196,8 +208,15 @@ mod tests {
     fn invalid_schemes_are_refused() {
         assert_eq!(Scheme::new(1).validate(), Err(Error::Bits(1)));
         assert_eq!(Scheme::new(17).validate(), Err(Error::Bits(17)));
-        assert!(Scheme::new(8).signed(false).narrow(true).validate().is_err());
-        assert!(Scheme::asymmetric_unsigned(8).narrow(true).validate().is_ok());
+        assert!(Scheme::new(8)
+            .signed(false)
+            .narrow(true)
+            .validate()
+            .is_err());
+        assert!(Scheme::asymmetric_unsigned(8)
+            .narrow(true)
+            .validate()
+            .is_ok());
         assert_eq!(
             Scheme::new(8).per_block(0, 0).validate(),
             Err(Error::BlockSize)

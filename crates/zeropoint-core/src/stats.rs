@@ -216,7 +216,10 @@ mod tests {
     #[test]
     fn percentiles_interpolate_like_numpy() {
         let x: Vec<f32> = (0..=10).map(|v| v as f32).collect();
-        assert_eq!(percentiles(&x, &[0.0, 50.0, 100.0, 25.0]).unwrap(), vec![0.0, 5.0, 10.0, 2.5]);
+        assert_eq!(
+            percentiles(&x, &[0.0, 50.0, 100.0, 25.0]).unwrap(),
+            vec![0.0, 5.0, 10.0, 2.5]
+        );
         assert_eq!(percentiles(&[1.0, 2.0], &[50.0]).unwrap(), vec![1.5]);
         assert!(percentiles(&[f32::NAN], &[50.0]).is_none());
     }
