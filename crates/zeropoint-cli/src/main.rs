@@ -1,1 +1,60 @@
-fn main() {}
+//! The `zeropoint` command: a thin layer over the zeropoint crates. Each subcommand lives in its
+//! own module; this file parses arguments, runs one, and turns any error into a single line on
+//! stderr and a non-zero exit.
+
+mod explain;
+mod inspect;
+mod plot;
+mod scheme_args;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "zeropoint",
+    version,
+    about = "Neural-network quantization: explain, inspect and quantize tensors and models",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what a quantizer does to a range or to data: scale, zero-point, grid, errors.
+    Explain(explain::Args),
+    /// Statistics of every tensor of a file and the SQNR each quantization scheme gives it.
+    Inspect(inspect::Args),
+}
+
+fn main() -> ExitCode {
+    // A panic is a bug; still, the user gets one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let place = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+        eprintln!("zeropoint: internal error{place}: {msg} (please report this)");
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Explain(args) => explain::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("zeropoint: error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}

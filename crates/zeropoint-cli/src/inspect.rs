@@ -1,0 +1,259 @@
+//! `zeropoint inspect FILE`: per tensor, what the values look like and what each quantization
+//! scheme would cost, with a recommendation.
+//!
+//! For int8 and int4 it measures the SQNR of min-max quantization per-tensor and per-channel,
+//! symmetric and asymmetric, and recommends the simplest scheme within 0.5 dB of the best, in
+//! this order of simplicity: per-tensor symmetric, per-channel symmetric, per-tensor asymmetric,
+//! per-channel asymmetric (symmetric weights save the zero-point cross terms at inference).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use serde_json::{json, Value};
+use zeropoint_core::stats::{self, Summary};
+use zeropoint_core::{metrics, QParams, Scheme};
+use zeropoint_model::tensor_file::{self, TensorSet};
+use zeropoint_model::{atomic, Tensor};
+
+use crate::plot;
+use crate::table::{db, num, Table};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// A .npy, .npz, .safetensors or .onnx file.
+    pub file: PathBuf,
+    /// Axis of the channels for per-channel schemes (0 = output channels of Conv and of Gemm
+    /// weights stored transposed; use 1 for MatMul weights [K, N]).
+    #[arg(long, default_value_t = 0)]
+    pub axis: usize,
+    /// Only tensors whose name contains this text.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Also analyse integer and boolean tensors (only floating-point ones by default).
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Write an SVG histogram per tensor into this folder, with the quantization grid and the
+    /// clipping range drawn over it.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
+}
+
+/// Tolerance within which a simpler scheme is preferred to the best one.
+const PREFER_SIMPLER_DB: f64 = 0.5;
+
+/// One candidate scheme and the SQNR it gives.
+pub struct Candidate {
+    pub label: &'static str,
+    pub scheme: Scheme,
+    pub sqnr_db: f64,
+}
+
+pub struct Analysis {
+    pub tensor: Tensor,
+    pub summary: Summary,
+    /// Empty when the tensor cannot be quantized (empty, NaN or Inf), with the reason in `note`.
+    pub candidates: Vec<Candidate>,
+    pub note: Option<String>,
+}
+
+impl Analysis {
+    /// The recommended candidate for a bit-width.
+    pub fn recommended(&self, bits: u32) -> Option<&Candidate> {
+        let of_bits: Vec<&Candidate> = self.candidates.iter().filter(|c| c.scheme.bits == bits).collect();
+        let best = of_bits.iter().map(|c| c.sqnr_db).fold(f64::NEG_INFINITY, f64::max);
+        of_bits.into_iter().find(|c| c.sqnr_db >= best - PREFER_SIMPLER_DB)
+    }
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let set = tensor_file::read(&args.file)?;
+    let analyses = analyse_set(&set, args)?;
+    if let Some(dir) = &args.plot {
+        write_plots(dir, &analyses)?;
+    }
+    if args.json {
+        let out = json!({
+            "file": args.file.display().to_string(),
+            "tensors": analyses.iter().map(to_json).collect::<Vec<_>>(),
+            "skipped": set.skipped.iter().map(|s| json!({"name": s.name, "reason": s.reason})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", to_text(&args.file, &set, &analyses, args));
+    }
+    Ok(())
+}
+
+fn analyse_set(set: &TensorSet, args: &Args) -> Result<Vec<Analysis>> {
+    Ok(set
+        .tensors
+        .iter()
+        .filter(|t| args.all || t.dtype.is_float())
+        .filter(|t| args.name.as_ref().is_none_or(|n| t.name.contains(n.as_str())))
+        .map(|t| analyse(t.clone(), args.axis))
+        .collect())
+}
+
+/// Statistics and the SQNR of every candidate scheme for one tensor.
+pub fn analyse(tensor: Tensor, axis: usize) -> Analysis {
+    let summary = stats::summarize(&tensor.values);
+    let note = if tensor.values.is_empty() {
+        Some("empty tensor".to_string())
+    } else if summary.nan + summary.inf > 0 {
+        Some(format!("holds {} NaN and {} Inf values: not quantizable", summary.nan, summary.inf))
+    } else {
+        None
+    };
+    let mut candidates = Vec::new();
+    if note.is_none() {
+        let per_channel = tensor.shape.len() >= 2 && axis < tensor.shape.len();
+        for bits in [8, 4] {
+            let options = [
+                ("per-tensor sym", Scheme::new(bits), true),
+                ("per-channel sym", Scheme::new(bits).per_axis(axis), per_channel),
+                ("per-tensor asym", Scheme::new(bits).symmetric(false), true),
+                ("per-channel asym", Scheme::new(bits).symmetric(false).per_axis(axis), per_channel),
+            ];
+            for (label, scheme, applies) in options {
+                if !applies {
+                    continue;
+                }
+                if let Ok(sqnr_db) = sqnr(&tensor, &scheme) {
+                    candidates.push(Candidate { label, scheme, sqnr_db });
+                }
+            }
+        }
+    }
+    Analysis {
+        tensor,
+        summary,
+        candidates,
+        note,
+    }
+}
+
+fn sqnr(t: &Tensor, scheme: &Scheme) -> zeropoint_core::Result<f64> {
+    let params = QParams::from_data(scheme, &t.values, &t.shape)?;
+    Ok(metrics::quantization_error(&t.values, &t.shape, &params)?.0.sqnr_db)
+}
+
+fn shape_text(shape: &[usize]) -> String {
+    if shape.is_empty() {
+        return "scalar".into();
+    }
+    format!("[{}]", shape.iter().map(usize::to_string).collect::<Vec<_>>().join("x"))
+}
+
+fn to_text(path: &Path, set: &TensorSet, analyses: &[Analysis], args: &Args) -> String {
+    let mut out = format!(
+        "{}: {} tensors analysed",
+        path.display(),
+        analyses.len()
+    );
+    let others = set.tensors.len() - analyses.len();
+    if others > 0 {
+        out.push_str(&format!(
+            ", {others} left out ({})",
+            if args.all { "--name" } else { "not floating-point; --all includes them" }
+        ));
+    }
+    if !set.skipped.is_empty() {
+        out.push_str(&format!(", {} of unreadable types", set.skipped.len()));
+    }
+    out.push_str("\n\n");
+    let mut t = Table::new(&["tensor", "shape", "dtype", "min", "max", "mean", "std", "zeros", "kurtosis", "max|x|/σ"]);
+    for a in analyses {
+        let s = &a.summary;
+        t.row(vec![
+            a.tensor.name.clone(),
+            shape_text(&a.tensor.shape),
+            a.tensor.dtype.to_string(),
+            num(f64::from(s.min), 4),
+            num(f64::from(s.max), 4),
+            num(s.mean, 3),
+            num(s.std, 3),
+            format!("{:.1}%", 100.0 * s.zero_fraction()),
+            num(s.kurtosis, 3),
+            num(s.max_abs_over_std(), 3),
+        ]);
+    }
+    out.push_str(&t.render());
+    out.push_str(&format!(
+        "\nSQNR in dB of min-max quantization (T = per-tensor, C = per-channel along axis {}; sym / asym)\n",
+        args.axis
+    ));
+    let mut header = vec!["tensor".to_string()];
+    for bits in [8, 4] {
+        for kind in ["T-sym", "C-sym", "T-asym", "C-asym"] {
+            header.push(format!("int{bits} {kind}"));
+        }
+    }
+    header.push("recommended".into());
+    let mut t = Table::new(&header);
+    for a in analyses {
+        let mut row = vec![a.tensor.name.clone()];
+        for bits in [8, 4] {
+            for label in ["per-tensor sym", "per-channel sym", "per-tensor asym", "per-channel asym"] {
+                let v = a.candidates.iter().find(|c| c.scheme.bits == bits && c.label == label);
+                row.push(v.map_or("-".into(), |c| db(c.sqnr_db)));
+            }
+        }
+        row.push(match &a.note {
+            Some(n) => n.clone(),
+            None => [8, 4]
+                .iter()
+                .filter_map(|&b| a.recommended(b).map(|c| format!("int{b} {}", c.label)))
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+        t.row(row);
+    }
+    out.push_str(&t.render());
+    out.push_str(&format!(
+        "\nrecommended: the simplest scheme within {PREFER_SIMPLER_DB} dB of the best, simplest first: per-tensor sym, per-channel sym, per-tensor asym, per-channel asym\n"
+    ));
+    if let Some(dir) = &args.plot {
+        out.push_str(&format!("histograms written to {}\n", dir.display()));
+    }
+    out
+}
+
+fn to_json(a: &Analysis) -> Value {
+    let s = &a.summary;
+    let finite = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
+    json!({
+        "name": a.tensor.name,
+        "shape": a.tensor.shape,
+        "dtype": a.tensor.dtype.name(),
+        "count": s.len, "nan": s.nan, "inf": s.inf,
+        "min": s.min, "max": s.max, "mean": s.mean, "std": s.std,
+        "zero_fraction": s.zero_fraction(), "kurtosis": s.kurtosis, "max_abs_over_std": s.max_abs_over_std(),
+        "sqnr_db": a.candidates.iter().map(|c| json!({
+            "bits": c.scheme.bits, "scheme": c.label, "sqnr_db": finite(c.sqnr_db)})).collect::<Vec<_>>(),
+        "recommended": ([8, 4].iter().filter_map(|&b| a.recommended(b).map(|c| json!({
+            "bits": b, "scheme": c.label, "sqnr_db": finite(c.sqnr_db)}))).collect::<Vec<_>>()),
+        "note": a.note,
+    })
+}
+
+fn write_plots(dir: &Path, analyses: &[Analysis]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the plot folder", dir.display()))?;
+    let mut used = HashSet::new();
+    for a in analyses.iter().filter(|a| a.note.is_none()) {
+        let base = plot::file_stem(&a.tensor.name);
+        let mut stem = base.clone();
+        let mut k = 2;
+        while !used.insert(stem.clone()) {
+            stem = format!("{base}-{k}");
+            k += 1;
+        }
+        let svg = plot::histogram_svg(a)?;
+        atomic::write_bytes(&dir.join(format!("{stem}.svg")), svg.as_bytes())?;
+    }
+    Ok(())
+}
