@@ -60,8 +60,8 @@ pub fn run(args: &Args) -> Result<()> {
             (s.min, s.max)
         }
     };
-    let p = QParam::from_range(&scheme, min, max)
-        .with_context(|| format!("range [{min}, {max}]"))?;
+    let p =
+        QParam::from_range(&scheme, min, max).with_context(|| format!("range [{min}, {max}]"))?;
     let report = Report::new(scheme, min, max, p, data.as_deref(), source);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
@@ -78,12 +78,19 @@ fn load_values(args: &Args) -> Result<(Option<Vec<f32>>, String)> {
     } else if let Some(path) = &args.tensor {
         let set = tensor_file::read(path)?;
         let t = match &args.name {
-            Some(name) => set.tensors.into_iter().find(|t| &t.name == name).ok_or_else(|| {
-                anyhow!("{}: no tensor named '{name}'", path.display())
-            })?,
+            Some(name) => set
+                .tensors
+                .into_iter()
+                .find(|t| &t.name == name)
+                .ok_or_else(|| anyhow!("{}: no tensor named '{name}'", path.display()))?,
             None if set.tensors.len() == 1 => set.tensors.into_iter().next().unwrap(),
             None => {
-                let names: Vec<&str> = set.tensors.iter().take(8).map(|t| t.name.as_str()).collect();
+                let names: Vec<&str> = set
+                    .tensors
+                    .iter()
+                    .take(8)
+                    .map(|t| t.name.as_str())
+                    .collect();
                 bail!(
                     "{}: holds {} tensors; pick one with --name (e.g. {})",
                     path.display(),
@@ -92,7 +99,13 @@ fn load_values(args: &Args) -> Result<(Option<Vec<f32>>, String)> {
                 );
             }
         };
-        let source = format!("tensor '{}' of {} ({:?}, {})", t.name, path.display(), t.shape, t.dtype);
+        let source = format!(
+            "tensor '{}' of {} ({:?}, {})",
+            t.name,
+            path.display(),
+            t.shape,
+            t.dtype
+        );
         (t.values, source)
     } else {
         return Ok((None, "the range given with --min/--max".into()));
@@ -101,7 +114,10 @@ fn load_values(args: &Args) -> Result<(Option<Vec<f32>>, String)> {
         bail!("{source}: there are no values to explain");
     }
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        bail!("{source}: value {i} is {}, which has no place on a quantization grid", values[i]);
+        bail!(
+            "{source}: value {i} is {}, which has no place on a quantization grid",
+            values[i]
+        );
     }
     Ok((Some(values), source))
 }
@@ -184,7 +200,12 @@ struct Clip {
 
 fn clip_quality(scheme: &Scheme, label: String, lo: f32, hi: f32, x: &[f32]) -> Result<Clip> {
     let p = QParam::from_range(scheme, lo, hi)?;
-    let params = QParams::new(scheme.granularity, scheme.grid(), vec![p.scale], vec![p.zero_point])?;
+    let params = QParams::new(
+        scheme.granularity,
+        scheme.grid(),
+        vec![p.scale],
+        vec![p.zero_point],
+    )?;
     let (e, split) = metrics::quantization_error(x, &[x.len()], &params)?;
     Ok(Clip {
         label,
@@ -219,7 +240,14 @@ struct Report {
 }
 
 impl Report {
-    fn new(scheme: Scheme, min: f32, max: f32, param: QParam, data: Option<&[f32]>, source: String) -> Report {
+    fn new(
+        scheme: Scheme,
+        min: f32,
+        max: f32,
+        param: QParam,
+        data: Option<&[f32]>,
+        source: String,
+    ) -> Report {
         let grid = scheme.grid();
         let mut samples = vec![min, max];
         if min < 0.0 && max > 0.0 {
@@ -239,7 +267,10 @@ impl Report {
         }
         samples.push(max + 3.0 * param.scale);
         samples.dedup();
-        let examples = samples.into_iter().map(|x| example(x, param, grid)).collect();
+        let examples = samples
+            .into_iter()
+            .map(|x| example(x, param, grid))
+            .collect();
 
         let same = Scheme::new(scheme.bits).narrow(scheme.narrow);
         let asym = Occupancy::new(same.symmetric(false).signed(scheme.signed), min, max).ok();
@@ -265,17 +296,41 @@ impl Report {
         let mut o = String::new();
         let w = &mut o;
         let _ = writeln!(w, "scheme      {}", self.scheme);
-        let _ = writeln!(w, "data        {}: range [{}, {}]", self.source, self.min, self.max);
+        let _ = writeln!(
+            w,
+            "data        {}: range [{}, {}]",
+            self.source, self.min, self.max
+        );
         let _ = writeln!(w, "grid        integers {g}: {} levels", g.levels());
         let _ = writeln!(w);
         let _ = writeln!(w, "parameters");
-        let _ = writeln!(w, "  scale s       {:<14} the step between adjacent levels", p.scale);
-        let _ = writeln!(w, "  zero-point z  {:<14} the code that real 0 maps to (exactly)", p.zero_point);
-        let _ = writeln!(w, "  offset        {:<14} = -z, the convention of AIMET and TFLite tooling", p.offset());
+        let _ = writeln!(
+            w,
+            "  scale s       {:<14} the step between adjacent levels",
+            p.scale
+        );
+        let _ = writeln!(
+            w,
+            "  zero-point z  {:<14} the code that real 0 maps to (exactly)",
+            p.zero_point
+        );
+        let _ = writeln!(
+            w,
+            "  offset        {:<14} = -z, the convention of AIMET and TFLite tooling",
+            p.offset()
+        );
         let _ = writeln!(w, "  real range    [{lo}, {hi}]  = [(qmin - z)·s, (qmax - z)·s]: values outside are clipped");
-        let _ = writeln!(w, "  worst rounding error inside the range: s/2 = {}", num(f64::from(p.scale) / 2.0, 4));
+        let _ = writeln!(
+            w,
+            "  worst rounding error inside the range: s/2 = {}",
+            num(f64::from(p.scale) / 2.0, 4)
+        );
         let _ = writeln!(w);
-        let _ = writeln!(w, "quantize    q  = clamp(round_half_to_even(x / s) + z, {}, {})", g.qmin, g.qmax);
+        let _ = writeln!(
+            w,
+            "quantize    q  = clamp(round_half_to_even(x / s) + z, {}, {})",
+            g.qmin, g.qmax
+        );
         let _ = writeln!(w, "dequantize  x^ = (q - z) · s");
         let mut t = Table::new(&["x", "x/s", "round", "q", "x^", "x - x^", ""]);
         for e in &self.examples {
@@ -294,7 +349,11 @@ impl Report {
         }
         let _ = writeln!(w);
         if let (Some(a), Some(s)) = (&self.asym, &self.sym) {
-            let _ = writeln!(w, "symmetric vs asymmetric over [{}, {}]", self.min, self.max);
+            let _ = writeln!(
+                w,
+                "symmetric vs asymmetric over [{}, {}]",
+                self.min, self.max
+            );
             for occ in [a, s] {
                 let _ = writeln!(
                     w,
@@ -308,7 +367,11 @@ impl Report {
                 );
             }
             let wasted = s.levels().saturating_sub(s.used());
-            let side = if self.max.abs() >= self.min.abs() { "negative" } else { "positive" };
+            let side = if self.max.abs() >= self.min.abs() {
+                "negative"
+            } else {
+                "positive"
+            };
             if wasted as f64 > 0.05 * f64::from(s.levels()) {
                 let _ = writeln!(
                     w,
@@ -412,7 +475,10 @@ fn diagnose(scheme: &Scheme, p: QParam, min: f32, max: f32, x: &[f32]) -> Diagno
 
 fn text_diagnosis(w: &mut String, d: &Diagnosis, bits: u32) {
     let s = &d.summary;
-    let _ = writeln!(w, "dynamic range (judged relative to the data's own spread σ, not by absolute thresholds)");
+    let _ = writeln!(
+        w,
+        "dynamic range (judged relative to the data's own spread σ, not by absolute thresholds)"
+    );
     let _ = writeln!(
         w,
         "  {} values: mean {}, σ {}, max|x|/σ {}, kurtosis {} (3 = Gaussian)",
@@ -427,9 +493,23 @@ fn text_diagnosis(w: &mut String, d: &Diagnosis, bits: u32) {
         "moderate" => format!("moderate: between {COARSE_LEVELS_PER_STD} and {FINE_LEVELS_PER_STD} levels per σ"),
         _ => format!("fine: at least {FINE_LEVELS_PER_STD} levels per σ; rounding error is small next to the spread"),
     };
-    let _ = writeln!(w, "  step s = {} of σ, i.e. {} levels per σ: {advice}", num(1.0 / d.levels_per_std.max(f64::MIN_POSITIVE), 3), num(d.levels_per_std, 3));
+    let _ = writeln!(
+        w,
+        "  step s = {} of σ, i.e. {} levels per σ: {advice}",
+        num(1.0 / d.levels_per_std.max(f64::MIN_POSITIVE), 3),
+        num(d.levels_per_std, 3)
+    );
     let Some(base) = d.clips.first() else { return };
-    let mut t = Table::new(&["clipping range", "min", "max", "scale", "SQNR dB", "clipped", "clip MSE", "round MSE"]);
+    let mut t = Table::new(&[
+        "clipping range",
+        "min",
+        "max",
+        "scale",
+        "SQNR dB",
+        "clipped",
+        "clip MSE",
+        "round MSE",
+    ]);
     for c in &d.clips {
         t.row(vec![
             c.label.clone(),
@@ -445,7 +525,11 @@ fn text_diagnosis(w: &mut String, d: &Diagnosis, bits: u32) {
     for line in t.render().lines() {
         let _ = writeln!(w, "  {line}");
     }
-    let best = d.clips.iter().max_by(|a, b| a.sqnr.total_cmp(&b.sqnr)).unwrap();
+    let best = d
+        .clips
+        .iter()
+        .max_by(|a, b| a.sqnr.total_cmp(&b.sqnr))
+        .unwrap();
     if best.sqnr > base.sqnr + 0.05 {
         let _ = writeln!(
             w,

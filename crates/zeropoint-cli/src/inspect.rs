@@ -22,8 +22,9 @@ use crate::table::{db, num, Table};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// A .npy, .npz, .safetensors or .onnx file.
-    pub file: PathBuf,
+    /// A .npy, .npz, .safetensors or .onnx file; without it, the embedded default model (the
+    /// MNIST CNN of assets/models/mnist_cnn.onnx).
+    pub file: Option<PathBuf>,
     /// Axis of the channels for per-channel schemes (0 = output channels of Conv and of Gemm
     /// weights stored transposed; use 1 for MatMul weights [K, N]).
     #[arg(long, default_value_t = 0)]
@@ -64,27 +65,46 @@ pub struct Analysis {
 impl Analysis {
     /// The recommended candidate for a bit-width.
     pub fn recommended(&self, bits: u32) -> Option<&Candidate> {
-        let of_bits: Vec<&Candidate> = self.candidates.iter().filter(|c| c.scheme.bits == bits).collect();
-        let best = of_bits.iter().map(|c| c.sqnr_db).fold(f64::NEG_INFINITY, f64::max);
-        of_bits.into_iter().find(|c| c.sqnr_db >= best - PREFER_SIMPLER_DB)
+        let of_bits: Vec<&Candidate> = self
+            .candidates
+            .iter()
+            .filter(|c| c.scheme.bits == bits)
+            .collect();
+        let best = of_bits
+            .iter()
+            .map(|c| c.sqnr_db)
+            .fold(f64::NEG_INFINITY, f64::max);
+        of_bits
+            .into_iter()
+            .find(|c| c.sqnr_db >= best - PREFER_SIMPLER_DB)
     }
 }
 
+/// The model built into the binary, so that `zeropoint inspect` works out of the box.
+const EMBEDDED_MODEL: &[u8] = include_bytes!("../../../assets/models/mnist_cnn.onnx");
+const EMBEDDED_NAME: &str = "<embedded>/mnist_cnn.onnx";
+
 pub fn run(args: &Args) -> Result<()> {
-    let set = tensor_file::read(&args.file)?;
+    let (set, file) = match &args.file {
+        Some(path) => (tensor_file::read(path)?, path.clone()),
+        None => {
+            let path = PathBuf::from(EMBEDDED_NAME);
+            (tensor_file::read_onnx_bytes(EMBEDDED_MODEL, &path)?, path)
+        }
+    };
     let analyses = analyse_set(&set, args)?;
     if let Some(dir) = &args.plot {
         write_plots(dir, &analyses)?;
     }
     if args.json {
         let out = json!({
-            "file": args.file.display().to_string(),
+            "file": file.display().to_string(),
             "tensors": analyses.iter().map(to_json).collect::<Vec<_>>(),
             "skipped": set.skipped.iter().map(|s| json!({"name": s.name, "reason": s.reason})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print!("{}", to_text(&args.file, &set, &analyses, args));
+        print!("{}", to_text(&file, &set, &analyses, args));
     }
     Ok(())
 }
@@ -94,7 +114,11 @@ fn analyse_set(set: &TensorSet, args: &Args) -> Result<Vec<Analysis>> {
         .tensors
         .iter()
         .filter(|t| args.all || t.dtype.is_float())
-        .filter(|t| args.name.as_ref().is_none_or(|n| t.name.contains(n.as_str())))
+        .filter(|t| {
+            args.name
+                .as_ref()
+                .is_none_or(|n| t.name.contains(n.as_str()))
+        })
         .map(|t| analyse(t.clone(), args.axis))
         .collect())
 }
@@ -105,7 +129,10 @@ pub fn analyse(tensor: Tensor, axis: usize) -> Analysis {
     let note = if tensor.values.is_empty() {
         Some("empty tensor".to_string())
     } else if summary.nan + summary.inf > 0 {
-        Some(format!("holds {} NaN and {} Inf values: not quantizable", summary.nan, summary.inf))
+        Some(format!(
+            "holds {} NaN and {} Inf values: not quantizable",
+            summary.nan, summary.inf
+        ))
     } else {
         None
     };
@@ -115,16 +142,28 @@ pub fn analyse(tensor: Tensor, axis: usize) -> Analysis {
         for bits in [8, 4] {
             let options = [
                 ("per-tensor sym", Scheme::new(bits), true),
-                ("per-channel sym", Scheme::new(bits).per_axis(axis), per_channel),
+                (
+                    "per-channel sym",
+                    Scheme::new(bits).per_axis(axis),
+                    per_channel,
+                ),
                 ("per-tensor asym", Scheme::new(bits).symmetric(false), true),
-                ("per-channel asym", Scheme::new(bits).symmetric(false).per_axis(axis), per_channel),
+                (
+                    "per-channel asym",
+                    Scheme::new(bits).symmetric(false).per_axis(axis),
+                    per_channel,
+                ),
             ];
             for (label, scheme, applies) in options {
                 if !applies {
                     continue;
                 }
                 if let Ok(sqnr_db) = sqnr(&tensor, &scheme) {
-                    candidates.push(Candidate { label, scheme, sqnr_db });
+                    candidates.push(Candidate {
+                        label,
+                        scheme,
+                        sqnr_db,
+                    });
                 }
             }
         }
@@ -139,34 +178,54 @@ pub fn analyse(tensor: Tensor, axis: usize) -> Analysis {
 
 fn sqnr(t: &Tensor, scheme: &Scheme) -> zeropoint_core::Result<f64> {
     let params = QParams::from_data(scheme, &t.values, &t.shape)?;
-    Ok(metrics::quantization_error(&t.values, &t.shape, &params)?.0.sqnr_db)
+    Ok(metrics::quantization_error(&t.values, &t.shape, &params)?
+        .0
+        .sqnr_db)
 }
 
 fn shape_text(shape: &[usize]) -> String {
     if shape.is_empty() {
         return "scalar".into();
     }
-    format!("[{}]", shape.iter().map(usize::to_string).collect::<Vec<_>>().join("x"))
+    format!(
+        "[{}]",
+        shape
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join("x")
+    )
 }
 
 fn to_text(path: &Path, set: &TensorSet, analyses: &[Analysis], args: &Args) -> String {
-    let mut out = format!(
-        "{}: {} tensors analysed",
-        path.display(),
-        analyses.len()
-    );
+    let mut out = format!("{}: {} tensors analysed", path.display(), analyses.len());
     let others = set.tensors.len() - analyses.len();
     if others > 0 {
         out.push_str(&format!(
             ", {others} left out ({})",
-            if args.all { "--name" } else { "not floating-point; --all includes them" }
+            if args.all {
+                "--name"
+            } else {
+                "not floating-point; --all includes them"
+            }
         ));
     }
     if !set.skipped.is_empty() {
         out.push_str(&format!(", {} of unreadable types", set.skipped.len()));
     }
     out.push_str("\n\n");
-    let mut t = Table::new(&["tensor", "shape", "dtype", "min", "max", "mean", "std", "zeros", "kurtosis", "max|x|/σ"]);
+    let mut t = Table::new(&[
+        "tensor",
+        "shape",
+        "dtype",
+        "min",
+        "max",
+        "mean",
+        "std",
+        "zeros",
+        "kurtosis",
+        "max|x|/σ",
+    ]);
     for a in analyses {
         let s = &a.summary;
         t.row(vec![
@@ -198,8 +257,16 @@ fn to_text(path: &Path, set: &TensorSet, analyses: &[Analysis], args: &Args) -> 
     for a in analyses {
         let mut row = vec![a.tensor.name.clone()];
         for bits in [8, 4] {
-            for label in ["per-tensor sym", "per-channel sym", "per-tensor asym", "per-channel asym"] {
-                let v = a.candidates.iter().find(|c| c.scheme.bits == bits && c.label == label);
+            for label in [
+                "per-tensor sym",
+                "per-channel sym",
+                "per-tensor asym",
+                "per-channel asym",
+            ] {
+                let v = a
+                    .candidates
+                    .iter()
+                    .find(|c| c.scheme.bits == bits && c.label == label);
                 row.push(v.map_or("-".into(), |c| db(c.sqnr_db)));
             }
         }
@@ -242,7 +309,8 @@ fn to_json(a: &Analysis) -> Value {
 }
 
 fn write_plots(dir: &Path, analyses: &[Analysis]) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the plot folder", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the plot folder", dir.display()))?;
     let mut used = HashSet::new();
     for a in analyses.iter().filter(|a| a.note.is_none()) {
         let base = plot::file_stem(&a.tensor.name);

@@ -26,7 +26,13 @@ const BINS: usize = 160;
 pub fn file_stem(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let s = s.trim_start_matches('.').to_string();
     if s.is_empty() {
@@ -37,7 +43,10 @@ pub fn file_stem(name: &str) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// The per-tensor grid drawn for a bit-width: the recommended symmetry, per-tensor.
@@ -56,7 +65,11 @@ pub fn histogram_svg(a: &Analysis) -> Result<String> {
     let (lo4, hi4) = p4.real_range(s4.grid());
     let lo = f64::from(s.min.min(lo4).min(lo8));
     let hi = f64::from(s.max.max(hi4).max(hi8));
-    let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 1.0, hi + 1.0) };
+    let (lo, hi) = if hi > lo {
+        (lo, hi)
+    } else {
+        (lo - 1.0, hi + 1.0)
+    };
     let pad = 0.03 * (hi - lo);
     let (lo, hi) = (lo - pad, hi + pad);
     let plot_w = W - LEFT - RIGHT;
@@ -65,10 +78,17 @@ pub fn histogram_svg(a: &Analysis) -> Result<String> {
     let base = TOP + plot_h;
 
     let counts = zeropoint_core::stats::histogram(&a.tensor.values, BINS, lo as f32, hi as f32);
-    let top = counts.iter().map(|&c| (1.0 + c as f64).log10()).fold(0.0, f64::max).max(1e-9);
+    let top = counts
+        .iter()
+        .map(|&c| (1.0 + c as f64).log10())
+        .fold(0.0, f64::max)
+        .max(1e-9);
     let mut svg = String::new();
     let w = &mut svg;
-    let _ = writeln!(w, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="11">"#);
+    let _ = writeln!(
+        w,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="11">"#
+    );
     let _ = writeln!(w, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
     let shape: Vec<String> = a.tensor.shape.iter().map(usize::to_string).collect();
     let _ = writeln!(
@@ -102,13 +122,22 @@ pub fn histogram_svg(a: &Analysis) -> Result<String> {
     let g4 = s4.grid();
     for q in g4.qmin..=g4.qmax {
         let v = f64::from((q - p4.zero_point) as f32 * p4.scale);
-        let _ = writeln!(w, r##"<line x1="{0:.2}" x2="{0:.2}" y1="{TOP}" y2="{base}" stroke="#2b6cb0" stroke-opacity="0.45"/>"##, x_of(v));
+        let _ = writeln!(
+            w,
+            r##"<line x1="{0:.2}" x2="{0:.2}" y1="{TOP}" y2="{base}" stroke="#2b6cb0" stroke-opacity="0.45"/>"##,
+            x_of(v)
+        );
     }
     // int8 levels: ticks below the axis.
     let g8 = s8.grid();
     for q in g8.qmin..=g8.qmax {
         let v = f64::from((q - p8.zero_point) as f32 * p8.scale);
-        let _ = writeln!(w, r##"<line x1="{0:.2}" x2="{0:.2}" y1="{base}" y2="{1:.2}" stroke="#38a169" stroke-width="0.6"/>"##, x_of(v), base + 8.0);
+        let _ = writeln!(
+            w,
+            r##"<line x1="{0:.2}" x2="{0:.2}" y1="{base}" y2="{1:.2}" stroke="#38a169" stroke-width="0.6"/>"##,
+            x_of(v),
+            base + 8.0
+        );
     }
     for (v, color, label) in [
         (lo8, "#2f855a", "int8 clip"),
@@ -117,21 +146,42 @@ pub fn histogram_svg(a: &Analysis) -> Result<String> {
         (hi4, "#c53030", "int4 clip"),
     ] {
         let x = x_of(f64::from(v));
-        let _ = writeln!(w, r#"<line x1="{x:.2}" x2="{x:.2}" y1="{TOP}" y2="{base}" stroke="{color}" stroke-width="1.5" stroke-dasharray="5,3"><title>{label} {v}</title></line>"#);
+        let _ = writeln!(
+            w,
+            r#"<line x1="{x:.2}" x2="{x:.2}" y1="{TOP}" y2="{base}" stroke="{color}" stroke-width="1.5" stroke-dasharray="5,3"><title>{label} {v}</title></line>"#
+        );
     }
-    let _ = writeln!(w, r#"<line x1="{LEFT}" x2="{}" y1="{base}" y2="{base}" stroke="black"/>"#, W - RIGHT);
+    let _ = writeln!(
+        w,
+        r#"<line x1="{LEFT}" x2="{}" y1="{base}" y2="{base}" stroke="black"/>"#,
+        W - RIGHT
+    );
     for v in [lo + pad, 0.0, hi - pad] {
         if v >= lo && v <= hi {
-            let _ = writeln!(w, r#"<text x="{:.2}" y="{:.2}" text-anchor="middle">{}</text>"#, x_of(v), base + 22.0, num(v, 4));
+            let _ = writeln!(
+                w,
+                r#"<text x="{:.2}" y="{:.2}" text-anchor="middle">{}</text>"#,
+                x_of(v),
+                base + 22.0,
+                num(v, 4)
+            );
         }
     }
     let _ = writeln!(
         w,
         r##"<text x="{LEFT}" y="{:.2}"><tspan fill="#2b6cb0">│ int4 {} levels (s = {})</tspan>   <tspan fill="#38a169">╵ int8 {} levels (s = {})</tspan>   <tspan fill="#c53030">┆ int4 clip</tspan> <tspan fill="#2f855a">┆ int8 clip</tspan> (per-tensor grids)</text>"##,
         H - 16.0,
-        if s4.symmetric { "symmetric" } else { "asymmetric" },
+        if s4.symmetric {
+            "symmetric"
+        } else {
+            "asymmetric"
+        },
         num(f64::from(p4.scale), 3),
-        if s8.symmetric { "symmetric" } else { "asymmetric" },
+        if s8.symmetric {
+            "symmetric"
+        } else {
+            "asymmetric"
+        },
         num(f64::from(p8.scale), 3),
     );
     let _ = writeln!(w, "</svg>");

@@ -25,9 +25,8 @@ impl Table {
                 *w = (*w).max(cell.chars().count());
             }
         }
-        let numeric = |s: &str| {
-            s.parse::<f64>().is_ok() || s == "-" || s == "inf" || s.ends_with('%')
-        };
+        let numeric =
+            |s: &str| s.parse::<f64>().is_ok() || s == "-" || s == "inf" || s.ends_with('%');
         let mut out = String::new();
         for row in std::iter::once(&self.header).chain(&self.rows) {
             let cells: Vec<String> = row

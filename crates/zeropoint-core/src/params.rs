@@ -258,7 +258,7 @@ fn min_max(xs: &[f32]) -> (f32, f32, usize) {
         for k in 0..8 {
             lo[k] = if c[k] < lo[k] { c[k] } else { lo[k] };
             hi[k] = if c[k] > hi[k] { c[k] } else { hi[k] };
-            nan[k] += u32::from(c[k] != c[k]);
+            nan[k] += u32::from(c[k].is_nan());
         }
     }
     let mut nan_total: usize = nan.iter().map(|&c| c as usize).sum();

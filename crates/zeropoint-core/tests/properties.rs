@@ -14,14 +14,17 @@ fn schemes() -> impl Strategy<Value = Scheme> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_filter_map("valid schemes", |(bits, signed, symmetric, narrow, pow2)| {
-            let s = Scheme::new(bits)
-                .signed(signed)
-                .symmetric(symmetric)
-                .narrow(narrow)
-                .pow2_scale(pow2);
-            s.validate().ok().map(|_| s)
-        })
+        .prop_filter_map(
+            "valid schemes",
+            |(bits, signed, symmetric, narrow, pow2)| {
+                let s = Scheme::new(bits)
+                    .signed(signed)
+                    .symmetric(symmetric)
+                    .narrow(narrow)
+                    .pow2_scale(pow2);
+                s.validate().ok().map(|_| s)
+            },
+        )
 }
 
 fn data() -> impl Strategy<Value = Vec<f32>> {

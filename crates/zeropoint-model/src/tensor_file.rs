@@ -27,11 +27,7 @@ pub fn read(path: &Path) -> Result<TensorSet> {
         "npy" => vec![npy::read(path)?],
         "npz" => read_npz(path)?,
         "safetensors" => safetensors::parse(&bytes()?, path)?,
-        "onnx" => {
-            let model = onnx::load(path)?;
-            let (tensors, skipped) = onnx::initializers(&model, path)?;
-            return Ok(TensorSet { tensors, skipped });
-        }
+        "onnx" => return read_onnx_bytes(&bytes()?, path),
         _ => {
             return Err(FileError::new(
                 path,
@@ -43,6 +39,14 @@ pub fn read(path: &Path) -> Result<TensorSet> {
         tensors,
         skipped: vec![],
     })
+}
+
+/// The initializers of an ONNX model held in memory; `path` names it in errors and locates
+/// external data.
+pub fn read_onnx_bytes(bytes: &[u8], path: &Path) -> Result<TensorSet> {
+    let model = onnx::decode(bytes, path)?;
+    let (tensors, skipped) = onnx::initializers(&model, path)?;
+    Ok(TensorSet { tensors, skipped })
 }
 
 /// An `.npz` archive: a zip of `.npy` members, stored or deflated.

@@ -3,6 +3,7 @@
 //! inputs and parameters with onnx's ReferenceEvaluator and with onnxruntime, and requires
 //! bit-identical codes, packed bytes and floats.
 
+#[path = "../../../tests/support.rs"]
 mod support;
 
 use std::fs;

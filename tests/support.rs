@@ -1,4 +1,8 @@
-//! Helpers shared by the integration tests that run independent Python references.
+//! Helpers shared by the integration tests of every crate (included with `#[path]`): finding the
+//! test venv's Python, running the reference scripts of tests/python, deterministic test data.
+
+// Each test crate uses a different subset.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

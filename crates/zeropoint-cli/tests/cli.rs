@@ -1,0 +1,284 @@
+//! The `zeropoint` binary end to end: outputs checked against hand computation and an
+//! independent numpy reference, and bad input checked to give one-line errors.
+
+#[path = "../../../tests/support.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use support::{repo_root, run_python};
+
+fn zeropoint(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+        .args(args)
+        .output()
+        .expect("cannot run zeropoint")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = zeropoint(args);
+    assert!(
+        out.status.success(),
+        "zeropoint {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail; returns its one-line error.
+fn fails(args: &[&str]) -> String {
+    let out = zeropoint(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "zeropoint {args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "zeropoint {args:?} printed a result");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "not one line: {stderr}"
+    );
+    assert!(stderr.starts_with("zeropoint: error: "), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "{stderr}"
+    );
+    stderr
+}
+
+fn shared_model(name: &str) -> PathBuf {
+    repo_root().join("../shared/assets/models").join(name)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn explain_prints_the_parameters_of_a_range() {
+    let out = ok(&["explain", "--min=-1", "--max", "3"]);
+    assert!(out.contains("scale s       0.015686275"), "{out}");
+    assert!(out.contains("zero-point z  64 "), "{out}");
+    assert!(out.contains("offset        -64 "), "{out}");
+    assert!(out.contains("integers [0, 255]: 256 levels"), "{out}");
+    assert!(
+        out.contains("codes -42..127: 170 of 256 levels used"),
+        "{out}"
+    );
+    assert!(out.contains("tie: rounds to even"), "{out}");
+}
+
+#[test]
+fn explain_json_matches_hand_computation() {
+    let out = ok(&[
+        "explain",
+        "--values=-1,-0.5,0,0.25,0.5,1,6",
+        "--bits",
+        "4",
+        "--symmetric",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    // Symmetric int4: s = 6 / 7, z = 0, grid [-8, 7].
+    assert_eq!(v["scale"].as_f64().unwrap() as f32, (6.0f64 / 7.0) as f32);
+    assert_eq!(v["zero_point"], 0);
+    assert_eq!(v["offset"], 0);
+    assert_eq!(v["grid"]["qmin"], -8);
+    // -1 / (6/7) = -1.1667 rounds to code -1.
+    let first = &v["examples"][0];
+    assert_eq!(first["x"], -1.0);
+    assert_eq!(first["q"], -1);
+    // Symmetric puts [-1, 6] on codes -1..7: 9 of 16 levels; asymmetric uses all 16.
+    assert_eq!(v["symmetric"]["levels_used"], 9);
+    assert_eq!(v["asymmetric"]["levels_used"], 16);
+    let d = &v["diagnosis"];
+    assert_eq!(d["count"], 7);
+    // σ = 2.18, s = 0.857: 2.5 levels per σ.
+    assert_eq!(d["verdict"], "coarse");
+    assert_eq!(d["ranges"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn explain_reads_a_tensor_from_a_model() {
+    let model = shared_model("ccexam_mnist_cnn.onnx");
+    let out = ok(&[
+        "explain",
+        "--tensor",
+        path(&model),
+        "--name",
+        "features.0.bias",
+        "--bits",
+        "4",
+    ]);
+    assert!(out.contains("tensor 'features.0.bias'"), "{out}");
+    assert!(out.contains("32 values"), "{out}");
+    let e = fails(&["explain", "--tensor", path(&model)]);
+    assert!(e.contains("holds 8 tensors; pick one with --name"), "{e}");
+    let e = fails(&["explain", "--tensor", path(&model), "--name", "nope"]);
+    assert!(e.contains("no tensor named 'nope'"), "{e}");
+}
+
+#[test]
+fn explain_refuses_bad_input() {
+    let e = fails(&["explain", "--min=-1", "--max=1", "--bits", "1"]);
+    assert!(e.contains("bit-width 1 is out of range"), "{e}");
+    assert!(fails(&["explain", "--min=-1", "--max=1", "--bits", "17"]).contains("bit-width 17"));
+    assert!(fails(&["explain", "--min=3", "--max=1"]).contains("inverted"));
+    assert!(fails(&["explain", "--min=0", "--max=inf"]).contains("not finite"));
+    assert!(fails(&["explain", "--values=1,nan,2"]).contains("value 1 is NaN"));
+    let e = fails(&[
+        "explain",
+        "--min=0",
+        "--max=1",
+        "--unsigned",
+        "--symmetric",
+        "--narrow",
+    ]);
+    assert!(e.contains("0 unrepresentable"), "{e}");
+}
+
+#[test]
+fn inspect_defaults_to_the_embedded_model() {
+    let out = ok(&["inspect"]);
+    assert!(
+        out.starts_with("<embedded>/mnist_cnn.onnx: 8 tensors analysed"),
+        "{out}"
+    );
+    assert!(out.contains("classifier.0.weight"), "{out}");
+    assert!(out.contains("[128x3136]"), "{out}");
+}
+
+/// Writes `zeropoint inspect --json FILE` next to the numpy reference and compares.
+fn check_against_numpy(file: &Path, dir: &Path) -> String {
+    let json = ok(&["inspect", "--json", "--all", path(file)]);
+    let report = dir.join("report.json");
+    std::fs::write(&report, &json).unwrap();
+    let out = run_python("inspect_reference.py", &[Path::new("check"), file, &report]);
+    let summary = out.lines().last().unwrap().to_string();
+    assert!(summary.ends_with("mismatches=0"), "{out}");
+    summary
+}
+
+#[test]
+fn inspect_statistics_and_sqnr_agree_with_numpy_on_a_real_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = check_against_numpy(&shared_model("ccexam_mnist_cnn.onnx"), dir.path());
+    // 4 weights x 8 schemes + 4 biases x 4 per-tensor schemes.
+    assert_eq!(summary, "tensors=8 sqnr_checked=48 mismatches=0");
+}
+
+#[test]
+fn inspect_reads_npz_with_float16_fortran_and_integer_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("t.npz");
+    run_python("inspect_reference.py", &[Path::new("make-npz"), &npz]);
+    let summary = check_against_numpy(&npz, dir.path());
+    assert_eq!(summary, "tensors=5 sqnr_checked=40 mismatches=0");
+    // Without --all, the int64 tensor is left out.
+    let v: Value = serde_json::from_str(&ok(&["inspect", "--json", path(&npz)])).unwrap();
+    assert_eq!(v["tensors"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn inspect_recommends_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let plots = dir.path().join("plots");
+    let model = shared_model("ccexam_mnist_cnn.onnx");
+    let out = ok(&["inspect", path(&model), "--plot", path(&plots), "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let weight = &v["tensors"][2];
+    assert_eq!(weight["name"], "features.3.weight");
+    // Per-channel scales beat per-tensor on conv weights: the recommendation is per-channel.
+    let rec = &weight["recommended"][0];
+    assert_eq!(rec["bits"], 8);
+    assert!(
+        rec["scheme"].as_str().unwrap().starts_with("per-channel"),
+        "{rec}"
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&plots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 8, "{files:?}");
+    assert!(files.contains(&"features.3.weight.svg".to_string()));
+    let svg = std::fs::read_to_string(plots.join("features.3.weight.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    // The 16 int4 levels and the 4 clipping lines are drawn.
+    assert_eq!(svg.matches(r##"stroke="#2b6cb0""##).count(), 16);
+    assert_eq!(svg.matches("stroke-dasharray").count(), 4);
+}
+
+#[test]
+fn inspect_output_does_not_depend_on_the_thread_count() {
+    let model = shared_model("ccexam_mnist_cnn.onnx");
+    let run = |threads: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+            .args(["inspect", "--json", path(&model)])
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out.stdout
+    };
+    assert_eq!(run("1"), run("2"));
+    assert_eq!(run("1"), run("3"));
+}
+
+#[test]
+fn bad_files_give_one_line_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = d.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let model = std::fs::read(shared_model("ccexam_mnist_cnn.onnx")).unwrap();
+    let npy = zeropoint_model::npy::to_bytes(&[4, 4], &[0.5f32; 16]);
+    let mut complex = npy.clone();
+    let at = complex.windows(3).position(|w| w == b"<f4").unwrap();
+    complex.splice(at..at + 3, *b"<c8");
+    let f8 = br#"{"w":{"dtype":"F8_E5M2","shape":[2],"data_offsets":[0,2]}}"#;
+    let mut f8_file = (f8.len() as u64).to_le_bytes().to_vec();
+    f8_file.extend_from_slice(f8);
+    f8_file.extend_from_slice(&[0, 0]);
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (
+            write("truncated.onnx", &model[..model.len() / 2]),
+            "not a valid ONNX model",
+        ),
+        (
+            write("garbage.onnx", b"\x08\x07hello, not protobuf \xff\xff\xff"),
+            "not a valid ONNX model",
+        ),
+        (write("empty.onnx", b""), "no graph"),
+        (write("truncated.npy", &npy[..npy.len() - 5]), "truncated"),
+        (
+            write("text.npy", b"just some text, long enough"),
+            "not a .npy file",
+        ),
+        (write("complex.npy", &complex), "unsupported dtype '<c8'"),
+        (
+            write("bad.safetensors", &[200, 0, 0, 0, 0, 0, 0, 0, b'{']),
+            "exceeds the file size",
+        ),
+        (
+            write("f8.safetensors", &f8_file),
+            "tensor 'w': unsupported dtype 'F8_E5M2'",
+        ),
+        (
+            write("bad.npz", b"PK\x03\x04 broken zip"),
+            "not a valid .npz",
+        ),
+        (write("tensor.bin", b"1234"), "unknown file type"),
+        (d.join("missing.npy"), "cannot read"),
+    ];
+    for (file, expected) in &cases {
+        let e = fails(&["inspect", path(file)]);
+        assert!(e.contains(&format!("{}: ", file.display())), "{e}");
+        assert!(e.contains(expected), "{}: {e}", file.display());
+        let e = fails(&["explain", "--tensor", path(file)]);
+        assert!(e.contains(expected), "{}: {e}", file.display());
+    }
+}
