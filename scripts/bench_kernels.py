@@ -56,15 +56,22 @@ def cases(quick):
     def copy(a, b):
         np.copyto(dst[a:b], x[a:b])
 
+    scratch = np.empty(BLOCK, dtype=np.float32)
+
+    def work(a, b):
+        """The temporary for elements a..b: a window of the big buffer when run whole, the small
+        cache-resident scratch buffer when run in blocks."""
+        return tmp[a:b] if b - a > BLOCK else scratch[: b - a]
+
     def quantize(a, b):
-        t = tmp[a:b]
+        t = work(a, b)
         np.divide(x[a:b], s, out=t)
         np.rint(t, out=t)
         np.clip(t, -128, 127, out=t)
         np.copyto(q[a:b], t, casting="unsafe")
 
     def dequantize(a, b):
-        np.multiply(q[a:b], s, out=tmp[a:b], dtype=np.float32)  # z = 0: (q - z)·s in one ufunc
+        np.multiply(q[a:b], s, out=work(a, b), dtype=np.float32)  # z = 0: (q - z)·s in one ufunc
 
     def fake_quant(a, b):
         t = buf[a:b]
@@ -86,8 +93,10 @@ def cases(quick):
     mq = np.empty(m.shape, dtype=np.int8)
     sc = (np.abs(m).max(axis=1, keepdims=True) / 127).astype(np.float32)
 
+    mscratch = np.empty((max(1, BLOCK // side), side), dtype=np.float32)
+
     def per_channel(a, b):  # rows a..b
-        t = mtmp[a:b]
+        t = mtmp[a:b] if b - a > len(mscratch) else mscratch[: b - a]
         np.divide(m[a:b], sc[a:b], out=t)
         np.rint(t, out=t)
         np.clip(t, -128, 127, out=t)
@@ -100,8 +109,10 @@ def cases(quick):
     packed = np.empty((side, side // 32, 16), dtype=np.uint8)
     lo = np.empty_like(packed)
 
+    bscratch = np.empty((max(1, BLOCK // side),) + blocks.shape[1:], dtype=np.float32)
+
     def per_block_int4(a, b):  # rows a..b
-        t = btmp[a:b]
+        t = btmp[a:b] if b - a > len(bscratch) else bscratch[: b - a]
         np.divide(blocks[a:b], sb[a:b], out=t)
         np.rint(t, out=t)
         np.clip(t, -8, 7, out=t)

@@ -140,6 +140,9 @@ fn fake_each(x: &mut [f32], s: &[f32], z: &[i32], grid: Grid) {
 
 /// Runs `f` compiled with AVX2 enabled when the CPU has it, so the loops inlined into it vectorize
 /// 8 lanes wide; otherwise runs it as compiled for the baseline target.
+///
+/// Only code inlined into `avx2` gets AVX2: every closure between here and the loops is marked
+/// `#[inline(always)]`, or LLVM may outline it and compile it for the baseline (2-4x slower).
 #[inline(always)]
 fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -167,21 +170,25 @@ pub(crate) fn quantize_chunk<T: Code>(
     dispatch(
         #[inline(always)]
         || {
-            layout.for_each_segment(start..start + x.len(), |r, seg| {
-                let (a, b) = (r.start - start, r.end - start);
-                match seg {
-                    Segment::Uniform(p) => {
-                        quantize_uniform(&x[a..b], &mut out[a..b], params.get(p), params.grid)
+            layout.for_each_segment(
+                start..start + x.len(),
+                #[inline(always)]
+                |r, seg| {
+                    let (a, b) = (r.start - start, r.end - start);
+                    match seg {
+                        Segment::Uniform(p) => {
+                            quantize_uniform(&x[a..b], &mut out[a..b], params.get(p), params.grid)
+                        }
+                        Segment::PerElement(p) => quantize_each(
+                            &x[a..b],
+                            &mut out[a..b],
+                            &params.scale[p..p + b - a],
+                            &params.zero_point[p..p + b - a],
+                            params.grid,
+                        ),
                     }
-                    Segment::PerElement(p) => quantize_each(
-                        &x[a..b],
-                        &mut out[a..b],
-                        &params.scale[p..p + b - a],
-                        &params.zero_point[p..p + b - a],
-                        params.grid,
-                    ),
-                }
-            })
+                },
+            )
         },
     )
 }
@@ -197,20 +204,24 @@ pub(crate) fn dequantize_chunk<T: Code>(
     dispatch(
         #[inline(always)]
         || {
-            layout.for_each_segment(start..start + q.len(), |r, seg| {
-                let (a, b) = (r.start - start, r.end - start);
-                match seg {
-                    Segment::Uniform(p) => {
-                        dequantize_uniform(&q[a..b], &mut out[a..b], params.get(p))
+            layout.for_each_segment(
+                start..start + q.len(),
+                #[inline(always)]
+                |r, seg| {
+                    let (a, b) = (r.start - start, r.end - start);
+                    match seg {
+                        Segment::Uniform(p) => {
+                            dequantize_uniform(&q[a..b], &mut out[a..b], params.get(p))
+                        }
+                        Segment::PerElement(p) => dequantize_each(
+                            &q[a..b],
+                            &mut out[a..b],
+                            &params.scale[p..p + b - a],
+                            &params.zero_point[p..p + b - a],
+                        ),
                     }
-                    Segment::PerElement(p) => dequantize_each(
-                        &q[a..b],
-                        &mut out[a..b],
-                        &params.scale[p..p + b - a],
-                        &params.zero_point[p..p + b - a],
-                    ),
-                }
-            })
+                },
+            )
         },
     )
 }
@@ -219,18 +230,24 @@ fn fake_quant_chunk(layout: &Layout, params: &QParams, start: usize, x: &mut [f3
     dispatch(
         #[inline(always)]
         || {
-            layout.for_each_segment(start..start + x.len(), |r, seg| {
-                let (a, b) = (r.start - start, r.end - start);
-                match seg {
-                    Segment::Uniform(p) => fake_uniform(&mut x[a..b], params.get(p), params.grid),
-                    Segment::PerElement(p) => fake_each(
-                        &mut x[a..b],
-                        &params.scale[p..p + b - a],
-                        &params.zero_point[p..p + b - a],
-                        params.grid,
-                    ),
-                }
-            })
+            layout.for_each_segment(
+                start..start + x.len(),
+                #[inline(always)]
+                |r, seg| {
+                    let (a, b) = (r.start - start, r.end - start);
+                    match seg {
+                        Segment::Uniform(p) => {
+                            fake_uniform(&mut x[a..b], params.get(p), params.grid)
+                        }
+                        Segment::PerElement(p) => fake_each(
+                            &mut x[a..b],
+                            &params.scale[p..p + b - a],
+                            &params.zero_point[p..p + b - a],
+                            params.grid,
+                        ),
+                    }
+                },
+            )
         },
     )
 }
