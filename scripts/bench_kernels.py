@@ -71,7 +71,7 @@ def cases(quick):
         np.copyto(q[a:b], t, casting="unsafe")
 
     def dequantize(a, b):
-        np.multiply(q[a:b], s, out=work(a, b), dtype=np.float32)  # z = 0: (q - z)·s in one ufunc
+        np.multiply(q[a:b], s, out=tmp[a:b], dtype=np.float32)  # z = 0: (q - z)·s in one ufunc
 
     def fake_quant(a, b):
         t = buf[a:b]

@@ -144,7 +144,7 @@ fn fake_each(x: &mut [f32], s: &[f32], z: &[i32], grid: Grid) {
 /// Only code inlined into `avx2` gets AVX2: every closure between here and the loops is marked
 /// `#[inline(always)]`, or LLVM may outline it and compile it for the baseline (2-4x slower).
 #[inline(always)]
-fn dispatch<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
@@ -159,7 +159,37 @@ fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Quantizes elements `start..start + x.len()` of the tensor that `layout` describes.
+/// Quantizes elements `start..start + x.len()` of the tensor that `layout` describes. Inlined
+/// into a caller that runs under [`dispatch`]; [`quantize_chunk`] is the self-contained version.
+#[inline(always)]
+pub(crate) fn quantize_segments<T: Code>(
+    layout: &Layout,
+    params: &QParams,
+    start: usize,
+    x: &[f32],
+    out: &mut [T],
+) {
+    layout.for_each_segment(
+        start..start + x.len(),
+        #[inline(always)]
+        |r, seg| {
+            let (a, b) = (r.start - start, r.end - start);
+            match seg {
+                Segment::Uniform(p) => {
+                    quantize_uniform(&x[a..b], &mut out[a..b], params.get(p), params.grid)
+                }
+                Segment::PerElement(p) => quantize_each(
+                    &x[a..b],
+                    &mut out[a..b],
+                    &params.scale[p..p + b - a],
+                    &params.zero_point[p..p + b - a],
+                    params.grid,
+                ),
+            }
+        },
+    )
+}
+
 pub(crate) fn quantize_chunk<T: Code>(
     layout: &Layout,
     params: &QParams,
@@ -169,31 +199,38 @@ pub(crate) fn quantize_chunk<T: Code>(
 ) {
     dispatch(
         #[inline(always)]
-        || {
-            layout.for_each_segment(
-                start..start + x.len(),
-                #[inline(always)]
-                |r, seg| {
-                    let (a, b) = (r.start - start, r.end - start);
-                    match seg {
-                        Segment::Uniform(p) => {
-                            quantize_uniform(&x[a..b], &mut out[a..b], params.get(p), params.grid)
-                        }
-                        Segment::PerElement(p) => quantize_each(
-                            &x[a..b],
-                            &mut out[a..b],
-                            &params.scale[p..p + b - a],
-                            &params.zero_point[p..p + b - a],
-                            params.grid,
-                        ),
-                    }
-                },
-            )
+        || quantize_segments(layout, params, start, x, out),
+    )
+}
+
+/// Dequantizes elements `start..start + q.len()` of the tensor that `layout` describes. Inlined
+/// into a caller that runs under [`dispatch`]; [`dequantize_chunk`] is the self-contained version.
+#[inline(always)]
+pub(crate) fn dequantize_segments<T: Code>(
+    layout: &Layout,
+    params: &QParams,
+    start: usize,
+    q: &[T],
+    out: &mut [f32],
+) {
+    layout.for_each_segment(
+        start..start + q.len(),
+        #[inline(always)]
+        |r, seg| {
+            let (a, b) = (r.start - start, r.end - start);
+            match seg {
+                Segment::Uniform(p) => dequantize_uniform(&q[a..b], &mut out[a..b], params.get(p)),
+                Segment::PerElement(p) => dequantize_each(
+                    &q[a..b],
+                    &mut out[a..b],
+                    &params.scale[p..p + b - a],
+                    &params.zero_point[p..p + b - a],
+                ),
+            }
         },
     )
 }
 
-/// Dequantizes elements `start..start + q.len()` of the tensor that `layout` describes.
 pub(crate) fn dequantize_chunk<T: Code>(
     layout: &Layout,
     params: &QParams,
@@ -203,26 +240,7 @@ pub(crate) fn dequantize_chunk<T: Code>(
 ) {
     dispatch(
         #[inline(always)]
-        || {
-            layout.for_each_segment(
-                start..start + q.len(),
-                #[inline(always)]
-                |r, seg| {
-                    let (a, b) = (r.start - start, r.end - start);
-                    match seg {
-                        Segment::Uniform(p) => {
-                            dequantize_uniform(&q[a..b], &mut out[a..b], params.get(p))
-                        }
-                        Segment::PerElement(p) => dequantize_each(
-                            &q[a..b],
-                            &mut out[a..b],
-                            &params.scale[p..p + b - a],
-                            &params.zero_point[p..p + b - a],
-                        ),
-                    }
-                },
-            )
-        },
+        || dequantize_segments(layout, params, start, q, out),
     )
 }
 

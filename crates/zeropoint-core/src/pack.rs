@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::kernel::{check_grid_fits, dequantize_chunk, quantize_chunk};
+use crate::kernel::{check_grid_fits, dequantize_segments, dispatch, quantize_segments};
 use crate::params::{QParams, CHUNK};
 
 /// A packed sub-byte format.
@@ -60,6 +60,7 @@ impl Packing {
 const STAGE: usize = 1024;
 
 /// Packs codes (each within the format's range) into `out`.
+#[inline(always)]
 pub fn pack(codes: &[i8], packing: Packing, out: &mut [u8]) {
     let mask = (1u8 << packing.bits()) - 1;
     let field = |c: i8, k: usize| (c as u8 & mask) << (k as u32 * packing.bits());
@@ -85,20 +86,38 @@ pub fn pack(codes: &[i8], packing: Packing, out: &mut [u8]) {
 }
 
 /// Unpacks `codes.len()` codes from `packed`, sign-extending signed formats.
+#[inline(always)]
 pub fn unpack(packed: &[u8], packing: Packing, codes: &mut [i8]) {
     let bits = packing.bits();
-    let per_byte = packing.per_byte();
     let shift_back = 8 - bits;
-    for (group, &byte) in codes.chunks_mut(per_byte).zip(packed) {
-        for (k, c) in group.iter_mut().enumerate() {
-            // Move the field to the top of the byte, then shift back: arithmetic for signed.
-            let top = byte << (shift_back - k as u32 * bits);
-            *c = if packing.signed() {
-                (top as i8) >> shift_back
-            } else {
-                (top >> shift_back) as i8
-            };
+    let signed = packing.signed();
+    // Move field k to the top of the byte, then shift back: arithmetically when signed.
+    let field = |byte: u8, k: usize| {
+        let top = byte << (shift_back - k as u32 * bits);
+        if signed {
+            (top as i8) >> shift_back
+        } else {
+            (top >> shift_back) as i8
         }
+    };
+    let per_byte = packing.per_byte();
+    let whole = codes.len() / per_byte;
+    // Fixed-width groups, written out so the loops vectorize.
+    if per_byte == 2 {
+        for (g, &b) in codes.chunks_exact_mut(2).zip(packed) {
+            g[0] = field(b, 0);
+            g[1] = field(b, 1);
+        }
+    } else {
+        for (g, &b) in codes.chunks_exact_mut(4).zip(packed) {
+            g[0] = field(b, 0);
+            g[1] = field(b, 1);
+            g[2] = field(b, 2);
+            g[3] = field(b, 3);
+        }
+    }
+    for (k, c) in codes[whole * per_byte..].iter_mut().enumerate() {
+        *c = field(packed[whole], k);
     }
 }
 
@@ -119,16 +138,20 @@ pub fn quantize_packed(
         .zip(out.par_chunks_mut(bytes_per_chunk))
         .enumerate()
         .for_each(|(k, (xc, oc))| {
-            let mut codes = [0i8; STAGE];
-            for (j, (xs, os)) in xc
-                .chunks(STAGE)
-                .zip(oc.chunks_mut(STAGE / packing.per_byte()))
-                .enumerate()
-            {
-                let start = k * CHUNK + j * STAGE;
-                quantize_chunk(&layout, params, start, xs, &mut codes[..xs.len()]);
-                pack(&codes[..xs.len()], packing, os);
-            }
+            // Stage codes in L1, then pack; one dispatch per chunk so both loops get AVX2.
+            dispatch(
+                #[inline(always)]
+                || {
+                    let mut codes = [0i8; STAGE];
+                    let per_stage = STAGE / packing.per_byte();
+                    for (j, (xs, os)) in xc.chunks(STAGE).zip(oc.chunks_mut(per_stage)).enumerate()
+                    {
+                        let start = k * CHUNK + j * STAGE;
+                        quantize_segments(&layout, params, start, xs, &mut codes[..xs.len()]);
+                        pack(&codes[..xs.len()], packing, os);
+                    }
+                },
+            )
         });
     Ok(())
 }
@@ -148,16 +171,19 @@ pub fn dequantize_packed(
         .zip(packed.par_chunks(bytes_per_chunk))
         .enumerate()
         .for_each(|(k, (oc, pc))| {
-            let mut codes = [0i8; STAGE];
-            for (j, (os, ps)) in oc
-                .chunks_mut(STAGE)
-                .zip(pc.chunks(STAGE / packing.per_byte()))
-                .enumerate()
-            {
-                let start = k * CHUNK + j * STAGE;
-                unpack(ps, packing, &mut codes[..os.len()]);
-                dequantize_chunk(&layout, params, start, &codes[..os.len()], os);
-            }
+            dispatch(
+                #[inline(always)]
+                || {
+                    let mut codes = [0i8; STAGE];
+                    let per_stage = STAGE / packing.per_byte();
+                    for (j, (os, ps)) in oc.chunks_mut(STAGE).zip(pc.chunks(per_stage)).enumerate()
+                    {
+                        let start = k * CHUNK + j * STAGE;
+                        unpack(ps, packing, &mut codes[..os.len()]);
+                        dequantize_segments(&layout, params, start, &codes[..os.len()], os);
+                    }
+                },
+            )
         });
     Ok(())
 }
