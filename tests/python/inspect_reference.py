@@ -2,6 +2,8 @@
 """Independent numpy reference for `zeropoint inspect --json`.
 
   inspect_reference.py make-npz OUT.npz      writes test tensors (float32, float16, Fortran order, int)
+  inspect_reference.py make-external DIR   writes DIR/model.onnx with its weights in DIR/weights.bin,
+                                           and DIR/escape.onnx whose data location is '../outside.bin'
   inspect_reference.py check FILE JSON        recomputes statistics and SQNRs of FILE's tensors with
                                               numpy and compares them with zeropoint's JSON report
 
@@ -96,7 +98,37 @@ def make_npz(out):
     return 0
 
 
+def make_external(folder):
+    import os
+
+    import onnx
+    from onnx import TensorProto, external_data_helper, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    w = numpy_helper.from_array(rng.normal(size=(8, 16)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(size=(8,)).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)],
+        "external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save_model(model, os.path.join(folder, "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    escape = onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
+    for t in escape.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = "../outside.bin"
+    onnx.save_model(escape, os.path.join(folder, "escape.onnx"))
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make-npz":
         sys.exit(make_npz(sys.argv[2]))
+    if sys.argv[1] == "make-external":
+        sys.exit(make_external(sys.argv[2]))
     sys.exit(check(sys.argv[2], sys.argv[3]))

@@ -180,6 +180,30 @@ fn inspect_reads_npz_with_float16_fortran_and_integer_tensors() {
 }
 
 #[test]
+fn inspect_reads_external_data_and_refuses_paths_that_escape() {
+    let dir = tempfile::tempdir().unwrap();
+    run_python(
+        "inspect_reference.py",
+        &[Path::new("make-external"), dir.path()],
+    );
+    let model = dir.path().join("model.onnx");
+    let summary = check_against_numpy(&model, dir.path());
+    assert_eq!(summary, "tensors=2 sqnr_checked=12 mismatches=0");
+    let escape = dir.path().join("escape.onnx");
+    let e = fails(&["inspect", path(&escape)]);
+    assert!(
+        e.contains("tensor 'w': external data location '../outside.bin' leaves the model's folder"),
+        "{e}"
+    );
+    // A truncated side file is an error too, not a short tensor.
+    let weights = dir.path().join("weights.bin");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 8]).unwrap();
+    let e = fails(&["inspect", path(&model)]);
+    assert!(e.contains("is 536 bytes, too short for offset 512"), "{e}");
+}
+
+#[test]
 fn inspect_recommends_and_plots() {
     let dir = tempfile::tempdir().unwrap();
     let plots = dir.path().join("plots");

@@ -1,8 +1,6 @@
 //! The one error type of the core crate. Messages are single lines that say what is wrong and with
 //! which value, so that callers can prefix the file or tensor name and show them as they are.
 
-use std::fmt;
-
 /// Everything that can go wrong when building a scheme, computing parameters or running a kernel.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
@@ -32,7 +30,7 @@ pub enum Error {
     #[error("{what} holds {got} values but the {granularity} needs {expected}")]
     ParamCount {
         what: &'static str,
-        granularity: GranularityName,
+        granularity: String,
         expected: usize,
         got: usize,
     },
@@ -58,16 +56,6 @@ pub enum Error {
         expected: usize,
         got: usize,
     },
-}
-
-/// A printable name of a granularity, for error messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GranularityName(pub crate::Granularity);
-
-impl fmt::Display for GranularityName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

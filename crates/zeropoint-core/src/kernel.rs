@@ -24,8 +24,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::layout::{Layout, Segment};
-use crate::params::{QParam, QParams, CHUNK};
+use crate::params::{QParam, QParams};
 use crate::scheme::Grid;
+use crate::CHUNK;
 
 /// An integer storage type for codes: i8, u8, i16 or u16.
 pub trait Code: Copy + Send + Sync + Default + 'static {

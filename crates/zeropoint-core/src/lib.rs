@@ -39,6 +39,11 @@ pub mod scheme;
 pub mod stats;
 
 pub use error::{Error, Result};
+
+/// Elements per parallel task, for every kernel and reduction: large enough to amortize
+/// scheduling, small enough to balance two to dozens of cores. Reductions combine per-chunk
+/// results in chunk order, which is what makes them independent of the thread count.
+pub(crate) const CHUNK: usize = 1 << 16;
 pub use kernel::{dequantize, fake_quant, fake_quant_in_place, quantize, Code};
 pub use layout::Layout;
 pub use pack::{dequantize_packed, quantize_packed, Packing};

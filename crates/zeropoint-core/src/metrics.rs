@@ -10,7 +10,8 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::kernel::fake_quant_value;
 use crate::layout::Segment;
-use crate::params::{QParams, CHUNK};
+use crate::params::QParams;
+use crate::CHUNK;
 
 /// Error of an approximation `y` of a reference `x`.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -5,7 +5,8 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::kernel::{check_grid_fits, dequantize_segments, dispatch, quantize_segments};
-use crate::params::{QParams, CHUNK};
+use crate::params::QParams;
+use crate::CHUNK;
 
 /// A packed sub-byte format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

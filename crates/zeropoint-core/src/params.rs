@@ -11,9 +11,10 @@
 
 use rayon::prelude::*;
 
-use crate::error::{Error, GranularityName, Result};
+use crate::error::{Error, Result};
 use crate::layout::{Layout, Segment};
 use crate::scheme::{Granularity, Grid, Scheme};
+use crate::CHUNK;
 
 /// One scale / zero-point pair.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -173,7 +174,7 @@ impl QParams {
         if layout.num_params() != self.len() {
             return Err(Error::ParamCount {
                 what: "scale",
-                granularity: GranularityName(self.granularity),
+                granularity: self.granularity.to_string(),
                 expected: layout.num_params(),
                 got: self.len(),
             });
@@ -195,9 +196,6 @@ pub(crate) fn checked_layout(len: usize, shape: &[usize], g: Granularity) -> Res
     }
     Ok(layout)
 }
-
-/// Elements per parallel task: large enough to amortize scheduling, small enough to balance.
-pub(crate) const CHUNK: usize = 1 << 16;
 
 /// [min, max] of each parameter group. NaN is an error (it has no place on a range); ±Inf is
 /// kept, and [`QParam::from_range`] then refuses the infinite range.

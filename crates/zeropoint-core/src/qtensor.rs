@@ -1,7 +1,7 @@
 //! A quantized tensor: codes in their storage type, the shape, and the parameters that map them
 //! back to real values. The convenient entry point for quantizing a whole f32 tensor.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernel;
 use crate::pack::{self, Packing};
 use crate::params::QParams;
@@ -169,23 +169,4 @@ impl From<Packing> for Storage {
     fn from(p: Packing) -> Storage {
         Storage::Packed(p)
     }
-}
-
-/// Error for a storage name that does not exist, for parsers of user input.
-pub fn parse_storage(name: &str) -> Result<Storage> {
-    Ok(match name {
-        "int8" => Storage::I8,
-        "uint8" => Storage::U8,
-        "int16" => Storage::I16,
-        "uint16" => Storage::U16,
-        "int4" => Packing::Int4.into(),
-        "uint4" => Packing::UInt4.into(),
-        "int2" => Packing::Int2.into(),
-        "uint2" => Packing::UInt2.into(),
-        other => {
-            return Err(Error::Scheme(format!(
-                "unknown storage type '{other}' (expected int8, uint8, int16, uint16, int4, uint4, int2 or uint2)"
-            )))
-        }
-    })
 }

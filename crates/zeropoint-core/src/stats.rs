@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use crate::params::CHUNK;
+use crate::CHUNK;
 
 /// Summary statistics of the finite values of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
