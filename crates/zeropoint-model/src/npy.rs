@@ -1,5 +1,13 @@
 //! NumPy's `.npy` format (versions 1 to 3): a magic string, a Python-dict header giving `descr`,
 //! `fortran_order` and `shape`, then the raw elements.
+//!
+//! ```
+//! use std::path::Path;
+//! use zeropoint_model::npy;
+//! let bytes = npy::to_bytes(&[2, 2], &[1.5f32, -2.0, 0.0, 4.0]);
+//! let t = npy::parse(&bytes, Path::new("w.npy"), "w").unwrap();
+//! assert_eq!((t.shape, t.values), (vec![2, 2], vec![1.5, -2.0, 0.0, 4.0]));
+//! ```
 
 use std::path::Path;
 
