@@ -23,6 +23,8 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use std::ops::Range;
+
 use crate::layout::{Layout, Segment};
 use crate::params::{QParam, QParams};
 use crate::scheme::Grid;
@@ -160,6 +162,40 @@ pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The parameters of one run of elements: shared by the whole run, or one pair per element.
+#[derive(Clone, Copy)]
+pub(crate) enum RunParams<'a> {
+    One(QParam),
+    Each(&'a [f32], &'a [i32]),
+}
+
+/// Calls `f` for each run of elements `start..start + len` of the tensor `layout` describes, with
+/// the run's range relative to `start`. The one place that turns segments into parameters.
+#[inline(always)]
+pub(crate) fn for_each_run<'a>(
+    layout: &Layout,
+    params: &'a QParams,
+    start: usize,
+    len: usize,
+    mut f: impl FnMut(Range<usize>, RunParams<'a>),
+) {
+    layout.for_each_segment(
+        start..start + len,
+        #[inline(always)]
+        |r, seg| {
+            let (a, b) = (r.start - start, r.end - start);
+            let p = match seg {
+                Segment::Uniform(p) => RunParams::One(params.get(p)),
+                Segment::PerElement(p) => RunParams::Each(
+                    &params.scale[p..p + b - a],
+                    &params.zero_point[p..p + b - a],
+                ),
+            };
+            f(a..b, p)
+        },
+    )
+}
+
 /// Quantizes elements `start..start + x.len()` of the tensor that `layout` describes. Inlined
 /// into a caller that runs under [`dispatch`]; [`quantize_chunk`] is the self-contained version.
 #[inline(always)]
@@ -170,27 +206,21 @@ pub(crate) fn quantize_segments<T: Code>(
     x: &[f32],
     out: &mut [T],
 ) {
-    layout.for_each_segment(
-        start..start + x.len(),
+    let grid = params.grid;
+    for_each_run(
+        layout,
+        params,
+        start,
+        x.len(),
         #[inline(always)]
-        |r, seg| {
-            let (a, b) = (r.start - start, r.end - start);
-            match seg {
-                Segment::Uniform(p) => {
-                    quantize_uniform(&x[a..b], &mut out[a..b], params.get(p), params.grid)
-                }
-                Segment::PerElement(p) => quantize_each(
-                    &x[a..b],
-                    &mut out[a..b],
-                    &params.scale[p..p + b - a],
-                    &params.zero_point[p..p + b - a],
-                    params.grid,
-                ),
-            }
+        |r, p| match p {
+            RunParams::One(p) => quantize_uniform(&x[r.clone()], &mut out[r], p, grid),
+            RunParams::Each(s, z) => quantize_each(&x[r.clone()], &mut out[r], s, z, grid),
         },
     )
 }
 
+/// [`quantize_segments`] compiled for the best instruction set the CPU has.
 pub(crate) fn quantize_chunk<T: Code>(
     layout: &Layout,
     params: &QParams,
@@ -214,24 +244,20 @@ pub(crate) fn dequantize_segments<T: Code>(
     q: &[T],
     out: &mut [f32],
 ) {
-    layout.for_each_segment(
-        start..start + q.len(),
+    for_each_run(
+        layout,
+        params,
+        start,
+        q.len(),
         #[inline(always)]
-        |r, seg| {
-            let (a, b) = (r.start - start, r.end - start);
-            match seg {
-                Segment::Uniform(p) => dequantize_uniform(&q[a..b], &mut out[a..b], params.get(p)),
-                Segment::PerElement(p) => dequantize_each(
-                    &q[a..b],
-                    &mut out[a..b],
-                    &params.scale[p..p + b - a],
-                    &params.zero_point[p..p + b - a],
-                ),
-            }
+        |r, p| match p {
+            RunParams::One(p) => dequantize_uniform(&q[r.clone()], &mut out[r], p),
+            RunParams::Each(s, z) => dequantize_each(&q[r.clone()], &mut out[r], s, z),
         },
     )
 }
 
+/// [`dequantize_segments`] compiled for the best instruction set the CPU has.
 pub(crate) fn dequantize_chunk<T: Code>(
     layout: &Layout,
     params: &QParams,
@@ -246,25 +272,19 @@ pub(crate) fn dequantize_chunk<T: Code>(
 }
 
 fn fake_quant_chunk(layout: &Layout, params: &QParams, start: usize, x: &mut [f32]) {
+    let grid = params.grid;
     dispatch(
         #[inline(always)]
         || {
-            layout.for_each_segment(
-                start..start + x.len(),
+            for_each_run(
+                layout,
+                params,
+                start,
+                x.len(),
                 #[inline(always)]
-                |r, seg| {
-                    let (a, b) = (r.start - start, r.end - start);
-                    match seg {
-                        Segment::Uniform(p) => {
-                            fake_uniform(&mut x[a..b], params.get(p), params.grid)
-                        }
-                        Segment::PerElement(p) => fake_each(
-                            &mut x[a..b],
-                            &params.scale[p..p + b - a],
-                            &params.zero_point[p..p + b - a],
-                            params.grid,
-                        ),
-                    }
+                |r, p| match p {
+                    RunParams::One(p) => fake_uniform(&mut x[r], p, grid),
+                    RunParams::Each(s, z) => fake_each(&mut x[r], s, z, grid),
                 },
             )
         },

@@ -8,9 +8,8 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernel::fake_quant_value;
-use crate::layout::Segment;
-use crate::params::QParams;
+use crate::kernel::{fake_quant_value, for_each_run, RunParams};
+use crate::params::{QParam, QParams};
 use crate::CHUNK;
 
 /// Error of an approximation `y` of a reference `x`.
@@ -183,14 +182,16 @@ pub fn quantization_error(
         .map(|(k, xc)| {
             let mut acc = Acc::default();
             let start = k * CHUNK;
-            layout.for_each_segment(start..start + xc.len(), |r, seg| {
-                for (off, i) in r.enumerate() {
-                    let q = params.get(match seg {
-                        Segment::Uniform(p) => p,
-                        Segment::PerElement(p) => p + off,
-                    });
+            for_each_run(&layout, params, start, xc.len(), |r, p| {
+                for (k, &v) in xc[r].iter().enumerate() {
+                    let q = match p {
+                        RunParams::One(q) => q,
+                        RunParams::Each(s, z) => QParam {
+                            scale: s[k],
+                            zero_point: z[k],
+                        },
+                    };
                     let (lo, hi) = q.real_range(grid);
-                    let v = xc[i - start];
                     acc.add(v, fake_quant_value(v, q, grid), v < lo || v > hi);
                 }
             });
