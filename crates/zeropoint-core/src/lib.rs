@@ -15,6 +15,8 @@
 //! - [`kernel`]: quantize / dequantize / fake-quant over slices, bit-exact with ONNX
 //!   QuantizeLinear / DequantizeLinear, vectorized and parallel; [`pack`] for int4/int2 storage;
 //!   [`QTensor`] ties codes, shape and parameters together.
+//! - [`observer`]: range estimation (min-max, moving average, percentile, MSE, entropy,
+//!   cross-entropy, BatchNorm-based), streaming, in bounded memory, mergeable and deterministic.
 //! - [`metrics`]: MSE, SQNR, cosine, max error, and clipping vs rounding error.
 //! - [`stats`]: what the data looks like (moments, tails, percentiles, histograms).
 //!
@@ -32,6 +34,7 @@ pub mod error;
 pub mod kernel;
 pub mod layout;
 pub mod metrics;
+pub mod observer;
 pub mod pack;
 pub mod params;
 pub mod qtensor;

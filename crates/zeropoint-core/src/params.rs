@@ -247,7 +247,7 @@ pub fn ranges(x: &[f32], layout: &Layout) -> Result<Vec<(f32, f32)>> {
 }
 
 /// Min, max and NaN count of a slice, in a form that vectorizes (eight independent lanes).
-fn min_max(xs: &[f32]) -> (f32, f32, usize) {
+pub(crate) fn min_max(xs: &[f32]) -> (f32, f32, usize) {
     let mut lo = [f32::INFINITY; 8];
     let mut hi = [f32::NEG_INFINITY; 8];
     let mut nan = [0u32; 8];
