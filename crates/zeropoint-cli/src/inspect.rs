@@ -18,6 +18,7 @@ use zeropoint_model::tensor_file::{self, TensorSet};
 use zeropoint_model::{atomic, Tensor};
 
 use crate::plot;
+use crate::range_compare::{self, RangeArgs, RangeResult};
 use crate::table::{db, num, Table};
 
 #[derive(ClapArgs, Debug)]
@@ -39,9 +40,11 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Write an SVG histogram per tensor into this folder, with the quantization grid and the
-    /// clipping range drawn over it.
+    /// clipping range drawn over it (and each --range estimator's range).
     #[arg(long, value_name = "DIR")]
     pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub ranges: RangeArgs,
 }
 
 /// Tolerance within which a simpler scheme is preferred to the best one.
@@ -59,6 +62,8 @@ pub struct Analysis {
     pub summary: Summary,
     /// Empty when the tensor cannot be quantized (empty, NaN or Inf), with the reason in `note`.
     pub candidates: Vec<Candidate>,
+    /// The --range comparison, when asked for.
+    pub ranges: Vec<RangeResult>,
     pub note: Option<String>,
 }
 
@@ -110,8 +115,9 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 fn analyse_set(set: &TensorSet, args: &Args) -> Result<Vec<Analysis>> {
-    Ok(set
-        .tensors
+    let configs = args.ranges.configs()?;
+    let range_scheme = args.ranges.scheme()?;
+    set.tensors
         .iter()
         .filter(|t| args.all || t.dtype.is_float())
         .filter(|t| {
@@ -119,8 +125,14 @@ fn analyse_set(set: &TensorSet, args: &Args) -> Result<Vec<Analysis>> {
                 .as_ref()
                 .is_none_or(|n| t.name.contains(n.as_str()))
         })
-        .map(|t| analyse(t.clone(), args.axis))
-        .collect())
+        .map(|t| {
+            let mut a = analyse(t.clone(), args.axis);
+            if a.note.is_none() {
+                a.ranges = range_compare::compare(&a.tensor, &configs, &range_scheme)?;
+            }
+            Ok(a)
+        })
+        .collect()
 }
 
 /// Statistics and the SQNR of every candidate scheme for one tensor.
@@ -172,6 +184,7 @@ pub fn analyse(tensor: Tensor, axis: usize) -> Analysis {
         tensor,
         summary,
         candidates,
+        ranges: Vec::new(),
         note,
     }
 }
@@ -284,6 +297,16 @@ fn to_text(path: &Path, set: &TensorSet, analyses: &[Analysis], args: &Args) -> 
     out.push_str(&format!(
         "\nrecommended: the simplest scheme within {PREFER_SIMPLER_DB} dB of the best, simplest first: per-tensor sym, per-channel sym, per-tensor asym, per-channel asym\n"
     ));
+    if !args.ranges.range.is_empty() {
+        let rows: Vec<(&str, &[RangeResult])> = analyses
+            .iter()
+            .filter(|a| !a.ranges.is_empty())
+            .map(|a| (a.tensor.name.as_str(), a.ranges.as_slice()))
+            .collect();
+        if let Ok(scheme) = args.ranges.scheme() {
+            out.push_str(&range_compare::table(&rows, &scheme));
+        }
+    }
     if let Some(dir) = &args.plot {
         out.push_str(&format!("histograms written to {}\n", dir.display()));
     }
@@ -304,6 +327,7 @@ fn to_json(a: &Analysis) -> Value {
             "bits": c.scheme.bits, "scheme": c.label, "sqnr_db": finite(c.sqnr_db)})).collect::<Vec<_>>(),
         "recommended": ([8, 4].iter().filter_map(|&b| a.recommended(b).map(|c| json!({
             "bits": b, "scheme": c.label, "sqnr_db": finite(c.sqnr_db)}))).collect::<Vec<_>>()),
+        "ranges": range_compare::to_json(&a.ranges),
         "note": a.note,
     })
 }

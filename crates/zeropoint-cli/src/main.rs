@@ -5,6 +5,7 @@
 mod explain;
 mod inspect;
 mod plot;
+mod range_compare;
 mod scheme_args;
 mod table;
 

@@ -151,6 +151,31 @@ pub fn histogram_svg(a: &Analysis) -> Result<String> {
             r#"<line x1="{x:.2}" x2="{x:.2}" y1="{TOP}" y2="{base}" stroke="{color}" stroke-width="1.5" stroke-dasharray="5,3"><title>{label} {v}</title></line>"#
         );
     }
+    // Each --range estimator's range: a pair of solid lines with the method's name on top.
+    const COLORS: [&str; 6] = [
+        "#6b46c1", "#d69e2e", "#dd6b20", "#319795", "#b83280", "#4a5568",
+    ];
+    for (k, r) in a.ranges.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        for v in [r.min, r.max] {
+            let x = x_of(f64::from(v));
+            let _ = writeln!(
+                w,
+                r#"<line x1="{x:.2}" x2="{x:.2}" y1="{TOP}" y2="{base}" stroke="{color}" stroke-width="1.2"><title>{} {v}</title></line>"#,
+                escape(&r.method.to_string())
+            );
+        }
+        let _ = writeln!(
+            w,
+            r#"<text x="{:.2}" y="{:.2}" fill="{color}" font-size="10" stroke="white" stroke-width="3" paint-order="stroke">{} [{}, {}]: {} dB</text>"#,
+            LEFT + 4.0,
+            TOP + 10.0 + 11.0 * k as f64,
+            escape(&r.method.to_string()),
+            num(f64::from(r.min), 3),
+            num(f64::from(r.max), 3),
+            crate::table::db(r.sqnr_db)
+        );
+    }
     let _ = writeln!(
         w,
         r#"<line x1="{LEFT}" x2="{}" y1="{base}" y2="{base}" stroke="black"/>"#,

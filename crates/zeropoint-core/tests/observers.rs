@@ -144,8 +144,8 @@ fn mse_ranges_beat_min_max_at_4_bits_on_heavy_tails() {
         let hist = observe(Config::new(Method::Mse { norm: 2.0 }), &x, &shape, 100)
             .ranges(&scheme)
             .unwrap()[0];
-        let exact = observer::estimate_values(&x, &[x.len()], &scheme, Method::Mse { norm: 2.0 })
-            .unwrap()[0];
+        let mse_config = Config::new(Method::Mse { norm: 2.0 });
+        let exact = observer::estimate_values(&x, &[x.len()], &scheme, mse_config).unwrap()[0];
         let (a, b, c) = (
             mse(&x, &scheme, minmax),
             mse(&x, &scheme, hist),

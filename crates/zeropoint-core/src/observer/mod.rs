@@ -101,7 +101,11 @@ impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Method::MovingAverage { momentum } => write!(f, "ema (momentum {momentum})"),
-            Method::Percentile { lower, upper } => write!(f, "percentile {lower}..{upper}"),
+            Method::Percentile { lower, upper } => {
+                // 100 - 99.99 is 0.010000000000005116 in binary: print what the user meant.
+                let round = |v: f64| (v * 1e6).round() / 1e6;
+                write!(f, "percentile {}..{}", round(*lower), round(*upper))
+            }
             Method::Mse { norm } if *norm == 2.0 => write!(f, "mse"),
             Method::Mse { norm } => write!(f, "mse (L{norm})"),
             Method::Entropy { quantized_bins } => write!(f, "entropy ({quantized_bins} bins)"),
@@ -425,12 +429,13 @@ fn check_finite(x: &[f32]) -> Result<(f32, f32)> {
 
 /// Ranges for a tensor whose values are all at hand (weights), at the scheme's granularity
 /// (per-tensor or per-axis): percentiles are exact, MSE is searched on the values themselves,
-/// the other methods observe the tensor as one batch.
+/// the other methods observe the tensor as one batch with `config`'s histogram bins and rows.
+/// `config.axis` is ignored: the scheme's granularity decides.
 pub fn estimate_values(
     x: &[f32],
     shape: &[usize],
     scheme: &Scheme,
-    method: Method,
+    config: Config,
 ) -> Result<Vec<(f32, f32)>> {
     scheme.validate()?;
     let axis = match scheme.granularity {
@@ -447,13 +452,15 @@ pub fn estimate_values(
         return Err(Error::Empty);
     }
     let channels = layout.num_params();
-    let per_channel = if channels == 1 {
-        vec![x.to_vec()]
-    } else {
-        split_channels(x, &layout, channels)
+    let per_channel = || {
+        if channels == 1 {
+            vec![x.to_vec()]
+        } else {
+            split_channels(x, &layout, channels)
+        }
     };
-    match method {
-        Method::Percentile { lower, upper } => per_channel
+    match config.method {
+        Method::Percentile { lower, upper } => per_channel()
             .iter()
             .map(|v| {
                 check_finite(v)?;
@@ -461,7 +468,7 @@ pub fn estimate_values(
                 Ok((p[0], p[1]))
             })
             .collect(),
-        Method::Mse { norm } => per_channel
+        Method::Mse { norm } => per_channel()
             .iter()
             .map(|v| {
                 let (lo, hi) = check_finite(v)?;
@@ -474,9 +481,7 @@ pub fn estimate_values(
             })
             .collect(),
         _ => {
-            let mut config = Config::new(method);
-            config.axis = axis;
-            let mut obs = Observer::new(config)?;
+            let mut obs = Observer::new(Config { axis, ..config })?;
             obs.update(x, shape)?;
             obs.ranges(scheme)
         }

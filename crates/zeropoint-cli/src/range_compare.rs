@@ -1,0 +1,162 @@
+//! `inspect --range`: the range each estimator picks for a tensor, and what it costs, side by side.
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use serde_json::{json, Value};
+use zeropoint_core::observer::{self, Config, Method};
+use zeropoint_core::{metrics, QParams, Scheme};
+use zeropoint_model::Tensor;
+
+use crate::table::{db, num, Table};
+
+#[derive(ClapArgs, Debug, Clone)]
+pub struct RangeArgs {
+    /// Compare range estimators per tensor: comma-separated from minmax, ema, percentile, mse,
+    /// entropy, cross-entropy. Shows each one's range and the SQNR it gives at --bits.
+    #[arg(long, value_delimiter = ',', value_name = "METHOD,...")]
+    pub range: Vec<String>,
+    /// Bit-width of the quantizer the ranges are compared for.
+    #[arg(long, default_value_t = 8)]
+    pub bits: u32,
+    /// Compare for a symmetric signed quantizer (z = 0); asymmetric signed by default.
+    #[arg(long)]
+    pub symmetric: bool,
+    /// The percentile method keeps the values between percentiles 100-P and P.
+    #[arg(long, default_value_t = 99.99, value_name = "P")]
+    pub percentile: f64,
+    /// Histogram bins (entropy; power-of-two widths, see docs/ranges.md).
+    #[arg(long, default_value_t = observer::histogram::DEFAULT_BINS)]
+    pub bins: usize,
+    /// Quantized bins of the entropy method.
+    #[arg(long, default_value_t = 128)]
+    pub quantized_bins: usize,
+    /// Norm p of the MSE method's error |x - x^|^p (2 = mean squared error).
+    #[arg(long, default_value_t = 2.0)]
+    pub norm: f64,
+}
+
+impl RangeArgs {
+    pub fn scheme(&self) -> Result<Scheme> {
+        let s = Scheme::new(self.bits).symmetric(self.symmetric);
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// The estimators asked for, with the settings of the flags.
+    pub fn configs(&self) -> Result<Vec<Config>> {
+        self.range
+            .iter()
+            .map(|name| {
+                let method = match Method::parse(name.trim())? {
+                    Method::Percentile { .. } => Method::Percentile {
+                        lower: 100.0 - self.percentile,
+                        upper: self.percentile,
+                    },
+                    Method::Entropy { .. } => Method::Entropy {
+                        quantized_bins: self.quantized_bins,
+                    },
+                    Method::Mse { .. } => Method::Mse { norm: self.norm },
+                    m => m,
+                };
+                let config = Config::new(method).bins(self.bins);
+                // Validates the settings (percentiles, bins) up front, with a clear message.
+                observer::Observer::new(config)?;
+                Ok(config)
+            })
+            .collect()
+    }
+}
+
+/// One estimator's verdict on one tensor.
+pub struct RangeResult {
+    pub method: Method,
+    pub min: f32,
+    pub max: f32,
+    pub sqnr_db: f64,
+    pub mse: f64,
+    pub clipped: f64,
+    pub clip_mse: f64,
+    pub round_mse: f64,
+}
+
+/// Ranges of every estimator for the whole tensor (per-tensor), and their error at `scheme`.
+pub fn compare(t: &Tensor, configs: &[Config], scheme: &Scheme) -> Result<Vec<RangeResult>> {
+    configs
+        .iter()
+        .map(|&config| {
+            let n = [t.values.len()];
+            let (min, max) = observer::estimate_values(&t.values, &n, scheme, config)
+                .with_context(|| format!("tensor '{}': {} range", t.name, config.method))?[0];
+            let params = QParams::from_ranges(scheme, &[(min, max)])?;
+            let (e, split) = metrics::quantization_error(&t.values, &n, &params)?;
+            Ok(RangeResult {
+                method: config.method,
+                min,
+                max,
+                sqnr_db: e.sqnr_db,
+                mse: e.mse,
+                clipped: split.clipped_fraction(),
+                clip_mse: split.clip_mse(),
+                round_mse: split.round_mse(),
+            })
+        })
+        .collect()
+}
+
+/// The text table: one row per tensor and method, the best SQNR of each tensor starred.
+pub fn table(rows: &[(&str, &[RangeResult])], scheme: &Scheme) -> String {
+    let mut t = Table::new(&[
+        "tensor",
+        "method",
+        "min",
+        "max",
+        "SQNR dB",
+        "MSE",
+        "clipped",
+        "clip MSE",
+        "round MSE",
+        "",
+    ]);
+    for (name, results) in rows {
+        let best = results
+            .iter()
+            .map(|r| r.sqnr_db)
+            .fold(f64::NEG_INFINITY, f64::max);
+        for r in results.iter() {
+            t.row(vec![
+                name.to_string(),
+                r.method.to_string(),
+                num(f64::from(r.min), 5),
+                num(f64::from(r.max), 5),
+                db(r.sqnr_db),
+                num(r.mse, 3),
+                format!("{:.3}%", 100.0 * r.clipped),
+                num(r.clip_mse, 3),
+                num(r.round_mse, 3),
+                if r.sqnr_db == best {
+                    "best".into()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+    }
+    format!(
+        "\nranges per estimator, quantized per-tensor with {scheme}\n{}",
+        t.render()
+    )
+}
+
+pub fn to_json(results: &[RangeResult]) -> Value {
+    let finite = |v: f64| if v.is_finite() { json!(v) } else { Value::Null };
+    results
+        .iter()
+        .map(|r| {
+            json!({
+                "method": r.method.name(), "description": r.method.to_string(),
+                "min": r.min, "max": r.max, "sqnr_db": finite(r.sqnr_db), "mse": r.mse,
+                "clipped_fraction": r.clipped, "clip_mse": r.clip_mse, "round_mse": r.round_mse,
+            })
+        })
+        .collect()
+}
