@@ -8,8 +8,8 @@
 //! directly at the final width, which depends only on max |x|. Counts are integers, so parallel
 //! partial histograms add up exactly. Memory is N counters, whatever the number of samples.
 //!
-//! With N bins the width is below 4·max|x| / N: the default 4096 bins are finer than the
-//! 2048-bin histograms ONNX Runtime and TensorRT calibrate with (width 2·max|x| / 2048).
+//! With N bins the width is below 4·max|x| / N: the default 8192 bins are 2 to 4 times finer
+//! than the 2048-bin histograms ONNX Runtime and TensorRT calibrate with (width 2·max|x| / 2048).
 
 use rayon::prelude::*;
 
@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::CHUNK;
 
 /// Default number of bins.
-pub const DEFAULT_BINS: usize = 4096;
+pub const DEFAULT_BINS: usize = 8192;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Histogram {

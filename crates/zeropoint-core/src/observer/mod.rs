@@ -24,7 +24,7 @@
 //! | cross-entropy | the range minimizing the cross-entropy between softmax(x) and softmax(fake_quant(x)) over rows of logits |
 //!
 //! For weights, whose values are all at hand, [`estimate_values`] computes percentiles exactly
-//! and searches the MSE range on the values themselves. [`bn_ranges`] is the data-free range of a
+//! (inverted-CDF definition) and searches the MSE range on the values themselves. [`bn_ranges`] is the data-free range of a
 //! BatchNorm output.
 
 pub mod histogram;
@@ -461,11 +461,10 @@ pub fn estimate_values(
     };
     match config.method {
         Method::Percentile { lower, upper } => per_channel()
-            .iter()
-            .map(|v| {
-                check_finite(v)?;
-                let p = crate::stats::percentiles(v, &[lower, upper]).ok_or(Error::Empty)?;
-                Ok((p[0], p[1]))
+            .into_iter()
+            .map(|mut v| {
+                check_finite(&v)?;
+                Ok((inverted_cdf(&mut v, lower), inverted_cdf(&mut v, upper)))
             })
             .collect(),
         Method::Mse { norm } => per_channel()
@@ -486,6 +485,14 @@ pub fn estimate_values(
             obs.ranges(scheme)
         }
     }
+}
+
+/// The exact `p`-th percentile of non-empty `v` by the inverted-CDF definition: the smallest
+/// value with at least p% of the data at or below it. It is what histogram calibrators (ONNX
+/// Runtime, TensorRT) approximate, and it is always one of the values, never an interpolation.
+fn inverted_cdf(v: &mut [f32], p: f64) -> f32 {
+    let k = ((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    *v.select_nth_unstable_by(k - 1, f32::total_cmp).1
 }
 
 /// The data-free range of a BatchNorm output per channel: [β - a·|γ|, β + a·|γ|] (a = 6 is the

@@ -125,22 +125,36 @@ fn lp(a: f32, b: f32, norm: f64) -> f64 {
     }
 }
 
+/// Bins per side of zero on which the entropy criterion is evaluated: TensorRT's and ONNX
+/// Runtime's 2048-bin histograms have 1024.
+pub const ENTROPY_HALF_BINS: usize = 1024;
+
 /// The TensorRT entropy calibration: the symmetric threshold whose clipped histogram, quantized
 /// to `quantized_bins` levels, is closest in KL divergence to the clipped histogram with the
 /// clipped mass folded into its edge bins. Returns the range clamped to the data's [min, max].
-/// Thresholds run over bin edges from `quantized_bins / 2` bins around zero to the whole
-/// histogram, as in TensorRT and ONNX Runtime.
+///
+/// The criterion depends on the histogram grid, so it is evaluated on a grid fixed by the data
+/// alone: bins of width w' = 2^ceil(log2(max|x| / 1024)) anchored at zero, K = floor(max|x| / w')
+/// + 1 on each side (about 2048 in all, as in TensorRT). The streaming histogram's power-of-two
+/// bins merge into it exactly. Thresholds run over its edges from `quantized_bins / 2` bins
+/// around zero to all of it. Unlike ONNX Runtime, the expanded quantized histogram is not
+/// truncated to integers.
 pub fn entropy_range(h: &Histogram, quantized_bins: usize) -> Option<(f32, f32)> {
     let (min, max) = h.min_max()?;
-    let counts: Vec<f64> = h.counts().iter().map(|&c| c as f64).collect();
+    let absmax = f64::from(min.abs().max(max.abs()));
+    if absmax == 0.0 {
+        return Some((min, max));
+    }
+    let (width, counts) = entropy_grid(h, absmax);
     let n = counts.len();
     let half = n / 2;
-    let q_half = (quantized_bins / 2).max(1);
+    let q_half = (quantized_bins / 2).clamp(1, half);
     let mut prefix = vec![0.0; n + 1];
     for (i, &c) in counts.iter().enumerate() {
         prefix[i + 1] = prefix[i] + c;
     }
-    // Slice [half - i, half + i + 1): the zero bin [0, w) and i bins on each side of it.
+    // Slice [half - i, half + i + 1): i bins below zero, i + 1 from zero up, as TensorRT and
+    // ONNX Runtime slice their histograms.
     let slice = |i: usize| (half - i, (half + i + 1).min(n));
     let mut best: Option<(f64, usize)> = None;
     for i in q_half..=half {
@@ -151,14 +165,32 @@ pub fn entropy_range(h: &Histogram, quantized_bins: usize) -> Option<(f32, f32)>
             prefix[n] - prefix[end],
             quantized_bins,
         );
+        let kl = if kl.is_nan() { f64::INFINITY } else { kl };
         if best.is_none_or(|(b, _)| kl < b) {
             best = Some((kl, i));
         }
     }
     let (start, end) = slice(best?.1);
-    let lo = (h.edge(start) as f32).max(min).min(max);
-    let hi = (h.edge(end) as f32).min(max).max(lo);
+    let edge = |i: usize| ((i as f64 - half as f64) * width) as f32;
+    let lo = edge(start).max(min).min(max);
+    let hi = edge(end).min(max).max(lo);
     Some((lo, hi))
+}
+
+/// The entropy grid's bin width and counts: the streaming histogram's bins merged exactly into
+/// bins of width 2^ceil(log2(absmax / 1024)) (or its own width, if coarser).
+fn entropy_grid(h: &Histogram, absmax: f64) -> (f64, Vec<f64>) {
+    let target = 2f64.powi((absmax / ENTROPY_HALF_BINS as f64).log2().ceil() as i32);
+    let width = target.max(h.width());
+    let factor = (width / h.width()).round() as i64;
+    let k = (absmax / width).floor() as i64 + 1;
+    let mut counts = vec![0.0; 2 * k as usize];
+    let half = (h.bins() / 2) as i64;
+    for (i, &c) in h.counts().iter().enumerate().filter(|(_, &c)| c > 0) {
+        let j = (i as i64 - half).div_euclid(factor) + k;
+        counts[j.clamp(0, 2 * k - 1) as usize] += c as f64;
+    }
+    (width, counts)
 }
 
 /// KL(p || q) for one candidate slice: p is the slice with the outliers folded into its ends, q
@@ -195,29 +227,22 @@ pub fn clipped_kl(slice: &[f64], left_out: f64, right_out: f64, quantized_bins: 
     }
 }
 
-/// Normalizes a distribution and gives its empty bins a small mass (1e-4 of a unit, taken from
-/// the others), as TensorRT and ONNX Runtime do, so that KL stays finite.
+/// Gives the empty bins of a histogram (in counts) a mass of 1e-4, taken evenly from the others,
+/// then normalizes it: the smoothing of TensorRT and ONNX Runtime, so that KL stays finite.
 fn smooth(d: &[f64]) -> Option<Vec<f64>> {
-    let total: f64 = d.iter().sum();
-    if total <= 0.0 {
-        return None;
-    }
-    let p: Vec<f64> = d.iter().map(|v| v / total).collect();
-    let zeros = p.iter().filter(|&&v| v == 0.0).count();
-    let nonzeros = p.len() - zeros;
+    let zeros = d.iter().filter(|&&v| v == 0.0).count();
+    let nonzeros = d.len() - zeros;
     if nonzeros == 0 {
         return None;
     }
     let eps = 1e-4;
     let eps1 = eps * zeros as f64 / nonzeros as f64;
-    if eps1 >= 1.0 {
-        return None;
-    }
-    Some(
-        p.iter()
-            .map(|&v| if v == 0.0 { eps } else { v - eps1 })
-            .collect(),
-    )
+    let s: Vec<f64> = d
+        .iter()
+        .map(|&v| if v == 0.0 { eps } else { (v - eps1).max(eps) })
+        .collect();
+    let total: f64 = s.iter().sum();
+    Some(s.into_iter().map(|v| v / total).collect())
 }
 
 /// Mean cross-entropy between softmax(row) and softmax(fake_quant(row)) over rows of logits.
