@@ -21,12 +21,21 @@ fn ranges_agree_with_onnx_runtime_calibrators() {
         let npz = dir.path().join(format!("{model}.acts.npz"));
         // ORT's percentile 99.999 cuts 0.0005% on each side.
         let run = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
-            .args(["inspect", "--json", "--range", "minmax,percentile,entropy,mse"])
+            .args([
+                "inspect",
+                "--json",
+                "--range",
+                "minmax,percentile,entropy,mse",
+            ])
             .args(["--percentile", "99.9995"])
             .arg(&npz)
             .output()
             .unwrap();
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         let report = dir.path().join(format!("{model}.report.json"));
         std::fs::write(&report, &run.stdout).unwrap();
         reports.push(report);
@@ -34,9 +43,13 @@ fn ranges_agree_with_onnx_runtime_calibrators() {
     let args: Vec<&Path> = reports.iter().map(|p| p.as_path()).collect();
     let out = run_python("ort_calibrators.py", &args);
     print!("{out}");
-    assert!(out.contains("entropy: zeropoint's KL <= ORT's on 42/42 tensors"), "{out}");
     assert!(
-        out.trim_end().ends_with("minmax=42 percentile=42 entropy=42 mismatches=0"),
+        out.contains("entropy: zeropoint's KL <= ORT's on 42/42 tensors"),
+        "{out}"
+    );
+    assert!(
+        out.trim_end()
+            .ends_with("minmax=42 percentile=42 entropy=42 mismatches=0"),
         "{out}"
     );
 }

@@ -246,31 +246,80 @@ pub fn ranges(x: &[f32], layout: &Layout) -> Result<Vec<(f32, f32)>> {
     Ok(table)
 }
 
-/// Min, max and NaN count of a slice, in a form that vectorizes (eight independent lanes).
+/// Min, max and NaN count of a slice (NaN is left out of min and max).
+///
+/// The most-run reduction of calibration, so it has an explicit AVX2 version: LLVM does not
+/// vectorize floating-point min/max reductions well by itself (7 GB/s instead of 30 in L2).
 pub(crate) fn min_max(xs: &[f32]) -> (f32, f32, usize) {
-    let mut lo = [f32::INFINITY; 8];
-    let mut hi = [f32::NEG_INFINITY; 8];
-    let mut nan = [0u32; 8];
-    let mut chunks = xs.chunks_exact(8);
-    for c in &mut chunks {
-        for k in 0..8 {
-            lo[k] = if c[k] < lo[k] { c[k] } else { lo[k] };
-            hi[k] = if c[k] > hi[k] { c[k] } else { hi[k] };
-            nan[k] += u32::from(c[k].is_nan());
-        }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { min_max_avx2(xs) };
     }
-    let mut nan_total: usize = nan.iter().map(|&c| c as usize).sum();
-    let (mut l, mut h) = (
-        lo.iter().copied().fold(f32::INFINITY, f32::min),
-        f32::NEG_INFINITY,
+    min_max_scalar(xs)
+}
+
+fn min_max_scalar(xs: &[f32]) -> (f32, f32, usize) {
+    let mut lo = f32::INFINITY;
+    let mut hi = f32::NEG_INFINITY;
+    let mut nan = 0;
+    for &v in xs {
+        // Comparisons are false for NaN, which therefore never becomes a bound.
+        lo = if v < lo { v } else { lo };
+        hi = if v > hi { v } else { hi };
+        nan += usize::from(v.is_nan());
+    }
+    (lo, hi, nan)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn min_max_avx2(xs: &[f32]) -> (f32, f32, usize) {
+    use std::arch::x86_64::*;
+    let mut chunks = xs.chunks_exact(16);
+    let (mut lo_a, mut lo_b) = (_mm256_set1_ps(f32::INFINITY), _mm256_set1_ps(f32::INFINITY));
+    let (mut hi_a, mut hi_b) = (
+        _mm256_set1_ps(f32::NEG_INFINITY),
+        _mm256_set1_ps(f32::NEG_INFINITY),
     );
-    h = hi.iter().copied().fold(h, f32::max);
-    for &v in chunks.remainder() {
-        nan_total += usize::from(v.is_nan());
-        l = l.min(v);
-        h = h.max(v);
+    let mut unordered = _mm256_setzero_ps();
+    for c in &mut chunks {
+        // SAFETY: `c` holds 16 floats; unaligned loads.
+        let (a, b) = unsafe {
+            (
+                _mm256_loadu_ps(c.as_ptr()),
+                _mm256_loadu_ps(c.as_ptr().add(8)),
+            )
+        };
+        // MINPS / MAXPS return their second operand when the first is NaN: NaN is skipped.
+        lo_a = _mm256_min_ps(a, lo_a);
+        lo_b = _mm256_min_ps(b, lo_b);
+        hi_a = _mm256_max_ps(a, hi_a);
+        hi_b = _mm256_max_ps(b, hi_b);
+        let nan = _mm256_or_ps(
+            _mm256_cmp_ps::<_CMP_UNORD_Q>(a, a),
+            _mm256_cmp_ps::<_CMP_UNORD_Q>(b, b),
+        );
+        unordered = _mm256_or_ps(unordered, nan);
     }
-    (l, h, nan_total)
+    let mut lo = [0f32; 8];
+    let mut hi = [0f32; 8];
+    // SAFETY: 8-float stores into 8-float arrays.
+    unsafe {
+        _mm256_storeu_ps(lo.as_mut_ptr(), _mm256_min_ps(lo_a, lo_b));
+        _mm256_storeu_ps(hi.as_mut_ptr(), _mm256_max_ps(hi_a, hi_b));
+    }
+    let (tail_lo, tail_hi, tail_nan) = min_max_scalar(chunks.remainder());
+    let lo = lo.iter().copied().fold(tail_lo, f32::min);
+    let hi = hi.iter().copied().fold(tail_hi, f32::max);
+    let any_nan = _mm256_movemask_ps(unordered) != 0;
+    let body = xs.len() - chunks.remainder().len();
+    let nan = if any_nan {
+        xs[..body].iter().filter(|v| v.is_nan()).count()
+    } else {
+        0
+    };
+    (lo, hi, nan + tail_nan)
 }
 
 #[cfg(test)]

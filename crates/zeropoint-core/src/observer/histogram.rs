@@ -33,7 +33,7 @@ pub struct Histogram {
 impl Histogram {
     /// An empty histogram of `bins` bins (even, at least 2).
     pub fn new(bins: usize) -> Result<Histogram> {
-        if bins < 2 || bins % 2 != 0 {
+        if bins < 2 || !bins.is_multiple_of(2) {
             return Err(Error::Scheme(format!(
                 "a histogram needs an even number of bins, at least 2 (got {bins})"
             )));
@@ -122,20 +122,12 @@ impl Histogram {
             let need = self.exp_for(absmax);
             self.widen_to(need.max(self.exp.unwrap_or(need)));
         }
-        let width = self.width() as f32;
-        let half = (self.bins() / 2) as i64;
+        let exp = self.exp.unwrap_or(0);
         let bins = self.bins();
+        // Larger tasks than the kernels': each builds 4 tables of all bins, which must pay off.
         let partial: Vec<Vec<u64>> = x
-            .par_chunks(CHUNK)
-            .map(|c| {
-                let mut h = vec![0u64; bins];
-                for &v in c {
-                    // v / 2^e is exact; the floor picks the bin whatever the order of arrival.
-                    let i = ((v / width).floor() as i64 + half).clamp(0, bins as i64 - 1);
-                    h[i as usize] += 1;
-                }
-                h
-            })
+            .par_chunks(16 * CHUNK)
+            .map(|c| count_bins(c, exp, bins))
             .collect();
         for h in partial {
             for (a, b) in self.counts.iter_mut().zip(h) {
@@ -206,6 +198,58 @@ impl Histogram {
             .map(|(i, &c)| ((self.edge(i) + 0.5 * self.width()) as f32, c as f64))
             .collect()
     }
+}
+
+/// Bin counts of `x` at width 2^exp: bin floor(v / 2^exp) + bins/2, computed exactly (scaling by
+/// a power of two is exact and floor is exact), which is what makes merging bins lossless.
+fn count_bins(x: &[f32], exp: i32, bins: usize) -> Vec<u64> {
+    const STAGE: usize = 1024;
+    let half = (bins / 2) as f32;
+    let top = (bins - 1) as f32;
+    // 2^-exp as f32 when representable; tiny widths (exp < -126) divide instead.
+    let inv = (exp > -126 && exp < 127).then(|| 2f32.powi(-exp));
+    let width = 2f64.powi(exp) as f32;
+    crate::kernel::dispatch(
+        #[inline(always)]
+        || {
+            // Four interleaved tables: repeated hits on one bin (zeros after a ReLU) do not
+            // wait on each other's increments.
+            let mut tables = vec![0u32; 4 * bins];
+            let mut idx = [0u32; STAGE];
+            for c in x.chunks(STAGE) {
+                // Bounds are integers, so clamping after the floor is exact. The comparisons are
+                // MAXPS / MINPS; one loop per case so that each vectorizes.
+                let bin = |q: f32| {
+                    let b = q.floor() + half;
+                    let b = if b > 0.0 { b } else { 0.0 };
+                    let b = if b < top { b } else { top };
+                    // b is an integer below 2^22: read it from the mantissa after adding
+                    // 1.5·2^23 (a float-to-int `as` would not vectorize here).
+                    (b + 12_582_912.0).to_bits() - 0x4B40_0000
+                };
+                match inv {
+                    Some(inv) => idx.iter_mut().zip(c).for_each(|(i, &v)| *i = bin(v * inv)),
+                    None => idx
+                        .iter_mut()
+                        .zip(c)
+                        .for_each(|(i, &v)| *i = bin(v / width)),
+                }
+                let mut quads = idx[..c.len()].chunks_exact(4);
+                for q in &mut quads {
+                    tables[q[0] as usize] += 1;
+                    tables[bins + q[1] as usize] += 1;
+                    tables[2 * bins + q[2] as usize] += 1;
+                    tables[3 * bins + q[3] as usize] += 1;
+                }
+                for &i in quads.remainder() {
+                    tables[i as usize] += 1;
+                }
+            }
+            (0..bins)
+                .map(|b| (0..4).map(|t| u64::from(tables[t * bins + b])).sum())
+                .collect()
+        },
+    )
 }
 
 #[cfg(test)]

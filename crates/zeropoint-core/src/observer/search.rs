@@ -134,10 +134,10 @@ pub const ENTROPY_HALF_BINS: usize = 1024;
 /// clipped mass folded into its edge bins. Returns the range clamped to the data's [min, max].
 ///
 /// The criterion depends on the histogram grid, so it is evaluated on a grid fixed by the data
-/// alone: bins of width w' = 2^ceil(log2(max|x| / 1024)) anchored at zero, K = floor(max|x| / w')
-/// + 1 on each side (about 2048 in all, as in TensorRT). The streaming histogram's power-of-two
-/// bins merge into it exactly. Thresholds run over its edges from `quantized_bins / 2` bins
-/// around zero to all of it. Unlike ONNX Runtime, the expanded quantized histogram is not
+/// alone: bins of width w' = 2^ceil(log2(max|x| / 1024)) anchored at zero, and
+/// K = floor(max|x| / w') + 1 of them on each side (about 2048 in all, as in TensorRT). The
+/// streaming histogram's power-of-two bins merge into it exactly. Thresholds run over its edges
+/// from `quantized_bins / 2` bins around zero to all of it. Unlike ONNX Runtime, the expanded quantized histogram is not
 /// truncated to integers.
 pub fn entropy_range(h: &Histogram, quantized_bins: usize) -> Option<(f32, f32)> {
     let (min, max) = h.min_max()?;
