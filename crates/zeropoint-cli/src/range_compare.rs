@@ -24,12 +24,18 @@ pub struct RangeArgs {
     /// The percentile method keeps the values between percentiles 100-P and P.
     #[arg(long, default_value_t = 99.99, value_name = "P")]
     pub percentile: f64,
-    /// Histogram bins (entropy; power-of-two widths, see docs/ranges.md).
+    /// Bins of the streaming histogram (power-of-two widths, see docs/ranges.md).
     #[arg(long, default_value_t = observer::histogram::DEFAULT_BINS)]
     pub bins: usize,
-    /// Quantized bins of the entropy method.
+    /// Bins over ±max|x| on which the entropy method's KL is evaluated (TensorRT: 2048).
+    #[arg(long, default_value_t = 2048)]
+    pub entropy_bins: usize,
+    /// Quantized bins of the entropy method (TensorRT: 128).
     #[arg(long, default_value_t = 128)]
     pub quantized_bins: usize,
+    /// Momentum of the ema method: running = m·running + (1 - m)·batch.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f32,
     /// Norm p of the MSE method's error |x - x^|^p (2 = mean squared error).
     #[arg(long, default_value_t = 2.0)]
     pub norm: f64,
@@ -53,7 +59,11 @@ impl RangeArgs {
                         upper: self.percentile,
                     },
                     Method::Entropy { .. } => Method::Entropy {
+                        bins: self.entropy_bins,
                         quantized_bins: self.quantized_bins,
+                    },
+                    Method::MovingAverage { .. } => Method::MovingAverage {
+                        momentum: self.momentum,
                     },
                     Method::Mse { .. } => Method::Mse { norm: self.norm },
                     m => m,

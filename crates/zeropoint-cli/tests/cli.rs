@@ -234,11 +234,85 @@ fn inspect_recommends_and_plots() {
 }
 
 #[test]
+fn inspect_compares_range_estimators() {
+    let model = shared_model("ccexam_mnist_cnn.onnx");
+    let out = ok(&[
+        "inspect",
+        path(&model),
+        "--json",
+        "--range",
+        "minmax,percentile,mse,entropy,cross-entropy,ema",
+        "--bits",
+        "4",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    for t in v["tensors"].as_array().unwrap() {
+        let ranges = t["ranges"].as_array().unwrap();
+        let names: Vec<&str> = ranges
+            .iter()
+            .map(|r| r["method"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "minmax",
+                "percentile",
+                "mse",
+                "entropy",
+                "cross-entropy",
+                "ema"
+            ]
+        );
+        let mse = |m: &str| {
+            ranges.iter().find(|r| r["method"] == m).unwrap()["mse"]
+                .as_f64()
+                .unwrap()
+        };
+        // The MSE search includes the min-max range as a candidate.
+        assert!(mse("mse") <= mse("minmax"), "{}", t["name"]);
+    }
+    // At 4 bits the fully connected weights (kurtosis 6.9) clip: MSE far below min-max.
+    let fc = &v["tensors"][4];
+    assert_eq!(fc["name"], "classifier.0.weight");
+    let r = fc["ranges"].as_array().unwrap();
+    assert!(r[2]["sqnr_db"].as_f64().unwrap() > r[0]["sqnr_db"].as_f64().unwrap() + 3.0);
+    let text = ok(&[
+        "inspect",
+        path(&model),
+        "--range",
+        "minmax,mse",
+        "--name",
+        "classifier.0.weight",
+    ]);
+    assert!(
+        text.contains("ranges per estimator, quantized per-tensor with int8 asymmetric"),
+        "{text}"
+    );
+    let e = fails(&["inspect", path(&model), "--range", "median"]);
+    assert!(e.contains("unknown range method 'median'"), "{e}");
+    let e = fails(&[
+        "inspect",
+        path(&model),
+        "--range",
+        "percentile",
+        "--percentile",
+        "120",
+    ]);
+    assert!(e.contains("percentiles must satisfy"), "{e}");
+}
+
+#[test]
 fn inspect_output_does_not_depend_on_the_thread_count() {
     let model = shared_model("ccexam_mnist_cnn.onnx");
     let run = |threads: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
-            .args(["inspect", "--json", path(&model)])
+            .args([
+                "inspect",
+                "--json",
+                path(&model),
+                "--range",
+                "percentile,mse,entropy",
+            ])
             .env("RAYON_NUM_THREADS", threads)
             .output()
             .unwrap();

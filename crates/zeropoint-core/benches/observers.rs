@@ -42,6 +42,7 @@ fn main() {
         (
             "histogram (entropy)",
             Method::Entropy {
+                bins: 2048,
                 quantized_bins: 128,
             },
         ),

@@ -40,6 +40,7 @@ fn methods() -> Vec<Method> {
         Method::Mse { norm: 2.0 },
         Method::Mse { norm: 2.4 },
         Method::Entropy {
+            bins: 2048,
             quantized_bins: 128,
         },
     ]
@@ -187,6 +188,7 @@ fn entropy_clips_a_long_tail() {
     let (x, shape) = activations(2000);
     let obs = observe(
         Config::new(Method::Entropy {
+            bins: 2048,
             quantized_bins: 128,
         }),
         &x,

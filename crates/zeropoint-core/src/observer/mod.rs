@@ -56,7 +56,10 @@ pub enum Method {
     Mse {
         norm: f64,
     },
+    /// `bins`: the histogram the KL criterion is evaluated on (2048 in TensorRT), over
+    /// ±max|x|; `quantized_bins`: the levels it is quantized to (128 in TensorRT).
     Entropy {
+        bins: usize,
         quantized_bins: usize,
     },
     CrossEntropy,
@@ -74,6 +77,7 @@ impl Method {
             },
             "mse" => Method::Mse { norm: 2.0 },
             "entropy" | "kl" => Method::Entropy {
+                bins: 2048,
                 quantized_bins: 128,
             },
             "cross-entropy" | "ce" => Method::CrossEntropy,
@@ -108,7 +112,10 @@ impl fmt::Display for Method {
             }
             Method::Mse { norm } if *norm == 2.0 => write!(f, "mse"),
             Method::Mse { norm } => write!(f, "mse (L{norm})"),
-            Method::Entropy { quantized_bins } => write!(f, "entropy ({quantized_bins} bins)"),
+            Method::Entropy {
+                bins,
+                quantized_bins,
+            } => write!(f, "entropy ({bins}/{quantized_bins} bins)"),
             other => f.write_str(other.name()),
         }
     }
@@ -180,10 +187,14 @@ impl Observer {
                 )));
             }
         }
-        if let Method::Entropy { quantized_bins } = config.method {
-            if quantized_bins < 2 || quantized_bins > config.bins {
+        if let Method::Entropy {
+            bins,
+            quantized_bins,
+        } = config.method
+        {
+            if quantized_bins < 2 || quantized_bins > bins || bins > config.bins {
                 return Err(Error::Scheme(format!(
-                    "entropy needs 2 to {} quantized bins (got {quantized_bins})",
+                    "entropy needs 2 <= quantized bins ({quantized_bins}) <= bins ({bins}) <= histogram bins ({})",
                     config.bins
                 )));
             }
@@ -403,9 +414,13 @@ impl State {
                 let (lo, hi) = h.min_max().ok_or_else(empty)?;
                 search::minimize(scheme, lo, hi, search::histogram_cost(scheme, h, *norm))
             }
-            (State::Histogram(h), Method::Entropy { quantized_bins }) => {
-                search::entropy_range(h, *quantized_bins).ok_or_else(empty)?
-            }
+            (
+                State::Histogram(h),
+                Method::Entropy {
+                    bins,
+                    quantized_bins,
+                },
+            ) => search::entropy_range(h, *bins, *quantized_bins).ok_or_else(empty)?,
             (State::Rows(r), _) => {
                 let rows = r.rows();
                 let (lo, hi) = r.min_max().ok_or_else(empty)?;

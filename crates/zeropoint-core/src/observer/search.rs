@@ -125,27 +125,24 @@ fn lp(a: f32, b: f32, norm: f64) -> f64 {
     }
 }
 
-/// Bins per side of zero on which the entropy criterion is evaluated: TensorRT's and ONNX
-/// Runtime's 2048-bin histograms have 1024.
-pub const ENTROPY_HALF_BINS: usize = 1024;
-
-/// The TensorRT entropy calibration: the symmetric threshold whose clipped histogram, quantized
-/// to `quantized_bins` levels, is closest in KL divergence to the clipped histogram with the
+/// The TensorRT entropy calibration: the symmetric threshold whose clipped histogram of about
+/// `bins` bins over ±max|x|, quantized to `quantized_bins` levels, is closest in KL divergence to the clipped histogram with the
 /// clipped mass folded into its edge bins. Returns the range clamped to the data's [min, max].
 ///
 /// The criterion depends on the histogram grid, so it is evaluated on a grid fixed by the data
-/// alone: bins of width w' = 2^ceil(log2(max|x| / 1024)) anchored at zero, and
-/// K = floor(max|x| / w') + 1 of them on each side (about 2048 in all, as in TensorRT). The
+/// alone: bins of width w' = 2^ceil(log2(max|x| / (bins / 2))) anchored at zero, and
+/// K = floor(max|x| / w') + 1 of them on each side (between bins / 2 and bins in all; TensorRT
+/// uses 2048 bins over ±max|x|). The
 /// streaming histogram's power-of-two bins merge into it exactly. Thresholds run over its edges
 /// from `quantized_bins / 2` bins around zero to all of it. Unlike ONNX Runtime, the expanded quantized histogram is not
 /// truncated to integers.
-pub fn entropy_range(h: &Histogram, quantized_bins: usize) -> Option<(f32, f32)> {
+pub fn entropy_range(h: &Histogram, bins: usize, quantized_bins: usize) -> Option<(f32, f32)> {
     let (min, max) = h.min_max()?;
     let absmax = f64::from(min.abs().max(max.abs()));
     if absmax == 0.0 {
         return Some((min, max));
     }
-    let (width, counts) = entropy_grid(h, absmax);
+    let (width, counts) = entropy_grid(h, absmax, bins / 2);
     let n = counts.len();
     let half = n / 2;
     let q_half = (quantized_bins / 2).clamp(1, half);
@@ -178,9 +175,9 @@ pub fn entropy_range(h: &Histogram, quantized_bins: usize) -> Option<(f32, f32)>
 }
 
 /// The entropy grid's bin width and counts: the streaming histogram's bins merged exactly into
-/// bins of width 2^ceil(log2(absmax / 1024)) (or its own width, if coarser).
-fn entropy_grid(h: &Histogram, absmax: f64) -> (f64, Vec<f64>) {
-    let target = 2f64.powi((absmax / ENTROPY_HALF_BINS as f64).log2().ceil() as i32);
+/// bins of width 2^ceil(log2(absmax / half_bins)) (or its own width, if coarser).
+fn entropy_grid(h: &Histogram, absmax: f64, half_bins: usize) -> (f64, Vec<f64>) {
+    let target = 2f64.powi((absmax / half_bins.max(1) as f64).log2().ceil() as i32);
     let width = target.max(h.width());
     let factor = (width / h.width()).round() as i64;
     let k = (absmax / width).floor() as i64 + 1;
