@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde_json::{json, Value};
 use zeropoint_core::kernel::fake_quant_value;
+use zeropoint_core::observer::{self, Config, Method};
 use zeropoint_core::{metrics, stats, Grid, QParam, QParams, Scheme};
 use zeropoint_model::tensor_file;
 
@@ -456,13 +457,27 @@ fn diagnose(scheme: &Scheme, p: QParam, min: f32, max: f32, x: &[f32]) -> Diagno
     if let Ok(c) = clip_quality(scheme, "given range".into(), min, max, x) {
         clips.push(c);
     }
-    let ps: Vec<f64> = PERCENTILES.iter().flat_map(|&p| [100.0 - p, p]).collect();
-    if let Some(v) = stats::percentiles(x, &ps) {
-        for (k, &pct) in PERCENTILES.iter().enumerate() {
-            let label = format!("percentile {}..{pct}", ((100.0 - pct) * 1e4).round() / 1e4);
-            if let Ok(c) = clip_quality(scheme, label, v[2 * k], v[2 * k + 1], x) {
-                clips.push(c);
-            }
+    // The same percentile ranges as `inspect --range percentile` (exact, inverted CDF), and
+    // the range that minimizes the quantization MSE for this scheme.
+    let methods = PERCENTILES
+        .iter()
+        .map(|&upper| Method::Percentile {
+            lower: 100.0 - upper,
+            upper,
+        })
+        .chain([Method::Mse { norm: 2.0 }]);
+    for method in methods {
+        let per_tensor = scheme.granularity(zeropoint_core::Granularity::PerTensor);
+        let Ok(r) = observer::estimate_values(x, &[x.len()], &per_tensor, Config::new(method))
+        else {
+            continue;
+        };
+        let label = match method {
+            Method::Mse { .. } => "minimum MSE".to_string(),
+            m => m.to_string(),
+        };
+        if let Ok(c) = clip_quality(scheme, label, r[0].0, r[0].1, x) {
+            clips.push(c);
         }
     }
     Diagnosis {
@@ -533,7 +548,7 @@ fn text_diagnosis(w: &mut String, d: &Diagnosis, bits: u32) {
     if best.sqnr > base.sqnr + 0.05 {
         let _ = writeln!(
             w,
-            "  clipping at {} would gain {} dB SQNR over the given range: outliers cost more resolution than clipping them costs",
+            "  the {} range would gain {} dB SQNR over the given range: outliers cost more resolution than clipping them costs",
             best.label,
             db(best.sqnr - base.sqnr)
         );

@@ -95,7 +95,12 @@ fn explain_json_matches_hand_computation() {
     assert_eq!(d["count"], 7);
     // σ = 2.18, s = 0.857: 2.5 levels per σ.
     assert_eq!(d["verdict"], "coarse");
-    assert_eq!(d["ranges"].as_array().unwrap().len(), 4);
+    // The given range, three percentile ranges and the minimum-MSE range.
+    let ranges = d["ranges"].as_array().unwrap();
+    assert_eq!(ranges.len(), 5);
+    assert_eq!(ranges[4]["label"], "minimum MSE");
+    let sqnr = |i: usize| ranges[i]["sqnr_db"].as_f64().unwrap();
+    assert!(sqnr(4) >= sqnr(0), "the MSE range lost to min-max");
 }
 
 #[test]

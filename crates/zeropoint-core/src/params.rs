@@ -246,6 +246,18 @@ pub fn ranges(x: &[f32], layout: &Layout) -> Result<Vec<(f32, f32)>> {
     Ok(table)
 }
 
+/// [min, max] of non-empty data that must be finite: NaN or ±Inf is an error.
+pub(crate) fn finite_min_max(x: &[f32]) -> Result<(f32, f32)> {
+    let (lo, hi, nan) = min_max(x);
+    if nan > 0 {
+        return Err(Error::NaN { count: nan });
+    }
+    if !lo.is_finite() || !hi.is_finite() {
+        return Err(Error::NonFiniteRange { min: lo, max: hi });
+    }
+    Ok((lo, hi))
+}
+
 /// Min, max and NaN count of a slice (NaN is left out of min and max).
 ///
 /// The most-run reduction of calibration, so it has an explicit AVX2 version: LLVM does not

@@ -110,13 +110,7 @@ impl Histogram {
         if x.is_empty() {
             return Ok(());
         }
-        let (lo, hi, nan) = crate::params::min_max(x);
-        if nan > 0 {
-            return Err(Error::NaN { count: nan });
-        }
-        if !lo.is_finite() || !hi.is_finite() {
-            return Err(Error::NonFiniteRange { min: lo, max: hi });
-        }
+        let (lo, hi) = crate::params::finite_min_max(x)?;
         let absmax = lo.abs().max(hi.abs());
         if absmax > 0.0 {
             let need = self.exp_for(absmax);

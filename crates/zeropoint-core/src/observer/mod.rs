@@ -358,18 +358,18 @@ impl State {
         match self {
             State::Histogram(h) => h.update(x),
             State::Rows(r) => {
-                check_finite(x)?;
+                crate::params::finite_min_max(x)?;
                 r.update(x, row);
                 Ok(())
             }
             State::MinMax { min, max } => {
-                let (lo, hi) = check_finite(x)?;
+                let (lo, hi) = crate::params::finite_min_max(x)?;
                 *min = min.min(lo);
                 *max = max.max(hi);
                 Ok(())
             }
             State::Average { min, max, batches } => {
-                let (lo, hi) = check_finite(x)?;
+                let (lo, hi) = crate::params::finite_min_max(x)?;
                 if *batches == 0 {
                     (*min, *max) = (lo, hi);
                 } else {
@@ -431,17 +431,6 @@ impl State {
     }
 }
 
-fn check_finite(x: &[f32]) -> Result<(f32, f32)> {
-    let (lo, hi, nan) = crate::params::min_max(x);
-    if nan > 0 {
-        return Err(Error::NaN { count: nan });
-    }
-    if !lo.is_finite() || !hi.is_finite() {
-        return Err(Error::NonFiniteRange { min: lo, max: hi });
-    }
-    Ok((lo, hi))
-}
-
 /// Ranges for a tensor whose values are all at hand (weights), at the scheme's granularity
 /// (per-tensor or per-axis): percentiles are exact, MSE is searched on the values themselves,
 /// the other methods observe the tensor as one batch with `config`'s histogram bins and rows.
@@ -478,14 +467,14 @@ pub fn estimate_values(
         Method::Percentile { lower, upper } => per_channel()
             .into_iter()
             .map(|mut v| {
-                check_finite(&v)?;
+                crate::params::finite_min_max(&v)?;
                 Ok((inverted_cdf(&mut v, lower), inverted_cdf(&mut v, upper)))
             })
             .collect(),
         Method::Mse { norm } => per_channel()
             .iter()
             .map(|v| {
-                let (lo, hi) = check_finite(v)?;
+                let (lo, hi) = crate::params::finite_min_max(v)?;
                 Ok(search::minimize(
                     scheme,
                     lo,
