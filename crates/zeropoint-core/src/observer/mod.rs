@@ -270,6 +270,8 @@ impl Observer {
         if channels == 1 {
             return self.states[0].update(x, momentum, row);
         }
+        // A bad value refuses the whole batch before any channel has taken its part.
+        crate::params::finite_min_max(x)?;
         for (state, values) in self
             .states
             .iter_mut()
