@@ -257,9 +257,10 @@ fn bad_input_is_refused() {
         obs.update(&[1.0; 8], &[2, 4]).is_err(),
         "channel count changed"
     );
-    assert!(obs
-        .update(&[1.0, f32::NAN, 0.0, 0.0, 0.0, 0.0], &[2, 3])
-        .is_err());
+    let before = obs.clone();
+    let nan_in_last_channel = [1.0, 2.0, 0.0, 0.0, 0.0, f32::NAN];
+    assert!(obs.update(&nan_in_last_channel, &[2, 3]).is_err());
+    assert_eq!(obs, before, "a refused batch left a trace");
     assert!(obs.update(&[1.0; 5], &[2, 3]).is_err());
     assert!(Observer::new(Config::new(Method::Percentile {
         lower: 90.0,
