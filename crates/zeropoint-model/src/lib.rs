@@ -4,6 +4,7 @@
 //!
 //! - [`onnx`]: the ONNX protobuf types, generated at build time from the official `onnx.proto`
 //!   by a pure-Rust compiler, and loading a model file with clear errors.
+//! - [`external_data`]: writing models, and tensors stored in side files (models over 2 GB).
 //! - [`tensor_file`]: named tensors from `.npy`, `.npz`, `.safetensors` and ONNX initializers,
 //!   converted to f32 for analysis; `.npy` writing.
 //! - [`atomic`]: every output goes through a temporary file and a rename, so that nothing
@@ -13,6 +14,7 @@
 
 pub mod atomic;
 pub mod error;
+pub mod external_data;
 pub mod npy;
 pub mod onnx;
 pub mod safetensors;

@@ -1,7 +1,8 @@
 //! ONNX models: the protobuf types generated from the official `onnx.proto` (see build.rs), model
 //! loading with clear errors, and initializers decoded to f32 tensors, external data included.
+//! Writing, and tensors in side files, are in [`crate::external_data`].
 
-use std::path::{Component, Path};
+use std::path::Path;
 
 use prost::Message;
 
@@ -118,7 +119,7 @@ fn tensor_values(
     let n = element_count(&dims).ok_or("shape is too large")?;
     let external = t.data_location == Some(proto::tensor_proto::DataLocation::External as i32);
     let values = if external {
-        let bytes = external_bytes(t, dir)?;
+        let bytes = crate::external_data::read_tensor_bytes(t, dir)?;
         check_bytes(&bytes, n, dtype)?;
         dtype.decode(&bytes, true)
     } else if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty() || n == 0) {
@@ -166,52 +167,4 @@ fn typed_values(t: &TensorProto, dtype: DType) -> Vec<f32> {
             .collect(),
         _ => t.int32_data.iter().map(|&v| v as f32).collect(),
     }
-}
-
-/// Reads the bytes of an externally stored tensor, refusing locations outside the model's folder.
-fn external_bytes(t: &TensorProto, dir: &Path) -> std::result::Result<Vec<u8>, String> {
-    let field = |key: &str| {
-        t.external_data
-            .iter()
-            .find(|e| e.key.as_deref() == Some(key))
-            .and_then(|e| e.value.clone())
-    };
-    let location = field("location").ok_or("external data without a 'location'")?;
-    let rel = Path::new(&location);
-    if rel.is_absolute()
-        || rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(format!(
-            "external data location '{location}' leaves the model's folder; only relative paths inside it are allowed"
-        ));
-    }
-    let parse = |key: &str| -> std::result::Result<Option<u64>, String> {
-        field(key)
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("external data {key} '{v}' is not a number"))
-            })
-            .transpose()
-    };
-    let offset = parse("offset")?.unwrap_or(0);
-    let file = dir.join(rel);
-    let bytes = std::fs::read(&file)
-        .map_err(|e| format!("cannot read external data {}: {e}", file.display()))?;
-    let start = usize::try_from(offset)
-        .unwrap_or(usize::MAX)
-        .min(bytes.len());
-    let end = match parse("length")? {
-        Some(len) => start.saturating_add(len as usize),
-        None => bytes.len(),
-    };
-    if end > bytes.len() || offset as usize > bytes.len() {
-        return Err(format!(
-            "external data {} is {} bytes, too short for offset {offset} and the requested length",
-            file.display(),
-            bytes.len()
-        ));
-    }
-    Ok(bytes[start..end].to_vec())
 }
