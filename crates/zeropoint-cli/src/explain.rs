@@ -446,7 +446,9 @@ fn finite_or_null(v: f64) -> Value {
 fn diagnose(scheme: &Scheme, p: QParam, min: f32, max: f32, x: &[f32]) -> Diagnosis {
     let summary = stats::summarize(x);
     let levels_per_std = summary.std / f64::from(p.scale);
-    let verdict = if levels_per_std < COARSE_LEVELS_PER_STD {
+    let verdict = if summary.std == 0.0 {
+        "constant"
+    } else if levels_per_std < COARSE_LEVELS_PER_STD {
         "coarse"
     } else if levels_per_std < FINE_LEVELS_PER_STD {
         "moderate"
@@ -508,12 +510,20 @@ fn text_diagnosis(w: &mut String, d: &Diagnosis, bits: u32) {
         "moderate" => format!("moderate: between {COARSE_LEVELS_PER_STD} and {FINE_LEVELS_PER_STD} levels per σ"),
         _ => format!("fine: at least {FINE_LEVELS_PER_STD} levels per σ; rounding error is small next to the spread"),
     };
-    let _ = writeln!(
-        w,
-        "  step s = {} of σ, i.e. {} levels per σ: {advice}",
-        num(1.0 / d.levels_per_std.max(f64::MIN_POSITIVE), 3),
-        num(d.levels_per_std, 3)
-    );
+    if d.verdict == "constant" {
+        let _ = writeln!(
+            w,
+            "  every value is {}: there is no spread to resolve; the error is that of this one value",
+            s.min
+        );
+    } else {
+        let _ = writeln!(
+            w,
+            "  step s = {} of σ, i.e. {} levels per σ: {advice}",
+            num(1.0 / d.levels_per_std, 3),
+            num(d.levels_per_std, 3)
+        );
+    }
     let Some(base) = d.clips.first() else { return };
     let mut t = Table::new(&[
         "clipping range",
@@ -553,6 +563,6 @@ fn text_diagnosis(w: &mut String, d: &Diagnosis, bits: u32) {
             db(best.sqnr - base.sqnr)
         );
     } else {
-        let _ = writeln!(w, "  clipping at a percentile would not help: the given range is already the best of these");
+        let _ = writeln!(w, "  no clipping range here beats the given range: clipping would not help");
     }
 }

@@ -104,6 +104,16 @@ fn explain_json_matches_hand_computation() {
 }
 
 #[test]
+fn explain_handles_constant_and_degenerate_data() {
+    let out = ok(&["explain", "--values=5,5,5", "--bits", "4"]);
+    assert!(out.contains("every value is 5"), "{out}");
+    assert!(!out.contains("levels per σ:"), "{out}");
+    let v: Value = serde_json::from_str(&ok(&["explain", "--min=0", "--max=0", "--json"])).unwrap();
+    assert_eq!(v["scale"], 1.0);
+    assert_eq!(v["zero_point"], 0);
+}
+
+#[test]
 fn explain_reads_a_tensor_from_a_model() {
     let model = shared_model("ccexam_mnist_cnn.onnx");
     let out = ok(&[
