@@ -6,7 +6,8 @@
       of ../shared/assets in ONNX Runtime, one sample per batch as its calibrators are fed, and
       writes OUT_DIR/<model>.acts.npz (every activation ORT calibrates, samples stacked on axis 0)
       and OUT_DIR/ort_ranges.json: per tensor, the ranges of onnxruntime.quantization's MinMax,
-      Percentile (percentile 99.999, two-sided: symmetric=False) and Entropy calibrators created with create_calibrator,
+      Percentile (percentile 99.999, both two-sided, symmetric=False, and its default, symmetric
+      on |x|) and Entropy calibrators created with create_calibrator,
       num_bins=2048 and num_quantized_bins=128, plus the width of ORT's histogram bins.
 
   ort_calibrators.py compare OUT_DIR REPORT.json...
@@ -111,11 +112,15 @@ def dump(out):
         # Two-sided, as zeropoint's percentile (ORT's default, symmetric=True, takes |x|).
         pct, pct_w = calibrate(path, name, samples, CalibrationMethod.Percentile,
                                {"num_bins": 2048, "percentile": PERCENTILE, "symmetric": False})
+        # ORT's default: symmetric=True, the percentile of |x|.
+        pabs, pabs_w = calibrate(path, name, samples, CalibrationMethod.Percentile,
+                                 {"num_bins": 2048, "percentile": PERCENTILE})
         ent, ent_w = calibrate(path, name, samples, CalibrationMethod.Entropy,
                                {"num_bins": 2048, "num_quantized_bins": 128})
         acts = activations(path, name, samples, set(minmax))
         np.savez(os.path.join(out, f"{tag}.acts.npz"), **acts)
         result[tag] = {t: {"minmax": minmax[t], "percentile": pct[t], "percentile_bin": pct_w[t],
+                           "abs_percentile": pabs[t], "abs_percentile_bin": pabs_w[t],
                            "entropy": ent[t], "entropy_bin": ent_w[t]} for t in acts}
     json.dump(result, open(os.path.join(out, "ort_ranges.json"), "w"), indent=1)
     print(f"dumped {sum(len(v) for v in result.values())} tensors")
@@ -165,7 +170,7 @@ def compare(out, reports):
     ort_ranges = json.load(open(os.path.join(out, "ort_ranges.json")))
     errors, rows = [], []
     counts = {"minmax": 0, "percentile": 0, "entropy": 0}
-    pct_bins = []
+    pct_bins, abs_bins = [], []
     for report_path in reports:
         report = json.load(open(report_path))
         tag = os.path.basename(report["file"]).split(".")[0]
@@ -185,6 +190,15 @@ def compare(out, reports):
                 errors.append(f"{tag}/{t['name']} percentile: ORT {ref['percentile']} zeropoint "
                               f"{ours['percentile']}, {d / w:.2f} of ORT's bin {w}")
             counts["percentile"] += 1
+            if "abs-percentile" in ours:
+                w = ref["abs_percentile_bin"]
+                d = max(abs(a - b) for a, b in zip(ref["abs_percentile"], ours["abs-percentile"]))
+                abs_bins.append(d / w if w > 0 else 0.0)
+                slack = 4 * float(np.spacing(np.float32(max(abs(v) for v in ref["abs_percentile"]))))
+                if d > w + slack:
+                    errors.append(f"{tag}/{t['name']} abs-percentile: ORT {ref['abs_percentile']} zeropoint "
+                                  f"{ours['abs-percentile']}, {d / w:.2f} of ORT's bin {w}")
+                counts["abs-percentile"] = counts.get("abs-percentile", 0) + 1
             mse = {r["method"]: r["mse"] for r in t["ranges"]}
             if "mse" in mse and mse["mse"] > mse["minmax"] * (1 + 1e-9):
                 errors.append(f"{tag}/{t['name']} mse range: MSE {mse['mse']} above min-max's {mse['minmax']}")
@@ -201,9 +215,13 @@ def compare(out, reports):
     print(f"entropy: zeropoint's KL <= ORT's on {better}/{len(rows)} tensors; "
           f"KL ratio zeropoint/ORT median {np.median(ratios):.3f}, max {np.max(ratios):.3f}")
     print(f"percentile: largest difference {max(pct_bins):.3f} of ORT's bin width, median {np.median(pct_bins):.3f}")
+    if abs_bins:
+        print(f"abs-percentile (ORT's default, symmetric): largest difference {max(abs_bins):.3f} of ORT's bin width, "
+              f"median {np.median(abs_bins):.3f}")
     for e in errors:
         print("MISMATCH", e)
-    print(f"minmax={counts['minmax']} percentile={counts['percentile']} entropy={counts['entropy']} mismatches={len(errors)}")
+    print(f"minmax={counts['minmax']} percentile={counts['percentile']} "
+          f"abs-percentile={counts.get('abs-percentile', 0)} entropy={counts['entropy']} mismatches={len(errors)}")
     return 1 if errors else 0
 
 

@@ -563,6 +563,9 @@ fn text_diagnosis(w: &mut String, d: &Diagnosis, bits: u32) {
             db(best.sqnr - base.sqnr)
         );
     } else {
-        let _ = writeln!(w, "  no clipping range here beats the given range: clipping would not help");
+        let _ = writeln!(
+            w,
+            "  no clipping range here beats the given range: clipping would not help"
+        );
     }
 }

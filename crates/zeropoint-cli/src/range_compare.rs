@@ -11,8 +11,8 @@ use crate::table::{db, num, Table};
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct RangeArgs {
-    /// Compare range estimators per tensor: comma-separated from minmax, ema, percentile, mse,
-    /// entropy, cross-entropy. Shows each one's range and the SQNR it gives at --bits.
+    /// Compare range estimators per tensor: comma-separated from minmax, ema, percentile,
+    /// abs-percentile, mse, entropy, cross-entropy. Shows each one's range and the SQNR it gives at --bits.
     #[arg(long, value_delimiter = ',', value_name = "METHOD,...")]
     pub range: Vec<String>,
     /// Bit-width of the quantizer the ranges are compared for.
@@ -24,6 +24,10 @@ pub struct RangeArgs {
     /// The percentile method keeps the values between percentiles 100-P and P.
     #[arg(long, default_value_t = 99.99, value_name = "P")]
     pub percentile: f64,
+    /// The abs-percentile method keeps [-t, t], t the P-th percentile of |x| (ONNX Runtime's
+    /// default percentile calibration, at 99.999).
+    #[arg(long, default_value_t = 99.99, value_name = "P")]
+    pub abs_percentile: f64,
     /// Bins of the streaming histogram (power-of-two widths, see docs/ranges.md).
     #[arg(long, default_value_t = observer::histogram::DEFAULT_BINS)]
     pub bins: usize,
@@ -57,6 +61,9 @@ impl RangeArgs {
                     Method::Percentile { .. } => Method::Percentile {
                         lower: 100.0 - self.percentile,
                         upper: self.percentile,
+                    },
+                    Method::AbsPercentile { .. } => Method::AbsPercentile {
+                        p: self.abs_percentile,
                     },
                     Method::Entropy { .. } => Method::Entropy {
                         bins: self.entropy_bins,

@@ -19,15 +19,16 @@ fn ranges_agree_with_onnx_runtime_calibrators() {
     let mut reports = vec![Path::new("compare").to_path_buf(), dir.path().to_path_buf()];
     for model in ["mnist_cnn", "cifar10_cnn"] {
         let npz = dir.path().join(format!("{model}.acts.npz"));
-        // ORT's percentile 99.999 cuts 0.0005% on each side.
+        // ORT's two-sided percentile 99.999 cuts 0.0005% on each side.
         let run = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
             .args([
                 "inspect",
                 "--json",
                 "--range",
-                "minmax,percentile,entropy,mse",
+                "minmax,percentile,abs-percentile,entropy,mse",
             ])
-            .args(["--percentile", "99.9995"])
+            // ORT's default (symmetric) percentile is the 99.999th of |x|.
+            .args(["--percentile", "99.9995", "--abs-percentile", "99.999"])
             .arg(&npz)
             .output()
             .unwrap();
@@ -49,7 +50,7 @@ fn ranges_agree_with_onnx_runtime_calibrators() {
     );
     assert!(
         out.trim_end()
-            .ends_with("minmax=42 percentile=42 entropy=42 mismatches=0"),
+            .ends_with("minmax=42 percentile=42 abs-percentile=42 entropy=42 mismatches=0"),
         "{out}"
     );
 }

@@ -37,6 +37,7 @@ fn methods() -> Vec<Method> {
             lower: 0.1,
             upper: 99.9,
         },
+        Method::AbsPercentile { p: 99.5 },
         Method::Mse { norm: 2.0 },
         Method::Mse { norm: 2.4 },
         Method::Entropy {
@@ -181,6 +182,24 @@ fn percentiles_match_exact_ones_within_a_bin() {
     let bin = 4.0 * absmax / 4096.0;
     assert!((lo - exact[0]).abs() <= bin, "{lo} vs {}", exact[0]);
     assert!((hi - exact[1]).abs() <= bin, "{hi} vs {}", exact[1]);
+}
+
+#[test]
+fn abs_percentiles_fold_the_histogram_exactly() {
+    let (x, shape) = activations(1000);
+    let config = Config::new(Method::AbsPercentile { p: 99.0 });
+    let (lo, hi) = observe(config, &x, &shape, 50)
+        .ranges(&Scheme::new(8))
+        .unwrap()[0];
+    let abs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    let t = stats::percentiles(&abs, &[99.0]).unwrap()[0];
+    let absmax = abs.iter().fold(0f32, |m, &v| m.max(v));
+    let bin = 4.0 * absmax / 4096.0;
+    let min = x.iter().fold(f32::MAX, |m, &v| m.min(v));
+    assert!((hi - t).abs() <= bin, "{hi} vs {t}");
+    assert_eq!(lo, (-hi).max(min));
+    let exact = observer::estimate_values(&x, &[x.len()], &Scheme::new(8), config).unwrap()[0];
+    assert!((exact.1 - t).abs() <= bin, "{exact:?} vs {t}");
 }
 
 #[test]

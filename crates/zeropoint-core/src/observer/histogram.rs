@@ -183,6 +183,27 @@ impl Histogram {
         Some(hi)
     }
 
+    /// The `p`-th percentile of |x|: the histogram folded around zero (bin [k·w, (k+1)·w) of |x|
+    /// gathers the two mirror bins, exactly), interpolated inside the bin like
+    /// [`percentile`](Self::percentile), and at most max|x|.
+    pub fn abs_percentile(&self, p: f64) -> Option<f32> {
+        let (lo, hi) = self.min_max()?;
+        let half = self.bins() / 2;
+        let folded = (0..half).map(|k| self.counts[half + k] + self.counts[half - 1 - k]);
+        let target = p.clamp(0.0, 100.0) / 100.0 * self.total as f64;
+        let mut below = 0.0;
+        for (k, c) in folded.enumerate() {
+            let c = c as f64;
+            if c > 0.0 && below + c >= target {
+                let frac = ((target - below) / c).clamp(0.0, 1.0);
+                let v = (k as f64 + frac) * self.width();
+                return Some((v as f32).min(lo.abs().max(hi.abs())));
+            }
+            below += c;
+        }
+        Some(lo.abs().max(hi.abs()))
+    }
+
     /// Non-empty bins as (center, count), for error estimates.
     pub fn centers(&self) -> Vec<(f32, f64)> {
         self.counts

@@ -52,6 +52,11 @@ pub enum Method {
         lower: f64,
         upper: f64,
     },
+    /// Symmetric: [-t, t] with t the `p`-th percentile of |x|, clamped to [min, max] (ONNX
+    /// Runtime's default percentile calibration).
+    AbsPercentile {
+        p: f64,
+    },
     /// Minimize Σ|x - x^|^norm; norm 2 is the MSE.
     Mse {
         norm: f64,
@@ -75,6 +80,7 @@ impl Method {
                 lower: 0.01,
                 upper: 99.99,
             },
+            "abs-percentile" => Method::AbsPercentile { p: 99.99 },
             "mse" => Method::Mse { norm: 2.0 },
             "entropy" | "kl" => Method::Entropy {
                 bins: 2048,
@@ -83,7 +89,7 @@ impl Method {
             "cross-entropy" | "ce" => Method::CrossEntropy,
             other => {
                 return Err(Error::Scheme(format!(
-                    "unknown range method '{other}' (expected minmax, ema, percentile, mse, entropy or cross-entropy)"
+                    "unknown range method '{other}' (expected minmax, ema, percentile, abs-percentile, mse, entropy or cross-entropy)"
                 )))
             }
         })
@@ -94,6 +100,7 @@ impl Method {
             Method::MinMax => "minmax",
             Method::MovingAverage { .. } => "ema",
             Method::Percentile { .. } => "percentile",
+            Method::AbsPercentile { .. } => "abs-percentile",
             Method::Mse { .. } => "mse",
             Method::Entropy { .. } => "entropy",
             Method::CrossEntropy => "cross-entropy",
@@ -110,6 +117,7 @@ impl fmt::Display for Method {
                 let round = |v: f64| (v * 1e6).round() / 1e6;
                 write!(f, "percentile {}..{}", round(*lower), round(*upper))
             }
+            Method::AbsPercentile { p } => write!(f, "abs-percentile {p}"),
             Method::Mse { norm } if *norm == 2.0 => write!(f, "mse"),
             Method::Mse { norm } => write!(f, "mse (L{norm})"),
             Method::Entropy {
@@ -173,6 +181,13 @@ pub struct Observer {
 
 impl Observer {
     pub fn new(config: Config) -> Result<Observer> {
+        if let Method::AbsPercentile { p } = config.method {
+            if !(0.0..=100.0).contains(&p) {
+                return Err(Error::Scheme(format!(
+                    "percentiles must satisfy 0 <= p <= 100 (got {p})"
+                )));
+            }
+        }
         if let Method::Percentile { lower, upper } = config.method {
             if !(0.0..=100.0).contains(&lower) || !(0.0..=100.0).contains(&upper) || lower > upper {
                 return Err(Error::Scheme(format!(
@@ -408,6 +423,10 @@ impl State {
         Ok(match (self, method) {
             (State::MinMax { min, max }, _) if min <= max => (*min, *max),
             (State::Average { min, max, batches }, _) if *batches > 0 => (*min, *max),
+            (State::Histogram(h), Method::AbsPercentile { p }) => {
+                let (min, max) = h.min_max().ok_or_else(empty)?;
+                symmetric_clamped(h.abs_percentile(*p).ok_or_else(empty)?, min, max)
+            }
             (State::Histogram(h), Method::Percentile { lower, upper }) => (
                 h.percentile(*lower).ok_or_else(empty)?,
                 h.percentile(*upper).ok_or_else(empty)?,
@@ -473,6 +492,14 @@ pub fn estimate_values(
                 Ok((inverted_cdf(&mut v, lower), inverted_cdf(&mut v, upper)))
             })
             .collect(),
+        Method::AbsPercentile { p } => per_channel()
+            .into_iter()
+            .map(|v| {
+                let (min, max) = crate::params::finite_min_max(&v)?;
+                let mut abs: Vec<f32> = v.iter().map(|x| x.abs()).collect();
+                Ok(symmetric_clamped(inverted_cdf(&mut abs, p), min, max))
+            })
+            .collect(),
         Method::Mse { norm } => per_channel()
             .iter()
             .map(|v| {
@@ -491,6 +518,12 @@ pub fn estimate_values(
             obs.ranges(scheme)
         }
     }
+}
+
+/// [-t, t] clamped to the data's [min, max].
+fn symmetric_clamped(t: f32, min: f32, max: f32) -> (f32, f32) {
+    let lo = (-t).max(min).min(max);
+    (lo, t.min(max).max(lo))
 }
 
 /// The exact `p`-th percentile of non-empty `v` by the inverted-CDF definition: the smallest
