@@ -181,24 +181,19 @@ def compare(out, reports):
             if tuple(np.float32(ref["minmax"])) != tuple(np.float32(ours["minmax"])):
                 errors.append(f"{tag}/{t['name']} minmax: ORT {ref['minmax']} zeropoint {ours['minmax']}")
             counts["minmax"] += 1
-            w = ref["percentile_bin"]
-            d = max(abs(a - b) for a, b in zip(ref["percentile"], ours["percentile"]))
-            pct_bins.append(d / w if w > 0 else 0.0)
-            # One bin, plus a few float32 ulps: ORT's bin edges are rounded to float32.
-            slack = 4 * float(np.spacing(np.float32(max(abs(v) for v in ref["percentile"]))))
-            if d > w + slack:
-                errors.append(f"{tag}/{t['name']} percentile: ORT {ref['percentile']} zeropoint "
-                              f"{ours['percentile']}, {d / w:.2f} of ORT's bin {w}")
-            counts["percentile"] += 1
-            if "abs-percentile" in ours:
-                w = ref["abs_percentile_bin"]
-                d = max(abs(a - b) for a, b in zip(ref["abs_percentile"], ours["abs-percentile"]))
-                abs_bins.append(d / w if w > 0 else 0.0)
-                slack = 4 * float(np.spacing(np.float32(max(abs(v) for v in ref["abs_percentile"]))))
+            for method, key, bins in (("percentile", "percentile", pct_bins),
+                                      ("abs-percentile", "abs_percentile", abs_bins)):
+                if method not in ours:
+                    continue
+                w = ref[f"{key}_bin"]
+                d = max(abs(a - b) for a, b in zip(ref[key], ours[method]))
+                bins.append(d / w if w > 0 else 0.0)
+                # One bin, plus a few float32 ulps: ORT's bin edges are rounded to float32.
+                slack = 4 * float(np.spacing(np.float32(max(abs(v) for v in ref[key]))))
                 if d > w + slack:
-                    errors.append(f"{tag}/{t['name']} abs-percentile: ORT {ref['abs_percentile']} zeropoint "
-                                  f"{ours['abs-percentile']}, {d / w:.2f} of ORT's bin {w}")
-                counts["abs-percentile"] = counts.get("abs-percentile", 0) + 1
+                    errors.append(f"{tag}/{t['name']} {method}: ORT {ref[key]} zeropoint "
+                                  f"{ours[method]}, {d / w:.2f} of ORT's bin {w}")
+                counts[method] = counts.get(method, 0) + 1
             mse = {r["method"]: r["mse"] for r in t["ranges"]}
             if "mse" in mse and mse["mse"] > mse["minmax"] * (1 + 1e-9):
                 errors.append(f"{tag}/{t['name']} mse range: MSE {mse['mse']} above min-max's {mse['minmax']}")
