@@ -169,18 +169,11 @@ impl Histogram {
     /// bin (values are taken as spread uniformly over it), and clamped to the exact [min, max].
     pub fn percentile(&self, p: f64) -> Option<f32> {
         let (lo, hi) = self.min_max()?;
-        let target = p.clamp(0.0, 100.0) / 100.0 * self.total as f64;
-        let mut below = 0.0;
-        for (i, &c) in self.counts.iter().enumerate() {
-            let c = c as f64;
-            if c > 0.0 && below + c >= target {
-                let frac = ((target - below) / c).clamp(0.0, 1.0);
-                let v = self.edge(i) + frac * self.width();
-                return Some((v as f32).clamp(lo, hi));
-            }
-            below += c;
-        }
-        Some(hi)
+        let Some((i, frac)) = rank_position(self.counts.iter().copied(), p, self.total) else {
+            return Some(hi);
+        };
+        let v = self.edge(i) + frac * self.width();
+        Some((v as f32).clamp(lo, hi))
     }
 
     /// The `p`-th percentile of |x|: the histogram folded around zero (bin [k·w, (k+1)·w) of |x|
@@ -190,18 +183,11 @@ impl Histogram {
         let (lo, hi) = self.min_max()?;
         let half = self.bins() / 2;
         let folded = (0..half).map(|k| self.counts[half + k] + self.counts[half - 1 - k]);
-        let target = p.clamp(0.0, 100.0) / 100.0 * self.total as f64;
-        let mut below = 0.0;
-        for (k, c) in folded.enumerate() {
-            let c = c as f64;
-            if c > 0.0 && below + c >= target {
-                let frac = ((target - below) / c).clamp(0.0, 1.0);
-                let v = (k as f64 + frac) * self.width();
-                return Some((v as f32).min(lo.abs().max(hi.abs())));
-            }
-            below += c;
-        }
-        Some(lo.abs().max(hi.abs()))
+        let absmax = lo.abs().max(hi.abs());
+        let Some((k, frac)) = rank_position(folded, p, self.total) else {
+            return Some(absmax);
+        };
+        Some((((k as f64 + frac) * self.width()) as f32).min(absmax))
     }
 
     /// Non-empty bins as (center, count), for error estimates.
@@ -213,6 +199,22 @@ impl Histogram {
             .map(|(i, &c)| ((self.edge(i) + 0.5 * self.width()) as f32, c as f64))
             .collect()
     }
+}
+
+/// Where the `p`-th percentile of `total` counted values falls: the first bin whose cumulative
+/// count reaches it, and the fraction of the way through that bin (its values taken as spread
+/// uniformly over it). None only if the counts fall short of the target.
+fn rank_position(counts: impl Iterator<Item = u64>, p: f64, total: u64) -> Option<(usize, f64)> {
+    let target = p.clamp(0.0, 100.0) / 100.0 * total as f64;
+    let mut below = 0.0;
+    for (i, c) in counts.enumerate() {
+        let c = c as f64;
+        if c > 0.0 && below + c >= target {
+            return Some((i, ((target - below) / c).clamp(0.0, 1.0)));
+        }
+        below += c;
+    }
+    None
 }
 
 /// Bin counts of `x` at width 2^exp: bin floor(v / 2^exp) + bins/2, computed exactly (scaling by
