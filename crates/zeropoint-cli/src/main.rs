@@ -6,6 +6,7 @@ mod explain;
 mod inspect;
 mod plot;
 mod range_compare;
+mod run;
 mod scheme_args;
 mod table;
 
@@ -31,6 +32,8 @@ enum Command {
     Explain(explain::Args),
     /// Statistics of every tensor of a file and the SQNR each quantization scheme gives it.
     Inspect(inspect::Args),
+    /// Run a float ONNX model with zeropoint's executor; write its outputs as .npy.
+    Run(run::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Explain(args) => explain::run(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Run(args) => run::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,12 +14,18 @@
 
 pub mod atomic;
 pub mod error;
+pub mod exec;
 pub mod external_data;
+pub mod graph;
 pub mod npy;
 pub mod onnx;
+pub mod ops;
 pub mod safetensors;
 pub mod tensor;
 pub mod tensor_file;
+pub mod value;
 
 pub use error::FileError;
-pub use tensor::{DType, Tensor};
+pub use graph::{Graph, Node};
+pub use tensor::{DType, RawTensor, Tensor};
+pub use value::Value;

@@ -13,12 +13,18 @@ use std::path::Path;
 
 use crate::atomic;
 use crate::error::{FileError, Result};
-use crate::tensor::{element_count, DType, Tensor};
+use crate::tensor::{element_count, DType, RawTensor, Tensor};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
-/// Parses one `.npy` image. `path` and `name` are used in error messages only.
+/// Parses one `.npy` image, its values widened to f32. `path` and `name` are used in error
+/// messages only.
 pub fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<Tensor> {
+    parse_raw(bytes, path, name).map(RawTensor::widen)
+}
+
+/// Parses one `.npy` image, keeping its element type (bytes little-endian, row-major).
+pub fn parse_raw(bytes: &[u8], path: &Path, name: &str) -> Result<RawTensor> {
     let bad = |msg: String| FileError::tensor(path, name, msg);
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(bad("not a .npy file (missing the \\x93NUMPY magic)".into()));
@@ -54,15 +60,20 @@ pub fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<Tensor> {
             data.len()
         )));
     }
-    let mut values = dtype.decode(&data[..need], little_endian);
-    if fortran.trim() == "True" && shape.len() > 1 {
-        values = fortran_to_c(&values, &shape);
+    let mut data = data[..need].to_vec();
+    if !little_endian {
+        for element in data.chunks_exact_mut(dtype.size()) {
+            element.reverse();
+        }
     }
-    Ok(Tensor {
+    if fortran.trim() == "True" && shape.len() > 1 {
+        data = fortran_to_c(&data, dtype.size(), &shape);
+    }
+    Ok(RawTensor {
         name: name.to_string(),
         shape,
         dtype,
-        values,
+        data,
     })
 }
 
@@ -130,17 +141,17 @@ fn parse_shape(s: &str) -> Option<Vec<usize>> {
         .collect()
 }
 
-/// Reorders column-major values to row-major.
-fn fortran_to_c(values: &[f32], shape: &[usize]) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
+/// Reorders column-major elements of `size` bytes to row-major.
+fn fortran_to_c(bytes: &[u8], size: usize, shape: &[usize]) -> Vec<u8> {
+    let mut out = vec![0; bytes.len()];
     let mut idx = vec![0usize; shape.len()];
-    for v in out.iter_mut() {
+    for v in out.chunks_exact_mut(size) {
         // Offset of the row-major index `idx` in column-major storage.
         let mut off = 0;
         for d in (0..shape.len()).rev() {
             off = off * shape[d] + idx[d];
         }
-        *v = values[off];
+        v.copy_from_slice(&bytes[off * size..(off + 1) * size]);
         for d in (0..shape.len()).rev() {
             idx[d] += 1;
             if idx[d] < shape[d] {
@@ -171,29 +182,56 @@ macro_rules! npy_element {
 npy_element!(f32 => "<f4", f64 => "<f8", i8 => "|i1", u8 => "|u1", i16 => "<i2", u16 => "<u2",
     i32 => "<i4", i64 => "<i8");
 
+/// The `.npy` image of a tensor of any element type.
+pub fn raw_to_bytes(t: &RawTensor) -> Vec<u8> {
+    let descr = match t.dtype {
+        DType::F64 => "<f8",
+        DType::F32 => "<f4",
+        DType::F16 => "<f2",
+        // numpy has no bfloat16: its bit patterns are written as uint16.
+        DType::BF16 | DType::U16 => "<u2",
+        DType::I64 => "<i8",
+        DType::I32 => "<i4",
+        DType::I16 => "<i2",
+        DType::I8 => "|i1",
+        DType::U64 => "<u8",
+        DType::U32 => "<u4",
+        DType::U8 => "|u1",
+        DType::Bool => "|b1",
+    };
+    let mut out = header(&t.shape, descr, t.data.len());
+    out.extend_from_slice(&t.data);
+    out
+}
+
 /// The bytes of a version-1 `.npy` image of `data` with `shape`.
 pub fn to_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Vec<u8> {
+    let mut out = header(shape, T::DESCR, std::mem::size_of_val(data));
+    for &v in data {
+        v.write_le(&mut out);
+    }
+    out
+}
+
+/// Magic, version and header dict of a version-1 `.npy` image, with room for `data_len` bytes.
+fn header(shape: &[usize], descr: &str, data_len: usize) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     let shape_text = match dims.len() {
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.join(", ")),
     };
     let mut header = format!(
-        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape_text}, }}",
-        T::DESCR
+        "{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}"
     );
     // Pad so that the data starts on a 64-byte boundary, newline-terminated, as numpy does.
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + std::mem::size_of_val(data));
+    let mut out = Vec::with_capacity(10 + header.len() + data_len);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for &v in data {
-        v.write_le(&mut out);
-    }
     out
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use prost::Message;
 
 use crate::error::{FileError, Result};
-use crate::tensor::{element_count, DType, Tensor};
+use crate::tensor::{element_count, DType, RawTensor, Tensor};
 
 /// The generated protobuf types (`ModelProto`, `GraphProto`, `TensorProto`, ...).
 #[allow(clippy::all, missing_docs)]
@@ -53,37 +53,81 @@ pub fn initializers(model: &ModelProto, path: &Path) -> Result<(Vec<Tensor>, Vec
     let mut tensors = Vec::new();
     let mut skipped = Vec::new();
     for t in &graph.initializer {
-        let name = t.name.clone().unwrap_or_default();
-        let Some(dtype) = dtype_of(t.data_type.unwrap_or(0)) else {
-            skipped.push(Skipped {
-                name,
-                reason: format!(
-                    "data type {} is not read",
-                    type_name(t.data_type.unwrap_or(0))
-                ),
-            });
-            continue;
-        };
-        let values = tensor_values(t, dtype, dir).map_err(|m| FileError::tensor(path, &name, m))?;
-        let shape = t
-            .dims
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| {
-                FileError::tensor(path, &name, format!("negative dimension in {:?}", t.dims))
-            })?;
-        tensors.push(Tensor {
-            name,
-            shape,
-            dtype,
-            values,
-        });
+        match raw_tensor(t, dir) {
+            Ok(raw) => tensors.push(raw.widen()),
+            Err(RawError::Unsupported(reason)) => skipped.push(Skipped {
+                name: t.name.clone().unwrap_or_default(),
+                reason,
+            }),
+            Err(RawError::Malformed(m)) => {
+                return Err(FileError::tensor(path, t.name(), m));
+            }
+        }
     }
     Ok((tensors, skipped))
 }
 
-fn dtype_of(code: i32) -> Option<DType> {
+/// Why a TensorProto could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawError {
+    /// A data type zeropoint does not read (strings, complex, 8-bit floats, ...).
+    Unsupported(String),
+    /// Wrong byte counts, negative dimensions, unsafe external paths.
+    Malformed(String),
+}
+
+impl std::fmt::Display for RawError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawError::Unsupported(m) | RawError::Malformed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// One TensorProto with its elements as stored (from raw_data, external data under `dir`, or the
+/// typed repeated fields).
+pub fn raw_tensor(t: &TensorProto, dir: &Path) -> std::result::Result<RawTensor, RawError> {
+    let code = t.data_type.unwrap_or(0);
+    let dtype = dtype_of(code).ok_or_else(|| {
+        RawError::Unsupported(format!("data type {} is not read", type_name(code)))
+    })?;
+    let shape = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| RawError::Malformed(format!("negative dimension in {:?}", t.dims)))?;
+    let data = tensor_bytes(t, dtype, &shape, dir).map_err(RawError::Malformed)?;
+    Ok(RawTensor {
+        name: t.name.clone().unwrap_or_default(),
+        shape,
+        dtype,
+        data,
+    })
+}
+
+/// The ONNX element type of a [`DType`] (TensorProto.DataType).
+pub fn onnx_code(dtype: DType) -> i32 {
+    use proto::tensor_proto::DataType as D;
+    (match dtype {
+        DType::F32 => D::Float,
+        DType::F64 => D::Double,
+        DType::F16 => D::Float16,
+        DType::BF16 => D::Bfloat16,
+        DType::I64 => D::Int64,
+        DType::I32 => D::Int32,
+        DType::I16 => D::Int16,
+        DType::I8 => D::Int8,
+        DType::U64 => D::Uint64,
+        DType::U32 => D::Uint32,
+        DType::U16 => D::Uint16,
+        DType::U8 => D::Uint8,
+        DType::Bool => D::Bool,
+    }) as i32
+}
+
+/// The [`DType`] of an ONNX element type, if zeropoint reads it.
+pub fn dtype_of(code: i32) -> Option<DType> {
     use proto::tensor_proto::DataType as D;
     Some(match D::try_from(code).ok()? {
         D::Float => DType::F32,
@@ -103,68 +147,55 @@ fn dtype_of(code: i32) -> Option<DType> {
     })
 }
 
-fn type_name(code: i32) -> String {
+/// The name ONNX gives an element type ("FLOAT", "INT64", ...).
+pub fn type_name(code: i32) -> String {
     proto::tensor_proto::DataType::try_from(code)
         .map(|d| d.as_str_name().to_string())
         .unwrap_or_else(|_| format!("#{code}"))
 }
 
-/// The values of one TensorProto, from raw_data, external data or the typed repeated fields.
-fn tensor_values(
+/// The little-endian bytes of one TensorProto's elements.
+fn tensor_bytes(
     t: &TensorProto,
     dtype: DType,
+    shape: &[usize],
     dir: &Path,
-) -> std::result::Result<Vec<f32>, String> {
-    let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-    let n = element_count(&dims).ok_or("shape is too large")?;
+) -> std::result::Result<Vec<u8>, String> {
+    let n = element_count(shape).ok_or("shape is too large")?;
     let external = t.data_location == Some(proto::tensor_proto::DataLocation::External as i32);
-    let values = if external {
-        let bytes = crate::external_data::read_tensor_bytes(t, dir)?;
-        check_bytes(&bytes, n, dtype)?;
-        dtype.decode(&bytes, true)
+    let bytes = if external {
+        crate::external_data::read_tensor_bytes(t, dir)?
     } else if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty() || n == 0) {
-        check_bytes(raw, n, dtype)?;
-        dtype.decode(raw, true)
+        raw.clone()
     } else {
-        typed_values(t, dtype)
+        typed_bytes(t, dtype)
     };
-    if values.len() != n {
-        return Err(format!(
-            "shape {dims:?} needs {n} values but the tensor holds {}",
-            values.len()
-        ));
-    }
-    Ok(values)
-}
-
-fn check_bytes(bytes: &[u8], n: usize, dtype: DType) -> std::result::Result<(), String> {
     if Some(bytes.len()) != n.checked_mul(dtype.size()) {
         return Err(format!(
-            "{n} values of {dtype} need {} bytes but the data has {}",
+            "shape {shape:?} needs {n} values of {dtype} ({} bytes) but the tensor holds {} bytes",
             n.saturating_mul(dtype.size()),
             bytes.len()
         ));
     }
-    Ok(())
+    Ok(bytes)
 }
 
-fn typed_values(t: &TensorProto, dtype: DType) -> Vec<f32> {
+/// The typed repeated fields of a TensorProto as little-endian bytes of `dtype`.
+fn typed_bytes(t: &TensorProto, dtype: DType) -> Vec<u8> {
+    fn le<T, const N: usize>(values: &[T], f: impl Fn(&T) -> [u8; N]) -> Vec<u8> {
+        values.iter().flat_map(f).collect()
+    }
     match dtype {
-        DType::F32 => t.float_data.clone(),
-        DType::F64 => t.double_data.iter().map(|&v| v as f32).collect(),
-        DType::I64 => t.int64_data.iter().map(|&v| v as f32).collect(),
-        DType::U64 | DType::U32 => t.uint64_data.iter().map(|&v| v as f32).collect(),
-        // 16-bit floats are stored as their bit patterns in int32_data.
-        DType::F16 => t
-            .int32_data
-            .iter()
-            .map(|&v| half::f16::from_bits(v as u16).to_f32())
-            .collect(),
-        DType::BF16 => t
-            .int32_data
-            .iter()
-            .map(|&v| half::bf16::from_bits(v as u16).to_f32())
-            .collect(),
-        _ => t.int32_data.iter().map(|&v| v as f32).collect(),
+        DType::F32 => le(&t.float_data, |v| v.to_le_bytes()),
+        DType::F64 => le(&t.double_data, |v| v.to_le_bytes()),
+        DType::I64 => le(&t.int64_data, |v| v.to_le_bytes()),
+        DType::U64 => le(&t.uint64_data, |v| v.to_le_bytes()),
+        DType::U32 => le(&t.uint64_data, |&v| (v as u32).to_le_bytes()),
+        DType::I32 => le(&t.int32_data, |v| v.to_le_bytes()),
+        // 16-bit types are stored as their bit patterns in int32_data.
+        DType::F16 | DType::BF16 | DType::I16 | DType::U16 => {
+            le(&t.int32_data, |&v| (v as u16).to_le_bytes())
+        }
+        DType::I8 | DType::U8 | DType::Bool => le(&t.int32_data, |&v| [v as u8]),
     }
 }

@@ -107,6 +107,27 @@ pub struct Tensor {
     pub values: Vec<f32>,
 }
 
+/// A tensor with its elements as stored: little-endian bytes in row-major order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub data: Vec<u8>,
+}
+
+impl RawTensor {
+    /// The same tensor with its values widened to f32.
+    pub fn widen(self) -> Tensor {
+        Tensor {
+            values: self.dtype.decode(&self.data, true),
+            name: self.name,
+            shape: self.shape,
+            dtype: self.dtype,
+        }
+    }
+}
+
 /// Number of elements of a shape, or None if it overflows.
 pub fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::error::{FileError, Result};
 use crate::onnx::{self, Skipped};
-use crate::tensor::Tensor;
+use crate::tensor::{RawTensor, Tensor};
 use crate::{npy, safetensors};
 
 /// The tensors of a file, and those it holds but zeropoint does not read.
@@ -25,7 +25,7 @@ pub fn read(path: &Path) -> Result<TensorSet> {
     let bytes = || std::fs::read(path).map_err(|e| FileError::io(path, "read", &e));
     let tensors = match ext.as_str() {
         "npy" => vec![npy::read(path)?],
-        "npz" => read_npz(path)?,
+        "npz" => read_npz(path)?.into_iter().map(RawTensor::widen).collect(),
         "safetensors" => safetensors::parse(&bytes()?, path)?,
         "onnx" => return read_onnx_bytes(&bytes()?, path),
         _ => {
@@ -49,8 +49,28 @@ pub fn read_onnx_bytes(bytes: &[u8], path: &Path) -> Result<TensorSet> {
     Ok(TensorSet { tensors, skipped })
 }
 
+/// The arrays of an `.npy` or `.npz` file with their element types (for feeding a model).
+pub fn read_arrays(path: &Path) -> Result<Vec<RawTensor>> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "npy" => {
+            let bytes = std::fs::read(path).map_err(|e| FileError::io(path, "read", &e))?;
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(vec![npy::parse_raw(&bytes, path, &name)?])
+        }
+        "npz" => read_npz(path),
+        _ => Err(FileError::new(path, "unknown file type: expected .npy or .npz")),
+    }
+}
+
 /// An `.npz` archive: a zip of `.npy` members, stored or deflated.
-fn read_npz(path: &Path) -> Result<Vec<Tensor>> {
+fn read_npz(path: &Path) -> Result<Vec<RawTensor>> {
     let file = std::fs::File::open(path).map_err(|e| FileError::io(path, "open", &e))?;
     let mut zip = zip::ZipArchive::new(file)
         .map_err(|e| FileError::new(path, format!("not a valid .npz (zip) archive: {e}")))?;
@@ -71,7 +91,7 @@ fn read_npz(path: &Path) -> Result<Vec<Tensor>> {
         member
             .read_to_end(&mut bytes)
             .map_err(|e| FileError::tensor(path, &name, format!("cannot decompress: {e}")))?;
-        tensors.push(npy::parse(&bytes, path, &name)?);
+        tensors.push(npy::parse_raw(&bytes, path, &name)?);
     }
     Ok(tensors)
 }

@@ -1,0 +1,282 @@
+//! The graph IR: an ONNX graph as nodes in topological order, named values, and initializers as
+//! executor values.
+//!
+//! Names are the user's handle on a model (`--exclude conv1`, per-layer reports), so they stay
+//! exactly as in the file; a node without a name (or with a duplicate one) gets `<OpType>_<index>`,
+//! its position in the file, which is stable across runs. Node order is the file's order where
+//! that is already topological, so that what a user sees follows the file.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::error::FileError;
+use crate::onnx::proto::{tensor_shape_proto, type_proto, AttributeProto, NodeProto, ValueInfoProto};
+use crate::onnx::{self, ModelProto, RawError};
+use crate::tensor::DType;
+use crate::value::Value;
+
+/// One dimension of a declared shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Dim {
+    Fixed(usize),
+    /// A named (`N`, `batch`) or anonymous (`?`) dimension, known only at run time.
+    Sym(String),
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Sym(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A graph input or output as declared in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueInfo {
+    pub name: String,
+    pub dtype: Option<DType>,
+    pub shape: Option<Vec<Dim>>,
+}
+
+/// One operator application.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub op: String,
+    pub domain: String,
+    /// Input value names; "" marks an omitted optional input.
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub attributes: Vec<AttributeProto>,
+}
+
+impl Node {
+    /// "'conv1' (Conv)", the way errors name a node.
+    pub fn label(&self) -> String {
+        format!("node '{}' ({})", self.name, self.op)
+    }
+
+    pub fn attribute(&self, name: &str) -> Option<&AttributeProto> {
+        self.attributes.iter().find(|a| a.name() == name)
+    }
+}
+
+/// A model's main graph, ready to run.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    /// The file it came from, for error messages.
+    pub source: PathBuf,
+    /// The opset version of the default (ai.onnx) domain.
+    pub opset: i64,
+    /// Inputs the caller must feed (graph inputs that are not initializers).
+    pub inputs: Vec<ValueInfo>,
+    pub outputs: Vec<ValueInfo>,
+    /// Constant tensors by name, in file order.
+    pub initializers: Vec<(String, Value)>,
+    /// Nodes in topological order.
+    pub nodes: Vec<Node>,
+}
+
+impl Graph {
+    /// Reads an ONNX file (external data resolved beside it) into a graph.
+    pub fn load(path: &Path) -> Result<Graph, FileError> {
+        let mut model = onnx::load(path)?;
+        crate::external_data::load_external_data(&mut model, path)?;
+        Graph::from_model(&model, path)
+    }
+
+    /// Builds the graph of a decoded model; `path` is for messages.
+    pub fn from_model(model: &ModelProto, path: &Path) -> Result<Graph, FileError> {
+        let err = |m: String| FileError::new(path, m);
+        let g = model
+            .graph
+            .as_ref()
+            .ok_or_else(|| err("the model has no graph".into()))?;
+        let opset = model
+            .opset_import
+            .iter()
+            .find(|o| matches!(o.domain(), "" | "ai.onnx"))
+            .map(|o| o.version())
+            .ok_or_else(|| err("the model imports no ai.onnx opset".into()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut initializers = Vec::with_capacity(g.initializer.len());
+        for t in &g.initializer {
+            let raw = onnx::raw_tensor(t, dir).map_err(|e| match e {
+                RawError::Unsupported(m) | RawError::Malformed(m) => {
+                    err(format!("initializer '{}': {m}", t.name()))
+                }
+            })?;
+            let value =
+                Value::from_raw(&raw).map_err(|m| err(format!("initializer '{}': {m}", t.name())))?;
+            initializers.push((t.name().to_string(), value));
+        }
+        let init_names: HashSet<&str> = initializers.iter().map(|(n, _)| n.as_str()).collect();
+        let inputs = g
+            .input
+            .iter()
+            .filter(|i| !init_names.contains(i.name()))
+            .map(value_info)
+            .collect();
+        let outputs = g.output.iter().map(value_info).collect();
+        let nodes = name_nodes(&g.node);
+        let mut graph = Graph {
+            source: path.to_path_buf(),
+            opset,
+            inputs,
+            outputs,
+            initializers,
+            nodes,
+        };
+        graph.sort()?;
+        Ok(graph)
+    }
+
+    /// Puts the nodes in topological order (stable: file order where possible), checking that
+    /// every input is defined and that there is no cycle.
+    pub fn sort(&mut self) -> Result<(), FileError> {
+        let mut defined: HashSet<String> = self.inputs.iter().map(|i| i.name.clone()).collect();
+        defined.extend(self.initializers.iter().map(|(n, _)| n.clone()));
+        defined.insert(String::new());
+        let producers: HashSet<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.outputs.iter().map(String::as_str))
+            .collect();
+        for node in &self.nodes {
+            if let Some(missing) = node
+                .inputs
+                .iter()
+                .find(|i| !defined.contains(*i) && !producers.contains(i.as_str()))
+            {
+                return Err(FileError::new(
+                    &self.source,
+                    format!("{}: input '{missing}' is not defined", node.label()),
+                ));
+            }
+        }
+        let mut pending: Vec<Node> = std::mem::take(&mut self.nodes);
+        let mut sorted = Vec::with_capacity(pending.len());
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut rest = Vec::new();
+            for node in pending {
+                if node.inputs.iter().all(|i| defined.contains(i)) {
+                    defined.extend(node.outputs.iter().cloned());
+                    sorted.push(node);
+                } else {
+                    rest.push(node);
+                }
+            }
+            if rest.len() == before {
+                self.nodes = sorted;
+                return Err(FileError::new(
+                    &self.source,
+                    format!("{}: the graph has a cycle through it", rest[0].label()),
+                ));
+            }
+            pending = rest;
+        }
+        self.nodes = sorted;
+        Ok(())
+    }
+
+    pub fn initializer(&self, name: &str) -> Option<&Value> {
+        self.initializers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The node producing each value, by value name.
+    pub fn producers(&self) -> HashMap<&str, usize> {
+        let mut map = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            for o in &node.outputs {
+                map.insert(o.as_str(), i);
+            }
+        }
+        map
+    }
+
+    /// The nodes reading each value, by value name.
+    pub fn consumers(&self) -> HashMap<&str, Vec<usize>> {
+        let mut map: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            for input in node.inputs.iter().filter(|s| !s.is_empty()) {
+                map.entry(input.as_str()).or_default().push(i);
+            }
+        }
+        map
+    }
+
+    /// Nodes whose operator zeropoint cannot run, as "node 'x' (Op)" labels.
+    pub fn unsupported(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| !crate::ops::supports(n))
+            .map(Node::label)
+            .collect()
+    }
+
+    /// Number of parameters (elements of float initializers).
+    pub fn parameter_count(&self) -> usize {
+        self.initializers
+            .iter()
+            .filter(|(_, v)| v.dtype.is_float())
+            .map(|(_, v)| v.tensor.elem_count())
+            .sum()
+    }
+}
+
+fn value_info(v: &ValueInfoProto) -> ValueInfo {
+    let tensor = v.r#type.as_ref().and_then(|t| match &t.value {
+        Some(type_proto::Value::TensorType(tt)) => Some(tt),
+        _ => None,
+    });
+    let dtype = tensor.and_then(|t| onnx::dtype_of(t.elem_type()));
+    let shape = tensor.and_then(|t| t.shape.as_ref()).map(|s| {
+        s.dim
+            .iter()
+            .map(|d| match &d.value {
+                Some(tensor_shape_proto::dimension::Value::DimValue(n)) if *n >= 0 => {
+                    Dim::Fixed(*n as usize)
+                }
+                Some(tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => {
+                    Dim::Sym(p.clone())
+                }
+                _ => Dim::Sym("?".into()),
+            })
+            .collect()
+    });
+    ValueInfo {
+        name: v.name().to_string(),
+        dtype,
+        shape,
+    }
+}
+
+/// The graph's nodes with unique names: the file's, else `<OpType>_<index>`.
+fn name_nodes(nodes: &[NodeProto]) -> Vec<Node> {
+    let mut seen = HashSet::new();
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut name = n.name().to_string();
+            if name.is_empty() || !seen.insert(name.clone()) {
+                name = format!("{}_{i}", n.op_type());
+                seen.insert(name.clone());
+            }
+            Node {
+                name,
+                op: n.op_type().to_string(),
+                domain: n.domain().to_string(),
+                inputs: n.input.clone(),
+                outputs: n.output.clone(),
+                attributes: n.attribute.clone(),
+            }
+        })
+        .collect()
+}

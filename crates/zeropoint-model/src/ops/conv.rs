@@ -1,0 +1,413 @@
+//! Matrix products, convolutions and pooling.
+//!
+//! candle's conv2d takes one padding, stride and dilation for both axes; ONNX allows them per
+//! axis and asymmetric. Uneven pads are applied explicitly before the convolution, uneven strides
+//! by subsampling a stride-1 result. ConvTranspose is the convolution of the zero-upsampled input
+//! with the flipped, transposed kernel, which covers groups, dilations and output padding alike.
+//! Pooling takes the max (or sum) over shifted strided views, one per kernel offset, which covers
+//! dilations, pads and ceil mode with the exact ONNX Runtime windows.
+
+use candle_core::Tensor;
+
+use super::resize::pad_constant;
+use super::{c, like, one, select, Cx, OpError, R};
+use crate::value::Value;
+
+pub fn matmul(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    one(like(matmul_nd(cx.float(0)?, cx.float(1)?)?, v))
+}
+
+/// numpy's matmul: batch dimensions broadcast; a 1-D operand is a row (left) or column (right)
+/// vector whose dimension is removed from the result.
+pub(crate) fn matmul_nd(a: &Tensor, b: &Tensor) -> R<Tensor> {
+    let (ra, rb) = (a.rank(), b.rank());
+    let a2 = if ra == 1 { c(a.unsqueeze(0))? } else { a.clone() };
+    let b2 = if rb == 1 { c(b.unsqueeze(1))? } else { b.clone() };
+    let (a2, b2) = (c(a2.contiguous())?, c(b2.contiguous())?);
+    let mut out = if a2.rank() == 2 && b2.rank() == 2 {
+        c(a2.matmul(&b2))?
+    } else {
+        c(a2.broadcast_matmul(&b2))?
+    };
+    if rb == 1 {
+        out = c(out.squeeze(out.rank() - 1))?;
+    }
+    if ra == 1 {
+        out = c(out.squeeze(out.rank() - if rb == 1 { 1 } else { 2 }))?;
+    }
+    Ok(out)
+}
+
+pub fn gemm(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let mut a = cx.float(0)?.clone();
+    let mut b = cx.float(1)?.clone();
+    if cx.int("transA", 0)? != 0 {
+        a = c(a.t())?;
+    }
+    if cx.int("transB", 0)? != 0 {
+        b = c(b.t())?;
+    }
+    let alpha = cx.float_attr("alpha", 1.0)? as f64;
+    let beta = cx.float_attr("beta", 1.0)? as f64;
+    let mut y = c(a.contiguous()?.matmul(&b.contiguous()?))?;
+    if alpha != 1.0 {
+        y = c(y.affine(alpha, 0.0))?;
+    }
+    if let Some(cv) = cx.opt(2) {
+        let mut ct = cv.tensor.clone();
+        if beta != 1.0 {
+            ct = c(ct.affine(beta, 0.0))?;
+        }
+        y = c(y.broadcast_add(&ct))?;
+    }
+    one(like(y, v))
+}
+
+/// Spatial attributes of Conv, ConvTranspose and the pools, resolved per axis.
+struct Spatial {
+    kernel: Vec<usize>,
+    strides: Vec<usize>,
+    dilations: Vec<usize>,
+    /// Explicit pads (begin, end) per axis; auto_pad is resolved by the caller.
+    pads: Vec<(i64, i64)>,
+    auto_pad: String,
+}
+
+fn spatial(cx: &Cx, kernel: Vec<usize>) -> R<Spatial> {
+    let n = kernel.len();
+    let list = |name: &str| -> R<Vec<usize>> {
+        match cx.ints(name)? {
+            None => Ok(vec![1; n]),
+            Some(v) if v.len() == n && v.iter().all(|&s| s >= 1) => {
+                Ok(v.iter().map(|&s| s as usize).collect())
+            }
+            Some(v) => Err(OpError(format!("{name} {v:?} do not fit {n} spatial axes"))),
+        }
+    };
+    let pads = match cx.ints("pads")? {
+        None => vec![(0, 0); n],
+        Some(p) if p.len() == 2 * n => (0..n).map(|i| (p[i], p[i + n])).collect(),
+        Some(p) => return Err(OpError(format!("pads {p:?} do not fit {n} spatial axes"))),
+    };
+    Ok(Spatial {
+        kernel,
+        strides: list("strides")?,
+        dilations: list("dilations")?,
+        pads,
+        auto_pad: cx.string("auto_pad", "NOTSET")?,
+    })
+}
+
+impl Spatial {
+    /// Pads for an input of spatial size `size`, as Conv and the pools resolve auto_pad.
+    fn conv_pads(&self, size: &[usize]) -> Vec<(i64, i64)> {
+        match self.auto_pad.as_str() {
+            "SAME_UPPER" | "SAME_LOWER" => (0..size.len())
+                .map(|i| {
+                    let (s, k) = (self.strides[i] as i64, self.effective_kernel(i) as i64);
+                    let out = (size[i] as i64 + s - 1) / s;
+                    let total = ((out - 1) * s + k - size[i] as i64).max(0);
+                    if self.auto_pad == "SAME_UPPER" {
+                        (total / 2, total - total / 2)
+                    } else {
+                        (total - total / 2, total / 2)
+                    }
+                })
+                .collect(),
+            "VALID" => vec![(0, 0); size.len()],
+            _ => self.pads.clone(),
+        }
+    }
+
+    fn effective_kernel(&self, i: usize) -> usize {
+        (self.kernel[i] - 1) * self.dilations[i] + 1
+    }
+}
+
+/// Views a 3-D (N, C, L) tensor as 4-D (N, C, 1, L), so that 1-D ops use the 2-D code.
+fn to_2d(x: &Tensor) -> R<Tensor> {
+    if x.rank() == 3 {
+        c(x.unsqueeze(2))
+    } else if x.rank() == 4 {
+        Ok(x.clone())
+    } else {
+        Err(OpError(format!(
+            "input of rank {} is not supported (1-D and 2-D spatial only)",
+            x.rank()
+        )))
+    }
+}
+
+fn pairs<T: Copy>(v: &[T], fill: T) -> Vec<T> {
+    if v.len() == 1 {
+        vec![fill, v[0]]
+    } else {
+        v.to_vec()
+    }
+}
+
+/// Pads (positive) or crops (negative) `x` along `dim` with zeros.
+fn pad_or_crop(x: &Tensor, dim: usize, begin: i64, end: i64) -> R<Tensor> {
+    pad_constant(x, dim, begin, end, 0.0)
+}
+
+/// `x[start + step·i]` for i < count along `dim`.
+fn strided(x: &Tensor, dim: usize, start: usize, count: usize, step: usize) -> R<Tensor> {
+    if step == 1 {
+        return c(x.narrow(dim, start, count));
+    }
+    let idx: Vec<i64> = (0..count).map(|i| (start + i * step) as i64).collect();
+    select(x, &idx, dim)
+}
+
+pub fn conv(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let (x, w) = (cx.float(0)?, cx.float(1)?);
+    let one_d = x.rank() == 3;
+    let (x, w) = (to_2d(x)?, to_2d(w)?);
+    let kernel = w.dims()[2..].to_vec();
+    let sp = spatial(cx, if one_d { vec![kernel[1]] } else { kernel.clone() })?;
+    let size = &x.dims()[if one_d { 3 } else { 2 }..];
+    let pads = pairs(&sp.conv_pads(size), (0, 0));
+    let strides = pairs(&sp.strides, 1);
+    let dil = pairs(&sp.dilations, 1);
+    let groups = cx.int("group", 1)?.max(1) as usize;
+    // candle dilates both axes alike: other dilations become zeros spread into the kernel.
+    let (w, dil) = if dil[0] == dil[1] {
+        (w, dil[0])
+    } else {
+        (spread(&spread(&w, 2, dil[0])?, 3, dil[1])?, 1)
+    };
+    let (ph, pw) = (pads[0], pads[1]);
+    let symmetric = ph.0 == ph.1 && pw.0 == pw.1 && ph.0 == pw.0;
+    let (xp, pad) = if symmetric {
+        (x, ph.0 as usize)
+    } else {
+        (pad_or_crop(&pad_or_crop(&x, 2, ph.0, ph.1)?, 3, pw.0, pw.1)?, 0)
+    };
+    let stride = if strides[0] == strides[1] { strides[0] } else { 1 };
+    let mut y = c(xp.conv2d(&w, pad, stride, dil, groups))?;
+    if stride != strides[0] || stride != strides[1] {
+        let (oh, ow) = (y.dims()[2], y.dims()[3]);
+        y = strided(&y, 2, 0, oh.div_ceil(strides[0]), strides[0])?;
+        y = strided(&y, 3, 0, ow.div_ceil(strides[1]), strides[1])?;
+    }
+    if let Some(b) = cx.opt(2) {
+        y = c(y.broadcast_add(&b.tensor.reshape((1, (), 1, 1))?))?;
+    }
+    if one_d {
+        y = c(y.squeeze(2))?;
+    }
+    one(like(y, v))
+}
+
+pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let (x, w) = (cx.float(0)?, cx.float(1)?);
+    let one_d = x.rank() == 3;
+    let (x, w) = (to_2d(x)?, to_2d(w)?);
+    let groups = cx.int("group", 1)?.max(1) as usize;
+    let (c_in, m_g, kh, kw) = c(w.dims4())?;
+    let sp = spatial(cx, if one_d { vec![kw] } else { vec![kh, kw] })?;
+    let n = sp.kernel.len();
+    let size: Vec<usize> = x.dims()[4 - n..].to_vec();
+    let out_pad = match cx.ints("output_padding")? {
+        Some(p) if p.len() == n => p,
+        Some(p) => return Err(OpError(format!("output_padding {p:?} does not fit {n} axes"))),
+        None => vec![0; n],
+    };
+    let pads: Vec<(i64, i64)> = match cx.ints("output_shape")? {
+        Some(shape) => {
+            let shape = &shape[shape.len().saturating_sub(n)..];
+            (0..n)
+                .map(|i| {
+                    let total = sp.strides[i] as i64 * (size[i] as i64 - 1)
+                        + out_pad[i]
+                        + sp.effective_kernel(i) as i64
+                        - shape[i];
+                    split_total(total, sp.auto_pad != "SAME_UPPER")
+                })
+                .collect()
+        }
+        None if sp.auto_pad.starts_with("SAME") => (0..n)
+            .map(|i| {
+                let total = sp.strides[i] as i64 * (size[i] as i64 - 1)
+                    + out_pad[i]
+                    + sp.effective_kernel(i) as i64
+                    - (size[i] * sp.strides[i]) as i64;
+                split_total(total.max(0), sp.auto_pad == "SAME_LOWER")
+            })
+            .collect(),
+        None => sp.pads.clone(),
+    };
+    let (pads, strides, dil, out_pad) = (
+        pairs(&pads, (0, 0)),
+        pairs(&sp.strides, 1),
+        pairs(&sp.dilations, 1),
+        pairs(&out_pad, 0),
+    );
+    if dil[0] != dil[1] {
+        return Err(OpError(format!("dilations {dil:?} differ per axis: not supported")));
+    }
+    // Zero-insertion upsampling, then "full" padding less the requested pads.
+    let xu = spread(&spread(&x, 2, strides[0])?, 3, strides[1])?;
+    let k = [kh, kw];
+    let mut xu = xu;
+    for (i, d) in [2usize, 3].into_iter().enumerate() {
+        let full = (dil[i] * (k[i] - 1)) as i64;
+        xu = pad_or_crop(&xu, d, full - pads[i].0, full - pads[i].1 + out_pad[i])?;
+    }
+    let wt = c(w
+        .reshape((groups, c_in / groups, m_g, kh, kw))?
+        .transpose(1, 2)?
+        .reshape((groups * m_g, c_in / groups, kh, kw))?
+        .flip(&[2, 3]))?;
+    let mut y = c(xu.contiguous()?.conv2d(&wt.contiguous()?, 0, 1, dil[0], groups))?;
+    if let Some(b) = cx.opt(2) {
+        y = c(y.broadcast_add(&b.tensor.reshape((1, (), 1, 1))?))?;
+    }
+    if one_d {
+        y = c(y.squeeze(2))?;
+    }
+    one(like(y, v))
+}
+
+/// Inserts `s − 1` zeros between consecutive elements along `dim`.
+fn spread(t: &Tensor, dim: usize, s: usize) -> R<Tensor> {
+    let len = t.dims()[dim];
+    if s <= 1 || len == 0 {
+        return Ok(t.clone());
+    }
+    let mut shape = t.dims().to_vec();
+    shape[dim] = len * s;
+    Ok(t.unsqueeze(dim + 1)?
+        .pad_with_zeros(dim + 1, 0, s - 1)?
+        .reshape(shape)?
+        .narrow(dim, 0, (len - 1) * s + 1)?)
+}
+
+/// Splits a total padding in two; `head_larger` gives the odd unit to the beginning.
+fn split_total(total: i64, head_larger: bool) -> (i64, i64) {
+    if head_larger {
+        (total - total / 2, total / 2)
+    } else {
+        (total / 2, total - total / 2)
+    }
+}
+
+pub fn pool(cx: &Cx) -> R<Vec<Value>> {
+    if cx.node.outputs.get(1).is_some_and(|o| !o.is_empty()) {
+        return Err("the Indices output of MaxPool is not supported".into());
+    }
+    let v = cx.input(0)?;
+    if !v.dtype.is_float() {
+        // 8-bit maxima are exact in f32.
+        let f = crate::ops::elementwise::cast_value(v, crate::tensor::DType::F32)?;
+        let inputs = [Some(f)];
+        let y = pool(&Cx { inputs: &inputs, ..*cx })?;
+        return Ok(vec![crate::ops::elementwise::cast_value(&y[0], v.dtype)?]);
+    }
+    let x = cx.float(0)?;
+    let one_d = x.rank() == 3;
+    let x = to_2d(x)?;
+    let kernel = cx
+        .ints("kernel_shape")?
+        .ok_or("attribute kernel_shape is required")?;
+    let sp = spatial(cx, kernel.iter().map(|&k| k.max(1) as usize).collect())?;
+    let n = sp.kernel.len();
+    let size = x.dims()[4 - n..].to_vec();
+    let pads = sp.conv_pads(&size);
+    let ceil = cx.int("ceil_mode", 0)? != 0;
+    // Output length per axis, and the padded length its windows reach.
+    let mut out = Vec::new();
+    let mut reach = Vec::new();
+    for i in 0..n {
+        let (s, k) = (sp.strides[i] as i64, sp.effective_kernel(i) as i64);
+        let span = size[i] as i64 + pads[i].0 + pads[i].1 - k;
+        let mut o = if ceil { (span + s - 1).div_euclid(s) + 1 } else { span.div_euclid(s) + 1 };
+        // A last window starting in the end padding is dropped (ceil mode only).
+        if ceil && (o - 1) * s >= size[i] as i64 + pads[i].0 {
+            o -= 1;
+        }
+        if o < 1 {
+            return Err(OpError(format!("kernel {:?} is larger than the padded input", sp.kernel)));
+        }
+        out.push(o as usize);
+        reach.push((o - 1) * s + k);
+    }
+    let (out, reach, pads) = (pairs(&out, 1), pairs(&reach, 1), pairs(&pads, (0, 0)));
+    let (k, s, d) = (pairs(&sp.kernel, 1), pairs(&sp.strides, 1), pairs(&sp.dilations, 1));
+    let is_max = cx.node.op == "MaxPool";
+    // Pad to exactly the reach: explicit pads at the beginning, the rest at the end.
+    let grow = |t: &Tensor, fill: f64| -> R<Tensor> {
+        let mut t = t.clone();
+        for (i, dim) in [2usize, 3].into_iter().enumerate() {
+            let tail = reach[i] - pads[i].0 - t.dims()[dim] as i64;
+            t = pad_constant(&t, dim, pads[i].0, tail, fill)?;
+        }
+        Ok(t)
+    };
+    let windows = |t: &Tensor| -> R<Vec<Tensor>> {
+        let mut w = Vec::new();
+        for i in 0..k[0] {
+            for j in 0..k[1] {
+                let r = strided(t, 2, i * d[0], out[0], s[0])?;
+                w.push(strided(&r, 3, j * d[1], out[1], s[1])?);
+            }
+        }
+        Ok(w)
+    };
+    let y = if is_max {
+        let xp = grow(&x, f64::NEG_INFINITY)?;
+        let mut it = windows(&xp)?.into_iter();
+        let first = it.next().ok_or("empty kernel")?;
+        it.try_fold(first, |m, w| c(m.maximum(&w)))?
+    } else {
+        let include_pad = cx.int("count_include_pad", 0)? != 0;
+        let xp = grow(&x, 0.0)?;
+        let sum = sum_all(windows(&xp)?)?;
+        // The divisor is separable: per axis, how many window positions count.
+        let counts: Vec<Vec<f32>> = (0..2)
+            .map(|i| {
+                let len = x.dims()[2 + i] as i64;
+                let (lo, hi) = if include_pad { (-pads[i].0, len + pads[i].1) } else { (0, len) };
+                (0..out[i])
+                    .map(|o| {
+                        let first = (o * s[i]) as i64 - pads[i].0;
+                        (0..k[i] as i64)
+                            .filter(|j| (lo..hi).contains(&(first + j * d[i] as i64)))
+                            .count() as f32
+                    })
+                    .collect()
+            })
+            .collect();
+        let count: Vec<f32> = counts[0]
+            .iter()
+            .flat_map(|h| counts[1].iter().map(move |w| h * w))
+            .collect();
+        let count = c(Tensor::from_vec(count, (1, 1, out[0], out[1]), x.device())?.to_dtype(x.dtype()))?;
+        c(sum.broadcast_div(&count))?
+    };
+    let y = if one_d { c(y.squeeze(2))? } else { y };
+    one(like(y, v))
+}
+
+fn sum_all(ts: Vec<Tensor>) -> R<Tensor> {
+    let mut it = ts.into_iter();
+    let first = it.next().ok_or("empty kernel")?;
+    it.try_fold(first, |a, b| c(a.add(&b)))
+}
+
+pub fn global_pool(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let x = cx.float(0)?;
+    let dims: Vec<usize> = (2..x.rank()).collect();
+    let y = if cx.node.op == "GlobalMaxPool" {
+        dims.iter().try_fold(x.clone(), |t, &d| c(t.max_keepdim(d)))?
+    } else {
+        c(x.mean_keepdim(dims))?
+    };
+    one(like(y, v))
+}

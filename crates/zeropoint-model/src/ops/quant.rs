@@ -1,0 +1,100 @@
+//! QuantizeLinear and DequantizeLinear, computed by zeropoint-core's kernels (bit-exact with
+//! ONNX's definition, see that crate's tests), so that QDQ models run as runtimes run them.
+
+use candle_core::{Device, Tensor};
+use zeropoint_core::{Code, Granularity, Grid, QParams};
+
+use super::{axis, c, dtype_code, one, Cx, OpError, R};
+use crate::tensor::DType;
+use crate::value::{carrier, Value};
+
+/// The scale/zero-point layout: per tensor, per axis (1-D scale), or blocked (block_size > 0).
+fn params(cx: &Cx, x_shape: &[usize], code_type: DType) -> R<QParams> {
+    let scale = cx.input(1)?;
+    let scales = scale.to_f32s()?;
+    let zero_points: Vec<i32> = match cx.opt(2) {
+        Some(z) => z.to_i64s()?.into_iter().map(|v| v as i32).collect(),
+        None => vec![0; scales.len()],
+    };
+    let block = cx.int("block_size", 0)?;
+    let granularity = if scale.shape().iter().product::<usize>() == 1 && scale.shape().len() <= 1 {
+        Granularity::PerTensor
+    } else {
+        let a = axis(cx.int("axis", 1)?, x_shape.len())?;
+        if block > 0 {
+            Granularity::PerBlock {
+                axis: a,
+                block: block as usize,
+            }
+        } else {
+            Granularity::PerAxis { axis: a }
+        }
+    };
+    let grid = match code_type {
+        DType::U8 => Grid { qmin: 0, qmax: 255 },
+        DType::I8 => Grid { qmin: -128, qmax: 127 },
+        DType::U16 => Grid { qmin: 0, qmax: 65535 },
+        DType::I16 => Grid { qmin: -32768, qmax: 32767 },
+        DType::I32 => Grid { qmin: i32::MIN, qmax: i32::MAX },
+        d => return Err(OpError(format!("quantized type {d} is not supported"))),
+    };
+    QParams::new(granularity, grid, scales, zero_points).map_err(|e| OpError(e.to_string()))
+}
+
+pub fn quantize_linear(cx: &Cx) -> R<Vec<Value>> {
+    let x = cx.input(0)?;
+    let to = match cx.opt(2) {
+        Some(z) => z.dtype,
+        None => match cx.int("output_dtype", 0)? {
+            0 => DType::U8,
+            code => dtype_code(code)?,
+        },
+    };
+    let shape = x.shape().to_vec();
+    let p = params(cx, &shape, to)?;
+    let xs = x.to_f32s()?;
+    fn q<T: Code>(xs: &[f32], shape: &[usize], p: &QParams) -> R<Vec<i64>> {
+        let mut out = vec![T::default(); xs.len()];
+        zeropoint_core::quantize(xs, shape, p, &mut out).map_err(|e| e.to_string())?;
+        Ok(out.into_iter().map(|v| v.code() as i64).collect())
+    }
+    let codes = match to {
+        DType::U8 => q::<u8>(&xs, &shape, &p)?,
+        DType::I8 => q::<i8>(&xs, &shape, &p)?,
+        DType::U16 => q::<u16>(&xs, &shape, &p)?,
+        _ => q::<i16>(&xs, &shape, &p)?,
+    };
+    let t = c(Tensor::from_vec(codes, shape.as_slice(), &Device::Cpu)?.to_dtype(carrier(to)))?;
+    one(Value::new(t, to))
+}
+
+pub fn dequantize_linear(cx: &Cx) -> R<Vec<Value>> {
+    let x = cx.input(0)?;
+    let shape = x.shape().to_vec();
+    let p = params(cx, &shape, x.dtype)?;
+    let codes = x.to_i64s()?;
+    fn dq<T: Code>(codes: &[i64], shape: &[usize], p: &QParams) -> R<Vec<f32>> {
+        let q: Vec<T> = codes.iter().map(|&v| T::from_code(v as i32)).collect();
+        let mut out = vec![0f32; q.len()];
+        zeropoint_core::dequantize(&q, shape, p, &mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+    let out = match x.dtype {
+        DType::U8 => dq::<u8>(&codes, &shape, &p)?,
+        DType::I8 => dq::<i8>(&codes, &shape, &p)?,
+        DType::U16 => dq::<u16>(&codes, &shape, &p)?,
+        DType::I16 => dq::<i16>(&codes, &shape, &p)?,
+        // int32 (biases of quantized layers): (q − z)·s in float, as the runtimes compute it.
+        DType::I32 => {
+            let layout = p.layout_for(codes.len(), &shape).map_err(|e| e.to_string())?;
+            let at = |i: usize| layout.param_index(i);
+            codes
+                .iter()
+                .enumerate()
+                .map(|(i, &q)| (q - p.zero_point[at(i)] as i64) as f32 * p.scale[at(i)])
+                .collect()
+        }
+        d => return Err(OpError(format!("quantized type {d} is not supported"))),
+    };
+    one(Value::f32(c(Tensor::from_vec(out, shape.as_slice(), &Device::Cpu))?))
+}
