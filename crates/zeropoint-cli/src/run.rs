@@ -40,7 +40,8 @@ pub fn run(args: &Args) -> Result<()> {
     let outputs = exec.run(feeds)?;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(dir) = &args.output {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
         for (name, v) in &outputs {
             let raw = v.to_raw(name).map_err(anyhow::Error::msg)?;
             let path = dir.join(format!("{}.npy", file_name(name)));
@@ -55,7 +56,8 @@ pub fn run(args: &Args) -> Result<()> {
         .map(|(name, v)| summary(name, v))
         .collect::<Result<_>>()?;
     if args.json {
-        let doc = json!({"model": args.model.display().to_string(), "seconds": seconds, "outputs": rows});
+        let doc =
+            json!({"model": args.model.display().to_string(), "seconds": seconds, "outputs": rows});
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
@@ -80,7 +82,11 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// The values to feed, by input name, from the --input arguments.
-fn read_inputs(model: &Path, inputs: &[ValueInfo], args: &[String]) -> Result<HashMap<String, Value>> {
+fn read_inputs(
+    model: &Path,
+    inputs: &[ValueInfo],
+    args: &[String],
+) -> Result<HashMap<String, Value>> {
     if args.is_empty() && !inputs.is_empty() {
         let list: Vec<String> = inputs.iter().map(describe).collect();
         bail!(
@@ -96,7 +102,9 @@ fn read_inputs(model: &Path, inputs: &[ValueInfo], args: &[String]) -> Result<Ha
             None => (None, PathBuf::from(arg)),
         };
         let arrays = read_arrays(&file)?;
-        let is_npz = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+        let is_npz = file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
         for raw in arrays {
             let key = match (&name, is_npz) {
                 (Some(n), false) => n.clone(),
@@ -109,7 +117,8 @@ fn read_inputs(model: &Path, inputs: &[ValueInfo], args: &[String]) -> Result<Ha
                 ),
                 (_, true) => raw.name.clone(),
             };
-            let v = Value::from_raw(&raw).map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
+            let v =
+                Value::from_raw(&raw).map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
             feeds.insert(key, v);
         }
     }
@@ -129,7 +138,9 @@ fn describe(i: &ValueInfo) -> String {
 fn summary(name: &str, v: &Value) -> Result<serde_json::Value> {
     let values = v.to_f32s().map_err(anyhow::Error::msg)?;
     let finite = || values.iter().copied().filter(|x| x.is_finite());
-    let (min, max) = finite().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
+    let (min, max) = finite().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), x| {
+        (a.min(x), b.max(x))
+    });
     let n = finite().count();
     let mean = finite().map(f64::from).sum::<f64>() / n.max(1) as f64;
     Ok(json!({
@@ -145,6 +156,12 @@ fn summary(name: &str, v: &Value) -> Result<serde_json::Value> {
 /// An output name as a file name.
 pub fn file_name(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

@@ -29,7 +29,11 @@ impl<'g> Executor<'g> {
                 &graph.source,
                 format!(
                     "{} unsupported: {}",
-                    if unsupported.len() == 1 { "operator" } else { "operators" },
+                    if unsupported.len() == 1 {
+                        "operator"
+                    } else {
+                        "operators"
+                    },
                     unsupported.join(", ")
                 ),
             ));
@@ -76,7 +80,13 @@ impl<'g> Executor<'g> {
             let args: Vec<Option<Value>> = node
                 .inputs
                 .iter()
-                .map(|n| if n.is_empty() { None } else { env.get(n).cloned() })
+                .map(|n| {
+                    if n.is_empty() {
+                        None
+                    } else {
+                        env.get(n).cloned()
+                    }
+                })
                 .collect();
             let cx = Cx {
                 node,
@@ -89,7 +99,8 @@ impl<'g> Executor<'g> {
                 if name.is_empty() {
                     continue;
                 }
-                let v = hook(name, v).map_err(|m| err(format!("{}: output '{name}': {m}", node.label())))?;
+                let v = hook(name, v)
+                    .map_err(|m| err(format!("{}: output '{name}': {m}", node.label())))?;
                 env.insert(name.clone(), v);
             }
             for dead in &self.dead_after[i] {

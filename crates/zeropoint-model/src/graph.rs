@@ -10,7 +10,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::FileError;
-use crate::onnx::proto::{tensor_shape_proto, type_proto, AttributeProto, NodeProto, ValueInfoProto};
+use crate::onnx::proto::{
+    tensor_shape_proto, type_proto, AttributeProto, NodeProto, ValueInfoProto,
+};
 use crate::onnx::{self, ModelProto, RawError};
 use crate::tensor::DType;
 use crate::value::Value;
@@ -108,8 +110,8 @@ impl Graph {
                     err(format!("initializer '{}': {m}", t.name()))
                 }
             })?;
-            let value =
-                Value::from_raw(&raw).map_err(|m| err(format!("initializer '{}': {m}", t.name())))?;
+            let value = Value::from_raw(&raw)
+                .map_err(|m| err(format!("initializer '{}': {m}", t.name())))?;
             initializers.push((t.name().to_string(), value));
         }
         let init_names: HashSet<&str> = initializers.iter().map(|(n, _)| n.as_str()).collect();

@@ -220,9 +220,8 @@ fn header(shape: &[usize], descr: &str, data_len: usize) -> Vec<u8> {
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.join(", ")),
     };
-    let mut header = format!(
-        "{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}"
-    );
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     // Pad so that the data starts on a 64-byte boundary, newline-terminated, as numpy does.
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat(total.next_multiple_of(64) - total));

@@ -65,7 +65,10 @@ pub fn read_arrays(path: &Path) -> Result<Vec<RawTensor>> {
             Ok(vec![npy::parse_raw(&bytes, path, &name)?])
         }
         "npz" => read_npz(path),
-        _ => Err(FileError::new(path, "unknown file type: expected .npy or .npz")),
+        _ => Err(FileError::new(
+            path,
+            "unknown file type: expected .npy or .npz",
+        )),
     }
 }
 

@@ -19,6 +19,13 @@ fn shared_models() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
         .collect();
     models.sort();
+    // And the MiniLM-L3 encoder that scripts/fetch-assets fetches (69 MB, opset 17).
+    let minilm = repo_root().join(".cache/shared/minilm-l3/paraphrase-MiniLM-L3-v2.onnx");
+    assert!(
+        minilm.exists(),
+        "run scripts/fetch-assets first (scripts/test does)"
+    );
+    models.push(minilm);
     models
 }
 
@@ -35,7 +42,7 @@ fn check(original: &Path, written: &Path) {
 fn real_models_survive_a_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let models = shared_models();
-    assert_eq!(models.len(), 4);
+    assert_eq!(models.len(), 5);
     for model in &models {
         let m = onnx::load(model).unwrap();
         let out = dir.path().join(model.file_name().unwrap());

@@ -26,13 +26,25 @@ const ORT_DEVIATIONS: &[(&str, &str, &str)] = &[(
 const OUT_OF_SCOPE: &[(&str, &str)] = &[
     ("Conv_3d", "input of rank 5 is not supported"),
     ("MatMul_int64", "expected a float tensor"),
-    ("MaxPool_indices", "Indices output of MaxPool is not supported"),
+    (
+        "MaxPool_indices",
+        "Indices output of MaxPool is not supported",
+    ),
     ("Resize_cubic_default", "mode 'cubic' is not supported"),
     ("Resize_cubic_a05_exclude", "mode 'cubic' is not supported"),
     ("Resize_opset18_antialias", "antialias=1 is not supported"),
-    ("QuantizeLinear_opset21_int4_roundtrip", "data type INT4 is not read"),
-    ("DequantizeLinear_opset21_int4_blocked", "data type INT4 is not read"),
-    ("DequantizeLinear_opset21_uint4_zp", "data type UINT4 is not read"),
+    (
+        "QuantizeLinear_opset21_int4_roundtrip",
+        "data type INT4 is not read",
+    ),
+    (
+        "DequantizeLinear_opset21_int4_blocked",
+        "data type INT4 is not read",
+    ),
+    (
+        "DequantizeLinear_opset21_uint4_zp",
+        "data type UINT4 is not read",
+    ),
 ];
 
 #[test]
@@ -56,12 +68,21 @@ fn every_operator_matches_onnx_runtime() {
         match (OUT_OF_SCOPE.iter().find(|(c, _)| *c == name), result) {
             (None, Err(e)) => failures.push(format!("{name}: {e}")),
             (Some((_, want)), Err(e)) if e.contains(want) && !e.contains('\n') => {}
-            (Some((_, want)), Err(e)) => failures.push(format!("{name}: expected '{want}', got {e}")),
-            (Some(_), Ok(())) => failures.push(format!("{name}: now passes: take it off OUT_OF_SCOPE")),
+            (Some((_, want)), Err(e)) => {
+                failures.push(format!("{name}: expected '{want}', got {e}"))
+            }
+            (Some(_), Ok(())) => {
+                failures.push(format!("{name}: now passes: take it off OUT_OF_SCOPE"))
+            }
             (None, Ok(())) => {}
         }
     }
-    println!("{} cases, {} operators, {} failures", cases.len(), ops.len(), failures.len());
+    println!(
+        "{} cases, {} operators, {} failures",
+        cases.len(),
+        ops.len(),
+        failures.len()
+    );
     assert!(
         failures.is_empty(),
         "{} of {} cases differ from ONNX Runtime:\n{}",
@@ -81,6 +102,9 @@ fn unsupported_operators_are_named_before_running() {
     g.node[0].op_type = Some("FancyOp".into());
     g.node[0].name = Some("fancy".into());
     let graph = zeropoint_model::Graph::from_model(&m, Path::new("m.onnx")).unwrap();
-    let e = zeropoint_model::exec::Executor::new(&graph).err().unwrap().to_string();
+    let e = zeropoint_model::exec::Executor::new(&graph)
+        .err()
+        .unwrap()
+        .to_string();
     assert_eq!(e, "m.onnx: operator unsupported: node 'fancy' (FancyOp)");
 }

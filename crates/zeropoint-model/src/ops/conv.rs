@@ -22,8 +22,16 @@ pub fn matmul(cx: &Cx) -> R<Vec<Value>> {
 /// vector whose dimension is removed from the result.
 pub(crate) fn matmul_nd(a: &Tensor, b: &Tensor) -> R<Tensor> {
     let (ra, rb) = (a.rank(), b.rank());
-    let a2 = if ra == 1 { c(a.unsqueeze(0))? } else { a.clone() };
-    let b2 = if rb == 1 { c(b.unsqueeze(1))? } else { b.clone() };
+    let a2 = if ra == 1 {
+        c(a.unsqueeze(0))?
+    } else {
+        a.clone()
+    };
+    let b2 = if rb == 1 {
+        c(b.unsqueeze(1))?
+    } else {
+        b.clone()
+    };
     let (a2, b2) = (c(a2.contiguous())?, c(b2.contiguous())?);
     let mut out = if a2.rank() == 2 && b2.rank() == 2 {
         c(a2.matmul(&b2))?
@@ -168,7 +176,14 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
     let one_d = x.rank() == 3;
     let (x, w) = (to_2d(x)?, to_2d(w)?);
     let kernel = w.dims()[2..].to_vec();
-    let sp = spatial(cx, if one_d { vec![kernel[1]] } else { kernel.clone() })?;
+    let sp = spatial(
+        cx,
+        if one_d {
+            vec![kernel[1]]
+        } else {
+            kernel.clone()
+        },
+    )?;
     let size = &x.dims()[if one_d { 3 } else { 2 }..];
     let pads = pairs(&sp.conv_pads(size), (0, 0));
     let strides = pairs(&sp.strides, 1);
@@ -185,9 +200,16 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
     let (xp, pad) = if symmetric {
         (x, ph.0 as usize)
     } else {
-        (pad_or_crop(&pad_or_crop(&x, 2, ph.0, ph.1)?, 3, pw.0, pw.1)?, 0)
+        (
+            pad_or_crop(&pad_or_crop(&x, 2, ph.0, ph.1)?, 3, pw.0, pw.1)?,
+            0,
+        )
     };
-    let stride = if strides[0] == strides[1] { strides[0] } else { 1 };
+    let stride = if strides[0] == strides[1] {
+        strides[0]
+    } else {
+        1
+    };
     let mut y = c(xp.conv2d(&w, pad, stride, dil, groups))?;
     if stride != strides[0] || stride != strides[1] {
         let (oh, ow) = (y.dims()[2], y.dims()[3]);
@@ -215,7 +237,11 @@ pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
     let size: Vec<usize> = x.dims()[4 - n..].to_vec();
     let out_pad = match cx.ints("output_padding")? {
         Some(p) if p.len() == n => p,
-        Some(p) => return Err(OpError(format!("output_padding {p:?} does not fit {n} axes"))),
+        Some(p) => {
+            return Err(OpError(format!(
+                "output_padding {p:?} does not fit {n} axes"
+            )))
+        }
         None => vec![0; n],
     };
     let pads: Vec<(i64, i64)> = match cx.ints("output_shape")? {
@@ -249,7 +275,9 @@ pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
         pairs(&out_pad, 0),
     );
     if dil[0] != dil[1] {
-        return Err(OpError(format!("dilations {dil:?} differ per axis: not supported")));
+        return Err(OpError(format!(
+            "dilations {dil:?} differ per axis: not supported"
+        )));
     }
     // Zero-insertion upsampling, then "full" padding less the requested pads.
     let xu = spread(&spread(&x, 2, strides[0])?, 3, strides[1])?;
@@ -264,7 +292,9 @@ pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
         .transpose(1, 2)?
         .reshape((groups * m_g, c_in / groups, kh, kw))?
         .flip(&[2, 3]))?;
-    let mut y = c(xu.contiguous()?.conv2d(&wt.contiguous()?, 0, 1, dil[0], groups))?;
+    let mut y = c(xu
+        .contiguous()?
+        .conv2d(&wt.contiguous()?, 0, 1, dil[0], groups))?;
     if let Some(b) = cx.opt(2) {
         y = c(y.broadcast_add(&b.tensor.reshape((1, (), 1, 1))?))?;
     }
@@ -306,7 +336,10 @@ pub fn pool(cx: &Cx) -> R<Vec<Value>> {
         // 8-bit maxima are exact in f32.
         let f = crate::ops::elementwise::cast_value(v, crate::tensor::DType::F32)?;
         let inputs = [Some(f)];
-        let y = pool(&Cx { inputs: &inputs, ..*cx })?;
+        let y = pool(&Cx {
+            inputs: &inputs,
+            ..*cx
+        })?;
         return Ok(vec![crate::ops::elementwise::cast_value(&y[0], v.dtype)?]);
     }
     let x = cx.float(0)?;
@@ -326,19 +359,30 @@ pub fn pool(cx: &Cx) -> R<Vec<Value>> {
     for i in 0..n {
         let (s, k) = (sp.strides[i] as i64, sp.effective_kernel(i) as i64);
         let span = size[i] as i64 + pads[i].0 + pads[i].1 - k;
-        let mut o = if ceil { (span + s - 1).div_euclid(s) + 1 } else { span.div_euclid(s) + 1 };
+        let mut o = if ceil {
+            (span + s - 1).div_euclid(s) + 1
+        } else {
+            span.div_euclid(s) + 1
+        };
         // A last window starting in the end padding is dropped (ceil mode only).
         if ceil && (o - 1) * s >= size[i] as i64 + pads[i].0 {
             o -= 1;
         }
         if o < 1 {
-            return Err(OpError(format!("kernel {:?} is larger than the padded input", sp.kernel)));
+            return Err(OpError(format!(
+                "kernel {:?} is larger than the padded input",
+                sp.kernel
+            )));
         }
         out.push(o as usize);
         reach.push((o - 1) * s + k);
     }
     let (out, reach, pads) = (pairs(&out, 1), pairs(&reach, 1), pairs(&pads, (0, 0)));
-    let (k, s, d) = (pairs(&sp.kernel, 1), pairs(&sp.strides, 1), pairs(&sp.dilations, 1));
+    let (k, s, d) = (
+        pairs(&sp.kernel, 1),
+        pairs(&sp.strides, 1),
+        pairs(&sp.dilations, 1),
+    );
     let is_max = cx.node.op == "MaxPool";
     // Pad to exactly the reach: explicit pads at the beginning, the rest at the end.
     let grow = |t: &Tensor, fill: f64| -> R<Tensor> {
@@ -372,7 +416,11 @@ pub fn pool(cx: &Cx) -> R<Vec<Value>> {
         let counts: Vec<Vec<f32>> = (0..2)
             .map(|i| {
                 let len = x.dims()[2 + i] as i64;
-                let (lo, hi) = if include_pad { (-pads[i].0, len + pads[i].1) } else { (0, len) };
+                let (lo, hi) = if include_pad {
+                    (-pads[i].0, len + pads[i].1)
+                } else {
+                    (0, len)
+                };
                 (0..out[i])
                     .map(|o| {
                         let first = (o * s[i]) as i64 - pads[i].0;
@@ -387,7 +435,8 @@ pub fn pool(cx: &Cx) -> R<Vec<Value>> {
             .iter()
             .flat_map(|h| counts[1].iter().map(move |w| h * w))
             .collect();
-        let count = c(Tensor::from_vec(count, (1, 1, out[0], out[1]), x.device())?.to_dtype(x.dtype()))?;
+        let count =
+            c(Tensor::from_vec(count, (1, 1, out[0], out[1]), x.device())?.to_dtype(x.dtype()))?;
         c(sum.broadcast_div(&count))?
     };
     let y = if one_d { c(y.squeeze(2))? } else { y };
@@ -405,7 +454,8 @@ pub fn global_pool(cx: &Cx) -> R<Vec<Value>> {
     let x = cx.float(0)?;
     let dims: Vec<usize> = (2..x.rank()).collect();
     let y = if cx.node.op == "GlobalMaxPool" {
-        dims.iter().try_fold(x.clone(), |t, &d| c(t.max_keepdim(d)))?
+        dims.iter()
+            .try_fold(x.clone(), |t, &d| c(t.max_keepdim(d)))?
     } else {
         c(x.mean_keepdim(dims))?
     };

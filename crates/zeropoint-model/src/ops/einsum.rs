@@ -20,18 +20,30 @@ pub fn einsum(cx: &Cx) -> R<Vec<Value>> {
     };
     let terms: Vec<Term> = lhs.split(',').map(parse_term).collect::<R<_>>()?;
     if terms.len() != ops.len() {
-        return Err(OpError(format!("equation '{eq}' has {} operands, got {}", terms.len(), ops.len())));
+        return Err(OpError(format!(
+            "equation '{eq}' has {} operands, got {}",
+            terms.len(),
+            ops.len()
+        )));
     }
     // Ellipsis dims of each operand, right-aligned against the widest (numpy broadcasting).
     let mut ell = Vec::new();
     for (t, v) in terms.iter().zip(&ops) {
         let named = t.iter().flatten().count();
         let rank = v.shape().len();
-        let e = rank.checked_sub(named).filter(|&e| e == 0 || t.contains(&None));
-        ell.push(e.ok_or_else(|| format!("term of '{eq}' does not fit an operand of rank {rank}"))?);
+        let e = rank
+            .checked_sub(named)
+            .filter(|&e| e == 0 || t.contains(&None));
+        ell.push(
+            e.ok_or_else(|| format!("term of '{eq}' does not fit an operand of rank {rank}"))?,
+        );
     }
     let wide = ell.iter().copied().max().unwrap_or(0);
-    let labels: Vec<Vec<char>> = terms.iter().zip(&ell).map(|(t, &e)| expand(t, e, wide)).collect();
+    let labels: Vec<Vec<char>> = terms
+        .iter()
+        .zip(&ell)
+        .map(|(t, &e)| expand(t, e, wide))
+        .collect();
     let output: Vec<char> = match rhs {
         Some(r) => expand(&parse_term(r)?, wide, wide),
         None => {
@@ -77,8 +89,12 @@ fn parse_term(term: &str) -> R<Term> {
         .chars()
         .map(|ch| (ch != '.').then_some(ch))
         .collect();
-    if t.iter().flatten().any(|ch| !ch.is_ascii_alphabetic()) || t.iter().filter(|x| x.is_none()).count() > 1 {
-        return Err(OpError(format!("term '{term}' is not letters with at most one '...'")));
+    if t.iter().flatten().any(|ch| !ch.is_ascii_alphabetic())
+        || t.iter().filter(|x| x.is_none()).count() > 1
+    {
+        return Err(OpError(format!(
+            "term '{term}' is not letters with at most one '...'"
+        )));
     }
     Ok(t)
 }
@@ -95,7 +111,9 @@ fn expand(term: &Term, e: usize, wide: usize) -> Vec<char> {
 
 /// Labels for ellipsis dims: Greek letters, which cannot clash with the ASCII ones.
 fn ellipsis_labels(n: usize) -> Vec<char> {
-    (0..n).map(|i| char::from_u32(0x3b1 + i as u32).unwrap()).collect()
+    (0..n)
+        .map(|i| char::from_u32(0x3b1 + i as u32).unwrap())
+        .collect()
 }
 
 fn is_ell(ch: char) -> bool {
@@ -108,7 +126,10 @@ fn reduce_to(t: &Tensor, labels: &[char], keep: &[char]) -> R<(Tensor, Vec<char>
     let mut l = labels.to_vec();
     for i in (0..l.len()).rev() {
         if l[..i].contains(&l[i]) {
-            return Err(OpError(format!("repeated index '{}' in one operand (diagonal) is not supported", l[i])));
+            return Err(OpError(format!(
+                "repeated index '{}' in one operand (diagonal) is not supported",
+                l[i]
+            )));
         }
         if !keep.contains(&l[i]) {
             t = c(t.sum(i))?;
@@ -124,17 +145,30 @@ fn pair(a: &Tensor, la: &[char], b: &Tensor, lb: &[char], keep: &[char]) -> R<(T
     let keep_b: Vec<char> = keep.iter().chain(la).copied().collect();
     let (a, la) = reduce_to(a, la, &keep_a)?;
     let (b, lb) = reduce_to(b, lb, &keep_b)?;
-    let batch: Vec<char> = la.iter().copied().filter(|x| lb.contains(x) && keep.contains(x)).collect();
-    let contract: Vec<char> = la.iter().copied().filter(|x| lb.contains(x) && !keep.contains(x)).collect();
+    let batch: Vec<char> = la
+        .iter()
+        .copied()
+        .filter(|x| lb.contains(x) && keep.contains(x))
+        .collect();
+    let contract: Vec<char> = la
+        .iter()
+        .copied()
+        .filter(|x| lb.contains(x) && !keep.contains(x))
+        .collect();
     let left: Vec<char> = la.iter().copied().filter(|x| !lb.contains(x)).collect();
     let right: Vec<char> = lb.iter().copied().filter(|x| !la.contains(x)).collect();
-    let size = |t: &Tensor, l: &[char], ch: char| t.dims()[l.iter().position(|&x| x == ch).unwrap()];
+    let size =
+        |t: &Tensor, l: &[char], ch: char| t.dims()[l.iter().position(|&x| x == ch).unwrap()];
     let batch_dims: Vec<usize> = batch
         .iter()
         .map(|&ch| size(&a, &la, ch).max(size(&b, &lb, ch)))
         .collect();
     let arrange = |t: &Tensor, l: &[char], order: &[&[char]]| -> R<Tensor> {
-        let perm: Vec<usize> = order.iter().flat_map(|g| g.iter()).map(|ch| l.iter().position(|x| x == ch).unwrap()).collect();
+        let perm: Vec<usize> = order
+            .iter()
+            .flat_map(|g| g.iter())
+            .map(|ch| l.iter().position(|x| x == ch).unwrap())
+            .collect();
         let t = c(t.permute(perm))?;
         // Broadcast batch dims of size 1 (from '...').
         let mut target = t.dims().to_vec();
@@ -144,8 +178,14 @@ fn pair(a: &Tensor, la: &[char], b: &Tensor, lb: &[char], keep: &[char]) -> R<(T
     let at = arrange(&a, &la, &[&batch, &left, &contract])?;
     let bt = arrange(&b, &lb, &[&batch, &contract, &right])?;
     let nb: usize = batch_dims.iter().product();
-    let prod = |t: &Tensor, l: &[char], g: &[char]| -> usize { g.iter().map(|&ch| size(t, l, ch)).product() };
-    let (m, k, n) = (prod(&a, &la, &left), prod(&a, &la, &contract), prod(&b, &lb, &right));
+    let prod = |t: &Tensor, l: &[char], g: &[char]| -> usize {
+        g.iter().map(|&ch| size(t, l, ch)).product()
+    };
+    let (m, k, n) = (
+        prod(&a, &la, &left),
+        prod(&a, &la, &contract),
+        prod(&b, &lb, &right),
+    );
     let y = matmul_nd(&c(at.reshape((nb, m, k)))?, &c(bt.reshape((nb, k, n)))?)?;
     let mut shape = batch_dims.clone();
     shape.extend(left.iter().map(|&ch| size(&a, &la, ch)));

@@ -16,7 +16,10 @@ pub fn binary(cx: &Cx) -> R<Vec<Value>> {
     let op = cx.node.op.as_str();
     let bool_out = |t: Tensor| one(Value::new(t, DType::Bool));
     if !matches!(op, "Pow") && x.dtype() != y.dtype() {
-        return Err(OpError(format!("operands have different types {} and {}", a.dtype, b.dtype)));
+        return Err(OpError(format!(
+            "operands have different types {} and {}",
+            a.dtype, b.dtype
+        )));
     }
     match op {
         "Add" => one(like(c(x.broadcast_add(y))?, a)),
@@ -58,7 +61,10 @@ fn pow(x: &Tensor, y: &Value) -> R<Tensor> {
     if ys.iter().all(|e| e.fract() == 0.0) {
         // Integral exponents are defined for negative bases too: compute them exactly.
         let (xb, yb) = broadcast_pair(x, &y.tensor.to_dtype(candle_core::DType::F64)?)?;
-        let xs = xb.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let xs = xb
+            .to_dtype(candle_core::DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         let es = yb.flatten_all()?.to_vec1::<f64>()?;
         let r: Vec<f64> = xs.iter().zip(&es).map(|(b, e)| b.powi(*e as i32)).collect();
         return c(Tensor::from_vec(r, xb.dims(), x.device())?.to_dtype(x.dtype()));
@@ -93,7 +99,9 @@ pub fn unary(cx: &Cx) -> R<Vec<Value>> {
         "Abs" if super::is_int(x) => x.zeros_like().and_then(|z| x.maximum(&z.sub(x)?)),
         "Sign" if super::is_int(x) => {
             let z = x.zeros_like()?;
-            x.gt(&z)?.to_dtype(x.dtype())?.sub(&x.lt(&z)?.to_dtype(x.dtype())?)
+            x.gt(&z)?
+                .to_dtype(x.dtype())?
+                .sub(&x.lt(&z)?.to_dtype(x.dtype())?)
         }
         "Abs" => x.abs(),
         "Sign" => x.sign(),

@@ -166,7 +166,10 @@ impl<'a> Cx<'a> {
     pub fn float(&self, i: usize) -> R<&'a Tensor> {
         let v = self.input(i)?;
         if !v.dtype.is_float() {
-            return Err(OpError(format!("input {i} is {}, expected a float tensor", v.dtype)));
+            return Err(OpError(format!(
+                "input {i} is {}, expected a float tensor",
+                v.dtype
+            )));
         }
         Ok(&v.tensor)
     }
@@ -176,7 +179,11 @@ impl<'a> Cx<'a> {
         Ok(self.opt(i).map(Value::to_i64s).transpose()?)
     }
 
-    fn attr(&self, name: &str, ty: AttributeType) -> R<Option<&'a crate::onnx::proto::AttributeProto>> {
+    fn attr(
+        &self,
+        name: &str,
+        ty: AttributeType,
+    ) -> R<Option<&'a crate::onnx::proto::AttributeProto>> {
         match self.node.attribute(name) {
             None => Ok(None),
             Some(a) if a.r#type() == ty || a.r#type() == AttributeType::Undefined => Ok(Some(a)),
@@ -189,21 +196,29 @@ impl<'a> Cx<'a> {
     }
 
     pub fn int(&self, name: &str, default: i64) -> R<i64> {
-        Ok(self.attr(name, AttributeType::Int)?.map_or(default, |a| a.i()))
+        Ok(self
+            .attr(name, AttributeType::Int)?
+            .map_or(default, |a| a.i()))
     }
 
     pub fn float_attr(&self, name: &str, default: f32) -> R<f32> {
-        Ok(self.attr(name, AttributeType::Float)?.map_or(default, |a| a.f()))
+        Ok(self
+            .attr(name, AttributeType::Float)?
+            .map_or(default, |a| a.f()))
     }
 
     pub fn ints(&self, name: &str) -> R<Option<Vec<i64>>> {
-        Ok(self.attr(name, AttributeType::Ints)?.map(|a| a.ints.clone()))
+        Ok(self
+            .attr(name, AttributeType::Ints)?
+            .map(|a| a.ints.clone()))
     }
 
     pub fn string(&self, name: &str, default: &str) -> R<String> {
         Ok(self
             .attr(name, AttributeType::String)?
-            .map_or(default.to_string(), |a| String::from_utf8_lossy(a.s()).into_owned()))
+            .map_or(default.to_string(), |a| {
+                String::from_utf8_lossy(a.s()).into_owned()
+            }))
     }
 
     /// Axes from the attribute (older opsets) or from input `i` (newer ones).
@@ -251,8 +266,16 @@ pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
     let n = a.len().max(b.len());
     (0..n)
         .map(|i| {
-            let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-            let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+            let da = if i + a.len() >= n {
+                a[i + a.len() - n]
+            } else {
+                1
+            };
+            let db = if i + b.len() >= n {
+                b[i + b.len() - n]
+            } else {
+                1
+            };
             match (da, db) {
                 (x, y) if x == y => Ok(x),
                 (1, y) => Ok(y),
@@ -266,18 +289,26 @@ pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
 /// Both tensors broadcast to their common shape.
 pub(crate) fn broadcast_pair(a: &Tensor, b: &Tensor) -> R<(Tensor, Tensor)> {
     let s = broadcast_shape(a.dims(), b.dims())?;
-    Ok((c(a.broadcast_as(s.as_slice()))?, c(b.broadcast_as(s.as_slice()))?))
+    Ok((
+        c(a.broadcast_as(s.as_slice()))?,
+        c(b.broadcast_as(s.as_slice()))?,
+    ))
 }
 
 /// The carrier type check for integer-only operations.
 pub(crate) fn is_int(t: &Tensor) -> bool {
-    matches!(t.dtype(), CDType::I64 | CDType::U8 | CDType::U32 | CDType::I32 | CDType::I16)
+    matches!(
+        t.dtype(),
+        CDType::I64 | CDType::U8 | CDType::U32 | CDType::I32 | CDType::I16
+    )
 }
 
 /// The ONNX dtype named by a Cast/ConstantOfShape `to`-style code.
 pub(crate) fn dtype_code(code: i64) -> R<DType> {
-    crate::onnx::dtype_of(code as i32)
-        .ok_or_else(|| {
-            OpError(format!("element type {} is not supported", crate::onnx::type_name(code as i32)))
-        })
+    crate::onnx::dtype_of(code as i32).ok_or_else(|| {
+        OpError(format!(
+            "element type {} is not supported",
+            crate::onnx::type_name(code as i32)
+        ))
+    })
 }

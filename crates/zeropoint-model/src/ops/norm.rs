@@ -14,7 +14,11 @@ pub fn batch_norm(cx: &Cx) -> R<Vec<Value>> {
     }
     let eps = cx.float_attr("epsilon", 1e-5)? as f64;
     let mut shape = vec![1usize; x.rank().max(2)];
-    shape[1] = x.dims().get(1).copied().ok_or("input has no channel axis")?;
+    shape[1] = x
+        .dims()
+        .get(1)
+        .copied()
+        .ok_or("input has no channel axis")?;
     let p = |i: usize| -> R<Tensor> { c(cx.float(i)?.reshape(shape.as_slice())) };
     let (scale, bias, mean, var) = (p(1)?, p(2)?, p(3)?, p(4)?);
     let inv = c(var.affine(1.0, eps)?.sqrt())?;
@@ -37,7 +41,9 @@ pub fn layer_norm(cx: &Cx) -> R<Vec<Value>> {
     let centered = c(x.broadcast_sub(&mean))?;
     let var = c(centered.sqr()?.mean_keepdim(dims.as_slice()))?;
     let inv_std = c(var.affine(1.0, eps)?.sqrt()?.recip())?;
-    let mut y = c(centered.broadcast_mul(&inv_std)?.broadcast_mul(cx.float(1)?))?;
+    let mut y = c(centered
+        .broadcast_mul(&inv_std)?
+        .broadcast_mul(cx.float(1)?))?;
     if let Some(b) = cx.opt(2) {
         y = c(y.broadcast_add(&b.tensor))?;
     }

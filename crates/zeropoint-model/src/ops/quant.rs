@@ -32,10 +32,22 @@ fn params(cx: &Cx, x_shape: &[usize], code_type: DType) -> R<QParams> {
     };
     let grid = match code_type {
         DType::U8 => Grid { qmin: 0, qmax: 255 },
-        DType::I8 => Grid { qmin: -128, qmax: 127 },
-        DType::U16 => Grid { qmin: 0, qmax: 65535 },
-        DType::I16 => Grid { qmin: -32768, qmax: 32767 },
-        DType::I32 => Grid { qmin: i32::MIN, qmax: i32::MAX },
+        DType::I8 => Grid {
+            qmin: -128,
+            qmax: 127,
+        },
+        DType::U16 => Grid {
+            qmin: 0,
+            qmax: 65535,
+        },
+        DType::I16 => Grid {
+            qmin: -32768,
+            qmax: 32767,
+        },
+        DType::I32 => Grid {
+            qmin: i32::MIN,
+            qmax: i32::MAX,
+        },
         d => return Err(OpError(format!("quantized type {d} is not supported"))),
     };
     QParams::new(granularity, grid, scales, zero_points).map_err(|e| OpError(e.to_string()))
@@ -86,7 +98,9 @@ pub fn dequantize_linear(cx: &Cx) -> R<Vec<Value>> {
         DType::I16 => dq::<i16>(&codes, &shape, &p)?,
         // int32 (biases of quantized layers): (q − z)·s in float, as the runtimes compute it.
         DType::I32 => {
-            let layout = p.layout_for(codes.len(), &shape).map_err(|e| e.to_string())?;
+            let layout = p
+                .layout_for(codes.len(), &shape)
+                .map_err(|e| e.to_string())?;
             let at = |i: usize| layout.param_index(i);
             codes
                 .iter()
@@ -96,5 +110,9 @@ pub fn dequantize_linear(cx: &Cx) -> R<Vec<Value>> {
         }
         d => return Err(OpError(format!("quantized type {d} is not supported"))),
     };
-    one(Value::f32(c(Tensor::from_vec(out, shape.as_slice(), &Device::Cpu))?))
+    one(Value::f32(c(Tensor::from_vec(
+        out,
+        shape.as_slice(),
+        &Device::Cpu,
+    ))?))
 }

@@ -28,8 +28,12 @@ pub fn reduce(cx: &Cx) -> R<Vec<Value>> {
         "ReduceSum" => c(x.sum_keepdim(dims.as_slice()))?,
         "ReduceSumSquare" => c(x.sqr()?.sum_keepdim(dims.as_slice()))?,
         "ReduceL2" => c(x.sqr()?.sum_keepdim(dims.as_slice())?.sqrt())?,
-        "ReduceMax" => dims.iter().try_fold(x.clone(), |t, &d| c(t.max_keepdim(d)))?,
-        "ReduceMin" => dims.iter().try_fold(x.clone(), |t, &d| c(t.min_keepdim(d)))?,
+        "ReduceMax" => dims
+            .iter()
+            .try_fold(x.clone(), |t, &d| c(t.max_keepdim(d)))?,
+        "ReduceMin" => dims
+            .iter()
+            .try_fold(x.clone(), |t, &d| c(t.min_keepdim(d)))?,
         _ => prod_keepdim(x, &dims)?,
     };
     let t = if keep {
@@ -65,6 +69,10 @@ pub fn arg_reduce(cx: &Cx) -> R<Vec<Value>> {
     } else {
         x.argmin_keepdim(a)
     })?;
-    let t = if cx.int("keepdims", 1)? != 0 { t } else { c(t.squeeze(a))? };
+    let t = if cx.int("keepdims", 1)? != 0 {
+        t
+    } else {
+        c(t.squeeze(a))?
+    };
     one(Value::new(c(t.to_dtype(CDType::I64))?, DType::I64))
 }

@@ -4,7 +4,7 @@
 
 use candle_core::Tensor;
 
-use super::{axis, c, select, like, one, Cx, OpError, R};
+use super::{axis, c, like, one, select, Cx, OpError, R};
 use crate::value::Value;
 
 pub fn pad(cx: &Cx) -> R<Vec<Value>> {
@@ -24,7 +24,10 @@ pub fn pad(cx: &Cx) -> R<Vec<Value>> {
         _ => (0..rank).collect(),
     };
     if pads.len() != 2 * axes.len() {
-        return Err(OpError(format!("pads {pads:?} do not fit {} axes", axes.len())));
+        return Err(OpError(format!(
+            "pads {pads:?} do not fit {} axes",
+            axes.len()
+        )));
     }
     let mut t = v.tensor.clone();
     for (i, &a) in axes.iter().enumerate() {
@@ -70,7 +73,11 @@ pub(crate) fn pad_constant(t: &Tensor, dim: usize, begin: i64, end: i64, fill: f
     let n = t.dims()[dim] as i64;
     let keep_from = (-begin).max(0);
     let keep_to = n + end.min(0);
-    let mut t = c(t.narrow(dim, keep_from as usize, (keep_to - keep_from).max(0) as usize))?;
+    let mut t = c(t.narrow(
+        dim,
+        keep_from as usize,
+        (keep_to - keep_from).max(0) as usize,
+    ))?;
     let block = |len: i64, t: &Tensor| -> R<Tensor> {
         let mut shape = t.dims().to_vec();
         shape[dim] = len as usize;
@@ -91,7 +98,9 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
     let rank = x.rank();
     let mode = cx.string("mode", "nearest")?;
     if !matches!(mode.as_str(), "nearest" | "linear") {
-        return Err(OpError(format!("mode '{mode}' is not supported (nearest and linear are)")));
+        return Err(OpError(format!(
+            "mode '{mode}' is not supported (nearest and linear are)"
+        )));
     }
     if cx.int("antialias", 0)? != 0 {
         return Err("antialias=1 is not supported".into());
@@ -106,7 +115,10 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
         (cx.opt(1).map(Value::to_f64s).transpose()?, None)
     } else {
         (
-            cx.opt(2).map(Value::to_f64s).transpose()?.filter(|s| !s.is_empty()),
+            cx.opt(2)
+                .map(Value::to_f64s)
+                .transpose()?
+                .filter(|s| !s.is_empty()),
             cx.ints_input(3)?.filter(|s| !s.is_empty()),
         )
     };
@@ -114,7 +126,10 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
     let policy = cx.string("keep_aspect_ratio_policy", "stretch")?;
     let common = match (&sizes_in, policy.as_str()) {
         (Some(sz), "not_larger" | "not_smaller") => {
-            let ratios = axes.iter().enumerate().map(|(k, &a)| sz[k] as f32 / x.dims()[a] as f32);
+            let ratios = axes
+                .iter()
+                .enumerate()
+                .map(|(k, &a)| sz[k] as f32 / x.dims()[a] as f32);
             Some(if policy == "not_larger" {
                 ratios.fold(f32::INFINITY, f32::min)
             } else {
@@ -188,7 +203,11 @@ fn source_coordinate(mode: &str, x: f32, scale: f32, n: usize, out: usize) -> R<
             let center = n as f32 / 2.0;
             center * (1.0 - adjustment) + (x + 0.5) / scale - 0.5
         }
-        m => return Err(OpError(format!("coordinate_transformation_mode '{m}' is not supported"))),
+        m => {
+            return Err(OpError(format!(
+                "coordinate_transformation_mode '{m}' is not supported"
+            )))
+        }
     })
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::{axis, broadcast_shape, c, select, like, one, Cx, OpError, R};
+use super::{axis, broadcast_shape, c, like, one, select, Cx, OpError, R};
 use crate::onnx::proto::TensorProto;
 use crate::tensor::DType;
 use crate::value::{carrier, Value};
@@ -41,7 +41,9 @@ pub fn reshape(cx: &Cx) -> R<Vec<Value>> {
         shape[i] = n / rest;
     }
     if shape.iter().product::<usize>() != n {
-        return Err(OpError(format!("cannot reshape {dims:?} ({n} elements) to {spec:?}")));
+        return Err(OpError(format!(
+            "cannot reshape {dims:?} ({n} elements) to {spec:?}"
+        )));
     }
     one(like(c(v.tensor.reshape(shape))?, v))
 }
@@ -79,7 +81,10 @@ pub fn squeeze(cx: &Cx) -> R<Vec<Value>> {
     axes.sort_unstable();
     axes.dedup();
     if let Some(&a) = axes.iter().find(|&&a| dims[a] != 1) {
-        return Err(OpError(format!("cannot squeeze axis {a} of size {}", dims[a])));
+        return Err(OpError(format!(
+            "cannot squeeze axis {a} of size {}",
+            dims[a]
+        )));
     }
     let shape: Vec<usize> = (0..dims.len())
         .filter(|d| !axes.contains(d))
@@ -106,14 +111,28 @@ pub fn concat(cx: &Cx) -> R<Vec<Value>> {
     let a = axis(cx.int("axis", 0)?, first.shape().len())?;
     let parts: Vec<&Tensor> = cx.inputs.iter().flatten().map(|v| &v.tensor).collect();
     if let Some(p) = parts.iter().find(|p| p.dtype() != first.tensor.dtype()) {
-        return Err(OpError(format!("inputs have different types ({:?})", p.dtype())));
+        return Err(OpError(format!(
+            "inputs have different types ({:?})",
+            p.dtype()
+        )));
     }
-    let nonempty: Vec<&Tensor> = parts.iter().copied().filter(|t| t.elem_count() > 0).collect();
+    let nonempty: Vec<&Tensor> = parts
+        .iter()
+        .copied()
+        .filter(|t| t.elem_count() > 0)
+        .collect();
     let t = match nonempty.len() {
         0 => {
             let mut shape = first.shape().to_vec();
-            shape[a] = parts.iter().map(|t| t.dims().get(a).copied().unwrap_or(0)).sum();
-            c(Tensor::zeros(shape, first.tensor.dtype(), first.tensor.device()))?
+            shape[a] = parts
+                .iter()
+                .map(|t| t.dims().get(a).copied().unwrap_or(0))
+                .sum();
+            c(Tensor::zeros(
+                shape,
+                first.tensor.dtype(),
+                first.tensor.device(),
+            ))?
         }
         _ => c(Tensor::cat(&nonempty, a))?,
     };
@@ -125,16 +144,24 @@ pub fn split(cx: &Cx) -> R<Vec<Value>> {
     let a = axis(cx.int("axis", 0)?, v.shape().len())?;
     let len = v.shape()[a];
     let n = cx.node.outputs.len();
-    let sizes: Vec<usize> = match if cx.opset < 13 { cx.ints("split")? } else { cx.ints_input(1)? } {
+    let sizes: Vec<usize> = match if cx.opset < 13 {
+        cx.ints("split")?
+    } else {
+        cx.ints_input(1)?
+    } {
         Some(s) => s.iter().map(|&s| s.max(0) as usize).collect(),
         None => {
             let parts = cx.int("num_outputs", n as i64)?.max(1) as usize;
             let chunk = len.div_ceil(parts);
-            (0..parts).map(|i| chunk.min(len.saturating_sub(i * chunk))).collect()
+            (0..parts)
+                .map(|i| chunk.min(len.saturating_sub(i * chunk)))
+                .collect()
         }
     };
     if sizes.iter().sum::<usize>() != len {
-        return Err(OpError(format!("split sizes {sizes:?} do not add up to {len}")));
+        return Err(OpError(format!(
+            "split sizes {sizes:?} do not add up to {len}"
+        )));
     }
     let mut start = 0;
     let mut out = Vec::new();
@@ -215,7 +242,9 @@ pub fn gather(cx: &Cx) -> R<Vec<Value>> {
             if (0..n).contains(&j) {
                 Ok(j)
             } else {
-                Err(OpError(format!("index {i} is out of range for axis {a} of size {n}")))
+                Err(OpError(format!(
+                    "index {i} is out of range for axis {a} of size {n}"
+                )))
             }
         })
         .collect::<R<_>>()?;
@@ -247,7 +276,10 @@ pub fn tile(cx: &Cx) -> R<Vec<Value>> {
         .map(|&r| r.max(0) as usize)
         .collect();
     if reps.len() != v.shape().len() {
-        return Err(OpError(format!("repeats {reps:?} do not match rank {}", v.shape().len())));
+        return Err(OpError(format!(
+            "repeats {reps:?} do not match rank {}",
+            v.shape().len()
+        )));
     }
     one(like(c(v.tensor.repeat(reps))?, v))
 }
@@ -279,7 +311,11 @@ pub fn constant(cx: &Cx) -> R<Vec<Value>> {
         "value_floats" => Value::f32(c(Tensor::new(a.floats.as_slice(), dev))?),
         "value_int" => Value::new(c(Tensor::new(a.i(), dev))?, DType::I64),
         "value_ints" => Value::from_i64s(&a.ints),
-        other => return Err(OpError(format!("Constant attribute '{other}' is not supported"))),
+        other => {
+            return Err(OpError(format!(
+                "Constant attribute '{other}' is not supported"
+            )))
+        }
     };
     one(v)
 }
@@ -300,7 +336,13 @@ pub fn constant_of_shape(cx: &Cx) -> R<Vec<Value>> {
         Some(t) => tensor_attr(t)?,
         None => Value::f32(c(Tensor::new(&[0f32], &Device::Cpu))?),
     };
-    let t = c(fill.tensor.flatten_all()?.narrow(0, 0, 1)?.reshape(())?.broadcast_as(shape)?.contiguous())?;
+    let t = c(fill
+        .tensor
+        .flatten_all()?
+        .narrow(0, 0, 1)?
+        .reshape(())?
+        .broadcast_as(shape)?
+        .contiguous())?;
     one(Value::new(t, fill.dtype))
 }
 

@@ -1,6 +1,9 @@
 //! Running a model directory written by the reference scripts (model.onnx or model.txt naming
 //! the model, inputs.npz, expected.npz) and comparing zeropoint's outputs with the expected ones.
 
+// Each test file uses a different subset.
+#![allow(dead_code)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -14,7 +17,11 @@ pub fn model_path(dir: &Path) -> PathBuf {
     if local.exists() {
         return local;
     }
-    PathBuf::from(std::fs::read_to_string(dir.join("model.txt")).unwrap().trim())
+    PathBuf::from(
+        std::fs::read_to_string(dir.join("model.txt"))
+            .unwrap()
+            .trim(),
+    )
 }
 
 /// The arrays of an .npz by name, as executor values.
@@ -83,5 +90,8 @@ pub fn compare(got: &RawTensor, want: &RawTensor) -> Result<(), String> {
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
