@@ -3,6 +3,7 @@
 //! stderr and a non-zero exit.
 
 mod explain;
+mod graph;
 mod inspect;
 mod plot;
 mod range_compare;
@@ -32,6 +33,8 @@ enum Command {
     Explain(explain::Args),
     /// Statistics of every tensor of a file and the SQNR each quantization scheme gives it.
     Inspect(inspect::Args),
+    /// Describe an ONNX model: inputs, outputs, shapes, operators, canonicalization.
+    Graph(graph::Args),
     /// Run a float ONNX model with zeropoint's executor; write its outputs as .npy.
     Run(run::Args),
 }
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Graph(args) => graph::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::FileError;
 use crate::onnx::proto::{
-    tensor_shape_proto, type_proto, AttributeProto, NodeProto, ValueInfoProto,
+    tensor_shape_proto, type_proto, AttributeProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use crate::onnx::{self, ModelProto, RawError};
 use crate::tensor::DType;
@@ -182,6 +182,61 @@ impl Graph {
         }
         self.nodes = sorted;
         Ok(())
+    }
+
+    /// The model `base` (the one this graph was read from) with this graph's nodes and
+    /// initializers: opsets, metadata and doc strings are kept; declared inputs and value_info of
+    /// values that no longer exist are dropped.
+    pub fn to_model(&self, base: &ModelProto) -> Result<ModelProto, FileError> {
+        let mut model = base.clone();
+        let g = model
+            .graph
+            .as_mut()
+            .ok_or_else(|| FileError::new(&self.source, "the model has no graph"))?;
+        let mut initializer = Vec::with_capacity(self.initializers.len());
+        for (name, v) in &self.initializers {
+            let raw = v
+                .to_raw(name)
+                .map_err(|m| FileError::new(&self.source, format!("initializer '{name}': {m}")))?;
+            initializer.push(TensorProto {
+                name: Some(name.clone()),
+                dims: raw.shape.iter().map(|&d| d as i64).collect(),
+                data_type: Some(onnx::onnx_code(raw.dtype)),
+                raw_data: Some(raw.data),
+                ..Default::default()
+            });
+        }
+        let old_nodes = std::mem::take(&mut g.node);
+        g.node = self
+            .nodes
+            .iter()
+            .map(|n| {
+                // Keep fields the IR does not model (doc strings, overloads) of surviving nodes.
+                let mut p = old_nodes
+                    .iter()
+                    .find(|o| o.name() == n.name && o.op_type() == n.op)
+                    .cloned()
+                    .unwrap_or_default();
+                p.name = Some(n.name.clone());
+                p.op_type = Some(n.op.clone());
+                p.domain = (!n.domain.is_empty()).then(|| n.domain.clone());
+                p.input = n.inputs.clone();
+                p.output = n.outputs.clone();
+                p.attribute = n.attributes.clone();
+                p
+            })
+            .collect();
+        let live: HashSet<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.outputs.iter().map(String::as_str))
+            .chain(self.inputs.iter().map(|i| i.name.as_str()))
+            .chain(self.initializers.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        g.initializer = initializer;
+        g.input.retain(|i| live.contains(i.name()));
+        g.value_info.retain(|i| live.contains(i.name()));
+        Ok(model)
     }
 
     pub fn initializer(&self, name: &str) -> Option<&Value> {

@@ -13,10 +13,12 @@
 //! The graph IR, the executor and the transforms of ../DESIGN.md will live here too.
 
 pub mod atomic;
+pub mod canonicalize;
 pub mod error;
 pub mod exec;
 pub mod external_data;
 pub mod graph;
+pub mod infer;
 pub mod npy;
 pub mod onnx;
 pub mod ops;

@@ -1,0 +1,312 @@
+//! Canonicalization: the graph rewrites every later step assumes.
+//!
+//! - constant folding: a node whose inputs are all constants becomes an initializer (Q/DQ
+//!   nodes excepted: in a QDQ model they carry the quantization itself);
+//! - BatchNormalization folded into the Conv, Gemm or MatMul before it (white paper §2.3):
+//!   W' = W·γ/√(σ²+ε) per output channel, b' = (b − μ)·γ/√(σ²+ε) + β, computed in f64; a
+//!   MatMul becomes a Gemm to take the bias;
+//! - dead-node removal: nodes and initializers no graph output depends on;
+//! - fused groups: Conv/Gemm/MatMul + bias Add + Relu/Clip, the units that quantizer placement
+//!   treats as one layer (no requantization between a layer and its activation).
+
+use std::collections::HashSet;
+
+use candle_core::{DType as CDType, Tensor};
+
+use crate::error::FileError;
+use crate::exec::run_node;
+use crate::graph::{Graph, Node};
+use crate::value::Value;
+
+/// What canonicalization changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// Nodes replaced by initializers.
+    pub folded_constants: usize,
+    /// (BatchNormalization node, the node it was folded into).
+    pub folded_batch_norms: Vec<(String, String)>,
+    /// Nodes removed because no output depends on them.
+    pub removed_nodes: usize,
+    pub removed_initializers: usize,
+}
+
+/// Runs every pass, in the order that lets each feed the next.
+pub fn canonicalize(graph: &mut Graph) -> Result<Report, FileError> {
+    let folded_constants = fold_constants(graph)?;
+    let folded_batch_norms = fold_batch_norms(graph)?;
+    let (removed_nodes, removed_initializers) = remove_dead(graph);
+    Ok(Report {
+        folded_constants,
+        folded_batch_norms,
+        removed_nodes,
+        removed_initializers,
+    })
+}
+
+/// Replaces nodes whose inputs are all initializers by initializers holding their outputs.
+pub fn fold_constants(graph: &mut Graph) -> Result<usize, FileError> {
+    let mut known: HashSet<String> = graph.initializers.iter().map(|(n, _)| n.clone()).collect();
+    let outputs: HashSet<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
+    let mut kept = Vec::with_capacity(graph.nodes.len());
+    let mut folded = 0;
+    for node in std::mem::take(&mut graph.nodes) {
+        let foldable = crate::ops::supports(&node)
+            && !matches!(node.op.as_str(), "QuantizeLinear" | "DequantizeLinear")
+            && node
+                .inputs
+                .iter()
+                .all(|i| i.is_empty() || known.contains(i))
+            && !node.outputs.iter().any(|o| outputs.contains(o));
+        if !foldable {
+            kept.push(node);
+            continue;
+        }
+        let args: Vec<Option<Value>> = node
+            .inputs
+            .iter()
+            .map(|i| graph.initializer(i).cloned())
+            .collect();
+        let values = run_node(&node, &args, graph.opset)
+            .map_err(|m| FileError::new(&graph.source, format!("{}: {m}", node.label())))?;
+        for (name, v) in node.outputs.iter().zip(values) {
+            if !name.is_empty() {
+                known.insert(name.clone());
+                graph.initializers.push((name.clone(), v));
+            }
+        }
+        folded += 1;
+    }
+    graph.nodes = kept;
+    Ok(folded)
+}
+
+/// Removes nodes and initializers that no graph output depends on; returns how many of each.
+pub fn remove_dead(graph: &mut Graph) -> (usize, usize) {
+    let mut needed: HashSet<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
+    let mut keep = vec![false; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate().rev() {
+        if node.outputs.iter().any(|o| needed.contains(o)) {
+            keep[i] = true;
+            needed.extend(node.inputs.iter().cloned());
+        }
+    }
+    let before = (graph.nodes.len(), graph.initializers.len());
+    let mut k = keep.into_iter();
+    graph.nodes.retain(|_| k.next().unwrap_or(true));
+    graph.initializers.retain(|(n, _)| needed.contains(n));
+    (
+        before.0 - graph.nodes.len(),
+        before.1 - graph.initializers.len(),
+    )
+}
+
+/// Folds each inference BatchNormalization into the Conv, Gemm or (rank-2) MatMul that alone
+/// feeds it, when all parameters are initializers.
+pub fn fold_batch_norms(graph: &mut Graph) -> Result<Vec<(String, String)>, FileError> {
+    let mut folded = Vec::new();
+    loop {
+        let Some((bn, anchor)) = find_foldable(graph) else {
+            break;
+        };
+        let names = (
+            graph.nodes[bn].name.clone(),
+            graph.nodes[anchor].name.clone(),
+        );
+        fold_one(graph, bn, anchor).map_err(|m| {
+            FileError::new(
+                &graph.source,
+                format!("folding {}: {m}", graph.nodes[bn].label()),
+            )
+        })?;
+        folded.push(names);
+    }
+    Ok(folded)
+}
+
+/// The next (BatchNormalization, producer) pair that can be folded.
+fn find_foldable(graph: &Graph) -> Option<(usize, usize)> {
+    let producers = graph.producers();
+    let consumers = graph.consumers();
+    let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+    let is_init = |n: &str| graph.initializer(n).is_some();
+    graph.nodes.iter().enumerate().find_map(|(i, bn)| {
+        let params_known = bn.inputs.len() == 5 && bn.inputs[1..].iter().all(|n| is_init(n));
+        if bn.op != "BatchNormalization"
+            || !params_known
+            || bn.outputs.len() > 1 && !bn.outputs[1..].iter().all(String::is_empty)
+        {
+            return None;
+        }
+        let x = bn.inputs[0].as_str();
+        let p = *producers.get(x)?;
+        let anchor = &graph.nodes[p];
+        let single_use = consumers.get(x).is_some_and(|c| c.len() == 1) && !outputs.contains(x);
+        let weight_known = anchor.inputs.get(1).is_some_and(|w| is_init(w));
+        let bias_known = anchor
+            .inputs
+            .get(2)
+            .is_none_or(|b| b.is_empty() || is_init(b));
+        let shape_ok = match anchor.op.as_str() {
+            "Conv" => true,
+            "Gemm" => {
+                let attr = |n: &str, d: f32| anchor.attribute(n).map_or(d, |a| a.f());
+                let trans_a = anchor.attribute("transA").is_some_and(|a| a.i() != 0);
+                attr("alpha", 1.0) == 1.0 && attr("beta", 1.0) == 1.0 && !trans_a
+            }
+            // BatchNormalization's channel axis is 1: only a rank-2 MatMul has it last.
+            "MatMul" => {
+                graph
+                    .initializer(&anchor.inputs[1])
+                    .is_some_and(|w| w.shape().len() == 2)
+                    && bn_input_rank2(graph, x)
+            }
+            _ => false,
+        };
+        (single_use && weight_known && bias_known && shape_ok).then_some((i, p))
+    })
+}
+
+/// Whether the value `x` is 2-D, from shape inference (false if unknown).
+fn bn_input_rank2(graph: &Graph, x: &str) -> bool {
+    crate::infer::infer(graph).is_ok_and(|t| t.get(x).is_some_and(|t| t.shape.len() == 2))
+}
+
+fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<(), String> {
+    let b = graph.nodes[bn].clone();
+    let eps = b.attribute("epsilon").map_or(1e-5, |a| a.f()) as f64;
+    let vec = |i: usize| -> Result<Vec<f64>, String> {
+        graph.initializer(&b.inputs[i]).ok_or("missing")?.to_f64s()
+    };
+    let (gamma, beta, mean, var) = (vec(1)?, vec(2)?, vec(3)?, vec(4)?);
+    let factor: Vec<f64> = gamma
+        .iter()
+        .zip(&var)
+        .map(|(g, v)| g / (v + eps).sqrt())
+        .collect();
+    let node = graph.nodes[anchor].clone();
+    let w = graph
+        .initializer(&node.inputs[1])
+        .ok_or("missing weight")?
+        .clone();
+    // The axis of W that indexes output channels.
+    let trans_b = node.attribute("transB").is_some_and(|a| a.i() != 0);
+    let out_axis = match node.op.as_str() {
+        "Conv" => 0,
+        "Gemm" if trans_b => 0,
+        _ => 1,
+    };
+    let channels = w.shape()[out_axis];
+    if channels != factor.len() {
+        return Err(format!(
+            "{} has {channels} output channels, the BatchNormalization {}",
+            node.label(),
+            factor.len()
+        ));
+    }
+    let mut shape = vec![1usize; w.shape().len()];
+    shape[out_axis] = channels;
+    let f =
+        Tensor::from_vec(factor.clone(), shape, w.tensor.device()).map_err(|e| e.to_string())?;
+    let new_w = w
+        .tensor
+        .to_dtype(CDType::F64)
+        .and_then(|t| t.broadcast_mul(&f))
+        .and_then(|t| t.to_dtype(w.tensor.dtype()))
+        .map_err(|e| e.to_string())?;
+    let old_bias = match node.inputs.get(2).filter(|s| !s.is_empty()) {
+        Some(n) => graph.initializer(n).ok_or("missing bias")?.to_f64s()?,
+        None => vec![0.0; channels],
+    };
+    if old_bias.len() != channels {
+        return Err(format!(
+            "bias of {} is not per output channel",
+            node.label()
+        ));
+    }
+    let new_b: Vec<f32> = (0..channels)
+        .map(|c| ((old_bias[c] - mean[c]) * factor[c] + beta[c]) as f32)
+        .collect();
+    let new_b = Tensor::from_vec(new_b, channels, w.tensor.device()).map_err(|e| e.to_string())?;
+    let w_name = unique_name(graph, &format!("{}_bn_folded", node.inputs[1]));
+    let b_name = unique_name(graph, &format!("{}_bias_bn_folded", node.name));
+    graph
+        .initializers
+        .push((w_name.clone(), Value::new(new_w, w.dtype)));
+    graph.initializers.push((b_name.clone(), Value::f32(new_b)));
+    let n = &mut graph.nodes[anchor];
+    n.inputs.truncate(2);
+    n.inputs[1] = w_name;
+    n.inputs.push(b_name);
+    n.outputs = vec![b.outputs[0].clone()];
+    if n.op == "MatMul" {
+        n.op = "Gemm".into();
+    }
+    graph.nodes.remove(bn);
+    Ok(())
+}
+
+/// `base`, or `base_2`, `base_3`, ... if a value already has that name.
+fn unique_name(graph: &Graph, base: &str) -> String {
+    let taken = |n: &str| {
+        graph.initializer(n).is_some()
+            || graph.inputs.iter().any(|i| i.name == n)
+            || graph.nodes.iter().any(|x| x.outputs.iter().any(|o| o == n))
+    };
+    let mut name = base.to_string();
+    let mut k = 2;
+    while taken(&name) {
+        name = format!("{base}_{k}");
+        k += 1;
+    }
+    name
+}
+
+/// A layer and what runtimes fuse into it: the unit of activation quantization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FusedGroup {
+    /// Node names, the anchor (Conv, ConvTranspose, Gemm, MatMul) first.
+    pub nodes: Vec<String>,
+    /// The value the group produces: where its output quantizer goes.
+    pub output: String,
+}
+
+/// The fused groups of a graph: each Conv/ConvTranspose/Gemm/MatMul with the bias Add and the
+/// Relu/Clip that follow it alone.
+pub fn fused_groups(graph: &Graph) -> Vec<FusedGroup> {
+    let consumers = graph.consumers();
+    let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+    // The only consumer of `value`, if it is one node and the value is not a graph output.
+    let sole = |value: &str| -> Option<&Node> {
+        match consumers.get(value).map(Vec::as_slice) {
+            Some([i]) if !outputs.contains(value) => Some(&graph.nodes[*i]),
+            _ => None,
+        }
+    };
+    let mut groups = Vec::new();
+    for node in &graph.nodes {
+        if !matches!(
+            node.op.as_str(),
+            "Conv" | "ConvTranspose" | "Gemm" | "MatMul"
+        ) {
+            continue;
+        }
+        let mut members = vec![node.name.clone()];
+        let mut out = node.outputs[0].clone();
+        if let Some(add) = sole(&out).filter(|n| n.op == "Add") {
+            let other = add.inputs.iter().find(|i| **i != out);
+            if other.is_some_and(|o| graph.initializer(o).is_some()) {
+                members.push(add.name.clone());
+                out = add.outputs[0].clone();
+            }
+        }
+        if let Some(act) = sole(&out).filter(|n| matches!(n.op.as_str(), "Relu" | "Clip")) {
+            members.push(act.name.clone());
+            out = act.outputs[0].clone();
+        }
+        groups.push(FusedGroup {
+            nodes: members,
+            output: out,
+        });
+    }
+    groups
+}

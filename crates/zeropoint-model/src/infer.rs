@@ -1,0 +1,135 @@
+//! Shape and dtype inference for every value of a graph, dynamic dimensions included.
+//!
+//! Rather than a second, symbolic implementation of every operator's shape rule (which could
+//! disagree with the executor), the graph is run twice on zero-filled inputs with each symbolic
+//! input dimension set to two different small probe sizes. A dimension equal in both runs is
+//! fixed; one that follows a symbol (or a multiple of it, like `seq*384` after a reshape) is
+//! named after it; any other varying dimension is `?`. The executor's own operators thus define
+//! the shapes, and a graph that cannot run fails here, before any real work.
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+
+use crate::error::FileError;
+use crate::exec::Executor;
+use crate::graph::{Dim, Graph};
+use crate::tensor::DType;
+use crate::value::{carrier, Value};
+
+/// The inferred type of a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueType {
+    pub dtype: DType,
+    pub shape: Vec<Dim>,
+}
+
+/// Probe sizes per symbol: the k-th distinct symbol is 2 + k in the first run, 5 + 2k in the
+/// second, so that no two symbols (nor their small multiples) coincide in both runs.
+fn probe(k: usize, run: usize) -> usize {
+    if run == 0 {
+        2 + k
+    } else {
+        5 + 2 * k
+    }
+}
+
+/// The type of every graph input, initializer and node output.
+pub fn infer(graph: &Graph) -> Result<HashMap<String, ValueType>, FileError> {
+    let exec = Executor::new(graph)?;
+    let mut symbols: Vec<String> = Vec::new();
+    for input in &graph.inputs {
+        for d in input.shape.iter().flatten() {
+            if let Dim::Sym(s) = d {
+                if !symbols.contains(s) {
+                    symbols.push(s.clone());
+                }
+            }
+        }
+    }
+    let mut runs: Vec<HashMap<String, (DType, Vec<usize>)>> = Vec::new();
+    for run in 0..2 {
+        let mut feeds = HashMap::new();
+        for input in &graph.inputs {
+            let dtype = input.dtype.unwrap_or(DType::F32);
+            let shape: Vec<usize> = match &input.shape {
+                Some(s) => s
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => *n,
+                        Dim::Sym(s) => probe(symbols.iter().position(|x| x == s).unwrap(), run),
+                    })
+                    .collect(),
+                None => {
+                    return Err(FileError::new(
+                        &graph.source,
+                        format!("input '{}' has no declared shape to infer from", input.name),
+                    ))
+                }
+            };
+            let t = Tensor::zeros(shape, carrier(dtype), &Device::Cpu)
+                .map_err(|e| FileError::new(&graph.source, e.to_string()))?;
+            feeds.insert(input.name.clone(), Value::new(t, dtype));
+        }
+        let mut seen = HashMap::new();
+        exec.run_with(feeds, &mut |name, v| {
+            seen.insert(name.to_string(), (v.dtype, v.shape().to_vec()));
+            Ok(v)
+        })
+        .map_err(|e| FileError::new(&graph.source, format!("shape inference: {}", e.message)))?;
+        runs.push(seen);
+    }
+    let mut types: HashMap<String, ValueType> = graph
+        .initializers
+        .iter()
+        .map(|(n, v)| {
+            let shape = v.shape().iter().map(|&d| Dim::Fixed(d)).collect();
+            (
+                n.clone(),
+                ValueType {
+                    dtype: v.dtype,
+                    shape,
+                },
+            )
+        })
+        .collect();
+    for (name, (dtype, a)) in &runs[0] {
+        let Some((_, b)) = runs[1].get(name) else {
+            continue;
+        };
+        let shape = if a.len() == b.len() {
+            a.iter()
+                .zip(b)
+                .map(|(&x, &y)| dim(x, y, &symbols))
+                .collect()
+        } else {
+            // The rank itself depends on the input sizes.
+            vec![Dim::Sym("?".into()); a.len()]
+        };
+        types.insert(
+            name.clone(),
+            ValueType {
+                dtype: *dtype,
+                shape,
+            },
+        );
+    }
+    Ok(types)
+}
+
+/// A dimension seen as `x` in the first run and `y` in the second.
+fn dim(x: usize, y: usize, symbols: &[String]) -> Dim {
+    if x == y {
+        return Dim::Fixed(x);
+    }
+    for (k, s) in symbols.iter().enumerate() {
+        let (p, q) = (probe(k, 0), probe(k, 1));
+        if x == p && y == q {
+            return Dim::Sym(s.clone());
+        }
+        if x % p == 0 && y % q == 0 && x / p == y / q {
+            return Dim::Sym(format!("{s}*{}", x / p));
+        }
+    }
+    Dim::Sym("?".into())
+}

