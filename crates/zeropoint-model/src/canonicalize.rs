@@ -104,10 +104,7 @@ pub fn remove_dead(graph: &mut Graph) -> (usize, usize) {
 /// feeds it, when all parameters are initializers.
 pub fn fold_batch_norms(graph: &mut Graph) -> Result<Vec<(String, String)>, FileError> {
     let mut folded = Vec::new();
-    loop {
-        let Some((bn, anchor)) = find_foldable(graph) else {
-            break;
-        };
+    while let Some((bn, anchor)) = find_foldable(graph) {
         let names = (
             graph.nodes[bn].name.clone(),
             graph.nodes[anchor].name.clone(),

@@ -122,6 +122,15 @@ impl<'g> Executor<'g> {
     fn check_inputs(&self, inputs: &HashMap<String, Value>) -> Result<(), FileError> {
         let g = self.graph;
         let err = |m: String| FileError::new(&g.source, m);
+        for name in inputs.keys() {
+            if !g.inputs.iter().any(|i| &i.name == name) && g.initializer(name).is_none() {
+                let names: Vec<&str> = g.inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(err(format!(
+                    "the model has no input '{name}' (its inputs: {})",
+                    names.join(", ")
+                )));
+            }
+        }
         for info in &g.inputs {
             let v = inputs
                 .get(&info.name)
@@ -147,15 +156,6 @@ impl<'g> Executor<'g> {
                         v.shape()
                     )));
                 }
-            }
-        }
-        for name in inputs.keys() {
-            if !g.inputs.iter().any(|i| &i.name == name) && g.initializer(name).is_none() {
-                let names: Vec<&str> = g.inputs.iter().map(|i| i.name.as_str()).collect();
-                return Err(err(format!(
-                    "the model has no input '{name}' (its inputs: {})",
-                    names.join(", ")
-                )));
             }
         }
         Ok(())

@@ -127,7 +127,7 @@ fn dim(x: usize, y: usize, symbols: &[String]) -> Dim {
         if x == p && y == q {
             return Dim::Sym(s.clone());
         }
-        if x % p == 0 && y % q == 0 && x / p == y / q {
+        if x.is_multiple_of(p) && y.is_multiple_of(q) && x / p == y / q {
             return Dim::Sym(format!("{s}*{}", x / p));
         }
     }
