@@ -27,6 +27,12 @@ pub struct Args {
     /// '-' and '_' in the name become '_').
     #[arg(long, short = 'o', value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// Run this many times and report the median time (for benchmarks; outputs are identical).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Print the time spent per operator type (of the last run).
+    #[arg(long)]
+    pub profile: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -36,9 +42,35 @@ pub fn run(args: &Args) -> Result<()> {
     let graph = Graph::load(&args.model)?;
     let exec = Executor::new(&graph)?;
     let feeds = read_inputs(&args.model, &graph.inputs, &args.inputs)?;
-    let start = Instant::now();
-    let outputs = exec.run(feeds)?;
-    let seconds = start.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    let mut outputs = Vec::new();
+    let node_of: HashMap<&str, &zeropoint_model::Node> = graph
+        .nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n)))
+        .collect();
+    let mut per_op: HashMap<&str, f64> = HashMap::new();
+    let mut per_node: HashMap<&str, f64> = HashMap::new();
+    for _ in 0..args.repeat {
+        per_op.clear();
+        per_node.clear();
+        let start = Instant::now();
+        let mut last = start;
+        // The hook runs right after each node: the time since the previous call is that node's.
+        outputs = exec.run_with(feeds.clone(), &mut |name, v| {
+            let now = Instant::now();
+            if let Some(node) = node_of.get(name) {
+                let dt = (now - last).as_secs_f64();
+                *per_op.entry(node.op.as_str()).or_default() += dt;
+                *per_node.entry(node.name.as_str()).or_default() += dt;
+            }
+            last = now;
+            Ok(v)
+        })?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let seconds = times[times.len() / 2];
     if let Some(dir) = &args.output {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create", dir.display()))?;
@@ -56,8 +88,7 @@ pub fn run(args: &Args) -> Result<()> {
         .map(|(name, v)| summary(name, v))
         .collect::<Result<_>>()?;
     if args.json {
-        let doc =
-            json!({"model": args.model.display().to_string(), "seconds": seconds, "outputs": rows});
+        let doc = json!({"model": args.model.display().to_string(), "seconds": seconds, "runs": times, "outputs": rows});
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
@@ -74,7 +105,36 @@ pub fn run(args: &Args) -> Result<()> {
         ]);
     }
     print!("{}", t.render());
-    println!("ran {} nodes in {:.3} s", graph.nodes.len(), seconds);
+    if args.profile {
+        let mut ops: Vec<(&&str, &f64)> = per_op.iter().collect();
+        ops.sort_by(|a, b| b.1.total_cmp(a.1));
+        let total: f64 = per_op.values().sum();
+        let mut t = Table::new(&["operator", "seconds", "share"]);
+        for (op, s) in ops {
+            t.row(vec![
+                op.to_string(),
+                format!("{s:.4}"),
+                format!("{:.1}%", 100.0 * s / total.max(1e-12)),
+            ]);
+        }
+        print!("{}", t.render());
+        let mut nodes: Vec<(&&str, &f64)> = per_node.iter().collect();
+        nodes.sort_by(|a, b| b.1.total_cmp(a.1));
+        let mut t = Table::new(&["slowest nodes", "seconds"]);
+        for (name, s) in nodes.into_iter().take(8) {
+            t.row(vec![name.to_string(), format!("{s:.4}")]);
+        }
+        print!("{}", t.render());
+    }
+    match args.repeat {
+        1 => println!("ran {} nodes in {:.3} s", graph.nodes.len(), seconds),
+        n => println!(
+            "ran {} nodes {n} times: median {:.3} s, fastest {:.3} s",
+            graph.nodes.len(),
+            seconds,
+            times[0]
+        ),
+    }
     if let Some(dir) = &args.output {
         println!("outputs written to {}", dir.display());
     }

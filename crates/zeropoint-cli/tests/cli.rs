@@ -419,14 +419,18 @@ fn run_writes_the_outputs_of_the_executor() {
     // The same values the library computes.
     let graph = zeropoint_model::Graph::load(&model).unwrap();
     let raw = zeropoint_model::tensor_file::read_arrays(&x).unwrap();
-    let feeds = [("input".to_string(), zeropoint_model::Value::from_raw(&raw[0]).unwrap())];
+    let feeds = [(
+        "input".to_string(),
+        zeropoint_model::Value::from_raw(&raw[0]).unwrap(),
+    )];
     let outs = zeropoint_model::exec::Executor::new(&graph)
         .unwrap()
         .run(feeds.into_iter().collect())
         .unwrap();
     assert_eq!(outs[0].1.to_f32s().unwrap(), written.values);
     // A single-input model takes the file without a name; JSON for machines.
-    let json: Value = serde_json::from_str(&ok(&["run", path(&model), "-i", path(&x), "--json"])).unwrap();
+    let json: Value =
+        serde_json::from_str(&ok(&["run", path(&model), "-i", path(&x), "--json"])).unwrap();
     assert_eq!(json["outputs"][0]["shape"], serde_json::json!([3, 10]));
 }
 
@@ -459,18 +463,30 @@ fn run_refuses_bad_inputs_with_one_line_errors() {
     let model = shared_model("ccexam_mnist_cnn.onnx");
     let m = path(&model);
     let e = fails(&["run", m]);
-    assert!(e.contains("the model needs inputs (input float32 [N, 1, 28, 28])"), "{e}");
+    assert!(
+        e.contains("the model needs inputs (input float32 [N, 1, 28, 28])"),
+        "{e}"
+    );
     let bad_shape = dir.path().join("flat.npy");
     zeropoint_model::npy::write(&bad_shape, &[2, 784], &[0f32; 1568]).unwrap();
     let e = fails(&["run", m, "-i", path(&bad_shape)]);
-    assert!(e.contains("input 'input' must have shape [N, 1, 28, 28], got [2, 784]"), "{e}");
+    assert!(
+        e.contains("input 'input' must have shape [N, 1, 28, 28], got [2, 784]"),
+        "{e}"
+    );
     let ints = dir.path().join("ints.npy");
     zeropoint_model::npy::write(&ints, &[1, 1, 28, 28], &[0i64; 784]).unwrap();
     let e = fails(&["run", m, "-i", path(&ints)]);
-    assert!(e.contains("input 'input' must be float32, got int64"), "{e}");
+    assert!(
+        e.contains("input 'input' must be float32, got int64"),
+        "{e}"
+    );
     let x = mnist_like_input(dir.path(), 1);
     let e = fails(&["run", m, "-i", &format!("images={}", path(&x))]);
-    assert!(e.contains("the model has no input 'images' (its inputs: input)"), "{e}");
+    assert!(
+        e.contains("the model has no input 'images' (its inputs: input)"),
+        "{e}"
+    );
     let e = fails(&["run", m, "-i", "missing.npy"]);
     assert!(e.contains("missing.npy: cannot read"), "{e}");
     let truncated = dir.path().join("truncated.onnx");
@@ -484,9 +500,15 @@ fn run_refuses_bad_inputs_with_one_line_errors() {
     let odd = dir.path().join("odd.onnx");
     zeropoint_model::external_data::save(&proto, &odd).unwrap();
     let e = fails(&["run", path(&odd), "-i", path(&x)]);
-    assert!(e.contains("odd.onnx: operator unsupported: node 'relu_2' (Mish)"), "{e}");
+    assert!(
+        e.contains("odd.onnx: operator unsupported: node 'relu_2' (Mish)"),
+        "{e}"
+    );
     let described = ok(&["graph", path(&odd)]);
-    assert!(described.contains("Mish") && described.contains("NO"), "{described}");
+    assert!(
+        described.contains("Mish") && described.contains("NO"),
+        "{described}"
+    );
 }
 
 #[test]
@@ -496,13 +518,30 @@ fn graph_describes_and_canonicalizes_a_model() {
     let json: Value = serde_json::from_str(&ok(&["graph", path(&model), "--json"])).unwrap();
     assert_eq!(json["nodes"], 115);
     assert_eq!(json["parameters"], 1_687_589);
-    assert_eq!(json["inputs"][0]["shape"], serde_json::json!(["DynamicDimension.0", "3", "224", "224"]));
-    assert_eq!(json["outputs"][0]["shape"], serde_json::json!(["DynamicDimension.0", "4"]));
+    assert_eq!(
+        json["inputs"][0]["shape"],
+        serde_json::json!(["DynamicDimension.0", "3", "224", "224"])
+    );
+    assert_eq!(
+        json["outputs"][0]["shape"],
+        serde_json::json!(["DynamicDimension.0", "4"])
+    );
     let c = &json["canonicalization"];
     assert_eq!(c["folded_batch_norms"].as_array().unwrap().len(), 27);
     assert_eq!(c["nodes_after"], 88);
-    let hardswish = json["operators"].as_array().unwrap().iter().find(|o| o["op"] == "HardSwish").unwrap();
-    assert_eq!((hardswish["count"].as_u64(), hardswish["supported"].as_bool()), (Some(28), Some(true)));
+    let hardswish = json["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["op"] == "HardSwish")
+        .unwrap();
+    assert_eq!(
+        (
+            hardswish["count"].as_u64(),
+            hardswish["supported"].as_bool()
+        ),
+        (Some(28), Some(true))
+    );
     let out = dir.path().join("canonical.onnx");
     let text = ok(&["graph", path(&model), "-o", path(&out)]);
     assert!(text.contains("27 BatchNormalization folded"), "{text}");
@@ -513,5 +552,8 @@ fn graph_describes_and_canonicalizes_a_model() {
     std::fs::copy(&model, &copy).unwrap();
     let e = fails(&["graph", path(&copy), "-o", path(&copy)]);
     assert!(e.contains("would overwrite the model"), "{e}");
-    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&model).unwrap());
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
 }

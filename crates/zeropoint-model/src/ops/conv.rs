@@ -210,7 +210,7 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
     } else {
         1
     };
-    let mut y = c(xp.conv2d(&w, pad, stride, dil, groups))?;
+    let mut y = conv2d(&xp, &w, pad, stride, dil, groups)?;
     if stride != strides[0] || stride != strides[1] {
         let (oh, ow) = (y.dims()[2], y.dims()[3]);
         y = strided(&y, 2, 0, oh.div_ceil(strides[0]), strides[0])?;
@@ -223,6 +223,164 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
         y = c(y.squeeze(2))?;
     }
     one(like(y, v))
+}
+
+/// Elements of the unfolded (im2col) input per matrix product: the batch is cut into chunks so
+/// that this buffer stays within a few MB of cache rather than growing with the batch.
+const COLS_PER_CHUNK: usize = 1 << 21;
+
+/// 2-D convolution of an already padded input. Depthwise convolutions (one input channel per
+/// group) are a sum of shifted products; others one matrix product per group and batch chunk
+/// (candle's own conv2d multiplies per image and unfolds the whole batch at once).
+fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    pad: usize,
+    stride: usize,
+    dil: usize,
+    groups: usize,
+) -> R<Tensor> {
+    let c_in = x.dims()[1];
+    let xp = if pad > 0 {
+        c(x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad))?
+    } else {
+        x.clone()
+    };
+    if groups > 1 && groups == c_in && w.dims()[0] == c_in {
+        return depthwise(&xp, w, stride, dil);
+    }
+    if groups == 1 {
+        return gemm_conv(&xp, w, stride, dil);
+    }
+    let (xs, ws) = (c(xp.chunk(groups, 1))?, c(w.chunk(groups, 0))?);
+    let parts = xs
+        .iter()
+        .zip(&ws)
+        .map(|(x, w)| gemm_conv(x, w, stride, dil))
+        .collect::<R<Vec<_>>>()?;
+    c(Tensor::cat(&parts, 1))
+}
+
+/// One group's convolution as W [M, C·kh·kw] × columns [C·kh·kw, OH·OW], image by image.
+fn gemm_conv(x: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
+    let (n, ch, h, wd) = c(x.dims4())?;
+    let (m, _, kh, kw) = c(w.dims4())?;
+    let oh = (h + stride)
+        .checked_sub((kh - 1) * dil + 1)
+        .ok_or("kernel larger than the padded input")?
+        / stride;
+    let ow = (wd + stride)
+        .checked_sub((kw - 1) * dil + 1)
+        .ok_or("kernel larger than the padded input")?
+        / stride;
+    let k = ch * kh * kw;
+    let w2 = c(w.reshape((m, k)))?;
+    if kh * kw == 1 && stride == 1 {
+        // Pointwise: each image is already its own column matrix [C, H·W].
+        let y = c(w2.broadcast_matmul(&x.reshape((n, ch, h * wd))?.contiguous()?))?;
+        return c(y.reshape((n, m, oh, ow)));
+    }
+    let chunk = (COLS_PER_CHUNK / (k * oh * ow).max(1)).clamp(1, n);
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(chunk) {
+        let b = chunk.min(n - start);
+        let xb = c(x.narrow(0, start, b))?;
+        let mut taps = Vec::with_capacity(kh * kw);
+        for i in 0..kh {
+            let rows = strided(&xb, 2, i * dil, oh, stride)?;
+            for j in 0..kw {
+                taps.push(strided(&rows, 3, j * dil, ow, stride)?);
+            }
+        }
+        // [B, C, kh·kw, OH, OW] is, per image, the column matrix [C·kh·kw, OH·OW].
+        let cols = c(Tensor::stack(&taps, 2)?.reshape((b, k, oh * ow)))?;
+        parts.push(c(w2.broadcast_matmul(&cols)?.reshape((b, m, oh, ow)))?);
+    }
+    if parts.len() == 1 {
+        return Ok(parts.remove(0));
+    }
+    c(Tensor::cat(&parts, 0))
+}
+
+/// Depthwise convolution: y = Σ over kernel offsets of w[:, i, j] · (shifted x), computed at
+/// stride 1 on views of the padded input and subsampled for larger strides.
+fn depthwise(xp: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
+    let (kh, kw) = (w.dims()[2], w.dims()[3]);
+    let (h, wd) = (xp.dims()[2], xp.dims()[3]);
+    let (oh, ow) = (
+        (h + 1)
+            .checked_sub((kh - 1) * dil + 1)
+            .ok_or("kernel larger than the padded input")?,
+        (wd + 1)
+            .checked_sub((kw - 1) * dil + 1)
+            .ok_or("kernel larger than the padded input")?,
+    );
+    let plain_f32 = xp.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
+    if plain_f32 && !xp.track_op() && !w.track_op() {
+        return depthwise_direct(
+            xp,
+            w,
+            stride,
+            dil,
+            (oh.div_ceil(stride), ow.div_ceil(stride)),
+        );
+    }
+    let mut y: Option<Tensor> = None;
+    for i in 0..kh {
+        let rows = c(xp.narrow(2, i * dil, oh))?;
+        for j in 0..kw {
+            let tap = c(w.narrow(2, i, 1)?.narrow(3, j, 1)?.reshape((1, (), 1, 1)))?;
+            let term = c(rows.narrow(3, j * dil, ow)?.broadcast_mul(&tap))?;
+            y = Some(match y {
+                None => term,
+                Some(acc) => c(acc.add(&term))?,
+            });
+        }
+    }
+    let y = y.ok_or("empty kernel")?;
+    if stride == 1 {
+        return Ok(y);
+    }
+    let y = strided(&y, 2, 0, oh.div_ceil(stride), stride)?;
+    strided(&y, 3, 0, ow.div_ceil(stride), stride)
+}
+
+/// The same depthwise convolution as direct loops over each image plane, for runs that need
+/// no gradient: the shifted-product form passes over the whole tensor twice per kernel tap.
+/// Taps are summed in the same order, so both forms give the same bits.
+fn depthwise_direct(
+    xp: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    dil: usize,
+    out: (usize, usize),
+) -> R<Tensor> {
+    use rayon::prelude::*;
+    let (n, ch, h, wd) = c(xp.dims4())?;
+    let (kh, kw) = (w.dims()[2], w.dims()[3]);
+    let (oh, ow) = out;
+    let x = c(xp.flatten_all()?.to_vec1::<f32>())?;
+    let k = c(w.flatten_all()?.to_vec1::<f32>())?;
+    let mut y = vec![0f32; n * ch * oh * ow];
+    y.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(plane, out)| {
+            let src = &x[plane * h * wd..(plane + 1) * h * wd];
+            let taps = &k[(plane % ch) * kh * kw..(plane % ch + 1) * kh * kw];
+            for (r, row_out) in out.chunks_mut(ow).enumerate() {
+                for i in 0..kh {
+                    let row = &src[(r * stride + i * dil) * wd..];
+                    for j in 0..kw {
+                        let t = taps[i * kw + j];
+                        let row = &row[j * dil..];
+                        for (o, v) in row_out.iter_mut().enumerate() {
+                            *v += t * row[o * stride];
+                        }
+                    }
+                }
+            }
+        });
+    c(Tensor::from_vec(y, (n, ch, oh, ow), xp.device()))
 }
 
 pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
@@ -403,15 +561,28 @@ pub fn pool(cx: &Cx) -> R<Vec<Value>> {
         }
         Ok(w)
     };
+    // Without dilation, candle's own pooling kernels cover the padded input exactly. Their
+    // gradients are not usable (candle 0.11 scales max-pool gradients by (#max)/k² instead of
+    // 1/#max, and has none for overlapping windows): differentiated runs take the window path.
+    let native = d == [1, 1] && !x.track_op();
     let y = if is_max {
         let xp = grow(&x, f64::NEG_INFINITY)?;
-        let mut it = windows(&xp)?.into_iter();
-        let first = it.next().ok_or("empty kernel")?;
-        it.try_fold(first, |m, w| c(m.maximum(&w)))?
+        if native {
+            c(xp.max_pool2d_with_stride((k[0], k[1]), (s[0], s[1])))?
+        } else {
+            let mut it = windows(&xp)?.into_iter();
+            let first = it.next().ok_or("empty kernel")?;
+            it.try_fold(first, |m, w| c(m.maximum(&w)))?
+        }
     } else {
         let include_pad = cx.int("count_include_pad", 0)? != 0;
         let xp = grow(&x, 0.0)?;
-        let sum = sum_all(windows(&xp)?)?;
+        let sum = if native {
+            let avg = c(xp.avg_pool2d_with_stride((k[0], k[1]), (s[0], s[1])))?;
+            c(avg.affine((k[0] * k[1]) as f64, 0.0))?
+        } else {
+            sum_all(windows(&xp)?)?
+        };
         // The divisor is separable: per axis, how many window positions count.
         let counts: Vec<Vec<f32>> = (0..2)
             .map(|i| {

@@ -21,12 +21,10 @@ pub fn batch_norm(cx: &Cx) -> R<Vec<Value>> {
         .ok_or("input has no channel axis")?;
     let p = |i: usize| -> R<Tensor> { c(cx.float(i)?.reshape(shape.as_slice())) };
     let (scale, bias, mean, var) = (p(1)?, p(2)?, p(3)?, p(4)?);
-    let inv = c(var.affine(1.0, eps)?.sqrt())?;
-    let y = c(x
-        .broadcast_sub(&mean)?
-        .broadcast_div(&inv)?
-        .broadcast_mul(&scale)?
-        .broadcast_add(&bias))?;
+    // Per channel y = x·a + b with a = γ/√(σ²+ε), b = β − μ·a: two passes over x, not four.
+    let a = c(scale.broadcast_div(&var.affine(1.0, eps)?.sqrt()?))?;
+    let b = c(bias.sub(&mean.mul(&a)?))?;
+    let y = c(x.broadcast_mul(&a)?.broadcast_add(&b))?;
     one(like(y, v))
 }
 
