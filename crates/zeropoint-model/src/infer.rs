@@ -17,6 +17,9 @@ use crate::graph::{Dim, Graph};
 use crate::tensor::DType;
 use crate::value::{carrier, Value};
 
+/// Inputs larger than this (elements) are refused rather than allocated for a probe run.
+const MAX_PROBE_ELEMENTS: usize = 1 << 28;
+
 /// The inferred type of a value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValueType {
@@ -67,6 +70,12 @@ pub fn infer(graph: &Graph) -> Result<HashMap<String, ValueType>, FileError> {
                     ))
                 }
             };
+            if crate::tensor::element_count(&shape).is_none_or(|n| n > MAX_PROBE_ELEMENTS) {
+                return Err(FileError::new(
+                    &graph.source,
+                    format!("input '{}': declared shape {shape:?} is too large to infer from", input.name),
+                ));
+            }
             let t = Tensor::zeros(shape, carrier(dtype), &Device::Cpu)
                 .map_err(|e| FileError::new(&graph.source, e.to_string()))?;
             feeds.insert(input.name.clone(), Value::new(t, dtype));

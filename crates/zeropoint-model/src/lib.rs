@@ -1,6 +1,6 @@
 //! # zeropoint-model
 //!
-//! The model side of zeropoint. Today: reading and writing the files tensors and models come in.
+//! The model side of zeropoint: the files tensors and models come in, and running ONNX models.
 //!
 //! - [`onnx`]: the ONNX protobuf types, generated at build time from the official `onnx.proto`
 //!   by a pure-Rust compiler, and loading a model file with clear errors.
@@ -9,8 +9,27 @@
 //!   converted to f32 for analysis; `.npy` writing.
 //! - [`atomic`]: every output goes through a temporary file and a rename, so that nothing
 //!   half-written is ever left where a user expects a result.
+//! - [`graph`]: the IR (nodes in topological order, initializers as [`Value`]s), and
+//!   [`infer`] for the shape and dtype of every value.
+//! - [`exec`]: the executor, on candle-core tensors ([`value`], operators in [`ops`]), with a
+//!   hook that observes or replaces every value; gradients through candle's autodiff.
+//! - [`canonicalize`]: constant folding, BatchNorm folding, dead nodes, fused groups.
 //!
-//! The graph IR, the executor and the transforms of ../DESIGN.md will live here too.
+//! ```no_run
+//! use std::collections::HashMap;
+//! use std::path::Path;
+//! use zeropoint_model::{exec::Executor, tensor_file, Graph, Value};
+//!
+//! let graph = Graph::load(Path::new("model.onnx"))?;
+//! let input = &tensor_file::read_arrays(Path::new("x.npy"))?[0];
+//! let feeds = HashMap::from([("input".to_string(), Value::from_raw(input)?)]);
+//! let mut seen = Vec::new();
+//! let outputs = Executor::new(&graph)?.run_with(feeds, &mut |name, v| {
+//!     seen.push((name.to_string(), v.shape().to_vec())); // every intermediate tensor
+//!     Ok(v)
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod atomic;
 pub mod canonicalize;

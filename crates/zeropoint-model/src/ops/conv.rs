@@ -1,11 +1,12 @@
-//! Matrix products, convolutions and pooling.
+//! Convolutions: Conv and ConvTranspose, 1-D and 2-D.
 //!
 //! candle's conv2d takes one padding, stride and dilation for both axes; ONNX allows them per
 //! axis and asymmetric. Uneven pads are applied explicitly before the convolution, uneven strides
 //! by subsampling a stride-1 result. ConvTranspose is the convolution of the zero-upsampled input
 //! with the flipped, transposed kernel, which covers groups, dilations and output padding alike.
-//! Pooling takes the max (or sum) over shifted strided views, one per kernel offset, which covers
-//! dilations, pads and ceil mode with the exact ONNX Runtime windows.
+//! The convolution itself is a matrix product of image patches (im2col) with the kernel, a
+//! chunk of the batch at a time; depthwise convolutions are direct loops (or, when a gradient
+//! is needed, a sum of shifted products).
 
 use candle_core::Tensor;
 
@@ -13,77 +14,17 @@ use super::resize::pad_constant;
 use super::{c, like, one, select, Cx, OpError, R};
 use crate::value::Value;
 
-pub fn matmul(cx: &Cx) -> R<Vec<Value>> {
-    let v = cx.input(0)?;
-    one(like(matmul_nd(cx.float(0)?, cx.float(1)?)?, v))
-}
-
-/// numpy's matmul: batch dimensions broadcast; a 1-D operand is a row (left) or column (right)
-/// vector whose dimension is removed from the result.
-pub(crate) fn matmul_nd(a: &Tensor, b: &Tensor) -> R<Tensor> {
-    let (ra, rb) = (a.rank(), b.rank());
-    let a2 = if ra == 1 {
-        c(a.unsqueeze(0))?
-    } else {
-        a.clone()
-    };
-    let b2 = if rb == 1 {
-        c(b.unsqueeze(1))?
-    } else {
-        b.clone()
-    };
-    let (a2, b2) = (c(a2.contiguous())?, c(b2.contiguous())?);
-    let mut out = if a2.rank() == 2 && b2.rank() == 2 {
-        c(a2.matmul(&b2))?
-    } else {
-        c(a2.broadcast_matmul(&b2))?
-    };
-    if rb == 1 {
-        out = c(out.squeeze(out.rank() - 1))?;
-    }
-    if ra == 1 {
-        out = c(out.squeeze(out.rank() - if rb == 1 { 1 } else { 2 }))?;
-    }
-    Ok(out)
-}
-
-pub fn gemm(cx: &Cx) -> R<Vec<Value>> {
-    let v = cx.input(0)?;
-    let mut a = cx.float(0)?.clone();
-    let mut b = cx.float(1)?.clone();
-    if cx.int("transA", 0)? != 0 {
-        a = c(a.t())?;
-    }
-    if cx.int("transB", 0)? != 0 {
-        b = c(b.t())?;
-    }
-    let alpha = cx.float_attr("alpha", 1.0)? as f64;
-    let beta = cx.float_attr("beta", 1.0)? as f64;
-    let mut y = c(a.contiguous()?.matmul(&b.contiguous()?))?;
-    if alpha != 1.0 {
-        y = c(y.affine(alpha, 0.0))?;
-    }
-    if let Some(cv) = cx.opt(2) {
-        let mut ct = cv.tensor.clone();
-        if beta != 1.0 {
-            ct = c(ct.affine(beta, 0.0))?;
-        }
-        y = c(y.broadcast_add(&ct))?;
-    }
-    one(like(y, v))
-}
-
 /// Spatial attributes of Conv, ConvTranspose and the pools, resolved per axis.
-struct Spatial {
-    kernel: Vec<usize>,
-    strides: Vec<usize>,
-    dilations: Vec<usize>,
+pub(super) struct Spatial {
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub dilations: Vec<usize>,
     /// Explicit pads (begin, end) per axis; auto_pad is resolved by the caller.
-    pads: Vec<(i64, i64)>,
-    auto_pad: String,
+    pub pads: Vec<(i64, i64)>,
+    pub auto_pad: String,
 }
 
-fn spatial(cx: &Cx, kernel: Vec<usize>) -> R<Spatial> {
+pub(super) fn spatial(cx: &Cx, kernel: Vec<usize>) -> R<Spatial> {
     let n = kernel.len();
     let list = |name: &str| -> R<Vec<usize>> {
         match cx.ints(name)? {
@@ -110,7 +51,7 @@ fn spatial(cx: &Cx, kernel: Vec<usize>) -> R<Spatial> {
 
 impl Spatial {
     /// Pads for an input of spatial size `size`, as Conv and the pools resolve auto_pad.
-    fn conv_pads(&self, size: &[usize]) -> Vec<(i64, i64)> {
+    pub fn conv_pads(&self, size: &[usize]) -> Vec<(i64, i64)> {
         match self.auto_pad.as_str() {
             "SAME_UPPER" | "SAME_LOWER" => (0..size.len())
                 .map(|i| {
@@ -129,13 +70,13 @@ impl Spatial {
         }
     }
 
-    fn effective_kernel(&self, i: usize) -> usize {
+    pub fn effective_kernel(&self, i: usize) -> usize {
         (self.kernel[i] - 1) * self.dilations[i] + 1
     }
 }
 
 /// Views a 3-D (N, C, L) tensor as 4-D (N, C, 1, L), so that 1-D ops use the 2-D code.
-fn to_2d(x: &Tensor) -> R<Tensor> {
+pub(super) fn to_2d(x: &Tensor) -> R<Tensor> {
     if x.rank() == 3 {
         c(x.unsqueeze(2))
     } else if x.rank() == 4 {
@@ -148,7 +89,7 @@ fn to_2d(x: &Tensor) -> R<Tensor> {
     }
 }
 
-fn pairs<T: Copy>(v: &[T], fill: T) -> Vec<T> {
+pub(super) fn pairs<T: Copy>(v: &[T], fill: T) -> Vec<T> {
     if v.len() == 1 {
         vec![fill, v[0]]
     } else {
@@ -162,7 +103,13 @@ fn pad_or_crop(x: &Tensor, dim: usize, begin: i64, end: i64) -> R<Tensor> {
 }
 
 /// `x[start + step·i]` for i < count along `dim`.
-fn strided(x: &Tensor, dim: usize, start: usize, count: usize, step: usize) -> R<Tensor> {
+pub(super) fn strided(
+    x: &Tensor,
+    dim: usize,
+    start: usize,
+    count: usize,
+    step: usize,
+) -> R<Tensor> {
     if step == 1 {
         return c(x.narrow(dim, start, count));
     }
@@ -483,152 +430,4 @@ fn split_total(total: i64, head_larger: bool) -> (i64, i64) {
     } else {
         (total / 2, total - total / 2)
     }
-}
-
-pub fn pool(cx: &Cx) -> R<Vec<Value>> {
-    if cx.node.outputs.get(1).is_some_and(|o| !o.is_empty()) {
-        return Err("the Indices output of MaxPool is not supported".into());
-    }
-    let v = cx.input(0)?;
-    if !v.dtype.is_float() {
-        // 8-bit maxima are exact in f32.
-        let f = crate::ops::elementwise::cast_value(v, crate::tensor::DType::F32)?;
-        let inputs = [Some(f)];
-        let y = pool(&Cx {
-            inputs: &inputs,
-            ..*cx
-        })?;
-        return Ok(vec![crate::ops::elementwise::cast_value(&y[0], v.dtype)?]);
-    }
-    let x = cx.float(0)?;
-    let one_d = x.rank() == 3;
-    let x = to_2d(x)?;
-    let kernel = cx
-        .ints("kernel_shape")?
-        .ok_or("attribute kernel_shape is required")?;
-    let sp = spatial(cx, kernel.iter().map(|&k| k.max(1) as usize).collect())?;
-    let n = sp.kernel.len();
-    let size = x.dims()[4 - n..].to_vec();
-    let pads = sp.conv_pads(&size);
-    let ceil = cx.int("ceil_mode", 0)? != 0;
-    // Output length per axis, and the padded length its windows reach.
-    let mut out = Vec::new();
-    let mut reach = Vec::new();
-    for i in 0..n {
-        let (s, k) = (sp.strides[i] as i64, sp.effective_kernel(i) as i64);
-        let span = size[i] as i64 + pads[i].0 + pads[i].1 - k;
-        let mut o = if ceil {
-            (span + s - 1).div_euclid(s) + 1
-        } else {
-            span.div_euclid(s) + 1
-        };
-        // A last window starting in the end padding is dropped (ceil mode only).
-        if ceil && (o - 1) * s >= size[i] as i64 + pads[i].0 {
-            o -= 1;
-        }
-        if o < 1 {
-            return Err(OpError(format!(
-                "kernel {:?} is larger than the padded input",
-                sp.kernel
-            )));
-        }
-        out.push(o as usize);
-        reach.push((o - 1) * s + k);
-    }
-    let (out, reach, pads) = (pairs(&out, 1), pairs(&reach, 1), pairs(&pads, (0, 0)));
-    let (k, s, d) = (
-        pairs(&sp.kernel, 1),
-        pairs(&sp.strides, 1),
-        pairs(&sp.dilations, 1),
-    );
-    let is_max = cx.node.op == "MaxPool";
-    // Pad to exactly the reach: explicit pads at the beginning, the rest at the end.
-    let grow = |t: &Tensor, fill: f64| -> R<Tensor> {
-        let mut t = t.clone();
-        for (i, dim) in [2usize, 3].into_iter().enumerate() {
-            let tail = reach[i] - pads[i].0 - t.dims()[dim] as i64;
-            t = pad_constant(&t, dim, pads[i].0, tail, fill)?;
-        }
-        Ok(t)
-    };
-    let windows = |t: &Tensor| -> R<Vec<Tensor>> {
-        let mut w = Vec::new();
-        for i in 0..k[0] {
-            for j in 0..k[1] {
-                let r = strided(t, 2, i * d[0], out[0], s[0])?;
-                w.push(strided(&r, 3, j * d[1], out[1], s[1])?);
-            }
-        }
-        Ok(w)
-    };
-    // Without dilation, candle's own pooling kernels cover the padded input exactly. Their
-    // gradients are not usable (candle 0.11 scales max-pool gradients by (#max)/k² instead of
-    // 1/#max, and has none for overlapping windows): differentiated runs take the window path.
-    let native = d == [1, 1] && !x.track_op();
-    let y = if is_max {
-        let xp = grow(&x, f64::NEG_INFINITY)?;
-        if native {
-            c(xp.max_pool2d_with_stride((k[0], k[1]), (s[0], s[1])))?
-        } else {
-            let mut it = windows(&xp)?.into_iter();
-            let first = it.next().ok_or("empty kernel")?;
-            it.try_fold(first, |m, w| c(m.maximum(&w)))?
-        }
-    } else {
-        let include_pad = cx.int("count_include_pad", 0)? != 0;
-        let xp = grow(&x, 0.0)?;
-        let sum = if native {
-            let avg = c(xp.avg_pool2d_with_stride((k[0], k[1]), (s[0], s[1])))?;
-            c(avg.affine((k[0] * k[1]) as f64, 0.0))?
-        } else {
-            sum_all(windows(&xp)?)?
-        };
-        // The divisor is separable: per axis, how many window positions count.
-        let counts: Vec<Vec<f32>> = (0..2)
-            .map(|i| {
-                let len = x.dims()[2 + i] as i64;
-                let (lo, hi) = if include_pad {
-                    (-pads[i].0, len + pads[i].1)
-                } else {
-                    (0, len)
-                };
-                (0..out[i])
-                    .map(|o| {
-                        let first = (o * s[i]) as i64 - pads[i].0;
-                        (0..k[i] as i64)
-                            .filter(|j| (lo..hi).contains(&(first + j * d[i] as i64)))
-                            .count() as f32
-                    })
-                    .collect()
-            })
-            .collect();
-        let count: Vec<f32> = counts[0]
-            .iter()
-            .flat_map(|h| counts[1].iter().map(move |w| h * w))
-            .collect();
-        let count =
-            c(Tensor::from_vec(count, (1, 1, out[0], out[1]), x.device())?.to_dtype(x.dtype()))?;
-        c(sum.broadcast_div(&count))?
-    };
-    let y = if one_d { c(y.squeeze(2))? } else { y };
-    one(like(y, v))
-}
-
-fn sum_all(ts: Vec<Tensor>) -> R<Tensor> {
-    let mut it = ts.into_iter();
-    let first = it.next().ok_or("empty kernel")?;
-    it.try_fold(first, |a, b| c(a.add(&b)))
-}
-
-pub fn global_pool(cx: &Cx) -> R<Vec<Value>> {
-    let v = cx.input(0)?;
-    let x = cx.float(0)?;
-    let dims: Vec<usize> = (2..x.rank()).collect();
-    let y = if cx.node.op == "GlobalMaxPool" {
-        dims.iter()
-            .try_fold(x.clone(), |t, &d| c(t.max_keepdim(d)))?
-    } else {
-        c(x.mean_keepdim(dims))?
-    };
-    one(like(y, v))
 }

@@ -6,7 +6,7 @@
 
 use candle_core::Tensor;
 
-use super::conv::matmul_nd;
+use super::matmul::matmul_nd;
 use super::{c, like, one, Cx, OpError, R};
 use crate::value::Value;
 

@@ -8,7 +8,9 @@
 mod conv;
 mod einsum;
 mod elementwise;
+mod matmul;
 mod norm;
+mod pool;
 mod quant;
 mod reduce;
 mod resize;
@@ -86,12 +88,12 @@ fn lookup(op: &str) -> Option<OpFn> {
         "Cast" => e::cast,
         "Identity" => e::identity,
         "Dropout" => e::dropout,
-        "MatMul" => conv::matmul,
-        "Gemm" => conv::gemm,
+        "MatMul" => matmul::matmul,
+        "Gemm" => matmul::gemm,
         "Conv" => conv::conv,
         "ConvTranspose" => conv::conv_transpose,
-        "MaxPool" | "AveragePool" => conv::pool,
-        "GlobalAveragePool" | "GlobalMaxPool" => conv::global_pool,
+        "MaxPool" | "AveragePool" => pool::pool,
+        "GlobalAveragePool" | "GlobalMaxPool" => pool::global_pool,
         "BatchNormalization" => norm::batch_norm,
         "LayerNormalization" => norm::layer_norm,
         "Softmax" | "LogSoftmax" => norm::softmax,

@@ -1,0 +1,66 @@
+//! Matrix products: MatMul (numpy semantics, batch broadcasting) and Gemm.
+
+use candle_core::Tensor;
+
+use super::{c, like, one, Cx, R};
+use crate::value::Value;
+
+pub fn matmul(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    one(like(matmul_nd(cx.float(0)?, cx.float(1)?)?, v))
+}
+
+/// numpy's matmul: batch dimensions broadcast; a 1-D operand is a row (left) or column (right)
+/// vector whose dimension is removed from the result.
+pub(crate) fn matmul_nd(a: &Tensor, b: &Tensor) -> R<Tensor> {
+    let (ra, rb) = (a.rank(), b.rank());
+    let a2 = if ra == 1 {
+        c(a.unsqueeze(0))?
+    } else {
+        a.clone()
+    };
+    let b2 = if rb == 1 {
+        c(b.unsqueeze(1))?
+    } else {
+        b.clone()
+    };
+    let (a2, b2) = (c(a2.contiguous())?, c(b2.contiguous())?);
+    let mut out = if a2.rank() == 2 && b2.rank() == 2 {
+        c(a2.matmul(&b2))?
+    } else {
+        c(a2.broadcast_matmul(&b2))?
+    };
+    if rb == 1 {
+        out = c(out.squeeze(out.rank() - 1))?;
+    }
+    if ra == 1 {
+        out = c(out.squeeze(out.rank() - if rb == 1 { 1 } else { 2 }))?;
+    }
+    Ok(out)
+}
+
+pub fn gemm(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let mut a = cx.float(0)?.clone();
+    let mut b = cx.float(1)?.clone();
+    if cx.int("transA", 0)? != 0 {
+        a = c(a.t())?;
+    }
+    if cx.int("transB", 0)? != 0 {
+        b = c(b.t())?;
+    }
+    let alpha = cx.float_attr("alpha", 1.0)? as f64;
+    let beta = cx.float_attr("beta", 1.0)? as f64;
+    let mut y = c(a.contiguous()?.matmul(&b.contiguous()?))?;
+    if alpha != 1.0 {
+        y = c(y.affine(alpha, 0.0))?;
+    }
+    if let Some(cv) = cx.opt(2) {
+        let mut ct = cv.tensor.clone();
+        if beta != 1.0 {
+            ct = c(ct.affine(beta, 0.0))?;
+        }
+        y = c(y.broadcast_add(&ct))?;
+    }
+    one(like(y, v))
+}
