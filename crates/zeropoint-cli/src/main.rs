@@ -6,6 +6,7 @@ mod explain;
 mod graph;
 mod inspect;
 mod plot;
+mod quantize;
 mod range_compare;
 mod run;
 mod scheme_args;
@@ -38,6 +39,8 @@ enum Command {
     Explain(explain::Args),
     /// Statistics of every tensor of a file and the SQNR each quantization scheme gives it.
     Inspect(inspect::Args),
+    /// Quantize a float ONNX model (post-training): calibrate, place quantizers, export QDQ.
+    Quantize(quantize::Args),
     /// Describe an ONNX model: inputs, outputs, shapes, operators, canonicalization.
     Graph(graph::Args),
     /// Run a float ONNX model with zeropoint's executor; write its outputs as .npy.
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Graph(args) => graph::run(&args),
+        Command::Quantize(args) => quantize::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

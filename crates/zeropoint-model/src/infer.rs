@@ -73,7 +73,10 @@ pub fn infer(graph: &Graph) -> Result<HashMap<String, ValueType>, FileError> {
             if crate::tensor::element_count(&shape).is_none_or(|n| n > MAX_PROBE_ELEMENTS) {
                 return Err(FileError::new(
                     &graph.source,
-                    format!("input '{}': declared shape {shape:?} is too large to infer from", input.name),
+                    format!(
+                        "input '{}': declared shape {shape:?} is too large to infer from",
+                        input.name
+                    ),
                 ));
             }
             let t = Tensor::zeros(shape, carrier(dtype), &Device::Cpu)

@@ -32,7 +32,9 @@
 //! ```
 
 pub mod atomic;
+pub mod calibrate;
 pub mod canonicalize;
+pub mod dataset;
 pub mod error;
 pub mod exec;
 pub mod external_data;
@@ -41,6 +43,9 @@ pub mod infer;
 pub mod npy;
 pub mod onnx;
 pub mod ops;
+pub mod placement;
+pub mod ptq;
+pub mod qdq_export;
 pub mod safetensors;
 pub mod tensor;
 pub mod tensor_file;

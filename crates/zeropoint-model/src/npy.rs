@@ -23,8 +23,18 @@ pub fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<Tensor> {
     parse_raw(bytes, path, name).map(RawTensor::widen)
 }
 
-/// Parses one `.npy` image, keeping its element type (bytes little-endian, row-major).
-pub fn parse_raw(bytes: &[u8], path: &Path, name: &str) -> Result<RawTensor> {
+/// What a `.npy` header says.
+pub struct Header {
+    pub dtype: DType,
+    pub little_endian: bool,
+    pub fortran_order: bool,
+    pub shape: Vec<usize>,
+    /// Where the data starts.
+    pub data_offset: usize,
+}
+
+/// Parses the header of a `.npy` image (`bytes` must hold at least the header).
+pub fn header(bytes: &[u8], path: &Path, name: &str) -> Result<Header> {
     let bad = |msg: String| FileError::tensor(path, name, msg);
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(bad("not a .npy file (missing the \\x93NUMPY magic)".into()));
@@ -49,8 +59,27 @@ pub fn parse_raw(bytes: &[u8], path: &Path, name: &str) -> Result<RawTensor> {
     let (dtype, little_endian) =
         parse_descr(descr).ok_or_else(|| bad(format!("unsupported dtype '{descr}'")))?;
     let shape = parse_shape(shape).ok_or_else(|| bad(format!("malformed shape {shape}")))?;
+    Ok(Header {
+        dtype,
+        little_endian,
+        fortran_order: fortran.trim() == "True",
+        shape,
+        data_offset: start + header_len,
+    })
+}
+
+/// Parses one `.npy` image, keeping its element type (bytes little-endian, row-major).
+pub fn parse_raw(bytes: &[u8], path: &Path, name: &str) -> Result<RawTensor> {
+    let bad = |msg: String| FileError::tensor(path, name, msg);
+    let Header {
+        dtype,
+        little_endian,
+        fortran_order,
+        shape,
+        data_offset,
+    } = header(bytes, path, name)?;
     let n = element_count(&shape).ok_or_else(|| bad(format!("shape {shape:?} is too large")))?;
-    let data = &bytes[start + header_len..];
+    let data = &bytes[data_offset..];
     let need = n
         .checked_mul(dtype.size())
         .ok_or_else(|| bad(format!("shape {shape:?} is too large")))?;
@@ -66,7 +95,7 @@ pub fn parse_raw(bytes: &[u8], path: &Path, name: &str) -> Result<RawTensor> {
             element.reverse();
         }
     }
-    if fortran.trim() == "True" && shape.len() > 1 {
+    if fortran_order && shape.len() > 1 {
         data = fortran_to_c(&data, dtype.size(), &shape);
     }
     Ok(RawTensor {
@@ -199,14 +228,14 @@ pub fn raw_to_bytes(t: &RawTensor) -> Vec<u8> {
         DType::U8 => "|u1",
         DType::Bool => "|b1",
     };
-    let mut out = header(&t.shape, descr, t.data.len());
+    let mut out = header_bytes(&t.shape, descr, t.data.len());
     out.extend_from_slice(&t.data);
     out
 }
 
 /// The bytes of a version-1 `.npy` image of `data` with `shape`.
 pub fn to_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Vec<u8> {
-    let mut out = header(shape, T::DESCR, std::mem::size_of_val(data));
+    let mut out = header_bytes(shape, T::DESCR, std::mem::size_of_val(data));
     for &v in data {
         v.write_le(&mut out);
     }
@@ -214,7 +243,7 @@ pub fn to_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Vec<u8> {
 }
 
 /// Magic, version and header dict of a version-1 `.npy` image, with room for `data_len` bytes.
-fn header(shape: &[usize], descr: &str, data_len: usize) -> Vec<u8> {
+fn header_bytes(shape: &[usize], descr: &str, data_len: usize) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     let shape_text = match dims.len() {
         1 => format!("({},)", dims[0]),

@@ -1,0 +1,250 @@
+//! Calibration and quantization parameters: activation ranges from observers fed batch by
+//! batch through the executor's hook, weight ranges from the weights themselves, int32 bias
+//! parameters from both; and the simulated quantized model, which runs the float graph with
+//! fake-quantized weights and activations exactly as the exported QDQ model computes.
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+use zeropoint_core::observer::{estimate_values, Config, Method, Observer};
+use zeropoint_core::{fake_quant, Granularity, QParams, Scheme};
+
+use crate::dataset::Dataset;
+use crate::error::FileError;
+use crate::exec::Executor;
+use crate::graph::Graph;
+use crate::placement::Plan;
+use crate::value::Value;
+
+/// How weights and activations are quantized and their ranges estimated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Weight scheme; its granularity's axis is replaced by each layer's channel axis.
+    pub weights: Scheme,
+    pub weight_method: Method,
+    /// Activation scheme (per-tensor).
+    pub activations: Scheme,
+    pub activation_method: Method,
+    /// Samples per calibration batch.
+    pub batch: usize,
+}
+
+impl Default for Settings {
+    /// Int8 symmetric per-channel weights with min-max ranges, uint8 asymmetric per-tensor
+    /// activations with MSE ranges.
+    fn default() -> Self {
+        Settings {
+            weights: Scheme::new(8).per_axis(0),
+            weight_method: Method::MinMax,
+            activations: Scheme::asymmetric_unsigned(8),
+            activation_method: Method::Mse { norm: 2.0 },
+            batch: 32,
+        }
+    }
+}
+
+/// An int32 bias: codes and per-channel scales s_w · s_x (zero-point 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BiasParams {
+    pub codes: Vec<i32>,
+    pub scale: Vec<f32>,
+}
+
+/// Every quantizer's parameters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Params {
+    pub weights: HashMap<String, QParams>,
+    /// Activation parameters by value name, shared values included.
+    pub activations: HashMap<String, QParams>,
+    /// The observed (clipping) range of each activation with its own observer.
+    pub ranges: HashMap<String, (f32, f32)>,
+    pub biases: HashMap<String, BiasParams>,
+}
+
+fn f32s(v: &Value) -> Result<Vec<f32>, String> {
+    v.to_f32s()
+}
+
+/// Streams `data` through the float model, feeding an observer per planned activation.
+/// `progress` is called with the number of samples done after each batch.
+pub fn observe(
+    graph: &Graph,
+    plan: &Plan,
+    data: &mut Dataset,
+    settings: &Settings,
+    progress: &mut dyn FnMut(usize),
+) -> Result<HashMap<String, Observer>, FileError> {
+    let exec = Executor::new(graph)?;
+    let err = |m: String| FileError::new(&graph.source, m);
+    let config = Config::new(settings.activation_method);
+    let mut observers: HashMap<String, Observer> = plan
+        .activations
+        .iter()
+        .map(|a| {
+            Ok((
+                a.clone(),
+                Observer::new(config).map_err(|e| err(e.to_string()))?,
+            ))
+        })
+        .collect::<Result<_, FileError>>()?;
+    let mut done = 0;
+    while let Some(batch) = data.next_batch(settings.batch)? {
+        let n = batch
+            .values()
+            .next()
+            .map_or(0, |v| v.shape().first().copied().unwrap_or(0));
+        exec.run_with(batch, &mut |name, v| {
+            if let Some(obs) = observers.get_mut(name) {
+                let x = f32s(&v)?;
+                if let Some(bad) = x.iter().find(|x| !x.is_finite()) {
+                    return Err(format!(
+                        "activation has a non-finite value ({bad}): check the data"
+                    ));
+                }
+                obs.update(&x, v.shape()).map_err(|e| e.to_string())?;
+            }
+            Ok(v)
+        })?;
+        done += n;
+        progress(done);
+    }
+    Ok(observers)
+}
+
+/// Parameters from the observers (activations) and the weights themselves.
+pub fn params(
+    graph: &Graph,
+    plan: &Plan,
+    observers: &HashMap<String, Observer>,
+    settings: &Settings,
+) -> Result<Params, FileError> {
+    let err = |m: String| FileError::new(&graph.source, m);
+    let mut p = Params::default();
+    for a in &plan.activations {
+        let obs = observers
+            .get(a)
+            .ok_or_else(|| err(format!("activation '{a}' was never computed")))?;
+        let range = obs
+            .ranges(&settings.activations)
+            .map_err(|e| err(format!("activation '{a}': {e}")))?[0];
+        let qp = QParams::from_ranges(&settings.activations, &[range])
+            .map_err(|e| err(format!("activation '{a}': {e}")))?;
+        p.ranges.insert(a.clone(), range);
+        p.activations.insert(a.clone(), qp);
+    }
+    for (value, source) in &plan.shared {
+        let qp = p.activations.get(source).cloned().ok_or_else(|| {
+            err(format!(
+                "'{value}' shares '{source}', which has no parameters"
+            ))
+        })?;
+        p.activations.insert(value.clone(), qp);
+    }
+    for w in &plan.weights {
+        let t = graph
+            .initializer(&w.name)
+            .ok_or_else(|| err(format!("weight '{}' is missing", w.name)))?;
+        let x = t
+            .to_f32s()
+            .map_err(|m| err(format!("weight '{}': {m}", w.name)))?;
+        let scheme = weight_scheme(&settings.weights, w.channel_axis, t.shape().len());
+        let ranges = estimate_values(&x, t.shape(), &scheme, Config::new(settings.weight_method))
+            .map_err(|e| err(format!("weight '{}': {e}", w.name)))?;
+        let qp = QParams::from_ranges(&scheme, &ranges)
+            .map_err(|e| err(format!("weight '{}': {e}", w.name)))?;
+        p.weights.insert(w.name.clone(), qp);
+    }
+    for b in &plan.biases {
+        let (Some(wq), Some(xq)) = (p.weights.get(&b.weight), p.activations.get(&b.input)) else {
+            continue;
+        };
+        let bias = graph
+            .initializer(&b.name)
+            .ok_or_else(|| err(format!("bias '{}' is missing", b.name)))?;
+        let values = bias
+            .to_f32s()
+            .map_err(|m| err(format!("bias '{}': {m}", b.name)))?;
+        let sw = |c: usize| {
+            if wq.scale.len() == 1 {
+                wq.scale[0]
+            } else {
+                wq.scale[c]
+            }
+        };
+        if wq.scale.len() != 1 && wq.scale.len() != values.len() {
+            continue;
+        }
+        let scale: Vec<f32> = (0..values.len()).map(|c| xq.scale[0] * sw(c)).collect();
+        let codes = values
+            .iter()
+            .zip(&scale)
+            .map(|(&v, &s)| {
+                (f64::from(v) / f64::from(s))
+                    .round_ties_even()
+                    .clamp(i32::MIN as f64, i32::MAX as f64) as i32
+            })
+            .collect();
+        p.biases.insert(b.name.clone(), BiasParams { codes, scale });
+    }
+    Ok(p)
+}
+
+/// The weight scheme at a layer's channel axis (per-tensor stays per-tensor; blocks run along
+/// the input-channel axis, the other one of a 2-D weight).
+pub fn weight_scheme(base: &Scheme, channel_axis: usize, rank: usize) -> Scheme {
+    let g = match base.granularity {
+        Granularity::PerTensor => Granularity::PerTensor,
+        Granularity::PerAxis { .. } => Granularity::PerAxis {
+            axis: channel_axis.min(rank.saturating_sub(1)),
+        },
+        Granularity::PerBlock { block, .. } => Granularity::PerBlock {
+            axis: if channel_axis == 0 {
+                1.min(rank.saturating_sub(1))
+            } else {
+                0
+            },
+            block,
+        },
+    };
+    base.granularity(g)
+}
+
+/// The graph with every planned weight and bias replaced by its dequantized value: what the
+/// exported model's DequantizeLinear nodes give.
+pub fn quantized_weights(graph: &Graph, p: &Params) -> Result<Graph, FileError> {
+    let err = |m: String| FileError::new(&graph.source, m);
+    let mut g = graph.clone();
+    for (name, value) in g.initializers.iter_mut() {
+        if let Some(qp) = p.weights.get(name) {
+            let x = value
+                .to_f32s()
+                .map_err(|m| err(format!("weight '{name}': {m}")))?;
+            let y = fake_quant(&x, value.shape(), qp)
+                .map_err(|e| err(format!("weight '{name}': {e}")))?;
+            *value = Value::f32(
+                Tensor::from_vec(y, value.shape(), &candle_core::Device::Cpu)
+                    .map_err(|e| err(e.to_string()))?,
+            );
+        } else if let Some(b) = p.biases.get(name) {
+            let y: Vec<f32> = b
+                .codes
+                .iter()
+                .zip(&b.scale)
+                .map(|(&q, &s)| q as f32 * s)
+                .collect();
+            *value = Value::f32(
+                Tensor::from_vec(y, value.shape(), &candle_core::Device::Cpu)
+                    .map_err(|e| err(e.to_string()))?,
+            );
+        }
+    }
+    Ok(g)
+}
+
+/// Fake-quantizes `v` (float32) with `qp`.
+pub fn fake_quant_value(v: Value, qp: &QParams) -> Result<Value, String> {
+    let x = f32s(&v)?;
+    let y = fake_quant(&x, v.shape(), qp).map_err(|e| e.to_string())?;
+    let t = Tensor::from_vec(y, v.shape(), v.tensor.device()).map_err(|e| e.to_string())?;
+    Ok(Value::f32(t))
+}

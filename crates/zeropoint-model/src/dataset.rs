@@ -1,0 +1,489 @@
+//! Model inputs for calibration and evaluation, streamed batch by batch: memory holds one batch,
+//! however many samples the files have.
+//!
+//! Sources, one per model input (by input name, or in the model's input order):
+//! - `.npy`: batch-first arrays, read with seeks;
+//! - `.npz`: one member per input, named after it; stored (uncompressed, numpy's `savez`)
+//!   members are read with seeks like `.npy`, compressed ones are decompressed once;
+//! - MNIST-style idx files (`.idx`, `-ubyte`, optionally `.gz`): unsigned bytes, decoded and
+//!   preprocessed as `(x·scale − mean) / std` into float32 [N, 1, H, W].
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use crate::error::{FileError, Result};
+use crate::graph::{Dim, ValueInfo};
+use crate::npy;
+use crate::tensor::{element_count, DType, RawTensor};
+use crate::value::Value;
+
+/// Turning idx bytes into model inputs: `(x·scale − mean) / std`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    pub scale: f32,
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Preprocess {
+            scale: 1.0 / 255.0,
+            mean: 0.0,
+            std: 1.0,
+        }
+    }
+}
+
+/// The samples of every model input, read in step.
+pub struct Dataset {
+    /// Samples in the dataset (the same for every input).
+    pub len: usize,
+    streams: Vec<(String, Stream)>,
+    next: usize,
+}
+
+enum Stream {
+    /// Rows of a C-order array at a byte offset of a file.
+    Array {
+        path: PathBuf,
+        reader: BufReader<File>,
+        start: u64,
+        dtype: DType,
+        sample: Vec<usize>,
+    },
+    /// An array already in memory (a compressed .npz member).
+    Memory { tensor: RawTensor },
+    /// An idx file of unsigned bytes, read forward.
+    Idx {
+        path: PathBuf,
+        reader: Box<dyn Read>,
+        sample: Vec<usize>,
+        prep: Preprocess,
+    },
+}
+
+impl Dataset {
+    /// Opens the data for the model inputs `inputs`: each spec is `NAME=FILE` or `FILE`; a
+    /// `.npz` spec provides every input it has a member for; unnamed `.npy`/idx specs are matched
+    /// to the inputs in order.
+    pub fn open(specs: &[String], inputs: &[ValueInfo], prep: &Preprocess) -> Result<Dataset> {
+        let mut streams: Vec<(String, Stream)> = Vec::new();
+        let mut positional = inputs.iter();
+        for spec in specs {
+            let (name, path) = match spec.split_once('=') {
+                Some((n, f)) if !n.is_empty() => (Some(n.to_string()), PathBuf::from(f)),
+                _ => (None, PathBuf::from(spec)),
+            };
+            if is_npz(&path) {
+                for (member, stream) in open_npz(&path)? {
+                    streams.push((member, stream));
+                }
+                continue;
+            }
+            let name = match name {
+                Some(n) => n,
+                None => positional
+                    .next()
+                    .map(|i| i.name.clone())
+                    .ok_or_else(|| FileError::new(&path, "more data files than model inputs"))?,
+            };
+            let stream = if is_idx(&path) {
+                open_idx(&path, prep)?
+            } else {
+                open_npy(&path)?
+            };
+            streams.push((name, stream));
+        }
+        let mut len = None;
+        for (name, s) in &streams {
+            let info = inputs.iter().find(|i| &i.name == name).ok_or_else(|| {
+                let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+                FileError::new(
+                    s.path(),
+                    format!(
+                        "'{name}' is not a model input (the inputs: {})",
+                        names.join(", ")
+                    ),
+                )
+            })?;
+            s.check(info)?;
+            let n = s.samples();
+            if *len.get_or_insert(n) != n {
+                return Err(FileError::new(
+                    s.path(),
+                    format!(
+                        "{n} samples of '{name}', but {} of the other inputs",
+                        len.unwrap_or(0)
+                    ),
+                ));
+            }
+        }
+        if let Some(missing) = inputs
+            .iter()
+            .find(|i| !streams.iter().any(|(n, _)| *n == i.name))
+        {
+            return Err(FileError::new(
+                Path::new(specs.first().map_or("", String::as_str)),
+                format!("no data for model input '{}'", missing.name),
+            ));
+        }
+        let len = len.unwrap_or(0);
+        if len == 0 {
+            return Err(FileError::new(
+                Path::new(specs.first().map_or("", String::as_str)),
+                "the dataset is empty (0 samples)",
+            ));
+        }
+        Ok(Dataset {
+            len,
+            streams,
+            next: 0,
+        })
+    }
+
+    /// The next `n` samples (fewer at the end), or None when all were read.
+    pub fn next_batch(&mut self, n: usize) -> Result<Option<HashMap<String, Value>>> {
+        let n = n.min(self.len - self.next);
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut batch = HashMap::new();
+        for (name, stream) in &mut self.streams {
+            let raw = stream.read(self.next, n)?;
+            let v = Value::from_raw(&raw).map_err(|m| FileError::new(stream.path(), m))?;
+            batch.insert(name.clone(), v);
+        }
+        self.next += n;
+        Ok(Some(batch))
+    }
+
+    /// Limits the dataset to its first `n` samples.
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+}
+
+impl Stream {
+    fn path(&self) -> &Path {
+        match self {
+            Stream::Array { path, .. } | Stream::Idx { path, .. } => path,
+            Stream::Memory { .. } => Path::new("(npz member)"),
+        }
+    }
+
+    fn sample_shape(&self) -> (&[usize], DType) {
+        match self {
+            Stream::Array { sample, dtype, .. } => (sample, *dtype),
+            Stream::Memory { tensor } => (&tensor.shape[1..], tensor.dtype),
+            Stream::Idx { sample, .. } => (sample, DType::F32),
+        }
+    }
+
+    fn samples(&self) -> usize {
+        match self {
+            Stream::Array { sample, .. } | Stream::Idx { sample, .. } => sample[0],
+            Stream::Memory { tensor } => tensor.shape[0],
+        }
+    }
+
+    /// The data fits the declared input: element type, and every fixed dimension but the batch.
+    fn check(&self, info: &ValueInfo) -> Result<()> {
+        let (shape, dtype) = self.sample_shape();
+        let per_sample = &shape[1..];
+        if let Some(want) = info.dtype.filter(|&d| d != dtype) {
+            return Err(FileError::new(
+                self.path(),
+                format!("input '{}' must be {want}, the data is {dtype}", info.name),
+            ));
+        }
+        if let Some(decl) = &info.shape {
+            let fits = decl.len() == per_sample.len() + 1
+                && decl[1..]
+                    .iter()
+                    .zip(per_sample)
+                    .all(|(d, &n)| !matches!(d, Dim::Fixed(f) if *f != n));
+            if !fits {
+                let want: Vec<String> = decl.iter().map(Dim::to_string).collect();
+                return Err(FileError::new(
+                    self.path(),
+                    format!(
+                        "input '{}' must have shape [{}], the data has samples of shape {per_sample:?}",
+                        info.name,
+                        want.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Samples `from .. from + n`, as a batch-first tensor.
+    fn read(&mut self, from: usize, n: usize) -> Result<RawTensor> {
+        match self {
+            Stream::Array {
+                path,
+                reader,
+                start,
+                dtype,
+                sample,
+            } => {
+                let row: usize = sample[1..].iter().product::<usize>() * dtype.size();
+                let mut data = vec![0u8; row * n];
+                reader
+                    .seek(SeekFrom::Start(*start + (row * from) as u64))
+                    .and_then(|_| reader.read_exact(&mut data))
+                    .map_err(|e| FileError::io(path, "read", &e))?;
+                let mut shape = sample.clone();
+                shape[0] = n;
+                Ok(RawTensor {
+                    name: String::new(),
+                    shape,
+                    dtype: *dtype,
+                    data,
+                })
+            }
+            Stream::Memory { tensor } => {
+                let row = tensor.data.len() / tensor.shape[0].max(1);
+                let mut shape = tensor.shape.clone();
+                shape[0] = n;
+                Ok(RawTensor {
+                    name: String::new(),
+                    shape,
+                    dtype: tensor.dtype,
+                    data: tensor.data[row * from..row * (from + n)].to_vec(),
+                })
+            }
+            Stream::Idx {
+                path,
+                reader,
+                sample,
+                prep,
+            } => {
+                let row: usize = sample[1..].iter().product();
+                let mut bytes = vec![0u8; row * n];
+                reader
+                    .read_exact(&mut bytes)
+                    .map_err(|e| FileError::io(path, "read", &e))?;
+                let data = bytes
+                    .iter()
+                    .flat_map(|&b| ((b as f32 * prep.scale - prep.mean) / prep.std).to_le_bytes())
+                    .collect();
+                let mut shape = sample.clone();
+                shape[0] = n;
+                Ok(RawTensor {
+                    name: String::new(),
+                    shape,
+                    dtype: DType::F32,
+                    data,
+                })
+            }
+        }
+    }
+}
+
+fn extension(path: &Path) -> String {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn is_npz(path: &Path) -> bool {
+    extension(path) == "npz"
+}
+
+/// idx files: `*.idx`, `*-ubyte`, `*.idx3-ubyte`..., optionally gzip-compressed.
+fn is_idx(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    name.ends_with("ubyte") || name.ends_with(".idx")
+}
+
+/// The dtype, shape and data offset of a `.npy` image starting at `base` in `reader`.
+fn npy_header(
+    reader: &mut (impl Read + Seek),
+    base: u64,
+    path: &Path,
+) -> Result<(DType, Vec<usize>, u64)> {
+    let mut head = vec![0u8; 12];
+    reader
+        .seek(SeekFrom::Start(base))
+        .and_then(|_| reader.read_exact(&mut head))
+        .map_err(|e| FileError::io(path, "read", &e))?;
+    let (len, start) = match head.get(6) {
+        Some(1) => (u16::from_le_bytes([head[8], head[9]]) as usize, 10),
+        Some(2 | 3) => (
+            u32::from_le_bytes(head[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
+        _ => {
+            return Err(FileError::new(
+                path,
+                "not a .npy array (bad magic or version)",
+            ))
+        }
+    };
+    let mut image = head[..start].to_vec();
+    image.resize(start + len, 0);
+    reader
+        .seek(SeekFrom::Start(base + start as u64))
+        .and_then(|_| reader.read_exact(&mut image[start..]))
+        .map_err(|e| FileError::io(path, "read", &e))?;
+    let h = npy::header(&image, path, "")?;
+    if h.fortran_order && h.shape.len() > 1 || !h.little_endian {
+        return Err(FileError::new(
+            path,
+            "only C-order little-endian arrays can be streamed (np.ascontiguousarray, '<' dtypes)",
+        ));
+    }
+    Ok((h.dtype, h.shape, base + (start + len) as u64))
+}
+
+fn array_stream(path: &Path, mut reader: BufReader<File>, base: u64) -> Result<Stream> {
+    let (dtype, sample, start) = npy_header(&mut reader, base, path)?;
+    if sample.is_empty() {
+        return Err(FileError::new(path, "a scalar is not a batch of samples"));
+    }
+    let need = element_count(&sample).and_then(|n| n.checked_mul(dtype.size()));
+    let size = reader.get_ref().metadata().map(|m| m.len()).unwrap_or(0);
+    if need.is_none_or(|need| start + need as u64 > size) {
+        return Err(FileError::new(
+            path,
+            format!("truncated: shape {sample:?} of {dtype} does not fit the file"),
+        ));
+    }
+    Ok(Stream::Array {
+        path: path.to_path_buf(),
+        reader,
+        start,
+        dtype,
+        sample,
+    })
+}
+
+fn open_npy(path: &Path) -> Result<Stream> {
+    let file = File::open(path).map_err(|e| FileError::io(path, "open", &e))?;
+    array_stream(path, BufReader::new(file), 0)
+}
+
+fn open_npz(path: &Path) -> Result<Vec<(String, Stream)>> {
+    let file = File::open(path).map_err(|e| FileError::io(path, "open", &e))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| FileError::new(path, format!("not a valid .npz (zip) archive: {e}")))?;
+    let mut out = Vec::new();
+    for i in 0..zip.len() {
+        let member = zip
+            .by_index(i)
+            .map_err(|e| FileError::new(path, format!("cannot read archive member {i}: {e}")))?;
+        let name = member
+            .name()
+            .map_err(|e| FileError::new(path, format!("archive member {i} has a bad name: {e}")))?
+            .trim_end_matches(".npy")
+            .to_string();
+        let stored = member.compression() == zip::CompressionMethod::Stored;
+        let start = member.data_start();
+        drop(member);
+        let stream = match (stored, start) {
+            (true, Some(start)) => {
+                let file = File::open(path).map_err(|e| FileError::io(path, "open", &e))?;
+                array_stream(path, BufReader::new(file), start)?
+            }
+            _ => {
+                let tensors = crate::tensor_file::read_arrays(path)?;
+                let tensor = tensors
+                    .into_iter()
+                    .find(|t| t.name == name)
+                    .expect("member listed");
+                if tensor.shape.is_empty() {
+                    return Err(FileError::tensor(
+                        path,
+                        &name,
+                        "a scalar is not a batch of samples",
+                    ));
+                }
+                Stream::Memory { tensor }
+            }
+        };
+        out.push((name, stream));
+    }
+    Ok(out)
+}
+
+/// An idx file: magic 0x0000 08 NDIM (unsigned bytes), big-endian u32 dimensions, then data.
+fn open_idx(path: &Path, prep: &Preprocess) -> Result<Stream> {
+    let file = File::open(path).map_err(|e| FileError::io(path, "open", &e))?;
+    let gz = extension(path) == "gz";
+    let mut reader: Box<dyn Read> = if gz {
+        Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
+    } else {
+        Box::new(BufReader::new(file))
+    };
+    let mut magic = [0u8; 4];
+    reader
+        .read_exact(&mut magic)
+        .map_err(|e| FileError::io(path, "read", &e))?;
+    if magic[0] != 0 || magic[1] != 0 || magic[2] != 8 || magic[3] == 0 {
+        return Err(FileError::new(
+            path,
+            "not an idx file of unsigned bytes (magic 00 00 08 NN)",
+        ));
+    }
+    let mut dims = Vec::new();
+    for _ in 0..magic[3] {
+        let mut d = [0u8; 4];
+        reader
+            .read_exact(&mut d)
+            .map_err(|e| FileError::io(path, "read", &e))?;
+        dims.push(u32::from_be_bytes(d) as usize);
+    }
+    // Images [N, H, W] become [N, 1, H, W]; labels [N] are not model inputs.
+    if dims.len() != 3 {
+        return Err(FileError::new(
+            path,
+            format!("idx images must be [N, H, W], this has shape {dims:?}"),
+        ));
+    }
+    let sample = vec![dims[0], 1, dims[1], dims[2]];
+    Ok(Stream::Idx {
+        path: path.to_path_buf(),
+        reader,
+        sample,
+        prep: prep.clone(),
+    })
+}
+
+/// The labels of an idx1 file ([N] unsigned bytes, optionally gzip-compressed) or a 1-D `.npy`
+/// of integers.
+pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
+    if extension(path) == "npy" {
+        let t = npy::read(path)?;
+        if t.shape.len() != 1 || t.dtype.is_float() {
+            return Err(FileError::new(path, "labels must be a 1-D integer array"));
+        }
+        return Ok(t.values.iter().map(|&v| v as i64).collect());
+    }
+    let file = File::open(path).map_err(|e| FileError::io(path, "open", &e))?;
+    let mut bytes = Vec::new();
+    let read = if extension(path) == "gz" {
+        flate2::read::GzDecoder::new(file).read_to_end(&mut bytes)
+    } else {
+        BufReader::new(file).read_to_end(&mut bytes)
+    };
+    read.map_err(|e| FileError::io(path, "read", &e))?;
+    if bytes.len() < 8 || bytes[..4] != [0, 0, 8, 1] {
+        return Err(FileError::new(
+            path,
+            "not an idx1 label file (magic 00 00 08 01)",
+        ));
+    }
+    let n = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
+    let labels = bytes
+        .get(8..8 + n)
+        .ok_or_else(|| FileError::new(path, "truncated label file"))?;
+    Ok(labels.iter().map(|&b| b as i64).collect())
+}

@@ -1,0 +1,253 @@
+//! Post-training quantization, end to end: load → canonicalize → place quantizers → calibrate
+//! (streamed) → parameters → QDQ export, and the simulated model's error per layer against the
+//! float model on the calibration data.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::calibrate::{self, Params, Settings};
+use crate::canonicalize::{canonicalize, Report};
+use crate::dataset::{Dataset, Preprocess};
+use crate::error::FileError;
+use crate::exec::Executor;
+use crate::graph::Graph;
+use crate::onnx::ModelProto;
+use crate::placement::Plan;
+use crate::value::Value;
+use crate::{external_data, onnx};
+
+/// What `quantize` needs besides the model.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub settings: Settings,
+    /// Node names or operator types kept float.
+    pub exclude: Vec<String>,
+    /// Calibration data specs (see [`Dataset::open`]).
+    pub data: Vec<String>,
+    pub preprocess: Preprocess,
+    /// Use at most this many calibration samples.
+    pub samples: Option<usize>,
+    /// Samples used to measure the per-layer error (0: skip).
+    pub report_samples: usize,
+}
+
+/// Signal and noise power of one value, accumulated over batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sqnr {
+    pub signal: f64,
+    pub noise: f64,
+}
+
+impl Sqnr {
+    pub fn db(&self) -> f64 {
+        if self.noise == 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (self.signal / self.noise).log10()
+        }
+    }
+
+    fn add(&mut self, reference: &[f32], approx: &[f32]) {
+        for (r, a) in reference.iter().zip(approx) {
+            self.signal += f64::from(*r) * f64::from(*r);
+            self.noise += (f64::from(*r) - f64::from(*a)).powi(2);
+        }
+    }
+}
+
+/// Everything a quantization run produced.
+pub struct Outcome {
+    pub model: ModelProto,
+    pub canonical: Report,
+    pub graph: Graph,
+    pub plan: Plan,
+    pub params: Params,
+    pub calibration_samples: usize,
+    /// Per planned activation and per graph output, in graph order: SQNR of the simulated
+    /// quantized model against the float one.
+    pub sqnr: Vec<(String, Sqnr)>,
+    pub seconds: HashMap<&'static str, f64>,
+}
+
+/// Quantizes the model at `path`. `progress(stage, done, total)` reports calibration progress.
+pub fn quantize(
+    path: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Outcome, FileError> {
+    let mut seconds = HashMap::new();
+    let t = Instant::now();
+    let mut proto = onnx::load(path)?;
+    external_data::load_external_data(&mut proto, path)?;
+    let mut graph = Graph::from_model(&proto, path)?;
+    Executor::new(&graph)?;
+    let canonical = canonicalize(&mut graph)?;
+    let plan = Plan::new(&graph, &opts.exclude)?;
+    seconds.insert("prepare", t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let mut data = open_data(&graph, opts)?;
+    let total = data.len;
+    let observers = calibrate::observe(&graph, &plan, &mut data, &opts.settings, &mut |done| {
+        progress("calibrating", done, total)
+    })?;
+    let params = calibrate::params(&graph, &plan, &observers, &opts.settings)?;
+    seconds.insert("calibrate", t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let model = crate::qdq_export::export(&graph, &plan, &params, &proto)?;
+    seconds.insert("export", t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let sqnr = if opts.report_samples > 0 {
+        let mut data = open_data(&graph, opts)?;
+        data.truncate(opts.report_samples);
+        layer_sqnr(
+            &graph,
+            &plan,
+            &params,
+            &mut data,
+            opts.settings.batch,
+            &mut |done, n| progress("measuring", done, n),
+        )?
+    } else {
+        Vec::new()
+    };
+    seconds.insert("measure", t.elapsed().as_secs_f64());
+    Ok(Outcome {
+        model,
+        canonical,
+        graph,
+        plan,
+        params,
+        calibration_samples: total,
+        sqnr,
+        seconds,
+    })
+}
+
+fn open_data(graph: &Graph, opts: &Options) -> Result<Dataset, FileError> {
+    let mut data = Dataset::open(&opts.data, &graph.inputs, &opts.preprocess)?;
+    if let Some(n) = opts.samples {
+        data.truncate(n);
+    }
+    Ok(data)
+}
+
+/// The simulated quantized model: fake-quantized weights in the graph, activations
+/// fake-quantized as they are produced.
+pub struct Simulation<'g> {
+    exec: Executor<'g>,
+    params: &'g Params,
+}
+
+impl<'g> Simulation<'g> {
+    /// `quantized` is the graph with dequantized weights ([`calibrate::quantized_weights`]).
+    pub fn new(quantized: &'g Graph, params: &'g Params) -> Result<Simulation<'g>, FileError> {
+        Ok(Simulation {
+            exec: Executor::new(quantized)?,
+            params,
+        })
+    }
+
+    /// Runs a batch; `each` sees every value after quantization.
+    pub fn run(
+        &self,
+        batch: HashMap<String, Value>,
+        each: &mut dyn FnMut(&str, &Value),
+    ) -> Result<Vec<(String, Value)>, FileError> {
+        self.run_with(batch, &mut |name, v| {
+            each(name, &v);
+            Ok(v)
+        })
+    }
+
+    /// Runs a batch; `hook` gets every value after quantization and returns the value to go on
+    /// with (to compare layer by layer with another runtime, feed its values back).
+    pub fn run_with(
+        &self,
+        batch: HashMap<String, Value>,
+        hook: &mut dyn FnMut(&str, Value) -> Result<Value, String>,
+    ) -> Result<Vec<(String, Value)>, FileError> {
+        self.exec.run_with(batch, &mut |name, v| {
+            let v = match self.params.activations.get(name) {
+                Some(qp) => calibrate::fake_quant_value(v, qp)?,
+                None => v,
+            };
+            hook(name, v)
+        })
+    }
+}
+
+/// SQNR of every planned activation and graph output, simulated against float.
+pub fn layer_sqnr(
+    graph: &Graph,
+    plan: &Plan,
+    params: &Params,
+    data: &mut Dataset,
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<(String, Sqnr)>, FileError> {
+    let float = Executor::new(graph)?;
+    let qgraph = calibrate::quantized_weights(graph, params)?;
+    let sim = Simulation::new(&qgraph, params)?;
+    let mut names: Vec<String> = plan.activations.clone();
+    names.extend(plan.shared.iter().map(|(v, _)| v.clone()));
+    names.extend(graph.outputs.iter().map(|o| o.name.clone()));
+    let order: HashMap<String, usize> = graph
+        .nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter().cloned())
+        .enumerate()
+        .map(|(i, o)| (o, i + 1))
+        .collect();
+    names.sort_by_key(|n| order.get(n).copied().unwrap_or(0));
+    names.dedup();
+    let mut acc: HashMap<String, Sqnr> =
+        names.iter().map(|n| (n.clone(), Sqnr::default())).collect();
+    let (mut done, total) = (0, data.len);
+    while let Some(b) = data.next_batch(batch)? {
+        let n = b
+            .values()
+            .next()
+            .map_or(0, |v| v.shape().first().copied().unwrap_or(0));
+        let mut reference: HashMap<String, Vec<f32>> = HashMap::new();
+        float.run_with(b.clone(), &mut |name, v| {
+            if acc.contains_key(name) && v.dtype.is_float() {
+                reference.insert(name.to_string(), v.to_f32s()?);
+            }
+            Ok(v)
+        })?;
+        let mut failure = None;
+        sim.run(b, &mut |name, v| {
+            if let (Some(r), Some(a)) = (reference.get(name), acc.get_mut(name)) {
+                match v.to_f32s() {
+                    Ok(x) => a.add(r, &x),
+                    Err(e) => failure = Some(e),
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(FileError::new(&graph.source, e));
+        }
+        done += n;
+        progress(done, total);
+    }
+    Ok(names
+        .into_iter()
+        .map(|n| {
+            let s = acc[&n];
+            (n, s)
+        })
+        .collect())
+}
+
+/// The default output path beside the model: `<stem>.int8.onnx`.
+pub fn default_output(model: &Path) -> PathBuf {
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    model.with_file_name(format!("{stem}.int8.onnx"))
+}

