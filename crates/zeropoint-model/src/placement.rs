@@ -4,9 +4,13 @@
 //!   channel by default);
 //! - biases of Conv and Gemm: int32 with scale s_w·s_x, so that the integer accumulator adds
 //!   them exactly;
-//! - activations: the data inputs of every quantized layer, the output of every fused group
-//!   (layer + bias + Relu/Clip, no requantization inside), both inputs and the output of Add,
-//!   Sub, Mul and Concat between activations;
+//! - activations: the data inputs of every quantized layer; the output of every Conv, Gemm and
+//!   ConvTranspose fused group (layer + bias + Relu/Clip: no requantization inside); Add, Sub,
+//!   Mul and Concat between activations, inputs and output, when an integer op consumes their
+//!   output. A MatMul's output is quantized only when an integer op consumes it: attention
+//!   scores go to Softmax through the mask Add in float (quantizing scores + mask, whose mask
+//!   holds −3.4e38, is what ruins ONNX Runtime's quantized BERT models), residual sums to
+//!   LayerNorm likewise;
 //! - ops that only move values (MaxPool, Reshape, Transpose, Flatten, ...) keep their input's
 //!   grid: their output shares the input's parameters instead of getting its own observer;
 //! - everything else (Softmax, LayerNormalization, GELU, ...) stays float, and graph outputs are
@@ -78,6 +82,40 @@ const BINARY: &[&str] = &["Add", "Sub", "Mul", "Concat"];
 const LAYERS: &[&str] = &["Conv", "ConvTranspose", "Gemm", "MatMul"];
 
 impl Plan {
+    /// Records the weight (input `wi`) of a layer, and its bias if it has one.
+    fn add_weight(&mut self, graph: &Graph, node: &crate::graph::Node, wi: usize) {
+        let is_init = |v: &str| graph.initializer(v).is_some_and(|t| t.dtype.is_float());
+        let op = node.op.as_str();
+        let w = &node.inputs[wi];
+        let rank = graph.initializer(w).map_or(0, |t| t.shape().len());
+        let trans_b = node.attribute("transB").is_some_and(|a| a.i() != 0);
+        let channel_axis = match op {
+            "Conv" => 0,
+            "ConvTranspose" => 1,
+            "Gemm" if trans_b => 0,
+            _ => rank.saturating_sub(1),
+        };
+        if !self.weights.iter().any(|s| &s.name == w) {
+            self.weights.push(WeightSite {
+                name: w.clone(),
+                node: node.name.clone(),
+                channel_axis,
+            });
+        }
+        let bias = node.inputs.get(2).filter(|b| op != "MatMul" && is_init(b));
+        let data = node.inputs.first().filter(|_| wi == 1);
+        if let (Some(b), Some(x)) = (bias, data) {
+            if graph.initializer(b).is_some_and(|t| t.shape().len() == 1) {
+                self.biases.push(BiasSite {
+                    name: b.clone(),
+                    node: node.name.clone(),
+                    weight: w.clone(),
+                    input: x.clone(),
+                });
+            }
+        }
+    }
+
     /// The plan for `graph` (canonicalized: BatchNorm folded), keeping float every node whose
     /// name or operator type is in `exclude`. Only float32 values are quantized (shape
     /// arithmetic in int64 is not), which takes shape inference.
@@ -94,74 +132,66 @@ impl Plan {
             .map(|(i, g)| (g.nodes[0].as_str(), i))
             .collect();
         let mut plan = Plan::default();
-        let mut quantized: HashSet<String> = HashSet::new();
-        let mut mark = |plan: &mut Plan, v: &str| {
-            let eligible = !v.is_empty() && is_float(v) && !is_init(v) && !outputs.contains(v);
-            if eligible && quantized.insert(v.to_string()) {
-                plan.activations.push(v.to_string());
-            }
-        };
+        // Values an integer kernel consumes: they must be quantized.
+        let mut needed: HashSet<String> = HashSet::new();
         for node in &graph.nodes {
-            if excluded(&node.name, &node.op) {
+            let op = node.op.as_str();
+            if excluded(&node.name, op) || !LAYERS.contains(&op) {
                 continue;
             }
-            let op = node.op.as_str();
-            if LAYERS.contains(&op) {
-                let weight_at = match op {
-                    // Either operand of MatMul may be the constant one.
-                    "MatMul" => node.inputs.iter().position(|i| is_init(i)),
-                    _ => Some(1).filter(|&i| node.inputs.get(i).is_some_and(|w| is_init(w))),
-                };
-                for (i, input) in node.inputs.iter().enumerate() {
-                    let is_bias = i == 2 && op != "MatMul";
-                    if Some(i) != weight_at && !is_bias {
-                        mark(&mut plan, input);
-                    }
+            let weight_at = match op {
+                // Either operand of MatMul may be the constant one.
+                "MatMul" => node.inputs.iter().position(|i| is_init(i)),
+                _ => Some(1).filter(|&i| node.inputs.get(i).is_some_and(|w| is_init(w))),
+            };
+            for (i, input) in node.inputs.iter().enumerate() {
+                let is_bias = i == 2 && op != "MatMul";
+                if Some(i) != weight_at && !is_bias {
+                    needed.insert(input.clone());
                 }
-                if let Some(wi) = weight_at {
-                    let w = &node.inputs[wi];
-                    let rank = graph.initializer(w).map_or(0, |t| t.shape().len());
-                    let trans_b = node.attribute("transB").is_some_and(|a| a.i() != 0);
-                    let channel_axis = match op {
-                        "Conv" => 0,
-                        "ConvTranspose" => 1,
-                        "Gemm" if trans_b => 0,
-                        _ => rank.saturating_sub(1),
-                    };
-                    if !plan.weights.iter().any(|s| &s.name == w) {
-                        plan.weights.push(WeightSite {
-                            name: w.clone(),
-                            node: node.name.clone(),
-                            channel_axis,
-                        });
-                    }
-                    let bias = node.inputs.get(2).filter(|b| op != "MatMul" && is_init(b));
-                    let data = node.inputs.first().filter(|_| wi == 1);
-                    if let (Some(b), Some(x)) = (bias, data) {
-                        let per_channel =
-                            graph.initializer(b).is_some_and(|t| t.shape().len() == 1);
-                        if per_channel {
-                            plan.biases.push(BiasSite {
-                                name: b.clone(),
-                                node: node.name.clone(),
-                                weight: w.clone(),
-                                input: x.clone(),
-                            });
-                        }
-                    }
-                }
+            }
+            if let Some(wi) = weight_at {
+                plan.add_weight(graph, node, wi);
+            }
+            // Convolution and Gemm outputs are requantized (runtimes' integer kernels produce
+            // codes); a MatMul's only when an integer op consumes it (below), so that
+            // attention scores and residual branches feeding Softmax or LayerNorm stay float.
+            if op != "MatMul" {
                 if let Some(&g) = group_of.get(node.name.as_str()) {
-                    mark(&mut plan, &groups[g].output);
+                    needed.insert(groups[g].output.clone());
                 }
+            }
+        }
+        // Backwards: an integer binary op needs its inputs quantized; a grid-preserving op's
+        // output is quantized by quantizing its input.
+        for node in graph.nodes.iter().rev() {
+            let op = node.op.as_str();
+            if excluded(&node.name, op) || !node.outputs.iter().any(|o| needed.contains(o)) {
+                continue;
+            }
+            if GRID_PRESERVING.contains(&op) {
+                needed.insert(node.inputs[0].clone());
             } else if BINARY.contains(&op) {
-                let activations: Vec<&String> =
-                    node.inputs.iter().filter(|i| !is_init(i)).collect();
-                if activations.len() >= 2 || op == "Concat" {
-                    for input in &node.inputs {
-                        mark(&mut plan, input);
-                    }
-                    mark(&mut plan, &node.outputs[0]);
+                let activations = node
+                    .inputs
+                    .iter()
+                    .filter(|i| !i.is_empty() && !is_init(i))
+                    .count();
+                if activations >= 2 || op == "Concat" {
+                    needed.extend(node.inputs.iter().cloned());
                 }
+            }
+        }
+        let eligible =
+            |v: &str| !v.is_empty() && is_float(v) && !is_init(v) && !outputs.contains(v);
+        for v in graph
+            .inputs
+            .iter()
+            .map(|i| &i.name)
+            .chain(graph.nodes.iter().flat_map(|n| &n.outputs))
+        {
+            if needed.contains(v) && eligible(v) && !plan.activations.contains(v) {
+                plan.activations.push(v.clone());
             }
         }
         // Grid-preserving ops pass their input's parameters on (in graph order, so chains work).
