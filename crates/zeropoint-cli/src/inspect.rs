@@ -86,15 +86,13 @@ impl Analysis {
 }
 
 /// The model built into the binary, so that `zeropoint inspect` works out of the box.
-const EMBEDDED_MODEL: &[u8] = include_bytes!("../../../assets/models/mnist_cnn.onnx");
-const EMBEDDED_NAME: &str = "<embedded>/mnist_cnn.onnx";
 
 pub fn run(args: &Args) -> Result<()> {
     let (set, file) = match &args.file {
         Some(path) => (tensor_file::read(path)?, path.clone()),
         None => {
-            let path = PathBuf::from(EMBEDDED_NAME);
-            (tensor_file::read_onnx_bytes(EMBEDDED_MODEL, &path)?, path)
+            let path = PathBuf::from(crate::embedded::MODEL_NAME);
+            (tensor_file::read_onnx_bytes(crate::embedded::MODEL, &path)?, path)
         }
     };
     let analyses = analyse_set(&set, args)?;

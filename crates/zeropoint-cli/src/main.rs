@@ -2,6 +2,8 @@
 //! own module; this file parses arguments, runs one, and turns any error into a single line on
 //! stderr and a non-zero exit.
 
+mod embedded;
+mod eval;
 mod explain;
 mod graph;
 mod inspect;
@@ -41,6 +43,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Quantize a float ONNX model (post-training): calibrate, place quantizers, export QDQ.
     Quantize(quantize::Args),
+    /// Compare a float model and its quantized version on data: accuracy, agreement, SQNR.
+    Eval(eval::Args),
     /// Describe an ONNX model: inputs, outputs, shapes, operators, canonicalization.
     Graph(graph::Args),
     /// Run a float ONNX model with zeropoint's executor; write its outputs as .npy.
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Graph(args) => graph::run(&args),
         Command::Quantize(args) => quantize::run(&args),
+        Command::Eval(args) => eval::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

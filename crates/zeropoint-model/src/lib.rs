@@ -36,6 +36,7 @@ pub mod calibrate;
 pub mod canonicalize;
 pub mod dataset;
 pub mod error;
+pub mod evaluate;
 pub mod exec;
 pub mod external_data;
 pub mod graph;

@@ -48,7 +48,7 @@ impl Sqnr {
         }
     }
 
-    fn add(&mut self, reference: &[f32], approx: &[f32]) {
+    pub fn add(&mut self, reference: &[f32], approx: &[f32]) {
         for (r, a) in reference.iter().zip(approx) {
             self.signal += f64::from(*r) * f64::from(*r);
             self.noise += (f64::from(*r) - f64::from(*a)).powi(2);

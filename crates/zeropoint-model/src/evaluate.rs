@@ -1,0 +1,141 @@
+//! Float model against quantized model on the same data: top-1/top-5 accuracy when labels
+//! exist, agreement of the argmax, output SQNR and cosine similarity per sample, and SQNR per
+//! layer for every value both graphs compute under the same name (in a QDQ model the layers keep
+//! their float names; only the Q/DQ pairs are new).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::dataset::Dataset;
+use crate::error::FileError;
+use crate::exec::Executor;
+use crate::graph::Graph;
+use crate::ptq::Sqnr;
+
+/// What the comparison found.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    pub samples: usize,
+    /// The output compared (the first float graph output).
+    pub output: String,
+    /// Correct top-1 and top-5 predictions (float, quantized), when labels were given.
+    pub top1: Option<(usize, usize)>,
+    pub top5: Option<(usize, usize)>,
+    /// Samples on which both models pick the same class.
+    pub agree: usize,
+    pub output_sqnr: Sqnr,
+    /// Per-sample cosine similarity of the output rows: mean and minimum.
+    pub cosine_mean: f64,
+    pub cosine_min: f64,
+    pub layers: Vec<(String, Sqnr)>,
+}
+
+/// Runs both models over `data` (batch by batch) and compares them.
+pub fn evaluate(
+    float: &Graph,
+    quant: &Graph,
+    data: &mut Dataset,
+    labels: Option<&[i64]>,
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Evaluation, FileError> {
+    let (fe, qe) = (Executor::new(float)?, Executor::new(quant)?);
+    let output = float
+        .outputs
+        .iter()
+        .find(|o| o.dtype.is_none_or(|d| d.is_float()))
+        .ok_or_else(|| FileError::new(&float.source, "the model has no float output to compare"))?
+        .name
+        .clone();
+    if !quant.outputs.iter().any(|o| o.name == output) {
+        return Err(FileError::new(&quant.source, format!("the quantized model has no output '{output}'")));
+    }
+    if let Some(l) = labels {
+        if l.len() < data.len {
+            return Err(FileError::new(&float.source, format!("{} labels for {} samples", l.len(), data.len)));
+        }
+    }
+    let produced: HashSet<&str> = quant.nodes.iter().flat_map(|n| n.outputs.iter().map(String::as_str)).collect();
+    let common: Vec<String> = float
+        .nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter())
+        .filter(|o| produced.contains(o.as_str()))
+        .cloned()
+        .collect();
+    let mut layers: HashMap<String, Sqnr> = common.iter().map(|c| (c.clone(), Sqnr::default())).collect();
+    let mut e = Evaluation {
+        output: output.clone(),
+        cosine_min: f64::INFINITY,
+        top1: labels.map(|_| (0, 0)),
+        top5: labels.map(|_| (0, 0)),
+        ..Default::default()
+    };
+    let mut cosine_sum = 0.0;
+    while let Some(b) = data.next_batch(batch)? {
+        let mut reference: HashMap<String, Vec<f32>> = HashMap::new();
+        let fo = fe.run_with(b.clone(), &mut |name, v| {
+            if layers.contains_key(name) && v.dtype.is_float() {
+                reference.insert(name.to_string(), v.to_f32s()?);
+            }
+            Ok(v)
+        })?;
+        let qo = qe.run_with(b, &mut |name, v| {
+            if let (Some(r), Some(s)) = (reference.get(name), layers.get_mut(name)) {
+                s.add(r, &v.to_f32s()?);
+            }
+            Ok(v)
+        })?;
+        let pick = |outs: &[(String, crate::Value)]| -> Result<(Vec<f32>, Vec<usize>), FileError> {
+            let v = &outs.iter().find(|(n, _)| *n == output).expect("checked above").1;
+            let x = v.to_f32s().map_err(|m| FileError::new(&float.source, m))?;
+            Ok((x, v.shape().to_vec()))
+        };
+        let ((f, shape), (q, _)) = (pick(&fo)?, pick(&qo)?);
+        let rows = shape.first().copied().unwrap_or(1).max(1);
+        let width = f.len() / rows;
+        e.output_sqnr.add(&f, &q);
+        for r in 0..rows {
+            let (fr, qr) = (&f[r * width..(r + 1) * width], &q[r * width..(r + 1) * width]);
+            let c = cosine(fr, qr);
+            cosine_sum += c;
+            e.cosine_min = e.cosine_min.min(c);
+            let (tf, tq) = (top(fr, 5), top(qr, 5));
+            e.agree += usize::from(tf.first() == tq.first());
+            if let Some(l) = labels {
+                let y = l[e.samples + r] as usize;
+                if let (Some(t1), Some(t5)) = (e.top1.as_mut(), e.top5.as_mut()) {
+                    t1.0 += usize::from(tf.first() == Some(&y));
+                    t1.1 += usize::from(tq.first() == Some(&y));
+                    t5.0 += usize::from(tf.contains(&y));
+                    t5.1 += usize::from(tq.contains(&y));
+                }
+            }
+        }
+        e.samples += rows;
+        progress(e.samples, data.len);
+    }
+    e.cosine_mean = cosine_sum / e.samples.max(1) as f64;
+    e.layers = common.into_iter().map(|c| {
+        let s = layers[&c];
+        (c, s)
+    }).collect();
+    Ok(e)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        return if na == nb { 1.0 } else { 0.0 };
+    }
+    dot / (na * nb)
+}
+
+/// Indices of the `k` largest values, largest first (ties: lower index first).
+fn top(x: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
