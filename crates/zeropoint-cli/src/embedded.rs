@@ -8,9 +8,12 @@ use anyhow::{Context, Result};
 
 pub const MODEL: &[u8] = include_bytes!("../../../assets/models/mnist_cnn.onnx");
 pub const MODEL_NAME: &str = "<embedded>/mnist_cnn.onnx";
-const CALIB_IMAGES: &[u8] = include_bytes!("../../../assets/data/mnist-train-500-images-idx3-ubyte.gz");
-const TEST_IMAGES: &[u8] = include_bytes!("../../../assets/data/mnist-test-2000-images-idx3-ubyte.gz");
-const TEST_LABELS: &[u8] = include_bytes!("../../../assets/data/mnist-test-2000-labels-idx1-ubyte.gz");
+const CALIB_IMAGES: &[u8] =
+    include_bytes!("../../../assets/data/mnist-train-500-images-idx3-ubyte.gz");
+const TEST_IMAGES: &[u8] =
+    include_bytes!("../../../assets/data/mnist-test-2000-images-idx3-ubyte.gz");
+const TEST_LABELS: &[u8] =
+    include_bytes!("../../../assets/data/mnist-test-2000-labels-idx1-ubyte.gz");
 
 /// MNIST preprocessing of the embedded model: (x/255 − 0.1307)/0.3081.
 pub const MEAN: f32 = 0.1307;

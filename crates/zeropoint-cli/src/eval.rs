@@ -49,7 +49,15 @@ pub fn run(args: &Args) -> Result<()> {
         mean: args.mean,
         std: args.std,
     };
-    let e = compare(&args.float, &args.quantized, &args.data, args.labels.as_deref(), &prep, args.samples, args.batch)?;
+    let e = compare(
+        &args.float,
+        &args.quantized,
+        &args.data,
+        args.labels.as_deref(),
+        &prep,
+        args.samples,
+        args.batch,
+    )?;
     print(&e, args.json)
 }
 
@@ -70,7 +78,14 @@ pub fn compare(
     }
     let labels = labels.map(read_labels).transpose()?;
     let mut bar = progress_bar();
-    Ok(evaluate(&f, &q, &mut ds, labels.as_deref(), batch.max(1), &mut |d, n| bar("evaluating", d, n))?)
+    Ok(evaluate(
+        &f,
+        &q,
+        &mut ds,
+        labels.as_deref(),
+        batch.max(1),
+        &mut |d, n| bar("evaluating", d, n),
+    )?)
 }
 
 pub fn print(e: &Evaluation, json_out: bool) -> Result<()> {
@@ -92,8 +107,16 @@ pub fn print(e: &Evaluation, json_out: bool) -> Result<()> {
     }
     let mut t = Table::new(&["", "float", "quantized"]);
     if let (Some((f1, q1)), Some((f5, q5))) = (e.top1, e.top5) {
-        t.row(vec!["top-1".into(), format!("{:.2}%", pct(f1)), format!("{:.2}%", pct(q1))]);
-        t.row(vec!["top-5".into(), format!("{:.2}%", pct(f5)), format!("{:.2}%", pct(q5))]);
+        t.row(vec![
+            "top-1".into(),
+            format!("{:.2}%", pct(f1)),
+            format!("{:.2}%", pct(q1)),
+        ]);
+        t.row(vec![
+            "top-5".into(),
+            format!("{:.2}%", pct(f5)),
+            format!("{:.2}%", pct(q5)),
+        ]);
     }
     print!("{}", t.render());
     println!(

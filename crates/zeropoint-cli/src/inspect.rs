@@ -92,7 +92,10 @@ pub fn run(args: &Args) -> Result<()> {
         Some(path) => (tensor_file::read(path)?, path.clone()),
         None => {
             let path = PathBuf::from(crate::embedded::MODEL_NAME);
-            (tensor_file::read_onnx_bytes(crate::embedded::MODEL, &path)?, path)
+            (
+                tensor_file::read_onnx_bytes(crate::embedded::MODEL, &path)?,
+                path,
+            )
         }
     };
     let analyses = analyse_set(&set, args)?;

@@ -156,9 +156,15 @@ pub fn run(args: &Args) -> Result<()> {
         return demo(args);
     };
     if args.calib.is_empty() {
-        bail!("{}: give calibration data with --calib FILE (.npy, .npz or idx)", model.display());
+        bail!(
+            "{}: give calibration data with --calib FILE (.npy, .npz or idx)",
+            model.display()
+        );
     }
-    let output = args.output.clone().unwrap_or_else(|| ptq::default_output(model));
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| ptq::default_output(model));
     check_output(model, &output)?;
     let opts = args.quant.options(args.calib.clone())?;
     let start = Instant::now();
@@ -169,7 +175,12 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// The quantized model and, if asked, the encodings.
-fn write(outcome: &Outcome, opts: &Options, output: &std::path::Path, encodings_path: Option<&std::path::Path>) -> Result<()> {
+fn write(
+    outcome: &Outcome,
+    opts: &Options,
+    output: &std::path::Path,
+    encodings_path: Option<&std::path::Path>,
+) -> Result<()> {
     external_data::save(&outcome.model, output)?;
     if let Some(path) = encodings_path {
         let doc = encodings(outcome, opts);
@@ -182,7 +193,10 @@ fn write(outcome: &Outcome, opts: &Options, output: &std::path::Path, encodings_
 fn demo(args: &Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let files = crate::embedded::write(dir.path())?;
-    let output = args.output.clone().unwrap_or_else(|| PathBuf::from("mnist_cnn.int8.onnx"));
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("mnist_cnn.int8.onnx"));
     check_output(&files.model, &output)?;
     let mut quant = args.quant.clone();
     quant.mean = crate::embedded::MEAN;
@@ -198,12 +212,26 @@ fn demo(args: &Args) -> Result<()> {
     write(&outcome, &opts, &output, args.encodings.as_deref())?;
     let seconds = start.elapsed().as_secs_f64();
     if !args.json {
-        report(&PathBuf::from(crate::embedded::MODEL_NAME), &output, &outcome, seconds, false)?;
+        report(
+            &PathBuf::from(crate::embedded::MODEL_NAME),
+            &output,
+            &outcome,
+            seconds,
+            false,
+        )?;
         println!("\nevaluation on 2000 MNIST test images (not used for calibration):");
     }
     let data = [files.test_images.display().to_string()];
     let labels = Some(files.test_labels.as_path());
-    let e = crate::eval::compare(&files.model, &output, &data, labels, &opts.preprocess, None, 256)?;
+    let e = crate::eval::compare(
+        &files.model,
+        &output,
+        &data,
+        labels,
+        &opts.preprocess,
+        None,
+        256,
+    )?;
     crate::eval::print(&e, args.json)
 }
 

@@ -557,3 +557,121 @@ fn graph_describes_and_canonicalizes_a_model() {
         std::fs::read(&model).unwrap()
     );
 }
+
+#[test]
+fn quantize_without_arguments_runs_the_main_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+        .args(["quantize", "--json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["samples"], 2000);
+    let (f, q) = (
+        e["top1"]["float"].as_f64().unwrap(),
+        e["top1"]["quantized"].as_f64().unwrap(),
+    );
+    // W8A8 within 0.1 points of float on the 2000 embedded test images.
+    assert!((f - q).abs() <= 0.1, "float {f}% int8 {q}%");
+    assert!(e["argmax_agreement"].as_f64().unwrap() >= 99.8, "{e}");
+    let model = dir.path().join("mnist_cnn.int8.onnx");
+    let size = std::fs::metadata(&model).unwrap().len();
+    assert!(size < 1_687_641 / 3, "{size} bytes");
+    // The written model is a QDQ model zeropoint runs: eval agrees with itself.
+    let data = repo_root().join("assets/data/mnist-test-2000-images-idx3-ubyte.gz");
+    let labels = repo_root().join("assets/data/mnist-test-2000-labels-idx1-ubyte.gz");
+    let text = ok(&[
+        "eval",
+        path(&repo_root().join("assets/models/mnist_cnn.onnx")),
+        path(&model),
+        "--data",
+        path(&data),
+        "--labels",
+        path(&labels),
+        "--mean",
+        "0.1307",
+        "--std",
+        "0.3081",
+        "--samples",
+        "500",
+    ]);
+    assert!(text.contains("500 samples"), "{text}");
+}
+
+#[test]
+fn quantize_refuses_bad_input_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_model("ccexam_mnist_cnn.onnx");
+    let m = path(&model);
+    let out = dir.path().join("q.onnx");
+    let o = path(&out);
+    let e = fails(&["quantize", m, "-o", o]);
+    assert!(e.contains("give calibration data with --calib"), "{e}");
+    let empty = dir.path().join("empty.npy");
+    zeropoint_model::npy::write(&empty, &[0, 1, 28, 28], &[0f32; 0]).unwrap();
+    let e = fails(&["quantize", m, "--calib", path(&empty), "-o", o]);
+    assert!(
+        e.contains("empty.npy: the dataset is empty (0 samples)"),
+        "{e}"
+    );
+    let flat = dir.path().join("flat.npy");
+    zeropoint_model::npy::write(&flat, &[4, 784], &[0f32; 4 * 784]).unwrap();
+    let e = fails(&["quantize", m, "--calib", path(&flat), "-o", o]);
+    assert!(e.contains("flat.npy: input 'input' must have shape [N, 1, 28, 28], the data has samples of shape [784]"), "{e}");
+    let ints = dir.path().join("ints.npy");
+    zeropoint_model::npy::write(&ints, &[2, 1, 28, 28], &[1i64; 2 * 784]).unwrap();
+    let e = fails(&["quantize", m, "--calib", path(&ints), "-o", o]);
+    assert!(
+        e.contains("ints.npy: input 'input' must be float32, the data is int64"),
+        "{e}"
+    );
+    let mut values = vec![0.5f32; 2 * 784];
+    values[100] = f32::NAN;
+    let nan = dir.path().join("nan.npy");
+    zeropoint_model::npy::write(&nan, &[2, 1, 28, 28], &values).unwrap();
+    let e = fails(&["quantize", m, "--calib", path(&nan), "-o", o]);
+    assert!(e.contains("non-finite value (NaN)"), "{e}");
+    let copy = dir.path().join("model.onnx");
+    std::fs::copy(&model, &copy).unwrap();
+    let x = mnist_like_input(dir.path(), 4);
+    let e = fails(&[
+        "quantize",
+        path(&copy),
+        "--calib",
+        path(&x),
+        "-o",
+        path(&copy),
+    ]);
+    assert!(e.contains("would overwrite the input model"), "{e}");
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
+    let mut proto = zeropoint_model::onnx::load(&model).unwrap();
+    proto.graph.as_mut().unwrap().node[1].op_type = Some("Mish".into());
+    let odd = dir.path().join("odd.onnx");
+    zeropoint_model::external_data::save(&proto, &odd).unwrap();
+    let e = fails(&["quantize", path(&odd), "--calib", path(&x), "-o", o]);
+    assert!(
+        e.contains("operator unsupported: node 'relu_2' (Mish)"),
+        "{e}"
+    );
+    let e = fails(&[
+        "quantize",
+        m,
+        "--calib",
+        path(&x),
+        "--preset",
+        "w3a3",
+        "-o",
+        o,
+    ]);
+    assert!(e.contains("unknown preset 'w3a3'"), "{e}");
+    assert!(!out.exists(), "a failed run left {}", out.display());
+}

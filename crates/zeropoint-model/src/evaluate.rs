@@ -47,14 +47,24 @@ pub fn evaluate(
         .name
         .clone();
     if !quant.outputs.iter().any(|o| o.name == output) {
-        return Err(FileError::new(&quant.source, format!("the quantized model has no output '{output}'")));
+        return Err(FileError::new(
+            &quant.source,
+            format!("the quantized model has no output '{output}'"),
+        ));
     }
     if let Some(l) = labels {
         if l.len() < data.len {
-            return Err(FileError::new(&float.source, format!("{} labels for {} samples", l.len(), data.len)));
+            return Err(FileError::new(
+                &float.source,
+                format!("{} labels for {} samples", l.len(), data.len),
+            ));
         }
     }
-    let produced: HashSet<&str> = quant.nodes.iter().flat_map(|n| n.outputs.iter().map(String::as_str)).collect();
+    let produced: HashSet<&str> = quant
+        .nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter().map(String::as_str))
+        .collect();
     let common: Vec<String> = float
         .nodes
         .iter()
@@ -62,7 +72,10 @@ pub fn evaluate(
         .filter(|o| produced.contains(o.as_str()))
         .cloned()
         .collect();
-    let mut layers: HashMap<String, Sqnr> = common.iter().map(|c| (c.clone(), Sqnr::default())).collect();
+    let mut layers: HashMap<String, Sqnr> = common
+        .iter()
+        .map(|c| (c.clone(), Sqnr::default()))
+        .collect();
     let mut e = Evaluation {
         output: output.clone(),
         cosine_min: f64::INFINITY,
@@ -86,7 +99,11 @@ pub fn evaluate(
             Ok(v)
         })?;
         let pick = |outs: &[(String, crate::Value)]| -> Result<(Vec<f32>, Vec<usize>), FileError> {
-            let v = &outs.iter().find(|(n, _)| *n == output).expect("checked above").1;
+            let v = &outs
+                .iter()
+                .find(|(n, _)| *n == output)
+                .expect("checked above")
+                .1;
             let x = v.to_f32s().map_err(|m| FileError::new(&float.source, m))?;
             Ok((x, v.shape().to_vec()))
         };
@@ -95,7 +112,10 @@ pub fn evaluate(
         let width = f.len() / rows;
         e.output_sqnr.add(&f, &q);
         for r in 0..rows {
-            let (fr, qr) = (&f[r * width..(r + 1) * width], &q[r * width..(r + 1) * width]);
+            let (fr, qr) = (
+                &f[r * width..(r + 1) * width],
+                &q[r * width..(r + 1) * width],
+            );
             let c = cosine(fr, qr);
             cosine_sum += c;
             e.cosine_min = e.cosine_min.min(c);
@@ -115,15 +135,22 @@ pub fn evaluate(
         progress(e.samples, data.len);
     }
     e.cosine_mean = cosine_sum / e.samples.max(1) as f64;
-    e.layers = common.into_iter().map(|c| {
-        let s = layers[&c];
-        (c, s)
-    }).collect();
+    e.layers = common
+        .into_iter()
+        .map(|c| {
+            let s = layers[&c];
+            (c, s)
+        })
+        .collect();
     Ok(e)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     if na == 0.0 || nb == 0.0 {
