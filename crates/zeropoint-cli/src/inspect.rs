@@ -85,8 +85,6 @@ impl Analysis {
     }
 }
 
-/// The model built into the binary, so that `zeropoint inspect` works out of the box.
-
 pub fn run(args: &Args) -> Result<()> {
     let (set, file) = match &args.file {
         Some(path) => (tensor_file::read(path)?, path.clone()),
