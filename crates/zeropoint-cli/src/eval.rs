@@ -11,6 +11,7 @@ use zeropoint_model::dataset::{read_labels, Dataset, Preprocess};
 use zeropoint_model::evaluate::{evaluate, Evaluation};
 use zeropoint_model::Graph;
 
+use crate::data_args::DataArgs;
 use crate::quantize::progress_bar;
 use crate::table::{db, Table};
 
@@ -31,24 +32,15 @@ pub struct Args {
     pub samples: Option<usize>,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// idx data: input = (byte · scale − mean) / std.
-    #[arg(long, default_value_t = 1.0 / 255.0)]
-    pub scale: f32,
-    #[arg(long, default_value_t = 0.0)]
-    pub mean: f32,
-    #[arg(long, default_value_t = 1.0)]
-    pub std: f32,
+    #[command(flatten)]
+    pub prep: DataArgs,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let prep = Preprocess {
-        scale: args.scale,
-        mean: args.mean,
-        std: args.std,
-    };
+    let prep = args.prep.preprocess()?;
     let e = compare(
         &args.float,
         &args.quantized,

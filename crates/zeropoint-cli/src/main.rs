@@ -2,6 +2,7 @@
 //! own module; this file parses arguments, runs one, and turns any error into a single line on
 //! stderr and a non-zero exit.
 
+mod data_args;
 mod embedded;
 mod eval;
 mod explain;

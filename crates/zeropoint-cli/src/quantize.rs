@@ -10,10 +10,10 @@ use serde_json::json;
 use zeropoint_core::observer::Method;
 use zeropoint_core::{Granularity, Scheme};
 use zeropoint_model::calibrate::Settings;
-use zeropoint_model::dataset::Preprocess;
 use zeropoint_model::ptq::{self, Options, Outcome};
 use zeropoint_model::{atomic, external_data};
 
+use crate::data_args::DataArgs;
 use crate::table::{db, num, Table};
 
 #[derive(ClapArgs, Debug)]
@@ -68,13 +68,8 @@ pub struct QuantArgs {
     /// Samples per calibration batch.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// idx data: input = (byte · scale − mean) / std.
-    #[arg(long, default_value_t = 1.0 / 255.0)]
-    pub scale: f32,
-    #[arg(long, default_value_t = 0.0)]
-    pub mean: f32,
-    #[arg(long, default_value_t = 1.0)]
-    pub std: f32,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Samples on which the simulated model is compared with the float one, layer by layer.
     #[arg(long, default_value_t = 256)]
     pub report_samples: usize,
@@ -107,11 +102,7 @@ impl QuantArgs {
             },
             exclude: self.exclude.clone(),
             data,
-            preprocess: Preprocess {
-                scale: self.scale,
-                mean: self.mean,
-                std: self.std,
-            },
+            preprocess: self.data.preprocess()?,
             samples: self.samples,
             report_samples: self.report_samples,
         })
@@ -199,8 +190,8 @@ fn demo(args: &Args) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("mnist_cnn.int8.onnx"));
     check_output(&files.model, &output)?;
     let mut quant = args.quant.clone();
-    quant.mean = crate::embedded::MEAN;
-    quant.std = crate::embedded::STD;
+    quant.data.mean = vec![crate::embedded::MEAN];
+    quant.data.std = vec![crate::embedded::STD];
     let calib = if args.calib.is_empty() {
         vec![files.calib_images.display().to_string()]
     } else {

@@ -6,7 +6,9 @@
 //! - `.npz`: one member per input, named after it; stored (uncompressed, numpy's `savez`)
 //!   members are read with seeks like `.npy`, compressed ones are decompressed once;
 //! - MNIST-style idx files (`.idx`, `-ubyte`, optionally `.gz`): unsigned bytes, decoded and
-//!   preprocessed as `(x·scale − mean) / std` into float32 [N, 1, H, W].
+//!   preprocessed as `(x·scale − mean) / std` into float32 [N, 1, H, W];
+//! - a folder of PNG/JPEG images ([`crate::images`]): resized, cropped, normalized per channel,
+//!   in the layout and size the model input declares.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,24 +17,28 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{FileError, Result};
 use crate::graph::{Dim, ValueInfo};
+use crate::images::{self, ImagePrep, Layout};
 use crate::npy;
 use crate::tensor::{element_count, DType, RawTensor};
 use crate::value::Value;
 
-/// Turning idx bytes into model inputs: `(x·scale − mean) / std`.
+/// Turning pixels (idx bytes, image channels) into model inputs: `(x·scale − mean[c]) / std[c]`
+/// (one value applies to every channel), after the image steps of `image`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preprocess {
     pub scale: f32,
-    pub mean: f32,
-    pub std: f32,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub image: ImagePrep,
 }
 
 impl Default for Preprocess {
     fn default() -> Self {
         Preprocess {
             scale: 1.0 / 255.0,
-            mean: 0.0,
-            std: 1.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+            image: ImagePrep::default(),
         }
     }
 }
@@ -56,6 +62,14 @@ enum Stream {
     },
     /// An array already in memory (a compressed .npz member).
     Memory { tensor: RawTensor },
+    /// Image files, decoded one batch at a time.
+    Images {
+        dir: PathBuf,
+        files: Vec<PathBuf>,
+        /// [N, C, H, W] or [N, H, W, C].
+        sample: Vec<usize>,
+        prep: Preprocess,
+    },
     /// An idx file of unsigned bytes, read forward.
     Idx {
         path: PathBuf,
@@ -77,6 +91,17 @@ impl Dataset {
                 Some((n, f)) if !n.is_empty() => (Some(n.to_string()), PathBuf::from(f)),
                 _ => (None, PathBuf::from(spec)),
             };
+            if path.is_dir() {
+                let name = match name {
+                    Some(n) => n,
+                    None => positional.next().map(|i| i.name.clone()).ok_or_else(|| {
+                        FileError::new(&path, "more data sources than model inputs")
+                    })?,
+                };
+                let info = inputs.iter().find(|i| i.name == name);
+                streams.push((name.clone(), open_images(&path, info, prep)?));
+                continue;
+            }
             if is_npz(&path) {
                 for (member, stream) in open_npz(&path)? {
                     streams.push((member, stream));
@@ -170,6 +195,7 @@ impl Stream {
     fn path(&self) -> &Path {
         match self {
             Stream::Array { path, .. } | Stream::Idx { path, .. } => path,
+            Stream::Images { dir, .. } => dir,
             Stream::Memory { .. } => Path::new("(npz member)"),
         }
     }
@@ -178,13 +204,15 @@ impl Stream {
         match self {
             Stream::Array { sample, dtype, .. } => (sample, *dtype),
             Stream::Memory { tensor } => (&tensor.shape[1..], tensor.dtype),
-            Stream::Idx { sample, .. } => (sample, DType::F32),
+            Stream::Idx { sample, .. } | Stream::Images { sample, .. } => (sample, DType::F32),
         }
     }
 
     fn samples(&self) -> usize {
         match self {
-            Stream::Array { sample, .. } | Stream::Idx { sample, .. } => sample[0],
+            Stream::Array { sample, .. }
+            | Stream::Idx { sample, .. }
+            | Stream::Images { sample, .. } => sample[0],
             Stream::Memory { tensor } => tensor.shape[0],
         }
     }
@@ -256,6 +284,38 @@ impl Stream {
                     data: tensor.data[row * from..row * (from + n)].to_vec(),
                 })
             }
+            Stream::Images {
+                files,
+                sample,
+                prep,
+                ..
+            } => {
+                let (channels, size) = match prep.image.layout {
+                    Layout::Nchw => (sample[1], (sample[2], sample[3])),
+                    Layout::Nhwc => (sample[3], (sample[1], sample[2])),
+                };
+                let mut data = Vec::new();
+                for f in &files[from..from + n] {
+                    let x = images::load(
+                        f,
+                        channels,
+                        size,
+                        &prep.image,
+                        prep.scale,
+                        &prep.mean,
+                        &prep.std,
+                    )?;
+                    data.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+                }
+                let mut shape = sample.clone();
+                shape[0] = n;
+                Ok(RawTensor {
+                    name: String::new(),
+                    shape,
+                    dtype: DType::F32,
+                    data,
+                })
+            }
             Stream::Idx {
                 path,
                 reader,
@@ -269,7 +329,9 @@ impl Stream {
                     .map_err(|e| FileError::io(path, "read", &e))?;
                 let data = bytes
                     .iter()
-                    .flat_map(|&b| ((b as f32 * prep.scale - prep.mean) / prep.std).to_le_bytes())
+                    .flat_map(|&b| {
+                        ((b as f32 * prep.scale - prep.mean[0]) / prep.std[0]).to_le_bytes()
+                    })
                     .collect();
                 let mut shape = sample.clone();
                 shape[0] = n;
@@ -412,6 +474,55 @@ fn open_npz(path: &Path) -> Result<Vec<(String, Stream)>> {
         out.push((name, stream));
     }
     Ok(out)
+}
+
+/// A folder of images for the input `info`, whose declared shape gives channels and size (or
+/// the crop does).
+fn open_images(dir: &Path, info: Option<&ValueInfo>, prep: &Preprocess) -> Result<Stream> {
+    let files = images::list(dir)?;
+    let fixed = |d: Option<&Dim>| match d {
+        Some(Dim::Fixed(n)) => Some(*n),
+        _ => None,
+    };
+    let shape = info.and_then(|i| i.shape.clone()).unwrap_or_default();
+    if shape.len() != 4 {
+        return Err(FileError::new(
+            dir,
+            "image folders feed 4-D image inputs ([N, C, H, W] or [N, H, W, C])",
+        ));
+    }
+    let (c_at, hw_at) = match prep.image.layout {
+        Layout::Nchw => (1, [2, 3]),
+        Layout::Nhwc => (3, [1, 2]),
+    };
+    let channels = fixed(shape.get(c_at)).unwrap_or(3);
+    let crop = prep.image.crop.map(|(h, w)| (h as usize, w as usize));
+    let (h, w) = match (fixed(shape.get(hw_at[0])), fixed(shape.get(hw_at[1])), crop) {
+        (Some(h), Some(w), _) => (h, w),
+        (_, _, Some(c)) => c,
+        _ => {
+            return Err(FileError::new(
+                dir,
+                "the model input has no fixed image size: give --crop HxW",
+            ))
+        }
+    };
+    if !matches!(channels, 1 | 3) {
+        return Err(FileError::new(
+            dir,
+            format!("the model takes {channels} channels; images give 1 or 3"),
+        ));
+    }
+    let sample = match prep.image.layout {
+        Layout::Nchw => vec![files.len(), channels, h, w],
+        Layout::Nhwc => vec![files.len(), h, w, channels],
+    };
+    Ok(Stream::Images {
+        dir: dir.to_path_buf(),
+        files,
+        sample,
+        prep: prep.clone(),
+    })
 }
 
 /// An idx file: magic 0x0000 08 NDIM (unsigned bytes), big-endian u32 dimensions, then data.

@@ -40,6 +40,7 @@ pub mod evaluate;
 pub mod exec;
 pub mod external_data;
 pub mod graph;
+pub mod images;
 pub mod infer;
 pub mod npy;
 pub mod onnx;

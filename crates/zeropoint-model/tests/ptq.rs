@@ -127,9 +127,9 @@ fn exported_models_run_in_onnx_runtime_as_simulated() {
     let out = tempfile::tempdir().unwrap();
     let shared = repo_root().join("../shared/assets");
     let mnist_prep = Preprocess {
-        scale: 1.0 / 255.0,
-        mean: 0.1307,
-        std: 0.3081,
+        mean: vec![0.1307],
+        std: vec![0.3081],
+        ..Preprocess::default()
     };
     let train = shared
         .join("data/mnist/train-images-idx3-ubyte.gz")
