@@ -61,6 +61,11 @@ fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
+        // The reader of our output went away (`zeropoint ... | head`): stop quietly, as the
+        // shell tools do.
+        if msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
         let place = info
             .location()
             .map(|l| format!(" at {l}"))

@@ -71,7 +71,7 @@ pub struct QuantArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Samples on which the simulated model is compared with the float one, layer by layer.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 64)]
     pub report_samples: usize,
 }
 

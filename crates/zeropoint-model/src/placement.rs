@@ -1,7 +1,7 @@
 //! Where quantizers go (white paper §2.3, ../DESIGN.md):
 //!
 //! - weights of Conv, ConvTranspose, Gemm and MatMul: one weight quantizer each (per output
-//!   channel by default);
+//!   channel by default); embedding tables read by Gather, per row;
 //! - biases of Conv and Gemm: int32 with scale s_w·s_x, so that the integer accumulator adds
 //!   them exactly;
 //! - activations: the data inputs of every quantized layer; the output of every Conv, Gemm and
@@ -93,6 +93,7 @@ impl Plan {
             "Conv" => 0,
             "ConvTranspose" => 1,
             "Gemm" if trans_b => 0,
+            "Gather" => 0,
             _ => rank.saturating_sub(1),
         };
         if !self.weights.iter().any(|s| &s.name == w) {
@@ -136,6 +137,18 @@ impl Plan {
         let mut needed: HashSet<String> = HashSet::new();
         for node in &graph.nodes {
             let op = node.op.as_str();
+            // Embedding tables: int8 per row (the Gather reads rows, so each token keeps its
+            // own scale); the looked-up vectors stay float.
+            let table = node.inputs.first().filter(|t| is_init(t));
+            if op == "Gather" && !excluded(&node.name, op) && table.is_some() {
+                let rank = table
+                    .and_then(|t| graph.initializer(t))
+                    .map_or(0, |t| t.shape().len());
+                if rank == 2 && node.attribute("axis").is_none_or(|a| a.i() == 0) {
+                    plan.add_weight(graph, node, 0);
+                }
+                continue;
+            }
             if excluded(&node.name, op) || !LAYERS.contains(&op) {
                 continue;
             }
