@@ -264,25 +264,16 @@ impl Stream {
                     .seek(SeekFrom::Start(*start + (row * from) as u64))
                     .and_then(|_| reader.read_exact(&mut data))
                     .map_err(|e| FileError::io(path, "read", &e))?;
-                let mut shape = sample.clone();
-                shape[0] = n;
-                Ok(RawTensor {
-                    name: String::new(),
-                    shape,
-                    dtype: *dtype,
-                    data,
-                })
+                Ok(batch_of(&sample, n, *dtype, data))
             }
             Stream::Memory { tensor } => {
                 let row = tensor.data.len() / tensor.shape[0].max(1);
-                let mut shape = tensor.shape.clone();
-                shape[0] = n;
-                Ok(RawTensor {
-                    name: String::new(),
-                    shape,
-                    dtype: tensor.dtype,
-                    data: tensor.data[row * from..row * (from + n)].to_vec(),
-                })
+                Ok(batch_of(
+                    &tensor.shape,
+                    n,
+                    tensor.dtype,
+                    tensor.data[row * from..row * (from + n)].to_vec(),
+                ))
             }
             Stream::Images {
                 files,
@@ -307,14 +298,7 @@ impl Stream {
                     )?;
                     data.extend(x.iter().flat_map(|v| v.to_le_bytes()));
                 }
-                let mut shape = sample.clone();
-                shape[0] = n;
-                Ok(RawTensor {
-                    name: String::new(),
-                    shape,
-                    dtype: DType::F32,
-                    data,
-                })
+                Ok(batch_of(&sample, n, DType::F32, data))
             }
             Stream::Idx {
                 path,
@@ -333,16 +317,21 @@ impl Stream {
                         ((b as f32 * prep.scale - prep.mean[0]) / prep.std[0]).to_le_bytes()
                     })
                     .collect();
-                let mut shape = sample.clone();
-                shape[0] = n;
-                Ok(RawTensor {
-                    name: String::new(),
-                    shape,
-                    dtype: DType::F32,
-                    data,
-                })
+                Ok(batch_of(&sample, n, DType::F32, data))
             }
         }
+    }
+}
+
+/// `n` samples of shape `sample[1..]` as one tensor.
+fn batch_of(sample: &[usize], n: usize, dtype: DType, data: Vec<u8>) -> RawTensor {
+    let mut shape = sample.to_vec();
+    shape[0] = n;
+    RawTensor {
+        name: String::new(),
+        shape,
+        dtype,
+        data,
     }
 }
 
