@@ -264,7 +264,7 @@ impl Stream {
                     .seek(SeekFrom::Start(*start + (row * from) as u64))
                     .and_then(|_| reader.read_exact(&mut data))
                     .map_err(|e| FileError::io(path, "read", &e))?;
-                Ok(batch_of(&sample, n, *dtype, data))
+                Ok(batch_of(sample, n, *dtype, data))
             }
             Stream::Memory { tensor } => {
                 let row = tensor.data.len() / tensor.shape[0].max(1);
@@ -298,7 +298,7 @@ impl Stream {
                     )?;
                     data.extend(x.iter().flat_map(|v| v.to_le_bytes()));
                 }
-                Ok(batch_of(&sample, n, DType::F32, data))
+                Ok(batch_of(sample, n, DType::F32, data))
             }
             Stream::Idx {
                 path,
@@ -317,7 +317,7 @@ impl Stream {
                         ((b as f32 * prep.scale - prep.mean[0]) / prep.std[0]).to_le_bytes()
                     })
                     .collect();
-                Ok(batch_of(&sample, n, DType::F32, data))
+                Ok(batch_of(sample, n, DType::F32, data))
             }
         }
     }
