@@ -35,6 +35,17 @@ pub fn export(
             graph.opset
         )));
     }
+    let sixteen = p
+        .activations
+        .values()
+        .chain(p.weights.values())
+        .any(|q| matches!(storage(q), DType::U16 | DType::I16));
+    if graph.opset < 21 && sixteen {
+        return Err(err(format!(
+            "16-bit QuantizeLinear/DequantizeLinear need opset 21; the model has opset {} (convert it with onnx.version_converter, or use 8-bit activations)",
+            graph.opset
+        )));
+    }
     let mut g = graph.clone();
     let mut names = Names::new(&g);
     let mut front = Vec::new();
@@ -51,14 +62,13 @@ pub fn export(
         let x = t
             .to_f32s()
             .map_err(|m| err(format!("weight '{}': {m}", w.name)))?;
-        let mut codes = vec![0i8; x.len()];
-        zeropoint_core::quantize(&x, &shape, qp, &mut codes)
-            .map_err(|e| err(format!("weight '{}': {e}", w.name)))?;
-        let codes: Vec<i64> = codes.into_iter().map(i64::from).collect();
+        let ty = storage(qp);
+        let codes =
+            codes_of(&x, &shape, qp, ty).map_err(|e| err(format!("weight '{}': {e}", w.name)))?;
         let q = names.fresh(&format!("{}_quantized", w.name));
         g.initializers
-            .push((q.clone(), int_value(codes, &shape, DType::I8)?));
-        let (scale, zp) = params_initializers(&mut g, &mut names, &w.name, qp, DType::I8)?;
+            .push((q.clone(), int_value(codes, &shape, ty)?));
+        let (scale, zp) = params_initializers(&mut g, &mut names, &w.name, qp, ty)?;
         let out = names.fresh(&format!("{}_dequantized", w.name));
         front.push(dq_node(
             &mut names,
@@ -117,7 +127,7 @@ pub fn export(
         let (scale, zp) = match param_names.get(source) {
             Some(names) => names.clone(),
             None => {
-                let names_ = params_initializers(&mut g, &mut names, source, qp, DType::U8)?;
+                let names_ = params_initializers(&mut g, &mut names, source, qp, storage(qp))?;
                 param_names.insert(source.clone(), names_.clone());
                 names_
             }
@@ -190,6 +200,45 @@ fn params_initializers(
     g.initializers.push((scale.clone(), sv));
     g.initializers.push((zp.clone(), zv));
     Ok((scale, zp))
+}
+
+/// The ONNX integer type that holds a grid's codes. 4-bit and other narrow grids are stored in
+/// the 8-bit type (packed INT4 export is not there yet).
+fn storage(qp: &QParams) -> DType {
+    let (lo, hi) = (qp.grid.qmin, qp.grid.qmax);
+    if lo >= 0 && hi <= 255 {
+        DType::U8
+    } else if lo >= -128 && hi <= 127 {
+        DType::I8
+    } else if lo >= 0 && hi <= 65535 {
+        DType::U16
+    } else {
+        DType::I16
+    }
+}
+
+/// The codes of `x` in the storage type `ty`.
+fn codes_of(
+    x: &[f32],
+    shape: &[usize],
+    qp: &QParams,
+    ty: DType,
+) -> zeropoint_core::Result<Vec<i64>> {
+    fn q<T: zeropoint_core::Code>(
+        x: &[f32],
+        shape: &[usize],
+        qp: &QParams,
+    ) -> zeropoint_core::Result<Vec<i64>> {
+        let mut out = vec![T::default(); x.len()];
+        zeropoint_core::quantize(x, shape, qp, &mut out)?;
+        Ok(out.into_iter().map(|c| i64::from(c.code())).collect())
+    }
+    match ty {
+        DType::U8 => q::<u8>(x, shape, qp),
+        DType::I8 => q::<i8>(x, shape, qp),
+        DType::U16 => q::<u16>(x, shape, qp),
+        _ => q::<i16>(x, shape, qp),
+    }
 }
 
 fn axis_of(qp: &QParams) -> Option<usize> {
