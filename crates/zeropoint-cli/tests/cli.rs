@@ -675,3 +675,36 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
     assert!(e.contains("unknown preset 'w3a3'"), "{e}");
     assert!(!out.exists(), "a failed run left {}", out.display());
 }
+
+#[test]
+fn quantized_models_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_model("ccexam_svhn_cnn_bn.onnx");
+    let mut rng = support::Rng::new(5);
+    let values: Vec<f32> = (0..40 * 3 * 32 * 32).map(|_| rng.normal()).collect();
+    let x = dir.path().join("calib.npy");
+    zeropoint_model::npy::write(&x, &[40, 3, 32, 32], &values).unwrap();
+    let mut files = Vec::new();
+    for threads in ["1", "2", "3"] {
+        let out = dir.path().join(format!("q{threads}.onnx"));
+        let status = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+            .args([
+                "quantize",
+                path(&model),
+                "--calib",
+                path(&x),
+                "--batch",
+                "7",
+                "-o",
+                path(&out),
+            ])
+            .env("RAYON_NUM_THREADS", threads)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        files.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(files[0], files[1]);
+    assert_eq!(files[0], files[2]);
+}

@@ -74,41 +74,93 @@ pub fn observe(
     settings: &Settings,
     progress: &mut dyn FnMut(usize),
 ) -> Result<HashMap<String, Observer>, FileError> {
+    use rayon::prelude::*;
     let exec = Executor::new(graph)?;
     let err = |m: String| FileError::new(&graph.source, m);
     let config = Config::new(settings.activation_method);
-    let mut observers: HashMap<String, Observer> = plan
-        .activations
-        .iter()
-        .map(|a| {
-            Ok((
-                a.clone(),
-                Observer::new(config).map_err(|e| err(e.to_string()))?,
-            ))
-        })
-        .collect::<Result<_, FileError>>()?;
+    let fresh = || -> Result<HashMap<String, Observer>, FileError> {
+        plan.activations
+            .iter()
+            .map(|a| {
+                Ok((
+                    a.clone(),
+                    Observer::new(config).map_err(|e| err(e.to_string()))?,
+                ))
+            })
+            .collect()
+    };
+    // Each thread runs its own slice of every batch into its own observers, merged at the end:
+    // the executor's operators scale poorly across threads on small images, whole samples do.
+    // Observers merge exactly (docs/ranges.md), except the moving average, which depends on the
+    // batch order and so runs on one slice.
+    let workers = match settings.activation_method {
+        Method::MovingAverage { .. } => 1,
+        _ => rayon::current_num_threads().max(1),
+    };
+    let mut sets: Vec<HashMap<String, Observer>> =
+        (0..workers).map(|_| fresh()).collect::<Result<_, _>>()?;
     let mut done = 0;
-    while let Some(batch) = data.next_batch(settings.batch)? {
+    while let Some(batch) = data.next_batch(settings.batch * workers)? {
         let n = batch
             .values()
             .next()
             .map_or(0, |v| v.shape().first().copied().unwrap_or(0));
-        exec.run_with(batch, &mut |name, v| {
-            if let Some(obs) = observers.get_mut(name) {
-                let x = f32s(&v)?;
-                if let Some(bad) = x.iter().find(|x| !x.is_finite()) {
-                    return Err(format!(
-                        "activation has a non-finite value ({bad}): check the data"
-                    ));
-                }
-                obs.update(&x, v.shape()).map_err(|e| e.to_string())?;
-            }
-            Ok(v)
-        })?;
+        let parts = split_batch(&batch, n, workers).map_err(err)?;
+        sets.par_iter_mut()
+            .zip(parts)
+            .try_for_each(|(observers, part)| {
+                exec.run_with(part, &mut |name, v| {
+                    if let Some(obs) = observers.get_mut(name) {
+                        let x = f32s(&v)?;
+                        if let Some(bad) = x.iter().find(|x| !x.is_finite()) {
+                            return Err(format!(
+                                "activation has a non-finite value ({bad}): check the data"
+                            ));
+                        }
+                        obs.update(&x, v.shape()).map_err(|e| e.to_string())?;
+                    }
+                    Ok(v)
+                })
+                .map(|_| ())
+            })?;
         done += n;
         progress(done);
     }
+    let mut observers = sets.remove(0);
+    for other in sets {
+        for (name, obs) in observers.iter_mut() {
+            if let Some(o) = other.get(name).filter(|o| o.state_bytes() > 0) {
+                obs.merge(o)
+                    .map_err(|e| err(format!("activation '{name}': {e}")))?;
+            }
+        }
+    }
     Ok(observers)
+}
+
+/// A batch of `n` samples cut into `parts` consecutive slices (some may be empty, and are
+/// dropped; at least one remains).
+fn split_batch(
+    batch: &HashMap<String, Value>,
+    n: usize,
+    parts: usize,
+) -> Result<Vec<HashMap<String, Value>>, String> {
+    let size = n.div_ceil(parts.max(1)).max(1);
+    (0..n)
+        .step_by(size)
+        .map(|start| {
+            batch
+                .iter()
+                .map(|(k, v)| {
+                    let t = v
+                        .tensor
+                        .narrow(0, start, size.min(n - start))
+                        .map_err(|e| e.to_string())?;
+                    Ok((k.clone(), Value::new(t, v.dtype)))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Parameters from the observers (activations) and the weights themselves.

@@ -79,7 +79,12 @@ pub fn export(
         ));
         renamed.insert(w.name.clone(), out);
     }
-    for (name, b) in &p.biases {
+    // In plan order (the parameter maps are unordered): same inputs, same bytes out.
+    for (name, b) in plan
+        .biases
+        .iter()
+        .filter_map(|site| p.biases.get(&site.name).map(|b| (&site.name, b)))
+    {
         let shape = g
             .initializer(name)
             .map(|t| t.shape().to_vec())
@@ -153,9 +158,8 @@ pub fn export(
         }
     }
     let mut nodes = front;
-    let inputs: HashSet<&str> = graph.inputs.iter().map(|i| i.name.as_str()).collect();
-    for (a, (_, pair)) in &pairs {
-        if inputs.contains(a.as_str()) {
+    for input in &graph.inputs {
+        if let Some((_, pair)) = pairs.get(&input.name) {
             nodes.extend(pair.iter().cloned());
         }
     }
