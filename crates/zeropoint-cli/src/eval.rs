@@ -34,6 +34,10 @@ pub struct Args {
     pub batch: usize,
     #[command(flatten)]
     pub prep: DataArgs,
+    /// Where the quantized model runs: zeropoint (its executor, which also compares layer by
+    /// layer) or ort (ONNX Runtime, loaded from ORT_DYLIB_PATH or a local .venv's onnxruntime).
+    #[arg(long, default_value = "zeropoint")]
+    pub runtime: String,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -41,41 +45,67 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<()> {
     let prep = args.prep.preprocess()?;
-    let e = compare(
-        &args.float,
-        &args.quantized,
-        &args.data,
-        args.labels.as_deref(),
-        &prep,
-        args.samples,
-        args.batch,
-    )?;
+    let ort = match args.runtime.as_str() {
+        "zeropoint" => false,
+        "ort" => true,
+        other => anyhow::bail!("unknown runtime '{other}' (zeropoint or ort)"),
+    };
+    let e = compare(&Comparison {
+        float: &args.float,
+        quantized: &args.quantized,
+        data: &args.data,
+        labels: args.labels.as_deref(),
+        prep: &prep,
+        samples: args.samples,
+        batch: args.batch,
+        ort,
+    })?;
     print(&e, args.json)
 }
 
+/// What to compare on which data.
+pub struct Comparison<'a> {
+    pub float: &'a std::path::Path,
+    pub quantized: &'a std::path::Path,
+    pub data: &'a [String],
+    pub labels: Option<&'a std::path::Path>,
+    pub prep: &'a Preprocess,
+    pub samples: Option<usize>,
+    pub batch: usize,
+    /// Run the quantized model in ONNX Runtime instead of zeropoint's executor.
+    pub ort: bool,
+}
+
 /// Loads both models and the data, and evaluates.
-pub fn compare(
-    float: &std::path::Path,
-    quantized: &std::path::Path,
-    data: &[String],
-    labels: Option<&std::path::Path>,
-    prep: &Preprocess,
-    samples: Option<usize>,
-    batch: usize,
-) -> Result<Evaluation> {
-    let (f, q) = (Graph::load(float)?, Graph::load(quantized)?);
-    let mut ds = Dataset::open(data, &f.inputs, prep)?;
-    if let Some(n) = samples {
+pub fn compare(c: &Comparison) -> Result<Evaluation> {
+    let (f, q) = (Graph::load(c.float)?, Graph::load(c.quantized)?);
+    let mut ds = Dataset::open(c.data, &f.inputs, c.prep)?;
+    if let Some(n) = c.samples {
         ds.truncate(n);
     }
-    let labels = labels.map(read_labels).transpose()?;
+    let (batch, ort, quantized) = (c.batch, c.ort, c.quantized);
+    let labels = c.labels.map(read_labels).transpose()?;
     let mut bar = progress_bar();
+    let mut session = if ort {
+        Some(crate::ort_runtime::OrtModel::load(quantized)?)
+    } else {
+        None
+    };
+    let mut run;
+    let runtime: Option<zeropoint_model::evaluate::Runtime> = match session.as_mut() {
+        Some(s) => {
+            run = move |b| s.run(b);
+            Some(&mut run)
+        }
+        None => None,
+    };
     Ok(evaluate(
         &f,
         &q,
         &mut ds,
         labels.as_deref(),
         batch.max(1),
+        runtime,
         &mut |d, n| bar("evaluating", d, n),
     )?)
 }
@@ -121,10 +151,12 @@ pub fn print(e: &Evaluation, json_out: bool) -> Result<()> {
         e.cosine_mean,
         e.cosine_min
     );
-    let mut t = Table::new(&["layer output", "SQNR dB"]);
-    for (n, s) in &e.layers {
-        t.row(vec![n.clone(), db(s.db())]);
+    if !e.layers.is_empty() {
+        let mut t = Table::new(&["layer output", "SQNR dB"]);
+        for (n, s) in &e.layers {
+            t.row(vec![n.clone(), db(s.db())]);
+        }
+        print!("\n{}", t.render());
     }
-    print!("\n{}", t.render());
     Ok(())
 }

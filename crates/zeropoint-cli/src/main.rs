@@ -8,6 +8,7 @@ mod eval;
 mod explain;
 mod graph;
 mod inspect;
+mod ort_runtime;
 mod plot;
 mod quantize;
 mod range_compare;

@@ -214,15 +214,16 @@ fn demo(args: &Args) -> Result<()> {
     }
     let data = [files.test_images.display().to_string()];
     let labels = Some(files.test_labels.as_path());
-    let e = crate::eval::compare(
-        &files.model,
-        &output,
-        &data,
+    let e = crate::eval::compare(&crate::eval::Comparison {
+        float: &files.model,
+        quantized: &output,
+        data: &data,
         labels,
-        &opts.preprocess,
-        None,
-        256,
-    )?;
+        prep: &opts.preprocess,
+        samples: None,
+        batch: 256,
+        ort: false,
+    })?;
     crate::eval::print(&e, args.json)
 }
 

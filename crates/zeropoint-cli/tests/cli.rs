@@ -708,3 +708,76 @@ fn quantized_models_do_not_depend_on_the_thread_count() {
     assert_eq!(files[0], files[1]);
     assert_eq!(files[0], files[2]);
 }
+
+/// libonnxruntime from the test venv's onnxruntime package.
+fn ort_library() -> PathBuf {
+    let lib = repo_root().join(".venv/lib");
+    let found = std::fs::read_dir(&lib).unwrap().flatten().find_map(|d| {
+        let capi = d.path().join("site-packages/onnxruntime/capi");
+        std::fs::read_dir(capi)
+            .ok()?
+            .flatten()
+            .map(|f| f.path())
+            .find(|f| {
+                f.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("libonnxruntime.so")
+            })
+    });
+    found.expect("the test venv's onnxruntime has no libonnxruntime.so")
+}
+
+#[test]
+fn eval_runs_the_quantized_model_in_onnx_runtime_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_model("ccexam_mnist_cnn.onnx");
+    let data = repo_root().join("assets/data/mnist-test-2000-images-idx3-ubyte.gz");
+    let labels = repo_root().join("assets/data/mnist-test-2000-labels-idx1-ubyte.gz");
+    let calib = repo_root().join("assets/data/mnist-train-500-images-idx3-ubyte.gz");
+    let q = dir.path().join("q.onnx");
+    let norm = ["--mean", "0.1307", "--std", "0.3081"];
+    let mut args = vec![
+        "quantize",
+        path(&model),
+        "--calib",
+        path(&calib),
+        "-o",
+        path(&q),
+    ];
+    args.extend(norm);
+    ok(&args);
+    let eval = |runtime: &str| -> Value {
+        let mut args = vec![
+            "eval",
+            path(&model),
+            path(&q),
+            "--data",
+            path(&data),
+            "--labels",
+            path(&labels),
+        ];
+        args.extend(norm);
+        args.extend(["--samples", "1000", "--json", "--runtime", runtime]);
+        let out = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+            .args(&args)
+            .env("ORT_DYLIB_PATH", ort_library())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (zp, ort) = (eval("zeropoint"), eval("ort"));
+    // ORT's integer kernels and zeropoint's simulation: the same accuracy, nearly the same outputs.
+    let diff = |k: &str| (zp["top1"][k].as_f64().unwrap() - ort["top1"][k].as_f64().unwrap()).abs();
+    assert!(
+        diff("float") == 0.0 && diff("quantized") <= 0.1,
+        "{zp} {ort}"
+    );
+    assert!(ort["output_sqnr_db"].as_f64().unwrap() > 40.0, "{ort}");
+    assert!(ort["layers"].as_array().unwrap().is_empty());
+}

@@ -29,13 +29,20 @@ pub struct Evaluation {
     pub layers: Vec<(String, Sqnr)>,
 }
 
-/// Runs both models over `data` (batch by batch) and compares them.
+/// Runs the quantized model in another runtime: a batch in, the graph outputs out.
+pub type Runtime<'a> = &'a mut dyn FnMut(
+    HashMap<String, crate::Value>,
+) -> Result<Vec<(String, crate::Value)>, FileError>;
+
+/// Runs both models over `data` (batch by batch) and compares them. The quantized model runs in
+/// zeropoint's executor, or in `runtime` when given (then without per-layer comparison).
 pub fn evaluate(
     float: &Graph,
     quant: &Graph,
     data: &mut Dataset,
     labels: Option<&[i64]>,
     batch: usize,
+    mut runtime: Option<Runtime>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Evaluation, FileError> {
     let (fe, qe) = (Executor::new(float)?, Executor::new(quant)?);
@@ -64,6 +71,7 @@ pub fn evaluate(
         .nodes
         .iter()
         .flat_map(|n| n.outputs.iter().map(String::as_str))
+        .filter(|_| runtime.is_none())
         .collect();
     let common: Vec<String> = float
         .nodes
@@ -92,12 +100,15 @@ pub fn evaluate(
             }
             Ok(v)
         })?;
-        let qo = qe.run_with(b, &mut |name, v| {
-            if let (Some(r), Some(s)) = (reference.get(name), layers.get_mut(name)) {
-                s.add(r, &v.to_f32s()?);
-            }
-            Ok(v)
-        })?;
+        let qo = match runtime.as_mut() {
+            Some(run) => run(b)?,
+            None => qe.run_with(b, &mut |name, v| {
+                if let (Some(r), Some(s)) = (reference.get(name), layers.get_mut(name)) {
+                    s.add(r, &v.to_f32s()?);
+                }
+                Ok(v)
+            })?,
+        };
         let pick = |outs: &[(String, crate::Value)]| -> Result<(Vec<f32>, Vec<usize>), FileError> {
             let v = &outs
                 .iter()

@@ -54,6 +54,18 @@ impl Value {
         Value::new(t, DType::I64)
     }
 
+    /// A float32 tensor from row-major values.
+    pub fn from_f32_vec(data: Vec<f32>, shape: &[usize]) -> Result<Value> {
+        let t = Tensor::from_vec(data, shape, &Device::Cpu).map_err(|e| e.to_string())?;
+        Ok(Value::new(t, DType::F32))
+    }
+
+    /// An int64 tensor from row-major values.
+    pub fn from_i64_vec(data: Vec<i64>, shape: &[usize]) -> Result<Value> {
+        let t = Tensor::from_vec(data, shape, &Device::Cpu).map_err(|e| e.to_string())?;
+        Ok(Value::new(t, DType::I64))
+    }
+
     /// A tensor read from a file or an initializer.
     pub fn from_raw(raw: &RawTensor) -> Result<Value> {
         let n = raw.data.len() / raw.dtype.size().max(1);
