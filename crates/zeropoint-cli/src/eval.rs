@@ -21,7 +21,7 @@ pub struct Args {
     pub float: PathBuf,
     /// The quantized (QDQ) model.
     pub quantized: PathBuf,
-    /// Evaluation data, as for `quantize --calib`.
+    /// Evaluation data, as for `quantize --calib` (.npy, .npz, idx files, image folders).
     #[arg(long, required = true, value_name = "DATA")]
     pub data: Vec<String>,
     /// Labels: an idx1 file or a 1-D integer .npy, one per sample.

@@ -22,8 +22,8 @@ pub struct Args {
     /// calibrated on 500 embedded MNIST training images, then evaluated float vs quantized on
     /// 2000 embedded test images.
     pub model: Option<PathBuf>,
-    /// Calibration data: NAME=FILE or FILE (.npy, .npz with arrays named after the inputs, or
-    /// MNIST-style idx files); repeat for several inputs.
+    /// Calibration data: NAME=FILE or FILE (.npy, .npz with arrays named after the inputs,
+    /// MNIST-style idx files, or a folder of PNG/JPEG images); repeat for several inputs.
     #[arg(long, value_name = "DATA")]
     pub calib: Vec<String>,
     /// Where to write the quantized model (default: beside the model, <name>.int8.onnx).
@@ -65,7 +65,7 @@ pub struct QuantArgs {
     /// Use at most this many calibration samples.
     #[arg(long)]
     pub samples: Option<usize>,
-    /// Samples per calibration batch.
+    /// Samples per calibration batch and thread.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     #[command(flatten)]

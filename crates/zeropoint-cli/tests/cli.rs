@@ -673,6 +673,17 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
         o,
     ]);
     assert!(e.contains("unknown preset 'w3a3'"), "{e}");
+    let e = fails(&[
+        "quantize",
+        m,
+        "--calib",
+        path(&x),
+        "--preset",
+        "w8a16",
+        "-o",
+        o,
+    ]);
+    assert!(e.contains("16-bit quantization needs opset 21"), "{e}");
     assert!(!out.exists(), "a failed run left {}", out.display());
 }
 
