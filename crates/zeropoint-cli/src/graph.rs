@@ -81,6 +81,7 @@ pub fn run(args: &Args) -> Result<()> {
         "canonicalization": report.as_ref().map(|r| json!({
             "folded_constants": r.folded_constants,
             "folded_batch_norms": r.folded_batch_norms.iter().map(|(bn, into)| json!({"batch_norm": bn, "into": into})).collect::<Vec<_>>(),
+            "folded_bias_adds": r.folded_bias_adds.len(),
             "removed_nodes": r.removed_nodes,
             "removed_initializers": r.removed_initializers,
             "nodes_after": canonical.nodes.len(),
@@ -168,9 +169,10 @@ fn print_tables(doc: &serde_json::Value) {
     }
     let c = &doc["canonicalization"];
     println!(
-        "\ncanonicalization: {} constant node(s) folded, {} BatchNormalization folded, {} dead node(s) removed: {} -> {} nodes",
+        "\ncanonicalization: {} constant node(s) folded, {} BatchNormalization and {} bias Add folded, {} dead node(s) removed: {} -> {} nodes",
         c["folded_constants"],
         c["folded_batch_norms"].as_array().map_or(0, Vec::len),
+        c["folded_bias_adds"],
         c["removed_nodes"],
         doc["nodes"],
         c["nodes_after"]

@@ -5,6 +5,8 @@
 //! - BatchNormalization folded into the Conv, Gemm or MatMul before it (white paper §2.3):
 //!   W' = W·γ/√(σ²+ε) per output channel, b' = (b − μ)·γ/√(σ²+ε) + β, computed in f64; a
 //!   MatMul becomes a Gemm to take the bias;
+//! - a per-channel constant Add after a Conv (exporters write the bias that way) becomes the
+//!   Conv's bias, so that runtimes fuse the layer into one integer convolution;
 //! - dead-node removal: nodes and initializers no graph output depends on;
 //! - fused groups: Conv/Gemm/MatMul + bias Add + Relu/Clip, the units that quantizer placement
 //!   treats as one layer (no requantization between a layer and its activation).
@@ -25,6 +27,8 @@ pub struct Report {
     pub folded_constants: usize,
     /// (BatchNormalization node, the node it was folded into).
     pub folded_batch_norms: Vec<(String, String)>,
+    /// (Add node, the Conv it was folded into as the bias).
+    pub folded_bias_adds: Vec<(String, String)>,
     /// Nodes removed because no output depends on them.
     pub removed_nodes: usize,
     pub removed_initializers: usize,
@@ -34,10 +38,12 @@ pub struct Report {
 pub fn canonicalize(graph: &mut Graph) -> Result<Report, FileError> {
     let folded_constants = fold_constants(graph)?;
     let folded_batch_norms = fold_batch_norms(graph)?;
+    let folded_bias_adds = fold_bias_adds(graph)?;
     let (removed_nodes, removed_initializers) = remove_dead(graph);
     Ok(Report {
         folded_constants,
         folded_batch_norms,
+        folded_bias_adds,
         removed_nodes,
         removed_initializers,
     })
@@ -240,6 +246,136 @@ fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<(), String> {
     }
     graph.nodes.remove(bn);
     Ok(())
+}
+
+/// Folds `Conv → Add(per-channel constant)` into the Conv's bias, when the Conv's output goes to
+/// that Add alone.
+pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>, FileError> {
+    let mut folded = Vec::new();
+    loop {
+        let producers = graph.producers();
+        let consumers = graph.consumers();
+        let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+        let found = graph.nodes.iter().enumerate().find_map(|(i, add)| {
+            if add.op != "Add" || add.inputs.len() != 2 {
+                return None;
+            }
+            let (x, c) = match (
+                graph.initializer(&add.inputs[0]),
+                graph.initializer(&add.inputs[1]),
+            ) {
+                (None, Some(c)) => (&add.inputs[0], c),
+                (Some(c), None) => (&add.inputs[1], c),
+                _ => return None,
+            };
+            let p = *producers.get(x.as_str())?;
+            let conv = &graph.nodes[p];
+            let w = graph.initializer(conv.inputs.get(1)?)?;
+            let channels = *w.shape().first()?;
+            // [C,1,1] or [1,C,1,1] against the output [N,C,H,W]: one value per output channel
+            // (a plain [C] would broadcast along the last axis instead).
+            let (shape, rank) = (c.shape(), w.shape().len());
+            let ones = |d: &[usize]| d.iter().all(|&v| v == 1);
+            let per_channel = match shape.len() {
+                n if n + 1 == rank => shape[0] == channels && ones(&shape[1..]),
+                n if n == rank => shape[0] == 1 && shape[1] == channels && ones(&shape[2..]),
+                _ => false,
+            };
+            let alone = consumers.get(x.as_str()).is_some_and(|v| v.len() == 1)
+                && !outputs.contains(x.as_str());
+            let bias_ok = conv
+                .inputs
+                .get(2)
+                .is_none_or(|b| b.is_empty() || graph.initializer(b).is_some());
+            (conv.op == "Conv" && per_channel && alone && bias_ok && c.dtype == w.dtype)
+                .then_some((i, p))
+        });
+        let Some((add, conv)) = found else { break };
+        let a = graph.nodes[add].clone();
+        let c_name = if graph.initializer(&a.inputs[1]).is_some() {
+            &a.inputs[1]
+        } else {
+            &a.inputs[0]
+        };
+        let err = |m: String| FileError::new(&graph.source, format!("folding {}: {m}", a.label()));
+        let mut bias = graph
+            .initializer(c_name)
+            .ok_or_else(|| err("missing constant".into()))?
+            .to_f64s()
+            .map_err(err)?;
+        if let Some(old) = graph.nodes[conv].inputs.get(2).filter(|b| !b.is_empty()) {
+            let old = graph
+                .initializer(old)
+                .ok_or_else(|| err("missing bias".into()))?
+                .to_f64s()
+                .map_err(err)?;
+            bias.iter_mut().zip(old).for_each(|(b, o)| *b += o);
+        }
+        let values: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
+        let t = Tensor::from_vec(values, bias.len(), &candle_core::Device::Cpu)
+            .map_err(|e| err(e.to_string()))?;
+        let name = unique_name(graph, &format!("{}_bias", graph.nodes[conv].name));
+        graph.initializers.push((name.clone(), Value::f32(t)));
+        let n = &mut graph.nodes[conv];
+        n.inputs.truncate(2);
+        n.inputs.push(name);
+        n.outputs = vec![a.outputs[0].clone()];
+        folded.push((a.name.clone(), n.name.clone()));
+        graph.nodes.remove(add);
+    }
+    Ok(folded)
+}
+
+/// Rewrites each HardSwish as `x · HardSigmoid(x; α = 1/6, β = 0.5)`, its definition, so that
+/// quantization sees the multiplication: runtimes then run it as an integer Mul between
+/// quantized tensors (ONNX Runtime decomposes HardSwish this way itself, but in float when the
+/// quantizers sit around the fused op). Returns how many were rewritten.
+pub fn decompose_hard_swish(graph: &mut Graph) -> usize {
+    let mut count = 0;
+    let mut nodes = Vec::with_capacity(graph.nodes.len());
+    for node in std::mem::take(&mut graph.nodes) {
+        if node.op != "HardSwish" || node.inputs.len() != 1 {
+            nodes.push(node);
+            continue;
+        }
+        let gate = unique_name_in(&nodes, graph, &format!("{}_gate", node.outputs[0]));
+        let float = |name: &str, v: f32| crate::onnx::proto::AttributeProto {
+            name: Some(name.into()),
+            f: Some(v),
+            r#type: Some(crate::onnx::proto::attribute_proto::AttributeType::Float as i32),
+            ..Default::default()
+        };
+        nodes.push(Node {
+            name: format!("{}_hardsigmoid", node.name),
+            op: "HardSigmoid".into(),
+            domain: String::new(),
+            inputs: node.inputs.clone(),
+            outputs: vec![gate.clone()],
+            attributes: vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)],
+        });
+        nodes.push(Node {
+            name: node.name.clone(),
+            op: "Mul".into(),
+            domain: String::new(),
+            inputs: vec![node.inputs[0].clone(), gate],
+            outputs: node.outputs.clone(),
+            attributes: vec![],
+        });
+        count += 1;
+    }
+    graph.nodes = nodes;
+    count
+}
+
+/// A value name unused in `graph` and in `extra` nodes.
+fn unique_name_in(extra: &[Node], graph: &Graph, base: &str) -> String {
+    let mut name = unique_name(graph, base);
+    let mut k = 2;
+    while extra.iter().any(|n| n.outputs.contains(&name)) {
+        name = unique_name(graph, &format!("{base}_{k}"));
+        k += 1;
+    }
+    name
 }
 
 /// `base`, or `base_2`, `base_3`, ... if a value already has that name.

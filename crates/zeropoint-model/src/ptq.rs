@@ -95,6 +95,7 @@ pub fn quantize(
         ));
     }
     let canonical = canonicalize(&mut graph)?;
+    crate::canonicalize::decompose_hard_swish(&mut graph);
     let plan = Plan::new(&graph, &opts.exclude)?;
     seconds.insert("prepare", t.elapsed().as_secs_f64());
 
