@@ -398,11 +398,7 @@ fn bad_files_give_one_line_errors_naming_the_file() {
 
 /// `n` MNIST-shaped inputs of a deterministic pattern, written as .npy.
 fn mnist_like_input(dir: &Path, n: usize) -> PathBuf {
-    let mut rng = support::Rng::new(9);
-    let values: Vec<f32> = (0..n * 784).map(|_| rng.normal()).collect();
-    let file = dir.join("x.npy");
-    zeropoint_model::npy::write(&file, &[n, 1, 28, 28], &values).unwrap();
-    file
+    random_npy(dir, &[n, 1, 28, 28], 9)
 }
 
 #[test]
