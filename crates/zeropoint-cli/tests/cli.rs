@@ -572,7 +572,10 @@ fn graph_describes_and_canonicalizes_a_model() {
     );
     let out = dir.path().join("canonical.onnx");
     let text = ok(&["graph", path(&model), "-o", path(&out)]);
-    assert!(text.contains("27 BatchNormalization and 4 bias Add folded"), "{text}");
+    assert!(
+        text.contains("27 BatchNormalization and 4 bias Add folded"),
+        "{text}"
+    );
     let again: Value = serde_json::from_str(&ok(&["graph", path(&out), "--json"])).unwrap();
     assert_eq!(again["nodes"], 84);
     // Never over the input.
