@@ -116,7 +116,7 @@ impl OrtModel {
             let value = if let Ok((shape, data)) = out.try_extract_tensor::<f32>() {
                 Value::from_f32_vec(data.to_vec(), &dims(shape))
             } else if let Ok((shape, data)) = out.try_extract_tensor::<i64>() {
-                Value::from_i64_vec(data.to_vec(), &dims(shape))
+                Value::from_ints(data.to_vec(), &dims(shape), DType::I64)
             } else {
                 continue;
             };

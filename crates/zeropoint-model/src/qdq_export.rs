@@ -5,8 +5,8 @@
 //! between the pairs is unchanged.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
-use candle_core::{Device, Tensor};
 use zeropoint_core::{Granularity, QParams};
 
 use crate::calibrate::Params;
@@ -17,7 +17,7 @@ use crate::onnx::proto::AttributeProto;
 use crate::onnx::ModelProto;
 use crate::placement::Plan;
 use crate::tensor::DType;
-use crate::value::{carrier, Value};
+use crate::value::Value;
 
 /// The QDQ model of `graph` (the canonicalized float graph the plan was made for), written into
 /// `base` (the model it was read from: opsets, metadata and names are kept).
@@ -63,8 +63,8 @@ pub fn export(
             .to_f32s()
             .map_err(|m| err(format!("weight '{}': {m}", w.name)))?;
         let ty = storage(qp);
-        let codes =
-            codes_of(&x, &shape, qp, ty).map_err(|e| err(format!("weight '{}': {e}", w.name)))?;
+        let codes = crate::ops::quant_codes(&x, &shape, qp, ty)
+            .map_err(|e| err(format!("weight '{}': {e}", w.name)))?;
         let q = names.fresh(&format!("{}_quantized", w.name));
         g.initializers
             .push((q.clone(), int_value(codes, &shape, ty)?));
@@ -191,7 +191,7 @@ fn params_initializers(
     let zp = names.fresh(&format!("{base}_zero_point"));
     let (sv, zv) = if qp.scale.len() == 1 && qp.granularity == Granularity::PerTensor {
         (
-            scalar_f32(qp.scale[0]).map_err(err)?,
+            Value::from_f32_vec(vec![qp.scale[0]], &[]).map_err(err)?,
             int_value(vec![i64::from(qp.zero_point[0])], &[], zp_type)?,
         )
     } else {
@@ -218,30 +218,6 @@ fn storage(qp: &QParams) -> DType {
         DType::U16
     } else {
         DType::I16
-    }
-}
-
-/// The codes of `x` in the storage type `ty`.
-fn codes_of(
-    x: &[f32],
-    shape: &[usize],
-    qp: &QParams,
-    ty: DType,
-) -> zeropoint_core::Result<Vec<i64>> {
-    fn q<T: zeropoint_core::Code>(
-        x: &[f32],
-        shape: &[usize],
-        qp: &QParams,
-    ) -> zeropoint_core::Result<Vec<i64>> {
-        let mut out = vec![T::default(); x.len()];
-        zeropoint_core::quantize(x, shape, qp, &mut out)?;
-        Ok(out.into_iter().map(|c| i64::from(c.code())).collect())
-    }
-    match ty {
-        DType::U8 => q::<u8>(x, shape, qp),
-        DType::I8 => q::<i8>(x, shape, qp),
-        DType::U16 => q::<u16>(x, shape, qp),
-        _ => q::<i16>(x, shape, qp),
     }
 }
 
@@ -278,22 +254,11 @@ fn dq_node(
 }
 
 fn int_value(codes: Vec<i64>, shape: &[usize], dtype: DType) -> Result<Value, FileError> {
-    let t = Tensor::from_vec(codes, shape, &Device::Cpu)
-        .and_then(|t| t.to_dtype(carrier(dtype)))
-        .map_err(|e| FileError::new(std::path::Path::new("export"), e.to_string()))?;
-    Ok(Value::new(t, dtype))
+    Value::from_ints(codes, shape, dtype).map_err(|m| FileError::new(Path::new("export"), m))
 }
 
 fn float_value(v: &[f32]) -> Result<Value, FileError> {
-    let t = Tensor::from_slice(v, v.len(), &Device::Cpu)
-        .map_err(|e| FileError::new(std::path::Path::new("export"), e.to_string()))?;
-    Ok(Value::f32(t))
-}
-
-fn scalar_f32(v: f32) -> Result<Value, String> {
-    Ok(Value::f32(
-        Tensor::new(v, &Device::Cpu).map_err(|e| e.to_string())?,
-    ))
+    Value::from_f32_vec(v.to_vec(), &[v.len()]).map_err(|m| FileError::new(Path::new("export"), m))
 }
 
 /// Unused value and node names.

@@ -60,10 +60,13 @@ impl Value {
         Ok(Value::new(t, DType::F32))
     }
 
-    /// An int64 tensor from row-major values.
-    pub fn from_i64_vec(data: Vec<i64>, shape: &[usize]) -> Result<Value> {
-        let t = Tensor::from_vec(data, shape, &Device::Cpu).map_err(|e| e.to_string())?;
-        Ok(Value::new(t, DType::I64))
+    /// An integer (or bool) tensor of element type `dtype` from row-major values, which must
+    /// fit that type.
+    pub fn from_ints(data: Vec<i64>, shape: &[usize], dtype: DType) -> Result<Value> {
+        let t = Tensor::from_vec(data, shape, &Device::Cpu)
+            .and_then(|t| t.to_dtype(carrier(dtype)))
+            .map_err(|e| e.to_string())?;
+        Ok(Value::new(t, dtype))
     }
 
     /// A tensor read from a file or an initializer.

@@ -125,6 +125,8 @@ fn lookup(op: &str) -> Option<OpFn> {
     })
 }
 
+pub(crate) use quant::codes as quant_codes;
+
 /// Whether zeropoint can run this node.
 pub fn supports(node: &Node) -> bool {
     matches!(node.domain.as_str(), "" | "ai.onnx") && lookup(&node.op).is_some()

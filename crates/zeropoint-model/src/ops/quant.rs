@@ -6,7 +6,7 @@ use zeropoint_core::{Code, Granularity, Grid, QParams};
 
 use super::{axis, c, dtype_code, one, Cx, OpError, R};
 use crate::tensor::DType;
-use crate::value::{carrier, Value};
+use crate::value::Value;
 
 /// The scale/zero-point layout: per tensor, per axis (1-D scale), or blocked (block_size > 0).
 fn params(cx: &Cx, x_shape: &[usize], code_type: DType) -> R<QParams> {
@@ -64,20 +64,29 @@ pub fn quantize_linear(cx: &Cx) -> R<Vec<Value>> {
     };
     let shape = x.shape().to_vec();
     let p = params(cx, &shape, to)?;
-    let xs = x.to_f32s()?;
-    fn q<T: Code>(xs: &[f32], shape: &[usize], p: &QParams) -> R<Vec<i64>> {
-        let mut out = vec![T::default(); xs.len()];
-        zeropoint_core::quantize(xs, shape, p, &mut out).map_err(|e| e.to_string())?;
-        Ok(out.into_iter().map(|v| v.code() as i64).collect())
+    let codes = codes(&x.to_f32s()?, &shape, &p, to).map_err(|e| OpError(e.to_string()))?;
+    one(Value::from_ints(codes, &shape, to)?)
+}
+
+/// The codes of `x` (shape `shape`) under `p`, in the storage type `ty` (uint8, int8, uint16,
+/// int16), widened to i64.
+pub(crate) fn codes(
+    x: &[f32],
+    shape: &[usize],
+    p: &QParams,
+    ty: DType,
+) -> zeropoint_core::Result<Vec<i64>> {
+    fn q<T: Code>(x: &[f32], shape: &[usize], p: &QParams) -> zeropoint_core::Result<Vec<i64>> {
+        let mut out = vec![T::default(); x.len()];
+        zeropoint_core::quantize(x, shape, p, &mut out)?;
+        Ok(out.into_iter().map(|v| i64::from(v.code())).collect())
     }
-    let codes = match to {
-        DType::U8 => q::<u8>(&xs, &shape, &p)?,
-        DType::I8 => q::<i8>(&xs, &shape, &p)?,
-        DType::U16 => q::<u16>(&xs, &shape, &p)?,
-        _ => q::<i16>(&xs, &shape, &p)?,
-    };
-    let t = c(Tensor::from_vec(codes, shape.as_slice(), &Device::Cpu)?.to_dtype(carrier(to)))?;
-    one(Value::new(t, to))
+    match ty {
+        DType::U8 => q::<u8>(x, shape, p),
+        DType::I8 => q::<i8>(x, shape, p),
+        DType::U16 => q::<u16>(x, shape, p),
+        _ => q::<i16>(x, shape, p),
+    }
 }
 
 pub fn dequantize_linear(cx: &Cx) -> R<Vec<Value>> {
