@@ -119,10 +119,10 @@ pub fn print(e: &Evaluation, json_out: bool) -> Result<()> {
             "top1": e.top1.map(|(f, q)| json!({"float": pct(f), "quantized": pct(q)})),
             "top5": e.top5.map(|(f, q)| json!({"float": pct(f), "quantized": pct(q)})),
             "argmax_agreement": pct(e.agree),
-            "output_sqnr_db": e.output_sqnr.db(),
+            "output_sqnr_db": e.output_sqnr.stats().sqnr_db,
             "cosine_mean": e.cosine_mean,
             "cosine_min": e.cosine_min,
-            "layers": e.layers.iter().map(|(n, s)| json!({"value": n, "sqnr_db": s.db()})).collect::<Vec<_>>(),
+            "layers": e.layers.iter().map(|(n, s)| json!({"value": n, "sqnr_db": s.stats().sqnr_db})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -147,14 +147,14 @@ pub fn print(e: &Evaluation, json_out: bool) -> Result<()> {
         e.agree,
         pct(e.agree),
         e.output,
-        db(e.output_sqnr.db()),
+        db(e.output_sqnr.stats().sqnr_db),
         e.cosine_mean,
         e.cosine_min
     );
     if !e.layers.is_empty() {
         let mut t = Table::new(&["layer output", "SQNR dB"]);
         for (n, s) in &e.layers {
-            t.row(vec![n.clone(), db(s.db())]);
+            t.row(vec![n.clone(), db(s.stats().sqnr_db)]);
         }
         print!("\n{}", t.render());
     }

@@ -296,7 +296,7 @@ fn report(
             let qp = o.params.activations.get(name);
             json!({
                 "value": name,
-                "sqnr_db": if s.db().is_finite() { Some(s.db()) } else { None },
+                "sqnr_db": Some(s.stats().sqnr_db).filter(|d| d.is_finite()),
                 "range": o.params.ranges.get(name).map(|r| [r.0, r.1]),
                 "scale": qp.map(|q| q.scale[0]),
                 "zero_point": qp.map(|q| q.zero_point[0]),

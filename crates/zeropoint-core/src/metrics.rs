@@ -143,6 +143,25 @@ fn ordered_sum(parts: Vec<Acc>) -> Acc {
     parts.iter().fold(Acc::default(), |a, p| a.merge(p))
 }
 
+/// Error statistics accumulated slice by slice (batches streamed through a model), for when the
+/// whole reference is never in memory at once. `stats()` gives what [`compare`] would give on
+/// the concatenated slices (up to the order of the f64 sums).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Running(Acc);
+
+impl Running {
+    /// Adds the element pairs of one slice. Lengths must match; extra elements are ignored.
+    pub fn add(&mut self, reference: &[f32], approx: &[f32]) {
+        for (&x, &y) in reference.iter().zip(approx) {
+            self.0.add(x, y, false);
+        }
+    }
+
+    pub fn stats(&self) -> ErrorStats {
+        self.0.stats()
+    }
+}
+
 /// Error of `approx` against `reference`.
 pub fn compare(reference: &[f32], approx: &[f32]) -> Result<ErrorStats> {
     if reference.len() != approx.len() {
@@ -204,6 +223,21 @@ pub fn quantization_error(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn running_statistics_equal_those_of_the_whole() {
+        let x: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let y: Vec<f32> = x.iter().map(|v| (v * 16.0).round() / 16.0).collect();
+        let mut r = Running::default();
+        for (a, b) in x.chunks(97).zip(y.chunks(97)) {
+            r.add(a, b);
+        }
+        let (whole, parts) = (compare(&x, &y).unwrap(), r.stats());
+        assert_eq!(whole.n, parts.n);
+        assert!((whole.sqnr_db - parts.sqnr_db).abs() < 1e-9);
+        assert!((whole.cosine - parts.cosine).abs() < 1e-12);
+        assert_eq!(Running::default().stats().sqnr_db, f64::INFINITY);
+    }
     use super::*;
     use crate::{Granularity, Grid};
 

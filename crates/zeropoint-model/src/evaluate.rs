@@ -9,7 +9,7 @@ use crate::dataset::Dataset;
 use crate::error::FileError;
 use crate::exec::Executor;
 use crate::graph::Graph;
-use crate::ptq::Sqnr;
+use zeropoint_core::metrics::{compare, Running};
 
 /// What the comparison found.
 #[derive(Debug, Clone, Default)]
@@ -22,11 +22,11 @@ pub struct Evaluation {
     pub top5: Option<(usize, usize)>,
     /// Samples on which both models pick the same class.
     pub agree: usize,
-    pub output_sqnr: Sqnr,
+    pub output_sqnr: Running,
     /// Per-sample cosine similarity of the output rows: mean and minimum.
     pub cosine_mean: f64,
     pub cosine_min: f64,
-    pub layers: Vec<(String, Sqnr)>,
+    pub layers: Vec<(String, Running)>,
 }
 
 /// Runs the quantized model in another runtime: a batch in, the graph outputs out.
@@ -80,9 +80,9 @@ pub fn evaluate(
         .filter(|o| produced.contains(o.as_str()))
         .cloned()
         .collect();
-    let mut layers: HashMap<String, Sqnr> = common
+    let mut layers: HashMap<String, Running> = common
         .iter()
-        .map(|c| (c.clone(), Sqnr::default()))
+        .map(|c| (c.clone(), Running::default()))
         .collect();
     let mut e = Evaluation {
         output: output.clone(),
@@ -127,7 +127,9 @@ pub fn evaluate(
                 &f[r * width..(r + 1) * width],
                 &q[r * width..(r + 1) * width],
             );
-            let c = cosine(fr, qr);
+            let c = compare(fr, qr)
+                .map_err(|e| FileError::new(&quant.source, e.to_string()))?
+                .cosine;
             cosine_sum += c;
             e.cosine_min = e.cosine_min.min(c);
             let (tf, tq) = (top(fr, 5), top(qr, 5));
@@ -154,20 +156,6 @@ pub fn evaluate(
         })
         .collect();
     Ok(e)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    if na == 0.0 || nb == 0.0 {
-        return if na == nb { 1.0 } else { 0.0 };
-    }
-    dot / (na * nb)
 }
 
 /// Indices of the `k` largest values, largest first (ties: lower index first).

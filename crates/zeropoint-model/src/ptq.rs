@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use zeropoint_core::metrics::Running;
+
 use crate::calibrate::{self, Params, Settings};
 use crate::canonicalize::{canonicalize, Report};
 use crate::dataset::{Dataset, Preprocess};
@@ -32,30 +34,6 @@ pub struct Options {
     pub report_samples: usize,
 }
 
-/// Signal and noise power of one value, accumulated over batches.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Sqnr {
-    pub signal: f64,
-    pub noise: f64,
-}
-
-impl Sqnr {
-    pub fn db(&self) -> f64 {
-        if self.noise == 0.0 {
-            f64::INFINITY
-        } else {
-            10.0 * (self.signal / self.noise).log10()
-        }
-    }
-
-    pub fn add(&mut self, reference: &[f32], approx: &[f32]) {
-        for (r, a) in reference.iter().zip(approx) {
-            self.signal += f64::from(*r) * f64::from(*r);
-            self.noise += (f64::from(*r) - f64::from(*a)).powi(2);
-        }
-    }
-}
-
 /// Everything a quantization run produced.
 pub struct Outcome {
     pub model: ModelProto,
@@ -66,7 +44,7 @@ pub struct Outcome {
     pub calibration_samples: usize,
     /// Per planned activation and per graph output, in graph order: SQNR of the simulated
     /// quantized model against the float one.
-    pub sqnr: Vec<(String, Sqnr)>,
+    pub sqnr: Vec<(String, Running)>,
     pub seconds: HashMap<&'static str, f64>,
 }
 
@@ -201,7 +179,7 @@ pub fn layer_sqnr(
     data: &mut Dataset,
     batch: usize,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<Vec<(String, Sqnr)>, FileError> {
+) -> Result<Vec<(String, Running)>, FileError> {
     let float = Executor::new(graph)?;
     let qgraph = calibrate::quantized_weights(graph, params)?;
     let sim = Simulation::new(&qgraph, params)?;
@@ -217,8 +195,10 @@ pub fn layer_sqnr(
         .collect();
     names.sort_by_key(|n| order.get(n).copied().unwrap_or(0));
     names.dedup();
-    let mut acc: HashMap<String, Sqnr> =
-        names.iter().map(|n| (n.clone(), Sqnr::default())).collect();
+    let mut acc: HashMap<String, Running> = names
+        .iter()
+        .map(|n| (n.clone(), Running::default()))
+        .collect();
     let (mut done, total) = (0, data.len);
     while let Some(b) = data.next_batch(batch)? {
         let n = b
