@@ -187,11 +187,7 @@ fn read_inputs(
 
 fn describe(i: &ValueInfo) -> String {
     let dtype = i.dtype.map_or("?".to_string(), |d| d.to_string());
-    let shape = i.shape.as_ref().map_or("?".to_string(), |s| {
-        let d: Vec<String> = s.iter().map(|d| d.to_string()).collect();
-        format!("[{}]", d.join(", "))
-    });
-    format!("{} {dtype} {shape}", i.name)
+    format!("{} {dtype} {}", i.name, i.shape_text())
 }
 
 /// Name, dtype, shape and the range and mean of the values.

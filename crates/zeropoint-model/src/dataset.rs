@@ -16,7 +16,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::error::{FileError, Result};
-use crate::graph::{Dim, ValueInfo};
+use crate::graph::{dims_fit, Dim, ValueInfo};
 use crate::images::{self, ImagePrep, Layout};
 use crate::npy;
 use crate::tensor::{element_count, DType, RawTensor};
@@ -227,23 +227,17 @@ impl Stream {
                 format!("input '{}' must be {want}, the data is {dtype}", info.name),
             ));
         }
-        if let Some(decl) = &info.shape {
-            let fits = decl.len() == per_sample.len() + 1
-                && decl[1..]
-                    .iter()
-                    .zip(per_sample)
-                    .all(|(d, &n)| !matches!(d, Dim::Fixed(f) if *f != n));
-            if !fits {
-                let want: Vec<String> = decl.iter().map(Dim::to_string).collect();
-                return Err(FileError::new(
-                    self.path(),
-                    format!(
-                        "input '{}' must have shape [{}], the data has samples of shape {per_sample:?}",
-                        info.name,
-                        want.join(", ")
-                    ),
-                ));
-            }
+        // The batch dimension is the data's to choose.
+        let fits = |decl: &Vec<Dim>| !decl.is_empty() && dims_fit(&decl[1..], per_sample);
+        if info.shape.as_ref().is_some_and(|decl| !fits(decl)) {
+            return Err(FileError::new(
+                self.path(),
+                format!(
+                    "input '{}' must have shape {}, the data has samples of shape {per_sample:?}",
+                    info.name,
+                    info.shape_text()
+                ),
+            ));
         }
         Ok(())
     }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use crate::error::FileError;
-use crate::graph::{Dim, Graph, Node};
+use crate::graph::{dims_fit, Graph, Node};
 use crate::ops::{self, Cx};
 use crate::value::Value;
 
@@ -141,21 +141,13 @@ impl<'g> Executor<'g> {
                     info.name, v.dtype
                 )));
             }
-            if let Some(shape) = &info.shape {
-                let fits = shape.len() == v.shape().len()
-                    && shape
-                        .iter()
-                        .zip(v.shape())
-                        .all(|(d, &n)| !matches!(d, Dim::Fixed(f) if *f != n));
-                if !fits {
-                    let want: Vec<String> = shape.iter().map(Dim::to_string).collect();
-                    return Err(err(format!(
-                        "input '{}' must have shape [{}], got {:?}",
-                        info.name,
-                        want.join(", "),
-                        v.shape()
-                    )));
-                }
+            if info.shape.as_ref().is_some_and(|s| !dims_fit(s, v.shape())) {
+                return Err(err(format!(
+                    "input '{}' must have shape {}, got {:?}",
+                    info.name,
+                    info.shape_text(),
+                    v.shape()
+                )));
             }
         }
         Ok(())

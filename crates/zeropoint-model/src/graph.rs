@@ -42,6 +42,25 @@ pub struct ValueInfo {
     pub shape: Option<Vec<Dim>>,
 }
 
+impl ValueInfo {
+    /// The declared shape as text, "[N, 1, 28, 28]", or "?" when none is declared.
+    pub fn shape_text(&self) -> String {
+        self.shape.as_ref().map_or("?".into(), |s| {
+            let dims: Vec<String> = s.iter().map(Dim::to_string).collect();
+            format!("[{}]", dims.join(", "))
+        })
+    }
+}
+
+/// Whether `dims` fit the declared `shape`: the same rank, and equal where a dimension is fixed.
+pub fn dims_fit(shape: &[Dim], dims: &[usize]) -> bool {
+    shape.len() == dims.len()
+        && shape
+            .iter()
+            .zip(dims)
+            .all(|(d, &n)| !matches!(d, Dim::Fixed(f) if *f != n))
+}
+
 /// One operator application.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
