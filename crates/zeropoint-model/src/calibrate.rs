@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 
-use candle_core::Tensor;
 use zeropoint_core::observer::{estimate_values, Config, Method, Observer};
 use zeropoint_core::{fake_quant, Granularity, QParams, Scheme};
 
@@ -61,10 +60,6 @@ pub struct Params {
     pub biases: HashMap<String, BiasParams>,
 }
 
-fn f32s(v: &Value) -> Result<Vec<f32>, String> {
-    v.to_f32s()
-}
-
 /// Streams `data` through the float model, feeding an observer per planned activation.
 /// `progress` is called with the number of samples done after each batch.
 pub fn observe(
@@ -111,7 +106,7 @@ pub fn observe(
             .try_for_each(|(observers, part)| {
                 exec.run_with(part, &mut |name, v| {
                     if let Some(obs) = observers.get_mut(name) {
-                        let x = f32s(&v)?;
+                        let x = v.to_f32s()?;
                         if let Some(bad) = x.iter().find(|x| !x.is_finite()) {
                             return Err(format!(
                                 "activation has a non-finite value ({bad}): check the data"
@@ -268,15 +263,8 @@ pub fn quantized_weights(graph: &Graph, p: &Params) -> Result<Graph, FileError> 
     let mut g = graph.clone();
     for (name, value) in g.initializers.iter_mut() {
         if let Some(qp) = p.weights.get(name) {
-            let x = value
-                .to_f32s()
+            *value = fake_quant_value(value.clone(), qp)
                 .map_err(|m| err(format!("weight '{name}': {m}")))?;
-            let y = fake_quant(&x, value.shape(), qp)
-                .map_err(|e| err(format!("weight '{name}': {e}")))?;
-            *value = Value::f32(
-                Tensor::from_vec(y, value.shape(), &candle_core::Device::Cpu)
-                    .map_err(|e| err(e.to_string()))?,
-            );
         } else if let Some(b) = p.biases.get(name) {
             let y: Vec<f32> = b
                 .codes
@@ -284,10 +272,8 @@ pub fn quantized_weights(graph: &Graph, p: &Params) -> Result<Graph, FileError> 
                 .zip(&b.scale)
                 .map(|(&q, &s)| q as f32 * s)
                 .collect();
-            *value = Value::f32(
-                Tensor::from_vec(y, value.shape(), &candle_core::Device::Cpu)
-                    .map_err(|e| err(e.to_string()))?,
-            );
+            *value = Value::from_f32_vec(y, value.shape())
+                .map_err(|m| err(format!("bias '{name}': {m}")))?;
         }
     }
     Ok(g)
@@ -295,8 +281,6 @@ pub fn quantized_weights(graph: &Graph, p: &Params) -> Result<Graph, FileError> 
 
 /// Fake-quantizes `v` (float32) with `qp`.
 pub fn fake_quant_value(v: Value, qp: &QParams) -> Result<Value, String> {
-    let x = f32s(&v)?;
-    let y = fake_quant(&x, v.shape(), qp).map_err(|e| e.to_string())?;
-    let t = Tensor::from_vec(y, v.shape(), v.tensor.device()).map_err(|e| e.to_string())?;
-    Ok(Value::f32(t))
+    let y = fake_quant(&v.to_f32s()?, v.shape(), qp).map_err(|e| e.to_string())?;
+    Value::from_f32_vec(y, v.shape())
 }
