@@ -110,7 +110,8 @@ pub fn remove_dead(graph: &mut Graph) -> (usize, usize) {
 /// feeds it, when all parameters are initializers.
 pub fn fold_batch_norms(graph: &mut Graph) -> Result<Vec<(String, String)>, FileError> {
     let mut folded = Vec::new();
-    while let Some((bn, anchor)) = find_foldable(graph) {
+    let matrices = two_d_values(graph);
+    while let Some((bn, anchor)) = find_foldable(graph, &matrices) {
         let names = (
             graph.nodes[bn].name.clone(),
             graph.nodes[anchor].name.clone(),
@@ -127,7 +128,7 @@ pub fn fold_batch_norms(graph: &mut Graph) -> Result<Vec<(String, String)>, File
 }
 
 /// The next (BatchNormalization, producer) pair that can be folded.
-fn find_foldable(graph: &Graph) -> Option<(usize, usize)> {
+fn find_foldable(graph: &Graph, matrices: &HashSet<String>) -> Option<(usize, usize)> {
     let producers = graph.producers();
     let consumers = graph.consumers();
     let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
@@ -161,7 +162,7 @@ fn find_foldable(graph: &Graph) -> Option<(usize, usize)> {
                 graph
                     .initializer(&anchor.inputs[1])
                     .is_some_and(|w| w.shape().len() == 2)
-                    && bn_input_rank2(graph, x)
+                    && matrices.contains(x)
             }
             _ => false,
         };
@@ -169,9 +170,30 @@ fn find_foldable(graph: &Graph) -> Option<(usize, usize)> {
     })
 }
 
-/// Whether the value `x` is 2-D, from shape inference (false if unknown).
-fn bn_input_rank2(graph: &Graph, x: &str) -> bool {
-    crate::infer::infer(graph).is_ok_and(|t| t.get(x).is_some_and(|t| t.shape.len() == 2))
+/// The 2-D values of the graph, from shape inference (two runs of the model), computed only if
+/// a MatMul feeds a BatchNormalization. Folding keeps every value's name and shape, so one
+/// inference serves all the folds.
+fn two_d_values(graph: &Graph) -> HashSet<String> {
+    let producers = graph.producers();
+    let matmul_bn = graph.nodes.iter().any(|n| {
+        n.op == "BatchNormalization"
+            && n.inputs
+                .first()
+                .and_then(|x| producers.get(x.as_str()))
+                .is_some_and(|&p| graph.nodes[p].op == "MatMul")
+    });
+    if !matmul_bn {
+        return HashSet::new();
+    }
+    crate::infer::infer(graph)
+        .map(|types| {
+            types
+                .into_iter()
+                .filter(|(_, t)| t.shape.len() == 2)
+                .map(|(n, _)| n)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<(), String> {

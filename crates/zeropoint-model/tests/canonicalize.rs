@@ -180,3 +180,68 @@ fn dead_nodes_and_their_initializers_are_removed() {
     assert_eq!((nodes, inits), (1, 1));
     assert!(graph.nodes.iter().all(|n| n.name != "dangling"));
 }
+
+#[test]
+fn batch_norm_after_a_matmul_becomes_a_gemm() {
+    use std::collections::HashMap;
+    use zeropoint_model::graph::{Dim, Node, ValueInfo};
+    use zeropoint_model::{DType, Value};
+    let v = |data: Vec<f32>, shape: &[usize]| Value::from_f32_vec(data, shape).unwrap();
+    let node = |name: &str, op: &str, inputs: &[&str], output: &str| Node {
+        name: name.into(),
+        op: op.into(),
+        domain: String::new(),
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        outputs: vec![output.into()],
+        attributes: vec![],
+    };
+    let info = |name: &str, shape: Vec<Dim>| ValueInfo {
+        name: name.into(),
+        dtype: Some(DType::F32),
+        shape: Some(shape),
+    };
+    let w: Vec<f32> = (0..12).map(|i| (i as f32 * 0.7).sin()).collect();
+    let mut graph = Graph {
+        source: "matmul_bn.onnx".into(),
+        opset: 13,
+        inputs: vec![info("x", vec![Dim::Sym("N".into()), Dim::Fixed(4)])],
+        outputs: vec![info("y", vec![Dim::Sym("N".into()), Dim::Fixed(3)])],
+        initializers: vec![
+            ("w".into(), v(w, &[4, 3])),
+            ("gamma".into(), v(vec![1.5, -0.5, 2.0], &[3])),
+            ("beta".into(), v(vec![0.1, 0.2, -0.3], &[3])),
+            ("mean".into(), v(vec![0.3, -0.2, 0.05], &[3])),
+            ("var".into(), v(vec![0.9, 2.0, 0.25], &[3])),
+        ],
+        nodes: vec![
+            node("mm", "MatMul", &["x", "w"], "h"),
+            node(
+                "bn",
+                "BatchNormalization",
+                &["h", "gamma", "beta", "mean", "var"],
+                "y",
+            ),
+        ],
+    };
+    let x: Vec<f32> = (0..20).map(|i| (i as f32 * 1.3).cos()).collect();
+    let feeds = HashMap::from([("x".to_string(), v(x, &[5, 4]))]);
+    let before = Executor::new(&graph).unwrap().run(feeds.clone()).unwrap()[0]
+        .1
+        .to_f32s()
+        .unwrap();
+    let report = canonicalize(&mut graph).unwrap();
+    assert_eq!(
+        report.folded_batch_norms,
+        vec![("bn".to_string(), "mm".to_string())]
+    );
+    assert_eq!(graph.nodes.len(), 1);
+    assert_eq!(graph.nodes[0].op, "Gemm");
+    let after = Executor::new(&graph).unwrap().run(feeds).unwrap()[0]
+        .1
+        .to_f32s()
+        .unwrap();
+    assert!(
+        compare::max_abs_diff(&before, &after) < 1e-6,
+        "{before:?} {after:?}"
+    );
+}
