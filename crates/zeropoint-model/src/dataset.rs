@@ -61,7 +61,7 @@ enum Stream {
         sample: Vec<usize>,
     },
     /// An array already in memory (a compressed .npz member).
-    Memory { tensor: RawTensor },
+    Memory { path: PathBuf, tensor: RawTensor },
     /// Image files, decoded one batch at a time.
     Images {
         dir: PathBuf,
@@ -196,14 +196,14 @@ impl Stream {
         match self {
             Stream::Array { path, .. } | Stream::Idx { path, .. } => path,
             Stream::Images { dir, .. } => dir,
-            Stream::Memory { .. } => Path::new("(npz member)"),
+            Stream::Memory { path, .. } => path,
         }
     }
 
     fn sample_shape(&self) -> (&[usize], DType) {
         match self {
             Stream::Array { sample, dtype, .. } => (sample, *dtype),
-            Stream::Memory { tensor } => (&tensor.shape[1..], tensor.dtype),
+            Stream::Memory { tensor, .. } => (&tensor.shape, tensor.dtype),
             Stream::Idx { sample, .. } | Stream::Images { sample, .. } => (sample, DType::F32),
         }
     }
@@ -213,7 +213,7 @@ impl Stream {
             Stream::Array { sample, .. }
             | Stream::Idx { sample, .. }
             | Stream::Images { sample, .. } => sample[0],
-            Stream::Memory { tensor } => tensor.shape[0],
+            Stream::Memory { tensor, .. } => tensor.shape[0],
         }
     }
 
@@ -260,7 +260,7 @@ impl Stream {
                     .map_err(|e| FileError::io(path, "read", &e))?;
                 Ok(batch_of(sample, n, *dtype, data))
             }
-            Stream::Memory { tensor } => {
+            Stream::Memory { tensor, .. } => {
                 let row = tensor.data.len() / tensor.shape[0].max(1);
                 Ok(batch_of(
                     &tensor.shape,
@@ -421,6 +421,8 @@ fn open_npz(path: &Path) -> Result<Vec<(String, Stream)>> {
     let mut zip = zip::ZipArchive::new(file)
         .map_err(|e| FileError::new(path, format!("not a valid .npz (zip) archive: {e}")))?;
     let mut out = Vec::new();
+    // Compressed members cannot be read with seeks: the archive is decompressed once, for all.
+    let mut decompressed: Option<Vec<RawTensor>> = None;
     for i in 0..zip.len() {
         let member = zip
             .by_index(i)
@@ -439,11 +441,14 @@ fn open_npz(path: &Path) -> Result<Vec<(String, Stream)>> {
                 array_stream(path, BufReader::new(file), start)?
             }
             _ => {
-                let tensors = crate::tensor_file::read_arrays(path)?;
-                let tensor = tensors
-                    .into_iter()
-                    .find(|t| t.name == name)
-                    .expect("member listed");
+                if decompressed.is_none() {
+                    decompressed = Some(crate::tensor_file::read_arrays(path)?);
+                }
+                let all = decompressed.as_mut().expect("just read");
+                let at = all.iter().position(|t| t.name == name).ok_or_else(|| {
+                    FileError::tensor(path, &name, "member vanished from the archive")
+                })?;
+                let tensor = all.swap_remove(at);
                 if tensor.shape.is_empty() {
                     return Err(FileError::tensor(
                         path,
@@ -451,7 +456,10 @@ fn open_npz(path: &Path) -> Result<Vec<(String, Stream)>> {
                         "a scalar is not a batch of samples",
                     ));
                 }
-                Stream::Memory { tensor }
+                Stream::Memory {
+                    path: path.to_path_buf(),
+                    tensor,
+                }
             }
         };
         out.push((name, stream));
