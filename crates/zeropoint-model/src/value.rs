@@ -148,23 +148,26 @@ impl Value {
 
     /// The elements as i64 (for shape-like operands: shapes, axes, pads, indices, repeats).
     pub fn to_i64s(&self) -> Result<Vec<i64>> {
-        let t = self.tensor.flatten_all().map_err(|e| e.to_string())?;
-        let t = t.to_dtype(CDType::I64).map_err(|e| e.to_string())?;
-        t.to_vec1::<i64>().map_err(|e| e.to_string())
+        self.elements()
     }
 
     /// The elements as f64 (for scalar float operands).
     pub fn to_f64s(&self) -> Result<Vec<f64>> {
-        let t = self.tensor.flatten_all().map_err(|e| e.to_string())?;
-        let t = t.to_dtype(CDType::F64).map_err(|e| e.to_string())?;
-        t.to_vec1::<f64>().map_err(|e| e.to_string())
+        self.elements()
     }
 
     /// The elements as f32, row-major.
     pub fn to_f32s(&self) -> Result<Vec<f32>> {
-        let t = self.tensor.flatten_all().map_err(|e| e.to_string())?;
-        let t = t.to_dtype(CDType::F32).map_err(|e| e.to_string())?;
-        t.to_vec1::<f32>().map_err(|e| e.to_string())
+        self.elements()
+    }
+
+    /// The elements converted to `T`, row-major.
+    fn elements<T: candle_core::WithDType>(&self) -> Result<Vec<T>> {
+        self.tensor
+            .flatten_all()
+            .and_then(|t| t.to_dtype(T::DTYPE))
+            .and_then(|t| t.to_vec1::<T>())
+            .map_err(|e| e.to_string())
     }
 }
 
