@@ -29,6 +29,53 @@ pub struct Evaluation {
     pub layers: Vec<(String, Running)>,
 }
 
+/// Error per named value of one model against a float reference, batch by batch: the float
+/// run records the values, the other run is measured against them.
+pub(crate) struct LayerErrors {
+    /// The tracked names, in report order.
+    names: Vec<String>,
+    acc: HashMap<String, Running>,
+    reference: HashMap<String, Vec<f32>>,
+}
+
+impl LayerErrors {
+    pub(crate) fn new(names: Vec<String>) -> LayerErrors {
+        let acc = names
+            .iter()
+            .map(|n| (n.clone(), Running::default()))
+            .collect();
+        LayerErrors {
+            names,
+            acc,
+            reference: HashMap::new(),
+        }
+    }
+
+    /// Hook for the float run: keeps the value if it is tracked.
+    pub(crate) fn record(&mut self, name: &str, v: &crate::Value) -> Result<(), String> {
+        if self.acc.contains_key(name) && v.dtype.is_float() {
+            self.reference.insert(name.to_string(), v.to_f32s()?);
+        }
+        Ok(())
+    }
+
+    /// Hook for the other run: adds the value's error against the recorded one.
+    pub(crate) fn measure(&mut self, name: &str, v: &crate::Value) -> Result<(), String> {
+        if let (Some(r), Some(a)) = (self.reference.get(name), self.acc.get_mut(name)) {
+            a.add(r, &v.to_f32s()?);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn into_list(self) -> Vec<(String, Running)> {
+        let acc = self.acc;
+        self.names
+            .into_iter()
+            .map(|n| (n.clone(), acc[&n]))
+            .collect()
+    }
+}
+
 /// Runs the quantized model in another runtime: a batch in, the graph outputs out.
 pub type Runtime<'a> = &'a mut dyn FnMut(
     HashMap<String, crate::Value>,
@@ -80,10 +127,7 @@ pub fn evaluate(
         .filter(|o| produced.contains(o.as_str()))
         .cloned()
         .collect();
-    let mut layers: HashMap<String, Running> = common
-        .iter()
-        .map(|c| (c.clone(), Running::default()))
-        .collect();
+    let mut layers = LayerErrors::new(common);
     let mut e = Evaluation {
         output: output.clone(),
         cosine_min: f64::INFINITY,
@@ -93,19 +137,14 @@ pub fn evaluate(
     };
     let mut cosine_sum = 0.0;
     while let Some(b) = data.next_batch(batch)? {
-        let mut reference: HashMap<String, Vec<f32>> = HashMap::new();
         let fo = fe.run_with(b.clone(), &mut |name, v| {
-            if layers.contains_key(name) && v.dtype.is_float() {
-                reference.insert(name.to_string(), v.to_f32s()?);
-            }
+            layers.record(name, &v)?;
             Ok(v)
         })?;
         let qo = match runtime.as_mut() {
             Some(run) => run(b)?,
             None => qe.run_with(b, &mut |name, v| {
-                if let (Some(r), Some(s)) = (reference.get(name), layers.get_mut(name)) {
-                    s.add(r, &v.to_f32s()?);
-                }
+                layers.measure(name, &v)?;
                 Ok(v)
             })?,
         };
@@ -148,13 +187,7 @@ pub fn evaluate(
         progress(e.samples, data.len);
     }
     e.cosine_mean = cosine_sum / e.samples.max(1) as f64;
-    e.layers = common
-        .into_iter()
-        .map(|c| {
-            let s = layers[&c];
-            (c, s)
-        })
-        .collect();
+    e.layers = layers.into_list();
     Ok(e)
 }
 

@@ -12,6 +12,7 @@ use crate::calibrate::{self, Params, Settings};
 use crate::canonicalize::{canonicalize, Report};
 use crate::dataset::{Dataset, Preprocess};
 use crate::error::FileError;
+use crate::evaluate::LayerErrors;
 use crate::exec::Executor;
 use crate::graph::Graph;
 use crate::onnx::ModelProto;
@@ -195,45 +196,25 @@ pub fn layer_sqnr(
         .collect();
     names.sort_by_key(|n| order.get(n).copied().unwrap_or(0));
     names.dedup();
-    let mut acc: HashMap<String, Running> = names
-        .iter()
-        .map(|n| (n.clone(), Running::default()))
-        .collect();
+    let mut layers = LayerErrors::new(names);
     let (mut done, total) = (0, data.len);
     while let Some(b) = data.next_batch(batch)? {
         let n = b
             .values()
             .next()
             .map_or(0, |v| v.shape().first().copied().unwrap_or(0));
-        let mut reference: HashMap<String, Vec<f32>> = HashMap::new();
         float.run_with(b.clone(), &mut |name, v| {
-            if acc.contains_key(name) && v.dtype.is_float() {
-                reference.insert(name.to_string(), v.to_f32s()?);
-            }
+            layers.record(name, &v)?;
             Ok(v)
         })?;
-        let mut failure = None;
-        sim.run(b, &mut |name, v| {
-            if let (Some(r), Some(a)) = (reference.get(name), acc.get_mut(name)) {
-                match v.to_f32s() {
-                    Ok(x) => a.add(r, &x),
-                    Err(e) => failure = Some(e),
-                }
-            }
+        sim.run_with(b, &mut |name, v| {
+            layers.measure(name, &v)?;
+            Ok(v)
         })?;
-        if let Some(e) = failure {
-            return Err(FileError::new(&graph.source, e));
-        }
         done += n;
         progress(done, total);
     }
-    Ok(names
-        .into_iter()
-        .map(|n| {
-            let s = acc[&n];
-            (n, s)
-        })
-        .collect())
+    Ok(layers.into_list())
 }
 
 /// The default output path beside the model: `<stem>.int8.onnx`.
