@@ -221,7 +221,7 @@ impl Graph {
                 name: Some(name.clone()),
                 dims: raw.shape.iter().map(|&d| d as i64).collect(),
                 data_type: Some(onnx::onnx_code(raw.dtype)),
-                raw_data: Some(raw.data),
+                raw_data: Some(onnx::stored_bytes(raw)),
                 ..Default::default()
             });
         }

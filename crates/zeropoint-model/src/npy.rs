@@ -222,10 +222,11 @@ pub fn raw_to_bytes(t: &RawTensor) -> Vec<u8> {
         DType::I64 => "<i8",
         DType::I32 => "<i4",
         DType::I16 => "<i2",
-        DType::I8 => "|i1",
+        // .npy has no 4-bit types: their values are written as 8-bit ones.
+        DType::I8 | DType::I4 => "|i1",
         DType::U64 => "<u8",
         DType::U32 => "<u4",
-        DType::U8 => "|u1",
+        DType::U8 | DType::U4 => "|u1",
         DType::Bool => "|b1",
     };
     let mut out = header_bytes(&t.shape, descr, t.data.len());

@@ -123,6 +123,8 @@ pub fn onnx_code(dtype: DType) -> i32 {
         DType::U16 => D::Uint16,
         DType::U8 => D::Uint8,
         DType::Bool => D::Bool,
+        DType::I4 => D::Int4,
+        DType::U4 => D::Uint4,
     }) as i32
 }
 
@@ -143,6 +145,8 @@ pub fn dtype_of(code: i32) -> Option<DType> {
         D::Uint16 => DType::U16,
         D::Uint8 => DType::U8,
         D::Bool => DType::Bool,
+        D::Int4 => DType::I4,
+        D::Uint4 => DType::U4,
         _ => return None,
     })
 }
@@ -170,14 +174,39 @@ fn tensor_bytes(
     } else {
         typed_bytes(t, dtype)
     };
-    if Some(bytes.len()) != n.checked_mul(dtype.size()) {
+    let stored = match dtype.packing() {
+        Some(p) => Some(p.bytes_for(n)),
+        None => n.checked_mul(dtype.size()),
+    };
+    if Some(bytes.len()) != stored {
         return Err(format!(
             "shape {shape:?} needs {n} values of {dtype} ({} bytes) but the tensor holds {} bytes",
-            n.saturating_mul(dtype.size()),
+            stored.unwrap_or(usize::MAX),
             bytes.len()
         ));
     }
-    Ok(bytes)
+    Ok(match dtype.packing() {
+        Some(p) => {
+            let mut codes = vec![0i8; n];
+            zeropoint_core::pack::unpack(&bytes, p, &mut codes);
+            codes.into_iter().map(|c| c as u8).collect()
+        }
+        None => bytes,
+    })
+}
+
+/// The bytes a TensorProto stores for `raw`: as in memory, except that 4-bit types are packed two
+/// per byte (element 0 in the low nibble).
+pub fn stored_bytes(raw: RawTensor) -> Vec<u8> {
+    match raw.dtype.packing() {
+        Some(p) => {
+            let codes: Vec<i8> = raw.data.iter().map(|&b| b as i8).collect();
+            let mut out = vec![0u8; p.bytes_for(codes.len())];
+            zeropoint_core::pack::pack(&codes, p, &mut out);
+            out
+        }
+        None => raw.data,
+    }
 }
 
 /// The typed repeated fields of a TensorProto as little-endian bytes of `dtype`.
@@ -196,6 +225,9 @@ fn typed_bytes(t: &TensorProto, dtype: DType) -> Vec<u8> {
         DType::F16 | DType::BF16 | DType::I16 | DType::U16 => {
             le(&t.int32_data, |&v| (v as u16).to_le_bytes())
         }
-        DType::I8 | DType::U8 | DType::Bool => le(&t.int32_data, |&v| [v as u8]),
+        // 4-bit types: one packed byte per int32.
+        DType::I8 | DType::U8 | DType::Bool | DType::I4 | DType::U4 => {
+            le(&t.int32_data, |&v| [v as u8])
+        }
     }
 }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use zeropoint_core::Packing;
+
 /// Element types zeropoint reads from tensor files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -18,6 +20,10 @@ pub enum DType {
     U16,
     U8,
     Bool,
+    /// 4-bit integers: packed two per byte in ONNX files, one per byte in memory (sign-extended).
+    I4,
+    /// 4-bit unsigned integers: packed two per byte in ONNX files, one per byte in memory.
+    U4,
 }
 
 impl DType {
@@ -36,16 +42,27 @@ impl DType {
             DType::U16 => "uint16",
             DType::U8 => "uint8",
             DType::Bool => "bool",
+            DType::I4 => "int4",
+            DType::U4 => "uint4",
         }
     }
 
-    /// Bytes per element.
+    /// Bytes per element in memory (4-bit types take a byte each there; see [`DType::packing`]).
     pub fn size(self) -> usize {
         match self {
             DType::F64 | DType::I64 | DType::U64 => 8,
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
-            DType::I8 | DType::U8 | DType::Bool => 1,
+            DType::I8 | DType::U8 | DType::Bool | DType::I4 | DType::U4 => 1,
+        }
+    }
+
+    /// How a sub-byte type is packed in ONNX files (None for whole-byte types).
+    pub fn packing(self) -> Option<Packing> {
+        match self {
+            DType::I4 => Some(Packing::Int4),
+            DType::U4 => Some(Packing::UInt4),
+            _ => None,
         }
     }
 
@@ -80,11 +97,11 @@ impl DType {
             DType::I64 => conv!(i64, 8, |v: i64| v as f32),
             DType::I32 => conv!(i32, 4, |v: i32| v as f32),
             DType::I16 => conv!(i16, 2, |v: i16| v as f32),
-            DType::I8 => bytes.iter().map(|&b| b as i8 as f32).collect(),
+            DType::I8 | DType::I4 => bytes.iter().map(|&b| b as i8 as f32).collect(),
             DType::U64 => conv!(u64, 8, |v: u64| v as f32),
             DType::U32 => conv!(u32, 4, |v: u32| v as f32),
             DType::U16 => conv!(u16, 2, |v: u16| v as f32),
-            DType::U8 => bytes.iter().map(|&b| b as f32).collect(),
+            DType::U8 | DType::U4 => bytes.iter().map(|&b| b as f32).collect(),
             DType::Bool => bytes.iter().map(|&b| f32::from(u8::from(b != 0))).collect(),
         }
     }

@@ -27,9 +27,15 @@ pub fn carrier(dtype: DType) -> CDType {
         DType::F16 => CDType::F16,
         DType::BF16 => CDType::BF16,
         DType::U8 | DType::Bool => CDType::U8,
-        DType::I64 | DType::I32 | DType::I16 | DType::I8 | DType::U64 | DType::U32 | DType::U16 => {
-            CDType::I64
-        }
+        DType::I64
+        | DType::I32
+        | DType::I16
+        | DType::I8
+        | DType::U64
+        | DType::U32
+        | DType::U16
+        | DType::I4
+        | DType::U4 => CDType::I64,
     }
 }
 
@@ -97,7 +103,10 @@ impl Value {
             DType::I64 => Tensor::from_vec(le(bytes, i64::from_le_bytes), shape, dev),
             DType::I32 => Tensor::from_vec(le(bytes, |b| i32::from_le_bytes(b) as i64), shape, dev),
             DType::I16 => Tensor::from_vec(le(bytes, |b| i16::from_le_bytes(b) as i64), shape, dev),
-            DType::I8 => Tensor::from_vec(le(bytes, |b: [u8; 1]| b[0] as i8 as i64), shape, dev),
+            DType::I8 | DType::I4 => {
+                Tensor::from_vec(le(bytes, |b: [u8; 1]| b[0] as i8 as i64), shape, dev)
+            }
+            DType::U4 => Tensor::from_vec(le(bytes, |b: [u8; 1]| b[0] as i64), shape, dev),
             DType::U64 => Tensor::from_vec(le(bytes, |b| u64::from_le_bytes(b) as i64), shape, dev),
             DType::U32 => Tensor::from_vec(le(bytes, |b| u32::from_le_bytes(b) as i64), shape, dev),
             DType::U16 => Tensor::from_vec(le(bytes, |b| u16::from_le_bytes(b) as i64), shape, dev),

@@ -33,18 +33,6 @@ const OUT_OF_SCOPE: &[(&str, &str)] = &[
     ("Resize_cubic_default", "mode 'cubic' is not supported"),
     ("Resize_cubic_a05_exclude", "mode 'cubic' is not supported"),
     ("Resize_opset18_antialias", "antialias=1 is not supported"),
-    (
-        "QuantizeLinear_opset21_int4_roundtrip",
-        "data type INT4 is not read",
-    ),
-    (
-        "DequantizeLinear_opset21_int4_blocked",
-        "data type INT4 is not read",
-    ),
-    (
-        "DequantizeLinear_opset21_uint4_zp",
-        "data type UINT4 is not read",
-    ),
 ];
 
 #[test]

@@ -227,6 +227,9 @@ pub fn where_op(cx: &Cx) -> R<Vec<Value>> {
 pub fn cast(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     let to = dtype_code(cx.int("to", 0)?)?;
+    if to.packing().is_some() {
+        return Err(OpError(format!("Cast to {to} is not supported")));
+    }
     one(cast_value(v, to)?)
 }
 

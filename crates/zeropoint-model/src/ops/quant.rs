@@ -31,6 +31,8 @@ fn params(cx: &Cx, x_shape: &[usize], code_type: DType) -> R<QParams> {
         }
     };
     let grid = match code_type {
+        DType::U4 => Grid { qmin: 0, qmax: 15 },
+        DType::I4 => Grid { qmin: -8, qmax: 7 },
         DType::U8 => Grid { qmin: 0, qmax: 255 },
         DType::I8 => Grid {
             qmin: -128,
@@ -68,8 +70,9 @@ pub fn quantize_linear(cx: &Cx) -> R<Vec<Value>> {
     one(Value::from_ints(codes, &shape, to)?)
 }
 
-/// The codes of `x` (shape `shape`) under `p`, in the storage type `ty` (uint8, int8, uint16,
-/// int16), widened to i64.
+/// The codes of `x` (shape `shape`) under `p`, in the storage type `ty` (uint4, int4, uint8,
+/// int8, uint16, int16; 4-bit codes are computed in the 8-bit type on the 4-bit grid of `p`),
+/// widened to i64.
 pub(crate) fn codes(
     x: &[f32],
     shape: &[usize],
@@ -82,8 +85,8 @@ pub(crate) fn codes(
         Ok(out.into_iter().map(|v| i64::from(v.code())).collect())
     }
     match ty {
-        DType::U8 => q::<u8>(x, shape, p),
-        DType::I8 => q::<i8>(x, shape, p),
+        DType::U8 | DType::U4 => q::<u8>(x, shape, p),
+        DType::I8 | DType::I4 => q::<i8>(x, shape, p),
         DType::U16 => q::<u16>(x, shape, p),
         _ => q::<i16>(x, shape, p),
     }
@@ -101,8 +104,8 @@ pub fn dequantize_linear(cx: &Cx) -> R<Vec<Value>> {
         Ok(out)
     }
     let out = match x.dtype {
-        DType::U8 => dq::<u8>(&codes, &shape, &p)?,
-        DType::I8 => dq::<i8>(&codes, &shape, &p)?,
+        DType::U8 | DType::U4 => dq::<u8>(&codes, &shape, &p)?,
+        DType::I8 | DType::I4 => dq::<i8>(&codes, &shape, &p)?,
         DType::U16 => dq::<u16>(&codes, &shape, &p)?,
         DType::I16 => dq::<i16>(&codes, &shape, &p)?,
         // int32 (biases of quantized layers): (q − z)·s in float, as the runtimes compute it.
