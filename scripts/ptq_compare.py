@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """zeropoint's post-training quantization against ONNX Runtime's quantize_static, same calibration data.
 
-Usage: ptq_compare.py [--models a1,a3,a4,b2] [--quick] [--json PATH] [--zeropoint BIN] [--cache DIR]
+Usage: ptq_compare.py [--models a1,a3,a4,b2] [--preset w8a8|w4a8] [--quick] [--json PATH] [--zeropoint BIN] [--cache DIR]
                       [--repeat N] [--latency-runs N] [--ort-timeout S]
 
 Models and data are those of ../shared/assets (see its MANIFEST.md, "Reference results"); MiniLM-L3 and
@@ -21,6 +21,8 @@ Methods (one row each):
   the same with --activation-range minmax, and ONNX Runtime quant_pre_process + quantize_static (QDQ,
   per_channel=True, int8 weights) with the MinMax, Entropy and Percentile calibrators and QInt8 activations
   (MinMax is MANIFEST's baseline; the others at their defaults), plus MinMax with QUInt8 activations.
+  With --preset w4a8: zeropoint --preset w4a8 (its default, min-max and MSE weight ranges) against
+  the same ONNX Runtime rows with weight_type=QInt4 (int4 per-channel weights; ORT moves the model to opset 21).
   ONNX Runtime is fed one calibration sample per batch (MiniLM: one unpadded sentence per batch), as in
   MANIFEST. zeropoint gets the same samples as one .npy/.npz (MiniLM: all 200 sentences padded with [PAD]=0
   to the longest, attention mask 0 there, in one .npz).
@@ -65,13 +67,24 @@ import minilm_l3_eval as me  # noqa: E402
 import ort_baseline as ob  # noqa: E402
 
 METHODS = [
-    # (key, label, kind, settings)
+    # (key, label, kind, settings): zeropoint's extra arguments, or ORT's (calibrator, activation type)
     ("zp", "zeropoint default (mse, u8)", "zp", []),
     ("zp_minmax", "zeropoint minmax (u8)", "zp", ["--activation-range", "minmax"]),
     ("ort_minmax", "ORT MinMax s8 (baseline)", "ort", ("MinMax", "QInt8")),
     ("ort_entropy", "ORT Entropy s8", "ort", ("Entropy", "QInt8")),
     ("ort_percentile", "ORT Percentile s8", "ort", ("Percentile", "QInt8")),
     ("ort_minmax_u8", "ORT MinMax u8", "ort", ("MinMax", "QUInt8")),
+]
+
+# --preset w4a8: int4 per-channel weights (ORT: QInt4, opset 21), 8-bit activations.
+METHODS_W4A8 = [
+    ("zp", "zeropoint w4a8 (default)", "zp", ["--preset", "w4a8"]),
+    ("zp_minmax_w", "zeropoint w4a8, minmax weights", "zp", ["--preset", "w4a8", "--weight-range", "minmax"]),
+    ("zp_mse_w", "zeropoint w4a8, mse weights", "zp", ["--preset", "w4a8", "--weight-range", "mse"]),
+    ("ort_minmax", "ORT MinMax s8, QInt4 (baseline)", "ort", ("MinMax", "QInt8")),
+    ("ort_entropy", "ORT Entropy s8, QInt4", "ort", ("Entropy", "QInt8")),
+    ("ort_percentile", "ORT Percentile s8, QInt4", "ort", ("Percentile", "QInt8")),
+    ("ort_minmax_u8", "ORT MinMax u8, QInt4", "ort", ("MinMax", "QUInt8")),
 ]
 
 
@@ -116,17 +129,19 @@ def ort_worker(spec_path):
     quant_pre_process(spec["src"], pre, skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True)
     t1 = time.perf_counter()
     quantize_static(pre, spec["dst"], Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=getattr(QuantType, spec["activation_type"]), weight_type=QuantType.QInt8,
+                    activation_type=getattr(QuantType, spec["activation_type"]),
+                    weight_type=getattr(QuantType, spec["weight_type"]),
                     calibrate_method=getattr(CalibrationMethod, spec["method"]))
     t2 = time.perf_counter()
     os.remove(pre)
     json.dump(dict(pre_process_s=t1 - t0, quantize_static_s=t2 - t1, total_s=t2 - t0), open(spec["result"], "w"))
 
 
-def ort_quantize(tmp, src, dst, calib_npz, method, act, repeat, timeout):
+def ort_quantize(tmp, src, dst, calib_npz, method, act, weights, repeat, timeout):
     spec = os.path.join(tmp, "ort_spec.json")
     res = os.path.join(tmp, "ort_result.json")
-    json.dump(dict(src=src, dst=dst, calib=calib_npz, method=method, activation_type=act, result=res), open(spec, "w"))
+    json.dump(dict(src=src, dst=dst, calib=calib_npz, method=method, activation_type=act, weight_type=weights,
+                   result=res), open(spec, "w"))
     times = []
     for _ in range(repeat):
         if os.path.exists(res):
@@ -450,7 +465,7 @@ def run_task(task, a, tmp, log):
     zp_args = task.zp_calib(tmp)
     if isinstance(task, B2):
         R["zeropoint_calib_padded_to"] = task.calib_padded_to
-    jobs = list(METHODS)
+    jobs = list(a.methods)
     while jobs:
         key, label, kind, settings = jobs.pop(0)
         dst = os.path.join(tmp, f"{task.key}.{key}.onnx")
@@ -461,9 +476,11 @@ def run_task(task, a, tmp, log):
             padded_npz = os.path.join(tmp, f"{task.key}.ort_calib_padded.npz")
             if not os.path.exists(padded_npz):
                 save_feeds(padded_npz, task.padded_feeds())
-            q = ort_quantize(tmp, task.src, dst, padded_npz, settings[0], settings[1], a.repeat, a.ort_timeout)
+            q = ort_quantize(tmp, task.src, dst, padded_npz, settings[0], settings[1], a.ort_weights, a.repeat,
+                             a.ort_timeout)
         else:
-            q = ort_quantize(tmp, task.src, dst, calib_npz, settings[0], settings[1], a.repeat, a.ort_timeout)
+            q = ort_quantize(tmp, task.src, dst, calib_npz, settings[0], settings[1], a.ort_weights, a.repeat,
+                             a.ort_timeout)
             if not q["ok"] and hasattr(task, "padded_feeds"):
                 # e.g. ORT's histogram calibrators need equally shaped samples: retry on zeropoint's padded set
                 jobs.insert(0, (key + "_padded", label + ", padded calib", "ort_padded", settings))
@@ -495,7 +512,7 @@ def run_task(task, a, tmp, log):
     return R, task
 
 
-def print_table(results, tasks):
+def print_table(results, tasks, a):
     cols = ("method", "metric", "agree w/ fp32", "fidelity", "quant s", "lat x fp32", "MB", "Q/DQ")
     w = (36, 40, 22, 24, 8, 10, 7, 8)
     line = lambda c: "  ".join(f"{str(x):<{w[i]}}" if i < 4 else f"{str(x):>{w[i]}}" for i, x in enumerate(c))  # noqa: E731
@@ -523,7 +540,7 @@ def print_table(results, tasks):
                   + (f" (tied: {', '.join(b['ties'])})" if len(b["ties"]) > 1 else ""))
         if "zeropoint_vs_ort_minmax" in R:
             c = R["zeropoint_vs_ort_minmax"]
-            print(f"zeropoint default / ORT MinMax s8: quantize time x{c['quantize_seconds_ratio']:.2f}, "
+            print(f"zeropoint default / ORT MinMax s8{', QInt4' if a.preset == 'w4a8' else ''}: quantize time x{c['quantize_seconds_ratio']:.2f}, "
                   f"int8 latency x{c['latency_ratio']:.2f}, file size x{c['bytes_ratio']:.2f}")
 
 
@@ -537,8 +554,11 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="quantize each model N times, report the median time")
     ap.add_argument("--latency-runs", type=int, default=None, help="timed inference passes (default 5, 3 with --quick)")
     ap.add_argument("--ort-timeout", type=float, default=180, help="seconds before an ORT quantization is stopped")
+    ap.add_argument("--preset", default="w8a8", choices=("w8a8", "w4a8"),
+                    help="w4a8: int4 weights for both (ORT: QInt4), 8-bit activations")
     ap.add_argument("--ort-worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    a.methods, a.ort_weights = (METHODS_W4A8, "QInt4") if a.preset == "w4a8" else (METHODS, "QInt8")
     if a.ort_worker:
         return ort_worker(a.ort_worker)
     if a.latency_runs is None:
@@ -553,8 +573,8 @@ def main():
     t_start = time.perf_counter()
     out = dict(env=dict(python=platform.python_version(), onnx=onnx.__version__, onnxruntime=ort.__version__,
                         numpy=np.__version__, machine=platform.machine(), cpus=os.cpu_count(), zeropoint=a.zeropoint),
-               settings=dict(quick=a.quick, repeat=a.repeat, latency_runs=a.latency_runs, ort_timeout_s=a.ort_timeout,
-                             methods={k: dict(label=l, kind=kd, settings=s) for k, l, kd, s in METHODS}),
+               settings=dict(preset=a.preset, quick=a.quick, repeat=a.repeat, latency_runs=a.latency_runs, ort_timeout_s=a.ort_timeout,
+                             methods={k: dict(label=l, kind=kd, settings=s) for k, l, kd, s in a.methods}),
                models={})
     tasks = {}
     with tempfile.TemporaryDirectory(prefix="ptq_compare_") as tmp:
@@ -575,10 +595,10 @@ def main():
             out["models"][task.key] = R
             tasks[task.key] = task
     out["total_seconds"] = time.perf_counter() - t_start
-    print(f"zeropoint vs ONNX Runtime static int8 (QDQ), same calibration data; onnxruntime {ort.__version__}, "
+    print(f"zeropoint vs ONNX Runtime static {a.preset} (QDQ), same calibration data; onnxruntime {ort.__version__}, "
           f"{os.cpu_count()} CPUs. quant s: whole zeropoint command vs ORT quant_pre_process+quantize_static; "
           f"lat x fp32: ORT CPU latency (1 thread, eval batch) of the int8 model / float model.")
-    print_table(out["models"], tasks)
+    print_table(out["models"], tasks, a)
     print(f"\ntotal {out['total_seconds']:.0f} s")
     if a.json:
         with open(a.json, "w") as f:

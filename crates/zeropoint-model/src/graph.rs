@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::FileError;
+use crate::onnx::proto::attribute_proto::AttributeType;
 use crate::onnx::proto::{
     tensor_shape_proto, type_proto, AttributeProto, NodeProto, TensorProto, ValueInfoProto,
 };
@@ -208,6 +209,13 @@ impl Graph {
     /// values that no longer exist are dropped.
     pub fn to_model(&self, base: &ModelProto) -> Result<ModelProto, FileError> {
         let mut model = base.clone();
+        // An upgrade (crate::opset) may have raised the default domain's version.
+        for o in model.opset_import.iter_mut() {
+            if matches!(o.domain(), "" | "ai.onnx") {
+                o.version = Some(self.opset);
+            }
+        }
+        model.ir_version = Some(model.ir_version().max(min_ir_version(self.opset)));
         let g = model
             .graph
             .as_mut()
@@ -355,4 +363,56 @@ fn name_nodes(nodes: &[NodeProto]) -> Vec<Node> {
             }
         })
         .collect()
+}
+
+/// An integer attribute, for the nodes rewrites add.
+pub fn int_attribute(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        i: Some(v),
+        r#type: Some(AttributeType::Int as i32),
+        ..Default::default()
+    }
+}
+
+/// The oldest IR version that may import `opset` of the default domain (onnx's version table).
+fn min_ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=8 => 3,
+        9 => 4,
+        10 => 5,
+        11 => 6,
+        12..=14 => 7,
+        15..=18 => 8,
+        19 | 20 => 9,
+        21 | 22 => 10,
+        _ => 11,
+    }
+}
+
+/// Value and node names not used in a graph yet, for the nodes and initializers a rewrite adds.
+pub struct Names(HashSet<String>);
+
+impl Names {
+    pub fn new(g: &Graph) -> Names {
+        let mut taken: HashSet<String> = g.initializers.iter().map(|(n, _)| n.clone()).collect();
+        taken.extend(g.inputs.iter().map(|i| i.name.clone()));
+        for n in &g.nodes {
+            taken.insert(n.name.clone());
+            taken.extend(n.outputs.iter().cloned());
+        }
+        Names(taken)
+    }
+
+    /// `base`, or `base_2`, `base_3`, ... if taken; reserved from then on.
+    pub fn fresh(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut k = 2;
+        while self.0.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        self.0.insert(name.clone());
+        name
+    }
 }

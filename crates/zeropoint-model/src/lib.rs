@@ -13,7 +13,8 @@
 //!   [`infer`] for the shape and dtype of every value.
 //! - [`exec`]: the executor, on candle-core tensors ([`value`], operators in [`ops`]), with a
 //!   hook that observes or replaces every value; gradients through candle's autodiff.
-//! - [`canonicalize`]: constant folding, BatchNorm folding, dead nodes, fused groups.
+//! - [`canonicalize`]: constant folding, BatchNorm folding, dead nodes, fused groups;
+//!   [`opset`]: upgrading a graph to a newer opset.
 //!
 //! ```no_run
 //! use std::collections::HashMap;
@@ -45,6 +46,7 @@ pub mod infer;
 pub mod npy;
 pub mod onnx;
 pub mod ops;
+pub mod opset;
 pub mod placement;
 pub mod ptq;
 pub mod qdq_export;

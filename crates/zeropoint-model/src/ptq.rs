@@ -61,18 +61,11 @@ pub fn quantize(
     external_data::load_external_data(&mut proto, path)?;
     let mut graph = Graph::from_model(&proto, path)?;
     Executor::new(&graph)?;
-    let wide = [&opts.settings.weights, &opts.settings.activations]
-        .iter()
-        .any(|s| s.bits > 8);
-    if wide && graph.opset < 21 {
-        return Err(FileError::new(
-            path,
-            format!(
-                "16-bit quantization needs opset 21 for its QuantizeLinear/DequantizeLinear; the model has opset {} (convert it with onnx.version_converter, or use 8-bit)",
-                graph.opset
-            ),
-        ));
-    }
+    // Fail before calibrating if the export will need an opset the model cannot be upgraded to.
+    crate::opset::upgrade(
+        &mut graph.clone(),
+        crate::qdq_export::required_opset(&opts.settings),
+    )?;
     let canonical = canonicalize(&mut graph)?;
     crate::canonicalize::decompose_hard_swish(&mut graph);
     let plan = Plan::new(&graph, &opts.exclude)?;

@@ -4,16 +4,14 @@
 //! OpenVINO) recognize the pattern and run the layers in integer arithmetic; the float graph
 //! between the pairs is unchanged.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
-use zeropoint_core::{Granularity, QParams};
+use zeropoint_core::{Granularity, Grid, Layout, QParams};
 
-use crate::calibrate::Params;
+use crate::calibrate::{Params, Settings};
 use crate::error::FileError;
-use crate::graph::{Graph, Node};
-use crate::onnx::proto::attribute_proto::AttributeType;
-use crate::onnx::proto::AttributeProto;
+use crate::graph::{int_attribute, Graph, Names, Node};
 use crate::onnx::ModelProto;
 use crate::placement::Plan;
 use crate::tensor::DType;
@@ -28,25 +26,13 @@ pub fn export(
     base: &ModelProto,
 ) -> Result<ModelProto, FileError> {
     let err = |m: String| FileError::new(&graph.source, m);
-    let per_axis = p.weights.values().any(|q| q.scale.len() > 1) || !p.biases.is_empty();
-    if graph.opset < 13 && per_axis {
-        return Err(err(format!(
-            "the model has opset {}: per-channel DequantizeLinear needs opset 13 (convert the model with onnx.version_converter first)",
-            graph.opset
-        )));
-    }
-    let sixteen = p
-        .activations
-        .values()
-        .chain(p.weights.values())
-        .any(|q| matches!(storage(q), DType::U16 | DType::I16));
-    if graph.opset < 21 && sixteen {
-        return Err(err(format!(
-            "16-bit QuantizeLinear/DequantizeLinear need opset 21; the model has opset {} (convert it with onnx.version_converter, or use 8-bit activations)",
-            graph.opset
-        )));
-    }
     let mut g = graph.clone();
+    let quantizers = p.weights.values().chain(p.activations.values());
+    let mut opset = opset_for(quantizers.map(|q| (q.grid, q.granularity)));
+    if !p.biases.is_empty() {
+        opset = opset.max(13); // int32 biases are dequantized per channel
+    }
+    crate::opset::upgrade(&mut g, opset)?;
     let mut names = Names::new(&g);
     let mut front = Vec::new();
     let mut renamed: HashMap<String, String> = HashMap::new();
@@ -62,21 +48,15 @@ pub fn export(
         let x = t
             .to_f32s()
             .map_err(|m| err(format!("weight '{}': {m}", w.name)))?;
-        let ty = storage(qp);
+        let ty = storage(qp.grid);
         let codes = crate::ops::quant_codes(&x, &shape, qp, ty)
             .map_err(|e| err(format!("weight '{}': {e}", w.name)))?;
         let q = names.fresh(&format!("{}_quantized", w.name));
         g.initializers
             .push((q.clone(), int_value(codes, &shape, ty)?));
-        let (scale, zp) = params_initializers(&mut g, &mut names, &w.name, qp, ty)?;
+        let (scale, zp) = params_initializers(&mut g, &mut names, &w.name, qp, ty, &shape)?;
         let out = names.fresh(&format!("{}_dequantized", w.name));
-        front.push(dq_node(
-            &mut names,
-            &w.name,
-            [q, scale, zp],
-            &out,
-            axis_of(qp),
-        ));
+        front.push(dq_node(&mut names, &w.name, [q, scale, zp], &out, qp));
         renamed.insert(w.name.clone(), out);
     }
     // In plan order (the parameter maps are unordered): same inputs, same bytes out.
@@ -101,7 +81,14 @@ pub fn export(
             int_value(vec![0; b.scale.len()], &[b.scale.len()], DType::I32)?,
         ));
         let out = names.fresh(&format!("{name}_dequantized"));
-        front.push(dq_node(&mut names, name, [q, scale, zp], &out, Some(0)));
+        let per_channel = &[("axis", 0)];
+        front.push(dq_node_with(
+            &mut names,
+            name,
+            [q, scale, zp],
+            &out,
+            per_channel,
+        ));
         renamed.insert(name.clone(), out);
     }
     // Layers read the dequantized weights; the float ones go.
@@ -132,7 +119,8 @@ pub fn export(
         let (scale, zp) = match param_names.get(source) {
             Some(names) => names.clone(),
             None => {
-                let names_ = params_initializers(&mut g, &mut names, source, qp, storage(qp))?;
+                let names_ =
+                    params_initializers(&mut g, &mut names, source, qp, storage(qp.grid), &[])?;
                 param_names.insert(source.clone(), names_.clone());
                 names_
             }
@@ -147,7 +135,7 @@ pub fn export(
             outputs: vec![q_out.clone()],
             attributes: vec![],
         };
-        let dq = dq_node(&mut names, a, [q_out, scale, zp], &dq_out, None);
+        let dq = dq_node(&mut names, a, [q_out, scale, zp], &dq_out, qp);
         pairs.insert(a.clone(), (dq_out, vec![q, dq]));
     }
     for node in g.nodes.iter_mut() {
@@ -178,62 +166,93 @@ pub fn export(
     g.to_model(base)
 }
 
-/// Scale and zero-point initializers for `qp` (a scalar per tensor, a vector per axis).
+/// Scale and zero-point initializers for `qp` on a tensor of shape `shape` (needed for blocks):
+/// a scalar per tensor, a vector per axis, the blocked shape per block.
 fn params_initializers(
     g: &mut Graph,
     names: &mut Names,
     base: &str,
     qp: &QParams,
     zp_type: DType,
+    shape: &[usize],
 ) -> Result<(String, String), FileError> {
     let err = |m: String| FileError::new(&g.source, m);
     let scale = names.fresh(&format!("{base}_scale"));
     let zp = names.fresh(&format!("{base}_zero_point"));
-    let (sv, zv) = if qp.scale.len() == 1 && qp.granularity == Granularity::PerTensor {
-        (
-            Value::from_f32_vec(vec![qp.scale[0]], &[]).map_err(err)?,
-            int_value(vec![i64::from(qp.zero_point[0])], &[], zp_type)?,
-        )
-    } else {
-        let z: Vec<i64> = qp.zero_point.iter().map(|&z| i64::from(z)).collect();
-        (
-            float_value(&qp.scale)?,
-            int_value(z, &[qp.zero_point.len()], zp_type)?,
-        )
+    let param_shape = match qp.granularity {
+        Granularity::PerTensor if qp.scale.len() == 1 => vec![],
+        Granularity::PerBlock { .. } => Layout::new(shape, qp.granularity)
+            .map_err(|e| err(format!("'{base}': {e}")))?
+            .param_shape()
+            .to_vec(),
+        _ => vec![qp.scale.len()],
     };
+    let z: Vec<i64> = qp.zero_point.iter().map(|&z| i64::from(z)).collect();
+    let sv = Value::from_f32_vec(qp.scale.clone(), &param_shape).map_err(err)?;
     g.initializers.push((scale.clone(), sv));
-    g.initializers.push((zp.clone(), zv));
+    g.initializers
+        .push((zp.clone(), int_value(z, &param_shape, zp_type)?));
     Ok((scale, zp))
 }
 
-/// The ONNX integer type that holds a grid's codes. 4-bit and other narrow grids are stored in
-/// the 8-bit type (packed INT4 export is not there yet).
-fn storage(qp: &QParams) -> DType {
-    let (lo, hi) = (qp.grid.qmin, qp.grid.qmax);
-    if lo >= 0 && hi <= 255 {
-        DType::U8
-    } else if lo >= -128 && hi <= 127 {
-        DType::I8
-    } else if lo >= 0 && hi <= 65535 {
-        DType::U16
-    } else {
-        DType::I16
-    }
+/// The opset an export with these settings needs (see [`opset_for`]).
+pub fn required_opset(s: &Settings) -> i64 {
+    opset_for(
+        [&s.weights, &s.activations]
+            .into_iter()
+            .map(|scheme| (scheme.grid(), scheme.granularity)),
+    )
 }
 
-fn axis_of(qp: &QParams) -> Option<usize> {
-    match qp.granularity {
-        Granularity::PerAxis { axis } => Some(axis),
-        _ => None,
-    }
+/// The opset an export of quantizers with these grids and granularities needs: per-channel
+/// parameters came in opset 13; 4-bit and 16-bit types and blocks in 21.
+fn opset_for(quantizers: impl Iterator<Item = (Grid, Granularity)>) -> i64 {
+    quantizers
+        .map(|(grid, g)| match g {
+            Granularity::PerBlock { .. } => 21,
+            _ if !matches!(storage(grid), DType::U8 | DType::I8) => 21,
+            Granularity::PerAxis { .. } => 13,
+            Granularity::PerTensor => 11,
+        })
+        .max()
+        .unwrap_or(11)
 }
 
-fn dq_node(
+/// The ONNX integer type that holds a grid's codes: the narrowest of int4, uint4, int8, uint8,
+/// int16 and uint16 (narrower grids, like 2-bit or 7-bit ones, in the type that contains them).
+fn storage(grid: Grid) -> DType {
+    let (lo, hi) = (grid.qmin, grid.qmax);
+    [
+        (DType::U4, 0, 15),
+        (DType::I4, -8, 7),
+        (DType::U8, 0, 255),
+        (DType::I8, -128, 127),
+        (DType::U16, 0, 65535),
+    ]
+    .into_iter()
+    .find(|&(_, min, max)| lo >= min && hi <= max)
+    .map_or(DType::I16, |(t, _, _)| t)
+}
+
+/// DequantizeLinear of a quantizer with parameters `qp` (axis and block size from its
+/// granularity).
+fn dq_node(names: &mut Names, base: &str, inputs: [String; 3], out: &str, qp: &QParams) -> Node {
+    let attributes: &[(&str, i64)] = match qp.granularity {
+        Granularity::PerTensor => &[],
+        Granularity::PerAxis { axis } => &[("axis", axis as i64)],
+        Granularity::PerBlock { axis, block } => {
+            &[("axis", axis as i64), ("block_size", block as i64)]
+        }
+    };
+    dq_node_with(names, base, inputs, out, attributes)
+}
+
+fn dq_node_with(
     names: &mut Names,
     base: &str,
     inputs: [String; 3],
     out: &str,
-    axis: Option<usize>,
+    attributes: &[(&str, i64)],
 ) -> Node {
     Node {
         name: names.fresh(&format!("{base}_DequantizeLinear")),
@@ -241,14 +260,9 @@ fn dq_node(
         domain: String::new(),
         inputs: inputs.to_vec(),
         outputs: vec![out.to_string()],
-        attributes: axis
-            .map(|a| AttributeProto {
-                name: Some("axis".into()),
-                i: Some(a as i64),
-                r#type: Some(AttributeType::Int as i32),
-                ..Default::default()
-            })
-            .into_iter()
+        attributes: attributes
+            .iter()
+            .map(|&(name, v)| int_attribute(name, v))
             .collect(),
     }
 }
@@ -259,30 +273,4 @@ fn int_value(codes: Vec<i64>, shape: &[usize], dtype: DType) -> Result<Value, Fi
 
 fn float_value(v: &[f32]) -> Result<Value, FileError> {
     Value::from_f32_vec(v.to_vec(), &[v.len()]).map_err(|m| FileError::new(Path::new("export"), m))
-}
-
-/// Unused value and node names.
-struct Names(HashSet<String>);
-
-impl Names {
-    fn new(g: &Graph) -> Names {
-        let mut taken: HashSet<String> = g.initializers.iter().map(|(n, _)| n.clone()).collect();
-        taken.extend(g.inputs.iter().map(|i| i.name.clone()));
-        for n in &g.nodes {
-            taken.insert(n.name.clone());
-            taken.extend(n.outputs.iter().cloned());
-        }
-        Names(taken)
-    }
-
-    fn fresh(&mut self, base: &str) -> String {
-        let mut name = base.to_string();
-        let mut k = 2;
-        while self.0.contains(&name) {
-            name = format!("{base}_{k}");
-            k += 1;
-        }
-        self.0.insert(name.clone());
-        name
-    }
 }

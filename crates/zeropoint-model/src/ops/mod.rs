@@ -125,6 +125,7 @@ fn lookup(op: &str) -> Option<OpFn> {
     })
 }
 
+pub(crate) use elementwise::cast_value;
 pub(crate) use quant::codes as quant_codes;
 
 /// Whether zeropoint can run this node.

@@ -35,7 +35,13 @@ pub fn load_values(path: &Path) -> HashMap<String, Value> {
 
 /// Runs the case in `dir` and compares every output except those in `skip`.
 pub fn run_case(dir: &Path, skip: &[&str]) -> Result<(), String> {
-    let graph = Graph::load(&model_path(dir)).map_err(|e| e.to_string())?;
+    run_model(&model_path(dir), dir, skip)
+}
+
+/// Runs `model` on the inputs of the case in `dir` and compares every output except those in
+/// `skip` with the case's expected ones.
+pub fn run_model(model: &Path, dir: &Path, skip: &[&str]) -> Result<(), String> {
+    let graph = Graph::load(model).map_err(|e| e.to_string())?;
     let exec = Executor::new(&graph).map_err(|e| e.to_string())?;
     let outputs = exec
         .run(load_values(&dir.join("inputs.npz")))
