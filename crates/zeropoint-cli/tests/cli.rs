@@ -704,17 +704,31 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
         o,
     ]);
     assert!(e.contains("unknown preset 'w3a3'"), "{e}");
+    let mut old_proto = zeropoint_model::onnx::load(&model).unwrap();
+    old_proto.opset_import[0].version = Some(6);
+    let old = dir.path().join("old.onnx");
+    zeropoint_model::external_data::save(&old_proto, &old).unwrap();
+    let e = fails(&["quantize", path(&old), "--calib", path(&x), "-o", o]);
+    assert!(
+        e.contains("old.onnx: cannot upgrade opset 6 to 13: models below opset 7 are not upgraded"),
+        "{e}"
+    );
     let e = fails(&[
         "quantize",
         m,
         "--calib",
         path(&x),
-        "--preset",
-        "w8a16",
+        "--weights",
+        "int4,per-block=32",
+        "--weight-range",
+        "entropy",
         "-o",
         o,
     ]);
-    assert!(e.contains("16-bit quantization needs opset 21"), "{e}");
+    assert!(
+        e.contains("per-block ranges are estimated by minmax, percentile, abs-percentile or mse"),
+        "{e}"
+    );
     assert!(!out.exists(), "a failed run left {}", out.display());
 }
 

@@ -292,3 +292,48 @@ fn bad_input_is_refused() {
     let empty = Observer::new(Config::new(Method::Mse { norm: 2.0 })).unwrap();
     assert!(empty.ranges(&Scheme::new(8)).is_err());
 }
+
+#[test]
+fn per_block_ranges_are_those_of_each_block_alone() {
+    // [4 rows, 10 columns] in blocks of 4 along the columns: 3 blocks per row, the last ragged.
+    let (x, _) = activations(5);
+    let x = &x[..40];
+    let shape = [4, 10];
+    let scheme = Scheme::new(4).per_block(1, 4);
+    for method in [
+        Method::MinMax,
+        Method::Mse { norm: 2.0 },
+        Method::Percentile {
+            lower: 10.0,
+            upper: 90.0,
+        },
+    ] {
+        let ranges = observer::estimate_values(x, &shape, &scheme, Config::new(method)).unwrap();
+        assert_eq!(ranges.len(), 12, "{method}");
+        for row in 0..4 {
+            for b in 0..3 {
+                let block = &x[row * 10 + 4 * b..row * 10 + (4 * b + 4).min(10)];
+                let alone = observer::estimate_values(
+                    block,
+                    &[block.len()],
+                    &Scheme::new(4),
+                    Config::new(method),
+                )
+                .unwrap()[0];
+                assert_eq!(ranges[row * 3 + b], alone, "{method} row {row} block {b}");
+            }
+        }
+    }
+    let e = observer::estimate_values(
+        x,
+        &shape,
+        &scheme,
+        Config::new(Method::MovingAverage { momentum: 0.9 }),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("per-block ranges are estimated by minmax, percentile, abs-percentile or mse"),
+        "{e}"
+    );
+}

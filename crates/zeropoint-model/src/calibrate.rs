@@ -12,7 +12,7 @@ use crate::dataset::Dataset;
 use crate::error::FileError;
 use crate::exec::Executor;
 use crate::graph::Graph;
-use crate::placement::Plan;
+use crate::placement::{Plan, WeightSite};
 use crate::value::Value;
 
 /// How weights and activations are quantized and their ranges estimated.
@@ -194,7 +194,7 @@ pub fn params(
         let x = t
             .to_f32s()
             .map_err(|m| err(format!("weight '{}': {m}", w.name)))?;
-        let scheme = weight_scheme(&settings.weights, w.channel_axis, t.shape().len());
+        let scheme = site_scheme(&settings.weights, w, t.shape());
         let ranges = estimate_values(&x, t.shape(), &scheme, Config::new(settings.weight_method))
             .map_err(|e| err(format!("weight '{}': {e}", w.name)))?;
         let qp = QParams::from_ranges(&scheme, &ranges)
@@ -234,6 +234,26 @@ pub fn params(
         p.biases.insert(b.name.clone(), BiasParams { codes, scale });
     }
     Ok(p)
+}
+
+/// The scheme of one weight: the settings' scheme at the layer's channel axis, with two
+/// exceptions that cost little size and save much accuracy:
+/// - embedding tables (Gather) keep at least 8 bits: a lookup gains no speed from narrower
+///   codes, and 4-bit tables were the largest error of 4-bit MiniLM (mean embedding cosine 0.73
+///   against float with int4 tables; see docs/ptq.md);
+/// - blocks longer than the weight's input axis become per-channel parameters (a block per
+///   element would store more scales than codes).
+pub fn site_scheme(base: &Scheme, site: &WeightSite, shape: &[usize]) -> Scheme {
+    let mut s = weight_scheme(base, site.channel_axis, shape.len());
+    if let Granularity::PerBlock { axis, block } = s.granularity {
+        if shape.get(axis).is_none_or(|&d| d < block) {
+            s = s.per_axis(site.channel_axis.min(shape.len().saturating_sub(1)));
+        }
+    }
+    if site.op == "Gather" && s.bits < 8 {
+        s = Scheme { bits: 8, ..s }.per_axis(site.channel_axis);
+    }
+    s
 }
 
 /// The weight scheme at a layer's channel axis (per-tensor stays per-tensor; blocks run along

@@ -33,6 +33,8 @@ pub struct WeightSite {
     pub name: String,
     /// The layer using it.
     pub node: String,
+    /// That layer's operator.
+    pub op: String,
     /// The axis of output channels (for per-channel quantization).
     pub channel_axis: usize,
 }
@@ -100,6 +102,7 @@ impl Plan {
             self.weights.push(WeightSite {
                 name: w.clone(),
                 node: node.name.clone(),
+                op: op.to_string(),
                 channel_axis,
             });
         }

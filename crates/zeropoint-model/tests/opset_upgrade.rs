@@ -161,5 +161,8 @@ fn old_and_unknown_opsets_are_refused() {
     );
     g.opset = 6;
     let e = opset::upgrade(&mut g, 13).unwrap_err().to_string();
-    assert!(e.ends_with("cannot upgrade opset 6 to 13: models below opset 7 are not upgraded"), "{e}");
+    assert!(
+        e.ends_with("cannot upgrade opset 6 to 13: models below opset 7 are not upgraded"),
+        "{e}"
+    );
 }

@@ -453,9 +453,10 @@ impl State {
 }
 
 /// Ranges for a tensor whose values are all at hand (weights), at the scheme's granularity
-/// (per-tensor or per-axis): percentiles are exact, MSE is searched on the values themselves,
-/// the other methods observe the tensor as one batch with `config`'s histogram bins and rows.
-/// `config.axis` is ignored: the scheme's granularity decides.
+/// (per-tensor, per-axis or per-block): percentiles are exact, MSE is searched on the values
+/// themselves, min-max is exact; the other methods (per-tensor or per-axis only) observe the
+/// tensor as one batch with `config`'s histogram bins and rows. `config.axis` is ignored: the
+/// scheme's granularity decides.
 pub fn estimate_values(
     x: &[f32],
     shape: &[usize],
@@ -466,12 +467,9 @@ pub fn estimate_values(
     let axis = match scheme.granularity {
         Granularity::PerTensor => None,
         Granularity::PerAxis { axis } => Some(axis),
-        Granularity::PerBlock { .. } => {
-            return Err(Error::Scheme(
-                "range estimation is per-tensor or per-axis; per-block ranges are min-max".into(),
-            ))
-        }
+        Granularity::PerBlock { .. } => None,
     };
+    let blocks = matches!(scheme.granularity, Granularity::PerBlock { .. });
     let layout = crate::params::checked_layout(x.len(), shape, scheme.granularity)?;
     if x.is_empty() {
         return Err(Error::Empty);
@@ -512,6 +510,11 @@ pub fn estimate_values(
                 ))
             })
             .collect(),
+        Method::MinMax if blocks => crate::params::ranges(x, &layout),
+        _ if blocks => Err(Error::Scheme(format!(
+            "per-block ranges are estimated by minmax, percentile, abs-percentile or mse, not {}",
+            config.method
+        ))),
         _ => {
             let mut obs = Observer::new(Config { axis, ..config })?;
             obs.update(x, shape)?;
