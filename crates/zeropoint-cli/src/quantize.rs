@@ -1,7 +1,7 @@
 //! `zeropoint quantize MODEL --calib DATA -o OUT.onnx`: post-training quantization to a QDQ
 //! model, with a report of what was placed, the ranges chosen and the error per layer.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -26,7 +26,8 @@ pub struct Args {
     /// MNIST-style idx files, or a folder of PNG/JPEG images); repeat for several inputs.
     #[arg(long, value_name = "DATA")]
     pub calib: Vec<String>,
-    /// Where to write the quantized model (default: beside the model, <name>.int8.onnx).
+    /// Where to write the quantized model (default: beside the model, <name>.int8.onnx, or
+    /// <name>.w4a8.onnx etc. for the other presets, <name>.qdq.onnx with custom schemes).
     #[arg(long, short = 'o', value_name = "OUT.onnx")]
     pub output: Option<PathBuf>,
     #[command(flatten)]
@@ -76,6 +77,16 @@ pub struct QuantArgs {
 }
 
 impl QuantArgs {
+    /// What default output names say about the scheme: "int8" for the default preset, the
+    /// preset's name for the others, "qdq" when schemes are given explicitly.
+    fn tag(&self) -> &str {
+        match (&self.weights, &self.activations, self.preset.as_str()) {
+            (None, None, "w8a8") => "int8",
+            (None, None, preset) => preset,
+            _ => "qdq",
+        }
+    }
+
     pub fn options(&self, data: Vec<String>) -> Result<Options> {
         let (w, a) = match self.preset.as_str() {
             "w8a8" => ("int8", "uint8"),
@@ -155,7 +166,7 @@ pub fn run(args: &Args) -> Result<()> {
     let output = args
         .output
         .clone()
-        .unwrap_or_else(|| ptq::default_output(model));
+        .unwrap_or_else(|| ptq::default_output(model, args.quant.tag()));
     check_output(model, &output)?;
     let opts = args.quant.options(args.calib.clone())?;
     let start = Instant::now();
@@ -187,7 +198,7 @@ fn demo(args: &Args) -> Result<()> {
     let output = args
         .output
         .clone()
-        .unwrap_or_else(|| PathBuf::from("mnist_cnn.int8.onnx"));
+        .unwrap_or_else(|| ptq::default_output(Path::new("mnist_cnn.onnx"), args.quant.tag()));
     check_output(&files.model, &output)?;
     let mut quant = args.quant.clone();
     quant.data.mean = vec![crate::embedded::MEAN];

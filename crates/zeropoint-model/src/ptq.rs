@@ -210,11 +210,11 @@ pub fn layer_sqnr(
     Ok(layers.into_list())
 }
 
-/// The default output path beside the model: `<stem>.int8.onnx`.
-pub fn default_output(model: &Path) -> PathBuf {
+/// The default output path beside the model: `<stem>.<tag>.onnx` (tag "int8", "w4a8", ...).
+pub fn default_output(model: &Path, tag: &str) -> PathBuf {
     let stem = model
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    model.with_file_name(format!("{stem}.int8.onnx"))
+    model.with_file_name(format!("{stem}.{tag}.onnx"))
 }
