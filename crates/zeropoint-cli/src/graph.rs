@@ -1,7 +1,7 @@
 //! `zeropoint graph MODEL`: what a model is made of: inputs and outputs with their inferred
 //! shapes, operator counts and whether zeropoint runs each, parameters, and what
 //! canonicalization would do (constants folded, BatchNorms folded, fused groups).
-//! `--output OUT.onnx` writes the canonicalized model.
+//! `--output OUT.onnx` writes the canonicalized model, `--opset N` upgraded to that opset.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +24,10 @@ pub struct Args {
     /// layer before it, dead nodes removed).
     #[arg(long, short = 'o', value_name = "OUT.onnx")]
     pub output: Option<PathBuf>,
+    /// Upgrade the written model to this opset of the default domain (7 to 22), rewriting the
+    /// operators whose signature changed.
+    #[arg(long, requires = "output")]
+    pub opset: Option<i64>,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -102,6 +106,16 @@ pub fn run(args: &Args) -> Result<()> {
                 unsupported.join(", ")
             );
         }
+        if let Some(to) = args.opset {
+            if to < canonical.opset {
+                bail!(
+                    "{}: the model has opset {}; --opset {to} would downgrade it",
+                    args.model.display(),
+                    canonical.opset
+                );
+            }
+            zeropoint_model::opset::upgrade(&mut canonical, to)?;
+        }
         external_data::save(&canonical.to_model(&proto)?, out)?;
     }
     if args.json {
@@ -110,7 +124,11 @@ pub fn run(args: &Args) -> Result<()> {
     }
     print_tables(&doc);
     if let Some(out) = &args.output {
-        println!("canonicalized model written to {}", out.display());
+        println!(
+            "canonicalized model (opset {}) written to {}",
+            canonical.opset,
+            out.display()
+        );
     }
     Ok(())
 }

@@ -578,6 +578,22 @@ fn graph_describes_and_canonicalizes_a_model() {
     );
     let again: Value = serde_json::from_str(&ok(&["graph", path(&out), "--json"])).unwrap();
     assert_eq!(again["nodes"], 84);
+    assert_eq!(again["opset"], 15);
+    // Upgraded to opset 21: none of its operators changed signature since 15, so the same nodes.
+    let up = dir.path().join("opset21.onnx");
+    let text = ok(&["graph", path(&model), "-o", path(&up), "--opset", "21"]);
+    assert!(text.contains("(opset 21) written to"), "{text}");
+    let upgraded: Value = serde_json::from_str(&ok(&["graph", path(&up), "--json"])).unwrap();
+    assert_eq!(
+        (upgraded["opset"].clone(), upgraded["nodes"].clone()),
+        (21.into(), 84.into())
+    );
+    assert!(zeropoint_model::onnx::load(&up).unwrap().ir_version() >= 10);
+    let e = fails(&["graph", path(&up), "-o", path(&out), "--opset", "13"]);
+    assert!(
+        e.contains("the model has opset 21; --opset 13 would downgrade it"),
+        "{e}"
+    );
     // Never over the input.
     let copy = dir.path().join("m.onnx");
     std::fs::copy(&model, &copy).unwrap();
