@@ -73,6 +73,13 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         eprintln!("zeropoint: internal error{place}: {msg} (please report this)");
     }));
+    // zeropoint parallelizes with rayon itself (calibration and evaluation over batches,
+    // convolutions over images). candle's own pool for element-wise operators would run beside
+    // it, and its idle workers spin: on 2 cores that made calibration up to 2x slower. Set before
+    // any thread starts; an explicit CANDLE_NUM_THREADS wins.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Explain(args) => explain::run(&args),

@@ -106,13 +106,14 @@ pub fn observe(
             .try_for_each(|(observers, part)| {
                 exec.run_with(part, &mut |name, v| {
                     if let Some(obs) = observers.get_mut(name) {
-                        let x = v.to_f32s()?;
-                        if let Some(bad) = x.iter().find(|x| !x.is_finite()) {
-                            return Err(format!(
-                                "activation has a non-finite value ({bad}): check the data"
-                            ));
-                        }
-                        obs.update(&x, v.shape()).map_err(|e| e.to_string())?;
+                        v.with_f32s(|x| {
+                            if let Some(bad) = x.iter().find(|x| !x.is_finite()) {
+                                return Err(format!(
+                                    "activation has a non-finite value ({bad}): check the data"
+                                ));
+                            }
+                            obs.update(x, v.shape()).map_err(|e| e.to_string())
+                        })??;
                     }
                     Ok(v)
                 })
@@ -301,6 +302,6 @@ pub fn quantized_weights(graph: &Graph, p: &Params) -> Result<Graph, FileError> 
 
 /// Fake-quantizes `v` (float32) with `qp`.
 pub fn fake_quant_value(v: Value, qp: &QParams) -> Result<Value, String> {
-    let y = fake_quant(&v.to_f32s()?, v.shape(), qp).map_err(|e| e.to_string())?;
-    Value::from_f32_vec(y, v.shape())
+    let y = v.with_f32s(|x| fake_quant(x, v.shape(), qp))?;
+    Value::from_f32_vec(y.map_err(|e| e.to_string())?, v.shape())
 }

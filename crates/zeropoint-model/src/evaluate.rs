@@ -62,7 +62,7 @@ impl LayerErrors {
     /// Hook for the other run: adds the value's error against the recorded one.
     pub(crate) fn measure(&mut self, name: &str, v: &crate::Value) -> Result<(), String> {
         if let (Some(r), Some(a)) = (self.reference.get(name), self.acc.get_mut(name)) {
-            a.add(r, &v.to_f32s()?);
+            v.with_f32s(|x| a.add(r, x))?;
         }
         Ok(())
     }

@@ -70,13 +70,15 @@ pub fn upgrade(g: &mut Graph, to: i64) -> Result<(), FileError> {
         }
         let op = node.op.clone();
         let mut added = Vec::new();
-        if crosses(9) && op == "BatchNormalization" {
-            if take_attribute(&mut node, "spatial").is_some_and(|a| a.i() == 0) {
-                return Err(err(format!(
-                    "cannot upgrade {}: spatial=0 BatchNormalization was removed in opset 9",
-                    node.label()
-                )));
-            }
+        // The attribute goes either way; only its non-default value has no opset-9 meaning.
+        if crosses(9)
+            && op == "BatchNormalization"
+            && take_attribute(&mut node, "spatial").is_some_and(|a| a.i() == 0)
+        {
+            return Err(err(format!(
+                "cannot upgrade {}: spatial=0 BatchNormalization was removed in opset 9",
+                node.label()
+            )));
         }
         if crosses(10) && op == "Slice" {
             for (at, attr) in [(1, "starts"), (2, "ends"), (3, "axes")] {

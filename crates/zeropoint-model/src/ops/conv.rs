@@ -306,27 +306,28 @@ fn depthwise_direct(
     let (n, ch, h, wd) = c(xp.dims4())?;
     let (kh, kw) = (w.dims()[2], w.dims()[3]);
     let (oh, ow) = out;
-    let x = c(xp.flatten_all()?.to_vec1::<f32>())?;
     let k = c(w.flatten_all()?.to_vec1::<f32>())?;
     let mut y = vec![0f32; n * ch * oh * ow];
-    y.par_chunks_mut(oh * ow)
-        .enumerate()
-        .for_each(|(plane, out)| {
-            let src = &x[plane * h * wd..(plane + 1) * h * wd];
-            let taps = &k[(plane % ch) * kh * kw..(plane % ch + 1) * kh * kw];
-            for (r, row_out) in out.chunks_mut(ow).enumerate() {
-                for i in 0..kh {
-                    let row = &src[(r * stride + i * dil) * wd..];
-                    for j in 0..kw {
-                        let t = taps[i * kw + j];
-                        let row = &row[j * dil..];
-                        for (o, v) in row_out.iter_mut().enumerate() {
-                            *v += t * row[o * stride];
+    crate::value::with_f32_slice(xp, |x| {
+        y.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let src = &x[plane * h * wd..(plane + 1) * h * wd];
+                let taps = &k[(plane % ch) * kh * kw..(plane % ch + 1) * kh * kw];
+                for (r, row_out) in out.chunks_mut(ow).enumerate() {
+                    for i in 0..kh {
+                        let row = &src[(r * stride + i * dil) * wd..];
+                        for j in 0..kw {
+                            let t = taps[i * kw + j];
+                            let row = &row[j * dil..];
+                            for (v, &x) in row_out.iter_mut().zip(row.iter().step_by(stride)) {
+                                *v += t * x;
+                            }
                         }
                     }
                 }
-            }
-        });
+            })
+    })?;
     c(Tensor::from_vec(y, (n, ch, oh, ow), xp.device()))
 }
 

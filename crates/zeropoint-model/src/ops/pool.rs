@@ -94,7 +94,9 @@ pub fn pool(cx: &Cx) -> R<Vec<Value>> {
     let native = d == [1, 1] && !x.track_op();
     let y = if is_max {
         let xp = grow(&x, f64::NEG_INFINITY)?;
-        if native {
+        if native && xp.dtype() == candle_core::DType::F32 {
+            max_pool_direct(&xp, (k[0], k[1]), (s[0], s[1]), (out[0], out[1]))?
+        } else if native {
             c(xp.max_pool2d_with_stride((k[0], k[1]), (s[0], s[1])))?
         } else {
             let mut it = windows(&xp)?.into_iter();
@@ -158,4 +160,40 @@ pub fn global_pool(cx: &Cx) -> R<Vec<Value>> {
         c(x.mean_keepdim(dims))?
     };
     one(like(y, v))
+}
+
+/// Max pooling of a padded float32 input as direct loops over each image plane, in parallel
+/// (candle's kernel visits one window at a time; row-wise maxima over each kernel offset
+/// vectorize, and the planes spread over threads).
+fn max_pool_direct(
+    xp: &Tensor,
+    k: (usize, usize),
+    s: (usize, usize),
+    out: (usize, usize),
+) -> R<Tensor> {
+    use rayon::prelude::*;
+    let (n, ch, h, wd) = c(xp.dims4())?;
+    let (oh, ow) = out;
+    let mut y = vec![f32::NEG_INFINITY; n * ch * oh * ow];
+    crate::value::with_f32_slice(xp, |x| {
+        y.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let src = &x[plane * h * wd..(plane + 1) * h * wd];
+                for (r, row_out) in out.chunks_mut(ow).enumerate() {
+                    for i in 0..k.0 {
+                        let row = &src[(r * s.0 + i) * wd..];
+                        for j in 0..k.1 {
+                            for (m, &v) in row_out.iter_mut().zip(row[j..].iter().step_by(s.1)) {
+                                // A NaN in the window makes the result NaN.
+                                if v > *m || v.is_nan() {
+                                    *m = v;
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+    })?;
+    c(Tensor::from_vec(y, (n, ch, oh, ow), xp.device()))
 }
