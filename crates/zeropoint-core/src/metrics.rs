@@ -157,6 +157,12 @@ impl Running {
         }
     }
 
+    /// Adds what `other` accumulated (merging in a fixed order gives the same sums whatever
+    /// ran in parallel).
+    pub fn merge(&mut self, other: &Running) {
+        self.0 = self.0.merge(&other.0);
+    }
+
     pub fn stats(&self) -> ErrorStats {
         self.0.stats()
     }

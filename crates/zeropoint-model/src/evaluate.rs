@@ -35,7 +35,8 @@ pub(crate) struct LayerErrors {
     /// The tracked names, in report order.
     names: Vec<String>,
     acc: HashMap<String, Running>,
-    reference: HashMap<String, Vec<f32>>,
+    /// The float run's values of the current batch (tensors are shared, not copied).
+    reference: HashMap<String, crate::Value>,
 }
 
 impl LayerErrors {
@@ -54,7 +55,7 @@ impl LayerErrors {
     /// Hook for the float run: keeps the value if it is tracked.
     pub(crate) fn record(&mut self, name: &str, v: &crate::Value) -> Result<(), String> {
         if self.acc.contains_key(name) && v.dtype.is_float() {
-            self.reference.insert(name.to_string(), v.to_f32s()?);
+            self.reference.insert(name.to_string(), v.clone());
         }
         Ok(())
     }
@@ -62,9 +63,18 @@ impl LayerErrors {
     /// Hook for the other run: adds the value's error against the recorded one.
     pub(crate) fn measure(&mut self, name: &str, v: &crate::Value) -> Result<(), String> {
         if let (Some(r), Some(a)) = (self.reference.get(name), self.acc.get_mut(name)) {
-            v.with_f32s(|x| a.add(r, x))?;
+            r.with_f32s(|r| v.with_f32s(|x| a.add(r, x)))??;
         }
         Ok(())
+    }
+
+    /// Adds the errors `other` accumulated (over later samples: merge in sample order).
+    pub(crate) fn merge(&mut self, other: &LayerErrors) {
+        for (name, a) in self.acc.iter_mut() {
+            if let Some(o) = other.acc.get(name) {
+                a.merge(o);
+            }
+        }
     }
 
     pub(crate) fn into_list(self) -> Vec<(String, Running)> {

