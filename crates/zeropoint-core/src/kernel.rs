@@ -125,6 +125,12 @@ pub fn fake_quant_value(x: f32, p: QParam, grid: Grid) -> f32 {
     fake(x, p.scale, lo, hi)
 }
 
+/// Fake-quant of a slice in place with one parameter pair, vectorized: the same values as
+/// [`fake_quant_value`] on each element.
+pub(crate) fn fake_quant_values(x: &mut [f32], p: QParam, grid: Grid) {
+    dispatch(|| fake_uniform(x, p, grid))
+}
+
 #[inline(always)]
 fn fake_uniform(x: &mut [f32], p: QParam, grid: Grid) {
     let (lo, hi) = bounds(grid, p.zero_point);

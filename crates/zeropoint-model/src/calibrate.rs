@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
+
 use zeropoint_core::observer::{estimate_values, Config, Method, Observer};
 use zeropoint_core::{fake_quant, Granularity, QParams, Scheme};
 
@@ -69,7 +71,6 @@ pub fn observe(
     settings: &Settings,
     progress: &mut dyn FnMut(usize),
 ) -> Result<HashMap<String, Observer>, FileError> {
-    use rayon::prelude::*;
     let exec = Executor::new(graph)?;
     let err = |m: String| FileError::new(&graph.source, m);
     let config = Config::new(settings.activation_method);
@@ -168,13 +169,20 @@ pub fn params(
 ) -> Result<Params, FileError> {
     let err = |m: String| FileError::new(&graph.source, m);
     let mut p = Params::default();
-    for a in &plan.activations {
-        let obs = observers
-            .get(a)
-            .ok_or_else(|| err(format!("activation '{a}' was never computed")))?;
-        let range = obs
-            .ranges(&settings.activations)
-            .map_err(|e| err(format!("activation '{a}': {e}")))?[0];
+    // Range searches (MSE, entropy) are independent and can take milliseconds each.
+    let ranges: Vec<(f32, f32)> = plan
+        .activations
+        .par_iter()
+        .map(|a| {
+            let obs = observers
+                .get(a)
+                .ok_or_else(|| err(format!("activation '{a}' was never computed")))?;
+            obs.ranges(&settings.activations)
+                .map(|r| r[0])
+                .map_err(|e| err(format!("activation '{a}': {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    for (a, range) in plan.activations.iter().zip(ranges) {
         let qp = QParams::from_ranges(&settings.activations, &[range])
             .map_err(|e| err(format!("activation '{a}': {e}")))?;
         p.ranges.insert(a.clone(), range);
