@@ -40,57 +40,11 @@ fn probe(k: usize, run: usize) -> usize {
 /// The type of every graph input, initializer and node output.
 pub fn infer(graph: &Graph) -> Result<HashMap<String, ValueType>, FileError> {
     let exec = Executor::new(graph)?;
-    let mut symbols: Vec<String> = Vec::new();
-    for input in &graph.inputs {
-        for d in input.shape.iter().flatten() {
-            if let Dim::Sym(s) = d {
-                if !symbols.contains(s) {
-                    symbols.push(s.clone());
-                }
-            }
-        }
-    }
-    let mut runs: Vec<HashMap<String, (DType, Vec<usize>)>> = Vec::new();
-    for run in 0..2 {
-        let mut feeds = HashMap::new();
-        for input in &graph.inputs {
-            let dtype = input.dtype.unwrap_or(DType::F32);
-            let shape: Vec<usize> = match &input.shape {
-                Some(s) => s
-                    .iter()
-                    .map(|d| match d {
-                        Dim::Fixed(n) => *n,
-                        Dim::Sym(s) => probe(symbols.iter().position(|x| x == s).unwrap(), run),
-                    })
-                    .collect(),
-                None => {
-                    return Err(FileError::new(
-                        &graph.source,
-                        format!("input '{}' has no declared shape to infer from", input.name),
-                    ))
-                }
-            };
-            if crate::tensor::element_count(&shape).is_none_or(|n| n > MAX_PROBE_ELEMENTS) {
-                return Err(FileError::new(
-                    &graph.source,
-                    format!(
-                        "input '{}': declared shape {shape:?} is too large to infer from",
-                        input.name
-                    ),
-                ));
-            }
-            let t = Tensor::zeros(shape, carrier(dtype), &Device::Cpu)
-                .map_err(|e| FileError::new(&graph.source, e.to_string()))?;
-            feeds.insert(input.name.clone(), Value::new(t, dtype));
-        }
-        let mut seen = HashMap::new();
-        exec.run_with(feeds, &mut |name, v| {
-            seen.insert(name.to_string(), (v.dtype, v.shape().to_vec()));
-            Ok(v)
-        })
-        .map_err(|e| FileError::new(&graph.source, format!("shape inference: {}", e.message)))?;
-        runs.push(seen);
-    }
+    let symbols = symbols(graph);
+    let runs = [
+        probe_run(graph, &exec, &symbols, 0)?,
+        probe_run(graph, &exec, &symbols, 1)?,
+    ];
     let mut types: HashMap<String, ValueType> = graph
         .initializers
         .iter()
@@ -127,6 +81,83 @@ pub fn infer(graph: &Graph) -> Result<HashMap<String, ValueType>, FileError> {
         );
     }
     Ok(types)
+}
+
+/// The element type of every graph input, initializer and node output: one probe run (types do
+/// not depend on sizes), half the work of [`infer`].
+pub fn dtypes(graph: &Graph) -> Result<HashMap<String, DType>, FileError> {
+    let exec = Executor::new(graph)?;
+    let mut types: HashMap<String, DType> = graph
+        .initializers
+        .iter()
+        .map(|(n, v)| (n.clone(), v.dtype))
+        .collect();
+    let run = probe_run(graph, &exec, &symbols(graph), 0)?;
+    types.extend(run.into_iter().map(|(name, (dtype, _))| (name, dtype)));
+    Ok(types)
+}
+
+/// The symbolic dimensions of the graph inputs, in order of appearance.
+fn symbols(graph: &Graph) -> Vec<String> {
+    let mut symbols: Vec<String> = Vec::new();
+    for input in &graph.inputs {
+        for d in input.shape.iter().flatten() {
+            if let Dim::Sym(s) = d {
+                if !symbols.contains(s) {
+                    symbols.push(s.clone());
+                }
+            }
+        }
+    }
+    symbols
+}
+
+/// Runs the graph on zeros, each symbolic dimension at its probe size for `run`; the element
+/// type and shape of every input and node output.
+fn probe_run(
+    graph: &Graph,
+    exec: &Executor,
+    symbols: &[String],
+    run: usize,
+) -> Result<HashMap<String, (DType, Vec<usize>)>, FileError> {
+    let mut feeds = HashMap::new();
+    for input in &graph.inputs {
+        let dtype = input.dtype.unwrap_or(DType::F32);
+        let shape: Vec<usize> = match &input.shape {
+            Some(s) => s
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => *n,
+                    Dim::Sym(s) => probe(symbols.iter().position(|x| x == s).unwrap(), run),
+                })
+                .collect(),
+            None => {
+                return Err(FileError::new(
+                    &graph.source,
+                    format!("input '{}' has no declared shape to infer from", input.name),
+                ))
+            }
+        };
+        if crate::tensor::element_count(&shape).is_none_or(|n| n > MAX_PROBE_ELEMENTS) {
+            return Err(FileError::new(
+                &graph.source,
+                format!(
+                    "input '{}': declared shape {shape:?} is too large to infer from",
+                    input.name
+                ),
+            ));
+        }
+        let t = Tensor::zeros(shape, carrier(dtype), &Device::Cpu)
+            .map_err(|e| FileError::new(&graph.source, e.to_string()))?;
+        feeds.insert(input.name.clone(), Value::new(t, dtype));
+    }
+    let mut seen = HashMap::new();
+    exec.run_with(feeds, &mut |name, v| {
+        seen.insert(name.to_string(), (v.dtype, v.shape().to_vec()));
+        Ok(v)
+    })
+    .map_err(|e| FileError::new(&graph.source, format!("shape inference: {}", e.message)))?;
+    Ok(seen)
 }
 
 /// A dimension seen as `x` in the first run and `y` in the second.

@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use crate::canonicalize::fused_groups;
 use crate::error::FileError;
 use crate::graph::Graph;
-use crate::infer::infer;
+use crate::infer::dtypes;
 use crate::tensor::DType;
 
 /// A weight to quantize.
@@ -122,10 +122,10 @@ impl Plan {
 
     /// The plan for `graph` (canonicalized: BatchNorm folded), keeping float every node whose
     /// name or operator type is in `exclude`. Only float32 values are quantized (shape
-    /// arithmetic in int64 is not), which takes shape inference.
+    /// arithmetic in int64 is not), which takes a probe run of the model.
     pub fn new(graph: &Graph, exclude: &[String]) -> Result<Plan, FileError> {
-        let types = infer(graph)?;
-        let is_float = |v: &str| types.get(v).is_some_and(|t| t.dtype == DType::F32);
+        let types = dtypes(graph)?;
+        let is_float = |v: &str| types.get(v) == Some(&DType::F32);
         let excluded = |name: &str, op: &str| exclude.iter().any(|e| e == name || e == op);
         let is_init = |v: &str| graph.initializer(v).is_some_and(|t| t.dtype.is_float());
         let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();

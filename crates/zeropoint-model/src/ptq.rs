@@ -51,6 +51,10 @@ pub struct Outcome {
     pub seconds: HashMap<&'static str, f64>,
 }
 
+/// Samples per batch of the per-layer report: small, so that the few report samples spread over
+/// the threads (batches run in parallel), and fixed, so that the report does not depend on them.
+const REPORT_BATCH: usize = 2;
+
 /// Quantizes the model at `path`. `progress(stage, done, total)` reports calibration progress.
 pub fn quantize(
     path: &Path,
@@ -95,7 +99,7 @@ pub fn quantize(
             &plan,
             &params,
             &mut data,
-            opts.settings.batch,
+            opts.settings.batch.min(REPORT_BATCH),
             &mut |done, n| progress("measuring", done, n),
         )?
     } else {

@@ -232,21 +232,66 @@ fn gemm_conv(x: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
     for start in (0..n).step_by(chunk) {
         let b = chunk.min(n - start);
         let xb = c(x.narrow(0, start, b))?;
-        let mut taps = Vec::with_capacity(kh * kw);
-        for i in 0..kh {
-            let rows = strided(&xb, 2, i * dil, oh, stride)?;
-            for j in 0..kw {
-                taps.push(strided(&rows, 3, j * dil, ow, stride)?);
+        let cols = if xb.dtype() == candle_core::DType::F32 && !xb.track_op() {
+            im2col(&xb, (kh, kw), stride, dil, (oh, ow))?
+        } else {
+            let mut taps = Vec::with_capacity(kh * kw);
+            for i in 0..kh {
+                let rows = strided(&xb, 2, i * dil, oh, stride)?;
+                for j in 0..kw {
+                    taps.push(strided(&rows, 3, j * dil, ow, stride)?);
+                }
             }
-        }
-        // [B, C, kh·kw, OH, OW] is, per image, the column matrix [C·kh·kw, OH·OW].
-        let cols = c(Tensor::stack(&taps, 2)?.reshape((b, k, oh * ow)))?;
+            // [B, C, kh·kw, OH, OW] is, per image, the column matrix [C·kh·kw, OH·OW].
+            c(Tensor::stack(&taps, 2)?.reshape((b, k, oh * ow)))?
+        };
         parts.push(c(w2.broadcast_matmul(&cols)?.reshape((b, m, oh, ow)))?);
     }
     if parts.len() == 1 {
         return Ok(parts.remove(0));
     }
     c(Tensor::cat(&parts, 0))
+}
+
+/// The column matrices [B, C·kh·kw, OH·OW] of a float32 batch [B, C, H, W], written in one pass
+/// (the same values the stacked strided views give, for runs without gradients).
+fn im2col(
+    x: &Tensor,
+    (kh, kw): (usize, usize),
+    stride: usize,
+    dil: usize,
+    (oh, ow): (usize, usize),
+) -> R<Tensor> {
+    use rayon::prelude::*;
+    let (b, ch, h, wd) = c(x.dims4())?;
+    let per_tap = oh * ow;
+    let mut cols = vec![0f32; b * ch * kh * kw * per_tap];
+    crate::value::with_f32_slice(x, |x| {
+        // One (image, channel) plane per task: its kh·kw rows of the column matrix.
+        cols.par_chunks_mut(kh * kw * per_tap)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let src = &x[plane * h * wd..(plane + 1) * h * wd];
+                for (tap, dst) in out.chunks_mut(per_tap).enumerate() {
+                    let (i, j) = (tap / kw, tap % kw);
+                    for (r, row) in dst.chunks_mut(ow).enumerate() {
+                        let from = &src[(r * stride + i * dil) * wd + j * dil..];
+                        if stride == 1 {
+                            row.copy_from_slice(&from[..ow]);
+                        } else {
+                            for (o, v) in row.iter_mut().zip(from.iter().step_by(stride)) {
+                                *o = *v;
+                            }
+                        }
+                    }
+                }
+            })
+    })?;
+    c(Tensor::from_vec(
+        cols,
+        (b, ch * kh * kw, per_tap),
+        x.device(),
+    ))
 }
 
 /// Depthwise convolution: y = Σ over kernel offsets of w[:, i, j] · (shifted x), computed at
