@@ -73,14 +73,17 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         eprintln!("zeropoint: internal error{place}: {msg} (please report this)");
     }));
-    // zeropoint parallelizes with rayon itself (calibration and evaluation over batches,
-    // convolutions over images). candle's own pool for element-wise operators would run beside
-    // it, and its idle workers spin: on 2 cores that made calibration up to 2x slower. Set before
-    // any thread starts; an explicit CANDLE_NUM_THREADS wins.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+    let cli = Cli::parse();
+    // Calibration runs whole samples in parallel (rayon), one slice of each batch per thread.
+    // candle's own pool for element-wise operators would run beside it, and its idle workers
+    // spin: on 2 cores that made calibration up to 2x slower. Other commands run one batch at a
+    // time and keep candle's pool. Set before any thread starts; an explicit CANDLE_NUM_THREADS
+    // wins.
+    if matches!(cli.command, Command::Quantize(_))
+        && std::env::var_os("CANDLE_NUM_THREADS").is_none()
+    {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Explain(args) => explain::run(&args),
         Command::Inspect(args) => inspect::run(&args),

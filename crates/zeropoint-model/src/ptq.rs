@@ -51,9 +51,10 @@ pub struct Outcome {
     pub seconds: HashMap<&'static str, f64>,
 }
 
-/// Samples per batch of the per-layer report: small, so that the few report samples spread over
-/// the threads (batches run in parallel), and fixed, so that the report does not depend on them.
-const REPORT_BATCH: usize = 2;
+/// The per-layer report's samples are cut into this many batches (at most), which run in
+/// parallel: enough to keep the threads busy on a few samples, and fixed, so that the report does
+/// not depend on the thread count.
+const REPORT_BATCHES: usize = 8;
 
 /// Quantizes the model at `path`. `progress(stage, done, total)` reports calibration progress.
 pub fn quantize(
@@ -94,14 +95,13 @@ pub fn quantize(
     let sqnr = if opts.report_samples > 0 {
         let mut data = open_data(&graph, opts)?;
         data.truncate(opts.report_samples);
-        layer_sqnr(
-            &graph,
-            &plan,
-            &params,
-            &mut data,
-            opts.settings.batch.min(REPORT_BATCH),
-            &mut |done, n| progress("measuring", done, n),
-        )?
+        let batch = data
+            .len
+            .div_ceil(REPORT_BATCHES)
+            .clamp(1, opts.settings.batch);
+        layer_sqnr(&graph, &plan, &params, &mut data, batch, &mut |done, n| {
+            progress("measuring", done, n)
+        })?
     } else {
         Vec::new()
     };
