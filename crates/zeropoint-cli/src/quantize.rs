@@ -173,7 +173,13 @@ pub fn run(args: &Args) -> Result<()> {
     let outcome = ptq::quantize(model, &opts, &mut progress_bar())?;
     write(&outcome, &opts, &output, args.encodings.as_deref())?;
     let seconds = start.elapsed().as_secs_f64();
-    report(model, &output, &outcome, seconds, args.json)
+    report(
+        (model, file_size(model)),
+        &output,
+        &outcome,
+        seconds,
+        args.json,
+    )
 }
 
 /// The quantized model and, if asked, the encodings.
@@ -214,8 +220,9 @@ fn demo(args: &Args) -> Result<()> {
     write(&outcome, &opts, &output, args.encodings.as_deref())?;
     let seconds = start.elapsed().as_secs_f64();
     if !args.json {
+        let embedded = PathBuf::from(crate::embedded::MODEL_NAME);
         report(
-            &PathBuf::from(crate::embedded::MODEL_NAME),
+            (&embedded, crate::embedded::MODEL.len() as u64),
             &output,
             &outcome,
             seconds,
@@ -292,14 +299,15 @@ fn file_size(p: &std::path::Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
+/// Prints the summary of a run on `model` (its name for the report, and its size in bytes).
 fn report(
-    model: &std::path::Path,
+    (model, before): (&std::path::Path, u64),
     output: &std::path::Path,
     o: &Outcome,
     seconds: f64,
     json_out: bool,
 ) -> Result<()> {
-    let (before, after) = (file_size(model), file_size(output));
+    let after = file_size(output);
     let layers: Vec<serde_json::Value> = o
         .sqnr
         .iter()

@@ -649,6 +649,19 @@ fn quantize_without_arguments_runs_the_main_job() {
         "500",
     ]);
     assert!(text.contains("500 samples"), "{text}");
+    // The text summary names the embedded model and its real size.
+    let out = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+        .args(["quantize", "-o", "again.onnx"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(
+            "<embedded>/mnist_cnn.onnx -> again.onnx: 1.69 MB -> 0.43 MB (3.9x smaller)"
+        ),
+        "{text}"
+    );
 }
 
 #[test]

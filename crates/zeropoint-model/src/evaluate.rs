@@ -5,6 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use rayon::prelude::*;
+
 use crate::dataset::Dataset;
 use crate::error::FileError;
 use crate::exec::Executor;
@@ -137,7 +139,7 @@ pub fn evaluate(
         .filter(|o| produced.contains(o.as_str()))
         .cloned()
         .collect();
-    let mut layers = LayerErrors::new(common);
+    let mut layers = LayerErrors::new(common.clone());
     let mut e = Evaluation {
         output: output.clone(),
         cosine_min: f64::INFINITY,
@@ -146,28 +148,94 @@ pub fn evaluate(
         ..Default::default()
     };
     let mut cosine_sum = 0.0;
-    while let Some(b) = data.next_batch(batch)? {
-        let fo = fe.run_with(b.clone(), &mut |name, v| {
-            layers.record(name, &v)?;
-            Ok(v)
-        })?;
-        let qo = match runtime.as_mut() {
-            Some(run) => run(b)?,
-            None => qe.run_with(b, &mut |name, v| {
-                layers.measure(name, &v)?;
-                Ok(v)
-            })?,
+    // zeropoint's executors run several batches at once, each into its own layer errors, merged
+    // in batch order; another runtime runs one batch at a time.
+    let workers = match runtime {
+        Some(_) => 1,
+        None => rayon::current_num_threads().max(1),
+    };
+    loop {
+        let batches = next_batches(data, batch, workers)?;
+        if batches.is_empty() {
+            break;
+        }
+        let runs: Vec<Compared> = match runtime.as_mut() {
+            Some(run) => batches
+                .into_iter()
+                .map(|b| -> Result<Compared, FileError> {
+                    Ok((fe.run(b.clone())?, run(b)?, LayerErrors::new(vec![])))
+                })
+                .collect::<Result<_, FileError>>()?,
+            None => batches
+                .into_par_iter()
+                .map(|b| -> Result<Compared, FileError> {
+                    let mut layers = LayerErrors::new(common.clone());
+                    let fo = fe.run_with(b.clone(), &mut |name, v| {
+                        layers.record(name, &v)?;
+                        Ok(v)
+                    })?;
+                    let qo = qe.run_with(b, &mut |name, v| {
+                        layers.measure(name, &v)?;
+                        Ok(v)
+                    })?;
+                    Ok((fo, qo, layers))
+                })
+                .collect::<Result<_, FileError>>()?,
         };
+        for (fo, qo, batch_layers) in runs {
+            layers.merge(&batch_layers);
+            e.compare_outputs(&fo, &qo, &output, labels, &mut cosine_sum, quant)?;
+        }
+        progress(e.samples, data.len);
+    }
+    e.cosine_mean = cosine_sum / e.samples.max(1) as f64;
+    e.layers = layers.into_list();
+    Ok(e)
+}
+
+/// A batch's float outputs, quantized outputs, and layer errors.
+type Compared = (Outputs, Outputs, LayerErrors);
+
+type Outputs = Vec<(String, crate::Value)>;
+
+/// Up to `n` batches of `size` samples (fewer at the end of the data, none after it).
+pub(crate) fn next_batches(
+    data: &mut Dataset,
+    size: usize,
+    n: usize,
+) -> Result<Vec<HashMap<String, crate::Value>>, FileError> {
+    let mut batches = Vec::with_capacity(n);
+    while batches.len() < n {
+        match data.next_batch(size)? {
+            Some(b) => batches.push(b),
+            None => break,
+        }
+    }
+    Ok(batches)
+}
+
+impl Evaluation {
+    /// Adds one batch's outputs: SQNR, per-row cosine, argmax agreement, top-1/top-5.
+    fn compare_outputs(
+        &mut self,
+        fo: &Outputs,
+        qo: &Outputs,
+        output: &str,
+        labels: Option<&[i64]>,
+        cosine_sum: &mut f64,
+        quant: &Graph,
+    ) -> Result<(), FileError> {
+        let e = self;
         let pick = |outs: &[(String, crate::Value)]| -> Result<(Vec<f32>, Vec<usize>), FileError> {
             let v = &outs
                 .iter()
                 .find(|(n, _)| *n == output)
                 .expect("checked above")
                 .1;
-            let x = v.to_f32s().map_err(|m| FileError::new(&float.source, m))?;
+            let x = v.to_f32s().map_err(|m| FileError::new(&quant.source, m))?;
             Ok((x, v.shape().to_vec()))
         };
-        let ((f, shape), (q, _)) = (pick(&fo)?, pick(&qo)?);
+        let ((f, shape), (q, _)) = (pick(fo)?, pick(qo)?);
         let rows = shape.first().copied().unwrap_or(1).max(1);
         let width = f.len() / rows;
         e.output_sqnr.add(&f, &q);
@@ -179,7 +247,7 @@ pub fn evaluate(
             let c = compare(fr, qr)
                 .map_err(|e| FileError::new(&quant.source, e.to_string()))?
                 .cosine;
-            cosine_sum += c;
+            *cosine_sum += c;
             e.cosine_min = e.cosine_min.min(c);
             let (tf, tq) = (top(fr, 5), top(qr, 5));
             e.agree += usize::from(tf.first() == tq.first());
@@ -194,11 +262,8 @@ pub fn evaluate(
             }
         }
         e.samples += rows;
-        progress(e.samples, data.len);
+        Ok(())
     }
-    e.cosine_mean = cosine_sum / e.samples.max(1) as f64;
-    e.layers = layers.into_list();
-    Ok(e)
 }
 
 /// Indices of the `k` largest values, largest first (ties: lower index first).

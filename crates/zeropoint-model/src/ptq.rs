@@ -213,13 +213,7 @@ pub fn layer_sqnr(
     let workers = rayon::current_num_threads().max(1);
     let (mut done, total) = (0, data.len);
     loop {
-        let mut batches = Vec::with_capacity(workers);
-        while batches.len() < workers {
-            match data.next_batch(batch)? {
-                Some(b) => batches.push(b),
-                None => break,
-            }
-        }
+        let batches = crate::evaluate::next_batches(data, batch, workers)?;
         if batches.is_empty() {
             break;
         }
