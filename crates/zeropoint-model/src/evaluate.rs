@@ -168,18 +168,7 @@ pub fn evaluate(
                 .collect::<Result<_, FileError>>()?,
             None => batches
                 .into_par_iter()
-                .map(|b| -> Result<Compared, FileError> {
-                    let mut layers = LayerErrors::new(common.clone());
-                    let fo = fe.run_with(b.clone(), &mut |name, v| {
-                        layers.record(name, &v)?;
-                        Ok(v)
-                    })?;
-                    let qo = qe.run_with(b, &mut |name, v| {
-                        layers.measure(name, &v)?;
-                        Ok(v)
-                    })?;
-                    Ok((fo, qo, layers))
-                })
+                .map(|b| compare_batch(&fe, &|b, hook| qe.run_with(b, hook), &common, b))
                 .collect::<Result<_, FileError>>()?,
         };
         for (fo, qo, batch_layers) in runs {
@@ -194,16 +183,46 @@ pub fn evaluate(
 }
 
 /// A batch's float outputs, quantized outputs, and layer errors.
-type Compared = (Outputs, Outputs, LayerErrors);
+pub(crate) type Compared = (Outputs, Outputs, LayerErrors);
 
 type Outputs = Vec<(String, crate::Value)>;
+
+type Batch = HashMap<String, crate::Value>;
+
+/// How the compared model runs a batch: an executor's or a simulation's `run_with`.
+pub(crate) type RunWith<'a> = dyn Fn(
+        Batch,
+        &mut dyn FnMut(&str, crate::Value) -> Result<crate::Value, String>,
+    ) -> Result<Outputs, FileError>
+    + Sync
+    + 'a;
+
+/// One batch through the float model and the compared one: both outputs, and the errors of the
+/// values in `names` against the float run.
+pub(crate) fn compare_batch(
+    float: &Executor,
+    quant: &RunWith,
+    names: &[String],
+    b: Batch,
+) -> Result<Compared, FileError> {
+    let mut layers = LayerErrors::new(names.to_vec());
+    let fo = float.run_with(b.clone(), &mut |name, v| {
+        layers.record(name, &v)?;
+        Ok(v)
+    })?;
+    let qo = quant(b, &mut |name, v| {
+        layers.measure(name, &v)?;
+        Ok(v)
+    })?;
+    Ok((fo, qo, layers))
+}
 
 /// Up to `n` batches of `size` samples (fewer at the end of the data, none after it).
 pub(crate) fn next_batches(
     data: &mut Dataset,
     size: usize,
     n: usize,
-) -> Result<Vec<HashMap<String, crate::Value>>, FileError> {
+) -> Result<Vec<Batch>, FileError> {
     let mut batches = Vec::with_capacity(n);
     while batches.len() < n {
         match data.next_batch(size)? {
