@@ -14,7 +14,7 @@ use crate::calibrate::{self, Params, Settings};
 use crate::canonicalize::{canonicalize, Report};
 use crate::dataset::{Dataset, Preprocess};
 use crate::error::FileError;
-use crate::evaluate::LayerErrors;
+use crate::evaluate::{compare_batch, next_batches, LayerErrors};
 use crate::exec::Executor;
 use crate::graph::Graph;
 use crate::onnx::ModelProto;
@@ -68,9 +68,10 @@ pub fn quantize(
     external_data::load_external_data(&mut proto, path)?;
     let mut graph = Graph::from_model(&proto, path)?;
     Executor::new(&graph)?;
-    // Fail before calibrating if the export will need an opset the model cannot be upgraded to.
+    // Move to the opset the export will need now: an opset the model cannot be upgraded to
+    // fails before calibration, and the export's own upgrade finds nothing left to do.
     crate::opset::upgrade(
-        &mut graph.clone(),
+        &mut graph,
         crate::qdq_export::required_opset(&opts.settings),
     )?;
     let canonical = canonicalize(&mut graph)?;
@@ -197,23 +198,15 @@ pub fn layer_sqnr(
     names.dedup();
     // Batches of a fixed size run in parallel, each into its own accumulators, merged in batch
     // order: the report is the same for any thread count.
-    let measure = |b: HashMap<String, Value>| -> Result<LayerErrors, FileError> {
-        let mut layers = LayerErrors::new(names.clone());
-        float.run_with(b.clone(), &mut |name, v| {
-            layers.record(name, &v)?;
-            Ok(v)
-        })?;
-        sim.run_with(b, &mut |name, v| {
-            layers.measure(name, &v)?;
-            Ok(v)
-        })?;
-        Ok(layers)
+    let measure = |b| {
+        compare_batch(&float, &|b, hook| sim.run_with(b, hook), &names, b)
+            .map(|(_, _, layers)| layers)
     };
     let mut layers = LayerErrors::new(names.clone());
     let workers = rayon::current_num_threads().max(1);
     let (mut done, total) = (0, data.len);
     loop {
-        let batches = crate::evaluate::next_batches(data, batch, workers)?;
+        let batches = next_batches(data, batch, workers)?;
         if batches.is_empty() {
             break;
         }
