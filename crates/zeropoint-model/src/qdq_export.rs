@@ -221,17 +221,10 @@ fn opset_for(quantizers: impl Iterator<Item = (Grid, Granularity)>) -> i64 {
 /// The ONNX integer type that holds a grid's codes: the narrowest of int4, uint4, int8, uint8,
 /// int16 and uint16 (narrower grids, like 2-bit or 7-bit ones, in the type that contains them).
 fn storage(grid: Grid) -> DType {
-    let (lo, hi) = (grid.qmin, grid.qmax);
-    [
-        (DType::U4, 0, 15),
-        (DType::I4, -8, 7),
-        (DType::U8, 0, 255),
-        (DType::I8, -128, 127),
-        (DType::U16, 0, 65535),
-    ]
-    .into_iter()
-    .find(|&(_, min, max)| lo >= min && hi <= max)
-    .map_or(DType::I16, |(t, _, _)| t)
+    crate::ops::CODE_TYPES
+        .iter()
+        .find(|(_, g)| grid.qmin >= g.qmin && grid.qmax <= g.qmax)
+        .map_or(DType::I16, |&(t, _)| t)
 }
 
 /// DequantizeLinear of a quantizer with parameters `qp` (axis and block size from its

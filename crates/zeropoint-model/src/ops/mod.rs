@@ -126,7 +126,7 @@ fn lookup(op: &str) -> Option<OpFn> {
 }
 
 pub(crate) use elementwise::cast_value;
-pub(crate) use quant::codes as quant_codes;
+pub(crate) use quant::{codes as quant_codes, CODE_TYPES};
 
 /// Whether zeropoint can run this node.
 pub fn supports(node: &Node) -> bool {

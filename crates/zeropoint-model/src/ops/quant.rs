@@ -30,29 +30,51 @@ fn params(cx: &Cx, x_shape: &[usize], code_type: DType) -> R<QParams> {
             Granularity::PerAxis { axis: a }
         }
     };
-    let grid = match code_type {
-        DType::U4 => Grid { qmin: 0, qmax: 15 },
-        DType::I4 => Grid { qmin: -8, qmax: 7 },
-        DType::U8 => Grid { qmin: 0, qmax: 255 },
-        DType::I8 => Grid {
+    let grid = code_grid(code_type)
+        .ok_or_else(|| OpError(format!("quantized type {code_type} is not supported")))?;
+    QParams::new(granularity, grid, scales, zero_points).map_err(|e| OpError(e.to_string()))
+}
+
+/// The integer types of quantized codes, narrowest first, and the grid of each.
+pub(crate) const CODE_TYPES: [(DType, Grid); 6] = [
+    (DType::U4, Grid { qmin: 0, qmax: 15 }),
+    (DType::I4, Grid { qmin: -8, qmax: 7 }),
+    (DType::U8, Grid { qmin: 0, qmax: 255 }),
+    (
+        DType::I8,
+        Grid {
             qmin: -128,
             qmax: 127,
         },
-        DType::U16 => Grid {
+    ),
+    (
+        DType::U16,
+        Grid {
             qmin: 0,
             qmax: 65535,
         },
-        DType::I16 => Grid {
+    ),
+    (
+        DType::I16,
+        Grid {
             qmin: -32768,
             qmax: 32767,
         },
-        DType::I32 => Grid {
+    ),
+];
+
+/// The grid of a code type, if it is one (int32 too: biases are dequantized from it).
+fn code_grid(dtype: DType) -> Option<Grid> {
+    if dtype == DType::I32 {
+        return Some(Grid {
             qmin: i32::MIN,
             qmax: i32::MAX,
-        },
-        d => return Err(OpError(format!("quantized type {d} is not supported"))),
-    };
-    QParams::new(granularity, grid, scales, zero_points).map_err(|e| OpError(e.to_string()))
+        });
+    }
+    CODE_TYPES
+        .iter()
+        .find(|(t, _)| *t == dtype)
+        .map(|&(_, g)| g)
 }
 
 pub fn quantize_linear(cx: &Cx) -> R<Vec<Value>> {
@@ -66,7 +88,9 @@ pub fn quantize_linear(cx: &Cx) -> R<Vec<Value>> {
     };
     let shape = x.shape().to_vec();
     let p = params(cx, &shape, to)?;
-    let codes = codes(&x.to_f32s()?, &shape, &p, to).map_err(|e| OpError(e.to_string()))?;
+    let codes = x
+        .with_f32s(|x| codes(x, &shape, &p, to))?
+        .map_err(|e| OpError(e.to_string()))?;
     one(Value::from_ints(codes, &shape, to)?)
 }
 
