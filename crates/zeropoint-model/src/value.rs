@@ -179,12 +179,16 @@ impl Value {
 
     /// The elements converted to `T`, row-major.
     fn elements<T: candle_core::WithDType>(&self) -> Result<Vec<T>> {
-        self.tensor
-            .flatten_all()
-            .and_then(|t| t.to_dtype(T::DTYPE))
-            .and_then(|t| t.to_vec1::<T>())
-            .map_err(|e| e.to_string())
+        elements(&self.tensor)
     }
+}
+
+/// The elements of `t` converted to `T`, row-major.
+fn elements<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    t.flatten_all()
+        .and_then(|t| t.to_dtype(T::DTYPE))
+        .and_then(|t| t.to_vec1::<T>())
+        .map_err(|e| e.to_string())
 }
 
 fn bytes_of<T: Copy, const N: usize>(v: Vec<T>, f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
@@ -203,10 +207,5 @@ pub fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
             return Ok(f(&all[start..end]));
         }
     }
-    let v = t
-        .flatten_all()
-        .and_then(|t| t.to_dtype(CDType::F32))
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(|e| e.to_string())?;
-    Ok(f(&v))
+    Ok(f(&elements::<f32>(t)?))
 }
