@@ -713,10 +713,17 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
         std::fs::read(&copy).unwrap(),
         std::fs::read(&model).unwrap()
     );
-    let mut proto = zeropoint_model::onnx::load(&model).unwrap();
-    proto.graph.as_mut().unwrap().node[1].op_type = Some("Mish".into());
-    let odd = dir.path().join("odd.onnx");
-    zeropoint_model::external_data::save(&proto, &odd).unwrap();
+    // The model, edited and saved under another name.
+    let edited = |name: &str, edit: &dyn Fn(&mut zeropoint_model::onnx::ModelProto)| {
+        let mut proto = zeropoint_model::onnx::load(&model).unwrap();
+        edit(&mut proto);
+        let file = dir.path().join(name);
+        zeropoint_model::external_data::save(&proto, &file).unwrap();
+        file
+    };
+    let odd = edited("odd.onnx", &|p| {
+        p.graph.as_mut().unwrap().node[1].op_type = Some("Mish".into())
+    });
     let e = fails(&["quantize", path(&odd), "--calib", path(&x), "-o", o]);
     assert!(
         e.contains("operator unsupported: node 'relu_2' (Mish)"),
@@ -733,10 +740,7 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
         o,
     ]);
     assert!(e.contains("unknown preset 'w3a3'"), "{e}");
-    let mut old_proto = zeropoint_model::onnx::load(&model).unwrap();
-    old_proto.opset_import[0].version = Some(6);
-    let old = dir.path().join("old.onnx");
-    zeropoint_model::external_data::save(&old_proto, &old).unwrap();
+    let old = edited("old.onnx", &|p| p.opset_import[0].version = Some(6));
     let e = fails(&["quantize", path(&old), "--calib", path(&x), "-o", o]);
     assert!(
         e.contains("old.onnx: cannot upgrade opset 6 to 13: models below opset 7 are not upgraded"),

@@ -144,14 +144,11 @@ fn last_step(outcome: &Outcome, value: &str) -> Option<(String, f64)> {
     }
 }
 
+/// Cosine similarity of two rows, as zeropoint's metrics compute it.
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot = |x: &[f32], y: &[f32]| -> f64 {
-        x.iter()
-            .zip(y)
-            .map(|(p, q)| f64::from(*p) * f64::from(*q))
-            .sum()
-    };
-    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt().max(1e-30)
+    zeropoint_core::metrics::compare(a, b)
+        .expect("rows of equal length")
+        .cosine
 }
 
 fn argmax(row: &[f32]) -> usize {
