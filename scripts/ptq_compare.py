@@ -24,7 +24,7 @@ Methods (one row each):
   With --preset w4a8: zeropoint --preset w4a8 (its default, min-max and MSE weight ranges) against
   the same ONNX Runtime rows with weight_type=QInt4 (int4 per-channel weights; ORT moves the model to opset 21).
   ONNX Runtime is fed one calibration sample per batch (MiniLM: one unpadded sentence per batch), as in
-  MANIFEST. zeropoint gets the same samples as one .npy/.npz (MiniLM: all 200 sentences padded with [PAD]=0
+  MANIFEST. zeropoint gets the same samples as one .npz (MiniLM: all 200 sentences padded with [PAD]=0
   to the longest, attention mask 0 there, in one .npz).
   An ONNX Runtime quantization that fails or runs past --ort-timeout seconds (default 180) is recorded as such.
   Where one fails on MiniLM (ORT's histogram calibrators, Entropy and Percentile, cannot merge sentences of
@@ -220,7 +220,11 @@ class Task:
     def calib_feeds(self):  # list of {input: array with batch dim 1}
         raise NotImplementedError
 
-    def zp_calib(self, tmp):  # --calib arguments for zeropoint
+    @staticmethod
+    def one_input_feeds(name, xs):  # one feed per sample of xs, for a model with one input
+        return [{name: np.ascontiguousarray(x[None], np.float32)} for x in xs]
+
+    def zp_calib(self, tmp):  # --calib arguments for zeropoint: the same samples, as one .npz
         feeds = self.calib_feeds()
         names = list(feeds[0])
         path = os.path.join(tmp, f"{self.key}.calib.npz")
@@ -258,12 +262,7 @@ class A1(Task):
         self.eval_desc = f"MNIST test 0..{n_test - 1}"
 
     def calib_feeds(self):
-        return [{"input": np.ascontiguousarray(s[None], np.float32)} for s in self.xcal]
-
-    def zp_calib(self, tmp):
-        path = os.path.join(tmp, "a1.calib.npy")
-        np.save(path, self.xcal)
-        return ["--calib", path]
+        return self.one_input_feeds("input", self.xcal)
 
     def outputs(self, path):
         return ob.run(path, "input", self.xte)
@@ -306,12 +305,7 @@ class A3(Task):
             self.primary = "cifar10 correct (then cifar10 + held-out agreement)"
 
     def calib_feeds(self):
-        return [{"input": np.ascontiguousarray(s[None], np.float32)} for s in self.x100[self.calib_idx]]
-
-    def zp_calib(self, tmp):
-        path = os.path.join(tmp, f"{self.key}.calib.npy")
-        np.save(path, self.x100[self.calib_idx])
-        return ["--calib", path]
+        return self.one_input_feeds("input", self.x100[self.calib_idx])
 
     def outputs(self, path):
         return (ob.run(path, "input", self.x10), ob.run(path, "input", self.x100))
@@ -355,12 +349,7 @@ class A4(Task):
         self.eval_desc = "data/a4/page_ccw{000,090,180,270}_224.png"
 
     def calib_feeds(self):
-        return [{"x": np.ascontiguousarray(s[None], np.float32)} for s in self.xcal]
-
-    def zp_calib(self, tmp):
-        path = os.path.join(tmp, "a4.calib.npy")
-        np.save(path, self.xcal)
-        return ["--calib", path]
+        return self.one_input_feeds("x", self.xcal)
 
     def outputs(self, path):
         return ob.run(path, "x", self.xe)
