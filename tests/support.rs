@@ -73,3 +73,15 @@ impl Rng {
         (0..12).map(|_| self.uniform()).sum::<f32>() - 6.0
     }
 }
+
+/// An error and its sources joined by ": ", the one line the zeropoint command prints for it.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
+}

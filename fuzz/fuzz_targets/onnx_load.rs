@@ -6,15 +6,16 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use zeropoint_model::{onnx, Graph};
+use zeropoint_graph::Graph;
+use zeropoint_onnx::model;
 
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz/nonexistent/model.onnx");
-    if let Ok(model) = onnx::decode(data, path) {
-        let _ = onnx::initializers(&model, path);
-        if let Ok(graph) = Graph::from_model(&model, path) {
-            let _ = graph.unsupported();
-            let _ = zeropoint_model::canonicalize::fused_groups(&graph);
+    if let Ok(m) = model::decode(data, path) {
+        let _ = model::initializers(&m, path);
+        if let Ok(graph) = Graph::from_model(&m, path) {
+            let _ = zeropoint_engine::exec::unsupported(&graph);
+            let _ = zeropoint_graph::pattern::fused_groups(&graph);
         }
     }
 });

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use zeropoint_model::{npy, safetensors};
+use zeropoint_onnx::{npy, safetensors};
 
 fuzz_target!(|data: &[u8]| {
     let _ = npy::parse(data, Path::new("x.npy"), "x");

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Checks zeropoint's quantize / dequantize results against independent implementations.
 
-Input: a folder written by the Rust test `onnx_reference` (crates/zeropoint-model/tests): for each
+Input: a folder written by the Rust test `onnx_reference` (crates/zeropoint-core/tests): for each
 case, the input x, the scale and zero-point tensors, and zeropoint's codes, packed bytes and
-dequantized values, listed in cases.jsonl. For every case this script builds an ONNX model
+dequantized values as raw little-endian arrays (<name>.<part>.bin), listed in cases.jsonl with
+their shapes. For every case this script builds an ONNX model
 QuantizeLinear -> DequantizeLinear with onnx.helper and runs it with
 
   - onnx.reference.ReferenceEvaluator (the ONNX specification in executable form), and
@@ -89,9 +90,14 @@ def main(folder):
     except ImportError:
         ort = None
     for case in cases:
-        load = lambda part: np.load(folder / f"{case['name']}.{part}.npy")
-        x, scale, zp, q, deq = load("x"), load("scale"), load("zp"), load("q"), load("deq")
-        packed = load("packed") if case["packed"] else None
+        def load(part, dtype, shape):
+            return np.fromfile(folder / f"{case['name']}.{part}.bin", dtype=dtype).reshape(shape)
+
+        shape, pshape = tuple(case["shape"]), tuple(case["param_shape"])
+        x, deq = load("x", "<f4", shape), load("deq", "<f4", shape)
+        scale, zp = load("scale", "<f4", pshape), load("zp", "<i4", pshape)
+        q = load("q", "<i4", shape)
+        packed = load("packed", np.uint8, (-1,)) if case["packed"] else None
         model = build_model(case, x, scale, zp)
         if case["check"] in ("reference", "both"):
             y, z = ReferenceEvaluator(model).run(None, {"x": x})

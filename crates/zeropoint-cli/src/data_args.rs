@@ -1,9 +1,9 @@
 //! The flags that say how data files become model inputs, shared by `quantize` and `eval`.
 
 use anyhow::{bail, Result};
-use clap::Args as ClapArgs;
-use zeropoint_model::dataset::Preprocess;
-use zeropoint_model::images::{ImagePrep, Layout};
+use clap::{Args as ClapArgs, ValueEnum};
+use zeropoint_quant::dataset::Preprocess;
+use zeropoint_quant::images::{ImagePrep, Layout};
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct DataArgs {
@@ -27,12 +27,21 @@ pub struct DataArgs {
     /// Image folders: center crop, HxW or N (square).
     #[arg(long, value_name = "HxW", value_parser = parse_crop)]
     pub crop: Option<(u32, u32)>,
-    /// Image folders: the model's channel layout, nchw or nhwc.
-    #[arg(long, default_value = "nchw")]
-    pub layout: String,
+    /// Image folders: the model's channel layout.
+    #[arg(long, value_enum, default_value = "nchw", ignore_case = true)]
+    pub layout: LayoutArg,
     /// Image folders: channels in BGR order instead of RGB.
     #[arg(long)]
     pub bgr: bool,
+}
+
+/// Channel layouts by name.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutArg {
+    /// Channels first: [N, C, H, W].
+    Nchw,
+    /// Channels last: [N, H, W, C].
+    Nhwc,
 }
 
 fn parse_crop(s: &str) -> std::result::Result<(u32, u32), String> {
@@ -52,10 +61,9 @@ impl DataArgs {
         if self.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
             bail!("--std must be finite and nonzero");
         }
-        let layout = match self.layout.to_ascii_lowercase().as_str() {
-            "nchw" => Layout::Nchw,
-            "nhwc" => Layout::Nhwc,
-            other => bail!("unknown layout '{other}' (nchw or nhwc)"),
+        let layout = match self.layout {
+            LayoutArg::Nchw => Layout::Nchw,
+            LayoutArg::Nhwc => Layout::Nhwc,
         };
         Ok(Preprocess {
             scale: self.scale,

@@ -5,14 +5,14 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::Args as ClapArgs;
+use clap::{Args as ClapArgs, ValueEnum};
 use serde_json::json;
-use zeropoint_model::dataset::{read_labels, Dataset, Preprocess};
-use zeropoint_model::evaluate::{evaluate, Evaluation};
-use zeropoint_model::Graph;
+use zeropoint_graph::Graph;
+use zeropoint_quant::dataset::{read_labels, Dataset, Preprocess};
+use zeropoint_quant::evaluate::{evaluate, Evaluation, Runtime};
+use zeropoint_quant::ort_runtime::OrtModel;
 
 use crate::data_args::DataArgs;
-use crate::quantize::progress_bar;
 use crate::table::{db, Table};
 
 #[derive(ClapArgs, Debug)]
@@ -34,22 +34,26 @@ pub struct Args {
     pub batch: usize,
     #[command(flatten)]
     pub prep: DataArgs,
-    /// Where the quantized model runs: zeropoint (its executor, which also compares layer by
-    /// layer) or ort (ONNX Runtime, loaded from ORT_DYLIB_PATH or a local .venv's onnxruntime).
-    #[arg(long, default_value = "zeropoint")]
-    pub runtime: String,
+    /// Where the quantized model runs.
+    #[arg(long, value_enum, default_value = "zeropoint")]
+    pub runtime: RuntimeArg,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
 }
 
+/// The runtimes the quantized model can run in.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeArg {
+    /// zeropoint's executor, which also compares layer by layer.
+    Zeropoint,
+    /// ONNX Runtime, loaded from ORT_DYLIB_PATH or a local .venv's onnxruntime.
+    Ort,
+}
+
 pub fn run(args: &Args) -> Result<()> {
     let prep = args.prep.preprocess()?;
-    let ort = match args.runtime.as_str() {
-        "zeropoint" => false,
-        "ort" => true,
-        other => anyhow::bail!("unknown runtime '{other}' (zeropoint or ort)"),
-    };
+    let ort = args.runtime == RuntimeArg::Ort;
     let e = compare(&Comparison {
         float: &args.float,
         quantized: &args.quantized,
@@ -85,14 +89,14 @@ pub fn compare(c: &Comparison) -> Result<Evaluation> {
     }
     let (batch, ort, quantized) = (c.batch, c.ort, c.quantized);
     let labels = c.labels.map(read_labels).transpose()?;
-    let mut bar = progress_bar();
+    let mut bar = crate::progress::bar();
     let mut session = if ort {
-        Some(crate::ort_runtime::OrtModel::load(quantized)?)
+        Some(OrtModel::load(quantized)?)
     } else {
         None
     };
     let mut run;
-    let runtime: Option<zeropoint_model::evaluate::Runtime> = match session.as_mut() {
+    let runtime: Option<Runtime> = match session.as_mut() {
         Some(s) => {
             run = move |b| s.run(b);
             Some(&mut run)
@@ -122,7 +126,7 @@ pub fn print(e: &Evaluation, json_out: bool) -> Result<()> {
             "output_sqnr_db": e.output_sqnr.stats().sqnr_db,
             "cosine_mean": e.cosine_mean,
             "cosine_min": e.cosine_min,
-            "layers": e.layers.iter().map(|(n, s)| json!({"value": n, "sqnr_db": s.stats().sqnr_db})).collect::<Vec<_>>(),
+            "layers": e.layers.iter().map(|l| json!({"value": l.value, "sqnr_db": l.error.stats().sqnr_db})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -153,8 +157,8 @@ pub fn print(e: &Evaluation, json_out: bool) -> Result<()> {
     );
     if !e.layers.is_empty() {
         let mut t = Table::new(&["layer output", "SQNR dB"]);
-        for (n, s) in &e.layers {
-            t.row(vec![n.clone(), db(s.stats().sqnr_db)]);
+        for l in &e.layers {
+            t.row(vec![l.value.clone(), db(l.error.stats().sqnr_db)]);
         }
         print!("\n{}", t.render());
     }

@@ -1,10 +1,6 @@
 //! `zeropoint inspect FILE`: per tensor, what the values look like and what each quantization
-//! scheme would cost, with a recommendation.
-//!
-//! For int8 and int4 it measures the SQNR of min-max quantization per-tensor and per-channel,
-//! symmetric and asymmetric, and recommends the simplest scheme within 0.5 dB of the best, in
-//! this order of simplicity: per-tensor symmetric, per-channel symmetric, per-tensor asymmetric,
-//! per-channel asymmetric (symmetric weights save the zero-point cross terms at inference).
+//! scheme would cost, with a recommendation (zeropoint_quant::analysis::inspect has the rules),
+//! as tables, JSON or SVG histograms.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -12,13 +8,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use serde_json::{json, Value};
-use zeropoint_core::stats::{self, Summary};
-use zeropoint_core::{metrics, QParams, Scheme};
-use zeropoint_model::tensor_file::{self, TensorSet};
-use zeropoint_model::{atomic, Tensor};
+use zeropoint_onnx::atomic;
+use zeropoint_onnx::tensor_file::{self, TensorSet};
+use zeropoint_quant::analysis::inspect::{analyse, Analysis, CANDIDATES, PREFER_SIMPLER_DB};
+use zeropoint_quant::analysis::ranges::{self, RangeResult};
 
 use crate::plot;
-use crate::range_compare::{self, RangeArgs, RangeResult};
+use crate::range_args::{self, RangeArgs};
 use crate::table::{db, num, Table};
 
 #[derive(ClapArgs, Debug)]
@@ -47,44 +43,6 @@ pub struct Args {
     pub ranges: RangeArgs,
 }
 
-/// Tolerance within which a simpler scheme is preferred to the best one.
-const PREFER_SIMPLER_DB: f64 = 0.5;
-
-/// One candidate scheme and the SQNR it gives.
-pub struct Candidate {
-    pub label: &'static str,
-    pub scheme: Scheme,
-    pub sqnr_db: f64,
-}
-
-pub struct Analysis {
-    pub tensor: Tensor,
-    pub summary: Summary,
-    /// Empty when the tensor cannot be quantized (empty, NaN or Inf), with the reason in `note`.
-    pub candidates: Vec<Candidate>,
-    /// The --range comparison, when asked for.
-    pub ranges: Vec<RangeResult>,
-    pub note: Option<String>,
-}
-
-impl Analysis {
-    /// The recommended candidate for a bit-width.
-    pub fn recommended(&self, bits: u32) -> Option<&Candidate> {
-        let of_bits: Vec<&Candidate> = self
-            .candidates
-            .iter()
-            .filter(|c| c.scheme.bits == bits)
-            .collect();
-        let best = of_bits
-            .iter()
-            .map(|c| c.sqnr_db)
-            .fold(f64::NEG_INFINITY, f64::max);
-        of_bits
-            .into_iter()
-            .find(|c| c.sqnr_db >= best - PREFER_SIMPLER_DB)
-    }
-}
-
 pub fn run(args: &Args) -> Result<()> {
     let (set, file) = match &args.file {
         Some(path) => (tensor_file::read(path)?, path.clone()),
@@ -96,7 +54,7 @@ pub fn run(args: &Args) -> Result<()> {
             )
         }
     };
-    let analyses = analyse_set(&set, args)?;
+    let analyses = analyse_set(&file, &set, args)?;
     if let Some(dir) = &args.plot {
         write_plots(dir, &analyses)?;
     }
@@ -113,7 +71,7 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn analyse_set(set: &TensorSet, args: &Args) -> Result<Vec<Analysis>> {
+fn analyse_set(file: &Path, set: &TensorSet, args: &Args) -> Result<Vec<Analysis>> {
     let configs = args.ranges.configs()?;
     let range_scheme = args.ranges.scheme()?;
     set.tensors
@@ -127,72 +85,11 @@ fn analyse_set(set: &TensorSet, args: &Args) -> Result<Vec<Analysis>> {
         .map(|t| {
             let mut a = analyse(t.clone(), args.axis);
             if a.note.is_none() {
-                a.ranges = range_compare::compare(&a.tensor, &configs, &range_scheme)?;
+                a.ranges = ranges::compare(file, &a.tensor, &configs, &range_scheme)?;
             }
             Ok(a)
         })
         .collect()
-}
-
-/// Statistics and the SQNR of every candidate scheme for one tensor.
-pub fn analyse(tensor: Tensor, axis: usize) -> Analysis {
-    let summary = stats::summarize(&tensor.values);
-    let note = if tensor.values.is_empty() {
-        Some("empty tensor".to_string())
-    } else if summary.nan + summary.inf > 0 {
-        Some(format!(
-            "holds {} NaN and {} Inf values: not quantizable",
-            summary.nan, summary.inf
-        ))
-    } else {
-        None
-    };
-    let mut candidates = Vec::new();
-    if note.is_none() {
-        let per_channel = tensor.shape.len() >= 2 && axis < tensor.shape.len();
-        for bits in [8, 4] {
-            let options = [
-                ("per-tensor sym", Scheme::new(bits), true),
-                (
-                    "per-channel sym",
-                    Scheme::new(bits).per_axis(axis),
-                    per_channel,
-                ),
-                ("per-tensor asym", Scheme::new(bits).symmetric(false), true),
-                (
-                    "per-channel asym",
-                    Scheme::new(bits).symmetric(false).per_axis(axis),
-                    per_channel,
-                ),
-            ];
-            for (label, scheme, applies) in options {
-                if !applies {
-                    continue;
-                }
-                if let Ok(sqnr_db) = sqnr(&tensor, &scheme) {
-                    candidates.push(Candidate {
-                        label,
-                        scheme,
-                        sqnr_db,
-                    });
-                }
-            }
-        }
-    }
-    Analysis {
-        tensor,
-        summary,
-        candidates,
-        ranges: Vec::new(),
-        note,
-    }
-}
-
-fn sqnr(t: &Tensor, scheme: &Scheme) -> zeropoint_core::Result<f64> {
-    let params = QParams::from_data(scheme, &t.values, &t.shape)?;
-    Ok(metrics::quantization_error(&t.values, &t.shape, &params)?
-        .0
-        .sqnr_db)
 }
 
 fn shape_text(shape: &[usize]) -> String {
@@ -226,6 +123,29 @@ fn to_text(path: &Path, set: &TensorSet, analyses: &[Analysis], args: &Args) -> 
         out.push_str(&format!(", {} of unreadable types", set.skipped.len()));
     }
     out.push_str("\n\n");
+    out.push_str(&statistics_table(analyses));
+    out.push_str(&sqnr_table(analyses, args.axis));
+    out.push_str(&format!(
+        "\nrecommended: the simplest scheme within {PREFER_SIMPLER_DB} dB of the best, simplest first: per-tensor sym, per-channel sym, per-tensor asym, per-channel asym\n"
+    ));
+    if !args.ranges.range.is_empty() {
+        let rows: Vec<(&str, &[RangeResult])> = analyses
+            .iter()
+            .filter(|a| !a.ranges.is_empty())
+            .map(|a| (a.tensor.name.as_str(), a.ranges.as_slice()))
+            .collect();
+        if let Ok(scheme) = args.ranges.scheme() {
+            out.push_str(&range_args::table(&rows, &scheme));
+        }
+    }
+    if let Some(dir) = &args.plot {
+        out.push_str(&format!("histograms written to {}\n", dir.display()));
+    }
+    out
+}
+
+/// What the values look like, a row per tensor.
+fn statistics_table(analyses: &[Analysis]) -> String {
     let mut t = Table::new(&[
         "tensor",
         "shape",
@@ -253,11 +173,14 @@ fn to_text(path: &Path, set: &TensorSet, analyses: &[Analysis], args: &Args) -> 
             num(s.max_abs_over_std(), 3),
         ]);
     }
-    out.push_str(&t.render());
-    out.push_str(&format!(
-        "\nSQNR in dB of min-max quantization (T = per-tensor, C = per-channel along axis {}; sym / asym)\n",
-        args.axis
-    ));
+    t.render()
+}
+
+/// The SQNR of every candidate scheme and the recommendation, a row per tensor.
+fn sqnr_table(analyses: &[Analysis], axis: usize) -> String {
+    let mut out = format!(
+        "\nSQNR in dB of min-max quantization (T = per-tensor, C = per-channel along axis {axis}; sym / asym)\n"
+    );
     let mut header = vec!["tensor".to_string()];
     for bits in [8, 4] {
         for kind in ["T-sym", "C-sym", "T-asym", "C-asym"] {
@@ -269,12 +192,7 @@ fn to_text(path: &Path, set: &TensorSet, analyses: &[Analysis], args: &Args) -> 
     for a in analyses {
         let mut row = vec![a.tensor.name.clone()];
         for bits in [8, 4] {
-            for label in [
-                "per-tensor sym",
-                "per-channel sym",
-                "per-tensor asym",
-                "per-channel asym",
-            ] {
+            for label in CANDIDATES {
                 let v = a
                     .candidates
                     .iter()
@@ -293,22 +211,6 @@ fn to_text(path: &Path, set: &TensorSet, analyses: &[Analysis], args: &Args) -> 
         t.row(row);
     }
     out.push_str(&t.render());
-    out.push_str(&format!(
-        "\nrecommended: the simplest scheme within {PREFER_SIMPLER_DB} dB of the best, simplest first: per-tensor sym, per-channel sym, per-tensor asym, per-channel asym\n"
-    ));
-    if !args.ranges.range.is_empty() {
-        let rows: Vec<(&str, &[RangeResult])> = analyses
-            .iter()
-            .filter(|a| !a.ranges.is_empty())
-            .map(|a| (a.tensor.name.as_str(), a.ranges.as_slice()))
-            .collect();
-        if let Ok(scheme) = args.ranges.scheme() {
-            out.push_str(&range_compare::table(&rows, &scheme));
-        }
-    }
-    if let Some(dir) = &args.plot {
-        out.push_str(&format!("histograms written to {}\n", dir.display()));
-    }
     out
 }
 
@@ -326,7 +228,7 @@ fn to_json(a: &Analysis) -> Value {
             "bits": c.scheme.bits, "scheme": c.label, "sqnr_db": finite(c.sqnr_db)})).collect::<Vec<_>>(),
         "recommended": ([8, 4].iter().filter_map(|&b| a.recommended(b).map(|c| json!({
             "bits": b, "scheme": c.label, "sqnr_db": finite(c.sqnr_db)}))).collect::<Vec<_>>()),
-        "ranges": range_compare::to_json(&a.ranges),
+        "ranges": range_args::to_json(&a.ranges),
         "note": a.note,
     })
 }

@@ -1,6 +1,7 @@
-//! The `zeropoint` command: a thin layer over the zeropoint crates. Each subcommand lives in its
-//! own module; this file parses arguments, runs one, and turns any error into a single line on
-//! stderr and a non-zero exit.
+//! The `zeropoint` command: a thin layer over the zeropoint crates, argument parsing and printing
+//! only. Each subcommand lives in its own module; this file parses arguments, runs one, and turns
+//! any error into a single line on stderr (the error and its sources, joined by ": ") and a
+//! non-zero exit.
 
 mod data_args;
 mod embedded;
@@ -8,10 +9,10 @@ mod eval;
 mod explain;
 mod graph;
 mod inspect;
-mod ort_runtime;
 mod plot;
+mod progress;
 mod quantize;
-mod range_compare;
+mod range_args;
 mod run;
 mod scheme_args;
 mod table;

@@ -5,15 +5,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Args as ClapArgs;
-use serde_json::json;
-use zeropoint_core::observer::Method;
+use clap::{Args as ClapArgs, ValueEnum};
 use zeropoint_core::{Granularity, Scheme};
-use zeropoint_model::calibrate::Settings;
-use zeropoint_model::ptq::{self, Options, Outcome};
-use zeropoint_model::{atomic, external_data};
+use zeropoint_onnx::{atomic, model};
+use zeropoint_quant::encodings::encodings;
+use zeropoint_quant::ptq::{self, Options, Outcome};
+use zeropoint_quant::settings::{Preset, Settings};
+use zeropoint_quant::summary::Summary;
 
 use crate::data_args::DataArgs;
+use crate::range_args::RangeMethod;
 use crate::table::{db, num, Table};
 
 #[derive(ClapArgs, Debug)]
@@ -41,12 +42,36 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The presets by name.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresetArg {
+    /// int8 weights, uint8 activations.
+    W8a8,
+    /// int4 weights (embedding tables int8), uint8 activations.
+    W4a8,
+    /// int8 weights, uint16 activations.
+    W8a16,
+    /// int4 weights, uint16 activations.
+    W4a16,
+}
+
+impl PresetArg {
+    fn preset(self) -> Preset {
+        match self {
+            PresetArg::W8a8 => Preset::W8A8,
+            PresetArg::W4a8 => Preset::W4A8,
+            PresetArg::W8a16 => Preset::W8A16,
+            PresetArg::W4a16 => Preset::W4A16,
+        }
+    }
+}
+
 /// The choices of a quantization run, shared with the main job.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct QuantArgs {
-    /// w8a8 (int8 weights, uint8 activations), w4a8, w8a16, w4a16.
-    #[arg(long, default_value = "w8a8")]
-    pub preset: String,
+    /// The schemes of weights and activations.
+    #[arg(long, value_enum, default_value = "w8a8")]
+    pub preset: PresetArg,
     /// Weight scheme, overriding the preset: int8|int4|..., then ",sym"/",asym" and
     /// ",per-channel"/",per-tensor"/",per-block=N", e.g. "int8,sym,per-channel".
     #[arg(long)]
@@ -54,12 +79,12 @@ pub struct QuantArgs {
     /// Activation scheme, overriding the preset: uint8|int8|uint16|int16, then ",asym"/",sym".
     #[arg(long)]
     pub activations: Option<String>,
-    /// Range estimator for weights: minmax, mse, percentile, abs-percentile, entropy.
-    #[arg(long, default_value = "minmax")]
-    pub weight_range: String,
-    /// Range estimator for activations: mse, minmax, percentile, abs-percentile, entropy, ema.
-    #[arg(long, default_value = "mse")]
-    pub activation_range: String,
+    /// Range estimator for weights.
+    #[arg(long, value_enum, default_value = "minmax")]
+    pub weight_range: RangeMethod,
+    /// Range estimator for activations.
+    #[arg(long, value_enum, default_value = "mse")]
+    pub activation_range: RangeMethod,
     /// Keep these nodes float: node names or operator types (repeatable).
     #[arg(long, value_name = "NAME|OP")]
     pub exclude: Vec<String>,
@@ -80,23 +105,23 @@ impl QuantArgs {
     /// What default output names say about the scheme: "int8" for the default preset, the
     /// preset's name for the others, "qdq" when schemes are given explicitly.
     fn tag(&self) -> &str {
-        match (&self.weights, &self.activations, self.preset.as_str()) {
-            (None, None, "w8a8") => "int8",
-            (None, None, preset) => preset,
+        match (&self.weights, &self.activations, self.preset) {
+            (None, None, PresetArg::W8a8) => "int8",
+            (None, None, preset) => preset.preset().name(),
             _ => "qdq",
         }
     }
 
     pub fn options(&self, data: Vec<String>) -> Result<Options> {
-        let (w, a) = match self.preset.as_str() {
-            "w8a8" => ("int8", "uint8"),
-            "w4a8" => ("int4", "uint8"),
-            "w8a16" => ("int8", "uint16"),
-            "w4a16" => ("int4", "uint16"),
-            p => bail!("unknown preset '{p}' (w8a8, w4a8, w8a16, w4a16)"),
+        let preset = self.preset.preset();
+        let weights = match &self.weights {
+            Some(spec) => parse_scheme(spec, true)?,
+            None => preset.weights(),
         };
-        let weights = parse_scheme(self.weights.as_deref().unwrap_or(w), true)?;
-        let activations = parse_scheme(self.activations.as_deref().unwrap_or(a), false)?;
+        let activations = match &self.activations {
+            Some(spec) => parse_scheme(spec, false)?,
+            None => preset.activations(),
+        };
         if activations.granularity != Granularity::PerTensor {
             bail!("activations are quantized per tensor");
         }
@@ -106,9 +131,9 @@ impl QuantArgs {
         Ok(Options {
             settings: Settings {
                 weights,
-                weight_method: Method::parse(&self.weight_range)?,
+                weight_method: self.weight_range.method(),
                 activations,
-                activation_method: Method::parse(&self.activation_range)?,
+                activation_method: self.activation_range.method(),
                 batch: self.batch,
             },
             exclude: self.exclude.clone(),
@@ -170,7 +195,7 @@ pub fn run(args: &Args) -> Result<()> {
     check_output(model, &output)?;
     let opts = args.quant.options(args.calib.clone())?;
     let start = Instant::now();
-    let outcome = ptq::quantize(model, &opts, &mut progress_bar())?;
+    let outcome = ptq::quantize(model, &opts, &mut crate::progress::bar())?;
     write(&outcome, &opts, &output, args.encodings.as_deref())?;
     let seconds = start.elapsed().as_secs_f64();
     report(
@@ -189,9 +214,9 @@ fn write(
     output: &std::path::Path,
     encodings_path: Option<&std::path::Path>,
 ) -> Result<()> {
-    external_data::save(&outcome.model, output)?;
+    model::save(&outcome.model, output)?;
     if let Some(path) = encodings_path {
-        let doc = encodings(outcome, opts);
+        let doc = encodings(outcome, &opts.settings);
         atomic::write_bytes(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
     Ok(())
@@ -216,7 +241,7 @@ fn demo(args: &Args) -> Result<()> {
     };
     let opts = quant.options(calib)?;
     let start = Instant::now();
-    let outcome = ptq::quantize(&files.model, &opts, &mut progress_bar())?;
+    let outcome = ptq::quantize(&files.model, &opts, &mut crate::progress::bar())?;
     write(&outcome, &opts, &output, args.encodings.as_deref())?;
     let seconds = start.elapsed().as_secs_f64();
     if !args.json {
@@ -268,33 +293,6 @@ pub fn check_output(model: &std::path::Path, output: &std::path::Path) -> Result
     Ok(())
 }
 
-/// Progress on stderr (hidden when stderr is not a terminal).
-pub fn progress_bar() -> impl FnMut(&str, usize, usize) {
-    let mut bar: Option<(String, indicatif::ProgressBar)> = None;
-    move |stage: &str, done: usize, total: usize| {
-        if bar.as_ref().is_none_or(|(s, _)| s != stage) {
-            if let Some((_, b)) = &bar {
-                b.finish_and_clear();
-            }
-            let b = indicatif::ProgressBar::new(total as u64);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg:>12} [{bar:30}] {pos}/{len} samples {elapsed}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b.set_message(stage.to_string());
-            bar = Some((stage.to_string(), b));
-        }
-        if let Some((_, b)) = &bar {
-            b.set_position(done as u64);
-            if done >= total {
-                b.finish_and_clear();
-            }
-        }
-    }
-}
-
 fn file_size(p: &std::path::Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
@@ -307,143 +305,57 @@ fn report(
     seconds: f64,
     json_out: bool,
 ) -> Result<()> {
-    let after = file_size(output);
-    let layers: Vec<serde_json::Value> = o
-        .sqnr
-        .iter()
-        .map(|(name, s)| {
-            let qp = o.params.activations.get(name);
-            json!({
-                "value": name,
-                "sqnr_db": Some(s.stats().sqnr_db).filter(|d| d.is_finite()),
-                "range": o.params.ranges.get(name).map(|r| [r.0, r.1]),
-                "scale": qp.map(|q| q.scale[0]),
-                "zero_point": qp.map(|q| q.zero_point[0]),
-                "shares": o.plan.shared.iter().find(|(v, _)| v == name).map(|(_, s)| s),
-                "output": o.graph.outputs.iter().any(|g| &g.name == name),
-            })
-        })
-        .collect();
-    let doc = json!({
-        "model": model.display().to_string(),
-        "output": output.display().to_string(),
-        "bytes_before": before,
-        "bytes_after": after,
-        "calibration_samples": o.calibration_samples,
-        "canonicalization": {
-            "folded_batch_norms": o.canonical.folded_batch_norms.len(),
-            "folded_constants": o.canonical.folded_constants,
-        },
-        "quantizers": {
-            "weights": o.plan.weights.len(),
-            "biases": o.params.biases.len(),
-            "activations": o.plan.activations.len(),
-            "shared": o.plan.shared.len(),
-        },
-        "layers": layers,
-        "seconds": seconds,
-        "stage_seconds": o.seconds,
-    });
+    let model_name = model.display().to_string();
+    let output_name = output.display().to_string();
+    let summary = Summary::new(
+        o,
+        (&model_name, before),
+        (&output_name, file_size(output)),
+        seconds,
+    );
     if json_out {
+        // Through a JSON value: keys sorted, floats printed as the f64 they widen to.
+        let doc = serde_json::to_value(&summary)?;
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
+    print_summary(&summary);
+    Ok(())
+}
+
+fn print_summary(s: &Summary) {
+    let (before, after) = (s.bytes_before, s.bytes_after);
     println!(
         "{} -> {}: {:.2} MB -> {:.2} MB ({:.1}x smaller)",
-        model.display(),
-        output.display(),
+        s.model,
+        s.output,
         before as f64 / 1e6,
         after as f64 / 1e6,
         before as f64 / after.max(1) as f64
     );
+    let q = &s.quantizers;
     println!(
         "placed {} weight, {} int32 bias and {} activation quantizers ({} more values share a grid); {} BatchNorm folded",
-        o.plan.weights.len(),
-        o.params.biases.len(),
-        o.plan.activations.len(),
-        o.plan.shared.len(),
-        o.canonical.folded_batch_norms.len()
+        q.weights, q.biases, q.activations, q.shared, s.canonicalization.folded_batch_norms
     );
-    println!("calibrated on {} samples", o.calibration_samples);
+    println!("calibrated on {} samples", s.calibration_samples);
     let mut t = Table::new(&["value", "min", "max", "scale", "zp", "SQNR dB"]);
-    for l in &layers {
-        let f = |k: &str, i: usize| {
-            l[k].get(i)
-                .and_then(|v| v.as_f64())
-                .map_or("-".to_string(), |v| num(v, 4))
-        };
-        let name = l["value"].as_str().unwrap_or("");
-        let label = match (l["shares"].as_str(), l["output"].as_bool()) {
-            (Some(s), _) => format!("{name} (grid of {s})"),
-            (_, Some(true)) => format!("{name} (output, float)"),
-            _ => name.to_string(),
+    for l in &s.layers {
+        let range = |i: usize| l.range.map_or("-".to_string(), |r| num(f64::from(r[i]), 4));
+        let label = match (&l.shares, l.output) {
+            (Some(s), _) => format!("{} (grid of {s})", l.value),
+            (_, true) => format!("{} (output, float)", l.value),
+            _ => l.value.clone(),
         };
         t.row(vec![
             label,
-            f("range", 0),
-            f("range", 1),
-            l["scale"].as_f64().map_or("-".into(), |v| num(v, 4)),
-            l["zero_point"]
-                .as_i64()
-                .map_or("-".into(), |v| v.to_string()),
-            l["sqnr_db"].as_f64().map_or("inf".into(), db),
+            range(0),
+            range(1),
+            l.scale.map_or("-".into(), |v| num(f64::from(v), 4)),
+            l.zero_point.map_or("-".into(), |v| v.to_string()),
+            l.sqnr_db.map_or("inf".into(), db),
         ]);
     }
     print!("\n{}", t.render());
-    println!("\ndone in {seconds:.2} s");
-    Ok(())
-}
-
-/// The parameters as JSON: per tensor bits, symmetric, scale, zero_point, offset (= −zp), and
-/// the real range [min, max] the grid covers; per-channel values as lists.
-pub fn encodings(o: &Outcome, opts: &Options) -> serde_json::Value {
-    let entry = |qp: &zeropoint_core::QParams, scheme: &Scheme, range: Option<(f32, f32)>| {
-        let per_channel = qp.scale.len() > 1;
-        let real: Vec<(f32, f32)> = (0..qp.scale.len())
-            .map(|i| qp.get(i).real_range(qp.grid))
-            .collect();
-        let pick = |v: Vec<serde_json::Value>| if per_channel { json!(v) } else { v[0].clone() };
-        json!({
-            "bits": scheme.bits,
-            "signed": scheme.signed,
-            "symmetric": scheme.symmetric,
-            "granularity": format!("{:?}", qp.granularity),
-            "scale": pick(qp.scale.iter().map(|&s| json!(s)).collect()),
-            "zero_point": pick(qp.zero_point.iter().map(|&z| json!(z)).collect()),
-            "offset": pick(qp.zero_point.iter().map(|&z| json!(-z)).collect()),
-            "min": pick(real.iter().map(|r| json!(r.0)).collect()),
-            "max": pick(real.iter().map(|r| json!(r.1)).collect()),
-            "calibrated_range": range.map(|r| [r.0, r.1]),
-        })
-    };
-    let s = &opts.settings;
-    let weights: serde_json::Map<String, serde_json::Value> = o
-        .plan
-        .weights
-        .iter()
-        .filter_map(|w| {
-            o.params
-                .weights
-                .get(&w.name)
-                .map(|qp| (w.name.clone(), entry(qp, &s.weights, None)))
-        })
-        .collect();
-    let activations: serde_json::Map<String, serde_json::Value> = o
-        .params
-        .activations
-        .iter()
-        .map(|(n, qp)| {
-            (
-                n.clone(),
-                entry(qp, &s.activations, o.params.ranges.get(n).copied()),
-            )
-        })
-        .collect();
-    let biases: serde_json::Map<String, serde_json::Value> = o
-        .params
-        .biases
-        .iter()
-        .map(|(n, b)| (n.clone(), json!({"bits": 32, "signed": true, "symmetric": true, "scale": b.scale, "zero_point": 0, "offset": 0})))
-        .collect();
-    json!({"weights": weights, "activations": activations, "biases": biases})
+    println!("\ndone in {:.2} s", s.seconds);
 }

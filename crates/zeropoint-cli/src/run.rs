@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
+use serde::Serialize;
 use serde_json::json;
-use zeropoint_model::exec::Executor;
-use zeropoint_model::graph::ValueInfo;
-use zeropoint_model::tensor_file::read_arrays;
-use zeropoint_model::{npy, Graph, Value};
+use zeropoint_engine::{Executor, Value};
+use zeropoint_graph::{Graph, Node, ValueInfo};
+use zeropoint_onnx::npy;
+use zeropoint_onnx::tensor_file::read_arrays;
 
 use crate::table::{num, Table};
 
@@ -38,52 +39,27 @@ pub struct Args {
     pub json: bool,
 }
 
+/// Wall time per operator type and per node, of one run.
+#[derive(Default)]
+struct Profile {
+    per_op: HashMap<String, f64>,
+    per_node: HashMap<String, f64>,
+}
+
 pub fn run(args: &Args) -> Result<()> {
     let graph = Graph::load(&args.model)?;
     let exec = Executor::new(&graph)?;
     let feeds = read_inputs(&args.model, &graph.inputs, &args.inputs)?;
-    let mut times = Vec::new();
-    let mut outputs = Vec::new();
-    let node_of: HashMap<&str, &zeropoint_model::Node> = graph
-        .nodes
-        .iter()
-        .flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n)))
-        .collect();
-    let mut per_op: HashMap<&str, f64> = HashMap::new();
-    let mut per_node: HashMap<&str, f64> = HashMap::new();
-    for _ in 0..args.repeat {
-        per_op.clear();
-        per_node.clear();
-        let start = Instant::now();
-        let mut last = start;
-        // The hook runs right after each node: the time since the previous call is that node's.
-        outputs = exec.run_with(feeds.clone(), &mut |name, v| {
-            let now = Instant::now();
-            if let Some(node) = node_of.get(name) {
-                let dt = (now - last).as_secs_f64();
-                *per_op.entry(node.op.as_str()).or_default() += dt;
-                *per_node.entry(node.name.as_str()).or_default() += dt;
-            }
-            last = now;
-            Ok(v)
-        })?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
+    let Runs {
+        outputs,
+        times,
+        profile,
+    } = timed_runs(&exec, &feeds, args.repeat)?;
     let seconds = times[times.len() / 2];
     if let Some(dir) = &args.output {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create", dir.display()))?;
-        for (name, v) in &outputs {
-            let raw = v.to_raw(name).map_err(anyhow::Error::msg)?;
-            let path = dir.join(format!("{}.npy", file_name(name)));
-            if path == args.model {
-                bail!("{}: refusing to overwrite the model", path.display());
-            }
-            zeropoint_model::atomic::write_bytes(&path, &npy::raw_to_bytes(&raw))?;
-        }
+        write_outputs(dir, &args.model, &outputs)?;
     }
-    let rows: Vec<serde_json::Value> = outputs
+    let rows: Vec<OutputSummary> = outputs
         .iter()
         .map(|(name, v)| summary(name, v))
         .collect::<Result<_>>()?;
@@ -92,39 +68,9 @@ pub fn run(args: &Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    let mut t = Table::new(&["output", "dtype", "shape", "min", "max", "mean"]);
-    for r in &rows {
-        let f = |k: &str| r[k].as_f64().map_or("-".into(), |v| num(v, 5));
-        t.row(vec![
-            r["name"].as_str().unwrap_or("").to_string(),
-            r["dtype"].as_str().unwrap_or("").to_string(),
-            r["shape"].to_string(),
-            f("min"),
-            f("max"),
-            f("mean"),
-        ]);
-    }
-    print!("{}", t.render());
+    print_outputs(&rows);
     if args.profile {
-        let mut ops: Vec<(&&str, &f64)> = per_op.iter().collect();
-        ops.sort_by(|a, b| b.1.total_cmp(a.1));
-        let total: f64 = per_op.values().sum();
-        let mut t = Table::new(&["operator", "seconds", "share"]);
-        for (op, s) in ops {
-            t.row(vec![
-                op.to_string(),
-                format!("{s:.4}"),
-                format!("{:.1}%", 100.0 * s / total.max(1e-12)),
-            ]);
-        }
-        print!("{}", t.render());
-        let mut nodes: Vec<(&&str, &f64)> = per_node.iter().collect();
-        nodes.sort_by(|a, b| b.1.total_cmp(a.1));
-        let mut t = Table::new(&["slowest nodes", "seconds"]);
-        for (name, s) in nodes.into_iter().take(8) {
-            t.row(vec![name.to_string(), format!("{s:.4}")]);
-        }
-        print!("{}", t.render());
+        print_profile(&profile);
     }
     match args.repeat {
         1 => println!("ran {} nodes in {:.3} s", graph.nodes.len(), seconds),
@@ -139,6 +85,101 @@ pub fn run(args: &Args) -> Result<()> {
         println!("outputs written to {}", dir.display());
     }
     Ok(())
+}
+
+/// What repeated runs gave: the outputs, the run times (sorted), and the last run's profile.
+struct Runs {
+    outputs: Vec<(String, Value)>,
+    times: Vec<f64>,
+    profile: Profile,
+}
+
+/// Runs the model `repeat` times.
+fn timed_runs(exec: &Executor, feeds: &HashMap<String, Value>, repeat: u32) -> Result<Runs> {
+    let node_of: HashMap<&str, &Node> = exec
+        .graph()
+        .nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n)))
+        .collect();
+    let mut times = Vec::new();
+    let mut outputs = Vec::new();
+    let mut profile = Profile::default();
+    for _ in 0..repeat {
+        profile = Profile::default();
+        let start = Instant::now();
+        let mut last = start;
+        // The hook runs right after each node: the time since the previous call is that node's.
+        outputs = exec.run_with(feeds.clone(), &mut |name, v| {
+            let now = Instant::now();
+            if let Some(node) = node_of.get(name) {
+                let dt = (now - last).as_secs_f64();
+                *profile.per_op.entry(node.op.to_string()).or_default() += dt;
+                *profile.per_node.entry(node.name.clone()).or_default() += dt;
+            }
+            last = now;
+            Ok(v)
+        })?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(Runs {
+        outputs,
+        times,
+        profile,
+    })
+}
+
+/// Each output as DIR/<name>.npy.
+fn write_outputs(dir: &Path, model: &Path, outputs: &[(String, Value)]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    for (name, v) in outputs {
+        let raw = v.to_raw(name)?;
+        let path = dir.join(format!("{}.npy", file_name(name)));
+        if path == model {
+            bail!("{}: refusing to overwrite the model", path.display());
+        }
+        zeropoint_onnx::atomic::write_bytes(&path, &npy::raw_to_bytes(&raw))?;
+    }
+    Ok(())
+}
+
+fn print_outputs(rows: &[OutputSummary]) {
+    let mut t = Table::new(&["output", "dtype", "shape", "min", "max", "mean"]);
+    for r in rows {
+        let f = |v: Option<f64>| v.map_or("-".into(), |v| num(v, 5));
+        t.row(vec![
+            r.name.clone(),
+            r.dtype.to_string(),
+            json!(r.shape).to_string(),
+            f(r.min.map(f64::from)),
+            f(r.max.map(f64::from)),
+            f(r.mean),
+        ]);
+    }
+    print!("{}", t.render());
+}
+
+fn print_profile(p: &Profile) {
+    let mut ops: Vec<(&String, &f64)> = p.per_op.iter().collect();
+    ops.sort_by(|a, b| b.1.total_cmp(a.1));
+    let total: f64 = p.per_op.values().sum();
+    let mut t = Table::new(&["operator", "seconds", "share"]);
+    for (op, s) in ops {
+        t.row(vec![
+            op.to_string(),
+            format!("{s:.4}"),
+            format!("{:.1}%", 100.0 * s / total.max(1e-12)),
+        ]);
+    }
+    print!("{}", t.render());
+    let mut nodes: Vec<(&String, &f64)> = p.per_node.iter().collect();
+    nodes.sort_by(|a, b| b.1.total_cmp(a.1));
+    let mut t = Table::new(&["slowest nodes", "seconds"]);
+    for (name, s) in nodes.into_iter().take(8) {
+        t.row(vec![name.to_string(), format!("{s:.4}")]);
+    }
+    print!("{}", t.render());
 }
 
 /// The values to feed, by input name, from the --input arguments.
@@ -177,8 +218,7 @@ fn read_inputs(
                 ),
                 (_, true) => raw.name.clone(),
             };
-            let v =
-                Value::from_raw(&raw).map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
+            let v = Value::from_raw(&raw).with_context(|| file.display().to_string())?;
             feeds.insert(key, v);
         }
     }
@@ -190,23 +230,34 @@ fn describe(i: &ValueInfo) -> String {
     format!("{} {dtype} {}", i.name, i.shape_text())
 }
 
-/// Name, dtype, shape and the range and mean of the values.
-fn summary(name: &str, v: &Value) -> Result<serde_json::Value> {
-    let values = v.to_f32s().map_err(anyhow::Error::msg)?;
+/// An output: its name, element type and shape, and the range and mean of its finite values
+/// (None when it has none).
+#[derive(Serialize)]
+struct OutputSummary {
+    name: String,
+    dtype: &'static str,
+    shape: Vec<usize>,
+    min: Option<f32>,
+    max: Option<f32>,
+    mean: Option<f64>,
+}
+
+fn summary(name: &str, v: &Value) -> Result<OutputSummary> {
+    let values = v.to_f32s()?;
     let finite = || values.iter().copied().filter(|x| x.is_finite());
     let (min, max) = finite().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), x| {
         (a.min(x), b.max(x))
     });
     let n = finite().count();
     let mean = finite().map(f64::from).sum::<f64>() / n.max(1) as f64;
-    Ok(json!({
-        "name": name,
-        "dtype": v.dtype.name(),
-        "shape": v.shape(),
-        "min": if n > 0 { Some(min) } else { None },
-        "max": if n > 0 { Some(max) } else { None },
-        "mean": if n > 0 { Some(mean) } else { None },
-    }))
+    Ok(OutputSummary {
+        name: name.to_string(),
+        dtype: v.dtype.name(),
+        shape: v.shape().to_vec(),
+        min: (n > 0).then_some(min),
+        max: (n > 0).then_some(max),
+        mean: (n > 0).then_some(mean),
+    })
 }
 
 /// An output name as a file name.

@@ -46,6 +46,19 @@ fn fails(args: &[&str]) -> String {
     stderr
 }
 
+/// Runs a command whose arguments clap refuses (an unknown value of a typed option); returns
+/// clap's message, which names the option and lists the values it takes.
+fn usage_error(args: &[&str]) -> String {
+    let out = zeropoint(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "zeropoint {args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "zeropoint {args:?} printed a result");
+    assert!(stderr.starts_with("error: invalid value"), "{stderr}");
+    assert!(stderr.contains("[possible values: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 fn shared_model(name: &str) -> PathBuf {
     repo_root().join("../shared/assets/models").join(name)
 }
@@ -303,8 +316,8 @@ fn inspect_compares_range_estimators() {
         text.contains("ranges per estimator, quantized per-tensor with int8 asymmetric"),
         "{text}"
     );
-    let e = fails(&["inspect", path(&model), "--range", "median"]);
-    assert!(e.contains("unknown range method 'median'"), "{e}");
+    let e = usage_error(&["inspect", path(&model), "--range", "median"]);
+    assert!(e.contains("'median' for '--range"), "{e}");
     let e = fails(&[
         "inspect",
         path(&model),
@@ -348,7 +361,7 @@ fn bad_files_give_one_line_errors_naming_the_file() {
         p
     };
     let model = std::fs::read(shared_model("ccexam_mnist_cnn.onnx")).unwrap();
-    let npy = zeropoint_model::npy::to_bytes(&[4, 4], &[0.5f32; 16]);
+    let npy = zeropoint_onnx::npy::to_bytes(&[4, 4], &[0.5f32; 16]);
     let mut complex = npy.clone();
     let at = complex.windows(3).position(|w| w == b"<f4").unwrap();
     complex.splice(at..at + 3, *b"<c8");
@@ -410,16 +423,16 @@ fn run_writes_the_outputs_of_the_executor() {
     let spec = format!("input={}", path(&x));
     let text = ok(&["run", path(&model), "--input", &spec, "-o", path(&out_dir)]);
     assert!(text.contains("gemm_10  float32  [3,10]"), "{text}");
-    let written = zeropoint_model::npy::read(&out_dir.join("gemm_10.npy")).unwrap();
+    let written = zeropoint_onnx::npy::read(&out_dir.join("gemm_10.npy")).unwrap();
     assert_eq!(written.shape, vec![3, 10]);
     // The same values the library computes.
-    let graph = zeropoint_model::Graph::load(&model).unwrap();
-    let raw = zeropoint_model::tensor_file::read_arrays(&x).unwrap();
+    let graph = zeropoint_graph::Graph::load(&model).unwrap();
+    let raw = zeropoint_onnx::tensor_file::read_arrays(&x).unwrap();
     let feeds = [(
         "input".to_string(),
-        zeropoint_model::Value::from_raw(&raw[0]).unwrap(),
+        zeropoint_engine::Value::from_raw(&raw[0]).unwrap(),
     )];
-    let outs = zeropoint_model::exec::Executor::new(&graph)
+    let outs = zeropoint_engine::Executor::new(&graph)
         .unwrap()
         .run(feeds.into_iter().collect())
         .unwrap();
@@ -435,7 +448,7 @@ fn random_npy(dir: &Path, shape: &[usize], seed: u64) -> PathBuf {
     let mut rng = support::Rng::new(seed);
     let values: Vec<f32> = (0..shape.iter().product()).map(|_| rng.normal()).collect();
     let x = dir.join(format!("random{seed}.npy"));
-    zeropoint_model::npy::write(&x, shape, &values).unwrap();
+    zeropoint_onnx::npy::write(&x, shape, &values).unwrap();
     x
 }
 
@@ -496,14 +509,14 @@ fn run_refuses_bad_inputs_with_one_line_errors() {
         "{e}"
     );
     let bad_shape = dir.path().join("flat.npy");
-    zeropoint_model::npy::write(&bad_shape, &[2, 784], &[0f32; 1568]).unwrap();
+    zeropoint_onnx::npy::write(&bad_shape, &[2, 784], &[0f32; 1568]).unwrap();
     let e = fails(&["run", m, "-i", path(&bad_shape)]);
     assert!(
         e.contains("input 'input' must have shape [N, 1, 28, 28], got [2, 784]"),
         "{e}"
     );
     let ints = dir.path().join("ints.npy");
-    zeropoint_model::npy::write(&ints, &[1, 1, 28, 28], &[0i64; 784]).unwrap();
+    zeropoint_onnx::npy::write(&ints, &[1, 1, 28, 28], &[0i64; 784]).unwrap();
     let e = fails(&["run", m, "-i", path(&ints)]);
     assert!(
         e.contains("input 'input' must be float32, got int64"),
@@ -522,11 +535,11 @@ fn run_refuses_bad_inputs_with_one_line_errors() {
     let e = fails(&["run", path(&truncated), "-i", path(&x)]);
     assert!(e.contains("truncated.onnx: not a valid ONNX model"), "{e}");
     // An unsupported operator is named, with its node, before anything runs.
-    let mut proto = zeropoint_model::onnx::load(&model).unwrap();
+    let mut proto = zeropoint_onnx::model::load(&model).unwrap();
     let node = &mut proto.graph.as_mut().unwrap().node[1];
     node.op_type = Some("Mish".into());
     let odd = dir.path().join("odd.onnx");
-    zeropoint_model::external_data::save(&proto, &odd).unwrap();
+    zeropoint_onnx::model::save(&proto, &odd).unwrap();
     let e = fails(&["run", path(&odd), "-i", path(&x)]);
     assert!(
         e.contains("odd.onnx: operator unsupported: node 'relu_2' (Mish)"),
@@ -588,7 +601,7 @@ fn graph_describes_and_canonicalizes_a_model() {
         (upgraded["opset"].clone(), upgraded["nodes"].clone()),
         (21.into(), 84.into())
     );
-    assert!(zeropoint_model::onnx::load(&up).unwrap().ir_version() >= 10);
+    assert!(zeropoint_onnx::model::load(&up).unwrap().ir_version() >= 10);
     let e = fails(&["graph", path(&up), "-o", path(&out), "--opset", "13"]);
     assert!(
         e.contains("the model has opset 21; --opset 13 would downgrade it"),
@@ -674,18 +687,18 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
     let e = fails(&["quantize", m, "-o", o]);
     assert!(e.contains("give calibration data with --calib"), "{e}");
     let empty = dir.path().join("empty.npy");
-    zeropoint_model::npy::write(&empty, &[0, 1, 28, 28], &[0f32; 0]).unwrap();
+    zeropoint_onnx::npy::write(&empty, &[0, 1, 28, 28], &[0f32; 0]).unwrap();
     let e = fails(&["quantize", m, "--calib", path(&empty), "-o", o]);
     assert!(
         e.contains("empty.npy: the dataset is empty (0 samples)"),
         "{e}"
     );
     let flat = dir.path().join("flat.npy");
-    zeropoint_model::npy::write(&flat, &[4, 784], &[0f32; 4 * 784]).unwrap();
+    zeropoint_onnx::npy::write(&flat, &[4, 784], &[0f32; 4 * 784]).unwrap();
     let e = fails(&["quantize", m, "--calib", path(&flat), "-o", o]);
     assert!(e.contains("flat.npy: input 'input' must have shape [N, 1, 28, 28], the data has samples of shape [784]"), "{e}");
     let ints = dir.path().join("ints.npy");
-    zeropoint_model::npy::write(&ints, &[2, 1, 28, 28], &[1i64; 2 * 784]).unwrap();
+    zeropoint_onnx::npy::write(&ints, &[2, 1, 28, 28], &[1i64; 2 * 784]).unwrap();
     let e = fails(&["quantize", m, "--calib", path(&ints), "-o", o]);
     assert!(
         e.contains("ints.npy: input 'input' must be float32, the data is int64"),
@@ -694,7 +707,7 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
     let mut values = vec![0.5f32; 2 * 784];
     values[100] = f32::NAN;
     let nan = dir.path().join("nan.npy");
-    zeropoint_model::npy::write(&nan, &[2, 1, 28, 28], &values).unwrap();
+    zeropoint_onnx::npy::write(&nan, &[2, 1, 28, 28], &values).unwrap();
     let e = fails(&["quantize", m, "--calib", path(&nan), "-o", o]);
     assert!(e.contains("non-finite value (NaN)"), "{e}");
     let copy = dir.path().join("model.onnx");
@@ -714,11 +727,11 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
         std::fs::read(&model).unwrap()
     );
     // The model, edited and saved under another name.
-    let edited = |name: &str, edit: &dyn Fn(&mut zeropoint_model::onnx::ModelProto)| {
-        let mut proto = zeropoint_model::onnx::load(&model).unwrap();
+    let edited = |name: &str, edit: &dyn Fn(&mut zeropoint_onnx::ModelProto)| {
+        let mut proto = zeropoint_onnx::model::load(&model).unwrap();
         edit(&mut proto);
         let file = dir.path().join(name);
-        zeropoint_model::external_data::save(&proto, &file).unwrap();
+        zeropoint_onnx::model::save(&proto, &file).unwrap();
         file
     };
     let odd = edited("odd.onnx", &|p| {
@@ -729,7 +742,7 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
         e.contains("operator unsupported: node 'relu_2' (Mish)"),
         "{e}"
     );
-    let e = fails(&[
+    let e = usage_error(&[
         "quantize",
         m,
         "--calib",
@@ -739,7 +752,8 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
         "-o",
         o,
     ]);
-    assert!(e.contains("unknown preset 'w3a3'"), "{e}");
+    assert!(e.contains("'w3a3' for '--preset"), "{e}");
+    assert!(e.contains("w8a8, w4a8, w8a16, w4a16"), "{e}");
     let old = edited("old.onnx", &|p| p.opset_import[0].version = Some(6));
     let e = fails(&["quantize", path(&old), "--calib", path(&x), "-o", o]);
     assert!(

@@ -47,7 +47,7 @@ impl Packing {
         n.div_ceil(self.per_byte())
     }
 
-    fn code_range(self) -> (i32, i32) {
+    pub(crate) fn code_range(self) -> (i32, i32) {
         let b = self.bits();
         if self.signed() {
             (-(1 << (b - 1)), (1 << (b - 1)) - 1)

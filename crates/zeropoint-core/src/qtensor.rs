@@ -33,6 +33,38 @@ impl Storage {
         }
     }
 
+    /// The containers ONNX QuantizeLinear / DequantizeLinear store codes in (opset 21),
+    /// narrowest first.
+    pub const ONNX: [Storage; 6] = [
+        Storage::Packed(Packing::UInt4),
+        Storage::Packed(Packing::Int4),
+        Storage::U8,
+        Storage::I8,
+        Storage::U16,
+        Storage::I16,
+    ];
+
+    /// The narrowest container of `among` whose codes hold `grid` (a 2-bit or 7-bit grid goes
+    /// in the container that contains it), if any does.
+    pub fn narrowest(grid: Grid, among: &[Storage]) -> Option<Storage> {
+        among.iter().copied().find(|s| {
+            let g = s.grid();
+            grid.qmin >= g.qmin && grid.qmax <= g.qmax
+        })
+    }
+
+    /// Every code the container can hold: [-128, 127] for int8, [0, 15] for uint4, ...
+    pub fn grid(self) -> Grid {
+        let (qmin, qmax) = match self {
+            Storage::I8 => (i8::MIN.into(), i8::MAX.into()),
+            Storage::U8 => (0, u8::MAX.into()),
+            Storage::I16 => (i16::MIN.into(), i16::MAX.into()),
+            Storage::U16 => (0, u16::MAX.into()),
+            Storage::Packed(p) => p.code_range(),
+        };
+        Grid { qmin, qmax }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Storage::I8 => "int8",
@@ -168,5 +200,39 @@ impl QTensor {
 impl From<Packing> for Storage {
     fn from(p: Packing) -> Storage {
         Storage::Packed(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narrowest_container_of_a_grid() {
+        let grid = |b: u32, signed: bool| Scheme::new(b).signed(signed).grid();
+        let onnx = &Storage::ONNX;
+        assert_eq!(
+            Storage::narrowest(grid(4, true), onnx),
+            Some(Packing::Int4.into())
+        );
+        assert_eq!(
+            Storage::narrowest(grid(4, false), onnx),
+            Some(Packing::UInt4.into())
+        );
+        // A 2-bit grid fits the first 4-bit container that holds it; 7 bits take 8.
+        assert_eq!(
+            Storage::narrowest(grid(2, false), onnx),
+            Some(Packing::UInt4.into())
+        );
+        assert_eq!(Storage::narrowest(grid(7, true), onnx), Some(Storage::I8));
+        assert_eq!(Storage::narrowest(grid(8, false), onnx), Some(Storage::U8));
+        assert_eq!(Storage::narrowest(grid(16, true), onnx), Some(Storage::I16));
+        let int32 = Grid {
+            qmin: i32::MIN,
+            qmax: i32::MAX,
+        };
+        assert_eq!(Storage::narrowest(int32, onnx), None);
+        assert_eq!(Storage::I8.grid(), grid(8, true));
+        assert_eq!(Storage::Packed(Packing::UInt4).grid(), grid(4, false));
     }
 }

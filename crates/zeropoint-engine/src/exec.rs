@@ -1,0 +1,229 @@
+//! The executor: runs a [`Graph`] node by node on candle tensors.
+//!
+//! Every value the graph produces (and every fed input) passes through a hook that may observe
+//! it or replace it: calibration observes activations, quantization simulation replaces them by
+//! their fake-quantized version. Values are dropped after their last use, so memory follows the
+//! widest cut of the graph, not its size. Feeding a value under an initializer's name replaces
+//! the initializer (a candle `Var` there makes the run differentiable in that weight).
+
+use std::collections::HashMap;
+
+use zeropoint_graph::graph::dims_fit;
+use zeropoint_graph::{Graph, Node};
+use zeropoint_onnx::RawTensor;
+
+use crate::error::{Error, Result};
+use crate::ops::{self, Cx};
+use crate::value::Value;
+
+/// What a hook may fail with: any error, which the executor places at the value it was given.
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A hook: gets each value by name, returns the value to continue with.
+pub type Hook<'a> = dyn FnMut(&str, Value) -> std::result::Result<Value, HookError> + 'a;
+
+/// Runs a checked graph.
+pub struct Executor<'g> {
+    graph: &'g Graph,
+    /// The initializers as values, converted once.
+    initializers: Vec<(String, Value)>,
+    /// Per node, the values no later node (nor the graph's outputs) reads.
+    dead_after: Vec<Vec<String>>,
+}
+
+/// Refuses a graph with operators zeropoint cannot run, naming every such node.
+pub fn check_supported(graph: &Graph) -> Result<()> {
+    let unsupported = unsupported(graph);
+    if unsupported.is_empty() {
+        return Ok(());
+    }
+    let what = if unsupported.len() == 1 {
+        "operator"
+    } else {
+        "operators"
+    };
+    Err(model_error(
+        graph,
+        format!("{what} unsupported: {}", unsupported.join(", ")),
+    ))
+}
+
+/// The nodes of `graph` zeropoint cannot run, as "node 'x' (Op)" labels.
+pub fn unsupported(graph: &Graph) -> Vec<String> {
+    graph
+        .nodes
+        .iter()
+        .filter(|n| !ops::supports(n))
+        .map(Node::label)
+        .collect()
+}
+
+impl<'g> Executor<'g> {
+    /// Prepares a graph for running; every unsupported operator is reported at once, by node.
+    pub fn new(graph: &'g Graph) -> Result<Executor<'g>> {
+        Executor::with_initializers(graph, |t| Ok(Value::from_raw(t)?))
+    }
+
+    /// Prepares a graph for running with its initializers turned into values by `value` (the
+    /// quantization simulation gives fake-quantized weights this way, without a second graph).
+    pub fn with_initializers(
+        graph: &'g Graph,
+        mut value: impl FnMut(&RawTensor) -> std::result::Result<Value, HookError>,
+    ) -> Result<Executor<'g>> {
+        check_supported(graph)?;
+        let initializers = graph
+            .initializers
+            .iter()
+            .map(|t| {
+                let v =
+                    value(t).map_err(|e| located(graph, format!("initializer '{}'", t.name), e))?;
+                Ok((t.name.clone(), v))
+            })
+            .collect::<Result<_>>()?;
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (i, node) in graph.nodes.iter().enumerate() {
+            for input in &node.inputs {
+                last.insert(input, i);
+            }
+        }
+        for o in &graph.outputs {
+            last.remove(o.name.as_str());
+        }
+        let mut dead_after = vec![Vec::new(); graph.nodes.len()];
+        for (name, i) in last {
+            if !name.is_empty() {
+                dead_after[i].push(name.to_string());
+            }
+        }
+        Ok(Executor {
+            graph,
+            initializers,
+            dead_after,
+        })
+    }
+
+    /// The graph this executor runs.
+    pub fn graph(&self) -> &'g Graph {
+        self.graph
+    }
+
+    /// Runs the graph on `inputs` (by name); returns the graph's outputs in order.
+    pub fn run(&self, inputs: HashMap<String, Value>) -> Result<Vec<(String, Value)>> {
+        self.run_with(inputs, &mut |_, v| Ok(v))
+    }
+
+    /// Runs the graph, passing each fed input and each node output through `hook`, which returns
+    /// the value to continue with.
+    pub fn run_with(
+        &self,
+        inputs: HashMap<String, Value>,
+        hook: &mut Hook,
+    ) -> Result<Vec<(String, Value)>> {
+        let g = self.graph;
+        self.check_inputs(&inputs)?;
+        let mut env: HashMap<String, Value> = self.initializers.iter().cloned().collect();
+        for (name, v) in inputs {
+            let v = hook(&name, v).map_err(|e| located(g, format!("input '{name}'"), e))?;
+            env.insert(name, v);
+        }
+        for (i, node) in g.nodes.iter().enumerate() {
+            let args: Vec<Option<Value>> = node
+                .inputs
+                .iter()
+                .map(|n| {
+                    if n.is_empty() {
+                        None
+                    } else {
+                        env.get(n).cloned()
+                    }
+                })
+                .collect();
+            let cx = Cx {
+                node,
+                inputs: &args,
+                opset: g.opset,
+            };
+            let outs = ops::run(&cx).map_err(|e| located(g, node.label(), e))?;
+            drop(args);
+            for (name, v) in node.outputs.iter().zip(outs) {
+                if name.is_empty() {
+                    continue;
+                }
+                let v = hook(name, v)
+                    .map_err(|e| located(g, format!("{}: output '{name}'", node.label()), e))?;
+                env.insert(name.clone(), v);
+            }
+            for dead in &self.dead_after[i] {
+                env.remove(dead);
+            }
+        }
+        g.outputs
+            .iter()
+            .map(|o| {
+                env.remove(&o.name)
+                    .map(|v| (o.name.clone(), v))
+                    .ok_or_else(|| model_error(g, format!("output '{}' was not computed", o.name)))
+            })
+            .collect()
+    }
+
+    /// Every declared input is fed, with its declared element type and fixed dimensions; nothing
+    /// else is fed but initializers.
+    fn check_inputs(&self, inputs: &HashMap<String, Value>) -> Result<()> {
+        let g = self.graph;
+        for name in inputs.keys() {
+            if !g.inputs.iter().any(|i| &i.name == name) && g.initializer(name).is_none() {
+                let names: Vec<&str> = g.inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(model_error(
+                    g,
+                    format!(
+                        "the model has no input '{name}' (its inputs: {})",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+        for info in &g.inputs {
+            let v = inputs
+                .get(&info.name)
+                .ok_or_else(|| model_error(g, format!("input '{}' is not given", info.name)))?;
+            if let Some(d) = info.dtype.filter(|&d| d != v.dtype) {
+                return Err(model_error(
+                    g,
+                    format!("input '{}' must be {d}, got {}", info.name, v.dtype),
+                ));
+            }
+            if info.shape.as_ref().is_some_and(|s| !dims_fit(s, v.shape())) {
+                return Err(model_error(
+                    g,
+                    format!(
+                        "input '{}' must have shape {}, got {:?}",
+                        info.name,
+                        info.shape_text(),
+                        v.shape()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Something wrong with the model or its inputs, said of the model's file.
+fn model_error(g: &Graph, message: String) -> Error {
+    zeropoint_graph::Error::model(&g.source, message).into()
+}
+
+/// A lower error at a place (a node, an input, an output) of the model.
+fn located(g: &Graph, at: String, e: impl Into<HookError>) -> Error {
+    zeropoint_graph::Error::at(&g.source, at, e).into()
+}
+
+/// Runs one node on given inputs, outside any graph (used by constant folding).
+pub fn run_node(node: &Node, inputs: &[Option<Value>], opset: i64) -> Result<Vec<Value>> {
+    ops::run(&Cx {
+        node,
+        inputs,
+        opset,
+    })
+}

@@ -1,0 +1,481 @@
+//! Convolutions: Conv and ConvTranspose, 1-D and 2-D.
+//!
+//! candle's conv2d takes one padding, stride and dilation for both axes; ONNX allows them per
+//! axis and asymmetric. Uneven pads are applied explicitly before the convolution, uneven strides
+//! by subsampling a stride-1 result. ConvTranspose is the convolution of the zero-upsampled input
+//! with the flipped, transposed kernel, which covers groups, dilations and output padding alike.
+//! The convolution itself is a matrix product of image patches (im2col) with the kernel, a
+//! chunk of the batch at a time; depthwise convolutions are direct loops (or, when a gradient
+//! is needed, a sum of shifted products).
+
+use candle_core::Tensor;
+
+use super::resize::pad_constant;
+use super::{c, like, one, select, Cx, Error, R};
+use crate::value::Value;
+
+/// Spatial attributes of Conv, ConvTranspose and the pools, resolved per axis.
+pub(super) struct Spatial {
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub dilations: Vec<usize>,
+    /// Explicit pads (begin, end) per axis; auto_pad is resolved by the caller.
+    pub pads: Vec<(i64, i64)>,
+    pub auto_pad: String,
+}
+
+pub(super) fn spatial(cx: &Cx, kernel: Vec<usize>) -> R<Spatial> {
+    let n = kernel.len();
+    let list = |name: &str| -> R<Vec<usize>> {
+        match cx.ints(name)? {
+            None => Ok(vec![1; n]),
+            Some(v) if v.len() == n && v.iter().all(|&s| s >= 1) => {
+                Ok(v.iter().map(|&s| s as usize).collect())
+            }
+            Some(v) => Err(Error::Op(format!(
+                "{name} {v:?} do not fit {n} spatial axes"
+            ))),
+        }
+    };
+    let pads = match cx.ints("pads")? {
+        None => vec![(0, 0); n],
+        Some(p) if p.len() == 2 * n => (0..n).map(|i| (p[i], p[i + n])).collect(),
+        Some(p) => return Err(Error::Op(format!("pads {p:?} do not fit {n} spatial axes"))),
+    };
+    Ok(Spatial {
+        kernel,
+        strides: list("strides")?,
+        dilations: list("dilations")?,
+        pads,
+        auto_pad: cx.string("auto_pad", "NOTSET")?,
+    })
+}
+
+impl Spatial {
+    /// Pads for an input of spatial size `size`, as Conv and the pools resolve auto_pad.
+    pub fn conv_pads(&self, size: &[usize]) -> Vec<(i64, i64)> {
+        match self.auto_pad.as_str() {
+            "SAME_UPPER" | "SAME_LOWER" => (0..size.len())
+                .map(|i| {
+                    let (s, k) = (self.strides[i] as i64, self.effective_kernel(i) as i64);
+                    let out = (size[i] as i64 + s - 1) / s;
+                    let total = ((out - 1) * s + k - size[i] as i64).max(0);
+                    if self.auto_pad == "SAME_UPPER" {
+                        (total / 2, total - total / 2)
+                    } else {
+                        (total - total / 2, total / 2)
+                    }
+                })
+                .collect(),
+            "VALID" => vec![(0, 0); size.len()],
+            _ => self.pads.clone(),
+        }
+    }
+
+    pub fn effective_kernel(&self, i: usize) -> usize {
+        (self.kernel[i] - 1) * self.dilations[i] + 1
+    }
+}
+
+/// Views a 3-D (N, C, L) tensor as 4-D (N, C, 1, L), so that 1-D ops use the 2-D code.
+pub(super) fn to_2d(x: &Tensor) -> R<Tensor> {
+    if x.rank() == 3 {
+        c(x.unsqueeze(2))
+    } else if x.rank() == 4 {
+        Ok(x.clone())
+    } else {
+        Err(Error::Op(format!(
+            "input of rank {} is not supported (1-D and 2-D spatial only)",
+            x.rank()
+        )))
+    }
+}
+
+pub(super) fn pairs<T: Copy>(v: &[T], fill: T) -> Vec<T> {
+    if v.len() == 1 {
+        vec![fill, v[0]]
+    } else {
+        v.to_vec()
+    }
+}
+
+/// Pads (positive) or crops (negative) `x` along `dim` with zeros.
+fn pad_or_crop(x: &Tensor, dim: usize, begin: i64, end: i64) -> R<Tensor> {
+    pad_constant(x, dim, begin, end, 0.0)
+}
+
+/// `x[start + step·i]` for i < count along `dim`.
+pub(super) fn strided(
+    x: &Tensor,
+    dim: usize,
+    start: usize,
+    count: usize,
+    step: usize,
+) -> R<Tensor> {
+    if step == 1 {
+        return c(x.narrow(dim, start, count));
+    }
+    let idx: Vec<i64> = (0..count).map(|i| (start + i * step) as i64).collect();
+    select(x, &idx, dim)
+}
+
+pub fn conv(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let (x, w) = (cx.float(0)?, cx.float(1)?);
+    let one_d = x.rank() == 3;
+    let (x, w) = (to_2d(x)?, to_2d(w)?);
+    let kernel = w.dims()[2..].to_vec();
+    let sp = spatial(
+        cx,
+        if one_d {
+            vec![kernel[1]]
+        } else {
+            kernel.clone()
+        },
+    )?;
+    let size = &x.dims()[if one_d { 3 } else { 2 }..];
+    let pads = pairs(&sp.conv_pads(size), (0, 0));
+    let strides = pairs(&sp.strides, 1);
+    let dil = pairs(&sp.dilations, 1);
+    let groups = cx.int("group", 1)?.max(1) as usize;
+    // candle dilates both axes alike: other dilations become zeros spread into the kernel.
+    let (w, dil) = if dil[0] == dil[1] {
+        (w, dil[0])
+    } else {
+        (spread(&spread(&w, 2, dil[0])?, 3, dil[1])?, 1)
+    };
+    let (ph, pw) = (pads[0], pads[1]);
+    let symmetric = ph.0 == ph.1 && pw.0 == pw.1 && ph.0 == pw.0;
+    let (xp, pad) = if symmetric {
+        (x, ph.0 as usize)
+    } else {
+        (
+            pad_or_crop(&pad_or_crop(&x, 2, ph.0, ph.1)?, 3, pw.0, pw.1)?,
+            0,
+        )
+    };
+    let stride = if strides[0] == strides[1] {
+        strides[0]
+    } else {
+        1
+    };
+    let mut y = conv2d(&xp, &w, pad, stride, dil, groups)?;
+    if stride != strides[0] || stride != strides[1] {
+        let (oh, ow) = (y.dims()[2], y.dims()[3]);
+        y = strided(&y, 2, 0, oh.div_ceil(strides[0]), strides[0])?;
+        y = strided(&y, 3, 0, ow.div_ceil(strides[1]), strides[1])?;
+    }
+    if let Some(b) = cx.opt(2) {
+        y = c(y.broadcast_add(&b.tensor.reshape((1, (), 1, 1))?))?;
+    }
+    if one_d {
+        y = c(y.squeeze(2))?;
+    }
+    one(like(y, v))
+}
+
+/// Elements of the unfolded (im2col) input per matrix product: the batch is cut into chunks so
+/// that this buffer stays within a few MB of cache rather than growing with the batch.
+const COLS_PER_CHUNK: usize = 1 << 21;
+
+/// 2-D convolution of an already padded input. Depthwise convolutions (one input channel per
+/// group) are a sum of shifted products; others one matrix product per group and batch chunk
+/// (candle's own conv2d multiplies per image and unfolds the whole batch at once).
+fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    pad: usize,
+    stride: usize,
+    dil: usize,
+    groups: usize,
+) -> R<Tensor> {
+    let c_in = x.dims()[1];
+    let xp = if pad > 0 {
+        c(x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad))?
+    } else {
+        x.clone()
+    };
+    if groups > 1 && groups == c_in && w.dims()[0] == c_in {
+        return depthwise(&xp, w, stride, dil);
+    }
+    if groups == 1 {
+        return gemm_conv(&xp, w, stride, dil);
+    }
+    let (xs, ws) = (c(xp.chunk(groups, 1))?, c(w.chunk(groups, 0))?);
+    let parts = xs
+        .iter()
+        .zip(&ws)
+        .map(|(x, w)| gemm_conv(x, w, stride, dil))
+        .collect::<R<Vec<_>>>()?;
+    c(Tensor::cat(&parts, 1))
+}
+
+/// One group's convolution as W [M, C·kh·kw] × columns [C·kh·kw, OH·OW], image by image.
+fn gemm_conv(x: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
+    let (n, ch, h, wd) = c(x.dims4())?;
+    let (m, _, kh, kw) = c(w.dims4())?;
+    let oh = (h + stride)
+        .checked_sub((kh - 1) * dil + 1)
+        .ok_or("kernel larger than the padded input")?
+        / stride;
+    let ow = (wd + stride)
+        .checked_sub((kw - 1) * dil + 1)
+        .ok_or("kernel larger than the padded input")?
+        / stride;
+    let k = ch * kh * kw;
+    let w2 = c(w.reshape((m, k)))?;
+    if kh * kw == 1 && stride == 1 {
+        // Pointwise: each image is already its own column matrix [C, H·W].
+        let y = c(w2.broadcast_matmul(&x.reshape((n, ch, h * wd))?.contiguous()?))?;
+        return c(y.reshape((n, m, oh, ow)));
+    }
+    let chunk = (COLS_PER_CHUNK / (k * oh * ow).max(1)).clamp(1, n);
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(chunk) {
+        let b = chunk.min(n - start);
+        let xb = c(x.narrow(0, start, b))?;
+        let cols = if xb.dtype() == candle_core::DType::F32 && !xb.track_op() {
+            im2col(&xb, (kh, kw), stride, dil, (oh, ow))?
+        } else {
+            let mut taps = Vec::with_capacity(kh * kw);
+            for i in 0..kh {
+                let rows = strided(&xb, 2, i * dil, oh, stride)?;
+                for j in 0..kw {
+                    taps.push(strided(&rows, 3, j * dil, ow, stride)?);
+                }
+            }
+            // [B, C, kh·kw, OH, OW] is, per image, the column matrix [C·kh·kw, OH·OW].
+            c(Tensor::stack(&taps, 2)?.reshape((b, k, oh * ow)))?
+        };
+        parts.push(c(w2.broadcast_matmul(&cols)?.reshape((b, m, oh, ow)))?);
+    }
+    if parts.len() == 1 {
+        return Ok(parts.remove(0));
+    }
+    c(Tensor::cat(&parts, 0))
+}
+
+/// The column matrices [B, C·kh·kw, OH·OW] of a float32 batch [B, C, H, W], written in one pass
+/// (the same values the stacked strided views give, for runs without gradients).
+fn im2col(
+    x: &Tensor,
+    (kh, kw): (usize, usize),
+    stride: usize,
+    dil: usize,
+    (oh, ow): (usize, usize),
+) -> R<Tensor> {
+    use rayon::prelude::*;
+    let (b, ch, h, wd) = c(x.dims4())?;
+    let per_tap = oh * ow;
+    let mut cols = vec![0f32; b * ch * kh * kw * per_tap];
+    crate::value::with_f32_slice(x, |x| {
+        // One (image, channel) plane per task: its kh·kw rows of the column matrix.
+        cols.par_chunks_mut(kh * kw * per_tap)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let src = &x[plane * h * wd..(plane + 1) * h * wd];
+                for (tap, dst) in out.chunks_mut(per_tap).enumerate() {
+                    let (i, j) = (tap / kw, tap % kw);
+                    for (r, row) in dst.chunks_mut(ow).enumerate() {
+                        let from = &src[(r * stride + i * dil) * wd + j * dil..];
+                        if stride == 1 {
+                            row.copy_from_slice(&from[..ow]);
+                        } else {
+                            for (o, v) in row.iter_mut().zip(from.iter().step_by(stride)) {
+                                *o = *v;
+                            }
+                        }
+                    }
+                }
+            })
+    })?;
+    c(Tensor::from_vec(
+        cols,
+        (b, ch * kh * kw, per_tap),
+        x.device(),
+    ))
+}
+
+/// Depthwise convolution: y = Σ over kernel offsets of w[:, i, j] · (shifted x), computed at
+/// stride 1 on views of the padded input and subsampled for larger strides.
+fn depthwise(xp: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
+    let (kh, kw) = (w.dims()[2], w.dims()[3]);
+    let (h, wd) = (xp.dims()[2], xp.dims()[3]);
+    let (oh, ow) = (
+        (h + 1)
+            .checked_sub((kh - 1) * dil + 1)
+            .ok_or("kernel larger than the padded input")?,
+        (wd + 1)
+            .checked_sub((kw - 1) * dil + 1)
+            .ok_or("kernel larger than the padded input")?,
+    );
+    let plain_f32 = xp.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
+    if plain_f32 && !xp.track_op() && !w.track_op() {
+        return depthwise_direct(
+            xp,
+            w,
+            stride,
+            dil,
+            (oh.div_ceil(stride), ow.div_ceil(stride)),
+        );
+    }
+    let mut y: Option<Tensor> = None;
+    for i in 0..kh {
+        let rows = c(xp.narrow(2, i * dil, oh))?;
+        for j in 0..kw {
+            let tap = c(w.narrow(2, i, 1)?.narrow(3, j, 1)?.reshape((1, (), 1, 1)))?;
+            let term = c(rows.narrow(3, j * dil, ow)?.broadcast_mul(&tap))?;
+            y = Some(match y {
+                None => term,
+                Some(acc) => c(acc.add(&term))?,
+            });
+        }
+    }
+    let y = y.ok_or("empty kernel")?;
+    if stride == 1 {
+        return Ok(y);
+    }
+    let y = strided(&y, 2, 0, oh.div_ceil(stride), stride)?;
+    strided(&y, 3, 0, ow.div_ceil(stride), stride)
+}
+
+/// The same depthwise convolution as direct loops over each image plane, for runs that need
+/// no gradient: the shifted-product form passes over the whole tensor twice per kernel tap.
+/// Taps are summed in the same order, so both forms give the same bits.
+fn depthwise_direct(
+    xp: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    dil: usize,
+    out: (usize, usize),
+) -> R<Tensor> {
+    use rayon::prelude::*;
+    let (n, ch, h, wd) = c(xp.dims4())?;
+    let (kh, kw) = (w.dims()[2], w.dims()[3]);
+    let (oh, ow) = out;
+    let k = c(w.flatten_all()?.to_vec1::<f32>())?;
+    let mut y = vec![0f32; n * ch * oh * ow];
+    crate::value::with_f32_slice(xp, |x| {
+        y.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let src = &x[plane * h * wd..(plane + 1) * h * wd];
+                let taps = &k[(plane % ch) * kh * kw..(plane % ch + 1) * kh * kw];
+                for (r, row_out) in out.chunks_mut(ow).enumerate() {
+                    for i in 0..kh {
+                        let row = &src[(r * stride + i * dil) * wd..];
+                        for j in 0..kw {
+                            let t = taps[i * kw + j];
+                            let row = &row[j * dil..];
+                            for (v, &x) in row_out.iter_mut().zip(row.iter().step_by(stride)) {
+                                *v += t * x;
+                            }
+                        }
+                    }
+                }
+            })
+    })?;
+    c(Tensor::from_vec(y, (n, ch, oh, ow), xp.device()))
+}
+
+pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let (x, w) = (cx.float(0)?, cx.float(1)?);
+    let one_d = x.rank() == 3;
+    let (x, w) = (to_2d(x)?, to_2d(w)?);
+    let groups = cx.int("group", 1)?.max(1) as usize;
+    let (c_in, m_g, kh, kw) = c(w.dims4())?;
+    let sp = spatial(cx, if one_d { vec![kw] } else { vec![kh, kw] })?;
+    let n = sp.kernel.len();
+    let size: Vec<usize> = x.dims()[4 - n..].to_vec();
+    let out_pad = match cx.ints("output_padding")? {
+        Some(p) if p.len() == n => p,
+        Some(p) => {
+            return Err(Error::Op(format!(
+                "output_padding {p:?} does not fit {n} axes"
+            )))
+        }
+        None => vec![0; n],
+    };
+    let pads: Vec<(i64, i64)> = match cx.ints("output_shape")? {
+        Some(shape) => {
+            let shape = &shape[shape.len().saturating_sub(n)..];
+            (0..n)
+                .map(|i| {
+                    let total = sp.strides[i] as i64 * (size[i] as i64 - 1)
+                        + out_pad[i]
+                        + sp.effective_kernel(i) as i64
+                        - shape[i];
+                    split_total(total, sp.auto_pad != "SAME_UPPER")
+                })
+                .collect()
+        }
+        None if sp.auto_pad.starts_with("SAME") => (0..n)
+            .map(|i| {
+                let total = sp.strides[i] as i64 * (size[i] as i64 - 1)
+                    + out_pad[i]
+                    + sp.effective_kernel(i) as i64
+                    - (size[i] * sp.strides[i]) as i64;
+                split_total(total.max(0), sp.auto_pad == "SAME_LOWER")
+            })
+            .collect(),
+        None => sp.pads.clone(),
+    };
+    let (pads, strides, dil, out_pad) = (
+        pairs(&pads, (0, 0)),
+        pairs(&sp.strides, 1),
+        pairs(&sp.dilations, 1),
+        pairs(&out_pad, 0),
+    );
+    if dil[0] != dil[1] {
+        return Err(Error::Op(format!(
+            "dilations {dil:?} differ per axis: not supported"
+        )));
+    }
+    // Zero-insertion upsampling, then "full" padding less the requested pads.
+    let xu = spread(&spread(&x, 2, strides[0])?, 3, strides[1])?;
+    let k = [kh, kw];
+    let mut xu = xu;
+    for (i, d) in [2usize, 3].into_iter().enumerate() {
+        let full = (dil[i] * (k[i] - 1)) as i64;
+        xu = pad_or_crop(&xu, d, full - pads[i].0, full - pads[i].1 + out_pad[i])?;
+    }
+    let wt = c(w
+        .reshape((groups, c_in / groups, m_g, kh, kw))?
+        .transpose(1, 2)?
+        .reshape((groups * m_g, c_in / groups, kh, kw))?
+        .flip(&[2, 3]))?;
+    let mut y = c(xu
+        .contiguous()?
+        .conv2d(&wt.contiguous()?, 0, 1, dil[0], groups))?;
+    if let Some(b) = cx.opt(2) {
+        y = c(y.broadcast_add(&b.tensor.reshape((1, (), 1, 1))?))?;
+    }
+    if one_d {
+        y = c(y.squeeze(2))?;
+    }
+    one(like(y, v))
+}
+
+/// Inserts `s − 1` zeros between consecutive elements along `dim`.
+fn spread(t: &Tensor, dim: usize, s: usize) -> R<Tensor> {
+    let len = t.dims()[dim];
+    if s <= 1 || len == 0 {
+        return Ok(t.clone());
+    }
+    let mut shape = t.dims().to_vec();
+    shape[dim] = len * s;
+    Ok(t.unsqueeze(dim + 1)?
+        .pad_with_zeros(dim + 1, 0, s - 1)?
+        .reshape(shape)?
+        .narrow(dim, 0, (len - 1) * s + 1)?)
+}
+
+/// Splits a total padding in two; `head_larger` gives the odd unit to the beginning.
+fn split_total(total: i64, head_larger: bool) -> (i64, i64) {
+    if head_larger {
+        (total - total / 2, total / 2)
+    } else {
+        (total / 2, total - total / 2)
+    }
+}

@@ -1,0 +1,278 @@
+//! Element-wise operators: arithmetic with numpy broadcasting, comparisons and logic (bool
+//! results carried as u8 0/1), unary math, activations, Where and Cast.
+//!
+//! Activations with a kink are written as relu-based sums (leaky = relu(x) + a·(x − relu(x)))
+//! rather than selects: exact in floating point, and differentiable by candle.
+
+use candle_core::{DType as CDType, Tensor};
+
+use super::{broadcast_pair, broadcast_shape, c, dtype_code, like, one, scalar, Cx, Error, R};
+use crate::value::{carrier, Value};
+use zeropoint_graph::Op;
+use zeropoint_onnx::DType;
+
+pub fn binary(cx: &Cx) -> R<Vec<Value>> {
+    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    let (x, y) = (&a.tensor, &b.tensor);
+    let op = &cx.node.op;
+    let bool_out = |t: Tensor| one(Value::new(t, DType::Bool));
+    if !matches!(op, Op::Pow) && x.dtype() != y.dtype() {
+        return Err(Error::Op(format!(
+            "operands have different types {} and {}",
+            a.dtype, b.dtype
+        )));
+    }
+    match op {
+        Op::Add => one(like(c(x.broadcast_add(y))?, a)),
+        Op::Sub => one(like(c(x.broadcast_sub(y))?, a)),
+        Op::Mul => one(like(c(x.broadcast_mul(y))?, a)),
+        Op::Div => one(like(c(x.broadcast_div(y))?, a)),
+        Op::Pow => one(like(pow(x, b)?, a)),
+        Op::Equal => bool_out(c(x.broadcast_eq(y))?),
+        Op::Less => bool_out(c(x.broadcast_lt(y))?),
+        Op::Greater => bool_out(c(x.broadcast_gt(y))?),
+        Op::LessOrEqual => bool_out(c(x.broadcast_le(y))?),
+        Op::GreaterOrEqual => bool_out(c(x.broadcast_ge(y))?),
+        Op::And => bool_out(c(x.broadcast_mul(y))?),
+        Op::Or => bool_out(c(x.broadcast_maximum(y))?),
+        Op::Xor => bool_out(c(x.broadcast_ne(y))?),
+        _ => Err(Error::Op(format!("{op} is not a binary operator"))),
+    }
+}
+
+/// x^y. A constant exponent uses powf (correct for negative bases with integral exponents);
+/// an elementwise one uses exp(y·ln x), as defined for positive bases.
+fn pow(x: &Tensor, y: &Value) -> R<Tensor> {
+    let ys = y.to_f64s()?;
+    if let Some(&e) = ys.first().filter(|&&e| ys.iter().all(|&v| v == e)) {
+        let out_shape = broadcast_shape(x.dims(), y.shape())?;
+        let r = match e {
+            1.0 => x.clone(),
+            2.0 => c(x.sqr())?,
+            0.5 => c(x.sqrt())?,
+            _ if super::is_int(x) => {
+                let v: Vec<i64> = c(x.flatten_all()?.to_vec1::<i64>())?;
+                let v: Vec<i64> = v.iter().map(|&b| (b as f64).powf(e) as i64).collect();
+                c(Tensor::from_vec(v, x.dims(), x.device()))?
+            }
+            _ => c(x.powf(e))?,
+        };
+        return c(r.broadcast_as(out_shape.as_slice()));
+    }
+    if ys.iter().all(|e| e.fract() == 0.0) {
+        // Integral exponents are defined for negative bases too: compute them exactly.
+        let (xb, yb) = broadcast_pair(x, &y.tensor.to_dtype(candle_core::DType::F64)?)?;
+        let xs = xb
+            .to_dtype(candle_core::DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let es = yb.flatten_all()?.to_vec1::<f64>()?;
+        let r: Vec<f64> = xs.iter().zip(&es).map(|(b, e)| b.powi(*e as i32)).collect();
+        return c(Tensor::from_vec(r, xb.dims(), x.device())?.to_dtype(x.dtype()));
+    }
+    let yt = c(y.tensor.to_dtype(x.dtype()))?;
+    let (xb, yb) = broadcast_pair(x, &yt)?;
+    c(xb.log().and_then(|l| l.mul(&yb)).and_then(|t| t.exp()))
+}
+
+pub fn variadic(cx: &Cx) -> R<Vec<Value>> {
+    let first = cx.input(0)?;
+    let mut acc = first.tensor.clone();
+    for v in cx.inputs[1..].iter().flatten() {
+        acc = c(match &cx.node.op {
+            Op::Max => acc.broadcast_maximum(&v.tensor),
+            Op::Min => acc.broadcast_minimum(&v.tensor),
+            _ => acc.broadcast_add(&v.tensor),
+        })?;
+    }
+    if cx.node.op == Op::Mean {
+        acc = c(acc.affine(1.0 / cx.inputs.iter().flatten().count() as f64, 0.0))?;
+    }
+    one(like(acc, first))
+}
+
+pub fn unary(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let x = &v.tensor;
+    let t = c(match &cx.node.op {
+        // candle's unary kernels are float-only: integers go through exact arithmetic.
+        Op::Neg => x.zeros_like().and_then(|z| z.sub(x)),
+        Op::Abs if super::is_int(x) => x.zeros_like().and_then(|z| x.maximum(&z.sub(x)?)),
+        Op::Sign if super::is_int(x) => {
+            let z = x.zeros_like()?;
+            x.gt(&z)?
+                .to_dtype(x.dtype())?
+                .sub(&x.lt(&z)?.to_dtype(x.dtype())?)
+        }
+        Op::Abs => x.abs(),
+        Op::Sign => x.sign(),
+        Op::Not => x.ones_like().and_then(|o| o.sub(x)),
+        Op::Relu if super::is_int(x) => x.maximum(&x.zeros_like()?),
+        op => {
+            let x = cx.float(0)?;
+            match op {
+                Op::Relu => x.relu(),
+                Op::Sigmoid => sigmoid(x),
+                Op::Tanh => x.tanh(),
+                Op::Exp => x.exp(),
+                Op::Log => x.log(),
+                Op::Sqrt => x.sqrt(),
+                Op::Erf => x.erf(),
+                Op::Reciprocal => x.recip(),
+                Op::Floor => x.floor(),
+                Op::Ceil => x.ceil(),
+                Op::Sin => x.sin(),
+                Op::Cos => x.cos(),
+                // log(1 + e^x), computed as relu(x) + log(1 + e^-|x|) to avoid overflow.
+                _ => x
+                    .abs()
+                    .and_then(|a| a.neg()?.exp()?.affine(1.0, 1.0)?.log())
+                    .and_then(|l| x.relu()?.add(&l)),
+            }
+        }
+    })?;
+    one(like(t, v))
+}
+
+fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.neg()?.exp()?.affine(1.0, 1.0)?.recip()
+}
+
+pub fn activation(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let x = cx.float(0)?;
+    let t = match &cx.node.op {
+        Op::LeakyRelu => leaky(x, cx.float_attr("alpha", 0.01)? as f64)?,
+        Op::HardSigmoid => hard_sigmoid(
+            x,
+            cx.float_attr("alpha", 0.2)? as f64,
+            cx.float_attr("beta", 0.5)? as f64,
+        )?,
+        Op::HardSwish => c(x.mul(&hard_sigmoid(x, 1.0 / 6.0, 0.5)?))?,
+        Op::Gelu => match cx.string("approximate", "none")?.as_str() {
+            "none" => c(x.gelu_erf())?,
+            "tanh" => c(x.gelu())?,
+            a => return Err(Error::Op(format!("approximate='{a}' is not a Gelu mode"))),
+        },
+        Op::Elu => elu(x, cx.float_attr("alpha", 1.0)? as f64)?,
+        _ => {
+            let alpha = cx.float_attr("alpha", 1.673_263_2)? as f64;
+            let gamma = cx.float_attr("gamma", 1.050_701)? as f64;
+            c(elu(x, alpha)?.affine(gamma, 0.0))?
+        }
+    };
+    one(like(t, v))
+}
+
+fn leaky(x: &Tensor, alpha: f64) -> R<Tensor> {
+    let r = c(x.relu())?;
+    c(x.sub(&r)?.affine(alpha, 0.0)?.add(&r))
+}
+
+fn hard_sigmoid(x: &Tensor, alpha: f64, beta: f64) -> R<Tensor> {
+    c(x.affine(alpha, beta)?.clamp(0f32, 1f32))
+}
+
+fn elu(x: &Tensor, alpha: f64) -> R<Tensor> {
+    let neg = c(x.minimum(0f32)?.exp()?.affine(alpha, -alpha))?;
+    c(x.relu()?.add(&neg))
+}
+
+pub fn clip(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let mut t = v.tensor.clone();
+    let (lo, hi) = if cx.opset < 11 {
+        (
+            Some(cx.float_attr("min", f32::MIN)? as f64),
+            Some(cx.float_attr("max", f32::MAX)? as f64),
+        )
+    } else {
+        let get = |i| -> R<Option<f64>> {
+            cx.opt(i)
+                .map(|b| b.to_f64s().map(|s| s.first().copied()))
+                .transpose()
+                .map(Option::flatten)
+        };
+        (get(1)?, get(2)?)
+    };
+    if let Some(lo) = lo {
+        t = c(t.maximum(&scalar(lo, &t)?.broadcast_as(t.dims())?))?;
+    }
+    if let Some(hi) = hi {
+        t = c(t.minimum(&scalar(hi, &t)?.broadcast_as(t.dims())?))?;
+    }
+    one(like(t, v))
+}
+
+pub fn prelu(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let x = cx.float(0)?;
+    let slope = cx.float(1)?;
+    let r = c(x.relu())?;
+    one(like(c(x.sub(&r)?.broadcast_mul(slope)?.add(&r))?, v))
+}
+
+pub fn where_op(cx: &Cx) -> R<Vec<Value>> {
+    let (cond, a, b) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
+    let s = broadcast_shape(cond.shape(), a.shape())?;
+    let s = broadcast_shape(&s, b.shape())?;
+    let s = s.as_slice();
+    let t = c(cond
+        .tensor
+        .broadcast_as(s)?
+        .where_cond(&a.tensor.broadcast_as(s)?, &b.tensor.broadcast_as(s)?))?;
+    one(like(t, a))
+}
+
+pub fn cast(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let to = dtype_code(cx.int("to", 0)?)?;
+    if to.packing().is_some() {
+        return Err(Error::Op(format!("Cast to {to} is not supported")));
+    }
+    one(cast_value(v, to)?)
+}
+
+/// Converts a value to another element type as ONNX Cast does: floats truncate toward zero when
+/// cast to integers, anything nonzero is true, integers wrap to narrower types.
+pub fn cast_value(v: &Value, to: DType) -> R<Value> {
+    let x = &v.tensor;
+    let t = match to {
+        DType::Bool => c(x.ne(&c(x.zeros_like())?))?,
+        DType::U8 if v.dtype.is_float() || v.dtype == DType::Bool => c(x.to_dtype(CDType::U8))?,
+        d if d.is_float() => c(x.to_dtype(carrier(d)))?,
+        DType::I64 => c(x.to_dtype(CDType::I64))?,
+        d => {
+            let wide = c(x.to_dtype(CDType::I64)?.flatten_all()?.to_vec1::<i64>())?;
+            let wrap = |x: i64| -> i64 {
+                match d {
+                    DType::I32 => x as i32 as i64,
+                    DType::I16 => x as i16 as i64,
+                    DType::I8 => x as i8 as i64,
+                    DType::U32 => x as u32 as i64,
+                    DType::U16 => x as u16 as i64,
+                    _ => x,
+                }
+            };
+            if d == DType::U8 {
+                let b: Vec<u8> = wide.iter().map(|&x| x as u8).collect();
+                c(Tensor::from_vec(b, x.dims(), x.device()))?
+            } else {
+                let w: Vec<i64> = wide.into_iter().map(wrap).collect();
+                c(Tensor::from_vec(w, x.dims(), x.device()))?
+            }
+        }
+    };
+    Ok(Value::new(t, to))
+}
+
+pub fn identity(cx: &Cx) -> R<Vec<Value>> {
+    one(cx.input(0)?.clone())
+}
+
+/// Inference-mode dropout: the input unchanged, and an all-true mask if asked for.
+pub fn dropout(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?.clone();
+    let mask = Value::new(c(v.tensor.ones_like()?.to_dtype(CDType::U8))?, DType::Bool);
+    Ok(vec![v, mask])
+}

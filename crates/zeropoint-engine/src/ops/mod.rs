@@ -1,0 +1,328 @@
+//! The ONNX operators, each a short function from its inputs and attributes to its outputs, on
+//! candle tensors so that gradients flow through the same code (candle's autodiff).
+//!
+//! An operator gets a [`Cx`]: the node (attributes, for messages), its input values and the
+//! model's opset, whose version decides attribute-versus-input signatures (Squeeze's axes, Clip's
+//! bounds, ...). Errors say what went wrong ([`Error::Op`]); the executor adds which node.
+
+mod conv;
+mod einsum;
+mod elementwise;
+mod matmul;
+mod norm;
+mod pool;
+mod quant;
+mod reduce;
+mod resize;
+mod shape;
+
+use candle_core::{DType as CDType, Tensor};
+
+use zeropoint_graph::{Node, Op};
+use zeropoint_onnx::proto::attribute_proto::AttributeType;
+use zeropoint_onnx::DType;
+
+use crate::error::Error;
+use crate::value::Value;
+
+/// Operator results: the error says what went wrong; the executor adds which node.
+pub type R<T> = std::result::Result<T, Error>;
+
+/// What an operator sees.
+pub struct Cx<'a> {
+    pub node: &'a Node,
+    pub inputs: &'a [Option<Value>],
+    pub opset: i64,
+}
+
+impl Clone for Cx<'_> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl Copy for Cx<'_> {}
+
+type OpFn = fn(&Cx) -> R<Vec<Value>>;
+
+/// The function running `op` of the default domain, if zeropoint has it.
+fn lookup(op: &Op) -> Option<OpFn> {
+    use elementwise as e;
+    Some(match op {
+        Op::Add
+        | Op::Sub
+        | Op::Mul
+        | Op::Div
+        | Op::Pow
+        | Op::Equal
+        | Op::Less
+        | Op::Greater
+        | Op::LessOrEqual
+        | Op::GreaterOrEqual
+        | Op::And
+        | Op::Or
+        | Op::Xor => e::binary,
+        Op::Max | Op::Min | Op::Sum | Op::Mean => e::variadic,
+        Op::Relu
+        | Op::Sigmoid
+        | Op::Tanh
+        | Op::Exp
+        | Op::Log
+        | Op::Sqrt
+        | Op::Neg
+        | Op::Abs
+        | Op::Erf
+        | Op::Reciprocal
+        | Op::Floor
+        | Op::Ceil
+        | Op::Not
+        | Op::Sign
+        | Op::Softplus
+        | Op::Sin
+        | Op::Cos => e::unary,
+        Op::LeakyRelu | Op::HardSigmoid | Op::HardSwish | Op::Gelu | Op::Elu | Op::Selu => {
+            e::activation
+        }
+        Op::Clip => e::clip,
+        Op::PRelu => e::prelu,
+        Op::Where => e::where_op,
+        Op::Cast => e::cast,
+        Op::Identity => e::identity,
+        Op::Dropout => e::dropout,
+        Op::MatMul => matmul::matmul,
+        Op::Gemm => matmul::gemm,
+        Op::Conv => conv::conv,
+        Op::ConvTranspose => conv::conv_transpose,
+        Op::MaxPool | Op::AveragePool => pool::pool,
+        Op::GlobalAveragePool | Op::GlobalMaxPool => pool::global_pool,
+        Op::BatchNormalization => norm::batch_norm,
+        Op::LayerNormalization => norm::layer_norm,
+        Op::Softmax | Op::LogSoftmax => norm::softmax,
+        Op::ReduceMean
+        | Op::ReduceSum
+        | Op::ReduceMax
+        | Op::ReduceMin
+        | Op::ReduceProd
+        | Op::ReduceSumSquare
+        | Op::ReduceL2 => reduce::reduce,
+        Op::ArgMax | Op::ArgMin => reduce::arg_reduce,
+        Op::Reshape => shape::reshape,
+        Op::Flatten => shape::flatten,
+        Op::Transpose => shape::transpose,
+        Op::Squeeze => shape::squeeze,
+        Op::Unsqueeze => shape::unsqueeze,
+        Op::Concat => shape::concat,
+        Op::Split => shape::split,
+        Op::Slice => shape::slice,
+        Op::Gather => shape::gather,
+        Op::Expand => shape::expand,
+        Op::Tile => shape::tile,
+        Op::Shape => shape::shape,
+        Op::Size => shape::size,
+        Op::Constant => shape::constant,
+        Op::ConstantOfShape => shape::constant_of_shape,
+        Op::Range => shape::range,
+        Op::Pad => resize::pad,
+        Op::Resize => resize::resize,
+        Op::Einsum => einsum::einsum,
+        Op::QuantizeLinear => quant::quantize_linear,
+        Op::DequantizeLinear => quant::dequantize_linear,
+        _ => return None,
+    })
+}
+
+/// Whether zeropoint can run this node (operators of other domains are never [`Op`] variants).
+pub fn supports(node: &Node) -> bool {
+    lookup(&node.op).is_some()
+}
+
+/// Runs one node on its inputs.
+pub fn run(cx: &Cx) -> R<Vec<Value>> {
+    let f = lookup(&cx.node.op)
+        .filter(|_| supports(cx.node))
+        .ok_or_else(|| Error::Op(format!("operator {} is not supported", cx.node.op)))?;
+    // candle answers some type combinations with a panic (unimplemented kernels); a user gets
+    // an error naming the node instead.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(cx))).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(Error::Op(format!(
+            "not supported for these inputs ({what})"
+        )))
+    })
+}
+
+/// candle's result as an operator result.
+pub(crate) fn c<T>(r: candle_core::Result<T>) -> R<T> {
+    Ok(r?)
+}
+
+impl<'a> Cx<'a> {
+    /// Input `i`, which the operator requires.
+    pub fn input(&self, i: usize) -> R<&'a Value> {
+        self.opt(i)
+            .ok_or_else(|| Error::Op(format!("missing required input {i}")))
+    }
+
+    /// Input `i` if given (optional inputs may be absent or named "").
+    pub fn opt(&self, i: usize) -> Option<&'a Value> {
+        self.inputs.get(i).and_then(Option::as_ref)
+    }
+
+    /// Input `i` as float32: integer operands are rejected with the op's name.
+    pub fn float(&self, i: usize) -> R<&'a Tensor> {
+        let v = self.input(i)?;
+        if !v.dtype.is_float() {
+            return Err(Error::Op(format!(
+                "input {i} is {}, expected a float tensor",
+                v.dtype
+            )));
+        }
+        Ok(&v.tensor)
+    }
+
+    /// Input `i` read as integers (shapes, axes, pads), or None if absent.
+    pub fn ints_input(&self, i: usize) -> R<Option<Vec<i64>>> {
+        self.opt(i).map(Value::to_i64s).transpose()
+    }
+
+    fn attr(
+        &self,
+        name: &str,
+        ty: AttributeType,
+    ) -> R<Option<&'a zeropoint_onnx::proto::AttributeProto>> {
+        match self.node.attribute(name) {
+            None => Ok(None),
+            Some(a) if a.r#type() == ty || a.r#type() == AttributeType::Undefined => Ok(Some(a)),
+            Some(a) => Err(Error::Op(format!(
+                "attribute '{name}' has type {:?}, expected {:?}",
+                a.r#type(),
+                ty
+            ))),
+        }
+    }
+
+    pub fn int(&self, name: &str, default: i64) -> R<i64> {
+        Ok(self
+            .attr(name, AttributeType::Int)?
+            .map_or(default, |a| a.i()))
+    }
+
+    pub fn float_attr(&self, name: &str, default: f32) -> R<f32> {
+        Ok(self
+            .attr(name, AttributeType::Float)?
+            .map_or(default, |a| a.f()))
+    }
+
+    pub fn ints(&self, name: &str) -> R<Option<Vec<i64>>> {
+        Ok(self
+            .attr(name, AttributeType::Ints)?
+            .map(|a| a.ints.clone()))
+    }
+
+    pub fn string(&self, name: &str, default: &str) -> R<String> {
+        Ok(self
+            .attr(name, AttributeType::String)?
+            .map_or(default.to_string(), |a| {
+                String::from_utf8_lossy(a.s()).into_owned()
+            }))
+    }
+
+    /// Axes from the attribute (older opsets) or from input `i` (newer ones).
+    pub fn axes(&self, attr_until: i64, i: usize) -> R<Option<Vec<i64>>> {
+        if self.opset < attr_until {
+            self.ints("axes")
+        } else {
+            self.ints_input(i)
+        }
+    }
+}
+
+/// Resolves a possibly negative axis against `rank`.
+pub(crate) fn axis(a: i64, rank: usize) -> R<usize> {
+    let r = rank as i64;
+    if a < -r || a >= r.max(1) {
+        return Err(Error::Op(format!(
+            "axis {a} is out of range for rank {rank}"
+        )));
+    }
+    Ok(if a < 0 { a + r } else { a } as usize)
+}
+
+/// A float result with the dtype of a float operand.
+pub(crate) fn like(t: Tensor, of: &Value) -> Value {
+    Value::new(t, of.dtype)
+}
+
+/// One output.
+pub(crate) fn one(v: Value) -> R<Vec<Value>> {
+    Ok(vec![v])
+}
+
+/// A scalar tensor of `like`'s candle type.
+pub(crate) fn scalar(v: f64, like: &Tensor) -> R<Tensor> {
+    c(Tensor::new(v, like.device()).and_then(|t| t.to_dtype(like.dtype())))
+}
+
+/// `t[idx]` along `dim` (candle's index_select wants a contiguous input).
+pub(crate) fn select(t: &Tensor, idx: &[i64], dim: usize) -> R<Tensor> {
+    let idx = Tensor::from_slice(idx, idx.len(), t.device())?;
+    Ok(t.contiguous()?.index_select(&idx, dim)?)
+}
+
+/// The numpy broadcast of two shapes.
+pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .map(|i| {
+            let da = if i + a.len() >= n {
+                a[i + a.len() - n]
+            } else {
+                1
+            };
+            let db = if i + b.len() >= n {
+                b[i + b.len() - n]
+            } else {
+                1
+            };
+            match (da, db) {
+                (x, y) if x == y => Ok(x),
+                (1, y) => Ok(y),
+                (x, 1) => Ok(x),
+                _ => Err(Error::Op(format!(
+                    "shapes {a:?} and {b:?} do not broadcast"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Both tensors broadcast to their common shape.
+pub(crate) fn broadcast_pair(a: &Tensor, b: &Tensor) -> R<(Tensor, Tensor)> {
+    let s = broadcast_shape(a.dims(), b.dims())?;
+    Ok((
+        c(a.broadcast_as(s.as_slice()))?,
+        c(b.broadcast_as(s.as_slice()))?,
+    ))
+}
+
+/// The carrier type check for integer-only operations.
+pub(crate) fn is_int(t: &Tensor) -> bool {
+    matches!(
+        t.dtype(),
+        CDType::I64 | CDType::U8 | CDType::U32 | CDType::I32 | CDType::I16
+    )
+}
+
+/// The ONNX dtype named by a Cast/ConstantOfShape `to`-style code.
+pub(crate) fn dtype_code(code: i64) -> R<DType> {
+    zeropoint_onnx::tensor_proto::dtype_of(code as i32).ok_or_else(|| {
+        Error::Op(format!(
+            "element type {} is not supported",
+            zeropoint_onnx::tensor_proto::type_name(code as i32)
+        ))
+    })
+}

@@ -1,0 +1,232 @@
+//! Pooling: MaxPool and AveragePool (pads, strides, dilations, ceil mode, count_include_pad)
+//! and the global pools.
+//!
+//! Each output is the max (or sum) over shifted strided views of the padded input, one per kernel
+//! offset, which gives exactly ONNX Runtime's windows for every attribute combination; without
+//! dilation and gradients, candle's pooling kernels compute the same windows faster.
+
+use candle_core::Tensor;
+
+use super::conv::{pairs, spatial, strided, to_2d};
+use super::resize::pad_constant;
+use super::{c, like, one, Cx, Error, R};
+use crate::value::Value;
+use zeropoint_graph::Op;
+
+pub fn pool(cx: &Cx) -> R<Vec<Value>> {
+    if cx.node.outputs.get(1).is_some_and(|o| !o.is_empty()) {
+        return Err("the Indices output of MaxPool is not supported".into());
+    }
+    let v = cx.input(0)?;
+    if !v.dtype.is_float() {
+        // 8-bit maxima are exact in f32.
+        let f = crate::ops::elementwise::cast_value(v, zeropoint_onnx::DType::F32)?;
+        let inputs = [Some(f)];
+        let y = pool(&Cx {
+            inputs: &inputs,
+            ..*cx
+        })?;
+        return Ok(vec![crate::ops::elementwise::cast_value(&y[0], v.dtype)?]);
+    }
+    let x = cx.float(0)?;
+    let one_d = x.rank() == 3;
+    let x = to_2d(x)?;
+    let w = Windows::new(cx, &x)?;
+    // Without dilation, candle's own pooling kernels cover the padded input exactly. Their
+    // gradients are not usable (candle 0.11 scales max-pool gradients by (#max)/k² instead of
+    // 1/#max, and has none for overlapping windows): differentiated runs take the window path.
+    let native = w.d == [1, 1] && !x.track_op();
+    let y = if cx.node.op == Op::MaxPool {
+        max_pool(&x, &w, native)?
+    } else {
+        let include_pad = cx.int("count_include_pad", 0)? != 0;
+        average_pool(&x, &w, native, include_pad)?
+    };
+    let y = if one_d { c(y.squeeze(2))? } else { y };
+    one(like(y, v))
+}
+
+/// The pooling windows over the two spatial axes of a 4-D input: output size, kernel, strides,
+/// dilations, explicit pads, and the padded length the windows reach.
+struct Windows {
+    out: Vec<usize>,
+    reach: Vec<i64>,
+    pads: Vec<(i64, i64)>,
+    k: Vec<usize>,
+    s: Vec<usize>,
+    d: Vec<usize>,
+}
+
+impl Windows {
+    fn new(cx: &Cx, x: &Tensor) -> R<Windows> {
+        let kernel = cx
+            .ints("kernel_shape")?
+            .ok_or("attribute kernel_shape is required")?;
+        let sp = spatial(cx, kernel.iter().map(|&k| k.max(1) as usize).collect())?;
+        let n = sp.kernel.len();
+        let size = x.dims()[4 - n..].to_vec();
+        let pads = sp.conv_pads(&size);
+        let ceil = cx.int("ceil_mode", 0)? != 0;
+        let mut out = Vec::new();
+        let mut reach = Vec::new();
+        for i in 0..n {
+            let (s, k) = (sp.strides[i] as i64, sp.effective_kernel(i) as i64);
+            let span = size[i] as i64 + pads[i].0 + pads[i].1 - k;
+            let mut o = if ceil {
+                (span + s - 1).div_euclid(s) + 1
+            } else {
+                span.div_euclid(s) + 1
+            };
+            // A last window starting in the end padding is dropped (ceil mode only).
+            if ceil && (o - 1) * s >= size[i] as i64 + pads[i].0 {
+                o -= 1;
+            }
+            if o < 1 {
+                return Err(Error::Op(format!(
+                    "kernel {:?} is larger than the padded input",
+                    sp.kernel
+                )));
+            }
+            out.push(o as usize);
+            reach.push((o - 1) * s + k);
+        }
+        Ok(Windows {
+            out: pairs(&out, 1),
+            reach: pairs(&reach, 1),
+            pads: pairs(&pads, (0, 0)),
+            k: pairs(&sp.kernel, 1),
+            s: pairs(&sp.strides, 1),
+            d: pairs(&sp.dilations, 1),
+        })
+    }
+
+    /// `t` padded to exactly the reach with `fill`: explicit pads at the beginning, the rest at
+    /// the end.
+    fn grow(&self, t: &Tensor, fill: f64) -> R<Tensor> {
+        let mut t = t.clone();
+        for (i, dim) in [2usize, 3].into_iter().enumerate() {
+            let tail = self.reach[i] - self.pads[i].0 - t.dims()[dim] as i64;
+            t = pad_constant(&t, dim, self.pads[i].0, tail, fill)?;
+        }
+        Ok(t)
+    }
+
+    /// One strided view of the padded input per kernel offset.
+    fn views(&self, t: &Tensor) -> R<Vec<Tensor>> {
+        let (k, s, d, out) = (&self.k, &self.s, &self.d, &self.out);
+        let mut w = Vec::new();
+        for i in 0..k[0] {
+            for j in 0..k[1] {
+                let r = strided(t, 2, i * d[0], out[0], s[0])?;
+                w.push(strided(&r, 3, j * d[1], out[1], s[1])?);
+            }
+        }
+        Ok(w)
+    }
+}
+
+fn max_pool(x: &Tensor, w: &Windows, native: bool) -> R<Tensor> {
+    let xp = w.grow(x, f64::NEG_INFINITY)?;
+    let (k, s) = ((w.k[0], w.k[1]), (w.s[0], w.s[1]));
+    if native && xp.dtype() == candle_core::DType::F32 {
+        max_pool_direct(&xp, k, s, (w.out[0], w.out[1]))
+    } else if native {
+        c(xp.max_pool2d_with_stride(k, s))
+    } else {
+        let mut it = w.views(&xp)?.into_iter();
+        let first = it.next().ok_or("empty kernel")?;
+        it.try_fold(first, |m, v| c(m.maximum(&v)))
+    }
+}
+
+fn average_pool(x: &Tensor, w: &Windows, native: bool, include_pad: bool) -> R<Tensor> {
+    let xp = w.grow(x, 0.0)?;
+    let (k, s, d, out, pads) = (&w.k, &w.s, &w.d, &w.out, &w.pads);
+    let sum = if native {
+        let avg = c(xp.avg_pool2d_with_stride((k[0], k[1]), (s[0], s[1])))?;
+        c(avg.affine((k[0] * k[1]) as f64, 0.0))?
+    } else {
+        sum_all(w.views(&xp)?)?
+    };
+    // The divisor is separable: per axis, how many window positions count.
+    let counts: Vec<Vec<f32>> = (0..2)
+        .map(|i| {
+            let len = x.dims()[2 + i] as i64;
+            let (lo, hi) = if include_pad {
+                (-pads[i].0, len + pads[i].1)
+            } else {
+                (0, len)
+            };
+            (0..out[i])
+                .map(|o| {
+                    let first = (o * s[i]) as i64 - pads[i].0;
+                    (0..k[i] as i64)
+                        .filter(|j| (lo..hi).contains(&(first + j * d[i] as i64)))
+                        .count() as f32
+                })
+                .collect()
+        })
+        .collect();
+    let count: Vec<f32> = counts[0]
+        .iter()
+        .flat_map(|h| counts[1].iter().map(move |w| h * w))
+        .collect();
+    let count =
+        c(Tensor::from_vec(count, (1, 1, out[0], out[1]), x.device())?.to_dtype(x.dtype()))?;
+    c(sum.broadcast_div(&count))
+}
+
+fn sum_all(ts: Vec<Tensor>) -> R<Tensor> {
+    let mut it = ts.into_iter();
+    let first = it.next().ok_or("empty kernel")?;
+    it.try_fold(first, |a, b| c(a.add(&b)))
+}
+
+pub fn global_pool(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let x = cx.float(0)?;
+    let dims: Vec<usize> = (2..x.rank()).collect();
+    let y = if cx.node.op == Op::GlobalMaxPool {
+        dims.iter()
+            .try_fold(x.clone(), |t, &d| c(t.max_keepdim(d)))?
+    } else {
+        c(x.mean_keepdim(dims))?
+    };
+    one(like(y, v))
+}
+
+/// Max pooling of a padded float32 input as direct loops over each image plane, in parallel
+/// (candle's kernel visits one window at a time; row-wise maxima over each kernel offset
+/// vectorize, and the planes spread over threads).
+fn max_pool_direct(
+    xp: &Tensor,
+    k: (usize, usize),
+    s: (usize, usize),
+    out: (usize, usize),
+) -> R<Tensor> {
+    use rayon::prelude::*;
+    let (n, ch, h, wd) = c(xp.dims4())?;
+    let (oh, ow) = out;
+    let mut y = vec![f32::NEG_INFINITY; n * ch * oh * ow];
+    crate::value::with_f32_slice(xp, |x| {
+        y.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let src = &x[plane * h * wd..(plane + 1) * h * wd];
+                for (r, row_out) in out.chunks_mut(ow).enumerate() {
+                    for i in 0..k.0 {
+                        let row = &src[(r * s.0 + i) * wd..];
+                        for j in 0..k.1 {
+                            for (m, &v) in row_out.iter_mut().zip(row[j..].iter().step_by(s.1)) {
+                                // A NaN in the window makes the result NaN.
+                                if v > *m || v.is_nan() {
+                                    *m = v;
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+    })?;
+    c(Tensor::from_vec(y, (n, ch, oh, ow), xp.device()))
+}

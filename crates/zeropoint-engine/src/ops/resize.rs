@@ -1,0 +1,224 @@
+//! Pad and Resize: both index the input along each axis independently (Resize's nearest and
+//! linear modes are separable), so each is a per-axis gather with host-computed indices, which
+//! is exact and differentiable.
+
+use candle_core::Tensor;
+
+use super::{axis, c, like, one, select, Cx, Error, R};
+use crate::value::Value;
+
+pub fn pad(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let rank = v.shape().len();
+    let mode = cx.string("mode", "constant")?;
+    let (pads, fill) = if cx.opset < 11 {
+        let p = cx.ints("pads")?.ok_or("missing pads")?;
+        (p, cx.float_attr("value", 0.0)? as f64)
+    } else {
+        let p = cx.ints_input(1)?.ok_or("missing pads input")?;
+        let fill = cx.opt(2).map(Value::to_f64s).transpose()?;
+        (p, fill.and_then(|f| f.first().copied()).unwrap_or(0.0))
+    };
+    let axes: Vec<usize> = match cx.ints_input(3)? {
+        Some(a) if cx.opset >= 18 => a.iter().map(|&a| axis(a, rank)).collect::<R<_>>()?,
+        _ => (0..rank).collect(),
+    };
+    if pads.len() != 2 * axes.len() {
+        return Err(Error::Op(format!(
+            "pads {pads:?} do not fit {} axes",
+            axes.len()
+        )));
+    }
+    let mut t = v.tensor.clone();
+    for (i, &a) in axes.iter().enumerate() {
+        let (b, e) = (pads[i], pads[i + axes.len()]);
+        t = match mode.as_str() {
+            "constant" => pad_constant(&t, a, b, e, fill)?,
+            "reflect" | "edge" | "wrap" => {
+                let n = t.dims()[a] as i64;
+                if n == 0 {
+                    return Err(Error::Op(format!("cannot {mode}-pad an empty axis {a}")));
+                }
+                let idx: Vec<i64> = (-b..n + e)
+                    .map(|j| match mode.as_str() {
+                        "edge" => j.clamp(0, n - 1),
+                        "wrap" => j.rem_euclid(n),
+                        _ => reflect(j, n),
+                    })
+                    .collect();
+                select(&t, &idx, a)?
+            }
+            m => return Err(Error::Op(format!("mode '{m}' is not a Pad mode"))),
+        };
+    }
+    one(like(t, v))
+}
+
+/// Index `j` reflected into [0, n) without repeating the edge (numpy's "reflect").
+fn reflect(j: i64, n: i64) -> i64 {
+    if n == 1 {
+        return 0;
+    }
+    let period = 2 * (n - 1);
+    let j = j.rem_euclid(period);
+    if j < n {
+        j
+    } else {
+        period - j
+    }
+}
+
+/// Pads with `fill` (or crops, for negative counts) along `dim`.
+pub(crate) fn pad_constant(t: &Tensor, dim: usize, begin: i64, end: i64, fill: f64) -> R<Tensor> {
+    let n = t.dims()[dim] as i64;
+    let keep_from = (-begin).max(0);
+    let keep_to = n + end.min(0);
+    let mut t = c(t.narrow(
+        dim,
+        keep_from as usize,
+        (keep_to - keep_from).max(0) as usize,
+    ))?;
+    let block = |len: i64, t: &Tensor| -> R<Tensor> {
+        let mut shape = t.dims().to_vec();
+        shape[dim] = len as usize;
+        c(Tensor::full(fill as f32, shape, t.device())?.to_dtype(t.dtype()))
+    };
+    if begin > 0 {
+        t = c(Tensor::cat(&[&block(begin, &t)?, &t], dim))?;
+    }
+    if end > 0 {
+        t = c(Tensor::cat(&[&t, &block(end, &t)?], dim))?;
+    }
+    Ok(t)
+}
+
+pub fn resize(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let x = cx.float(0)?;
+    let rank = x.rank();
+    let mode = cx.string("mode", "nearest")?;
+    if !matches!(mode.as_str(), "nearest" | "linear") {
+        return Err(Error::Op(format!(
+            "mode '{mode}' is not supported (nearest and linear are)"
+        )));
+    }
+    if cx.int("antialias", 0)? != 0 {
+        return Err("antialias=1 is not supported".into());
+    }
+    let ctm = cx.string("coordinate_transformation_mode", "half_pixel")?;
+    let nearest = cx.string("nearest_mode", "round_prefer_floor")?;
+    let axes: Vec<usize> = match cx.ints("axes")? {
+        Some(a) => a.iter().map(|&a| axis(a, rank)).collect::<R<_>>()?,
+        None => (0..rank).collect(),
+    };
+    let (scales_in, sizes_in) = if cx.opset < 11 {
+        (cx.opt(1).map(Value::to_f64s).transpose()?, None)
+    } else {
+        (
+            cx.opt(2)
+                .map(Value::to_f64s)
+                .transpose()?
+                .filter(|s| !s.is_empty()),
+            cx.ints_input(3)?.filter(|s| !s.is_empty()),
+        )
+    };
+    // keep_aspect_ratio_policy (opset 18): one scale for all axes, fitting inside or around sizes.
+    let policy = cx.string("keep_aspect_ratio_policy", "stretch")?;
+    let common = match (&sizes_in, policy.as_str()) {
+        (Some(sz), "not_larger" | "not_smaller") => {
+            let ratios = axes
+                .iter()
+                .enumerate()
+                .map(|(k, &a)| sz[k] as f32 / x.dims()[a] as f32);
+            Some(if policy == "not_larger" {
+                ratios.fold(f32::INFINITY, f32::min)
+            } else {
+                ratios.fold(0.0, f32::max)
+            })
+        }
+        _ => None,
+    };
+    let mut t = x.clone();
+    for (k, &a) in axes.iter().enumerate() {
+        let n = x.dims()[a];
+        let (out, scale) = match (&sizes_in, &scales_in) {
+            (Some(_), _) if common.is_some() => {
+                let s = common.unwrap_or(1.0);
+                ((s * n as f32 + 0.5).floor() as usize, s)
+            }
+            (Some(sz), _) => {
+                let o = *sz.get(k).ok_or("sizes do not fit the axes")? as usize;
+                (o, o as f32 / n as f32)
+            }
+            (None, Some(sc)) => {
+                let s = *sc.get(k).ok_or("scales do not fit the axes")? as f32;
+                (((n as f32) * s).floor() as usize, s)
+            }
+            _ => return Err("one of scales and sizes is required".into()),
+        };
+        if out == n && scale == 1.0 {
+            continue;
+        }
+        let src = |i: usize| source_coordinate(&ctm, i as f32, scale, n, out);
+        t = if mode == "nearest" {
+            let idx: Vec<i64> = (0..out)
+                .map(|i| Ok(round_nearest(&nearest, src(i)?)?.clamp(0, n as i64 - 1)))
+                .collect::<R<_>>()?;
+            select(&t, &idx, a)?
+        } else {
+            let mut i0 = Vec::with_capacity(out);
+            let mut i1 = Vec::with_capacity(out);
+            let mut w = Vec::with_capacity(out);
+            for i in 0..out {
+                let p = src(i)?.clamp(0.0, (n - 1) as f32);
+                let lo = p.floor();
+                i0.push(lo as i64);
+                i1.push((lo as i64 + 1).min(n as i64 - 1));
+                w.push(p - lo);
+            }
+            let mut wshape = vec![1usize; rank];
+            wshape[a] = out;
+            let w1 = c(Tensor::from_vec(w, wshape.as_slice(), x.device())?.to_dtype(x.dtype()))?;
+            let w0 = c(w1.affine(-1.0, 1.0))?;
+            let lo = select(&t, &i0, a)?;
+            let hi = select(&t, &i1, a)?;
+            c(lo.broadcast_mul(&w0)?.add(&hi.broadcast_mul(&w1)?))?
+        };
+    }
+    one(like(t, v))
+}
+
+/// Where output index `x` samples the input, per coordinate_transformation_mode.
+fn source_coordinate(mode: &str, x: f32, scale: f32, n: usize, out: usize) -> R<f32> {
+    Ok(match mode {
+        "half_pixel" => (x + 0.5) / scale - 0.5,
+        "pytorch_half_pixel" if out > 1 => (x + 0.5) / scale - 0.5,
+        "pytorch_half_pixel" => 0.0,
+        "align_corners" if out > 1 => x * (n as f32 - 1.0) / (out as f32 - 1.0),
+        "align_corners" => 0.0,
+        "asymmetric" => x / scale,
+        "tf_half_pixel_for_nn" => (x + 0.5) / scale,
+        "half_pixel_symmetric" => {
+            let adjustment = out as f32 / (scale * n as f32);
+            let center = n as f32 / 2.0;
+            center * (1.0 - adjustment) + (x + 0.5) / scale - 0.5
+        }
+        m => {
+            return Err(Error::Op(format!(
+                "coordinate_transformation_mode '{m}' is not supported"
+            )))
+        }
+    })
+}
+
+fn round_nearest(mode: &str, x: f32) -> R<i64> {
+    let half = x.fract().abs() == 0.5;
+    Ok(match mode {
+        "round_prefer_floor" if half => x.floor(),
+        "round_prefer_ceil" if half => x.ceil(),
+        "round_prefer_floor" | "round_prefer_ceil" => x.round(),
+        "floor" => x.floor(),
+        "ceil" => x.ceil(),
+        m => return Err(Error::Op(format!("nearest_mode '{m}' is not supported"))),
+    } as i64)
+}

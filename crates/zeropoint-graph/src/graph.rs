@@ -1,0 +1,433 @@
+//! The graph IR: an ONNX graph as nodes in topological order with typed operators, named values,
+//! and initializers as raw tensors (their elements as the file stores them).
+//!
+//! Names are the user's handle on a model (`--exclude conv1`, per-layer reports), so they stay
+//! exactly as in the file; a node without a name (or with a duplicate one) gets `<OpType>_<index>`,
+//! its position in the file, which is stable across runs. Node order is the file's order where
+//! that is already topological, so that what a user sees follows the file.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use zeropoint_onnx::proto::attribute_proto::AttributeType;
+use zeropoint_onnx::proto::{
+    tensor_shape_proto, type_proto, AttributeProto, ModelProto, NodeProto, ValueInfoProto,
+};
+use zeropoint_onnx::{external_data, model, tensor_proto, DType, RawTensor};
+
+use crate::error::{Error, Result};
+use crate::op::Op;
+
+/// One dimension of a declared shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Dim {
+    Fixed(usize),
+    /// A named (`N`, `batch`) or anonymous (`?`) dimension, known only at run time.
+    Sym(String),
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Sym(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A graph input or output as declared in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueInfo {
+    pub name: String,
+    pub dtype: Option<DType>,
+    pub shape: Option<Vec<Dim>>,
+}
+
+impl ValueInfo {
+    /// The declared shape as text, "[N, 1, 28, 28]", or "?" when none is declared.
+    pub fn shape_text(&self) -> String {
+        self.shape.as_ref().map_or("?".into(), |s| {
+            let dims: Vec<String> = s.iter().map(Dim::to_string).collect();
+            format!("[{}]", dims.join(", "))
+        })
+    }
+}
+
+/// The element type and shape of a value, as shape inference finds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueType {
+    pub dtype: DType,
+    pub shape: Vec<Dim>,
+}
+
+/// Whether `dims` fit the declared `shape`: the same rank, and equal where a dimension is fixed.
+pub fn dims_fit(shape: &[Dim], dims: &[usize]) -> bool {
+    shape.len() == dims.len()
+        && shape
+            .iter()
+            .zip(dims)
+            .all(|(d, &n)| !matches!(d, Dim::Fixed(f) if *f != n))
+}
+
+/// One operator application.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    /// The domain as the file spells it ("" or "ai.onnx" for the default one), written back as is.
+    pub domain: String,
+    /// Input value names; "" marks an omitted optional input.
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub attributes: Vec<AttributeProto>,
+}
+
+impl Node {
+    /// A node of the default domain without attributes.
+    pub fn new(name: impl Into<String>, op: Op, inputs: &[&str], outputs: &[&str]) -> Node {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Node {
+            name: name.into(),
+            op,
+            domain: String::new(),
+            inputs: strings(inputs),
+            outputs: strings(outputs),
+            attributes: vec![],
+        }
+    }
+
+    /// "node 'conv1' (Conv)", the way errors name a node.
+    pub fn label(&self) -> String {
+        format!("node '{}' ({})", self.name, self.op)
+    }
+
+    pub fn attribute(&self, name: &str) -> Option<&AttributeProto> {
+        self.attributes.iter().find(|a| a.name() == name)
+    }
+}
+
+/// A model's main graph, ready to run.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    /// The file it came from, for error messages.
+    pub source: PathBuf,
+    /// The opset version of the default (ai.onnx) domain.
+    pub opset: i64,
+    /// Inputs the caller must feed (graph inputs that are not initializers).
+    pub inputs: Vec<ValueInfo>,
+    pub outputs: Vec<ValueInfo>,
+    /// Constant tensors (named), in file order.
+    pub initializers: Vec<RawTensor>,
+    /// Nodes in topological order.
+    pub nodes: Vec<Node>,
+}
+
+impl Graph {
+    /// Reads an ONNX file (external data resolved beside it) into a graph.
+    pub fn load(path: &Path) -> Result<Graph> {
+        let mut model = model::load(path)?;
+        external_data::load_external_data(&mut model, path)?;
+        Graph::from_model(&model, path)
+    }
+
+    /// Builds the graph of a decoded model; `path` is for messages (and external data).
+    pub fn from_model(model: &ModelProto, path: &Path) -> Result<Graph> {
+        let g = model
+            .graph
+            .as_ref()
+            .ok_or_else(|| Error::model(path, "the model has no graph"))?;
+        let opset = model
+            .opset_import
+            .iter()
+            .find(|o| matches!(o.domain(), "" | "ai.onnx"))
+            .map(|o| o.version())
+            .ok_or_else(|| Error::model(path, "the model imports no ai.onnx opset"))?;
+        let initializers = g
+            .initializer
+            .iter()
+            .map(|t| tensor_proto::to_raw(t, path).map_err(|e| initializer_error(e, path)))
+            .collect::<Result<Vec<_>>>()?;
+        let init_names: HashSet<&str> = initializers.iter().map(|t| t.name.as_str()).collect();
+        let inputs = g
+            .input
+            .iter()
+            .filter(|i| !init_names.contains(i.name()))
+            .map(value_info)
+            .collect();
+        let outputs = g.output.iter().map(value_info).collect();
+        let nodes = name_nodes(&g.node);
+        let mut graph = Graph {
+            source: path.to_path_buf(),
+            opset,
+            inputs,
+            outputs,
+            initializers,
+            nodes,
+        };
+        graph.sort()?;
+        Ok(graph)
+    }
+
+    /// Puts the nodes in topological order (stable: file order where possible), checking that
+    /// every input is defined and that there is no cycle.
+    pub fn sort(&mut self) -> Result<()> {
+        let mut defined: HashSet<String> = self.inputs.iter().map(|i| i.name.clone()).collect();
+        defined.extend(self.initializers.iter().map(|t| t.name.clone()));
+        defined.insert(String::new());
+        let producers: HashSet<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.outputs.iter().map(String::as_str))
+            .collect();
+        for node in &self.nodes {
+            if let Some(missing) = node
+                .inputs
+                .iter()
+                .find(|i| !defined.contains(*i) && !producers.contains(i.as_str()))
+            {
+                return Err(Error::model(
+                    &self.source,
+                    format!("{}: input '{missing}' is not defined", node.label()),
+                ));
+            }
+        }
+        let mut pending: Vec<Node> = std::mem::take(&mut self.nodes);
+        let mut sorted = Vec::with_capacity(pending.len());
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut rest = Vec::new();
+            for node in pending {
+                if node.inputs.iter().all(|i| defined.contains(i)) {
+                    defined.extend(node.outputs.iter().cloned());
+                    sorted.push(node);
+                } else {
+                    rest.push(node);
+                }
+            }
+            if rest.len() == before {
+                self.nodes = sorted;
+                return Err(Error::model(
+                    &self.source,
+                    format!("{}: the graph has a cycle through it", rest[0].label()),
+                ));
+            }
+            pending = rest;
+        }
+        self.nodes = sorted;
+        Ok(())
+    }
+
+    /// The model `base` (the one this graph was read from) with this graph's nodes and
+    /// initializers: opsets, metadata and doc strings are kept; declared inputs and value_info of
+    /// values that no longer exist are dropped.
+    pub fn to_model(&self, base: &ModelProto) -> Result<ModelProto> {
+        let mut model = base.clone();
+        // An upgrade (crate::opset) may have raised the default domain's version.
+        for o in model.opset_import.iter_mut() {
+            if matches!(o.domain(), "" | "ai.onnx") {
+                o.version = Some(self.opset);
+            }
+        }
+        model.ir_version = Some(model.ir_version().max(min_ir_version(self.opset)));
+        let g = model
+            .graph
+            .as_mut()
+            .ok_or_else(|| Error::model(&self.source, "the model has no graph"))?;
+        let initializer = self
+            .initializers
+            .iter()
+            .map(|t| tensor_proto::from_raw(t.clone()))
+            .collect();
+        let old_nodes = std::mem::take(&mut g.node);
+        g.node = self
+            .nodes
+            .iter()
+            .map(|n| {
+                // Keep fields the IR does not model (doc strings, overloads) of surviving nodes.
+                let mut p = old_nodes
+                    .iter()
+                    .find(|o| o.name() == n.name && o.op_type() == n.op.as_str())
+                    .cloned()
+                    .unwrap_or_default();
+                p.name = Some(n.name.clone());
+                p.op_type = Some(n.op.as_str().to_string());
+                p.domain = (!n.domain.is_empty()).then(|| n.domain.clone());
+                p.input = n.inputs.clone();
+                p.output = n.outputs.clone();
+                p.attribute = n.attributes.clone();
+                p
+            })
+            .collect();
+        let live: HashSet<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.outputs.iter().map(String::as_str))
+            .chain(self.inputs.iter().map(|i| i.name.as_str()))
+            .chain(self.initializers.iter().map(|t| t.name.as_str()))
+            .collect();
+        g.initializer = initializer;
+        g.input.retain(|i| live.contains(i.name()));
+        g.value_info.retain(|i| live.contains(i.name()));
+        Ok(model)
+    }
+
+    pub fn initializer(&self, name: &str) -> Option<&RawTensor> {
+        self.initializers.iter().find(|t| t.name == name)
+    }
+
+    /// The initializer `name` if it holds floats (weights, biases; not shapes or indices).
+    pub fn float_initializer(&self, name: &str) -> Option<&RawTensor> {
+        self.initializer(name).filter(|t| t.dtype.is_float())
+    }
+
+    /// The node producing each value, by value name.
+    pub fn producers(&self) -> HashMap<&str, usize> {
+        let mut map = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            for o in &node.outputs {
+                map.insert(o.as_str(), i);
+            }
+        }
+        map
+    }
+
+    /// The nodes reading each value, by value name.
+    pub fn consumers(&self) -> HashMap<&str, Vec<usize>> {
+        let mut map: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            for input in node.inputs.iter().filter(|s| !s.is_empty()) {
+                map.entry(input.as_str()).or_default().push(i);
+            }
+        }
+        map
+    }
+
+    /// Number of parameters (elements of float initializers).
+    pub fn parameter_count(&self) -> usize {
+        self.initializers
+            .iter()
+            .filter(|t| t.dtype.is_float())
+            .map(RawTensor::len)
+            .sum()
+    }
+}
+
+/// An initializer that cannot be read, named as one.
+fn initializer_error(e: zeropoint_onnx::Error, path: &Path) -> Error {
+    match e {
+        zeropoint_onnx::Error::Tensor {
+            tensor,
+            message,
+            source,
+            ..
+        } => Error::Model {
+            path: path.to_path_buf(),
+            message: format!("initializer '{tensor}': {message}"),
+            source,
+        },
+        other => other.into(),
+    }
+}
+
+fn value_info(v: &ValueInfoProto) -> ValueInfo {
+    let tensor = v.r#type.as_ref().and_then(|t| match &t.value {
+        Some(type_proto::Value::TensorType(tt)) => Some(tt),
+        _ => None,
+    });
+    let dtype = tensor.and_then(|t| tensor_proto::dtype_of(t.elem_type()));
+    let shape = tensor.and_then(|t| t.shape.as_ref()).map(|s| {
+        s.dim
+            .iter()
+            .map(|d| match &d.value {
+                Some(tensor_shape_proto::dimension::Value::DimValue(n)) if *n >= 0 => {
+                    Dim::Fixed(*n as usize)
+                }
+                Some(tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => {
+                    Dim::Sym(p.clone())
+                }
+                _ => Dim::Sym("?".into()),
+            })
+            .collect()
+    });
+    ValueInfo {
+        name: v.name().to_string(),
+        dtype,
+        shape,
+    }
+}
+
+/// The graph's nodes with unique names: the file's, else `<OpType>_<index>`.
+fn name_nodes(nodes: &[NodeProto]) -> Vec<Node> {
+    let mut seen = HashSet::new();
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut name = n.name().to_string();
+            if name.is_empty() || !seen.insert(name.clone()) {
+                name = format!("{}_{i}", n.op_type());
+                seen.insert(name.clone());
+            }
+            Node {
+                name,
+                op: Op::parse(n.op_type(), n.domain()),
+                domain: n.domain().to_string(),
+                inputs: n.input.clone(),
+                outputs: n.output.clone(),
+                attributes: n.attribute.clone(),
+            }
+        })
+        .collect()
+}
+
+/// An integer attribute, for the nodes rewrites add.
+pub fn int_attribute(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        i: Some(v),
+        r#type: Some(AttributeType::Int as i32),
+        ..Default::default()
+    }
+}
+
+/// The oldest IR version that may import `opset` of the default domain (onnx's version table).
+fn min_ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=8 => 3,
+        9 => 4,
+        10 => 5,
+        11 => 6,
+        12..=14 => 7,
+        15..=18 => 8,
+        19 | 20 => 9,
+        21 | 22 => 10,
+        _ => 11,
+    }
+}
+
+/// Value and node names not used in a graph yet, for the nodes and initializers a rewrite adds.
+pub struct Names(HashSet<String>);
+
+impl Names {
+    pub fn new(g: &Graph) -> Names {
+        let mut taken: HashSet<String> = g.initializers.iter().map(|t| t.name.clone()).collect();
+        taken.extend(g.inputs.iter().map(|i| i.name.clone()));
+        for n in &g.nodes {
+            taken.insert(n.name.clone());
+            taken.extend(n.outputs.iter().cloned());
+        }
+        Names(taken)
+    }
+
+    /// `base`, or `base_2`, `base_3`, ... if taken; reserved from then on.
+    pub fn fresh(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut k = 2;
+        while self.0.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        self.0.insert(name.clone());
+        name
+    }
+}

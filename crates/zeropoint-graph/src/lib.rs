@@ -1,0 +1,38 @@
+//! # zeropoint-graph
+//!
+//! An ONNX model as a graph zeropoint can rewrite: nodes in topological order with typed
+//! operators ([`Op`]), declared inputs and outputs, initializers as raw tensors. No tensor library
+//! lives here; the passes that must run operators ask an [`Evaluator`] (zeropoint-engine's).
+//!
+//! - [`graph`]: the IR, read from and written back into the original `ModelProto` (opsets,
+//!   metadata and doc strings kept), with producer/consumer queries and fresh names for rewrites.
+//! - [`op`]: the operator of a node, parsed once from its `op_type` and domain.
+//! - [`canonicalize`]: constant folding, BatchNorm folding, bias Adds into Convs, dead nodes,
+//!   HardSwish as its definition: the form every later step assumes.
+//! - [`opset`]: upgrading a graph to a newer opset of the default domain, one step per opset.
+//! - [`pattern`]: what quantization looks for, the fused groups (layer + bias + Relu/Clip).
+//! - [`evaluator`]: what the passes ask of whoever runs operators.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use zeropoint_graph::{canonicalize::canonicalize, evaluator::Structural, Graph};
+//!
+//! let mut graph = Graph::load(Path::new("model.onnx"))?;
+//! // Without an engine, constants are not folded; BatchNorms and bias Adds still are.
+//! let report = canonicalize(&mut graph, &Structural)?;
+//! println!("{} BatchNorm folded", report.folded_batch_norms.len());
+//! # Ok::<(), zeropoint_graph::Error>(())
+//! ```
+
+pub mod canonicalize;
+pub mod error;
+pub mod evaluator;
+pub mod graph;
+pub mod op;
+pub mod opset;
+pub mod pattern;
+
+pub use error::{Error, Result};
+pub use evaluator::Evaluator;
+pub use graph::{Dim, Graph, Node, ValueInfo, ValueType};
+pub use op::Op;

@@ -1,0 +1,167 @@
+//! Tensors stored outside the model file, as ONNX defines "external data": a tensor with
+//! `data_location = EXTERNAL` names a `location` (a file relative to the model's folder), an
+//! `offset` and a `length`. Models over 2 GB must be stored this way: protobuf messages cannot
+//! exceed 2 GB.
+//!
+//! Reading refuses locations that leave the model's folder (absolute paths, `..`), so a model file
+//! cannot make zeropoint read arbitrary files. Writing a model with external data is
+//! [`crate::model::save_with_external_data`]; this module moves the tensors out of the model.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Component, Path};
+
+use crate::error::{Error, Result};
+use crate::proto::tensor_proto::DataLocation;
+use crate::proto::{AttributeProto, GraphProto, ModelProto, StringStringEntryProto, TensorProto};
+
+/// Calls `f` on every tensor of the model: initializers, sparse initializers, node attributes,
+/// subgraphs and functions.
+pub fn for_each_tensor_mut(model: &mut ModelProto, f: &mut impl FnMut(&mut TensorProto)) {
+    if let Some(g) = model.graph.as_mut() {
+        graph_tensors(g, f);
+    }
+    for func in &mut model.functions {
+        for node in &mut func.node {
+            for a in &mut node.attribute {
+                attribute_tensors(a, f);
+            }
+        }
+    }
+}
+
+fn graph_tensors(g: &mut GraphProto, f: &mut impl FnMut(&mut TensorProto)) {
+    g.initializer.iter_mut().for_each(&mut *f);
+    for s in &mut g.sparse_initializer {
+        s.values
+            .iter_mut()
+            .chain(s.indices.iter_mut())
+            .for_each(&mut *f);
+    }
+    for node in &mut g.node {
+        for a in &mut node.attribute {
+            attribute_tensors(a, f);
+        }
+    }
+}
+
+fn attribute_tensors(a: &mut AttributeProto, f: &mut impl FnMut(&mut TensorProto)) {
+    a.t.iter_mut().chain(a.tensors.iter_mut()).for_each(&mut *f);
+    for s in a
+        .sparse_tensor
+        .iter_mut()
+        .chain(a.sparse_tensors.iter_mut())
+    {
+        s.values
+            .iter_mut()
+            .chain(s.indices.iter_mut())
+            .for_each(&mut *f);
+    }
+    for g in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+        graph_tensors(g, f);
+    }
+}
+
+fn is_external(t: &TensorProto) -> bool {
+    t.data_location == Some(DataLocation::External as i32)
+}
+
+fn field(t: &TensorProto, key: &str) -> Option<String> {
+    t.external_data
+        .iter()
+        .find(|e| e.key.as_deref() == Some(key))
+        .and_then(|e| e.value.clone())
+}
+
+/// The bytes of an externally stored tensor of the model file `model`, read from beside it.
+pub fn read_tensor_bytes(t: &TensorProto, model: &Path) -> Result<Vec<u8>> {
+    let bad = |m: String| Error::tensor(model, t.name(), m);
+    let location =
+        field(t, "location").ok_or_else(|| bad("external data without a 'location'".into()))?;
+    let rel = Path::new(&location);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(bad(format!(
+            "external data location '{location}' leaves the model's folder; only relative paths inside it are allowed"
+        )));
+    }
+    let number = |key: &str| -> Result<Option<u64>> {
+        field(t, key)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| bad(format!("external data {key} '{v}' is not a number")))
+            })
+            .transpose()
+    };
+    let offset = number("offset")?.unwrap_or(0);
+    let path = model.parent().unwrap_or(Path::new(".")).join(rel);
+    let cannot = |e: std::io::Error| Error::Tensor {
+        path: model.to_path_buf(),
+        tensor: t.name().to_string(),
+        message: format!("cannot read external data {}", path.display()),
+        unsupported: false,
+        source: Some(e.into()),
+    };
+    let mut file = File::open(&path).map_err(cannot)?;
+    let size = file.metadata().map_err(cannot)?.len();
+    let length = number("length")?.unwrap_or(size.saturating_sub(offset));
+    if offset.checked_add(length).is_none_or(|end| end > size) {
+        return Err(bad(format!(
+            "external data {} is {size} bytes, too short for offset {offset} and length {length}",
+            path.display()
+        )));
+    }
+    let mut bytes = vec![0u8; length as usize];
+    file.seek(SeekFrom::Start(offset)).map_err(cannot)?;
+    file.read_exact(&mut bytes).map_err(cannot)?;
+    Ok(bytes)
+}
+
+/// Brings every externally stored tensor of a model loaded from `model_path` into memory
+/// (`raw_data`), so that the model no longer depends on its side files.
+pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<()> {
+    let mut failure = None;
+    for_each_tensor_mut(model, &mut |t| {
+        if failure.is_some() || !is_external(t) {
+            return;
+        }
+        match read_tensor_bytes(t, model_path) {
+            Ok(bytes) => {
+                t.raw_data = Some(bytes);
+                t.external_data.clear();
+                t.data_location = None;
+            }
+            Err(e) => failure = Some(e),
+        }
+    });
+    failure.map_or(Ok(()), Err)
+}
+
+/// Moves the raw data of every tensor of at least `threshold` bytes out of the model: the
+/// returned bytes are the data file, tensors one after another at 64-byte aligned offsets, and
+/// each tensor now points into the file `location`.
+pub fn move_out(model: &mut ModelProto, location: &str, threshold: usize) -> Vec<u8> {
+    let mut data = Vec::new();
+    for_each_tensor_mut(model, &mut |t| {
+        let Some(raw) = t.raw_data.take_if(|r| r.len() >= threshold) else {
+            return;
+        };
+        let offset = data.len().next_multiple_of(64);
+        data.resize(offset, 0);
+        data.extend_from_slice(&raw);
+        let entry = |k: &str, v: String| StringStringEntryProto {
+            key: Some(k.to_string()),
+            value: Some(v),
+        };
+        t.external_data = vec![
+            entry("location", location.to_string()),
+            entry("offset", offset.to_string()),
+            entry("length", raw.len().to_string()),
+        ];
+        t.data_location = Some(DataLocation::External as i32);
+    });
+    data
+}

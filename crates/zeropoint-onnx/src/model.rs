@@ -1,0 +1,124 @@
+//! ONNX model files: loading with clear errors, saving atomically (with or without external
+//! data), and a model's initializers as tensors.
+
+use std::path::Path;
+
+use prost::Message;
+
+use crate::atomic;
+use crate::error::{Error, Result};
+use crate::proto::ModelProto;
+use crate::tensor::Tensor;
+
+/// Protobuf's limit on a message's size: a model at least this large needs external data.
+pub const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
+
+/// Reads and decodes an ONNX model file (external data stays where it is: see
+/// [`crate::external_data::load_external_data`]).
+pub fn load(path: &Path) -> Result<ModelProto> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+    decode(&bytes, path)
+}
+
+/// Decodes an ONNX model from bytes. `path` is for error messages.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<ModelProto> {
+    let model = ModelProto::decode(bytes).map_err(|e| {
+        Error::invalid_because(
+            path,
+            "not a valid ONNX model (truncated or malformed protobuf)",
+            e,
+        )
+    })?;
+    if model.graph.is_none() {
+        return Err(Error::invalid(path, "not an ONNX model: it has no graph"));
+    }
+    Ok(model)
+}
+
+/// An initializer that could not be turned into a tensor, and why (string or complex data, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub name: String,
+    pub reason: String,
+}
+
+/// The graph's initializers as f32 tensors. Initializers of types zeropoint does not read are
+/// returned in the second list; malformed ones (wrong byte counts, unsafe external paths) are
+/// errors. `path` is the model file: external data is resolved beside it.
+pub fn initializers(model: &ModelProto, path: &Path) -> Result<(Vec<Tensor>, Vec<Skipped>)> {
+    let Some(graph) = model.graph.as_ref() else {
+        return Err(Error::invalid(path, "not an ONNX model: it has no graph"));
+    };
+    let mut tensors = Vec::new();
+    let mut skipped = Vec::new();
+    for t in &graph.initializer {
+        match crate::tensor_proto::to_raw(t, path) {
+            Ok(raw) => tensors.push(raw.widen()),
+            Err(Error::Tensor {
+                tensor,
+                message,
+                unsupported: true,
+                ..
+            }) => skipped.push(Skipped {
+                name: tensor,
+                reason: message,
+            }),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((tensors, skipped))
+}
+
+/// Encodes a model; refuses one over protobuf's 2 GB limit.
+pub fn encode(model: &ModelProto, path: &Path) -> Result<Vec<u8>> {
+    let size = model.encoded_len();
+    if size > PROTOBUF_LIMIT {
+        return Err(Error::invalid(
+            path,
+            format!(
+                "the model is {size} bytes, over protobuf's 2 GB limit: save it with external data"
+            ),
+        ));
+    }
+    Ok(model.encode_to_vec())
+}
+
+/// Writes a model file atomically.
+pub fn save(model: &ModelProto, path: &Path) -> Result<()> {
+    atomic::write_bytes(path, &encode(model, path)?)
+}
+
+/// Writes a model whose tensors of at least `threshold` bytes of raw data go to the file
+/// `location` beside it (one file, tensors one after another at 64-byte aligned offsets).
+/// Tensors already external are brought in first (from beside `model_source`, the file the
+/// model was read from), so the model's old side files are not needed. The data file is written
+/// first and removed again if the model cannot be written.
+pub fn save_with_external_data(
+    model: &ModelProto,
+    path: &Path,
+    location: &str,
+    threshold: usize,
+    model_source: &Path,
+) -> Result<()> {
+    if location.contains(['/', '\\']) || location.is_empty() || location == ".." {
+        return Err(Error::invalid(
+            path,
+            format!("external data location '{location}' must be a plain file name"),
+        ));
+    }
+    let mut model = model.clone();
+    crate::external_data::load_external_data(&mut model, model_source)?;
+    let data = crate::external_data::move_out(&mut model, location, threshold);
+    let bytes = encode(&model, path)?;
+    let data_path = path.with_file_name(location);
+    if data_path == path {
+        return Err(Error::invalid(
+            path,
+            "the external data file cannot be the model file itself",
+        ));
+    }
+    atomic::write_bytes(&data_path, &data)?;
+    atomic::write_bytes(path, &bytes).inspect_err(|_| {
+        let _ = std::fs::remove_file(&data_path);
+    })
+}

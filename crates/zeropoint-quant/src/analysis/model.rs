@@ -1,0 +1,155 @@
+//! What a model is made of (`zeropoint graph`): inputs and outputs with their inferred shapes,
+//! operator counts and whether zeropoint runs each, parameters, and what canonicalization does
+//! (constants folded, BatchNorms folded, fused groups).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use zeropoint_engine::{exec, infer, ops, Engine};
+use zeropoint_graph::canonicalize::canonicalize;
+use zeropoint_graph::pattern::fused_groups;
+use zeropoint_graph::{Dim, Graph, ValueInfo, ValueType};
+
+use crate::error::Result;
+
+/// A model described.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    /// The model's name (its path, as the user gave it).
+    pub model: String,
+    pub opset: i64,
+    pub nodes: usize,
+    /// Elements of float initializers.
+    pub parameters: usize,
+    pub inputs: Vec<ValueSummary>,
+    pub outputs: Vec<ValueSummary>,
+    /// By operator type, alphabetically.
+    pub operators: Vec<OperatorCount>,
+    /// The nodes zeropoint cannot run, as "node 'x' (Op)".
+    pub unsupported_nodes: Vec<String>,
+    /// What canonicalization did; None when the graph cannot run (shapes and folding need it).
+    pub canonicalization: Option<Canonicalization>,
+    /// Of the canonical graph when there is one.
+    pub fused_groups: Vec<Group>,
+}
+
+/// A graph input or output.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValueSummary {
+    pub name: String,
+    /// Inferred, else declared.
+    pub dtype: Option<&'static str>,
+    pub declared_shape: Option<Vec<String>>,
+    pub shape: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OperatorCount {
+    pub op: String,
+    pub count: usize,
+    pub supported: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Canonicalization {
+    pub folded_constants: usize,
+    pub folded_batch_norms: Vec<FoldedBatchNorm>,
+    pub folded_bias_adds: usize,
+    pub removed_nodes: usize,
+    pub removed_initializers: usize,
+    pub nodes_after: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FoldedBatchNorm {
+    pub batch_norm: String,
+    pub into: String,
+}
+
+/// A layer and what runtimes fuse into it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub nodes: Vec<String>,
+    pub output: String,
+}
+
+/// Describes `graph` (read from the file named `model`); returns the canonicalized graph too when
+/// zeropoint can run the model.
+pub fn describe(model: &str, graph: &Graph) -> Result<(ModelSummary, Option<Graph>)> {
+    let unsupported = exec::unsupported(graph);
+    // Shapes and folding need a run; a graph zeropoint cannot run is still described.
+    let (types, canonical) = if unsupported.is_empty() {
+        let types = infer::infer(graph)?;
+        let mut canonical = graph.clone();
+        let report = canonicalize(&mut canonical, &Engine)?;
+        (Some(types), Some((canonical, report)))
+    } else {
+        (None, None)
+    };
+    let groups = fused_groups(canonical.as_ref().map_or(graph, |(g, _)| g));
+    let mut ops: BTreeMap<&str, (usize, bool)> = BTreeMap::new();
+    for n in &graph.nodes {
+        ops.entry(n.op.as_str()).or_insert((0, ops::supports(n))).0 += 1;
+    }
+    let io = |infos: &[ValueInfo]| -> Vec<ValueSummary> {
+        infos
+            .iter()
+            .map(|i| value_summary(i, types.as_ref().and_then(|t| t.get(&i.name))))
+            .collect()
+    };
+    let summary = ModelSummary {
+        model: model.to_string(),
+        opset: graph.opset,
+        nodes: graph.nodes.len(),
+        parameters: graph.parameter_count(),
+        inputs: io(&graph.inputs),
+        outputs: io(&graph.outputs),
+        operators: ops
+            .into_iter()
+            .map(|(op, (count, supported))| OperatorCount {
+                op: op.to_string(),
+                count,
+                supported,
+            })
+            .collect(),
+        unsupported_nodes: unsupported,
+        canonicalization: canonical.as_ref().map(|(g, r)| Canonicalization {
+            folded_constants: r.folded_constants,
+            folded_batch_norms: r
+                .folded_batch_norms
+                .iter()
+                .map(|(bn, into)| FoldedBatchNorm {
+                    batch_norm: bn.clone(),
+                    into: into.clone(),
+                })
+                .collect(),
+            folded_bias_adds: r.folded_bias_adds.len(),
+            removed_nodes: r.removed_nodes,
+            removed_initializers: r.removed_initializers,
+            nodes_after: g.nodes.len(),
+        }),
+        fused_groups: groups
+            .into_iter()
+            .map(|g| Group {
+                nodes: g.nodes,
+                output: g.output,
+            })
+            .collect(),
+    };
+    Ok((summary, canonical.map(|(g, _)| g)))
+}
+
+fn value_summary(i: &ValueInfo, inferred: Option<&ValueType>) -> ValueSummary {
+    ValueSummary {
+        name: i.name.clone(),
+        dtype: inferred
+            .map(|t| t.dtype.name())
+            .or(i.dtype.map(|d| d.name())),
+        declared_shape: i.shape.as_ref().map(|s| dims(s)),
+        shape: inferred.map(|t| dims(&t.shape)),
+    }
+}
+
+fn dims(shape: &[Dim]) -> Vec<String> {
+    shape.iter().map(Dim::to_string).collect()
+}

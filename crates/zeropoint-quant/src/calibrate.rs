@@ -1,0 +1,158 @@
+//! Calibration: the float model runs on the calibration data batch by batch, an observer per
+//! planned activation watches every batch through the executor's hook, and each observer's
+//! estimator (MSE, percentile, entropy, ...) then picks that activation's clipping range.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+
+use zeropoint_core::observer::{Config, Method, Observer};
+use zeropoint_engine::exec::HookError;
+use zeropoint_engine::{Executor, Value};
+use zeropoint_graph::Graph;
+
+use crate::dataset::Dataset;
+use crate::error::{Error, Result};
+use crate::placement::Plan;
+use crate::settings::Settings;
+
+/// The calibrated (clipping) range of every activation with its own observer, in plan order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ranges(pub Vec<(String, (f32, f32))>);
+
+/// Streams `data` through the float model and returns each planned activation's range.
+/// `progress` is called with the number of samples done after each batch.
+pub fn calibrate(
+    graph: &Graph,
+    plan: &Plan,
+    data: &mut Dataset,
+    settings: &Settings,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Ranges> {
+    let observers = observe(graph, plan, data, settings, progress)?;
+    ranges(graph, plan, &observers, settings)
+}
+
+/// Streams `data` through the float model, feeding an observer per planned activation.
+pub fn observe(
+    graph: &Graph,
+    plan: &Plan,
+    data: &mut Dataset,
+    settings: &Settings,
+    progress: &mut dyn FnMut(usize),
+) -> Result<HashMap<String, Observer>> {
+    let exec = Executor::new(graph)?;
+    let config = Config::new(settings.activation_method);
+    let fresh = || -> Result<HashMap<String, Observer>> {
+        plan.activations
+            .iter()
+            .map(|a| {
+                let obs =
+                    Observer::new(config).map_err(|e| Error::new(&graph.source, e.to_string()))?;
+                Ok((a.clone(), obs))
+            })
+            .collect()
+    };
+    // Each thread runs its own slice of every batch into its own observers, merged at the end:
+    // the executor's operators scale poorly across threads on small images, whole samples do.
+    // Observers merge exactly (docs/ranges.md), except the moving average, which depends on the
+    // batch order and so runs on one slice.
+    let workers = match settings.activation_method {
+        Method::MovingAverage { .. } => 1,
+        _ => rayon::current_num_threads().max(1),
+    };
+    let mut sets: Vec<HashMap<String, Observer>> =
+        (0..workers).map(|_| fresh()).collect::<Result<_>>()?;
+    let mut done = 0;
+    while let Some(batch) = data.next_batch(settings.batch * workers)? {
+        let n = batch
+            .values()
+            .next()
+            .map_or(0, |v| v.shape().first().copied().unwrap_or(0));
+        let parts = split_batch(&batch, n, workers)?;
+        sets.par_iter_mut()
+            .zip(parts)
+            .try_for_each(|(observers, part)| {
+                exec.run_with(part, &mut |name, v| {
+                    if let Some(obs) = observers.get_mut(name) {
+                        v.with_f32s(|x| observe_finite(obs, x, v.shape()))??;
+                    }
+                    Ok(v)
+                })
+                .map(|_| ())
+            })?;
+        done += n;
+        progress(done);
+    }
+    let mut observers = sets.remove(0);
+    for other in sets {
+        for (name, obs) in observers.iter_mut() {
+            if let Some(o) = other.get(name).filter(|o| o.state_bytes() > 0) {
+                obs.merge(o)
+                    .map_err(|e| Error::at(&graph.source, format!("activation '{name}'"), e))?;
+            }
+        }
+    }
+    Ok(observers)
+}
+
+/// Feeds one activation to its observer; NaN or ±Inf stops calibration (the data is wrong).
+fn observe_finite(obs: &mut Observer, x: &[f32], shape: &[usize]) -> Result<(), HookError> {
+    if let Some(bad) = x.iter().find(|x| !x.is_finite()) {
+        return Err(format!("activation has a non-finite value ({bad}): check the data").into());
+    }
+    Ok(obs.update(x, shape)?)
+}
+
+/// A batch of `n` samples cut into `parts` consecutive slices (some may be empty, and are
+/// dropped; at least one remains).
+fn split_batch(
+    batch: &HashMap<String, Value>,
+    n: usize,
+    parts: usize,
+) -> Result<Vec<HashMap<String, Value>>> {
+    let size = n.div_ceil(parts.max(1)).max(1);
+    (0..n)
+        .step_by(size)
+        .map(|start| {
+            batch
+                .iter()
+                .map(|(k, v)| {
+                    let t = v
+                        .tensor
+                        .narrow(0, start, size.min(n - start))
+                        .map_err(zeropoint_engine::Error::from)?;
+                    Ok((k.clone(), Value::new(t, v.dtype)))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Each observer's range for the activation scheme. Range searches (MSE, entropy) are
+/// independent and can take milliseconds each: they run in parallel.
+pub fn ranges(
+    graph: &Graph,
+    plan: &Plan,
+    observers: &HashMap<String, Observer>,
+    settings: &Settings,
+) -> Result<Ranges> {
+    let ranges: Vec<(f32, f32)> = plan
+        .activations
+        .par_iter()
+        .map(|a| {
+            let obs = observers.get(a).ok_or_else(|| {
+                Error::new(
+                    &graph.source,
+                    format!("activation '{a}' was never computed"),
+                )
+            })?;
+            obs.ranges(&settings.activations)
+                .map(|r| r[0])
+                .map_err(|e| Error::at(&graph.source, format!("activation '{a}'"), e))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Ranges(
+        plan.activations.iter().cloned().zip(ranges).collect(),
+    ))
+}

@@ -1,0 +1,586 @@
+//! Model inputs for calibration and evaluation, streamed batch by batch: memory holds one batch,
+//! however many samples the files have.
+//!
+//! Sources, one per model input (by input name, or in the model's input order):
+//! - `.npy`: batch-first arrays, read with seeks;
+//! - `.npz`: one member per input, named after it; stored (uncompressed, numpy's `savez`)
+//!   members are read with seeks like `.npy`, compressed ones are decompressed once;
+//! - MNIST-style idx files (`.idx`, `-ubyte`, optionally `.gz`): unsigned bytes, decoded and
+//!   preprocessed as `(x·scale − mean) / std` into float32 [N, 1, H, W];
+//! - a folder of PNG/JPEG images ([`crate::images`]): resized, cropped, normalized per channel,
+//!   in the layout and size the model input declares.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use zeropoint_engine::Value;
+use zeropoint_graph::graph::dims_fit;
+use zeropoint_graph::{Dim, ValueInfo};
+use zeropoint_onnx::{element_count, npy, npz, DType, RawTensor};
+
+use crate::error::{Error, Result};
+use crate::images::{self, ImagePrep, Layout};
+
+/// Turning pixels (idx bytes, image channels) into model inputs: `(x·scale − mean[c]) / std[c]`
+/// (one value applies to every channel), after the image steps of `image`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    pub scale: f32,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub image: ImagePrep,
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Preprocess {
+            scale: 1.0 / 255.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+            image: ImagePrep::default(),
+        }
+    }
+}
+
+/// The samples of every model input, read in step.
+pub struct Dataset {
+    /// Samples in the dataset (the same for every input).
+    pub len: usize,
+    streams: Vec<(String, Stream)>,
+    next: usize,
+}
+
+enum Stream {
+    /// Rows of a C-order array at a byte offset of a file.
+    Array {
+        path: PathBuf,
+        reader: BufReader<File>,
+        start: u64,
+        dtype: DType,
+        sample: Vec<usize>,
+    },
+    /// An array already in memory (a compressed .npz member).
+    Memory { path: PathBuf, tensor: RawTensor },
+    /// Image files, decoded one batch at a time.
+    Images {
+        dir: PathBuf,
+        files: Vec<PathBuf>,
+        /// [N, C, H, W] or [N, H, W, C].
+        sample: Vec<usize>,
+        prep: Preprocess,
+    },
+    /// An idx file of unsigned bytes, read forward.
+    Idx {
+        path: PathBuf,
+        reader: Box<dyn Read>,
+        sample: Vec<usize>,
+        prep: Preprocess,
+    },
+}
+
+impl Dataset {
+    /// Opens the data for the model inputs `inputs`: each spec is `NAME=FILE` or `FILE`; a
+    /// `.npz` spec provides every input it has a member for; unnamed `.npy`/idx specs are matched
+    /// to the inputs in order.
+    pub fn open(specs: &[String], inputs: &[ValueInfo], prep: &Preprocess) -> Result<Dataset> {
+        let streams = open_streams(specs, inputs, prep)?;
+        let first = Path::new(specs.first().map_or("", String::as_str));
+        let len = common_length(&streams, inputs, first)?;
+        Ok(Dataset {
+            len,
+            streams,
+            next: 0,
+        })
+    }
+
+    /// The next `n` samples (fewer at the end), or None when all were read.
+    pub fn next_batch(&mut self, n: usize) -> Result<Option<HashMap<String, Value>>> {
+        let n = n.min(self.len - self.next);
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut batch = HashMap::new();
+        for (name, stream) in &mut self.streams {
+            let raw = stream.read(self.next, n)?;
+            let v = Value::from_raw(&raw).map_err(|e| Error::new(stream.path(), e.to_string()))?;
+            batch.insert(name.clone(), v);
+        }
+        self.next += n;
+        Ok(Some(batch))
+    }
+
+    /// Limits the dataset to its first `n` samples.
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+}
+
+/// A stream per model input the specs provide data for.
+fn open_streams(
+    specs: &[String],
+    inputs: &[ValueInfo],
+    prep: &Preprocess,
+) -> Result<Vec<(String, Stream)>> {
+    let mut streams: Vec<(String, Stream)> = Vec::new();
+    let mut positional = inputs.iter();
+    // The input a spec is for: the one it names, else the next in the model's order.
+    let mut input_for = |name: Option<String>, path: &Path, what: &str| -> Result<String> {
+        match name {
+            Some(n) => Ok(n),
+            None => positional
+                .next()
+                .map(|i| i.name.clone())
+                .ok_or_else(|| Error::new(path, format!("more data {what} than model inputs"))),
+        }
+    };
+    for spec in specs {
+        let (name, path) = match spec.split_once('=') {
+            Some((n, f)) if !n.is_empty() => (Some(n.to_string()), PathBuf::from(f)),
+            _ => (None, PathBuf::from(spec)),
+        };
+        if path.is_dir() {
+            let name = input_for(name, &path, "sources")?;
+            let info = inputs.iter().find(|i| i.name == name);
+            streams.push((name.clone(), open_images(&path, info, prep)?));
+        } else if is_npz(&path) {
+            streams.extend(open_npz(&path)?);
+        } else {
+            let name = input_for(name, &path, "files")?;
+            let stream = if is_idx(&path) {
+                open_idx(&path, prep)?
+            } else {
+                open_npy(&path)?
+            };
+            streams.push((name, stream));
+        }
+    }
+    Ok(streams)
+}
+
+/// The number of samples, checking that every stream is a model input that fits it, that they
+/// all have as many samples, and that every input has data. `first` (the first spec) is named
+/// when data is missing.
+fn common_length(
+    streams: &[(String, Stream)],
+    inputs: &[ValueInfo],
+    first: &Path,
+) -> Result<usize> {
+    let mut len = None;
+    for (name, s) in streams {
+        let info = inputs.iter().find(|i| &i.name == name).ok_or_else(|| {
+            let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+            Error::new(
+                s.path(),
+                format!(
+                    "'{name}' is not a model input (the inputs: {})",
+                    names.join(", ")
+                ),
+            )
+        })?;
+        s.check(info)?;
+        let n = s.samples();
+        if *len.get_or_insert(n) != n {
+            return Err(Error::new(
+                s.path(),
+                format!(
+                    "{n} samples of '{name}', but {} of the other inputs",
+                    len.unwrap_or(0)
+                ),
+            ));
+        }
+    }
+    if let Some(missing) = inputs
+        .iter()
+        .find(|i| !streams.iter().any(|(n, _)| *n == i.name))
+    {
+        return Err(Error::new(
+            first,
+            format!("no data for model input '{}'", missing.name),
+        ));
+    }
+    match len.unwrap_or(0) {
+        0 => Err(Error::new(first, "the dataset is empty (0 samples)")),
+        n => Ok(n),
+    }
+}
+
+impl Stream {
+    fn path(&self) -> &Path {
+        match self {
+            Stream::Array { path, .. } | Stream::Idx { path, .. } => path,
+            Stream::Images { dir, .. } => dir,
+            Stream::Memory { path, .. } => path,
+        }
+    }
+
+    fn sample_shape(&self) -> (&[usize], DType) {
+        match self {
+            Stream::Array { sample, dtype, .. } => (sample, *dtype),
+            Stream::Memory { tensor, .. } => (&tensor.shape, tensor.dtype),
+            Stream::Idx { sample, .. } | Stream::Images { sample, .. } => (sample, DType::F32),
+        }
+    }
+
+    fn samples(&self) -> usize {
+        match self {
+            Stream::Array { sample, .. }
+            | Stream::Idx { sample, .. }
+            | Stream::Images { sample, .. } => sample[0],
+            Stream::Memory { tensor, .. } => tensor.shape[0],
+        }
+    }
+
+    /// The data fits the declared input: element type, and every fixed dimension but the batch.
+    fn check(&self, info: &ValueInfo) -> Result<()> {
+        let (shape, dtype) = self.sample_shape();
+        let per_sample = &shape[1..];
+        if let Some(want) = info.dtype.filter(|&d| d != dtype) {
+            return Err(Error::new(
+                self.path(),
+                format!("input '{}' must be {want}, the data is {dtype}", info.name),
+            ));
+        }
+        // The batch dimension is the data's to choose.
+        let fits = |decl: &Vec<Dim>| !decl.is_empty() && dims_fit(&decl[1..], per_sample);
+        if info.shape.as_ref().is_some_and(|decl| !fits(decl)) {
+            return Err(Error::new(
+                self.path(),
+                format!(
+                    "input '{}' must have shape {}, the data has samples of shape {per_sample:?}",
+                    info.name,
+                    info.shape_text()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Samples `from .. from + n`, as a batch-first tensor.
+    fn read(&mut self, from: usize, n: usize) -> Result<RawTensor> {
+        match self {
+            Stream::Array {
+                path,
+                reader,
+                start,
+                dtype,
+                sample,
+            } => {
+                let row: usize = sample[1..].iter().product::<usize>() * dtype.size();
+                let mut data = vec![0u8; row * n];
+                reader
+                    .seek(SeekFrom::Start(*start + (row * from) as u64))
+                    .and_then(|_| reader.read_exact(&mut data))
+                    .map_err(|e| Error::io(path, "read", e))?;
+                Ok(batch_of(sample, n, *dtype, data))
+            }
+            Stream::Memory { tensor, .. } => {
+                let row = tensor.data.len() / tensor.shape[0].max(1);
+                Ok(batch_of(
+                    &tensor.shape,
+                    n,
+                    tensor.dtype,
+                    tensor.data[row * from..row * (from + n)].to_vec(),
+                ))
+            }
+            Stream::Images {
+                files,
+                sample,
+                prep,
+                ..
+            } => {
+                let (channels, size) = match prep.image.layout {
+                    Layout::Nchw => (sample[1], (sample[2], sample[3])),
+                    Layout::Nhwc => (sample[3], (sample[1], sample[2])),
+                };
+                let mut data = Vec::new();
+                for f in &files[from..from + n] {
+                    let x = images::load(
+                        f,
+                        channels,
+                        size,
+                        &prep.image,
+                        prep.scale,
+                        &prep.mean,
+                        &prep.std,
+                    )?;
+                    data.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+                }
+                Ok(batch_of(sample, n, DType::F32, data))
+            }
+            Stream::Idx {
+                path,
+                reader,
+                sample,
+                prep,
+            } => {
+                let row: usize = sample[1..].iter().product();
+                let mut bytes = vec![0u8; row * n];
+                reader
+                    .read_exact(&mut bytes)
+                    .map_err(|e| Error::io(path, "read", e))?;
+                let data = bytes
+                    .iter()
+                    .flat_map(|&b| {
+                        ((b as f32 * prep.scale - prep.mean[0]) / prep.std[0]).to_le_bytes()
+                    })
+                    .collect();
+                Ok(batch_of(sample, n, DType::F32, data))
+            }
+        }
+    }
+}
+
+/// `n` samples of shape `sample[1..]` as one tensor.
+fn batch_of(sample: &[usize], n: usize, dtype: DType, data: Vec<u8>) -> RawTensor {
+    let mut shape = sample.to_vec();
+    shape[0] = n;
+    RawTensor {
+        name: String::new(),
+        shape,
+        dtype,
+        data,
+    }
+}
+
+fn extension(path: &Path) -> String {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn is_npz(path: &Path) -> bool {
+    extension(path) == "npz"
+}
+
+/// idx files: `*.idx`, `*-ubyte`, `*.idx3-ubyte`..., optionally gzip-compressed.
+fn is_idx(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    name.ends_with("ubyte") || name.ends_with(".idx")
+}
+
+/// The dtype, shape and data offset of a `.npy` image starting at `base` in `reader`.
+fn npy_header(
+    reader: &mut (impl Read + Seek),
+    base: u64,
+    path: &Path,
+) -> Result<(DType, Vec<usize>, u64)> {
+    let mut head = vec![0u8; 12];
+    reader
+        .seek(SeekFrom::Start(base))
+        .and_then(|_| reader.read_exact(&mut head))
+        .map_err(|e| Error::io(path, "read", e))?;
+    let (len, start) = match head.get(6) {
+        Some(1) => (u16::from_le_bytes([head[8], head[9]]) as usize, 10),
+        Some(2 | 3) => (
+            u32::from_le_bytes(head[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
+        _ => return Err(Error::new(path, "not a .npy array (bad magic or version)")),
+    };
+    let mut image = head[..start].to_vec();
+    image.resize(start + len, 0);
+    reader
+        .seek(SeekFrom::Start(base + start as u64))
+        .and_then(|_| reader.read_exact(&mut image[start..]))
+        .map_err(|e| Error::io(path, "read", e))?;
+    let h = npy::header(&image, path, "")?;
+    if h.fortran_order && h.shape.len() > 1 || !h.little_endian {
+        return Err(Error::new(
+            path,
+            "only C-order little-endian arrays can be streamed (np.ascontiguousarray, '<' dtypes)",
+        ));
+    }
+    Ok((h.dtype, h.shape, base + (start + len) as u64))
+}
+
+fn array_stream(path: &Path, mut reader: BufReader<File>, base: u64) -> Result<Stream> {
+    let (dtype, sample, start) = npy_header(&mut reader, base, path)?;
+    if sample.is_empty() {
+        return Err(Error::new(path, "a scalar is not a batch of samples"));
+    }
+    let need = element_count(&sample).and_then(|n| n.checked_mul(dtype.size()));
+    let size = reader.get_ref().metadata().map(|m| m.len()).unwrap_or(0);
+    if need.is_none_or(|need| start + need as u64 > size) {
+        return Err(Error::new(
+            path,
+            format!("truncated: shape {sample:?} of {dtype} does not fit the file"),
+        ));
+    }
+    Ok(Stream::Array {
+        path: path.to_path_buf(),
+        reader,
+        start,
+        dtype,
+        sample,
+    })
+}
+
+fn open_npy(path: &Path) -> Result<Stream> {
+    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    array_stream(path, BufReader::new(file), 0)
+}
+
+fn open_npz(path: &Path) -> Result<Vec<(String, Stream)>> {
+    let mut out = Vec::new();
+    // Compressed members cannot be read with seeks: the archive is decompressed once, for all.
+    let mut decompressed: Option<Vec<RawTensor>> = None;
+    for member in npz::members(path)? {
+        let stream = match member.stored_at {
+            Some(start) => {
+                let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+                array_stream(path, BufReader::new(file), start)?
+            }
+            None => {
+                if decompressed.is_none() {
+                    decompressed = Some(npz::read(path)?);
+                }
+                let all = decompressed.as_mut().expect("just read");
+                let tensor_error =
+                    |m: &str| Error::new(path, format!("tensor '{}': {m}", member.name));
+                let at = all
+                    .iter()
+                    .position(|t| t.name == member.name)
+                    .ok_or_else(|| tensor_error("member vanished from the archive"))?;
+                let tensor = all.swap_remove(at);
+                if tensor.shape.is_empty() {
+                    return Err(tensor_error("a scalar is not a batch of samples"));
+                }
+                Stream::Memory {
+                    path: path.to_path_buf(),
+                    tensor,
+                }
+            }
+        };
+        out.push((member.name, stream));
+    }
+    Ok(out)
+}
+
+/// A folder of images for the input `info`, whose declared shape gives channels and size (or
+/// the crop does).
+fn open_images(dir: &Path, info: Option<&ValueInfo>, prep: &Preprocess) -> Result<Stream> {
+    let files = images::list(dir)?;
+    let fixed = |d: Option<&Dim>| match d {
+        Some(Dim::Fixed(n)) => Some(*n),
+        _ => None,
+    };
+    let shape = info.and_then(|i| i.shape.clone()).unwrap_or_default();
+    if shape.len() != 4 {
+        return Err(Error::new(
+            dir,
+            "image folders feed 4-D image inputs ([N, C, H, W] or [N, H, W, C])",
+        ));
+    }
+    let (c_at, hw_at) = match prep.image.layout {
+        Layout::Nchw => (1, [2, 3]),
+        Layout::Nhwc => (3, [1, 2]),
+    };
+    let channels = fixed(shape.get(c_at)).unwrap_or(3);
+    let crop = prep.image.crop.map(|(h, w)| (h as usize, w as usize));
+    let (h, w) = match (fixed(shape.get(hw_at[0])), fixed(shape.get(hw_at[1])), crop) {
+        (Some(h), Some(w), _) => (h, w),
+        (_, _, Some(c)) => c,
+        _ => {
+            return Err(Error::new(
+                dir,
+                "the model input has no fixed image size: give --crop HxW",
+            ))
+        }
+    };
+    if !matches!(channels, 1 | 3) {
+        return Err(Error::new(
+            dir,
+            format!("the model takes {channels} channels; images give 1 or 3"),
+        ));
+    }
+    let sample = match prep.image.layout {
+        Layout::Nchw => vec![files.len(), channels, h, w],
+        Layout::Nhwc => vec![files.len(), h, w, channels],
+    };
+    Ok(Stream::Images {
+        dir: dir.to_path_buf(),
+        files,
+        sample,
+        prep: prep.clone(),
+    })
+}
+
+/// An idx file: magic 0x0000 08 NDIM (unsigned bytes), big-endian u32 dimensions, then data.
+fn open_idx(path: &Path, prep: &Preprocess) -> Result<Stream> {
+    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let gz = extension(path) == "gz";
+    let mut reader: Box<dyn Read> = if gz {
+        Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
+    } else {
+        Box::new(BufReader::new(file))
+    };
+    let mut magic = [0u8; 4];
+    reader
+        .read_exact(&mut magic)
+        .map_err(|e| Error::io(path, "read", e))?;
+    if magic[0] != 0 || magic[1] != 0 || magic[2] != 8 || magic[3] == 0 {
+        return Err(Error::new(
+            path,
+            "not an idx file of unsigned bytes (magic 00 00 08 NN)",
+        ));
+    }
+    let mut dims = Vec::new();
+    for _ in 0..magic[3] {
+        let mut d = [0u8; 4];
+        reader
+            .read_exact(&mut d)
+            .map_err(|e| Error::io(path, "read", e))?;
+        dims.push(u32::from_be_bytes(d) as usize);
+    }
+    // Images [N, H, W] become [N, 1, H, W]; labels [N] are not model inputs.
+    if dims.len() != 3 {
+        return Err(Error::new(
+            path,
+            format!("idx images must be [N, H, W], this has shape {dims:?}"),
+        ));
+    }
+    let sample = vec![dims[0], 1, dims[1], dims[2]];
+    Ok(Stream::Idx {
+        path: path.to_path_buf(),
+        reader,
+        sample,
+        prep: prep.clone(),
+    })
+}
+
+/// The labels of an idx1 file ([N] unsigned bytes, optionally gzip-compressed) or a 1-D `.npy`
+/// of integers.
+pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
+    if extension(path) == "npy" {
+        let t = npy::read(path)?;
+        if t.shape.len() != 1 || t.dtype.is_float() {
+            return Err(Error::new(path, "labels must be a 1-D integer array"));
+        }
+        return Ok(t.values.iter().map(|&v| v as i64).collect());
+    }
+    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let mut bytes = Vec::new();
+    let read = if extension(path) == "gz" {
+        flate2::read::GzDecoder::new(file).read_to_end(&mut bytes)
+    } else {
+        BufReader::new(file).read_to_end(&mut bytes)
+    };
+    read.map_err(|e| Error::io(path, "read", e))?;
+    if bytes.len() < 8 || bytes[..4] != [0, 0, 8, 1] {
+        return Err(Error::new(
+            path,
+            "not an idx1 label file (magic 00 00 08 01)",
+        ));
+    }
+    let n = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
+    let labels = bytes
+        .get(8..8 + n)
+        .ok_or_else(|| Error::new(path, "truncated label file"))?;
+    Ok(labels.iter().map(|&b| b as i64).collect())
+}

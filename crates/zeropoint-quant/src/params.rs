@@ -1,0 +1,216 @@
+//! Quantization parameters of every planned quantizer: activations from their calibrated ranges
+//! (values that share a grid take their source's), weights from the weights themselves, and
+//! int32 biases with scale s_x · s_w[c], so that the integer accumulator adds them exactly.
+
+use zeropoint_core::observer::{estimate_values, Config};
+use zeropoint_core::{Granularity, QParams, Scheme};
+use zeropoint_graph::{Graph, Op};
+
+use crate::calibrate::Ranges;
+use crate::error::{Error, Result};
+use crate::placement::{Plan, WeightSite};
+use crate::settings::Settings;
+
+/// A weight's quantizer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightParams {
+    /// The initializer.
+    pub name: String,
+    /// Its scheme: the settings' at the layer's channel axis (see [`site_scheme`]).
+    pub scheme: Scheme,
+    pub qparams: QParams,
+}
+
+/// An activation's quantizer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivationParams {
+    /// The value.
+    pub value: String,
+    pub qparams: QParams,
+    /// The calibrated (clipping) range, for an activation with its own observer.
+    pub range: Option<(f32, f32)>,
+    /// The value whose grid (and parameters) it shares, for the output of a grid-preserving op.
+    pub shares: Option<String>,
+}
+
+/// An int32 bias: codes and per-channel scales s_w · s_x (zero-point 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BiasParams {
+    /// The initializer.
+    pub name: String,
+    pub codes: Vec<i32>,
+    pub scale: Vec<f32>,
+}
+
+/// Every quantizer's parameters, in plan order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Params {
+    pub weights: Vec<WeightParams>,
+    /// Activations with their own observer first, then those sharing a grid.
+    pub activations: Vec<ActivationParams>,
+    pub biases: Vec<BiasParams>,
+}
+
+impl Params {
+    pub fn weight(&self, name: &str) -> Option<&WeightParams> {
+        self.weights.iter().find(|w| w.name == name)
+    }
+
+    pub fn activation(&self, value: &str) -> Option<&ActivationParams> {
+        self.activations.iter().find(|a| a.value == value)
+    }
+
+    pub fn bias(&self, name: &str) -> Option<&BiasParams> {
+        self.biases.iter().find(|b| b.name == name)
+    }
+}
+
+/// Parameters from the calibrated ranges (activations) and the weights themselves.
+pub fn params(graph: &Graph, plan: &Plan, ranges: &Ranges, settings: &Settings) -> Result<Params> {
+    let mut p = Params {
+        activations: activation_params(graph, plan, ranges, settings)?,
+        ..Params::default()
+    };
+    for w in &plan.weights {
+        p.weights.push(weight_params(graph, w, settings)?);
+    }
+    for b in &plan.biases {
+        let (Some(wq), Some(xq)) = (p.weight(&b.weight), p.activation(&b.input)) else {
+            continue;
+        };
+        let bias = graph
+            .initializer(&b.name)
+            .ok_or_else(|| Error::new(&graph.source, format!("bias '{}' is missing", b.name)))?;
+        if let Some(params) = bias_params(&b.name, &bias.to_f32s(), &wq.qparams, &xq.qparams) {
+            p.biases.push(params);
+        }
+    }
+    Ok(p)
+}
+
+/// Every activation's parameters: its own from its range, or its grid source's.
+fn activation_params(
+    graph: &Graph,
+    plan: &Plan,
+    ranges: &Ranges,
+    settings: &Settings,
+) -> Result<Vec<ActivationParams>> {
+    let mut out = Vec::with_capacity(ranges.0.len() + plan.shared.len());
+    for (a, range) in &ranges.0 {
+        let qp = QParams::from_ranges(&settings.activations, &[*range])
+            .map_err(|e| Error::at(&graph.source, format!("activation '{a}'"), e))?;
+        out.push(ActivationParams {
+            value: a.clone(),
+            qparams: qp,
+            range: Some(*range),
+            shares: None,
+        });
+    }
+    for (value, source) in &plan.shared {
+        let qp = out
+            .iter()
+            .find(|a| &a.value == source)
+            .map(|a| a.qparams.clone())
+            .ok_or_else(|| {
+                Error::new(
+                    &graph.source,
+                    format!("'{value}' shares '{source}', which has no parameters"),
+                )
+            })?;
+        out.push(ActivationParams {
+            value: value.clone(),
+            qparams: qp,
+            range: None,
+            shares: Some(source.clone()),
+        });
+    }
+    Ok(out)
+}
+
+/// A weight's parameters from its own values, with the weight range estimator.
+fn weight_params(graph: &Graph, w: &WeightSite, settings: &Settings) -> Result<WeightParams> {
+    let at = || format!("weight '{}'", w.name);
+    let t = graph
+        .initializer(&w.name)
+        .ok_or_else(|| Error::new(&graph.source, format!("weight '{}' is missing", w.name)))?;
+    let scheme = site_scheme(&settings.weights, w, &t.shape);
+    let ranges = estimate_values(
+        &t.to_f32s(),
+        &t.shape,
+        &scheme,
+        Config::new(settings.weight_method),
+    )
+    .map_err(|e| Error::at(&graph.source, at(), e))?;
+    let qparams =
+        QParams::from_ranges(&scheme, &ranges).map_err(|e| Error::at(&graph.source, at(), e))?;
+    Ok(WeightParams {
+        name: w.name.clone(),
+        scheme,
+        qparams,
+    })
+}
+
+/// An int32 bias of `values` for a layer with weight parameters `wq` and input parameters `xq`:
+/// scale s_x · s_w[c], codes rounded half to even. None when the weight's parameters are not one
+/// per bias element (nor one for all).
+fn bias_params(name: &str, values: &[f32], wq: &QParams, xq: &QParams) -> Option<BiasParams> {
+    if wq.scale.len() != 1 && wq.scale.len() != values.len() {
+        return None;
+    }
+    let sw = |c: usize| wq.scale[if wq.scale.len() == 1 { 0 } else { c }];
+    let scale: Vec<f32> = (0..values.len()).map(|c| xq.scale[0] * sw(c)).collect();
+    let codes = values
+        .iter()
+        .zip(&scale)
+        .map(|(&v, &s)| {
+            (f64::from(v) / f64::from(s))
+                .round_ties_even()
+                .clamp(i32::MIN as f64, i32::MAX as f64) as i32
+        })
+        .collect();
+    Some(BiasParams {
+        name: name.to_string(),
+        codes,
+        scale,
+    })
+}
+
+/// The scheme of one weight: the settings' scheme at the layer's channel axis, with two
+/// exceptions that cost little size and save much accuracy:
+/// - embedding tables (Gather) keep at least 8 bits: a lookup gains no speed from narrower
+///   codes, and 4-bit tables were the largest error of 4-bit MiniLM (mean embedding cosine 0.73
+///   against float with int4 tables; see docs/ptq.md);
+/// - blocks longer than the weight's input axis become per-channel parameters (a block per
+///   element would store more scales than codes).
+pub fn site_scheme(base: &Scheme, site: &WeightSite, shape: &[usize]) -> Scheme {
+    let mut s = weight_scheme(base, site.channel_axis, shape.len());
+    if let Granularity::PerBlock { axis, block } = s.granularity {
+        if shape.get(axis).is_none_or(|&d| d < block) {
+            s = s.per_axis(site.channel_axis.min(shape.len().saturating_sub(1)));
+        }
+    }
+    if site.op == Op::Gather && s.bits < 8 {
+        s = Scheme { bits: 8, ..s }.per_axis(site.channel_axis);
+    }
+    s
+}
+
+/// The weight scheme at a layer's channel axis (per-tensor stays per-tensor; blocks run along
+/// the input-channel axis, the other one of a 2-D weight).
+pub fn weight_scheme(base: &Scheme, channel_axis: usize, rank: usize) -> Scheme {
+    let g = match base.granularity {
+        Granularity::PerTensor => Granularity::PerTensor,
+        Granularity::PerAxis { .. } => Granularity::PerAxis {
+            axis: channel_axis.min(rank.saturating_sub(1)),
+        },
+        Granularity::PerBlock { block, .. } => Granularity::PerBlock {
+            axis: if channel_axis == 0 {
+                1.min(rank.saturating_sub(1))
+            } else {
+                0
+            },
+            block,
+        },
+    };
+    base.granularity(g)
+}

@@ -1,0 +1,533 @@
+//! Where quantizers go (white paper §2.3; ../shared/DESIGN.md, "The way data flows"):
+//!
+//! - weights of Conv, ConvTranspose, Gemm and MatMul: one weight quantizer each (per output
+//!   channel by default); embedding tables read by Gather, per row;
+//! - biases of Conv and Gemm: int32 with scale s_w·s_x, so that the integer accumulator adds
+//!   them exactly;
+//! - activations: the data inputs of every quantized layer; the output of every Conv, Gemm and
+//!   ConvTranspose fused group (layer + bias + Relu/Clip: no requantization inside); Add, Sub,
+//!   Mul and Concat between activations, inputs and output, when an integer op consumes their
+//!   output. A MatMul's output is quantized only when an integer op consumes it: attention
+//!   scores go to Softmax through the mask Add in float (quantizing scores + mask, whose mask
+//!   holds −3.4e38, is what ruins ONNX Runtime's quantized BERT models), residual sums to
+//!   LayerNorm likewise;
+//! - ops that only move values (MaxPool, Reshape, Transpose, Flatten, ...) keep their input's
+//!   grid: their output shares the input's parameters instead of getting its own observer;
+//! - everything else (Softmax, LayerNormalization, GELU, ...) stays float, and graph outputs are
+//!   never quantized (the logits keep their precision).
+//!
+//! `exclude` (node names or operator types) keeps layers float.
+
+use std::collections::{HashMap, HashSet};
+
+use zeropoint_engine::infer::dtypes;
+use zeropoint_graph::pattern::fused_groups;
+use zeropoint_graph::{Graph, Node, Op};
+use zeropoint_onnx::DType;
+
+use crate::error::Result;
+
+/// A weight to quantize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightSite {
+    /// The initializer.
+    pub name: String,
+    /// The layer using it.
+    pub node: String,
+    /// That layer's operator.
+    pub op: Op,
+    /// The axis of output channels (for per-channel quantization).
+    pub channel_axis: usize,
+}
+
+/// A bias to quantize as int32 with scale s_w · s_x.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BiasSite {
+    pub name: String,
+    pub node: String,
+    pub weight: String,
+    /// The layer's input activation.
+    pub input: String,
+}
+
+/// The quantizers of a model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub weights: Vec<WeightSite>,
+    pub biases: Vec<BiasSite>,
+    /// Activations with their own observer, in graph order.
+    pub activations: Vec<String>,
+    /// Values that reuse another value's parameters (value, source), in graph order.
+    pub shared: Vec<(String, String)>,
+}
+
+/// Operators whose output lies on the grid of their (first) input.
+fn preserves_grid(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::MaxPool
+            | Op::Reshape
+            | Op::Flatten
+            | Op::Transpose
+            | Op::Squeeze
+            | Op::Unsqueeze
+            | Op::Identity
+            | Op::Dropout
+            | Op::Slice
+            | Op::Split
+            | Op::Gather
+            | Op::Expand
+            | Op::Tile
+            | Op::GlobalMaxPool
+    )
+}
+
+/// Element-wise ops between activations whose inputs and output are quantized.
+fn is_binary(op: &Op) -> bool {
+    matches!(op, Op::Add | Op::Sub | Op::Mul | Op::Concat)
+}
+
+/// The layers with weights that integer kernels run.
+fn is_layer(op: &Op) -> bool {
+    matches!(op, Op::Conv | Op::ConvTranspose | Op::Gemm | Op::MatMul)
+}
+
+/// What the rules look at: the graph, its value types, the user's exclusions.
+struct Rules<'g> {
+    graph: &'g Graph,
+    types: HashMap<String, DType>,
+    exclude: &'g [String],
+    outputs: HashSet<&'g str>,
+}
+
+impl Rules<'_> {
+    fn excluded(&self, node: &Node) -> bool {
+        self.exclude
+            .iter()
+            .any(|e| *e == node.name || e == node.op.as_str())
+    }
+
+    /// A float32 value (shape arithmetic in int64 is never quantized).
+    fn is_float(&self, v: &str) -> bool {
+        self.types.get(v) == Some(&DType::F32)
+    }
+
+    /// A float initializer: a weight or bias.
+    fn is_weight(&self, v: &str) -> bool {
+        self.graph.float_initializer(v).is_some()
+    }
+}
+
+impl Plan {
+    /// The plan for `graph` (canonicalized: BatchNorm folded), keeping float every node whose
+    /// name or operator type is in `exclude`. Only float32 values are quantized, which takes a
+    /// probe run of the model to know.
+    pub fn new(graph: &Graph, exclude: &[String]) -> Result<Plan> {
+        let rules = Rules {
+            graph,
+            types: dtypes(graph)?,
+            exclude,
+            outputs: graph.outputs.iter().map(|o| o.name.as_str()).collect(),
+        };
+        let mut plan = Plan::default();
+        let mut needed = plan.layer_quantizers(&rules);
+        propagate_needed(&rules, &mut needed);
+        plan.place_activations(&rules, &needed);
+        plan.share_grids(&rules);
+        Ok(plan)
+    }
+
+    /// Weights, biases, and the activations integer kernels consume: the inputs of every layer,
+    /// and the outputs of Conv and Gemm fused groups. Returns the activations needed.
+    fn layer_quantizers(&mut self, rules: &Rules) -> HashSet<String> {
+        let graph = rules.graph;
+        let groups = fused_groups(graph);
+        let group_of: HashMap<&str, usize> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.nodes[0].as_str(), i))
+            .collect();
+        let mut needed = HashSet::new();
+        for node in &graph.nodes {
+            // Embedding tables: int8 per row (the Gather reads rows, so each token keeps its
+            // own scale); the looked-up vectors stay float.
+            let table = node.inputs.first().filter(|t| rules.is_weight(t));
+            if node.op == Op::Gather && !rules.excluded(node) && table.is_some() {
+                let rank = table
+                    .and_then(|t| graph.initializer(t))
+                    .map_or(0, |t| t.shape.len());
+                if rank == 2 && node.attribute("axis").is_none_or(|a| a.i() == 0) {
+                    self.add_weight(rules, node, 0);
+                }
+                continue;
+            }
+            if rules.excluded(node) || !is_layer(&node.op) {
+                continue;
+            }
+            let weight_at = match node.op {
+                // Either operand of MatMul may be the constant one.
+                Op::MatMul => node.inputs.iter().position(|i| rules.is_weight(i)),
+                _ => Some(1).filter(|&i| node.inputs.get(i).is_some_and(|w| rules.is_weight(w))),
+            };
+            for (i, input) in node.inputs.iter().enumerate() {
+                let is_bias = i == 2 && node.op != Op::MatMul;
+                if Some(i) != weight_at && !is_bias {
+                    needed.insert(input.clone());
+                }
+            }
+            if let Some(wi) = weight_at {
+                self.add_weight(rules, node, wi);
+            }
+            // Convolution and Gemm outputs are requantized (runtimes' integer kernels produce
+            // codes); a MatMul's only when an integer op consumes it (see propagate_needed), so
+            // that attention scores and residual branches feeding Softmax or LayerNorm stay
+            // float.
+            if node.op != Op::MatMul {
+                if let Some(&g) = group_of.get(node.name.as_str()) {
+                    needed.insert(groups[g].output.clone());
+                }
+            }
+        }
+        needed
+    }
+
+    /// Records the weight (input `wi`) of a layer, and its bias if it has one.
+    fn add_weight(&mut self, rules: &Rules, node: &Node, wi: usize) {
+        let graph = rules.graph;
+        let w = &node.inputs[wi];
+        let rank = graph.initializer(w).map_or(0, |t| t.shape.len());
+        let trans_b = node.attribute("transB").is_some_and(|a| a.i() != 0);
+        let channel_axis = match node.op {
+            Op::Conv => 0,
+            Op::ConvTranspose => 1,
+            Op::Gemm if trans_b => 0,
+            Op::Gather => 0,
+            _ => rank.saturating_sub(1),
+        };
+        if !self.weights.iter().any(|s| &s.name == w) {
+            self.weights.push(WeightSite {
+                name: w.clone(),
+                node: node.name.clone(),
+                op: node.op.clone(),
+                channel_axis,
+            });
+        }
+        let bias = node
+            .inputs
+            .get(2)
+            .filter(|b| node.op != Op::MatMul && rules.is_weight(b));
+        let data = node.inputs.first().filter(|_| wi == 1);
+        if let (Some(b), Some(x)) = (bias, data) {
+            if graph.initializer(b).is_some_and(|t| t.shape.len() == 1) {
+                self.biases.push(BiasSite {
+                    name: b.clone(),
+                    node: node.name.clone(),
+                    weight: w.clone(),
+                    input: x.clone(),
+                });
+            }
+        }
+    }
+
+    /// The values needed and quantizable, each with its own observer, in graph order (graph
+    /// inputs first).
+    fn place_activations(&mut self, rules: &Rules, needed: &HashSet<String>) {
+        let graph = rules.graph;
+        let eligible = |v: &str| {
+            !v.is_empty() && rules.is_float(v) && !rules.is_weight(v) && !rules.outputs.contains(v)
+        };
+        for v in graph
+            .inputs
+            .iter()
+            .map(|i| &i.name)
+            .chain(graph.nodes.iter().flat_map(|n| &n.outputs))
+        {
+            if needed.contains(v) && eligible(v) && !self.activations.contains(v) {
+                self.activations.push(v.clone());
+            }
+        }
+    }
+
+    /// Grid-preserving ops pass their input's parameters on (in graph order, so chains work);
+    /// an activation that is itself such an op's output needs no observer of its own.
+    fn share_grids(&mut self, rules: &Rules) {
+        let mut source: HashMap<String, String> = self
+            .activations
+            .iter()
+            .map(|a| (a.clone(), a.clone()))
+            .collect();
+        for node in &rules.graph.nodes {
+            if !preserves_grid(&node.op) || rules.excluded(node) {
+                continue;
+            }
+            let Some(src) = node.inputs.first().and_then(|i| source.get(i)).cloned() else {
+                continue;
+            };
+            for out in node.outputs.iter().filter(|o| rules.is_float(o)) {
+                let already_shared = source.get(out).is_some_and(|s| s != out);
+                if already_shared || rules.outputs.contains(out.as_str()) {
+                    continue;
+                }
+                source.insert(out.clone(), src.clone());
+                self.shared.push((out.clone(), src.clone()));
+            }
+        }
+        let shared: HashMap<String, String> = self.shared.iter().cloned().collect();
+        self.activations.retain(|a| !shared.contains_key(a));
+    }
+}
+
+/// Backwards through the graph: an integer binary op needs its inputs quantized (both must be
+/// activations, or it is a Concat); a grid-preserving op's output is quantized by quantizing
+/// its input.
+fn propagate_needed(rules: &Rules, needed: &mut HashSet<String>) {
+    for node in rules.graph.nodes.iter().rev() {
+        if rules.excluded(node) || !node.outputs.iter().any(|o| needed.contains(o)) {
+            continue;
+        }
+        if preserves_grid(&node.op) {
+            needed.insert(node.inputs[0].clone());
+        } else if is_binary(&node.op) {
+            let activations = node
+                .inputs
+                .iter()
+                .filter(|i| !i.is_empty() && !rules.is_weight(i))
+                .count();
+            if activations >= 2 || node.op == Op::Concat {
+                needed.extend(node.inputs.iter().cloned());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rules on small hand-built graphs: which values get a quantizer, which share a grid,
+    //! which stay float.
+
+    use zeropoint_graph::graph::int_attribute;
+    use zeropoint_graph::{Dim, ValueInfo};
+    use zeropoint_onnx::proto::attribute_proto::AttributeType;
+    use zeropoint_onnx::proto::AttributeProto;
+    use zeropoint_onnx::RawTensor;
+
+    use super::*;
+
+    /// A float32 input of fixed shape.
+    fn input(name: &str, shape: &[usize]) -> ValueInfo {
+        ValueInfo {
+            name: name.into(),
+            dtype: Some(DType::F32),
+            shape: Some(shape.iter().map(|&d| Dim::Fixed(d)).collect()),
+        }
+    }
+
+    fn output(name: &str) -> ValueInfo {
+        ValueInfo {
+            name: name.into(),
+            dtype: None,
+            shape: None,
+        }
+    }
+
+    /// A float32 initializer of `shape`, small distinct values.
+    fn weight(name: &str, shape: &[usize]) -> RawTensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) / 10.0).collect();
+        RawTensor::from_f32s(name, shape, &v)
+    }
+
+    fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            ints: v.to_vec(),
+            r#type: Some(AttributeType::Ints as i32),
+            ..Default::default()
+        }
+    }
+
+    fn node(op: Op, inputs: &[&str], output: &str) -> Node {
+        Node::new(output.to_string(), op, inputs, &[output])
+    }
+
+    fn graph(
+        inputs: Vec<ValueInfo>,
+        initializers: Vec<RawTensor>,
+        nodes: Vec<Node>,
+        out: &str,
+    ) -> Graph {
+        Graph {
+            source: "rules.onnx".into(),
+            opset: 13,
+            inputs,
+            outputs: vec![output(out)],
+            initializers,
+            nodes,
+        }
+    }
+
+    fn names(v: &[WeightSite]) -> Vec<&str> {
+        v.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// x → Conv → Relu → MaxPool → Flatten → Gemm → logits.
+    fn cnn() -> Graph {
+        let mut pool = node(Op::MaxPool, &["relu"], "pool");
+        pool.attributes = vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])];
+        let mut gemm = node(Op::Gemm, &["flat", "w2", "b2"], "logits");
+        gemm.attributes = vec![int_attribute("transB", 1)];
+        graph(
+            vec![input("x", &[1, 2, 4, 4])],
+            vec![
+                weight("w", &[3, 2, 1, 1]),
+                weight("b", &[3]),
+                weight("w2", &[5, 12]),
+                weight("b2", &[5]),
+            ],
+            vec![
+                node(Op::Conv, &["x", "w", "b"], "conv"),
+                node(Op::Relu, &["conv"], "relu"),
+                pool,
+                node(Op::Flatten, &["pool"], "flat"),
+                gemm,
+            ],
+            "logits",
+        )
+    }
+
+    #[test]
+    fn a_cnn_gets_weights_biases_and_activations_at_fused_group_boundaries() {
+        let plan = Plan::new(&cnn(), &[]).unwrap();
+        assert_eq!(names(&plan.weights), ["w", "w2"]);
+        // Output channels: axis 0 of the Conv weight and of the transposed Gemm weight.
+        assert!(plan.weights.iter().all(|w| w.channel_axis == 0));
+        let biases: Vec<(&str, &str)> = plan
+            .biases
+            .iter()
+            .map(|b| (b.name.as_str(), b.input.as_str()))
+            .collect();
+        assert_eq!(biases, [("b", "x"), ("b2", "flat")]);
+        // The Conv + Relu group is one layer: its output is quantized, the Conv's own output
+        // (between the layer and its activation) is not; the logits are a graph output.
+        assert_eq!(plan.activations, ["x", "relu"]);
+        // MaxPool and Flatten only move values: their outputs take the Relu's grid.
+        assert_eq!(
+            plan.shared,
+            [
+                ("pool".to_string(), "relu".to_string()),
+                ("flat".to_string(), "relu".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn excluded_layers_stay_float_by_name_or_by_operator() {
+        let g = cnn();
+        for exclude in ["logits", "Gemm"] {
+            let plan = Plan::new(&g, &[exclude.to_string()]).unwrap();
+            assert_eq!(names(&plan.weights), ["w"], "{exclude}");
+            assert_eq!(plan.biases.len(), 1, "{exclude}");
+            // Nothing quantized needs the Gemm's input any more; the Relu output still ends
+            // the Conv group, and MaxPool/Flatten still share its grid.
+            assert_eq!(plan.activations, ["x", "relu"], "{exclude}");
+        }
+        let plan = Plan::new(&g, &["Conv".to_string(), "Gemm".to_string()]).unwrap();
+        assert_eq!(plan, Plan::default());
+    }
+
+    #[test]
+    fn a_matmul_output_is_quantized_only_where_an_integer_op_reads_it() {
+        // Attention-like: scores = MatMul(q, k) go to Softmax (float); a second MatMul reads
+        // the probabilities (quantized, an integer MatMul's input) and a weight.
+        let g = graph(
+            vec![input("q", &[2, 4]), input("k", &[4, 3])],
+            vec![weight("wv", &[3, 6])],
+            vec![
+                node(Op::MatMul, &["q", "k"], "scores"),
+                node(Op::Softmax, &["scores"], "probs"),
+                node(Op::MatMul, &["probs", "wv"], "out"),
+            ],
+            "out",
+        );
+        let plan = Plan::new(&g, &[]).unwrap();
+        assert_eq!(names(&plan.weights), ["wv"]);
+        // MatMul weights are per output column: the last axis.
+        assert_eq!(plan.weights[0].channel_axis, 1);
+        assert!(plan.biases.is_empty());
+        assert_eq!(plan.activations, ["q", "k", "probs"]);
+        assert!(!plan.activations.contains(&"scores".to_string()));
+    }
+
+    #[test]
+    fn an_add_of_two_activations_is_quantized_an_add_of_a_constant_is_not() {
+        let conv = |x: &str, w: &str, out: &str| node(Op::Conv, &[x, w], out);
+        // sum = a + b (two activations) feeds a Conv: a, b and the sum get quantizers.
+        let two = graph(
+            vec![input("a", &[1, 2, 3, 3]), input("b", &[1, 2, 3, 3])],
+            vec![weight("w", &[2, 2, 1, 1])],
+            vec![node(Op::Add, &["a", "b"], "sum"), conv("sum", "w", "y")],
+            "y",
+        );
+        let plan = Plan::new(&two, &[]).unwrap();
+        assert_eq!(plan.activations, ["a", "b", "sum"]);
+        // shifted = a + constant feeds a Conv: only the Conv's input is quantized, the
+        // constant and the Add's activation input stay float (no integer Add between them).
+        let one = graph(
+            vec![input("a", &[1, 2, 3, 3])],
+            vec![weight("w", &[2, 2, 1, 1]), weight("shift", &[1, 2, 1, 1])],
+            vec![
+                node(Op::Add, &["a", "shift"], "shifted"),
+                conv("shifted", "w", "y"),
+            ],
+            "y",
+        );
+        let plan = Plan::new(&one, &[]).unwrap();
+        assert_eq!(plan.activations, ["shifted"]);
+        assert_eq!(names(&plan.weights), ["w"]);
+    }
+
+    #[test]
+    fn embedding_tables_are_quantized_per_row_and_their_lookups_stay_float() {
+        let g = Graph {
+            inputs: vec![ValueInfo {
+                name: "ids".into(),
+                dtype: Some(DType::I64),
+                shape: Some(vec![Dim::Fixed(2), Dim::Fixed(3)]),
+            }],
+            ..graph(
+                vec![],
+                vec![weight("table", &[10, 4])],
+                vec![
+                    node(Op::Gather, &["table", "ids"], "emb"),
+                    node(Op::Relu, &["emb"], "out"),
+                ],
+                "out",
+            )
+        };
+        let plan = Plan::new(&g, &[]).unwrap();
+        assert_eq!(names(&plan.weights), ["table"]);
+        assert_eq!(
+            (plan.weights[0].op.clone(), plan.weights[0].channel_axis),
+            (Op::Gather, 0)
+        );
+        // Integer indices and the looked-up vectors get no quantizer.
+        assert!(plan.activations.is_empty() && plan.shared.is_empty());
+    }
+
+    #[test]
+    fn graph_outputs_keep_their_precision() {
+        // x → Conv → Relu, the Relu output being the graph's: the group output is not quantized.
+        let g = graph(
+            vec![input("x", &[1, 2, 3, 3])],
+            vec![weight("w", &[2, 2, 1, 1])],
+            vec![
+                node(Op::Conv, &["x", "w"], "conv"),
+                node(Op::Relu, &["conv"], "relu"),
+            ],
+            "relu",
+        );
+        let plan = Plan::new(&g, &[]).unwrap();
+        assert_eq!(plan.activations, ["x"]);
+        assert!(plan.shared.is_empty());
+    }
+}

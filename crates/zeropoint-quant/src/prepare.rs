@@ -1,0 +1,47 @@
+//! The first stage of quantization: the float model read, checked, moved to the opset its export
+//! needs and canonicalized, as every later stage assumes it.
+
+use std::path::Path;
+
+use zeropoint_engine::Engine;
+use zeropoint_graph::canonicalize::{self, canonicalize};
+use zeropoint_graph::{opset, Graph};
+use zeropoint_onnx::{external_data, model, ModelProto};
+
+use crate::error::Result;
+use crate::qdq_export::required_opset;
+use crate::settings::Settings;
+
+/// The float model as quantization takes it.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The model as read, without its initializers (they are in the graph): the export writes
+    /// the quantized graph back into it, keeping its metadata and doc strings.
+    pub base: ModelProto,
+    /// The canonical graph: at the export's opset, constants and BatchNorms folded, HardSwish
+    /// decomposed.
+    pub graph: Graph,
+    /// What canonicalization changed.
+    pub canonical: canonicalize::Report,
+}
+
+/// Reads the model at `path` and prepares it for quantization with `settings`. An operator
+/// zeropoint cannot run, or an opset the model cannot be upgraded to, fails here, before any
+/// calibration.
+pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
+    let mut base = model::load(path)?;
+    external_data::load_external_data(&mut base, path)?;
+    let mut graph = Graph::from_model(&base, path)?;
+    if let Some(g) = base.graph.as_mut() {
+        g.initializer.clear();
+    }
+    zeropoint_engine::exec::check_supported(&graph)?;
+    opset::upgrade(&mut graph, required_opset(settings), &Engine)?;
+    let canonical = canonicalize(&mut graph, &Engine)?;
+    canonicalize::decompose_hard_swish(&mut graph);
+    Ok(Prepared {
+        base,
+        graph,
+        canonical,
+    })
+}

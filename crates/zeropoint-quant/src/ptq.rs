@@ -1,0 +1,144 @@
+//! Post-training quantization, end to end, as a list of stages, each a function of the one
+//! before it (docs/architecture.md walks through them):
+//!
+//! ```text
+//! prepare    model file      → Prepared (canonical graph at the export's opset)   prepare.rs
+//! place      graph           → Plan (which values get which quantizer)            placement.rs
+//! calibrate  graph, plan     → Ranges (each activation's clipping range)          calibrate.rs
+//! parameters ranges, weights → Params (scales, zero-points, int32 biases)         params.rs
+//! export     graph, params   → the QDQ ModelProto                                 qdq_export.rs
+//! report     graph, params   → the simulated model's error per value              report.rs
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use zeropoint_graph::canonicalize::Report;
+use zeropoint_graph::Graph;
+use zeropoint_onnx::ModelProto;
+
+use crate::calibrate::calibrate;
+use crate::compare::LayerError;
+use crate::dataset::{Dataset, Preprocess};
+use crate::error::Result;
+use crate::params::{params, Params};
+use crate::placement::Plan;
+use crate::prepare::prepare;
+use crate::qdq_export::export;
+use crate::report::layer_errors;
+use crate::settings::Settings;
+
+/// What `quantize` needs besides the model.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub settings: Settings,
+    /// Node names or operator types kept float.
+    pub exclude: Vec<String>,
+    /// Calibration data specs (see [`Dataset::open`]).
+    pub data: Vec<String>,
+    pub preprocess: Preprocess,
+    /// Use at most this many calibration samples.
+    pub samples: Option<usize>,
+    /// Samples used to measure the per-layer error (0: skip).
+    pub report_samples: usize,
+}
+
+/// Wall time of each stage of a run, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct StageSeconds {
+    pub prepare: f64,
+    pub calibrate: f64,
+    pub export: f64,
+    pub measure: f64,
+}
+
+/// Everything a quantization run produced.
+pub struct Outcome {
+    /// The QDQ model.
+    pub model: ModelProto,
+    pub canonical: Report,
+    /// The canonical float graph the quantizers were placed on.
+    pub graph: Graph,
+    pub plan: Plan,
+    pub params: Params,
+    pub calibration_samples: usize,
+    /// Per planned activation and per graph output, in graph order: the error of the simulated
+    /// quantized model against the float one.
+    pub layers: Vec<LayerError>,
+    pub seconds: StageSeconds,
+}
+
+/// The per-layer report's samples are cut into this many batches (at most), which run in
+/// parallel: enough to keep the threads busy on a few samples, and fixed, so that the report does
+/// not depend on the thread count.
+const REPORT_BATCHES: usize = 8;
+
+/// Quantizes the model at `path`. `progress(stage, done, total)` reports calibration progress.
+pub fn quantize(
+    path: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Outcome> {
+    let mut seconds = StageSeconds::default();
+    let t = Instant::now();
+    let prepared = prepare(path, &opts.settings)?;
+    let graph = prepared.graph;
+    let plan = Plan::new(&graph, &opts.exclude)?;
+    seconds.prepare = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut data = open_data(&graph, opts)?;
+    let total = data.len;
+    let ranges = calibrate(&graph, &plan, &mut data, &opts.settings, &mut |done| {
+        progress("calibrating", done, total)
+    })?;
+    let params = params(&graph, &plan, &ranges, &opts.settings)?;
+    seconds.calibrate = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let model = export(&graph, &plan, &params, &prepared.base)?;
+    seconds.export = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let layers = if opts.report_samples > 0 {
+        let mut data = open_data(&graph, opts)?;
+        data.truncate(opts.report_samples);
+        let batch = data
+            .len
+            .div_ceil(REPORT_BATCHES)
+            .clamp(1, opts.settings.batch);
+        layer_errors(&graph, &plan, &params, &mut data, batch, &mut |done, n| {
+            progress("measuring", done, n)
+        })?
+    } else {
+        Vec::new()
+    };
+    seconds.measure = t.elapsed().as_secs_f64();
+    Ok(Outcome {
+        model,
+        canonical: prepared.canonical,
+        graph,
+        plan,
+        params,
+        calibration_samples: total,
+        layers,
+        seconds,
+    })
+}
+
+fn open_data(graph: &Graph, opts: &Options) -> Result<Dataset> {
+    let mut data = Dataset::open(&opts.data, &graph.inputs, &opts.preprocess)?;
+    if let Some(n) = opts.samples {
+        data.truncate(n);
+    }
+    Ok(data)
+}
+
+/// The default output path beside the model: `<stem>.<tag>.onnx` (tag "int8", "w4a8", ...).
+pub fn default_output(model: &Path, tag: &str) -> PathBuf {
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    model.with_file_name(format!("{stem}.{tag}.onnx"))
+}

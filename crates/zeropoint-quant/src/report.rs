@@ -1,0 +1,74 @@
+//! The last stage of quantization: how far the simulated quantized model is from the float one,
+//! value by value, on a few samples.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+
+use zeropoint_engine::Executor;
+use zeropoint_graph::Graph;
+
+use crate::compare::{compare_batch, next_batches, LayerError, LayerErrors};
+use crate::dataset::Dataset;
+use crate::error::Result;
+use crate::params::Params;
+use crate::placement::Plan;
+use crate::simulate::Simulation;
+
+/// SQNR of every planned activation and graph output, simulated against float, in graph order.
+/// Batches of `batch` samples run in parallel, each into its own accumulators, merged in batch
+/// order: the report is the same for any thread count.
+pub fn layer_errors(
+    graph: &Graph,
+    plan: &Plan,
+    params: &Params,
+    data: &mut Dataset,
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<LayerError>> {
+    let float = Executor::new(graph)?;
+    let sim = Simulation::new(graph, params)?;
+    let names = reported_values(graph, plan);
+    let measure =
+        |b| compare_batch(&float, &|b, hook| sim.run_with(b, hook), &names, b).map(|c| c.layers);
+    let mut layers = LayerErrors::new(names.clone());
+    let workers = rayon::current_num_threads().max(1);
+    let (mut done, total) = (0, data.len);
+    loop {
+        let batches = next_batches(data, batch, workers)?;
+        if batches.is_empty() {
+            break;
+        }
+        done += batches
+            .iter()
+            .filter_map(|b| b.values().next())
+            .map(|v| v.shape().first().copied().unwrap_or(0))
+            .sum::<usize>();
+        let parts: Vec<LayerErrors> = batches
+            .into_par_iter()
+            .map(measure)
+            .collect::<Result<_>>()?;
+        for p in &parts {
+            layers.merge(p);
+        }
+        progress(done, total);
+    }
+    Ok(layers.into_list())
+}
+
+/// The planned activations (own grid or shared) and the graph outputs, in graph order.
+fn reported_values(graph: &Graph, plan: &Plan) -> Vec<String> {
+    let mut names: Vec<String> = plan.activations.clone();
+    names.extend(plan.shared.iter().map(|(v, _)| v.clone()));
+    names.extend(graph.outputs.iter().map(|o| o.name.clone()));
+    let order: HashMap<String, usize> = graph
+        .nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter().cloned())
+        .enumerate()
+        .map(|(i, o)| (o, i + 1))
+        .collect();
+    names.sort_by_key(|n| order.get(n).copied().unwrap_or(0));
+    names.dedup();
+    names
+}

@@ -1,0 +1,85 @@
+//! How a model is quantized: the schemes of weights and activations, how their ranges are
+//! estimated, and the presets that name the usual choices.
+
+use zeropoint_core::observer::Method;
+use zeropoint_core::Scheme;
+
+/// How weights and activations are quantized and their ranges estimated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Weight scheme; its granularity's axis is replaced by each layer's channel axis.
+    pub weights: Scheme,
+    pub weight_method: Method,
+    /// Activation scheme (per-tensor).
+    pub activations: Scheme,
+    pub activation_method: Method,
+    /// Samples per calibration batch.
+    pub batch: usize,
+}
+
+impl Default for Settings {
+    /// [`Preset::W8A8`]: int8 symmetric per-channel weights with min-max ranges, uint8
+    /// asymmetric per-tensor activations with MSE ranges.
+    fn default() -> Self {
+        Settings::preset(Preset::W8A8)
+    }
+}
+
+impl Settings {
+    /// A preset's schemes with the default range estimators (min-max for weights, MSE for
+    /// activations) and batch size.
+    pub fn preset(preset: Preset) -> Settings {
+        Settings {
+            weights: preset.weights(),
+            weight_method: Method::MinMax,
+            activations: preset.activations(),
+            activation_method: Method::Mse { norm: 2.0 },
+            batch: 32,
+        }
+    }
+}
+
+/// The usual schemes by name: weights symmetric signed per output channel, activations
+/// asymmetric unsigned per tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// int8 weights, uint8 activations.
+    W8A8,
+    /// int4 weights (embedding tables keep int8), uint8 activations.
+    W4A8,
+    /// int8 weights, uint16 activations.
+    W8A16,
+    /// int4 weights, uint16 activations.
+    W4A16,
+}
+
+impl Preset {
+    fn bits(self) -> (u32, u32) {
+        match self {
+            Preset::W8A8 => (8, 8),
+            Preset::W4A8 => (4, 8),
+            Preset::W8A16 => (8, 16),
+            Preset::W4A16 => (4, 16),
+        }
+    }
+
+    /// The weight scheme: symmetric, signed, per output channel.
+    pub fn weights(self) -> Scheme {
+        Scheme::new(self.bits().0).per_axis(0)
+    }
+
+    /// The activation scheme: asymmetric, unsigned, per tensor.
+    pub fn activations(self) -> Scheme {
+        Scheme::asymmetric_unsigned(self.bits().1)
+    }
+
+    /// "w8a8", "w4a8", ...
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::W8A8 => "w8a8",
+            Preset::W4A8 => "w4a8",
+            Preset::W8A16 => "w8a16",
+            Preset::W4A16 => "w4a16",
+        }
+    }
+}

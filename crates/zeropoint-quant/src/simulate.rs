@@ -1,0 +1,87 @@
+//! The simulated quantized model: the float graph run with every planned weight and bias
+//! replaced by its dequantized value and every planned activation fake-quantized as it is
+//! produced, which is what the exported QDQ model computes.
+
+use std::collections::HashMap;
+
+use zeropoint_core::{fake_quant, QParams};
+use zeropoint_engine::exec::{Hook, HookError};
+use zeropoint_engine::{Executor, Value};
+use zeropoint_graph::Graph;
+use zeropoint_onnx::RawTensor;
+
+use crate::error::Result;
+use crate::params::Params;
+
+/// The quantized model, simulated in zeropoint's executor.
+pub struct Simulation<'g> {
+    exec: Executor<'g>,
+    activations: HashMap<&'g str, &'g QParams>,
+}
+
+impl<'g> Simulation<'g> {
+    /// The simulation of `graph` (the canonicalized float graph the plan was made for) with
+    /// `params`.
+    pub fn new(graph: &'g Graph, params: &'g Params) -> Result<Simulation<'g>> {
+        let exec = Executor::with_initializers(graph, |t| quantized_initializer(t, params))?;
+        let activations = params
+            .activations
+            .iter()
+            .map(|a| (a.value.as_str(), &a.qparams))
+            .collect();
+        Ok(Simulation { exec, activations })
+    }
+
+    /// Runs a batch; `each` sees every value after quantization.
+    pub fn run(
+        &self,
+        batch: HashMap<String, Value>,
+        each: &mut dyn FnMut(&str, &Value),
+    ) -> Result<Vec<(String, Value)>> {
+        self.run_with(batch, &mut |name, v| {
+            each(name, &v);
+            Ok(v)
+        })
+    }
+
+    /// Runs a batch; `hook` gets every value after quantization and returns the value to go on
+    /// with (to compare layer by layer with another runtime, feed its values back).
+    pub fn run_with(
+        &self,
+        batch: HashMap<String, Value>,
+        hook: &mut Hook,
+    ) -> Result<Vec<(String, Value)>> {
+        Ok(self.exec.run_with(batch, &mut |name, v| {
+            let v = match self.activations.get(name) {
+                Some(qp) => fake_quant_value(&v, qp)?,
+                None => v,
+            };
+            hook(name, v)
+        })?)
+    }
+}
+
+/// An initializer as the exported model's DequantizeLinear gives it: a planned weight
+/// fake-quantized, a planned bias from its int32 codes, anything else as it is.
+fn quantized_initializer(t: &RawTensor, p: &Params) -> std::result::Result<Value, HookError> {
+    if let Some(w) = p.weight(&t.name) {
+        let y = fake_quant(&t.to_f32s(), &t.shape, &w.qparams)?;
+        return Ok(Value::from_f32_vec(y, &t.shape)?);
+    }
+    if let Some(b) = p.bias(&t.name) {
+        let y: Vec<f32> = b
+            .codes
+            .iter()
+            .zip(&b.scale)
+            .map(|(&q, &s)| q as f32 * s)
+            .collect();
+        return Ok(Value::from_f32_vec(y, &t.shape)?);
+    }
+    Ok(Value::from_raw(t)?)
+}
+
+/// Fake-quantizes `v` (float32) with `qp`.
+pub fn fake_quant_value(v: &Value, qp: &QParams) -> std::result::Result<Value, HookError> {
+    let y = v.with_f32s(|x| fake_quant(x, v.shape(), qp))??;
+    Ok(Value::from_f32_vec(y, v.shape())?)
+}

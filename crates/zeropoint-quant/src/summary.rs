@@ -1,0 +1,104 @@
+//! The summary of a quantization run, as `zeropoint quantize` reports it (a table, or JSON):
+//! sizes, what was placed, and each reported value's quantizer and error.
+
+use serde::Serialize;
+
+use crate::ptq::{Outcome, StageSeconds};
+
+/// What a quantization run did, as `zeropoint quantize` reports it (table or JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The model's name, and the output's path.
+    pub model: String,
+    pub output: String,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub calibration_samples: usize,
+    pub canonicalization: Canonicalization,
+    pub quantizers: Quantizers,
+    pub layers: Vec<Layer>,
+    /// Wall time of the whole run.
+    pub seconds: f64,
+    pub stage_seconds: StageSeconds,
+}
+
+/// What canonicalization folded.
+#[derive(Debug, Clone, Serialize)]
+pub struct Canonicalization {
+    pub folded_batch_norms: usize,
+    pub folded_constants: usize,
+}
+
+/// How many quantizers of each kind were placed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quantizers {
+    pub weights: usize,
+    pub biases: usize,
+    pub activations: usize,
+    /// Values that share another value's grid.
+    pub shared: usize,
+}
+
+/// One reported value: its quantizer (if any) and the simulated model's error there.
+#[derive(Debug, Clone, Serialize)]
+pub struct Layer {
+    pub value: String,
+    /// SQNR of the simulated model against float; None when infinite (no error).
+    pub sqnr_db: Option<f64>,
+    /// The calibrated range, for an activation with its own observer.
+    pub range: Option<[f32; 2]>,
+    pub scale: Option<f32>,
+    pub zero_point: Option<i32>,
+    /// The value whose grid it shares.
+    pub shares: Option<String>,
+    /// A graph output (kept float).
+    pub output: bool,
+}
+
+impl Summary {
+    /// The summary of `o`, a run on `model` (its name and size) written to `output` (its path and
+    /// size), which took `seconds`.
+    pub fn new(o: &Outcome, model: (&str, u64), output: (&str, u64), seconds: f64) -> Summary {
+        let layers = o
+            .layers
+            .iter()
+            .map(|l| {
+                let a = o.params.activation(&l.value);
+                Layer {
+                    value: l.value.clone(),
+                    sqnr_db: Some(l.error.stats().sqnr_db).filter(|d| d.is_finite()),
+                    range: a.and_then(|a| a.range).map(|r| [r.0, r.1]),
+                    scale: a.map(|a| a.qparams.scale[0]),
+                    zero_point: a.map(|a| a.qparams.zero_point[0]),
+                    shares: o
+                        .plan
+                        .shared
+                        .iter()
+                        .find(|(v, _)| *v == l.value)
+                        .map(|(_, s)| s.clone()),
+                    output: o.graph.outputs.iter().any(|g| g.name == l.value),
+                }
+            })
+            .collect();
+        Summary {
+            model: model.0.to_string(),
+            output: output.0.to_string(),
+            bytes_before: model.1,
+            bytes_after: output.1,
+            calibration_samples: o.calibration_samples,
+            canonicalization: Canonicalization {
+                folded_batch_norms: o.canonical.folded_batch_norms.len(),
+                folded_constants: o.canonical.folded_constants,
+            },
+            quantizers: Quantizers {
+                weights: o.plan.weights.len(),
+                biases: o.params.biases.len(),
+                activations: o.plan.activations.len(),
+                shared: o.plan.shared.len(),
+            },
+            layers,
+            seconds,
+            stage_seconds: o.seconds,
+        }
+    }
+}
