@@ -2,7 +2,8 @@
 """Everything zeropoint writes for the real models, in one folder, so that two builds can be compared
 byte for byte with `diff -r` (a refactor must not change a single byte of it).
 
-Usage: behaviour_snapshot.py OUT_DIR --zeropoint BIN [--refs DIR]
+Usage: behaviour_snapshot.py OUT_DIR --zeropoint BIN [--refs DIR]   (scripts/behaviour-snapshot builds
+       the release binary and passes it)
 
 For the embedded MNIST CNN and the five real models of tests/python/model_reference.py (inputs written
 there into --refs, default OUT_DIR/../refs, once), OUT_DIR gets:

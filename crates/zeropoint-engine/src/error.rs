@@ -12,6 +12,9 @@ pub enum Error {
     /// What went wrong inside an operator or a value conversion; the caller says where.
     #[error("{0}")]
     Op(String),
+    /// A quantizer's parameters or kernel refused the operands (QuantizeLinear and friends).
+    #[error(transparent)]
+    Core(#[from] zeropoint_core::Error),
 }
 
 impl From<zeropoint_onnx::Error> for Error {
@@ -36,12 +39,6 @@ impl From<String> for Error {
 impl From<&str> for Error {
     fn from(m: &str) -> Error {
         Error::Op(m.to_string())
-    }
-}
-
-impl From<zeropoint_core::Error> for Error {
-    fn from(e: zeropoint_core::Error) -> Error {
-        Error::Op(e.to_string())
     }
 }
 

@@ -417,3 +417,146 @@ fn unique_name(graph: &Graph, base: &str) -> String {
     }
     name
 }
+
+#[cfg(test)]
+mod tests {
+    use zeropoint_onnx::DType;
+
+    use super::*;
+    use crate::evaluator::Structural;
+    use crate::graph::{Dim, ValueInfo};
+
+    fn info(name: &str) -> ValueInfo {
+        ValueInfo {
+            name: name.into(),
+            dtype: Some(DType::F32),
+            shape: Some(vec![
+                Dim::Fixed(1),
+                Dim::Fixed(2),
+                Dim::Fixed(3),
+                Dim::Fixed(3),
+            ]),
+        }
+    }
+
+    fn graph(initializers: Vec<RawTensor>, nodes: Vec<Node>, output: &str) -> Graph {
+        Graph {
+            source: "g.onnx".into(),
+            opset: 13,
+            inputs: vec![info("x")],
+            outputs: vec![info(output)],
+            initializers,
+            nodes,
+        }
+    }
+
+    #[test]
+    fn a_per_channel_add_after_a_conv_becomes_its_bias() {
+        let mut g = graph(
+            vec![
+                RawTensor::from_f32s("w", &[2, 2, 1, 1], &[1.0; 4]),
+                RawTensor::from_f32s("b", &[2], &[0.5, -0.5]),
+                RawTensor::from_f32s("shift", &[2, 1, 1], &[0.25, 2.0]),
+            ],
+            vec![
+                Node::new("conv", Op::Conv, &["x", "w", "b"], &["c"]),
+                Node::new("add", Op::Add, &["c", "shift"], &["y"]),
+            ],
+            "y",
+        );
+        let folded = fold_bias_adds(&mut g).unwrap();
+        assert_eq!(folded, [("add".to_string(), "conv".to_string())]);
+        assert_eq!(g.nodes.len(), 1);
+        assert_eq!(g.nodes[0].outputs, ["y"]);
+        let bias = g.initializer(&g.nodes[0].inputs[2]).unwrap();
+        assert_eq!(bias.to_f32s(), [0.75, 1.5]);
+        // The old bias and the constant are dead now.
+        assert_eq!(remove_dead(&mut g), (0, 2));
+    }
+
+    #[test]
+    fn an_add_that_broadcasts_along_the_last_axis_is_not_a_bias() {
+        // [C] against [N, C, H, W] adds along W, not per channel.
+        let mut g = graph(
+            vec![
+                RawTensor::from_f32s("w", &[3, 2, 1, 1], &[1.0; 6]),
+                RawTensor::from_f32s("shift", &[3], &[1.0, 2.0, 3.0]),
+            ],
+            vec![
+                Node::new("conv", Op::Conv, &["x", "w"], &["c"]),
+                Node::new("add", Op::Add, &["c", "shift"], &["y"]),
+            ],
+            "y",
+        );
+        assert!(fold_bias_adds(&mut g).unwrap().is_empty());
+        assert_eq!(g.nodes.len(), 2);
+    }
+
+    #[test]
+    fn batch_norm_after_a_conv_is_folded_into_its_weights_and_bias() {
+        let (gamma, beta, mean, var) =
+            ([2.0f32, 0.5], [1.0f32, -1.0], [0.5f32, 0.25], [3.0f32, 0.0]);
+        let mut bn = Node::new(
+            "bn",
+            Op::BatchNormalization,
+            &["c", "gamma", "beta", "mean", "var"],
+            &["y"],
+        );
+        bn.attributes.push(AttributeProto {
+            name: Some("epsilon".into()),
+            f: Some(1.0),
+            r#type: Some(AttributeType::Float as i32),
+            ..Default::default()
+        });
+        let mut g = graph(
+            vec![
+                RawTensor::from_f32s("w", &[2, 2, 1, 1], &[1.0, 2.0, 3.0, 4.0]),
+                RawTensor::from_f32s("gamma", &[2], &gamma),
+                RawTensor::from_f32s("beta", &[2], &beta),
+                RawTensor::from_f32s("mean", &[2], &mean),
+                RawTensor::from_f32s("var", &[2], &var),
+            ],
+            vec![Node::new("conv", Op::Conv, &["x", "w"], &["c"]), bn],
+            "y",
+        );
+        let report = canonicalize(&mut g, &Structural).unwrap();
+        assert_eq!(report.folded_batch_norms, [("bn".into(), "conv".into())]);
+        assert_eq!(report.removed_initializers, 5);
+        // factor = γ/√(σ²+ε) = [1, 0.5]; W' = W·factor per output channel; b' = (0 − μ)·f + β.
+        let w = g.initializer(&g.nodes[0].inputs[1]).unwrap();
+        assert_eq!(w.to_f32s(), [1.0, 2.0, 1.5, 2.0]);
+        let b = g.initializer(&g.nodes[0].inputs[2]).unwrap();
+        assert_eq!(b.to_f32s(), [0.5, -1.125]);
+    }
+
+    #[test]
+    fn hard_swish_is_written_as_its_definition() {
+        let mut g = graph(
+            vec![],
+            vec![Node::new("hs", Op::HardSwish, &["x"], &["y"])],
+            "y",
+        );
+        assert_eq!(decompose_hard_swish(&mut g), 1);
+        let ops: Vec<&Op> = g.nodes.iter().map(|n| &n.op).collect();
+        assert_eq!(ops, [&Op::HardSigmoid, &Op::Mul]);
+        let gate = &g.nodes[0].outputs[0];
+        assert_eq!(g.nodes[1].inputs, ["x".to_string(), gate.clone()]);
+        assert_eq!(g.nodes[1].outputs, ["y"]);
+        let alpha = g.nodes[0].attribute("alpha").unwrap().f();
+        assert_eq!(alpha, 1.0 / 6.0);
+    }
+
+    #[test]
+    fn without_an_engine_nothing_is_folded_as_a_constant() {
+        let mut g = graph(
+            vec![RawTensor::from_f32s("a", &[1], &[1.0])],
+            vec![
+                Node::new("neg", Op::Neg, &["a"], &["b"]),
+                Node::new("add", Op::Add, &["x", "b"], &["y"]),
+            ],
+            "y",
+        );
+        assert_eq!(fold_constants(&mut g, &Structural).unwrap(), 0);
+        assert_eq!(g.nodes.len(), 2);
+    }
+}

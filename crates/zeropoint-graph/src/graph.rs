@@ -431,3 +431,93 @@ impl Names {
         name
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use zeropoint_onnx::proto::{GraphProto, OperatorSetIdProto};
+
+    use super::*;
+
+    fn graph(nodes: Vec<Node>) -> Graph {
+        Graph {
+            source: "g.onnx".into(),
+            opset: 13,
+            inputs: vec![ValueInfo {
+                name: "x".into(),
+                dtype: Some(DType::F32),
+                shape: None,
+            }],
+            outputs: vec![],
+            initializers: vec![RawTensor::from_f32s("w", &[1], &[2.0])],
+            nodes,
+        }
+    }
+
+    #[test]
+    fn nodes_are_sorted_in_file_order_where_they_can_be() {
+        let mut g = graph(vec![
+            Node::new("b", Op::Relu, &["a_out"], &["b_out"]),
+            Node::new("a", Op::Mul, &["x", "w"], &["a_out"]),
+            Node::new("c", Op::Neg, &["x"], &["c_out"]),
+        ]);
+        g.sort().unwrap();
+        let order: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(order, ["a", "c", "b"]);
+    }
+
+    #[test]
+    fn undefined_inputs_and_cycles_are_refused_by_node() {
+        let mut g = graph(vec![Node::new("a", Op::Relu, &["nowhere"], &["y"])]);
+        let e = g.sort().unwrap_err().to_string();
+        assert_eq!(e, "g.onnx: node 'a' (Relu): input 'nowhere' is not defined");
+        let mut g = graph(vec![
+            Node::new("a", Op::Add, &["x", "b_out"], &["a_out"]),
+            Node::new("b", Op::Relu, &["a_out"], &["b_out"]),
+        ]);
+        let e = g.sort().unwrap_err().to_string();
+        assert!(e.ends_with("the graph has a cycle through it"), "{e}");
+    }
+
+    #[test]
+    fn a_graph_written_back_keeps_its_model_and_reads_the_same() {
+        let base = ModelProto {
+            ir_version: Some(7),
+            producer_name: Some("test".into()),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(13),
+            }],
+            // Inputs, outputs and their types stay the base's: the graph writes nodes and
+            // initializers.
+            graph: Some(GraphProto {
+                input: vec![ValueInfoProto {
+                    name: Some("x".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut g = graph(vec![Node::new("a", Op::Mul, &["x", "w"], &["y"])]);
+        g.opset = 21; // as an upgrade leaves it
+        let m = g.to_model(&base).unwrap();
+        assert_eq!(m.producer_name(), "test");
+        assert_eq!(m.opset_import[0].version(), 21);
+        // Opset 21 needs IR version 10.
+        assert_eq!(m.ir_version(), 10);
+        let back = Graph::from_model(&m, Path::new("g.onnx")).unwrap();
+        assert_eq!(back.nodes, g.nodes);
+        assert_eq!(back.initializers, g.initializers);
+    }
+
+    #[test]
+    fn fresh_names_never_collide() {
+        let g = graph(vec![Node::new("a", Op::Mul, &["x", "w"], &["y"])]);
+        let mut names = Names::new(&g);
+        assert_eq!(names.fresh("z"), "z");
+        assert_eq!(names.fresh("z"), "z_2");
+        // Node names, values and initializers are all taken.
+        assert_eq!(names.fresh("a"), "a_2");
+        assert_eq!(names.fresh("w"), "w_2");
+    }
+}

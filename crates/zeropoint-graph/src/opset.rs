@@ -338,3 +338,90 @@ fn flatten_softmax(names: &mut Names, node: &mut Node) -> Vec<Node> {
         ),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evaluator::Structural;
+    use crate::graph::{Dim, ValueInfo};
+
+    fn ints_attribute(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            ints: v.to_vec(),
+            r#type: Some(zeropoint_onnx::proto::attribute_proto::AttributeType::Ints as i32),
+            ..Default::default()
+        }
+    }
+
+    fn graph(opset: i64, nodes: Vec<Node>, output: &str) -> Graph {
+        let info = |name: &str| ValueInfo {
+            name: name.into(),
+            dtype: Some(DType::F32),
+            shape: Some(vec![Dim::Fixed(2), Dim::Fixed(6)]),
+        };
+        Graph {
+            source: "old.onnx".into(),
+            opset,
+            inputs: vec![info("x")],
+            outputs: vec![info(output)],
+            initializers: vec![],
+            nodes,
+        }
+    }
+
+    #[test]
+    fn attributes_that_became_inputs_are_moved_step_by_step() {
+        let mut slice = Node::new("slice", Op::Slice, &["x"], &["s"]);
+        slice.attributes = vec![
+            ints_attribute("starts", &[1]),
+            ints_attribute("ends", &[4]),
+            ints_attribute("axes", &[1]),
+        ];
+        let mut squeeze = Node::new("squeeze", Op::Squeeze, &["s"], &["y"]);
+        squeeze.attributes = vec![ints_attribute("axes", &[0])];
+        let mut g = graph(9, vec![slice, squeeze], "y");
+        upgrade(&mut g, 13, &Structural).unwrap();
+        assert_eq!(g.opset, 13);
+        assert!(g.nodes.iter().all(|n| n.attributes.is_empty()));
+        let input = |node: usize, i: usize| {
+            let name = &g.nodes[node].inputs[i];
+            g.initializer(name).unwrap().to_i64s()
+        };
+        assert_eq!([input(0, 1), input(0, 2), input(0, 3)], [[1], [4], [1]]);
+        assert_eq!(g.nodes[0].inputs[1], "slice_starts");
+        assert_eq!(input(1, 1), [0]);
+    }
+
+    #[test]
+    fn softmax_keeps_its_flattening_meaning_past_opset_13() {
+        let mut softmax = Node::new("sm", Op::Softmax, &["x"], &["y"]);
+        softmax.attributes = vec![int_attribute("axis", 0)];
+        let mut g = graph(11, vec![softmax], "y");
+        upgrade(&mut g, 13, &Structural).unwrap();
+        // Shape and Flatten before it, Reshape after: the softmax runs over the flattened input.
+        let ops: Vec<&str> = g.nodes.iter().map(|n| n.op.as_str()).collect();
+        assert_eq!(ops, ["Shape", "Flatten", "Softmax", "Reshape"]);
+        assert_eq!(g.nodes[2].attribute("axis").map(|a| a.i()), Some(-1));
+        assert_eq!(g.nodes[3].outputs, ["y"]);
+    }
+
+    #[test]
+    fn steps_that_need_value_types_or_have_no_spelling_are_refused() {
+        // Clip's bounds take their data's type: without an engine there is none to ask.
+        let clip = Node::new("clip", Op::Clip, &["x"], &["y"]);
+        let e = upgrade(&mut graph(10, vec![clip], "y"), 13, &Structural).unwrap_err();
+        assert!(e.to_string().contains("needs an engine"), "{e}");
+        let resize = Node::new("resize", Op::Resize, &["x"], &["y"]);
+        let e = upgrade(&mut graph(10, vec![resize], "y"), 11, &Structural).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("Resize changed its inputs and coordinate mapping in opset 11"),
+            "{e}"
+        );
+        // A graph already at the target is left alone.
+        let mut g = graph(13, vec![Node::new("r", Op::Relu, &["x"], &["y"])], "y");
+        upgrade(&mut g, 11, &Structural).unwrap();
+        assert_eq!(g.opset, 13);
+    }
+}
