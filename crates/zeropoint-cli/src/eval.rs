@@ -104,8 +104,8 @@ pub fn compare(c: &Comparison) -> Result<Evaluation> {
         None => None,
     };
     Ok(evaluate(
-        &f,
-        &q,
+        f,
+        q,
         &mut ds,
         labels.as_deref(),
         batch.max(1),

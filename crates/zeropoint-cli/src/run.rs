@@ -47,8 +47,8 @@ struct Profile {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let graph = Graph::load(&args.model)?;
-    let exec = Executor::new(&graph)?;
+    let exec = Executor::owning(Graph::load(&args.model)?)?;
+    let graph = exec.graph();
     let feeds = read_inputs(&args.model, &graph.inputs, &args.inputs)?;
     let Runs {
         outputs,

@@ -6,6 +6,7 @@
 //! widest cut of the graph, not its size. Feeding a value under an initializer's name replaces
 //! the initializer (a candle `Var` there makes the run differentiable in that weight).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use zeropoint_graph::graph::dims_fit;
@@ -24,7 +25,8 @@ pub type Hook<'a> = dyn FnMut(&str, Value) -> std::result::Result<Value, HookErr
 
 /// Runs a checked graph.
 pub struct Executor<'g> {
-    graph: &'g Graph,
+    /// The graph, borrowed, or owned without its initializers ([`Executor::owning`]).
+    graph: Cow<'g, Graph>,
     /// The initializers as values, converted once.
     initializers: Vec<(String, Value)>,
     /// Per node, the values no later node (nor the graph's outputs) reads.
@@ -96,15 +98,20 @@ impl<'g> Executor<'g> {
             }
         }
         Ok(Executor {
-            graph,
+            graph: Cow::Borrowed(graph),
             initializers,
             dead_after,
         })
     }
 
-    /// The graph this executor runs.
-    pub fn graph(&self) -> &'g Graph {
-        self.graph
+    /// The graph this executor runs (without its initializers if the executor owns it).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Whether `name` is an initializer (which a caller may feed to replace it).
+    fn is_initializer(&self, name: &str) -> bool {
+        self.initializers.iter().any(|(n, _)| n == name)
     }
 
     /// Runs the graph on `inputs` (by name); returns the graph's outputs in order.
@@ -119,7 +126,7 @@ impl<'g> Executor<'g> {
         inputs: HashMap<String, Value>,
         hook: &mut Hook,
     ) -> Result<Vec<(String, Value)>> {
-        let g = self.graph;
+        let g = self.graph();
         self.check_inputs(&inputs)?;
         let mut env: HashMap<String, Value> = self.initializers.iter().cloned().collect();
         for (name, v) in inputs {
@@ -170,9 +177,9 @@ impl<'g> Executor<'g> {
     /// Every declared input is fed, with its declared element type and fixed dimensions; nothing
     /// else is fed but initializers.
     fn check_inputs(&self, inputs: &HashMap<String, Value>) -> Result<()> {
-        let g = self.graph;
+        let g = self.graph();
         for name in inputs.keys() {
-            if !g.inputs.iter().any(|i| &i.name == name) && g.initializer(name).is_none() {
+            if !g.inputs.iter().any(|i| &i.name == name) && !self.is_initializer(name) {
                 let names: Vec<&str> = g.inputs.iter().map(|i| i.name.as_str()).collect();
                 return Err(model_error(
                     g,
@@ -206,6 +213,27 @@ impl<'g> Executor<'g> {
             }
         }
         Ok(())
+    }
+}
+
+impl Executor<'static> {
+    /// An executor that owns `graph`: its initializers are kept as values only, the raw copies
+    /// dropped, so that a model's weights are held once (for a caller that needs the graph only
+    /// to run it, such as `zeropoint run` and `eval`).
+    pub fn owning(graph: Graph) -> Result<Executor<'static>> {
+        let (initializers, dead_after) = {
+            let e = Executor::new(&graph)?;
+            (e.initializers, e.dead_after)
+        };
+        let graph = Graph {
+            initializers: Vec::new(),
+            ..graph
+        };
+        Ok(Executor {
+            graph: Cow::Owned(graph),
+            initializers,
+            dead_after,
+        })
     }
 }
 

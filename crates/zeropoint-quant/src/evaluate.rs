@@ -38,17 +38,19 @@ pub struct Evaluation {
 pub type Runtime<'a> = &'a mut dyn FnMut(Batch) -> Result<Outputs>;
 
 /// Runs both models over `data` (batch by batch) and compares them. The quantized model runs in
-/// zeropoint's executor, or in `runtime` when given (then without per-layer comparison).
+/// zeropoint's executor, or in `runtime` when given (then without per-layer comparison). The
+/// executors take the graphs, so that each weight is held once.
 pub fn evaluate(
-    float: &Graph,
-    quant: &Graph,
+    float: Graph,
+    quant: Graph,
     data: &mut Dataset,
     labels: Option<&[i64]>,
     batch: usize,
     mut runtime: Option<Runtime>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Evaluation> {
-    let (fe, qe) = (Executor::new(float)?, Executor::new(quant)?);
+    let (fe, qe) = (Executor::owning(float)?, Executor::owning(quant)?);
+    let (float, quant) = (fe.graph(), qe.graph());
     let output = compared_output(float, quant)?;
     if let Some(l) = labels {
         if l.len() < data.len {
