@@ -138,8 +138,13 @@ fn probe_run(
                 input.name
             )));
         }
-        let t = Tensor::zeros(shape, carrier(dtype), &Device::Cpu)
-            .map_err(|e| err(Error::from(e).to_string()))?;
+        let t = Tensor::zeros(shape, carrier(dtype), &Device::Cpu).map_err(|e| {
+            zeropoint_graph::Error::at(
+                &graph.source,
+                format!("input '{}'", input.name),
+                Error::from(e),
+            )
+        })?;
         feeds.insert(input.name.clone(), Value::new(t, dtype));
     }
     let mut seen = HashMap::new();

@@ -47,8 +47,8 @@ pub fn observe(
         plan.activations
             .iter()
             .map(|a| {
-                let obs =
-                    Observer::new(config).map_err(|e| Error::new(&graph.source, e.to_string()))?;
+                let obs = Observer::new(config)
+                    .map_err(|e| Error::at(&graph.source, "the activation range estimator", e))?;
                 Ok((a.clone(), obs))
             })
             .collect()

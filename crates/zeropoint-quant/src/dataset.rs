@@ -104,7 +104,7 @@ impl Dataset {
         let mut batch = HashMap::new();
         for (name, stream) in &mut self.streams {
             let raw = stream.read(self.next, n)?;
-            let v = Value::from_raw(&raw).map_err(|e| Error::new(stream.path(), e.to_string()))?;
+            let v = Value::from_raw(&raw).map_err(|e| Error::at(stream.path(), "batch", e))?;
             batch.insert(name.clone(), v);
         }
         self.next += n;

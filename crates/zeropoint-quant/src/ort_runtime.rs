@@ -62,7 +62,7 @@ impl OrtModel {
             .map_err(|m| Error::Environment(m.clone()))?;
         let session = ort::session::Session::builder(env)
             .and_then(|mut b| b.commit_from_file(model))
-            .map_err(|e| Error::new(model, format!("ONNX Runtime cannot load the model: {e}")))?;
+            .map_err(|e| Error::at(model, "ONNX Runtime cannot load the model", e))?;
         Ok(OrtModel {
             session,
             path: model.to_path_buf(),
@@ -88,7 +88,7 @@ impl OrtModel {
                     )))
                 }
             }
-            .map_err(|e| err(format!("input '{name}': {e}")))?;
+            .map_err(|e| Error::at(&self.path, format!("input '{name}'"), e))?;
             inputs.push((name, value.into()));
         }
         let names: Vec<String> = self
@@ -100,7 +100,7 @@ impl OrtModel {
         let outputs = self
             .session
             .run(inputs)
-            .map_err(|e| err(format!("ONNX Runtime: {e}")))?;
+            .map_err(|e| Error::at(&self.path, "ONNX Runtime", e))?;
         let mut result = Vec::new();
         for name in names {
             let out = &outputs[name.as_str()];
