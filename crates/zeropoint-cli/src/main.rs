@@ -36,6 +36,41 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The most memory one tensor, file read or batch may take: 8G, 512M, 1.5G (binary units) or
+    /// bytes. Anything a file asks for beyond it is refused before it is allocated. Default: 3/4
+    /// of physical memory.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+}
+
+/// "8G", "512M", "1.5GiB", "64k" or a number of bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let shift = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(format!("'{s}' is not a size like 8G, 512M or 1048576")),
+    };
+    let v: f64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 8G, 512M or 1048576"))?;
+    let bytes = v * (1u64 << shift) as f64;
+    if !(1.0..1.8e19).contains(&bytes) {
+        return Err(format!("'{s}' is not a usable memory limit"));
+    }
+    Ok(bytes as u64)
 }
 
 #[derive(Subcommand)]
@@ -75,6 +110,9 @@ fn main() -> ExitCode {
         eprintln!("zeropoint: internal error{place}: {msg} (please report this)");
     }));
     let cli = Cli::parse();
+    if let Some(bytes) = cli.max_memory {
+        zeropoint_onnx::limits::set_max_bytes(bytes);
+    }
     // Calibration runs whole samples in parallel (rayon), one slice of each batch per thread.
     // candle's own pool for element-wise operators would run beside it, and its idle workers
     // spin: on 2 cores that made calibration up to 2x slower. Other commands run one batch at a
@@ -100,5 +138,22 @@ fn main() -> ExitCode {
             eprintln!("zeropoint: error: {line}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("8X").is_err());
     }
 }

@@ -282,6 +282,9 @@ pub fn check_output(model: &std::path::Path, output: &std::path::Path) -> Result
             output.display()
         );
     }
+    if output.is_dir() {
+        bail!("{}: is a folder; give the file to write", output.display());
+    }
     let parent = output.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(dir) = parent.filter(|d| !d.is_dir()) {
         bail!(

@@ -156,6 +156,10 @@ impl Graph {
             .collect();
         let outputs = g.output.iter().map(value_info).collect();
         let nodes = name_nodes(&g.node);
+        // Every ONNX operator has an output: the passes may take a node's first for granted.
+        if let Some(n) = nodes.iter().find(|n| n.outputs.is_empty()) {
+            return Err(Error::model(path, format!("{} has no output", n.label())));
+        }
         let mut graph = Graph {
             source: path.to_path_buf(),
             opset,

@@ -256,7 +256,7 @@ impl Rewrite<'_> {
         let dtype = self
             .types
             .as_ref()
-            .and_then(|t| t.get(&node.inputs[0]))
+            .and_then(|t| node.inputs.first().and_then(|x| t.get(x)))
             .map_or(DType::F32, |t| t.dtype);
         RawTensor::from_f64s("", &[], &[f64::from(v)], dtype)
     }
@@ -298,9 +298,10 @@ fn flatten_softmax(names: &mut Names, node: &mut Node) -> Vec<Node> {
     if axis == -1 {
         return Vec::new();
     }
+    let (Some(x), Some(y)) = (node.inputs.first().cloned(), node.outputs.first().cloned()) else {
+        return Vec::new(); // the executor names what is missing
+    };
     let base = node.name.clone();
-    let x = node.inputs[0].clone();
-    let y = node.outputs[0].clone();
     let shape = names.fresh(&format!("{base}_input_shape"));
     let flat = names.fresh(&format!("{base}_flattened"));
     let inner = names.fresh(&format!("{base}_2d"));

@@ -1,5 +1,10 @@
 //! Atomic file output: write a temporary file beside the target, then rename it into place.
 //! A failure at any point removes the temporary file and leaves the target untouched.
+//!
+//! Neither step follows a link someone planted: the temporary file is created new (an existing
+//! file or link of that name is an error, not a target), and the rename replaces a link at the
+//! target path itself, never the file it points to. A target that is a folder or a special file
+//! (FIFO, device, socket) is refused.
 
 use std::fs;
 use std::io::{BufWriter, Write};
@@ -12,9 +17,13 @@ pub fn write_file(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
+    check_target(path)?;
     let tmp = temp_path(path);
     let result = (|| {
-        let file = fs::File::create(&tmp)?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         let mut w = BufWriter::new(file);
         fill(&mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
@@ -30,6 +39,18 @@ pub fn write_file(
 /// Writes `bytes` to `path` atomically.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_file(path, |w| w.write_all(bytes))
+}
+
+/// A target may be absent, a regular file, or a link (replaced itself, whatever it points to).
+fn check_target(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Err(Error::invalid(path, "is a folder, not a file to write")),
+        Ok(m) if !m.is_file() && !m.file_type().is_symlink() => Err(Error::invalid(
+            path,
+            "is a special file (FIFO, device or socket), not a file to write",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -63,5 +84,37 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         write_bytes(&target, b"new").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_link_planted_at_the_target_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.txt");
+        fs::write(&victim, b"precious").unwrap();
+        let target = dir.path().join("out.onnx");
+        std::os::unix::fs::symlink(&victim, &target).unwrap();
+        write_bytes(&target, b"model").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(fs::symlink_metadata(&target).unwrap().is_file());
+        assert_eq!(fs::read(&target).unwrap(), b"model");
+        // A link planted at the temporary file's name is an error, not a way in.
+        let tmp = temp_path(&target);
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        assert!(write_bytes(&target, b"again").is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(fs::read(&target).unwrap(), b"model");
+    }
+
+    #[test]
+    fn folders_and_special_files_are_not_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = write_bytes(dir.path(), b"x").unwrap_err().to_string();
+        assert!(e.ends_with("is a folder, not a file to write"), "{e}");
+        let fifo = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let e = write_bytes(&fifo, b"x").unwrap_err().to_string();
+            assert!(e.contains("is a special file"), "{e}");
+        }
     }
 }

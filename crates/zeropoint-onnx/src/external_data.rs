@@ -3,8 +3,10 @@
 //! `offset` and a `length`. Models over 2 GB must be stored this way: protobuf messages cannot
 //! exceed 2 GB.
 //!
-//! Reading refuses locations that leave the model's folder (absolute paths, `..`), so a model file
-//! cannot make zeropoint read arbitrary files. Writing a model with external data is
+//! Reading refuses locations that leave the model's folder: absolute paths and `..` by their
+//! spelling, and any path whose real location (every symbolic link on the way resolved) is not
+//! inside the model's real folder, so that a model file cannot make zeropoint read arbitrary
+//! files (onnx's CVE-2024-27318). Only regular files are read, and no more than the memory limit. Writing a model with external data is
 //! [`crate::model::save_with_external_data`]; this module moves the tensors out of the model.
 
 use std::fs::File;
@@ -97,7 +99,11 @@ pub fn read_tensor_bytes(t: &TensorProto, model: &Path) -> Result<Vec<u8>> {
             .transpose()
     };
     let offset = number("offset")?.unwrap_or(0);
-    let path = model.parent().unwrap_or(Path::new(".")).join(rel);
+    let dir = model
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let path = dir.join(rel);
     let cannot = |e: std::io::Error| Error::Tensor {
         path: model.to_path_buf(),
         tensor: t.name().to_string(),
@@ -105,8 +111,24 @@ pub fn read_tensor_bytes(t: &TensorProto, model: &Path) -> Result<Vec<u8>> {
         unsupported: false,
         source: Some(e.into()),
     };
-    let mut file = File::open(&path).map_err(cannot)?;
-    let size = file.metadata().map_err(cannot)?.len();
+    let real = std::fs::canonicalize(&path).map_err(cannot)?;
+    let real_dir = std::fs::canonicalize(dir).map_err(cannot)?;
+    if !real.starts_with(&real_dir) {
+        return Err(bad(format!(
+            "external data location '{location}' resolves to {}, outside the model's folder {}",
+            real.display(),
+            real_dir.display()
+        )));
+    }
+    // Before opening: opening a FIFO would block.
+    let meta = std::fs::metadata(&real).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(bad(format!(
+            "external data {} is not a regular file",
+            path.display()
+        )));
+    }
+    let size = meta.len();
     let length = number("length")?.unwrap_or(size.saturating_sub(offset));
     if offset.checked_add(length).is_none_or(|end| end > size) {
         return Err(bad(format!(
@@ -114,6 +136,8 @@ pub fn read_tensor_bytes(t: &TensorProto, model: &Path) -> Result<Vec<u8>> {
             path.display()
         )));
     }
+    crate::limits::check(u128::from(length), "the external data").map_err(bad)?;
+    let mut file = File::open(&real).map_err(cannot)?;
     let mut bytes = vec![0u8; length as usize];
     file.seek(SeekFrom::Start(offset)).map_err(cannot)?;
     file.read_exact(&mut bytes).map_err(cannot)?;

@@ -16,6 +16,8 @@
 //!   of them, or an ONNX model's initializers, by extension.
 //! - [`atomic`]: every output goes through a temporary file and a rename, so that nothing
 //!   half-written is ever left where a user expects a result.
+//! - [`limits`]: the memory one file-driven allocation may take, checked before allocating
+//!   (docs/security.md says what zeropoint promises about untrusted files).
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -30,6 +32,7 @@
 pub mod atomic;
 pub mod error;
 pub mod external_data;
+pub mod limits;
 pub mod model;
 pub mod npy;
 pub mod npz;

@@ -16,7 +16,7 @@ pub const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
 /// Reads and decodes an ONNX model file (external data stays where it is: see
 /// [`crate::external_data::load_external_data`]).
 pub fn load(path: &Path) -> Result<ModelProto> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+    let bytes = crate::limits::read_file(path)?;
     decode(&bytes, path)
 }
 

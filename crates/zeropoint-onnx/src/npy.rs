@@ -9,6 +9,7 @@
 //! assert_eq!((t.shape, t.values), (vec![2, 2], vec![1.5, -2.0, 0.0, 4.0]));
 //! ```
 
+use std::io::Read;
 use std::path::Path;
 
 use crate::atomic;
@@ -68,6 +69,45 @@ pub fn header(bytes: &[u8], path: &Path, name: &str) -> Result<Header> {
     })
 }
 
+/// Headers are a few hundred bytes; numpy's version 2 format allows 4 GB, which no array needs.
+const MAX_HEADER: usize = 1 << 20;
+
+/// Reads a `.npy` header from `reader`, positioned at the image's start, and leaves it at the
+/// data (`data_offset` then says how many bytes the header took).
+pub fn read_header(reader: &mut impl Read, path: &Path, name: &str) -> Result<Header> {
+    let bad = |msg: String| Error::tensor(path, name, msg);
+    let cannot = |e: std::io::Error| Error::Tensor {
+        path: path.to_path_buf(),
+        tensor: name.to_string(),
+        message: "cannot read the .npy header".into(),
+        unsupported: false,
+        source: Some(e.into()),
+    };
+    let mut image = vec![0u8; 10];
+    reader.read_exact(&mut image).map_err(cannot)?;
+    if &image[..6] != MAGIC {
+        return Err(bad("not a .npy file (missing the \\x93NUMPY magic)".into()));
+    }
+    let (len, start) = match image[6] {
+        1 => (u16::from_le_bytes([image[8], image[9]]) as usize, 10),
+        2 | 3 => {
+            image.resize(12, 0);
+            reader.read_exact(&mut image[10..]).map_err(cannot)?;
+            (
+                u32::from_le_bytes(image[8..12].try_into().unwrap()) as usize,
+                12,
+            )
+        }
+        v => return Err(bad(format!("unsupported .npy version {v}"))),
+    };
+    if len > MAX_HEADER {
+        return Err(bad(format!("a header of {len} bytes is not a .npy header")));
+    }
+    image.resize(start + len, 0);
+    reader.read_exact(&mut image[start..]).map_err(cannot)?;
+    header(&image, path, name)
+}
+
 /// Parses one `.npy` image, keeping its element type (bytes little-endian, row-major).
 pub fn parse_raw(bytes: &[u8], path: &Path, name: &str) -> Result<RawTensor> {
     let bad = |msg: String| Error::tensor(path, name, msg);
@@ -108,7 +148,7 @@ pub fn parse_raw(bytes: &[u8], path: &Path, name: &str) -> Result<RawTensor> {
 
 /// Reads a `.npy` file; the tensor is named after the file.
 pub fn read(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+    let bytes = crate::limits::read_file(path)?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -136,12 +176,14 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn parse_descr(d: &str) -> Option<(DType, bool)> {
-    let (order, code) = d.split_at(1);
-    let little = match order {
-        "<" | "|" | "=" => true,
-        ">" => false,
+    // Not `split_at(1)`: the first character of a hostile header need not be one byte long.
+    let mut chars = d.chars();
+    let little = match chars.next()? {
+        '<' | '|' | '=' => true,
+        '>' => false,
         _ => return None,
     };
+    let code = chars.as_str();
     let dtype = match code {
         "f8" => DType::F64,
         "f4" => DType::F32,
@@ -310,6 +352,10 @@ mod tests {
         weird.splice(at..at + 3, *b"<c8");
         let e = parse(&weird, p, "bad").unwrap_err().to_string();
         assert!(e.contains("unsupported dtype '<c8'"), "{e}");
+        // Found by fuzzing: a descr starting with a character of two bytes.
+        weird.splice(at..at + 3, "Þf4".bytes());
+        let e = parse(&weird, p, "bad").unwrap_err().to_string();
+        assert!(e.contains("unsupported dtype 'Þf4'"), "{e}");
         assert!(!e.contains('\n'));
     }
 }

@@ -23,7 +23,7 @@ fn extension(path: &Path) -> String {
 
 /// Reads every tensor of `path`.
 pub fn read(path: &Path) -> Result<TensorSet> {
-    let bytes = || std::fs::read(path).map_err(|e| Error::io(path, "read", e));
+    let bytes = || crate::limits::read_file(path);
     let tensors = match extension(path).as_str() {
         "npy" => vec![npy::read(path)?],
         "npz" => npz::read(path)?.into_iter().map(RawTensor::widen).collect(),
@@ -54,7 +54,7 @@ pub fn read_onnx_bytes(bytes: &[u8], path: &Path) -> Result<TensorSet> {
 pub fn read_arrays(path: &Path) -> Result<Vec<RawTensor>> {
     match extension(path).as_str() {
         "npy" => {
-            let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+            let bytes = crate::limits::read_file(path)?;
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())

@@ -21,6 +21,7 @@ use zeropoint_graph::{Dim, ValueInfo};
 use zeropoint_onnx::{element_count, npy, npz, DType, RawTensor};
 
 use crate::error::{Error, Result};
+use crate::idx;
 use crate::images::{self, ImagePrep, Layout};
 
 /// Turning pixels (idx bytes, image channels) into model inputs: `(x·scale − mean[c]) / std[c]`
@@ -61,8 +62,14 @@ enum Stream {
         dtype: DType,
         sample: Vec<usize>,
     },
-    /// An array already in memory (a compressed .npz member).
-    Memory { path: PathBuf, tensor: RawTensor },
+    /// Rows of a C-order array decompressed as they are read (a compressed `.npz` member):
+    /// memory holds one batch, however large the archive.
+    Inflating {
+        path: PathBuf,
+        reader: Box<dyn Read>,
+        dtype: DType,
+        sample: Vec<usize>,
+    },
     /// Image files, decoded one batch at a time.
     Images {
         dir: PathBuf,
@@ -209,16 +216,18 @@ fn common_length(
 impl Stream {
     fn path(&self) -> &Path {
         match self {
-            Stream::Array { path, .. } | Stream::Idx { path, .. } => path,
+            Stream::Array { path, .. }
+            | Stream::Idx { path, .. }
+            | Stream::Inflating { path, .. } => path,
             Stream::Images { dir, .. } => dir,
-            Stream::Memory { path, .. } => path,
         }
     }
 
     fn sample_shape(&self) -> (&[usize], DType) {
         match self {
-            Stream::Array { sample, dtype, .. } => (sample, *dtype),
-            Stream::Memory { tensor, .. } => (&tensor.shape, tensor.dtype),
+            Stream::Array { sample, dtype, .. } | Stream::Inflating { sample, dtype, .. } => {
+                (sample, *dtype)
+            }
             Stream::Idx { sample, .. } | Stream::Images { sample, .. } => (sample, DType::F32),
         }
     }
@@ -226,9 +235,9 @@ impl Stream {
     fn samples(&self) -> usize {
         match self {
             Stream::Array { sample, .. }
+            | Stream::Inflating { sample, .. }
             | Stream::Idx { sample, .. }
             | Stream::Images { sample, .. } => sample[0],
-            Stream::Memory { tensor, .. } => tensor.shape[0],
         }
     }
 
@@ -257,8 +266,12 @@ impl Stream {
         Ok(())
     }
 
-    /// Samples `from .. from + n`, as a batch-first tensor.
+    /// Samples `from .. from + n`, as a batch-first tensor (streams that read forward are read
+    /// in order: `from` is where the last batch ended).
     fn read(&mut self, from: usize, n: usize) -> Result<RawTensor> {
+        let (sample, dtype) = self.sample_shape();
+        let elements = element_count(&sample[1..]).unwrap_or(usize::MAX);
+        batch_bytes(self.path(), elements, dtype.size().max(4), n)?;
         match self {
             Stream::Array {
                 path,
@@ -275,14 +288,18 @@ impl Stream {
                     .map_err(|e| Error::io(path, "read", e))?;
                 Ok(batch_of(sample, n, *dtype, data))
             }
-            Stream::Memory { tensor, .. } => {
-                let row = tensor.data.len() / tensor.shape[0].max(1);
-                Ok(batch_of(
-                    &tensor.shape,
-                    n,
-                    tensor.dtype,
-                    tensor.data[row * from..row * (from + n)].to_vec(),
-                ))
+            Stream::Inflating {
+                path,
+                reader,
+                dtype,
+                sample,
+            } => {
+                let row: usize = sample[1..].iter().product::<usize>() * dtype.size();
+                let mut data = vec![0u8; row * n];
+                reader
+                    .read_exact(&mut data)
+                    .map_err(|e| Error::io(path, "decompress", e))?;
+                Ok(batch_of(sample, n, *dtype, data))
             }
             Stream::Images {
                 files,
@@ -294,17 +311,17 @@ impl Stream {
                     Layout::Nchw => (sample[1], (sample[2], sample[3])),
                     Layout::Nhwc => (sample[3], (sample[1], sample[2])),
                 };
+                let target = images::Target {
+                    channels,
+                    size,
+                    prep: &prep.image,
+                    scale: prep.scale,
+                    mean: &prep.mean,
+                    std: &prep.std,
+                };
                 let mut data = Vec::new();
                 for f in &files[from..from + n] {
-                    let x = images::load(
-                        f,
-                        channels,
-                        size,
-                        &prep.image,
-                        prep.scale,
-                        &prep.mean,
-                        &prep.std,
-                    )?;
+                    let x = images::load(f, &target)?;
                     data.extend(x.iter().flat_map(|v| v.to_le_bytes()));
                 }
                 Ok(batch_of(sample, n, DType::F32, data))
@@ -330,6 +347,17 @@ impl Stream {
             }
         }
     }
+}
+
+/// Refuses a batch of `n` samples of `elements` values of `size` bytes (in memory: decoded
+/// samples are float32) over the memory limit, before it is allocated.
+fn batch_bytes(path: &Path, elements: usize, size: usize, n: usize) -> Result<()> {
+    let bytes = (elements as u128)
+        .saturating_mul(size as u128)
+        .saturating_mul(n as u128);
+    let samples = if n == 1 { "sample" } else { "samples" };
+    zeropoint_onnx::limits::check(bytes, &format!("a batch of {n} {samples}"))
+        .map_err(|m| Error::new(path, format!("{m}; lower --batch or --samples")))
 }
 
 /// `n` samples of shape `sample[1..]` as one tensor.
@@ -364,46 +392,29 @@ fn is_idx(path: &Path) -> bool {
     name.ends_with("ubyte") || name.ends_with(".idx")
 }
 
-/// The dtype, shape and data offset of a `.npy` image starting at `base` in `reader`.
-fn npy_header(
-    reader: &mut (impl Read + Seek),
-    base: u64,
-    path: &Path,
-) -> Result<(DType, Vec<usize>, u64)> {
-    let mut head = vec![0u8; 12];
-    reader
-        .seek(SeekFrom::Start(base))
-        .and_then(|_| reader.read_exact(&mut head))
-        .map_err(|e| Error::io(path, "read", e))?;
-    let (len, start) = match head.get(6) {
-        Some(1) => (u16::from_le_bytes([head[8], head[9]]) as usize, 10),
-        Some(2 | 3) => (
-            u32::from_le_bytes(head[8..12].try_into().unwrap()) as usize,
-            12,
-        ),
-        _ => return Err(Error::new(path, "not a .npy array (bad magic or version)")),
-    };
-    let mut image = head[..start].to_vec();
-    image.resize(start + len, 0);
-    reader
-        .seek(SeekFrom::Start(base + start as u64))
-        .and_then(|_| reader.read_exact(&mut image[start..]))
-        .map_err(|e| Error::io(path, "read", e))?;
-    let h = npy::header(&image, path, "")?;
+/// The dtype and shape of the `.npy` image `reader` is at, and the bytes its header took;
+/// refuses what cannot be streamed.
+fn npy_header(reader: &mut impl Read, path: &Path, name: &str) -> Result<(DType, Vec<usize>, u64)> {
+    let h = npy::read_header(reader, path, name)?;
     if h.fortran_order && h.shape.len() > 1 || !h.little_endian {
         return Err(Error::new(
             path,
             "only C-order little-endian arrays can be streamed (np.ascontiguousarray, '<' dtypes)",
         ));
     }
-    Ok((h.dtype, h.shape, base + (start + len) as u64))
-}
-
-fn array_stream(path: &Path, mut reader: BufReader<File>, base: u64) -> Result<Stream> {
-    let (dtype, sample, start) = npy_header(&mut reader, base, path)?;
-    if sample.is_empty() {
+    if h.shape.is_empty() {
         return Err(Error::new(path, "a scalar is not a batch of samples"));
     }
+    Ok((h.dtype, h.shape, h.data_offset as u64))
+}
+
+/// The `.npy` image at `base` of the file `reader` reads, as rows read with seeks.
+fn array_stream(path: &Path, mut reader: BufReader<File>, base: u64, name: &str) -> Result<Stream> {
+    reader
+        .seek(SeekFrom::Start(base))
+        .map_err(|e| Error::io(path, "read", e))?;
+    let (dtype, sample, header) = npy_header(&mut reader, path, name)?;
+    let start = base + header;
     let need = element_count(&sample).and_then(|n| n.checked_mul(dtype.size()));
     let size = reader.get_ref().metadata().map(|m| m.len()).unwrap_or(0);
     if need.is_none_or(|need| start + need as u64 > size) {
@@ -422,44 +433,53 @@ fn array_stream(path: &Path, mut reader: BufReader<File>, base: u64) -> Result<S
 }
 
 fn open_npy(path: &Path) -> Result<Stream> {
-    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    array_stream(path, BufReader::new(file), 0)
+    let file = zeropoint_onnx::limits::open_regular(path)?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    array_stream(path, BufReader::new(file), 0, &name)
 }
 
+/// Every member of an `.npz`: stored ones read with seeks, compressed ones decompressed as they
+/// are read.
 fn open_npz(path: &Path) -> Result<Vec<(String, Stream)>> {
     let mut out = Vec::new();
-    // Compressed members cannot be read with seeks: the archive is decompressed once, for all.
-    let mut decompressed: Option<Vec<RawTensor>> = None;
     for member in npz::members(path)? {
-        let stream = match member.stored_at {
+        let stream = match member.stored_at() {
             Some(start) => {
-                let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-                array_stream(path, BufReader::new(file), start)?
+                let file = zeropoint_onnx::limits::open_regular(path)?;
+                array_stream(path, BufReader::new(file), start, &member.name)?
             }
-            None => {
-                if decompressed.is_none() {
-                    decompressed = Some(npz::read(path)?);
-                }
-                let all = decompressed.as_mut().expect("just read");
-                let tensor_error =
-                    |m: &str| Error::new(path, format!("tensor '{}': {m}", member.name));
-                let at = all
-                    .iter()
-                    .position(|t| t.name == member.name)
-                    .ok_or_else(|| tensor_error("member vanished from the archive"))?;
-                let tensor = all.swap_remove(at);
-                if tensor.shape.is_empty() {
-                    return Err(tensor_error("a scalar is not a batch of samples"));
-                }
-                Stream::Memory {
-                    path: path.to_path_buf(),
-                    tensor,
-                }
-            }
+            None => inflating_stream(path, &member)?,
         };
         out.push((member.name, stream));
     }
     Ok(out)
+}
+
+/// A compressed member as rows decompressed on the fly. The archive's word for the member's size
+/// must be the header's: a member that would decompress to more than its array is refused here,
+/// before any data is read.
+fn inflating_stream(path: &Path, member: &npz::Member) -> Result<Stream> {
+    let mut reader = member.open(path)?;
+    let (dtype, sample, header) = npy_header(&mut reader, path, &member.name)?;
+    let data = element_count(&sample).and_then(|n| n.checked_mul(dtype.size()));
+    if data.and_then(|d| (d as u64).checked_add(header)) != Some(member.size) {
+        return Err(Error::new(
+            path,
+            format!(
+                "tensor '{}': the archive says the member holds {} bytes, its .npy header {sample:?} of {dtype}",
+                member.name, member.size
+            ),
+        ));
+    }
+    Ok(Stream::Inflating {
+        path: path.to_path_buf(),
+        reader,
+        dtype,
+        sample,
+    })
 }
 
 /// A folder of images for the input `info`, whose declared shape gives channels and size (or
@@ -511,33 +531,9 @@ fn open_images(dir: &Path, info: Option<&ValueInfo>, prep: &Preprocess) -> Resul
     })
 }
 
-/// An idx file: magic 0x0000 08 NDIM (unsigned bytes), big-endian u32 dimensions, then data.
+/// An idx file of images [N, H, W], read forward as [N, 1, H, W].
 fn open_idx(path: &Path, prep: &Preprocess) -> Result<Stream> {
-    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    let gz = extension(path) == "gz";
-    let mut reader: Box<dyn Read> = if gz {
-        Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
-    } else {
-        Box::new(BufReader::new(file))
-    };
-    let mut magic = [0u8; 4];
-    reader
-        .read_exact(&mut magic)
-        .map_err(|e| Error::io(path, "read", e))?;
-    if magic[0] != 0 || magic[1] != 0 || magic[2] != 8 || magic[3] == 0 {
-        return Err(Error::new(
-            path,
-            "not an idx file of unsigned bytes (magic 00 00 08 NN)",
-        ));
-    }
-    let mut dims = Vec::new();
-    for _ in 0..magic[3] {
-        let mut d = [0u8; 4];
-        reader
-            .read_exact(&mut d)
-            .map_err(|e| Error::io(path, "read", e))?;
-        dims.push(u32::from_be_bytes(d) as usize);
-    }
+    let (reader, dims) = idx::open(path)?;
     // Images [N, H, W] become [N, 1, H, W]; labels [N] are not model inputs.
     if dims.len() != 3 {
         return Err(Error::new(
@@ -564,23 +560,5 @@ pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
         }
         return Ok(t.values.iter().map(|&v| v as i64).collect());
     }
-    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    let mut bytes = Vec::new();
-    let read = if extension(path) == "gz" {
-        flate2::read::GzDecoder::new(file).read_to_end(&mut bytes)
-    } else {
-        BufReader::new(file).read_to_end(&mut bytes)
-    };
-    read.map_err(|e| Error::io(path, "read", e))?;
-    if bytes.len() < 8 || bytes[..4] != [0, 0, 8, 1] {
-        return Err(Error::new(
-            path,
-            "not an idx1 label file (magic 00 00 08 01)",
-        ));
-    }
-    let n = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
-    let labels = bytes
-        .get(8..8 + n)
-        .ok_or_else(|| Error::new(path, "truncated label file"))?;
-    Ok(labels.iter().map(|&b| b as i64).collect())
+    idx::read_labels(path)
 }

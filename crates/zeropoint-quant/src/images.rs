@@ -39,7 +39,9 @@ impl Default for ImagePrep {
     }
 }
 
-/// The image files of a folder, in name order.
+/// The image files of a folder, in name order. A file whose real path (links resolved) leaves the
+/// folder, or that is not a regular file, is refused: a folder from elsewhere cannot make
+/// zeropoint read other files, or block on a FIFO.
 pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
     let mut files: Vec<PathBuf> = entries
@@ -52,25 +54,90 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
         })
         .collect();
     files.sort();
+    let real_dir = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, "list", e))?;
+    for f in &files {
+        let real = std::fs::canonicalize(f).map_err(|e| Error::io(f, "read", e))?;
+        if !real.starts_with(&real_dir) {
+            return Err(Error::new(
+                f,
+                format!(
+                    "resolves to {}, outside the folder {}",
+                    real.display(),
+                    real_dir.display()
+                ),
+            ));
+        }
+        if !std::fs::metadata(&real).is_ok_and(|m| m.is_file()) {
+            return Err(Error::new(f, "not a regular file"));
+        }
+    }
     Ok(files)
 }
 
-/// One image as `channels` planes (or interleaved, NHWC) of normalized f32, `size` = (h, w).
-pub fn load(
+/// Decodes the image file at `path`.
+fn decode(path: &Path) -> Result<image::DynamicImage> {
+    let file = zeropoint_onnx::limits::open_regular(path)?;
+    decode_from(std::io::BufReader::new(file), path)
+}
+
+/// Decodes an image held in memory; `path` names it in errors.
+pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<image::DynamicImage> {
+    decode_from(std::io::Cursor::new(bytes), path)
+}
+
+/// Decodes an image whose dimensions and decoded size are checked against the memory limit
+/// before any pixel is decoded.
+fn decode_from(
+    reader: impl std::io::BufRead + std::io::Seek,
     path: &Path,
-    channels: usize,
-    size: (usize, usize),
-    prep: &ImagePrep,
-    scale: f32,
-    mean: &[f32],
-    std: &[f32],
-) -> Result<Vec<f32>> {
-    let img = image::open(path).map_err(|e| Error::at(path, "cannot decode image", e))?;
+) -> Result<image::DynamicImage> {
+    let mut reader = image::ImageReader::new(reader)
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, "read", e))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(zeropoint_onnx::limits::max_bytes());
+    reader.limits(limits);
+    reader
+        .decode()
+        .map_err(|e| Error::at(path, "cannot decode image", e))
+}
+
+/// How decoded pixels become an input: channels and (height, width) the model takes, the image
+/// steps, and `(pixel · scale − mean[c]) / std[c]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target<'a> {
+    pub channels: usize,
+    pub size: (usize, usize),
+    pub prep: &'a ImagePrep,
+    pub scale: f32,
+    pub mean: &'a [f32],
+    pub std: &'a [f32],
+}
+
+/// One image file as `channels` planes (or interleaved, NHWC) of normalized f32.
+pub fn load(path: &Path, target: &Target) -> Result<Vec<f32>> {
+    to_input(decode(path)?, path, target)
+}
+
+/// A decoded image (from `path`, for messages) resized, cropped and normalized as `target` says.
+pub fn to_input(img: image::DynamicImage, path: &Path, target: &Target) -> Result<Vec<f32>> {
+    let Target {
+        channels,
+        size,
+        prep,
+        scale,
+        mean,
+        std,
+    } = *target;
     let img = match prep.resize {
         Some(short) => {
             let (w, h) = (img.width(), img.height());
             let k = short as f64 / w.min(h) as f64;
             let (nw, nh) = ((w as f64 * k).round() as u32, (h as f64 * k).round() as u32);
+            // Up to 16 bytes a pixel (four float channels) while resampling.
+            let bytes = u128::from(nw) * u128::from(nh) * 16;
+            zeropoint_onnx::limits::check(bytes, &format!("resizing to {nw}x{nh}"))
+                .map_err(|m| Error::new(path, m))?;
             img.resize_exact(nw.max(1), nh.max(1), FilterType::Lanczos3)
         }
         None => img,

@@ -42,6 +42,7 @@ pub mod dataset;
 pub mod encodings;
 pub mod error;
 pub mod evaluate;
+pub mod idx;
 pub mod images;
 pub mod ort_runtime;
 pub mod params;

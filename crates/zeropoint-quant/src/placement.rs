@@ -286,7 +286,7 @@ fn propagate_needed(rules: &Rules, needed: &mut HashSet<String>) {
             continue;
         }
         if preserves_grid(&node.op) {
-            needed.insert(node.inputs[0].clone());
+            needed.extend(node.inputs.first().cloned());
         } else if is_binary(&node.op) {
             let activations = node
                 .inputs

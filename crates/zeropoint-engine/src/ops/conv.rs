@@ -11,7 +11,7 @@
 use candle_core::Tensor;
 
 use super::resize::pad_constant;
-use super::{c, like, one, select, Cx, Error, R};
+use super::{c, check_output, like, one, select, Cx, Error, R};
 use crate::value::Value;
 
 /// Spatial attributes of Conv, ConvTranspose and the pools, resolved per axis.
@@ -145,6 +145,13 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
         (spread(&spread(&w, 2, dil[0])?, 3, dil[1])?, 1)
     };
     let (ph, pw) = (pads[0], pads[1]);
+    // Pads are the file's to say: the padded input is checked before it is allocated.
+    let grow = |d: usize, p: (i64, i64)| {
+        usize::try_from((d as i128 + i128::from(p.0) + i128::from(p.1)).max(0))
+            .unwrap_or(usize::MAX)
+    };
+    let d = x.dims();
+    check_output(&[d[0], d[1], grow(d[2], ph), grow(d[3], pw)], x.dtype())?;
     let symmetric = ph.0 == ph.1 && pw.0 == pw.1 && ph.0 == pw.0;
     let (xp, pad) = if symmetric {
         (x, ph.0 as usize)
@@ -195,6 +202,22 @@ fn conv2d(
     } else {
         x.clone()
     };
+    // Empty kernels, batches or outputs: the loops below divide the work by these sizes.
+    let (n, _, h, wd) = c(xp.dims4())?;
+    let (m, _, kh, kw) = c(w.dims4())?;
+    if kh == 0 || kw == 0 {
+        return Err("the kernel is empty".into());
+    }
+    let out = |len: usize, k: usize| {
+        (len + stride)
+            .checked_sub((k - 1) * dil + 1)
+            .map(|v| v / stride)
+            .ok_or("kernel larger than the padded input")
+    };
+    let (oh, ow) = (out(h, kh)?, out(wd, kw)?);
+    if n == 0 || m == 0 || oh == 0 || ow == 0 {
+        return c(Tensor::zeros((n, m, oh, ow), xp.dtype(), xp.device()));
+    }
     if groups > 1 && groups == c_in && w.dims()[0] == c_in {
         return depthwise(&xp, w, stride, dil);
     }
@@ -434,12 +457,26 @@ pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
     }
     // Zero-insertion upsampling, then "full" padding less the requested pads.
     let xu = spread(&spread(&x, 2, strides[0])?, 3, strides[1])?;
+    if kh == 0 || kw == 0 {
+        return Err("the kernel is empty".into());
+    }
     let k = [kh, kw];
     let mut xu = xu;
     for (i, d) in [2usize, 3].into_iter().enumerate() {
-        let full = (dil[i] * (k[i] - 1)) as i64;
+        let full = dil[i].saturating_mul(k[i] - 1) as i64;
         xu = pad_or_crop(&xu, d, full - pads[i].0, full - pads[i].1 + out_pad[i])?;
     }
+    // candle's convolution unfolds the input: [N, OH·OW, C·kh·kw] floats.
+    let (n, _, h, wd) = c(xu.dims4())?;
+    let unfolded = |len: usize, k: usize| (len + 1).saturating_sub((k - 1) * dil[0] + 1);
+    let (oh, ow) = (unfolded(h, kh), unfolded(wd, kw));
+    if oh == 0 || ow == 0 {
+        return Err(Error::Op(format!(
+            "pads {pads:?} leave no output for a {h}x{wd} upsampled input"
+        )));
+    }
+    let cols = oh.saturating_mul(ow);
+    check_output(&[n, cols, (c_in / groups.max(1)) * kh * kw], xu.dtype())?;
     let wt = c(w
         .reshape((groups, c_in / groups, m_g, kh, kw))?
         .transpose(1, 2)?
@@ -464,7 +501,9 @@ fn spread(t: &Tensor, dim: usize, s: usize) -> R<Tensor> {
         return Ok(t.clone());
     }
     let mut shape = t.dims().to_vec();
-    shape[dim] = len * s;
+    shape[dim] = len.saturating_mul(s);
+    // Strides and dilations are the file's to say.
+    check_output(&shape, t.dtype())?;
     Ok(t.unsqueeze(dim + 1)?
         .pad_with_zeros(dim + 1, 0, s - 1)?
         .reshape(shape)?

@@ -26,6 +26,10 @@ pub fn binary(cx: &Cx) -> R<Vec<Value>> {
         Op::Add => one(like(c(x.broadcast_add(y))?, a)),
         Op::Sub => one(like(c(x.broadcast_sub(y))?, a)),
         Op::Mul => one(like(c(x.broadcast_mul(y))?, a)),
+        Op::Div if super::is_int(y) && b.to_i64s()?.contains(&0) => {
+            // candle panics there; ONNX leaves it undefined.
+            Err("integer division by zero".into())
+        }
         Op::Div => one(like(c(x.broadcast_div(y))?, a)),
         Op::Pow => one(like(pow(x, b)?, a)),
         Op::Equal => bool_out(c(x.broadcast_eq(y))?),

@@ -241,6 +241,23 @@ impl<'a> Cx<'a> {
     }
 }
 
+/// Refuses an output of `shape` in `carrier` elements over the memory limit, before it is
+/// allocated: for the operators whose output size their inputs decide (Expand, Tile, Range,
+/// ConstantOfShape, Pad, Resize, Reshape).
+pub(crate) fn check_output(shape: &[usize], carrier: CDType) -> R<()> {
+    // Empty axes count as one: a [0, 2^60] output holds nothing, but the loops and index lists
+    // that build it would still run 2^60 times.
+    let n = shape
+        .iter()
+        .fold(1u128, |a, &d| a.saturating_mul(d.max(1) as u128));
+    zeropoint_onnx::limits::check_elements(
+        n,
+        carrier.size_in_bytes(),
+        &format!("an output of shape {shape:?}"),
+    )
+    .map_err(Error::Op)
+}
+
 /// Resolves a possibly negative axis against `rank`.
 pub(crate) fn axis(a: i64, rank: usize) -> R<usize> {
     let r = rank as i64;

@@ -4,7 +4,7 @@
 
 use candle_core::Tensor;
 
-use super::{axis, c, like, one, select, Cx, Error, R};
+use super::{axis, c, check_output, like, one, select, Cx, Error, R};
 use crate::value::Value;
 
 pub fn pad(cx: &Cx) -> R<Vec<Value>> {
@@ -29,6 +29,12 @@ pub fn pad(cx: &Cx) -> R<Vec<Value>> {
             axes.len()
         )));
     }
+    let mut out = v.shape().to_vec();
+    for (i, &a) in axes.iter().enumerate() {
+        let grown = out[a] as i128 + i128::from(pads[i]) + i128::from(pads[i + axes.len()]);
+        out[a] = usize::try_from(grown.max(0)).unwrap_or(usize::MAX);
+    }
+    check_output(&out, v.tensor.dtype())?;
     let mut t = v.tensor.clone();
     for (i, &a) in axes.iter().enumerate() {
         let (b, e) = (pads[i], pads[i + axes.len()]);
@@ -71,6 +77,11 @@ fn reflect(j: i64, n: i64) -> i64 {
 /// Pads with `fill` (or crops, for negative counts) along `dim`.
 pub(crate) fn pad_constant(t: &Tensor, dim: usize, begin: i64, end: i64, fill: f64) -> R<Tensor> {
     let n = t.dims()[dim] as i64;
+    // Pads come from attributes and inputs (Conv, pooling, Pad): their size is the file's to say.
+    let mut out = t.dims().to_vec();
+    out[dim] = usize::try_from((i128::from(n) + i128::from(begin) + i128::from(end)).max(0))
+        .unwrap_or(usize::MAX);
+    check_output(&out, t.dtype())?;
     let keep_from = (-begin).max(0);
     let keep_to = n + end.min(0);
     let mut t = c(t.narrow(
@@ -122,23 +133,15 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
             cx.ints_input(3)?.filter(|s| !s.is_empty()),
         )
     };
-    // keep_aspect_ratio_policy (opset 18): one scale for all axes, fitting inside or around sizes.
     let policy = cx.string("keep_aspect_ratio_policy", "stretch")?;
-    let common = match (&sizes_in, policy.as_str()) {
-        (Some(sz), "not_larger" | "not_smaller") => {
-            let ratios = axes
-                .iter()
-                .enumerate()
-                .map(|(k, &a)| sz[k] as f32 / x.dims()[a] as f32);
-            Some(if policy == "not_larger" {
-                ratios.fold(f32::INFINITY, f32::min)
-            } else {
-                ratios.fold(0.0, f32::max)
-            })
-        }
-        _ => None,
-    };
+    if sizes_in.as_ref().is_some_and(|sz| sz.len() != axes.len()) {
+        return Err("sizes do not fit the axes".into());
+    }
+    let common = sizes_in
+        .as_ref()
+        .and_then(|sz| common_scale(&policy, sz, &axes, x.dims()));
     let mut t = x.clone();
+    let mut shape = x.dims().to_vec();
     for (k, &a) in axes.iter().enumerate() {
         let n = x.dims()[a];
         let (out, scale) = match (&sizes_in, &scales_in) {
@@ -156,6 +159,8 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
             }
             _ => return Err("one of scales and sizes is required".into()),
         };
+        shape[a] = out;
+        check_output(&shape, x.dtype())?;
         if out == n && scale == 1.0 {
             continue;
         }
@@ -186,6 +191,20 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
         };
     }
     one(like(t, v))
+}
+
+/// keep_aspect_ratio_policy (opset 18): one scale for all axes, fitting inside ("not_larger") or
+/// around ("not_smaller") the sizes; None for "stretch".
+fn common_scale(policy: &str, sizes: &[i64], axes: &[usize], dims: &[usize]) -> Option<f32> {
+    let ratios = axes
+        .iter()
+        .zip(sizes)
+        .map(|(&a, &s)| s as f32 / dims[a] as f32);
+    match policy {
+        "not_larger" => Some(ratios.fold(f32::INFINITY, f32::min)),
+        "not_smaller" => Some(ratios.fold(0.0, f32::max)),
+        _ => None,
+    }
 }
 
 /// Where output index `x` samples the input, per coordinate_transformation_mode.

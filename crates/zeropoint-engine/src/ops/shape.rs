@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::{axis, broadcast_shape, c, like, one, select, Cx, Error, R};
+use super::{axis, broadcast_shape, c, check_output, like, one, select, Cx, Error, R};
 use crate::value::{carrier, Value};
 use zeropoint_onnx::proto::TensorProto;
 use zeropoint_onnx::DType;
@@ -33,14 +33,16 @@ pub fn reshape(cx: &Cx) -> R<Vec<Value>> {
         });
     }
     let n = v.tensor.elem_count();
+    // Huge dimensions would overflow a plain product (and wrap to anything in release builds).
+    let product = |s: &[usize]| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if let Some(i) = infer {
-        let rest: usize = shape.iter().product();
+        let rest = product(&shape).unwrap_or(0);
         if rest == 0 || n % rest != 0 {
             return Err(Error::Op(format!("cannot reshape {dims:?} to {spec:?}")));
         }
         shape[i] = n / rest;
     }
-    if shape.iter().product::<usize>() != n {
+    if product(&shape) != Some(n) {
         return Err(Error::Op(format!(
             "cannot reshape {dims:?} ({n} elements) to {spec:?}"
         )));
@@ -264,6 +266,7 @@ pub fn expand(cx: &Cx) -> R<Vec<Value>> {
         .map(|&d| d.max(0) as usize)
         .collect();
     let shape = broadcast_shape(v.shape(), &spec)?;
+    check_output(&shape, v.tensor.dtype())?;
     one(like(c(v.tensor.broadcast_as(shape)?.contiguous())?, v))
 }
 
@@ -281,6 +284,13 @@ pub fn tile(cx: &Cx) -> R<Vec<Value>> {
             v.shape().len()
         )));
     }
+    let out: Vec<usize> = v
+        .shape()
+        .iter()
+        .zip(&reps)
+        .map(|(&d, &r)| d.saturating_mul(r))
+        .collect();
+    check_output(&out, v.tensor.dtype())?;
     one(like(c(v.tensor.repeat(reps))?, v))
 }
 
@@ -342,6 +352,7 @@ pub fn constant_of_shape(cx: &Cx) -> R<Vec<Value>> {
         Some(t) => tensor_attr(t)?,
         None => Value::f32(c(Tensor::new(&[0f32], &Device::Cpu))?),
     };
+    check_output(&shape, fill.tensor.dtype())?;
     let t = c(fill
         .tensor
         .flatten_all()?
@@ -354,21 +365,32 @@ pub fn constant_of_shape(cx: &Cx) -> R<Vec<Value>> {
 
 pub fn range(cx: &Cx) -> R<Vec<Value>> {
     let start = cx.input(0)?;
-    let (s, l, d) = (
-        start.to_f64s()?[0],
-        cx.input(1)?.to_f64s()?[0],
-        cx.input(2)?.to_f64s()?[0],
-    );
+    let scalar = |i: usize| -> R<f64> {
+        cx.input(i)?
+            .to_f64s()?
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Op(format!("input {i} is empty, not a scalar")))
+    };
+    let (s, l, d) = (scalar(0)?, scalar(1)?, scalar(2)?);
     if d == 0.0 {
         return Err("delta is 0".into());
     }
     let n = ((l - s) / d).ceil().max(0.0) as usize;
+    check_output(&[n], carrier(start.dtype))?;
     let t = if start.dtype.is_float() {
         let (s, d) = (s as f32, d as f32);
         let v: Vec<f32> = (0..n).map(|i| s + i as f32 * d).collect();
         c(Tensor::from_vec(v, n, &Device::Cpu)?.to_dtype(carrier(start.dtype)))?
     } else {
-        let (s, d) = (start.to_i64s()?[0], cx.input(2)?.to_i64s()?[0]);
+        let int = |i: usize| -> R<i64> {
+            cx.input(i)?
+                .to_i64s()?
+                .first()
+                .copied()
+                .ok_or_else(|| Error::Op(format!("input {i} is empty, not a scalar")))
+        };
+        let (s, d) = (int(0)?, int(2)?);
         let v: Vec<i64> = (0..n as i64).map(|i| s + i * d).collect();
         c(Tensor::from_vec(v, n, &Device::Cpu))?
     };

@@ -1,0 +1,51 @@
+//! The graph passes on arbitrary bytes read as an ONNX model: the IR, opset upgrade,
+//! canonicalization (constants folded by the engine), quantizer placement, parameters from
+//! synthetic ranges and the QDQ export. Errors, never panics. The memory limit is 4 MiB here:
+//! an operator's legitimate work grows with the output it may allocate, so a small limit keeps
+//! each input under the 1 s timeout; larger outputs take the same refusal path. Seed it with the
+//! operator cases (fuzz/README.md).
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use zeropoint_engine::Engine;
+use zeropoint_graph::canonicalize::{canonicalize, decompose_hard_swish};
+use zeropoint_graph::{opset, Graph};
+use zeropoint_onnx::{limits, model};
+use zeropoint_quant::calibrate::Ranges;
+use zeropoint_quant::placement::Plan;
+use zeropoint_quant::settings::Settings;
+use zeropoint_quant::{params, qdq_export};
+
+fuzz_target!(|data: &[u8]| {
+    limits::set_max_bytes(4 << 20);
+    let path = Path::new("fuzz/nonexistent/model.onnx");
+    let Ok(base) = model::decode(data, path) else {
+        return;
+    };
+    let Ok(mut graph) = Graph::from_model(&base, path) else {
+        return;
+    };
+    if zeropoint_engine::exec::check_supported(&graph).is_err() {
+        return;
+    }
+    let settings = Settings::default();
+    if opset::upgrade(&mut graph, qdq_export::required_opset(&settings), &Engine).is_err() {
+        return;
+    }
+    if canonicalize(&mut graph, &Engine).is_err() {
+        return;
+    }
+    decompose_hard_swish(&mut graph);
+    let Ok(plan) = Plan::new(&graph, &[]) else {
+        return;
+    };
+    let ranges = Ranges(plan.activations.iter().map(|a| (a.clone(), (-1.0, 1.0))).collect());
+    let Ok(params) = params::params(&graph, &plan, &ranges, &settings) else {
+        return;
+    };
+    if let Ok(m) = qdq_export::export(&graph, &plan, &params, &base) {
+        let _ = model::encode(&m, path);
+    }
+});

@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Hostile model and data files, as an attacker (or a broken exporter) would write them, for the
+regression tests of docs/security.md (crates/zeropoint-cli/tests/hostile.rs).
+
+  hostile_files.py OUT_DIR
+
+Writes OUT_DIR/cases.json, a list of {"name", "args", "expect"}: the zeropoint arguments (paths
+relative to OUT_DIR; {mnist} stands for the embedded MNIST CNN) and a text the one-line error must
+contain, or null for a case that must succeed. Large files are sparse or compressed: the folder
+takes a few MB of disk however large the sizes it claims.
+"""
+
+import io
+import json
+import os
+import struct
+import sys
+import zipfile
+import zlib
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MIB = 1 << 20
+LIMIT = "64M"  # the --max-memory of the limit cases
+
+
+def save_npy(path, array):
+    np.save(path, array, allow_pickle=False)
+
+
+def model(path, nodes, inputs, outputs, initializers=(), opset=17):
+    graph = helper.make_graph(nodes, "hostile", inputs, outputs, list(initializers))
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.save(m, path)
+
+
+def f32(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def external_model(folder, location):
+    """y = x + w, w [4] float32 stored as external data at `location`."""
+    os.makedirs(folder, exist_ok=True)
+    w = numpy_helper.from_array(np.ones(4, np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", "16")):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    model(os.path.join(folder, "model.onnx"), [helper.make_node("Add", ["x", "w"], ["y"])],
+          [f32("x", [4])], [f32("y", [4])], [w])
+    save_npy(os.path.join(folder, "x.npy"), np.zeros(4, np.float32))
+
+
+def escapes(out, cases):
+    # A secret outside the model's folder, and links to it from inside.
+    with open(os.path.join(out, "secret.bin"), "wb") as f:
+        f.write(b"S" * 64)
+    os.makedirs(os.path.join(out, "elsewhere"), exist_ok=True)
+    with open(os.path.join(out, "elsewhere", "w.bin"), "wb") as f:
+        f.write(b"S" * 64)
+    external_model(os.path.join(out, "file_link"), "data.bin")
+    os.symlink("../secret.bin", os.path.join(out, "file_link", "data.bin"))
+    cases.append(case("external data through a linked file", ["run", "file_link/model.onnx", "-i", "file_link/x.npy"],
+                      "outside the model's folder"))
+    external_model(os.path.join(out, "dir_link"), "weights/w.bin")
+    os.symlink("../elsewhere", os.path.join(out, "dir_link", "weights"))
+    cases.append(case("external data through a linked folder", ["run", "dir_link/model.onnx", "-i", "dir_link/x.npy"],
+                      "outside the model's folder"))
+    external_model(os.path.join(out, "fifo"), "pipe.bin")
+    os.mkfifo(os.path.join(out, "fifo", "pipe.bin"))
+    cases.append(case("external data that is a FIFO", ["run", "fifo/model.onnx", "-i", "fifo/x.npy"],
+                      "is not a regular file"))
+    os.mkfifo(os.path.join(out, "model_fifo.onnx"))
+    cases.append(case("a model that is a FIFO", ["graph", "model_fifo.onnx"], "not a regular file"))
+    # An image folder whose file links out of it.
+    os.makedirs(os.path.join(out, "images_link"), exist_ok=True)
+    os.symlink("../secret.bin", os.path.join(out, "images_link", "a.png"))
+    cases.append(case("an image that links out of its folder",
+                      ["quantize", "{mnist}", "--calib", "images_link", "-o", "out.onnx"], "outside the folder"))
+
+
+def sparse(path, size, head=b""):
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(size)
+
+
+def npy_header(shape, descr="<f4"):
+    """A version-1 .npy header for `shape`, padded as numpy pads it."""
+    d = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, str(tuple(shape)))
+    total = 10 + len(d) + 1
+    d += " " * ((total + 63) // 64 * 64 - total) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(d)) + d.encode()
+
+
+def limits(out, cases):
+    lim = ["--max-memory", LIMIT]
+    # Files larger than the limit, read whole.
+    sparse(os.path.join(out, "big.npy"), 256 * MIB, npy_header([64 * MIB]))
+    cases.append(case("an .npy file over the limit", ["inspect", "big.npy"] + lim, "over the memory limit"))
+    sparse(os.path.join(out, "big.onnx"), 256 * MIB)
+    cases.append(case("a model file over the limit", ["graph", "big.onnx"] + lim, "over the memory limit"))
+    header = json.dumps({"w": {"dtype": "F32", "shape": [64 * MIB], "data_offsets": [0, 256 * MIB]}}).encode()
+    sparse(os.path.join(out, "big.safetensors"), 8 + len(header) + 256 * MIB, struct.pack("<Q", len(header)) + header)
+    cases.append(case("a safetensors file over the limit", ["inspect", "big.safetensors"] + lim, "over the memory limit"))
+    # External data whose declared length is over the limit (the side file is that long).
+    folder = os.path.join(out, "big_external")
+    external_model(folder, "w.bin")
+    m = onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
+    for e in m.graph.initializer[0].external_data:
+        if e.key == "length":
+            e.value = str(256 * MIB)
+    onnx.save(m, os.path.join(folder, "model.onnx"))
+    sparse(os.path.join(folder, "w.bin"), 256 * MIB)
+    cases.append(case("external data over the limit", ["run", "big_external/model.onnx", "-i", "big_external/x.npy"] + lim,
+                      "over the memory limit"))
+    # A compressed archive of 1 GiB of MNIST-shaped samples, honest and lying about its size:
+    # read whole it is over the limit; streamed, the honest one calibrates in bounded memory.
+    bomb(os.path.join(out, "bomb.npz"), (342392, 1, 28, 28), lie=False)
+    cases.append(case("a 1 GiB .npz member read whole", ["run", "{mnist}", "-i", "bomb.npz"] + lim, "over the memory limit"))
+    cases.append(case("a 1 GiB .npz member streamed", ["quantize", "{mnist}", "--calib", "bomb.npz", "--samples", "64",
+                                                       "-o", "streamed.onnx"] + lim, None))
+    bomb(os.path.join(out, "liar.npz"), (342392, 1, 28, 28), lie=True)
+    cases.append(case("a .npz member lying about its size, read whole", ["run", "{mnist}", "-i", "liar.npz"] + lim,
+                      "cannot decompress"))
+    cases.append(case("a .npz member lying about its size, streamed",
+                      ["quantize", "{mnist}", "--calib", "liar.npz", "-o", "out.onnx"] + lim, "the archive says the member holds"))
+    # One sample of 1 GiB: refused before its first batch is allocated.
+    bomb(os.path.join(out, "one_sample.npz"), (1, 268435456), lie=False, name="x")
+    model(os.path.join(out, "wide.onnx"), [helper.make_node("Relu", ["x"], ["y"])], [f32("x", ["N", "M"])],
+          [f32("y", ["N", "M"])])
+    cases.append(case("a 1 GiB sample", ["quantize", "wide.onnx", "--calib", "one_sample.npz", "-o", "out.onnx"] + lim,
+                      "a batch of 1 sample needs 1.0 GiB"))
+    gz_labels(os.path.join(out, "labels-idx1-ubyte.gz"))
+    save_npy(os.path.join(out, "digits.npy"), np.zeros((2, 1, 28, 28), np.float32))
+    cases.append(case("a label file bomb", ["eval", "{mnist}", "{mnist}", "--data", "digits.npy", "--labels",
+                                             "labels-idx1-ubyte.gz"] + lim, "larger than the memory limit"))
+    png(os.path.join(out, "huge_image"), 60000, 60000)
+    cases.append(case("an image claiming 60000x60000 pixels",
+                      ["quantize", "{mnist}", "--calib", "huge_image", "-o", "out.onnx"] + lim, "cannot decode image"))
+    operators(out, cases, lim)
+
+
+def bomb(path, shape, lie, name="input"):
+    """An .npz whose member `name` of `shape` float32 zeros (about 1 GiB) deflates to about 1 MB.
+    With `lie`, the archive declares 1 MiB for it."""
+    head = npy_header(shape)
+    body = 4 * int(np.prod(shape))
+    size = len(head) + body
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts, crc, zeros = [comp.compress(head)], zlib.crc32(head), bytes(16 * MIB)
+    left = body
+    while left:
+        chunk = zeros[: min(left, len(zeros))]
+        parts.append(comp.compress(chunk))
+        crc = zlib.crc32(chunk, crc)
+        left -= len(chunk)
+    parts.append(comp.flush())
+    data = b"".join(parts)
+    declared = MIB if lie else size
+    name = f"{name}.npy".encode()
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, crc, len(data), declared, len(name), 0)
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, crc, len(data), declared,
+                          len(name), 0, 0, 0, 0, 0, 0)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central) + len(name), len(local) + len(name) + len(data), 0)
+    with open(path, "wb") as f:
+        f.write(local + name + data + central + name + end)
+
+
+def gz_labels(path):
+    """An idx1 label file claiming 2 labels whose gzip body inflates to 512 MiB."""
+    import gzip
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(struct.pack(">II", 0x801, 2))
+        zeros = bytes(16 * MIB)
+        for _ in range(32):
+            f.write(zeros)
+
+
+def png(folder, width, height):
+    """A PNG whose header claims width x height grayscale pixels, with almost no data."""
+    os.makedirs(folder, exist_ok=True)
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    with open(os.path.join(folder, "a.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def operators(out, cases, lim):
+    """Operators whose output size their inputs decide, each asked for 2^40 elements."""
+    folder = os.path.join(out, "ops")
+    os.makedirs(folder, exist_ok=True)
+    save_npy(os.path.join(folder, "x.npy"), np.zeros((2, 2), np.float32))
+    big = 1 << 20
+    i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)
+    f32c = lambda name, v: numpy_helper.from_array(np.array(v, np.float32), name)
+    ops = {
+        "ConstantOfShape": ([helper.make_node("ConstantOfShape", ["s"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])],
+                            [i64("s", [big, big])]),
+        "Expand": ([helper.make_node("Expand", ["x", "s"], ["y"])], [i64("s", [big, big, 2, 2])]),
+        "Tile": ([helper.make_node("Tile", ["x", "r"], ["y"])], [i64("r", [big, big])]),
+        "Range": ([helper.make_node("Range", ["a", "b", "d"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])],
+                  [f32c("a", 0.0), f32c("b", float(1 << 40)), f32c("d", 1.0)]),
+        "Pad": ([helper.make_node("Pad", ["x", "p"], ["y"])], [i64("p", [0, 0, big, big])]),
+        "Resize": ([helper.make_node("Resize", ["x", "", "", "z"], ["y"])], [i64("z", [big, big])]),
+        "Reshape": ([helper.make_node("Reshape", ["x", "s"], ["y"])], [i64("s", [1 << 40, 1 << 40])]),
+        "Conv pads": ([helper.make_node("Conv", ["x4", "w"], ["y"], pads=[big, big, big, big])],
+                      [f32c("w", np.ones((1, 1, 1, 1)))]),
+        "ConvTranspose strides": ([helper.make_node("ConvTranspose", ["x4", "w"], ["y"], strides=[big, big])],
+                                  [f32c("w", np.ones((1, 1, 1, 1)))]),
+    }
+    for op, (nodes, inits) in ops.items():
+        name = op.replace(" ", "_")
+        path = os.path.join(folder, f"{name}.onnx")
+        if op.startswith("Conv"):
+            nodes = [helper.make_node("Reshape", ["x", "s4"], ["x4"])] + nodes
+            inits = inits + [i64("s4", [1, 1, 2, 2])]
+        model(path, nodes, [f32("x", [2, 2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        expect = "cannot reshape" if op == "Reshape" else "over the memory limit"
+        cases.append(case(f"{op} asked for a huge output", ["run", f"ops/{name}.onnx", "-i", "ops/x.npy"] + lim, expect))
+
+
+def case(name, args, expect):
+    return {"name": name, "args": args, "expect": expect}
+
+
+def main(out):
+    os.makedirs(out, exist_ok=True)
+    cases = []
+    escapes(out, cases)
+    limits(out, cases)
+    with open(os.path.join(out, "cases.json"), "w") as f:
+        json.dump(cases, f, indent=1)
+    print(f"{len(cases)} hostile cases in {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
