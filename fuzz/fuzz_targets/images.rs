@@ -1,6 +1,6 @@
 //! Image decoding and preprocessing on arbitrary bytes (PNG, JPEG, whatever the bytes look
 //! like): decode within the memory limit, then resize, crop and normalize as a calibration folder
-//! would. Errors, never panics. The limit is 2 MiB here: the work an image legitimately takes
+//! would. Errors, never panics. The limit is 256 KiB here: the work an image legitimately takes
 //! grows with the memory it may use, so a small limit keeps each input well under the 1 s timeout
 //! and the executions many; what is over it takes the same refusal path as a larger one.
 #![no_main]
@@ -12,7 +12,7 @@ use zeropoint_onnx::limits;
 use zeropoint_quant::images::{decode_bytes, to_input, ImagePrep, Layout, Target};
 
 fuzz_target!(|data: &[u8]| {
-    limits::set_max_bytes(2 << 20);
+    limits::set_max_bytes(256 << 10);
     let path = Path::new("x.png");
     let Some((&mode, bytes)) = data.split_first() else {
         return;

@@ -143,6 +143,7 @@ def limits(out, cases):
     cases.append(case("an image claiming 60000x60000 pixels",
                       ["quantize", "{mnist}", "--calib", "huge_image", "-o", "out.onnx"] + lim, "cannot decode image"))
     operators(out, cases, lim)
+    malformed(out, cases)
 
 
 def bomb(path, shape, lie, name="input"):
@@ -210,6 +211,8 @@ def operators(out, cases, lim):
         "Range": ([helper.make_node("Range", ["a", "b", "d"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])],
                   [f32c("a", 0.0), f32c("b", float(1 << 40)), f32c("d", 1.0)]),
         "Pad": ([helper.make_node("Pad", ["x", "p"], ["y"])], [i64("p", [0, 0, big, big])]),
+        # A crop at the end hides the pad at the beginning from the output's total size.
+        "Pad crop": ([helper.make_node("Pad", ["x", "p"], ["y"])], [i64("p", [0, 1 << 40, 0, -(1 << 40)])]),
         "Resize": ([helper.make_node("Resize", ["x", "", "", "z"], ["y"])], [i64("z", [big, big])]),
         "Reshape": ([helper.make_node("Reshape", ["x", "s"], ["y"])], [i64("s", [1 << 40, 1 << 40])]),
         "Conv pads": ([helper.make_node("Conv", ["x4", "w"], ["y"], pads=[big, big, big, big])],
@@ -226,6 +229,30 @@ def operators(out, cases, lim):
         model(path, nodes, [f32("x", [2, 2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
         expect = "cannot reshape" if op == "Reshape" else "over the memory limit"
         cases.append(case(f"{op} asked for a huge output", ["run", f"ops/{name}.onnx", "-i", "ops/x.npy"] + lim, expect))
+
+
+def malformed(out, cases):
+    """Nodes whose attributes contradict their inputs, found by fuzzing the graph passes."""
+    folder = os.path.join(out, "ops")
+    i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)
+    f32c = lambda name, v: numpy_helper.from_array(np.array(v, np.float32), name)
+    to_4d = helper.make_node("Reshape", ["x", "s4"], ["x4"])
+    nodes = {
+        # Gather on a rank-0 tensor has no axis to gather on.
+        "Gather on a scalar": ([helper.make_node("Gather", ["c", "i"], ["g"]), helper.make_node("Add", ["x", "g"], ["y"])],
+                               [f32c("c", 1.0), i64("i", 0)], "axis 0 is out of range for rank 0"),
+        # Three kernel axes on an input with two spatial axes.
+        "MaxPool kernel of the wrong rank": ([to_4d, helper.make_node("MaxPool", ["x4"], ["y"], kernel_shape=[1, 1, 1])],
+                                             [], "does not fit the 2 spatial axes"),
+        "Conv pads of 2^40": ([to_4d, helper.make_node("Conv", ["x4", "w"], ["y"], pads=[1 << 40] * 4)],
+                              [f32c("w", np.ones((1, 1, 1, 1)))], "beyond the supported magnitude"),
+    }
+    for op, (ns, inits, expect) in nodes.items():
+        name = op.replace(" ", "_").replace("^", "")
+        path = os.path.join(folder, f"{name}.onnx")
+        inits = inits + [i64("s4", [1, 1, 2, 2])]
+        model(path, ns, [f32("x", [2, 2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        cases.append(case(op, ["run", f"ops/{name}.onnx", "-i", "ops/x.npy"], expect))
 
 
 def case(name, args, expect):

@@ -26,10 +26,12 @@ pub(super) struct Spatial {
 
 pub(super) fn spatial(cx: &Cx, kernel: Vec<usize>) -> R<Spatial> {
     let n = kernel.len();
+    check_extent("kernel", kernel.iter().map(|&k| k as i64))?;
     let list = |name: &str| -> R<Vec<usize>> {
         match cx.ints(name)? {
             None => Ok(vec![1; n]),
             Some(v) if v.len() == n && v.iter().all(|&s| s >= 1) => {
+                check_extent(name, v.iter().copied())?;
                 Ok(v.iter().map(|&s| s as usize).collect())
             }
             Some(v) => Err(Error::Op(format!(
@@ -39,7 +41,10 @@ pub(super) fn spatial(cx: &Cx, kernel: Vec<usize>) -> R<Spatial> {
     };
     let pads = match cx.ints("pads")? {
         None => vec![(0, 0); n],
-        Some(p) if p.len() == 2 * n => (0..n).map(|i| (p[i], p[i + n])).collect(),
+        Some(p) if p.len() == 2 * n => {
+            check_extent("pads", p.iter().copied())?;
+            (0..n).map(|i| (p[i], p[i + n])).collect()
+        }
         Some(p) => return Err(Error::Op(format!("pads {p:?} do not fit {n} spatial axes"))),
     };
     Ok(Spatial {
@@ -49,6 +54,21 @@ pub(super) fn spatial(cx: &Cx, kernel: Vec<usize>) -> R<Spatial> {
         pads,
         auto_pad: cx.string("auto_pad", "NOTSET")?,
     })
+}
+
+/// Larger kernels, strides, dilations or pads than this are refused: no real model comes
+/// near, and the window arithmetic stays far from i64 overflow (2^24 · 2^24 = 2^48).
+const MAX_EXTENT: i64 = 1 << 24;
+
+fn check_extent(name: &str, values: impl Iterator<Item = i64>) -> R<()> {
+    for v in values {
+        if !(-MAX_EXTENT..=MAX_EXTENT).contains(&v) {
+            return Err(Error::Op(format!(
+                "{name} value {v} is beyond the supported magnitude {MAX_EXTENT}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Spatial {

@@ -52,8 +52,9 @@ fn pow(x: &Tensor, y: &Value) -> R<Tensor> {
         let out_shape = broadcast_shape(x.dims(), y.shape())?;
         let r = match e {
             1.0 => x.clone(),
-            2.0 => c(x.sqr())?,
-            0.5 => c(x.sqrt())?,
+            // candle's sqr and sqrt are float-only (they panic on integers).
+            2.0 if !super::is_int(x) => c(x.sqr())?,
+            0.5 if !super::is_int(x) => c(x.sqrt())?,
             _ if super::is_int(x) => {
                 let v: Vec<i64> = c(x.flatten_all()?.to_vec1::<i64>())?;
                 let v: Vec<i64> = v.iter().map(|&b| (b as f64).powf(e) as i64).collect();

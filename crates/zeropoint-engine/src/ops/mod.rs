@@ -261,7 +261,7 @@ pub(crate) fn check_output(shape: &[usize], carrier: CDType) -> R<()> {
 /// Resolves a possibly negative axis against `rank`.
 pub(crate) fn axis(a: i64, rank: usize) -> R<usize> {
     let r = rank as i64;
-    if a < -r || a >= r.max(1) {
+    if a < -r || a >= r {
         return Err(Error::Op(format!(
             "axis {a} is out of range for rank {rank}"
         )));

@@ -31,7 +31,7 @@ pub fn pool(cx: &Cx) -> R<Vec<Value>> {
     let x = cx.float(0)?;
     let one_d = x.rank() == 3;
     let x = to_2d(x)?;
-    let w = Windows::new(cx, &x)?;
+    let w = Windows::new(cx, &x, one_d)?;
     // Without dilation, candle's own pooling kernels cover the padded input exactly. Their
     // gradients are not usable (candle 0.11 scales max-pool gradients by (#max)/k² instead of
     // 1/#max, and has none for overlapping windows): differentiated runs take the window path.
@@ -58,10 +58,17 @@ struct Windows {
 }
 
 impl Windows {
-    fn new(cx: &Cx, x: &Tensor) -> R<Windows> {
+    fn new(cx: &Cx, x: &Tensor, one_d: bool) -> R<Windows> {
         let kernel = cx
             .ints("kernel_shape")?
             .ok_or("attribute kernel_shape is required")?;
+        // `x` is 4-D here; a 1-D pool was viewed as 2-D with a unit height.
+        let axes = if one_d { 1 } else { 2 };
+        if kernel.len() != axes {
+            return Err(Error::Op(format!(
+                "kernel_shape {kernel:?} does not fit the {axes} spatial axes of the input"
+            )));
+        }
         let sp = spatial(cx, kernel.iter().map(|&k| k.max(1) as usize).collect())?;
         let n = sp.kernel.len();
         let size = x.dims()[4 - n..].to_vec();

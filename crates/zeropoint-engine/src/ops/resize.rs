@@ -82,16 +82,18 @@ pub(crate) fn pad_constant(t: &Tensor, dim: usize, begin: i64, end: i64, fill: f
     out[dim] = usize::try_from((i128::from(n) + i128::from(begin) + i128::from(end)).max(0))
         .unwrap_or(usize::MAX);
     check_output(&out, t.dtype())?;
-    let keep_from = (-begin).max(0);
-    let keep_to = n + end.min(0);
+    let keep_from = begin.saturating_neg().max(0);
+    let keep_to = n.saturating_add(end.min(0));
     let mut t = c(t.narrow(
         dim,
         keep_from as usize,
-        (keep_to - keep_from).max(0) as usize,
+        keep_to.saturating_sub(keep_from).max(0) as usize,
     ))?;
     let block = |len: i64, t: &Tensor| -> R<Tensor> {
         let mut shape = t.dims().to_vec();
         shape[dim] = len as usize;
+        // A crop at one end can hide a huge pad at the other from the total above.
+        check_output(&shape, t.dtype())?;
         c(Tensor::full(fill as f32, shape, t.device())?.to_dtype(t.dtype()))
     };
     if begin > 0 {

@@ -54,7 +54,7 @@ pub fn flatten(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     let r = v.shape().len();
     let a = cx.int("axis", 1)?;
-    let a = if a < 0 { a + r as i64 } else { a };
+    let a = if a < 0 { a.saturating_add(r as i64) } else { a };
     if !(0..=r as i64).contains(&a) {
         return Err(Error::Op(format!("axis {a} is out of range for rank {r}")));
     }
@@ -240,7 +240,7 @@ pub fn gather(cx: &Cx) -> R<Vec<Value>> {
     let fixed: Vec<i64> = idx
         .iter()
         .map(|&i| {
-            let j = if i < 0 { i + n } else { i };
+            let j = if i < 0 { i.saturating_add(n) } else { i };
             if (0..n).contains(&j) {
                 Ok(j)
             } else {
@@ -297,7 +297,7 @@ pub fn tile(cx: &Cx) -> R<Vec<Value>> {
 pub fn shape(cx: &Cx) -> R<Vec<Value>> {
     let dims: Vec<i64> = cx.input(0)?.shape().iter().map(|&d| d as i64).collect();
     let r = dims.len() as i64;
-    let clamp = |x: i64| (if x < 0 { x + r } else { x }).clamp(0, r) as usize;
+    let clamp = |x: i64| (if x < 0 { x.saturating_add(r) } else { x }).clamp(0, r) as usize;
     let start = clamp(cx.int("start", 0)?);
     let end = clamp(cx.int("end", r)?);
     one(Value::from_i64s(&dims[start..end.max(start)]))
