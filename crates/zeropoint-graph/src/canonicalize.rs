@@ -298,6 +298,9 @@ pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
             };
             let p = *producers.get(x.as_str())?;
             let conv = &graph.nodes[p];
+            if conv.op != Op::Conv {
+                return None;
+            }
             let w = graph.initializer(conv.inputs.get(1)?)?;
             let channels = *w.shape.first()?;
             // [C,1,1] or [1,C,1,1] against the output [N,C,H,W]: one value per output channel
@@ -305,8 +308,10 @@ pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
             let (shape, rank) = (c.shape.as_slice(), w.shape.len());
             let ones = |d: &[usize]| d.iter().all(|&v| v == 1);
             let per_channel = match shape.len() {
-                n if n + 1 == rank => shape[0] == channels && ones(&shape[1..]),
-                n if n == rank => shape[0] == 1 && shape[1] == channels && ones(&shape[2..]),
+                n if n + 1 == rank && n >= 1 => shape[0] == channels && ones(&shape[1..]),
+                n if n == rank && n >= 2 => {
+                    shape[0] == 1 && shape[1] == channels && ones(&shape[2..])
+                }
                 _ => false,
             };
             let alone = consumers.get(x.as_str()).is_some_and(|v| v.len() == 1)
@@ -315,8 +320,7 @@ pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
                 .inputs
                 .get(2)
                 .is_none_or(|b| b.is_empty() || graph.initializer(b).is_some());
-            (conv.op == Op::Conv && per_channel && alone && bias_ok && c.dtype == w.dtype)
-                .then_some((i, p))
+            (per_channel && alone && bias_ok && c.dtype == w.dtype).then_some((i, p))
         });
         let Some((add, conv)) = found else { break };
         let a = graph.nodes[add].clone();
@@ -485,6 +489,26 @@ mod tests {
             vec![
                 Node::new("conv", Op::Conv, &["x", "w"], &["c"]),
                 Node::new("add", Op::Add, &["c", "shift"], &["y"]),
+            ],
+            "y",
+        );
+        assert!(fold_bias_adds(&mut g).unwrap().is_empty());
+        assert_eq!(g.nodes.len(), 2);
+    }
+
+    #[test]
+    fn an_add_after_anything_but_a_conv_is_left_alone() {
+        // A Mul by a rank-1 constant followed by an Add of another (a decoder's scaled
+        // embedding plus a position) panicked once: the bias test read the Mul's operand as a
+        // convolution kernel.
+        let mut g = graph(
+            vec![
+                RawTensor::from_f32s("scale", &[3], &[1.0; 3]),
+                RawTensor::from_f32s("pos", &[1], &[0.5]),
+            ],
+            vec![
+                Node::new("mul", Op::Mul, &["x", "scale"], &["e"]),
+                Node::new("add", Op::Add, &["e", "pos"], &["y"]),
             ],
             "y",
         );
