@@ -3,11 +3,13 @@
 //! canonicalization would do (constants folded, BatchNorms folded, fused groups).
 //! `--output OUT.onnx` writes the canonicalized model, `--opset N` upgraded to that opset.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use zeropoint_engine::Engine;
+use zeropoint_graph::graph::dims_fit;
 use zeropoint_graph::{opset, Graph};
 use zeropoint_onnx::{external_data, model};
 use zeropoint_quant::analysis::model::{describe, ModelSummary, ValueSummary};
@@ -26,16 +28,51 @@ pub struct Args {
     /// operators whose signature changed.
     #[arg(long, requires = "output")]
     pub opset: Option<i64>,
+    /// Fix an input's free dimensions for shape inference: NAME=DIMS, e.g. x=1,3,480,640.
+    /// Repeat for several inputs. Without it, free dimensions are probed at small sizes.
+    #[arg(long, value_name = "NAME=DIMS")]
+    pub shape: Vec<String>,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The `--shape NAME=DIMS` arguments, checked against the model's inputs.
+fn input_shapes(args: &Args, graph: &Graph) -> Result<HashMap<String, Vec<usize>>> {
+    let mut shapes = HashMap::new();
+    for spec in &args.shape {
+        let Some((name, dims)) = spec.split_once('=') else {
+            bail!("--shape '{spec}': expected NAME=DIMS, e.g. x=1,3,224,224");
+        };
+        let Some(input) = graph.inputs.iter().find(|i| i.name == name) else {
+            let names: Vec<&str> = graph.inputs.iter().map(|i| i.name.as_str()).collect();
+            bail!(
+                "--shape '{spec}': the model has no input '{name}' (inputs: {})",
+                names.join(", ")
+            );
+        };
+        let dims: Vec<usize> = dims
+            .split([',', 'x'])
+            .map(|d| d.trim().parse())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!("--shape '{spec}': dimensions must be whole numbers"))?;
+        if input.shape.as_ref().is_some_and(|d| !dims_fit(d, &dims)) {
+            bail!(
+                "--shape '{spec}': input '{name}' is declared {}, which {dims:?} does not fit",
+                input.shape_text()
+            );
+        }
+        shapes.insert(name.to_string(), dims);
+    }
+    Ok(shapes)
 }
 
 pub fn run(args: &Args) -> Result<()> {
     let mut proto = model::load(&args.model)?;
     external_data::load_external_data(&mut proto, &args.model)?;
     let graph = Graph::from_model(&proto, &args.model)?;
-    let (summary, canonical) = describe(&args.model.display().to_string(), &graph)?;
+    let shapes = input_shapes(args, &graph)?;
+    let (summary, canonical) = describe(&args.model.display().to_string(), &graph, &shapes)?;
     let written = match &args.output {
         Some(out) => Some(write_canonical(args, &summary, canonical, &proto, out)?),
         None => None,
@@ -114,6 +151,12 @@ fn print_tables(s: &ModelSummary) {
         row(&mut t, "output", v);
     }
     print!("\n{}", t.render());
+    if let Some(e) = &s.shape_error {
+        println!(
+            "shapes above are the declared ones: inference failed at every probe size ({e}); \
+             give the real sizes with --shape NAME=DIMS"
+        );
+    }
     let mut t = Table::new(&["operator", "count", "supported"]);
     for o in &s.operators {
         let supported = if o.supported { "yes" } else { "NO" };

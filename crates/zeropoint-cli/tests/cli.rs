@@ -877,3 +877,60 @@ fn eval_runs_the_quantized_model_in_onnx_runtime_too() {
     assert!(ort["output_sqnr_db"].as_f64().unwrap() > 40.0, "{ort}");
     assert!(ort["layers"].as_array().unwrap().is_empty());
 }
+
+/// A model whose free dimensions cannot be probed at tiny sizes and whose declared output shape
+/// is stale: `graph` infers its shapes at larger probe sizes or at `--shape`, `quantize` takes
+/// them from the calibration data, and the export declares the output as the model produces it.
+#[test]
+fn free_dimensions_come_from_the_data_or_the_user_not_a_guess() {
+    let dir = tempfile::tempdir().unwrap();
+    run_python("dynamic_model.py", &[dir.path()]);
+    let model = dir.path().join("dyn.onnx");
+    let described: Value = serde_json::from_str(&ok(&["graph", path(&model), "--json"])).unwrap();
+    assert_eq!(described["shape_error"], Value::Null, "{described}");
+    assert_eq!(
+        described["outputs"][0]["shape"],
+        serde_json::json!(["N", "5"])
+    );
+
+    let fixed: Value = serde_json::from_str(&ok(&[
+        "graph",
+        path(&model),
+        "--shape",
+        "x=2,1,40,56",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        fixed["inputs"][0]["shape"],
+        serde_json::json!(["2", "1", "40", "56"])
+    );
+    assert_eq!(fixed["outputs"][0]["shape"], serde_json::json!(["2", "5"]));
+    let e = fails(&["graph", path(&model), "--shape", "x=1,40,56"]);
+    assert!(e.contains("input 'x' is declared [N, 1, H, W]"), "{e}");
+    let e = fails(&["graph", path(&model), "--shape", "z=1"]);
+    assert!(e.contains("no input 'z' (inputs: x)"), "{e}");
+
+    for preset in ["w8a8", "w4a8"] {
+        let q = dir.path().join(format!("dyn.{preset}.onnx"));
+        let calib = dir.path().join("calib.npy");
+        ok(&[
+            "quantize",
+            path(&model),
+            "--calib",
+            path(&calib),
+            "--preset",
+            preset,
+            "-o",
+            path(&q),
+        ]);
+        let out = run_python("dynamic_model.py", &[Path::new("check"), &q]);
+        let checked: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(checked["shape"], serde_json::json!([1, 5]), "{preset}");
+        assert_eq!(
+            checked["declared"],
+            serde_json::json!(["?", "?"]),
+            "{preset}"
+        );
+    }
+}

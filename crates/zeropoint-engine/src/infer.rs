@@ -2,10 +2,15 @@
 //!
 //! Rather than a second, symbolic implementation of every operator's shape rule (which could
 //! disagree with the executor), the graph is run twice on zero-filled inputs with each symbolic
-//! input dimension set to two different small probe sizes. A dimension equal in both runs is
-//! fixed; one that follows a symbol (or a multiple of it, like `seq*384` after a reshape) is
-//! named after it; any other varying dimension is `?`. The executor's own operators thus define
-//! the shapes, and a graph that cannot run fails here, before any real work.
+//! input dimension set to two different probe sizes. A dimension equal in both runs is fixed; one
+//! that follows a symbol (or a multiple or fraction of it, like `seq*384` after a reshape or
+//! `H/32` after a backbone) is named after it; any other varying dimension is `?`. The
+//! executor's own operators thus define the shapes.
+//!
+//! Probe sizes start small (2, 3, ...) and grow when the model cannot run on them (a kernel
+//! larger than the input, sizes that must divide by 32): [`PROBE_SCALES`]. Where the caller
+//! knows the real sizes (`--shape`, the calibration data), [`with_input_shapes`] fixes them and
+//! nothing is guessed.
 
 use std::collections::HashMap;
 
@@ -20,24 +25,34 @@ use crate::value::{carrier, Value};
 /// Inputs larger than this (elements) are refused rather than allocated for a probe run.
 const MAX_PROBE_ELEMENTS: usize = 1 << 28;
 
-/// Probe sizes per symbol: the k-th distinct symbol is 2 + k in the first run, 5 + 2k in the
-/// second, so that no two symbols (nor their small multiples) coincide in both runs.
-fn probe(k: usize, run: usize) -> usize {
-    if run == 0 {
-        2 + k
-    } else {
-        5 + 2 * k
+/// Probe sizes are multiplied by these in turn until the model runs: tiny inputs first (fast),
+/// then sizes that pass 5 stride-2 stages, then audio-length ones.
+pub const PROBE_SCALES: [usize; 3] = [1, 32, 512];
+
+/// Probe sizes per symbol: the k-th distinct symbol is (2 + k)·scale in the first run and
+/// (5 + 2k)·scale in the second, so that no two symbols (nor their small multiples) coincide in
+/// both runs.
+fn probe_size(k: usize, run: usize, scale: usize) -> usize {
+    scale * if run == 0 { 2 + k } else { 5 + 2 * k }
+}
+
+/// `graph` with the inputs named in `shapes` declared with those exact dimensions (the data's
+/// or the user's), for inference that guesses none of them.
+pub fn with_input_shapes(graph: &Graph, shapes: &HashMap<String, Vec<usize>>) -> Graph {
+    let mut g = graph.clone();
+    for input in &mut g.inputs {
+        if let Some(dims) = shapes.get(&input.name) {
+            input.shape = Some(dims.iter().map(|&d| Dim::Fixed(d)).collect());
+        }
     }
+    g
 }
 
 /// The type of every graph input, initializer and node output.
 pub fn infer(graph: &Graph) -> Result<HashMap<String, ValueType>> {
     let exec = Executor::new(graph)?;
     let symbols = symbols(graph);
-    let runs = [
-        probe_run(graph, &exec, &symbols, 0)?,
-        probe_run(graph, &exec, &symbols, 1)?,
-    ];
+    let (runs, scale) = probe_runs(graph, &exec, &symbols)?;
     let mut types: HashMap<String, ValueType> = graph
         .initializers
         .iter()
@@ -59,7 +74,7 @@ pub fn infer(graph: &Graph) -> Result<HashMap<String, ValueType>> {
         let shape = if a.len() == b.len() {
             a.iter()
                 .zip(b)
-                .map(|(&x, &y)| dim(x, y, &symbols))
+                .map(|(&x, &y)| dim(x, y, &symbols, scale))
                 .collect()
         } else {
             // The rank itself depends on the input sizes.
@@ -79,15 +94,56 @@ pub fn infer(graph: &Graph) -> Result<HashMap<String, ValueType>> {
 /// The element type of every graph input, initializer and node output: one probe run (types do
 /// not depend on sizes), half the work of [`infer`].
 pub fn dtypes(graph: &Graph) -> Result<HashMap<String, DType>> {
-    let exec = Executor::new(graph)?;
     let mut types: HashMap<String, DType> = graph
         .initializers
         .iter()
         .map(|t| (t.name.clone(), t.dtype))
         .collect();
-    let run = probe_run(graph, &exec, &symbols(graph), 0)?;
-    types.extend(run.into_iter().map(|(name, (dtype, _))| (name, dtype)));
+    types.extend(
+        probe(graph)?
+            .into_iter()
+            .map(|(name, (dtype, _))| (name, dtype)),
+    );
     Ok(types)
+}
+
+/// The element type and shape of every graph input and node output in one probe run, at the
+/// first probe scale the model runs at: exact where the graph's inputs have fixed shapes
+/// ([`with_input_shapes`]).
+pub fn probe(graph: &Graph) -> Result<Run> {
+    let exec = Executor::new(graph)?;
+    let symbols = symbols(graph);
+    let mut run = probe_run(graph, &exec, &symbols, 0, PROBE_SCALES[0]);
+    for &scale in &PROBE_SCALES[1..] {
+        if run.is_ok() || symbols.is_empty() {
+            break;
+        }
+        run = probe_run(graph, &exec, &symbols, 0, scale).or(run);
+    }
+    run
+}
+
+/// Per value: its element type and shape in one run.
+pub type Run = HashMap<String, (DType, Vec<usize>)>;
+
+/// The two probe runs at the first scale where both succeed, and that scale; the error of the
+/// first scale if none does (the smallest sizes tell most plainly what went wrong).
+fn probe_runs(graph: &Graph, exec: &Executor, symbols: &[String]) -> Result<([Run; 2], usize)> {
+    let mut first_error = None;
+    for scale in PROBE_SCALES {
+        let runs = probe_run(graph, exec, symbols, 0, scale)
+            .and_then(|a| Ok([a, probe_run(graph, exec, symbols, 1, scale)?]));
+        match runs {
+            Ok(runs) => return Ok((runs, scale)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+        if symbols.is_empty() {
+            break;
+        }
+    }
+    Err(first_error.expect("at least one probe scale"))
 }
 
 /// The symbolic dimensions of the graph inputs, in order of appearance.
@@ -112,7 +168,8 @@ fn probe_run(
     exec: &Executor,
     symbols: &[String],
     run: usize,
-) -> Result<HashMap<String, (DType, Vec<usize>)>> {
+    scale: usize,
+) -> Result<Run> {
     let err = |m: String| -> Error { zeropoint_graph::Error::model(&graph.source, m).into() };
     let mut feeds = HashMap::new();
     for input in &graph.inputs {
@@ -122,7 +179,9 @@ fn probe_run(
                 .iter()
                 .map(|d| match d {
                     Dim::Fixed(n) => *n,
-                    Dim::Sym(s) => probe(symbols.iter().position(|x| x == s).unwrap(), run),
+                    Dim::Sym(s) => {
+                        probe_size(symbols.iter().position(|x| x == s).unwrap(), run, scale)
+                    }
                 })
                 .collect(),
             None => {
@@ -160,17 +219,20 @@ fn probe_run(
 }
 
 /// A dimension seen as `x` in the first run and `y` in the second.
-fn dim(x: usize, y: usize, symbols: &[String]) -> Dim {
+fn dim(x: usize, y: usize, symbols: &[String], scale: usize) -> Dim {
     if x == y {
         return Dim::Fixed(x);
     }
     for (k, s) in symbols.iter().enumerate() {
-        let (p, q) = (probe(k, 0), probe(k, 1));
+        let (p, q) = (probe_size(k, 0, scale), probe_size(k, 1, scale));
         if x == p && y == q {
             return Dim::Sym(s.clone());
         }
         if x.is_multiple_of(p) && y.is_multiple_of(q) && x / p == y / q {
             return Dim::Sym(format!("{s}*{}", x / p));
+        }
+        if x > 0 && y > 0 && p.is_multiple_of(x) && q.is_multiple_of(y) && p / x == q / y {
+            return Dim::Sym(format!("{s}/{}", p / x));
         }
     }
     Dim::Sym("?".into())

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use zeropoint_onnx::proto::attribute_proto::AttributeType;
 use zeropoint_onnx::proto::{
-    tensor_shape_proto, type_proto, AttributeProto, ModelProto, NodeProto, ValueInfoProto,
+    tensor_shape_proto, type_proto, AttributeProto, ModelProto, NodeProto, TensorShapeProto,
+    ValueInfoProto,
 };
 use zeropoint_onnx::{external_data, model, tensor_proto, DType, RawTensor};
 
@@ -223,7 +224,7 @@ impl Graph {
 
     /// The model `base` (the one this graph was read from) with this graph's nodes and
     /// initializers: opsets, metadata and doc strings are kept; declared inputs and value_info of
-    /// values that no longer exist are dropped.
+    /// values that no longer exist are dropped; output shapes are the graph's.
     pub fn to_model(&self, base: &ModelProto) -> Result<ModelProto> {
         let mut model = base.clone();
         // An upgrade (crate::opset) may have raised the default domain's version.
@@ -270,6 +271,20 @@ impl Graph {
             .chain(self.initializers.iter().map(|t| t.name.as_str()))
             .collect();
         g.initializer = initializer;
+        // Output shapes the graph changed (one that contradicted the model) are written anew.
+        for o in &mut g.output {
+            let Some(v) = self.outputs.iter().find(|v| v.name == o.name()) else {
+                continue;
+            };
+            if value_info(o).shape == v.shape {
+                continue;
+            }
+            if let Some(type_proto::Value::TensorType(t)) =
+                o.r#type.as_mut().and_then(|t| t.value.as_mut())
+            {
+                t.shape = v.shape.as_ref().map(|dims| shape_proto(dims));
+            }
+        }
         g.input.retain(|i| live.contains(i.name()));
         g.value_info.retain(|i| live.contains(i.name()));
         Ok(model)
@@ -330,6 +345,25 @@ fn initializer_error(e: zeropoint_onnx::Error, path: &Path) -> Error {
             source,
         },
         other => other.into(),
+    }
+}
+
+/// Dimensions as ONNX declares them; `?` is a dimension with neither value nor name.
+fn shape_proto(dims: &[Dim]) -> TensorShapeProto {
+    TensorShapeProto {
+        dim: dims
+            .iter()
+            .map(|d| tensor_shape_proto::Dimension {
+                value: match d {
+                    Dim::Fixed(n) => {
+                        Some(tensor_shape_proto::dimension::Value::DimValue(*n as i64))
+                    }
+                    Dim::Sym(s) if s == "?" => None,
+                    Dim::Sym(s) => Some(tensor_shape_proto::dimension::Value::DimParam(s.clone())),
+                },
+                ..Default::default()
+            })
+            .collect(),
     }
 }
 

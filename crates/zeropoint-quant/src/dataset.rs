@@ -118,6 +118,18 @@ impl Dataset {
         Ok(Some(batch))
     }
 
+    /// The shape of one sample (a batch of 1) of every input the data provides.
+    pub fn sample_shapes(&self) -> HashMap<String, Vec<usize>> {
+        self.streams
+            .iter()
+            .map(|(name, stream)| {
+                let mut shape = stream.sample_shape().0.to_vec();
+                shape[0] = 1;
+                (name.clone(), shape)
+            })
+            .collect()
+    }
+
     /// Limits the dataset to its first `n` samples.
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);

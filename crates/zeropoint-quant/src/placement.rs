@@ -20,7 +20,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use zeropoint_engine::infer::dtypes;
 use zeropoint_graph::pattern::fused_groups;
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::DType;
@@ -120,12 +119,13 @@ impl Rules<'_> {
 
 impl Plan {
     /// The plan for `graph` (canonicalized: BatchNorm folded), keeping float every node whose
-    /// name or operator type is in `exclude`. Only float32 values are quantized, which takes a
-    /// probe run of the model to know.
-    pub fn new(graph: &Graph, exclude: &[String]) -> Result<Plan> {
+    /// name or operator type is in `exclude`. Only float32 values are quantized: `types` holds
+    /// every value's element type ([`zeropoint_engine::infer::dtypes`], run on the data's
+    /// shapes).
+    pub fn new(graph: &Graph, types: HashMap<String, DType>, exclude: &[String]) -> Result<Plan> {
         let rules = Rules {
             graph,
-            types: dtypes(graph)?,
+            types,
             exclude,
             outputs: graph.outputs.iter().map(|o| o.name.as_str()).collect(),
         };
@@ -312,6 +312,11 @@ mod tests {
     use zeropoint_onnx::RawTensor;
 
     use super::*;
+    use zeropoint_engine::infer::dtypes;
+
+    fn plan_of(g: &Graph, exclude: &[String]) -> Result<Plan> {
+        Plan::new(g, dtypes(g)?, exclude)
+    }
 
     /// A float32 input of fixed shape.
     fn input(name: &str, shape: &[usize]) -> ValueInfo {
@@ -397,7 +402,7 @@ mod tests {
 
     #[test]
     fn a_cnn_gets_weights_biases_and_activations_at_fused_group_boundaries() {
-        let plan = Plan::new(&cnn(), &[]).unwrap();
+        let plan = plan_of(&cnn(), &[]).unwrap();
         assert_eq!(names(&plan.weights), ["w", "w2"]);
         // Output channels: axis 0 of the Conv weight and of the transposed Gemm weight.
         assert!(plan.weights.iter().all(|w| w.channel_axis == 0));
@@ -424,14 +429,14 @@ mod tests {
     fn excluded_layers_stay_float_by_name_or_by_operator() {
         let g = cnn();
         for exclude in ["logits", "Gemm"] {
-            let plan = Plan::new(&g, &[exclude.to_string()]).unwrap();
+            let plan = plan_of(&g, &[exclude.to_string()]).unwrap();
             assert_eq!(names(&plan.weights), ["w"], "{exclude}");
             assert_eq!(plan.biases.len(), 1, "{exclude}");
             // Nothing quantized needs the Gemm's input any more; the Relu output still ends
             // the Conv group, and MaxPool/Flatten still share its grid.
             assert_eq!(plan.activations, ["x", "relu"], "{exclude}");
         }
-        let plan = Plan::new(&g, &["Conv".to_string(), "Gemm".to_string()]).unwrap();
+        let plan = plan_of(&g, &["Conv".to_string(), "Gemm".to_string()]).unwrap();
         assert_eq!(plan, Plan::default());
     }
 
@@ -449,7 +454,7 @@ mod tests {
             ],
             "out",
         );
-        let plan = Plan::new(&g, &[]).unwrap();
+        let plan = plan_of(&g, &[]).unwrap();
         assert_eq!(names(&plan.weights), ["wv"]);
         // MatMul weights are per output column: the last axis.
         assert_eq!(plan.weights[0].channel_axis, 1);
@@ -468,7 +473,7 @@ mod tests {
             vec![node(Op::Add, &["a", "b"], "sum"), conv("sum", "w", "y")],
             "y",
         );
-        let plan = Plan::new(&two, &[]).unwrap();
+        let plan = plan_of(&two, &[]).unwrap();
         assert_eq!(plan.activations, ["a", "b", "sum"]);
         // shifted = a + constant feeds a Conv: only the Conv's input is quantized, the
         // constant and the Add's activation input stay float (no integer Add between them).
@@ -481,7 +486,7 @@ mod tests {
             ],
             "y",
         );
-        let plan = Plan::new(&one, &[]).unwrap();
+        let plan = plan_of(&one, &[]).unwrap();
         assert_eq!(plan.activations, ["shifted"]);
         assert_eq!(names(&plan.weights), ["w"]);
     }
@@ -504,7 +509,7 @@ mod tests {
                 "out",
             )
         };
-        let plan = Plan::new(&g, &[]).unwrap();
+        let plan = plan_of(&g, &[]).unwrap();
         assert_eq!(names(&plan.weights), ["table"]);
         assert_eq!(
             (plan.weights[0].op.clone(), plan.weights[0].channel_axis),
@@ -526,7 +531,7 @@ mod tests {
             ],
             "relu",
         );
-        let plan = Plan::new(&g, &[]).unwrap();
+        let plan = plan_of(&g, &[]).unwrap();
         assert_eq!(plan.activations, ["x"]);
         assert!(plan.shared.is_empty());
     }

@@ -27,6 +27,9 @@ use crate::prepare::prepare;
 use crate::qdq_export::export;
 use crate::report::layer_errors;
 use crate::settings::Settings;
+use zeropoint_engine::infer::{probe, with_input_shapes, Run};
+use zeropoint_graph::graph::dims_fit;
+use zeropoint_graph::Dim;
 
 /// What `quantize` needs besides the model.
 #[derive(Debug, Clone)]
@@ -82,12 +85,22 @@ pub fn quantize(
     let mut seconds = StageSeconds::default();
     let t = Instant::now();
     let prepared = prepare(path, &opts.settings)?;
-    let graph = prepared.graph;
-    let plan = Plan::new(&graph, &opts.exclude)?;
+    let mut graph = prepared.graph;
+    // Types and shapes from one run at the data's own sample shapes: nothing is guessed about
+    // free dimensions.
+    let mut data = open_data(&graph, opts)?;
+    let seen = probe(&with_input_shapes(&graph, &data.sample_shapes()))?;
+    drop_contradicted_output_shapes(&mut graph, &seen);
+    let types = graph
+        .initializers
+        .iter()
+        .map(|t| (t.name.clone(), t.dtype))
+        .chain(seen.into_iter().map(|(name, (dtype, _))| (name, dtype)))
+        .collect();
+    let plan = Plan::new(&graph, types, &opts.exclude)?;
     seconds.prepare = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let mut data = open_data(&graph, opts)?;
     let total = data.len;
     let ranges = calibrate(&graph, &plan, &mut data, &opts.settings, &mut |done| {
         progress("calibrating", done, total)
@@ -124,6 +137,21 @@ pub fn quantize(
         layers,
         seconds,
     })
+}
+
+/// Replaces the declared shape of each graph output that the model does not produce on the data
+/// (exporters write stale ones, like a rank-2 `[1, seqlen]` for a rank-3 output) by unknown
+/// dimensions of the right rank: ONNX Runtime refuses a model whose declared shapes contradict
+/// its own inference.
+fn drop_contradicted_output_shapes(graph: &mut Graph, seen: &Run) {
+    for output in &mut graph.outputs {
+        let observed = seen.get(&output.name).map(|(_, dims)| dims);
+        if let (Some(declared), Some(dims)) = (&output.shape, observed) {
+            if !dims_fit(declared, dims) {
+                output.shape = Some(vec![Dim::Sym("?".into()); dims.len()]);
+            }
+        }
+    }
 }
 
 fn open_data(graph: &Graph, opts: &Options) -> Result<Dataset> {

@@ -2,7 +2,7 @@
 //! operator counts and whether zeropoint runs each, parameters, and what canonicalization does
 //! (constants folded, BatchNorms folded, fused groups).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use zeropoint_engine::{exec, infer, ops, Engine};
@@ -27,7 +27,10 @@ pub struct ModelSummary {
     pub operators: Vec<OperatorCount>,
     /// The nodes zeropoint cannot run, as "node 'x' (Op)".
     pub unsupported_nodes: Vec<String>,
-    /// What canonicalization did; None when the graph cannot run (shapes and folding need it).
+    /// Why the shapes could not be inferred (a free dimension the probe sizes do not fit: fix it
+    /// with `--shape`); None when they were.
+    pub shape_error: Option<String>,
+    /// What canonicalization did; None when the graph has unsupported operators.
     pub canonicalization: Option<Canonicalization>,
     /// Of the canonical graph when there is one.
     pub fused_groups: Vec<Group>,
@@ -73,18 +76,26 @@ pub struct Group {
     pub output: String,
 }
 
-/// Describes `graph` (read from the file named `model`); returns the canonicalized graph too when
-/// zeropoint can run the model.
-pub fn describe(model: &str, graph: &Graph) -> Result<(ModelSummary, Option<Graph>)> {
+/// Describes `graph` (read from the file named `model`), its inputs named in `shapes` taken at
+/// those sizes; returns the canonicalized graph too when zeropoint can run the model. Shapes that
+/// cannot be inferred are reported, not fatal: the model may still run on its real inputs.
+pub fn describe(
+    model: &str,
+    graph: &Graph,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Result<(ModelSummary, Option<Graph>)> {
     let unsupported = exec::unsupported(graph);
     // Shapes and folding need a run; a graph zeropoint cannot run is still described.
-    let (types, canonical) = if unsupported.is_empty() {
-        let types = infer::infer(graph)?;
+    let (types, shape_error, canonical) = if unsupported.is_empty() {
+        let (types, shape_error) = match infer::infer(&infer::with_input_shapes(graph, shapes)) {
+            Ok(types) => (Some(types), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         let mut canonical = graph.clone();
         let report = canonicalize(&mut canonical, &Engine)?;
-        (Some(types), Some((canonical, report)))
+        (types, shape_error, Some((canonical, report)))
     } else {
-        (None, None)
+        (None, None, None)
     };
     let groups = fused_groups(canonical.as_ref().map_or(graph, |(g, _)| g));
     let mut ops: BTreeMap<&str, (usize, bool)> = BTreeMap::new();
@@ -113,6 +124,7 @@ pub fn describe(model: &str, graph: &Graph) -> Result<(ModelSummary, Option<Grap
             })
             .collect(),
         unsupported_nodes: unsupported,
+        shape_error,
         canonicalization: canonical.as_ref().map(|(g, r)| Canonicalization {
             folded_constants: r.folded_constants,
             folded_batch_norms: r
