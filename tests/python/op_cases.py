@@ -790,6 +790,38 @@ def gather_cases():
          note="embedding table [V=50,D=16] initializer, int64 token ids [B,S] input -> [2,5,16]")
 
 
+def index_cases():
+    r = Rand(140)
+    ge = lambda **kw: N("GatherElements", ["x", "idx"], ["y"], **kw)
+    case("GatherElements_axis0", ge(), {"x": r.n(3, 4)}, {"idx": i64([[2, 0, 1, 1], [0, -1, 2, -3]])},
+         note="negative indices")
+    case("GatherElements_axis1_smaller", ge(axis=1), {"x": r.n(3, 5)}, {"idx": i64([[4, 0], [1, 1]])},
+         note="indices smaller than the data on the other axis: out [2,2]")
+    case("GatherElements_3d_neg_axis", ge(axis=-1), {"x": r.n(2, 3, 4), "idx": r.i(-4, 4, 2, 3, 6)},
+         note="axis -1, indices as graph input, longer than the data's axis")
+    case("GatherElements_int64", ge(axis=0), {"x": r.i(-9, 9, 4, 2)}, {"idx": i64([[3, 0], [1, 2]])},
+         note="int64 data")
+    tk = lambda **kw: N("TopK", ["x", "k"], ["v", "i"], **kw)
+    ties = f32([[1, 3, 3, 2, 3, 0], [5, 5, 5, 5, 5, 5]])
+    case("TopK_last_axis", tk(), {"x": r.n(3, 7)}, {"k": i64([3])})
+    case("TopK_ties", tk(), {"x": ties}, {"k": i64([4])}, note="equal values: lower index first")
+    case("TopK_smallest_axis0", tk(axis=0, largest=0), {"x": r.n(5, 3)}, {"k": i64([2])}, note="largest=0, axis 0")
+    case("TopK_smallest_ties", tk(largest=0), {"x": ties}, {"k": i64([3])}, note="largest=0 with ties")
+    case("TopK_middle_axis", tk(axis=1), {"x": r.n(2, 6, 3)}, {"k": i64([6])}, note="k = axis size, axis 1 of 3")
+    case("TopK_k_input", tk(axis=-1), {"x": r.n(1, 40), "k": i64([5])}, note="K as graph input")
+    case("TopK_int64", tk(), {"x": r.i(-5, 5, 2, 8)}, {"k": i64([3])}, note="int64 values")
+    case("TopK_opset10", tk(axis=1), {"x": r.n(2, 5)}, {"k": i64([2])}, opset=10, note="TopK-10 (no largest)")
+    md = lambda **kw: N("Mod", ["a", "b"], ["y"], **kw)
+    case("Mod_int_sign_of_divisor", md(), {"a": i64([-7, 7, -7, 7, 0, 6]), "b": i64([3, -3, -3, 3, 5, 3])},
+         note="fmod=0: Python remainder, sign of the divisor")
+    case("Mod_int_fmod", md(fmod=1), {"a": i64([-7, 7, -7, 7, 0, 6]), "b": i64([3, -3, -3, 3, 5, 3])},
+         note="fmod=1: C remainder, sign of the dividend")
+    case("Mod_int_broadcast", md(), {"a": r.i(-20, 20, 3, 4)}, {"b": i64([[3], [-4], [7]])}, note="broadcast [3,1]")
+    case("Mod_float_fmod", md(fmod=1), {"a": r.n(3, 4, scale=5), "b": r.away(3, 4)}, note="floats, fmod=1")
+    case("Mod_int32", md(), {"a": np.array([-5, 9, 4], np.int32), "b": np.array([2, -4, 4], np.int32)},
+         note="int32")
+
+
 def slice_cases():
     r = Rand(121)
     x2 = r.n(4, 6)
@@ -1174,6 +1206,94 @@ def quant_cases():
 
 
 # --------------------------------------------------------------------------------------------------
+# Recurrent operators
+
+
+def recurrent_cases():
+    """LSTM, GRU, RNN. ONNX Runtime's CPU kernels refuse layout=1 (batch-first), so that attribute is
+    checked against layout=0 in crates/zeropoint-engine/src/ops/recurrent.rs instead."""
+    r = Rand(151)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+    def rec(kind, name, nd, seq, batch, inp, hs, bias=True, lens=None, h0=False, c0=False, peep=False,
+            outputs=None, opset=14, note="", **attrs):
+        """One recurrent node: X, initial states and sequence_lens are graph inputs, weights initializers."""
+        g = gates[kind]
+        feeds = {"x": r.n(seq, batch, inp)}
+        inits = {"w": r.n(nd, g * hs, inp, scale=0.6), "r": r.n(nd, g * hs, hs, scale=0.6)}
+        names = ["x", "w", "r", "", "", "", "", ""]
+        if bias:
+            inits["b"] = r.n(nd, 2 * g * hs, scale=0.5)
+            names[3] = "b"
+        if lens is not None:
+            feeds["lens"] = np.array(lens, np.int32)
+            names[4] = "lens"
+        state = (nd, batch, hs)
+        if h0:
+            feeds["h0"] = r.n(*state)
+            names[5] = "h0"
+        if c0:
+            feeds["c0"] = r.n(*state)
+            names[6] = "c0"
+        if peep:
+            inits["p"] = r.n(nd, 3 * hs, scale=0.5)
+            names[7] = "p"
+        while names[-1] == "":
+            names.pop()
+        outs = outputs or (["y", "yh", "yc"] if kind == "LSTM" else ["y", "yh"])
+        direction = {1: "forward", 2: "bidirectional"}[nd] if "direction" not in attrs else attrs.pop("direction")
+        node = N(kind, names, outs, hidden_size=hs, direction=direction, **attrs)
+        case(f"{kind}_{name}", node, feeds, inits, opset=opset, note=note)
+
+    # LSTM: gates iofc, W [dirs, 4h, input], B [dirs, 8h], P [dirs, 3h] in iof order.
+    rec("LSTM", "forward", 1, 5, 2, 3, 4, note="forward, bias, zero initial states")
+    rec("LSTM", "reverse", 1, 4, 2, 3, 4, direction="reverse", h0=True, c0=True,
+        note="reverse direction with initial_h / initial_c")
+    rec("LSTM", "bidirectional", 2, 5, 3, 4, 5, h0=True, c0=True,
+        note="bidirectional with B, initial_h, initial_c: Y [seq, 2, batch, hidden]")
+    rec("LSTM", "seqlens_bidirectional", 2, 6, 3, 3, 4, lens=[6, 3, 1], h0=True, c0=True,
+        note="unequal sequence_lens: Y zero past a length, Y_h/Y_c the last valid step, reverse within length")
+    rec("LSTM", "seqlens_zero", 2, 4, 3, 2, 3, lens=[4, 0, 2],
+        note="a sequence of length 0: zero Y, ORT gives zero Y_h / Y_c")
+    rec("LSTM", "peepholes", 1, 5, 2, 3, 4, c0=True, peep=True, note="peepholes P (order i, o, f)")
+    rec("LSTM", "peepholes_bidirectional", 2, 4, 2, 3, 3, h0=True, c0=True, peep=True,
+        note="bidirectional peepholes, P [2, 3h]")
+    rec("LSTM", "clip", 2, 5, 2, 3, 4, h0=True, c0=True, peep=True, clip=0.6,
+        note="cell clip 0.6 on every gate's pre-activation")
+    rec("LSTM", "input_forget", 1, 5, 2, 3, 4, c0=True, input_forget=1, note="input_forget=1: f = 1 - i")
+    rec("LSTM", "only_Y_h", 2, 4, 2, 3, 4, h0=True, c0=True, outputs=["", "yh"],
+        note="Y and Y_c omitted: only Y_h requested")
+    rec("LSTM", "only_Y_c", 1, 4, 2, 3, 4, outputs=["", "", "yc"], note="only Y_c requested")
+    rec("LSTM", "opset12_nobias", 2, 6, 2, 4, 5, bias=False, opset=12,
+        note="opset 12 (ddddocr / PaddleOCR exports), bidirectional, no B")
+    rec("LSTM", "activations", 2, 4, 2, 3, 4, h0=True, c0=True,
+        activations=["Sigmoid", "Relu", "Tanh", "Sigmoid", "Tanh", "Relu"],
+        note="per-direction activations f, g, h")
+    # GRU: gates zrh, W [dirs, 3h, input], B [dirs, 6h].
+    rec("GRU", "forward", 1, 5, 2, 3, 4, note="forward, linear_before_reset=0")
+    rec("GRU", "forward_lbr1", 1, 5, 2, 3, 4, h0=True, linear_before_reset=1,
+        note="linear_before_reset=1: h~ = g(x Wh + r * (H Rh + Rbh) + Wbh)")
+    rec("GRU", "bidirectional_lbr0", 2, 5, 3, 4, 5, h0=True, note="bidirectional, linear_before_reset=0, initial_h")
+    rec("GRU", "bidirectional_lbr1", 2, 5, 3, 4, 5, h0=True, linear_before_reset=1, opset=13,
+        note="bidirectional, linear_before_reset=1 (PyTorch exports), opset 13")
+    rec("GRU", "seqlens_bidirectional", 2, 6, 3, 3, 4, lens=[2, 6, 5], h0=True, linear_before_reset=1,
+        note="unequal sequence_lens, bidirectional")
+    rec("GRU", "seqlens_reverse_lbr0", 1, 5, 3, 3, 4, lens=[5, 1, 3], direction="reverse",
+        note="reverse with sequence_lens, linear_before_reset=0")
+    rec("GRU", "clip", 1, 5, 2, 3, 4, h0=True, clip=0.5, note="clip 0.5")
+    rec("GRU", "opset17_nobias", 2, 5, 2, 4, 3, bias=False, opset=17, linear_before_reset=1,
+        note="opset 17 seq2seq encoder style, no bias")
+    rec("GRU", "only_Y_h", 2, 4, 2, 3, 4, outputs=["", "yh"], note="Y omitted")
+    # RNN: W [dirs, h, input], B [dirs, 2h].
+    rec("RNN", "forward", 1, 5, 2, 3, 4, note="forward, default Tanh")
+    rec("RNN", "bidirectional_relu", 2, 5, 3, 4, 5, h0=True, activations=["Relu", "Relu"],
+        note="bidirectional, Relu activations, initial_h")
+    rec("RNN", "reverse_relu_seqlens", 1, 6, 3, 3, 4, lens=[6, 2, 4], direction="reverse", activations=["Relu"],
+        note="reverse Relu RNN with sequence_lens")
+    rec("RNN", "only_Y_h", 1, 4, 2, 3, 3, outputs=["", "yh"], note="Y omitted")
+
+
+# --------------------------------------------------------------------------------------------------
 # Small multi-op models
 
 
@@ -1219,10 +1339,10 @@ def subgraph_cases():
 FAMILIES = [
     conv_cases, conv_transpose_cases, gemm_cases, matmul_cases, batchnorm_cases, activation_cases, unary_cases,
     softmax_cases, pool_cases, binary_cases, pow_cases, concat_cases, reshape_cases, flatten_cases,
-    transpose_cases, squeeze_cases, pad_cases, resize_cases, dropout_constant_shape_cases, gather_cases,
+    transpose_cases, squeeze_cases, pad_cases, resize_cases, dropout_constant_shape_cases, gather_cases, index_cases,
     slice_cases, split_cases, cast_cases, variadic_cases, reduce_cases, layernorm_cases, gelu_cases,
     where_expand_cases, compare_logic_cases, range_tile_cases, einsum_cases, mask_cases, quant_cases,
-    subgraph_cases,
+    subgraph_cases, recurrent_cases,
 ]
 
 

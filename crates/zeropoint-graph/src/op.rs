@@ -9,6 +9,8 @@ macro_rules! operators {
         /// An operator of the default ONNX domain that zeropoint knows by name. Anything else, an
         /// unknown `op_type` or any operator of another domain, is [`Op::Other`], kept verbatim.
         #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        // Variants are spelled as the `op_type` (LSTM, GRU, RNN).
+        #[allow(clippy::upper_case_acronyms)]
         pub enum Op {
             $($op,)*
             Other(String),
@@ -40,13 +42,16 @@ macro_rules! operators {
 operators! {
     Abs, Add, And, ArgMax, ArgMin, AveragePool, BatchNormalization, Cast, Ceil, Clip, Concat,
     Constant, ConstantOfShape, Conv, ConvTranspose, Cos, DequantizeLinear, Div, Dropout, Einsum,
-    Elu, Equal, Erf, Exp, Expand, Flatten, Floor, Gather, Gelu, Gemm, GlobalAveragePool,
-    GlobalMaxPool, Greater, GreaterOrEqual, HardSigmoid, HardSwish, Identity, LayerNormalization,
-    LeakyRelu, Less, LessOrEqual, Log, LogSoftmax, MatMul, Max, MaxPool, Mean, Min, Mul, Neg, Not,
-    Or, PRelu, Pad, Pow, QuantizeLinear, Range, Reciprocal, ReduceL1, ReduceL2, ReduceLogSum,
-    ReduceLogSumExp, ReduceMax, ReduceMean, ReduceMin, ReduceProd, ReduceSum, ReduceSumSquare,
-    Relu, Reshape, Resize, Selu, Shape, Sigmoid, Sign, Sin, Size, Slice, Softmax, Softplus, Split,
-    Sqrt, Squeeze, Sub, Sum, Tanh, Tile, Transpose, Unsqueeze, Where, Xor,
+    Elu, Equal, Erf, Exp, Expand, Flatten, Floor, Gather, GatherElements, Gelu, Gemm,
+    GlobalAveragePool, GlobalMaxPool, Greater, GreaterOrEqual, HardSigmoid, HardSwish, Identity,
+    LayerNormalization, LeakyRelu, Less, LessOrEqual, Log, LogSoftmax, MatMul, Max, MaxPool,
+    Mean, Min, Mod, Mul, Neg, Not, Or, PRelu, Pad, Pow, QuantizeLinear, Range, Reciprocal,
+    ReduceL1, ReduceL2, ReduceLogSum, ReduceLogSumExp, ReduceMax, ReduceMean, ReduceMin,
+    ReduceProd, ReduceSum, ReduceSumSquare, Relu, Reshape, Resize, Selu, Shape, Sigmoid, Sign,
+    Sin, Size, Slice, Softmax, Softplus, Split, Sqrt, Squeeze, Sub, Sum, Tanh, Tile, TopK,
+    Transpose, Unsqueeze, Where, Xor,
+    // The recurrent operators, named as ONNX spells them.
+    GRU, LSTM, RNN,
 }
 
 impl fmt::Display for Op {

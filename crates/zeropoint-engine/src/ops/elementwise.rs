@@ -281,3 +281,48 @@ pub fn dropout(cx: &Cx) -> R<Vec<Value>> {
     let mask = Value::new(c(v.tensor.ones_like()?.to_dtype(CDType::U8))?, DType::Bool);
     Ok(vec![v, mask])
 }
+
+/// Mod: the remainder with the divisor's sign (Python's `%`, integers only) or, with fmod=1, the
+/// dividend's (C's `fmod`, the only one the spec defines for floats).
+pub fn modulo(cx: &Cx) -> R<Vec<Value>> {
+    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    if a.dtype != b.dtype {
+        return Err(Error::Op(format!(
+            "operands have different types {} and {}",
+            a.dtype, b.dtype
+        )));
+    }
+    let fmod = cx.int("fmod", 0)? != 0;
+    let (x, y) = broadcast_pair(&a.tensor, &b.tensor)?;
+    let shape = x.dims().to_vec();
+    let out = if a.dtype.is_float() {
+        if !fmod {
+            return Err("fmod=0 is not defined for floating-point operands".into());
+        }
+        let f64s = |t: &Tensor| c(t.to_dtype(CDType::F64)?.flatten_all()?.to_vec1::<f64>());
+        let r: Vec<f64> = f64s(&x)?
+            .iter()
+            .zip(f64s(&y)?)
+            .map(|(p, q)| p % q)
+            .collect();
+        c(Tensor::from_vec(r, shape, x.device())?.to_dtype(x.dtype()))?
+    } else {
+        let i64s = |t: &Tensor| c(t.to_dtype(CDType::I64)?.flatten_all()?.to_vec1::<i64>());
+        let r = i64s(&x)?
+            .iter()
+            .zip(i64s(&y)?)
+            .map(|(&p, q)| {
+                let r = p
+                    .checked_rem(q)
+                    .ok_or("integer modulo by zero (or of the minimum by -1)")?;
+                Ok(if !fmod && r != 0 && (r < 0) != (q < 0) {
+                    r + q
+                } else {
+                    r
+                })
+            })
+            .collect::<R<Vec<i64>>>()?;
+        c(Tensor::from_vec(r, shape, x.device())?.to_dtype(x.dtype()))?
+    };
+    one(like(out, a))
+}

@@ -8,10 +8,12 @@
 mod conv;
 mod einsum;
 mod elementwise;
+mod index;
 mod matmul;
 mod norm;
 mod pool;
 mod quant;
+mod recurrent;
 mod reduce;
 mod resize;
 mod shape;
@@ -115,6 +117,9 @@ fn lookup(op: &Op) -> Option<OpFn> {
         Op::Split => shape::split,
         Op::Slice => shape::slice,
         Op::Gather => shape::gather,
+        Op::GatherElements => index::gather_elements,
+        Op::TopK => index::top_k,
+        Op::Mod => e::modulo,
         Op::Expand => shape::expand,
         Op::Tile => shape::tile,
         Op::Shape => shape::shape,
@@ -125,6 +130,9 @@ fn lookup(op: &Op) -> Option<OpFn> {
         Op::Pad => resize::pad,
         Op::Resize => resize::resize,
         Op::Einsum => einsum::einsum,
+        Op::LSTM => recurrent::lstm,
+        Op::GRU => recurrent::gru,
+        Op::RNN => recurrent::rnn,
         Op::QuantizeLinear => quant::quantize_linear,
         Op::DequantizeLinear => quant::dequantize_linear,
         _ => return None,

@@ -1,0 +1,730 @@
+//! The recurrent operators LSTM, GRU and RNN, per the ONNX specification: OCR recognisers
+//! (PaddleOCR, ddddocr), sequence taggers (LAC), seq2seq encoders and voice-activity detectors
+//! (Silero VAD) are exported with them, and calibration has to run through them.
+//!
+//! Each direction runs as one loop over time on candle tensors, so gradients flow as through any
+//! other operator. The input projection `X·Wᵀ + Wb` is one matrix product for all steps; a step
+//! adds `H·Rᵀ + Rb` for the whole batch and applies the gates (LSTM `iofc`, GRU `zrh`, RNN one),
+//! in f32 whatever the float type of the operands.
+//!
+//! Supported: directions forward, reverse and bidirectional; the optional inputs B,
+//! sequence_lens, initial_h, initial_c and the LSTM peepholes P; the attributes activations
+//! (Sigmoid, Tanh, Relu; one list per direction, or one list shared by both), clip,
+//! hidden_size, input_forget (LSTM), linear_before_reset (GRU) and layout (0: time-major, 1:
+//! batch-first X, initial states and outputs). With sequence_lens a batch entry stops at its
+//! length: Y is zero past it, Y_h/Y_c are its last valid step (zero for a length of 0, as ONNX
+//! Runtime gives), and the reverse direction runs backwards from the entry's last valid step.
+//! Other activations (which take activation_alpha/beta) are refused with an error naming them;
+//! activation_alpha/beta are ignored, as none of the supported activations reads them.
+
+use candle_core::{DType as CDType, Tensor};
+
+use super::{c, check_output, like, select, Cx, Error, R};
+use crate::value::Value;
+
+/// Which recurrent operator.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Lstm,
+    Gru,
+    Rnn,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Lstm => "LSTM",
+            Kind::Gru => "GRU",
+            Kind::Rnn => "RNN",
+        }
+    }
+
+    /// Gate blocks stacked in W and R.
+    fn gates(self) -> usize {
+        match self {
+            Kind::Lstm => 4,
+            Kind::Gru => 3,
+            Kind::Rnn => 1,
+        }
+    }
+
+    /// The activations of one direction, by default.
+    fn default_activations(self) -> &'static [Act] {
+        match self {
+            Kind::Lstm => &[Act::Sigmoid, Act::Tanh, Act::Tanh],
+            Kind::Gru => &[Act::Sigmoid, Act::Tanh],
+            Kind::Rnn => &[Act::Tanh],
+        }
+    }
+}
+
+/// A gate activation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Act {
+    Sigmoid,
+    Tanh,
+    Relu,
+}
+
+impl Act {
+    fn parse(name: &str) -> R<Act> {
+        // ONNX Runtime matches the names case-insensitively.
+        match name.to_ascii_lowercase().as_str() {
+            "sigmoid" => Ok(Act::Sigmoid),
+            "tanh" => Ok(Act::Tanh),
+            "relu" => Ok(Act::Relu),
+            _ => Err(Error::Op(format!(
+                "activation '{name}' is not supported (only Sigmoid, Tanh and Relu)"
+            ))),
+        }
+    }
+
+    fn apply(self, x: &Tensor) -> R<Tensor> {
+        c(match self {
+            Act::Sigmoid => x.neg().and_then(|t| t.exp()?.affine(1.0, 1.0)?.recip()),
+            Act::Tanh => x.tanh(),
+            Act::Relu => x.relu(),
+        })
+    }
+}
+
+pub fn lstm(cx: &Cx) -> R<Vec<Value>> {
+    recurrent(cx, Kind::Lstm)
+}
+
+pub fn gru(cx: &Cx) -> R<Vec<Value>> {
+    recurrent(cx, Kind::Gru)
+}
+
+pub fn rnn(cx: &Cx) -> R<Vec<Value>> {
+    recurrent(cx, Kind::Rnn)
+}
+
+/// Float input `i` as f32, if given.
+fn f32_input(cx: &Cx, i: usize) -> R<Option<Tensor>> {
+    if cx.opt(i).is_none() {
+        return Ok(None);
+    }
+    Ok(Some(c(cx.float(i)?.to_dtype(CDType::F32))?))
+}
+
+/// Refuses an operand whose shape is not `want`.
+fn expect_shape(what: &str, t: &Tensor, want: &[usize]) -> R<()> {
+    if t.dims() != want {
+        return Err(Error::Op(format!(
+            "{what} has shape {:?}, expected {want:?}",
+            t.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// Everything one direction needs, fixed across steps.
+struct Setup<'a> {
+    kind: Kind,
+    hidden: usize,
+    seq: usize,
+    batch: usize,
+    /// X as [seq * batch, input], time-major.
+    x: &'a Tensor,
+    lens: Option<&'a [usize]>,
+    clip: Option<f64>,
+    input_forget: bool,
+    linear_before_reset: bool,
+}
+
+/// One direction's weights and starting state.
+struct Direction {
+    w: Tensor,
+    r: Tensor,
+    /// B split in its W and R halves, each [1, gates * hidden].
+    wb: Option<Tensor>,
+    rb: Option<Tensor>,
+    /// LSTM peepholes i, o, f, each [1, hidden].
+    p: Option<[Tensor; 3]>,
+    h0: Tensor,
+    c0: Option<Tensor>,
+    acts: Vec<Act>,
+    reverse: bool,
+}
+
+fn recurrent(cx: &Cx, kind: Kind) -> R<Vec<Value>> {
+    let name = kind.name();
+    let xv = cx.input(0)?;
+    let mut x = c(cx.float(0)?.to_dtype(CDType::F32))?;
+    let w = c(cx.float(1)?.to_dtype(CDType::F32))?;
+    let r = c(cx.float(2)?.to_dtype(CDType::F32))?;
+    let layout = cx.int("layout", 0)?;
+    if layout != 0 && layout != 1 {
+        return Err(Error::Op(format!("layout {layout} is not 0 or 1")));
+    }
+    let batch_first = layout == 1;
+    let direction = cx.string("direction", "forward")?;
+    let dirs: &[bool] = match direction.as_str() {
+        "forward" => &[false],
+        "reverse" => &[true],
+        "bidirectional" => &[false, true],
+        d => {
+            return Err(Error::Op(format!(
+                "direction '{d}' is not forward, reverse or bidirectional"
+            )))
+        }
+    };
+    let nd = dirs.len();
+
+    if x.rank() != 3 {
+        return Err(Error::Op(format!(
+            "X has shape {:?}, expected rank 3",
+            x.dims()
+        )));
+    }
+    if batch_first {
+        x = c(x.transpose(0, 1))?;
+    }
+    let (seq, batch, input) = c(x.dims3())?;
+    let g = kind.gates();
+    if w.rank() != 3 || r.rank() != 3 {
+        return Err(Error::Op(format!(
+            "W and R have shapes {:?} and {:?}, expected rank 3",
+            w.dims(),
+            r.dims()
+        )));
+    }
+    let hidden = match cx.int("hidden_size", -1)? {
+        -1 => r.dims()[2],
+        h if h > 0 => h as usize,
+        h => return Err(Error::Op(format!("hidden_size {h} is not positive"))),
+    };
+    let gh = g * hidden;
+    if w.dims() != [nd, gh, input] {
+        return Err(Error::Op(format!(
+            "W has shape {:?}, expected [{nd}, {gh}, {input}] ({nd} direction(s) of {direction}, \
+             {g} gate(s) of hidden_size {hidden}, input size {input})",
+            w.dims()
+        )));
+    }
+    expect_shape("R", &r, &[nd, gh, hidden])?;
+    check_output(&[seq * batch, gh], CDType::F32)?;
+    check_output(&[seq, nd, batch, hidden], CDType::F32)?;
+
+    let b = f32_input(cx, 3)?;
+    if let Some(b) = &b {
+        expect_shape("B", b, &[nd, 2 * gh])?;
+    }
+    let lens = match cx.ints_input(4)? {
+        None => None,
+        Some(l) => {
+            if l.len() != batch {
+                return Err(Error::Op(format!(
+                    "sequence_lens has {} values for a batch of {batch}",
+                    l.len()
+                )));
+            }
+            if let Some(bad) = l.iter().find(|&&v| v < 0 || v > seq as i64) {
+                return Err(Error::Op(format!(
+                    "sequence_lens value {bad} is outside [0, {seq}]"
+                )));
+            }
+            Some(l.iter().map(|&v| v as usize).collect::<Vec<_>>())
+        }
+    };
+    // Initial states, time-major: [num_directions, batch, hidden].
+    let state = |i: usize, what: &str| -> R<Option<Tensor>> {
+        let Some(t) = f32_input(cx, i)? else {
+            return Ok(None);
+        };
+        let want = if batch_first {
+            [batch, nd, hidden]
+        } else {
+            [nd, batch, hidden]
+        };
+        expect_shape(what, &t, &want)?;
+        Ok(Some(if batch_first {
+            c(t.transpose(0, 1)?.contiguous())?
+        } else {
+            t
+        }))
+    };
+    let h0 = state(5, "initial_h")?;
+    let (c0, p) = if kind == Kind::Lstm {
+        let p = f32_input(cx, 7)?;
+        if let Some(p) = &p {
+            expect_shape("P", p, &[nd, 3 * hidden])?;
+        }
+        (state(6, "initial_c")?, p)
+    } else {
+        (None, None)
+    };
+
+    let clip = match cx.node.attribute("clip") {
+        None => None,
+        Some(_) => {
+            let v = cx.float_attr("clip", 0.0)?;
+            if v.is_nan() || v <= 0.0 {
+                return Err(Error::Op(format!("clip {v} is not positive")));
+            }
+            Some(v as f64)
+        }
+    };
+    let per_dir = kind.default_activations().len();
+    let acts: Vec<Act> = match cx.node.attribute("activations") {
+        None => kind.default_activations().repeat(nd),
+        Some(a) => {
+            let names: Vec<String> = a
+                .strings
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect();
+            let acts = names.iter().map(|n| Act::parse(n)).collect::<R<Vec<_>>>()?;
+            if acts.len() == per_dir * nd {
+                acts
+            } else if acts.len() == per_dir {
+                // One list for both directions, as ONNX Runtime accepts.
+                acts.repeat(nd)
+            } else {
+                return Err(Error::Op(format!(
+                    "{name} {direction} takes {} activations, got {} ({})",
+                    per_dir * nd,
+                    acts.len(),
+                    names.join(", ")
+                )));
+            }
+        }
+    };
+
+    let xs = c(x.contiguous()?.reshape((seq * batch, input)))?;
+    let setup = Setup {
+        kind,
+        hidden,
+        seq,
+        batch,
+        x: &xs,
+        lens: lens.as_deref(),
+        clip,
+        input_forget: kind == Kind::Lstm && cx.int("input_forget", 0)? != 0,
+        linear_before_reset: kind == Kind::Gru && cx.int("linear_before_reset", 0)? != 0,
+    };
+    let zeros = || c(Tensor::zeros((batch, hidden), CDType::F32, x.device()));
+    let mut ys = Vec::with_capacity(nd);
+    let mut hs = Vec::with_capacity(nd);
+    let mut cs = Vec::with_capacity(nd);
+    for (d, &reverse) in dirs.iter().enumerate() {
+        let row = |t: &Tensor, from: usize, len: usize| -> R<Tensor> {
+            c(t.get(d)?.narrow(0, from, len)?.unsqueeze(0))
+        };
+        let dir = Direction {
+            w: c(w.get(d))?,
+            r: c(r.get(d))?,
+            wb: b.as_ref().map(|b| row(b, 0, gh)).transpose()?,
+            rb: b.as_ref().map(|b| row(b, gh, gh)).transpose()?,
+            p: match &p {
+                Some(p) => Some([
+                    row(p, 0, hidden)?,
+                    row(p, hidden, hidden)?,
+                    row(p, 2 * hidden, hidden)?,
+                ]),
+                None => None,
+            },
+            h0: match &h0 {
+                Some(h) => c(h.get(d))?,
+                None => zeros()?,
+            },
+            c0: match (&c0, kind) {
+                (Some(cc), _) => Some(c(cc.get(d))?),
+                (None, Kind::Lstm) => Some(zeros()?),
+                _ => None,
+            },
+            acts: acts[d * per_dir..(d + 1) * per_dir].to_vec(),
+            reverse,
+        };
+        let (y, h, cc) = run_direction(&setup, &dir)?;
+        ys.push(y);
+        hs.push(h);
+        cs.extend(cc);
+    }
+
+    let out =
+        |t: Tensor| -> R<Value> { Ok(like(c(t.contiguous()?.to_dtype(xv.tensor.dtype()))?, xv)) };
+    // Y: [seq, num_directions, batch, hidden], or [batch, seq, num_directions, hidden].
+    let y = c(Tensor::stack(&ys, 1))?;
+    let y = if batch_first {
+        c(y.permute((2, 0, 1, 3)))?
+    } else {
+        y
+    };
+    let state_out = |v: &[Tensor]| -> R<Value> {
+        let t = c(Tensor::stack(v, 0))?;
+        out(if batch_first {
+            c(t.transpose(0, 1))?
+        } else {
+            t
+        })
+    };
+    let mut outs = vec![out(y)?, state_out(&hs)?];
+    if kind == Kind::Lstm {
+        outs.push(state_out(&cs)?);
+    }
+    Ok(outs)
+}
+
+/// Runs one direction over time: Y [seq, batch, hidden], the last hidden state and, for an
+/// LSTM, the last cell state.
+fn run_direction(s: &Setup, d: &Direction) -> R<(Tensor, Tensor, Option<Tensor>)> {
+    let (seq, batch, hs) = (s.seq, s.batch, s.hidden);
+    let dev = s.x.device();
+    // Row order of the steps: a reverse direction reads each entry backwards from its last
+    // valid step; the permutation is its own inverse, so it also puts Y back in time order.
+    let order: Option<Vec<i64>> = d.reverse.then(|| {
+        (0..seq)
+            .flat_map(|t| {
+                (0..batch).map(move |b| {
+                    let len = s.lens.map_or(seq, |l| l[b]);
+                    let src = if t < len { len - 1 - t } else { t };
+                    (src * batch + b) as i64
+                })
+            })
+            .collect()
+    });
+    let x = match &order {
+        Some(o) => select(s.x, o, 0)?,
+        None => s.x.clone(),
+    };
+    // Every step's input projection at once: [seq * batch, gates * hidden].
+    let mut xw = c(x.matmul(&d.w.t()?.contiguous()?))?;
+    if let Some(wb) = &d.wb {
+        xw = c(xw.broadcast_add(wb))?;
+    }
+    let rt = c(d.r.t()?.contiguous())?;
+    // GRU's Rhᵀ alone, for (r ⊙ H)·Rhᵀ.
+    let rh = match s.kind {
+        Kind::Gru => Some(c(rt.narrow(1, 2 * hs, hs)?.contiguous())?),
+        _ => None,
+    };
+    // 1 where step t is within an entry's length, as [batch, 1] per step.
+    let masks: Option<Vec<Tensor>> = match s.lens {
+        None => None,
+        Some(l) => Some(
+            (0..seq)
+                .map(|t| {
+                    let m: Vec<f32> = l.iter().map(|&n| f32::from(u8::from(t < n))).collect();
+                    c(Tensor::from_vec(m, (batch, 1), dev))
+                })
+                .collect::<R<_>>()?,
+        ),
+    };
+    let clip = |t: Tensor| -> R<Tensor> {
+        match s.clip {
+            Some(v) => c(t.clamp(-v, v)),
+            None => Ok(t),
+        }
+    };
+    let gate = |t: &Tensor, k: usize| -> R<Tensor> { c(t.narrow(1, k * hs, hs)) };
+    let mut h = d.h0.clone();
+    let mut cell = d.c0.clone();
+    let mut ys = Vec::with_capacity(seq);
+    for t in 0..seq {
+        let xt = c(xw.narrow(0, t * batch, batch))?;
+        let (h_new, c_new) = match s.kind {
+            Kind::Lstm => {
+                let cp = cell.as_ref().ok_or("LSTM without a cell state")?;
+                let mut pre = c(xt.add(&h.matmul(&rt)?))?;
+                if let Some(rb) = &d.rb {
+                    pre = c(pre.broadcast_add(rb))?;
+                }
+                let peep = |g: Tensor, k: usize, state: &Tensor| -> R<Tensor> {
+                    match &d.p {
+                        Some(p) => c(g.add(&state.broadcast_mul(&p[k])?)),
+                        None => Ok(g),
+                    }
+                };
+                let (f, g, hact) = (d.acts[0], d.acts[1], d.acts[2]);
+                let i = f.apply(&clip(peep(gate(&pre, 0)?, 0, cp)?)?)?;
+                let fg = if s.input_forget {
+                    c(i.ones_like()?.sub(&i))?
+                } else {
+                    f.apply(&clip(peep(gate(&pre, 2)?, 2, cp)?)?)?
+                };
+                let cand = g.apply(&clip(gate(&pre, 3)?)?)?;
+                let c_new = c(fg.mul(cp)?.add(&i.mul(&cand)?))?;
+                let o = f.apply(&clip(peep(gate(&pre, 1)?, 1, &c_new)?)?)?;
+                (c(o.mul(&hact.apply(&c_new)?))?, Some(c_new))
+            }
+            Kind::Gru => {
+                let mut hr = c(h.matmul(&rt))?;
+                if let Some(rb) = &d.rb {
+                    hr = c(hr.broadcast_add(rb))?;
+                }
+                let (f, g) = (d.acts[0], d.acts[1]);
+                let z = f.apply(&clip(c(gate(&xt, 0)?.add(&gate(&hr, 0)?))?)?)?;
+                let rg = f.apply(&clip(c(gate(&xt, 1)?.add(&gate(&hr, 1)?))?)?)?;
+                let rec = if s.linear_before_reset {
+                    // r ⊙ (H·Rhᵀ + Rbh)
+                    c(rg.mul(&gate(&hr, 2)?))?
+                } else {
+                    // (r ⊙ H)·Rhᵀ + Rbh
+                    let rh = rh.as_ref().ok_or("GRU without Rh")?;
+                    let mut v = c(rg.mul(&h)?.matmul(rh))?;
+                    if let Some(rb) = &d.rb {
+                        v = c(v.broadcast_add(&gate(rb, 2)?))?;
+                    }
+                    v
+                };
+                let cand = g.apply(&clip(c(gate(&xt, 2)?.add(&rec))?)?)?;
+                // (1 − z) ⊙ h̃ + z ⊙ H = h̃ + z ⊙ (H − h̃)
+                (c(cand.add(&z.mul(&h.sub(&cand)?)?))?, None)
+            }
+            Kind::Rnn => {
+                let mut pre = c(xt.add(&h.matmul(&rt)?))?;
+                if let Some(rb) = &d.rb {
+                    pre = c(pre.broadcast_add(rb))?;
+                }
+                (d.acts[0].apply(&clip(pre)?)?, None)
+            }
+        };
+        match &masks {
+            None => {
+                ys.push(h_new.clone());
+                h = h_new;
+                cell = c_new;
+            }
+            Some(m) => {
+                // Past an entry's length: no output, the state stays.
+                let m = &m[t];
+                ys.push(c(h_new.broadcast_mul(m))?);
+                h = c(h.add(&h_new.sub(&h)?.broadcast_mul(m)?))?;
+                cell = match (cell, c_new) {
+                    (Some(cp), Some(cn)) => Some(c(cp.add(&cn.sub(&cp)?.broadcast_mul(m)?))?),
+                    (cp, _) => cp,
+                };
+            }
+        }
+    }
+    let mut y = if seq == 0 {
+        c(Tensor::zeros((0, batch, hs), CDType::F32, dev))?
+    } else {
+        c(Tensor::stack(&ys, 0))?
+    };
+    if let Some(o) = &order {
+        y = c(select(&y.reshape((seq * batch, hs))?, o, 0)?.reshape((seq, batch, hs)))?;
+    }
+    // An entry of length 0 has no last step: ONNX Runtime gives zero states.
+    if let Some(l) = s.lens.filter(|l| l.contains(&0)) {
+        let m: Vec<f32> = l.iter().map(|&n| f32::from(u8::from(n > 0))).collect();
+        let m = c(Tensor::from_vec(m, (batch, 1), dev))?;
+        h = c(h.broadcast_mul(&m))?;
+        cell = cell.map(|cp| c(cp.broadcast_mul(&m))).transpose()?;
+    }
+    Ok((y, h, cell))
+}
+
+#[cfg(test)]
+mod tests {
+    //! ONNX Runtime's CPU kernels refuse layout=1, so tests/python/op_cases.py cannot cover it:
+    //! here a batch-first run must equal the time-major one on transposed operands. The refusals
+    //! are checked here too.
+
+    use candle_core::Tensor;
+    use zeropoint_graph::{Node, Op};
+    use zeropoint_onnx::proto::attribute_proto::AttributeType;
+    use zeropoint_onnx::proto::AttributeProto;
+    use zeropoint_onnx::DType;
+
+    use super::super::{run, Cx};
+    use crate::value::Value;
+
+    fn attr(name: &str, ty: AttributeType) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(ty as i32),
+            ..Default::default()
+        }
+    }
+
+    fn int(name: &str, v: i64) -> AttributeProto {
+        AttributeProto {
+            i: Some(v),
+            ..attr(name, AttributeType::Int)
+        }
+    }
+
+    fn string(name: &str, v: &str) -> AttributeProto {
+        AttributeProto {
+            s: Some(v.as_bytes().to_vec()),
+            ..attr(name, AttributeType::String)
+        }
+    }
+
+    fn strings(name: &str, v: &[&str]) -> AttributeProto {
+        AttributeProto {
+            strings: v.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            ..attr(name, AttributeType::Strings)
+        }
+    }
+
+    /// Deterministic values in [-1, 1).
+    fn data(shape: &[usize], seed: usize) -> Value {
+        let n: usize = shape.iter().product();
+        let v = (0..n)
+            .map(|i| (((i * 37 + seed * 101) % 97) as f32 / 48.5) - 1.0)
+            .collect();
+        Value::from_f32_vec(v, shape).unwrap()
+    }
+
+    fn exec(
+        op: Op,
+        attrs: Vec<AttributeProto>,
+        inputs: Vec<Option<Value>>,
+    ) -> Result<Vec<Value>, String> {
+        let names: Vec<String> = (0..inputs.len()).map(|i| format!("in{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut node = Node::new("rnn", op, &names, &["y", "yh", "yc"]);
+        node.attributes = attrs;
+        let cx = Cx {
+            node: &node,
+            inputs: &inputs,
+            opset: 14,
+        };
+        run(&cx).map_err(|e| e.to_string())
+    }
+
+    fn transposed(v: &Value, a: usize, b: usize) -> Value {
+        Value::f32(v.tensor.transpose(a, b).unwrap().contiguous().unwrap())
+    }
+
+    fn assert_close(a: &Tensor, b: &Tensor) {
+        assert_eq!(a.dims(), b.dims());
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6, "max difference {d}");
+    }
+
+    /// The operands of a bidirectional `op` (seq 5, batch 3, input 2, hidden 4), time-major.
+    fn operands(op: &Op) -> Vec<Option<Value>> {
+        let (g, lstm) = match op {
+            Op::LSTM => (4, true),
+            Op::GRU => (3, false),
+            _ => (1, false),
+        };
+        let lens = Value::from_ints(vec![5, 2, 0], &[3], DType::I32).unwrap();
+        let mut v = vec![
+            Some(data(&[5, 3, 2], 1)),
+            Some(data(&[2, g * 4, 2], 2)),
+            Some(data(&[2, g * 4, 4], 3)),
+            Some(data(&[2, 2 * g * 4], 4)),
+            Some(lens),
+            Some(data(&[2, 3, 4], 5)),
+        ];
+        if lstm {
+            v.push(Some(data(&[2, 3, 4], 6)));
+            v.push(Some(data(&[2, 12], 7)));
+        }
+        v
+    }
+
+    #[test]
+    fn batch_first_layout_equals_time_major() {
+        for op in [Op::LSTM, Op::GRU, Op::RNN] {
+            let mut attrs = vec![string("direction", "bidirectional"), int("hidden_size", 4)];
+            if op == Op::GRU {
+                attrs.push(int("linear_before_reset", 1));
+            }
+            let seq = operands(&op);
+            let want = exec(op.clone(), attrs.clone(), seq.clone()).unwrap();
+            let mut batch = seq;
+            for i in [0, 5, 6] {
+                if let Some(Some(v)) = batch.get(i) {
+                    batch[i] = Some(transposed(v, 0, 1));
+                }
+            }
+            attrs.push(int("layout", 1));
+            let got = exec(op.clone(), attrs, batch).unwrap();
+            assert_eq!(got.len(), want.len(), "{op}");
+            // Y: [seq, dirs, batch, hidden] -> [batch, seq, dirs, hidden].
+            let y = want[0].tensor.permute((2, 0, 1, 3)).unwrap();
+            assert_close(&got[0].tensor, &y);
+            for (g, w) in got.iter().zip(&want).skip(1) {
+                assert_close(&g.tensor, &w.tensor.transpose(0, 1).unwrap());
+            }
+        }
+    }
+
+    /// A change to the operands of [`operands`].
+    type Edit = Box<dyn Fn(&mut Vec<Option<Value>>)>;
+
+    #[test]
+    fn bad_operands_are_refused_in_one_line() {
+        let bidir = || vec![string("direction", "bidirectional"), int("hidden_size", 4)];
+        let cases: Vec<(Op, Vec<AttributeProto>, Edit, &str)> = vec![
+            (
+                Op::LSTM,
+                vec![int("hidden_size", 4)],
+                Box::new(|_| {}),
+                "W has shape [2, 16, 2], expected [1, 16, 2]",
+            ),
+            (
+                Op::GRU,
+                vec![string("direction", "bidirectional"), int("hidden_size", 5)],
+                Box::new(|_| {}),
+                "expected [2, 15, 2]",
+            ),
+            (
+                Op::RNN,
+                bidir(),
+                Box::new(|v| {
+                    v[4] = Some(Value::from_ints(vec![5, 6, 1], &[3], DType::I32).unwrap())
+                }),
+                "sequence_lens value 6 is outside [0, 5]",
+            ),
+            (
+                Op::RNN,
+                bidir(),
+                Box::new(|v| v[4] = Some(Value::from_ints(vec![5, 1], &[2], DType::I32).unwrap())),
+                "sequence_lens has 2 values for a batch of 3",
+            ),
+            (
+                Op::LSTM,
+                vec![
+                    string("direction", "bidirectional"),
+                    strings("activations", &["Sigmoid", "Affine", "Tanh"]),
+                ],
+                Box::new(|_| {}),
+                "activation 'Affine' is not supported",
+            ),
+            (
+                Op::GRU,
+                vec![
+                    string("direction", "bidirectional"),
+                    strings("activations", &["Sigmoid", "Tanh", "Tanh"]),
+                ],
+                Box::new(|_| {}),
+                "GRU bidirectional takes 4 activations, got 3",
+            ),
+            (
+                Op::LSTM,
+                bidir(),
+                Box::new(|v| v[5] = Some(data(&[2, 2, 4], 9))),
+                "initial_h has shape [2, 2, 4], expected [2, 3, 4]",
+            ),
+            (
+                Op::LSTM,
+                vec![string("direction", "sideways")],
+                Box::new(|_| {}),
+                "direction 'sideways'",
+            ),
+        ];
+        for (op, attrs, edit, want) in cases {
+            let mut inputs = operands(&op);
+            edit(&mut inputs);
+            let e = exec(op.clone(), attrs, inputs).unwrap_err();
+            assert!(e.contains(want) && !e.contains('\n'), "{op}: {e}");
+        }
+    }
+}
