@@ -38,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     decompose_hard_swish(&mut graph);
-    let Ok(plan) = Plan::new(&graph, &[]) else {
+    let Ok(types) = zeropoint_engine::infer::dtypes(&graph) else {
+        return;
+    };
+    let Ok(plan) = Plan::new(&graph, types, &[]) else {
         return;
     };
     let ranges = Ranges(plan.activations.iter().map(|a| (a.clone(), (-1.0, 1.0))).collect());

@@ -284,6 +284,9 @@ def conv_transpose_cases():
     case("ConvTranspose_opset11", N(ct, ["x", "w", "b"], ["y"], strides=[2, 2], output_padding=[1, 0]),
          {"x": r.n(1, 2, 3, 3)}, {"w": r.n(2, 2, 2, 2), "b": r.n(2)}, opset=11,
          note="opset 11, output_padding only on H")
+    case("ConvTranspose_empty_batch_groups", N(ct, ["x", "w", "b"], ["y"], group=3, strides=[2, 2], pads=[1, 1, 1, 1]),
+         {"x": r.n(0, 3, 4, 5)}, {"w": r.n(3, 1, 4, 4), "b": r.n(3)},
+         note="a batch of 0 with groups: an empty [0,3,8,10] (candle's grouped kernel indexed past it; fuzz find)")
 
 
 def gemm_cases():

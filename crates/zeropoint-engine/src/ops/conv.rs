@@ -502,9 +502,17 @@ pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
         .transpose(1, 2)?
         .reshape((groups * m_g, c_in / groups, kh, kw))?
         .flip(&[2, 3]))?;
-    let mut y = c(xu
-        .contiguous()?
-        .conv2d(&wt.contiguous()?, 0, 1, dil[0], groups))?;
+    // candle's grouped convolution indexes past an empty input (a batch of 0).
+    let mut y = if n == 0 || m_g == 0 || c_in == 0 {
+        c(Tensor::zeros(
+            (n, groups * m_g, oh, ow),
+            xu.dtype(),
+            xu.device(),
+        ))?
+    } else {
+        c(xu.contiguous()?
+            .conv2d(&wt.contiguous()?, 0, 1, dil[0], groups))?
+    };
     if let Some(b) = cx.opt(2) {
         y = c(y.broadcast_add(&b.tensor.reshape((1, (), 1, 1))?))?;
     }
