@@ -7,7 +7,7 @@
 use candle_core::Tensor;
 
 use super::matmul::matmul_nd;
-use super::{c, like, one, Cx, Error, R};
+use super::{c, check_output, like, one, Cx, Error, R};
 use crate::value::Value;
 
 pub fn einsum(cx: &Cx) -> R<Vec<Value>> {
@@ -175,8 +175,6 @@ fn pair(a: &Tensor, la: &[char], b: &Tensor, lb: &[char], keep: &[char]) -> R<(T
         target[..batch_dims.len()].copy_from_slice(&batch_dims);
         c(t.broadcast_as(target)?.contiguous())
     };
-    let at = arrange(&a, &la, &[&batch, &left, &contract])?;
-    let bt = arrange(&b, &lb, &[&batch, &contract, &right])?;
     let nb: usize = batch_dims.iter().product();
     let prod = |t: &Tensor, l: &[char], g: &[char]| -> usize {
         g.iter().map(|&ch| size(t, l, ch)).product()
@@ -186,6 +184,11 @@ fn pair(a: &Tensor, la: &[char], b: &Tensor, lb: &[char], keep: &[char]) -> R<(T
         prod(&a, &la, &contract),
         prod(&b, &lb, &right),
     );
+    // Broadcasting the batch dimensions may outgrow either operand.
+    check_output(&[nb, m, k], a.dtype())?;
+    check_output(&[nb, k, n], b.dtype())?;
+    let at = arrange(&a, &la, &[&batch, &left, &contract])?;
+    let bt = arrange(&b, &lb, &[&batch, &contract, &right])?;
     let y = matmul_nd(&c(at.reshape((nb, m, k)))?, &c(bt.reshape((nb, k, n)))?)?;
     let mut shape = batch_dims.clone();
     shape.extend(left.iter().map(|&ch| size(&a, &la, ch)));

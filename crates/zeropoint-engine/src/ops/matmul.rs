@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use super::{c, like, one, Cx, R};
+use super::{c, check_output, like, one, Cx, R};
 use crate::value::Value;
 
 pub fn matmul(cx: &Cx) -> R<Vec<Value>> {
@@ -24,6 +24,14 @@ pub(crate) fn matmul_nd(a: &Tensor, b: &Tensor) -> R<Tensor> {
     } else {
         b.clone()
     };
+    // An outer product outgrows its operands: [n, 1]·[1, n] is n².
+    let (da, db) = (a2.dims(), b2.dims());
+    if da.len() >= 2 && db.len() >= 2 {
+        let batch = super::broadcast_shape(&da[..da.len() - 2], &db[..db.len() - 2])?;
+        let mut out = batch;
+        out.extend([da[da.len() - 2], db[db.len() - 1]]);
+        check_output(&out, a2.dtype())?;
+    }
     let (a2, b2) = (c(a2.contiguous())?, c(b2.contiguous())?);
     let mut out = if a2.rank() == 2 && b2.rank() == 2 {
         c(a2.matmul(&b2))?
@@ -51,6 +59,9 @@ pub fn gemm(cx: &Cx) -> R<Vec<Value>> {
     }
     let alpha = cx.float_attr("alpha", 1.0)? as f64;
     let beta = cx.float_attr("beta", 1.0)? as f64;
+    if let (Some(&m), Some(&n)) = (a.dims().first(), b.dims().last()) {
+        check_output(&[m, n], a.dtype())?;
+    }
     let mut y = c(a.contiguous()?.matmul(&b.contiguous()?))?;
     if alpha != 1.0 {
         y = c(y.affine(alpha, 0.0))?;

@@ -250,10 +250,12 @@ pub fn gather(cx: &Cx) -> R<Vec<Value>> {
             }
         })
         .collect::<R<_>>()?;
-    let picked = select(&v.tensor, &fixed, a)?;
     let mut shape = v.shape()[..a].to_vec();
     shape.extend_from_slice(idx_v.shape());
     shape.extend_from_slice(&v.shape()[a + 1..]);
+    // Each index copies a whole slice: the output may outgrow both operands.
+    check_output(&shape, v.tensor.dtype())?;
+    let picked = select(&v.tensor, &fixed, a)?;
     one(like(c(picked.reshape(shape))?, v))
 }
 
