@@ -26,13 +26,29 @@ use crate::value::{carrier, Value};
 const MAX_PROBE_ELEMENTS: usize = 1 << 28;
 
 /// Probe sizes are multiplied by these in turn until the model runs: tiny inputs first (fast),
-/// then sizes that pass 5 stride-2 stages, then audio-length ones.
+/// then sizes that pass 5 stride-2 stages, then audio-length ones. Batch dimensions (a symbol on
+/// an input's first axis) are never scaled.
 pub const PROBE_SCALES: [usize; 3] = [1, 32, 512];
+
+/// A scaled probe whose inputs would exceed this many elements in all is not tried: shape
+/// inference must stay cheap whatever a file declares.
+const MAX_SCALED_PROBE_ELEMENTS: usize = 1 << 22;
+
+/// A symbolic input dimension: a name shared by every dimension that carries it, or an
+/// anonymous `?` of its own.
+#[derive(Debug, Clone, PartialEq)]
+struct Symbol {
+    name: String,
+    anonymous: bool,
+    /// On an input's first axis somewhere: the batch, which probes keep small.
+    batch: bool,
+}
 
 /// Probe sizes per symbol: the k-th distinct symbol is (2 + k)·scale in the first run and
 /// (5 + 2k)·scale in the second, so that no two symbols (nor their small multiples) coincide in
 /// both runs.
-fn probe_size(k: usize, run: usize, scale: usize) -> usize {
+fn probe_size(k: usize, sym: &Symbol, run: usize, scale: usize) -> usize {
+    let scale = if sym.batch { 1 } else { scale };
     scale * if run == 0 { 2 + k } else { 5 + 2 * k }
 }
 
@@ -128,7 +144,7 @@ pub type Run = HashMap<String, (DType, Vec<usize>)>;
 
 /// The two probe runs at the first scale where both succeed, and that scale; the error of the
 /// first scale if none does (the smallest sizes tell most plainly what went wrong).
-fn probe_runs(graph: &Graph, exec: &Executor, symbols: &[String]) -> Result<([Run; 2], usize)> {
+fn probe_runs(graph: &Graph, exec: &Executor, symbols: &[Symbol]) -> Result<([Run; 2], usize)> {
     let mut first_error = None;
     for scale in PROBE_SCALES {
         let runs = probe_run(graph, exec, symbols, 0, scale)
@@ -146,19 +162,49 @@ fn probe_runs(graph: &Graph, exec: &Executor, symbols: &[String]) -> Result<([Ru
     Err(first_error.expect("at least one probe scale"))
 }
 
-/// The symbolic dimensions of the graph inputs, in order of appearance.
-fn symbols(graph: &Graph) -> Vec<String> {
-    let mut symbols: Vec<String> = Vec::new();
-    for input in &graph.inputs {
-        for d in input.shape.iter().flatten() {
-            if let Dim::Sym(s) = d {
-                if !symbols.contains(s) {
-                    symbols.push(s.clone());
-                }
+/// The symbolic dimensions of the graph inputs, in order of appearance. Each anonymous `?` is
+/// a symbol of its own (`?` at input i, axis j), so that a batch `?` does not tie the others.
+fn symbols(graph: &Graph) -> Vec<Symbol> {
+    let mut symbols: Vec<Symbol> = Vec::new();
+    for (i, input) in graph.inputs.iter().enumerate() {
+        for (j, d) in input.shape.iter().flatten().enumerate() {
+            let Dim::Sym(s) = d else { continue };
+            let anonymous = s == "?";
+            let name = if anonymous {
+                format!("?{i}.{j}")
+            } else {
+                s.clone()
+            };
+            match symbols.iter_mut().find(|x| x.name == name) {
+                Some(sym) => sym.batch |= j == 0,
+                None => symbols.push(Symbol {
+                    name,
+                    anonymous,
+                    batch: j == 0,
+                }),
             }
         }
     }
     symbols
+}
+
+/// The probe size of input `i`'s axis `j`, declared `d`.
+fn probe_dim(d: &Dim, i: usize, j: usize, symbols: &[Symbol], run: usize, scale: usize) -> usize {
+    match d {
+        Dim::Fixed(n) => *n,
+        Dim::Sym(s) => {
+            let name = if s == "?" {
+                format!("?{i}.{j}")
+            } else {
+                s.clone()
+            };
+            let k = symbols
+                .iter()
+                .position(|x| x.name == name)
+                .expect("collected symbol");
+            probe_size(k, &symbols[k], run, scale)
+        }
+    }
 }
 
 /// Runs the graph on zeros, each symbolic dimension at its probe size for `run`; the element
@@ -166,23 +212,20 @@ fn symbols(graph: &Graph) -> Vec<String> {
 fn probe_run(
     graph: &Graph,
     exec: &Executor,
-    symbols: &[String],
+    symbols: &[Symbol],
     run: usize,
     scale: usize,
 ) -> Result<Run> {
     let err = |m: String| -> Error { zeropoint_graph::Error::model(&graph.source, m).into() };
     let mut feeds = HashMap::new();
-    for input in &graph.inputs {
+    let mut total = 0usize;
+    for (i, input) in graph.inputs.iter().enumerate() {
         let dtype = input.dtype.unwrap_or(DType::F32);
         let shape: Vec<usize> = match &input.shape {
             Some(s) => s
                 .iter()
-                .map(|d| match d {
-                    Dim::Fixed(n) => *n,
-                    Dim::Sym(s) => {
-                        probe_size(symbols.iter().position(|x| x == s).unwrap(), run, scale)
-                    }
-                })
+                .enumerate()
+                .map(|(j, d)| probe_dim(d, i, j, symbols, run, scale))
                 .collect(),
             None => {
                 return Err(err(format!(
@@ -191,12 +234,21 @@ fn probe_run(
                 )))
             }
         };
-        if zeropoint_onnx::element_count(&shape).is_none_or(|n| n > MAX_PROBE_ELEMENTS) {
+        let n = zeropoint_onnx::element_count(&shape).filter(|&n| n <= MAX_PROBE_ELEMENTS);
+        let Some(n) = n else {
             return Err(err(format!(
                 "input '{}': declared shape {shape:?} is too large to infer from",
                 input.name
             )));
+        };
+        total = total.saturating_add(n);
+        if scale > 1 && total > MAX_SCALED_PROBE_ELEMENTS {
+            return Err(err(format!(
+                "probe inputs at scale {scale} would exceed {MAX_SCALED_PROBE_ELEMENTS} elements"
+            )));
         }
+        zeropoint_onnx::limits::check_elements(n as u128, dtype.size().max(1), "a probe input")
+            .map_err(|m| err(format!("input '{}': {m}", input.name)))?;
         let t = Tensor::zeros(shape, carrier(dtype), &Device::Cpu).map_err(|e| {
             zeropoint_graph::Error::at(
                 &graph.source,
@@ -219,20 +271,34 @@ fn probe_run(
 }
 
 /// A dimension seen as `x` in the first run and `y` in the second.
-fn dim(x: usize, y: usize, symbols: &[String], scale: usize) -> Dim {
+fn dim(x: usize, y: usize, symbols: &[Symbol], scale: usize) -> Dim {
     if x == y {
         return Dim::Fixed(x);
     }
-    for (k, s) in symbols.iter().enumerate() {
-        let (p, q) = (probe_size(k, 0, scale), probe_size(k, 1, scale));
+    for (k, sym) in symbols.iter().enumerate() {
+        let (p, q) = (probe_size(k, sym, 0, scale), probe_size(k, sym, 1, scale));
+        // An anonymous dimension's relatives are as anonymous as it is.
+        let s = if sym.anonymous {
+            "?"
+        } else {
+            sym.name.as_str()
+        };
         if x == p && y == q {
-            return Dim::Sym(s.clone());
+            return Dim::Sym(s.to_string());
         }
         if x.is_multiple_of(p) && y.is_multiple_of(q) && x / p == y / q {
-            return Dim::Sym(format!("{s}*{}", x / p));
+            return Dim::Sym(if sym.anonymous {
+                s.into()
+            } else {
+                format!("{s}*{}", x / p)
+            });
         }
         if x > 0 && y > 0 && p.is_multiple_of(x) && q.is_multiple_of(y) && p / x == q / y {
-            return Dim::Sym(format!("{s}/{}", p / x));
+            return Dim::Sym(if sym.anonymous {
+                s.into()
+            } else {
+                format!("{s}/{}", p / x)
+            });
         }
     }
     Dim::Sym("?".into())

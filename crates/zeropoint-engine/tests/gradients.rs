@@ -224,8 +224,9 @@ fn operator_gradients_match_finite_differences() {
     let mut failures = Vec::new();
     for case in &cases {
         let name = case["name"].as_str().unwrap();
-        // Through float16 the function is a staircase: finite differences see zero.
-        if name.starts_with("Cast") {
+        // Through float16 the function is a staircase: finite differences see zero. At tied
+        // values TopK has no derivative: a nudge decides which of the ties is selected.
+        if name.starts_with("Cast") || name.ends_with("_ties") {
             continue;
         }
         let case_dir = dir.path().join(name);
