@@ -78,6 +78,8 @@ enum Stream {
         sample: Vec<usize>,
         prep: Preprocess,
     },
+    /// A batch-first array in memory (a caller's own data: a notebook, a fuzzer).
+    Memory { path: PathBuf, array: RawTensor },
     /// An idx file of unsigned bytes, read forward.
     Idx {
         path: PathBuf,
@@ -95,6 +97,43 @@ impl Dataset {
         let streams = open_streams(specs, inputs, prep)?;
         let first = Path::new(specs.first().map_or("", String::as_str));
         let len = common_length(&streams, inputs, first)?;
+        Ok(Dataset {
+            len,
+            streams,
+            next: 0,
+        })
+    }
+
+    /// Data already in memory: one batch-first array per model input, by input name. Errors
+    /// name the array as `<memory>/NAME`.
+    pub fn from_arrays(arrays: Vec<(String, RawTensor)>, inputs: &[ValueInfo]) -> Result<Dataset> {
+        let streams: Vec<(String, Stream)> = arrays
+            .into_iter()
+            .map(|(name, array)| {
+                let path = Path::new("<memory>").join(&name);
+                if array.shape.is_empty() {
+                    return Err(Error::new(
+                        &path,
+                        "a batch-first array needs at least one axis",
+                    ));
+                }
+                let bytes =
+                    element_count(&array.shape).and_then(|n| n.checked_mul(array.dtype.size()));
+                if bytes != Some(array.data.len()) {
+                    return Err(Error::new(
+                        &path,
+                        format!(
+                            "{} bytes do not hold a {} array of shape {:?}",
+                            array.data.len(),
+                            array.dtype,
+                            array.shape
+                        ),
+                    ));
+                }
+                Ok((name, Stream::Memory { path, array }))
+            })
+            .collect::<Result<_>>()?;
+        let len = common_length(&streams, inputs, Path::new("<memory>"))?;
         Ok(Dataset {
             len,
             streams,
@@ -230,6 +269,7 @@ impl Stream {
         match self {
             Stream::Array { path, .. }
             | Stream::Idx { path, .. }
+            | Stream::Memory { path, .. }
             | Stream::Inflating { path, .. } => path,
             Stream::Images { dir, .. } => dir,
         }
@@ -241,6 +281,7 @@ impl Stream {
                 (sample, *dtype)
             }
             Stream::Idx { sample, .. } | Stream::Images { sample, .. } => (sample, DType::F32),
+            Stream::Memory { array, .. } => (&array.shape, array.dtype),
         }
     }
 
@@ -250,6 +291,7 @@ impl Stream {
             | Stream::Inflating { sample, .. }
             | Stream::Idx { sample, .. }
             | Stream::Images { sample, .. } => sample[0],
+            Stream::Memory { array, .. } => array.shape[0],
         }
     }
 
@@ -299,6 +341,11 @@ impl Stream {
                     .and_then(|_| reader.read_exact(&mut data))
                     .map_err(|e| Error::io(path, "read", e))?;
                 Ok(batch_of(sample, n, *dtype, data))
+            }
+            Stream::Memory { array, .. } => {
+                let row = array.data.len() / array.shape[0].max(1);
+                let data = array.data[row * from..row * (from + n)].to_vec();
+                Ok(batch_of(&array.shape, n, array.dtype, data))
             }
             Stream::Inflating {
                 path,
