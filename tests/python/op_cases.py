@@ -1078,6 +1078,8 @@ def range_tile_cases():
     case("Tile_3d", tl(), {"x": r.n(2, 1, 3)}, {"repeats": i64([1, 2, 1])})
     case("Tile_repeats_input", tl(), {"x": r.n(2, 2), "repeats": i64([3, 1])}, note="repeats as graph input (dynamic)")
     case("Tile_int64", tl(), {"x": i64([1, 2])}, {"repeats": i64([3])}, note="int64")
+    case("Tile_empty_huge_repeats", tl(), {"x": r.n(2, 0, 3)}, {"repeats": i64([2, 1 << 31, 2])},
+         note="an empty input repeated 2^31 times is still empty: [4,0,6] (a fuzz find: candle looped per repeat)")
     case("Tile_ones", tl(), {"x": r.n(2, 3)}, {"repeats": i64([1, 1])}, note="identity repeats")
 
 

@@ -293,6 +293,13 @@ pub fn tile(cx: &Cx) -> R<Vec<Value>> {
         .map(|(&d, &r)| d.saturating_mul(r))
         .collect();
     check_output(&out, v.tensor.dtype())?;
+    if v.tensor.elem_count() == 0 {
+        // candle would concatenate every repeat of nothing: 2^32 of them, if asked.
+        return one(like(
+            c(Tensor::zeros(out, v.tensor.dtype(), v.tensor.device()))?,
+            v,
+        ));
+    }
     one(like(c(v.tensor.repeat(reps))?, v))
 }
 
