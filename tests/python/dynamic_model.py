@@ -2,7 +2,9 @@
 """A model whose free dimensions cannot be tiny, with a stale declared output shape, as exporters
 write them (issue: shapes never depend on a guess).
 
-  dynamic_model.py DIR          writes DIR/dyn.onnx and DIR/calib.npy (4 samples of 1x40x56)
+  dynamic_model.py DIR          writes DIR/dyn.onnx, DIR/calib.npy (4 samples of 1x40x56), and
+                                DIR/widths/{a,b,c}.npz: 1, 2 and 1 samples of widths 56, 72, 33
+                                (and DIR/bad/ with a file of 2 channels)
   dynamic_model.py check Q.onnx prints JSON: the declared output shape of Q and the output shape
                                 ONNX Runtime gives on one calibration sample
 
@@ -43,6 +45,12 @@ def write(folder):
     model.ir_version = 8
     onnx.save(model, os.path.join(folder, "dyn.onnx"))
     np.save(os.path.join(folder, "calib.npy"), rng.uniform(0, 1, (4, 1, 40, 56)).astype(np.float32))
+    for sub, files in (("widths", {"a": (1, 1, 56), "b": (2, 1, 72), "c": (1, 1, 33)}),
+                       ("bad", {"a": (1, 1, 56), "b": (1, 2, 56)})):
+        os.makedirs(os.path.join(folder, sub))
+        for name, (n, c, w) in files.items():
+            x = rng.uniform(0, 1, (n, c, 40, w)).astype(np.float32)
+            np.savez(os.path.join(folder, sub, f"{name}.npz"), x=x)
 
 
 def check(path):

@@ -24,7 +24,8 @@ pub struct Args {
     /// 2000 embedded test images.
     pub model: Option<PathBuf>,
     /// Calibration data: NAME=FILE or FILE (.npy, .npz with arrays named after the inputs,
-    /// MNIST-style idx files, or a folder of PNG/JPEG images); repeat for several inputs.
+    /// MNIST-style idx files, a folder of PNG/JPEG images, or a folder of .npz/.npy files, one
+    /// batch each, whose sizes may differ); repeat for several inputs.
     #[arg(long, value_name = "DATA")]
     pub calib: Vec<String>,
     /// Where to write the quantized model (default: beside the model, <name>.int8.onnx, or

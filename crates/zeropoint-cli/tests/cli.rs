@@ -911,6 +911,28 @@ fn free_dimensions_come_from_the_data_or_the_user_not_a_guess() {
     let e = fails(&["graph", path(&model), "--shape", "z=1"]);
     assert!(e.contains("no input 'z' (inputs: x)"), "{e}");
 
+    // Samples of different widths, one file each: every one calibrates.
+    let q = dir.path().join("dyn.widths.onnx");
+    let widths = dir.path().join("widths");
+    let report: Value = serde_json::from_str(&ok(&[
+        "quantize",
+        path(&model),
+        "--calib",
+        path(&widths),
+        "--json",
+        "-o",
+        path(&q),
+    ]))
+    .unwrap();
+    assert_eq!(report["calibration_samples"], 4, "{report}");
+    let e = fails(&[
+        "quantize",
+        path(&model),
+        "--calib",
+        path(&dir.path().join("bad")),
+    ]);
+    assert!(e.contains("bad/b.npz") && e.contains("[2, 40, 56]"), "{e}");
+
     for preset in ["w8a8", "w4a8"] {
         let q = dir.path().join(format!("dyn.{preset}.onnx"));
         let calib = dir.path().join("calib.npy");

@@ -8,7 +8,10 @@
 //! - MNIST-style idx files (`.idx`, `-ubyte`, optionally `.gz`): unsigned bytes, decoded and
 //!   preprocessed as `(x·scale − mean) / std` into float32 [N, 1, H, W];
 //! - a folder of PNG/JPEG images ([`crate::images`]): resized, cropped, normalized per channel,
-//!   in the layout and size the model input declares.
+//!   in the layout and size the model input declares;
+//! - a folder of `.npz` (or, for one input, `.npy`) files, in name order: each file a batch of
+//!   its own, whose sizes may differ from file to file (text lines of any width, audio of any
+//!   length) where the model's free dimensions allow it. A batch never spans two files.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -78,6 +81,17 @@ enum Stream {
         sample: Vec<usize>,
         prep: Preprocess,
     },
+    /// One array per file of a folder (the member `member` of each `.npz`, or each `.npy`),
+    /// read one file at a time: sample sizes may differ between files.
+    Files {
+        dir: PathBuf,
+        member: Option<String>,
+        files: Vec<PathBuf>,
+        /// Per file: its samples' shape (batch first) and element type.
+        shapes: Vec<(Vec<usize>, DType)>,
+        /// The file being read and its stream.
+        open: Option<(usize, Box<Stream>)>,
+    },
     /// A batch-first array in memory (a caller's own data: a notebook, a fuzzer).
     Memory { path: PathBuf, array: RawTensor },
     /// An idx file of unsigned bytes, read forward.
@@ -143,7 +157,11 @@ impl Dataset {
 
     /// The next `n` samples (fewer at the end), or None when all were read.
     pub fn next_batch(&mut self, n: usize) -> Result<Option<HashMap<String, Value>>> {
-        let n = n.min(self.len - self.next);
+        let n = self
+            .streams
+            .iter()
+            .map(|(_, s)| s.contiguous(self.next))
+            .fold(n.min(self.len - self.next), usize::min);
         if n == 0 {
             return Ok(None);
         }
@@ -198,7 +216,15 @@ fn open_streams(
             Some((n, f)) if !n.is_empty() => (Some(n.to_string()), PathBuf::from(f)),
             _ => (None, PathBuf::from(spec)),
         };
-        if path.is_dir() {
+        if path.is_dir() && is_array_folder(&path)? {
+            for (member, files) in array_folder(&path)? {
+                let input = match member {
+                    Some(m) => m,
+                    None => input_for(name.clone(), &path, "sources")?,
+                };
+                streams.push((input, files));
+            }
+        } else if path.is_dir() {
             let name = input_for(name, &path, "sources")?;
             let info = inputs.iter().find(|i| i.name == name);
             streams.push((name.clone(), open_images(&path, info, prep)?));
@@ -271,7 +297,7 @@ impl Stream {
             | Stream::Idx { path, .. }
             | Stream::Memory { path, .. }
             | Stream::Inflating { path, .. } => path,
-            Stream::Images { dir, .. } => dir,
+            Stream::Images { dir, .. } | Stream::Files { dir, .. } => dir,
         }
     }
 
@@ -282,6 +308,7 @@ impl Stream {
             }
             Stream::Idx { sample, .. } | Stream::Images { sample, .. } => (sample, DType::F32),
             Stream::Memory { array, .. } => (&array.shape, array.dtype),
+            Stream::Files { shapes, .. } => (&shapes[0].0, shapes[0].1),
         }
     }
 
@@ -292,32 +319,37 @@ impl Stream {
             | Stream::Idx { sample, .. }
             | Stream::Images { sample, .. } => sample[0],
             Stream::Memory { array, .. } => array.shape[0],
+            Stream::Files { shapes, .. } => shapes.iter().map(|(s, _)| s[0]).sum(),
         }
     }
 
-    /// The data fits the declared input: element type, and every fixed dimension but the batch.
+    /// How many samples from `from` on can be read as one batch: to the end of the file for a
+    /// folder of files, else all.
+    fn contiguous(&self, from: usize) -> usize {
+        let Stream::Files { shapes, .. } = self else {
+            return usize::MAX;
+        };
+        let mut start = 0;
+        for (shape, _) in shapes {
+            if from < start + shape[0] {
+                return start + shape[0] - from;
+            }
+            start += shape[0];
+        }
+        0
+    }
+
+    /// The data fits the declared input: element type, and every fixed dimension but the batch
+    /// (in every file of a folder).
     fn check(&self, info: &ValueInfo) -> Result<()> {
+        if let Stream::Files { files, shapes, .. } = self {
+            for (file, (shape, dtype)) in files.iter().zip(shapes) {
+                check_fits(file, info, shape, *dtype)?;
+            }
+            return Ok(());
+        }
         let (shape, dtype) = self.sample_shape();
-        let per_sample = &shape[1..];
-        if let Some(want) = info.dtype.filter(|&d| d != dtype) {
-            return Err(Error::new(
-                self.path(),
-                format!("input '{}' must be {want}, the data is {dtype}", info.name),
-            ));
-        }
-        // The batch dimension is the data's to choose.
-        let fits = |decl: &Vec<Dim>| !decl.is_empty() && dims_fit(&decl[1..], per_sample);
-        if info.shape.as_ref().is_some_and(|decl| !fits(decl)) {
-            return Err(Error::new(
-                self.path(),
-                format!(
-                    "input '{}' must have shape {}, the data has samples of shape {per_sample:?}",
-                    info.name,
-                    info.shape_text()
-                ),
-            ));
-        }
-        Ok(())
+        check_fits(self.path(), info, shape, dtype)
     }
 
     /// Samples `from .. from + n`, as a batch-first tensor (streams that read forward are read
@@ -325,8 +357,30 @@ impl Stream {
     fn read(&mut self, from: usize, n: usize) -> Result<RawTensor> {
         let (sample, dtype) = self.sample_shape();
         let elements = element_count(&sample[1..]).unwrap_or(usize::MAX);
-        batch_bytes(self.path(), elements, dtype.size().max(4), n)?;
+        // A folder's files check their own batches.
+        if !matches!(self, Stream::Files { .. }) {
+            batch_bytes(self.path(), elements, dtype.size().max(4), n)?;
+        }
         match self {
+            Stream::Files {
+                files,
+                shapes,
+                member,
+                open,
+                ..
+            } => {
+                // The file holding sample `from`; `n` stays within it (Stream::contiguous).
+                let (mut i, mut start) = (0, 0);
+                while from >= start + shapes[i].0[0] {
+                    start += shapes[i].0[0];
+                    i += 1;
+                }
+                if open.as_ref().is_none_or(|(j, _)| *j != i) {
+                    *open = Some((i, Box::new(open_file(&files[i], member.as_deref())?)));
+                }
+                let (_, stream) = open.as_mut().expect("opened above");
+                stream.read(from - start, n)
+            }
             Stream::Array {
                 path,
                 reader,
@@ -620,4 +674,107 @@ pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
         return Ok(t.values.iter().map(|&v| v as i64).collect());
     }
     idx::read_labels(path)
+}
+
+/// `shape` (batch first) and `dtype` of data from `path` fit the declared input: element type,
+/// and every fixed dimension but the batch.
+fn check_fits(path: &Path, info: &ValueInfo, shape: &[usize], dtype: DType) -> Result<()> {
+    let per_sample = &shape[1..];
+    if let Some(want) = info.dtype.filter(|&d| d != dtype) {
+        return Err(Error::new(
+            path,
+            format!("input '{}' must be {want}, the data is {dtype}", info.name),
+        ));
+    }
+    // The batch dimension is the data's to choose.
+    let fits = |decl: &Vec<Dim>| !decl.is_empty() && dims_fit(&decl[1..], per_sample);
+    if info.shape.as_ref().is_some_and(|decl| !fits(decl)) {
+        return Err(Error::new(
+            path,
+            format!(
+                "input '{}' must have shape {}, the data has samples of shape {per_sample:?}",
+                info.name,
+                info.shape_text()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a folder holds `.npz` or `.npy` files (else it is taken for an image folder).
+fn is_array_folder(dir: &Path) -> Result<bool> {
+    Ok(!array_files(dir)?.is_empty())
+}
+
+/// The `.npz` and `.npy` files of a folder, in name order.
+fn array_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, "list", e))?.path();
+        if is_npz(&path) || extension(&path) == "npy" {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// A folder of arrays as streams, one file per batch: for `.npz` files one stream per member
+/// (named after it, so every file must have the same members), for `.npy` files one stream
+/// for the input the spec names (None here).
+fn array_folder(dir: &Path) -> Result<Vec<(Option<String>, Stream)>> {
+    let files = array_files(dir)?;
+    let npz = files.iter().filter(|f| is_npz(f)).count();
+    if npz != 0 && npz != files.len() {
+        return Err(Error::new(
+            dir,
+            "the folder mixes .npz and .npy files: use one kind",
+        ));
+    }
+    let members: Vec<Option<String>> = if npz > 0 {
+        npz::members(&files[0])?
+            .into_iter()
+            .map(|m| Some(m.name))
+            .collect()
+    } else {
+        vec![None]
+    };
+    let mut out = Vec::new();
+    for member in members {
+        let shapes = files
+            .iter()
+            .map(|f| {
+                let stream = open_file(f, member.as_deref())?;
+                let (shape, dtype) = stream.sample_shape();
+                Ok((shape.to_vec(), dtype))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let stream = Stream::Files {
+            dir: dir.to_path_buf(),
+            member: member.clone(),
+            files: files.clone(),
+            shapes,
+            open: None,
+        };
+        out.push((member, stream));
+    }
+    Ok(out)
+}
+
+/// The array `member` of an `.npz` file, or the `.npy` file itself.
+fn open_file(path: &Path, member: Option<&str>) -> Result<Stream> {
+    let Some(member) = member else {
+        return open_npy(path);
+    };
+    open_npz(path)?
+        .into_iter()
+        .find(|(name, _)| name == member)
+        .map(|(_, s)| s)
+        .ok_or_else(|| {
+            Error::new(
+                path,
+                format!("has no array '{member}' (the folder's first file has)"),
+            )
+        })
 }
