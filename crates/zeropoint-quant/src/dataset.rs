@@ -368,19 +368,7 @@ impl Stream {
                 member,
                 open,
                 ..
-            } => {
-                // The file holding sample `from`; `n` stays within it (Stream::contiguous).
-                let (mut i, mut start) = (0, 0);
-                while from >= start + shapes[i].0[0] {
-                    start += shapes[i].0[0];
-                    i += 1;
-                }
-                if open.as_ref().is_none_or(|(j, _)| *j != i) {
-                    *open = Some((i, Box::new(open_file(&files[i], member.as_deref())?)));
-                }
-                let (_, stream) = open.as_mut().expect("opened above");
-                stream.read(from - start, n)
-            }
+            } => read_from_files(files, shapes, member.as_deref(), open, from, n),
             Stream::Array {
                 path,
                 reader,
@@ -777,4 +765,26 @@ fn open_file(path: &Path, member: Option<&str>) -> Result<Stream> {
                 format!("has no array '{member}' (the folder's first file has)"),
             )
         })
+}
+
+/// Samples `from .. from + n` of a folder of files, from the one file that holds them all
+/// ([`Stream::contiguous`]), which stays open for the next batch.
+fn read_from_files(
+    files: &[PathBuf],
+    shapes: &[(Vec<usize>, DType)],
+    member: Option<&str>,
+    open: &mut Option<(usize, Box<Stream>)>,
+    from: usize,
+    n: usize,
+) -> Result<RawTensor> {
+    let (mut i, mut start) = (0, 0);
+    while from >= start + shapes[i].0[0] {
+        start += shapes[i].0[0];
+        i += 1;
+    }
+    if open.as_ref().is_none_or(|(j, _)| *j != i) {
+        *open = Some((i, Box::new(open_file(&files[i], member)?)));
+    }
+    let (_, stream) = open.as_mut().expect("opened above");
+    stream.read(from - start, n)
 }

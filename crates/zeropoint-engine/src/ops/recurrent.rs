@@ -149,27 +149,13 @@ struct Direction {
 }
 
 fn recurrent(cx: &Cx, kind: Kind) -> R<Vec<Value>> {
-    let name = kind.name();
     let xv = cx.input(0)?;
     let mut x = c(cx.float(0)?.to_dtype(CDType::F32))?;
     let w = c(cx.float(1)?.to_dtype(CDType::F32))?;
     let r = c(cx.float(2)?.to_dtype(CDType::F32))?;
-    let layout = cx.int("layout", 0)?;
-    if layout != 0 && layout != 1 {
-        return Err(Error::Op(format!("layout {layout} is not 0 or 1")));
-    }
-    let batch_first = layout == 1;
+    let batch_first = batch_first(cx)?;
     let direction = cx.string("direction", "forward")?;
-    let dirs: &[bool] = match direction.as_str() {
-        "forward" => &[false],
-        "reverse" => &[true],
-        "bidirectional" => &[false, true],
-        d => {
-            return Err(Error::Op(format!(
-                "direction '{d}' is not forward, reverse or bidirectional"
-            )))
-        }
-    };
+    let dirs = directions(&direction)?;
     let nd = dirs.len();
 
     if x.rank() != 3 {
@@ -182,28 +168,8 @@ fn recurrent(cx: &Cx, kind: Kind) -> R<Vec<Value>> {
         x = c(x.transpose(0, 1))?;
     }
     let (seq, batch, input) = c(x.dims3())?;
-    let g = kind.gates();
-    if w.rank() != 3 || r.rank() != 3 {
-        return Err(Error::Op(format!(
-            "W and R have shapes {:?} and {:?}, expected rank 3",
-            w.dims(),
-            r.dims()
-        )));
-    }
-    let hidden = match cx.int("hidden_size", -1)? {
-        -1 => r.dims()[2],
-        h if h > 0 => h as usize,
-        h => return Err(Error::Op(format!("hidden_size {h} is not positive"))),
-    };
-    let gh = g * hidden;
-    if w.dims() != [nd, gh, input] {
-        return Err(Error::Op(format!(
-            "W has shape {:?}, expected [{nd}, {gh}, {input}] ({nd} direction(s) of {direction}, \
-             {g} gate(s) of hidden_size {hidden}, input size {input})",
-            w.dims()
-        )));
-    }
-    expect_shape("R", &r, &[nd, gh, hidden])?;
+    let hidden = hidden_size(cx, kind, &w, &r, input, &direction)?;
+    let gh = kind.gates() * hidden;
     check_output(&[seq * batch, gh], CDType::F32)?;
     check_output(&[seq, nd, batch, hidden], CDType::F32)?;
 
@@ -211,40 +177,8 @@ fn recurrent(cx: &Cx, kind: Kind) -> R<Vec<Value>> {
     if let Some(b) = &b {
         expect_shape("B", b, &[nd, 2 * gh])?;
     }
-    let lens = match cx.ints_input(4)? {
-        None => None,
-        Some(l) => {
-            if l.len() != batch {
-                return Err(Error::Op(format!(
-                    "sequence_lens has {} values for a batch of {batch}",
-                    l.len()
-                )));
-            }
-            if let Some(bad) = l.iter().find(|&&v| v < 0 || v > seq as i64) {
-                return Err(Error::Op(format!(
-                    "sequence_lens value {bad} is outside [0, {seq}]"
-                )));
-            }
-            Some(l.iter().map(|&v| v as usize).collect::<Vec<_>>())
-        }
-    };
-    // Initial states, time-major: [num_directions, batch, hidden].
-    let state = |i: usize, what: &str| -> R<Option<Tensor>> {
-        let Some(t) = f32_input(cx, i)? else {
-            return Ok(None);
-        };
-        let want = if batch_first {
-            [batch, nd, hidden]
-        } else {
-            [nd, batch, hidden]
-        };
-        expect_shape(what, &t, &want)?;
-        Ok(Some(if batch_first {
-            c(t.transpose(0, 1)?.contiguous())?
-        } else {
-            t
-        }))
-    };
+    let lens = sequence_lens(cx, batch, seq)?;
+    let state = |i: usize, what: &str| initial_state(cx, i, what, batch_first, [nd, batch, hidden]);
     let h0 = state(5, "initial_h")?;
     let (c0, p) = if kind == Kind::Lstm {
         let p = f32_input(cx, 7)?;
@@ -256,41 +190,9 @@ fn recurrent(cx: &Cx, kind: Kind) -> R<Vec<Value>> {
         (None, None)
     };
 
-    let clip = match cx.node.attribute("clip") {
-        None => None,
-        Some(_) => {
-            let v = cx.float_attr("clip", 0.0)?;
-            if v.is_nan() || v <= 0.0 {
-                return Err(Error::Op(format!("clip {v} is not positive")));
-            }
-            Some(v as f64)
-        }
-    };
+    let clip = clip_attribute(cx)?;
     let per_dir = kind.default_activations().len();
-    let acts: Vec<Act> = match cx.node.attribute("activations") {
-        None => kind.default_activations().repeat(nd),
-        Some(a) => {
-            let names: Vec<String> = a
-                .strings
-                .iter()
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect();
-            let acts = names.iter().map(|n| Act::parse(n)).collect::<R<Vec<_>>>()?;
-            if acts.len() == per_dir * nd {
-                acts
-            } else if acts.len() == per_dir {
-                // One list for both directions, as ONNX Runtime accepts.
-                acts.repeat(nd)
-            } else {
-                return Err(Error::Op(format!(
-                    "{name} {direction} takes {} activations, got {} ({})",
-                    per_dir * nd,
-                    acts.len(),
-                    names.join(", ")
-                )));
-            }
-        }
-    };
+    let acts = activations(cx, kind, nd, &direction)?;
 
     let xs = c(x.contiguous()?.reshape((seq * batch, input)))?;
     let setup = Setup {
@@ -343,10 +245,22 @@ fn recurrent(cx: &Cx, kind: Kind) -> R<Vec<Value>> {
         cs.extend(cc);
     }
 
+    outputs(xv, kind, batch_first, &ys, &hs, &cs)
+}
+
+/// Y, Y_h and (LSTM) Y_c from each direction's results, in X's float type and layout: Y is
+/// [seq, num_directions, batch, hidden], or [batch, seq, num_directions, hidden] batch-first.
+fn outputs(
+    xv: &Value,
+    kind: Kind,
+    batch_first: bool,
+    ys: &[Tensor],
+    hs: &[Tensor],
+    cs: &[Tensor],
+) -> R<Vec<Value>> {
     let out =
         |t: Tensor| -> R<Value> { Ok(like(c(t.contiguous()?.to_dtype(xv.tensor.dtype()))?, xv)) };
-    // Y: [seq, num_directions, batch, hidden], or [batch, seq, num_directions, hidden].
-    let y = c(Tensor::stack(&ys, 1))?;
+    let y = c(Tensor::stack(ys, 1))?;
     let y = if batch_first {
         c(y.permute((2, 0, 1, 3)))?
     } else {
@@ -360,11 +274,151 @@ fn recurrent(cx: &Cx, kind: Kind) -> R<Vec<Value>> {
             t
         })
     };
-    let mut outs = vec![out(y)?, state_out(&hs)?];
+    let mut outs = vec![out(y)?, state_out(hs)?];
     if kind == Kind::Lstm {
-        outs.push(state_out(&cs)?);
+        outs.push(state_out(cs)?);
     }
     Ok(outs)
+}
+
+/// The hidden size (the attribute, else R's), with W and R checked against it.
+fn hidden_size(
+    cx: &Cx,
+    kind: Kind,
+    w: &Tensor,
+    r: &Tensor,
+    input: usize,
+    direction: &str,
+) -> R<usize> {
+    if w.rank() != 3 || r.rank() != 3 {
+        return Err(Error::Op(format!(
+            "W and R have shapes {:?} and {:?}, expected rank 3",
+            w.dims(),
+            r.dims()
+        )));
+    }
+    let hidden = match cx.int("hidden_size", -1)? {
+        -1 => r.dims()[2],
+        h if h > 0 => h as usize,
+        h => return Err(Error::Op(format!("hidden_size {h} is not positive"))),
+    };
+    let (nd, g) = (directions(direction)?.len(), kind.gates());
+    let gh = g * hidden;
+    if w.dims() != [nd, gh, input] {
+        return Err(Error::Op(format!(
+            "W has shape {:?}, expected [{nd}, {gh}, {input}] ({nd} direction(s) of {direction}, \
+             {g} gate(s) of hidden_size {hidden}, input size {input})",
+            w.dims()
+        )));
+    }
+    expect_shape("R", r, &[nd, gh, hidden])?;
+    Ok(hidden)
+}
+
+/// Optional input `i`, an initial state, as time-major [num_directions, batch, hidden]
+/// (`dims`), whatever the layout.
+fn initial_state(
+    cx: &Cx,
+    i: usize,
+    what: &str,
+    batch_first: bool,
+    dims: [usize; 3],
+) -> R<Option<Tensor>> {
+    let Some(t) = f32_input(cx, i)? else {
+        return Ok(None);
+    };
+    let [nd, batch, hidden] = dims;
+    let want = if batch_first {
+        [batch, nd, hidden]
+    } else {
+        dims
+    };
+    expect_shape(what, &t, &want)?;
+    Ok(Some(if batch_first {
+        c(t.transpose(0, 1)?.contiguous())?
+    } else {
+        t
+    }))
+}
+
+/// Whether X, Y and the states are batch-first (layout 1) rather than time-major (0).
+fn batch_first(cx: &Cx) -> R<bool> {
+    match cx.int("layout", 0)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        l => Err(Error::Op(format!("layout {l} is not 0 or 1"))),
+    }
+}
+
+/// The directions run, as "reversed?" flags.
+fn directions(direction: &str) -> R<&'static [bool]> {
+    match direction {
+        "forward" => Ok(&[false]),
+        "reverse" => Ok(&[true]),
+        "bidirectional" => Ok(&[false, true]),
+        d => Err(Error::Op(format!(
+            "direction '{d}' is not forward, reverse or bidirectional"
+        ))),
+    }
+}
+
+/// The optional per-entry lengths, each within [0, seq].
+fn sequence_lens(cx: &Cx, batch: usize, seq: usize) -> R<Option<Vec<usize>>> {
+    let Some(l) = cx.ints_input(4)? else {
+        return Ok(None);
+    };
+    if l.len() != batch {
+        return Err(Error::Op(format!(
+            "sequence_lens has {} values for a batch of {batch}",
+            l.len()
+        )));
+    }
+    if let Some(bad) = l.iter().find(|&&v| v < 0 || v > seq as i64) {
+        return Err(Error::Op(format!(
+            "sequence_lens value {bad} is outside [0, {seq}]"
+        )));
+    }
+    Ok(Some(l.iter().map(|&v| v as usize).collect()))
+}
+
+/// The cell clip, when given: a positive bound on every gate's input.
+fn clip_attribute(cx: &Cx) -> R<Option<f64>> {
+    if cx.node.attribute("clip").is_none() {
+        return Ok(None);
+    }
+    let v = cx.float_attr("clip", 0.0)?;
+    if v.is_nan() || v <= 0.0 {
+        return Err(Error::Op(format!("clip {v} is not positive")));
+    }
+    Ok(Some(v as f64))
+}
+
+/// The activations of every direction, in order: the attribute's, one list per direction or
+/// one list for both (as ONNX Runtime accepts), else the defaults.
+fn activations(cx: &Cx, kind: Kind, nd: usize, direction: &str) -> R<Vec<Act>> {
+    let per_dir = kind.default_activations().len();
+    let Some(a) = cx.node.attribute("activations") else {
+        return Ok(kind.default_activations().repeat(nd));
+    };
+    let names: Vec<String> = a
+        .strings
+        .iter()
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    let acts = names.iter().map(|n| Act::parse(n)).collect::<R<Vec<_>>>()?;
+    if acts.len() == per_dir * nd {
+        Ok(acts)
+    } else if acts.len() == per_dir {
+        Ok(acts.repeat(nd))
+    } else {
+        Err(Error::Op(format!(
+            "{} {direction} takes {} activations, got {} ({})",
+            kind.name(),
+            per_dir * nd,
+            acts.len(),
+            names.join(", ")
+        )))
+    }
 }
 
 /// Runs one direction over time: Y [seq, batch, hidden], the last hidden state and, for an
@@ -412,74 +466,21 @@ fn run_direction(s: &Setup, d: &Direction) -> R<(Tensor, Tensor, Option<Tensor>)
                 .collect::<R<_>>()?,
         ),
     };
-    let clip = |t: Tensor| -> R<Tensor> {
-        match s.clip {
-            Some(v) => c(t.clamp(-v, v)),
-            None => Ok(t),
-        }
+    let step = Step {
+        s,
+        d,
+        rt: &rt,
+        rh: rh.as_ref(),
     };
-    let gate = |t: &Tensor, k: usize| -> R<Tensor> { c(t.narrow(1, k * hs, hs)) };
     let mut h = d.h0.clone();
     let mut cell = d.c0.clone();
     let mut ys = Vec::with_capacity(seq);
     for t in 0..seq {
         let xt = c(xw.narrow(0, t * batch, batch))?;
         let (h_new, c_new) = match s.kind {
-            Kind::Lstm => {
-                let cp = cell.as_ref().ok_or("LSTM without a cell state")?;
-                let mut pre = c(xt.add(&h.matmul(&rt)?))?;
-                if let Some(rb) = &d.rb {
-                    pre = c(pre.broadcast_add(rb))?;
-                }
-                let peep = |g: Tensor, k: usize, state: &Tensor| -> R<Tensor> {
-                    match &d.p {
-                        Some(p) => c(g.add(&state.broadcast_mul(&p[k])?)),
-                        None => Ok(g),
-                    }
-                };
-                let (f, g, hact) = (d.acts[0], d.acts[1], d.acts[2]);
-                let i = f.apply(&clip(peep(gate(&pre, 0)?, 0, cp)?)?)?;
-                let fg = if s.input_forget {
-                    c(i.ones_like()?.sub(&i))?
-                } else {
-                    f.apply(&clip(peep(gate(&pre, 2)?, 2, cp)?)?)?
-                };
-                let cand = g.apply(&clip(gate(&pre, 3)?)?)?;
-                let c_new = c(fg.mul(cp)?.add(&i.mul(&cand)?))?;
-                let o = f.apply(&clip(peep(gate(&pre, 1)?, 1, &c_new)?)?)?;
-                (c(o.mul(&hact.apply(&c_new)?))?, Some(c_new))
-            }
-            Kind::Gru => {
-                let mut hr = c(h.matmul(&rt))?;
-                if let Some(rb) = &d.rb {
-                    hr = c(hr.broadcast_add(rb))?;
-                }
-                let (f, g) = (d.acts[0], d.acts[1]);
-                let z = f.apply(&clip(c(gate(&xt, 0)?.add(&gate(&hr, 0)?))?)?)?;
-                let rg = f.apply(&clip(c(gate(&xt, 1)?.add(&gate(&hr, 1)?))?)?)?;
-                let rec = if s.linear_before_reset {
-                    // r ⊙ (H·Rhᵀ + Rbh)
-                    c(rg.mul(&gate(&hr, 2)?))?
-                } else {
-                    // (r ⊙ H)·Rhᵀ + Rbh
-                    let rh = rh.as_ref().ok_or("GRU without Rh")?;
-                    let mut v = c(rg.mul(&h)?.matmul(rh))?;
-                    if let Some(rb) = &d.rb {
-                        v = c(v.broadcast_add(&gate(rb, 2)?))?;
-                    }
-                    v
-                };
-                let cand = g.apply(&clip(c(gate(&xt, 2)?.add(&rec))?)?)?;
-                // (1 − z) ⊙ h̃ + z ⊙ H = h̃ + z ⊙ (H − h̃)
-                (c(cand.add(&z.mul(&h.sub(&cand)?)?))?, None)
-            }
-            Kind::Rnn => {
-                let mut pre = c(xt.add(&h.matmul(&rt)?))?;
-                if let Some(rb) = &d.rb {
-                    pre = c(pre.broadcast_add(rb))?;
-                }
-                (d.acts[0].apply(&clip(pre)?)?, None)
-            }
+            Kind::Lstm => step.lstm(&xt, &h, cell.as_ref().ok_or("LSTM without a cell state")?)?,
+            Kind::Gru => (step.gru(&xt, &h)?, None),
+            Kind::Rnn => (step.rnn(&xt, &h)?, None),
         };
         match &masks {
             None => {
@@ -515,6 +516,95 @@ fn run_direction(s: &Setup, d: &Direction) -> R<(Tensor, Tensor, Option<Tensor>)
         cell = cell.map(|cp| c(cp.broadcast_mul(&m))).transpose()?;
     }
     Ok((y, h, cell))
+}
+
+/// One time step of a direction: the recurrence weights prepared once, the gates as the
+/// specification writes them.
+struct Step<'a> {
+    s: &'a Setup<'a>,
+    d: &'a Direction,
+    /// Rᵀ, [hidden, gates * hidden].
+    rt: &'a Tensor,
+    /// GRU's Rhᵀ alone, for (r ⊙ H)·Rhᵀ.
+    rh: Option<&'a Tensor>,
+}
+
+impl Step<'_> {
+    fn clip(&self, t: Tensor) -> R<Tensor> {
+        match self.s.clip {
+            Some(v) => c(t.clamp(-v, v)),
+            None => Ok(t),
+        }
+    }
+
+    /// Gate block `k` of a [batch, gates * hidden] tensor.
+    fn gate(&self, t: &Tensor, k: usize) -> R<Tensor> {
+        c(t.narrow(1, k * self.s.hidden, self.s.hidden))
+    }
+
+    /// x·Wᵀ + Wb (precomputed) + H·Rᵀ + Rb.
+    fn pre(&self, xt: &Tensor, h: &Tensor) -> R<Tensor> {
+        let mut pre = c(xt.add(&h.matmul(self.rt)?))?;
+        if let Some(rb) = &self.d.rb {
+            pre = c(pre.broadcast_add(rb))?;
+        }
+        Ok(pre)
+    }
+
+    /// LSTM (gates iofc, peepholes on i and f from C_{t-1}, on o from C_t): (H_t, C_t).
+    fn lstm(&self, xt: &Tensor, h: &Tensor, cp: &Tensor) -> R<(Tensor, Option<Tensor>)> {
+        let pre = self.pre(xt, h)?;
+        let peep = |g: Tensor, k: usize, state: &Tensor| -> R<Tensor> {
+            match &self.d.p {
+                Some(p) => c(g.add(&state.broadcast_mul(&p[k])?)),
+                None => Ok(g),
+            }
+        };
+        let (f, g, hact) = (self.d.acts[0], self.d.acts[1], self.d.acts[2]);
+        let i = f.apply(&self.clip(peep(self.gate(&pre, 0)?, 0, cp)?)?)?;
+        let fg = if self.s.input_forget {
+            c(i.ones_like()?.sub(&i))?
+        } else {
+            f.apply(&self.clip(peep(self.gate(&pre, 2)?, 2, cp)?)?)?
+        };
+        let cand = g.apply(&self.clip(self.gate(&pre, 3)?)?)?;
+        let c_new = c(fg.mul(cp)?.add(&i.mul(&cand)?))?;
+        let o = f.apply(&self.clip(peep(self.gate(&pre, 1)?, 1, &c_new)?)?)?;
+        Ok((c(o.mul(&hact.apply(&c_new)?))?, Some(c_new)))
+    }
+
+    /// GRU (gates zrh, linear_before_reset choosing where the reset gate applies): H_t.
+    fn gru(&self, xt: &Tensor, h: &Tensor) -> R<Tensor> {
+        let d = self.d;
+        let mut hr = c(h.matmul(self.rt))?;
+        if let Some(rb) = &d.rb {
+            hr = c(hr.broadcast_add(rb))?;
+        }
+        let (f, g) = (d.acts[0], d.acts[1]);
+        let gate_sum = |k: usize| -> R<Tensor> { c(self.gate(xt, k)?.add(&self.gate(&hr, k)?)) };
+        let z = f.apply(&self.clip(gate_sum(0)?)?)?;
+        let rg = f.apply(&self.clip(gate_sum(1)?)?)?;
+        let rec = if self.s.linear_before_reset {
+            // r ⊙ (H·Rhᵀ + Rbh)
+            c(rg.mul(&self.gate(&hr, 2)?))?
+        } else {
+            // (r ⊙ H)·Rhᵀ + Rbh
+            let rh = self.rh.ok_or("GRU without Rh")?;
+            let mut v = c(rg.mul(h)?.matmul(rh))?;
+            if let Some(rb) = &d.rb {
+                v = c(v.broadcast_add(&self.gate(rb, 2)?))?;
+            }
+            v
+        };
+        let cand = g.apply(&self.clip(c(self.gate(xt, 2)?.add(&rec))?)?)?;
+        // (1 − z) ⊙ h̃ + z ⊙ H = h̃ + z ⊙ (H − h̃)
+        c(cand.add(&z.mul(&h.sub(&cand)?)?))
+    }
+
+    /// RNN: H_t = f(x·Wᵀ + H·Rᵀ + b).
+    fn rnn(&self, xt: &Tensor, h: &Tensor) -> R<Tensor> {
+        self.d.acts[0].apply(&self.clip(self.pre(xt, h)?)?)
+    }
 }
 
 #[cfg(test)]
