@@ -253,6 +253,10 @@ def malformed(out, cases):
         # Three kernel axes on an input with two spatial axes.
         "MaxPool kernel of the wrong rank": ([to_4d, helper.make_node("MaxPool", ["x4"], ["y"], kernel_shape=[1, 1, 1])],
                                              [], "does not fit the 2 spatial axes"),
+        # A Resize from an axis of size 0 to 3: nothing to interpolate from (a fuzz find).
+        "Resize of an empty axis": ([helper.make_node("Slice", ["x", "zero", "zero", "zero"], ["e"]),
+                                     helper.make_node("Resize", ["e", "", "", "sz"], ["y"], mode="linear")],
+                                    [i64("zero", [0]), i64("sz", [3, 2])], "there is nothing to resize"),
         "Conv pads of 2^40": ([to_4d, helper.make_node("Conv", ["x4", "w"], ["y"], pads=[1 << 40] * 4)],
                               [f32c("w", np.ones((1, 1, 1, 1)))], "beyond the supported magnitude"),
     }

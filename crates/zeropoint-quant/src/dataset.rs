@@ -187,6 +187,17 @@ impl Dataset {
             .collect()
     }
 
+    /// Refuses data whose single sample is over the memory limit, before anything is read or
+    /// run on it (the message says how to lower the batch, which cannot help here).
+    pub fn check_one_sample(&self) -> Result<()> {
+        for (_, stream) in &self.streams {
+            let (sample, dtype) = stream.sample_shape();
+            let elements = element_count(&sample[1..]).unwrap_or(usize::MAX);
+            batch_bytes(stream.path(), elements, dtype.size().max(4), 1)?;
+        }
+        Ok(())
+    }
+
     /// Limits the dataset to its first `n` samples.
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);

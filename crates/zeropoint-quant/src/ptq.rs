@@ -89,6 +89,7 @@ pub fn quantize(
     // Types and shapes from one run at the data's own sample shapes: nothing is guessed about
     // free dimensions.
     let mut data = open_data(&graph, opts)?;
+    data.check_one_sample()?;
     let seen = probe(&with_input_shapes(&graph, &data.sample_shapes()))?;
     drop_contradicted_output_shapes(&mut graph, &seen);
     let types = graph

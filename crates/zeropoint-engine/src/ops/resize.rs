@@ -166,6 +166,14 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
         if out == n && scale == 1.0 {
             continue;
         }
+        if n == 0 && out == 0 {
+            continue;
+        }
+        if n == 0 {
+            return Err(Error::Op(format!(
+                "axis {a} is empty: there is nothing to resize to {out}"
+            )));
+        }
         let src = |i: usize| source_coordinate(&ctm, i as f32, scale, n, out);
         t = if mode == "nearest" {
             let idx: Vec<i64> = (0..out)
