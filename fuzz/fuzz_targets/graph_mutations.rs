@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use zeropoint_core::observer::Method;
-use zeropoint_engine::infer::{probe, with_input_shapes};
+use zeropoint_engine::infer::{dtypes_of, probe, with_input_shapes};
 use zeropoint_engine::Engine;
 use zeropoint_graph::canonicalize::{canonicalize, decompose_hard_swish};
 use zeropoint_graph::{opset, Dim, Graph};
@@ -224,13 +224,7 @@ fn quantize(m: &ModelProto, path: &Path) -> Option<()> {
     decompose_hard_swish(&mut graph);
     let mut data = Dataset::from_arrays(tiny_inputs(&graph)?, &graph.inputs).ok()?;
     let seen = probe(&with_input_shapes(&graph, &data.sample_shapes())).ok()?;
-    let types = graph
-        .initializers
-        .iter()
-        .map(|t| (t.name.clone(), t.dtype))
-        .chain(seen.into_iter().map(|(n, (dtype, _))| (n, dtype)))
-        .collect();
-    let plan = Plan::new(&graph, types, &[]).ok()?;
+    let plan = Plan::new(&graph, dtypes_of(&graph, seen), &[]).ok()?;
     let ranges = calibrate(&graph, &plan, &mut data, &settings, &mut |_| {}).ok()?;
     let params = params::params(&graph, &plan, &ranges, &settings).ok()?;
     let exported = qdq_export::export(&graph, &plan, &params, m).ok()?;

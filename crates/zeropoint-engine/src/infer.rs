@@ -110,17 +110,17 @@ pub fn infer(graph: &Graph) -> Result<HashMap<String, ValueType>> {
 /// The element type of every graph input, initializer and node output: one probe run (types do
 /// not depend on sizes), half the work of [`infer`].
 pub fn dtypes(graph: &Graph) -> Result<HashMap<String, DType>> {
-    let mut types: HashMap<String, DType> = graph
+    Ok(dtypes_of(graph, probe(graph)?))
+}
+
+/// The element type of every initializer of `graph` and every value of a probe `run` of it.
+pub fn dtypes_of(graph: &Graph, run: Run) -> HashMap<String, DType> {
+    graph
         .initializers
         .iter()
         .map(|t| (t.name.clone(), t.dtype))
-        .collect();
-    types.extend(
-        probe(graph)?
-            .into_iter()
-            .map(|(name, (dtype, _))| (name, dtype)),
-    );
-    Ok(types)
+        .chain(run.into_iter().map(|(name, (dtype, _))| (name, dtype)))
+        .collect()
 }
 
 /// The element type and shape of every graph input and node output in one probe run, at the

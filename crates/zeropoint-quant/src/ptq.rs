@@ -27,7 +27,7 @@ use crate::prepare::prepare;
 use crate::qdq_export::export;
 use crate::report::layer_errors;
 use crate::settings::Settings;
-use zeropoint_engine::infer::{probe, with_input_shapes, Run};
+use zeropoint_engine::infer::{dtypes_of, probe, with_input_shapes, Run};
 use zeropoint_graph::graph::dims_fit;
 use zeropoint_graph::Dim;
 
@@ -92,13 +92,7 @@ pub fn quantize(
     data.check_one_sample()?;
     let seen = probe(&with_input_shapes(&graph, &data.sample_shapes()))?;
     drop_contradicted_output_shapes(&mut graph, &seen);
-    let types = graph
-        .initializers
-        .iter()
-        .map(|t| (t.name.clone(), t.dtype))
-        .chain(seen.into_iter().map(|(name, (dtype, _))| (name, dtype)))
-        .collect();
-    let plan = Plan::new(&graph, types, &opts.exclude)?;
+    let plan = Plan::new(&graph, dtypes_of(&graph, seen), &opts.exclude)?;
     seconds.prepare = t.elapsed().as_secs_f64();
 
     let t = Instant::now();

@@ -5,7 +5,7 @@
 use candle_core::{DType as CDType, Tensor};
 use zeropoint_onnx::DType;
 
-use super::{axis, c, check_output, like, Cx, Error, R};
+use super::{axis, c, check_output, indices_in, like, Cx, Error, R};
 use crate::value::Value;
 
 /// `out[i][j][k] = data[indices[i][j][k]][j][k]` along `axis` (axis 0 here): the output has the
@@ -27,21 +27,7 @@ pub fn gather_elements(cx: &Cx) -> R<Vec<Value>> {
             data.shape()
         )));
     }
-    let n = data.shape()[a] as i64;
-    let idx = idx_v
-        .to_i64s()?
-        .into_iter()
-        .map(|i| {
-            let j = if i < 0 { i.saturating_add(n) } else { i };
-            if (0..n).contains(&j) {
-                Ok(j)
-            } else {
-                Err(Error::Op(format!(
-                    "index {i} is out of range for axis {a} of size {n}"
-                )))
-            }
-        })
-        .collect::<R<Vec<i64>>>()?;
+    let idx = indices_in(&idx_v.to_i64s()?, a, data.shape()[a])?;
     let idx = Tensor::from_vec(idx, idx_v.shape(), data.tensor.device())?;
     let out = c(data.tensor.contiguous()?.gather(&idx, a))?;
     Ok(vec![like(out, data)])

@@ -277,6 +277,24 @@ pub(crate) fn axis(a: i64, rank: usize) -> R<usize> {
     Ok(if a < 0 { a + r } else { a } as usize)
 }
 
+/// Gather-style indices into axis `a` of size `n`, negative ones counted from the end; any
+/// outside the axis is refused.
+pub(crate) fn indices_in(idx: &[i64], a: usize, n: usize) -> R<Vec<i64>> {
+    let n = n as i64;
+    idx.iter()
+        .map(|&i| {
+            let j = if i < 0 { i.saturating_add(n) } else { i };
+            if (0..n).contains(&j) {
+                Ok(j)
+            } else {
+                Err(Error::Op(format!(
+                    "index {i} is out of range for axis {a} of size {n}"
+                )))
+            }
+        })
+        .collect()
+}
+
 /// A float result with the dtype of a float operand.
 pub(crate) fn like(t: Tensor, of: &Value) -> Value {
     Value::new(t, of.dtype)

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::{axis, broadcast_shape, c, check_output, like, one, select, Cx, Error, R};
+use super::{axis, broadcast_shape, c, check_output, indices_in, like, one, select, Cx, Error, R};
 use crate::value::{carrier, Value};
 use zeropoint_onnx::proto::TensorProto;
 use zeropoint_onnx::DType;
@@ -235,21 +235,7 @@ pub fn gather(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     let idx_v = cx.input(1)?;
     let a = axis(cx.int("axis", 0)?, v.shape().len())?;
-    let n = v.shape()[a] as i64;
-    let idx = idx_v.to_i64s()?;
-    let fixed: Vec<i64> = idx
-        .iter()
-        .map(|&i| {
-            let j = if i < 0 { i.saturating_add(n) } else { i };
-            if (0..n).contains(&j) {
-                Ok(j)
-            } else {
-                Err(Error::Op(format!(
-                    "index {i} is out of range for axis {a} of size {n}"
-                )))
-            }
-        })
-        .collect::<R<_>>()?;
+    let fixed = indices_in(&idx_v.to_i64s()?, a, v.shape()[a])?;
     let mut shape = v.shape()[..a].to_vec();
     shape.extend_from_slice(idx_v.shape());
     shape.extend_from_slice(&v.shape()[a + 1..]);
