@@ -1,6 +1,6 @@
 //! The graph passes on arbitrary bytes read as an ONNX model: the IR, opset upgrade,
 //! canonicalization (constants folded by the engine), quantizer placement, parameters from
-//! synthetic ranges and the QDQ export. Errors, never panics. The memory limit is 1 MiB here:
+//! synthetic ranges and the QDQ export. Errors, never panics. The memory limit is 512 KiB here:
 //! an operator's legitimate work grows with the output it may allocate, so a small limit keeps
 //! each input under the 1 s timeout; larger outputs take the same refusal path. Seed it with the
 //! operator cases (fuzz/README.md).
@@ -19,7 +19,7 @@ use zeropoint_quant::settings::Settings;
 use zeropoint_quant::{params, qdq_export};
 
 fuzz_target!(|data: &[u8]| {
-    limits::set_max_bytes(1 << 20);
+    limits::set_max_bytes(512 << 10);
     let path = Path::new("fuzz/nonexistent/model.onnx");
     let Ok(base) = model::decode(data, path) else {
         return;

@@ -2,7 +2,7 @@
 //! linear modes are separable), so each is a per-axis gather with host-computed indices, which
 //! is exact and differentiable.
 
-use candle_core::Tensor;
+use candle_core::{DType as CDType, Tensor};
 
 use super::{axis, c, check_output, like, one, select, Cx, Error, R};
 use crate::value::Value;
@@ -142,7 +142,14 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
     let common = sizes_in
         .as_ref()
         .and_then(|sz| common_scale(&policy, sz, &axes, x.dims()));
-    let mut t = x.clone();
+    // Half-precision inputs interpolate in f32: CPUs have no f16 arithmetic, and candle's
+    // software fallback made a 1 MiB output take a second.
+    let half = matches!(x.dtype(), CDType::F16 | CDType::BF16);
+    let mut t = if half {
+        c(x.to_dtype(CDType::F32))?
+    } else {
+        x.clone()
+    };
     let mut shape = x.dims().to_vec();
     for (k, &a) in axes.iter().enumerate() {
         let n = x.dims()[a];
@@ -193,12 +200,15 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
             }
             let mut wshape = vec![1usize; rank];
             wshape[a] = out;
-            let w1 = c(Tensor::from_vec(w, wshape.as_slice(), x.device())?.to_dtype(x.dtype()))?;
+            let w1 = c(Tensor::from_vec(w, wshape.as_slice(), x.device())?.to_dtype(t.dtype()))?;
             let w0 = c(w1.affine(-1.0, 1.0))?;
             let lo = select(&t, &i0, a)?;
             let hi = select(&t, &i1, a)?;
             c(lo.broadcast_mul(&w0)?.add(&hi.broadcast_mul(&w1)?))?
         };
+    }
+    if half {
+        t = c(t.to_dtype(x.dtype()))?;
     }
     one(like(t, v))
 }
