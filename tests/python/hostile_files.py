@@ -257,6 +257,9 @@ def malformed(out, cases):
         "Resize of an empty axis": ([helper.make_node("Slice", ["x", "zero", "zero", "zero"], ["e"]),
                                      helper.make_node("Resize", ["e", "", "", "sz"], ["y"], mode="linear")],
                                     [i64("zero", [0]), i64("sz", [3, 2])], "there is nothing to resize"),
+        # Pads whose sum fits but whose index range does not (a fuzz find: a capacity overflow).
+        "Pad reflect with i64 extremes": ([helper.make_node("Pad", ["x", "p"], ["y"], mode="reflect")],
+                                          [i64("p", [-(1 << 63), 0, (1 << 63) - 1, 0])], "do not fit axis"),
         "Conv pads of 2^40": ([to_4d, helper.make_node("Conv", ["x4", "w"], ["y"], pads=[1 << 40] * 4)],
                               [f32c("w", np.ones((1, 1, 1, 1)))], "beyond the supported magnitude"),
     }

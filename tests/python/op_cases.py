@@ -521,6 +521,8 @@ def pow_cases():
          note="float base, int64 exponent (mixed T and T1), negative bases")
     case("Pow_int64_int64", p(), {"x": r.i(-3, 4, 2, 4), "e": r.i(0, 4, 2, 4)}, note="int64 ** int64")
     case("Pow_opset15_cube", p(), {"x": r.n(3, 3)}, {"e": f32(3.0)}, opset=15, note="Pow-15, exponent 3")
+    case("Pow_int64_fractional", p(), {"x": i64([1, 4, 9, 16, 27])}, {"e": f32([0.5, 0.5, 0.5, 0.25, 1.5])},
+         note="int64 base, fractional float exponents: computed in f64, truncated (candle has no integer log)")
 
 
 def concat_cases():

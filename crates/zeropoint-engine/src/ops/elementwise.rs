@@ -75,6 +75,17 @@ fn pow(x: &Tensor, y: &Value) -> R<Tensor> {
         let r: Vec<f64> = xs.iter().zip(&es).map(|(b, e)| b.powi(*e as i32)).collect();
         return c(Tensor::from_vec(r, xb.dims(), x.device())?.to_dtype(x.dtype()));
     }
+    if super::is_int(x) {
+        // candle has no log of integers: fractional powers of integers go through f64.
+        let (xb, yb) = broadcast_pair(x, &y.tensor.to_dtype(candle_core::DType::F64)?)?;
+        let xs = c(xb
+            .to_dtype(candle_core::DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>())?;
+        let es = c(yb.flatten_all()?.to_vec1::<f64>())?;
+        let r: Vec<f64> = xs.iter().zip(&es).map(|(b, e)| b.powf(*e)).collect();
+        return c(Tensor::from_vec(r, xb.dims(), x.device())?.to_dtype(x.dtype()));
+    }
     let yt = c(y.tensor.to_dtype(x.dtype()))?;
     let (xb, yb) = broadcast_pair(x, &yt)?;
     c(xb.log().and_then(|l| l.mul(&yb)).and_then(|t| t.exp()))

@@ -45,6 +45,14 @@ pub fn pad(cx: &Cx) -> R<Vec<Value>> {
                 if n == 0 {
                     return Err(Error::Op(format!("cannot {mode}-pad an empty axis {a}")));
                 }
+                // The index list spans -b .. n + e: its length is the output's, checked above,
+                // unless the pads themselves overflow.
+                let len = i128::from(n) + i128::from(b) + i128::from(e);
+                if b.checked_neg().is_none() || len != out[a] as i128 {
+                    return Err(Error::Op(format!(
+                        "pads {b} and {e} do not fit axis {a} of size {n}"
+                    )));
+                }
                 let idx: Vec<i64> = (-b..n + e)
                     .map(|j| match mode.as_str() {
                         "edge" => j.clamp(0, n - 1),
