@@ -196,29 +196,35 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
                 .collect::<R<_>>()?;
             select(&t, &idx, a)?
         } else {
-            let mut i0 = Vec::with_capacity(out);
-            let mut i1 = Vec::with_capacity(out);
-            let mut w = Vec::with_capacity(out);
-            for i in 0..out {
-                let p = src(i)?.clamp(0.0, (n - 1) as f32);
-                let lo = p.floor();
-                i0.push(lo as i64);
-                i1.push((lo as i64 + 1).min(n as i64 - 1));
-                w.push(p - lo);
-            }
-            let mut wshape = vec![1usize; rank];
-            wshape[a] = out;
-            let w1 = c(Tensor::from_vec(w, wshape.as_slice(), x.device())?.to_dtype(t.dtype()))?;
-            let w0 = c(w1.affine(-1.0, 1.0))?;
-            let lo = select(&t, &i0, a)?;
-            let hi = select(&t, &i1, a)?;
-            c(lo.broadcast_mul(&w0)?.add(&hi.broadcast_mul(&w1)?))?
+            linear(&t, a, out, n, &src)?
         };
     }
     if half {
         t = c(t.to_dtype(x.dtype()))?;
     }
     one(like(t, v))
+}
+
+/// Linear interpolation of `t` along axis `a` (size `n`) to `out` samples at the source
+/// coordinates `src` gives.
+fn linear(t: &Tensor, a: usize, out: usize, n: usize, src: &dyn Fn(usize) -> R<f32>) -> R<Tensor> {
+    let mut i0 = Vec::with_capacity(out);
+    let mut i1 = Vec::with_capacity(out);
+    let mut w = Vec::with_capacity(out);
+    for i in 0..out {
+        let p = src(i)?.clamp(0.0, (n - 1) as f32);
+        let lo = p.floor();
+        i0.push(lo as i64);
+        i1.push((lo as i64 + 1).min(n as i64 - 1));
+        w.push(p - lo);
+    }
+    let mut wshape = vec![1usize; t.rank()];
+    wshape[a] = out;
+    let w1 = c(Tensor::from_vec(w, wshape.as_slice(), t.device())?.to_dtype(t.dtype()))?;
+    let w0 = c(w1.affine(-1.0, 1.0))?;
+    let lo = select(t, &i0, a)?;
+    let hi = select(t, &i1, a)?;
+    c(lo.broadcast_mul(&w0)?.add(&hi.broadcast_mul(&w1)?))
 }
 
 /// keep_aspect_ratio_policy (opset 18): one scale for all axes, fitting inside ("not_larger") or
