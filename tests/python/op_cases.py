@@ -862,6 +862,10 @@ def slice_cases():
     case("Slice_all_inputs", N("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"]),
          {"x": x2, "starts": i64([5]), "ends": i64([0]), "axes": i64([-1]), "steps": i64([-2])},
          note="every operand a graph input, negative step")
+    sl("Slice_empty_axis_negative_step", r.n(3, 0), [-1], [-10], axes=[1], steps=[-1],
+       note="a negative step over an empty axis selects nothing (a fuzz find: a clamp with min > max)")
+    sl("Slice_huge_step", x2, [1], [6], axes=[1], steps=[(1 << 63) - 1],
+       note="a step of i64::MAX takes one element (the next index would overflow)")
 
 
 def split_cases():

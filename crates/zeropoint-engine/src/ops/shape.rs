@@ -215,6 +215,9 @@ fn slice_indices(dim: i64, start: i64, end: i64, step: i64) -> R<Vec<i64>> {
     if step == 0 {
         return Err("slice step 0".into());
     }
+    if dim == 0 {
+        return Ok(Vec::new());
+    }
     let norm = |x: i64| if x < 0 { x.saturating_add(dim) } else { x };
     let (s, e) = (norm(start), norm(end));
     let (s, e) = if step > 0 {
@@ -226,7 +229,10 @@ fn slice_indices(dim: i64, start: i64, end: i64, step: i64) -> R<Vec<i64>> {
     let mut i = s;
     while (step > 0 && i < e) || (step < 0 && i > e) {
         out.push(i);
-        i += step;
+        match i.checked_add(step) {
+            Some(next) => i = next,
+            None => break,
+        }
     }
     Ok(out)
 }
