@@ -64,26 +64,26 @@ fn pow(x: &Tensor, y: &Value) -> R<Tensor> {
         };
         return c(r.broadcast_as(out_shape.as_slice()));
     }
-    if ys.iter().all(|e| e.fract() == 0.0) {
-        // Integral exponents are defined for negative bases too: compute them exactly.
+    if ys.iter().all(|e| e.fract() == 0.0) || super::is_int(x) {
+        // Integral exponents are defined for negative bases too: compute them exactly. Integer
+        // bases take fractional exponents here as well (candle has no log of integers).
         let (xb, yb) = broadcast_pair(x, &y.tensor.to_dtype(candle_core::DType::F64)?)?;
         let xs = xb
             .to_dtype(candle_core::DType::F64)?
             .flatten_all()?
             .to_vec1::<f64>()?;
         let es = yb.flatten_all()?.to_vec1::<f64>()?;
-        let r: Vec<f64> = xs.iter().zip(&es).map(|(b, e)| b.powi(*e as i32)).collect();
-        return c(Tensor::from_vec(r, xb.dims(), x.device())?.to_dtype(x.dtype()));
-    }
-    if super::is_int(x) {
-        // candle has no log of integers: fractional powers of integers go through f64.
-        let (xb, yb) = broadcast_pair(x, &y.tensor.to_dtype(candle_core::DType::F64)?)?;
-        let xs = c(xb
-            .to_dtype(candle_core::DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>())?;
-        let es = c(yb.flatten_all()?.to_vec1::<f64>())?;
-        let r: Vec<f64> = xs.iter().zip(&es).map(|(b, e)| b.powf(*e)).collect();
+        let r: Vec<f64> = xs
+            .iter()
+            .zip(&es)
+            .map(|(b, e)| {
+                if e.fract() == 0.0 {
+                    b.powi(*e as i32)
+                } else {
+                    b.powf(*e)
+                }
+            })
+            .collect();
         return c(Tensor::from_vec(r, xb.dims(), x.device())?.to_dtype(x.dtype()));
     }
     let yt = c(y.tensor.to_dtype(x.dtype()))?;
