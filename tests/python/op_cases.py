@@ -1304,6 +1304,75 @@ def recurrent_cases():
     rec("RNN", "only_Y_h", 1, 4, 2, 3, 3, outputs=["", "yh"], note="Y omitted")
 
 
+def control_flow_cases():
+    """If, Loop and Scan with subgraphs that read outer-scope values (captures), nest, carry state and
+    stack per-iteration outputs."""
+    r = Rand(171)
+    G = helper.make_graph
+    vi = helper.make_tensor_value_info
+    f, i, b = TP.FLOAT, TP.INT64, TP.BOOL
+
+    # If: each branch captures outer values (an input and an initializer).
+    then_g = G([N("Mul", ["x", "w"], ["t"])], "then", [], [vi("t", f, None)])
+    else_g = G([N("Sub", ["x", "w"], ["e"])], "else", [], [vi("e", f, None)])
+    for flag in (True, False):
+        case(f"If_{'then' if flag else 'else'}_captures",
+             N("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g),
+             {"c": np.array(flag), "x": r.n(2, 3)}, {"w": r.n(3)},
+             note=f"cond {flag}: the branch reads an outer input and an outer initializer")
+    # If whose branches give different shapes, and an If nested in a branch.
+    inner_then = G([N("Relu", ["x"], ["ir"])], "inner_then", [], [vi("ir", f, None)])
+    inner_else = G([N("Neg", ["x"], ["ie"])], "inner_else", [], [vi("ie", f, None)])
+    outer_then = G([N("If", ["c2"], ["n"], then_branch=inner_then, else_branch=inner_else),
+                    N("Add", ["n", "x"], ["ot"])], "outer_then", [], [vi("ot", f, None)])
+    outer_else = G([N("ReduceSum", ["x"], ["oe"], keepdims=0)], "outer_else", [], [vi("oe", f, None)])
+    for c1, c2 in ((True, False), (False, True)):
+        case(f"If_nested_{int(c1)}{int(c2)}",
+             N("If", ["c1"], ["y"], then_branch=outer_then, else_branch=outer_else),
+             {"c1": np.array([c1]), "c2": np.array(c2), "x": r.n(2, 3)},
+             note="an If inside a branch; the branches give different ranks")
+
+    # Loop as a for loop: carries a running sum, stacks each iteration's value (scan output).
+    body = G([N("Cast", ["i"], ["fi"], to=f),
+              N("Mul", ["x", "fi"], ["xi"]),
+              N("Add", ["acc_in", "xi"], ["acc_out"]),
+              N("Identity", ["cond_in"], ["cond_out"]),
+              N("Tanh", ["acc_out"], ["scan"])],
+             "body", [vi("i", i, []), vi("cond_in", b, []), vi("acc_in", f, None)],
+             [vi("cond_out", b, []), vi("acc_out", f, None), vi("scan", f, None)])
+    case("Loop_for_scan_output", N("Loop", ["m", "", "acc0"], ["acc", "scans"], body=body),
+         {"m": np.array(4, np.int64), "x": r.n(3), "acc0": r.n(3)},
+         note="trip count only; the body captures x; carried sum and stacked per-iteration outputs")
+    # Loop as a while loop: the body's condition stops it.
+    body = G([N("Add", ["v_in", "one"], ["v_out"]),
+              N("Less", ["v_out", "limit"], ["cond_out"]),
+              N("Identity", ["cond_in"], ["unused"])],
+             "body", [vi("i", i, []), vi("cond_in", b, []), vi("v_in", f, [1])],
+             [vi("cond_out", b, [1]), vi("v_out", f, [1])])
+    case("Loop_while_condition", N("Loop", ["m", "c", "v0"], ["v"], body=body),
+         {"m": np.array(100, np.int64), "c": np.array(True), "v0": f32([0.5])},
+         {"one": f32([1.0]), "limit": f32([6.0])},
+         note="trip count and condition: stops when the body's condition turns false")
+    case("Loop_zero_trips", N("Loop", ["m", "c", "v0"], ["v"], body=body),
+         {"m": np.array(0, np.int64), "c": np.array(True), "v0": f32([0.5])},
+         {"one": f32([1.0]), "limit": f32([6.0])},
+         note="M = 0: the carried value comes back unchanged")
+
+    # Scan: a running sum over the sequence axis, reverse and axis variants.
+    body = G([N("Add", ["s_in", "xt"], ["s_out"]),
+              N("Mul", ["s_out", "k"], ["yt"])],
+             "body", [vi("s_in", f, [3]), vi("xt", f, [3])],
+             [vi("s_out", f, [3]), vi("yt", f, [3])])
+    case("Scan_running_sum", N("Scan", ["s0", "xs"], ["s", "ys"], body=body, num_scan_inputs=1),
+         {"s0": r.n(3), "xs": r.n(5, 3)}, {"k": r.n(3)},
+         opset=16, note="state carried over 5 steps; the body captures an initializer")
+    case("Scan_reverse_axes", N("Scan", ["s0", "xs"], ["s", "ys"], body=body, num_scan_inputs=1,
+                                scan_input_axes=[1], scan_input_directions=[1],
+                                scan_output_axes=[1], scan_output_directions=[1]),
+         {"s0": r.n(3), "xs": r.n(3, 4)}, {"k": r.n(3)},
+         opset=16, note="scan along axis 1 in reverse, outputs stacked on axis 1 in reverse")
+
+
 # --------------------------------------------------------------------------------------------------
 # Small multi-op models
 
@@ -1353,7 +1422,7 @@ FAMILIES = [
     transpose_cases, squeeze_cases, pad_cases, resize_cases, dropout_constant_shape_cases, gather_cases, index_cases,
     slice_cases, split_cases, cast_cases, variadic_cases, reduce_cases, layernorm_cases, gelu_cases,
     where_expand_cases, compare_logic_cases, range_tile_cases, einsum_cases, mask_cases, quant_cases,
-    subgraph_cases, recurrent_cases,
+    subgraph_cases, recurrent_cases, control_flow_cases,
 ]
 
 
@@ -1391,7 +1460,7 @@ def main(argv):
         (d / "model.onnx").write_bytes(model.SerializeToString())
         write_npz(d / "inputs.npz", c["inputs"])
         write_npz(d / "expected.npz", dict(zip(c["outputs"], results)))
-        ops = sorted({n.op_type for n in model.graph.node})
+        ops = sorted({n.op_type for n in model.graph.node})  # the main graph's
         index.append({"name": name, "op": c["op"], "opset": c["opset"], "note": note, "ops": ops})
     (out / "cases.json").write_text("[\n" + ",\n".join(json.dumps(e) for e in index) + "\n]\n")
     print(f"{len(index)} cases written ({time.perf_counter() - start:.1f} s)")

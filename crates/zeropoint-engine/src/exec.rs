@@ -13,6 +13,7 @@ use zeropoint_graph::graph::dims_fit;
 use zeropoint_graph::{Graph, Node};
 use zeropoint_onnx::RawTensor;
 
+use crate::control_flow;
 use crate::error::{Error, Result};
 use crate::ops::{self, Cx};
 use crate::value::Value;
@@ -50,11 +51,12 @@ pub fn check_supported(graph: &Graph) -> Result<()> {
     ))
 }
 
-/// The nodes of `graph` zeropoint cannot run, as "node 'x' (Op)" labels.
+/// The nodes of `graph` and of its subgraphs that zeropoint cannot run, as "node 'x' (Op)"
+/// labels.
 pub fn unsupported(graph: &Graph) -> Vec<String> {
     graph
-        .nodes
-        .iter()
+        .all_nodes()
+        .into_iter()
         .filter(|n| !ops::supports(n))
         .map(Node::label)
         .collect()
@@ -83,9 +85,10 @@ impl<'g> Executor<'g> {
             })
             .collect::<Result<_>>()?;
         let mut last: HashMap<&str, usize> = HashMap::new();
-        for (i, node) in graph.nodes.iter().enumerate() {
-            for input in &node.inputs {
-                last.insert(input, i);
+        let reads: Vec<Vec<String>> = graph.nodes.iter().map(Node::reads).collect();
+        for (i, names) in reads.iter().enumerate() {
+            for name in names {
+                last.insert(name, i);
             }
         }
         for o in &graph.outputs {
@@ -93,9 +96,7 @@ impl<'g> Executor<'g> {
         }
         let mut dead_after = vec![Vec::new(); graph.nodes.len()];
         for (name, i) in last {
-            if !name.is_empty() {
-                dead_after[i].push(name.to_string());
-            }
+            dead_after[i].push(name.to_string());
         }
         Ok(Executor {
             graph: Cow::Borrowed(graph),
@@ -126,9 +127,37 @@ impl<'g> Executor<'g> {
         inputs: HashMap<String, Value>,
         hook: &mut Hook,
     ) -> Result<Vec<(String, Value)>> {
-        let g = self.graph();
         self.check_inputs(&inputs)?;
-        let mut env: HashMap<String, Value> = self.initializers.iter().cloned().collect();
+        let outputs = self.execute(HashMap::new(), inputs, hook)?;
+        Ok(self
+            .graph()
+            .outputs
+            .iter()
+            .map(|o| o.name.clone())
+            .zip(outputs)
+            .collect())
+    }
+
+    /// Runs a subgraph: `captured` holds the values of enclosing graphs it reads, `inputs` its
+    /// declared inputs (which, like every value it computes, pass through `hook`).
+    pub(crate) fn run_scoped(
+        &self,
+        captured: HashMap<String, Value>,
+        inputs: HashMap<String, Value>,
+        hook: &mut Hook,
+    ) -> Result<Vec<Value>> {
+        self.execute(captured, inputs, hook)
+    }
+
+    /// Runs the nodes in order, starting from `env`; returns the graph's outputs in order.
+    fn execute(
+        &self,
+        mut env: HashMap<String, Value>,
+        inputs: HashMap<String, Value>,
+        hook: &mut Hook,
+    ) -> Result<Vec<Value>> {
+        let g = self.graph();
+        env.extend(self.initializers.iter().cloned());
         for (name, v) in inputs {
             let v = hook(&name, v).map_err(|e| located(g, format!("input '{name}'"), e))?;
             env.insert(name, v);
@@ -145,12 +174,17 @@ impl<'g> Executor<'g> {
                     }
                 })
                 .collect();
-            let cx = Cx {
-                node,
-                inputs: &args,
-                opset: g.opset,
+            let outs = if node.subgraphs.is_empty() {
+                let cx = Cx {
+                    node,
+                    inputs: &args,
+                    opset: g.opset,
+                };
+                ops::run(&cx)
+            } else {
+                control_flow::run(node, &args, &env, hook)
             };
-            let outs = ops::run(&cx).map_err(|e| located(g, node.label(), e))?;
+            let outs = outs.map_err(|e| located(g, node.label(), e))?;
             drop(args);
             for (name, v) in node.outputs.iter().zip(outs) {
                 if name.is_empty() {
@@ -167,8 +201,8 @@ impl<'g> Executor<'g> {
         g.outputs
             .iter()
             .map(|o| {
-                env.remove(&o.name)
-                    .map(|v| (o.name.clone(), v))
+                env.get(&o.name)
+                    .cloned()
                     .ok_or_else(|| model_error(g, format!("output '{}' was not computed", o.name)))
             })
             .collect()

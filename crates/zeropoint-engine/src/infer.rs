@@ -258,6 +258,17 @@ fn probe_run(
         })?;
         feeds.insert(input.name.clone(), Value::new(t, dtype));
     }
+    record(exec, feeds)
+}
+
+/// The element type and shape of every graph input and node output on a run of `graph` on
+/// `feeds` (real data: a model whose control flow depends on its inputs' values takes the path
+/// the data takes).
+pub fn probe_on(graph: &Graph, feeds: HashMap<String, Value>) -> Result<Run> {
+    record(&Executor::new(graph)?, feeds)
+}
+
+fn record(exec: &Executor, feeds: HashMap<String, Value>) -> Result<Run> {
     let mut seen = HashMap::new();
     exec.run_with(feeds, &mut |name, v| {
         seen.insert(name.to_string(), (v.dtype, v.shape().to_vec()));

@@ -30,6 +30,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod control_flow;
 pub mod error;
 pub mod evaluator;
 pub mod exec;

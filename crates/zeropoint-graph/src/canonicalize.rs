@@ -44,13 +44,36 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let folded_batch_norms = fold_batch_norms(graph, eval)?;
     let folded_bias_adds = fold_bias_adds(graph)?;
     let (removed_nodes, removed_initializers) = remove_dead(graph);
-    Ok(Report {
+    let mut report = Report {
         folded_constants,
         folded_batch_norms,
         folded_bias_adds,
         removed_nodes,
         removed_initializers,
-    })
+    };
+    for node in &mut graph.nodes {
+        for (_, sub) in &mut node.subgraphs {
+            canonicalize_subgraph(sub, eval, &mut report)?;
+        }
+    }
+    Ok(report)
+}
+
+/// The passes that need no shape inference (a subgraph cannot run on its own: it reads its
+/// enclosing graphs' values), on a subgraph and the subgraphs in it: Constant nodes become the
+/// subgraph's initializers, so its weights are found like the main graph's.
+fn canonicalize_subgraph(g: &mut Graph, eval: &dyn Evaluator, report: &mut Report) -> Result<()> {
+    report.folded_constants += fold_constants(g, eval)?;
+    report.folded_bias_adds.extend(fold_bias_adds(g)?);
+    let (nodes, initializers) = remove_dead(g);
+    report.removed_nodes += nodes;
+    report.removed_initializers += initializers;
+    for node in &mut g.nodes {
+        for (_, sub) in &mut node.subgraphs {
+            canonicalize_subgraph(sub, eval, report)?;
+        }
+    }
+    Ok(())
 }
 
 /// Replaces nodes whose inputs are all initializers by initializers holding their outputs.
@@ -61,6 +84,7 @@ pub fn fold_constants(graph: &mut Graph, eval: &dyn Evaluator) -> Result<usize> 
     let mut folded = 0;
     for node in std::mem::take(&mut graph.nodes) {
         let foldable = eval.supports(&node)
+            && node.subgraphs.is_empty()
             && !matches!(node.op, Op::QuantizeLinear | Op::DequantizeLinear)
             && node
                 .inputs
@@ -98,7 +122,7 @@ pub fn remove_dead(graph: &mut Graph) -> (usize, usize) {
     for (i, node) in graph.nodes.iter().enumerate().rev() {
         if node.outputs.iter().any(|o| needed.contains(o)) {
             keep[i] = true;
-            needed.extend(node.inputs.iter().cloned());
+            needed.extend(node.reads());
         }
     }
     let before = (graph.nodes.len(), graph.initializers.len());

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use zeropoint_onnx::proto::attribute_proto::AttributeType;
 use zeropoint_onnx::proto::{
-    tensor_shape_proto, type_proto, AttributeProto, ModelProto, NodeProto, TensorShapeProto,
-    ValueInfoProto,
+    tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    TensorShapeProto, ValueInfoProto,
 };
 use zeropoint_onnx::{external_data, model, tensor_proto, DType, RawTensor};
 
@@ -80,7 +80,12 @@ pub struct Node {
     /// Input value names; "" marks an omitted optional input.
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// The attributes, except graph-valued ones, which are in `subgraphs`.
     pub attributes: Vec<AttributeProto>,
+    /// The graph-valued attributes (the branches of If, the bodies of Loop and Scan), by
+    /// attribute name, as graphs of their own. They may read values of the enclosing graphs
+    /// ([`Node::captures`]).
+    pub subgraphs: Vec<(String, Graph)>,
 }
 
 impl Node {
@@ -94,7 +99,38 @@ impl Node {
             inputs: strings(inputs),
             outputs: strings(outputs),
             attributes: vec![],
+            subgraphs: vec![],
         }
+    }
+
+    /// The subgraph of attribute `name` (`then_branch`, `body`).
+    pub fn subgraph(&self, name: &str) -> Option<&Graph> {
+        self.subgraphs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, g)| g)
+    }
+
+    /// The values of enclosing graphs that this node's subgraphs read, in order of first use.
+    pub fn captures(&self) -> Vec<String> {
+        let mut seen = HashSet::new();
+        self.subgraphs
+            .iter()
+            .flat_map(|(_, g)| g.captures())
+            .filter(|n| seen.insert(n.clone()))
+            .collect()
+    }
+
+    /// Every value the node reads: its inputs, then what its subgraphs capture.
+    pub fn reads(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .inputs
+            .iter()
+            .filter(|i| !i.is_empty())
+            .cloned()
+            .collect();
+        all.extend(self.captures());
+        all
     }
 
     /// "node 'conv1' (Conv)", the way errors name a node.
@@ -107,8 +143,8 @@ impl Node {
     }
 }
 
-/// A model's main graph, ready to run.
-#[derive(Debug, Clone)]
+/// A model's main graph, or the subgraph of a node, ready to run.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Graph {
     /// The file it came from, for error messages.
     pub source: PathBuf,
@@ -143,20 +179,36 @@ impl Graph {
             .find(|o| matches!(o.domain(), "" | "ai.onnx"))
             .map(|o| o.version())
             .ok_or_else(|| Error::model(path, "the model imports no ai.onnx opset"))?;
+        Graph::from_proto(g, opset, path, &HashSet::new())
+    }
+
+    /// The graph of `g`, a main graph or (with the names its enclosing graphs define in
+    /// `outer`) a subgraph.
+    fn from_proto(
+        g: &GraphProto,
+        opset: i64,
+        path: &Path,
+        outer: &HashSet<String>,
+    ) -> Result<Graph> {
         let initializers = g
             .initializer
             .iter()
             .map(|t| tensor_proto::to_raw(t, path).map_err(|e| initializer_error(e, path)))
             .collect::<Result<Vec<_>>>()?;
         let init_names: HashSet<&str> = initializers.iter().map(|t| t.name.as_str()).collect();
-        let inputs = g
+        let inputs: Vec<ValueInfo> = g
             .input
             .iter()
             .filter(|i| !init_names.contains(i.name()))
             .map(value_info)
             .collect();
         let outputs = g.output.iter().map(value_info).collect();
-        let nodes = name_nodes(&g.node);
+        // What the subgraphs of this graph's nodes may read.
+        let mut visible = outer.clone();
+        visible.extend(inputs.iter().map(|i| i.name.clone()));
+        visible.extend(init_names.iter().map(|n| n.to_string()));
+        visible.extend(g.node.iter().flat_map(|n| n.output.iter().cloned()));
+        let nodes = name_nodes(&g.node, opset, path, &visible)?;
         // Every ONNX operator has an output: the passes may take a node's first for granted.
         if let Some(n) = nodes.iter().find(|n| n.outputs.is_empty()) {
             return Err(Error::model(path, format!("{} has no output", n.label())));
@@ -169,14 +221,20 @@ impl Graph {
             initializers,
             nodes,
         };
-        graph.sort()?;
+        graph.sort_within(outer)?;
         Ok(graph)
     }
 
     /// Puts the nodes in topological order (stable: file order where possible), checking that
     /// every input is defined and that there is no cycle.
     pub fn sort(&mut self) -> Result<()> {
-        let mut defined: HashSet<String> = self.inputs.iter().map(|i| i.name.clone()).collect();
+        self.sort_within(&HashSet::new())
+    }
+
+    /// [`Graph::sort`] for a subgraph, which may also read the values `outer` names.
+    pub fn sort_within(&mut self, outer: &HashSet<String>) -> Result<()> {
+        let mut defined: HashSet<String> = outer.clone();
+        defined.extend(self.inputs.iter().map(|i| i.name.clone()));
         defined.extend(self.initializers.iter().map(|t| t.name.clone()));
         defined.insert(String::new());
         let producers: HashSet<&str> = self
@@ -186,7 +244,7 @@ impl Graph {
             .collect();
         for node in &self.nodes {
             if let Some(missing) = node
-                .inputs
+                .reads()
                 .iter()
                 .find(|i| !defined.contains(*i) && !producers.contains(i.as_str()))
             {
@@ -202,7 +260,7 @@ impl Graph {
             let before = pending.len();
             let mut rest = Vec::new();
             for node in pending {
-                if node.inputs.iter().all(|i| defined.contains(i)) {
+                if node.reads().iter().all(|i| defined.contains(i)) {
                     defined.extend(node.outputs.iter().cloned());
                     sorted.push(node);
                 } else {
@@ -219,6 +277,12 @@ impl Graph {
             pending = rest;
         }
         self.nodes = sorted;
+        // `defined` now holds every value of this graph, which its subgraphs may read.
+        for n in &mut self.nodes {
+            for (_, sub) in &mut n.subgraphs {
+                sub.sort_within(&defined)?;
+            }
+        }
         Ok(())
     }
 
@@ -238,6 +302,13 @@ impl Graph {
             .graph
             .as_mut()
             .ok_or_else(|| Error::model(&self.source, "the model has no graph"))?;
+        self.write_into(g);
+        Ok(model)
+    }
+
+    /// Writes this graph's nodes (subgraphs included), initializers and output shapes into `g`,
+    /// the proto it was read from (whose other fields are kept).
+    fn write_into(&self, g: &mut GraphProto) {
         let initializer = self
             .initializers
             .iter()
@@ -248,18 +319,32 @@ impl Graph {
             .nodes
             .iter()
             .map(|n| {
-                // Keep fields the IR does not model (doc strings, overloads) of surviving nodes.
-                let mut p = old_nodes
-                    .iter()
-                    .find(|o| o.name() == n.name && o.op_type() == n.op.as_str())
-                    .cloned()
-                    .unwrap_or_default();
+                // Keep fields the IR does not model (doc strings, overloads, the declared types of
+                // subgraphs) of surviving nodes, found by the name they were given.
+                let old = old_nodes.iter().enumerate().find_map(|(i, o)| {
+                    let named = o.name() == n.name || format!("{}_{i}", o.op_type()) == n.name;
+                    (named && o.op_type() == n.op.as_str()).then_some(o)
+                });
+                let mut p = old.cloned().unwrap_or_default();
                 p.name = Some(n.name.clone());
                 p.op_type = Some(n.op.as_str().to_string());
                 p.domain = (!n.domain.is_empty()).then(|| n.domain.clone());
                 p.input = n.inputs.clone();
                 p.output = n.outputs.clone();
                 p.attribute = n.attributes.clone();
+                for (name, sub) in &n.subgraphs {
+                    let mut proto = old
+                        .and_then(|o| o.attribute.iter().find(|a| a.name() == name))
+                        .and_then(|a| a.g.clone())
+                        .unwrap_or_default();
+                    sub.write_into(&mut proto);
+                    p.attribute.push(AttributeProto {
+                        name: Some(name.clone()),
+                        r#type: Some(AttributeType::Graph as i32),
+                        g: Some(proto),
+                        ..Default::default()
+                    });
+                }
                 p
             })
             .collect();
@@ -287,7 +372,17 @@ impl Graph {
         }
         g.input.retain(|i| live.contains(i.name()));
         g.value_info.retain(|i| live.contains(i.name()));
-        Ok(model)
+        // A graph written without a base (a subgraph of a new node) declares what the IR knows.
+        for (protos, infos) in [(&mut g.input, &self.inputs), (&mut g.output, &self.outputs)] {
+            for v in infos {
+                if !protos.iter().any(|p| p.name() == v.name) {
+                    protos.push(value_info_proto(v));
+                }
+            }
+        }
+        if g.name().is_empty() {
+            g.name = Some("subgraph".into());
+        }
     }
 
     pub fn initializer(&self, name: &str) -> Option<&RawTensor> {
@@ -310,15 +405,45 @@ impl Graph {
         map
     }
 
-    /// The nodes reading each value, by value name.
-    pub fn consumers(&self) -> HashMap<&str, Vec<usize>> {
-        let mut map: HashMap<&str, Vec<usize>> = HashMap::new();
+    /// The nodes reading each value, by value name (a node whose subgraph captures a value reads
+    /// it too).
+    pub fn consumers(&self) -> HashMap<String, Vec<usize>> {
+        let mut map: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
-            for input in node.inputs.iter().filter(|s| !s.is_empty()) {
-                map.entry(input.as_str()).or_default().push(i);
+            for input in node.reads() {
+                map.entry(input).or_default().push(i);
             }
         }
         map
+    }
+
+    /// The values of enclosing graphs this (sub)graph reads: names its nodes and outputs use
+    /// that it does not define itself.
+    pub fn captures(&self) -> Vec<String> {
+        let mut defined: HashSet<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+        defined.extend(self.initializers.iter().map(|t| t.name.as_str()));
+        defined.extend(
+            self.nodes
+                .iter()
+                .flat_map(|n| n.outputs.iter().map(String::as_str)),
+        );
+        let mut seen = HashSet::new();
+        let read = self.nodes.iter().flat_map(Node::reads);
+        read.chain(self.outputs.iter().map(|o| o.name.clone()))
+            .filter(|n| !defined.contains(n.as_str()) && seen.insert(n.clone()))
+            .collect()
+    }
+
+    /// Every node of this graph and of its subgraphs, depth first.
+    pub fn all_nodes(&self) -> Vec<&Node> {
+        let mut all = Vec::new();
+        for n in &self.nodes {
+            all.push(n);
+            for (_, g) in &n.subgraphs {
+                all.extend(g.all_nodes());
+            }
+        }
+        all
     }
 
     /// Number of parameters (elements of float initializers).
@@ -367,6 +492,21 @@ fn shape_proto(dims: &[Dim]) -> TensorShapeProto {
     }
 }
 
+fn value_info_proto(v: &ValueInfo) -> ValueInfoProto {
+    let tensor = type_proto::Tensor {
+        elem_type: v.dtype.map(tensor_proto::onnx_code),
+        shape: v.shape.as_ref().map(|dims| shape_proto(dims)),
+    };
+    ValueInfoProto {
+        name: Some(v.name.clone()),
+        r#type: Some(zeropoint_onnx::proto::TypeProto {
+            value: Some(type_proto::Value::TensorType(tensor)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn value_info(v: &ValueInfoProto) -> ValueInfo {
     let tensor = v.r#type.as_ref().and_then(|t| match &t.value {
         Some(type_proto::Value::TensorType(tt)) => Some(tt),
@@ -394,28 +534,48 @@ fn value_info(v: &ValueInfoProto) -> ValueInfo {
     }
 }
 
-/// The graph's nodes with unique names: the file's, else `<OpType>_<index>`.
-fn name_nodes(nodes: &[NodeProto]) -> Vec<Node> {
+/// The graph's nodes with unique names: the file's, else `<OpType>_<index>`; graph-valued
+/// attributes become subgraphs that may read the `visible` names.
+fn name_nodes(
+    nodes: &[NodeProto],
+    opset: i64,
+    path: &Path,
+    visible: &HashSet<String>,
+) -> Result<Vec<Node>> {
     let mut seen = HashSet::new();
-    nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let mut name = n.name().to_string();
-            if name.is_empty() || !seen.insert(name.clone()) {
-                name = format!("{}_{i}", n.op_type());
-                seen.insert(name.clone());
-            }
-            Node {
-                name,
-                op: Op::parse(n.op_type(), n.domain()),
-                domain: n.domain().to_string(),
-                inputs: n.input.clone(),
-                outputs: n.output.clone(),
-                attributes: n.attribute.clone(),
-            }
-        })
-        .collect()
+    let mut named = Vec::with_capacity(nodes.len());
+    for (i, n) in nodes.iter().enumerate() {
+        let mut name = n.name().to_string();
+        if name.is_empty() || !seen.insert(name.clone()) {
+            name = format!("{}_{i}", n.op_type());
+            seen.insert(name.clone());
+        }
+        let (graphs, attributes): (Vec<_>, Vec<_>) = n
+            .attribute
+            .iter()
+            .cloned()
+            .partition(|a| a.r#type() == AttributeType::Graph && a.g.is_some());
+        let subgraphs = graphs
+            .iter()
+            .map(|a| {
+                let g = a.g.as_ref().expect("partitioned on g");
+                let place = format!("node '{name}' ({}), {}", n.op_type(), a.name());
+                let sub =
+                    Graph::from_proto(g, opset, path, visible).map_err(|e| e.during(&place))?;
+                Ok((a.name().to_string(), sub))
+            })
+            .collect::<Result<_>>()?;
+        named.push(Node {
+            name,
+            op: Op::parse(n.op_type(), n.domain()),
+            domain: n.domain().to_string(),
+            inputs: n.input.clone(),
+            outputs: n.output.clone(),
+            attributes,
+            subgraphs,
+        });
+    }
+    Ok(named)
 }
 
 /// An integer attribute, for the nodes rewrites add.
@@ -448,13 +608,22 @@ pub struct Names(HashSet<String>);
 
 impl Names {
     pub fn new(g: &Graph) -> Names {
-        let mut taken: HashSet<String> = g.initializers.iter().map(|t| t.name.clone()).collect();
-        taken.extend(g.inputs.iter().map(|i| i.name.clone()));
+        let mut names = Names(HashSet::new());
+        names.take_all(g);
+        names
+    }
+
+    /// Reserves the names of `g` and of its subgraphs.
+    fn take_all(&mut self, g: &Graph) {
+        self.0.extend(g.initializers.iter().map(|t| t.name.clone()));
+        self.0.extend(g.inputs.iter().map(|i| i.name.clone()));
         for n in &g.nodes {
-            taken.insert(n.name.clone());
-            taken.extend(n.outputs.iter().cloned());
+            self.0.insert(n.name.clone());
+            self.0.extend(n.outputs.iter().cloned());
+            for (_, sub) in &n.subgraphs {
+                self.take_all(sub);
+            }
         }
-        Names(taken)
     }
 
     /// `base`, or `base_2`, `base_3`, ... if taken; reserved from then on.
@@ -546,6 +715,34 @@ mod tests {
         let back = Graph::from_model(&m, Path::new("g.onnx")).unwrap();
         assert_eq!(back.nodes, g.nodes);
         assert_eq!(back.initializers, g.initializers);
+    }
+
+    #[test]
+    fn a_subgraph_capture_orders_and_keeps_its_producer() {
+        // The If reads `late` only inside its branch: it must still sort after its producer.
+        let branch = Graph {
+            inputs: vec![],
+            outputs: vec![ValueInfo {
+                name: "t".into(),
+                dtype: None,
+                shape: None,
+            }],
+            initializers: vec![],
+            ..graph(vec![Node::new("inner", Op::Neg, &["late"], &["t"])])
+        };
+        let mut cond = Node::new("if", Op::If, &["x"], &["y"]);
+        cond.subgraphs = vec![
+            ("then_branch".into(), branch.clone()),
+            ("else_branch".into(), branch),
+        ];
+        assert_eq!(cond.captures(), ["late"]);
+        assert_eq!(cond.reads(), ["x", "late"]);
+        let mut g = graph(vec![cond, Node::new("p", Op::Relu, &["x"], &["late"])]);
+        g.sort().unwrap();
+        let order: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(order, ["p", "if"]);
+        assert_eq!(g.consumers()["late"], [1]);
+        assert_eq!(g.all_nodes().len(), 4);
     }
 
     #[test]

@@ -52,6 +52,8 @@ operators! {
     Transpose, Unsqueeze, Where, Xor,
     // The recurrent operators, named as ONNX spells them.
     GRU, LSTM, RNN,
+    // Control flow: operators with subgraphs.
+    If, Loop, Scan,
 }
 
 impl fmt::Display for Op {

@@ -86,7 +86,8 @@ pub fn upgrade(g: &mut Graph, to: i64, eval: &dyn Evaluator) -> Result<()> {
     }
     let crosses = |v: i64| from < v && v <= to;
     // Clip's and Pad's scalar inputs take the element type of their data (attributes were float).
-    let types = if crosses(11) && g.nodes.iter().any(|n| matches!(n.op, Op::Clip | Op::Pad)) {
+    let clip_or_pad = |n: &&Node| matches!(n.op, Op::Clip | Op::Pad);
+    let types = if crosses(11) && g.all_nodes().iter().any(clip_or_pad) {
         Some(eval.infer(g)?)
     } else {
         None
@@ -100,24 +101,43 @@ pub fn upgrade(g: &mut Graph, to: i64, eval: &dyn Evaluator) -> Result<()> {
         initializers: &mut g.initializers,
         types,
     };
-    let mut nodes = Vec::with_capacity(g.nodes.len());
-    for mut node in std::mem::take(&mut g.nodes) {
+    g.nodes = upgrade_nodes(&mut rw, std::mem::take(&mut g.nodes))?;
+    set_opset(g, to);
+    g.sort()
+}
+
+/// Runs the steps of `rw` on `nodes` and on the nodes of their subgraphs. What a step adds to a
+/// subgraph may read initializers it adds to the main graph: subgraphs see their enclosing
+/// graphs' values.
+fn upgrade_nodes(rw: &mut Rewrite, nodes: Vec<Node>) -> Result<Vec<Node>> {
+    let mut upgraded = Vec::with_capacity(nodes.len());
+    for mut node in nodes {
+        for (_, sub) in &mut node.subgraphs {
+            sub.nodes = upgrade_nodes(rw, std::mem::take(&mut sub.nodes))?;
+        }
         if !matches!(node.domain.as_str(), "" | "ai.onnx") {
-            nodes.push(node);
+            upgraded.push(node);
             continue;
         }
         let mut added = Vec::new();
         for (version, step) in STEPS {
-            if crosses(version) {
-                added.extend(step(&mut rw, &mut node)?);
+            if rw.from < version && version <= rw.to {
+                added.extend(step(rw, &mut node)?);
             }
         }
-        nodes.push(node);
-        nodes.extend(added);
+        upgraded.push(node);
+        upgraded.extend(added);
     }
-    g.nodes = nodes;
-    g.opset = to;
-    g.sort()
+    Ok(upgraded)
+}
+
+fn set_opset(g: &mut Graph, opset: i64) {
+    g.opset = opset;
+    for n in &mut g.nodes {
+        for (_, sub) in &mut n.subgraphs {
+            set_opset(sub, opset);
+        }
+    }
 }
 
 /// Opset 9: BatchNormalization loses `spatial`. The attribute goes either way; only its
@@ -312,6 +332,7 @@ fn flatten_softmax(names: &mut Names, node: &mut Node) -> Vec<Node> {
         inputs,
         outputs: vec![output.to_string()],
         attributes,
+        subgraphs: vec![],
     };
     node.inputs[0] = flat.clone();
     node.outputs[0] = inner.clone();
