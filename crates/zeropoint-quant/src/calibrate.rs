@@ -8,9 +8,10 @@ use rayon::prelude::*;
 
 use zeropoint_core::observer::{Config, Method, Observer};
 use zeropoint_engine::exec::HookError;
-use zeropoint_engine::{Executor, Value};
+use zeropoint_engine::Executor;
 use zeropoint_graph::Graph;
 
+use crate::compare::next_batches;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::placement::Plan;
@@ -63,17 +64,16 @@ pub fn observe(
     };
     let mut sets: Vec<HashMap<String, Observer>> =
         (0..workers).map(|_| fresh()).collect::<Result<_>>()?;
-    let mut done = 0;
-    while let Some(batch) = data.next_batch(settings.batch * workers)? {
-        let n = batch
-            .values()
-            .next()
-            .map_or(0, |v| v.shape().first().copied().unwrap_or(0));
-        let parts = split_batch(&batch, n, workers)?;
+    loop {
+        // One batch per thread.
+        let batches = next_batches(data, settings.batch, workers)?;
+        if batches.is_empty() {
+            break;
+        }
         sets.par_iter_mut()
-            .zip(parts)
-            .try_for_each(|(observers, part)| {
-                exec.run_with(part, &mut |name, v| {
+            .zip(batches)
+            .try_for_each(|(observers, batch)| {
+                exec.run_with(batch, &mut |name, v| {
                     if let Some(obs) = observers.get_mut(name) {
                         v.with_f32s(|x| observe_finite(obs, x, v.shape()))??;
                     }
@@ -81,8 +81,7 @@ pub fn observe(
                 })
                 .map(|_| ())
             })?;
-        done += n;
-        progress(done);
+        progress(data.consumed());
     }
     let mut observers = sets.remove(0);
     for other in sets {
@@ -102,31 +101,6 @@ fn observe_finite(obs: &mut Observer, x: &[f32], shape: &[usize]) -> Result<(), 
         return Err(format!("activation has a non-finite value ({bad}): check the data").into());
     }
     Ok(obs.update(x, shape)?)
-}
-
-/// A batch of `n` samples cut into `parts` consecutive slices (some may be empty, and are
-/// dropped; at least one remains).
-fn split_batch(
-    batch: &HashMap<String, Value>,
-    n: usize,
-    parts: usize,
-) -> Result<Vec<HashMap<String, Value>>> {
-    let size = n.div_ceil(parts.max(1)).max(1);
-    (0..n)
-        .step_by(size)
-        .map(|start| {
-            batch
-                .iter()
-                .map(|(k, v)| {
-                    let t = v
-                        .tensor
-                        .narrow(0, start, size.min(n - start))
-                        .map_err(zeropoint_engine::Error::from)?;
-                    Ok((k.clone(), Value::new(t, v.dtype)))
-                })
-                .collect()
-        })
-        .collect()
 }
 
 /// Each observer's range for the activation scheme. Range searches (MSE, entropy) are

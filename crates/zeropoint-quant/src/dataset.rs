@@ -92,8 +92,13 @@ enum Stream {
         /// The file being read and its stream.
         open: Option<(usize, Box<Stream>)>,
     },
-    /// A batch-first array in memory (a caller's own data: a notebook, a fuzzer).
-    Memory { path: PathBuf, array: RawTensor },
+    /// An array in memory (a caller's own data: a notebook, a fuzzer; or data whose batch is
+    /// not its first axis, read whole).
+    Memory {
+        path: PathBuf,
+        array: RawTensor,
+        batch: Batch,
+    },
     /// An idx file of unsigned bytes, read forward.
     Idx {
         path: PathBuf,
@@ -103,12 +108,38 @@ enum Stream {
     },
 }
 
+/// Where an input's samples lie in its array.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Batch {
+    /// Along this axis (0 but for inputs like a recurrent state [2, batch, 128]).
+    Axis(usize),
+    /// Nowhere: the input is a scalar (a sample rate, a threshold), the same for every sample.
+    Shared,
+}
+
+/// Where the samples of an input declared `info` lie: a scalar is shared; the batch is the first
+/// axis, unless that axis is fixed above 1 and a later one is free (a state [2, batch, 128]).
+fn batch_of_input(info: &ValueInfo) -> Batch {
+    let Some(shape) = &info.shape else {
+        return Batch::Axis(0);
+    };
+    match shape.first() {
+        None => Batch::Shared,
+        Some(Dim::Fixed(n)) if *n > 1 => shape
+            .iter()
+            .position(|d| matches!(d, Dim::Sym(_)))
+            .map_or(Batch::Axis(0), Batch::Axis),
+        Some(_) => Batch::Axis(0),
+    }
+}
+
 impl Dataset {
     /// Opens the data for the model inputs `inputs`: each spec is `NAME=FILE` or `FILE`; a
     /// `.npz` spec provides every input it has a member for; unnamed `.npy`/idx specs are matched
     /// to the inputs in order.
     pub fn open(specs: &[String], inputs: &[ValueInfo], prep: &Preprocess) -> Result<Dataset> {
-        let streams = open_streams(specs, inputs, prep)?;
+        let mut streams = open_streams(specs, inputs, prep)?;
+        arrange(&mut streams, inputs)?;
         let first = Path::new(specs.first().map_or("", String::as_str));
         let len = common_length(&streams, inputs, first)?;
         Ok(Dataset {
@@ -125,12 +156,6 @@ impl Dataset {
             .into_iter()
             .map(|(name, array)| {
                 let path = Path::new("<memory>").join(&name);
-                if array.shape.is_empty() {
-                    return Err(Error::new(
-                        &path,
-                        "a batch-first array needs at least one axis",
-                    ));
-                }
                 let bytes =
                     element_count(&array.shape).and_then(|n| n.checked_mul(array.dtype.size()));
                 if bytes != Some(array.data.len()) {
@@ -144,7 +169,17 @@ impl Dataset {
                         ),
                     ));
                 }
-                Ok((name, Stream::Memory { path, array }))
+                let batch = inputs
+                    .iter()
+                    .find(|i| i.name == name)
+                    .map_or(Batch::Axis(0), batch_of_input);
+                if array.shape.is_empty() && batch != Batch::Shared {
+                    return Err(Error::new(
+                        &path,
+                        "a batch-first array needs at least one axis",
+                    ));
+                }
+                Ok((name, Stream::Memory { path, array, batch }))
             })
             .collect::<Result<_>>()?;
         let len = common_length(&streams, inputs, Path::new("<memory>"))?;
@@ -175,15 +210,16 @@ impl Dataset {
         Ok(Some(batch))
     }
 
+    /// How many samples the batches read so far held.
+    pub fn consumed(&self) -> usize {
+        self.next
+    }
+
     /// The shape of one sample (a batch of 1) of every input the data provides.
     pub fn sample_shapes(&self) -> HashMap<String, Vec<usize>> {
         self.streams
             .iter()
-            .map(|(name, stream)| {
-                let mut shape = stream.sample_shape().0.to_vec();
-                shape[0] = 1;
-                (name.clone(), shape)
-            })
+            .map(|(name, stream)| (name.clone(), stream.one_sample().0))
             .collect()
     }
 
@@ -191,8 +227,8 @@ impl Dataset {
     /// run on it (the message says how to lower the batch, which cannot help here).
     pub fn check_one_sample(&self) -> Result<()> {
         for (_, stream) in &self.streams {
-            let (sample, dtype) = stream.sample_shape();
-            let elements = element_count(&sample[1..]).unwrap_or(usize::MAX);
+            let (one, dtype) = stream.one_sample();
+            let elements = element_count(&one).unwrap_or(usize::MAX);
             batch_bytes(stream.path(), elements, dtype.size().max(4), 1)?;
         }
         Ok(())
@@ -264,6 +300,13 @@ fn common_length(
 ) -> Result<usize> {
     let mut len = None;
     for (name, s) in streams {
+        let shared = matches!(
+            s,
+            Stream::Memory {
+                batch: Batch::Shared,
+                ..
+            }
+        );
         let info = inputs.iter().find(|i| &i.name == name).ok_or_else(|| {
             let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
             Error::new(
@@ -276,7 +319,7 @@ fn common_length(
         })?;
         s.check(info)?;
         let n = s.samples();
-        if *len.get_or_insert(n) != n {
+        if !shared && *len.get_or_insert(n) != n {
             return Err(Error::new(
                 s.path(),
                 format!(
@@ -323,13 +366,34 @@ impl Stream {
         }
     }
 
+    /// The shape of a batch of one sample, and the element type.
+    fn one_sample(&self) -> (Vec<usize>, DType) {
+        let (shape, dtype) = self.sample_shape();
+        let mut one = shape.to_vec();
+        match self.batch() {
+            Batch::Axis(k) => one[k] = 1,
+            Batch::Shared => {}
+        }
+        (one, dtype)
+    }
+
+    fn batch(&self) -> Batch {
+        match self {
+            Stream::Memory { batch, .. } => *batch,
+            _ => Batch::Axis(0),
+        }
+    }
+
     fn samples(&self) -> usize {
         match self {
             Stream::Array { sample, .. }
             | Stream::Inflating { sample, .. }
             | Stream::Idx { sample, .. }
             | Stream::Images { sample, .. } => sample[0],
-            Stream::Memory { array, .. } => array.shape[0],
+            Stream::Memory { array, batch, .. } => match batch {
+                Batch::Axis(k) => array.shape[*k],
+                Batch::Shared => usize::MAX,
+            },
             Stream::Files { shapes, .. } => shapes.iter().map(|(s, _)| s[0]).sum(),
         }
     }
@@ -355,19 +419,19 @@ impl Stream {
     fn check(&self, info: &ValueInfo) -> Result<()> {
         if let Stream::Files { files, shapes, .. } = self {
             for (file, (shape, dtype)) in files.iter().zip(shapes) {
-                check_fits(file, info, shape, *dtype)?;
+                check_fits(file, info, shape, Batch::Axis(0), *dtype)?;
             }
             return Ok(());
         }
         let (shape, dtype) = self.sample_shape();
-        check_fits(self.path(), info, shape, dtype)
+        check_fits(self.path(), info, shape, self.batch(), dtype)
     }
 
     /// Samples `from .. from + n`, as a batch-first tensor (streams that read forward are read
     /// in order: `from` is where the last batch ended).
     fn read(&mut self, from: usize, n: usize) -> Result<RawTensor> {
-        let (sample, dtype) = self.sample_shape();
-        let elements = element_count(&sample[1..]).unwrap_or(usize::MAX);
+        let (one, dtype) = self.one_sample();
+        let elements = element_count(&one).unwrap_or(usize::MAX);
         // A folder's files check their own batches.
         if !matches!(self, Stream::Files { .. }) {
             batch_bytes(self.path(), elements, dtype.size().max(4), n)?;
@@ -395,11 +459,10 @@ impl Stream {
                     .map_err(|e| Error::io(path, "read", e))?;
                 Ok(batch_of(sample, n, *dtype, data))
             }
-            Stream::Memory { array, .. } => {
-                let row = array.data.len() / array.shape[0].max(1);
-                let data = array.data[row * from..row * (from + n)].to_vec();
-                Ok(batch_of(&array.shape, n, array.dtype, data))
-            }
+            Stream::Memory { array, batch, .. } => Ok(match *batch {
+                Batch::Axis(k) => take_along(array, k, from, n),
+                Batch::Shared => array.clone(),
+            }),
             Stream::Inflating {
                 path,
                 reader,
@@ -472,6 +535,60 @@ fn batch_bytes(path: &Path, elements: usize, size: usize, n: usize) -> Result<()
         .map_err(|m| Error::new(path, format!("{m}; lower --batch or --samples")))
 }
 
+/// Reads whole, into memory, the data of inputs whose samples do not lie along the first axis
+/// (see [`batch_of_input`]): a recurrent state [2, N, 128], a scalar shared by every sample.
+fn arrange(streams: &mut [(String, Stream)], inputs: &[ValueInfo]) -> Result<()> {
+    for (name, stream) in streams.iter_mut() {
+        let Some(info) = inputs.iter().find(|i| &i.name == name) else {
+            continue; // common_length names it
+        };
+        let batch = batch_of_input(info);
+        if batch == Batch::Axis(0) {
+            continue;
+        }
+        if matches!(
+            stream,
+            Stream::Files { .. } | Stream::Images { .. } | Stream::Idx { .. }
+        ) {
+            return Err(Error::new(
+                stream.path(),
+                format!(
+                    "input '{name}' ({}) does not take its samples along its first axis: give it as one array (.npy or an .npz member)",
+                    info.shape_text()
+                ),
+            ));
+        }
+        let path = stream.path().to_path_buf();
+        let mut array = stream.read(0, stream.samples())?;
+        if batch == Batch::Shared && array.len() == 1 {
+            array.shape.clear();
+        }
+        *stream = Stream::Memory { path, array, batch };
+    }
+    Ok(())
+}
+
+/// Samples `from .. from + n` along `axis` of `array`.
+fn take_along(array: &RawTensor, axis: usize, from: usize, n: usize) -> RawTensor {
+    let size = array.dtype.size();
+    let outer: usize = array.shape[..axis].iter().product();
+    let inner: usize = array.shape[axis + 1..].iter().product::<usize>() * size;
+    let len = array.shape[axis];
+    let mut data = Vec::with_capacity(outer * n * inner);
+    for o in 0..outer {
+        let start = (o * len + from) * inner;
+        data.extend_from_slice(&array.data[start..start + n * inner]);
+    }
+    let mut shape = array.shape.clone();
+    shape[axis] = n;
+    RawTensor {
+        name: String::new(),
+        dtype: array.dtype,
+        shape,
+        data,
+    }
+}
+
 /// `n` samples of shape `sample[1..]` as one tensor.
 fn batch_of(sample: &[usize], n: usize, dtype: DType, data: Vec<u8>) -> RawTensor {
     let mut shape = sample.to_vec();
@@ -514,10 +631,10 @@ fn npy_header(reader: &mut impl Read, path: &Path, name: &str) -> Result<(DType,
             "only C-order little-endian arrays can be streamed (np.ascontiguousarray, '<' dtypes)",
         ));
     }
-    if h.shape.is_empty() {
-        return Err(Error::new(path, "a scalar is not a batch of samples"));
-    }
-    Ok((h.dtype, h.shape, h.data_offset as u64))
+    // A scalar reads as one element: the input it is for decides whether that is one sample or
+    // a value shared by all (`arrange`).
+    let shape = if h.shape.is_empty() { vec![1] } else { h.shape };
+    Ok((h.dtype, shape, h.data_offset as u64))
 }
 
 /// The `.npy` image at `base` of the file `reader` reads, as rows read with seeks.
@@ -677,8 +794,17 @@ pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
 
 /// `shape` (batch first) and `dtype` of data from `path` fit the declared input: element type,
 /// and every fixed dimension but the batch.
-fn check_fits(path: &Path, info: &ValueInfo, shape: &[usize], dtype: DType) -> Result<()> {
-    let per_sample = &shape[1..];
+fn check_fits(
+    path: &Path,
+    info: &ValueInfo,
+    shape: &[usize],
+    batch: Batch,
+    dtype: DType,
+) -> Result<()> {
+    let mut per_sample = shape.to_vec();
+    if let Batch::Axis(k) = batch {
+        per_sample.remove(k);
+    }
     if let Some(want) = info.dtype.filter(|&d| d != dtype) {
         return Err(Error::new(
             path,
@@ -686,7 +812,15 @@ fn check_fits(path: &Path, info: &ValueInfo, shape: &[usize], dtype: DType) -> R
         ));
     }
     // The batch dimension is the data's to choose.
-    let fits = |decl: &Vec<Dim>| !decl.is_empty() && dims_fit(&decl[1..], per_sample);
+    let fits = |decl: &Vec<Dim>| {
+        let mut decl = decl.clone();
+        match batch {
+            Batch::Axis(k) if k < decl.len() => drop(decl.remove(k)),
+            Batch::Axis(_) => return false,
+            Batch::Shared => {}
+        }
+        dims_fit(&decl, &per_sample)
+    };
     if info.shape.as_ref().is_some_and(|decl| !fits(decl)) {
         return Err(Error::new(
             path,

@@ -27,7 +27,7 @@ use crate::prepare::prepare;
 use crate::qdq_export::export;
 use crate::report::layer_errors;
 use crate::settings::Settings;
-use zeropoint_engine::infer::{dtypes_of, probe, with_input_shapes, Run};
+use zeropoint_engine::infer::{dtypes_of, probe_on, Run};
 use zeropoint_graph::graph::dims_fit;
 use zeropoint_graph::Dim;
 
@@ -86,11 +86,12 @@ pub fn quantize(
     let t = Instant::now();
     let prepared = prepare(path, &opts.settings)?;
     let mut graph = prepared.graph;
-    // Types and shapes from one run at the data's own sample shapes: nothing is guessed about
-    // free dimensions.
+    // Types and shapes from one run on the first sample: nothing is guessed about free
+    // dimensions, and control flow takes the data's path.
     let mut data = open_data(&graph, opts)?;
     data.check_one_sample()?;
-    let seen = probe(&with_input_shapes(&graph, &data.sample_shapes()))?;
+    let first = open_data(&graph, opts)?.next_batch(1)?.unwrap_or_default();
+    let seen = probe_on(&graph, first)?;
     drop_contradicted_output_shapes(&mut graph, &seen);
     let plan = Plan::new(&graph, dtypes_of(&graph, seen), &opts.exclude)?;
     seconds.prepare = t.elapsed().as_secs_f64();

@@ -33,17 +33,12 @@ pub fn layer_errors(
         |b| compare_batch(&float, &|b, hook| sim.run_with(b, hook), &names, b).map(|c| c.layers);
     let mut layers = LayerErrors::new(names.clone());
     let workers = rayon::current_num_threads().max(1);
-    let (mut done, total) = (0, data.len);
+    let total = data.len;
     loop {
         let batches = next_batches(data, batch, workers)?;
         if batches.is_empty() {
             break;
         }
-        done += batches
-            .iter()
-            .filter_map(|b| b.values().next())
-            .map(|v| v.shape().first().copied().unwrap_or(0))
-            .sum::<usize>();
         let parts: Vec<LayerErrors> = batches
             .into_par_iter()
             .map(measure)
@@ -51,7 +46,7 @@ pub fn layer_errors(
         for p in &parts {
             layers.merge(p);
         }
-        progress(done, total);
+        progress(data.consumed(), total);
     }
     Ok(layers.into_list())
 }

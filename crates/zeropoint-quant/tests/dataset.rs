@@ -59,3 +59,67 @@ fn stored_and_compressed_npz_give_the_same_batches() {
     assert_eq!(batches[0], batches[1]);
     assert_eq!(batches[0][2], (ids[30..].to_vec(), x[18..].to_vec()));
 }
+
+/// A recurrent state [2, N, 4] takes its samples along axis 1, and a scalar input (a sample
+/// rate) is one value shared by every batch, as silero-vad's inputs are.
+#[test]
+fn samples_along_a_later_axis_and_shared_scalars() {
+    let dir = tempfile::tempdir().unwrap();
+    let x: Vec<f32> = (0..5 * 3).map(|i| i as f32).collect();
+    let state: Vec<f32> = (0..2 * 5 * 4).map(|i| i as f32 * 0.25).collect();
+    let path = dir.path().join("calib.npz");
+    let members = [
+        ("x", npy::to_bytes(&[5, 3], &x)),
+        ("state", npy::to_bytes(&[2, 5, 4], &state)),
+        ("sr", npy::to_bytes::<i64>(&[], &[16000])),
+    ];
+    write_npz(&path, zip::CompressionMethod::Stored, &members);
+    let n = || Dim::Sym("N".into());
+    let inputs = [
+        info("x", DType::F32, vec![n(), Dim::Fixed(3)]),
+        info("state", DType::F32, vec![Dim::Fixed(2), n(), Dim::Fixed(4)]),
+        info("sr", DType::I64, vec![]),
+    ];
+    let spec = [path.display().to_string()];
+    let mut data = Dataset::open(&spec, &inputs, &Preprocess::default()).unwrap();
+    assert_eq!(data.len, 5);
+    assert_eq!(data.sample_shapes()["state"], [2, 1, 4]);
+    assert_eq!(data.sample_shapes()["sr"], Vec::<usize>::new());
+    data.next_batch(3).unwrap().unwrap();
+    let b = data.next_batch(3).unwrap().unwrap();
+    assert_eq!(b["x"].shape(), [2, 3]);
+    assert_eq!(b["state"].shape(), [2, 2, 4]);
+    // Samples 3 and 4 of each of the two state rows.
+    let want: Vec<f32> = [12..20, 32..40]
+        .into_iter()
+        .flatten()
+        .map(|i| state[i])
+        .collect();
+    assert_eq!(b["state"].to_f32s().unwrap(), want);
+    assert_eq!(b["sr"].shape(), [] as [usize; 0]);
+    assert_eq!(b["sr"].to_i64s().unwrap(), [16000]);
+    assert_eq!(data.consumed(), 5);
+}
+
+/// A per-sample array given for a scalar input is refused, saying what the input wants.
+#[test]
+fn a_scalar_input_refuses_per_sample_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sr.npy");
+    std::fs::write(&path, npy::to_bytes::<i64>(&[3], &[1, 2, 3])).unwrap();
+    let inputs = [info("sr", DType::I64, vec![])];
+    let spec = [path.display().to_string()];
+    let e = Dataset::open(&spec, &inputs, &Preprocess::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("input 'sr' must have shape []"), "{e}");
+}
+
+fn info(name: &str, dtype: DType, shape: Vec<Dim>) -> ValueInfo {
+    ValueInfo {
+        name: name.into(),
+        dtype: Some(dtype),
+        shape: Some(shape),
+    }
+}
