@@ -88,6 +88,21 @@ def error_ratio(sim, ort_ref, flt):
     return num / den if den > 0 else 0.0
 
 
+def qdq_inside_subgraphs(path):
+    """QuantizeLinear and DequantizeLinear nodes inside If/Loop/Scan bodies, at any depth."""
+    import onnx
+
+    def count(graph, nested):
+        n = sum(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.node) if nested else 0
+        for node in graph.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    n += count(a.g, True)
+        return n
+
+    return count(onnx.load(path).graph, False)
+
+
 def check(exe, zoo, inputs, out, name):
     folder = os.path.join(zoo, name)
     model = os.path.join(folder, next(f for f in sorted(os.listdir(folder)) if f.endswith(".onnx")))
@@ -144,6 +159,7 @@ def check(exe, zoo, inputs, out, name):
             row[f"{preset}_ratio"] = ratio
         row[preset] += "" if exact else ", int outputs differ"
         row[f"{preset}_exact"], row[f"{preset}_seconds"] = exact, secs
+        row[f"{preset}_qdq_in_subgraphs"] = qdq_inside_subgraphs(q)
     return row
 
 

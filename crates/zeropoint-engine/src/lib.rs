@@ -7,7 +7,8 @@
 //! - [`value`]: a candle-core tensor and the ONNX element type it stands for.
 //! - [`ops`]: one short function per operator family, on candle tensors, so that gradients
 //!   flow through the same code (candle's autodiff).
-//! - [`exec`]: the [`Executor`], with a hook that observes or replaces every value.
+//! - [`exec`]: the [`Executor`], with a hook that observes or replaces every value, the values
+//!   inside If branches and Loop/Scan bodies included (its `control_flow` module runs those).
 //! - [`infer`]: the shape and element type of every value, from probe runs of the executor.
 //! - [`evaluator`]: the engine as the evaluator that zeropoint-graph's passes ask
 //!   (constant folding, value types).
@@ -30,7 +31,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod control_flow;
 pub mod error;
 pub mod evaluator;
 pub mod exec;

@@ -434,6 +434,40 @@ impl Graph {
             .collect()
     }
 
+    /// The initializer `name` of this graph or of any of its subgraphs (names are unique in a
+    /// model: subgraphs do not redefine their enclosing graphs' values).
+    pub fn find_initializer(&self, name: &str) -> Option<&RawTensor> {
+        self.initializer(name).or_else(|| {
+            self.nodes
+                .iter()
+                .flat_map(|n| &n.subgraphs)
+                .find_map(|(_, g)| g.find_initializer(name))
+        })
+    }
+
+    /// The graph and its subgraphs as one graph, for analyses that look at structure, never to
+    /// run: every node in order (a control-flow node, without its subgraphs, before their
+    /// nodes), every initializer, and every graph output (the subgraphs' among them).
+    pub fn flattened(&self) -> Graph {
+        let mut flat = Graph {
+            nodes: Vec::new(),
+            ..self.clone()
+        };
+        for n in &self.nodes {
+            flat.nodes.push(Node {
+                subgraphs: vec![],
+                ..n.clone()
+            });
+            for (_, sub) in &n.subgraphs {
+                let inner = sub.flattened();
+                flat.nodes.extend(inner.nodes);
+                flat.initializers.extend(inner.initializers);
+                flat.outputs.extend(inner.outputs);
+            }
+        }
+        flat
+    }
+
     /// Every node of this graph and of its subgraphs, depth first.
     pub fn all_nodes(&self) -> Vec<&Node> {
         let mut all = Vec::new();

@@ -79,7 +79,7 @@ pub fn params(graph: &Graph, plan: &Plan, ranges: &Ranges, settings: &Settings) 
             continue;
         };
         let bias = graph
-            .initializer(&b.name)
+            .find_initializer(&b.name)
             .ok_or_else(|| Error::new(&graph.source, format!("bias '{}' is missing", b.name)))?;
         if let Some(params) = bias_params(&b.name, &bias.to_f32s(), &wq.qparams, &xq.qparams) {
             p.biases.push(params);
@@ -131,7 +131,7 @@ fn activation_params(
 fn weight_params(graph: &Graph, w: &WeightSite, settings: &Settings) -> Result<WeightParams> {
     let at = || format!("weight '{}'", w.name);
     let t = graph
-        .initializer(&w.name)
+        .find_initializer(&w.name)
         .ok_or_else(|| Error::new(&graph.source, format!("weight '{}' is missing", w.name)))?;
     let scheme = site_scheme(&settings.weights, w, &t.shape);
     let ranges = estimate_values(

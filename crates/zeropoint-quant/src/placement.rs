@@ -122,12 +122,16 @@ impl Plan {
     /// name or operator type is in `exclude`. Only float32 values are quantized: `types` holds
     /// every value's element type ([`zeropoint_engine::infer::dtypes`], run on the data's
     /// shapes).
+    ///
+    /// Layers inside subgraphs (the branches of If, the bodies of Loop and Scan) are placed like
+    /// any other; values only the subgraphs see (their inputs and outputs) stay float.
     pub fn new(graph: &Graph, types: HashMap<String, DType>, exclude: &[String]) -> Result<Plan> {
+        let flat = graph.flattened();
         let rules = Rules {
-            graph,
+            graph: &flat,
             types,
             exclude,
-            outputs: graph.outputs.iter().map(|o| o.name.as_str()).collect(),
+            outputs: flat.outputs.iter().map(|o| o.name.as_str()).collect(),
         };
         let mut plan = Plan::default();
         let mut needed = plan.layer_quantizers(&rules);

@@ -39,17 +39,21 @@ pub fn export(graph: &Graph, plan: &Plan, p: &Params, base: &ModelProto) -> Resu
     }
     let mut x = Export {
         names: Names::new(graph),
-        g: graph.clone(),
-        front: Vec::new(),
-        renamed: HashMap::new(),
+        source: graph.source.clone(),
     };
-    x.weights(plan, p)?;
-    x.biases(plan, p);
-    x.read_dequantized_weights();
+    let mut g = graph.clone();
+    let mut dequantized = x.weights(&mut g, plan, p)?;
+    dequantized.extend(x.biases(&mut g, plan, p)?);
+    x.read_dequantized(&mut g, &dequantized);
     let pairs = x.activations(plan, p)?;
-    x.insert_pairs(graph, pairs);
-    x.g.sort()?;
-    Ok(x.g.to_model(base)?)
+    let front = graph
+        .inputs
+        .iter()
+        .filter_map(|i| pairs.get(&i.name))
+        .collect();
+    insert_pairs(&mut g, &pairs, front);
+    g.sort()?;
+    Ok(g.to_model(base)?)
 }
 
 /// The opset an export with these settings needs: per-channel parameters (int32 biases among
@@ -100,95 +104,171 @@ fn storage(grid: Grid) -> DType {
 }
 
 /// The graph being rewritten.
+/// The rewrite in progress: fresh names across the whole model (subgraphs included).
 struct Export {
-    g: Graph,
     names: Names,
-    /// DequantizeLinear nodes of weights and biases: they go first.
-    front: Vec<Node>,
-    /// Float weight or bias → the output of its DequantizeLinear.
-    renamed: HashMap<String, String>,
+    source: std::path::PathBuf,
 }
 
-/// A quantized activation's QuantizeLinear → DequantizeLinear pair and the value consumers read.
+/// A quantized initializer: the DequantizeLinear that gives its float value back (one per graph
+/// that reads it, so that the layers of a subgraph find their DequantizeLinear beside them).
+struct Dequantize {
+    base: String,
+    inputs: [String; 3],
+    attributes: Vec<(&'static str, i64)>,
+}
+
+/// An activation's QuantizeLinear → DequantizeLinear, inserted after the node producing it, with
+/// the scale and zero-point initializers it introduces.
 struct Pair {
     dequantized: String,
     nodes: [Node; 2],
+    initializers: Vec<RawTensor>,
+}
+
+/// Inserts each activation's pair after its producer, in whichever graph that is, and makes
+/// every reader (in that graph or a subgraph of it) read the dequantized value; `front` are the
+/// pairs of the main graph's inputs.
+fn insert_pairs(g: &mut Graph, pairs: &HashMap<String, Pair>, front: Vec<&Pair>) {
+    let mut nodes = Vec::with_capacity(g.nodes.len());
+    for pair in front {
+        nodes.extend(pair.nodes.iter().cloned());
+        g.initializers.extend(pair.initializers.iter().cloned());
+    }
+    for mut node in std::mem::take(&mut g.nodes) {
+        for input in node.inputs.iter_mut() {
+            if let Some(pair) = pairs.get(input) {
+                *input = pair.dequantized.clone();
+            }
+        }
+        for (_, sub) in &mut node.subgraphs {
+            insert_pairs(sub, pairs, Vec::new());
+        }
+        let after: Vec<&Pair> = node.outputs.iter().filter_map(|o| pairs.get(o)).collect();
+        nodes.push(node);
+        for pair in after {
+            nodes.extend(pair.nodes.iter().cloned());
+            g.initializers.extend(pair.initializers.iter().cloned());
+        }
+    }
+    g.nodes = nodes;
+}
+
+/// The graph (`g` or one of its subgraphs) that holds the initializer `name`.
+fn owner<'a>(g: &'a mut Graph, name: &str) -> Option<&'a mut Graph> {
+    if g.initializer(name).is_some() {
+        return Some(g);
+    }
+    g.nodes
+        .iter_mut()
+        .flat_map(|n| n.subgraphs.iter_mut())
+        .find_map(|(_, sub)| owner(sub, name))
 }
 
 impl Export {
-    /// Integer weights with their scale and zero-point, and a DequantizeLinear each.
-    fn weights(&mut self, plan: &Plan, p: &Params) -> Result<()> {
+    /// Each planned weight's codes and parameters as initializers beside it (the float
+    /// original goes).
+    fn weights(
+        &mut self,
+        g: &mut Graph,
+        plan: &Plan,
+        p: &Params,
+    ) -> Result<HashMap<String, Dequantize>> {
+        let mut out = HashMap::new();
         for w in &plan.weights {
             let Some(qp) = p.weight(&w.name).map(|w| &w.qparams) else {
                 continue;
             };
-            let t = self.g.initializer(&w.name).ok_or_else(|| {
-                Error::new(&self.g.source, format!("weight '{}' is missing", w.name))
-            })?;
+            let missing = || Error::new(&self.source, format!("weight '{}' is missing", w.name));
+            let scope = owner(g, &w.name).ok_or_else(missing)?;
+            let t = scope.initializer(&w.name).ok_or_else(missing)?;
             let shape = t.shape.clone();
             let ty = storage(qp.grid);
             let codes = codes(&t.to_f32s(), &shape, qp, ty)
-                .map_err(|e| Error::at(&self.g.source, format!("weight '{}'", w.name), e))?;
+                .map_err(|e| Error::at(&self.source, format!("weight '{}'", w.name), e))?;
             let q = self.names.fresh(&format!("{}_quantized", w.name));
-            self.g
-                .initializers
-                .push(RawTensor::from_i64s(&q, &shape, &codes, ty));
-            let (scale, zp) = self.params_initializers(&w.name, qp, ty, &shape)?;
-            let out = self.names.fresh(&format!("{}_dequantized", w.name));
-            let dq = self.dq_node(&w.name, [q, scale, zp], &out, qp);
-            self.front.push(dq);
-            self.renamed.insert(w.name.clone(), out);
+            let mut added = vec![RawTensor::from_i64s(&q, &shape, &codes, ty)];
+            let (scale, zp) = self.params_initializers(&w.name, qp, ty, &shape, &mut added)?;
+            scope.initializers.retain(|t| t.name != w.name);
+            scope.initializers.extend(added);
+            let dq = Dequantize {
+                base: w.name.clone(),
+                inputs: [q, scale, zp],
+                attributes: dq_attributes(qp),
+            };
+            out.insert(w.name.clone(), dq);
         }
-        Ok(())
+        Ok(out)
     }
 
-    /// Int32 biases, per channel, zero-point 0, in plan order (same inputs, same bytes out).
-    fn biases(&mut self, plan: &Plan, p: &Params) {
+    /// Each int32 bias's codes, per-channel scales and zero zero-points, beside it.
+    fn biases(
+        &mut self,
+        g: &mut Graph,
+        plan: &Plan,
+        p: &Params,
+    ) -> Result<HashMap<String, Dequantize>> {
+        let mut out = HashMap::new();
         for b in plan.biases.iter().filter_map(|site| p.bias(&site.name)) {
             let name = &b.name;
-            let shape = self
-                .g
-                .initializer(name)
-                .map(|t| t.shape.clone())
-                .unwrap_or_default();
+            // A bias two layers share is quantized once (with the first layer's scales).
+            if out.contains_key(name) {
+                continue;
+            }
+            let missing = || Error::new(&self.source, format!("bias '{name}' is missing"));
+            let scope = owner(g, name).ok_or_else(missing)?;
+            let shape = scope.initializer(name).ok_or_else(missing)?.shape.clone();
             let n = b.scale.len();
             let q = self.names.fresh(&format!("{name}_quantized"));
-            let codes: Vec<i64> = b.codes.iter().map(|&c| i64::from(c)).collect();
-            self.g
-                .initializers
-                .push(RawTensor::from_i64s(&q, &shape, &codes, DType::I32));
             let scale = self.names.fresh(&format!("{name}_scale"));
-            self.g
-                .initializers
-                .push(RawTensor::from_f32s(&scale, &[n], &b.scale));
             let zp = self.names.fresh(&format!("{name}_zero_point"));
-            self.g
-                .initializers
-                .push(RawTensor::from_i64s(&zp, &[n], &vec![0; n], DType::I32));
-            let out = self.names.fresh(&format!("{name}_dequantized"));
-            let dq = self.dq_node_with(name, [q, scale, zp], &out, &[("axis", 0)]);
-            self.front.push(dq);
-            self.renamed.insert(name.clone(), out);
+            let codes: Vec<i64> = b.codes.iter().map(|&c| i64::from(c)).collect();
+            scope.initializers.retain(|t| &t.name != name);
+            scope.initializers.extend([
+                RawTensor::from_i64s(&q, &shape, &codes, DType::I32),
+                RawTensor::from_f32s(&scale, &[n], &b.scale),
+                RawTensor::from_i64s(&zp, &[n], &vec![0; n], DType::I32),
+            ]);
+            let dq = Dequantize {
+                base: name.clone(),
+                inputs: [q, scale, zp],
+                attributes: vec![("axis", 0)],
+            };
+            out.insert(name.clone(), dq);
         }
+        Ok(out)
     }
 
-    /// Layers read the dequantized weights; the float ones go.
-    fn read_dequantized_weights(&mut self) {
-        for node in self.g.nodes.iter_mut() {
+    /// In `g` and each of its subgraphs: a DequantizeLinear at the front for every quantized
+    /// initializer its nodes read, which they read instead.
+    fn read_dequantized(&mut self, g: &mut Graph, dequantized: &HashMap<String, Dequantize>) {
+        let mut front: Vec<Node> = Vec::new();
+        let mut local: HashMap<String, String> = HashMap::new();
+        for node in g.nodes.iter_mut() {
+            for (_, sub) in &mut node.subgraphs {
+                self.read_dequantized(sub, dequantized);
+            }
             for input in node.inputs.iter_mut() {
-                if let Some(r) = self.renamed.get(input) {
-                    *input = r.clone();
+                let Some(dq) = dequantized.get(input) else {
+                    continue;
+                };
+                if !local.contains_key(input) {
+                    let out = self.names.fresh(&format!("{}_dequantized", dq.base));
+                    front.push(self.dq_node_with(
+                        &dq.base,
+                        dq.inputs.clone(),
+                        &out,
+                        &dq.attributes,
+                    ));
+                    local.insert(input.clone(), out);
                 }
+                *input = local[input.as_str()].clone();
             }
         }
-        let renamed = &self.renamed;
-        self.g
-            .initializers
-            .retain(|t| !renamed.contains_key(&t.name));
+        front.append(&mut g.nodes);
+        g.nodes = front;
     }
 
-    /// A Q → DQ pair per quantized activation (shared values reuse their source's scale and
-    /// zero-point initializers), by value.
     fn activations(&mut self, plan: &Plan, p: &Params) -> Result<HashMap<String, Pair>> {
         let quantized = plan
             .activations
@@ -205,10 +285,14 @@ impl Export {
                 .iter()
                 .find(|(v, _)| v == a)
                 .map_or(a, |(_, s)| s);
+            // A source's parameters go beside its own pair; values sharing its grid are in the
+            // same graph or a subgraph of it, where they are visible.
+            let mut initializers = Vec::new();
             let (scale, zp) = match param_names.get(source) {
                 Some(names) => names.clone(),
                 None => {
-                    let names = self.params_initializers(source, qp, storage(qp.grid), &[])?;
+                    let ty = storage(qp.grid);
+                    let names = self.params_initializers(source, qp, ty, &[], &mut initializers)?;
                     param_names.insert(source.clone(), names.clone());
                     names
                 }
@@ -221,87 +305,42 @@ impl Export {
                 &[a, &scale, &zp],
                 &[&q_out],
             );
-            let dq = self.dq_node(a, [q_out, scale, zp], &dq_out, qp);
+            let dq = self.dq_node_with(a, [q_out, scale, zp], &dq_out, &dq_attributes(qp));
             pairs.insert(
                 a.clone(),
                 Pair {
                     dequantized: dq_out,
                     nodes: [q, dq],
+                    initializers,
                 },
             );
         }
         Ok(pairs)
     }
 
-    /// Consumers read the dequantized activations; each pair goes right after its producer (or
-    /// first, for graph inputs), the weights' DequantizeLinear nodes before everything.
-    fn insert_pairs(&mut self, graph: &Graph, pairs: HashMap<String, Pair>) {
-        for node in self.g.nodes.iter_mut() {
-            for input in node.inputs.iter_mut() {
-                if let Some(pair) = pairs.get(input) {
-                    *input = pair.dequantized.clone();
-                }
-            }
-        }
-        let mut nodes = std::mem::take(&mut self.front);
-        for input in &graph.inputs {
-            if let Some(pair) = pairs.get(&input.name) {
-                nodes.extend(pair.nodes.iter().cloned());
-            }
-        }
-        for node in std::mem::take(&mut self.g.nodes) {
-            let after: Vec<Node> = node
-                .outputs
-                .iter()
-                .filter_map(|o| pairs.get(o))
-                .flat_map(|pair| pair.nodes.iter().cloned())
-                .collect();
-            nodes.push(node);
-            nodes.extend(after);
-        }
-        self.g.nodes = nodes;
-    }
-
-    /// Scale and zero-point initializers for `qp` on a tensor of shape `shape` (needed for
-    /// blocks): a scalar per tensor, a vector per axis, the blocked shape per block.
+    /// The scale and zero-point of `qp` as initializers (added to `out`), named after `base`.
     fn params_initializers(
         &mut self,
         base: &str,
         qp: &QParams,
         zp_type: DType,
         shape: &[usize],
+        out: &mut Vec<RawTensor>,
     ) -> Result<(String, String)> {
         let scale = self.names.fresh(&format!("{base}_scale"));
         let zp = self.names.fresh(&format!("{base}_zero_point"));
         let param_shape = match qp.granularity {
             Granularity::PerTensor if qp.scale.len() == 1 => vec![],
             Granularity::PerBlock { .. } => Layout::new(shape, qp.granularity)
-                .map_err(|e| Error::at(&self.g.source, format!("'{base}'"), e))?
+                .map_err(|e| Error::at(&self.source, format!("'{base}'"), e))?
                 .param_shape()
                 .to_vec(),
             _ => vec![qp.scale.len()],
         };
         let z: Vec<i64> = qp.zero_point.iter().map(|&z| i64::from(z)).collect();
-        self.g
-            .initializers
-            .push(RawTensor::from_f32s(&scale, &param_shape, &qp.scale));
-        self.g
-            .initializers
-            .push(RawTensor::from_i64s(&zp, &param_shape, &z, zp_type));
+        out.push(RawTensor::from_f32s(&scale, &param_shape, &qp.scale));
+        out.push(RawTensor::from_i64s(&zp, &param_shape, &z, zp_type));
         Ok((scale, zp))
-    }
-
-    /// DequantizeLinear of a quantizer with parameters `qp` (axis and block size from its
-    /// granularity).
-    fn dq_node(&mut self, base: &str, inputs: [String; 3], out: &str, qp: &QParams) -> Node {
-        let attributes: &[(&str, i64)] = match qp.granularity {
-            Granularity::PerTensor => &[],
-            Granularity::PerAxis { axis } => &[("axis", axis as i64)],
-            Granularity::PerBlock { axis, block } => {
-                &[("axis", axis as i64), ("block_size", block as i64)]
-            }
-        };
-        self.dq_node_with(base, inputs, out, attributes)
     }
 
     fn dq_node_with(
@@ -323,6 +362,17 @@ impl Export {
             .map(|&(name, v)| int_attribute(name, v))
             .collect();
         node
+    }
+}
+
+/// DequantizeLinear's attributes for parameters of `qp`'s granularity.
+fn dq_attributes(qp: &QParams) -> Vec<(&'static str, i64)> {
+    match qp.granularity {
+        Granularity::PerTensor => vec![],
+        Granularity::PerAxis { axis } => vec![("axis", axis as i64)],
+        Granularity::PerBlock { axis, block } => {
+            vec![("axis", axis as i64), ("block_size", block as i64)]
+        }
     }
 }
 

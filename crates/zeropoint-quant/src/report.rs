@@ -57,8 +57,8 @@ fn reported_values(graph: &Graph, plan: &Plan) -> Vec<String> {
     names.extend(plan.shared.iter().map(|(v, _)| v.clone()));
     names.extend(graph.outputs.iter().map(|o| o.name.clone()));
     let order: HashMap<String, usize> = graph
-        .nodes
-        .iter()
+        .all_nodes()
+        .into_iter()
         .flat_map(|n| n.outputs.iter().cloned())
         .enumerate()
         .map(|(i, o)| (o, i + 1))

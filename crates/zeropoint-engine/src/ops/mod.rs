@@ -141,7 +141,7 @@ fn lookup(op: &Op) -> Option<OpFn> {
 
 /// Whether zeropoint can run this node (operators of other domains are never [`Op`] variants).
 pub fn supports(node: &Node) -> bool {
-    lookup(&node.op).is_some() || crate::control_flow::supports(node)
+    lookup(&node.op).is_some()
 }
 
 /// Runs one node on its inputs.

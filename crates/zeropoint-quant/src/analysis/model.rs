@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use zeropoint_engine::{exec, infer, ops, Engine};
+use zeropoint_engine::{exec, infer, Engine};
 use zeropoint_graph::canonicalize::canonicalize;
 use zeropoint_graph::pattern::fused_groups;
 use zeropoint_graph::{Dim, Graph, ValueInfo, ValueType};
@@ -100,7 +100,7 @@ pub fn describe(
     let groups = fused_groups(canonical.as_ref().map_or(graph, |(g, _)| g));
     let mut ops: BTreeMap<&str, (usize, bool)> = BTreeMap::new();
     for n in &graph.nodes {
-        ops.entry(n.op.as_str()).or_insert((0, ops::supports(n))).0 += 1;
+        ops.entry(n.op.as_str()).or_insert((0, exec::supports(n))).0 += 1;
     }
     let io = |infos: &[ValueInfo]| -> Vec<ValueSummary> {
         infos

@@ -8,12 +8,14 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use zeropoint_graph::graph::dims_fit;
 use zeropoint_graph::{Graph, Node};
 use zeropoint_onnx::RawTensor;
 
-use crate::control_flow;
+mod control_flow;
+
 use crate::error::{Error, Result};
 use crate::ops::{self, Cx};
 use crate::value::Value;
@@ -28,8 +30,8 @@ pub type Hook<'a> = dyn FnMut(&str, Value) -> std::result::Result<Value, HookErr
 pub struct Executor<'g> {
     /// The graph, borrowed, or owned without its initializers ([`Executor::owning`]).
     graph: Cow<'g, Graph>,
-    /// The initializers as values, converted once.
-    initializers: Vec<(String, Value)>,
+    /// The initializers as values (the subgraphs' too), converted once.
+    scope: Arc<Scope>,
     /// Per node, the values no later node (nor the graph's outputs) reads.
     dead_after: Vec<Vec<String>>,
 }
@@ -51,13 +53,18 @@ pub fn check_supported(graph: &Graph) -> Result<()> {
     ))
 }
 
+/// Whether zeropoint can run `node`: an operator it has, or control flow with its subgraphs.
+pub fn supports(node: &Node) -> bool {
+    ops::supports(node) || control_flow::supports(node)
+}
+
 /// The nodes of `graph` and of its subgraphs that zeropoint cannot run, as "node 'x' (Op)"
 /// labels.
 pub fn unsupported(graph: &Graph) -> Vec<String> {
     graph
         .all_nodes()
         .into_iter()
-        .filter(|n| !ops::supports(n))
+        .filter(|n| !supports(n))
         .map(Node::label)
         .collect()
 }
@@ -75,15 +82,13 @@ impl<'g> Executor<'g> {
         mut value: impl FnMut(&RawTensor) -> std::result::Result<Value, HookError>,
     ) -> Result<Executor<'g>> {
         check_supported(graph)?;
-        let initializers = graph
-            .initializers
-            .iter()
-            .map(|t| {
-                let v =
-                    value(t).map_err(|e| located(graph, format!("initializer '{}'", t.name), e))?;
-                Ok((t.name.clone(), v))
-            })
-            .collect::<Result<_>>()?;
+        let scope = Arc::new(Scope::new(graph, &mut value)?);
+        Ok(Executor::in_scope(graph, scope))
+    }
+
+    /// An executor of `graph` whose initializers `scope` holds (a subgraph's, prepared with its
+    /// enclosing graph's).
+    pub(crate) fn in_scope(graph: &'g Graph, scope: Arc<Scope>) -> Executor<'g> {
         let mut last: HashMap<&str, usize> = HashMap::new();
         let reads: Vec<Vec<String>> = graph.nodes.iter().map(Node::reads).collect();
         for (i, names) in reads.iter().enumerate() {
@@ -98,11 +103,11 @@ impl<'g> Executor<'g> {
         for (name, i) in last {
             dead_after[i].push(name.to_string());
         }
-        Ok(Executor {
+        Executor {
             graph: Cow::Borrowed(graph),
-            initializers,
+            scope,
             dead_after,
-        })
+        }
     }
 
     /// The graph this executor runs (without its initializers if the executor owns it).
@@ -112,7 +117,7 @@ impl<'g> Executor<'g> {
 
     /// Whether `name` is an initializer (which a caller may feed to replace it).
     fn is_initializer(&self, name: &str) -> bool {
-        self.initializers.iter().any(|(n, _)| n == name)
+        self.scope.initializers.iter().any(|(n, _)| n == name)
     }
 
     /// Runs the graph on `inputs` (by name); returns the graph's outputs in order.
@@ -157,7 +162,7 @@ impl<'g> Executor<'g> {
         hook: &mut Hook,
     ) -> Result<Vec<Value>> {
         let g = self.graph();
-        env.extend(self.initializers.iter().cloned());
+        env.extend(self.scope.initializers.iter().cloned());
         for (name, v) in inputs {
             let v = hook(&name, v).map_err(|e| located(g, format!("input '{name}'"), e))?;
             env.insert(name, v);
@@ -182,7 +187,7 @@ impl<'g> Executor<'g> {
                 };
                 ops::run(&cx)
             } else {
-                control_flow::run(node, &args, &env, hook)
+                control_flow::run(node, self.scope.nested(i), &args, &env, hook)
             };
             let outs = outs.map_err(|e| located(g, node.label(), e))?;
             drop(args);
@@ -255,9 +260,9 @@ impl Executor<'static> {
     /// dropped, so that a model's weights are held once (for a caller that needs the graph only
     /// to run it, such as `zeropoint run` and `eval`).
     pub fn owning(graph: Graph) -> Result<Executor<'static>> {
-        let (initializers, dead_after) = {
+        let (scope, dead_after) = {
             let e = Executor::new(&graph)?;
-            (e.initializers, e.dead_after)
+            (e.scope, e.dead_after)
         };
         let graph = Graph {
             initializers: Vec::new(),
@@ -265,9 +270,53 @@ impl Executor<'static> {
         };
         Ok(Executor {
             graph: Cow::Owned(graph),
-            initializers,
+            scope,
             dead_after,
         })
+    }
+}
+
+/// The initializers of a graph as values, and those of its nodes' subgraphs.
+pub(crate) struct Scope {
+    initializers: Vec<(String, Value)>,
+    /// By node index, then attribute name.
+    subgraphs: HashMap<usize, Vec<(String, Arc<Scope>)>>,
+}
+
+impl Scope {
+    fn new(
+        graph: &Graph,
+        value: &mut impl FnMut(&RawTensor) -> std::result::Result<Value, HookError>,
+    ) -> Result<Scope> {
+        let initializers = graph
+            .initializers
+            .iter()
+            .map(|t| {
+                let v =
+                    value(t).map_err(|e| located(graph, format!("initializer '{}'", t.name), e))?;
+                Ok((t.name.clone(), v))
+            })
+            .collect::<Result<_>>()?;
+        let mut subgraphs = HashMap::new();
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let scopes = node
+                .subgraphs
+                .iter()
+                .map(|(attr, sub)| Ok((attr.clone(), Arc::new(Scope::new(sub, value)?))))
+                .collect::<Result<Vec<_>>>()?;
+            if !scopes.is_empty() {
+                subgraphs.insert(i, scopes);
+            }
+        }
+        Ok(Scope {
+            initializers,
+            subgraphs,
+        })
+    }
+
+    /// The scopes of node `i`'s subgraphs, by attribute name.
+    pub(crate) fn nested(&self, i: usize) -> &[(String, Arc<Scope>)] {
+        self.subgraphs.get(&i).map_or(&[], Vec::as_slice)
     }
 }
 

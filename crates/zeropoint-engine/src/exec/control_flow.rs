@@ -5,13 +5,14 @@
 //! or a loop.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::DType;
 
+use super::{Executor, Hook, Scope};
 use crate::error::{Error, Result};
-use crate::exec::{Executor, Hook};
 use crate::value::Value;
 
 /// Whether `node` is a control-flow operator with the subgraphs it needs.
@@ -25,18 +26,33 @@ pub fn supports(node: &Node) -> bool {
 }
 
 /// Runs a control-flow node on its inputs; `scope` holds the values its subgraphs may capture.
+/// `prepared` holds the subgraphs' initializers, as the enclosing executor converted them.
 pub(crate) fn run(
     node: &Node,
+    prepared: &[(String, Arc<Scope>)],
     inputs: &[Option<Value>],
     scope: &HashMap<String, Value>,
     hook: &mut Hook,
 ) -> Result<Vec<Value>> {
+    let cx = Cx {
+        node,
+        prepared,
+        scope,
+    };
     match node.op {
-        Op::If => run_if(node, inputs, scope, hook),
-        Op::Loop => run_loop(node, inputs, scope, hook),
-        Op::Scan => run_scan(node, inputs, scope, hook),
+        Op::If => run_if(&cx, inputs, hook),
+        Op::Loop => run_loop(&cx, inputs, hook),
+        Op::Scan => run_scan(&cx, inputs, hook),
         _ => Err(Error::Op(format!("operator {} is not supported", node.op))),
     }
+}
+
+/// What every control-flow operator needs: its node, its subgraphs' prepared initializers, and
+/// the values the subgraphs may capture.
+struct Cx<'a> {
+    node: &'a Node,
+    prepared: &'a [(String, Arc<Scope>)],
+    scope: &'a HashMap<String, Value>,
 }
 
 /// A subgraph ready to be called, once or once per iteration.
@@ -48,15 +64,19 @@ struct Body<'g> {
 }
 
 impl<'g> Body<'g> {
-    fn new(node: &'g Node, attr: &'static str, scope: &HashMap<String, Value>) -> Result<Self> {
-        let graph = node
-            .subgraph(attr)
-            .ok_or_else(|| Error::Op(format!("attribute '{attr}' (a graph) is missing")))?;
-        let exec = Executor::new(graph).map_err(|e| inside(attr, e))?;
+    fn new(cx: &Cx<'g>, attr: &'static str) -> Result<Self> {
+        let missing = || Error::Op(format!("attribute '{attr}' (a graph) is missing"));
+        let graph = cx.node.subgraph(attr).ok_or_else(missing)?;
+        let prepared = cx
+            .prepared
+            .iter()
+            .find(|(a, _)| a == attr)
+            .ok_or_else(missing)?;
+        let exec = Executor::in_scope(graph, prepared.1.clone());
         let captured = graph
             .captures()
             .into_iter()
-            .map(|name| match scope.get(&name) {
+            .map(|name| match cx.scope.get(&name) {
                 Some(v) => Ok((name, v.clone())),
                 None => Err(Error::Op(format!(
                     "{attr}: value '{name}' is not available"
@@ -119,18 +139,10 @@ fn inside(attr: &str, e: Error) -> Error {
 }
 
 /// If: the branch the (one-element, boolean) condition picks.
-fn run_if(
-    node: &Node,
-    inputs: &[Option<Value>],
-    scope: &HashMap<String, Value>,
-    hook: &mut Hook,
-) -> Result<Vec<Value>> {
+fn run_if(cx: &Cx, inputs: &[Option<Value>], hook: &mut Hook) -> Result<Vec<Value>> {
+    let node = cx.node;
     let cond = truth(required(inputs, 0, "cond")?, "cond")?;
-    let branch = Body::new(
-        node,
-        if cond { "then_branch" } else { "else_branch" },
-        scope,
-    )?;
+    let branch = Body::new(cx, if cond { "then_branch" } else { "else_branch" })?;
     let outs = branch.call(Vec::new(), hook)?;
     if outs.len() != node.outputs.len() {
         return Err(Error::Op(format!(
@@ -145,12 +157,7 @@ fn run_if(
 
 /// Loop: runs the body while the trip count and the condition allow, carrying N values from one
 /// iteration to the next; the body's further outputs are stacked along a new first axis.
-fn run_loop(
-    node: &Node,
-    inputs: &[Option<Value>],
-    scope: &HashMap<String, Value>,
-    hook: &mut Hook,
-) -> Result<Vec<Value>> {
+fn run_loop(cx: &Cx, inputs: &[Option<Value>], hook: &mut Hook) -> Result<Vec<Value>> {
     let trips = match inputs.first().and_then(Option::as_ref) {
         Some(m) => Some(one_int(m, "M")?),
         None => None,
@@ -174,7 +181,7 @@ fn run_loop(
         })
         .collect::<Result<_>>()?;
     let n_carried = carried.len();
-    let body = Body::new(node, "body", scope)?;
+    let body = Body::new(cx, "body")?;
     let n_scan = body.outputs(1 + n_carried)? - 1 - n_carried;
     let mut scans: Vec<Vec<Value>> = vec![Vec::new(); n_scan];
     let mut i = 0i64;
@@ -202,12 +209,8 @@ fn run_loop(
 
 /// Scan: runs the body once per slice of the scan inputs along their axes, carrying N state
 /// values; the body's further outputs are stacked along the scan output axes.
-fn run_scan(
-    node: &Node,
-    inputs: &[Option<Value>],
-    scope: &HashMap<String, Value>,
-    hook: &mut Hook,
-) -> Result<Vec<Value>> {
+fn run_scan(cx: &Cx, inputs: &[Option<Value>], hook: &mut Hook) -> Result<Vec<Value>> {
+    let node = cx.node;
     let attr = |name: &str| {
         node.attribute(name)
             .map(|a| a.ints.clone())
@@ -236,7 +239,7 @@ fn run_scan(
     let in_axes = axes(&attr("scan_input_axes"), scan_inputs, |v| v.shape().len())?;
     let in_reverse = attr("scan_input_directions");
     let len = sequence_length(scan_inputs, &in_axes)?;
-    let body = Body::new(node, "body", scope)?;
+    let body = Body::new(cx, "body")?;
     let n_scan = body.outputs(n_state)? - n_state;
     let mut scans: Vec<Vec<Value>> = vec![Vec::new(); n_scan];
     for t in 0..len {
