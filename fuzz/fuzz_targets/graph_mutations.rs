@@ -233,6 +233,7 @@ fn quantize(m: &ModelProto, path: &Path) -> Option<()> {
 
 fuzz_target!(|data: &[u8]| {
     limits::set_max_bytes(4 << 20);
+    limits::set_max_iterations(1000);
     let mut b = Bytes(data);
     let seeds = seeds();
     let mut m = seeds[b.pick(seeds.len())].clone();

@@ -229,6 +229,23 @@ def operators(out, cases, lim):
         "ConvTranspose strides": ([helper.make_node("ConvTranspose", ["x4", "w"], ["y"], strides=[big, big])],
                                   [f32c("w", np.ones((1, 1, 1, 1)))]),
     }
+    # A loop that never ends (its condition stays true), and one whose per-iteration outputs,
+    # stacked, outgrow the limit.
+    vi = helper.make_tensor_value_info
+    b, f = TensorProto.BOOL, TensorProto.FLOAT
+    forever = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Neg", ["v_in"], ["v_out"])],
+        "forever", [vi("i", TensorProto.INT64, []), vi("c_in", b, []), vi("v_in", f, None)],
+        [vi("c_out", b, []), vi("v_out", f, None)])
+    stacking = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Tile", ["v_in", "r"], ["big"])],
+        "stacking", [vi("i", TensorProto.INT64, []), vi("c_in", b, []), vi("v_in", f, None)],
+        [vi("c_out", b, []), vi("v_in_out", f, None), vi("big", f, None)])
+    stacking.node.append(helper.make_node("Identity", ["v_in"], ["v_in_out"]))
+    ops["Loop forever"] = ([helper.make_node("Loop", ["", "t", "x"], ["y"], body=forever)],
+                           [numpy_helper.from_array(np.array(True), "t")])
+    ops["Loop stacking"] = ([helper.make_node("Loop", ["m", "", "x"], ["last", "y"], body=stacking)],
+                            [i64("m", 1 << 40), i64("r", [256, 256])])
     for op, (nodes, inits) in ops.items():
         name = op.replace(" ", "_")
         path = os.path.join(folder, f"{name}.onnx")
@@ -236,7 +253,7 @@ def operators(out, cases, lim):
             nodes = [helper.make_node("Reshape", ["x", "s4"], ["x4"])] + nodes
             inits = inits + [i64("s4", [1, 1, 2, 2])]
         model(path, nodes, [f32("x", [2, 2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-        expect = "cannot reshape" if op == "Reshape" else "over the memory limit"
+        expect = {"Reshape": "cannot reshape", "Loop forever": "more than 1048576 iterations"}.get(op, "over the memory limit")
         cases.append(case(f"{op} asked for a huge output", ["run", f"ops/{name}.onnx", "-i", "ops/x.npy"] + lim, expect))
 
 

@@ -17,6 +17,14 @@ use crate::error::{Error, Result};
 /// Set by [`set_max_bytes`]; 0 means the default.
 static MAX_BYTES: AtomicU64 = AtomicU64::new(0);
 
+/// Set by [`set_max_iterations`]; 0 means [`DEFAULT_MAX_ITERATIONS`].
+static MAX_ITERATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The most iterations one Loop or Scan node may run by default: far beyond a model's sequence
+/// lengths (thousands of frames or tokens), far below what would hang the process on a file
+/// whose loop never ends.
+pub const DEFAULT_MAX_ITERATIONS: u64 = 1 << 20;
+
 /// The limit used where physical memory cannot be read.
 const FALLBACK: u64 = 8 << 30;
 
@@ -31,6 +39,19 @@ pub fn max_bytes() -> u64 {
 /// Sets the limit for the rest of the process (0 restores the default).
 pub fn set_max_bytes(bytes: u64) {
     MAX_BYTES.store(bytes, Ordering::Relaxed);
+}
+
+/// The most iterations one Loop or Scan node may run.
+pub fn max_iterations() -> u64 {
+    match MAX_ITERATIONS.load(Ordering::Relaxed) {
+        0 => DEFAULT_MAX_ITERATIONS,
+        n => n,
+    }
+}
+
+/// Sets the iteration limit for the rest of the process (0 restores the default).
+pub fn set_max_iterations(n: u64) {
+    MAX_ITERATIONS.store(n, Ordering::Relaxed);
 }
 
 /// 3/4 of physical memory: one tensor or file larger than that cannot be meant.

@@ -183,9 +183,10 @@ fn run_loop(cx: &Cx, inputs: &[Option<Value>], hook: &mut Hook) -> Result<Vec<Va
     let n_carried = carried.len();
     let body = Body::new(cx, "body")?;
     let n_scan = body.outputs(1 + n_carried)? - 1 - n_carried;
-    let mut scans: Vec<Vec<Value>> = vec![Vec::new(); n_scan];
+    let mut scans = Stacks::new(n_scan);
     let mut i = 0i64;
     while trips.is_none_or(|m| i < m) && cond != Some(false) {
+        check_iterations(i as u64)?;
         let mut args = vec![scalar_i64(i)?, scalar_bool(cond.unwrap_or(true))?];
         args.append(&mut carried);
         let mut outs = body.call(args, hook)?.into_iter();
@@ -194,13 +195,11 @@ fn run_loop(cx: &Cx, inputs: &[Option<Value>], hook: &mut Hook) -> Result<Vec<Va
             cond = Some(truth(&cond_out, "the body's condition")?);
         }
         carried = outs.by_ref().take(n_carried).collect();
-        for (k, v) in outs.enumerate() {
-            scans[k].push(v);
-        }
+        scans.push(outs)?;
         i += 1;
     }
     let mut results = carried;
-    for (k, values) in scans.into_iter().enumerate() {
+    for (k, values) in scans.0.into_iter().enumerate() {
         let declared = &body.graph().outputs[1 + results.len() + k];
         results.push(stack(values, 0, declared.dtype)?);
     }
@@ -241,7 +240,8 @@ fn run_scan(cx: &Cx, inputs: &[Option<Value>], hook: &mut Hook) -> Result<Vec<Va
     let len = sequence_length(scan_inputs, &in_axes)?;
     let body = Body::new(cx, "body")?;
     let n_scan = body.outputs(n_state)? - n_state;
-    let mut scans: Vec<Vec<Value>> = vec![Vec::new(); n_scan];
+    let mut scans = Stacks::new(n_scan);
+    check_iterations(len.saturating_sub(1) as u64)?;
     for t in 0..len {
         let mut args = std::mem::take(&mut state);
         for (j, v) in scan_inputs.iter().enumerate() {
@@ -256,14 +256,12 @@ fn run_scan(cx: &Cx, inputs: &[Option<Value>], hook: &mut Hook) -> Result<Vec<Va
         let mut outs = body.call(args, hook)?;
         let rest = outs.split_off(n_state);
         state = outs;
-        for (k, v) in rest.into_iter().enumerate() {
-            scans[k].push(v);
-        }
+        scans.push(rest)?;
     }
     let out_axes_attr = attr("scan_output_axes");
     let out_reverse = attr("scan_output_directions");
     let mut results = state;
-    for (k, mut values) in scans.into_iter().enumerate() {
+    for (k, mut values) in scans.0.into_iter().enumerate() {
         if out_reverse.get(k) == Some(&1) {
             values.reverse();
         }
@@ -276,6 +274,38 @@ fn run_scan(cx: &Cx, inputs: &[Option<Value>], hook: &mut Hook) -> Result<Vec<Va
         results.push(stack(values, axis, declared.dtype)?);
     }
     Ok(results)
+}
+
+/// Refuses a loop past its `i`-th iteration when that is over the iteration limit: a file whose
+/// loop never ends (or runs 10^18 times) gets an error, not a hung process.
+fn check_iterations(i: u64) -> Result<()> {
+    let limit = zeropoint_onnx::limits::max_iterations();
+    if i < limit {
+        return Ok(());
+    }
+    Err(Error::Op(format!(
+        "the loop would run more than {limit} iterations, the limit for one node"
+    )))
+}
+
+/// The per-iteration outputs to stack, one list per output, held within the memory limit.
+struct Stacks(Vec<Vec<Value>>, u128);
+
+impl Stacks {
+    fn new(n: usize) -> Stacks {
+        Stacks(vec![Vec::new(); n], 0)
+    }
+
+    fn push(&mut self, values: impl IntoIterator<Item = Value>) -> Result<()> {
+        for (k, v) in values.into_iter().enumerate() {
+            let bytes = v.tensor.elem_count() * v.tensor.dtype().size_in_bytes();
+            self.1 += bytes as u128;
+            zeropoint_onnx::limits::check(self.1, "the loop's stacked outputs")
+                .map_err(Error::Op)?;
+            self.0[k].push(v);
+        }
+        Ok(())
+    }
 }
 
 /// Each scan input's axis (attribute values, default 0), checked against its rank.
