@@ -44,7 +44,7 @@ pub fn export(graph: &Graph, plan: &Plan, p: &Params, base: &ModelProto) -> Resu
     let mut g = graph.clone();
     let mut dequantized = x.weights(&mut g, plan, p)?;
     dequantized.extend(x.biases(&mut g, plan, p)?);
-    x.read_dequantized(&mut g, &dequantized);
+    x.read_dequantized(&mut g, &dequantized)?;
     let pairs = x.activations(plan, p)?;
     let front = graph
         .inputs
@@ -116,6 +116,9 @@ struct Dequantize {
     base: String,
     inputs: [String; 3],
     attributes: Vec<(&'static str, i64)>,
+    /// Parameters per row (axis 0) with zero zero-points: a Gather of rows can look up codes and
+    /// scales and dequantize only the rows it reads ([`Export::lookup`]).
+    symmetric_rows: bool,
 }
 
 /// An activation's QuantizeLinear → DequantizeLinear, inserted after the node producing it, with
@@ -195,6 +198,8 @@ impl Export {
                 base: w.name.clone(),
                 inputs: [q, scale, zp],
                 attributes: dq_attributes(qp),
+                symmetric_rows: qp.granularity == Granularity::PerAxis { axis: 0 }
+                    && qp.zero_point.iter().all(|&z| z == 0),
             };
             out.insert(w.name.clone(), dq);
         }
@@ -233,6 +238,7 @@ impl Export {
                 base: name.clone(),
                 inputs: [q, scale, zp],
                 attributes: vec![("axis", 0)],
+                symmetric_rows: false,
             };
             out.insert(name.clone(), dq);
         }
@@ -241,12 +247,27 @@ impl Export {
 
     /// In `g` and each of its subgraphs: a DequantizeLinear at the front for every quantized
     /// initializer its nodes read, which they read instead.
-    fn read_dequantized(&mut self, g: &mut Graph, dequantized: &HashMap<String, Dequantize>) {
+    ///
+    /// A Gather of rows of a table quantized per row becomes a lookup of codes and scales
+    /// instead ([`Export::lookup`]): dequantizing a whole embedding table on every run costs
+    /// more than the model's other layers together.
+    fn read_dequantized(
+        &mut self,
+        g: &mut Graph,
+        dequantized: &HashMap<String, Dequantize>,
+    ) -> Result<()> {
         let mut front: Vec<Node> = Vec::new();
         let mut local: HashMap<String, String> = HashMap::new();
-        for node in g.nodes.iter_mut() {
+        let mut nodes = Vec::with_capacity(g.nodes.len());
+        for mut node in std::mem::take(&mut g.nodes) {
             for (_, sub) in &mut node.subgraphs {
-                self.read_dequantized(sub, dequantized);
+                self.read_dequantized(sub, dequantized)?;
+            }
+            let table = node.inputs.first().and_then(|t| dequantized.get(t));
+            let rows = node.op == Op::Gather && node.attribute("axis").is_none_or(|a| a.i() == 0);
+            if let Some(dq) = table.filter(|dq| rows && dq.symmetric_rows) {
+                nodes.extend(self.lookup(g, &node, dq)?);
+                continue;
             }
             for input in node.inputs.iter_mut() {
                 let Some(dq) = dequantized.get(input) else {
@@ -264,9 +285,49 @@ impl Export {
                 }
                 *input = local[input.as_str()].clone();
             }
+            nodes.push(node);
         }
-        front.append(&mut g.nodes);
+        front.append(&mut nodes);
         g.nodes = front;
+        Ok(())
+    }
+
+    /// `Gather(table, idx)` of a table quantized per row with zero zero-points, as
+    /// `Cast(Gather(codes, idx)) · Unsqueeze(Gather(scales, idx), -1)`: the rows it reads,
+    /// dequantized, exactly what DequantizeLinear of the whole table then Gather gives.
+    fn lookup(&mut self, g: &mut Graph, gather: &Node, dq: &Dequantize) -> Result<Vec<Node>> {
+        let (Some(idx), Some(out)) = (gather.inputs.get(1), gather.outputs.first()) else {
+            return Err(Error::new(
+                &self.source,
+                format!("{} needs a table and indices", gather.label()),
+            ));
+        };
+        let base = &gather.name;
+        let [codes, scales, _] = &dq.inputs;
+        let fresh = |names: &mut Names, what: &str| names.fresh(&format!("{base}_{what}"));
+        let (rows_q, rows_f, rows_s) = (
+            fresh(&mut self.names, "codes"),
+            fresh(&mut self.names, "rows"),
+            fresh(&mut self.names, "row_scales"),
+        );
+        let (axes, column) = (
+            fresh(&mut self.names, "axes"),
+            fresh(&mut self.names, "column"),
+        );
+        g.initializers
+            .push(RawTensor::from_i64s(&axes, &[1], &[-1], DType::I64));
+        let node = |names: &mut Names, op: Op, inputs: &[&str], output: &str| {
+            Node::new(names.fresh(&format!("{base}_{op}")), op, inputs, &[output])
+        };
+        let mut cast = node(&mut self.names, Op::Cast, &[&rows_q], &rows_f);
+        cast.attributes = vec![int_attribute("to", 1)]; // FLOAT
+        Ok(vec![
+            node(&mut self.names, Op::Gather, &[codes, idx], &rows_q),
+            cast,
+            node(&mut self.names, Op::Gather, &[scales, idx], &rows_s),
+            node(&mut self.names, Op::Unsqueeze, &[&rows_s, &axes], &column),
+            node(&mut self.names, Op::Mul, &[&rows_f, &column], out),
+        ])
     }
 
     fn activations(&mut self, plan: &Plan, p: &Params) -> Result<HashMap<String, Pair>> {
