@@ -240,6 +240,10 @@ def conv_cases():
          {"x": r.n(1, 2, 9)}, {"w": r.n(3, 2, 4)}, note="1-D, kernel 4 stride 2 SAME_LOWER: pads (2, 1)")
     case("Conv_1d_dilated", N("Conv", ["x", "w"], ["y"], dilations=[2], pads=[2, 2]),
          {"x": r.n(1, 2, 9)}, {"w": r.n(3, 2, 3)}, note="1-D, dilation 2 (effective kernel 5), explicit pads")
+    case("Conv_1d_stft", N("Conv", ["x", "w"], ["y"], strides=[16]), {"x": r.n(2, 1, 200)},
+         {"w": r.n(9, 1, 32)}, note="1-D, kernel 32 stride 16: an STFT as a convolution (only output positions computed)")
+    case("Conv_depthwise_strides", N("Conv", ["x", "w"], ["y"], group=3, strides=[1, 3], pads=[1, 1, 1, 1]),
+         {"x": r.n(1, 3, 6, 10)}, {"w": r.n(3, 1, 3, 3)}, note="depthwise with unequal strides [1, 3]")
     case("Conv_1x1", N("Conv", ["x", "w", "b"], ["y"]), {"x": r.n(1, 3, 4, 5)}, {"w": r.n(8, 3, 1, 1), "b": r.n(8)},
          note="pointwise 1x1 conv")
     case("Conv_3d", N("Conv", ["x", "w", "b"], ["y"], pads=[1, 0, 1, 1, 0, 1]), {"x": r.n(1, 2, 4, 4, 4)},

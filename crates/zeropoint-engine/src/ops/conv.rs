@@ -181,17 +181,7 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
             0,
         )
     };
-    let stride = if strides[0] == strides[1] {
-        strides[0]
-    } else {
-        1
-    };
-    let mut y = conv2d(&xp, &w, pad, stride, dil, groups)?;
-    if stride != strides[0] || stride != strides[1] {
-        let (oh, ow) = (y.dims()[2], y.dims()[3]);
-        y = strided(&y, 2, 0, oh.div_ceil(strides[0]), strides[0])?;
-        y = strided(&y, 3, 0, ow.div_ceil(strides[1]), strides[1])?;
-    }
+    let mut y = conv2d(&xp, &w, pad, (strides[0], strides[1]), dil, groups)?;
     if let Some(b) = cx.opt(2) {
         y = c(y.broadcast_add(&b.tensor.reshape((1, (), 1, 1))?))?;
     }
@@ -212,7 +202,7 @@ fn conv2d(
     x: &Tensor,
     w: &Tensor,
     pad: usize,
-    stride: usize,
+    (sh, sw): (usize, usize),
     dil: usize,
     groups: usize,
 ) -> R<Tensor> {
@@ -228,46 +218,55 @@ fn conv2d(
     if kh == 0 || kw == 0 {
         return Err("the kernel is empty".into());
     }
-    let out = |len: usize, k: usize| {
-        (len + stride)
-            .checked_sub((k - 1) * dil + 1)
-            .map(|v| v / stride)
-            .ok_or("kernel larger than the padded input")
-    };
-    let (oh, ow) = (out(h, kh)?, out(wd, kw)?);
+    let (oh, ow) = (
+        out_len(h, kh, sh, dil).ok_or(TOO_LARGE)?,
+        out_len(wd, kw, sw, dil).ok_or(TOO_LARGE)?,
+    );
     if n == 0 || m == 0 || oh == 0 || ow == 0 {
         return c(Tensor::zeros((n, m, oh, ow), xp.dtype(), xp.device()));
     }
     if groups > 1 && groups == c_in && w.dims()[0] == c_in {
-        return depthwise(&xp, w, stride, dil);
+        if sh == sw {
+            return depthwise(&xp, w, sh, dil);
+        }
+        // Depthwise convolutions take one stride: unequal ones subsample a stride-1 result.
+        let y = depthwise(&xp, w, 1, dil)?;
+        let (h1, w1) = (y.dims()[2], y.dims()[3]);
+        let y = strided(&y, 2, 0, h1.div_ceil(sh), sh)?;
+        return strided(&y, 3, 0, w1.div_ceil(sw), sw);
     }
     if groups == 1 {
-        return gemm_conv(&xp, w, stride, dil);
+        return gemm_conv(&xp, w, (sh, sw), dil);
     }
     let (xs, ws) = (c(xp.chunk(groups, 1))?, c(w.chunk(groups, 0))?);
     let parts = xs
         .iter()
         .zip(&ws)
-        .map(|(x, w)| gemm_conv(x, w, stride, dil))
+        .map(|(x, w)| gemm_conv(x, w, (sh, sw), dil))
         .collect::<R<Vec<_>>>()?;
     c(Tensor::cat(&parts, 1))
 }
 
-/// One group's convolution as W [M, C·kh·kw] × columns [C·kh·kw, OH·OW], image by image.
-fn gemm_conv(x: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
+const TOO_LARGE: &str = "kernel larger than the padded input";
+
+/// The output length of a convolution over `len` with kernel `k`, or None if it does not fit.
+fn out_len(len: usize, k: usize, stride: usize, dil: usize) -> Option<usize> {
+    (len + stride)
+        .checked_sub((k - 1) * dil + 1)
+        .map(|v| v / stride)
+}
+
+/// One group's convolution as W [M, C·kh·kw] × columns [C·kh·kw, OH·OW], image by image, at
+/// strides (`sh`, `sw`): only the output positions are computed (a 1-D STFT at stride 160
+/// does 1/160 of the work of a stride-1 convolution).
+fn gemm_conv(x: &Tensor, w: &Tensor, (sh, sw): (usize, usize), dil: usize) -> R<Tensor> {
     let (n, ch, h, wd) = c(x.dims4())?;
     let (m, _, kh, kw) = c(w.dims4())?;
-    let oh = (h + stride)
-        .checked_sub((kh - 1) * dil + 1)
-        .ok_or("kernel larger than the padded input")?
-        / stride;
-    let ow = (wd + stride)
-        .checked_sub((kw - 1) * dil + 1)
-        .ok_or("kernel larger than the padded input")?
-        / stride;
+    let oh = out_len(h, kh, sh, dil).ok_or(TOO_LARGE)?;
+    let ow = out_len(wd, kw, sw, dil).ok_or(TOO_LARGE)?;
     let k = ch * kh * kw;
     let w2 = c(w.reshape((m, k)))?;
-    if kh * kw == 1 && stride == 1 {
+    if kh * kw == 1 && sh == 1 && sw == 1 {
         // Pointwise: each image is already its own column matrix [C, H·W].
         let y = c(w2.broadcast_matmul(&x.reshape((n, ch, h * wd))?.contiguous()?))?;
         return c(y.reshape((n, m, oh, ow)));
@@ -277,14 +276,30 @@ fn gemm_conv(x: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
     for start in (0..n).step_by(chunk) {
         let b = chunk.min(n - start);
         let xb = c(x.narrow(0, start, b))?;
-        let cols = if xb.dtype() == candle_core::DType::F32 && !xb.track_op() {
-            im2col(&xb, (kh, kw), stride, dil, (oh, ow))?
+        let fast = xb.dtype() == candle_core::DType::F32 && !xb.track_op();
+        if fast && k * oh * ow > COLS_PER_CHUNK {
+            // One image's columns alone are too many (a 1-D conv over 40k samples with a long
+            // kernel): its output is computed in tiles of rows, or of columns for a single row.
+            let tile = COLS_PER_CHUNK;
+            parts.push(tiled_conv(
+                &xb,
+                &w2,
+                (kh, kw),
+                (sh, sw),
+                dil,
+                (oh, ow),
+                tile,
+            )?);
+            continue;
+        }
+        let cols = if fast {
+            im2col(&xb, (kh, kw), (sh, sw), dil, 0..oh, 0..ow)?
         } else {
             let mut taps = Vec::with_capacity(kh * kw);
             for i in 0..kh {
-                let rows = strided(&xb, 2, i * dil, oh, stride)?;
+                let rows = strided(&xb, 2, i * dil, oh, sh)?;
                 for j in 0..kw {
-                    taps.push(strided(&rows, 3, j * dil, ow, stride)?);
+                    taps.push(strided(&rows, 3, j * dil, ow, sw)?);
                 }
             }
             // [B, C, kh·kw, OH, OW] is, per image, the column matrix [C·kh·kw, OH·OW].
@@ -298,17 +313,61 @@ fn gemm_conv(x: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
     c(Tensor::cat(&parts, 0))
 }
 
-/// The column matrices [B, C·kh·kw, OH·OW] of a float32 batch [B, C, H, W], written in one pass
-/// (the same values the stacked strided views give, for runs without gradients).
+/// The convolution of one image [1, C, H, W] by `w2` [M, C·kh·kw] in output tiles whose column
+/// matrices hold about `tile` values (at least one output row, or one output position).
+fn tiled_conv(
+    x: &Tensor,
+    w2: &Tensor,
+    kernel: (usize, usize),
+    strides: (usize, usize),
+    dil: usize,
+    (oh, ow): (usize, usize),
+    tile: usize,
+) -> R<Tensor> {
+    let (m, k) = c(w2.dims2())?;
+    let mut tiles = Vec::new();
+    if oh > 1 {
+        let step = (tile / (k * ow).max(1)).max(1);
+        for r in (0..oh).step_by(step) {
+            let rows = r..(r + step).min(oh);
+            let cols = im2col(x, kernel, strides, dil, rows.clone(), 0..ow)?;
+            tiles.push(c(w2.broadcast_matmul(&cols)?.reshape((
+                1,
+                m,
+                rows.len(),
+                ow,
+            )))?);
+        }
+        return c(Tensor::cat(&tiles, 2));
+    }
+    let step = (tile / k.max(1)).max(1);
+    for col in (0..ow).step_by(step) {
+        let cols_range = col..(col + step).min(ow);
+        let cols = im2col(x, kernel, strides, dil, 0..1, cols_range.clone())?;
+        tiles.push(c(w2.broadcast_matmul(&cols)?.reshape((
+            1,
+            m,
+            1,
+            cols_range.len(),
+        )))?);
+    }
+    c(Tensor::cat(&tiles, 3))
+}
+
+/// The column matrices [B, C·kh·kw, rows·cols] of a float32 batch [B, C, H, W] for the output
+/// positions in `rows` × `cols`, written in one pass (the same values the stacked strided views
+/// give, for runs without gradients).
 fn im2col(
     x: &Tensor,
     (kh, kw): (usize, usize),
-    stride: usize,
+    (sh, sw): (usize, usize),
     dil: usize,
-    (oh, ow): (usize, usize),
+    out_rows: std::ops::Range<usize>,
+    out_cols: std::ops::Range<usize>,
 ) -> R<Tensor> {
     use rayon::prelude::*;
     let (b, ch, h, wd) = c(x.dims4())?;
+    let (oh, ow) = (out_rows.len(), out_cols.len());
     let per_tap = oh * ow;
     let mut cols = vec![0f32; b * ch * kh * kw * per_tap];
     crate::value::with_f32_slice(x, |x| {
@@ -320,11 +379,12 @@ fn im2col(
                 for (tap, dst) in out.chunks_mut(per_tap).enumerate() {
                     let (i, j) = (tap / kw, tap % kw);
                     for (r, row) in dst.chunks_mut(ow).enumerate() {
-                        let from = &src[(r * stride + i * dil) * wd + j * dil..];
-                        if stride == 1 {
+                        let r = out_rows.start + r;
+                        let from = &src[(r * sh + i * dil) * wd + out_cols.start * sw + j * dil..];
+                        if sw == 1 {
                             row.copy_from_slice(&from[..ow]);
                         } else {
-                            for (o, v) in row.iter_mut().zip(from.iter().step_by(stride)) {
+                            for (o, v) in row.iter_mut().zip(from.iter().step_by(sw)) {
                                 *o = *v;
                             }
                         }
@@ -544,5 +604,54 @@ fn split_total(total: i64, head_larger: bool) -> (i64, i64) {
         (total - total / 2, total / 2)
     } else {
         (total / 2, total - total / 2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Tiles of rows (2-D) and of columns (1-D) give the untiled product, at any tile size.
+    #[test]
+    fn tiled_convolutions_match_the_whole_product() {
+        let dev = &Device::Cpu;
+        for (shape, kernel, strides, dil) in [
+            ((1, 2, 9, 11), (3, 2), (2, 1), 1),
+            ((1, 1, 1, 200), (1, 16), (1, 5), 1),
+            ((1, 3, 7, 7), (3, 3), (1, 2), 2),
+        ] {
+            let n: usize = shape.0 * shape.1 * shape.2 * shape.3;
+            let xs: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            let x = Tensor::from_vec(xs, shape, dev).unwrap();
+            let k = shape.1 * kernel.0 * kernel.1;
+            let ws: Vec<f32> = (0..4 * k)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+                .collect();
+            let w2 = Tensor::from_vec(ws, (4, k), dev).unwrap();
+            let oh = out_len(shape.2, kernel.0, strides.0, dil).unwrap();
+            let ow = out_len(shape.3, kernel.1, strides.1, dil).unwrap();
+            let cols = im2col(&x, kernel, strides, dil, 0..oh, 0..ow).unwrap();
+            let whole = w2
+                .broadcast_matmul(&cols)
+                .unwrap()
+                .reshape((1, 4, oh, ow))
+                .unwrap();
+            let want = whole.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for tile in [1, k, 3 * k + 1, k * oh * ow] {
+                let y = tiled_conv(&x, &w2, kernel, strides, dil, (oh, ow), tile).unwrap();
+                assert_eq!(y.dims(), [1, 4, oh, ow]);
+                // The same sums, blocked differently by the matrix product: equal to rounding.
+                let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "{shape:?} tile {tile}"
+                    );
+                }
+            }
+        }
     }
 }
