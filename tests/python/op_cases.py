@@ -1347,6 +1347,11 @@ def control_flow_cases():
     case("Loop_for_scan_output", N("Loop", ["m", "", "acc0"], ["acc", "scans"], body=body),
          {"m": np.array(4, np.int64), "x": r.n(3), "acc0": r.n(3)},
          note="trip count only; the body captures x; carried sum and stacked per-iteration outputs")
+    body2 = G(list(body.node) + [N("Neg", ["xi"], ["scan2"])], "body2", list(body.input),
+              list(body.output) + [vi("scan2", f, None)])
+    case("Loop_two_scan_outputs", N("Loop", ["m", "", "acc0"], ["acc", "scans", "scans2"], body=body2),
+         {"m": np.array(3, np.int64), "x": r.n(3), "acc0": r.n(3)},
+         note="one carried value and two stacked outputs (found by fuzzing: the second was misindexed)")
     # Loop as a while loop: the body's condition stops it.
     body = G([N("Add", ["v_in", "one"], ["v_out"]),
               N("Less", ["v_out", "limit"], ["cond_out"]),

@@ -200,7 +200,7 @@ fn run_loop(cx: &Cx, inputs: &[Option<Value>], hook: &mut Hook) -> Result<Vec<Va
     }
     let mut results = carried;
     for (k, values) in scans.0.into_iter().enumerate() {
-        let declared = &body.graph().outputs[1 + results.len() + k];
+        let declared = &body.graph().outputs[1 + n_carried + k];
         results.push(stack(values, 0, declared.dtype)?);
     }
     Ok(results)
