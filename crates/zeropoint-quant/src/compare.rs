@@ -1,7 +1,7 @@
 //! A float model against another run of it (quantized, simulated), batch by batch: both runs'
 //! outputs, and the error of every tracked value against the float run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use zeropoint_core::metrics::Running;
 use zeropoint_engine::exec::Hook;
@@ -23,14 +23,11 @@ pub struct LayerError {
     pub error: Running,
 }
 
-/// Error per named value of one run against a float reference, batch by batch: the float run
-/// records the values, the other run is measured against them.
+/// Error per named value of one run against a float reference, accumulated batch by batch.
 pub struct LayerErrors {
     /// The tracked names, in report order.
     names: Vec<String>,
     acc: HashMap<String, Running>,
-    /// The float run's values of the current batch (tensors are shared, not copied).
-    reference: HashMap<String, Value>,
 }
 
 impl LayerErrors {
@@ -39,23 +36,12 @@ impl LayerErrors {
             .iter()
             .map(|n| (n.clone(), Running::default()))
             .collect();
-        LayerErrors {
-            names,
-            acc,
-            reference: HashMap::new(),
-        }
+        LayerErrors { names, acc }
     }
 
-    /// Hook for the float run: keeps the value if it is tracked.
-    fn record(&mut self, name: &str, v: &Value) {
-        if self.acc.contains_key(name) && v.dtype.is_float() {
-            self.reference.insert(name.to_string(), v.clone());
-        }
-    }
-
-    /// Hook for the other run: adds the value's error against the recorded one.
-    fn measure(&mut self, name: &str, v: &Value) -> zeropoint_engine::Result<()> {
-        if let (Some(r), Some(a)) = (self.reference.get(name), self.acc.get_mut(name)) {
+    /// Adds the error of `v` against the float run's value `r` of the tracked value `name`.
+    fn measure(&mut self, name: &str, r: &Value, v: &Value) -> zeropoint_engine::Result<()> {
+        if let Some(a) = self.acc.get_mut(name) {
             r.with_f32s(|r| v.with_f32s(|x| a.add(r, x)))??;
         }
         Ok(())
@@ -93,8 +79,18 @@ pub struct Compared {
 /// How the compared model runs a batch: an executor's or a simulation's `run_with`.
 pub type RunWith<'a> = dyn Fn(Batch, &mut Hook) -> Result<Outputs> + Sync + 'a;
 
+/// How many float values the float run may be ahead of the compared one: the reference values
+/// held at any time, instead of every tracked value of the batch.
+const LOOKAHEAD: usize = 4;
+
 /// One batch through the float model and the compared one: both outputs, and the errors of the
 /// values in `names` against the float run.
+///
+/// The two runs go in lockstep on two threads: the float run hands each tracked value over as
+/// it is produced, and the compared run measures its own against it and drops it, so memory
+/// holds a few reference values rather than all of a batch's (the per-layer report of a
+/// 416×416 detector held 330 MB of them). Called from a thread of rayon's pool, the runs go one
+/// after the other instead.
 pub fn compare_batch(
     float: &Executor,
     other: &RunWith,
@@ -102,18 +98,56 @@ pub fn compare_batch(
     b: Batch,
 ) -> Result<Compared> {
     let mut layers = LayerErrors::new(names.to_vec());
-    let fo = float.run_with(b.clone(), &mut |name, v| {
-        layers.record(name, &v);
-        Ok(v)
-    })?;
-    let qo = other(b, &mut |name, v| {
-        layers.measure(name, &v)?;
-        Ok(v)
-    })?;
-    Ok(Compared {
-        float: fo,
-        other: qo,
-        layers,
+    let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+    let float_run = |b: Batch, send: &dyn Fn(String, Value)| {
+        float.run_with(b, &mut |name, v| {
+            if wanted.contains(name) && v.dtype.is_float() {
+                send(name.to_string(), v.clone());
+            }
+            Ok(v)
+        })
+    };
+    let measure = |layers: &mut LayerErrors, references: &mut References, b: Batch| {
+        other(b, &mut |name, v| {
+            if !wanted.contains(name) {
+                return Ok(v);
+            }
+            if let Some(r) = references.take(name) {
+                layers.measure(name, &r, &v)?;
+            }
+            Ok(v)
+        })
+    };
+    if rayon::current_thread_index().is_some() {
+        // A thread of the pool must not wait on another thread (the float run's operators need
+        // the pool): the float run goes first and its values wait in memory.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fo = float_run(b.clone(), &|n, v| drop(tx.send((n, v))));
+        drop(tx);
+        let qo = measure(&mut layers, &mut References::new(rx), b);
+        return Ok(Compared {
+            float: fo?,
+            other: qo?,
+            layers,
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(LOOKAHEAD);
+    std::thread::scope(|s| {
+        let fb = b.clone();
+        let float_thread = s.spawn(move || {
+            // The compared run may have stopped (an error): nothing more to hand over.
+            float_run(fb, &|n, v| drop(tx.send((n, v))))
+        });
+        let mut references = References::new(rx);
+        let qo = measure(&mut layers, &mut references, b);
+        // Unblocks the float run if the compared one stopped early.
+        drop(references);
+        let fo = float_thread.join().expect("the float run does not panic");
+        Ok(Compared {
+            float: fo?,
+            other: qo?,
+            layers,
+        })
     })
 }
 
@@ -127,4 +161,35 @@ pub fn next_batches(data: &mut Dataset, size: usize, n: usize) -> Result<Vec<Bat
         }
     }
     Ok(batches)
+}
+
+/// The float run's values, received in the order it produced them, looked up by name; values
+/// the compared run asks for later (or never: a branch the float run did not take) are kept
+/// aside.
+struct References {
+    rx: std::sync::mpsc::Receiver<(String, Value)>,
+    aside: HashMap<String, VecDeque<Value>>,
+}
+
+impl References {
+    fn new(rx: std::sync::mpsc::Receiver<(String, Value)>) -> References {
+        References {
+            rx,
+            aside: HashMap::new(),
+        }
+    }
+
+    /// The next float value of `name`, if the float run produces one.
+    fn take(&mut self, name: &str) -> Option<Value> {
+        if let Some(v) = self.aside.get_mut(name).and_then(|q| q.pop_front()) {
+            return Some(v);
+        }
+        while let Ok((n, v)) = self.rx.recv() {
+            if n == name {
+                return Some(v);
+            }
+            self.aside.entry(n).or_default().push_back(v);
+        }
+        None
+    }
 }

@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 
-use rayon::prelude::*;
-
 use zeropoint_engine::Executor;
 use zeropoint_graph::Graph;
 
@@ -39,12 +37,9 @@ pub fn layer_errors(
         if batches.is_empty() {
             break;
         }
-        let parts: Vec<LayerErrors> = batches
-            .into_par_iter()
-            .map(measure)
-            .collect::<Result<_>>()?;
-        for p in &parts {
-            layers.merge(p);
+        // One batch at a time: each runs on two threads, float and simulated in lockstep.
+        for b in batches {
+            layers.merge(&measure(b)?);
         }
         progress(data.consumed(), total);
     }
