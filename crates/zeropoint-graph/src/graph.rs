@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use zeropoint_onnx::proto::attribute_proto::AttributeType;
 use zeropoint_onnx::proto::{
-    tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
     TensorShapeProto, ValueInfoProto,
 };
 use zeropoint_onnx::{external_data, model, tensor_proto, DType, RawTensor};
@@ -290,6 +290,28 @@ impl Graph {
     /// initializers: opsets, metadata and doc strings are kept; declared inputs and value_info of
     /// values that no longer exist are dropped; output shapes are the graph's.
     pub fn to_model(&self, base: &ModelProto) -> Result<ModelProto> {
+        let initializers = self
+            .initializers
+            .iter()
+            .map(|t| tensor_proto::from_raw(t.clone()));
+        self.write_model(base, initializers.collect())
+    }
+
+    /// [`Graph::to_model`], moving the initializers into the model instead of copying them (an
+    /// export holds its weights once).
+    pub fn into_model(mut self, base: &ModelProto) -> Result<ModelProto> {
+        let initializers = std::mem::take(&mut self.initializers);
+        self.write_model(
+            base,
+            initializers
+                .into_iter()
+                .map(tensor_proto::from_raw)
+                .collect(),
+        )
+    }
+
+    /// The model `base` with this graph, whose main initializers are `initializer`.
+    fn write_model(&self, base: &ModelProto, initializer: Vec<TensorProto>) -> Result<ModelProto> {
         let mut model = base.clone();
         // An upgrade (crate::opset) may have raised the default domain's version.
         for o in model.opset_import.iter_mut() {
@@ -302,18 +324,13 @@ impl Graph {
             .graph
             .as_mut()
             .ok_or_else(|| Error::model(&self.source, "the model has no graph"))?;
-        self.write_into(g);
+        self.write_into(g, initializer);
         Ok(model)
     }
 
     /// Writes this graph's nodes (subgraphs included), initializers and output shapes into `g`,
     /// the proto it was read from (whose other fields are kept).
-    fn write_into(&self, g: &mut GraphProto) {
-        let initializer = self
-            .initializers
-            .iter()
-            .map(|t| tensor_proto::from_raw(t.clone()))
-            .collect();
+    fn write_into(&self, g: &mut GraphProto, initializer: Vec<TensorProto>) {
         let old_nodes = std::mem::take(&mut g.node);
         g.node = self
             .nodes
@@ -337,7 +354,8 @@ impl Graph {
                         .and_then(|o| o.attribute.iter().find(|a| a.name() == name))
                         .and_then(|a| a.g.clone())
                         .unwrap_or_default();
-                    sub.write_into(&mut proto);
+                    let inits = sub.initializers.iter().cloned().map(tensor_proto::from_raw);
+                    sub.write_into(&mut proto, inits.collect());
                     p.attribute.push(AttributeProto {
                         name: Some(name.clone()),
                         r#type: Some(AttributeType::Graph as i32),
@@ -348,14 +366,14 @@ impl Graph {
                 p
             })
             .collect();
+        g.initializer = initializer;
         let live: HashSet<&str> = self
             .nodes
             .iter()
             .flat_map(|n| n.outputs.iter().map(String::as_str))
             .chain(self.inputs.iter().map(|i| i.name.as_str()))
-            .chain(self.initializers.iter().map(|t| t.name.as_str()))
+            .chain(g.initializer.iter().map(|t| t.name()))
             .collect();
-        g.initializer = initializer;
         // Output shapes the graph changed (one that contradicted the model) are written anew.
         for o in &mut g.output {
             let Some(v) = self.outputs.iter().find(|v| v.name == o.name()) else {
@@ -742,6 +760,7 @@ mod tests {
         let mut g = graph(vec![Node::new("a", Op::Mul, &["x", "w"], &["y"])]);
         g.opset = 21; // as an upgrade leaves it
         let m = g.to_model(&base).unwrap();
+        assert_eq!(g.clone().into_model(&base).unwrap(), m);
         assert_eq!(m.producer_name(), "test");
         assert_eq!(m.opset_import[0].version(), 21);
         // Opset 21 needs IR version 10.

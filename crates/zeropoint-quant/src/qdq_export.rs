@@ -8,9 +8,9 @@
 //! [`Storage::narrowest`]); the graph must already have the opset those types and
 //! granularities need ([`required_opset`]): the pipeline upgrades it before anything else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use zeropoint_core::{Granularity, Grid, Layout, QParams, QTensor, Storage};
+use zeropoint_core::{Codes, Granularity, Grid, Layout, QParams, QTensor, Storage};
 use zeropoint_graph::graph::{int_attribute, Names};
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::{DType, ModelProto, RawTensor};
@@ -41,9 +41,27 @@ pub fn export(graph: &Graph, plan: &Plan, p: &Params, base: &ModelProto) -> Resu
         names: Names::new(graph),
         source: graph.source.clone(),
     };
-    let mut g = graph.clone();
-    let mut dequantized = x.weights(&mut g, plan, p)?;
-    dequantized.extend(x.biases(&mut g, plan, p)?);
+    // The copy to rewrite leaves out the main graph's float weights that are quantized: their
+    // codes take their place, and the float values are read from `graph`.
+    let quantized: HashSet<&str> = p
+        .weights
+        .iter()
+        .map(|w| w.name.as_str())
+        .chain(p.biases.iter().map(|b| b.name.as_str()))
+        .collect();
+    let mut g = Graph {
+        source: graph.source.clone(),
+        opset: graph.opset,
+        inputs: graph.inputs.clone(),
+        outputs: graph.outputs.clone(),
+        initializers: (graph.initializers.iter())
+            .filter(|t| !quantized.contains(t.name.as_str()))
+            .cloned()
+            .collect(),
+        nodes: graph.nodes.clone(),
+    };
+    let mut dequantized = x.weights(&mut g, graph, plan, p)?;
+    dequantized.extend(x.biases(&mut g, graph, plan, p)?);
     x.read_dequantized(&mut g, &dequantized)?;
     let pairs = x.activations(plan, p)?;
     let front = graph
@@ -53,7 +71,7 @@ pub fn export(graph: &Graph, plan: &Plan, p: &Params, base: &ModelProto) -> Resu
         .collect();
     insert_pairs(&mut g, &pairs, front);
     g.sort()?;
-    Ok(g.to_model(base)?)
+    Ok(g.into_model(base)?)
 }
 
 /// The opset an export with these settings needs: per-channel parameters (int32 biases among
@@ -157,6 +175,15 @@ fn insert_pairs(g: &mut Graph, pairs: &HashMap<String, Pair>, front: Vec<&Pair>)
     g.nodes = nodes;
 }
 
+/// The graph of `g` (the copy of `graph` being rewritten, without the main graph's quantized
+/// weights) where the codes of `name` go: beside the float original.
+fn scope_of<'a>(g: &'a mut Graph, graph: &Graph, name: &str) -> Option<&'a mut Graph> {
+    if graph.initializer(name).is_some() {
+        return Some(g);
+    }
+    owner(g, name)
+}
+
 /// The graph (`g` or one of its subgraphs) that holds the initializer `name`.
 fn owner<'a>(g: &'a mut Graph, name: &str) -> Option<&'a mut Graph> {
     if g.initializer(name).is_some() {
@@ -174,6 +201,7 @@ impl Export {
     fn weights(
         &mut self,
         g: &mut Graph,
+        graph: &Graph,
         plan: &Plan,
         p: &Params,
     ) -> Result<HashMap<String, Dequantize>> {
@@ -183,14 +211,14 @@ impl Export {
                 continue;
             };
             let missing = || Error::new(&self.source, format!("weight '{}' is missing", w.name));
-            let scope = owner(g, &w.name).ok_or_else(missing)?;
-            let t = scope.initializer(&w.name).ok_or_else(missing)?;
+            let t = graph.find_initializer(&w.name).ok_or_else(missing)?;
             let shape = t.shape.clone();
             let ty = storage(qp.grid);
-            let codes = codes(&t.to_f32s(), &shape, qp, ty)
-                .map_err(|e| Error::at(&self.source, format!("weight '{}'", w.name), e))?;
             let q = self.names.fresh(&format!("{}_quantized", w.name));
-            let mut added = vec![RawTensor::from_i64s(&q, &shape, &codes, ty)];
+            let codes = codes(&q, &t.to_f32s(), &shape, qp, ty)
+                .map_err(|e| Error::at(&self.source, format!("weight '{}'", w.name), e))?;
+            let scope = scope_of(g, graph, &w.name).ok_or_else(missing)?;
+            let mut added = vec![codes];
             let (scale, zp) = self.params_initializers(&w.name, qp, ty, &shape, &mut added)?;
             scope.initializers.retain(|t| t.name != w.name);
             scope.initializers.extend(added);
@@ -210,6 +238,7 @@ impl Export {
     fn biases(
         &mut self,
         g: &mut Graph,
+        graph: &Graph,
         plan: &Plan,
         p: &Params,
     ) -> Result<HashMap<String, Dequantize>> {
@@ -221,8 +250,12 @@ impl Export {
                 continue;
             }
             let missing = || Error::new(&self.source, format!("bias '{name}' is missing"));
-            let scope = owner(g, name).ok_or_else(missing)?;
-            let shape = scope.initializer(name).ok_or_else(missing)?.shape.clone();
+            let shape = graph
+                .find_initializer(name)
+                .ok_or_else(missing)?
+                .shape
+                .clone();
+            let scope = scope_of(g, graph, name).ok_or_else(missing)?;
             let n = b.scale.len();
             let q = self.names.fresh(&format!("{name}_quantized"));
             let scale = self.names.fresh(&format!("{name}_scale"));
@@ -438,8 +471,32 @@ fn dq_attributes(qp: &QParams) -> Vec<(&'static str, i64)> {
 }
 
 /// The codes of `x` under `qp` in the storage of `ty`, widened to i64.
-fn codes(x: &[f32], shape: &[usize], qp: &QParams, ty: DType) -> zeropoint_core::Result<Vec<i64>> {
+fn codes(
+    name: &str,
+    x: &[f32],
+    shape: &[usize],
+    qp: &QParams,
+    ty: DType,
+) -> zeropoint_core::Result<RawTensor> {
     let storage = ty.storage().unwrap_or(Storage::I16);
     let q = QTensor::quantize_with(x, shape, qp.clone(), storage)?;
-    Ok(q.codes_i32().into_iter().map(i64::from).collect())
+    // The initializer's bytes as zeropoint-onnx keeps them: one byte per 8- or 4-bit code
+    // (4-bit ones unpacked), little-endian pairs for 16-bit ones.
+    let data = match q.codes {
+        Codes::I8(v) => v.into_iter().map(|c| c as u8).collect(),
+        Codes::U8(v) => v,
+        Codes::I16(v) => v.iter().flat_map(|c| c.to_le_bytes()).collect(),
+        Codes::U16(v) => v.iter().flat_map(|c| c.to_le_bytes()).collect(),
+        Codes::Packed(p, bytes) => {
+            let mut c = vec![0i8; x.len()];
+            zeropoint_core::pack::unpack(&bytes, p, &mut c);
+            c.into_iter().map(|c| c as u8).collect()
+        }
+    };
+    Ok(RawTensor {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        dtype: ty,
+        data,
+    })
 }

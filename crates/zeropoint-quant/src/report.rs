@@ -25,7 +25,7 @@ pub fn layer_errors(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<LayerError>> {
     let float = Executor::new(graph)?;
-    let sim = Simulation::new(graph, params)?;
+    let sim = Simulation::sharing(graph, params, float.initializer_values())?;
     let names = reported_values(graph, plan);
     let measure =
         |b| compare_batch(&float, &|b, hook| sim.run_with(b, hook), &names, b).map(|c| c.layers);

@@ -23,7 +23,25 @@ impl<'g> Simulation<'g> {
     /// The simulation of `graph` (the canonicalized float graph the plan was made for) with
     /// `params`.
     pub fn new(graph: &'g Graph, params: &'g Params) -> Result<Simulation<'g>> {
-        let exec = Executor::with_initializers(graph, |t| quantized_initializer(t, params))?;
+        Simulation::sharing(graph, params, &[])
+    }
+
+    /// [`Simulation::new`], taking the initializers that stay float from `float` (a float
+    /// executor's values of the same graph) instead of converting them again: a model whose
+    /// weights are mostly not quantized (recurrent ones) holds them once.
+    pub fn sharing(
+        graph: &'g Graph,
+        params: &'g Params,
+        float: &[(String, Value)],
+    ) -> Result<Simulation<'g>> {
+        let float: HashMap<&str, &Value> = float.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let exec = Executor::with_initializers(graph, |t| {
+            let quantized = params.weight(&t.name).is_some() || params.bias(&t.name).is_some();
+            match float.get(t.name.as_str()) {
+                Some(v) if !quantized => Ok((*v).clone()),
+                _ => quantized_initializer(t, params),
+            }
+        })?;
         let activations = params
             .activations
             .iter()

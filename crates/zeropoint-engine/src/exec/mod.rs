@@ -115,6 +115,12 @@ impl<'g> Executor<'g> {
         &self.graph
     }
 
+    /// The main graph's initializers as this executor holds them (values share their storage
+    /// when cloned).
+    pub fn initializer_values(&self) -> &[(String, Value)] {
+        &self.scope.initializers
+    }
+
     /// Whether `name` is an initializer (which a caller may feed to replace it).
     fn is_initializer(&self, name: &str) -> bool {
         self.scope.initializers.iter().any(|(n, _)| n == name)
