@@ -272,9 +272,17 @@ def worker(kind, spec, timeout, tmp):
 def qdq_counts(path):
     import onnx
 
+    def ops(graph):
+        # Nodes of the graph and of the If/Loop/Scan bodies inside it, at any depth.
+        for n in graph.node:
+            yield n.op_type
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    yield from ops(a.g)
+
     m = onnx.load(path, load_external_data=False)
-    ops = [n.op_type for n in m.graph.node]
-    return dict(Q=ops.count("QuantizeLinear"), DQ=ops.count("DequantizeLinear"))
+    found = list(ops(m.graph))
+    return dict(Q=found.count("QuantizeLinear"), DQ=found.count("DequantizeLinear"))
 
 
 def load_outputs(path, names, samples):
