@@ -498,13 +498,14 @@ impl Graph {
         all
     }
 
-    /// Number of parameters (elements of float initializers).
+    /// Number of parameters (elements of float initializers), its subgraphs' included.
     pub fn parameter_count(&self) -> usize {
-        self.initializers
-            .iter()
+        let own: usize = (self.initializers.iter())
             .filter(|t| t.dtype.is_float())
             .map(RawTensor::len)
-            .sum()
+            .sum();
+        let nested = self.nodes.iter().flat_map(|n| &n.subgraphs);
+        own + nested.map(|(_, g)| g.parameter_count()).sum::<usize>()
     }
 }
 

@@ -18,8 +18,9 @@ pub struct ModelSummary {
     /// The model's name (its path, as the user gave it).
     pub model: String,
     pub opset: i64,
+    /// Nodes, those of subgraphs (If branches, Loop/Scan bodies) included.
     pub nodes: usize,
-    /// Elements of float initializers.
+    /// Elements of float initializers, subgraphs' included.
     pub parameters: usize,
     pub inputs: Vec<ValueSummary>,
     pub outputs: Vec<ValueSummary>,
@@ -76,6 +77,17 @@ pub struct Group {
     pub output: String,
 }
 
+/// An error and its causes on one line ("...: node 'If_0' (If): then_branch: ...").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
+}
+
 /// Describes `graph` (read from the file named `model`), its inputs named in `shapes` taken at
 /// those sizes; returns the canonicalized graph too when zeropoint can run the model. Shapes that
 /// cannot be inferred are reported, not fatal: the model may still run on its real inputs.
@@ -89,7 +101,7 @@ pub fn describe(
     let (types, shape_error, canonical) = if unsupported.is_empty() {
         let (types, shape_error) = match infer::infer(&infer::with_input_shapes(graph, shapes)) {
             Ok(types) => (Some(types), None),
-            Err(e) => (None, Some(e.to_string())),
+            Err(e) => (None, Some(with_causes(&e))),
         };
         let mut canonical = graph.clone();
         let report = canonicalize(&mut canonical, &Engine)?;
@@ -99,7 +111,7 @@ pub fn describe(
     };
     let groups = fused_groups(canonical.as_ref().map_or(graph, |(g, _)| g));
     let mut ops: BTreeMap<&str, (usize, bool)> = BTreeMap::new();
-    for n in &graph.nodes {
+    for n in graph.all_nodes() {
         ops.entry(n.op.as_str()).or_insert((0, exec::supports(n))).0 += 1;
     }
     let io = |infos: &[ValueInfo]| -> Vec<ValueSummary> {
@@ -111,7 +123,7 @@ pub fn describe(
     let summary = ModelSummary {
         model: model.to_string(),
         opset: graph.opset,
-        nodes: graph.nodes.len(),
+        nodes: graph.all_nodes().len(),
         parameters: graph.parameter_count(),
         inputs: io(&graph.inputs),
         outputs: io(&graph.outputs),
@@ -138,7 +150,7 @@ pub fn describe(
             folded_bias_adds: r.folded_bias_adds.len(),
             removed_nodes: r.removed_nodes,
             removed_initializers: r.removed_initializers,
-            nodes_after: g.nodes.len(),
+            nodes_after: g.all_nodes().len(),
         }),
         fused_groups: groups
             .into_iter()
