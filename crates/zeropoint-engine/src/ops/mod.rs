@@ -312,6 +312,16 @@ pub(crate) fn scalar(v: f64, like: &Tensor) -> R<Tensor> {
 
 /// `t[idx]` along `dim` (candle's index_select wants a contiguous input).
 pub(crate) fn select(t: &Tensor, idx: &[i64], dim: usize) -> R<Tensor> {
+    // candle's index_select indexes rows of an empty tensor as if they had elements (a panic
+    // found by fuzzing: a GRU of hidden size 0 with sequence lengths).
+    if t.elem_count() == 0 {
+        if t.dims()[dim] == 0 && !idx.is_empty() {
+            return Err(Error::Op("an index into an empty axis".into()));
+        }
+        let mut shape = t.dims().to_vec();
+        shape[dim] = idx.len();
+        return c(Tensor::zeros(shape, t.dtype(), t.device()));
+    }
     let idx = Tensor::from_slice(idx, idx.len(), t.device())?;
     Ok(t.contiguous()?.index_select(&idx, dim)?)
 }
