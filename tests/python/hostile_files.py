@@ -279,6 +279,9 @@ def malformed(out, cases):
                                           [i64("p", [-(1 << 63), 0, (1 << 63) - 1, 0])], "do not fit axis"),
         "Conv pads of 2^40": ([to_4d, helper.make_node("Conv", ["x4", "w"], ["y"], pads=[1 << 40] * 4)],
                               [f32c("w", np.ones((1, 1, 1, 1)))], "beyond the supported magnitude"),
+        # The same axis twice (graph_mutations: an insertion past the end of the shape).
+        "Unsqueeze of a repeated axis": ([helper.make_node("Unsqueeze", ["x", "ax"], ["y"])],
+                                         [i64("ax", [3, 3])], "repeat an axis"),
     }
     for op, (ns, inits, expect) in nodes.items():
         name = op.replace(" ", "_").replace("^", "")

@@ -101,6 +101,10 @@ pub fn unsqueeze(cx: &Cx) -> R<Vec<Value>> {
     let rank = v.shape().len() + axes.len();
     let mut axes: Vec<usize> = axes.iter().map(|&a| axis(a, rank)).collect::<R<_>>()?;
     axes.sort_unstable();
+    // A repeated axis (found by fuzzing) would insert past the end of the shape.
+    if axes.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::Op(format!("axes {axes:?} repeat an axis")));
+    }
     let mut shape = v.shape().to_vec();
     for a in axes {
         shape.insert(a, 1);
