@@ -282,6 +282,9 @@ def malformed(out, cases):
         # The same axis twice (graph_mutations: an insertion past the end of the shape).
         "Unsqueeze of a repeated axis": ([helper.make_node("Unsqueeze", ["x", "ax"], ["y"])],
                                          [i64("ax", [3, 3])], "repeat an axis"),
+        # A Split asked for 2^62 parts (graph_mutations: a capacity overflow).
+        "Split into 2^62 parts": ([helper.make_node("Split", ["x"], ["y"], axis=0, num_outputs=1 << 62)],
+                                  [], "does not fit the node's 1 outputs"),
     }
     for op, (ns, inits, expect) in nodes.items():
         name = op.replace(" ", "_").replace("^", "")

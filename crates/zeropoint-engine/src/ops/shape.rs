@@ -157,14 +157,22 @@ pub fn split(cx: &Cx) -> R<Vec<Value>> {
     } {
         Some(s) => s.iter().map(|&s| s.max(0) as usize).collect(),
         None => {
-            let parts = cx.int("num_outputs", n as i64)?.max(1) as usize;
+            // As many parts as the node has outputs (a huge num_outputs, found by fuzzing,
+            // asked for a list of 2^62 sizes).
+            let parts = cx.int("num_outputs", n as i64)?;
+            if parts < 1 || parts > n as i64 {
+                return Err(Error::Op(format!(
+                    "num_outputs {parts} does not fit the node's {n} outputs"
+                )));
+            }
+            let parts = parts as usize;
             let chunk = len.div_ceil(parts);
             (0..parts)
                 .map(|i| chunk.min(len.saturating_sub(i * chunk)))
                 .collect()
         }
     };
-    if sizes.iter().sum::<usize>() != len {
+    if sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s)) != Some(len) {
         return Err(Error::Op(format!(
             "split sizes {sizes:?} do not add up to {len}"
         )));
