@@ -242,9 +242,10 @@ impl Graph {
             .iter()
             .flat_map(|n| n.outputs.iter().map(String::as_str))
             .collect();
-        for node in &self.nodes {
-            if let Some(missing) = node
-                .reads()
+        // What each node reads, its subgraphs' captures included, found once.
+        let reads: Vec<Vec<String>> = self.nodes.iter().map(Node::reads).collect();
+        for (node, reads) in self.nodes.iter().zip(&reads) {
+            if let Some(missing) = reads
                 .iter()
                 .find(|i| !defined.contains(*i) && !producers.contains(i.as_str()))
             {
@@ -254,24 +255,28 @@ impl Graph {
                 ));
             }
         }
-        let mut pending: Vec<Node> = std::mem::take(&mut self.nodes);
+        let nodes: Vec<(Node, Vec<String>)> = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .zip(reads)
+            .collect();
+        let mut pending = nodes;
         let mut sorted = Vec::with_capacity(pending.len());
         while !pending.is_empty() {
             let before = pending.len();
             let mut rest = Vec::new();
-            for node in pending {
-                if node.reads().iter().all(|i| defined.contains(i)) {
+            for (node, reads) in pending {
+                if reads.iter().all(|i| defined.contains(i)) {
                     defined.extend(node.outputs.iter().cloned());
                     sorted.push(node);
                 } else {
-                    rest.push(node);
+                    rest.push((node, reads));
                 }
             }
             if rest.len() == before {
                 self.nodes = sorted;
                 return Err(Error::model(
                     &self.source,
-                    format!("{}: the graph has a cycle through it", rest[0].label()),
+                    format!("{}: the graph has a cycle through it", rest[0].0.label()),
                 ));
             }
             pending = rest;

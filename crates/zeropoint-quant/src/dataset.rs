@@ -300,13 +300,7 @@ fn common_length(
 ) -> Result<usize> {
     let mut len = None;
     for (name, s) in streams {
-        let shared = matches!(
-            s,
-            Stream::Memory {
-                batch: Batch::Shared,
-                ..
-            }
-        );
+        let shared = s.batch() == Batch::Shared;
         let info = inputs.iter().find(|i| &i.name == name).ok_or_else(|| {
             let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
             Error::new(

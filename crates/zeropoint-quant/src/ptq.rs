@@ -71,9 +71,9 @@ pub struct Outcome {
     pub seconds: StageSeconds,
 }
 
-/// The per-layer report's samples are cut into this many batches (at most), which run in
-/// parallel: enough to keep the threads busy on a few samples, and fixed, so that the report does
-/// not depend on the thread count.
+/// The per-layer report's samples are cut into this many batches (at most): small batches keep
+/// the two lockstep runs' activations small, and the count is fixed, so that the report does not
+/// depend on the thread count.
 const REPORT_BATCHES: usize = 8;
 
 /// Quantizes the model at `path`. `progress(stage, done, total)` reports calibration progress.

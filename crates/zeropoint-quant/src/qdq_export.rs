@@ -121,7 +121,6 @@ fn storage(grid: Grid) -> DType {
         .unwrap_or(DType::I16)
 }
 
-/// The graph being rewritten.
 /// The rewrite in progress: fresh names across the whole model (subgraphs included).
 struct Export {
     names: Names,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use zeropoint_engine::Executor;
 use zeropoint_graph::Graph;
 
-use crate::compare::{compare_batch, next_batches, LayerError, LayerErrors};
+use crate::compare::{compare_batch, LayerError, LayerErrors};
 use crate::dataset::Dataset;
 use crate::error::Result;
 use crate::params::Params;
@@ -14,8 +14,9 @@ use crate::placement::Plan;
 use crate::simulate::Simulation;
 
 /// SQNR of every planned activation and graph output, simulated against float, in graph order.
-/// Batches of `batch` samples run in parallel, each into its own accumulators, merged in batch
-/// order: the report is the same for any thread count.
+/// Batches of `batch` samples run one after the other, each on two threads (float and simulated
+/// in lockstep, [`compare_batch`]) into its own accumulators, merged in batch order: the report
+/// is the same for any thread count.
 pub fn layer_errors(
     graph: &Graph,
     plan: &Plan,
@@ -30,18 +31,9 @@ pub fn layer_errors(
     let measure =
         |b| compare_batch(&float, &|b, hook| sim.run_with(b, hook), &names, b).map(|c| c.layers);
     let mut layers = LayerErrors::new(names.clone());
-    let workers = rayon::current_num_threads().max(1);
-    let total = data.len;
-    loop {
-        let batches = next_batches(data, batch, workers)?;
-        if batches.is_empty() {
-            break;
-        }
-        // One batch at a time: each runs on two threads, float and simulated in lockstep.
-        for b in batches {
-            layers.merge(&measure(b)?);
-        }
-        progress(data.consumed(), total);
+    while let Some(b) = data.next_batch(batch)? {
+        layers.merge(&measure(b)?);
+        progress(data.consumed(), data.len);
     }
     Ok(layers.into_list())
 }

@@ -13,6 +13,7 @@ use zeropoint_onnx::DType;
 
 use super::{Executor, Hook, Scope};
 use crate::error::{Error, Result};
+use crate::ops::{self, axis};
 use crate::value::Value;
 
 /// Whether `node` is a control-flow operator with the subgraphs it needs.
@@ -235,7 +236,7 @@ fn run_scan(cx: &Cx, inputs: &[Option<Value>], hook: &mut Hook) -> Result<Vec<Va
     }
     let n_state = given.len() - m as usize;
     let (mut state, scan_inputs) = (given[..n_state].to_vec(), &given[n_state..]);
-    let in_axes = axes(&attr("scan_input_axes"), scan_inputs, |v| v.shape().len())?;
+    let in_axes = axes(&attr("scan_input_axes"), scan_inputs)?;
     let in_reverse = attr("scan_input_directions");
     let len = sequence_length(scan_inputs, &in_axes)?;
     let body = Body::new(cx, "body")?;
@@ -266,12 +267,12 @@ fn run_scan(cx: &Cx, inputs: &[Option<Value>], hook: &mut Hook) -> Result<Vec<Va
             values.reverse();
         }
         let rank = values.first().map_or(0, |v| v.shape().len()) + 1;
-        let axis = match out_axes_attr.get(k) {
-            Some(&a) => normalize(a, rank)?,
+        let out_axis = match out_axes_attr.get(k) {
+            Some(&a) => axis(a, rank)?,
             None => 0,
         };
         let declared = &body.graph().outputs[n_state + k];
-        results.push(stack(values, axis, declared.dtype)?);
+        results.push(stack(values, out_axis, declared.dtype)?);
     }
     Ok(results)
 }
@@ -309,22 +310,12 @@ impl Stacks {
 }
 
 /// Each scan input's axis (attribute values, default 0), checked against its rank.
-fn axes(given: &[i64], values: &[Value], rank: impl Fn(&Value) -> usize) -> Result<Vec<usize>> {
+fn axes(given: &[i64], values: &[Value]) -> Result<Vec<usize>> {
     values
         .iter()
         .enumerate()
-        .map(|(j, v)| normalize(given.get(j).copied().unwrap_or(0), rank(v)))
+        .map(|(j, v)| axis(given.get(j).copied().unwrap_or(0), v.shape().len()))
         .collect()
-}
-
-fn normalize(axis: i64, rank: usize) -> Result<usize> {
-    let r = rank as i64;
-    if axis < -r || axis >= r {
-        return Err(Error::Op(format!(
-            "axis {axis} is out of range for rank {rank}"
-        )));
-    }
-    Ok(if axis < 0 { axis + r } else { axis } as usize)
 }
 
 /// The common length of the scan inputs along their axes.
@@ -362,7 +353,7 @@ fn stack(values: Vec<Value>, axis: usize, declared: Option<DType>) -> Result<Val
         )));
     }
     let tensors: Vec<Tensor> = values.into_iter().map(|v| v.tensor).collect();
-    Ok(Value::new(Tensor::stack(&tensors, axis)?, dtype))
+    Ok(Value::new(ops::stack(&tensors, axis)?, dtype))
 }
 
 fn required<'a>(inputs: &'a [Option<Value>], i: usize, name: &str) -> Result<&'a Value> {

@@ -139,7 +139,7 @@ impl<'g> Executor<'g> {
         hook: &mut Hook,
     ) -> Result<Vec<(String, Value)>> {
         self.check_inputs(&inputs)?;
-        let outputs = self.execute(HashMap::new(), inputs, hook)?;
+        let outputs = self.run_scoped(HashMap::new(), inputs, hook)?;
         Ok(self
             .graph()
             .outputs
@@ -149,19 +149,10 @@ impl<'g> Executor<'g> {
             .collect())
     }
 
-    /// Runs a subgraph: `captured` holds the values of enclosing graphs it reads, `inputs` its
-    /// declared inputs (which, like every value it computes, pass through `hook`).
+    /// Runs the nodes in order, starting from `env` (for a subgraph, the values of enclosing
+    /// graphs it reads); `inputs` are the declared inputs, which, like every value computed,
+    /// pass through `hook`. Returns the graph's outputs in order.
     pub(crate) fn run_scoped(
-        &self,
-        captured: HashMap<String, Value>,
-        inputs: HashMap<String, Value>,
-        hook: &mut Hook,
-    ) -> Result<Vec<Value>> {
-        self.execute(captured, inputs, hook)
-    }
-
-    /// Runs the nodes in order, starting from `env`; returns the graph's outputs in order.
-    fn execute(
         &self,
         mut env: HashMap<String, Value>,
         inputs: HashMap<String, Value>,

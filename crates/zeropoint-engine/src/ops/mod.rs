@@ -326,6 +326,20 @@ pub(crate) fn select(t: &Tensor, idx: &[i64], dim: usize) -> R<Tensor> {
     Ok(t.contiguous()?.index_select(&idx, dim)?)
 }
 
+/// `v` (tensors of one shape, at least one) stacked along a new `dim`. candle copies empty
+/// tensors with their strides and panics (a GRU of hidden size 0, found by fuzzing): those give zeros of
+/// the stacked shape.
+pub(crate) fn stack(v: &[Tensor], dim: usize) -> R<Tensor> {
+    match v.first() {
+        Some(first) if first.elem_count() == 0 => {
+            let mut shape = first.dims().to_vec();
+            shape.insert(dim, v.len());
+            c(Tensor::zeros(shape, first.dtype(), first.device()))
+        }
+        _ => c(Tensor::stack(v, dim)),
+    }
+}
+
 /// The numpy broadcast of two shapes.
 pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
     let n = a.len().max(b.len());

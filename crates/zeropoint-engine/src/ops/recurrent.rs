@@ -248,20 +248,6 @@ fn recurrent(cx: &Cx, kind: Kind) -> R<Vec<Value>> {
     outputs(xv, kind, batch_first, &ys, &hs, &cs)
 }
 
-/// `v` (tensors of one shape, at least one) stacked along a new `dim`. candle copies empty
-/// tensors with their strides and panics (hidden size 0, found by fuzzing): those give zeros of
-/// the stacked shape.
-fn stack(v: &[Tensor], dim: usize) -> R<Tensor> {
-    match v.first() {
-        Some(first) if first.elem_count() == 0 => {
-            let mut shape = first.dims().to_vec();
-            shape.insert(dim, v.len());
-            c(Tensor::zeros(shape, first.dtype(), first.device()))
-        }
-        _ => c(Tensor::stack(v, dim)),
-    }
-}
-
 /// Y, Y_h and (LSTM) Y_c from each direction's results, in X's float type and layout: Y is
 /// [seq, num_directions, batch, hidden], or [batch, seq, num_directions, hidden] batch-first.
 fn outputs(
@@ -274,14 +260,14 @@ fn outputs(
 ) -> R<Vec<Value>> {
     let out =
         |t: Tensor| -> R<Value> { Ok(like(c(t.contiguous()?.to_dtype(xv.tensor.dtype()))?, xv)) };
-    let y = stack(ys, 1)?;
+    let y = super::stack(ys, 1)?;
     let y = if batch_first {
         c(y.permute((2, 0, 1, 3)))?
     } else {
         y
     };
     let state_out = |v: &[Tensor]| -> R<Value> {
-        let t = stack(v, 0)?;
+        let t = super::stack(v, 0)?;
         out(if batch_first {
             c(t.transpose(0, 1))?
         } else {
@@ -517,7 +503,7 @@ fn run_direction(s: &Setup, d: &Direction) -> R<(Tensor, Tensor, Option<Tensor>)
     let mut y = if seq == 0 {
         c(Tensor::zeros((0, batch, hs), CDType::F32, dev))?
     } else {
-        stack(&ys, 0)?
+        super::stack(&ys, 0)?
     };
     if let Some(o) = &order {
         y = c(select(&y.reshape((seq * batch, hs))?, o, 0)?.reshape((seq, batch, hs)))?;
@@ -840,7 +826,7 @@ mod tests {
             .unwrap()
             .t()
             .unwrap();
-        let y = super::stack(&[t.clone(), t], 1).unwrap();
+        let y = crate::ops::stack(&[t.clone(), t], 1).unwrap();
         assert_eq!(y.dims(), [0, 2, 3]);
         let rows = Tensor::zeros((4, 0), candle_core::DType::F32, dev).unwrap();
         let picked = crate::ops::select(&rows, &[3, 1], 0).unwrap();
