@@ -291,6 +291,13 @@ def conv_transpose_cases():
     case("ConvTranspose_empty_batch_groups", N(ct, ["x", "w", "b"], ["y"], group=3, strides=[2, 2], pads=[1, 1, 1, 1]),
          {"x": r.n(0, 3, 4, 5)}, {"w": r.n(3, 1, 4, 4), "b": r.n(3)},
          note="a batch of 0 with groups: an empty [0,3,8,10] (candle's grouped kernel indexed past it; fuzz find)")
+    case("ConvTranspose_dilations_per_axis", N(ct, ["x", "w", "b"], ["y"], strides=[3, 2], dilations=[1, 2],
+                                               pads=[0, 2, 1, 0]),
+         {"x": r.n(2, 2, 4, 5)}, {"w": r.n(2, 3, 2, 3), "b": r.n(3)},
+         note="dilation 2 on W only; stride 3 > kernel 2 on H leaves rows no tap reaches (bias only)")
+    case("ConvTranspose_upsample_k2s2", N(ct, ["x", "w", "b"], ["y"], strides=[2, 2], kernel_shape=[2, 2]),
+         {"x": r.n(1, 24, 12, 16)}, {"w": r.n(24, 24, 2, 2), "b": r.n(24)},
+         note="the DB text detectors' upsampling head (ppocr-v3-det): kernel 2, stride 2, no overlap")
 
 
 def gemm_cases():

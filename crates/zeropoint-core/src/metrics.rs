@@ -152,26 +152,16 @@ pub struct Running(Acc);
 impl Running {
     /// Adds the element pairs of one slice. Lengths must match; extra elements are ignored.
     pub fn add(&mut self, reference: &[f32], approx: &[f32]) {
-        // Eight independent lanes, summed at the end: the loop vectorizes (one running sum per
-        // quantity cannot), and the result still depends only on the data.
-        const L: usize = 8;
-        let (mut sxx, mut syy, mut sxy, mut see, mut max) =
-            ([0f64; L], [0f64; L], [0f64; L], [0f64; L], [0f64; L]);
         let n = reference.len().min(approx.len());
         let (xs, ys) = (&reference[..n], &approx[..n]);
-        let mut nan = false;
-        for (x, y) in xs.chunks_exact(L).zip(ys.chunks_exact(L)) {
-            for k in 0..L {
-                let (a, b) = (f64::from(x[k]), f64::from(y[k]));
-                let e = a - b;
-                sxx[k] += a * a;
-                syy[k] += b * b;
-                sxy[k] += a * b;
-                see[k] += e * e;
-                max[k] = max[k].max(e.abs());
-                nan |= e.is_nan();
-            }
-        }
+        let Lanes {
+            sxx,
+            syy,
+            sxy,
+            see,
+            max,
+            nan,
+        } = crate::kernel::dispatch(|| Lanes::sum(xs, ys));
         let acc = &mut self.0;
         acc.n += n - n % L;
         acc.sxx += sxx.iter().sum::<f64>();
@@ -200,6 +190,48 @@ impl Running {
 
     pub fn stats(&self) -> ErrorStats {
         self.0.stats()
+    }
+}
+
+const L: usize = 8;
+
+/// Per-lane sums of [`Running::add`]: eight independent lanes, summed at the end, so the loop
+/// vectorizes (one running sum per quantity cannot) and the result still depends only on the
+/// data.
+struct Lanes {
+    sxx: [f64; L],
+    syy: [f64; L],
+    sxy: [f64; L],
+    see: [f64; L],
+    max: [f64; L],
+    nan: bool,
+}
+
+impl Lanes {
+    /// Over the whole chunks of `L` elements; the caller adds the tail.
+    #[inline(always)]
+    fn sum(xs: &[f32], ys: &[f32]) -> Lanes {
+        let mut l = Lanes {
+            sxx: [0.0; L],
+            syy: [0.0; L],
+            sxy: [0.0; L],
+            see: [0.0; L],
+            max: [0.0; L],
+            nan: false,
+        };
+        for (x, y) in xs.chunks_exact(L).zip(ys.chunks_exact(L)) {
+            for k in 0..L {
+                let (a, b) = (f64::from(x[k]), f64::from(y[k]));
+                let e = a - b;
+                l.sxx[k] += a * a;
+                l.syy[k] += b * b;
+                l.sxy[k] += a * b;
+                l.see[k] += e * e;
+                l.max[k] = l.max[k].max(e.abs());
+                l.nan |= e.is_nan();
+            }
+        }
+        l
     }
 }
 

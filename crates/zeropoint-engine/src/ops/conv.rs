@@ -2,8 +2,10 @@
 //!
 //! candle's conv2d takes one padding, stride and dilation for both axes; ONNX allows them per
 //! axis and asymmetric. Uneven pads are applied explicitly before the convolution, uneven strides
-//! by subsampling a stride-1 result. ConvTranspose is the convolution of the zero-upsampled input
-//! with the flipped, transposed kernel, which covers groups, dilations and output padding alike.
+//! by subsampling a stride-1 result. ConvTranspose is one matrix product whose columns are
+//! scattered onto the output (col2im); where a gradient is needed, it is the convolution of the
+//! zero-upsampled input with the flipped, transposed kernel. Both cover groups, dilations and
+//! output padding.
 //! The convolution itself is a matrix product of image patches (im2col) with the kernel, a
 //! chunk of the batch at a time; depthwise convolutions are direct loops (or, when a gradient
 //! is needed, a sum of shifted products).
@@ -464,33 +466,50 @@ fn depthwise_direct(
             .for_each(|(plane, out)| {
                 let src = &x[plane * h * wd..(plane + 1) * h * wd];
                 let taps = &k[(plane % ch) * kh * kw..(plane % ch + 1) * kh * kw];
-                for (r, row_out) in out.chunks_mut(ow).enumerate() {
-                    for i in 0..kh {
-                        let row = &src[(r * stride + i * dil) * wd..];
-                        for j in 0..kw {
-                            let t = taps[i * kw + j];
-                            let row = &row[j * dil..];
-                            for (v, &x) in row_out.iter_mut().zip(row.iter().step_by(stride)) {
-                                *v += t * x;
-                            }
-                        }
-                    }
-                }
+                let geometry = (wd, ow, kw, stride, dil);
+                zeropoint_core::kernel::dispatch(|| depthwise_plane(src, taps, geometry, out))
             })
     })?;
     c(Tensor::from_vec(y, (n, ch, oh, ow), xp.device()))
 }
 
-pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
-    let v = cx.input(0)?;
-    let (x, w) = (cx.float(0)?, cx.float(1)?);
-    let one_d = x.rank() == 3;
-    let (x, w) = (to_2d(x)?, to_2d(w)?);
-    let groups = cx.int("group", 1)?.max(1) as usize;
-    let (c_in, m_g, kh, kw) = c(w.dims4())?;
-    let sp = spatial(cx, if one_d { vec![kw] } else { vec![kh, kw] })?;
+/// One image plane of [`depthwise_direct`]. Stride 1 has its own loop: a contiguous zip
+/// vectorizes, a `step_by` does not.
+#[inline(always)]
+fn depthwise_plane(
+    src: &[f32],
+    taps: &[f32],
+    (wd, ow, kw, stride, dil): (usize, usize, usize, usize, usize),
+    out: &mut [f32],
+) {
+    let kh = taps.len().checked_div(kw).unwrap_or(0);
+    for (r, row_out) in out.chunks_mut(ow).enumerate() {
+        for i in 0..kh {
+            let row = &src[(r * stride + i * dil) * wd..];
+            for j in 0..kw {
+                let t = taps[i * kw + j];
+                let row = &row[j * dil..];
+                if stride == 1 {
+                    for (v, &x) in row_out.iter_mut().zip(&row[..ow]) {
+                        *v += t * x;
+                    }
+                } else {
+                    for (v, &x) in row_out.iter_mut().zip(row.iter().step_by(stride)) {
+                        *v += t * x;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Padding (begin, end) of one axis.
+type Pad = (i64, i64);
+
+/// ConvTranspose's (begin, end) pads per axis, from `output_shape`, auto_pad or `pads`, and its
+/// output padding.
+fn transposed_pads(cx: &Cx, sp: &Spatial, size: &[usize]) -> R<(Vec<Pad>, Vec<i64>)> {
     let n = sp.kernel.len();
-    let size: Vec<usize> = x.dims()[4 - n..].to_vec();
     let out_pad = match cx.ints("output_padding")? {
         Some(p) if p.len() == n => p,
         Some(p) => {
@@ -524,12 +543,47 @@ pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
             .collect(),
         None => sp.pads.clone(),
     };
+    Ok((pads, out_pad))
+}
+
+pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let (x, w) = (cx.float(0)?, cx.float(1)?);
+    let one_d = x.rank() == 3;
+    let (x, w) = (to_2d(x)?, to_2d(w)?);
+    let groups = cx.int("group", 1)?.max(1) as usize;
+    let (c_in, m_g, kh, kw) = c(w.dims4())?;
+    let sp = spatial(cx, if one_d { vec![kw] } else { vec![kh, kw] })?;
+    let n = sp.kernel.len();
+    let size: Vec<usize> = x.dims()[4 - n..].to_vec();
+    let (pads, out_pad) = transposed_pads(cx, &sp, &size)?;
     let (pads, strides, dil, out_pad) = (
         pairs(&pads, (0, 0)),
         pairs(&sp.strides, 1),
         pairs(&sp.dilations, 1),
         pairs(&out_pad, 0),
     );
+    if kh == 0 || kw == 0 {
+        return Err("the kernel is empty".into());
+    }
+    let plain_f32 = x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
+    if plain_f32 && !x.track_op() && !w.track_op() {
+        let geometry = Transposed {
+            pads: [pads[0].0, pads[1].0],
+            strides: [strides[0], strides[1]],
+            dil: [dil[0], dil[1]],
+            out: [
+                transposed_len(x.dims()[2], strides[0], dil[0], kh, pads[0], out_pad[0])?,
+                transposed_len(x.dims()[3], strides[1], dil[1], kw, pads[1], out_pad[1])?,
+            ],
+        };
+        let bias = cx.opt(2).map(|b| b.tensor.clone());
+        let mut y = conv_transpose_direct(&x, &w, groups, &geometry, bias.as_ref())?;
+        if one_d {
+            y = c(y.squeeze(2))?;
+        }
+        return one(like(y, v));
+    }
     if dil[0] != dil[1] {
         return Err(Error::Op(format!(
             "dilations {dil:?} differ per axis: not supported"
@@ -537,9 +591,6 @@ pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
     }
     // Zero-insertion upsampling, then "full" padding less the requested pads.
     let xu = spread(&spread(&x, 2, strides[0])?, 3, strides[1])?;
-    if kh == 0 || kw == 0 {
-        return Err("the kernel is empty".into());
-    }
     let k = [kh, kw];
     let mut xu = xu;
     for (i, d) in [2usize, 3].into_iter().enumerate() {
@@ -580,6 +631,147 @@ pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
         y = c(y.squeeze(2))?;
     }
     one(like(y, v))
+}
+
+/// Where ConvTranspose puts its taps: begin pads, strides and dilations per axis, and the
+/// output's spatial size.
+struct Transposed {
+    pads: [i64; 2],
+    strides: [usize; 2],
+    dil: [usize; 2],
+    out: [usize; 2],
+}
+
+/// `stride·(len − 1) + output_padding + dilation·(k − 1) + 1 − pads` (the ONNX formula).
+fn transposed_len(
+    len: usize,
+    stride: usize,
+    dil: usize,
+    k: usize,
+    pads: (i64, i64),
+    out_pad: i64,
+) -> R<usize> {
+    let full = (stride as i64)
+        .saturating_mul(len as i64 - 1)
+        .saturating_add(out_pad)
+        .saturating_add((dil as i64).saturating_mul(k as i64 - 1))
+        .saturating_add(1)
+        .saturating_sub(pads.0)
+        .saturating_sub(pads.1);
+    usize::try_from(full)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            Error::Op(format!(
+                "pads {pads:?} leave no output for an input of {len}"
+            ))
+        })
+}
+
+/// ConvTranspose as one matrix product and a scatter, for runs that need no gradient:
+/// `cols = Wᵀ·x` holds every input pixel's contribution to each output channel and kernel
+/// tap, and each is added at its output position. The zero-insertion form that the gradient
+/// path uses multiplies mostly zeros (three quarters of them at stride 2).
+fn conv_transpose_direct(
+    x: &Tensor,
+    w: &Tensor,
+    groups: usize,
+    at: &Transposed,
+    bias: Option<&Tensor>,
+) -> R<Tensor> {
+    use rayon::prelude::*;
+    let (n, c_in, h, wd) = c(x.dims4())?;
+    let (w_in, m_g, kh, kw) = c(w.dims4())?;
+    if groups == 0 || c_in % groups != 0 || w_in != c_in {
+        return Err(Error::Op(format!(
+            "weight {:?} does not fit {c_in} input channels in {groups} groups",
+            w.dims()
+        )));
+    }
+    let (c_g, taps, [oh, ow]) = (c_in / groups, kh * kw, at.out);
+    let channels = groups * m_g;
+    check_output(&[n, channels, oh, ow], x.dtype())?;
+    check_output(&[n, channels * taps, h * wd], x.dtype())?;
+    let mut y = vec![0f32; n * channels * oh * ow];
+    if let Some(b) = bias {
+        let b = c(b
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>())?;
+        if b.len() != channels {
+            return Err(Error::Op(format!(
+                "bias of {} for {channels} channels",
+                b.len()
+            )));
+        }
+        for (plane, out) in y.chunks_mut(oh * ow).enumerate() {
+            out.fill(b[plane % channels]);
+        }
+    }
+    if y.is_empty() || c_in == 0 || h * wd == 0 {
+        return c(Tensor::from_vec(y, (n, channels, oh, ow), x.device()));
+    }
+    let xs = c(x.contiguous()?.reshape((n, groups, c_g, h * wd)))?;
+    let wt = c(w
+        .reshape((groups, c_g, m_g * taps))?
+        .transpose(1, 2)?
+        .contiguous())?;
+    let cols = c(wt.broadcast_matmul(&xs))?; // [n, groups, m_g·taps, h·wd]
+    crate::value::with_f32_slice(&cols, |cols| {
+        y.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let own = &cols[plane * taps * h * wd..(plane + 1) * taps * h * wd];
+                for (tap, src) in own.chunks(h * wd).enumerate() {
+                    scatter_tap(src, (h, wd), (tap / kw, tap % kw), at, out);
+                }
+            })
+    })?;
+    c(Tensor::from_vec(y, (n, channels, oh, ow), x.device()))
+}
+
+/// Adds one kernel tap's contributions, `src[i, j]` for each input pixel, at output position
+/// `(i·stride + ki·dilation − pad, j·stride + kj·dilation − pad)` where that lies inside.
+fn scatter_tap(
+    src: &[f32],
+    (h, wd): (usize, usize),
+    (ki, kj): (usize, usize),
+    at: &Transposed,
+    out: &mut [f32],
+) {
+    let [oh, ow] = at.out;
+    let [sh, sw] = at.strides;
+    // The input columns whose output column is inside [0, ow).
+    let first = |offset: i64, s: usize| -> usize {
+        if offset >= 0 {
+            0
+        } else {
+            (offset.unsigned_abs() as usize).div_ceil(s)
+        }
+    };
+    let col0 = (kj as i64 * at.dil[1] as i64).saturating_sub(at.pads[1]);
+    let j_start = first(col0, sw).min(wd);
+    let j_end = if col0 >= ow as i64 {
+        j_start
+    } else {
+        wd.min(((ow as i64 - 1 - col0) as usize) / sw + 1)
+    };
+    if j_start >= j_end {
+        return;
+    }
+    let row0 = (ki as i64 * at.dil[0] as i64).saturating_sub(at.pads[0]);
+    for i in first(row0, sh)..h {
+        let r = row0 + (i * sh) as i64;
+        if r >= oh as i64 {
+            break;
+        }
+        let row = &mut out[r as usize * ow..(r as usize + 1) * ow];
+        let start = (col0 + (j_start * sw) as i64) as usize;
+        let dst = row[start..].iter_mut().step_by(sw);
+        for (o, v) in dst.zip(&src[i * wd + j_start..i * wd + j_end]) {
+            *o += v;
+        }
+    }
 }
 
 /// Inserts `s − 1` zeros between consecutive elements along `dim`.

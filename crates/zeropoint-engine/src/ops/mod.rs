@@ -322,8 +322,40 @@ pub(crate) fn select(t: &Tensor, idx: &[i64], dim: usize) -> R<Tensor> {
         shape[dim] = idx.len();
         return c(Tensor::zeros(shape, t.dtype(), t.device()));
     }
+    if t.dtype() == CDType::F32 && !t.track_op() {
+        return select_f32(t, idx, dim);
+    }
     let idx = Tensor::from_slice(idx, idx.len(), t.device())?;
     Ok(t.contiguous()?.index_select(&idx, dim)?)
+}
+
+/// [`select`] as a plain copy loop: candle's copies one `memcpy` per selected run, which for
+/// the last axis (Resize, strided subsampling) is one call per element.
+fn select_f32(t: &Tensor, idx: &[i64], dim: usize) -> R<Tensor> {
+    let dims = t.dims();
+    let n = dims[dim];
+    let right: usize = dims[dim + 1..].iter().product();
+    if let Some(bad) = idx.iter().find(|&&i| i < 0 || i as usize >= n) {
+        return Err(Error::Op(format!(
+            "index {bad} is out of range for an axis of {n}"
+        )));
+    }
+    let mut shape = dims.to_vec();
+    shape[dim] = idx.len();
+    check_output(&shape, CDType::F32)?;
+    let mut out = Vec::with_capacity(shape.iter().product());
+    crate::value::with_f32_slice(t, |x| {
+        for block in x.chunks_exact(n * right) {
+            if right == 1 {
+                out.extend(idx.iter().map(|&i| block[i as usize]));
+            } else {
+                for &i in idx {
+                    out.extend_from_slice(&block[i as usize * right..(i as usize + 1) * right]);
+                }
+            }
+        }
+    })?;
+    c(Tensor::from_vec(out, shape, t.device()))
 }
 
 /// `v` (tensors of one shape, at least one) stacked along a new `dim`. candle copies empty
