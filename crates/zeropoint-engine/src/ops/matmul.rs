@@ -47,6 +47,14 @@ pub(crate) fn matmul_nd(a: &Tensor, b: &Tensor) -> R<Tensor> {
     Ok(out)
 }
 
+/// `t` itself where it is contiguous or the transpose of a contiguous matrix, else a copy.
+fn plain_or_transposed(t: &Tensor) -> R<Tensor> {
+    if t.is_contiguous() || (t.rank() == 2 && t.t()?.is_contiguous()) {
+        return Ok(t.clone());
+    }
+    c(t.contiguous())
+}
+
 pub fn gemm(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     let mut a = cx.float(0)?.clone();
@@ -62,7 +70,9 @@ pub fn gemm(cx: &Cx) -> R<Vec<Value>> {
     if let (Some(&m), Some(&n)) = (a.dims().first(), b.dims().last()) {
         check_output(&[m, n], a.dtype())?;
     }
-    let mut y = c(a.contiguous()?.matmul(&b.contiguous()?))?;
+    // candle multiplies a transposed contiguous operand in place: making it contiguous would
+    // copy a [K, N] weight, strided, on every call (a 16 MB classifier took 3/4 of a run).
+    let mut y = c(plain_or_transposed(&a)?.matmul(&plain_or_transposed(&b)?))?;
     if alpha != 1.0 {
         y = c(y.affine(alpha, 0.0))?;
     }
