@@ -31,6 +31,9 @@ pub struct Report {
     pub folded_constants: usize,
     /// (BatchNormalization node, the node it was folded into).
     pub folded_batch_norms: Vec<(String, String)>,
+    /// What each folded BatchNormalization said of its output, for the algorithms that use it
+    /// (high-bias absorption, analytic bias correction).
+    pub batch_norm_stats: Vec<BatchNormStats>,
     /// (Add node, the Conv it was folded into as the bias).
     pub folded_bias_adds: Vec<(String, String)>,
     /// Nodes removed because no output depends on them.
@@ -38,15 +41,26 @@ pub struct Report {
     pub removed_initializers: usize,
 }
 
+/// A folded BatchNormalization's output per channel is distributed with mean β and standard
+/// deviation |γ| (it normalizes, then scales by γ and shifts by β). The value is now the output
+/// of the layer it was folded into.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNormStats {
+    pub value: String,
+    pub beta: Vec<f64>,
+    pub gamma: Vec<f64>,
+}
+
 /// Runs every pass, in the order that lets each feed the next.
 pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let folded_constants = fold_constants(graph, eval)?;
-    let folded_batch_norms = fold_batch_norms(graph, eval)?;
+    let (folded_batch_norms, batch_norm_stats) = fold_batch_norms(graph, eval)?.into_iter().unzip();
     let folded_bias_adds = fold_bias_adds(graph)?;
     let (removed_nodes, removed_initializers) = remove_dead(graph);
     let mut report = Report {
         folded_constants,
         folded_batch_norms,
+        batch_norm_stats,
         folded_bias_adds,
         removed_nodes,
         removed_initializers,
@@ -136,8 +150,12 @@ pub fn remove_dead(graph: &mut Graph) -> (usize, usize) {
 }
 
 /// Folds each inference BatchNormalization into the Conv, Gemm or (rank-2) MatMul that alone
-/// feeds it, when all parameters are initializers.
-pub fn fold_batch_norms(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Vec<(String, String)>> {
+/// feeds it, when all parameters are initializers: (BatchNormalization, the node it was folded
+/// into) and the statistics it kept, per fold.
+pub fn fold_batch_norms(
+    graph: &mut Graph,
+    eval: &dyn Evaluator,
+) -> Result<Vec<((String, String), BatchNormStats)>> {
     let mut folded = Vec::new();
     let matrices = two_d_values(graph, eval);
     while let Some((bn, anchor)) = find_foldable(graph, &matrices) {
@@ -145,8 +163,8 @@ pub fn fold_batch_norms(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Vec<(
             graph.nodes[bn].name.clone(),
             graph.nodes[anchor].name.clone(),
         );
-        fold_one(graph, bn, anchor)?;
-        folded.push(names);
+        let stats = fold_one(graph, bn, anchor)?;
+        folded.push((names, stats));
     }
     Ok(folded)
 }
@@ -220,7 +238,7 @@ fn two_d_values(graph: &Graph, eval: &dyn Evaluator) -> HashSet<String> {
         .unwrap_or_default()
 }
 
-fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<()> {
+fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<BatchNormStats> {
     let b = graph.nodes[bn].clone();
     let err = |m: &str| Error::model(&graph.source, format!("folding {}: {m}", b.label()));
     let eps = b.attribute("epsilon").map_or(1e-5, |a| a.f()) as f64;
@@ -297,7 +315,11 @@ fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<()> {
         n.op = Op::Gemm;
     }
     graph.nodes.remove(bn);
-    Ok(())
+    Ok(BatchNormStats {
+        value: b.outputs[0].clone(),
+        beta,
+        gamma,
+    })
 }
 
 /// Folds `Conv → Add(per-channel constant)` into the Conv's bias, when the Conv's output goes to
