@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use zeropoint_core::metrics::Running;
-use zeropoint_engine::exec::Hook;
+use zeropoint_engine::exec::{Hook, HookError};
 use zeropoint_engine::{Executor, Value};
 
 use crate::dataset::Dataset;
@@ -85,12 +85,6 @@ const LOOKAHEAD: usize = 4;
 
 /// One batch through the float model and the compared one: both outputs, and the errors of the
 /// values in `names` against the float run.
-///
-/// The two runs go in lockstep on two threads: the float run hands each tracked value over as
-/// it is produced, and the compared run measures its own against it and drops it, so memory
-/// holds a few reference values rather than all of a batch's (the per-layer report of a
-/// 416×416 detector held 330 MB of them). Called from a thread of rayon's pool, the runs go one
-/// after the other instead.
 pub fn compare_batch(
     float: &Executor,
     other: &RunWith,
@@ -98,6 +92,35 @@ pub fn compare_batch(
     b: Batch,
 ) -> Result<Compared> {
     let mut layers = LayerErrors::new(names.to_vec());
+    let (fo, qo) = lockstep(float, other, names, b, &mut |name, r, v| {
+        layers.measure(name, r, &v)?;
+        Ok(v)
+    })?;
+    Ok(Compared {
+        float: fo,
+        other: qo,
+        layers,
+    })
+}
+
+/// What [`lockstep`] calls with each tracked value: its name, the float run's value and the
+/// compared run's; returns the value the compared run goes on with.
+pub type OnValue<'a> = dyn FnMut(&str, &Value, Value) -> std::result::Result<Value, HookError> + 'a;
+
+/// One batch through the float model and the compared one, both outputs; `on_value` sees each
+/// value of `names` of both runs as the compared run produces it.
+///
+/// The two runs go in lockstep on two threads: the float run hands each tracked value over as
+/// it is produced, and the compared run takes it and drops it, so memory holds a few reference
+/// values rather than all of a batch's (the per-layer report of a 416×416 detector held 330 MB
+/// of them). Called from a thread of rayon's pool, the runs go one after the other instead.
+pub fn lockstep(
+    float: &Executor,
+    other: &RunWith,
+    names: &[String],
+    b: Batch,
+    on_value: &mut OnValue,
+) -> Result<(Outputs, Outputs)> {
     let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
     let float_run = |b: Batch, send: &dyn Fn(String, Value)| {
         float.run_with(b, &mut |name, v| {
@@ -107,15 +130,15 @@ pub fn compare_batch(
             Ok(v)
         })
     };
-    let measure = |layers: &mut LayerErrors, references: &mut References, b: Batch| {
+    let mut compared_run = |references: &mut References, b: Batch| {
         other(b, &mut |name, v| {
             if !wanted.contains(name) {
                 return Ok(v);
             }
-            if let Some(r) = references.take(name) {
-                layers.measure(name, &r, &v)?;
+            match references.take(name) {
+                Some(r) => on_value(name, &r, v),
+                None => Ok(v),
             }
-            Ok(v)
         })
     };
     if rayon::current_thread_index().is_some() {
@@ -124,12 +147,8 @@ pub fn compare_batch(
         let (tx, rx) = std::sync::mpsc::channel();
         let fo = float_run(b.clone(), &|n, v| drop(tx.send((n, v))));
         drop(tx);
-        let qo = measure(&mut layers, &mut References::new(rx), b);
-        return Ok(Compared {
-            float: fo?,
-            other: qo?,
-            layers,
-        });
+        let qo = compared_run(&mut References::new(rx), b);
+        return Ok((fo?, qo?));
     }
     let (tx, rx) = std::sync::mpsc::sync_channel(LOOKAHEAD);
     std::thread::scope(|s| {
@@ -139,15 +158,11 @@ pub fn compare_batch(
             float_run(fb, &|n, v| drop(tx.send((n, v))))
         });
         let mut references = References::new(rx);
-        let qo = measure(&mut layers, &mut references, b);
+        let qo = compared_run(&mut references, b);
         // Unblocks the float run if the compared one stopped early.
         drop(references);
         let fo = float_thread.join().expect("the float run does not panic");
-        Ok(Compared {
-            float: fo?,
-            other: qo?,
-            layers,
-        })
+        Ok((fo?, qo?))
     })
 }
 

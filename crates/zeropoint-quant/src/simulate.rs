@@ -79,6 +79,24 @@ impl<'g> Simulation<'g> {
     }
 }
 
+impl Simulation<'_> {
+    /// Runs a batch; `hook` gets every value before its own quantizer (as the layer computed it
+    /// from quantized inputs and weights) and returns the value to quantize and go on with.
+    pub fn run_before_quant(
+        &self,
+        batch: HashMap<String, Value>,
+        hook: &mut Hook,
+    ) -> Result<Vec<(String, Value)>> {
+        Ok(self.exec.run_with(batch, &mut |name, v| {
+            let v = hook(name, v)?;
+            match self.activations.get(name) {
+                Some(qp) => fake_quant_value(&v, qp),
+                None => Ok(v),
+            }
+        })?)
+    }
+}
+
 /// An initializer as the exported model's DequantizeLinear gives it: a planned weight
 /// fake-quantized, a planned bias from its int32 codes, anything else as it is.
 fn quantized_initializer(t: &RawTensor, p: &Params) -> std::result::Result<Value, HookError> {
