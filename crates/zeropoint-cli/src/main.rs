@@ -5,6 +5,7 @@
 
 mod data_args;
 mod embedded;
+mod equalize;
 mod eval;
 mod explain;
 mod graph;
@@ -83,6 +84,9 @@ enum Command {
     Quantize(quantize::Args),
     /// Compare a float model and its quantized version on data: accuracy, agreement, SQNR.
     Eval(eval::Args),
+    /// Cross-layer equalization of a float model (what `quantize --cle` does first), written
+    /// as a float model.
+    Equalize(equalize::Args),
     /// Describe an ONNX model: inputs, outputs, shapes, operators, canonicalization.
     Graph(graph::Args),
     /// Run a float ONNX model with zeropoint's executor; write its outputs as .npy.
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
         Command::Graph(args) => graph::run(&args),
         Command::Quantize(args) => quantize::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Equalize(args) => equalize::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,8 +9,9 @@ use clap::{Args as ClapArgs, ValueEnum};
 use zeropoint_core::{Granularity, Scheme};
 use zeropoint_onnx::{atomic, model};
 use zeropoint_quant::encodings::encodings;
+
 use zeropoint_quant::ptq::{self, Options, Outcome};
-use zeropoint_quant::settings::{Preset, Settings};
+use zeropoint_quant::settings::{BiasCorrection, Preset, Settings};
 use zeropoint_quant::summary::Summary;
 
 use crate::data_args::DataArgs;
@@ -67,6 +68,13 @@ impl PresetArg {
     }
 }
 
+/// `--bias-correction`'s variants.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BiasCorrectionArg {
+    Empirical,
+    Analytic,
+}
+
 /// The choices of a quantization run, shared with the main job.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct QuantArgs {
@@ -100,6 +108,28 @@ pub struct QuantArgs {
     /// Samples on which the simulated model is compared with the float one, layer by layer.
     #[arg(long, default_value_t = 64)]
     pub report_samples: usize,
+    /// Cross-layer equalization before quantizing (Nagel et al. 2019): rescales the channels of
+    /// consecutive layers so that per-tensor weight grids fit every channel, and absorbs high
+    /// biases into the next layer where BatchNorm statistics say how high (docs/algorithms.md).
+    #[arg(long)]
+    pub cle: bool,
+    /// With --cle: replace each ReLU6 between two layers by a ReLU so that they can be
+    /// equalized (the paper's choice; changes the float model where an activation exceeds 6).
+    #[arg(long, requires = "cle")]
+    pub cle_relu6: bool,
+    /// With --cle: do not absorb high biases.
+    #[arg(long, requires = "cle")]
+    pub no_bias_absorption: bool,
+    /// Bias correction (Nagel et al. 2019). empirical (the default): each quantized layer's mean
+    /// output error per channel, measured on calibration samples with the layers before it
+    /// quantized and corrected, is subtracted from its bias. analytic: the error the quantized
+    /// weights cause on the mean input that the preceding BatchNorm's statistics give.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "empirical")]
+    pub bias_correction: Option<BiasCorrectionArg>,
+    /// Calibration samples empirical bias correction measures on, all in one batch (memory
+    /// grows with it).
+    #[arg(long, default_value_t = 16)]
+    pub bias_correction_samples: usize,
 }
 
 impl QuantArgs {
@@ -136,6 +166,16 @@ impl QuantArgs {
                 activations,
                 activation_method: self.activation_range.method(),
                 batch: self.batch,
+                equalize: self.cle.then_some(zeropoint_quant::equalize::Options {
+                    relu6_as_relu: self.cle_relu6,
+                    absorb_high_bias: !self.no_bias_absorption,
+                }),
+                bias_correction: self.bias_correction.map(|b| match b {
+                    BiasCorrectionArg::Empirical => BiasCorrection::Empirical {
+                        samples: self.bias_correction_samples,
+                    },
+                    BiasCorrectionArg::Analytic => BiasCorrection::Analytic,
+                }),
             },
             exclude: self.exclude.clone(),
             data,
@@ -327,6 +367,26 @@ fn report(
     Ok(())
 }
 
+/// What cross-layer equalization did, in a few lines.
+pub fn print_equalization(e: &zeropoint_quant::equalize::Report) {
+    let absorbed: usize = e.pairs.iter().map(|p| p.absorbed_channels).sum();
+    println!(
+        "cross-layer equalization: {} layer pairs in {} rounds, high bias absorbed in {absorbed} channels; {} ReLU6 made ReLU",
+        e.pairs.len(),
+        e.rounds,
+        e.relu6_replaced.len()
+    );
+    for r in e.refused.iter().take(5) {
+        println!("  not equalized: {} ({})", r.layer, r.reason);
+    }
+    if e.refused.len() > 5 {
+        println!(
+            "  ... {} more not equalized (--json lists them)",
+            e.refused.len() - 5
+        );
+    }
+}
+
 fn print_summary(s: &Summary) {
     let (before, after) = (s.bytes_before, s.bytes_after);
     println!(
@@ -342,6 +402,20 @@ fn print_summary(s: &Summary) {
         "placed {} weight, {} int32 bias and {} activation quantizers ({} more values share a grid); {} BatchNorm folded",
         q.weights, q.biases, q.activations, q.shared, s.canonicalization.folded_batch_norms
     );
+    if let Some(e) = &s.equalization {
+        print_equalization(e);
+    }
+    if !s.bias_corrections.is_empty() {
+        let largest = s
+            .bias_corrections
+            .iter()
+            .fold(0f64, |m, c| m.max(c.max_shift));
+        println!(
+            "bias correction: {} biases corrected, largest channel shift {}",
+            s.bias_corrections.len(),
+            num(largest, 4)
+        );
+    }
     println!("calibrated on {} samples", s.calibration_samples);
     let mut t = Table::new(&["value", "min", "max", "scale", "zp", "SQNR dB"]);
     for l in &s.layers {

@@ -36,10 +36,12 @@
 //! ```
 
 pub mod analysis;
+pub mod bias_correction;
 pub mod calibrate;
 pub mod compare;
 pub mod dataset;
 pub mod encodings;
+pub mod equalize;
 pub mod error;
 pub mod evaluate;
 pub mod idx;

@@ -8,6 +8,7 @@ use zeropoint_graph::canonicalize::{self, canonicalize};
 use zeropoint_graph::{opset, Graph};
 use zeropoint_onnx::{external_data, model, ModelProto};
 
+use crate::equalize;
 use crate::error::Result;
 use crate::qdq_export::required_opset;
 use crate::settings::Settings;
@@ -23,6 +24,8 @@ pub struct Prepared {
     pub graph: Graph,
     /// What canonicalization changed.
     pub canonical: canonicalize::Report,
+    /// What cross-layer equalization changed, when the settings ask for it.
+    pub equalization: Option<equalize::Report>,
 }
 
 /// Reads the model at `path` and prepares it for quantization with `settings`. An operator
@@ -37,11 +40,21 @@ pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
     }
     zeropoint_engine::exec::check_supported(&graph)?;
     opset::upgrade(&mut graph, required_opset(settings), &Engine)?;
-    let canonical = canonicalize(&mut graph, &Engine)?;
+    let mut canonical = canonicalize(&mut graph, &Engine)?;
+    // Before HardSwish is decomposed: equalization names it when it refuses a pair through it.
+    let equalization = match settings.equalize {
+        Some(opts) => Some(equalize::equalize(
+            &mut graph,
+            &mut canonical.batch_norm_stats,
+            opts,
+        )?),
+        None => None,
+    };
     canonicalize::decompose_hard_swish(&mut graph);
     Ok(Prepared {
         base,
         graph,
         canonical,
+        equalization,
     })
 }

@@ -17,8 +17,9 @@ use zeropoint_graph::canonicalize::Report;
 use zeropoint_graph::Graph;
 use zeropoint_onnx::ModelProto;
 
+use crate::bias_correction::{correct_biases, correct_biases_analytic};
 use crate::calibrate::calibrate;
-use crate::compare::LayerError;
+use crate::compare::{next_batches, LayerError};
 use crate::dataset::{Dataset, Preprocess};
 use crate::error::Result;
 use crate::params::{params, Params};
@@ -26,7 +27,7 @@ use crate::placement::Plan;
 use crate::prepare::prepare;
 use crate::qdq_export::export;
 use crate::report::layer_errors;
-use crate::settings::Settings;
+use crate::settings::{BiasCorrection, Settings};
 use zeropoint_engine::infer::{dtypes_of, probe_on, Run};
 use zeropoint_graph::graph::dims_fit;
 use zeropoint_graph::Dim;
@@ -60,6 +61,10 @@ pub struct Outcome {
     /// The QDQ model.
     pub model: ModelProto,
     pub canonical: Report,
+    /// What cross-layer equalization changed (`--cle`).
+    pub equalization: Option<crate::equalize::Report>,
+    /// The biases corrected (`--bias-correction`), in graph order.
+    pub bias_corrections: Vec<crate::bias_correction::Correction>,
     /// The canonical float graph the quantizers were placed on.
     pub graph: Graph,
     pub plan: Plan,
@@ -101,7 +106,21 @@ pub fn quantize(
     let ranges = calibrate(&graph, &plan, &mut data, &opts.settings, &mut |done| {
         progress("calibrating", done, total)
     })?;
-    let params = params(&graph, &plan, &ranges, &opts.settings)?;
+    let mut params = params(&graph, &plan, &ranges, &opts.settings)?;
+    let bias_corrections = match opts.settings.bias_correction {
+        Some(BiasCorrection::Empirical { samples }) => {
+            let one_each = next_batches(&mut open_data(&graph, opts)?, 1, samples)?;
+            correct_biases(&mut graph, &plan, &params, one_each)?
+        }
+        Some(BiasCorrection::Analytic) => {
+            let stats = &prepared.canonical.batch_norm_stats;
+            correct_biases_analytic(&mut graph, &plan, &params, stats)?
+        }
+        None => Vec::new(),
+    };
+    if !bias_corrections.is_empty() {
+        params = crate::params::params(&graph, &plan, &ranges, &opts.settings)?;
+    }
     seconds.calibrate = t.elapsed().as_secs_f64();
 
     // The report runs before the export, so that its executors are gone when the exported
@@ -128,6 +147,8 @@ pub fn quantize(
     Ok(Outcome {
         model,
         canonical: prepared.canonical,
+        equalization: prepared.equalization,
+        bias_corrections,
         graph,
         plan,
         params,

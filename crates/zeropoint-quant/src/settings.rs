@@ -15,6 +15,19 @@ pub struct Settings {
     pub activation_method: Method,
     /// Samples per calibration batch.
     pub batch: usize,
+    /// Cross-layer equalization (and high-bias absorption) before quantizers are placed.
+    pub equalize: Option<crate::equalize::Options>,
+    /// Bias correction after the ranges are set.
+    pub bias_correction: Option<BiasCorrection>,
+}
+
+/// How biases are corrected for the mean shift quantized weights cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BiasCorrection {
+    /// Measured on this many calibration samples (one batch).
+    Empirical { samples: usize },
+    /// From the BatchNorm statistics before each layer, without data.
+    Analytic,
 }
 
 impl Default for Settings {
@@ -35,6 +48,8 @@ impl Settings {
             activations: preset.activations(),
             activation_method: Method::Mse { norm: 2.0 },
             batch: 32,
+            equalize: None,
+            bias_correction: None,
         }
     }
 }

@@ -15,6 +15,10 @@ pub struct Summary {
     pub bytes_after: u64,
     pub calibration_samples: usize,
     pub canonicalization: Canonicalization,
+    /// Cross-layer equalization, when asked for (`--cle`).
+    pub equalization: Option<crate::equalize::Report>,
+    /// Empirical bias correction, when asked for (`--bias-correction`).
+    pub bias_corrections: Vec<crate::bias_correction::Correction>,
     pub quantizers: Quantizers,
     pub layers: Vec<Layer>,
     /// Wall time of the whole run.
@@ -90,6 +94,8 @@ impl Summary {
                 folded_batch_norms: o.canonical.folded_batch_norms.len(),
                 folded_constants: o.canonical.folded_constants,
             },
+            equalization: o.equalization.clone(),
+            bias_corrections: o.bias_corrections.clone(),
             quantizers: Quantizers {
                 weights: o.plan.weights.len(),
                 biases: o.params.biases.len(),

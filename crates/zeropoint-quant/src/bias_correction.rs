@@ -1,0 +1,366 @@
+//! Bias correction (Nagel et al. 2019, arXiv 1906.04721, §4.2; white paper §4.2), empirical and
+//! analytic.
+//!
+//! Quantized weights and inputs shift the mean of a layer's output: E[ỹ] − E[y] = E[W̃x̃] −
+//! E[Wx] ≠ 0 per output channel, and ReLUs downstream turn that shift into error that no range
+//! choice removes. Empirical bias correction measures the shift on calibration data and
+//! subtracts it from the layer's bias.
+//!
+//! The layers are corrected in graph order, each measured with the layers before it already
+//! quantized *and corrected*, in one run: every sample goes through the float and the simulated
+//! model in lockstep, one thread per sample, and the samples' runs wait for each other at each
+//! layer's output (before its own quantizer): the mean error over all samples is taken per
+//! channel and subtracted on the spot, so that every later layer sees the corrected value,
+//! exactly as the exported model computes it with the corrected bias. The samples' activations
+//! are held together: the sample count (`--bias-correction-samples`) bounds the memory.
+//!
+//! Analytic bias correction needs no data: where a layer's input is a folded BatchNorm's output
+//! (pre-activation ≈ N(β, γ²) per channel), directly or through a ReLU, E[x] is known —
+//! β, or γ·φ(−β/γ) + β·Φ(β/γ) after the ReLU (the mean of a rectified Gaussian) — and the shift
+//! the quantized weights cause is (W̃ − W)·E[x], summed over each filter's taps. It sees only the
+//! weights' error, not the input's, and ignores zero padding.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex};
+
+use zeropoint_core::fake_quant;
+use zeropoint_engine::exec::HookError;
+use zeropoint_engine::{Executor, Value};
+use zeropoint_graph::canonicalize::BatchNormStats;
+use zeropoint_graph::{Graph, Op};
+use zeropoint_onnx::RawTensor;
+
+use crate::compare::{lockstep, Batch};
+use crate::error::{Error, Result};
+use crate::params::Params;
+use crate::placement::Plan;
+use crate::simulate::Simulation;
+
+/// The correction of one layer's bias.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Correction {
+    pub layer: String,
+    pub bias: String,
+    /// The largest |mean error| over the output channels, subtracted from the bias.
+    pub max_shift: f64,
+    /// Mean |mean error| over the output channels.
+    pub mean_shift: f64,
+}
+
+/// Measures every quantized layer's mean output error per channel on `samples` (float against
+/// simulated with `params`), in graph order with earlier corrections applied, and subtracts it
+/// from the layer's bias in `graph`. The caller recomputes the parameters (the int32 biases)
+/// from the corrected graph.
+pub fn correct_biases(
+    graph: &mut Graph,
+    plan: &Plan,
+    params: &Params,
+    samples: Vec<Batch>,
+) -> Result<Vec<Correction>> {
+    let layers = biased_layers(graph, plan);
+    let names: Vec<String> = graph
+        .nodes
+        .iter()
+        .filter(|n| layers.contains_key(&n.outputs[0]))
+        .map(|n| n.outputs[0].clone())
+        .collect();
+    let meeting = Meeting::new(samples.len());
+    {
+        let float = Executor::new(graph)?;
+        let sim = Simulation::sharing(graph, params, float.initializer_values())?;
+        let run = |i: usize, sample: Batch| {
+            // Whatever stops this run (an error, a panic), the others must not wait for it.
+            let _leaving = Leaving(&meeting);
+            let r = lockstep(
+                &float,
+                &|b, hook| sim.run_before_quant(b, hook),
+                &names,
+                sample,
+                &mut |name, r, v| {
+                    let mean = meeting.pool(name, i, channel_error_sums(r, &v)?)?;
+                    Ok(subtract_per_channel(&v, &mean)?)
+                },
+            );
+            r.map(drop)
+        };
+        // One thread per sample (models with a fixed batch of 1 cannot take them as one batch);
+        // they meet at every layer to pool its error before any goes on.
+        std::thread::scope(|s| {
+            let threads: Vec<_> = samples
+                .into_iter()
+                .enumerate()
+                .map(|(i, sample)| s.spawn(move || run(i, sample)))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("a bias correction run does not panic"))
+                .collect::<Result<Vec<()>>>()
+        })?;
+    }
+    apply(graph, &layers, meeting.into_means(&names))
+}
+
+/// Where the samples' runs meet at each layer: each adds its per-channel error sums and waits
+/// until all have; the mean is summed in sample order, so it does not depend on which thread
+/// came first.
+struct Meeting {
+    samples: usize,
+    state: Mutex<MeetingState>,
+    arrived: Condvar,
+}
+
+/// One sample's error at a layer: per-channel sums of (simulated − float) and the elements per
+/// channel.
+type Part = (Vec<f64>, f64);
+
+/// A layer's parts, one per sample as they arrive, and their mean once all are in.
+type Pooled = (Vec<Option<Part>>, Option<Vec<f64>>);
+
+#[derive(Default)]
+struct MeetingState {
+    /// Per layer output: each sample's (sums, count), then the mean once all are in.
+    layers: HashMap<String, Pooled>,
+    /// Samples whose run has stopped (finished or failed).
+    left: usize,
+}
+
+impl Meeting {
+    fn new(samples: usize) -> Meeting {
+        Meeting {
+            samples,
+            state: Mutex::new(MeetingState::default()),
+            arrived: Condvar::new(),
+        }
+    }
+
+    /// Adds sample `i`'s error sums for `name`; returns the mean over all samples.
+    fn pool(&self, name: &str, i: usize, part: Part) -> std::result::Result<Vec<f64>, HookError> {
+        let stopped = || -> HookError { "another sample's run stopped".into() };
+        let mut st = self.state.lock().map_err(|_| stopped())?;
+        let n = self.samples;
+        let entry = st
+            .layers
+            .entry(name.to_string())
+            .or_insert_with(|| (vec![None; n], None));
+        entry.0[i] = Some(part);
+        if entry.0.iter().all(Option::is_some) {
+            entry.1 = Some(mean_in_order(&entry.0));
+            self.arrived.notify_all();
+        }
+        loop {
+            if let Some(mean) = st.layers.get(name).and_then(|e| e.1.clone()) {
+                return Ok(mean);
+            }
+            if st.left > 0 {
+                return Err(stopped());
+            }
+            st = self.arrived.wait(st).map_err(|_| stopped())?;
+        }
+    }
+
+    /// A sample's run has stopped. Layers it has not pooled yet can never complete: whoever
+    /// waits for one is released with an error (a run that finished pooled every layer).
+    fn leave(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.left += 1;
+        }
+        self.arrived.notify_all();
+    }
+
+    /// The mean error of each layer output, in `names` order.
+    fn into_means(self, names: &[String]) -> Vec<(String, Vec<f64>)> {
+        let mut st = self.state.into_inner().unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|n| Some((n.clone(), st.layers.remove(n)?.1?)))
+            .collect()
+    }
+}
+
+/// Ends a sample's part in a [`Meeting`] when its run stops: the others then stop waiting for
+/// it (they have its contributions already if it finished).
+struct Leaving<'a>(&'a Meeting);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+/// The mean of the samples' (per-channel sums, element count), summed in sample order.
+fn mean_in_order(parts: &[Option<Part>]) -> Vec<f64> {
+    let mut total: Vec<f64> = Vec::new();
+    let mut count = 0.0;
+    for (sums, n) in parts.iter().flatten() {
+        if total.is_empty() {
+            total = vec![0.0; sums.len()];
+        }
+        total.iter_mut().zip(sums).for_each(|(t, s)| *t += s);
+        count += n;
+    }
+    total.iter().map(|t| t / count.max(1.0)).collect()
+}
+
+/// Subtracts each layer output's shift from its layer's bias.
+fn apply(
+    graph: &mut Graph,
+    layers: &HashMap<String, (String, String)>,
+    shifts: Vec<(String, Vec<f64>)>,
+) -> Result<Vec<Correction>> {
+    let mut corrections = Vec::new();
+    for (value, shift) in shifts {
+        let Some((layer, bias)) = layers.get(&value) else {
+            continue;
+        };
+        let t = graph
+            .initializers
+            .iter_mut()
+            .find(|t| &t.name == bias)
+            .ok_or_else(|| Error::new(&graph.source, format!("bias '{bias}' is missing")))?;
+        let old = t.to_f64s();
+        if old.len() != shift.len() {
+            continue;
+        }
+        let new: Vec<f64> = old.iter().zip(&shift).map(|(b, s)| b - s).collect();
+        *t = RawTensor::from_f64s(&t.name, &t.shape, &new, t.dtype);
+        let n = shift.len().max(1) as f64;
+        corrections.push(Correction {
+            layer: layer.clone(),
+            bias: bias.clone(),
+            max_shift: shift.iter().fold(0f64, |m, s| m.max(s.abs())),
+            mean_shift: shift.iter().map(|s| s.abs()).sum::<f64>() / n,
+        });
+    }
+    Ok(corrections)
+}
+
+/// Layer output → (layer, bias initializer), for every layer with a planned bias.
+fn biased_layers(graph: &Graph, plan: &Plan) -> HashMap<String, (String, String)> {
+    let mut layers = HashMap::new();
+    for site in &plan.biases {
+        if let Some(n) = graph.nodes.iter().find(|n| n.name == site.node) {
+            layers.insert(n.outputs[0].clone(), (n.name.clone(), site.name.clone()));
+        }
+    }
+    layers
+}
+
+/// Analytic bias correction of every planned bias whose layer reads a folded BatchNorm's output,
+/// directly or through one ReLU (`stats`): the bias less (W̃ − W)·E[x].
+pub fn correct_biases_analytic(
+    graph: &mut Graph,
+    plan: &Plan,
+    params: &Params,
+    stats: &[BatchNormStats],
+) -> Result<Vec<Correction>> {
+    let layers = biased_layers(graph, plan);
+    let stats: HashMap<&str, &BatchNormStats> =
+        stats.iter().map(|s| (s.value.as_str(), s)).collect();
+    let producers = graph.producers();
+    let mut shifts = Vec::new();
+    for node in &graph.nodes {
+        if !layers.contains_key(&node.outputs[0]) {
+            continue;
+        }
+        let Some(mean) = input_mean(graph, &producers, &stats, &node.inputs[0]) else {
+            continue;
+        };
+        let (Some(w), Some(wp)) = (
+            graph.float_initializer(&node.inputs[1]),
+            params.weight(&node.inputs[1]),
+        ) else {
+            continue;
+        };
+        let exact = w.to_f32s();
+        let rounded = fake_quant(&exact, &w.shape, &wp.qparams)
+            .map_err(|e| Error::new(&graph.source, format!("{}: {e}", node.label())))?;
+        let trans_b = node.attribute("transB").is_some_and(|a| a.i() != 0);
+        // (output axis, input axis) of W.
+        let (out_axis, in_axis) = match node.op {
+            Op::Gemm if !trans_b => (1, 0),
+            _ => (0, 1),
+        };
+        if w.shape.len() < 2 || w.shape[in_axis] != mean.len() {
+            continue;
+        }
+        let channel = |axis: usize| {
+            let inner: usize = w.shape[axis + 1..].iter().product();
+            let dim = w.shape[axis];
+            move |f: usize| (f / inner.max(1)) % dim.max(1)
+        };
+        let (oc, ic) = (channel(out_axis), channel(in_axis));
+        let mut shift = vec![0f64; w.shape[out_axis]];
+        for (f, (q, x)) in rounded.iter().zip(&exact).enumerate() {
+            shift[oc(f)] += (f64::from(*q) - f64::from(*x)) * mean[ic(f)];
+        }
+        shifts.push((node.outputs[0].clone(), shift));
+    }
+    apply(graph, &layers, shifts)
+}
+
+/// E[x] per channel of `value` where a folded BatchNorm's statistics give it: the BatchNorm's
+/// output itself (β), or a ReLU of it (the rectified Gaussian's mean).
+fn input_mean(
+    graph: &Graph,
+    producers: &HashMap<&str, usize>,
+    stats: &HashMap<&str, &BatchNormStats>,
+    value: &str,
+) -> Option<Vec<f64>> {
+    if let Some(s) = stats.get(value) {
+        return Some(s.beta.clone());
+    }
+    let relu = &graph.nodes[*producers.get(value)?];
+    if relu.op != Op::Relu {
+        return None;
+    }
+    let s = stats.get(relu.inputs[0].as_str())?;
+    Some(
+        s.beta
+            .iter()
+            .zip(&s.gamma)
+            .map(|(&b, &g)| rectified_mean(b, g.abs()))
+            .collect(),
+    )
+}
+
+/// E[max(0, x)] for x ~ N(μ, σ²): σ·φ(μ/σ) + μ·Φ(μ/σ).
+pub fn rectified_mean(mu: f64, sigma: f64) -> f64 {
+    if sigma <= 0.0 {
+        return mu.max(0.0);
+    }
+    let z = mu / sigma;
+    let pdf = (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let cdf = 0.5 * (1.0 + libm::erf(z / std::f64::consts::SQRT_2));
+    sigma * pdf + mu * cdf
+}
+
+/// Sums of `v − r` per channel (axis 1) over every other axis, and the elements per channel.
+fn channel_error_sums(r: &Value, v: &Value) -> zeropoint_engine::Result<Part> {
+    let shape = v.shape().to_vec();
+    let channels = shape.get(1).copied().unwrap_or(1).max(1);
+    let inner: usize = shape.iter().skip(2).product();
+    let mut sums = vec![0f64; channels];
+    r.with_f32s(|r| {
+        v.with_f32s(|x| {
+            for (i, (a, b)) in r.iter().zip(x).enumerate() {
+                sums[(i / inner.max(1)) % channels] += f64::from(*b) - f64::from(*a);
+            }
+        })
+    })??;
+    let count = shape.iter().product::<usize>() / channels;
+    Ok((sums, count as f64))
+}
+
+/// `v` less `shift[c]` on every element of channel c (axis 1).
+fn subtract_per_channel(v: &Value, shift: &[f64]) -> zeropoint_engine::Result<Value> {
+    let shape = v.shape().to_vec();
+    let inner: usize = shape.iter().skip(2).product();
+    let channels = shift.len().max(1);
+    let y = v.with_f32s(|x| {
+        x.iter()
+            .enumerate()
+            .map(|(i, &x)| x - shift[(i / inner.max(1)) % channels] as f32)
+            .collect::<Vec<f32>>()
+    })?;
+    Value::from_f32_vec(y, &shape)
+}

@@ -1,0 +1,598 @@
+//! Cross-layer equalization and high-bias absorption (Nagel et al. 2019, "Data-Free
+//! Quantization Through Weight Equalization and Bias Correction", arXiv 1906.04721, §4.1 and
+//! §4.1.1; white paper §4.7), on the canonical float graph (BatchNorms folded), before any
+//! quantizer is placed.
+//!
+//! Per-tensor weight quantization gives every output channel the step of the widest one. When a
+//! layer's output channel i reaches the next layer only through positively homogeneous operators
+//! (ReLU, LeakyReLU, PReLU, max and average pooling, Identity: f(s·x) = s·f(x) for s > 0),
+//! dividing that channel's weights and bias by s_i and multiplying the next layer's input
+//! channel i by s_i computes the same function. s_i = √(r1_i / r2_i), r being the per-channel
+//! max |W| of the two sides, makes both ranges √(r1_i·r2_i). Pairs that share a layer (Conv →
+//! depthwise Conv → Conv) are equalized in turn until no scale moves; the fixed point is the
+//! paper's triplet form (all three ranges the cube root of their product).
+//!
+//! ReLU6 (Clip to [0, 6]), HardSwish, sigmoids and the like are not homogeneous: scaling moves
+//! their clip points. Pairs through them are refused and listed. With `relu6_as_relu`, each
+//! ReLU6 between two layers becomes a ReLU first, as the paper does for MobileNetV2: this
+//! changes the float model wherever an activation exceeded 6.
+//!
+//! High-bias absorption: equalization can leave large biases, which widen the next activation's
+//! range. Where the first layer's output went through a folded BatchNorm (pre-activation ≈
+//! N(β, γ²) per channel) and only a ReLU (and max pooling) lies before the next layer,
+//! c = max(0, β − 3|γ|) is taken out of the first layer's bias and W₂·c added to the next one's:
+//! ReLU(x − c) = ReLU(x) − c wherever x ≥ c, all but 0.13 % of a Gaussian's mass. Zero padding
+//! in the next layer is where it is not exact: border outputs lose the W₂·c of the padded taps.
+
+use std::collections::{HashMap, HashSet};
+
+use zeropoint_graph::canonicalize::BatchNormStats;
+use zeropoint_graph::graph::Names;
+use zeropoint_graph::{Graph, Node, Op};
+use zeropoint_onnx::{DType, RawTensor};
+
+use crate::error::{Error, Result};
+
+/// What equalization may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Replace each ReLU6 between two layers by a ReLU so that the pair can be equalized.
+    pub relu6_as_relu: bool,
+    /// Absorb high biases into the next layer where BatchNorm statistics say how high.
+    pub absorb_high_bias: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            relu6_as_relu: false,
+            absorb_high_bias: true,
+        }
+    }
+}
+
+/// Two layers equalized: `first`'s output channels against `second`'s input channels.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Pair {
+    pub first: String,
+    pub second: String,
+    /// The operators between them, in order.
+    pub through: Vec<String>,
+    /// Channels whose bias was partly moved into `second` (high-bias absorption).
+    pub absorbed_channels: usize,
+}
+
+/// A layer whose output could not be equalized with the next layer, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Refusal {
+    pub layer: String,
+    pub reason: String,
+}
+
+/// What equalization did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Report {
+    pub pairs: Vec<Pair>,
+    pub refused: Vec<Refusal>,
+    /// Rounds over all pairs until the largest scale moved less than 1e-6 (relative).
+    pub rounds: usize,
+    /// ReLU6 nodes replaced by ReLU ([`Options::relu6_as_relu`]).
+    pub relu6_replaced: Vec<String>,
+}
+
+/// Rounds stop when every scale of a round is within this of 1 (or after `MAX_ROUNDS`).
+const TOLERANCE: f64 = 1e-6;
+const MAX_ROUNDS: usize = 100;
+
+/// Equalizes every eligible pair of layers of `graph` (main graph; subgraphs are left as they
+/// are) and absorbs high biases where `stats` has the first layer's BatchNorm statistics, which
+/// are updated to describe the rescaled and shifted channels.
+pub fn equalize(graph: &mut Graph, stats: &mut [BatchNormStats], opts: Options) -> Result<Report> {
+    let (chains, refused) = find_chains(graph, opts);
+    let mut report = Report {
+        refused,
+        ..Report::default()
+    };
+    if chains.is_empty() {
+        return Ok(report);
+    }
+    let mut layers: HashMap<usize, Layer> = HashMap::new();
+    for c in &chains {
+        for i in [c.first, c.second] {
+            if let std::collections::hash_map::Entry::Vacant(e) = layers.entry(i) {
+                e.insert(Layer::read(graph, i)?);
+            }
+        }
+    }
+    report.rounds = balance(&chains, &mut layers).map_err(|m| Error::new(&graph.source, m))?;
+    let index: HashMap<String, usize> = stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.value.clone(), i))
+        .collect();
+    let mut absorbed: HashMap<usize, Vec<f64>> = HashMap::new();
+    for c in &chains {
+        let bn = index
+            .get(&graph.nodes[c.first].outputs[0])
+            .map(|&i| &stats[i]);
+        let shift = match bn {
+            Some(bn) if opts.absorb_high_bias && c.absorbable => absorb(c, bn, &mut layers),
+            _ => Vec::new(),
+        };
+        report.pairs.push(Pair {
+            first: graph.nodes[c.first].name.clone(),
+            second: graph.nodes[c.second].name.clone(),
+            through: c.through.iter().map(|&i| graph.nodes[i].label()).collect(),
+            absorbed_channels: shift.iter().filter(|&&c| c > 0.0).count(),
+        });
+        absorbed.insert(c.first, shift);
+    }
+    // The statistics follow the channels: divided by their scales, less what was absorbed.
+    for (i, layer) in &layers {
+        let Some(s) = index
+            .get(&graph.nodes[*i].outputs[0])
+            .map(|&k| &mut stats[k])
+        else {
+            continue;
+        };
+        let shift = absorbed.get(i).map(Vec::as_slice).unwrap_or(&[]);
+        for (ch, scale) in layer.out_scale.iter().enumerate().take(s.beta.len()) {
+            s.beta[ch] = s.beta[ch] / scale - shift.get(ch).copied().unwrap_or(0.0);
+            s.gamma[ch] /= scale;
+        }
+    }
+    for c in &chains {
+        for &i in &c.relu6 {
+            report.relu6_replaced.push(graph.nodes[i].name.clone());
+            let n = &mut graph.nodes[i];
+            n.op = Op::Relu;
+            n.inputs.truncate(1);
+            n.attributes.clear();
+        }
+    }
+    write_back(graph, layers);
+    Ok(report)
+}
+
+/// Two layers and the homogeneous operators between them.
+struct Chain {
+    first: usize,
+    second: usize,
+    through: Vec<usize>,
+    /// ReLU6 nodes among `through`, to become ReLUs.
+    relu6: Vec<usize>,
+    /// Only ReLU (then max pooling) in between: high-bias absorption holds.
+    absorbable: bool,
+}
+
+/// Where a layer's channels are in its weight: output and input channel axes, and whether one
+/// channel is both (a depthwise convolution, one filter per input channel).
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Conv,
+    Depthwise,
+    /// Gemm or MatMul over the last axis: W is [in, out].
+    Dense,
+    /// Gemm with transB: W is [out, in].
+    DenseT,
+}
+
+impl Kind {
+    fn axes(self) -> (usize, usize) {
+        match self {
+            Kind::Conv => (0, 1),
+            Kind::Depthwise => (0, 0),
+            Kind::Dense => (1, 0),
+            Kind::DenseT => (0, 1),
+        }
+    }
+
+    /// The axis of the values it reads and writes that holds channels: 1 for NCHW, last for
+    /// dense layers (rank unknown here: compared by kind).
+    fn is_conv(self) -> bool {
+        matches!(self, Kind::Conv | Kind::Depthwise)
+    }
+}
+
+/// The layer kind of node `n`, if its weight is a float initializer zeropoint can rescale.
+fn kind_of(graph: &Graph, n: &Node) -> Option<Kind> {
+    let w = graph.float_initializer(n.inputs.get(1)?)?;
+    let int = |name: &str| n.attribute(name).map_or(0, |a| a.i());
+    match n.op {
+        Op::Conv if int("group") <= 1 && w.shape.len() >= 3 => Some(Kind::Conv),
+        Op::Conv if w.shape.len() >= 3 && w.shape[1] == 1 && int("group") == w.shape[0] as i64 => {
+            Some(Kind::Depthwise)
+        }
+        Op::Gemm if int("transA") == 0 && w.shape.len() == 2 => Some(if int("transB") != 0 {
+            Kind::DenseT
+        } else {
+            Kind::Dense
+        }),
+        Op::MatMul if w.shape.len() == 2 && n.inputs.len() == 2 => Some(Kind::Dense),
+        _ => None,
+    }
+}
+
+/// Every (layer, next layer) pair connected through homogeneous operators only, and the layers
+/// whose output could not be followed to one, with the reason.
+fn find_chains(graph: &Graph, opts: Options) -> (Vec<Chain>, Vec<Refusal>) {
+    let consumers = graph.consumers();
+    let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+    let mut chains = Vec::new();
+    let mut refused = Vec::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let Some(kind) = kind_of(graph, node) else {
+            continue;
+        };
+        if !bias_per_channel(graph, node, kind) {
+            continue;
+        }
+        match follow(graph, &consumers, &outputs, i, opts) {
+            Ok(chain) => {
+                let next = kind_of(graph, &graph.nodes[chain.second]);
+                if next.is_some_and(|k| k.is_conv() == kind.is_conv()) {
+                    chains.push(chain);
+                } else {
+                    refused.push(Refusal {
+                        layer: node.name.clone(),
+                        reason: format!(
+                            "its channels reach {} in another layout",
+                            graph.nodes[chain.second].label()
+                        ),
+                    });
+                }
+            }
+            Err(Some(reason)) => refused.push(Refusal {
+                layer: node.name.clone(),
+                reason,
+            }),
+            Err(None) => {}
+        }
+    }
+    (chains, refused)
+}
+
+/// Whether `node`'s bias, if any, is a float initializer with one value per output channel.
+fn bias_per_channel(graph: &Graph, node: &Node, kind: Kind) -> bool {
+    let Some(b) = node.inputs.get(2).filter(|b| !b.is_empty()) else {
+        return true;
+    };
+    let (Some(w), Some(b)) = (
+        graph.float_initializer(&node.inputs[1]),
+        graph.float_initializer(b),
+    ) else {
+        return false;
+    };
+    b.len() == w.shape[kind.axes().0] && b.shape.iter().filter(|&&d| d != 1).count() <= 1
+}
+
+/// Follows layer `first`'s output to the next layer. `Err(Some(reason))` where something stands
+/// in the way that the user should hear of (a non-homogeneous activation, a fork); `Err(None)`
+/// where the output simply goes elsewhere (an Add, a graph output).
+fn follow(
+    graph: &Graph,
+    consumers: &HashMap<String, Vec<usize>>,
+    outputs: &HashSet<&str>,
+    first: usize,
+    opts: Options,
+) -> std::result::Result<Chain, Option<String>> {
+    let mut value = graph.nodes[first].outputs[0].clone();
+    let (mut through, mut relu6): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
+    loop {
+        if outputs.contains(value.as_str()) {
+            return Err(None);
+        }
+        let next = match consumers.get(&value).map(Vec::as_slice) {
+            Some([one]) => *one,
+            Some(many) if many.len() > 1 => {
+                return Err(Some(format!("'{value}' feeds {} nodes", many.len())))
+            }
+            _ => return Err(None),
+        };
+        let node = &graph.nodes[next];
+        if node.inputs.first() != Some(&value) || !node.subgraphs.is_empty() {
+            return Err(None);
+        }
+        if kind_of(graph, node).is_some() {
+            // Only a ReLU, then max pooling, keeps ReLU(x − c) = ReLU(x) − c after the shift.
+            let ops: Vec<&Op> = through.iter().map(|&i| &graph.nodes[i].op).collect();
+            let absorbable = !through.is_empty()
+                && (*ops[0] == Op::Relu || relu6.first() == Some(&through[0]))
+                && ops[1..].iter().all(|&op| *op == Op::MaxPool);
+            return Ok(Chain {
+                first,
+                second: next,
+                through,
+                relu6,
+                absorbable,
+            });
+        }
+        match homogeneous(graph, node) {
+            Homogeneous::Yes => {}
+            Homogeneous::Relu6 if opts.relu6_as_relu => relu6.push(next),
+            Homogeneous::Relu6 => {
+                return Err(Some(format!(
+                    "{} is a ReLU6, not positively homogeneous (it can be made a ReLU on request)",
+                    node.label()
+                )))
+            }
+            Homogeneous::No if is_activation(&node.op) => {
+                return Err(Some(format!(
+                    "{} is not positively homogeneous",
+                    node.label()
+                )))
+            }
+            Homogeneous::No => return Err(None),
+        }
+        through.push(next);
+        value = node.outputs[0].clone();
+    }
+}
+
+enum Homogeneous {
+    Yes,
+    Relu6,
+    No,
+}
+
+/// Whether `node` commutes with a positive per-channel scale of its first input.
+fn homogeneous(graph: &Graph, node: &Node) -> Homogeneous {
+    let single_output = node.outputs.iter().skip(1).all(String::is_empty);
+    match node.op {
+        Op::Relu | Op::LeakyRelu | Op::Identity => Homogeneous::Yes,
+        // The slope is unchanged: PReLU(s·x) = s·PReLU(x) for s > 0.
+        Op::PRelu => match node.inputs.get(1) {
+            Some(slope) if graph.initializer(slope).is_some() => Homogeneous::Yes,
+            _ => Homogeneous::No,
+        },
+        Op::MaxPool | Op::AveragePool | Op::GlobalAveragePool | Op::GlobalMaxPool
+            if single_output =>
+        {
+            Homogeneous::Yes
+        }
+        Op::Clip if clip_bounds(graph, node) == Some((0.0, 6.0)) => Homogeneous::Relu6,
+        _ => Homogeneous::No,
+    }
+}
+
+fn is_activation(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Clip
+            | Op::HardSwish
+            | Op::HardSigmoid
+            | Op::Sigmoid
+            | Op::Tanh
+            | Op::Gelu
+            | Op::Elu
+            | Op::Selu
+            | Op::Softplus
+            | Op::Mul
+    )
+}
+
+/// Clip's (min, max), from its inputs (opset ≥ 11) or attributes.
+fn clip_bounds(graph: &Graph, node: &Node) -> Option<(f32, f32)> {
+    let input = |i: usize| {
+        node.inputs
+            .get(i)
+            .filter(|n| !n.is_empty())
+            .and_then(|n| graph.initializer(n))
+            .and_then(|t| t.to_f32s().first().copied())
+    };
+    let attr = |name: &str| node.attribute(name).map(|a| a.f());
+    let lo = input(1).or_else(|| attr("min"))?;
+    let hi = input(2).or_else(|| attr("max"))?;
+    Some((lo, hi))
+}
+
+/// A layer's weight and bias in f64, as equalization rescales them.
+struct Layer {
+    kind: Kind,
+    shape: Vec<usize>,
+    w: Vec<f64>,
+    w_dtype: DType,
+    bias: Option<Vec<f64>>,
+    /// The product of the scales its output channels were divided by.
+    out_scale: Vec<f64>,
+    changed: bool,
+}
+
+impl Layer {
+    fn read(graph: &Graph, i: usize) -> Result<Layer> {
+        let node = &graph.nodes[i];
+        let kind = kind_of(graph, node)
+            .ok_or_else(|| Error::new(&graph.source, format!("{} is not a layer", node.label())))?;
+        let w = graph.float_initializer(&node.inputs[1]).ok_or_else(|| {
+            Error::new(&graph.source, format!("{}: weight missing", node.label()))
+        })?;
+        let bias = node
+            .inputs
+            .get(2)
+            .filter(|b| !b.is_empty())
+            .and_then(|b| graph.float_initializer(b))
+            .map(RawTensor::to_f64s);
+        let channels = w.shape[kind.axes().0];
+        Ok(Layer {
+            kind,
+            shape: w.shape.clone(),
+            w: w.to_f64s(),
+            w_dtype: w.dtype,
+            bias,
+            out_scale: vec![1.0; channels],
+            changed: false,
+        })
+    }
+
+    /// The channel along `axis` of each weight element, by flat index.
+    fn channel(&self, axis: usize) -> impl Fn(usize) -> usize {
+        let inner: usize = self.shape[axis + 1..].iter().product();
+        let dim = self.shape[axis];
+        move |f| (f / inner.max(1)) % dim.max(1)
+    }
+
+    /// Max |W| per channel along `axis`.
+    fn ranges(&self, axis: usize) -> Vec<f64> {
+        let mut r = vec![0f64; self.shape[axis]];
+        let ch = self.channel(axis);
+        for (f, w) in self.w.iter().enumerate() {
+            r[ch(f)] = r[ch(f)].max(w.abs());
+        }
+        r
+    }
+
+    fn out_ranges(&self) -> Vec<f64> {
+        self.ranges(self.kind.axes().0)
+    }
+
+    fn in_ranges(&self) -> Vec<f64> {
+        self.ranges(self.kind.axes().1)
+    }
+
+    /// Output channel i divided by s_i, bias included.
+    fn divide_outputs(&mut self, s: &[f64]) {
+        let ch = self.channel(self.kind.axes().0);
+        for (f, w) in self.w.iter_mut().enumerate() {
+            *w /= s[ch(f)];
+        }
+        if let Some(b) = &mut self.bias {
+            b.iter_mut().zip(s).for_each(|(b, s)| *b /= s);
+        }
+        self.out_scale.iter_mut().zip(s).for_each(|(o, s)| *o *= s);
+        self.changed = true;
+    }
+
+    /// Input channel i multiplied by s_i.
+    fn multiply_inputs(&mut self, s: &[f64]) {
+        let ch = self.channel(self.kind.axes().1);
+        for (f, w) in self.w.iter_mut().enumerate() {
+            *w *= s[ch(f)];
+        }
+        self.changed = true;
+    }
+}
+
+/// Equalizes every chain in turn, round after round, until the scales stop moving; returns the
+/// number of rounds.
+fn balance(
+    chains: &[Chain],
+    layers: &mut HashMap<usize, Layer>,
+) -> std::result::Result<usize, String> {
+    for round in 1..=MAX_ROUNDS {
+        let mut largest = 0f64;
+        for c in chains {
+            let r1 = layers[&c.first].out_ranges();
+            let r2 = layers[&c.second].in_ranges();
+            if r1.len() != r2.len() {
+                return Err(format!(
+                    "equalization: {} output channels meet {} input channels",
+                    r1.len(),
+                    r2.len()
+                ));
+            }
+            let s = scales(&r1, &r2);
+            largest = s.iter().fold(largest, |m, s| m.max(s.ln().abs()));
+            if let Some(l) = layers.get_mut(&c.first) {
+                l.divide_outputs(&s);
+            }
+            if let Some(l) = layers.get_mut(&c.second) {
+                l.multiply_inputs(&s);
+            }
+        }
+        if largest < TOLERANCE {
+            return Ok(round);
+        }
+    }
+    Ok(MAX_ROUNDS)
+}
+
+/// s_i = √(r1_i / r2_i): both ranges become √(r1_i·r2_i). A channel that is zero on either side
+/// (dead) keeps scale 1.
+pub fn scales(r1: &[f64], r2: &[f64]) -> Vec<f64> {
+    r1.iter()
+        .zip(r2)
+        .map(|(&a, &b)| {
+            if a > 0.0 && b > 0.0 && (a / b).is_finite() {
+                (a / b).sqrt()
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+/// High-bias absorption for one chain: c = max(0, β − 3|γ|) per channel, in the equalized
+/// layer's units, out of the first bias and W₂·c into the second. Returns c (empty where
+/// nothing could move).
+fn absorb(c: &Chain, bn: &BatchNormStats, layers: &mut HashMap<usize, Layer>) -> Vec<f64> {
+    let first = &layers[&c.first];
+    if first.bias.is_none() || bn.beta.len() != first.out_scale.len() {
+        return Vec::new();
+    }
+    let shift: Vec<f64> = bn
+        .beta
+        .iter()
+        .zip(&bn.gamma)
+        .zip(&first.out_scale)
+        .map(|((b, g), s)| ((b - 3.0 * g.abs()) / s).max(0.0))
+        .collect();
+    if shift.iter().all(|&c| c <= 0.0) {
+        return Vec::new();
+    }
+    let second = &layers[&c.second];
+    let (out_axis, in_axis) = second.kind.axes();
+    let mut added = vec![0f64; second.shape[out_axis]];
+    let (out_ch, in_ch) = (second.channel(out_axis), second.channel(in_axis));
+    for (f, w) in second.w.iter().enumerate() {
+        added[out_ch(f)] += w * shift[in_ch(f)];
+    }
+    if let Some(second) = layers.get_mut(&c.second) {
+        let bias = second.bias.get_or_insert_with(|| vec![0.0; added.len()]);
+        bias.iter_mut().zip(&added).for_each(|(b, a)| *b += a);
+        second.changed = true;
+    }
+    if let Some(b) = layers.get_mut(&c.first).and_then(|l| l.bias.as_mut()) {
+        b.iter_mut().zip(&shift).for_each(|(b, c)| *b -= c);
+    }
+    shift
+}
+
+/// Writes each changed layer's weight and bias as new initializers (the old ones may be shared
+/// with layers left alone) and drops the old ones nothing reads any more.
+fn write_back(graph: &mut Graph, layers: HashMap<usize, Layer>) {
+    let mut names = Names::new(graph);
+    let mut replaced = Vec::new();
+    let mut order: Vec<_> = layers.into_iter().filter(|(_, l)| l.changed).collect();
+    order.sort_by_key(|(i, _)| *i);
+    for (i, layer) in order {
+        let node = &graph.nodes[i];
+        let w_name = names.fresh(&format!("{}_equalized", node.inputs[1]));
+        replaced.push(node.inputs[1].clone());
+        let w = RawTensor::from_f64s(&w_name, &layer.shape, &layer.w, layer.w_dtype);
+        let mut bias = None;
+        if let Some(b) = &layer.bias {
+            let old = node.inputs.get(2).filter(|b| !b.is_empty());
+            let base = old
+                .cloned()
+                .unwrap_or_else(|| format!("{}_bias", node.name));
+            let dtype = old
+                .and_then(|o| graph.initializer(o))
+                .map_or(DType::F32, |t| t.dtype);
+            replaced.extend(old.cloned());
+            let name = names.fresh(&format!("{base}_equalized"));
+            bias = Some(RawTensor::from_f64s(&name, &[b.len()], b, dtype));
+        }
+        let node = &mut graph.nodes[i];
+        node.inputs[1] = w.name.clone();
+        graph.initializers.push(w);
+        if let Some(b) = bias {
+            node.inputs.truncate(2);
+            node.inputs.push(b.name.clone());
+            graph.initializers.push(b);
+        }
+    }
+    let read: HashSet<String> = graph.all_nodes().iter().flat_map(|n| n.reads()).collect();
+    graph
+        .initializers
+        .retain(|t| !replaced.contains(&t.name) || read.contains(&t.name));
+}

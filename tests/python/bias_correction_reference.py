@@ -1,0 +1,183 @@
+"""Empirical bias correction checked against an independent implementation run by ONNX Runtime.
+
+Usage: bias_correction_reference.py ZEROPOINT DIR
+
+Quantizes a CNN with BatchNorms (../shared/assets/models/ccexam_svhn_cnn_bn.onnx) at int4
+per-channel weights twice, without and with `--bias-correction`, on the same 16 samples, and
+recomputes the correction layer by layer, in graph order, as Nagel et al. 2019 §4.2 defines it:
+for layer k, ONNX Runtime runs the QDQ model without correction whose earlier layers' biases are
+replaced by the corrected model's, and the mean over the samples and positions of (its output of
+layer k − the float model's) per channel is the shift; the corrected bias must be the
+uncorrected one less that shift, to within the int32 bias grid (scale s_x·s_w, plus the rounding
+of the uncorrected bias). Also checks that the correction moves the model's output closer to
+float on these samples.
+
+Analytic bias correction (`--bias-correction analytic`) is checked against numpy: for each layer
+whose input is BatchNorm → ReLU, shift = (W̃ − W)·E[x] with E[x] = γ·φ(−β/γ) + β·(1 − Φ(−β/γ))
+from that BatchNorm's β and γ, W the BN-folded float weight and W̃ the export's dequantized one.
+"""
+
+import math
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT.parent / "shared" / "assets" / "models" / "ccexam_svhn_cnn_bn.onnx"
+
+
+def session(model, outputs):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for name in outputs:
+        m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    # No fusion: QDQ runs as DequantizeLinear → float op → QuantizeLinear, as simulated.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def run(model, x, outputs):
+    s = session(model, outputs)
+    name = s.get_inputs()[0].name
+    got = [s.run(outputs, {name: x[i:i + 1]}) for i in range(len(x))]
+    return [np.concatenate([g[j] for g in got]) for j in range(len(outputs))]
+
+
+def bias_of(model, layer):
+    """The layer's dequantized bias, and the DequantizeLinear's codes initializer and scale."""
+    node = next(n for n in model.graph.node if n.name == layer)
+    dq = next(n for n in model.graph.node if n.output[0] == node.input[2])
+    init = {t.name: t for t in model.graph.initializer}
+    codes = numpy_helper.to_array(init[dq.input[0]]).astype(np.float64)
+    scale = numpy_helper.to_array(init[dq.input[1]]).astype(np.float64)
+    return codes * scale, dq.input[0], scale
+
+
+def channel_mean(a):
+    return a.astype(np.float64).mean(axis=tuple(i for i in range(a.ndim) if i != 1))
+
+
+def main():
+    zeropoint, out = Path(sys.argv[1]), Path(sys.argv[2])
+    x = np.random.default_rng(5).normal(0, 1, (16, 3, 32, 32)).astype(np.float32)
+    np.save(out / "calib.npy", x)
+    runs = {}
+    for tag, extra in (("plain", []), ("corrected", ["--bias-correction"])):
+        dst = out / f"{tag}.onnx"
+        p = subprocess.run([str(zeropoint), "quantize", str(MODEL), "--calib", str(out / "calib.npy"),
+                            "--weights", "int4,sym,per-channel", "--report-samples", "0", "-o", str(dst),
+                            "--json"] + extra, capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit(f"zeropoint quantize failed: {p.stderr}")
+        runs[tag] = (onnx.load(dst), json.loads(p.stdout))
+    plain, _ = runs["plain"]
+    corrected, summary = runs["corrected"]
+    layers = [c["layer"] for c in summary["bias_corrections"]]
+    assert len(layers) == 8, layers
+    float_model = onnx.load(MODEL)
+    # The float model's layer outputs, and the uncorrected model's (for the one-pass variant
+    # that measures every layer before any is corrected, which the sequential one must beat).
+    values = [next(n for n in plain.graph.node if n.name == layer).output[0] for layer in layers]
+    float_means = [channel_mean(a) for a in run(float_model, x, values)]
+    plain_means = [channel_mean(a) for a in run(plain, x, values)]
+    worst, closer = 0.0, 0
+    for k, layer in enumerate(layers):
+        model = onnx.ModelProto()
+        model.CopyFrom(plain)
+        init = {t.name: t for t in model.graph.initializer}
+        fixed = {t.name: t for t in corrected.graph.initializer}
+        for earlier in layers[:k]:
+            _, codes, _ = bias_of(corrected, earlier)
+            _, codes_plain, _ = bias_of(model, earlier)
+            init[codes_plain].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(fixed[codes]), codes_plain))
+        shift = channel_mean(run(model, x, [values[k]])[0]) - float_means[k]
+        one_pass = plain_means[k] - float_means[k]
+        before, _, scale = bias_of(plain, layer)
+        after, _, _ = bias_of(corrected, layer)
+        # Within the int32 grid step (twice: the corrected bias is re-quantized, the uncorrected
+        # one was) and 10 % of the shift: ONNX Runtime and zeropoint round a few activations
+        # differently, and each flip moves a mean by a step over the positions averaged.
+        err = np.abs(after - (before - shift))
+        tolerance = 2 * scale + 0.1 * np.abs(shift).max()
+        worst = max(worst, float((err / tolerance).max()))
+        err_one_pass = np.abs(after - (before - one_pass)).max()
+        closer += int(k > 0 and err.max() < err_one_pass)
+        print(f"{layer}: max |shift| {np.abs(shift).max():.4g}; corrected bias vs sequential reference "
+              f"{err.max():.3g} (tolerance {tolerance.max():.3g}), vs one-pass {err_one_pass:.3g}")
+    assert worst <= 1.0, worst
+    assert closer == len(layers) - 1, f"closer to the sequential reference on {closer} of {len(layers) - 1}"
+    print(f"every corrected layer after the first is closer to the sequential reference than to the one-pass one")
+    outputs = [o.name for o in float_model.graph.output]
+    ref = run(float_model, x, outputs)[0].astype(np.float64)
+    sqnr = {}
+    for tag, (model, _) in runs.items():
+        y = run(model, x, outputs)[0]
+        sqnr[tag] = 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - y) ** 2))
+    print(f"output SQNR on the calibration samples: {sqnr['plain']:.2f} dB without, "
+          f"{sqnr['corrected']:.2f} dB with bias correction")
+    assert sqnr["corrected"] > sqnr["plain"], sqnr
+    check_analytic(zeropoint, out, plain)
+    print("bias correction reference: all checks passed")
+
+
+def dequantized(model, value):
+    """The float tensor a DequantizeLinear of initializers produces (per-channel along axis 0)."""
+    dq = next(n for n in model.graph.node if n.output[0] == value)
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    codes, scale = init[dq.input[0]].astype(np.float64), init[dq.input[1]].astype(np.float64)
+    zero = init[dq.input[2]].astype(np.float64) if len(dq.input) > 2 and dq.input[2] else 0.0
+    shape = (-1,) + (1,) * (codes.ndim - 1) if np.ndim(scale) == 1 else ()
+    return (codes - np.reshape(zero, shape)) * np.reshape(scale, shape)
+
+
+def check_analytic(zeropoint, out, plain):
+    dst = out / "analytic.onnx"
+    p = subprocess.run([str(zeropoint), "quantize", str(MODEL), "--calib", str(out / "calib.npy"), "--weights",
+                        "int4,sym,per-channel", "--report-samples", "0", "--bias-correction", "analytic", "-o",
+                        str(dst), "--json"], capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"zeropoint quantize failed: {p.stderr}")
+    corrected = [c["layer"] for c in json.loads(p.stdout)["bias_corrections"]]
+    analytic = onnx.load(dst)
+    src = onnx.load(MODEL)
+    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in src.graph.initializer}
+    by_input = {n.input[0]: n for n in src.graph.node}
+    by_output = {n.output[0]: n for n in src.graph.node}
+    expected = []
+    for conv in (n for n in src.graph.node if n.op_type == "Conv"):
+        relu = by_output.get(conv.input[0])
+        bn_in = by_output.get(relu.input[0]) if relu is not None and relu.op_type == "Relu" else None
+        if bn_in is None or bn_in.op_type != "BatchNormalization":
+            continue
+        gamma, beta = init[bn_in.input[1]], init[bn_in.input[2]]
+        z = -beta / np.abs(gamma)
+        pdf = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+        cdf = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
+        mean_x = np.abs(gamma) * pdf + beta * (1 - cdf)
+        bn = by_input[conv.output[0]]
+        f = init[bn.input[1]] / np.sqrt(init[bn.input[4]] + 1e-5)
+        w = init[conv.input[1]] * f[:, None, None, None]
+        node = next(n for n in analytic.graph.node if n.name == conv.name)
+        w_q = dequantized(analytic, node.input[1])
+        shift = np.einsum("oikl,i->o", w_q - w, mean_x)
+        before, _, scale = bias_of(plain, conv.name)
+        after, _, _ = bias_of(analytic, conv.name)
+        err = np.abs(after - (before - shift)).max()
+        tolerance = (2 * scale + 1e-6).max()
+        print(f"analytic {conv.name}: max |shift| {np.abs(shift).max():.4g}, corrected bias vs numpy {err:.3g} "
+              f"(tolerance {tolerance:.3g})")
+        assert err <= tolerance, (conv.name, err, tolerance)
+        expected.append(conv.name)
+    assert corrected == expected, (corrected, expected)
+
+
+if __name__ == "__main__":
+    main()

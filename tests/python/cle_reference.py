@@ -1,0 +1,206 @@
+"""Cross-layer equalization and high-bias absorption checked against an independent numpy
+implementation of their formulas (Nagel et al. 2019, arXiv 1906.04721, §4.1 and §4.1.1).
+
+Usage: cle_reference.py ZEROPOINT DIR
+
+Builds a small CNN with BatchNorms (Conv → BN → ReLU → depthwise Conv → BN → ReLU → 1×1 Conv →
+BN → ReLU → MaxPool → Conv, and a ReLU6 branch that must be refused), runs
+`zeropoint equalize` on it with and without bias absorption, and checks:
+- the equalized weights and biases equal numpy's (BN folded, pairs equalized with
+  s = sqrt(r1 / r2) in turn until no scale moves);
+- after equalization each pair's output-channel ranges equal the next layer's input-channel
+  ranges;
+- the equalized float model computes the same function in ONNX Runtime (no absorption), and
+  nearly the same with absorption (ReLU(x − c) = ReLU(x) − c where x ≥ c);
+- absorption moved c = max(0, β − 3|γ|) (β, γ scaled as the channels were) as numpy says.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+EPS = 1e-5
+
+
+def conv_bn(rng, name, cin, cout, k, group=1, pad=0, beta_shift=0.0):
+    w = rng.normal(0, 1, (cout, cin // group, k, k)).astype(np.float32)
+    # Channels of very different widths: what equalization is for.
+    w *= np.exp(rng.normal(0, 1.5, (cout, 1, 1, 1))).astype(np.float32)
+    b = rng.normal(0, 0.1, cout).astype(np.float32)
+    bn = dict(
+        gamma=rng.uniform(0.5, 2.0, cout).astype(np.float32),
+        beta=(rng.normal(0, 0.5, cout) + beta_shift).astype(np.float32),
+        mean=rng.normal(0, 0.2, cout).astype(np.float32),
+        var=rng.uniform(0.5, 2.0, cout).astype(np.float32),
+    )
+    return dict(name=name, w=w, b=b, bn=bn, group=group, pad=pad)
+
+
+def build(path):
+    rng = np.random.default_rng(7)
+    layers = [
+        conv_bn(rng, "c1", 3, 8, 3, pad=1),
+        conv_bn(rng, "dw", 8, 8, 3, group=8, pad=1),
+        # A large β: high-bias absorption into c4 (unpadded, so it is exact but for x < c).
+        conv_bn(rng, "c3", 8, 6, 1, beta_shift=4.0),
+        conv_bn(rng, "c4", 6, 5, 3),
+        conv_bn(rng, "r1", 3, 4, 1),
+        conv_bn(rng, "r2", 4, 3, 1),
+    ]
+    nodes, inits = [], []
+    for layer in layers:
+        n = layer["name"]
+        inits += [numpy_helper.from_array(layer["w"], f"{n}_w"), numpy_helper.from_array(layer["b"], f"{n}_b")]
+        for k, v in layer["bn"].items():
+            inits.append(numpy_helper.from_array(v, f"{n}_{k}"))
+    def cb(layer, x, y):
+        n = layer["name"]
+        p = layer["pad"]
+        nodes.append(helper.make_node("Conv", [x, f"{n}_w", f"{n}_b"], [f"{n}_conv"], name=n, group=layer["group"],
+                                      pads=[p] * 4))
+        nodes.append(helper.make_node("BatchNormalization", [f"{n}_conv"] + [f"{n}_{k}" for k in
+                                      ("gamma", "beta", "mean", "var")], [y], name=f"{n}_bn", epsilon=EPS))
+    c1, dw, c3, c4, r1, r2 = layers
+    cb(c1, "x", "a1"); nodes.append(helper.make_node("Relu", ["a1"], ["h1"], name="relu1"))
+    cb(dw, "h1", "a2"); nodes.append(helper.make_node("Relu", ["a2"], ["h2"], name="relu2"))
+    cb(c3, "h2", "a3"); nodes.append(helper.make_node("Relu", ["a3"], ["h3"], name="relu3"))
+    nodes.append(helper.make_node("MaxPool", ["h3"], ["p3"], name="pool", kernel_shape=[2, 2], strides=[2, 2]))
+    cb(c4, "p3", "y")
+    # The ReLU6 branch: Clip(0, 6) is not positively homogeneous.
+    inits += [numpy_helper.from_array(np.array(0, np.float32), "zero"),
+              numpy_helper.from_array(np.array(6, np.float32), "six")]
+    cb(r1, "x", "b1"); nodes.append(helper.make_node("Clip", ["b1", "zero", "six"], ["g1"], name="relu6"))
+    cb(r2, "g1", "z")
+    graph = helper.make_graph(nodes, "cle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 6, 6]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return layers
+
+
+def fold(layer):
+    bn = {k: v.astype(np.float64) for k, v in layer["bn"].items()}
+    f = bn["gamma"] / np.sqrt(bn["var"] + EPS)
+    w = layer["w"].astype(np.float64) * f[:, None, None, None]
+    b = (layer["b"].astype(np.float64) - bn["mean"]) * f + bn["beta"]
+    return dict(w=w, b=b, beta=bn["beta"], gamma=bn["gamma"], depthwise=layer["group"] > 1,
+                scale=np.ones_like(b))
+
+
+def out_range(l):
+    return np.abs(l["w"]).max(axis=(1, 2, 3))
+
+
+def in_range(l):
+    return np.abs(l["w"]).max(axis=(1, 2, 3)) if l["depthwise"] else np.abs(l["w"]).max(axis=(0, 2, 3))
+
+
+def equalize(layers, pairs):
+    for _ in range(100):
+        largest = 0.0
+        for a, b in pairs:
+            s = np.sqrt(out_range(layers[a]) / in_range(layers[b]))
+            largest = max(largest, np.abs(np.log(s)).max())
+            layers[a]["w"] /= s[:, None, None, None]
+            layers[a]["b"] /= s
+            layers[a]["scale"] *= s
+            if layers[b]["depthwise"]:
+                layers[b]["w"] *= s[:, None, None, None]
+            else:
+                layers[b]["w"] *= s[None, :, None, None]
+        if largest < 1e-6:
+            break
+
+
+def absorb(first, second):
+    c = np.maximum(0.0, (first["beta"] - 3 * np.abs(first["gamma"])) / first["scale"])
+    first["b"] = first["b"] - c
+    second["b"] = second["b"] + np.einsum("oikl,i->o", second["w"], c)
+    return int((c > 0).sum())
+
+
+def weights_of(path):
+    m = onnx.load(path)
+    init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in m.graph.initializer}
+    return {n.name: (init[n.input[1]], init[n.input[2]]) for n in m.graph.node if n.op_type == "Conv"}
+
+
+def run(path, x):
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": x})
+
+
+def main():
+    zeropoint, out = Path(sys.argv[1]), Path(sys.argv[2])
+    src = out / "cle.onnx"
+    layers = build(src)
+    ref = {l["name"]: fold(l) for l in layers}
+    pairs = [("c1", "dw"), ("dw", "c3"), ("c3", "c4")]
+    equalize(ref, pairs)
+    results = {}
+    for tag, extra in (("plain", ["--no-bias-absorption"]), ("absorbed", []), ("relu", ["--relu6-as-relu"])):
+        dst = out / f"cle_{tag}.onnx"
+        p = subprocess.run([str(zeropoint), "equalize", str(src), "-o", str(dst), "--json"] + extra,
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit(f"zeropoint equalize failed: {p.stderr}")
+        results[tag] = (dst, json.loads(p.stdout))
+
+    dst, report = results["plain"]
+    got = weights_of(dst)
+    worst = 0.0
+    for name in ("c1", "dw", "c3", "c4"):
+        for g, r in zip(got[name], (ref[name]["w"], ref[name]["b"])):
+            worst = max(worst, np.abs(g - r).max() / np.abs(r).max())
+    print(f"equalized weights and biases vs numpy: max relative difference {worst:.2e}")
+    assert worst < 1e-5, worst
+    refused = {r["layer"]: r["reason"] for r in report["refused"]}
+    assert [(p["first"], p["second"]) for p in report["pairs"]] == pairs, report["pairs"]
+    assert "r1" in refused and "ReLU6" in refused["r1"], refused
+    print(f"pairs {[(p['first'], p['second']) for p in report['pairs']]} in {report['rounds']} rounds; "
+          f"refused: r1 ({refused['r1']})")
+    for a, b in pairs:
+        l1 = dict(w=got[a][0], depthwise=False)
+        l2 = dict(w=got[b][0], depthwise=b == "dw")
+        gap = np.abs(out_range(l1) / in_range(l2) - 1).max()
+        assert gap < 1e-4, (a, b, gap)
+    print("equalized ranges: each pair's output-channel ranges equal the next layer's input-channel ranges")
+    x = np.random.default_rng(3).normal(0, 1, (2, 3, 16, 16)).astype(np.float32)
+    before = run(src, x)
+    after = run(dst, x)
+    diff = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(before, after))
+    print(f"float function kept: max relative output difference {diff:.2e}")
+    assert diff < 1e-5, diff
+
+    moved = absorb(ref["c3"], ref["c4"])
+    dst, report = results["absorbed"]
+    got = weights_of(dst)
+    absorbed = {p["first"]: p["absorbed_channels"] for p in report["pairs"]}
+    assert moved > 0 and absorbed["c3"] == moved, (moved, absorbed)
+    assert absorbed["c1"] == 0 and absorbed["dw"] == 0, absorbed
+    worst = max(np.abs(got[n][1] - ref[n]["b"]).max() / np.abs(ref[n]["b"]).max() for n in ("c3", "c4"))
+    print(f"high-bias absorption: {moved} channels of c3 into c4, biases vs numpy: max relative difference "
+          f"{worst:.2e}")
+    assert worst < 1e-5, worst
+    after = run(dst, x)
+    diff = float(np.abs(before[0] - after[0]).max() / np.abs(before[0]).max())
+    print(f"absorbed model vs float: max relative output difference {diff:.2e}")
+    assert diff < 1e-3, diff
+    dst, report = results["relu"]
+    assert ("r1", "r2") in [(p["first"], p["second"]) for p in report["pairs"]], report["pairs"]
+    assert report["relu6_replaced"] == ["relu6"], report
+    assert "Relu" in [n.op_type for n in onnx.load(dst).graph.node if n.name == "relu6"]
+    print("--relu6-as-relu: the ReLU6 became a ReLU and (r1, r2) was equalized")
+    print("cle reference: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
