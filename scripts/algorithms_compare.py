@@ -91,6 +91,8 @@ CONFIGS = [
     ("per-channel +cle", "per-channel", ["--cle"]),
     ("per-channel +bc", "per-channel", ["--bias-correction"]),
     ("per-channel +bc analytic", "per-channel", ["--bias-correction", "analytic"]),
+    ("per-tensor recipe", "per-tensor", ["--recipe", "standard"]),
+    ("per-channel recipe", "per-channel", ["--recipe", "standard"]),
 ]
 
 

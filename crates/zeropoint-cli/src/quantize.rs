@@ -68,6 +68,13 @@ impl PresetArg {
     }
 }
 
+/// `--recipe`'s variants.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipe {
+    /// The white paper's standard PTQ pipeline.
+    Standard,
+}
+
 /// `--bias-correction`'s variants.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BiasCorrectionArg {
@@ -88,9 +95,9 @@ pub struct QuantArgs {
     /// Activation scheme, overriding the preset: uint8|int8|uint16|int16, then ",asym"/",sym".
     #[arg(long)]
     pub activations: Option<String>,
-    /// Range estimator for weights.
-    #[arg(long, value_enum, default_value = "minmax")]
-    pub weight_range: RangeMethod,
+    /// Range estimator for weights [default: minmax; mse with --recipe standard].
+    #[arg(long, value_enum)]
+    pub weight_range: Option<RangeMethod>,
     /// Range estimator for activations.
     #[arg(long, value_enum, default_value = "mse")]
     pub activation_range: RangeMethod,
@@ -108,6 +115,13 @@ pub struct QuantArgs {
     /// Samples on which the simulated model is compared with the float one, layer by layer.
     #[arg(long, default_value_t = 64)]
     pub report_samples: usize,
+    /// The white paper's standard PTQ pipeline (Nagel et al. 2021, §4.7, Fig. 9): BatchNorm
+    /// folding, cross-layer equalization with high-bias absorption where it applies, MSE weight
+    /// ranges, bias correction (AdaRound is not implemented yet), MSE activation ranges. The same
+    /// as --cle --weight-range mse --bias-correction; --weight-range and --bias-correction=analytic
+    /// still override.
+    #[arg(long, value_enum)]
+    pub recipe: Option<Recipe>,
     /// Cross-layer equalization before quantizing (Nagel et al. 2019): rescales the channels of
     /// consecutive layers so that per-tensor weight grids fit every channel, and absorbs high
     /// biases into the next layer where BatchNorm statistics say how high (docs/algorithms.md).
@@ -115,10 +129,10 @@ pub struct QuantArgs {
     pub cle: bool,
     /// With --cle: replace each ReLU6 between two layers by a ReLU so that they can be
     /// equalized (the paper's choice; changes the float model where an activation exceeds 6).
-    #[arg(long, requires = "cle")]
+    #[arg(long)]
     pub cle_relu6: bool,
     /// With --cle: do not absorb high biases.
-    #[arg(long, requires = "cle")]
+    #[arg(long)]
     pub no_bias_absorption: bool,
     /// Bias correction (Nagel et al. 2019). empirical (the default): each quantized layer's mean
     /// output error per channel, measured on calibration samples with the layers before it
@@ -159,18 +173,32 @@ impl QuantArgs {
         if self.batch == 0 {
             bail!("--batch must be at least 1");
         }
+        let standard = self.recipe == Some(Recipe::Standard);
+        if (self.cle_relu6 || self.no_bias_absorption) && !(self.cle || standard) {
+            bail!("--cle-relu6 and --no-bias-absorption go with --cle (or --recipe standard)");
+        }
+        let bias_correction = self
+            .bias_correction
+            .or(standard.then_some(BiasCorrectionArg::Empirical));
         Ok(Options {
             settings: Settings {
                 weights,
-                weight_method: self.weight_range.method(),
+                weight_method: self
+                    .weight_range
+                    .unwrap_or(if standard {
+                        RangeMethod::Mse
+                    } else {
+                        RangeMethod::Minmax
+                    })
+                    .method(),
                 activations,
                 activation_method: self.activation_range.method(),
                 batch: self.batch,
-                equalize: self.cle.then_some(zeropoint_quant::equalize::Options {
+                equalize: (self.cle || standard).then_some(zeropoint_quant::equalize::Options {
                     relu6_as_relu: self.cle_relu6,
                     absorb_high_bias: !self.no_bias_absorption,
                 }),
-                bias_correction: self.bias_correction.map(|b| match b {
+                bias_correction: bias_correction.map(|b| match b {
                     BiasCorrectionArg::Empirical => BiasCorrection::Empirical {
                         samples: self.bias_correction_samples,
                     },
