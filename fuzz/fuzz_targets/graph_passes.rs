@@ -1,6 +1,6 @@
 //! The graph passes on arbitrary bytes read as an ONNX model: the IR, opset upgrade,
-//! canonicalization (constants folded by the engine), quantizer placement, parameters from
-//! synthetic ranges and the QDQ export. Errors, never panics. The memory limit is 512 KiB here:
+//! canonicalization (constants folded by the engine), cross-layer equalization, quantizer
+//! placement, parameters from synthetic ranges, analytic bias correction and the QDQ export. Errors, never panics. The memory limit is 512 KiB here:
 //! an operator's legitimate work grows with the output it may allocate, so a small limit keeps
 //! each input under the 1 s timeout; larger outputs take the same refusal path. Loops stop after
 //! 1000 iterations for the same reason. Seed it with the operator cases (fuzz/README.md).
@@ -16,7 +16,8 @@ use zeropoint_onnx::{limits, model};
 use zeropoint_quant::calibrate::Ranges;
 use zeropoint_quant::placement::Plan;
 use zeropoint_quant::settings::Settings;
-use zeropoint_quant::{params, qdq_export};
+use zeropoint_quant::bias_correction::correct_biases_analytic;
+use zeropoint_quant::{equalize, params, qdq_export};
 
 fuzz_target!(|data: &[u8]| {
     limits::set_max_bytes(512 << 10);
@@ -35,7 +36,14 @@ fuzz_target!(|data: &[u8]| {
     if opset::upgrade(&mut graph, qdq_export::required_opset(&settings), &Engine).is_err() {
         return;
     }
-    if canonicalize(&mut graph, &Engine).is_err() {
+    let Ok(mut canonical) = canonicalize(&mut graph, &Engine) else {
+        return;
+    };
+    let cle = equalize::Options {
+        relu6_as_relu: true,
+        absorb_high_bias: true,
+    };
+    if equalize::equalize(&mut graph, &mut canonical.batch_norm_stats, cle).is_err() {
         return;
     }
     decompose_hard_swish(&mut graph);
@@ -46,6 +54,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let ranges = Ranges(plan.activations.iter().map(|a| (a.clone(), (-1.0, 1.0))).collect());
+    let Ok(params) = params::params(&graph, &plan, &ranges, &settings) else {
+        return;
+    };
+    let stats = &canonical.batch_norm_stats;
+    if correct_biases_analytic(&mut graph, &plan, &params, stats).is_err() {
+        return;
+    }
     let Ok(params) = params::params(&graph, &plan, &ranges, &settings) else {
         return;
     };
