@@ -117,9 +117,8 @@ pub struct QuantArgs {
     pub report_samples: usize,
     /// The white paper's standard PTQ pipeline (Nagel et al. 2021, §4.7, Fig. 9): BatchNorm
     /// folding, cross-layer equalization with high-bias absorption where it applies, MSE weight
-    /// ranges, bias correction (AdaRound is not implemented yet), MSE activation ranges. The same
-    /// as --cle --weight-range mse --bias-correction; --weight-range and --bias-correction=analytic
-    /// still override.
+    /// ranges, AdaRound, MSE activation ranges: --cle --weight-range mse --adaround.
+    /// --weight-range and --adaround=ITERS override; --bias-correction replaces AdaRound.
     #[arg(long, value_enum)]
     pub recipe: Option<Recipe>,
     /// Cross-layer equalization before quantizing (Nagel et al. 2019): rescales the channels of
@@ -140,6 +139,13 @@ pub struct QuantArgs {
     /// weights cause on the mean input that the preceding BatchNorm's statistics give.
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "empirical")]
     pub bias_correction: Option<BiasCorrectionArg>,
+    /// AdaRound (Nagel et al. 2020): learn each weight's rounding, up or down, layer by layer on
+    /// calibration samples, with ITERS Adam steps per layer [default: 1000].
+    #[arg(long, value_name = "ITERS", num_args = 0..=1, default_missing_value = "1000")]
+    pub adaround: Option<usize>,
+    /// Calibration samples AdaRound fits each layer on (their activations are held together).
+    #[arg(long, default_value_t = 16)]
+    pub adaround_samples: usize,
     /// Calibration samples empirical bias correction measures on, all in one batch (memory
     /// grows with it).
     #[arg(long, default_value_t = 16)]
@@ -177,9 +183,15 @@ impl QuantArgs {
         if (self.cle_relu6 || self.no_bias_absorption) && !(self.cle || standard) {
             bail!("--cle-relu6 and --no-bias-absorption go with --cle (or --recipe standard)");
         }
-        let bias_correction = self
-            .bias_correction
-            .or(standard.then_some(BiasCorrectionArg::Empirical));
+        let recipe_adaround = standard && self.bias_correction.is_none();
+        let adaround = self.adaround.or(recipe_adaround.then_some(1000));
+        if adaround.is_some() && self.bias_correction.is_some() {
+            bail!("--adaround and --bias-correction do not go together: AdaRound learns the rounding that bias correction would compensate");
+        }
+        if adaround == Some(0) {
+            bail!("--adaround needs at least 1 iteration");
+        }
+        let bias_correction = self.bias_correction;
         Ok(Options {
             settings: Settings {
                 weights,
@@ -203,6 +215,11 @@ impl QuantArgs {
                         samples: self.bias_correction_samples,
                     },
                     BiasCorrectionArg::Analytic => BiasCorrection::Analytic,
+                }),
+                adaround: adaround.map(|iterations| zeropoint_quant::adaround::Options {
+                    iterations,
+                    samples: self.adaround_samples.max(1),
+                    ..Default::default()
                 }),
             },
             exclude: self.exclude.clone(),
@@ -432,6 +449,19 @@ fn print_summary(s: &Summary) {
     );
     if let Some(e) = &s.equalization {
         print_equalization(e);
+    }
+    if !s.adaround.is_empty() {
+        let flipped: usize = s.adaround.iter().map(|r| r.flipped).sum();
+        let total: usize = s.adaround.iter().map(|r| r.total).sum();
+        let (near, learned) = s.adaround.iter().fold((0.0, 0.0), |(a, b), r| {
+            (a + r.loss_nearest, b + r.loss_learned)
+        });
+        println!(
+            "AdaRound: {} layers, {flipped} of {total} weights rounded the other way; reconstruction error {} -> {}",
+            s.adaround.len(),
+            num(near, 4),
+            num(learned, 4)
+        );
     }
     if !s.bias_corrections.is_empty() {
         let largest = s

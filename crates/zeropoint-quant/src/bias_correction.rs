@@ -21,10 +21,8 @@
 //! weights' error, not the input's, and ignores zero padding.
 
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex};
 
 use zeropoint_core::fake_quant;
-use zeropoint_engine::exec::HookError;
 use zeropoint_engine::{Executor, Value};
 use zeropoint_graph::canonicalize::BatchNormStats;
 use zeropoint_graph::{Graph, Op};
@@ -32,6 +30,7 @@ use zeropoint_onnx::RawTensor;
 
 use crate::compare::{lockstep, Batch};
 use crate::error::{Error, Result};
+use crate::meeting::{run_each, Leaving, Meeting};
 use crate::params::Params;
 use crate::placement::Plan;
 use crate::simulate::Simulation;
@@ -64,7 +63,7 @@ pub fn correct_biases(
         .filter(|n| layers.contains_key(&n.outputs[0]))
         .map(|n| n.outputs[0].clone())
         .collect();
-    let meeting = Meeting::new(samples.len());
+    let meeting: Meeting<Part, Vec<f64>> = Meeting::new(samples.len());
     {
         let float = Executor::new(graph)?;
         let sim = Simulation::sharing(graph, params, float.initializer_values())?;
@@ -77,7 +76,8 @@ pub fn correct_biases(
                 &names,
                 sample,
                 &mut |name, r, v| {
-                    let mean = meeting.pool(name, i, channel_error_sums(r, &v)?)?;
+                    let part = channel_error_sums(r, &v)?;
+                    let mean = meeting.pool(name, i, part, |parts| Ok(mean_in_order(&parts)))?;
                     Ok(subtract_per_channel(&v, &mean)?)
                 },
             );
@@ -85,113 +85,20 @@ pub fn correct_biases(
         };
         // One thread per sample (models with a fixed batch of 1 cannot take them as one batch);
         // they meet at every layer to pool its error before any goes on.
-        std::thread::scope(|s| {
-            let threads: Vec<_> = samples
-                .into_iter()
-                .enumerate()
-                .map(|(i, sample)| s.spawn(move || run(i, sample)))
-                .collect();
-            threads
-                .into_iter()
-                .map(|t| t.join().expect("a bias correction run does not panic"))
-                .collect::<Result<Vec<()>>>()
-        })?;
+        run_each(samples, run)?;
     }
-    apply(graph, &layers, meeting.into_means(&names))
-}
-
-/// Where the samples' runs meet at each layer: each adds its per-channel error sums and waits
-/// until all have; the mean is summed in sample order, so it does not depend on which thread
-/// came first.
-struct Meeting {
-    samples: usize,
-    state: Mutex<MeetingState>,
-    arrived: Condvar,
+    apply(graph, &layers, meeting.into_results(&names))
 }
 
 /// One sample's error at a layer: per-channel sums of (simulated − float) and the elements per
 /// channel.
 type Part = (Vec<f64>, f64);
 
-/// A layer's parts, one per sample as they arrive, and their mean once all are in.
-type Pooled = (Vec<Option<Part>>, Option<Vec<f64>>);
-
-#[derive(Default)]
-struct MeetingState {
-    /// Per layer output: each sample's (sums, count), then the mean once all are in.
-    layers: HashMap<String, Pooled>,
-    /// Samples whose run has stopped (finished or failed).
-    left: usize,
-}
-
-impl Meeting {
-    fn new(samples: usize) -> Meeting {
-        Meeting {
-            samples,
-            state: Mutex::new(MeetingState::default()),
-            arrived: Condvar::new(),
-        }
-    }
-
-    /// Adds sample `i`'s error sums for `name`; returns the mean over all samples.
-    fn pool(&self, name: &str, i: usize, part: Part) -> std::result::Result<Vec<f64>, HookError> {
-        let stopped = || -> HookError { "another sample's run stopped".into() };
-        let mut st = self.state.lock().map_err(|_| stopped())?;
-        let n = self.samples;
-        let entry = st
-            .layers
-            .entry(name.to_string())
-            .or_insert_with(|| (vec![None; n], None));
-        entry.0[i] = Some(part);
-        if entry.0.iter().all(Option::is_some) {
-            entry.1 = Some(mean_in_order(&entry.0));
-            self.arrived.notify_all();
-        }
-        loop {
-            if let Some(mean) = st.layers.get(name).and_then(|e| e.1.clone()) {
-                return Ok(mean);
-            }
-            if st.left > 0 {
-                return Err(stopped());
-            }
-            st = self.arrived.wait(st).map_err(|_| stopped())?;
-        }
-    }
-
-    /// A sample's run has stopped. Layers it has not pooled yet can never complete: whoever
-    /// waits for one is released with an error (a run that finished pooled every layer).
-    fn leave(&self) {
-        if let Ok(mut st) = self.state.lock() {
-            st.left += 1;
-        }
-        self.arrived.notify_all();
-    }
-
-    /// The mean error of each layer output, in `names` order.
-    fn into_means(self, names: &[String]) -> Vec<(String, Vec<f64>)> {
-        let mut st = self.state.into_inner().unwrap_or_default();
-        names
-            .iter()
-            .filter_map(|n| Some((n.clone(), st.layers.remove(n)?.1?)))
-            .collect()
-    }
-}
-
-/// Ends a sample's part in a [`Meeting`] when its run stops: the others then stop waiting for
-/// it (they have its contributions already if it finished).
-struct Leaving<'a>(&'a Meeting);
-
-impl Drop for Leaving<'_> {
-    fn drop(&mut self) {
-        self.0.leave();
-    }
-}
-
 /// The mean of the samples' (per-channel sums, element count), summed in sample order.
-fn mean_in_order(parts: &[Option<Part>]) -> Vec<f64> {
+fn mean_in_order(parts: &[Part]) -> Vec<f64> {
     let mut total: Vec<f64> = Vec::new();
     let mut count = 0.0;
-    for (sums, n) in parts.iter().flatten() {
+    for (sums, n) in parts {
         if total.is_empty() {
             total = vec![0.0; sums.len()];
         }

@@ -35,6 +35,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod adaround;
 pub mod analysis;
 pub mod bias_correction;
 pub mod calibrate;
@@ -46,6 +47,7 @@ pub mod error;
 pub mod evaluate;
 pub mod idx;
 pub mod images;
+pub mod meeting;
 pub mod ort_runtime;
 pub mod params;
 pub mod placement;

@@ -65,6 +65,8 @@ pub struct Outcome {
     pub equalization: Option<crate::equalize::Report>,
     /// The biases corrected (`--bias-correction`), in graph order.
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
+    /// The layers AdaRounded (`--adaround`), in graph order.
+    pub adaround: Vec<crate::adaround::Rounded>,
     /// The canonical float graph the quantizers were placed on.
     pub graph: Graph,
     pub plan: Plan,
@@ -107,6 +109,13 @@ pub fn quantize(
         progress("calibrating", done, total)
     })?;
     let mut params = params(&graph, &plan, &ranges, &opts.settings)?;
+    let adaround = match &opts.settings.adaround {
+        Some(a) => {
+            let one_each = next_batches(&mut open_data(&graph, opts)?, 1, a.samples)?;
+            crate::adaround::adaround(&mut graph, &plan, &params, one_each, a)?
+        }
+        None => Vec::new(),
+    };
     let bias_corrections = match opts.settings.bias_correction {
         Some(BiasCorrection::Empirical { samples }) => {
             let one_each = next_batches(&mut open_data(&graph, opts)?, 1, samples)?;
@@ -149,6 +158,7 @@ pub fn quantize(
         canonical: prepared.canonical,
         equalization: prepared.equalization,
         bias_corrections,
+        adaround,
         graph,
         plan,
         params,

@@ -19,6 +19,8 @@ pub struct Settings {
     pub equalize: Option<crate::equalize::Options>,
     /// Bias correction after the ranges are set.
     pub bias_correction: Option<BiasCorrection>,
+    /// AdaRound of the weights after the ranges are set (instead of bias correction).
+    pub adaround: Option<AdaRoundOptions>,
 }
 
 /// How biases are corrected for the mean shift quantized weights cause.
@@ -50,6 +52,7 @@ impl Settings {
             batch: 32,
             equalize: None,
             bias_correction: None,
+            adaround: None,
         }
     }
 }
@@ -95,6 +98,41 @@ impl Preset {
             Preset::W4A8 => "w4a8",
             Preset::W8A16 => "w8a16",
             Preset::W4A16 => "w4a16",
+        }
+    }
+}
+
+/// AdaRound's knobs (defaults as in the paper and AIMET, but fewer iterations).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaRoundOptions {
+    /// Adam steps per layer (and per group).
+    pub iterations: usize,
+    /// Calibration samples whose inputs each layer is fitted on.
+    pub samples: usize,
+    /// Columns (output positions) per step.
+    pub batch: usize,
+    /// Columns kept per layer, over all samples.
+    pub max_columns: usize,
+    pub learning_rate: f64,
+    /// λ, the rounding regularizer's weight.
+    pub regularization: f64,
+    /// β from .0 to .1 after the warm start.
+    pub beta: (f64, f64),
+    /// Fraction of the iterations without the regularizer.
+    pub warm_start: f64,
+}
+
+impl Default for AdaRoundOptions {
+    fn default() -> Self {
+        AdaRoundOptions {
+            iterations: 1000,
+            samples: 16,
+            batch: 256,
+            max_columns: 8192,
+            learning_rate: 1e-2,
+            regularization: 0.01,
+            beta: (20.0, 2.0),
+            warm_start: 0.2,
         }
     }
 }

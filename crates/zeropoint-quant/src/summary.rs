@@ -19,6 +19,8 @@ pub struct Summary {
     pub equalization: Option<crate::equalize::Report>,
     /// Empirical bias correction, when asked for (`--bias-correction`).
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
+    /// AdaRound, when asked for (`--adaround`).
+    pub adaround: Vec<crate::adaround::Rounded>,
     pub quantizers: Quantizers,
     pub layers: Vec<Layer>,
     /// Wall time of the whole run.
@@ -96,6 +98,7 @@ impl Summary {
             },
             equalization: o.equalization.clone(),
             bias_corrections: o.bias_corrections.clone(),
+            adaround: o.adaround.clone(),
             quantizers: Quantizers {
                 weights: o.plan.weights.len(),
                 biases: o.params.biases.len(),

@@ -132,6 +132,16 @@ fn exported_models_run_in_onnx_runtime_as_simulated() {
         activations: Scheme::asymmetric_unsigned(16),
         ..Settings::default()
     };
+    // Learned rounding: the export's codes are AdaRound's, and ORT runs them as simulated.
+    let w4_adaround = Settings {
+        weights: Scheme::new(4).per_axis(0),
+        adaround: Some(zeropoint_quant::adaround::Options {
+            iterations: 200,
+            samples: 8,
+            ..Default::default()
+        }),
+        ..Settings::default()
+    };
     let model = |name: &str| {
         real_models()
             .into_iter()
@@ -153,6 +163,7 @@ fn exported_models_run_in_onnx_runtime_as_simulated() {
         ("minilm_l3_w4a8_block32", "minilm_l3", w4_blocks),
         // 16-bit activations.
         ("cifar10_cnn_w8a16", "cifar10_cnn", w8a16),
+        ("mnist_cnn_w4a8_adaround", "mnist_cnn", w4_adaround),
     ] {
         let opts = calibration(base, refs.path(), settings);
         runs.push((name.to_string(), model(base), opts));
