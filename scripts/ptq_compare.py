@@ -81,6 +81,7 @@ METHODS_W4A8 = [
     ("zp", "zeropoint w4a8 (default)", "zp", ["--preset", "w4a8"]),
     ("zp_minmax_w", "zeropoint w4a8, minmax weights", "zp", ["--preset", "w4a8", "--weight-range", "minmax"]),
     ("zp_mse_w", "zeropoint w4a8, mse weights", "zp", ["--preset", "w4a8", "--weight-range", "mse"]),
+    ("zp_adaround", "zeropoint w4a8, AdaRound", "zp", ["--preset", "w4a8", "--adaround"]),
     ("ort_minmax", "ORT MinMax s8, QInt4 (baseline)", "ort", ("MinMax", "QInt8")),
     ("ort_entropy", "ORT Entropy s8, QInt4", "ort", ("Entropy", "QInt8")),
     ("ort_percentile", "ORT Percentile s8, QInt4", "ort", ("Percentile", "QInt8")),

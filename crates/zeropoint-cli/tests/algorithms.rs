@@ -31,8 +31,9 @@ fn bias_correction_matches_a_sequential_reference_in_onnx_runtime() {
     );
 }
 
-/// `--recipe standard` is CLE, MSE weight ranges and bias correction together, and its output
-/// does not depend on the thread count (bias correction runs one thread per sample).
+/// `--recipe standard` is CLE, MSE weight ranges and AdaRound together (bias correction with
+/// `--bias-correction`), and neither output depends on the thread count (AdaRound and bias
+/// correction run one thread per sample).
 #[test]
 fn standard_recipe_is_deterministic_and_does_every_step() {
     let dir = tempfile::tempdir().unwrap();
@@ -41,26 +42,46 @@ fn standard_recipe_is_deterministic_and_does_every_step() {
     let values: Vec<f32> = (0..12 * 3 * 32 * 32).map(|_| rng.normal()).collect();
     let x = dir.path().join("x.npy");
     zeropoint_onnx::npy::write(&x, &[12, 3, 32, 32], &values).unwrap();
-    let mut files = Vec::new();
-    for threads in ["1", "3"] {
-        let out = dir.path().join(format!("std{threads}.onnx"));
-        let run = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
-            .args(["quantize", "--recipe", "standard", "--json", "-o"])
-            .args([&out, &model, Path::new("--calib"), &x])
-            .env("RAYON_NUM_THREADS", threads)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&run.stderr);
-        assert!(run.status.success(), "{stderr}");
-        let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    for (tag, extra, key) in [
+        ("adaround", &["--adaround", "50"][..], "adaround"),
+        ("bias", &["--bias-correction"][..], "bias_corrections"),
+    ] {
+        let mut files = Vec::new();
+        for threads in ["1", "3"] {
+            let out = dir.path().join(format!("{tag}{threads}.onnx"));
+            let run = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+                .args([
+                    "quantize",
+                    "--recipe",
+                    "standard",
+                    "--json",
+                    "--adaround-samples",
+                    "4",
+                ])
+                .args(extra)
+                .args([Path::new("-o"), &out, &model, Path::new("--calib"), &x])
+                .env("RAYON_NUM_THREADS", threads)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&run.stderr);
+            assert!(run.status.success(), "{stderr}");
+            let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+            assert_eq!(
+                summary["equalization"]["pairs"].as_array().unwrap().len(),
+                6
+            );
+            assert_eq!(
+                summary[key].as_array().unwrap().len(),
+                8,
+                "{tag}: {summary}"
+            );
+            files.push(std::fs::read(&out).unwrap());
+        }
         assert_eq!(
-            summary["equalization"]["pairs"].as_array().unwrap().len(),
-            6
+            files[0], files[1],
+            "{tag}: the thread count changed the model"
         );
-        assert_eq!(summary["bias_corrections"].as_array().unwrap().len(), 8);
-        files.push(std::fs::read(&out).unwrap());
     }
-    assert_eq!(files[0], files[1], "the thread count changed the model");
     // The equalization options need equalization.
     let run = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
         .args(["quantize", "--cle-relu6", "--calib"])
