@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Cross-layer equalization and bias correction measured: output SQNR of zeropoint's int8 and int4
+"""Cross-layer equalization, bias correction and AdaRound measured: output SQNR of zeropoint's int8 and int4
 weight models in ONNX Runtime with per-tensor and per-channel weights, with and without `--cle`
-and `--bias-correction`, on the shared CNNs and the zoo's depthwise models (docs/algorithms.md has
+, `--bias-correction` and `--adaround`, on the shared CNNs and the zoo's depthwise models (docs/algorithms.md has
 the table).
 
 Usage: .venv/bin/python scripts/algorithms_compare.py [--zeropoint target/release/zeropoint] [--zoo .cache/zoo]
@@ -91,6 +91,7 @@ CONFIGS = [
     ("per-channel +cle", "per-channel", ["--cle"]),
     ("per-channel +bc", "per-channel", ["--bias-correction"]),
     ("per-channel +bc analytic", "per-channel", ["--bias-correction", "analytic"]),
+    ("per-channel +adaround", "per-channel", ["--adaround"]),
     ("per-tensor recipe", "per-tensor", ["--recipe", "standard"]),
     ("per-channel recipe", "per-channel", ["--recipe", "standard"]),
 ]

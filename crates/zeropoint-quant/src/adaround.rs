@@ -6,8 +6,10 @@
 //! h(V) = clip(σ(V)·(ζ − γ) + γ, 0, 1) (ζ = 1.1, γ = −0.1) and the soft-quantized weight
 //! W̃ = s·(clip(⌊W/s⌋ + h(V) + z, qmin, qmax) − z). Adam minimizes
 //!
-//!     ‖W·x − W̃·x̃‖² (summed over output channels, averaged over positions)
-//!     + λ·Σ (1 − |2h(V) − 1|^β)        (after a warm start of 20 % of the iterations)
+//! ```text
+//! ‖W·x − W̃·x̃‖² (summed over output channels, averaged over positions)
+//! + λ·Σ (1 − |2h(V) − 1|^β)        (after a warm start of 20 % of the iterations)
+//! ```
 //!
 //! with β annealed linearly from 20 to 2; the regularizer pushes each h to 0 or 1, and the
 //! result is rounded hard at h ≥ ½. x is the layer's input in the float model, x̃ in the quantized
