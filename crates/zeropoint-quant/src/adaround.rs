@@ -231,21 +231,19 @@ fn reconstruction_gradient(
 /// [`reconstruction_gradient`] in plain loops.
 fn gradient_in_loops(x: &[f32], t: &[f32], w: &[f32], rows: usize, cols: usize) -> Vec<f64> {
     let b = x.len() / cols.max(1);
-    {
-        let mut g = vec![0f64; rows * cols];
-        for p in 0..b {
-            let xp = &x[p * cols..(p + 1) * cols];
-            for m in 0..rows {
-                let wm = &w[m * cols..(m + 1) * cols];
-                let y: f64 = wm.iter().zip(xp).map(|(a, b)| f64::from(a * b)).sum();
-                let e = 2.0 * (y - f64::from(t[p * rows + m])) / b.max(1) as f64;
-                for (gk, xk) in g[m * cols..(m + 1) * cols].iter_mut().zip(xp) {
-                    *gk += e * f64::from(*xk);
-                }
+    let mut g = vec![0f64; rows * cols];
+    for p in 0..b {
+        let xp = &x[p * cols..(p + 1) * cols];
+        for m in 0..rows {
+            let wm = &w[m * cols..(m + 1) * cols];
+            let y: f64 = wm.iter().zip(xp).map(|(a, b)| f64::from(a * b)).sum();
+            let e = 2.0 * (y - f64::from(t[p * rows + m])) / b.max(1) as f64;
+            for (gk, xk) in g[m * cols..(m + 1) * cols].iter_mut().zip(xp) {
+                *gk += e * f64::from(*xk);
             }
         }
-        g
     }
+    g
 }
 
 /// [`reconstruction_gradient`] with candle's matrix products.
@@ -333,17 +331,8 @@ fn layers(graph: &Graph, plan: &Plan, params: &Params) -> Vec<Layer> {
         };
         let bias = node.inputs.get(2).filter(|b| !b.is_empty()).and_then(|b| {
             let t = graph.initializer(b)?;
-            let q = params.bias(b);
-            Some(match q {
-                Some(q) => {
-                    let v: Vec<f32> = q
-                        .codes
-                        .iter()
-                        .zip(&q.scale)
-                        .map(|(&c, &s)| c as f32 * s)
-                        .collect();
-                    RawTensor::from_f32s(b, &t.shape, &v)
-                }
+            Some(match params.bias(b) {
+                Some(q) => RawTensor::from_f32s(b, &t.shape, &q.dequantized()),
                 None => t.clone(),
             })
         });

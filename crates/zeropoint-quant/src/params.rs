@@ -51,6 +51,17 @@ pub struct Params {
     pub biases: Vec<BiasParams>,
 }
 
+impl BiasParams {
+    /// The bias as the exported model's DequantizeLinear gives it: codes times scales.
+    pub fn dequantized(&self) -> Vec<f32> {
+        self.codes
+            .iter()
+            .zip(&self.scale)
+            .map(|(&q, &s)| q as f32 * s)
+            .collect()
+    }
+}
+
 impl Params {
     pub fn weight(&self, name: &str) -> Option<&WeightParams> {
         self.weights.iter().find(|w| w.name == name)

@@ -105,13 +105,7 @@ fn quantized_initializer(t: &RawTensor, p: &Params) -> std::result::Result<Value
         return Ok(Value::from_f32_vec(y, &t.shape)?);
     }
     if let Some(b) = p.bias(&t.name) {
-        let y: Vec<f32> = b
-            .codes
-            .iter()
-            .zip(&b.scale)
-            .map(|(&q, &s)| q as f32 * s)
-            .collect();
-        return Ok(Value::from_f32_vec(y, &t.shape)?);
+        return Ok(Value::from_f32_vec(b.dequantized(), &t.shape)?);
     }
     Ok(Value::from_raw(t)?)
 }
