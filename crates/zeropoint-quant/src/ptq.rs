@@ -2,10 +2,13 @@
 //! before it (docs/architecture.md walks through them):
 //!
 //! ```text
-//! prepare    model file      → Prepared (canonical graph at the export's opset)   prepare.rs
+//! prepare    model file      → Prepared (canonical graph at the export's opset,   prepare.rs
+//!                              equalized with --cle)                            equalize.rs
 //! place      graph           → Plan (which values get which quantizer)            placement.rs
 //! calibrate  graph, plan     → Ranges (each activation's clipping range)          calibrate.rs
 //! parameters ranges, weights → Params (scales, zero-points, int32 biases)         params.rs
+//! rounding   graph, params   → AdaRound's weights (--adaround)                    adaround.rs
+//!            or the biases corrected (--bias-correction)                        bias_correction.rs
 //! report     graph, params   → the simulated model's error per value              report.rs
 //! export     graph, params   → the QDQ ModelProto                                 qdq_export.rs
 //! ```
