@@ -82,6 +82,8 @@ METHODS_W4A8 = [
     ("zp_minmax_w", "zeropoint w4a8, minmax weights", "zp", ["--preset", "w4a8", "--weight-range", "minmax"]),
     ("zp_mse_w", "zeropoint w4a8, mse weights", "zp", ["--preset", "w4a8", "--weight-range", "mse"]),
     ("zp_adaround", "zeropoint w4a8, AdaRound", "zp", ["--preset", "w4a8", "--adaround"]),
+    ("zp_mse_adaround", "zeropoint w4a8, mse weights + AdaRound", "zp",
+     ["--preset", "w4a8", "--weight-range", "mse", "--adaround"]),
     ("ort_minmax", "ORT MinMax s8, QInt4 (baseline)", "ort", ("MinMax", "QInt8")),
     ("ort_entropy", "ORT Entropy s8, QInt4", "ort", ("Entropy", "QInt8")),
     ("ort_percentile", "ORT Percentile s8, QInt4", "ort", ("Percentile", "QInt8")),
