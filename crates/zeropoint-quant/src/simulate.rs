@@ -69,17 +69,11 @@ impl<'g> Simulation<'g> {
         batch: HashMap<String, Value>,
         hook: &mut Hook,
     ) -> Result<Vec<(String, Value)>> {
-        Ok(self.exec.run_with(batch, &mut |name, v| {
-            let v = match self.activations.get(name) {
-                Some(qp) => fake_quant_value(&v, qp)?,
-                None => v,
-            };
-            hook(name, v)
-        })?)
+        Ok(self
+            .exec
+            .run_with(batch, &mut |name, v| hook(name, self.quantize(name, v)?))?)
     }
-}
 
-impl Simulation<'_> {
     /// Runs a batch; `hook` gets every value before its own quantizer (as the layer computed it
     /// from quantized inputs and weights) and returns the value to quantize and go on with.
     pub fn run_before_quant(
@@ -87,13 +81,17 @@ impl Simulation<'_> {
         batch: HashMap<String, Value>,
         hook: &mut Hook,
     ) -> Result<Vec<(String, Value)>> {
-        Ok(self.exec.run_with(batch, &mut |name, v| {
-            let v = hook(name, v)?;
-            match self.activations.get(name) {
-                Some(qp) => fake_quant_value(&v, qp),
-                None => Ok(v),
-            }
-        })?)
+        Ok(self
+            .exec
+            .run_with(batch, &mut |name, v| self.quantize(name, hook(name, v)?))?)
+    }
+
+    /// `v` through the quantizer of activation `name`, if it has one.
+    fn quantize(&self, name: &str, v: Value) -> std::result::Result<Value, HookError> {
+        match self.activations.get(name) {
+            Some(qp) => fake_quant_value(&v, qp),
+            None => Ok(v),
+        }
     }
 }
 
