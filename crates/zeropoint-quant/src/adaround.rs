@@ -33,19 +33,18 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
-use zeropoint_core::{Granularity, QParams};
+use zeropoint_core::{Layout, QParams};
 use zeropoint_engine::exec::HookError;
-use zeropoint_engine::{Engine, Executor, Value};
+use zeropoint_engine::{Engine, Value};
 use zeropoint_graph::evaluator::Evaluator;
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::RawTensor;
 
-use crate::compare::{lockstep, Batch};
+use crate::compare::Batch;
 use crate::error::{Error, Result};
-use crate::meeting::{run_each, Leaving, Meeting};
+use crate::meeting::{simulate_each, Meeting};
 use crate::params::Params;
 use crate::placement::Plan;
-use crate::simulate::Simulation;
 
 pub use crate::settings::AdaRoundOptions as Options;
 
@@ -408,35 +407,24 @@ fn matrix_dims(layer: &Layer) -> (usize, usize, usize) {
     }
 }
 
-/// The index of the scale and zero-point of each weight element, by flat index.
-fn param_index(shape: &[usize], g: Granularity) -> impl Fn(usize) -> usize {
-    let (axis, block) = match g {
-        Granularity::PerTensor => (usize::MAX, 0),
-        Granularity::PerAxis { axis } => (axis, 1),
-        Granularity::PerBlock { axis, block } => (axis, block.max(1)),
-    };
-    let dim = shape.get(axis).copied().unwrap_or(1).max(1);
-    let inner: usize = shape.get(axis + 1..).map_or(1, |s| s.iter().product());
-    let blocks = dim.div_ceil(block.max(1));
-    move |f| {
-        if axis == usize::MAX {
-            return 0;
-        }
-        let (outer, a, rest) = (f / (dim * inner), (f / inner) % dim, f % inner);
-        if block == 1 {
-            return a;
-        }
-        (outer * blocks + a / block) * inner + rest
-    }
-}
-
 /// The columns of group `g` at up to `take` output positions spread evenly: a convolution's
 /// im2col rows (zero where a tap falls in the padding), a dense layer's input rows. `out` is
 /// the layer output's shape.
 fn columns(layer: &Layer, x: &Value, out: &[usize], g: usize, take: usize) -> Result<Vec<f32>> {
+    // Read in place: a depthwise layer asks once per channel.
+    Ok(x.with_f32s(|data| gather_columns(layer, data, x.shape(), out, g, take))?)
+}
+
+/// [`columns`] of the input `data` of shape `shape`.
+fn gather_columns(
+    layer: &Layer,
+    data: &[f32],
+    shape: &[usize],
+    out: &[usize],
+    g: usize,
+    take: usize,
+) -> Vec<f32> {
     let (_, _, k) = matrix_dims(layer);
-    let shape = x.shape().to_vec();
-    let data = x.with_f32s(|v| v.to_vec())?;
     let mut cols = Vec::new();
     match layer.shape {
         LayerShape::Conv(c) => {
@@ -482,7 +470,7 @@ fn columns(layer: &Layer, x: &Value, out: &[usize], g: usize, take: usize) -> Re
             }
         }
     }
-    Ok(cols)
+    cols
 }
 
 /// One sample's columns of a layer, per group: (float model's input, quantized model's input).
@@ -522,47 +510,41 @@ pub fn adaround(
     let take = (opts.max_columns / samples.len()).max(1);
     let meeting: Meeting<Part, Learned> = Meeting::new(samples.len());
     let opset = graph.opset;
-    {
-        let float = Executor::new(graph)?;
-        let sim = Simulation::sharing(graph, params, float.initializer_values())?;
-        run_each(samples, |i, sample| -> Result<()> {
-            let _leaving = Leaving(&meeting);
-            let mut held: HashMap<String, (Value, Value, usize)> = HashMap::new();
-            let mut on_value =
-                |name: &str, r: &Value, v: Value| -> std::result::Result<Value, HookError> {
-                    let mut v = v;
-                    if let Some(layer) = by_output.get(name) {
-                        let input = &layer.node.inputs[0];
-                        let (xf, xq, left) = held.get_mut(input).ok_or_else(|| {
-                            format!("{}: its input was not seen", layer.node.label())
-                        })?;
-                        let (groups, _, _) = matrix_dims(layer);
-                        let part = (0..groups)
-                            .map(|g| {
-                                Ok((
-                                    columns(layer, xf, v.shape(), g, take)?,
-                                    columns(layer, xq, v.shape(), g, take)?,
-                                ))
-                            })
-                            .collect::<Result<Part>>()?;
-                        let learned = meeting.pool(name, i, part, |parts| {
-                            Ok(Arc::new(fit(layer, parts, opts)?))
-                        })?;
-                        v = recompute(layer, xq, &learned.0, opset)?;
-                        *left -= 1;
-                        if *left == 0 {
-                            held.remove(input);
-                        }
-                    }
-                    if let Some(&n) = readers.get(name) {
-                        held.insert(name.to_string(), (r.clone(), v.clone(), n));
-                    }
-                    Ok(v)
-                };
-            let run = |b, hook: &mut zeropoint_engine::exec::Hook| sim.run_before_quant(b, hook);
-            lockstep(&float, &run, &names, sample, &mut on_value).map(drop)
-        })?;
-    }
+    simulate_each(graph, params, samples, &names, &meeting, |i| {
+        let (by_output, readers, meeting) = (&by_output, &readers, &meeting);
+        // This sample's layer inputs (float, quantized) and how many layers still read each.
+        let mut held: HashMap<String, (Value, Value, usize)> = HashMap::new();
+        move |name: &str, r: &Value, v: Value| -> std::result::Result<Value, HookError> {
+            let mut v = v;
+            if let Some(layer) = by_output.get(name) {
+                let input = &layer.node.inputs[0];
+                let (xf, xq, left) = held
+                    .get_mut(input)
+                    .ok_or_else(|| format!("{}: its input was not seen", layer.node.label()))?;
+                let (groups, _, _) = matrix_dims(layer);
+                let part = (0..groups)
+                    .map(|g| {
+                        Ok((
+                            columns(layer, xf, v.shape(), g, take)?,
+                            columns(layer, xq, v.shape(), g, take)?,
+                        ))
+                    })
+                    .collect::<Result<Part>>()?;
+                let learned = meeting.pool(name, i, part, |parts| {
+                    Ok(Arc::new(fit(layer, parts, opts)?))
+                })?;
+                v = recompute(layer, xq, &learned.0, opset)?;
+                *left -= 1;
+                if *left == 0 {
+                    held.remove(input);
+                }
+            }
+            if let Some(&n) = readers.get(name) {
+                held.insert(name.to_string(), (r.clone(), v.clone(), n));
+            }
+            Ok(v)
+        }
+    })?;
     let outputs: Vec<String> = layers.iter().map(|l| l.node.outputs[0].clone()).collect();
     let mut done = Vec::new();
     for (_, learned) in meeting.into_results(&outputs) {
@@ -584,7 +566,9 @@ fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Ro
     let (groups, rows, k) = matrix_dims(layer);
     let w = layer.weight.to_f32s();
     let qp = &layer.qparams;
-    let index = param_index(&layer.weight.shape, qp.granularity);
+    let layout = Layout::new(&layer.weight.shape, qp.granularity)
+        .map_err(|e| Error::Environment(format!("{}: {e}", layer.node.label())))?;
+    let index = |e: usize| layout.param_index(e);
     let mut learned = w.clone();
     let mut rounded = Rounded {
         layer: layer.node.name.clone(),

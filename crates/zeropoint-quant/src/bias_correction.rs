@@ -22,18 +22,18 @@
 
 use std::collections::HashMap;
 
-use zeropoint_core::fake_quant;
-use zeropoint_engine::{Executor, Value};
+use zeropoint_core::{fake_quant, Granularity, Layout};
+use zeropoint_engine::exec::HookError;
+use zeropoint_engine::Value;
 use zeropoint_graph::canonicalize::BatchNormStats;
 use zeropoint_graph::{Graph, Op};
 use zeropoint_onnx::RawTensor;
 
-use crate::compare::{lockstep, Batch};
+use crate::compare::Batch;
 use crate::error::{Error, Result};
-use crate::meeting::{run_each, Leaving, Meeting};
+use crate::meeting::{simulate_each, Meeting};
 use crate::params::Params;
 use crate::placement::Plan;
-use crate::simulate::Simulation;
 
 /// The correction of one layer's bias.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -64,29 +64,16 @@ pub fn correct_biases(
         .map(|n| n.outputs[0].clone())
         .collect();
     let meeting: Meeting<Part, Vec<f64>> = Meeting::new(samples.len());
-    {
-        let float = Executor::new(graph)?;
-        let sim = Simulation::sharing(graph, params, float.initializer_values())?;
-        let run = |i: usize, sample: Batch| {
-            // Whatever stops this run (an error, a panic), the others must not wait for it.
-            let _leaving = Leaving(&meeting);
-            let r = lockstep(
-                &float,
-                &|b, hook| sim.run_before_quant(b, hook),
-                &names,
-                sample,
-                &mut |name, r, v| {
-                    let part = channel_error_sums(r, &v)?;
-                    let mean = meeting.pool(name, i, part, |parts| Ok(mean_in_order(&parts)))?;
-                    Ok(subtract_per_channel(&v, &mean)?)
-                },
-            );
-            r.map(drop)
-        };
-        // One thread per sample (models with a fixed batch of 1 cannot take them as one batch);
-        // they meet at every layer to pool its error before any goes on.
-        run_each(samples, run)?;
-    }
+    // One thread per sample (models with a fixed batch of 1 cannot take them as one batch);
+    // they meet at every layer to pool its error before any goes on.
+    simulate_each(graph, params, samples, &names, &meeting, |i| {
+        let meeting = &meeting;
+        move |name: &str, r: &Value, v: Value| {
+            let part = channel_error_sums(r, &v)?;
+            let mean = meeting.pool(name, i, part, |parts| Ok(mean_in_order(&parts)))?;
+            subtract_per_channel(&v, &mean)
+        }
+    })?;
     apply(graph, &layers, meeting.into_results(&names))
 }
 
@@ -190,15 +177,15 @@ pub fn correct_biases_analytic(
         if w.shape.len() < 2 || w.shape[in_axis] != mean.len() {
             continue;
         }
-        let channel = |axis: usize| {
-            let inner: usize = w.shape[axis + 1..].iter().product();
-            let dim = w.shape[axis];
-            move |f: usize| (f / inner.max(1)) % dim.max(1)
+        let per = |axis| {
+            Layout::new(&w.shape, Granularity::PerAxis { axis })
+                .map_err(|e| Error::new(&graph.source, format!("{}: {e}", node.label())))
         };
-        let (oc, ic) = (channel(out_axis), channel(in_axis));
-        let mut shift = vec![0f64; w.shape[out_axis]];
+        let (outputs, inputs) = (per(out_axis)?, per(in_axis)?);
+        let mut shift = vec![0f64; outputs.num_params()];
         for (f, (q, x)) in rounded.iter().zip(&exact).enumerate() {
-            shift[oc(f)] += (f64::from(*q) - f64::from(*x)) * mean[ic(f)];
+            shift[outputs.param_index(f)] +=
+                (f64::from(*q) - f64::from(*x)) * mean[inputs.param_index(f)];
         }
         shifts.push((node.outputs[0].clone(), shift));
     }
@@ -241,33 +228,39 @@ pub fn rectified_mean(mu: f64, sigma: f64) -> f64 {
     sigma * pdf + mu * cdf
 }
 
+/// Which channel (axis 1) each element of a layer output of `shape` belongs to.
+fn channels(shape: &[usize]) -> std::result::Result<Layout, HookError> {
+    let g = if shape.len() >= 2 {
+        Granularity::PerAxis { axis: 1 }
+    } else {
+        Granularity::PerTensor
+    };
+    Ok(Layout::new(shape, g)?)
+}
+
 /// Sums of `v − r` per channel (axis 1) over every other axis, and the elements per channel.
-fn channel_error_sums(r: &Value, v: &Value) -> zeropoint_engine::Result<Part> {
-    let shape = v.shape().to_vec();
-    let channels = shape.get(1).copied().unwrap_or(1).max(1);
-    let inner: usize = shape.iter().skip(2).product();
-    let mut sums = vec![0f64; channels];
+fn channel_error_sums(r: &Value, v: &Value) -> std::result::Result<Part, HookError> {
+    let layout = channels(v.shape())?;
+    let mut sums = vec![0f64; layout.num_params()];
     r.with_f32s(|r| {
         v.with_f32s(|x| {
             for (i, (a, b)) in r.iter().zip(x).enumerate() {
-                sums[(i / inner.max(1)) % channels] += f64::from(*b) - f64::from(*a);
+                sums[layout.param_index(i)] += f64::from(*b) - f64::from(*a);
             }
         })
     })??;
-    let count = shape.iter().product::<usize>() / channels;
+    let count = layout.len() / sums.len().max(1);
     Ok((sums, count as f64))
 }
 
 /// `v` less `shift[c]` on every element of channel c (axis 1).
-fn subtract_per_channel(v: &Value, shift: &[f64]) -> zeropoint_engine::Result<Value> {
-    let shape = v.shape().to_vec();
-    let inner: usize = shape.iter().skip(2).product();
-    let channels = shift.len().max(1);
+fn subtract_per_channel(v: &Value, shift: &[f64]) -> std::result::Result<Value, HookError> {
+    let layout = channels(v.shape())?;
     let y = v.with_f32s(|x| {
         x.iter()
             .enumerate()
-            .map(|(i, &x)| x - shift[(i / inner.max(1)) % channels] as f32)
+            .map(|(i, &x)| x - shift[layout.param_index(i)] as f32)
             .collect::<Vec<f32>>()
     })?;
-    Value::from_f32_vec(y, &shape)
+    Ok(Value::from_f32_vec(y, v.shape())?)
 }

@@ -26,6 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use zeropoint_core::{Granularity, Layout};
 use zeropoint_graph::canonicalize::BatchNormStats;
 use zeropoint_graph::graph::Names;
 use zeropoint_graph::{Graph, Node, Op};
@@ -388,8 +389,10 @@ fn clip_bounds(graph: &Graph, node: &Node) -> Option<(f32, f32)> {
 
 /// A layer's weight and bias in f64, as equalization rescales them.
 struct Layer {
-    kind: Kind,
     shape: Vec<usize>,
+    /// Which output and which input channel each weight element belongs to.
+    outputs: Layout,
+    inputs: Layout,
     w: Vec<f64>,
     w_dtype: DType,
     bias: Option<Vec<f64>>,
@@ -412,48 +415,45 @@ impl Layer {
             .filter(|b| !b.is_empty())
             .and_then(|b| graph.float_initializer(b))
             .map(RawTensor::to_f64s);
-        let channels = w.shape[kind.axes().0];
+        let (out_axis, in_axis) = kind.axes();
+        let per = |axis| {
+            Layout::new(&w.shape, Granularity::PerAxis { axis })
+                .map_err(|e| Error::new(&graph.source, format!("{}: {e}", node.label())))
+        };
         Ok(Layer {
-            kind,
+            outputs: per(out_axis)?,
+            inputs: per(in_axis)?,
             shape: w.shape.clone(),
             w: w.to_f64s(),
             w_dtype: w.dtype,
             bias,
-            out_scale: vec![1.0; channels],
+            out_scale: vec![1.0; w.shape[out_axis]],
             changed: false,
         })
     }
 
-    /// The channel along `axis` of each weight element, by flat index.
-    fn channel(&self, axis: usize) -> impl Fn(usize) -> usize {
-        let inner: usize = self.shape[axis + 1..].iter().product();
-        let dim = self.shape[axis];
-        move |f| (f / inner.max(1)) % dim.max(1)
-    }
-
-    /// Max |W| per channel along `axis`.
-    fn ranges(&self, axis: usize) -> Vec<f64> {
-        let mut r = vec![0f64; self.shape[axis]];
-        let ch = self.channel(axis);
+    /// Max |W| per channel of `channels` (the outputs' or the inputs').
+    fn ranges(&self, channels: &Layout) -> Vec<f64> {
+        let mut r = vec![0f64; channels.num_params()];
         for (f, w) in self.w.iter().enumerate() {
-            r[ch(f)] = r[ch(f)].max(w.abs());
+            let c = channels.param_index(f);
+            r[c] = r[c].max(w.abs());
         }
         r
     }
 
     fn out_ranges(&self) -> Vec<f64> {
-        self.ranges(self.kind.axes().0)
+        self.ranges(&self.outputs)
     }
 
     fn in_ranges(&self) -> Vec<f64> {
-        self.ranges(self.kind.axes().1)
+        self.ranges(&self.inputs)
     }
 
     /// Output channel i divided by s_i, bias included.
     fn divide_outputs(&mut self, s: &[f64]) {
-        let ch = self.channel(self.kind.axes().0);
         for (f, w) in self.w.iter_mut().enumerate() {
-            *w /= s[ch(f)];
+            *w /= s[self.outputs.param_index(f)];
         }
         if let Some(b) = &mut self.bias {
             b.iter_mut().zip(s).for_each(|(b, s)| *b /= s);
@@ -464,9 +464,8 @@ impl Layer {
 
     /// Input channel i multiplied by s_i.
     fn multiply_inputs(&mut self, s: &[f64]) {
-        let ch = self.channel(self.kind.axes().1);
         for (f, w) in self.w.iter_mut().enumerate() {
-            *w *= s[ch(f)];
+            *w *= s[self.inputs.param_index(f)];
         }
         self.changed = true;
     }
@@ -540,11 +539,9 @@ fn absorb(c: &Chain, bn: &BatchNormStats, layers: &mut HashMap<usize, Layer>) ->
         return Vec::new();
     }
     let second = &layers[&c.second];
-    let (out_axis, in_axis) = second.kind.axes();
-    let mut added = vec![0f64; second.shape[out_axis]];
-    let (out_ch, in_ch) = (second.channel(out_axis), second.channel(in_axis));
+    let mut added = vec![0f64; second.outputs.num_params()];
     for (f, w) in second.w.iter().enumerate() {
-        added[out_ch(f)] += w * shift[in_ch(f)];
+        added[second.outputs.param_index(f)] += w * shift[second.inputs.param_index(f)];
     }
     if let Some(second) = layers.get_mut(&c.second) {
         let bias = second.bias.get_or_insert_with(|| vec![0.0; added.len()]);

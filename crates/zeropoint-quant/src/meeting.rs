@@ -8,6 +8,39 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 
 use zeropoint_engine::exec::HookError;
+use zeropoint_engine::{Executor, Value};
+use zeropoint_graph::Graph;
+
+use crate::compare::{lockstep, Batch};
+use crate::error::Result;
+use crate::params::Params;
+use crate::simulate::Simulation;
+
+/// Runs every sample through the float model and the simulation of `graph` with `params` in
+/// lockstep, each on its own thread, and hands sample i's values of `names` (the simulated ones
+/// before their own quantizers) to the callback `each(i)` makes, which returns the simulated
+/// value to go on with; the callbacks meet through `meeting`. Whatever stops a sample's run (an
+/// error, a panic), the others stop waiting for it.
+pub fn simulate_each<P: Send, R: Clone + Send, F>(
+    graph: &Graph,
+    params: &Params,
+    samples: Vec<Batch>,
+    names: &[String],
+    meeting: &Meeting<P, R>,
+    each: impl Fn(usize) -> F + Sync,
+) -> Result<()>
+where
+    F: FnMut(&str, &Value, Value) -> std::result::Result<Value, HookError>,
+{
+    let float = Executor::new(graph)?;
+    let sim = Simulation::sharing(graph, params, float.initializer_values())?;
+    let quantized = |b, hook: &mut zeropoint_engine::exec::Hook| sim.run_before_quant(b, hook);
+    run_each(samples, |i, sample| {
+        let _leaving = Leaving(meeting);
+        let mut on_value = each(i);
+        lockstep(&float, &quantized, names, sample, &mut on_value).map(drop)
+    })
+}
 
 /// The meeting of `samples` runs.
 pub struct Meeting<P, R> {
@@ -92,7 +125,7 @@ impl<P, R: Clone> Meeting<P, R> {
 
 /// Ends a sample's part in a [`Meeting`] when dropped, however its run stopped (an error, a
 /// panic): the others then stop waiting for it.
-pub struct Leaving<'a, P, R: Clone>(pub &'a Meeting<P, R>);
+struct Leaving<'a, P, R: Clone>(&'a Meeting<P, R>);
 
 impl<P, R: Clone> Drop for Leaving<'_, P, R> {
     fn drop(&mut self) {
@@ -102,7 +135,7 @@ impl<P, R: Clone> Drop for Leaving<'_, P, R> {
 
 /// Runs `run(i, sample)` for every sample, each on its own thread (they meet through a
 /// [`Meeting`] that `run` holds), and returns the first error in sample order.
-pub fn run_each<T: Send, E: Send>(
+fn run_each<T: Send, E: Send>(
     samples: Vec<T>,
     run: impl Fn(usize, T) -> std::result::Result<(), E> + Sync,
 ) -> std::result::Result<(), E> {
