@@ -121,7 +121,7 @@ pub fn ranges(
                     format!("activation '{a}' was never computed"),
                 )
             })?;
-            obs.ranges(&settings.activations)
+            obs.ranges(&settings.activation_scheme(a))
                 .map(|r| r[0])
                 .map_err(|e| Error::at(&graph.source, format!("activation '{a}'"), e))
         })

@@ -25,7 +25,12 @@ pub fn encodings(o: &Outcome, settings: &Settings) -> Value {
         .map(|a| {
             (
                 a.value.clone(),
-                entry(&a.qparams, &settings.activations, a.range),
+                entry(
+                    &a.qparams,
+                    // A shared grid is its source's, at the source's bit-width.
+                    &settings.activation_scheme(a.shares.as_deref().unwrap_or(&a.value)),
+                    a.range,
+                ),
             )
         })
         .collect();

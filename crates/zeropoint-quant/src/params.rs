@@ -78,25 +78,69 @@ impl Params {
 
 /// Parameters from the calibrated ranges (activations) and the weights themselves.
 pub fn params(graph: &Graph, plan: &Plan, ranges: &Ranges, settings: &Settings) -> Result<Params> {
+    params_reusing_weights(graph, plan, ranges, settings, &Params::default())
+}
+
+/// [`params`], taking each weight's parameters from `known` where it has them (AdaRound's
+/// rounded weights must keep the grid they were rounded onto: their own range can differ), and
+/// the biases from both.
+pub fn params_reusing_weights(
+    graph: &Graph,
+    plan: &Plan,
+    ranges: &Ranges,
+    settings: &Settings,
+    known: &Params,
+) -> Result<Params> {
+    let weights = plan
+        .weights
+        .iter()
+        .map(|w| match known.weight(&w.name) {
+            Some(k) => Ok(k.clone()),
+            None => weight_params(graph, w, settings),
+        })
+        .collect::<Result<_>>()?;
     let mut p = Params {
         activations: activation_params(graph, plan, ranges, settings)?,
+        weights,
         ..Params::default()
     };
-    for w in &plan.weights {
-        p.weights.push(weight_params(graph, w, settings)?);
-    }
     for b in &plan.biases {
-        let (Some(wq), Some(xq)) = (p.weight(&b.weight), p.activation(&b.input)) else {
+        let Some(xq) = p.activation(&b.input).map(|a| a.qparams.clone()) else {
             continue;
         };
         let bias = graph
             .find_initializer(&b.name)
-            .ok_or_else(|| Error::new(&graph.source, format!("bias '{}' is missing", b.name)))?;
-        if let Some(params) = bias_params(&b.name, &bias.to_f32s(), &wq.qparams, &xq.qparams) {
+            .ok_or_else(|| Error::new(&graph.source, format!("bias '{}' is missing", b.name)))?
+            .to_f32s();
+        let Some(w) = p.weights.iter_mut().find(|w| w.name == b.weight) else {
+            continue;
+        };
+        fit_bias_in_int32(&mut w.qparams, &bias, xq.scale[0]);
+        if let Some(params) = bias_params(&b.name, &bias, &w.qparams, &xq) {
             p.biases.push(params);
         }
     }
     Ok(p)
+}
+
+/// Raises the weight scale of each channel whose bias would not fit int32 with scale s_x·s_w:
+/// with 16-bit weights and activations s_x·s_w is ~1e-10, and a bias of 1 on a channel of tiny
+/// weights overflows. ONNX Runtime quantizes a float bias to int32 itself, clipping it (a W16A16
+/// CNN fell from 81 to 6.5 dB), so a bias cannot simply stay float; a coarser grid for weights
+/// that small costs nothing measurable.
+fn fit_bias_in_int32(wq: &mut QParams, bias: &[f32], sx: f32) {
+    // A little below 2³¹ − 1, so that the rounding of the code cannot overflow.
+    const LIMIT: f64 = 2_147_483_000.0;
+    if wq.scale.len() != 1 && wq.scale.len() != bias.len() {
+        return;
+    }
+    for (c, &b) in bias.iter().enumerate() {
+        let k = if wq.scale.len() == 1 { 0 } else { c };
+        let needed = f64::from(b).abs() / (f64::from(sx) * LIMIT);
+        if f64::from(wq.scale[k]) < needed {
+            wq.scale[k] = (needed as f32).next_up();
+        }
+    }
 }
 
 /// Every activation's parameters: its own from its range, or its grid source's.
@@ -108,7 +152,7 @@ fn activation_params(
 ) -> Result<Vec<ActivationParams>> {
     let mut out = Vec::with_capacity(ranges.0.len() + plan.shared.len());
     for (a, range) in &ranges.0 {
-        let qp = QParams::from_ranges(&settings.activations, &[*range])
+        let qp = QParams::from_ranges(&settings.activation_scheme(a), &[*range])
             .map_err(|e| Error::at(&graph.source, format!("activation '{a}'"), e))?;
         out.push(ActivationParams {
             value: a.clone(),
@@ -163,22 +207,24 @@ fn weight_params(graph: &Graph, w: &WeightSite, settings: &Settings) -> Result<W
 
 /// An int32 bias of `values` for a layer with weight parameters `wq` and input parameters `xq`:
 /// scale s_x · s_w[c], codes rounded half to even. None when the weight's parameters are not one
-/// per bias element (nor one for all).
+/// per bias element (nor one for all), or when a code would not fit int32.
 fn bias_params(name: &str, values: &[f32], wq: &QParams, xq: &QParams) -> Option<BiasParams> {
     if wq.scale.len() != 1 && wq.scale.len() != values.len() {
         return None;
     }
     let sw = |c: usize| wq.scale[if wq.scale.len() == 1 { 0 } else { c }];
     let scale: Vec<f32> = (0..values.len()).map(|c| xq.scale[0] * sw(c)).collect();
-    let codes = values
+    let codes: Vec<f64> = values
         .iter()
         .zip(&scale)
-        .map(|(&v, &s)| {
-            (f64::from(v) / f64::from(s))
-                .round_ties_even()
-                .clamp(i32::MIN as f64, i32::MAX as f64) as i32
-        })
+        .map(|(&v, &s)| (f64::from(v) / f64::from(s)).round_ties_even())
         .collect();
+    // 16-bit weights and activations make s_x·s_w tiny (1e-10): a bias that does not fit int32
+    // then stays float rather than being clipped (clipped, it ruined the model: 6.5 dB).
+    if codes.iter().any(|&q| !(f64::from(i32::MIN)..=f64::from(i32::MAX)).contains(&q)) {
+        return None;
+    }
+    let codes = codes.into_iter().map(|q| q as i32).collect();
     Some(BiasParams {
         name: name.to_string(),
         codes,

@@ -76,13 +76,22 @@ pub fn export(graph: &Graph, plan: &Plan, p: &Params, base: &ModelProto) -> Resu
 
 /// The opset an export with these settings needs: per-channel parameters (int32 biases among
 /// them) came in opset 13; 4-bit and 16-bit types and blocks in 21.
+///
+/// Mixed precision to a target may raise activations to 16 bits: it needs opset 21 as well.
 pub fn required_opset(s: &Settings) -> i64 {
-    opset_for(
-        [&s.weights, &s.activations]
+    let raised = s.activation_bits.iter().map(|(v, _)| s.activation_scheme(v));
+    let opset = opset_for(
+        [s.weights, s.activations]
             .into_iter()
+            .chain(raised)
             .map(|scheme| (scheme.grid(), scheme.granularity)),
     )
-    .max(BIAS_OPSET)
+    .max(BIAS_OPSET);
+    if s.target.is_some() {
+        opset.max(21)
+    } else {
+        opset
+    }
 }
 
 /// The opset these parameters need (at most [`required_opset`] of their settings).

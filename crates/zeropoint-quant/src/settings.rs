@@ -21,6 +21,24 @@ pub struct Settings {
     pub bias_correction: Option<BiasCorrection>,
     /// AdaRound of the weights after the ranges are set (instead of bias correction).
     pub adaround: Option<AdaRoundOptions>,
+    /// Activations quantized with another bit-width than `activations` has (mixed precision):
+    /// value name, bits.
+    pub activation_bits: Vec<(String, u32)>,
+    /// Mixed precision to a target: the most sensitive quantizers raised to 16 bits or kept
+    /// float until the simulated model meets it (crate::mixed_precision).
+    pub target: Option<Target>,
+}
+
+/// What `--target-sqnr` and `--target-agreement` ask of the simulated model, measured against
+/// the float model on calibration samples.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Target {
+    /// Output SQNR in dB (the mean over the graph's float outputs).
+    pub sqnr_db: Option<f64>,
+    /// Top-1 agreement with the float model (argmax over the first output's last axis), 0..=1.
+    pub agreement: Option<f64>,
+    /// Calibration samples the target is measured on.
+    pub samples: usize,
 }
 
 /// How biases are corrected for the mean shift quantized weights cause.
@@ -53,6 +71,20 @@ impl Settings {
             equalize: None,
             bias_correction: None,
             adaround: None,
+            activation_bits: Vec::new(),
+            target: None,
+        }
+    }
+
+    /// The scheme of activation `value`: the activation scheme, at the bit-width
+    /// `activation_bits` gives it if any.
+    pub fn activation_scheme(&self, value: &str) -> Scheme {
+        match self.activation_bits.iter().find(|(v, _)| v == value) {
+            Some(&(_, bits)) => Scheme {
+                bits,
+                ..self.activations
+            },
+            None => self.activations,
         }
     }
 }
