@@ -3,6 +3,8 @@
 //! any error into a single line on stderr (the error and its sources, joined by ": ") and a
 //! non-zero exit.
 
+mod analysis_html;
+mod analyze;
 mod data_args;
 mod embedded;
 mod equalize;
@@ -84,6 +86,9 @@ enum Command {
     Quantize(quantize::Args),
     /// Compare a float model and its quantized version on data: accuracy, agreement, SQNR.
     Eval(eval::Args),
+    /// The white paper's debugging flow: which quantizers hurt, why, and which fixes help
+    /// (measured), as a table, JSON and a self-contained HTML report.
+    Analyze(analyze::Args),
     /// Cross-layer equalization of a float model (what `quantize --cle` does first), written
     /// as a float model.
     Equalize(equalize::Args),
@@ -122,7 +127,7 @@ fn main() -> ExitCode {
     // spin: on 2 cores that made calibration up to 2x slower. Other commands run one batch at a
     // time and keep candle's pool. Set before any thread starts; an explicit CANDLE_NUM_THREADS
     // wins.
-    if matches!(cli.command, Command::Quantize(_))
+    if matches!(cli.command, Command::Quantize(_) | Command::Analyze(_))
         && std::env::var_os("CANDLE_NUM_THREADS").is_none()
     {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
@@ -135,6 +140,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Equalize(args) => equalize::run(&args),
+        Command::Analyze(args) => analyze::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

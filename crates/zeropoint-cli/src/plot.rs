@@ -42,7 +42,8 @@ pub fn file_stem(name: &str) -> String {
     }
 }
 
-fn escape(s: &str) -> String {
+/// `s` as XML text.
+pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

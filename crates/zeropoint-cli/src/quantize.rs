@@ -11,7 +11,7 @@ use zeropoint_onnx::{atomic, model};
 use zeropoint_quant::encodings::encodings;
 
 use zeropoint_quant::ptq::{self, Options, Outcome};
-use zeropoint_quant::settings::{BiasCorrection, Preset, Settings};
+use zeropoint_quant::settings::{BiasCorrection, Preset, Settings, Target};
 use zeropoint_quant::summary::Summary;
 
 use crate::data_args::DataArgs;
@@ -150,6 +150,18 @@ pub struct QuantArgs {
     /// grows with it).
     #[arg(long, default_value_t = 16)]
     pub bias_correction_samples: usize,
+    /// Mixed precision: raise the quantizers that buy the most output SQNR per byte (activations
+    /// to 16 bits, layers kept float), one at a time, until the simulated model's output SQNR
+    /// against float reaches DB on calibration samples. Exports at opset 21.
+    #[arg(long, value_name = "DB")]
+    pub target_sqnr: Option<f64>,
+    /// Mixed precision, like --target-sqnr, to a top-1 agreement with the float model (a
+    /// fraction, 0.99, or a percentage, 99%) on the first output's class scores.
+    #[arg(long, value_name = "P")]
+    pub target_agreement: Option<String>,
+    /// Calibration samples the mixed-precision target is measured on.
+    #[arg(long, default_value_t = 32)]
+    pub target_samples: usize,
 }
 
 impl QuantArgs {
@@ -192,6 +204,7 @@ impl QuantArgs {
             bail!("--adaround needs at least 1 iteration");
         }
         let bias_correction = self.bias_correction;
+        let target = self.target()?;
         Ok(Options {
             settings: Settings {
                 weights,
@@ -221,6 +234,8 @@ impl QuantArgs {
                     samples: self.adaround_samples.max(1),
                     ..Default::default()
                 }),
+                activation_bits: Vec::new(),
+                target,
             },
             exclude: self.exclude.clone(),
             data,
@@ -229,6 +244,46 @@ impl QuantArgs {
             report_samples: self.report_samples,
         })
     }
+}
+
+impl QuantArgs {
+    /// The mixed-precision target, if one is asked for.
+    fn target(&self) -> Result<Option<Target>> {
+        if self.target_sqnr.is_none() && self.target_agreement.is_none() {
+            return Ok(None);
+        }
+        if self.target_sqnr.is_some_and(|d| !d.is_finite()) {
+            bail!("--target-sqnr must be a number of dB");
+        }
+        let agreement = match self.target_agreement.as_deref() {
+            Some(p) => Some(parse_fraction(p)?),
+            None => None,
+        };
+        if self.target_samples == 0 {
+            bail!("--target-samples must be at least 1");
+        }
+        Ok(Some(Target {
+            sqnr_db: self.target_sqnr,
+            agreement,
+            samples: self.target_samples,
+        }))
+    }
+}
+
+/// "0.99" or "99%" → 0.99.
+fn parse_fraction(p: &str) -> Result<f64> {
+    let (number, scale) = match p.trim().strip_suffix('%') {
+        Some(n) => (n, 100.0),
+        None => (p.trim(), 1.0),
+    };
+    let v: f64 = number
+        .parse()
+        .with_context(|| format!("--target-agreement '{p}' is not a fraction like 0.99 or 99%"))?;
+    let v = v / scale;
+    if !(0.0..=1.0).contains(&v) {
+        bail!("--target-agreement '{p}' is not between 0 and 1 (0% and 100%)");
+    }
+    Ok(v)
 }
 
 /// "int8,sym,per-channel" → a scheme; weights default to symmetric per-channel, activations
@@ -282,7 +337,7 @@ pub fn run(args: &Args) -> Result<()> {
     let opts = args.quant.options(args.calib.clone())?;
     let start = Instant::now();
     let outcome = ptq::quantize(model, &opts, &mut crate::progress::bar())?;
-    write(&outcome, &opts, &output, args.encodings.as_deref())?;
+    write(&outcome, &output, args.encodings.as_deref())?;
     let seconds = start.elapsed().as_secs_f64();
     report(
         (model, file_size(model)),
@@ -296,13 +351,12 @@ pub fn run(args: &Args) -> Result<()> {
 /// The quantized model and, if asked, the encodings.
 fn write(
     outcome: &Outcome,
-    opts: &Options,
     output: &std::path::Path,
     encodings_path: Option<&std::path::Path>,
 ) -> Result<()> {
     model::save(&outcome.model, output)?;
     if let Some(path) = encodings_path {
-        let doc = encodings(outcome, &opts.settings);
+        let doc = encodings(outcome, &outcome.settings);
         atomic::write_bytes(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
     Ok(())
@@ -328,7 +382,7 @@ fn demo(args: &Args) -> Result<()> {
     let opts = quant.options(calib)?;
     let start = Instant::now();
     let outcome = ptq::quantize(&files.model, &opts, &mut crate::progress::bar())?;
-    write(&outcome, &opts, &output, args.encodings.as_deref())?;
+    write(&outcome, &output, args.encodings.as_deref())?;
     let seconds = start.elapsed().as_secs_f64();
     if !args.json {
         let embedded = PathBuf::from(crate::embedded::MODEL_NAME);
@@ -432,6 +486,38 @@ pub fn print_equalization(e: &zeropoint_quant::equalize::Report) {
     }
 }
 
+/// What mixed precision raised, and what it bought.
+fn print_mixed_precision(m: &zeropoint_quant::mixed_precision::Report) {
+    use zeropoint_quant::mixed_precision::Change;
+    let agreement = |s: &zeropoint_quant::sensitivity::Score| {
+        s.agreement
+            .map_or(String::new(), |a| format!(", agreement {:.2}%", 100.0 * a))
+    };
+    println!(
+        "mixed precision: output SQNR {}{} -> {}{} on calibration samples ({}; {} raises measured)",
+        db(m.before.sqnr_db),
+        agreement(&m.before),
+        db(m.after.sqnr_db),
+        agreement(&m.after),
+        if m.met { "target met" } else { "target NOT met" },
+        m.candidates
+    );
+    for step in &m.steps {
+        let what = match step.change {
+            Change::Bits16 => format!(
+                "activation {} to 16 bits (+{} B per sample)",
+                step.quantizer.name(),
+                step.bytes
+            ),
+            Change::Float => format!(
+                "layer {} kept float (+{} B)",
+                step.node, step.bytes
+            ),
+        };
+        println!("  {what}: {} dB", db(step.after.sqnr_db));
+    }
+}
+
 fn print_summary(s: &Summary) {
     let (before, after) = (s.bytes_before, s.bytes_after);
     println!(
@@ -474,8 +560,11 @@ fn print_summary(s: &Summary) {
             num(largest, 4)
         );
     }
+    if let Some(m) = &s.mixed_precision {
+        print_mixed_precision(m);
+    }
     println!("calibrated on {} samples", s.calibration_samples);
-    let mut t = Table::new(&["value", "min", "max", "scale", "zp", "SQNR dB"]);
+    let mut t = Table::new(&["value", "bits", "min", "max", "scale", "zp", "SQNR dB"]);
     for l in &s.layers {
         let range = |i: usize| l.range.map_or("-".to_string(), |r| num(f64::from(r[i]), 4));
         let label = match (&l.shares, l.output) {
@@ -485,6 +574,7 @@ fn print_summary(s: &Summary) {
         };
         t.row(vec![
             label,
+            l.bits.map_or("-".into(), |b| b.to_string()),
             range(0),
             range(1),
             l.scale.map_or("-".into(), |v| num(f64::from(v), 4)),

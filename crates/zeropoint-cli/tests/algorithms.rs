@@ -1,6 +1,7 @@
 //! The white paper's PTQ algorithms against independent numpy implementations of their
 //! formulas (tests/python/cle_reference.py, bias_correction_reference.py): cross-layer
-//! equalization, high-bias absorption and empirical bias correction.
+//! equalization, high-bias absorption and empirical bias correction; and the debugging flow
+//! (`analyze`) and mixed precision against ONNX Runtime.
 
 #[path = "../../../tests/support.rs"]
 mod support;
@@ -91,4 +92,15 @@ fn standard_recipe_is_deterministic_and_does_every_step() {
     assert_eq!(run.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("go with --cle"), "{stderr}");
+}
+
+/// `analyze`'s scores are ONNX Runtime's on the exported models, its report is complete, and
+/// mixed precision meets its target in ONNX Runtime (tests/python/analyze_reference.py).
+#[test]
+fn analysis_and_mixed_precision_match_onnx_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
+    let out = run_python("analyze_reference.py", &[zeropoint, dir.path()]);
+    print!("{out}");
+    assert!(out.contains("analyze reference: all checks passed"), "{out}");
 }

@@ -37,6 +37,7 @@
 
 pub mod adaround;
 pub mod analysis;
+pub mod analyze;
 pub mod bias_correction;
 pub mod calibrate;
 pub mod compare;
@@ -48,6 +49,7 @@ pub mod evaluate;
 pub mod idx;
 pub mod images;
 pub mod meeting;
+pub mod mixed_precision;
 pub mod ort_runtime;
 pub mod params;
 pub mod placement;
@@ -55,6 +57,7 @@ pub mod prepare;
 pub mod ptq;
 pub mod qdq_export;
 pub mod report;
+pub mod sensitivity;
 pub mod settings;
 pub mod simulate;
 pub mod summary;

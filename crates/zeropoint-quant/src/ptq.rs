@@ -13,21 +13,24 @@
 //! export     graph, params   → the QDQ ModelProto                                 qdq_export.rs
 //! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use zeropoint_graph::canonicalize::Report;
 use zeropoint_graph::Graph;
-use zeropoint_onnx::ModelProto;
+use zeropoint_core::observer::Observer;
+use zeropoint_onnx::{DType, ModelProto};
 
 use crate::bias_correction::{correct_biases, correct_biases_analytic};
-use crate::calibrate::calibrate;
+use crate::calibrate::{observe, ranges, Ranges};
 use crate::compare::{next_batches, LayerError};
 use crate::dataset::{Dataset, Preprocess};
 use crate::error::Result;
 use crate::params::{params, Params};
 use crate::placement::Plan;
-use crate::prepare::prepare;
+use crate::prepare::{prepare, Prepared};
+use crate::sensitivity::Probe;
 use crate::qdq_export::export;
 use crate::report::layer_errors;
 use crate::settings::{BiasCorrection, Settings};
@@ -70,6 +73,11 @@ pub struct Outcome {
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
     /// The layers AdaRounded (`--adaround`), in graph order.
     pub adaround: Vec<crate::adaround::Rounded>,
+    /// What mixed precision raised to meet the target (`--target-sqnr`).
+    pub mixed_precision: Option<crate::mixed_precision::Report>,
+    /// The settings the model was quantized with: the options' own, with the activations mixed
+    /// precision raised in `activation_bits`.
+    pub settings: Settings,
     /// The canonical float graph the quantizers were placed on.
     pub graph: Graph,
     pub plan: Plan,
@@ -78,6 +86,32 @@ pub struct Outcome {
     /// Per planned activation and per graph output, in graph order: the error of the simulated
     /// quantized model against the float one.
     pub layers: Vec<LayerError>,
+    pub seconds: StageSeconds,
+}
+
+/// The model calibrated and its quantizers' parameters set (rounding learned or biases
+/// corrected, when asked), before anything is measured or exported: what `quantize` exports
+/// and `analyze` takes apart.
+pub struct Calibrated {
+    /// The model as read, without its initializers ([`Prepared::base`]).
+    pub base: ModelProto,
+    pub canonical: Report,
+    pub equalization: Option<crate::equalize::Report>,
+    /// The canonical graph, with AdaRound's weights or corrected biases.
+    pub graph: Graph,
+    /// Every value's element type, from a run on the first sample.
+    pub types: HashMap<String, DType>,
+    /// Every computed value's element count on the first sample.
+    pub sizes: HashMap<String, usize>,
+    pub plan: Plan,
+    /// The observer of every planned activation: ranges for other schemes come from them
+    /// without another pass over the data.
+    pub observers: HashMap<String, Observer>,
+    pub ranges: Ranges,
+    pub params: Params,
+    pub bias_corrections: Vec<crate::bias_correction::Correction>,
+    pub adaround: Vec<crate::adaround::Rounded>,
+    pub calibration_samples: usize,
     pub seconds: StageSeconds,
 }
 
@@ -92,60 +126,40 @@ pub fn quantize(
     opts: &Options,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Outcome> {
-    let mut seconds = StageSeconds::default();
-    let t = Instant::now();
-    let prepared = prepare(path, &opts.settings)?;
-    let mut graph = prepared.graph;
-    // Types and shapes from one run on the first sample: nothing is guessed about free
-    // dimensions, and control flow takes the data's path.
-    let mut data = open_data(&graph, opts)?;
-    data.check_one_sample()?;
-    let first = open_data(&graph, opts)?.next_batch(1)?.unwrap_or_default();
-    let seen = probe_on(&graph, first)?;
-    drop_contradicted_output_shapes(&mut graph, &seen);
-    let plan = Plan::new(&graph, dtypes_of(&graph, seen), &opts.exclude)?;
-    seconds.prepare = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    let total = data.len;
-    let ranges = calibrate(&graph, &plan, &mut data, &opts.settings, &mut |done| {
-        progress("calibrating", done, total)
-    })?;
-    let mut params = params(&graph, &plan, &ranges, &opts.settings)?;
-    let adaround = match &opts.settings.adaround {
-        Some(a) => {
-            let one_each = next_batches(&mut open_data(&graph, opts)?, 1, a.samples)?;
-            crate::adaround::adaround(&mut graph, &plan, &params, one_each, a)?
+    let mut c = calibrated(path, opts, progress)?;
+    let mut settings = opts.settings.clone();
+    let mixed_precision = match opts.settings.target {
+        Some(target) => {
+            let t = Instant::now();
+            let samples = next_batches(&mut open_data(&c.graph, opts)?, 1, target.samples)?;
+            let probe = Probe::new(&c.graph, samples)?;
+            let (report, mixed) = crate::mixed_precision::to_target(
+                &c,
+                &probe,
+                &opts.settings,
+                &opts.exclude,
+                target,
+            )?;
+            settings = mixed.settings;
+            (c.plan, c.params) = (mixed.plan, mixed.params);
+            c.seconds.calibrate += t.elapsed().as_secs_f64();
+            Some(report)
         }
-        None => Vec::new(),
+        None => None,
     };
-    let bias_corrections = match opts.settings.bias_correction {
-        Some(BiasCorrection::Empirical { samples }) => {
-            let one_each = next_batches(&mut open_data(&graph, opts)?, 1, samples)?;
-            correct_biases(&mut graph, &plan, &params, one_each)?
-        }
-        Some(BiasCorrection::Analytic) => {
-            let stats = &prepared.canonical.batch_norm_stats;
-            correct_biases_analytic(&mut graph, &plan, &params, stats)?
-        }
-        None => Vec::new(),
-    };
-    if !bias_corrections.is_empty() {
-        params = crate::params::params(&graph, &plan, &ranges, &opts.settings)?;
-    }
-    seconds.calibrate = t.elapsed().as_secs_f64();
+    let mut seconds = c.seconds;
 
     // The report runs before the export, so that its executors are gone when the exported
     // model is built: peak memory is the larger of the two, not their sum.
     let t = Instant::now();
     let layers = if opts.report_samples > 0 {
-        let mut data = open_data(&graph, opts)?;
+        let mut data = open_data(&c.graph, opts)?;
         data.truncate(opts.report_samples);
         let batch = data
             .len
             .div_ceil(REPORT_BATCHES)
             .clamp(1, opts.settings.batch);
-        layer_errors(&graph, &plan, &params, &mut data, batch, &mut |done, n| {
+        layer_errors(&c.graph, &c.plan, &c.params, &mut data, batch, &mut |done, n| {
             progress("measuring", done, n)
         })?
     } else {
@@ -153,20 +167,100 @@ pub fn quantize(
     };
     seconds.measure = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let model = export(&graph, &plan, &params, &prepared.base)?;
+    let model = export(&c.graph, &c.plan, &c.params, &c.base)?;
     seconds.export = t.elapsed().as_secs_f64();
 
     Ok(Outcome {
         model,
-        canonical: prepared.canonical,
-        equalization: prepared.equalization,
+        canonical: c.canonical,
+        equalization: c.equalization,
+        bias_corrections: c.bias_corrections,
+        adaround: c.adaround,
+        mixed_precision,
+        settings,
+        graph: c.graph,
+        plan: c.plan,
+        params: c.params,
+        calibration_samples: c.calibration_samples,
+        layers,
+        seconds,
+    })
+}
+
+/// Prepares the model at `path`, places its quantizers, calibrates them and sets their
+/// parameters, with AdaRound or bias correction if the settings ask for it.
+pub fn calibrated(
+    path: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Calibrated> {
+    let mut seconds = StageSeconds::default();
+    let t = Instant::now();
+    let Prepared {
+        base,
+        mut graph,
+        canonical,
+        equalization,
+    } = prepare(path, &opts.settings)?;
+    // Types and shapes from one run on the first sample: nothing is guessed about free
+    // dimensions, and control flow takes the data's path.
+    let mut data = open_data(&graph, opts)?;
+    data.check_one_sample()?;
+    let first = open_data(&graph, opts)?.next_batch(1)?.unwrap_or_default();
+    let seen = probe_on(&graph, first)?;
+    drop_contradicted_output_shapes(&mut graph, &seen);
+    let sizes = seen
+        .iter()
+        .map(|(name, (_, dims))| (name.clone(), dims.iter().product()))
+        .collect();
+    let types = dtypes_of(&graph, seen);
+    let plan = Plan::new(&graph, types.clone(), &opts.exclude)?;
+    seconds.prepare = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let total = data.len;
+    let settings = &opts.settings;
+    let observers = observe(&graph, &plan, &mut data, settings, &mut |done| {
+        progress("calibrating", done, total)
+    })?;
+    let ranges = ranges(&graph, &plan, &observers, settings)?;
+    let mut params = params(&graph, &plan, &ranges, settings)?;
+    let adaround = match &settings.adaround {
+        Some(a) => {
+            let one_each = next_batches(&mut open_data(&graph, opts)?, 1, a.samples)?;
+            crate::adaround::adaround(&mut graph, &plan, &params, one_each, a)?
+        }
+        None => Vec::new(),
+    };
+    let bias_corrections = match settings.bias_correction {
+        Some(BiasCorrection::Empirical { samples }) => {
+            let one_each = next_batches(&mut open_data(&graph, opts)?, 1, samples)?;
+            correct_biases(&mut graph, &plan, &params, one_each)?
+        }
+        Some(BiasCorrection::Analytic) => {
+            let stats = &canonical.batch_norm_stats;
+            correct_biases_analytic(&mut graph, &plan, &params, stats)?
+        }
+        None => Vec::new(),
+    };
+    if !bias_corrections.is_empty() {
+        params = crate::params::params(&graph, &plan, &ranges, settings)?;
+    }
+    seconds.calibrate = t.elapsed().as_secs_f64();
+    Ok(Calibrated {
+        base,
+        canonical,
+        equalization,
+        graph,
+        types,
+        sizes,
+        plan,
+        observers,
+        ranges,
+        params,
         bias_corrections,
         adaround,
-        graph,
-        plan,
-        params,
         calibration_samples: total,
-        layers,
         seconds,
     })
 }
@@ -186,7 +280,8 @@ fn drop_contradicted_output_shapes(graph: &mut Graph, seen: &Run) {
     }
 }
 
-fn open_data(graph: &Graph, opts: &Options) -> Result<Dataset> {
+/// The calibration data of `opts`, for `graph`'s inputs.
+pub fn open_data(graph: &Graph, opts: &Options) -> Result<Dataset> {
     let mut data = Dataset::open(&opts.data, &graph.inputs, &opts.preprocess)?;
     if let Some(n) = opts.samples {
         data.truncate(n);

@@ -21,6 +21,8 @@ pub struct Summary {
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
     /// AdaRound, when asked for (`--adaround`).
     pub adaround: Vec<crate::adaround::Rounded>,
+    /// Mixed precision to a target, when asked for (`--target-sqnr`, `--target-agreement`).
+    pub mixed_precision: Option<crate::mixed_precision::Report>,
     pub quantizers: Quantizers,
     pub layers: Vec<Layer>,
     /// Wall time of the whole run.
@@ -55,6 +57,8 @@ pub struct Layer {
     pub range: Option<[f32; 2]>,
     pub scale: Option<f32>,
     pub zero_point: Option<i32>,
+    /// The bit-width of its quantizer.
+    pub bits: Option<u32>,
     /// The value whose grid it shares.
     pub shares: Option<String>,
     /// A graph output (kept float).
@@ -76,6 +80,10 @@ impl Summary {
                     range: a.and_then(|a| a.range).map(|r| [r.0, r.1]),
                     scale: a.map(|a| a.qparams.scale[0]),
                     zero_point: a.map(|a| a.qparams.zero_point[0]),
+                    bits: a.map(|a| {
+                        let own = a.shares.as_deref().unwrap_or(&a.value);
+                        o.settings.activation_scheme(own).bits
+                    }),
                     shares: o
                         .plan
                         .shared
@@ -99,6 +107,7 @@ impl Summary {
             equalization: o.equalization.clone(),
             bias_corrections: o.bias_corrections.clone(),
             adaround: o.adaround.clone(),
+            mixed_precision: o.mixed_precision.clone(),
             quantizers: Quantizers {
                 weights: o.plan.weights.len(),
                 biases: o.params.biases.len(),

@@ -1,0 +1,162 @@
+//! `zeropoint analyze MODEL --calib DATA`: the white paper's debugging flow (Nagel et al. 2021,
+//! §4.8) as a table, JSON, and a self-contained HTML report with SVG plots.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use clap::Args as ClapArgs;
+use zeropoint_onnx::atomic;
+use zeropoint_quant::analyze::{analyze, Analysis, Options};
+use zeropoint_quant::sensitivity::{Quantizer, Score};
+
+use crate::quantize::QuantArgs;
+use crate::table::{db, Table};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// The float ONNX model. Without it: the embedded MNIST CNN and its 500 calibration images.
+    pub model: Option<PathBuf>,
+    /// Calibration data, as for `quantize`.
+    #[arg(long, value_name = "DATA")]
+    pub calib: Vec<String>,
+    /// The quantization to analyze (the same options as `quantize`).
+    #[command(flatten)]
+    pub quant: QuantArgs,
+    /// Calibration samples every score is measured on.
+    #[arg(long, default_value_t = 32)]
+    pub analysis_samples: usize,
+    /// How many of the most harmful quantizers get a histogram in the report.
+    #[arg(long, default_value_t = 6)]
+    pub plots: usize,
+    /// Do not measure the suggested fixes (some calibrate again).
+    #[arg(long)]
+    pub no_suggestions: bool,
+    /// Where to write the HTML report (default: beside the model, <name>.analysis.html).
+    #[arg(long, value_name = "FILE.html")]
+    pub html: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (model, name, calib, quant) = match &args.model {
+        Some(m) => (m.clone(), m.display().to_string(), args.calib.clone(), args.quant.clone()),
+        None => {
+            let files = crate::embedded::write(dir.path())?;
+            let mut quant = args.quant.clone();
+            quant.data.mean = vec![crate::embedded::MEAN];
+            quant.data.std = vec![crate::embedded::STD];
+            let calib = vec![files.calib_images.display().to_string()];
+            (files.model, crate::embedded::MODEL_NAME.to_string(), calib, quant)
+        }
+    };
+    if calib.is_empty() {
+        bail!("{name}: give calibration data with --calib FILE (.npy, .npz or idx)");
+    }
+    let html = args.html.clone().unwrap_or_else(|| {
+        let base = args.model.as_deref().unwrap_or(Path::new("mnist_cnn.onnx"));
+        base.with_extension("analysis.html")
+    });
+    crate::quantize::check_output(&model, &html)?;
+    let opts = Options {
+        ptq: quant.options(calib)?,
+        samples: args.analysis_samples.max(1),
+        plots: args.plots,
+        suggestions: !args.no_suggestions,
+    };
+    let a = analyze(&model, &opts, &mut crate::progress::bar())?;
+    let page = crate::analysis_html::page(&name, &a);
+    atomic::write_bytes(&html, page.as_bytes())?;
+    if args.json {
+        let doc = serde_json::to_value(&a)?;
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    print(&a);
+    println!("\nwrote {}", html.display());
+    Ok(())
+}
+
+/// "30.2 dB, agreement 99.10%".
+pub fn score(s: &Score) -> String {
+    let agreement = s
+        .agreement
+        .map_or(String::new(), |a| format!(", agreement {:.2}%", 100.0 * a));
+    format!("{} dB{agreement}", db(s.sqnr_db))
+}
+
+/// What the 16-bit check says about the simulation.
+pub fn verdict_16_bits(s: &Score) -> &'static str {
+    if s.sqnr_db >= 50.0 {
+        "the simulation is sound: the error below is quantization's"
+    } else {
+        "suspiciously low: an op the simulation does not model well, or data outside the calibrated range"
+    }
+}
+
+/// Which of weights and activations costs more.
+pub fn verdict_split(a: &Analysis) -> &'static str {
+    if a.weights_only.sqnr_db < a.activations_only.sqnr_db {
+        "weights cost more"
+    } else {
+        "activations cost more"
+    }
+}
+
+fn print(a: &Analysis) {
+    println!(
+        "scores: output SQNR against float on {} calibration samples (calibrated on {})",
+        a.samples, a.calibration_samples
+    );
+    println!(
+        "simulation check, 16-bit weights and activations: {} ({})",
+        score(&a.check_16_bits),
+        verdict_16_bits(&a.check_16_bits)
+    );
+    println!("quantized:        {}", score(&a.quantized));
+    println!("weights only:     {}", score(&a.weights_only));
+    println!(
+        "activations only: {} ({})",
+        score(&a.activations_only),
+        verdict_split(a)
+    );
+    let mut t = Table::new(&["quantizer", "node", "op", "alone dB", "all but dB"]);
+    for s in a.sensitivities.iter().take(15) {
+        t.row(vec![
+            label(&s.quantizer),
+            s.node.clone(),
+            s.op.clone(),
+            db(s.alone.sqnr_db),
+            db(s.all_but.sqnr_db),
+        ]);
+    }
+    println!(
+        "\nquantizers, most harmful alone first ({} of {}):\n{}",
+        a.sensitivities.len().min(15),
+        a.sensitivities.len(),
+        t.render()
+    );
+    if a.suggestions.is_empty() {
+        return;
+    }
+    let mut t = Table::new(&["try", "SQNR dB", "gain dB", "why"]);
+    for s in &a.suggestions {
+        t.row(vec![
+            s.options.clone(),
+            db(s.score.sqnr_db),
+            format!("{:+.1}", s.gain_db),
+            s.why.clone(),
+        ]);
+    }
+    println!("\nfixes, each measured alone:\n{}", t.render());
+}
+
+/// "weight conv1.weight" or "activation relu1".
+pub fn label(q: &Quantizer) -> String {
+    match q {
+        Quantizer::Weight(w) => format!("weight {w}"),
+        Quantizer::Activation(a) => format!("activation {a}"),
+    }
+}

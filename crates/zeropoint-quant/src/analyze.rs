@@ -1,0 +1,355 @@
+//! The white paper's debugging flow for a model that quantizes badly (Nagel et al. 2021, §4.8,
+//! its Fig. 10), measured rather than prescribed:
+//!
+//! 1. the simulation checked against float with 16-bit weights and activations (the widest
+//!    grids ONNX has): anything far below ~60 dB there is a bug, not quantization error;
+//! 2. weights alone quantized, and activations alone, to see which of the two hurts;
+//! 3. every quantizer alone enabled, and all but that one, ranked ([`crate::sensitivity`]);
+//! 4. the distributions of the worst quantizers: a histogram of the values with the clipping
+//!    range, to tell outliers (a range problem) from a coarse grid (a bit-width problem);
+//! 5. the fixes that apply to this model and these settings (per-channel weights, MSE ranges,
+//!    cross-layer equalization, keeping the worst layer float, mixed precision), each measured.
+//!
+//! Every score is the simulated model against the float one on the same calibration samples.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use zeropoint_core::observer::Method;
+use zeropoint_core::stats::histogram;
+use zeropoint_core::Granularity;
+use zeropoint_engine::Executor;
+
+use crate::calibrate::{observe, ranges};
+use crate::compare::{next_batches, Batch};
+use crate::error::Result;
+use crate::params::{params, Params};
+use crate::ptq::{self, open_data, Calibrated};
+use crate::sensitivity::{sensitivities, subset, Probe, Quantizer, Score, Sensitivity};
+use crate::settings::Settings;
+
+/// What `analyze` needs besides the model.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The quantization to analyze (its report samples are not used).
+    pub ptq: ptq::Options,
+    /// Calibration samples every score is measured on.
+    pub samples: usize,
+    /// How many of the worst quantizers get a distribution.
+    pub plots: usize,
+    /// Measure the suggested fixes (each may calibrate again).
+    pub suggestions: bool,
+}
+
+/// Everything the debugging flow measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Analysis {
+    pub calibration_samples: usize,
+    /// Samples each score is measured on.
+    pub samples: usize,
+    /// The simulation with 16-bit weights and activations.
+    pub check_16_bits: Score,
+    /// The model quantized with the settings.
+    pub quantized: Score,
+    pub weights_only: Score,
+    pub activations_only: Score,
+    /// Every quantizer, most harmful alone first.
+    pub sensitivities: Vec<Sensitivity>,
+    /// The worst quantizers' values.
+    pub distributions: Vec<Distribution>,
+    pub suggestions: Vec<Suggestion>,
+}
+
+/// The values of one quantizer (a weight, or an activation on the samples) against its grid.
+#[derive(Debug, Clone, Serialize)]
+pub struct Distribution {
+    pub quantizer: Quantizer,
+    pub bits: u32,
+    /// The data's range.
+    pub min: f32,
+    pub max: f32,
+    /// The clipping range of each channel (one for a per-tensor quantizer).
+    pub clip: Vec<(f32, f32)>,
+    /// The step of each channel.
+    pub scale: Vec<f32>,
+    /// Values outside their channel's clipping range, 0..=1.
+    pub clipped: f64,
+    /// Counts of `bins` equal bins between `lo` and `hi` (which cover the data and the
+    /// clipping ranges).
+    pub lo: f32,
+    pub hi: f32,
+    pub counts: Vec<u64>,
+}
+
+/// A fix, measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Suggestion {
+    /// What to change, as `quantize` options.
+    pub options: String,
+    pub why: String,
+    pub score: Score,
+    /// Output SQNR gained over the quantized model, dB.
+    pub gain_db: f64,
+}
+
+/// Bins of a distribution.
+const BINS: usize = 120;
+
+/// Runs the debugging flow on the model at `path`. `progress(stage, done, total)` reports.
+pub fn analyze(
+    path: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Analysis> {
+    let c = ptq::calibrated(path, &opts.ptq, progress)?;
+    let batches = samples(&c, opts)?;
+    let probe = Probe::new(&c.graph, batches.clone())?;
+    let (plan, p) = (&c.plan, &c.params);
+    let quantized = probe.score(p)?;
+    progress("measuring", 0, 1);
+    let check_16_bits = probe.score(&widest(&c, &opts.ptq.settings)?)?;
+    let weights_only = probe.score(&subset(p, plan, |q| matches!(q, Quantizer::Weight(_))))?;
+    let activations_only =
+        probe.score(&subset(p, plan, |q| matches!(q, Quantizer::Activation(_))))?;
+    let sensitivities = sensitivities(&probe, plan, p)?;
+    let worst: Vec<&Quantizer> = sensitivities
+        .iter()
+        .take(opts.plots)
+        .map(|s| &s.quantizer)
+        .collect();
+    let distributions = distributions(&c, &opts.ptq.settings, &worst, &batches)?;
+    progress("measuring", 1, 1);
+    let suggestions = if opts.suggestions {
+        suggest(path, opts, &c, &probe, &sensitivities, quantized, progress)?
+    } else {
+        Vec::new()
+    };
+    Ok(Analysis {
+        calibration_samples: c.calibration_samples,
+        samples: probe.samples(),
+        check_16_bits,
+        quantized,
+        weights_only,
+        activations_only,
+        sensitivities,
+        distributions,
+        suggestions,
+    })
+}
+
+/// The analysis samples, one per batch.
+fn samples(c: &Calibrated, opts: &Options) -> Result<Vec<Batch>> {
+    next_batches(&mut open_data(&c.graph, &opts.ptq)?, 1, opts.samples.max(1))
+}
+
+/// The parameters of `c` with 16-bit grids everywhere (same granularities and estimators).
+fn widest(c: &Calibrated, settings: &Settings) -> Result<Params> {
+    let wide = Settings {
+        weights: zeropoint_core::Scheme {
+            bits: 16,
+            ..settings.weights
+        },
+        activations: zeropoint_core::Scheme {
+            bits: 16,
+            ..settings.activations
+        },
+        activation_bits: Vec::new(),
+        ..settings.clone()
+    };
+    let r = ranges(&c.graph, &c.plan, &c.observers, &wide)?;
+    params(&c.graph, &c.plan, &r, &wide)
+}
+
+/// The values of each quantizer in `worst`: weights from the graph, activations from float runs
+/// on the samples (two passes: the range, then the counts).
+fn distributions(
+    c: &Calibrated,
+    settings: &Settings,
+    worst: &[&Quantizer],
+    batches: &[Batch],
+) -> Result<Vec<Distribution>> {
+    let exec = Executor::new(&c.graph)?;
+    let each_value = |name: &str, f: &mut dyn FnMut(&[f32], &[usize])| -> Result<()> {
+        if let Some(t) = c.graph.find_initializer(name) {
+            f(&t.to_f32s(), &t.shape);
+            return Ok(());
+        }
+        for b in batches {
+            exec.run_with(b.clone(), &mut |n, v| {
+                if n == name {
+                    v.with_f32s(|x| f(x, v.shape()))?;
+                }
+                Ok(v)
+            })?;
+        }
+        Ok(())
+    };
+    worst
+        .iter()
+        .filter_map(|q| distribution(c, settings, q, &each_value).transpose())
+        .collect()
+}
+
+/// What [`distribution`] calls to see a quantizer's values: `f` with each slice and its shape.
+type EachValue<'a> = dyn Fn(&str, &mut dyn FnMut(&[f32], &[usize])) -> Result<()> + 'a;
+
+/// The distribution of one quantizer's values; None for a quantizer without parameters.
+fn distribution(
+    c: &Calibrated,
+    settings: &Settings,
+    q: &Quantizer,
+    each_value: &EachValue,
+) -> Result<Option<Distribution>> {
+    let (qp, bits) = match q {
+        Quantizer::Weight(w) => match c.params.weight(w) {
+            Some(p) => (&p.qparams, p.scheme.bits),
+            None => return Ok(None),
+        },
+        Quantizer::Activation(a) => match c.params.activation(a) {
+            Some(p) => (&p.qparams, settings.activation_scheme(a).bits),
+            None => return Ok(None),
+        },
+    };
+    let clip: Vec<(f32, f32)> = (0..qp.scale.len())
+        .map(|i| qp.get(i).real_range(qp.grid))
+        .collect();
+    let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
+    each_value(q.name(), &mut |x, _| {
+        for &v in x {
+            (min, max) = (min.min(v), max.max(v));
+        }
+    })?;
+    let lo = clip.iter().fold(min, |m, r| m.min(r.0));
+    let hi = clip.iter().fold(max, |m, r| m.max(r.1));
+    let mut counts = vec![0u64; BINS];
+    let (mut outside, mut total) = (0usize, 0usize);
+    each_value(q.name(), &mut |x, shape| {
+        for (c, n) in counts.iter_mut().zip(histogram(x, BINS, lo, hi)) {
+            *c += n as u64;
+        }
+        let layout = zeropoint_core::Layout::new(shape, qp.granularity).ok();
+        for (e, &v) in x.iter().enumerate() {
+            let k = match (&layout, qp.granularity) {
+                (Some(l), g) if g != Granularity::PerTensor => l.param_index(e),
+                _ => 0,
+            };
+            let (a, b) = clip[k.min(clip.len() - 1)];
+            outside += usize::from(v < a || v > b);
+        }
+        total += x.len();
+    })?;
+    Ok(Some(Distribution {
+        quantizer: q.clone(),
+        bits,
+        min,
+        max,
+        scale: qp.scale.clone(),
+        clip,
+        clipped: outside as f64 / total.max(1) as f64,
+        lo,
+        hi,
+        counts,
+    }))
+}
+
+/// The fixes that apply, each measured on the same samples.
+fn suggest(
+    path: &Path,
+    opts: &Options,
+    c: &Calibrated,
+    probe: &Probe,
+    sensitivities: &[Sensitivity],
+    quantized: Score,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Vec<Suggestion>> {
+    let s = &opts.ptq.settings;
+    let mut out = Vec::new();
+    let mut add = |options: String, why: &str, score: Score| {
+        out.push(Suggestion {
+            options,
+            why: why.to_string(),
+            gain_db: score.sqnr_db - quantized.sqnr_db,
+            score,
+        })
+    };
+    if s.weights.granularity == Granularity::PerTensor {
+        let w = Settings {
+            weights: s.weights.per_axis(0),
+            ..s.clone()
+        };
+        let score = probe.score(&params(&c.graph, &c.plan, &c.ranges, &w)?)?;
+        add(
+            format!("--weights int{},per-channel", s.weights.bits),
+            "one grid per output channel fits channels of different ranges",
+            score,
+        );
+    }
+    if !matches!(s.weight_method, Method::Mse { .. }) {
+        let w = Settings {
+            weight_method: Method::Mse { norm: 2.0 },
+            ..s.clone()
+        };
+        let score = probe.score(&params(&c.graph, &c.plan, &c.ranges, &w)?)?;
+        add(
+            "--weight-range mse".into(),
+            "clipping weight outliers trades a little clipping error for finer steps",
+            score,
+        );
+    }
+    if !matches!(s.activation_method, Method::Mse { .. }) {
+        let a = Settings {
+            activation_method: Method::Mse { norm: 2.0 },
+            ..s.clone()
+        };
+        let mut data = open_data(&c.graph, &opts.ptq)?;
+        let total = data.len;
+        let observers = observe(&c.graph, &c.plan, &mut data, &a, &mut |d| {
+            progress("calibrating (MSE ranges)", d, total)
+        })?;
+        let r = ranges(&c.graph, &c.plan, &observers, &a)?;
+        let score = probe.score(&params(&c.graph, &c.plan, &r, &a)?)?;
+        add(
+            "--activation-range mse".into(),
+            "activation ranges that minimize the quantization error instead of covering outliers",
+            score,
+        );
+    }
+    if s.equalize.is_none() {
+        if let Some(score) = with_cle(path, opts, progress)? {
+            add(
+                "--cle".into(),
+                "cross-layer equalization evens out the channel ranges of consecutive layers",
+                score,
+            );
+        }
+    }
+    if let Some(worst) = sensitivities.iter().find(|w| !w.node.is_empty()) {
+        let exclude = [opts.ptq.exclude.clone(), vec![worst.node.clone()]].concat();
+        if let Some(score) = crate::mixed_precision::score_with(c, probe, s, &exclude)? {
+            add(
+                format!("--exclude {}", worst.node),
+                "keeps the layer of the most harmful quantizer float",
+                score,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The score of the model quantized with cross-layer equalization, on the same samples; None
+/// when no layer pair could be equalized.
+fn with_cle(
+    path: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Option<Score>> {
+    let mut cle = opts.ptq.clone();
+    cle.settings.equalize = Some(crate::equalize::Options::default());
+    let c = ptq::calibrated(path, &cle, progress)?;
+    if c.equalization.as_ref().is_none_or(|e| e.pairs.is_empty()) {
+        return Ok(None);
+    }
+    let batches = samples(&c, opts)?;
+    Ok(Some(Probe::new(&c.graph, batches)?.score(&c.params)?))
+}

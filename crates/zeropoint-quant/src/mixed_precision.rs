@@ -1,0 +1,261 @@
+//! Mixed precision to a target: the quantizers whose precision buys the most accuracy per byte
+//! are raised, one at a time, until the simulated model meets the user's output SQNR (or top-1
+//! agreement) on calibration samples. This is the white paper's debugging flow (Nagel et al.
+//! 2021, §4.8: "fix the most sensitive layers") made automatic.
+//!
+//! Two raises exist: an activation to 16 bits (it costs a byte per element at run time, and
+//! ONNX Runtime runs the layers around it in float), and a weight's layer kept float (it costs
+//! the weight's size in float less its size quantized). Each candidate's noise is measured with
+//! its quantizer alone enabled; quantization noise adds up nearly independently, so candidates
+//! are taken in order of noise per byte, each kept unless the model, with every raise kept so
+//! far, gets worse. Activation ranges at 16 bits come from the same observers, without another
+//! pass over the data.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::calibrate::Ranges;
+use crate::error::{Error, Result};
+use crate::params::{params_reusing_weights, Params};
+use crate::placement::Plan;
+use crate::ptq::Calibrated;
+use crate::sensitivity::{subset, Probe, Quantizer, Score};
+use crate::settings::{Settings, Target};
+
+/// The bit-width an activation is raised to.
+const RAISED_BITS: u32 = 16;
+
+/// What was raised and what it bought.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub target: Target,
+    /// The model with every quantizer at the settings' precision.
+    pub before: Score,
+    /// The model with the raises below.
+    pub after: Score,
+    pub met: bool,
+    /// The raises kept, in the order taken.
+    pub steps: Vec<Step>,
+    /// How many raises were measured.
+    pub candidates: usize,
+}
+
+/// One raise kept.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub quantizer: Quantizer,
+    /// The layer kept float, or the node producing the activation.
+    pub node: String,
+    pub change: Change,
+    /// Bytes it adds: to the model for a float layer, per sample at run time for a 16-bit
+    /// activation.
+    pub bytes: usize,
+    /// The score of the model with only this quantizer (its noise).
+    pub alone: Score,
+    /// The score with this raise and every one kept before it.
+    pub after: Score,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// The activation quantized with 16 bits.
+    Bits16,
+    /// The layer reading the weight kept float.
+    Float,
+}
+
+/// The model as mixed precision leaves it.
+pub struct Mixed {
+    /// The settings with the raised activations in `activation_bits`.
+    pub settings: Settings,
+    /// The options' exclusions and the layers kept float.
+    pub exclude: Vec<String>,
+    pub plan: Plan,
+    pub params: Params,
+}
+
+/// A raise not yet taken.
+struct Candidate {
+    quantizer: Quantizer,
+    node: String,
+    change: Change,
+    bytes: usize,
+}
+
+/// Raises quantizers of `c` until `probe` scores the model at `target`, or no raise is left.
+pub fn to_target(
+    c: &Calibrated,
+    probe: &Probe,
+    settings: &Settings,
+    exclude: &[String],
+    target: Target,
+) -> Result<(Report, Mixed)> {
+    let mut mixed = Mixed {
+        settings: settings.clone(),
+        exclude: exclude.to_vec(),
+        plan: c.plan.clone(),
+        params: c.params.clone(),
+    };
+    let before = probe.score(&c.params)?;
+    if target.agreement.is_some() && before.agreement.is_none() {
+        return Err(Error::new(
+            &c.graph.source,
+            "--target-agreement needs a first output whose last axis holds class scores",
+        ));
+    }
+    let candidates = candidates(c, settings);
+    // Each candidate's own noise: the model with only its quantizer. Quantization noise adds up
+    // nearly independently, so removing the quantizers with the most noise per byte first is
+    // the cheapest way to the target.
+    let alone: Vec<Score> = candidates
+        .par_iter()
+        .map(|cand| probe.score(&subset(&c.params, &c.plan, |q| *q == cand.quantizer)))
+        .collect::<Result<_>>()?;
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let per_byte = |i: usize| noise(&alone[i]) / candidates[i].bytes.max(1) as f64;
+        per_byte(b).total_cmp(&per_byte(a)).then(a.cmp(&b))
+    });
+    let mut current = before;
+    let mut steps = Vec::new();
+    for i in order {
+        if meets(&current, &target) {
+            break;
+        }
+        let cand = &candidates[i];
+        let (s, e) = raised(&mixed.settings, &mixed.exclude, cand);
+        let Some((plan, params)) = build(c, &s, &e)? else {
+            continue;
+        };
+        let after = probe.score(&params)?;
+        // Noise does not always add up: a raise that makes the model worse is undone.
+        if gain(&current, &after, &target) < 0.0 {
+            continue;
+        }
+        (mixed.settings, mixed.exclude, mixed.plan, mixed.params) = (s, e, plan, params);
+        current = after;
+        steps.push(Step {
+            quantizer: cand.quantizer.clone(),
+            node: cand.node.clone(),
+            change: cand.change,
+            bytes: cand.bytes,
+            alone: alone[i],
+            after,
+        });
+    }
+    let report = Report {
+        target,
+        before,
+        after: current,
+        met: meets(&current, &target),
+        steps,
+        candidates: candidates.len(),
+    };
+    Ok((report, mixed))
+}
+
+/// The noise-to-signal power ratio of a score: 10^(−SQNR/10).
+fn noise(s: &Score) -> f64 {
+    10f64.powf(-s.sqnr_db / 10.0)
+}
+
+/// Whether `s` is at the target.
+fn meets(s: &Score, t: &Target) -> bool {
+    let sqnr = t.sqnr_db.is_none_or(|want| s.sqnr_db >= want);
+    let agreement = t
+        .agreement
+        .is_none_or(|want| s.agreement.is_some_and(|a| a >= want));
+    sqnr && agreement
+}
+
+/// What `after` gained on `before` in the target's measure: SQNR dB when an SQNR is targeted,
+/// else agreement.
+fn gain(before: &Score, after: &Score, t: &Target) -> f64 {
+    match (t.sqnr_db, before.agreement, after.agreement) {
+        (None, Some(b), Some(a)) => a - b,
+        _ => after.sqnr_db - before.sqnr_db,
+    }
+}
+
+/// Every raise of `c`: each activation below 16 bits to 16 bits, each weight's layer to float.
+fn candidates(c: &Calibrated, settings: &Settings) -> Vec<Candidate> {
+    let producers: HashMap<&str, &str> = c
+        .graph
+        .all_nodes()
+        .into_iter()
+        .flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n.name.as_str())))
+        .collect();
+    let activations = c
+        .plan
+        .activations
+        .iter()
+        .filter(|a| settings.activation_scheme(a).bits < RAISED_BITS)
+        .map(|a| Candidate {
+            quantizer: Quantizer::Activation(a.clone()),
+            node: producers.get(a.as_str()).unwrap_or(&"").to_string(),
+            change: Change::Bits16,
+            bytes: c.sizes.get(a).copied().unwrap_or(1) * (RAISED_BITS - 8) as usize / 8,
+        });
+    let weights = c.plan.weights.iter().filter_map(|w| {
+        let elements: usize = c.graph.find_initializer(&w.name)?.shape.iter().product();
+        let bits = c.params.weight(&w.name)?.scheme.bits as usize;
+        Some(Candidate {
+            quantizer: Quantizer::Weight(w.name.clone()),
+            node: w.node.clone(),
+            change: Change::Float,
+            bytes: elements * (32 - bits) / 8,
+        })
+    });
+    activations.chain(weights).collect()
+}
+
+/// The settings and exclusions with `cand` raised.
+fn raised(settings: &Settings, exclude: &[String], cand: &Candidate) -> (Settings, Vec<String>) {
+    let (mut s, mut e) = (settings.clone(), exclude.to_vec());
+    match cand.change {
+        Change::Bits16 => s
+            .activation_bits
+            .push((cand.quantizer.name().to_string(), RAISED_BITS)),
+        Change::Float => e.push(cand.node.clone()),
+    }
+    (s, e)
+}
+
+/// The score of `c` quantized with these settings and exclusions; None when the plan needs an
+/// activation that was never observed.
+pub fn score_with(
+    c: &Calibrated,
+    probe: &Probe,
+    settings: &Settings,
+    exclude: &[String],
+) -> Result<Option<Score>> {
+    build(c, settings, exclude)?
+        .map(|(_, p)| probe.score(&p))
+        .transpose()
+}
+
+/// The plan and parameters of `c` with these settings and exclusions: calibrated ranges where
+/// the scheme is unchanged, ranges for the raised scheme from the same observers. None when the
+/// plan needs an activation that was never observed.
+fn build(c: &Calibrated, settings: &Settings, exclude: &[String]) -> Result<Option<(Plan, Params)>> {
+    let plan = Plan::new(&c.graph, c.types.clone(), exclude)?;
+    let calibrated: HashMap<&str, (f32, f32)> =
+        c.ranges.0.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+    let mut ranges = Vec::with_capacity(plan.activations.len());
+    for a in &plan.activations {
+        let raised = settings.activation_bits.iter().any(|(v, _)| v == a);
+        let range = match (raised, calibrated.get(a.as_str()), c.observers.get(a)) {
+            (false, Some(r), _) => *r,
+            (_, _, Some(obs)) => obs
+                .ranges(&settings.activation_scheme(a))
+                .map_err(|e| Error::at(&c.graph.source, format!("activation '{a}'"), e))?[0],
+            (_, _, None) => return Ok(None),
+        };
+        ranges.push((a.clone(), range));
+    }
+    let params = params_reusing_weights(&c.graph, &plan, &Ranges(ranges), settings, &c.params)?;
+    Ok(Some((plan, params)))
+}

@@ -1,0 +1,244 @@
+//! What each quantizer costs the model: the simulated model's output against the float model's
+//! with one quantizer alone enabled, and with all but that one (the per-layer analysis of the
+//! white paper's debugging flow, Nagel et al. 2021 §4.8, its Fig. 10).
+//!
+//! A quantizer here is what is switched on and off as one: a weight, with the int32 bias that
+//! depends on it, or an activation with its own observer, with the values that share its grid.
+//! A score is measured on the graph outputs only: the output SQNR (the mean, in dB, over the
+//! float outputs, so that a small output counts as much as a large one) and, where the first
+//! output holds class scores, the top-1 agreement with the float model.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use zeropoint_core::metrics::Running;
+use zeropoint_engine::{Executor, Value};
+use zeropoint_graph::Graph;
+
+use crate::compare::{Batch, Outputs};
+use crate::error::Result;
+use crate::params::Params;
+use crate::placement::Plan;
+use crate::simulate::Simulation;
+
+/// A quantizer switched as one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub enum Quantizer {
+    /// A weight initializer (and its bias).
+    Weight(String),
+    /// An activation with its own grid (and the values sharing it).
+    Activation(String),
+}
+
+impl Quantizer {
+    pub fn name(&self) -> &str {
+        match self {
+            Quantizer::Weight(n) | Quantizer::Activation(n) => n,
+        }
+    }
+}
+
+/// How close a simulated model's outputs are to the float model's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Score {
+    /// Output SQNR in dB: the mean over the float graph outputs (+inf when exact).
+    pub sqnr_db: f64,
+    /// Top-1 agreement with the float model, 0..=1: argmax over the last axis of the first
+    /// output, when that axis has more than one element.
+    pub agreement: Option<f64>,
+}
+
+/// The float model's outputs on a few samples, to score simulated models against.
+pub struct Probe<'g> {
+    graph: &'g Graph,
+    batches: Vec<Batch>,
+    float: Vec<Outputs>,
+}
+
+impl<'g> Probe<'g> {
+    /// Runs the float model on `batches` (one sample each keeps the simulations small).
+    pub fn new(graph: &'g Graph, batches: Vec<Batch>) -> Result<Probe<'g>> {
+        let exec = Executor::new(graph)?;
+        let float = batches
+            .iter()
+            .map(|b| Ok(exec.run(b.clone())?))
+            .collect::<Result<_>>()?;
+        Ok(Probe {
+            graph,
+            batches,
+            float,
+        })
+    }
+
+    pub fn graph(&self) -> &'g Graph {
+        self.graph
+    }
+
+    /// How many samples the scores are measured on.
+    pub fn samples(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// The score of the model simulated with `params`.
+    pub fn score(&self, params: &Params) -> Result<Score> {
+        let sim = Simulation::new(self.graph, params)?;
+        let mut errors: Vec<Running> = Vec::new();
+        let (mut agree, mut rows) = (0usize, 0usize);
+        for (b, float) in self.batches.iter().zip(&self.float) {
+            let out = sim.run(b.clone(), &mut |_, _| {})?;
+            let pairs: Vec<(&Value, &Value)> = float
+                .iter()
+                .zip(&out)
+                .filter(|((_, f), _)| f.dtype.is_float())
+                .map(|((_, f), (_, q))| (f, q))
+                .collect();
+            errors.resize(pairs.len(), Running::default());
+            for (acc, (f, q)) in errors.iter_mut().zip(&pairs) {
+                f.with_f32s(|r| q.with_f32s(|x| acc.add(r, x)))??;
+            }
+            if let Some((f, q)) = pairs.first() {
+                let (a, n) = top1_agreement(f, q)?;
+                agree += a;
+                rows += n;
+            }
+        }
+        let sqnr = errors.iter().map(|e| e.stats().sqnr_db).sum::<f64>() / errors.len().max(1) as f64;
+        Ok(Score {
+            sqnr_db: sqnr,
+            agreement: (rows > 0).then(|| agree as f64 / rows as f64),
+        })
+    }
+}
+
+/// Rows of `f` and `q` (along the last axis) whose argmax is the same, and the number of rows;
+/// no rows when the last axis is a single score.
+fn top1_agreement(f: &Value, q: &Value) -> Result<(usize, usize)> {
+    let width = f.shape().last().copied().unwrap_or(1);
+    if width < 2 || f.shape() != q.shape() {
+        return Ok((0, 0));
+    }
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            })
+            .0
+    };
+    let counted = f.with_f32s(|r| {
+        q.with_f32s(|x| {
+            let same = r
+                .chunks(width)
+                .zip(x.chunks(width))
+                .filter(|(a, b)| argmax(a) == argmax(b))
+                .count();
+            (same, r.len() / width)
+        })
+    })??;
+    Ok(counted)
+}
+
+/// Every quantizer of `params`: weights, then activations with their own grid, in plan order.
+pub fn quantizers(params: &Params) -> Vec<Quantizer> {
+    let weights = params.weights.iter().map(|w| Quantizer::Weight(w.name.clone()));
+    let activations = params
+        .activations
+        .iter()
+        .filter(|a| a.shares.is_none())
+        .map(|a| Quantizer::Activation(a.value.clone()));
+    weights.chain(activations).collect()
+}
+
+/// `params` with only the quantizers `keep` accepts; a bias stays quantized only where both
+/// its weight and its layer's input do (its scale is their product).
+pub fn subset(params: &Params, plan: &Plan, keep: impl Fn(&Quantizer) -> bool) -> Params {
+    let weights: Vec<_> = params
+        .weights
+        .iter()
+        .filter(|w| keep(&Quantizer::Weight(w.name.clone())))
+        .cloned()
+        .collect();
+    let activations: Vec<_> = params
+        .activations
+        .iter()
+        .filter(|a| keep(&Quantizer::Activation(a.shares.clone().unwrap_or(a.value.clone()))))
+        .cloned()
+        .collect();
+    let kept = Params {
+        weights,
+        activations,
+        biases: Vec::new(),
+    };
+    let biases = params
+        .biases
+        .iter()
+        .filter(|b| {
+            plan.biases.iter().any(|site| {
+                site.name == b.name
+                    && kept.weight(&site.weight).is_some()
+                    && kept.activation(&site.input).is_some()
+            })
+        })
+        .cloned()
+        .collect();
+    Params { biases, ..kept }
+}
+
+/// One quantizer's measured cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sensitivity {
+    pub quantizer: Quantizer,
+    /// The layer that reads the weight, or the node that produces the activation ("" for a
+    /// graph input).
+    pub node: String,
+    pub op: String,
+    /// The model with only this quantizer.
+    pub alone: Score,
+    /// The model with every quantizer but this one.
+    pub all_but: Score,
+}
+
+/// The sensitivity of every quantizer of `params`, most harmful first: by the SQNR of the
+/// model with only that quantizer, lowest first. Quantizers are measured in parallel, each on
+/// all the probe's samples.
+pub fn sensitivities(probe: &Probe, plan: &Plan, params: &Params) -> Result<Vec<Sensitivity>> {
+    let graph = probe.graph();
+    let producers: HashMap<&str, (&str, &str)> = graph
+        .all_nodes()
+        .into_iter()
+        .flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), (n.name.as_str(), n.op.as_str()))))
+        .collect();
+    let readers: HashMap<&str, (&str, &str)> = plan
+        .weights
+        .iter()
+        .map(|w| (w.name.as_str(), (w.node.as_str(), w.op.as_str())))
+        .collect();
+    let mut out = quantizers(params)
+        .into_par_iter()
+        .map(|q| {
+            let alone = probe.score(&subset(params, plan, |o| *o == q))?;
+            let all_but = probe.score(&subset(params, plan, |o| *o != q))?;
+            let at = match &q {
+                Quantizer::Weight(w) => readers.get(w.as_str()),
+                Quantizer::Activation(a) => producers.get(a.as_str()),
+            };
+            let (node, op) = at.copied().unwrap_or(("", ""));
+            Ok(Sensitivity {
+                node: node.to_string(),
+                op: op.to_string(),
+                quantizer: q,
+                alone,
+                all_but,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    out.sort_by(|a, b| a.alone.sqnr_db.total_cmp(&b.alone.sqnr_db));
+    Ok(out)
+}

@@ -1,0 +1,158 @@
+"""`zeropoint analyze` and mixed precision (`quantize --target-sqnr`) checked in ONNX Runtime.
+
+Usage: analyze_reference.py ZEROPOINT DIR
+
+On a CNN with BatchNorms (../shared/assets/models/ccexam_svhn_cnn_bn.onnx) at W4A8, with 24
+random calibration samples of which the first 16 are the analysis samples:
+
+- the analysis's score of the quantized model is the output SQNR that ONNX Runtime gives the QDQ
+  model `quantize` exports with the same options, on the same 16 samples (mean over outputs);
+- its weights-only score is ONNX Runtime's SQNR of that QDQ model with every activation
+  QuantizeLinear → DequantizeLinear pair bypassed;
+- the 16-bit check is above 60 dB (and so is ONNX Runtime's SQNR of a W16A16 export), every
+  quantizer is ranked once, and the HTML report holds a plot per worst quantizer;
+- `quantize --target-sqnr T`, T 3 dB above W8A8's SQNR, reports the target met, raises
+  activations to 16 bits (uint16 quantizers in the export, at opset 21), and ONNX Runtime's
+  SQNR of its model on the same 16 samples is the reported one and at least T.
+"""
+
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT.parent / "shared" / "assets" / "models" / "ccexam_svhn_cnn_bn.onnx"
+SAMPLES = 16
+TOLERANCE_DB = 0.2
+
+
+def zeropoint(exe, *args):
+    run = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"zeropoint {' '.join(map(str, args))} failed: {run.stderr}")
+    return run.stdout
+
+
+def outputs(model, x):
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    runs = [s.run(None, {name: x[i:i + 1]}) for i in range(len(x))]
+    return [np.concatenate([r[k] for r in runs]) for k in range(len(runs[0]))]
+
+
+def sqnr(reference, approx):
+    """Mean over outputs of 10·log10(Σ r² / Σ (r − a)²)."""
+    dbs = []
+    for r, a in zip(reference, approx):
+        r, a = r.astype(np.float64), a.astype(np.float64)
+        noise = np.sum((r - a) ** 2)
+        dbs.append(np.inf if noise == 0 else 10 * np.log10(np.sum(r * r) / noise))
+    return float(np.mean(dbs))
+
+
+def weights_only(qdq):
+    """The QDQ model with every activation Q → DQ pair bypassed (weights keep their DQ)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(qdq)
+    inits = {t.name for t in m.graph.initializer}
+    quantized = {n.output[0]: n.input[0] for n in m.graph.node
+                 if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    bypass = {n.output[0]: quantized[n.input[0]] for n in m.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] in quantized}
+    for n in m.graph.node:
+        for i, name in enumerate(n.input):
+            if name in bypass:
+                n.input[i] = bypass[name]
+    for o in m.graph.output:
+        assert o.name not in bypass, "a graph output is an activation quantizer's"
+    return m
+
+
+class Svgs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.svgs = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.svgs += tag == "svg"
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    return ok
+
+
+def main():
+    exe, work = Path(sys.argv[1]), Path(sys.argv[2])
+    x = np.random.default_rng(7).normal(size=(24, 3, 32, 32)).astype(np.float32)
+    data = work / "x.npy"
+    np.save(data, x)
+    float_model = onnx.load(MODEL)
+    reference = outputs(float_model, x[:SAMPLES])
+    common = ["--calib", data, "--preset", "w4a8"]
+    html = work / "report.html"
+    a = json.loads(zeropoint(exe, "analyze", MODEL, *common, "--analysis-samples", SAMPLES,
+                             "--plots", 4, "--json", "--html", html))
+    q = work / "q.onnx"
+    summary = json.loads(zeropoint(exe, "quantize", MODEL, *common, "--json", "-o", q))
+    qdq = onnx.load(q)
+    good = True
+    ort_full = sqnr(reference, outputs(qdq, x[:SAMPLES]))
+    good &= check(abs(ort_full - a["quantized"]["sqnr_db"]) < TOLERANCE_DB,
+                  f"quantized: analyze {a['quantized']['sqnr_db']:.2f} dB, ONNX Runtime {ort_full:.2f} dB")
+    ort_w = sqnr(reference, outputs(weights_only(qdq), x[:SAMPLES]))
+    good &= check(abs(ort_w - a["weights_only"]["sqnr_db"]) < TOLERANCE_DB,
+                  f"weights only: analyze {a['weights_only']['sqnr_db']:.2f} dB, ONNX Runtime {ort_w:.2f} dB")
+    good &= check(a["check_16_bits"]["sqnr_db"] > 60, f"16-bit check {a['check_16_bits']['sqnr_db']:.1f} dB")
+    # The same in ONNX Runtime: at 16 bits, s_x·s_w is too small for int32 biases, which stay float.
+    wide_path = work / "w16a16.onnx"
+    zeropoint(exe, "quantize", MODEL, "--calib", data, "--weights", "int16", "--activations", "uint16",
+              "-o", wide_path)
+    ort_wide = sqnr(reference, outputs(onnx.load(wide_path), x[:SAMPLES]))
+    good &= check(ort_wide > 60, f"W16A16 export in ONNX Runtime: {ort_wide:.1f} dB")
+    full = a["quantized"]["sqnr_db"]
+    names = [(s["quantizer"]["kind"], s["quantizer"]["name"]) for s in a["sensitivities"]]
+    count = summary["quantizers"]["weights"] + summary["quantizers"]["activations"]
+    good &= check(len(names) == len(set(names)) == count, f"{count} quantizers ranked once each")
+    alone = [s["alone"]["sqnr_db"] for s in a["sensitivities"]]
+    good &= check(alone == sorted(alone), "ranked by SQNR alone, lowest first")
+    good &= check(all(s["alone"]["sqnr_db"] >= full - TOLERANCE_DB for s in a["sensitivities"]),
+                  "one quantizer alone never scores below all of them")
+    parser = Svgs()
+    parser.feed(html.read_text())
+    good &= check(parser.svgs == 1 + len(a["distributions"]) and len(a["distributions"]) == 4,
+                  f"HTML report: {parser.svgs} plots")
+
+    # W8A8, 3 dB above what it gives: activations raised to 16 bits and layers kept float.
+    w8a8 = work / "w8a8.onnx"
+    zeropoint(exe, "quantize", MODEL, "--calib", data, "-o", w8a8, "--report-samples", 0)
+    target = round(sqnr(reference, outputs(onnx.load(w8a8), x[:SAMPLES])) + 3.0, 1)
+    mixed_path = work / "mixed.onnx"
+    m = json.loads(zeropoint(exe, "quantize", MODEL, "--calib", data, "--json", "-o", mixed_path,
+                             "--target-sqnr", target, "--target-samples", SAMPLES))["mixed_precision"]
+    mixed = onnx.load(mixed_path)
+    ort_mixed = sqnr(reference, outputs(mixed, x[:SAMPLES]))
+    good &= check(m["met"] and m["after"]["sqnr_db"] >= target and len(m["steps"]) > 0,
+                  f"target {target} dB met in {len(m['steps'])} steps: {m['after']['sqnr_db']:.2f} dB")
+    good &= check(abs(ort_mixed - m["after"]["sqnr_db"]) < TOLERANCE_DB and ort_mixed >= target - TOLERANCE_DB,
+                  f"mixed precision in ONNX Runtime: {ort_mixed:.2f} dB (reported {m['after']['sqnr_db']:.2f})")
+    opset = max(o.version for o in mixed.opset_import if o.domain in ("", "ai.onnx"))
+    good &= check(opset >= 21, f"mixed-precision export at opset {opset}")
+    sixteen = [s for s in m["steps"] if s["change"] == "bits16"]
+    inits = {t.name: t for t in mixed.graph.initializer}
+    wide = [n for n in mixed.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2
+            and inits.get(n.input[2]) is not None and inits[n.input[2]].data_type == onnx.TensorProto.UINT16]
+    good &= check(len(wide) >= len(sixteen) > 0, f"{len(sixteen)} activations raised, {len(wide)} uint16 quantizers")
+    if not good:
+        sys.exit("analyze reference: some checks failed")
+    print("analyze reference: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
