@@ -99,6 +99,9 @@ pub struct Calibrated {
     pub equalization: Option<crate::equalize::Report>,
     /// The canonical graph, with AdaRound's weights or corrected biases.
     pub graph: Graph,
+    /// The canonical float graph before AdaRound or bias correction changed it, when they did:
+    /// the reference the quantized model is measured against.
+    pub float: Option<Graph>,
     /// Every value's element type, from a run on the first sample.
     pub types: HashMap<String, DType>,
     /// Every computed value's element count on the first sample.
@@ -132,7 +135,7 @@ pub fn quantize(
         Some(target) => {
             let t = Instant::now();
             let samples = next_batches(&mut open_data(&c.graph, opts)?, 1, target.samples)?;
-            let probe = Probe::new(&c.graph, samples)?;
+            let probe = Probe::new(c.reference(), &c.graph, samples)?;
             let (report, mixed) = crate::mixed_precision::to_target(
                 &c,
                 &probe,
@@ -159,13 +162,15 @@ pub fn quantize(
             .len
             .div_ceil(REPORT_BATCHES)
             .clamp(1, opts.settings.batch);
-        layer_errors(&c.graph, &c.plan, &c.params, &mut data, batch, &mut |done, n| {
+        let graphs = (c.reference(), &c.graph);
+        layer_errors(graphs, &c.plan, &c.params, &mut data, batch, &mut |done, n| {
             progress("measuring", done, n)
         })?
     } else {
         Vec::new()
     };
     seconds.measure = t.elapsed().as_secs_f64();
+    c.float = None;
     let t = Instant::now();
     let model = export(&c.graph, &c.plan, &c.params, &c.base)?;
     seconds.export = t.elapsed().as_secs_f64();
@@ -185,6 +190,13 @@ pub fn quantize(
         layers,
         seconds,
     })
+}
+
+impl Calibrated {
+    /// The float graph the quantized one is measured against.
+    pub fn reference(&self) -> &Graph {
+        self.float.as_ref().unwrap_or(&self.graph)
+    }
 }
 
 /// Prepares the model at `path`, places its quantizers, calibrates them and sets their
@@ -215,6 +227,7 @@ pub fn calibrated(
         .collect();
     let types = dtypes_of(&graph, seen);
     let plan = Plan::new(&graph, types.clone(), &opts.exclude)?;
+    check_activation_bits(&graph, &plan, &opts.settings)?;
     seconds.prepare = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -225,6 +238,8 @@ pub fn calibrated(
     })?;
     let ranges = ranges(&graph, &plan, &observers, settings)?;
     let mut params = params(&graph, &plan, &ranges, settings)?;
+    let changes_weights = settings.adaround.is_some() || settings.bias_correction.is_some();
+    let float = changes_weights.then(|| graph.clone());
     let adaround = match &settings.adaround {
         Some(a) => {
             let one_each = next_batches(&mut open_data(&graph, opts)?, 1, a.samples)?;
@@ -252,6 +267,7 @@ pub fn calibrated(
         canonical,
         equalization,
         graph,
+        float,
         types,
         sizes,
         plan,
@@ -263,6 +279,24 @@ pub fn calibrated(
         calibration_samples: total,
         seconds,
     })
+}
+
+/// Every activation given its own bit-width must have its own quantizer.
+fn check_activation_bits(graph: &Graph, plan: &Plan, settings: &Settings) -> Result<()> {
+    for (value, _) in &settings.activation_bits {
+        if plan.activations.contains(value) {
+            continue;
+        }
+        let why = match plan.shared.iter().find(|(v, _)| v == value) {
+            Some((_, source)) => format!("it shares the grid of '{source}'; give that one's bits"),
+            None => "it is not a quantized activation (`quantize --json` lists them)".into(),
+        };
+        return Err(crate::error::Error::new(
+            &graph.source,
+            format!("--activation-bits '{value}': {why}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Replaces the declared shape of each graph output that the model does not produce on the data

@@ -17,16 +17,24 @@ use crate::simulate::Simulation;
 /// Batches of `batch` samples run one after the other, each on two threads (float and simulated
 /// in lockstep, [`compare_batch`]) into its own accumulators, merged in batch order: the report
 /// is the same for any thread count.
+///
+/// `(reference, graph)`: the float graph, and the one simulated (the same, or with AdaRound's
+/// weights or corrected biases).
 pub fn layer_errors(
-    graph: &Graph,
+    (reference, graph): (&Graph, &Graph),
     plan: &Plan,
     params: &Params,
     data: &mut Dataset,
     batch: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<LayerError>> {
-    let float = Executor::new(graph)?;
-    let sim = Simulation::sharing(graph, params, float.initializer_values())?;
+    let float = Executor::new(reference)?;
+    // The float initializers are shared only where they are the simulated graph's own.
+    let sim = if std::ptr::eq(reference, graph) {
+        Simulation::sharing(graph, params, float.initializer_values())?
+    } else {
+        Simulation::new(graph, params)?
+    };
     let names = reported_values(graph, plan);
     let measure =
         |b| compare_batch(&float, &|b, hook| sim.run_with(b, hook), &names, b).map(|c| c.layers);

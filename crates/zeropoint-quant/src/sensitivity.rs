@@ -59,9 +59,11 @@ pub struct Probe<'g> {
 }
 
 impl<'g> Probe<'g> {
-    /// Runs the float model on `batches` (one sample each keeps the simulations small).
-    pub fn new(graph: &'g Graph, batches: Vec<Batch>) -> Result<Probe<'g>> {
-        let exec = Executor::new(graph)?;
+    /// Runs the float model `reference` on `batches` (one sample each keeps the simulations
+    /// small); `graph` is the one simulated: the same, or the same with AdaRound's weights or
+    /// corrected biases.
+    pub fn new(reference: &Graph, graph: &'g Graph, batches: Vec<Batch>) -> Result<Probe<'g>> {
+        let exec = Executor::new(reference)?;
         let float = batches
             .iter()
             .map(|b| Ok(exec.run(b.clone())?))
@@ -73,6 +75,7 @@ impl<'g> Probe<'g> {
         })
     }
 
+    /// The graph simulated.
     pub fn graph(&self) -> &'g Graph {
         self.graph
     }
