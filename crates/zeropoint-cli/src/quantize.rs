@@ -159,6 +159,10 @@ pub struct QuantArgs {
     /// fraction, 0.99, or a percentage, 99%) on the first output's class scores.
     #[arg(long, value_name = "P")]
     pub target_agreement: Option<String>,
+    /// Quantize this activation with BITS bits instead of the scheme's, e.g. relu_5=16
+    /// (repeatable; `analyze` names the activations that need it).
+    #[arg(long, value_name = "VALUE=BITS")]
+    pub activation_bits: Vec<String>,
     /// Calibration samples the mixed-precision target is measured on.
     #[arg(long, default_value_t = 32)]
     pub target_samples: usize,
@@ -234,7 +238,7 @@ impl QuantArgs {
                     samples: self.adaround_samples.max(1),
                     ..Default::default()
                 }),
-                activation_bits: Vec::new(),
+                activation_bits: self.activation_bits()?,
                 target,
             },
             exclude: self.exclude.clone(),
@@ -267,6 +271,24 @@ impl QuantArgs {
             agreement,
             samples: self.target_samples,
         }))
+    }
+}
+
+impl QuantArgs {
+    /// `--activation-bits` as (value, bits).
+    fn activation_bits(&self) -> Result<Vec<(String, u32)>> {
+        self.activation_bits
+            .iter()
+            .map(|spec| {
+                let parsed = spec
+                    .rsplit_once('=')
+                    .and_then(|(v, b)| Some((v.to_string(), b.parse::<u32>().ok()?)));
+                match parsed {
+                    Some((v, b)) if (2..=16).contains(&b) && !v.is_empty() => Ok((v, b)),
+                    _ => bail!("--activation-bits '{spec}' is not VALUE=BITS with 2 to 16 bits"),
+                }
+            })
+            .collect()
     }
 }
 
