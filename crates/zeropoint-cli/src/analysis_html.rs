@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use zeropoint_quant::analyze::{Analysis, Distribution};
 
-use crate::analyze::{label, score, verdict_16_bits, verdict_split};
 use crate::plot::escape;
+use crate::scores::{label, score, verdict_16_bits, verdict_split};
 use crate::table::{db, num};
 
 const STYLE: &str = "body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#1a202c}\
@@ -138,7 +138,13 @@ fn sensitivity_svg(a: &Analysis) -> String {
         };
         let name = escape(&shorten(&label(&s.quantizer), 44));
         let (a, b) = (db(s.alone.sqnr_db), db(s.all_but.sqnr_db));
-        let (tx, ty, bar_y, bar_w, bar_h) = (LEFT - 6.0, y + 11.0, y + 2.0, (alone - LEFT).max(1.0), ROW - 4.0);
+        let (tx, ty, bar_y, bar_w, bar_h) = (
+            LEFT - 6.0,
+            y + 11.0,
+            y + 2.0,
+            (alone - LEFT).max(1.0),
+            ROW - 4.0,
+        );
         let (tick, tick_end, value_x) = (x(s.all_but.sqnr_db), y + ROW, alone + 4.0);
         let _ = write!(
             w,
@@ -153,7 +159,14 @@ fn shorten(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         return s.to_string();
     }
-    let tail: String = s.chars().rev().take(n - 1).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = s
+        .chars()
+        .rev()
+        .take(n - 1)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("…{tail}")
 }
 

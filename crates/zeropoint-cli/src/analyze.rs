@@ -7,9 +7,9 @@ use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use zeropoint_onnx::atomic;
 use zeropoint_quant::analyze::{analyze, Analysis, Options};
-use zeropoint_quant::sensitivity::{Quantizer, Score};
 
 use crate::quantize::QuantArgs;
+use crate::scores::{label, score, verdict_16_bits, verdict_split};
 use crate::table::{db, Table};
 
 #[derive(ClapArgs, Debug)]
@@ -42,14 +42,24 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (model, name, calib, quant) = match &args.model {
-        Some(m) => (m.clone(), m.display().to_string(), args.calib.clone(), args.quant.clone()),
+        Some(m) => (
+            m.clone(),
+            m.display().to_string(),
+            args.calib.clone(),
+            args.quant.clone(),
+        ),
         None => {
             let files = crate::embedded::write(dir.path())?;
             let mut quant = args.quant.clone();
             quant.data.mean = vec![crate::embedded::MEAN];
             quant.data.std = vec![crate::embedded::STD];
             let calib = vec![files.calib_images.display().to_string()];
-            (files.model, crate::embedded::MODEL_NAME.to_string(), calib, quant)
+            (
+                files.model,
+                crate::embedded::MODEL_NAME.to_string(),
+                calib,
+                quant,
+            )
         }
     };
     if calib.is_empty() {
@@ -77,32 +87,6 @@ pub fn run(args: &Args) -> Result<()> {
     print(&a);
     println!("\nwrote {}", html.display());
     Ok(())
-}
-
-/// "30.2 dB, agreement 99.10%".
-pub fn score(s: &Score) -> String {
-    let agreement = s
-        .agreement
-        .map_or(String::new(), |a| format!(", agreement {:.2}%", 100.0 * a));
-    format!("{} dB{agreement}", db(s.sqnr_db))
-}
-
-/// What the 16-bit check says about the simulation.
-pub fn verdict_16_bits(s: &Score) -> &'static str {
-    if s.sqnr_db >= 50.0 {
-        "the simulation is sound: the error below is quantization's"
-    } else {
-        "suspiciously low: an op the simulation does not model well, or data outside the calibrated range"
-    }
-}
-
-/// Which of weights and activations costs more.
-pub fn verdict_split(a: &Analysis) -> &'static str {
-    if a.weights_only.sqnr_db < a.activations_only.sqnr_db {
-        "weights cost more"
-    } else {
-        "activations cost more"
-    }
 }
 
 fn print(a: &Analysis) {
@@ -151,12 +135,4 @@ fn print(a: &Analysis) {
         ]);
     }
     println!("\nfixes, each measured alone:\n{}", t.render());
-}
-
-/// "weight conv1.weight" or "activation relu1".
-pub fn label(q: &Quantizer) -> String {
-    match q {
-        Quantizer::Weight(w) => format!("weight {w}"),
-        Quantizer::Activation(a) => format!("activation {a}"),
-    }
 }

@@ -18,6 +18,7 @@ mod quantize;
 mod range_args;
 mod run;
 mod scheme_args;
+mod scores;
 mod table;
 
 use std::process::ExitCode;

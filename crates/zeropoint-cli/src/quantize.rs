@@ -510,18 +510,17 @@ pub fn print_equalization(e: &zeropoint_quant::equalize::Report) {
 
 /// What mixed precision raised, and what it bought.
 fn print_mixed_precision(m: &zeropoint_quant::mixed_precision::Report) {
+    use crate::scores::score;
     use zeropoint_quant::mixed_precision::Change;
-    let agreement = |s: &zeropoint_quant::sensitivity::Score| {
-        s.agreement
-            .map_or(String::new(), |a| format!(", agreement {:.2}%", 100.0 * a))
-    };
     println!(
-        "mixed precision: output SQNR {}{} -> {}{} on calibration samples ({}; {} raises measured)",
-        db(m.before.sqnr_db),
-        agreement(&m.before),
-        db(m.after.sqnr_db),
-        agreement(&m.after),
-        if m.met { "target met" } else { "target NOT met" },
+        "mixed precision: {} -> {} on calibration samples ({}; {} raises measured)",
+        score(&m.before),
+        score(&m.after),
+        if m.met {
+            "target met"
+        } else {
+            "target NOT met"
+        },
         m.candidates
     );
     for step in &m.steps {
@@ -531,10 +530,7 @@ fn print_mixed_precision(m: &zeropoint_quant::mixed_precision::Report) {
                 step.quantizer.name(),
                 step.bytes
             ),
-            Change::Float => format!(
-                "layer {} kept float (+{} B)",
-                step.node, step.bytes
-            ),
+            Change::Float => format!("layer {} kept float (+{} B)", step.node, step.bytes),
         };
         println!("  {what}: {} dB", db(step.after.sqnr_db));
     }
@@ -581,6 +577,12 @@ fn print_summary(s: &Summary) {
             s.bias_corrections.len(),
             num(largest, 4)
         );
+    }
+    if !s.steps.is_empty() {
+        println!("output SQNR against float after each step (on up to 16 calibration samples):");
+        for step in &s.steps {
+            println!("  {:<42} {}", step.step, crate::scores::score(&step.score));
+        }
     }
     if let Some(m) = &s.mixed_precision {
         print_mixed_precision(m);

@@ -102,5 +102,8 @@ fn analysis_and_mixed_precision_match_onnx_runtime() {
     let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
     let out = run_python("analyze_reference.py", &[zeropoint, dir.path()]);
     print!("{out}");
-    assert!(out.contains("analyze reference: all checks passed"), "{out}");
+    assert!(
+        out.contains("analyze reference: all checks passed"),
+        "{out}"
+    );
 }

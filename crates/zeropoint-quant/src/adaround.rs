@@ -29,6 +29,7 @@
 //! chain through the clip and h), and the matrix products are candle's.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
@@ -483,12 +484,16 @@ type Learned = Arc<(RawTensor, Rounded)>;
 /// AdaRounds every eligible layer of `graph` on `samples` (one batch each) in one run, and
 /// replaces each layer's weight in `graph` by its learned rounding. `params` stay as they are:
 /// the learned weights lie on their grids.
+///
+/// `on_layer(done, total, rounded)` is called as each layer's rounding is learned (from the
+/// thread that learned it).
 pub fn adaround(
     graph: &mut Graph,
     plan: &Plan,
     params: &Params,
     samples: Vec<Batch>,
     opts: &Options,
+    on_layer: &(dyn Fn(usize, usize, &Rounded) + Sync),
 ) -> Result<Vec<Rounded>> {
     let layers = layers(graph, plan, params);
     if layers.is_empty() || samples.is_empty() {
@@ -508,10 +513,11 @@ pub fn adaround(
     names.sort();
     names.dedup();
     let take = (opts.max_columns / samples.len()).max(1);
+    let (fitted, total) = (AtomicUsize::new(0), layers.len());
     let meeting: Meeting<Part, Learned> = Meeting::new(samples.len());
     let opset = graph.opset;
     simulate_each(graph, params, samples, &names, &meeting, |i| {
-        let (by_output, readers, meeting) = (&by_output, &readers, &meeting);
+        let (by_output, readers, meeting, fitted) = (&by_output, &readers, &meeting, &fitted);
         // This sample's layer inputs (float, quantized) and how many layers still read each.
         let mut held: HashMap<String, (Value, Value, usize)> = HashMap::new();
         move |name: &str, r: &Value, v: Value| -> std::result::Result<Value, HookError> {
@@ -531,7 +537,10 @@ pub fn adaround(
                     })
                     .collect::<Result<Part>>()?;
                 let learned = meeting.pool(name, i, part, |parts| {
-                    Ok(Arc::new(fit(layer, parts, opts)?))
+                    let learned = fit(layer, parts, opts)?;
+                    let done = fitted.fetch_add(1, Ordering::Relaxed) + 1;
+                    on_layer(done, total, &learned.1);
+                    Ok(Arc::new(learned))
                 })?;
                 v = recompute(layer, xq, &learned.0, opset)?;
                 *left -= 1;

@@ -23,19 +23,19 @@ use zeropoint_core::Granularity;
 use zeropoint_engine::Executor;
 
 use crate::calibrate::{observe, ranges};
+use crate::calibrated::{calibrated, open_data, Calibrated};
 use crate::compare::{next_batches, Batch};
 use crate::error::Result;
-use crate::params::{params, Params};
-use crate::ptq::{self, open_data, Calibrated};
-use crate::sensitivity::{sensitivities, subset, Probe, Quantizer, Score, Sensitivity};
 use crate::mixed_precision::{score_with, to_target, Change};
+use crate::params::{params, Params};
+use crate::sensitivity::{sensitivities, subset, Probe, Quantizer, Score, Sensitivity};
 use crate::settings::{Settings, Target};
 
 /// What `analyze` needs besides the model.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The quantization to analyze (its report samples are not used).
-    pub ptq: ptq::Options,
+    pub ptq: crate::calibrated::Options,
     /// Calibration samples every score is measured on.
     pub samples: usize,
     /// How many of the worst quantizers get a distribution.
@@ -104,7 +104,7 @@ pub fn analyze(
     opts: &Options,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Analysis> {
-    let c = ptq::calibrated(path, &opts.ptq, progress)?;
+    let c = calibrated(path, &opts.ptq, progress)?;
     let batches = samples(&c, opts)?;
     let probe = Probe::new(c.reference(), &c.graph, batches.clone())?;
     let (plan, p) = (&c.plan, &c.params);
@@ -123,7 +123,14 @@ pub fn analyze(
     let distributions = distributions(&c, &opts.ptq.settings, &worst, &batches)?;
     progress("measuring", 1, 1);
     let suggestions = if opts.suggestions {
-        suggest(path, opts, &c, &probe, &sensitivities, quantized, progress)?
+        suggest(
+            path,
+            opts,
+            (&c, &probe),
+            &sensitivities,
+            quantized,
+            progress,
+        )?
     } else {
         Vec::new()
     };
@@ -228,7 +235,7 @@ fn distribution(
     let (mut outside, mut total) = (0usize, 0usize);
     each_value(q.name(), &mut |x, shape| {
         for (c, n) in counts.iter_mut().zip(histogram(x, BINS, lo, hi)) {
-            *c += n as u64;
+            *c += n;
         }
         let layout = zeropoint_core::Layout::new(shape, qp.granularity).ok();
         for (e, &v) in x.iter().enumerate() {
@@ -259,123 +266,164 @@ fn distribution(
 fn suggest(
     path: &Path,
     opts: &Options,
-    c: &Calibrated,
-    probe: &Probe,
+    (c, probe): (&Calibrated, &Probe),
     sensitivities: &[Sensitivity],
     quantized: Score,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Vec<Suggestion>> {
-    let s = &opts.ptq.settings;
-    let mut out = Vec::new();
-    let mut add = |options: String, why: &str, score: Score| {
-        out.push(Suggestion {
-            options,
-            why: why.to_string(),
-            gain_db: score.sqnr_db - quantized.sqnr_db,
-            score,
-        })
+    let mut fixes = Fixes {
+        opts,
+        c,
+        probe,
+        quantized,
+        out: Vec::new(),
     };
-    if s.weights.granularity == Granularity::PerTensor {
-        let w = Settings {
-            weights: s.weights.per_axis(0),
-            ..s.clone()
-        };
-        let score = probe.score(&params(&c.graph, &c.plan, &c.ranges, &w)?)?;
-        add(
-            format!("--weights int{},per-channel", s.weights.bits),
-            "one grid per output channel fits channels of different ranges",
-            score,
-        );
-    }
-    if !matches!(s.weight_method, Method::Mse { .. }) {
-        let w = Settings {
-            weight_method: Method::Mse { norm: 2.0 },
-            ..s.clone()
-        };
-        let score = probe.score(&params(&c.graph, &c.plan, &c.ranges, &w)?)?;
-        add(
-            "--weight-range mse".into(),
-            "clipping weight outliers trades a little clipping error for finer steps",
-            score,
-        );
-    }
-    if !matches!(s.activation_method, Method::Mse { .. }) {
-        let a = Settings {
-            activation_method: Method::Mse { norm: 2.0 },
-            ..s.clone()
-        };
-        let mut data = open_data(&c.graph, &opts.ptq)?;
-        let total = data.len;
-        let observers = observe(&c.graph, &c.plan, &mut data, &a, &mut |d| {
-            progress("calibrating (MSE ranges)", d, total)
-        })?;
-        let r = ranges(&c.graph, &c.plan, &observers, &a)?;
-        let score = probe.score(&params(&c.graph, &c.plan, &r, &a)?)?;
-        add(
-            "--activation-range mse".into(),
-            "activation ranges that minimize the quantization error instead of covering outliers",
-            score,
-        );
-    }
-    if s.equalize.is_none() {
+    fixes.ranges(progress)?;
+    if opts.ptq.settings.equalize.is_none() {
         if let Some(score) = with_cle(path, opts, progress)? {
-            add(
+            fixes.add(
                 "--cle".into(),
                 "cross-layer equalization evens out the channel ranges of consecutive layers",
                 score,
             );
         }
     }
-    let worst_weight = sensitivities
-        .iter()
-        .find(|w| matches!(w.quantizer, Quantizer::Weight(_)));
-    if let Some(worst) = worst_weight {
-        let exclude = [opts.ptq.exclude.clone(), vec![worst.node.clone()]].concat();
-        if let Some(score) = score_with(c, probe, s, &exclude)? {
-            add(
-                format!("--exclude {}", worst.node),
-                "keeps the layer of the most harmful weight float",
+    fixes.precision(sensitivities)?;
+    Ok(fixes.out)
+}
+
+/// The fixes measured so far, and what they are measured on.
+struct Fixes<'a> {
+    opts: &'a Options,
+    c: &'a Calibrated,
+    probe: &'a Probe<'a>,
+    quantized: Score,
+    out: Vec<Suggestion>,
+}
+
+impl Fixes<'_> {
+    fn add(&mut self, options: String, why: &str, score: Score) {
+        self.out.push(Suggestion {
+            options,
+            why: why.to_string(),
+            gain_db: score.sqnr_db - self.quantized.sqnr_db,
+            score,
+        })
+    }
+
+    /// The score with other settings for the weights (same activation ranges).
+    fn with_weights(&self, settings: &Settings) -> Result<Score> {
+        let c = self.c;
+        self.probe
+            .score(&params(&c.graph, &c.plan, &c.ranges, settings)?)
+    }
+
+    /// Per-channel weights and MSE ranges, where the settings do not have them.
+    fn ranges(&mut self, progress: &mut dyn FnMut(&str, usize, usize)) -> Result<()> {
+        let s = self.opts.ptq.settings.clone();
+        if s.weights.granularity == Granularity::PerTensor {
+            let score = self.with_weights(&Settings {
+                weights: s.weights.per_axis(0),
+                ..s.clone()
+            })?;
+            self.add(
+                format!("--weights int{},per-channel", s.weights.bits),
+                "one grid per output channel fits channels of different ranges",
                 score,
             );
         }
-    }
-    let worst_activation = sensitivities
-        .iter()
-        .find(|w| matches!(w.quantizer, Quantizer::Activation(_)));
-    if let Some(worst) = worst_activation.filter(|_| s.activations.bits < 16) {
-        let name = worst.quantizer.name();
-        let mut wide = s.clone();
-        wide.activation_bits.push((name.to_string(), 16));
-        if let Some(score) = score_with(c, probe, &wide, &opts.ptq.exclude)? {
-            add(
-                format!("--activation-bits {name}=16"),
-                "quantizes the most harmful activation with 16 bits",
+        if !matches!(s.weight_method, Method::Mse { .. }) {
+            let score = self.with_weights(&Settings {
+                weight_method: Method::Mse { norm: 2.0 },
+                ..s.clone()
+            })?;
+            self.add(
+                "--weight-range mse".into(),
+                "clipping weight outliers trades a little clipping error for finer steps",
                 score,
             );
         }
+        if !matches!(s.activation_method, Method::Mse { .. }) {
+            let score = self.with_mse_activations(progress)?;
+            self.add(
+                "--activation-range mse".into(),
+                "activation ranges that minimize the quantization error instead of covering outliers",
+                score,
+            );
+        }
+        Ok(())
     }
-    let target = Target {
-        sqnr_db: Some((quantized.sqnr_db + 3.0).round()),
-        agreement: None,
-        samples: probe.samples(),
-    };
-    if target.sqnr_db.is_some_and(f64::is_finite) {
-        let (report, _) = to_target(c, probe, s, &opts.ptq.exclude, target)?;
+
+    /// The score with MSE activation ranges (a calibration pass with their observers).
+    fn with_mse_activations(&self, progress: &mut dyn FnMut(&str, usize, usize)) -> Result<Score> {
+        let (c, s) = (self.c, &self.opts.ptq.settings);
+        let a = Settings {
+            activation_method: Method::Mse { norm: 2.0 },
+            ..s.clone()
+        };
+        let mut data = open_data(&c.graph, &self.opts.ptq)?;
+        let total = data.len;
+        let observers = observe(&c.graph, &c.plan, &mut data, &a, &mut |d| {
+            progress("calibrating (MSE ranges)", d, total)
+        })?;
+        let r = ranges(&c.graph, &c.plan, &observers, &a)?;
+        self.probe.score(&params(&c.graph, &c.plan, &r, &a)?)
+    }
+
+    /// The worst weight's layer float, the worst activation at 16 bits, and mixed precision to
+    /// 3 dB more.
+    fn precision(&mut self, sensitivities: &[Sensitivity]) -> Result<()> {
+        let (c, probe, s) = (self.c, self.probe, &self.opts.ptq.settings);
+        let exclude = &self.opts.ptq.exclude;
+        let worst = |weight: bool| {
+            sensitivities
+                .iter()
+                .find(|w| matches!(w.quantizer, Quantizer::Weight(_)) == weight)
+        };
+        if let Some(w) = worst(true) {
+            let more = [exclude.clone(), vec![w.node.clone()]].concat();
+            if let Some(score) = score_with(c, probe, s, &more)? {
+                let why = "keeps the layer of the most harmful weight float";
+                self.add(format!("--exclude {}", w.node), why, score);
+            }
+        }
+        if let Some(a) = worst(false).filter(|_| s.activations.bits < 16) {
+            let name = a.quantizer.name();
+            let mut wide = s.clone();
+            wide.activation_bits.push((name.to_string(), 16));
+            if let Some(score) = score_with(c, probe, &wide, exclude)? {
+                let why = "quantizes the most harmful activation with 16 bits";
+                self.add(format!("--activation-bits {name}=16"), why, score);
+            }
+        }
+        let target = (self.quantized.sqnr_db + 3.0).round();
+        if target.is_finite() {
+            self.mixed_precision(target)?;
+        }
+        Ok(())
+    }
+
+    /// Mixed precision to `target` dB, what it raises and what it reaches.
+    fn mixed_precision(&mut self, target: f64) -> Result<()> {
+        let t = Target {
+            sqnr_db: Some(target),
+            agreement: None,
+            samples: self.probe.samples(),
+        };
+        let s = &self.opts.ptq.settings;
+        let (report, _) = to_target(self.c, self.probe, s, &self.opts.ptq.exclude, t)?;
         let bytes: usize = report.steps.iter().map(|s| s.bytes).sum();
+        let count = |c: Change| report.steps.iter().filter(|s| s.change == c).count();
         let why = format!(
             "mixed precision: {} raises ({} activations to 16 bits, {} layers float), {bytes} bytes more{}",
             report.steps.len(),
-            report.steps.iter().filter(|s| s.change == Change::Bits16).count(),
-            report.steps.iter().filter(|s| s.change == Change::Float).count(),
+            count(Change::Bits16),
+            count(Change::Float),
             if report.met { "" } else { "; target not met" }
         );
-        add(
-            format!("--target-sqnr {}", target.sqnr_db.unwrap_or_default()),
-            &why,
-            report.after,
-        );
+        self.add(format!("--target-sqnr {target}"), &why, report.after);
+        Ok(())
     }
-    Ok(out)
 }
 
 /// The score of the model quantized with cross-layer equalization, on the same samples; None
@@ -387,7 +435,7 @@ fn with_cle(
 ) -> Result<Option<Score>> {
     let mut cle = opts.ptq.clone();
     cle.settings.equalize = Some(crate::equalize::Options::default());
-    let c = ptq::calibrated(path, &cle, progress)?;
+    let c = calibrated(path, &cle, progress)?;
     if c.equalization.as_ref().is_none_or(|e| e.pairs.is_empty()) {
         return Ok(None);
     }

@@ -17,10 +17,10 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::calibrate::Ranges;
+use crate::calibrated::Calibrated;
 use crate::error::{Error, Result};
 use crate::params::{params_reusing_weights, Params};
 use crate::placement::Plan;
-use crate::ptq::Calibrated;
 use crate::sensitivity::{subset, Probe, Quantizer, Score};
 use crate::settings::{Settings, Target};
 
@@ -240,7 +240,11 @@ pub fn score_with(
 /// The plan and parameters of `c` with these settings and exclusions: calibrated ranges where
 /// the scheme is unchanged, ranges for the raised scheme from the same observers. None when the
 /// plan needs an activation that was never observed.
-fn build(c: &Calibrated, settings: &Settings, exclude: &[String]) -> Result<Option<(Plan, Params)>> {
+fn build(
+    c: &Calibrated,
+    settings: &Settings,
+    exclude: &[String],
+) -> Result<Option<(Plan, Params)>> {
     let plan = Plan::new(&c.graph, c.types.clone(), exclude)?;
     let calibrated: HashMap<&str, (f32, f32)> =
         c.ranges.0.iter().map(|(n, r)| (n.as_str(), *r)).collect();

@@ -221,7 +221,10 @@ fn bias_params(name: &str, values: &[f32], wq: &QParams, xq: &QParams) -> Option
         .collect();
     // 16-bit weights and activations make s_x·s_w tiny (1e-10): a bias that does not fit int32
     // then stays float rather than being clipped (clipped, it ruined the model: 6.5 dB).
-    if codes.iter().any(|&q| !(f64::from(i32::MIN)..=f64::from(i32::MAX)).contains(&q)) {
+    if codes
+        .iter()
+        .any(|&q| !(f64::from(i32::MIN)..=f64::from(i32::MAX)).contains(&q))
+    {
         return None;
     }
     let codes = codes.into_iter().map(|q| q as i32).collect();

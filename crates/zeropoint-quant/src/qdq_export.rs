@@ -79,7 +79,10 @@ pub fn export(graph: &Graph, plan: &Plan, p: &Params, base: &ModelProto) -> Resu
 ///
 /// Mixed precision to a target may raise activations to 16 bits: it needs opset 21 as well.
 pub fn required_opset(s: &Settings) -> i64 {
-    let raised = s.activation_bits.iter().map(|(v, _)| s.activation_scheme(v));
+    let raised = s
+        .activation_bits
+        .iter()
+        .map(|(v, _)| s.activation_scheme(v));
     let opset = opset_for(
         [s.weights, s.activations]
             .into_iter()

@@ -108,7 +108,8 @@ impl<'g> Probe<'g> {
                 rows += n;
             }
         }
-        let sqnr = errors.iter().map(|e| e.stats().sqnr_db).sum::<f64>() / errors.len().max(1) as f64;
+        let sqnr =
+            errors.iter().map(|e| e.stats().sqnr_db).sum::<f64>() / errors.len().max(1) as f64;
         Ok(Score {
             sqnr_db: sqnr,
             agreement: (rows > 0).then(|| agree as f64 / rows as f64),
@@ -150,7 +151,10 @@ fn top1_agreement(f: &Value, q: &Value) -> Result<(usize, usize)> {
 
 /// Every quantizer of `params`: weights, then activations with their own grid, in plan order.
 pub fn quantizers(params: &Params) -> Vec<Quantizer> {
-    let weights = params.weights.iter().map(|w| Quantizer::Weight(w.name.clone()));
+    let weights = params
+        .weights
+        .iter()
+        .map(|w| Quantizer::Weight(w.name.clone()));
     let activations = params
         .activations
         .iter()
@@ -171,7 +175,11 @@ pub fn subset(params: &Params, plan: &Plan, keep: impl Fn(&Quantizer) -> bool) -
     let activations: Vec<_> = params
         .activations
         .iter()
-        .filter(|a| keep(&Quantizer::Activation(a.shares.clone().unwrap_or(a.value.clone()))))
+        .filter(|a| {
+            keep(&Quantizer::Activation(
+                a.shares.clone().unwrap_or(a.value.clone()),
+            ))
+        })
         .cloned()
         .collect();
     let kept = Params {
@@ -216,7 +224,11 @@ pub fn sensitivities(probe: &Probe, plan: &Plan, params: &Params) -> Result<Vec<
     let producers: HashMap<&str, (&str, &str)> = graph
         .all_nodes()
         .into_iter()
-        .flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), (n.name.as_str(), n.op.as_str()))))
+        .flat_map(|n| {
+            n.outputs
+                .iter()
+                .map(move |o| (o.as_str(), (n.name.as_str(), n.op.as_str())))
+        })
         .collect();
     let readers: HashMap<&str, (&str, &str)> = plan
         .weights

@@ -21,6 +21,8 @@ pub struct Summary {
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
     /// AdaRound, when asked for (`--adaround`).
     pub adaround: Vec<crate::adaround::Rounded>,
+    /// The output SQNR after each step of the pipeline, when a step beyond range setting ran.
+    pub steps: Vec<crate::recipe::StepScore>,
     /// Mixed precision to a target, when asked for (`--target-sqnr`, `--target-agreement`).
     pub mixed_precision: Option<crate::mixed_precision::Report>,
     pub quantizers: Quantizers,
@@ -107,6 +109,7 @@ impl Summary {
             equalization: o.equalization.clone(),
             bias_corrections: o.bias_corrections.clone(),
             adaround: o.adaround.clone(),
+            steps: o.steps.clone(),
             mixed_precision: o.mixed_precision.clone(),
             quantizers: Quantizers {
                 weights: o.plan.weights.len(),

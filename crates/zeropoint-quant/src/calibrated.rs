@@ -1,0 +1,328 @@
+//! The front of post-training quantization, up to the quantizers' parameters: the model
+//! prepared, its quantizers placed and calibrated, their parameters set, the weights AdaRounded
+//! or the biases corrected when asked. `quantize` exports what it returns; `analyze` and mixed
+//! precision take it apart.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use zeropoint_core::observer::{Method, Observer};
+use zeropoint_graph::canonicalize::Report;
+use zeropoint_graph::Graph;
+use zeropoint_onnx::{DType, ModelProto};
+
+use crate::bias_correction::{correct_biases, correct_biases_analytic};
+use crate::calibrate::{observe, ranges, Ranges};
+use crate::compare::{next_batches, Batch};
+use crate::dataset::{Dataset, Preprocess};
+use crate::error::Result;
+use crate::params::{params, Params};
+use crate::placement::Plan;
+use crate::prepare::{prepare, Prepared};
+use crate::recipe::StepScore;
+use crate::sensitivity::{Probe, Score};
+use crate::settings::{BiasCorrection, Settings};
+use zeropoint_engine::infer::{dtypes_of, probe_on, Run};
+use zeropoint_graph::graph::dims_fit;
+use zeropoint_graph::Dim;
+
+/// What `quantize` needs besides the model.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub settings: Settings,
+    /// Node names or operator types kept float.
+    pub exclude: Vec<String>,
+    /// Calibration data specs (see [`Dataset::open`]).
+    pub data: Vec<String>,
+    pub preprocess: Preprocess,
+    /// Use at most this many calibration samples.
+    pub samples: Option<usize>,
+    /// Samples used to measure the per-layer error (0: skip).
+    pub report_samples: usize,
+}
+
+/// Wall time of each stage of a run, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct StageSeconds {
+    pub prepare: f64,
+    pub calibrate: f64,
+    pub export: f64,
+    pub measure: f64,
+}
+
+/// The model calibrated and its quantizers' parameters set (rounding learned or biases
+/// corrected, when asked), before anything is measured or exported: what `quantize` exports
+/// and `analyze` takes apart.
+pub struct Calibrated {
+    /// The model as read, without its initializers ([`Prepared::base`]).
+    pub base: ModelProto,
+    pub canonical: Report,
+    pub equalization: Option<crate::equalize::Report>,
+    /// The canonical graph, with AdaRound's weights or corrected biases.
+    pub graph: Graph,
+    /// The canonical float graph before AdaRound or bias correction changed it, when they did:
+    /// the reference the quantized model is measured against.
+    pub float: Option<Graph>,
+    /// Every value's element type, from a run on the first sample.
+    pub types: HashMap<String, DType>,
+    /// Every computed value's element count on the first sample.
+    pub sizes: HashMap<String, usize>,
+    pub plan: Plan,
+    /// The observer of every planned activation: ranges for other schemes come from them
+    /// without another pass over the data.
+    pub observers: HashMap<String, Observer>,
+    pub ranges: Ranges,
+    pub params: Params,
+    pub bias_corrections: Vec<crate::bias_correction::Correction>,
+    pub adaround: Vec<crate::adaround::Rounded>,
+    /// The output SQNR after each step of the pipeline, when a step beyond range setting ran.
+    pub steps: Vec<StepScore>,
+    pub calibration_samples: usize,
+    pub seconds: StageSeconds,
+}
+
+impl Calibrated {
+    /// The float graph the quantized one is measured against.
+    pub fn reference(&self) -> &Graph {
+        self.float.as_ref().unwrap_or(&self.graph)
+    }
+}
+
+/// Prepares the model at `path`, places its quantizers, calibrates them and sets their
+/// parameters, with AdaRound or bias correction if the settings ask for it.
+pub fn calibrated(
+    path: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Calibrated> {
+    let mut seconds = StageSeconds::default();
+    let t = Instant::now();
+    let Prepared {
+        base,
+        mut graph,
+        canonical,
+        equalization,
+    } = prepare(path, &opts.settings)?;
+    // Types and shapes from one run on the first sample: nothing is guessed about free
+    // dimensions, and control flow takes the data's path.
+    let mut data = open_data(&graph, opts)?;
+    data.check_one_sample()?;
+    let first = open_data(&graph, opts)?.next_batch(1)?.unwrap_or_default();
+    let seen = probe_on(&graph, first)?;
+    drop_contradicted_output_shapes(&mut graph, &seen);
+    let sizes = seen
+        .iter()
+        .map(|(name, (_, dims))| (name.clone(), dims.iter().product()))
+        .collect();
+    let types = dtypes_of(&graph, seen);
+    let plan = Plan::new(&graph, types.clone(), &opts.exclude)?;
+    check_activation_bits(&graph, &plan, &opts.settings)?;
+    seconds.prepare = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let total = data.len;
+    let settings = &opts.settings;
+    let observers = observe(&graph, &plan, &mut data, settings, &mut |done| {
+        progress("calibrating", done, total)
+    })?;
+    let ranges = ranges(&graph, &plan, &observers, settings)?;
+    let mut params = params(&graph, &plan, &ranges, settings)?;
+    let step_samples = step_samples(&graph, opts)?;
+    let mut steps = match &step_samples {
+        Some(b) => {
+            let mut without_cle = || score_without_cle(path, opts, b, progress);
+            let at = (&graph, &plan, &ranges);
+            crate::recipe::before_rounding(settings, at, b, &mut without_cle)?
+        }
+        None => Vec::new(),
+    };
+    let float =
+        (settings.adaround.is_some() || settings.bias_correction.is_some()).then(|| graph.clone());
+    let mut rounded = Rounding {
+        graph: &mut graph,
+        plan: &plan,
+        params: &params,
+        canonical: &canonical,
+    };
+    let (adaround, bias_corrections) = rounded.run(opts, progress)?;
+    if !bias_corrections.is_empty() {
+        params = crate::params::params(&graph, &plan, &ranges, settings)?;
+    }
+    if let Some(b) = &step_samples {
+        let graphs = (float.as_ref().unwrap_or(&graph), &graph);
+        steps.extend(crate::recipe::rounding(settings, graphs, &params, b)?);
+    }
+    seconds.calibrate = t.elapsed().as_secs_f64();
+    Ok(Calibrated {
+        base,
+        canonical,
+        equalization,
+        graph,
+        float,
+        types,
+        sizes,
+        plan,
+        observers,
+        ranges,
+        params,
+        bias_corrections,
+        adaround,
+        steps,
+        calibration_samples: total,
+        seconds,
+    })
+}
+
+/// Samples each step of the pipeline is scored on (at most the report's).
+const STEP_SAMPLES: usize = 16;
+
+/// The samples the pipeline's steps are scored on; None when no step beyond range setting is
+/// on, or the report is off.
+fn step_samples(graph: &Graph, opts: &Options) -> Result<Option<Vec<Batch>>> {
+    let s = &opts.settings;
+    let any = s.equalize.is_some() || s.adaround.is_some() || s.bias_correction.is_some();
+    if !any || opts.report_samples == 0 {
+        return Ok(None);
+    }
+    let n = STEP_SAMPLES.min(opts.report_samples);
+    Ok(Some(next_batches(&mut open_data(graph, opts)?, 1, n)?))
+}
+
+/// The score of the model quantized without cross-layer equalization (nor any later step), with
+/// min-max weight ranges: the pipeline's first step.
+fn score_without_cle(
+    path: &Path,
+    opts: &Options,
+    batches: &[Batch],
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Score> {
+    let plain = Options {
+        settings: Settings {
+            equalize: None,
+            adaround: None,
+            bias_correction: None,
+            target: None,
+            weight_method: Method::MinMax,
+            ..opts.settings.clone()
+        },
+        report_samples: 0,
+        ..opts.clone()
+    };
+    let c = calibrated(path, &plain, &mut |_, done, total| {
+        progress("calibrating without CLE", done, total)
+    })?;
+    Probe::new(&c.graph, &c.graph, batches.to_vec())?.score(&c.params)
+}
+
+/// The graph whose weights AdaRound learns or whose biases bias correction changes.
+struct Rounding<'a> {
+    graph: &'a mut Graph,
+    plan: &'a Plan,
+    params: &'a Params,
+    canonical: &'a Report,
+}
+
+impl Rounding<'_> {
+    /// AdaRound or bias correction, as the settings ask.
+    fn run(
+        &mut self,
+        opts: &Options,
+        progress: &mut dyn FnMut(&str, usize, usize),
+    ) -> Result<(
+        Vec<crate::adaround::Rounded>,
+        Vec<crate::bias_correction::Correction>,
+    )> {
+        let settings = &opts.settings;
+        let adaround = match &settings.adaround {
+            Some(a) => {
+                let one_each = next_batches(&mut open_data(self.graph, opts)?, 1, a.samples)?;
+                self.adaround(one_each, a, progress)?
+            }
+            None => Vec::new(),
+        };
+        let (graph, plan, params) = (&mut *self.graph, self.plan, self.params);
+        let corrections = match settings.bias_correction {
+            Some(BiasCorrection::Empirical { samples }) => {
+                let one_each = next_batches(&mut open_data(graph, opts)?, 1, samples)?;
+                correct_biases(graph, plan, params, one_each)?
+            }
+            Some(BiasCorrection::Analytic) => {
+                let stats = &self.canonical.batch_norm_stats;
+                correct_biases_analytic(graph, plan, params, stats)?
+            }
+            None => Vec::new(),
+        };
+        Ok((adaround, corrections))
+    }
+
+    /// AdaRound, its layers learned on worker threads while this one shows their progress.
+    fn adaround(
+        &mut self,
+        one_each: Vec<Batch>,
+        a: &crate::adaround::Options,
+        progress: &mut dyn FnMut(&str, usize, usize),
+    ) -> Result<Vec<crate::adaround::Rounded>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let on_layer = move |done: usize, total: usize, r: &crate::adaround::Rounded| {
+            let line = format!(
+                "AdaRound\t{}: loss {:.4} -> {:.4}",
+                r.layer, r.loss_nearest, r.loss_learned
+            );
+            let _ = tx.send((line, done, total));
+        };
+        let (graph, plan, params) = (&mut *self.graph, self.plan, self.params);
+        std::thread::scope(|s| {
+            // Owns the sender: the progress loop ends when AdaRound does.
+            let run = s.spawn(move || {
+                crate::adaround::adaround(graph, plan, params, one_each, a, &on_layer)
+            });
+            for (line, done, total) in rx {
+                progress(&line, done, total);
+            }
+            run.join().expect("AdaRound does not panic")
+        })
+    }
+}
+
+/// Every activation given its own bit-width must have its own quantizer.
+fn check_activation_bits(graph: &Graph, plan: &Plan, settings: &Settings) -> Result<()> {
+    for (value, _) in &settings.activation_bits {
+        if plan.activations.contains(value) {
+            continue;
+        }
+        let why = match plan.shared.iter().find(|(v, _)| v == value) {
+            Some((_, source)) => format!("it shares the grid of '{source}'; give that one's bits"),
+            None => "it is not a quantized activation (`quantize --json` lists them)".into(),
+        };
+        return Err(crate::error::Error::new(
+            &graph.source,
+            format!("--activation-bits '{value}': {why}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces the declared shape of each graph output that the model does not produce on the data
+/// (exporters write stale ones, like a rank-2 `[1, seqlen]` for a rank-3 output) by unknown
+/// dimensions of the right rank: ONNX Runtime refuses a model whose declared shapes contradict
+/// its own inference.
+fn drop_contradicted_output_shapes(graph: &mut Graph, seen: &Run) {
+    for output in &mut graph.outputs {
+        let observed = seen.get(&output.name).map(|(_, dims)| dims);
+        if let (Some(declared), Some(dims)) = (&output.shape, observed) {
+            if !dims_fit(declared, dims) {
+                output.shape = Some(vec![Dim::Sym("?".into()); dims.len()]);
+            }
+        }
+    }
+}
+
+/// The calibration data of `opts`, for `graph`'s inputs.
+pub fn open_data(graph: &Graph, opts: &Options) -> Result<Dataset> {
+    let mut data = Dataset::open(&opts.data, &graph.inputs, &opts.preprocess)?;
+    if let Some(n) = opts.samples {
+        data.truncate(n);
+    }
+    Ok(data)
+}
