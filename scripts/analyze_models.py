@@ -62,7 +62,7 @@ def main():
             np.savez(calib_path, **calib)
             html = os.path.join(a.out, f"{name}.{a.preset}.html")
             cmd = ["/usr/bin/time", "-f", "%M", a.zeropoint, "analyze", model, "--calib", calib_path, "--preset",
-                   a.preset, "--analysis-samples", str(a.samples), "--json", "--html", html]
+                   a.preset, "--analysis-samples", str(a.samples), "--batch", "1", "--json", "--html", html]
             t = time.time()
             run = subprocess.run(cmd, capture_output=True, text=True)
             seconds = time.time() - t

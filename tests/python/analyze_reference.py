@@ -99,7 +99,7 @@ def main():
     reference = outputs(float_model, x[:SAMPLES])
     common = ["--calib", data, "--preset", "w4a8"]
     html = work / "report.html"
-    a = json.loads(zeropoint(exe, "analyze", MODEL, *common, "--analysis-samples", SAMPLES,
+    a = json.loads(zeropoint(exe, "analyze", MODEL, *common, "--analysis-samples", SAMPLES, "--sensitivity-samples", SAMPLES,
                              "--plots", 4, "--json", "--html", html))
     q = work / "q.onnx"
     summary = json.loads(zeropoint(exe, "quantize", MODEL, *common, "--json", "-o", q))

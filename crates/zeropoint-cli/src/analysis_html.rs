@@ -27,7 +27,9 @@ pub fn page(model: &str, a: &Analysis) -> String {
     let _ = write!(
         w,
         "<h2>Per-quantizer sensitivity</h2><p class=\"note\">Output SQNR with only this quantizer \
-         enabled (bar; shorter is more harmful) and with every quantizer but this one (tick).</p>"
+         enabled (bar; shorter is more harmful) and with every quantizer but this one (tick), on \
+         the first {} samples.</p>",
+        a.sensitivity_samples
     );
     w.push_str(&sensitivity_svg(a));
     sensitivity_table(&mut w, a);

@@ -25,6 +25,10 @@ pub struct Args {
     /// Calibration samples every score is measured on.
     #[arg(long, default_value_t = 32)]
     pub analysis_samples: usize,
+    /// The first of those samples each quantizer's sensitivity is measured on (two simulations
+    /// per quantizer and sample: most of the analysis's time).
+    #[arg(long, default_value_t = 8)]
+    pub sensitivity_samples: usize,
     /// How many of the most harmful quantizers get a histogram in the report.
     #[arg(long, default_value_t = 6)]
     pub plots: usize,
@@ -73,6 +77,7 @@ pub fn run(args: &Args) -> Result<()> {
     let opts = Options {
         ptq: quant.options(calib)?,
         samples: args.analysis_samples.max(1),
+        sensitivity_samples: args.sensitivity_samples.max(1),
         plots: args.plots,
         suggestions: !args.no_suggestions,
     };
@@ -117,9 +122,10 @@ fn print(a: &Analysis) {
         ]);
     }
     println!(
-        "\nquantizers, most harmful alone first ({} of {}):\n{}",
+        "\nquantizers, most harmful alone first ({} of {}; on the first {} samples):\n{}",
         a.sensitivities.len().min(15),
         a.sensitivities.len(),
+        a.sensitivity_samples,
         t.render()
     );
     if a.suggestions.is_empty() {

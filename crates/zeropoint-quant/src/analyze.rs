@@ -13,6 +13,7 @@
 //!
 //! Every score is the simulated model against the float one on the same calibration samples.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::Serialize;
@@ -38,6 +39,9 @@ pub struct Options {
     pub ptq: crate::calibrated::Options,
     /// Calibration samples every score is measured on.
     pub samples: usize,
+    /// The first of them each quantizer's sensitivity is measured on (two simulations per
+    /// quantizer and sample: the analysis's cost).
+    pub sensitivity_samples: usize,
     /// How many of the worst quantizers get a distribution.
     pub plots: usize,
     /// Measure the suggested fixes (each may calibrate again).
@@ -50,6 +54,8 @@ pub struct Analysis {
     pub calibration_samples: usize,
     /// Samples each score is measured on.
     pub samples: usize,
+    /// The first of them the sensitivities are measured on.
+    pub sensitivity_samples: usize,
     /// The simulation with 16-bit weights and activations.
     pub check_16_bits: Score,
     /// The model quantized with the settings.
@@ -114,7 +120,8 @@ pub fn analyze(
     let weights_only = probe.score(&subset(p, plan, |q| matches!(q, Quantizer::Weight(_))))?;
     let activations_only =
         probe.score(&subset(p, plan, |q| matches!(q, Quantizer::Activation(_))))?;
-    let sensitivities = sensitivities(&probe, plan, p)?;
+    let few = probe.first(opts.sensitivity_samples.max(1));
+    let sensitivities = sensitivities(&few, plan, p)?;
     let worst: Vec<&Quantizer> = sensitivities
         .iter()
         .take(opts.plots)
@@ -137,6 +144,7 @@ pub fn analyze(
     Ok(Analysis {
         calibration_samples: c.calibration_samples,
         samples: probe.samples(),
+        sensitivity_samples: few.samples(),
         check_16_bits,
         quantized,
         weights_only,
@@ -398,20 +406,26 @@ impl Fixes<'_> {
         }
         let target = (self.quantized.sqnr_db + 3.0).round();
         if target.is_finite() {
-            self.mixed_precision(target)?;
+            let known = sensitivities
+                .iter()
+                .map(|s| (s.quantizer.clone(), s.alone))
+                .collect();
+            self.mixed_precision(target, &known)?;
         }
         Ok(())
     }
 
     /// Mixed precision to `target` dB, what it raises and what it reaches.
-    fn mixed_precision(&mut self, target: f64) -> Result<()> {
+    /// `known`: the score of each quantizer alone, from the sensitivity pass.
+    fn mixed_precision(&mut self, target: f64, known: &HashMap<Quantizer, Score>) -> Result<()> {
         let t = Target {
             sqnr_db: Some(target),
             agreement: None,
             samples: self.probe.samples(),
         };
         let s = &self.opts.ptq.settings;
-        let (report, _) = to_target(self.c, self.probe, s, &self.opts.ptq.exclude, t)?;
+        let rules = (s, self.opts.ptq.exclude.as_slice());
+        let (report, _) = to_target(self.c, self.probe, rules, t, known)?;
         let bytes: usize = report.steps.iter().map(|s| s.bytes).sum();
         let count = |c: Change| report.steps.iter().filter(|s| s.change == c).count();
         let why = format!(

@@ -86,12 +86,15 @@ struct Candidate {
 }
 
 /// Raises quantizers of `c` until `probe` scores the model at `target`, or no raise is left.
+///
+/// `known` holds scores of the model with one quantizer alone already measured (by
+/// `analyze`'s sensitivity pass): they are not measured again.
 pub fn to_target(
     c: &Calibrated,
     probe: &Probe,
-    settings: &Settings,
-    exclude: &[String],
+    (settings, exclude): (&Settings, &[String]),
     target: Target,
+    known: &HashMap<Quantizer, Score>,
 ) -> Result<(Report, Mixed)> {
     let mut mixed = Mixed {
         settings: settings.clone(),
@@ -112,7 +115,10 @@ pub fn to_target(
     // the cheapest way to the target.
     let alone: Vec<Score> = candidates
         .par_iter()
-        .map(|cand| probe.score(&subset(&c.params, &c.plan, |q| *q == cand.quantizer)))
+        .map(|cand| match known.get(&cand.quantizer) {
+            Some(s) => Ok(*s),
+            None => probe.score(&subset(&c.params, &c.plan, |q| *q == cand.quantizer)),
+        })
         .collect::<Result<_>>()?;
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by(|&a, &b| {

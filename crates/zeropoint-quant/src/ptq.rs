@@ -79,12 +79,13 @@ pub fn quantize(
             let t = Instant::now();
             let samples = next_batches(&mut open_data(&c.graph, opts)?, 1, target.samples)?;
             let probe = Probe::new(c.reference(), &c.graph, samples)?;
+            let known = std::collections::HashMap::new();
             let (report, mixed) = crate::mixed_precision::to_target(
                 &c,
                 &probe,
-                &opts.settings,
-                &opts.exclude,
+                (&opts.settings, &opts.exclude),
                 target,
+                &known,
             )?;
             settings = mixed.settings;
             (c.plan, c.params) = (mixed.plan, mixed.params);

@@ -80,6 +80,16 @@ impl<'g> Probe<'g> {
         self.graph
     }
 
+    /// The probe of the first `n` samples only.
+    pub fn first(&self, n: usize) -> Probe<'g> {
+        let n = n.min(self.batches.len());
+        Probe {
+            graph: self.graph,
+            batches: self.batches[..n].to_vec(),
+            float: self.float[..n].to_vec(),
+        }
+    }
+
     /// How many samples the scores are measured on.
     pub fn samples(&self) -> usize {
         self.batches.len()
