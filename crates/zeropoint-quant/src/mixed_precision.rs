@@ -7,9 +7,10 @@
 //! ONNX Runtime runs the layers around it in float), and a weight's layer kept float (it costs
 //! the weight's size in float less its size quantized). Each candidate's noise is measured with
 //! its quantizer alone enabled; quantization noise adds up nearly independently, so candidates
-//! are taken in order of noise per byte, each kept unless the model, with every raise kept so
-//! far, gets worse. Activation ranges at 16 bits come from the same observers, without another
-//! pass over the data.
+//! are taken in order of noise per byte, as many at a time as their noise says the target needs,
+//! and kept unless the model, with every raise kept so far, gets worse (then one at a time).
+//! Activation ranges at 16 bits come from the same observers, without another pass over the
+//! data.
 
 use std::collections::HashMap;
 
@@ -54,7 +55,8 @@ pub struct Step {
     pub bytes: usize,
     /// The score of the model with only this quantizer (its noise).
     pub alone: Score,
-    /// The score with this raise and every one kept before it.
+    /// The score with this raise and every one kept before it (raises measured together share
+    /// it).
     pub after: Score,
 }
 
@@ -76,6 +78,10 @@ pub struct Mixed {
     pub plan: Plan,
     pub params: Params,
 }
+
+/// Raises measured together: the settings and exclusions with them, the plan and parameters,
+/// and the score.
+type Measured = (Settings, Vec<String>, (Plan, Params), Score);
 
 /// A raise not yet taken.
 struct Candidate {
@@ -127,30 +133,61 @@ pub fn to_target(
     });
     let mut current = before;
     let mut steps = Vec::new();
-    for i in order {
-        if meets(&current, &target) {
-            break;
-        }
-        let cand = &candidates[i];
-        let (s, e) = raised(&mixed.settings, &mixed.exclude, cand);
-        let Some((plan, params)) = build(c, &s, &e)? else {
-            continue;
+    let mut left = &order[..];
+    while !left.is_empty() && !meets(&current, &target) {
+        // As many raises as the noise they remove says the target needs, measured together;
+        // one alone if together they do not help.
+        let mut take = enough(&current, &target, left.iter().map(|&i| noise(&alone[i])));
+        let measure = |take: usize| -> Result<Option<Measured>> {
+            let (s, e) = left[..take].iter().fold(
+                (mixed.settings.clone(), mixed.exclude.clone()),
+                |(s, e), &i| raised(&s, &e, &candidates[i]),
+            );
+            let Some((plan, params)) = build(c, &s, &e)? else {
+                return Ok(None);
+            };
+            let after = probe.score(&params)?;
+            Ok(Some((s, e, (plan, params), after)))
         };
-        let after = probe.score(&params)?;
-        // Noise does not always add up: a raise that makes the model worse is undone.
-        if gain(&current, &after, &target) < 0.0 {
-            continue;
+        // Noise does not always add up: raises that make the model worse are undone.
+        let helps = |m: &Option<Measured>| {
+            m.as_ref()
+                .is_some_and(|m| gain(&current, &m.3, &target) >= 0.0)
+        };
+        let mut measured = measure(take)?;
+        if !helps(&measured) && take > 1 {
+            take = 1;
+            measured = measure(1)?;
         }
-        (mixed.settings, mixed.exclude, mixed.plan, mixed.params) = (s, e, plan, params);
-        current = after;
-        steps.push(Step {
-            quantizer: cand.quantizer.clone(),
-            node: cand.node.clone(),
-            change: cand.change,
-            bytes: cand.bytes,
-            alone: alone[i],
-            after,
-        });
+        if !helps(&measured) {
+            measured = None;
+        } else if take > 1 && measured.as_ref().is_some_and(|m| meets(&m.3, &target)) {
+            // Together they overshoot: the fewest of them that still meet the target.
+            let (mut lo, mut hi) = (1, take);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                let m = measure(mid)?;
+                if m.as_ref().is_some_and(|m| meets(&m.3, &target)) {
+                    (hi, measured) = (mid, m);
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            take = hi;
+        }
+        if let Some((s, e, (plan, params), after)) = measured {
+            (mixed.settings, mixed.exclude, mixed.plan, mixed.params) = (s, e, plan, params);
+            current = after;
+            steps.extend(left[..take].iter().map(|&i| Step {
+                quantizer: candidates[i].quantizer.clone(),
+                node: candidates[i].node.clone(),
+                change: candidates[i].change,
+                bytes: candidates[i].bytes,
+                alone: alone[i],
+                after,
+            }));
+        }
+        left = &left[take..];
     }
     let report = Report {
         target,
@@ -166,6 +203,26 @@ pub fn to_target(
 /// The noise-to-signal power ratio of a score: 10^(−SQNR/10).
 fn noise(s: &Score) -> f64 {
     10f64.powf(-s.sqnr_db / 10.0)
+}
+
+/// How many of the next raises (their noise, in order) the target needs if noise adds up: the
+/// fewest whose noise, removed from the model's, leaves it at the target SQNR; 1 for an
+/// agreement target, and at least 1.
+fn enough(current: &Score, t: &Target, noises: impl Iterator<Item = f64>) -> usize {
+    let Some(want) = t.sqnr_db else {
+        return 1;
+    };
+    let allowed = 10f64.powf(-want / 10.0);
+    let mut left = noise(current);
+    let mut n = 0;
+    for x in noises {
+        if left <= allowed {
+            break;
+        }
+        left -= x;
+        n += 1;
+    }
+    n.max(1)
 }
 
 /// Whether `s` is at the target.
