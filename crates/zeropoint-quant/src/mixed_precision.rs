@@ -79,6 +79,70 @@ pub struct Mixed {
     pub params: Params,
 }
 
+/// What choosing the next raises looks at.
+struct Next<'a> {
+    c: &'a Calibrated,
+    probe: &'a Probe<'a>,
+    mixed: &'a Mixed,
+    candidates: &'a [Candidate],
+    /// Each candidate's score alone.
+    alone: &'a [Score],
+    current: Score,
+    target: Target,
+}
+
+impl Next<'_> {
+    /// How many of `left` (candidates in order) to raise next, and the model with them; None
+    /// when the first of them alone does not help. As many raises as the noise they remove says
+    /// the target needs are measured together; then the fewest of them that still meet the
+    /// target, or one alone if together they do not help.
+    fn raises(&self, left: &[usize]) -> Result<(usize, Option<Measured>)> {
+        let (current, target) = (&self.current, &self.target);
+        let noises = left.iter().map(|&i| noise(&self.alone[i]));
+        let mut take = enough(current, target, noises);
+        // Noise does not always add up: raises that make the model worse are undone.
+        let helps = |m: &Option<Measured>| {
+            m.as_ref()
+                .is_some_and(|m| gain(current, &m.3, target) >= 0.0)
+        };
+        let mut measured = self.measure(&left[..take])?;
+        if !helps(&measured) && take > 1 {
+            take = 1;
+            measured = self.measure(&left[..1])?;
+        }
+        if !helps(&measured) {
+            return Ok((take, None));
+        }
+        if take > 1 && measured.as_ref().is_some_and(|m| meets(&m.3, target)) {
+            let (mut lo, mut hi) = (1, take);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                let m = self.measure(&left[..mid])?;
+                if m.as_ref().is_some_and(|m| meets(&m.3, target)) {
+                    (hi, measured) = (mid, m);
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            take = hi;
+        }
+        Ok((take, measured))
+    }
+
+    /// The model with the raises `chosen` added to those kept so far.
+    fn measure(&self, chosen: &[usize]) -> Result<Option<Measured>> {
+        let (s, e) = chosen.iter().fold(
+            (self.mixed.settings.clone(), self.mixed.exclude.clone()),
+            |(s, e), &i| raised(&s, &e, &self.candidates[i]),
+        );
+        let Some((plan, params)) = build(self.c, &s, &e)? else {
+            return Ok(None);
+        };
+        let after = self.probe.score(&params)?;
+        Ok(Some((s, e, (plan, params), after)))
+    }
+}
+
 /// Raises measured together: the settings and exclusions with them, the plan and parameters,
 /// and the score.
 type Measured = (Settings, Vec<String>, (Plan, Params), Score);
@@ -135,46 +199,16 @@ pub fn to_target(
     let mut steps = Vec::new();
     let mut left = &order[..];
     while !left.is_empty() && !meets(&current, &target) {
-        // As many raises as the noise they remove says the target needs, measured together;
-        // one alone if together they do not help.
-        let mut take = enough(&current, &target, left.iter().map(|&i| noise(&alone[i])));
-        let measure = |take: usize| -> Result<Option<Measured>> {
-            let (s, e) = left[..take].iter().fold(
-                (mixed.settings.clone(), mixed.exclude.clone()),
-                |(s, e), &i| raised(&s, &e, &candidates[i]),
-            );
-            let Some((plan, params)) = build(c, &s, &e)? else {
-                return Ok(None);
-            };
-            let after = probe.score(&params)?;
-            Ok(Some((s, e, (plan, params), after)))
+        let ctx = Next {
+            c,
+            probe,
+            mixed: &mixed,
+            candidates: &candidates,
+            alone: &alone,
+            current,
+            target,
         };
-        // Noise does not always add up: raises that make the model worse are undone.
-        let helps = |m: &Option<Measured>| {
-            m.as_ref()
-                .is_some_and(|m| gain(&current, &m.3, &target) >= 0.0)
-        };
-        let mut measured = measure(take)?;
-        if !helps(&measured) && take > 1 {
-            take = 1;
-            measured = measure(1)?;
-        }
-        if !helps(&measured) {
-            measured = None;
-        } else if take > 1 && measured.as_ref().is_some_and(|m| meets(&m.3, &target)) {
-            // Together they overshoot: the fewest of them that still meet the target.
-            let (mut lo, mut hi) = (1, take);
-            while lo < hi {
-                let mid = (lo + hi) / 2;
-                let m = measure(mid)?;
-                if m.as_ref().is_some_and(|m| meets(&m.3, &target)) {
-                    (hi, measured) = (mid, m);
-                } else {
-                    lo = mid + 1;
-                }
-            }
-            take = hi;
-        }
+        let (take, measured) = ctx.raises(left)?;
         if let Some((s, e, (plan, params), after)) = measured {
             (mixed.settings, mixed.exclude, mixed.plan, mixed.params) = (s, e, plan, params);
             current = after;
