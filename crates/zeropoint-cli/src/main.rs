@@ -20,6 +20,7 @@ mod run;
 mod scheme_args;
 mod scores;
 mod table;
+mod train;
 
 use std::process::ExitCode;
 
@@ -90,6 +91,8 @@ enum Command {
     /// The white paper's debugging flow: which quantizers hurt, why, and which fixes help
     /// (measured), as a table, JSON and a self-contained HTML report.
     Analyze(analyze::Args),
+    /// Quantization-aware training from the PTQ result, exported as a QDQ model.
+    Train(train::Args),
     /// Cross-layer equalization of a float model (what `quantize --cle` does first), written
     /// as a float model.
     Equalize(equalize::Args),
@@ -142,6 +145,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(&args),
         Command::Equalize(args) => equalize::run(&args),
         Command::Analyze(args) => analyze::run(&args),
+        Command::Train(args) => train::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -56,6 +56,7 @@ pub mod params;
 pub mod placement;
 pub mod prepare;
 pub mod ptq;
+pub mod qat;
 pub mod qdq_export;
 pub mod recipe;
 pub mod report;

@@ -1,0 +1,8 @@
+//! Quantization-aware training (QAT) on ONNX graphs: the model runs in zeropoint's executor with
+//! fake-quantized weights and activations whose scales (and activation zero-points) are learned
+//! with the weights, starting from the PTQ result, and is exported as a QDQ model that computes
+//! what was trained.
+
+pub mod fake_quant;
+pub mod optim;
+pub mod train;
