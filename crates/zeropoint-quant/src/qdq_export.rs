@@ -133,6 +133,18 @@ fn storage(grid: Grid) -> DType {
         .unwrap_or(DType::I16)
 }
 
+/// The ONNX type an activation's codes go in: [`storage`], but 8 bits for narrower grids.
+/// ONNX Runtime's QDQ propagation turns DequantizeLinear → MaxPool → QuantizeLinear on uint4
+/// codes into a MaxPool on uint4, which it then refuses to load; in 8-bit types its integer
+/// kernels run them (the export clips to the grid's range first, [`Export::clip_to_grid`]).
+fn activation_storage(grid: Grid) -> DType {
+    match storage(grid) {
+        DType::U4 => DType::U8,
+        DType::I4 => DType::I8,
+        ty => ty,
+    }
+}
+
 /// The rewrite in progress: fresh names across the whole model (subgraphs included).
 struct Export {
     names: Names,
@@ -154,7 +166,8 @@ struct Dequantize {
 /// the scale and zero-point initializers it introduces.
 struct Pair {
     dequantized: String,
-    nodes: [Node; 2],
+    /// QuantizeLinear and DequantizeLinear, after a Clip for a grid narrower than its type.
+    nodes: Vec<Node>,
     initializers: Vec<RawTensor>,
 }
 
@@ -393,34 +406,63 @@ impl Export {
             // A source's parameters go beside its own pair; values sharing its grid are in the
             // same graph or a subgraph of it, where they are visible.
             let mut initializers = Vec::new();
+            let ty = activation_storage(qp.grid);
             let (scale, zp) = match param_names.get(source) {
                 Some(names) => names.clone(),
                 None => {
-                    let ty = storage(qp.grid);
                     let names = self.params_initializers(source, qp, ty, &[], &mut initializers)?;
                     param_names.insert(source.clone(), names.clone());
                     names
                 }
             };
+            let mut nodes = Vec::new();
+            let mut input = a.clone();
+            // A grid narrower than its 8-bit type saturates where the type does not: a Clip to
+            // the grid's range comes first (values sharing a grid are on it already).
+            if source == a && storage(qp.grid) != ty {
+                let (clip, clipped) = self.clip_to_grid(a, qp, &mut initializers);
+                nodes.push(clip);
+                input = clipped;
+            }
             let q_out = self.names.fresh(&format!("{a}_quantized"));
             let dq_out = self.names.fresh(&format!("{a}_dequantized"));
-            let q = Node::new(
+            nodes.push(Node::new(
                 self.names.fresh(&format!("{a}_QuantizeLinear")),
                 Op::QuantizeLinear,
-                &[a, &scale, &zp],
+                &[&input, &scale, &zp],
                 &[&q_out],
-            );
-            let dq = self.dq_node_with(a, [q_out, scale, zp], &dq_out, &dq_attributes(qp));
+            ));
+            nodes.push(self.dq_node_with(a, [q_out, scale, zp], &dq_out, &dq_attributes(qp)));
             pairs.insert(
                 a.clone(),
                 Pair {
                     dequantized: dq_out,
-                    nodes: [q, dq],
+                    nodes,
                     initializers,
                 },
             );
         }
         Ok(pairs)
+    }
+
+    /// A Clip of activation `a` to the real range of its (per-tensor) grid, its bounds added to
+    /// `out`; returns the node and its output.
+    fn clip_to_grid(&mut self, a: &str, qp: &QParams, out: &mut Vec<RawTensor>) -> (Node, String) {
+        let (lo, hi) = qp.get(0).real_range(qp.grid);
+        let (min, max) = (
+            self.names.fresh(&format!("{a}_grid_min")),
+            self.names.fresh(&format!("{a}_grid_max")),
+        );
+        out.push(RawTensor::from_f32s(&min, &[], &[lo]));
+        out.push(RawTensor::from_f32s(&max, &[], &[hi]));
+        let clipped = self.names.fresh(&format!("{a}_clipped"));
+        let node = Node::new(
+            self.names.fresh(&format!("{a}_Clip")),
+            Op::Clip,
+            &[a, &min, &max],
+            &[&clipped],
+        );
+        (node, clipped)
     }
 
     /// The scale and zero-point of `qp` as initializers (added to `out`), named after `base`.

@@ -446,21 +446,22 @@ fn trained_weight(c: &Calibrated, w: &WeightParams) -> Result<TrainedWeight> {
         .find_initializer(&w.name)
         .ok_or_else(|| Error::new(&c.graph.source, format!("weight '{}' is missing", w.name)))?;
     let mut shape = vec![1; t.shape.len()];
-    let per_scale =
-        match w.qparams.granularity {
-            Granularity::PerTensor => t.shape.iter().product(),
-            Granularity::PerAxis { axis } => {
-                shape[axis] = t.shape[axis];
-                t.shape.iter().product::<usize>() / t.shape[axis].max(1)
-            }
-            Granularity::PerBlock { .. } => return Err(Error::new(
+    let per_scale = match w.qparams.granularity {
+        Granularity::PerTensor => t.shape.iter().product(),
+        Granularity::PerAxis { axis } => {
+            shape[axis] = t.shape[axis];
+            t.shape.iter().product::<usize>() / t.shape[axis].max(1)
+        }
+        Granularity::PerBlock { .. } => {
+            return Err(Error::new(
                 &c.graph.source,
                 format!(
                     "weight '{}': QAT learns per-tensor and per-channel grids, not per-block ones",
                     w.name
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let (qmin, qmax) = (
         f64::from(w.qparams.grid.qmin),
         f64::from(w.qparams.grid.qmax),
