@@ -9,6 +9,8 @@ On the MNIST CNN of assets/models with the 500 MNIST training images and labels 
 - W4A4: the trained QDQ model's top-1 in ONNX Runtime (this script, numpy preprocessing) is the
   one zeropoint's executor gives (`zeropoint eval`), to 0.1 point;
 - the same seed gives the same bytes at 1 and 3 threads;
+- `--float` with `--validation-split` writes a float model, logs one JSON line per epoch and
+  keeps the best epoch;
 - labels whose count does not match the data are refused with one line, exit status 1, and no
   output file.
 """
@@ -21,6 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +89,17 @@ def main():
         zeropoint(exe, "train", MODEL, *common, "--weights", "int4", "--epochs", 1, "-o", out, env=env)
         outs.append(out.read_bytes())
     good &= check(outs[0] == outs[1], "same bytes at 1 and 3 threads")
+
+    # Float training with a held-out split: a float model, the best epoch kept, a JSON-lines log.
+    trained, log = work / "float.onnx", work / "log.jsonl"
+    r = zeropoint(exe, "train", MODEL, *common, "--float", "--epochs", 2, "--validation-split", "0.2",
+                  "--log", log, "-o", trained)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    ops = {n.op_type for n in onnx.load(trained).graph.node}
+    best = max(lines, key=lambda e: e["validation"])["epoch"]
+    good &= check(len(lines) == 2 and all(0 <= e["validation"] <= 100 for e in lines)
+                  and "QuantizeLinear" not in ops and f"kept the model of epoch {best}" in r.stdout,
+                  f"--float: float model, log {[round(e['validation'], 1) for e in lines]}, epoch {best} kept")
 
     bad = work / "bad.onnx"
     r = zeropoint(exe, "train", MODEL, "--data", TRAIN, *PREP, "--labels", TEST_LABELS, "--epochs", 1, "-o", bad, ok=False)

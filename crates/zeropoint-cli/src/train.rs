@@ -62,6 +62,17 @@ pub struct Args {
     /// Keep the PTQ ranges; train the weights only.
     #[arg(long)]
     pub freeze_ranges: bool,
+    /// Train without quantization (float fine-tuning or training); writes a float model.
+    #[arg(long)]
+    pub float: bool,
+    /// Hold out this fraction of the samples (the last ones) and validate after each epoch:
+    /// top-1 accuracy with labels, else output SQNR against the float model; the best epoch's
+    /// model is written.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    pub validation_split: f64,
+    /// Write a JSON-lines log, one line per epoch (loss, learning rate, validation, time).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub log: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -81,6 +92,9 @@ pub fn run(args: &Args) -> Result<()> {
     if !(args.lr.is_finite() && args.lr > 0.0) {
         bail!("--lr must be a positive number");
     }
+    if !(0.0..0.9).contains(&args.validation_split) {
+        bail!("--validation-split must be a fraction below 0.9");
+    }
     let dir = tempfile::tempdir()?;
     let Some(model) = &args.model else {
         return demo(args, dir.path());
@@ -88,13 +102,19 @@ pub fn run(args: &Args) -> Result<()> {
     if args.data.is_empty() {
         bail!("{}: give training data with --data FILE", model.display());
     }
+    let tag = if args.float { "trained" } else { "qat" };
     let output = args
         .output
         .clone()
-        .unwrap_or_else(|| zeropoint_quant::ptq::default_output(model, "qat"));
+        .unwrap_or_else(|| zeropoint_quant::ptq::default_output(model, tag));
     crate::quantize::check_output(model, &output)?;
+    // With --samples N the data is its first N samples, and so are the labels.
     let labels = match &args.labels {
-        Some(p) => Some(zeropoint_quant::dataset::read_labels(p)?),
+        Some(p) => {
+            let mut l = zeropoint_quant::dataset::read_labels(p)?;
+            l.truncate(args.quant.samples.unwrap_or(usize::MAX));
+            Some(l)
+        }
         None => None,
     };
     let opts = options(args, &args.quant, args.data.clone(), labels)?;
@@ -131,6 +151,9 @@ fn options(
         temperature: args.temperature,
         seed: args.seed,
         freeze_ranges: args.freeze_ranges,
+        float: args.float,
+        validation_split: args.validation_split,
+        log: args.log.clone(),
     })
 }
 
@@ -139,12 +162,21 @@ fn report(t: &Trained, output: &Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&t.epochs)?);
         return Ok(());
     }
-    println!("trained on {} samples", t.samples);
+    println!(
+        "trained on {} samples, validated on {}",
+        t.samples, t.validation_samples
+    );
     for e in &t.epochs {
+        let validation = e
+            .validation
+            .map_or(String::new(), |v| format!(", validation {v:.2}"));
         println!(
-            "epoch {:>3}: loss {:.5}, learning rate {:.2e}, {:.1} s",
+            "epoch {:>3}: loss {:.5}, learning rate {:.2e}{validation}, {:.1} s",
             e.epoch, e.loss, e.learning_rate, e.seconds
         );
+    }
+    if t.validation_samples > 0 {
+        println!("kept the model of epoch {}", t.kept_epoch);
     }
     println!("wrote {}", output.display());
     Ok(())

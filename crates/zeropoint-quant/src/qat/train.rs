@@ -45,6 +45,13 @@ pub struct Options {
     pub seed: u64,
     /// Keep the PTQ ranges; train the weights only.
     pub freeze_ranges: bool,
+    /// Train without quantization (float fine-tuning); the output is a float model.
+    pub float: bool,
+    /// The fraction of the samples (the last ones) held out for validation after each epoch;
+    /// the best epoch's model is kept. 0: none.
+    pub validation_split: f64,
+    /// A JSON-lines log, one line per epoch, written as training goes.
+    pub log: Option<std::path::PathBuf>,
 }
 
 /// One epoch's log.
@@ -55,6 +62,9 @@ pub struct Epoch {
     pub loss: f64,
     /// The learning rate at the epoch's last step.
     pub learning_rate: f64,
+    /// The validation metric after the epoch: top-1 accuracy (%) with labels, else output SQNR
+    /// against the float model (dB).
+    pub validation: Option<f64>,
     pub seconds: f64,
 }
 
@@ -65,7 +75,10 @@ pub struct Trained {
     /// The PTQ model training started from, exported the same way.
     pub ptq: ModelProto,
     pub epochs: Vec<Epoch>,
+    /// The epoch whose model was kept (the best validated one, else the last).
+    pub kept_epoch: usize,
     pub samples: usize,
+    pub validation_samples: usize,
 }
 
 /// A weight being trained: its values, its scale (shaped to broadcast against it) and grid.
@@ -106,63 +119,165 @@ pub fn train(
     let c = calibrated(path, &opts.ptq, progress)?;
     let mut data = open_data(&c.graph, &opts.ptq)?;
     let n = data.len;
-    let samples = next_batches(&mut data, 1, n)?;
+    let mut samples = next_batches(&mut data, 1, n)?;
     check_labels(&c, opts, samples.len())?;
+    let held = ((samples.len() as f64) * opts.validation_split.clamp(0.0, 0.9)).round() as usize;
+    let validation = samples.split_off(samples.len() - held);
     let ptq = export(&c.graph, &c.plan, &c.params, &c.base)?;
     let model = Model::from_ptq(&c, opts)?;
     let mut optimizer = Optimizer::new(opts.rule);
     model.register(&mut optimizer, opts).map_err(candle_error)?;
-    let student = Executor::new(&c.graph)?;
-    let teacher = Executor::new(c.reference())?;
-    let steps_per_epoch = samples.len().div_ceil(opts.batch.max(1));
-    let total = steps_per_epoch * opts.epochs;
+    let run = Run {
+        c: &c,
+        opts,
+        model: &model,
+        student: Executor::new(&c.graph)?,
+        teacher: Executor::new(c.reference())?,
+        samples: &samples,
+        validation: &validation,
+    };
+    let mut log = match &opts.log {
+        Some(p) => Some(std::fs::File::create(p).map_err(|e| Error::io(p, "cannot create", e))?),
+        None => None,
+    };
     let mut epochs = Vec::new();
-    let mut step = 0;
+    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     for epoch in 0..opts.epochs {
+        let e = run.epoch(epoch, &mut optimizer, progress)?;
+        if let Some(v) = e
+            .validation
+            .filter(|&v| best.as_ref().is_none_or(|b| v > b.0))
+        {
+            best = Some((v, e.epoch, model.snapshot()));
+        }
+        if let Some(f) = log.as_mut() {
+            use std::io::Write as _;
+            let line = serde_json::to_string(&e).unwrap_or_default();
+            let at = opts.log.as_deref().unwrap_or(path);
+            writeln!(f, "{line}").map_err(|err| Error::io(at, "cannot write", err))?;
+        }
+        epochs.push(e);
+    }
+    let kept_epoch = match &best {
+        Some((_, epoch, values)) => {
+            model.restore(values).map_err(candle_error)?;
+            *epoch
+        }
+        None => opts.epochs,
+    };
+    let trained = if opts.float {
+        model.export_float(c)?
+    } else {
+        model.export(c, opts)?
+    };
+    Ok(Trained {
+        model: trained,
+        ptq,
+        epochs,
+        kept_epoch,
+        samples: samples.len(),
+        validation_samples: validation.len(),
+    })
+}
+
+/// One training run's fixed parts.
+struct Run<'a> {
+    c: &'a Calibrated,
+    opts: &'a Options,
+    model: &'a Model,
+    student: Executor<'a>,
+    teacher: Executor<'a>,
+    samples: &'a [Batch],
+    validation: &'a [Batch],
+}
+
+impl Run<'_> {
+    /// One pass over the training samples in a shuffled order, then the validation.
+    fn epoch(
+        &self,
+        epoch: usize,
+        optimizer: &mut Optimizer,
+        progress: &mut dyn FnMut(&str, usize, usize),
+    ) -> Result<Epoch> {
+        let (opts, model) = (self.opts, self.model);
         let t = std::time::Instant::now();
-        let order = shuffled(samples.len(), opts.seed.wrapping_add(epoch as u64));
-        let mut sum = 0.0;
-        for chunk in order.chunks(opts.batch.max(1)) {
-            let batch = stack(&samples, chunk)?;
-            let lr = learning_rate(opts.learning_rate, step, total, opts.warmup);
-            let loss = model.loss(&student, &teacher, batch, chunk, opts)?;
+        let per_epoch = self.samples.len().div_ceil(opts.batch.max(1));
+        let total = per_epoch * opts.epochs;
+        let order = shuffled(self.samples.len(), opts.seed.wrapping_add(epoch as u64));
+        let (mut sum, mut lr) = (0.0, 0.0);
+        for (k, chunk) in order.chunks(opts.batch.max(1)).enumerate() {
+            let step = epoch * per_epoch + k;
+            lr = learning_rate(opts.learning_rate, step, total, opts.warmup);
+            let batch = stack(self.samples, chunk)?;
+            let loss = model.loss(&self.student, &self.teacher, batch, chunk, opts)?;
             let value = loss.to_scalar::<f32>().map_err(candle_error)?;
             if !value.is_finite() {
                 return Err(Error::new(
-                    &c.graph.source,
-                    format!("training: the loss is {value} at step {step} (epoch {epoch}); lower the learning rate"),
+                    &self.c.graph.source,
+                    format!("training: the loss is {value} at step {step} (epoch {}); lower the learning rate", epoch + 1),
                 ));
             }
             let grads = loss.backward().map_err(candle_error)?;
             optimizer.step(&grads, lr).map_err(candle_error)?;
             model.keep_in_range().map_err(candle_error)?;
             sum += f64::from(value);
-            step += 1;
-            progress(
-                &format!("training\tepoch {} loss {value:.5}", epoch + 1),
-                step,
-                total,
-            );
+            let line = format!("training\tepoch {} loss {value:.5}", epoch + 1);
+            progress(&line, step + 1, total);
         }
-        epochs.push(Epoch {
+        Ok(Epoch {
             epoch: epoch + 1,
-            loss: sum / steps_per_epoch.max(1) as f64,
-            learning_rate: learning_rate(
-                opts.learning_rate,
-                step.saturating_sub(1),
-                total,
-                opts.warmup,
-            ),
+            loss: sum / per_epoch.max(1) as f64,
+            learning_rate: lr,
+            validation: self.validate()?,
             seconds: t.elapsed().as_secs_f64(),
-        });
+        })
     }
-    let n = samples.len();
-    Ok(Trained {
-        model: model.export(c, opts)?,
-        ptq,
-        epochs,
-        samples: n,
-    })
+
+    /// The validation metric of the model now: top-1 accuracy (%) against the held-out labels,
+    /// else output SQNR against the float model (dB); None without held-out samples.
+    fn validate(&self) -> Result<Option<f64>> {
+        if self.validation.is_empty() {
+            return Ok(None);
+        }
+        let offset = self.samples.len();
+        let (mut signal, mut noise, mut correct) = (0f64, 0f64, 0usize);
+        for (i, b) in self.validation.iter().enumerate() {
+            let out = self
+                .model
+                .forward(&self.student, b.clone(), self.opts)?
+                .detach();
+            let f32s = |t: &Tensor| -> Result<Vec<f32>> {
+                t.flatten_all()
+                    .and_then(|t| t.to_vec1())
+                    .map_err(candle_error)
+            };
+            let y = f32s(&out)?;
+            match &self.opts.labels {
+                Some(labels) => {
+                    let top = y
+                        .iter()
+                        .enumerate()
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |m, (k, &v)| if v > m.1 { (k, v) } else { m },
+                        )
+                        .0;
+                    correct += usize::from(top as i64 == labels[offset + i]);
+                }
+                None => {
+                    let r = f32s(&first_float_output(self.teacher.run(b.clone())?)?)?;
+                    for (a, b) in r.iter().zip(&y) {
+                        signal += f64::from(*a).powi(2);
+                        noise += f64::from(a - b).powi(2);
+                    }
+                }
+            }
+        }
+        Ok(Some(match &self.opts.labels {
+            Some(_) => 100.0 * correct as f64 / self.validation.len() as f64,
+            None => 10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10(),
+        }))
+    }
 }
 
 fn candle_error(e: candle_core::Error) -> Error {
@@ -277,16 +392,17 @@ impl Model {
     /// decayed), scales and zero-points at the scales' rate unless frozen.
     fn register(&self, opt: &mut Optimizer, opts: &Options) -> candle_core::Result<()> {
         let scale_lr = opts.scale_learning_rate;
+        let learn_ranges = !opts.freeze_ranges && !opts.float;
         for w in &self.weights {
             opt.add(&w.var, 1.0, true)?;
-            if !opts.freeze_ranges {
+            if learn_ranges {
                 opt.add(&w.scale, scale_lr, false)?;
             }
         }
         for (_, b) in &self.biases {
             opt.add(b, 1.0, false)?;
         }
-        if !opts.freeze_ranges {
+        if learn_ranges {
             for a in self.activations.values() {
                 opt.add(&a.scale, scale_lr, false)?;
                 if let Some(z) = &a.zero_point {
@@ -309,8 +425,21 @@ impl Model {
         })
     }
 
-    /// The first output of the fake-quantized model on `batch`.
-    fn forward(&self, exec: &Executor, mut batch: Batch) -> Result<Tensor> {
+    /// The first output of the fake-quantized model on `batch` (of the float model with
+    /// `opts.float`).
+    fn forward(&self, exec: &Executor, mut batch: Batch, opts: &Options) -> Result<Tensor> {
+        if opts.float {
+            for w in &self.weights {
+                batch.insert(
+                    w.name.clone(),
+                    Value::new(w.var.as_tensor().clone(), DType::F32),
+                );
+            }
+            for (name, b) in &self.biases {
+                batch.insert(name.clone(), Value::new(b.as_tensor().clone(), DType::F32));
+            }
+            return first_float_output(exec.run(batch)?);
+        }
         for w in &self.weights {
             let q = Quantizer {
                 scale: w.scale.as_tensor(),
@@ -344,7 +473,7 @@ impl Model {
         chunk: &[usize],
         opts: &Options,
     ) -> Result<Tensor> {
-        let logits = self.forward(student, batch.clone())?;
+        let logits = self.forward(student, batch.clone(), opts)?;
         let loss = match &opts.labels {
             Some(labels) => {
                 let picked: Vec<i64> = chunk.iter().map(|&i| labels[i]).collect();
@@ -372,6 +501,55 @@ impl Model {
             }
         }
         Ok(())
+    }
+
+    /// Every trained value, in a fixed order (weights, scales, biases, activation quantizers by
+    /// name).
+    fn vars(&self) -> Vec<&Var> {
+        let mut names: Vec<&String> = self.activations.keys().collect();
+        names.sort();
+        let weights = self.weights.iter().flat_map(|w| [&w.var, &w.scale]);
+        let biases = self.biases.iter().map(|(_, b)| b);
+        let activations = names.into_iter().flat_map(|n| {
+            let a = &self.activations[n];
+            std::iter::once(&a.scale).chain(a.zero_point.as_ref())
+        });
+        weights.chain(biases).chain(activations).collect()
+    }
+
+    /// Copies of every trained value.
+    fn snapshot(&self) -> Vec<Tensor> {
+        self.vars()
+            .into_iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()
+            .unwrap_or_default()
+    }
+
+    /// The trained values of a [`Model::snapshot`] put back.
+    fn restore(&self, values: &[Tensor]) -> candle_core::Result<()> {
+        for (v, t) in self.vars().into_iter().zip(values) {
+            v.set(t)?;
+        }
+        Ok(())
+    }
+
+    /// The float model with the trained weights and biases.
+    fn export_float(&self, mut c: Calibrated) -> Result<ModelProto> {
+        for (name, var) in self
+            .weights
+            .iter()
+            .map(|w| (&w.name, &w.var))
+            .chain(self.biases.iter().map(|(n, b)| (n, b)))
+        {
+            let values = var
+                .as_tensor()
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(candle_error)?;
+            set_initializer(&mut c, name, &values);
+        }
+        Ok(c.graph.into_model(&c.base)?)
     }
 
     /// The QDQ model with the learned weights, biases, scales and zero-points.
