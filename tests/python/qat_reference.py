@@ -11,6 +11,8 @@ On the MNIST CNN of assets/models with the 500 MNIST training images and labels 
 - the same seed gives the same bytes at 1 and 3 threads;
 - `--float` with `--validation-split` writes a float model, logs one JSON line per epoch and
   keeps the best epoch;
+- a run killed after its first epoch's checkpoint and resumed writes the same bytes as an
+  unbroken one; a checkpoint of another model is refused;
 - labels whose count does not match the data are refused with one line, exit status 1, and no
   output file.
 """
@@ -20,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +103,28 @@ def main():
     good &= check(len(lines) == 2 and all(0 <= e["validation"] <= 100 for e in lines)
                   and "QuantizeLinear" not in ops and f"kept the model of epoch {best}" in r.stdout,
                   f"--float: float model, log {[round(e['validation'], 1) for e in lines]}, epoch {best} kept")
+
+    # A run killed after its first epoch's checkpoint, resumed, writes what an unbroken run does.
+    two = [*common, "--weights", "int4", "--activations", "uint4", "--epochs", 2]
+    straight, ck, resumed = work / "straight.onnx", work / "ck.safetensors", work / "resumed.onnx"
+    zeropoint(exe, "train", MODEL, *two, "-o", straight)
+    ck.unlink(missing_ok=True)
+    p = subprocess.Popen([str(exe), "train", str(MODEL), *map(str, two), "--checkpoint", str(ck), "-o",
+                          str(work / "never.onnx")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not ck.exists() and p.poll() is None:
+        time.sleep(0.02)
+    p.kill()
+    p.wait()
+    zeropoint(exe, "train", MODEL, *two, "--resume", ck, "-o", resumed)
+    good &= check(straight.read_bytes() == resumed.read_bytes() and not (work / "never.onnx").exists(),
+                  "killed after epoch 1 and resumed: the same bytes as an unbroken run")
+    other = work / "other.onnx"
+    svhn = ROOT.parent / "shared" / "assets" / "models" / "ccexam_svhn_cnn_bn.onnx"
+    np.save(work / "svhn.npy", np.random.default_rng(1).normal(size=(8, 3, 32, 32)).astype(np.float32))
+    r = zeropoint(exe, "train", svhn, "--data", work / "svhn.npy", "--weights", "int4", "--activations", "uint4",
+                  "--epochs", 2, "--resume", ck, "-o", other, ok=False)
+    good &= check(r.returncode == 1 and "a checkpoint of another model file" in r.stderr and not other.exists(),
+                  f"resume from another model's checkpoint: {r.stderr.strip()}")
 
     bad = work / "bad.onnx"
     r = zeropoint(exe, "train", MODEL, "--data", TRAIN, *PREP, "--labels", TEST_LABELS, "--epochs", 1, "-o", bad, ok=False)

@@ -73,6 +73,14 @@ pub struct Args {
     /// Write a JSON-lines log, one line per epoch (loss, learning rate, validation, time).
     #[arg(long, value_name = "FILE.jsonl")]
     pub log: Option<PathBuf>,
+    /// Write a checkpoint (weights, scales, optimizer state, epochs done) after each epoch,
+    /// atomically.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue from a checkpoint of the same model and settings (the run's --epochs is the
+    /// total, counting the checkpoint's).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub resume: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -154,6 +162,8 @@ fn options(
         float: args.float,
         validation_split: args.validation_split,
         log: args.log.clone(),
+        checkpoint: args.checkpoint.clone(),
+        resume: args.resume.clone(),
     })
 }
 

@@ -8,6 +8,70 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::tensor::{element_count, DType, Tensor};
 
+/// Writes float32 tensors (name, shape, values) and string `metadata` as a safetensors file,
+/// atomically; the tensors' data follows in the order given.
+pub fn write_f32(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: &[(&str, &str)],
+) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let m: serde_json::Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        header.insert("__metadata__".into(), Value::Object(m));
+    }
+    let mut offset = 0usize;
+    for (name, shape, values) in tensors {
+        let end = offset + 4 * values.len();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut head = serde_json::to_vec(&Value::Object(header)).unwrap_or_default();
+    // The data starts 8-byte aligned, as the format recommends.
+    while !head.len().is_multiple_of(8) {
+        head.push(b' ');
+    }
+    let mut bytes = Vec::with_capacity(8 + head.len() + offset);
+    bytes.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&head);
+    for (_, _, values) in tensors {
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    crate::atomic::write_bytes(path, &bytes)
+}
+
+/// The string metadata of a safetensors file (empty if it has none).
+pub fn metadata(bytes: &[u8], path: &Path) -> Result<Vec<(String, String)>> {
+    let bad = |msg: &str| Error::invalid(path, msg.to_string());
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .ok_or_else(|| bad("truncated: shorter than the 8-byte header length"))?;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|h| h.checked_add(8))
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| bad("truncated or not safetensors"))?;
+    let header: Value = serde_json::from_slice(&bytes[8..end])
+        .map_err(|e| Error::invalid_because(path, "header is not valid JSON", e))?;
+    let pairs = header
+        .get("__metadata__")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(pairs)
+}
+
 /// Parses a whole safetensors file, tensors in the order of their data offsets.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Vec<Tensor>> {
     let bad = |msg: String| Error::invalid(path, msg);

@@ -3,6 +3,7 @@
 //! with the weights, starting from the PTQ result, and is exported as a QDQ model that computes
 //! what was trained.
 
+pub mod checkpoint;
 pub mod fake_quant;
 pub mod optim;
 pub mod train;

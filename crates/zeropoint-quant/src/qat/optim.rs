@@ -56,6 +56,31 @@ impl Optimizer {
         Ok(())
     }
 
+    /// The steps taken and each variable's moments, in the order they were added (what a
+    /// checkpoint saves).
+    pub fn state(&self) -> (usize, Vec<(&Tensor, &Tensor)>) {
+        let moments = self.slots.iter().map(|s| (&s.m, &s.v)).collect();
+        (self.step, moments)
+    }
+
+    /// Restores a [`Optimizer::state`]: `moments` in the order the variables were added, each
+    /// shaped like its variable.
+    pub fn set_state(&mut self, step: usize, moments: Vec<(Tensor, Tensor)>) -> Result<()> {
+        if moments.len() != self.slots.len() {
+            candle_core::bail!(
+                "{} optimizer moments for {} variables",
+                moments.len(),
+                self.slots.len()
+            );
+        }
+        for (slot, (m, v)) in self.slots.iter_mut().zip(moments) {
+            slot.m = m.reshape(slot.var.shape())?;
+            slot.v = v.reshape(slot.var.shape())?;
+        }
+        self.step = step;
+        Ok(())
+    }
+
     /// One update at learning rate `lr` from the gradients of the last backward pass; variables
     /// without a gradient are left alone.
     pub fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64) -> Result<()> {

@@ -19,6 +19,7 @@ use crate::calibrated::{calibrated, open_data, Calibrated};
 use crate::compare::{next_batches, Batch};
 use crate::error::{Error, Result};
 use crate::params::{params_reusing_weights, Params, WeightParams};
+use crate::qat::checkpoint;
 use crate::qat::fake_quant::{fake_quant, lsq_grad_scale, Quantizer};
 use crate::qat::optim::{learning_rate, Optimizer, Rule};
 use crate::qdq_export::export;
@@ -52,6 +53,10 @@ pub struct Options {
     pub validation_split: f64,
     /// A JSON-lines log, one line per epoch, written as training goes.
     pub log: Option<std::path::PathBuf>,
+    /// A checkpoint written (atomically) after each epoch.
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// A checkpoint of this model and these settings to continue from.
+    pub resume: Option<std::path::PathBuf>,
 }
 
 /// One epoch's log.
@@ -101,6 +106,15 @@ struct TrainedActivation {
     grad_scale: f64,
 }
 
+/// What a variable is, for its learning rate and weight decay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Weight,
+    Bias,
+    /// A scale or zero-point.
+    Range,
+}
+
 /// Everything trained.
 struct Model {
     weights: Vec<TrainedWeight>,
@@ -140,10 +154,26 @@ pub fn train(
         Some(p) => Some(std::fs::File::create(p).map_err(|e| Error::io(p, "cannot create", e))?),
         None => None,
     };
+    let named: Vec<(String, &Var)> = model
+        .trained(opts)
+        .into_iter()
+        .map(|(n, v, _)| (n, v))
+        .collect();
+    let owner = checkpoint::Owner::new(
+        &std::fs::read(path).map_err(|e| Error::io(path, "cannot read", e))?,
+        &format!("{:?} float={}", opts.ptq.settings, opts.float),
+    );
+    let start = match &opts.resume {
+        Some(p) => checkpoint::load(p, &owner, &named, &mut optimizer)?,
+        None => 0,
+    };
     let mut epochs = Vec::new();
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
-    for epoch in 0..opts.epochs {
+    for epoch in start..opts.epochs {
         let e = run.epoch(epoch, &mut optimizer, progress)?;
+        if let Some(p) = &opts.checkpoint {
+            checkpoint::save(p, &owner, &named, &optimizer, epoch + 1)?;
+        }
         if let Some(v) = e
             .validation
             .filter(|&v| best.as_ref().is_none_or(|b| v > b.0))
@@ -391,26 +421,24 @@ impl Model {
     /// Registers every trained variable: weights and biases at the learning rate (weights
     /// decayed), scales and zero-points at the scales' rate unless frozen.
     fn register(&self, opt: &mut Optimizer, opts: &Options) -> candle_core::Result<()> {
-        let scale_lr = opts.scale_learning_rate;
-        let learn_ranges = !opts.freeze_ranges && !opts.float;
-        for w in &self.weights {
-            opt.add(&w.var, 1.0, true)?;
-            if learn_ranges {
-                opt.add(&w.scale, scale_lr, false)?;
-            }
-        }
-        for (_, b) in &self.biases {
-            opt.add(b, 1.0, false)?;
-        }
-        if learn_ranges {
-            for a in self.activations.values() {
-                opt.add(&a.scale, scale_lr, false)?;
-                if let Some(z) = &a.zero_point {
-                    opt.add(z, scale_lr, false)?;
-                }
+        for (_, var, kind) in self.trained(opts) {
+            match kind {
+                Kind::Weight => opt.add(var, 1.0, true)?,
+                Kind::Bias => opt.add(var, 1.0, false)?,
+                Kind::Range => opt.add(var, opts.scale_learning_rate, false)?,
             }
         }
         Ok(())
+    }
+
+    /// The variables `opts` trains, named, in a fixed order: weights (each with its scale),
+    /// biases, then activation scales and zero-points by value name.
+    fn trained(&self, opts: &Options) -> Vec<(String, &Var, Kind)> {
+        let ranges = !opts.freeze_ranges && !opts.float;
+        self.named()
+            .into_iter()
+            .filter(|(_, _, kind)| ranges || *kind != Kind::Range)
+            .collect()
     }
 
     /// The quantizer of value `name`, if it has one.
@@ -503,18 +531,30 @@ impl Model {
         Ok(())
     }
 
-    /// Every trained value, in a fixed order (weights, scales, biases, activation quantizers by
-    /// name).
-    fn vars(&self) -> Vec<&Var> {
+    /// Every variable, named, in a fixed order (see [`Model::trained`]).
+    fn named(&self) -> Vec<(String, &Var, Kind)> {
+        let mut out = Vec::new();
+        for w in &self.weights {
+            out.push((format!("weight:{}", w.name), &w.var, Kind::Weight));
+            out.push((format!("weight_scale:{}", w.name), &w.scale, Kind::Range));
+        }
+        for (name, b) in &self.biases {
+            out.push((format!("bias:{name}"), b, Kind::Bias));
+        }
         let mut names: Vec<&String> = self.activations.keys().collect();
         names.sort();
-        let weights = self.weights.iter().flat_map(|w| [&w.var, &w.scale]);
-        let biases = self.biases.iter().map(|(_, b)| b);
-        let activations = names.into_iter().flat_map(|n| {
+        for n in names {
             let a = &self.activations[n];
-            std::iter::once(&a.scale).chain(a.zero_point.as_ref())
-        });
-        weights.chain(biases).chain(activations).collect()
+            out.push((format!("scale:{n}"), &a.scale, Kind::Range));
+            if let Some(z) = &a.zero_point {
+                out.push((format!("zero_point:{n}"), z, Kind::Range));
+            }
+        }
+        out
+    }
+
+    fn vars(&self) -> Vec<&Var> {
+        self.named().into_iter().map(|(_, v, _)| v).collect()
     }
 
     /// Copies of every trained value.
