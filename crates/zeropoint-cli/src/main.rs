@@ -128,11 +128,14 @@ fn main() -> ExitCode {
     }
     // Calibration runs whole samples in parallel (rayon), one slice of each batch per thread.
     // candle's own pool for element-wise operators would run beside it, and its idle workers
-    // spin: on 2 cores that made calibration up to 2x slower. Other commands run one batch at a
-    // time and keep candle's pool. Set before any thread starts; an explicit CANDLE_NUM_THREADS
-    // wins.
-    if matches!(cli.command, Command::Quantize(_) | Command::Analyze(_))
-        && std::env::var_os("CANDLE_NUM_THREADS").is_none()
+    // spin: on 2 cores that made calibration up to 2x slower, and a training epoch (whose
+    // backward pass is candle's) 2x slower too (8.3 vs 4.0 s, the embedded MNIST CNN, the
+    // same bytes out). Other commands run one batch at a time and keep candle's pool. Set
+    // before any thread starts; an explicit CANDLE_NUM_THREADS wins.
+    if matches!(
+        cli.command,
+        Command::Quantize(_) | Command::Analyze(_) | Command::Train(_)
+    ) && std::env::var_os("CANDLE_NUM_THREADS").is_none()
     {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
