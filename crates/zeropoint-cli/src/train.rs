@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use zeropoint_onnx::model;
 use zeropoint_quant::qat::optim::Rule;
-use zeropoint_quant::qat::train::{train, Options, Trained};
+use zeropoint_quant::qat::train::{train, Distill, Options, Trained};
 
 use crate::quantize::QuantArgs;
 
@@ -53,6 +53,13 @@ pub struct Args {
     /// Steps of linear learning-rate warm-up before the cosine decay.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
+    /// The distillation loss without labels: kl (class scores, softmax at --temperature) or mse
+    /// (embeddings and other outputs).
+    #[arg(long, value_enum, default_value = "kl")]
+    pub distill: DistillArg,
+    /// The output the loss is computed on (default: the model's first float output).
+    #[arg(long, value_name = "NAME")]
+    pub output_name: Option<String>,
     /// Distillation temperature.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
@@ -84,6 +91,12 @@ pub struct Args {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DistillArg {
+    Kl,
+    Mse,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +171,11 @@ fn options(
         warmup: args.warmup,
         temperature: args.temperature,
         seed: args.seed,
+        distill: match args.distill {
+            DistillArg::Kl => Distill::Kl,
+            DistillArg::Mse => Distill::Mse,
+        },
+        output: args.output_name.clone(),
         freeze_ranges: args.freeze_ranges,
         float: args.float,
         validation_split: args.validation_split,

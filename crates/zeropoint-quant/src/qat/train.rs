@@ -44,6 +44,10 @@ pub struct Options {
     pub temperature: f64,
     /// Seed of the shuffling.
     pub seed: u64,
+    /// The distillation loss (without labels).
+    pub distill: Distill,
+    /// The output the loss is computed on (default: the first float output).
+    pub output: Option<String>,
     /// Keep the PTQ ranges; train the weights only.
     pub freeze_ranges: bool,
     /// Train without quantization (float fine-tuning); the output is a float model.
@@ -57,6 +61,15 @@ pub struct Options {
     pub checkpoint: Option<std::path::PathBuf>,
     /// A checkpoint of this model and these settings to continue from.
     pub resume: Option<std::path::PathBuf>,
+}
+
+/// How the student is compared with the float model without labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distill {
+    /// KL divergence of the softmax over the last axis at the temperature (class scores).
+    Kl,
+    /// Mean squared error (embeddings and other outputs).
+    Mse,
 }
 
 /// One epoch's log.
@@ -295,7 +308,7 @@ impl Run<'_> {
                     correct += usize::from(top as i64 == labels[offset + i]);
                 }
                 None => {
-                    let r = f32s(&first_float_output(self.teacher.run(b.clone())?)?)?;
+                    let r = f32s(&trained_output(self.teacher.run(b.clone())?, self.opts)?)?;
                     for (a, b) in r.iter().zip(&y) {
                         signal += f64::from(*a).powi(2);
                         noise += f64::from(a - b).powi(2);
@@ -466,7 +479,7 @@ impl Model {
             for (name, b) in &self.biases {
                 batch.insert(name.clone(), Value::new(b.as_tensor().clone(), DType::F32));
             }
-            return first_float_output(exec.run(batch)?);
+            return trained_output(exec.run(batch)?, opts);
         }
         for w in &self.weights {
             let q = Quantizer {
@@ -488,7 +501,7 @@ impl Model {
             }
             _ => Ok(v),
         })?;
-        first_float_output(out)
+        trained_output(out, opts)
     }
 
     /// The loss of one step: cross-entropy on the labels of samples `chunk`, or distillation
@@ -508,8 +521,11 @@ impl Model {
                 cross_entropy(&logits, &picked)
             }
             None => {
-                let target = first_float_output(teacher.run(batch)?)?.detach();
-                distillation(&logits, &target, opts.temperature)
+                let target = trained_output(teacher.run(batch)?, opts)?.detach();
+                match opts.distill {
+                    Distill::Kl => distillation(&logits, &target, opts.temperature),
+                    Distill::Mse => (logits - target).and_then(|d| d.sqr()?.mean_all()),
+                }
             }
         };
         loss.map_err(candle_error)
@@ -706,12 +722,22 @@ fn set_initializer(c: &mut Calibrated, name: &str, values: &[f32]) {
     }
 }
 
-/// The first float output's tensor.
-fn first_float_output(out: Vec<(String, Value)>) -> Result<Tensor> {
-    out.into_iter()
-        .find(|(_, v)| v.dtype == DType::F32)
-        .map(|(_, v)| v.tensor)
-        .ok_or_else(|| Error::Environment("training: the model has no float output".into()))
+/// The output the loss is computed on: `opts.output`, or the first float one.
+fn trained_output(out: Vec<(String, Value)>, opts: &Options) -> Result<Tensor> {
+    let names: Vec<String> = out.iter().map(|(n, _)| n.clone()).collect();
+    let picked = match &opts.output {
+        Some(name) => out.into_iter().find(|(n, _)| n == name),
+        None => out.into_iter().find(|(_, v)| v.dtype == DType::F32),
+    };
+    picked.map(|(_, v)| v.tensor).ok_or_else(|| {
+        Error::Environment(match &opts.output {
+            Some(name) => format!(
+                "training: the model has no output '{name}' (its outputs: {})",
+                names.join(", ")
+            ),
+            None => "training: the model has no float output".into(),
+        })
+    })
 }
 
 /// Mean cross-entropy of `logits` (rows over the last axis) against class `labels`.
