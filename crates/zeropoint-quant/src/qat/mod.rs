@@ -5,5 +5,8 @@
 
 pub mod checkpoint;
 pub mod fake_quant;
+pub mod loss;
+pub mod model;
 pub mod optim;
+pub mod options;
 pub mod train;

@@ -1,0 +1,406 @@
+//! The model being trained: a trainable copy of each quantized layer's weight (with its per-channel
+//! scale) and bias and of each activation quantizer's scale and zero-point, initialized from the
+//! PTQ parameters; its fake-quantized forward pass, its loss, and its export as a QDQ (or, with
+//! `--float`, a float) model.
+
+use std::collections::HashMap;
+
+use candle_core::{Tensor, Var};
+use zeropoint_core::{Granularity, QParams};
+use zeropoint_engine::{Executor, Value};
+use zeropoint_onnx::{DType, ModelProto, RawTensor};
+
+use crate::calibrate::Ranges;
+use crate::calibrated::Calibrated;
+use crate::compare::Batch;
+use crate::error::{Error, Result};
+use crate::params::{params_reusing_weights, Params, WeightParams};
+use crate::qat::fake_quant::{fake_quant, lsq_grad_scale, Quantizer};
+use crate::qat::loss::{candle_error, cross_entropy, distillation, trained_output};
+use crate::qat::optim::Optimizer;
+use crate::qat::options::{Distill, Options};
+use crate::qdq_export::export;
+
+/// A weight being trained: its values, its scale (shaped to broadcast against it) and grid.
+pub(crate) struct TrainedWeight {
+    name: String,
+    var: Var,
+    scale: Var,
+    qmin: f64,
+    qmax: f64,
+    grad_scale: f64,
+    params: WeightParams,
+}
+
+/// An activation quantizer being trained.
+pub(crate) struct TrainedActivation {
+    scale: Var,
+    zero_point: Option<Var>,
+    qmin: f64,
+    qmax: f64,
+    grad_scale: f64,
+}
+
+/// What a variable is, for its learning rate and weight decay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Weight,
+    Bias,
+    /// A scale or zero-point.
+    Range,
+}
+
+/// Everything trained.
+pub(crate) struct Model {
+    weights: Vec<TrainedWeight>,
+    biases: Vec<(String, Var)>,
+    /// By the value each quantizes (values sharing a grid point at their source's).
+    activations: HashMap<String, TrainedActivation>,
+    shared: HashMap<String, String>,
+}
+
+impl Model {
+    /// The trainable copy of `c`'s quantized layers, from its PTQ parameters.
+    pub(crate) fn from_ptq(c: &Calibrated, opts: &Options) -> Result<Model> {
+        let weights = c
+            .params
+            .weights
+            .iter()
+            .map(|w| trained_weight(c, w))
+            .collect::<Result<_>>()?;
+        let biases = c
+            .plan
+            .biases
+            .iter()
+            .filter(|b| c.params.bias(&b.name).is_some())
+            .filter_map(|b| c.graph.find_initializer(&b.name))
+            .map(|t| Ok((t.name.clone(), var_of(&t.to_f32s(), &t.shape)?)))
+            .collect::<Result<_>>()?;
+        let mut activations = HashMap::new();
+        let mut shared = HashMap::new();
+        for a in &c.params.activations {
+            if let Some(source) = &a.shares {
+                shared.insert(a.value.clone(), source.clone());
+                continue;
+            }
+            let scheme = opts.ptq.settings.activation_scheme(&a.value);
+            let grid = a.qparams.grid;
+            let (qmin, qmax) = (f64::from(grid.qmin), f64::from(grid.qmax));
+            let zero = f64::from(a.qparams.zero_point[0]) as f32;
+            let elements = c.sizes.get(&a.value).copied().unwrap_or(1);
+            activations.insert(
+                a.value.clone(),
+                TrainedActivation {
+                    scale: var_of(&[a.qparams.scale[0]], &[1])?,
+                    zero_point: (!scheme.symmetric)
+                        .then(|| var_of(&[zero], &[1]))
+                        .transpose()?,
+                    qmin,
+                    qmax,
+                    grad_scale: lsq_grad_scale(elements, qmax),
+                },
+            );
+        }
+        Ok(Model {
+            weights,
+            biases,
+            activations,
+            shared,
+        })
+    }
+
+    /// Registers every trained variable: weights and biases at the learning rate (weights
+    /// decayed), scales and zero-points at the scales' rate unless frozen.
+    pub(crate) fn register(&self, opt: &mut Optimizer, opts: &Options) -> candle_core::Result<()> {
+        for (_, var, kind) in self.trained(opts) {
+            match kind {
+                Kind::Weight => opt.add(var, 1.0, true)?,
+                Kind::Bias => opt.add(var, 1.0, false)?,
+                Kind::Range => opt.add(var, opts.scale_learning_rate, false)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The variables `opts` trains, named, in a fixed order: weights (each with its scale),
+    /// biases, then activation scales and zero-points by value name.
+    pub(crate) fn trained(&self, opts: &Options) -> Vec<(String, &Var, Kind)> {
+        let ranges = !opts.freeze_ranges && !opts.float;
+        self.named()
+            .into_iter()
+            .filter(|(_, _, kind)| ranges || *kind != Kind::Range)
+            .collect()
+    }
+
+    /// The quantizer of value `name`, if it has one.
+    pub(crate) fn activation(&self, name: &str) -> Option<Quantizer<'_>> {
+        let own = self.shared.get(name).map_or(name, String::as_str);
+        self.activations.get(own).map(|a| Quantizer {
+            scale: a.scale.as_tensor(),
+            zero_point: a.zero_point.as_ref().map(Var::as_tensor),
+            qmin: a.qmin,
+            qmax: a.qmax,
+            grad_scale: a.grad_scale,
+        })
+    }
+
+    /// The first output of the fake-quantized model on `batch` (of the float model with
+    /// `opts.float`).
+    pub(crate) fn forward(
+        &self,
+        exec: &Executor,
+        mut batch: Batch,
+        opts: &Options,
+    ) -> Result<Tensor> {
+        if opts.float {
+            for w in &self.weights {
+                batch.insert(
+                    w.name.clone(),
+                    Value::new(w.var.as_tensor().clone(), DType::F32),
+                );
+            }
+            for (name, b) in &self.biases {
+                batch.insert(name.clone(), Value::new(b.as_tensor().clone(), DType::F32));
+            }
+            return trained_output(exec.run(batch)?, opts);
+        }
+        for w in &self.weights {
+            let q = Quantizer {
+                scale: w.scale.as_tensor(),
+                zero_point: None,
+                qmin: w.qmin,
+                qmax: w.qmax,
+                grad_scale: w.grad_scale,
+            };
+            let t = fake_quant(w.var.as_tensor(), &q).map_err(candle_error)?;
+            batch.insert(w.name.clone(), Value::new(t, DType::F32));
+        }
+        for (name, b) in &self.biases {
+            batch.insert(name.clone(), Value::new(b.as_tensor().clone(), DType::F32));
+        }
+        let out = exec.run_with(batch, &mut |name, v| match self.activation(name) {
+            Some(q) if v.dtype == DType::F32 => {
+                Ok(Value::new(fake_quant(&v.tensor, &q)?, DType::F32))
+            }
+            _ => Ok(v),
+        })?;
+        trained_output(out, opts)
+    }
+
+    /// The loss of one step: cross-entropy on the labels of samples `chunk`, or distillation
+    /// from `teacher`.
+    pub(crate) fn loss(
+        &self,
+        student: &Executor,
+        teacher: &Executor,
+        batch: Batch,
+        chunk: &[usize],
+        opts: &Options,
+    ) -> Result<Tensor> {
+        let logits = self.forward(student, batch.clone(), opts)?;
+        let loss = match &opts.labels {
+            Some(labels) => {
+                let picked: Vec<i64> = chunk.iter().map(|&i| labels[i]).collect();
+                cross_entropy(&logits, &picked)
+            }
+            None => {
+                let target = trained_output(teacher.run(batch)?, opts)?.detach();
+                match opts.distill {
+                    Distill::Kl => distillation(&logits, &target, opts.temperature),
+                    Distill::Mse => logits.sub(&target).and_then(|d| d.sqr()?.mean_all()),
+                }
+            }
+        };
+        loss.map_err(candle_error)
+    }
+
+    /// Scales stay positive and zero-points on their grids.
+    pub(crate) fn keep_in_range(&self) -> candle_core::Result<()> {
+        for w in &self.weights {
+            w.scale
+                .set(&w.scale.as_tensor().clamp(1e-12f32, f32::MAX)?)?;
+        }
+        for a in self.activations.values() {
+            a.scale
+                .set(&a.scale.as_tensor().clamp(1e-12f32, f32::MAX)?)?;
+            if let Some(z) = &a.zero_point {
+                z.set(&z.as_tensor().clamp(a.qmin as f32, a.qmax as f32)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every variable, named, in a fixed order (see [`Model::trained`]).
+    pub(crate) fn named(&self) -> Vec<(String, &Var, Kind)> {
+        let mut out = Vec::new();
+        for w in &self.weights {
+            out.push((format!("weight:{}", w.name), &w.var, Kind::Weight));
+            out.push((format!("weight_scale:{}", w.name), &w.scale, Kind::Range));
+        }
+        for (name, b) in &self.biases {
+            out.push((format!("bias:{name}"), b, Kind::Bias));
+        }
+        let mut names: Vec<&String> = self.activations.keys().collect();
+        names.sort();
+        for n in names {
+            let a = &self.activations[n];
+            out.push((format!("scale:{n}"), &a.scale, Kind::Range));
+            if let Some(z) = &a.zero_point {
+                out.push((format!("zero_point:{n}"), z, Kind::Range));
+            }
+        }
+        out
+    }
+
+    pub(crate) fn vars(&self) -> Vec<&Var> {
+        self.named().into_iter().map(|(_, v, _)| v).collect()
+    }
+
+    /// Copies of every trained value.
+    pub(crate) fn snapshot(&self) -> Vec<Tensor> {
+        self.vars()
+            .into_iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()
+            .unwrap_or_default()
+    }
+
+    /// The trained values of a [`Model::snapshot`] put back.
+    pub(crate) fn restore(&self, values: &[Tensor]) -> candle_core::Result<()> {
+        for (v, t) in self.vars().into_iter().zip(values) {
+            v.set(t)?;
+        }
+        Ok(())
+    }
+
+    /// The float model with the trained weights and biases.
+    pub(crate) fn export_float(&self, mut c: Calibrated) -> Result<ModelProto> {
+        for (name, var) in self
+            .weights
+            .iter()
+            .map(|w| (&w.name, &w.var))
+            .chain(self.biases.iter().map(|(n, b)| (n, b)))
+        {
+            let values = var
+                .as_tensor()
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(candle_error)?;
+            set_initializer(&mut c, name, &values);
+        }
+        Ok(c.graph.into_model(&c.base)?)
+    }
+
+    /// The QDQ model with the learned weights, biases, scales and zero-points.
+    pub(crate) fn export(&self, mut c: Calibrated, opts: &Options) -> Result<ModelProto> {
+        let values = |v: &Var| -> Result<Vec<f32>> {
+            v.as_tensor()
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(candle_error)
+        };
+        let mut known = Params::default();
+        for w in &self.weights {
+            set_initializer(&mut c, &w.name, &values(&w.var)?);
+            let p = &w.params;
+            let scale = values(&w.scale)?;
+            let qparams = QParams::new(
+                p.qparams.granularity,
+                p.qparams.grid,
+                scale,
+                vec![0; p.qparams.zero_point.len()],
+            )
+            .map_err(|e| Error::at(&c.graph.source, format!("weight '{}'", w.name), e))?;
+            known.weights.push(WeightParams {
+                qparams,
+                ..p.clone()
+            });
+        }
+        for (name, b) in &self.biases {
+            set_initializer(&mut c, name, &values(b)?);
+        }
+        let ranges = self.ranges(&c, opts)?;
+        let params =
+            params_reusing_weights(&c.graph, &c.plan, &ranges, &opts.ptq.settings, &known)?;
+        export(&c.graph, &c.plan, &params, &c.base)
+    }
+
+    /// Each own activation's learned grid as the range it covers.
+    pub(crate) fn ranges(&self, c: &Calibrated, opts: &Options) -> Result<Ranges> {
+        let mut out = Vec::new();
+        for name in &c.plan.activations {
+            let Some(a) = self.activations.get(name) else {
+                continue;
+            };
+            let first = |v: &Var| -> Result<f32> {
+                v.as_tensor()
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map(|v| v[0])
+                    .map_err(candle_error)
+            };
+            let s = first(&a.scale)?;
+            let z = match &a.zero_point {
+                Some(z) => first(z)?.round(),
+                None => 0.0,
+            };
+            let hi = (a.qmax as f32 - z) * s;
+            let lo = if opts.ptq.settings.activation_scheme(name).symmetric {
+                -hi
+            } else {
+                (a.qmin as f32 - z) * s
+            };
+            out.push((name.clone(), (lo, hi)));
+        }
+        Ok(Ranges(out))
+    }
+}
+
+/// A weight's trainable copy, its scale shaped to broadcast along its channel axis.
+pub(crate) fn trained_weight(c: &Calibrated, w: &WeightParams) -> Result<TrainedWeight> {
+    let t = c
+        .graph
+        .find_initializer(&w.name)
+        .ok_or_else(|| Error::new(&c.graph.source, format!("weight '{}' is missing", w.name)))?;
+    let mut shape = vec![1; t.shape.len()];
+    let per_scale = match w.qparams.granularity {
+        Granularity::PerTensor => t.shape.iter().product(),
+        Granularity::PerAxis { axis } => {
+            shape[axis] = t.shape[axis];
+            t.shape.iter().product::<usize>() / t.shape[axis].max(1)
+        }
+        Granularity::PerBlock { .. } => {
+            return Err(Error::new(
+                &c.graph.source,
+                format!(
+                    "weight '{}': QAT learns per-tensor and per-channel grids, not per-block ones",
+                    w.name
+                ),
+            ))
+        }
+    };
+    let (qmin, qmax) = (
+        f64::from(w.qparams.grid.qmin),
+        f64::from(w.qparams.grid.qmax),
+    );
+    Ok(TrainedWeight {
+        name: w.name.clone(),
+        var: var_of(&t.to_f32s(), &t.shape)?,
+        scale: var_of(&w.qparams.scale, &shape)?,
+        qmin,
+        qmax,
+        grad_scale: lsq_grad_scale(per_scale, qmax),
+        params: w.clone(),
+    })
+}
+
+pub(crate) fn var_of(values: &[f32], shape: &[usize]) -> Result<Var> {
+    Var::from_vec(values.to_vec(), shape, &candle_core::Device::Cpu).map_err(candle_error)
+}
+
+pub(crate) fn set_initializer(c: &mut Calibrated, name: &str, values: &[f32]) {
+    if let Some(t) = c.graph.initializers.iter_mut().find(|t| t.name == name) {
+        let wide: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+        *t = RawTensor::from_f64s(&t.name, &t.shape, &wide, DType::F32);
+    }
+}
