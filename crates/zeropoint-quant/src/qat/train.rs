@@ -96,7 +96,8 @@ pub fn train(
     let mut epochs = Vec::new();
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     for epoch in start..opts.epochs {
-        let e = run.epoch(epoch, &mut optimizer, progress)?;
+        let last = epochs.last().and_then(|e: &Epoch| e.validation);
+        let e = run.epoch((epoch, last), &mut optimizer, progress)?;
         if let Some(p) = &opts.checkpoint {
             checkpoint::save(p, &owner, &named, &optimizer, epoch + 1)?;
         }
@@ -149,9 +150,10 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// One pass over the training samples in a shuffled order, then the validation.
+    /// `last` is the previous epoch's validation, shown with the progress.
     fn epoch(
         &self,
-        epoch: usize,
+        (epoch, last): (usize, Option<f64>),
         optimizer: &mut Optimizer,
         progress: &mut dyn FnMut(&str, usize, usize),
     ) -> Result<Epoch> {
@@ -177,7 +179,11 @@ impl Run<'_> {
             optimizer.step(&grads, lr).map_err(candle_error)?;
             model.keep_in_range().map_err(candle_error)?;
             sum += f64::from(value);
-            let line = format!("training\tepoch {} loss {value:.5}", epoch + 1);
+            let validated = last.map_or(String::new(), |v| format!(", validation {v:.2}"));
+            let line = format!(
+                "training\tepoch {} loss {value:.5}, lr {lr:.1e}{validated}",
+                epoch + 1
+            );
             progress(&line, step + 1, total);
         }
         Ok(Epoch {
