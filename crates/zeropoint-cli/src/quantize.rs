@@ -146,6 +146,9 @@ pub struct QuantArgs {
     /// Calibration samples AdaRound fits each layer on (their activations are held together).
     #[arg(long, default_value_t = 16)]
     pub adaround_samples: usize,
+    /// AdaRound's Adam learning rate.
+    #[arg(long, default_value_t = 1e-2)]
+    pub adaround_lr: f64,
     /// Calibration samples empirical bias correction measures on, all in one batch (memory
     /// grows with it).
     #[arg(long, default_value_t = 16)]
@@ -207,6 +210,9 @@ impl QuantArgs {
         if adaround == Some(0) {
             bail!("--adaround needs at least 1 iteration");
         }
+        if !(self.adaround_lr.is_finite() && self.adaround_lr > 0.0) {
+            bail!("--adaround-lr must be a positive number");
+        }
         let bias_correction = self.bias_correction;
         let target = self.target()?;
         Ok(Options {
@@ -236,6 +242,7 @@ impl QuantArgs {
                 adaround: adaround.map(|iterations| zeropoint_quant::adaround::Options {
                     iterations,
                     samples: self.adaround_samples.max(1),
+                    learning_rate: self.adaround_lr,
                     ..Default::default()
                 }),
                 activation_bits: self.activation_bits()?,
