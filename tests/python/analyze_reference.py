@@ -15,7 +15,9 @@ random calibration samples of which the first 16 are the analysis samples:
   model;
 - `quantize --target-sqnr T`, T 3 dB above W8A8's SQNR, reports the target met, raises
   activations to 16 bits (uint16 quantizers in the export, at opset 21), and ONNX Runtime's
-  SQNR of its model on the same 16 samples is the reported one and at least T.
+  SQNR of its model on the same 16 samples is the reported one and at least T;
+- `quantize --target-agreement 100%` at W4A8 (75 % before) reaches full top-1 agreement with
+  float on those samples, in ONNX Runtime as reported.
 """
 
 import json
@@ -160,6 +162,15 @@ def main():
     wide = [n for n in mixed.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2
             and inits.get(n.input[2]) is not None and inits[n.input[2]].data_type == onnx.TensorProto.UINT16]
     good &= check(len(wide) >= len(sixteen) > 0, f"{len(sixteen)} activations raised, {len(wide)} uint16 quantizers")
+    # An agreement target: top-1 of the first output against float, checked in ONNX Runtime.
+    agreed = work / "agreement.onnx"
+    m = json.loads(zeropoint(exe, "quantize", MODEL, *common, "--json", "-o", agreed, "--target-agreement", "100%",
+                             "--target-samples", SAMPLES))["mixed_precision"]
+    got = outputs(onnx.load(agreed), x[:SAMPLES])[0].argmax(1)
+    ort_agreement = float(np.mean(got == reference[0].argmax(1)))
+    good &= check(m["met"] and m["before"]["agreement"] < 1.0 and ort_agreement == m["after"]["agreement"] == 1.0,
+                  f"--target-agreement 100%: {m['before']['agreement']:.2f} -> {m['after']['agreement']:.2f} "
+                  f"in {len(m['steps'])} raises, ONNX Runtime {ort_agreement:.2f}")
     if not good:
         sys.exit("analyze reference: some checks failed")
     print("analyze reference: all checks passed")
