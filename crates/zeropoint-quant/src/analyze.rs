@@ -20,12 +20,12 @@ use serde::Serialize;
 
 use zeropoint_core::observer::Method;
 use zeropoint_core::stats::histogram;
-use zeropoint_core::Granularity;
+use zeropoint_core::{Granularity, QParams};
 use zeropoint_engine::Executor;
 
 use crate::calibrate::{observe, ranges};
-use crate::calibrated::{calibrated, open_data, Calibrated};
-use crate::compare::{next_batches, Batch};
+use crate::calibrated::{calibrated, first_samples, open_data, Calibrated};
+use crate::compare::Batch;
 use crate::error::Result;
 use crate::mixed_precision::{score_with, to_target, Change};
 use crate::params::{params, Params};
@@ -157,7 +157,7 @@ pub fn analyze(
 
 /// The analysis samples, one per batch.
 fn samples(c: &Calibrated, opts: &Options) -> Result<Vec<Batch>> {
-    next_batches(&mut open_data(&c.graph, &opts.ptq)?, 1, opts.samples.max(1))
+    first_samples(&c.graph, &opts.ptq, opts.samples.max(1))
 }
 
 /// The parameters of `c` with 16-bit grids everywhere (same granularities and estimators).
@@ -179,95 +179,142 @@ fn widest(c: &Calibrated, settings: &Settings) -> Result<Params> {
 }
 
 /// The values of each quantizer in `worst`: weights from the graph, activations from float runs
-/// on the samples (two passes: the range, then the counts).
+/// on the samples. Two passes for all of them together: the ranges, then the counts.
 fn distributions(
     c: &Calibrated,
     settings: &Settings,
     worst: &[&Quantizer],
     batches: &[Batch],
 ) -> Result<Vec<Distribution>> {
+    let mut tallies: Vec<Tally> = worst
+        .iter()
+        .filter_map(|q| Tally::new(c, settings, q))
+        .collect();
+    let names: Vec<String> = tallies
+        .iter()
+        .map(|t| t.quantizer.name().to_string())
+        .collect();
     let exec = Executor::new(&c.graph)?;
-    let each_value = |name: &str, f: &mut dyn FnMut(&[f32], &[usize])| -> Result<()> {
-        if let Some(t) = c.graph.find_initializer(name) {
-            f(&t.to_f32s(), &t.shape);
+    let visit = |f: &mut Visitor| -> Result<()> {
+        for (i, name) in names.iter().enumerate() {
+            if let Some(t) = c.graph.find_initializer(name) {
+                f(i, &t.to_f32s(), &t.shape);
+            }
+        }
+        if names.iter().all(|n| c.graph.find_initializer(n).is_some()) {
             return Ok(());
         }
         for b in batches {
             exec.run_with(b.clone(), &mut |n, v| {
-                if n == name {
-                    v.with_f32s(|x| f(x, v.shape()))?;
+                if let Some(i) = names.iter().position(|name| name == n) {
+                    v.with_f32s(|x| f(i, x, v.shape()))?;
                 }
                 Ok(v)
             })?;
         }
         Ok(())
     };
-    worst
-        .iter()
-        .filter_map(|q| distribution(c, settings, q, &each_value).transpose())
-        .collect()
+    visit(&mut |i, x, _| tallies[i].extend_range(x))?;
+    for t in &mut tallies {
+        t.fix_bins();
+    }
+    visit(&mut |i, x, shape| tallies[i].count(x, shape))?;
+    Ok(tallies.into_iter().map(Tally::finish).collect())
 }
 
-/// What [`distribution`] calls to see a quantizer's values: `f` with each slice and its shape.
-type EachValue<'a> = dyn Fn(&str, &mut dyn FnMut(&[f32], &[usize])) -> Result<()> + 'a;
+/// What sees the values of the `i`-th plotted quantizer: `i`, a slice and its shape.
+type Visitor<'a> = dyn FnMut(usize, &[f32], &[usize]) + 'a;
 
-/// The distribution of one quantizer's values; None for a quantizer without parameters.
-fn distribution(
-    c: &Calibrated,
-    settings: &Settings,
-    q: &Quantizer,
-    each_value: &EachValue,
-) -> Result<Option<Distribution>> {
-    let (qp, bits) = match q {
-        Quantizer::Weight(w) => match c.params.weight(w) {
-            Some(p) => (&p.qparams, p.scheme.bits),
-            None => return Ok(None),
-        },
-        Quantizer::Activation(a) => match c.params.activation(a) {
-            Some(p) => (&p.qparams, settings.activation_scheme(a).bits),
-            None => return Ok(None),
-        },
-    };
-    let clip: Vec<(f32, f32)> = (0..qp.scale.len())
-        .map(|i| qp.get(i).real_range(qp.grid))
-        .collect();
-    let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
-    each_value(q.name(), &mut |x, _| {
+/// One quantizer's distribution as it is gathered.
+struct Tally<'c> {
+    quantizer: Quantizer,
+    bits: u32,
+    qp: &'c QParams,
+    /// The clipping range of each channel.
+    clip: Vec<(f32, f32)>,
+    min: f32,
+    max: f32,
+    lo: f32,
+    hi: f32,
+    counts: Vec<u64>,
+    outside: usize,
+    total: usize,
+}
+
+impl<'c> Tally<'c> {
+    /// None for a quantizer without parameters.
+    fn new(c: &'c Calibrated, settings: &Settings, q: &Quantizer) -> Option<Tally<'c>> {
+        let (qp, bits) = match q {
+            Quantizer::Weight(w) => c.params.weight(w).map(|p| (&p.qparams, p.scheme.bits))?,
+            Quantizer::Activation(a) => c
+                .params
+                .activation(a)
+                .map(|p| (&p.qparams, settings.activation_scheme(a).bits))?,
+        };
+        let clip = (0..qp.scale.len())
+            .map(|i| qp.get(i).real_range(qp.grid))
+            .collect();
+        Some(Tally {
+            quantizer: q.clone(),
+            bits,
+            qp,
+            clip,
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY,
+            lo: 0.0,
+            hi: 0.0,
+            counts: vec![0; BINS],
+            outside: 0,
+            total: 0,
+        })
+    }
+
+    fn extend_range(&mut self, x: &[f32]) {
         for &v in x {
-            (min, max) = (min.min(v), max.max(v));
+            (self.min, self.max) = (self.min.min(v), self.max.max(v));
         }
-    })?;
-    let lo = clip.iter().fold(min, |m, r| m.min(r.0));
-    let hi = clip.iter().fold(max, |m, r| m.max(r.1));
-    let mut counts = vec![0u64; BINS];
-    let (mut outside, mut total) = (0usize, 0usize);
-    each_value(q.name(), &mut |x, shape| {
-        for (c, n) in counts.iter_mut().zip(histogram(x, BINS, lo, hi)) {
+    }
+
+    /// The bins cover the data and every channel's clipping range.
+    fn fix_bins(&mut self) {
+        self.lo = self.clip.iter().fold(self.min, |m, r| m.min(r.0));
+        self.hi = self.clip.iter().fold(self.max, |m, r| m.max(r.1));
+    }
+
+    fn count(&mut self, x: &[f32], shape: &[usize]) {
+        for (c, n) in self
+            .counts
+            .iter_mut()
+            .zip(histogram(x, BINS, self.lo, self.hi))
+        {
             *c += n;
         }
-        let layout = zeropoint_core::Layout::new(shape, qp.granularity).ok();
+        let layout = zeropoint_core::Layout::new(shape, self.qp.granularity).ok();
         for (e, &v) in x.iter().enumerate() {
-            let k = match (&layout, qp.granularity) {
+            let k = match (&layout, self.qp.granularity) {
                 (Some(l), g) if g != Granularity::PerTensor => l.param_index(e),
                 _ => 0,
             };
-            let (a, b) = clip[k.min(clip.len() - 1)];
-            outside += usize::from(v < a || v > b);
+            let (a, b) = self.clip[k.min(self.clip.len() - 1)];
+            self.outside += usize::from(v < a || v > b);
         }
-        total += x.len();
-    })?;
-    Ok(Some(Distribution {
-        quantizer: q.clone(),
-        bits,
-        min,
-        max,
-        scale: qp.scale.clone(),
-        clip,
-        clipped: outside as f64 / total.max(1) as f64,
-        lo,
-        hi,
-        counts,
-    }))
+        self.total += x.len();
+    }
+
+    fn finish(self) -> Distribution {
+        Distribution {
+            quantizer: self.quantizer,
+            bits: self.bits,
+            min: self.min,
+            max: self.max,
+            scale: self.qp.scale.clone(),
+            clip: self.clip,
+            clipped: self.outside as f64 / self.total.max(1) as f64,
+            lo: self.lo,
+            hi: self.hi,
+            counts: self.counts,
+        }
+    }
 }
 
 /// The fixes that apply, each measured on the same samples.

@@ -186,7 +186,7 @@ fn step_samples(graph: &Graph, opts: &Options) -> Result<Option<Vec<Batch>>> {
         return Ok(None);
     }
     let n = STEP_SAMPLES.min(opts.report_samples);
-    Ok(Some(next_batches(&mut open_data(graph, opts)?, 1, n)?))
+    Ok(Some(first_samples(graph, opts, n)?))
 }
 
 /// The score of the model quantized without cross-layer equalization (nor any later step), with
@@ -236,7 +236,7 @@ impl Rounding<'_> {
         let settings = &opts.settings;
         let adaround = match &settings.adaround {
             Some(a) => {
-                let one_each = next_batches(&mut open_data(self.graph, opts)?, 1, a.samples)?;
+                let one_each = first_samples(self.graph, opts, a.samples)?;
                 self.adaround(one_each, a, progress)?
             }
             None => Vec::new(),
@@ -244,7 +244,7 @@ impl Rounding<'_> {
         let (graph, plan, params) = (&mut *self.graph, self.plan, self.params);
         let corrections = match settings.bias_correction {
             Some(BiasCorrection::Empirical { samples }) => {
-                let one_each = next_batches(&mut open_data(graph, opts)?, 1, samples)?;
+                let one_each = first_samples(graph, opts, samples)?;
                 correct_biases(graph, plan, params, one_each)?
             }
             Some(BiasCorrection::Analytic) => {
@@ -316,6 +316,13 @@ fn drop_contradicted_output_shapes(graph: &mut Graph, seen: &Run) {
             }
         }
     }
+}
+
+/// The first `n` calibration samples (fewer if the data has fewer), one per batch.
+pub fn first_samples(graph: &Graph, opts: &Options, n: usize) -> Result<Vec<Batch>> {
+    let mut data = open_data(graph, opts)?;
+    let n = n.min(data.len);
+    next_batches(&mut data, 1, n)
 }
 
 /// The calibration data of `opts`, for `graph`'s inputs.

@@ -28,7 +28,7 @@ pub fn encodings(o: &Outcome, settings: &Settings) -> Value {
                 entry(
                     &a.qparams,
                     // A shared grid is its source's, at the source's bit-width.
-                    &settings.activation_scheme(a.shares.as_deref().unwrap_or(&a.value)),
+                    &settings.activation_scheme(a.grid_owner()),
                     a.range,
                 ),
             )

@@ -203,7 +203,7 @@ impl Evaluation {
 }
 
 /// Indices of the `k` largest values, largest first (ties: lower index first).
-fn top(x: &[f32], k: usize) -> Vec<usize> {
+pub(crate) fn top(x: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..x.len()).collect();
     idx.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
     idx.truncate(k);

@@ -22,7 +22,7 @@ use crate::calibrated::Calibrated;
 use crate::error::{Error, Result};
 use crate::params::{params_reusing_weights, Params};
 use crate::placement::Plan;
-use crate::sensitivity::{subset, Probe, Quantizer, Score};
+use crate::sensitivity::{subset, Probe, Quantizer, Score, Sites};
 use crate::settings::{Settings, Target};
 
 /// The bit-width an activation is raised to.
@@ -279,12 +279,7 @@ fn gain(before: &Score, after: &Score, t: &Target) -> f64 {
 
 /// Every raise of `c`: each activation below 16 bits to 16 bits, each weight's layer to float.
 fn candidates(c: &Calibrated, settings: &Settings) -> Vec<Candidate> {
-    let producers: HashMap<&str, &str> = c
-        .graph
-        .all_nodes()
-        .into_iter()
-        .flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n.name.as_str())))
-        .collect();
+    let sites = Sites::new(&c.graph, &c.plan);
     let activations = c
         .plan
         .activations
@@ -292,7 +287,7 @@ fn candidates(c: &Calibrated, settings: &Settings) -> Vec<Candidate> {
         .filter(|a| settings.activation_scheme(a).bits < RAISED_BITS)
         .map(|a| Candidate {
             quantizer: Quantizer::Activation(a.clone()),
-            node: producers.get(a.as_str()).unwrap_or(&"").to_string(),
+            node: sites.of(&Quantizer::Activation(a.clone())).0.to_string(),
             change: Change::Bits16,
             bytes: c.sizes.get(a).copied().unwrap_or(1) * (RAISED_BITS - 8) as usize / 8,
         });

@@ -51,6 +51,13 @@ pub struct Params {
     pub biases: Vec<BiasParams>,
 }
 
+impl ActivationParams {
+    /// The value whose grid this one is on: its source if it shares one, else itself.
+    pub fn grid_owner(&self) -> &str {
+        self.shares.as_deref().unwrap_or(&self.value)
+    }
+}
+
 impl BiasParams {
     /// The bias as the exported model's DequantizeLinear gives it: codes times scales.
     pub fn dequantized(&self) -> Vec<f32> {
@@ -206,28 +213,24 @@ fn weight_params(graph: &Graph, w: &WeightSite, settings: &Settings) -> Result<W
 }
 
 /// An int32 bias of `values` for a layer with weight parameters `wq` and input parameters `xq`:
-/// scale s_x · s_w[c], codes rounded half to even. None when the weight's parameters are not one
-/// per bias element (nor one for all), or when a code would not fit int32.
+/// scale s_x · s_w[c], codes rounded half to even (in int32's range: [`fit_bias_in_int32`]
+/// makes them fit). None when the weight's parameters are not one per bias element (nor one for
+/// all).
 fn bias_params(name: &str, values: &[f32], wq: &QParams, xq: &QParams) -> Option<BiasParams> {
     if wq.scale.len() != 1 && wq.scale.len() != values.len() {
         return None;
     }
     let sw = |c: usize| wq.scale[if wq.scale.len() == 1 { 0 } else { c }];
     let scale: Vec<f32> = (0..values.len()).map(|c| xq.scale[0] * sw(c)).collect();
-    let codes: Vec<f64> = values
+    let codes = values
         .iter()
         .zip(&scale)
-        .map(|(&v, &s)| (f64::from(v) / f64::from(s)).round_ties_even())
+        .map(|(&v, &s)| {
+            (f64::from(v) / f64::from(s))
+                .round_ties_even()
+                .clamp(i32::MIN as f64, i32::MAX as f64) as i32
+        })
         .collect();
-    // 16-bit weights and activations make s_x·s_w tiny (1e-10): a bias that does not fit int32
-    // then stays float rather than being clipped (clipped, it ruined the model: 6.5 dB).
-    if codes
-        .iter()
-        .any(|&q| !(f64::from(i32::MIN)..=f64::from(i32::MAX)).contains(&q))
-    {
-        return None;
-    }
-    let codes = codes.into_iter().map(|q| q as i32).collect();
     Some(BiasParams {
         name: name.to_string(),
         codes,

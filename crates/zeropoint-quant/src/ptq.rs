@@ -20,7 +20,7 @@ use zeropoint_graph::canonicalize::Report;
 use zeropoint_graph::Graph;
 use zeropoint_onnx::ModelProto;
 
-use crate::compare::{next_batches, LayerError};
+use crate::compare::LayerError;
 use crate::error::Result;
 use crate::params::Params;
 use crate::placement::Plan;
@@ -30,6 +30,7 @@ use crate::report::layer_errors;
 use crate::sensitivity::Probe;
 use crate::settings::Settings;
 
+use crate::calibrated::first_samples;
 pub use crate::calibrated::{calibrated, open_data, Calibrated, Options, StageSeconds};
 
 /// Everything a quantization run produced.
@@ -77,7 +78,7 @@ pub fn quantize(
     let mixed_precision = match opts.settings.target {
         Some(target) => {
             let t = Instant::now();
-            let samples = next_batches(&mut open_data(&c.graph, opts)?, 1, target.samples)?;
+            let samples = first_samples(&c.graph, opts, target.samples)?;
             let probe = Probe::new(c.reference(), &c.graph, samples)?;
             let known = std::collections::HashMap::new();
             let (report, mixed) = crate::mixed_precision::to_target(

@@ -19,6 +19,7 @@ use zeropoint_graph::Graph;
 
 use crate::compare::{Batch, Outputs};
 use crate::error::Result;
+use crate::evaluate::top;
 use crate::params::Params;
 use crate::placement::Plan;
 use crate::simulate::Simulation;
@@ -134,18 +135,7 @@ fn top1_agreement(f: &Value, q: &Value) -> Result<(usize, usize)> {
     if width < 2 || f.shape() != q.shape() {
         return Ok((0, 0));
     }
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                if v > bv {
-                    (i, v)
-                } else {
-                    (bi, bv)
-                }
-            })
-            .0
-    };
+    let argmax = |row: &[f32]| top(row, 1)[0];
     let counted = f.with_f32s(|r| {
         q.with_f32s(|x| {
             let same = r
@@ -185,11 +175,7 @@ pub fn subset(params: &Params, plan: &Plan, keep: impl Fn(&Quantizer) -> bool) -
     let activations: Vec<_> = params
         .activations
         .iter()
-        .filter(|a| {
-            keep(&Quantizer::Activation(
-                a.shares.clone().unwrap_or(a.value.clone()),
-            ))
-        })
+        .filter(|a| keep(&Quantizer::Activation(a.grid_owner().to_string())))
         .cloned()
         .collect();
     let kept = Params {
@@ -226,35 +212,53 @@ pub struct Sensitivity {
     pub all_but: Score,
 }
 
+/// Where each quantizer sits: the layer reading a weight, the node producing an activation
+/// (subgraphs included), each with its operator.
+pub struct Sites<'g> {
+    producers: HashMap<&'g str, (&'g str, &'g str)>,
+    readers: HashMap<&'g str, (&'g str, &'g str)>,
+}
+
+impl<'g> Sites<'g> {
+    pub fn new(graph: &'g Graph, plan: &'g Plan) -> Sites<'g> {
+        let producers = graph
+            .all_nodes()
+            .into_iter()
+            .flat_map(|n| {
+                n.outputs
+                    .iter()
+                    .map(move |o| (o.as_str(), (n.name.as_str(), n.op.as_str())))
+            })
+            .collect();
+        let readers = plan
+            .weights
+            .iter()
+            .map(|w| (w.name.as_str(), (w.node.as_str(), w.op.as_str())))
+            .collect();
+        Sites { producers, readers }
+    }
+
+    /// The node and operator of `q` ("" for a graph input).
+    pub fn of(&self, q: &Quantizer) -> (&'g str, &'g str) {
+        let at = match q {
+            Quantizer::Weight(w) => self.readers.get(w.as_str()),
+            Quantizer::Activation(a) => self.producers.get(a.as_str()),
+        };
+        at.copied().unwrap_or(("", ""))
+    }
+}
+
 /// The sensitivity of every quantizer of `params`, most harmful first: by the SQNR of the
 /// model with only that quantizer, lowest first. Quantizers are measured in parallel, each on
 /// all the probe's samples.
 pub fn sensitivities(probe: &Probe, plan: &Plan, params: &Params) -> Result<Vec<Sensitivity>> {
-    let graph = probe.graph();
-    let producers: HashMap<&str, (&str, &str)> = graph
-        .all_nodes()
-        .into_iter()
-        .flat_map(|n| {
-            n.outputs
-                .iter()
-                .map(move |o| (o.as_str(), (n.name.as_str(), n.op.as_str())))
-        })
-        .collect();
-    let readers: HashMap<&str, (&str, &str)> = plan
-        .weights
-        .iter()
-        .map(|w| (w.name.as_str(), (w.node.as_str(), w.op.as_str())))
-        .collect();
+    let sites = Sites::new(probe.graph(), plan);
     let mut out = quantizers(params)
         .into_par_iter()
         .map(|q| {
             let alone = probe.score(&subset(params, plan, |o| *o == q))?;
             let all_but = probe.score(&subset(params, plan, |o| *o != q))?;
-            let at = match &q {
-                Quantizer::Weight(w) => readers.get(w.as_str()),
-                Quantizer::Activation(a) => producers.get(a.as_str()),
-            };
-            let (node, op) = at.copied().unwrap_or(("", ""));
+            let (node, op) = sites.of(&q);
             Ok(Sensitivity {
                 node: node.to_string(),
                 op: op.to_string(),

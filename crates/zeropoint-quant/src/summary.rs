@@ -82,10 +82,7 @@ impl Summary {
                     range: a.and_then(|a| a.range).map(|r| [r.0, r.1]),
                     scale: a.map(|a| a.qparams.scale[0]),
                     zero_point: a.map(|a| a.qparams.zero_point[0]),
-                    bits: a.map(|a| {
-                        let own = a.shares.as_deref().unwrap_or(&a.value);
-                        o.settings.activation_scheme(own).bits
-                    }),
+                    bits: a.map(|a| o.settings.activation_scheme(a.grid_owner()).bits),
                     shares: o
                         .plan
                         .shared
