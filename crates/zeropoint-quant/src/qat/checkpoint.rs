@@ -7,17 +7,12 @@ use std::path::Path;
 use candle_core::{Device, Tensor, Var};
 
 use crate::error::{Error, Result};
+use crate::qat::loss::f32s;
 use crate::qat::optim::Optimizer;
 
 /// Names of the bookkeeping entries (variables are named `kind:value`, which has no '#').
 const EPOCHS: &str = "#epochs";
 const STEPS: &str = "#steps";
-
-fn values(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(|e| Error::Environment(format!("checkpoint: {e}")))
-}
 
 /// What a checkpoint belongs to: a fingerprint of the model file and of the settings. Resuming
 /// with another model or other schemes is refused.
@@ -54,9 +49,9 @@ pub fn save(
     let mut out = Vec::with_capacity(3 * vars.len() + 2);
     for ((name, var), (m, v)) in vars.iter().zip(moments) {
         let shape = var.shape().dims().to_vec();
-        out.push((name.clone(), shape.clone(), values(var.as_tensor())?));
-        out.push((format!("{name}#m"), shape.clone(), values(m)?));
-        out.push((format!("{name}#v"), shape, values(v)?));
+        out.push((name.clone(), shape.clone(), f32s(var)?));
+        out.push((format!("{name}#m"), shape.clone(), f32s(m)?));
+        out.push((format!("{name}#v"), shape, f32s(v)?));
     }
     out.push((EPOCHS.into(), vec![], vec![epochs as f32]));
     out.push((STEPS.into(), vec![], vec![steps as f32]));
@@ -127,7 +122,7 @@ pub fn load(
             find(&format!("{name}#v"), &shape)?,
         ));
     }
-    let scalar = |name: &str| -> Result<usize> { Ok(values(&find(name, &[])?)?[0] as usize) };
+    let scalar = |name: &str| -> Result<usize> { Ok(f32s(&find(name, &[])?)?[0] as usize) };
     opt.set_state(scalar(STEPS)?, moments)
         .map_err(|e| Error::Environment(format!("checkpoint: {e}")))?;
     scalar(EPOCHS)

@@ -8,6 +8,13 @@ use zeropoint_onnx::DType;
 use crate::error::{Error, Result};
 use crate::qat::options::Options;
 
+/// A tensor's values, flattened.
+pub(crate) fn f32s(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(candle_error)
+}
+
 pub(crate) fn candle_error(e: candle_core::Error) -> Error {
     Error::Environment(format!("training: {e}"))
 }

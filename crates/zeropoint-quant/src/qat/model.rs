@@ -16,7 +16,7 @@ use crate::compare::Batch;
 use crate::error::{Error, Result};
 use crate::params::{params_reusing_weights, Params, WeightParams};
 use crate::qat::fake_quant::{fake_quant, lsq_grad_scale, Quantizer};
-use crate::qat::loss::{candle_error, cross_entropy, distillation, trained_output};
+use crate::qat::loss::{candle_error, cross_entropy, distillation, f32s, trained_output};
 use crate::qat::optim::Optimizer;
 use crate::qat::options::{Distill, Options};
 use crate::qdq_export::export;
@@ -152,31 +152,26 @@ impl Model {
         mut batch: Batch,
         opts: &Options,
     ) -> Result<Tensor> {
-        if opts.float {
-            for w in &self.weights {
-                batch.insert(
-                    w.name.clone(),
-                    Value::new(w.var.as_tensor().clone(), DType::F32),
-                );
-            }
-            for (name, b) in &self.biases {
-                batch.insert(name.clone(), Value::new(b.as_tensor().clone(), DType::F32));
-            }
-            return trained_output(exec.run(batch)?, opts);
-        }
         for w in &self.weights {
-            let q = Quantizer {
-                scale: w.scale.as_tensor(),
-                zero_point: None,
-                qmin: w.qmin,
-                qmax: w.qmax,
-                grad_scale: w.grad_scale,
+            let t = if opts.float {
+                w.var.as_tensor().clone()
+            } else {
+                let q = Quantizer {
+                    scale: w.scale.as_tensor(),
+                    zero_point: None,
+                    qmin: w.qmin,
+                    qmax: w.qmax,
+                    grad_scale: w.grad_scale,
+                };
+                fake_quant(w.var.as_tensor(), &q).map_err(candle_error)?
             };
-            let t = fake_quant(w.var.as_tensor(), &q).map_err(candle_error)?;
             batch.insert(w.name.clone(), Value::new(t, DType::F32));
         }
         for (name, b) in &self.biases {
             batch.insert(name.clone(), Value::new(b.as_tensor().clone(), DType::F32));
+        }
+        if opts.float {
+            return trained_output(exec.run(batch)?, opts);
         }
         let out = exec.run_with(batch, &mut |name, v| match self.activation(name) {
             Some(q) if v.dtype == DType::F32 => {
@@ -281,29 +276,18 @@ impl Model {
             .map(|w| (&w.name, &w.var))
             .chain(self.biases.iter().map(|(n, b)| (n, b)))
         {
-            let values = var
-                .as_tensor()
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(candle_error)?;
-            set_initializer(&mut c, name, &values);
+            set_initializer(&mut c, name, &f32s(var)?);
         }
         Ok(c.graph.into_model(&c.base)?)
     }
 
     /// The QDQ model with the learned weights, biases, scales and zero-points.
     pub(crate) fn export(&self, mut c: Calibrated, opts: &Options) -> Result<ModelProto> {
-        let values = |v: &Var| -> Result<Vec<f32>> {
-            v.as_tensor()
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(candle_error)
-        };
         let mut known = Params::default();
         for w in &self.weights {
-            set_initializer(&mut c, &w.name, &values(&w.var)?);
+            set_initializer(&mut c, &w.name, &f32s(&w.var)?);
             let p = &w.params;
-            let scale = values(&w.scale)?;
+            let scale = f32s(&w.scale)?;
             let qparams = QParams::new(
                 p.qparams.granularity,
                 p.qparams.grid,
@@ -317,7 +301,7 @@ impl Model {
             });
         }
         for (name, b) in &self.biases {
-            set_initializer(&mut c, name, &values(b)?);
+            set_initializer(&mut c, name, &f32s(b)?);
         }
         let ranges = self.ranges(&c, opts)?;
         let params =
@@ -332,16 +316,9 @@ impl Model {
             let Some(a) = self.activations.get(name) else {
                 continue;
             };
-            let first = |v: &Var| -> Result<f32> {
-                v.as_tensor()
-                    .flatten_all()
-                    .and_then(|t| t.to_vec1::<f32>())
-                    .map(|v| v[0])
-                    .map_err(candle_error)
-            };
-            let s = first(&a.scale)?;
+            let s = f32s(&a.scale)?[0];
             let z = match &a.zero_point {
-                Some(z) => first(z)?.round(),
+                Some(z) => f32s(z)?[0].round(),
                 None => 0.0,
             };
             let hi = (a.qmax as f32 - z) * s;
@@ -400,7 +377,6 @@ pub(crate) fn var_of(values: &[f32], shape: &[usize]) -> Result<Var> {
 
 pub(crate) fn set_initializer(c: &mut Calibrated, name: &str, values: &[f32]) {
     if let Some(t) = c.graph.initializers.iter_mut().find(|t| t.name == name) {
-        let wide: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
-        *t = RawTensor::from_f64s(&t.name, &t.shape, &wide, DType::F32);
+        *t = RawTensor::from_f32s(&t.name, &t.shape, values);
     }
 }

@@ -12,11 +12,12 @@ use candle_core::{Tensor, Var};
 use zeropoint_engine::{Executor, Value};
 use zeropoint_onnx::ModelProto;
 
-use crate::calibrated::{calibrated, open_data, Calibrated};
-use crate::compare::{next_batches, Batch};
+use crate::calibrated::{calibrated, first_samples, Calibrated};
+use crate::compare::Batch;
 use crate::error::{Error, Result};
+use crate::evaluate::top;
 use crate::qat::checkpoint;
-use crate::qat::loss::{candle_error, trained_output};
+use crate::qat::loss::{candle_error, f32s, trained_output};
 use crate::qat::model::Model;
 pub use crate::qat::optim::Rule;
 use crate::qat::optim::{learning_rate, Optimizer};
@@ -57,9 +58,7 @@ pub fn train(
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Trained> {
     let c = calibrated(path, &opts.ptq, progress)?;
-    let mut data = open_data(&c.graph, &opts.ptq)?;
-    let n = data.len;
-    let mut samples = next_batches(&mut data, 1, n)?;
+    let mut samples = first_samples(&c.graph, &opts.ptq, usize::MAX)?;
     check_labels(&c, opts, samples.len())?;
     let held = ((samples.len() as f64) * opts.validation_split.clamp(0.0, 0.9)).round() as usize;
     let validation = samples.split_off(samples.len() - held);
@@ -208,23 +207,10 @@ impl Run<'_> {
                 .model
                 .forward(&self.student, b.clone(), self.opts)?
                 .detach();
-            let f32s = |t: &Tensor| -> Result<Vec<f32>> {
-                t.flatten_all()
-                    .and_then(|t| t.to_vec1())
-                    .map_err(candle_error)
-            };
             let y = f32s(&out)?;
             match &self.opts.labels {
                 Some(labels) => {
-                    let top = y
-                        .iter()
-                        .enumerate()
-                        .fold(
-                            (0, f32::NEG_INFINITY),
-                            |m, (k, &v)| if v > m.1 { (k, v) } else { m },
-                        )
-                        .0;
-                    correct += usize::from(top as i64 == labels[offset + i]);
+                    correct += usize::from(top(&y, 1)[0] as i64 == labels[offset + i]);
                 }
                 None => {
                     let r = f32s(&trained_output(self.teacher.run(b.clone())?, self.opts)?)?;
