@@ -55,8 +55,7 @@ pub fn run(args: &Args) -> Result<()> {
         None => {
             let files = crate::embedded::write(dir.path())?;
             let mut quant = args.quant.clone();
-            quant.data.mean = vec![crate::embedded::MEAN];
-            quant.data.std = vec![crate::embedded::STD];
+            crate::embedded::use_preprocessing(&mut quant.data);
             let calib = vec![files.calib_images.display().to_string()];
             (
                 files.model,

@@ -27,6 +27,12 @@ pub struct Files {
     pub test_labels: PathBuf,
 }
 
+/// Sets `data` to the embedded model's preprocessing.
+pub fn use_preprocessing(data: &mut crate::data_args::DataArgs) {
+    data.mean = vec![MEAN];
+    data.std = vec![STD];
+}
+
 pub fn write(dir: &Path) -> Result<Files> {
     let put = |name: &str, bytes: &[u8]| -> Result<PathBuf> {
         let p = dir.join(name);

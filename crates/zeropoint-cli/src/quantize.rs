@@ -401,8 +401,7 @@ fn demo(args: &Args) -> Result<()> {
         .unwrap_or_else(|| ptq::default_output(Path::new("mnist_cnn.onnx"), args.quant.tag()));
     check_output(&files.model, &output)?;
     let mut quant = args.quant.clone();
-    quant.data.mean = vec![crate::embedded::MEAN];
-    quant.data.std = vec![crate::embedded::STD];
+    crate::embedded::use_preprocessing(&mut quant.data);
     let calib = if args.calib.is_empty() {
         vec![files.calib_images.display().to_string()]
     } else {

@@ -218,8 +218,7 @@ fn demo(args: &Args, dir: &Path) -> Result<()> {
         quant.weights = Some("int4".into());
         quant.activations = Some("uint4".into());
     }
-    quant.data.mean = vec![crate::embedded::MEAN];
-    quant.data.std = vec![crate::embedded::STD];
+    crate::embedded::use_preprocessing(&mut quant.data);
     let output = args
         .output
         .clone()
