@@ -8,7 +8,7 @@ use clap::Args as ClapArgs;
 use zeropoint_onnx::atomic;
 use zeropoint_quant::analyze::{analyze, Analysis, Options};
 
-use crate::quantize::QuantArgs;
+use crate::quant_args::QuantArgs;
 use crate::scores::{label, score, verdict_16_bits, verdict_split};
 use crate::table::{db, Table};
 
@@ -72,7 +72,7 @@ pub fn run(args: &Args) -> Result<()> {
         let base = args.model.as_deref().unwrap_or(Path::new("mnist_cnn.onnx"));
         base.with_extension("analysis.html")
     });
-    crate::quantize::check_output(&model, &html)?;
+    crate::output::check_output(&model, &html)?;
     let opts = Options {
         ptq: quant.options(calib)?,
         samples: args.analysis_samples.max(1),

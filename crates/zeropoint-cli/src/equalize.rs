@@ -30,7 +30,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    crate::quantize::check_output(&args.model, &args.output)?;
+    crate::output::check_output(&args.model, &args.output)?;
     let settings = Settings {
         equalize: Some(Options {
             relu6_as_relu: args.relu6_as_relu,

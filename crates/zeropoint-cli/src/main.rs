@@ -12,8 +12,10 @@ mod eval;
 mod explain;
 mod graph;
 mod inspect;
+mod output;
 mod plot;
 mod progress;
+mod quant_args;
 mod quantize;
 mod range_args;
 mod run;
@@ -21,6 +23,7 @@ mod scheme_args;
 mod scores;
 mod table;
 mod train;
+mod weight_only;
 
 use std::process::ExitCode;
 

@@ -11,7 +11,7 @@ use zeropoint_onnx::model;
 use zeropoint_quant::qat::optim::Rule;
 use zeropoint_quant::qat::train::{train, Distill, Options, Trained};
 
-use crate::quantize::QuantArgs;
+use crate::quant_args::QuantArgs;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -128,7 +128,7 @@ pub fn run(args: &Args) -> Result<()> {
         .output
         .clone()
         .unwrap_or_else(|| zeropoint_quant::ptq::default_output(model, tag));
-    crate::quantize::check_output(model, &output)?;
+    crate::output::check_output(model, &output)?;
     // With --samples N the data is its first N samples, and so are the labels.
     let labels = match &args.labels {
         Some(p) => {
@@ -223,7 +223,7 @@ fn demo(args: &Args, dir: &Path) -> Result<()> {
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from("mnist_cnn.qat.onnx"));
-    crate::quantize::check_output(&files.model, &output)?;
+    crate::output::check_output(&files.model, &output)?;
     let data = vec![files.calib_images.display().to_string()];
     let opts = options(args, &quant, data, None)?;
     let trained = train(&files.model, &opts, &mut crate::progress::bar())?;

@@ -64,5 +64,6 @@ pub mod sensitivity;
 pub mod settings;
 pub mod simulate;
 pub mod summary;
+pub mod weight_only;
 
 pub use error::{Error, Result};

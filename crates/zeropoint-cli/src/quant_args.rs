@@ -1,0 +1,315 @@
+//! The flags that choose how a model is quantized (presets, schemes, range estimators, the PTQ
+//! algorithms, mixed precision), shared by `quantize`, `analyze` and `train`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, ValueEnum};
+use zeropoint_core::{Granularity, Scheme};
+use zeropoint_quant::ptq::Options;
+use zeropoint_quant::settings::{BiasCorrection, Preset, Settings, Target};
+
+use crate::data_args::DataArgs;
+use crate::range_args::RangeMethod;
+
+/// The presets by name.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresetArg {
+    /// int8 weights, uint8 activations.
+    W8a8,
+    /// int4 weights (embedding tables int8), uint8 activations.
+    W4a8,
+    /// int8 weights, uint16 activations.
+    W8a16,
+    /// int4 weights, uint16 activations.
+    W4a16,
+}
+
+impl PresetArg {
+    fn preset(self) -> Preset {
+        match self {
+            PresetArg::W8a8 => Preset::W8A8,
+            PresetArg::W4a8 => Preset::W4A8,
+            PresetArg::W8a16 => Preset::W8A16,
+            PresetArg::W4a16 => Preset::W4A16,
+        }
+    }
+}
+
+/// `--recipe`'s variants.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipe {
+    /// The white paper's standard PTQ pipeline.
+    Standard,
+}
+
+/// `--bias-correction`'s variants.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BiasCorrectionArg {
+    Empirical,
+    Analytic,
+}
+
+/// The choices of a quantization run, shared with the main job.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct QuantArgs {
+    /// The schemes of weights and activations.
+    #[arg(long, value_enum, default_value = "w8a8")]
+    pub preset: PresetArg,
+    /// Weight scheme, overriding the preset: int8|int4|..., then ",sym"/",asym" and
+    /// ",per-channel"/",per-tensor"/",per-block=N", e.g. "int8,sym,per-channel".
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// Activation scheme, overriding the preset: uint8|int8|uint16|int16, then ",asym"/",sym".
+    #[arg(long)]
+    pub activations: Option<String>,
+    /// Range estimator for weights [default: minmax; mse with --recipe standard].
+    #[arg(long, value_enum)]
+    pub weight_range: Option<RangeMethod>,
+    /// Range estimator for activations.
+    #[arg(long, value_enum, default_value = "mse")]
+    pub activation_range: RangeMethod,
+    /// Keep these nodes float: node names or operator types (repeatable).
+    #[arg(long, value_name = "NAME|OP")]
+    pub exclude: Vec<String>,
+    /// Use at most this many calibration samples.
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Samples per calibration batch and thread.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Samples on which the simulated model is compared with the float one, layer by layer.
+    #[arg(long, default_value_t = 64)]
+    pub report_samples: usize,
+    /// The white paper's standard PTQ pipeline (Nagel et al. 2021, §4.7, Fig. 9): BatchNorm
+    /// folding, cross-layer equalization with high-bias absorption where it applies, MSE weight
+    /// ranges, AdaRound, MSE activation ranges: --cle --weight-range mse --adaround.
+    /// --weight-range and --adaround=ITERS override; --bias-correction replaces AdaRound.
+    #[arg(long, value_enum)]
+    pub recipe: Option<Recipe>,
+    /// Cross-layer equalization before quantizing (Nagel et al. 2019): rescales the channels of
+    /// consecutive layers so that per-tensor weight grids fit every channel, and absorbs high
+    /// biases into the next layer where BatchNorm statistics say how high (docs/algorithms.md).
+    #[arg(long)]
+    pub cle: bool,
+    /// With --cle: replace each ReLU6 between two layers by a ReLU so that they can be
+    /// equalized (the paper's choice; changes the float model where an activation exceeds 6).
+    #[arg(long)]
+    pub cle_relu6: bool,
+    /// With --cle: do not absorb high biases.
+    #[arg(long)]
+    pub no_bias_absorption: bool,
+    /// Bias correction (Nagel et al. 2019). empirical (the default): each quantized layer's mean
+    /// output error per channel, measured on calibration samples with the layers before it
+    /// quantized and corrected, is subtracted from its bias. analytic: the error the quantized
+    /// weights cause on the mean input that the preceding BatchNorm's statistics give.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "empirical")]
+    pub bias_correction: Option<BiasCorrectionArg>,
+    /// AdaRound (Nagel et al. 2020): learn each weight's rounding, up or down, layer by layer on
+    /// calibration samples, with ITERS Adam steps per layer [default: 1000].
+    #[arg(long, value_name = "ITERS", num_args = 0..=1, default_missing_value = "1000")]
+    pub adaround: Option<usize>,
+    /// Calibration samples AdaRound fits each layer on (their activations are held together).
+    #[arg(long, default_value_t = 16)]
+    pub adaround_samples: usize,
+    /// AdaRound's Adam learning rate.
+    #[arg(long, default_value_t = 1e-2)]
+    pub adaround_lr: f64,
+    /// Calibration samples empirical bias correction measures on, all in one batch (memory
+    /// grows with it).
+    #[arg(long, default_value_t = 16)]
+    pub bias_correction_samples: usize,
+    /// Mixed precision: raise the quantizers that buy the most output SQNR per byte (activations
+    /// to 16 bits, layers kept float), one at a time, until the simulated model's output SQNR
+    /// against float reaches DB on calibration samples. Exports at opset 21.
+    #[arg(long, value_name = "DB")]
+    pub target_sqnr: Option<f64>,
+    /// Mixed precision, like --target-sqnr, to a top-1 agreement with the float model (a
+    /// fraction, 0.99, or a percentage, 99%) on the first output's class scores.
+    #[arg(long, value_name = "P")]
+    pub target_agreement: Option<String>,
+    /// Quantize this activation with BITS bits instead of the scheme's, e.g. relu_5=16
+    /// (repeatable; `analyze` names the activations that need it).
+    #[arg(long, value_name = "VALUE=BITS")]
+    pub activation_bits: Vec<String>,
+    /// Calibration samples the mixed-precision target is measured on.
+    #[arg(long, default_value_t = 32)]
+    pub target_samples: usize,
+}
+
+impl QuantArgs {
+    /// What default output names say about the scheme: "int8" for the default preset, the
+    /// preset's name for the others, "qdq" when schemes are given explicitly.
+    pub fn tag(&self) -> &str {
+        match (&self.weights, &self.activations, self.preset) {
+            (None, None, PresetArg::W8a8) => "int8",
+            (None, None, preset) => preset.preset().name(),
+            _ => "qdq",
+        }
+    }
+
+    pub fn options(&self, data: Vec<String>) -> Result<Options> {
+        let preset = self.preset.preset();
+        let weights = match &self.weights {
+            Some(spec) => parse_scheme(spec, true)?,
+            None => preset.weights(),
+        };
+        let activations = match &self.activations {
+            Some(spec) => parse_scheme(spec, false)?,
+            None => preset.activations(),
+        };
+        if activations.granularity != Granularity::PerTensor {
+            bail!("activations are quantized per tensor");
+        }
+        if self.batch == 0 {
+            bail!("--batch must be at least 1");
+        }
+        let standard = self.recipe == Some(Recipe::Standard);
+        if (self.cle_relu6 || self.no_bias_absorption) && !(self.cle || standard) {
+            bail!("--cle-relu6 and --no-bias-absorption go with --cle (or --recipe standard)");
+        }
+        let recipe_adaround = standard && self.bias_correction.is_none();
+        let adaround = self.adaround.or(recipe_adaround.then_some(1000));
+        if adaround.is_some() && self.bias_correction.is_some() {
+            bail!("--adaround and --bias-correction do not go together: AdaRound learns the rounding that bias correction would compensate");
+        }
+        if adaround == Some(0) {
+            bail!("--adaround needs at least 1 iteration");
+        }
+        if !(self.adaround_lr.is_finite() && self.adaround_lr > 0.0) {
+            bail!("--adaround-lr must be a positive number");
+        }
+        let bias_correction = self.bias_correction;
+        let target = self.target()?;
+        Ok(Options {
+            settings: Settings {
+                weights,
+                weight_method: self
+                    .weight_range
+                    .unwrap_or(if standard {
+                        RangeMethod::Mse
+                    } else {
+                        RangeMethod::Minmax
+                    })
+                    .method(),
+                activations,
+                activation_method: self.activation_range.method(),
+                batch: self.batch,
+                equalize: (self.cle || standard).then_some(zeropoint_quant::equalize::Options {
+                    relu6_as_relu: self.cle_relu6,
+                    absorb_high_bias: !self.no_bias_absorption,
+                }),
+                bias_correction: bias_correction.map(|b| match b {
+                    BiasCorrectionArg::Empirical => BiasCorrection::Empirical {
+                        samples: self.bias_correction_samples,
+                    },
+                    BiasCorrectionArg::Analytic => BiasCorrection::Analytic,
+                }),
+                adaround: adaround.map(|iterations| zeropoint_quant::adaround::Options {
+                    iterations,
+                    samples: self.adaround_samples.max(1),
+                    learning_rate: self.adaround_lr,
+                    ..Default::default()
+                }),
+                activation_bits: self.activation_bits()?,
+                target,
+            },
+            exclude: self.exclude.clone(),
+            data,
+            preprocess: self.data.preprocess()?,
+            samples: self.samples,
+            report_samples: self.report_samples,
+        })
+    }
+}
+
+impl QuantArgs {
+    /// The mixed-precision target, if one is asked for.
+    fn target(&self) -> Result<Option<Target>> {
+        if self.target_sqnr.is_none() && self.target_agreement.is_none() {
+            return Ok(None);
+        }
+        if self.target_sqnr.is_some_and(|d| !d.is_finite()) {
+            bail!("--target-sqnr must be a number of dB");
+        }
+        let agreement = match self.target_agreement.as_deref() {
+            Some(p) => Some(parse_fraction(p)?),
+            None => None,
+        };
+        if self.target_samples == 0 {
+            bail!("--target-samples must be at least 1");
+        }
+        Ok(Some(Target {
+            sqnr_db: self.target_sqnr,
+            agreement,
+            samples: self.target_samples,
+        }))
+    }
+}
+
+impl QuantArgs {
+    /// `--activation-bits` as (value, bits).
+    fn activation_bits(&self) -> Result<Vec<(String, u32)>> {
+        self.activation_bits
+            .iter()
+            .map(|spec| {
+                let parsed = spec
+                    .rsplit_once('=')
+                    .and_then(|(v, b)| Some((v.to_string(), b.parse::<u32>().ok()?)));
+                match parsed {
+                    Some((v, b)) if (2..=16).contains(&b) && !v.is_empty() => Ok((v, b)),
+                    _ => bail!("--activation-bits '{spec}' is not VALUE=BITS with 2 to 16 bits"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// "0.99" or "99%" → 0.99.
+fn parse_fraction(p: &str) -> Result<f64> {
+    let (number, scale) = match p.trim().strip_suffix('%') {
+        Some(n) => (n, 100.0),
+        None => (p.trim(), 1.0),
+    };
+    let v: f64 = number
+        .parse()
+        .with_context(|| format!("--target-agreement '{p}' is not a fraction like 0.99 or 99%"))?;
+    let v = v / scale;
+    if !(0.0..=1.0).contains(&v) {
+        bail!("--target-agreement '{p}' is not between 0 and 1 (0% and 100%)");
+    }
+    Ok(v)
+}
+
+/// "int8,sym,per-channel" → a scheme; weights default to symmetric per-channel, activations
+/// to asymmetric per-tensor.
+pub fn parse_scheme(spec: &str, weight: bool) -> Result<Scheme> {
+    let mut parts = spec.split(',').map(str::trim);
+    let ty = parts.next().unwrap_or("");
+    let (signed, bits) = match ty.strip_prefix("uint") {
+        Some(b) => (false, b),
+        None => (true, ty.strip_prefix("int").unwrap_or("")),
+    };
+    let bits: u32 = bits
+        .parse()
+        .with_context(|| format!("'{ty}' is not a type like int8, uint8, int4"))?;
+    let mut scheme = Scheme::new(bits).signed(signed).symmetric(weight);
+    if weight {
+        scheme = scheme.per_axis(0);
+    }
+    for p in parts {
+        scheme = match p {
+            "sym" | "symmetric" => scheme.symmetric(true),
+            "asym" | "asymmetric" => scheme.symmetric(false),
+            "per-tensor" => scheme.granularity(Granularity::PerTensor),
+            "per-channel" => scheme.per_axis(0),
+            "narrow" => scheme.narrow(true),
+            other => match other.strip_prefix("per-block=").map(str::parse::<usize>) {
+                Some(Ok(block)) if block > 0 => scheme.per_block(1, block),
+                _ => bail!("unknown scheme option '{other}' in '{spec}'"),
+            },
+        };
+    }
+    scheme.validate()?;
+    Ok(scheme)
+}

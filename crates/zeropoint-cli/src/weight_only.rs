@@ -1,0 +1,179 @@
+//! `zeropoint quantize MODEL --mode weight-only`: MatMul and Gemm weights in 2 to 8 bits, in
+//! blocks along K, activations float; written as ONNX Runtime's MatMulNBits or as blocked
+//! DequantizeLinear.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use clap::{Args as ClapArgs, ValueEnum};
+use zeropoint_core::Granularity;
+use zeropoint_onnx::model;
+use zeropoint_quant::weight_only::blocks::{BlockRange, BlockScheme};
+use zeropoint_quant::weight_only::{self, gptq, hqq, Format, Method, Options, Outcome};
+
+use crate::output::check_output;
+use crate::quant_args::{parse_scheme, QuantArgs};
+use crate::range_args::RangeMethod;
+use crate::table::{db, Table};
+
+/// `--method`'s variants.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodArg {
+    /// Round to nearest on each block's range (--weight-range minmax or mse).
+    Rtn,
+    /// GPTQ (Frantar et al. 2022): each rounding error compensated on the weights not yet
+    /// quantized, from the calibration inputs' Hessian. Needs --calib.
+    Gptq,
+    /// HQQ (Badri & Shaji 2023): each block's zero-point fitted to its weights under an l_0.7
+    /// error, without data. Asymmetric only.
+    Hqq,
+}
+
+/// `--format`'s variants.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatArg {
+    /// ONNX Runtime's com.microsoft.MatMulNBits (2, 4 or 8 bits; blocks of 16, 32, ... 256).
+    Matmulnbits,
+    /// Integer weights with a blocked DequantizeLinear (opset 21) for any ONNX runtime.
+    Qdq,
+}
+
+/// The weight-only options of `quantize`.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct WeightOnlyArgs {
+    /// With --mode weight-only: how the codes are chosen.
+    #[arg(long, value_enum, default_value = "rtn")]
+    pub method: MethodArg,
+    /// With --mode weight-only: how the quantized layers are written.
+    #[arg(long, value_enum, default_value = "matmulnbits")]
+    pub format: FormatArg,
+    /// GPTQ's dampening of the Hessian, a fraction of its mean diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    pub gptq_damp: f64,
+    /// GPTQ quantizes the inputs with the largest Hessian diagonal first (its act-order); block
+    /// parameters then come from the weights before any update.
+    #[arg(long)]
+    pub act_order: bool,
+}
+
+/// The weight scheme when --weights is not given: 4-bit, asymmetric, blocks of 32.
+const DEFAULT_WEIGHTS: &str = "uint4,asym,per-block=32";
+
+/// The weight-only options from the command line.
+pub fn options(q: &QuantArgs, w: &WeightOnlyArgs, calib: Vec<String>) -> Result<Options> {
+    let spec = q.weights.as_deref().unwrap_or(DEFAULT_WEIGHTS);
+    let parsed = parse_scheme(spec, true)?;
+    let Granularity::PerBlock { block, .. } = parsed.granularity else {
+        bail!("--mode weight-only quantizes in blocks: give --weights like '{DEFAULT_WEIGHTS}', not '{spec}'");
+    };
+    let range = match q.weight_range.unwrap_or(RangeMethod::Minmax) {
+        RangeMethod::Minmax => BlockRange::MinMax,
+        RangeMethod::Mse => BlockRange::Mse,
+        other => bail!("--mode weight-only takes --weight-range minmax or mse, not {other:?}"),
+    };
+    if q.activations.is_some() {
+        bail!("--mode weight-only keeps activations float: drop --activations");
+    }
+    if !(w.gptq_damp.is_finite() && w.gptq_damp > 0.0) {
+        bail!("--gptq-damp must be a positive number");
+    }
+    let method = match w.method {
+        MethodArg::Rtn => Method::Rtn,
+        MethodArg::Gptq => Method::Gptq(gptq::Options {
+            damp: w.gptq_damp,
+            act_order: w.act_order,
+            ..Default::default()
+        }),
+        MethodArg::Hqq => Method::Hqq(hqq::Options::default()),
+    };
+    Ok(Options {
+        scheme: BlockScheme {
+            bits: parsed.bits,
+            block,
+            symmetric: parsed.symmetric,
+            range,
+        },
+        method,
+        format: match w.format {
+            FormatArg::Matmulnbits => Format::MatMulNBits,
+            FormatArg::Qdq => Format::Qdq,
+        },
+        exclude: q.exclude.clone(),
+        data: calib,
+        preprocess: q.data.preprocess()?,
+        samples: q.samples,
+        batch: q.batch,
+    })
+}
+
+/// What `quantize --mode weight-only` was given.
+pub struct Request<'a> {
+    pub model: &'a Path,
+    pub output: Option<PathBuf>,
+    pub quant: &'a QuantArgs,
+    pub weight_only: &'a WeightOnlyArgs,
+    pub calib: Vec<String>,
+    pub json: bool,
+}
+
+/// Quantizes the model weight-only and prints the report.
+pub fn run(r: Request) -> Result<()> {
+    let model = r.model;
+    let opts = options(r.quant, r.weight_only, r.calib)?;
+    let output = r.output.unwrap_or_else(|| {
+        zeropoint_quant::ptq::default_output(model, &format!("w{}", opts.scheme.bits))
+    });
+    check_output(model, &output)?;
+    let outcome = weight_only::quantize(model, &opts, &mut crate::progress::bar())?;
+    model::save(&outcome.model, &output)?;
+    report(model, &output, &outcome, r.json)
+}
+
+fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    if json {
+        let doc = serde_json::json!({
+            "model": model.display().to_string(),
+            "output": output.display().to_string(),
+            "bytes_before": size(model),
+            "bytes_after": size(output),
+            "weight_bytes_float": o.float_bytes,
+            "weight_bytes_quantized": o.quantized_bytes,
+            "calibration_samples": o.calibration_samples,
+            "seconds": o.seconds,
+            "layers": o.layers,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let mut t = Table::new(&["layer", "K x N", "weight SQNR", "output SQNR"]);
+    for l in &o.layers {
+        t.row(vec![
+            l.name.clone(),
+            format!("{} x {}", l.k, l.n),
+            db(l.weight_sqnr_db),
+            l.output_sqnr_db.map_or("-".into(), db),
+        ]);
+    }
+    print!("{}", t.render());
+    let (before, after) = (size(model), size(output));
+    println!(
+        "{} layers: weights {:.2} MB -> {:.2} MB; {} -> {}: {:.2} MB -> {:.2} MB ({:.1}x smaller) in {:.1} s",
+        o.layers.len(),
+        o.float_bytes as f64 / 1e6,
+        o.quantized_bytes as f64 / 1e6,
+        model.display(),
+        output.display(),
+        before as f64 / 1e6,
+        after as f64 / 1e6,
+        before as f64 / after.max(1) as f64,
+        o.seconds
+    );
+    if o.calibration_samples > 0 {
+        println!(
+            "output SQNR: each layer's on its inputs from {} calibration samples",
+            o.calibration_samples
+        );
+    }
+    Ok(())
+}
