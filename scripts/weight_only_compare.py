@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Weight-only quantization of MiniLM-L3: zeropoint (RTN, RTN with MSE ranges, HQQ, GPTQ) against ONNX Runtime's
-own weight-only tooling (onnxruntime.quantization.matmul_nbits_quantizer: its DEFAULT round-to-nearest, the RTN and
-GPTQ configurations), on the same calibration data, measured in one run (docs/transformers.md).
+"""Weight-only quantization of MiniLM-L3: zeropoint (RTN, RTN with MSE ranges, HQQ, GPTQ; embedding tables at 8 bits
+by default, at the weights' bits, or float) against ONNX Runtime's own weight-only tooling
+(onnxruntime.quantization.matmul_nbits_quantizer: its DEFAULT round-to-nearest on MatMul only or on MatMul and
+Gather, the RTN, GPTQ and HQQ configurations), on the same calibration data, measured in one run
+(docs/transformers.md).
 
 Usage: .venv/bin/python scripts/weight_only_compare.py [--zeropoint target/release/zeropoint] [--bits 4] [--block 32]
        [--symmetric] [--runs 5] [--only zp,ort]
@@ -60,6 +62,9 @@ def ort_job(algo, src, dst, bits, block, symmetric, calib):
 
     if algo == "default":
         cfg = mq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric, bits=bits)
+    elif algo == "default+gather":
+        cfg = mq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric, bits=bits,
+                                              op_types_to_quantize=("MatMul", "Gather"))
     elif algo == "rtn":
         cfg = mq.RTNWeightOnlyQuantConfig()
     elif algo == "gptq":
@@ -110,16 +115,20 @@ def main():
             base = [a.zeropoint, "quantize", task.src, "--mode", "weight-only", "--weights", weights]
             gptq = base + ["--method", "gptq", "--calib", calib]
             jobs += [("zeropoint RTN", base + ["--method", "rtn"]),
+                     (f"zeropoint RTN, {a.bits}-bit tables", base + ["--method", "rtn", "--embedding-bits", str(a.bits)]),
+                     ("zeropoint RTN, float tables", base + ["--method", "rtn", "--exclude", "Gather"]),
                      ("zeropoint RTN, MSE ranges", base + ["--method", "rtn", "--weight-range", "mse"]),
                      ("zeropoint GPTQ", gptq),
                      ("zeropoint GPTQ, act-order", gptq + ["--act-order"]),
-                     ("zeropoint GPTQ, MSE ranges", gptq + ["--weight-range", "mse"])]
+                     ("zeropoint GPTQ, MSE ranges", gptq + ["--weight-range", "mse"]),
+                     (f"zeropoint GPTQ, {a.bits}-bit tables", gptq + ["--embedding-bits", str(a.bits)])]
             if not a.symmetric:
                 jobs.append(("zeropoint HQQ", base + ["--method", "hqq"]))
         if "ort" in a.only:
             me = [a.ort_python, os.path.abspath(__file__), "--bits", str(a.bits), "--block", str(a.block)]
             me += ["--symmetric"] if a.symmetric else []
             jobs += [("ORT DEFAULT (RTN)", me + ["--ort-job", "default", task.src, "{dst}", calib]),
+                     (f"ORT DEFAULT, {a.bits}-bit tables", me + ["--ort-job", "default+gather", task.src, "{dst}", calib]),
                      ("ORT RTN config", me + ["--ort-job", "rtn", task.src, "{dst}", calib]),
                      ("ORT GPTQ config", me + ["--ort-job", "gptq", task.src, "{dst}", calib]),
                      ("ORT HQQ config", me + ["--ort-job", "hqq", task.src, "{dst}", calib])]

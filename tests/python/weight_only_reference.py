@@ -3,12 +3,13 @@ ONNX Runtime.
 
 Usage: weight_only_reference.py ZEROPOINT DIR
 
-On a small two-layer model (MatMul with K = 80, not a multiple of the block, then ReLU and a transB Gemm with a bias)
-and 256 correlated calibration rows:
+On a small two-layer model (an embedding table looked up by `ids` and added to `x`, a MatMul with K = 80, not a
+multiple of the block, then ReLU and a transB Gemm with a bias) and 256 correlated calibration rows:
 
-- each export is read back with numpy, from the ONNX specifications alone (blocked DequantizeLinear; MatMulNBits'
-  packing, per the contrib operator's documentation), and ONNX Runtime's output equals numpy's forward pass with the
-  weights so read; QDQ exports pass onnx.checker; MatMulNBits and QDQ carry the same weights;
+- each export is read back with numpy, from the ONNX specifications alone (blocked DequantizeLinear, after a Gather
+  of the table's rows; MatMulNBits' and GatherBlockQuantized's packing, per the contrib operators' documentation),
+  and ONNX Runtime's output equals numpy's forward pass with the weights so read; QDQ exports pass onnx.checker;
+  MatMulNBits and QDQ carry the same weights; the table is 4-bit with --embedding-bits 4;
 - RTN: the codes, scales and zero-points are those of a numpy round-to-nearest on each block's min-max;
 - GPTQ: a numpy GPTQ written from the paper (Frantar et al. 2022, Algorithm 1, one column at a time without lazy
   batches, H = 2XᵀX/n from the float model's layer inputs, 1% dampening) gives the same codes (≥ 99%) and the same
@@ -30,7 +31,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-K1, N1, N2, BLOCK, BITS = 80, 64, 48, 32, 4
+K1, N1, N2, BLOCK, BITS, V = 80, 64, 48, 32, 4, 50
 FAILED = []
 
 
@@ -53,13 +54,17 @@ def build(d):
     w1[3, :] *= 6.0  # an input row with large weights
     w2 = (rng.standard_normal((N2, N1)) * 0.2).astype(np.float32)  # Gemm transB: [N, K]
     c = (rng.standard_normal(N2) * 0.1).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+    emb = (rng.standard_normal((V, K1)) * 0.5).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], name="lookup"),
+             helper.make_node("Add", ["x", "e"], ["xe"], name="add"),
+             helper.make_node("MatMul", ["xe", "w1"], ["h"], name="fc1"),
              helper.make_node("Relu", ["h"], ["r"], name="relu"),
              helper.make_node("Gemm", ["r", "w2", "c"], ["y"], name="fc2", transB=1)]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", K1])],
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", K1]),
+                                       helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", N2])],
                           [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
-                           numpy_helper.from_array(c, "c")])
+                           numpy_helper.from_array(c, "c"), numpy_helper.from_array(emb, "emb")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     path = d / "two_layers.onnx"
@@ -67,12 +72,13 @@ def build(d):
     # Correlated inputs: a few latent factors mixed into every feature, plus noise.
     z = rng.standard_normal((256, 6)).astype(np.float32)
     x = (z @ rng.standard_normal((6, K1)).astype(np.float32) + 0.3 * rng.standard_normal((256, K1))).astype(np.float32)
-    np.save(d / "calib.npy", x)
-    return path, x, w1, w2.T.copy(), c
+    ids = rng.integers(0, V, 256).astype(np.int64)
+    np.savez(d / "calib.npz", x=x, ids=ids)
+    return path, x, ids, emb, w1, w2.T.copy(), c
 
 
-def forward(x, w1, w2, c):
-    return np.maximum(x @ w1, 0) @ w2 + c
+def forward(x, ids, emb, w1, w2, c):
+    return np.maximum((x + emb[ids]) @ w1, 0) @ w2 + c
 
 
 # ---------------------------------------------------------------------------------------------- reading the exports
@@ -82,7 +88,7 @@ def read_qdq(path):
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     out = {}
     for n in m.graph.node:
-        if n.op_type != "DequantizeLinear":
+        if n.op_type != "DequantizeLinear" or n.input[0] not in inits:
             continue
         a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
         q = inits[n.input[0]].astype(np.float64)
@@ -94,6 +100,17 @@ def read_qdq(path):
         w = ((q - z) * s).astype(np.float32)
         consumer = next(c for c in m.graph.node if n.output[0] in c.input)
         out[consumer.name] = w if axis == 0 else w.T
+    # A table: its rows' codes, scales and zero-points gathered, then dequantized along the last axis.
+    producer = {o: n for n in m.graph.node for o in n.output}
+    for n in m.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] not in inits:
+            a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+            t = [inits[producer[i].input[0]].astype(np.float64) for i in n.input if i]
+            q, s = t[0], t[1]
+            z = t[2] if len(t) > 2 else np.zeros_like(s)
+            bs = a["block_size"]
+            out[n.output[0]] = ((q - np.repeat(z, bs, 1)[:, :q.shape[1]]) * np.repeat(s, bs, 1)[:, :q.shape[1]]).astype(
+                np.float32)
     return out, m
 
 
@@ -103,6 +120,8 @@ def read_nbits(path):
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     out = {}
     for n in m.graph.node:
+        if n.op_type == "GatherBlockQuantized":
+            out[n.output[0]] = dict(w=read_gather(n, inits))
         if n.op_type != "MatMulNBits":
             continue
         a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
@@ -131,9 +150,33 @@ def read_nbits(path):
     return out, m
 
 
-def ort_run(path, x):
+def read_gather(n, inits):
+    """The [rows, D] table of a GatherBlockQuantized (gather_axis 0, quantize_axis 1): rows packed low bits first,
+    zero points packed likewise per row, 2^(bits-1) when absent."""
+    a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+    bits, bs = a["bits"], a["block_size"]
+    data, scales = inits[n.input[0]], inits[n.input[2]].astype(np.float64)
+    rows, blocks = scales.shape
+    per = 8 // bits
+    codes = np.zeros((rows, data.shape[1] * per), np.int64)
+    for t in range(per):
+        codes[:, t::per] = (data >> (bits * t)) & ((1 << bits) - 1)
+    d = blocks * bs if codes.shape[1] >= blocks * bs else codes.shape[1]
+    if len(n.input) > 3 and n.input[3]:
+        zp = inits[n.input[3]]
+        z = np.zeros((rows, zp.shape[1] * per), np.float64)
+        for t in range(per):
+            z[:, t::per] = (zp >> (bits * t)) & ((1 << bits) - 1)
+        z = z[:, :blocks]
+    else:
+        z = np.full((rows, blocks), 2 ** (bits - 1), np.float64)
+    w = (codes[:, :d] - np.repeat(z, bs, 1)[:, :d]) * np.repeat(scales, bs, 1)[:, :d]
+    return w.astype(np.float32)
+
+
+def ort_run(path, x, ids):
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return s.run(None, {"x": x})[0]
+    return s.run(None, {"x": x, "ids": ids})[0]
 
 
 # ------------------------------------------------------------------------------------------------ numpy algorithms
@@ -232,29 +275,32 @@ def out_err(x, w, q):
 # ------------------------------------------------------------------------------------------------------------ main
 def main():
     exe, d = Path(sys.argv[1]), Path(sys.argv[2])
-    model, x, w1, w2, c = build(d)
-    r = np.maximum(x @ w1, 0)  # the float model's input to fc2
-    inputs = {"fc1": (x, w1), "fc2": (r, w2)}
+    model, x, ids, emb, w1, w2, c = build(d)
+    xe = x + emb[ids]  # the float model's input to fc1
+    r = np.maximum(xe @ w1, 0)  # and to fc2
+    inputs = {"fc1": (xe, w1), "fc2": (r, w2)}
     weights = f"uint{BITS},asym,per-block={BLOCK}"
     got = {}
     for method in ["rtn", "gptq", "hqq"]:
         for fmt in ["qdq", "matmulnbits"]:
             out = d / f"{method}.{fmt}.onnx"
             zeropoint(exe, "quantize", model, "--mode", "weight-only", "--method", method, "--format", fmt,
-                      "--weights", weights, "--calib", d / "calib.npy", "-o", out)
+                      "--weights", weights, "--embedding-bits", "4", "--calib", d / "calib.npz", "-o", out)
             read = read_qdq(out)[0] if fmt == "qdq" else {k: v["w"] for k, v in read_nbits(out)[0].items()}
             if fmt == "qdq":
                 onnx.checker.check_model(onnx.load(out), full_check=True)
-            y = ort_run(out, x)
-            ref = forward(x, read["fc1"], read["fc2"], c)
-            check(np.allclose(y, ref, rtol=1e-4, atol=1e-4) and set(read) == {"fc1", "fc2"},
+            y = ort_run(out, x, ids)
+            ref = forward(x, ids, read["e"], read["fc1"], read["fc2"], c)
+            check(np.allclose(y, ref, rtol=1e-4, atol=1e-4) and set(read) == {"fc1", "fc2", "e"},
                   f"{method} {fmt}: ONNX Runtime runs the weights numpy reads from the file "
                   f"(max |diff| {np.abs(y - ref).max():.2e})")
             got[method, fmt] = read
         if method != "hqq":
-            same = all(np.array_equal(got[method, "qdq"][n], got[method, "matmulnbits"][n]) for n in inputs)
+            same = all(np.array_equal(got[method, "qdq"][n], got[method, "matmulnbits"][n]) for n in ["fc1", "fc2", "e"])
             check(same, f"{method}: MatMulNBits and QDQ carry the same weights")
     nb = read_nbits(d / "rtn.matmulnbits.onnx")[0]
+    table = rtn(emb.T.copy())[1].T
+    check(np.allclose(nb["e"]["w"], table, atol=1e-6), "rtn table: equal numpy's round to nearest per row block")
     for name, (xi, w) in inputs.items():
         codes, deq = rtn(w)
         check(np.array_equal(nb[name]["codes"], codes) and np.allclose(nb[name]["w"], deq, atol=1e-6),
@@ -264,7 +310,7 @@ def main():
         if act_order:
             out = d / "gptq_act.onnx"
             zeropoint(exe, "quantize", model, "--mode", "weight-only", "--method", "gptq", "--act-order",
-                      "--weights", weights, "--calib", d / "calib.npy", "-o", out)
+                      "--weights", weights, "--calib", d / "calib.npz", "-o", out)
             mine = read_nbits(out)[0]
         else:
             mine = read_nbits(d / "gptq.matmulnbits.onnx")[0]
@@ -289,11 +335,11 @@ def main():
     for threads in ["1", "2"]:
         out = d / f"gptq_t{threads}.onnx"
         zeropoint(exe, "quantize", model, "--mode", "weight-only", "--method", "gptq", "--weights", weights,
-                  "--calib", d / "calib.npy", "-o", out, env={**os.environ, "RAYON_NUM_THREADS": threads})
+                  "--calib", d / "calib.npz", "-o", out, env={**os.environ, "RAYON_NUM_THREADS": threads})
         outs.append(out.read_bytes())
     check(outs[0] == outs[1], "gptq: the same bytes at 1 and 2 threads")
     bad = [(["--method", "gptq"], "GPTQ needs calibration data"),
-           (["--weights", "uint3,asym,per-block=32"], "MatMulNBits runs 2, 4 or 8 bits"),
+           (["--weights", "uint3,asym,per-block=32"], "MatMulNBits and GatherBlockQuantized run 2, 4 or 8 bits"),
            (["--method", "hqq", "--weights", "int4,sym,per-block=32"], "HQQ optimizes the zero-point")]
     for args, message in bad:
         out = d / "bad.onnx"

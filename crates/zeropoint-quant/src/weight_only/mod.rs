@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use zeropoint_core::Scheme;
-use zeropoint_graph::{Graph, Op};
+use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::ModelProto;
 
 use crate::dataset::{Dataset, Preprocess};
@@ -64,6 +64,8 @@ pub struct Options {
     pub format: Format,
     /// Node names or operator types kept float.
     pub exclude: Vec<String>,
+    /// Bits of embedding tables (Gather), in the weights' blocks.
+    pub embedding_bits: u32,
     /// Calibration data (GPTQ needs it; with the other methods it only feeds the report).
     pub data: Vec<String>,
     pub preprocess: Preprocess,
@@ -80,11 +82,13 @@ pub struct Site {
     pub name: String,
     pub op: Op,
     pub weight: String,
-    /// The input the weight multiplies.
+    /// The input the weight multiplies (a Gather's indices).
     pub input: String,
+    /// The blocked axis' length: the layer's inputs (a table's row length).
     pub k: usize,
+    /// The outputs (a table's rows).
     pub n: usize,
-    /// A Gemm's weight stored `[N, K]` (transB = 1).
+    /// The weight stored `[N, K]`: a Gemm's with transB = 1, a Gather's table.
     pub transposed: bool,
 }
 
@@ -138,7 +142,10 @@ pub fn quantize(
         if let Some(n) = opts.samples {
             data.truncate(n);
         }
-        let inputs: Vec<(String, usize)> = sites.iter().map(|s| (s.input.clone(), s.k)).collect();
+        let inputs: Vec<(String, usize)> = (sites.iter())
+            .filter(|s| s.op != Op::Gather)
+            .map(|s| (s.input.clone(), s.k))
+            .collect();
         let h = hessian::collect(&graph, &inputs, &mut data, opts.batch, &mut |d, n| {
             progress("calibrating", d, n)
         })?;
@@ -188,12 +195,22 @@ fn check(path: &Path, opts: &Options) -> Result<()> {
             s.block
         ));
     }
+    if !(2..=8).contains(&opts.embedding_bits) {
+        return refuse(format!(
+            "embedding tables take 2 to 8 bits, not {}",
+            opts.embedding_bits
+        ));
+    }
     if opts.format == Format::MatMulNBits {
-        if ![2, 4, 8].contains(&s.bits) {
-            return refuse(format!(
-                "MatMulNBits runs 2, 4 or 8 bits, not {}: use --format qdq",
-                s.bits
-            ));
+        for (bits, what) in [
+            (s.bits, "weights"),
+            (opts.embedding_bits, "embedding tables"),
+        ] {
+            if ![2, 4, 8].contains(&bits) {
+                return refuse(format!(
+                    "MatMulNBits and GatherBlockQuantized run 2, 4 or 8 bits, not {bits} ({what}): use --format qdq"
+                ));
+            }
         }
         if !(s.block >= 16 && s.block.is_power_of_two()) {
             return refuse(format!(
@@ -222,63 +239,69 @@ fn export_settings(opts: &Options) -> Settings {
     s
 }
 
-/// The layers weight-only quantization applies to: MatMul with a constant 2-D right-hand side,
-/// and Gemm computing A·B (+ C) with a constant B (transA = 0, alpha = 1, and beta = 1 with a
-/// 1-D C, which becomes MatMulNBits' bias), minus the excluded nodes.
+/// The layers weight-only quantization applies to, minus the excluded nodes:
+/// - MatMul with a constant 2-D right-hand side;
+/// - Gemm computing A·B (+ C) with a constant B (transA = 0, alpha = 1, and beta = 1 with a 1-D
+///   C, which becomes MatMulNBits' bias);
+/// - Gather of rows (axis 0) of a constant 2-D table: an embedding, blocked along its rows.
 pub fn sites(graph: &Graph, exclude: &[String]) -> Vec<Site> {
-    let excluded = |name: &str, op: &Op| exclude.iter().any(|e| e == name || e == op.as_str());
-    let int =
-        |n: &zeropoint_graph::Node, a: &str, d: i64| n.attribute(a).and_then(|a| a.i).unwrap_or(d);
-    let float =
-        |n: &zeropoint_graph::Node, a: &str| n.attribute(a).and_then(|a| a.f).unwrap_or(1.0);
-    graph
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| !excluded(&n.name, &n.op))
-        .filter_map(|(i, n)| {
-            let input = n.inputs.first()?;
-            let w = graph.float_initializer(n.inputs.get(1)?)?;
-            if w.shape.len() != 2 || graph.initializer(input).is_some() {
+    let excluded = |n: &Node| exclude.iter().any(|e| *e == n.name || e == n.op.as_str());
+    (graph.nodes.iter().enumerate())
+        .filter(|(_, n)| !excluded(n))
+        .filter_map(|(i, n)| site(graph, i, n))
+        .collect()
+}
+
+/// The site of node `i`, if weight-only quantization applies to it.
+fn site(graph: &Graph, i: usize, n: &Node) -> Option<Site> {
+    let int = |a: &str, d: i64| n.attribute(a).and_then(|a| a.i).unwrap_or(d);
+    let float = |a: &str| n.attribute(a).and_then(|a| a.f).unwrap_or(1.0);
+    let (weight, input) = match n.op {
+        Op::Gather => (n.inputs.first()?, n.inputs.get(1)?),
+        _ => (n.inputs.get(1)?, n.inputs.first()?),
+    };
+    let w = graph.float_initializer(weight)?;
+    if w.shape.len() != 2 || graph.initializer(input).is_some() {
+        return None;
+    }
+    let transposed = match n.op {
+        Op::MatMul => false,
+        Op::Gather if int("axis", 0) == 0 => true,
+        Op::Gemm => {
+            let transposed = int("transB", 0) != 0;
+            // N: the columns of B, or its rows when transposed.
+            let outputs = w.shape[usize::from(!transposed)];
+            let bias_ok = match n.inputs.get(2).filter(|c| !c.is_empty()) {
+                None => true,
+                Some(c) => {
+                    float("beta") == 1.0
+                        && graph
+                            .float_initializer(c)
+                            .is_some_and(|c| c.shape == [outputs])
+                }
+            };
+            if int("transA", 0) != 0 || float("alpha") != 1.0 || !bias_ok {
                 return None;
             }
-            let transposed = match n.op {
-                Op::MatMul => false,
-                Op::Gemm => {
-                    let bias_ok = match n.inputs.get(2).filter(|c| !c.is_empty()) {
-                        None => true,
-                        Some(c) => {
-                            float(n, "beta") == 1.0
-                                && graph.float_initializer(c).is_some_and(|c| {
-                                    // N: the columns of B, or its rows when transposed.
-                                    c.shape == [w.shape[usize::from(int(n, "transB", 0) == 0)]]
-                                })
-                        }
-                    };
-                    if int(n, "transA", 0) != 0 || float(n, "alpha") != 1.0 || !bias_ok {
-                        return None;
-                    }
-                    int(n, "transB", 0) != 0
-                }
-                _ => return None,
-            };
-            let (k, nn) = if transposed {
-                (w.shape[1], w.shape[0])
-            } else {
-                (w.shape[0], w.shape[1])
-            };
-            Some(Site {
-                node: i,
-                name: n.name.clone(),
-                op: n.op.clone(),
-                weight: w.name.clone(),
-                input: input.clone(),
-                k,
-                n: nn,
-                transposed,
-            })
-        })
-        .collect()
+            transposed
+        }
+        _ => return None,
+    };
+    let (k, nn) = if transposed {
+        (w.shape[1], w.shape[0])
+    } else {
+        (w.shape[0], w.shape[1])
+    };
+    Some(Site {
+        node: i,
+        name: n.name.clone(),
+        op: n.op.clone(),
+        weight: w.name.clone(),
+        input: input.clone(),
+        k,
+        n: nn,
+        transposed,
+    })
 }
 
 /// The site's weight as `[K, N]` floats.
@@ -322,8 +345,16 @@ fn quantize_site(
     opts: &Options,
     h: Option<&Vec<f64>>,
 ) -> Result<BlockWeights> {
-    let s = opts.scheme;
-    let q = match opts.method {
+    let mut s = opts.scheme;
+    let mut method = opts.method;
+    if site.op == Op::Gather {
+        s.bits = opts.embedding_bits;
+        // A lookup has no inputs to compensate over: GPTQ's tables are rounded to nearest.
+        if matches!(method, Method::Gptq(_)) {
+            method = Method::Rtn;
+        }
+    }
+    let q = match method {
         Method::Rtn => blocks::rtn(w, site.k, site.n, s),
         Method::Hqq(o) => hqq::hqq(w, site.k, site.n, s, &o),
         Method::Gptq(o) => {
@@ -340,7 +371,8 @@ fn quantize_site(
                 .map_err(|m| Error::new(&graph.source, format!("node '{}': {m}", site.name)))?
         }
     };
-    let integral = opts.format == Format::Qdq || s.bits == 8;
+    // Blocked DequantizeLinear, 8-bit MatMulNBits and GatherBlockQuantized store integer zeros.
+    let integral = opts.format == Format::Qdq || s.bits == 8 || site.op == Op::Gather;
     Ok(if integral && !q.integral_zeros() {
         hqq::round_zeros(q, w)
     } else {

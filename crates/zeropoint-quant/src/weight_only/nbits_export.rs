@@ -43,36 +43,52 @@ pub fn export(
         .collect();
     g.initializers
         .retain(|t| !quantized.contains_key(&t.name) || still_read.contains(&t.name));
-    // Each weight's new initializers (and for QDQ its DequantizeLinear), once however many
-    // layers share it.
-    let mut written: HashMap<String, Vec<String>> = HashMap::new();
-    let mut dequantizers = Vec::new();
+    // Each weight's new initializers, once however many layers share it (a tied table and LM
+    // head share the codes but not the layout: one set per operator kind).
+    let mut written: HashMap<(String, bool), Vec<String>> = HashMap::new();
+    let mut dequantized: HashMap<String, String> = HashMap::new();
+    let mut added = Vec::new();
+    let mut replaced = HashSet::new();
     for site in sites {
         let q = &quantized[&site.weight];
-        let inputs = match written.get(&site.weight) {
-            Some(i) => i.clone(),
-            None => {
-                let (tensors, i) = match format {
-                    Format::MatMulNBits => nbits_tensors(&site.weight, q, &mut names),
-                    Format::Qdq => {
-                        let (t, dq) = qdq_tensors(site, q, &mut names);
-                        let out = dq.outputs[0].clone();
-                        dequantizers.push(dq);
-                        (t, vec![out])
-                    }
-                };
-                g.initializers.extend(tensors);
-                written.insert(site.weight.clone(), i.clone());
-                i
-            }
-        };
+        let gather = site.op == Op::Gather;
+        let key = (site.weight.clone(), gather);
+        if !written.contains_key(&key) {
+            let (tensors, inputs) = match format {
+                Format::MatMulNBits if gather => gather_tensors(&site.weight, q, &mut names),
+                Format::MatMulNBits => nbits_tensors(&site.weight, q, &mut names),
+                Format::Qdq => qdq_tensors(site, q, &mut names),
+            };
+            g.initializers.extend(tensors);
+            written.insert(key.clone(), inputs);
+        }
+        let tensors = &written[&key];
         let node = &mut g.nodes[site.node];
-        match format {
-            Format::MatMulNBits => *node = matmul_nbits(node, site, q, &inputs),
-            Format::Qdq => node.inputs[1] = inputs[0].clone(),
+        match (format, gather) {
+            (Format::MatMulNBits, false) => *node = matmul_nbits(node, site, q, tensors),
+            (Format::MatMulNBits, true) => *node = gather_block_quantized(node, q, tensors),
+            (Format::Qdq, false) => {
+                let out = dequantized.entry(site.weight.clone()).or_insert_with(|| {
+                    let axis = i64::from(site.transposed);
+                    let dq = dequantize(&site.weight, tensors, axis, q, &mut names);
+                    let out = dq.outputs[0].clone();
+                    added.push(dq);
+                    out
+                });
+                node.inputs[1] = out.clone();
+            }
+            (Format::Qdq, true) => {
+                added.extend(gather_dequantize(node, q, tensors, &mut names));
+                replaced.insert(site.node);
+            }
         }
     }
-    g.nodes.extend(dequantizers);
+    let mut index = 0;
+    g.nodes.retain(|_| {
+        index += 1;
+        !replaced.contains(&(index - 1))
+    });
+    g.nodes.extend(added);
     g.sort()?;
     let mut model = g.into_model(base)?;
     if format == Format::MatMulNBits && !model.opset_import.iter().any(|o| o.domain() == MS_DOMAIN)
@@ -138,25 +154,16 @@ fn nbits_tensors(
             &scales,
         ),
     ];
-    let middle = (1u32 << (bits - 1)) as f32;
-    if q.zeros.iter().any(|&z| z != middle) {
+    let name = names.fresh(&format!("{weight}_zero_points"));
+    if !q.integral_zeros() {
         let zeros = transpose(&q.zeros, blocks, n);
-        let name = names.fresh(&format!("{weight}_zero_points"));
-        tensors.push(if q.integral_zeros() {
-            let per_column = (blocks * bits).div_ceil(8);
-            let mut packed = vec![0u8; n * per_column];
-            for (i, z) in zeros.iter().enumerate() {
-                let (j, bl) = (i / blocks, i % blocks);
-                packed[j * per_column + bl * bits / 8] |= (*z as u8) << ((bl * bits) % 8);
-            }
-            RawTensor {
-                name,
-                shape: vec![n * per_column],
-                dtype: DType::U8,
-                data: packed,
-            }
-        } else {
-            RawTensor::from_f32s(name, &[n * blocks], &zeros)
+        tensors.push(RawTensor::from_f32s(name, &[n * blocks], &zeros));
+    } else if let Some((packed, _)) = packed_zeros(q) {
+        tensors.push(RawTensor {
+            name,
+            shape: vec![packed.len()],
+            dtype: DType::U8,
+            data: packed,
         });
     }
     let inputs = tensors.iter().map(|t| t.name.clone()).collect();
@@ -189,9 +196,10 @@ fn matmul_nbits(node: &Node, site: &Site, q: &BlockWeights, tensors: &[String]) 
     }
 }
 
-/// The integer weight, its scale and zero-point (in the weight's own layout), and the
-/// DequantizeLinear giving the float weight back.
-fn qdq_tensors(site: &Site, q: &BlockWeights, names: &mut Names) -> (Vec<RawTensor>, Node) {
+/// The integer weight, its scale and zero-point, in the weight's own layout (a transposed
+/// weight, `[N, K]`, has its blocks along axis 1); 4-bit types except for tables, which Gather
+/// reads.
+fn qdq_tensors(site: &Site, q: &BlockWeights, names: &mut Names) -> (Vec<RawTensor>, Vec<String>) {
     let (k, n, blocks) = (q.k, q.n, q.blocks());
     let symmetric = q.scheme.symmetric;
     let shift = if symmetric {
@@ -199,7 +207,9 @@ fn qdq_tensors(site: &Site, q: &BlockWeights, names: &mut Names) -> (Vec<RawTens
     } else {
         0
     };
-    let (code_ty, zero_ty) = match (q.scheme.bits <= 4, symmetric) {
+    // ONNX's Gather takes no 4-bit types: a table's codes take a byte each.
+    let nibbles = q.scheme.bits <= 4 && site.op != Op::Gather;
+    let (code_ty, zero_ty) = match (nibbles, symmetric) {
         (true, true) => (DType::I4, None),
         (true, false) => (DType::U4, Some(DType::U4)),
         (false, true) => (DType::I8, None),
@@ -207,18 +217,16 @@ fn qdq_tensors(site: &Site, q: &BlockWeights, names: &mut Names) -> (Vec<RawTens
     };
     let codes: Vec<i64> = q.codes.iter().map(|&c| i64::from(c) - shift).collect();
     let zeros: Vec<i64> = q.zeros.iter().map(|&z| z as i64).collect();
-    // A transposed Gemm weight is stored [N, K]: its blocks run along axis 1.
-    let (codes, scales, zeros, shape, pshape, axis) = if site.transposed {
+    let (codes, scales, zeros, shape, pshape) = if site.transposed {
         (
             transpose(&codes, k, n),
             transpose(&q.scales, blocks, n),
             transpose(&zeros, blocks, n),
             [n, k],
             [n, blocks],
-            1,
         )
     } else {
-        (codes, q.scales.clone(), zeros, [k, n], [blocks, n], 0)
+        (codes, q.scales.clone(), zeros, [k, n], [blocks, n])
     };
     let w = &site.weight;
     let mut tensors = vec![
@@ -234,10 +242,22 @@ fn qdq_tensors(site: &Site, q: &BlockWeights, names: &mut Names) -> (Vec<RawTens
         let name = names.fresh(&format!("{w}_zero_point"));
         tensors.push(RawTensor::from_i64s(name, &pshape, &zeros, ty));
     }
-    let inputs: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
-    let out = names.fresh(&format!("{w}_dequantized"));
+    let inputs = tensors.iter().map(|t| t.name.clone()).collect();
+    (tensors, inputs)
+}
+
+/// The DequantizeLinear of blocked codes `inputs` (codes, scale [, zero-point]) along `axis`.
+fn dequantize(
+    base: &str,
+    inputs: &[String],
+    axis: i64,
+    q: &BlockWeights,
+    names: &mut Names,
+) -> Node {
+    let out = names.fresh(&format!("{base}_dequantized"));
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     let mut dq = Node::new(
-        names.fresh(&format!("{w}_DequantizeLinear")),
+        names.fresh(&format!("{base}_DequantizeLinear")),
         Op::DequantizeLinear,
         &inputs,
         &[&out],
@@ -246,5 +266,112 @@ fn qdq_tensors(site: &Site, q: &BlockWeights, names: &mut Names) -> (Vec<RawTens
         int_attribute("axis", axis),
         int_attribute("block_size", q.scheme.block as i64),
     ];
-    (tensors, dq)
+    dq
+}
+
+/// A Gather of rows of a blocked table in standard operators: the rows' codes, scales and
+/// zero-points gathered, then dequantized along the last axis, so that only the rows read are.
+fn gather_dequantize(
+    node: &Node,
+    q: &BlockWeights,
+    tensors: &[String],
+    names: &mut Names,
+) -> Vec<Node> {
+    let indices = node.inputs[1].as_str();
+    let mut nodes = Vec::new();
+    let mut gathered = Vec::new();
+    for t in tensors {
+        let out = names.fresh(&format!("{t}_rows"));
+        nodes.push(Node::new(
+            names.fresh(&format!("{}_{t}", node.name)),
+            Op::Gather,
+            &[t, indices],
+            &[&out],
+        ));
+        gathered.push(out);
+    }
+    let mut dq = dequantize(&node.name, &gathered, -1, q, names);
+    dq.outputs = node.outputs.clone();
+    nodes.push(dq);
+    nodes
+}
+
+/// GatherBlockQuantized's data `[rows, ⌈K·bits/8⌉]`, scales `[rows, blocks]` and zero points
+/// `[rows, ⌈blocks·bits/8⌉]` (absent when every zero is the 2^(bits−1) it assumes).
+fn gather_tensors(
+    weight: &str,
+    q: &BlockWeights,
+    names: &mut Names,
+) -> (Vec<RawTensor>, Vec<String>) {
+    let (rows, blocks, bits) = (q.n, q.blocks(), q.scheme.bits as usize);
+    let width = (q.k * bits).div_ceil(8);
+    let mut data = vec![0u8; rows * width];
+    for (r, out) in data.chunks_mut(width).enumerate() {
+        for t in 0..q.k {
+            out[t * bits / 8] |= q.codes[t * rows + r] << ((t * bits) % 8);
+        }
+    }
+    let scales = transpose(&q.scales, blocks, rows);
+    let mut tensors = vec![
+        RawTensor {
+            name: names.fresh(&format!("{weight}_gather_data")),
+            shape: vec![rows, width],
+            dtype: DType::U8,
+            data,
+        },
+        RawTensor::from_f32s(
+            names.fresh(&format!("{weight}_gather_scales")),
+            &[rows, blocks],
+            &scales,
+        ),
+    ];
+    if let Some((packed, per_row)) = packed_zeros(q) {
+        let name = names.fresh(&format!("{weight}_gather_zero_points"));
+        tensors.push(RawTensor {
+            name,
+            shape: vec![rows, per_row],
+            dtype: DType::U8,
+            data: packed,
+        });
+    }
+    let inputs = tensors.iter().map(|t| t.name.clone()).collect();
+    (tensors, inputs)
+}
+
+/// The integer zeros per output (row of the `[N, blocks]` transpose), packed low bits first,
+/// and the bytes per output; None when every zero is 2^(bits−1), the operators' default.
+fn packed_zeros(q: &BlockWeights) -> Option<(Vec<u8>, usize)> {
+    let (n, blocks, bits) = (q.n, q.blocks(), q.scheme.bits as usize);
+    let middle = (1u32 << (bits - 1)) as f32;
+    if q.zeros.iter().all(|&z| z == middle) {
+        return None;
+    }
+    let zeros = transpose(&q.zeros, blocks, n);
+    let per = (blocks * bits).div_ceil(8);
+    let mut packed = vec![0u8; n * per];
+    for (i, z) in zeros.iter().enumerate() {
+        let (j, b) = (i / blocks, i % blocks);
+        packed[j * per + b * bits / 8] |= (*z as u8) << ((b * bits) % 8);
+    }
+    Some((packed, per))
+}
+
+/// The GatherBlockQuantized node replacing a Gather of rows.
+fn gather_block_quantized(node: &Node, q: &BlockWeights, tensors: &[String]) -> Node {
+    let mut inputs = vec![tensors[0].clone(), node.inputs[1].clone()];
+    inputs.extend(tensors[1..].iter().cloned());
+    Node {
+        name: node.name.clone(),
+        op: Op::Other("GatherBlockQuantized".into()),
+        domain: MS_DOMAIN.into(),
+        inputs,
+        outputs: node.outputs.clone(),
+        attributes: vec![
+            int_attribute("gather_axis", 0),
+            int_attribute("quantize_axis", 1),
+            int_attribute("block_size", q.scheme.block as i64),
+            int_attribute("bits", q.scheme.bits as i64),
+        ],
+        subgraphs: vec![],
+    }
 }
