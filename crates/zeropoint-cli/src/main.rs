@@ -6,6 +6,7 @@
 mod analysis_html;
 mod analyze;
 mod data_args;
+mod dynamic;
 mod embedded;
 mod equalize;
 mod eval;

@@ -31,6 +31,8 @@ pub struct Args {
     #[arg(long, short = 'o', value_name = "OUT.onnx")]
     pub output: Option<PathBuf>,
     /// static: weights and activations quantized, activation ranges calibrated (QDQ).
+    /// dynamic: int8 weights, activations quantized at run time (DynamicQuantizeLinear →
+    /// MatMulInteger / ConvInteger, as ONNX Runtime fuses them); needs no --calib.
     /// weight-only: MatMul/Gemm weights in 2-8 bits in blocks along K, activations float
     /// (--method, --format; --weights defaults to uint4,asym,per-block=32).
     #[arg(long, value_enum, default_value = "static")]
@@ -52,16 +54,26 @@ pub struct Args {
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Static,
+    Dynamic,
     WeightOnly,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     let Some(model) = &args.model else {
-        if args.mode == Mode::WeightOnly {
-            bail!("--mode weight-only needs a MODEL: the built-in demonstration is a CNN quantized statically");
+        if args.mode != Mode::Static {
+            bail!("--mode dynamic and weight-only need a MODEL: the built-in demonstration is a CNN quantized statically");
         }
         return demo(args);
     };
+    if args.mode == Mode::Dynamic {
+        return crate::dynamic::run(crate::dynamic::Request {
+            model,
+            output: args.output.clone(),
+            quant: &args.quant,
+            embedding_bits: args.weight_only.embedding_bits,
+            json: args.json,
+        });
+    }
     if args.mode == Mode::WeightOnly {
         return crate::weight_only::run(crate::weight_only::Request {
             model,

@@ -47,7 +47,7 @@ pub struct WeightOnlyArgs {
     /// With --mode weight-only: how the quantized layers are written.
     #[arg(long, value_enum, default_value = "matmulnbits")]
     pub format: FormatArg,
-    /// With --mode weight-only: bits of embedding tables (Gather of rows, quantized per row in
+    /// With --mode weight-only or dynamic: bits of embedding tables (Gather of rows, quantized per row in
     /// the weights' blocks; --exclude Gather keeps them float) [default: 8, or the weights' bits
     /// if more: 4-bit tables cost MiniLM-L3 0.015 of embedding cosine, 8-bit ones nothing].
     #[arg(long, value_name = "BITS")]

@@ -43,6 +43,7 @@ pub mod calibrate;
 pub mod calibrated;
 pub mod compare;
 pub mod dataset;
+pub mod dynamic;
 pub mod encodings;
 pub mod equalize;
 pub mod error;

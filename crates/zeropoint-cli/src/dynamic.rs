@@ -1,0 +1,92 @@
+//! `zeropoint quantize MODEL --mode dynamic`: int8 weights, activations quantized at run time,
+//! in the form ONNX Runtime runs with its integer kernels. Needs no calibration data.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use zeropoint_core::Granularity;
+use zeropoint_onnx::model;
+use zeropoint_quant::dynamic::{self, Options, Outcome};
+
+use crate::output::check_output;
+use crate::quant_args::{parse_scheme, QuantArgs};
+use crate::range_args::RangeMethod;
+use crate::table::{db, Table};
+
+/// What `quantize --mode dynamic` was given.
+pub struct Request<'a> {
+    pub model: &'a Path,
+    pub output: Option<PathBuf>,
+    pub quant: &'a QuantArgs,
+    /// `--embedding-bits`: tables at these bits [default 8]; `--exclude Gather` keeps them float.
+    pub embedding_bits: Option<u32>,
+    pub json: bool,
+}
+
+/// The dynamic options from the command line.
+fn options(r: &Request) -> Result<Options> {
+    let q = r.quant;
+    let spec = q.weights.as_deref().unwrap_or("int8,sym,per-channel");
+    let weights = parse_scheme(spec, true)?;
+    if matches!(weights.granularity, Granularity::PerBlock { .. }) {
+        bail!("--mode dynamic quantizes weights per channel or per tensor, not in blocks ('{spec}'): blocks are --mode weight-only");
+    }
+    if q.activations.is_some() {
+        bail!("--mode dynamic quantizes activations at run time (uint8, per tensor): drop --activations");
+    }
+    Ok(Options {
+        weights,
+        weight_method: q.weight_range.unwrap_or(RangeMethod::Minmax).method(),
+        exclude: q.exclude.clone(),
+        embedding_bits: Some(r.embedding_bits.unwrap_or(8)),
+    })
+}
+
+/// Quantizes the model dynamically and prints the report.
+pub fn run(r: Request) -> Result<()> {
+    let opts = options(&r)?;
+    let output = (r.output.clone())
+        .unwrap_or_else(|| zeropoint_quant::ptq::default_output(r.model, "dynamic"));
+    check_output(r.model, &output)?;
+    let outcome = dynamic::quantize(r.model, &opts)?;
+    model::save(&outcome.model, &output)?;
+    report(r.model, &output, &outcome, r.json)
+}
+
+fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    if json {
+        let doc = serde_json::json!({
+            "model": model.display().to_string(),
+            "output": output.display().to_string(),
+            "bytes_before": size(model),
+            "bytes_after": size(output),
+            "weight_bytes_float": o.float_bytes,
+            "weight_bytes_quantized": o.quantized_bytes,
+            "seconds": o.seconds,
+            "layers": o.layers,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let mut t = Table::new(&["layer", "op", "weight SQNR"]);
+    for l in &o.layers {
+        t.row(vec![l.name.clone(), l.op.clone(), db(l.weight_sqnr_db)]);
+    }
+    print!("{}", t.render());
+    let (before, after) = (size(model), size(output));
+    println!(
+        "{} layers: weights {:.2} MB -> {:.2} MB; {} -> {}: {:.2} MB -> {:.2} MB ({:.1}x smaller) in {:.1} s",
+        o.layers.len(),
+        o.float_bytes as f64 / 1e6,
+        o.quantized_bytes as f64 / 1e6,
+        model.display(),
+        output.display(),
+        before as f64 / 1e6,
+        after as f64 / 1e6,
+        before as f64 / after.max(1) as f64,
+        o.seconds
+    );
+    println!("activations are quantized at run time (DynamicQuantizeLinear: uint8, per tensor)");
+    Ok(())
+}

@@ -1,0 +1,442 @@
+//! Dynamic quantization: weights quantized ahead of time (int8, symmetric, per output channel
+//! or per tensor), activations quantized at run time, per tensor, from each input's own range,
+//! so that no calibration data is needed and no activation range can be wrong for an input.
+//!
+//! Each MatMul, Gemm and Conv with a constant weight becomes the form ONNX Runtime fuses into
+//! its integer kernels (DynamicQuantizeMatMul and friends):
+//!
+//! ```text
+//! x ─ DynamicQuantizeLinear ─┬─ x_q ─ MatMulInteger(x_q, W_q, x_zero, 0) ─ Cast(float) ─ Mul ─ [Add C] ─ y
+//!                            └─ x_scale ─ Mul(x_scale, W_scale) ─────────────────────────┘
+//! ```
+//!
+//! (ConvInteger for Conv, with the scales and bias shaped `[M, 1, 1]` per output channel). One
+//! DynamicQuantizeLinear serves every layer that reads the same value (the query, key and value
+//! projections of an attention block). Weight zero-points are 0: ONNX Runtime's ConvInteger
+//! takes one zero-point per tensor, and a symmetric grid needs none. Embedding tables, when
+//! asked, are stored per row in 8-bit blocks as weight-only quantization stores them.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+use zeropoint_core::observer::{estimate_values, Config, Method};
+use zeropoint_core::{Granularity, QParams, QTensor, Scheme, Storage};
+use zeropoint_graph::graph::{int_attribute, Names};
+use zeropoint_graph::{Graph, Node, Op};
+use zeropoint_onnx::{DType, ModelProto, RawTensor};
+
+use crate::error::{Error, Result};
+use crate::prepare::prepare;
+use crate::settings::{Preset, Settings};
+use crate::weight_only::blocks::{self, BlockRange, BlockScheme, BlockWeights};
+use crate::weight_only::{self, nbits_export, Format, Site};
+
+/// What a dynamic run needs besides the model.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The weight scheme: 8 bits or fewer, symmetric, per tensor or per channel.
+    pub weights: Scheme,
+    pub weight_method: Method,
+    /// Node names or operator types kept float.
+    pub exclude: Vec<String>,
+    /// Bits of embedding tables (Gather of rows), quantized per row in blocks of 128; None keeps
+    /// them float.
+    pub embedding_bits: Option<u32>,
+}
+
+/// Values per scale in embedding rows: at 8 bits, blocks of 128 cost MiniLM-L3 no cosine and a
+/// quarter of the scales of blocks of 32.
+const TABLE_BLOCK: usize = 128;
+
+/// One quantized layer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Layer {
+    pub name: String,
+    pub op: String,
+    pub weight: String,
+    pub weight_sqnr_db: f64,
+}
+
+pub struct Outcome {
+    pub model: ModelProto,
+    pub layers: Vec<Layer>,
+    /// Bytes of the quantized layers' float weights, and of their codes and scales.
+    pub float_bytes: usize,
+    pub quantized_bytes: usize,
+    pub seconds: f64,
+}
+
+/// A layer to quantize: a weight-only site (MatMul, Gemm) or a Conv.
+struct IntegerLayer {
+    node: usize,
+    /// The weight as the layer reads it and its per-channel axis there.
+    weight: String,
+    axis: usize,
+    /// MatMulInteger needs `[K, N]`: a transposed Gemm weight is stored transposed.
+    transpose: Option<(usize, usize)>,
+}
+
+/// Quantizes the model at `path` dynamically.
+pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
+    let t = Instant::now();
+    check(path, opts)?;
+    let prepared = prepare(path, &Settings::preset(Preset::W8A8))?;
+    let graph = prepared.graph;
+    let all = weight_only::sites(&graph, &opts.exclude);
+    let (tables, linear): (Vec<Site>, Vec<Site>) =
+        all.into_iter().partition(|s| s.op == Op::Gather);
+    let mut layers: Vec<IntegerLayer> = linear
+        .iter()
+        .map(|s| IntegerLayer {
+            node: s.node,
+            weight: s.weight.clone(),
+            axis: usize::from(!s.transposed),
+            transpose: s.transposed.then_some((s.n, s.k)),
+        })
+        .collect();
+    layers.extend(conv_layers(&graph, &opts.exclude));
+    layers.sort_by_key(|l| l.node);
+    let tables: Vec<Site> = if opts.embedding_bits.is_some() {
+        tables
+    } else {
+        Vec::new()
+    };
+    if layers.is_empty() && tables.is_empty() {
+        return Err(Error::new(
+            path,
+            "no MatMul, Gemm or Conv with a constant weight to quantize",
+        ));
+    }
+    let mut g = graph.clone();
+    let mut x = Rewrite {
+        names: Names::new(&graph),
+        graph: &graph,
+        added: Vec::new(),
+        replaced: HashSet::new(),
+        quantized_inputs: HashMap::new(),
+        done: HashMap::new(),
+        zero: None,
+        report: Vec::new(),
+        bytes: (0, 0),
+    };
+    for l in &layers {
+        x.layer(&mut g, l, opts)?;
+    }
+    let mut model = finish(g, x.added, &x.replaced, &prepared.base)?;
+    let (mut float_bytes, mut quantized_bytes) = x.bytes;
+    let mut report = x.report;
+    if let (false, Some(bits)) = (tables.is_empty(), opts.embedding_bits) {
+        model = quantize_tables(&graph_of(&model, &graph)?, &tables, bits, &prepared.base).map(
+            |(m, r, f, q)| {
+                report.extend(r);
+                float_bytes += f;
+                quantized_bytes += q;
+                m
+            },
+        )?;
+    }
+    Ok(Outcome {
+        model,
+        layers: report,
+        float_bytes,
+        quantized_bytes,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+fn check(path: &Path, opts: &Options) -> Result<()> {
+    let w = &opts.weights;
+    if w.bits > 8 || !w.symmetric || matches!(w.granularity, Granularity::PerBlock { .. }) {
+        return Err(Error::new(
+            path,
+            format!("dynamic quantization takes symmetric weights of at most 8 bits, per tensor or per channel, not {w}: ONNX Runtime's integer kernels take one weight zero-point"),
+        ));
+    }
+    if opts.embedding_bits.is_some_and(|b| ![2, 4, 8].contains(&b)) {
+        return Err(Error::new(path, "embedding tables take 2, 4 or 8 bits"));
+    }
+    Ok(())
+}
+
+/// Conv layers with a constant weight (any group count; ConvInteger takes `group`).
+fn conv_layers(graph: &Graph, exclude: &[String]) -> Vec<IntegerLayer> {
+    (graph.nodes.iter().enumerate())
+        .filter(|(_, n)| n.op == Op::Conv && !exclude.iter().any(|e| *e == n.name || e == "Conv"))
+        .filter_map(|(i, n)| {
+            let w = graph.float_initializer(n.inputs.get(1)?)?;
+            (w.shape.len() >= 3 && graph.initializer(&n.inputs[0]).is_none()).then(|| {
+                IntegerLayer {
+                    node: i,
+                    weight: w.name.clone(),
+                    axis: 0,
+                    transpose: None,
+                }
+            })
+        })
+        .collect()
+}
+
+/// The rewrite in progress.
+struct Rewrite<'a> {
+    names: Names,
+    graph: &'a Graph,
+    added: Vec<Node>,
+    replaced: HashSet<usize>,
+    /// Each dynamically quantized value: its codes, scale and zero-point.
+    quantized_inputs: HashMap<String, [String; 3]>,
+    /// Each quantized weight's codes and scale initializers, by weight and whether a
+    /// convolution reads it (its scales are shaped for channels).
+    done: HashMap<(String, bool), [String; 2]>,
+    /// The int8 zero-point initializer every weight shares, once written.
+    zero: Option<String>,
+    report: Vec<Layer>,
+    bytes: (usize, usize),
+}
+
+impl Rewrite<'_> {
+    /// Replaces one layer by its integer form.
+    fn layer(&mut self, g: &mut Graph, l: &IntegerLayer, opts: &Options) -> Result<()> {
+        let node = self.graph.nodes[l.node].clone();
+        let conv = node.op == Op::Conv;
+        let [xq, xs, xz] = self.dynamic_input(&node.inputs[0]);
+        let [wq, ws] = self.weight(g, l, conv, opts)?;
+        let base = node.name.clone();
+        let fresh = |names: &mut Names, what: &str| names.fresh(&format!("{base}_{what}"));
+        let (int32, float, scale) = (
+            fresh(&mut self.names, "int32"),
+            fresh(&mut self.names, "float"),
+            fresh(&mut self.names, "scale"),
+        );
+        let zero = self.zero(g);
+        let mut integer = Node::new(
+            fresh(
+                &mut self.names,
+                if conv { "ConvInteger" } else { "MatMulInteger" },
+            ),
+            if conv {
+                Op::Other("ConvInteger".into())
+            } else {
+                Op::Other("MatMulInteger".into())
+            },
+            &[&xq, &wq, &xz, &zero],
+            &[&int32],
+        );
+        if conv {
+            integer.attributes = node.attributes.clone();
+        }
+        let mut cast = Node::new(
+            fresh(&mut self.names, "Cast"),
+            Op::Cast,
+            &[&int32],
+            &[&float],
+        );
+        cast.attributes = vec![int_attribute("to", 1)];
+        let scales = Node::new(
+            fresh(&mut self.names, "scale_Mul"),
+            Op::Mul,
+            &[&xs, &ws],
+            &[&scale],
+        );
+        let bias = node.inputs.get(2).filter(|b| !b.is_empty()).cloned();
+        let out = node.outputs[0].clone();
+        let scaled = if bias.is_some() {
+            fresh(&mut self.names, "unbiased")
+        } else {
+            out.clone()
+        };
+        let mul = Node::new(
+            fresh(&mut self.names, "Mul"),
+            Op::Mul,
+            &[&float, &scale],
+            &[&scaled],
+        );
+        self.added.extend([integer, cast, scales, mul]);
+        if let Some(b) = bias {
+            let b = if conv { self.channel_shaped(g, &b)? } else { b };
+            self.added.push(Node::new(
+                fresh(&mut self.names, "bias_Add"),
+                Op::Add,
+                &[&scaled, &b],
+                &[&out],
+            ));
+        }
+        self.replaced.insert(l.node);
+        Ok(())
+    }
+
+    /// The DynamicQuantizeLinear outputs of value `x`, added the first time it is asked for.
+    fn dynamic_input(&mut self, x: &str) -> [String; 3] {
+        if let Some(q) = self.quantized_inputs.get(x) {
+            return q.clone();
+        }
+        let q = [
+            self.names.fresh(&format!("{x}_quantized")),
+            self.names.fresh(&format!("{x}_scale")),
+            self.names.fresh(&format!("{x}_zero_point")),
+        ];
+        let outs: Vec<&str> = q.iter().map(String::as_str).collect();
+        self.added.push(Node::new(
+            self.names.fresh(&format!("{x}_DynamicQuantizeLinear")),
+            Op::Other("DynamicQuantizeLinear".into()),
+            &[x],
+            &outs,
+        ));
+        self.quantized_inputs.insert(x.to_string(), q.clone());
+        q
+    }
+
+    /// The int8 zero-point scalar every weight shares.
+    fn zero(&mut self, g: &mut Graph) -> String {
+        if let Some(z) = &self.zero {
+            return z.clone();
+        }
+        let name = self.names.fresh("weight_zero_point");
+        g.initializers
+            .push(RawTensor::from_i64s(&name, &[], &[0], DType::I8));
+        self.zero = Some(name.clone());
+        name
+    }
+
+    /// The weight's int8 codes (as MatMulInteger or ConvInteger reads them) and its scales
+    /// (`[N]`, or `[M, 1, 1]` for a convolution's channels), written once per weight.
+    fn weight(
+        &mut self,
+        g: &mut Graph,
+        l: &IntegerLayer,
+        conv: bool,
+        opts: &Options,
+    ) -> Result<[String; 2]> {
+        let key = (l.weight.clone(), conv);
+        if let Some(d) = self.done.get(&key) {
+            return Ok(d.clone());
+        }
+        let t = self
+            .graph
+            .float_initializer(&l.weight)
+            .expect("a site's weight is an initializer");
+        let at = || format!("weight '{}'", l.weight);
+        let source = &self.graph.source;
+        let values = t.to_f32s();
+        let scheme = match opts.weights.granularity {
+            Granularity::PerTensor => opts.weights,
+            _ => opts.weights.per_axis(l.axis),
+        };
+        let ranges = estimate_values(&values, &t.shape, &scheme, Config::new(opts.weight_method))
+            .map_err(|e| Error::at(source, at(), e))?;
+        let qp = QParams::from_ranges(&scheme, &ranges).map_err(|e| Error::at(source, at(), e))?;
+        let q = QTensor::quantize_with(&values, &t.shape, qp.clone(), Storage::I8)
+            .map_err(|e| Error::at(source, at(), e))?;
+        let dequantized = q.dequantize().map_err(|e| Error::at(source, at(), e))?;
+        let mut codes: Vec<i64> = q.codes_i32().into_iter().map(i64::from).collect();
+        let mut shape = t.shape.clone();
+        if let Some((rows, cols)) = l.transpose {
+            codes = weight_only::transpose(&codes, rows, cols);
+            shape = vec![cols, rows];
+        }
+        let wq = self.names.fresh(&format!("{}_quantized", l.weight));
+        let ws = self.names.fresh(&format!("{}_scale", l.weight));
+        let scale_shape = match (qp.scale.len(), conv) {
+            (1, _) => vec![],
+            (m, true) => vec![m, 1, 1],
+            (n, false) => vec![n],
+        };
+        g.initializers
+            .push(RawTensor::from_i64s(&wq, &shape, &codes, DType::I8));
+        g.initializers
+            .push(RawTensor::from_f32s(&ws, &scale_shape, &qp.scale));
+        self.report.push(Layer {
+            name: self.graph.nodes[l.node].name.clone(),
+            op: self.graph.nodes[l.node].op.to_string(),
+            weight: l.weight.clone(),
+            weight_sqnr_db: blocks::sqnr_db(&values, &dequantized),
+        });
+        self.bytes.0 += values.len() * 4;
+        self.bytes.1 += values.len() + qp.scale.len() * 4;
+        self.done.insert(key, [wq.clone(), ws.clone()]);
+        Ok([wq, ws])
+    }
+
+    /// A copy of a convolution's bias `[M]` shaped `[M, 1, 1]`, to add to `[N, M, H, W]`.
+    fn channel_shaped(&mut self, g: &mut Graph, bias: &str) -> Result<String> {
+        let t = self.graph.float_initializer(bias).ok_or_else(|| {
+            Error::new(
+                &self.graph.source,
+                format!("bias '{bias}' is not a constant"),
+            )
+        })?;
+        let name = self.names.fresh(&format!("{bias}_channels"));
+        g.initializers
+            .push(RawTensor::from_f32s(&name, &[t.len(), 1, 1], &t.to_f32s()));
+        Ok(name)
+    }
+}
+
+/// The rewritten graph as a model: replaced nodes out, new nodes in, and the float weights and
+/// biases they read dropped unless another node still reads them.
+fn finish(
+    mut g: Graph,
+    added: Vec<Node>,
+    replaced: &HashSet<usize>,
+    base: &ModelProto,
+) -> Result<ModelProto> {
+    let read_before: HashSet<String> = g.nodes.iter().flat_map(Node::reads).collect();
+    let mut index = 0;
+    g.nodes.retain(|_| {
+        index += 1;
+        !replaced.contains(&(index - 1))
+    });
+    g.nodes.extend(added);
+    let read: HashSet<String> = (g.nodes.iter())
+        .flat_map(Node::reads)
+        .chain(g.outputs.iter().map(|o| o.name.clone()))
+        .collect();
+    g.initializers
+        .retain(|t| !read_before.contains(&t.name) || read.contains(&t.name));
+    g.sort()?;
+    Ok(g.into_model(base)?)
+}
+
+/// The model's graph again (after the dynamic rewrite), for the tables' pass.
+fn graph_of(model: &ModelProto, like: &Graph) -> Result<Graph> {
+    Ok(Graph::from_model(model, &like.source)?)
+}
+
+/// The embedding tables quantized per row, as weight-only quantization writes them.
+fn quantize_tables(
+    graph: &Graph,
+    tables: &[Site],
+    bits: u32,
+    base: &ModelProto,
+) -> Result<(ModelProto, Vec<Layer>, usize, usize)> {
+    // Node indices moved with the rewrite: find the tables' Gathers again.
+    let names: HashSet<&str> = tables.iter().map(|s| s.name.as_str()).collect();
+    let sites: Vec<Site> = weight_only::sites(graph, &[])
+        .into_iter()
+        .filter(|s| s.op == Op::Gather && names.contains(s.name.as_str()))
+        .collect();
+    let scheme = BlockScheme {
+        bits,
+        block: TABLE_BLOCK,
+        symmetric: false,
+        range: BlockRange::MinMax,
+    };
+    let mut quantized: HashMap<String, BlockWeights> = HashMap::new();
+    let mut report = Vec::new();
+    let (mut float_bytes, mut quantized_bytes) = (0, 0);
+    for s in &sites {
+        let w = weight_only::weight_kn(graph, s)?;
+        let q = blocks::rtn(&w, s.k, s.n, scheme);
+        report.push(Layer {
+            name: s.name.clone(),
+            op: "Gather".into(),
+            weight: s.weight.clone(),
+            weight_sqnr_db: blocks::sqnr_db(&w, &q.dequantize()),
+        });
+        float_bytes += w.len() * 4;
+        quantized_bytes += nbits_export::bytes(&q);
+        quantized.insert(s.weight.clone(), q);
+    }
+    let model = nbits_export::export(graph, &sites, &quantized, Format::MatMulNBits, base)?;
+    Ok((model, report, float_bytes, quantized_bytes))
+}

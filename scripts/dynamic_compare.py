@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Dynamic quantization of MiniLM-L3: zeropoint's `quantize --mode dynamic` against ONNX Runtime's quantize_dynamic in
+its configurations (per-tensor and per-channel, int8 and uint8 weights), measured in one run (docs/transformers.md).
+
+Usage: .venv/bin/python scripts/dynamic_compare.py [--zeropoint target/release/zeropoint] [--runs 5]
+
+Evaluation: the 50 Lee documents of scripts/ptq_compare.py, embedding cosine against float and Pearson of the 1225
+pair similarities with the human scores, in ONNX Runtime. Latency: one pass over the 50 documents on one thread
+(median of --runs passes). Quantize time and peak memory: wall clock and maximum resident size of the quantizing
+process (/usr/bin/time). Needs .cache/shared/minilm-l3 (../shared/assets/fetch-minilm-l3.sh).
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+
+def ort_job(src, dst, per_channel, weight_type):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantize_dynamic(src, dst, per_channel=per_channel == "1",
+                     weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--zeropoint", default=os.path.join(ROOT, "target", "release", "zeropoint"))
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--ort-job", nargs=4, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.ort_job:
+        return ort_job(*a.ort_job)
+    from ptq_compare import B2, latency
+    from weight_only_compare import timed
+    task = B2(os.path.join(ROOT, ".cache", "shared"))
+    ref = task.outputs(task.src)
+    feeds = task.latency_feeds()
+    f_lat = latency(task.src, feeds, a.runs)
+    fm = task.metrics(ref, ref)
+    print(f"{'MiniLM-L3, dynamic':34} {'cos mean':>8} {'cos min':>8} {'Pearson':>8} {'MB':>6} {'latency':>8} "
+          f"{'vs float':>8} {'time s':>7} {'peak MB':>7}")
+    print(f"{'float':34} {1:8.4f} {1:8.4f} {fm['lee_pearson']:8.4f} {os.path.getsize(task.src) / 1e6:6.2f} "
+          f"{f_lat * 1e3:6.1f}ms {1:7.2f}x {'-':>7} {'-':>7}")
+    zp = [a.zeropoint, "quantize", task.src, "--mode", "dynamic"]
+    me = [sys.executable, os.path.abspath(__file__), "--ort-job", task.src]
+    jobs = [("zeropoint per-channel", zp),
+            ("zeropoint per-channel, MSE ranges", zp + ["--weight-range", "mse"]),
+            ("zeropoint per-tensor", zp + ["--weights", "int8,sym,per-tensor"]),
+            ("zeropoint per-channel, float tables", zp + ["--exclude", "Gather"])]
+    jobs += [(f"ORT quantize_dynamic {'per-channel' if pc == '1' else 'per-tensor'} {wt}", me + ["{dst}", pc, wt])
+             for pc in ["0", "1"] for wt in ["int8", "uint8"]]
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for i, (label, cmd) in enumerate(jobs):
+            dst = os.path.join(work, f"{i}.onnx")
+            cmd = [dst if c == "{dst}" else c for c in cmd] + (["-o", dst] if label.startswith("zeropoint") else [])
+            try:
+                secs, peak, _ = timed(cmd)
+                m = task.metrics(task.outputs(dst), ref)
+                lat = latency(dst, feeds, a.runs)
+            except Exception as e:  # a configuration ONNX Runtime cannot run is reported, not fatal
+                print(f"{label:34} not run: {str(e).strip().splitlines()[-1][:120]}")
+                continue
+            row = dict(method=label, cos_mean=m["cos_mean"], cos_min=m["cos_min"], pearson=m["lee_pearson"],
+                       mb=os.path.getsize(dst) / 1e6, latency_ms=lat * 1e3, speedup=f_lat / lat, seconds=secs, peak_mb=peak)
+            rows.append(row)
+            print(f"{label:34} {m['cos_mean']:8.4f} {m['cos_min']:8.4f} {m['lee_pearson']:8.4f} {row['mb']:6.2f} "
+                  f"{lat * 1e3:6.1f}ms {row['speedup']:7.2f}x {secs:7.1f} {peak:7.0f}", flush=True)
+    print(json.dumps(dict(float_latency_ms=f_lat * 1e3, rows=rows)))
+
+
+if __name__ == "__main__":
+    main()

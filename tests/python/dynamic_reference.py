@@ -1,0 +1,189 @@
+"""`zeropoint quantize --mode dynamic` checked against numpy and in ONNX Runtime.
+
+Usage: dynamic_reference.py ZEROPOINT DIR
+
+On a small model with every layer kind dynamic quantization rewrites (an embedding table looked up by `ids`, a MatMul
+on a 3-D input whose value two MatMuls share, a transB Gemm with a bias, and a grouped Conv with a bias):
+
+- the weights in the file are numpy's symmetric int8 per-channel quantization of the float ones (scale = max|w| /
+  127 per output channel, codes rounded half to even), and the tables numpy's 8-bit per-row blocks;
+- ONNX Runtime's output equals a numpy simulation written from the ONNX specifications of DynamicQuantizeLinear
+  (uint8, scale = (max(x, 0) − min(x, 0)) / 255, zero-point rounded half to even and saturated), MatMulInteger and
+  ConvInteger (int32 products of the codes minus their zero-points), then the scale products and biases;
+- the model passes onnx.checker, one DynamicQuantizeLinear serves both MatMuls reading the same value, and the
+  output stays within cosine 0.999 of the float model's;
+- the same bytes come out at 1 and 2 threads;
+- asymmetric or blocked weight schemes are refused with one line and exit status 1.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+FAILED = []
+V, D, N1, N2, C, G = 30, 64, 48, 40, 8, 2
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        FAILED.append(what)
+
+
+def zeropoint(exe, *args, env=None, ok=True):
+    run = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=env)
+    if ok and run.returncode != 0:
+        sys.exit(f"zeropoint {' '.join(map(str, args))} failed: {run.stderr}")
+    return run
+
+
+def build(d):
+    rng = np.random.default_rng(1)
+    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    w = dict(emb=f(V, D), wa=f(D, N1), wb=f(D, N1), wg=f(N2, 2 * N1), cg=f(N2), wc=f(C, 4 // G, 3, 3), bc=f(C))
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], name="lookup"),
+             helper.make_node("Add", ["x", "e"], ["xe"], name="add"),
+             helper.make_node("MatMul", ["xe", "wa"], ["a"], name="fa"),
+             helper.make_node("MatMul", ["xe", "wb"], ["b"], name="fb"),
+             helper.make_node("Concat", ["a", "b"], ["ab"], name="cat", axis=-1),
+             helper.make_node("ReduceMean", ["ab", "axes1"], ["m"], name="pool", keepdims=0),
+             helper.make_node("Gemm", ["m", "wg", "cg"], ["y"], name="head", transB=1),
+             helper.make_node("Conv", ["img", "wc", "bc"], ["z"], name="conv", group=G, pads=[1, 1, 1, 1])]
+    inits = [numpy_helper.from_array(v, k) for k, v in w.items()] + [numpy_helper.from_array(np.array([1]), "axes1")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5, D]),
+                                       helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 5]),
+                                       helper.make_tensor_value_info("img", TensorProto.FLOAT, ["n", 4, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", N2]),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", C, 6, 6])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 8
+    path = d / "layers.onnx"
+    onnx.save(m, path)
+    feeds = dict(x=rng.standard_normal((3, 5, D)).astype(np.float32), ids=rng.integers(0, V, (3, 5)),
+                 img=rng.standard_normal((3, 4, 6, 6)).astype(np.float32))
+    return path, w, feeds
+
+
+def dynamic_quantize(x):
+    """DynamicQuantizeLinear, per the ONNX specification."""
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    s = np.float32((hi - lo) / 255) if hi > lo else np.float32(0)
+    z = np.clip(np.round(-lo / s), 0, 255) if s > 0 else 0.0
+    q = np.clip(np.round(x / s) + z, 0, 255) if s > 0 else np.zeros_like(x)
+    return q.astype(np.int64), s, int(z)
+
+
+def int8_per_channel(w, axis):
+    absmax = np.max(np.abs(w), axis=tuple(i for i in range(w.ndim) if i != axis), keepdims=True)
+    s = (absmax.astype(np.float64) / 127).astype(np.float32)
+    return np.clip(np.round(w / s), -128, 127).astype(np.int64), s
+
+
+def conv2d(x, w, group, pad):
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out = np.zeros((n, m, h, wd), np.int64 if x.dtype == np.int64 else np.float64)
+    mg = m // group
+    for o in range(m):
+        g = o // mg
+        for i in range(h):
+            for j in range(wd):
+                out[:, o, i, j] = np.sum(xp[:, g * cg:(g + 1) * cg, i:i + kh, j:j + kw] * w[o], axis=(1, 2, 3))
+    return out
+
+
+def simulate(w, feeds, table):
+    """The dynamic model in numpy: the table as read from the file, every layer's codes computed here."""
+    xe = feeds["x"] + table[feeds["ids"]]
+    q, s, z = dynamic_quantize(xe)
+    outs = []
+    for name in ["wa", "wb"]:
+        wq, ws = int8_per_channel(w[name], 1)
+        outs.append(((q - z) @ wq).astype(np.float32) * (s * ws.reshape(-1)))
+    m = np.concatenate(outs, -1).mean(1)
+    qm, sm, zm = dynamic_quantize(m)
+    wq, ws = int8_per_channel(w["wg"], 0)
+    y = ((qm - zm) @ wq.T).astype(np.float32) * (sm * ws.reshape(-1)) + w["cg"]
+    qi, si, zi = dynamic_quantize(feeds["img"])
+    wq, ws = int8_per_channel(w["wc"], 0)
+    zc = conv2d(qi - zi, wq, G, 1).astype(np.float32) * (si * ws.reshape(-1, 1, 1)) + w["bc"].reshape(-1, 1, 1)
+    return y, zc
+
+
+def read_table(path):
+    """The GatherBlockQuantized table, dequantized per the contrib operator's documentation (8-bit)."""
+    m = onnx.load(path)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    n = next(n for n in m.graph.node if n.op_type == "GatherBlockQuantized")
+    bs = next(helper.get_attribute_value(a) for a in n.attribute if a.name == "block_size")
+    data, s = inits[n.input[0]].astype(np.float64), inits[n.input[2]].astype(np.float64)
+    z = inits[n.input[3]].astype(np.float64) if len(n.input) > 3 else np.full_like(s, 128)
+    cols = data.shape[1]
+    return ((data - np.repeat(z, bs, 1)[:, :cols]) * np.repeat(s, bs, 1)[:, :cols]).astype(np.float32), m, inits
+
+
+def cosine(a, b):
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def main():
+    exe, d = Path(sys.argv[1]), Path(sys.argv[2])
+    path, w, feeds = build(d)
+    out = d / "layers.dynamic.onnx"
+    zeropoint(exe, "quantize", path, "--mode", "dynamic", "-o", out)
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    table, m, inits = read_table(out)
+    ops = [n.op_type for n in m.graph.node]
+    check(ops.count("DynamicQuantizeLinear") == 3 and ops.count("MatMulInteger") == 3 and ops.count("ConvInteger") == 1,
+          f"one DynamicQuantizeLinear per quantized value (3), 3 MatMulInteger, 1 ConvInteger: {sorted(set(ops))}")
+    for name, axis in [("wa", 1), ("wb", 1), ("wg", 0), ("wc", 0)]:
+        wq, ws = int8_per_channel(w[name], axis)
+        codes = inits.get(f"{name}_quantized")
+        stored = codes.T if name == "wg" else codes  # MatMulInteger reads [K, N]
+        check(codes is not None and np.array_equal(stored, wq) and np.allclose(inits[f"{name}_scale"].reshape(-1),
+                                                                                ws.reshape(-1), rtol=1e-7),
+              f"{name}: int8 codes and scales are numpy's symmetric per-channel quantization")
+    e = w["emb"]  # D = 64 < 128: one block per row
+    lo, hi = e.min(1, keepdims=True).clip(max=0).astype(np.float64), e.max(1, keepdims=True).clip(min=0).astype(np.float64)
+    rs = ((hi - lo) / 255).astype(np.float32).astype(np.float64)
+    rz = np.clip(np.round(-lo / rs), 0, 255)
+    expect = (np.clip(np.round(e / rs + rz), 0, 255) - rz) * rs
+    check(np.allclose(table, expect, atol=1e-6), "embedding table: numpy's 8-bit asymmetric per-row quantization")
+    s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    y, z = s.run(None, feeds)
+    ys, zs = simulate(w, feeds, table)
+    check(np.allclose(y, ys, rtol=1e-4, atol=1e-4), f"ONNX Runtime's Gemm output is numpy's simulation "
+          f"(max |diff| {np.abs(y - ys).max():.1e})")
+    check(np.allclose(z, zs, rtol=1e-4, atol=1e-4), f"ONNX Runtime's ConvInteger output is numpy's simulation "
+          f"(max |diff| {np.abs(z - zs).max():.1e})")
+    yf, zf = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    check(cosine(y, yf) > 0.999 and cosine(z, zf) > 0.999,
+          f"close to float: cosine {cosine(y, yf):.5f} and {cosine(z, zf):.5f}")
+    outs = []
+    for threads in ["1", "2"]:
+        o = d / f"t{threads}.onnx"
+        zeropoint(exe, "quantize", path, "--mode", "dynamic", "--weight-range", "mse", "-o", o,
+                  env={**os.environ, "RAYON_NUM_THREADS": threads})
+        outs.append(o.read_bytes())
+    check(outs[0] == outs[1], "the same bytes at 1 and 2 threads")
+    for spec in ["int8,asym,per-channel", "int8,sym,per-block=32"]:
+        o = d / "bad.onnx"
+        run = zeropoint(exe, "quantize", path, "--mode", "dynamic", "--weights", spec, "-o", o, ok=False)
+        lines = run.stderr.strip().splitlines()
+        check(run.returncode == 1 and len(lines) == 1 and not o.exists(),
+              f"--weights {spec} refused in one line: {lines[0] if lines else '(nothing)'}")
+    if FAILED:
+        sys.exit(f"dynamic reference: {len(FAILED)} checks failed")
+    print("dynamic reference: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
