@@ -3,8 +3,9 @@ ONNX Runtime.
 
 Usage: weight_only_reference.py ZEROPOINT DIR
 
-On a small two-layer model (an embedding table looked up by `ids` and added to `x`, a MatMul with K = 80, not a
-multiple of the block, then ReLU and a transB Gemm with a bias) and 256 correlated calibration rows:
+On a small two-layer model (an embedding table looked up by `ids` and added to `x`, a LayerNormalization, a MatMul
+with K = 80, not a multiple of the block, then ReLU and a transB Gemm with a bias) and 256 correlated calibration
+rows with an outlier channel:
 
 - each export is read back with numpy, from the ONNX specifications alone (blocked DequantizeLinear, after a Gather
   of the table's rows; MatMulNBits' and GatherBlockQuantized's packing, per the contrib operators' documentation),
@@ -17,6 +18,10 @@ multiple of the block, then ReLU and a transB Gemm with a bias) and 256 correlat
 - HQQ: a numpy version of the half-quadratic solver (p = 0.7, β = 10, κ = 1.01, 20 iterations, each block stopping
   when its mean |error| stops falling) gives the same zero-points (to 1e-4, in ≥ 95% of blocks: where two steps'
   errors tie to rounding, summation order decides) and codes;
+- AWQ: a numpy version (s = mean|x|^α normalized by √(max·min), α on a grid of 20 minimizing Σ δᵀHδ with
+  δ = W − diag(1/s)·RTN(diag(s)W)) picks the same α and scales; the exported model divides the input by s (in the
+  LayerNormalization's scale and bias for fc1, which only fc1 reads; with a Mul before fc2) and ONNX Runtime's output
+  equals numpy's forward pass with it; its output error is below RTN's;
 - GPTQ writes the same bytes at 1 and 2 threads;
 - bad requests (GPTQ without data, 3 bits as MatMulNBits, symmetric HQQ) fail with one line and exit status 1.
 """
@@ -32,6 +37,15 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 K1, N1, N2, BLOCK, BITS, V = 80, 64, 48, 32, 4, 50
+GAMMA = np.linspace(0.5, 2.0, K1).astype(np.float32)
+GAMMA[7] = 8.0  # an outlier channel, as transformers' normalized activations have (where AWQ pays)
+BETA = np.linspace(-0.2, 0.2, K1).astype(np.float32)
+
+
+def layer_norm(x, gamma=GAMMA, beta=BETA):
+    x = x.astype(np.float64)
+    m, v = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return ((x - m) / np.sqrt(v + 1e-5) * gamma + beta).astype(np.float32)
 FAILED = []
 
 
@@ -56,7 +70,8 @@ def build(d):
     c = (rng.standard_normal(N2) * 0.1).astype(np.float32)
     emb = (rng.standard_normal((V, K1)) * 0.5).astype(np.float32)
     nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], name="lookup"),
-             helper.make_node("Add", ["x", "e"], ["xe"], name="add"),
+             helper.make_node("Add", ["x", "e"], ["xs"], name="add"),
+             helper.make_node("LayerNormalization", ["xs", "gamma", "beta"], ["xe"], name="norm"),
              helper.make_node("MatMul", ["xe", "w1"], ["h"], name="fc1"),
              helper.make_node("Relu", ["h"], ["r"], name="relu"),
              helper.make_node("Gemm", ["r", "w2", "c"], ["y"], name="fc2", transB=1)]
@@ -64,7 +79,8 @@ def build(d):
                                        helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", N2])],
                           [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
-                           numpy_helper.from_array(c, "c"), numpy_helper.from_array(emb, "emb")])
+                           numpy_helper.from_array(c, "c"), numpy_helper.from_array(emb, "emb"),
+                           numpy_helper.from_array(GAMMA, "gamma"), numpy_helper.from_array(BETA, "beta")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     path = d / "two_layers.onnx"
@@ -78,7 +94,7 @@ def build(d):
 
 
 def forward(x, ids, emb, w1, w2, c):
-    return np.maximum((x + emb[ids]) @ w1, 0) @ w2 + c
+    return np.maximum(layer_norm(x + emb[ids]) @ w1, 0) @ w2 + c
 
 
 # ---------------------------------------------------------------------------------------------- reading the exports
@@ -268,15 +284,78 @@ def hqq(w, p=0.7, beta0=10.0, kappa=1.01, iters=20):
     return zeros
 
 
+def awq(w, x, grid=20):
+    """AWQ's scale search: (alpha, s) minimizing the output error of RTN(diag(s)W)/s on x."""
+    h = 2.0 * x.T.astype(np.float64) @ x.astype(np.float64) / len(x)
+    sx = np.abs(x.astype(np.float64)).mean(0)
+
+    def error(s):
+        q = rtn((w * s[:, None].astype(np.float32)).astype(np.float32))[1] / s[:, None]
+        d = w.astype(np.float64) - q
+        return float(np.sum(d * (h @ d)))
+
+    best = (0.0, np.ones(len(sx), np.float32), error(np.ones(len(sx), np.float32)))
+    for a in range(1, grid):
+        t = np.maximum(sx, 1e-8) ** (a / grid)
+        s = (t / np.sqrt(t.max() * t.min())).astype(np.float32)
+        e = error(s)
+        if e < best[2]:
+            best = (a / grid, s, e)
+    return best
+
+
 def out_err(x, w, q):
     return float(np.sum((x @ (w.astype(np.float64) - q)) ** 2))
+
+
+def check_awq(exe, d, model, weights, x, ids, emb, c, inputs):
+    import json
+    out = d / "awq.onnx"
+    run = zeropoint(exe, "quantize", model, "--mode", "weight-only", "--method", "awq", "--weights", weights,
+                    "--calib", d / "calib.npz", "--json", "-o", out)
+    report = {tuple(a["layers"]): a for a in json.loads(run.stdout)["awq"]}
+    nb = read_nbits(out)[0]
+    m = onnx.load(out)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    inverse, scaled = {}, []
+    for name, (xi, w) in inputs.items():
+        alpha, s, err = awq(w, xi)
+        node = next(n for n in m.graph.node if n.name == name)
+        before = producer.get(node.input[0])
+        if before is not None and before.op_type == "LayerNormalization":  # 1/s folded into its scale and bias
+            inv = inits[before.input[1]] / GAMMA
+            folded = np.allclose(inits[before.input[2]], BETA * inv, rtol=1e-6, atol=1e-7)
+            check(folded and name == "fc1", f"awq {name}: 1/s folded into the LayerNormalization's scale and bias")
+        elif before is not None and before.op_type == "Mul":
+            inv = inits[before.input[1]]
+            check(name == "fc2", f"awq {name}: 1/s in a Mul before the layer")
+        else:
+            inv = np.ones(len(s), np.float32)
+        inverse[name] = inv
+        got = report[(name,)]["alpha"]
+        check(abs(got - alpha) < 1e-9 and np.allclose(1 / inv, s, rtol=1e-5),
+              f"awq {name}: alpha {got:.2f} and the scales are numpy's (alpha {alpha:.2f})")
+        codes = rtn((w * s[:, None]).astype(np.float32))[0]
+        check(np.mean(nb[name]["codes"] == codes) >= 0.999, f"awq {name}: codes are RTN's of diag(s)W")
+        e, plain = out_err(xi, w, nb[name]["w"] * inv[:, None]), out_err(xi, w, rtn(w)[1])
+        check(e < plain if alpha > 0 else e <= plain * (1 + 1e-6),
+              f"awq {name}: output error {e:.4g} vs RTN's {plain:.4g}")
+        scaled.append(alpha > 0)
+    check(any(scaled), "awq scales at least one layer of this model (alpha > 0)")
+    y = ort_run(out, x, ids)
+    table = read_gather(next(n for n in m.graph.node if n.op_type == "GatherBlockQuantized"), inits)
+    normed = layer_norm(x + table[ids], GAMMA * inverse["fc1"], BETA * inverse["fc1"])
+    ref = np.maximum(normed @ nb["fc1"]["w"], 0) * inverse["fc2"] @ nb["fc2"]["w"] + c
+    check(np.allclose(y, ref, rtol=1e-4, atol=1e-4), f"awq: ONNX Runtime runs x/s through the scaled weights "
+          f"(max |diff| {np.abs(y - ref).max():.1e})")
 
 
 # ------------------------------------------------------------------------------------------------------------ main
 def main():
     exe, d = Path(sys.argv[1]), Path(sys.argv[2])
     model, x, ids, emb, w1, w2, c = build(d)
-    xe = x + emb[ids]  # the float model's input to fc1
+    xe = layer_norm(x + emb[ids])  # the float model's input to fc1
     r = np.maximum(xe @ w1, 0)  # and to fc2
     inputs = {"fc1": (xe, w1), "fc2": (r, w2)}
     weights = f"uint{BITS},asym,per-block={BLOCK}"
@@ -331,6 +410,7 @@ def main():
         s = hq[name]["scales"]
         ref_codes = quant(w, np.repeat(s, BLOCK, 0)[:K1 if name == "fc1" else N1], np.repeat(z, BLOCK, 0)[:w.shape[0]])
         check(np.mean(hq[name]["codes"] == ref_codes) >= 0.999, f"hqq {name}: codes equal numpy's")
+    check_awq(exe, d, model, weights, x, ids, emb, c, inputs)
     outs = []
     for threads in ["1", "2"]:
         out = d / f"gptq_t{threads}.onnx"

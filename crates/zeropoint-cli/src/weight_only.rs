@@ -27,6 +27,10 @@ pub enum MethodArg {
     /// HQQ (Badri & Shaji 2023): each block's zero-point fitted to its weights under an l_0.7
     /// error, without data. Asymmetric only.
     Hqq,
+    /// AWQ (Lin et al. 2023), then round to nearest: input channels scaled by their activations'
+    /// magnitude (the exponent searched per layer on --calib), the inverse folded before the
+    /// layer. Same as --method rtn --awq.
+    Awq,
 }
 
 /// `--format`'s variants.
@@ -55,6 +59,9 @@ pub struct WeightOnlyArgs {
     /// GPTQ's dampening of the Hessian, a fraction of its mean diagonal.
     #[arg(long, default_value_t = 0.01)]
     pub gptq_damp: f64,
+    /// AWQ's channel scaling before any method (--method gptq --awq: both). Needs --calib.
+    #[arg(long)]
+    pub awq: bool,
     /// GPTQ quantizes the inputs with the largest Hessian diagonal first (its act-order); block
     /// parameters then come from the weights before any update.
     #[arg(long)]
@@ -83,7 +90,7 @@ pub fn options(q: &QuantArgs, w: &WeightOnlyArgs, calib: Vec<String>) -> Result<
         bail!("--gptq-damp must be a positive number");
     }
     let method = match w.method {
-        MethodArg::Rtn => Method::Rtn,
+        MethodArg::Rtn | MethodArg::Awq => Method::Rtn,
         MethodArg::Gptq => Method::Gptq(gptq::Options {
             damp: w.gptq_damp,
             act_order: w.act_order,
@@ -99,6 +106,7 @@ pub fn options(q: &QuantArgs, w: &WeightOnlyArgs, calib: Vec<String>) -> Result<
             range,
         },
         method,
+        awq: (w.awq || w.method == MethodArg::Awq).then(Default::default),
         format: match w.format {
             FormatArg::Matmulnbits => Format::MatMulNBits,
             FormatArg::Qdq => Format::Qdq,
@@ -148,6 +156,7 @@ fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
             "calibration_samples": o.calibration_samples,
             "seconds": o.seconds,
             "layers": o.layers,
+            "awq": o.awq,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -175,6 +184,25 @@ fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
         before as f64 / after.max(1) as f64,
         o.seconds
     );
+    let scaled: Vec<_> = o.awq.iter().filter(|a| a.alpha > 0.0).collect();
+    if !o.awq.is_empty() {
+        let before: f64 = o.awq.iter().map(|a| a.error_before).sum();
+        let after: f64 = o.awq.iter().map(|a| a.error_after).sum();
+        println!(
+            "AWQ: {} of {} input groups scaled; their layers' output error on calibration data {:.1}% of round to nearest's",
+            scaled.len(),
+            o.awq.len(),
+            100.0 * after / before.max(f64::MIN_POSITIVE)
+        );
+        for a in &scaled {
+            println!(
+                "  {} (alpha {:.2}) -> {}",
+                a.layers.join(", "),
+                a.alpha,
+                a.folded_into
+            );
+        }
+    }
     if o.calibration_samples > 0 {
         println!(
             "output SQNR: each layer's on its inputs from {} calibration samples",

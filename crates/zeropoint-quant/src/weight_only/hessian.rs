@@ -4,6 +4,7 @@
 //!
 //! Each batch's XᵀX is summed in f32 (a batch is a few thousand rows), then added into the f64
 //! total in batch order, so the result does not depend on how batches were spread over threads.
+//! The mean magnitude of each input channel, which AWQ scales by, comes from the same pass.
 
 use std::collections::HashMap;
 
@@ -15,19 +16,28 @@ use crate::compare::next_batches;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 
-/// The Hessian of each input value (`name`, K) over `data`: `[K, K]`, by value name.
+/// What the calibration data says about one layer input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    /// 2XᵀX / rows, `[K, K]`.
+    pub h: Vec<f64>,
+    /// mean |x_k| over rows, per input channel.
+    pub abs_mean: Vec<f64>,
+}
+
+/// The statistics of each input value (`name`, K) over `data`, by value name.
 pub fn collect(
     graph: &Graph,
     inputs: &[(String, usize)],
     data: &mut Dataset,
     batch: usize,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<HashMap<String, Vec<f64>>> {
+) -> Result<HashMap<String, Stats>> {
     let exec = Executor::new(graph)?;
     let wanted: HashMap<&str, usize> = inputs.iter().map(|(v, k)| (v.as_str(), *k)).collect();
-    let mut total: HashMap<String, (Vec<f64>, usize)> = wanted
+    let mut total: HashMap<String, (Vec<f64>, Vec<f64>, usize)> = wanted
         .iter()
-        .map(|(v, &k)| (v.to_string(), (vec![0f64; k * k], 0)))
+        .map(|(v, &k)| (v.to_string(), (vec![0f64; k * k], vec![0f64; k], 0)))
         .collect();
     let workers = rayon::current_num_threads().max(1);
     let len = data.len;
@@ -36,7 +46,7 @@ pub fn collect(
         if batches.is_empty() {
             break;
         }
-        let parts: Vec<HashMap<String, (Vec<f32>, usize)>> = batches
+        let parts: Vec<HashMap<String, Gram>> = batches
             .into_par_iter()
             .map(|b| {
                 let mut part = HashMap::new();
@@ -51,19 +61,22 @@ pub fn collect(
             })
             .collect::<Result<_>>()?;
         for part in parts {
-            for (name, (g, rows)) in part {
-                let (h, n) = total.get_mut(&name).expect("only wanted values are kept");
-                for (a, b) in h.iter_mut().zip(&g) {
+            for (name, g) in part {
+                let (h, abs, n) = total.get_mut(&name).expect("only wanted values are kept");
+                for (a, b) in h.iter_mut().zip(&g.xtx) {
                     *a += f64::from(*b);
                 }
-                *n += rows;
+                for (a, b) in abs.iter_mut().zip(&g.abs) {
+                    *a += b;
+                }
+                *n += g.rows;
             }
         }
         progress(data.consumed(), len);
     }
     total
         .into_iter()
-        .map(|(name, (mut h, rows))| {
+        .map(|(name, (mut h, abs, rows))| {
             if rows == 0 {
                 return Err(Error::new(
                     &graph.source,
@@ -78,13 +91,23 @@ pub fn collect(
                 }
             }
             h.iter_mut().for_each(|x| *x *= 2.0 / rows as f64);
-            Ok((name, h))
+            let abs_mean = abs.iter().map(|a| a / rows as f64).collect();
+            Ok((name, Stats { h, abs_mean }))
         })
         .collect()
 }
 
-/// The upper triangle of XᵀX for `x` seen as rows of `k` values, and the row count.
-fn gram(x: &[f32], k: usize) -> Result<(Vec<f32>, usize), String> {
+/// One batch's sums over the rows of one input.
+struct Gram {
+    /// The upper triangle of XᵀX, `[K, K]`.
+    xtx: Vec<f32>,
+    /// Σ|x_k| per channel.
+    abs: Vec<f64>,
+    rows: usize,
+}
+
+/// The sums of `x` seen as rows of `k` values.
+fn gram(x: &[f32], k: usize) -> Result<Gram, String> {
     if k == 0 || !x.len().is_multiple_of(k) {
         return Err(format!(
             "has {} values, not rows of the weight's {k} inputs",
@@ -95,7 +118,11 @@ fn gram(x: &[f32], k: usize) -> Result<(Vec<f32>, usize), String> {
         return Err(format!("has a non-finite value ({bad}): check the data"));
     }
     let mut g = vec![0f32; k * k];
+    let mut abs = vec![0f64; k];
     for row in x.chunks_exact(k) {
+        for (a, v) in abs.iter_mut().zip(row) {
+            *a += f64::from(v.abs());
+        }
         for (a, &xa) in row.iter().enumerate() {
             if xa == 0.0 {
                 continue;
@@ -105,7 +132,11 @@ fn gram(x: &[f32], k: usize) -> Result<(Vec<f32>, usize), String> {
             }
         }
     }
-    Ok((g, x.len() / k))
+    Ok(Gram {
+        xtx: g,
+        abs,
+        rows: x.len() / k,
+    })
 }
 
 /// The output SQNR a dequantized weight `q` gives on the inputs H was collected on:
@@ -116,8 +147,9 @@ pub fn output_sqnr_db(h: &[f64], w: &[f32], q: &[f32], k: usize, n: usize) -> f6
     10.0 * (quadratic(h, &signal, k, n) / quadratic(h, &noise, k, n)).log10()
 }
 
-/// Σ_j v_jᵀHv_j over the columns of `v` (`[K, N]`), row by row of H, summed in a fixed order.
-fn quadratic(h: &[f64], v: &[f64], k: usize, n: usize) -> f64 {
+/// Σ_j v_jᵀHv_j over the columns of `v` (`[K, N]`), row by row of H, summed in a fixed order:
+/// with v = W − Ŵ, the layer's squared output error on the inputs H was collected on.
+pub fn quadratic(h: &[f64], v: &[f64], k: usize, n: usize) -> f64 {
     let rows: Vec<f64> = (0..k)
         .into_par_iter()
         .map(|a| {

@@ -5,13 +5,15 @@
 //!
 //! ```text
 //! sites     graph            → the MatMul/Gemm layers with a constant 2-D weight   (here)
-//! hessian   graph, data      → 2XᵀX of each layer's input (GPTQ, and the report)   hessian.rs
+//! hessian   graph, data      → 2XᵀX and mean |x| of each layer's input             hessian.rs
+//! awq       graph, stats     → weights scaled per input channel, 1/s folded before  awq.rs
 //! quantize  weight [, H]     → codes, scales, zeros per block:                     blocks.rs
 //!           round to nearest (min-max or MSE ranges), GPTQ, HQQ                    gptq.rs, hqq.rs
 //! export    graph, codes     → MatMulNBits (com.microsoft) or blocked DequantizeLinear
 //!                                                                                  nbits_export.rs
 //! ```
 
+pub mod awq;
 pub mod blocks;
 pub mod gptq;
 pub mod hessian;
@@ -62,6 +64,8 @@ pub struct Options {
     pub scheme: BlockScheme,
     pub method: Method,
     pub format: Format,
+    /// AWQ's per-channel scaling before the weights are quantized (needs calibration data).
+    pub awq: Option<awq::Options>,
     /// Node names or operator types kept float.
     pub exclude: Vec<String>,
     /// Bits of embedding tables (Gather), in the weights' blocks.
@@ -110,6 +114,8 @@ pub struct Layer {
 pub struct Outcome {
     pub model: ModelProto,
     pub layers: Vec<Layer>,
+    /// What AWQ scaled, per group of layers sharing an input.
+    pub awq: Vec<awq::Scaled>,
     /// Bytes of the quantized layers' float weights, and of their codes, scales and zeros.
     pub float_bytes: usize,
     pub quantized_bytes: usize,
@@ -127,8 +133,8 @@ pub fn quantize(
     let t = Instant::now();
     check(path, opts)?;
     let prepared = prepare(path, &export_settings(opts))?;
-    let graph = prepared.graph;
-    let sites = sites(&graph, &opts.exclude);
+    let mut graph = prepared.graph;
+    let mut sites = sites(&graph, &opts.exclude);
     if sites.is_empty() {
         return Err(Error::new(
             path,
@@ -151,18 +157,39 @@ pub fn quantize(
         })?;
         (h, data.consumed())
     };
+    let mut hessians = hessians;
+    let awq = match opts.awq {
+        Some(a) => {
+            let report = awq::awq(&mut graph, &sites, &mut hessians, opts.scheme, &a)?;
+            // AWQ may insert nodes and rewire inputs: the sites are found again.
+            sites = self::sites(&graph, &opts.exclude);
+            report
+        }
+        None => Vec::new(),
+    };
     let mut quantized: HashMap<String, BlockWeights> = HashMap::new();
     let mut layers = Vec::new();
     for (i, site) in sites.iter().enumerate() {
         progress("quantizing", i, sites.len());
         if let Some(done) = quantized.get(&site.weight) {
             let w = weight_kn(&graph, site)?;
-            layers.push(layer(site, &w, done, hessians.get(&site.input)));
+            layers.push(layer(
+                site,
+                &w,
+                done,
+                hessians.get(&site.input).map(|s| &s.h),
+            ));
             continue;
         }
         let w = weight_kn(&graph, site)?;
-        let q = quantize_site(&graph, site, &w, opts, hessians.get(&site.input))?;
-        layers.push(layer(site, &w, &q, hessians.get(&site.input)));
+        let q = quantize_site(
+            &graph,
+            site,
+            &w,
+            opts,
+            hessians.get(&site.input).map(|s| &s.h),
+        )?;
+        layers.push(layer(site, &w, &q, hessians.get(&site.input).map(|s| &s.h)));
         quantized.insert(site.weight.clone(), q);
     }
     progress("quantizing", sites.len(), sites.len());
@@ -172,6 +199,7 @@ pub fn quantize(
     Ok(Outcome {
         model,
         layers,
+        awq,
         float_bytes,
         quantized_bytes,
         calibration_samples: samples,
@@ -218,6 +246,9 @@ fn check(path: &Path, opts: &Options) -> Result<()> {
                 s.block
             ));
         }
+    }
+    if opts.awq.is_some() && opts.data.is_empty() {
+        return refuse("AWQ needs calibration data (--calib): it scales channels by their activations' magnitude".into());
     }
     match opts.method {
         Method::Gptq(_) if opts.data.is_empty() => {
