@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Weight-only quantization of MiniLM-L3: zeropoint (RTN, RTN with MSE ranges, HQQ, GPTQ; embedding tables at 8 bits
+"""Weight-only quantization of MiniLM-L3: zeropoint (RTN, RTN with MSE ranges, HQQ, GPTQ, AWQ; embedding tables at 8 bits
 by default, at the weights' bits, or float) against ONNX Runtime's own weight-only tooling
 (onnxruntime.quantization.matmul_nbits_quantizer: its DEFAULT round-to-nearest on MatMul only or on MatMul and
 Gather, the RTN, GPTQ and HQQ configurations), on the same calibration data, measured in one run
@@ -121,7 +121,9 @@ def main():
                      ("zeropoint GPTQ", gptq),
                      ("zeropoint GPTQ, act-order", gptq + ["--act-order"]),
                      ("zeropoint GPTQ, MSE ranges", gptq + ["--weight-range", "mse"]),
-                     (f"zeropoint GPTQ, {a.bits}-bit tables", gptq + ["--embedding-bits", str(a.bits)])]
+                     (f"zeropoint GPTQ, {a.bits}-bit tables", gptq + ["--embedding-bits", str(a.bits)]),
+                     ("zeropoint AWQ", base + ["--method", "awq", "--calib", calib]),
+                     ("zeropoint AWQ + GPTQ", gptq + ["--awq"])]
             if not a.symmetric:
                 jobs.append(("zeropoint HQQ", base + ["--method", "hqq"]))
         if "ort" in a.only:

@@ -437,6 +437,6 @@ fn quantize_tables(
         quantized_bytes += nbits_export::bytes(&q);
         quantized.insert(s.weight.clone(), q);
     }
-    let model = nbits_export::export(graph, &sites, &quantized, Format::MatMulNBits, base)?;
+    let model = nbits_export::export(graph, &sites, &quantized, Format::MatMulNBits, None, base)?;
     Ok((model, report, float_bytes, quantized_bytes))
 }

@@ -64,6 +64,9 @@ pub struct Options {
     pub scheme: BlockScheme,
     pub method: Method,
     pub format: Format,
+    /// MatMulNBits' `accuracy_level`: the precision ONNX Runtime computes in (0: its default,
+    /// 1: fp32, 2: fp16, 3: bf16, 4: int8 inputs quantized per block at run time).
+    pub accuracy_level: Option<i64>,
     /// AWQ's per-channel scaling before the weights are quantized (needs calibration data).
     pub awq: Option<awq::Options>,
     /// Node names or operator types kept float.
@@ -141,7 +144,7 @@ pub fn quantize(
             "no MatMul or Gemm with a constant 2-D weight to quantize",
         ));
     }
-    let (hessians, samples) = if opts.data.is_empty() {
+    let (mut stats, samples) = if opts.data.is_empty() {
         (HashMap::new(), 0)
     } else {
         let mut data = Dataset::open(&opts.data, &graph.inputs, &opts.preprocess)?;
@@ -157,10 +160,9 @@ pub fn quantize(
         })?;
         (h, data.consumed())
     };
-    let mut hessians = hessians;
     let awq = match opts.awq {
         Some(a) => {
-            let report = awq::awq(&mut graph, &sites, &mut hessians, opts.scheme, &a)?;
+            let report = awq::awq(&mut graph, &sites, &mut stats, opts.scheme, &a)?;
             // AWQ may insert nodes and rewire inputs: the sites are found again.
             sites = self::sites(&graph, &opts.exclude);
             report
@@ -173,29 +175,25 @@ pub fn quantize(
         progress("quantizing", i, sites.len());
         if let Some(done) = quantized.get(&site.weight) {
             let w = weight_kn(&graph, site)?;
-            layers.push(layer(
-                site,
-                &w,
-                done,
-                hessians.get(&site.input).map(|s| &s.h),
-            ));
+            layers.push(layer(site, &w, done, stats.get(&site.input).map(|s| &s.h)));
             continue;
         }
         let w = weight_kn(&graph, site)?;
-        let q = quantize_site(
-            &graph,
-            site,
-            &w,
-            opts,
-            hessians.get(&site.input).map(|s| &s.h),
-        )?;
-        layers.push(layer(site, &w, &q, hessians.get(&site.input).map(|s| &s.h)));
+        let q = quantize_site(&graph, site, &w, opts, stats.get(&site.input).map(|s| &s.h))?;
+        layers.push(layer(site, &w, &q, stats.get(&site.input).map(|s| &s.h)));
         quantized.insert(site.weight.clone(), q);
     }
     progress("quantizing", sites.len(), sites.len());
     let float_bytes = quantized.values().map(|q| q.k * q.n * 4).sum();
     let quantized_bytes = quantized.values().map(nbits_export::bytes).sum();
-    let model = nbits_export::export(&graph, &sites, &quantized, opts.format, &prepared.base)?;
+    let model = nbits_export::export(
+        &graph,
+        &sites,
+        &quantized,
+        opts.format,
+        opts.accuracy_level,
+        &prepared.base,
+    )?;
     Ok(Outcome {
         model,
         layers,

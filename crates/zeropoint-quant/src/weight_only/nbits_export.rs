@@ -31,6 +31,7 @@ pub fn export(
     sites: &[Site],
     quantized: &HashMap<String, BlockWeights>,
     format: Format,
+    accuracy_level: Option<i64>,
     base: &ModelProto,
 ) -> Result<ModelProto> {
     let mut names = Names::new(graph);
@@ -65,7 +66,12 @@ pub fn export(
         let tensors = &written[&key];
         let node = &mut g.nodes[site.node];
         match (format, gather) {
-            (Format::MatMulNBits, false) => *node = matmul_nbits(node, site, q, tensors),
+            (Format::MatMulNBits, false) => {
+                *node = matmul_nbits(node, site, q, tensors);
+                if let Some(level) = accuracy_level {
+                    node.attributes.push(int_attribute("accuracy_level", level));
+                }
+            }
             (Format::MatMulNBits, true) => *node = gather_block_quantized(node, q, tensors),
             (Format::Qdq, false) => {
                 let out = dequantized.entry(site.weight.clone()).or_insert_with(|| {
