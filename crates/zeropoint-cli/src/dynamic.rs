@@ -12,6 +12,7 @@ use crate::output::check_output;
 use crate::quant_args::{parse_scheme, QuantArgs};
 use crate::range_args::RangeMethod;
 use crate::table::{db, Table};
+use crate::weight_only::Sizes;
 
 /// What `quantize --mode dynamic` was given.
 pub struct Request<'a> {
@@ -54,19 +55,16 @@ pub fn run(r: Request) -> Result<()> {
 }
 
 fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let sizes = Sizes {
+        model,
+        output,
+        layers: o.layers.len(),
+        float_bytes: o.float_bytes,
+        quantized_bytes: o.quantized_bytes,
+        seconds: o.seconds,
+    };
     if json {
-        let doc = serde_json::json!({
-            "model": model.display().to_string(),
-            "output": output.display().to_string(),
-            "bytes_before": size(model),
-            "bytes_after": size(output),
-            "weight_bytes_float": o.float_bytes,
-            "weight_bytes_quantized": o.quantized_bytes,
-            "seconds": o.seconds,
-            "layers": o.layers,
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", sizes.json(serde_json::json!({ "layers": o.layers }))?);
         return Ok(());
     }
     let mut t = Table::new(&["layer", "op", "weight SQNR"]);
@@ -74,19 +72,7 @@ fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
         t.row(vec![l.name.clone(), l.op.clone(), db(l.weight_sqnr_db)]);
     }
     print!("{}", t.render());
-    let (before, after) = (size(model), size(output));
-    println!(
-        "{} layers: weights {:.2} MB -> {:.2} MB; {} -> {}: {:.2} MB -> {:.2} MB ({:.1}x smaller) in {:.1} s",
-        o.layers.len(),
-        o.float_bytes as f64 / 1e6,
-        o.quantized_bytes as f64 / 1e6,
-        model.display(),
-        output.display(),
-        before as f64 / 1e6,
-        after as f64 / 1e6,
-        before as f64 / after.max(1) as f64,
-        o.seconds
-    );
+    sizes.print();
     println!("activations are quantized at run time (DynamicQuantizeLinear: uint8, per tensor)");
     Ok(())
 }

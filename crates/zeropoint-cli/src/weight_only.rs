@@ -149,22 +149,72 @@ pub fn run(r: Request) -> Result<()> {
     report(model, &output, &outcome, r.json)
 }
 
+/// What both transformer modes say about sizes and time.
+pub struct Sizes<'a> {
+    pub model: &'a Path,
+    pub output: &'a Path,
+    pub layers: usize,
+    pub float_bytes: usize,
+    pub quantized_bytes: usize,
+    pub seconds: f64,
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+impl Sizes<'_> {
+    /// The JSON report's common fields, with `extra` (the mode's own) added.
+    pub fn json(&self, extra: serde_json::Value) -> Result<String> {
+        let mut doc = serde_json::json!({
+            "model": self.model.display().to_string(),
+            "output": self.output.display().to_string(),
+            "bytes_before": file_size(self.model),
+            "bytes_after": file_size(self.output),
+            "weight_bytes_float": self.float_bytes,
+            "weight_bytes_quantized": self.quantized_bytes,
+            "seconds": self.seconds,
+        });
+        if let (Some(d), serde_json::Value::Object(e)) = (doc.as_object_mut(), extra) {
+            d.extend(e);
+        }
+        Ok(serde_json::to_string_pretty(&doc)?)
+    }
+
+    /// One line: weights and file before and after, and the time taken.
+    pub fn print(&self) {
+        let (before, after) = (file_size(self.model), file_size(self.output));
+        println!(
+            "{} layers: weights {:.2} MB -> {:.2} MB; {} -> {}: {:.2} MB -> {:.2} MB ({:.1}x smaller) in {:.1} s",
+            self.layers,
+            self.float_bytes as f64 / 1e6,
+            self.quantized_bytes as f64 / 1e6,
+            self.model.display(),
+            self.output.display(),
+            before as f64 / 1e6,
+            after as f64 / 1e6,
+            before as f64 / after.max(1) as f64,
+            self.seconds
+        );
+    }
+}
+
 fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let sizes = Sizes {
+        model,
+        output,
+        layers: o.layers.len(),
+        float_bytes: o.float_bytes,
+        quantized_bytes: o.quantized_bytes,
+        seconds: o.seconds,
+    };
     if json {
-        let doc = serde_json::json!({
-            "model": model.display().to_string(),
-            "output": output.display().to_string(),
-            "bytes_before": size(model),
-            "bytes_after": size(output),
-            "weight_bytes_float": o.float_bytes,
-            "weight_bytes_quantized": o.quantized_bytes,
+        let extra = serde_json::json!({
             "calibration_samples": o.calibration_samples,
-            "seconds": o.seconds,
             "layers": o.layers,
             "awq": o.awq,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", sizes.json(extra)?);
         return Ok(());
     }
     let mut t = Table::new(&["layer", "K x N", "weight SQNR", "output SQNR"]);
@@ -177,19 +227,7 @@ fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
         ]);
     }
     print!("{}", t.render());
-    let (before, after) = (size(model), size(output));
-    println!(
-        "{} layers: weights {:.2} MB -> {:.2} MB; {} -> {}: {:.2} MB -> {:.2} MB ({:.1}x smaller) in {:.1} s",
-        o.layers.len(),
-        o.float_bytes as f64 / 1e6,
-        o.quantized_bytes as f64 / 1e6,
-        model.display(),
-        output.display(),
-        before as f64 / 1e6,
-        after as f64 / 1e6,
-        before as f64 / after.max(1) as f64,
-        o.seconds
-    );
+    sizes.print();
     let scaled: Vec<_> = o.awq.iter().filter(|a| a.alpha > 0.0).collect();
     if !o.awq.is_empty() {
         let before: f64 = o.awq.iter().map(|a| a.error_before).sum();

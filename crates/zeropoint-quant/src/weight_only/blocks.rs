@@ -125,45 +125,54 @@ pub fn block_params(w: &[f32], k: usize, n: usize, s: &BlockScheme) -> (Vec<f32>
     let blocks = k.div_ceil(s.block);
     let params: Vec<(f32, f32)> = (0..blocks * n)
         .into_par_iter()
-        .map(|i| {
-            let (b, j) = (i / n, i % n);
-            let rows = b * s.block..((b + 1) * s.block).min(k);
-            let column: Vec<f32> = rows.map(|r| w[r * n + j]).collect();
-            s.params(&column)
-        })
+        .map(|i| s.params(&block_column(w, k, n, s.block, i)))
         .collect();
     params.into_iter().unzip()
+}
+
+/// The values of block `i` of the `[blocks, N]` parameter layout: block i / N of column i % N.
+pub fn block_column(w: &[f32], k: usize, n: usize, block: usize, i: usize) -> Vec<f32> {
+    let (b, j) = (i / n, i % n);
+    (b * block..((b + 1) * block).min(k))
+        .map(|r| w[r * n + j])
+        .collect()
 }
 
 /// Round to nearest: each block's parameters from its range, each weight to its nearest code.
 pub fn rtn(w: &[f32], k: usize, n: usize, scheme: BlockScheme) -> BlockWeights {
     let (scales, zeros) = block_params(w, k, n, &scheme);
-    let codes = codes_for(w, n, &scheme, &scales, &zeros);
-    BlockWeights {
-        k,
-        n,
-        scheme,
-        codes,
-        scales,
-        zeros,
-    }
+    BlockWeights::nearest(w, k, n, scheme, scales, zeros)
 }
 
-/// The nearest codes of `w` (`[K, N]`) for given parameters.
-pub fn codes_for(w: &[f32], n: usize, s: &BlockScheme, scales: &[f32], zeros: &[f32]) -> Vec<u8> {
-    let qmax = s.qmax();
-    let mut codes = vec![0u8; w.len()];
-    codes
-        .par_chunks_mut(n)
-        .zip(w.par_chunks(n))
-        .enumerate()
-        .for_each(|(k, (c, row))| {
-            let p = (k / s.block) * n;
-            for j in 0..n {
-                c[j] = code(row[j], scales[p + j], zeros[p + j], qmax);
-            }
-        });
-    codes
+impl BlockWeights {
+    /// `w` (`[K, N]`) on the grid of the given parameters, each weight at its nearest code.
+    pub fn nearest(
+        w: &[f32],
+        k: usize,
+        n: usize,
+        scheme: BlockScheme,
+        scales: Vec<f32>,
+        zeros: Vec<f32>,
+    ) -> BlockWeights {
+        let qmax = scheme.qmax();
+        let mut codes = vec![0u8; w.len()];
+        (codes.par_chunks_mut(n).zip(w.par_chunks(n)))
+            .enumerate()
+            .for_each(|(r, (c, row))| {
+                let p = (r / scheme.block) * n;
+                for j in 0..n {
+                    c[j] = code(row[j], scales[p + j], zeros[p + j], qmax);
+                }
+            });
+        BlockWeights {
+            k,
+            n,
+            scheme,
+            codes,
+            scales,
+            zeros,
+        }
+    }
 }
 
 /// Signal-to-quantization-noise ratio of `q` against `w`, in dB (∞ when equal).

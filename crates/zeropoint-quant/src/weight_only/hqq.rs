@@ -17,7 +17,7 @@
 
 use rayon::prelude::*;
 
-use crate::weight_only::blocks::{block_params, codes_for, BlockScheme, BlockWeights};
+use crate::weight_only::blocks::{block_column, block_params, BlockScheme, BlockWeights};
 
 /// The solver's parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,21 +43,10 @@ impl Default for Options {
 pub fn hqq(w: &[f32], k: usize, n: usize, scheme: BlockScheme, opts: &Options) -> BlockWeights {
     let (scales, mut zeros) = block_params(w, k, n, &scheme);
     zeros.par_iter_mut().enumerate().for_each(|(i, z)| {
-        let (b, j) = (i / n, i % n);
-        let column: Vec<f32> = (b * scheme.block..((b + 1) * scheme.block).min(k))
-            .map(|r| w[r * n + j])
-            .collect();
+        let column = block_column(w, k, n, scheme.block, i);
         *z = solve(&column, scales[i], *z, scheme.qmax(), opts);
     });
-    let codes = codes_for(w, n, &scheme, &scales, &zeros);
-    BlockWeights {
-        k,
-        n,
-        scheme,
-        codes,
-        scales,
-        zeros,
-    }
+    BlockWeights::nearest(w, k, n, scheme, scales, zeros)
 }
 
 /// The zero of one block (values `w`, scale `s`, first zero `z`), solved in f64.
@@ -108,8 +97,7 @@ pub fn round_zeros(q: BlockWeights, w: &[f32]) -> BlockWeights {
         .iter()
         .map(|z| z.round_ties_even().clamp(0.0, q.scheme.qmax()))
         .collect();
-    let codes = codes_for(w, q.n, &q.scheme, &q.scales, &zeros);
-    BlockWeights { codes, zeros, ..q }
+    BlockWeights::nearest(w, q.k, q.n, q.scheme, q.scales, zeros)
 }
 
 #[cfg(test)]
