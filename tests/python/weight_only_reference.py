@@ -23,6 +23,8 @@ rows with an outlier channel:
   LayerNormalization's scale and bias for fc1, which only fc1 reads; with a Mul before fc2) and ONNX Runtime's output
   equals numpy's forward pass with it; its output error is below RTN's;
 - GPTQ writes the same bytes at 1 and 2 threads;
+- zeropoint's own executor (`zeropoint run`: MatMulNBits, GatherBlockQuantized, blocked DequantizeLinear) gives
+  ONNX Runtime's outputs;
 - bad requests (GPTQ without data, 3 bits as MatMulNBits, symmetric HQQ) fail with one line and exit status 1.
 """
 
@@ -188,6 +190,23 @@ def read_gather(n, inits):
         z = np.full((rows, blocks), 2 ** (bits - 1), np.float64)
     w = (codes[:, :d] - np.repeat(z, bs, 1)[:, :d]) * np.repeat(scales, bs, 1)[:, :d]
     return w.astype(np.float32)
+
+
+def engine_matches_ort(exe, model, feeds, d):
+    """zeropoint's own executor (`zeropoint run`) against ONNX Runtime without graph optimizations (which may fuse
+    a DequantizeLinear into a MatMul computed at another precision): the largest difference over the outputs."""
+    np.savez(d / "feeds.npz", **feeds)
+    out = d / "engine"
+    zeropoint(exe, "run", model, "-i", d / "feeds.npz", "-o", out)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in s.get_outputs()]
+    diff = 0.0
+    for name, y in zip(names, s.run(None, feeds)):
+        z = np.load(out / (name + ".npy"))
+        diff = max(diff, float(np.abs(y.astype(np.float64) - z).max()))
+    return diff
 
 
 def ort_run(path, x, ids):
@@ -374,6 +393,8 @@ def main():
                   f"{method} {fmt}: ONNX Runtime runs the weights numpy reads from the file "
                   f"(max |diff| {np.abs(y - ref).max():.2e})")
             got[method, fmt] = read
+            diff = engine_matches_ort(exe, out, {"x": x, "ids": ids}, d)
+            check(diff < 1e-4, f"{method} {fmt}: zeropoint's executor runs it as ONNX Runtime does (max |diff| {diff:.1e})")
         if method != "hqq":
             same = all(np.array_equal(got[method, "qdq"][n], got[method, "matmulnbits"][n]) for n in ["fc1", "fc2", "e"])
             check(same, f"{method}: MatMulNBits and QDQ carry the same weights")

@@ -41,10 +41,12 @@ macro_rules! operators {
 
 operators! {
     Abs, Add, And, ArgMax, ArgMin, AveragePool, BatchNormalization, Cast, Ceil, Clip, Concat,
-    Constant, ConstantOfShape, Conv, ConvTranspose, Cos, DequantizeLinear, Div, Dropout, Einsum,
+    Constant, ConstantOfShape, Conv, ConvInteger, ConvTranspose, Cos, DequantizeLinear, Div,
+    Dropout, DynamicQuantizeLinear, Einsum,
     Elu, Equal, Erf, Exp, Expand, Flatten, Floor, Gather, GatherElements, Gelu, Gemm,
     GlobalAveragePool, GlobalMaxPool, Greater, GreaterOrEqual, HardSigmoid, HardSwish, Identity,
-    LayerNormalization, LeakyRelu, Less, LessOrEqual, Log, LogSoftmax, MatMul, Max, MaxPool,
+    LayerNormalization, LeakyRelu, Less, LessOrEqual, Log, LogSoftmax, MatMul, MatMulInteger, Max,
+    MaxPool,
     Mean, Min, Mod, Mul, Neg, Not, Or, PRelu, Pad, Pow, QuantizeLinear, Range, Reciprocal,
     ReduceL1, ReduceL2, ReduceLogSum, ReduceLogSumExp, ReduceMax, ReduceMean, ReduceMin,
     ReduceProd, ReduceSum, ReduceSumSquare, Relu, Reshape, Resize, Selu, Shape, Sigmoid, Sign,

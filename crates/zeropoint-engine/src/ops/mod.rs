@@ -5,10 +5,12 @@
 //! model's opset, whose version decides attribute-versus-input signatures (Squeeze's axes, Clip's
 //! bounds, ...). Errors say what went wrong ([`Error::Op`]); the executor adds which node.
 
+mod blocked;
 mod conv;
 mod einsum;
 mod elementwise;
 mod index;
+mod integer;
 mod matmul;
 mod norm;
 mod pool;
@@ -135,19 +137,40 @@ fn lookup(op: &Op) -> Option<OpFn> {
         Op::RNN => recurrent::rnn,
         Op::QuantizeLinear => quant::quantize_linear,
         Op::DequantizeLinear => quant::dequantize_linear,
+        Op::DynamicQuantizeLinear => integer::dynamic_quantize_linear,
+        Op::MatMulInteger => integer::matmul_integer,
+        Op::ConvInteger => integer::conv_integer,
         _ => return None,
     })
 }
 
-/// Whether zeropoint can run this node (operators of other domains are never [`Op`] variants).
+/// The function running a node of ONNX Runtime's domain, if zeropoint has it (the weight-only
+/// formats zeropoint writes).
+fn lookup_contrib(node: &Node) -> Option<OpFn> {
+    if node.domain != "com.microsoft" {
+        return None;
+    }
+    Some(match node.op.as_str() {
+        "MatMulNBits" => blocked::matmul_nbits,
+        "GatherBlockQuantized" => blocked::gather_block_quantized,
+        _ => return None,
+    })
+}
+
+/// The function running `node`.
+fn function(node: &Node) -> Option<OpFn> {
+    lookup(&node.op).or_else(|| lookup_contrib(node))
+}
+
+/// Whether zeropoint can run this node (operators of other domains are never [`Op`] variants;
+/// of those, ONNX Runtime's block-quantized weight operators are run).
 pub fn supports(node: &Node) -> bool {
-    lookup(&node.op).is_some()
+    function(node).is_some()
 }
 
 /// Runs one node on its inputs.
 pub fn run(cx: &Cx) -> R<Vec<Value>> {
-    let f = lookup(&cx.node.op)
-        .filter(|_| supports(cx.node))
+    let f = function(cx.node)
         .ok_or_else(|| Error::Op(format!("operator {} is not supported", cx.node.op)))?;
     // candle answers some type combinations with a panic (unimplemented kernels); a user gets
     // an error naming the node instead.

@@ -1,0 +1,125 @@
+//! The integer operators of dynamically quantized models: DynamicQuantizeLinear, MatMulInteger
+//! and ConvInteger, as ONNX defines them. Products of codes are computed in f64, exact for every
+//! int32 result, then stored as int32.
+
+use candle_core::{DType as CDType, Tensor};
+use zeropoint_onnx::DType;
+
+use super::{c, conv, matmul, Cx, Error, R};
+use crate::value::Value;
+
+/// uint8 codes of x with a scale and zero-point from its own range widened to contain 0:
+/// s = (max − min)/255, z = saturate(round(−min/s)), q = saturate(round(x/s) + z), rounding half
+/// to even. An all-zero input gets scale 0 and codes 0.
+pub fn dynamic_quantize_linear(cx: &Cx) -> R<Vec<Value>> {
+    let x = cx.input(0)?;
+    let shape = x.shape().to_vec();
+    let values = x.to_f32s()?;
+    let lo = values.iter().fold(0f32, |m, &v| m.min(v));
+    let hi = values.iter().fold(0f32, |m, &v| m.max(v));
+    if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+        return Err(Error::Op(format!("input has a non-finite value ({bad})")));
+    }
+    let scale = (hi - lo) / 255.0;
+    let (codes, zero) = if scale > 0.0 {
+        let zero = (-lo / scale).round_ties_even().clamp(0.0, 255.0);
+        let codes = values
+            .iter()
+            .map(|&v| ((v / scale).round_ties_even() + zero).clamp(0.0, 255.0) as i64)
+            .collect();
+        (codes, zero as i64)
+    } else {
+        (vec![0; values.len()], 0)
+    };
+    Ok(vec![
+        Value::from_ints(codes, &shape, DType::U8)?,
+        Value::from_f32_vec(vec![scale], &[])?,
+        Value::from_ints(vec![zero], &[], DType::U8)?,
+    ])
+}
+
+/// Input `i` minus zero-point input `zi` (absent: 0), as f64. The zero-point is a scalar, or
+/// one per row of a 2-D `a` / per column of `b` (`along`: the axis it runs along).
+fn shifted(cx: &Cx, i: usize, zi: usize, along: usize) -> R<Tensor> {
+    let v = cx.input(i)?;
+    if v.dtype.is_float() {
+        return Err(Error::Op(format!(
+            "input {i} is {}, expected integer codes",
+            v.dtype
+        )));
+    }
+    let t = c(v.tensor.to_dtype(CDType::F64))?;
+    let Some(z) = cx.opt(zi) else {
+        return Ok(t);
+    };
+    let z = c(z.tensor.to_dtype(CDType::F64))?;
+    let rank = t.rank();
+    let z = match (z.elem_count(), rank) {
+        (1, _) => c(z.reshape(()))?,
+        (n, r) if r >= 2 && n == t.dims()[r - 2 + along] => {
+            let mut shape = vec![1; r];
+            shape[r - 2 + along] = n;
+            c(z.reshape(shape))?
+        }
+        (n, _) => {
+            return Err(Error::Op(format!(
+                "zero-point {zi} has {n} values for an input of shape {:?}",
+                t.dims()
+            )))
+        }
+    };
+    c(t.broadcast_sub(&z))
+}
+
+/// An f64 result of exact integer products as int32.
+fn int32(t: Tensor) -> R<Value> {
+    let shape = t.dims().to_vec();
+    let values: Vec<i64> = c(t.flatten_all().and_then(|t| t.to_vec1::<f64>()))?
+        .into_iter()
+        .map(|v| v as i64)
+        .collect();
+    if let Some(v) = values.iter().find(|v| i32::try_from(**v).is_err()) {
+        return Err(Error::Op(format!("a product ({v}) overflows int32")));
+    }
+    Value::from_ints(values, &shape, DType::I32)
+}
+
+/// (A − a_zero)·(B − b_zero) in int32, numpy's batch broadcasting.
+pub fn matmul_integer(cx: &Cx) -> R<Vec<Value>> {
+    let a = shifted(cx, 0, 2, 0)?;
+    let b = shifted(cx, 1, 3, 1)?;
+    Ok(vec![int32(matmul::matmul_nd(&a, &b)?)?])
+}
+
+/// The convolution of (x − x_zero) by (w − w_zero) in int32, with Conv's attributes.
+pub fn conv_integer(cx: &Cx) -> R<Vec<Value>> {
+    let x = Value::new(shifted(cx, 0, 2, 0)?, DType::F64);
+    let w_value = cx.input(1)?;
+    let mut w = c(w_value.tensor.to_dtype(CDType::F64))?;
+    if let Some(z) = cx.opt(3) {
+        let z = c(z.tensor.to_dtype(CDType::F64))?;
+        let z = match z.elem_count() {
+            1 => c(z.reshape(()))?,
+            m if m == w.dims()[0] => {
+                let mut shape = vec![1; w.rank()];
+                shape[0] = m;
+                c(z.reshape(shape))?
+            }
+            m => {
+                return Err(Error::Op(format!(
+                    "w_zero_point has {m} values for {} output channels",
+                    w.dims()[0]
+                )))
+            }
+        };
+        w = c(w.broadcast_sub(&z))?;
+    }
+    let inputs = [Some(x), Some(Value::new(w, DType::F64))];
+    let shifted_cx = Cx {
+        node: cx.node,
+        inputs: &inputs,
+        opset: cx.opset,
+    };
+    let out = conv::conv(&shifted_cx)?;
+    Ok(vec![int32(out[0].tensor.clone())?])
+}
