@@ -411,6 +411,11 @@ def unary_cases():
     case("Identity_int64", u("Identity"), {"x": r.i(-5, 5, 4)}, note="int64")
     case("Identity_opset21", u("Identity"), {"x": r.n(3, 2)}, opset=21, note="Identity-21")
     case("Not_basic", u("Not"), {"x": r.b(3, 4)}, note="bool")
+    special = f32([[0.5, np.nan, np.inf], [-np.inf, -2.0, np.nan]])
+    case("IsNaN_basic", u("IsNaN"), {"x": special}, note="NaN and ±Inf among finite values")
+    case("IsInf_basic", u("IsInf"), {"x": special}, opset=20)
+    case("IsInf_negative_only", N("IsInf", ["x"], ["y"], detect_positive=0), {"x": special}, opset=20,
+         note="detect_positive=0")
 
 
 def softmax_cases():

@@ -150,6 +150,26 @@ pub fn unary(cx: &Cx) -> R<Vec<Value>> {
     one(like(t, v))
 }
 
+/// IsNaN, and IsInf with its `detect_negative` / `detect_positive` switches: a bool per element.
+pub fn is_special(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let (neg, pos) = (cx.int("detect_negative", 1)? != 0, cx.int("detect_positive", 1)? != 0);
+    let nan = cx.node.op == Op::IsNaN;
+    let flags = v
+        .to_f32s()?
+        .iter()
+        .map(|x| {
+            let hit = if nan {
+                x.is_nan()
+            } else {
+                x.is_infinite() && if *x > 0.0 { pos } else { neg }
+            };
+            i64::from(hit)
+        })
+        .collect();
+    one(Value::from_ints(flags, v.shape(), zeropoint_onnx::DType::Bool)?)
+}
+
 fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
     if x.dtype() == CDType::F32 && !x.track_op() {
         return sigmoid_f32(x);

@@ -88,6 +88,7 @@ fn lookup(op: &Op) -> Option<OpFn> {
             e::activation
         }
         Op::Clip => e::clip,
+        Op::IsNaN | Op::IsInf => e::is_special,
         Op::PRelu => e::prelu,
         Op::Where => e::where_op,
         Op::Cast => e::cast,
