@@ -22,7 +22,8 @@ rows with an outlier channel:
   δ = W − diag(1/s)·RTN(diag(s)W)) picks the same α and scales; the exported model divides the input by s (in the
   LayerNormalization's scale and bias for fc1, which only fc1 reads; with a Mul before fc2) and ONNX Runtime's output
   equals numpy's forward pass with it; its output error is below RTN's;
-- GPTQ writes the same bytes at 1 and 2 threads;
+- GPTQ writes the same bytes at 1 and 2 threads, and calibrates a model declaring a fixed batch of 1 without
+  --batch 1;
 - zeropoint's own executor (`zeropoint run`: MatMulNBits, GatherBlockQuantized, blocked DequantizeLinear) gives
   ONNX Runtime's outputs;
 - bad requests (GPTQ without data, 3 bits as MatMulNBits, symmetric HQQ) fail with one line and exit status 1.
@@ -432,6 +433,14 @@ def main():
         ref_codes = quant(w, np.repeat(s, BLOCK, 0)[:K1 if name == "fc1" else N1], np.repeat(z, BLOCK, 0)[:w.shape[0]])
         check(np.mean(hq[name]["codes"] == ref_codes) >= 0.999, f"hqq {name}: codes equal numpy's")
     check_awq(exe, d, model, weights, x, ids, emb, c, inputs)
+    # A model exported with a fixed batch of one takes its calibration samples one at a time.
+    m = onnx.load(model)
+    for i in m.graph.input:
+        i.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(m, d / "batch_one.onnx")
+    run = zeropoint(exe, "quantize", d / "batch_one.onnx", "--mode", "weight-only", "--method", "gptq",
+                    "--calib", d / "calib.npz", "-o", d / "batch_one.w4.onnx", ok=False)
+    check(run.returncode == 0, f"a model with a fixed batch of 1 calibrates with the default batch: {run.stderr.strip()}")
     outs = []
     for threads in ["1", "2"]:
         out = d / f"gptq_t{threads}.onnx"

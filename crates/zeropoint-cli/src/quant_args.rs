@@ -73,7 +73,8 @@ pub struct QuantArgs {
     /// Use at most this many calibration samples.
     #[arg(long)]
     pub samples: Option<usize>,
-    /// Samples per calibration batch and thread.
+    /// Samples per calibration batch and thread (1 for a model whose inputs declare a batch of
+    /// 1).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     #[command(flatten)]

@@ -12,7 +12,7 @@ use zeropoint_engine::Executor;
 use zeropoint_graph::Graph;
 
 use crate::compare::next_batches;
-use crate::dataset::Dataset;
+use crate::dataset::{batch_for, Dataset};
 use crate::error::{Error, Result};
 use crate::placement::Plan;
 use crate::settings::Settings;
@@ -66,7 +66,7 @@ pub fn observe(
         (0..workers).map(|_| fresh()).collect::<Result<_>>()?;
     loop {
         // One batch per thread.
-        let batches = next_batches(data, settings.batch, workers)?;
+        let batches = next_batches(data, batch_for(&graph.inputs, settings.batch), workers)?;
         if batches.is_empty() {
             break;
         }

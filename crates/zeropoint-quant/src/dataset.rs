@@ -773,6 +773,22 @@ fn open_idx(path: &Path, prep: &Preprocess) -> Result<Stream> {
     })
 }
 
+/// The most samples one batch may hold for a model with these inputs: 1 when an input declares
+/// its first dimension as 1 (a model exported with a fixed batch of one, which refuses more),
+/// else `wanted`.
+pub fn batch_for(inputs: &[ValueInfo], wanted: usize) -> usize {
+    let fixed_one = inputs.iter().any(|i| {
+        i.shape
+            .as_ref()
+            .is_some_and(|s| s.first() == Some(&Dim::Fixed(1)))
+    });
+    if fixed_one {
+        1
+    } else {
+        wanted.max(1)
+    }
+}
+
 /// The labels of an idx1 file ([N] unsigned bytes, optionally gzip-compressed) or a 1-D `.npy`
 /// of integers.
 pub fn read_labels(path: &Path) -> Result<Vec<i64>> {

@@ -13,6 +13,7 @@ use zeropoint_graph::Graph;
 use crate::compare::{
     compare_batch, next_batches, Batch, Compared, LayerError, LayerErrors, Outputs,
 };
+use crate::dataset::batch_for;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 
@@ -91,7 +92,7 @@ pub fn evaluate(
         None => rayon::current_num_threads().max(1),
     };
     loop {
-        let batches = next_batches(data, batch, workers)?;
+        let batches = next_batches(data, batch_for(&float.inputs, batch), workers)?;
         if batches.is_empty() {
             break;
         }

@@ -21,6 +21,7 @@ use zeropoint_graph::Graph;
 use zeropoint_onnx::ModelProto;
 
 use crate::compare::LayerError;
+use crate::dataset::batch_for;
 use crate::error::Result;
 use crate::params::Params;
 use crate::placement::Plan;
@@ -106,7 +107,7 @@ pub fn quantize(
         let batch = data
             .len
             .div_ceil(REPORT_BATCHES)
-            .clamp(1, opts.settings.batch);
+            .clamp(1, batch_for(&c.graph.inputs, opts.settings.batch));
         let graphs = (c.reference(), &c.graph);
         layer_errors(
             graphs,

@@ -153,7 +153,10 @@ pub fn unary(cx: &Cx) -> R<Vec<Value>> {
 /// IsNaN, and IsInf with its `detect_negative` / `detect_positive` switches: a bool per element.
 pub fn is_special(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
-    let (neg, pos) = (cx.int("detect_negative", 1)? != 0, cx.int("detect_positive", 1)? != 0);
+    let (neg, pos) = (
+        cx.int("detect_negative", 1)? != 0,
+        cx.int("detect_positive", 1)? != 0,
+    );
     let nan = cx.node.op == Op::IsNaN;
     let flags = v
         .to_f32s()?
@@ -167,7 +170,11 @@ pub fn is_special(cx: &Cx) -> R<Vec<Value>> {
             i64::from(hit)
         })
         .collect();
-    one(Value::from_ints(flags, v.shape(), zeropoint_onnx::DType::Bool)?)
+    one(Value::from_ints(
+        flags,
+        v.shape(),
+        zeropoint_onnx::DType::Bool,
+    )?)
 }
 
 fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {

@@ -29,7 +29,7 @@ use zeropoint_core::Scheme;
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::ModelProto;
 
-use crate::dataset::{Dataset, Preprocess};
+use crate::dataset::{batch_for, Dataset, Preprocess};
 use crate::error::{Error, Result};
 use crate::prepare::prepare;
 use crate::settings::{Preset, Settings};
@@ -155,7 +155,8 @@ pub fn quantize(
             .filter(|s| s.op != Op::Gather)
             .map(|s| (s.input.clone(), s.k))
             .collect();
-        let h = hessian::collect(&graph, &inputs, &mut data, opts.batch, &mut |d, n| {
+        let batch = batch_for(&graph.inputs, opts.batch);
+        let h = hessian::collect(&graph, &inputs, &mut data, batch, &mut |d, n| {
             progress("calibrating", d, n)
         })?;
         (h, data.consumed())
