@@ -13,6 +13,7 @@ on a 3-D input whose value two MatMuls share, a transB Gemm with a bias, and a g
 - the model passes onnx.checker, one DynamicQuantizeLinear serves both MatMuls reading the same value, and the
   output stays within cosine 0.999 of the float model's;
 - zeropoint's own executor (`zeropoint run`) gives ONNX Runtime's outputs;
+- without --conv-integer the Conv stays float;
 - the same bytes come out at 1 and 2 threads;
 - asymmetric or blocked weight schemes are refused with one line and exit status 1.
 """
@@ -156,7 +157,7 @@ def main():
     exe, d = Path(sys.argv[1]), Path(sys.argv[2])
     path, w, feeds = build(d)
     out = d / "layers.dynamic.onnx"
-    zeropoint(exe, "quantize", path, "--mode", "dynamic", "-o", out)
+    zeropoint(exe, "quantize", path, "--mode", "dynamic", "--conv-integer", "-o", out)
     onnx.checker.check_model(onnx.load(out), full_check=True)
     table, m, inits = read_table(out)
     ops = [n.op_type for n in m.graph.node]
@@ -188,10 +189,15 @@ def main():
     yf, zf = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
     check(cosine(y, yf) > 0.999 and cosine(z, zf) > 0.999,
           f"close to float: cosine {cosine(y, yf):.5f} and {cosine(z, zf):.5f}")
+    plain = d / "no_conv.onnx"
+    zeropoint(exe, "quantize", path, "--mode", "dynamic", "-o", plain)
+    ops = [n.op_type for n in onnx.load(plain).graph.node]
+    check("Conv" in ops and "ConvInteger" not in ops and ops.count("MatMulInteger") == 3,
+          "without --conv-integer the Conv stays float, the MatMuls are quantized")
     outs = []
     for threads in ["1", "2"]:
         o = d / f"t{threads}.onnx"
-        zeropoint(exe, "quantize", path, "--mode", "dynamic", "--weight-range", "mse", "-o", o,
+        zeropoint(exe, "quantize", path, "--mode", "dynamic", "--conv-integer", "--weight-range", "mse", "-o", o,
                   env={**os.environ, "RAYON_NUM_THREADS": threads})
         outs.append(o.read_bytes())
     check(outs[0] == outs[1], "the same bytes at 1 and 2 threads")

@@ -21,6 +21,8 @@ pub struct Request<'a> {
     pub quant: &'a QuantArgs,
     /// `--embedding-bits`: tables at these bits [default 8]; `--exclude Gather` keeps them float.
     pub embedding_bits: Option<u32>,
+    /// `--conv-integer`: Conv layers as ConvInteger too.
+    pub conv: bool,
     pub json: bool,
 }
 
@@ -39,6 +41,7 @@ fn options(r: &Request) -> Result<Options> {
         weights,
         weight_method: q.weight_range.unwrap_or(RangeMethod::Minmax).method(),
         exclude: q.exclude.clone(),
+        conv: r.conv,
         embedding_bits: Some(r.embedding_bits.unwrap_or(8)),
     })
 }

@@ -71,6 +71,7 @@ pub fn run(args: &Args) -> Result<()> {
             output: args.output.clone(),
             quant: &args.quant,
             embedding_bits: args.weight_only.embedding_bits,
+            conv: args.weight_only.conv_integer,
             json: args.json,
         });
     }

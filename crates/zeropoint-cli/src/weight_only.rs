@@ -64,6 +64,10 @@ pub struct WeightOnlyArgs {
     /// integer dot products).
     #[arg(long, value_name = "0-4", value_parser = clap::value_parser!(i64).range(0..=4))]
     pub accuracy_level: Option<i64>,
+    /// With --mode dynamic: Conv layers as ConvInteger too (smaller file; ONNX Runtime 1.32 runs
+    /// ConvInteger 4-5x slower than float Conv on the zoo's CNNs).
+    #[arg(long)]
+    pub conv_integer: bool,
     /// AWQ's channel scaling before any method (--method gptq --awq: both). Needs --calib.
     #[arg(long)]
     pub awq: bool,

@@ -10,7 +10,8 @@
 //!                            └─ x_scale ─ Mul(x_scale, W_scale) ─────────────────────────┘
 //! ```
 //!
-//! (ConvInteger for Conv, with the scales and bias shaped `[M, 1, 1]` per output channel). One
+//! (ConvInteger for Conv when asked, with the scales and bias shaped `[M, 1, 1]` per output
+//! channel: ONNX Runtime runs ConvInteger slower than float Conv). One
 //! DynamicQuantizeLinear serves every layer that reads the same value (the query, key and value
 //! projections of an attention block). Weight zero-points are 0: ONNX Runtime's ConvInteger
 //! takes one zero-point per tensor, and a symmetric grid needs none. Embedding tables, when
@@ -40,6 +41,9 @@ pub struct Options {
     pub weight_method: Method,
     /// Node names or operator types kept float.
     pub exclude: Vec<String>,
+    /// Conv layers as ConvInteger too. Off by default: ONNX Runtime 1.32 runs ConvInteger 4-5x
+    /// slower than float Conv on the zoo's CNNs (docs/transformers.md).
+    pub conv: bool,
     /// Bits of embedding tables (Gather of rows), quantized per row in blocks of 128; None keeps
     /// them float.
     pub embedding_bits: Option<u32>,
@@ -95,7 +99,9 @@ pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
             transpose: s.transposed.then_some((s.n, s.k)),
         })
         .collect();
-    layers.extend(conv_layers(&graph, &opts.exclude));
+    if opts.conv {
+        layers.extend(conv_layers(&graph, &opts.exclude));
+    }
     layers.sort_by_key(|l| l.node);
     let tables: Vec<Site> = if opts.embedding_bits.is_some() {
         tables
