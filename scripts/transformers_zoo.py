@@ -62,19 +62,20 @@ def ort_job(kind, src, dst):
     q.model.save_model_to_file(dst, use_external_data_format=False)
 
 
-def configurations(zeropoint, src, calib, batch_one):
-    """(label, command) per configuration; "{dst}" stands for the output path. A model with a fixed batch of 1 is
-    calibrated one sample per batch (zeropoint's default batch of 32 would not fit its declared input shape)."""
+def configurations(zeropoint, src, calib):
+    """(label, command) per configuration; "{dst}" stands for the output path. zeropoint calibrates a model with a
+    fixed batch of 1 one sample per batch by itself."""
     zp = [zeropoint, "quantize", src]
-    gptq = ["gptq", "--calib", calib] + (["--batch", "1"] if batch_one else [])
+    gptq = ["gptq", "--calib", calib]
     wo = zp + ["--mode", "weight-only", "--method"]
     me = [sys.executable, os.path.abspath(__file__), "--ort-job"]
     return [
         ("zeropoint dynamic", zp + ["--mode", "dynamic", "-o", "{dst}"]),
+        ("zeropoint dynamic --conv-integer", zp + ["--mode", "dynamic", "--conv-integer", "-o", "{dst}"]),
         ("ORT quantize_dynamic per-channel", me + ["dynamic-per-channel", src, "{dst}"]),
         ("ORT quantize_dynamic per-tensor", me + ["dynamic-per-tensor", src, "{dst}"]),
         ("zeropoint weight-only rtn", wo + ["rtn", "-o", "{dst}"]),
-        ("zeropoint weight-only gptq" + (" (--batch 1)" if batch_one else ""), wo + gptq + ["-o", "{dst}"]),
+        ("zeropoint weight-only gptq", wo + gptq + ["-o", "{dst}"]),
         ("zeropoint weight-only hqq", wo + ["hqq", "-o", "{dst}"]),
         ("ORT MatMulNBits default", me + ["nbits", src, "{dst}"]),
         ("ORT MatMulNBits + Gather", me + ["nbits-gather", src, "{dst}"]),
@@ -258,7 +259,7 @@ def measure_model(args, name, work):
               "float_mb": size_mb(os.path.dirname(src)), "float_latency_s": f_lat, "per_sample": per_sample,
               "samples": int(next(iter(arrays.values())).shape[0]), "outputs": kinds, "rows": []}
     print(f"  {name}: float {f_lat * 1e3 / result['samples']:.2f} ms/sample", file=sys.stderr, flush=True)
-    for label, cmd in configurations(args.zeropoint, src, calib, per_sample):
+    for label, cmd in configurations(args.zeropoint, src, calib):
         row = measure_config(label, cmd, work, arrays, per_sample, ref, f_lat, args)
         print(f"    {label}: {row['status']}", file=sys.stderr, flush=True)
         result["rows"].append(row)
@@ -306,12 +307,13 @@ def parse_args():
     p.add_argument("--zeropoint", default=os.path.join(ROOT, "target", "release", "zeropoint"))
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated zoo model names, or 'all'")
     p.add_argument("--zoo", default=os.path.join(ROOT, ".cache", "zoo"))
-    p.add_argument("--inputs", default="/tmp/zp-helper/inputs", help="zoo_inputs.py output folder")
+    p.add_argument("--inputs", default=os.path.join(ROOT, ".cache", "transformers-zoo-inputs"),
+                   help="zoo_inputs.py output folder")
     p.add_argument("--samples", type=int, default=32, help="samples per split when generating inputs")
     p.add_argument("--runs", type=int, default=5, help="timed latency passes (median)")
     p.add_argument("--min-weight-mb", type=float, default=1.0)
     p.add_argument("--timeout", type=int, default=1800, help="seconds one quantization may take")
-    p.add_argument("--json", default="/tmp/zp-helper/transformers_zoo.json")
+    p.add_argument("--json", default=os.path.join(ROOT, ".cache", "transformers_zoo.json"))
     p.add_argument("--ort-job", nargs=3, metavar=("KIND", "SRC", "DST"), help=argparse.SUPPRESS)
     a = p.parse_args()
     a.zeropoint, a.zoo, a.inputs = (os.path.abspath(x) for x in (a.zeropoint, a.zoo, a.inputs))
