@@ -17,12 +17,13 @@
 //! takes one zero-point per tensor, and a symmetric grid needs none. Embedding tables, when
 //! asked, are stored per row in 8-bit blocks as weight-only quantization stores them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use zeropoint_core::observer::{estimate_values, Config, Method};
 use zeropoint_core::{Granularity, QParams, QTensor, Scheme, Storage};
+use zeropoint_graph::canonicalize::remove_dead;
 use zeropoint_graph::graph::{int_attribute, Names};
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::{DType, ModelProto, RawTensor};
@@ -86,12 +87,23 @@ pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
     let t = Instant::now();
     check(path, opts)?;
     let prepared = prepare(path, &Settings::preset(Preset::W8A8))?;
-    let graph = prepared.graph;
-    let all = weight_only::sites(&graph, &opts.exclude);
-    let (tables, linear): (Vec<Site>, Vec<Site>) =
-        all.into_iter().partition(|s| s.op == Op::Gather);
-    let mut layers: Vec<IntegerLayer> = linear
-        .iter()
+    let mut g = prepared.graph;
+    // Tables first (their Gathers become GatherBlockQuantized, which no later pass reads), then
+    // the layers, found again in the rewritten graph.
+    let tables: Vec<Site> = match opts.embedding_bits {
+        Some(_) => (weight_only::sites(&g, &opts.exclude).into_iter())
+            .filter(|s| s.op == Op::Gather)
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut tables_report = (Vec::new(), 0, 0);
+    if let (false, Some(bits)) = (tables.is_empty(), opts.embedding_bits) {
+        let (graph, report, float_bytes, quantized_bytes) = quantize_tables(g, &tables, bits)?;
+        g = graph;
+        tables_report = (report, float_bytes, quantized_bytes);
+    }
+    let mut layers: Vec<IntegerLayer> = (weight_only::sites(&g, &opts.exclude).iter())
+        .filter(|s| s.op != Op::Gather)
         .map(|s| IntegerLayer {
             node: s.node,
             weight: s.weight.clone(),
@@ -100,26 +112,18 @@ pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
         })
         .collect();
     if opts.conv {
-        layers.extend(conv_layers(&graph, &opts.exclude));
+        layers.extend(conv_layers(&g, &opts.exclude));
     }
     layers.sort_by_key(|l| l.node);
-    let tables: Vec<Site> = if opts.embedding_bits.is_some() {
-        tables
-    } else {
-        Vec::new()
-    };
     if layers.is_empty() && tables.is_empty() {
         return Err(Error::new(
             path,
             "no MatMul, Gemm or Conv with a constant weight to quantize",
         ));
     }
-    let mut g = graph.clone();
     let mut x = Rewrite {
-        names: Names::new(&graph),
-        graph: &graph,
+        names: Names::new(&g),
         added: Vec::new(),
-        replaced: HashSet::new(),
         quantized_inputs: HashMap::new(),
         done: HashMap::new(),
         zero: None,
@@ -129,24 +133,18 @@ pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
     for l in &layers {
         x.layer(&mut g, l, opts)?;
     }
-    let mut model = finish(g, x.added, &x.replaced, &prepared.base)?;
-    let (mut float_bytes, mut quantized_bytes) = x.bytes;
+    g.nodes.extend(x.added);
+    g.sort()?;
+    remove_dead(&mut g);
+    let model = nbits_export::to_model(g, &prepared.base)?;
+    let (table_layers, table_float, table_quantized) = tables_report;
     let mut report = x.report;
-    if let (false, Some(bits)) = (tables.is_empty(), opts.embedding_bits) {
-        model = quantize_tables(&graph_of(&model, &graph)?, &tables, bits, &prepared.base).map(
-            |(m, r, f, q)| {
-                report.extend(r);
-                float_bytes += f;
-                quantized_bytes += q;
-                m
-            },
-        )?;
-    }
+    report.extend(table_layers);
     Ok(Outcome {
         model,
         layers: report,
-        float_bytes,
-        quantized_bytes,
+        float_bytes: x.bytes.0 + table_float,
+        quantized_bytes: x.bytes.1 + table_quantized,
         seconds: t.elapsed().as_secs_f64(),
     })
 }
@@ -183,12 +181,11 @@ fn conv_layers(graph: &Graph, exclude: &[String]) -> Vec<IntegerLayer> {
         .collect()
 }
 
-/// The rewrite in progress.
-struct Rewrite<'a> {
+/// The rewrite in progress: each layer's node is replaced in place by the last node of its
+/// integer form, the others are `added`.
+struct Rewrite {
     names: Names,
-    graph: &'a Graph,
     added: Vec<Node>,
-    replaced: HashSet<usize>,
     /// Each dynamically quantized value: its codes, scale and zero-point.
     quantized_inputs: HashMap<String, [String; 3]>,
     /// Each quantized weight's codes and scale initializers, by weight and whether a
@@ -200,10 +197,10 @@ struct Rewrite<'a> {
     bytes: (usize, usize),
 }
 
-impl Rewrite<'_> {
+impl Rewrite {
     /// Replaces one layer by its integer form.
     fn layer(&mut self, g: &mut Graph, l: &IntegerLayer, opts: &Options) -> Result<()> {
-        let node = self.graph.nodes[l.node].clone();
+        let node = g.nodes[l.node].clone();
         let conv = node.op == Op::Conv;
         let [xq, xs, xz] = self.dynamic_input(&node.inputs[0]);
         let [wq, ws] = self.weight(g, l, conv, opts)?;
@@ -257,17 +254,20 @@ impl Rewrite<'_> {
             &[&float, &scale],
             &[&scaled],
         );
-        self.added.extend([integer, cast, scales, mul]);
-        if let Some(b) = bias {
-            let b = if conv { self.channel_shaped(g, &b)? } else { b };
-            self.added.push(Node::new(
-                fresh(&mut self.names, "bias_Add"),
-                Op::Add,
-                &[&scaled, &b],
-                &[&out],
-            ));
-        }
-        self.replaced.insert(l.node);
+        self.added.extend([integer, cast, scales]);
+        g.nodes[l.node] = match bias {
+            Some(b) => {
+                let b = if conv { self.channel_shaped(g, &b)? } else { b };
+                self.added.push(mul);
+                Node::new(
+                    fresh(&mut self.names, "bias_Add"),
+                    Op::Add,
+                    &[&scaled, &b],
+                    &[&out],
+                )
+            }
+            None => mul,
+        };
         Ok(())
     }
 
@@ -317,25 +317,21 @@ impl Rewrite<'_> {
         if let Some(d) = self.done.get(&key) {
             return Ok(d.clone());
         }
-        let t = self
-            .graph
-            .float_initializer(&l.weight)
-            .expect("a site's weight is an initializer");
+        let t = (g.float_initializer(&l.weight)).expect("a site's weight is an initializer");
+        let (values, mut shape) = (t.to_f32s(), t.shape.clone());
         let at = || format!("weight '{}'", l.weight);
-        let source = &self.graph.source;
-        let values = t.to_f32s();
+        let source = &g.source.clone();
         let scheme = match opts.weights.granularity {
             Granularity::PerTensor => opts.weights,
             _ => opts.weights.per_axis(l.axis),
         };
-        let ranges = estimate_values(&values, &t.shape, &scheme, Config::new(opts.weight_method))
+        let ranges = estimate_values(&values, &shape, &scheme, Config::new(opts.weight_method))
             .map_err(|e| Error::at(source, at(), e))?;
         let qp = QParams::from_ranges(&scheme, &ranges).map_err(|e| Error::at(source, at(), e))?;
-        let q = QTensor::quantize_with(&values, &t.shape, qp.clone(), Storage::I8)
+        let q = QTensor::quantize_with(&values, &shape, qp.clone(), Storage::I8)
             .map_err(|e| Error::at(source, at(), e))?;
         let dequantized = q.dequantize().map_err(|e| Error::at(source, at(), e))?;
         let mut codes: Vec<i64> = q.codes_i32().into_iter().map(i64::from).collect();
-        let mut shape = t.shape.clone();
         if let Some((rows, cols)) = l.transpose {
             codes = weight_only::transpose(&codes, rows, cols);
             shape = vec![cols, rows];
@@ -352,8 +348,8 @@ impl Rewrite<'_> {
         g.initializers
             .push(RawTensor::from_f32s(&ws, &scale_shape, &qp.scale));
         self.report.push(Layer {
-            name: self.graph.nodes[l.node].name.clone(),
-            op: self.graph.nodes[l.node].op.to_string(),
+            name: g.nodes[l.node].name.clone(),
+            op: g.nodes[l.node].op.to_string(),
             weight: l.weight.clone(),
             weight_sqnr_db: blocks::sqnr_db(&values, &dequantized),
         });
@@ -365,62 +361,24 @@ impl Rewrite<'_> {
 
     /// A copy of a convolution's bias `[M]` shaped `[M, 1, 1]`, to add to `[N, M, H, W]`.
     fn channel_shaped(&mut self, g: &mut Graph, bias: &str) -> Result<String> {
-        let t = self.graph.float_initializer(bias).ok_or_else(|| {
-            Error::new(
-                &self.graph.source,
-                format!("bias '{bias}' is not a constant"),
-            )
-        })?;
+        let t = g
+            .float_initializer(bias)
+            .ok_or_else(|| Error::new(&g.source, format!("bias '{bias}' is not a constant")))?;
+        let values = t.to_f32s();
         let name = self.names.fresh(&format!("{bias}_channels"));
         g.initializers
-            .push(RawTensor::from_f32s(&name, &[t.len(), 1, 1], &t.to_f32s()));
+            .push(RawTensor::from_f32s(&name, &[values.len(), 1, 1], &values));
         Ok(name)
     }
 }
 
-/// The rewritten graph as a model: replaced nodes out, new nodes in, and the float weights and
-/// biases they read dropped unless another node still reads them.
-fn finish(
-    mut g: Graph,
-    added: Vec<Node>,
-    replaced: &HashSet<usize>,
-    base: &ModelProto,
-) -> Result<ModelProto> {
-    let read_before: HashSet<String> = g.nodes.iter().flat_map(Node::reads).collect();
-    let mut index = 0;
-    g.nodes.retain(|_| {
-        index += 1;
-        !replaced.contains(&(index - 1))
-    });
-    g.nodes.extend(added);
-    let read: HashSet<String> = (g.nodes.iter())
-        .flat_map(Node::reads)
-        .chain(g.outputs.iter().map(|o| o.name.clone()))
-        .collect();
-    g.initializers
-        .retain(|t| !read_before.contains(&t.name) || read.contains(&t.name));
-    g.sort()?;
-    Ok(g.into_model(base)?)
-}
-
-/// The model's graph again (after the dynamic rewrite), for the tables' pass.
-fn graph_of(model: &ModelProto, like: &Graph) -> Result<Graph> {
-    Ok(Graph::from_model(model, &like.source)?)
-}
-
-/// The embedding tables quantized per row, as weight-only quantization writes them.
+/// The graph with its embedding tables quantized per row, as weight-only quantization writes
+/// them; their report lines and float and quantized bytes.
 fn quantize_tables(
-    graph: &Graph,
-    tables: &[Site],
+    graph: Graph,
+    sites: &[Site],
     bits: u32,
-    base: &ModelProto,
-) -> Result<(ModelProto, Vec<Layer>, usize, usize)> {
-    // Node indices moved with the rewrite: find the tables' Gathers again.
-    let names: HashSet<&str> = tables.iter().map(|s| s.name.as_str()).collect();
-    let sites: Vec<Site> = weight_only::sites(graph, &[])
-        .into_iter()
-        .filter(|s| s.op == Op::Gather && names.contains(s.name.as_str()))
-        .collect();
+) -> Result<(Graph, Vec<Layer>, usize, usize)> {
     let scheme = BlockScheme {
         bits,
         block: TABLE_BLOCK,
@@ -430,8 +388,8 @@ fn quantize_tables(
     let mut quantized: HashMap<String, BlockWeights> = HashMap::new();
     let mut report = Vec::new();
     let (mut float_bytes, mut quantized_bytes) = (0, 0);
-    for s in &sites {
-        let w = weight_only::weight_kn(graph, s)?;
+    for s in sites {
+        let w = weight_only::weight_kn(&graph, s)?;
         let q = blocks::rtn(&w, s.k, s.n, scheme);
         report.push(Layer {
             name: s.name.clone(),
@@ -443,6 +401,6 @@ fn quantize_tables(
         quantized_bytes += nbits_export::bytes(&q);
         quantized.insert(s.weight.clone(), q);
     }
-    let model = nbits_export::export(graph, &sites, &quantized, Format::MatMulNBits, None, base)?;
-    Ok((model, report, float_bytes, quantized_bytes))
+    let graph = nbits_export::rewrite(graph, sites, &quantized, Format::MatMulNBits, None)?;
+    Ok((graph, report, float_bytes, quantized_bytes))
 }

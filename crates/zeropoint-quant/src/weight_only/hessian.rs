@@ -83,7 +83,7 @@ pub fn collect(
                     format!("value '{name}' was never computed on the calibration data"),
                 ));
             }
-            let k = (h.len() as f64).sqrt() as usize;
+            let k = abs.len();
             // Only the upper triangle was summed.
             for a in 0..k {
                 for b in 0..a {

@@ -174,27 +174,20 @@ pub fn quantize(
     let mut layers = Vec::new();
     for (i, site) in sites.iter().enumerate() {
         progress("quantizing", i, sites.len());
-        if let Some(done) = quantized.get(&site.weight) {
-            let w = weight_kn(&graph, site)?;
-            layers.push(layer(site, &w, done, stats.get(&site.input).map(|s| &s.h)));
-            continue;
-        }
         let w = weight_kn(&graph, site)?;
-        let q = quantize_site(&graph, site, &w, opts, stats.get(&site.input).map(|s| &s.h))?;
-        layers.push(layer(site, &w, &q, stats.get(&site.input).map(|s| &s.h)));
-        quantized.insert(site.weight.clone(), q);
+        let h = stats.get(&site.input).map(|s| &s.h);
+        // A weight several layers share is quantized once.
+        if !quantized.contains_key(&site.weight) {
+            let q = quantize_site(&graph, site, &w, opts, h)?;
+            quantized.insert(site.weight.clone(), q);
+        }
+        layers.push(layer(site, &w, &quantized[&site.weight], h));
     }
     progress("quantizing", sites.len(), sites.len());
     let float_bytes = quantized.values().map(|q| q.k * q.n * 4).sum();
     let quantized_bytes = quantized.values().map(nbits_export::bytes).sum();
-    let model = nbits_export::export(
-        &graph,
-        &sites,
-        &quantized,
-        opts.format,
-        opts.accuracy_level,
-        &prepared.base,
-    )?;
+    let graph = nbits_export::rewrite(graph, &sites, &quantized, opts.format, opts.accuracy_level)?;
+    let model = nbits_export::to_model(graph, &prepared.base)?;
     Ok(Outcome {
         model,
         layers,

@@ -9,10 +9,12 @@
 //!   (opset 21, `axis` the K axis, `block_size`) feeding the unchanged layer. Symmetric grids
 //!   store signed codes without a zero-point.
 //!
-//! A float weight another node still reads is kept; otherwise the codes replace it.
+//! A float weight another node still reads is kept; otherwise the codes replace it (the graph's
+//! dead-value removal drops it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
+use zeropoint_graph::canonicalize::remove_dead;
 use zeropoint_graph::graph::{int_attribute, Names};
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::proto::OperatorSetIdProto;
@@ -25,31 +27,21 @@ use crate::weight_only::{transpose, Format, Site};
 /// The domain of ONNX Runtime's contrib operators.
 const MS_DOMAIN: &str = "com.microsoft";
 
-/// The model with each site's weight replaced by its quantized form.
-pub fn export(
-    graph: &Graph,
+/// `g` with each site's weight replaced by its quantized form; the float weights no node reads
+/// any more are dropped.
+pub fn rewrite(
+    mut g: Graph,
     sites: &[Site],
     quantized: &HashMap<String, BlockWeights>,
     format: Format,
     accuracy_level: Option<i64>,
-    base: &ModelProto,
-) -> Result<ModelProto> {
-    let mut names = Names::new(graph);
-    let mut g = graph.clone();
-    let site_nodes: HashSet<usize> = sites.iter().map(|s| s.node).collect();
-    let still_read: HashSet<String> = (graph.nodes.iter().enumerate())
-        .filter(|(i, _)| !site_nodes.contains(i))
-        .flat_map(|(_, n)| n.reads())
-        .chain(graph.outputs.iter().map(|o| o.name.clone()))
-        .collect();
-    g.initializers
-        .retain(|t| !quantized.contains_key(&t.name) || still_read.contains(&t.name));
+) -> Result<Graph> {
+    let mut names = Names::new(&g);
     // Each weight's new initializers, once however many layers share it (a tied table and LM
     // head share the codes but not the layout: one set per operator kind).
     let mut written: HashMap<(String, bool), Vec<String>> = HashMap::new();
     let mut dequantized: HashMap<String, String> = HashMap::new();
     let mut added = Vec::new();
-    let mut replaced = HashSet::new();
     for site in sites {
         let q = &quantized[&site.weight];
         let gather = site.op == Op::Gather;
@@ -84,21 +76,27 @@ pub fn export(
                 node.inputs[1] = out.clone();
             }
             (Format::Qdq, true) => {
-                added.extend(gather_dequantize(node, q, tensors, &mut names));
-                replaced.insert(site.node);
+                let mut nodes = gather_dequantize(node, q, tensors, &mut names);
+                // The DequantizeLinear producing the Gather's output takes its place.
+                *node = nodes
+                    .pop()
+                    .expect("the gathers end with their DequantizeLinear");
+                added.extend(nodes);
             }
         }
     }
-    let mut index = 0;
-    g.nodes.retain(|_| {
-        index += 1;
-        !replaced.contains(&(index - 1))
-    });
     g.nodes.extend(added);
     g.sort()?;
+    remove_dead(&mut g);
+    Ok(g)
+}
+
+/// The model of a rewritten graph, written into `base`; ONNX Runtime's domain is imported when
+/// a node uses it.
+pub fn to_model(g: Graph, base: &ModelProto) -> Result<ModelProto> {
+    let contrib = g.nodes.iter().any(|n| n.domain == MS_DOMAIN);
     let mut model = g.into_model(base)?;
-    if format == Format::MatMulNBits && !model.opset_import.iter().any(|o| o.domain() == MS_DOMAIN)
-    {
+    if contrib && !model.opset_import.iter().any(|o| o.domain() == MS_DOMAIN) {
         model.opset_import.push(OperatorSetIdProto {
             domain: Some(MS_DOMAIN.into()),
             version: Some(1),
