@@ -38,9 +38,10 @@ pub fn dynamic_quantize_linear(cx: &Cx) -> R<Vec<Value>> {
     ])
 }
 
-/// Input `i` minus zero-point input `zi` (absent: 0), as f64. The zero-point is a scalar, or
-/// one per row of a 2-D `a` / per column of `b` (`along`: the axis it runs along).
-fn shifted(cx: &Cx, i: usize, zi: usize, along: usize) -> R<Tensor> {
+/// Input `i` minus zero-point input `zi` (absent: 0), as f64. The zero-point is a scalar or one
+/// value per index of axis `axis(rank)` (a row of MatMul's A, a column of B, an output channel
+/// of a convolution's weight).
+fn shifted(cx: &Cx, i: usize, zi: usize, axis: fn(usize) -> usize) -> R<Tensor> {
     let v = cx.input(i)?;
     if v.dtype.is_float() {
         return Err(Error::Op(format!(
@@ -54,14 +55,15 @@ fn shifted(cx: &Cx, i: usize, zi: usize, along: usize) -> R<Tensor> {
     };
     let z = c(z.tensor.to_dtype(CDType::F64))?;
     let rank = t.rank();
-    let z = match (z.elem_count(), rank) {
-        (1, _) => c(z.reshape(()))?,
-        (n, r) if r >= 2 && n == t.dims()[r - 2 + along] => {
-            let mut shape = vec![1; r];
-            shape[r - 2 + along] = n;
+    let a = axis(rank);
+    let z = match z.elem_count() {
+        1 => c(z.reshape(()))?,
+        n if rank >= 2 && t.dims().get(a) == Some(&n) => {
+            let mut shape = vec![1; rank];
+            shape[a] = n;
             c(z.reshape(shape))?
         }
-        (n, _) => {
+        n => {
             return Err(Error::Op(format!(
                 "zero-point {zi} has {n} values for an input of shape {:?}",
                 t.dims()
@@ -86,34 +88,16 @@ fn int32(t: Tensor) -> R<Value> {
 
 /// (A − a_zero)·(B − b_zero) in int32, numpy's batch broadcasting.
 pub fn matmul_integer(cx: &Cx) -> R<Vec<Value>> {
-    let a = shifted(cx, 0, 2, 0)?;
-    let b = shifted(cx, 1, 3, 1)?;
+    let a = shifted(cx, 0, 2, |r| r.saturating_sub(2))?;
+    let b = shifted(cx, 1, 3, |r| r.saturating_sub(1))?;
     Ok(vec![int32(matmul::matmul_nd(&a, &b)?)?])
 }
 
 /// The convolution of (x − x_zero) by (w − w_zero) in int32, with Conv's attributes.
 pub fn conv_integer(cx: &Cx) -> R<Vec<Value>> {
-    let x = Value::new(shifted(cx, 0, 2, 0)?, DType::F64);
-    let w_value = cx.input(1)?;
-    let mut w = c(w_value.tensor.to_dtype(CDType::F64))?;
-    if let Some(z) = cx.opt(3) {
-        let z = c(z.tensor.to_dtype(CDType::F64))?;
-        let z = match z.elem_count() {
-            1 => c(z.reshape(()))?,
-            m if m == w.dims()[0] => {
-                let mut shape = vec![1; w.rank()];
-                shape[0] = m;
-                c(z.reshape(shape))?
-            }
-            m => {
-                return Err(Error::Op(format!(
-                    "w_zero_point has {m} values for {} output channels",
-                    w.dims()[0]
-                )))
-            }
-        };
-        w = c(w.broadcast_sub(&z))?;
-    }
+    // x's zero-point is a scalar; w's one per output channel (axis 0) or a scalar.
+    let x = Value::new(shifted(cx, 0, 2, |_| usize::MAX)?, DType::F64);
+    let w = shifted(cx, 1, 3, |_| 0)?;
     let inputs = [Some(x), Some(Value::new(w, DType::F64))];
     let shifted_cx = Cx {
         node: cx.node,

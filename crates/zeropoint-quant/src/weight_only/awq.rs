@@ -108,14 +108,13 @@ pub fn awq(
     Ok(report)
 }
 
-/// Weights read by more than their one site (tied, or read by another node): AWQ would have to
-/// scale them for every reader at once, so it leaves them alone.
+/// Weights read by more than one node (tied, or read by another node besides their site): AWQ
+/// would have to scale them for every reader at once, so it leaves them alone.
 fn shared_weights(graph: &Graph, sites: &[Site]) -> HashSet<String> {
-    let site_nodes: HashSet<usize> = sites.iter().map(|s| s.node).collect();
     let mut readers: HashMap<&str, usize> = HashMap::new();
-    for (i, n) in graph.nodes.iter().enumerate() {
+    for n in &graph.nodes {
         for r in n.inputs.iter().filter(|r| !r.is_empty()) {
-            *readers.entry(r.as_str()).or_default() += if site_nodes.contains(&i) { 1 } else { 2 };
+            *readers.entry(r.as_str()).or_default() += 1;
         }
     }
     sites
@@ -150,7 +149,7 @@ fn search(
             .iter()
             .map(|(w, n)| {
                 let n = *n;
-                let up: Vec<f32> = w.iter().enumerate().map(|(i, &v)| v * s[i / n]).collect();
+                let up = scale_rows(w, s, n);
                 let q = rtn(&up, k, n, scheme).dequantize();
                 let delta: Vec<f64> = (w.iter().zip(&q).enumerate())
                     .map(|(i, (&a, &b))| f64::from(a) - f64::from(b / s[i / n]))
@@ -197,10 +196,15 @@ fn scales(abs_mean: &[f64], alpha: f64) -> Vec<f32> {
     s.iter().map(|v| (v / norm) as f32).collect()
 }
 
+/// diag(s)·W for `w` laid out `[K, n]`: row k times s_k.
+fn scale_rows(w: &[f32], s: &[f32], n: usize) -> Vec<f32> {
+    w.iter().enumerate().map(|(i, &v)| v * s[i / n]).collect()
+}
+
 /// Writes diag(s)·W back into the site's weight initializer, in its own layout.
 fn write_scaled(graph: &mut Graph, site: &Site, w: &[f32], s: &[f32]) {
     let n = site.n;
-    let up: Vec<f32> = w.iter().enumerate().map(|(i, &v)| v * s[i / n]).collect();
+    let up = scale_rows(w, s, n);
     let (values, shape) = if site.transposed {
         (transpose(&up, site.k, n), [n, site.k])
     } else {
