@@ -37,6 +37,9 @@ pub struct Report {
     /// (Add node, the Conv it was folded into as the bias).
     pub folded_bias_adds: Vec<(String, String)>,
     /// Nodes removed because no output depends on them.
+    /// Reshapes whose shape, computed from their input's own dims, became a constant
+    /// (crate::reshape_dims).
+    pub static_reshapes: usize,
     pub removed_nodes: usize,
     pub removed_initializers: usize,
 }
@@ -56,8 +59,10 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let folded_constants = fold_constants(graph, eval)?;
     let (folded_batch_norms, batch_norm_stats) = fold_batch_norms(graph, eval)?.into_iter().unzip();
     let folded_bias_adds = fold_bias_adds(graph)?;
+    let static_reshapes = crate::reshape_dims::copy_dims_in_reshapes(graph);
     let (removed_nodes, removed_initializers) = remove_dead(graph);
     let mut report = Report {
+        static_reshapes,
         folded_constants,
         folded_batch_norms,
         batch_norm_stats,

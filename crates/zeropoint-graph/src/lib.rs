@@ -31,6 +31,7 @@ pub mod graph;
 pub mod op;
 pub mod opset;
 pub mod pattern;
+pub mod reshape_dims;
 
 pub use error::{Error, Result};
 pub use evaluator::Evaluator;
