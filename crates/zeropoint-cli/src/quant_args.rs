@@ -93,6 +93,12 @@ pub struct QuantArgs {
     /// biases into the next layer where BatchNorm statistics say how high (docs/algorithms.md).
     #[arg(long)]
     pub cle: bool,
+    /// SmoothQuant before quantizing (Xiao et al. 2022): moves the outlier channels of MatMul
+    /// and Gemm inputs into their weights, s_j = max|X_j|^α / max|W_j|^(1−α); "auto" searches
+    /// α per layer on the calibration data, a number in [0, 1] fixes it
+    /// (docs/transformers.md).
+    #[arg(long, value_name = "auto|ALPHA", num_args = 0..=1, default_missing_value = "auto")]
+    pub smoothquant: Option<String>,
     /// With --cle: replace each ReLU6 between two layers by a ReLU so that they can be
     /// equalized (the paper's choice; changes the float model where an activation exceeds 6).
     #[arg(long)]
@@ -200,6 +206,7 @@ impl QuantArgs {
                     relu6_as_relu: self.cle_relu6,
                     absorb_high_bias: !self.no_bias_absorption,
                 }),
+                smooth_quant: self.smooth_quant()?,
                 bias_correction: bias_correction.map(|b| match b {
                     BiasCorrectionArg::Empirical => BiasCorrection::Empirical {
                         samples: self.bias_correction_samples,
@@ -225,6 +232,20 @@ impl QuantArgs {
 }
 
 impl QuantArgs {
+    /// SmoothQuant's options, if asked for.
+    fn smooth_quant(&self) -> Result<Option<zeropoint_quant::smooth_quant::Options>> {
+        use zeropoint_quant::smooth_quant::{Alpha, Options};
+        let alpha = match self.smoothquant.as_deref() {
+            None => return Ok(None),
+            Some("auto") => Alpha::Search,
+            Some(a) => match a.parse::<f64>() {
+                Ok(a) if (0.0..=1.0).contains(&a) => Alpha::Fixed(a),
+                _ => bail!("--smoothquant takes \"auto\" or an α in [0, 1], not '{a}'"),
+            },
+        };
+        Ok(Some(Options { alpha }))
+    }
+
     /// The mixed-precision target, if one is asked for.
     fn target(&self) -> Result<Option<Target>> {
         if self.target_sqnr.is_none() && self.target_agreement.is_none() {

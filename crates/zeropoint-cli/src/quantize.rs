@@ -201,6 +201,27 @@ fn report(
     Ok(())
 }
 
+/// What SmoothQuant did, one line per smoothed layer input.
+fn print_smoothing(smoothed: &[zeropoint_quant::smooth_quant::Smoothed]) {
+    let done: Vec<_> = smoothed.iter().filter(|s| s.alpha > 0.0).collect();
+    println!(
+        "SmoothQuant: {} of {} layer inputs smoothed (output error on the search rows, before -> after)",
+        done.len(),
+        smoothed.len()
+    );
+    for s in done {
+        println!(
+            "  α {:.2}  {} -> {}  {} ({} layers), 1/s into {}",
+            s.alpha,
+            num(s.error_before, 4),
+            num(s.error_after, 4),
+            s.input,
+            s.layers.len(),
+            s.folded_into
+        );
+    }
+}
+
 /// What cross-layer equalization did, in a few lines.
 pub fn print_equalization(e: &zeropoint_quant::equalize::Report) {
     let absorbed: usize = e.pairs.iter().map(|p| p.absorbed_channels).sum();
@@ -266,6 +287,9 @@ fn print_summary(s: &Summary) {
     );
     if let Some(e) = &s.equalization {
         print_equalization(e);
+    }
+    if !s.smoothing.is_empty() {
+        print_smoothing(&s.smoothing);
     }
     if !s.adaround.is_empty() {
         let flipped: usize = s.adaround.iter().map(|r| r.flipped).sum();

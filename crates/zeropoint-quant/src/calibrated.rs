@@ -59,7 +59,9 @@ pub struct Calibrated {
     pub base: ModelProto,
     pub canonical: Report,
     pub equalization: Option<crate::equalize::Report>,
-    /// The canonical graph, with AdaRound's weights or corrected biases.
+    /// What SmoothQuant did, per layer input, in graph order (`--smoothquant`).
+    pub smoothing: Vec<crate::smooth_quant::Smoothed>,
+    /// The canonical graph (smoothed, if asked), with AdaRound's weights or corrected biases.
     pub graph: Graph,
     /// The canonical float graph before AdaRound or bias correction changed it, when they did:
     /// the reference the quantized model is measured against.
@@ -104,6 +106,15 @@ pub fn calibrated(
         canonical,
         equalization,
     } = prepare(path, &opts.settings)?;
+    let smoothing = match &opts.settings.smooth_quant {
+        Some(sq) => {
+            let mut data = open_data(&graph, opts)?;
+            let batch = crate::dataset::batch_for(&graph.inputs, opts.settings.batch);
+            let at = (&mut data, batch);
+            crate::smooth_quant::smooth(&mut graph, at, &opts.settings, &opts.exclude, sq)?
+        }
+        None => Vec::new(),
+    };
     // Types and shapes from one run on the first sample: nothing is guessed about free
     // dimensions, and control flow takes the data's path.
     let mut data = open_data(&graph, opts)?;
@@ -158,6 +169,7 @@ pub fn calibrated(
         base,
         canonical,
         equalization,
+        smoothing,
         graph,
         float,
         types,

@@ -41,6 +41,7 @@ pub mod analyze;
 pub mod bias_correction;
 pub mod calibrate;
 pub mod calibrated;
+pub mod channel_scaling;
 pub mod compare;
 pub mod dataset;
 pub mod dynamic;
@@ -64,6 +65,7 @@ pub mod report;
 pub mod sensitivity;
 pub mod settings;
 pub mod simulate;
+pub mod smooth_quant;
 pub mod summary;
 pub mod weight_only;
 

@@ -41,6 +41,8 @@ pub struct Outcome {
     pub canonical: Report,
     /// What cross-layer equalization changed (`--cle`).
     pub equalization: Option<crate::equalize::Report>,
+    /// What SmoothQuant did (`--smoothquant`), per layer input.
+    pub smoothing: Vec<crate::smooth_quant::Smoothed>,
     /// The biases corrected (`--bias-correction`), in graph order.
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
     /// The layers AdaRounded (`--adaround`), in graph order.
@@ -130,6 +132,7 @@ pub fn quantize(
         model,
         canonical: c.canonical,
         equalization: c.equalization,
+        smoothing: c.smoothing,
         bias_corrections: c.bias_corrections,
         adaround: c.adaround,
         steps: c.steps,

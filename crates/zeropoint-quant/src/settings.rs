@@ -17,6 +17,8 @@ pub struct Settings {
     pub batch: usize,
     /// Cross-layer equalization (and high-bias absorption) before quantizers are placed.
     pub equalize: Option<crate::equalize::Options>,
+    /// SmoothQuant of the MatMul and Gemm inputs before quantizers are placed.
+    pub smooth_quant: Option<crate::smooth_quant::Options>,
     /// Bias correction after the ranges are set.
     pub bias_correction: Option<BiasCorrection>,
     /// AdaRound of the weights after the ranges are set (instead of bias correction).
@@ -69,6 +71,7 @@ impl Settings {
             activation_method: Method::Mse { norm: 2.0 },
             batch: 32,
             equalize: None,
+            smooth_quant: None,
             bias_correction: None,
             adaround: None,
             activation_bits: Vec::new(),

@@ -17,6 +17,9 @@ pub struct Summary {
     pub canonicalization: Canonicalization,
     /// Cross-layer equalization, when asked for (`--cle`).
     pub equalization: Option<crate::equalize::Report>,
+    /// SmoothQuant per layer input, when asked for (`--smoothquant`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub smoothing: Vec<crate::smooth_quant::Smoothed>,
     /// Empirical bias correction, when asked for (`--bias-correction`).
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
     /// AdaRound, when asked for (`--adaround`).
@@ -104,6 +107,7 @@ impl Summary {
                 folded_constants: o.canonical.folded_constants,
             },
             equalization: o.equalization.clone(),
+            smoothing: o.smoothing.clone(),
             bias_corrections: o.bias_corrections.clone(),
             adaround: o.adaround.clone(),
             steps: o.steps.clone(),

@@ -1,0 +1,172 @@
+"""`zeropoint quantize --smoothquant` checked against numpy and in ONNX Runtime.
+
+Usage: smoothquant_reference.py ZEROPOINT DIR
+
+On a small post-LN block whose LayerNormalization outputs have two outlier channels (γ of 25 and −18 where the
+others are near 1), as BERT's do:
+
+    x → LayerNorm₁ → ln ─┬→ MatMul wq → q ─→ Add(ln, q) → h → LayerNorm₂ → ln2 → MatMul wo → y
+                         └→ MatMul wk → k (output)
+
+- with a fixed α = 0.5, the smoothing factors are numpy's s_j = max|X_j|^α / max|W_j|^(1−α) (X the LayerNorm output
+  on all calibration rows, W the rows of every weight reading it): ln is also read by the residual Add, so 1/s is an
+  inserted Mul that only wq and wk read; ln2 is read by wo alone, so 1/s is folded into LayerNorm₂'s scale and bias;
+  the quantized weights dequantize to diag(s)·W within half a quantization step;
+- the exported model passes onnx.checker, runs in ONNX Runtime, and with SmoothQuant its outputs are closer to the
+  float model's than without (on held-out inputs);
+- with α searched (`--smoothquant` alone), every α is on the grid 0, 0.05, ..., 1, the error after is at most the
+  error before, the outputs are again closer to float than without, and the same bytes come out at 1 and 2 threads;
+- an α outside [0, 1] is refused with one line and exit status 1.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+FAILED = []
+T, D, N = 6, 32, 24
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        FAILED.append(what)
+
+
+def zeropoint(exe, *args, env=None, ok=True):
+    run = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=env)
+    if ok and run.returncode != 0:
+        sys.exit(f"zeropoint {' '.join(map(str, args))} failed: {run.stderr}")
+    return run
+
+
+def build(d):
+    rng = np.random.default_rng(3)
+    f = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
+    g1 = (1 + 0.1 * rng.standard_normal(D)).astype(np.float32)
+    g1[3], g1[10] = 25.0, -18.0
+    g2 = g1[::-1].copy()
+    w = dict(g1=g1, b1=f(D), g2=g2, b2=f(D), wq=f(D, D), wk=f(D, N), wo=f(D, N))
+    nodes = [helper.make_node("LayerNormalization", ["x", "g1", "b1"], ["ln"], name="ln1", axis=-1),
+             helper.make_node("MatMul", ["ln", "wq"], ["q"], name="fq"),
+             helper.make_node("MatMul", ["ln", "wk"], ["k"], name="fk"),
+             helper.make_node("Add", ["ln", "q"], ["h"], name="residual"),
+             helper.make_node("LayerNormalization", ["h", "g2", "b2"], ["ln2"], name="ln2", axis=-1),
+             helper.make_node("MatMul", ["ln2", "wo"], ["y"], name="fo")]
+    inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", T, D])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", T, N]),
+                           helper.make_tensor_value_info("k", TensorProto.FLOAT, ["n", T, N])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 8
+    path = d / "block.onnx"
+    onnx.save(m, path)
+    calib = rng.standard_normal((64, T, D)).astype(np.float32)
+    np.savez(d / "calib.npz", x=calib)
+    held_out = rng.standard_normal((32, T, D)).astype(np.float32)
+    return path, w, calib, held_out
+
+
+def layer_norm(x, g, b):
+    m = x.mean(-1, keepdims=True)
+    v = ((x - m) ** 2).mean(-1, keepdims=True)
+    return (x - m) / np.sqrt(v + 1e-5) * g + b
+
+
+def smoothing(x_rows, weights, alpha):
+    amax = np.abs(x_rows.reshape(-1, x_rows.shape[-1])).max(0).astype(np.float64)
+    wmax = np.max([np.abs(w).max(1) for w in weights], 0).astype(np.float64)
+    return np.clip(amax ** alpha / wmax ** (1 - alpha), 1e-5, 1e5)
+
+
+def dequantized(inits, name):
+    q, s = inits[f"{name}_quantized"].astype(np.float64), inits[f"{name}_scale"].astype(np.float64)
+    z = inits.get(f"{name}_zero_point", np.zeros_like(s)).astype(np.float64)
+    return (q - z) * s, s
+
+
+def outputs(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+def error(path, ref, x):
+    return sum(float(np.sum((a - b) ** 2)) for a, b in zip(outputs(path, x), ref))
+
+
+def summary(run):
+    return json.loads(run.stdout)["smoothing"]
+
+
+def main():
+    exe, d = Path(sys.argv[1]), Path(sys.argv[2])
+    path, w, calib, held_out = build(d)
+    ref = outputs(path, held_out)
+    plain = d / "plain.onnx"
+    zeropoint(exe, "quantize", path, "--calib", d / "calib.npz", "-o", plain)
+    plain_error = error(plain, ref, held_out)
+
+    out = d / "alpha.onnx"
+    run = zeropoint(exe, "quantize", path, "--calib", d / "calib.npz", "--smoothquant", "0.5", "--json", "-o", out)
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    report = {s["input"]: s for s in summary(run)}
+    m = onnx.load(out)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    ln = layer_norm(calib, w["g1"], w["b1"])
+    s1 = smoothing(ln, [w["wq"], w["wk"]], 0.5)
+    muls = [n for n in m.graph.node if n.op_type == "Mul" and "ln" in n.input]
+    check(len(muls) == 1 and report["ln"]["folded_into"] == f"Mul {muls[0].name}",
+          f"1/s of ln is an inserted Mul (ln is also read by the residual Add): {report['ln']['folded_into']}")
+    inv = next((inits[i] for i in muls[0].input if i in inits), None) if muls else None
+    check(inv is not None and np.allclose(inv, 1 / s1, rtol=1e-5),
+          f"the Mul's constant is numpy's 1/s (max rel. diff {np.max(np.abs(inv * s1 - 1)) if inv is not None else '-'})")
+    add = next(n for n in m.graph.node if n.op_type == "Add" and n.name == "residual")
+    check("ln" in add.input, "the residual Add reads the LayerNorm output unsmoothed")
+    for name in ["wq", "wk"]:
+        deq, s = dequantized(inits, name)
+        target = s1[:, None] * w[name]
+        check(np.all(np.abs(deq - target) <= s.reshape(1, -1) / 2 + 1e-6),
+              f"{name} dequantizes to diag(s)·W within half a step")
+    h = ln + ln @ w["wq"]
+    ln2 = layer_norm(h, w["g2"], w["b2"])
+    s2 = smoothing(ln2, [w["wo"]], 0.5)
+    check(report["ln2"]["folded_into"] == "LayerNormalization ln2",
+          f"1/s of ln2 folded into LayerNorm₂ (only wo reads it): {report['ln2']['folded_into']}")
+    check(np.allclose(inits["g2"], w["g2"] / s2, rtol=1e-5) and np.allclose(inits["b2"], w["b2"] / s2, rtol=1e-5),
+          "LayerNorm₂'s scale and bias are numpy's γ/s and β/s")
+    fixed_error = error(out, ref, held_out)
+    check(fixed_error < plain_error,
+          f"closer to float with SmoothQuant α = 0.5 than without (squared error {fixed_error:.4g} < {plain_error:.4g})")
+
+    outs, errors = [], []
+    for threads in ["1", "2"]:
+        o = d / f"auto{threads}.onnx"
+        run = zeropoint(exe, "quantize", path, "--calib", d / "calib.npz", "--smoothquant", "--json", "-o", o,
+                        env={**os.environ, "RAYON_NUM_THREADS": threads})
+        outs.append(o.read_bytes())
+    found = summary(run)
+    on_grid = all(abs(s["alpha"] * 20 - round(s["alpha"] * 20)) < 1e-9 for s in found)
+    check(on_grid and all(s["error_after"] <= s["error_before"] for s in found),
+          f"searched α on the grid, error never worse: {[(s['input'], s['alpha']) for s in found]}")
+    auto_error = error(d / "auto2.onnx", ref, held_out)
+    check(auto_error < plain_error, f"closer to float with α searched than without ({auto_error:.4g} < {plain_error:.4g})")
+    check(outs[0] == outs[1], "the same bytes at 1 and 2 threads")
+
+    bad = d / "bad.onnx"
+    run = zeropoint(exe, "quantize", path, "--calib", d / "calib.npz", "--smoothquant", "1.5", "-o", bad, ok=False)
+    lines = run.stderr.strip().splitlines()
+    check(run.returncode == 1 and len(lines) == 1 and "--smoothquant" in lines[0] and not bad.exists(),
+          f"α = 1.5 refused in one line: {lines[0] if lines else '(nothing)'}")
+    if FAILED:
+        sys.exit(f"smoothquant reference: {len(FAILED)} checks failed")
+    print("smoothquant reference: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
