@@ -109,7 +109,7 @@ mod tests {
         let scalar = |name: &str, v: i64| RawTensor::from_i64s(name, &[], &[v], DType::I64);
         let vector = |name: &str, v: i64| RawTensor::from_i64s(name, &[1], &[v], DType::I64);
         let mut nodes = vec![Node::new("shape", Op::Shape, &["x"], &["s"])];
-        for (i, idx) in [("0", a), ("1", b)] {
+        for i in ["0", "1"] {
             let mut gather = Node::new(
                 format!("gather{i}"),
                 Op::Gather,

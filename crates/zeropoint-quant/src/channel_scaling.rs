@@ -16,7 +16,7 @@ use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::RawTensor;
 
 use crate::error::{Error, Result};
-use crate::weight_only::{transpose, Site};
+use crate::linear_layers::{transpose, Site};
 
 /// The MatMul and Gemm sites grouped by the input they read (the query, key and value
 /// projections read one), in graph order; tables are left out.

@@ -18,7 +18,7 @@ pub struct Settings {
     /// Cross-layer equalization (and high-bias absorption) before quantizers are placed.
     pub equalize: Option<crate::equalize::Options>,
     /// SmoothQuant of the MatMul and Gemm inputs before quantizers are placed.
-    pub smooth_quant: Option<crate::smooth_quant::Options>,
+    pub smooth_quant: Option<SmoothQuant>,
     /// Bias correction after the ranges are set.
     pub bias_correction: Option<BiasCorrection>,
     /// AdaRound of the weights after the ranges are set (instead of bias correction).
@@ -41,6 +41,29 @@ pub struct Target {
     pub agreement: Option<f64>,
     /// Calibration samples the target is measured on.
     pub samples: usize,
+}
+
+/// How SmoothQuant's α is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SmoothAlpha {
+    /// The same α for every layer (the paper's 0.5 for most models).
+    Fixed(f64),
+    /// Per layer input, the α of the grid with the least output error.
+    Search,
+}
+
+/// SmoothQuant's options (crate::smooth_quant).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SmoothQuant {
+    pub alpha: SmoothAlpha,
+}
+
+impl Default for SmoothQuant {
+    fn default() -> SmoothQuant {
+        SmoothQuant {
+            alpha: SmoothAlpha::Search,
+        }
+    }
 }
 
 /// How biases are corrected for the mean shift quantized weights cause.

@@ -36,32 +36,10 @@ use crate::channel_scaling::{
 use crate::compare::next_batches;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
+use crate::linear_layers::{sites, weight_kn, Site};
 use crate::params::weight_scheme;
 use crate::settings::Settings;
-use crate::weight_only::{sites, weight_kn, Site};
-
-/// How α is chosen.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Alpha {
-    /// The same α for every layer (the paper's 0.5 for most models).
-    Fixed(f64),
-    /// Per layer input, the α of the grid with the least output error.
-    Search,
-}
-
-/// SmoothQuant's options.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Options {
-    pub alpha: Alpha,
-}
-
-impl Default for Options {
-    fn default() -> Options {
-        Options {
-            alpha: Alpha::Search,
-        }
-    }
-}
+pub use crate::settings::{SmoothAlpha as Alpha, SmoothQuant as Options};
 
 /// The α grid: 0, 0.05, ..., 1.
 const GRID: usize = 20;
