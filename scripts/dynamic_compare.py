@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Dynamic quantization of MiniLM-L3: zeropoint's `quantize --mode dynamic` against ONNX Runtime's quantize_dynamic in
-its configurations (per-tensor and per-channel, int8 and uint8 weights), measured in one run (docs/transformers.md).
+"""Int8 quantization of MiniLM-L3, int8 and static: zeropoint's `quantize --mode dynamic` against ONNX Runtime's
+quantize_dynamic in its configurations (per-tensor and per-channel, int8 and uint8 weights), and zeropoint's static
+W8A8 with and without SmoothQuant (`--smoothquant`), measured in one run (docs/transformers.md). ONNX Runtime's static
+quantizer on this model is in scripts/ptq_compare.py (it breaks the model with every calibrator).
 
 Usage: .venv/bin/python scripts/dynamic_compare.py [--zeropoint target/release/zeropoint] [--runs 5]
 
 Evaluation: the 50 Lee documents of scripts/ptq_compare.py, embedding cosine against float and Pearson of the 1225
 pair similarities with the human scores, in ONNX Runtime. Latency: one pass over the 50 documents on one thread
 (median of --runs passes). Quantize time and peak memory: wall clock and maximum resident size of the quantizing
-process (/usr/bin/time). Needs .cache/shared/minilm-l3 (../shared/assets/fetch-minilm-l3.sh).
+process (/usr/bin/time). Static calibration: the 200 pang_lee_polarity sentences of ptq_compare.py, one unpadded
+sentence per file (a folder of .npz). Needs .cache/shared/minilm-l3 (../shared/assets/fetch-minilm-l3.sh).
 """
 
 import argparse
@@ -15,6 +18,8 @@ import json
 import os
 import sys
 import tempfile
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -41,9 +46,9 @@ def main():
     feeds = task.latency_feeds()
     f_lat = latency(task.src, feeds, a.runs)
     fm = task.metrics(ref, ref)
-    print(f"{'MiniLM-L3, dynamic':34} {'cos mean':>8} {'cos min':>8} {'Pearson':>8} {'MB':>6} {'latency':>8} "
+    print(f"{'MiniLM-L3, int8':56} {'cos mean':>8} {'cos min':>8} {'Pearson':>8} {'MB':>6} {'latency':>8} "
           f"{'vs float':>8} {'time s':>7} {'peak MB':>7}")
-    print(f"{'float':34} {1:8.4f} {1:8.4f} {fm['lee_pearson']:8.4f} {os.path.getsize(task.src) / 1e6:6.2f} "
+    print(f"{'float':56} {1:8.4f} {1:8.4f} {fm['lee_pearson']:8.4f} {os.path.getsize(task.src) / 1e6:6.2f} "
           f"{f_lat * 1e3:6.1f}ms {1:7.2f}x {'-':>7} {'-':>7}")
     zp = [a.zeropoint, "quantize", task.src, "--mode", "dynamic"]
     me = [sys.executable, os.path.abspath(__file__), "--ort-job", task.src]
@@ -51,6 +56,19 @@ def main():
             ("zeropoint per-channel, MSE ranges", zp + ["--weight-range", "mse"]),
             ("zeropoint per-tensor", zp + ["--weights", "int8,sym,per-tensor"]),
             ("zeropoint per-channel, float tables", zp + ["--exclude", "Gather"])]
+    calib = os.path.join(tempfile.mkdtemp(), "calib")
+    os.makedirs(calib)
+    for i, f in enumerate(task.calib_feeds()):
+        np.savez(os.path.join(calib, f"{i:04d}.npz"), **f)
+    st = [a.zeropoint, "quantize", task.src, "--calib", calib]
+    jobs += [("zeropoint static W8A8", st),
+             ("zeropoint static, SmoothQuant a searched", st + ["--smoothquant"]),
+             ("zeropoint static, SmoothQuant a=0.5", st + ["--smoothquant", "0.5"]),
+             ("zeropoint static, SmoothQuant a=0.7", st + ["--smoothquant", "0.7"]),
+             ("zeropoint static, SmoothQuant a=0.8", st + ["--smoothquant", "0.8"]),
+             ("zeropoint static, --target-sqnr 26", st + ["--target-sqnr", "26"]),
+             ("zeropoint static, SmoothQuant searched, --target-sqnr 26", st + ["--smoothquant", "--target-sqnr", "26"]),
+             ("zeropoint static, SmoothQuant a=0.7, --target-sqnr 26", st + ["--smoothquant", "0.7", "--target-sqnr", "26"])]
     jobs += [(f"ORT quantize_dynamic {'per-channel' if pc == '1' else 'per-tensor'} {wt}", me + ["{dst}", pc, wt])
              for pc in ["0", "1"] for wt in ["int8", "uint8"]]
     rows = []
@@ -63,12 +81,12 @@ def main():
                 m = task.metrics(task.outputs(dst), ref)
                 lat = latency(dst, feeds, a.runs)
             except Exception as e:  # a configuration ONNX Runtime cannot run is reported, not fatal
-                print(f"{label:34} not run: {str(e).strip().splitlines()[-1][:120]}")
+                print(f"{label:56} not run: {str(e).strip().splitlines()[-1][:120]}")
                 continue
             row = dict(method=label, cos_mean=m["cos_mean"], cos_min=m["cos_min"], pearson=m["lee_pearson"],
                        mb=os.path.getsize(dst) / 1e6, latency_ms=lat * 1e3, speedup=f_lat / lat, seconds=secs, peak_mb=peak)
             rows.append(row)
-            print(f"{label:34} {m['cos_mean']:8.4f} {m['cos_min']:8.4f} {m['lee_pearson']:8.4f} {row['mb']:6.2f} "
+            print(f"{label:56} {m['cos_mean']:8.4f} {m['cos_min']:8.4f} {m['lee_pearson']:8.4f} {row['mb']:6.2f} "
                   f"{lat * 1e3:6.1f}ms {row['speedup']:7.2f}x {secs:7.1f} {peak:7.0f}", flush=True)
     print(json.dumps(dict(float_latency_ms=f_lat * 1e3, rows=rows)))
 
