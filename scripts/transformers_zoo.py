@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Dynamic and weight-only quantization of the zoo models that carry MatMul, Gemm, Conv or Gather weights: zeropoint
-(`quantize --mode dynamic`; `--mode weight-only` with RTN, GPTQ and HQQ) against ONNX Runtime's own tools
+"""Dynamic, static and weight-only quantization of the zoo models that carry MatMul, Gemm, Conv or Gather weights:
+zeropoint (`quantize --mode dynamic`; static W8A8 with and without `--smoothquant`; `--mode weight-only` with RTN,
+GPTQ and HQQ) against ONNX Runtime's own tools
 (quantize_dynamic per-channel and per-tensor; MatMulNBitsQuantizer's DEFAULT round-to-nearest on MatMul only and on
 MatMul and Gather), measured in one run.
 
@@ -72,6 +73,8 @@ def configurations(zeropoint, src, calib):
     return [
         ("zeropoint dynamic", zp + ["--mode", "dynamic", "-o", "{dst}"]),
         ("zeropoint dynamic --conv-integer", zp + ["--mode", "dynamic", "--conv-integer", "-o", "{dst}"]),
+        ("zeropoint static W8A8", zp + ["--calib", calib, "-o", "{dst}"]),
+        ("zeropoint static --smoothquant", zp + ["--calib", calib, "--smoothquant", "-o", "{dst}"]),
         ("ORT quantize_dynamic per-channel", me + ["dynamic-per-channel", src, "{dst}"]),
         ("ORT quantize_dynamic per-tensor", me + ["dynamic-per-tensor", src, "{dst}"]),
         ("zeropoint weight-only rtn", wo + ["rtn", "-o", "{dst}"]),

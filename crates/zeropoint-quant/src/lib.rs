@@ -51,6 +51,7 @@ pub mod error;
 pub mod evaluate;
 pub mod idx;
 pub mod images;
+pub mod layer_inputs;
 pub mod linear_layers;
 pub mod meeting;
 pub mod mixed_precision;

@@ -29,16 +29,15 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use zeropoint_core::observer::{estimate_values, Config, Observer};
 use zeropoint_core::{fake_quant, QParams, Scheme};
-use zeropoint_engine::Executor;
 use zeropoint_graph::graph::Names;
 use zeropoint_graph::Graph;
 
 use crate::channel_scaling::{
     columns, fold, groups_by_input, scale_rows, shared_weights, write_scaled,
 };
-use crate::compare::next_batches;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
+use crate::layer_inputs::summarize;
 use crate::linear_layers::{sites, weight_kn, Site};
 use crate::params::weight_scheme;
 use crate::settings::Settings;
@@ -134,7 +133,6 @@ fn collect(
     data: &mut Dataset,
     batch: usize,
 ) -> Result<HashMap<String, Channels>> {
-    let exec = Executor::new(graph)?;
     let wanted: HashMap<&str, usize> = inputs.iter().map(|(v, k)| (v.as_str(), *k)).collect();
     let mut total: HashMap<String, Channels> = wanted
         .iter()
@@ -147,39 +145,25 @@ fn collect(
         })
         .collect();
     let per_batch = SEARCH_ROWS.div_ceil(data.len.div_ceil(batch.max(1)).max(1));
-    let workers = rayon::current_num_threads().max(1);
     let mut kept: HashMap<String, (usize, usize)> = HashMap::new();
-    loop {
-        let batches = next_batches(data, batch.max(1), workers)?;
-        if batches.is_empty() {
-            break;
+    let mut merge = |name: String, c: Channels| {
+        let t = total.get_mut(&name).expect("only wanted values are kept");
+        for (a, b) in t.abs_max.iter_mut().zip(&c.abs_max) {
+            *a = a.max(*b);
         }
-        let parts: Vec<HashMap<String, Channels>> = batches
-            .into_par_iter()
-            .map(|b| {
-                let mut part = HashMap::new();
-                exec.run_with(b, &mut |name, v| {
-                    if let Some(&k) = wanted.get(name) {
-                        let c = v.with_f32s(|x| channels(x, k, per_batch))??;
-                        part.insert(name.to_string(), c);
-                    }
-                    Ok(v)
-                })?;
-                Ok(part)
-            })
-            .collect::<Result<_>>()?;
-        for part in parts {
-            for (name, c) in part {
-                let t = total.get_mut(&name).expect("only wanted values are kept");
-                for (a, b) in t.abs_max.iter_mut().zip(&c.abs_max) {
-                    *a = a.max(*b);
-                }
-                let k = t.abs_max.len();
-                let kept = kept.entry(name).or_insert((0usize, 1usize));
-                keep_every(&mut t.rows, &c.rows, k, kept);
-            }
-        }
-    }
+        let k = t.abs_max.len();
+        let kept = kept.entry(name).or_insert((0, 1));
+        keep_every(&mut t.rows, &c.rows, k, kept);
+    };
+    let summary = |x: &[f32], k: usize| channels(x, k, per_batch);
+    summarize(
+        graph,
+        &wanted,
+        (data, batch),
+        &summary,
+        &mut merge,
+        &mut |_, _| {},
+    )?;
     for (name, c) in &total {
         if c.rows.is_empty() {
             return Err(Error::new(

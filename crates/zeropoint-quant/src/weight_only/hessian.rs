@@ -9,12 +9,11 @@
 use std::collections::HashMap;
 
 use rayon::prelude::*;
-use zeropoint_engine::Executor;
 use zeropoint_graph::Graph;
 
-use crate::compare::next_batches;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
+use crate::layer_inputs::summarize;
 
 /// What the calibration data says about one layer input.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,47 +32,22 @@ pub fn collect(
     batch: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<HashMap<String, Stats>> {
-    let exec = Executor::new(graph)?;
     let wanted: HashMap<&str, usize> = inputs.iter().map(|(v, k)| (v.as_str(), *k)).collect();
     let mut total: HashMap<String, (Vec<f64>, Vec<f64>, usize)> = wanted
         .iter()
         .map(|(v, &k)| (v.to_string(), (vec![0f64; k * k], vec![0f64; k], 0)))
         .collect();
-    let workers = rayon::current_num_threads().max(1);
-    let len = data.len;
-    loop {
-        let batches = next_batches(data, batch.max(1), workers)?;
-        if batches.is_empty() {
-            break;
+    let mut merge = |name: String, g: Gram| {
+        let (h, abs, n) = total.get_mut(&name).expect("only wanted values are kept");
+        for (a, b) in h.iter_mut().zip(&g.xtx) {
+            *a += f64::from(*b);
         }
-        let parts: Vec<HashMap<String, Gram>> = batches
-            .into_par_iter()
-            .map(|b| {
-                let mut part = HashMap::new();
-                exec.run_with(b, &mut |name, v| {
-                    if let Some(&k) = wanted.get(name) {
-                        let rows = v.with_f32s(|x| gram(x, k))??;
-                        part.insert(name.to_string(), rows);
-                    }
-                    Ok(v)
-                })?;
-                Ok(part)
-            })
-            .collect::<Result<_>>()?;
-        for part in parts {
-            for (name, g) in part {
-                let (h, abs, n) = total.get_mut(&name).expect("only wanted values are kept");
-                for (a, b) in h.iter_mut().zip(&g.xtx) {
-                    *a += f64::from(*b);
-                }
-                for (a, b) in abs.iter_mut().zip(&g.abs) {
-                    *a += b;
-                }
-                *n += g.rows;
-            }
+        for (a, b) in abs.iter_mut().zip(&g.abs) {
+            *a += b;
         }
-        progress(data.consumed(), len);
-    }
+        *n += g.rows;
+    };
+    summarize(graph, &wanted, (data, batch), &gram, &mut merge, progress)?;
     total
         .into_iter()
         .map(|(name, (mut h, abs, rows))| {
