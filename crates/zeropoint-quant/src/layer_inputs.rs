@@ -14,6 +14,9 @@ use crate::compare::next_batches;
 use crate::dataset::Dataset;
 use crate::error::Result;
 
+/// Reduces one batch's value (its f32s, and K) to a summary, or says what is wrong with it.
+pub type Summary<'a, T> = dyn Fn(&[f32], usize) -> std::result::Result<T, String> + Sync + 'a;
+
 /// Runs `graph` over `data` in batches of `batch` samples; `summary(x, k)` reduces each batch's
 /// value of every wanted input (name → K, the layer's input width) and `merge(name, summary)`
 /// takes the summaries in batch order. `progress(done, total)` follows the samples.
@@ -21,7 +24,7 @@ pub fn summarize<T: Send>(
     graph: &Graph,
     wanted: &HashMap<&str, usize>,
     (data, batch): (&mut Dataset, usize),
-    summary: &(dyn Fn(&[f32], usize) -> std::result::Result<T, String> + Sync),
+    summary: &Summary<'_, T>,
     merge: &mut dyn FnMut(String, T),
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<()> {
