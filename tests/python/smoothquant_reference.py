@@ -16,7 +16,8 @@ others are near 1), as BERT's do:
   float model's than without (on held-out inputs);
 - with α searched (`--smoothquant` alone), every α is on the grid 0, 0.05, ..., 1, the error after is at most the
   error before, the outputs are again closer to float than without, and the same bytes come out at 1 and 2 threads;
-- an α outside [0, 1] is refused with one line and exit status 1.
+- an α outside [0, 1], and --smoothquant with --mode dynamic or weight-only (no calibrated activation ranges), are
+  refused with one line and exit status 1.
 """
 
 import json
@@ -163,6 +164,11 @@ def main():
     lines = run.stderr.strip().splitlines()
     check(run.returncode == 1 and len(lines) == 1 and "--smoothquant" in lines[0] and not bad.exists(),
           f"α = 1.5 refused in one line: {lines[0] if lines else '(nothing)'}")
+    for mode in ["dynamic", "weight-only"]:
+        run = zeropoint(exe, "quantize", path, "--mode", mode, "--smoothquant", "-o", bad, ok=False)
+        lines = run.stderr.strip().splitlines()
+        check(run.returncode == 1 and len(lines) == 1 and "smooth" in lines[0] and not bad.exists(),
+              f"--mode {mode} --smoothquant refused in one line: {lines[0] if lines else '(nothing)'}")
     if FAILED:
         sys.exit(f"smoothquant reference: {len(FAILED)} checks failed")
     print("smoothquant reference: all checks passed")

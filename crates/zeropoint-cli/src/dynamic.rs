@@ -37,6 +37,9 @@ fn options(r: &Request) -> Result<Options> {
     if q.activations.is_some() {
         bail!("--mode dynamic quantizes activations at run time (uint8, per tensor): drop --activations");
     }
+    if q.smoothquant.is_some() {
+        bail!("--smoothquant prepares activations for calibrated ranges (static quantization); --mode dynamic computes them at run time: drop --smoothquant");
+    }
     Ok(Options {
         weights,
         weight_method: q.weight_range.unwrap_or(RangeMethod::Minmax).method(),

@@ -95,6 +95,9 @@ pub fn options(q: &QuantArgs, w: &WeightOnlyArgs, calib: Vec<String>) -> Result<
     if q.activations.is_some() {
         bail!("--mode weight-only keeps activations float: drop --activations");
     }
+    if q.smoothquant.is_some() {
+        bail!("--mode weight-only keeps activations float, so there is nothing to smooth: --awq scales channels for the weights' sake");
+    }
     if !(w.gptq_damp.is_finite() && w.gptq_damp > 0.0) {
         bail!("--gptq-damp must be a positive number");
     }

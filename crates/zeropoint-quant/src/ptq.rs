@@ -4,6 +4,8 @@
 //! ```text
 //! prepare    model file      → Prepared (canonical graph at the export's opset,   prepare.rs
 //!                              equalized with --cle)                            equalize.rs
+//! smooth     graph, data     → SmoothQuant's channel scales moved into weights    smooth_quant.rs
+//!                              (--smoothquant)
 //! place      graph           → Plan (which values get which quantizer)            placement.rs
 //! calibrate  graph, plan     → Ranges (each activation's clipping range)          calibrate.rs
 //! parameters ranges, weights → Params (scales, zero-points, int32 biases)         params.rs
