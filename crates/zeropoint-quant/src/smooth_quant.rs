@@ -124,9 +124,11 @@ struct Channels {
     rows: Vec<f32>,
 }
 
-/// The statistics of each input value (`name`, K) over `data`: every batch contributes the
-/// same number of evenly spaced rows, so the sample spreads over the whole data set and does
-/// not depend on the thread count.
+/// The statistics of each input value (`name`, K) over `data`: every batch offers the same
+/// number of evenly spaced rows, thinned evenly as they arrive ([`keep_every`]), so the sample
+/// spreads over the whole data set and does not depend on the thread count. The float values
+/// stay valid while the groups are smoothed one by one: smoothing changes only a group's own
+/// input, never a value another group reads.
 fn collect(
     graph: &Graph,
     inputs: &[(String, usize)],
