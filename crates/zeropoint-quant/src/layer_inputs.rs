@@ -55,3 +55,18 @@ pub fn summarize<T: Send>(
         progress(data.consumed(), len);
     }
 }
+
+/// Whether `x` is rows of `k` finite values, as a layer with `k` inputs reads them; what is
+/// wrong, if not (the executor names the value).
+pub fn check_rows(x: &[f32], k: usize) -> std::result::Result<(), String> {
+    if k == 0 || !x.len().is_multiple_of(k) {
+        return Err(format!(
+            "has {} values, not rows of the weight's {k} inputs",
+            x.len()
+        ));
+    }
+    match x.iter().find(|v| !v.is_finite()) {
+        Some(bad) => Err(format!("has a non-finite value ({bad}): check the data")),
+        None => Ok(()),
+    }
+}

@@ -37,7 +37,7 @@ use crate::channel_scaling::{
 };
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::layer_inputs::summarize;
+use crate::layer_inputs::{check_rows, summarize};
 use crate::linear_layers::{sites, weight_kn, Site};
 use crate::params::weight_scheme;
 use crate::settings::Settings;
@@ -199,15 +199,7 @@ fn keep_every(rows: &mut Vec<f32>, new: &[f32], k: usize, (seen, stride): &mut (
 
 /// One batch's statistics of `x` seen as rows of `k` values, with `sample` evenly spaced rows.
 fn channels(x: &[f32], k: usize, sample: usize) -> Result<Channels, String> {
-    if k == 0 || !x.len().is_multiple_of(k) {
-        return Err(format!(
-            "has {} values, not rows of the weight's {k} inputs",
-            x.len()
-        ));
-    }
-    if let Some(bad) = x.iter().find(|v| !v.is_finite()) {
-        return Err(format!("has a non-finite value ({bad}): check the data"));
-    }
+    check_rows(x, k)?;
     let mut abs_max = vec![0f32; k];
     for row in x.chunks_exact(k) {
         for (a, v) in abs_max.iter_mut().zip(row) {

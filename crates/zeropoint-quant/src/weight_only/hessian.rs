@@ -13,7 +13,7 @@ use zeropoint_graph::Graph;
 
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::layer_inputs::summarize;
+use crate::layer_inputs::{check_rows, summarize};
 
 /// What the calibration data says about one layer input.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,15 +82,7 @@ struct Gram {
 
 /// The sums of `x` seen as rows of `k` values.
 fn gram(x: &[f32], k: usize) -> Result<Gram, String> {
-    if k == 0 || !x.len().is_multiple_of(k) {
-        return Err(format!(
-            "has {} values, not rows of the weight's {k} inputs",
-            x.len()
-        ));
-    }
-    if let Some(bad) = x.iter().find(|v| !v.is_finite()) {
-        return Err(format!("has a non-finite value ({bad}): check the data"));
-    }
+    check_rows(x, k)?;
     let mut g = vec![0f32; k * k];
     let mut abs = vec![0f64; k];
     for row in x.chunks_exact(k) {
