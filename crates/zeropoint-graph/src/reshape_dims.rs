@@ -11,6 +11,8 @@
 //! same pattern in float models, but not once quantization puts a DequantizeLinear between the
 //! Shape's input and the Reshape's.)
 
+use std::collections::HashMap;
+
 use zeropoint_onnx::{DType, RawTensor};
 
 use crate::graph::Names;
@@ -19,6 +21,8 @@ use crate::{Graph, Node, Op};
 /// Makes the shape of every Reshape of that form a constant; returns how many. The chains left
 /// unread are removed by `canonicalize::remove_dead`.
 pub fn copy_dims_in_reshapes(graph: &mut Graph) -> usize {
+    let producers = graph.producers();
+    let at = Producers { graph, producers };
     let mut made = Vec::new();
     for (i, reshape) in graph.nodes.iter().enumerate() {
         if reshape.op != Op::Reshape
@@ -31,7 +35,7 @@ pub fn copy_dims_in_reshapes(graph: &mut Graph) -> usize {
         {
             continue;
         }
-        if let Some(dims) = constant_dims(graph, &reshape.inputs[1], &reshape.inputs[0]) {
+        if let Some(dims) = constant_dims(&at, &reshape.inputs[1], &reshape.inputs[0]) {
             made.push((i, dims));
         }
     }
@@ -48,8 +52,9 @@ pub fn copy_dims_in_reshapes(graph: &mut Graph) -> usize {
 
 /// The dims of `shape` as constants, a dimension of `data` copied from its own position as 0,
 /// if every piece of the Concat is a constant or such a copy.
-fn constant_dims(graph: &Graph, shape: &str, data: &str) -> Option<Vec<i64>> {
-    let concat = producer(graph, shape)?;
+fn constant_dims(at: &Producers, shape: &str, data: &str) -> Option<Vec<i64>> {
+    let graph = at.graph;
+    let concat = at.of(shape)?;
     if concat.op != Op::Concat || concat.attribute("axis").and_then(|a| a.i) != Some(0) {
         return None;
     }
@@ -60,7 +65,7 @@ fn constant_dims(graph: &Graph, shape: &str, data: &str) -> Option<Vec<i64>> {
             Some(_) => return None,
             None => {
                 let position = dims.len() as i64;
-                (copied_dim(graph, piece, data)? == position).then_some(())?;
+                (copied_dim(at, piece, data)? == position).then_some(())?;
                 dims.push(0);
             }
         }
@@ -70,8 +75,9 @@ fn constant_dims(graph: &Graph, shape: &str, data: &str) -> Option<Vec<i64>> {
 }
 
 /// The index i of `Unsqueeze(Gather(Shape(data), i), axes = [0])`, if `value` is that.
-fn copied_dim(graph: &Graph, value: &str, data: &str) -> Option<i64> {
-    let unsqueeze = producer(graph, value)?;
+fn copied_dim(at: &Producers, value: &str, data: &str) -> Option<i64> {
+    let graph = at.graph;
+    let unsqueeze = at.of(value)?;
     let axes = match unsqueeze.inputs.get(1) {
         Some(a) => graph.initializer(a)?.to_i64s(),
         None => unsqueeze.attribute("axes")?.ints.clone(),
@@ -79,7 +85,7 @@ fn copied_dim(graph: &Graph, value: &str, data: &str) -> Option<i64> {
     if unsqueeze.op != Op::Unsqueeze || axes != [0] {
         return None;
     }
-    let gather = producer(graph, &unsqueeze.inputs[0])?;
+    let gather = at.of(&unsqueeze.inputs[0])?;
     let index = graph.initializer(gather.inputs.get(1)?)?;
     if gather.op != Op::Gather
         || gather.attribute("axis").and_then(|a| a.i).unwrap_or(0) != 0
@@ -87,16 +93,21 @@ fn copied_dim(graph: &Graph, value: &str, data: &str) -> Option<i64> {
     {
         return None;
     }
-    let shape = producer(graph, &gather.inputs[0])?;
+    let shape = at.of(&gather.inputs[0])?;
     let whole = shape.attribute("start").is_none() && shape.attribute("end").is_none();
     (shape.op == Op::Shape && whole && shape.inputs[0] == data).then(|| index.to_i64s()[0])
 }
 
-fn producer<'g>(graph: &'g Graph, value: &str) -> Option<&'g Node> {
-    graph
-        .nodes
-        .iter()
-        .find(|n| n.outputs.iter().any(|o| o == value))
+/// The node producing each value of a graph, looked up by [`Graph::producers`]'s map.
+struct Producers<'g> {
+    graph: &'g Graph,
+    producers: HashMap<&'g str, usize>,
+}
+
+impl<'g> Producers<'g> {
+    fn of(&self, value: &str) -> Option<&'g Node> {
+        self.producers.get(value).map(|&i| &self.graph.nodes[i])
+    }
 }
 
 #[cfg(test)]

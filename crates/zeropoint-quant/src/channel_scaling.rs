@@ -67,7 +67,7 @@ pub fn columns(w: &[f32], k: usize, n: usize, most: usize) -> (Vec<f32>, usize) 
 
 /// Writes diag(s)·W back into the site's weight initializer (`w` is its `[K, N]` value), in its
 /// own layout.
-pub fn write_scaled(graph: &mut Graph, site: &Site, w: &[f32], s: &[f32]) {
+fn write_scaled(graph: &mut Graph, site: &Site, w: &[f32], s: &[f32]) {
     let n = site.n;
     let up = scale_rows(w, s, n);
     let (values, shape) = if site.transposed {
@@ -84,16 +84,19 @@ pub fn write_scaled(graph: &mut Graph, site: &Site, w: &[f32], s: &[f32]) {
     }
 }
 
-/// Divides the input of `group` by `s`: into the op producing it when it can absorb 1/s, else
-/// with a Mul the group reads instead (named after `tag`). Returns the group's new input and
-/// where 1/s went ("LayerNormalization <name>", "Mul <name>").
-pub fn fold(
+/// Applies `s` to the layers of `group` reading `input`: their weights (`weights`, each `[K, N]`)
+/// times s row by row, and their input divided by s: into the op producing it when it can
+/// absorb it, else with a Mul the group reads instead (named after `tag`). Returns the group's
+/// new input and where 1/s went ("LayerNormalization <name>", "Mul <name>").
+pub fn apply(
     graph: &mut Graph,
-    input: &str,
-    group: &[&Site],
+    (input, group, weights): (&str, &[&Site], &[Vec<f32>]),
     s: &[f32],
     (names, tag): (&mut Names, &str),
 ) -> Result<(String, String)> {
+    for (site, w) in group.iter().zip(weights) {
+        write_scaled(graph, site, w, s);
+    }
     let inverse: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
     if only_group_reads(graph, input, group) {
         if let Some(done) = fold_into_producer(graph, input, &inverse) {

@@ -32,9 +32,7 @@ use zeropoint_core::{fake_quant, QParams, Scheme};
 use zeropoint_graph::graph::Names;
 use zeropoint_graph::Graph;
 
-use crate::channel_scaling::{
-    columns, fold, groups_by_input, scale_rows, shared_weights, write_scaled,
-};
+use crate::channel_scaling::{apply, columns, groups_by_input, scale_rows, shared_weights};
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::layer_inputs::{check_rows, summarize};
@@ -103,10 +101,8 @@ pub fn smooth(
             folded_into: String::new(),
         };
         if alpha > 0.0 {
-            for (site, w) in group.iter().zip(&weights) {
-                write_scaled(graph, site, w, &s);
-            }
-            let (_, into) = fold(graph, input, group, &s, (&mut names, "smooth"))?;
+            let layers = (input.as_str(), group.as_slice(), weights.as_slice());
+            let (_, into) = apply(graph, layers, &s, (&mut names, "smooth"))?;
             smoothed.folded_into = into;
         }
         report.push(smoothed);

@@ -23,9 +23,7 @@ use std::collections::HashMap;
 use zeropoint_graph::graph::Names;
 use zeropoint_graph::Graph;
 
-use crate::channel_scaling::{
-    columns, fold, groups_by_input, scale_rows, shared_weights, write_scaled,
-};
+use crate::channel_scaling::{apply, columns, groups_by_input, scale_rows, shared_weights};
 use crate::error::Result;
 use crate::weight_only::blocks::{rtn, BlockScheme};
 use crate::weight_only::hessian::{quadratic, Stats};
@@ -90,11 +88,9 @@ pub fn awq(
             folded_into: String::new(),
         };
         if alpha > 0.0 {
-            for (site, w) in group.iter().zip(&weights) {
-                write_scaled(graph, site, w, &s);
-            }
             let st = stats.remove(&input).expect("looked up above");
-            let (new_input, into) = fold(graph, &input, &group, &s, (&mut names, "awq"))?;
+            let layers = (input.as_str(), group.as_slice(), weights.as_slice());
+            let (new_input, into) = apply(graph, layers, &s, (&mut names, "awq"))?;
             stats.insert(new_input, rescaled(st, &s));
             scaled.folded_into = into;
         }
