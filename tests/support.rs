@@ -48,6 +48,16 @@ pub fn run_python(script: &str, args: &[&Path]) -> String {
     stdout
 }
 
+/// Runs the reference script `script` of tests/python on the CLI binary `zeropoint` and a fresh
+/// temporary folder, prints its report, and asserts that it says "`name`: all checks passed".
+pub fn check_reference(script: &str, zeropoint: &Path, name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_python(script, &[zeropoint, dir.path()]);
+    print!("{out}");
+    let passed = format!("{name}: all checks passed");
+    assert!(out.contains(&passed), "{out}");
+}
+
 /// A small deterministic generator (xorshift64*), so that test data needs no dependency.
 pub struct Rng(u64);
 

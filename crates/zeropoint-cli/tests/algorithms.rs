@@ -9,26 +9,21 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::run_python;
+use support::check_reference;
 
 #[test]
 fn cross_layer_equalization_matches_numpy() {
-    let dir = tempfile::tempdir().unwrap();
     let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
-    let out = run_python("cle_reference.py", &[zeropoint, dir.path()]);
-    print!("{out}");
-    assert!(out.contains("cle reference: all checks passed"), "{out}");
+    check_reference("cle_reference.py", zeropoint, "cle reference");
 }
 
 #[test]
 fn bias_correction_matches_a_sequential_reference_in_onnx_runtime() {
-    let dir = tempfile::tempdir().unwrap();
     let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
-    let out = run_python("bias_correction_reference.py", &[zeropoint, dir.path()]);
-    print!("{out}");
-    assert!(
-        out.contains("bias correction reference: all checks passed"),
-        "{out}"
+    check_reference(
+        "bias_correction_reference.py",
+        zeropoint,
+        "bias correction reference",
     );
 }
 
@@ -98,12 +93,6 @@ fn standard_recipe_is_deterministic_and_does_every_step() {
 /// mixed precision meets its target in ONNX Runtime (tests/python/analyze_reference.py).
 #[test]
 fn analysis_and_mixed_precision_match_onnx_runtime() {
-    let dir = tempfile::tempdir().unwrap();
     let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
-    let out = run_python("analyze_reference.py", &[zeropoint, dir.path()]);
-    print!("{out}");
-    assert!(
-        out.contains("analyze reference: all checks passed"),
-        "{out}"
-    );
+    check_reference("analyze_reference.py", zeropoint, "analyze reference");
 }

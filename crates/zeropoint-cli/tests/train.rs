@@ -7,13 +7,10 @@ mod support;
 
 use std::path::Path;
 
-use support::run_python;
+use support::check_reference;
 
 #[test]
 fn quantization_aware_training_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
     let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
-    let out = run_python("qat_reference.py", &[zeropoint, dir.path()]);
-    print!("{out}");
-    assert!(out.contains("qat reference: all checks passed"), "{out}");
+    check_reference("qat_reference.py", zeropoint, "qat reference");
 }

@@ -15,40 +15,30 @@ mod support;
 
 use std::path::Path;
 
-use support::run_python;
+use support::check_reference;
 
 #[test]
 fn weight_only_quantization_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
     let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
-    let out = run_python("weight_only_reference.py", &[zeropoint, dir.path()]);
-    print!("{out}");
-    assert!(
-        out.contains("weight-only reference: all checks passed"),
-        "{out}"
+    check_reference(
+        "weight_only_reference.py",
+        zeropoint,
+        "weight-only reference",
     );
 }
 
 #[test]
 fn dynamic_quantization_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
     let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
-    let out = run_python("dynamic_reference.py", &[zeropoint, dir.path()]);
-    print!("{out}");
-    assert!(
-        out.contains("dynamic reference: all checks passed"),
-        "{out}"
-    );
+    check_reference("dynamic_reference.py", zeropoint, "dynamic reference");
 }
 
 #[test]
 fn smoothquant_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
     let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
-    let out = run_python("smoothquant_reference.py", &[zeropoint, dir.path()]);
-    print!("{out}");
-    assert!(
-        out.contains("smoothquant reference: all checks passed"),
-        "{out}"
+    check_reference(
+        "smoothquant_reference.py",
+        zeropoint,
+        "smoothquant reference",
     );
 }
