@@ -95,3 +95,17 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     }
     line
 }
+
+/// Whether ONNX Runtime's uint8 × int8 CPU kernels saturate on this machine. On x86 without VNNI
+/// they sum adjacent products in int16 (AVX2's vpmaddubsw), so full-range int8 weights can
+/// overflow and ORT's fused integer graph departs from the QDQ semantics; 7-bit weights (±63,
+/// 2·255·63 < 2^15) cannot overflow. VNNI and ARM dot products accumulate in int32.
+pub fn ort_int8_kernels_saturate() -> bool {
+    if !cfg!(target_arch = "x86_64") {
+        return false;
+    }
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    !["avx512_vnni", "avx_vnni", "amx_int8"]
+        .iter()
+        .any(|f| flags.contains(f))
+}

@@ -44,7 +44,12 @@ def zeropoint(exe, *args):
 
 
 def outputs(model, x):
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    # Graph optimizations off, as in the other reference checks: the claims are about the QDQ
+    # semantics. With them on, x86 CPUs without VNNI run ORT's u8s8 kernels, whose int16 pair sums
+    # saturate on full-range int8 weights (this model's W8A8: 35.9 dB exact, 22.6 dB fused on AVX2).
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
     runs = [s.run(None, {name: x[i:i + 1]}) for i in range(len(x))]
     return [np.concatenate([r[k] for r in runs]) for k in range(len(runs[0]))]

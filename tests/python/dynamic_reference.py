@@ -9,10 +9,13 @@ on a 3-D input whose value two MatMuls share, a transB Gemm with a bias, and a g
   127 per output channel, codes rounded half to even), and the tables numpy's 8-bit per-row blocks;
 - ONNX Runtime's output equals a numpy simulation written from the ONNX specifications of DynamicQuantizeLinear
   (uint8, scale = (max(x, 0) − min(x, 0)) / 255, zero-point rounded half to even and saturated), MatMulInteger and
-  ConvInteger (int32 products of the codes minus their zero-points), then the scale products and biases;
+  ConvInteger (int32 products of the codes minus their zero-points), then the scale products and biases; on x86
+  CPUs without VNNI, ORT's uint8 × int8 MatMul kernel sums pairs of products in int16 with saturation (AVX2's
+  vpmaddubsw), and its output must then equal the simulation that saturates the same way;
 - the model passes onnx.checker, one DynamicQuantizeLinear serves both MatMuls reading the same value, and the
   output stays within cosine 0.999 of the float model's;
-- zeropoint's own executor (`zeropoint run`) gives ONNX Runtime's outputs;
+- zeropoint's own executor (`zeropoint run`) gives the exact simulation's outputs, and ONNX Runtime's where ORT
+  is exact (without graph optimizations, which may fuse a DequantizeLinear into a MatMul of another precision);
 - without --conv-integer the Conv stays float;
 - the same bytes come out at 1 and 2 threads;
 - asymmetric or blocked weight schemes are refused with one line and exit status 1.
@@ -101,18 +104,44 @@ def conv2d(x, w, group, pad):
     return out
 
 
-def simulate(w, feeds, table):
+def exact_matmul(q, z, wq):
+    """MatMulInteger as specified: int32 sums of (code − zero-point) × weight code."""
+    return (q - z) @ wq
+
+
+def avx2_matmul(q, z, wq):
+    """MatMulInteger as ONNX Runtime's uint8 × int8 kernel computes it on x86 without VNNI: the raw uint8 codes
+    times the weights, adjacent pairs along K summed in int16 with saturation (vpmaddubsw), then the zero-point
+    term subtracted exactly."""
+    q, wq = q.astype(np.int64), wq.astype(np.int64)
+    if q.shape[-1] % 2:
+        q = np.concatenate([q, np.zeros(q.shape[:-1] + (1,), np.int64)], -1)
+        wq = np.concatenate([wq, np.zeros((1, wq.shape[1]), np.int64)])
+    pairs = q[..., 0::2, None] * wq[0::2] + q[..., 1::2, None] * wq[1::2]
+    return np.clip(pairs, -32768, 32767).sum(-2) - z * wq.sum(0)
+
+
+def has_vnni():
+    """Whether this CPU has an int8 dot-product instruction that does not saturate (always true off x86)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx2" not in flags or any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def simulate(w, feeds, table, matmul=exact_matmul):
     """The dynamic model in numpy: the table as read from the file, every layer's codes computed here."""
     xe = feeds["x"] + table[feeds["ids"]]
     q, s, z = dynamic_quantize(xe)
     outs = []
     for name in ["wa", "wb"]:
         wq, ws = int8_per_channel(w[name], 1)
-        outs.append(((q - z) @ wq).astype(np.float32) * (s * ws.reshape(-1)))
+        outs.append(matmul(q, z, wq).astype(np.float32) * (s * ws.reshape(-1)))
     m = np.concatenate(outs, -1).mean(1)
     qm, sm, zm = dynamic_quantize(m)
     wq, ws = int8_per_channel(w["wg"], 0)
-    y = ((qm - zm) @ wq.T).astype(np.float32) * (sm * ws.reshape(-1)) + w["cg"]
+    y = matmul(qm, zm, wq.T).astype(np.float32) * (sm * ws.reshape(-1)) + w["cg"]
     qi, si, zi = dynamic_quantize(feeds["img"])
     wq, ws = int8_per_channel(w["wc"], 0)
     zc = conv2d(qi - zi, wq, G, 1).astype(np.float32) * (si * ws.reshape(-1, 1, 1)) + w["bc"].reshape(-1, 1, 1)
@@ -131,21 +160,16 @@ def read_table(path):
     return ((data - np.repeat(z, bs, 1)[:, :cols]) * np.repeat(s, bs, 1)[:, :cols]).astype(np.float32), m, inits
 
 
-def engine_matches_ort(exe, model, feeds, d):
-    """zeropoint's own executor (`zeropoint run`) against ONNX Runtime without graph optimizations (which may fuse
-    a DequantizeLinear into a MatMul computed at another precision): the largest difference over the outputs."""
+def engine_outputs(exe, model, feeds, d):
+    """zeropoint's own executor (`zeropoint run`) on the feeds: its outputs in the model's order."""
     np.savez(d / "feeds.npz", **feeds)
     out = d / "engine"
     zeropoint(exe, "run", model, "-i", d / "feeds.npz", "-o", out)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    s = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in s.get_outputs()]
-    diff = 0.0
-    for name, y in zip(names, s.run(None, feeds)):
-        z = np.load(out / (name + ".npy"))
-        diff = max(diff, float(np.abs(y.astype(np.float64) - z).max()))
-    return diff
+    return [np.load(out / (o.name + ".npy")) for o in onnx.load(model).graph.output]
+
+
+def max_diff(a, b):
+    return max(float(np.abs(x.astype(np.float64) - y).max()) for x, y in zip(a, b))
 
 
 def cosine(a, b):
@@ -179,13 +203,23 @@ def main():
     s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     y, z = s.run(None, feeds)
     ys, zs = simulate(w, feeds, table)
-    check(np.allclose(y, ys, rtol=1e-4, atol=1e-4), f"ONNX Runtime's Gemm output is numpy's simulation "
-          f"(max |diff| {np.abs(y - ys).max():.1e})")
+    vnni = has_vnni()
+    ya = ys if vnni else simulate(w, feeds, table, avx2_matmul)[0]
+    kernel = "exact" if vnni else "int16 pair-saturating (x86 without VNNI)"
+    check(np.allclose(y, ya, rtol=1e-4, atol=1e-4), f"ONNX Runtime's Gemm output is numpy's {kernel} simulation "
+          f"(max |diff| {np.abs(y - ya).max():.1e}; exact simulation {np.abs(y - ys).max():.1e})")
     check(np.allclose(z, zs, rtol=1e-4, atol=1e-4), f"ONNX Runtime's ConvInteger output is numpy's simulation "
           f"(max |diff| {np.abs(z - zs).max():.1e})")
-    diff = engine_matches_ort(exe, out, feeds, d)
-    check(diff < 1e-4, f"zeropoint's executor (DynamicQuantizeLinear, MatMulInteger, ConvInteger) runs it as ONNX "
-          f"Runtime does (max |diff| {diff:.1e})")
+    engine = engine_outputs(exe, out, feeds, d)
+    diff = max_diff(engine, [ys, zs])
+    check(diff < 1e-4, f"zeropoint's executor (DynamicQuantizeLinear, MatMulInteger, ConvInteger) gives the exact "
+          f"simulation (max |diff| {diff:.1e})")
+    if vnni:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        plain_ort = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+        diff = max_diff(engine, plain_ort)
+        check(diff < 1e-4, f"zeropoint's executor runs it as ONNX Runtime does (max |diff| {diff:.1e})")
     yf, zf = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
     check(cosine(y, yf) > 0.999 and cosine(z, zf) > 0.999,
           f"close to float: cosine {cosine(y, yf):.5f} and {cosine(z, zf):.5f}")

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::{repo_root, run_python};
+use support::{ort_int8_kernels_saturate, repo_root, run_python};
 
 fn zeropoint(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zeropoint"))
@@ -842,6 +842,10 @@ fn eval_runs_the_quantized_model_in_onnx_runtime_too() {
         path(&q),
     ];
     args.extend(norm);
+    // ORT's fused int8 kernels saturate on x86 without VNNI; 7-bit weights are the remedy there.
+    if ort_int8_kernels_saturate() {
+        args.extend(["--weights", "int7,sym,per-channel"]);
+    }
     ok(&args);
     let eval = |runtime: &str| -> Value {
         let mut args = vec![
@@ -874,7 +878,11 @@ fn eval_runs_the_quantized_model_in_onnx_runtime_too() {
         diff("float") == 0.0 && diff("quantized") <= 0.1,
         "{zp} {ort}"
     );
-    assert!(ort["output_sqnr_db"].as_f64().unwrap() > 40.0, "{ort}");
+    let sqnr = |r: &Value| r["output_sqnr_db"].as_f64().unwrap();
+    assert!(
+        sqnr(&ort) > 35.0 && (sqnr(&ort) - sqnr(&zp)).abs() < 0.5,
+        "{zp} {ort}"
+    );
     assert!(ort["layers"].as_array().unwrap().is_empty());
 }
 
