@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
-def ort_job(src, dst, per_channel, weight_type, reduce_range="0"):
+def ort_job(src, dst, per_channel, weight_type, reduce_range):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     quantize_dynamic(src, dst, per_channel=per_channel == "1", reduce_range=reduce_range == "1",
                      weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8)
