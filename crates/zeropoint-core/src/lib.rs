@@ -19,6 +19,8 @@
 //!   cross-entropy, BatchNorm-based), streaming, in bounded memory, mergeable and deterministic.
 //! - [`metrics`]: MSE, SQNR, cosine, max error, and clipping vs rounding error.
 //! - [`stats`]: what the data looks like (moments, tails, percentiles, histograms).
+//! - [`ggml`]: llama.cpp's block formats (Q8_0, Q4_0 .. Q6_K), byte-identical to ggml's reference
+//!   quantizers.
 //!
 //! ```
 //! use zeropoint_core::{QTensor, Scheme};
@@ -31,6 +33,7 @@
 //! ```
 
 pub mod error;
+pub mod ggml;
 pub mod kernel;
 pub mod layout;
 pub mod metrics;

@@ -1,0 +1,322 @@
+//! ggml's block formats: the tensor types of llama.cpp's GGUF files, each a small block of codes
+//! with its own scales, and the loops that fill and read them.
+//!
+//! The quantizers reproduce ggml's reference functions (`quantize_row_*_ref` in
+//! `ggml-quants.c`) operation for operation, in the same f32 arithmetic and the same order, so that
+//! a row quantized here is byte-identical to what `llama-quantize` writes without an importance
+//! matrix. That is why they read like C: a cleverer loop would round differently somewhere.
+//!
+//! - legacy formats, blocks of 32: [`GgmlType::Q4_0`], `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`
+//!   (`legacy`);
+//! - K-quants, super-blocks of 256 with quantized sub-block scales: `Q2_K` .. `Q6_K`
+//!   (`kquant`).
+//!
+//! Every other ggml type is known by its block geometry only, so that a GGUF file holding it can
+//! be read and written losslessly.
+
+mod kquant;
+mod legacy;
+
+use rayon::prelude::*;
+
+/// The tensor types of ggml (`enum ggml_type`), with the ids GGUF files store.
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    Q8_K,
+    IQ2_XXS,
+    IQ2_XS,
+    IQ3_XXS,
+    IQ1_S,
+    IQ4_NL,
+    IQ3_S,
+    IQ2_S,
+    IQ4_XS,
+    I8,
+    I16,
+    I32,
+    I64,
+    F64,
+    IQ1_M,
+    BF16,
+    TQ1_0,
+    TQ2_0,
+    MXFP4,
+    NVFP4,
+    Q1_0,
+    Q2_0,
+}
+
+/// id, name, elements per block, bytes per block: ggml's `type_traits` table.
+const TYPES: [(GgmlType, u32, &str, usize, usize); 35] = {
+    use GgmlType::*;
+    [
+        (F32, 0, "F32", 1, 4),
+        (F16, 1, "F16", 1, 2),
+        (Q4_0, 2, "Q4_0", 32, 18),
+        (Q4_1, 3, "Q4_1", 32, 20),
+        (Q5_0, 6, "Q5_0", 32, 22),
+        (Q5_1, 7, "Q5_1", 32, 24),
+        (Q8_0, 8, "Q8_0", 32, 34),
+        (Q8_1, 9, "Q8_1", 32, 36),
+        (Q2_K, 10, "Q2_K", 256, 84),
+        (Q3_K, 11, "Q3_K", 256, 110),
+        (Q4_K, 12, "Q4_K", 256, 144),
+        (Q5_K, 13, "Q5_K", 256, 176),
+        (Q6_K, 14, "Q6_K", 256, 210),
+        (Q8_K, 15, "Q8_K", 256, 292),
+        (IQ2_XXS, 16, "IQ2_XXS", 256, 66),
+        (IQ2_XS, 17, "IQ2_XS", 256, 74),
+        (IQ3_XXS, 18, "IQ3_XXS", 256, 98),
+        (IQ1_S, 19, "IQ1_S", 256, 50),
+        (IQ4_NL, 20, "IQ4_NL", 32, 18),
+        (IQ3_S, 21, "IQ3_S", 256, 110),
+        (IQ2_S, 22, "IQ2_S", 256, 82),
+        (IQ4_XS, 23, "IQ4_XS", 256, 136),
+        (I8, 24, "I8", 1, 1),
+        (I16, 25, "I16", 1, 2),
+        (I32, 26, "I32", 1, 4),
+        (I64, 27, "I64", 1, 8),
+        (F64, 28, "F64", 1, 8),
+        (IQ1_M, 29, "IQ1_M", 256, 56),
+        (BF16, 30, "BF16", 1, 2),
+        (TQ1_0, 34, "TQ1_0", 256, 54),
+        (TQ2_0, 35, "TQ2_0", 256, 66),
+        (MXFP4, 39, "MXFP4", 32, 17),
+        (NVFP4, 40, "NVFP4", 64, 36),
+        (Q1_0, 41, "Q1_0", 128, 18),
+        (Q2_0, 42, "Q2_0", 64, 18),
+    ]
+};
+
+impl GgmlType {
+    fn row(self) -> &'static (GgmlType, u32, &'static str, usize, usize) {
+        TYPES
+            .iter()
+            .find(|t| t.0 == self)
+            .expect("every variant is in TYPES")
+    }
+
+    /// The type with this GGUF id, if ggml has one.
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        TYPES.iter().find(|t| t.1 == id).map(|t| t.0)
+    }
+
+    /// The type named `name` (case-insensitive: "q4_k" and "Q4_K" both work).
+    pub fn from_name(name: &str) -> Option<GgmlType> {
+        TYPES
+            .iter()
+            .find(|t| t.2.eq_ignore_ascii_case(name))
+            .map(|t| t.0)
+    }
+
+    pub fn id(self) -> u32 {
+        self.row().1
+    }
+
+    pub fn name(self) -> &'static str {
+        self.row().2
+    }
+
+    /// Elements per block.
+    pub fn block_size(self) -> usize {
+        self.row().3
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        self.row().4
+    }
+
+    /// Bytes of a row of `n` elements, or `None` when `n` is not a whole number of blocks.
+    pub fn row_size(self, n: usize) -> Option<usize> {
+        (n % self.block_size() == 0).then(|| n / self.block_size() * self.type_size())
+    }
+
+    /// Whether zeropoint can write this type from floats.
+    pub fn can_quantize(self) -> bool {
+        use GgmlType::*;
+        matches!(
+            self,
+            F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K
+        )
+    }
+
+    /// Whether zeropoint can read this type back to floats.
+    pub fn can_dequantize(self) -> bool {
+        self.can_quantize()
+    }
+}
+
+impl std::fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a row could not be converted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GgmlError {
+    #[error("zeropoint cannot {0} ggml type {1}")]
+    Unsupported(&'static str, GgmlType),
+    #[error("a row of {n} elements is not a whole number of {ty} blocks of {block}")]
+    RowLength {
+        n: usize,
+        ty: GgmlType,
+        block: usize,
+    },
+    #[error("{0} bytes do not hold a whole number of rows of this type and length")]
+    ByteLength(usize),
+    #[error("element {index} is {value}: ggml's quantizers need finite values")]
+    NonFinite { index: usize, value: f32 },
+}
+
+/// Converts `rows` of `n_per_row` floats to `ty`, rows in parallel. Each row is encoded on its
+/// own, so the bytes do not depend on the thread count.
+pub fn quantize_rows(ty: GgmlType, x: &[f32], n_per_row: usize) -> Result<Vec<u8>, GgmlError> {
+    if !ty.can_quantize() {
+        return Err(GgmlError::Unsupported("write", ty));
+    }
+    let row_bytes = ty.row_size(n_per_row).ok_or(GgmlError::RowLength {
+        n: n_per_row,
+        ty,
+        block: ty.block_size(),
+    })?;
+    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+        if ty != GgmlType::F32 {
+            return Err(GgmlError::NonFinite {
+                index,
+                value: x[index],
+            });
+        }
+    }
+    if n_per_row == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = vec![0u8; x.len() / n_per_row * row_bytes];
+    out.par_chunks_mut(row_bytes)
+        .zip(x.par_chunks(n_per_row))
+        .for_each(|(dst, src)| quantize_row(ty, src, dst));
+    Ok(out)
+}
+
+/// Converts rows of `ty` holding `n_per_row` elements each back to floats.
+pub fn dequantize_rows(
+    ty: GgmlType,
+    bytes: &[u8],
+    n_per_row: usize,
+) -> Result<Vec<f32>, GgmlError> {
+    if !ty.can_dequantize() {
+        return Err(GgmlError::Unsupported("read", ty));
+    }
+    let row_bytes = ty.row_size(n_per_row).ok_or(GgmlError::RowLength {
+        n: n_per_row,
+        ty,
+        block: ty.block_size(),
+    })?;
+    if row_bytes == 0 || bytes.len() % row_bytes != 0 {
+        return if bytes.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(GgmlError::ByteLength(bytes.len()))
+        };
+    }
+    let mut out = vec![0f32; bytes.len() / row_bytes * n_per_row];
+    out.par_chunks_mut(n_per_row)
+        .zip(bytes.par_chunks(row_bytes))
+        .for_each(|(dst, src)| dequantize_row(ty, src, dst));
+    Ok(out)
+}
+
+/// One row: `dst` has exactly `ty.row_size(src.len())` bytes.
+fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+    use GgmlType::*;
+    let (qk, bytes) = (ty.block_size(), ty.type_size());
+    let blocks = src.chunks_exact(qk).zip(dst.chunks_exact_mut(bytes));
+    match ty {
+        F32 => blocks.for_each(|(x, y)| y.copy_from_slice(&x[0].to_le_bytes())),
+        F16 => blocks.for_each(|(x, y)| y.copy_from_slice(&fp16(x[0]).to_le_bytes())),
+        BF16 => blocks.for_each(|(x, y)| y.copy_from_slice(&bf16(x[0]).to_le_bytes())),
+        Q4_0 => blocks.for_each(|(x, y)| legacy::quantize_q4_0(x, y)),
+        Q4_1 => blocks.for_each(|(x, y)| legacy::quantize_q4_1(x, y)),
+        Q5_0 => blocks.for_each(|(x, y)| legacy::quantize_q5_0(x, y)),
+        Q5_1 => blocks.for_each(|(x, y)| legacy::quantize_q5_1(x, y)),
+        Q8_0 => blocks.for_each(|(x, y)| legacy::quantize_q8_0(x, y)),
+        Q2_K => blocks.for_each(|(x, y)| kquant::quantize_q2_k(x, y)),
+        Q3_K => blocks.for_each(|(x, y)| kquant::quantize_q3_k(x, y)),
+        Q4_K => blocks.for_each(|(x, y)| kquant::quantize_q4_k(x, y)),
+        Q5_K => blocks.for_each(|(x, y)| kquant::quantize_q5_k(x, y)),
+        Q6_K => blocks.for_each(|(x, y)| kquant::quantize_q6_k(x, y)),
+        _ => unreachable!("checked by can_quantize"),
+    }
+}
+
+fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    use GgmlType::*;
+    let (qk, bytes) = (ty.block_size(), ty.type_size());
+    let blocks = src.chunks_exact(bytes).zip(dst.chunks_exact_mut(qk));
+    match ty {
+        F32 => blocks.for_each(|(x, y)| y[0] = f32::from_le_bytes([x[0], x[1], x[2], x[3]])),
+        F16 => blocks.for_each(|(x, y)| y[0] = fp16_to_f32(u16::from_le_bytes([x[0], x[1]]))),
+        BF16 => blocks.for_each(|(x, y)| y[0] = bf16_to_f32(u16::from_le_bytes([x[0], x[1]]))),
+        Q4_0 => blocks.for_each(|(x, y)| legacy::dequantize_q4_0(x, y)),
+        Q4_1 => blocks.for_each(|(x, y)| legacy::dequantize_q4_1(x, y)),
+        Q5_0 => blocks.for_each(|(x, y)| legacy::dequantize_q5_0(x, y)),
+        Q5_1 => blocks.for_each(|(x, y)| legacy::dequantize_q5_1(x, y)),
+        Q8_0 => blocks.for_each(|(x, y)| legacy::dequantize_q8_0(x, y)),
+        Q2_K => blocks.for_each(|(x, y)| kquant::dequantize_q2_k(x, y)),
+        Q3_K => blocks.for_each(|(x, y)| kquant::dequantize_q3_k(x, y)),
+        Q4_K => blocks.for_each(|(x, y)| kquant::dequantize_q4_k(x, y)),
+        Q5_K => blocks.for_each(|(x, y)| kquant::dequantize_q5_k(x, y)),
+        Q6_K => blocks.for_each(|(x, y)| kquant::dequantize_q6_k(x, y)),
+        _ => unreachable!("checked by can_dequantize"),
+    }
+}
+
+/// f32 to IEEE half, round to nearest even: ggml's `GGML_FP32_TO_FP16`.
+pub fn fp16(x: f32) -> u16 {
+    half::f16::from_f32(x).to_bits()
+}
+
+pub fn fp16_to_f32(h: u16) -> f32 {
+    half::f16::from_bits(h).to_f32()
+}
+
+/// f32 to bfloat16 as ggml rounds it (`ggml_compute_fp32_to_bf16`): to nearest even, NaN kept
+/// quiet.
+pub fn bf16(x: f32) -> u16 {
+    let u = x.to_bits();
+    if (u & 0x7fff_ffff) > 0x7f80_0000 {
+        return ((u >> 16) | 64) as u16;
+    }
+    ((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16
+}
+
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// Reads the f16 at `b[at..at + 2]`.
+fn read_fp16(b: &[u8], at: usize) -> f32 {
+    fp16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+fn write_fp16(b: &mut [u8], at: usize, x: f32) {
+    b[at..at + 2].copy_from_slice(&fp16(x).to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests;
