@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-CRATES = ["zeropoint-core", "zeropoint-onnx", "zeropoint-graph", "zeropoint-engine",
+CRATES = ["zeropoint-core", "zeropoint-onnx", "zeropoint-gguf", "zeropoint-graph", "zeropoint-engine",
           "zeropoint-quant", "zeropoint-cli"]
 MAX_LINES = 100
 FN = re.compile(r"^\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?fn\s+(\w+)")

@@ -11,6 +11,7 @@ mod embedded;
 mod equalize;
 mod eval;
 mod explain;
+mod gguf;
 mod graph;
 mod inspect;
 mod output;
@@ -104,6 +105,9 @@ enum Command {
     Graph(graph::Args),
     /// Run a float ONNX model with zeropoint's executor; write its outputs as .npy.
     Run(run::Args),
+    /// Quantize a GGUF language model to llama.cpp's formats (Q8_0, Q4_K_M, ...), as
+    /// llama-quantize does.
+    Gguf(gguf::Args),
 }
 
 fn main() -> ExitCode {
@@ -151,6 +155,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Equalize(args) => equalize::run(&args),
+        Command::Gguf(args) => gguf::run(&args),
         Command::Analyze(args) => analyze::run(&args),
         Command::Train(args) => train::run(&args),
     };

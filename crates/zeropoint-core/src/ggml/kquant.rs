@@ -282,12 +282,12 @@ pub(super) fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
 pub(super) fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
     let (d, min) = (read_fp16(b, 80), read_fp16(b, 82));
     let (sc, q) = (&b[..16], &b[16..80]);
-    for i in 0..QK_K {
+    for (i, v) in y.iter_mut().enumerate() {
         let (half, within) = (i / 128, i % 128);
         let (plane, l) = (within / 32, within % 32);
         let s = sc[i / 16];
         let code = (q[half * 32 + l] >> (2 * plane)) & 3;
-        y[i] = d * (s & 0xF) as f32 * code as f32 - min * (s >> 4) as f32;
+        *v = d * (s & 0xF) as f32 * code as f32 - min * (s >> 4) as f32;
     }
 }
 
@@ -351,7 +351,7 @@ pub(super) fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
 pub(super) fn dequantize_q3_k(b: &[u8], y: &mut [f32]) {
     let d_all = read_fp16(b, 108);
     let (hmask, q, sc) = (&b[..32], &b[32..96], &b[96..108]);
-    for i in 0..QK_K {
+    for (i, v) in y.iter_mut().enumerate() {
         let (group, within) = (i / 128, i % 128);
         let (plane, l) = (within / 32, within % 32);
         let low = (q[group * 32 + l] >> (2 * plane)) & 3;
@@ -361,7 +361,7 @@ pub(super) fn dequantize_q3_k(b: &[u8], y: &mut [f32]) {
             4
         };
         let dl = d_all * (q3_scale(sc, i / 16) as i32) as f32;
-        y[i] = dl * (low as i32 - high) as f32;
+        *v = dl * (low as i32 - high) as f32;
     }
 }
 
@@ -447,11 +447,11 @@ pub(super) fn quantize_q4_k(x: &[f32], y: &mut [u8]) {
 
 pub(super) fn dequantize_q4_k(b: &[u8], y: &mut [f32]) {
     let (d, min) = (read_fp16(b, 0), read_fp16(b, 2));
-    for i in 0..QK_K {
+    for (i, v) in y.iter_mut().enumerate() {
         let (s, m) = scale_min_k4(i / 32, &b[4..16]);
         let byte = b[16 + (i / 64) * 32 + i % 32];
         let code = if i % 64 < 32 { byte & 0xF } else { byte >> 4 };
-        y[i] = d * s as f32 * code as f32 - min * m as f32;
+        *v = d * s as f32 * code as f32 - min * m as f32;
     }
 }
 
@@ -485,12 +485,12 @@ pub(super) fn quantize_q5_k(x: &[f32], y: &mut [u8]) {
 
 pub(super) fn dequantize_q5_k(b: &[u8], y: &mut [f32]) {
     let (d, min) = (read_fp16(b, 0), read_fp16(b, 2));
-    for i in 0..QK_K {
+    for (i, v) in y.iter_mut().enumerate() {
         let (s, m) = scale_min_k4(i / 32, &b[4..16]);
         let byte = b[48 + (i / 64) * 32 + i % 32];
         let low = if i % 64 < 32 { byte & 0xF } else { byte >> 4 };
         let code = low | (((b[16 + i % 32] >> (i / 32)) & 1) << 4);
-        y[i] = d * s as f32 * code as f32 - min * m as f32;
+        *v = d * s as f32 * code as f32 - min * m as f32;
     }
 }
 
@@ -540,13 +540,13 @@ pub(super) fn quantize_q6_k(x: &[f32], y: &mut [u8]) {
 
 pub(super) fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
     let d = read_fp16(b, 208);
-    for i in 0..QK_K {
+    for (i, v) in y.iter_mut().enumerate() {
         let (g, within) = (i / 128, i % 128);
         let (quarter, l) = (within / 32, within % 32);
         let byte = b[64 * g + l + (quarter & 1) * 32];
         let low = if quarter < 2 { byte & 0xF } else { byte >> 4 };
         let high = (b[128 + 32 * g + l] >> (2 * quarter)) & 3;
         let q = (low | (high << 4)) as i8 - 32;
-        y[i] = d * (b[192 + i / 16] as i8) as f32 * q as f32;
+        *v = d * (b[192 + i / 16] as i8) as f32 * q as f32;
     }
 }

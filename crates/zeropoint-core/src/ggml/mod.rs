@@ -143,7 +143,8 @@ impl GgmlType {
 
     /// Bytes of a row of `n` elements, or `None` when `n` is not a whole number of blocks.
     pub fn row_size(self, n: usize) -> Option<usize> {
-        (n % self.block_size() == 0).then(|| n / self.block_size() * self.type_size())
+        n.is_multiple_of(self.block_size())
+            .then(|| n / self.block_size() * self.type_size())
     }
 
     /// Whether zeropoint can write this type from floats.
@@ -227,7 +228,7 @@ pub fn dequantize_rows(
         ty,
         block: ty.block_size(),
     })?;
-    if row_bytes == 0 || bytes.len() % row_bytes != 0 {
+    if row_bytes == 0 || !bytes.len().is_multiple_of(row_bytes) {
         return if bytes.is_empty() {
             Ok(Vec::new())
         } else {

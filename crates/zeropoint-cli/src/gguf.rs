@@ -1,0 +1,105 @@
+//! `zeropoint gguf IN.gguf -o OUT.gguf --type Q4_K_M`: llama-quantize's job. Every tensor gets
+//! the type llama.cpp's rules give it for the preset, in ggml's block formats, byte-identical to
+//! llama-quantize without an importance matrix.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Args as ClapArgs;
+use zeropoint_core::ggml::GgmlType;
+use zeropoint_gguf::preset::Preset;
+use zeropoint_gguf::quantize::{self, Options, Plan};
+use zeropoint_gguf::read::GgufFile;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// The GGUF file to quantize (F32, F16 or BF16 weights).
+    pub input: PathBuf,
+    /// Where to write the quantized GGUF file.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// llama.cpp file type: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S,
+    /// Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, F16, BF16 or F32.
+    #[arg(long = "type", short = 't', default_value = "Q4_K_M")]
+    pub preset: String,
+    /// Give every quantizable tensor the preset's base type (llama-quantize's --pure).
+    #[arg(long)]
+    pub pure: bool,
+    /// Convert tensors that are already quantized (their error compounds).
+    #[arg(long)]
+    pub allow_requantize: bool,
+    /// List each tensor's type instead of a summary.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    crate::output::check_output(&args.input, &args.output)?;
+    let Some(preset) = Preset::from_name(&args.preset) else {
+        bail!(
+            "unknown type '{}': choose one of {}",
+            args.preset,
+            Preset::names().join(", ")
+        );
+    };
+    let opts = Options {
+        preset,
+        pure: args.pure,
+        allow_requantize: args.allow_requantize,
+    };
+    let input = GgufFile::open(&args.input)?;
+    let total = input.header.tensors.len();
+    let mut bar = crate::progress::bar();
+    let mut done = 0;
+    let start = Instant::now();
+    let plan = quantize::quantize(&input, &args.output, &opts, |t| {
+        done += 1;
+        bar(&format!("quantize\t{}", t.name), done, total);
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    print_summary(&input, &plan, args.verbose);
+    println!(
+        "wrote {} ({}) in {seconds:.1} s",
+        args.output.display(),
+        preset.name()
+    );
+    Ok(())
+}
+
+fn print_summary(input: &GgufFile, plan: &Plan, verbose: bool) {
+    if verbose {
+        for t in &plan.tensors {
+            println!(
+                "{:<40} {:>8} -> {:<6} {:?}",
+                t.name,
+                t.from.name(),
+                t.to.name(),
+                t.dims
+            );
+        }
+    }
+    let mut counts: Vec<(GgmlType, usize)> = Vec::new();
+    for t in &plan.tensors {
+        match counts.iter_mut().find(|(ty, _)| *ty == t.to) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((t.to, 1)),
+        }
+    }
+    let types: Vec<String> = counts.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    let before: u64 = input.header.tensors.iter().map(|t| t.byte_size()).sum();
+    let elements: u64 = plan
+        .tensors
+        .iter()
+        .map(|t| t.dims.iter().product::<u64>())
+        .sum();
+    let after = plan.data_bytes();
+    println!(
+        "{} tensors: {}; {:.1} MB -> {:.1} MB, {:.2} bits per weight",
+        plan.tensors.len(),
+        types.join(", "),
+        before as f64 / 1e6,
+        after as f64 / 1e6,
+        after as f64 * 8.0 / elements.max(1) as f64
+    );
+}

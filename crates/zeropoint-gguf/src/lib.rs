@@ -1,0 +1,32 @@
+//! # zeropoint-gguf
+//!
+//! GGUF, llama.cpp's model file, and the job of llama.cpp's `llama-quantize`: turning a float
+//! GGUF into Q8_0, Q4_K_M and the other ggml formats, byte for byte as llama.cpp would.
+//!
+//! - [`read`]: the header parsed with every length checked, tensor data memory-mapped;
+//! - [`write`]: header and metadata as ggml writes them, tensor data streamed, atomic;
+//! - [`value`]: metadata values, kept exactly as stored (a read-then-write is lossless);
+//! - [`preset`]: llama.cpp's file types and its rules for the type of each tensor;
+//! - [`quantize`]: the conversion itself, over [`zeropoint_core::ggml`]'s block formats.
+//!
+//! Nothing here runs a model or touches ONNX; the crate depends on zeropoint-onnx only for its
+//! atomic file writer.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use zeropoint_gguf::{quantize, read::GgufFile, preset::Preset};
+//!
+//! let input = GgufFile::open(Path::new("model-f16.gguf"))?;
+//! let opts = quantize::Options { preset: Preset::Q4_K_M, pure: false, allow_requantize: false };
+//! quantize::quantize(&input, Path::new("model-q4_k_m.gguf"), &opts, |_| {})?;
+//! # Ok::<(), zeropoint_gguf::Error>(())
+//! ```
+
+pub mod error;
+pub mod preset;
+pub mod quantize;
+pub mod read;
+pub mod value;
+pub mod write;
+
+pub use error::{Error, Result};
