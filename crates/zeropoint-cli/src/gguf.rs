@@ -1,6 +1,6 @@
 //! `zeropoint gguf IN.gguf -o OUT.gguf --type Q4_K_M`: llama-quantize's job. Every tensor gets
 //! the type llama.cpp's rules give it for the preset, in ggml's block formats, byte-identical to
-//! llama-quantize without an importance matrix.
+//! llama-quantize (with or without an importance matrix).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use zeropoint_core::ggml::GgmlType;
+use zeropoint_gguf::imatrix::Imatrix;
 use zeropoint_gguf::preset::Preset;
 use zeropoint_gguf::quantize::{self, Options, Plan};
 use zeropoint_gguf::read::GgufFile;
@@ -19,10 +20,14 @@ pub struct Args {
     /// Where to write the quantized GGUF file.
     #[arg(long, short = 'o')]
     pub output: PathBuf,
-    /// llama.cpp file type: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S,
+    /// llama.cpp file type: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q2_K_S (needs --imatrix), Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S,
     /// Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, F16, BF16 or F32.
     #[arg(long = "type", short = 't', default_value = "Q4_K_M")]
     pub preset: String,
+    /// An importance matrix from llama-imatrix (GGUF): rounding weighted by how much each
+    /// column's activations matter, as llama-quantize --imatrix does.
+    #[arg(long)]
+    pub imatrix: Option<PathBuf>,
     /// Give every quantizable tensor the preset's base type (llama-quantize's --pure).
     #[arg(long)]
     pub pure: bool,
@@ -43,8 +48,13 @@ pub fn run(args: &Args) -> Result<()> {
             Preset::names().join(", ")
         );
     };
+    let imatrix = match &args.imatrix {
+        Some(path) => Some((Imatrix::read(path)?, path.to_string_lossy().into_owned())),
+        None => None,
+    };
     let opts = Options {
         preset,
+        imatrix,
         pure: args.pure,
         allow_requantize: args.allow_requantize,
     };

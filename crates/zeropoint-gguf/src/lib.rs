@@ -7,6 +7,7 @@
 //! - [`write`]: header and metadata as ggml writes them, tensor data streamed, atomic;
 //! - [`value`]: metadata values, kept exactly as stored (a read-then-write is lossless);
 //! - [`preset`]: llama.cpp's file types and its rules for the type of each tensor;
+//! - [`imatrix`]: importance matrices from `llama-imatrix`, for importance-weighted rounding;
 //! - [`quantize`]: the conversion itself, over [`zeropoint_core::ggml`]'s block formats.
 //!
 //! Nothing here runs a model or touches ONNX; the crate depends on zeropoint-onnx only for its
@@ -17,12 +18,13 @@
 //! use zeropoint_gguf::{quantize, read::GgufFile, preset::Preset};
 //!
 //! let input = GgufFile::open(Path::new("model-f16.gguf"))?;
-//! let opts = quantize::Options { preset: Preset::Q4_K_M, pure: false, allow_requantize: false };
+//! let opts = quantize::Options { preset: Preset::Q4_K_M, imatrix: None, pure: false, allow_requantize: false };
 //! quantize::quantize(&input, Path::new("model-q4_k_m.gguf"), &opts, |_| {})?;
 //! # Ok::<(), zeropoint_gguf::Error>(())
 //! ```
 
 pub mod error;
+pub mod imatrix;
 pub mod preset;
 pub mod quantize;
 pub mod read;

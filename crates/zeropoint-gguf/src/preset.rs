@@ -19,6 +19,7 @@ pub enum Preset {
     Q5_1,
     Q8_0,
     Q2_K,
+    Q2_K_S,
     Q3_K_S,
     Q3_K_M,
     Q3_K_L,
@@ -30,7 +31,7 @@ pub enum Preset {
 }
 
 /// name, `llama_ftype` id, default tensor type.
-const PRESETS: [(Preset, &str, u32, GgmlType); 17] = {
+const PRESETS: [(Preset, &str, u32, GgmlType); 18] = {
     use GgmlType as T;
     [
         (Preset::F32, "F32", 0, T::F32),
@@ -42,6 +43,7 @@ const PRESETS: [(Preset, &str, u32, GgmlType); 17] = {
         (Preset::Q5_1, "Q5_1", 9, T::Q5_1),
         (Preset::Q8_0, "Q8_0", 7, T::Q8_0),
         (Preset::Q2_K, "Q2_K", 10, T::Q2_K),
+        (Preset::Q2_K_S, "Q2_K_S", 21, T::Q2_K),
         (Preset::Q3_K_S, "Q3_K_S", 11, T::Q3_K),
         (Preset::Q3_K_M, "Q3_K_M", 12, T::Q3_K),
         (Preset::Q3_K_L, "Q3_K_L", 13, T::Q3_K),
@@ -233,26 +235,45 @@ fn use_more_bits(i: i32, n: i32) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
-/// The type for one tensor that [`allows_quantization`], as `llama_tensor_get_type` picks it
-/// without an importance matrix or overrides. `pure` gives every such tensor the default type.
-pub fn tensor_type(
-    preset: Preset,
-    pure: bool,
-    model: &ModelFacts,
-    counters: &mut Counters,
-    name: &str,
-    dims: &[u64],
-) -> Result<GgmlType, String> {
-    let default = preset.default_type();
-    if !is_quantized(default) {
-        return Ok(default);
+/// Everything that decides the types: the preset, its options and the model.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub preset: Preset,
+    /// Every quantizable tensor gets the preset's default type.
+    pub pure: bool,
+    /// An importance matrix is given (two rules depend on it).
+    pub has_imatrix: bool,
+    pub model: ModelFacts,
+}
+
+impl Rules {
+    /// The type for one tensor that [`allows_quantization`], as `llama_tensor_get_type` picks
+    /// it without per-tensor overrides.
+    pub fn tensor_type(
+        &self,
+        counters: &mut Counters,
+        name: &str,
+        dims: &[u64],
+    ) -> Result<GgmlType, String> {
+        let default = self.preset.default_type();
+        if !is_quantized(default) {
+            return Ok(default);
+        }
+        let chosen = if self.pure {
+            default
+        } else {
+            mixture(self, counters, name, dims)?
+        };
+        Ok(fallback(chosen, dims[0]))
     }
-    let chosen = if pure {
-        default
-    } else {
-        mixture(preset, model, counters, name, dims)?
-    };
-    Ok(fallback(chosen, dims[0]))
+}
+
+/// Whether a tensor of type `to` in this preset cannot be written without an importance matrix
+/// (`tensor_requires_imatrix`: only Q2_K_S's Q2_K tensors among zeropoint's presets, the token
+/// embedding and the output excepted).
+pub fn requires_imatrix(preset: Preset, name: &str, to: GgmlType) -> bool {
+    let exempt = matches!(category(name), Category::TokenEmbd | Category::Output);
+    preset == Preset::Q2_K_S && to == GgmlType::Q2_K && !exempt
 }
 
 fn is_quantized(t: GgmlType) -> bool {
@@ -278,15 +299,10 @@ fn layer_info(model: &ModelFacts, i: i32, name: &str) -> Result<(i32, i32), Stri
 }
 
 /// `llama_tensor_get_type_impl` for the K-quant and legacy presets.
-fn mixture(
-    p: Preset,
-    m: &ModelFacts,
-    c: &mut Counters,
-    name: &str,
-    dims: &[u64],
-) -> Result<GgmlType, String> {
+fn mixture(r: &Rules, c: &mut Counters, name: &str, dims: &[u64]) -> Result<GgmlType, String> {
     use GgmlType::*;
     use Preset as P;
+    let (p, m, has_imatrix) = (r.preset, &r.model, r.has_imatrix);
     let falcon = m.arch == "falcon";
     let mut t = p.default_type();
     match category(name) {
@@ -304,6 +320,7 @@ fn mixture(
             let (i, n) = (c.i_attention_wv, c.n_attention_wv);
             match p {
                 P::Q2_K => t = if m.n_gqa >= 4 { Q4_K } else { Q3_K },
+                P::Q2_K_S if m.n_gqa >= 4 => t = Q4_K,
                 P::Q3_K_M => t = if i < 2 { Q5_K } else { Q4_K },
                 P::Q3_K_L => t = Q5_K,
                 P::Q4_K_M | P::Q5_K_M if use_more_bits(i, n) => t = Q6_K,
@@ -321,7 +338,7 @@ fn mixture(
         Category::AttnK if m.n_expert == 8 => t = Q8_0,
         Category::FfnDown => {
             let (i, n) = layer_info(m, c.i_ffn_down, name)?;
-            t = ffn_down(p, falcon, i, n, t);
+            t = ffn_down(p, falcon, has_imatrix, i, n, t);
             c.i_ffn_down += 1;
         }
         Category::AttnOutput => t = attn_output(p, m, falcon, t),
@@ -338,11 +355,13 @@ fn mixture(
     Ok(t)
 }
 
-fn ffn_down(p: Preset, falcon: bool, i: i32, n: i32, t: GgmlType) -> GgmlType {
+fn ffn_down(p: Preset, falcon: bool, has_imatrix: bool, i: i32, n: i32, t: GgmlType) -> GgmlType {
     use GgmlType::*;
     use Preset as P;
     match p {
         P::Q2_K => Q3_K,
+        P::Q2_K_S if i < n / 8 => Q4_K,
+        P::Q2_K_S => t,
         P::Q3_K_M if i < n / 16 => Q5_K,
         P::Q3_K_M if !falcon || use_more_bits(i, n) => Q4_K,
         P::Q3_K_M => Q3_K,
@@ -353,6 +372,9 @@ fn ffn_down(p: Preset, falcon: bool, i: i32, n: i32, t: GgmlType) -> GgmlType {
         P::Q4_K_M if falcon => Q4_K,
         P::Q4_K_M | P::Q5_K_M if use_more_bits(i, n) => Q6_K,
         P::Q4_K_S if !falcon && i < n / 8 => Q5_K,
+        // With an importance matrix, llama.cpp guards the first ffn_down layers of Q4_0 / Q5_0.
+        P::Q4_0 if has_imatrix && i < n / 8 => Q4_1,
+        P::Q5_0 if has_imatrix && i < n / 8 => Q5_1,
         _ => t,
     }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use zeropoint_core::ggml::{self, GgmlType};
 
 use crate::error::{Error, Result};
+use crate::imatrix::Imatrix;
 use crate::preset::{self, Counters, ModelFacts, Preset};
 use crate::read::{GgufFile, Header};
 use crate::value::Value;
@@ -23,9 +24,11 @@ const SPLIT_KEYS: [&str; 3] = ["split.no", "split.count", "split.tensors.count"]
 /// takes whatever its size.
 const SLAB_ELEMENTS: u64 = 1 << 24;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub preset: Preset,
+    /// An importance matrix (llama-quantize's `--imatrix`) and the file name to record for it.
+    pub imatrix: Option<(Imatrix, String)>,
     /// Every quantizable tensor gets the preset's default type (llama-quantize's `--pure`).
     pub pure: bool,
     /// Allow converting tensors that are already quantized (llama-quantize's
@@ -112,18 +115,28 @@ pub fn plan(header: &Header, opts: &Options) -> Result<Plan, String> {
     let names: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
     let order = preset::llama_order(&names);
     let mut counters = Counters::new(order.iter().map(|&i| names[i]));
+    let imatrix = opts.imatrix.as_ref().map(|(m, _)| m);
+    let rules = preset::Rules {
+        preset: opts.preset,
+        pure: opts.pure,
+        has_imatrix: imatrix.is_some(),
+        model: facts,
+    };
     let mut tensors = Vec::with_capacity(order.len());
     for i in order {
         let t = &header.tensors[i];
         let to = if preset::allows_quantization(&t.name, &t.dims) {
-            preset::tensor_type(
-                opts.preset,
-                opts.pure,
-                &facts,
-                &mut counters,
-                &t.name,
-                &t.dims,
-            )?
+            let to = rules.tensor_type(&mut counters, &t.name, &t.dims)?;
+            if preset::requires_imatrix(opts.preset, &t.name, to)
+                && importance(imatrix, &t.name, &t.dims)?.is_none()
+            {
+                return Err(format!(
+                    "{} needs an importance matrix for tensor '{}' ({to}): pass --imatrix",
+                    opts.preset.name(),
+                    t.name
+                ));
+            }
+            to
         } else {
             t.ty
         };
@@ -148,7 +161,54 @@ pub fn plan(header: &Header, opts: &Options) -> Result<Plan, String> {
         Value::U32(QUANTIZATION_VERSION),
     ));
     metadata.push(("general.file_type".into(), Value::U32(opts.preset.ftype())));
+    if let Some((m, file)) = &opts.imatrix {
+        record_imatrix(&mut metadata, m, file);
+    }
     Ok(Plan { metadata, tensors })
+}
+
+/// The keys llama-quantize records for an importance matrix (each set as gguf does: removed,
+/// then appended); strings are cut to 127 bytes as llama.cpp's override buffer cuts them.
+fn record_imatrix(metadata: &mut Vec<(String, Value)>, m: &Imatrix, file: &str) {
+    let cut = |s: &str| s.as_bytes()[..s.len().min(127)].to_vec();
+    let mut set = |key: &str, v: Value| {
+        metadata.retain(|(k, _)| k != key);
+        metadata.push((key.to_string(), v));
+    };
+    set("quantize.imatrix.file", Value::String(cut(file)));
+    if let Some(first) = m.datasets.first() {
+        set("quantize.imatrix.dataset", Value::String(cut(first)));
+    }
+    set(
+        "quantize.imatrix.entries_count",
+        Value::U32(m.entries.len() as u32),
+    );
+    if m.chunk_count > 0 {
+        set("quantize.imatrix.chunks_count", Value::U32(m.chunk_count));
+    }
+}
+
+/// The importance vector(s) for a tensor: `ne0` values per matrix. A token embedding whose
+/// entry has the wrong size gets none (llama.cpp ignores it); any other tensor is an error.
+fn importance<'a>(
+    m: Option<&'a Imatrix>,
+    name: &str,
+    dims: &[u64],
+) -> Result<Option<&'a [f32]>, String> {
+    let Some(values) = m.and_then(|m| m.entries.get(name)) else {
+        return Ok(None);
+    };
+    let want = dims[0] * dims.get(2).copied().unwrap_or(1);
+    if values.len() as u64 == want {
+        Ok(Some(values))
+    } else if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
+        Ok(None)
+    } else {
+        Err(format!(
+            "the importance matrix has {} values for tensor '{name}', which needs {want}",
+            values.len()
+        ))
+    }
 }
 
 fn check_conversion(
@@ -192,15 +252,21 @@ pub fn quantize(
     let new: Vec<NewTensor> = plan.tensors.iter().map(new_tensor).collect();
     write::write(output, &plan.metadata, &new, |i, out| {
         let t = &plan.tensors[i];
-        convert(input, t, out)?;
+        convert(input, t, opts.imatrix.as_ref().map(|(m, _)| m), out)?;
         on_tensor(t);
         Ok(())
     })?;
     Ok(plan)
 }
 
-/// Writes one tensor in its new type, a slab of rows at a time.
-fn convert(input: &GgufFile, t: &PlannedTensor, out: &mut dyn Write) -> Result<()> {
+/// Writes one tensor in its new type, a slab of rows at a time (experts one after another, each
+/// with its own importance vector).
+fn convert(
+    input: &GgufFile,
+    t: &PlannedTensor,
+    imatrix: Option<&Imatrix>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let bytes = input.data(t.input);
     let io = |e| Error::Io {
         path: input.path.clone(),
@@ -210,28 +276,35 @@ fn convert(input: &GgufFile, t: &PlannedTensor, out: &mut dyn Write) -> Result<(
     if t.from == t.to {
         return out.write_all(bytes).map_err(io);
     }
+    let fail = |m: String| Error::tensor(&input.path, &t.name, m);
+    let importance = importance(imatrix, &t.name, &t.dims).map_err(fail)?;
     let row = t.dims.first().copied().unwrap_or(1) as usize;
     let row_bytes = t
         .from
         .row_size(row)
         .expect("checked when the file was read");
+    let n_mat = t.dims.get(2).copied().unwrap_or(1).max(1) as usize;
     let rows_per_slab = (SLAB_ELEMENTS as usize / row.max(1)).max(1);
-    let fail = |slab: usize, e: ggml::GgmlError| {
-        let message = match e {
-            ggml::GgmlError::NonFinite { index, value } => {
-                format!(
+    let mat_bytes = bytes.len() / n_mat;
+    for (m, mat) in bytes.chunks(mat_bytes.max(1)).enumerate() {
+        let qw = importance.map(|v| &v[m * row..(m + 1) * row]);
+        for (s, chunk) in mat.chunks(rows_per_slab * row_bytes.max(1)).enumerate() {
+            let first = m * mat_bytes / row_bytes.max(1) * row + s * rows_per_slab * row;
+            let located = |e: ggml::GgmlError| match e {
+                ggml::GgmlError::NonFinite { index, value } => fail(format!(
                     "element {} is {value}: ggml's quantizers need finite values",
-                    slab * rows_per_slab * row + index
-                )
+                    first + index
+                )),
+                other => fail(other.to_string()),
+            };
+            let x = ggml::dequantize_rows(t.from, chunk, row).map_err(located)?;
+            let q = match qw {
+                Some(qw) => ggml::quantize_rows_weighted(t.to, &x, row, qw),
+                None => ggml::quantize_rows(t.to, &x, row),
             }
-            other => other.to_string(),
-        };
-        Error::tensor(&input.path, &t.name, message)
-    };
-    for (s, chunk) in bytes.chunks(rows_per_slab * row_bytes.max(1)).enumerate() {
-        let x = ggml::dequantize_rows(t.from, chunk, row).map_err(|e| fail(s, e))?;
-        let q = ggml::quantize_rows(t.to, &x, row).map_err(|e| fail(s, e))?;
-        out.write_all(&q).map_err(io)?;
+            .map_err(located)?;
+            out.write_all(&q).map_err(io)?;
+        }
     }
     Ok(())
 }

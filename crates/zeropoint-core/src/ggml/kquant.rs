@@ -8,12 +8,12 @@
 
 use super::{read_fp16, write_fp16};
 
-const QK_K: usize = 256;
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(super) const QK_K: usize = 256;
+pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Round to nearest, ties to even, through the float's mantissa (ggml's `nearest_int`; valid for
 /// |x| < 2^22, which every caller keeps to).
-fn nearest_int(x: f32) -> i32 {
+pub(super) fn nearest_int(x: f32) -> i32 {
     let v = x + 12582912.0;
     (v.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
@@ -30,22 +30,24 @@ fn signed_absmax(x: &[f32]) -> (f32, f32) {
     (amax, max)
 }
 
-/// Symmetric codes in [-nmax, nmax - 1] (stored + nmax) with the least x²-weighted error over 19
-/// candidate scales (ggml's `make_qx_quants` with `rmse_type` 1 and no importance weights).
-fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
+/// Symmetric codes in [-nmax, nmax - 1] (stored + nmax) with the least weighted error over 19
+/// candidate scales (ggml's `make_qx_quants` with `rmse_type` 1): the weights are `qw` when
+/// given (importance), else x².
+pub(super) fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>) -> f32 {
     let (amax, max) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         l_out.iter_mut().for_each(|l| *l = 0);
         return 0.0;
     }
     let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let weight = |i: usize| qw.map_or(x[i] * x[i], |q| q[i]);
     let sums = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for &v in x {
-            let l = code(iscale, v);
-            let w = v * v;
-            sumlx += w * v * l as f32;
-            suml2 += w * l as f32 * l as f32;
+        for (i, &v) in x.iter().enumerate() {
+            let l = code(iscale, v) as f32;
+            let w = weight(i);
+            sumlx += w * v * l;
+            suml2 += w * l * l;
         }
         (sumlx, suml2)
     };
@@ -125,16 +127,22 @@ fn make_q3_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
 
 /// The candidate scales `make_qkx2_quants` tries: `(rmin + rdelta·is + nmax) / (max - min)` for
 /// `is` in 0..=nstep, and whether the error is absolute (`use_mad`) or squared.
-struct Search {
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
-    use_mad: bool,
+pub(super) struct Search {
+    pub rmin: f32,
+    pub rdelta: f32,
+    pub nstep: i32,
+    pub use_mad: bool,
 }
 
 /// Asymmetric codes in [0, nmax] with scale and min fitted by weighted least squares over the
 /// candidate scales (ggml's `make_qkx2_quants`). Returns (scale, -min); the min is never above 0.
-fn make_qkx2_quants(x: &[f32], w: &[f32], nmax: i32, l_out: &mut [u8], s: &Search) -> (f32, f32) {
+pub(super) fn make_qkx2_quants(
+    x: &[f32],
+    w: &[f32],
+    nmax: i32,
+    l_out: &mut [u8],
+    s: &Search,
+) -> (f32, f32) {
     let n = x.len();
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = w[0];
@@ -214,7 +222,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// Packs four 2-bit planes: byte l of each 32-byte group holds codes l, l+32, l+64, l+96.
-fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
+pub(super) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
     for j in (0..QK_K).step_by(128) {
         for i in 0..32 {
             qs[j / 4 + i] =
@@ -262,6 +270,19 @@ pub(super) fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
         }
         dmin = max_min / 15.0;
     }
+    finish_q2_k(x, &sc, d_all, dmin, &mut l, y);
+}
+
+/// Stores d, dmin and the packed sub-block scales, re-rounds every code against them as stored,
+/// and packs the codes.
+pub(super) fn finish_q2_k(
+    x: &[f32],
+    sc: &[u8; 16],
+    d_all: f32,
+    dmin: f32,
+    l: &mut [u8; QK_K],
+    y: &mut [u8],
+) {
     write_fp16(y, 80, d_all);
     write_fp16(y, 82, dmin);
     let (d_all, dmin) = (read_fp16(y, 80), read_fp16(y, 82));
@@ -275,8 +296,8 @@ pub(super) fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
             l[16 * j + ii] = nearest_int((x[16 * j + ii] + dm) / d).clamp(0, 3) as u8;
         }
     }
-    y[..16].copy_from_slice(&sc);
-    pack_2bit(&l, &mut y[16..80]);
+    y[..16].copy_from_slice(sc);
+    pack_2bit(l, &mut y[16..80]);
 }
 
 pub(super) fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
@@ -324,10 +345,15 @@ pub(super) fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
         }
         d = 1.0 / iscale;
     }
+    finish_q3_k(x, &sc, d, &mut l, y);
+}
+
+/// Stores d and the scales, re-rounds every code against them as stored, and packs the codes.
+pub(super) fn finish_q3_k(x: &[f32], sc: &[u8; 12], d: f32, l: &mut [i8; QK_K], y: &mut [u8]) {
     write_fp16(y, 108, d);
     let d_all = read_fp16(y, 108);
     for j in 0..16 {
-        let d = d_all * q3_scale(&sc, j) as f32;
+        let d = d_all * q3_scale(sc, j) as f32;
         if d == 0.0 {
             continue;
         }
@@ -345,7 +371,7 @@ pub(super) fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
         }
     }
     pack_2bit(&codes, &mut y[32..96]);
-    y[96..108].copy_from_slice(&sc);
+    y[96..108].copy_from_slice(sc);
 }
 
 pub(super) fn dequantize_q3_k(b: &[u8], y: &mut [f32]) {
@@ -431,13 +457,24 @@ pub(super) fn quantize_q4_k(x: &[f32], y: &mut [u8]) {
         nstep: 20,
         use_mad: false,
     };
-    let (d, dmin) = fit_k4(x, 15, &search, &mut l, &mut y[4..16]);
+    let mut sc = [0u8; 12];
+    let (d, dmin) = fit_k4(x, 15, &search, &mut l, &mut sc);
+    finish_q4_k(x, &sc, d, dmin, &mut l, y);
+}
+
+/// Stores d, dmin and the scales, re-rounds every code against them as stored, packs the codes.
+pub(super) fn finish_q4_k(
+    x: &[f32],
+    sc: &[u8; 12],
+    d: f32,
+    dmin: f32,
+    l: &mut [u8; QK_K],
+    y: &mut [u8],
+) {
     write_fp16(y, 0, d);
     write_fp16(y, 2, dmin);
-    let (d, dmin) = (read_fp16(y, 0), read_fp16(y, 2));
-    let mut sc = [0u8; 12];
-    sc.copy_from_slice(&y[4..16]);
-    requantize_k4(x, 15, d, dmin, &sc, &mut l);
+    y[4..16].copy_from_slice(sc);
+    requantize_k4(x, 15, read_fp16(y, 0), read_fp16(y, 2), sc, l);
     for (g, q) in y[16..144].chunks_exact_mut(32).enumerate() {
         for i in 0..32 {
             q[i] = l[64 * g + i] | (l[64 * g + i + 32] << 4);
@@ -465,13 +502,24 @@ pub(super) fn quantize_q5_k(x: &[f32], y: &mut [u8]) {
         nstep: 15,
         use_mad: false,
     };
-    let (d, dmin) = fit_k4(x, 31, &search, &mut l, &mut y[4..16]);
+    let mut sc = [0u8; 12];
+    let (d, dmin) = fit_k4(x, 31, &search, &mut l, &mut sc);
+    finish_q5_k(x, &sc, d, dmin, &mut l, y);
+}
+
+/// Stores d, dmin and the scales, re-rounds every code against them as stored, packs the codes.
+pub(super) fn finish_q5_k(
+    x: &[f32],
+    sc: &[u8; 12],
+    d: f32,
+    dmin: f32,
+    l: &mut [u8; QK_K],
+    y: &mut [u8],
+) {
     write_fp16(y, 0, d);
     write_fp16(y, 2, dmin);
-    let (d, dmin) = (read_fp16(y, 0), read_fp16(y, 2));
-    let mut sc = [0u8; 12];
-    sc.copy_from_slice(&y[4..16]);
-    requantize_k4(x, 31, d, dmin, &sc, &mut l);
+    y[4..16].copy_from_slice(sc);
+    requantize_k4(x, 31, read_fp16(y, 0), read_fp16(y, 2), sc, l);
     let (qh, ql) = y[16..176].split_at_mut(32);
     qh.fill(0);
     for (g, q) in ql.chunks_exact_mut(32).enumerate() {
@@ -496,11 +544,18 @@ pub(super) fn dequantize_q5_k(b: &[u8], y: &mut [f32]) {
 
 /// Q6_K: ql[128] (low nibbles), qh[64] (top two bits), scales[16] (i8), d (f16).
 pub(super) fn quantize_q6_k(x: &[f32], y: &mut [u8]) {
+    quantize_q6_k_weighted(x, None, y)
+}
+
+/// Q6_K with the sub-block searches weighted by `qw` (importance) when given; the rest is the
+/// same (ggml's `quantize_row_q6_K_impl`).
+pub(super) fn quantize_q6_k_weighted(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs) = (0f32, 0f32);
     for ib in 0..16 {
-        scales[ib] = make_qx_quants(&x[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16]);
+        let (xs, ls) = (&x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
+        scales[ib] = make_qx_quants(xs, 32, ls, qw.map(|q| &q[16 * ib..16 * ib + 16]));
         if scales[ib].abs() > max_abs {
             max_abs = scales[ib].abs();
             max_scale = scales[ib];

@@ -86,7 +86,7 @@ pub(super) fn dequantize_q4_1(b: &[u8], y: &mut [f32]) {
 
 /// Stores 5-bit codes as Q5 blocks do: the low nibbles as in Q4_0 at `qs`, bit 4 of element j in
 /// bit j of the little-endian u32 at `qh`.
-fn pack_q5(codes: &[u8; QK], y: &mut [u8], qh_at: usize) {
+pub(super) fn pack_q5(codes: &[u8; QK], y: &mut [u8], qh_at: usize) {
     let mut qh = 0u32;
     for j in 0..QK / 2 {
         let (x0, x1) = (codes[j], codes[j + QK / 2]);

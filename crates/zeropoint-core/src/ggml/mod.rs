@@ -16,6 +16,7 @@
 
 mod kquant;
 mod legacy;
+mod weighted;
 
 use rayon::prelude::*;
 
@@ -183,11 +184,27 @@ pub enum GgmlError {
     ByteLength(usize),
     #[error("element {index} is {value}: ggml's quantizers need finite values")]
     NonFinite { index: usize, value: f32 },
+    #[error("the importance vector has {got} values but a row has {n}")]
+    Importance { got: usize, n: usize },
+    #[error("importance {index} is {value}: importances are finite and non-negative")]
+    BadImportance { index: usize, value: f32 },
 }
 
 /// Converts `rows` of `n_per_row` floats to `ty`, rows in parallel. Each row is encoded on its
 /// own, so the bytes do not depend on the thread count.
 pub fn quantize_rows(ty: GgmlType, x: &[f32], n_per_row: usize) -> Result<Vec<u8>, GgmlError> {
+    let row_bytes = checked_row_bytes(ty, x, n_per_row)?;
+    let mut out = vec![0u8; x.len().checked_div(n_per_row).unwrap_or(0) * row_bytes];
+    if row_bytes > 0 {
+        out.par_chunks_mut(row_bytes)
+            .zip(x.par_chunks(n_per_row))
+            .for_each(|(dst, src)| quantize_row(ty, src, dst));
+    }
+    Ok(out)
+}
+
+/// Bytes per row, once `x` is known to be convertible to `ty`.
+fn checked_row_bytes(ty: GgmlType, x: &[f32], n_per_row: usize) -> Result<usize, GgmlError> {
     if !ty.can_quantize() {
         return Err(GgmlError::Unsupported("write", ty));
     }
@@ -196,22 +213,84 @@ pub fn quantize_rows(ty: GgmlType, x: &[f32], n_per_row: usize) -> Result<Vec<u8
         ty,
         block: ty.block_size(),
     })?;
-    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
-        if ty != GgmlType::F32 {
+    if ty != GgmlType::F32 {
+        if let Some(index) = x.iter().position(|v| !v.is_finite()) {
             return Err(GgmlError::NonFinite {
                 index,
                 value: x[index],
             });
         }
     }
-    if n_per_row == 0 {
-        return Ok(Vec::new());
+    Ok(row_bytes)
+}
+
+/// Like [`quantize_rows`], with each column's importance (llama.cpp's importance matrix: the
+/// mean square of the activation that column meets), `importance.len() == n_per_row`. Q8_0 and
+/// the float types ignore it, as ggml does.
+pub fn quantize_rows_weighted(
+    ty: GgmlType,
+    x: &[f32],
+    n_per_row: usize,
+    importance: &[f32],
+) -> Result<Vec<u8>, GgmlError> {
+    if importance.len() != n_per_row {
+        return Err(GgmlError::Importance {
+            got: importance.len(),
+            n: n_per_row,
+        });
     }
-    let mut out = vec![0u8; x.len() / n_per_row * row_bytes];
-    out.par_chunks_mut(row_bytes)
-        .zip(x.par_chunks(n_per_row))
-        .for_each(|(dst, src)| quantize_row(ty, src, dst));
+    if let Some(index) = importance.iter().position(|v| !v.is_finite() || *v < 0.0) {
+        return Err(GgmlError::BadImportance {
+            index,
+            value: importance[index],
+        });
+    }
+    if !weighs(ty) {
+        return quantize_rows(ty, x, n_per_row);
+    }
+    let row_bytes = checked_row_bytes(ty, x, n_per_row)?;
+    let mut out = vec![0u8; x.len().checked_div(n_per_row).unwrap_or(0) * row_bytes];
+    if row_bytes > 0 {
+        out.par_chunks_mut(row_bytes)
+            .zip(x.par_chunks(n_per_row))
+            .for_each(|(dst, src)| quantize_row_weighted(ty, src, importance, dst));
+    }
     Ok(out)
+}
+
+/// Whether ggml's quantizer for `ty` uses an importance matrix.
+fn weighs(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(
+        ty,
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K
+    )
+}
+
+/// One super-block's weighted quantizer: values, importances, output bytes.
+type WeightedBlock = dyn Fn(&[f32], &[f32], &mut [u8]);
+
+fn quantize_row_weighted(ty: GgmlType, x: &[f32], qw: &[f32], y: &mut [u8]) {
+    use GgmlType::*;
+    let size = ty.type_size();
+    let k_blocks = |y: &mut [u8], f: &WeightedBlock| {
+        let blocks = x.chunks_exact(256).zip(qw.chunks_exact(256));
+        blocks
+            .zip(y.chunks_exact_mut(size))
+            .for_each(|((x, q), y)| f(x, q, y));
+    };
+    match ty {
+        Q4_0 => weighted::legacy_symmetric(x, qw, 4, y),
+        Q5_0 => weighted::legacy_symmetric(x, qw, 5, y),
+        Q4_1 => weighted::legacy_asymmetric(x, qw, 4, y),
+        Q5_1 => weighted::legacy_asymmetric(x, qw, 5, y),
+        Q2_K => k_blocks(y, &weighted::q2_k),
+        Q3_K => k_blocks(y, &weighted::q3_k),
+        Q4_K => k_blocks(y, &|x, q, y| weighted::q45_k(x, q, 4, y)),
+        Q5_K => k_blocks(y, &|x, q, y| weighted::q45_k(x, q, 5, y)),
+        Q6_K => k_blocks(y, &|x, q, y| kquant::quantize_q6_k_weighted(x, Some(q), y)),
+        _ => unreachable!("checked by weighs"),
+    }
 }
 
 /// Converts rows of `ty` holding `n_per_row` elements each back to floats.

@@ -1,0 +1,239 @@
+//! Importance-weighted quantizers: what llama-quantize does with `--imatrix`. Each weight's error
+//! counts in proportion to `qw[i]·√(σ² + x[i]²)`, where `qw[i]` is the mean square of the
+//! activation that multiplies column i (from calibration text) and σ² the weights' mean square.
+//! Ported from ggml's `quantize_row_*_impl` as the reference quantizers are, for byte-identity.
+
+use super::kquant::{
+    self, make_qkx2_quants, make_qx_quants, nearest_int, Search, GROUP_MAX_EPS, QK_K,
+};
+use super::legacy;
+use super::write_fp16;
+
+/// ggml's weighted search for the legacy asymmetric kinds and the K-quant sub-blocks
+/// (`make_qkx3_quants` with these steps: it equals `make_qkx2_quants` given weights).
+const QKX3: Search = Search {
+    rmin: -0.9,
+    rdelta: 0.05,
+    nstep: 36,
+    use_mad: false,
+};
+
+fn sum_squares(x: &[f32]) -> f32 {
+    let mut s = 0f32;
+    x.iter().for_each(|v| s += v * v);
+    s
+}
+
+/// `qw[i] · √(σ² + x[i]²)` into `out`.
+fn importance(x: &[f32], qw: &[f32], sigma2: f32, out: &mut [f32]) {
+    for ((o, &v), &q) in out.iter_mut().zip(x).zip(qw) {
+        *o = q * (sigma2 + v * v).sqrt();
+    }
+}
+
+fn total(w: &[f32]) -> f32 {
+    let mut s = 0f32;
+    w.iter().for_each(|v| s += v);
+    s
+}
+
+/// Non-negative codes in [0, nmax] for the sub-block scales or mins, weighted by `qw`, refined
+/// by coordinate descent (ggml's `make_qp_quants`). Codes below 0 wrap as ggml's `uint8_t` does.
+fn make_qp_quants(x: &[f32], nmax: i32, l: &mut [u8], qw: &[f32]) -> f32 {
+    let mut max = 0f32;
+    x.iter().for_each(|&v| max = if max > v { max } else { v });
+    if max < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / max;
+    let mse = |iscale: f32, clamp: bool| {
+        let scale = 1.0 / iscale;
+        let mut mse = 0f32;
+        for (&v, &w) in x.iter().zip(qw) {
+            let q = nearest_int(iscale * v);
+            let q = if clamp { q.min(nmax) } else { q as u8 as i32 };
+            let diff = v - scale * q as f32;
+            mse += w * diff * diff;
+        }
+        mse
+    };
+    let mut best_mse = mse(iscale, false);
+    for is in -4..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1 * is as f32 + nmax as f32) / max;
+        let m = mse(iscale_is, true);
+        if m < best_mse {
+            best_mse = m;
+            iscale = iscale_is;
+        }
+    }
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for i in 0..x.len() {
+        let q = nearest_int(iscale * x[i]).min(nmax);
+        l[i] = q as u8;
+        sumlx += qw[i] * x[i] * q as f32;
+        suml2 += qw[i] * q as f32 * q as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = 0;
+        for i in 0..x.len() {
+            let (w, li) = (qw[i], l[i] as f32);
+            let mut slx = sumlx - w * x[i] * li;
+            let mut sl2 = suml2 - w * li * li;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != l[i] as i32 {
+                    slx += w * x[i] * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        if changed == 0 {
+            break;
+        }
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// Q4_0 / Q5_0 over a whole row (σ² is the row's): symmetric codes from the weighted search.
+pub(super) fn legacy_symmetric(x: &[f32], qw: &[f32], bits: u32, y: &mut [u8]) {
+    let sigma2 = sum_squares(x) / x.len() as f32;
+    let bytes = if bits == 4 { 18 } else { 22 };
+    for ((xb, qb), yb) in x
+        .chunks_exact(32)
+        .zip(qw.chunks_exact(32))
+        .zip(y.chunks_exact_mut(bytes))
+    {
+        let mut w = [0f32; 32];
+        importance(xb, qb, sigma2, &mut w);
+        let mut l = [0i8; 32];
+        let d = make_qx_quants(xb, 1 << (bits - 1), &mut l, Some(&w));
+        write_fp16(yb, 0, d);
+        let codes: [u8; 32] = l.map(|c| c as u8);
+        if bits == 4 {
+            for j in 0..16 {
+                yb[2 + j] = codes[j] | (codes[j + 16] << 4);
+            }
+        } else {
+            legacy::pack_q5(&codes, yb, 2);
+        }
+    }
+}
+
+/// Q4_1 / Q5_1 over a whole row: scale and minimum from the weighted least-squares search.
+pub(super) fn legacy_asymmetric(x: &[f32], qw: &[f32], bits: u32, y: &mut [u8]) {
+    let sigma2 = sum_squares(x) / x.len() as f32;
+    let bytes = if bits == 4 { 20 } else { 24 };
+    for ((xb, qb), yb) in x
+        .chunks_exact(32)
+        .zip(qw.chunks_exact(32))
+        .zip(y.chunks_exact_mut(bytes))
+    {
+        let mut w = [0f32; 32];
+        importance(xb, qb, sigma2, &mut w);
+        let mut codes = [0u8; 32];
+        let (d, neg_min) = make_qkx2_quants(xb, &w, (1 << bits) - 1, &mut codes, &QKX3);
+        write_fp16(yb, 0, d);
+        write_fp16(yb, 2, -neg_min);
+        if bits == 4 {
+            for j in 0..16 {
+                yb[4 + j] = codes[j] | (codes[j + 16] << 4);
+            }
+        } else {
+            legacy::pack_q5(&codes, yb, 4);
+        }
+    }
+}
+
+pub(super) fn q2_k(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let sigma2 = sum_squares(x) / QK_K as f32;
+    let mut l = [0u8; QK_K];
+    let (mut scales, mut mins, mut sw) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+    for j in 0..16 {
+        let (xs, qs) = (&x[16 * j..16 * j + 16], &qw[16 * j..16 * j + 16]);
+        let mut w = [0f32; 16];
+        importance(xs, qs, sigma2, &mut w);
+        sw[j] = total(&w);
+        (scales[j], mins[j]) = make_qkx2_quants(xs, &w, 3, &mut l[16 * j..16 * j + 16], &QKX3);
+    }
+    let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
+    let dm = make_qp_quants(&scales, 15, &mut ls, &sw);
+    let mm = make_qp_quants(&mins, 15, &mut lm, &sw);
+    let sc: [u8; 16] = std::array::from_fn(|j| ls[j] | (lm[j] << 4));
+    kquant::finish_q2_k(x, &sc, dm, mm, &mut l, y);
+}
+
+pub(super) fn q3_k(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+    let mut l = [0i8; QK_K];
+    let (mut scales, mut sw) = ([0f32; 16], [0f32; 16]);
+    for j in 0..16 {
+        let (xs, qs) = (&x[16 * j..16 * j + 16], &qw[16 * j..16 * j + 16]);
+        let mut w = [0f32; 16];
+        importance(xs, qs, sigma2, &mut w);
+        sw[j] = total(&w);
+        scales[j] = make_qx_quants(xs, 4, &mut l[16 * j..16 * j + 16], Some(&w));
+    }
+    let mut ls = [0i8; 16];
+    let d = make_qx_quants(&scales, 32, &mut ls, Some(&sw));
+    let mut sc = [0u8; 12];
+    for (j, &q) in ls.iter().enumerate() {
+        let q = q as u8;
+        if j < 8 {
+            sc[j] = q & 0xF;
+        } else {
+            sc[j - 8] |= (q & 0xF) << 4;
+        }
+        sc[j % 4 + 8] |= (q >> 4) << (2 * (j / 4));
+    }
+    kquant::finish_q3_k(x, &sc, d, &mut l, y);
+}
+
+/// Q4_K (`bits` 4) and Q5_K (5): weighted sub-block fits, then the scales and mins themselves
+/// weighted by each sub-block's total importance.
+pub(super) fn q45_k(x: &[f32], qw: &[f32], bits: u32, y: &mut [u8]) {
+    let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+    let nmax = (1 << bits) - 1;
+    let mut l = [0u8; QK_K];
+    let (mut scales, mut mins, mut sw) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    for j in 0..8 {
+        let (xs, qs) = (&x[32 * j..32 * j + 32], &qw[32 * j..32 * j + 32]);
+        let mut w = [0f32; 32];
+        importance(xs, qs, sigma2, &mut w);
+        sw[j] = total(&w);
+        (scales[j], mins[j]) = make_qkx2_quants(xs, &w, nmax, &mut l[32 * j..32 * j + 32], &QKX3);
+    }
+    let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+    let d = make_qp_quants(&scales, 63, &mut ls, &sw);
+    let dmin = make_qp_quants(&mins, 63, &mut lm, &sw);
+    let mut sc = [0u8; 12];
+    for j in 0..8 {
+        let (s, m) = (ls[j].min(63), lm[j].min(63));
+        if j < 4 {
+            sc[j] = s;
+            sc[j + 4] = m;
+        } else {
+            sc[j + 4] = (s & 0xF) | ((m & 0xF) << 4);
+            sc[j - 4] |= (s >> 4) << 6;
+            sc[j] |= (m >> 4) << 6;
+        }
+    }
+    if bits == 4 {
+        kquant::finish_q4_k(x, &sc, d, dmin, &mut l, y);
+    } else {
+        kquant::finish_q5_k(x, &sc, d, dmin, &mut l, y);
+    }
+}
