@@ -94,7 +94,7 @@ impl Imatrix {
 /// Sums over tokens divided by the (rounded) token count of each matrix; a matrix no token
 /// reached gets importance 1 everywhere.
 fn normalize(sums: &[f32], counts: &[f32]) -> Result<Vec<f32>, String> {
-    if counts.is_empty() || sums.len() % counts.len() != 0 {
+    if counts.is_empty() || !sums.len().is_multiple_of(counts.len()) {
         return Err(format!(
             "{} sums do not split into {} matrices",
             sums.len(),
