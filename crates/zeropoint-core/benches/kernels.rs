@@ -8,6 +8,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use rayon::prelude::*;
+use zeropoint_core::ggml::{self, GgmlType};
 use zeropoint_core::{
     dequantize, fake_quant_in_place, quantize, quantize_packed, Packing, QParams, Scheme,
 };
@@ -109,6 +110,25 @@ fn cases(quick: bool) -> Vec<Case> {
             black_box(&q);
         }),
     });
+    // llama.cpp's block formats, rows of 4096 as in a 7B model's weights (ggml's reference
+    // quantizers, which llama-quantize runs and zeropoint reproduces byte for byte).
+    for (name, ty) in [
+        ("ggml Q8_0 (rows of 4096)", GgmlType::Q8_0),
+        ("ggml Q4_0 (rows of 4096)", GgmlType::Q4_0),
+        ("ggml Q4_K (rows of 4096)", GgmlType::Q4_K),
+        ("ggml Q6_K (rows of 4096)", GgmlType::Q6_K),
+    ] {
+        let src = x[..side * side].to_vec();
+        let mut q = vec![0u8; ty.row_size(side * side).unwrap()];
+        out.push(Case {
+            name,
+            bytes: 4 * side * side,
+            run: Box::new(move || {
+                ggml::quantize_rows_into(ty, &src, 4096, &mut q).unwrap();
+                black_box(&q);
+            }),
+        });
+    }
     out
 }
 

@@ -9,16 +9,27 @@ use super::{read_fp16, write_fp16};
 
 const QK: usize = 32;
 
-/// The value of largest magnitude, the first one on ties (ggml's `amax`/`max` loop).
+/// The value of largest magnitude, the first one on ties (ggml's `amax`/`max` loop, whose strict
+/// `<` keeps the first). Written as a max then a search so that the max vectorizes.
+#[inline(always)]
 fn signed_absmax(x: &[f32]) -> f32 {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    max
+    let amax = abs_max(x);
+    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+}
+
+/// max |x| (0 for an empty slice), branch-free so that it vectorizes.
+#[inline(always)]
+fn abs_max(x: &[f32]) -> f32 {
+    x.iter()
+        .fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a })
+}
+
+/// `roundf`: to nearest, ties away from zero, for |x| < 2^23. Adding the float just below 0.5
+/// and truncating is exact there (x + 0.49999997 can reach the next integer only from x ≥ k + ½)
+/// and compiles to two vector instructions, where `f32::round` is a library call.
+#[inline(always)]
+fn round_away(x: f32) -> i32 {
+    (x + 0.49999997f32.copysign(x)) as i32
 }
 
 fn min_max(x: &[f32]) -> (f32, f32) {
@@ -34,6 +45,7 @@ fn min_max(x: &[f32]) -> (f32, f32) {
     (min, max)
 }
 
+#[inline(always)]
 fn inverse(d: f32) -> f32 {
     if d != 0.0 {
         1.0 / d
@@ -43,14 +55,17 @@ fn inverse(d: f32) -> f32 {
 }
 
 /// Layout: d (f16), qs[16]: element j in the low nibble of byte j, element j + 16 in the high.
+#[inline(always)]
 pub(super) fn quantize_q4_0(x: &[f32], y: &mut [u8]) {
+    let (x, y): (&[f32; 32], &mut [u8; 18]) = (x.try_into().unwrap(), y.try_into().unwrap());
     let d = signed_absmax(x) / -8.0;
     let id = inverse(d);
     write_fp16(y, 0, d);
+    // ggml truncates toward zero after + 8.5; the sum is never negative (|x·id| ≤ 8), so an i32
+    // cast truncates the same and vectorizes.
+    let code = |v: f32| ((v * id + 8.5) as i32).min(15) as u8;
     for j in 0..QK / 2 {
-        let x0 = ((x[j] * id + 8.5) as i8).min(15) as u8;
-        let x1 = ((x[j + QK / 2] * id + 8.5) as i8).min(15) as u8;
-        y[2 + j] = x0 | (x1 << 4);
+        y[2 + j] = code(x[j]) | (code(x[j + QK / 2]) << 4);
     }
 }
 
@@ -149,13 +164,14 @@ pub(super) fn dequantize_q5_1(b: &[u8], y: &mut [f32]) {
 }
 
 /// Layout: d (f16), qs[32] (i8).
+#[inline(always)]
 pub(super) fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
-    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let d = amax / 127.0;
+    let (x, y): (&[f32; 32], &mut [u8; 34]) = (x.try_into().unwrap(), y.try_into().unwrap());
+    let d = abs_max(x) / 127.0;
     let id = inverse(d);
     write_fp16(y, 0, d);
     for (q, &v) in y[2..].iter_mut().zip(x) {
-        *q = (v * id).round() as i8 as u8;
+        *q = round_away(v * id) as i8 as u8;
     }
 }
 
