@@ -144,7 +144,7 @@ pub fn plan(header: &Header, opts: &Options) -> Result<Plan, String> {
         tensors.push(PlannedTensor {
             input: i,
             name: t.name.clone(),
-            dims: t.dims.clone(),
+            dims: ggml_dims(&t.dims),
             from: t.ty,
             to,
         });
@@ -209,6 +209,16 @@ fn importance<'a>(
             values.len()
         ))
     }
+}
+
+/// The dims llama.cpp writes: `ggml_n_dims` of them, trailing 1s dropped (at least one kept).
+fn ggml_dims(dims: &[u64]) -> Vec<u64> {
+    let n = dims.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
+    let mut out = dims[..n.min(dims.len())].to_vec();
+    if out.is_empty() {
+        out.push(1);
+    }
+    out
 }
 
 fn check_conversion(

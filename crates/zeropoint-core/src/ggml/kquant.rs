@@ -40,12 +40,16 @@ pub(super) fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<
         return 0.0;
     }
     let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    let weight = |i: usize| qw.map_or(x[i] * x[i], |q| q[i]);
+    let mut weights = [0f32; 32];
+    let weights = &mut weights[..x.len()];
+    for (i, (w, &v)) in weights.iter_mut().zip(x).enumerate() {
+        *w = qw.map_or(v * v, |q| q[i]);
+    }
+    let weights = &*weights;
     let sums = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for (i, &v) in x.iter().enumerate() {
+        for (&v, &w) in x.iter().zip(weights) {
             let l = code(iscale, v) as f32;
-            let w = weight(i);
             sumlx += w * v * l;
             suml2 += w * l * l;
         }

@@ -1,0 +1,382 @@
+//! `zeropoint gguf` against the real client: llama.cpp's own `llama-quantize`, built from the
+//! source the llama-cpp-python sdist ships (scripts/build-llama-cpp, cached). Every preset must
+//! give a byte-identical file.
+
+#[path = "../../../tests/support.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::{repo_root, Rng};
+use zeropoint_core::ggml::{self, GgmlType};
+use zeropoint_gguf::read::GgufFile;
+use zeropoint_gguf::value::Value;
+use zeropoint_gguf::write::{write, NewTensor};
+
+const ZEROPOINT: &str = env!("CARGO_BIN_EXE_zeropoint");
+
+/// The shape of a synthetic llama-architecture model.
+struct Llama {
+    layers: u64,
+    embd: u64,
+    ff: u64,
+    vocab: u64,
+    heads: u64,
+    kv_heads: u64,
+    /// Whether output.weight exists (else the embedding is tied to the output).
+    untied: bool,
+    ty: GgmlType,
+}
+
+/// Writes a llama-architecture GGUF with random weights (normal, with a few large outliers per
+/// row as trained weights have), tensors in convert_hf_to_gguf's order.
+fn write_llama(path: &Path, m: &Llama, seed: u64) {
+    let head_dim = m.embd / m.heads;
+    let kv = head_dim * m.kv_heads;
+    let s = |v: &str| Value::String(v.as_bytes().to_vec());
+    let meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), s("llama")),
+        ("general.name".into(), s("zeropoint synthetic llama")),
+        ("llama.block_count".into(), Value::U32(m.layers as u32)),
+        ("llama.context_length".into(), Value::U32(512)),
+        ("llama.embedding_length".into(), Value::U32(m.embd as u32)),
+        ("llama.feed_forward_length".into(), Value::U32(m.ff as u32)),
+        (
+            "llama.attention.head_count".into(),
+            Value::U32(m.heads as u32),
+        ),
+        (
+            "llama.attention.head_count_kv".into(),
+            Value::U32(m.kv_heads as u32),
+        ),
+        ("llama.rope.freq_base".into(), Value::F32(10000.0)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(1e-5),
+        ),
+        (
+            "llama.rope.dimension_count".into(),
+            Value::U32(head_dim as u32),
+        ),
+        ("llama.vocab_size".into(), Value::U32(m.vocab as u32)),
+        (
+            "general.file_type".into(),
+            Value::U32(if m.ty == GgmlType::F16 { 1 } else { 0 }),
+        ),
+    ];
+    let mut tensors = vec![("token_embd.weight".to_string(), vec![m.embd, m.vocab])];
+    for i in 0..m.layers {
+        for (name, dims) in [
+            ("attn_norm", vec![m.embd]),
+            ("attn_q", vec![m.embd, m.embd]),
+            ("attn_k", vec![m.embd, kv]),
+            ("attn_v", vec![m.embd, kv]),
+            ("attn_output", vec![m.embd, m.embd]),
+            ("ffn_norm", vec![m.embd]),
+            ("ffn_gate", vec![m.embd, m.ff]),
+            ("ffn_up", vec![m.embd, m.ff]),
+            ("ffn_down", vec![m.ff, m.embd]),
+        ] {
+            tensors.push((format!("blk.{i}.{name}.weight"), dims));
+        }
+    }
+    tensors.push(("output_norm.weight".into(), vec![m.embd]));
+    if m.untied {
+        tensors.push(("output.weight".into(), vec![m.embd, m.vocab]));
+    }
+    let new: Vec<NewTensor> = tensors
+        .iter()
+        .map(|(name, dims)| NewTensor {
+            name: name.clone(),
+            dims: dims.clone(),
+            ty: if dims.len() == 1 { GgmlType::F32 } else { m.ty },
+        })
+        .collect();
+    let mut rng = Rng::new(seed);
+    write(path, &meta, &new, |i, out| {
+        let t = &new[i];
+        let n: u64 = t.dims.iter().product();
+        let x: Vec<f32> = (0..n)
+            .map(|k| {
+                if t.dims.len() == 1 {
+                    1.0 + 0.1 * rng.normal()
+                } else if k % 211 == 0 {
+                    0.4 * rng.normal()
+                } else {
+                    0.02 * rng.normal()
+                }
+            })
+            .collect();
+        let bytes = ggml::quantize_rows(t.ty, &x, t.dims[0] as usize).unwrap();
+        out.write_all(&bytes)
+            .map_err(|e| zeropoint_gguf::Error::Io {
+                path: path.into(),
+                action: "write",
+                source: e,
+            })
+    })
+    .unwrap();
+}
+
+/// llama.cpp's tools, built once and cached (scripts/build-llama-cpp prints their folder).
+fn llama_cpp() -> PathBuf {
+    let out = Command::new(repo_root().join("scripts/build-llama-cpp"))
+        .output()
+        .expect("cannot run scripts/build-llama-cpp");
+    assert!(
+        out.status.success(),
+        "scripts/build-llama-cpp failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(bin.lines().last().expect("the bin folder").trim())
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("cannot start the command");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// Where two GGUF files first differ, by tensor: the proof a failure needs.
+fn first_difference(a: &Path, b: &Path) -> String {
+    let (fa, fb) = (GgufFile::open(a).unwrap(), GgufFile::open(b).unwrap());
+    if fa.header.metadata != fb.header.metadata {
+        return format!(
+            "metadata differs:\n{:?}\n{:?}",
+            fa.header.metadata, fb.header.metadata
+        );
+    }
+    for (i, (ta, tb)) in fa.header.tensors.iter().zip(&fb.header.tensors).enumerate() {
+        if ta != tb {
+            return format!("tensor {i}: {ta:?} vs {tb:?}");
+        }
+        if fa.data(i) != fb.data(i) {
+            let at = fa
+                .data(i)
+                .iter()
+                .zip(fb.data(i))
+                .position(|(x, y)| x != y)
+                .unwrap();
+            return format!(
+                "tensor '{}' ({}): data differs at byte {at}",
+                ta.name, ta.ty
+            );
+        }
+    }
+    "same header and data; the padding differs".into()
+}
+
+/// Writes an importance matrix as llama-imatrix does (GGUF, `NAME.in_sum2` [ne0, 1] and
+/// `NAME.counts` [1, 1]) for every 2-D weight of `model`, with random positive sums. The token
+/// embedding's entry has the wrong length, which llama-quantize ignores rather than refuses.
+fn write_imatrix(model: &Path, path: &Path, seed: u64) {
+    let f = GgufFile::open(model).unwrap();
+    let mut new = Vec::new();
+    for t in f.header.tensors.iter().filter(|t| t.dims.len() == 2) {
+        let ne0 = if t.name == "token_embd.weight" {
+            t.dims[0] / 2
+        } else {
+            t.dims[0]
+        };
+        new.push(NewTensor {
+            name: format!("{}.in_sum2", t.name),
+            dims: vec![ne0, 1],
+            ty: GgmlType::F32,
+        });
+        new.push(NewTensor {
+            name: format!("{}.counts", t.name),
+            dims: vec![1, 1],
+            ty: GgmlType::F32,
+        });
+    }
+    let meta = vec![
+        (
+            "general.type".to_string(),
+            Value::String(b"imatrix".to_vec()),
+        ),
+        (
+            "imatrix.datasets".to_string(),
+            Value::Array(8, vec![Value::String(b"synthetic.txt".to_vec())]),
+        ),
+        ("imatrix.chunk_count".to_string(), Value::U32(12)),
+        ("imatrix.chunk_size".to_string(), Value::U32(512)),
+    ];
+    let mut rng = Rng::new(seed);
+    write(path, &meta, &new, |i, out| {
+        let t = &new[i];
+        let x: Vec<f32> = if t.name.ends_with(".counts") {
+            vec![6144.4]
+        } else {
+            // Squared activations summed over 6144 tokens: a few columns matter far more.
+            (0..t.dims[0])
+                .map(|k| 6144.0 * (0.05 + rng.uniform()) * if k % 37 == 0 { 40.0 } else { 1.0 })
+                .collect()
+        };
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        out.write_all(&bytes)
+            .map_err(|e| zeropoint_gguf::Error::Io {
+                path: path.into(),
+                action: "write",
+                source: e,
+            })
+    })
+    .unwrap();
+}
+
+const PRESETS: [&str; 16] = [
+    "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
+    "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "F16", "BF16",
+];
+
+fn compare_all(model: &Path, dir: &Path, bin: &Path, pure: bool) {
+    compare(model, dir, bin, pure, None, &PRESETS);
+}
+
+/// Runs both tools on `model` for each preset and asserts byte-identity.
+fn compare(
+    model: &Path,
+    dir: &Path,
+    bin: &Path,
+    pure: bool,
+    imatrix: Option<&Path>,
+    presets: &[&str],
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut failures = Vec::new();
+    for &preset in presets {
+        let ours = dir.join(format!("zp-{preset}.gguf"));
+        let theirs = dir.join(format!("llama-{preset}.gguf"));
+        let mut zp = Command::new(ZEROPOINT);
+        zp.arg("gguf")
+            .arg(model)
+            .arg("-o")
+            .arg(&ours)
+            .args(["--type", preset]);
+        let mut lq = Command::new(bin.join("llama-quantize"));
+        if pure {
+            zp.arg("--pure");
+            lq.arg("--pure");
+        }
+        if let Some(m) = imatrix {
+            zp.arg("--imatrix").arg(m);
+            lq.arg("--imatrix").arg(m);
+        }
+        run(&mut zp);
+        run(lq.arg(model).arg(&theirs).arg(preset).arg("2"));
+        if std::fs::read(&ours).unwrap() != std::fs::read(&theirs).unwrap() {
+            failures.push(format!("{preset}: {}", first_difference(&ours, &theirs)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "not byte-identical to llama-quantize:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_preset_is_byte_identical_to_llama_quantize() {
+    let bin = llama_cpp();
+    let dir = tempfile::tempdir().unwrap();
+    // ZEROPOINT_KEEP=FOLDER keeps the models and both tools' outputs there, to look into.
+    let keep = std::env::var_os("ZEROPOINT_KEEP").map(PathBuf::from);
+    let dir = keep.as_deref().unwrap_or(dir.path());
+    // Untied output, F32 weights, a feed-forward width (352) that 256-blocks do not divide, so
+    // that the fallback types are exercised.
+    let untied = Llama {
+        layers: 8,
+        embd: 256,
+        ff: 352,
+        vocab: 320,
+        heads: 4,
+        kv_heads: 2,
+        untied: true,
+        ty: GgmlType::F32,
+    };
+    let a = dir.join("untied-f32.gguf");
+    write_llama(&a, &untied, 1);
+    compare_all(&a, &dir.join("untied"), &bin, false);
+    compare_all(&a, &dir.join("untied-pure"), &bin, true);
+    // Tied embedding, F16 weights, grouped-query attention with 4 heads per KV head.
+    let tied = Llama {
+        layers: 16,
+        embd: 512,
+        ff: 768,
+        vocab: 256,
+        heads: 8,
+        kv_heads: 2,
+        untied: false,
+        ty: GgmlType::F16,
+    };
+    let b = dir.join("tied-f16.gguf");
+    write_llama(&b, &tied, 2);
+    compare_all(&b, &dir.join("tied"), &bin, false);
+}
+
+#[test]
+fn importance_weighted_quantization_is_byte_identical_to_llama_quantize() {
+    let bin = llama_cpp();
+    let dir = tempfile::tempdir().unwrap();
+    let keep = std::env::var_os("ZEROPOINT_KEEP").map(PathBuf::from);
+    let dir = keep.as_deref().unwrap_or(dir.path()).join("imatrix");
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = Llama {
+        layers: 8,
+        embd: 256,
+        ff: 512,
+        vocab: 320,
+        heads: 4,
+        kv_heads: 1,
+        untied: true,
+        ty: GgmlType::F16,
+    };
+    let model = dir.join("model.gguf");
+    write_llama(&model, &m, 3);
+    let imatrix = dir.join("imatrix.gguf");
+    write_imatrix(&model, &imatrix, 4);
+    let presets = [
+        "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K_S", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K",
+        "Q8_0",
+    ];
+    compare(&model, &dir, &bin, false, Some(&imatrix), &presets);
+    // Q2_K_S cannot be written without an importance matrix: both tools refuse.
+    let refused = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{cmd:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let zp = refused(
+        Command::new(ZEROPOINT)
+            .arg("gguf")
+            .arg(&model)
+            .arg("-o")
+            .arg(dir.join("x.gguf"))
+            .args(["--type", "Q2_K_S"]),
+    );
+    assert!(
+        zp.contains("Q2_K_S needs an importance matrix for tensor 'blk.0.attn_k.weight'"),
+        "{zp}"
+    );
+    let lq = refused(
+        Command::new(bin.join("llama-quantize"))
+            .arg(&model)
+            .arg(dir.join("y.gguf"))
+            .arg("Q2_K_S"),
+    );
+    assert!(lq.contains("requires an importance matrix"), "{lq}");
+    compare(
+        &model,
+        &dir.join("pure"),
+        &bin,
+        true,
+        Some(&imatrix),
+        &["Q3_K_S", "Q4_K_S", "Q5_K_S"],
+    );
+}
