@@ -5,6 +5,7 @@
 //! The checks are ggml's own (`gguf_init_from_file_impl`): a file llama.cpp loads is read here,
 //! and a file it refuses is refused here with the reason in one line.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -127,23 +128,27 @@ pub(crate) fn parse_meta(bytes: &[u8]) -> Result<Header, String> {
     }
     let n_tensors = r.count("tensors")?;
     let n_kv = r.count("key/value pairs")?;
+    // Duplicates are found by hashing: a file of a few thousand tiny keys or tensors made the
+    // pairwise comparison take seconds (a fuzzing timeout).
+    let mut keys: HashSet<String> = HashSet::new();
     let mut metadata: Vec<(String, Value)> = Vec::new();
     for i in 0..n_kv {
         let key = r.utf8(&format!("key {i}"))?;
         if key.is_empty() {
             return Err(format!("key {i} is empty"));
         }
-        if metadata.iter().any(|(k, _)| *k == key) {
+        if !keys.insert(key.clone()) {
             return Err(format!("duplicate key '{key}'"));
         }
         let value = r.value().map_err(|e| format!("key '{key}': {e}"))?;
         metadata.push((key, value));
     }
     let alignment = alignment(&metadata)?;
+    let mut names: HashSet<String> = HashSet::new();
     let mut tensors: Vec<TensorInfo> = Vec::new();
     for i in 0..n_tensors {
         let t = r.tensor_info(i)?;
-        if tensors.iter().any(|u| u.name == t.name) {
+        if !names.insert(t.name.clone()) {
             return Err(format!("duplicate tensor name '{}'", t.name));
         }
         tensors.push(t);
@@ -185,9 +190,11 @@ fn check_data(tensors: &[TensorInfo], alignment: u64, start: u64, file: u64) -> 
                 t.name, t.offset
             ));
         }
+        // Padded in checked arithmetic too: a size just under 2^64 would pad to 0 and let the
+        // next tensor start at offset 0, as ggml's "overflows after padding" check refuses.
         expected = expected
             .checked_add(t.byte_size())
-            .map(|e| pad(e, alignment))
+            .and_then(|e| e.checked_next_multiple_of(alignment))
             .ok_or_else(|| format!("tensor '{}': data size overflows", t.name))?;
     }
     let last = tensors.last();
@@ -347,6 +354,14 @@ impl<'a> Reader<'a> {
                 ty.block_size()
             )));
         }
+        // ggml's check that the size in bytes is representable: `byte_size` cannot wrap.
+        let blocks = dims.iter().product::<u64>() / ty.block_size() as u64;
+        if blocks.checked_mul(ty.type_size() as u64).is_none() {
+            return Err(at(format!(
+                "shape {dims:?} of {ty} has a size in bytes over {}",
+                u64::MAX
+            )));
+        }
         let offset = self.u64().map_err(at)?;
         Ok(TensorInfo {
             name,
@@ -354,5 +369,54 @@ impl<'a> Reader<'a> {
             ty,
             offset,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A llama-style header with these tensors (name, dims, ggml id, offset), then `data` bytes
+    /// of zeros after the padding.
+    fn file(tensors: &[(&str, &[i64], u32, u64)], data: usize) -> Vec<u8> {
+        let string = |out: &mut Vec<u8>, s: &[u8]| {
+            out.extend((s.len() as u64).to_le_bytes());
+            out.extend(s);
+        };
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend((tensors.len() as u64).to_le_bytes());
+        out.extend(1u64.to_le_bytes());
+        string(&mut out, b"general.architecture");
+        out.extend(TYPE_STRING.to_le_bytes());
+        string(&mut out, b"llama");
+        for (name, dims, ty, offset) in tensors {
+            string(&mut out, name.as_bytes());
+            out.extend((dims.len() as u32).to_le_bytes());
+            dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
+            out.extend(ty.to_le_bytes());
+            out.extend(offset.to_le_bytes());
+        }
+        out.resize(pad(out.len() as u64, DEFAULT_ALIGNMENT) as usize + data, 0);
+        out
+    }
+
+    #[test]
+    fn a_size_in_bytes_over_2_64_is_refused() {
+        // 2^62 F32 elements: 2^64 bytes, which wrapped to 0 and needed no data at all.
+        let e = parse_header(&file(&[("a.weight", &[1 << 62], 0, 0)], 0)).unwrap_err();
+        assert!(e.contains("size in bytes over"), "{e}");
+    }
+
+    #[test]
+    fn a_size_that_pads_past_2_64_is_refused() {
+        // 2^63 - 15 F16 elements: 2^64 - 30 bytes, padded to 2^64, which wrapped to 0; the next
+        // tensor at offset 0 then passed the end check, and reading the first one panicked.
+        let tensors: &[(&str, &[i64], u32, u64)] = &[
+            ("a.weight", &[i64::MAX - 14], 1, 0),
+            ("b.weight", &[1], 0, 0),
+        ];
+        let e = parse_header(&file(tensors, 4)).unwrap_err();
+        assert!(e.contains("data size overflows"), "{e}");
     }
 }
