@@ -421,20 +421,27 @@ fn fit_k4(x: &[f32], nmax: i32, search: &Search, l: &mut [u8; QK_K], sc: &mut [u
         0.0
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    sc.fill(0);
+    let ls: [u8; 8] = std::array::from_fn(|j| nearest_int(inv_scale * scales[j]) as u8);
+    let lm: [u8; 8] = std::array::from_fn(|j| nearest_int(inv_min * mins[j]) as u8);
+    sc.copy_from_slice(&pack_scales_k4(&ls, &lm));
+    (max_scale / 63.0, max_min / 63.0)
+}
+
+/// Packs eight 6-bit scales and mins (each capped at 63) into Q4_K / Q5_K's 12 bytes.
+pub(super) fn pack_scales_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
+    let mut sc = [0u8; 12];
     for j in 0..8 {
-        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        let (s, m) = (ls[j].min(63), lm[j].min(63));
         if j < 4 {
-            sc[j] = ls;
-            sc[j + 4] = lm;
+            sc[j] = s;
+            sc[j + 4] = m;
         } else {
-            sc[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
-            sc[j - 4] |= (ls >> 4) << 6;
-            sc[j] |= (lm >> 4) << 6;
+            sc[j + 4] = (s & 0xF) | ((m & 0xF) << 4);
+            sc[j - 4] |= (s >> 4) << 6;
+            sc[j] |= (m >> 4) << 6;
         }
     }
-    (max_scale / 63.0, max_min / 63.0)
+    sc
 }
 
 /// Re-rounds every code against the sub-block scales as stored (6-bit, times the f16 d / dmin).

@@ -219,18 +219,7 @@ pub(super) fn q45_k(x: &[f32], qw: &[f32], bits: u32, y: &mut [u8]) {
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     let d = make_qp_quants(&scales, 63, &mut ls, &sw);
     let dmin = make_qp_quants(&mins, 63, &mut lm, &sw);
-    let mut sc = [0u8; 12];
-    for j in 0..8 {
-        let (s, m) = (ls[j].min(63), lm[j].min(63));
-        if j < 4 {
-            sc[j] = s;
-            sc[j + 4] = m;
-        } else {
-            sc[j + 4] = (s & 0xF) | ((m & 0xF) << 4);
-            sc[j - 4] |= (s >> 4) << 6;
-            sc[j] |= (m >> 4) << 6;
-        }
-    }
+    let sc = kquant::pack_scales_k4(&ls, &lm);
     if bits == 4 {
         kquant::finish_q4_k(x, &sc, d, dmin, &mut l, y);
     } else {
