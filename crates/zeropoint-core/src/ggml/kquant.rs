@@ -459,23 +459,35 @@ fn requantize_k4(x: &[f32], nmax: i32, d_all: f32, dmin: f32, sc: &[u8], l: &mut
     }
 }
 
-/// Q4_K: d (f16), dmin (f16), scales[12], qs[128] (codes i and i + 32 of each 64 share a byte).
-pub(super) fn quantize_q4_k(x: &[f32], y: &mut [u8]) {
-    let mut l = [0u8; QK_K];
-    let search = Search {
-        rmin: -1.0,
-        rdelta: 0.1,
-        nstep: 20,
-        use_mad: false,
+/// Q4_K (`bits` 4): d (f16), dmin (f16), scales[12], qs[128] (codes i and i + 32 of each 64
+/// share a byte). Q5_K (`bits` 5): the same and qh[32] (bit 4 of code i in bit i / 32 of byte
+/// i % 32) before qs. They differ only in the grid and in ggml's search steps.
+pub(super) fn quantize_k4(x: &[f32], bits: u32, y: &mut [u8]) {
+    let search = if bits == 4 {
+        Search {
+            rmin: -1.0,
+            rdelta: 0.1,
+            nstep: 20,
+            use_mad: false,
+        }
+    } else {
+        Search {
+            rmin: -0.5,
+            rdelta: 0.1,
+            nstep: 15,
+            use_mad: false,
+        }
     };
+    let mut l = [0u8; QK_K];
     let mut sc = [0u8; 12];
-    let (d, dmin) = fit_k4(x, 15, &search, &mut l, &mut sc);
-    finish_q4_k(x, &sc, d, dmin, &mut l, y);
+    let (d, dmin) = fit_k4(x, (1 << bits) - 1, &search, &mut l, &mut sc);
+    finish_k4(x, bits, &sc, d, dmin, &mut l, y);
 }
 
 /// Stores d, dmin and the scales, re-rounds every code against them as stored, packs the codes.
-pub(super) fn finish_q4_k(
+pub(super) fn finish_k4(
     x: &[f32],
+    bits: u32,
     sc: &[u8; 12],
     d: f32,
     dmin: f32,
@@ -485,70 +497,42 @@ pub(super) fn finish_q4_k(
     write_fp16(y, 0, d);
     write_fp16(y, 2, dmin);
     y[4..16].copy_from_slice(sc);
-    requantize_k4(x, 15, read_fp16(y, 0), read_fp16(y, 2), sc, l);
-    for (g, q) in y[16..144].chunks_exact_mut(32).enumerate() {
+    requantize_k4(x, (1 << bits) - 1, read_fp16(y, 0), read_fp16(y, 2), sc, l);
+    if bits == 4 {
+        pack_nibbles(l, &mut y[16..144]);
+    } else {
+        let (qh, ql) = y[16..176].split_at_mut(32);
+        qh.fill(0);
+        for g in 0..4 {
+            for i in 0..32 {
+                let (l1, l2) = (l[64 * g + i], l[64 * g + i + 32]);
+                qh[i] |= ((l1 >> 4) << (2 * g)) | ((l2 >> 4) << (2 * g + 1));
+            }
+        }
+        pack_nibbles(l, ql);
+    }
+}
+
+/// The low nibbles of the codes, codes i and i + 32 of each 64 in one byte.
+fn pack_nibbles(l: &[u8; QK_K], q: &mut [u8]) {
+    for (g, q) in q.chunks_exact_mut(32).enumerate() {
         for i in 0..32 {
-            q[i] = l[64 * g + i] | (l[64 * g + i + 32] << 4);
+            q[i] = (l[64 * g + i] & 0xF) | ((l[64 * g + i + 32] & 0xF) << 4);
         }
     }
 }
 
-pub(super) fn dequantize_q4_k(b: &[u8], y: &mut [f32]) {
+/// Q4_K (`bits` 4) or Q5_K (5) back to floats.
+pub(super) fn dequantize_k4(b: &[u8], bits: u32, y: &mut [f32]) {
     let (d, min) = (read_fp16(b, 0), read_fp16(b, 2));
+    let qs = if bits == 4 { 16 } else { 48 };
     for (i, v) in y.iter_mut().enumerate() {
         let (s, m) = scale_min_k4(i / 32, &b[4..16]);
-        let byte = b[16 + (i / 64) * 32 + i % 32];
-        let code = if i % 64 < 32 { byte & 0xF } else { byte >> 4 };
-        *v = d * s as f32 * code as f32 - min * m as f32;
-    }
-}
-
-/// Q5_K: d (f16), dmin (f16), scales[12], qh[32] (bit 4 of code i in bit i / 32 of byte i % 32),
-/// qs[128] as in Q4_K.
-pub(super) fn quantize_q5_k(x: &[f32], y: &mut [u8]) {
-    let mut l = [0u8; QK_K];
-    let search = Search {
-        rmin: -0.5,
-        rdelta: 0.1,
-        nstep: 15,
-        use_mad: false,
-    };
-    let mut sc = [0u8; 12];
-    let (d, dmin) = fit_k4(x, 31, &search, &mut l, &mut sc);
-    finish_q5_k(x, &sc, d, dmin, &mut l, y);
-}
-
-/// Stores d, dmin and the scales, re-rounds every code against them as stored, packs the codes.
-pub(super) fn finish_q5_k(
-    x: &[f32],
-    sc: &[u8; 12],
-    d: f32,
-    dmin: f32,
-    l: &mut [u8; QK_K],
-    y: &mut [u8],
-) {
-    write_fp16(y, 0, d);
-    write_fp16(y, 2, dmin);
-    y[4..16].copy_from_slice(sc);
-    requantize_k4(x, 31, read_fp16(y, 0), read_fp16(y, 2), sc, l);
-    let (qh, ql) = y[16..176].split_at_mut(32);
-    qh.fill(0);
-    for (g, q) in ql.chunks_exact_mut(32).enumerate() {
-        for i in 0..32 {
-            let (l1, l2) = (l[64 * g + i], l[64 * g + i + 32]);
-            qh[i] |= ((l1 >> 4) << (2 * g)) | ((l2 >> 4) << (2 * g + 1));
-            q[i] = (l1 & 0xF) | ((l2 & 0xF) << 4);
+        let byte = b[qs + (i / 64) * 32 + i % 32];
+        let mut code = if i % 64 < 32 { byte & 0xF } else { byte >> 4 };
+        if bits == 5 {
+            code |= ((b[16 + i % 32] >> (i / 32)) & 1) << 4;
         }
-    }
-}
-
-pub(super) fn dequantize_q5_k(b: &[u8], y: &mut [f32]) {
-    let (d, min) = (read_fp16(b, 0), read_fp16(b, 2));
-    for (i, v) in y.iter_mut().enumerate() {
-        let (s, m) = scale_min_k4(i / 32, &b[4..16]);
-        let byte = b[48 + (i / 64) * 32 + i % 32];
-        let low = if i % 64 < 32 { byte & 0xF } else { byte >> 4 };
-        let code = low | (((b[16 + i % 32] >> (i / 32)) & 1) << 4);
         *v = d * s as f32 * code as f32 - min * m as f32;
     }
 }

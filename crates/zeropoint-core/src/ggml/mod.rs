@@ -193,8 +193,7 @@ pub enum GgmlError {
 /// Converts `rows` of `n_per_row` floats to `ty`, rows in parallel. Each row is encoded on its
 /// own, so the bytes do not depend on the thread count.
 pub fn quantize_rows(ty: GgmlType, x: &[f32], n_per_row: usize) -> Result<Vec<u8>, GgmlError> {
-    let row_bytes = checked_row_bytes(ty, n_per_row)?;
-    let mut out = vec![0u8; x.len().checked_div(n_per_row).unwrap_or(0) * row_bytes];
+    let mut out = output_buffer(ty, x, n_per_row)?;
     quantize_rows_into(ty, x, n_per_row, &mut out)?;
     Ok(out)
 }
@@ -207,6 +206,28 @@ pub fn quantize_rows_into(
     n_per_row: usize,
     out: &mut [u8],
 ) -> Result<(), GgmlError> {
+    encode_rows(ty, x, n_per_row, out, |src, dst| quantize_row(ty, src, dst))
+}
+
+/// A zeroed buffer for `x` in `ty`, rows of `n_per_row`.
+fn output_buffer(ty: GgmlType, x: &[f32], n_per_row: usize) -> Result<Vec<u8>, GgmlError> {
+    let row_bytes = checked_row_bytes(ty, n_per_row)?;
+    Ok(vec![
+        0u8;
+        x.len().checked_div(n_per_row).unwrap_or(0) * row_bytes
+    ])
+}
+
+/// Runs `encode` on every row of `x` and its slice of `out`, rows in parallel, after checking the
+/// sizes; each row is checked for NaN and infinity while it is in cache, just before it is
+/// encoded, and the first bad element is reported.
+fn encode_rows(
+    ty: GgmlType,
+    x: &[f32],
+    n_per_row: usize,
+    out: &mut [u8],
+    encode: impl Fn(&[f32], &mut [u8]) + Sync,
+) -> Result<(), GgmlError> {
     let row_bytes = checked_row_bytes(ty, n_per_row)?;
     let rows = x.len().checked_div(n_per_row).unwrap_or(0);
     if out.len() != rows * row_bytes || rows * n_per_row != x.len() {
@@ -216,14 +237,13 @@ pub fn quantize_rows_into(
         return Ok(());
     }
     let check = ty != GgmlType::F32;
-    // Each row is checked while it is in cache, just before it is encoded.
     let clean = out
         .par_chunks_mut(row_bytes)
         .zip(x.par_chunks(n_per_row))
         .map(|(dst, src)| {
             let ok = !check || all_finite(src);
             if ok {
-                quantize_row(ty, src, dst);
+                encode(src, dst);
             }
             ok
         })
@@ -279,19 +299,10 @@ pub fn quantize_rows_weighted(
     if !weighs(ty) {
         return quantize_rows(ty, x, n_per_row);
     }
-    let row_bytes = checked_row_bytes(ty, n_per_row)?;
-    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
-        return Err(GgmlError::NonFinite {
-            index,
-            value: x[index],
-        });
-    }
-    let mut out = vec![0u8; x.len().checked_div(n_per_row).unwrap_or(0) * row_bytes];
-    if row_bytes > 0 {
-        out.par_chunks_mut(row_bytes)
-            .zip(x.par_chunks(n_per_row))
-            .for_each(|(dst, src)| quantize_row_weighted(ty, src, importance, dst));
-    }
+    let mut out = output_buffer(ty, x, n_per_row)?;
+    encode_rows(ty, x, n_per_row, &mut out, |src, dst| {
+        quantize_row_weighted(ty, src, importance, dst)
+    })?;
     Ok(out)
 }
 
@@ -376,8 +387,8 @@ fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         Q8_0 => crate::kernel::dispatch(|| blocks.for_each(|(x, y)| legacy::quantize_q8_0(x, y))),
         Q2_K => blocks.for_each(|(x, y)| kquant::quantize_q2_k(x, y)),
         Q3_K => blocks.for_each(|(x, y)| kquant::quantize_q3_k(x, y)),
-        Q4_K => blocks.for_each(|(x, y)| kquant::quantize_q4_k(x, y)),
-        Q5_K => blocks.for_each(|(x, y)| kquant::quantize_q5_k(x, y)),
+        Q4_K => blocks.for_each(|(x, y)| kquant::quantize_k4(x, 4, y)),
+        Q5_K => blocks.for_each(|(x, y)| kquant::quantize_k4(x, 5, y)),
         Q6_K => blocks.for_each(|(x, y)| kquant::quantize_q6_k(x, y)),
         _ => unreachable!("checked by can_quantize"),
     }
@@ -398,8 +409,8 @@ fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         Q8_0 => blocks.for_each(|(x, y)| legacy::dequantize_q8_0(x, y)),
         Q2_K => blocks.for_each(|(x, y)| kquant::dequantize_q2_k(x, y)),
         Q3_K => blocks.for_each(|(x, y)| kquant::dequantize_q3_k(x, y)),
-        Q4_K => blocks.for_each(|(x, y)| kquant::dequantize_q4_k(x, y)),
-        Q5_K => blocks.for_each(|(x, y)| kquant::dequantize_q5_k(x, y)),
+        Q4_K => blocks.for_each(|(x, y)| kquant::dequantize_k4(x, 4, y)),
+        Q5_K => blocks.for_each(|(x, y)| kquant::dequantize_k4(x, 5, y)),
         Q6_K => blocks.for_each(|(x, y)| kquant::dequantize_q6_k(x, y)),
         _ => unreachable!("checked by can_dequantize"),
     }

@@ -220,9 +220,5 @@ pub(super) fn q45_k(x: &[f32], qw: &[f32], bits: u32, y: &mut [u8]) {
     let d = make_qp_quants(&scales, 63, &mut ls, &sw);
     let dmin = make_qp_quants(&mins, 63, &mut lm, &sw);
     let sc = kquant::pack_scales_k4(&ls, &lm);
-    if bits == 4 {
-        kquant::finish_q4_k(x, &sc, d, dmin, &mut l, y);
-    } else {
-        kquant::finish_q5_k(x, &sc, d, dmin, &mut l, y);
-    }
+    kquant::finish_k4(x, bits, &sc, d, dmin, &mut l, y);
 }
