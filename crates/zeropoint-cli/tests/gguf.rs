@@ -109,12 +109,7 @@ fn write_llama(path: &Path, m: &Llama, seed: u64) {
             })
             .collect();
         let bytes = ggml::quantize_rows(t.ty, &x, t.dims[0] as usize).unwrap();
-        out.write_all(&bytes)
-            .map_err(|e| zeropoint_gguf::Error::Io {
-                path: path.into(),
-                action: "write",
-                source: e,
-            })
+        Ok(out.write_all(&bytes)?)
     })
     .unwrap();
 }
@@ -220,12 +215,7 @@ fn write_imatrix(model: &Path, path: &Path, seed: u64) {
                 .collect()
         };
         let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-        out.write_all(&bytes)
-            .map_err(|e| zeropoint_gguf::Error::Io {
-                path: path.into(),
-                action: "write",
-                source: e,
-            })
+        Ok(out.write_all(&bytes)?)
     })
     .unwrap();
 }

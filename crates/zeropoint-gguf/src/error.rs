@@ -23,6 +23,10 @@ pub enum Error {
         tensor: String,
         message: String,
     },
+    /// A tensor-data callback of [`crate::write::write`] could not write (`?` on an I/O error
+    /// gives this); `write` reports it as the output file's write failure.
+    #[error("cannot write tensor data")]
+    Write(#[from] std::io::Error),
     /// Writing through zeropoint-onnx's atomic writer failed.
     #[error(transparent)]
     Output(#[from] zeropoint_onnx::Error),

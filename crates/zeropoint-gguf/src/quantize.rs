@@ -59,7 +59,7 @@ impl Plan {
     pub fn data_bytes(&self) -> u64 {
         self.tensors
             .iter()
-            .map(|t| new_tensor(t).byte_size_of())
+            .map(|t| crate::read::data_size(&t.dims, t.to))
             .sum()
     }
 }
@@ -278,13 +278,8 @@ fn convert(
     out: &mut dyn Write,
 ) -> Result<()> {
     let bytes = input.data(t.input);
-    let io = |e| Error::Io {
-        path: input.path.clone(),
-        action: "write the output",
-        source: e,
-    };
     if t.from == t.to {
-        return out.write_all(bytes).map_err(io);
+        return Ok(out.write_all(bytes)?);
     }
     let fail = |m: String| Error::tensor(&input.path, &t.name, m);
     let importance = importance(imatrix, &t.name, &t.dims).map_err(fail)?;
@@ -313,7 +308,7 @@ fn convert(
                 None => ggml::quantize_rows(t.to, &x, row),
             }
             .map_err(located)?;
-            out.write_all(&q).map_err(io)?;
+            out.write_all(&q)?;
         }
     }
     Ok(())

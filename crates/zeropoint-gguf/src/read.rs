@@ -45,8 +45,13 @@ impl TensorInfo {
     }
 
     pub fn byte_size(&self) -> u64 {
-        self.elements() / self.ty.block_size() as u64 * self.ty.type_size() as u64
+        data_size(&self.dims, self.ty)
     }
+}
+
+/// Bytes of a tensor of ggml dims `dims` and type `ty`, without padding.
+pub fn data_size(dims: &[u64], ty: GgmlType) -> u64 {
+    dims.iter().product::<u64>() / ty.block_size() as u64 * ty.type_size() as u64
 }
 
 /// Everything before the tensor data.

@@ -8,7 +8,7 @@ use std::path::Path;
 use zeropoint_core::ggml::GgmlType;
 
 use crate::error::{Error, Result};
-use crate::read::{pad, TensorInfo, DEFAULT_ALIGNMENT, MAGIC};
+use crate::read::{data_size, pad, DEFAULT_ALIGNMENT, MAGIC};
 use crate::value::{write_string, Value};
 
 /// A tensor to write: its name, ggml dims (row length first) and type. Offsets are computed.
@@ -22,13 +22,7 @@ pub struct NewTensor {
 impl NewTensor {
     /// Bytes of its data, without padding.
     pub fn byte_size_of(&self) -> u64 {
-        let info = TensorInfo {
-            name: String::new(),
-            dims: self.dims.clone(),
-            ty: self.ty,
-            offset: 0,
-        };
-        info.byte_size()
+        data_size(&self.dims, self.ty)
     }
 }
 
@@ -67,7 +61,8 @@ pub fn encode_header(metadata: &[(String, Value)], tensors: &[NewTensor]) -> (Ve
 }
 
 /// Writes a GGUF file at `path`, atomically. `data(i, out)` writes tensor `i`'s bytes, exactly
-/// its size; it is called once per tensor, in order, so a large model need not be in memory.
+/// its size; it is called once per tensor, in order, so a large model need not be in memory. Its
+/// I/O errors may be passed up with `?` ([`Error::Write`]): they are reported against `path`.
 pub fn write(
     path: &Path,
     metadata: &[(String, Value)],
@@ -83,9 +78,14 @@ pub fn write(
         out.write_all(&header)?;
         for (i, t) in tensors.iter().enumerate() {
             let mut counted = Counted { inner: out, n: 0 };
-            if let Err(e) = data(i, &mut counted) {
-                failure = Some(e);
-                return Err(std::io::Error::other("tensor data failed"));
+            match data(i, &mut counted) {
+                Ok(()) => {}
+                // The atomic writer names the output file for an I/O failure.
+                Err(Error::Write(e)) => return Err(e),
+                Err(e) => {
+                    failure = Some(e);
+                    return Err(std::io::Error::other("tensor data failed"));
+                }
             }
             let n = counted.n;
             if n != t.byte_size_of() {

@@ -69,12 +69,7 @@ fn write_sample(path: &Path) {
     let ts = tensors();
     write(path, &every_value(), &ts, |i, out| {
         let n = ts[i].byte_size_of() as usize;
-        out.write_all(&(0..n).map(|k| (k * 7 + i) as u8).collect::<Vec<_>>())
-            .map_err(|e| zeropoint_gguf::Error::Io {
-                path: path.into(),
-                action: "write",
-                source: e,
-            })
+        Ok(out.write_all(&(0..n).map(|k| (k * 7 + i) as u8).collect::<Vec<_>>())?)
     })
     .unwrap();
 }
@@ -112,12 +107,7 @@ fn a_file_reads_back_as_written_and_rewrites_to_the_same_bytes() {
         })
         .collect();
     write(&b, &f.header.metadata, &ts, |i, out| {
-        out.write_all(f.data(i))
-            .map_err(|e| zeropoint_gguf::Error::Io {
-                path: b.clone(),
-                action: "write",
-                source: e,
-            })
+        Ok(out.write_all(f.data(i))?)
     })
     .unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
