@@ -1,6 +1,7 @@
-//! `zeropoint gguf IN.gguf -o OUT.gguf --type Q4_K_M`: llama-quantize's job. Every tensor gets
-//! the type llama.cpp's rules give it for the preset, in ggml's block formats, byte-identical to
-//! llama-quantize (with or without an importance matrix).
+//! `zeropoint gguf IN -o OUT.gguf --type Q4_K_M`: llama-quantize's job. Every tensor gets the
+//! type llama.cpp's rules give it for the preset, in ggml's block formats, byte-identical to
+//! llama-quantize (with or without an importance matrix). IN is a GGUF file or a Hugging Face
+//! checkpoint folder of a Llama-family model (convert_hf_to_gguf.py's job done on the way).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,14 +9,17 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use zeropoint_core::ggml::GgmlType;
+use zeropoint_gguf::hf::{self, Checkpoint};
 use zeropoint_gguf::imatrix::Imatrix;
+use zeropoint_gguf::input::Input;
 use zeropoint_gguf::preset::Preset;
 use zeropoint_gguf::quantize::{self, Options, Plan};
 use zeropoint_gguf::read::GgufFile;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// The GGUF file to quantize (F32, F16 or BF16 weights).
+    /// The GGUF file to quantize (F32, F16 or BF16 weights), or a Hugging Face checkpoint folder
+    /// of a Llama-family model (config.json, *.safetensors, tokenizer files).
     pub input: PathBuf,
     /// Where to write the quantized GGUF file.
     #[arg(long, short = 'o')]
@@ -34,6 +38,10 @@ pub struct Args {
     /// Convert tensors that are already quantized (their error compounds).
     #[arg(long)]
     pub allow_requantize: bool,
+    /// For a checkpoint whose BPE pre-tokenizer zeropoint does not recognise: llama.cpp's name
+    /// for it (tokenizer.ggml.pre, e.g. llama-bpe, qwen2, smollm).
+    #[arg(long, value_name = "NAME")]
+    pub tokenizer_pre: Option<String>,
     /// List each tensor's type instead of a summary.
     #[arg(long)]
     pub verbose: bool,
@@ -58,17 +66,27 @@ pub fn run(args: &Args) -> Result<()> {
         pure: args.pure,
         allow_requantize: args.allow_requantize,
     };
-    let input = GgufFile::open(&args.input)?;
-    let total = input.header.tensors.len();
+    let input: Box<dyn Input> = if hf::is_checkpoint(&args.input) {
+        let opts = hf::Options {
+            tokenizer_pre: args.tokenizer_pre.clone(),
+        };
+        Box::new(Checkpoint::open(&args.input, &opts)?)
+    } else {
+        if args.tokenizer_pre.is_some() {
+            bail!("--tokenizer-pre applies to Hugging Face checkpoints, not GGUF files");
+        }
+        Box::new(GgufFile::open(&args.input)?)
+    };
+    let total = input.header().tensors.len();
     let mut bar = crate::progress::bar();
     let mut done = 0;
     let start = Instant::now();
-    let plan = quantize::quantize(&input, &args.output, &opts, |t| {
+    let plan = quantize::quantize(input.as_ref(), &args.output, &opts, |t| {
         done += 1;
         bar(&format!("quantize\t{}", t.name), done, total);
     })?;
     let seconds = start.elapsed().as_secs_f64();
-    print_summary(&input, &plan, args.verbose);
+    print_summary(input.as_ref(), &plan, args.verbose);
     println!(
         "wrote {} ({}) in {seconds:.1} s",
         args.output.display(),
@@ -77,7 +95,7 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(input: &GgufFile, plan: &Plan, verbose: bool) {
+fn print_summary(input: &dyn Input, plan: &Plan, verbose: bool) {
     if verbose {
         for t in &plan.tensors {
             println!(
@@ -97,7 +115,7 @@ fn print_summary(input: &GgufFile, plan: &Plan, verbose: bool) {
         }
     }
     let types: Vec<String> = counts.iter().map(|(t, n)| format!("{n} {t}")).collect();
-    let before: u64 = input.header.tensors.iter().map(|t| t.byte_size()).sum();
+    let before: u64 = input.header().tensors.iter().map(|t| t.byte_size()).sum();
     let elements: u64 = plan
         .tensors
         .iter()

@@ -370,3 +370,159 @@ fn importance_weighted_quantization_is_byte_identical_to_llama_quantize() {
         &["Q3_K_S", "Q4_K_S", "Q5_K_S"],
     );
 }
+
+/// One Hugging Face checkpoint case: tokenizer kind, weight dtype, shards, tied embedding.
+const CHECKPOINTS: [(&str, &str, &str, bool); 3] = [
+    ("smollm", "BF16", "2", false),
+    ("llama-bpe", "F16", "1", true),
+    ("sentencepiece", "F32", "1", false),
+];
+
+/// A Hugging Face checkpoint converted by `zeropoint gguf` must be the model the checkpoint
+/// means: llama.cpp tokenizes text as the Hugging Face tokenizer does, and its log-probabilities
+/// (F32 weights and KV cache, no flash attention) match a NumPy forward pass of the checkpoint
+/// written from transformers' Llama (tests/python/hf_llama.py). Quantizing the checkpoint
+/// directly gives the bytes llama-quantize gives for the converted F32 file.
+#[test]
+fn hugging_face_checkpoints_run_in_llama_cpp_as_in_transformers() {
+    let bin = llama_cpp();
+    let dir = tempfile::tempdir().unwrap();
+    let keep = std::env::var_os("ZEROPOINT_KEEP").map(PathBuf::from);
+    let dir = keep.as_deref().unwrap_or(dir.path()).join("hf");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("text.txt");
+    let mut words = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    words.push_str(&std::fs::read_to_string(repo_root().join("docs/gguf.md")).unwrap());
+    std::fs::write(&text, words).unwrap();
+    let script = repo_root().join("tests/python/hf_llama.py");
+    for (tokenizer, dtype, shards, tied) in CHECKPOINTS {
+        let model = dir.join(tokenizer);
+        let mut make = Command::new(support::python());
+        make.arg(&script).arg("make").arg(&model);
+        make.args([
+            "--tokenizer",
+            tokenizer,
+            "--dtype",
+            dtype,
+            "--shards",
+            shards,
+        ]);
+        if tied {
+            make.arg("--tied");
+        }
+        run(&mut make);
+        let f32_file = dir.join(format!("{tokenizer}-F32.gguf"));
+        run(Command::new(ZEROPOINT)
+            .arg("gguf")
+            .arg(&model)
+            .arg("-o")
+            .arg(&f32_file)
+            .args(["--type", "F32"]));
+        let logits = dir.join(format!("{tokenizer}.logits"));
+        run(Command::new(bin.join("llama-perplexity"))
+            .arg("-m")
+            .arg(&f32_file)
+            .arg("-f")
+            .arg(&text)
+            .args(["-c", "64", "-b", "64", "--chunks", "4", "-t", "1"])
+            .args(["-ctk", "f32", "-ctv", "f32", "-fa", "off"])
+            .arg("--kl-divergence-base")
+            .arg(&logits));
+        let report = run(Command::new(support::python())
+            .arg(&script)
+            .arg("check")
+            .arg(&model)
+            .arg(&logits)
+            .arg(&text));
+        println!("{tokenizer} ({dtype}): {report}");
+        let ours = dir.join(format!("{tokenizer}-zp-Q4_K_M.gguf"));
+        let theirs = dir.join(format!("{tokenizer}-llama-Q4_K_M.gguf"));
+        run(Command::new(ZEROPOINT)
+            .arg("gguf")
+            .arg(&model)
+            .arg("-o")
+            .arg(&ours)
+            .args(["--type", "Q4_K_M"]));
+        run(Command::new(bin.join("llama-quantize"))
+            .arg(&f32_file)
+            .arg(&theirs)
+            .args(["Q4_K_M", "2"]));
+        assert!(
+            std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
+            "{tokenizer}: direct Q4_K_M differs from llama-quantize of the F32 conversion: {}",
+            first_difference(&ours, &theirs)
+        );
+    }
+    broken_checkpoints_are_refused(&dir.join("smollm"), &dir);
+}
+
+/// Each way a checkpoint folder can be wrong gives one line naming the file and the problem.
+fn broken_checkpoints_are_refused(good: &Path, dir: &Path) {
+    let copy = |name: &str| {
+        let to = dir.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(good).unwrap() {
+            let from = entry.unwrap().path();
+            std::fs::copy(&from, to.join(from.file_name().unwrap())).unwrap();
+        }
+        to
+    };
+    let edit_json = |path: &Path, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(path, serde_json::to_vec(&v).unwrap()).unwrap();
+    };
+    let shard = "model-00002-of-00002.safetensors";
+    let cases: Vec<(PathBuf, &str)> = vec![
+        {
+            let d = copy("no-config");
+            std::fs::remove_file(d.join("config.json")).unwrap();
+            (d, "config.json: cannot read")
+        },
+        {
+            let d = copy("mixtral");
+            edit_json(&d.join("config.json"), &|v| {
+                v["architectures"] = serde_json::json!(["MixtralForCausalLM"])
+            });
+            (d, "architecture 'MixtralForCausalLM' is not supported")
+        },
+        {
+            let d = copy("truncated");
+            let bytes = std::fs::read(d.join(shard)).unwrap();
+            std::fs::write(d.join(shard), &bytes[..bytes.len() - 100]).unwrap();
+            (d, "fall outside the")
+        },
+        {
+            let d = copy("unknown-pre");
+            edit_json(&d.join("tokenizer.json"), &|v| {
+                v["pre_tokenizer"] = serde_json::json!({"type": "Whitespace"})
+            });
+            (d, "pass --tokenizer-pre NAME")
+        },
+        {
+            let d = copy("layers");
+            edit_json(&d.join("config.json"), &|v| {
+                v["num_hidden_layers"] = serde_json::json!(1)
+            });
+            (d, "layer 1 is past num_hidden_layers = 1")
+        },
+    ];
+    for (model, expected) in cases {
+        let out = Command::new(ZEROPOINT)
+            .arg("gguf")
+            .arg(&model)
+            .arg("-o")
+            .arg(dir.join("broken.gguf"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {err}", model.display());
+        assert!(
+            err.contains(expected) && err.trim().lines().count() == 1,
+            "{}: expected one line with {expected:?}, got {err}",
+            model.display()
+        );
+        assert!(!dir.join("broken.gguf").exists());
+    }
+}

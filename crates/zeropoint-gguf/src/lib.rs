@@ -24,10 +24,13 @@
 //! ```
 
 pub mod error;
+pub mod hf;
 pub mod imatrix;
+pub mod input;
 pub mod preset;
 pub mod quantize;
 pub mod read;
+pub mod tokenizer;
 pub mod value;
 pub mod write;
 

@@ -9,8 +9,9 @@ use zeropoint_core::ggml::{self, GgmlType};
 
 use crate::error::{Error, Result};
 use crate::imatrix::Imatrix;
+use crate::input::Input;
 use crate::preset::{self, Counters, ModelFacts, Preset};
-use crate::read::{GgufFile, Header};
+use crate::read::Header;
 use crate::value::Value;
 use crate::write::{self, NewTensor};
 
@@ -252,13 +253,13 @@ fn check_conversion(
 /// Quantizes `input` into `output` and returns the plan it followed. `on_tensor` is called after
 /// each tensor is written (for a progress bar).
 pub fn quantize(
-    input: &GgufFile,
+    input: &dyn Input,
     output: &Path,
     opts: &Options,
     mut on_tensor: impl FnMut(&PlannedTensor),
 ) -> Result<Plan> {
-    refuse_overwrite(&input.path, output)?;
-    let plan = plan(&input.header, opts).map_err(|m| Error::invalid(&input.path, m))?;
+    refuse_overwrite(input.path(), output)?;
+    let plan = plan(input.header(), opts).map_err(|m| Error::invalid(input.path(), m))?;
     let new: Vec<NewTensor> = plan.tensors.iter().map(new_tensor).collect();
     write::write(output, &plan.metadata, &new, |i, out| {
         let t = &plan.tensors[i];
@@ -272,16 +273,16 @@ pub fn quantize(
 /// Writes one tensor in its new type, a slab of rows at a time (experts one after another, each
 /// with its own importance vector).
 fn convert(
-    input: &GgufFile,
+    input: &dyn Input,
     t: &PlannedTensor,
     imatrix: Option<&Imatrix>,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let bytes = input.data(t.input);
+    let bytes = input.data(t.input)?;
     if t.from == t.to {
-        return Ok(out.write_all(bytes)?);
+        return Ok(out.write_all(&bytes)?);
     }
-    let fail = |m: String| Error::tensor(&input.path, &t.name, m);
+    let fail = |m: String| Error::tensor(input.path(), &t.name, m);
     let importance = importance(imatrix, &t.name, &t.dims).map_err(fail)?;
     let row = t.dims.first().copied().unwrap_or(1) as usize;
     let row_bytes = t

@@ -72,8 +72,32 @@ pub fn metadata(bytes: &[u8], path: &Path) -> Result<Vec<(String, String)>> {
     Ok(pairs)
 }
 
+/// One tensor as a safetensors header describes it: its bytes are `range` of the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub range: std::ops::Range<usize>,
+}
+
 /// Parses a whole safetensors file, tensors in the order of their data offsets.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Vec<Tensor>> {
+    Ok(index(bytes, path)?
+        .into_iter()
+        .map(|e| Tensor {
+            values: e.dtype.decode(&bytes[e.range.clone()], true),
+            name: e.name,
+            shape: e.shape,
+            dtype: e.dtype,
+        })
+        .collect())
+}
+
+/// The header's tensors, in the order of their data offsets, each checked to lie in `bytes` with
+/// the size its shape and dtype need; the data is left where it is (a caller may memory-map a
+/// file larger than memory).
+pub fn index(bytes: &[u8], path: &Path) -> Result<Vec<Entry>> {
     let bad = |msg: String| Error::invalid(path, msg);
     let header_len = bytes
         .get(..8)
@@ -94,18 +118,20 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Vec<Tensor>> {
     let entries = header
         .as_object()
         .ok_or_else(|| bad("header is not a JSON object".into()))?;
-    let data = &bytes[data_start..];
-    let mut tensors = Vec::new();
+    let data_len = bytes.len() - data_start;
+    let mut out = Vec::new();
     for (name, info) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
-        let (t, begin) = entry(name, info, data, path)?;
-        tensors.push((begin, t));
+        let mut e = entry(name, info, data_len, path)?;
+        e.range = e.range.start + data_start..e.range.end + data_start;
+        out.push(e);
     }
-    tensors.sort_by_key(|(begin, _)| *begin);
-    Ok(tensors.into_iter().map(|(_, t)| t).collect())
+    out.sort_by_key(|e| e.range.start);
+    Ok(out)
 }
 
-/// One header entry's tensor, and where its data begins (errors name the file and the tensor).
-fn entry(name: &str, info: &Value, data: &[u8], path: &Path) -> Result<(Tensor, usize)> {
+/// One header entry, its range relative to the data section (errors name the file and the
+/// tensor).
+fn entry(name: &str, info: &Value, data_len: usize, path: &Path) -> Result<Entry> {
     let bad = |m: &str| Error::tensor(path, name, m);
     let dtype_name = info["dtype"].as_str().ok_or_else(|| bad("has no dtype"))?;
     let dtype = match dtype_name {
@@ -138,10 +164,9 @@ fn entry(name: &str, info: &Value, data: &[u8], path: &Path) -> Result<(Tensor, 
         .and_then(|o| Some((o[0].as_u64()? as usize, o[1].as_u64()? as usize)))
         .ok_or_else(|| bad("has malformed data_offsets"))?;
     let (begin, end) = offsets;
-    if begin > end || end > data.len() {
+    if begin > end || end > data_len {
         return Err(bad(&format!(
-            "data_offsets [{begin}, {end}] fall outside the {} bytes of data (truncated file?)",
-            data.len()
+            "data_offsets [{begin}, {end}] fall outside the {data_len} bytes of data (truncated file?)"
         )));
     }
     let n = element_count(&shape).ok_or_else(|| bad("shape is too large"))?;
@@ -152,16 +177,12 @@ fn entry(name: &str, info: &Value, data: &[u8], path: &Path) -> Result<(Tensor, 
             end - begin
         )));
     }
-    let values = dtype.decode(&data[begin..end], true);
-    Ok((
-        Tensor {
-            name: name.to_string(),
-            shape,
-            dtype,
-            values,
-        },
-        begin,
-    ))
+    Ok(Entry {
+        name: name.to_string(),
+        dtype,
+        shape,
+        range: begin..end,
+    })
 }
 
 #[cfg(test)]
