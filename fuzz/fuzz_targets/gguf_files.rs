@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
         let opts = Options {
             preset,
             imatrix: None,
+            gptq: None,
             pure,
             allow_requantize,
         };

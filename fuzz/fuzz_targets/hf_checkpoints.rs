@@ -58,6 +58,7 @@ fuzz_target!(|data: &[u8]| {
     let opts = QuantizeOptions {
         preset: Preset::Q4_K_M,
         imatrix: None,
+        gptq: None,
         pure: false,
         allow_requantize: false,
     };

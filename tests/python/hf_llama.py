@@ -187,8 +187,8 @@ def make(args):
         tensors += [
             (p + "input_layernorm.weight", (1 + 0.2 * rng.normal(size=HIDDEN)).astype(np.float32)),
             # Large query/key weights make attention sharp, so that a wrong rotary layout shows.
-            (p + "self_attn.q_proj.weight", w(HEADS * hd, HIDDEN, 0.4)),
-            (p + "self_attn.k_proj.weight", w(KV_HEADS * hd, HIDDEN, 0.4)),
+            (p + "self_attn.q_proj.weight", w(HEADS * hd, HIDDEN, args.qk_std)),
+            (p + "self_attn.k_proj.weight", w(KV_HEADS * hd, HIDDEN, args.qk_std)),
             (p + "self_attn.v_proj.weight", w(KV_HEADS * hd, HIDDEN, 0.1)),
             (p + "self_attn.o_proj.weight", w(HIDDEN, HEADS * hd, 0.1)),
             (p + "post_attention_layernorm.weight", (1 + 0.2 * rng.normal(size=HIDDEN)).astype(np.float32)),
@@ -343,6 +343,7 @@ def main():
     m.add_argument("--shards", type=int, default=1)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--tied", action="store_true")
+    m.add_argument("--qk-std", type=float, default=0.4, help="query/key weight scale (sharper attention when larger)")
     c = sub.add_parser("check")
     c.add_argument("dir")
     c.add_argument("logits")

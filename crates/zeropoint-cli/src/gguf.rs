@@ -13,7 +13,7 @@ use zeropoint_gguf::hf::{self, Checkpoint};
 use zeropoint_gguf::imatrix::Imatrix;
 use zeropoint_gguf::input::Input;
 use zeropoint_gguf::preset::Preset;
-use zeropoint_gguf::quantize::{self, Options, Plan};
+use zeropoint_gguf::quantize::{self, Gptq, Options, Plan};
 use zeropoint_gguf::read::GgufFile;
 
 #[derive(ClapArgs, Debug)]
@@ -38,6 +38,20 @@ pub struct Args {
     /// Convert tensors that are already quantized (their error compounds).
     #[arg(long)]
     pub allow_requantize: bool,
+    /// Calibration text (UTF-8): quantize the transformer blocks' linear layers with GPTQ inside
+    /// the preset's formats, layer after layer on this text's activations, instead of rounding
+    /// each weight to nearest. The file still runs in any llama.cpp build.
+    #[arg(long, value_name = "FILE.txt")]
+    pub calib: Option<PathBuf>,
+    /// Chunks of --calib-ctx tokens of the calibration text to use (at most).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub calib_chunks: usize,
+    /// Tokens per calibration chunk (each starts at position 0, BOS first).
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub calib_ctx: usize,
+    /// GPTQ's dampening of the Hessian, a fraction of its mean diagonal.
+    #[arg(long, default_value_t = 0.01, value_name = "F")]
+    pub gptq_damp: f64,
     /// For a checkpoint whose BPE pre-tokenizer zeropoint does not recognise: llama.cpp's name
     /// for it (tokenizer.ggml.pre, e.g. llama-bpe, qwen2, smollm).
     #[arg(long, value_name = "NAME")]
@@ -60,12 +74,6 @@ pub fn run(args: &Args) -> Result<()> {
         Some(path) => Some((Imatrix::read(path)?, path.to_string_lossy().into_owned())),
         None => None,
     };
-    let opts = Options {
-        preset,
-        imatrix,
-        pure: args.pure,
-        allow_requantize: args.allow_requantize,
-    };
     let input: Box<dyn Input> = if hf::is_checkpoint(&args.input) {
         let opts = hf::Options {
             tokenizer_pre: args.tokenizer_pre.clone(),
@@ -77,11 +85,24 @@ pub fn run(args: &Args) -> Result<()> {
         }
         Box::new(GgufFile::open(&args.input)?)
     };
+    let gptq = match &args.calib {
+        Some(path) => Some(calibration(args, path, input.as_ref())?),
+        None => None,
+    };
+    let opts = Options {
+        gptq,
+        preset,
+        imatrix,
+        pure: args.pure,
+        allow_requantize: args.allow_requantize,
+    };
     let total = input.header().tensors.len();
     let mut bar = crate::progress::bar();
     let mut done = 0;
     let start = Instant::now();
-    let plan = quantize::quantize(input.as_ref(), &args.output, &opts, |t| {
+    let mut layers_bar = crate::progress::bar();
+    let on_layer = |done, layers| layers_bar("GPTQ\tlayer", done, layers);
+    let plan = quantize::quantize(input.as_ref(), &args.output, &opts, on_layer, |t| {
         done += 1;
         bar(&format!("quantize\t{}", t.name), done, total);
     })?;
@@ -93,6 +114,30 @@ pub fn run(args: &Args) -> Result<()> {
         preset.name()
     );
     Ok(())
+}
+
+/// The calibration text tokenized with the model's vocabulary, in chunks.
+fn calibration(args: &Args, path: &std::path::Path, input: &dyn Input) -> Result<Gptq> {
+    if !(args.gptq_damp.is_finite() && args.gptq_damp > 0.0) {
+        bail!("--gptq-damp must be a positive number");
+    }
+    if args.calib_chunks == 0 {
+        bail!("--calib-chunks must be at least 1");
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read as UTF-8 text: {e}", path.display()))?;
+    let mut g = Gptq::from_text(
+        input.header(),
+        &text,
+        args.calib_ctx,
+        args.calib_chunks,
+        args.gptq_damp,
+    )
+    .map_err(|m| anyhow::anyhow!("{}: {m}", path.display()))?;
+    g.dataset = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    Ok(g)
 }
 
 fn print_summary(input: &dyn Input, plan: &Plan, verbose: bool) {

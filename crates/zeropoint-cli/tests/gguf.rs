@@ -435,6 +435,7 @@ fn hugging_face_checkpoints_run_in_llama_cpp_as_in_transformers() {
             .arg(&logits)
             .arg(&text));
         println!("{tokenizer} ({dtype}): {report}");
+        same_tokens_and_log_probs_as_llama_cpp(&f32_file, &text, &logits);
         let ours = dir.join(format!("{tokenizer}-zp-Q4_K_M.gguf"));
         let theirs = dir.join(format!("{tokenizer}-llama-Q4_K_M.gguf"));
         run(Command::new(ZEROPOINT)
@@ -454,6 +455,185 @@ fn hugging_face_checkpoints_run_in_llama_cpp_as_in_transformers() {
         );
     }
     broken_checkpoints_are_refused(&dir.join("smollm"), &dir);
+    gptq_is_closer_to_the_float_model(&bin, &dir, &text);
+}
+
+/// `--calib` (GPTQ inside ggml's formats) gives files llama.cpp runs, closer to the float model
+/// than plain rounding at the same size: llama-perplexity's mean KL divergence from the F32
+/// model's distribution on text that was not the calibration text. The model's attention is
+/// milder than the conversion tests' (whose sharp attention amplifies any change chaotically, so
+/// that no per-layer criterion predicts the output). The bytes do not depend on the thread count.
+fn gptq_is_closer_to_the_float_model(bin: &Path, dir: &Path, text: &Path) {
+    let checkpoint = dir.join("mild");
+    run(Command::new(support::python())
+        .arg(repo_root().join("tests/python/hf_llama.py"))
+        .arg("make")
+        .arg(&checkpoint)
+        .args(["--tokenizer", "smollm", "--qk-std", "0.1"]));
+    let model = dir.join("mild-F32.gguf");
+    run(Command::new(ZEROPOINT)
+        .arg("gguf")
+        .arg(&checkpoint)
+        .arg("-o")
+        .arg(&model)
+        .args(["--type", "F32"]));
+    let base = dir.join("mild.logits");
+    run(Command::new(bin.join("llama-perplexity"))
+        .arg("-m")
+        .arg(&model)
+        .arg("-f")
+        .arg(text)
+        .args(["-c", "64", "-b", "64", "--chunks", "4", "-t", "1"])
+        .args(["-ctk", "f32", "-ctv", "f32", "-fa", "off"])
+        .arg("--kl-divergence-base")
+        .arg(&base));
+    let calib = dir.join("calib.txt");
+    let mut docs = String::new();
+    for doc in ["docs/architecture.md", "docs/security.md", "docs/ptq.md"] {
+        docs.push_str(&std::fs::read_to_string(repo_root().join(doc)).unwrap());
+    }
+    std::fs::write(&calib, docs).unwrap();
+    // From the log-probabilities llama-perplexity saves: its printed summary can lose its last
+    // lines at exit (a race in llama.cpp's logger thread, seen on a loaded machine).
+    let kld = |file: &Path| -> f64 {
+        let saved = file.with_extension("logits");
+        run(Command::new(bin.join("llama-perplexity"))
+            .arg("-m")
+            .arg(file)
+            .arg("-f")
+            .arg(text)
+            .args(["-c", "64", "-b", "64", "--chunks", "4", "-t", "1"])
+            .args(["-ctk", "f32", "-ctv", "f32", "-fa", "off"])
+            .arg("--kl-divergence-base")
+            .arg(&saved));
+        mean_kl_divergence(&base, &saved)
+    };
+    for preset in ["Q4_0", "Q4_K_M", "Q3_K_M"] {
+        let plain = dir.join(format!("plain-{preset}.gguf"));
+        let gptq = dir.join(format!("gptq-{preset}.gguf"));
+        let zp = |out: &Path, calibrated: bool, threads: &str| {
+            let mut cmd = Command::new(ZEROPOINT);
+            cmd.arg("gguf")
+                .arg(&model)
+                .arg("-o")
+                .arg(out)
+                .args(["--type", preset]);
+            if calibrated {
+                cmd.arg("--calib").arg(&calib).args(["--calib-ctx", "64"]);
+            }
+            run(cmd.env("RAYON_NUM_THREADS", threads));
+        };
+        zp(&plain, false, "2");
+        zp(&gptq, true, "2");
+        let one_thread = dir.join(format!("gptq-{preset}-1.gguf"));
+        zp(&one_thread, true, "1");
+        assert!(
+            std::fs::read(&gptq).unwrap() == std::fs::read(&one_thread).unwrap(),
+            "{preset}: GPTQ's bytes depend on the thread count"
+        );
+        let types = |f: &Path| -> Vec<(String, GgmlType)> {
+            let h = GgufFile::open(f).unwrap().header;
+            h.tensors.into_iter().map(|t| (t.name, t.ty)).collect()
+        };
+        assert_eq!(
+            types(&plain),
+            types(&gptq),
+            "{preset}: the same tensor types"
+        );
+        let (k_plain, k_gptq) = (kld(&plain), kld(&gptq));
+        println!("{preset}: mean KL divergence from F32: plain {k_plain:.5}, GPTQ {k_gptq:.5}");
+        assert!(
+            k_gptq < k_plain,
+            "{preset}: GPTQ {k_gptq} vs plain {k_plain}"
+        );
+    }
+}
+
+/// What zeropoint's GPTQ calibration runs on the model matches llama.cpp: the tokens its
+/// tokenizer gives the text (`vocab::Vocab`, from the GGUF's metadata) are those at the start of
+/// a `--kl-divergence-base` file, and the log-probabilities of its own llama forward pass
+/// (`llama::log_probs`) those llama.cpp stored, within their 16-bit resolution.
+fn same_tokens_and_log_probs_as_llama_cpp(model: &Path, text: &Path, logits: &Path) {
+    let f = GgufFile::open(model).unwrap();
+    let vocab = zeropoint_gguf::vocab::Vocab::from_header(&f.header).unwrap();
+    let mut ours: Vec<u32> = vocab.bos().into_iter().collect();
+    ours.extend(vocab.encode(&std::fs::read_to_string(text).unwrap()));
+    let bytes = std::fs::read(logits).unwrap();
+    let int = |i: usize| i32::from_le_bytes(bytes[8 + 4 * i..12 + 4 * i].try_into().unwrap());
+    let (n_ctx, n_vocab, n_chunk) = (int(0) as usize, int(1) as usize, int(2) as usize);
+    let theirs: Vec<u32> = (0..n_ctx * n_chunk).map(|i| int(3 + i) as u32).collect();
+    let at = ours.iter().zip(&theirs).position(|(a, b)| a != b);
+    assert!(
+        at.is_none() && ours.len() >= theirs.len(),
+        "{}: tokens differ from llama.cpp's at {at:?}",
+        model.display()
+    );
+    // The first chunk's scored positions (the second half), BOS first as llama.cpp ran it.
+    let mut seq = theirs[..n_ctx].to_vec();
+    if let Some(bos) = vocab.bos() {
+        seq[0] = bos;
+    }
+    let ours = zeropoint_gguf::llama::log_probs(&f, &seq).unwrap();
+    let nv = 2 * n_vocab.div_ceil(2) + 4;
+    let mut at = 20 + 4 * n_ctx * n_chunk;
+    let mut worst = 0f32;
+    for row in &ours[n_ctx / 2..n_ctx - 1] {
+        let rec = &bytes[at..at + 2 * nv];
+        at += 2 * nv;
+        let scale = f32::from_le_bytes(rec[0..4].try_into().unwrap());
+        let min = f32::from_le_bytes(rec[4..8].try_into().unwrap());
+        for (v, &lp) in row.iter().enumerate() {
+            let q = u16::from_le_bytes([rec[8 + 2 * v], rec[9 + 2 * v]]);
+            if q > 0 {
+                worst = worst.max((min + scale * f32::from(q) - lp).abs());
+            }
+        }
+    }
+    assert!(
+        worst < 2e-3,
+        "{}: log-probabilities differ by {worst}",
+        model.display()
+    );
+}
+
+/// The log-probabilities of every scored position of a `llama-perplexity --kl-divergence-base`
+/// file (llama.cpp's 16-bit encoding: a scale and minimum per position).
+fn saved_log_probs(path: &Path) -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let int = |i: usize| i32::from_le_bytes(bytes[8 + 4 * i..12 + 4 * i].try_into().unwrap());
+    let (n_ctx, n_vocab, n_chunk) = (int(0) as usize, int(1) as usize, int(2) as usize);
+    let nv = 2 * n_vocab.div_ceil(2) + 4;
+    let start = 20 + 4 * n_ctx * n_chunk;
+    let f32_at = |at: usize| f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    (0..n_chunk * (n_ctx - 1 - n_ctx / 2))
+        .map(|r| {
+            let at = start + 2 * nv * r;
+            let (scale, min) = (f32_at(at), f32_at(at + 4));
+            (0..n_vocab)
+                .map(|v| {
+                    let q = u16::from_le_bytes([bytes[at + 8 + 2 * v], bytes[at + 9 + 2 * v]]);
+                    min + scale * f32::from(q)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Mean over positions of KL(P‖Q), P the distribution saved in `base`, Q in `other`.
+fn mean_kl_divergence(base: &Path, other: &Path) -> f64 {
+    let (p, q) = (saved_log_probs(base), saved_log_probs(other));
+    assert_eq!(p.len(), q.len());
+    let total: f64 = p
+        .iter()
+        .zip(&q)
+        .map(|(p, q)| {
+            p.iter()
+                .zip(q)
+                .map(|(&lp, &lq)| f64::from(lp).exp() * f64::from(lp - lq))
+                .sum::<f64>()
+        })
+        .sum();
+    total / p.len() as f64
 }
 
 /// Each way a checkpoint folder can be wrong gives one line naming the file and the problem.

@@ -20,7 +20,8 @@
 //! - [`metrics`]: MSE, SQNR, cosine, max error, and clipping vs rounding error.
 //! - [`stats`]: what the data looks like (moments, tails, percentiles, histograms).
 //! - [`ggml`]: llama.cpp's block formats (Q8_0, Q4_0 .. Q6_K), byte-identical to ggml's reference
-//!   quantizers.
+//!   quantizers, and GPTQ inside them.
+//! - [`linalg`]: the Cholesky factor of an inverse Hessian, for GPTQ.
 //!
 //! ```
 //! use zeropoint_core::{QTensor, Scheme};
@@ -36,6 +37,7 @@ pub mod error;
 pub mod ggml;
 pub mod kernel;
 pub mod layout;
+pub mod linalg;
 pub mod metrics;
 pub mod observer;
 pub mod pack;

@@ -8,18 +8,27 @@
 //! - [`value`]: metadata values, kept exactly as stored (a read-then-write is lossless);
 //! - [`preset`]: llama.cpp's file types and its rules for the type of each tensor;
 //! - [`imatrix`]: importance matrices from `llama-imatrix`, for importance-weighted rounding;
-//! - [`quantize`]: the conversion itself, over [`zeropoint_core::ggml`]'s block formats.
+//! - [`quantize`]: the conversion itself, over [`zeropoint_core::ggml`]'s block formats, from
+//!   any [`input::Input`]: a GGUF file, or
+//! - [`hf`] and [`tokenizer`]: a Hugging Face checkpoint of a Llama-family model, read as
+//!   llama.cpp's `convert_hf_to_gguf.py` would convert it.
 //!
 //! Nothing here runs a model or touches ONNX; the crate depends on zeropoint-onnx only for its
-//! atomic file writer.
+//! atomic file writer and its safetensors parser.
 //!
 //! ```no_run
 //! use std::path::Path;
 //! use zeropoint_gguf::{quantize, read::GgufFile, preset::Preset};
 //!
 //! let input = GgufFile::open(Path::new("model-f16.gguf"))?;
-//! let opts = quantize::Options { preset: Preset::Q4_K_M, imatrix: None, pure: false, allow_requantize: false };
-//! quantize::quantize(&input, Path::new("model-q4_k_m.gguf"), &opts, |_| {})?;
+//! let opts = quantize::Options {
+//!     preset: Preset::Q4_K_M,
+//!     imatrix: None,
+//!     gptq: None,
+//!     pure: false,
+//!     allow_requantize: false,
+//! };
+//! quantize::quantize(&input, Path::new("model-q4_k_m.gguf"), &opts, |_, _| {}, |_| {})?;
 //! # Ok::<(), zeropoint_gguf::Error>(())
 //! ```
 
@@ -27,11 +36,13 @@ pub mod error;
 pub mod hf;
 pub mod imatrix;
 pub mod input;
+pub mod llama;
 pub mod preset;
 pub mod quantize;
 pub mod read;
 pub mod tokenizer;
 pub mod value;
+pub mod vocab;
 pub mod write;
 
 pub use error::{Error, Result};

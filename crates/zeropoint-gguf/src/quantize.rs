@@ -2,6 +2,7 @@
 //! give it, metadata carried over with llama.cpp's two additions, tensors in llama.cpp's order,
 //! written atomically and one slab of rows at a time.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -27,6 +28,9 @@ const SLAB_ELEMENTS: u64 = 1 << 24;
 
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Calibration chunks for GPTQ inside the ggml formats (llama models): `None` quantizes as
+    /// llama-quantize does.
+    pub gptq: Option<Gptq>,
     pub preset: Preset,
     /// An importance matrix (llama-quantize's `--imatrix`) and the file name to record for it.
     pub imatrix: Option<(Imatrix, String)>,
@@ -35,6 +39,53 @@ pub struct Options {
     /// Allow converting tensors that are already quantized (llama-quantize's
     /// `--allow-requantize`): they are dequantized first, which compounds the error.
     pub allow_requantize: bool,
+}
+
+/// GPTQ's calibration: token sequences (each from position 0, BOS first where the vocabulary
+/// adds one) and the dampening of the Hessian (a fraction of its mean diagonal).
+#[derive(Debug, Clone)]
+pub struct Gptq {
+    pub chunks: Vec<Vec<u32>>,
+    pub damp: f64,
+    /// The calibration text's name, recorded in the output's metadata.
+    pub dataset: String,
+}
+
+impl Gptq {
+    /// `text` tokenized with the model's own vocabulary and cut into `n` chunks of `ctx` tokens
+    /// (fewer if the text is short; an error if it has not one chunk).
+    pub fn from_text(
+        header: &Header,
+        text: &str,
+        ctx: usize,
+        n: usize,
+        damp: f64,
+    ) -> Result<Gptq, String> {
+        let vocab = crate::vocab::Vocab::from_header(header)?;
+        let tokens = vocab.encode(text);
+        if ctx < 2 || tokens.len() < ctx {
+            return Err(format!(
+                "the calibration text has {} tokens, fewer than one chunk of {ctx}",
+                tokens.len()
+            ));
+        }
+        let chunks = tokens
+            .chunks_exact(ctx)
+            .take(n)
+            .map(|c| {
+                let mut c = c.to_vec();
+                if let Some(bos) = vocab.bos() {
+                    c[0] = bos;
+                }
+                c
+            })
+            .collect();
+        Ok(Gptq {
+            chunks,
+            damp,
+            dataset: String::new(),
+        })
+    }
 }
 
 /// One output tensor and where it comes from.
@@ -165,6 +216,15 @@ pub fn plan(header: &Header, opts: &Options) -> Result<Plan, String> {
     if let Some((m, file)) = &opts.imatrix {
         record_imatrix(&mut metadata, m, file);
     }
+    if let Some(g) = &opts.gptq {
+        let tokens = g.chunks.iter().map(Vec::len).sum::<usize>();
+        metadata.push((
+            "quantize.gptq.dataset".into(),
+            Value::String(g.dataset.clone().into_bytes()),
+        ));
+        metadata.push(("quantize.gptq.tokens".into(), Value::U32(tokens as u32)));
+        metadata.push(("quantize.gptq.damp".into(), Value::F32(g.damp as f32)));
+    }
     Ok(Plan { metadata, tensors })
 }
 
@@ -250,24 +310,80 @@ fn check_conversion(
     Ok(())
 }
 
-/// Quantizes `input` into `output` and returns the plan it followed. `on_tensor` is called after
-/// each tensor is written (for a progress bar).
+/// Quantizes `input` into `output` and returns the plan it followed. `on_layer(done, layers)`
+/// is called after each layer of GPTQ's calibration, `on_tensor` after each tensor is written
+/// (for progress bars).
 pub fn quantize(
     input: &dyn Input,
     output: &Path,
     opts: &Options,
+    mut on_layer: impl FnMut(usize, usize),
     mut on_tensor: impl FnMut(&PlannedTensor),
 ) -> Result<Plan> {
     refuse_overwrite(input.path(), output)?;
     let plan = plan(input.header(), opts).map_err(|m| Error::invalid(input.path(), m))?;
+    let imatrix = opts.imatrix.as_ref().map(|(m, _)| m);
+    let calibrated = match &opts.gptq {
+        Some(g) => gptq(input, &plan, g, imatrix, &mut on_layer)?,
+        None => HashMap::new(),
+    };
     let new: Vec<NewTensor> = plan.tensors.iter().map(new_tensor).collect();
     write::write(output, &plan.metadata, &new, |i, out| {
         let t = &plan.tensors[i];
-        convert(input, t, opts.imatrix.as_ref().map(|(m, _)| m), out)?;
+        match calibrated.get(&t.name) {
+            Some(bytes) => out.write_all(bytes)?,
+            None => convert(input, t, imatrix, out)?,
+        }
         on_tensor(t);
         Ok(())
     })?;
     Ok(plan)
+}
+
+/// GPTQ over the model's layers in order (each calibrated on what the quantized layers before
+/// it produce): the bytes of every linear layer of the transformer blocks. Tensors whose type
+/// GPTQ cannot write, or whose rows are not whole blocks of it, are quantized as without
+/// calibration, and that is what the later layers see.
+fn gptq(
+    input: &dyn Input,
+    plan: &Plan,
+    g: &Gptq,
+    imatrix: Option<&Imatrix>,
+    on_layer: &mut dyn FnMut(usize, usize),
+) -> Result<HashMap<String, Vec<u8>>> {
+    let mut done: HashMap<String, Vec<u8>> = HashMap::new();
+    let n_layer = crate::llama::Hparams::from_header(input.header())
+        .map_err(|m| Error::invalid(input.path(), m))?
+        .n_layer;
+    let mut quantize = |name: &str, w: &[f32], rows: usize, cols: usize, h: &[f64]| {
+        let Some(t) = plan.tensors.iter().find(|t| t.name == name) else {
+            return Ok(w.to_vec());
+        };
+        if matches!(t.to, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) && t.to == t.from {
+            return Ok(w.to_vec());
+        }
+        let fail = |m: String| format!("tensor '{name}': {m}");
+        let gptq_able =
+            ggml::gptq::code_bits(t.to).is_some() && cols.is_multiple_of(t.to.block_size());
+        let bytes = if gptq_able {
+            ggml::gptq::gptq_rows(t.to, w, rows, cols, h, g.damp).map_err(fail)?
+        } else {
+            let qw = importance(imatrix, name, &t.dims)?;
+            match qw {
+                Some(qw) => ggml::quantize_rows_weighted(t.to, w, cols, qw),
+                None => ggml::quantize_rows(t.to, w, cols),
+            }
+            .map_err(|e| fail(e.to_string()))?
+        };
+        let back = ggml::dequantize_rows(t.to, &bytes, cols).map_err(|e| fail(e.to_string()))?;
+        done.insert(name.to_string(), bytes);
+        Ok(back)
+    };
+    crate::llama::calibrate(input, &g.chunks, &mut quantize, |l| {
+        on_layer(l + 1, n_layer)
+    })
+    .map_err(|m| Error::invalid(input.path(), m))?;
+    Ok(done)
 }
 
 /// Writes one tensor in its new type, a slab of rows at a time (experts one after another, each

@@ -365,17 +365,23 @@ pub(super) fn finish_q3_k(x: &[f32], sc: &[u8; 12], d: f32, l: &mut [i8; QK_K], 
             l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as i8;
         }
     }
-    let mut codes = [0u8; QK_K];
+    let codes: [u8; QK_K] = std::array::from_fn(|j| l[j] as u8);
+    pack_q3(&codes, y);
+    y[96..108].copy_from_slice(sc);
+}
+
+/// Stores Q3_K's 3-bit codes (0..=7): bit 2 in `hmask` (bit j / 32 of byte j % 32), the low two
+/// bits in 2-bit planes.
+pub(super) fn pack_q3(l: &[u8; QK_K], y: &mut [u8]) {
+    let mut low = [0u8; QK_K];
     y[..32].fill(0);
-    for (j, (&q, c)) in l.iter().zip(codes.iter_mut()).enumerate() {
-        *c = q as u8;
+    for (j, (&q, c)) in l.iter().zip(low.iter_mut()).enumerate() {
+        *c = q & 3;
         if q > 3 {
             y[j % 32] |= 1 << (j / 32);
-            *c -= 4;
         }
     }
-    pack_2bit(&codes, &mut y[32..96]);
-    y[96..108].copy_from_slice(sc);
+    pack_2bit(&low, &mut y[32..96]);
 }
 
 pub(super) fn dequantize_q3_k(b: &[u8], y: &mut [f32]) {
@@ -498,6 +504,12 @@ pub(super) fn finish_k4(
     write_fp16(y, 2, dmin);
     y[4..16].copy_from_slice(sc);
     requantize_k4(x, (1 << bits) - 1, read_fp16(y, 0), read_fp16(y, 2), sc, l);
+    pack_k4(l, bits, y);
+}
+
+/// Stores Q4_K's (`bits` 4) or Q5_K's (5) codes: low nibbles, and for Q5_K bit 4 of code i in
+/// bit i / 32 of `qh[i % 32]`.
+pub(super) fn pack_k4(l: &[u8; QK_K], bits: u32, y: &mut [u8]) {
     if bits == 4 {
         pack_nibbles(l, &mut y[16..144]);
     } else {
@@ -574,9 +586,14 @@ pub(super) fn quantize_q6_k_weighted(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]
             l[16 * ib + ii] = (nearest_int(x[16 * ib + ii] / d).clamp(-32, 31) + 32) as i8;
         }
     }
+    pack_q6(&std::array::from_fn(|j| l[j] as u8), y);
+}
+
+/// Stores Q6_K's 6-bit codes (0..=63): low nibbles in `ql`, the top two bits in `qh`.
+pub(super) fn pack_q6(l: &[u8; QK_K], y: &mut [u8]) {
     let (ql, qh) = y[..192].split_at_mut(128);
     for g in 0..2 {
-        let c = |k: usize| l[128 * g + k] as u8;
+        let c = |k: usize| l[128 * g + k];
         for i in 0..32 {
             ql[64 * g + i] = (c(i) & 0xF) | ((c(i + 64) & 0xF) << 4);
             ql[64 * g + i + 32] = (c(i + 32) & 0xF) | ((c(i + 96) & 0xF) << 4);

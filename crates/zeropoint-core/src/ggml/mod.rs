@@ -14,6 +14,7 @@
 //! Every other ggml type is known by its block geometry only, so that a GGUF file holding it can
 //! be read and written losslessly.
 
+pub mod gptq;
 mod kquant;
 mod legacy;
 mod weighted;

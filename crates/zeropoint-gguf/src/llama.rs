@@ -1,0 +1,503 @@
+//! llama.cpp's `llama` graph in f32, run for what quantization needs from a model: the inputs of
+//! every linear layer on calibration text. RMSNorm, rotary embeddings on adjacent pairs (ggml's
+//! layout of the query and key rows), grouped-query causal attention, SwiGLU.
+//!
+//! [`calibrate`] runs layer after layer over all the calibration chunks at once and hands each
+//! linear layer's weight and Hessian H = Σ x xᵀ to a callback that returns the weight to use from
+//! then on: the quantized one, so that every layer is calibrated on the inputs the quantized
+//! layers before it produce (GPTQ's sequential mode).
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use zeropoint_core::ggml;
+
+use crate::input::Input;
+use crate::read::Header;
+use crate::value::Value;
+
+/// The hyperparameters of a llama model.
+#[derive(Debug, Clone)]
+pub struct Hparams {
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_rot: usize,
+    pub eps: f32,
+    pub rope_base: f32,
+    /// 1 / linear rope scaling factor.
+    pub rope_scale: f32,
+}
+
+impl Hparams {
+    pub fn from_header(h: &Header) -> Result<Hparams, String> {
+        let arch = h
+            .get("general.architecture")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if arch != "llama" {
+            return Err(format!(
+                "calibration runs llama models only; this one is '{arch}'"
+            ));
+        }
+        let int = |k: &str| h.get(&format!("llama.{k}")).and_then(Value::as_u64);
+        let float = |k: &str| match h.get(&format!("llama.{k}")) {
+            Some(Value::F32(v)) => Some(*v),
+            _ => None,
+        };
+        let need = |k: &str| {
+            int(k)
+                .map(|v| v as usize)
+                .ok_or(format!("no llama.{k} in the metadata"))
+        };
+        let n_embd = need("embedding_length")?;
+        let n_head = need("attention.head_count")?;
+        let n_head_kv = int("attention.head_count_kv").map_or(n_head, |v| v as usize);
+        let head_dim = int("attention.key_length").map_or(n_embd / n_head.max(1), |v| v as usize);
+        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 || head_dim % 2 != 0 {
+            return Err(format!(
+                "{n_head} heads, {n_head_kv} key/value heads of dimension {head_dim}: not a llama attention"
+            ));
+        }
+        let scaling = h
+            .get("llama.rope.scaling.type")
+            .and_then(Value::as_str)
+            .unwrap_or("none");
+        let rope_scale = match scaling {
+            "none" => 1.0,
+            "linear" => 1.0 / float("rope.scaling.factor").unwrap_or(1.0),
+            other => {
+                return Err(format!(
+                    "rope scaling '{other}' is not supported for calibration"
+                ))
+            }
+        };
+        Ok(Hparams {
+            n_layer: need("block_count")?,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_rot: int("rope.dimension_count").map_or(head_dim, |v| v as usize),
+            eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            rope_base: float("rope.freq_base").unwrap_or(10000.0),
+            rope_scale,
+        })
+    }
+}
+
+/// The model's tensors by name, dequantized to f32 on request.
+struct Tensors<'a> {
+    input: &'a dyn Input,
+    index: HashMap<&'a str, usize>,
+}
+
+impl<'a> Tensors<'a> {
+    fn new(input: &'a dyn Input) -> Tensors<'a> {
+        let index = input
+            .header()
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
+        Tensors { input, index }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// A tensor's values and ggml dims.
+    fn get(&self, name: &str) -> Result<(Vec<f32>, Vec<u64>), String> {
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| format!("the model has no tensor '{name}'"))?;
+        let t = &self.input.header().tensors[i];
+        let bytes = self.input.data(i).map_err(|e| e.to_string())?;
+        let x = ggml::dequantize_rows(t.ty, &bytes, t.row_len() as usize)
+            .map_err(|e| format!("tensor '{name}': {e}"))?;
+        Ok((x, t.dims.clone()))
+    }
+
+    /// A matrix `[out][inp]` with the expected input width.
+    fn matrix(&self, name: &str, inp: usize) -> Result<(Vec<f32>, usize), String> {
+        let (x, dims) = self.get(name)?;
+        if dims.len() != 2 || dims[0] as usize != inp {
+            return Err(format!(
+                "tensor '{name}' has dims {dims:?}; {inp} inputs expected"
+            ));
+        }
+        Ok((x, dims[1] as usize))
+    }
+
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>, String> {
+        let (x, _) = self.get(name)?;
+        if x.len() != n {
+            return Err(format!(
+                "tensor '{name}' has {} values; {n} expected",
+                x.len()
+            ));
+        }
+        Ok(x)
+    }
+}
+
+/// The callback of [`calibrate`]: tensor name, weight `[rows][cols]`, rows, cols, Hessian
+/// `[cols][cols]` (Σ x xᵀ over every calibration token); returns the weight to continue with.
+pub type QuantizeFn<'f> =
+    dyn FnMut(&str, &[f32], usize, usize, &[f64]) -> Result<Vec<f32>, String> + 'f;
+
+/// Runs every layer of the model on the calibration `chunks` (token ids, each a sequence from
+/// position 0) and calls `quantize` for each linear layer in order: attention q, k, v (one
+/// Hessian), output, then the feed-forward gate and up (one Hessian) and down. `on_layer` is
+/// called after each layer.
+pub fn calibrate(
+    input: &dyn Input,
+    chunks: &[Vec<u32>],
+    quantize: &mut QuantizeFn,
+    on_layer: impl FnMut(usize),
+) -> Result<(), String> {
+    run(input, chunks, quantize, on_layer).map(|_| ())
+}
+
+/// The layers on `chunks`; returns the last layer's output (`tokens × n_embd`).
+fn run(
+    input: &dyn Input,
+    chunks: &[Vec<u32>],
+    quantize: &mut QuantizeFn,
+    mut on_layer: impl FnMut(usize),
+) -> Result<Vec<f32>, String> {
+    let hp = Hparams::from_header(input.header())?;
+    let t = Tensors::new(input);
+    let d = hp.n_embd;
+    let (embd, vocab) = t.matrix("token_embd.weight", d)?;
+    let mut x: Vec<f32> = Vec::new();
+    for chunk in chunks {
+        for &tok in chunk {
+            let tok = tok as usize;
+            if tok >= vocab {
+                return Err(format!("token {tok} is past the embedding's {vocab} rows"));
+            }
+            x.extend_from_slice(&embd[tok * d..(tok + 1) * d]);
+        }
+    }
+    drop(embd);
+    let lens: Vec<usize> = chunks.iter().map(Vec::len).collect();
+    let freqs = rope_freqs(&hp, &t)?;
+    for l in 0..hp.n_layer {
+        let name = |s: &str| format!("blk.{l}.{s}.weight");
+        // Attention.
+        let h = rms_norm(&x, &t.vector(&name("attn_norm"), d)?, hp.eps);
+        let hq = gram(&h, d, &lens);
+        let qw = hp.n_head * hp.head_dim;
+        let kw = hp.n_head_kv * hp.head_dim;
+        let q = layer(&t, quantize, &name("attn_q"), &h, d, qw, &hq)?;
+        let k = layer(&t, quantize, &name("attn_k"), &h, d, kw, &hq)?;
+        let v = layer(&t, quantize, &name("attn_v"), &h, d, kw, &hq)?;
+        let att = attention(&hp, &freqs, q, k, &v, &lens);
+        let ho = gram(&att, qw, &lens);
+        let o = layer(&t, quantize, &name("attn_output"), &att, qw, d, &ho)?;
+        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        // Feed-forward.
+        let h = rms_norm(&x, &t.vector(&name("ffn_norm"), d)?, hp.eps);
+        let hf = gram(&h, d, &lens);
+        let ff = t.matrix(&name("ffn_gate"), d)?.1;
+        let g = layer(&t, quantize, &name("ffn_gate"), &h, d, ff, &hf)?;
+        let u = layer(&t, quantize, &name("ffn_up"), &h, d, ff, &hf)?;
+        let a: Vec<f32> = g
+            .iter()
+            .zip(&u)
+            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        let hd = gram(&a, ff, &lens);
+        let down = layer(&t, quantize, &name("ffn_down"), &a, ff, d, &hd)?;
+        x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        on_layer(l);
+    }
+    Ok(x)
+}
+
+/// One linear layer: its weight through `quantize`, then applied to `x` (`tokens × inp`).
+fn layer(
+    t: &Tensors,
+    quantize: &mut QuantizeFn,
+    name: &str,
+    x: &[f32],
+    inp: usize,
+    out: usize,
+    h: &[f64],
+) -> Result<Vec<f32>, String> {
+    let (w, rows) = t.matrix(name, inp)?;
+    if rows != out {
+        return Err(format!(
+            "tensor '{name}' has {rows} outputs; {out} expected"
+        ));
+    }
+    let w = quantize(name, &w, rows, inp, h)?;
+    let mut y = linear(x, &w, inp, out);
+    let bias = name.replace(".weight", ".bias");
+    if t.has(&bias) {
+        let b = t.vector(&bias, out)?;
+        y.chunks_exact_mut(out)
+            .for_each(|r| r.iter_mut().zip(&b).for_each(|(y, b)| *y += b));
+    }
+    Ok(y)
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let d = w.len();
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
+        let mean = x.iter().map(|v| f64::from(v * v)).sum::<f64>() / d as f64;
+        let scale = 1.0 / (mean as f32 + eps).sqrt();
+        y.iter_mut()
+            .zip(x)
+            .zip(w)
+            .for_each(|((y, x), w)| *y = x * scale * w);
+    });
+    y
+}
+
+/// `y = x · wᵀ` for `x` (`tokens × inp`) and `w` (`out × inp`, a ggml matrix's rows).
+fn linear(x: &[f32], w: &[f32], inp: usize, out: usize) -> Vec<f32> {
+    let m = x.len() / inp;
+    let mut y = vec![0f32; m * out];
+    // SAFETY: the strides describe `x` (m × inp), `w` read transposed (inp × out) and `y`
+    // (m × out) within their lengths.
+    unsafe {
+        gemm::gemm(
+            m,
+            out,
+            inp,
+            y.as_mut_ptr(),
+            1,
+            out as isize,
+            false,
+            x.as_ptr(),
+            1,
+            inp as isize,
+            w.as_ptr(),
+            inp as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+    y
+}
+
+/// Σ x xᵀ over the rows of `x` (`tokens × n`), each chunk's sum in f32, the total in f64.
+fn gram(x: &[f32], n: usize, lens: &[usize]) -> Vec<f64> {
+    let mut total = vec![0f64; n * n];
+    let mut start = 0;
+    let mut g = vec![0f32; n * n];
+    for &len in lens {
+        let rows = &x[start * n..(start + len) * n];
+        start += len;
+        // SAFETY: xᵀ (n × len) and x (len × n) read from `rows`, g is n × n.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                len,
+                g.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                rows.as_ptr(),
+                n as isize,
+                1,
+                rows.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+        total
+            .iter_mut()
+            .zip(&g)
+            .for_each(|(t, g)| *t += f64::from(*g));
+    }
+    total
+}
+
+/// The rotation frequency of each pair: base^(−2i/n_rot), divided by `rope_freqs` where the
+/// model has them (Llama 3), times the linear scaling.
+fn rope_freqs(hp: &Hparams, t: &Tensors) -> Result<Vec<f32>, String> {
+    let factors = if t.has("rope_freqs.weight") {
+        Some(t.vector("rope_freqs.weight", hp.n_rot / 2)?)
+    } else {
+        None
+    };
+    Ok((0..hp.n_rot / 2)
+        .map(|i| {
+            let f = hp.rope_base.powf(-2.0 * i as f32 / hp.n_rot as f32) * hp.rope_scale;
+            f / factors.as_ref().map_or(1.0, |v| v[i])
+        })
+        .collect())
+}
+
+/// Rotates adjacent pairs (ggml's `rope` mode 0) of the first `n_rot` dimensions of each head.
+fn rope(x: &mut [f32], width: usize, head_dim: usize, freqs: &[f32], lens: &[usize]) {
+    let mut start = 0;
+    for &len in lens {
+        for p in 0..len {
+            let row = &mut x[(start + p) * width..(start + p + 1) * width];
+            for head in row.chunks_exact_mut(head_dim) {
+                for (i, f) in freqs.iter().enumerate() {
+                    let (s, c) = (p as f32 * f).sin_cos();
+                    let (a, b) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = a * c - b * s;
+                    head[2 * i + 1] = a * s + b * c;
+                }
+            }
+        }
+        start += len;
+    }
+}
+
+/// Causal grouped-query attention over each chunk: `tokens × (n_head · head_dim)`.
+fn attention(
+    hp: &Hparams,
+    freqs: &[f32],
+    mut q: Vec<f32>,
+    mut k: Vec<f32>,
+    v: &[f32],
+    lens: &[usize],
+) -> Vec<f32> {
+    let (hd, qw, kw) = (
+        hp.head_dim,
+        hp.n_head * hp.head_dim,
+        hp.n_head_kv * hp.head_dim,
+    );
+    rope(&mut q, qw, hd, freqs, lens);
+    rope(&mut k, kw, hd, freqs, lens);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let group = hp.n_head / hp.n_head_kv;
+    let mut out = vec![0f32; q.len()];
+    let mut start = 0;
+    for &len in lens {
+        let heads: Vec<Vec<f32>> = (0..hp.n_head)
+            .into_par_iter()
+            .map(|head| {
+                let kv = head / group;
+                let qh = &q[start * qw + head * hd..];
+                let kh = &k[start * kw + kv * hd..];
+                let vh = &v[start * kw + kv * hd..];
+                let mut s = vec![0f32; len * len];
+                // SAFETY: q's and k's head columns (len × hd, row strides qw and kw) and the
+                // len × len scores.
+                unsafe {
+                    gemm::gemm(
+                        len,
+                        len,
+                        hd,
+                        s.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        false,
+                        qh.as_ptr(),
+                        1,
+                        qw as isize,
+                        kh.as_ptr(),
+                        kw as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                for (i, row) in s.chunks_exact_mut(len).enumerate() {
+                    let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    let mut sum = 0.0;
+                    for v in &mut row[..=i] {
+                        *v = (*v - max).exp();
+                        sum += *v;
+                    }
+                    row[..=i].iter_mut().for_each(|v| *v /= sum);
+                    row[i + 1..].fill(0.0);
+                }
+                let mut o = vec![0f32; len * hd];
+                // SAFETY: the len × len probabilities times v's head columns (len × hd).
+                unsafe {
+                    gemm::gemm(
+                        len,
+                        hd,
+                        len,
+                        o.as_mut_ptr(),
+                        1,
+                        hd as isize,
+                        false,
+                        s.as_ptr(),
+                        1,
+                        len as isize,
+                        vh.as_ptr(),
+                        1,
+                        kw as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                o
+            })
+            .collect();
+        for (head, o) in heads.iter().enumerate() {
+            for p in 0..len {
+                out[(start + p) * qw + head * hd..(start + p) * qw + (head + 1) * hd]
+                    .copy_from_slice(&o[p * hd..(p + 1) * hd]);
+            }
+        }
+        start += len;
+    }
+    out
+}
+
+/// The model's log-probabilities of each next token (`len - 1` rows of `vocab`) for one
+/// sequence, with the weights as they are: for checking this forward pass against llama.cpp.
+pub fn log_probs(input: &dyn Input, tokens: &[u32]) -> Result<Vec<Vec<f32>>, String> {
+    let mut same = |_: &str, w: &[f32], _: usize, _: usize, _: &[f64]| Ok(w.to_vec());
+    let hp = Hparams::from_header(input.header())?;
+    let t = Tensors::new(input);
+    let hidden = run(input, &[tokens.to_vec()], &mut same, |_| {})?;
+    let norm = t.vector("output_norm.weight", hp.n_embd)?;
+    let x = rms_norm(&hidden, &norm, hp.eps);
+    let head = if t.has("output.weight") {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    };
+    let (w, vocab) = t.matrix(head, hp.n_embd)?;
+    let logits = linear(&x, &w, hp.n_embd, vocab);
+    Ok(logits
+        .chunks_exact(vocab)
+        .map(|row| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let lse = row
+                .iter()
+                .map(|&v| f64::from(v - max).exp())
+                .sum::<f64>()
+                .ln() as f32;
+            row.iter().map(|&v| v - max - lse).collect()
+        })
+        .collect())
+}
