@@ -7,8 +7,8 @@ llama.cpp runs the converted GGUF as the checkpoint means it.
 
 `make` writes a small random Llama (grouped-query attention, SwiGLU, RMSNorm, rotary
 embeddings) as transformers saves one: config.json, safetensors (sharded with an index when
-N > 1), and a tokenizer trained on this repository's docs with the `tokenizers` or
-`sentencepiece` library: tokenizer.json + tokenizer_config.json, or tokenizer.model.
+N > 1), and a tokenizer trained on fixed text (tests/data/sotu) with the `tokenizers` or
+`sentencepiece` library on tests/data/sotu: tokenizer.json + tokenizer_config.json, or tokenizer.model.
 
 `check` reads the file `llama-perplexity --kl-divergence-base LOGITS` wrote for the converted
 model on TEXT (its tokens and the log-probabilities of every scored position) and compares it
@@ -39,8 +39,9 @@ LLAMA3_SPLIT = (
 
 
 def corpus():
-    """This repository's docs: text every checkout has."""
-    paths = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+    """Washington's 1790-1793 addresses (tests/data/sotu): fixed text, so the tokenizers and the
+    models stay the same from one commit to the next."""
+    paths = sorted(glob.glob(os.path.join(ROOT, "tests", "data", "sotu", "179[0-3]_*.txt")))
     return [open(p, encoding="utf-8").read() for p in paths]
 
 

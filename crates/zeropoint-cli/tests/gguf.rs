@@ -371,6 +371,17 @@ fn importance_weighted_quantization_is_byte_identical_to_llama_quantize() {
     );
 }
 
+/// Washington's addresses of the given years, one after the other.
+fn sotu(years: &[&str]) -> String {
+    years
+        .iter()
+        .map(|y| {
+            let path = repo_root().join(format!("tests/data/sotu/{y}_george_washington_n.txt"));
+            std::fs::read_to_string(path).unwrap()
+        })
+        .collect()
+}
+
 /// One Hugging Face checkpoint case: tokenizer kind, weight dtype, shards, tied embedding.
 const CHECKPOINTS: [(&str, &str, &str, bool); 3] = [
     ("smollm", "BF16", "2", false),
@@ -390,10 +401,10 @@ fn hugging_face_checkpoints_run_in_llama_cpp_as_in_transformers() {
     let keep = std::env::var_os("ZEROPOINT_KEEP").map(PathBuf::from);
     let dir = keep.as_deref().unwrap_or(dir.path()).join("hf");
     std::fs::create_dir_all(&dir).unwrap();
+    // Fixed public-domain text (tests/data/sotu): the checkpoints' tokenizers are trained on the
+    // 1790-1793 addresses, the evaluation text is 1794-1795's.
     let text = dir.join("text.txt");
-    let mut words = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    words.push_str(&std::fs::read_to_string(repo_root().join("docs/gguf.md")).unwrap());
-    std::fs::write(&text, words).unwrap();
+    std::fs::write(&text, sotu(&["1794", "1795"])).unwrap();
     let script = repo_root().join("tests/python/hf_llama.py");
     for (tokenizer, dtype, shards, tied) in CHECKPOINTS {
         let model = dir.join(tokenizer);
@@ -488,11 +499,7 @@ fn gptq_is_closer_to_the_float_model(bin: &Path, dir: &Path, text: &Path) {
         .arg("--kl-divergence-base")
         .arg(&base));
     let calib = dir.join("calib.txt");
-    let mut docs = String::new();
-    for doc in ["docs/architecture.md", "docs/security.md", "docs/ptq.md"] {
-        docs.push_str(&std::fs::read_to_string(repo_root().join(doc)).unwrap());
-    }
-    std::fs::write(&calib, docs).unwrap();
+    std::fs::write(&calib, sotu(&["1790", "1791", "1792", "1793"])).unwrap();
     // From the log-probabilities llama-perplexity saves: its printed summary can lose its last
     // lines at exit (a race in llama.cpp's logger thread, seen on a loaded machine).
     let kld = |file: &Path| -> f64 {

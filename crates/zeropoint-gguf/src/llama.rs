@@ -262,35 +262,83 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     y
 }
 
+/// An operand of [`product`]: its values and the strides of its rows and columns.
+struct Strided<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+}
+
+/// `dst` (`m × n`, rows `dst_rows` apart) = `alpha` · `lhs` (`m × k`) · `rhs` (`k × n`), by the
+/// `gemm` crate (in parallel over the output when `parallel`, never splitting the sum over k, so
+/// the result does not depend on the thread count). Every index is checked to be in bounds.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rows: usize,
+    lhs: Strided,
+    rhs: Strided,
+    alpha: f32,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        dst.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    let last = |s: &Strided, r: usize, c: usize| (r - 1) * s.rows + (c - 1) * s.cols;
+    assert!(
+        last(&lhs, m, k) < lhs.data.len()
+            && last(&rhs, k, n) < rhs.data.len()
+            && (m - 1) * dst_rows + n - 1 < dst.len(),
+        "operands out of bounds"
+    );
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assertion above keeps every element gemm reads or writes inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rows as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.cols as isize,
+            lhs.rows as isize,
+            rhs.data.as_ptr(),
+            rhs.cols as isize,
+            rhs.rows as isize,
+            0.0,
+            alpha,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// `y = x · wᵀ` for `x` (`tokens × inp`) and `w` (`out × inp`, a ggml matrix's rows).
 fn linear(x: &[f32], w: &[f32], inp: usize, out: usize) -> Vec<f32> {
     let m = x.len() / inp;
     let mut y = vec![0f32; m * out];
-    // SAFETY: the strides describe `x` (m × inp), `w` read transposed (inp × out) and `y`
-    // (m × out) within their lengths.
-    unsafe {
-        gemm::gemm(
-            m,
-            out,
-            inp,
-            y.as_mut_ptr(),
-            1,
-            out as isize,
-            false,
-            x.as_ptr(),
-            1,
-            inp as isize,
-            w.as_ptr(),
-            inp as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
+    let x = Strided {
+        data: x,
+        rows: inp,
+        cols: 1,
+    };
+    let wt = Strided {
+        data: w,
+        rows: 1,
+        cols: inp,
+    };
+    product((m, out, inp), &mut y, out, x, wt, 1.0, true);
     y
 }
 
@@ -302,30 +350,17 @@ fn gram(x: &[f32], n: usize, lens: &[usize]) -> Vec<f64> {
     for &len in lens {
         let rows = &x[start * n..(start + len) * n];
         start += len;
-        // SAFETY: xᵀ (n × len) and x (len × n) read from `rows`, g is n × n.
-        unsafe {
-            gemm::gemm(
-                n,
-                n,
-                len,
-                g.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                rows.as_ptr(),
-                n as isize,
-                1,
-                rows.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            );
-        }
+        let xt = Strided {
+            data: rows,
+            rows: 1,
+            cols: n,
+        };
+        let x = Strided {
+            data: rows,
+            rows: n,
+            cols: 1,
+        };
+        product((n, n, len), &mut g, n, xt, x, 1.0, true);
         total
             .iter_mut()
             .zip(&g)
@@ -398,31 +433,17 @@ fn attention(
                 let kh = &k[start * kw + kv * hd..];
                 let vh = &v[start * kw + kv * hd..];
                 let mut s = vec![0f32; len * len];
-                // SAFETY: q's and k's head columns (len × hd, row strides qw and kw) and the
-                // len × len scores.
-                unsafe {
-                    gemm::gemm(
-                        len,
-                        len,
-                        hd,
-                        s.as_mut_ptr(),
-                        1,
-                        len as isize,
-                        false,
-                        qh.as_ptr(),
-                        1,
-                        qw as isize,
-                        kh.as_ptr(),
-                        kw as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                let qs = Strided {
+                    data: qh,
+                    rows: qw,
+                    cols: 1,
+                };
+                let ks = Strided {
+                    data: kh,
+                    rows: 1,
+                    cols: kw,
+                };
+                product((len, len, hd), &mut s, len, qs, ks, scale, false);
                 for (i, row) in s.chunks_exact_mut(len).enumerate() {
                     let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                     let mut sum = 0.0;
@@ -434,30 +455,17 @@ fn attention(
                     row[i + 1..].fill(0.0);
                 }
                 let mut o = vec![0f32; len * hd];
-                // SAFETY: the len × len probabilities times v's head columns (len × hd).
-                unsafe {
-                    gemm::gemm(
-                        len,
-                        hd,
-                        len,
-                        o.as_mut_ptr(),
-                        1,
-                        hd as isize,
-                        false,
-                        s.as_ptr(),
-                        1,
-                        len as isize,
-                        vh.as_ptr(),
-                        1,
-                        kw as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                let ps = Strided {
+                    data: &s,
+                    rows: len,
+                    cols: 1,
+                };
+                let vs = Strided {
+                    data: vh,
+                    rows: kw,
+                    cols: 1,
+                };
+                product((len, hd, len), &mut o, hd, ps, vs, 1.0, false);
                 o
             })
             .collect();
