@@ -292,6 +292,12 @@ impl<'a> Reader<'a> {
             }
             _ => {}
         }
+        // Each element becomes a `Value` of 32 bytes, however few bytes it takes in the file.
+        zeropoint_onnx::limits::check_elements(
+            u128::from(n),
+            std::mem::size_of::<Value>(),
+            &format!("an array of {n} elements"),
+        )?;
         let mut items = Vec::with_capacity(n.min(1 << 16) as usize);
         for _ in 0..n {
             items.push(self.scalar(elem)?);
@@ -423,5 +429,26 @@ mod tests {
         ];
         let e = parse_header(&file(tensors, 4)).unwrap_err();
         assert!(e.contains("data size overflows"), "{e}");
+    }
+
+    #[test]
+    fn a_metadata_array_over_the_memory_limit_is_refused() {
+        // 4096 one-byte elements take 4 KiB in the file and 128 KiB as values.
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend(0u64.to_le_bytes());
+        out.extend(1u64.to_le_bytes());
+        out.extend(4u64.to_le_bytes());
+        out.extend(b"tags");
+        out.extend(TYPE_ARRAY.to_le_bytes());
+        out.extend(0u32.to_le_bytes());
+        out.extend(4096u64.to_le_bytes());
+        out.extend(vec![7u8; 4096]);
+        zeropoint_onnx::limits::set_max_bytes(64 << 10);
+        let result = parse_header(&out);
+        zeropoint_onnx::limits::set_max_bytes(0);
+        let e = result.unwrap_err();
+        assert!(e.contains("over the memory limit"), "{e}");
+        assert!(parse_header(&out).is_ok());
     }
 }
