@@ -500,6 +500,25 @@ fn gptq_is_closer_to_the_float_model(bin: &Path, dir: &Path, text: &Path) {
         .arg(&base));
     let calib = dir.join("calib.txt");
     std::fs::write(&calib, sotu(&["1790", "1791", "1792", "1793"])).unwrap();
+    // Too little text for one window: one line, exit status 1, nothing written.
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "Fellow citizens").unwrap();
+    let out = Command::new(ZEROPOINT)
+        .arg("gguf")
+        .arg(&model)
+        .arg("-o")
+        .arg(dir.join("short.gguf"))
+        .arg("--calib")
+        .arg(&short)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("fewer than one chunk of 512") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    assert!(!dir.join("short.gguf").exists());
     // From the log-probabilities llama-perplexity saves: its printed summary can lose its last
     // lines at exit (a race in llama.cpp's logger thread, seen on a loaded machine).
     let kld = |file: &Path| -> f64 {
