@@ -324,7 +324,7 @@ fn tensor(
             e.dtype
         ))
     })?;
-    if e.shape.is_empty() || e.shape.len() > 3 || e.shape.contains(&0) {
+    if e.shape.is_empty() || e.shape.len() > 2 || e.shape.contains(&0) {
         return Err(bad(format!(
             "has shape {:?}; llama weights have 1 or 2 non-empty axes",
             e.shape

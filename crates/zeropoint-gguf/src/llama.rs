@@ -74,13 +74,19 @@ impl Hparams {
                 ))
             }
         };
+        let n_rot = int("rope.dimension_count").map_or(head_dim, |v| v as usize);
+        if n_rot > head_dim || !n_rot.is_multiple_of(2) {
+            return Err(format!(
+                "llama.rope.dimension_count {n_rot} does not fit heads of dimension {head_dim}"
+            ));
+        }
         Ok(Hparams {
             n_layer: need("block_count")?,
             n_embd,
             n_head,
             n_head_kv,
             head_dim,
-            n_rot: int("rope.dimension_count").map_or(head_dim, |v| v as usize),
+            n_rot,
             eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             rope_base: float("rope.freq_base").unwrap_or(10000.0),
             rope_scale,
@@ -508,4 +514,48 @@ pub fn log_probs(input: &dyn Input, tokens: &[u32]) -> Result<Vec<Vec<f32>>, Str
             row.iter().map(|&v| v - max - lse).collect()
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(pairs: &[(&str, Value)]) -> Header {
+        Header {
+            version: 3,
+            metadata: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            tensors: Vec::new(),
+            alignment: 32,
+            data_offset: 0,
+        }
+    }
+
+    #[test]
+    fn hyperparameters_that_do_not_fit_are_refused() {
+        let arch = |a: &str| ("general.architecture", Value::String(a.as_bytes().to_vec()));
+        let base = [
+            arch("llama"),
+            ("llama.block_count", Value::U32(2)),
+            ("llama.embedding_length", Value::U32(64)),
+            ("llama.attention.head_count", Value::U32(4)),
+            ("llama.attention.head_count_kv", Value::U32(2)),
+        ];
+        let hp = Hparams::from_header(&header(&base)).unwrap();
+        assert_eq!((hp.head_dim, hp.n_rot, hp.n_head_kv), (16, 16, 2));
+        let mut qwen = base.clone();
+        qwen[0] = arch("qwen2");
+        let e = Hparams::from_header(&header(&qwen)).unwrap_err();
+        assert!(e.contains("llama models only"), "{e}");
+        let mut wide = base.to_vec();
+        wide.push(("llama.rope.dimension_count", Value::U32(32)));
+        let e = Hparams::from_header(&header(&wide)).unwrap_err();
+        assert!(e.contains("does not fit heads of dimension 16"), "{e}");
+        let mut uneven = base.to_vec();
+        uneven[4] = ("llama.attention.head_count_kv", Value::U32(3));
+        let e = Hparams::from_header(&header(&uneven)).unwrap_err();
+        assert!(e.contains("not a llama attention"), "{e}");
+    }
 }

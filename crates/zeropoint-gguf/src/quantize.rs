@@ -61,9 +61,12 @@ impl Gptq {
         n: usize,
         damp: f64,
     ) -> Result<Gptq, String> {
+        if ctx < 2 {
+            return Err(format!("calibration windows of {ctx} tokens are too short"));
+        }
         let vocab = crate::vocab::Vocab::from_header(header)?;
         let tokens = vocab.encode(text);
-        if ctx < 2 || tokens.len() < ctx {
+        if tokens.len() < ctx {
             return Err(format!(
                 "the calibration text has {} tokens, fewer than one chunk of {ctx}",
                 tokens.len()
