@@ -11,10 +11,13 @@
 //! - [`quantize`]: the conversion itself, over [`zeropoint_core::ggml`]'s block formats, from
 //!   any [`input::Input`]: a GGUF file, or
 //! - [`hf`] and [`tokenizer`]: a Hugging Face checkpoint of a Llama-family model, read as
-//!   llama.cpp's `convert_hf_to_gguf.py` would convert it.
+//!   llama.cpp's `convert_hf_to_gguf.py` would convert it;
+//! - [`vocab`] and [`llama`]: calibration text tokenized as llama.cpp does and run through the
+//!   model, layer by layer, for GPTQ inside ggml's formats ([`quantize::Gptq`]).
 //!
-//! Nothing here runs a model or touches ONNX; the crate depends on zeropoint-onnx only for its
-//! atomic file writer and its safetensors parser.
+//! Nothing here touches ONNX or zeropoint's ONNX engine (the llama forward pass is its own, on the
+//! `gemm` crate); the crate depends on zeropoint-onnx only for its atomic file writer, its
+//! safetensors parser and its memory limits.
 //!
 //! ```no_run
 //! use std::path::Path;
