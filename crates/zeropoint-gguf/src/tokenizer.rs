@@ -464,65 +464,11 @@ fn special_vocab(
             _ => None,
         }
     };
-    let mut add: Vec<(&str, bool)> = Vec::new();
-    let set_add = |add: &mut Vec<(&str, bool)>, typ, v, overwrite: bool| match add
-        .iter_mut()
-        .find(|(t, _)| *t == typ)
-    {
-        Some(entry) if overwrite => entry.1 = v,
-        Some(_) => {}
-        None => add.push((typ, v)),
-    };
+    let mut add = post_processor_flags(tokenizer_json, &content);
     let added_tokens: Vec<&Json> = tokenizer_json
         .and_then(|t| t["added_tokens"].as_array())
         .map(|a| a.iter().collect())
         .unwrap_or_default();
-    if let Some(post) = tokenizer_json
-        .map(|t| &t["post_processor"])
-        .filter(|p| p.is_object())
-    {
-        let processors: Vec<&Json> = match post["processors"].as_array() {
-            Some(list) => list.iter().collect(),
-            None => vec![post],
-        };
-        for p in processors {
-            match p["type"].as_str() {
-                Some("ByteLevel") => {
-                    set_add(&mut add, "bos", false, false);
-                    set_add(&mut add, "eos", false, false);
-                }
-                Some("TemplateProcessing") => {
-                    // The crude reading gguf-py does: a leading special token that is the BOS
-                    // means "add BOS", a trailing one that is the EOS "add EOS".
-                    let single = p["single"]
-                        .as_array()
-                        .map(Vec::as_slice)
-                        .unwrap_or_default();
-                    if single.len() > 1 {
-                        let special =
-                            |t: &Json| t["SpecialToken"]["id"].as_str().map(str::to_string);
-                        if let Some(first) = special(&single[0]) {
-                            set_add(
-                                &mut add,
-                                "bos",
-                                Some(&first) == content("bos").as_ref(),
-                                true,
-                            );
-                        }
-                        if let Some(last) = special(&single[single.len() - 1]) {
-                            set_add(
-                                &mut add,
-                                "eos",
-                                Some(&last) == content("eos").as_ref(),
-                                true,
-                            );
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
     let mut ids: Vec<(&str, u64)> = Vec::new();
     let set_id = |ids: &mut Vec<(&str, u64)>, typ, id: u64| {
         if n_vocab.is_none_or(|n| id < n as u64) && !ids.iter().any(|(t, _)| *t == typ) {
@@ -531,7 +477,7 @@ fn special_vocab(
     };
     for (typ, _) in SPECIAL {
         if let Some(b) = tc[format!("add_{typ}_token")].as_bool() {
-            set_add(&mut add, typ, b, false);
+            set_flag(&mut add, typ, b, false);
         }
         if let Some(c) = content(typ) {
             let id = added_tokens
@@ -565,6 +511,63 @@ fn special_vocab(
         m.push(string("tokenizer.chat_template", &template));
     }
     Ok(())
+}
+
+/// Sets flag `typ` unless it is set already (or always, with `overwrite`).
+fn set_flag(flags: &mut Vec<(&'static str, bool)>, typ: &'static str, v: bool, overwrite: bool) {
+    match flags.iter_mut().find(|(t, _)| *t == typ) {
+        Some(entry) if overwrite => entry.1 = v,
+        Some(_) => {}
+        None => flags.push((typ, v)),
+    }
+}
+
+/// Whether to add BOS/EOS, as gguf-py reads `tokenizer.json`'s post-processor: ByteLevel adds
+/// neither (unless the config says otherwise); TemplateProcessing's crude reading is that a
+/// leading special token that is the BOS means "add BOS", a trailing one that is the EOS "add
+/// EOS".
+fn post_processor_flags(
+    tokenizer_json: Option<&Json>,
+    content: &dyn Fn(&str) -> Option<String>,
+) -> Vec<(&'static str, bool)> {
+    let mut add = Vec::new();
+    let Some(post) = tokenizer_json
+        .map(|t| &t["post_processor"])
+        .filter(|p| p.is_object())
+    else {
+        return add;
+    };
+    let processors: Vec<&Json> = match post["processors"].as_array() {
+        Some(list) => list.iter().collect(),
+        None => vec![post],
+    };
+    for p in processors {
+        match p["type"].as_str() {
+            Some("ByteLevel") => {
+                set_flag(&mut add, "bos", false, false);
+                set_flag(&mut add, "eos", false, false);
+            }
+            Some("TemplateProcessing") => {
+                let single = p["single"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                if single.len() > 1 {
+                    let special = |t: &Json| t["SpecialToken"]["id"].as_str().map(str::to_string);
+                    if let Some(first) = special(&single[0]) {
+                        let is_bos = Some(&first) == content("bos").as_ref();
+                        set_flag(&mut add, "bos", is_bos, true);
+                    }
+                    if let Some(last) = special(&single[single.len() - 1]) {
+                        let is_eos = Some(&last) == content("eos").as_ref();
+                        set_flag(&mut add, "eos", is_eos, true);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    add
 }
 
 /// `tokenizer_config.json`'s `chat_template`, else `chat_template.jinja` or
@@ -607,6 +610,27 @@ mod tests {
         let other = json!({"type": "Whitespace"});
         assert_eq!(pre_tokenizer(&other), None);
         assert_eq!(describe(&other), "Whitespace");
+    }
+
+    #[test]
+    fn bos_and_eos_flags_from_the_post_processor() {
+        let content = |typ: &str| (typ == "bos").then(|| "<|begin_of_text|>".to_string());
+        // Llama 3: a template that puts the BOS first.
+        let llama3 = json!({"post_processor": {"type": "Sequence", "processors": [
+            {"type": "ByteLevel"},
+            {"type": "TemplateProcessing", "single": [
+                {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}}]}]}});
+        assert_eq!(
+            post_processor_flags(Some(&llama3), &content),
+            [("bos", true), ("eos", false)]
+        );
+        let gpt2 = json!({"post_processor": {"type": "ByteLevel"}});
+        assert_eq!(
+            post_processor_flags(Some(&gpt2), &content),
+            [("bos", false), ("eos", false)]
+        );
+        assert!(post_processor_flags(None, &content).is_empty());
     }
 
     #[test]
