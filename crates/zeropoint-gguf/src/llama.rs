@@ -275,6 +275,26 @@ struct Strided<'a> {
     cols: usize,
 }
 
+impl<'a> Strided<'a> {
+    /// A matrix stored row by row, rows `stride` apart.
+    fn rows(data: &'a [f32], stride: usize) -> Strided<'a> {
+        Strided {
+            data,
+            rows: stride,
+            cols: 1,
+        }
+    }
+
+    /// The transpose of a matrix stored row by row, rows `stride` apart.
+    fn transposed(data: &'a [f32], stride: usize) -> Strided<'a> {
+        Strided {
+            data,
+            rows: 1,
+            cols: stride,
+        }
+    }
+}
+
 /// `dst` (`m × n`, rows `dst_rows` apart) = `alpha` · `lhs` (`m × k`) · `rhs` (`k × n`), by the
 /// `gemm` crate (in parallel over the output when `parallel`, never splitting the sum over k, so
 /// the result does not depend on the thread count). Every index is checked to be in bounds.
@@ -334,16 +354,8 @@ fn product(
 fn linear(x: &[f32], w: &[f32], inp: usize, out: usize) -> Vec<f32> {
     let m = x.len() / inp;
     let mut y = vec![0f32; m * out];
-    let x = Strided {
-        data: x,
-        rows: inp,
-        cols: 1,
-    };
-    let wt = Strided {
-        data: w,
-        rows: 1,
-        cols: inp,
-    };
+    let x = Strided::rows(x, inp);
+    let wt = Strided::transposed(w, inp);
     product((m, out, inp), &mut y, out, x, wt, 1.0, true);
     y
 }
@@ -356,16 +368,8 @@ fn gram(x: &[f32], n: usize, lens: &[usize]) -> Vec<f64> {
     for &len in lens {
         let rows = &x[start * n..(start + len) * n];
         start += len;
-        let xt = Strided {
-            data: rows,
-            rows: 1,
-            cols: n,
-        };
-        let x = Strided {
-            data: rows,
-            rows: n,
-            cols: 1,
-        };
+        let xt = Strided::transposed(rows, n);
+        let x = Strided::rows(rows, n);
         product((n, n, len), &mut g, n, xt, x, 1.0, true);
         total
             .iter_mut()
@@ -439,16 +443,8 @@ fn attention(
                 let kh = &k[start * kw + kv * hd..];
                 let vh = &v[start * kw + kv * hd..];
                 let mut s = vec![0f32; len * len];
-                let qs = Strided {
-                    data: qh,
-                    rows: qw,
-                    cols: 1,
-                };
-                let ks = Strided {
-                    data: kh,
-                    rows: 1,
-                    cols: kw,
-                };
+                let qs = Strided::rows(qh, qw);
+                let ks = Strided::transposed(kh, kw);
                 product((len, len, hd), &mut s, len, qs, ks, scale, false);
                 for (i, row) in s.chunks_exact_mut(len).enumerate() {
                     let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -461,16 +457,8 @@ fn attention(
                     row[i + 1..].fill(0.0);
                 }
                 let mut o = vec![0f32; len * hd];
-                let ps = Strided {
-                    data: &s,
-                    rows: len,
-                    cols: 1,
-                };
-                let vs = Strided {
-                    data: vh,
-                    rows: kw,
-                    cols: 1,
-                };
+                let ps = Strided::rows(&s, len);
+                let vs = Strided::rows(vh, kw);
                 product((len, hd, len), &mut o, hd, ps, vs, 1.0, false);
                 o
             })
