@@ -385,7 +385,7 @@ fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         Q4_1 => blocks.for_each(|(x, y)| legacy::quantize_q4_1(x, y)),
         Q5_0 => blocks.for_each(|(x, y)| legacy::quantize_q5_0(x, y)),
         Q5_1 => blocks.for_each(|(x, y)| legacy::quantize_q5_1(x, y)),
-        Q8_0 => crate::kernel::dispatch(|| blocks.for_each(|(x, y)| legacy::quantize_q8_0(x, y))),
+        Q8_0 => legacy::quantize_row_q8_0(src, dst),
         Q2_K => blocks.for_each(|(x, y)| kquant::quantize_q2_k(x, y)),
         Q3_K => blocks.for_each(|(x, y)| kquant::quantize_q3_k(x, y)),
         Q4_K => blocks.for_each(|(x, y)| kquant::quantize_k4(x, 4, y)),
