@@ -370,9 +370,8 @@ pub fn dequantize_rows(
     Ok(out)
 }
 
-/// One row: `dst` has exactly `ty.row_size(src.len())` bytes. The loops that run near memory
-/// speed get AVX2 where the CPU has it (`dispatch`; the bytes are the same: no fused
-/// multiply-adds).
+/// One row: `dst` has exactly `ty.row_size(src.len())` bytes. Q8_0 and Q4_0, the formats that
+/// can run near memory speed, have row loops in AVX2 where the CPU has it (the same bytes).
 fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
     use GgmlType::*;
     let (qk, bytes) = (ty.block_size(), ty.type_size());
@@ -381,7 +380,7 @@ fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         F32 => blocks.for_each(|(x, y)| y.copy_from_slice(&x[0].to_le_bytes())),
         F16 => blocks.for_each(|(x, y)| y.copy_from_slice(&fp16(x[0]).to_le_bytes())),
         BF16 => blocks.for_each(|(x, y)| y.copy_from_slice(&bf16(x[0]).to_le_bytes())),
-        Q4_0 => crate::kernel::dispatch(|| blocks.for_each(|(x, y)| legacy::quantize_q4_0(x, y))),
+        Q4_0 => legacy::quantize_row_q4_0(src, dst),
         Q4_1 => blocks.for_each(|(x, y)| legacy::quantize_q4_1(x, y)),
         Q5_0 => blocks.for_each(|(x, y)| legacy::quantize_q5_0(x, y)),
         Q5_1 => blocks.for_each(|(x, y)| legacy::quantize_q5_1(x, y)),
