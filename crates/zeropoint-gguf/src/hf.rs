@@ -20,6 +20,7 @@ use zeropoint_onnx::tensor::DType;
 
 use crate::error::{Error, Result};
 use crate::input::Input;
+use crate::json::read_json;
 use crate::read::{Header, TensorInfo, DEFAULT_ALIGNMENT};
 use crate::tokenizer;
 use crate::value::Value;
@@ -148,15 +149,6 @@ impl Input for Checkpoint {
         }
         Ok(bytes)
     }
-}
-
-fn read_json(path: &Path) -> Result<Json> {
-    let text = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        action: "read",
-        source,
-    })?;
-    serde_json::from_slice(&text).map_err(|e| Error::invalid(path, format!("not valid JSON: {e}")))
 }
 
 fn read_config(path: &Path) -> Result<Config> {
@@ -546,7 +538,7 @@ fn metadata(dir: &Path, config: &Config, opts: &Options) -> Result<Vec<(String, 
     );
     m.extend(tokenizer::metadata(
         dir,
-        config.vocab_size,
+        json,
         opts.tokenizer_pre.as_deref(),
     )?);
     Ok(m)

@@ -39,6 +39,7 @@ pub mod error;
 pub mod hf;
 pub mod imatrix;
 pub mod input;
+mod json;
 pub mod llama;
 pub mod preset;
 pub mod quantize;

@@ -16,6 +16,7 @@ use std::path::Path;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
+use crate::json::read_optional;
 use crate::value::{Value, TYPE_STRING};
 
 /// gguf's token types (`gguf.TokenType`, SentencePiece's numbering).
@@ -52,13 +53,11 @@ const SPLIT_PATTERNS: [(&str, &str); 2] = [
     ),
 ];
 
-/// The tokenizer metadata of the checkpoint in `dir`. `vocab_size` is `config.json`'s: the
-/// embedding's rows, which may outnumber the tokenizer's tokens (the rest become `[PAD<i>]`).
-pub fn metadata(
-    dir: &Path,
-    vocab_size: Option<usize>,
-    pre: Option<&str>,
-) -> Result<Vec<(String, Value)>> {
+/// The tokenizer metadata of the checkpoint in `dir`, whose `config.json` is `config`. Its
+/// `vocab_size` is the embedding's rows, which may outnumber the tokenizer's tokens (the rest
+/// become `[PAD<i>]`).
+pub fn metadata(dir: &Path, config: &Json, pre: Option<&str>) -> Result<Vec<(String, Value)>> {
+    let vocab_size = config["vocab_size"].as_u64().map(|n| n as usize);
     let mut m = Vec::new();
     let tokenizer_config = read_optional(&dir.join("tokenizer_config.json"))?;
     let tokenizer_json = read_optional(&dir.join("tokenizer.json"))?;
@@ -112,6 +111,7 @@ pub fn metadata(
     special_vocab(
         &mut m,
         dir,
+        config,
         tokenizer_json.as_ref(),
         tokenizer_config,
         special_n_vocab,
@@ -137,20 +137,6 @@ fn types(types: Vec<i32>) -> (String, Value) {
         "tokenizer.ggml.token_type".into(),
         Value::Array(TYPE_I32, items),
     )
-}
-
-fn read_optional(path: &Path) -> Result<Option<Json>> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        action: "read",
-        source,
-    })?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| Error::invalid(path, format!("not valid JSON: {e}")))
 }
 
 struct Vocab {
@@ -451,11 +437,11 @@ fn proto_fields(mut b: &[u8]) -> Result<Vec<(u64, Wire<'_>)>, String> {
 fn special_vocab(
     m: &mut Vec<(String, Value)>,
     dir: &Path,
+    config: &Json,
     tokenizer_json: Option<&Json>,
     tokenizer_config: Option<Json>,
     n_vocab: Option<usize>,
 ) -> Result<()> {
-    let config = read_optional(&dir.join("config.json"))?.unwrap_or_default();
     let tc = tokenizer_config.unwrap_or_default();
     let content = |typ: &str| -> Option<String> {
         match &tc[format!("{typ}_token")] {
