@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use zeropoint_core::ggml;
 
 use crate::input::Input;
-use crate::read::Header;
+use crate::read::{Header, TensorInfo};
 use crate::value::Value;
 
 /// The hyperparameters of a llama model.
@@ -116,13 +116,18 @@ impl<'a> Tensors<'a> {
         self.index.contains_key(name)
     }
 
-    /// A tensor's values and ggml dims.
-    fn get(&self, name: &str) -> Result<(Vec<f32>, Vec<u64>), String> {
+    /// A tensor's index and header entry.
+    fn info(&self, name: &str) -> Result<(usize, &TensorInfo), String> {
         let &i = self
             .index
             .get(name)
             .ok_or_else(|| format!("the model has no tensor '{name}'"))?;
-        let t = &self.input.header().tensors[i];
+        Ok((i, &self.input.header().tensors[i]))
+    }
+
+    /// A tensor's values and ggml dims.
+    fn get(&self, name: &str) -> Result<(Vec<f32>, Vec<u64>), String> {
+        let (i, t) = self.info(name)?;
         let bytes = self.input.data(i).map_err(|e| e.to_string())?;
         let x = ggml::dequantize_rows(t.ty, &bytes, t.row_len() as usize)
             .map_err(|e| format!("tensor '{name}': {e}"))?;
@@ -211,7 +216,14 @@ fn run(
         // Feed-forward.
         let h = rms_norm(&x, &t.vector(&name("ffn_norm"), d)?, hp.eps);
         let hf = gram(&h, d, &lens);
-        let ff = t.matrix(&name("ffn_gate"), d)?.1;
+        // The width from the header; `layer` reads (and checks) the weight itself.
+        let ff = t
+            .info(&name("ffn_gate"))?
+            .1
+            .dims
+            .get(1)
+            .copied()
+            .unwrap_or(0) as usize;
         let g = layer(&t, quantize, &name("ffn_gate"), &h, d, ff, &hf)?;
         let u = layer(&t, quantize, &name("ffn_up"), &h, d, ff, &hf)?;
         let a: Vec<f32> = g
