@@ -158,8 +158,9 @@ impl Job<'_> {
             .map(|(&x, &d)| if d { 0.0 } else { x })
             .collect();
         let mut out = Vec::with_capacity(n / bs * self.ty.type_size());
-        let mut err = vec![0f32; LAZY.max(bs)];
+        // Lazy batches are whole blocks.
         let lazy = LAZY.max(bs).div_ceil(bs) * bs;
+        let mut err = vec![0f32; lazy];
         let (mut grid, mut codes) = (Grid::default(), vec![0u8; bs]);
         let mut bytes = Vec::new();
         for b0 in (0..n).step_by(lazy) {

@@ -182,51 +182,18 @@ pub(super) fn dequantize_q8_0(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// A row of Q8_0 blocks with AVX2 and F16C where the CPU has them, else block by block. The same operations
-/// in the same order as [`quantize_q8_0`] (max |x|, d = amax / 127, x·(1/d) rounded half away
-/// from zero by adding 0.49999997 with x's sign and truncating), eight lanes at a time: the
-/// bytes are the same.
+/// A row of Q8_0 blocks with AVX2 and F16C where the CPU has them, else block by block. The
+/// same operations in the same order as [`quantize_q8_0`] (max |x|, d = amax / 127, x·(1/d)
+/// rounded half away from zero by adding 0.49999997 with x's sign and truncating), eight lanes
+/// at a time: the bytes are the same.
 pub(super) fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
+    if simd::available() {
         // SAFETY: the CPU supports AVX2 and F16C, checked just above.
-        return unsafe { quantize_row_q8_0_avx2(src, dst) };
+        return unsafe { simd::q8_0_row(src, dst) };
     }
     for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
         quantize_q8_0(x, y);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c")]
-unsafe fn quantize_row_q8_0_avx2(src: &[f32], dst: &mut [u8]) {
-    use std::arch::x86_64::*;
-    let sign = _mm256_set1_ps(-0.0);
-    let half = _mm256_set1_ps(0.49999997);
-    // packs_epi32 / packs_epi16 interleave the 128-bit lanes; this puts the bytes back in order.
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
-        // SAFETY (all loads and the store): x has 32 floats and y[2..] 32 bytes.
-        let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(x.as_ptr().add(i)));
-        let a = v.map(|v| _mm256_andnot_ps(sign, v));
-        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-        let d = _mm_cvtss_f32(m) / 127.0;
-        let id = _mm256_set1_ps(inverse(d));
-        // F16C's conversion rounds to nearest even, as `fp16` does.
-        let h = _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(d)));
-        y[..2].copy_from_slice(&(h as u16).to_le_bytes());
-        let q = v.map(|v| {
-            let t = _mm256_mul_ps(v, id);
-            let r = _mm256_add_ps(t, _mm256_or_ps(_mm256_and_ps(t, sign), half));
-            _mm256_cvttps_epi32(r)
-        });
-        let lo = _mm256_packs_epi32(q[0], q[1]);
-        let hi = _mm256_packs_epi32(q[2], q[3]);
-        let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
-        _mm256_storeu_si256(y.as_mut_ptr().add(2) as *mut __m256i, bytes);
     }
 }
 
@@ -235,57 +202,108 @@ unsafe fn quantize_row_q8_0_avx2(src: &[f32], dst: &mut [u8]) {
 /// d = max / −8, codes truncated from x·(1/d) + 8.5 and capped at 15), so the same bytes.
 pub(super) fn quantize_row_q4_0(src: &[f32], dst: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
+    if simd::available() {
         // SAFETY: the CPU supports AVX2 and F16C, checked just above.
-        return unsafe { quantize_row_q4_0_avx2(src, dst) };
+        return unsafe { simd::q4_0_row(src, dst) };
     }
     for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(18)) {
         quantize_q4_0(x, y);
     }
 }
 
+/// The AVX2 + F16C row loops, and the steps they share: a block's four vectors with their
+/// magnitudes and its largest magnitude, and the f16 scale.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c")]
-unsafe fn quantize_row_q4_0_avx2(src: &[f32], dst: &mut [u8]) {
+mod simd {
     use std::arch::x86_64::*;
-    let sign = _mm256_set1_ps(-0.0);
-    let offset = _mm256_set1_ps(8.5);
-    let fifteen = _mm256_set1_epi32(15);
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(18)) {
-        // SAFETY (all loads and the store): x has 32 floats and y[2..] 16 bytes.
+
+    use super::{inverse, QK};
+
+    pub(super) fn available() -> bool {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
+    }
+
+    /// packs_epi32 / packs_epi16 interleave the 128-bit lanes; this puts the dwords back in order.
+    const ORDER: [i32; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
+
+    /// A block's 32 values as four vectors, their magnitudes, and the largest magnitude.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load_block(x: &[f32]) -> ([__m256; 4], [__m256; 4], f32) {
+        // SAFETY: callers pass blocks of 32 floats.
         let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(x.as_ptr().add(i)));
-        let a = v.map(|v| _mm256_andnot_ps(sign, v));
+        let a = v.map(|v| _mm256_andnot_ps(_mm256_set1_ps(-0.0), v));
         let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
         let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
-        // The first element whose magnitude is the maximum, with its sign.
-        let all = _mm256_set1_ps(amax);
-        let hits = a.map(|a| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(a, all)) as u32);
-        let mask = hits[0] | hits[1] << 8 | hits[2] << 16 | hits[3] << 24;
-        let max = if mask == 0 {
-            0.0
-        } else {
-            x[mask.trailing_zeros() as usize]
-        };
-        let d = max / -8.0;
-        let id = _mm256_set1_ps(inverse(d));
+        (v, a, _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1))))
+    }
+
+    /// Writes `d` as f16 at the block's start: F16C rounds to nearest even, as `fp16` does.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn store_scale(y: &mut [u8], d: f32) {
         let h = _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(d)));
         y[..2].copy_from_slice(&(h as u16).to_le_bytes());
-        let c = v.map(|v| {
-            let t = _mm256_add_ps(_mm256_mul_ps(v, id), offset);
-            _mm256_min_epi32(_mm256_cvttps_epi32(t), fifteen)
-        });
-        // Byte j holds element j in its low nibble and element j + 16 in its high one.
-        let lo = _mm256_or_si256(c[0], _mm256_slli_epi32::<4>(c[2]));
-        let hi = _mm256_or_si256(c[1], _mm256_slli_epi32::<4>(c[3]));
-        let words = _mm256_packs_epi32(lo, hi);
-        let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words, words), order);
-        _mm_storeu_si128(
-            y.as_mut_ptr().add(2) as *mut __m128i,
-            _mm256_castsi256_si128(bytes),
-        );
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn q8_0_row(src: &[f32], dst: &mut [u8]) {
+        let sign = _mm256_set1_ps(-0.0);
+        let half = _mm256_set1_ps(0.49999997);
+        let order = _mm256_loadu_si256(ORDER.as_ptr() as *const __m256i);
+        for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
+            let (v, _, amax) = load_block(x);
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(inverse(d));
+            store_scale(y, d);
+            let q = v.map(|v| {
+                let t = _mm256_mul_ps(v, id);
+                let r = _mm256_add_ps(t, _mm256_or_ps(_mm256_and_ps(t, sign), half));
+                _mm256_cvttps_epi32(r)
+            });
+            let lo = _mm256_packs_epi32(q[0], q[1]);
+            let hi = _mm256_packs_epi32(q[2], q[3]);
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
+            // SAFETY: y[2..] holds 32 bytes.
+            _mm256_storeu_si256(y.as_mut_ptr().add(2) as *mut __m256i, bytes);
+        }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn q4_0_row(src: &[f32], dst: &mut [u8]) {
+        let offset = _mm256_set1_ps(8.5);
+        let fifteen = _mm256_set1_epi32(15);
+        let order = _mm256_loadu_si256(ORDER.as_ptr() as *const __m256i);
+        for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(18)) {
+            let (v, a, amax) = load_block(x);
+            // The first element whose magnitude is the maximum, with its sign.
+            let all = _mm256_set1_ps(amax);
+            let hits = a.map(|a| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(a, all)) as u32);
+            let mask = hits[0] | hits[1] << 8 | hits[2] << 16 | hits[3] << 24;
+            let max = if mask == 0 {
+                0.0
+            } else {
+                x[mask.trailing_zeros() as usize]
+            };
+            let d = max / -8.0;
+            let id = _mm256_set1_ps(inverse(d));
+            store_scale(y, d);
+            let c = v.map(|v| {
+                let t = _mm256_add_ps(_mm256_mul_ps(v, id), offset);
+                _mm256_min_epi32(_mm256_cvttps_epi32(t), fifteen)
+            });
+            // Byte j holds element j in its low nibble and element j + 16 in its high one.
+            let lo = _mm256_or_si256(c[0], _mm256_slli_epi32::<4>(c[2]));
+            let hi = _mm256_or_si256(c[1], _mm256_slli_epi32::<4>(c[3]));
+            let words = _mm256_packs_epi32(lo, hi);
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words, words), order);
+            // SAFETY: y[2..] holds 16 bytes.
+            _mm_storeu_si128(
+                y.as_mut_ptr().add(2) as *mut __m128i,
+                _mm256_castsi256_si128(bytes),
+            );
+        }
     }
 }
 
