@@ -584,11 +584,9 @@ fn same_tokens_and_log_probs_as_llama_cpp(model: &Path, text: &Path, logits: &Pa
     let vocab = zeropoint_gguf::vocab::Vocab::from_header(&f.header).unwrap();
     let mut ours: Vec<u32> = vocab.bos().into_iter().collect();
     ours.extend(vocab.encode(&std::fs::read_to_string(text).unwrap()));
-    let bytes = std::fs::read(logits).unwrap();
-    let int = |i: usize| i32::from_le_bytes(bytes[8 + 4 * i..12 + 4 * i].try_into().unwrap());
-    let (n_ctx, n_vocab, n_chunk) = (int(0) as usize, int(1) as usize, int(2) as usize);
-    let theirs: Vec<u32> = (0..n_ctx * n_chunk).map(|i| int(3 + i) as u32).collect();
-    let at = ours.iter().zip(&theirs).position(|(a, b)| a != b);
+    let saved = Saved::read(logits);
+    let (n_ctx, theirs) = (saved.n_ctx, &saved.tokens);
+    let at = ours.iter().zip(theirs).position(|(a, b)| a != b);
     assert!(
         at.is_none() && ours.len() >= theirs.len(),
         "{}: tokens differ from llama.cpp's at {at:?}",
@@ -600,16 +598,9 @@ fn same_tokens_and_log_probs_as_llama_cpp(model: &Path, text: &Path, logits: &Pa
         seq[0] = bos;
     }
     let ours = zeropoint_gguf::llama::log_probs(&f, &seq).unwrap();
-    let nv = 2 * n_vocab.div_ceil(2) + 4;
-    let mut at = 20 + 4 * n_ctx * n_chunk;
     let mut worst = 0f32;
-    for row in &ours[n_ctx / 2..n_ctx - 1] {
-        let rec = &bytes[at..at + 2 * nv];
-        at += 2 * nv;
-        let scale = f32::from_le_bytes(rec[0..4].try_into().unwrap());
-        let min = f32::from_le_bytes(rec[4..8].try_into().unwrap());
-        for (v, &lp) in row.iter().enumerate() {
-            let q = u16::from_le_bytes([rec[8 + 2 * v], rec[9 + 2 * v]]);
+    for (row, (scale, min, codes)) in ours[n_ctx / 2..n_ctx - 1].iter().zip(&saved.rows) {
+        for (&lp, &q) in row.iter().zip(codes) {
             if q > 0 {
                 worst = worst.max((min + scale * f32::from(q) - lp).abs());
             }
@@ -622,32 +613,55 @@ fn same_tokens_and_log_probs_as_llama_cpp(model: &Path, text: &Path, logits: &Pa
     );
 }
 
-/// The log-probabilities of every scored position of a `llama-perplexity --kl-divergence-base`
-/// file (llama.cpp's 16-bit encoding: a scale and minimum per position).
-fn saved_log_probs(path: &Path) -> Vec<Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap();
-    let int = |i: usize| i32::from_le_bytes(bytes[8 + 4 * i..12 + 4 * i].try_into().unwrap());
-    let (n_ctx, n_vocab, n_chunk) = (int(0) as usize, int(1) as usize, int(2) as usize);
-    let nv = 2 * n_vocab.div_ceil(2) + 4;
-    let start = 20 + 4 * n_ctx * n_chunk;
-    let f32_at = |at: usize| f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-    (0..n_chunk * (n_ctx - 1 - n_ctx / 2))
-        .map(|r| {
-            let at = start + 2 * nv * r;
-            let (scale, min) = (f32_at(at), f32_at(at + 4));
-            (0..n_vocab)
-                .map(|v| {
-                    let q = u16::from_le_bytes([bytes[at + 8 + 2 * v], bytes[at + 9 + 2 * v]]);
-                    min + scale * f32::from(q)
-                })
-                .collect()
-        })
-        .collect()
+/// A `llama-perplexity --kl-divergence-base` file: the tokens it ran, and for every scored
+/// position llama.cpp's 16-bit encoding of the log-probabilities (a scale, a minimum and a code
+/// per token; code 0 stands for "at or below the minimum").
+struct Saved {
+    n_ctx: usize,
+    tokens: Vec<u32>,
+    rows: Vec<(f32, f32, Vec<u16>)>,
+}
+
+impl Saved {
+    fn read(path: &Path) -> Saved {
+        let bytes = std::fs::read(path).unwrap();
+        let int = |i: usize| i32::from_le_bytes(bytes[8 + 4 * i..12 + 4 * i].try_into().unwrap());
+        let (n_ctx, n_vocab, n_chunk) = (int(0) as usize, int(1) as usize, int(2) as usize);
+        let tokens = (0..n_ctx * n_chunk).map(|i| int(3 + i) as u32).collect();
+        let nv = 2 * n_vocab.div_ceil(2) + 4;
+        let start = 20 + 4 * n_ctx * n_chunk;
+        let f32_at = |at: usize| f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let rows = (0..n_chunk * (n_ctx - 1 - n_ctx / 2))
+            .map(|r| {
+                let at = start + 2 * nv * r;
+                let codes = (0..n_vocab)
+                    .map(|v| u16::from_le_bytes([bytes[at + 8 + 2 * v], bytes[at + 9 + 2 * v]]))
+                    .collect();
+                (f32_at(at), f32_at(at + 4), codes)
+            })
+            .collect();
+        Saved {
+            n_ctx,
+            tokens,
+            rows,
+        }
+    }
+
+    /// The log-probabilities of every scored position.
+    fn log_probs(&self) -> Vec<Vec<f32>> {
+        let decode = |(scale, min, codes): &(f32, f32, Vec<u16>)| {
+            codes.iter().map(|&q| min + scale * f32::from(q)).collect()
+        };
+        self.rows.iter().map(decode).collect()
+    }
 }
 
 /// Mean over positions of KL(P‖Q), P the distribution saved in `base`, Q in `other`.
 fn mean_kl_divergence(base: &Path, other: &Path) -> f64 {
-    let (p, q) = (saved_log_probs(base), saved_log_probs(other));
+    let (p, q) = (
+        Saved::read(base).log_probs(),
+        Saved::read(other).log_probs(),
+    );
     assert_eq!(p.len(), q.len());
     let total: f64 = p
         .iter()
