@@ -48,18 +48,7 @@ pub fn write_f32(
 
 /// The string metadata of a safetensors file (empty if it has none).
 pub fn metadata(bytes: &[u8], path: &Path) -> Result<Vec<(String, String)>> {
-    let bad = |msg: &str| Error::invalid(path, msg.to_string());
-    let len = bytes
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-        .ok_or_else(|| bad("truncated: shorter than the 8-byte header length"))?;
-    let end = usize::try_from(len)
-        .ok()
-        .and_then(|h| h.checked_add(8))
-        .filter(|&end| end <= bytes.len())
-        .ok_or_else(|| bad("truncated or not safetensors"))?;
-    let header: Value = serde_json::from_slice(&bytes[8..end])
-        .map_err(|e| Error::invalid_because(path, "header is not valid JSON", e))?;
+    let (header, _) = header(bytes, path)?;
     let pairs = header
         .get("__metadata__")
         .and_then(Value::as_object)
@@ -70,6 +59,28 @@ pub fn metadata(bytes: &[u8], path: &Path) -> Result<Vec<(String, String)>> {
         })
         .unwrap_or_default();
     Ok(pairs)
+}
+
+/// The JSON header, and where the data starts.
+fn header(bytes: &[u8], path: &Path) -> Result<(Value, usize)> {
+    let bad = |msg: String| Error::invalid(path, msg);
+    let header_len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .ok_or_else(|| bad("truncated: shorter than the 8-byte header length".into()))?;
+    let data_start = usize::try_from(header_len)
+        .ok()
+        .and_then(|h| h.checked_add(8))
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| {
+            bad(format!(
+                "truncated or not safetensors: header length {header_len} exceeds the file size {}",
+                bytes.len()
+            ))
+        })?;
+    let header: Value = serde_json::from_slice(&bytes[8..data_start])
+        .map_err(|e| Error::invalid_because(path, "header is not valid JSON", e))?;
+    Ok((header, data_start))
 }
 
 /// One tensor as a safetensors header describes it: its bytes are `range` of the file.
@@ -99,22 +110,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Vec<Tensor>> {
 /// file larger than memory).
 pub fn index(bytes: &[u8], path: &Path) -> Result<Vec<Entry>> {
     let bad = |msg: String| Error::invalid(path, msg);
-    let header_len = bytes
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-        .ok_or_else(|| bad("truncated: shorter than the 8-byte header length".into()))?;
-    let data_start = usize::try_from(header_len)
-        .ok()
-        .and_then(|h| h.checked_add(8))
-        .filter(|&end| end <= bytes.len())
-        .ok_or_else(|| {
-            bad(format!(
-                "truncated or not safetensors: header length {header_len} exceeds the file size {}",
-                bytes.len()
-            ))
-        })?;
-    let header: Value = serde_json::from_slice(&bytes[8..data_start])
-        .map_err(|e| Error::invalid_because(path, "header is not valid JSON", e))?;
+    let (header, data_start) = header(bytes, path)?;
     let entries = header
         .as_object()
         .ok_or_else(|| bad("header is not a JSON object".into()))?;
