@@ -6,6 +6,7 @@
 //! the min-max one and keep the one with the least weighted error; they are ggml's reference
 //! searches, step for step, because a different float order flips a code and breaks byte-identity.
 
+use super::lanes::{make_qkx2_quants_each, make_qx_quants_each};
 use super::{read_fp16, write_fp16};
 
 pub(super) const QK_K: usize = 256;
@@ -213,6 +214,11 @@ pub(super) fn make_qkx2_quants(
     (scale, -min)
 }
 
+/// The largest of `v` and 0, as ggml's `if (v > max) max = v` loops find it.
+fn largest(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |max, &v| if v > max { v } else { max })
+}
+
 /// The 6-bit scale and min of sub-block `j` of a Q4_K / Q5_K block (ggml's `get_scale_min_k4`).
 fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
@@ -238,26 +244,17 @@ pub(super) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
 /// Q2_K: scales[16] (4-bit scale | 4-bit min << 4), qs[64], d (f16), dmin (f16).
 pub(super) fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
     let mut l = [0u8; QK_K];
-    let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
     let search = Search {
         rmin: -0.5,
         rdelta: 0.1,
         nstep: 15,
         use_mad: true,
     };
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..16 {
-        let xs = &x[16 * j..16 * j + 16];
-        let mut w = [0f32; 16];
-        w.iter_mut().zip(xs).for_each(|(w, v)| *w = v.abs());
-        (scales[j], mins[j]) = make_qkx2_quants(xs, &w, 3, &mut l[16 * j..16 * j + 16], &search);
-        max_scale = if scales[j] > max_scale {
-            scales[j]
-        } else {
-            max_scale
-        };
-        max_min = if mins[j] > max_min { mins[j] } else { max_min };
-    }
+    let mut w = [0f32; QK_K];
+    w.iter_mut().zip(x).for_each(|(w, v)| *w = v.abs());
+    let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
+    make_qkx2_quants_each((x, &w, 16), 3, &search, &mut l, (&mut scales, &mut mins));
+    let (max_scale, max_min) = (largest(&scales), largest(&mins));
     let mut sc = [0u8; 16];
     let (mut d_all, mut dmin) = (0f32, 0f32);
     if max_scale > 0.0 {
@@ -326,6 +323,8 @@ fn q3_scale(sc: &[u8], j: usize) -> i8 {
 pub(super) fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
+    // Not run lane-parallel as the other searches are: its coordinate descent updates running
+    // sums element by element, a dependency chain that eight lanes in step make slower.
     let (mut max_scale, mut amax) = (0f32, 0f32);
     for j in 0..16 {
         scales[j] = make_q3_quants(&x[16 * j..16 * j + 16], 4, &mut l[16 * j..16 * j + 16]);
@@ -375,11 +374,10 @@ pub(super) fn finish_q3_k(x: &[f32], sc: &[u8; 12], d: f32, l: &mut [i8; QK_K], 
 pub(super) fn pack_q3(l: &[u8; QK_K], y: &mut [u8]) {
     let mut low = [0u8; QK_K];
     y[..32].fill(0);
+    // Branch-free: whether a code is above 3 is a coin toss a branch predictor loses.
     for (j, (&q, c)) in l.iter().zip(low.iter_mut()).enumerate() {
         *c = q & 3;
-        if q > 3 {
-            y[j % 32] |= 1 << (j / 32);
-        }
+        y[j % 32] |= ((q > 3) as u8) << (j / 32);
     }
     pack_2bit(&low, &mut y[32..96]);
 }
@@ -404,23 +402,16 @@ pub(super) fn dequantize_q3_k(b: &[u8], y: &mut [f32]) {
 /// Fits the eight 32-weight sub-blocks of a Q4_K / Q5_K block and packs their 6-bit scales and
 /// mins into `sc` (12 bytes); returns the codes and the super-block (d, dmin) before f16.
 fn fit_k4(x: &[f32], nmax: i32, search: &Search, l: &mut [u8; QK_K], sc: &mut [u8]) -> (f32, f32) {
-    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..8 {
-        let xs = &x[32 * j..32 * j + 32];
+    let mut w = [0f32; QK_K];
+    for (xs, w) in x.chunks_exact(32).zip(w.chunks_exact_mut(32)) {
         let mut sum_x2 = 0f32;
         xs.iter().for_each(|v| sum_x2 += v * v);
         let av_x = (sum_x2 / 32.0).sqrt();
-        let mut w = [0f32; 32];
         w.iter_mut().zip(xs).for_each(|(w, v)| *w = av_x + v.abs());
-        (scales[j], mins[j]) = make_qkx2_quants(xs, &w, nmax, &mut l[32 * j..32 * j + 32], search);
-        max_scale = if scales[j] > max_scale {
-            scales[j]
-        } else {
-            max_scale
-        };
-        max_min = if mins[j] > max_min { mins[j] } else { max_min };
     }
+    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+    make_qkx2_quants_each((x, &w, 32), nmax, search, l, (&mut scales, &mut mins));
+    let (max_scale, max_min) = (largest(&scales), largest(&mins));
     let inv_scale = if max_scale > 0.0 {
         63.0 / max_scale
     } else {
@@ -559,15 +550,8 @@ pub(super) fn quantize_q6_k(x: &[f32], y: &mut [u8]) {
 pub(super) fn quantize_q6_k_weighted(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
-    let (mut max_scale, mut max_abs) = (0f32, 0f32);
-    for ib in 0..16 {
-        let (xs, ls) = (&x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
-        scales[ib] = make_qx_quants(xs, 32, ls, qw.map(|q| &q[16 * ib..16 * ib + 16]));
-        if scales[ib].abs() > max_abs {
-            max_abs = scales[ib].abs();
-            max_scale = scales[ib];
-        }
-    }
+    make_qx_quants_each((x, qw, 16), 32, &mut l, &mut scales);
+    let (max_abs, max_scale) = signed_absmax(&scales);
     if max_abs < GROUP_MAX_EPS {
         y.fill(0);
         return;

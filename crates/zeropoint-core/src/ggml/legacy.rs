@@ -182,42 +182,65 @@ pub(super) fn dequantize_q8_0(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// A row of Q8_0 blocks with AVX2 and F16C where the CPU has them, else block by block. The
-/// same operations in the same order as [`quantize_q8_0`] (max |x|, d = amax / 127, x·(1/d)
-/// rounded half away from zero by adding 0.49999997 with x's sign and truncating), eight lanes
-/// at a time: the bytes are the same.
-pub(super) fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
+/// A row of Q8_0 blocks, or false (and `dst` unspecified) if the row holds NaN or infinity. With
+/// AVX2 and F16C where the CPU has them, else block by block: the same operations in the same
+/// order as [`quantize_q8_0`] (max |x|, d = amax / 127, x·(1/d) rounded half away from zero by
+/// adding 0.49999997 with x's sign and truncating), eight lanes at a time: the bytes are the same.
+pub(super) fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if simd::available() {
         // SAFETY: the CPU supports AVX2 and F16C, checked just above.
         return unsafe { simd::q8_0_row(src, dst) };
     }
-    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
-        quantize_q8_0(x, y);
+    finite(src) && {
+        for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
+            quantize_q8_0(x, y);
+        }
+        true
     }
 }
 
-/// A row of Q4_0 blocks with AVX2 and F16C where the CPU has them, else block by block: the
-/// same operations in the same order as [`quantize_q4_0`] (the first value of largest magnitude,
-/// d = max / −8, codes truncated from x·(1/d) + 8.5 and capped at 15), so the same bytes.
-pub(super) fn quantize_row_q4_0(src: &[f32], dst: &mut [u8]) {
+/// A row of Q4_0 blocks, or false if the row holds NaN or infinity. With AVX2 and F16C where the
+/// CPU has them, else block by block: the same operations in the same order as
+/// [`quantize_q4_0`] (the first value of largest magnitude, d = max / −8, codes truncated from
+/// x·(1/d) + 8.5 and capped at 15), so the same bytes.
+pub(super) fn quantize_row_q4_0(src: &[f32], dst: &mut [u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if simd::available() {
         // SAFETY: the CPU supports AVX2 and F16C, checked just above.
         return unsafe { simd::q4_0_row(src, dst) };
     }
-    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(18)) {
-        quantize_q4_0(x, y);
+    finite(src) && {
+        for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(18)) {
+            quantize_q4_0(x, y);
+        }
+        true
     }
 }
 
-/// The AVX2 + F16C row loops, and the steps they share: a block's four vectors with their
-/// magnitudes and its largest magnitude, and the f16 scale.
+fn finite(x: &[f32]) -> bool {
+    x.iter().all(|v| v.is_finite())
+}
+
+/// The AVX2 + F16C row loops. They work on groups of eight blocks so that the eight scales are
+/// found with one vector division instead of eight dependent scalar ones (which bound the
+/// block-at-a-time loop): a first pass over the group takes each block's largest magnitude, a
+/// second quantizes. Blocks after the last whole group take the scalar path, with the same bytes.
+///
+/// The largest magnitudes are taken as integers: the bits of |x| order as |x| does, and a NaN
+/// or an infinity has bits above those of any finite float, so the same instructions that find
+/// the maxima find a non-finite value, with no separate pass over the row.
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
 
-    use super::{inverse, QK};
+    use super::{finite, quantize_q4_0, quantize_q8_0, QK};
+
+    /// Blocks whose scales are computed together: one per f32 lane.
+    const GROUP: usize = 8;
+
+    /// How far ahead (in floats) to prefetch.
+    const AHEAD: usize = 8 * GROUP * QK;
 
     pub(super) fn available() -> bool {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
@@ -226,83 +249,192 @@ mod simd {
     /// packs_epi32 / packs_epi16 interleave the 128-bit lanes; this puts the dwords back in order.
     const ORDER: [i32; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
 
-    /// A block's 32 values as four vectors, their magnitudes, and the largest magnitude.
+    /// Lanes b (and b of the second vector): the largest of `f` over block b of a group (`x`
+    /// holds eight blocks), `f` taking the bits of eight floats to two sets of eight i32.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn load_block(x: &[f32]) -> ([__m256; 4], [__m256; 4], f32) {
-        // SAFETY: callers pass blocks of 32 floats.
-        let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(x.as_ptr().add(i)));
-        let a = v.map(|v| _mm256_andnot_ps(_mm256_set1_ps(-0.0), v));
-        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        (v, a, _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1))))
+    unsafe fn block_max(x: &[f32], f: impl Fn(__m256i) -> [__m256i; 2]) -> [__m256i; 2] {
+        // SAFETY (the loads): callers pass groups of eight whole blocks.
+        let at = |i: usize| f(_mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i));
+        let max = |a: [__m256i; 2], b: [__m256i; 2]| {
+            [_mm256_max_epi32(a[0], b[0]), _mm256_max_epi32(a[1], b[1])]
+        };
+        let blocks: [[__m256i; 2]; GROUP] = std::array::from_fn(|b| {
+            let i = b * QK;
+            let ahead = x.as_ptr().wrapping_add(i + AHEAD) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            max(max(at(i), at(i + 8)), max(at(i + 16), at(i + 24)))
+        });
+        [0, 1].map(|j| lane_maxima(blocks.map(|b| b[j])))
     }
 
-    /// Writes `d` as f16 at the block's start: F16C rounds to nearest even, as `fp16` does.
+    /// Lane b: the largest lane of `m[b]`, by a transposing reduction: pairs, then quads within
+    /// each 128-bit half, then the halves.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn store_scale(y: &mut [u8], d: f32) {
-        let h = _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(d)));
-        y[..2].copy_from_slice(&(h as u16).to_le_bytes());
+    unsafe fn lane_maxima(m: [__m256i; GROUP]) -> __m256i {
+        let pair =
+            |a, b| _mm256_max_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+        let quad = |a, b| {
+            let even = _mm256_unpacklo_epi64(a, b);
+            _mm256_max_epi32(even, _mm256_unpackhi_epi64(a, b))
+        };
+        let low = quad(pair(m[0], m[1]), pair(m[2], m[3]));
+        let high = quad(pair(m[4], m[5]), pair(m[6], m[7]));
+        _mm256_max_epi32(
+            _mm256_permute2x128_si256::<0x20>(low, high),
+            _mm256_permute2x128_si256::<0x31>(low, high),
+        )
+    }
+
+    /// Whether no lane of the bits of magnitudes `amax` is NaN or infinity.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn all_finite(amax: __m256i) -> bool {
+        let infinite = _mm256_cmpgt_epi32(amax, _mm256_set1_epi32(f32::MAX.to_bits() as i32));
+        _mm256_testz_si256(infinite, infinite) == 1
+    }
+
+    /// Lane b: the largest magnitude in block b of a group, or None if the group holds NaN or
+    /// infinity.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn block_maxima(x: &[f32]) -> Option<__m256> {
+        let abs = |v| _mm256_and_si256(v, _mm256_set1_epi32(i32::MAX));
+        let [amax, _] = block_max(x, |v| [abs(v), abs(v)]);
+        all_finite(amax).then(|| _mm256_castsi256_ps(amax))
+    }
+
+    /// Lane b: the first value of block b whose magnitude is the block's largest, with its sign;
+    /// None if the group holds NaN or infinity. As integers, a float's bits order the positive
+    /// values, and with the sign bit flipped the negative ones by magnitude: the larger of the
+    /// two maxima gives the value, and only where they tie (+a and −a both present) does the
+    /// first one have to be looked for.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn signed_maxima(x: &[f32]) -> Option<__m256> {
+        let sign = _mm256_set1_epi32(i32::MIN);
+        let [positive, negative] = block_max(x, |v| [v, _mm256_xor_si256(v, sign)]);
+        if !all_finite(_mm256_max_epi32(positive, negative)) {
+            return None;
+        }
+        let flip = _mm256_cmpgt_epi32(negative, positive);
+        let max = _mm256_blendv_epi8(positive, _mm256_xor_si256(negative, sign), flip);
+        let mut max: [f32; GROUP] = std::mem::transmute(max);
+        let ties = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(positive, negative)));
+        for (b, max) in max.iter_mut().enumerate() {
+            if ties & (1 << b) != 0 {
+                *max = super::signed_absmax(&x[b * QK..(b + 1) * QK]);
+            }
+        }
+        // SAFETY: max holds eight lanes.
+        Some(_mm256_loadu_ps(max.as_ptr()))
+    }
+
+    /// The eight scales as f16 (F16C rounds to nearest even, as `fp16` does) and their inverses
+    /// (0 for a zero scale, as `inverse` gives).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scales(d: __m256) -> ([u16; GROUP], [f32; GROUP]) {
+        let zero = _mm256_cmp_ps::<_CMP_EQ_OQ>(d, _mm256_setzero_ps());
+        let id = _mm256_andnot_ps(zero, _mm256_div_ps(_mm256_set1_ps(1.0), d));
+        let (mut h, mut inv) = ([0u16; GROUP], [0f32; GROUP]);
+        let half = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d);
+        // SAFETY: both arrays hold eight lanes.
+        _mm_storeu_si128(h.as_mut_ptr() as *mut __m128i, half);
+        _mm256_storeu_ps(inv.as_mut_ptr(), id);
+        (h, inv)
     }
 
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) unsafe fn q8_0_row(src: &[f32], dst: &mut [u8]) {
+    pub(super) unsafe fn q8_0_row(src: &[f32], dst: &mut [u8]) -> bool {
         let sign = _mm256_set1_ps(-0.0);
         let half = _mm256_set1_ps(0.49999997);
         let order = _mm256_loadu_si256(ORDER.as_ptr() as *const __m256i);
-        for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
-            let (v, _, amax) = load_block(x);
-            let d = amax / 127.0;
-            let id = _mm256_set1_ps(inverse(d));
-            store_scale(y, d);
-            let q = v.map(|v| {
-                let t = _mm256_mul_ps(v, id);
-                let r = _mm256_add_ps(t, _mm256_or_ps(_mm256_and_ps(t, sign), half));
-                _mm256_cvttps_epi32(r)
-            });
-            let lo = _mm256_packs_epi32(q[0], q[1]);
-            let hi = _mm256_packs_epi32(q[2], q[3]);
-            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
-            // SAFETY: y[2..] holds 32 bytes.
-            _mm256_storeu_si256(y.as_mut_ptr().add(2) as *mut __m256i, bytes);
+        let groups = src
+            .chunks_exact(GROUP * QK)
+            .zip(dst.chunks_exact_mut(GROUP * 34));
+        for (x, y) in groups {
+            let Some(amax) = block_maxima(x) else {
+                return false;
+            };
+            let d = _mm256_div_ps(amax, _mm256_set1_ps(127.0));
+            let (h, id) = scales(d);
+            for (b, y) in y.chunks_exact_mut(34).enumerate() {
+                let id = _mm256_set1_ps(id[b]);
+                y[..2].copy_from_slice(&h[b].to_le_bytes());
+                let q = [0, 8, 16, 24].map(|i| {
+                    // SAFETY: the block's 32 floats lie within the group.
+                    let t = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(b * QK + i)), id);
+                    let r = _mm256_add_ps(t, _mm256_or_ps(_mm256_and_ps(t, sign), half));
+                    _mm256_cvttps_epi32(r)
+                });
+                let lo = _mm256_packs_epi32(q[0], q[1]);
+                let hi = _mm256_packs_epi32(q[2], q[3]);
+                let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
+                // SAFETY: y[2..] holds 32 bytes.
+                _mm256_storeu_si256(y.as_mut_ptr().add(2) as *mut __m256i, bytes);
+            }
+        }
+        let done = src.len() / (GROUP * QK) * GROUP;
+        finite(&src[done * QK..]) && {
+            for (x, y) in src
+                .chunks_exact(QK)
+                .zip(dst.chunks_exact_mut(34))
+                .skip(done)
+            {
+                quantize_q8_0(x, y);
+            }
+            true
         }
     }
 
     #[target_feature(enable = "avx2,f16c")]
-    pub(super) unsafe fn q4_0_row(src: &[f32], dst: &mut [u8]) {
+    pub(super) unsafe fn q4_0_row(src: &[f32], dst: &mut [u8]) -> bool {
         let offset = _mm256_set1_ps(8.5);
         let fifteen = _mm256_set1_epi32(15);
         let order = _mm256_loadu_si256(ORDER.as_ptr() as *const __m256i);
-        for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(18)) {
-            let (v, a, amax) = load_block(x);
-            // The first element whose magnitude is the maximum, with its sign.
-            let all = _mm256_set1_ps(amax);
-            let hits = a.map(|a| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(a, all)) as u32);
-            let mask = hits[0] | hits[1] << 8 | hits[2] << 16 | hits[3] << 24;
-            let max = if mask == 0 {
-                0.0
-            } else {
-                x[mask.trailing_zeros() as usize]
+        let groups = src
+            .chunks_exact(GROUP * QK)
+            .zip(dst.chunks_exact_mut(GROUP * 18));
+        for (x, y) in groups {
+            let Some(max) = signed_maxima(x) else {
+                return false;
             };
-            let d = max / -8.0;
-            let id = _mm256_set1_ps(inverse(d));
-            store_scale(y, d);
-            let c = v.map(|v| {
-                let t = _mm256_add_ps(_mm256_mul_ps(v, id), offset);
-                _mm256_min_epi32(_mm256_cvttps_epi32(t), fifteen)
-            });
-            // Byte j holds element j in its low nibble and element j + 16 in its high one.
-            let lo = _mm256_or_si256(c[0], _mm256_slli_epi32::<4>(c[2]));
-            let hi = _mm256_or_si256(c[1], _mm256_slli_epi32::<4>(c[3]));
-            let words = _mm256_packs_epi32(lo, hi);
-            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words, words), order);
-            // SAFETY: y[2..] holds 16 bytes.
-            _mm_storeu_si128(
-                y.as_mut_ptr().add(2) as *mut __m128i,
-                _mm256_castsi256_si128(bytes),
-            );
+            let d = _mm256_div_ps(max, _mm256_set1_ps(-8.0));
+            let (h, id) = scales(d);
+            for (b, y) in y.chunks_exact_mut(18).enumerate() {
+                let id = _mm256_set1_ps(id[b]);
+                y[..2].copy_from_slice(&h[b].to_le_bytes());
+                let c = [0, 8, 16, 24].map(|i| {
+                    // SAFETY: the block's 32 floats lie within the group.
+                    let v = _mm256_loadu_ps(x.as_ptr().add(b * QK + i));
+                    let t = _mm256_add_ps(_mm256_mul_ps(v, id), offset);
+                    _mm256_min_epi32(_mm256_cvttps_epi32(t), fifteen)
+                });
+                // Byte j holds element j in its low nibble and element j + 16 in its high one.
+                let lo = _mm256_or_si256(c[0], _mm256_slli_epi32::<4>(c[2]));
+                let hi = _mm256_or_si256(c[1], _mm256_slli_epi32::<4>(c[3]));
+                let words = _mm256_packs_epi32(lo, hi);
+                let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words, words), order);
+                // SAFETY: y[2..] holds 16 bytes.
+                _mm_storeu_si128(
+                    y.as_mut_ptr().add(2) as *mut __m128i,
+                    _mm256_castsi256_si128(bytes),
+                );
+            }
+        }
+        let done = src.len() / (GROUP * QK) * GROUP;
+        finite(&src[done * QK..]) && {
+            for (x, y) in src
+                .chunks_exact(QK)
+                .zip(dst.chunks_exact_mut(18))
+                .skip(done)
+            {
+                quantize_q4_0(x, y);
+            }
+            true
         }
     }
 }
@@ -332,23 +464,51 @@ mod tests {
         for (j, v) in x[96..192].iter_mut().enumerate() {
             *v *= [3e-7, 1e-9, 1e10][j / 32];
         }
-        let mut fast = vec![0u8; 34 * 512];
-        quantize_row_q8_0(&x, &mut fast);
-        let mut slow = vec![0u8; 34 * 512];
-        for (x, y) in x.chunks_exact(QK).zip(slow.chunks_exact_mut(34)) {
-            quantize_q8_0(x, y);
-        }
-        assert_eq!(fast, slow, "Q8_0");
-        // Q4_0: ties of magnitude between opposite signs pick the first.
+        // Q4_0: ties of magnitude between opposite signs pick the first, in a whole group of
+        // eight blocks (the vector path) and in the blocks after the last group (the scalar one).
         x[192..224].fill(0.25);
         x[200] = -3.0;
         x[210] = 3.0;
-        let mut fast = vec![0u8; 18 * 512];
-        quantize_row_q4_0(&x, &mut fast);
-        let mut slow = vec![0u8; 18 * 512];
-        for (x, y) in x.chunks_exact(QK).zip(slow.chunks_exact_mut(18)) {
-            quantize_q4_0(x, y);
+        x[224..256].fill(0.0);
+        x[230] = -0.0;
+        x[32 * 509..32 * 510].fill(-1.5);
+        x[32 * 509 + 3] = 1.5;
+        // Rows of 512 blocks (whole groups) and of 509 (five blocks after the last group).
+        for blocks in [512, 509] {
+            let x = &x[..32 * blocks];
+            fast_and_slow("Q8_0", x, 34, quantize_row_q8_0, quantize_q8_0);
+            fast_and_slow("Q4_0", x, 18, quantize_row_q4_0, quantize_q4_0);
         }
-        assert_eq!(fast, slow, "Q4_0");
+    }
+
+    type Row = fn(&[f32], &mut [u8]) -> bool;
+
+    /// Asserts that the row loop writes the bytes of the block loop.
+    fn fast_and_slow(name: &str, x: &[f32], size: usize, row: Row, block: fn(&[f32], &mut [u8])) {
+        let mut fast = vec![0u8; size * x.len() / QK];
+        assert!(row(x, &mut fast));
+        let mut slow = vec![0u8; fast.len()];
+        for (x, y) in x.chunks_exact(QK).zip(slow.chunks_exact_mut(size)) {
+            block(x, y);
+        }
+        assert!(fast == slow, "{name}, {} blocks", x.len() / QK);
+    }
+
+    #[test]
+    fn the_row_loops_refuse_nan_and_infinity_anywhere() {
+        let clean: Vec<f32> = (0..32 * 9).map(|i| (i as f32 * 0.37).sin()).collect();
+        let rows: [Row; 2] = [quantize_row_q8_0, quantize_row_q4_0];
+        for row in rows {
+            let mut y = vec![0u8; 34 * 9];
+            assert!(row(&clean, &mut y));
+            // In a group of eight blocks (first and last value) and in the ninth block after it.
+            for at in [0, 255, 256, 287] {
+                for bad in [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut x = clean.clone();
+                    x[at] = bad;
+                    assert!(!row(&x, &mut y), "{bad} at {at}");
+                }
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod gptq;
 mod kquant;
+mod lanes;
 mod legacy;
 mod weighted;
 
@@ -220,14 +221,14 @@ fn output_buffer(ty: GgmlType, x: &[f32], n_per_row: usize) -> Result<Vec<u8>, G
 }
 
 /// Runs `encode` on every row of `x` and its slice of `out`, rows in parallel, after checking the
-/// sizes; each row is checked for NaN and infinity while it is in cache, just before it is
-/// encoded, and the first bad element is reported.
+/// sizes. `encode` returns false for a row that holds NaN or infinity, and the first bad element
+/// is then reported.
 fn encode_rows(
     ty: GgmlType,
     x: &[f32],
     n_per_row: usize,
     out: &mut [u8],
-    encode: impl Fn(&[f32], &mut [u8]) + Sync,
+    encode: impl Fn(&[f32], &mut [u8]) -> bool + Sync,
 ) -> Result<(), GgmlError> {
     let row_bytes = checked_row_bytes(ty, n_per_row)?;
     let rows = x.len().checked_div(n_per_row).unwrap_or(0);
@@ -237,17 +238,10 @@ fn encode_rows(
     if row_bytes == 0 {
         return Ok(());
     }
-    let check = ty != GgmlType::F32;
     let clean = out
         .par_chunks_mut(row_bytes)
         .zip(x.par_chunks(n_per_row))
-        .map(|(dst, src)| {
-            let ok = !check || all_finite(src);
-            if ok {
-                encode(src, dst);
-            }
-            ok
-        })
+        .map(|(dst, src)| encode(src, dst))
         .reduce(|| true, |a, b| a && b);
     if clean {
         return Ok(());
@@ -259,7 +253,8 @@ fn encode_rows(
     })
 }
 
-/// No NaN or infinity, in a loop the compiler vectorizes.
+/// No NaN or infinity, in a loop the compiler vectorizes: run on a row just before it is encoded,
+/// while it is in cache.
 fn all_finite(x: &[f32]) -> bool {
     crate::kernel::dispatch(|| x.iter().fold(true, |ok, v| ok & v.is_finite()))
 }
@@ -302,7 +297,10 @@ pub fn quantize_rows_weighted(
     }
     let mut out = output_buffer(ty, x, n_per_row)?;
     encode_rows(ty, x, n_per_row, &mut out, |src, dst| {
-        quantize_row_weighted(ty, src, importance, dst)
+        all_finite(src) && {
+            quantize_row_weighted(ty, src, importance, dst);
+            true
+        }
     })?;
     Ok(out)
 }
@@ -370,21 +368,28 @@ pub fn dequantize_rows(
     Ok(out)
 }
 
-/// One row: `dst` has exactly `ty.row_size(src.len())` bytes. Q8_0 and Q4_0, the formats that
-/// can run near memory speed, have row loops in AVX2 where the CPU has it (the same bytes).
-fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+/// One row, or false if it holds NaN or infinity (F32 copies those): `dst` has exactly
+/// `ty.row_size(src.len())` bytes. Q8_0 and Q4_0, the formats that can run near memory speed,
+/// have row loops in AVX2 where the CPU has it (the same bytes) that find non-finite values as
+/// they go; the others are checked first.
+fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> bool {
     use GgmlType::*;
+    match ty {
+        Q4_0 => return legacy::quantize_row_q4_0(src, dst),
+        Q8_0 => return legacy::quantize_row_q8_0(src, dst),
+        F32 => {}
+        _ if !all_finite(src) => return false,
+        _ => {}
+    }
     let (qk, bytes) = (ty.block_size(), ty.type_size());
     let blocks = src.chunks_exact(qk).zip(dst.chunks_exact_mut(bytes));
     match ty {
         F32 => blocks.for_each(|(x, y)| y.copy_from_slice(&x[0].to_le_bytes())),
         F16 => blocks.for_each(|(x, y)| y.copy_from_slice(&fp16(x[0]).to_le_bytes())),
         BF16 => blocks.for_each(|(x, y)| y.copy_from_slice(&bf16(x[0]).to_le_bytes())),
-        Q4_0 => legacy::quantize_row_q4_0(src, dst),
         Q4_1 => blocks.for_each(|(x, y)| legacy::quantize_q4_1(x, y)),
         Q5_0 => blocks.for_each(|(x, y)| legacy::quantize_q5_0(x, y)),
         Q5_1 => blocks.for_each(|(x, y)| legacy::quantize_q5_1(x, y)),
-        Q8_0 => legacy::quantize_row_q8_0(src, dst),
         Q2_K => blocks.for_each(|(x, y)| kquant::quantize_q2_k(x, y)),
         Q3_K => blocks.for_each(|(x, y)| kquant::quantize_q3_k(x, y)),
         Q4_K => blocks.for_each(|(x, y)| kquant::quantize_k4(x, 4, y)),
@@ -392,14 +397,22 @@ fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         Q6_K => blocks.for_each(|(x, y)| kquant::quantize_q6_k(x, y)),
         _ => unreachable!("checked by can_quantize"),
     }
+    true
 }
 
 fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     use GgmlType::*;
+    if ty == F32 {
+        // Element by element over `dst`, which the compiler turns into a vector copy (a block
+        // loop of one-element blocks it does not).
+        for (y, x) in dst.iter_mut().zip(src.chunks_exact(4)) {
+            *y = f32::from_le_bytes(x.try_into().expect("chunks of 4"));
+        }
+        return;
+    }
     let (qk, bytes) = (ty.block_size(), ty.type_size());
     let blocks = src.chunks_exact(bytes).zip(dst.chunks_exact_mut(qk));
     match ty {
-        F32 => blocks.for_each(|(x, y)| y[0] = f32::from_le_bytes([x[0], x[1], x[2], x[3]])),
         F16 => blocks.for_each(|(x, y)| y[0] = fp16_to_f32(u16::from_le_bytes([x[0], x[1]]))),
         BF16 => blocks.for_each(|(x, y)| y[0] = bf16_to_f32(u16::from_le_bytes([x[0], x[1]]))),
         Q4_0 => blocks.for_each(|(x, y)| legacy::dequantize_q4_0(x, y)),
@@ -412,6 +425,7 @@ fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         Q4_K => blocks.for_each(|(x, y)| kquant::dequantize_k4(x, 4, y)),
         Q5_K => blocks.for_each(|(x, y)| kquant::dequantize_k4(x, 5, y)),
         Q6_K => blocks.for_each(|(x, y)| kquant::dequantize_q6_k(x, y)),
+        F32 => unreachable!("copied above"),
         _ => unreachable!("checked by can_dequantize"),
     }
 }

@@ -6,6 +6,7 @@
 use super::kquant::{
     self, make_qkx2_quants, make_qx_quants, nearest_int, Search, GROUP_MAX_EPS, QK_K,
 };
+use super::lanes::{make_qkx2_quants_each, make_qx_quants_each};
 use super::legacy;
 use super::write_fp16;
 
@@ -162,13 +163,13 @@ pub(super) fn q2_k(x: &[f32], qw: &[f32], y: &mut [u8]) {
     let sigma2 = sum_squares(x) / QK_K as f32;
     let mut l = [0u8; QK_K];
     let (mut scales, mut mins, mut sw) = ([0f32; 16], [0f32; 16], [0f32; 16]);
-    for j in 0..16 {
+    let mut w = [0f32; QK_K];
+    for (j, w) in w.chunks_exact_mut(16).enumerate() {
         let (xs, qs) = (&x[16 * j..16 * j + 16], &qw[16 * j..16 * j + 16]);
-        let mut w = [0f32; 16];
-        importance(xs, qs, sigma2, &mut w);
-        sw[j] = total(&w);
-        (scales[j], mins[j]) = make_qkx2_quants(xs, &w, 3, &mut l[16 * j..16 * j + 16], &QKX3);
+        importance(xs, qs, sigma2, w);
+        sw[j] = total(w);
     }
+    make_qkx2_quants_each((x, &w, 16), 3, &QKX3, &mut l, (&mut scales, &mut mins));
     let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
     let dm = make_qp_quants(&scales, 15, &mut ls, &sw);
     let mm = make_qp_quants(&mins, 15, &mut lm, &sw);
@@ -180,13 +181,12 @@ pub(super) fn q3_k(x: &[f32], qw: &[f32], y: &mut [u8]) {
     let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
     let mut l = [0i8; QK_K];
     let (mut scales, mut sw) = ([0f32; 16], [0f32; 16]);
-    for j in 0..16 {
-        let (xs, qs) = (&x[16 * j..16 * j + 16], &qw[16 * j..16 * j + 16]);
-        let mut w = [0f32; 16];
-        importance(xs, qs, sigma2, &mut w);
-        sw[j] = total(&w);
-        scales[j] = make_qx_quants(xs, 4, &mut l[16 * j..16 * j + 16], Some(&w));
+    let mut w = [0f32; QK_K];
+    for (j, w) in w.chunks_exact_mut(16).enumerate() {
+        importance(&x[16 * j..16 * j + 16], &qw[16 * j..16 * j + 16], sigma2, w);
+        sw[j] = total(w);
     }
+    make_qx_quants_each((x, Some(&w), 16), 4, &mut l, &mut scales);
     let mut ls = [0i8; 16];
     let d = make_qx_quants(&scales, 32, &mut ls, Some(&sw));
     let mut sc = [0u8; 12];
@@ -209,13 +209,13 @@ pub(super) fn q45_k(x: &[f32], qw: &[f32], bits: u32, y: &mut [u8]) {
     let nmax = (1 << bits) - 1;
     let mut l = [0u8; QK_K];
     let (mut scales, mut mins, mut sw) = ([0f32; 8], [0f32; 8], [0f32; 8]);
-    for j in 0..8 {
+    let mut w = [0f32; QK_K];
+    for (j, w) in w.chunks_exact_mut(32).enumerate() {
         let (xs, qs) = (&x[32 * j..32 * j + 32], &qw[32 * j..32 * j + 32]);
-        let mut w = [0f32; 32];
-        importance(xs, qs, sigma2, &mut w);
-        sw[j] = total(&w);
-        (scales[j], mins[j]) = make_qkx2_quants(xs, &w, nmax, &mut l[32 * j..32 * j + 32], &QKX3);
+        importance(xs, qs, sigma2, w);
+        sw[j] = total(w);
     }
+    make_qkx2_quants_each((x, &w, 32), nmax, &QKX3, &mut l, (&mut scales, &mut mins));
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     let d = make_qp_quants(&scales, 63, &mut ls, &sw);
     let dmin = make_qp_quants(&mins, 63, &mut lm, &sw);
