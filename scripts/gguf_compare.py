@@ -3,7 +3,7 @@
 bits per weight, quantize wall time of each (same thread count, measured in the same run), and, given a text, the
 perplexity llama.cpp's own llama-perplexity measures on each output (docs/gguf.md).
 
-Usage: python3 scripts/gguf_compare.py --model MODEL-F16.gguf [--zeropoint target/debug/zeropoint]
+Usage: python3 scripts/gguf_compare.py --model MODEL-F16.gguf [--zeropoint target/release/zeropoint]
        [--llama-bin DIR] [--presets Q8_0,Q4_K_M,...] [--threads 2] [--runs 1]
        [--text EVAL.txt --ctx 512 --chunks 8] [--calib CALIB.txt --calib-chunks 16] [--keep DIR]
 
@@ -103,8 +103,9 @@ def quantize_both(args, bin_dir, preset, work, imatrix):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
-    # The test profile of this workspace is optimized: target/debug/zeropoint runs at release speed.
-    ap.add_argument("--zeropoint", default=os.path.join(ROOT, "target/debug/zeropoint"))
+    # Build it with `cargo build --release -p zeropoint-cli` (target/debug holds an unoptimized build
+    # after a plain `cargo build`).
+    ap.add_argument("--zeropoint", default=os.path.join(ROOT, "target/release/zeropoint"))
     ap.add_argument("--llama-bin")
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--threads", type=int, default=2)

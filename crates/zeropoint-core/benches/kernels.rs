@@ -115,7 +115,10 @@ fn cases(quick: bool) -> Vec<Case> {
     for (name, ty) in [
         ("ggml Q8_0 (rows of 4096)", GgmlType::Q8_0),
         ("ggml Q4_0 (rows of 4096)", GgmlType::Q4_0),
+        ("ggml Q2_K (rows of 4096)", GgmlType::Q2_K),
+        ("ggml Q3_K (rows of 4096)", GgmlType::Q3_K),
         ("ggml Q4_K (rows of 4096)", GgmlType::Q4_K),
+        ("ggml Q5_K (rows of 4096)", GgmlType::Q5_K),
         ("ggml Q6_K (rows of 4096)", GgmlType::Q6_K),
     ] {
         let src = x[..side * side].to_vec();
