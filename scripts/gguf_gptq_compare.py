@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""GPTQ inside ggml's formats (`zeropoint gguf --calib`) against llama.cpp's own best at the same size: llama-quantize
-with and without an importance matrix from llama-imatrix on the same calibration text. For each preset: file size, bits
+"""GPTQ and AWQ inside ggml's formats (`zeropoint gguf --calib [--awq] [--method rtn]`) against llama.cpp's own best at
+the same size: llama-quantize with and without an importance matrix from llama-imatrix on the same calibration text. For each preset: file size, bits
 per weight, quantize wall time, and what llama.cpp's llama-perplexity measures on held-aside text: perplexity, mean KL
 divergence from the float model's next-token distribution, and how often the top token is the float model's (docs/gguf.md).
 
 Usage: python3 scripts/gguf_gptq_compare.py --model MODEL-F32.gguf --calib CALIB.txt --text EVAL.txt
        [--presets Q4_K_M,Q4_0,...] [--zeropoint target/release/zeropoint] [--llama-bin DIR] [--threads 2]
-       [--ctx 512] [--chunks 8] [--calib-chunks 32] [--keep DIR]
+       [--ctx 512] [--chunks 8] [--calib-chunks 32] [--keep DIR] [--imatrix FILE]
+       [--methods llama-quantize,imatrix,gptq,awq+gptq,awq,rtn]
+
+--methods picks the rows: llama-quantize plain and with the importance matrix (imatrix), and zeropoint with GPTQ (gptq),
+AWQ then GPTQ (awq+gptq), AWQ then weighted rounding (awq), weighted rounding alone (rtn). --imatrix reuses an
+importance matrix llama-imatrix made on the same text instead of computing it again.
 
 Both tools see the same calibration text: llama-imatrix and zeropoint each take --calib-chunks windows of --ctx tokens
 of it. Needs numpy (the test venv's: .venv/bin/python).
@@ -22,6 +27,8 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# zeropoint's rows: the flags after --calib.
+ZEROPOINT_FLAGS = {"gptq": [], "awq+gptq": ["--awq"], "awq": ["--awq", "--method", "rtn"], "rtn": ["--method", "rtn"]}
 
 
 def run(cmd):
@@ -84,7 +91,13 @@ def main():
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--calib-chunks", type=int, default=32)
     ap.add_argument("--keep")
+    ap.add_argument("--imatrix")
+    ap.add_argument("--methods", default="llama-quantize,imatrix,gptq")
     args = ap.parse_args()
+    methods = args.methods.split(",")
+    unknown = set(methods) - set(ZEROPOINT_FLAGS) - {"llama-quantize", "imatrix"}
+    if unknown:
+        raise SystemExit(f"unknown methods {sorted(unknown)}")
     bin_dir = args.llama_bin or run([os.path.join(ROOT, "scripts/build-llama-cpp")]).strip().splitlines()[-1]
     work = args.keep or tempfile.mkdtemp(prefix="gguf-gptq-")
     os.makedirs(work, exist_ok=True)
@@ -92,12 +105,15 @@ def main():
     save_logits(bin_dir, args.model, base, args)
     tokens, p = read_logits(base)
     float_ppl = float(np.exp(-np.take_along_axis(p, tokens[:, :, None], axis=2).mean()))
-    imatrix = os.path.join(work, "imatrix.gguf")
-    imatrix_s = timed([os.path.join(bin_dir, "llama-imatrix"), "-m", args.model, "-f", args.calib, "-o", imatrix,
-                       "-c", str(args.ctx), "--chunks", str(args.calib_chunks), "-b", str(args.ctx),
-                       "-t", str(args.threads)])
+    imatrix, imatrix_note = args.imatrix, f"importance matrix {args.imatrix}"
+    if imatrix is None and "imatrix" in methods:
+        imatrix = os.path.join(work, "imatrix.gguf")
+        imatrix_s = timed([os.path.join(bin_dir, "llama-imatrix"), "-m", args.model, "-f", args.calib, "-o", imatrix,
+                           "-c", str(args.ctx), "--chunks", str(args.calib_chunks), "-b", str(args.ctx),
+                           "-t", str(args.threads)])
+        imatrix_note = f"llama-imatrix took {imatrix_s:.1f} s"
     print(f"model {args.model}; calibration {args.calib} ({args.calib_chunks} x {args.ctx} tokens), evaluation "
-          f"{args.text} ({args.chunks} x {args.ctx}); {args.threads} threads; llama-imatrix took {imatrix_s:.1f} s; "
+          f"{args.text} ({args.chunks} x {args.ctx}); {args.threads} threads; {imatrix_note}; "
           f"float perplexity {float_ppl:.4f}")
     print()
     print("| preset | method | MB | bits/weight | quantize s | perplexity | mean KLD | same top token % |")
@@ -105,22 +121,24 @@ def main():
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     for preset in args.presets.split(","):
         files = []
-        for method in ["llama-quantize", "llama-quantize + imatrix", "zeropoint GPTQ"]:
-            out = os.path.join(work, f"{preset}-{method.split()[0]}{'-imatrix' if 'imatrix' in method else ''}.gguf")
-            if method == "zeropoint GPTQ":
+        for method in methods:
+            out = os.path.join(work, f"{preset}-{method}.gguf")
+            if method in ZEROPOINT_FLAGS:
                 cmd = [args.zeropoint, "gguf", args.model, "-o", out, "--type", preset, "--calib", args.calib,
                        "--calib-chunks", str(args.calib_chunks), "--calib-ctx", str(args.ctx)]
                 t = time.perf_counter()
-                p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                p = subprocess.run(cmd + ZEROPOINT_FLAGS[method], capture_output=True, text=True, env=env)
                 seconds = time.perf_counter() - t
                 if p.returncode != 0:
                     raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr}")
+                label = f"zeropoint {method}"
             else:
                 cmd = [os.path.join(bin_dir, "llama-quantize")]
-                if "imatrix" in method:
+                if method == "imatrix":
                     cmd += ["--imatrix", imatrix]
                 seconds = timed(cmd + [args.model, out, preset, str(args.threads)])
-            files.append((method, out, seconds))
+                label = "llama-quantize" + (" + imatrix" if method == "imatrix" else "")
+            files.append((label, out, seconds))
         for method, out, seconds in files:
             ppl, kld, kld_err, top = evaluate(bin_dir, out, base, work, args)
             size = os.path.getsize(out)

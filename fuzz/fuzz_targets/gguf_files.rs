@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         let opts = Options {
             preset,
             imatrix: None,
-            gptq: None,
+            calibration: None,
             pure,
             allow_requantize,
         };

@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
     let opts = QuantizeOptions {
         preset: Preset::Q4_K_M,
         imatrix: None,
-        gptq: None,
+        calibration: None,
         pure: false,
         allow_requantize: false,
     };

@@ -13,7 +13,7 @@ use zeropoint_gguf::hf::{self, Checkpoint};
 use zeropoint_gguf::imatrix::Imatrix;
 use zeropoint_gguf::input::Input;
 use zeropoint_gguf::preset::Preset;
-use zeropoint_gguf::quantize::{self, Gptq, Options, Plan};
+use zeropoint_gguf::quantize::{self, Calibration, Options, Plan};
 use zeropoint_gguf::read::GgufFile;
 
 #[derive(ClapArgs, Debug)]
@@ -39,10 +39,18 @@ pub struct Args {
     #[arg(long)]
     pub allow_requantize: bool,
     /// Calibration text (UTF-8): quantize the transformer blocks' linear layers with GPTQ inside
-    /// the preset's formats, layer after layer on this text's activations, instead of rounding
-    /// each weight to nearest. The file still runs in any llama.cpp build.
+    /// the preset's formats (see --method, --awq), layer after layer on this text's activations,
+    /// instead of rounding each weight to nearest. The file still runs in any llama.cpp build.
     #[arg(long, value_name = "FILE.txt")]
     pub calib: Option<PathBuf>,
+    /// With --calib: gptq (GPTQ's error-compensating updates) or rtn (round to nearest,
+    /// weighted by each input's mean square on the calibration text).
+    #[arg(long, value_enum, default_value_t = CalibMethod::Gptq, requires = "calib")]
+    pub method: CalibMethod,
+    /// With --calib: AWQ's activation-aware channel scales before the method, searched per
+    /// layer on the calibration text and folded into the RMSNorm weights and the up projection.
+    #[arg(long, requires = "calib")]
+    pub awq: bool,
     /// Chunks of --calib-ctx tokens of the calibration text to use (at most).
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub calib_chunks: usize,
@@ -59,6 +67,12 @@ pub struct Args {
     /// List each tensor's type instead of a summary.
     #[arg(long)]
     pub verbose: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalibMethod {
+    Gptq,
+    Rtn,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -85,12 +99,12 @@ pub fn run(args: &Args) -> Result<()> {
         }
         Box::new(GgufFile::open(&args.input)?)
     };
-    let gptq = match &args.calib {
+    let calibration = match &args.calib {
         Some(path) => Some(calibration(args, path, input.as_ref())?),
         None => None,
     };
     let opts = Options {
-        gptq,
+        calibration,
         preset,
         imatrix,
         pure: args.pure,
@@ -101,7 +115,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut done = 0;
     let start = Instant::now();
     let mut layers_bar = crate::progress::bar();
-    let on_layer = |done, layers| layers_bar("GPTQ\tlayer", done, layers);
+    let on_layer = |done, layers| layers_bar("calibrate\tlayer", done, layers);
     let plan = quantize::quantize(input.as_ref(), &args.output, &opts, on_layer, |t| {
         done += 1;
         bar(&format!("quantize\t{}", t.name), done, total);
@@ -117,7 +131,7 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// The calibration text tokenized with the model's vocabulary, in chunks.
-fn calibration(args: &Args, path: &std::path::Path, input: &dyn Input) -> Result<Gptq> {
+fn calibration(args: &Args, path: &std::path::Path, input: &dyn Input) -> Result<Calibration> {
     if !(args.gptq_damp.is_finite() && args.gptq_damp > 0.0) {
         bail!("--gptq-damp must be a positive number");
     }
@@ -126,7 +140,7 @@ fn calibration(args: &Args, path: &std::path::Path, input: &dyn Input) -> Result
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("{}: cannot read as UTF-8 text: {e}", path.display()))?;
-    let mut g = Gptq::from_text(
+    let mut g = Calibration::from_text(
         input.header(),
         &text,
         args.calib_ctx,
@@ -134,6 +148,8 @@ fn calibration(args: &Args, path: &std::path::Path, input: &dyn Input) -> Result
         args.gptq_damp,
     )
     .map_err(|m| anyhow::anyhow!("{}: {m}", path.display()))?;
+    g.gptq = args.method == CalibMethod::Gptq;
+    g.awq = args.awq;
     g.dataset = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());

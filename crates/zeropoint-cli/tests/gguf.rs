@@ -466,15 +466,16 @@ fn hugging_face_checkpoints_run_in_llama_cpp_as_in_transformers() {
         );
     }
     broken_checkpoints_are_refused(&dir.join("smollm"), &dir);
-    gptq_is_closer_to_the_float_model(&bin, &dir, &text);
+    calibrated_files_are_closer_to_the_float_model(&bin, &dir, &text);
 }
 
-/// `--calib` (GPTQ inside ggml's formats) gives files llama.cpp runs, closer to the float model
-/// than plain rounding at the same size: llama-perplexity's mean KL divergence from the F32
+/// `--calib` (GPTQ inside ggml's formats, AWQ's scales then GPTQ, AWQ's scales then weighted
+/// rounding) gives files llama.cpp runs, closer to the float model than plain rounding at the
+/// same size: llama-perplexity's mean KL divergence from the F32
 /// model's distribution on text that was not the calibration text. The model's attention is
 /// milder than the conversion tests' (whose sharp attention amplifies any change chaotically, so
 /// that no per-layer criterion predicts the output). The bytes do not depend on the thread count.
-fn gptq_is_closer_to_the_float_model(bin: &Path, dir: &Path, text: &Path) {
+fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: &Path) {
     let checkpoint = dir.join("mild");
     run(Command::new(support::python())
         .arg(repo_root().join("tests/python/hf_llama.py"))
@@ -535,43 +536,56 @@ fn gptq_is_closer_to_the_float_model(bin: &Path, dir: &Path, text: &Path) {
         mean_kl_divergence(&base, &saved)
     };
     for preset in ["Q4_0", "Q4_K_M", "Q3_K_M"] {
-        let plain = dir.join(format!("plain-{preset}.gguf"));
-        let gptq = dir.join(format!("gptq-{preset}.gguf"));
-        let zp = |out: &Path, calibrated: bool, threads: &str| {
+        let zp = |out: &Path, flags: &[&str], threads: &str| {
             let mut cmd = Command::new(ZEROPOINT);
             cmd.arg("gguf")
                 .arg(&model)
                 .arg("-o")
                 .arg(out)
                 .args(["--type", preset]);
-            if calibrated {
+            if !flags.is_empty() {
                 cmd.arg("--calib").arg(&calib).args(["--calib-ctx", "64"]);
             }
-            run(cmd.env("RAYON_NUM_THREADS", threads));
+            run(cmd.args(flags).env("RAYON_NUM_THREADS", threads));
         };
-        zp(&plain, false, "2");
-        zp(&gptq, true, "2");
-        let one_thread = dir.join(format!("gptq-{preset}-1.gguf"));
-        zp(&one_thread, true, "1");
-        assert!(
-            std::fs::read(&gptq).unwrap() == std::fs::read(&one_thread).unwrap(),
-            "{preset}: GPTQ's bytes depend on the thread count"
-        );
+        let plain = dir.join(format!("plain-{preset}.gguf"));
+        zp(&plain, &[], "2");
+        let k_plain = kld(&plain);
         let types = |f: &Path| -> Vec<(String, GgmlType)> {
             let h = GgufFile::open(f).unwrap().header;
             h.tensors.into_iter().map(|t| (t.name, t.ty)).collect()
         };
-        assert_eq!(
-            types(&plain),
-            types(&gptq),
-            "{preset}: the same tensor types"
-        );
-        let (k_plain, k_gptq) = (kld(&plain), kld(&gptq));
-        println!("{preset}: mean KL divergence from F32: plain {k_plain:.5}, GPTQ {k_gptq:.5}");
-        assert!(
-            k_gptq < k_plain,
-            "{preset}: GPTQ {k_gptq} vs plain {k_plain}"
-        );
+        // GPTQ; AWQ's scales then GPTQ; AWQ's scales then rounding weighted by the calibration.
+        let methods: [(&str, &[&str]); 3] = [
+            ("GPTQ", &["--method", "gptq"]),
+            ("AWQ+GPTQ", &["--awq"]),
+            ("AWQ", &["--awq", "--method", "rtn"]),
+        ];
+        for (method, flags) in methods {
+            let out = dir.join(format!("{method}-{preset}.gguf"));
+            zp(&out, flags, "2");
+            let one_thread = dir.join(format!("{method}-{preset}-1.gguf"));
+            zp(&one_thread, flags, "1");
+            assert!(
+                std::fs::read(&out).unwrap() == std::fs::read(&one_thread).unwrap(),
+                "{preset}: {method}'s bytes depend on the thread count"
+            );
+            assert_eq!(
+                types(&plain),
+                types(&out),
+                "{preset}: the same tensor types"
+            );
+            let k = kld(&out);
+            println!("{preset}: mean KL divergence from F32: plain {k_plain:.5}, {method} {k:.5}");
+            assert!(k < k_plain, "{preset}: {method} {k} vs plain {k_plain}");
+            let meta = GgufFile::open(&out).unwrap().header;
+            let awq = meta.get("quantize.awq.dataset").and_then(Value::as_str);
+            assert_eq!(
+                awq,
+                method.starts_with("AWQ").then_some("calib.txt"),
+                "{method}"
+            );
+        }
     }
 }
 

@@ -22,6 +22,7 @@
 //! - [`ggml`]: llama.cpp's block formats (Q8_0, Q4_0 .. Q6_K), byte-identical to ggml's reference
 //!   quantizers, and GPTQ inside them.
 //! - [`linalg`]: the Cholesky factor of an inverse Hessian, for GPTQ.
+//! - [`awq`]: AWQ's per-channel scales.
 //!
 //! ```
 //! use zeropoint_core::{QTensor, Scheme};
@@ -33,6 +34,7 @@
 //! assert!(back.iter().zip(&x).all(|(a, b)| (a - b).abs() <= p.scale / 2.0));
 //! ```
 
+pub mod awq;
 pub mod error;
 pub mod ggml;
 pub mod kernel;

@@ -13,7 +13,8 @@
 //! - [`hf`] and [`tokenizer`]: a Hugging Face checkpoint of a Llama-family model, read as
 //!   llama.cpp's `convert_hf_to_gguf.py` would convert it;
 //! - [`vocab`] and [`llama`]: calibration text tokenized as llama.cpp does and run through the
-//!   model, layer by layer, for GPTQ inside ggml's formats ([`quantize::Gptq`]).
+//!   model, layer by layer, for GPTQ and [`awq`] inside ggml's formats
+//!   ([`quantize::Calibration`]).
 //!
 //! Nothing here touches ONNX or zeropoint's ONNX engine (the llama forward pass is its own, on the
 //! `gemm` crate); the crate depends on zeropoint-onnx only for its atomic file writer, its
@@ -27,7 +28,7 @@
 //! let opts = quantize::Options {
 //!     preset: Preset::Q4_K_M,
 //!     imatrix: None,
-//!     gptq: None,
+//!     calibration: None,
 //!     pure: false,
 //!     allow_requantize: false,
 //! };
@@ -35,12 +36,14 @@
 //! # Ok::<(), zeropoint_gguf::Error>(())
 //! ```
 
+pub mod awq;
 pub mod error;
 pub mod hf;
 pub mod imatrix;
 pub mod input;
 mod json;
 pub mod llama;
+mod matmul;
 pub mod preset;
 pub mod quantize;
 pub mod read;
@@ -50,3 +53,15 @@ pub mod vocab;
 pub mod write;
 
 pub use error::{Error, Result};
+
+/// Uniform values in [−0.5, 0.5) from a seed: the tests' one generator.
+#[cfg(test)]
+fn uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut seed = seed;
+    move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+}

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use zeropoint_core::ggml;
 
 use crate::input::Input;
+use crate::matmul::{product, Strided};
 use crate::read::{Header, TensorInfo};
 use crate::value::Value;
 
@@ -98,6 +99,8 @@ impl Hparams {
 struct Tensors<'a> {
     input: &'a dyn Input,
     index: HashMap<&'a str, usize>,
+    /// Tensors AWQ rescaled, read instead of the input's.
+    rescaled: HashMap<String, Vec<f32>>,
 }
 
 impl<'a> Tensors<'a> {
@@ -109,7 +112,11 @@ impl<'a> Tensors<'a> {
             .enumerate()
             .map(|(i, t)| (t.name.as_str(), i))
             .collect();
-        Tensors { input, index }
+        Tensors {
+            input,
+            index,
+            rescaled: HashMap::new(),
+        }
     }
 
     fn has(&self, name: &str) -> bool {
@@ -125,9 +132,12 @@ impl<'a> Tensors<'a> {
         Ok((i, &self.input.header().tensors[i]))
     }
 
-    /// A tensor's values and ggml dims.
+    /// A tensor's values (as rescaled, if it was) and ggml dims.
     fn get(&self, name: &str) -> Result<(Vec<f32>, Vec<u64>), String> {
         let (i, t) = self.info(name)?;
+        if let Some(x) = self.rescaled.get(name) {
+            return Ok((x.clone(), t.dims.clone()));
+        }
         let bytes = self.input.data(i).map_err(|e| e.to_string())?;
         let x = ggml::dequantize_rows(t.ty, &bytes, t.row_len() as usize)
             .map_err(|e| format!("tensor '{name}': {e}"))?;
@@ -162,28 +172,57 @@ impl<'a> Tensors<'a> {
 pub type QuantizeFn<'f> =
     dyn FnMut(&str, &[f32], usize, usize, &[f64]) -> Result<Vec<f32>, String> + 'f;
 
+/// The AWQ callback of [`calibrate`]: the matrices that read one input (name and weight
+/// `[rows][cols]`), `cols`, the input's mean |x| per channel and its Hessian; returns scales s
+/// (the matrices' columns are multiplied by s, the input divided by it), or None to leave them.
+pub type ScaleFn<'f> =
+    dyn FnMut(&[(&str, &[f32])], usize, &[f64], &[f64]) -> Result<Option<Vec<f32>>, String> + 'f;
+
+/// The normalization weights AWQ divided by its scales, which the output must hold instead of
+/// the input's (the rescaled matrices reach the output through the quantize callback).
+pub type Rescaled = Vec<(String, Vec<f32>)>;
+
 /// Runs every layer of the model on the calibration `chunks` (token ids, each a sequence from
 /// position 0) and calls `quantize` for each linear layer in order: attention q, k, v (one
-/// Hessian), output, then the feed-forward gate and up (one Hessian) and down. `on_layer` is
-/// called after each layer.
-pub fn calibrate(
+/// Hessian), output, then the feed-forward gate and up (one Hessian) and down. With `awq`, each
+/// layer's q/k/v, gate/up and down are first rescaled by the scales it returns (computed on the
+/// activations of the model quantized so far), the 1/s folded into the RMSNorm weights and the
+/// up projection's rows. `on_layer` is called after each layer.
+pub fn calibrate<'f>(
     input: &dyn Input,
     chunks: &[Vec<u32>],
-    quantize: &mut QuantizeFn,
+    quantize: &mut QuantizeFn<'f>,
+    awq: Option<&mut ScaleFn<'f>>,
     on_layer: impl FnMut(usize),
-) -> Result<(), String> {
-    run(input, chunks, quantize, on_layer).map(|_| ())
+) -> Result<Rescaled, String> {
+    let mut t = Tensors::new(input);
+    run(&mut t, chunks, quantize, awq, on_layer)?;
+    let mut norms: Rescaled = (t.rescaled.into_iter())
+        .filter(|(name, _)| name.ends_with("_norm.weight"))
+        .collect();
+    norms.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(norms)
+}
+
+/// What every block of a pass shares.
+struct Pass<'c, 'f> {
+    hp: &'c Hparams,
+    freqs: &'c [f32],
+    /// Tokens per chunk.
+    lens: &'c [usize],
+    quantize: &'c mut QuantizeFn<'f>,
+    awq: Option<&'c mut ScaleFn<'f>>,
 }
 
 /// The layers on `chunks`; returns the last layer's output (`tokens × n_embd`).
-fn run(
-    input: &dyn Input,
+fn run<'f>(
+    t: &mut Tensors,
     chunks: &[Vec<u32>],
-    quantize: &mut QuantizeFn,
+    quantize: &mut QuantizeFn<'f>,
+    awq: Option<&mut ScaleFn<'f>>,
     mut on_layer: impl FnMut(usize),
 ) -> Result<Vec<f32>, String> {
-    let hp = Hparams::from_header(input.header())?;
-    let t = Tensors::new(input);
+    let hp = Hparams::from_header(t.input.header())?;
     let d = hp.n_embd;
     let (embd, vocab) = t.matrix("token_embd.weight", d)?;
     let mut x: Vec<f32> = Vec::new();
@@ -198,45 +237,160 @@ fn run(
     }
     drop(embd);
     let lens: Vec<usize> = chunks.iter().map(Vec::len).collect();
-    let freqs = rope_freqs(&hp, &t)?;
+    let freqs = rope_freqs(&hp, t)?;
+    let mut pass = Pass {
+        hp: &hp,
+        freqs: &freqs,
+        lens: &lens,
+        quantize,
+        awq,
+    };
     for l in 0..hp.n_layer {
-        let name = |s: &str| format!("blk.{l}.{s}.weight");
-        // Attention.
-        let h = rms_norm(&x, &t.vector(&name("attn_norm"), d)?, hp.eps);
-        let hq = gram(&h, d, &lens);
-        let qw = hp.n_head * hp.head_dim;
-        let kw = hp.n_head_kv * hp.head_dim;
-        let q = layer(&t, quantize, &name("attn_q"), &h, d, qw, &hq)?;
-        let k = layer(&t, quantize, &name("attn_k"), &h, d, kw, &hq)?;
-        let v = layer(&t, quantize, &name("attn_v"), &h, d, kw, &hq)?;
-        let att = attention(&hp, &freqs, q, k, &v, &lens);
-        let ho = gram(&att, qw, &lens);
-        let o = layer(&t, quantize, &name("attn_output"), &att, qw, d, &ho)?;
-        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-        // Feed-forward.
-        let h = rms_norm(&x, &t.vector(&name("ffn_norm"), d)?, hp.eps);
-        let hf = gram(&h, d, &lens);
-        // The width from the header; `layer` reads (and checks) the weight itself.
-        let ff = t
-            .info(&name("ffn_gate"))?
-            .1
-            .dims
-            .get(1)
-            .copied()
-            .unwrap_or(0) as usize;
-        let g = layer(&t, quantize, &name("ffn_gate"), &h, d, ff, &hf)?;
-        let u = layer(&t, quantize, &name("ffn_up"), &h, d, ff, &hf)?;
-        let a: Vec<f32> = g
-            .iter()
-            .zip(&u)
-            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-            .collect();
-        let hd = gram(&a, ff, &lens);
-        let down = layer(&t, quantize, &name("ffn_down"), &a, ff, d, &hd)?;
-        x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        attention_block(t, &mut pass, l, &mut x)?;
+        feed_forward_block(t, &mut pass, l, &mut x)?;
         on_layer(l);
     }
     Ok(x)
+}
+
+/// x += attention(rms_norm(x)) for layer `l`.
+fn attention_block(t: &mut Tensors, p: &mut Pass, l: usize, x: &mut [f32]) -> Result<(), String> {
+    let (hp, d) = (p.hp, p.hp.n_embd);
+    let name = |s: &str| format!("blk.{l}.{s}.weight");
+    let norm = name("attn_norm");
+    let qkv = [name("attn_q"), name("attn_k"), name("attn_v")];
+    if let Some(scale) = p.awq.as_deref_mut() {
+        let h = rms_norm(x, &t.vector(&norm, d)?, hp.eps);
+        let hh = gram(&h, d, p.lens);
+        rescale(t, scale, &qkv, Fold::Norm(&norm), (&h, d, &hh))?;
+    }
+    let h = rms_norm(x, &t.vector(&norm, d)?, hp.eps);
+    let hq = gram(&h, d, p.lens);
+    let (qw, kw) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
+    let q = layer(t, p.quantize, &qkv[0], &h, d, qw, &hq)?;
+    let k = layer(t, p.quantize, &qkv[1], &h, d, kw, &hq)?;
+    let v = layer(t, p.quantize, &qkv[2], &h, d, kw, &hq)?;
+    let att = attention(hp, p.freqs, q, k, &v, p.lens);
+    let ho = gram(&att, qw, p.lens);
+    let o = layer(t, p.quantize, &name("attn_output"), &att, qw, d, &ho)?;
+    x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+    Ok(())
+}
+
+/// x += down(silu(gate(h)) · up(h)), h = rms_norm(x), for layer `l`. With AWQ the down
+/// projection is rescaled first, on the float feed-forward's activations: its 1/s goes into the
+/// up projection's rows, which the gate/up search then sees as they will be.
+fn feed_forward_block(
+    t: &mut Tensors,
+    p: &mut Pass,
+    l: usize,
+    x: &mut [f32],
+) -> Result<(), String> {
+    let (hp, d) = (p.hp, p.hp.n_embd);
+    let name = |s: &str| format!("blk.{l}.{s}.weight");
+    let (norm, gate, up, down) = (
+        name("ffn_norm"),
+        name("ffn_gate"),
+        name("ffn_up"),
+        name("ffn_down"),
+    );
+    // The width from the header; `layer` reads (and checks) the weight itself.
+    let ff = t.info(&gate)?.1.dims.get(1).copied().unwrap_or(0) as usize;
+    if let Some(scale) = p.awq.as_deref_mut() {
+        let h = rms_norm(x, &t.vector(&norm, d)?, hp.eps);
+        if !t.has(&up.replace(".weight", ".bias")) {
+            let g = linear(&h, &t.matrix(&gate, d)?.0, d, ff);
+            let a = swiglu(&g, &linear(&h, &t.matrix(&up, d)?.0, d, ff));
+            let ha = gram(&a, ff, p.lens);
+            rescale(
+                t,
+                scale,
+                std::slice::from_ref(&down),
+                Fold::Rows(&up),
+                (&a, ff, &ha),
+            )?;
+        }
+        let hh = gram(&h, d, p.lens);
+        let gate_up = [gate.clone(), up.clone()];
+        rescale(t, scale, &gate_up, Fold::Norm(&norm), (&h, d, &hh))?;
+    }
+    let h = rms_norm(x, &t.vector(&norm, d)?, hp.eps);
+    let hf = gram(&h, d, p.lens);
+    let g = layer(t, p.quantize, &gate, &h, d, ff, &hf)?;
+    let u = layer(t, p.quantize, &up, &h, d, ff, &hf)?;
+    let a = swiglu(&g, &u);
+    let hd = gram(&a, ff, p.lens);
+    let out = layer(t, p.quantize, &down, &a, ff, d, &hd)?;
+    x.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+    Ok(())
+}
+
+fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
+    g.iter()
+        .zip(u)
+        .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+        .collect()
+}
+
+/// Where AWQ's 1/s goes: a normalization weight, or the rows of the matrix that produces the
+/// input.
+enum Fold<'a> {
+    Norm(&'a str),
+    Rows(&'a str),
+}
+
+/// Asks `scale` for the scales of the matrices `names` (which read `x`, `tokens × cols`, with
+/// Hessian `h`) and, if it returns some, multiplies their columns by s and folds 1/s.
+fn rescale(
+    t: &mut Tensors,
+    scale: &mut ScaleFn,
+    names: &[String],
+    fold: Fold,
+    (x, cols, h): (&[f32], usize, &[f64]),
+) -> Result<(), String> {
+    let weights: Vec<Vec<f32>> = (names.iter())
+        .map(|n| t.matrix(n, cols).map(|(w, _)| w))
+        .collect::<Result<_, _>>()?;
+    let mut abs_mean = vec![0f64; cols];
+    for row in x.chunks_exact(cols) {
+        abs_mean
+            .iter_mut()
+            .zip(row)
+            .for_each(|(m, v)| *m += f64::from(v.abs()));
+    }
+    let tokens = (x.len() / cols).max(1) as f64;
+    abs_mean.iter_mut().for_each(|m| *m /= tokens);
+    let named: Vec<(&str, &[f32])> = (names.iter().zip(&weights))
+        .map(|(n, w)| (n.as_str(), w.as_slice()))
+        .collect();
+    let Some(s) = scale(&named, cols, &abs_mean, h)? else {
+        return Ok(());
+    };
+    for (n, mut w) in names.iter().zip(weights) {
+        w.chunks_exact_mut(cols)
+            .for_each(|r| r.iter_mut().zip(&s).for_each(|(v, s)| *v *= s));
+        t.rescaled.insert(n.clone(), w);
+    }
+    let (name, folded) = match fold {
+        Fold::Norm(n) => {
+            let mut v = t.vector(n, cols)?;
+            v.iter_mut().zip(&s).for_each(|(v, s)| *v /= s);
+            (n, v)
+        }
+        Fold::Rows(n) => {
+            let (mut w, dims) = t.get(n)?;
+            if dims.len() != 2 || dims[1] as usize != cols {
+                return Err(format!(
+                    "tensor '{n}' has dims {dims:?}; {cols} outputs expected"
+                ));
+            }
+            let inp = dims[0] as usize;
+            (w.chunks_exact_mut(inp).zip(&s)).for_each(|(r, s)| r.iter_mut().for_each(|v| *v /= s));
+            (n, w)
+        }
+    };
+    t.rescaled.insert(name.to_string(), folded);
+    Ok(())
 }
 
 /// One linear layer: its weight through `quantize`, then applied to `x` (`tokens × inp`).
@@ -278,88 +432,6 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
             .for_each(|((y, x), w)| *y = x * scale * w);
     });
     y
-}
-
-/// An operand of [`product`]: its values and the strides of its rows and columns.
-struct Strided<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-}
-
-impl<'a> Strided<'a> {
-    /// A matrix stored row by row, rows `stride` apart.
-    fn rows(data: &'a [f32], stride: usize) -> Strided<'a> {
-        Strided {
-            data,
-            rows: stride,
-            cols: 1,
-        }
-    }
-
-    /// The transpose of a matrix stored row by row, rows `stride` apart.
-    fn transposed(data: &'a [f32], stride: usize) -> Strided<'a> {
-        Strided {
-            data,
-            rows: 1,
-            cols: stride,
-        }
-    }
-}
-
-/// `dst` (`m × n`, rows `dst_rows` apart) = `alpha` · `lhs` (`m × k`) · `rhs` (`k × n`), by the
-/// `gemm` crate (in parallel over the output when `parallel`, never splitting the sum over k, so
-/// the result does not depend on the thread count). Every index is checked to be in bounds.
-#[allow(clippy::too_many_arguments)]
-fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rows: usize,
-    lhs: Strided,
-    rhs: Strided,
-    alpha: f32,
-    parallel: bool,
-) {
-    if m == 0 || n == 0 || k == 0 {
-        dst.iter_mut().for_each(|v| *v = 0.0);
-        return;
-    }
-    let last = |s: &Strided, r: usize, c: usize| (r - 1) * s.rows + (c - 1) * s.cols;
-    assert!(
-        last(&lhs, m, k) < lhs.data.len()
-            && last(&rhs, k, n) < rhs.data.len()
-            && (m - 1) * dst_rows + n - 1 < dst.len(),
-        "operands out of bounds"
-    );
-    let parallelism = if parallel {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the assertion above keeps every element gemm reads or writes inside the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rows as isize,
-            false,
-            lhs.data.as_ptr(),
-            lhs.cols as isize,
-            lhs.rows as isize,
-            rhs.data.as_ptr(),
-            rhs.cols as isize,
-            rhs.rows as isize,
-            0.0,
-            alpha,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
 }
 
 /// `y = x · wᵀ` for `x` (`tokens × inp`) and `w` (`out × inp`, a ggml matrix's rows).
@@ -491,8 +563,8 @@ fn attention(
 pub fn log_probs(input: &dyn Input, tokens: &[u32]) -> Result<Vec<Vec<f32>>, String> {
     let mut same = |_: &str, w: &[f32], _: usize, _: usize, _: &[f64]| Ok(w.to_vec());
     let hp = Hparams::from_header(input.header())?;
-    let t = Tensors::new(input);
-    let hidden = run(input, &[tokens.to_vec()], &mut same, |_| {})?;
+    let mut t = Tensors::new(input);
+    let hidden = run(&mut t, &[tokens.to_vec()], &mut same, None, |_| {})?;
     let norm = t.vector("output_norm.weight", hp.n_embd)?;
     let x = rms_norm(&hidden, &norm, hp.eps);
     let head = if t.has("output.weight") {
@@ -519,6 +591,8 @@ pub fn log_probs(input: &dyn Input, tokens: &[u32]) -> Result<Vec<Vec<f32>>, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::read::TensorInfo;
+    use crate::uniform;
 
     fn header(pairs: &[(&str, Value)]) -> Header {
         Header {
@@ -557,5 +631,124 @@ mod tests {
         uneven[4] = ("llama.attention.head_count_kv", Value::U32(3));
         let e = Hparams::from_header(&header(&uneven)).unwrap_err();
         assert!(e.contains("not a llama attention"), "{e}");
+    }
+
+    /// A two-layer llama with random F32 weights, in memory.
+    struct Memory {
+        header: Header,
+        data: Vec<Vec<u8>>,
+    }
+
+    impl Input for Memory {
+        fn path(&self) -> &std::path::Path {
+            std::path::Path::new("memory")
+        }
+
+        fn header(&self) -> &Header {
+            &self.header
+        }
+
+        fn data(&self, i: usize) -> crate::Result<std::borrow::Cow<'_, [u8]>> {
+            Ok(std::borrow::Cow::Borrowed(&self.data[i]))
+        }
+    }
+
+    fn tiny_llama() -> Memory {
+        let (d, ff, vocab) = (64u64, 96u64, 50u64);
+        let mut h = header(&[
+            ("general.architecture", Value::String(b"llama".to_vec())),
+            ("llama.block_count", Value::U32(2)),
+            ("llama.embedding_length", Value::U32(d as u32)),
+            ("llama.attention.head_count", Value::U32(4)),
+            ("llama.attention.head_count_kv", Value::U32(2)),
+        ]);
+        let mut shapes = vec![("token_embd.weight".to_string(), vec![d, vocab])];
+        for l in 0..2 {
+            let t = |s: &str, dims: Vec<u64>| (format!("blk.{l}.{s}.weight"), dims);
+            shapes.extend([
+                t("attn_norm", vec![d]),
+                t("attn_q", vec![d, d]),
+                t("attn_k", vec![d, d / 2]),
+                t("attn_v", vec![d, d / 2]),
+                t("attn_output", vec![d, d]),
+                t("ffn_norm", vec![d]),
+                t("ffn_gate", vec![d, ff]),
+                t("ffn_up", vec![d, ff]),
+                t("ffn_down", vec![ff, d]),
+            ]);
+        }
+        let mut next = uniform(17);
+        let mut data = Vec::new();
+        for (name, dims) in shapes {
+            let n: u64 = dims.iter().product();
+            let norm = name.contains("_norm");
+            let values = (0..n).map(|_| if norm { 1.0 + next() } else { next() * 0.5 });
+            data.push(values.flat_map(f32::to_le_bytes).collect());
+            let ty = ggml::GgmlType::F32;
+            h.tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset: 0,
+            });
+        }
+        Memory { header: h, data }
+    }
+
+    /// Any positive AWQ scales, folded as `calibrate` folds them, leave the float model's output
+    /// as it was (up to float rounding), and every RMSNorm weight comes back rescaled.
+    #[test]
+    fn awq_scales_leave_the_float_model_unchanged() {
+        let model = tiny_llama();
+        let chunks = vec![(0..24).map(|i| (i * 7 % 50) as u32).collect::<Vec<_>>(); 2];
+        let mut same = |_: &str, w: &[f32], _: usize, _: usize, _: &[f64]| Ok(w.to_vec());
+        let plain = run(&mut Tensors::new(&model), &chunks, &mut same, None, |_| {}).unwrap();
+        let mut next = uniform(5);
+        let asked = std::cell::RefCell::new(Vec::new());
+        let mut scale = |m: &[(&str, &[f32])], cols: usize, abs_mean: &[f64], h: &[f64]| {
+            assert!(abs_mean.len() == cols && h.len() == cols * cols);
+            asked.borrow_mut().push(
+                m.iter()
+                    .map(|(n, _)| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+            Ok(Some((0..cols).map(|_| 1.5 + 2.0 * next()).collect()))
+        };
+        let mut t = Tensors::new(&model);
+        let scaled = run(&mut t, &chunks, &mut same, Some(&mut scale), |_| {}).unwrap();
+        let worst = (plain.iter().zip(&scaled))
+            .map(|(a, b)| (a - b).abs() / (1.0 + a.abs()))
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{worst}");
+        assert_eq!(
+            asked.borrow()[..3],
+            [
+                "blk.0.attn_q.weight,blk.0.attn_k.weight,blk.0.attn_v.weight",
+                "blk.0.ffn_down.weight",
+                "blk.0.ffn_gate.weight,blk.0.ffn_up.weight"
+            ]
+        );
+        let norms = calibrate(&model, &chunks, &mut same, Some(&mut scale), |_| {}).unwrap();
+        let names: Vec<&str> = norms.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "blk.0.attn_norm.weight",
+                "blk.0.ffn_norm.weight",
+                "blk.1.attn_norm.weight",
+                "blk.1.ffn_norm.weight"
+            ]
+        );
+        assert!(
+            norms[0].1
+                != t.input
+                    .data(1)
+                    .map(|b| b
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect::<Vec<_>>())
+                    .unwrap()
+        );
     }
 }

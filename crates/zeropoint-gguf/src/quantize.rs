@@ -28,9 +28,9 @@ const SLAB_ELEMENTS: u64 = 1 << 24;
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Calibration chunks for GPTQ inside the ggml formats (llama models): `None` quantizes as
-    /// llama-quantize does.
-    pub gptq: Option<Gptq>,
+    /// Calibration text for GPTQ and AWQ inside the ggml formats (llama models): `None`
+    /// quantizes as llama-quantize does.
+    pub calibration: Option<Calibration>,
     pub preset: Preset,
     /// An importance matrix (llama-quantize's `--imatrix`) and the file name to record for it.
     pub imatrix: Option<(Imatrix, String)>,
@@ -41,26 +41,31 @@ pub struct Options {
     pub allow_requantize: bool,
 }
 
-/// GPTQ's calibration: token sequences (each from position 0, BOS first where the vocabulary
-/// adds one) and the dampening of the Hessian (a fraction of its mean diagonal).
+/// What the calibration text is used for: token sequences (each from position 0, BOS first
+/// where the vocabulary adds one), GPTQ's dampening of the Hessian (a fraction of its mean
+/// diagonal), and the methods. The linear layers of the transformer blocks are rescaled by AWQ
+/// (if `awq`), then quantized by GPTQ (if `gptq`) or else rounded to nearest weighted by their
+/// input's mean square on the text.
 #[derive(Debug, Clone)]
-pub struct Gptq {
+pub struct Calibration {
     pub chunks: Vec<Vec<u32>>,
     pub damp: f64,
     /// The calibration text's name, recorded in the output's metadata.
     pub dataset: String,
+    pub gptq: bool,
+    pub awq: bool,
 }
 
-impl Gptq {
+impl Calibration {
     /// `text` tokenized with the model's own vocabulary and cut into `n` chunks of `ctx` tokens
-    /// (fewer if the text is short; an error if it has not one chunk).
+    /// (fewer if the text is short; an error if it has not one chunk), for GPTQ alone.
     pub fn from_text(
         header: &Header,
         text: &str,
         ctx: usize,
         n: usize,
         damp: f64,
-    ) -> Result<Gptq, String> {
+    ) -> Result<Calibration, String> {
         if ctx < 2 {
             return Err(format!("calibration windows of {ctx} tokens are too short"));
         }
@@ -83,10 +88,12 @@ impl Gptq {
                 c
             })
             .collect();
-        Ok(Gptq {
+        Ok(Calibration {
             chunks,
             damp,
             dataset: String::new(),
+            gptq: true,
+            awq: false,
         })
     }
 }
@@ -219,16 +226,29 @@ pub fn plan(header: &Header, opts: &Options) -> Result<Plan, String> {
     if let Some((m, file)) = &opts.imatrix {
         record_imatrix(&mut metadata, m, file);
     }
-    if let Some(g) = &opts.gptq {
-        let tokens = g.chunks.iter().map(Vec::len).sum::<usize>();
-        metadata.push((
-            "quantize.gptq.dataset".into(),
-            Value::String(g.dataset.clone().into_bytes()),
-        ));
-        metadata.push(("quantize.gptq.tokens".into(), Value::U32(tokens as u32)));
-        metadata.push(("quantize.gptq.damp".into(), Value::F32(g.damp as f32)));
+    if let Some(c) = &opts.calibration {
+        record_calibration(&mut metadata, c);
     }
     Ok(Plan { metadata, tensors })
+}
+
+/// `quantize.gptq.*` and `quantize.awq.*` (or `quantize.calibration.*` for weighted rounding
+/// alone): the calibration text's name and token count, and GPTQ's dampening.
+fn record_calibration(metadata: &mut Vec<(String, Value)>, c: &Calibration) {
+    let tokens = c.chunks.iter().map(Vec::len).sum::<usize>() as u32;
+    let methods = [
+        ("gptq", c.gptq),
+        ("awq", c.awq),
+        ("calibration", !c.gptq && !c.awq),
+    ];
+    for (method, _) in methods.into_iter().filter(|m| m.1) {
+        let dataset = Value::String(c.dataset.clone().into_bytes());
+        metadata.push((format!("quantize.{method}.dataset"), dataset));
+        metadata.push((format!("quantize.{method}.tokens"), Value::U32(tokens)));
+        if method == "gptq" {
+            metadata.push(("quantize.gptq.damp".into(), Value::F32(c.damp as f32)));
+        }
+    }
 }
 
 /// The keys llama-quantize records for an importance matrix (each set as gguf does: removed,
@@ -326,8 +346,8 @@ pub fn quantize(
     refuse_overwrite(input.path(), output)?;
     let plan = plan(input.header(), opts).map_err(|m| Error::invalid(input.path(), m))?;
     let imatrix = opts.imatrix.as_ref().map(|(m, _)| m);
-    let calibrated = match &opts.gptq {
-        Some(g) => gptq(input, &plan, g, imatrix, &mut on_layer)?,
+    let calibrated = match &opts.calibration {
+        Some(c) => calibrated(input, &plan, c, &mut on_layer)?,
         None => HashMap::new(),
     };
     let new: Vec<NewTensor> = plan.tensors.iter().map(new_tensor).collect();
@@ -343,50 +363,78 @@ pub fn quantize(
     Ok(plan)
 }
 
-/// GPTQ over the model's layers in order (each calibrated on what the quantized layers before
-/// it produce): the bytes of every linear layer of the transformer blocks. Tensors whose type
-/// GPTQ cannot write, or whose rows are not whole blocks of it, are quantized as without
-/// calibration, and that is what the later layers see.
-fn gptq(
+/// AWQ and GPTQ (or weighted rounding) over the model's layers in order, each calibrated on what
+/// the quantized layers before it produce: the bytes of every linear layer of the transformer
+/// blocks, and of the normalization weights AWQ rescaled. Tensors whose type GPTQ cannot write,
+/// or whose rows are not whole blocks of it, are rounded weighted by their input's mean square
+/// (their Hessian's diagonal), and that is what the later layers see.
+fn calibrated(
     input: &dyn Input,
     plan: &Plan,
-    g: &Gptq,
-    imatrix: Option<&Imatrix>,
+    c: &Calibration,
     on_layer: &mut dyn FnMut(usize, usize),
 ) -> Result<HashMap<String, Vec<u8>>> {
     let mut done: HashMap<String, Vec<u8>> = HashMap::new();
     let n_layer = crate::llama::Hparams::from_header(input.header())
         .map_err(|m| Error::invalid(input.path(), m))?
         .n_layer;
+    let planned = |name: &str| plan.tensors.iter().find(|t| t.name == name);
     let mut quantize = |name: &str, w: &[f32], rows: usize, cols: usize, h: &[f64]| {
-        let Some(t) = plan.tensors.iter().find(|t| t.name == name) else {
+        let Some(t) = planned(name) else {
             return Ok(w.to_vec());
         };
-        if matches!(t.to, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) && t.to == t.from {
-            return Ok(w.to_vec());
-        }
         let fail = |m: String| format!("tensor '{name}': {m}");
-        let gptq_able =
-            ggml::gptq::code_bits(t.to).is_some() && cols.is_multiple_of(t.to.block_size());
-        let bytes = if gptq_able {
-            ggml::gptq::gptq_rows(t.to, w, rows, cols, h, g.damp).map_err(fail)?
-        } else {
-            let qw = importance(imatrix, name, &t.dims)?;
-            match qw {
-                Some(qw) => ggml::quantize_rows_weighted(t.to, w, cols, qw),
-                None => ggml::quantize_rows(t.to, w, cols),
-            }
-            .map_err(|e| fail(e.to_string()))?
-        };
+        let bytes = quantize_calibrated(t.to, (w, rows, cols), h, c).map_err(fail)?;
         let back = ggml::dequantize_rows(t.to, &bytes, cols).map_err(|e| fail(e.to_string()))?;
         done.insert(name.to_string(), bytes);
         Ok(back)
     };
-    crate::llama::calibrate(input, &g.chunks, &mut quantize, |l| {
+    let mut awq = |matrices: &[(&str, &[f32])], cols: usize, abs_mean: &[f64], h: &[f64]| {
+        let mut found = Vec::new();
+        for (name, w) in matrices {
+            match planned(name) {
+                Some(t) if is_block_format(t.to) && cols.is_multiple_of(t.to.block_size()) => {
+                    found.push(crate::awq::Matrix { ty: t.to, w })
+                }
+                _ => return Ok(None),
+            }
+        }
+        let best = crate::awq::search(&found, cols, abs_mean, h)?;
+        Ok((best.alpha > 0.0).then_some(best.scales))
+    };
+    let awq: Option<&mut crate::llama::ScaleFn> = if c.awq { Some(&mut awq) } else { None };
+    let norms = crate::llama::calibrate(input, &c.chunks, &mut quantize, awq, |l| {
         on_layer(l + 1, n_layer)
     })
     .map_err(|m| Error::invalid(input.path(), m))?;
+    for (name, v) in norms {
+        let t = planned(&name).expect("the model's own tensor");
+        let bytes = ggml::quantize_rows(t.to, &v, v.len())
+            .map_err(|e| Error::tensor(input.path(), &name, e.to_string()))?;
+        done.insert(name, bytes);
+    }
     Ok(done)
+}
+
+fn is_block_format(ty: GgmlType) -> bool {
+    !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}
+
+/// One calibrated matrix in its planned type: GPTQ where asked and possible, else rounding
+/// weighted by the Hessian's diagonal (a float type is a plain conversion: AWQ may have
+/// rescaled the weights, so they are written, not copied).
+fn quantize_calibrated(
+    ty: GgmlType,
+    (w, rows, cols): (&[f32], usize, usize),
+    h: &[f64],
+    c: &Calibration,
+) -> Result<Vec<u8>, String> {
+    let whole_blocks = cols.is_multiple_of(ty.block_size());
+    if c.gptq && ggml::gptq::code_bits(ty).is_some() && whole_blocks {
+        return ggml::gptq::gptq_rows(ty, w, rows, cols, h, c.damp);
+    }
+    let importance: Vec<f32> = (0..cols).map(|j| h[j * cols + j] as f32).collect();
+    ggml::quantize_rows_weighted(ty, w, cols, &importance).map_err(|e| e.to_string())
 }
 
 /// Writes one tensor in its new type, a slab of rows at a time (experts one after another, each

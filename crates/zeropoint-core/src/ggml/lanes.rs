@@ -276,17 +276,8 @@ fn signed_absmax(x: &[F]) -> (F, F) {
 #[cfg(test)]
 mod tests {
     use super::super::kquant::{make_qkx2_quants, make_qx_quants};
+    use super::super::uniform;
     use super::*;
-
-    fn uniform(seed: u64) -> impl FnMut() -> f32 {
-        let mut seed = seed;
-        move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        }
-    }
 
     #[test]
     fn every_lane_gives_the_scalar_symmetric_search_bits() {

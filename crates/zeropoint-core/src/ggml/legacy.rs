@@ -192,12 +192,7 @@ pub(super) fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) -> bool {
         // SAFETY: the CPU supports AVX2 and F16C, checked just above.
         return unsafe { simd::q8_0_row(src, dst) };
     }
-    finite(src) && {
-        for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
-            quantize_q8_0(x, y);
-        }
-        true
-    }
+    scalar_blocks(src, dst, 0, (34, quantize_q8_0))
 }
 
 /// A row of Q4_0 blocks, or false if the row holds NaN or infinity. With AVX2 and F16C where the
@@ -210,16 +205,25 @@ pub(super) fn quantize_row_q4_0(src: &[f32], dst: &mut [u8]) -> bool {
         // SAFETY: the CPU supports AVX2 and F16C, checked just above.
         return unsafe { simd::q4_0_row(src, dst) };
     }
-    finite(src) && {
-        for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(18)) {
-            quantize_q4_0(x, y);
-        }
-        true
-    }
+    scalar_blocks(src, dst, 0, (18, quantize_q4_0))
 }
 
-fn finite(x: &[f32]) -> bool {
-    x.iter().all(|v| v.is_finite())
+/// `block` (blocks of `size` bytes) on each block of `src` from block `from` on, or false if those
+/// hold NaN or infinity.
+fn scalar_blocks(
+    src: &[f32],
+    dst: &mut [u8],
+    from: usize,
+    (size, block): (usize, fn(&[f32], &mut [u8])),
+) -> bool {
+    let rest = src
+        .chunks_exact(QK)
+        .zip(dst.chunks_exact_mut(size))
+        .skip(from);
+    src[from * QK..].iter().all(|v| v.is_finite()) && {
+        rest.for_each(|(x, y)| block(x, y));
+        true
+    }
 }
 
 /// The AVX2 + F16C row loops. They work on groups of eight blocks so that the eight scales are
@@ -234,7 +238,7 @@ fn finite(x: &[f32]) -> bool {
 mod simd {
     use std::arch::x86_64::*;
 
-    use super::{finite, quantize_q4_0, quantize_q8_0, QK};
+    use super::{quantize_q4_0, quantize_q8_0, scalar_blocks, QK};
 
     /// Blocks whose scales are computed together: one per f32 lane.
     const GROUP: usize = 8;
@@ -378,16 +382,7 @@ mod simd {
             }
         }
         let done = src.len() / (GROUP * QK) * GROUP;
-        finite(&src[done * QK..]) && {
-            for (x, y) in src
-                .chunks_exact(QK)
-                .zip(dst.chunks_exact_mut(34))
-                .skip(done)
-            {
-                quantize_q8_0(x, y);
-            }
-            true
-        }
+        scalar_blocks(src, dst, done, (34, quantize_q8_0))
     }
 
     #[target_feature(enable = "avx2,f16c")]
@@ -426,16 +421,7 @@ mod simd {
             }
         }
         let done = src.len() / (GROUP * QK) * GROUP;
-        finite(&src[done * QK..]) && {
-            for (x, y) in src
-                .chunks_exact(QK)
-                .zip(dst.chunks_exact_mut(18))
-                .skip(done)
-            {
-                quantize_q4_0(x, y);
-            }
-            true
-        }
+        scalar_blocks(src, dst, done, (18, quantize_q4_0))
     }
 }
 
@@ -445,13 +431,7 @@ mod tests {
 
     #[test]
     fn the_vector_rows_are_the_scalar_ones() {
-        let mut seed = 3u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut next = super::super::uniform(3);
         let mut x: Vec<f32> = (0..32 * 512).map(|i| next() * (1 + i % 7) as f32).collect();
         // Exact halves after scaling (amax 127: id = 1), negative zeros, an all-zero block.
         for (j, v) in x[..32].iter_mut().enumerate() {

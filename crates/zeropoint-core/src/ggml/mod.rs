@@ -464,5 +464,17 @@ fn write_fp16(b: &mut [u8], at: usize, x: f32) {
     b[at..at + 2].copy_from_slice(&fp16(x).to_le_bytes());
 }
 
+/// Uniform values in [−0.5, 0.5) from a seed: the tests' one generator.
+#[cfg(test)]
+fn uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut seed = seed;
+    move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+}
+
 #[cfg(test)]
 mod tests;

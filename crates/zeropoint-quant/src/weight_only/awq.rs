@@ -23,6 +23,8 @@ use std::collections::HashMap;
 use zeropoint_graph::graph::Names;
 use zeropoint_graph::Graph;
 
+use zeropoint_core::awq::scales;
+
 use crate::channel_scaling::{apply, columns, groups_by_input, scale_rows, shared_weights};
 use crate::error::Result;
 use crate::weight_only::blocks::{rtn, BlockScheme};
@@ -148,16 +150,6 @@ fn search(
     (best.0, best.1, plain, best.2)
 }
 
-/// s = s_x^α normalized so that max·min = 1 (the reference implementation's normalization).
-fn scales(abs_mean: &[f64], alpha: f64) -> Vec<f32> {
-    let s: Vec<f64> = abs_mean.iter().map(|m| m.max(1e-8).powf(alpha)).collect();
-    let (lo, hi) = s
-        .iter()
-        .fold((f64::MAX, 0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let norm = (lo * hi).sqrt();
-    s.iter().map(|v| (v / norm) as f32).collect()
-}
-
 /// The statistics of x / s: H' = diag(1/s)·H·diag(1/s), mean |x_k| / s_k.
 fn rescaled(st: Stats, s: &[f32]) -> Stats {
     let k = s.len();
@@ -189,13 +181,5 @@ mod tests {
             columns(&w[..3 * 10], 3, 10, SEARCH_COLUMNS),
             (w[..30].to_vec(), 10)
         );
-    }
-
-    #[test]
-    fn scales_are_normalized_to_unit_geometric_range() {
-        let s = scales(&[0.5, 2.0, 8.0], 0.5);
-        let (lo, hi) = (s[0], s[2]);
-        assert!((lo * hi - 1.0).abs() < 1e-6, "{s:?}");
-        assert!((s[1] / s[0] - 2.0).abs() < 1e-6);
     }
 }
