@@ -5,10 +5,11 @@ perplexity llama.cpp's own llama-perplexity measures on each output (docs/gguf.m
 
 Usage: python3 scripts/gguf_compare.py --model MODEL-F16.gguf [--zeropoint target/release/zeropoint]
        [--llama-bin DIR] [--presets Q8_0,Q4_K_M,...] [--threads 2] [--runs 1]
-       [--text EVAL.txt --ctx 512 --chunks 8] [--calib CALIB.txt --calib-chunks 16] [--keep DIR]
+       [--text EVAL.txt --ctx 512 --chunks 8] [--calib CALIB.txt --calib-chunks 16] [--imatrix FILE] [--keep DIR]
 
 --llama-bin defaults to what scripts/build-llama-cpp builds (and prints). With --calib, llama-imatrix computes an
-importance matrix on that text and every preset is run again with it (both tools, --imatrix); with --text, each
+importance matrix on that text and every preset is run again with it (both tools, --imatrix); --imatrix FILE does the
+same with an importance matrix made before (no llama-imatrix run); with --text, each
 output's perplexity is measured (llama-perplexity, --chunks windows of --ctx tokens). Needs no Python package.
 """
 
@@ -115,6 +116,7 @@ def main():
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--calib")
     ap.add_argument("--calib-chunks", type=int, default=16)
+    ap.add_argument("--imatrix")
     ap.add_argument("--keep")
     args = ap.parse_args()
     bin_dir = args.llama_bin or run([os.path.join(ROOT, "scripts/build-llama-cpp")])[0].strip().splitlines()[-1]
@@ -127,7 +129,9 @@ def main():
         ppl, err = perplexity(bin_dir, args.model, args)
         print(f"float perplexity {ppl:.4f} +/- {err:.4f} ({args.chunks} x {args.ctx} tokens of {args.text})")
     imatrices = [None]
-    if args.calib:
+    if args.imatrix:
+        imatrices.append(args.imatrix)
+    elif args.calib:
         imatrix = os.path.join(work, "imatrix.gguf")
         run([os.path.join(bin_dir, "llama-imatrix"), "-m", args.model, "-f", args.calib, "-o", imatrix, "-c",
              str(args.ctx), "--chunks", str(args.calib_chunks), "-t", str(args.threads), "-b", str(args.ctx)])

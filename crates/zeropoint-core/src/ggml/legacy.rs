@@ -208,13 +208,16 @@ pub(super) fn quantize_row_q4_0(src: &[f32], dst: &mut [u8]) -> bool {
     scalar_blocks(src, dst, 0, (18, quantize_q4_0))
 }
 
+/// A block quantizer: 32 floats to one block's bytes.
+type BlockFn = fn(&[f32], &mut [u8]);
+
 /// `block` (blocks of `size` bytes) on each block of `src` from block `from` on, or false if those
 /// hold NaN or infinity.
 fn scalar_blocks(
     src: &[f32],
     dst: &mut [u8],
     from: usize,
-    (size, block): (usize, fn(&[f32], &mut [u8])),
+    (size, block): (usize, BlockFn),
 ) -> bool {
     let rest = src
         .chunks_exact(QK)

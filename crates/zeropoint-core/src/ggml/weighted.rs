@@ -109,53 +109,75 @@ fn make_qp_quants(x: &[f32], nmax: i32, l: &mut [u8], qw: &[f32]) -> f32 {
     }
 }
 
-/// Q4_0 / Q5_0 over a whole row (σ² is the row's): symmetric codes from the weighted search.
+/// Q4_0 / Q5_0 over a whole row (σ² is the row's): symmetric codes from the weighted search,
+/// eight blocks at a time in vector lanes and the blocks after the last eight one by one.
 pub(super) fn legacy_symmetric(x: &[f32], qw: &[f32], bits: u32, y: &mut [u8]) {
-    let sigma2 = sum_squares(x) / x.len() as f32;
-    let bytes = if bits == 4 { 18 } else { 22 };
-    for ((xb, qb), yb) in x
-        .chunks_exact(32)
-        .zip(qw.chunks_exact(32))
-        .zip(y.chunks_exact_mut(bytes))
-    {
-        let mut w = [0f32; 32];
-        importance(xb, qb, sigma2, &mut w);
-        let mut l = [0i8; 32];
-        let d = make_qx_quants(xb, 1 << (bits - 1), &mut l, Some(&w));
-        write_fp16(yb, 0, d);
-        let codes: [u8; 32] = l.map(|c| c as u8);
-        if bits == 4 {
-            for j in 0..16 {
-                yb[2 + j] = codes[j] | (codes[j + 16] << 4);
-            }
-        } else {
-            legacy::pack_q5(&codes, yb, 2);
+    let (w, lanes) = row_importance(x, qw);
+    let nmax = 1 << (bits - 1);
+    let mut l = vec![0i8; x.len()];
+    let mut d = vec![0f32; x.len() / 32];
+    let (x8, w8) = (&x[..lanes], Some(&w[..lanes]));
+    make_qx_quants_each((x8, w8, 32), nmax, &mut l[..lanes], &mut d[..lanes / 32]);
+    for (j, (xb, wb)) in x.chunks_exact(32).zip(w.chunks_exact(32)).enumerate() {
+        if j * 32 >= lanes {
+            d[j] = make_qx_quants(xb, nmax, &mut l[32 * j..32 * j + 32], Some(wb));
         }
+    }
+    let bytes = if bits == 4 { 18 } else { 22 };
+    for (j, yb) in y.chunks_exact_mut(bytes).enumerate() {
+        write_fp16(yb, 0, d[j]);
+        let codes: [u8; 32] = std::array::from_fn(|i| l[32 * j + i] as u8);
+        pack_legacy(&codes, bits, &mut yb[2..]);
     }
 }
 
-/// Q4_1 / Q5_1 over a whole row: scale and minimum from the weighted least-squares search.
+/// Q4_1 / Q5_1 over a whole row: scale and minimum from the weighted least-squares search, eight
+/// blocks at a time in vector lanes and the blocks after the last eight one by one.
 pub(super) fn legacy_asymmetric(x: &[f32], qw: &[f32], bits: u32, y: &mut [u8]) {
-    let sigma2 = sum_squares(x) / x.len() as f32;
-    let bytes = if bits == 4 { 20 } else { 24 };
-    for ((xb, qb), yb) in x
-        .chunks_exact(32)
-        .zip(qw.chunks_exact(32))
-        .zip(y.chunks_exact_mut(bytes))
-    {
-        let mut w = [0f32; 32];
-        importance(xb, qb, sigma2, &mut w);
-        let mut codes = [0u8; 32];
-        let (d, neg_min) = make_qkx2_quants(xb, &w, (1 << bits) - 1, &mut codes, &QKX3);
-        write_fp16(yb, 0, d);
-        write_fp16(yb, 2, -neg_min);
-        if bits == 4 {
-            for j in 0..16 {
-                yb[4 + j] = codes[j] | (codes[j + 16] << 4);
-            }
-        } else {
-            legacy::pack_q5(&codes, yb, 4);
+    let (w, lanes) = row_importance(x, qw);
+    let nmax = (1 << bits) - 1;
+    let mut l = vec![0u8; x.len()];
+    let (mut d, mut neg_min) = (vec![0f32; x.len() / 32], vec![0f32; x.len() / 32]);
+    let (d8, m8) = (&mut d[..lanes / 32], &mut neg_min[..lanes / 32]);
+    make_qkx2_quants_each(
+        (&x[..lanes], &w[..lanes], 32),
+        nmax,
+        &QKX3,
+        &mut l[..lanes],
+        (d8, m8),
+    );
+    for (j, (xb, wb)) in x.chunks_exact(32).zip(w.chunks_exact(32)).enumerate() {
+        if j * 32 >= lanes {
+            let codes = &mut l[32 * j..32 * j + 32];
+            (d[j], neg_min[j]) = make_qkx2_quants(xb, wb, nmax, codes, &QKX3);
         }
+    }
+    let bytes = if bits == 4 { 20 } else { 24 };
+    for (j, yb) in y.chunks_exact_mut(bytes).enumerate() {
+        write_fp16(yb, 0, d[j]);
+        write_fp16(yb, 2, -neg_min[j]);
+        let codes: [u8; 32] = std::array::from_fn(|i| l[32 * j + i]);
+        pack_legacy(&codes, bits, &mut yb[4..]);
+    }
+}
+
+/// Each weight's importance over a row (σ² is the row's mean square), and how many of the row's
+/// values lie in whole groups of eight 32-blocks.
+fn row_importance(x: &[f32], qw: &[f32]) -> (Vec<f32>, usize) {
+    let sigma2 = sum_squares(x) / x.len() as f32;
+    let mut w = vec![0f32; x.len()];
+    importance(x, qw, sigma2, &mut w);
+    (w, x.len() / 256 * 256)
+}
+
+/// A legacy block's 32 codes after its header: nibbles (4 bits) or nibbles and high bits (5).
+fn pack_legacy(codes: &[u8; 32], bits: u32, y: &mut [u8]) {
+    if bits == 4 {
+        for j in 0..16 {
+            y[j] = codes[j] | (codes[j + 16] << 4);
+        }
+    } else {
+        legacy::pack_q5(codes, y, 0);
     }
 }
 
