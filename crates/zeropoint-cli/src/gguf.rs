@@ -15,6 +15,7 @@ use zeropoint_gguf::input::Input;
 use zeropoint_gguf::preset::Preset;
 use zeropoint_gguf::quantize::{self, Calibration, Options, Plan};
 use zeropoint_gguf::read::GgufFile;
+use zeropoint_gguf::value::Value;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -122,6 +123,7 @@ pub fn run(args: &Args) -> Result<()> {
     })?;
     let seconds = start.elapsed().as_secs_f64();
     print_summary(input.as_ref(), &plan, args.verbose);
+    print_awq(&plan);
     println!(
         "wrote {} ({}) in {seconds:.1} s",
         args.output.display(),
@@ -154,6 +156,32 @@ fn calibration(args: &Args, path: &std::path::Path, input: &dyn Input) -> Result
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     Ok(g)
+}
+
+/// How many groups of matrices AWQ rescaled and with which α (from the output's metadata).
+fn print_awq(plan: &Plan) {
+    let Some((_, Value::Array(_, items))) =
+        (plan.metadata.iter()).find(|(k, _)| k == "quantize.awq.alphas")
+    else {
+        return;
+    };
+    let mut alphas: Vec<f32> = (items.iter())
+        .filter_map(|v| match v {
+            Value::F32(a) => Some(*a),
+            _ => None,
+        })
+        .collect();
+    alphas.sort_by(f32::total_cmp);
+    let scaled: Vec<f32> = alphas.iter().copied().filter(|&a| a > 0.0).collect();
+    match (scaled.first(), scaled.last()) {
+        (Some(lo), Some(hi)) => println!(
+            "AWQ: {} of {} groups rescaled, alpha {lo:.2}-{hi:.2} (median {:.2})",
+            scaled.len(),
+            alphas.len(),
+            scaled[scaled.len() / 2]
+        ),
+        _ => println!("AWQ: none of {} groups rescaled", alphas.len()),
+    }
 }
 
 fn print_summary(input: &dyn Input, plan: &Plan, verbose: bool) {

@@ -546,7 +546,7 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
             if !flags.is_empty() {
                 cmd.arg("--calib").arg(&calib).args(["--calib-ctx", "64"]);
             }
-            run(cmd.args(flags).env("RAYON_NUM_THREADS", threads));
+            run(cmd.args(flags).env("RAYON_NUM_THREADS", threads))
         };
         let plain = dir.join(format!("plain-{preset}.gguf"));
         zp(&plain, &[], "2");
@@ -563,7 +563,7 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
         ];
         for (method, flags) in methods {
             let out = dir.join(format!("{method}-{preset}.gguf"));
-            zp(&out, flags, "2");
+            let printed = zp(&out, flags, "2");
             let one_thread = dir.join(format!("{method}-{preset}-1.gguf"));
             zp(&one_thread, flags, "1");
             assert!(
@@ -585,6 +585,22 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
                 method.starts_with("AWQ").then_some("calib.txt"),
                 "{method}"
             );
+            // AWQ records the α of every group it searched (q/k/v, down, gate/up per layer) and
+            // says how many it rescaled.
+            if let Some(Value::Array(_, alphas)) = meta.get("quantize.awq.alphas") {
+                let layers = meta
+                    .get("llama.block_count")
+                    .and_then(Value::as_u64)
+                    .unwrap();
+                assert_eq!(alphas.len() as u64, 3 * layers, "{method}");
+                let rescaled = (alphas.iter())
+                    .filter(|a| matches!(a, Value::F32(a) if (0.05..0.96).contains(a)))
+                    .count();
+                let line = format!("AWQ: {rescaled} of {} groups rescaled", alphas.len());
+                assert!(rescaled > 0 && printed.contains(&line), "{line}\n{printed}");
+            } else {
+                assert!(!method.starts_with("AWQ"), "{method}: no alphas recorded");
+            }
         }
     }
 }

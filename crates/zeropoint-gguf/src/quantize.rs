@@ -333,7 +333,9 @@ fn check_conversion(
     Ok(())
 }
 
-/// Quantizes `input` into `output` and returns the plan it followed. `on_layer(done, layers)`
+/// Quantizes `input` into `output` and returns the plan it followed (with AWQ, its metadata
+/// then also holds `quantize.awq.alphas`: the α chosen for each group of matrices searched, in
+/// the order of the layers: q/k/v, down, gate/up; 0 where scaling did not help). `on_layer(done, layers)`
 /// is called after each layer of GPTQ's calibration, `on_tensor` after each tensor is written
 /// (for progress bars).
 pub fn quantize(
@@ -346,8 +348,18 @@ pub fn quantize(
     refuse_overwrite(input.path(), output)?;
     let plan = plan(input.header(), opts).map_err(|m| Error::invalid(input.path(), m))?;
     let imatrix = opts.imatrix.as_ref().map(|(m, _)| m);
+    let mut plan = plan;
     let calibrated = match &opts.calibration {
-        Some(c) => calibrated(input, &plan, c, &mut on_layer)?,
+        Some(c) => {
+            let (bytes, alphas) = calibrated(input, &plan, c, &mut on_layer)?;
+            if c.awq {
+                let alphas = alphas.into_iter().map(Value::F32).collect();
+                let key = "quantize.awq.alphas".to_string();
+                plan.metadata
+                    .push((key, Value::Array(Value::F32(0.0).type_id(), alphas)));
+            }
+            bytes
+        }
         None => HashMap::new(),
     };
     let new: Vec<NewTensor> = plan.tensors.iter().map(new_tensor).collect();
@@ -363,9 +375,12 @@ pub fn quantize(
     Ok(plan)
 }
 
+/// What calibration wrote: each calibrated tensor's bytes by name, and AWQ's α per group.
+type Calibrated = (HashMap<String, Vec<u8>>, Vec<f32>);
+
 /// AWQ and GPTQ (or weighted rounding) over the model's layers in order, each calibrated on what
 /// the quantized layers before it produce: the bytes of every linear layer of the transformer
-/// blocks, and of the normalization weights AWQ rescaled. Tensors whose type GPTQ cannot write,
+/// blocks, and of the normalization weights AWQ rescaled; and the α AWQ chose for each group. Tensors whose type GPTQ cannot write,
 /// or whose rows are not whole blocks of it, are rounded weighted by their input's mean square
 /// (their Hessian's diagonal), and that is what the later layers see.
 fn calibrated(
@@ -373,8 +388,9 @@ fn calibrated(
     plan: &Plan,
     c: &Calibration,
     on_layer: &mut dyn FnMut(usize, usize),
-) -> Result<HashMap<String, Vec<u8>>> {
+) -> Result<Calibrated> {
     let mut done: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut alphas = Vec::new();
     let n_layer = crate::llama::Hparams::from_header(input.header())
         .map_err(|m| Error::invalid(input.path(), m))?
         .n_layer;
@@ -400,6 +416,7 @@ fn calibrated(
             }
         }
         let best = crate::awq::search(&found, cols, abs_mean, h)?;
+        alphas.push(best.alpha as f32);
         Ok((best.alpha > 0.0).then_some(best.scales))
     };
     let awq: Option<&mut crate::llama::ScaleFn> = if c.awq { Some(&mut awq) } else { None };
@@ -413,7 +430,7 @@ fn calibrated(
             .map_err(|e| Error::tensor(input.path(), &name, e.to_string()))?;
         done.insert(name, bytes);
     }
-    Ok(done)
+    Ok((done, alphas))
 }
 
 fn is_block_format(ty: GgmlType) -> bool {
