@@ -259,13 +259,13 @@ fn attention_block(t: &mut Tensors, p: &mut Pass, l: usize, x: &mut [f32]) -> Re
     let name = |s: &str| format!("blk.{l}.{s}.weight");
     let norm = name("attn_norm");
     let qkv = [name("attn_q"), name("attn_k"), name("attn_v")];
+    let mut normed = normed_input(t, p, &norm, x)?;
     if let Some(scale) = p.awq.as_deref_mut() {
-        let h = rms_norm(x, &t.vector(&norm, d)?, hp.eps);
-        let hh = gram(&h, d, p.lens);
-        rescale(t, scale, &qkv, Fold::Norm(&norm), (&h, d, &hh))?;
+        if rescale(t, scale, &qkv, Fold::Norm(&norm), (&normed.0, d, &normed.1))? {
+            normed = normed_input(t, p, &norm, x)?;
+        }
     }
-    let h = rms_norm(x, &t.vector(&norm, d)?, hp.eps);
-    let hq = gram(&h, d, p.lens);
+    let (h, hq) = normed;
     let (qw, kw) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
     let q = layer(t, p.quantize, &qkv[0], &h, d, qw, &hq)?;
     let k = layer(t, p.quantize, &qkv[1], &h, d, kw, &hq)?;
@@ -286,7 +286,7 @@ fn feed_forward_block(
     l: usize,
     x: &mut [f32],
 ) -> Result<(), String> {
-    let (hp, d) = (p.hp, p.hp.n_embd);
+    let d = p.hp.n_embd;
     let name = |s: &str| format!("blk.{l}.{s}.weight");
     let (norm, gate, up, down) = (
         name("ffn_norm"),
@@ -296,11 +296,12 @@ fn feed_forward_block(
     );
     // The width from the header; `layer` reads (and checks) the weight itself.
     let ff = t.info(&gate)?.1.dims.get(1).copied().unwrap_or(0) as usize;
+    let mut normed = normed_input(t, p, &norm, x)?;
     if let Some(scale) = p.awq.as_deref_mut() {
-        let h = rms_norm(x, &t.vector(&norm, d)?, hp.eps);
+        let h = &normed.0;
         if !t.has(&up.replace(".weight", ".bias")) {
-            let g = linear(&h, &t.matrix(&gate, d)?.0, d, ff);
-            let a = swiglu(&g, &linear(&h, &t.matrix(&up, d)?.0, d, ff));
+            let g = linear(h, &t.matrix(&gate, d)?.0, d, ff);
+            let a = swiglu(&g, &linear(h, &t.matrix(&up, d)?.0, d, ff));
             let ha = gram(&a, ff, p.lens);
             rescale(
                 t,
@@ -310,12 +311,12 @@ fn feed_forward_block(
                 (&a, ff, &ha),
             )?;
         }
-        let hh = gram(&h, d, p.lens);
         let gate_up = [gate.clone(), up.clone()];
-        rescale(t, scale, &gate_up, Fold::Norm(&norm), (&h, d, &hh))?;
+        if rescale(t, scale, &gate_up, Fold::Norm(&norm), (h, d, &normed.1))? {
+            normed = normed_input(t, p, &norm, x)?;
+        }
     }
-    let h = rms_norm(x, &t.vector(&norm, d)?, hp.eps);
-    let hf = gram(&h, d, p.lens);
+    let (h, hf) = normed;
     let g = layer(t, p.quantize, &gate, &h, d, ff, &hf)?;
     let u = layer(t, p.quantize, &up, &h, d, ff, &hf)?;
     let a = swiglu(&g, &u);
@@ -339,15 +340,29 @@ enum Fold<'a> {
     Rows(&'a str),
 }
 
+/// rms_norm(x) with the normalization weight `norm` (as rescaled, if it was), and its Hessian.
+fn normed_input(
+    t: &Tensors,
+    p: &Pass,
+    norm: &str,
+    x: &[f32],
+) -> Result<(Vec<f32>, Vec<f64>), String> {
+    let d = p.hp.n_embd;
+    let h = rms_norm(x, &t.vector(norm, d)?, p.hp.eps);
+    let hh = gram(&h, d, p.lens);
+    Ok((h, hh))
+}
+
 /// Asks `scale` for the scales of the matrices `names` (which read `x`, `tokens × cols`, with
-/// Hessian `h`) and, if it returns some, multiplies their columns by s and folds 1/s.
+/// Hessian `h`) and, if it returns some, multiplies their columns by s and folds 1/s; returns
+/// whether it did.
 fn rescale(
     t: &mut Tensors,
     scale: &mut ScaleFn,
     names: &[String],
     fold: Fold,
     (x, cols, h): (&[f32], usize, &[f64]),
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let weights: Vec<Vec<f32>> = (names.iter())
         .map(|n| t.matrix(n, cols).map(|(w, _)| w))
         .collect::<Result<_, _>>()?;
@@ -364,7 +379,7 @@ fn rescale(
         .map(|(n, w)| (n.as_str(), w.as_slice()))
         .collect();
     let Some(s) = scale(&named, cols, &abs_mean, h)? else {
-        return Ok(());
+        return Ok(false);
     };
     for (n, mut w) in names.iter().zip(weights) {
         w.chunks_exact_mut(cols)
@@ -390,7 +405,7 @@ fn rescale(
         }
     };
     t.rescaled.insert(name.to_string(), folded);
-    Ok(())
+    Ok(true)
 }
 
 /// One linear layer: its weight through `quantize`, then applied to `x` (`tokens × inp`).

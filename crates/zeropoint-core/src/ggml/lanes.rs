@@ -1,11 +1,12 @@
-//! ggml's scale-and-min search for the K-quants (`make_qkx2_quants`) on eight sub-blocks at once,
-//! one per vector lane.
+//! ggml's scale searches (`make_qkx2_quants`, scale and min; `make_qx_quants`, symmetric) on
+//! eight sub-blocks (or 32-blocks) at once, one per vector lane.
 //!
 //! Each lane does the scalar search's operations in the same order, with its branches turned into
 //! per-lane choices, so every lane ends with the bits the scalar search gives for its sub-block:
 //! byte-identity with llama.cpp holds. The lane loops are plain Rust over `[f32; 8]`, which the
-//! compiler turns into AVX2 instructions under [`crate::kernel::dispatch`]. The search is most of
-//! the time a Q4_K, Q5_K or Q2_K block takes, and a super-block has eight (or sixteen) of them.
+//! compiler turns into AVX2 instructions under [`crate::kernel::dispatch`]. The searches are most
+//! of the time a K-quant block (or an importance-weighted legacy block) takes, and a super-block
+//! has eight or sixteen of them.
 
 use super::kquant::{nearest_int, Search, GROUP_MAX_EPS};
 

@@ -223,7 +223,7 @@ fn scalar_blocks(
         .chunks_exact(QK)
         .zip(dst.chunks_exact_mut(size))
         .skip(from);
-    src[from * QK..].iter().all(|v| v.is_finite()) && {
+    super::all_finite(&src[from * QK..]) && {
         rest.for_each(|(x, y)| block(x, y));
         true
     }

@@ -118,10 +118,9 @@ pub(super) fn legacy_symmetric(x: &[f32], qw: &[f32], bits: u32, y: &mut [u8]) {
     let mut d = vec![0f32; x.len() / 32];
     let (x8, w8) = (&x[..lanes], Some(&w[..lanes]));
     make_qx_quants_each((x8, w8, 32), nmax, &mut l[..lanes], &mut d[..lanes / 32]);
-    for (j, (xb, wb)) in x.chunks_exact(32).zip(w.chunks_exact(32)).enumerate() {
-        if j * 32 >= lanes {
-            d[j] = make_qx_quants(xb, nmax, &mut l[32 * j..32 * j + 32], Some(wb));
-        }
+    let blocks = x.chunks_exact(32).zip(w.chunks_exact(32)).enumerate();
+    for (j, (xb, wb)) in blocks.skip(lanes / 32) {
+        d[j] = make_qx_quants(xb, nmax, &mut l[32 * j..32 * j + 32], Some(wb));
     }
     let bytes = if bits == 4 { 18 } else { 22 };
     for (j, yb) in y.chunks_exact_mut(bytes).enumerate() {
@@ -146,11 +145,10 @@ pub(super) fn legacy_asymmetric(x: &[f32], qw: &[f32], bits: u32, y: &mut [u8]) 
         &mut l[..lanes],
         (d8, m8),
     );
-    for (j, (xb, wb)) in x.chunks_exact(32).zip(w.chunks_exact(32)).enumerate() {
-        if j * 32 >= lanes {
-            let codes = &mut l[32 * j..32 * j + 32];
-            (d[j], neg_min[j]) = make_qkx2_quants(xb, wb, nmax, codes, &QKX3);
-        }
+    let blocks = x.chunks_exact(32).zip(w.chunks_exact(32)).enumerate();
+    for (j, (xb, wb)) in blocks.skip(lanes / 32) {
+        let codes = &mut l[32 * j..32 * j + 32];
+        (d[j], neg_min[j]) = make_qkx2_quants(xb, wb, nmax, codes, &QKX3);
     }
     let bytes = if bits == 4 { 20 } else { 24 };
     for (j, yb) in y.chunks_exact_mut(bytes).enumerate() {
