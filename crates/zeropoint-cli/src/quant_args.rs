@@ -224,6 +224,7 @@ impl QuantArgs {
             },
             exclude: self.exclude.clone(),
             data,
+            arrays: Vec::new(),
             preprocess: self.data.preprocess()?,
             samples: self.samples,
             report_samples: self.report_samples,
@@ -303,35 +304,7 @@ fn parse_fraction(p: &str) -> Result<f64> {
     Ok(v)
 }
 
-/// "int8,sym,per-channel" → a scheme; weights default to symmetric per-channel, activations
-/// to asymmetric per-tensor.
+/// "int8,sym,per-channel" → a scheme (see [`zeropoint_quant::settings::parse_scheme`]).
 pub fn parse_scheme(spec: &str, weight: bool) -> Result<Scheme> {
-    let mut parts = spec.split(',').map(str::trim);
-    let ty = parts.next().unwrap_or("");
-    let (signed, bits) = match ty.strip_prefix("uint") {
-        Some(b) => (false, b),
-        None => (true, ty.strip_prefix("int").unwrap_or("")),
-    };
-    let bits: u32 = bits
-        .parse()
-        .with_context(|| format!("'{ty}' is not a type like int8, uint8, int4"))?;
-    let mut scheme = Scheme::new(bits).signed(signed).symmetric(weight);
-    if weight {
-        scheme = scheme.per_axis(0);
-    }
-    for p in parts {
-        scheme = match p {
-            "sym" | "symmetric" => scheme.symmetric(true),
-            "asym" | "asymmetric" => scheme.symmetric(false),
-            "per-tensor" => scheme.granularity(Granularity::PerTensor),
-            "per-channel" => scheme.per_axis(0),
-            "narrow" => scheme.narrow(true),
-            other => match other.strip_prefix("per-block=").map(str::parse::<usize>) {
-                Some(Ok(block)) if block > 0 => scheme.per_block(1, block),
-                _ => bail!("unknown scheme option '{other}' in '{spec}'"),
-            },
-        };
-    }
-    scheme.validate()?;
-    Ok(scheme)
+    zeropoint_quant::settings::parse_scheme(spec, weight).map_err(anyhow::Error::msg)
 }

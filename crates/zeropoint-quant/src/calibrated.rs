@@ -15,7 +15,7 @@ use zeropoint_onnx::{DType, ModelProto};
 use crate::bias_correction::{correct_biases, correct_biases_analytic};
 use crate::calibrate::{observe, ranges, Ranges};
 use crate::compare::{next_batches, Batch};
-use crate::dataset::{Dataset, Preprocess};
+use crate::dataset::{Arrays, Dataset, Preprocess};
 use crate::error::Result;
 use crate::params::{params, Params};
 use crate::placement::Plan;
@@ -35,6 +35,9 @@ pub struct Options {
     pub exclude: Vec<String>,
     /// Calibration data specs (see [`Dataset::open`]).
     pub data: Vec<String>,
+    /// Calibration data in memory instead, one batch-first array per model input, by input name
+    /// (see [`Dataset::from_arrays`]; the Python bindings' arrays).
+    pub arrays: Arrays,
     pub preprocess: Preprocess,
     /// Use at most this many calibration samples.
     pub samples: Option<usize>,
@@ -339,7 +342,11 @@ pub fn first_samples(graph: &Graph, opts: &Options, n: usize) -> Result<Vec<Batc
 
 /// The calibration data of `opts`, for `graph`'s inputs.
 pub fn open_data(graph: &Graph, opts: &Options) -> Result<Dataset> {
-    let mut data = Dataset::open(&opts.data, &graph.inputs, &opts.preprocess)?;
+    let mut data = if opts.arrays.is_empty() {
+        Dataset::open(&opts.data, &graph.inputs, &opts.preprocess)?
+    } else {
+        Dataset::from_arrays(opts.arrays.clone(), &graph.inputs)?
+    };
     if let Some(n) = opts.samples {
         data.truncate(n);
     }

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use zeropoint_engine::Value;
 use zeropoint_graph::graph::dims_fit;
@@ -96,7 +97,8 @@ enum Stream {
     /// not its first axis, read whole).
     Memory {
         path: PathBuf,
-        array: RawTensor,
+        /// Shared, so that every pass over the data reads the caller's array without a copy.
+        array: Arc<RawTensor>,
         batch: Batch,
     },
     /// An idx file of unsigned bytes, read forward.
@@ -133,6 +135,10 @@ fn batch_of_input(info: &ValueInfo) -> Batch {
     }
 }
 
+/// Data in memory: one batch-first array per model input, by input name, shared so that every
+/// pass over the data reads the caller's arrays without a copy.
+pub type Arrays = Vec<(String, Arc<RawTensor>)>;
+
 impl Dataset {
     /// Opens the data for the model inputs `inputs`: each spec is `NAME=FILE` or `FILE`; a
     /// `.npz` spec provides every input it has a member for; unnamed `.npy`/idx specs are matched
@@ -151,7 +157,7 @@ impl Dataset {
 
     /// Data already in memory: one batch-first array per model input, by input name. Errors
     /// name the array as `<memory>/NAME`.
-    pub fn from_arrays(arrays: Vec<(String, RawTensor)>, inputs: &[ValueInfo]) -> Result<Dataset> {
+    pub fn from_arrays(arrays: Arrays, inputs: &[ValueInfo]) -> Result<Dataset> {
         let streams: Vec<(String, Stream)> = arrays
             .into_iter()
             .map(|(name, array)| {
@@ -455,7 +461,7 @@ impl Stream {
             }
             Stream::Memory { array, batch, .. } => Ok(match *batch {
                 Batch::Axis(k) => take_along(array, k, from, n),
-                Batch::Shared => array.clone(),
+                Batch::Shared => RawTensor::clone(array),
             }),
             Stream::Inflating {
                 path,
@@ -557,7 +563,11 @@ fn arrange(streams: &mut [(String, Stream)], inputs: &[ValueInfo]) -> Result<()>
         if batch == Batch::Shared && array.len() == 1 {
             array.shape.clear();
         }
-        *stream = Stream::Memory { path, array, batch };
+        *stream = Stream::Memory {
+            path,
+            array: Arc::new(array),
+            batch,
+        };
     }
     Ok(())
 }

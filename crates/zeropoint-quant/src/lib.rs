@@ -26,6 +26,7 @@
 //!     settings: Settings::preset(Preset::W8A8),
 //!     exclude: vec![],
 //!     data: vec!["calibration.npy".into()],
+//!     arrays: vec![],
 //!     preprocess: Default::default(),
 //!     samples: Some(256),
 //!     report_samples: 64,

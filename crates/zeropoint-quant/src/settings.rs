@@ -2,7 +2,7 @@
 //! estimated, and the presets that name the usual choices.
 
 use zeropoint_core::observer::Method;
-use zeropoint_core::Scheme;
+use zeropoint_core::{Granularity, Scheme};
 
 /// How weights and activations are quantized and their ranges estimated.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +149,16 @@ impl Preset {
         Scheme::asymmetric_unsigned(self.bits().1)
     }
 
+    /// Every preset, in the order the CLI lists them.
+    pub const ALL: [Preset; 4] = [Preset::W8A8, Preset::W4A8, Preset::W8A16, Preset::W4A16];
+
+    /// The preset named `name` ("w8a8", ...; any case).
+    pub fn parse(name: &str) -> Option<Preset> {
+        Preset::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(name))
+    }
+
     /// "w8a8", "w4a8", ...
     pub fn name(self) -> &'static str {
         match self {
@@ -193,4 +203,39 @@ impl Default for AdaRoundOptions {
             warm_start: 0.2,
         }
     }
+}
+
+/// "int8,sym,per-channel" → a scheme: the type (int8, uint8, int4, ...), then any of "sym" /
+/// "asym", "per-tensor" / "per-channel" / "per-block=N" and "narrow". Weights default to
+/// symmetric per output channel (axis 0; blocks along axis 1, the input), activations to
+/// asymmetric per tensor. The error is a one-line message about the spec.
+pub fn parse_scheme(spec: &str, weight: bool) -> std::result::Result<Scheme, String> {
+    let mut parts = spec.split(',').map(str::trim);
+    let ty = parts.next().unwrap_or("");
+    let (signed, bits) = match ty.strip_prefix("uint") {
+        Some(b) => (false, b),
+        None => (true, ty.strip_prefix("int").unwrap_or("")),
+    };
+    let bits: u32 = bits
+        .parse()
+        .map_err(|_| format!("'{ty}' is not a type like int8, uint8, int4"))?;
+    let mut scheme = Scheme::new(bits).signed(signed).symmetric(weight);
+    if weight {
+        scheme = scheme.per_axis(0);
+    }
+    for p in parts {
+        scheme = match p {
+            "sym" | "symmetric" => scheme.symmetric(true),
+            "asym" | "asymmetric" => scheme.symmetric(false),
+            "per-tensor" => scheme.granularity(Granularity::PerTensor),
+            "per-channel" => scheme.per_axis(0),
+            "narrow" => scheme.narrow(true),
+            other => match other.strip_prefix("per-block=").map(str::parse::<usize>) {
+                Some(Ok(block)) if block > 0 => scheme.per_block(1, block),
+                _ => return Err(format!("unknown scheme option '{other}' in '{spec}'")),
+            },
+        };
+    }
+    scheme.validate().map_err(|e| format!("'{spec}': {e}"))?;
+    Ok(scheme)
 }

@@ -47,6 +47,44 @@ impl Histogram {
         })
     }
 
+    /// The bin-width exponent and the exact extremes, for [`Observer::to_bytes`](super::Observer::to_bytes).
+    pub(super) fn parts(&self) -> (Option<i32>, f32, f32) {
+        (self.exp, self.min, self.max)
+    }
+
+    /// A histogram from saved parts, checked: the counts add up to at most 2^62 values, the
+    /// exponent is one [`update`](Histogram::update) can reach, nothing lies outside the zero
+    /// bin before a width was set, and a non-empty histogram has a finite [min, max].
+    pub(super) fn from_parts(
+        counts: Vec<u64>,
+        exp: Option<i32>,
+        min: f32,
+        max: f32,
+    ) -> std::result::Result<Histogram, String> {
+        let mut fresh = Histogram::new(counts.len()).map_err(|e| e.to_string())?;
+        let total = counts
+            .iter()
+            .try_fold(0u64, |t, &c| t.checked_add(c).filter(|&t| t <= 1 << 62))
+            .ok_or("the bin counts overflow")?;
+        if exp.is_some_and(|e| !(-149 - 24..=160).contains(&e)) {
+            return Err(format!("bin-width exponent {exp:?} is out of range"));
+        }
+        let half = counts.len() / 2;
+        if exp.is_none() && counts.iter().enumerate().any(|(i, &c)| i != half && c > 0) {
+            return Err("counts outside the zero bin without a bin width".into());
+        }
+        if total > 0 {
+            if !(min.is_finite() && max.is_finite() && min <= max) {
+                return Err(format!("[{min}, {max}] is not the range of a histogram"));
+            }
+            (fresh.min, fresh.max) = (min, max);
+        }
+        fresh.counts = counts;
+        fresh.exp = exp;
+        fresh.total = total;
+        Ok(fresh)
+    }
+
     pub fn bins(&self) -> usize {
         self.counts.len()
     }

@@ -30,6 +30,7 @@
 pub mod histogram;
 mod reservoir;
 pub mod search;
+mod state;
 
 use std::fmt;
 

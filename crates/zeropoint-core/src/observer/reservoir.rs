@@ -63,6 +63,17 @@ impl Reservoir {
         (self.min <= self.max).then_some((self.min, self.max))
     }
 
+    /// [min, max] of everything offered, as stored (empty: +inf, -inf).
+    pub(super) fn extremes(&self) -> (f32, f32) {
+        (self.min, self.max)
+    }
+
+    /// Widens [min, max] to include a saved one (the rows put back already count).
+    pub(super) fn set_extremes(&mut self, min: f32, max: f32) {
+        self.min = self.min.min(min);
+        self.max = self.max.max(max);
+    }
+
     /// Bytes the kept rows occupy.
     pub fn capacity_bytes(&self) -> usize {
         self.kept.iter().map(|(_, r)| 8 + 4 * r.len()).sum()

@@ -36,6 +36,7 @@ pub fn calibration(name: &str, refs: &Path, settings: Settings) -> Options {
         settings,
         exclude: vec![],
         data: vec![data.display().to_string()],
+        arrays: vec![],
         preprocess,
         samples: Some(samples),
         report_samples: 0,
