@@ -14,7 +14,7 @@ import re
 import sys
 
 CRATES = ["zeropoint-core", "zeropoint-onnx", "zeropoint-gguf", "zeropoint-graph", "zeropoint-engine",
-          "zeropoint-quant", "zeropoint-cli"]
+          "zeropoint-quant", "zeropoint-cli", "zeropoint-py"]
 MAX_LINES = 100
 FN = re.compile(r"^\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?fn\s+(\w+)")
 

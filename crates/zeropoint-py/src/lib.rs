@@ -1,0 +1,30 @@
+//! # zeropoint-py
+//!
+//! The native module of the `zeropoint` Python package (`zeropoint._zeropoint`): zeropoint's
+//! library with numpy arrays in and out. The package's Python files (`python/zeropoint`) wrap
+//! it with dataclasses, the exception classes and the ONNX Runtime drop-in; users import
+//! `zeropoint`, not this module.
+//!
+//! - [`tensor`]: schemes, parameters, quantize / dequantize / fake-quant, explain;
+//! - [`observer`]: range estimators, picklable;
+//! - [`model`]: run, quantize and evaluate ONNX models, quantize GGUF files.
+//!
+//! Every function checks its arguments and raises one of the package's exceptions with
+//! zeropoint's one-line message; the work itself runs with the GIL released.
+
+use pyo3::prelude::*;
+
+mod array;
+mod errors;
+mod model;
+mod observer;
+mod tensor;
+
+#[pymodule]
+fn _zeropoint(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    tensor::register(m)?;
+    observer::register(m)?;
+    model::register(m)?;
+    Ok(())
+}

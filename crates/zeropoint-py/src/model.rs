@@ -1,0 +1,478 @@
+//! Models: run an ONNX model, quantize it (zeropoint's PTQ, calibrated on files or on arrays),
+//! compare it with its quantized version, and quantize a GGUF language model as llama-quantize
+//! does. Reports cross as JSON text that the package's Python side turns into dataclasses.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+use zeropoint_core::observer::Method;
+use zeropoint_engine::{Executor, Value};
+use zeropoint_graph::Graph;
+use zeropoint_quant::dataset::{read_labels, Arrays, Dataset, Preprocess};
+use zeropoint_quant::evaluate::Evaluation;
+use zeropoint_quant::ptq::{self, Options};
+use zeropoint_quant::settings::{parse_scheme, BiasCorrection, Preset, Settings};
+use zeropoint_quant::summary::Summary;
+
+use crate::array::{raw_tensor, to_numpy};
+use crate::errors::{chain, quant, raise, Kind};
+use crate::observer::parse_method;
+
+/// Runs the float (or QDQ) model on `inputs` (name → array) and returns every graph output.
+#[pyfunction]
+fn run<'py>(
+    py: Python<'py>,
+    model: PathBuf,
+    inputs: &Bound<'py, PyDict>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let mut raw = Vec::new();
+    for (name, array) in inputs.iter() {
+        let name: String = name.extract()?;
+        raw.push(raw_tensor(&name, &array)?);
+    }
+    let outputs = py
+        .detach(|| -> Result<Vec<_>, zeropoint_engine::Error> {
+            let exec = Executor::owning(Graph::load(&model)?)?;
+            let feeds = raw
+                .iter()
+                .map(|t| Ok((t.name.clone(), Value::from_raw(t)?)))
+                .collect::<Result<HashMap<_, _>, zeropoint_engine::Error>>()?;
+            exec.run(feeds)?
+                .into_iter()
+                .map(|(name, v)| v.to_raw(&name))
+                .collect()
+        })
+        .map_err(|e| raise(Kind::Model, format!("{}: {}", model.display(), chain(&e))))?;
+    let out = PyDict::new(py);
+    for t in &outputs {
+        out.set_item(&t.name, to_numpy(py, t)?)?;
+    }
+    Ok(out)
+}
+
+/// Every node of the model as (name, operator type), in graph order (names made unique as
+/// zeropoint makes them: what `exclude` takes).
+#[pyfunction]
+fn graph_nodes(py: Python<'_>, model: PathBuf) -> PyResult<Vec<(String, String)>> {
+    let graph = py
+        .detach(|| Graph::load(&model))
+        .map_err(|e| raise(Kind::Model, chain(&e)))?;
+    Ok(graph
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.op.to_string()))
+        .collect())
+}
+
+/// Calibration data: file specs (a path or a list of them, as `--calib` takes) or arrays (a dict
+/// of one batch-first array per model input).
+fn data_source(data: &Bound<'_, PyAny>) -> PyResult<(Vec<String>, Arrays)> {
+    if let Ok(d) = data.cast::<PyDict>() {
+        let mut arrays = Vec::new();
+        for (name, array) in d.iter() {
+            let name: String = name.extract()?;
+            arrays.push((name.clone(), Arc::new(raw_tensor(&name, &array)?)));
+        }
+        if arrays.is_empty() {
+            return Err(raise(Kind::Data, "the calibration dict holds no arrays"));
+        }
+        return Ok((Vec::new(), arrays));
+    }
+    if data.is_instance_of::<PyString>() || data.hasattr("__fspath__")? {
+        return Ok((vec![path_text(data)?], Vec::new()));
+    }
+    let specs = data
+        .try_iter()
+        .map_err(|_| {
+            raise(
+                Kind::Data,
+                "data must be a path, a list of paths or a dict of arrays by input name",
+            )
+        })?
+        .map(|item| path_text(&item?))
+        .collect::<PyResult<Vec<_>>>()?;
+    if specs.is_empty() {
+        return Err(raise(Kind::Data, "no calibration files given"));
+    }
+    Ok((specs, Vec::new()))
+}
+
+/// Pixel files' (idx, images) preprocessing: `(x / 255 − mean[c]) / std[c]`.
+fn preprocess(mean: Vec<f32>, std: Vec<f32>) -> PyResult<Preprocess> {
+    if mean.is_empty() || std.is_empty() {
+        return Err(raise(Kind::Data, "mean and std need at least one value"));
+    }
+    if std.iter().any(|&s| s == 0.0 || !s.is_finite()) || mean.iter().any(|m| !m.is_finite()) {
+        return Err(raise(
+            Kind::Data,
+            "std must be finite and nonzero, mean finite",
+        ));
+    }
+    Ok(Preprocess {
+        mean,
+        std,
+        ..Preprocess::default()
+    })
+}
+
+fn path_text(p: &Bound<'_, PyAny>) -> PyResult<String> {
+    let path: PathBuf = p.extract()?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+/// The settings of `quantize_model`'s keywords, checked as the CLI checks its flags.
+#[allow(clippy::too_many_arguments)]
+fn settings(
+    preset: &str,
+    weights: Option<&str>,
+    activations: Option<&str>,
+    weight_range: Option<&str>,
+    activation_range: Method,
+    batch: usize,
+    cle: bool,
+    bias_correction: Option<&str>,
+    adaround: Option<usize>,
+) -> PyResult<Settings> {
+    let scheme_error = |m: String| raise(Kind::Scheme, m);
+    let p = Preset::parse(preset).ok_or_else(|| {
+        let names: Vec<_> = Preset::ALL.iter().map(|p| p.name()).collect();
+        scheme_error(format!(
+            "unknown preset '{preset}' (expected {})",
+            names.join(", ")
+        ))
+    })?;
+    let mut s = Settings::preset(p);
+    if let Some(w) = weights {
+        s.weights = parse_scheme(w, true).map_err(scheme_error)?;
+    }
+    if let Some(a) = activations {
+        s.activations = parse_scheme(a, false).map_err(scheme_error)?;
+        if s.activations.granularity != zeropoint_core::Granularity::PerTensor {
+            return Err(scheme_error("activations are quantized per tensor".into()));
+        }
+    }
+    if let Some(r) = weight_range {
+        s.weight_method = parse_method(r, None)?;
+    }
+    s.activation_method = activation_range;
+    if batch == 0 {
+        return Err(scheme_error("batch must be at least 1".into()));
+    }
+    s.batch = batch;
+    s.equalize = cle.then_some(zeropoint_quant::equalize::Options {
+        relu6_as_relu: false,
+        absorb_high_bias: true,
+    });
+    s.bias_correction = match bias_correction {
+        None => None,
+        Some("empirical") => Some(BiasCorrection::Empirical { samples: 16 }),
+        Some("analytic") => Some(BiasCorrection::Analytic),
+        Some(other) => {
+            return Err(scheme_error(format!(
+                "bias_correction '{other}' is not 'empirical' or 'analytic'"
+            )))
+        }
+    };
+    if adaround.is_some() && s.bias_correction.is_some() {
+        return Err(scheme_error(
+            "adaround and bias_correction do not go together: AdaRound learns the rounding that bias correction would compensate".into(),
+        ));
+    }
+    s.adaround = match adaround {
+        Some(0) => return Err(scheme_error("adaround needs at least 1 iteration".into())),
+        Some(iterations) => Some(zeropoint_quant::adaround::Options {
+            iterations,
+            ..Default::default()
+        }),
+        None => None,
+    };
+    Ok(s)
+}
+
+/// Never over the input, never into a missing folder.
+fn check_output(model: &Path, output: &Path, kind: Kind) -> PyResult<()> {
+    let same = match (model.canonicalize(), output.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => model == output,
+    };
+    let problem = if same {
+        Some("the output would overwrite the input; choose another path".to_string())
+    } else if output.is_dir() {
+        Some("is a folder; give the file to write".to_string())
+    } else {
+        let parent = output.parent().filter(|p| !p.as_os_str().is_empty());
+        parent
+            .filter(|d| !d.is_dir())
+            .map(|d| format!("the output folder {} does not exist", d.display()))
+    };
+    match problem {
+        Some(m) => Err(raise(kind, format!("{}: {m}", output.display()))),
+        None => Ok(()),
+    }
+}
+
+/// Post-training quantization of the ONNX model at `model` to a QDQ model at `output`,
+/// calibrated on `data`; returns the report (`zeropoint quantize --json`'s) as JSON text.
+#[pyfunction]
+#[pyo3(signature = (model, data, output, *, preset="w8a8", weights=None, activations=None,
+                    weight_range=None, activation_range="mse", range_options=None, exclude=Vec::new(), samples=None,
+                    batch=32, report_samples=64, cle=false, bias_correction=None, adaround=None,
+                    mean=vec![0.0], std=vec![1.0]))]
+#[allow(clippy::too_many_arguments)]
+fn quantize_model(
+    py: Python<'_>,
+    model: PathBuf,
+    data: &Bound<'_, PyAny>,
+    output: PathBuf,
+    preset: &str,
+    weights: Option<&str>,
+    activations: Option<&str>,
+    weight_range: Option<&str>,
+    activation_range: &str,
+    range_options: Option<&Bound<'_, PyDict>>,
+    exclude: Vec<String>,
+    samples: Option<usize>,
+    batch: usize,
+    report_samples: usize,
+    cle: bool,
+    bias_correction: Option<&str>,
+    adaround: Option<usize>,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+) -> PyResult<String> {
+    check_output(&model, &output, Kind::Model)?;
+    let preprocess = preprocess(mean, std)?;
+    let settings = settings(
+        preset,
+        weights,
+        activations,
+        weight_range,
+        parse_method(activation_range, range_options)?,
+        batch,
+        cle,
+        bias_correction,
+        adaround,
+    )?;
+    let (specs, arrays) = data_source(data)?;
+    let opts = Options {
+        settings,
+        exclude,
+        data: specs,
+        arrays,
+        preprocess,
+        samples,
+        report_samples,
+    };
+    let summary = py.detach(|| -> Result<Summary, zeropoint_quant::Error> {
+        let start = std::time::Instant::now();
+        let outcome = ptq::quantize(&model, &opts, &mut |_, _, _| {})?;
+        zeropoint_onnx::model::save(&outcome.model, &output)?;
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        Ok(Summary::new(
+            &outcome,
+            (&model.display().to_string(), size(&model)),
+            (&output.display().to_string(), size(&output)),
+            start.elapsed().as_secs_f64(),
+        ))
+    });
+    let summary = summary.map_err(|e| quant(&model, e))?;
+    serde_json::to_string(&summary).map_err(|e| raise(Kind::Model, e.to_string()))
+}
+
+/// Both models on the same data, in zeropoint's executor: accuracy (with labels), argmax
+/// agreement, output SQNR and cosine, and SQNR per layer; as JSON text.
+#[pyfunction]
+#[pyo3(signature = (float_model, quantized_model, data, *, labels=None, samples=None, batch=64,
+                    mean=vec![0.0], std=vec![1.0]))]
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    py: Python<'_>,
+    float_model: PathBuf,
+    quantized_model: PathBuf,
+    data: &Bound<'_, PyAny>,
+    labels: Option<&Bound<'_, PyAny>>,
+    samples: Option<usize>,
+    batch: usize,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+) -> PyResult<String> {
+    let prep = preprocess(mean, std)?;
+    let (specs, arrays) = data_source(data)?;
+    let labels: Option<Vec<i64>> = match labels {
+        None => None,
+        Some(l) if l.is_instance_of::<PyString>() || l.hasattr("__fspath__")? => {
+            let path: PathBuf = l.extract()?;
+            Some(read_labels(&path).map_err(|e| quant(&float_model, e))?)
+        }
+        Some(l) => Some(
+            py.import("numpy")?
+                .call_method1("asarray", (l, "int64"))?
+                .call_method0("ravel")?
+                .call_method0("tolist")?
+                .extract()?,
+        ),
+    };
+    let e = py.detach(|| -> Result<Evaluation, zeropoint_quant::Error> {
+        let (f, q) = (Graph::load(&float_model)?, Graph::load(&quantized_model)?);
+        let mut ds = if arrays.is_empty() {
+            Dataset::open(&specs, &f.inputs, &prep)?
+        } else {
+            Dataset::from_arrays(arrays, &f.inputs)?
+        };
+        if let Some(n) = samples {
+            ds.truncate(n);
+        }
+        let labels = labels.as_deref();
+        zeropoint_quant::evaluate::evaluate(
+            f,
+            q,
+            &mut ds,
+            labels,
+            batch.max(1),
+            None,
+            &mut |_, _| {},
+        )
+    });
+    let e = e.map_err(|e| quant(&float_model, e))?;
+    Ok(evaluation_json(&e).to_string())
+}
+
+fn evaluation_json(e: &Evaluation) -> serde_json::Value {
+    let frac = |n: usize| n as f64 / e.samples.max(1) as f64;
+    let pair = |p: Option<(usize, usize)>| p.map(|(f, q)| [frac(f), frac(q)]);
+    serde_json::json!({
+        "samples": e.samples,
+        "output": e.output,
+        "top1": pair(e.top1),
+        "top5": pair(e.top5),
+        "agreement": frac(e.agree),
+        "output_sqnr_db": finite(e.output_sqnr.stats().sqnr_db),
+        "cosine_mean": e.cosine_mean,
+        "cosine_min": e.cosine_min,
+        "layers": e.layers.iter().map(|l| (l.value.clone(), finite(l.error.stats().sqnr_db))).collect::<Vec<_>>(),
+    })
+}
+
+/// JSON has no infinity: an exact match (SQNR +inf) crosses as a string the Python side reads.
+fn finite(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        v.into()
+    } else {
+        v.to_string().into()
+    }
+}
+
+/// A float GGUF file (or a Hugging Face Llama checkpoint folder) to llama.cpp's `type`
+/// ("Q4_K_M", "Q8_0", ...), byte-identical to llama-quantize; with `imatrix`, importance-
+/// weighted; with `calib` (a text file), GPTQ (and AWQ with `awq=True`) in the same formats.
+/// Returns the output's tensor types as a list of (name, input type, output type).
+#[pyfunction]
+#[pyo3(signature = (input, output, type_="Q4_K_M", *, imatrix=None, pure=false, calib=None,
+                    awq=false, method="gptq", calib_chunks=32, calib_ctx=512))]
+#[allow(clippy::too_many_arguments)]
+fn gguf(
+    py: Python<'_>,
+    input: PathBuf,
+    output: PathBuf,
+    type_: &str,
+    imatrix: Option<PathBuf>,
+    pure: bool,
+    calib: Option<PathBuf>,
+    awq: bool,
+    method: &str,
+    calib_chunks: usize,
+    calib_ctx: usize,
+) -> PyResult<Vec<(String, String, String)>> {
+    use zeropoint_gguf::{hf, imatrix::Imatrix, input::Input, preset, quantize, read::GgufFile};
+    check_output(&input, &output, Kind::Gguf)?;
+    let gguf_error = |m: String| raise(Kind::Gguf, m);
+    let preset = preset::Preset::from_name(type_).ok_or_else(|| {
+        gguf_error(format!(
+            "unknown type '{type_}': choose one of {}",
+            preset::Preset::names().join(", ")
+        ))
+    })?;
+    let gptq = match method {
+        "gptq" => true,
+        "rtn" => false,
+        other => {
+            return Err(gguf_error(format!(
+                "method '{other}' is not 'gptq' or 'rtn'"
+            )))
+        }
+    };
+    if calib.is_some() && calib_chunks == 0 {
+        return Err(gguf_error("calib_chunks must be at least 1".into()));
+    }
+    let plan = py.detach(|| -> Result<quantize::Plan, String> {
+        let fail = |e: &dyn std::error::Error| chain(e);
+        let imatrix = match &imatrix {
+            Some(p) => Some((
+                Imatrix::read(p).map_err(|e| fail(&e))?,
+                p.to_string_lossy().into_owned(),
+            )),
+            None => None,
+        };
+        let source: Box<dyn Input> = if hf::is_checkpoint(&input) {
+            let opts = hf::Options {
+                tokenizer_pre: None,
+            };
+            Box::new(hf::Checkpoint::open(&input, &opts).map_err(|e| fail(&e))?)
+        } else {
+            Box::new(GgufFile::open(&input).map_err(|e| fail(&e))?)
+        };
+        let calibration = match &calib {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: cannot read as UTF-8 text: {e}", path.display()))?;
+                let mut c = quantize::Calibration::from_text(
+                    source.header(),
+                    &text,
+                    calib_ctx,
+                    calib_chunks,
+                    0.01,
+                )
+                .map_err(|m| format!("{}: {m}", path.display()))?;
+                c.gptq = gptq;
+                c.awq = awq;
+                c.dataset = path
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                Some(c)
+            }
+            None => None,
+        };
+        let opts = quantize::Options {
+            calibration,
+            preset,
+            imatrix,
+            pure,
+            allow_requantize: false,
+        };
+        quantize::quantize(source.as_ref(), &output, &opts, |_, _| {}, |_| {}).map_err(|e| fail(&e))
+    });
+    let plan = plan.map_err(gguf_error)?;
+    Ok(plan
+        .tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.from.name().to_string(),
+                t.to.name().to_string(),
+            )
+        })
+        .collect())
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(graph_nodes, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_model, m)?)?;
+    m.add_function(wrap_pyfunction!(evaluate, m)?)?;
+    m.add_function(wrap_pyfunction!(gguf, m)?)?;
+    Ok(())
+}

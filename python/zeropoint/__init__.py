@@ -1,0 +1,460 @@
+"""zeropoint: neural-network quantization, natively.
+
+The same engine as the ``zeropoint`` command, with numpy arrays in and out and no Python in the
+hot path (the kernels run in Rust with the GIL released)::
+
+    import numpy as np
+    import zeropoint as zp
+
+    x = np.random.randn(1000).astype(np.float32)
+    scheme = zp.Scheme(bits=8)                      # uint8, asymmetric, per tensor
+    scale, zero_point = zp.params_from_range(scheme, x.min(), x.max())
+    q = zp.quantize(x, scheme, scale, zero_point)   # uint8 codes, as ONNX QuantizeLinear
+    x_hat = zp.dequantize(q, scheme, scale, zero_point)
+
+    obs = zp.Observer("mse", scheme)                # streaming range estimation
+    obs.update(x)
+    print(obs.range())
+
+    report = zp.quantize_model("model.onnx", "calibration.npy", "model.int8.onnx")
+
+Conventions (rounding, NaN, packing) are those of docs/conventions.md: bit-exact with ONNX
+QuantizeLinear / DequantizeLinear. Packed 4- and 2-bit codes are flat uint8 arrays in ONNX's
+order: element 0 in the lowest bits of byte 0, the last byte padded with zero bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _zeropoint as _native
+from ._errors import DataError, Error, GgufError, ModelError, SchemeError
+from ._zeropoint import (
+    Observer,
+    Scheme,
+    __version__,
+    dequantize,
+    fake_quant,
+    params_from_data,
+    params_from_range,
+    quantize,
+    run,
+)
+
+__all__ = [
+    "Scheme",
+    "Observer",
+    "quantize",
+    "dequantize",
+    "fake_quant",
+    "params_from_range",
+    "params_from_data",
+    "explain",
+    "Explanation",
+    "run",
+    "quantize_model",
+    "QuantizationReport",
+    "LayerReport",
+    "evaluate",
+    "Evaluation",
+    "gguf",
+    "calibration_arrays",
+    "Error",
+    "SchemeError",
+    "ModelError",
+    "DataError",
+    "GgufError",
+    "__version__",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Data = Union[PathLike, Sequence[PathLike], Mapping[str, np.ndarray], Iterable[Mapping[str, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One row of the worked example: x → x/s → rounded → code q → x̂."""
+
+    x: float
+    x_over_s: float
+    rounded: float
+    q: int
+    x_hat: float
+    note: str
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """How many of the grid's levels the range uses under a scheme, and its parameters."""
+
+    used: int
+    levels: int
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class Clip:
+    """The quality of one clipping range over the data."""
+
+    label: str
+    min: float
+    max: float
+    scale: float
+    sqnr_db: float
+    clipped_fraction: float
+    clip_mse: float
+    round_mse: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What a quantizer of [min, max] does (``zeropoint explain``): its scale, zero-point and
+    offset (= -zero_point, AIMET's convention), the grid and the real range it covers, a worked
+    example, what asymmetric and symmetric grids use of it, and, when data was given, the error
+    split into clipping and rounding, and the dynamic-range verdict."""
+
+    scheme: Scheme
+    min: float
+    max: float
+    scale: float
+    zero_point: int
+    offset: int
+    grid: Tuple[int, int]
+    real_range: Tuple[float, float]
+    examples: Tuple[Example, ...]
+    asymmetric: Optional[Occupancy]
+    symmetric: Optional[Occupancy]
+    mse: Optional[float] = None
+    sqnr_db: Optional[float] = None
+    max_error: Optional[float] = None
+    clip_mse: Optional[float] = None
+    round_mse: Optional[float] = None
+    clipped_fraction: Optional[float] = None
+    levels_per_std: Optional[float] = None
+    verdict: Optional[str] = None
+    clips: Tuple[Clip, ...] = ()
+
+
+def explain(
+    scheme: Scheme,
+    min: Optional[float] = None,
+    max: Optional[float] = None,
+    data: Optional[np.ndarray] = None,
+) -> Explanation:
+    """Explains the quantizer of ``scheme`` over [min, max], or over the data's range when only
+    ``data`` is given (per tensor: the scheme's granularity is ignored)."""
+    d = _native.explain(scheme, min, max, data)
+
+    def occupancy(o: Optional[Sequence[Any]]) -> Optional[Occupancy]:
+        return Occupancy(*o) if o is not None else None
+
+    return Explanation(
+        scheme=d["scheme"],
+        min=d["min"],
+        max=d["max"],
+        scale=d["scale"],
+        zero_point=d["zero_point"],
+        offset=d["offset"],
+        grid=tuple(d["grid"]),
+        real_range=tuple(d["real_range"]),
+        examples=tuple(Example(*e) for e in d["examples"]),
+        asymmetric=occupancy(d["asymmetric"]),
+        symmetric=occupancy(d["symmetric"]),
+        mse=d.get("mse"),
+        sqnr_db=d.get("sqnr_db"),
+        max_error=d.get("max_error"),
+        clip_mse=d.get("clip_mse"),
+        round_mse=d.get("round_mse"),
+        clipped_fraction=d.get("clipped_fraction"),
+        levels_per_std=d.get("levels_per_std"),
+        verdict=d.get("verdict"),
+        clips=tuple(Clip(*c) for c in d.get("clips", ())),
+    )
+
+
+def _feeds(samples: Any) -> Iterator[Mapping[str, Any]]:
+    """The feed dicts of an ONNX Runtime reader (get_next until None) or of an iterable."""
+    if hasattr(samples, "get_next"):
+        return iter(samples.get_next, None)
+    return iter(samples)
+
+
+def calibration_arrays(samples: Iterable[Mapping[str, Any]]) -> Dict[str, np.ndarray]:
+    """Feeds (one dict of input name → array per call, as ONNX Runtime's
+    ``CalibrationDataReader.get_next`` returns them, or any iterable of such dicts) joined along
+    the first axis into one batch-first array per input. Samples whose shapes differ (dynamic
+    sizes) cannot be joined: ``quantize_model`` and ``evaluate`` pass those as a folder of
+    ``.npz`` files instead, one per feed."""
+    columns = _columns(_feeds(samples))
+    joined = _joined(columns)
+    if joined is None:
+        raise DataError("the samples' shapes differ: they cannot be joined into one array per input")
+    return joined
+
+
+def _columns(feeds: Iterator[Mapping[str, Any]]) -> Dict[str, List[np.ndarray]]:
+    columns: Dict[str, List[np.ndarray]] = {}
+    for i, feed in enumerate(feeds):
+        if not isinstance(feed, Mapping):
+            raise DataError(f"calibration sample {i} is a {type(feed).__name__}, not a dict of arrays by input name")
+        if columns and set(feed) != set(columns):
+            raise DataError(f"calibration sample {i} has inputs {sorted(feed)}, the first had {sorted(columns)}")
+        for name, value in feed.items():
+            columns.setdefault(name, []).append(np.asarray(value))
+    if not columns:
+        raise DataError("the calibration data holds no samples")
+    return columns
+
+
+def _joined(columns: Dict[str, List[np.ndarray]]) -> Optional[Dict[str, np.ndarray]]:
+    """One array per input, or None when some input's samples differ in shape."""
+    joined = {}
+    for name, arrays in columns.items():
+        if any(a.ndim == 0 for a in arrays):
+            joined[name] = arrays[0]  # a scalar shared by every sample
+        elif len({a.shape[1:] for a in arrays}) > 1:
+            return None
+        else:
+            joined[name] = np.concatenate(arrays, axis=0)
+    return joined
+
+
+@contextlib.contextmanager
+def _data(data: Data) -> Iterator[Any]:
+    """What the native functions take: paths as they are, a dict of arrays as it is, and feeds
+    (a reader, a list of dicts) joined into arrays, or, when their shapes vary, written to a
+    temporary folder of .npz files, one per feed (removed afterwards)."""
+    if isinstance(data, (str, os.PathLike, Mapping)):
+        yield data
+        return
+    if isinstance(data, (list, tuple)) and all(isinstance(d, (str, os.PathLike)) for d in data):
+        yield list(data)
+        return
+    columns = _columns(_feeds(data))
+    joined = _joined(columns)
+    if joined is not None:
+        yield joined
+        return
+    with tempfile.TemporaryDirectory(prefix="zeropoint-feeds-") as folder:
+        count = len(next(iter(columns.values())))
+        for i in range(count):
+            savez: Any = np.savez  # (numpy's stub takes the arrays for its allow_pickle flag)
+            savez(os.path.join(folder, f"{i:08d}.npz"), **{k: v[i] for k, v in columns.items()})
+        yield folder
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One quantized activation (or graph output) of the report: its range and parameters and
+    the SQNR of the simulated quantized model at that value."""
+
+    value: str
+    sqnr_db: Optional[float]
+    range: Optional[Tuple[float, float]]
+    scale: Optional[float]
+    zero_point: Optional[int]
+    bits: Optional[int]
+    shares: Optional[str]
+    output: bool
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    """What ``quantize_model`` did (``zeropoint quantize --json``): sizes, the quantizers
+    placed, the layers' errors; ``details`` holds the whole report (CLE, bias correction,
+    AdaRound, stage times)."""
+
+    model: str
+    output: str
+    bytes_before: int
+    bytes_after: int
+    calibration_samples: int
+    weights: int
+    biases: int
+    activations: int
+    layers: Tuple[LayerReport, ...]
+    seconds: float
+    details: Dict[str, Any] = field(repr=False)
+
+
+def quantize_model(
+    model: PathLike,
+    calib: Data,
+    output: PathLike,
+    *,
+    preset: str = "w8a8",
+    weights: Optional[str] = None,
+    activations: Optional[str] = None,
+    weight_range: Optional[str] = None,
+    activation_range: str = "mse",
+    range_options: Optional[Mapping[str, Any]] = None,
+    exclude: Sequence[str] = (),
+    samples: Optional[int] = None,
+    batch: int = 32,
+    report_samples: int = 64,
+    cle: bool = False,
+    bias_correction: Optional[str] = None,
+    adaround: Optional[int] = None,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
+) -> QuantizationReport:
+    """Post-training quantization of an ONNX model (``zeropoint quantize``): writes the QDQ model
+    to ``output`` (atomically; never over ``model``) and returns the report.
+
+    ``calib``: a data file (.npy, .npz, idx, an image folder) or a list of them, a dict of one
+    batch-first array per model input, or an iterable of feed dicts (an ONNX Runtime
+    ``CalibrationDataReader`` works as it is). ``preset``: "w8a8", "w4a8", "w8a16", "w4a16";
+    ``weights`` / ``activations`` override it with specs such as "int8,sym,per-channel",
+    "int4,per-block=32", "uint8". Range methods: "minmax", "ema", "percentile",
+    "abs-percentile", "mse", "entropy", "cross-entropy"; ``range_options``: the activation
+    method's parameters, as ``Observer`` takes them (``{"percentile": 99.999}``). ``exclude``: node names or operator
+    types kept float. ``cle``: cross-layer equalization; ``bias_correction``: "empirical" or
+    "analytic"; ``adaround``: AdaRound iterations per layer. ``mean`` / ``std``: pixel files
+    (idx, image folders) become ``(x / 255 - mean[c]) / std[c]``; arrays are taken as they are."""
+    with _data(calib) as data:
+        text = _native.quantize_model(
+            os.fspath(model),
+            data,
+            os.fspath(output),
+            preset=preset,
+            weights=weights,
+            activations=activations,
+            weight_range=weight_range,
+            activation_range=activation_range,
+            range_options=dict(range_options) if range_options else None,
+            exclude=list(exclude),
+            samples=samples,
+            batch=batch,
+            report_samples=report_samples,
+            cle=cle,
+            bias_correction=bias_correction,
+            adaround=adaround,
+            mean=list(mean),
+            std=list(std),
+        )
+    d = json.loads(text)
+    layers = tuple(
+        LayerReport(
+            value=l["value"],
+            sqnr_db=l.get("sqnr_db"),
+            range=(l["range"][0], l["range"][1]) if l.get("range") else None,
+            scale=l.get("scale"),
+            zero_point=l.get("zero_point"),
+            bits=l.get("bits"),
+            shares=l.get("shares"),
+            output=l.get("output", False),
+        )
+        for l in d["layers"]
+    )
+    q = d["quantizers"]
+    return QuantizationReport(
+        model=d["model"],
+        output=d["output"],
+        bytes_before=d["bytes_before"],
+        bytes_after=d["bytes_after"],
+        calibration_samples=d["calibration_samples"],
+        weights=q["weights"],
+        biases=q["biases"],
+        activations=q["activations"],
+        layers=layers,
+        seconds=d["seconds"],
+        details=d,
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A float model against its quantized version on the same data (``zeropoint eval``).
+    Accuracies and agreement are fractions in [0, 1]; ``top1`` / ``top5`` are (float,
+    quantized) with labels, else None; ``layers`` is (value, SQNR dB) for every value both
+    models compute."""
+
+    samples: int
+    output: str
+    top1: Optional[Tuple[float, float]]
+    top5: Optional[Tuple[float, float]]
+    agreement: float
+    output_sqnr_db: float
+    cosine_mean: float
+    cosine_min: float
+    layers: Tuple[Tuple[str, float], ...]
+
+
+def evaluate(
+    float_model: PathLike,
+    quantized_model: PathLike,
+    data: Data,
+    *,
+    labels: Union[None, PathLike, Sequence[int], np.ndarray] = None,
+    samples: Optional[int] = None,
+    batch: int = 64,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
+) -> Evaluation:
+    """Runs both models on ``data`` in zeropoint's executor and compares them (``labels``: an
+    idx1 / .npy file or integers, one per sample; ``mean`` / ``std`` as in quantize_model)."""
+    with _data(data) as spec:
+        text = _native.evaluate(
+            os.fspath(float_model),
+            os.fspath(quantized_model),
+            spec,
+            labels=labels,
+            samples=samples,
+            batch=batch,
+            mean=list(mean),
+            std=list(std),
+        )
+    d = json.loads(text)
+
+    def db(v: Any) -> float:
+        return float(v)  # an exact match's "inf" crosses as text
+
+    return Evaluation(
+        samples=d["samples"],
+        output=d["output"],
+        top1=(d["top1"][0], d["top1"][1]) if d["top1"] else None,
+        top5=(d["top5"][0], d["top5"][1]) if d["top5"] else None,
+        agreement=d["agreement"],
+        output_sqnr_db=db(d["output_sqnr_db"]),
+        cosine_mean=d["cosine_mean"],
+        cosine_min=d["cosine_min"],
+        layers=tuple((name, db(v)) for name, v in d["layers"]),
+    )
+
+
+def gguf(
+    input: PathLike,
+    output: PathLike,
+    type: str = "Q4_K_M",
+    *,
+    imatrix: Optional[PathLike] = None,
+    pure: bool = False,
+    calib: Optional[PathLike] = None,
+    awq: bool = False,
+    method: str = "gptq",
+    calib_chunks: int = 32,
+    calib_ctx: int = 512,
+) -> List[Tuple[str, str, str]]:
+    """A float GGUF language model (or a Hugging Face Llama checkpoint folder) to llama.cpp's
+    ``type`` (``zeropoint gguf``), byte-identical to llama-quantize without ``calib``. Returns
+    (tensor, input type, output type) for every tensor written."""
+    return _native.gguf(
+        os.fspath(input),
+        os.fspath(output),
+        type,
+        imatrix=os.fspath(imatrix) if imatrix is not None else None,
+        pure=pure,
+        calib=os.fspath(calib) if calib is not None else None,
+        awq=awq,
+        method=method,
+        calib_chunks=calib_chunks,
+        calib_ctx=calib_ctx,
+    )

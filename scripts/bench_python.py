@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""The Python bindings' overhead per call (issue 16's goal: at most 5% over the Rust kernel on a
+1M-element array), measured in one run against the Rust kernel alone (the same kernel timed
+inside Rust, no Python between runs: zeropoint._zeropoint._kernel_seconds) and against numpy
+doing the same job. Rounds interleave the variants so that machine noise hits them alike.
+
+Usage: .venv/bin/python scripts/bench_python.py [--n 1048576] [--rounds 30] [--threads N]
+(the package installed: `pip install .`; RAYON_NUM_THREADS sets zeropoint's threads).
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+
+def median_seconds(f, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1 << 20)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=None, help="RAYON_NUM_THREADS for zeropoint")
+    args = ap.parse_args()
+    if args.threads:
+        os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    import zeropoint as zp
+    from zeropoint import _zeropoint as native
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(args.n).astype(np.float32)
+    s = zp.Scheme(bits=8)
+    scale, z = zp.params_from_range(s, float(x.min()), float(x.max()))
+    codes = zp.quantize(x, s, scale, z)
+    out_codes, out_floats = np.empty_like(codes), np.empty_like(x)
+    fs, fz = np.float32(scale), np.float32(z)
+
+    def np_quantize():
+        return np.clip(np.rint(x / fs) + fz, 0, 255).astype(np.uint8)
+
+    def np_dequantize():
+        return (codes.astype(np.float32) - fz) * fs
+
+    def np_fake_quant():
+        return (np.clip(np.rint(x / fs) + fz, 0, 255) - fz) * fs
+
+    variants = {
+        "quantize": (
+            lambda: zp.quantize(x, s, scale, z),
+            lambda: zp.quantize(x, s, scale, z, out=out_codes),
+            np_quantize,
+        ),
+        "dequantize": (
+            lambda: zp.dequantize(codes, s, scale, z),
+            lambda: zp.dequantize(codes, s, scale, z, out=out_floats),
+            np_dequantize,
+        ),
+        "fake_quant": (
+            lambda: zp.fake_quant(x, s, scale, z),
+            lambda: zp.fake_quant(x, s, scale, z, out=out_floats),
+            np_fake_quant,
+        ),
+    }
+    samples = {op: [[], [], [], []] for op in variants}
+    for _ in range(args.rounds):
+        for op, (new, into, numpy_f) in variants.items():
+            samples[op][0].append(native._kernel_seconds(op, x, s, scale, z, 5))
+            samples[op][1].append(median_seconds(new, 5))
+            samples[op][2].append(median_seconds(into, 5))
+            samples[op][3].append(median_seconds(numpy_f, 3))
+    threads = os.environ.get("RAYON_NUM_THREADS", str(os.cpu_count()))
+    print(f"{args.n} float32 values, uint8 per tensor, zeropoint threads {threads}; medians of {args.rounds} rounds")
+    print(f"{'op':<11} {'rust ms':>8} {'python ms':>10} {'out= ms':>8} {'numpy ms':>9} {'overhead':>9} {'out= ovh':>9} {'x numpy':>8}")
+    for op, (rust, new, into, numpy_t) in samples.items():
+        r, n, i, p = (statistics.median(v) * 1e3 for v in (rust, new, into, numpy_t))
+        print(f"{op:<11} {r:8.3f} {n:10.3f} {i:8.3f} {p:9.3f} {100 * (n / r - 1):8.1f}% {100 * (i / r - 1):8.1f}% {p / n:8.1f}")
+    print("overhead: a Python call returning a new array against the Rust kernel writing into a buffer it")
+    print("allocated once; out=: the Python call writing into a preallocated array.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Models: run against ONNX Runtime, quantize_model from arrays and from files (the same
+bytes), the quantized model in ONNX Runtime, evaluate, and errors."""
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zeropoint as zp
+from conftest import DATA, MEAN, MODEL, STD, mnist, ort_run
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def test_run_matches_onnx_runtime(test_set):
+    x = test_set[0][:64]
+    ours = zp.run(MODEL, {input_name(): x})
+    (out,) = ours.values()
+    np.testing.assert_allclose(out, ort_run(MODEL, x), rtol=1e-4, atol=1e-4)
+    assert out.flags.writeable and out.dtype == np.float32
+
+
+def input_name():
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+
+def test_quantize_model_from_arrays_equals_from_files(tmp_path, calib, test_set):
+    # The same 200 samples as a dict of arrays and as an .npy file: the same model, byte for byte.
+    np.save(tmp_path / "calib.npy", calib)
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    ra = zp.quantize_model(MODEL, {input_name(): calib}, a)
+    rb = zp.quantize_model(MODEL, tmp_path / "calib.npy", b)
+    assert a.read_bytes() == b.read_bytes()
+    assert ra.calibration_samples == 200 and ra.weights > 0 and ra.activations > 0
+    assert ra.bytes_after < ra.bytes_before
+    assert [l.value for l in ra.layers] == [l.value for l in rb.layers]
+    # The QDQ model runs in ONNX Runtime and keeps the float model's accuracy.
+    x, labels = test_set
+    float_acc = np.mean(ort_run(MODEL, x).argmax(1) == labels)
+    quant_acc = np.mean(ort_run(a, x).argmax(1) == labels)
+    assert quant_acc >= float_acc - 0.01, (float_acc, quant_acc)
+
+
+def test_pixel_files_with_preprocessing_and_evaluate(tmp_path, test_set):
+    out = tmp_path / "q.onnx"
+    images = DATA / "mnist-train-500-images-idx3-ubyte.gz"
+    r = zp.quantize_model(MODEL, images, out, samples=100, mean=[MEAN], std=[STD], preset="w4a8")
+    assert r.calibration_samples == 100
+    e = zp.evaluate(
+        MODEL,
+        out,
+        DATA / "mnist-test-2000-images-idx3-ubyte.gz",
+        labels=DATA / "mnist-test-2000-labels-idx1-ubyte.gz",
+        samples=300,
+        mean=[MEAN],
+        std=[STD],
+    )
+    x, labels = mnist("test", 300)
+    assert e.samples == 300
+    assert e.top1[0] == pytest.approx(np.mean(ort_run(MODEL, x).argmax(1) == labels))
+    assert e.top1[1] == pytest.approx(np.mean(ort_run(out, x).argmax(1) == labels), abs=0.01)
+    assert 0.9 < e.agreement <= 1 and e.cosine_mean > 0.99 and e.layers
+    # Labels as an array give the same numbers.
+    e2 = zp.evaluate(MODEL, out, {input_name(): x}, labels=labels)
+    assert e2.top1 == e.top1
+
+
+def test_ort_style_readers_and_feed_lists_are_accepted(tmp_path, calib):
+    feeds = [{input_name(): calib[i : i + 1]} for i in range(len(calib))]
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    zp.quantize_model(MODEL, feeds, a, report_samples=0)
+    zp.quantize_model(MODEL, {input_name(): calib}, b, report_samples=0)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_model_errors_are_one_line_and_leave_nothing_behind(tmp_path, calib):
+    out = tmp_path / "q.onnx"
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    cases = [
+        (zp.ModelError, lambda: zp.quantize_model(tmp_path / "missing.onnx", {"x": calib}, out), "missing.onnx"),
+        (zp.ModelError, lambda: zp.quantize_model(bad, {"x": calib}, out), "bad.onnx"),
+        (zp.ModelError, lambda: zp.quantize_model(MODEL, {"x": calib}, MODEL), "overwrite the input"),
+        (zp.ModelError, lambda: zp.quantize_model(MODEL, {"x": calib}, tmp_path / "no" / "q.onnx"), "does not exist"),
+        (zp.DataError, lambda: zp.quantize_model(MODEL, tmp_path / "none.npy", out), "none.npy"),
+        (zp.DataError, lambda: zp.quantize_model(MODEL, {input_name(): calib[:, :, :10]}, out), input_name()),
+        (zp.DataError, lambda: zp.quantize_model(MODEL, [], out), "no calibration"),
+        (zp.SchemeError, lambda: zp.quantize_model(MODEL, {"x": calib}, out, preset="w3a3"), "unknown preset"),
+        (zp.SchemeError, lambda: zp.quantize_model(MODEL, {"x": calib}, out, weights="int8,per-row"), "per-row"),
+        (zp.SchemeError, lambda: zp.quantize_model(MODEL, {"x": calib}, out, activation_range="best"), "best"),
+        (zp.ModelError, lambda: zp.run(bad, {"x": calib}), "bad.onnx"),
+    ]
+    for kind, call, text in cases:
+        with pytest.raises(kind) as info:
+            call()
+        message = str(info.value)
+        assert text in message and "\n" not in message, message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
+def dynamic_width_model(path):
+    """Conv → ReLU → GlobalAveragePool → Flatten over [N, 3, 8, W], W free (a text-line model's
+    shape)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="pool"),
+        helper.make_node("Flatten", ["g"], ["y"], name="flatten"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dynamic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [w, b],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def test_feeds_of_varying_shapes(tmp_path):
+    model, out = tmp_path / "dyn.onnx", tmp_path / "dyn.q.onnx"
+    dynamic_width_model(model)
+    rng = np.random.default_rng(6)
+    feeds = [{"x": rng.standard_normal((1, 3, 8, w)).astype(np.float32)} for w in (5, 17, 9, 30) * 4]
+    with pytest.raises(zp.DataError, match="shapes differ"):
+        zp.calibration_arrays(feeds)
+    r = zp.quantize_model(model, feeds, out)
+    assert r.calibration_samples == 16
+    x = rng.standard_normal((2, 3, 8, 23)).astype(np.float32)
+    quantized, float_ = ort_run(out, x), ort_run(model, x)
+    assert np.linalg.norm(quantized - float_) / np.linalg.norm(float_) < 0.05
+    # zeropoint's executor runs the QDQ model as the ONNX spec (ORT without fusions) does.
+    np.testing.assert_allclose(zp.run(out, {"x": x})["y"], ort_run(out, x, optimize=False), rtol=1e-5, atol=1e-5)
+    assert not any(p.name.startswith("zeropoint-feeds-") for p in Path(tempfile.gettempdir()).iterdir())
