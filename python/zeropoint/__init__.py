@@ -65,6 +65,9 @@ __all__ = [
     "evaluate",
     "Evaluation",
     "gguf",
+    "analyze",
+    "train",
+    "Epoch",
     "calibration_arrays",
     "Error",
     "SchemeError",
@@ -458,3 +461,98 @@ def gguf(
         calib_chunks=calib_chunks,
         calib_ctx=calib_ctx,
     )
+
+
+def analyze(
+    model: PathLike,
+    calib: Data,
+    *,
+    samples: int = 32,
+    sensitivity_samples: int = 8,
+    plots: int = 6,
+    suggestions: bool = True,
+    **options: Any,
+) -> Dict[str, Any]:
+    """The white paper's debugging flow (``zeropoint analyze``) for the quantization that
+    ``options`` (those of ``quantize_model``: ``preset``, ``weights``, ...) describe: output SQNR
+    of the 16-bit check, of the quantized model, of weights only and activations only; every
+    quantizer's sensitivity (``"sensitivities"``, worst first); the worst ones' value
+    distributions; and fixes measured on the model (``"suggestions"``). Returns the report as
+    ``zeropoint analyze --json`` prints it."""
+    with _data(calib) as data:
+        text = _native.analyze(
+            os.fspath(model),
+            data,
+            samples=samples,
+            sensitivity_samples=sensitivity_samples,
+            plots=plots,
+            suggestions=suggestions,
+            **options,
+        )
+    report: Dict[str, Any] = json.loads(text)
+    return report
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """One epoch of ``train``: mean loss, the learning rate at its end, the validation metric
+    (top-1 % with labels, else output SQNR in dB against float; None without validation)."""
+
+    epoch: int
+    loss: float
+    learning_rate: float
+    validation: Optional[float]
+    seconds: float
+
+
+def train(
+    model: PathLike,
+    data: Data,
+    output: PathLike,
+    *,
+    labels: Optional[Sequence[int]] = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    scale_lr: float = 1.0,
+    optimizer: str = "adam",
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    warmup: int = 0,
+    distill: str = "kl",
+    output_name: Optional[str] = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    freeze_ranges: bool = False,
+    validation_split: float = 0.0,
+    **options: Any,
+) -> List[Epoch]:
+    """Quantization-aware training (``zeropoint train``, docs/qat.md) from the PTQ result that
+    ``options`` (those of ``quantize_model``) describe: learned scales and zero-points (LSQ /
+    LSQ+), cross-entropy on ``labels`` or distillation from the float model (``distill``: "kl"
+    or "mse"), ``optimizer`` "adam", "adamw" or "sgd" with warm-up and cosine decay. Writes the
+    QDQ model to ``output`` (the best validated epoch's with ``validation_split``) and returns
+    the epochs."""
+    with _data(data) as spec:
+        text = _native.train(
+            os.fspath(model),
+            spec,
+            os.fspath(output),
+            labels=[int(v) for v in np.asarray(labels).ravel()] if labels is not None else None,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            scale_lr=scale_lr,
+            optimizer=optimizer,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            warmup=warmup,
+            distill=distill,
+            output_name=output_name,
+            temperature=temperature,
+            seed=seed,
+            freeze_ranges=freeze_ranges,
+            validation_split=validation_split,
+            **options,
+        )
+    return [Epoch(**e) for e in json.loads(text)]

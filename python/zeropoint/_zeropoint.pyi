@@ -23,6 +23,8 @@ __all__ = [
     "graph_nodes",
     "quantize_model",
     "evaluate",
+    "analyze",
+    "train",
     "gguf",
 ]
 __version__: str
@@ -137,26 +139,38 @@ def _kernel_seconds(
 ) -> float: ...
 def run(model: _Path, inputs: Mapping[str, npt.ArrayLike]) -> Dict[str, npt.NDArray[Any]]: ...
 def graph_nodes(model: _Path) -> List[Tuple[str, str]]: ...
-def quantize_model(
+def quantize_model(model: _Path, data: _Data, output: _Path, **options: Any) -> str: ...
+def analyze(
+    model: _Path,
+    data: _Data,
+    *,
+    samples: int = 32,
+    sensitivity_samples: int = 8,
+    plots: int = 6,
+    suggestions: bool = True,
+    **options: Any,
+) -> str: ...
+def train(
     model: _Path,
     data: _Data,
     output: _Path,
     *,
-    preset: str = "w8a8",
-    weights: Optional[str] = None,
-    activations: Optional[str] = None,
-    weight_range: Optional[str] = None,
-    activation_range: str = "mse",
-    range_options: Optional[Mapping[str, Any]] = None,
-    exclude: Sequence[str] = ...,
-    samples: Optional[int] = None,
-    batch: int = 32,
-    report_samples: int = 64,
-    cle: bool = False,
-    bias_correction: Optional[str] = None,
-    adaround: Optional[int] = None,
-    mean: Sequence[float] = ...,
-    std: Sequence[float] = ...,
+    labels: Optional[Sequence[int]] = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 0.001,
+    scale_lr: float = 1.0,
+    optimizer: str = "adam",
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    warmup: int = 0,
+    distill: str = "kl",
+    output_name: Optional[str] = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    freeze_ranges: bool = False,
+    validation_split: float = 0.0,
+    **options: Any,
 ) -> str: ...
 def evaluate(
     float_model: _Path,

@@ -141,3 +141,29 @@ def test_feeds_of_varying_shapes(tmp_path):
     # zeropoint's executor runs the QDQ model as the ONNX spec (ORT without fusions) does.
     np.testing.assert_allclose(zp.run(out, {"x": x})["y"], ort_run(out, x, optimize=False), rtol=1e-5, atol=1e-5)
     assert not any(p.name.startswith("zeropoint-feeds-") for p in Path(tempfile.gettempdir()).iterdir())
+
+
+def test_analyze_reports_the_debugging_flow(calib):
+    a = zp.analyze(MODEL, {input_name(): calib[:64]}, samples=16, sensitivity_samples=4, plots=2, suggestions=False, preset="w4a8")
+    db = lambda s: float(s["sqnr_db"])  # noqa: E731
+    # 16 bits simulate the float model far more closely than the 4-bit weights do.
+    assert db(a["check_16_bits"]) > db(a["quantized"]) + 20
+    assert db(a["weights_only"]) >= db(a["quantized"]) - 0.5
+    harm = [s["alone"]["sqnr_db"] for s in a["sensitivities"]]
+    assert len(harm) > 4 and harm == sorted(harm)  # most harmful (lowest SQNR alone) first
+    assert len(a["distributions"]) == 2
+    with pytest.raises(zp.SchemeError, match="unknown option 'presets'"):
+        zp.analyze(MODEL, {input_name(): calib[:8]}, presets="w8a8")
+
+
+def test_train_improves_on_ptq(tmp_path, calib, test_set):
+    # W2A2, where PTQ loses most and QAT wins back most (docs/qat.md): cross-entropy on labels.
+    ptq, qat = tmp_path / "ptq.onnx", tmp_path / "qat.onnx"
+    options = dict(weights="int2", activations="uint2", report_samples=0)
+    x_train, y_train = mnist("train", 200)
+    zp.quantize_model(MODEL, {input_name(): x_train}, ptq, **options)
+    epochs = zp.train(MODEL, {input_name(): x_train}, qat, labels=y_train, epochs=3, lr=1e-2, **options)
+    assert [e.epoch for e in epochs] == [1, 2, 3] and epochs[-1].loss < epochs[0].loss
+    x, labels = test_set
+    accuracy = lambda p: float(np.mean(ort_run(p, x).argmax(1) == labels))  # noqa: E731
+    assert accuracy(qat) >= accuracy(ptq) + 0.05, (accuracy(qat), accuracy(ptq))

@@ -5,7 +5,7 @@
 use numpy::prelude::*;
 use numpy::{PyArrayDescrMethods, PyArrayDyn, PyUntypedArray};
 use pyo3::prelude::*;
-use pyo3::types::PyByteArray;
+use pyo3::types::{PyByteArray, PyFloat, PyInt};
 use zeropoint_onnx::{DType, RawTensor};
 
 use crate::errors::{raise, Kind};
@@ -24,6 +24,10 @@ pub fn f32_array<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArrayDyn
 
 /// A scalar or array of numbers as a flat f32 vector (scales, ranges).
 pub fn f32_values(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
+    // The common case, a Python float, without a numpy round trip (most of a call's overhead).
+    if let Ok(v) = obj.cast::<PyFloat>() {
+        return Ok(vec![v.value() as f32]);
+    }
     let a = f32_array(obj)?;
     let values = a.readonly().as_slice()?.to_vec();
     Ok(values)
@@ -31,6 +35,12 @@ pub fn f32_values(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
 
 /// A scalar or array of integers as a flat i32 vector (zero-points).
 pub fn i32_values(obj: &Bound<'_, PyAny>) -> PyResult<Vec<i32>> {
+    if let Ok(z) = obj.cast::<PyInt>() {
+        let z: i64 = z.extract()?;
+        return i32::try_from(z)
+            .map(|z| vec![z])
+            .map_err(|_| raise(Kind::Scheme, format!("zero-point {z} is too large")));
+    }
     let np = obj.py().import("numpy")?;
     let a = np.call_method1("ascontiguousarray", (obj,))?;
     let kind = a.getattr("dtype")?.getattr("kind")?.extract::<String>()?;

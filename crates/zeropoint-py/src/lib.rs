@@ -7,18 +7,21 @@
 //!
 //! - [`tensor`]: schemes, parameters, quantize / dequantize / fake-quant, explain;
 //! - [`observer`]: range estimators, picklable;
-//! - [`model`]: run, quantize and evaluate ONNX models, quantize GGUF files.
+//! - [`model`]: run, quantize and evaluate ONNX models, quantize GGUF files;
+//! - [`analyze`] and [`train`]: the debugging flow and quantization-aware training.
 //!
 //! Every function checks its arguments and raises one of the package's exceptions with
 //! zeropoint's one-line message; the work itself runs with the GIL released.
 
 use pyo3::prelude::*;
 
+mod analyze;
 mod array;
 mod errors;
 mod model;
 mod observer;
 mod tensor;
+mod train;
 
 #[pymodule]
 fn _zeropoint(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -26,5 +29,7 @@ fn _zeropoint(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tensor::register(m)?;
     observer::register(m)?;
     model::register(m)?;
+    analyze::register(m)?;
+    train::register(m)?;
     Ok(())
 }

@@ -101,7 +101,7 @@ fn data_source(data: &Bound<'_, PyAny>) -> PyResult<(Vec<String>, Arrays)> {
 }
 
 /// Pixel files' (idx, images) preprocessing: `(x / 255 − mean[c]) / std[c]`.
-fn preprocess(mean: Vec<f32>, std: Vec<f32>) -> PyResult<Preprocess> {
+pub fn preprocess(mean: Vec<f32>, std: Vec<f32>) -> PyResult<Preprocess> {
     if mean.is_empty() || std.is_empty() {
         return Err(raise(Kind::Data, "mean and std need at least one value"));
     }
@@ -193,7 +193,7 @@ fn settings(
 }
 
 /// Never over the input, never into a missing folder.
-fn check_output(model: &Path, output: &Path, kind: Kind) -> PyResult<()> {
+pub fn check_output(model: &Path, output: &Path, kind: Kind) -> PyResult<()> {
     let same = match (model.canonicalize(), output.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => model == output,
@@ -214,50 +214,65 @@ fn check_output(model: &Path, output: &Path, kind: Kind) -> PyResult<()> {
     }
 }
 
-/// Post-training quantization of the ONNX model at `model` to a QDQ model at `output`,
-/// calibrated on `data`; returns the report (`zeropoint quantize --json`'s) as JSON text.
-#[pyfunction]
-#[pyo3(signature = (model, data, output, *, preset="w8a8", weights=None, activations=None,
-                    weight_range=None, activation_range="mse", range_options=None, exclude=Vec::new(), samples=None,
-                    batch=32, report_samples=64, cle=false, bias_correction=None, adaround=None,
-                    mean=vec![0.0], std=vec![1.0]))]
-#[allow(clippy::too_many_arguments)]
-fn quantize_model(
-    py: Python<'_>,
-    model: PathBuf,
-    data: &Bound<'_, PyAny>,
-    output: PathBuf,
-    preset: &str,
-    weights: Option<&str>,
-    activations: Option<&str>,
-    weight_range: Option<&str>,
-    activation_range: &str,
-    range_options: Option<&Bound<'_, PyDict>>,
-    exclude: Vec<String>,
-    samples: Option<usize>,
-    batch: usize,
-    report_samples: usize,
-    cle: bool,
-    bias_correction: Option<&str>,
-    adaround: Option<usize>,
-    mean: Vec<f32>,
-    std: Vec<f32>,
-) -> PyResult<String> {
-    check_output(&model, &output, Kind::Model)?;
-    let preprocess = preprocess(mean, std)?;
+/// Takes `key` out of the keyword options, converted.
+fn take<'py, T>(kw: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<T>>
+where
+    T: pyo3::conversion::FromPyObjectOwned<'py>,
+{
+    let Some(v) = kw.get_item(key)? else {
+        return Ok(None);
+    };
+    kw.del_item(key)?;
+    if v.is_none() {
+        return Ok(None);
+    }
+    let value: PyResult<T> = v.extract::<T>().map_err(Into::into);
+    value
+        .map(Some)
+        .map_err(|e| raise(Kind::Scheme, format!("option {key}: {}", e.value(kw.py()))))
+}
+
+/// PTQ's options from `quantize_model`'s keywords (those of `zeropoint quantize`), checked as
+/// the CLI checks its flags; a keyword it does not know is an error.
+pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> PyResult<Options> {
+    let py = data.py();
+    let kw = match kw {
+        Some(k) => k.copy()?,
+        None => PyDict::new(py),
+    };
+    let preset: String = take(&kw, "preset")?.unwrap_or_else(|| "w8a8".into());
+    let weights: Option<String> = take(&kw, "weights")?;
+    let activations: Option<String> = take(&kw, "activations")?;
+    let weight_range: Option<String> = take(&kw, "weight_range")?;
+    let activation_range: String = take(&kw, "activation_range")?.unwrap_or_else(|| "mse".into());
+    let range_options: Option<Bound<'_, PyDict>> = take(&kw, "range_options")?;
+    let batch = take(&kw, "batch")?.unwrap_or(32);
+    let cle = take(&kw, "cle")?.unwrap_or(false);
+    let bias_correction: Option<String> = take(&kw, "bias_correction")?;
+    let adaround: Option<usize> = take(&kw, "adaround")?;
     let settings = settings(
-        preset,
-        weights,
-        activations,
-        weight_range,
-        parse_method(activation_range, range_options)?,
+        &preset,
+        weights.as_deref(),
+        activations.as_deref(),
+        weight_range.as_deref(),
+        parse_method(&activation_range, range_options.as_ref())?,
         batch,
         cle,
-        bias_correction,
+        bias_correction.as_deref(),
         adaround,
     )?;
+    let preprocess = preprocess(
+        take(&kw, "mean")?.unwrap_or_else(|| vec![0.0]),
+        take(&kw, "std")?.unwrap_or_else(|| vec![1.0]),
+    )?;
+    let exclude = take(&kw, "exclude")?.unwrap_or_default();
+    let samples = take(&kw, "samples")?;
+    let report_samples = take(&kw, "report_samples")?.unwrap_or(64);
+    if let Some((key, _)) = kw.iter().next() {
+        return Err(raise(Kind::Scheme, format!("unknown option '{key}'")));
+    }
     let (specs, arrays) = data_source(data)?;
-    let opts = Options {
+    Ok(Options {
         settings,
         exclude,
         data: specs,
@@ -265,7 +280,23 @@ fn quantize_model(
         preprocess,
         samples,
         report_samples,
-    };
+    })
+}
+
+/// Post-training quantization of the ONNX model at `model` to a QDQ model at `output`,
+/// calibrated on `data`, with `zeropoint quantize`'s options as keywords (see the package's
+/// `quantize_model`); returns the report (`zeropoint quantize --json`'s) as JSON text.
+#[pyfunction]
+#[pyo3(signature = (model, data, output, **options))]
+fn quantize_model(
+    py: Python<'_>,
+    model: PathBuf,
+    data: &Bound<'_, PyAny>,
+    output: PathBuf,
+    options: Option<&Bound<'_, PyDict>>,
+) -> PyResult<String> {
+    check_output(&model, &output, Kind::Model)?;
+    let opts = ptq_options(options, data)?;
     let summary = py.detach(|| -> Result<Summary, zeropoint_quant::Error> {
         let start = std::time::Instant::now();
         let outcome = ptq::quantize(&model, &opts, &mut |_, _, _| {})?;
@@ -279,7 +310,12 @@ fn quantize_model(
         ))
     });
     let summary = summary.map_err(|e| quant(&model, e))?;
-    serde_json::to_string(&summary).map_err(|e| raise(Kind::Model, e.to_string()))
+    json_text(&summary)
+}
+
+/// A report as JSON text.
+pub fn json_text(report: &impl serde::Serialize) -> PyResult<String> {
+    serde_json::to_string(report).map_err(|e| raise(Kind::Model, e.to_string()))
 }
 
 /// Both models on the same data, in zeropoint's executor: accuracy (with labels), argmax
