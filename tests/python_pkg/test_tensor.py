@@ -157,3 +157,44 @@ def test_schemes_pickle_and_compare():
     assert t == s and hash(t) == hash(s) and repr(t) == repr(s)
     assert (t.axis, t.block_size, t.grid, t.storage) == (1, 64, (-7, 7), "int4")
     assert zp.Scheme(bits=8) != zp.Scheme(bits=8, symmetric=True)
+
+
+@pytest.mark.parametrize("bits,symmetric", [(2, True), (2, False), (3, False), (4, False)])
+def test_every_packed_storage_round_trips(bits, symmetric):
+    s = zp.Scheme(bits=bits, symmetric=symmetric)
+    qmin, qmax = s.grid
+    x = np.arange(qmin, qmax + 1, dtype=np.float32).repeat(3)[:-1]  # every code, odd length
+    packed = zp.quantize(x, s, 1.0, 0 if symmetric else qmin * 0)
+    per_byte = 8 // (2 if bits == 2 else 4)
+    assert packed.dtype == np.uint8 and packed.shape == (-(-x.size // per_byte),)
+    codes = np.clip(x, qmin, qmax).astype(np.int64) & ((1 << (8 // per_byte)) - 1)
+    codes = np.concatenate([codes, np.zeros(-x.size % per_byte, np.int64)]).reshape(-1, per_byte)
+    expected = sum(codes[:, k] << (k * 8 // per_byte) for k in range(per_byte)).astype(np.uint8)
+    np.testing.assert_array_equal(packed, expected)
+    np.testing.assert_array_equal(zp.dequantize(packed, s, 1.0, 0, shape=x.shape), np.clip(x, qmin, qmax))
+
+
+def test_the_gil_is_released_while_a_kernel_runs():
+    import threading
+    import time
+
+    x = np.random.default_rng(0).standard_normal(1 << 24).astype(np.float32)
+    o = zp.Observer("mse", zp.Scheme(bits=8))
+    started, took = threading.Event(), []
+
+    def work():
+        started.set()
+        t0 = time.perf_counter()
+        o.update(x)  # one native call of about a tenth of a second
+        took.append(time.perf_counter() - t0)
+
+    t = threading.Thread(target=work)
+    t.start()
+    started.wait()
+    last, longest = time.perf_counter(), 0.0
+    while t.is_alive():  # this loop runs only while the other thread does not hold the GIL
+        now = time.perf_counter()
+        longest, last = max(longest, now - last), now
+    t.join()
+    # Holding the GIL, the call would stall this loop for its whole duration.
+    assert longest < 0.5 * took[0], (longest, took[0])
