@@ -696,7 +696,7 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
     let flat = dir.path().join("flat.npy");
     zeropoint_onnx::npy::write(&flat, &[4, 784], &[0f32; 4 * 784]).unwrap();
     let e = fails(&["quantize", m, "--calib", path(&flat), "-o", o]);
-    assert!(e.contains("flat.npy: input 'input' must have shape [N, 1, 28, 28], the data has samples of shape [784]"), "{e}");
+    assert!(e.contains("flat.npy: input 'input' has shape [N, 1, 28, 28], samples along axis 0; the data has samples of shape [784]"), "{e}");
     let ints = dir.path().join("ints.npy");
     zeropoint_onnx::npy::write(&ints, &[2, 1, 28, 28], &[1i64; 2 * 784]).unwrap();
     let e = fails(&["quantize", m, "--calib", path(&ints), "-o", o]);

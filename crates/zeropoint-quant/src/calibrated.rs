@@ -122,7 +122,10 @@ pub fn calibrated(
     // dimensions, and control flow takes the data's path.
     let mut data = open_data(&graph, opts)?;
     data.check_one_sample()?;
-    let first = open_data(&graph, opts)?.next_batch(1)?.unwrap_or_default();
+    let unit = crate::dataset::unit_batch(&graph.inputs);
+    let first = open_data(&graph, opts)?
+        .next_batch(unit)?
+        .unwrap_or_default();
     let seen = probe_on(&graph, first)?;
     drop_contradicted_output_shapes(&mut graph, &seen);
     let sizes = seen
@@ -333,11 +336,13 @@ fn drop_contradicted_output_shapes(graph: &mut Graph, seen: &Run) {
     }
 }
 
-/// The first `n` calibration samples (fewer if the data has fewer), one per batch.
+/// The first `n` calibration samples (fewer if the data has fewer), one per batch (or, for a
+/// model that fixes its batch, one such batch each).
 pub fn first_samples(graph: &Graph, opts: &Options, n: usize) -> Result<Vec<Batch>> {
     let mut data = open_data(graph, opts)?;
+    let unit = crate::dataset::unit_batch(&graph.inputs);
     let n = n.min(data.len);
-    next_batches(&mut data, 1, n)
+    next_batches(&mut data, unit, n.div_ceil(unit))
 }
 
 /// The calibration data of `opts`, for `graph`'s inputs.
@@ -350,5 +355,7 @@ pub fn open_data(graph: &Graph, opts: &Options) -> Result<Dataset> {
     if let Some(n) = opts.samples {
         data.truncate(n);
     }
+    let first = opts.data.first().map_or("<memory>", String::as_str);
+    data.whole_batches(crate::dataset::unit_batch(&graph.inputs), Path::new(first))?;
     Ok(data)
 }

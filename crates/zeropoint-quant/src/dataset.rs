@@ -244,6 +244,22 @@ impl Dataset {
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);
     }
+
+    /// Drops the samples after the last whole batch of a model that takes batches of exactly
+    /// `unit` ([`unit_batch`]); refuses data that has not one.
+    pub fn whole_batches(&mut self, unit: usize, path: &Path) -> Result<()> {
+        if unit > 1 && self.len < unit {
+            return Err(Error::new(
+                path,
+                format!(
+                    "{} samples, but the model takes batches of exactly {unit}",
+                    self.len
+                ),
+            ));
+        }
+        self.len -= self.len % unit.max(1);
+        Ok(())
+    }
 }
 
 /// A stream per model input the specs provide data for.
@@ -783,20 +799,27 @@ fn open_idx(path: &Path, prep: &Preprocess) -> Result<Stream> {
     })
 }
 
-/// The most samples one batch may hold for a model with these inputs: 1 when an input declares
-/// its first dimension as 1 (a model exported with a fixed batch of one, which refuses more),
-/// else `wanted`.
+/// The samples one batch of the model must hold exactly, when an input fixes it: the first
+/// dimension of an input whose samples lie along it, declared fixed (1 for a model exported with
+/// a batch of one, 3 for one whose input is a [3, 7] matrix). None when every batch size goes.
+pub fn fixed_batch(inputs: &[ValueInfo]) -> Option<usize> {
+    inputs
+        .iter()
+        .find_map(|i| match (i.shape.as_deref(), batch_of_input(i)) {
+            (Some([Dim::Fixed(n), ..]), Batch::Axis(0)) => Some(*n),
+            _ => None,
+        })
+}
+
+/// The samples per batch for a model with these inputs: the batch an input fixes (see
+/// [`fixed_batch`]), else `wanted`.
 pub fn batch_for(inputs: &[ValueInfo], wanted: usize) -> usize {
-    let fixed_one = inputs.iter().any(|i| {
-        i.shape
-            .as_ref()
-            .is_some_and(|s| s.first() == Some(&Dim::Fixed(1)))
-    });
-    if fixed_one {
-        1
-    } else {
-        wanted.max(1)
-    }
+    fixed_batch(inputs).unwrap_or(wanted).max(1)
+}
+
+/// The smallest batch the model takes: one sample, or the batch an input fixes.
+pub fn unit_batch(inputs: &[ValueInfo]) -> usize {
+    fixed_batch(inputs).unwrap_or(1).max(1)
 }
 
 /// The labels of an idx1 file ([N] unsigned bytes, optionally gzip-compressed) or a 1-D `.npy`
@@ -842,10 +865,14 @@ fn check_fits(
         dims_fit(&decl, &per_sample)
     };
     if info.shape.as_ref().is_some_and(|decl| !fits(decl)) {
+        let along = match batch {
+            Batch::Axis(k) => format!(", samples along axis {k}"),
+            Batch::Shared => String::new(),
+        };
         return Err(Error::new(
             path,
             format!(
-                "input '{}' must have shape {}, the data has samples of shape {per_sample:?}",
+                "input '{}' has shape {}{along}; the data has samples of shape {per_sample:?}",
                 info.name,
                 info.shape_text()
             ),

@@ -52,6 +52,7 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let (fe, qe) = (Executor::owning(float)?, Executor::owning(quant)?);
     let (float, quant) = (fe.graph(), qe.graph());
+    data.whole_batches(crate::dataset::unit_batch(&float.inputs), &float.source)?;
     let output = compared_output(float, quant)?;
     if let Some(l) = labels {
         if l.len() < data.len {

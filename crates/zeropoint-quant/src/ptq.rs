@@ -23,7 +23,7 @@ use zeropoint_graph::Graph;
 use zeropoint_onnx::ModelProto;
 
 use crate::compare::LayerError;
-use crate::dataset::batch_for;
+use crate::dataset::{batch_for, unit_batch};
 use crate::error::Result;
 use crate::params::Params;
 use crate::placement::Plan;
@@ -108,10 +108,10 @@ pub fn quantize(
     let layers = if opts.report_samples > 0 {
         let mut data = open_data(&c.graph, opts)?;
         data.truncate(opts.report_samples);
-        let batch = data
-            .len
-            .div_ceil(REPORT_BATCHES)
-            .clamp(1, batch_for(&c.graph.inputs, opts.settings.batch));
+        let batch = data.len.div_ceil(REPORT_BATCHES).clamp(
+            unit_batch(&c.graph.inputs),
+            batch_for(&c.graph.inputs, opts.settings.batch),
+        );
         let graphs = (c.reference(), &c.graph);
         layer_errors(
             graphs,

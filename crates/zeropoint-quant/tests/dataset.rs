@@ -113,7 +113,10 @@ fn a_scalar_input_refuses_per_sample_values() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("input 'sr' must have shape []"), "{e}");
+    assert!(
+        e.contains("input 'sr' has shape []; the data has samples of shape [3]"),
+        "{e}"
+    );
 }
 
 fn info(name: &str, dtype: DType, shape: Vec<Dim>) -> ValueInfo {
@@ -122,4 +125,43 @@ fn info(name: &str, dtype: DType, shape: Vec<Dim>) -> ValueInfo {
         dtype: Some(dtype),
         shape: Some(shape),
     }
+}
+
+#[test]
+fn a_fixed_leading_dimension_is_the_batch() {
+    use zeropoint_quant::dataset::{batch_for, unit_batch};
+    // A model whose input is one [3, 7] matrix takes its data three rows at a time.
+    let matrix = [info("m", DType::F32, vec![Dim::Fixed(3), Dim::Fixed(7)])];
+    assert_eq!((unit_batch(&matrix), batch_for(&matrix, 32)), (3, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.npy");
+    std::fs::write(&path, npy::to_bytes::<f32>(&[10, 7], &[0.0; 70])).unwrap();
+    let spec = [path.display().to_string()];
+    let mut data = Dataset::open(&spec, &matrix, &Preprocess::default()).unwrap();
+    data.whole_batches(3, &path).unwrap();
+    assert_eq!(data.len, 9, "the last row is not a whole batch");
+    let batch = data.next_batch(3).unwrap().unwrap();
+    assert_eq!(batch["m"].shape(), [3, 7]);
+    let mut short = Dataset::open(&spec, &matrix, &Preprocess::default()).unwrap();
+    short.truncate(2);
+    let e = short.whole_batches(3, &path).unwrap_err().to_string();
+    assert!(
+        e.contains("2 samples, but the model takes batches of exactly 3"),
+        "{e}"
+    );
+    // A free batch, a batch of one, and a state [2, N, 8] whose batch is not the first axis.
+    let free = [info(
+        "x",
+        DType::F32,
+        vec![Dim::Sym("N".into()), Dim::Fixed(4)],
+    )];
+    let one = [info("x", DType::F32, vec![Dim::Fixed(1), Dim::Fixed(4)])];
+    let state = [info(
+        "h",
+        DType::F32,
+        vec![Dim::Fixed(2), Dim::Sym("N".into()), Dim::Fixed(8)],
+    )];
+    assert_eq!((unit_batch(&free), batch_for(&free, 32)), (1, 32));
+    assert_eq!((unit_batch(&one), batch_for(&one, 32)), (1, 1));
+    assert_eq!((unit_batch(&state), batch_for(&state, 32)), (1, 32));
 }
