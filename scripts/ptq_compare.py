@@ -2,7 +2,7 @@
 """zeropoint's post-training quantization against ONNX Runtime's quantize_static, same calibration data.
 
 Usage: ptq_compare.py [--models a1,a3,a4,b2] [--preset w8a8|w4a8] [--quick] [--json PATH] [--zeropoint BIN] [--cache DIR]
-                      [--repeat N] [--latency-runs N] [--ort-timeout S]
+                      [--repeat N] [--latency-runs N] [--ort-timeout S] [--no-dropin]
 
 Models and data are those of ../shared/assets (see its MANIFEST.md, "Reference results"); MiniLM-L3 and
 the gensim texts come from .cache/shared (scripts/fetch-assets). Nothing is downloaded. The inputs are
@@ -21,8 +21,15 @@ Methods (one row each):
   the same with --activation-range minmax, and ONNX Runtime quant_pre_process + quantize_static (QDQ,
   per_channel=True, int8 weights) with the MinMax, Entropy and Percentile calibrators and QInt8 activations
   (MinMax is MANIFEST's baseline; the others at their defaults), plus MinMax with QUInt8 activations.
+  The row "zeropoint.onnxruntime MinMax s8" is the baseline's call exactly (quant_pre_process, then
+  quantize_static with the same arguments and the same reader over the same samples, in the same worker
+  process) with quantize_static imported from zeropoint.onnxruntime instead of onnxruntime.quantization:
+  zeropoint's drop-in. The worker inherits the environment, so PYTHONPATH decides which zeropoint
+  package it imports; the ZeropointCompatibilityWarnings it emits are printed under the table.
+  --no-dropin leaves this row out.
   With --preset w4a8: zeropoint --preset w4a8 (its default, min-max and MSE weight ranges) against
-  the same ONNX Runtime rows with weight_type=QInt4 (int4 per-channel weights; ORT moves the model to opset 21).
+  the same ONNX Runtime rows (and drop-in row) with weight_type=QInt4 (int4 per-channel weights; ORT moves
+  the model to opset 21).
   ONNX Runtime is fed one calibration sample per batch (MiniLM: one unpadded sentence per batch), as in
   MANIFEST. zeropoint gets the same samples as one .npz (MiniLM: all 200 sentences padded with [PAD]=0
   to the longest, attention mask 0 there, in one .npz).
@@ -34,7 +41,8 @@ Every model (float and int8) is evaluated by ONNX Runtime, CPUExecutionProvider,
 Also measured:
   quantize s   wall time of the whole `zeropoint quantize` command (its default --report-samples 256
                measuring pass included) vs quant_pre_process + quantize_static in-process (import time
-               excluded); median of --repeat runs (default 1).
+               excluded; the drop-in row: the same, with zeropoint's quantize_static); median of --repeat
+               runs (default 1).
   lat x fp32   ONNX Runtime inference latency of the int8 model / of the float model, 1 thread, the
                evaluation batch (A1: 1000 images, A3: 20, A4: 4, B2: the 50 Lee documents one by one);
                median of --latency-runs runs (default 5; more, up to 50, where they take < 0.5 s)
@@ -44,6 +52,7 @@ Also measured:
 
 import argparse
 import glob
+import importlib
 import json
 import os
 import platform
@@ -67,13 +76,15 @@ import minilm_l3_eval as me  # noqa: E402
 import ort_baseline as ob  # noqa: E402
 
 METHODS = [
-    # (key, label, kind, settings): zeropoint's extra arguments, or ORT's (calibrator, activation type)
+    # (key, label, kind, settings): zeropoint's extra arguments, or ORT's (calibrator, activation type[, module
+    # whose quantize_static is called: onnxruntime.quantization unless given])
     ("zp", "zeropoint default (mse, u8)", "zp", []),
     ("zp_minmax", "zeropoint minmax (u8)", "zp", ["--activation-range", "minmax"]),
     ("ort_minmax", "ORT MinMax s8 (baseline)", "ort", ("MinMax", "QInt8")),
     ("ort_entropy", "ORT Entropy s8", "ort", ("Entropy", "QInt8")),
     ("ort_percentile", "ORT Percentile s8", "ort", ("Percentile", "QInt8")),
     ("ort_minmax_u8", "ORT MinMax u8", "ort", ("MinMax", "QUInt8")),
+    ("zp_dropin", "zeropoint.onnxruntime MinMax s8", "ort", ("MinMax", "QInt8", "zeropoint.onnxruntime")),
 ]
 
 # --preset w4a8: int4 per-channel weights (ORT: QInt4, opset 21), 8-bit activations.
@@ -88,7 +99,9 @@ METHODS_W4A8 = [
     ("ort_entropy", "ORT Entropy s8, QInt4", "ort", ("Entropy", "QInt8")),
     ("ort_percentile", "ORT Percentile s8, QInt4", "ort", ("Percentile", "QInt8")),
     ("ort_minmax_u8", "ORT MinMax u8, QInt4", "ort", ("MinMax", "QUInt8")),
+    ("zp_dropin", "zeropoint.onnxruntime MinMax s8, QInt4", "ort", ("MinMax", "QInt8", "zeropoint.onnxruntime")),
 ]
+DROPIN_KEYS = ("zp_dropin",)  # left out by --no-dropin
 
 
 # ------------------------------------------------------------------------------------------ ORT worker
@@ -121,40 +134,48 @@ class Reader(ob.CalibrationDataReader):
 
 
 def ort_worker(spec_path):
-    """Runs in a child process (so that a slow calibrator can be stopped): quant_pre_process + quantize_static."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """Runs in a child process (so that a slow calibrator can be stopped): quant_pre_process + quantize_static,
+    the latter from spec["module"] (onnxruntime.quantization, or zeropoint.onnxruntime: the drop-in)."""
+    import warnings
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     spec = json.load(open(spec_path))
+    quantize_static = importlib.import_module(spec["module"]).quantize_static
     feeds = load_feeds(spec["calib"])
     pre = spec["dst"].replace(".onnx", ".pre.onnx")
     t0 = time.perf_counter()
     quant_pre_process(spec["src"], pre, skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True)
     t1 = time.perf_counter()
-    quantize_static(pre, spec["dst"], Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=getattr(QuantType, spec["activation_type"]),
-                    weight_type=getattr(QuantType, spec["weight_type"]),
-                    calibrate_method=getattr(CalibrationMethod, spec["method"]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantize_static(pre, spec["dst"], Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=getattr(QuantType, spec["activation_type"]),
+                        weight_type=getattr(QuantType, spec["weight_type"]),
+                        calibrate_method=getattr(CalibrationMethod, spec["method"]))
     t2 = time.perf_counter()
     os.remove(pre)
-    json.dump(dict(pre_process_s=t1 - t0, quantize_static_s=t2 - t1, total_s=t2 - t0), open(spec["result"], "w"))
+    json.dump(dict(pre_process_s=t1 - t0, quantize_static_s=t2 - t1, total_s=t2 - t0,
+                   warnings=[f"{w.category.__name__}: {w.message}" for w in caught]), open(spec["result"], "w"))
 
 
-def ort_quantize(tmp, src, dst, calib_npz, method, act, weights, repeat, timeout):
+def ort_quantize(tmp, src, dst, calib_npz, method, act, weights, repeat, timeout, module="onnxruntime.quantization"):
     spec = os.path.join(tmp, "ort_spec.json")
     res = os.path.join(tmp, "ort_result.json")
     json.dump(dict(src=src, dst=dst, calib=calib_npz, method=method, activation_type=act, weight_type=weights,
-                   result=res), open(spec, "w"))
+                   module=module, result=res), open(spec, "w"))
     times = []
     for _ in range(repeat):
         if os.path.exists(res):
             os.remove(res)
         t = time.perf_counter()
         try:
+            # this environment (PYTHONPATH included): the drop-in imports the zeropoint package it names
             p = subprocess.run([sys.executable, os.path.abspath(__file__), "--ort-worker", spec],
-                               capture_output=True, text=True, timeout=timeout)
+                               capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
         except subprocess.TimeoutExpired:
-            return dict(ok=False, error=f"timed out: more than {timeout} s (calibrator {method}, {act})",
+            return dict(ok=False, error=f"timed out: more than {timeout} s (calibrator {method}, {act}, {module})",
                         seconds=time.perf_counter() - t)
         if p.returncode != 0 or not os.path.exists(res):
             lines = [x for x in (p.stderr or p.stdout).strip().splitlines() if x.strip()]
@@ -163,7 +184,8 @@ def ort_quantize(tmp, src, dst, calib_npz, method, act, weights, repeat, timeout
         times.append(json.load(open(res)))
     med = lambda k: statistics.median(x[k] for x in times)  # noqa: E731
     return dict(ok=True, seconds=med("total_s"), pre_process_s=med("pre_process_s"),
-                quantize_static_s=med("quantize_static_s"), runs=[x["total_s"] for x in times])
+                quantize_static_s=med("quantize_static_s"), runs=[x["total_s"] for x in times], module=module,
+                warnings=sorted({w for x in times for w in x["warnings"]}))
 
 
 def zp_quantize(binary, src, dst, calib_args, extra, repeat):
@@ -460,6 +482,8 @@ def run_task(task, a, tmp, log):
     jobs = list(a.methods)
     while jobs:
         key, label, kind, settings = jobs.pop(0)
+        if kind != "zp":  # ORT's calibrator, activation type, and whose quantize_static
+            method, act, module = (*settings, "onnxruntime.quantization")[:3]
         dst = os.path.join(tmp, f"{task.key}.{key}.onnx")
         log(f"[{task.key}] {label}: quantize")
         if kind == "zp":
@@ -468,11 +492,11 @@ def run_task(task, a, tmp, log):
             padded_npz = os.path.join(tmp, f"{task.key}.ort_calib_padded.npz")
             if not os.path.exists(padded_npz):
                 save_feeds(padded_npz, task.padded_feeds())
-            q = ort_quantize(tmp, task.src, dst, padded_npz, settings[0], settings[1], a.ort_weights, a.repeat,
-                             a.ort_timeout)
+            q = ort_quantize(tmp, task.src, dst, padded_npz, method, act, a.ort_weights, a.repeat, a.ort_timeout,
+                             module)
         else:
-            q = ort_quantize(tmp, task.src, dst, calib_npz, settings[0], settings[1], a.ort_weights, a.repeat,
-                             a.ort_timeout)
+            q = ort_quantize(tmp, task.src, dst, calib_npz, method, act, a.ort_weights, a.repeat, a.ort_timeout,
+                             module)
             if not q["ok"] and hasattr(task, "padded_feeds"):
                 # e.g. ORT's histogram calibrators need equally shaped samples: retry on zeropoint's padded set
                 jobs.insert(0, (key + "_padded", label + ", padded calib", "ort_padded", settings))
@@ -501,6 +525,12 @@ def run_task(task, a, tmp, log):
             quantize_seconds_ratio=zp["quantize"]["seconds"] / base["quantize"]["seconds"],
             latency_ratio=zp["latency_s"] / base["latency_s"], bytes_ratio=zp["bytes"] / base["bytes"],
             zeropoint_rank=task.rank(zp["metrics"]), ort_minmax_rank=task.rank(base["metrics"]))
+    dropin = R["rows"].get("zp_dropin", {})
+    if "metrics" in dropin and "metrics" in base:
+        R["dropin_vs_ort_minmax"] = dict(
+            quantize_seconds_ratio=dropin["quantize"]["seconds"] / base["quantize"]["seconds"],
+            latency_ratio=dropin["latency_s"] / base["latency_s"], bytes_ratio=dropin["bytes"] / base["bytes"],
+            dropin_rank=task.rank(dropin["metrics"]), ort_minmax_rank=task.rank(base["metrics"]))
     return R, task
 
 
@@ -534,7 +564,17 @@ def print_table(results, tasks, a):
             c = R["zeropoint_vs_ort_minmax"]
             print(f"zeropoint default / ORT MinMax s8{', QInt4' if a.preset == 'w4a8' else ''}: quantize time x{c['quantize_seconds_ratio']:.2f}, "
                   f"int8 latency x{c['latency_ratio']:.2f}, file size x{c['bytes_ratio']:.2f}")
-
+        if "dropin_vs_ort_minmax" in R:
+            c = R["dropin_vs_ort_minmax"]
+            d, o = c["dropin_rank"], c["ort_minmax_rank"]
+            print(f"zeropoint.onnxruntime / ORT MinMax s8 (same call): "
+                  f"{'better' if d > o else 'same' if d == o else 'worse'} by {t.primary}, "
+                  f"quantize time x{c['quantize_seconds_ratio']:.2f}, int8 latency x{c['latency_ratio']:.2f}, "
+                  f"file size x{c['bytes_ratio']:.2f}")
+        for r in R["rows"].values():
+            if r["quantize"].get("module", "").startswith("zeropoint") and r["quantize"]["ok"]:
+                zw = [x for x in r["quantize"]["warnings"] if x.startswith("ZeropointCompatibilityWarning")]
+                print(f"{r['label']}: " + ("; ".join(zw) if zw else "no ZeropointCompatibilityWarning"))
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -548,9 +588,13 @@ def main():
     ap.add_argument("--ort-timeout", type=float, default=180, help="seconds before an ORT quantization is stopped")
     ap.add_argument("--preset", default="w8a8", choices=("w8a8", "w4a8"),
                     help="w4a8: int4 weights for both (ORT: QInt4), 8-bit activations")
+    ap.add_argument("--no-dropin", action="store_true",
+                    help="leave out the zeropoint.onnxruntime.quantize_static (drop-in) row")
     ap.add_argument("--ort-worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.methods, a.ort_weights = (METHODS_W4A8, "QInt4") if a.preset == "w4a8" else (METHODS, "QInt8")
+    if a.no_dropin:
+        a.methods = [m for m in a.methods if m[0] not in DROPIN_KEYS]
     if a.ort_worker:
         return ort_worker(a.ort_worker)
     if a.latency_runs is None:

@@ -233,8 +233,10 @@ def _joined(columns: Dict[str, List[np.ndarray]]) -> Optional[Dict[str, np.ndarr
 @contextlib.contextmanager
 def _data(data: Data) -> Iterator[Any]:
     """What the native functions take: paths as they are, a dict of arrays as it is, and feeds
-    (a reader, a list of dicts) joined into arrays, or, when their shapes vary, written to a
-    temporary folder of .npz files, one per feed (removed afterwards)."""
+    (a reader, a list of dicts) joined along their first axis (the batches zeropoint then reads
+    are the feeds' rows, regrouped as the model's fixed batch if it has one) or, when their
+    shapes vary, written to a temporary folder of .npz files, one per feed, each read as a batch
+    of its own (removed afterwards)."""
     if isinstance(data, (str, os.PathLike, Mapping)):
         yield data
         return

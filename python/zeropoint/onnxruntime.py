@@ -13,18 +13,22 @@ What maps to what:
 =========================  ==================================================================
 ORT                        zeropoint
 =========================  ==================================================================
-quant_format               QDQ (QOperator is written as QDQ, which ORT fuses the same way)
-activation_type            uint8 / int8 / uint16 / int16 activations, asymmetric unless
+quant_format               QDQ (QOperator is written as QDQ, with a warning: ORT fuses the
+                           QDQ pairs around an operator into its integer kernel)
+activation_type            uint8 / int8 / uint16 / int16 activations (QuantType or the
+                           onnx.TensorProto element type, as ORT takes), asymmetric unless
                            extra_options["ActivationSymmetric"]
 weight_type                int8 / uint8 / int16 / uint16 / int4 / uint4 weights, symmetric for
                            the signed types unless extra_options["WeightSymmetric"] says
 per_channel                per output channel, else per tensor
 reduce_range               7-bit weights (ORT's reduce_range)
-calibrate_method           MinMax → minmax (CalibMovingAverage → ema), Entropy → entropy
+calibrate_method           MinMax → minmax (CalibMovingAverage → ema, with a warning: ORT
+                           averages the feeds' extremes instead), Entropy → entropy
                            (CalibNumBins / CalibNumQuantizedBins, ORT's 128 / 128 by default),
                            Percentile → abs-percentile (CalibPercentile, 99.999),
                            Distribution → mse (with a warning)
-op_types_to_quantize       every other operator type of the model kept float
+op_types_to_quantize       every other operator type of the model kept float (an empty
+                           list: all, as in ORT)
 nodes_to_quantize          every other node kept float
 nodes_to_exclude           those nodes kept float
 =========================  ==================================================================
@@ -109,6 +113,16 @@ def _name(value: Any) -> str:
     return value if isinstance(value, str) else getattr(value, "name", str(value))
 
 
+# ORT also takes onnx.TensorProto element types (ints) for activation_type / weight_type.
+_TENSOR_TYPES = {3: "QInt8", 2: "QUInt8", 5: "QInt16", 4: "QUInt16", 22: "QInt4", 21: "QUInt4", 17: "QFLOAT8E4M3FN"}
+
+
+def _type_name(qtype: Any) -> str:
+    if isinstance(qtype, int) and not hasattr(qtype, "name"):
+        return _TENSOR_TYPES.get(qtype, f"TensorProto type {qtype}")
+    return _name(qtype)
+
+
 _TYPES = {
     "QInt8": (True, 8),
     "QUInt8": (False, 8),
@@ -120,7 +134,7 @@ _TYPES = {
 
 
 def _scheme_type(qtype: Any, what: str) -> Tuple[bool, int]:
-    name = _name(qtype)
+    name = _type_name(qtype)
     if name not in _TYPES:
         raise _native_error(f"{what} {name} has no zeropoint equivalent (zeropoint quantizes to 2-16 bit integers)")
     return _TYPES[name]
@@ -158,14 +172,20 @@ def _range_method(calibrate_method: Any, extra: Dict[str, Any]) -> Tuple[str, Di
     name = _name(calibrate_method)
     if name == "MinMax":
         if extra.get("CalibMovingAverage"):
-            # ORT: running += c · (batch − running); zeropoint: momentum · running + (1 − momentum) · batch.
-            return "ema", {"momentum": 1.0 - float(extra.get("CalibMovingAverageConstant", 0.01))}
+            # ORT averages every feed's min and max alike; zeropoint has no such estimator.
+            _warn(
+                "CalibMovingAverage: ONNX Runtime averages the feeds' minima and maxima; zeropoint has no "
+                "such estimator and uses its moving average (ema, momentum 0.9) instead"
+            )
+            return "ema", {"momentum": 0.9}
         return "minmax", {}
     if name == "Entropy":
         # ORT's histogram: 128 bins quantized to 128 unless told otherwise.
         bins = int(extra.get("CalibNumBins", 128))
         return "entropy", {"bins": bins, "quantized_bins": int(extra.get("CalibNumQuantizedBins", 128))}
     if name == "Percentile":
+        if "CalibNumBins" in extra:
+            _warn("CalibNumBins: zeropoint's percentiles come from its own 8192-bin histogram")
         return "abs-percentile", {"percentile": float(extra.get("CalibPercentile", 99.999))}
     if name == "Distribution":
         _warn("calibrate_method Distribution: zeropoint has no equivalent; using MSE ranges")
@@ -178,13 +198,11 @@ _MAPPED = {
     "ActivationSymmetric",
     "WeightSymmetric",
     "CalibMovingAverage",
-    "CalibMovingAverageConstant",
     "CalibPercentile",
     "CalibNumBins",
     "CalibNumQuantizedBins",
     "CalibMaxIntermediateOutputs",  # memory only; zeropoint streams
     "CalibStridedMinMax",  # memory only
-    "DedicatedQDQPair",
 }
 
 
@@ -192,10 +210,10 @@ def _excluded(model: str, op_types: Optional[Sequence[str]], nodes: Optional[Seq
     """The nodes kept float: those not of the given types, not among the given nodes, and
     those excluded."""
     out: List[str] = list(exclude or [])
-    if op_types is None and not nodes:
+    if not op_types and not nodes:  # ORT reads an empty list as "every type it quantizes"
         return out
     for name, op in _native.graph_nodes(model):
-        if op_types is not None and op not in op_types:
+        if op_types and op not in op_types:
             out.append(name)
         elif nodes and name not in nodes:
             out.append(name)
@@ -225,7 +243,7 @@ def quantize_static(
     if calibration_data_reader is None:
         raise _native_error("quantize_static needs a calibration_data_reader")
     if _name(quant_format) == "QOperator":
-        _warn("quant_format QOperator: zeropoint writes QDQ, which ONNX Runtime fuses into the same integer kernels")
+        _warn("quant_format QOperator: zeropoint writes QDQ; ONNX Runtime fuses the Q/DQ pairs around an operator into its integer kernel")
     if use_external_data_format:
         _warn("use_external_data_format: zeropoint writes external data only when the model needs it (over 2 GB)")
     if calibration_providers and list(calibration_providers) != ["CPUExecutionProvider"]:
