@@ -264,6 +264,19 @@ fn output<'py, T: Element>(
     Ok(a)
 }
 
+/// Runs `kernel` over `out`'s elements with the GIL released, and returns `out`.
+fn fill<'py, T: Element + Send>(
+    out: Bound<'py, PyArrayDyn<T>>,
+    kernel: impl FnOnce(&mut [T]) -> zeropoint_core::Result<()> + Send,
+) -> PyResult<Bound<'py, PyAny>> {
+    {
+        let mut w = out.try_readwrite()?;
+        let o = w.as_slice_mut()?;
+        out.py().detach(|| kernel(o)).map_err(scheme_error)?;
+    }
+    Ok(out.into_any())
+}
+
 fn codes<'py, T: Code + Element>(
     py: Python<'py>,
     x: &[f32],
@@ -272,13 +285,7 @@ fn codes<'py, T: Code + Element>(
     out: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let out = output::<T>(py, out, shape)?;
-    {
-        let mut w = out.try_readwrite()?;
-        let o = w.as_slice_mut()?;
-        py.detach(|| kernel::quantize(x, shape, params, o))
-            .map_err(scheme_error)?;
-    }
-    Ok(out.into_any())
+    fill(out, |o| kernel::quantize(x, shape, params, o))
 }
 
 fn packed<'py>(
@@ -290,13 +297,7 @@ fn packed<'py>(
     out: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let out = output::<u8>(py, out, &[packing.bytes_for(x.len())])?;
-    {
-        let mut w = out.try_readwrite()?;
-        let o = w.as_slice_mut()?;
-        py.detach(|| pack::quantize_packed(x, shape, params, packing, o))
-            .map_err(scheme_error)?;
-    }
-    Ok(out.into_any())
+    fill(out, |o| pack::quantize_packed(x, shape, params, packing, o))
 }
 
 /// Quantizes `x` with the scheme and its parameters; codes in the scheme's container (or
@@ -339,13 +340,7 @@ fn dequantize_codes<'py, T: Code + Element>(
         .as_slice()
         .map_err(|_| raise(Kind::Scheme, "the codes must be a C-contiguous array"))?;
     let out = output::<f32>(py, out, &shape)?;
-    {
-        let mut w = out.try_readwrite()?;
-        let o = w.as_slice_mut()?;
-        py.detach(|| kernel::dequantize(qs, &shape, params, o))
-            .map_err(scheme_error)?;
-    }
-    Ok(out.into_any())
+    fill(out, |o| kernel::dequantize(qs, &shape, params, o))
 }
 
 /// Codes back to float32: `q` one code per element (int8 / uint8 / int16 / uint16), or, with
@@ -378,13 +373,9 @@ fn dequantize<'py>(
             .as_slice()
             .map_err(|_| raise(Kind::Scheme, "the codes must be a C-contiguous array"))?;
         let out = output::<f32>(py, out, &shape)?;
-        {
-            let mut w = out.try_readwrite()?;
-            let o = w.as_slice_mut()?;
-            py.detach(|| pack::dequantize_packed(qs, &shape, &params, packing, o))
-                .map_err(scheme_error)?;
-        }
-        return Ok(out.into_any());
+        return fill(out, |o| {
+            pack::dequantize_packed(qs, &shape, &params, packing, o)
+        });
     }
     if let Ok(q) = q.cast::<PyArrayDyn<i8>>() {
         dequantize_codes(py, q, &params, out)
@@ -429,13 +420,7 @@ fn fake_quant<'py>(
         }
         out
     };
-    {
-        let mut w = out.try_readwrite()?;
-        let o = w.as_slice_mut()?;
-        py.detach(|| kernel::fake_quant_in_place(o, &shape, &params))
-            .map_err(scheme_error)?;
-    }
-    Ok(out.into_any())
+    fill(out, |o| kernel::fake_quant_in_place(o, &shape, &params))
 }
 
 /// The parameters that cover [min, max]: floats for scalars, arrays (one pair per channel or
