@@ -167,3 +167,36 @@ def test_train_improves_on_ptq(tmp_path, calib, test_set):
     x, labels = test_set
     accuracy = lambda p: float(np.mean(ort_run(p, x).argmax(1) == labels))  # noqa: E731
     assert accuracy(qat) >= accuracy(ptq) + 0.05, (accuracy(qat), accuracy(ptq))
+
+
+def test_float16_weights_stay_float(tmp_path):
+    """A model that computes one MatMul in float16 (Cast, MatMul with a float16 weight, Cast back)
+    and one in float32: only the float32 one is quantized, so that no float32 DequantizeLinear
+    output reaches a float16 operator, and ONNX Runtime loads the result."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(8)
+    w16 = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float16), "w16")
+    w32 = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w32")
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xh"], to=TensorProto.FLOAT16, name="to16"),
+        helper.make_node("MatMul", ["xh", "w16"], ["m"], name="mm16"),
+        helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT, name="to32"),
+        helper.make_node("MatMul", ["mf", "w32"], ["y"], name="mm32"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [w16, w32],
+    )
+    model, out = tmp_path / "mixed.onnx", tmp_path / "mixed.q.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    zp.quantize_model(model, {"x": rng.standard_normal((16, 8)).astype(np.float32)}, out)
+    q = onnx.load(str(out))
+    dequantized = {n.input[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    assert "w32_quantized" in dequantized and not any(name.startswith("w16") for name in dequantized)
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    assert ort_run(out, x).shape == (2, 4)

@@ -111,9 +111,12 @@ impl Rules<'_> {
         self.types.get(v) == Some(&DType::F32)
     }
 
-    /// A float initializer: a weight or bias.
+    /// A float32 initializer: a weight or bias. (Float16 and bfloat16 weights stay as they are:
+    /// their DequantizeLinear would give float32 to an operator computing in float16.)
     fn is_weight(&self, v: &str) -> bool {
-        self.graph.float_initializer(v).is_some()
+        self.graph
+            .initializer(v)
+            .is_some_and(|t| t.dtype == DType::F32)
     }
 }
 
