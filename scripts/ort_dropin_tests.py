@@ -447,8 +447,8 @@ CAUSES: List[Tuple[str, str]] = [
      "the reader's feeds are re-split along axis 0 into single rows; a model whose leading dimension is "
      "fixed (not 1) rejects them"),
     (r"tensor\(float16\)|FLOAT16|float16|T: \S*fp16",
-     "float16 models: zeropoint rejects them, leaves activations float, or writes float DequantizeLinear outputs "
-     "into float16 ops (a model ORT cannot load)"),
+     "float16 models: zeropoint's engine rejects a model computing in float16, and it quantizes float32 "
+     "values only"),
     (r"IndexError.*\| W: .*(int32_data|float_data)",
      "the test reads scale / zero point from int32_data / float_data; zeropoint stores initializers as raw_data"),
     (r"(QLinear|QGemm|QAttention|MatMulInteger|ConvInteger|op count|not in order|count not same|Assert failed).*Q: yes",
