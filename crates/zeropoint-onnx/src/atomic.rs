@@ -12,6 +12,25 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// Why `output` may not be written for the command reading `input`, if it may not: it is the
+/// input itself, a folder, or in a folder that does not exist. (The text follows the path.)
+pub fn output_problem(input: &Path, output: &Path) -> Option<String> {
+    let same = match (input.canonicalize(), output.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => input == output,
+    };
+    if same {
+        return Some("the output would overwrite the input model; choose another path".into());
+    }
+    if output.is_dir() {
+        return Some("is a folder; give the file to write".into());
+    }
+    let parent = output.parent().filter(|p| !p.as_os_str().is_empty());
+    parent
+        .filter(|d| !d.is_dir())
+        .map(|d| format!("the output folder {} does not exist", d.display()))
+}
+
 /// Writes `path` by calling `fill` on a buffered writer over a temporary file, then renaming.
 pub fn write_file(
     path: &Path,

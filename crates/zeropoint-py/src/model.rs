@@ -194,21 +194,7 @@ fn settings(
 
 /// Never over the input, never into a missing folder.
 pub fn check_output(model: &Path, output: &Path, kind: Kind) -> PyResult<()> {
-    let same = match (model.canonicalize(), output.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => model == output,
-    };
-    let problem = if same {
-        Some("the output would overwrite the input; choose another path".to_string())
-    } else if output.is_dir() {
-        Some("is a folder; give the file to write".to_string())
-    } else {
-        let parent = output.parent().filter(|p| !p.as_os_str().is_empty());
-        parent
-            .filter(|d| !d.is_dir())
-            .map(|d| format!("the output folder {} does not exist", d.display()))
-    };
-    match problem {
+    match zeropoint_onnx::atomic::output_problem(model, output) {
         Some(m) => Err(raise(kind, format!("{}: {m}", output.display()))),
         None => Ok(()),
     }
