@@ -9,12 +9,11 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use zeropoint_core::ggml::GgmlType;
-use zeropoint_gguf::hf::{self, Checkpoint};
+use zeropoint_gguf::hf;
 use zeropoint_gguf::imatrix::Imatrix;
 use zeropoint_gguf::input::Input;
 use zeropoint_gguf::preset::Preset;
 use zeropoint_gguf::quantize::{self, Calibration, Options, Plan};
-use zeropoint_gguf::read::GgufFile;
 use zeropoint_gguf::value::Value;
 
 #[derive(ClapArgs, Debug)]
@@ -89,17 +88,13 @@ pub fn run(args: &Args) -> Result<()> {
         Some(path) => Some((Imatrix::read(path)?, path.to_string_lossy().into_owned())),
         None => None,
     };
-    let input: Box<dyn Input> = if hf::is_checkpoint(&args.input) {
-        let opts = hf::Options {
-            tokenizer_pre: args.tokenizer_pre.clone(),
-        };
-        Box::new(Checkpoint::open(&args.input, &opts)?)
-    } else {
-        if args.tokenizer_pre.is_some() {
-            bail!("--tokenizer-pre applies to Hugging Face checkpoints, not GGUF files");
-        }
-        Box::new(GgufFile::open(&args.input)?)
+    if args.tokenizer_pre.is_some() && !hf::is_checkpoint(&args.input) {
+        bail!("--tokenizer-pre applies to Hugging Face checkpoints, not GGUF files");
+    }
+    let checkpoint = hf::Options {
+        tokenizer_pre: args.tokenizer_pre.clone(),
     };
+    let input = quantize::open_input(&args.input, &checkpoint)?;
     let calibration = match &args.calib {
         Some(path) => Some(calibration(args, path, input.as_ref())?),
         None => None,
@@ -140,21 +135,16 @@ fn calibration(args: &Args, path: &std::path::Path, input: &dyn Input) -> Result
     if args.calib_chunks == 0 {
         bail!("--calib-chunks must be at least 1");
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read as UTF-8 text: {e}", path.display()))?;
-    let mut g = Calibration::from_text(
+    let mut g = Calibration::from_file(
         input.header(),
-        &text,
+        path,
         args.calib_ctx,
         args.calib_chunks,
         args.gptq_damp,
     )
-    .map_err(|m| anyhow::anyhow!("{}: {m}", path.display()))?;
+    .map_err(anyhow::Error::msg)?;
     g.gptq = args.method == CalibMethod::Gptq;
     g.awq = args.awq;
-    g.dataset = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     Ok(g)
 }
 

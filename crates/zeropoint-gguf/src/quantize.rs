@@ -57,6 +57,25 @@ pub struct Calibration {
 }
 
 impl Calibration {
+    /// The text file at `path`, as [`from_text`](Calibration::from_text) takes it, with the
+    /// file's name recorded as the dataset. Errors name the file.
+    pub fn from_file(
+        header: &Header,
+        path: &Path,
+        ctx: usize,
+        n: usize,
+        damp: f64,
+    ) -> Result<Calibration, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read as UTF-8 text: {e}", path.display()))?;
+        let mut c = Calibration::from_text(header, &text, ctx, n, damp)
+            .map_err(|m| format!("{}: {m}", path.display()))?;
+        c.dataset = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        Ok(c)
+    }
+
     /// `text` tokenized with the model's own vocabulary and cut into `n` chunks of `ctx` tokens
     /// (fewer if the text is short; an error if it has not one chunk), for GPTQ alone.
     pub fn from_text(
@@ -333,6 +352,16 @@ fn check_conversion(
     Ok(())
 }
 
+/// The model at `path`: a Hugging Face checkpoint (a folder, or its config.json), converted as
+/// it is read, else a GGUF file.
+pub fn open_input(path: &Path, checkpoint: &crate::hf::Options) -> Result<Box<dyn Input>> {
+    Ok(if crate::hf::is_checkpoint(path) {
+        Box::new(crate::hf::Checkpoint::open(path, checkpoint)?)
+    } else {
+        Box::new(crate::read::GgufFile::open(path)?)
+    })
+}
+
 /// Quantizes `input` into `output` and returns the plan it followed (with AWQ, its metadata
 /// then also holds `quantize.awq.alphas`: the α chosen for each group of matrices searched, in
 /// the order of the layers: q/k/v, down, gate/up; 0 where scaling did not help). `on_layer(done, layers)`
@@ -346,9 +375,8 @@ pub fn quantize(
     mut on_tensor: impl FnMut(&PlannedTensor),
 ) -> Result<Plan> {
     refuse_overwrite(input.path(), output)?;
-    let plan = plan(input.header(), opts).map_err(|m| Error::invalid(input.path(), m))?;
+    let mut plan = plan(input.header(), opts).map_err(|m| Error::invalid(input.path(), m))?;
     let imatrix = opts.imatrix.as_ref().map(|(m, _)| m);
-    let mut plan = plan;
     let calibrated = match &opts.calibration {
         Some(c) => {
             let (bytes, alphas) = calibrated(input, &plan, c, &mut on_layer)?;
