@@ -35,28 +35,26 @@ pub fn f32_values(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
 
 /// A scalar or array of integers as a flat i32 vector (zero-points).
 pub fn i32_values(obj: &Bound<'_, PyAny>) -> PyResult<Vec<i32>> {
-    if let Ok(z) = obj.cast::<PyInt>() {
-        let z: i64 = z.extract()?;
-        return i32::try_from(z)
-            .map(|z| vec![z])
-            .map_err(|_| raise(Kind::Scheme, format!("zero-point {z} is too large")));
-    }
-    let np = obj.py().import("numpy")?;
-    let a = np.call_method1("ascontiguousarray", (obj,))?;
-    let kind = a.getattr("dtype")?.getattr("kind")?.extract::<String>()?;
-    if kind != "i" && kind != "u" {
-        return Err(raise(
-            Kind::Scheme,
-            format!("zero-points must be integers, not {kind}-kind values"),
-        ));
-    }
-    let a = np
-        .call_method1("ascontiguousarray", (a, "int64"))?
-        .cast_into::<PyArrayDyn<i64>>()?;
-    let ro = a.readonly();
-    ro.as_slice()?
-        .iter()
-        .map(|&z| {
+    let wide: Vec<i64> = if let Ok(z) = obj.cast::<PyInt>() {
+        vec![z.extract()?]
+    } else {
+        let np = obj.py().import("numpy")?;
+        let a = np.call_method1("ascontiguousarray", (obj,))?;
+        let kind = a.getattr("dtype")?.getattr("kind")?.extract::<String>()?;
+        if kind != "i" && kind != "u" {
+            return Err(raise(
+                Kind::Scheme,
+                format!("zero-points must be integers, not {kind}-kind values"),
+            ));
+        }
+        let a = np
+            .call_method1("ascontiguousarray", (a, "int64"))?
+            .cast_into::<PyArrayDyn<i64>>()?;
+        let ro = a.readonly();
+        ro.as_slice()?.to_vec()
+    };
+    wide.into_iter()
+        .map(|z| {
             i32::try_from(z)
                 .map_err(|_| raise(Kind::Scheme, format!("zero-point {z} is too large")))
         })

@@ -339,11 +339,7 @@ fn evaluate(
     };
     let e = py.detach(|| -> Result<Evaluation, zeropoint_quant::Error> {
         let (f, q) = (Graph::load(&float_model)?, Graph::load(&quantized_model)?);
-        let mut ds = if arrays.is_empty() {
-            Dataset::open(&specs, &f.inputs, &prep)?
-        } else {
-            Dataset::from_arrays(arrays, &f.inputs)?
-        };
+        let mut ds = Dataset::from_specs_or_arrays(&specs, arrays, &f.inputs, &prep)?;
         if let Some(n) = samples {
             ds.truncate(n);
         }
@@ -408,7 +404,7 @@ fn gguf(
     calib_chunks: usize,
     calib_ctx: usize,
 ) -> PyResult<Vec<(String, String, String)>> {
-    use zeropoint_gguf::{hf, imatrix::Imatrix, input::Input, preset, quantize, read::GgufFile};
+    use zeropoint_gguf::{hf, imatrix::Imatrix, preset, quantize};
     check_output(&input, &output, Kind::Gguf)?;
     let gguf_error = |m: String| raise(Kind::Gguf, m);
     let preset = preset::Preset::from_name(type_).ok_or_else(|| {
@@ -438,31 +434,21 @@ fn gguf(
             )),
             None => None,
         };
-        let source: Box<dyn Input> = if hf::is_checkpoint(&input) {
-            let opts = hf::Options {
-                tokenizer_pre: None,
-            };
-            Box::new(hf::Checkpoint::open(&input, &opts).map_err(|e| fail(&e))?)
-        } else {
-            Box::new(GgufFile::open(&input).map_err(|e| fail(&e))?)
+        let checkpoint = hf::Options {
+            tokenizer_pre: None,
         };
+        let source = quantize::open_input(&input, &checkpoint).map_err(|e| fail(&e))?;
         let calibration = match &calib {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("{}: cannot read as UTF-8 text: {e}", path.display()))?;
-                let mut c = quantize::Calibration::from_text(
+                let mut c = quantize::Calibration::from_file(
                     source.header(),
-                    &text,
+                    path,
                     calib_ctx,
                     calib_chunks,
                     0.01,
-                )
-                .map_err(|m| format!("{}: {m}", path.display()))?;
+                )?;
                 c.gptq = gptq;
                 c.awq = awq;
-                c.dataset = path
-                    .file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
                 Some(c)
             }
             None => None,

@@ -347,11 +347,9 @@ pub fn first_samples(graph: &Graph, opts: &Options, n: usize) -> Result<Vec<Batc
 
 /// The calibration data of `opts`, for `graph`'s inputs.
 pub fn open_data(graph: &Graph, opts: &Options) -> Result<Dataset> {
-    let mut data = if opts.arrays.is_empty() {
-        Dataset::open(&opts.data, &graph.inputs, &opts.preprocess)?
-    } else {
-        Dataset::from_arrays(opts.arrays.clone(), &graph.inputs)?
-    };
+    let arrays = opts.arrays.clone();
+    let mut data =
+        Dataset::from_specs_or_arrays(&opts.data, arrays, &graph.inputs, &opts.preprocess)?;
     if let Some(n) = opts.samples {
         data.truncate(n);
     }

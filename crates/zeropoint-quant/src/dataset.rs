@@ -155,6 +155,21 @@ impl Dataset {
         })
     }
 
+    /// The data of `specs` ([`open`](Dataset::open)), or, when `arrays` holds any, those arrays
+    /// ([`from_arrays`](Dataset::from_arrays)).
+    pub fn from_specs_or_arrays(
+        specs: &[String],
+        arrays: Arrays,
+        inputs: &[ValueInfo],
+        prep: &Preprocess,
+    ) -> Result<Dataset> {
+        if arrays.is_empty() {
+            Dataset::open(specs, inputs, prep)
+        } else {
+            Dataset::from_arrays(arrays, inputs)
+        }
+    }
+
     /// Data already in memory: one batch-first array per model input, by input name. Errors
     /// name the array as `<memory>/NAME`.
     pub fn from_arrays(arrays: Arrays, inputs: &[ValueInfo]) -> Result<Dataset> {
