@@ -45,7 +45,7 @@ operators! {
     Dropout, DynamicQuantizeLinear, Einsum,
     Elu, Equal, Erf, Exp, Expand, Flatten, Floor, Gather, GatherElements, Gelu, Gemm,
     GlobalAveragePool, GlobalMaxPool, Greater, GreaterOrEqual, HardSigmoid, HardSwish, Identity,
-    IsInf, IsNaN,
+    InstanceNormalization, IsInf, IsNaN,
     LayerNormalization, LeakyRelu, Less, LessOrEqual, Log, LogSoftmax, MatMul, MatMulInteger, Max,
     MaxPool,
     Mean, Min, Mod, Mul, Neg, Not, Or, PRelu, Pad, Pow, QuantizeLinear, Range, Reciprocal,

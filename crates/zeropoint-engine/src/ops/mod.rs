@@ -102,6 +102,7 @@ fn lookup(op: &Op) -> Option<OpFn> {
         Op::GlobalAveragePool | Op::GlobalMaxPool => pool::global_pool,
         Op::BatchNormalization => norm::batch_norm,
         Op::LayerNormalization => norm::layer_norm,
+        Op::InstanceNormalization => norm::instance_norm,
         Op::Softmax | Op::LogSoftmax => norm::softmax,
         Op::ReduceMean
         | Op::ReduceSum

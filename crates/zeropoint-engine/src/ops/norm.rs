@@ -1,8 +1,9 @@
-//! Normalizations: BatchNormalization (inference), LayerNormalization, Softmax and LogSoftmax.
+//! Normalizations: BatchNormalization (inference), InstanceNormalization, LayerNormalization,
+//! Softmax and LogSoftmax.
 
 use candle_core::{Tensor, D};
 
-use super::{axis, c, like, one, Cx, R};
+use super::{axis, c, like, one, Cx, Error, R};
 use crate::value::Value;
 use zeropoint_graph::Op;
 
@@ -26,6 +27,41 @@ pub fn batch_norm(cx: &Cx) -> R<Vec<Value>> {
     let a = c(scale.broadcast_div(&var.affine(1.0, eps)?.sqrt()?))?;
     let b = c(bias.sub(&mean.mul(&a)?))?;
     let y = c(x.broadcast_mul(&a)?.broadcast_add(&b))?;
+    one(like(y, v))
+}
+
+/// InstanceNormalization: each sample's channel normalized over its spatial axes (2 and after),
+/// then scaled and shifted per channel: (x − mean) / √(var + ε) · scale + B.
+pub fn instance_norm(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let x = cx.float(0)?;
+    if x.rank() < 3 {
+        return Err(Error::Op(format!(
+            "input has shape {:?}: InstanceNormalization needs [N, C, D1, ...]",
+            x.dims()
+        )));
+    }
+    let eps = cx.float_attr("epsilon", 1e-5)? as f64;
+    let channels = x.dims()[1];
+    let mut shape = vec![1usize; x.rank()];
+    shape[1] = channels;
+    let p = |i: usize, what: &str| -> R<Tensor> {
+        let t = cx.float(i)?;
+        if t.elem_count() != channels {
+            return Err(Error::Op(format!(
+                "{what} has {} values for {channels} channels",
+                t.elem_count()
+            )));
+        }
+        c(t.reshape(shape.as_slice()))
+    };
+    let (scale, bias) = (p(1, "scale")?, p(2, "B")?);
+    let spatial: Vec<usize> = (2..x.rank()).collect();
+    let mean = c(x.mean_keepdim(spatial.as_slice()))?;
+    let centered = c(x.broadcast_sub(&mean))?;
+    let var = c(centered.sqr()?.mean_keepdim(spatial.as_slice()))?;
+    let a = c(var.affine(1.0, eps)?.sqrt()?.recip()?.broadcast_mul(&scale))?;
+    let y = c(centered.broadcast_mul(&a)?.broadcast_add(&bias))?;
     one(like(y, v))
 }
 
