@@ -28,7 +28,13 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # zeropoint's rows: the flags after --calib.
-ZEROPOINT_FLAGS = {"gptq": [], "awq+gptq": ["--awq"], "awq": ["--awq", "--method", "rtn"], "rtn": ["--method", "rtn"]}
+ZEROPOINT_FLAGS = {
+    "gptq": [],
+    "awq+gptq": ["--awq"],
+    "awq": ["--awq", "--method", "rtn"],
+    "awq-noclip": ["--awq", "--method", "rtn", "--no-awq-clip"],
+    "rtn": ["--method", "rtn"],
+}
 
 
 def run(cmd):

@@ -123,6 +123,7 @@ def main():
                      ("zeropoint GPTQ, MSE ranges", gptq + ["--weight-range", "mse"]),
                      (f"zeropoint GPTQ, {a.bits}-bit tables", gptq + ["--embedding-bits", str(a.bits)]),
                      ("zeropoint AWQ", base + ["--method", "awq", "--calib", calib]),
+                     ("zeropoint AWQ, no clipping", base + ["--method", "awq", "--calib", calib, "--no-awq-clip"]),
                      ("zeropoint AWQ + GPTQ", gptq + ["--awq"])]
             if not a.symmetric:
                 jobs.append(("zeropoint HQQ", base + ["--method", "hqq"]))

@@ -192,6 +192,7 @@ def gguf(
     pure: bool = False,
     calib: Optional[_Path] = None,
     awq: bool = False,
+    awq_clip: bool = True,
     method: str = "gptq",
     calib_chunks: int = 32,
     calib_ctx: int = 512,

@@ -21,7 +21,9 @@ rows with an outlier channel:
 - AWQ: a numpy version (s = mean|x|^α normalized by √(max·min), α on a grid of 20 minimizing Σ δᵀHδ with
   δ = W − diag(1/s)·RTN(diag(s)W)) picks the same α and scales; the exported model divides the input by s (in the
   LayerNormalization's scale and bias for fc1, which only fc1 reads; with a Mul before fc2) and ONNX Runtime's output
-  equals numpy's forward pass with it; its output error is below RTN's;
+  equals numpy's forward pass with it; its output error is below RTN's; AWQ's clipping search (each block of an
+  output column clipped to ±r·max|w|, r in 1, 0.95, ..., 0.55, by the least δᵀH_bbδ; a column keeps it only where
+  its error fell) clips the same blocks as a numpy version, on fc2 (fc1's K is not whole blocks);
 - GPTQ writes the same bytes at 1 and 2 threads, and calibrates a model declaring a fixed batch of 1 without
   --batch 1;
 - zeropoint's own executor (`zeropoint run`: MatMulNBits, GatherBlockQuantized, blocked DequantizeLinear) gives
@@ -324,6 +326,39 @@ def awq(w, x, grid=20):
     return best
 
 
+SHRINK = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55]
+
+
+def awq_clip(w, x):
+    """AWQ's clipping search (the reference code's auto_clip) on a [K, N] weight whose input is x: each block of
+    each output column clipped to ±r·max|w| for the r in SHRINK with the least δᵀH_bbδ over the block's inputs,
+    δ = w − RTN(clipped w); a column keeps its clipping only if its summed error fell. Returns the clipped weight and
+    how many blocks were clipped."""
+    k, n = w.shape
+    h = 2.0 * x.T.astype(np.float64) @ x.astype(np.float64) / len(x)
+    blocks = range(0, k, BLOCK)
+
+    def clamped(r):  # r[b, j]: the ratio of block b of column j
+        out = w.copy()
+        for bi, b in enumerate(blocks):
+            m = np.abs(w[b:b + BLOCK]).max(0) * r[bi].astype(np.float32)
+            out[b:b + BLOCK] = np.clip(w[b:b + BLOCK], -m, m)
+        return out
+
+    def errors(r):  # e[b, j]
+        d = w.astype(np.float64) - rtn(clamped(r))[1]
+        return np.array([[d[b:b + BLOCK, j] @ h[b:b + BLOCK, b:b + BLOCK] @ d[b:b + BLOCK, j] for j in range(n)]
+                         for b in blocks])
+
+    shape = (len(blocks), n)
+    tries = [errors(np.full(shape, np.float32(r))) for r in SHRINK]
+    pick = np.argmin(np.stack(tries), axis=0)  # the first of equal errors, as zeropoint keeps it
+    best = np.array(SHRINK, np.float32)[pick]
+    keep = errors(best).sum(0) < tries[0].sum(0)  # per column
+    best[:, ~keep] = 1.0
+    return clamped(best), int(((pick > 0) & keep[None, :]).sum())
+
+
 def out_err(x, w, q):
     return float(np.sum((x @ (w.astype(np.float64) - q)) ** 2))
 
@@ -338,7 +373,7 @@ def check_awq(exe, d, model, weights, x, ids, emb, c, inputs):
     m = onnx.load(out)
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     producer = {o: n for n in m.graph.node for o in n.output}
-    inverse, scaled = {}, []
+    inverse, scaled, clipped, blocks = {}, [], 0, 0
     for name, (xi, w) in inputs.items():
         alpha, s, err = awq(w, xi)
         node = next(n for n in m.graph.node if n.name == name)
@@ -356,13 +391,21 @@ def check_awq(exe, d, model, weights, x, ids, emb, c, inputs):
         got = report[(name,)]["alpha"]
         check(abs(got - alpha) < 1e-9 and np.allclose(1 / inv, s, rtol=1e-5),
               f"awq {name}: alpha {got:.2f} and the scales are numpy's (alpha {alpha:.2f})")
-        codes = rtn((w * s[:, None]).astype(np.float32))[0]
-        check(np.mean(nb[name]["codes"] == codes) >= 0.999, f"awq {name}: codes are RTN's of diag(s)W")
+        scaled_w = (w * s[:, None]).astype(np.float32)
+        if len(w) % BLOCK == 0:  # AWQ's clipping search runs where K is whole blocks: fc2
+            scaled_w, n_clipped = awq_clip(scaled_w, (xi / s).astype(np.float32))
+            clipped += n_clipped
+            blocks += scaled_w.size // BLOCK
+        codes = rtn(scaled_w)[0]
+        check(np.mean(nb[name]["codes"] == codes) >= 0.999, f"awq {name}: codes are RTN's of diag(s)W, clipped")
         e, plain = out_err(xi, w, nb[name]["w"] * inv[:, None]), out_err(xi, w, rtn(w)[1])
         check(e < plain if alpha > 0 else e <= plain * (1 + 1e-6),
               f"awq {name}: output error {e:.4g} vs RTN's {plain:.4g}")
         scaled.append(alpha > 0)
     check(any(scaled), "awq scales at least one layer of this model (alpha > 0)")
+    got = json.loads(run.stdout)["awq_clipped_blocks"]
+    check(got == [clipped, blocks] and 0 < clipped < blocks,
+          f"awq: {got[0]} of {got[1]} blocks clipped, numpy's search {clipped} of {blocks}")
     y = ort_run(out, x, ids)
     table = read_gather(next(n for n in m.graph.node if n.op_type == "GatherBlockQuantized"), inits)
     normed = layer_norm(x + table[ids], GAMMA * inverse["fc1"], BETA * inverse["fc1"])

@@ -51,6 +51,11 @@ pub struct Args {
     /// layer on the calibration text and folded into the RMSNorm weights and the up projection.
     #[arg(long, requires = "calib")]
     pub awq: bool,
+    /// With --awq --method rtn: skip AWQ's clipping search (each 32-weight group clipped to the
+    /// ratio of its largest weight in 1, 0.95, ..., 0.55 with the least output error on the
+    /// calibration text; GPTQ does without it).
+    #[arg(long, requires = "awq")]
+    pub no_awq_clip: bool,
     /// Chunks of --calib-ctx tokens of the calibration text to use (at most).
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub calib_chunks: usize,
@@ -145,6 +150,7 @@ fn calibration(args: &Args, path: &std::path::Path, input: &dyn Input) -> Result
     .map_err(anyhow::Error::msg)?;
     g.gptq = args.method == CalibMethod::Gptq;
     g.awq = args.awq;
+    g.clip = !args.no_awq_clip;
     Ok(g)
 }
 
@@ -171,6 +177,14 @@ fn print_awq(plan: &Plan) {
             scaled[scaled.len() / 2]
         ),
         _ => println!("AWQ: none of {} groups rescaled", alphas.len()),
+    }
+    if let Some((_, Value::Array(_, counts))) =
+        (plan.metadata.iter()).find(|(k, _)| k == "quantize.awq.clipped_groups")
+    {
+        if let [Value::U64(clipped), Value::U64(groups)] = counts.as_slice() {
+            let percent = 100.0 * *clipped as f64 / (*groups).max(1) as f64;
+            println!("AWQ: {clipped} of {groups} weight groups clipped ({percent:.1}%)");
+        }
     }
 }
 

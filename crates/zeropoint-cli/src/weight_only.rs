@@ -9,7 +9,7 @@ use clap::{Args as ClapArgs, ValueEnum};
 use zeropoint_core::Granularity;
 use zeropoint_onnx::model;
 use zeropoint_quant::weight_only::blocks::{BlockRange, BlockScheme};
-use zeropoint_quant::weight_only::{self, gptq, hqq, Format, Method, Options, Outcome};
+use zeropoint_quant::weight_only::{self, awq, gptq, hqq, Format, Method, Options, Outcome};
 
 use crate::output::check_output;
 use crate::quant_args::{parse_scheme, QuantArgs};
@@ -71,6 +71,10 @@ pub struct WeightOnlyArgs {
     /// AWQ's channel scaling before any method (--method gptq --awq: both). Needs --calib.
     #[arg(long)]
     pub awq: bool,
+    /// With AWQ and rounding to nearest: skip AWQ's clipping search (each block clipped to the
+    /// ratio of its largest weight in 1, 0.95, ..., 0.55 with the least output error).
+    #[arg(long)]
+    pub no_awq_clip: bool,
     /// GPTQ quantizes the inputs with the largest Hessian diagonal first (its act-order); block
     /// parameters then come from the weights before any update.
     #[arg(long)]
@@ -118,7 +122,10 @@ pub fn options(q: &QuantArgs, w: &WeightOnlyArgs, calib: Vec<String>) -> Result<
             range,
         },
         method,
-        awq: (w.awq || w.method == MethodArg::Awq).then(Default::default),
+        awq: (w.awq || w.method == MethodArg::Awq).then(|| awq::Options {
+            clip: !w.no_awq_clip,
+            ..Default::default()
+        }),
         accuracy_level: w.accuracy_level,
         format: match w.format {
             FormatArg::Matmulnbits => Format::MatMulNBits,
@@ -220,6 +227,7 @@ fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
             "calibration_samples": o.calibration_samples,
             "layers": o.layers,
             "awq": o.awq,
+            "awq_clipped_blocks": o.clipped_blocks,
         });
         println!("{}", sizes.json(extra)?);
         return Ok(());
@@ -253,6 +261,10 @@ fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
                 a.folded_into
             );
         }
+    }
+    let [clipped, blocks] = o.clipped_blocks;
+    if blocks > 0 {
+        println!("AWQ clipping: {clipped} of {blocks} weight blocks clipped");
     }
     if o.calibration_samples > 0 {
         println!(

@@ -555,11 +555,14 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
             let h = GgufFile::open(f).unwrap().header;
             h.tensors.into_iter().map(|t| (t.name, t.ty)).collect()
         };
-        // GPTQ; AWQ's scales then GPTQ; AWQ's scales then rounding weighted by the calibration.
-        let methods: [(&str, &[&str]); 3] = [
+        // GPTQ; AWQ's scales then GPTQ; AWQ's scales, its clipping, then rounding weighted by the
+        // calibration; the same without clipping.
+        // AWQ with rounding runs AWQ's clipping search unless told not to.
+        let methods: [(&str, &[&str]); 4] = [
             ("GPTQ", &["--method", "gptq"]),
             ("AWQ+GPTQ", &["--awq"]),
             ("AWQ", &["--awq", "--method", "rtn"]),
+            ("AWQ-noclip", &["--awq", "--method", "rtn", "--no-awq-clip"]),
         ];
         for (method, flags) in methods {
             let out = dir.join(format!("{method}-{preset}.gguf"));
@@ -600,6 +603,20 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
                 assert!(rescaled > 0 && printed.contains(&line), "{line}\n{printed}");
             } else {
                 assert!(!method.starts_with("AWQ"), "{method}: no alphas recorded");
+            }
+            // The clipping search clips some of the groups it searches (not the query and key
+            // projections) and says so.
+            match meta.get("quantize.awq.clipped_groups") {
+                Some(Value::Array(_, counts)) => {
+                    assert_eq!(method, "AWQ");
+                    let [Value::U64(clipped), Value::U64(groups)] = counts.as_slice() else {
+                        panic!("{counts:?}")
+                    };
+                    assert!(0 < *clipped && clipped < groups, "{clipped} of {groups}");
+                    let line = format!("AWQ: {clipped} of {groups} weight groups clipped");
+                    assert!(printed.contains(&line), "{line}\n{printed}");
+                }
+                _ => assert_ne!(method, "AWQ", "no clipping recorded"),
             }
         }
     }

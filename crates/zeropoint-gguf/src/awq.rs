@@ -10,7 +10,10 @@
 //! is the Hessian Σ x xᵀ of their input on calibration text and Q rounds to the matrix's planned
 //! ggml type, weighted by the scaled input's mean square (as llama-quantize weighs by an
 //! importance matrix). α = 0 (s = 1) is a candidate, so the search never makes a group worse on
-//! its data. The paper's clipping search is not done.
+//! its data.
+//!
+//! [`clip`] runs AWQ's clipping search ([`zeropoint_core::awq::clip_rows`]) on a matrix in its
+//! planned type, in groups of [`CLIP_GROUP`].
 
 use zeropoint_core::ggml::{self, GgmlType};
 
@@ -90,6 +93,29 @@ pub fn search(
         error_before: plain,
         error_after: best.2,
     })
+}
+
+/// Weights per clipping group: ggml's smallest block with its own scale (the legacy formats'
+/// blocks, the K-quants' sub-blocks of 32; Q2_K, Q3_K and Q6_K scale 16 at a time, and share
+/// one ratio per pair).
+pub const CLIP_GROUP: usize = 32;
+
+/// `w` (rows of `cols`) clipped group by group where that lowers the output error measured with
+/// the Hessian `h` of its input, rounded to `ty` weighted by the Hessian's diagonal as
+/// `quantize` will round it.
+pub fn clip(
+    ty: GgmlType,
+    w: &[f32],
+    cols: usize,
+    h: &[f64],
+) -> Result<zeropoint_core::awq::Clipped, String> {
+    let importance: Vec<f32> = (0..cols).map(|j| h[j * cols + j] as f32).collect();
+    let round = |rows: &[f32]| {
+        ggml::quantize_rows_weighted(ty, rows, cols, &importance)
+            .and_then(|q| ggml::dequantize_rows(ty, &q, cols))
+            .map_err(|e| format!("AWQ clipping: {ty}: {e}"))
+    };
+    zeropoint_core::awq::clip_rows(w, cols, CLIP_GROUP, h, &round)
 }
 
 /// At most [`SEARCH_ROWS`] evenly spaced rows of `w` (all of them when it has no more).

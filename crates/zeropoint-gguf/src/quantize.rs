@@ -44,8 +44,10 @@ pub struct Options {
 /// What the calibration text is used for: token sequences (each from position 0, BOS first
 /// where the vocabulary adds one), GPTQ's dampening of the Hessian (a fraction of its mean
 /// diagonal), and the methods. The linear layers of the transformer blocks are rescaled by AWQ
-/// (if `awq`), then quantized by GPTQ (if `gptq`) or else rounded to nearest weighted by their
-/// input's mean square on the text.
+/// (if `awq`), then quantized by GPTQ (if `gptq`) or else clipped by AWQ's clipping search (if
+/// `awq` and `clip`; not the query and key projections, as in AWQ's reference code) and rounded
+/// to nearest weighted by their input's mean square on the text. (Clipping before GPTQ made the
+/// clipped weights GPTQ's target, and the test model's files worse.)
 #[derive(Debug, Clone)]
 pub struct Calibration {
     pub chunks: Vec<Vec<u32>>,
@@ -54,6 +56,7 @@ pub struct Calibration {
     pub dataset: String,
     pub gptq: bool,
     pub awq: bool,
+    pub clip: bool,
 }
 
 impl Calibration {
@@ -113,6 +116,7 @@ impl Calibration {
             dataset: String::new(),
             gptq: true,
             awq: false,
+            clip: true,
         })
     }
 }
@@ -364,7 +368,8 @@ pub fn open_input(path: &Path, checkpoint: &crate::hf::Options) -> Result<Box<dy
 
 /// Quantizes `input` into `output` and returns the plan it followed (with AWQ, its metadata
 /// then also holds `quantize.awq.alphas`: the α chosen for each group of matrices searched, in
-/// the order of the layers: q/k/v, down, gate/up; 0 where scaling did not help). `on_layer(done, layers)`
+/// the order of the layers: q/k/v, down, gate/up; 0 where scaling did not help; and, with the
+/// clipping search, `quantize.awq.clipped_groups`: weight groups clipped, of those searched). `on_layer(done, layers)`
 /// is called after each layer of GPTQ's calibration, `on_tensor` after each tensor is written
 /// (for progress bars).
 pub fn quantize(
@@ -379,14 +384,20 @@ pub fn quantize(
     let imatrix = opts.imatrix.as_ref().map(|(m, _)| m);
     let calibrated = match &opts.calibration {
         Some(c) => {
-            let (bytes, alphas) = calibrated(input, &plan, c, &mut on_layer)?;
+            let done = calibrated(input, &plan, c, &mut on_layer)?;
             if c.awq {
-                let alphas = alphas.into_iter().map(Value::F32).collect();
+                let alphas = done.alphas.into_iter().map(Value::F32).collect();
                 let key = "quantize.awq.alphas".to_string();
                 plan.metadata
                     .push((key, Value::Array(Value::F32(0.0).type_id(), alphas)));
             }
-            bytes
+            if c.awq && c.clip && !c.gptq {
+                let counts = done.clipped.into_iter().map(Value::U64).collect();
+                let key = "quantize.awq.clipped_groups".to_string();
+                plan.metadata
+                    .push((key, Value::Array(Value::U64(0).type_id(), counts)));
+            }
+            done.bytes
         }
         None => HashMap::new(),
     };
@@ -403,8 +414,13 @@ pub fn quantize(
     Ok(plan)
 }
 
-/// What calibration wrote: each calibrated tensor's bytes by name, and AWQ's α per group.
-type Calibrated = (HashMap<String, Vec<u8>>, Vec<f32>);
+/// What calibration wrote: each calibrated tensor's bytes by name, AWQ's α per group, and how
+/// many weight groups its clipping search clipped, of how many searched.
+struct Calibrated {
+    bytes: HashMap<String, Vec<u8>>,
+    alphas: Vec<f32>,
+    clipped: [u64; 2],
+}
 
 /// AWQ and GPTQ (or weighted rounding) over the model's layers in order, each calibrated on what
 /// the quantized layers before it produce: the bytes of every linear layer of the transformer
@@ -419,6 +435,7 @@ fn calibrated(
 ) -> Result<Calibrated> {
     let mut done: HashMap<String, Vec<u8>> = HashMap::new();
     let mut alphas = Vec::new();
+    let mut clipped = [0u64; 2];
     let n_layer = crate::llama::Hparams::from_header(input.header())
         .map_err(|m| Error::invalid(input.path(), m))?
         .n_layer;
@@ -428,7 +445,16 @@ fn calibrated(
             return Ok(w.to_vec());
         };
         let fail = |m: String| format!("tensor '{name}': {m}");
-        let bytes = quantize_calibrated(t.to, (w, rows, cols), h, c).map_err(fail)?;
+        let clip = c.awq && c.clip && !c.gptq && clippable(name, t.to, cols);
+        let w = if clip {
+            let found = crate::awq::clip(t.to, w, cols, h).map_err(fail)?;
+            clipped[0] += found.clipped as u64;
+            clipped[1] += found.groups as u64;
+            std::borrow::Cow::Owned(found.w)
+        } else {
+            std::borrow::Cow::Borrowed(w)
+        };
+        let bytes = quantize_calibrated(t.to, (&w, rows, cols), h, c).map_err(fail)?;
         let back = ggml::dequantize_rows(t.to, &bytes, cols).map_err(|e| fail(e.to_string()))?;
         done.insert(name.to_string(), bytes);
         Ok(back)
@@ -458,7 +484,22 @@ fn calibrated(
             .map_err(|e| Error::tensor(input.path(), &name, e.to_string()))?;
         done.insert(name, bytes);
     }
-    Ok((done, alphas))
+    Ok(Calibrated {
+        bytes: done,
+        alphas,
+        clipped,
+    })
+}
+
+/// Whether AWQ's clipping search runs on tensor `name`: a block format, whole groups, and not
+/// the query or key projection (their error passes through the attention scores' product, which
+/// the search's per-layer error does not see; AWQ's reference code skips them too).
+fn clippable(name: &str, ty: GgmlType, cols: usize) -> bool {
+    let qk = [".attn_q.", ".attn_k.", ".attn_qkv."];
+    is_block_format(ty)
+        && cols.is_multiple_of(crate::awq::CLIP_GROUP)
+        && cols.is_multiple_of(ty.block_size())
+        && !qk.iter().any(|p| name.contains(p))
 }
 
 fn is_block_format(ty: GgmlType) -> bool {

@@ -385,11 +385,13 @@ fn finite(v: f64) -> serde_json::Value {
 
 /// A float GGUF file (or a Hugging Face Llama checkpoint folder) to llama.cpp's `type`
 /// ("Q4_K_M", "Q8_0", ...), byte-identical to llama-quantize; with `imatrix`, importance-
-/// weighted; with `calib` (a text file), GPTQ (and AWQ with `awq=True`) in the same formats.
+/// weighted; with `calib` (a text file), GPTQ (and AWQ with `awq=True`, its clipping search
+/// unless `awq_clip=False`) in the same formats.
 /// Returns the output's tensor types as a list of (name, input type, output type).
 #[pyfunction]
 #[pyo3(signature = (input, output, type_="Q4_K_M", *, imatrix=None, pure=false, calib=None,
-                    awq=false, method="gptq", calib_chunks=32, calib_ctx=512))]
+                    awq=false, awq_clip=true, method="gptq", calib_chunks=32,
+                    calib_ctx=512))]
 #[allow(clippy::too_many_arguments)]
 fn gguf(
     py: Python<'_>,
@@ -400,6 +402,7 @@ fn gguf(
     pure: bool,
     calib: Option<PathBuf>,
     awq: bool,
+    awq_clip: bool,
     method: &str,
     calib_chunks: usize,
     calib_ctx: usize,
@@ -449,6 +452,7 @@ fn gguf(
                 )?;
                 c.gptq = gptq;
                 c.awq = awq;
+                c.clip = awq_clip;
                 Some(c)
             }
             None => None,

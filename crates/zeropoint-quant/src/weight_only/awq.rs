@@ -15,31 +15,40 @@
 //! search never makes a layer worse on its data.
 //!
 //! The 1/s goes where the float model stays the same (crate::channel_scaling): into the op
-//! producing the input when it can absorb it, else into a Mul inserted before the layers. The
-//! paper's clipping search is not done here.
+//! producing the input when it can absorb it, else into a Mul inserted before the layers.
+//!
+//! [`clip`] then runs the paper's clipping search ([`zeropoint_core::awq::clip_rows`]) on each
+//! layer's blocks before they are rounded to nearest: each block of an output column clipped to
+//! the ratio of its largest magnitude, in 1, 0.95, ..., 0.55, with the least output error.
 
 use std::collections::HashMap;
 
 use zeropoint_graph::graph::Names;
 use zeropoint_graph::Graph;
 
-use zeropoint_core::awq::scales;
+use zeropoint_core::awq::{clip_rows, scales, Clipped};
 
 use crate::channel_scaling::{apply, columns, groups_by_input, scale_rows, shared_weights};
 use crate::error::Result;
+use crate::linear_layers::transpose;
 use crate::weight_only::blocks::{rtn, BlockScheme};
 use crate::weight_only::hessian::{quadratic, Stats};
 use crate::weight_only::{weight_kn, Site};
 
-/// AWQ's search grid: α ∈ {0, 1/grid, ..., (grid − 1)/grid}.
+/// AWQ's search grid: α ∈ {0, 1/grid, ..., (grid − 1)/grid}; and whether the clipping search
+/// runs (with rounding to nearest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
     pub grid: usize,
+    pub clip: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { grid: 20 }
+        Options {
+            grid: 20,
+            clip: true,
+        }
     }
 }
 
@@ -100,6 +109,32 @@ pub fn awq(
     }
     graph.sort()?;
     Ok(report)
+}
+
+/// Whether the clipping search runs on a layer: not on the query and key projections, whose
+/// error passes through the attention scores' product, which a layer's own output error does not
+/// see (the reference code skips them by the same names); and only where K is whole blocks.
+pub fn clippable(site: &Site, block: usize) -> bool {
+    let name = format!("{} {}", site.name, site.weight).to_lowercase();
+    let qk = ["q_proj", "k_proj", "query", "key", "wqkv"];
+    site.op != zeropoint_graph::Op::Gather
+        && site.k.is_multiple_of(block)
+        && !qk.iter().any(|p| name.contains(p))
+}
+
+/// AWQ's clipping search on one layer's `[K, N]` weight `w` with its input's Hessian `h`: each
+/// output column's blocks clipped where that lowers the output error of rounding to nearest.
+/// The result is in the same layout.
+pub fn clip(w: &[f32], site: &Site, h: &[f64], scheme: BlockScheme) -> Result<Clipped, String> {
+    let (k, n) = (site.k, site.n);
+    let round = |rows: &[f32]| {
+        let m = rows.len() / k;
+        let q = rtn(&transpose(rows, m, k), k, m, scheme).dequantize();
+        Ok(transpose(&q, k, m))
+    };
+    let mut c = clip_rows(&transpose(w, k, n), k, scheme.block, h, &round)?;
+    c.w = transpose(&c.w, n, k);
+    Ok(c)
 }
 
 /// Output columns the search measures a layer on, at most: the error of a column depends only on

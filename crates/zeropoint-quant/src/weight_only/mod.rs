@@ -101,6 +101,8 @@ pub struct Outcome {
     pub layers: Vec<Layer>,
     /// What AWQ scaled, per group of layers sharing an input.
     pub awq: Vec<awq::Scaled>,
+    /// Blocks AWQ's clipping search clipped, of the blocks it searched.
+    pub clipped_blocks: [usize; 2],
     /// Bytes of the quantized layers' float weights, and of their codes, scales and zeros.
     pub float_bytes: usize,
     pub quantized_bytes: usize,
@@ -154,13 +156,20 @@ pub fn quantize(
     };
     let mut quantized: HashMap<String, BlockWeights> = HashMap::new();
     let mut layers = Vec::new();
+    let mut clipped_blocks = [0usize; 2];
     for (i, site) in sites.iter().enumerate() {
         progress("quantizing", i, sites.len());
         let w = weight_kn(&graph, site)?;
         let h = stats.get(&site.input).map(|s| &s.h);
         // A weight several layers share is quantized once.
         if !quantized.contains_key(&site.weight) {
-            let q = quantize_site(&graph, site, &w, opts, h)?;
+            let clipped = clip_site(&graph, site, &w, opts, h)?;
+            if let Some(c) = &clipped {
+                clipped_blocks[0] += c.clipped;
+                clipped_blocks[1] += c.groups;
+            }
+            let w = clipped.as_ref().map_or(&w[..], |c| &c.w[..]);
+            let q = quantize_site(&graph, site, w, opts, h)?;
             quantized.insert(site.weight.clone(), q);
         }
         layers.push(layer(site, &w, &quantized[&site.weight], h));
@@ -174,6 +183,7 @@ pub fn quantize(
         model,
         layers,
         awq,
+        clipped_blocks,
         float_bytes,
         quantized_bytes,
         calibration_samples: samples,
@@ -242,6 +252,25 @@ fn export_settings(opts: &Options) -> Settings {
         s.weights = Scheme::new(opts.scheme.bits).per_block(0, opts.scheme.block);
     }
     s
+}
+
+/// The site's weight clipped by AWQ's clipping search, where it runs: with AWQ's `clip`, before
+/// rounding to nearest (before GPTQ the clipped weights would become GPTQ's target, and HQQ
+/// optimizes its own ranges), on the layers [`awq::clippable`] allows.
+fn clip_site(
+    graph: &Graph,
+    site: &Site,
+    w: &[f32],
+    opts: &Options,
+    h: Option<&Vec<f64>>,
+) -> Result<Option<zeropoint_core::awq::Clipped>> {
+    let on = opts.awq.is_some_and(|a| a.clip) && opts.method == Method::Rtn;
+    let Some(h) = h.filter(|_| on && awq::clippable(site, opts.scheme.block)) else {
+        return Ok(None);
+    };
+    awq::clip(w, site, h, opts.scheme)
+        .map(Some)
+        .map_err(|m| Error::new(&graph.source, format!("node '{}': {m}", site.name)))
 }
 
 /// One site's weight quantized with the chosen method.
