@@ -254,7 +254,14 @@ mod tests {
             .map(|i| lcg(&mut seed) * if i % 29 == 0 { 12.0 } else { 1.0 })
             .collect();
         let x: Vec<f64> = (0..tokens * cols)
-            .map(|i| f64::from(lcg(&mut seed)) * if i % cols % 7 == 0 { 5.0 } else { 1.0 })
+            .map(|i| {
+                f64::from(lcg(&mut seed))
+                    * if (i % cols).is_multiple_of(7) {
+                        5.0
+                    } else {
+                        1.0
+                    }
+            })
             .collect();
         let mut h = vec![0f64; cols * cols];
         for t in x.chunks_exact(cols) {
