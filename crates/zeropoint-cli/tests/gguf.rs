@@ -555,9 +555,8 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
             let h = GgufFile::open(f).unwrap().header;
             h.tensors.into_iter().map(|t| (t.name, t.ty)).collect()
         };
-        // GPTQ; AWQ's scales then GPTQ; AWQ's scales, its clipping, then rounding weighted by the
-        // calibration; the same without clipping.
-        // AWQ with rounding runs AWQ's clipping search unless told not to.
+        // GPTQ; AWQ's scales then GPTQ; AWQ's scales, its clipping search, then rounding weighted
+        // by the calibration; the same without clipping.
         let methods: [(&str, &[&str]); 4] = [
             ("GPTQ", &["--method", "gptq"]),
             ("AWQ+GPTQ", &["--awq"]),

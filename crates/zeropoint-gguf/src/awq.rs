@@ -101,17 +101,17 @@ pub fn search(
 pub const CLIP_GROUP: usize = 32;
 
 /// `w` (rows of `cols`) clipped group by group where that lowers the output error measured with
-/// the Hessian `h` of its input, rounded to `ty` weighted by the Hessian's diagonal as
-/// `quantize` will round it.
+/// the Hessian `h` of its input, rounded to `ty` weighted by `importance` as `quantize` will
+/// round it.
 pub fn clip(
     ty: GgmlType,
     w: &[f32],
     cols: usize,
     h: &[f64],
+    importance: &[f32],
 ) -> Result<zeropoint_core::awq::Clipped, String> {
-    let importance: Vec<f32> = (0..cols).map(|j| h[j * cols + j] as f32).collect();
     let round = |rows: &[f32]| {
-        ggml::quantize_rows_weighted(ty, rows, cols, &importance)
+        ggml::quantize_rows_weighted(ty, rows, cols, importance)
             .and_then(|q| ggml::dequantize_rows(ty, &q, cols))
             .map_err(|e| format!("AWQ clipping: {ty}: {e}"))
     };

@@ -119,6 +119,11 @@ impl Calibration {
             clip: true,
         })
     }
+
+    /// Whether AWQ's clipping search runs: with AWQ, and before weighted rounding only.
+    pub fn clips(&self) -> bool {
+        self.awq && self.clip && !self.gptq
+    }
 }
 
 /// One output tensor and where it comes from.
@@ -391,7 +396,7 @@ pub fn quantize(
                 plan.metadata
                     .push((key, Value::Array(Value::F32(0.0).type_id(), alphas)));
             }
-            if c.awq && c.clip && !c.gptq {
+            if c.clips() {
                 let counts = done.clipped.into_iter().map(Value::U64).collect();
                 let key = "quantize.awq.clipped_groups".to_string();
                 plan.metadata
@@ -445,9 +450,10 @@ fn calibrated(
             return Ok(w.to_vec());
         };
         let fail = |m: String| format!("tensor '{name}': {m}");
-        let clip = c.awq && c.clip && !c.gptq && clippable(name, t.to, cols);
+        let clip = c.clips() && clippable(name, t.to, cols);
         let w = if clip {
-            let found = crate::awq::clip(t.to, w, cols, h).map_err(fail)?;
+            let importance = hessian_importance(h, cols);
+            let found = crate::awq::clip(t.to, w, cols, h, &importance).map_err(fail)?;
             clipped[0] += found.clipped as u64;
             clipped[1] += found.groups as u64;
             std::borrow::Cow::Owned(found.w)
@@ -519,8 +525,14 @@ fn quantize_calibrated(
     if c.gptq && ggml::gptq::code_bits(ty).is_some() && whole_blocks {
         return ggml::gptq::gptq_rows(ty, w, rows, cols, h, c.damp);
     }
-    let importance: Vec<f32> = (0..cols).map(|j| h[j * cols + j] as f32).collect();
-    ggml::quantize_rows_weighted(ty, w, cols, &importance).map_err(|e| e.to_string())
+    ggml::quantize_rows_weighted(ty, w, cols, &hessian_importance(h, cols))
+        .map_err(|e| e.to_string())
+}
+
+/// The importance a calibrated matrix is rounded with: its input's mean square per column, the
+/// Hessian's diagonal (what llama-imatrix measures).
+fn hessian_importance(h: &[f64], cols: usize) -> Vec<f32> {
+    (0..cols).map(|j| h[j * cols + j] as f32).collect()
 }
 
 /// Writes one tensor in its new type, a slab of rows at a time (experts one after another, each
