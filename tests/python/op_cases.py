@@ -254,6 +254,21 @@ def conv_cases():
          {"w": r.n(3, 2, 3, 3), "b": r.n(3)}, opset=11, note="Conv-11 signature")
     case("Conv_opset22", N("Conv", ["x", "w", "b"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1]),
          {"x": r.n(1, 2, 6, 6)}, {"w": r.n(3, 2, 3, 3), "b": r.n(3)}, opset=22, note="Conv-22 signature")
+    # 64 channels · 3x3 = 576 patch rows: zeropoint's float path cuts each image's output positions
+    # into tiles of 128, which here cross output rows and the padding. Weights are scaled by
+    # 1/sqrt(576) as trained ones are: outputs near 1, where the 1e-5 tolerance is float rounding.
+    case("Conv_tiles_pad", N("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1]), {"x": r.n(2, 64, 20, 21)},
+         {"w": r.n(8, 64, 3, 3, scale=1 / 24), "b": r.n(8)}, note="K = 576: 4 tiles of output positions per image, padded")
+    case("Conv_tiles_stride_dilation", N("Conv", ["x", "w"], ["y"], pads=[3, 3, 3, 3], strides=[2, 2],
+                                         dilations=[2, 2]),
+         {"x": r.n(1, 64, 31, 37)}, {"w": r.n(6, 64, 3, 3, scale=1 / 24)},
+         note="K = 576, pad 3 > dilated tap offsets, stride 2: 3 tiles with zeros at both edges")
+    case("Conv_tiles_pointwise", N("Conv", ["x", "w"], ["y"]), {"x": r.n(1, 600, 12, 13)},
+         {"w": r.n(5, 600, 1, 1, scale=1 / 24)},
+         note="1x1 over 600 channels: 2 tiles read straight from the input")
+    case("Conv_tiles_group", N("Conv", ["x", "w", "b"], ["y"], group=2, pads=[1, 1, 1, 1]),
+         {"x": r.n(1, 128, 15, 16)}, {"w": r.n(6, 64, 3, 3, scale=1 / 24), "b": r.n(6)},
+         note="2 groups of 64 channels (strided views of the input), 2 tiles each")
 
 
 def conv_transpose_cases():

@@ -6,12 +6,14 @@
 //! scattered onto the output (col2im); where a gradient is needed, it is the convolution of the
 //! zero-upsampled input with the flipped, transposed kernel. Both cover groups, dilations and
 //! output padding.
-//! The convolution itself is a matrix product of image patches (im2col) with the kernel, a
-//! chunk of the batch at a time; depthwise convolutions are direct loops (or, when a gradient
-//! is needed, a sum of shifted products).
+//! The convolution itself is a matrix product of image patches (im2col) with the kernel: in
+//! cache-sized tiles of output positions for float32 runs ([`conv_gemm`]), a chunk of the batch
+//! at a time where a gradient is needed; depthwise convolutions are direct loops (or, when a
+//! gradient is needed, a sum of shifted products).
 
 use candle_core::Tensor;
 
+use super::conv_gemm;
 use super::resize::pad_constant;
 use super::{c, check_output, like, one, select, Cx, Error, R};
 use crate::value::Value;
@@ -174,7 +176,7 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
     };
     let d = x.dims();
     check_output(&[d[0], d[1], grow(d[2], ph), grow(d[3], pw)], x.dtype())?;
-    let symmetric = ph.0 == ph.1 && pw.0 == pw.1 && ph.0 == pw.0;
+    let symmetric = ph.0 == ph.1 && pw.0 == pw.1 && ph.0 == pw.0 && ph.0 >= 0;
     let (xp, pad) = if symmetric {
         (x, ph.0 as usize)
     } else {
@@ -193,13 +195,15 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
     one(like(y, v))
 }
 
-/// Elements of the unfolded (im2col) input per matrix product: the batch is cut into chunks so
-/// that this buffer stays within a few MB of cache rather than growing with the batch.
+/// Elements of the unfolded (im2col) input per matrix product where a gradient is needed: the
+/// batch is cut into chunks so that this buffer stays within a few MB rather than growing with
+/// the batch.
 const COLS_PER_CHUNK: usize = 1 << 21;
 
-/// 2-D convolution of an already padded input. Depthwise convolutions (one input channel per
-/// group) are a sum of shifted products; others one matrix product per group and batch chunk
-/// (candle's own conv2d multiplies per image and unfolds the whole batch at once).
+/// 2-D convolution with `pad` zeros on every side of the input. Depthwise convolutions (one
+/// input channel per group) are a sum of shifted products; others one matrix product per group
+/// and batch chunk (candle's own conv2d multiplies per image and unfolds the whole batch at
+/// once).
 fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -208,26 +212,21 @@ fn conv2d(
     dil: usize,
     groups: usize,
 ) -> R<Tensor> {
-    let c_in = x.dims()[1];
-    let xp = if pad > 0 {
-        c(x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad))?
-    } else {
-        x.clone()
-    };
     // Empty kernels, batches or outputs: the loops below divide the work by these sizes.
-    let (n, _, h, wd) = c(xp.dims4())?;
+    let (n, c_in, h, wd) = c(x.dims4())?;
     let (m, _, kh, kw) = c(w.dims4())?;
     if kh == 0 || kw == 0 {
         return Err("the kernel is empty".into());
     }
     let (oh, ow) = (
-        out_len(h, kh, sh, dil).ok_or(TOO_LARGE)?,
-        out_len(wd, kw, sw, dil).ok_or(TOO_LARGE)?,
+        out_len(h + 2 * pad, kh, sh, dil).ok_or(TOO_LARGE)?,
+        out_len(wd + 2 * pad, kw, sw, dil).ok_or(TOO_LARGE)?,
     );
     if n == 0 || m == 0 || oh == 0 || ow == 0 {
-        return c(Tensor::zeros((n, m, oh, ow), xp.dtype(), xp.device()));
+        return c(Tensor::zeros((n, m, oh, ow), x.dtype(), x.device()));
     }
     if groups > 1 && groups == c_in && w.dims()[0] == c_in {
+        let xp = padded(x, pad)?;
         if sh == sw {
             return depthwise(&xp, w, sh, dil);
         }
@@ -238,15 +237,23 @@ fn conv2d(
         return strided(&y, 3, 0, w1.div_ceil(sw), sw);
     }
     if groups == 1 {
-        return gemm_conv(&xp, w, (sh, sw), dil);
+        return gemm_conv(x, w, pad, (sh, sw), dil);
     }
-    let (xs, ws) = (c(xp.chunk(groups, 1))?, c(w.chunk(groups, 0))?);
+    let (xs, ws) = (c(x.chunk(groups, 1))?, c(w.chunk(groups, 0))?);
     let parts = xs
         .iter()
         .zip(&ws)
-        .map(|(x, w)| gemm_conv(x, w, (sh, sw), dil))
+        .map(|(x, w)| gemm_conv(x, w, pad, (sh, sw), dil))
         .collect::<R<Vec<_>>>()?;
     c(Tensor::cat(&parts, 1))
+}
+
+/// `x` with `pad` zeros on every side of its two spatial axes.
+fn padded(x: &Tensor, pad: usize) -> R<Tensor> {
+    if pad == 0 {
+        return Ok(x.clone());
+    }
+    c(x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad))
 }
 
 const TOO_LARGE: &str = "kernel larger than the padded input";
@@ -259,146 +266,58 @@ fn out_len(len: usize, k: usize, stride: usize, dil: usize) -> Option<usize> {
 }
 
 /// One group's convolution as W [M, C·kh·kw] × columns [C·kh·kw, OH·OW], image by image, at
-/// strides (`sh`, `sw`): only the output positions are computed (a 1-D STFT at stride 160
-/// does 1/160 of the work of a stride-1 convolution).
-fn gemm_conv(x: &Tensor, w: &Tensor, (sh, sw): (usize, usize), dil: usize) -> R<Tensor> {
+/// strides (`sh`, `sw`) with `pad` zeros around the input: only the output positions are
+/// computed (a 1-D STFT at stride 160 does 1/160 of the work of a stride-1 convolution).
+/// Float32 runs without gradients take [`conv_gemm`]'s tiled product, which reads the padding
+/// as zeros instead of copying the input into a padded one.
+fn gemm_conv(
+    x: &Tensor,
+    w: &Tensor,
+    pad: usize,
+    (sh, sw): (usize, usize),
+    dil: usize,
+) -> R<Tensor> {
     let (n, ch, h, wd) = c(x.dims4())?;
     let (m, _, kh, kw) = c(w.dims4())?;
-    let oh = out_len(h, kh, sh, dil).ok_or(TOO_LARGE)?;
-    let ow = out_len(wd, kw, sw, dil).ok_or(TOO_LARGE)?;
+    let oh = out_len(h + 2 * pad, kh, sh, dil).ok_or(TOO_LARGE)?;
+    let ow = out_len(wd + 2 * pad, kw, sw, dil).ok_or(TOO_LARGE)?;
+    let f32 = candle_core::DType::F32;
+    if x.dtype() == f32 && w.dtype() == f32 && !x.track_op() && !w.track_op() {
+        let g = conv_gemm::Geometry {
+            input: (ch, h, wd),
+            pad,
+            kernel: (kh, kw),
+            strides: (sh, sw),
+            dilation: dil,
+            output: (oh, ow),
+        };
+        let w = c(w.flatten_all()?.to_vec1::<f32>())?;
+        let y = crate::value::with_f32_slice(x, |x| conv_gemm::conv(x, &w, m, g))?;
+        return c(Tensor::from_vec(y, (n, m, oh, ow), x.device()));
+    }
+    let x = padded(x, pad)?;
     let k = ch * kh * kw;
     let w2 = c(w.reshape((m, k)))?;
-    if kh * kw == 1 && sh == 1 && sw == 1 {
-        // Pointwise: each image is already its own column matrix [C, H·W].
-        let y = c(w2.broadcast_matmul(&x.reshape((n, ch, h * wd))?.contiguous()?))?;
-        return c(y.reshape((n, m, oh, ow)));
-    }
     let chunk = (COLS_PER_CHUNK / (k * oh * ow).max(1)).clamp(1, n);
     let mut parts = Vec::new();
     for start in (0..n).step_by(chunk) {
         let b = chunk.min(n - start);
         let xb = c(x.narrow(0, start, b))?;
-        let fast = xb.dtype() == candle_core::DType::F32 && !xb.track_op();
-        if fast && k * oh * ow > COLS_PER_CHUNK {
-            // One image's columns alone are too many (a 1-D conv over 40k samples with a long
-            // kernel): its output is computed in tiles of rows, or of columns for a single row.
-            let tile = COLS_PER_CHUNK;
-            parts.push(tiled_conv(
-                &xb,
-                &w2,
-                (kh, kw),
-                (sh, sw),
-                dil,
-                (oh, ow),
-                tile,
-            )?);
-            continue;
-        }
-        let cols = if fast {
-            im2col(&xb, (kh, kw), (sh, sw), dil, 0..oh, 0..ow)?
-        } else {
-            let mut taps = Vec::with_capacity(kh * kw);
-            for i in 0..kh {
-                let rows = strided(&xb, 2, i * dil, oh, sh)?;
-                for j in 0..kw {
-                    taps.push(strided(&rows, 3, j * dil, ow, sw)?);
-                }
+        let mut taps = Vec::with_capacity(kh * kw);
+        for i in 0..kh {
+            let rows = strided(&xb, 2, i * dil, oh, sh)?;
+            for j in 0..kw {
+                taps.push(strided(&rows, 3, j * dil, ow, sw)?);
             }
-            // [B, C, kh·kw, OH, OW] is, per image, the column matrix [C·kh·kw, OH·OW].
-            c(Tensor::stack(&taps, 2)?.reshape((b, k, oh * ow)))?
-        };
+        }
+        // [B, C, kh·kw, OH, OW] is, per image, the column matrix [C·kh·kw, OH·OW].
+        let cols = c(Tensor::stack(&taps, 2)?.reshape((b, k, oh * ow)))?;
         parts.push(c(w2.broadcast_matmul(&cols)?.reshape((b, m, oh, ow)))?);
     }
     if parts.len() == 1 {
         return Ok(parts.remove(0));
     }
     c(Tensor::cat(&parts, 0))
-}
-
-/// The convolution of one image [1, C, H, W] by `w2` [M, C·kh·kw] in output tiles whose column
-/// matrices hold about `tile` values (at least one output row, or one output position).
-fn tiled_conv(
-    x: &Tensor,
-    w2: &Tensor,
-    kernel: (usize, usize),
-    strides: (usize, usize),
-    dil: usize,
-    (oh, ow): (usize, usize),
-    tile: usize,
-) -> R<Tensor> {
-    let (m, k) = c(w2.dims2())?;
-    let mut tiles = Vec::new();
-    if oh > 1 {
-        let step = (tile / (k * ow).max(1)).max(1);
-        for r in (0..oh).step_by(step) {
-            let rows = r..(r + step).min(oh);
-            let cols = im2col(x, kernel, strides, dil, rows.clone(), 0..ow)?;
-            tiles.push(c(w2.broadcast_matmul(&cols)?.reshape((
-                1,
-                m,
-                rows.len(),
-                ow,
-            )))?);
-        }
-        return c(Tensor::cat(&tiles, 2));
-    }
-    let step = (tile / k.max(1)).max(1);
-    for col in (0..ow).step_by(step) {
-        let cols_range = col..(col + step).min(ow);
-        let cols = im2col(x, kernel, strides, dil, 0..1, cols_range.clone())?;
-        tiles.push(c(w2.broadcast_matmul(&cols)?.reshape((
-            1,
-            m,
-            1,
-            cols_range.len(),
-        )))?);
-    }
-    c(Tensor::cat(&tiles, 3))
-}
-
-/// The column matrices [B, C·kh·kw, rows·cols] of a float32 batch [B, C, H, W] for the output
-/// positions in `rows` × `cols`, written in one pass (the same values the stacked strided views
-/// give, for runs without gradients).
-fn im2col(
-    x: &Tensor,
-    (kh, kw): (usize, usize),
-    (sh, sw): (usize, usize),
-    dil: usize,
-    out_rows: std::ops::Range<usize>,
-    out_cols: std::ops::Range<usize>,
-) -> R<Tensor> {
-    use rayon::prelude::*;
-    let (b, ch, h, wd) = c(x.dims4())?;
-    let (oh, ow) = (out_rows.len(), out_cols.len());
-    let per_tap = oh * ow;
-    let mut cols = vec![0f32; b * ch * kh * kw * per_tap];
-    crate::value::with_f32_slice(x, |x| {
-        // One (image, channel) plane per task: its kh·kw rows of the column matrix.
-        cols.par_chunks_mut(kh * kw * per_tap)
-            .enumerate()
-            .for_each(|(plane, out)| {
-                let src = &x[plane * h * wd..(plane + 1) * h * wd];
-                for (tap, dst) in out.chunks_mut(per_tap).enumerate() {
-                    let (i, j) = (tap / kw, tap % kw);
-                    for (r, row) in dst.chunks_mut(ow).enumerate() {
-                        let r = out_rows.start + r;
-                        let from = &src[(r * sh + i * dil) * wd + out_cols.start * sw + j * dil..];
-                        if sw == 1 {
-                            row.copy_from_slice(&from[..ow]);
-                        } else {
-                            for (o, v) in row.iter_mut().zip(from.iter().step_by(sw)) {
-                                *o = *v;
-                            }
-                        }
-                    }
-                }
-            })
-    })?;
-    c(Tensor::from_vec(
-        cols,
-        (b, ch * kh * kw, per_tap),
-        x.device(),
-    ))
 }
 
 /// Depthwise convolution: y = Σ over kernel offsets of w[:, i, j] · (shifted x), computed at
@@ -796,54 +715,5 @@ fn split_total(total: i64, head_larger: bool) -> (i64, i64) {
         (total - total / 2, total / 2)
     } else {
         (total / 2, total - total / 2)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    /// Tiles of rows (2-D) and of columns (1-D) give the untiled product, at any tile size.
-    #[test]
-    fn tiled_convolutions_match_the_whole_product() {
-        let dev = &Device::Cpu;
-        for (shape, kernel, strides, dil) in [
-            ((1, 2, 9, 11), (3, 2), (2, 1), 1),
-            ((1, 1, 1, 200), (1, 16), (1, 5), 1),
-            ((1, 3, 7, 7), (3, 3), (1, 2), 2),
-        ] {
-            let n: usize = shape.0 * shape.1 * shape.2 * shape.3;
-            let xs: Vec<f32> = (0..n)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
-                .collect();
-            let x = Tensor::from_vec(xs, shape, dev).unwrap();
-            let k = shape.1 * kernel.0 * kernel.1;
-            let ws: Vec<f32> = (0..4 * k)
-                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
-                .collect();
-            let w2 = Tensor::from_vec(ws, (4, k), dev).unwrap();
-            let oh = out_len(shape.2, kernel.0, strides.0, dil).unwrap();
-            let ow = out_len(shape.3, kernel.1, strides.1, dil).unwrap();
-            let cols = im2col(&x, kernel, strides, dil, 0..oh, 0..ow).unwrap();
-            let whole = w2
-                .broadcast_matmul(&cols)
-                .unwrap()
-                .reshape((1, 4, oh, ow))
-                .unwrap();
-            let want = whole.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            for tile in [1, k, 3 * k + 1, k * oh * ow] {
-                let y = tiled_conv(&x, &w2, kernel, strides, dil, (oh, ow), tile).unwrap();
-                assert_eq!(y.dims(), [1, 4, oh, ow]);
-                // The same sums, blocked differently by the matrix product: equal to rounding.
-                let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                        "{shape:?} tile {tile}"
-                    );
-                }
-            }
-        }
     }
 }

@@ -7,6 +7,7 @@
 
 mod blocked;
 mod conv;
+mod conv_gemm;
 mod einsum;
 mod elementwise;
 mod index;

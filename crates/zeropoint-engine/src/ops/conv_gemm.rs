@@ -1,0 +1,323 @@
+//! The float32 convolution (no gradient) as tiled matrix products.
+//!
+//! The output positions of each image are cut into tiles of a fixed width. A task gathers one
+//! tile's image patches (im2col) into a buffer that fits in the core's cache and multiplies the
+//! kernel matrix by it; the tiles run in parallel. Unfolding the whole image first, as candle
+//! does, writes and re-reads a column matrix of kh·kw times the input, larger than any cache,
+//! and leaves the one matrix product to parallelise along the kernel's few output channels.
+//!
+//! The tiles are fixed by the shapes alone, so every output element is the same dot product,
+//! summed in the same order, whatever the thread count.
+
+use rayon::prelude::*;
+
+/// Bytes of one tile's column matrix: half of a 512 KB L2 cache, leaving room for the GEMM's
+/// packed panels. Tiles narrower than 128 positions make the GEMM re-pack the kernel too
+/// often: two cores each lose a quarter of their speed at 64.
+const TILE_BYTES: usize = 256 << 10;
+
+/// Output positions per tile for `k` rows of patch values: a multiple of 16 (the GEMM's
+/// register tile), at least 128 and at most 1024.
+fn tile_width(k: usize) -> usize {
+    (TILE_BYTES / 4 / k.max(1)).clamp(128, 1024) / 16 * 16
+}
+
+/// The geometry of one convolution.
+#[derive(Clone, Copy)]
+pub(super) struct Geometry {
+    /// Input channels of the group, height, width.
+    pub input: (usize, usize, usize),
+    /// Zeros around the input, on every side.
+    pub pad: usize,
+    pub kernel: (usize, usize),
+    pub strides: (usize, usize),
+    pub dilation: usize,
+    pub output: (usize, usize),
+}
+
+impl Geometry {
+    /// Rows of the kernel matrix: channels · kh · kw.
+    fn k(&self) -> usize {
+        self.input.0 * self.kernel.0 * self.kernel.1
+    }
+
+    fn pointwise(&self) -> bool {
+        self.kernel == (1, 1) && self.strides == (1, 1) && self.pad == 0
+    }
+}
+
+/// `w` [M, C·kh·kw] convolved with each of `images` ([C, H, W] each, back to back):
+/// [images, M, OH·OW].
+pub(super) fn conv(x: &[f32], w: &[f32], m: usize, g: Geometry) -> Vec<f32> {
+    tiled(x, w, m, g, tile_width(g.k()))
+}
+
+/// [`conv`] in tiles of `t` output positions.
+fn tiled(x: &[f32], w: &[f32], m: usize, g: Geometry, t: usize) -> Vec<f32> {
+    let (ch, h, wd) = g.input;
+    let plane = ch * h * wd;
+    let images = x.len().checked_div(plane).unwrap_or(0);
+    let positions = g.output.0 * g.output.1;
+    let mut y = vec![0f32; images * m * positions];
+    let out = Output {
+        at: y.as_mut_ptr(),
+        len: y.len(),
+    };
+    (0..images)
+        .flat_map(|i| (0..positions).step_by(t).map(move |p| (i, p)))
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .for_each(|(i, p)| {
+            let at = p..(p + t).min(positions);
+            let x = &x[i * plane..(i + 1) * plane];
+            tile(x, w, m, g, at, (&out, i * m * positions));
+        });
+    y
+}
+
+/// The output of [`conv`], written by all tiles at once: each writes only its own positions
+/// of its own image, so no element is written twice or read.
+struct Output {
+    at: *mut f32,
+    len: usize,
+}
+
+// SAFETY: the tiles write disjoint elements (see `Output`), and `conv` keeps the buffer alive
+// and untouched until every tile is done.
+unsafe impl Sync for Output {}
+
+/// One image's outputs [M, n] at the flat output positions `at`, written to `out` from the
+/// image's offset on, at rows OH·OW apart.
+fn tile(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    g: Geometry,
+    at: std::ops::Range<usize>,
+    (out, offset): (&Output, usize),
+) {
+    let (k, n) = (g.k(), at.len());
+    let positions = g.output.0 * g.output.1;
+    assert!(offset + (m - 1) * positions + at.end <= out.len);
+    // SAFETY: in bounds by the assert; no other tile writes these elements (see `Output`).
+    let dst = unsafe { out.at.add(offset + at.start) };
+    if g.pointwise() {
+        // A 1×1 kernel at stride 1: the image is its own column matrix [C, H·W].
+        let hw = g.input.1 * g.input.2;
+        matmul(m, n, k, w, (&x[at.start..], hw), (dst, positions));
+        return;
+    }
+    COLS.with(|cols| {
+        let mut cols = cols.borrow_mut();
+        cols.resize(k * n, 0.0);
+        zeropoint_core::kernel::dispatch(|| gather(x, g, at, &mut cols[..k * n]));
+        matmul(m, n, k, w, (&cols[..k * n], n), (dst, positions));
+    });
+}
+
+thread_local! {
+    /// Each thread's column matrix, reused from tile to tile.
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The image patches of the output positions `at`: row (c, i, j) of `cols` holds input
+/// channel c shifted by kernel tap (i, j), one value per position, zero where the tap falls
+/// on the padding.
+#[inline(always)]
+fn gather(x: &[f32], g: Geometry, at: std::ops::Range<usize>, cols: &mut [f32]) {
+    let (_, h, wd) = g.input;
+    let (kh, kw) = g.kernel;
+    let (sh, sw) = g.strides;
+    let (d, ow, pad) = (g.dilation, g.output.1, g.pad);
+    let n = at.len();
+    for (row, dst) in cols.chunks_mut(n).enumerate() {
+        let (c, tap) = (row / (kh * kw), row % (kh * kw));
+        let (i, j) = (tap / kw, tap % kw);
+        let src = &x[c * h * wd..(c + 1) * h * wd];
+        // Output columns [lo, hi) read inside the image: pad ≤ col·sw + j·d < pad + wd.
+        let lo = (pad.saturating_sub(j * d)).div_ceil(sw).min(ow);
+        let hi = (pad + wd).saturating_sub(j * d).div_ceil(sw).clamp(lo, ow);
+        // Walk the positions one output row at a time.
+        let mut p = at.start;
+        let mut dst = &mut dst[..];
+        while p < at.end {
+            let (r, col) = (p / ow, p % ow);
+            let run = (ow - col).min(at.end - p);
+            let (out, rest) = dst.split_at_mut(run);
+            dst = rest;
+            p += run;
+            let y = (r * sh + i * d).wrapping_sub(pad);
+            if y >= h {
+                out.fill(0.0);
+                continue;
+            }
+            // This run's columns inside the image, [a, b) relative to `col`.
+            let (a, b) = (
+                lo.clamp(col, col + run) - col,
+                hi.clamp(col, col + run) - col,
+            );
+            out[..a].fill(0.0);
+            out[b..].fill(0.0);
+            if a == b {
+                continue;
+            }
+            let first = (col + a) * sw + j * d - pad;
+            let from = &src[y * wd + first..];
+            if sw == 1 {
+                out[a..b].copy_from_slice(&from[..b - a]);
+            } else {
+                for (o, v) in out[a..b].iter_mut().zip(from.iter().step_by(sw)) {
+                    *o = *v;
+                }
+            }
+        }
+    }
+}
+
+/// out [m, n] = a [m, k] (rows `k` apart) × b [k, n] (rows `b.1` apart), on this thread;
+/// `out` rows are `out.1` apart.
+///
+/// The caller guarantees that `out` reaches m rows of n elements that nothing else accesses.
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    (b, b_stride): (&[f32], usize),
+    (out, out_stride): (*mut f32, usize),
+) {
+    assert!(a.len() >= m * k && b_stride >= n && out_stride >= n);
+    assert!(k == 0 || b.len() >= (k - 1) * b_stride + n);
+    // SAFETY: the asserts keep every element of `a` and `b` that the strides reach inside its
+    // slice; the caller vouches for `out`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out,
+            1,
+            out_stride as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            b_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution by its definition, one output at a time, in f64.
+    fn direct(x: &[f32], w: &[f32], m: usize, g: Geometry) -> Vec<f32> {
+        let (ch, h, wd) = g.input;
+        let ((kh, kw), (sh, sw), d, (oh, ow)) = (g.kernel, g.strides, g.dilation, g.output);
+        let images = x.len() / (ch * h * wd);
+        let mut y = Vec::new();
+        for n in 0..images {
+            for o in 0..m {
+                for r in 0..oh {
+                    for col in 0..ow {
+                        let mut acc = 0f64;
+                        for c in 0..ch {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    let yy = (r * sh + i * d) as i64 - g.pad as i64;
+                                    let xx = (col * sw + j * d) as i64 - g.pad as i64;
+                                    if yy < 0 || xx < 0 || yy >= h as i64 || xx >= wd as i64 {
+                                        continue;
+                                    }
+                                    let v = x[((n * ch + c) * h + yy as usize) * wd + xx as usize];
+                                    let k = w[((o * ch + c) * kh + i) * kw + j];
+                                    acc += f64::from(v) * f64::from(k);
+                                }
+                            }
+                        }
+                        y.push(acc as f32);
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 37 + seed) % 101) as f32 / 50.0 - 1.0)
+            .collect()
+    }
+
+    /// Any tile width gives the definition's outputs, padding, strides and dilation included,
+    /// with tiles that end inside an output row.
+    #[test]
+    fn tiles_of_any_width_give_the_convolution() {
+        // (input C, H, W), pad, kernel, strides, dilation
+        for (input, pad, kernel, strides, dilation) in [
+            ((3, 9, 11), 1, (3, 3), (1, 1), 1),
+            ((2, 9, 11), 3, (3, 2), (2, 1), 2),
+            ((4, 7, 7), 0, (1, 1), (1, 1), 1),
+            ((2, 6, 8), 1, (1, 1), (2, 3), 1),
+            ((1, 1, 200), 0, (1, 16), (1, 5), 1),
+            ((2, 5, 5), 4, (3, 3), (3, 3), 1),
+        ] {
+            let (ch, h, wd) = input;
+            let oh = (h + 2 * pad - (kernel.0 - 1) * dilation - 1) / strides.0 + 1;
+            let ow = (wd + 2 * pad - (kernel.1 - 1) * dilation - 1) / strides.1 + 1;
+            let g = Geometry {
+                input,
+                pad,
+                kernel,
+                strides,
+                dilation,
+                output: (oh, ow),
+            };
+            let (images, m) = (2, 5);
+            let x = values(images * ch * h * wd, 1);
+            let w = values(m * g.k(), 7);
+            let want = direct(&x, &w, m, g);
+            for t in [1, 5, ow + 1, oh * ow] {
+                let got = tiled(&x, &w, m, g, t);
+                assert_eq!(got.len(), want.len());
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{input:?} pad {pad} {kernel:?} {strides:?} tile {t}: element {i}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// The tiles are cut by the shapes alone: one thread or three give the same bits.
+    #[test]
+    fn the_thread_count_does_not_change_the_bits() {
+        let g = Geometry {
+            input: (64, 20, 21),
+            pad: 1,
+            kernel: (3, 3),
+            strides: (1, 1),
+            dilation: 1,
+            output: (20, 21),
+        };
+        let x = values(2 * 64 * 20 * 21, 3);
+        let w = values(8 * g.k(), 5);
+        let on = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| conv(&x, &w, 8, g))
+        };
+        let one = on(1);
+        assert!(one.iter().any(|&v| v != 0.0));
+        assert_eq!(one, on(3));
+    }
+}
