@@ -3,6 +3,7 @@
 
 Usage: zoo_compare.py [--models a,b,...] [--calib-samples N] [--eval-samples M] [--latency-rounds R]
                       [--timeout S] [--markdown FILE] [--json FILE] [--zeropoint BIN] [--zeropoint-args ARGS]
+                      [--reduce-range]
                       [--zoo DIR] [--work DIR]
        zoo_compare.py --render FILE.json [--markdown FILE]    (the table of an earlier --json, nothing measured)
 
@@ -135,7 +136,7 @@ def worker_ort_quantize(spec):
     t1 = time.perf_counter()
     quantize_static(pre, spec["dst"], Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, spec["method"]))
+                    calibrate_method=getattr(CalibrationMethod, spec["method"]), reduce_range=spec["reduce_range"])
     t2 = time.perf_counter()
     for f in os.listdir(os.path.dirname(pre)):  # the pre-processed model (and any external data it wrote)
         if f.startswith(os.path.basename(pre)):
@@ -366,7 +367,7 @@ def compare_model(name, a, log):
     dst = os.path.join(tmp, "zp.onnx")
     log(f"[{name}] zeropoint quantize")
     cmd = [a.zeropoint, "quantize", src, "--calib", calib, "--preset", "w8a8", "--batch", "1", "-o", dst, "--json",
-           *a.zeropoint_args.split()]
+           *(["--reduce-range"] if a.reduce_range else []), *a.zeropoint_args.split()]
     rc, out, err, wall, peak = measured(cmd, a.timeout)
     q = dict(command=" ".join(cmd), seconds=wall, peak_mb=peak)
     if rc is None:
@@ -388,7 +389,8 @@ def compare_model(name, a, log):
         dst = os.path.join(tmp, f"{key}.onnx")
         log(f"[{name}] ONNX Runtime quantize_static {method}")
         res, err, wall, peak = worker("ort_quantize", dict(model=name, src=src, dst=dst, calib=calib,
-                                                           samples=a.calib_samples, method=method), a.timeout, tmp)
+                                                           samples=a.calib_samples, method=method,
+                                                           reduce_range=a.reduce_range), a.timeout, tmp)
         q = dict(seconds=wall, peak_mb=peak, method=method)
         if err:
             q["error"] = err
@@ -605,6 +607,9 @@ def main():
     ap.add_argument("--zeropoint", default=os.path.join(ROOT, "target", "release", "zeropoint"))
     ap.add_argument("--zeropoint-args", default="",
                     help="extra arguments for zeropoint quantize, e.g. \"--report-samples 0\" (no per-layer report)")
+    ap.add_argument("--reduce-range", action="store_true",
+                    help="7-bit weights for both tools (ORT reduce_range=True, zeropoint --reduce-range): for CPUs "
+                         "without VNNI, where ORT's u8*s8 kernels overflow with 8-bit weights")
     ap.add_argument("--zoo", default=os.path.join(ROOT, ".cache", "zoo"))
     ap.add_argument("--work", default=None, help="keep inputs and int8 models here (default: a temporary folder)")
     ap.add_argument("--render", default=None, metavar="JSON",
@@ -637,6 +642,7 @@ def main():
                         numpy=np.__version__, machine=platform.machine(), cpus=os.cpu_count(), zeropoint=a.zeropoint,
                         timer=TIME or "getrusage"),
                settings=dict(calib_samples=a.calib_samples, eval_samples=a.eval_samples, zeropoint_args=a.zeropoint_args,
+                             reduce_range=a.reduce_range,
                              latency_rounds=a.latency_rounds, timeout_s=a.timeout),
                models=[])
     try:
@@ -665,7 +671,9 @@ def main():
 def report(out, md):
     e, st = out["env"], out["settings"]
     extra = f" (zeropoint quantize {st['zeropoint_args']})" if st.get("zeropoint_args") else ""
-    head = (f"zeropoint W8A8{extra} vs ONNX Runtime {e['onnxruntime']} quantize_static (QDQ, per-channel s8 weights, u8 "
+    weights = "7-bit (reduce_range) s8" if st.get("reduce_range") else "s8"
+    extra += " with --reduce-range" if st.get("reduce_range") else ""
+    head = (f"zeropoint W8A8{extra} vs ONNX Runtime {e['onnxruntime']} quantize_static (QDQ, per-channel {weights} weights, u8 "
             f"activations), {st['calib_samples']} calibration / {st['eval_samples']} evaluation samples, "
             f"{out['date']}, {e['cpus']} CPUs; total {out['total_seconds']:.0f} s.")
     text = head + "\n\n" + markdown(out) + "\n\n" + summary(out["models"])[1]

@@ -30,7 +30,7 @@ pub struct Request<'a> {
 fn options(r: &Request) -> Result<Options> {
     let q = r.quant;
     let spec = q.weights.as_deref().unwrap_or("int8,sym,per-channel");
-    let weights = parse_scheme(spec, true)?;
+    let weights = q.reduced(parse_scheme(spec, true)?)?;
     if matches!(weights.granularity, Granularity::PerBlock { .. }) {
         bail!("--mode dynamic quantizes weights per channel or per tensor, not in blocks ('{spec}'): blocks are --mode weight-only");
     }
@@ -52,6 +52,7 @@ fn options(r: &Request) -> Result<Options> {
 /// Quantizes the model dynamically and prints the report.
 pub fn run(r: Request) -> Result<()> {
     let opts = options(&r)?;
+    crate::vnni::note_overflow(&opts.weights, 8);
     let output = (r.output.clone())
         .unwrap_or_else(|| zeropoint_quant::ptq::default_output(r.model, "dynamic"));
     check_output(r.model, &output)?;

@@ -25,6 +25,7 @@ mod scheme_args;
 mod scores;
 mod table;
 mod train;
+mod vnni;
 mod weight_only;
 
 use std::process::ExitCode;

@@ -61,6 +61,11 @@ pub struct QuantArgs {
     /// Activation scheme, overriding the preset: uint8|int8|uint16|int16, then ",asym"/",sym".
     #[arg(long)]
     pub activations: Option<String>,
+    /// 7-bit weights instead of 8 (ONNX Runtime's reduce_range). ONNX Runtime's int8 Conv and
+    /// MatMul kernels on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) add pairs
+    /// of uint8·int8 products in 16 bits, which 8-bit weights can overflow; 7-bit ones cannot.
+    #[arg(long)]
+    pub reduce_range: bool,
     /// Range estimator for weights [default: minmax; mse with --recipe standard].
     #[arg(long, value_enum)]
     pub weight_range: Option<RangeMethod>,
@@ -157,10 +162,10 @@ impl QuantArgs {
 
     pub fn options(&self, data: Vec<String>) -> Result<Options> {
         let preset = self.preset.preset();
-        let weights = match &self.weights {
+        let weights = self.reduced(match &self.weights {
             Some(spec) => parse_scheme(spec, true)?,
             None => preset.weights(),
-        };
+        })?;
         let activations = match &self.activations {
             Some(spec) => parse_scheme(spec, false)?,
             None => preset.activations(),
@@ -233,6 +238,20 @@ impl QuantArgs {
 }
 
 impl QuantArgs {
+    /// `weights` in 7 bits with --reduce-range, which only 8-bit weights take.
+    pub fn reduced(&self, mut weights: Scheme) -> Result<Scheme> {
+        if self.reduce_range {
+            if weights.bits != 8 {
+                bail!(
+                    "--reduce-range makes 8-bit weights 7-bit; these weights are {}-bit",
+                    weights.bits
+                );
+            }
+            weights.bits = 7;
+        }
+        Ok(weights)
+    }
+
     /// SmoothQuant's options, if asked for.
     fn smooth_quant(&self) -> Result<Option<zeropoint_quant::smooth_quant::Options>> {
         use zeropoint_quant::smooth_quant::{Alpha, Options};

@@ -97,6 +97,8 @@ pub fn run(args: &Args) -> Result<()> {
         .unwrap_or_else(|| ptq::default_output(model, args.quant.tag()));
     crate::output::check_output(model, &output)?;
     let opts = args.quant.options(args.calib.clone())?;
+    let s = &opts.settings;
+    crate::vnni::note_overflow(&s.weights, s.activations.bits);
     let start = Instant::now();
     let outcome = ptq::quantize(model, &opts, &mut crate::progress::bar())?;
     write(&outcome, &output, args.encodings.as_deref())?;

@@ -844,7 +844,7 @@ fn eval_runs_the_quantized_model_in_onnx_runtime_too() {
     args.extend(norm);
     // ORT's fused int8 kernels saturate on x86 without VNNI; 7-bit weights are the remedy there.
     if ort_int8_kernels_saturate() {
-        args.extend(["--weights", "int7,sym,per-channel"]);
+        args.push("--reduce-range");
     }
     ok(&args);
     let eval = |runtime: &str| -> Value {
@@ -884,6 +884,56 @@ fn eval_runs_the_quantized_model_in_onnx_runtime_too() {
         "{zp} {ort}"
     );
     assert!(ort["layers"].as_array().unwrap().is_empty());
+}
+
+/// `--reduce-range` stores 7-bit weight codes, as ONNX Runtime's reduce_range does, in static
+/// and dynamic quantization; weights of other widths are refused.
+#[test]
+fn reduce_range_quantizes_weights_in_seven_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_model("ccexam_mnist_cnn.onnx");
+    let calib = repo_root().join("assets/data/mnist-train-500-images-idx3-ubyte.gz");
+    let q = dir.path().join("q.onnx");
+    let codes = |extra: &[&str]| -> (i64, i64) {
+        let mut args = vec!["quantize", path(&model), "-o", path(&q)];
+        args.extend(extra);
+        ok(&args);
+        let out: Value = serde_json::from_str(&run_python("weight_codes.py", &[&q])).unwrap();
+        assert!(out["count"].as_i64().unwrap() > 0, "{out}");
+        (out["min"].as_i64().unwrap(), out["max"].as_i64().unwrap())
+    };
+    let static_args = ["--calib", path(&calib), "--samples", "64"];
+    for (mode, args) in [
+        ("static", &static_args[..]),
+        ("dynamic", &["--mode", "dynamic"][..]),
+    ] {
+        let full = codes(args);
+        let reduced = codes(&[args, &["--reduce-range"]].concat());
+        // Min-max per channel: some channel reaches the end of the grid, 127 or 63 (or -64).
+        assert!(
+            full.0 >= -128 && full.1 <= 127 && full.1.max(-full.0) >= 127,
+            "{mode}: {full:?}"
+        );
+        assert!(
+            reduced.0 >= -64 && reduced.1 <= 63 && reduced.1.max(-reduced.0) >= 63,
+            "{mode}: {reduced:?}"
+        );
+    }
+    let err = fails(&[
+        "quantize",
+        path(&model),
+        "--calib",
+        path(&calib),
+        "--preset",
+        "w4a8",
+        "--reduce-range",
+        "-o",
+        path(&dir.path().join("w4.onnx")),
+    ]);
+    assert!(
+        err.contains("--reduce-range") && err.contains("4-bit"),
+        "{err}"
+    );
 }
 
 /// A model whose free dimensions cannot be probed at tiny sizes and whose declared output shape
