@@ -606,7 +606,7 @@ def main():
     ap.add_argument("--json", default=None, help="also write every number to this JSON file")
     ap.add_argument("--zeropoint", default=os.path.join(ROOT, "target", "release", "zeropoint"))
     ap.add_argument("--zeropoint-args", default="",
-                    help="extra arguments for zeropoint quantize, e.g. \"--report-samples 0\" (no per-layer report)")
+                    help="extra arguments for zeropoint quantize, given with \"=\" as they start with \"--\": --zeropoint-args=\"--report-samples 0\" (no per-layer report)")
     ap.add_argument("--reduce-range", action="store_true",
                     help="7-bit weights for both tools (ORT reduce_range=True, zeropoint --reduce-range): for CPUs "
                          "without VNNI, where ORT's u8*s8 kernels overflow with 8-bit weights")

@@ -37,6 +37,9 @@ fn options(r: &Request) -> Result<Options> {
     if q.activations.is_some() {
         bail!("--mode dynamic quantizes activations at run time (uint8, per tensor): drop --activations");
     }
+    if q.limit_pairs {
+        bail!("--limit-pairs is implemented for static quantization; with --mode dynamic use --reduce-range");
+    }
     if q.smoothquant.is_some() {
         bail!("--smoothquant prepares activations for calibrated ranges (static quantization); --mode dynamic computes them at run time: drop --smoothquant");
     }
@@ -52,7 +55,7 @@ fn options(r: &Request) -> Result<Options> {
 /// Quantizes the model dynamically and prints the report.
 pub fn run(r: Request) -> Result<()> {
     let opts = options(&r)?;
-    crate::vnni::note_overflow(&opts.weights, 8);
+    crate::vnni::note_overflow(&opts.weights, 8, false);
     let output = (r.output.clone())
         .unwrap_or_else(|| zeropoint_quant::ptq::default_output(r.model, "dynamic"));
     check_output(r.model, &output)?;

@@ -64,8 +64,14 @@ pub struct QuantArgs {
     /// 7-bit weights instead of 8 (ONNX Runtime's reduce_range). ONNX Runtime's int8 Conv and
     /// MatMul kernels on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) add pairs
     /// of uint8·int8 products in 16 bits, which 8-bit weights can overflow; 7-bit ones cannot.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "limit_pairs")]
     pub reduce_range: bool,
+    /// 8-bit weights that ONNX Runtime's int8 kernels on x86 CPUs without VNNI cannot overflow
+    /// either: each channel's scale grows only as far as its largest same-sign pair of weights
+    /// that the kernels add in 16 bits needs (|q_a + q_b| ≤ 128), at most to the 7-bit step of
+    /// --reduce-range (docs/ptq.md). Static quantization only.
+    #[arg(long)]
+    pub limit_pairs: bool,
     /// Range estimator for weights [default: minmax; mse with --recipe standard].
     #[arg(long, value_enum)]
     pub weight_range: Option<RangeMethod>,
@@ -173,6 +179,9 @@ impl QuantArgs {
         if activations.granularity != Granularity::PerTensor {
             bail!("activations are quantized per tensor");
         }
+        if self.limit_pairs && !(weights.bits == 8 && weights.signed && weights.symmetric) {
+            bail!("--limit-pairs is for 8-bit signed symmetric weights (int8,sym); these are {}-bit{}", weights.bits, if weights.signed && weights.symmetric { "" } else { ", not signed symmetric" });
+        }
         if self.batch == 0 {
             bail!("--batch must be at least 1");
         }
@@ -226,6 +235,7 @@ impl QuantArgs {
                 }),
                 activation_bits: self.activation_bits()?,
                 target,
+                limit_pairs: self.limit_pairs,
             },
             exclude: self.exclude.clone(),
             data,

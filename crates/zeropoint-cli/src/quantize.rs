@@ -98,7 +98,7 @@ pub fn run(args: &Args) -> Result<()> {
     crate::output::check_output(model, &output)?;
     let opts = args.quant.options(args.calib.clone())?;
     let s = &opts.settings;
-    crate::vnni::note_overflow(&s.weights, s.activations.bits);
+    crate::vnni::note_overflow(&s.weights, s.activations.bits, s.limit_pairs);
     let start = Instant::now();
     let outcome = ptq::quantize(model, &opts, &mut crate::progress::bar())?;
     write(&outcome, &output, args.encodings.as_deref())?;
@@ -200,6 +200,12 @@ fn report(
         return Ok(());
     }
     print_summary(&summary);
+    if o.settings.limit_pairs {
+        let lowered: usize = summary.limited_pairs.iter().map(|l| l.lowered).sum();
+        println!(
+            "pair limit: weight scales widened where needed so that no same-sign pair of codes that int8 kernels without VNNI add in 16 bits exceeds 128; {lowered} codes that rounding carried past it lowered by one step"
+        );
+    }
     Ok(())
 }
 

@@ -887,21 +887,25 @@ fn eval_runs_the_quantized_model_in_onnx_runtime_too() {
 }
 
 /// `--reduce-range` stores 7-bit weight codes, as ONNX Runtime's reduce_range does, in static
-/// and dynamic quantization; weights of other widths are refused.
+/// and dynamic quantization; weights of other widths are refused. `--limit-pairs` keeps 8-bit
+/// codes but no same-sign pair that ORT's kernels without VNNI add in 16 bits exceeds 128
+/// (tests/python/weight_codes.py pairs them independently).
 #[test]
-fn reduce_range_quantizes_weights_in_seven_bits() {
+fn reduce_range_and_limit_pairs_keep_weight_pairs_within_int16() {
     let dir = tempfile::tempdir().unwrap();
     let model = shared_model("ccexam_mnist_cnn.onnx");
     let calib = repo_root().join("assets/data/mnist-train-500-images-idx3-ubyte.gz");
     let q = dir.path().join("q.onnx");
-    let codes = |extra: &[&str]| -> (i64, i64) {
+    let codes = |extra: &[&str]| -> Value {
         let mut args = vec!["quantize", path(&model), "-o", path(&q)];
         args.extend(extra);
         ok(&args);
         let out: Value = serde_json::from_str(&run_python("weight_codes.py", &[&q])).unwrap();
         assert!(out["count"].as_i64().unwrap() > 0, "{out}");
-        (out["min"].as_i64().unwrap(), out["max"].as_i64().unwrap())
+        out
     };
+    let range = |v: &Value| (v["min"].as_i64().unwrap(), v["max"].as_i64().unwrap());
+    let pair = |v: &Value| v["max_pair"].as_i64().unwrap();
     let static_args = ["--calib", path(&calib), "--samples", "64"];
     for (mode, args) in [
         ("static", &static_args[..]),
@@ -910,30 +914,82 @@ fn reduce_range_quantizes_weights_in_seven_bits() {
         let full = codes(args);
         let reduced = codes(&[args, &["--reduce-range"]].concat());
         // Min-max per channel: some channel reaches the end of the grid, 127 or 63 (or -64).
+        let (lo, hi) = range(&full);
         assert!(
-            full.0 >= -128 && full.1 <= 127 && full.1.max(-full.0) >= 127,
-            "{mode}: {full:?}"
+            lo >= -128 && hi <= 127 && hi.max(-lo) >= 127,
+            "{mode}: {full}"
+        );
+        let (lo, hi) = range(&reduced);
+        assert!(
+            lo >= -64 && hi <= 63 && hi.max(-lo) >= 63,
+            "{mode}: {reduced}"
         );
         assert!(
-            reduced.0 >= -64 && reduced.1 <= 63 && reduced.1.max(-reduced.0) >= 63,
-            "{mode}: {reduced:?}"
+            pair(&full) > 128 && pair(&reduced) <= 128,
+            "{mode}: {full} {reduced}"
         );
     }
-    let err = fails(&[
-        "quantize",
-        path(&model),
-        "--calib",
-        path(&calib),
-        "--preset",
-        "w4a8",
-        "--reduce-range",
-        "-o",
-        path(&dir.path().join("w4.onnx")),
-    ]);
-    assert!(
-        err.contains("--reduce-range") && err.contains("4-bit"),
-        "{err}"
-    );
+    let limited = codes(&[&static_args[..], &["--limit-pairs"]].concat());
+    let (lo, hi) = range(&limited);
+    assert!(pair(&limited) <= 128 && hi.max(-lo) >= 100, "{limited}");
+    if ort_int8_kernels_saturate() {
+        // No pair can overflow: ORT's fused kernels compute what zeropoint simulates.
+        let data = repo_root().join("assets/data/mnist-test-2000-images-idx3-ubyte.gz");
+        let sqnr = |runtime: &str| -> f64 {
+            let args = [
+                "eval",
+                path(&model),
+                path(&q),
+                "--data",
+                path(&data),
+                "--samples",
+                "200",
+                "--json",
+                "--runtime",
+                runtime,
+            ];
+            let out = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+                .args(args)
+                .env("ORT_DYLIB_PATH", ort_library())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["output_sqnr_db"].as_f64().unwrap()
+        };
+        let (zp, ort) = (sqnr("zeropoint"), sqnr("ort"));
+        assert!((zp - ort).abs() < 0.2, "zeropoint {zp} dB, ORT {ort} dB");
+    }
+    for (flags, says) in [
+        (&["--preset", "w4a8", "--reduce-range"][..], "4-bit"),
+        (&["--preset", "w4a8", "--limit-pairs"][..], "--limit-pairs"),
+        (
+            &["--reduce-range", "--limit-pairs"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = dir.path().join("refused.onnx");
+        let mut args = vec![
+            "quantize",
+            path(&model),
+            "--calib",
+            path(&calib),
+            "-o",
+            path(&out),
+        ];
+        args.extend(flags);
+        let err = zeropoint(&args);
+        let text = String::from_utf8_lossy(&err.stderr);
+        assert!(
+            !err.status.success() && text.contains(says),
+            "{flags:?}: {text}"
+        );
+        assert!(!out.exists());
+    }
 }
 
 /// A model whose free dimensions cannot be probed at tiny sizes and whose declared output shape

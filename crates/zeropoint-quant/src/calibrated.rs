@@ -81,6 +81,8 @@ pub struct Calibrated {
     pub params: Params,
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
     pub adaround: Vec<crate::adaround::Rounded>,
+    /// The weights whose paired codes were lowered (`Settings::limit_pairs`).
+    pub limited_pairs: Vec<crate::pair_limit::Limited>,
     /// The output SQNR after each step of the pipeline, when a step beyond range setting ran.
     pub steps: Vec<StepScore>,
     pub calibration_samples: usize,
@@ -154,8 +156,7 @@ pub fn calibrated(
         }
         None => Vec::new(),
     };
-    let float =
-        (settings.adaround.is_some() || settings.bias_correction.is_some()).then(|| graph.clone());
+    let float = settings.changes_weights().then(|| graph.clone());
     let mut rounded = Rounding {
         graph: &mut graph,
         plan: &plan,
@@ -166,6 +167,11 @@ pub fn calibrated(
     if !bias_corrections.is_empty() {
         params = crate::params::params(&graph, &plan, &ranges, settings)?;
     }
+    let limited_pairs = if settings.limit_pairs {
+        crate::pair_limit::limit_pairs(&mut graph, &plan, &params)?
+    } else {
+        Vec::new()
+    };
     if let Some(b) = &step_samples {
         let graphs = (float.as_ref().unwrap_or(&graph), &graph);
         steps.extend(crate::recipe::rounding(settings, graphs, &params, b)?);
@@ -186,6 +192,7 @@ pub fn calibrated(
         params,
         bias_corrections,
         adaround,
+        limited_pairs,
         steps,
         calibration_samples: total,
         seconds,

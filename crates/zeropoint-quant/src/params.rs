@@ -205,11 +205,15 @@ fn weight_params(graph: &Graph, w: &WeightSite, settings: &Settings) -> Result<W
     .map_err(|e| Error::at(&graph.source, at(), e))?;
     let qparams =
         QParams::from_ranges(&scheme, &ranges).map_err(|e| Error::at(&graph.source, at(), e))?;
-    Ok(WeightParams {
+    let mut wp = WeightParams {
         name: w.name.clone(),
         scheme,
         qparams,
-    })
+    };
+    if settings.limit_pairs {
+        crate::kernel_pairs::widen_scales(w, t, &wp.scheme, &mut wp.qparams)?;
+    }
+    Ok(wp)
 }
 
 /// An int32 bias of `values` for a layer with weight parameters `wq` and input parameters `xq`:

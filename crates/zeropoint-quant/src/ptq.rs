@@ -49,6 +49,8 @@ pub struct Outcome {
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
     /// The layers AdaRounded (`--adaround`), in graph order.
     pub adaround: Vec<crate::adaround::Rounded>,
+    /// The weights whose paired codes were lowered (`--limit-pairs`).
+    pub limited_pairs: Vec<crate::pair_limit::Limited>,
     /// The output SQNR after each step of the pipeline (`--recipe standard` and its switches).
     pub steps: Vec<StepScore>,
     /// What mixed precision raised to meet the target (`--target-sqnr`).
@@ -137,6 +139,7 @@ pub fn quantize(
         smoothing: c.smoothing,
         bias_corrections: c.bias_corrections,
         adaround: c.adaround,
+        limited_pairs: c.limited_pairs,
         steps: c.steps,
         mixed_precision,
         settings,

@@ -29,6 +29,9 @@ pub struct Settings {
     /// Mixed precision to a target: the most sensitive quantizers raised to 16 bits or kept
     /// float until the simulated model meets it (crate::mixed_precision).
     pub target: Option<Target>,
+    /// Lower the 8-bit weight codes that ONNX Runtime's int8 kernels on x86 CPUs without VNNI
+    /// could overflow, pair by pair (crate::pair_limit).
+    pub limit_pairs: bool,
 }
 
 /// What `--target-sqnr` and `--target-agreement` ask of the simulated model, measured against
@@ -99,7 +102,14 @@ impl Settings {
             adaround: None,
             activation_bits: Vec::new(),
             target: None,
+            limit_pairs: false,
         }
+    }
+
+    /// Whether a step after range setting changes the graph's weights or biases (AdaRound,
+    /// bias correction, the pair limit): the float graph is then kept as the reference.
+    pub fn changes_weights(&self) -> bool {
+        self.adaround.is_some() || self.bias_correction.is_some() || self.limit_pairs
     }
 
     /// The scheme of activation `value`: the activation scheme, at the bit-width

@@ -24,6 +24,9 @@ pub struct Summary {
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
     /// AdaRound, when asked for (`--adaround`).
     pub adaround: Vec<crate::adaround::Rounded>,
+    /// The weights whose paired codes were lowered, when asked for (`--limit-pairs`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limited_pairs: Vec<crate::pair_limit::Limited>,
     /// The output SQNR after each step of the pipeline, when a step beyond range setting ran.
     pub steps: Vec<crate::recipe::StepScore>,
     /// Mixed precision to a target, when asked for (`--target-sqnr`, `--target-agreement`).
@@ -110,6 +113,7 @@ impl Summary {
             smoothing: o.smoothing.clone(),
             bias_corrections: o.bias_corrections.clone(),
             adaround: o.adaround.clone(),
+            limited_pairs: o.limited_pairs.clone(),
             steps: o.steps.clone(),
             mixed_precision: o.mixed_precision.clone(),
             quantizers: Quantizers {
