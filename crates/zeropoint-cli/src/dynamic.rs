@@ -55,13 +55,15 @@ fn options(r: &Request) -> Result<Options> {
 /// Quantizes the model dynamically and prints the report.
 pub fn run(r: Request) -> Result<()> {
     let opts = options(&r)?;
-    crate::vnni::note_overflow(&opts.weights, 8, false);
     let output = (r.output.clone())
         .unwrap_or_else(|| zeropoint_quant::ptq::default_output(r.model, "dynamic"));
     check_output(r.model, &output)?;
     let outcome = dynamic::quantize(r.model, &opts)?;
     model::save(&outcome.model, &output)?;
-    report(r.model, &output, &outcome, r.json)
+    report(r.model, &output, &outcome, r.json)?;
+    // After the work, so that a failure stays one line.
+    crate::vnni::note_overflow(&opts.weights, 8, false);
+    Ok(())
 }
 
 fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {

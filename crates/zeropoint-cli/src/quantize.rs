@@ -97,8 +97,6 @@ pub fn run(args: &Args) -> Result<()> {
         .unwrap_or_else(|| ptq::default_output(model, args.quant.tag()));
     crate::output::check_output(model, &output)?;
     let opts = args.quant.options(args.calib.clone())?;
-    let s = &opts.settings;
-    crate::vnni::note_overflow(&s.weights, s.activations.bits, s.limit_pairs);
     let start = Instant::now();
     let outcome = ptq::quantize(model, &opts, &mut crate::progress::bar())?;
     write(&outcome, &output, args.encodings.as_deref())?;
@@ -109,7 +107,11 @@ pub fn run(args: &Args) -> Result<()> {
         &outcome,
         seconds,
         args.json,
-    )
+    )?;
+    // After the work, so that a failure stays one line.
+    let s = &opts.settings;
+    crate::vnni::note_overflow(&s.weights, s.activations.bits, s.limit_pairs);
+    Ok(())
 }
 
 /// The quantized model and, if asked, the encodings.

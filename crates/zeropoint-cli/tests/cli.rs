@@ -824,6 +824,21 @@ fn ort_library() -> PathBuf {
     found.expect("the test venv's onnxruntime has no libonnxruntime.so")
 }
 
+/// `zeropoint eval ARGS` (with `--json`), ONNX Runtime available to `--runtime ort`: its report.
+fn eval_json(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+        .args(args)
+        .env("ORT_DYLIB_PATH", ort_library())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn eval_runs_the_quantized_model_in_onnx_runtime_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -859,17 +874,7 @@ fn eval_runs_the_quantized_model_in_onnx_runtime_too() {
         ];
         args.extend(norm);
         args.extend(["--samples", "1000", "--json", "--runtime", runtime]);
-        let out = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
-            .args(&args)
-            .env("ORT_DYLIB_PATH", ort_library())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        eval_json(&args)
     };
     let (zp, ort) = (eval("zeropoint"), eval("ort"));
     // ORT's integer kernels and zeropoint's simulation: the same accuracy, nearly the same outputs.
@@ -948,18 +953,7 @@ fn reduce_range_and_limit_pairs_keep_weight_pairs_within_int16() {
                 "--runtime",
                 runtime,
             ];
-            let out = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
-                .args(args)
-                .env("ORT_DYLIB_PATH", ort_library())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-            v["output_sqnr_db"].as_f64().unwrap()
+            eval_json(&args)["output_sqnr_db"].as_f64().unwrap()
         };
         let (zp, ort) = (sqnr("zeropoint"), sqnr("ort"));
         assert!((zp - ort).abs() < 0.2, "zeropoint {zp} dB, ORT {ort} dB");
