@@ -205,7 +205,7 @@ fn report(
     if o.settings.limit_pairs {
         let lowered: usize = summary.limited_pairs.iter().map(|l| l.lowered).sum();
         println!(
-            "pair limit: weight scales widened where needed so that no same-sign pair of codes that int8 kernels without VNNI add in 16 bits exceeds 128; {lowered} codes that rounding carried past it lowered by one step"
+            "pair limit: weight scales widened where needed so that no same-sign pair of codes that int8 kernels without VNNI add in 16 bits exceeds 128; {lowered} codes that rounding carried past it lowered"
         );
     }
     Ok(())

@@ -23,8 +23,8 @@ pub struct Limited {
 }
 
 /// Lowers the codes of every pair that rounding carried past [`PAIR_LIMIT`] in the weights of
-/// `plan` that [`widen_scales`] widened, and writes them into `graph` on their grid; returns
-/// what changed, per weight with such a pair.
+/// `plan` whose scales `kernel_pairs::widen_scales` widened, and writes them into `graph` on
+/// their grid; returns what changed, per weight with such a pair.
 pub fn limit_pairs(graph: &mut Graph, plan: &Plan, params: &Params) -> Result<Vec<Limited>> {
     let mut done = Vec::new();
     for site in &plan.weights {

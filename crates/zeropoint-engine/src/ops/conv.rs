@@ -298,6 +298,12 @@ fn gemm_conv(
     let x = padded(x, pad)?;
     let k = ch * kh * kw;
     let w2 = c(w.reshape((m, k)))?;
+    if kh * kw == 1 && sh == 1 && sw == 1 {
+        // Pointwise: each image is already its own column matrix [C, H·W].
+        let hw = oh * ow;
+        let y = c(w2.broadcast_matmul(&x.reshape((n, ch, hw))?.contiguous()?))?;
+        return c(y.reshape((n, m, oh, ow)));
+    }
     let chunk = (COLS_PER_CHUNK / (k * oh * ow).max(1)).clamp(1, n);
     let mut parts = Vec::new();
     for start in (0..n).step_by(chunk) {
