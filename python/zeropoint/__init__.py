@@ -529,14 +529,20 @@ def train(
     seed: int = 0,
     freeze_ranges: bool = False,
     validation_split: float = 0.0,
+    validate_every: int = 0,
+    augment: Optional[str] = None,
+    batchnorm: str = "fold",
     **options: Any,
 ) -> List[Epoch]:
     """Quantization-aware training (``zeropoint train``, docs/qat.md) from the PTQ result that
     ``options`` (those of ``quantize_model``) describe: learned scales and zero-points (LSQ /
     LSQ+), cross-entropy on ``labels`` or distillation from the float model (``distill``: "kl"
     or "mse"), ``optimizer`` "adam", "adamw" or "sgd" with warm-up and cosine decay. Writes the
-    QDQ model to ``output`` (the best validated epoch's with ``validation_split``) and returns
-    the epochs."""
+    QDQ model to ``output`` (the best validated one's with ``validation_split``, validated after
+    each epoch and every ``validate_every`` steps) and returns the epochs. ``augment``
+    ("flip", "crop=P" or "flip,crop=4") randomly crops and mirrors image inputs [N, C, H, W].
+    ``batchnorm="batch"`` normalizes with batch statistics while training, re-estimates them and
+    folds them at export (per-channel weights); "fold" (the default) trains the folded weights."""
     with _data(data) as spec:
         text = _native.train(
             os.fspath(model),
@@ -557,6 +563,9 @@ def train(
             seed=seed,
             freeze_ranges=freeze_ranges,
             validation_split=validation_split,
+            validate_every=validate_every,
+            augment=augment,
+            batchnorm=batchnorm,
             **options,
         )
     return [Epoch(**e) for e in json.loads(text)]

@@ -170,6 +170,9 @@ def train(
     seed: int = 0,
     freeze_ranges: bool = False,
     validation_split: float = 0.0,
+    validate_every: int = 0,
+    augment: Optional[str] = None,
+    batchnorm: str = "fold",
     **options: Any,
 ) -> str: ...
 def evaluate(

@@ -8,9 +8,13 @@ On the MNIST CNN of assets/models with the 500 MNIST training images and labels 
   least 10 points of top-1 on the 2000 test images (PTQ W2A2 is ~25 %);
 - W4A4: the trained QDQ model's top-1 in ONNX Runtime (this script, numpy preprocessing) is the
   one zeropoint's executor gives (`zeropoint eval`), to 0.1 point;
-- the same seed gives the same bytes at 1 and 3 threads;
-- `--float` with `--validation-split` writes a float model, logs one JSON line per epoch and
-  keeps the best epoch;
+- the same seed gives the same bytes at 1 and 3 threads, with `--augment flip,crop=2` as without
+  (and augmentation changes the result); `--augment` on a non-image input is refused;
+- `--float` with `--validation-split` and `--validate-every` writes a float model, logs one JSON
+  line per epoch and per mid-epoch validation, and keeps the best validation's model;
+- `--batchnorm batch` folds the BatchNorm statistics re-estimated over the training data
+  (checked against ONNX Runtime's on the SVHN CNN's first layer), and its W8A8 export scores in
+  ONNX Runtime what training said after the re-estimation;
 - a run killed after its first epoch's checkpoint and resumed writes the same bytes as an
   unbroken one; a checkpoint of another model is refused;
 - labels whose count does not match the data are refused with one line, exit status 1, and no
@@ -61,6 +65,65 @@ def check(ok, what):
     return ok
 
 
+def sqnr(reference, test):
+    reference, test = np.asarray(reference, np.float64), np.asarray(test, np.float64)
+    return 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - test) ** 2))
+
+
+def check_batch_norm(exe, work, svhn):
+    """`--batchnorm batch` on the SVHN CNN (six Conv -> BatchNormalization pairs), 80 random
+    images of which the last 16 are held out."""
+    x = np.random.default_rng(2).normal(size=(80, 3, 32, 32)).astype(np.float32)
+    np.save(work / "svhn80.npy", x)
+    common = ["--data", work / "svhn80.npy", "--batchnorm", "batch", "--epochs", 1, "--batch-size", 16,
+              "--validation-split", "0.2"]
+    model = onnx.load(svhn)
+    init = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    conv, bn = (next(n for n in model.graph.node if n.op_type == op) for op in ("Conv", "BatchNormalization"))
+    eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+
+    # A learning rate too small to move anything: the exported first layer is the Conv with its
+    # BatchNormalization folded at the population statistics of its input over the 64 training
+    # images, which ONNX Runtime computes here from the float model.
+    folded = work / "svhn_bn_float.onnx"
+    zeropoint(exe, "train", svhn, *common, "--float", "--lr", "1e-9", "-o", folded)
+    probe = onnx.load(svhn)
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(bn.input[0], onnx.TensorProto.FLOAT, None))
+    s = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    u = s.run([bn.input[0]], {s.get_inputs()[0].name: x[:64]})[0].astype(np.float64)
+    mean, var = u.mean(axis=(0, 2, 3)), u.var(axis=(0, 2, 3))
+    a = init[bn.input[1]] / np.sqrt(var + eps)
+    want_w = init[conv.input[1]] * a[:, None, None, None]
+    want_b = (init[conv.input[2]] - mean) * a + init[bn.input[2]]
+    out = onnx.load(folded)
+    got = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    first = next(n for n in out.graph.node if n.op_type == "Conv")
+    w_err = np.max(np.abs(got[first.input[1]] - want_w)) / np.max(np.abs(want_w))
+    b_err = np.max(np.abs(got[first.input[2]] - want_b)) / np.max(np.abs(want_b))
+    ok = check(w_err < 1e-4 and b_err < 1e-4 and all(n.op_type != "BatchNormalization" for n in out.graph.node),
+               f"--batchnorm batch re-estimates the population statistics: first layer's folded weight "
+               f"{w_err:.1e}, bias {b_err:.1e} from ONNX Runtime's (relative)")
+
+    # W8A8 QAT with batch statistics: the export computes what training validated once the
+    # statistics are re-estimated (ONNX Runtime without graph optimizations runs the QDQ model
+    # as dequantize-compute-quantize, free of the int8 kernels' saturation on CPUs without VNNI).
+    qat = work / "svhn_bn_qat.onnx"
+    r = zeropoint(exe, "train", svhn, *common, "--json", "-o", qat)
+    said = json.loads(r.stdout)["reestimated"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    runs = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (svhn, qat)]
+    ref, test = (np.concatenate([q.run(None, {q.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(64, 80)])
+                 for q in runs)
+    measured = sqnr(ref, test)
+    ops = {n.op_type for n in onnx.load(qat).graph.node}
+    ok &= check(said is not None and abs(measured - said) < 0.2 and "BatchNormalization" not in ops
+                and "QuantizeLinear" in ops,
+                f"--batchnorm batch W8A8 export in ONNX Runtime: held-out SQNR {measured:.2f} dB, "
+                f"training said {said if said is None else round(said, 2)} dB")
+    return ok
+
+
 def main():
     exe, work = Path(sys.argv[1]), Path(sys.argv[2])
     common = ["--data", TRAIN, *PREP, "--labels", TRAIN_LABELS, "--seed", "3"]
@@ -85,24 +148,36 @@ def main():
     zp_top1 = top1(exe, qat4)
     good &= check(abs(ort_top1 - zp_top1) <= 0.1, f"W4A4 QAT top-1: ONNX Runtime {ort_top1:.2f} %, zeropoint {zp_top1:.2f} %")
 
+    # The same seed gives the same bytes at any thread count, augmented or not; augmentation
+    # changes what is trained.
     outs = []
-    for threads in ("1", "3"):
+    for threads, augment in (("1", "none"), ("3", "none"), ("1", "flip,crop=2"), ("3", "flip,crop=2")):
         out = work / f"t{threads}.onnx"
         env = dict(os.environ, RAYON_NUM_THREADS=threads)
-        zeropoint(exe, "train", MODEL, *common, "--weights", "int4", "--epochs", 1, "-o", out, env=env)
+        zeropoint(exe, "train", MODEL, *common, "--weights", "int4", "--epochs", 1, "--augment", augment,
+                  "-o", out, env=env)
         outs.append(out.read_bytes())
-    good &= check(outs[0] == outs[1], "same bytes at 1 and 3 threads")
+    good &= check(outs[0] == outs[1] and outs[2] == outs[3] and outs[0] != outs[2],
+                  "same bytes at 1 and 3 threads, with and without --augment flip,crop=2 (which differ)")
 
-    # Float training with a held-out split: a float model, the best epoch kept, a JSON-lines log.
+    # Float training with a held-out split validated every 4 steps and after each epoch: a float
+    # model, the best validation's model kept, a JSON-lines log. 400 training samples in steps of
+    # 32 are 13 steps an epoch: validations at steps 4, 8, 12, 13 (end), 16, 20, 24, 26 (end).
     trained, log = work / "float.onnx", work / "log.jsonl"
     r = zeropoint(exe, "train", MODEL, *common, "--float", "--epochs", 2, "--validation-split", "0.2",
-                  "--log", log, "-o", trained)
+                  "--validate-every", 4, "--log", log, "-o", trained)
     lines = [json.loads(line) for line in log.read_text().splitlines()]
+    epochs = [e for e in lines if "loss" in e]
+    steps = [e for e in lines if "step" in e]
     ops = {n.op_type for n in onnx.load(trained).graph.node}
-    best = max(lines, key=lambda e: e["validation"])["epoch"]
-    good &= check(len(lines) == 2 and all(0 <= e["validation"] <= 100 for e in lines)
-                  and "QuantizeLinear" not in ops and f"kept the model of epoch {best}" in r.stdout,
-                  f"--float: float model, log {[round(e['validation'], 1) for e in lines]}, epoch {best} kept")
+    ends = [{"epoch": e["epoch"], "step": 13 * e["epoch"], "validation": e["validation"]} for e in epochs]
+    best = max(steps[:3] + ends[:1] + steps[3:] + ends[1:], key=lambda e: e["validation"])
+    good &= check(len(epochs) == 2 and [e["step"] for e in steps] == [4, 8, 12, 16, 20, 24]
+                  and all(0 <= e["validation"] <= 100 for e in lines)
+                  and "QuantizeLinear" not in ops
+                  and f"kept the model of epoch {best['epoch']}, step {best['step']} " in r.stdout,
+                  f"--float --validate-every 4: float model, validations {[round(e['validation'], 1) for e in lines]}, "
+                  f"kept epoch {best['epoch']} step {best['step']}")
 
     # A run killed after its first epoch's checkpoint, resumed, writes what an unbroken run does.
     two = [*common, "--weights", "int4", "--activations", "uint4", "--epochs", 2]
@@ -131,6 +206,23 @@ def main():
     message = r.stderr.strip()
     good &= check(r.returncode == 1 and "2000 labels for 500 training samples" in message
                   and len(message.splitlines()) == 1 and not bad.exists(), f"wrong label count: {message}")
+    good &= check_batch_norm(exe, work, svhn)
+
+    # Augmentation is for images: a model whose input is not [N, C, H, W] is refused before training.
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])
+    w = onnx.numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    flat = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
+                                                         "flat", [x], [y], [w]),
+                                  opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(flat, work / "flat.onnx")
+    np.save(work / "flat.npy", np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
+    r = zeropoint(exe, "train", work / "flat.onnx", "--data", work / "flat.npy", "--augment", "flip", "--epochs", 1,
+                  "-o", work / "flat.qat.onnx", ok=False)
+    message = r.stderr.strip()
+    good &= check(r.returncode == 1 and "input 'x'" in message and "[N, C, H, W]" in message
+                  and len(message.splitlines()) == 1 and not (work / "flat.qat.onnx").exists(),
+                  f"--augment on a [1, 4] input: {message}")
     if not good:
         sys.exit("qat reference: some checks failed")
     print("qat reference: all checks passed")

@@ -169,6 +169,21 @@ def test_train_improves_on_ptq(tmp_path, calib, test_set):
     assert accuracy(qat) >= accuracy(ptq) + 0.05, (accuracy(qat), accuracy(ptq))
 
 
+def test_train_options_augment_validate_and_batchnorm(tmp_path):
+    # A short float run with augmentation and a validation every 2 steps writes a model; the new
+    # options' bad values are refused as scheme errors before any work.
+    x_train, y_train = mnist("train", 96)
+    out = tmp_path / "aug.onnx"
+    epochs = zp.train(MODEL, {input_name(): x_train}, out, labels=y_train, epochs=1, batch_size=16,
+                      augment="flip,crop=2", validation_split=0.25, validate_every=2, report_samples=0)
+    assert len(epochs) == 1 and epochs[0].validation is not None and out.exists()
+    for bad, match in ((dict(augment="rotate"), "not flip or crop"), (dict(batchnorm="running"), "not fold or batch"),
+                       (dict(validate_every=2), "validation_split")):
+        with pytest.raises(zp.SchemeError, match=match):
+            zp.train(MODEL, {input_name(): x_train}, tmp_path / "no.onnx", labels=y_train, epochs=1, **bad)
+        assert not (tmp_path / "no.onnx").exists()
+
+
 def test_float16_weights_stay_float(tmp_path):
     """A model that computes one MatMul in float16 (Cast, MatMul with a float16 weight, Cast back)
     and one in float32: only the float32 one is quantized, so that no float32 DequantizeLinear

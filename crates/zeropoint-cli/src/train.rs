@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use zeropoint_onnx::model;
 use zeropoint_quant::qat::optim::Rule;
-use zeropoint_quant::qat::train::{train, Distill, Options, Trained};
+use zeropoint_quant::qat::train::{train, Augment, BatchNorm, Distill, Options, Trained};
 
 use crate::quant_args::QuantArgs;
 
@@ -73,11 +73,24 @@ pub struct Args {
     #[arg(long)]
     pub float: bool,
     /// Hold out this fraction of the samples (the last ones) and validate after each epoch:
-    /// top-1 accuracy with labels, else output SQNR against the float model; the best epoch's
-    /// model is written.
+    /// top-1 accuracy with labels, else output SQNR against the float model; the best
+    /// validated model is written.
     #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
     pub validation_split: f64,
-    /// Write a JSON-lines log, one line per epoch (loss, learning rate, validation, time).
+    /// Also validate every N training steps (with --validation-split).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub validate_every: usize,
+    /// Augment the training images [N, C, H, W]: "flip" (mirror half of them left to right),
+    /// "crop=P" (shift each by up to P pixels, the gap zero), or both: "flip,crop=4".
+    #[arg(long, value_name = "SPEC", value_parser = Augment::parse, default_value = "none")]
+    pub augment: Augment,
+    /// BatchNormalization during training: fold (fold it into the layer first and train the
+    /// folded weights) or batch (normalize with batch statistics, re-estimate them on the
+    /// training data and fold them at export; needs per-channel weights).
+    #[arg(long, value_enum, default_value = "fold")]
+    pub batchnorm: BatchNormArg,
+    /// Write a JSON-lines log: one line per epoch (loss, learning rate, validation, time) and one
+    /// per --validate-every validation (epoch, step, validation).
     #[arg(long, value_name = "FILE.jsonl")]
     pub log: Option<PathBuf>,
     /// Write a checkpoint (weights, scales, optimizer state, epochs done) after each epoch,
@@ -100,6 +113,12 @@ pub enum DistillArg {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchNormArg {
+    Fold,
+    Batch,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OptimizerArg {
     Sgd,
     Adam,
@@ -115,6 +134,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if !(0.0..0.9).contains(&args.validation_split) {
         bail!("--validation-split must be a fraction below 0.9");
+    }
+    if args.validate_every > 0 && args.validation_split == 0.0 {
+        bail!("--validate-every needs held-out samples: give --validation-split");
     }
     let dir = tempfile::tempdir()?;
     let Some(model) = &args.model else {
@@ -179,6 +201,12 @@ fn options(
         freeze_ranges: args.freeze_ranges,
         float: args.float,
         validation_split: args.validation_split,
+        validate_every: args.validate_every,
+        augment: args.augment,
+        batch_norm: match args.batchnorm {
+            BatchNormArg::Fold => BatchNorm::Fold,
+            BatchNormArg::Batch => BatchNorm::Batch,
+        },
         log: args.log.clone(),
         checkpoint: args.checkpoint.clone(),
         resume: args.resume.clone(),
@@ -187,7 +215,13 @@ fn options(
 
 fn report(t: &Trained, output: &Path, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&t.epochs)?);
+        let out = serde_json::json!({
+            "epochs": t.epochs,
+            "validations": t.validations,
+            "kept": t.kept,
+            "reestimated": t.reestimated,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     println!(
@@ -203,8 +237,14 @@ fn report(t: &Trained, output: &Path, json: bool) -> Result<()> {
             e.epoch, e.loss, e.learning_rate, e.seconds
         );
     }
-    if t.validation_samples > 0 {
-        println!("kept the model of epoch {}", t.kept_epoch);
+    if let Some(k) = &t.kept {
+        println!(
+            "kept the model of epoch {}, step {} (validation {:.2})",
+            k.epoch, k.step, k.validation
+        );
+    }
+    if let Some(v) = t.reestimated {
+        println!("with its BatchNorm statistics re-estimated (as exported): validation {v:.2}");
     }
     println!("wrote {}", output.display());
     Ok(())

@@ -52,6 +52,10 @@ pub struct BatchNormStats {
     pub value: String,
     pub beta: Vec<f64>,
     pub gamma: Vec<f64>,
+    /// The running variance σ² and ε it normalized with (QAT with batch statistics starts
+    /// from them).
+    pub variance: Vec<f64>,
+    pub epsilon: f64,
 }
 
 /// Runs every pass, in the order that lets each feed the next.
@@ -324,6 +328,8 @@ fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<BatchNormStat
         value: b.outputs[0].clone(),
         beta,
         gamma,
+        variance: var,
+        epsilon: eps,
     })
 }
 

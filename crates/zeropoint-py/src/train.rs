@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use zeropoint_quant::qat::optim::Rule;
-use zeropoint_quant::qat::train::{train as run_training, Distill, Options};
+use zeropoint_quant::qat::train::{train as run_training, Augment, BatchNorm, Distill, Options};
 
 use crate::errors::{quant, raise, Kind};
 use crate::model::{check_output, json_text, ptq_options};
@@ -34,7 +34,8 @@ fn rule(name: &str, momentum: f64, weight_decay: f64) -> PyResult<Rule> {
 #[pyo3(signature = (model, data, output, *, labels=None, epochs=10, batch_size=32, lr=1e-3,
                     scale_lr=1.0, optimizer="adam", momentum=0.9, weight_decay=0.0, warmup=0,
                     distill="kl", output_name=None, temperature=1.0, seed=0, freeze_ranges=false,
-                    validation_split=0.0, **options))]
+                    validation_split=0.0, validate_every=0, augment=None, batchnorm="fold",
+                    **options))]
 #[allow(clippy::too_many_arguments)]
 fn train(
     py: Python<'_>,
@@ -56,6 +57,9 @@ fn train(
     seed: u64,
     freeze_ranges: bool,
     validation_split: f64,
+    validate_every: usize,
+    augment: Option<&str>,
+    batchnorm: &str,
     options: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<String> {
     check_output(&model, &output, Kind::Model)?;
@@ -69,6 +73,18 @@ fn train(
     if !(0.0..0.9).contains(&validation_split) {
         return bad("validation_split must be a fraction below 0.9");
     }
+    if validate_every > 0 && validation_split == 0.0 {
+        return bad("validate_every needs held-out samples: give validation_split");
+    }
+    let augment = match augment {
+        Some(spec) => Augment::parse(spec).map_err(|m| raise(Kind::Scheme, m))?,
+        None => Augment::default(),
+    };
+    let batch_norm = match batchnorm {
+        "fold" => BatchNorm::Fold,
+        "batch" => BatchNorm::Batch,
+        other => return bad(&format!("batchnorm '{other}' is not fold or batch")),
+    };
     let mut ptq = ptq_options(options, data)?;
     ptq.report_samples = 0;
     let labels = labels.map(|mut l| {
@@ -95,6 +111,9 @@ fn train(
         freeze_ranges,
         float: false,
         validation_split,
+        validate_every,
+        augment,
+        batch_norm,
         log: None,
         checkpoint: None,
         resume: None,

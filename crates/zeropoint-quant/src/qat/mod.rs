@@ -3,10 +3,13 @@
 //! with the weights, starting from the PTQ result, and is exported as a QDQ model that computes
 //! what was trained.
 
+pub mod augment;
+mod batch_norm;
 pub mod checkpoint;
 pub mod fake_quant;
 pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod options;
+mod seeded;
 pub mod train;

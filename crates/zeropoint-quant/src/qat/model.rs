@@ -15,10 +15,11 @@ use crate::calibrated::Calibrated;
 use crate::compare::Batch;
 use crate::error::{Error, Result};
 use crate::params::{params_reusing_weights, Params, WeightParams};
+use crate::qat::batch_norm::{kept_norms, KeptNorm, Mode, Moments};
 use crate::qat::fake_quant::{fake_quant, lsq_grad_scale, Quantizer};
 use crate::qat::loss::{candle_error, cross_entropy, distillation, f32s, trained_output};
 use crate::qat::optim::Optimizer;
-use crate::qat::options::{Distill, Options};
+use crate::qat::options::{BatchNorm, Distill, Options};
 use crate::qdq_export::export;
 
 /// A weight being trained: its values, its scale (shaped to broadcast against it) and grid.
@@ -48,6 +49,9 @@ pub(crate) enum Kind {
     Bias,
     /// A scale or zero-point.
     Range,
+    /// A running statistic of a BatchNorm (`--batchnorm batch`): saved and restored with the
+    /// variables, updated by the batches, not by gradients.
+    Statistic,
 }
 
 /// Everything trained.
@@ -57,6 +61,9 @@ pub(crate) struct Model {
     /// By the value each quantizes (values sharing a grid point at their source's).
     activations: HashMap<String, TrainedActivation>,
     shared: HashMap<String, String>,
+    /// BatchNorms trained with batch statistics (`--batchnorm batch`), by their value.
+    norms: Vec<KeptNorm>,
+    norm_of: HashMap<String, usize>,
 }
 
 impl Model {
@@ -68,11 +75,16 @@ impl Model {
             .iter()
             .map(|w| trained_weight(c, w))
             .collect::<Result<_>>()?;
+        let norms = match opts.batch_norm {
+            BatchNorm::Batch => kept_norms(c)?,
+            BatchNorm::Fold => Vec::new(),
+        };
         let biases = c
             .plan
             .biases
             .iter()
             .filter(|b| c.params.bias(&b.name).is_some())
+            .filter(|b| !norms.iter().any(|n| n.bias == b.name))
             .filter_map(|b| c.graph.find_initializer(&b.name))
             .map(|t| Ok((t.name.clone(), var_of(&t.to_f32s(), &t.shape)?)))
             .collect::<Result<_>>()?;
@@ -101,11 +113,18 @@ impl Model {
                 },
             );
         }
+        let norm_of = norms
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.value.clone(), i))
+            .collect();
         Ok(Model {
             weights,
             biases,
             activations,
             shared,
+            norms,
+            norm_of,
         })
     }
 
@@ -117,6 +136,7 @@ impl Model {
                 Kind::Weight => opt.add(var, 1.0, true)?,
                 Kind::Bias => opt.add(var, 1.0, false)?,
                 Kind::Range => opt.add(var, opts.scale_learning_rate, false)?,
+                Kind::Statistic => opt.add(var, 0.0, false)?,
             }
         }
         Ok(())
@@ -145,13 +165,14 @@ impl Model {
     }
 
     /// The first output of the fake-quantized model on `batch` (of the float model with
-    /// `opts.float`).
+    /// `opts.float`), BatchNorms normalizing as `mode` says, and the batch moments they saw.
     pub(crate) fn forward(
         &self,
         exec: &Executor,
         mut batch: Batch,
         opts: &Options,
-    ) -> Result<Tensor> {
+        mode: Mode,
+    ) -> Result<(Tensor, Vec<Moments>)> {
         for w in &self.weights {
             let t = if opts.float {
                 w.var.as_tensor().clone()
@@ -170,16 +191,71 @@ impl Model {
         for (name, b) in &self.biases {
             batch.insert(name.clone(), Value::new(b.as_tensor().clone(), DType::F32));
         }
-        if opts.float {
-            return trained_output(exec.run(batch)?, opts);
+        for n in &self.norms {
+            batch.insert(n.bias.clone(), Value::new(n.zeros()?, DType::F32));
         }
-        let out = exec.run_with(batch, &mut |name, v| match self.activation(name) {
-            Some(q) if v.dtype == DType::F32 => {
-                Ok(Value::new(fake_quant(&v.tensor, &q)?, DType::F32))
+        let mut seen = Vec::new();
+        let mut failed = None;
+        let out = exec.run_with(batch, &mut |name, v| {
+            let v = match self.norm_of.get(name) {
+                Some(&i) if v.dtype == DType::F32 => match self.norms[i].apply(&v.tensor, mode) {
+                    Ok((y, m)) => {
+                        seen.extend(m.map(|m| m.of(i)));
+                        Value::new(y, DType::F32)
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        failed = Some(e);
+                        return Err(text.into());
+                    }
+                },
+                _ => v,
+            };
+            match self.activation(name) {
+                Some(q) if !opts.float && v.dtype == DType::F32 => {
+                    Ok(Value::new(fake_quant(&v.tensor, &q)?, DType::F32))
+                }
+                _ => Ok(v),
             }
-            _ => Ok(v),
-        })?;
-        trained_output(out, opts)
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok((trained_output(out?, opts)?, seen))
+    }
+
+    /// Re-estimates every batch-statistics BatchNorm's running mean and variance over
+    /// `samples`, in batches of `opts.batch` (see `qat::batch_norm`); false if there are none.
+    pub(crate) fn reestimate(
+        &self,
+        exec: &Executor,
+        samples: &[Batch],
+        opts: &Options,
+        progress: &mut dyn FnMut(&str, usize, usize),
+    ) -> Result<bool> {
+        if self.norms.is_empty() || samples.is_empty() {
+            return Ok(false);
+        }
+        let mut sums: Vec<Option<Moments>> = (0..self.norms.len()).map(|_| None).collect();
+        let order: Vec<usize> = (0..samples.len()).collect();
+        let chunks: Vec<&[usize]> = order.chunks(opts.batch.max(1)).collect();
+        for (k, chunk) in chunks.iter().enumerate() {
+            let batch = crate::qat::train::stack(samples, chunk)?;
+            let (_, seen) = self.forward(exec, batch, opts, Mode::Estimate)?;
+            for m in seen {
+                match &mut sums[m.norm] {
+                    Some(total) => total.add(&m),
+                    slot => *slot = Some(m),
+                }
+            }
+            progress("re-estimating BatchNorm statistics", k + 1, chunks.len());
+        }
+        for (n, m) in self.norms.iter().zip(&sums) {
+            if let Some(m) = m {
+                n.set_estimate(m)?;
+            }
+        }
+        Ok(true)
     }
 
     /// The loss of one step: cross-entropy on the labels of samples `chunk`, or distillation
@@ -192,7 +268,10 @@ impl Model {
         chunk: &[usize],
         opts: &Options,
     ) -> Result<Tensor> {
-        let logits = self.forward(student, batch.clone(), opts)?;
+        let (logits, seen) = self.forward(student, batch.clone(), opts, Mode::Train)?;
+        for m in &seen {
+            self.norms[m.norm].follow(m)?;
+        }
         let loss = match &opts.labels {
             Some(labels) => {
                 let picked: Vec<i64> = chunk.iter().map(|&i| labels[i]).collect();
@@ -222,6 +301,9 @@ impl Model {
                 z.set(&z.as_tensor().clamp(a.qmin as f32, a.qmax as f32)?)?;
             }
         }
+        for n in &self.norms {
+            n.keep_in_range()?;
+        }
         Ok(())
     }
 
@@ -243,6 +325,13 @@ impl Model {
             if let Some(z) = &a.zero_point {
                 out.push((format!("zero_point:{n}"), z, Kind::Range));
             }
+        }
+        for n in &self.norms {
+            let v = &n.value;
+            out.push((format!("bn_gamma:{v}"), &n.gamma, Kind::Bias));
+            out.push((format!("bn_beta:{v}"), &n.beta, Kind::Bias));
+            out.push((format!("bn_mean:{v}"), &n.mean, Kind::Statistic));
+            out.push((format!("bn_var:{v}"), &n.var, Kind::Statistic));
         }
         out
     }
@@ -270,15 +359,32 @@ impl Model {
 
     /// The float model with the trained weights and biases.
     pub(crate) fn export_float(&self, mut c: Calibrated) -> Result<ModelProto> {
-        for (name, var) in self
-            .weights
-            .iter()
-            .map(|w| (&w.name, &w.var))
-            .chain(self.biases.iter().map(|(n, b)| (n, b)))
-        {
-            set_initializer(&mut c, name, &f32s(var)?);
+        for w in &self.weights {
+            set_initializer(&mut c, &w.name, &f32s(&w.var)?);
         }
+        for (name, b) in &self.biases {
+            set_initializer(&mut c, name, &f32s(b)?);
+        }
+        self.fold_norms(&mut c)?;
         Ok(c.graph.into_model(&c.base)?)
+    }
+
+    /// Folds each batch-statistics BatchNorm into its layer's weight and bias in `c`'s graph
+    /// (after the trained weights are set), and returns each folded weight's factor r, which
+    /// its per-channel scales take too.
+    fn fold_norms(&self, c: &mut Calibrated) -> Result<HashMap<String, Vec<f32>>> {
+        let mut factors = HashMap::new();
+        for n in &self.norms {
+            let (r, bias) = n.fold()?;
+            let w = c.graph.initializer(&n.weight).ok_or_else(|| {
+                Error::new(&c.graph.source, format!("weight '{}' is missing", n.weight))
+            })?;
+            let scaled = n.scaled_weight(&w.to_f32s(), &w.shape.clone(), &r);
+            set_initializer(c, &n.weight, &scaled);
+            set_initializer(c, &n.bias, &bias);
+            factors.insert(n.weight.clone(), r);
+        }
+        Ok(factors)
     }
 
     /// The QDQ model with the learned weights, biases, scales and zero-points.
@@ -302,6 +408,19 @@ impl Model {
         }
         for (name, b) in &self.biases {
             set_initializer(&mut c, name, &f32s(b)?);
+        }
+        let factors = self.fold_norms(&mut c)?;
+        for w in &mut known.weights {
+            if let Some(r) = factors.get(&w.name) {
+                let scale: Vec<f32> = w.qparams.scale.iter().zip(r).map(|(s, r)| s * r).collect();
+                w.qparams = QParams::new(
+                    w.qparams.granularity,
+                    w.qparams.grid,
+                    scale,
+                    w.qparams.zero_point.clone(),
+                )
+                .map_err(|e| Error::at(&c.graph.source, format!("weight '{}'", w.name), e))?;
+            }
         }
         let ranges = self.ranges(&c, opts)?;
         let params =

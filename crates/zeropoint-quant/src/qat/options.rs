@@ -1,6 +1,7 @@
 //! What a QAT run is asked to do: the quantization it starts from, the data's labels, the
 //! optimizer, the schedule, the loss, validation, log and checkpoints.
 
+pub use crate::qat::augment::Augment;
 use crate::qat::optim::Rule;
 
 /// What `train` needs besides the model.
@@ -32,8 +33,14 @@ pub struct Options {
     /// Train without quantization (float fine-tuning); the output is a float model.
     pub float: bool,
     /// The fraction of the samples (the last ones) held out for validation after each epoch;
-    /// the best epoch's model is kept. 0: none.
+    /// the best validated model is kept. 0: none.
     pub validation_split: f64,
+    /// Also validate every this many steps (0: after each epoch only).
+    pub validate_every: usize,
+    /// Random crops and flips of the training images (none by default).
+    pub augment: Augment,
+    /// How folded BatchNormalizations train.
+    pub batch_norm: BatchNorm,
     /// A JSON-lines log, one line per epoch, written as training goes.
     pub log: Option<std::path::PathBuf>,
     /// A checkpoint written (atomically) after each epoch.
@@ -49,4 +56,16 @@ pub enum Distill {
     Kl,
     /// Mean squared error (embeddings and other outputs).
     Mse,
+}
+
+/// How the BatchNormalizations canonicalization folded into their layers train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BatchNorm {
+    /// Folded before training; the folded weights are trained (the white paper's static
+    /// folding, §5.2).
+    #[default]
+    Fold,
+    /// Normalized with batch statistics while training, re-estimated on the training data and
+    /// folded at export (Jacob et al. 2018; see `qat::batch_norm`).
+    Batch,
 }

@@ -3,7 +3,10 @@
 //! then exported as a QDQ model with the learned weights, scales and zero-points.
 //!
 //! BatchNorm is folded before training (the white paper's static folding, §5.2): the folded
-//! weights are what is trained. Per-tensor and per-channel weight grids are learned; biases are
+//! weights are what is trained; with `BatchNorm::Batch` the folded layers normalize with batch
+//! statistics again, which are re-estimated and folded at export (`qat::batch_norm`). Training
+//! images can be randomly cropped and flipped (`qat::augment`); the held-out samples are
+//! validated after each epoch and every `validate_every` steps, and the best model is kept. Per-tensor and per-channel weight grids are learned; biases are
 //! trained in float and exported as int32 with scale s_x·s_w, as PTQ exports them.
 
 use std::path::Path;
@@ -16,12 +19,14 @@ use crate::calibrated::{calibrated, first_samples, Calibrated};
 use crate::compare::Batch;
 use crate::error::{Error, Result};
 use crate::evaluate::top;
+use crate::qat::batch_norm::Mode;
 use crate::qat::checkpoint;
 use crate::qat::loss::{candle_error, f32s, trained_output};
 use crate::qat::model::Model;
 pub use crate::qat::optim::Rule;
 use crate::qat::optim::{learning_rate, Optimizer};
-pub use crate::qat::options::{Distill, Options};
+pub use crate::qat::options::{Augment, BatchNorm, Distill, Options};
+use crate::qat::seeded::shuffled;
 use crate::qdq_export::export;
 
 /// One epoch's log.
@@ -38,6 +43,16 @@ pub struct Epoch {
     pub seconds: f64,
 }
 
+/// One validation on the held-out samples.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Validation {
+    pub epoch: usize,
+    /// Training steps done when it ran.
+    pub step: usize,
+    /// Top-1 accuracy (%) with labels, else output SQNR against the float model (dB).
+    pub validation: f64,
+}
+
 /// What training produced.
 pub struct Trained {
     /// The QDQ model with the learned weights and quantizers.
@@ -45,8 +60,14 @@ pub struct Trained {
     /// The PTQ model training started from, exported the same way.
     pub ptq: ModelProto,
     pub epochs: Vec<Epoch>,
-    /// The epoch whose model was kept (the best validated one, else the last).
-    pub kept_epoch: usize,
+    /// Every validation, in order (after each epoch, and every `validate_every` steps).
+    pub validations: Vec<Validation>,
+    /// The validation whose model was kept (the best one); None without validation, when the
+    /// last model is kept.
+    pub kept: Option<Validation>,
+    /// With `--batchnorm batch` and validation: the kept model's validation once its
+    /// BatchNorm statistics are re-estimated, which is what the export computes.
+    pub reestimated: Option<f64>,
     pub samples: usize,
     pub validation_samples: usize,
 }
@@ -60,6 +81,10 @@ pub fn train(
     let c = calibrated(path, &opts.ptq, progress)?;
     let mut samples = first_samples(&c.graph, &opts.ptq, usize::MAX)?;
     check_labels(&c, opts, samples.len())?;
+    if let (false, Some(first)) = (opts.augment.is_off(), samples.first()) {
+        opts.augment
+            .apply(first, opts.augment.draw(opts.seed, 0, 0), &c.graph.source)?;
+    }
     let held = ((samples.len() as f64) * opts.validation_split.clamp(0.0, 0.9)).round() as usize;
     let validation = samples.split_off(samples.len() - held);
     let ptq = export(&c.graph, &c.plan, &c.params, &c.base)?;
@@ -75,10 +100,7 @@ pub fn train(
         samples: &samples,
         validation: &validation,
     };
-    let mut log = match &opts.log {
-        Some(p) => Some(std::fs::File::create(p).map_err(|e| Error::io(p, "cannot create", e))?),
-        None => None,
-    };
+    let mut record = Record::new(opts.log.as_deref())?;
     let named: Vec<(String, &Var)> = model
         .trained(opts)
         .into_iter()
@@ -86,40 +108,34 @@ pub fn train(
         .collect();
     let owner = checkpoint::Owner::new(
         &std::fs::read(path).map_err(|e| Error::io(path, "cannot read", e))?,
-        &format!("{:?} float={}", opts.ptq.settings, opts.float),
+        &format!(
+            "{:?} float={} batchnorm={:?}",
+            opts.ptq.settings, opts.float, opts.batch_norm
+        ),
     );
     let start = match &opts.resume {
         Some(p) => checkpoint::load(p, &owner, &named, &mut optimizer)?,
         None => 0,
     };
     let mut epochs = Vec::new();
-    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     for epoch in start..opts.epochs {
-        let last = epochs.last().and_then(|e: &Epoch| e.validation);
-        let e = run.epoch((epoch, last), &mut optimizer, progress)?;
+        let e = run.epoch(epoch, &mut optimizer, &mut record, progress)?;
         if let Some(p) = &opts.checkpoint {
             checkpoint::save(p, &owner, &named, &optimizer, epoch + 1)?;
         }
-        if let Some(v) = e
-            .validation
-            .filter(|&v| best.as_ref().is_none_or(|b| v > b.0))
-        {
-            best = Some((v, e.epoch, model.snapshot()));
-        }
-        if let Some(f) = log.as_mut() {
-            use std::io::Write as _;
-            let line = serde_json::to_string(&e).unwrap_or_default();
-            let at = opts.log.as_deref().unwrap_or(path);
-            writeln!(f, "{line}").map_err(|err| Error::io(at, "cannot write", err))?;
-        }
+        record.write(&e)?;
         epochs.push(e);
     }
-    let kept_epoch = match &best {
-        Some((_, epoch, values)) => {
-            model.restore(values).map_err(candle_error)?;
-            *epoch
+    let kept = match record.best {
+        Some((v, values)) => {
+            model.restore(&values).map_err(candle_error)?;
+            Some(v)
         }
-        None => opts.epochs,
+        None => None,
+    };
+    let reestimated = match model.reestimate(&run.student, &samples, opts, progress)? {
+        true => run.metric()?,
+        false => None,
     };
     let trained = if opts.float {
         model.export_float(c)?
@@ -130,10 +146,62 @@ pub fn train(
         model: trained,
         ptq,
         epochs,
-        kept_epoch,
+        validations: record.validations,
+        kept,
+        reestimated,
         samples: samples.len(),
         validation_samples: validation.len(),
     })
+}
+
+/// The validations so far, the best one's model, and the JSON-lines log.
+struct Record {
+    validations: Vec<Validation>,
+    best: Option<(Validation, Vec<Tensor>)>,
+    log: Option<(std::fs::File, std::path::PathBuf)>,
+}
+
+impl Record {
+    fn new(log: Option<&Path>) -> Result<Record> {
+        let log = match log {
+            Some(p) => Some((
+                std::fs::File::create(p).map_err(|e| Error::io(p, "cannot create", e))?,
+                p.to_path_buf(),
+            )),
+            None => None,
+        };
+        Ok(Record {
+            validations: Vec::new(),
+            best: None,
+            log,
+        })
+    }
+
+    /// Keeps `model`'s values if `v` is the best validation yet.
+    fn validated(&mut self, v: Validation, model: &Model) {
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|(b, _)| v.validation > b.validation)
+        {
+            self.best = Some((v.clone(), model.snapshot()));
+        }
+        self.validations.push(v);
+    }
+
+    fn last(&self) -> Option<f64> {
+        self.validations.last().map(|v| v.validation)
+    }
+
+    /// One line of the log, if there is one.
+    fn write(&mut self, line: &impl serde::Serialize) -> Result<()> {
+        use std::io::Write as _;
+        if let Some((f, path)) = self.log.as_mut() {
+            let text = serde_json::to_string(line).unwrap_or_default();
+            writeln!(f, "{text}").map_err(|e| Error::io(path, "cannot write", e))?;
+        }
+        Ok(())
+    }
 }
 
 /// One training run's fixed parts.
@@ -148,12 +216,13 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// One pass over the training samples in a shuffled order, then the validation.
-    /// `last` is the previous epoch's validation, shown with the progress.
+    /// One pass over the training samples in a shuffled order, validating every
+    /// `validate_every` steps and at the end.
     fn epoch(
         &self,
-        (epoch, last): (usize, Option<f64>),
+        epoch: usize,
         optimizer: &mut Optimizer,
+        record: &mut Record,
         progress: &mut dyn FnMut(&str, usize, usize),
     ) -> Result<Epoch> {
         let (opts, model) = (self.opts, self.model);
@@ -165,7 +234,7 @@ impl Run<'_> {
         for (k, chunk) in order.chunks(opts.batch.max(1)).enumerate() {
             let step = epoch * per_epoch + k;
             lr = learning_rate(opts.learning_rate, step, total, opts.warmup);
-            let batch = stack(self.samples, chunk)?;
+            let batch = self.batch(epoch, chunk)?;
             let loss = model.loss(&self.student, &self.teacher, batch, chunk, opts)?;
             let value = loss.to_scalar::<f32>().map_err(candle_error)?;
             if !value.is_finite() {
@@ -178,25 +247,69 @@ impl Run<'_> {
             optimizer.step(&grads, lr).map_err(candle_error)?;
             model.keep_in_range().map_err(candle_error)?;
             sum += f64::from(value);
-            let validated = last.map_or(String::new(), |v| format!(", validation {v:.2}"));
+            let every = opts.validate_every;
+            if every > 0 && (step + 1).is_multiple_of(every) && k + 1 < per_epoch {
+                if let Some(v) = self.validate((epoch, step + 1), record)? {
+                    record.write(&v)?;
+                }
+            }
+            let validated = record
+                .last()
+                .map_or(String::new(), |v| format!(", validation {v:.2}"));
             let line = format!(
                 "training\tepoch {} loss {value:.5}, lr {lr:.1e}{validated}",
                 epoch + 1
             );
             progress(&line, step + 1, total);
         }
+        let end = self.validate((epoch, (epoch + 1) * per_epoch), record)?;
         Ok(Epoch {
             epoch: epoch + 1,
             loss: sum / per_epoch.max(1) as f64,
             learning_rate: lr,
-            validation: self.validate()?,
+            validation: end.map(|v| v.validation),
             seconds: t.elapsed().as_secs_f64(),
         })
     }
 
+    /// The training samples `chunk` as one batch, each augmented with its draw of `epoch`.
+    fn batch(&self, epoch: usize, chunk: &[usize]) -> Result<Batch> {
+        let a = self.opts.augment;
+        if a.is_off() {
+            return stack(self.samples, chunk);
+        }
+        let parts = chunk
+            .iter()
+            .map(|&i| {
+                let draw = a.draw(self.opts.seed, epoch, i);
+                a.apply(&self.samples[i], draw, &self.c.graph.source)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        stack(&parts, &(0..parts.len()).collect::<Vec<_>>())
+    }
+
+    /// Validates the model now (after `step` steps of epoch `epoch`, 0-based) and records it;
+    /// None without held-out samples.
+    fn validate(
+        &self,
+        (epoch, step): (usize, usize),
+        record: &mut Record,
+    ) -> Result<Option<Validation>> {
+        let Some(value) = self.metric()? else {
+            return Ok(None);
+        };
+        let v = Validation {
+            epoch: epoch + 1,
+            step,
+            validation: value,
+        };
+        record.validated(v.clone(), self.model);
+        Ok(Some(v))
+    }
+
     /// The validation metric of the model now: top-1 accuracy (%) against the held-out labels,
     /// else output SQNR against the float model (dB); None without held-out samples.
-    fn validate(&self) -> Result<Option<f64>> {
+    fn metric(&self) -> Result<Option<f64>> {
         if self.validation.is_empty() {
             return Ok(None);
         }
@@ -205,7 +318,8 @@ impl Run<'_> {
         for (i, b) in self.validation.iter().enumerate() {
             let out = self
                 .model
-                .forward(&self.student, b.clone(), self.opts)?
+                .forward(&self.student, b.clone(), self.opts, Mode::Infer)?
+                .0
                 .detach();
             let y = f32s(&out)?;
             match &self.opts.labels {
@@ -243,26 +357,8 @@ fn check_labels(c: &Calibrated, opts: &Options, samples: usize) -> Result<()> {
     }
 }
 
-/// 0..n in a random order from `seed` (Fisher-Yates with SplitMix64): the same order for the
-/// same seed on every machine.
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        order.swap(i, (next() % (i as u64 + 1)) as usize);
-    }
-    order
-}
-
 /// The samples `chunk` (one per batch in `samples`) as one batch.
-fn stack(samples: &[Batch], chunk: &[usize]) -> Result<Batch> {
+pub(crate) fn stack(samples: &[Batch], chunk: &[usize]) -> Result<Batch> {
     let mut out = Batch::new();
     for name in samples[chunk[0]].keys() {
         let parts: Vec<&Tensor> = chunk.iter().map(|&i| &samples[i][name].tensor).collect();
