@@ -308,6 +308,8 @@ def quantize_model(
     cle: bool = False,
     bias_correction: Optional[str] = None,
     adaround: Optional[int] = None,
+    reduce_range: bool = False,
+    limit_pairs: bool = False,
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
 ) -> QuantizationReport:
@@ -322,7 +324,10 @@ def quantize_model(
     "abs-percentile", "mse", "entropy", "cross-entropy"; ``range_options``: the activation
     method's parameters, as ``Observer`` takes them (``{"percentile": 99.999}``). ``exclude``: node names or operator
     types kept float. ``cle``: cross-layer equalization; ``bias_correction``: "empirical" or
-    "analytic"; ``adaround``: AdaRound iterations per layer. ``mean`` / ``std``: pixel files
+    "analytic"; ``adaround``: AdaRound iterations per layer. ``reduce_range``: 7-bit weights
+    (ONNX Runtime's reduce_range); ``limit_pairs``: 8-bit weights whose same-sign pairs ONNX
+    Runtime's int8 kernels cannot overflow on x86 CPUs without VNNI (docs/ptq.md).
+    ``mean`` / ``std``: pixel files
     (idx, image folders) become ``(x / 255 - mean[c]) / std[c]``; arrays are taken as they are."""
     with _data(calib) as data:
         text = _native.quantize_model(
@@ -342,6 +347,8 @@ def quantize_model(
             cle=cle,
             bias_correction=bias_correction,
             adaround=adaround,
+            reduce_range=reduce_range,
+            limit_pairs=limit_pairs,
             mean=list(mean),
             std=list(std),
         )

@@ -121,6 +121,11 @@ def check_batch_norm(exe, work, svhn):
                 and "QuantizeLinear" in ops,
                 f"--batchnorm batch W8A8 export in ONNX Runtime: held-out SQNR {measured:.2f} dB, "
                 f"training said {said if said is None else round(said, 2)} dB")
+    refused = work / "svhn_bn_tensor.onnx"
+    r = zeropoint(exe, "train", svhn, *common, "--weights", "int8,sym,per-tensor", "-o", refused, ok=False)
+    message = r.stderr.strip()
+    ok &= check(r.returncode == 1 and "per-channel grid" in message and len(message.splitlines()) == 1
+                and not refused.exists(), f"--batchnorm batch with per-tensor weights: {message}")
     return ok
 
 

@@ -44,6 +44,43 @@ def test_quantize_model_from_arrays_equals_from_files(tmp_path, calib, test_set)
     assert quant_acc >= float_acc - 0.01, (float_acc, quant_acc)
 
 
+def test_reduce_range_and_limit_pairs(tmp_path, calib):
+    # reduce_range: every int8 weight code in 7 bits; limit_pairs: the 2-D (Gemm) weights' adjacent
+    # same-sign codes along K sum to at most 128 in magnitude (ONNX Runtime's u8*s8 pairs);
+    # both refuse what they cannot do.
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    def int8_weights(path):
+        m = onnx.load(path)
+        inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        return [inits[n.input[0]] for n in m.graph.node
+                if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
+                and inits[n.input[0]].ndim > 1]
+
+    seven, paired, plain = tmp_path / "7.onnx", tmp_path / "p.onnx", tmp_path / "8.onnx"
+    data = {input_name(): calib[:32]}
+    zp.quantize_model(MODEL, data, seven, reduce_range=True, report_samples=0)
+    zp.quantize_model(MODEL, data, paired, limit_pairs=True, report_samples=0)
+    zp.quantize_model(MODEL, data, plain, report_samples=0)
+    assert all(w.min() >= -64 and w.max() <= 63 for w in int8_weights(seven))
+
+    def worst_pair(path):
+        worst = 0
+        for w in (w for w in int8_weights(path) if w.ndim == 2):
+            a, b = w[:, 0:w.shape[1] // 2 * 2:2].astype(int), w[:, 1::2][:, :w.shape[1] // 2].astype(int)
+            same = np.sign(a) == np.sign(b)
+            worst = max(worst, int(np.abs(a + b)[same].max(initial=0)))
+        return worst
+
+    assert worst_pair(paired) <= 128 < worst_pair(plain), (worst_pair(paired), worst_pair(plain))
+    for bad, match in ((dict(reduce_range=True, weights="int4"), "8-bit"), (dict(limit_pairs=True, weights="int4"), "8-bit"),
+                       (dict(reduce_range=True, limit_pairs=True), "do not go together")):
+        with pytest.raises(zp.SchemeError, match=match):
+            zp.quantize_model(MODEL, data, tmp_path / "no.onnx", **bad)
+        assert not (tmp_path / "no.onnx").exists()
+
+
 def test_pixel_files_with_preprocessing_and_evaluate(tmp_path, test_set):
     out = tmp_path / "q.onnx"
     images = DATA / "mnist-train-500-images-idx3-ubyte.gz"

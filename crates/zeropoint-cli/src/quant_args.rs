@@ -5,7 +5,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use zeropoint_core::{Granularity, Scheme};
 use zeropoint_quant::ptq::Options;
-use zeropoint_quant::settings::{BiasCorrection, Preset, Settings, Target};
+use zeropoint_quant::settings::{
+    check_pair_limit, reduced_range, BiasCorrection, Preset, Settings, Target,
+};
 
 use crate::data_args::DataArgs;
 use crate::range_args::RangeMethod;
@@ -179,8 +181,8 @@ impl QuantArgs {
         if activations.granularity != Granularity::PerTensor {
             bail!("activations are quantized per tensor");
         }
-        if self.limit_pairs && !(weights.bits == 8 && weights.signed && weights.symmetric) {
-            bail!("--limit-pairs is for 8-bit signed symmetric weights (int8,sym); these are {}-bit{}", weights.bits, if weights.signed && weights.symmetric { "" } else { ", not signed symmetric" });
+        if self.limit_pairs {
+            check_pair_limit(&weights).map_err(|m| anyhow::anyhow!("--{m}"))?;
         }
         if self.batch == 0 {
             bail!("--batch must be at least 1");
@@ -249,17 +251,11 @@ impl QuantArgs {
 
 impl QuantArgs {
     /// `weights` in 7 bits with --reduce-range, which only 8-bit weights take.
-    pub fn reduced(&self, mut weights: Scheme) -> Result<Scheme> {
-        if self.reduce_range {
-            if weights.bits != 8 {
-                bail!(
-                    "--reduce-range makes 8-bit weights 7-bit; these weights are {}-bit",
-                    weights.bits
-                );
-            }
-            weights.bits = 7;
+    pub fn reduced(&self, weights: Scheme) -> Result<Scheme> {
+        if !self.reduce_range {
+            return Ok(weights);
         }
-        Ok(weights)
+        reduced_range(weights).map_err(|m| anyhow::anyhow!("--{m}"))
     }
 
     /// SmoothQuant's options, if asked for.

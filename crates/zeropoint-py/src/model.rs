@@ -14,7 +14,9 @@ use zeropoint_graph::Graph;
 use zeropoint_quant::dataset::{read_labels, Arrays, Dataset, Preprocess};
 use zeropoint_quant::evaluate::Evaluation;
 use zeropoint_quant::ptq::{self, Options};
-use zeropoint_quant::settings::{parse_scheme, BiasCorrection, Preset, Settings};
+use zeropoint_quant::settings::{
+    check_pair_limit, parse_scheme, reduced_range, BiasCorrection, Preset, Settings,
+};
 use zeropoint_quant::summary::Summary;
 
 use crate::array::{raw_tensor, to_numpy};
@@ -236,7 +238,9 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
     let cle = take(&kw, "cle")?.unwrap_or(false);
     let bias_correction: Option<String> = take(&kw, "bias_correction")?;
     let adaround: Option<usize> = take(&kw, "adaround")?;
-    let settings = settings(
+    let reduce_range = take(&kw, "reduce_range")?.unwrap_or(false);
+    let limit_pairs = take(&kw, "limit_pairs")?.unwrap_or(false);
+    let mut settings = settings(
         &preset,
         weights.as_deref(),
         activations.as_deref(),
@@ -247,6 +251,19 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
         bias_correction.as_deref(),
         adaround,
     )?;
+    let scheme_error = |m: String| raise(Kind::Scheme, m);
+    if reduce_range && limit_pairs {
+        return Err(scheme_error(
+            "reduce_range and limit_pairs do not go together: both keep ONNX Runtime's int8 kernels from overflowing".into(),
+        ));
+    }
+    if reduce_range {
+        settings.weights = reduced_range(settings.weights).map_err(scheme_error)?;
+    }
+    if limit_pairs {
+        check_pair_limit(&settings.weights).map_err(scheme_error)?;
+        settings.limit_pairs = true;
+    }
     let preprocess = preprocess(
         take(&kw, "mean")?.unwrap_or_else(|| vec![0.0]),
         take(&kw, "std")?.unwrap_or_else(|| vec![1.0]),

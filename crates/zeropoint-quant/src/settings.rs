@@ -249,3 +249,31 @@ pub fn parse_scheme(spec: &str, weight: bool) -> std::result::Result<Scheme, Str
     scheme.validate().map_err(|e| format!("'{spec}': {e}"))?;
     Ok(scheme)
 }
+
+/// ONNX Runtime's `reduce_range`: 8-bit `weights` in 7 bits. Other widths are refused.
+pub fn reduced_range(mut weights: Scheme) -> std::result::Result<Scheme, String> {
+    if weights.bits != 8 {
+        return Err(format!(
+            "reduce-range makes 8-bit weights 7-bit; these weights are {}-bit",
+            weights.bits
+        ));
+    }
+    weights.bits = 7;
+    Ok(weights)
+}
+
+/// The pair limit (crate::pair_limit) is for 8-bit signed symmetric weights only.
+pub fn check_pair_limit(weights: &Scheme) -> std::result::Result<(), String> {
+    if weights.bits == 8 && weights.signed && weights.symmetric {
+        return Ok(());
+    }
+    let kind = if weights.signed && weights.symmetric {
+        ""
+    } else {
+        ", not signed symmetric"
+    };
+    Err(format!(
+        "limit-pairs is for 8-bit signed symmetric weights (int8,sym); these are {}-bit{kind}",
+        weights.bits
+    ))
+}
