@@ -6,8 +6,9 @@
 //! weights are what is trained; with `BatchNorm::Batch` the folded layers normalize with batch
 //! statistics again, which are re-estimated and folded at export (`qat::batch_norm`). Training
 //! images can be randomly cropped and flipped (`qat::augment`); the held-out samples are
-//! validated after each epoch and every `validate_every` steps, and the best model is kept. Per-tensor and per-channel weight grids are learned; biases are
-//! trained in float and exported as int32 with scale s_x·s_w, as PTQ exports them.
+//! validated after each epoch and every `validate_every` steps, and the best model is kept.
+//! Per-tensor and per-channel weight grids are learned; biases are trained in float and
+//! exported as int32 with scale s_x·s_w, as PTQ exports them.
 
 use std::path::Path;
 
