@@ -11,14 +11,25 @@ use serde_json::Value;
 use support::{ort_int8_kernels_saturate, repo_root, run_python};
 
 fn zeropoint(args: &[&str]) -> Output {
+    zeropoint_with(args, &[])
+}
+
+/// `zeropoint ARGS` with extra environment variables.
+fn zeropoint_with(args: &[&str], env: &[(&str, PathBuf)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zeropoint"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("cannot run zeropoint")
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = zeropoint(args);
+    ok_with(args, &[])
+}
+
+/// Runs a command that must succeed; returns its standard output.
+fn ok_with(args: &[&str], env: &[(&str, PathBuf)]) -> String {
+    let out = zeropoint_with(args, env);
     assert!(
         out.status.success(),
         "zeropoint {args:?} failed: {}",
@@ -826,17 +837,8 @@ fn ort_library() -> PathBuf {
 
 /// `zeropoint eval ARGS` (with `--json`), ONNX Runtime available to `--runtime ort`: its report.
 fn eval_json(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
-        .args(args)
-        .env("ORT_DYLIB_PATH", ort_library())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let out = ok_with(args, &[("ORT_DYLIB_PATH", ort_library())]);
+    serde_json::from_str(&out).unwrap()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use zeropoint_onnx::DType;
 
 use crate::compare::Batch;
 use crate::error::{Error, Result};
-use crate::qat::loss::candle_error;
+use crate::qat::loss::{candle_error, f32s};
 use crate::qat::seeded::SplitMix64;
 
 /// Which augmentations a training run applies; the default is none.
@@ -86,12 +86,11 @@ impl Augment {
                     ),
                 ));
             }
-            let x: Vec<f32> = v
-                .tensor
-                .flatten_all()
-                .and_then(|t| t.to_vec1())
-                .map_err(candle_error)?;
-            let y = shifted(&x, [dims[0] * dims[1], dims[2], dims[3]], draw);
+            let y = shifted(
+                &f32s(&v.tensor)?,
+                [dims[0] * dims[1], dims[2], dims[3]],
+                draw,
+            );
             let t = Tensor::from_vec(y, dims, &candle_core::Device::Cpu).map_err(candle_error)?;
             out.insert(name.clone(), zeropoint_engine::Value::new(t, DType::F32));
         }

@@ -219,11 +219,7 @@ impl KeptNorm {
                 .zip(batch)
                 .map(|(o, b)| ((1.0 - MOMENTUM) * f64::from(*o) + MOMENTUM * f64::from(*b)) as f32)
                 .collect();
-            v.set(
-                &Tensor::from_vec(new, self.channels, &candle_core::Device::Cpu)
-                    .map_err(candle_error)?,
-            )
-            .map_err(candle_error)
+            self.set_channels(v, new).map_err(candle_error)
         };
         step(&self.mean, &mean)?;
         step(&self.var, &var)
@@ -232,10 +228,17 @@ impl KeptNorm {
     /// Sets the running statistics to the population's of the summed `m`.
     pub(crate) fn set_estimate(&self, m: &Moments) -> Result<()> {
         let (mean, var) = m.mean_var(false);
-        let dev = candle_core::Device::Cpu;
-        let t = |v: Vec<f32>| Tensor::from_vec(v, self.channels, &dev).map_err(candle_error);
-        self.mean.set(&t(mean)?).map_err(candle_error)?;
-        self.var.set(&t(var)?).map_err(candle_error)
+        self.set_channels(&self.mean, mean).map_err(candle_error)?;
+        self.set_channels(&self.var, var).map_err(candle_error)
+    }
+
+    /// Sets one of the per-channel variables (γ, β, the running statistics) to `values`.
+    fn set_channels(&self, var: &Var, values: Vec<f32>) -> candle_core::Result<()> {
+        var.set(&Tensor::from_vec(
+            values,
+            self.channels,
+            &candle_core::Device::Cpu,
+        )?)
     }
 
     /// γ keeps its sign and stays away from zero, so that the export's scales stay positive.
@@ -246,11 +249,7 @@ impl KeptNorm {
             .zip(&self.sign)
             .map(|(v, s)| s * (v * s).max(1e-6))
             .collect();
-        self.gamma.set(&Tensor::from_vec(
-            kept,
-            self.channels,
-            &candle_core::Device::Cpu,
-        )?)
+        self.set_channels(&self.gamma, kept)
     }
 
     /// The export's fold: per channel, the factor r on the weight and its scale, and the bias.

@@ -237,10 +237,9 @@ impl Model {
             return Ok(false);
         }
         let mut sums: Vec<Option<Moments>> = (0..self.norms.len()).map(|_| None).collect();
-        let order: Vec<usize> = (0..samples.len()).collect();
-        let chunks: Vec<&[usize]> = order.chunks(opts.batch.max(1)).collect();
+        let chunks: Vec<&[Batch]> = samples.chunks(opts.batch.max(1)).collect();
         for (k, chunk) in chunks.iter().enumerate() {
-            let batch = crate::qat::train::stack(samples, chunk)?;
+            let batch = stack(&chunk.iter().collect::<Vec<_>>())?;
             let (_, seen) = self.forward(exec, batch, opts, Mode::Estimate)?;
             for m in seen {
                 match &mut sums[m.norm] {
@@ -488,6 +487,17 @@ pub(crate) fn trained_weight(c: &Calibrated, w: &WeightParams) -> Result<Trained
         grad_scale: lsq_grad_scale(per_scale, qmax),
         params: w.clone(),
     })
+}
+
+/// Samples (one per batch) stacked into one batch along the first axis.
+pub(crate) fn stack(parts: &[&Batch]) -> Result<Batch> {
+    let mut out = Batch::new();
+    for (name, first) in parts[0] {
+        let tensors: Vec<&Tensor> = parts.iter().map(|b| &b[name].tensor).collect();
+        let t = Tensor::cat(&tensors, 0).map_err(candle_error)?;
+        out.insert(name.clone(), Value::new(t, first.dtype));
+    }
+    Ok(out)
 }
 
 pub(crate) fn var_of(values: &[f32], shape: &[usize]) -> Result<Var> {

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
-use zeropoint_engine::{Executor, Value};
+use zeropoint_engine::Executor;
 use zeropoint_onnx::ModelProto;
 
 use crate::calibrated::{calibrated, first_samples, Calibrated};
@@ -23,7 +23,7 @@ use crate::evaluate::top;
 use crate::qat::batch_norm::Mode;
 use crate::qat::checkpoint;
 use crate::qat::loss::{candle_error, f32s, trained_output};
-use crate::qat::model::Model;
+use crate::qat::model::{stack, Model};
 pub use crate::qat::optim::Rule;
 use crate::qat::optim::{learning_rate, Optimizer};
 pub use crate::qat::options::{Augment, BatchNorm, Distill, Options};
@@ -277,7 +277,7 @@ impl Run<'_> {
     fn batch(&self, epoch: usize, chunk: &[usize]) -> Result<Batch> {
         let a = self.opts.augment;
         if a.is_off() {
-            return stack(self.samples, chunk);
+            return stack(&chunk.iter().map(|&i| &self.samples[i]).collect::<Vec<_>>());
         }
         let parts = chunk
             .iter()
@@ -286,7 +286,7 @@ impl Run<'_> {
                 a.apply(&self.samples[i], draw, &self.c.graph.source)
             })
             .collect::<Result<Vec<_>>>()?;
-        stack(&parts, &(0..parts.len()).collect::<Vec<_>>())
+        stack(&parts.iter().collect::<Vec<_>>())
     }
 
     /// Validates the model now (after `step` steps of epoch `epoch`, 0-based) and records it;
@@ -356,15 +356,4 @@ fn check_labels(c: &Calibrated, opts: &Options, samples: usize) -> Result<()> {
         )),
         _ => Ok(()),
     }
-}
-
-/// The samples `chunk` (one per batch in `samples`) as one batch.
-pub(crate) fn stack(samples: &[Batch], chunk: &[usize]) -> Result<Batch> {
-    let mut out = Batch::new();
-    for name in samples[chunk[0]].keys() {
-        let parts: Vec<&Tensor> = chunk.iter().map(|&i| &samples[i][name].tensor).collect();
-        let t = Tensor::cat(&parts, 0).map_err(candle_error)?;
-        out.insert(name.clone(), Value::new(t, samples[chunk[0]][name].dtype));
-    }
-    Ok(out)
 }
