@@ -13,9 +13,9 @@
 
 use candle_core::Tensor;
 
-use super::conv_gemm;
 use super::resize::pad_constant;
 use super::{c, check_output, like, one, select, Cx, Error, R};
+use super::{conv_gemm, conv_grad};
 use crate::value::Value;
 
 /// Spatial attributes of Conv, ConvTranspose and the pools, resolved per axis.
@@ -185,10 +185,8 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
             0,
         )
     };
-    let mut y = conv2d(&xp, &w, pad, (strides[0], strides[1]), dil, groups)?;
-    if let Some(b) = cx.opt(2) {
-        y = c(y.broadcast_add(&b.tensor.reshape((1, (), 1, 1))?))?;
-    }
+    let bias = cx.opt(2).map(|b| &b.tensor);
+    let mut y = conv2d(&xp, &w, bias, pad, (strides[0], strides[1]), dil, groups)?;
     if one_d {
         y = c(y.squeeze(2))?;
     }
@@ -200,13 +198,14 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
 /// the batch.
 const COLS_PER_CHUNK: usize = 1 << 21;
 
-/// 2-D convolution with `pad` zeros on every side of the input. Depthwise convolutions (one
-/// input channel per group) are a sum of shifted products; others one matrix product per group
-/// and batch chunk (candle's own conv2d multiplies per image and unfolds the whole batch at
-/// once).
+/// 2-D convolution with `pad` zeros on every side of the input, plus the bias of each output
+/// channel. Depthwise convolutions (one input channel per group) are a sum of shifted products;
+/// others one matrix product per group and batch chunk (candle's own conv2d multiplies per
+/// image and unfolds the whole batch at once).
 fn conv2d(
     x: &Tensor,
     w: &Tensor,
+    bias: Option<&Tensor>,
     pad: usize,
     (sh, sw): (usize, usize),
     dil: usize,
@@ -228,24 +227,32 @@ fn conv2d(
     if groups > 1 && groups == c_in && w.dims()[0] == c_in {
         let xp = padded(x, pad)?;
         if sh == sw {
-            return depthwise(&xp, w, sh, dil);
+            return biased(depthwise(&xp, w, sh, dil)?, bias);
         }
         // Depthwise convolutions take one stride: unequal ones subsample a stride-1 result.
         let y = depthwise(&xp, w, 1, dil)?;
         let (h1, w1) = (y.dims()[2], y.dims()[3]);
         let y = strided(&y, 2, 0, h1.div_ceil(sh), sh)?;
-        return strided(&y, 3, 0, w1.div_ceil(sw), sw);
+        return biased(strided(&y, 3, 0, w1.div_ceil(sw), sw)?, bias);
     }
     if groups == 1 {
-        return gemm_conv(x, w, pad, (sh, sw), dil);
+        return gemm_conv(x, w, bias, pad, (sh, sw), dil);
     }
     let (xs, ws) = (c(x.chunk(groups, 1))?, c(w.chunk(groups, 0))?);
     let parts = xs
         .iter()
         .zip(&ws)
-        .map(|(x, w)| gemm_conv(x, w, pad, (sh, sw), dil))
+        .map(|(x, w)| gemm_conv(x, w, None, pad, (sh, sw), dil))
         .collect::<R<Vec<_>>>()?;
-    c(Tensor::cat(&parts, 1))
+    biased(c(Tensor::cat(&parts, 1))?, bias)
+}
+
+/// `y` plus the bias of each output channel, if there is one.
+fn biased(y: Tensor, bias: Option<&Tensor>) -> R<Tensor> {
+    match bias {
+        Some(b) => conv_grad::add_bias(&y, b),
+        None => Ok(y),
+    }
 }
 
 /// `x` with `pad` zeros on every side of its two spatial axes.
@@ -268,29 +275,43 @@ fn out_len(len: usize, k: usize, stride: usize, dil: usize) -> Option<usize> {
 /// One group's convolution as W [M, C·kh·kw] × columns [C·kh·kw, OH·OW], image by image, at
 /// strides (`sh`, `sw`) with `pad` zeros around the input: only the output positions are
 /// computed (a 1-D STFT at stride 160 does 1/160 of the work of a stride-1 convolution).
-/// Float32 runs without gradients take [`conv_gemm`]'s tiled product, which reads the padding
-/// as zeros instead of copying the input into a padded one.
+/// Float32 runs take [`conv_gemm`]'s tiled product, which reads the padding as zeros instead of
+/// copying the input into a padded one: as is without gradients, within [`conv_grad`]'s op with
+/// them.
 fn gemm_conv(
     x: &Tensor,
     w: &Tensor,
+    bias: Option<&Tensor>,
     pad: usize,
     (sh, sw): (usize, usize),
     dil: usize,
 ) -> R<Tensor> {
-    let (n, ch, h, wd) = c(x.dims4())?;
-    let (m, _, kh, kw) = c(w.dims4())?;
+    let (_, ch, h, wd) = c(x.dims4())?;
+    let (_, _, kh, kw) = c(w.dims4())?;
     let oh = out_len(h + 2 * pad, kh, sh, dil).ok_or(TOO_LARGE)?;
     let ow = out_len(wd + 2 * pad, kw, sw, dil).ok_or(TOO_LARGE)?;
+    let g = conv_gemm::Geometry {
+        input: (ch, h, wd),
+        pad,
+        kernel: (kh, kw),
+        strides: (sh, sw),
+        dilation: dil,
+        output: (oh, ow),
+    };
     let f32 = candle_core::DType::F32;
-    if x.dtype() == f32 && w.dtype() == f32 && !x.track_op() && !w.track_op() {
-        let g = conv_gemm::Geometry {
-            input: (ch, h, wd),
-            pad,
-            kernel: (kh, kw),
-            strides: (sh, sw),
-            dilation: dil,
-            output: (oh, ow),
-        };
+    if x.dtype() == f32 && w.dtype() == f32 && (x.track_op() || w.track_op()) {
+        return conv_grad::conv(x, w, bias, g);
+    }
+    biased(unbiased_gemm_conv(x, w, g)?, bias)
+}
+
+/// [`gemm_conv`] without the bias, where no float32 gradient is needed.
+fn unbiased_gemm_conv(x: &Tensor, w: &Tensor, g: conv_gemm::Geometry) -> R<Tensor> {
+    let (n, ch, _, _) = c(x.dims4())?;
+    let (m, _, kh, kw) = c(w.dims4())?;
+    let ((oh, ow), (sh, sw), pad, dil) = (g.output, g.strides, g.pad, g.dilation);
+    let f32 = candle_core::DType::F32;
+    if x.dtype() == f32 && w.dtype() == f32 {
         let w = c(w.flatten_all()?.to_vec1::<f32>())?;
         let y = crate::value::with_f32_slice(x, |x| conv_gemm::conv(x, &w, m, g))?;
         return c(Tensor::from_vec(y, (n, m, oh, ow), x.device()));
@@ -550,7 +571,7 @@ pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
             .conv2d(&wt.contiguous()?, 0, 1, dil[0], groups))?
     };
     if let Some(b) = cx.opt(2) {
-        y = c(y.broadcast_add(&b.tensor.reshape((1, (), 1, 1))?))?;
+        y = conv_grad::add_bias(&y, &b.tensor)?;
     }
     if one_d {
         y = c(y.squeeze(2))?;

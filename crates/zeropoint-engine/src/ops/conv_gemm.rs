@@ -18,7 +18,7 @@ const TILE_BYTES: usize = 256 << 10;
 
 /// Output positions per tile for `k` rows of patch values: a multiple of 16 (the GEMM's
 /// register tile), at least 128 and at most 1024.
-fn tile_width(k: usize) -> usize {
+pub(super) fn tile_width(k: usize) -> usize {
     (TILE_BYTES / 4 / k.max(1)).clamp(128, 1024) / 16 * 16
 }
 
@@ -37,11 +37,11 @@ pub(super) struct Geometry {
 
 impl Geometry {
     /// Rows of the kernel matrix: channels · kh · kw.
-    fn k(&self) -> usize {
+    pub(super) fn k(&self) -> usize {
         self.input.0 * self.kernel.0 * self.kernel.1
     }
 
-    fn pointwise(&self) -> bool {
+    pub(super) fn pointwise(&self) -> bool {
         self.kernel == (1, 1) && self.strides == (1, 1) && self.pad == 0
     }
 }
@@ -110,7 +110,10 @@ fn tile(
     COLS.with(|cols| {
         let mut cols = cols.borrow_mut();
         cols.resize(k * n, 0.0);
-        zeropoint_core::kernel::dispatch(|| gather(x, g, at, &mut cols[..k * n]));
+        zeropoint_core::kernel::dispatch(
+            #[inline(always)]
+            || gather(x, g, at, &mut cols[..k * n]),
+        );
         matmul(m, n, k, w, (&cols[..k * n], n), (dst, positions));
     });
 }
@@ -124,53 +127,97 @@ thread_local! {
 /// channel c shifted by kernel tap (i, j), one value per position, zero where the tap falls
 /// on the padding.
 #[inline(always)]
-fn gather(x: &[f32], g: Geometry, at: std::ops::Range<usize>, cols: &mut [f32]) {
+pub(super) fn gather(x: &[f32], g: Geometry, at: std::ops::Range<usize>, cols: &mut [f32]) {
+    let sw = g.strides.1;
+    for (row, dst) in cols.chunks_mut(at.len()).enumerate() {
+        runs(
+            g,
+            at.clone(),
+            row,
+            #[inline(always)]
+            |run, inside, first| {
+                let out = &mut dst[run];
+                out[..inside.start].fill(0.0);
+                out[inside.end..].fill(0.0);
+                let out = &mut out[inside.clone()];
+                if sw == 1 {
+                    out.copy_from_slice(&x[first..first + inside.len()]);
+                } else {
+                    for (o, v) in out.iter_mut().zip(x[first..].iter().step_by(sw)) {
+                        *o = *v;
+                    }
+                }
+            },
+        );
+    }
+}
+
+/// The reverse of [`gather`]: adds each patch value of `cols` onto the input element it was
+/// read from (col2im), so that `dx` receives the gradient of the patches.
+#[inline(always)]
+pub(super) fn scatter(cols: &[f32], g: Geometry, at: std::ops::Range<usize>, dx: &mut [f32]) {
+    let sw = g.strides.1;
+    for (row, src) in cols.chunks(at.len()).enumerate() {
+        runs(
+            g,
+            at.clone(),
+            row,
+            #[inline(always)]
+            |run, inside, first| {
+                let src = &src[run][inside.clone()];
+                if sw == 1 {
+                    for (o, v) in dx[first..first + src.len()].iter_mut().zip(src) {
+                        *o += v;
+                    }
+                } else {
+                    for (o, v) in dx[first..].iter_mut().step_by(sw).zip(src) {
+                        *o += v;
+                    }
+                }
+            },
+        );
+    }
+}
+
+/// Walks row `row` = (c, i, j) of the patches of output positions `at`, one output row at a
+/// time: calls `f(run, inside, first)` with the run's positions relative to `at`, the part of
+/// them whose tap falls inside the image (relative to the run; empty where the whole run reads
+/// padding) and the input element that part's first position reads (later ones `sw` apart).
+#[inline(always)]
+fn runs(
+    g: Geometry,
+    at: std::ops::Range<usize>,
+    row: usize,
+    mut f: impl FnMut(std::ops::Range<usize>, std::ops::Range<usize>, usize),
+) {
     let (_, h, wd) = g.input;
     let (kh, kw) = g.kernel;
     let (sh, sw) = g.strides;
     let (d, ow, pad) = (g.dilation, g.output.1, g.pad);
-    let n = at.len();
-    for (row, dst) in cols.chunks_mut(n).enumerate() {
-        let (c, tap) = (row / (kh * kw), row % (kh * kw));
-        let (i, j) = (tap / kw, tap % kw);
-        let src = &x[c * h * wd..(c + 1) * h * wd];
-        // Output columns [lo, hi) read inside the image: pad ≤ col·sw + j·d < pad + wd.
-        let lo = (pad.saturating_sub(j * d)).div_ceil(sw).min(ow);
-        let hi = (pad + wd).saturating_sub(j * d).div_ceil(sw).clamp(lo, ow);
-        // Walk the positions one output row at a time.
-        let mut p = at.start;
-        let mut dst = &mut dst[..];
-        while p < at.end {
-            let (r, col) = (p / ow, p % ow);
-            let run = (ow - col).min(at.end - p);
-            let (out, rest) = dst.split_at_mut(run);
-            dst = rest;
-            p += run;
-            let y = (r * sh + i * d).wrapping_sub(pad);
-            if y >= h {
-                out.fill(0.0);
-                continue;
-            }
-            // This run's columns inside the image, [a, b) relative to `col`.
-            let (a, b) = (
-                lo.clamp(col, col + run) - col,
-                hi.clamp(col, col + run) - col,
-            );
-            out[..a].fill(0.0);
-            out[b..].fill(0.0);
-            if a == b {
-                continue;
-            }
-            let first = (col + a) * sw + j * d - pad;
-            let from = &src[y * wd + first..];
-            if sw == 1 {
-                out[a..b].copy_from_slice(&from[..b - a]);
-            } else {
-                for (o, v) in out[a..b].iter_mut().zip(from.iter().step_by(sw)) {
-                    *o = *v;
-                }
-            }
+    let (c, tap) = (row / (kh * kw), row % (kh * kw));
+    let (i, j) = (tap / kw, tap % kw);
+    // Output columns [lo, hi) read inside the image: pad ≤ col·sw + j·d < pad + wd.
+    let lo = (pad.saturating_sub(j * d)).div_ceil(sw).min(ow);
+    let hi = (pad + wd).saturating_sub(j * d).div_ceil(sw).clamp(lo, ow);
+    let mut p = at.start;
+    while p < at.end {
+        let (r, col) = (p / ow, p % ow);
+        let n = (ow - col).min(at.end - p);
+        let run = p - at.start..p - at.start + n;
+        p += n;
+        let y = (r * sh + i * d).wrapping_sub(pad);
+        if y >= h {
+            f(run, 0..0, 0);
+            continue;
         }
+        // This run's columns inside the image, [a, b) relative to `col`.
+        let (a, b) = (lo.clamp(col, col + n) - col, hi.clamp(col, col + n) - col);
+        let first = if a < b {
+            c * h * wd + y * wd + (col + a) * sw + j * d - pad
+        } else {
+            0
+        };
+        f(run, a..b.max(a), first);
     }
 }
 

@@ -11,6 +11,53 @@ use crate::value::{carrier, Value};
 use zeropoint_graph::Op;
 use zeropoint_onnx::DType;
 
+/// max(x, 0). Where a float32 gradient is needed it is a candle op whose backward pass is one
+/// select, ∂x = ∂y where x ≥ 0 (as candle's own); candle's takes four tensor-sized passes.
+fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if !x.track_op() || x.dtype() != CDType::F32 {
+        return x.relu();
+    }
+    x.contiguous()?.apply_op1(Relu)
+}
+
+struct Relu;
+
+impl candle_core::CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("Relu: a non-contiguous input");
+        };
+        let y = x.as_slice::<f32>()?[start..end]
+            .iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        Ok((candle_core::CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dy = dy.contiguous()?;
+        let dx = crate::value::with_f32_slice(x, |x| {
+            crate::value::with_f32_slice(&dy, |dy| {
+                x.iter()
+                    .zip(dy)
+                    .map(|(&x, &g)| if x >= 0.0 { g } else { 0.0 })
+                    .collect::<Vec<f32>>()
+            })
+        })
+        .and_then(|r| r)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
 pub fn binary(cx: &Cx) -> R<Vec<Value>> {
     let (a, b) = (cx.input(0)?, cx.input(1)?);
     let (x, y) = (&a.tensor, &b.tensor);
@@ -127,7 +174,7 @@ pub fn unary(cx: &Cx) -> R<Vec<Value>> {
         op => {
             let x = cx.float(0)?;
             match op {
-                Op::Relu => x.relu(),
+                Op::Relu => relu(x),
                 Op::Sigmoid => sigmoid(x),
                 Op::Tanh => x.tanh(),
                 Op::Exp => x.exp(),

@@ -8,6 +8,7 @@
 mod blocked;
 mod conv;
 mod conv_gemm;
+mod conv_grad;
 mod einsum;
 mod elementwise;
 mod index;

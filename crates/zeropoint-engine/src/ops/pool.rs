@@ -135,8 +135,14 @@ impl Windows {
 fn max_pool(x: &Tensor, w: &Windows, native: bool) -> R<Tensor> {
     let xp = w.grow(x, f64::NEG_INFINITY)?;
     let (k, s) = ((w.k[0], w.k[1]), (w.s[0], w.s[1]));
-    if native && xp.dtype() == candle_core::DType::F32 {
-        max_pool_direct(&xp, k, s, (w.out[0], w.out[1]))
+    let window = MaxPool {
+        k,
+        s,
+        d: (w.d[0], w.d[1]),
+        out: (w.out[0], w.out[1]),
+    };
+    if xp.dtype() == candle_core::DType::F32 {
+        c(xp.contiguous()?.apply_op1(window))
     } else if native {
         c(xp.max_pool2d_with_stride(k, s))
     } else {
@@ -202,38 +208,157 @@ pub fn global_pool(cx: &Cx) -> R<Vec<Value>> {
     one(like(y, v))
 }
 
-/// Max pooling of a padded float32 input as direct loops over each image plane, in parallel
-/// (candle's kernel visits one window at a time; row-wise maxima over each kernel offset
-/// vectorize, and the planes spread over threads).
-fn max_pool_direct(
-    xp: &Tensor,
+/// Max pooling of a padded float32 input [N, C, H, W] as a candle op: direct loops over each
+/// image plane in parallel (candle's kernel visits one window at a time; row-wise maxima over
+/// each kernel offset vectorize), and a backward pass that sends each output's gradient to its
+/// window's first maximum, as PyTorch and ONNX's Indices output pick it (the maximum of views it
+/// replaces split the gradient of tied values, and zeroed and re-added the whole input once per
+/// kernel offset).
+struct MaxPool {
     k: (usize, usize),
     s: (usize, usize),
+    d: (usize, usize),
     out: (usize, usize),
-) -> R<Tensor> {
-    use rayon::prelude::*;
-    let (n, ch, h, wd) = c(xp.dims4())?;
-    let (oh, ow) = out;
-    let mut y = vec![f32::NEG_INFINITY; n * ch * oh * ow];
-    crate::value::with_f32_slice(xp, |x| {
-        y.par_chunks_mut(oh * ow)
+}
+
+impl MaxPool {
+    /// Calls `f(index, input plane, output plane)` for each image plane of `x` [planes, H, W]
+    /// and the matching plane of an output `y`, in parallel.
+    fn planes<T: Send>(
+        &self,
+        x: &[f32],
+        (h, wd): (usize, usize),
+        y: &mut [T],
+        plane_out: usize,
+        f: impl Fn(usize, &[f32], &mut [T]) + Sync,
+    ) {
+        use rayon::prelude::*;
+        if plane_out == 0 {
+            return;
+        }
+        y.par_chunks_mut(plane_out)
             .enumerate()
-            .for_each(|(plane, out)| {
-                let src = &x[plane * h * wd..(plane + 1) * h * wd];
-                for (r, row_out) in out.chunks_mut(ow).enumerate() {
-                    for i in 0..k.0 {
-                        let row = &src[(r * s.0 + i) * wd..];
-                        for j in 0..k.1 {
-                            for (m, &v) in row_out.iter_mut().zip(row[j..].iter().step_by(s.1)) {
-                                // A NaN in the window makes the result NaN.
-                                if v > *m || v.is_nan() {
-                                    *m = v;
-                                }
+            .for_each(|(p, out)| f(p, &x[p * h * wd..(p + 1) * h * wd], out));
+    }
+
+    fn forward(&self, x: &[f32], (h, wd): (usize, usize)) -> Vec<f32> {
+        let ((oh, ow), (kh, kw), (sh, sw), (dh, dw)) = (self.out, self.k, self.s, self.d);
+        let planes = x.len() / (h * wd).max(1);
+        let mut y = vec![f32::NEG_INFINITY; planes * oh * ow];
+        self.planes(x, (h, wd), &mut y, oh * ow, |_, src, out| {
+            for (r, row_out) in out.chunks_mut(ow).enumerate() {
+                for i in 0..kh {
+                    let row = &src[(r * sh + i * dh) * wd..];
+                    for j in 0..kw {
+                        for (m, &v) in row_out.iter_mut().zip(row[j * dw..].iter().step_by(sw)) {
+                            // A NaN in the window makes the result NaN.
+                            if v > *m || v.is_nan() {
+                                *m = v;
                             }
                         }
                     }
                 }
-            })
-    })?;
-    c(Tensor::from_vec(y, (n, ch, oh, ow), xp.device()))
+            }
+        });
+        y
+    }
+
+    /// ∂X: each output's gradient `dy` added onto the element its forward pass kept.
+    fn backward(&self, x: &[f32], (h, wd): (usize, usize), dy: &[f32]) -> Vec<f32> {
+        let ((oh, ow), (kh, kw), (sh, sw), (dh, dw)) = (self.out, self.k, self.s, self.d);
+        // Each window element's offset from the window's first.
+        let taps: Vec<usize> = (0..kh)
+            .flat_map(|i| (0..kw).map(move |j| i * dh * wd + j * dw))
+            .collect();
+        let mut dx = vec![0f32; x.len()];
+        self.planes(x, (h, wd), &mut dx, h * wd, |p, src, dx| {
+            let dy = &dy[p * oh * ow..(p + 1) * oh * ow];
+            for r in 0..oh {
+                for q in 0..ow {
+                    let first = r * sh * wd + q * sw;
+                    let window = &src[first..];
+                    let (mut m, mut at) = (f32::NEG_INFINITY, None);
+                    for &t in &taps {
+                        if window[t] > m || window[t].is_nan() {
+                            (m, at) = (window[t], Some(t));
+                        }
+                    }
+                    if let Some(t) = at {
+                        dx[first + t] += dy[r * ow + q];
+                    }
+                }
+            }
+        });
+        dx
+    }
+}
+
+impl candle_core::CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "max-pool"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("MaxPool: a non-contiguous input");
+        };
+        let (n, ch, h, wd) = l.shape().dims4()?;
+        let y = self.forward(&x.as_slice::<f32>()?[start..end], (h, wd));
+        let shape = candle_core::Shape::from((n, ch, self.out.0, self.out.1));
+        Ok((candle_core::CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (_, _, h, wd) = x.dims4()?;
+        let dy = dy.contiguous()?;
+        let dx = crate::value::with_f32_slice(x, |x| {
+            crate::value::with_f32_slice(&dy, |dy| self.backward(x, (h, wd), dy))
+        })
+        .and_then(|r| r)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Forward and backward against a window-by-window definition, with dilation, strides and
+    /// tied maxima (the first of the ties in row-major window order takes the gradient).
+    #[test]
+    fn max_pool_follows_its_windows_and_sends_gradients_to_the_first_maximum() {
+        let (h, wd) = (7, 8);
+        let op = MaxPool {
+            k: (2, 3),
+            s: (2, 1),
+            d: (2, 1),
+            out: (2, 6),
+        };
+        // Two planes; the values repeat every 5, so most windows hold tied maxima.
+        let x: Vec<f32> = (0..2 * h * wd).map(|i| ((i * 3) % 5) as f32).collect();
+        let dy: Vec<f32> = (0..2 * 2 * 6).map(|i| 1.0 + i as f32).collect();
+        let y = op.forward(&x, (h, wd));
+        let dx = op.backward(&x, (h, wd), &dy);
+        let mut want_dx = vec![0f32; x.len()];
+        for p in 0..2 {
+            for r in 0..2 {
+                for q in 0..6 {
+                    let window: Vec<usize> = (0..2)
+                        .flat_map(|i| (0..3).map(move |j| (r * 2 + i * 2) * wd + q + j))
+                        .map(|e| p * h * wd + e)
+                        .collect();
+                    let max = window.iter().map(|&e| x[e]).fold(f32::MIN, f32::max);
+                    assert_eq!(y[(p * 2 + r) * 6 + q], max);
+                    let first = *window.iter().find(|&&e| x[e] == max).unwrap();
+                    want_dx[first] += dy[(p * 2 + r) * 6 + q];
+                }
+            }
+        }
+        assert_eq!(dx, want_dx);
+    }
 }

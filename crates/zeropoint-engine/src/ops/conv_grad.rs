@@ -1,0 +1,583 @@
+//! The float32 convolution where a gradient is needed: a candle op whose forward pass is
+//! [`conv_gemm`]'s tiled product (the same bits as a run without gradients) and whose backward
+//! pass computes both gradients tile by tile from the same image patches:
+//!
+//! - ∂W [M, C·kh·kw] = Σ over images and tiles of ∂Y[:, tile] · colsᵀ;
+//! - ∂X: per tile, ∂cols = Wᵀ · ∂Y[:, tile], added back onto the image where each patch value
+//!   was read (col2im);
+//! - ∂b: the sums of ∂Y over each output channel.
+//!
+//! Written as candle expressions (strided views, a stack and a matrix product), the backward pass
+//! zeroed and added up kh·kw full copies of the input per layer, most of a training step's time.
+//! The images are cut into groups fixed by the shapes; each group sums its own ∂W and the groups'
+//! sums are added in order, so the gradients are the same bits at any thread count.
+//!
+//! The bias is added within the op for the same reason: candle's gradient of a broadcast addition
+//! sums over the batch and spatial axes in a strided scalar loop. Convolutions whose bias comes
+//! after (depthwise and grouped ones) take [`add_bias`], the same addition as an op of its own.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::conv_gemm::{self, gather, scatter, tile_width, Geometry};
+use super::{c, R};
+
+/// `x` [N, C, H, W] convolved with `w` [M, C, kh, kw] as `g` says, plus `bias` [M], with
+/// gradients for all three.
+pub(super) fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Geometry) -> R<Tensor> {
+    let m = w.dims()[0];
+    let b = match bias {
+        Some(b) => c(b.flatten_all()?.contiguous())?,
+        None => c(Tensor::zeros(m, DType::F32, w.device()))?,
+    };
+    let op = Conv {
+        g,
+        bias: bias.is_some(),
+    };
+    c(x.contiguous()?.apply_op3(&w.contiguous()?, &b, op))
+}
+
+/// `y` [N, M, ...] plus the bias `b` [M] of each output channel.
+pub(super) fn add_bias(y: &Tensor, b: &Tensor) -> R<Tensor> {
+    let tracked = y.track_op() || b.track_op();
+    if !(tracked && y.dtype() == DType::F32 && b.dtype() == DType::F32 && y.rank() >= 2) {
+        let mut shape = vec![1; y.rank()];
+        shape[1] = b.elem_count();
+        return c(y.broadcast_add(&b.reshape(shape)?));
+    }
+    let inner = y.dims()[2..].iter().product();
+    c(y.contiguous()?
+        .apply_op2(&b.flatten_all()?.contiguous()?, Bias { inner }))
+}
+
+/// The candle op of [`add_bias`]: element e of y takes channel (e / inner) mod M's bias.
+struct Bias {
+    inner: usize,
+}
+
+impl CustomOp2 for Bias {
+    fn name(&self) -> &'static str {
+        "conv-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        y: &CpuStorage,
+        ly: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, b) = (f32s(y, ly)?, f32s(b, lb)?);
+        if ly.dims()[1] != b.len() {
+            candle_core::bail!(
+                "Conv: {} biases for {} output channels",
+                b.len(),
+                ly.dims()[1]
+            );
+        }
+        let mut out = y.to_vec();
+        let plane = self.inner.max(1);
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, out)| {
+            let v = b[i % b.len()];
+            out.iter_mut().for_each(|o| *o += v);
+        });
+        Ok((CpuStorage::F32(out), ly.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        y: &Tensor,
+        b: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = if b.track_op() {
+            let m = b.elem_count();
+            let plane = self.inner.max(1);
+            let sums = crate::value::with_f32_slice(&grad.contiguous()?, |g| {
+                let mut sums = vec![0f64; m];
+                for (i, plane) in g.chunks(plane).enumerate() {
+                    sums[i % m] += plane.iter().map(|&v| f64::from(v)).sum::<f64>();
+                }
+                sums
+            })
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let sums: Vec<f32> = sums.into_iter().map(|v| v as f32).collect();
+            Some(Tensor::from_vec(sums, b.shape(), b.device())?)
+        } else {
+            None
+        };
+        Ok((y.track_op().then(|| grad.clone()), db))
+    }
+}
+
+/// Images per group of the backward pass: each group holds one partial ∂W.
+const GROUP: usize = 4;
+
+/// The op: arguments x, w and the bias (zeros, not added, without one).
+struct Conv {
+    g: Geometry,
+    bias: bool,
+}
+
+impl Conv {
+    fn plane(&self) -> usize {
+        let (ch, h, wd) = self.g.input;
+        ch * h * wd
+    }
+
+    fn positions(&self) -> usize {
+        self.g.output.0 * self.g.output.1
+    }
+
+    /// ∂X (when `want_dx`, else empty), ∂W and ∂b of `x` convolved with `w` ([M, K]), given ∂Y.
+    fn backward(&self, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -> [Vec<f32>; 3] {
+        let g = self.g;
+        let (k, plane, positions) = (g.k(), self.plane(), self.positions());
+        let m = w.len() / k.max(1);
+        let images = x.len() / plane.max(1);
+        let t = tile_width(k);
+        let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
+        let groups: Vec<(usize, &mut [f32])> = if want_dx {
+            dx.chunks_mut(GROUP * plane).enumerate().collect()
+        } else {
+            (0..images.div_ceil(GROUP))
+                .map(|i| (i, &mut [][..]))
+                .collect()
+        };
+        let partial: Vec<(Vec<f32>, Vec<f64>)> = groups
+            .into_par_iter()
+            .map(|(group, dx)| {
+                let mut dw = vec![0f32; m * k];
+                let mut db = vec![0f64; m];
+                let (mut cols, mut dcols) = (Vec::new(), Vec::new());
+                let first = group * GROUP;
+                for image in first..(first + GROUP).min(images) {
+                    let x = &x[image * plane..(image + 1) * plane];
+                    let dy = &dy[image * m * positions..(image + 1) * m * positions];
+                    for (db, dy) in db.iter_mut().zip(dy.chunks(positions.max(1))) {
+                        *db += dy.iter().map(|&v| f64::from(v)).sum::<f64>();
+                    }
+                    let at = (image - first) * plane;
+                    let dx = if want_dx {
+                        Some(&mut dx[at..at + plane])
+                    } else {
+                        None
+                    };
+                    self.image(x, w, dy, t, (&mut dw, dx), (&mut cols, &mut dcols));
+                }
+                (dw, db)
+            })
+            .collect();
+        let (mut dw, mut db) = (vec![0f32; m * k], vec![0f64; m]);
+        for (pw, pb) in partial {
+            for (d, v) in dw.iter_mut().zip(pw) {
+                *d += v;
+            }
+            for (d, v) in db.iter_mut().zip(pb) {
+                *d += v;
+            }
+        }
+        [dx, dw, db.into_iter().map(|v| v as f32).collect()]
+    }
+
+    /// One image's share of the backward pass, in tiles of `t` output positions: adds to `dw`,
+    /// writes `dx`. `cols` and `dcols` are scratch space.
+    fn image(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        t: usize,
+        (dw, mut dx): (&mut [f32], Option<&mut [f32]>),
+        (cols, dcols): (&mut Vec<f32>, &mut Vec<f32>),
+    ) {
+        let g = self.g;
+        let (k, positions) = (g.k(), self.positions());
+        let m = w.len() / k;
+        // Wᵀ [K, M] as a view of W [M, K].
+        let wt = View::new(w, (k, m), (1, k));
+        for start in (0..positions).step_by(t) {
+            let at = start..(start + t).min(positions);
+            let n = at.len();
+            let dy = View::new(&dy[at.start..], (m, n), (positions, 1));
+            // The patches as [n, K]: position-major reads of the [K, n] column matrix.
+            let patches = if g.pointwise() {
+                View::new(&x[at.start..], (n, k), (1, positions))
+            } else {
+                cols.resize(k * n, 0.0);
+                zeropoint_core::kernel::dispatch(
+                    #[inline(always)]
+                    || gather(x, g, at.clone(), cols),
+                );
+                View::new(cols, (n, k), (1, n))
+            };
+            product((dw, k), dy, patches, true);
+            let Some(dx) = dx.as_deref_mut() else {
+                continue;
+            };
+            if g.pointwise() {
+                // Each patch value is its own input element: ∂cols is ∂X's tile.
+                product((&mut dx[at.start..], positions), wt, dy, false);
+            } else {
+                dcols.resize(k * n, 0.0);
+                product((dcols, n), wt, dy, false);
+                zeropoint_core::kernel::dispatch(
+                    #[inline(always)]
+                    || scatter(dcols, g, at.clone(), dx),
+                );
+            }
+        }
+    }
+}
+
+/// A matrix stored in a slice: `shape` (rows, columns) with `strides` (between rows, between
+/// columns).
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    shape: (usize, usize),
+    strides: (usize, usize),
+}
+
+impl<'a> View<'a> {
+    fn new(data: &'a [f32], shape: (usize, usize), strides: (usize, usize)) -> View<'a> {
+        assert!(
+            reach(shape, strides) <= data.len(),
+            "matrix view out of bounds"
+        );
+        View {
+            data,
+            shape,
+            strides,
+        }
+    }
+}
+
+/// Elements from a matrix's first to its last, inclusive.
+fn reach((rows, cols): (usize, usize), (rs, cs): (usize, usize)) -> usize {
+    if rows == 0 || cols == 0 {
+        return 0;
+    }
+    (rows - 1) * rs + (cols - 1) * cs + 1
+}
+
+/// out = a · b, or out + a · b with `accumulate`; `out`'s rows are `out.1` apart. On this
+/// thread: the backward pass spreads its groups over the threads.
+fn product((out, out_rs): (&mut [f32], usize), a: View, b: View, accumulate: bool) {
+    let ((m, k), (k2, n)) = (a.shape, b.shape);
+    assert!(k == k2, "matrix product of [{m}, {k}] and [{k2}, {n}]");
+    assert!(
+        reach((m, n), (out_rs, 1)) <= out.len(),
+        "matrix product output out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: every element the strides reach lies inside its slice (checked by `View::new`
+    // and the assert above), and `out` is borrowed mutably.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            out_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.strides.1 as isize,
+            a.strides.0 as isize,
+            b.data.as_ptr(),
+            b.strides.1 as isize,
+            b.strides.0 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The contiguous float32 elements of a storage.
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
+        None => candle_core::bail!("Conv: a non-contiguous argument"),
+    }
+}
+
+/// Calls `f` with the float32 elements of each tensor, borrowed from their storage.
+fn with_f32s<T>(ts: [&Tensor; 3], f: impl FnOnce([&[f32]; 3]) -> T) -> candle_core::Result<T> {
+    let ts = ts.map(|t| t.contiguous());
+    let [a, b, d] = ts;
+    let (a, b, d) = (a?, b?, d?);
+    let guards = [&a, &b, &d].map(|t| t.storage_and_layout());
+    let mut slices = Vec::with_capacity(3);
+    for (s, l) in &guards {
+        match &**s {
+            candle_core::Storage::Cpu(s) => slices.push(f32s(s, l)?),
+            _ => candle_core::bail!("Conv: the gradient path runs on the CPU"),
+        }
+    }
+    Ok(f([slices[0], slices[1], slices[2]]))
+}
+
+/// `t`'s gradient `values` if `t` takes one.
+fn gradient(t: &Tensor, values: Vec<f32>) -> candle_core::Result<Option<Tensor>> {
+    t.track_op()
+        .then(|| Tensor::from_vec(values, t.shape(), t.device()))
+        .transpose()
+}
+
+impl CustomOp3 for Conv {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (f32s(x, lx)?, f32s(w, lw)?, f32s(b, lb)?);
+        let m = w.len() / self.g.k().max(1);
+        let images = x.len() / self.plane().max(1);
+        let mut y = conv_gemm::conv(x, w, m, self.g);
+        if self.bias {
+            y.par_chunks_mut(self.positions().max(1))
+                .enumerate()
+                .for_each(|(i, plane)| plane.iter_mut().for_each(|v| *v += b[i % m]));
+        }
+        let (oh, ow) = self.g.output;
+        Ok((CpuStorage::F32(y), Shape::from((images, m, oh, ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let want_dx = x.track_op();
+        let [dx, dw, db] = with_f32s([x, w, dy], |[x, w, dy]| self.backward(x, w, dy, want_dx))?;
+        Ok((gradient(x, dx)?, gradient(w, dw)?, gradient(b, db)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both gradients of Σ ∂Y·Y by the convolution's definition, one patch value at a time, in
+    /// f64: ∂W[o, c, i, j] = Σ ∂Y[n, o, r, q] · X[n, c, r·sh + i·d − pad, q·sw + j·d − pad], and
+    /// ∂X the same products added onto X's element.
+    fn direct(x: &[f32], w: &[f32], dy: &[f32], m: usize, g: Geometry) -> (Vec<f64>, Vec<f64>) {
+        let (ch, h, wd) = g.input;
+        let ((kh, kw), (sh, sw), d, (oh, ow)) = (g.kernel, g.strides, g.dilation, g.output);
+        let images = x.len() / (ch * h * wd);
+        let (mut dx, mut dw) = (vec![0f64; x.len()], vec![0f64; w.len()]);
+        for n in 0..images {
+            for o in 0..m {
+                for r in 0..oh {
+                    for q in 0..ow {
+                        let gy = f64::from(dy[((n * m + o) * oh + r) * ow + q]);
+                        for c in 0..ch {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    let yy = (r * sh + i * d) as i64 - g.pad as i64;
+                                    let xx = (q * sw + j * d) as i64 - g.pad as i64;
+                                    if yy < 0 || xx < 0 || yy >= h as i64 || xx >= wd as i64 {
+                                        continue;
+                                    }
+                                    let xi = ((n * ch + c) * h + yy as usize) * wd + xx as usize;
+                                    let wi = ((o * ch + c) * kh + i) * kw + j;
+                                    dw[wi] += gy * f64::from(x[xi]);
+                                    dx[xi] += gy * f64::from(w[wi]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (dx, dw)
+    }
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 37 + seed) % 101) as f32 / 50.0 - 1.0)
+            .collect()
+    }
+
+    fn close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = want.iter().fold(1f64, |a, b| a.max(b.abs()));
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(*a) - b).abs() <= 1e-5 * scale,
+                "{what}: element {i}: {a} vs {b}"
+            );
+        }
+    }
+
+    /// ∂X and ∂W against the definition: padding, strides, dilation, pointwise kernels, more
+    /// images than a group, and outputs wider than a tile.
+    #[test]
+    fn gradients_follow_the_definition() {
+        // (input C, H, W), pad, kernel, strides, dilation, images
+        for (input, pad, kernel, strides, dilation, images) in [
+            ((3, 9, 11), 1, (3, 3), (1, 1), 1, 2),
+            ((2, 9, 11), 3, (3, 2), (2, 1), 2, 5),
+            ((4, 7, 7), 0, (1, 1), (1, 1), 1, 3),
+            ((2, 6, 8), 1, (1, 1), (2, 3), 1, 1),
+            ((1, 1, 200), 0, (1, 16), (1, 5), 1, 2),
+            ((2, 5, 5), 4, (3, 3), (3, 3), 1, 9),
+            ((3, 40, 40), 1, (3, 3), (1, 1), 1, 2),
+        ] {
+            let (ch, h, wd) = input;
+            let oh = (h + 2 * pad - (kernel.0 - 1) * dilation - 1) / strides.0 + 1;
+            let ow = (wd + 2 * pad - (kernel.1 - 1) * dilation - 1) / strides.1 + 1;
+            let g = Geometry {
+                input,
+                pad,
+                kernel,
+                strides,
+                dilation,
+                output: (oh, ow),
+            };
+            let m = 5;
+            let x = values(images * ch * h * wd, 1);
+            let w = values(m * g.k(), 7);
+            let dy = values(images * m * oh * ow, 3);
+            let (want_dx, want_dw) = direct(&x, &w, &dy, m, g);
+            let conv = Conv { g, bias: true };
+            let [dx, dw, db] = conv.backward(&x, &w, &dy, true);
+            let at = format!("{input:?} pad {pad} {kernel:?} {strides:?} dilation {dilation}");
+            close(&dx, &want_dx, &format!("∂X {at}"));
+            close(&dw, &want_dw, &format!("∂W {at}"));
+            let want_db: Vec<f64> = (0..m)
+                .map(|o| {
+                    let plane = oh * ow;
+                    (0..images)
+                        .flat_map(|n| &dy[(n * m + o) * plane..(n * m + o + 1) * plane])
+                        .map(|&v| f64::from(v))
+                        .sum()
+                })
+                .collect();
+            close(&db, &want_db, &format!("∂b {at}"));
+            let [none, dw_only, _] = conv.backward(&x, &w, &dy, false);
+            assert!(none.is_empty());
+            assert_eq!(dw_only, dw, "∂W without ∂X {at}");
+        }
+    }
+
+    /// The groups are fixed by the shapes: one thread or three give the same bits.
+    #[test]
+    fn the_thread_count_does_not_change_the_bits() {
+        let g = Geometry {
+            input: (16, 14, 14),
+            pad: 1,
+            kernel: (3, 3),
+            strides: (1, 1),
+            dilation: 1,
+            output: (14, 14),
+        };
+        let images = 11;
+        let x = values(images * 16 * 14 * 14, 3);
+        let w = values(8 * g.k(), 5);
+        let dy = values(images * 8 * 14 * 14, 9);
+        let on = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| Conv { g, bias: true }.backward(&x, &w, &dy, true))
+        };
+        let one = on(1);
+        assert!(one[1].iter().any(|&v| v != 0.0));
+        assert_eq!(one, on(3));
+    }
+
+    /// The bias op adds what candle's broadcast addition adds, and its gradients are the
+    /// incoming gradient and its per-channel sums.
+    #[test]
+    fn the_bias_is_added_per_channel_with_its_gradient() {
+        let dev = candle_core::Device::Cpu;
+        let y = candle_core::Var::from_vec(values(2 * 3 * 4 * 5, 1), (2, 3, 4, 5), &dev).unwrap();
+        let b = candle_core::Var::from_vec(vec![0.5f32, -1.25, 2.0], 3, &dev).unwrap();
+        let got = add_bias(y.as_tensor(), b.as_tensor()).unwrap();
+        let want = y
+            .as_tensor()
+            .broadcast_add(&b.as_tensor().reshape((1, 3, 1, 1)).unwrap())
+            .unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&got), flat(&want));
+        let r = Tensor::from_vec(values(120, 5), (2, 3, 4, 5), &dev).unwrap();
+        let grads = (&got * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(flat(grads.get(y.as_tensor()).unwrap()), flat(&r));
+        let rv = flat(&r);
+        let db = flat(grads.get(b.as_tensor()).unwrap());
+        for (m, d) in db.iter().enumerate() {
+            let want: f64 = (0..120)
+                .filter(|e| (e / 20) % 3 == m)
+                .map(|e| f64::from(rv[e]))
+                .sum();
+            assert!(
+                (f64::from(*d) - want).abs() < 1e-5,
+                "∂b[{m}]: {d} vs {want}"
+            );
+        }
+    }
+
+    /// Through candle: the op's output is the convolution plus the bias, and backward() hands
+    /// each of x, w and b its gradient.
+    #[test]
+    fn the_op_runs_through_candles_backward() {
+        let dev = candle_core::Device::Cpu;
+        let g = Geometry {
+            input: (2, 6, 7),
+            pad: 1,
+            kernel: (3, 3),
+            strides: (2, 1),
+            dilation: 1,
+            output: (3, 7),
+        };
+        let (images, m) = (3, 4);
+        let (x, w, b) = (
+            values(images * 2 * 6 * 7, 1),
+            values(m * g.k(), 2),
+            values(m, 3),
+        );
+        let var = |v: &[f32], shape: &[usize]| {
+            candle_core::Var::from_vec(v.to_vec(), shape, &dev).unwrap()
+        };
+        let (xv, wv, bv) = (
+            var(&x, &[images, 2, 6, 7]),
+            var(&w, &[m, 2, 3, 3]),
+            var(&b, &[m]),
+        );
+        let y = conv(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor()), g).unwrap();
+        let plane = 3 * 7;
+        let mut want = conv_gemm::conv(&x, &w, m, g);
+        for (i, v) in want.iter_mut().enumerate() {
+            *v += b[(i / plane) % m];
+        }
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&y), want);
+        let dy = Tensor::from_vec(values(want.len(), 4), y.shape(), &dev).unwrap();
+        let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let [dx, dw, db] = Conv { g, bias: true }.backward(&x, &w, &flat(&dy), true);
+        assert_eq!(flat(grads.get(xv.as_tensor()).unwrap()), dx);
+        assert_eq!(flat(grads.get(wv.as_tensor()).unwrap()), dw);
+        assert_eq!(flat(grads.get(bv.as_tensor()).unwrap()), db);
+    }
+}
