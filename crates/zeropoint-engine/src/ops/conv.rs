@@ -361,7 +361,16 @@ fn depthwise(xp: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
             .ok_or("kernel larger than the padded input")?,
     );
     let plain_f32 = xp.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
-    if plain_f32 && !xp.track_op() && !w.track_op() {
+    if plain_f32 && (xp.track_op() || w.track_op()) {
+        let geometry = conv_grad::Depthwise {
+            kernel: (kh, kw),
+            stride,
+            dilation: dil,
+            output: (oh.div_ceil(stride), ow.div_ceil(stride)),
+        };
+        return conv_grad::depthwise(xp, w, geometry);
+    }
+    if plain_f32 {
         return depthwise_direct(
             xp,
             w,
@@ -422,7 +431,7 @@ fn depthwise_direct(
 /// One image plane of [`depthwise_direct`]. Stride 1 has its own loop: a contiguous zip
 /// vectorizes, a `step_by` does not.
 #[inline(always)]
-fn depthwise_plane(
+pub(super) fn depthwise_plane(
     src: &[f32],
     taps: &[f32],
     (wd, ow, kw, stride, dil): (usize, usize, usize, usize, usize),

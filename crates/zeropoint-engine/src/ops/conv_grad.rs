@@ -12,6 +12,10 @@
 //! The images are cut into groups fixed by the shapes; each group sums its own ∂W and the groups'
 //! sums are added in order, so the gradients are the same bits at any thread count.
 //!
+//! Depthwise convolutions have an op of their own: the forward pass is the direct loops of a run
+//! without gradients, the backward pass the same loops run backwards (∂X gets w·∂Y at each tap's
+//! input element, ∂W the products of ∂Y with each tap's inputs).
+//!
 //! The bias is added within the op for the same reason: candle's gradient of a broadcast addition
 //! sums over the batch and spatial axes in a strided scalar loop. Convolutions whose bias comes
 //! after (depthwise and grouped ones) take [`add_bias`], the same addition as an op of its own.
@@ -325,6 +329,144 @@ fn with_f32s<T>(ts: [&Tensor; 3], f: impl FnOnce([&[f32]; 3]) -> T) -> candle_co
     Ok(f([slices[0], slices[1], slices[2]]))
 }
 
+/// Where a depthwise convolution's taps fall on its (already padded) input.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Depthwise {
+    pub kernel: (usize, usize),
+    pub stride: usize,
+    pub dilation: usize,
+    pub output: (usize, usize),
+}
+
+/// `xp` [N, C, H, W] (padded) convolved with one kernel `w` [C, 1, kh, kw] per channel.
+pub(super) fn depthwise(xp: &Tensor, w: &Tensor, g: Depthwise) -> R<Tensor> {
+    c(xp.contiguous()?.apply_op2(&w.contiguous()?, g))
+}
+
+impl Depthwise {
+    fn taps(&self) -> usize {
+        self.kernel.0 * self.kernel.1
+    }
+
+    fn forward(&self, x: &[f32], w: &[f32], (ch, h, wd): (usize, usize, usize)) -> Vec<f32> {
+        let (oh, ow) = self.output;
+        let planes = x.len() / (h * wd).max(1);
+        let mut y = vec![0f32; planes * oh * ow];
+        let geometry = (wd, ow, self.kernel.1, self.stride, self.dilation);
+        if oh * ow == 0 {
+            return y;
+        }
+        y.par_chunks_mut(oh * ow).enumerate().for_each(|(p, out)| {
+            let src = &x[p * h * wd..(p + 1) * h * wd];
+            let taps = &w[(p % ch) * self.taps()..(p % ch + 1) * self.taps()];
+            zeropoint_core::kernel::dispatch(
+                #[inline(always)]
+                || super::conv::depthwise_plane(src, taps, geometry, out),
+            )
+        });
+        y
+    }
+
+    /// ∂X (when `want_dx`, else empty) and ∂W, given ∂Y. Each image plane's share of ∂W is
+    /// kept apart and the planes of a channel are added in image order: the same bits at any
+    /// thread count.
+    fn backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        (ch, h, wd): (usize, usize, usize),
+        want_dx: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let ((kh, kw), s, d, (oh, ow)) = (self.kernel, self.stride, self.dilation, self.output);
+        let (plane, out_plane, taps) = (h * wd, oh * ow, self.taps());
+        let planes = x.len() / plane.max(1);
+        let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
+        let mut dx_planes: Vec<&mut [f32]> = if want_dx {
+            dx.chunks_mut(plane.max(1)).collect()
+        } else {
+            (0..planes).map(|_| &mut [][..]).collect()
+        };
+        let shares: Vec<Vec<f64>> = dx_planes
+            .par_iter_mut()
+            .enumerate()
+            .map(|(p, dx)| {
+                let src = &x[p * plane..(p + 1) * plane];
+                let dy = &dy[p * out_plane..(p + 1) * out_plane];
+                let k = &w[(p % ch) * taps..(p % ch + 1) * taps];
+                let mut dw = vec![0f64; taps];
+                for (r, dy_row) in dy.chunks(ow.max(1)).enumerate() {
+                    for i in 0..kh {
+                        let at = (r * s + i * d) * wd;
+                        for j in 0..kw {
+                            let first = at + j * d;
+                            let row = src[first..].iter().step_by(s);
+                            dw[i * kw + j] +=
+                                row.zip(dy_row).map(|(&x, &g)| x * g).sum::<f32>() as f64;
+                            if want_dx {
+                                let t = k[i * kw + j];
+                                for (o, &g) in dx[first..].iter_mut().step_by(s).zip(dy_row) {
+                                    *o += t * g;
+                                }
+                            }
+                        }
+                    }
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f64; ch * taps];
+        for (p, share) in shares.iter().enumerate() {
+            let c = p % ch;
+            for (d, v) in dw[c * taps..(c + 1) * taps].iter_mut().zip(share) {
+                *d += v;
+            }
+        }
+        (dx, dw.into_iter().map(|v| v as f32).collect())
+    }
+}
+
+impl CustomOp2 for Depthwise {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, ch, h, wd) = lx.shape().dims4()?;
+        let (x, w) = (f32s(x, lx)?, f32s(w, lw)?);
+        if w.len() != ch * self.taps() {
+            candle_core::bail!(
+                "Conv: a depthwise kernel of {} values for {ch} channels",
+                w.len()
+            );
+        }
+        let y = self.forward(x, w, (ch, h, wd));
+        let (oh, ow) = self.output;
+        Ok((CpuStorage::F32(y), Shape::from((n, ch, oh, ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, ch, h, wd) = x.dims4()?;
+        let want_dx = x.track_op();
+        let (dx, dw) = with_f32s([x, w, dy], |[x, w, dy]| {
+            self.backward(x, w, dy, (ch, h, wd), want_dx)
+        })?;
+        Ok((gradient(x, dx)?, gradient(w, dw)?))
+    }
+}
+
 /// `t`'s gradient `values` if `t` takes one.
 fn gradient(t: &Tensor, values: Vec<f32>) -> candle_core::Result<Option<Tensor>> {
     t.track_op()
@@ -579,5 +721,72 @@ mod tests {
         assert_eq!(flat(grads.get(xv.as_tensor()).unwrap()), dx);
         assert_eq!(flat(grads.get(wv.as_tensor()).unwrap()), dw);
         assert_eq!(flat(grads.get(bv.as_tensor()).unwrap()), db);
+    }
+
+    /// The depthwise op against the convolution's definition (a depthwise convolution is one
+    /// group per channel: each channel is a one-channel convolution of its own plane):
+    /// forward, ∂X and ∂W, with strides, dilation and more images than threads.
+    #[test]
+    fn depthwise_follows_the_definition() {
+        for (kernel, stride, dilation, (h, wd)) in [
+            ((3, 3), 1, 1, (9, 10)),
+            ((3, 3), 2, 1, (9, 10)),
+            ((5, 5), 2, 1, (13, 12)),
+            ((3, 2), 1, 2, (8, 9)),
+        ] {
+            let (images, ch) = (3, 4);
+            let reach = |len: usize, k: usize| len + 1 - ((k - 1) * dilation + 1);
+            let (oh, ow) = (reach(h, kernel.0), reach(wd, kernel.1));
+            let g = Depthwise {
+                kernel,
+                stride,
+                dilation,
+                output: (oh.div_ceil(stride), ow.div_ceil(stride)),
+            };
+            let one = Geometry {
+                input: (1, h, wd),
+                pad: 0,
+                kernel,
+                strides: (stride, stride),
+                dilation,
+                output: g.output,
+            };
+            let out_plane = g.output.0 * g.output.1;
+            let x = values(images * ch * h * wd, 1);
+            let w = values(ch * g.taps(), 2);
+            let dy = values(images * ch * out_plane, 3);
+            let y = g.forward(&x, &w, (ch, h, wd));
+            let (dx, dw) = g.backward(&x, &w, &dy, (ch, h, wd), true);
+            let mut want_dw = vec![0f64; w.len()];
+            for p in 0..images * ch {
+                let c = p % ch;
+                let xp = &x[p * h * wd..(p + 1) * h * wd];
+                let wp = &w[c * g.taps()..(c + 1) * g.taps()];
+                let dyp = &dy[p * out_plane..(p + 1) * out_plane];
+                let at = format!("{kernel:?} stride {stride} dilation {dilation} plane {p}");
+                let want_y: Vec<f64> = conv_gemm::conv(xp, wp, 1, one)
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                close(
+                    &y[p * out_plane..(p + 1) * out_plane],
+                    &want_y,
+                    &format!("Y {at}"),
+                );
+                let (want_dx, dwp) = direct(xp, wp, dyp, 1, one);
+                close(
+                    &dx[p * h * wd..(p + 1) * h * wd],
+                    &want_dx,
+                    &format!("∂X {at}"),
+                );
+                for (d, v) in want_dw[c * g.taps()..].iter_mut().zip(dwp) {
+                    *d += v;
+                }
+            }
+            close(&dw, &want_dw, &format!("∂W {kernel:?} stride {stride}"));
+            let (none, dw_only) = g.backward(&x, &w, &dy, (ch, h, wd), false);
+            assert!(none.is_empty());
+            assert_eq!(dw_only, dw);
+        }
     }
 }
