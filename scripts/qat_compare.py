@@ -3,7 +3,8 @@
 (issue 13; docs/qat.md has the table).
 
 Usage: .venv/bin/python scripts/qat_compare.py [--zeropoint target/release/zeropoint] [--samples 10000]
-       [--epochs 2] [--bits 4] [--threads 1,2] [--lr 1e-3] [--torch-python .cache/torch-venv/bin/python]
+       [--epochs 2] [--bits 4] [--threads 1,2] [--seeds 0] [--lr 1e-3]
+       [--torch-python .cache/torch-venv/bin/python]
 
 Needs PyTorch: Debian's python3-torch 1.13 (`apt-get install python3-torch python3-torchvision`) and
 onnx2torch from PyPI in a venv that sees them:
@@ -55,15 +56,15 @@ def images(name):
     return ((x - np.float32(MEAN)) / np.float32(STD)).astype(np.float32), idx(MNIST / f"{name}-labels-idx1-ubyte.gz", 8)
 
 
-def zeropoint_run(a, threads, work):
+def zeropoint_run(a, threads, work, seed):
     import onnxruntime as ort
 
-    out = work / f"zp_t{threads}.onnx"
+    out = work / f"zp_t{threads}_s{seed}.onnx"
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     cmd = [str(a.zeropoint), "train", str(A1), "--data", str(MNIST / "train-images-idx3-ubyte.gz"), "--labels",
            str(MNIST / "train-labels-idx1-ubyte.gz"), "--samples", str(a.samples), "--mean", str(MEAN), "--std",
            str(STD), "--weights", f"int{a.bits}", "--activations", f"uint{a.bits}", "--epochs", str(a.epochs),
-           "--batch-size", str(BATCH), "--lr", str(a.lr), "--json", "-o", str(out)]
+           "--batch-size", str(BATCH), "--lr", str(a.lr), "--seed", str(seed), "--json", "-o", str(out)]
     t = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
@@ -85,7 +86,7 @@ def torch_worker(a):
     import torch
 
     torch.set_num_threads(a.threads_one)
-    torch.manual_seed(0)
+    torch.manual_seed(a.seed)
     qmax_w, qmin_w, qmax_a = 2 ** (a.bits - 1) - 1, -(2 ** (a.bits - 1)), 2 ** a.bits - 1
 
     class Quantized(torch.nn.Module):
@@ -132,7 +133,7 @@ def torch_worker(a):
     steps = a.epochs * ((len(x_train) + BATCH - 1) // BATCH)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(a.seed)
     seconds = []
     model.train()
     for _ in range(a.epochs):
@@ -153,9 +154,9 @@ def torch_worker(a):
                       "threads": torch.get_num_threads()}))
 
 
-def torch_run(a, threads):
+def torch_run(a, threads, seed):
     cmd = [str(a.torch_python), __file__, "--torch-worker", "--threads-one", str(threads), "--samples", str(a.samples),
-           "--epochs", str(a.epochs), "--bits", str(a.bits), "--lr", str(a.lr)]
+           "--epochs", str(a.epochs), "--bits", str(a.bits), "--lr", str(a.lr), "--seed", str(seed)]
     t = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     if r.returncode != 0:
@@ -174,6 +175,9 @@ def main():
     p.add_argument("--bits", default=4, type=int)
     p.add_argument("--lr", default=1e-3, type=float)
     p.add_argument("--threads", default="1,2")
+    p.add_argument("--seeds", default="0", help="seeds (shuffling, and PyTorch's initial state) for the first "
+                   "thread count; the other thread counts run the first seed")
+    p.add_argument("--seed", default=0, type=int, help=argparse.SUPPRESS)
     p.add_argument("--work", default=ROOT / ".cache" / "qat-compare", type=Path)
     p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads-one", default=1, type=int, help=argparse.SUPPRESS)
@@ -183,15 +187,23 @@ def main():
     a.work.mkdir(parents=True, exist_ok=True)
     print(f"MNIST CNN (A1), W{a.bits}A{a.bits} QAT on {a.samples} training images, {a.epochs} epochs, batch {BATCH}, "
           f"Adam {a.lr:g} with cosine decay; top-1 on the 10 000 test images")
-    print("| tool | threads | top-1 % | s / epoch | whole run s |")
-    print("|---|---|---|---|---|")
-    for threads in [int(t) for t in a.threads.split(",")]:
-        for tool, run in (("zeropoint", lambda: zeropoint_run(a, threads, a.work)),
-                          ("PyTorch", lambda: torch_run(a, threads))):
-            r = run()
-            extra = f" (torch {r['torch']}, {r['threads']} threads)" if "torch" in r else ""
-            print(f"| {tool}{extra} | {threads} | {r['top1']:.2f} | {r['epoch_seconds']:.1f} | "
-                  f"{r['total_seconds']:.1f} |", flush=True)
+    print("| tool | threads | seed | top-1 % | s / epoch | whole run s |")
+    print("|---|---|---|---|---|---|")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    top1 = {"zeropoint": [], "PyTorch": []}
+    for k, threads in enumerate(int(t) for t in a.threads.split(",")):
+        for seed in seeds if k == 0 else seeds[:1]:
+            for tool, run in (("zeropoint", lambda: zeropoint_run(a, threads, a.work, seed)),
+                              ("PyTorch", lambda: torch_run(a, threads, seed))):
+                r = run()
+                if k == 0:
+                    top1[tool].append(r["top1"])
+                extra = f" (torch {r['torch']}, {r['threads']} threads)" if "torch" in r else ""
+                print(f"| {tool}{extra} | {threads} | {seed} | {r['top1']:.2f} | {r['epoch_seconds']:.1f} | "
+                      f"{r['total_seconds']:.1f} |", flush=True)
+    for tool, values in top1.items():
+        print(f"{tool}: mean top-1 {np.mean(values):.3f} % over seeds {a.seeds} (min {min(values):.2f}, "
+              f"max {max(values):.2f})")
 
 
 if __name__ == "__main__":
