@@ -16,7 +16,7 @@ use candle_core::{Tensor, Var};
 use zeropoint_engine::Executor;
 use zeropoint_onnx::ModelProto;
 
-use crate::calibrated::{calibrated, first_samples, Calibrated};
+use crate::calibrated::{self, calibrated, first_samples, Calibrated};
 use crate::compare::Batch;
 use crate::error::{Error, Result};
 use crate::evaluate::top;
@@ -79,7 +79,21 @@ pub fn train(
     opts: &Options,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Trained> {
-    let c = calibrated(path, &opts.ptq, progress)?;
+    let c = if opts.float {
+        // Float training reads no quantization parameter: one batch of samples gives the
+        // graph, its plan and its shapes without observing the whole training set.
+        let one_batch = calibrated::Options {
+            samples: Some(
+                opts.batch
+                    .max(1)
+                    .min(opts.ptq.samples.unwrap_or(usize::MAX)),
+            ),
+            ..opts.ptq.clone()
+        };
+        calibrated(path, &one_batch, progress)?
+    } else {
+        calibrated(path, &opts.ptq, progress)?
+    };
     let mut samples = first_samples(&c.graph, &opts.ptq, usize::MAX)?;
     check_labels(&c, opts, samples.len())?;
     if let (false, Some(first)) = (opts.augment.is_off(), samples.first()) {
