@@ -193,6 +193,42 @@ fn bytes_of<T: Copy, const N: usize>(v: Vec<T>, f: impl Fn(T) -> [u8; N]) -> Vec
     v.into_iter().flat_map(f).collect()
 }
 
+/// The float32 elements a candle custom op receives as a storage and its layout; the ops
+/// here make their arguments contiguous first.
+pub fn storage_f32s<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
+        None => candle_core::bail!("a custom op was given a non-contiguous tensor"),
+    }
+}
+
+/// Calls `f` with the float32 elements of each of `ts` (made contiguous), borrowed from their
+/// storage: what a custom op's backward pass reads its tensors with.
+pub fn with_f32_slices<const N: usize, T>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> T,
+) -> candle_core::Result<T> {
+    let ts = ts
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<Vec<Tensor>>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(N);
+    for (s, l) in &guards {
+        match &**s {
+            candle_core::Storage::Cpu(s) => slices.push(storage_f32s(s, l)?),
+            _ => candle_core::bail!("custom ops run on the CPU"),
+        }
+    }
+    match slices.try_into() {
+        Ok(slices) => Ok(f(slices)),
+        Err(_) => candle_core::bail!("custom op: {N} tensors expected"),
+    }
+}
+
 /// Calls `f` with the elements of `t` as f32, row-major: borrowed from its storage when it is a
 /// contiguous float32 tensor, else converted into a new vector.
 pub fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {

@@ -44,6 +44,29 @@ impl Geometry {
     pub(super) fn pointwise(&self) -> bool {
         self.kernel == (1, 1) && self.strides == (1, 1) && self.pad == 0
     }
+
+    /// A convolution over `input` (C, H, W), its output size following from the rest.
+    #[cfg(test)]
+    pub(super) fn of(
+        input: (usize, usize, usize),
+        pad: usize,
+        kernel: (usize, usize),
+        strides: (usize, usize),
+        dilation: usize,
+    ) -> Geometry {
+        let len = |n: usize, k: usize, s: usize| (n + 2 * pad - (k - 1) * dilation - 1) / s + 1;
+        Geometry {
+            input,
+            pad,
+            kernel,
+            strides,
+            dilation,
+            output: (
+                len(input.1, kernel.0, strides.0),
+                len(input.2, kernel.1, strides.1),
+            ),
+        }
+    }
 }
 
 /// `w` [M, C·kh·kw] convolved with each of `images` ([C, H, W] each, back to back):
@@ -319,16 +342,8 @@ mod tests {
             ((2, 5, 5), 4, (3, 3), (3, 3), 1),
         ] {
             let (ch, h, wd) = input;
-            let oh = (h + 2 * pad - (kernel.0 - 1) * dilation - 1) / strides.0 + 1;
-            let ow = (wd + 2 * pad - (kernel.1 - 1) * dilation - 1) / strides.1 + 1;
-            let g = Geometry {
-                input,
-                pad,
-                kernel,
-                strides,
-                dilation,
-                output: (oh, ow),
-            };
+            let g = Geometry::of(input, pad, kernel, strides, dilation);
+            let (oh, ow) = g.output;
             let (images, m) = (2, 5);
             let x = values(images * ch * h * wd, 1);
             let w = values(m * g.k(), 7);

@@ -25,6 +25,7 @@ use rayon::prelude::*;
 
 use super::conv_gemm::{self, gather, scatter, tile_width, Geometry};
 use super::{c, R};
+use crate::value::{storage_f32s as f32s, with_f32_slices as with_f32s};
 
 /// `x` [N, C, H, W] convolved with `w` [M, C, kh, kw] as `g` says, plus `bias` [M], with
 /// gradients for all three.
@@ -305,30 +306,6 @@ fn product((out, out_rs): (&mut [f32], usize), a: View, b: View, accumulate: boo
     }
 }
 
-/// The contiguous float32 elements of a storage.
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("Conv: a non-contiguous argument"),
-    }
-}
-
-/// Calls `f` with the float32 elements of each tensor, borrowed from their storage.
-fn with_f32s<T>(ts: [&Tensor; 3], f: impl FnOnce([&[f32]; 3]) -> T) -> candle_core::Result<T> {
-    let ts = ts.map(|t| t.contiguous());
-    let [a, b, d] = ts;
-    let (a, b, d) = (a?, b?, d?);
-    let guards = [&a, &b, &d].map(|t| t.storage_and_layout());
-    let mut slices = Vec::with_capacity(3);
-    for (s, l) in &guards {
-        match &**s {
-            candle_core::Storage::Cpu(s) => slices.push(f32s(s, l)?),
-            _ => candle_core::bail!("Conv: the gradient path runs on the CPU"),
-        }
-    }
-    Ok(f([slices[0], slices[1], slices[2]]))
-}
-
 /// Where a depthwise convolution's taps fall on its (already padded) input.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Depthwise {
@@ -586,16 +563,8 @@ mod tests {
             ((3, 40, 40), 1, (3, 3), (1, 1), 1, 2),
         ] {
             let (ch, h, wd) = input;
-            let oh = (h + 2 * pad - (kernel.0 - 1) * dilation - 1) / strides.0 + 1;
-            let ow = (wd + 2 * pad - (kernel.1 - 1) * dilation - 1) / strides.1 + 1;
-            let g = Geometry {
-                input,
-                pad,
-                kernel,
-                strides,
-                dilation,
-                output: (oh, ow),
-            };
+            let g = Geometry::of(input, pad, kernel, strides, dilation);
+            let (oh, ow) = g.output;
             let m = 5;
             let x = values(images * ch * h * wd, 1);
             let w = values(m * g.k(), 7);
@@ -625,14 +594,7 @@ mod tests {
     /// The groups are fixed by the shapes: one thread or three give the same bits.
     #[test]
     fn the_thread_count_does_not_change_the_bits() {
-        let g = Geometry {
-            input: (16, 14, 14),
-            pad: 1,
-            kernel: (3, 3),
-            strides: (1, 1),
-            dilation: 1,
-            output: (14, 14),
-        };
+        let g = Geometry::of((16, 14, 14), 1, (3, 3), (1, 1), 1);
         let images = 11;
         let x = values(images * 16 * 14 * 14, 3);
         let w = values(8 * g.k(), 5);
@@ -685,14 +647,7 @@ mod tests {
     #[test]
     fn the_op_runs_through_candles_backward() {
         let dev = candle_core::Device::Cpu;
-        let g = Geometry {
-            input: (2, 6, 7),
-            pad: 1,
-            kernel: (3, 3),
-            strides: (2, 1),
-            dilation: 1,
-            output: (3, 7),
-        };
+        let g = Geometry::of((2, 6, 7), 1, (3, 3), (2, 1), 1);
         let (images, m) = (3, 4);
         let (x, w, b) = (
             values(images * 2 * 6 * 7, 1),

@@ -32,10 +32,7 @@ impl candle_core::CustomOp1 for Relu {
         x: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("Relu: a non-contiguous input");
-        };
-        let y = x.as_slice::<f32>()?[start..end]
+        let y = crate::value::storage_f32s(x, l)?
             .iter()
             .map(|v| v.max(0.0))
             .collect();
@@ -43,17 +40,12 @@ impl candle_core::CustomOp1 for Relu {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dy = dy.contiguous()?;
-        let dx = crate::value::with_f32_slice(x, |x| {
-            crate::value::with_f32_slice(&dy, |dy| {
-                x.iter()
-                    .zip(dy)
-                    .map(|(&x, &g)| if x >= 0.0 { g } else { 0.0 })
-                    .collect::<Vec<f32>>()
-            })
-        })
-        .and_then(|r| r)
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let dx = crate::value::with_f32_slices([x, dy], |[x, dy]| {
+            x.iter()
+                .zip(dy)
+                .map(|(&x, &g)| if x >= 0.0 { g } else { 0.0 })
+                .collect::<Vec<f32>>()
+        })?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }

@@ -303,23 +303,15 @@ impl candle_core::CustomOp1 for MaxPool {
         x: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("MaxPool: a non-contiguous input");
-        };
         let (n, ch, h, wd) = l.shape().dims4()?;
-        let y = self.forward(&x.as_slice::<f32>()?[start..end], (h, wd));
+        let y = self.forward(crate::value::storage_f32s(x, l)?, (h, wd));
         let shape = candle_core::Shape::from((n, ch, self.out.0, self.out.1));
         Ok((candle_core::CpuStorage::F32(y), shape))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let (_, _, h, wd) = x.dims4()?;
-        let dy = dy.contiguous()?;
-        let dx = crate::value::with_f32_slice(x, |x| {
-            crate::value::with_f32_slice(&dy, |dy| self.backward(x, (h, wd), dy))
-        })
-        .and_then(|r| r)
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let dx = crate::value::with_f32_slices([x, dy], |[x, dy]| self.backward(x, (h, wd), dy))?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }

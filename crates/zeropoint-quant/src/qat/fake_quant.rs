@@ -26,6 +26,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use zeropoint_core::kernel::dispatch;
+use zeropoint_engine::value::{storage_f32s, with_f32_slices};
 
 /// One quantizer's learnable parameters as tensors: scale and zero-point, one each per tensor
 /// or per channel (shaped to broadcast against the quantized value), and its grid.
@@ -134,28 +135,44 @@ impl FakeQuant {
         (self.qmin - z, self.qmax - z)
     }
 
+    /// Calls `f(channel, range, scale, bounds)` for each run of chunk `k` (`len` elements)
+    /// that shares one scale, compiled with AVX2 where the CPU has it.
+    #[inline(always)]
+    fn chunk_runs(
+        &self,
+        (k, len): (usize, usize),
+        (s, z): (&[f32], &[f32]),
+        mut f: impl FnMut(usize, std::ops::Range<usize>, f32, (f32, f32)),
+    ) {
+        dispatch(
+            #[inline(always)]
+            || {
+                self.channels.runs(
+                    k * CHUNK,
+                    k * CHUNK + len,
+                    #[inline(always)]
+                    |c, at| f(c, at, s[c], self.bounds(z[c])),
+                )
+            },
+        )
+    }
+
     fn forward(&self, x: &[f32], s: &[f32], z: &[f32]) -> Vec<f32> {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .enumerate()
             .for_each(|(k, (y, x))| {
-                dispatch(
+                self.chunk_runs(
+                    (k, x.len()),
+                    (s, z),
                     #[inline(always)]
-                    || {
-                        self.channels.runs(
-                            k * CHUNK,
-                            k * CHUNK + x.len(),
-                            #[inline(always)]
-                            |c, at| {
-                                let (s, (lo, hi)) = (s[c], self.bounds(z[c]));
-                                for (y, &x) in y[at.clone()].iter_mut().zip(&x[at]) {
-                                    let r = round_even(x / s);
-                                    let r = if r < lo { lo } else { r };
-                                    *y = if r > hi { hi } else { r } * s;
-                                }
-                            },
-                        )
+                    |_, at, s, (lo, hi)| {
+                        for (y, &x) in y[at.clone()].iter_mut().zip(&x[at]) {
+                            let r = round_even(x / s);
+                            let r = if r < lo { lo } else { r };
+                            *y = if r > hi { hi } else { r } * s;
+                        }
                     },
                 )
             });
@@ -179,24 +196,18 @@ impl FakeQuant {
             .enumerate()
             .map(|(k, (dx, (x, g)))| {
                 let mut sums = vec![(0f64, 0f64); count];
-                dispatch(
+                self.chunk_runs(
+                    (k, x.len()),
+                    (s, z),
                     #[inline(always)]
-                    || {
-                        self.channels.runs(
-                            k * CHUNK,
-                            k * CHUNK + x.len(),
-                            #[inline(always)]
-                            |c, at| {
-                                let (s, (lo, hi)) = (s[c], self.bounds(z[c]));
-                                let (ds, clipped) = Self::element_sums(
-                                    (&x[at.clone()], &g[at.clone()], &mut dx[at]),
-                                    s,
-                                    (lo, hi),
-                                );
-                                sums[c].0 += ds;
-                                sums[c].1 += clipped;
-                            },
-                        )
+                    |c, at, s, bounds| {
+                        let (ds, clipped) = Self::element_sums(
+                            (&x[at.clone()], &g[at.clone()], &mut dx[at]),
+                            s,
+                            bounds,
+                        );
+                        sums[c].0 += ds;
+                        sums[c].1 += clipped;
                     },
                 );
                 sums
@@ -273,29 +284,9 @@ impl FakeQuant {
     }
 }
 
-/// The contiguous float32 elements of a tensor's storage.
-fn f32s_of<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("fake quantization: a non-contiguous argument"),
-    }
-}
-
 /// The contiguous float32 elements of a tensor.
 fn values(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
-}
-
-/// Calls `f` with the float32 elements of `a` and `b`, borrowed from their storage.
-fn with_pair<R>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[f32], &[f32]) -> R) -> Result<R> {
-    let (a, b) = (a.contiguous()?, b.contiguous()?);
-    let ((sa, la), (sb, lb)) = (a.storage_and_layout(), b.storage_and_layout());
-    match (&*sa, &*sb) {
-        (candle_core::Storage::Cpu(sa), candle_core::Storage::Cpu(sb)) => {
-            Ok(f(f32s_of(sa, la)?, f32s_of(sb, lb)?))
-        }
-        _ => candle_core::bail!("fake quantization runs on the CPU"),
-    }
 }
 
 impl CustomOp3 for FakeQuant {
@@ -312,7 +303,11 @@ impl CustomOp3 for FakeQuant {
         z: &CpuStorage,
         lz: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, s, z) = (f32s_of(x, lx)?, f32s_of(s, ls)?, f32s_of(z, lz)?);
+        let (x, s, z) = (
+            storage_f32s(x, lx)?,
+            storage_f32s(s, ls)?,
+            storage_f32s(z, lz)?,
+        );
         if s.len() != self.channels.count || z.len() != self.channels.count {
             candle_core::bail!("fake quantization: scale and zero-point differ in size");
         }
@@ -328,7 +323,7 @@ impl CustomOp3 for FakeQuant {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (sv, zv) = (values(s)?, values(z)?);
-        let (dx, ds, dz) = with_pair(x, grad, |x, g| self.backward(x, &sv, &zv, g))?;
+        let (dx, ds, dz) = with_f32_slices([x, grad], |[x, g]| self.backward(x, &sv, &zv, g))?;
         let ds: Vec<f32> = ds.iter().map(|d| (d * self.grad_scale) as f32).collect();
         let dz: Vec<f32> = dz
             .iter()
