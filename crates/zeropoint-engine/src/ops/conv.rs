@@ -6,10 +6,12 @@
 //! scattered onto the output (col2im); where a gradient is needed, it is the convolution of the
 //! zero-upsampled input with the flipped, transposed kernel. Both cover groups, dilations and
 //! output padding.
-//! The convolution itself is a matrix product of image patches (im2col) with the kernel: in
-//! cache-sized tiles of output positions for float32 runs ([`conv_gemm`]), a chunk of the batch
-//! at a time where a gradient is needed; depthwise convolutions are direct loops (or, when a
-//! gradient is needed, a sum of shifted products).
+//! The convolution itself is a matrix product of image patches (im2col) with the kernel, in
+//! cache-sized tiles of output positions for float32 runs ([`conv_gemm`]; where a gradient is
+//! needed, within [`conv_grad`]'s op, whose backward pass uses the same tiles); depthwise
+//! convolutions are direct loops (the same in `conv_grad`'s depthwise op). Other dtypes with
+//! gradients take candle expressions: a chunk of the batch at a time, and a sum of shifted
+//! products for depthwise convolutions.
 
 use candle_core::Tensor;
 
