@@ -1,9 +1,11 @@
 //! Pooling: MaxPool and AveragePool (pads, strides, dilations, ceil mode, count_include_pad)
 //! and the global pools.
 //!
-//! Each output is the max (or sum) over shifted strided views of the padded input, one per kernel
-//! offset, which gives exactly ONNX Runtime's windows for every attribute combination; without
-//! dilation and gradients, candle's pooling kernels compute the same windows faster.
+//! The input is padded to exactly the windows' reach, which gives ONNX Runtime's windows for
+//! every attribute combination. Float32 MaxPool is a custom op over those windows, with its own
+//! backward pass. Otherwise each output is the max (or sum) over shifted strided views of the
+//! padded input, one per kernel offset; without dilation and gradients, candle's pooling kernels
+//! compute the same windows faster.
 
 use candle_core::Tensor;
 
@@ -34,7 +36,8 @@ pub fn pool(cx: &Cx) -> R<Vec<Value>> {
     let w = Windows::new(cx, &x, one_d)?;
     // Without dilation, candle's own pooling kernels cover the padded input exactly. Their
     // gradients are not usable (candle 0.11 scales max-pool gradients by (#max)/k² instead of
-    // 1/#max, and has none for overlapping windows): differentiated runs take the window path.
+    // 1/#max, and has none for overlapping windows): differentiated runs that are not float32
+    // MaxPool take the window path.
     let native = w.d == [1, 1] && !x.track_op();
     let y = if cx.node.op == Op::MaxPool {
         max_pool(&x, &w, native)?
