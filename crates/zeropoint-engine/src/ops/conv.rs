@@ -7,11 +7,10 @@
 //! zero-upsampled input with the flipped, transposed kernel. Both cover groups, dilations and
 //! output padding.
 //! The convolution itself is a matrix product of image patches (im2col) with the kernel, in
-//! cache-sized tiles of output positions for float32 runs ([`conv_gemm`]; where a gradient is
-//! needed, within [`conv_grad`]'s op, whose backward pass uses the same tiles); depthwise
-//! convolutions are direct loops (the same in `conv_grad`'s depthwise op). Other dtypes with
-//! gradients take candle expressions: a chunk of the batch at a time, and a sum of shifted
-//! products for depthwise convolutions.
+//! cache-sized tiles of output positions for float32 runs ([`conv_gemm`], within
+//! [`conv_grad`]'s op, whose backward pass uses the same tiles); float32 depthwise convolutions
+//! are direct loops (`conv_grad`'s depthwise op). Other dtypes take candle expressions: a chunk
+//! of the batch at a time, and a sum of shifted products for depthwise convolutions.
 
 use candle_core::Tensor;
 
@@ -277,9 +276,8 @@ fn out_len(len: usize, k: usize, stride: usize, dil: usize) -> Option<usize> {
 /// One group's convolution as W [M, C·kh·kw] × columns [C·kh·kw, OH·OW], image by image, at
 /// strides (`sh`, `sw`) with `pad` zeros around the input: only the output positions are
 /// computed (a 1-D STFT at stride 160 does 1/160 of the work of a stride-1 convolution).
-/// Float32 runs take [`conv_gemm`]'s tiled product, which reads the padding as zeros instead of
-/// copying the input into a padded one: as is without gradients, within [`conv_grad`]'s op with
-/// them.
+/// Float32 runs take [`conv_grad`]'s op: [`conv_gemm`]'s tiled product, which reads the padding
+/// as zeros instead of copying the input into a padded one, with its own backward pass.
 fn gemm_conv(
     x: &Tensor,
     w: &Tensor,
@@ -301,23 +299,17 @@ fn gemm_conv(
         output: (oh, ow),
     };
     let f32 = candle_core::DType::F32;
-    if x.dtype() == f32 && w.dtype() == f32 && (x.track_op() || w.track_op()) {
+    if x.dtype() == f32 && w.dtype() == f32 {
         return conv_grad::conv(x, w, bias, g);
     }
     biased(unbiased_gemm_conv(x, w, g)?, bias)
 }
 
-/// [`gemm_conv`] without the bias, where no float32 gradient is needed.
+/// [`gemm_conv`] of other dtypes, without the bias, as candle expressions.
 fn unbiased_gemm_conv(x: &Tensor, w: &Tensor, g: conv_gemm::Geometry) -> R<Tensor> {
     let (n, ch, _, _) = c(x.dims4())?;
     let (m, _, kh, kw) = c(w.dims4())?;
     let ((oh, ow), (sh, sw), pad, dil) = (g.output, g.strides, g.pad, g.dilation);
-    let f32 = candle_core::DType::F32;
-    if x.dtype() == f32 && w.dtype() == f32 {
-        let w = c(w.flatten_all()?.to_vec1::<f32>())?;
-        let y = crate::value::with_f32_slice(x, |x| conv_gemm::conv(x, &w, m, g))?;
-        return c(Tensor::from_vec(y, (n, m, oh, ow), x.device()));
-    }
     let x = padded(x, pad)?;
     let k = ch * kh * kw;
     let w2 = c(w.reshape((m, k)))?;
@@ -362,8 +354,7 @@ fn depthwise(xp: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
             .checked_sub((kw - 1) * dil + 1)
             .ok_or("kernel larger than the padded input")?,
     );
-    let plain_f32 = xp.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
-    if plain_f32 && (xp.track_op() || w.track_op()) {
+    if xp.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32 {
         let geometry = conv_grad::Depthwise {
             kernel: (kh, kw),
             stride,
@@ -371,15 +362,6 @@ fn depthwise(xp: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
             output: (oh.div_ceil(stride), ow.div_ceil(stride)),
         };
         return conv_grad::depthwise(xp, w, geometry);
-    }
-    if plain_f32 {
-        return depthwise_direct(
-            xp,
-            w,
-            stride,
-            dil,
-            (oh.div_ceil(stride), ow.div_ceil(stride)),
-        );
     }
     let mut y: Option<Tensor> = None;
     for i in 0..kh {
@@ -399,65 +381,6 @@ fn depthwise(xp: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
     }
     let y = strided(&y, 2, 0, oh.div_ceil(stride), stride)?;
     strided(&y, 3, 0, ow.div_ceil(stride), stride)
-}
-
-/// The same depthwise convolution as direct loops over each image plane, for runs that need
-/// no gradient: the shifted-product form passes over the whole tensor twice per kernel tap.
-/// Taps are summed in the same order, so both forms give the same bits.
-fn depthwise_direct(
-    xp: &Tensor,
-    w: &Tensor,
-    stride: usize,
-    dil: usize,
-    out: (usize, usize),
-) -> R<Tensor> {
-    use rayon::prelude::*;
-    let (n, ch, h, wd) = c(xp.dims4())?;
-    let (kh, kw) = (w.dims()[2], w.dims()[3]);
-    let (oh, ow) = out;
-    let k = c(w.flatten_all()?.to_vec1::<f32>())?;
-    let mut y = vec![0f32; n * ch * oh * ow];
-    crate::value::with_f32_slice(xp, |x| {
-        y.par_chunks_mut(oh * ow)
-            .enumerate()
-            .for_each(|(plane, out)| {
-                let src = &x[plane * h * wd..(plane + 1) * h * wd];
-                let taps = &k[(plane % ch) * kh * kw..(plane % ch + 1) * kh * kw];
-                let geometry = (wd, ow, kw, stride, dil);
-                zeropoint_core::kernel::dispatch(|| depthwise_plane(src, taps, geometry, out))
-            })
-    })?;
-    c(Tensor::from_vec(y, (n, ch, oh, ow), xp.device()))
-}
-
-/// One image plane of [`depthwise_direct`]. Stride 1 has its own loop: a contiguous zip
-/// vectorizes, a `step_by` does not.
-#[inline(always)]
-pub(super) fn depthwise_plane(
-    src: &[f32],
-    taps: &[f32],
-    (wd, ow, kw, stride, dil): (usize, usize, usize, usize, usize),
-    out: &mut [f32],
-) {
-    let kh = taps.len().checked_div(kw).unwrap_or(0);
-    for (r, row_out) in out.chunks_mut(ow).enumerate() {
-        for i in 0..kh {
-            let row = &src[(r * stride + i * dil) * wd..];
-            for j in 0..kw {
-                let t = taps[i * kw + j];
-                let row = &row[j * dil..];
-                if stride == 1 {
-                    for (v, &x) in row_out.iter_mut().zip(&row[..ow]) {
-                        *v += t * x;
-                    }
-                } else {
-                    for (v, &x) in row_out.iter_mut().zip(row.iter().step_by(stride)) {
-                        *v += t * x;
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Padding (begin, end) of one axis.

@@ -1,6 +1,6 @@
-//! The float32 convolution where a gradient is needed: a candle op whose forward pass is
-//! [`conv_gemm`]'s tiled product (the same bits as a run without gradients) and whose backward
-//! pass computes both gradients tile by tile from the same image patches:
+//! The float32 convolution as a candle op, with or without gradients: its forward pass is
+//! [`conv_gemm`]'s tiled product, and its backward pass computes the gradients tile by tile from
+//! the same image patches:
 //!
 //! - ∂W [M, C·kh·kw] = Σ over images and tiles of ∂Y[:, tile] · colsᵀ;
 //! - ∂X: per tile, ∂cols = Wᵀ · ∂Y[:, tile], added back onto the image where each patch value
@@ -12,9 +12,9 @@
 //! The images are cut into groups fixed by the shapes; each group sums its own ∂W and the groups'
 //! sums are added in order, so the gradients are the same bits at any thread count.
 //!
-//! Depthwise convolutions have an op of their own: the forward pass is the direct loops of a run
-//! without gradients, the backward pass the same loops run backwards (∂X gets w·∂Y at each tap's
-//! input element, ∂W the products of ∂Y with each tap's inputs).
+//! Depthwise convolutions have an op of their own: the forward pass is direct loops over each
+//! image plane, the backward pass the same loops run backwards (∂X gets w·∂Y at each tap's input
+//! element, ∂W the products of ∂Y with each tap's inputs).
 //!
 //! The bias is added within the op for the same reason: candle's gradient of a broadcast addition
 //! sums over the batch and spatial axes in a strided scalar loop. Convolutions whose bias comes
@@ -81,11 +81,7 @@ impl CustomOp2 for Bias {
             );
         }
         let mut out = y.to_vec();
-        let plane = self.inner.max(1);
-        out.par_chunks_mut(plane).enumerate().for_each(|(i, out)| {
-            let v = b[i % b.len()];
-            out.iter_mut().for_each(|o| *o += v);
-        });
+        add_per_channel(&mut out, b, self.inner);
         Ok((CpuStorage::F32(out), ly.shape().clone()))
     }
 
@@ -96,23 +92,31 @@ impl CustomOp2 for Bias {
         _out: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let db = if b.track_op() {
-            let m = b.elem_count();
-            let plane = self.inner.max(1);
-            let sums = crate::value::with_f32_slice(&grad.contiguous()?, |g| {
-                let mut sums = vec![0f64; m];
-                for (i, plane) in g.chunks(plane).enumerate() {
-                    sums[i % m] += plane.iter().map(|&v| f64::from(v)).sum::<f64>();
-                }
-                sums
-            })
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            let sums: Vec<f32> = sums.into_iter().map(|v| v as f32).collect();
-            Some(Tensor::from_vec(sums, b.shape(), b.device())?)
-        } else {
-            None
+        let db = match b.track_op() {
+            true => with_f32s([grad], |[g]| {
+                let mut sums = vec![0f64; b.elem_count()];
+                add_channel_sums(&mut sums, g, self.inner);
+                sums.into_iter().map(|v| v as f32).collect()
+            })?,
+            false => Vec::new(),
         };
-        Ok((y.track_op().then(|| grad.clone()), db))
+        Ok((y.track_op().then(|| grad.clone()), gradient(b, db)?))
+    }
+}
+
+/// Adds to each plane of `y` (`plane` elements, plane i of channel i mod M) its channel's `b`.
+fn add_per_channel(y: &mut [f32], b: &[f32], plane: usize) {
+    y.par_chunks_mut(plane.max(1))
+        .enumerate()
+        .for_each(|(i, y)| y.iter_mut().for_each(|v| *v += b[i % b.len()]));
+}
+
+/// Adds each plane's sum of `g` (planes as in [`add_per_channel`]) to its channel's `sums`, in
+/// f64 and in plane order.
+fn add_channel_sums(sums: &mut [f64], g: &[f32], plane: usize) {
+    let m = sums.len();
+    for (i, g) in g.chunks(plane.max(1)).enumerate() {
+        sums[i % m] += g.iter().map(|&v| f64::from(v)).sum::<f64>();
     }
 }
 
@@ -160,9 +164,7 @@ impl Conv {
                 for image in first..(first + GROUP).min(images) {
                     let x = &x[image * plane..(image + 1) * plane];
                     let dy = &dy[image * m * positions..(image + 1) * m * positions];
-                    for (db, dy) in db.iter_mut().zip(dy.chunks(positions.max(1))) {
-                        *db += dy.iter().map(|&v| f64::from(v)).sum::<f64>();
-                    }
+                    add_channel_sums(&mut db, dy, positions);
                     let at = (image - first) * plane;
                     let dx = if want_dx {
                         Some(&mut dx[at..at + plane])
@@ -338,7 +340,7 @@ impl Depthwise {
             let taps = &w[(p % ch) * self.taps()..(p % ch + 1) * self.taps()];
             zeropoint_core::kernel::dispatch(
                 #[inline(always)]
-                || super::conv::depthwise_plane(src, taps, geometry, out),
+                || depthwise_plane(src, taps, geometry, out),
             )
         });
         y
@@ -400,6 +402,36 @@ impl Depthwise {
             }
         }
         (dx, dw.into_iter().map(|v| v as f32).collect())
+    }
+}
+
+/// One image plane of a depthwise convolution's forward pass. Stride 1 has its own loop: a contiguous zip
+/// vectorizes, a `step_by` does not.
+#[inline(always)]
+fn depthwise_plane(
+    src: &[f32],
+    taps: &[f32],
+    (wd, ow, kw, stride, dil): (usize, usize, usize, usize, usize),
+    out: &mut [f32],
+) {
+    let kh = taps.len().checked_div(kw).unwrap_or(0);
+    for (r, row_out) in out.chunks_mut(ow).enumerate() {
+        for i in 0..kh {
+            let row = &src[(r * stride + i * dil) * wd..];
+            for j in 0..kw {
+                let t = taps[i * kw + j];
+                let row = &row[j * dil..];
+                if stride == 1 {
+                    for (v, &x) in row_out.iter_mut().zip(&row[..ow]) {
+                        *v += t * x;
+                    }
+                } else {
+                    for (v, &x) in row_out.iter_mut().zip(row.iter().step_by(stride)) {
+                        *v += t * x;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -470,9 +502,7 @@ impl CustomOp3 for Conv {
         let images = x.len() / self.plane().max(1);
         let mut y = conv_gemm::conv(x, w, m, self.g);
         if self.bias {
-            y.par_chunks_mut(self.positions().max(1))
-                .enumerate()
-                .for_each(|(i, plane)| plane.iter_mut().for_each(|v| *v += b[i % m]));
+            add_per_channel(&mut y, b, self.positions());
         }
         let (oh, ow) = self.g.output;
         Ok((CpuStorage::F32(y), Shape::from((images, m, oh, ow))))

@@ -227,13 +227,13 @@ struct MaxPool {
 impl MaxPool {
     /// Calls `f(index, input plane, output plane)` for each image plane of `x` [planes, H, W]
     /// and the matching plane of an output `y`, in parallel.
-    fn planes<T: Send>(
+    fn planes(
         &self,
         x: &[f32],
         (h, wd): (usize, usize),
-        y: &mut [T],
+        y: &mut [f32],
         plane_out: usize,
-        f: impl Fn(usize, &[f32], &mut [T]) + Sync,
+        f: impl Fn(usize, &[f32], &mut [f32]) + Sync,
     ) {
         use rayon::prelude::*;
         if plane_out == 0 {

@@ -222,54 +222,28 @@ impl FakeQuant {
         }
         (dx, ds, dz)
     }
-}
 
-impl FakeQuant {
     /// One run of elements sharing scale `s` and bounds: writes ∂x and returns Σ g·t and the
-    /// Σ g of clipped elements. Eight lanes of partial sums let the loop vectorize (a single
-    /// float sum would have to run element by element); they are added in a fixed order.
+    /// Σ g of clipped elements ([`one`] for each). Eight lanes of partial sums let the loop
+    /// vectorize (a single float sum would have to run element by element); they are added in
+    /// a fixed order.
     #[inline(always)]
     fn element_sums(
         (x, g, dx): (&[f32], &[f32], &mut [f32]),
         s: f32,
         (lo, hi): (f32, f32),
     ) -> (f64, f64) {
-        #[inline(always)]
-        fn one(x: f32, g: f32, s: f32, (lo, hi): (f32, f32)) -> (f32, f32, f32) {
-            let u = x / s;
-            let r = round_even(u);
-            let (low, high) = (r < lo, r > hi);
-            let t = if low {
-                lo
-            } else if high {
-                hi
-            } else {
-                r - u
-            };
-            let out = low || high;
-            (if out { 0.0 } else { g }, g * t, if out { g } else { 0.0 })
-        }
         let (mut ds, mut clipped) = ([0f32; 8], [0f32; 8]);
         let (xs, gs, dxs) = (x.chunks_exact(8), g.chunks_exact(8), dx.chunks_exact_mut(8));
         let tail = xs.remainder().len();
         for ((x, g), dx) in xs.zip(gs).zip(dxs) {
             let (x, g): (&[f32; 8], &[f32; 8]) = (x.try_into().unwrap(), g.try_into().unwrap());
             let dx: &mut [f32; 8] = dx.try_into().unwrap();
-            let mut t = [0f32; 8];
-            let mut out = [false; 8];
             for l in 0..8 {
-                let u = x[l] / s;
-                let r = round_even(u);
-                let below = r < lo;
-                let above = r > hi;
-                out[l] = below | above;
-                let edge = if below { lo } else { hi };
-                t[l] = if out[l] { edge } else { r - u };
-            }
-            for l in 0..8 {
-                ds[l] += g[l] * t[l];
-                clipped[l] += if out[l] { g[l] } else { 0.0 };
-                dx[l] = if out[l] { 0.0 } else { g[l] };
+                let (d, t, c) = one(x[l], g[l], s, (lo, hi));
+                dx[l] = d;
+                ds[l] += t;
+                clipped[l] += c;
             }
         }
         let start = x.len() - tail;
@@ -282,6 +256,24 @@ impl FakeQuant {
         let sum = |v: [f32; 8]| v.iter().map(|&v| f64::from(v)).sum::<f64>();
         (sum(ds), sum(clipped))
     }
+}
+
+/// One element's backward pass: ∂x, g·t (t its ∂x̂/∂s before the gradient scale) and g again
+/// if it is clipped (for ∂z), for incoming gradient g, scale s and bounds [lo, hi].
+#[inline(always)]
+fn one(x: f32, g: f32, s: f32, (lo, hi): (f32, f32)) -> (f32, f32, f32) {
+    let u = x / s;
+    let r = round_even(u);
+    let (low, high) = (r < lo, r > hi);
+    let t = if low {
+        lo
+    } else if high {
+        hi
+    } else {
+        r - u
+    };
+    let out = low || high;
+    (if out { 0.0 } else { g }, g * t, if out { g } else { 0.0 })
 }
 
 /// The contiguous float32 elements of a tensor.
