@@ -17,7 +17,9 @@ use crate::error::{Error, Result};
 use crate::params::{params_reusing_weights, Params, WeightParams};
 use crate::qat::batch_norm::{kept_norms, KeptNorm, Mode, Moments};
 use crate::qat::fake_quant::{fake_quant, lsq_grad_scale, Quantizer};
-use crate::qat::loss::{candle_error, cross_entropy, distillation, f32s, trained_output};
+use crate::qat::loss::{
+    candle_error, cross_entropy, distillation, f32s, scores, softmax_axis, trained_output,
+};
 use crate::qat::optim::Optimizer;
 use crate::qat::options::{BatchNorm, Distill, Options};
 use crate::qdq_export::export;
@@ -64,6 +66,8 @@ pub(crate) struct Model {
     /// BatchNorms trained with batch statistics (`--batchnorm batch`), by their value.
     norms: Vec<KeptNorm>,
     norm_of: HashMap<String, usize>,
+    /// The axis of the Softmax the trained output comes from, if it does (loss::scores).
+    softmax_axis: Option<i64>,
 }
 
 impl Model {
@@ -125,6 +129,7 @@ impl Model {
             shared,
             norms,
             norm_of,
+            softmax_axis: softmax_axis(&c.graph, opts.output.as_deref()),
         })
     }
 
@@ -274,12 +279,17 @@ impl Model {
         let loss = match &opts.labels {
             Some(labels) => {
                 let picked: Vec<i64> = chunk.iter().map(|&i| labels[i]).collect();
-                cross_entropy(&logits, &picked)
+                scores(&logits, self.softmax_axis).and_then(|s| cross_entropy(&s, &picked))
             }
             None => {
                 let target = trained_output(teacher.run(batch)?, opts)?.detach();
                 match opts.distill {
-                    Distill::Kl => distillation(&logits, &target, opts.temperature),
+                    Distill::Kl => {
+                        let axis = self.softmax_axis;
+                        scores(&logits, axis).and_then(|s| {
+                            distillation(&s, &scores(&target, axis)?, opts.temperature)
+                        })
+                    }
                     Distill::Mse => logits.sub(&target).and_then(|d| d.sqr()?.mean_all()),
                 }
             }

@@ -10,7 +10,8 @@ pub struct Options {
     /// The quantization to start from (its calibration data is the training data).
     pub ptq: crate::calibrated::Options,
     /// One class per training sample: cross-entropy. Without: distillation from the float
-    /// model (KL divergence of the first output's softmax at `temperature`).
+    /// model (KL divergence of the first output's softmax at `temperature`). Either way an
+    /// output computed by a Softmax is trained on its logits (`loss::scores`).
     pub labels: Option<Vec<i64>>,
     pub epochs: usize,
     /// Samples per step.
