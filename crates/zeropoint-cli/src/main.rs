@@ -37,6 +37,25 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// mimalloc's C API, linked through the mimalloc crate, which does not wrap it.
+unsafe extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_purge_delay` in mimalloc's headers (v2 and v3).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// Keeps the memory mimalloc frees instead of returning it to the OS after its purge delay.
+/// A training step allocates and frees the same large activations and gradients every step;
+/// returned, they page-fault back in, zero-filled, on the next one: a third of a PP-LCNet step at
+/// 224×224 went to page faults, and without purging an epoch of 64 crops takes 6.9 instead of
+/// 12.9 s, for 4 % more peak memory (2.66 GB against 2.55). Calibration does not repeat like
+/// that (quantize's peak grew 17 % on PP-LCNet for 5 % less time), so only `train` keeps it.
+fn keep_freed_memory() {
+    // SAFETY: mi_option_set only stores an option value, valid to call at any time.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+}
+
 #[derive(Parser)]
 #[command(
     name = "zeropoint",
@@ -147,6 +166,9 @@ fn main() -> ExitCode {
     ) && std::env::var_os("CANDLE_NUM_THREADS").is_none()
     {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    if matches!(cli.command, Command::Train(_)) {
+        keep_freed_memory();
     }
     let result = match cli.command {
         Command::Explain(args) => explain::run(&args),
