@@ -420,12 +420,15 @@ class B2(Task):
         self.calib_padded_to = ids.shape[1]
         return ["--calib", path]
 
-    def padded(self):
+    def padded(self, feeds=None, length=None):
+        """`feeds` (default: the calibration sentences) as one batch, padded with [PAD] to
+        `length` (default: the longest)."""
+        feeds = self.fpang if feeds is None else feeds
         pad = self.tok.token_to_id("[PAD]")
-        L = max(f["input_ids"].shape[1] for f in self.fpang)
-        ids = np.full((len(self.fpang), L), pad, np.int64)
-        mask = np.zeros((len(self.fpang), L), np.int64)
-        for i, f in enumerate(self.fpang):
+        L = length or max(f["input_ids"].shape[1] for f in feeds)
+        ids = np.full((len(feeds), L), pad, np.int64)
+        mask = np.zeros((len(feeds), L), np.int64)
+        for i, f in enumerate(feeds):
             n = f["input_ids"].shape[1]
             ids[i, :n], mask[i, :n] = f["input_ids"][0], f["attention_mask"][0]
         return ids, mask

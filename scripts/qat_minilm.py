@@ -29,7 +29,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-from ptq_compare import B2  # noqa: E402
+from ptq_compare import B2, me  # noqa: E402
 
 BACKGROUND_SHA256 = "5d78d6dafd953bbf65797bef09a9ffb9ec430583381be705f8fd460000f370fb"
 
@@ -71,13 +71,7 @@ def passages(task, docs, limit=128):
                 joined = sentence
             current = joined
         out.append(current)
-    pad = task.tok.token_to_id("[PAD]")
-    ids = np.full((len(out), limit), pad, np.int64)
-    mask = np.zeros((len(out), limit), np.int64)
-    for i, text in enumerate(out):
-        e = task.tok.encode(text)
-        ids[i, :len(e.ids)], mask[i, :len(e.ids)] = e.ids, e.attention_mask
-    return ids, mask
+    return task.padded(me.feeds(task.tok, out), limit)
 
 
 def main():
@@ -100,13 +94,14 @@ def main():
     print(f"float: Pearson {floatm['lee_pearson']:.4f}")
     scheme = ["--weights", a.weights, "--activations", a.activations]
     with tempfile.TemporaryDirectory() as work:
-        calib = task.zp_calib(work)
         if a.text == "background":
             ids, mask = passages(task, background_corpus(cache))
             calib = ["--calib", os.path.join(work, "background.npz")]
             np.savez(calib[1], input_ids=ids, attention_mask=mask)
             print(f"training on {len(ids)} passages of the Lee background corpus "
                   f"({int(mask.sum(1).mean())} tokens on average)")
+        else:
+            calib = task.zp_calib(work)
         limit = ["--samples", a.samples] if a.samples else []
         ptq = os.path.join(work, "ptq.onnx")
         subprocess.run([a.zeropoint, "quantize", task.src, *calib, *limit, *scheme, "--weight-range", "mse", "-o", ptq],

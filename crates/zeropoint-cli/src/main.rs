@@ -48,9 +48,10 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 /// Keeps the memory mimalloc frees instead of returning it to the OS after its purge delay.
 /// A training step allocates and frees the same large activations and gradients every step;
 /// returned, they page-fault back in, zero-filled, on the next one: a third of a PP-LCNet step at
-/// 224×224 went to page faults, and without purging an epoch of 64 crops takes 6.9 instead of
-/// 12.9 s, for 4 % more peak memory (2.66 GB against 2.55). Calibration does not repeat like
-/// that (quantize's peak grew 17 % on PP-LCNet for 5 % less time), so only `train` keeps it.
+/// 224×224 went to page faults, and without purging an epoch of 256 crops at 2 threads takes
+/// 24.2 instead of 36.3 s, for 4 % more peak memory (2.81 GB against 2.69). Calibration does not
+/// repeat like that (quantize's peak grew 17 % on PP-LCNet for 5 % less time), so only `train`
+/// keeps it.
 fn keep_freed_memory() {
     // SAFETY: mi_option_set only stores an option value, valid to call at any time.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
