@@ -248,19 +248,29 @@ impl MaxPool {
         let ((oh, ow), (kh, kw), (sh, sw), (dh, dw)) = (self.out, self.k, self.s, self.d);
         let planes = x.len() / (h * wd).max(1);
         let mut y = vec![f32::NEG_INFINITY; planes * oh * ow];
+        // A window's maximum is the maximum over its columns of each column's maximum: kh + kw
+        // comparisons per output instead of kh·kw (a 13×13 SPP pooling took 8 % of a YOLO's run).
         self.planes(x, (h, wd), &mut y, oh * ow, |_, src, out| {
+            let mut columns = vec![f32::NEG_INFINITY; wd];
             for (r, row_out) in out.chunks_mut(ow).enumerate() {
-                for i in 0..kh {
-                    let row = &src[(r * sh + i * dh) * wd..];
-                    for j in 0..kw {
-                        for (m, &v) in row_out.iter_mut().zip(row[j * dw..].iter().step_by(sw)) {
-                            // A NaN in the window makes the result NaN.
-                            if v > *m || v.is_nan() {
-                                *m = v;
+                zeropoint_core::kernel::dispatch(
+                    #[inline(always)]
+                    || {
+                        columns.fill(f32::NEG_INFINITY);
+                        for i in 0..kh {
+                            let row = &src[(r * sh + i * dh) * wd..][..wd];
+                            columns.iter_mut().zip(row).for_each(keep_max);
+                        }
+                        for j in 0..kw {
+                            let taps = &columns[j * dw..];
+                            if sw == 1 {
+                                row_out.iter_mut().zip(taps).for_each(keep_max);
+                            } else {
+                                row_out.iter_mut().zip(taps.iter().step_by(sw)).for_each(keep_max);
                             }
                         }
-                    }
-                }
+                    },
+                );
             }
         });
         y
@@ -293,6 +303,14 @@ impl MaxPool {
             }
         });
         dx
+    }
+}
+
+/// `m` becomes `v` if `v` is larger or NaN: a NaN in the window makes the result NaN.
+#[inline(always)]
+fn keep_max((m, &v): (&mut f32, &f32)) {
+    if v > *m || v.is_nan() {
+        *m = v;
     }
 }
 
