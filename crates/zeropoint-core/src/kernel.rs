@@ -170,6 +170,19 @@ pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The first NaN or ±Inf of `x`, if any. Chunks are checked in vectorized passes without an
+/// early exit (a `find` runs one element at a time: 5 % of calibrating a detector).
+pub fn first_non_finite(x: &[f32]) -> Option<f32> {
+    dispatch(
+        #[inline(always)]
+        || {
+            x.chunks(1024)
+                .find(|c| c.iter().fold(false, |bad, v| bad | !v.is_finite()))
+                .and_then(|c| c.iter().copied().find(|v| !v.is_finite()))
+        },
+    )
+}
+
 /// The parameters of one run of elements: shared by the whole run, or one pair per element.
 #[derive(Clone, Copy)]
 pub(crate) enum RunParams<'a> {
@@ -378,6 +391,20 @@ mod tests {
 
     fn per_tensor(scale: f32, z: i32, grid: Grid) -> QParams {
         QParams::new(Granularity::PerTensor, grid, vec![scale], vec![z]).unwrap()
+    }
+
+    /// The first bad value is found wherever it lies, in a chunk or after the last full one.
+    #[test]
+    fn the_first_non_finite_value_is_found() {
+        let mut x = vec![1.5f32; 3000];
+        assert_eq!(first_non_finite(&x), None);
+        assert_eq!(first_non_finite(&[]), None);
+        x[2999] = f32::NEG_INFINITY;
+        assert_eq!(first_non_finite(&x), Some(f32::NEG_INFINITY));
+        x[1500] = f32::INFINITY;
+        assert_eq!(first_non_finite(&x), Some(f32::INFINITY));
+        x[7] = f32::NAN;
+        assert!(first_non_finite(&x).unwrap().is_nan());
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub fn observe(
 
 /// Feeds one activation to its observer; NaN or ±Inf stops calibration (the data is wrong).
 fn observe_finite(obs: &mut Observer, x: &[f32], shape: &[usize]) -> Result<(), HookError> {
-    if let Some(bad) = x.iter().find(|x| !x.is_finite()) {
+    if let Some(bad) = zeropoint_core::kernel::first_non_finite(x) {
         return Err(format!("activation has a non-finite value ({bad}): check the data").into());
     }
     Ok(obs.update(x, shape)?)

@@ -17,7 +17,7 @@ pub fn dynamic_quantize_linear(cx: &Cx) -> R<Vec<Value>> {
     let values = x.to_f32s()?;
     let lo = values.iter().fold(0f32, |m, &v| m.min(v));
     let hi = values.iter().fold(0f32, |m, &v| m.max(v));
-    if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+    if let Some(bad) = zeropoint_core::kernel::first_non_finite(&values) {
         return Err(Error::Op(format!("input has a non-finite value ({bad})")));
     }
     let scale = (hi - lo) / 255.0;

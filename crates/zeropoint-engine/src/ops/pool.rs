@@ -266,7 +266,10 @@ impl MaxPool {
                             if sw == 1 {
                                 row_out.iter_mut().zip(taps).for_each(keep_max);
                             } else {
-                                row_out.iter_mut().zip(taps.iter().step_by(sw)).for_each(keep_max);
+                                row_out
+                                    .iter_mut()
+                                    .zip(taps.iter().step_by(sw))
+                                    .for_each(keep_max);
                             }
                         }
                     },
