@@ -90,33 +90,60 @@ pub fn values_cost<'a>(scheme: &Scheme, x: &'a [f32], norm: f64) -> impl Fn(f32,
 }
 
 /// Expected Σ |x - fake_quant(x)|^norm of the histogram's data for a candidate range, taking
-/// the values of each bin as spread over it (four points per bin).
+/// the values of each bin as spread over it (four points per bin, each a quarter of its count).
 pub fn histogram_cost(scheme: &Scheme, h: &Histogram, norm: f64) -> impl Fn(f32, f32) -> f64 {
     let grid = scheme.grid();
     let scheme = *scheme;
     let w = h.width() as f32;
     let centers = h.centers();
-    // Four points per bin, fake-quantized as one vectorized slice per candidate range; the sum
-    // runs in the same order as bin by bin.
     let points: Vec<f32> = centers
         .iter()
         .flat_map(|&(c, _)| [-0.375f32, -0.125, 0.125, 0.375].map(|d| c + d * w))
         .collect();
+    let weights: Vec<f64> = centers.iter().flat_map(|&(_, n)| [n / 4.0; 4]).collect();
+    let quantized = std::cell::RefCell::new(Vec::with_capacity(points.len()));
     move |lo, hi| {
         let Ok(p) = QParam::from_range(&scheme, lo, hi) else {
             return f64::INFINITY;
         };
-        let mut q = points.clone();
+        let mut q = quantized.borrow_mut();
+        q.clear();
+        q.extend_from_slice(&points);
         crate::kernel::fake_quant_values(&mut q, p, grid);
-        centers
-            .iter()
-            .zip(points.chunks_exact(4).zip(q.chunks_exact(4)))
-            .map(|(&(_, n), (v, q))| {
-                let e: f64 = v.iter().zip(q).map(|(&v, &q)| lp(v, q, norm)).sum();
-                n * e / 4.0
-            })
-            .sum()
+        weighted_error(&points, &q, &weights, norm)
     }
+}
+
+/// Σ w·|v - q|^norm over the three slices, in eight interleaved sums: one running sum waits on
+/// each addition, and the ~380 candidate ranges of an MSE search of every activation of a
+/// detector took a tenth of its quantization time that way.
+fn weighted_error(v: &[f32], q: &[f32], w: &[f64], norm: f64) -> f64 {
+    #[inline(always)]
+    fn sum(v: &[f32], q: &[f32], w: &[f64], f: impl Fn(f32, f32) -> f64) -> f64 {
+        let mut acc = [0f64; 8];
+        let lanes = v.chunks_exact(8).zip(q.chunks_exact(8)).zip(w.chunks_exact(8));
+        for ((v, q), w) in lanes {
+            for l in 0..8 {
+                acc[l] += w[l] * f(v[l], q[l]);
+            }
+        }
+        let done = v.len() / 8 * 8;
+        let tail: f64 = (done..v.len()).map(|i| w[i] * f(v[i], q[i])).sum();
+        acc.iter().sum::<f64>() + tail
+    }
+    crate::kernel::dispatch(
+        #[inline(always)]
+        || {
+            if norm == 2.0 {
+                sum(v, q, w, |a, b| {
+                    let d = f64::from(a) - f64::from(b);
+                    d * d
+                })
+            } else {
+                sum(v, q, w, |a, b| lp(a, b, norm))
+            }
+        },
+    )
 }
 
 fn lp(a: f32, b: f32, norm: f64) -> f64 {
