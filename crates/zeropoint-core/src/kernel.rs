@@ -118,17 +118,12 @@ fn fake(v: f32, s: f32, lo: f32, hi: f32) -> f32 {
     round_clamped(v / s, lo, hi) as f32 * s
 }
 
-/// Fake-quant of one value: the kernels' exact semantics, for scalar code paths.
-#[inline]
+/// Fake-quant of one value: the kernels' exact semantics, for scalar code paths (and loops that
+/// vectorize it in place).
+#[inline(always)]
 pub fn fake_quant_value(x: f32, p: QParam, grid: Grid) -> f32 {
     let (lo, hi) = bounds(grid, p.zero_point);
     fake(x, p.scale, lo, hi)
-}
-
-/// Fake-quant of a slice in place with one parameter pair, vectorized: the same values as
-/// [`fake_quant_value`] on each element.
-pub(crate) fn fake_quant_values(x: &mut [f32], p: QParam, grid: Grid) {
-    dispatch(|| fake_uniform(x, p, grid))
 }
 
 #[inline(always)]

@@ -101,47 +101,44 @@ pub fn histogram_cost(scheme: &Scheme, h: &Histogram, norm: f64) -> impl Fn(f32,
         .flat_map(|&(c, _)| [-0.375f32, -0.125, 0.125, 0.375].map(|d| c + d * w))
         .collect();
     let weights: Vec<f64> = centers.iter().flat_map(|&(_, n)| [n / 4.0; 4]).collect();
-    let quantized = std::cell::RefCell::new(Vec::with_capacity(points.len()));
     move |lo, hi| {
         let Ok(p) = QParam::from_range(&scheme, lo, hi) else {
             return f64::INFINITY;
         };
-        let mut q = quantized.borrow_mut();
-        q.clear();
-        q.extend_from_slice(&points);
-        crate::kernel::fake_quant_values(&mut q, p, grid);
-        weighted_error(&points, &q, &weights, norm)
+        if norm == 2.0 {
+            weighted_sum(
+                &points,
+                &weights,
+                #[inline(always)]
+                |v| {
+                    let d = f64::from(v) - f64::from(fake_quant_value(v, p, grid));
+                    d * d
+                },
+            )
+        } else {
+            weighted_sum(&points, &weights, |v| {
+                lp(v, fake_quant_value(v, p, grid), norm)
+            })
+        }
     }
 }
 
-/// Σ w·|v - q|^norm over the three slices, in eight interleaved sums: one running sum waits on
-/// each addition, and the ~380 candidate ranges of an MSE search of every activation of a
+/// Σ w·f(v) over the two slices, vectorized, in eight interleaved sums: one running sum waits
+/// on each addition, and the ~380 candidate ranges of an MSE search of every activation of a
 /// detector took a tenth of its quantization time that way.
-fn weighted_error(v: &[f32], q: &[f32], w: &[f64], norm: f64) -> f64 {
-    #[inline(always)]
-    fn sum(v: &[f32], q: &[f32], w: &[f64], f: impl Fn(f32, f32) -> f64) -> f64 {
-        let mut acc = [0f64; 8];
-        let lanes = v.chunks_exact(8).zip(q.chunks_exact(8)).zip(w.chunks_exact(8));
-        for ((v, q), w) in lanes {
-            for l in 0..8 {
-                acc[l] += w[l] * f(v[l], q[l]);
-            }
-        }
-        let done = v.len() / 8 * 8;
-        let tail: f64 = (done..v.len()).map(|i| w[i] * f(v[i], q[i])).sum();
-        acc.iter().sum::<f64>() + tail
-    }
+fn weighted_sum(v: &[f32], w: &[f64], f: impl Fn(f32) -> f64) -> f64 {
     crate::kernel::dispatch(
         #[inline(always)]
         || {
-            if norm == 2.0 {
-                sum(v, q, w, |a, b| {
-                    let d = f64::from(a) - f64::from(b);
-                    d * d
-                })
-            } else {
-                sum(v, q, w, |a, b| lp(a, b, norm))
+            let mut acc = [0f64; 8];
+            for (v, w) in v.chunks_exact(8).zip(w.chunks_exact(8)) {
+                for l in 0..8 {
+                    acc[l] += w[l] * f(v[l]);
+                }
             }
+            let done = v.len() / 8 * 8;
+            let tail: f64 = (done..v.len()).map(|i| w[i] * f(v[i])).sum();
+            acc.iter().sum::<f64>() + tail
         },
     )
 }
