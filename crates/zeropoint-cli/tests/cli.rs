@@ -1066,3 +1066,11 @@ fn free_dimensions_come_from_the_data_or_the_user_not_a_guess() {
         );
     }
 }
+
+/// A Shape of a quantized activation reads its codes in the export, and ONNX Runtime fuses the
+/// activation's producer (tests/python/shape_reads_codes.py).
+#[test]
+fn a_shape_of_a_quantized_value_reads_its_codes() {
+    let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
+    support::check_reference("shape_reads_codes.py", zeropoint, "shape reads codes");
+}

@@ -165,6 +165,7 @@ struct Dequantize {
 /// An activation's QuantizeLinear → DequantizeLinear, inserted after the node producing it, with
 /// the scale and zero-point initializers it introduces.
 struct Pair {
+    quantized: String,
     dequantized: String,
     /// QuantizeLinear and DequantizeLinear, after a Clip for a grid narrower than its type.
     nodes: Vec<Node>,
@@ -173,9 +174,11 @@ struct Pair {
 
 /// Inserts each activation's pair after its producer, in whichever graph that is, and makes
 /// every reader (in that graph or a subgraph of it) read the dequantized value; `front` are the
-/// pairs of the main graph's inputs. A Shape reads the float value: its output is the same, and
-/// a DequantizeLinear computed only for its shape is work ONNX Runtime does on every run (18 of
-/// a BERT encoder's 30 unfused ones did nothing else).
+/// pairs of the main graph's inputs. A Shape reads the integer codes: the shape is the same, a
+/// DequantizeLinear computed only for a Shape is work ONNX Runtime does on every run (18 of a
+/// BERT encoder's 30 unfused ones did nothing else), and a Shape reading the float value keeps
+/// ONNX Runtime from fusing its producer with the QuantizeLinear (a GRU decoder's four Gemms
+/// stayed float, their weights dequantized on every run).
 fn insert_pairs(g: &mut Graph, pairs: &HashMap<String, Pair>, front: Vec<&Pair>) {
     let mut nodes = Vec::with_capacity(g.nodes.len());
     for pair in front {
@@ -184,9 +187,12 @@ fn insert_pairs(g: &mut Graph, pairs: &HashMap<String, Pair>, front: Vec<&Pair>)
     }
     for mut node in std::mem::take(&mut g.nodes) {
         let shape_only = node.op == Op::Shape;
-        for input in node.inputs.iter_mut().filter(|_| !shape_only) {
+        for input in node.inputs.iter_mut() {
             if let Some(pair) = pairs.get(input) {
-                *input = pair.dequantized.clone();
+                *input = match shape_only {
+                    true => pair.quantized.clone(),
+                    false => pair.dequantized.clone(),
+                };
             }
         }
         for (_, sub) in &mut node.subgraphs {
@@ -435,10 +441,16 @@ impl Export {
                 &[&input, &scale, &zp],
                 &[&q_out],
             ));
-            nodes.push(self.dq_node_with(a, [q_out, scale, zp], &dq_out, &dq_attributes(qp)));
+            nodes.push(self.dq_node_with(
+                a,
+                [q_out.clone(), scale, zp],
+                &dq_out,
+                &dq_attributes(qp),
+            ));
             pairs.insert(
                 a.clone(),
                 Pair {
+                    quantized: q_out,
                     dequantized: dq_out,
                     nodes,
                     initializers,
