@@ -7,13 +7,16 @@
 //!   MatMul becomes a Gemm to take the bias;
 //! - a per-channel constant Add after a Conv (exporters write the bias that way) becomes the
 //!   Conv's bias, so that runtimes fuse the layer into one integer convolution;
+//! - loop constants: a Loop-carried value that starts as an initializer and that the body passes
+//!   on unchanged becomes an initializer of the body (tf2onnx exports an LSTM's weights as such
+//!   values of its while loop: as initializers, quantization finds them);
 //! - dead-node removal: nodes and initializers no graph output depends on;
 //! - HardSwish written as its definition, `x · HardSigmoid(x)`, when quantization asks for it.
 //!
 //! Constant folding runs operators, and BatchNorm folding into a MatMul needs value shapes: both
 //! ask the [`Evaluator`] the caller passes (zeropoint-engine's in practice).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use zeropoint_onnx::proto::attribute_proto::AttributeType;
 use zeropoint_onnx::proto::AttributeProto;
@@ -36,10 +39,12 @@ pub struct Report {
     pub batch_norm_stats: Vec<BatchNormStats>,
     /// (Add node, the Conv it was folded into as the bias).
     pub folded_bias_adds: Vec<(String, String)>,
-    /// Nodes removed because no output depends on them.
+    /// Loop-carried constants made initializers of their loop's body.
+    pub hoisted_loop_constants: usize,
     /// Reshapes whose shape, computed from their input's own dims, became a constant
     /// (crate::reshape_dims).
     pub static_reshapes: usize,
+    /// Nodes removed because no output depends on them.
     pub removed_nodes: usize,
     pub removed_initializers: usize,
 }
@@ -63,6 +68,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let folded_constants = fold_constants(graph, eval)?;
     let (folded_batch_norms, batch_norm_stats) = fold_batch_norms(graph, eval)?.into_iter().unzip();
     let folded_bias_adds = fold_bias_adds(graph)?;
+    let hoisted_loop_constants = hoist_loop_constants(graph);
     let static_reshapes = crate::reshape_dims::copy_dims_in_reshapes(graph);
     let (removed_nodes, removed_initializers) = remove_dead(graph);
     let mut report = Report {
@@ -71,6 +77,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
         folded_batch_norms,
         batch_norm_stats,
         folded_bias_adds,
+        hoisted_loop_constants,
         removed_nodes,
         removed_initializers,
     };
@@ -88,6 +95,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
 fn canonicalize_subgraph(g: &mut Graph, eval: &dyn Evaluator, report: &mut Report) -> Result<()> {
     report.folded_constants += fold_constants(g, eval)?;
     report.folded_bias_adds.extend(fold_bias_adds(g)?);
+    report.hoisted_loop_constants += hoist_loop_constants(g);
     let (nodes, initializers) = remove_dead(g);
     report.removed_nodes += nodes;
     report.removed_initializers += initializers;
@@ -136,6 +144,71 @@ pub fn fold_constants(graph: &mut Graph, eval: &dyn Evaluator) -> Result<usize> 
     }
     graph.nodes = kept;
     Ok(folded)
+}
+
+/// Makes each Loop-carried value that starts as an initializer of `graph` and that the body
+/// passes on unchanged (body output = body input) an initializer of the body, and drops it from
+/// the loop's state; readers of its final value read the initializer. Returns how many.
+pub fn hoist_loop_constants(graph: &mut Graph) -> usize {
+    let mut hoisted = 0;
+    let mut finals: HashMap<String, String> = HashMap::new();
+    for i in 0..graph.nodes.len() {
+        let node = &graph.nodes[i];
+        let Some(body) = node.subgraph("body").filter(|_| node.op == Op::Loop) else {
+            continue;
+        };
+        let carried = node.inputs.len().saturating_sub(2);
+        if body.inputs.len() != carried + 2 || body.outputs.len() < carried + 1 {
+            continue;
+        }
+        // Last first, so that removing one leaves the others' positions.
+        let constants: Vec<(usize, RawTensor)> = (0..carried)
+            .rev()
+            .filter(|&k| body.outputs[k + 1].name == body.inputs[k + 2].name)
+            .filter(|&k| {
+                let last = node.outputs.get(k);
+                last.is_none_or(|o| !graph.outputs.iter().any(|g| &g.name == o))
+            })
+            .filter_map(|k| Some((k, graph.initializer(&node.inputs[k + 2])?.clone())))
+            .collect();
+        let node = &mut graph.nodes[i];
+        for (k, mut tensor) in constants {
+            let initial = node.inputs.remove(k + 2);
+            if k < node.outputs.len() {
+                let last = node.outputs.remove(k);
+                if !last.is_empty() {
+                    finals.insert(last, initial);
+                }
+            }
+            let (_, body) = node
+                .subgraphs
+                .iter_mut()
+                .find(|(a, _)| a == "body")
+                .expect("checked above");
+            body.outputs.remove(k + 1);
+            tensor.name = body.inputs.remove(k + 2).name;
+            body.initializers.push(tensor);
+            hoisted += 1;
+        }
+    }
+    if !finals.is_empty() {
+        rename_inputs(graph, &finals);
+    }
+    hoisted
+}
+
+/// Renames the values nodes read (in subgraphs too) as `names` maps them.
+fn rename_inputs(graph: &mut Graph, names: &HashMap<String, String>) {
+    for node in &mut graph.nodes {
+        for input in &mut node.inputs {
+            if let Some(to) = names.get(input) {
+                *input = to.clone();
+            }
+        }
+        for (_, sub) in &mut node.subgraphs {
+            rename_inputs(sub, names);
+        }
+    }
 }
 
 /// Removes nodes and initializers that no graph output depends on; returns how many of each.
@@ -509,6 +582,52 @@ mod tests {
             initializers,
             nodes,
         }
+    }
+
+    /// tf2onnx's LSTM loop: the weight rides along as loop state, passed through unchanged. It
+    /// becomes the body's initializer; the state that changes stays, and a reader of the
+    /// weight's final value reads the initializer.
+    #[test]
+    fn a_loop_carried_constant_becomes_an_initializer_of_the_body() {
+        let body = Graph {
+            source: "g.onnx".into(),
+            opset: 13,
+            inputs: vec![info("i"), info("c"), info("h"), info("w")],
+            outputs: vec![info("c2"), info("h2"), info("w")],
+            initializers: vec![],
+            nodes: vec![
+                Node::new("step", Op::MatMul, &["h", "w"], &["h2"]),
+                Node::new("keep", Op::Identity, &["c"], &["c2"]),
+            ],
+        };
+        let mut lp = Node::new(
+            "loop",
+            Op::Loop,
+            &["n", "", "x", "W"],
+            &["h_last", "w_last"],
+        );
+        lp.subgraphs.push(("body".into(), body));
+        let weight = RawTensor::from_f32s("W", &[2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let mut g = graph(
+            vec![
+                weight.clone(),
+                RawTensor::from_i64s("n", &[], &[3], DType::I64),
+            ],
+            vec![lp, Node::new("sum", Op::Add, &["h_last", "w_last"], &["y"])],
+            "y",
+        );
+        assert_eq!(hoist_loop_constants(&mut g), 1);
+        let lp = &g.nodes[0];
+        assert_eq!(lp.inputs, ["n", "", "x"]);
+        assert_eq!(lp.outputs, ["h_last"]);
+        let body = lp.subgraph("body").unwrap();
+        let names = |v: &[ValueInfo]| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&body.inputs), ["i", "c", "h"]);
+        assert_eq!(names(&body.outputs), ["c2", "h2"]);
+        assert_eq!(body.initializer("w").unwrap().to_f32s(), weight.to_f32s());
+        assert_eq!(g.nodes[1].inputs, ["h_last", "W"]);
+        // State that changes is not constant, nor is state that starts from an input.
+        assert_eq!(hoist_loop_constants(&mut g), 0);
     }
 
     #[test]

@@ -329,13 +329,15 @@ impl Graph {
             .graph
             .as_mut()
             .ok_or_else(|| Error::model(&self.source, "the model has no graph"))?;
-        self.write_into(g, initializer);
+        self.write_into(g, initializer, false);
         Ok(model)
     }
 
     /// Writes this graph's nodes (subgraphs included), initializers and output shapes into `g`,
-    /// the proto it was read from (whose other fields are kept).
-    fn write_into(&self, g: &mut GraphProto, initializer: Vec<TensorProto>) {
+    /// the proto it was read from (whose other fields are kept). The declared outputs, and a
+    /// `subgraph`'s declared inputs (its formal parameters), are the graph's, in its order: a
+    /// pass may drop a Loop body's constant state.
+    fn write_into(&self, g: &mut GraphProto, initializer: Vec<TensorProto>, subgraph: bool) {
         let old_nodes = std::mem::take(&mut g.node);
         g.node = self
             .nodes
@@ -360,7 +362,7 @@ impl Graph {
                         .and_then(|a| a.g.clone())
                         .unwrap_or_default();
                     let inits = sub.initializers.iter().cloned().map(tensor_proto::from_raw);
-                    sub.write_into(&mut proto, inits.collect());
+                    sub.write_into(&mut proto, inits.collect(), true);
                     p.attribute.push(AttributeProto {
                         name: Some(name.clone()),
                         r#type: Some(AttributeType::Graph as i32),
@@ -395,6 +397,20 @@ impl Graph {
         }
         g.input.retain(|i| live.contains(i.name()));
         g.value_info.retain(|i| live.contains(i.name()));
+        let follow = |protos: &mut Vec<ValueInfoProto>, infos: &[ValueInfo]| {
+            let old = std::mem::take(protos);
+            *protos = infos
+                .iter()
+                .map(|v| {
+                    let p = old.iter().find(|p| p.name() == v.name).cloned();
+                    p.unwrap_or_else(|| value_info_proto(v))
+                })
+                .collect();
+        };
+        follow(&mut g.output, &self.outputs);
+        if subgraph {
+            follow(&mut g.input, &self.inputs);
+        }
         // A graph written without a base (a subgraph of a new node) declares what the IR knows.
         for (protos, infos) in [(&mut g.input, &self.inputs), (&mut g.output, &self.outputs)] {
             for v in infos {
