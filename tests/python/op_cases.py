@@ -1402,6 +1402,17 @@ def control_flow_cases():
          {"one": f32([1.0]), "limit": f32([6.0])},
          note="M = 0: the carried value comes back unchanged")
 
+    # tf2onnx's LSTM loop: the weight rides along as state that the body passes on unchanged
+    # (zeropoint's canonicalization makes it the body's initializer).
+    body = G([N("MatMul", ["h_in", "w_in"], ["hw"]),
+              N("Tanh", ["hw"], ["h_out"]),
+              N("Identity", ["cond_in"], ["cond_out"])],
+             "body", [vi("i", i, []), vi("cond_in", b, []), vi("h_in", f, [1, 4]), vi("w_in", f, [4, 4])],
+             [vi("cond_out", b, []), vi("h_out", f, [1, 4]), vi("w_in", f, [4, 4])])
+    case("Loop_carried_constant", N("Loop", ["m", "", "h0", "w"], ["h", "w_last"], body=body),
+         {"m": np.array(3, np.int64), "h0": r.n(1, 4)}, {"w": r.n(4, 4)}, outputs=["h"],
+         note="a weight carried as loop state and passed on unchanged, as tf2onnx writes LSTMs")
+
     # Scan: a running sum over the sequence axis, reverse and axis variants.
     body = G([N("Add", ["s_in", "xt"], ["s_out"]),
               N("Mul", ["s_out", "k"], ["yt"])],

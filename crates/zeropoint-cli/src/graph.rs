@@ -177,10 +177,11 @@ fn print_tables(s: &ModelSummary) {
     }
     if let Some(c) = &s.canonicalization {
         println!(
-            "\ncanonicalization: {} constant node(s) folded, {} BatchNormalization and {} bias Add folded, {} dead node(s) removed: {} -> {} nodes",
+            "\ncanonicalization: {} constant node(s) folded, {} BatchNormalization and {} bias Add folded, {} loop-carried constant(s) made loop-body weights, {} dead node(s) removed: {} -> {} nodes",
             c.folded_constants,
             c.folded_batch_norms.len(),
             c.folded_bias_adds,
+            c.hoisted_loop_constants,
             c.removed_nodes,
             s.nodes,
             c.nodes_after

@@ -59,6 +59,8 @@ pub struct Canonicalization {
     pub folded_constants: usize,
     pub folded_batch_norms: Vec<FoldedBatchNorm>,
     pub folded_bias_adds: usize,
+    /// Loop-carried constants made initializers of their loop's body.
+    pub hoisted_loop_constants: usize,
     pub removed_nodes: usize,
     pub removed_initializers: usize,
     pub nodes_after: usize,
@@ -148,6 +150,7 @@ pub fn describe(
                 })
                 .collect(),
             folded_bias_adds: r.folded_bias_adds.len(),
+            hoisted_loop_constants: r.hoisted_loop_constants,
             removed_nodes: r.removed_nodes,
             removed_initializers: r.removed_initializers,
             nodes_after: g.all_nodes().len(),
