@@ -8,7 +8,7 @@ use zeropoint_engine::exec::{Hook, HookError};
 use zeropoint_engine::{Executor, Value};
 
 use crate::dataset::Dataset;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// A batch of model inputs, by input name.
 pub type Batch = HashMap<String, Value>;
@@ -84,16 +84,15 @@ pub type RunWith<'a> = dyn Fn(Batch, &mut Hook) -> Result<Outputs> + Sync + 'a;
 const LOOKAHEAD: usize = 4;
 
 /// One batch through the float model and the compared one: both outputs, and the errors of the
-/// values in `names` against the float run. `halves`: as in [`lockstep`].
+/// values in `names` against the float run.
 pub fn compare_batch(
     float: &Executor,
     other: &RunWith,
     names: &[String],
     b: Batch,
-    halves: Option<&Halves>,
 ) -> Result<Compared> {
     let mut layers = LayerErrors::new(names.to_vec());
-    let (fo, qo) = lockstep(float, other, names, b, halves, &mut |name, r, v| {
+    let (fo, qo) = lockstep(float, other, names, b, &mut |name, r, v| {
         layers.measure(name, r, &v)?;
         Ok(v)
     })?;
@@ -106,8 +105,7 @@ pub fn compare_batch(
 
 /// What [`lockstep`] calls with each tracked value: its name, the float run's value and the
 /// compared run's; returns the value the compared run goes on with.
-pub type OnValue<'a> =
-    dyn FnMut(&str, &Value, Value) -> std::result::Result<Value, HookError> + Send + 'a;
+pub type OnValue<'a> = dyn FnMut(&str, &Value, Value) -> std::result::Result<Value, HookError> + 'a;
 
 /// One batch through the float model and the compared one, both outputs; `on_value` sees each
 /// value of `names` of both runs as the compared run produces it.
@@ -116,13 +114,11 @@ pub type OnValue<'a> =
 /// it is produced, and the compared run takes it and drops it, so memory holds a few reference
 /// values rather than all of a batch's (the per-layer report of a 416×416 detector held 330 MB
 /// of them). Called from a thread of rayon's pool, the runs go one after the other instead.
-/// With `halves`, each run's operators take their own half of the threads.
 pub fn lockstep(
     float: &Executor,
     other: &RunWith,
     names: &[String],
     b: Batch,
-    halves: Option<&Halves>,
     on_value: &mut OnValue,
 ) -> Result<(Outputs, Outputs)> {
     let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
@@ -155,54 +151,19 @@ pub fn lockstep(
         return Ok((fo?, qo?));
     }
     let (tx, rx) = std::sync::mpsc::sync_channel(LOOKAHEAD);
-    let (float_pool, compared_pool) = match halves {
-        Some(Halves([a, b])) => (Some(a), Some(b)),
-        None => (None, None),
-    };
     std::thread::scope(|s| {
         let fb = b.clone();
         let float_thread = s.spawn(move || {
             // The compared run may have stopped (an error): nothing more to hand over.
-            on(float_pool, || float_run(fb, &|n, v| drop(tx.send((n, v)))))
+            float_run(fb, &|n, v| drop(tx.send((n, v))))
         });
-        let qo = on(compared_pool, || {
-            let mut references = References::new(rx);
-            let qo = compared_run(&mut references, b);
-            // Unblocks the float run if the compared one stopped early.
-            drop(references);
-            qo
-        });
+        let mut references = References::new(rx);
+        let qo = compared_run(&mut references, b);
+        // Unblocks the float run if the compared one stopped early.
+        drop(references);
         let fo = float_thread.join().expect("the float run does not panic");
         Ok((fo?, qo?))
     })
-}
-
-/// Two thread pools that share the current pool's threads (at least one each), one for each run
-/// of [`lockstep`]: each run's operators split their work among their own pool's threads. In the
-/// one shared pool, the two runs' operators queued behind each other's and every operator
-/// handed its work from the run's thread to the pool's and back (the per-layer report of a
-/// 416×416 detector took 12 % longer).
-pub struct Halves([rayon::ThreadPool; 2]);
-
-impl Halves {
-    pub fn new() -> Result<Halves> {
-        let n = rayon::current_num_threads();
-        let pool = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads.max(1))
-                .build()
-                .map_err(|e| Error::Environment(format!("cannot start threads: {e}")))
-        };
-        Ok(Halves([pool(n / 2)?, pool(n - n / 2)?]))
-    }
-}
-
-/// `f` on a thread of `pool`, if there is one, else here.
-fn on<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
-    match pool {
-        Some(pool) => pool.install(f),
-        None => f(),
-    }
 }
 
 /// Up to `n` batches of `size` samples (fewer at the end of the data, none after it).

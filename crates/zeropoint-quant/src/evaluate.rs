@@ -110,7 +110,7 @@ pub fn evaluate(
                 .collect::<Result<_>>()?,
             None => batches
                 .into_par_iter()
-                .map(|b| compare_batch(&fe, &|b, hook| Ok(qe.run_with(b, hook)?), &common, b, None))
+                .map(|b| compare_batch(&fe, &|b, hook| Ok(qe.run_with(b, hook)?), &common, b))
                 .collect::<Result<_>>()?,
         };
         for run in runs {

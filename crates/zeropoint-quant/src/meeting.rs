@@ -30,7 +30,7 @@ pub fn simulate_each<P: Send, R: Clone + Send, F>(
     each: impl Fn(usize) -> F + Sync,
 ) -> Result<()>
 where
-    F: FnMut(&str, &Value, Value) -> std::result::Result<Value, HookError> + Send,
+    F: FnMut(&str, &Value, Value) -> std::result::Result<Value, HookError>,
 {
     let float = Executor::new(graph)?;
     let sim = Simulation::sharing(graph, params, float.initializer_values())?;
@@ -38,7 +38,7 @@ where
     run_each(samples, |i, sample| {
         let _leaving = Leaving(meeting);
         let mut on_value = each(i);
-        lockstep(&float, &quantized, names, sample, None, &mut on_value).map(drop)
+        lockstep(&float, &quantized, names, sample, &mut on_value).map(drop)
     })
 }
 

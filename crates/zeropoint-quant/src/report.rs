@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 
-use zeropoint_engine::exec::Hook;
 use zeropoint_engine::Executor;
 use zeropoint_graph::Graph;
 
-use crate::compare::{compare_batch, Halves, LayerError, LayerErrors};
+use crate::compare::{compare_batch, LayerError, LayerErrors};
 use crate::dataset::Dataset;
 use crate::error::Result;
 use crate::params::Params;
@@ -16,7 +15,7 @@ use crate::simulate::Simulation;
 
 /// SQNR of every planned activation and graph output, simulated against float, in graph order.
 /// Batches of `batch` samples run one after the other, each on two threads (float and simulated
-/// in lockstep, [`compare_batch`], each with half of the thread pool) into its own accumulators, merged in batch order: the report
+/// in lockstep, [`compare_batch`]) into its own accumulators, merged in batch order: the report
 /// is the same for any thread count.
 ///
 /// `(reference, graph)`: the float graph, and the one simulated (the same, or with AdaRound's
@@ -37,9 +36,8 @@ pub fn layer_errors(
         Simulation::new(graph, params)?
     };
     let names = reported_values(graph, plan);
-    let halves = Halves::new()?;
-    let simulated = |b, hook: &mut Hook| sim.run_with(b, hook);
-    let measure = |b| compare_batch(&float, &simulated, &names, b, Some(&halves)).map(|c| c.layers);
+    let measure =
+        |b| compare_batch(&float, &|b, hook| sim.run_with(b, hook), &names, b).map(|c| c.layers);
     let mut layers = LayerErrors::new(names.clone());
     while let Some(b) = data.next_batch(batch)? {
         layers.merge(&measure(b)?);
