@@ -141,6 +141,9 @@ impl Plan {
         propagate_needed(&rules, &mut needed);
         plan.place_activations(&rules, &needed);
         plan.share_grids(&rules);
+        if plan.weights.is_empty() && plan.activations.is_empty() {
+            refuse_half_precision(&rules)?;
+        }
         Ok(plan)
     }
 
@@ -282,6 +285,37 @@ impl Plan {
         let shared: HashMap<String, String> = self.shared.iter().cloned().collect();
         self.activations.retain(|a| !shared.contains_key(a));
     }
+}
+
+/// Nothing placed in a model whose layers compute in float16 or bfloat16 is not a quantized
+/// model: an error naming them, instead of an output that is the input.
+fn refuse_half_precision(rules: &Rules) -> Result<()> {
+    let half = |v: &String| {
+        let dtype = rules.graph.initializer(v).map(|t| t.dtype);
+        let dtype = dtype.or_else(|| rules.types.get(v).copied());
+        matches!(dtype, Some(DType::F16 | DType::BF16))
+    };
+    let layers: Vec<String> = rules
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| is_layer(&n.op) && n.inputs.iter().any(half))
+        .map(|n| format!("'{}' ({})", n.name, n.op.as_str()))
+        .collect();
+    if layers.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = layers.iter().take(3).map(String::as_str).collect();
+    Err(crate::error::Error::new(
+        &rules.graph.source,
+        format!(
+            "nothing to quantize: its {} layer(s) compute in float16 or bfloat16 ({}{}), and \
+             zeropoint quantizes float32 layers: convert the model to float32 first",
+            layers.len(),
+            shown.join(", "),
+            if layers.len() > 3 { ", ..." } else { "" }
+        ),
+    ))
 }
 
 /// Backwards through the graph: an integer binary op needs its inputs quantized (both must be
