@@ -292,16 +292,6 @@ def malformed(out, cases):
         inits = inits + [i64("s4", [1, 1, 2, 2])]
         model(path, ns, [f32("x", [2, 2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
         cases.append(case(op, ["run", f"ops/{name}.onnx", "-i", "ops/x.npy"], expect))
-    # A model computing in float16: zeropoint quantizes float32 layers, so nothing would change.
-    half = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT16, shape)  # noqa: E731
-    model(os.path.join(folder, "float16_conv.onnx"), [helper.make_node("Conv", ["x", "w"], ["y"])],
-          [half("x", [1, 1, 2, 2])], [half("y", None)],
-          [numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float16), "w")])
-    save_npy(os.path.join(folder, "x16.npy"), np.zeros((2, 1, 2, 2), np.float16))
-    cases.append(case("A model computing in float16",
-                      ["quantize", "ops/float16_conv.onnx", "--calib", "ops/x16.npy", "-o", "ops/float16.int8.onnx"],
-                      "compute in float16"))
-
 
 def case(name, args, expect):
     return {"name": name, "args": args, "expect": expect}

@@ -1074,3 +1074,15 @@ fn a_shape_of_a_quantized_value_reads_its_codes() {
     let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
     support::check_reference("shape_reads_codes.py", zeropoint, "shape reads codes");
 }
+
+/// A float16 model quantizes: float32 compute behind its float16 interface, int8 layers, in
+/// ONNX Runtime within cosine 0.999 of the float16 model (tests/python/half_precision_reference.py).
+#[test]
+fn a_float16_model_quantizes_behind_its_interface() {
+    let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
+    support::check_reference(
+        "half_precision_reference.py",
+        zeropoint,
+        "half precision reference",
+    );
+}

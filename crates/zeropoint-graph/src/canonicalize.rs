@@ -41,6 +41,9 @@ pub struct Report {
     pub folded_bias_adds: Vec<(String, String)>,
     /// Loop-carried constants made initializers of their loop's body.
     pub hoisted_loop_constants: usize,
+    /// Float16 and bfloat16 values widened to float32 before canonicalization
+    /// ([`crate::half_precision`]; set by whoever ran it).
+    pub half_precision_values: usize,
     /// Reshapes whose shape, computed from their input's own dims, became a constant
     /// (crate::reshape_dims).
     pub static_reshapes: usize,
@@ -78,6 +81,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
         batch_norm_stats,
         folded_bias_adds,
         hoisted_loop_constants,
+        half_precision_values: 0,
         removed_nodes,
         removed_initializers,
     };
@@ -198,7 +202,7 @@ pub fn hoist_loop_constants(graph: &mut Graph) -> usize {
 }
 
 /// Renames the values nodes read (in subgraphs too) as `names` maps them.
-fn rename_inputs(graph: &mut Graph, names: &HashMap<String, String>) {
+pub(crate) fn rename_inputs(graph: &mut Graph, names: &HashMap<String, String>) {
     for node in &mut graph.nodes {
         for input in &mut node.inputs {
             if let Some(to) = names.get(input) {

@@ -10,6 +10,8 @@
 //! - [`canonicalize`]: constant folding, BatchNorm folding, bias Adds into Convs, dead nodes,
 //!   HardSwish as its definition: the form every later step assumes.
 //! - [`opset`]: upgrading a graph to a newer opset of the default domain, one step per opset.
+//! - [`half_precision`]: a float16 or bfloat16 model rewritten to compute in float32 behind the
+//!   same interface, for quantization.
 //! - [`pattern`]: what quantization looks for, the fused groups (layer + bias + Relu/Clip).
 //! - [`evaluator`]: what the passes ask of whoever runs operators.
 //!
@@ -28,6 +30,7 @@ pub mod canonicalize;
 pub mod error;
 pub mod evaluator;
 pub mod graph;
+pub mod half_precision;
 pub mod op;
 pub mod opset;
 pub mod pattern;

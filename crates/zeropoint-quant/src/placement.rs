@@ -130,20 +130,24 @@ impl Plan {
     /// any other; values only the subgraphs see (their inputs and outputs) stay float.
     pub fn new(graph: &Graph, types: HashMap<String, DType>, exclude: &[String]) -> Result<Plan> {
         let flat = graph.flattened();
+        let mut outputs: HashSet<&str> = flat.outputs.iter().map(|o| o.name.as_str()).collect();
+        // A Cast into a graph output (a float16 model's interface, computed in float32) is part
+        // of the output: its input keeps its precision too.
+        let casts = flat.nodes.iter().filter(|n| n.op == Op::Cast);
+        let cast_outputs = casts.filter(|n| n.outputs.iter().any(|o| outputs.contains(o.as_str())));
+        let before_casts: Vec<&str> = cast_outputs.map(|n| n.inputs[0].as_str()).collect();
+        outputs.extend(before_casts);
         let rules = Rules {
             graph: &flat,
             types,
             exclude,
-            outputs: flat.outputs.iter().map(|o| o.name.as_str()).collect(),
+            outputs,
         };
         let mut plan = Plan::default();
         let mut needed = plan.layer_quantizers(&rules);
         propagate_needed(&rules, &mut needed);
         plan.place_activations(&rules, &needed);
         plan.share_grids(&rules);
-        if plan.weights.is_empty() && plan.activations.is_empty() {
-            refuse_half_precision(&rules)?;
-        }
         Ok(plan)
     }
 
@@ -285,37 +289,6 @@ impl Plan {
         let shared: HashMap<String, String> = self.shared.iter().cloned().collect();
         self.activations.retain(|a| !shared.contains_key(a));
     }
-}
-
-/// Nothing placed in a model whose layers compute in float16 or bfloat16 is not a quantized
-/// model: an error naming them, instead of an output that is the input.
-fn refuse_half_precision(rules: &Rules) -> Result<()> {
-    let half = |v: &String| {
-        let dtype = rules.graph.initializer(v).map(|t| t.dtype);
-        let dtype = dtype.or_else(|| rules.types.get(v).copied());
-        matches!(dtype, Some(DType::F16 | DType::BF16))
-    };
-    let layers: Vec<String> = rules
-        .graph
-        .nodes
-        .iter()
-        .filter(|n| is_layer(&n.op) && n.inputs.iter().any(half))
-        .map(|n| format!("'{}' ({})", n.name, n.op.as_str()))
-        .collect();
-    if layers.is_empty() {
-        return Ok(());
-    }
-    let shown: Vec<&str> = layers.iter().take(3).map(String::as_str).collect();
-    Err(crate::error::Error::new(
-        &rules.graph.source,
-        format!(
-            "nothing to quantize: its {} layer(s) compute in float16 or bfloat16 ({}{}), and \
-             zeropoint quantizes float32 layers: convert the model to float32 first",
-            layers.len(),
-            shown.join(", "),
-            if layers.len() > 3 { ", ..." } else { "" }
-        ),
-    ))
 }
 
 /// Backwards through the graph: an integer binary op needs its inputs quantized (both must be

@@ -1,11 +1,12 @@
-//! The first stage of quantization: the float model read, checked, moved to the opset its export
-//! needs and canonicalized, as every later stage assumes it.
+//! The first stage of quantization: the float model read, checked, made to compute in float32 if
+//! it computes in float16 or bfloat16, moved to the opset its export needs and canonicalized, as
+//! every later stage assumes it.
 
 use std::path::Path;
 
 use zeropoint_engine::Engine;
 use zeropoint_graph::canonicalize::{self, canonicalize};
-use zeropoint_graph::{opset, Graph};
+use zeropoint_graph::{half_precision, opset, Graph};
 use zeropoint_onnx::{external_data, model, ModelProto};
 
 use crate::equalize;
@@ -38,9 +39,19 @@ pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
     if let Some(g) = base.graph.as_mut() {
         g.initializer.clear();
     }
+    let half_precision_values = if half_precision::uses_half_precision(&graph) {
+        // The declared types of the values inside were the half ones.
+        if let Some(g) = base.graph.as_mut() {
+            g.value_info.clear();
+        }
+        half_precision::compute_in_float32(&mut graph)?
+    } else {
+        0
+    };
     zeropoint_engine::exec::check_supported(&graph)?;
     opset::upgrade(&mut graph, required_opset(settings), &Engine)?;
     let mut canonical = canonicalize(&mut graph, &Engine)?;
+    canonical.half_precision_values = half_precision_values;
     // Before HardSwish is decomposed: equalization names it when it refuses a pair through it.
     let equalization = match settings.equalize {
         Some(opts) => Some(equalize::equalize(
