@@ -2,21 +2,21 @@
 //! encode a model: they pick one of the seed models (fuzz/README.md) and a list of edits a broken
 //! exporter or a hand-edited file could make — drop, duplicate or rewire nodes and inputs,
 //! change attributes, dimensions and element types, remove initializers and outputs. The edited
-//! model then goes through what `zeropoint quantize` does: load, opset upgrade,
-//! canonicalization, types at the data's shapes, placement, calibration on a tiny in-memory
-//! input, parameters and the QDQ export. Errors, never panics. Memory limit 4 MiB, as for
-//! `graph_passes`.
+//! model then goes through what `zeropoint quantize` does: load, float16 widened to float32,
+//! opset upgrade, canonicalization (loop-carried constants hoisted), types at the data's shapes,
+//! placement, calibration on a tiny in-memory input, parameters and the QDQ export. Errors, never
+//! panics. Memory limit 4 MiB, as for `graph_passes`.
 #![no_main]
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use zeropoint_core::observer::Method;
 use zeropoint_engine::infer::{dtypes_of, probe, with_input_shapes};
 use zeropoint_engine::Engine;
 use zeropoint_graph::canonicalize::{canonicalize, decompose_hard_swish};
-use zeropoint_graph::{opset, Dim, Graph};
+use zeropoint_graph::{half_precision, opset, Dim, Graph};
 use zeropoint_onnx::proto::{tensor_shape_proto, type_proto, ModelProto};
 use zeropoint_onnx::{limits, model, DType, RawTensor};
 use zeropoint_quant::calibrate::calibrate;
@@ -181,7 +181,7 @@ fn mutate(m: &mut ModelProto, b: &mut Bytes) {
 
 /// A tiny batch-first input per graph input: free dimensions 2, fixed ones as declared, zeros
 /// with a few ones (positions and masks take small integers).
-fn tiny_inputs(graph: &Graph) -> Option<Vec<(String, RawTensor)>> {
+fn tiny_inputs(graph: &Graph) -> Option<Vec<(String, Arc<RawTensor>)>> {
     graph
         .inputs
         .iter()
@@ -203,12 +203,12 @@ fn tiny_inputs(graph: &Graph) -> Option<Vec<(String, RawTensor)>> {
             let data = vec![0u8; n * dtype.size()];
             Some((
                 i.name.clone(),
-                RawTensor {
+                Arc::new(RawTensor {
                     name: i.name.clone(),
                     shape,
                     dtype,
                     data,
-                },
+                }),
             ))
         })
         .collect()
@@ -216,6 +216,9 @@ fn tiny_inputs(graph: &Graph) -> Option<Vec<(String, RawTensor)>> {
 
 fn quantize(m: &ModelProto, path: &Path) -> Option<()> {
     let mut graph = Graph::from_model(m, path).ok()?;
+    if half_precision::uses_half_precision(&graph) {
+        half_precision::compute_in_float32(&mut graph).ok()?;
+    }
     zeropoint_engine::exec::check_supported(&graph).ok()?;
     let mut settings = Settings::default();
     settings.activation_method = Method::MinMax;
