@@ -12,7 +12,9 @@ float16 that a branch reads (a no-op cast, as converters leave them). After
   float16 initializer is left inside;
 - in ONNX Runtime the quantized model's output is within cosine 0.999 of the float16 model's, and
   its last layer's input keeps its precision (no QuantizeLinear right before the output's Cast);
-- the same bytes come out at 1 and 2 threads.
+- the same bytes come out at 1 and 2 threads;
+- a float16 model with an If whose branches declare float16 values (value_info, as shape inference
+  writes them) quantizes to a model ONNX Runtime loads, equal to the float16 model's outputs.
 """
 
 import os
@@ -68,6 +70,42 @@ def quantize(exe, path, out, threads):
         sys.exit(f"zeropoint quantize failed: {run.stderr}")
 
 
+def branches(exe, d):
+    """x (float16) -> Gemm -> If (then: Relu, else: Neg) -> y (float16), with float16 value_info
+    inside the branches."""
+    rng = np.random.default_rng(9)
+    vi = helper.make_tensor_value_info
+    half = TensorProto.FLOAT16
+    then_g = helper.make_graph([helper.make_node("Relu", ["h"], ["t"])], "then", [], [vi("t", half, [1, 4])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["h"], ["e"])], "else", [], [vi("e", half, [1, 4])])
+    w = numpy_helper.from_array((rng.standard_normal((4, 6)) * 0.3).astype(np.float16), "w")
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1),
+             helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)]
+    graph = helper.make_graph(nodes, "branches", [vi("x", half, [1, 6]), vi("c", TensorProto.BOOL, [])],
+                              [vi("y", half, [1, 4])], [w])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    path = d / "branches.onnx"
+    onnx.save(model, path)
+    x = rng.standard_normal((8, 6)).astype(np.float16)
+    np.savez(d / "branches.npz", x=x, c=np.array(True))
+    out = d / "branches.int8.onnx"
+    run = subprocess.run([str(exe), "quantize", str(path), "--calib", str(d / "branches.npz"), "--preset", "w8a8",
+                          "-o", str(out)], capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"zeropoint quantize failed: {run.stderr}")
+    q = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    f = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    yq, yf = [], []
+    for cond in (True, False):
+        for s in x[:4]:
+            feed = {"x": s[None], "c": np.array(cond)}
+            yq.append(q.run(None, feed)[0].astype(np.float32))
+            yf.append(f.run(None, feed)[0].astype(np.float32))
+    yq, yf = np.concatenate(yq), np.concatenate(yf)
+    err = float(np.abs(yq - yf).max() / np.abs(yf).max())
+    check(err < 0.05, f"with float16 values declared in If branches: runs in ORT, max error {err:.4f} of max |y|")
+
+
 def main():
     exe, d = Path(sys.argv[1]), Path(sys.argv[2])
     path, x = build(d)
@@ -97,6 +135,8 @@ def main():
     yf = np.concatenate([f.run(None, {"x": s[None]})[0] for s in x]).astype(np.float32)
     cos = float(np.dot(yq.ravel(), yf.ravel()) / np.linalg.norm(yq) / np.linalg.norm(yf))
     check(cos > 0.999, f"the int8 model's output is within cosine 0.999 of the float16 model's: {cos:.5f}")
+
+    branches(exe, d)
 
     out2 = d / "half.int8.2.onnx"
     quantize(exe, path, out2, 2)

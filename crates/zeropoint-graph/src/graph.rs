@@ -403,7 +403,14 @@ impl Graph {
                 .iter()
                 .map(|v| {
                     let p = old.iter().find(|p| p.name() == v.name).cloned();
-                    p.unwrap_or_else(|| value_info_proto(v))
+                    let mut p = p.unwrap_or_else(|| value_info_proto(v));
+                    // A pass may have changed the element type (half precision widened).
+                    if let (Some(d), Some(type_proto::Value::TensorType(t))) =
+                        (v.dtype, p.r#type.as_mut().and_then(|t| t.value.as_mut()))
+                    {
+                        t.elem_type = Some(tensor_proto::onnx_code(d));
+                    }
+                    p
                 })
                 .collect();
         };

@@ -7,6 +7,7 @@ use std::path::Path;
 use zeropoint_engine::Engine;
 use zeropoint_graph::canonicalize::{self, canonicalize};
 use zeropoint_graph::{half_precision, opset, Graph};
+use zeropoint_onnx::proto::GraphProto;
 use zeropoint_onnx::{external_data, model, ModelProto};
 
 use crate::equalize;
@@ -42,7 +43,7 @@ pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
     let half_precision_values = if half_precision::uses_half_precision(&graph) {
         // The declared types of the values inside were the half ones.
         if let Some(g) = base.graph.as_mut() {
-            g.value_info.clear();
+            clear_value_info(g);
         }
         half_precision::compute_in_float32(&mut graph)?
     } else {
@@ -68,4 +69,14 @@ pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
         canonical,
         equalization,
     })
+}
+
+/// Drops the declared types of intermediate values of `g` and of its subgraphs.
+fn clear_value_info(g: &mut GraphProto) {
+    g.value_info.clear();
+    for a in g.node.iter_mut().flat_map(|n| n.attribute.iter_mut()) {
+        a.g.iter_mut()
+            .chain(a.graphs.iter_mut())
+            .for_each(clear_value_info);
+    }
 }
