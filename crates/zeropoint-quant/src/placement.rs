@@ -112,7 +112,8 @@ impl Rules<'_> {
     }
 
     /// A float32 initializer: a weight or bias. (Float16 and bfloat16 weights stay as they are:
-    /// their DequantizeLinear would give float32 to an operator computing in float16.)
+    /// their DequantizeLinear would give float32 to an operator computing in float16. Quantization
+    /// widens half-precision models to float32 first: zeropoint_graph::half_precision.)
     fn is_weight(&self, v: &str) -> bool {
         self.graph
             .initializer(v)
