@@ -295,6 +295,19 @@ fn print_summary(s: &Summary) {
         "placed {} weight, {} int32 bias and {} activation quantizers ({} more values share a grid); {} BatchNorm folded",
         q.weights, q.biases, q.activations, q.shared, s.canonicalization.folded_batch_norms
     );
+    let c = &s.canonicalization;
+    if c.half_precision_values > 0 {
+        println!(
+            "float16/bfloat16 model: computed in float32 behind its own input and output types ({} values widened)",
+            c.half_precision_values
+        );
+    }
+    if c.hoisted_loop_constants > 0 {
+        println!(
+            "{} loop-carried constant(s) made weights of their loop's body",
+            c.hoisted_loop_constants
+        );
+    }
     if let Some(e) = &s.equalization {
         print_equalization(e);
     }

@@ -38,11 +38,16 @@ pub struct Summary {
     pub stage_seconds: StageSeconds,
 }
 
-/// What canonicalization folded.
+/// What canonicalization folded, and what else preparing the model changed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Canonicalization {
     pub folded_batch_norms: usize,
     pub folded_constants: usize,
+    /// Loop-carried constants made weights of their loop's body.
+    pub hoisted_loop_constants: usize,
+    /// Float16 and bfloat16 values widened to float32 (a half-precision model computed in
+    /// float32 behind its own interface).
+    pub half_precision_values: usize,
 }
 
 /// How many quantizers of each kind were placed.
@@ -108,6 +113,8 @@ impl Summary {
             canonicalization: Canonicalization {
                 folded_batch_norms: o.canonical.folded_batch_norms.len(),
                 folded_constants: o.canonical.folded_constants,
+                hoisted_loop_constants: o.canonical.hoisted_loop_constants,
+                half_precision_values: o.canonical.half_precision_values,
             },
             equalization: o.equalization.clone(),
             smoothing: o.smoothing.clone(),
