@@ -82,6 +82,10 @@ fn tiled(x: &[f32], w: &[f32], m: usize, g: Geometry, t: usize) -> Vec<f32> {
     let images = x.len().checked_div(plane).unwrap_or(0);
     let positions = g.output.0 * g.output.1;
     let mut y = vec![0f32; images * m * positions];
+    if y.is_empty() {
+        // No output channels (a kernel of shape [0, C, kh, kw]): nothing to compute.
+        return y;
+    }
     let out = Output {
         at: y.as_mut_ptr(),
         len: y.len(),
@@ -356,6 +360,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A kernel without output channels gives an empty output (found by fuzzing: the tiles ran
+    /// and computed the last channel's offset as 0 − 1).
+    #[test]
+    fn a_kernel_without_output_channels_gives_an_empty_output() {
+        let g = Geometry::of((2, 5, 5), 1, (3, 3), (1, 1), 1);
+        let x = values(2 * 2 * 5 * 5, 1);
+        assert!(conv(&x, &[], 0, g).is_empty());
     }
 
     /// The tiles are cut by the shapes alone: one thread or three give the same bits.
