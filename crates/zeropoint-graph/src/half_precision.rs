@@ -61,11 +61,11 @@ pub fn compute_in_float32(graph: &mut Graph) -> Result<usize> {
         back.push(cast(&mut names, &wide, &output.name, dtype));
         outputs.insert(output.name.clone(), wide);
     }
-    for node in &mut graph.nodes {
-        for out in &mut node.outputs {
-            if let Some(wide) = outputs.get(out) {
-                *out = wide.clone();
-            }
+    // Whatever wrote an output (a node, or the initializer it is) now writes its wide name.
+    let written = graph.nodes.iter_mut().flat_map(|n| n.outputs.iter_mut());
+    for out in written.chain(graph.initializers.iter_mut().map(|t| &mut t.name)) {
+        if let Some(wide) = outputs.get(out) {
+            *out = wide.clone();
         }
     }
     rename_reads(graph, &outputs);
@@ -208,5 +208,29 @@ mod tests {
             [to(&g.nodes[0]), to(&g.nodes[1]), to(&g.nodes[3])],
             [1, 1, 10]
         );
+    }
+
+    /// An output that is an initializer (a constant output) is widened under a new name and
+    /// cast back to its declared type.
+    #[test]
+    fn a_constant_half_precision_output_is_cast_back() {
+        let c = RawTensor::from_f64s("c", &[2], &[0.5, -1.0], DType::F16);
+        let mut g = Graph {
+            source: "g.onnx".into(),
+            opset: 13,
+            inputs: vec![],
+            outputs: vec![info("c", DType::F16)],
+            initializers: vec![c],
+            nodes: vec![],
+        };
+        assert_eq!(compute_in_float32(&mut g).unwrap(), 2);
+        let wide = g.initializer("c_float32").unwrap();
+        assert_eq!((wide.dtype, wide.to_f32s()), (DType::F32, vec![0.5, -1.0]));
+        assert_eq!(g.nodes.len(), 1);
+        assert_eq!(
+            (g.nodes[0].inputs.clone(), g.nodes[0].outputs.clone()),
+            (vec!["c_float32".to_string()], vec!["c".to_string()])
+        );
+        assert_eq!(g.nodes[0].attribute("to").unwrap().i(), 10);
     }
 }
