@@ -381,48 +381,43 @@ impl Graph {
             .chain(self.inputs.iter().map(|i| i.name.as_str()))
             .chain(g.initializer.iter().map(|t| t.name()))
             .collect();
-        // Output shapes the graph changed (one that contradicted the model) are written anew.
-        for o in &mut g.output {
-            let Some(v) = self.outputs.iter().find(|v| v.name == o.name()) else {
-                continue;
-            };
-            if value_info(o).shape == v.shape {
-                continue;
-            }
-            if let Some(type_proto::Value::TensorType(t)) =
-                o.r#type.as_mut().and_then(|t| t.value.as_mut())
-            {
-                t.shape = v.shape.as_ref().map(|dims| shape_proto(dims));
-            }
-        }
-        g.input.retain(|i| live.contains(i.name()));
         g.value_info.retain(|i| live.contains(i.name()));
-        let follow = |protos: &mut Vec<ValueInfoProto>, infos: &[ValueInfo]| {
+        // The declared outputs, and a subgraph's declared inputs (its formal parameters), are the
+        // graph's own, in its order, with the shapes and element types it has now: a pass may
+        // drop a Loop body's constant state, correct a shape that contradicted the model, or
+        // widen half precision. A value the file did not declare (a subgraph of a new node) is
+        // declared as the IR knows it.
+        let declare = |protos: &mut Vec<ValueInfoProto>, infos: &[ValueInfo]| {
             let old = std::mem::take(protos);
             *protos = infos
                 .iter()
                 .map(|v| {
                     let p = old.iter().find(|p| p.name() == v.name).cloned();
                     let mut p = p.unwrap_or_else(|| value_info_proto(v));
-                    // A pass may have changed the element type (half precision widened).
-                    if let (Some(d), Some(type_proto::Value::TensorType(t))) =
-                        (v.dtype, p.r#type.as_mut().and_then(|t| t.value.as_mut()))
+                    let reshaped = value_info(&p).shape != v.shape;
+                    if let Some(type_proto::Value::TensorType(t)) =
+                        p.r#type.as_mut().and_then(|t| t.value.as_mut())
                     {
-                        t.elem_type = Some(tensor_proto::onnx_code(d));
+                        if let Some(d) = v.dtype {
+                            t.elem_type = Some(tensor_proto::onnx_code(d));
+                        }
+                        if reshaped {
+                            t.shape = v.shape.as_ref().map(|dims| shape_proto(dims));
+                        }
                     }
                     p
                 })
                 .collect();
         };
-        follow(&mut g.output, &self.outputs);
+        declare(&mut g.output, &self.outputs);
         if subgraph {
-            follow(&mut g.input, &self.inputs);
-        }
-        // A graph written without a base (a subgraph of a new node) declares what the IR knows.
-        for (protos, infos) in [(&mut g.input, &self.inputs), (&mut g.output, &self.outputs)] {
-            for v in infos {
-                if !protos.iter().any(|p| p.name() == v.name) {
-                    protos.push(value_info_proto(v));
+            declare(&mut g.input, &self.inputs);
+        } else {
+            // The main graph's declared inputs keep the initializers old-IR files list as inputs.
+            g.input.retain(|i| live.contains(i.name()));
+            for v in &self.inputs {
+                if !g.input.iter().any(|p| p.name() == v.name) {
+                    g.input.push(value_info_proto(v));
                 }
             }
         }
