@@ -216,9 +216,7 @@ fn tiny_inputs(graph: &Graph) -> Option<Vec<(String, Arc<RawTensor>)>> {
 
 fn quantize(m: &ModelProto, path: &Path) -> Option<()> {
     let mut graph = Graph::from_model(m, path).ok()?;
-    if half_precision::uses_half_precision(&graph) {
-        half_precision::compute_in_float32(&mut graph).ok()?;
-    }
+    half_precision::compute_in_float32(&mut graph).ok()?;
     zeropoint_engine::exec::check_supported(&graph).ok()?;
     let mut settings = Settings::default();
     settings.activation_method = Method::MinMax;

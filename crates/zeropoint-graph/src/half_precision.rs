@@ -21,7 +21,7 @@ use crate::op::Op;
 
 /// Whether `graph` (or a subgraph) holds or makes half-precision floats: initializers, inputs,
 /// outputs, Casts or constants of float16 or bfloat16.
-pub fn uses_half_precision(graph: &Graph) -> bool {
+fn uses_half_precision(graph: &Graph) -> bool {
     graph.initializers.iter().any(|t| is_half(t.dtype))
         || graph
             .inputs
@@ -35,8 +35,12 @@ pub fn uses_half_precision(graph: &Graph) -> bool {
 }
 
 /// Rewrites `graph` to compute in float32 (module documentation); returns how many values
-/// (initializers, constants, Cast targets, interface casts) changed.
+/// (initializers, constants, Cast targets, subgraph parameters, interface casts) changed: 0 for
+/// a graph without half precision, which is left as it is.
 pub fn compute_in_float32(graph: &mut Graph) -> Result<usize> {
+    if !uses_half_precision(graph) {
+        return Ok(0);
+    }
     let mut changed = widen(graph)?;
     let mut names = Names::new(graph);
     let mut renames = HashMap::new();
@@ -119,6 +123,7 @@ fn widen(graph: &mut Graph) -> Result<usize> {
             for v in sub.inputs.iter_mut().chain(sub.outputs.iter_mut()) {
                 if v.dtype.is_some_and(is_half) {
                     v.dtype = Some(DType::F32);
+                    changed += 1;
                 }
             }
             changed += widen(sub)?;

@@ -40,15 +40,13 @@ pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
     if let Some(g) = base.graph.as_mut() {
         g.initializer.clear();
     }
-    let half_precision_values = if half_precision::uses_half_precision(&graph) {
+    let half_precision_values = half_precision::compute_in_float32(&mut graph)?;
+    if half_precision_values > 0 {
         // The declared types of the values inside were the half ones.
         if let Some(g) = base.graph.as_mut() {
             clear_value_info(g);
         }
-        half_precision::compute_in_float32(&mut graph)?
-    } else {
-        0
-    };
+    }
     zeropoint_engine::exec::check_supported(&graph)?;
     opset::upgrade(&mut graph, required_opset(settings), &Engine)?;
     let mut canonical = canonicalize(&mut graph, &Engine)?;
