@@ -105,21 +105,12 @@ pub fn histogram_cost(scheme: &Scheme, h: &Histogram, norm: f64) -> impl Fn(f32,
         let Ok(p) = QParam::from_range(&scheme, lo, hi) else {
             return f64::INFINITY;
         };
-        if norm == 2.0 {
-            weighted_sum(
-                &points,
-                &weights,
-                #[inline(always)]
-                |v| {
-                    let d = f64::from(v) - f64::from(fake_quant_value(v, p, grid));
-                    d * d
-                },
-            )
-        } else {
-            weighted_sum(&points, &weights, |v| {
-                lp(v, fake_quant_value(v, p, grid), norm)
-            })
-        }
+        weighted_sum(
+            &points,
+            &weights,
+            #[inline(always)]
+            |v| lp(v, fake_quant_value(v, p, grid), norm),
+        )
     }
 }
 
@@ -143,6 +134,7 @@ fn weighted_sum(v: &[f32], w: &[f64], f: impl Fn(f32) -> f64) -> f64 {
     )
 }
 
+#[inline(always)]
 fn lp(a: f32, b: f32, norm: f64) -> f64 {
     let d = (f64::from(a) - f64::from(b)).abs();
     if norm == 2.0 {
