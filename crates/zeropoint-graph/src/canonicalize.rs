@@ -158,9 +158,11 @@ pub fn hoist_loop_constants(graph: &mut Graph) -> usize {
     let mut finals: HashMap<String, String> = HashMap::new();
     for i in 0..graph.nodes.len() {
         let node = &graph.nodes[i];
-        let Some(body) = node.subgraph("body").filter(|_| node.op == Op::Loop) else {
+        let at = node.subgraphs.iter().position(|(a, _)| a == "body");
+        let Some(at) = at.filter(|_| node.op == Op::Loop) else {
             continue;
         };
+        let body = &node.subgraphs[at].1;
         let carried = node.inputs.len().saturating_sub(2);
         if body.inputs.len() != carried + 2 || body.outputs.len() < carried + 1 {
             continue;
@@ -184,11 +186,7 @@ pub fn hoist_loop_constants(graph: &mut Graph) -> usize {
                     finals.insert(last, initial);
                 }
             }
-            let (_, body) = node
-                .subgraphs
-                .iter_mut()
-                .find(|(a, _)| a == "body")
-                .expect("checked above");
+            let body = &mut node.subgraphs[at].1;
             body.outputs.remove(k + 1);
             tensor.name = body.inputs.remove(k + 2).name;
             body.initializers.push(tensor);
