@@ -1,7 +1,7 @@
 //! `zeropoint run MODEL --input NAME=FILE.npy ...`: runs the float model with zeropoint's
 //! executor and writes each output as .npy; prints a short summary of every output.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -31,7 +31,8 @@ pub struct Args {
     /// Run this many times and report the median time (for benchmarks; outputs are identical).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
-    /// Print the time spent per operator type (of the last run).
+    /// Print the time spent per operator type and in the slowest nodes (of the last run); with
+    /// --json, every node's time under "profile".
     #[arg(long)]
     pub profile: bool,
     /// Print JSON instead of a table.
@@ -40,10 +41,10 @@ pub struct Args {
 }
 
 /// Wall time per operator type and per node, of one run.
-#[derive(Default)]
+#[derive(Default, Serialize)]
 struct Profile {
-    per_op: HashMap<String, f64>,
-    per_node: HashMap<String, f64>,
+    per_op: BTreeMap<String, f64>,
+    per_node: BTreeMap<String, f64>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -64,7 +65,10 @@ pub fn run(args: &Args) -> Result<()> {
         .map(|(name, v)| summary(name, v))
         .collect::<Result<_>>()?;
     if args.json {
-        let doc = json!({"model": args.model.display().to_string(), "seconds": seconds, "runs": times, "outputs": rows});
+        let mut doc = json!({"model": args.model.display().to_string(), "seconds": seconds, "runs": times, "outputs": rows});
+        if args.profile {
+            doc["profile"] = serde_json::to_value(&profile)?;
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }

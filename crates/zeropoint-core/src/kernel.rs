@@ -142,20 +142,30 @@ fn fake_each(x: &mut [f32], s: &[f32], z: &[i32], grid: Grid) {
     }
 }
 
-/// Runs `f` compiled with AVX2 enabled when the CPU has it, so the loops inlined into it vectorize
-/// 8 lanes wide; otherwise runs it as compiled for the baseline target.
+/// Runs `f` compiled with AVX-512 (F, BW, DQ, VL) or else AVX2 enabled when the CPU has it, so
+/// the loops inlined into it vectorize 16 or 8 lanes wide; otherwise runs it as compiled for the
+/// baseline target.
 ///
-/// Only code inlined into `avx2` gets AVX2: every closure between here and the loops is marked
-/// `#[inline(always)]`, or LLVM may outline it and compile it for the baseline (2-4x slower).
-/// The result is the same bits either way: AVX2 without FMA changes how many lanes run at once,
-/// not the arithmetic.
+/// Only code inlined into `avx512` or `avx2` gets their instructions: every closure between here
+/// and the loops is marked `#[inline(always)]`, or LLVM may outline it and compile it for the
+/// baseline (2-4x slower). The result is the same bits either way: Rust never fuses a multiply
+/// and an add into an FMA, and reductions keep the order their code gives them, so the wider
+/// registers change how many lanes run at once, not the arithmetic.
 #[inline(always)]
 pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
         #[target_feature(enable = "avx2")]
         unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
+        }
+        if has_avx512() {
+            // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
+            return unsafe { avx512(f) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
@@ -163,6 +173,16 @@ pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     f()
+}
+
+/// Whether the CPU has the AVX-512 subsets [`dispatch`] compiles for.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
 /// The first NaN or ±Inf of `x`, if any. Chunks are checked in vectorized passes without an

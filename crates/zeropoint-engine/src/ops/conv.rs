@@ -226,15 +226,14 @@ fn conv2d(
         return c(Tensor::zeros((n, m, oh, ow), x.dtype(), x.device()));
     }
     if groups > 1 && groups == c_in && w.dims()[0] == c_in {
-        let xp = padded(x, pad)?;
-        if sh == sw {
-            return biased(depthwise(&xp, w, sh, dil)?, bias);
-        }
-        // Depthwise convolutions take one stride: unequal ones subsample a stride-1 result.
-        let y = depthwise(&xp, w, 1, dil)?;
-        let (h1, w1) = (y.dims()[2], y.dims()[3]);
-        let y = strided(&y, 2, 0, h1.div_ceil(sh), sh)?;
-        return biased(strided(&y, 3, 0, w1.div_ceil(sw), sw)?, bias);
+        let geometry = conv_grad::Depthwise {
+            kernel: (kh, kw),
+            strides: (sh, sw),
+            dilation: dil,
+            pad,
+            output: (oh, ow),
+        };
+        return biased(depthwise(x, w, geometry)?, bias);
     }
     if groups == 1 {
         return gemm_conv(x, w, bias, pad, (sh, sw), dil);
@@ -341,28 +340,17 @@ fn unbiased_gemm_conv(x: &Tensor, w: &Tensor, g: conv_gemm::Geometry) -> R<Tenso
     c(Tensor::cat(&parts, 0))
 }
 
-/// Depthwise convolution: y = Σ over kernel offsets of w[:, i, j] · (shifted x), computed at
-/// stride 1 on views of the padded input and subsampled for larger strides.
-fn depthwise(xp: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
-    let (kh, kw) = (w.dims()[2], w.dims()[3]);
-    let (h, wd) = (xp.dims()[2], xp.dims()[3]);
-    let (oh, ow) = (
-        (h + 1)
-            .checked_sub((kh - 1) * dil + 1)
-            .ok_or("kernel larger than the padded input")?,
-        (wd + 1)
-            .checked_sub((kw - 1) * dil + 1)
-            .ok_or("kernel larger than the padded input")?,
-    );
-    if xp.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32 {
-        let geometry = conv_grad::Depthwise {
-            kernel: (kh, kw),
-            stride,
-            dilation: dil,
-            output: (oh.div_ceil(stride), ow.div_ceil(stride)),
-        };
-        return conv_grad::depthwise(xp, w, geometry);
+/// Depthwise convolution: y = Σ over kernel offsets of w[:, i, j] · (shifted x). Float32 takes
+/// [`conv_grad`]'s op; other dtypes add one shifted view per offset, at stride 1 on the padded
+/// input, subsampled for larger strides.
+fn depthwise(x: &Tensor, w: &Tensor, g: conv_grad::Depthwise) -> R<Tensor> {
+    if x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32 {
+        return conv_grad::depthwise(x, w, g);
     }
+    let ((kh, kw), (sh, sw), dil) = (g.kernel, g.strides, g.dilation);
+    let xp = padded(x, g.pad)?;
+    let reach = |len: usize, k: usize| len + 1 - ((k - 1) * dil + 1);
+    let (oh, ow) = (reach(xp.dims()[2], kh), reach(xp.dims()[3], kw));
     let mut y: Option<Tensor> = None;
     for i in 0..kh {
         let rows = c(xp.narrow(2, i * dil, oh))?;
@@ -376,11 +364,8 @@ fn depthwise(xp: &Tensor, w: &Tensor, stride: usize, dil: usize) -> R<Tensor> {
         }
     }
     let y = y.ok_or("empty kernel")?;
-    if stride == 1 {
-        return Ok(y);
-    }
-    let y = strided(&y, 2, 0, oh.div_ceil(stride), stride)?;
-    strided(&y, 3, 0, ow.div_ceil(stride), stride)
+    let y = strided(&y, 2, 0, g.output.0, sh)?;
+    strided(&y, 3, 0, g.output.1, sw)
 }
 
 /// Padding (begin, end) of one axis.
