@@ -271,19 +271,27 @@ def worker(kind, spec, timeout, tmp):
 
 
 def qdq_counts(path):
+    """Q and DQ nodes at any depth, and float_matmuls: MatMuls whose inputs are both dequantized but
+    whose output no QuantizeLinear reads (ORT has no integer kernel for them: they run in float)."""
     import onnx
 
-    def ops(graph):
-        # Nodes of the graph and of the If/Loop/Scan bodies inside it, at any depth.
+    def graphs(graph):
+        # The graph and the If/Loop/Scan bodies inside it, at any depth.
+        yield graph
         for n in graph.node:
-            yield n.op_type
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
-                    yield from ops(a.g)
+                    yield from graphs(a.g)
 
     m = onnx.load(path, load_external_data=False)
-    found = list(ops(m.graph))
-    return dict(Q=found.count("QuantizeLinear"), DQ=found.count("DequantizeLinear"))
+    found = [n.op_type for g in graphs(m.graph) for n in g.node]
+    float_matmuls = 0
+    for g in graphs(m.graph):
+        dequantized = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+        requantized = {n.input[0] for n in g.node if n.op_type == "QuantizeLinear"}
+        float_matmuls += sum(1 for n in g.node if n.op_type == "MatMul" and set(n.input) <= dequantized
+                             and n.output[0] not in requantized)
+    return dict(Q=found.count("QuantizeLinear"), DQ=found.count("DequantizeLinear"), float_matmuls=float_matmuls)
 
 
 def load_outputs(path, names, samples):
@@ -518,6 +526,10 @@ def row_of(R):
             notes.append(f"{key}: {f['non_finite']} non-finite outputs")
         if "error" in f:
             notes.append(f"{key}: {f['error']}")
+    kept = R["steps"]["zp"].get("qdq", {}).get("float_matmuls", 0)
+    if kept:
+        notes.append(f"zeropoint keeps {kept} MatMul output{'s' if kept > 1 else ''} float for accuracy (read by float "
+                     "ops only): ORT runs such a MatMul in float")
     fmax = R.get("float_output_max_abs", {})
     if fmax and max(fmax.values()) < 1e-2:
         notes.append(f"float output max abs is {max(fmax.values()):.1e} on these inputs: SQNR measures noise on ~0")

@@ -4,13 +4,14 @@
 //!   channel by default); embedding tables read by Gather, per row;
 //! - biases of Conv and Gemm: int32 with scale s_w·s_x, so that the integer accumulator adds
 //!   them exactly;
-//! - activations: the data inputs of every quantized layer; the output of every Conv, Gemm and
+//! - activations: the data inputs of every quantized layer; the output of every Conv and
 //!   ConvTranspose fused group (layer + bias + Relu/Clip: no requantization inside); Add, Sub,
 //!   Mul and Concat between activations, inputs and output, when an integer op consumes their
-//!   output. A MatMul's output is quantized only when an integer op consumes it: attention
-//!   scores go to Softmax through the mask Add in float (quantizing scores + mask, whose mask
-//!   holds −3.4e38, is what ruins ONNX Runtime's quantized BERT models), residual sums to
-//!   LayerNorm likewise;
+//!   output. A MatMul's or Gemm's output is quantized only when an integer op consumes it
+//!   (ONNX Runtime's integer MatMul and Gemm give float as well as codes): attention scores go
+//!   to Softmax through the mask Add in float (quantizing scores + mask, whose mask holds
+//!   −3.4e38, is what ruins ONNX Runtime's quantized BERT models), residual sums and dense
+//!   layers' outputs to LayerNorm and logits to Sigmoid likewise;
 //! - ops that only move values (MaxPool, Reshape, Transpose, Flatten, ...) keep their input's
 //!   grid: their output shares the input's parameters instead of getting its own observer;
 //! - everything else (Softmax, LayerNormalization, GELU, ...) stays float, and graph outputs are
@@ -193,11 +194,11 @@ impl Plan {
             if let Some(wi) = weight_at {
                 self.add_weight(rules, node, wi);
             }
-            // Convolution and Gemm outputs are requantized (runtimes' integer kernels produce
-            // codes); a MatMul's only when an integer op consumes it (see propagate_needed), so
-            // that attention scores and residual branches feeding Softmax or LayerNorm stay
-            // float.
-            if node.op != Op::MatMul {
+            // Convolution outputs are requantized (runtimes' integer convolutions produce
+            // codes); a MatMul's or Gemm's only when an integer op consumes it (see
+            // propagate_needed), so that attention scores, residual branches and dense layers
+            // feeding Softmax, LayerNorm or Sigmoid stay float.
+            if !matches!(node.op, Op::MatMul | Op::Gemm) {
                 if let Some(&g) = group_of.get(node.name.as_str()) {
                     needed.insert(groups[g].output.clone());
                 }
@@ -476,6 +477,33 @@ mod tests {
         assert!(plan.biases.is_empty());
         assert_eq!(plan.activations, ["q", "k", "probs"]);
         assert!(!plan.activations.contains(&"scores".to_string()));
+    }
+
+    #[test]
+    fn a_gemm_output_is_quantized_only_where_an_integer_op_reads_it() {
+        // A classifier head: Gemm + Relu feeds a second Gemm (its input: quantized), whose
+        // logits go to Sigmoid (float) and a third Gemm's go to a LayerNorm-like Sub (float).
+        let g = graph(
+            vec![input("x", &[1, 4])],
+            vec![
+                weight("w1", &[4, 4]),
+                weight("b1", &[4]),
+                weight("w2", &[4, 4]),
+                weight("w3", &[4, 4]),
+            ],
+            vec![
+                node(Op::Gemm, &["x", "w1", "b1"], "h"),
+                node(Op::Relu, &["h"], "r"),
+                node(Op::Gemm, &["r", "w2"], "logits"),
+                node(Op::Sigmoid, &["logits"], "p"),
+                node(Op::Gemm, &["p", "w3"], "z"),
+                node(Op::Sub, &["z", "x"], "out"),
+            ],
+            "out",
+        );
+        let plan = plan_of(&g, &[]).unwrap();
+        assert_eq!(names(&plan.weights), ["w1", "w2", "w3"]);
+        assert_eq!(plan.activations, ["x", "r", "p"]);
     }
 
     #[test]

@@ -239,6 +239,13 @@ fn exported_models_run_in_tract_as_in_onnx_runtime() {
                 steps: 25.0,
                 identical: 0.0,
             },
+            // Its scores are the last Gemm + Relu in float (no integer op reads them): the two
+            // runtimes' sums differ in their last bits wherever the Relu passes them (measured:
+            // 94.25 % of the elements identical, the zeros and the sums that happen to agree).
+            "cifar10_cnn" => Expect::Close {
+                steps: 2.0,
+                identical: 0.85,
+            },
             "minilm_l3" => Expect::Cosine {
                 sentence: 0.995,
                 token: 0.97,
