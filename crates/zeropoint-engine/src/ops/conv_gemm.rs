@@ -169,6 +169,13 @@ pub(super) fn gather(x: &[f32], g: Geometry, at: std::ops::Range<usize>, cols: &
                 let out = &mut out[inside.clone()];
                 if sw == 1 {
                     out.copy_from_slice(&x[first..first + inside.len()]);
+                } else if let Some((last, head)) = out.split_last_mut().filter(|_| sw == 2) {
+                    // Every other value: pairs vectorize as shuffles, a `step_by` does not.
+                    let src = &x[first..=first + 2 * head.len()];
+                    for (o, pair) in head.iter_mut().zip(src.chunks_exact(2)) {
+                        *o = pair[0];
+                    }
+                    *last = src[2 * head.len()];
                 } else {
                     for (o, v) in out.iter_mut().zip(x[first..].iter().step_by(sw)) {
                         *o = *v;
@@ -344,6 +351,10 @@ mod tests {
             ((2, 6, 8), 1, (1, 1), (2, 3), 1),
             ((1, 1, 200), 0, (1, 16), (1, 5), 1),
             ((2, 5, 5), 4, (3, 3), (3, 3), 1),
+            // Column stride 2 has a loop of its own (odd and even widths, padding, dilation).
+            ((3, 9, 11), 1, (3, 3), (2, 2), 1),
+            ((2, 8, 10), 2, (3, 3), (1, 2), 2),
+            ((2, 7, 6), 0, (2, 2), (2, 2), 1),
         ] {
             let (ch, h, wd) = input;
             let g = Geometry::of(input, pad, kernel, strides, dilation);
