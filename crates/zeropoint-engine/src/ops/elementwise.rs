@@ -233,11 +233,14 @@ fn sigmoid_f32(x: &Tensor) -> candle_core::Result<Tensor> {
         y.par_chunks_mut(CHUNK)
             .zip(v.par_chunks(CHUNK))
             .for_each(|(out, src)| {
-                zeropoint_core::kernel::dispatch(|| {
-                    for (o, &v) in out.iter_mut().zip(src) {
-                        *o = 1.0 / (exp_f32(-v) + 1.0);
-                    }
-                })
+                zeropoint_core::kernel::dispatch(
+                    #[inline(always)]
+                    || {
+                        for (o, &v) in out.iter_mut().zip(src) {
+                            *o = 1.0 / (exp_f32(-v) + 1.0);
+                        }
+                    },
+                )
             });
         y
     })
