@@ -281,7 +281,7 @@ def worker(kind, spec, timeout, tmp):
 
 def qdq_counts(path):
     """Q and DQ nodes at any depth, and float_matmuls: MatMuls whose inputs are both dequantized but
-    whose output no QuantizeLinear reads (ORT has no integer kernel for them: they run in float)."""
+    whose output no QuantizeLinear reads (ORT runs most of them in float on dequantized inputs)."""
     import onnx
 
     def graphs(graph):
@@ -537,8 +537,8 @@ def row_of(R):
             notes.append(f"{key}: {f['error']}")
     kept = R["steps"]["zp"].get("qdq", {}).get("float_matmuls", 0)
     if kept:
-        notes.append(f"zeropoint keeps {kept} MatMul output{'s' if kept > 1 else ''} float for accuracy (read by float "
-                     "ops only): ORT runs such a MatMul in float")
+        notes.append(f"zeropoint keeps {kept} MatMul output{'s' if kept > 1 else ''} float (only float ops read "
+                     f"{'them' if kept > 1 else 'it'})")
     fmax = R.get("float_output_max_abs", {})
     if fmax and max(fmax.values()) < 1e-2:
         notes.append(f"float output max abs is {max(fmax.values()):.1e} on these inputs: SQNR measures noise on ~0")
