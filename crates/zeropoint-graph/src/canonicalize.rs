@@ -6,7 +6,10 @@
 //!   W' = W·γ/√(σ²+ε) per output channel, b' = (b − μ)·γ/√(σ²+ε) + β, computed in f64; a
 //!   MatMul becomes a Gemm to take the bias;
 //! - a per-channel constant Add after a Conv (exporters write the bias that way) becomes the
-//!   Conv's bias, so that runtimes fuse the layer into one integer convolution;
+//!   Conv's bias, so that runtimes fuse the layer into one integer convolution; a constant Add
+//!   of one value per column after a rank-2 MatMul with a constant weight makes the two a Gemm
+//!   (ONNX Runtime fuses MatMul and Add into a float Gemm first, and then has no integer kernel
+//!   for it unless the bias is quantized as a Gemm's is);
 //! - loop constants: a Loop-carried value that starts as an initializer and that the body passes
 //!   on unchanged becomes an initializer of the body (tf2onnx exports an LSTM's weights as such
 //!   values of its while loop: as initializers, quantization finds them);
@@ -70,7 +73,8 @@ pub struct BatchNormStats {
 pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let folded_constants = fold_constants(graph, eval)?;
     let (folded_batch_norms, batch_norm_stats) = fold_batch_norms(graph, eval)?.into_iter().unzip();
-    let folded_bias_adds = fold_bias_adds(graph)?;
+    let mut folded_bias_adds = fold_bias_adds(graph)?;
+    folded_bias_adds.extend(fold_matmul_bias_adds(graph, eval)?);
     let hoisted_loop_constants = hoist_loop_constants(graph);
     let static_reshapes = crate::reshape_dims::copy_dims_in_reshapes(graph);
     let (removed_nodes, removed_initializers) = remove_dead(graph);
@@ -488,6 +492,97 @@ pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
     Ok(folded)
 }
 
+/// Folds `MatMul(x, W) → Add(b)` into `Gemm(x, W, b)` where x is rank 2 (from shape inference),
+/// W a 2-D initializer [K, N], b a float initializer of N values ([N] or [1, N]) and the MatMul's
+/// output goes to that Add alone: (Add, MatMul) per fold. Shapes are inferred only if such a
+/// pair exists; where inference fails, nothing is folded.
+pub fn fold_matmul_bias_adds(
+    graph: &mut Graph,
+    eval: &dyn Evaluator,
+) -> Result<Vec<(String, String)>> {
+    let candidates = matmul_bias_adds(graph, &|_| true);
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Ok(types) = eval.infer(graph) else {
+        return Ok(Vec::new());
+    };
+    let matrix = |v: &str| types.get(v).is_some_and(|t| t.shape.len() == 2);
+    let mut folded = Vec::new();
+    // Folding keeps every other value's name and shape: one inference serves all the folds.
+    while let Some(&(add, matmul)) = matmul_bias_adds(graph, &matrix).first() {
+        let a = graph.nodes[add].clone();
+        let c = if graph.initializer(&a.inputs[1]).is_some() {
+            &a.inputs[1]
+        } else {
+            &a.inputs[0]
+        };
+        let bias = graph
+            .initializer(c)
+            .map(RawTensor::to_f64s)
+            .unwrap_or_default();
+        let values: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
+        let name = unique_name(graph, &format!("{}_bias", graph.nodes[matmul].name));
+        graph
+            .initializers
+            .push(RawTensor::from_f32s(&name, &[values.len()], &values));
+        let n = &mut graph.nodes[matmul];
+        n.op = Op::Gemm;
+        n.inputs.push(name);
+        n.outputs = vec![a.outputs[0].clone()];
+        folded.push((a.name.clone(), n.name.clone()));
+        graph.nodes.remove(add);
+    }
+    Ok(folded)
+}
+
+/// The (Add, MatMul) pairs [`fold_matmul_bias_adds`] folds, in graph order by Add, given which
+/// values are matrices.
+fn matmul_bias_adds(graph: &Graph, matrix: &dyn Fn(&str) -> bool) -> Vec<(usize, usize)> {
+    let producers = graph.producers();
+    let consumers = graph.consumers();
+    let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+    let float = |t: &RawTensor| t.dtype == zeropoint_onnx::DType::F32;
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, add)| {
+            if add.op != Op::Add || add.inputs.len() != 2 {
+                return None;
+            }
+            let (x, c) = match (
+                graph.initializer(&add.inputs[0]),
+                graph.initializer(&add.inputs[1]),
+            ) {
+                (None, Some(c)) => (&add.inputs[0], c),
+                (Some(c), None) => (&add.inputs[1], c),
+                _ => return None,
+            };
+            let p = *producers.get(x.as_str())?;
+            let mm = &graph.nodes[p];
+            let w = graph.initializer(mm.inputs.get(1)?)?;
+            let columns = *w.shape.get(1)?;
+            let per_column = match c.shape.as_slice() {
+                [n] | [1, n] => *n == columns,
+                _ => false,
+            };
+            let alone = consumers.get(x.as_str()).is_some_and(|v| v.len() == 1)
+                && !outputs.contains(x.as_str());
+            let ok = mm.op == Op::MatMul
+                && mm.inputs.len() == 2
+                && graph.initializer(&mm.inputs[0]).is_none()
+                && w.shape.len() == 2
+                && float(w)
+                && float(c)
+                && per_column
+                && alone
+                && matrix(&mm.inputs[0]);
+            ok.then_some((i, p))
+        })
+        .collect()
+}
+
 /// Rewrites each HardSwish as `x · HardSigmoid(x; α = 1/6, β = 0.5)`, its definition, so that
 /// quantization sees the multiplication: runtimes then run it as an integer Mul between
 /// quantized tensors (ONNX Runtime decomposes HardSwish this way itself, but in float when the
@@ -654,6 +749,85 @@ mod tests {
         assert_eq!(bias.to_f32s(), [0.75, 1.5]);
         // The old bias and the constant are dead now.
         assert_eq!(remove_dead(&mut g), (0, 2));
+    }
+
+    /// Answers shape inference with fixed ranks (1 for any value it is not told about), and
+    /// runs nothing.
+    struct Ranks(Vec<(&'static str, usize)>);
+
+    impl Evaluator for Ranks {
+        fn supports(&self, _: &Node) -> bool {
+            false
+        }
+        fn run_node(
+            &self,
+            _: &Node,
+            _: &[Option<&RawTensor>],
+            _: i64,
+        ) -> std::result::Result<Vec<RawTensor>, crate::error::Source> {
+            Err("runs nothing".into())
+        }
+        fn infer(&self, graph: &Graph) -> Result<HashMap<String, crate::graph::ValueType>> {
+            let rank = |v: &str| self.0.iter().find(|(n, _)| *n == v).map_or(1, |r| r.1);
+            Ok(graph
+                .nodes
+                .iter()
+                .flat_map(|n| n.inputs.iter().chain(&n.outputs))
+                .map(|v| {
+                    let shape = vec![Dim::Fixed(2); rank(v)];
+                    let t = crate::graph::ValueType {
+                        dtype: DType::F32,
+                        shape,
+                    };
+                    (v.clone(), t)
+                })
+                .collect())
+        }
+    }
+
+    /// A dense layer written as MatMul + Add: x [N, 4] · W [4, 3] + b [3] becomes Gemm(x, W, b);
+    /// a rank-3 x (Gemm takes matrices only), a constant of another length than W's columns
+    /// and a graph whose shapes are unknown are left alone.
+    #[test]
+    fn a_column_bias_add_after_a_matmul_makes_a_gemm() {
+        let dense = |bias: &[f32]| {
+            graph(
+                vec![
+                    RawTensor::from_f32s("w", &[4, 3], &[1.0; 12]),
+                    RawTensor::from_f32s("b", &[bias.len()], bias),
+                ],
+                vec![
+                    Node::new("mm", Op::MatMul, &["x", "w"], &["m"]),
+                    Node::new("add", Op::Add, &["b", "m"], &["y"]),
+                ],
+                "y",
+            )
+        };
+        let mut g = dense(&[0.5, -1.0, 2.0]);
+        let folded = fold_matmul_bias_adds(&mut g, &Ranks(vec![("x", 2)])).unwrap();
+        assert_eq!(folded, [("add".to_string(), "mm".to_string())]);
+        assert_eq!(g.nodes.len(), 1);
+        let gemm = &g.nodes[0];
+        assert_eq!(
+            (gemm.op.clone(), &gemm.outputs[..]),
+            (Op::Gemm, &["y".to_string()][..])
+        );
+        assert_eq!(gemm.inputs[..2], ["x", "w"]);
+        assert_eq!(
+            g.initializer(&gemm.inputs[2]).unwrap().to_f32s(),
+            [0.5, -1.0, 2.0]
+        );
+        for (mut g, eval) in [
+            (
+                dense(&[0.5, -1.0, 2.0]),
+                &Ranks(vec![("x", 3)]) as &dyn Evaluator,
+            ),
+            (dense(&[0.5, -1.0, 2.0, 1.0]), &Ranks(vec![("x", 2)])),
+            (dense(&[0.5, -1.0, 2.0]), &Structural),
+        ] {
+            assert!(fold_matmul_bias_adds(&mut g, eval).unwrap().is_empty());
+            assert_eq!(g.nodes.len(), 2);
+        }
     }
 
     #[test]
