@@ -496,7 +496,7 @@ fn split_plane(
             2 => {
                 // Even and odd columns swap sub-planes when the pad is odd.
                 let (even, odd) = dst.split_at_mut(sub);
-                let (first, second) = if pad % 2 == 0 {
+                let (first, second) = if pad.is_multiple_of(2) {
                     (&mut even[pad / 2..run], &mut odd[pad / 2..run])
                 } else {
                     (&mut odd[pad / 2..run], &mut even[pad / 2 + 1..run])
