@@ -421,18 +421,8 @@ pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
         let consumers = graph.consumers();
         let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
         let found = graph.nodes.iter().enumerate().find_map(|(i, add)| {
-            if add.op != Op::Add || add.inputs.len() != 2 {
-                return None;
-            }
-            let (x, c) = match (
-                graph.initializer(&add.inputs[0]),
-                graph.initializer(&add.inputs[1]),
-            ) {
-                (None, Some(c)) => (&add.inputs[0], c),
-                (Some(c), None) => (&add.inputs[1], c),
-                _ => return None,
-            };
-            let p = *producers.get(x.as_str())?;
+            let (x, c) = constant_add(graph, add)?;
+            let p = *producers.get(x)?;
             let conv = &graph.nodes[p];
             if conv.op != Op::Conv {
                 return None;
@@ -450,8 +440,7 @@ pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
                 }
                 _ => false,
             };
-            let alone = consumers.get(x.as_str()).is_some_and(|v| v.len() == 1)
-                && !outputs.contains(x.as_str());
+            let alone = consumers.get(x).is_some_and(|v| v.len() == 1) && !outputs.contains(x);
             let bias_ok = conv
                 .inputs
                 .get(2)
@@ -460,15 +449,10 @@ pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
         });
         let Some((add, conv)) = found else { break };
         let a = graph.nodes[add].clone();
-        let c_name = if graph.initializer(&a.inputs[1]).is_some() {
-            &a.inputs[1]
-        } else {
-            &a.inputs[0]
-        };
         let err = |m: &str| Error::model(&graph.source, format!("folding {}: {m}", a.label()));
-        let mut bias = graph
-            .initializer(c_name)
+        let mut bias = constant_add(graph, &a)
             .ok_or_else(|| err("missing constant"))?
+            .1
             .to_f64s();
         if let Some(old) = graph.nodes[conv].inputs.get(2).filter(|b| !b.is_empty()) {
             let old = graph
@@ -512,14 +496,8 @@ pub fn fold_matmul_bias_adds(
     // Folding keeps every other value's name and shape: one inference serves all the folds.
     while let Some(&(add, matmul)) = matmul_bias_adds(graph, &matrix).first() {
         let a = graph.nodes[add].clone();
-        let c = if graph.initializer(&a.inputs[1]).is_some() {
-            &a.inputs[1]
-        } else {
-            &a.inputs[0]
-        };
-        let bias = graph
-            .initializer(c)
-            .map(RawTensor::to_f64s)
+        let bias = constant_add(graph, &a)
+            .map(|(_, c)| c.to_f64s())
             .unwrap_or_default();
         let values: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
         let name = unique_name(graph, &format!("{}_bias", graph.nodes[matmul].name));
@@ -536,6 +514,21 @@ pub fn fold_matmul_bias_adds(
     Ok(folded)
 }
 
+/// An Add of a value and an initializer: the value's name and the initializer.
+fn constant_add<'g>(graph: &'g Graph, add: &'g Node) -> Option<(&'g str, &'g RawTensor)> {
+    if add.op != Op::Add || add.inputs.len() != 2 {
+        return None;
+    }
+    match (
+        graph.initializer(&add.inputs[0]),
+        graph.initializer(&add.inputs[1]),
+    ) {
+        (None, Some(c)) => Some((&add.inputs[0], c)),
+        (Some(c), None) => Some((&add.inputs[1], c)),
+        _ => None,
+    }
+}
+
 /// The (Add, MatMul) pairs [`fold_matmul_bias_adds`] folds, in graph order by Add, given which
 /// values are matrices.
 fn matmul_bias_adds(graph: &Graph, matrix: &dyn Fn(&str) -> bool) -> Vec<(usize, usize)> {
@@ -548,18 +541,8 @@ fn matmul_bias_adds(graph: &Graph, matrix: &dyn Fn(&str) -> bool) -> Vec<(usize,
         .iter()
         .enumerate()
         .filter_map(|(i, add)| {
-            if add.op != Op::Add || add.inputs.len() != 2 {
-                return None;
-            }
-            let (x, c) = match (
-                graph.initializer(&add.inputs[0]),
-                graph.initializer(&add.inputs[1]),
-            ) {
-                (None, Some(c)) => (&add.inputs[0], c),
-                (Some(c), None) => (&add.inputs[1], c),
-                _ => return None,
-            };
-            let p = *producers.get(x.as_str())?;
+            let (x, c) = constant_add(graph, add)?;
+            let p = *producers.get(x)?;
             let mm = &graph.nodes[p];
             let w = graph.initializer(mm.inputs.get(1)?)?;
             let columns = *w.shape.get(1)?;
@@ -567,8 +550,7 @@ fn matmul_bias_adds(graph: &Graph, matrix: &dyn Fn(&str) -> bool) -> Vec<(usize,
                 [n] | [1, n] => *n == columns,
                 _ => false,
             };
-            let alone = consumers.get(x.as_str()).is_some_and(|v| v.len() == 1)
-                && !outputs.contains(x.as_str());
+            let alone = consumers.get(x).is_some_and(|v| v.len() == 1) && !outputs.contains(x);
             let ok = mm.op == Op::MatMul
                 && mm.inputs.len() == 2
                 && graph.initializer(&mm.inputs[0]).is_none()
