@@ -452,6 +452,23 @@ fn run_writes_the_outputs_of_the_executor() {
     let json: Value =
         serde_json::from_str(&ok(&["run", path(&model), "-i", path(&x), "--json"])).unwrap();
     assert_eq!(json["outputs"][0]["shape"], serde_json::json!([3, 10]));
+    assert!(json.get("profile").is_none());
+    // --profile adds every node's time, and each operator's as the sum of its nodes'.
+    let args = ["run", path(&model), "-i", path(&x), "--json", "--profile"];
+    let json: Value = serde_json::from_str(&ok(&args)).unwrap();
+    let per_node = json["profile"]["per_node"].as_object().unwrap();
+    assert_eq!(per_node.len(), graph.nodes.len());
+    let convs: f64 = graph
+        .nodes
+        .iter()
+        .filter(|n| n.op == zeropoint_graph::Op::Conv)
+        .map(|n| per_node[&n.name].as_f64().unwrap())
+        .sum();
+    let conv = json["profile"]["per_op"]["Conv"].as_f64().unwrap();
+    assert!(
+        conv > 0.0 && (conv - convs).abs() <= 1e-9 * conv.max(1.0),
+        "{json}"
+    );
 }
 
 /// A .npy of standard-normal float32 values.
