@@ -241,5 +241,10 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..1 + b.byte() % 4 {
         mutate(&mut m, &mut b);
     }
+    // Triage: `ZEROPOINT_FUZZ_DUMP=edited.onnx cargo fuzz run ... <artifact>` keeps the edited
+    // model, to reproduce a finding with `zeropoint quantize`.
+    if let Some(dump) = std::env::var_os("ZEROPOINT_FUZZ_DUMP") {
+        model::save(&m, Path::new(&dump)).expect("ZEROPOINT_FUZZ_DUMP is writable");
+    }
     let _ = quantize(&m, Path::new("fuzz/nonexistent/model.onnx"));
 });

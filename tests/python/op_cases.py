@@ -654,6 +654,17 @@ def pad_cases():
          {"pads": i64([0, 1, 2, 0, 2, 1])}, opset=11, note="edge, 3-D")
     case("Pad_negative_crop", N("Pad", ["x", "pads", "cv"], ["y"]), {"x": r.n(3, 5)},
          {"pads": i64([1, -1, 0, -2]), "cv": f32(-1.0)}, opset=11, note="negative pads crop; mixed with padding")
+    case("Pad_crop_all", N("Pad", ["x", "pads"], ["y"]), {"x": r.n(2, 3)}, {"pads": i64([-2, -3, 0, 0])},
+         note="both axes cropped away: a (0, 0) output (an empty view once panicked when read)")
+    case("Pad_empty_then_cropped", N("Pad", ["x", "pads"], ["y"]), {"x": r.n(2, 3)}, {"pads": i64([-2, -1, 0, 0])},
+         note="axis 0 cropped away, then axis 1 cropped: (0, 2)")
+    case("Slice_of_an_empty_tensor", [N("Pad", ["x", "pads"], ["e"]), N("Slice", ["e", "st", "en", "ax"], ["y"])],
+         {"x": r.n(2, 3)}, {"pads": i64([-2, 0, 0, 0]), "st": i64([1]), "en": i64([3]), "ax": i64([1])},
+         note="a slice of the second axis of a (0, 3) tensor: (0, 2)")
+    case("Pad_past_the_input", N("Pad", ["x", "pads"], ["y"]), {"x": r.n(2, 3)}, {"pads": i64([0, 4, 0, -5])},
+         note="a pad and a crop that overlap the whole input: fill only, as ONNX Runtime does")
+    case("Pad_huge_pad_cropped", N("Pad", ["x", "pads"], ["y"]), {"x": r.n(2, 3)},
+         {"pads": i64([0, 1 << 40, 0, -(1 << 40)])}, note="a 2^40 pad cropped away again: 3 fill elements, no 2^40 block")
     case("Pad_nchw", N("Pad", ["x", "pads"], ["y"], mode="constant"), {"x": r.n(1, 2, 3, 3)},
          {"pads": i64([0, 0, 1, 2, 0, 0, 2, 1])}, opset=13, note="typical NCHW spatial pad")
     case("Pad_opset13_reflect", N("Pad", ["x", "pads"], ["y"], mode="reflect"), {"x": r.n(1, 2, 4, 4)},

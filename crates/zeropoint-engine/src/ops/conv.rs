@@ -15,7 +15,7 @@
 use candle_core::Tensor;
 
 use super::resize::pad_constant;
-use super::{c, check_output, like, one, select, Cx, Error, R};
+use super::{c, check_output, like, narrow, one, select, Cx, Error, R};
 use super::{conv_gemm, conv_grad};
 use crate::value::Value;
 
@@ -138,7 +138,7 @@ pub(super) fn strided(
     step: usize,
 ) -> R<Tensor> {
     if step == 1 {
-        return c(x.narrow(dim, start, count));
+        return narrow(x, dim, start, count);
     }
     let idx: Vec<i64> = (0..count).map(|i| (start + i * step) as i64).collect();
     select(x, &idx, dim)

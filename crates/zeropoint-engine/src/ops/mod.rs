@@ -356,6 +356,24 @@ pub(crate) fn select(t: &Tensor, idx: &[i64], dim: usize) -> R<Tensor> {
     Ok(t.contiguous()?.index_select(&idx, dim)?)
 }
 
+/// `t[start..start + len]` along `dim`. An empty result is a fresh tensor: candle's empty view
+/// keeps its storage offset, a narrow of another axis moves that past the storage, and reading
+/// the view then panics (a fuzz find: Pads that cropped one axis away, then another).
+pub(crate) fn narrow(t: &Tensor, dim: usize, start: usize, len: usize) -> R<Tensor> {
+    if len > 0 && t.elem_count() > 0 {
+        return c(t.narrow(dim, start, len));
+    }
+    let mut shape = t.dims().to_vec();
+    if start.checked_add(len).is_none_or(|end| end > shape[dim]) {
+        return Err(Error::Op(format!(
+            "elements {start}..{start}+{len} are out of range for an axis of {}",
+            shape[dim]
+        )));
+    }
+    shape[dim] = len;
+    c(Tensor::zeros(shape, t.dtype(), t.device()))
+}
+
 /// [`select`] as a plain copy loop: candle's copies one `memcpy` per selected run, which for
 /// the last axis (Resize, strided subsampling) is one call per element.
 fn select_f32(t: &Tensor, idx: &[i64], dim: usize) -> R<Tensor> {

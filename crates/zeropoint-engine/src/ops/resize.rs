@@ -4,7 +4,7 @@
 
 use candle_core::{DType as CDType, Tensor};
 
-use super::{axis, c, check_output, like, one, select, Cx, Error, R};
+use super::{axis, c, check_output, like, narrow, one, select, Cx, Error, R};
 use crate::value::Value;
 
 pub fn pad(cx: &Cx) -> R<Vec<Value>> {
@@ -82,33 +82,36 @@ fn reflect(j: i64, n: i64) -> i64 {
     }
 }
 
-/// Pads with `fill` (or crops, for negative counts) along `dim`.
+/// Pads with `fill` (or crops, for negative counts) along `dim`: output element i is input
+/// element i - begin where that exists, else `fill`, as in ONNX Runtime; the output has
+/// n + begin + end elements, and fewer than none is an error.
 pub(crate) fn pad_constant(t: &Tensor, dim: usize, begin: i64, end: i64, fill: f64) -> R<Tensor> {
     let n = t.dims()[dim] as i64;
     // Pads come from attributes and inputs (Conv, pooling, Pad): their size is the file's to say.
-    let mut out = t.dims().to_vec();
-    out[dim] = usize::try_from((i128::from(n) + i128::from(begin) + i128::from(end)).max(0))
-        .unwrap_or(usize::MAX);
-    check_output(&out, t.dtype())?;
-    let keep_from = begin.saturating_neg().max(0);
-    let keep_to = n.saturating_add(end.min(0));
-    let mut t = c(t.narrow(
-        dim,
-        keep_from as usize,
-        keep_to.saturating_sub(keep_from).max(0) as usize,
-    ))?;
-    let block = |len: i64, t: &Tensor| -> R<Tensor> {
+    let size = i128::from(n) + i128::from(begin) + i128::from(end);
+    if size < 0 {
+        return Err(Error::Op(format!(
+            "pads {begin} and {end} leave {size} elements of axis {dim} (size {n})"
+        )));
+    }
+    let block = |len: i128| -> R<Tensor> {
         let mut shape = t.dims().to_vec();
-        shape[dim] = len as usize;
-        // A crop at one end can hide a huge pad at the other from the total above.
+        shape[dim] = usize::try_from(len).unwrap_or(usize::MAX);
         check_output(&shape, t.dtype())?;
         c(Tensor::full(fill as f32, shape, t.device())?.to_dtype(t.dtype()))
     };
+    let keep_from = begin.saturating_neg().clamp(0, n);
+    let keep_to = n.saturating_add(end.min(0)).max(keep_from);
+    if keep_from == keep_to {
+        // Nothing of the input is kept (pads and crops that overlap it whole): all fill.
+        return block(size);
+    }
+    let mut t = narrow(t, dim, keep_from as usize, (keep_to - keep_from) as usize)?;
     if begin > 0 {
-        t = c(Tensor::cat(&[&block(begin, &t)?, &t], dim))?;
+        t = c(Tensor::cat(&[&block(begin.into())?, &t], dim))?;
     }
     if end > 0 {
-        t = c(Tensor::cat(&[&t, &block(end, &t)?], dim))?;
+        t = c(Tensor::cat(&[&t, &block(end.into())?], dim))?;
     }
     Ok(t)
 }

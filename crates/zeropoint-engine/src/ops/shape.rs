@@ -5,7 +5,9 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::{axis, broadcast_shape, c, check_output, indices_in, like, one, select, Cx, Error, R};
+use super::{
+    axis, broadcast_shape, c, check_output, indices_in, like, narrow, one, select, Cx, Error, R,
+};
 use crate::value::{carrier, Value};
 use zeropoint_onnx::proto::TensorProto;
 use zeropoint_onnx::DType;
@@ -180,7 +182,7 @@ pub fn split(cx: &Cx) -> R<Vec<Value>> {
     let mut start = 0;
     let mut out = Vec::new();
     for s in sizes {
-        out.push(like(c(v.tensor.narrow(a, start, s))?, v));
+        out.push(like(narrow(&v.tensor, a, start, s)?, v));
         start += s;
     }
     Ok(out)
@@ -214,7 +216,7 @@ pub fn slice(cx: &Cx) -> R<Vec<Value>> {
         let a = axis(axes[i], dims.len())?;
         let idx = slice_indices(dims[a] as i64, starts[i], ends[i], steps[i])?;
         t = if steps[i] == 1 {
-            c(t.narrow(a, idx.first().copied().unwrap_or(0) as usize, idx.len()))?
+            narrow(&t, a, idx.first().copied().unwrap_or(0) as usize, idx.len())?
         } else {
             select(&t, &idx, a)?
         };
