@@ -23,6 +23,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use crate::layout::{Layout, Segment};
@@ -139,6 +140,24 @@ fn fake_each(x: &mut [f32], s: &[f32], z: &[i32], grid: Grid) {
     for ((v, &s), &z) in x.iter_mut().zip(s).zip(z) {
         let (lo, hi) = bounds(grid, z);
         *v = fake(*v, s, lo, hi);
+    }
+}
+
+/// [`fake_uniform`] into fresh memory: [`fake_quant`] reads its input once and writes its
+/// output once, where a copy and an in-place pass moved every value twice.
+#[inline(always)]
+fn fake_uniform_into(x: &[f32], out: &mut [MaybeUninit<f32>], p: QParam, grid: Grid) {
+    let (lo, hi) = bounds(grid, p.zero_point);
+    for (o, &v) in out.iter_mut().zip(x) {
+        o.write(fake(v, p.scale, lo, hi));
+    }
+}
+
+#[inline(always)]
+fn fake_each_into(x: &[f32], out: &mut [MaybeUninit<f32>], s: &[f32], z: &[i32], grid: Grid) {
+    for (((o, &v), &s), &z) in out.iter_mut().zip(x).zip(s).zip(z) {
+        let (lo, hi) = bounds(grid, z);
+        o.write(fake(v, s, lo, hi));
     }
 }
 
@@ -327,6 +346,34 @@ fn fake_quant_chunk(layout: &Layout, params: &QParams, start: usize, x: &mut [f3
     )
 }
 
+/// Every element of `out` (as long as `x`) written with fake-quant of `x`: the runs of
+/// [`for_each_run`] cover `start..start + x.len()` whole.
+fn fake_quant_chunk_into(
+    layout: &Layout,
+    params: &QParams,
+    start: usize,
+    x: &[f32],
+    out: &mut [MaybeUninit<f32>],
+) {
+    let grid = params.grid;
+    dispatch(
+        #[inline(always)]
+        || {
+            for_each_run(
+                layout,
+                params,
+                start,
+                x.len(),
+                #[inline(always)]
+                |r, p| match p {
+                    RunParams::One(p) => fake_uniform_into(&x[r.clone()], &mut out[r], p, grid),
+                    RunParams::Each(s, z) => fake_each_into(&x[r.clone()], &mut out[r], s, z, grid),
+                },
+            )
+        },
+    )
+}
+
 fn check_len(what: &'static str, shape: &[usize], expected: usize, got: usize) -> Result<()> {
     if expected != got {
         return Err(Error::Length {
@@ -394,8 +441,16 @@ pub fn fake_quant_in_place(x: &mut [f32], shape: &[usize], params: &QParams) -> 
 
 /// dequantize(quantize(x)) into a new vector.
 pub fn fake_quant(x: &[f32], shape: &[usize], params: &QParams) -> Result<Vec<f32>> {
-    let mut out = x.to_vec();
-    fake_quant_in_place(&mut out, shape, params)?;
+    let layout = params.layout_for(x.len(), shape)?;
+    let mut out = Vec::with_capacity(x.len());
+    out.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(k, (o, xc))| fake_quant_chunk_into(&layout, params, k * CHUNK, xc, o));
+    // SAFETY: the chunks cover the first x.len() elements, and each chunk writes all of its own
+    // (fake_quant_chunk_into).
+    unsafe { out.set_len(x.len()) };
     Ok(out)
 }
 
@@ -420,6 +475,53 @@ mod tests {
         assert_eq!(first_non_finite(&x), Some(f32::INFINITY));
         x[7] = f32::NAN;
         assert!(first_non_finite(&x).unwrap().is_nan());
+    }
+
+    /// The out-of-place fake-quant writes what the in-place one does, for every granularity,
+    /// across chunk boundaries and with a ragged last block.
+    #[test]
+    fn fake_quant_matches_the_in_place_pass() {
+        let shape = [3, 5, 4_400, 2];
+        let n: usize = shape.iter().product();
+        assert!(n > 2 * CHUNK);
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
+            .collect();
+        let grid = Scheme::asymmetric_unsigned(8).grid();
+        let params = [
+            per_tensor(0.11, 3, grid),
+            QParams::new(
+                Granularity::PerAxis { axis: 1 },
+                grid,
+                vec![0.05, 0.1, 0.2, 0.4, 0.8],
+                vec![0, 1, 2, 3, 250],
+            )
+            .unwrap(),
+            {
+                let blocks = 3 * 5 * 4_400_usize.div_ceil(128) * 2;
+                let scale = (0..blocks).map(|b| 0.01 + (b % 17) as f32 * 0.01).collect();
+                let zero = (0..blocks).map(|b| (b % 200) as i32).collect();
+                let g = Granularity::PerBlock {
+                    axis: 2,
+                    block: 128,
+                };
+                QParams::new(g, grid, scale, zero).unwrap()
+            },
+        ];
+        for p in &params {
+            let mut want = x.clone();
+            fake_quant_in_place(&mut want, &shape, p).unwrap();
+            let got = fake_quant(&x, &shape, p).unwrap();
+            assert_eq!(got.len(), n);
+            assert!(got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(
+                got.iter().zip(&x).any(|(a, b)| a != b),
+                "nothing was quantized"
+            );
+        }
     }
 
     #[test]
