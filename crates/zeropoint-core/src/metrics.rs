@@ -227,10 +227,16 @@ impl Lanes {
                 l.syy[k] += b * b;
                 l.sxy[k] += a * b;
                 l.see[k] += e * e;
-                l.max[k] = l.max[k].max(e.abs());
-                l.nan |= e.is_nan();
+                // A compare and select, not f64::max (whose NaN rule kept the loop from
+                // running at full width: 1.5-1.9x slower, measured): NaN is never greater,
+                // and is found below instead.
+                let m = e.abs();
+                l.max[k] = if m > l.max[k] { m } else { l.max[k] };
             }
         }
+        // A NaN difference makes its lane's squared-error sum NaN for good; nothing else does
+        // (the squares are ≥ 0, so the sum never meets ∞ − ∞).
+        l.nan = l.see.iter().any(|s| s.is_nan());
         l
     }
 }
@@ -322,6 +328,14 @@ mod tests {
         let mut r = Running::default();
         r.add(&x, &nan);
         r.add(&x, &y);
+        assert!(r.stats().max_abs.is_nan());
+        // Infinity against a finite value is an infinite error; against itself, NaN.
+        let mut inf = y.clone();
+        inf[9] = f32::INFINITY;
+        let mut r = Running::default();
+        r.add(&x, &inf);
+        assert_eq!(r.stats().max_abs, f64::INFINITY);
+        r.add(&inf, &inf);
         assert!(r.stats().max_abs.is_nan());
     }
     use super::*;
