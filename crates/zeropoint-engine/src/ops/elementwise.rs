@@ -64,20 +64,6 @@ struct Clamp {
 }
 
 impl Clamp {
-    /// (x·a + b, its maximum with lo), as candle's affine and maximum compute them.
-    #[inline(always)]
-    fn lower(&self, x: f32) -> (f32, f32) {
-        let u = match self.affine {
-            Some((a, b)) => x * a + b,
-            None => x,
-        };
-        let v = match self.lo {
-            Some(lo) if u < lo => lo,
-            _ => u,
-        };
-        (u, v)
-    }
-
     /// The forward pass, vectorized: a missing bound is an infinite one, which no value (not
     /// even ±∞ or NaN) crosses, so the result is the same.
     fn forward(&self, x: &[f32]) -> Vec<f32> {
@@ -101,28 +87,63 @@ impl Clamp {
         )
     }
 
-    /// ∂x for ∂y = g, with candle's arithmetic: each bound's mask times the gradient, divided
-    /// by 1 + the other operand's mask; the affine's gradient is g·a + 0.
-    #[inline(always)]
-    fn backward(&self, x: f32, g: f32) -> f32 {
-        let (u, v) = self.lower(x);
-        let split = |node: f32, kept: f32, bound: f32, g: f32| {
-            let mask = |t: bool| if t { 1f32 } else { 0f32 };
-            mask(node == kept) * g / (mask(node == bound) + 1.0)
-        };
-        let mut g = g;
-        if let Some(hi) = self.hi {
-            let w = if v > hi { hi } else { v };
-            g = split(w, v, hi, g);
-        }
-        if let Some(lo) = self.lo {
-            g = split(v, u, lo, g);
-        }
-        match self.affine {
-            Some((a, _)) => g * a + 0.0,
-            None => g,
-        }
+    /// ∂x for ∂y = `dy`, with candle's arithmetic: each bound's mask times the gradient,
+    /// divided by 1 + the other operand's mask; the affine's gradient is g·a + 0. One loop per
+    /// combination of stages, so that each vectorizes (a missing bound is skipped, not made
+    /// infinite: at x = ±∞ or NaN that would split or drop the gradient where candle does not).
+    fn backward(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let (a, b) = self.affine.unwrap_or((1.0, 0.0));
+        let (lo, hi) = (self.lo.unwrap_or(0.0), self.hi.unwrap_or(0.0));
+        let p = (a, b, lo, hi);
+        zeropoint_core::kernel::dispatch(
+            #[inline(always)]
+            || match (self.affine.is_some(), self.lo.is_some(), self.hi.is_some()) {
+                (true, true, true) => clamp_grad::<true, true, true>(x, dy, p),
+                (true, true, false) => clamp_grad::<true, true, false>(x, dy, p),
+                (true, false, true) => clamp_grad::<true, false, true>(x, dy, p),
+                (true, false, false) => clamp_grad::<true, false, false>(x, dy, p),
+                (false, true, true) => clamp_grad::<false, true, true>(x, dy, p),
+                (false, true, false) => clamp_grad::<false, true, false>(x, dy, p),
+                (false, false, true) => clamp_grad::<false, false, true>(x, dy, p),
+                (false, false, false) => dy.to_vec(),
+            },
+        )
     }
+}
+
+/// [`Clamp::backward`] with its stages fixed: `AFFINE` (x·a + b), `LO` (maximum with lo), `HI`
+/// (minimum with hi).
+#[inline(always)]
+fn clamp_grad<const AFFINE: bool, const LO: bool, const HI: bool>(
+    x: &[f32],
+    dy: &[f32],
+    (a, b, lo, hi): (f32, f32, f32, f32),
+) -> Vec<f32> {
+    let mask = |t: bool| if t { 1f32 } else { 0f32 };
+    // The gradient of the kept operand of a maximum or minimum that gave `node`.
+    let split = |node: f32, kept: f32, bound: f32, g: f32| {
+        mask(node == kept) * g / (mask(node == bound) + 1.0)
+    };
+    x.iter()
+        .zip(dy)
+        .map(|(&x, &g)| {
+            let u = if AFFINE { x * a + b } else { x };
+            let v = if LO && u < lo { lo } else { u };
+            let mut g = g;
+            if HI {
+                let w = if v > hi { hi } else { v };
+                g = split(w, v, hi, g);
+            }
+            if LO {
+                g = split(v, u, lo, g);
+            }
+            if AFFINE {
+                g * a + 0.0
+            } else {
+                g
+            }
+        })
+        .collect()
 }
 
 impl candle_core::CustomOp1 for Clamp {
@@ -140,12 +161,7 @@ impl candle_core::CustomOp1 for Clamp {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dx = crate::value::with_f32_slices([x, dy], |[x, dy]| {
-            x.iter()
-                .zip(dy)
-                .map(|(&x, &g)| self.backward(x, g))
-                .collect::<Vec<f32>>()
-        })?;
+        let dx = crate::value::with_f32_slices([x, dy], |[x, dy]| self.backward(x, dy))?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
@@ -633,6 +649,11 @@ mod tests {
             Clamp {
                 affine: None,
                 lo: Some(-0.5),
+                hi: None,
+            },
+            Clamp {
+                affine: Some((0.2, 0.5)),
+                lo: None,
                 hi: None,
             },
         ];
