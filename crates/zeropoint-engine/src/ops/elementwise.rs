@@ -77,14 +77,11 @@ impl Clamp {
                 v
             }
         };
-        zeropoint_core::kernel::dispatch(
-            #[inline(always)]
-            || match self.affine {
-                Some((a, b)) => x.iter().map(|&v| bound(v * a + b)).collect(),
-                // Not x·1 + 0, which would turn −0 into +0.
-                None => x.iter().map(|&v| bound(v)).collect(),
-            },
-        )
+        match self.affine {
+            Some((a, b)) => par_map(x, move |v| bound(v * a + b)),
+            // Not x·1 + 0, which would turn −0 into +0.
+            None => par_map(x, bound),
+        }
     }
 
     /// ∂x for ∂y = `dy`, with candle's arithmetic: each bound's mask times the gradient,
@@ -95,55 +92,48 @@ impl Clamp {
         let (a, b) = self.affine.unwrap_or((1.0, 0.0));
         let (lo, hi) = (self.lo.unwrap_or(0.0), self.hi.unwrap_or(0.0));
         let p = (a, b, lo, hi);
-        zeropoint_core::kernel::dispatch(
-            #[inline(always)]
-            || match (self.affine.is_some(), self.lo.is_some(), self.hi.is_some()) {
-                (true, true, true) => clamp_grad::<true, true, true>(x, dy, p),
-                (true, true, false) => clamp_grad::<true, true, false>(x, dy, p),
-                (true, false, true) => clamp_grad::<true, false, true>(x, dy, p),
-                (true, false, false) => clamp_grad::<true, false, false>(x, dy, p),
-                (false, true, true) => clamp_grad::<false, true, true>(x, dy, p),
-                (false, true, false) => clamp_grad::<false, true, false>(x, dy, p),
-                (false, false, true) => clamp_grad::<false, false, true>(x, dy, p),
-                (false, false, false) => dy.to_vec(),
-            },
-        )
+        match (self.affine.is_some(), self.lo.is_some(), self.hi.is_some()) {
+            (true, true, true) => par_map2(x, dy, clamp_grad::<true, true, true>(p)),
+            (true, true, false) => par_map2(x, dy, clamp_grad::<true, true, false>(p)),
+            (true, false, true) => par_map2(x, dy, clamp_grad::<true, false, true>(p)),
+            (true, false, false) => par_map2(x, dy, clamp_grad::<true, false, false>(p)),
+            (false, true, true) => par_map2(x, dy, clamp_grad::<false, true, true>(p)),
+            (false, true, false) => par_map2(x, dy, clamp_grad::<false, true, false>(p)),
+            (false, false, true) => par_map2(x, dy, clamp_grad::<false, false, true>(p)),
+            (false, false, false) => dy.to_vec(),
+        }
     }
 }
 
-/// [`Clamp::backward`] with its stages fixed: `AFFINE` (x·a + b), `LO` (maximum with lo), `HI`
-/// (minimum with hi).
+/// [`Clamp::backward`]'s ∂x of one element (x, ∂y) with its stages fixed: `AFFINE` (x·a + b),
+/// `LO` (maximum with lo), `HI` (minimum with hi).
 #[inline(always)]
 fn clamp_grad<const AFFINE: bool, const LO: bool, const HI: bool>(
-    x: &[f32],
-    dy: &[f32],
     (a, b, lo, hi): (f32, f32, f32, f32),
-) -> Vec<f32> {
+) -> impl Fn(f32, f32) -> f32 + Sync {
     let mask = |t: bool| if t { 1f32 } else { 0f32 };
     // The gradient of the kept operand of a maximum or minimum that gave `node`.
-    let split = |node: f32, kept: f32, bound: f32, g: f32| {
+    let split = move |node: f32, kept: f32, bound: f32, g: f32| {
         mask(node == kept) * g / (mask(node == bound) + 1.0)
     };
-    x.iter()
-        .zip(dy)
-        .map(|(&x, &g)| {
-            let u = if AFFINE { x * a + b } else { x };
-            let v = if LO && u < lo { lo } else { u };
-            let mut g = g;
-            if HI {
-                let w = if v > hi { hi } else { v };
-                g = split(w, v, hi, g);
-            }
-            if LO {
-                g = split(v, u, lo, g);
-            }
-            if AFFINE {
-                g * a + 0.0
-            } else {
-                g
-            }
-        })
-        .collect()
+    #[inline(always)]
+    move |x: f32, g: f32| {
+        let u = if AFFINE { x * a + b } else { x };
+        let v = if LO && u < lo { lo } else { u };
+        let mut g = g;
+        if HI {
+            let w = if v > hi { hi } else { v };
+            g = split(w, v, hi, g);
+        }
+        if LO {
+            g = split(v, u, lo, g);
+        }
+        if AFFINE {
+            g * a + 0.0
+        } else {
+            g
+        }
+    }
 }
 
 impl candle_core::CustomOp1 for Clamp {
@@ -347,26 +337,51 @@ fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
 /// Sigmoid of a float32 tensor in one parallel, vectorized pass: candle's four single-threaded
 /// passes through libm's `exp` took a fifth of a YOLO's run time (its SiLUs).
 fn sigmoid_f32(x: &Tensor) -> candle_core::Result<Tensor> {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 14;
-    let y = crate::value::with_f32_slice(x, |v| {
-        let mut y = vec![0f32; v.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(v.par_chunks(CHUNK))
-            .for_each(|(out, src)| {
-                zeropoint_core::kernel::dispatch(
-                    #[inline(always)]
-                    || {
-                        for (o, &v) in out.iter_mut().zip(src) {
-                            *o = 1.0 / (exp_f32(-v) + 1.0);
-                        }
-                    },
-                )
-            });
-        y
-    })
-    .map_err(candle_core::Error::msg)?;
+    let y = crate::value::with_f32_slice(x, |v| par_map(v, |v| 1.0 / (exp_f32(-v) + 1.0)))
+        .map_err(candle_core::Error::msg)?;
     Tensor::from_vec(y, x.dims(), x.device())
+}
+
+/// Elements per task of [`par_map`] and [`par_map2`].
+const PAR_CHUNK: usize = 1 << 14;
+
+/// `f` of each element, in parallel chunks compiled wide ([`zeropoint_core::kernel::dispatch`]):
+/// the element-wise custom ops' loop.
+fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(PAR_CHUNK)
+        .zip(x.par_chunks(PAR_CHUNK))
+        .for_each(|(out, x)| {
+            zeropoint_core::kernel::dispatch(
+                #[inline(always)]
+                || {
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        *o = f(v);
+                    }
+                },
+            )
+        });
+    y
+}
+
+/// [`par_map`] of two operands of one length.
+fn par_map2(x: &[f32], w: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut y = vec![0f32; x.len().min(w.len())];
+    y.par_chunks_mut(PAR_CHUNK)
+        .zip(x.par_chunks(PAR_CHUNK).zip(w.par_chunks(PAR_CHUNK)))
+        .for_each(|(out, (x, w))| {
+            zeropoint_core::kernel::dispatch(
+                #[inline(always)]
+                || {
+                    for ((o, &a), &b) in out.iter_mut().zip(x).zip(w) {
+                        *o = f(a, b);
+                    }
+                },
+            )
+        });
+    y
 }
 
 /// e^x within 2 ulp, in operations that vectorize (libm's `expf` is a call per element): x =
