@@ -94,6 +94,9 @@ pub(crate) fn pad_constant(t: &Tensor, dim: usize, begin: i64, end: i64, fill: f
             "pads {begin} and {end} leave {size} elements of axis {dim} (size {n})"
         )));
     }
+    let mut out = t.dims().to_vec();
+    out[dim] = usize::try_from(size).unwrap_or(usize::MAX);
+    check_output(&out, t.dtype())?;
     let block = |len: i128| -> R<Tensor> {
         let mut shape = t.dims().to_vec();
         shape[dim] = usize::try_from(len).unwrap_or(usize::MAX);
