@@ -145,8 +145,12 @@ def main():
     print(f"{'(GB/s of f32 input)':<38} {'':>7} {'':>9} {'in-pl.':>6} {'blocked':>7} {'in-pl.':>8} {'blocked':>8} {'copy':>5}")
     for r in zp:
         name, t, g = r["name"], r["threads"], r["gbps"]
-        print(f"{name:<38} {t:>7} {g:>9.2f} {inplace[name]:>6.2f} {blocked[name]:>7.2f} "
-              f"{g / inplace[name]:>8.2f} {g / blocked[name]:>8.2f} {100 * g / copy[t]:>4.0f}%")
+        if name in inplace:
+            numpy_cols = (f"{inplace[name]:>6.2f} {blocked[name]:>7.2f} "
+                          f"{g / inplace[name]:>8.2f} {g / blocked[name]:>8.2f}")
+        else:  # ggml's block formats have no numpy equivalent here
+            numpy_cols = f"{'-':>6} {'-':>7} {'-':>8} {'-':>8}"
+        print(f"{name:<38} {t:>7} {g:>9.2f} {numpy_cols} {100 * g / copy[t]:>4.0f}%")
     print(f"copy f32: zeropoint's one memcpy per thread of the same buffer, same thread count. "
           f"numpy {np.__version__}, single-threaded ufuncs; {'quick (cache-resident) sizes' if quick else '64M values, 4096x4096 matrices'}.")
 
