@@ -97,10 +97,11 @@ pub(crate) fn pad_constant(t: &Tensor, dim: usize, begin: i64, end: i64, fill: f
     let mut out = t.dims().to_vec();
     out[dim] = usize::try_from(size).unwrap_or(usize::MAX);
     check_output(&out, t.dtype())?;
+    // No block is longer than the whole output, checked above: the kept part and the two pads
+    // add up to it, or nothing is kept and the one block is the output.
     let block = |len: i128| -> R<Tensor> {
         let mut shape = t.dims().to_vec();
-        shape[dim] = usize::try_from(len).unwrap_or(usize::MAX);
-        check_output(&shape, t.dtype())?;
+        shape[dim] = len as usize;
         c(Tensor::full(fill as f32, shape, t.device())?.to_dtype(t.dtype()))
     };
     let keep_from = begin.saturating_neg().clamp(0, n);
