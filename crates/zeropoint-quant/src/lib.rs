@@ -60,6 +60,7 @@ pub mod mixed_precision;
 pub mod ort_runtime;
 pub mod pair_limit;
 pub mod params;
+pub mod paused_runs;
 pub mod placement;
 pub mod prepare;
 pub mod ptq;

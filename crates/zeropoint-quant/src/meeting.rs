@@ -1,8 +1,10 @@
 //! Runs of several samples that wait for each other at named values: each sample hands over its
 //! part, the last to arrive combines all parts (in sample order, so the result does not depend
 //! on which thread came first) and every sample goes on with the combined result. Bias
-//! correction pools each layer's output error this way, AdaRound each layer's inputs: both
-//! need the whole calibration set's statistics of a layer before any sample may go past it.
+//! correction pools each layer's output error this way: it needs the whole calibration set's
+//! statistics of a layer before any sample may go past it. Every sample's activations are held
+//! meanwhile; AdaRound, which is run on more samples, steps paused runs instead
+//! ([`crate::paused_runs`]).
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use zeropoint_core::{fake_quant, QParams};
-use zeropoint_engine::exec::{Hook, HookError};
+use zeropoint_engine::exec::{Hook, HookError, Paused};
 use zeropoint_engine::{Executor, Value};
 use zeropoint_graph::Graph;
 use zeropoint_onnx::RawTensor;
@@ -84,6 +84,33 @@ impl<'g> Simulation<'g> {
         Ok(self
             .exec
             .run_with(batch, &mut |name, v| self.quantize(name, hook(name, v)?))?)
+    }
+
+    /// Starts a run on `batch` that [`Simulation::resume_before_quant`] runs on in steps.
+    pub fn start(&self, batch: HashMap<String, Value>) -> Result<Paused> {
+        Ok(self
+            .exec
+            .start(batch, &mut |name, v| self.quantize(name, v))?)
+    }
+
+    /// Runs `paused` on up to node `until` (not included), as [`Simulation::run_before_quant`]
+    /// with a hook that changes nothing.
+    pub fn resume(&self, paused: Paused, until: usize) -> Result<Paused> {
+        Ok(self
+            .exec
+            .resume(paused, until, &mut |name, v| self.quantize(name, v))?)
+    }
+
+    /// Runs from now on with `w` (on its grid, not quantized again) as the weight of its name.
+    pub fn set_weight(&mut self, w: &RawTensor) -> Result<()> {
+        let v = Value::from_raw(w)?;
+        if self.exec.set_initializer(&w.name, v) {
+            return Ok(());
+        }
+        Err(crate::error::Error::Environment(format!(
+            "the simulation has no weight '{}' to replace",
+            w.name
+        )))
     }
 
     /// `v` through the quantizer of activation `name`, if it has one.

@@ -7,7 +7,7 @@
 //! the initializer (a candle `Var` there makes the run differentiable in that weight).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use zeropoint_graph::graph::dims_fit;
@@ -34,6 +34,14 @@ pub struct Executor<'g> {
     scope: Arc<Scope>,
     /// Per node, the values no later node (nor the graph's outputs) reads.
     dead_after: Vec<Vec<String>>,
+}
+
+/// A run stopped before node `next`: the values computed or fed so far that a later node or
+/// the graph's outputs read (the executor's own initializers aside).
+#[derive(Clone)]
+pub struct Paused {
+    pub next: usize,
+    pub values: HashMap<String, Value>,
 }
 
 /// Refuses a graph with operators zeropoint cannot run, naming every such node.
@@ -149,6 +157,64 @@ impl<'g> Executor<'g> {
             .collect())
     }
 
+    /// Starts a run on `inputs` (checked, and passed through `hook`, as [`Executor::run_with`]
+    /// does) without running any node: [`Executor::resume`] runs it on in steps. A caller that
+    /// must see a whole dataset at one node before any sample goes past it (AdaRound) pauses
+    /// every sample's run there.
+    pub fn start(&self, inputs: HashMap<String, Value>, hook: &mut Hook) -> Result<Paused> {
+        self.check_inputs(&inputs)?;
+        let g = self.graph();
+        let mut values = HashMap::new();
+        for (name, v) in inputs {
+            let v = hook(&name, v).map_err(|e| located(g, format!("input '{name}'"), e))?;
+            values.insert(name, v);
+        }
+        Ok(Paused { next: 0, values })
+    }
+
+    /// Runs `paused` on up to node `until` (not included; the graph's end at most), passing
+    /// each value through `hook` as [`Executor::run_with`] does.
+    pub fn resume(&self, paused: Paused, until: usize, hook: &mut Hook) -> Result<Paused> {
+        let until = until.clamp(paused.next, self.graph().nodes.len());
+        let initializers: HashSet<&str> = self
+            .scope
+            .initializers
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        // A fed initializer (a trained weight) stays with the run; the others stay here.
+        let fed: HashSet<String> = paused
+            .values
+            .keys()
+            .filter(|n| initializers.contains(n.as_str()))
+            .cloned()
+            .collect();
+        let mut env: HashMap<String, Value> = self.scope.initializers.iter().cloned().collect();
+        env.extend(paused.values);
+        self.run_nodes(&mut env, paused.next..until, hook)?;
+        env.retain(|n, _| !initializers.contains(n.as_str()) || fed.contains(n));
+        Ok(Paused {
+            next: until,
+            values: env,
+        })
+    }
+
+    /// Replaces the value of initializer `name` in later runs (a weight learned between the
+    /// steps of paused runs). False if there is no such initializer, or if a clone of this
+    /// executor's initializers is running.
+    pub fn set_initializer(&mut self, name: &str, v: Value) -> bool {
+        let Some(scope) = Arc::get_mut(&mut self.scope) else {
+            return false;
+        };
+        match scope.initializers.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => {
+                slot.1 = v;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Runs the nodes in order, starting from `env` (for a subgraph, the values of enclosing
     /// graphs it reads); `inputs` are the declared inputs, which, like every value computed,
     /// pass through `hook`. Returns the graph's outputs in order.
@@ -164,7 +230,28 @@ impl<'g> Executor<'g> {
             let v = hook(&name, v).map_err(|e| located(g, format!("input '{name}'"), e))?;
             env.insert(name, v);
         }
-        for (i, node) in g.nodes.iter().enumerate() {
+        self.run_nodes(&mut env, 0..g.nodes.len(), hook)?;
+        g.outputs
+            .iter()
+            .map(|o| {
+                env.get(&o.name)
+                    .cloned()
+                    .ok_or_else(|| model_error(g, format!("output '{}' was not computed", o.name)))
+            })
+            .collect()
+    }
+
+    /// Runs nodes `nodes` (indices, in order) on the values in `env`, which gains their outputs
+    /// (through `hook`) and loses each value after its last reader.
+    fn run_nodes(
+        &self,
+        env: &mut HashMap<String, Value>,
+        nodes: std::ops::Range<usize>,
+        hook: &mut Hook,
+    ) -> Result<()> {
+        let g = self.graph();
+        for i in nodes {
+            let node = &g.nodes[i];
             let args: Vec<Option<Value>> = node
                 .inputs
                 .iter()
@@ -184,7 +271,7 @@ impl<'g> Executor<'g> {
                 };
                 ops::run(&cx)
             } else {
-                control_flow::run(node, self.scope.nested(i), &args, &env, hook)
+                control_flow::run(node, self.scope.nested(i), &args, env, hook)
             };
             let outs = outs.map_err(|e| located(g, node.label(), e))?;
             drop(args);
@@ -200,14 +287,7 @@ impl<'g> Executor<'g> {
                 env.remove(dead);
             }
         }
-        g.outputs
-            .iter()
-            .map(|o| {
-                env.get(&o.name)
-                    .cloned()
-                    .ok_or_else(|| model_error(g, format!("output '{}' was not computed", o.name)))
-            })
-            .collect()
+        Ok(())
     }
 
     /// Every declared input is fed, with its declared element type and fixed dimensions; nothing

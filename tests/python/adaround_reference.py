@@ -1,0 +1,127 @@
+"""AdaRound's reconstruction losses recomputed by ONNX Runtime from the exported model.
+
+Usage: adaround_reference.py ZEROPOINT DIR
+
+Quantizes the MNIST CNN (../shared/assets/models/ccexam_mnist_cnn.onnx, no BatchNorm, so its
+weights are the float model's) at int4 per-channel weights with `--adaround` on 4 samples, which
+are few enough that AdaRound takes every output position of every layer. For each layer k, in
+graph order, the reported losses are recomputed as the paper's asymmetric reconstruction
+(Nagel et al. 2020, §3.3) defines them:
+
+    loss = Σ over output positions and channels (W·x − W'·x̃)² / positions
+
+with x the layer's input in the float model, x̃ its input in the exported QDQ model (whose earlier
+layers hold their learned weights) as ONNX Runtime computes it, and W' either the learned weight
+(the export's dequantized one) or W rounded to nearest on the export's grid. The layer's product
+is a one-node ONNX model (the layer's own node without its bias) run by ONNX Runtime. The
+reported losses must match within 1e-4 relative, and the learned one must not exceed the
+nearest one.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT.parent / "shared" / "assets" / "models" / "ccexam_mnist_cnn.onnx"
+# `--weights int4`: signed, symmetric, per channel, the full grid.
+QMIN, QMAX = -8, 7
+
+
+def session(model, outputs=()):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for name in outputs:
+        m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def values(model, x, names):
+    """The values `names` of `model` run on `x`, one sample at a time as AdaRound's runs are."""
+    s = session(model, names)
+    feed = s.get_inputs()[0].name
+    got = [s.run(names, {feed: x[i:i + 1]}) for i in range(len(x))]
+    return [np.concatenate([g[j] for g in got]) for j in range(len(names))]
+
+
+def product(node, x, w):
+    """The layer's node without its bias on input `x` and weight `w`, in ONNX Runtime."""
+    one = helper.make_node(node.op_type, ["x", "w"], ["y"], name="layer")
+    one.attribute.extend(node.attribute)
+    graph = helper.make_graph(
+        [one], "layer",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return session(model).run(["y"], {"x": x, "w": w})[0].astype(np.float64)
+
+
+def positions(y):
+    # A convolution's output [N, M, H, W] has N·H·W positions, a dense layer's [N, M] N.
+    return y.size // y.shape[1]
+
+
+def main():
+    zeropoint, out = Path(sys.argv[1]), Path(sys.argv[2])
+    x = np.random.default_rng(3).uniform(0, 1, (8, 1, 28, 28)).astype(np.float32)
+    np.save(out / "calib.npy", x)
+    dst = out / "adaround.onnx"
+    p = subprocess.run([str(zeropoint), "quantize", str(MODEL), "--calib", str(out / "calib.npy"),
+                        "--weights", "int4", "--adaround", "100", "--adaround-samples", "4",
+                        "--report-samples", "0", "--json", "-o", str(dst)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"zeropoint quantize failed: {p.stderr}")
+    report = json.loads(p.stdout)["adaround"]
+    float_model, qdq = onnx.load(MODEL), onnx.load(dst)
+    float_init = {t.name: numpy_helper.to_array(t) for t in float_model.graph.initializer}
+    qdq_init = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    samples = x[:4]
+    failures = []
+    layers = [r["layer"] for r in report]
+    if layers != ["conv_1", "conv_4", "gemm_8", "gemm_10"]:
+        failures.append(f"AdaRound took layers {layers}")
+    for r in report:
+        fnode = next(n for n in float_model.graph.node if n.name == r["layer"])
+        qnode = next(n for n in qdq.graph.node if n.name == r["layer"])
+        w = float_init[fnode.input[1]]
+        xf, = values(float_model, samples, [fnode.input[0]])
+        xq, = values(qdq, samples, [qnode.input[0]])
+        wq, = values(qdq, samples[:1], [qnode.input[1]])
+        # The export's weight grid: the DequantizeLinear's scale per output channel.
+        dq = next(n for n in qdq.graph.node if n.output[0] == qnode.input[1])
+        scale = qdq_init[dq.input[1]].astype(np.float32)
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        s = scale.reshape(shape)
+        nearest = (np.clip(np.floor(w / s + 0.5), QMIN, QMAX) * s).astype(np.float32)
+        target = product(fnode, xf, w)
+        for kind, weight in (("learned", wq), ("nearest", nearest)):
+            y = product(fnode, xq, weight)
+            want = float(((target - y) ** 2).sum() / positions(y))
+            got = r[f"loss_{kind}"]
+            ok = abs(got - want) <= 1e-4 * max(abs(want), 1e-9)
+            print(f"{r['layer']:<8} {kind:<8} zeropoint {got:.6g}  reference {want:.6g}"
+                  f"{'' if ok else '  MISMATCH'}")
+            if not ok:
+                failures.append(f"{r['layer']} loss_{kind}: {got} vs {want}")
+        if r["loss_learned"] > r["loss_nearest"]:
+            failures.append(f"{r['layer']}: learned rounding is worse than nearest")
+    if failures:
+        sys.exit("adaround reference: " + "; ".join(failures))
+    print("adaround reference: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
