@@ -35,7 +35,7 @@ use zeropoint_engine::{Executor, Value};
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::RawTensor;
 
-use crate::compare::Batch;
+use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::params::Params;
 use crate::paused_runs::PausedRuns;
@@ -479,7 +479,8 @@ fn gather_columns(
 /// One sample's columns of a layer, per group: (float model's input, quantized model's input).
 type Part = Vec<(Vec<f32>, Vec<f32>)>;
 
-/// AdaRounds every eligible layer of `graph` on `samples` (one batch each), and replaces each
+/// AdaRounds every eligible layer of `graph` on `data` (one batch of the model's smallest batch
+/// size per sample, read as the runs start), and replaces each
 /// layer's weight in `graph` by its learned rounding. `params` stay as they are: the learned
 /// weights lie on their grids.
 ///
@@ -491,20 +492,22 @@ pub fn adaround(
     graph: &mut Graph,
     plan: &Plan,
     params: &Params,
-    samples: Vec<Batch>,
+    mut data: Dataset,
     opts: &Options,
     on_layer: &(dyn Fn(usize, usize, &Rounded) + Sync),
 ) -> Result<Vec<Rounded>> {
     let layers = layers(graph, plan, params);
-    if layers.is_empty() || samples.is_empty() {
+    if layers.is_empty() || data.len == 0 {
         return Ok(Vec::new());
     }
-    let take = (opts.max_columns / samples.len()).max(1);
     let mut learned = Vec::with_capacity(layers.len());
     {
         let float = Executor::new(graph)?;
         let mut sim = Simulation::sharing(graph, params, float.initializer_values())?;
+        let unit = crate::dataset::unit_batch(&graph.inputs);
+        let samples = std::iter::from_fn(|| data.next_batch(unit).transpose());
         let mut runs = PausedRuns::start(&float, &sim, samples)?;
+        let take = (opts.max_columns / runs.samples().max(1)).max(1);
         for layer in &layers {
             // Every sample's columns of the layer's input, the float run's and the simulated
             // run's (with every earlier layer already rounded as learned).
@@ -563,17 +566,25 @@ fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Ro
         loss_learned: 0.0,
     };
     let err = |e: candle_core::Error| Error::Environment(format!("{}: {e}", layer.node.label()));
-    for g in 0..groups {
+    // Each group's columns over all samples, each sample's dropped once copied: a large
+    // layer's columns (8192 × 4608 for a 3×3 convolution of 512 channels) are 150 MB a copy.
+    let mut columns: Vec<(Vec<f32>, Vec<f32>)> = vec![Default::default(); groups];
+    for part in parts {
+        for ((f, q), (fp, qp)) in columns.iter_mut().zip(part) {
+            f.extend_from_slice(&fp);
+            q.extend_from_slice(&qp);
+        }
+    }
+    for (g, (float_inputs, inputs)) in columns.into_iter().enumerate() {
         let at = |e: usize| weight_index(layer, g, e / k, e % k);
         let wg: Vec<f32> = (0..rows * k).map(|e| w[at(e)]).collect();
-        let inputs: Vec<f32> = parts.iter().flat_map(|p| p[g].1.iter().copied()).collect();
-        let float_inputs: Vec<f32> = parts.iter().flat_map(|p| p[g].0.iter().copied()).collect();
         let positions = inputs.len() / k.max(1);
-        let xf = Tensor::from_slice(&float_inputs, (positions, k), &Device::Cpu).map_err(err)?;
-        let wt = Tensor::from_slice(&wg, (rows, k), &Device::Cpu).map_err(err)?;
-        let targets = xf
-            .matmul(&wt.t().map_err(err)?)
-            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+        // W·x, the float model's output at the columns; the float columns go.
+        let targets = Tensor::from_vec(float_inputs, (positions, k), &Device::Cpu)
+            .and_then(|xf| {
+                let wt = Tensor::from_slice(&wg, (rows, k), &Device::Cpu)?;
+                xf.matmul(&wt.t()?)?.flatten_all()?.to_vec1::<f32>()
+            })
             .map_err(err)?;
         let problem = Problem {
             rows,

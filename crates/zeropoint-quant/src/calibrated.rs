@@ -260,10 +260,7 @@ impl Rounding<'_> {
     )> {
         let settings = &opts.settings;
         let adaround = match &settings.adaround {
-            Some(a) => {
-                let one_each = first_samples(self.graph, opts, a.samples)?;
-                self.adaround(one_each, a, progress)?
-            }
+            Some(a) => self.adaround(opts, a, progress)?,
             None => Vec::new(),
         };
         let (graph, plan, params) = (&mut *self.graph, self.plan, self.params);
@@ -284,7 +281,7 @@ impl Rounding<'_> {
     /// AdaRound, its layers learned on worker threads while this one shows their progress.
     fn adaround(
         &mut self,
-        one_each: Vec<Batch>,
+        opts: &Options,
         a: &crate::adaround::Options,
         progress: &mut dyn FnMut(&str, usize, usize),
     ) -> Result<Vec<crate::adaround::Rounded>> {
@@ -300,7 +297,9 @@ impl Rounding<'_> {
         std::thread::scope(|s| {
             // Owns the sender: the progress loop ends when AdaRound does.
             let run = s.spawn(move || {
-                crate::adaround::adaround(graph, plan, params, one_each, a, &on_layer)
+                let mut data = open_data(graph, opts)?;
+                data.truncate(a.samples);
+                crate::adaround::adaround(graph, plan, params, data, a, &on_layer)
             });
             for (line, done, total) in rx {
                 progress(&line, done, total);

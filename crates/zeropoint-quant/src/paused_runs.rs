@@ -29,27 +29,33 @@ pub struct PausedRuns {
 
 impl PausedRuns {
     /// Starts every sample's float run (of `float`) and simulated run (of `sim`, the same
-    /// graph), before the first node.
-    pub fn start(float: &Executor, sim: &Simulation, samples: Vec<Batch>) -> Result<PausedRuns> {
+    /// graph), before the first node; the samples are read one at a time.
+    pub fn start(
+        float: &Executor,
+        sim: &Simulation,
+        samples: impl Iterator<Item = Result<Batch>>,
+    ) -> Result<PausedRuns> {
         let dir = tempfile::Builder::new()
             .prefix("zeropoint-runs-")
             .tempdir()
             .map_err(|e| Error::io(&std::env::temp_dir(), "make a folder in", e))?;
-        let runs = PausedRuns {
+        let mut runs = PausedRuns {
             dir,
-            samples: samples.len(),
+            samples: 0,
             next: 0,
         };
-        samples.into_par_iter().enumerate().try_for_each(|(i, b)| {
+        for b in samples {
+            let b = b?;
             let f = float.start(b.clone(), &mut |_, v| Ok(v))?;
-            runs.save(i, &f, &sim.start(b)?)
-        })?;
+            runs.save(runs.samples, &f, &sim.start(b)?)?;
+            runs.samples += 1;
+        }
         Ok(runs)
     }
 
-    /// The node every run is paused before.
-    pub fn next(&self) -> usize {
-        self.next
+    /// How many samples' runs there are.
+    pub fn samples(&self) -> usize {
+        self.samples
     }
 
     /// Runs every sample on up to node `until` (not included), and returns what `look` makes of
