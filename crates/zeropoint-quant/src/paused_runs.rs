@@ -142,3 +142,54 @@ fn decode_run(bytes: &mut &[u8], path: &Path) -> Result<Paused> {
     }
     Ok(Paused { next, values })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeropoint_onnx::DType;
+
+    /// A paused run's values come back from its file as they were, of every element type a run
+    /// holds, and a file cut short is an error that names it.
+    #[test]
+    fn a_paused_run_survives_its_file() {
+        let mut values = std::collections::HashMap::new();
+        let floats: Vec<f32> = vec![1.5, -0.0, f32::INFINITY, 3.25e-40, -7.0, 0.1];
+        values.insert("x".into(), Value::from_f32_vec(floats, &[2, 3]).unwrap());
+        values.insert("shape".into(), Value::from_i64s(&[1, -1, i64::MAX]));
+        for (name, dtype) in [
+            ("mask", DType::Bool),
+            ("codes", DType::I4),
+            ("bytes", DType::U8),
+        ] {
+            let v = Value::from_ints(vec![0, 1, 1, 0, 1, 1], &[6], dtype).unwrap();
+            values.insert(name.into(), v);
+        }
+        values.insert(
+            "empty".into(),
+            Value::from_f32_vec(Vec::new(), &[0, 4]).unwrap(),
+        );
+        let run = Paused { next: 17, values };
+        let mut bytes = Vec::new();
+        encode_run(&run, &mut bytes).unwrap();
+        let path = Path::new("7.runs");
+        let back = decode_run(&mut bytes.as_slice(), path).unwrap();
+        assert_eq!(back.next, 17);
+        assert_eq!(back.values.len(), run.values.len());
+        for (name, v) in &run.values {
+            let (a, b) = (
+                v.to_raw(name).unwrap(),
+                back.values[name].to_raw(name).unwrap(),
+            );
+            assert_eq!(
+                (a.dtype, &a.shape, &a.data),
+                (b.dtype, &b.shape, &b.data),
+                "{name}"
+            );
+        }
+        let cut = &bytes[..bytes.len() - 3];
+        let e = decode_run(&mut &cut[..], path)
+            .err()
+            .expect("a cut file is refused");
+        assert!(e.to_string().contains("7.runs"), "{e}");
+    }
+}
