@@ -5,7 +5,8 @@ weight models in ONNX Runtime with per-tensor and per-channel weights, with and 
 the table).
 
 Usage: .venv/bin/python scripts/algorithms_compare.py [--zeropoint target/release/zeropoint] [--zoo .cache/zoo]
-       [--models a3,a4,a5,ppocr-v3-det,fsmn-vad] [--bits 8,4]
+       [--models a3,a4,a5,ppocr-v3-det,fsmn-vad] [--bits 8,4] [--configs 'per-channel +adaround,...']
+       [--adaround-iterations N]
 
 Data: A1 (ccexam_mnist_cnn) calibrates on MNIST train images 0..255 and evaluates on t10k 0..999;
 A3 (cifar10_keras_cnn_bn) calibrates on foolbox cifar100_00..19 and evaluates on
@@ -103,7 +104,16 @@ def main():
     ap.add_argument("--zoo", default=os.path.join(ROOT, ".cache", "zoo"))
     ap.add_argument("--models", default="a1,a3,a4,a5,fsmn-vad")
     ap.add_argument("--bits", default="8,4")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated columns to run (default: all), e.g. 'per-channel +adaround'")
+    ap.add_argument("--adaround-iterations", type=int, default=None,
+                    help="Adam steps per layer for the AdaRound columns (default: zeropoint's)")
     args = ap.parse_args()
+    configs = [c for c in CONFIGS if args.configs is None or c[0] in args.configs.split(",")]
+    if args.adaround_iterations:
+        configs = [(k, g, [f"--adaround={args.adaround_iterations}" if f == "--adaround" else f for f in fl]
+                    + ([f"--adaround={args.adaround_iterations}"] if "standard" in fl else []))
+                   for k, g, fl in configs]
     work = tempfile.mkdtemp(prefix="cle_compare_")
     rows = []
     for name in args.models.split(","):
@@ -118,7 +128,7 @@ def main():
         ref = outputs(model, evals)
         for bits in args.bits.split(","):
             row = {"model": name, "weights": f"int{bits}"}
-            for key, gran, flags in CONFIGS:
+            for key, gran, flags in configs:
                 dst = os.path.join(work, f"{name}.{bits}.{key.replace(' ', '')}.onnx")
                 cmd = [args.zeropoint, "quantize", model, "--calib", calib_path, "--weights",
                        f"int{bits},sym,{gran}", "--batch", "1", "--report-samples", "0", "-o", dst, "--json"]
@@ -134,7 +144,7 @@ def main():
                     row["absorbed"] = sum(q["absorbed_channels"] for q in eq.get("pairs", []))
             rows.append(row)
             print(json.dumps(row), flush=True)
-    cols = [c[0] for c in CONFIGS]
+    cols = [c[0] for c in configs]
     print("\n| model | weights | " + " | ".join(cols) + " | pairs equalized / refused | channels absorbed |")
     print("|---|---|" + "---|" * len(cols) + "---|---|")
     for r in rows:

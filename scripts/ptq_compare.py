@@ -591,11 +591,18 @@ def main():
     ap.add_argument("--ort-timeout", type=float, default=180, help="seconds before an ORT quantization is stopped")
     ap.add_argument("--preset", default="w8a8", choices=("w8a8", "w4a8"),
                     help="w4a8: int4 weights for both (ORT: QInt4), 8-bit activations")
+    ap.add_argument("--methods", dest="methods_filter", default=None,
+                    help="comma-separated method keys to run (default: all), e.g. zp_adaround,zp_mse_adaround")
+    ap.add_argument("--zp-extra", default="",
+                    help="extra arguments for every zeropoint method, e.g. '--adaround-inputs weights-only'")
     ap.add_argument("--no-dropin", action="store_true",
                     help="leave out the zeropoint.onnxruntime.quantize_static (drop-in) row")
     ap.add_argument("--ort-worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.methods, a.ort_weights = (METHODS_W4A8, "QInt4") if a.preset == "w4a8" else (METHODS, "QInt8")
+    if a.methods_filter:
+        a.methods = [m for m in a.methods if m[0] in a.methods_filter.split(",")]
+    a.methods = [(k, l, kd, s + a.zp_extra.split() if kd == "zp" else s) for k, l, kd, s in a.methods]
     if a.no_dropin:
         a.methods = [m for m in a.methods if m[0] not in DROPIN_KEYS]
     if a.ort_worker:

@@ -11,7 +11,9 @@ graph order, the reported losses are recomputed as the paper's asymmetric recons
     loss = Σ over output positions and channels (W·x − W'·x̃)² / positions
 
 with x the layer's input in the float model, x̃ its input in the exported QDQ model (whose earlier
-layers hold their learned weights) as ONNX Runtime computes it, and W' either the learned weight
+layers hold their learned weights) as ONNX Runtime computes it (with `--adaround-inputs
+weights-only`: in that model with its activations' QuantizeLinear → DequantizeLinear pairs
+taken out, only the weights quantized), and W' either the learned weight
 (the export's dequantized one) or W rounded to nearest on the export's grid. The layer's product
 is a one-node ONNX model (the layer's own node without its bias) run by ONNX Runtime. The
 reported losses must match within 1e-4 relative, and the learned one must not exceed the
@@ -66,19 +68,30 @@ def product(node, x, w):
     return session(model).run(["y"], {"x": x, "w": w})[0].astype(np.float64)
 
 
+def weights_only(model):
+    """`model` with every activation's QuantizeLinear → DequantizeLinear pair bypassed."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    quantized_from = {n.output[0]: n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    bypass = {n.output[0]: quantized_from[n.input[0]] for n in m.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] in quantized_from}
+    for n in m.graph.node:
+        for i, name in enumerate(n.input):
+            n.input[i] = bypass.get(name, name)
+    return m
+
+
 def positions(y):
     # A convolution's output [N, M, H, W] has N·H·W positions, a dense layer's [N, M] N.
     return y.size // y.shape[1]
 
 
-def main():
-    zeropoint, out = Path(sys.argv[1]), Path(sys.argv[2])
-    x = np.random.default_rng(3).uniform(0, 1, (8, 1, 28, 28)).astype(np.float32)
-    np.save(out / "calib.npy", x)
-    dst = out / "adaround.onnx"
+def check(zeropoint, out, x, mode, failures):
+    """Quantizes with `--adaround-inputs mode` and checks every layer's reported losses."""
+    dst = out / f"adaround.{mode}.onnx"
     p = subprocess.run([str(zeropoint), "quantize", str(MODEL), "--calib", str(out / "calib.npy"),
                         "--weights", "int4", "--adaround", "100", "--adaround-samples", "4",
-                        "--report-samples", "0", "--json", "-o", str(dst)],
+                        "--adaround-inputs", mode, "--report-samples", "0", "--json", "-o", str(dst)],
                        capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"zeropoint quantize failed: {p.stderr}")
@@ -87,7 +100,6 @@ def main():
     float_init = {t.name: numpy_helper.to_array(t) for t in float_model.graph.initializer}
     qdq_init = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
     samples = x[:4]
-    failures = []
     layers = [r["layer"] for r in report]
     if layers != ["conv_1", "conv_4", "gemm_8", "gemm_10"]:
         failures.append(f"AdaRound took layers {layers}")
@@ -96,7 +108,9 @@ def main():
         qnode = next(n for n in qdq.graph.node if n.name == r["layer"])
         w = float_init[fnode.input[1]]
         xf, = values(float_model, samples, [fnode.input[0]])
-        xq, = values(qdq, samples, [qnode.input[0]])
+        inputs_model = qdq if mode == "quantized" else weights_only(qdq)
+        inode = next(n for n in inputs_model.graph.node if n.name == r["layer"])
+        xq, = values(inputs_model, samples, [inode.input[0]])
         wq, = values(qdq, samples[:1], [qnode.input[1]])
         # The export's weight grid: the DequantizeLinear's scale per output channel.
         dq = next(n for n in qdq.graph.node if n.output[0] == qnode.input[1])
@@ -112,12 +126,21 @@ def main():
             want = float(((target - y) ** 2).sum() / positions(y))
             got = r[f"loss_{kind}"]
             ok = abs(got - want) <= 1e-4 * max(abs(want), 1e-9)
-            print(f"{r['layer']:<8} {kind:<8} zeropoint {got:.6g}  reference {want:.6g}"
+            print(f"{mode:<12} {r['layer']:<8} {kind:<8} zeropoint {got:.6g}  reference {want:.6g}"
                   f"{'' if ok else '  MISMATCH'}")
             if not ok:
-                failures.append(f"{r['layer']} loss_{kind}: {got} vs {want}")
+                failures.append(f"{mode} {r['layer']} loss_{kind}: {got} vs {want}")
         if r["loss_learned"] > r["loss_nearest"]:
-            failures.append(f"{r['layer']}: learned rounding is worse than nearest")
+            failures.append(f"{mode} {r['layer']}: learned rounding is worse than nearest")
+
+
+def main():
+    zeropoint, out = Path(sys.argv[1]), Path(sys.argv[2])
+    x = np.random.default_rng(3).uniform(0, 1, (8, 1, 28, 28)).astype(np.float32)
+    np.save(out / "calib.npy", x)
+    failures = []
+    for mode in ("quantized", "weights-only"):
+        check(zeropoint, out, x, mode, failures)
     if failures:
         sys.exit("adaround reference: " + "; ".join(failures))
     print("adaround reference: all checks passed")

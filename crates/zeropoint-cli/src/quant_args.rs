@@ -50,6 +50,13 @@ pub enum BiasCorrectionArg {
     Analytic,
 }
 
+/// `--adaround-inputs`' variants.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdaRoundInputs {
+    Quantized,
+    WeightsOnly,
+}
+
 /// The choices of a quantization run, shared with the main job.
 #[derive(ClapArgs, Debug, Clone)]
 pub struct QuantArgs {
@@ -129,12 +136,18 @@ pub struct QuantArgs {
     /// calibration samples, with ITERS Adam steps per layer [default: 1000].
     #[arg(long, value_name = "ITERS", num_args = 0..=1, default_missing_value = "1000")]
     pub adaround: Option<usize>,
-    /// Calibration samples AdaRound fits each layer on (their activations are held together).
+    /// Calibration samples AdaRound fits each layer on (their activations wait on disk between
+    /// layers: memory does not grow with them).
     #[arg(long, default_value_t = 16)]
     pub adaround_samples: usize,
     /// AdaRound's Adam learning rate.
     #[arg(long, default_value_t = 1e-2)]
     pub adaround_lr: f64,
+    /// The model AdaRound takes each layer's input from: the quantized one, activation
+    /// quantizers included (as deployed), or the one with only its weights quantized (as AIMET
+    /// does). The float model gives the targets either way.
+    #[arg(long, value_enum, default_value_t = AdaRoundInputs::Quantized)]
+    pub adaround_inputs: AdaRoundInputs,
     /// Calibration samples empirical bias correction measures on, all in one batch (memory
     /// grows with it).
     #[arg(long, default_value_t = 16)]
@@ -233,6 +246,7 @@ impl QuantArgs {
                     iterations,
                     samples: self.adaround_samples.max(1),
                     learning_rate: self.adaround_lr,
+                    quantized_inputs: self.adaround_inputs == AdaRoundInputs::Quantized,
                     ..Default::default()
                 }),
                 activation_bits: self.activation_bits()?,

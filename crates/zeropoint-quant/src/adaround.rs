@@ -501,9 +501,20 @@ pub fn adaround(
         return Ok(Vec::new());
     }
     let mut learned = Vec::with_capacity(layers.len());
+    // The model x̃ comes from: the quantized one, or the one with quantized weights only.
+    let weights_only;
+    let inputs_params = if opts.quantized_inputs {
+        params
+    } else {
+        weights_only = Params {
+            activations: Vec::new(),
+            ..params.clone()
+        };
+        &weights_only
+    };
     {
         let float = Executor::new(graph)?;
-        let mut sim = Simulation::sharing(graph, params, float.initializer_values())?;
+        let mut sim = Simulation::sharing(graph, inputs_params, float.initializer_values())?;
         let unit = crate::dataset::unit_batch(&graph.inputs);
         let samples = std::iter::from_fn(|| data.next_batch(unit).transpose());
         let mut runs = PausedRuns::start(&float, &sim, samples)?;

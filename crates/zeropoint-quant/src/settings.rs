@@ -198,6 +198,9 @@ pub struct AdaRoundOptions {
     pub beta: (f64, f64),
     /// Fraction of the iterations without the regularizer.
     pub warm_start: f64,
+    /// Whether a layer's input x̃ is taken from the quantized model with its activation
+    /// quantizers (as deployed), or with its weights quantized only (as AIMET does).
+    pub quantized_inputs: bool,
 }
 
 impl Default for AdaRoundOptions {
@@ -211,6 +214,7 @@ impl Default for AdaRoundOptions {
             regularization: 0.01,
             beta: (20.0, 2.0),
             warm_start: 0.2,
+            quantized_inputs: true,
         }
     }
 }
