@@ -6,7 +6,7 @@ the table).
 
 Usage: .venv/bin/python scripts/algorithms_compare.py [--zeropoint target/release/zeropoint] [--zoo .cache/zoo]
        [--models a3,a4,a5,ppocr-v3-det,fsmn-vad] [--bits 8,4] [--configs 'per-channel +adaround,...']
-       [--adaround-iterations N]
+       [--adaround-iterations N] [--zp-extra '--adaround-inputs weights-only']
 
 Data: A1 (ccexam_mnist_cnn) calibrates on MNIST train images 0..255 and evaluates on t10k 0..999;
 A3 (cifar10_keras_cnn_bn) calibrates on foolbox cifar100_00..19 and evaluates on
@@ -108,6 +108,8 @@ def main():
                     help="comma-separated columns to run (default: all), e.g. 'per-channel +adaround'")
     ap.add_argument("--adaround-iterations", type=int, default=None,
                     help="Adam steps per layer for the AdaRound columns (default: zeropoint's)")
+    ap.add_argument("--zp-extra", default="",
+                    help="extra arguments for every quantize, e.g. '--adaround-inputs weights-only'")
     args = ap.parse_args()
     configs = [c for c in CONFIGS if args.configs is None or c[0] in args.configs.split(",")]
     if args.adaround_iterations:
@@ -132,7 +134,7 @@ def main():
                 dst = os.path.join(work, f"{name}.{bits}.{key.replace(' ', '')}.onnx")
                 cmd = [args.zeropoint, "quantize", model, "--calib", calib_path, "--weights",
                        f"int{bits},sym,{gran}", "--batch", "1", "--report-samples", "0", "-o", dst, "--json"]
-                p = subprocess.run(cmd + flags, capture_output=True, text=True)
+                p = subprocess.run(cmd + flags + args.zp_extra.split(), capture_output=True, text=True)
                 if p.returncode != 0:
                     row[key] = f"fails: {p.stderr.strip()[:80]}"
                     continue

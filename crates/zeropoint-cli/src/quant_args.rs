@@ -148,8 +148,8 @@ pub struct QuantArgs {
     /// does). The float model gives the targets either way.
     #[arg(long, value_enum, default_value_t = AdaRoundInputs::Quantized)]
     pub adaround_inputs: AdaRoundInputs,
-    /// Calibration samples empirical bias correction measures on, all in one batch (memory
-    /// grows with it).
+    /// Calibration samples empirical bias correction measures on (their activations wait on
+    /// disk between layers: memory does not grow with them).
     #[arg(long, default_value_t = 16)]
     pub bias_correction_samples: usize,
     /// Mixed precision: raise the quantizers that buy the most output SQNR per byte (activations

@@ -7,12 +7,12 @@
 //! subtracts it from the layer's bias.
 //!
 //! The layers are corrected in graph order, each measured with the layers before it already
-//! quantized *and corrected*, in one run: every sample goes through the float and the simulated
-//! model in lockstep, one thread per sample, and the samples' runs wait for each other at each
-//! layer's output (before its own quantizer): the mean error over all samples is taken per
-//! channel and subtracted on the spot, so that every later layer sees the corrected value,
-//! exactly as the exported model computes it with the corrected bias. The samples' activations
-//! are held together: the sample count (`--bias-correction-samples`) bounds the memory.
+//! quantized *and corrected*: every sample's float and simulated runs are stepped to the layer
+//! together ([`crate::paused_runs`]), the layer's output is computed in both (before its own
+//! quantizer), the mean error over all samples is taken per channel and subtracted from the
+//! bias the simulation goes on with, so that every later layer sees the corrected output, as
+//! the exported model computes it. Between layers the samples' activations wait on disk: the
+//! sample count (`--bias-correction-samples`) does not bound the memory.
 //!
 //! Analytic bias correction needs no data: where a layer's input is a folded BatchNorm's output
 //! (pre-activation ≈ N(β, γ²) per channel), directly or through a ReLU, E[x] is known —
@@ -24,16 +24,17 @@ use std::collections::HashMap;
 
 use zeropoint_core::{fake_quant, Granularity, Layout};
 use zeropoint_engine::exec::HookError;
-use zeropoint_engine::Value;
+use zeropoint_engine::{Executor, Value};
 use zeropoint_graph::canonicalize::BatchNormStats;
 use zeropoint_graph::{Graph, Op};
 use zeropoint_onnx::RawTensor;
 
-use crate::compare::Batch;
+use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::meeting::{simulate_each, Meeting};
 use crate::params::Params;
+use crate::paused_runs::PausedRuns;
 use crate::placement::Plan;
+use crate::simulate::Simulation;
 
 /// The correction of one layer's bias.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -46,35 +47,51 @@ pub struct Correction {
     pub mean_shift: f64,
 }
 
-/// Measures every quantized layer's mean output error per channel on `samples` (float against
-/// simulated with `params`), in graph order with earlier corrections applied, and subtracts it
-/// from the layer's bias in `graph`. The caller recomputes the parameters (the int32 biases)
-/// from the corrected graph.
+/// Measures every quantized layer's mean output error per channel on `data` (one batch of the
+/// model's smallest batch size per sample; float against simulated with `params`), in graph
+/// order with earlier corrections applied, and subtracts it from the layer's bias in `graph`.
+/// The caller recomputes the parameters (the int32 biases) from the corrected graph.
 pub fn correct_biases(
     graph: &mut Graph,
     plan: &Plan,
     params: &Params,
-    samples: Vec<Batch>,
+    mut data: Dataset,
 ) -> Result<Vec<Correction>> {
     let layers = biased_layers(graph, plan);
-    let names: Vec<String> = graph
-        .nodes
-        .iter()
-        .filter(|n| layers.contains_key(&n.outputs[0]))
-        .map(|n| n.outputs[0].clone())
-        .collect();
-    let meeting: Meeting<Part, Vec<f64>> = Meeting::new(samples.len());
-    // One thread per sample (models with a fixed batch of 1 cannot take them as one batch);
-    // they meet at every layer to pool its error before any goes on.
-    simulate_each(graph, params, samples, &names, &meeting, |i| {
-        let meeting = &meeting;
-        move |name: &str, r: &Value, v: Value| {
-            let part = channel_error_sums(r, &v)?;
-            let mean = meeting.pool(name, i, part, |parts| Ok(mean_in_order(&parts)))?;
-            subtract_per_channel(&v, &mean)
+    let mut shifts = Vec::new();
+    {
+        let float = Executor::new(graph)?;
+        let mut sim = Simulation::sharing(graph, params, float.initializer_values())?;
+        let unit = crate::dataset::unit_batch(&graph.inputs);
+        let samples = std::iter::from_fn(|| data.next_batch(unit).transpose());
+        let mut runs = PausedRuns::start(&float, &sim, samples)?;
+        for (index, node) in graph.nodes.iter().enumerate() {
+            let Some((_, bias)) = layers.get(&node.outputs[0]) else {
+                continue;
+            };
+            // Each sample's error at the layer's output, before its quantizer.
+            let parts = runs.step(&float, &sim, index, |f, q| {
+                let (r, v) = (float.next_outputs(f)?, sim.next_outputs(q)?);
+                let at = |e: HookError| Error::Environment(format!("{}: {e}", node.label()));
+                channel_error_sums(&r[0], &v[0]).map_err(at)
+            })?;
+            let mean = mean_in_order(&parts);
+            // Later layers see this one's output as corrected, as the export computes it.
+            let b = sim
+                .initializer(bias)
+                .ok_or_else(|| Error::new(&graph.source, format!("bias '{bias}' is missing")))?;
+            if b.shape() == [mean.len()] {
+                let corrected = b.with_f32s(|b| {
+                    let shifted: Vec<f32> =
+                        b.iter().zip(&mean).map(|(b, m)| b - *m as f32).collect();
+                    RawTensor::from_f32s(bias, &[mean.len()], &shifted)
+                })?;
+                sim.set_weight(&corrected)?;
+            }
+            shifts.push((node.outputs[0].clone(), mean));
         }
-    })?;
-    apply(graph, &layers, meeting.into_results(&names))
+    }
+    apply(graph, &layers, shifts)
 }
 
 /// One sample's error at a layer: per-channel sums of (simulated − float) and the elements per
@@ -251,16 +268,4 @@ fn channel_error_sums(r: &Value, v: &Value) -> std::result::Result<Part, HookErr
     })??;
     let count = layout.len() / sums.len().max(1);
     Ok((sums, count as f64))
-}
-
-/// `v` less `shift[c]` on every element of channel c (axis 1).
-fn subtract_per_channel(v: &Value, shift: &[f64]) -> std::result::Result<Value, HookError> {
-    let layout = channels(v.shape())?;
-    let y = v.with_f32s(|x| {
-        x.iter()
-            .enumerate()
-            .map(|(i, &x)| x - shift[layout.param_index(i)] as f32)
-            .collect::<Vec<f32>>()
-    })?;
-    Ok(Value::from_f32_vec(y, v.shape())?)
 }

@@ -266,8 +266,9 @@ impl Rounding<'_> {
         let (graph, plan, params) = (&mut *self.graph, self.plan, self.params);
         let corrections = match settings.bias_correction {
             Some(BiasCorrection::Empirical { samples }) => {
-                let one_each = first_samples(graph, opts, samples)?;
-                correct_biases(graph, plan, params, one_each)?
+                let mut data = open_data(graph, opts)?;
+                data.truncate(samples);
+                correct_biases(graph, plan, params, data)?
             }
             Some(BiasCorrection::Analytic) => {
                 let stats = &self.canonical.batch_norm_stats;

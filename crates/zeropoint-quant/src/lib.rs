@@ -55,7 +55,6 @@ pub mod images;
 pub mod kernel_pairs;
 pub mod layer_inputs;
 pub mod linear_layers;
-pub mod meeting;
 pub mod mixed_precision;
 pub mod ort_runtime;
 pub mod pair_limit;

@@ -101,6 +101,19 @@ impl<'g> Simulation<'g> {
             .resume(paused, until, &mut |name, v| self.quantize(name, v))?)
     }
 
+    /// The outputs of the node `paused` goes on with, before their quantizers, without running
+    /// it.
+    pub fn next_outputs(&self, paused: &Paused) -> Result<Vec<Value>> {
+        Ok(self.exec.next_outputs(paused)?)
+    }
+
+    /// The value the simulation gives initializer `name` (a weight fake-quantized, a bias
+    /// from its int32 codes).
+    pub fn initializer(&self, name: &str) -> Option<&Value> {
+        let values = self.exec.initializer_values();
+        values.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
     /// Runs from now on with `w` (on its grid, not quantized again) as the weight of its name.
     pub fn set_weight(&mut self, w: &RawTensor) -> Result<()> {
         let v = Value::from_raw(w)?;

@@ -252,29 +252,7 @@ impl<'g> Executor<'g> {
         let g = self.graph();
         for i in nodes {
             let node = &g.nodes[i];
-            let args: Vec<Option<Value>> = node
-                .inputs
-                .iter()
-                .map(|n| {
-                    if n.is_empty() {
-                        None
-                    } else {
-                        env.get(n).cloned()
-                    }
-                })
-                .collect();
-            let outs = if node.subgraphs.is_empty() {
-                let cx = Cx {
-                    node,
-                    inputs: &args,
-                    opset: g.opset,
-                };
-                ops::run(&cx)
-            } else {
-                control_flow::run(node, self.scope.nested(i), &args, env, hook)
-            };
-            let outs = outs.map_err(|e| located(g, node.label(), e))?;
-            drop(args);
+            let outs = self.run_node(i, env, hook)?;
             for (name, v) in node.outputs.iter().zip(outs) {
                 if name.is_empty() {
                     continue;
@@ -288,6 +266,55 @@ impl<'g> Executor<'g> {
             }
         }
         Ok(())
+    }
+
+    /// Node `i`'s outputs on the values in `env` (a control-flow node's subgraphs pass theirs
+    /// through `hook`).
+    fn run_node(
+        &self,
+        i: usize,
+        env: &HashMap<String, Value>,
+        hook: &mut Hook,
+    ) -> Result<Vec<Value>> {
+        let g = self.graph();
+        let node = &g.nodes[i];
+        let args: Vec<Option<Value>> = node
+            .inputs
+            .iter()
+            .map(|n| {
+                if n.is_empty() {
+                    None
+                } else {
+                    env.get(n).cloned()
+                }
+            })
+            .collect();
+        let outs = if node.subgraphs.is_empty() {
+            let cx = Cx {
+                node,
+                inputs: &args,
+                opset: g.opset,
+            };
+            ops::run(&cx)
+        } else {
+            control_flow::run(node, self.scope.nested(i), &args, env, hook)
+        };
+        outs.map_err(|e| located(g, node.label(), e))
+    }
+
+    /// What the node `paused` goes on with computes from its values, without running it:
+    /// its outputs as they are before any hook (bias correction measures a layer's output
+    /// this way before deciding what the run goes on with).
+    pub fn next_outputs(&self, paused: &Paused) -> Result<Vec<Value>> {
+        if paused.next >= self.graph().nodes.len() {
+            return Err(model_error(
+                self.graph(),
+                "a run at the graph's end has no next node".into(),
+            ));
+        }
+        let mut env: HashMap<String, Value> = self.scope.initializers.iter().cloned().collect();
+        env.extend(paused.values.iter().map(|(n, v)| (n.clone(), v.clone())));
+        self.run_node(paused.next, &env, &mut |_, v| Ok(v))
     }
 
     /// Every declared input is fed, with its declared element type and fixed dimensions; nothing
