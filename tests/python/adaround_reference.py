@@ -27,23 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
+
+# ONNX Runtime without graph optimizations, the chosen values made outputs.
+from bias_correction_reference import session
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT.parent / "shared" / "assets" / "models" / "ccexam_mnist_cnn.onnx"
 # `--weights int4`: signed, symmetric, per channel, the full grid.
 QMIN, QMAX = -8, 7
-
-
-def session(model, outputs=()):
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for name in outputs:
-        m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def values(model, x, names):
@@ -65,7 +57,7 @@ def product(node, x, w):
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    return session(model).run(["y"], {"x": x, "w": w})[0].astype(np.float64)
+    return session(model, []).run(["y"], {"x": x, "w": w})[0].astype(np.float64)
 
 
 def weights_only(model):
