@@ -307,7 +307,10 @@ def quantize_model(
     report_samples: int = 64,
     cle: bool = False,
     bias_correction: Optional[str] = None,
+    bias_correction_samples: int = 16,
     adaround: Optional[int] = None,
+    adaround_samples: int = 16,
+    adaround_inputs: str = "quantized",
     reduce_range: bool = False,
     limit_pairs: bool = False,
     mean: Sequence[float] = (0.0,),
@@ -324,7 +327,10 @@ def quantize_model(
     "abs-percentile", "mse", "entropy", "cross-entropy"; ``range_options``: the activation
     method's parameters, as ``Observer`` takes them (``{"percentile": 99.999}``). ``exclude``: node names or operator
     types kept float. ``cle``: cross-layer equalization; ``bias_correction``: "empirical" or
-    "analytic"; ``adaround``: AdaRound iterations per layer. ``reduce_range``: 7-bit weights
+    "analytic", measured on ``bias_correction_samples``; ``adaround``: AdaRound iterations per
+    layer, fitted on ``adaround_samples`` with each layer's input from the "quantized" model or,
+    with ``adaround_inputs="weights-only"``, the one with only its weights quantized (the
+    samples wait on disk between layers: memory does not grow with them). ``reduce_range``: 7-bit weights
     (ONNX Runtime's reduce_range); ``limit_pairs``: 8-bit weights whose same-sign pairs ONNX
     Runtime's int8 kernels cannot overflow on x86 CPUs without VNNI (docs/ptq.md).
     ``mean`` / ``std``: pixel files
@@ -346,7 +352,10 @@ def quantize_model(
             report_samples=report_samples,
             cle=cle,
             bias_correction=bias_correction,
+            bias_correction_samples=bias_correction_samples,
             adaround=adaround,
+            adaround_samples=adaround_samples,
+            adaround_inputs=adaround_inputs,
             reduce_range=reduce_range,
             limit_pairs=limit_pairs,
             mean=list(mean),

@@ -257,3 +257,25 @@ def test_float16_parts_compute_in_float32(tmp_path):
     y, want = ort_run(out, x), ort_run(model, x)
     assert y.shape == (2, 4)
     assert np.abs(y - want).max() <= 0.05 * np.abs(want).max()
+
+
+def test_adaround_and_bias_correction_samples_and_inputs_reach_the_run(tmp_path, calib):
+    # Each knob changes the learned weights or biases (so it reached the run), the same call
+    # twice gives the same bytes, and bad values are refused as scheme errors.
+    data = {input_name(): calib[:32]}
+
+    def model_bytes(name, **kw):
+        out = tmp_path / f"{name}.onnx"
+        zp.quantize_model(MODEL, data, out, weights="int4", report_samples=0, **kw)
+        return out.read_bytes()
+
+    four = model_bytes("a4", adaround=20, adaround_samples=4)
+    assert four == model_bytes("a4again", adaround=20, adaround_samples=4)
+    assert four != model_bytes("a8", adaround=20, adaround_samples=8)
+    assert four != model_bytes("w4", adaround=20, adaround_samples=4, adaround_inputs="weights-only")
+    bc4 = model_bytes("b4", bias_correction="empirical", bias_correction_samples=4)
+    assert bc4 != model_bytes("b8", bias_correction="empirical", bias_correction_samples=8)
+    for bad, match in ((dict(adaround=20, adaround_inputs="float"), "weights-only"),
+                       (dict(adaround=20, adaround_samples=0), "at least 1")):
+        with pytest.raises(zp.SchemeError, match=match):
+            zp.quantize_model(MODEL, data, tmp_path / "no.onnx", **bad)

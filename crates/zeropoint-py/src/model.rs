@@ -194,6 +194,38 @@ fn settings(
     Ok(s)
 }
 
+/// The samples AdaRound and bias correction fit on, and AdaRound's input model.
+fn sampling(
+    s: &mut Settings,
+    adaround_samples: usize,
+    adaround_inputs: &str,
+    bias_correction_samples: usize,
+) -> PyResult<()> {
+    let scheme_error = |m: String| raise(Kind::Scheme, m);
+    if adaround_samples == 0 || bias_correction_samples == 0 {
+        return Err(scheme_error(
+            "adaround_samples and bias_correction_samples must be at least 1".into(),
+        ));
+    }
+    let quantized_inputs = match adaround_inputs {
+        "quantized" => true,
+        "weights-only" => false,
+        other => {
+            return Err(scheme_error(format!(
+                "adaround_inputs '{other}' is not 'quantized' or 'weights-only'"
+            )))
+        }
+    };
+    if let Some(a) = s.adaround.as_mut() {
+        a.samples = adaround_samples;
+        a.quantized_inputs = quantized_inputs;
+    }
+    if let Some(BiasCorrection::Empirical { samples }) = s.bias_correction.as_mut() {
+        *samples = bias_correction_samples;
+    }
+    Ok(())
+}
+
 /// Never over the input, never into a missing folder.
 pub fn check_output(model: &Path, output: &Path, kind: Kind) -> PyResult<()> {
     match zeropoint_onnx::atomic::output_problem(model, output) {
@@ -238,6 +270,10 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
     let cle = take(&kw, "cle")?.unwrap_or(false);
     let bias_correction: Option<String> = take(&kw, "bias_correction")?;
     let adaround: Option<usize> = take(&kw, "adaround")?;
+    let adaround_samples: usize = take(&kw, "adaround_samples")?.unwrap_or(16);
+    let adaround_inputs: String =
+        take(&kw, "adaround_inputs")?.unwrap_or_else(|| "quantized".into());
+    let bias_correction_samples: usize = take(&kw, "bias_correction_samples")?.unwrap_or(16);
     let reduce_range = take(&kw, "reduce_range")?.unwrap_or(false);
     let limit_pairs = take(&kw, "limit_pairs")?.unwrap_or(false);
     let mut settings = settings(
@@ -252,6 +288,12 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
         adaround,
     )?;
     let scheme_error = |m: String| raise(Kind::Scheme, m);
+    sampling(
+        &mut settings,
+        adaround_samples,
+        &adaround_inputs,
+        bias_correction_samples,
+    )?;
     if reduce_range && limit_pairs {
         return Err(scheme_error(
             "reduce_range and limit_pairs do not go together: both keep ONNX Runtime's int8 kernels from overflowing".into(),
