@@ -492,7 +492,7 @@ pub fn adaround(
     graph: &mut Graph,
     plan: &Plan,
     params: &Params,
-    mut data: Dataset,
+    data: Dataset,
     opts: &Options,
     on_layer: &(dyn Fn(usize, usize, &Rounded) + Sync),
 ) -> Result<Vec<Rounded>> {
@@ -515,9 +515,7 @@ pub fn adaround(
     {
         let float = Executor::new(graph)?;
         let mut sim = Simulation::sharing(graph, inputs_params, float.initializer_values())?;
-        let unit = crate::dataset::unit_batch(&graph.inputs);
-        let samples = std::iter::from_fn(|| data.next_batch(unit).transpose());
-        let mut runs = PausedRuns::start(&float, &sim, samples)?;
+        let mut runs = PausedRuns::start(&float, &sim, data)?;
         let take = (opts.max_columns / runs.samples().max(1)).max(1);
         for layer in &layers {
             // Every sample's columns of the layer's input, the float run's and the simulated

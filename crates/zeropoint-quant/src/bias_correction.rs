@@ -55,16 +55,14 @@ pub fn correct_biases(
     graph: &mut Graph,
     plan: &Plan,
     params: &Params,
-    mut data: Dataset,
+    data: Dataset,
 ) -> Result<Vec<Correction>> {
     let layers = biased_layers(graph, plan);
     let mut shifts = Vec::new();
     {
         let float = Executor::new(graph)?;
         let mut sim = Simulation::sharing(graph, params, float.initializer_values())?;
-        let unit = crate::dataset::unit_batch(&graph.inputs);
-        let samples = std::iter::from_fn(|| data.next_batch(unit).transpose());
-        let mut runs = PausedRuns::start(&float, &sim, samples)?;
+        let mut runs = PausedRuns::start(&float, &sim, data)?;
         for (index, node) in graph.nodes.iter().enumerate() {
             let Some((_, bias)) = layers.get(&node.outputs[0]) else {
                 continue;

@@ -16,7 +16,7 @@ use zeropoint_engine::exec::Paused;
 use zeropoint_engine::{Executor, Value};
 use zeropoint_onnx::{tensor_proto, TensorProto};
 
-use crate::compare::Batch;
+use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::simulate::Simulation;
 
@@ -24,28 +24,20 @@ use crate::simulate::Simulation;
 pub struct PausedRuns {
     dir: tempfile::TempDir,
     samples: usize,
-    next: usize,
 }
 
 impl PausedRuns {
     /// Starts every sample's float run (of `float`) and simulated run (of `sim`, the same
-    /// graph), before the first node; the samples are read one at a time.
-    pub fn start(
-        float: &Executor,
-        sim: &Simulation,
-        samples: impl Iterator<Item = Result<Batch>>,
-    ) -> Result<PausedRuns> {
+    /// graph), before the first node: one per batch of the model's smallest batch size in
+    /// `data`, read one at a time.
+    pub fn start(float: &Executor, sim: &Simulation, mut data: Dataset) -> Result<PausedRuns> {
         let dir = tempfile::Builder::new()
             .prefix("zeropoint-runs-")
             .tempdir()
             .map_err(|e| Error::io(&std::env::temp_dir(), "make a folder in", e))?;
-        let mut runs = PausedRuns {
-            dir,
-            samples: 0,
-            next: 0,
-        };
-        for b in samples {
-            let b = b?;
+        let mut runs = PausedRuns { dir, samples: 0 };
+        let unit = crate::dataset::unit_batch(&float.graph().inputs);
+        while let Some(b) = data.next_batch(unit)? {
             let f = float.start(b.clone(), &mut |_, v| Ok(v))?;
             runs.save(runs.samples, &f, &sim.start(b)?)?;
             runs.samples += 1;
@@ -79,7 +71,6 @@ impl PausedRuns {
                 Ok(seen)
             })
             .collect::<Result<Vec<T>>>()?;
-        self.next = until.max(self.next);
         Ok(out)
     }
 

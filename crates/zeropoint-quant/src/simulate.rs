@@ -86,7 +86,7 @@ impl<'g> Simulation<'g> {
             .run_with(batch, &mut |name, v| self.quantize(name, hook(name, v)?))?)
     }
 
-    /// Starts a run on `batch` that [`Simulation::resume_before_quant`] runs on in steps.
+    /// Starts a run on `batch` that [`Simulation::resume`] runs on in steps.
     pub fn start(&self, batch: HashMap<String, Value>) -> Result<Paused> {
         Ok(self
             .exec
