@@ -161,7 +161,10 @@ impl Running {
             see,
             max,
             nan,
-        } = crate::kernel::dispatch(|| Lanes::sum(xs, ys));
+        } = crate::kernel::dispatch(
+            #[inline(always)]
+            || Lanes::sum(xs, ys),
+        );
         let acc = &mut self.0;
         acc.n += n - n % L;
         acc.sxx += sxx.iter().sum::<f64>();

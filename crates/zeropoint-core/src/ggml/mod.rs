@@ -256,7 +256,10 @@ fn encode_rows(
 /// No NaN or infinity, in a loop the compiler vectorizes: run on a row just before it is encoded,
 /// while it is in cache.
 fn all_finite(x: &[f32]) -> bool {
-    crate::kernel::dispatch(|| x.iter().fold(true, |ok, v| ok & v.is_finite()))
+    crate::kernel::dispatch(
+        #[inline(always)]
+        || x.iter().fold(true, |ok, v| ok & v.is_finite()),
+    )
 }
 
 /// Bytes per row, once `ty` is known to be writable in rows of `n_per_row`.
