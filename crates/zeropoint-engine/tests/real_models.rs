@@ -218,6 +218,23 @@ fn a_run_resumed_in_steps_equals_one_run() {
         assert_eq!(bits(&outs), bits(&whole), "steps of {cut} nodes");
         assert_eq!(seen, seen_whole, "the hook sees every value once, in order");
     }
+    // Node by node, held in memory (the per-layer report steps two runs side by side so).
+    let mut seen = Vec::new();
+    let mut hook = |n: &str, v| {
+        seen.push(n.to_string());
+        Ok(v)
+    };
+    let mut run = exec.begin(feed(), &mut hook).unwrap();
+    let mut steps = 0;
+    while exec.step(&mut run, &mut hook).unwrap() {
+        steps += 1;
+    }
+    assert_eq!(steps, nodes);
+    assert_eq!(bits(&exec.finish(run).unwrap()), bits(&whole), "stepped");
+    assert_eq!(seen, seen_whole, "stepping: every value once, in order");
+    let early = exec.begin(feed(), &mut |_, v| Ok(v)).unwrap();
+    let err = exec.finish(early).unwrap_err().to_string();
+    assert!(err.contains("the run stopped before"), "{err}");
     // The first convolution's weight, halved between the steps, against the halved graph's run.
     let conv = graph
         .nodes

@@ -40,7 +40,12 @@ impl LayerErrors {
     }
 
     /// Adds the error of `v` against the float run's value `r` of the tracked value `name`.
-    fn measure(&mut self, name: &str, r: &Value, v: &Value) -> zeropoint_engine::Result<()> {
+    pub(crate) fn measure(
+        &mut self,
+        name: &str,
+        r: &Value,
+        v: &Value,
+    ) -> zeropoint_engine::Result<()> {
         if let Some(a) = self.acc.get_mut(name) {
             r.with_f32s(|r| v.with_f32s(|x| a.add(r, x)))??;
         }

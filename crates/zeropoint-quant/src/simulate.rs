@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use zeropoint_core::{fake_quant, QParams};
-use zeropoint_engine::exec::{Hook, HookError, Paused};
+use zeropoint_engine::exec::{Hook, HookError, Paused, Stepped};
 use zeropoint_engine::{Executor, Value};
 use zeropoint_graph::Graph;
 use zeropoint_onnx::RawTensor;
@@ -84,6 +84,22 @@ impl<'g> Simulation<'g> {
         Ok(self
             .exec
             .run_with(batch, &mut |name, v| self.quantize(name, hook(name, v)?))?)
+    }
+
+    /// Starts a run on `batch` that [`Simulation::step`] takes on node by node; `hook` gets the
+    /// inputs after quantization, as [`Simulation::run_with`] does.
+    pub fn begin(&self, batch: HashMap<String, Value>, hook: &mut Hook) -> Result<Stepped> {
+        Ok(self
+            .exec
+            .begin(batch, &mut |name, v| hook(name, self.quantize(name, v)?))?)
+    }
+
+    /// Runs the next node of `run`; `hook` gets its outputs after quantization. False at the
+    /// graph's end.
+    pub fn step(&self, run: &mut Stepped, hook: &mut Hook) -> Result<bool> {
+        Ok(self
+            .exec
+            .step(run, &mut |name, v| hook(name, self.quantize(name, v)?))?)
     }
 
     /// Starts a run on `batch` that [`Simulation::resume`] runs on in steps.

@@ -44,6 +44,14 @@ pub struct Paused {
     pub values: HashMap<String, Value>,
 }
 
+/// A run held in memory, initializers included, that [`Executor::step`] takes on one node at
+/// a time: one thread can take two runs of a graph forward side by side (the per-layer report
+/// compares each float value with its simulated twin as soon as both exist).
+pub struct Stepped {
+    next: usize,
+    env: HashMap<String, Value>,
+}
+
 /// Refuses a graph with operators zeropoint cannot run, naming every such node.
 pub fn check_supported(graph: &Graph) -> Result<()> {
     let unsupported = unsupported(graph);
@@ -220,17 +228,66 @@ impl<'g> Executor<'g> {
     /// pass through `hook`. Returns the graph's outputs in order.
     pub(crate) fn run_scoped(
         &self,
-        mut env: HashMap<String, Value>,
+        env: HashMap<String, Value>,
         inputs: HashMap<String, Value>,
         hook: &mut Hook,
     ) -> Result<Vec<Value>> {
+        let mut env = self.scoped_env(env, inputs, hook)?;
+        self.run_nodes(&mut env, 0..self.graph().nodes.len(), hook)?;
+        self.outputs_in(&env)
+    }
+
+    /// `env` with the initializers and `inputs` (through `hook`) added: what the first node
+    /// runs on.
+    fn scoped_env(
+        &self,
+        mut env: HashMap<String, Value>,
+        inputs: HashMap<String, Value>,
+        hook: &mut Hook,
+    ) -> Result<HashMap<String, Value>> {
         let g = self.graph();
         env.extend(self.scope.initializers.iter().cloned());
         for (name, v) in inputs {
             let v = hook(&name, v).map_err(|e| located(g, format!("input '{name}'"), e))?;
             env.insert(name, v);
         }
-        self.run_nodes(&mut env, 0..g.nodes.len(), hook)?;
+        Ok(env)
+    }
+
+    /// Starts a run on `inputs` (checked, and passed through `hook`, as [`Executor::run_with`]
+    /// does) that [`Executor::step`] takes on node by node.
+    pub fn begin(&self, inputs: HashMap<String, Value>, hook: &mut Hook) -> Result<Stepped> {
+        self.check_inputs(&inputs)?;
+        let env = self.scoped_env(HashMap::new(), inputs, hook)?;
+        Ok(Stepped { next: 0, env })
+    }
+
+    /// Runs the next node of `run`, passing its outputs through `hook`; false (and nothing
+    /// run) at the graph's end.
+    pub fn step(&self, run: &mut Stepped, hook: &mut Hook) -> Result<bool> {
+        let i = run.next;
+        if i >= self.graph().nodes.len() {
+            return Ok(false);
+        }
+        self.run_nodes(&mut run.env, i..i + 1, hook)?;
+        run.next += 1;
+        Ok(true)
+    }
+
+    /// The graph's outputs of a run stepped to its end, in order.
+    pub fn finish(&self, run: Stepped) -> Result<Vec<(String, Value)>> {
+        let g = self.graph();
+        if let Some(node) = g.nodes.get(run.next) {
+            let node = node.label();
+            return Err(model_error(g, format!("the run stopped before {node}")));
+        }
+        let names = g.outputs.iter().map(|o| o.name.clone());
+        Ok(names.zip(self.outputs_in(&run.env)?).collect())
+    }
+
+    /// The graph's outputs among the values of a finished run, in order.
+    fn outputs_in(&self, env: &HashMap<String, Value>) -> Result<Vec<Value>> {
+        let g = self.graph();
         g.outputs
             .iter()
             .map(|o| {
