@@ -282,6 +282,7 @@ class QuantizationReport:
     bytes_before: int
     bytes_after: int
     calibration_samples: int
+    report_samples: int
     weights: int
     biases: int
     activations: int
@@ -304,7 +305,7 @@ def quantize_model(
     exclude: Sequence[str] = (),
     samples: Optional[int] = None,
     batch: int = 32,
-    report_samples: int = 64,
+    report_samples: Optional[int] = None,
     cle: bool = False,
     bias_correction: Optional[str] = None,
     bias_correction_samples: int = 16,
@@ -326,7 +327,8 @@ def quantize_model(
     "int4,per-block=32", "uint8". Range methods: "minmax", "ema", "percentile",
     "abs-percentile", "mse", "entropy", "cross-entropy"; ``range_options``: the activation
     method's parameters, as ``Observer`` takes them (``{"percentile": 99.999}``). ``exclude``: node names or operator
-    types kept float. ``cle``: cross-layer equalization; ``bias_correction``: "empirical" or
+    types kept float. ``report_samples``: samples of the per-layer report (0: none; by default
+    half the calibration samples, at most 64). ``cle``: cross-layer equalization; ``bias_correction``: "empirical" or
     "analytic", measured on ``bias_correction_samples``; ``adaround``: AdaRound iterations per
     layer, fitted on ``adaround_samples`` with each layer's input from the "quantized" model or,
     with ``adaround_inputs="weights-only"``, the one with only its weights quantized (the
@@ -382,6 +384,7 @@ def quantize_model(
         bytes_before=d["bytes_before"],
         bytes_after=d["bytes_after"],
         calibration_samples=d["calibration_samples"],
+        report_samples=d["report_samples"],
         weights=q["weights"],
         biases=q["biases"],
         activations=q["activations"],

@@ -141,7 +141,8 @@ def main():
     # After AdaRound the graph holds the rounded weights: the report must still measure
     # against the float model (it measured against the rounded one: 35.0 dB for 21.3 in ORT).
     rounded = work / "adaround.onnx"
-    r = json.loads(zeropoint(exe, "quantize", MODEL, *common, "--adaround", 50, "--json", "-o", rounded))
+    r = json.loads(zeropoint(exe, "quantize", MODEL, *common, "--adaround", 50, "--report-samples", len(x),
+                             "--json", "-o", rounded))
     reported = next(l["sqnr_db"] for l in r["layers"] if l["output"])
     ort_rounded = sqnr(outputs(float_model, x), outputs(onnx.load(rounded), x))
     good &= check(abs(reported - ort_rounded) < TOLERANCE_DB,

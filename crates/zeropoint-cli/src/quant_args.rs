@@ -99,9 +99,10 @@ pub struct QuantArgs {
     pub batch: usize,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Samples on which the simulated model is compared with the float one, layer by layer.
-    #[arg(long, default_value_t = 64)]
-    pub report_samples: usize,
+    /// Samples on which the simulated model is compared with the float one, layer by layer (0:
+    /// no report) [default: half the calibration samples, at most 64].
+    #[arg(long)]
+    pub report_samples: Option<usize>,
     /// The white paper's standard PTQ pipeline (Nagel et al. 2021, §4.7, Fig. 9): BatchNorm
     /// folding, cross-layer equalization with high-bias absorption where it applies, MSE weight
     /// ranges, AdaRound, MSE activation ranges: --cle --weight-range mse --adaround.

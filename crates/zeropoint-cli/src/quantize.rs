@@ -347,7 +347,13 @@ fn print_summary(s: &Summary) {
     if let Some(m) = &s.mixed_precision {
         print_mixed_precision(m);
     }
-    println!("calibrated on {} samples", s.calibration_samples);
+    match s.report_samples {
+        0 => println!("calibrated on {} samples", s.calibration_samples),
+        n => println!(
+            "calibrated on {} samples; SQNR of each value on {n} of them",
+            s.calibration_samples
+        ),
+    }
     let mut t = Table::new(&["value", "bits", "min", "max", "scale", "zp", "SQNR dB"]);
     for l in &s.layers {
         let range = |i: usize| l.range.map_or("-".to_string(), |r| num(f64::from(r[i]), 4));

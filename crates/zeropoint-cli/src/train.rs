@@ -173,7 +173,7 @@ fn options(
     labels: Option<Vec<i64>>,
 ) -> Result<Options> {
     let mut ptq = quant.options(data)?;
-    ptq.report_samples = 0;
+    ptq.report_samples = Some(0);
     Ok(Options {
         ptq,
         labels,

@@ -834,6 +834,46 @@ fn quantized_models_do_not_depend_on_the_thread_count() {
     assert_eq!(files[0], files[2]);
 }
 
+/// The per-layer report too: each thread steps its batches through the float and the simulated
+/// model side by side, and the batches merge in order. It measures half the calibration samples
+/// unless told otherwise.
+#[test]
+fn the_per_layer_report_does_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = shared_model("ccexam_svhn_cnn_bn.onnx");
+    let x = random_npy(dir.path(), &[40, 3, 32, 32], 5);
+    let q = dir.path().join("q.onnx");
+    let report = |threads: &str, extra: &[&str]| -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+            .args(["quantize", path(&model), "--calib", path(&x)])
+            .args(["--batch", "3", "--json", "-o", path(&q)])
+            .args(extra)
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let one = report("1", &[]);
+    assert_eq!(one["report_samples"], 20, "half of the 40 samples");
+    let sqnr = |r: &Value| -> Vec<Value> {
+        let layers = r["layers"].as_array().unwrap();
+        layers.iter().map(|l| l["sqnr_db"].clone()).collect()
+    };
+    assert!(sqnr(&one).iter().all(Value::is_f64), "{one}");
+    for threads in ["2", "3"] {
+        assert_eq!(sqnr(&report(threads, &[])), sqnr(&one), "{threads} threads");
+    }
+    let all = report("2", &["--report-samples", "100"]);
+    assert_eq!(all["report_samples"], 40, "at most the calibration samples");
+    assert_ne!(sqnr(&all), sqnr(&one), "other samples, other errors");
+    assert_eq!(report("2", &["--report-samples", "0"])["report_samples"], 0);
+}
+
 /// libonnxruntime from the test venv's onnxruntime package.
 fn ort_library() -> PathBuf {
     let lib = repo_root().join(".venv/lib");

@@ -312,7 +312,7 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
     )?;
     let exclude = take(&kw, "exclude")?.unwrap_or_default();
     let samples = take(&kw, "samples")?;
-    let report_samples = take(&kw, "report_samples")?.unwrap_or(64);
+    let report_samples = take(&kw, "report_samples")?;
     if let Some((key, _)) = kw.iter().next() {
         return Err(raise(Kind::Scheme, format!("unknown option '{key}'")));
     }

@@ -86,7 +86,7 @@ fn train(
         other => return bad(&format!("batchnorm '{other}' is not fold or batch")),
     };
     let mut ptq = ptq_options(options, data)?;
-    ptq.report_samples = 0;
+    ptq.report_samples = Some(0);
     let labels = labels.map(|mut l| {
         l.truncate(ptq.samples.unwrap_or(usize::MAX));
         l

@@ -29,7 +29,7 @@
 //!     arrays: vec![],
 //!     preprocess: Default::default(),
 //!     samples: Some(256),
-//!     report_samples: 64,
+//!     report_samples: None,
 //! };
 //! let outcome = quantize(Path::new("model.onnx"), &opts, &mut |_, _, _| {})?;
 //! zeropoint_onnx::model::save(&outcome.model, Path::new("model.int8.onnx"))?;

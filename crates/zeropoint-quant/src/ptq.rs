@@ -63,6 +63,8 @@ pub struct Outcome {
     pub plan: Plan,
     pub params: Params,
     pub calibration_samples: usize,
+    /// The samples `layers` was measured on (0: no report).
+    pub report_samples: usize,
     /// Per planned activation and per graph output, in graph order: the error of the simulated
     /// quantized model against the float one.
     pub layers: Vec<LayerError>,
@@ -107,9 +109,11 @@ pub fn quantize(
     // The report runs before the export, so that its executors are gone when the exported
     // model is built: peak memory is the larger of the two, not their sum.
     let t = Instant::now();
-    let layers = if opts.report_samples > 0 {
+    let mut report_samples = 0;
+    let layers = if opts.report_samples != Some(0) {
         let mut data = open_data(&c.graph, opts)?;
-        data.truncate(opts.report_samples);
+        data.truncate(opts.report_count(data.len));
+        report_samples = data.len;
         let batch = data.len.div_ceil(REPORT_BATCHES).clamp(
             unit_batch(&c.graph.inputs),
             batch_for(&c.graph.inputs, opts.settings.batch),
@@ -147,6 +151,7 @@ pub fn quantize(
         plan: c.plan,
         params: c.params,
         calibration_samples: c.calibration_samples,
+        report_samples,
         layers,
         seconds,
     })

@@ -14,6 +14,8 @@ pub struct Summary {
     pub bytes_before: u64,
     pub bytes_after: u64,
     pub calibration_samples: usize,
+    /// The samples each layer's SQNR was measured on (0: no per-layer report).
+    pub report_samples: usize,
     pub canonicalization: Canonicalization,
     /// Cross-layer equalization, when asked for (`--cle`).
     pub equalization: Option<crate::equalize::Report>,
@@ -110,6 +112,7 @@ impl Summary {
             bytes_before: model.1,
             bytes_after: output.1,
             calibration_samples: o.calibration_samples,
+            report_samples: o.report_samples,
             canonicalization: Canonicalization {
                 folded_batch_norms: o.canonical.folded_batch_norms.len(),
                 folded_constants: o.canonical.folded_constants,

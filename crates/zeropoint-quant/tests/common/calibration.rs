@@ -39,6 +39,6 @@ pub fn calibration(name: &str, refs: &Path, settings: Settings) -> Options {
         arrays: vec![],
         preprocess,
         samples: Some(samples),
-        report_samples: 0,
+        report_samples: Some(0),
     }
 }
