@@ -72,7 +72,7 @@ pub struct Outcome {
 }
 
 /// The per-layer report's samples are cut into this many batches (at most): small batches keep
-/// the two lockstep runs' activations small, and the count is fixed, so that the report does not
+/// the two side-by-side runs' activations small, and the count is fixed, so that the report does not
 /// depend on the thread count.
 const REPORT_BATCHES: usize = 8;
 
