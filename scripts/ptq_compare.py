@@ -39,8 +39,8 @@ Methods (one row each):
 
 Every model (float and int8) is evaluated by ONNX Runtime, CPUExecutionProvider, default optimizations.
 Also measured:
-  quantize s   wall time of the whole `zeropoint quantize` command (its default --report-samples 256
-               measuring pass included) vs quant_pre_process + quantize_static in-process (import time
+  quantize s   wall time of the whole `zeropoint quantize` command (its per-layer report, by default on
+               half the calibration samples, at most 64, included) vs quant_pre_process + quantize_static in-process (import time
                excluded; the drop-in row: the same, with zeropoint's quantize_static); median of --repeat
                runs (default 1).
   lat x fp32   ONNX Runtime inference latency of the int8 model / of the float model, 1 thread, the

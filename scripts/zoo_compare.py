@@ -14,8 +14,8 @@ Inputs are the synthetic ones of scripts/zoo_inputs.py (`inputs()`): N calibrati
 
 Per model:
   zeropoint  `zeropoint quantize MODEL --calib calib.npz --preset w8a8 --batch 1 -o OUT --json`, its defaults
-             otherwise (MSE activation ranges, and the per-layer report on up to --report-samples 64 of the
-             calibration samples: its "measure" stage is part of the time and is shown in the JSON).
+             otherwise (MSE activation ranges, and the per-layer report on half the calibration samples, at
+             most 64: its "measure" stage is part of the time and is shown in the JSON).
   ORT MinMax quant_pre_process(skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True), then
              quantize_static(QDQ, per_channel=True, QUInt8 activations, QInt8 weights, MinMax), the
              calibration samples fed one per call (batch 1). If quant_pre_process raises, it is retried with
