@@ -124,7 +124,9 @@ pub fn both_runs(
     let mut held: HashMap<String, VecDeque<Value>> = HashMap::new();
     let fo = float.run_with(b.clone(), &mut |name, v| {
         if wanted.contains(name) && v.dtype.is_float() {
-            held.entry(name.to_string()).or_default().push_back(v.clone());
+            held.entry(name.to_string())
+                .or_default()
+                .push_back(v.clone());
         }
         Ok(v)
     })?;

@@ -70,8 +70,9 @@ fn side_by_side(
     let mut layers = LayerErrors::new(names.to_vec());
     // The float values of the node just run, by name (a Loop body's iterations' values in
     // order).
-    let mut held: HashMap<String, VecDeque<Value>> = HashMap::new();
-    let hold = |held: &mut HashMap<String, VecDeque<Value>>, name: &str, v: Value| {
+    type Held = HashMap<String, VecDeque<Value>>;
+    let mut held = Held::new();
+    let hold = |held: &mut Held, name: &str, v: Value| {
         if wanted.contains(name) && v.dtype.is_float() {
             held.entry(name.to_string())
                 .or_default()
@@ -79,10 +80,7 @@ fn side_by_side(
         }
         Ok(v)
     };
-    let measure = |layers: &mut LayerErrors,
-                   held: &mut HashMap<String, VecDeque<Value>>,
-                   name: &str,
-                   v: Value| {
+    let measure = |layers: &mut LayerErrors, held: &mut Held, name: &str, v: Value| {
         if let Some(r) = held.get_mut(name).and_then(VecDeque::pop_front) {
             layers.measure(name, &r, &v)?;
         }
