@@ -4,8 +4,8 @@
 //! change attributes, dimensions and element types, remove initializers and outputs. The edited
 //! model then goes through what `zeropoint quantize` does: load, float16 widened to float32,
 //! opset upgrade, canonicalization (loop-carried constants hoisted), types at the data's shapes,
-//! placement, calibration on a tiny in-memory input, parameters and the QDQ export. Errors, never
-//! panics. Memory limit 4 MiB, as for `graph_passes`.
+//! placement, calibration on a tiny in-memory input, parameters, the per-layer report (float and
+//! simulated runs stepped side by side) and the QDQ export. Errors, never panics. Memory limit 4 MiB, as for `graph_passes`.
 #![no_main]
 
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use zeropoint_quant::calibrate::calibrate;
 use zeropoint_quant::dataset::Dataset;
 use zeropoint_quant::placement::Plan;
 use zeropoint_quant::settings::Settings;
-use zeropoint_quant::{params, qdq_export};
+use zeropoint_quant::{params, qdq_export, report};
 
 /// The seed models: every `.onnx` under `$ZEROPOINT_FUZZ_MODELS` (default fuzz/models).
 fn seeds() -> &'static [ModelProto] {
@@ -228,6 +228,8 @@ fn quantize(m: &ModelProto, path: &Path) -> Option<()> {
     let plan = Plan::new(&graph, dtypes_of(&graph, seen), &[]).ok()?;
     let ranges = calibrate(&graph, &plan, &mut data, &settings, &mut |_| {}).ok()?;
     let params = params::params(&graph, &plan, &ranges, &settings).ok()?;
+    let mut again = Dataset::from_arrays(tiny_inputs(&graph)?, &graph.inputs).ok()?;
+    report::layer_errors((&graph, &graph), &plan, &params, &mut again, 1, &mut |_, _| {}).ok()?;
     let exported = qdq_export::export(&graph, &plan, &params, m).ok()?;
     model::encode(&exported, path).ok().map(drop)
 }
