@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _zeropoint as _native
 from ._errors import DataError, Error, GgufError, ModelError, SchemeError
@@ -78,7 +79,7 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
-Data = Union[PathLike, Sequence[PathLike], Mapping[str, np.ndarray], Iterable[Mapping[str, np.ndarray]]]
+Data = Union[PathLike, Sequence[PathLike], Mapping[str, NDArray[Any]], Iterable[Mapping[str, NDArray[Any]]]]
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def explain(
     scheme: Scheme,
     min: Optional[float] = None,
     max: Optional[float] = None,
-    data: Optional[np.ndarray] = None,
+    data: Optional[NDArray[Any]] = None,
 ) -> Explanation:
     """Explains the quantizer of ``scheme`` over [min, max], or over the data's range when only
     ``data`` is given (per tensor: the scheme's granularity is ignored)."""
@@ -190,7 +191,7 @@ def _feeds(samples: Any) -> Iterator[Mapping[str, Any]]:
     return iter(samples)
 
 
-def calibration_arrays(samples: Iterable[Mapping[str, Any]]) -> Dict[str, np.ndarray]:
+def calibration_arrays(samples: Iterable[Mapping[str, Any]]) -> Dict[str, NDArray[Any]]:
     """Feeds (one dict of input name → array per call, as ONNX Runtime's
     ``CalibrationDataReader.get_next`` returns them, or any iterable of such dicts) joined along
     the first axis into one batch-first array per input. Samples whose shapes differ (dynamic
@@ -203,8 +204,8 @@ def calibration_arrays(samples: Iterable[Mapping[str, Any]]) -> Dict[str, np.nda
     return joined
 
 
-def _columns(feeds: Iterator[Mapping[str, Any]]) -> Dict[str, List[np.ndarray]]:
-    columns: Dict[str, List[np.ndarray]] = {}
+def _columns(feeds: Iterator[Mapping[str, Any]]) -> Dict[str, List[NDArray[Any]]]:
+    columns: Dict[str, List[NDArray[Any]]] = {}
     for i, feed in enumerate(feeds):
         if not isinstance(feed, Mapping):
             raise DataError(f"calibration sample {i} is a {type(feed).__name__}, not a dict of arrays by input name")
@@ -217,7 +218,7 @@ def _columns(feeds: Iterator[Mapping[str, Any]]) -> Dict[str, List[np.ndarray]]:
     return columns
 
 
-def _joined(columns: Dict[str, List[np.ndarray]]) -> Optional[Dict[str, np.ndarray]]:
+def _joined(columns: Dict[str, List[NDArray[Any]]]) -> Optional[Dict[str, NDArray[Any]]]:
     """One array per input, or None when some input's samples differ in shape."""
     joined = {}
     for name, arrays in columns.items():
@@ -417,7 +418,7 @@ def evaluate(
     quantized_model: PathLike,
     data: Data,
     *,
-    labels: Union[None, PathLike, Sequence[int], np.ndarray] = None,
+    labels: Union[None, PathLike, Sequence[int], NDArray[Any]] = None,
     samples: Optional[int] = None,
     batch: int = 64,
     mean: Sequence[float] = (0.0,),

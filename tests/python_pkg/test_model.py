@@ -10,6 +10,11 @@ import pytest
 import zeropoint as zp
 from conftest import DATA, MEAN, MODEL, STD, mnist, ort_run
 
+# The models the tests write declare IR version 10 (opsets up to 21), which every onnxruntime
+# from 1.16 loads: onnx's default is its own newest, which the newest onnxruntime for
+# CPython 3.9 (1.19) refuses.
+IR = 10
+
 ort = pytest.importorskip("onnxruntime")
 
 
@@ -162,7 +167,7 @@ def dynamic_width_model(path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
         [w, b],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR), str(path))
 
 
 def test_feeds_of_varying_shapes(tmp_path):
@@ -248,7 +253,7 @@ def test_float16_parts_compute_in_float32(tmp_path):
         [w16, w32],
     )
     model, out = tmp_path / "mixed.onnx", tmp_path / "mixed.q.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR), str(model))
     zp.quantize_model(model, {"x": rng.standard_normal((16, 8)).astype(np.float32)}, out)
     q = onnx.load(str(out))
     dequantized = {n.input[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
