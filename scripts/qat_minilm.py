@@ -3,7 +3,7 @@
 
 Usage: .venv/bin/python scripts/qat_minilm.py [--zeropoint target/release/zeropoint] [--epochs 3] [--lr 1e-4]
        [--batch 16] [--weights int4] [--activations uint8] [--distill mse] [--output 461]
-       [--text pang|background] [--samples N]
+       [--text pang|background] [--samples N] [--ptq-extra="--adaround --adaround-samples 256"] [--ptq-only]
 
 Training data (--text): pang, the 200 pang_lee_polarity sentences scripts/ptq_compare.py calibrates on
 (padded with [PAD]); or background, the Lee background corpus (gensim's test_data/lee_background.cor: 300 news
@@ -86,6 +86,10 @@ def main():
     p.add_argument("--output", default="461")
     p.add_argument("--text", default="pang", choices=["pang", "background"])
     p.add_argument("--samples", help="train on the first N samples only")
+    p.add_argument("--ptq-extra", default="",
+                   help='more arguments for the PTQ row\'s quantize, given with "=": --ptq-extra="--adaround '
+                        '--adaround-samples 256"')
+    p.add_argument("--ptq-only", action="store_true", help="the PTQ row only, no training")
     a = p.parse_args()
     cache = os.path.join(ROOT, ".cache", "shared")
     task = B2(cache)
@@ -104,10 +108,14 @@ def main():
             calib = task.zp_calib(work)
         limit = ["--samples", a.samples] if a.samples else []
         ptq = os.path.join(work, "ptq.onnx")
-        subprocess.run([a.zeropoint, "quantize", task.src, *calib, *limit, *scheme, "--weight-range", "mse", "-o", ptq],
-                       check=True, capture_output=True)
+        t = time.time()
+        subprocess.run([a.zeropoint, "quantize", task.src, *calib, *limit, *scheme, "--weight-range", "mse",
+                        *a.ptq_extra.split(), "-o", ptq], check=True, capture_output=True)
         m = task.metrics(task.outputs(ptq), ref)
-        print(f"PTQ (MSE weight ranges): cosine {m['cos_mean']:.4f} (min {m['cos_min']:.4f}), Pearson {m['lee_pearson']:.4f}")
+        print(f"PTQ (MSE weight ranges{', ' + a.ptq_extra if a.ptq_extra else ''}; {time.time() - t:.0f} s): "
+              f"cosine {m['cos_mean']:.4f} (min {m['cos_min']:.4f}), Pearson {m['lee_pearson']:.4f}")
+        if a.ptq_only:
+            return
         qat = os.path.join(work, "qat.onnx")
         t = time.time()
         run = subprocess.run([a.zeropoint, "train", task.src, "--data", calib[1], *limit, *scheme, "--weight-range", "mse",
