@@ -120,24 +120,49 @@ pub fn both_runs(
     b: Batch,
     on_value: &mut OnValue,
 ) -> Result<(Outputs, Outputs)> {
-    let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
-    let mut held: HashMap<String, VecDeque<Value>> = HashMap::new();
-    let fo = float.run_with(b.clone(), &mut |name, v| {
-        if wanted.contains(name) && v.dtype.is_float() {
-            held.entry(name.to_string())
-                .or_default()
-                .push_back(v.clone());
-        }
-        Ok(v)
-    })?;
-    let qo = other(b, &mut |name, v| {
-        // Values the float run did not produce (the other branch of an If) are not compared.
-        match held.get_mut(name).and_then(VecDeque::pop_front) {
-            Some(r) => on_value(name, &r, v),
-            None => Ok(v),
-        }
+    let mut references = References::new(names);
+    let fo = float.run_with(b.clone(), &mut |name, v| Ok(references.hold(name, v)))?;
+    let qo = other(b, &mut |name, v| match references.take(name) {
+        Some(r) => on_value(name, &r, v),
+        None => Ok(v),
     })?;
     Ok((fo, qo))
+}
+
+/// The float run's values of the tracked names, waiting for their twins in the compared run:
+/// by name, in the order produced (a Loop body's iterations). A value the compared run never
+/// asks for (the other branch of an If) is never compared.
+pub(crate) struct References<'a> {
+    wanted: HashSet<&'a str>,
+    held: HashMap<String, VecDeque<Value>>,
+}
+
+impl<'a> References<'a> {
+    pub(crate) fn new(names: &'a [String]) -> References<'a> {
+        References {
+            wanted: names.iter().map(String::as_str).collect(),
+            held: HashMap::new(),
+        }
+    }
+
+    /// Keeps `v` if it is a tracked float value; returns it to the run either way.
+    pub(crate) fn hold(&mut self, name: &str, v: Value) -> Value {
+        if self.wanted.contains(name) && v.dtype.is_float() {
+            let waiting = self.held.entry(name.to_string()).or_default();
+            waiting.push_back(v.clone());
+        }
+        v
+    }
+
+    /// The oldest float value of `name` not yet taken.
+    pub(crate) fn take(&mut self, name: &str) -> Option<Value> {
+        self.held.get_mut(name).and_then(VecDeque::pop_front)
+    }
+
+    /// Drops what is held.
+    pub(crate) fn clear(&mut self) {
+        self.held.clear();
+    }
 }
 
 /// Up to `n` batches of `size` samples (fewer at the end of the data, none after it).

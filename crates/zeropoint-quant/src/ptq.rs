@@ -109,26 +109,25 @@ pub fn quantize(
     // The report runs before the export, so that its executors are gone when the exported
     // model is built: peak memory is the larger of the two, not their sum.
     let t = Instant::now();
-    let mut report_samples = 0;
-    let layers = if opts.report_samples != Some(0) {
+    let (report_samples, layers) = if opts.report_samples != Some(0) {
         let mut data = open_data(&c.graph, opts)?;
         data.truncate(opts.report_count(data.len));
-        report_samples = data.len;
         let batch = data.len.div_ceil(REPORT_BATCHES).clamp(
             unit_batch(&c.graph.inputs),
             batch_for(&c.graph.inputs, opts.settings.batch),
         );
         let graphs = (c.reference(), &c.graph);
-        layer_errors(
+        let layers = layer_errors(
             graphs,
             &c.plan,
             &c.params,
             &mut data,
             batch,
             &mut |done, n| progress("measuring", done, n),
-        )?
+        )?;
+        (data.len, layers)
     } else {
-        Vec::new()
+        (0, Vec::new())
     };
     seconds.measure = t.elapsed().as_secs_f64();
     c.float = None;

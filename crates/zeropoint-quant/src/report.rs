@@ -1,13 +1,13 @@
 //! The last stage of quantization: how far the simulated quantized model is from the float one,
 //! value by value, on a few samples.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 
 use rayon::prelude::*;
 use zeropoint_engine::{Executor, Value};
 use zeropoint_graph::Graph;
 
-use crate::compare::{next_batches, Batch, LayerError, LayerErrors};
+use crate::compare::{next_batches, Batch, LayerError, LayerErrors, References};
 use crate::dataset::Dataset;
 use crate::error::Result;
 use crate::params::Params;
@@ -66,33 +66,24 @@ fn side_by_side(
     names: &[String],
     b: Batch,
 ) -> Result<LayerErrors> {
-    let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
     let mut layers = LayerErrors::new(names.to_vec());
-    // The float values of the node just run, by name (a Loop body's iterations' values in
-    // order).
-    type Held = HashMap<String, VecDeque<Value>>;
-    let mut held = Held::new();
-    let hold = |held: &mut Held, name: &str, v: Value| {
-        if wanted.contains(name) && v.dtype.is_float() {
-            held.entry(name.to_string())
-                .or_default()
-                .push_back(v.clone());
-        }
-        Ok(v)
-    };
-    let measure = |layers: &mut LayerErrors, held: &mut Held, name: &str, v: Value| {
-        if let Some(r) = held.get_mut(name).and_then(VecDeque::pop_front) {
+    // The float values of the node just run.
+    let mut references = References::new(names);
+    let measure = |layers: &mut LayerErrors, references: &mut References, name: &str, v: Value| {
+        if let Some(r) = references.take(name) {
             layers.measure(name, &r, &v)?;
         }
         Ok(v)
     };
-    let mut f = float.begin(b.clone(), &mut |n, v| hold(&mut held, n, v))?;
-    let mut s = sim.begin(b, &mut |n, v| measure(&mut layers, &mut held, n, v))?;
-    held.clear();
-    while float.step(&mut f, &mut |n, v| hold(&mut held, n, v))? {
-        sim.step(&mut s, &mut |n, v| measure(&mut layers, &mut held, n, v))?;
+    let mut f = float.begin(b.clone(), &mut |n, v| Ok(references.hold(n, v)))?;
+    let mut s = sim.begin(b, &mut |n, v| measure(&mut layers, &mut references, n, v))?;
+    references.clear();
+    while float.step(&mut f, &mut |n, v| Ok(references.hold(n, v)))? {
+        sim.step(&mut s, &mut |n, v| {
+            measure(&mut layers, &mut references, n, v)
+        })?;
         // What the simulated run did not produce (the other branch of an If) is not compared.
-        held.clear();
+        references.clear();
     }
     Ok(layers)
 }

@@ -154,15 +154,11 @@ impl<'g> Executor<'g> {
         inputs: HashMap<String, Value>,
         hook: &mut Hook,
     ) -> Result<Vec<(String, Value)>> {
-        self.check_inputs(&inputs)?;
-        let outputs = self.run_scoped(HashMap::new(), inputs, hook)?;
-        Ok(self
-            .graph()
-            .outputs
-            .iter()
-            .map(|o| o.name.clone())
-            .zip(outputs)
-            .collect())
+        let mut run = self.begin(inputs, hook)?;
+        let nodes = self.graph().nodes.len();
+        self.run_nodes(&mut run.env, run.next..nodes, hook)?;
+        run.next = nodes;
+        self.finish(run)
     }
 
     /// Starts a run on `inputs` (checked, and passed through `hook`, as [`Executor::run_with`]
