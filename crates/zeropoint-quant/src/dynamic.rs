@@ -11,7 +11,11 @@
 //! ```
 //!
 //! (ConvInteger for Conv when asked, with the scales and bias shaped `[M, 1, 1]` per output
-//! channel: ONNX Runtime runs ConvInteger slower than float Conv). One
+//! channel: ONNX Runtime runs ConvInteger slower than float Conv). An LSTM with constant
+//! weights becomes ONNX Runtime's DynamicQuantizeLSTM (com.microsoft): W and R as int8 codes,
+//! transposed to `[directions, input, 4·hidden]` and `[directions, hidden, 4·hidden]`, with a
+//! scale per gate row (`[directions, 4·hidden]`) or per direction; ONNX Runtime quantizes X and
+//! each step's hidden state at run time. (GRU has no integer kernel in ONNX Runtime.) One
 //! DynamicQuantizeLinear serves every layer that reads the same value (the query, key and value
 //! projections of an attention block). Weight zero-points are 0: ONNX Runtime's ConvInteger
 //! takes one zero-point per tensor, and a symmetric grid needs none. Embedding tables, when
@@ -115,10 +119,11 @@ pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
         layers.extend(conv_layers(&g, &opts.exclude));
     }
     layers.sort_by_key(|l| l.node);
-    if layers.is_empty() && tables.is_empty() {
+    let lstms = lstm_nodes(&g, &opts.exclude);
+    if layers.is_empty() && tables.is_empty() && lstms.is_empty() {
         return Err(Error::new(
             path,
-            "no MatMul, Gemm or Conv with a constant weight to quantize",
+            "no MatMul, Gemm, Conv or LSTM with a constant weight to quantize",
         ));
     }
     let mut x = Rewrite {
@@ -132,6 +137,9 @@ pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
     };
     for l in &layers {
         x.layer(&mut g, l, opts)?;
+    }
+    for &i in &lstms {
+        x.lstm(&mut g, i, opts)?;
     }
     g.nodes.extend(x.added);
     g.sort()?;
@@ -178,6 +186,21 @@ fn conv_layers(graph: &Graph, exclude: &[String]) -> Vec<IntegerLayer> {
                 }
             })
         })
+        .collect()
+}
+
+/// LSTMs whose W and R are constant `[directions, 4·hidden, size]` weights, in the time-major
+/// layout (DynamicQuantizeLSTM has no `layout`).
+fn lstm_nodes(graph: &Graph, exclude: &[String]) -> Vec<usize> {
+    let constant = |name: Option<&String>| {
+        name.and_then(|n| graph.float_initializer(n))
+            .is_some_and(|w| w.shape.len() == 3)
+    };
+    (graph.nodes.iter().enumerate())
+        .filter(|(_, n)| n.op == Op::LSTM && !exclude.iter().any(|e| *e == n.name || e == "LSTM"))
+        .filter(|(_, n)| constant(n.inputs.get(1)) && constant(n.inputs.get(2)))
+        .filter(|(_, n)| n.attribute("layout").is_none_or(|a| a.i() == 0))
+        .map(|(i, _)| i)
         .collect()
 }
 
@@ -357,6 +380,105 @@ impl Rewrite {
         self.bytes.1 += values.len() + qp.scale.len() * 4;
         self.done.insert(key, [wq.clone(), ws.clone()]);
         Ok([wq, ws])
+    }
+
+    /// Replaces LSTM node `i` by DynamicQuantizeLSTM, with its W and R quantized.
+    fn lstm(&mut self, g: &mut Graph, i: usize, opts: &Options) -> Result<()> {
+        let node = g.nodes[i].clone();
+        let [wq, ws, wz] = self.recurrent_weight(g, &node, 1, opts)?;
+        let [rq, rs, rz] = self.recurrent_weight(g, &node, 2, opts)?;
+        let given = |k: usize| node.inputs.get(k).map_or("", String::as_str);
+        let inputs = [
+            given(0),
+            &wq,
+            &rq,
+            given(3),
+            given(4),
+            given(5),
+            given(6),
+            given(7),
+            &ws,
+            &wz,
+            &rs,
+            &rz,
+        ];
+        let outputs: Vec<&str> = node.outputs.iter().map(String::as_str).collect();
+        let name = self.names.fresh(&format!("{}_quant", node.name));
+        let mut q = Node::new(
+            name,
+            Op::Other("DynamicQuantizeLSTM".into()),
+            &inputs,
+            &outputs,
+        );
+        q.domain = nbits_export::MS_DOMAIN.into();
+        q.attributes = (node.attributes.iter())
+            .filter(|a| a.name() != "layout")
+            .cloned()
+            .collect();
+        g.nodes[i] = q;
+        Ok(())
+    }
+
+    /// An LSTM's W (input 1) or R (input 2), `[D, G, K]`: its int8 codes transposed to
+    /// `[D, K, G]`, its scales (`[D, G]` per gate row, `[D]` per tensor: one per direction, as
+    /// ONNX Runtime writes them) and int8 zero-points of the same shape.
+    fn recurrent_weight(
+        &mut self,
+        g: &mut Graph,
+        node: &Node,
+        input: usize,
+        opts: &Options,
+    ) -> Result<[String; 3]> {
+        let name = &node.inputs[input];
+        let t = g.float_initializer(name).expect("lstm_nodes checked it");
+        let (values, [d, gates, k]) = (t.to_f32s(), [t.shape[0], t.shape[1], t.shape[2]]);
+        let per_row = opts.weights.granularity != Granularity::PerTensor;
+        // Rows of one scale each: a gate row, or a whole direction.
+        let (rows, scale_shape) = if per_row {
+            (d * gates, vec![d, gates])
+        } else {
+            (d, vec![d])
+        };
+        let shape = [rows, values.len() / rows];
+        let scheme = opts.weights.per_axis(0);
+        let source = &g.source.clone();
+        let at = || format!("weight '{name}'");
+        let ranges = estimate_values(&values, &shape, &scheme, Config::new(opts.weight_method))
+            .map_err(|e| Error::at(source, at(), e))?;
+        let qp = QParams::from_ranges(&scheme, &ranges).map_err(|e| Error::at(source, at(), e))?;
+        let q = QTensor::quantize_with(&values, &shape, qp.clone(), Storage::I8)
+            .map_err(|e| Error::at(source, at(), e))?;
+        let dequantized = q.dequantize().map_err(|e| Error::at(source, at(), e))?;
+        let codes: Vec<i64> = q.codes_i32().into_iter().map(i64::from).collect();
+        let codes: Vec<i64> = (codes.chunks(gates * k))
+            .flat_map(|direction| weight_only::transpose(direction, gates, k))
+            .collect();
+        let names =
+            ["quantized", "scale", "zero_point"].map(|w| self.names.fresh(&format!("{name}_{w}")));
+        g.initializers.push(RawTensor::from_i64s(
+            &names[0],
+            &[d, k, gates],
+            &codes,
+            DType::I8,
+        ));
+        g.initializers
+            .push(RawTensor::from_f32s(&names[1], &scale_shape, &qp.scale));
+        let zeros = vec![0; qp.scale.len()];
+        g.initializers.push(RawTensor::from_i64s(
+            &names[2],
+            &scale_shape,
+            &zeros,
+            DType::I8,
+        ));
+        self.report.push(Layer {
+            name: node.name.clone(),
+            op: format!("LSTM {}", if input == 1 { "W" } else { "R" }),
+            weight: name.clone(),
+            weight_sqnr_db: blocks::sqnr_db(&values, &dequantized),
+        });
+        self.bytes.0 += values.len() * 4;
+        self.bytes.1 += values.len() + qp.scale.len() * 5;
+        Ok(names)
     }
 
     /// A copy of a convolution's bias `[M]` shaped `[M, 1, 1]`, to add to `[N, M, H, W]`.

@@ -149,7 +149,7 @@ fn lookup(op: &Op) -> Option<OpFn> {
 }
 
 /// The function running a node of ONNX Runtime's domain, if zeropoint has it (the weight-only
-/// formats zeropoint writes).
+/// and dynamic formats zeropoint writes).
 fn lookup_contrib(node: &Node) -> Option<OpFn> {
     if node.domain != "com.microsoft" {
         return None;
@@ -157,6 +157,7 @@ fn lookup_contrib(node: &Node) -> Option<OpFn> {
     Some(match node.op.as_str() {
         "MatMulNBits" => blocked::matmul_nbits,
         "GatherBlockQuantized" => blocked::gather_block_quantized,
+        "DynamicQuantizeLSTM" => recurrent::dynamic_quantize_lstm,
         _ => return None,
     })
 }

@@ -92,6 +92,67 @@ pub fn lstm(cx: &Cx) -> R<Vec<Value>> {
     recurrent(cx, Kind::Lstm)
 }
 
+/// ONNX Runtime's DynamicQuantizeLSTM (com.microsoft), which zeropoint's dynamic quantization
+/// writes: an LSTM whose W and R are integer codes, transposed (`[directions, input, 4·hidden]`,
+/// `[directions, hidden, 4·hidden]`), with their scales and zero-points as inputs 8 to 11 (one
+/// per direction, or one per gate row: `[directions, 4·hidden]`). ONNX Runtime rounds each
+/// product's float operand to uint8 at run time, X once and H at every step, each on the grid
+/// of its own range; so does this, as ONNX Runtime does on one thread (checked to 1e-6 in
+/// tests/python/dynamic_reference.py). With more threads ONNX Runtime splits a batch of several
+/// entries between them and rounds each part of H on its own grid, so its own results then
+/// depend on its thread count.
+pub fn dynamic_quantize_lstm(cx: &Cx) -> R<Vec<Value>> {
+    let w = dequantized_weight(cx, 1, 8, "W")?;
+    let r = dequantized_weight(cx, 2, 10, "R")?;
+    run(cx, Kind::Lstm, w, r, true)
+}
+
+/// Codes input `i` (`[D, K, G]`) with scale input `si` and zero-point input `si + 1`, as the
+/// float `[D, G, K]` weight an LSTM reads.
+fn dequantized_weight(cx: &Cx, i: usize, si: usize, what: &str) -> R<Tensor> {
+    let codes = cx.input(i)?;
+    if codes.dtype.is_float() || codes.shape().len() != 3 {
+        return Err(Error::Op(format!(
+            "{what} is {} {:?}, expected integer codes of rank 3",
+            codes.dtype,
+            codes.shape()
+        )));
+    }
+    let [d, _, g] = [codes.shape()[0], codes.shape()[1], codes.shape()[2]];
+    let grid = |t: &Tensor, which: &str| -> R<Tensor> {
+        match t.dims() {
+            [n] if *n == d => c(t.reshape((d, 1, 1))),
+            [n, m] if *n == d && *m == g => c(t.reshape((d, 1, g))),
+            other => Err(Error::Op(format!(
+                "{what}'s {which} has shape {other:?}, expected [{d}] or [{d}, {g}]"
+            ))),
+        }
+    };
+    let f32s = |t: &Tensor| c(t.to_dtype(CDType::F32));
+    let scale = grid(&f32s(&cx.input(si)?.tensor)?, "scale")?;
+    let mut w = f32s(&codes.tensor)?;
+    if cx.opt(si + 1).is_some() {
+        let zero = grid(&f32s(&cx.input(si + 1)?.tensor)?, "zero point")?;
+        w = c(w.broadcast_sub(&zero))?;
+    }
+    c(w.broadcast_mul(&scale)?.transpose(1, 2)?.contiguous())
+}
+
+/// `t` rounded as ONNX Runtime's quantized recurrent kernels round a product's float operand:
+/// per tensor to uint8, on the grid of its range widened to hold 0 (scale 1 when all is 0).
+fn round_to_u8_grid(t: &Tensor) -> R<Tensor> {
+    let v: Vec<f32> = c(t.flatten_all()?.to_vec1())?;
+    let lo = v.iter().fold(0f32, |m, &x| m.min(x));
+    let hi = v.iter().fold(0f32, |m, &x| m.max(x));
+    let scale = if hi == lo { 1.0 } else { (hi - lo) / 255.0 };
+    let zero = (-lo / scale).clamp(0.0, 255.0).round_ties_even();
+    let rounded = v
+        .iter()
+        .map(|&x| (((x / scale).round_ties_even() + zero).clamp(0.0, 255.0) - zero) * scale)
+        .collect();
+    c(Tensor::from_vec(rounded, t.dims(), t.device()))
+}
+
 pub fn gru(cx: &Cx) -> R<Vec<Value>> {
     recurrent(cx, Kind::Gru)
 }
@@ -131,6 +192,11 @@ struct Setup<'a> {
     clip: Option<f64>,
     input_forget: bool,
     linear_before_reset: bool,
+    /// X and each step's H rounded to uint8 before their products (DynamicQuantizeLSTM).
+    rounded: bool,
+    /// Whether Y is an output: ONNX Runtime's kernels then read each step's H from Y, where an
+    /// entry past its length is 0, which widens the grid H is rounded on.
+    y_out: bool,
 }
 
 /// One direction's weights and starting state.
@@ -149,10 +215,16 @@ struct Direction {
 }
 
 fn recurrent(cx: &Cx, kind: Kind) -> R<Vec<Value>> {
-    let xv = cx.input(0)?;
-    let mut x = c(cx.float(0)?.to_dtype(CDType::F32))?;
     let w = c(cx.float(1)?.to_dtype(CDType::F32))?;
     let r = c(cx.float(2)?.to_dtype(CDType::F32))?;
+    run(cx, kind, w, r, false)
+}
+
+/// The operator with weights `w` and `r`; `rounded`: each product's float operand rounded as
+/// ONNX Runtime's quantized kernels round it.
+fn run(cx: &Cx, kind: Kind, w: Tensor, r: Tensor, rounded: bool) -> R<Vec<Value>> {
+    let xv = cx.input(0)?;
+    let mut x = c(cx.float(0)?.to_dtype(CDType::F32))?;
     let batch_first = batch_first(cx)?;
     let direction = cx.string("direction", "forward")?;
     let dirs = directions(&direction)?;
@@ -205,6 +277,8 @@ fn recurrent(cx: &Cx, kind: Kind) -> R<Vec<Value>> {
         clip,
         input_forget: kind == Kind::Lstm && cx.int("input_forget", 0)? != 0,
         linear_before_reset: kind == Kind::Gru && cx.int("linear_before_reset", 0)? != 0,
+        rounded,
+        y_out: cx.node.outputs.first().is_some_and(|y| !y.is_empty()),
     };
     let zeros = || c(Tensor::zeros((batch, hidden), CDType::F32, x.device()));
     let mut ys = Vec::with_capacity(nd);
@@ -443,6 +517,7 @@ fn run_direction(s: &Setup, d: &Direction) -> R<(Tensor, Tensor, Option<Tensor>)
         Some(o) => select(s.x, o, 0)?,
         None => s.x.clone(),
     };
+    let x = if s.rounded { round_to_u8_grid(&x)? } else { x };
     // Every step's input projection at once: [seq * batch, gates * hidden].
     let mut xw = c(x.matmul(&d.w.t()?.contiguous()?))?;
     if let Some(wb) = &d.wb {
@@ -474,11 +549,21 @@ fn run_direction(s: &Setup, d: &Direction) -> R<(Tensor, Tensor, Option<Tensor>)
     };
     let mut h = d.h0.clone();
     let mut cell = d.c0.clone();
-    let mut ys = Vec::with_capacity(seq);
+    let mut ys: Vec<Tensor> = Vec::with_capacity(seq);
     for t in 0..seq {
         let xt = c(xw.narrow(0, t * batch, batch))?;
+        // What the step's product reads as H (only the rounding grid sees the difference: the
+        // entries past their length, which it zeroes, are masked out anyway).
+        let h_read = match ys.last() {
+            Some(y) if s.rounded && s.y_out && masks.is_some() => y,
+            _ => &h,
+        };
         let (h_new, c_new) = match s.kind {
-            Kind::Lstm => step.lstm(&xt, &h, cell.as_ref().ok_or("LSTM without a cell state")?)?,
+            Kind::Lstm => step.lstm(
+                &xt,
+                h_read,
+                cell.as_ref().ok_or("LSTM without a cell state")?,
+            )?,
             Kind::Gru => (step.gru(&xt, &h)?, None),
             Kind::Rnn => (step.rnn(&xt, &h)?, None),
         };
@@ -544,6 +629,11 @@ impl Step<'_> {
 
     /// x·Wᵀ + Wb (precomputed) + H·Rᵀ + Rb.
     fn pre(&self, xt: &Tensor, h: &Tensor) -> R<Tensor> {
+        let h = if self.s.rounded {
+            &round_to_u8_grid(h)?
+        } else {
+            h
+        };
         let mut pre = c(xt.add(&h.matmul(self.rt)?))?;
         if let Some(rb) = &self.d.rb {
             pre = c(pre.broadcast_add(rb))?;

@@ -25,7 +25,7 @@ use crate::weight_only::blocks::BlockWeights;
 use crate::weight_only::{transpose, Format, Site};
 
 /// The domain of ONNX Runtime's contrib operators.
-const MS_DOMAIN: &str = "com.microsoft";
+pub const MS_DOMAIN: &str = "com.microsoft";
 
 /// `g` with each site's weight replaced by its quantized form; the float weights no node reads
 /// any more are dropped.
