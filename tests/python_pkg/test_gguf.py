@@ -80,4 +80,6 @@ def test_gguf_errors(tmp_path):
         zp.gguf(bad, tmp_path / "o.gguf", "Q8_0")
     with pytest.raises(zp.GgufError, match="overwrite the input"):
         zp.gguf(src, src, "Q8_0")
+    with pytest.raises(zp.GgufError, match="act_order is GPTQ's: it needs calib"):
+        zp.gguf(src, tmp_path / "o.gguf", "Q4_0", act_order=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "f32.gguf"]

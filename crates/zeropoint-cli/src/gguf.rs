@@ -65,6 +65,11 @@ pub struct Args {
     /// GPTQ's dampening of the Hessian, a fraction of its mean diagonal.
     #[arg(long, default_value_t = 0.01, value_name = "F")]
     pub gptq_damp: f64,
+    /// With --method gptq: quantize each matrix's inputs by decreasing mean square on the
+    /// calibration text (GPTQ's act-order), each block's scales fixed from the weights before
+    /// GPTQ's updates, so that the blocks keep ggml's layout.
+    #[arg(long, requires = "calib")]
+    pub act_order: bool,
     /// For a checkpoint whose BPE pre-tokenizer zeropoint does not recognise: llama.cpp's name
     /// for it (tokenizer.ggml.pre, e.g. llama-bpe, qwen2, smollm).
     #[arg(long, value_name = "NAME")]
@@ -140,6 +145,9 @@ fn calibration(args: &Args, path: &std::path::Path, input: &dyn Input) -> Result
     if args.calib_chunks == 0 {
         bail!("--calib-chunks must be at least 1");
     }
+    if args.act_order && args.method != CalibMethod::Gptq {
+        bail!("--act-order is GPTQ's: it needs --method gptq");
+    }
     let mut g = Calibration::from_file(
         input.header(),
         path,
@@ -149,6 +157,7 @@ fn calibration(args: &Args, path: &std::path::Path, input: &dyn Input) -> Result
     )
     .map_err(anyhow::Error::msg)?;
     g.gptq = args.method == CalibMethod::Gptq;
+    g.act_order = args.act_order;
     g.awq = args.awq;
     g.clip = !args.no_awq_clip;
     Ok(g)

@@ -520,6 +520,24 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
         "{err}"
     );
     assert!(!dir.join("short.gguf").exists());
+    // Act-order is GPTQ's: with weighted rounding it is refused, in one line.
+    let out = Command::new(ZEROPOINT)
+        .arg("gguf")
+        .arg(&model)
+        .arg("-o")
+        .arg(dir.join("rtn-act.gguf"))
+        .arg("--calib")
+        .arg(&calib)
+        .args(["--method", "rtn", "--act-order"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--act-order is GPTQ's") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    assert!(!dir.join("rtn-act.gguf").exists());
     // From the log-probabilities llama-perplexity saves: its printed summary can lose its last
     // lines at exit (a race in llama.cpp's logger thread, seen on a loaded machine).
     let kld = |file: &Path| -> f64 {
@@ -555,10 +573,11 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
             let h = GgufFile::open(f).unwrap().header;
             h.tensors.into_iter().map(|t| (t.name, t.ty)).collect()
         };
-        // GPTQ; AWQ's scales then GPTQ; AWQ's scales, its clipping search, then rounding weighted
+        // GPTQ, also with its act-order; AWQ's scales then GPTQ; AWQ's scales, its clipping search, then rounding weighted
         // by the calibration; the same without clipping.
-        let methods: [(&str, &[&str]); 4] = [
+        let methods: [(&str, &[&str]); 5] = [
             ("GPTQ", &["--method", "gptq"]),
+            ("GPTQ-act-order", &["--act-order"]),
             ("AWQ+GPTQ", &["--awq"]),
             ("AWQ", &["--awq", "--method", "rtn"]),
             ("AWQ-noclip", &["--awq", "--method", "rtn", "--no-awq-clip"]),
@@ -581,6 +600,11 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
             println!("{preset}: mean KL divergence from F32: plain {k_plain:.5}, {method} {k:.5}");
             assert!(k < k_plain, "{preset}: {method} {k} vs plain {k_plain}");
             let meta = GgufFile::open(&out).unwrap().header;
+            assert_eq!(
+                meta.get("quantize.gptq.act_order").is_some(),
+                method.ends_with("act-order"),
+                "{method}: quantize.gptq.act_order"
+            );
             let awq = meta.get("quantize.awq.dataset").and_then(Value::as_str);
             assert_eq!(
                 awq,

@@ -55,6 +55,8 @@ pub struct Calibration {
     /// The calibration text's name, recorded in the output's metadata.
     pub dataset: String,
     pub gptq: bool,
+    /// GPTQ's act-order (ggml::gptq).
+    pub act_order: bool,
     pub awq: bool,
     pub clip: bool,
 }
@@ -115,6 +117,7 @@ impl Calibration {
             damp,
             dataset: String::new(),
             gptq: true,
+            act_order: false,
             awq: false,
             clip: true,
         })
@@ -275,6 +278,9 @@ fn record_calibration(metadata: &mut Vec<(String, Value)>, c: &Calibration) {
         metadata.push((format!("quantize.{method}.tokens"), Value::U32(tokens)));
         if method == "gptq" {
             metadata.push(("quantize.gptq.damp".into(), Value::F32(c.damp as f32)));
+            if c.act_order {
+                metadata.push(("quantize.gptq.act_order".into(), Value::Bool(true)));
+            }
         }
     }
 }
@@ -523,7 +529,11 @@ fn quantize_calibrated(
 ) -> Result<Vec<u8>, String> {
     let whole_blocks = cols.is_multiple_of(ty.block_size());
     if c.gptq && ggml::gptq::code_bits(ty).is_some() && whole_blocks {
-        return ggml::gptq::gptq_rows(ty, w, rows, cols, h, c.damp);
+        let opts = ggml::gptq::Options {
+            damp: c.damp,
+            act_order: c.act_order,
+        };
+        return ggml::gptq::gptq_rows(ty, (w, rows, cols), h, opts);
     }
     ggml::quantize_rows_weighted(ty, w, cols, &hessian_importance(h, cols))
         .map_err(|e| e.to_string())
