@@ -342,19 +342,17 @@ impl Rewrite {
         }
         let t = (g.float_initializer(&l.weight)).expect("a site's weight is an initializer");
         let (values, mut shape) = (t.to_f32s(), t.shape.clone());
-        let at = || format!("weight '{}'", l.weight);
-        let source = &g.source.clone();
         let scheme = match opts.weights.granularity {
             Granularity::PerTensor => opts.weights,
             _ => opts.weights.per_axis(l.axis),
         };
-        let ranges = estimate_values(&values, &shape, &scheme, Config::new(opts.weight_method))
-            .map_err(|e| Error::at(source, at(), e))?;
-        let qp = QParams::from_ranges(&scheme, &ranges).map_err(|e| Error::at(source, at(), e))?;
-        let q = QTensor::quantize_with(&values, &shape, qp.clone(), Storage::I8)
-            .map_err(|e| Error::at(source, at(), e))?;
-        let dequantized = q.dequantize().map_err(|e| Error::at(source, at(), e))?;
-        let mut codes: Vec<i64> = q.codes_i32().into_iter().map(i64::from).collect();
+        let (qp, mut codes, dequantized) = int8(
+            &values,
+            &shape,
+            scheme,
+            opts.weight_method,
+            (&g.source, &l.weight),
+        )?;
         if let Some((rows, cols)) = l.transpose {
             codes = weight_only::transpose(&codes, rows, cols);
             shape = vec![cols, rows];
@@ -441,15 +439,13 @@ impl Rewrite {
         };
         let shape = [rows, values.len() / rows];
         let scheme = opts.weights.per_axis(0);
-        let source = &g.source.clone();
-        let at = || format!("weight '{name}'");
-        let ranges = estimate_values(&values, &shape, &scheme, Config::new(opts.weight_method))
-            .map_err(|e| Error::at(source, at(), e))?;
-        let qp = QParams::from_ranges(&scheme, &ranges).map_err(|e| Error::at(source, at(), e))?;
-        let q = QTensor::quantize_with(&values, &shape, qp.clone(), Storage::I8)
-            .map_err(|e| Error::at(source, at(), e))?;
-        let dequantized = q.dequantize().map_err(|e| Error::at(source, at(), e))?;
-        let codes: Vec<i64> = q.codes_i32().into_iter().map(i64::from).collect();
+        let (qp, codes, dequantized) = int8(
+            &values,
+            &shape,
+            scheme,
+            opts.weight_method,
+            (&g.source, name),
+        )?;
         let codes: Vec<i64> = (codes.chunks(gates * k))
             .flat_map(|direction| weight_only::transpose(direction, gates, k))
             .collect();
@@ -492,6 +488,24 @@ impl Rewrite {
             .push(RawTensor::from_f32s(&name, &[values.len(), 1, 1], &values));
         Ok(name)
     }
+}
+
+/// `values` (`shape`) quantized to int8 on `scheme`, ranges by `method`: the parameters, the
+/// codes and the values they stand for. Errors name the weight (`name` in the model at `path`).
+fn int8(
+    values: &[f32],
+    shape: &[usize],
+    scheme: Scheme,
+    method: Method,
+    (path, name): (&Path, &str),
+) -> Result<(QParams, Vec<i64>, Vec<f32>)> {
+    let fail = |e| Error::at(path, format!("weight '{name}'"), e);
+    let ranges = estimate_values(values, shape, &scheme, Config::new(method)).map_err(fail)?;
+    let qp = QParams::from_ranges(&scheme, &ranges).map_err(fail)?;
+    let q = QTensor::quantize_with(values, shape, qp.clone(), Storage::I8).map_err(fail)?;
+    let dequantized = q.dequantize().map_err(fail)?;
+    let codes = q.codes_i32().into_iter().map(i64::from).collect();
+    Ok((qp, codes, dequantized))
 }
 
 /// The graph with its embedding tables quantized per row, as weight-only quantization writes
