@@ -20,7 +20,8 @@ on a 3-D input whose value two MatMuls share, a transB Gemm with a bias, and a g
 - the same bytes come out at 1 and 2 threads;
 - asymmetric or blocked weight schemes are refused with one line and exit status 1.
 
-And on a model with two LSTMs (one bidirectional with biases, initial states and sequence lengths; one batch-first):
+And on a model with two LSTMs (one bidirectional with biases, initial states and sequence lengths all shorter than X;
+one forward) and a model with a batch-first LSTM:
 
 - one LSTM becomes ONNX Runtime's DynamicQuantizeLSTM, whose W and R are numpy's symmetric int8 quantization per
   gate row, transposed to [directions, input, 4·hidden], with [directions, 4·hidden] scales (per channel) or one per
@@ -269,7 +270,7 @@ def build_lstm(d):
     f = lambda *s: (rng.standard_normal(s) * 0.4).astype(np.float32)  # noqa: E731
     w = dict(W=f(2, 4 * h, k), R=f(2, 4 * h, h), B=f(2, 8 * h), h0=f(2, batch, h), c0=f(2, batch, h),
              Wf=f(1, 4 * h, k), Rf=f(1, 4 * h, h))
-    lens = np.array([7, 4, 6], np.int32)
+    lens = np.array([6, 4, 5], np.int32)  # all shorter than X: ONNX Runtime computes 6 steps
     nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "lens", "h0", "c0"], ["y", "yh", "yc"], name="bi",
                               direction="bidirectional", hidden_size=h),
              helper.make_node("LSTM", ["xb", "Wf", "Rf"], ["yb"], name="ex", hidden_size=h)]
@@ -286,6 +287,7 @@ def build_lstm(d):
     onnx.save(m, path)
     feeds = dict(x=rng.standard_normal((seq, batch, k)).astype(np.float32),
                  xb=rng.standard_normal((seq, batch, k)).astype(np.float32))
+    feeds["x"][6:] *= 10  # past every entry's length: outside the range X is rounded on
     nodes[1].attribute.append(helper.make_attribute("layout", 1))
     g = helper.make_graph(nodes[1:], "bf", [helper.make_tensor_value_info("xb", TensorProto.FLOAT, [batch, seq, k])],
                           [helper.make_tensor_value_info("yb", TensorProto.FLOAT, [batch, seq, 1, h])], inits[5:7])

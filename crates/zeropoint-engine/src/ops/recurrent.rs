@@ -139,11 +139,13 @@ fn dequantized_weight(cx: &Cx, i: usize, si: usize, what: &str) -> R<Tensor> {
 }
 
 /// `t` rounded as ONNX Runtime's quantized recurrent kernels round a product's float operand:
-/// per tensor to uint8, on the grid of its range widened to hold 0 (scale 1 when all is 0).
-fn round_to_u8_grid(t: &Tensor) -> R<Tensor> {
+/// per tensor to uint8, on the grid of the range of its first `rows` rows (the ones ONNX Runtime
+/// computes) widened to hold 0 (scale 1 when all is 0).
+fn round_to_u8_grid(t: &Tensor, rows: usize) -> R<Tensor> {
     let v: Vec<f32> = c(t.flatten_all()?.to_vec1())?;
-    let lo = v.iter().fold(0f32, |m, &x| m.min(x));
-    let hi = v.iter().fold(0f32, |m, &x| m.max(x));
+    let seen = &v[..(rows * t.dims()[1]).min(v.len())];
+    let lo = seen.iter().fold(0f32, |m, &x| m.min(x));
+    let hi = seen.iter().fold(0f32, |m, &x| m.max(x));
     let scale = if hi == lo { 1.0 } else { (hi - lo) / 255.0 };
     let zero = (-lo / scale).clamp(0.0, 255.0).round_ties_even();
     let rounded = v
@@ -517,7 +519,13 @@ fn run_direction(s: &Setup, d: &Direction) -> R<(Tensor, Tensor, Option<Tensor>)
         Some(o) => select(s.x, o, 0)?,
         None => s.x.clone(),
     };
-    let x = if s.rounded { round_to_u8_grid(&x)? } else { x };
+    // ONNX Runtime computes the steps up to the longest entry only.
+    let steps = s.lens.and_then(|l| l.iter().max().copied()).unwrap_or(seq);
+    let x = if s.rounded {
+        round_to_u8_grid(&x, steps * batch)?
+    } else {
+        x
+    };
     // Every step's input projection at once: [seq * batch, gates * hidden].
     let mut xw = c(x.matmul(&d.w.t()?.contiguous()?))?;
     if let Some(wb) = &d.wb {
@@ -630,7 +638,7 @@ impl Step<'_> {
     /// x·Wᵀ + Wb (precomputed) + H·Rᵀ + Rb.
     fn pre(&self, xt: &Tensor, h: &Tensor) -> R<Tensor> {
         let h = if self.s.rounded {
-            &round_to_u8_grid(h)?
+            &round_to_u8_grid(h, h.dims()[0])?
         } else {
             h
         };
