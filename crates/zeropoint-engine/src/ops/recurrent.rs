@@ -497,6 +497,30 @@ fn activations(cx: &Cx, kind: Kind, nd: usize, direction: &str) -> R<Vec<Act>> {
     }
 }
 
+/// Every step's input projection at once, X (its rows in `order`) times Wᵀ plus Wb:
+/// [seq * batch, gates * hidden].
+fn input_projection(s: &Setup, d: &Direction, order: Option<&[i64]>) -> R<Tensor> {
+    let x = match order {
+        Some(o) => select(s.x, o, 0)?,
+        None => s.x.clone(),
+    };
+    // ONNX Runtime computes the steps up to the longest entry only.
+    let steps = s
+        .lens
+        .and_then(|l| l.iter().max().copied())
+        .unwrap_or(s.seq);
+    let x = if s.rounded {
+        round_to_u8_grid(&x, steps * s.batch)?
+    } else {
+        x
+    };
+    let xw = c(x.matmul(&d.w.t()?.contiguous()?))?;
+    match &d.wb {
+        Some(wb) => c(xw.broadcast_add(wb)),
+        None => Ok(xw),
+    }
+}
+
 /// Runs one direction over time: Y [seq, batch, hidden], the last hidden state and, for an
 /// LSTM, the last cell state.
 fn run_direction(s: &Setup, d: &Direction) -> R<(Tensor, Tensor, Option<Tensor>)> {
@@ -515,22 +539,7 @@ fn run_direction(s: &Setup, d: &Direction) -> R<(Tensor, Tensor, Option<Tensor>)
             })
             .collect()
     });
-    let x = match &order {
-        Some(o) => select(s.x, o, 0)?,
-        None => s.x.clone(),
-    };
-    // ONNX Runtime computes the steps up to the longest entry only.
-    let steps = s.lens.and_then(|l| l.iter().max().copied()).unwrap_or(seq);
-    let x = if s.rounded {
-        round_to_u8_grid(&x, steps * batch)?
-    } else {
-        x
-    };
-    // Every step's input projection at once: [seq * batch, gates * hidden].
-    let mut xw = c(x.matmul(&d.w.t()?.contiguous()?))?;
-    if let Some(wb) = &d.wb {
-        xw = c(xw.broadcast_add(wb))?;
-    }
+    let xw = input_projection(s, d, order.as_deref())?;
     let rt = c(d.r.t()?.contiguous())?;
     // GRU's Rhᵀ alone, for (r ⊙ H)·Rhᵀ.
     let rh = match s.kind {
