@@ -66,8 +66,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0.01, value_name = "F")]
     pub gptq_damp: f64,
     /// With --method gptq: quantize each matrix's inputs by decreasing mean square on the
-    /// calibration text (GPTQ's act-order), each block's scales fixed from the weights before
-    /// GPTQ's updates, so that the blocks keep ggml's layout.
+    /// calibration text (GPTQ's act-order). Blocks keep ggml's layout: each block's scales are
+    /// fixed when the first of its inputs is reached, from the block as updated so far.
     #[arg(long, requires = "calib")]
     pub act_order: bool,
     /// For a checkpoint whose BPE pre-tokenizer zeropoint does not recognise: llama.cpp's name
