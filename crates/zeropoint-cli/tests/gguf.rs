@@ -504,40 +504,23 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
     // Too little text for one window: one line, exit status 1, nothing written.
     let short = dir.join("short.txt");
     std::fs::write(&short, "Fellow citizens").unwrap();
-    let out = Command::new(ZEROPOINT)
-        .arg("gguf")
-        .arg(&model)
-        .arg("-o")
-        .arg(dir.join("short.gguf"))
-        .arg("--calib")
-        .arg(&short)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("fewer than one chunk of 512") && err.trim().lines().count() == 1,
-        "{err}"
+    let short = short.to_str().unwrap();
+    let output = dir.join("refused.gguf");
+    refused(
+        &model,
+        &output,
+        &["--calib", short],
+        "fewer than one chunk of 512",
     );
-    assert!(!dir.join("short.gguf").exists());
     // Act-order is GPTQ's: with weighted rounding it is refused, in one line.
-    let out = Command::new(ZEROPOINT)
-        .arg("gguf")
-        .arg(&model)
-        .arg("-o")
-        .arg(dir.join("rtn-act.gguf"))
-        .arg("--calib")
-        .arg(&calib)
-        .args(["--method", "rtn", "--act-order"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("--act-order is GPTQ's") && err.trim().lines().count() == 1,
-        "{err}"
-    );
-    assert!(!dir.join("rtn-act.gguf").exists());
+    let rtn_act = [
+        "--calib",
+        calib.to_str().unwrap(),
+        "--method",
+        "rtn",
+        "--act-order",
+    ];
+    refused(&model, &output, &rtn_act, "--act-order is GPTQ's");
     // From the log-probabilities llama-perplexity saves: its printed summary can lose its last
     // lines at exit (a race in llama.cpp's logger thread, seen on a loaded machine).
     let kld = |file: &Path| -> f64 {
@@ -799,20 +782,27 @@ fn broken_checkpoints_are_refused(good: &Path, dir: &Path) {
         },
     ];
     for (model, expected) in cases {
-        let out = Command::new(ZEROPOINT)
-            .arg("gguf")
-            .arg(&model)
-            .arg("-o")
-            .arg(dir.join("broken.gguf"))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{}: {err}", model.display());
-        assert!(
-            err.contains(expected) && err.trim().lines().count() == 1,
-            "{}: expected one line with {expected:?}, got {err}",
-            model.display()
-        );
-        assert!(!dir.join("broken.gguf").exists());
+        refused(&model, &dir.join("broken.gguf"), &[], expected);
     }
+}
+
+/// `zeropoint gguf INPUT -o OUTPUT FLAGS` exits with status 1, says one line holding `expected`
+/// and writes nothing.
+fn refused(input: &Path, output: &Path, flags: &[&str], expected: &str) {
+    let out = Command::new(ZEROPOINT)
+        .arg("gguf")
+        .arg(input)
+        .arg("-o")
+        .arg(output)
+        .args(flags)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}: {err}", input.display());
+    assert!(
+        err.contains(expected) && err.trim().lines().count() == 1,
+        "{}: expected one line with {expected:?}, got {err}",
+        input.display()
+    );
+    assert!(!output.exists(), "{}", output.display());
 }

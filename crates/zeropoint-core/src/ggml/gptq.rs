@@ -264,7 +264,7 @@ impl Job<'_> {
     }
 }
 
-#[derive(Default, Clone)]
+#[derive(Clone)]
 struct Grid {
     a: Vec<f32>,
     b: Vec<f32>,
@@ -358,12 +358,7 @@ mod tests {
             GgmlType::Q3_K,
         ] {
             let rtn = dequantize_rows(ty, &quantize_rows(ty, &w, cols).unwrap(), cols).unwrap();
-            let opts = Options {
-                damp: 0.01,
-                act_order: false,
-            };
-            let q = gptq_rows(ty, (&w, rows, cols), &h, opts).unwrap();
-            let gptq = dequantize_rows(ty, &q, cols).unwrap();
+            let gptq = gptq_values(ty, (&w, rows, cols), &h, false);
             let (e_rtn, e_gptq) = (
                 output_error(&h, &w, &rtn, cols),
                 output_error(&h, &w, &gptq, cols),
@@ -374,6 +369,21 @@ mod tests {
                 "{ty}: GPTQ {e_gptq:.4} vs RTN {e_rtn:.4}"
             );
         }
+    }
+
+    /// The values GPTQ's `ty` blocks of `w` stand for (1% dampening).
+    fn gptq_values(
+        ty: GgmlType,
+        (w, rows, cols): (&[f32], usize, usize),
+        h: &[f64],
+        act_order: bool,
+    ) -> Vec<f32> {
+        let opts = Options {
+            damp: 0.01,
+            act_order,
+        };
+        let q = gptq_rows(ty, (w, rows, cols), h, opts).unwrap();
+        dequantize_rows(ty, &q, cols).unwrap()
     }
 
     /// H = Σ x xᵀ of `samples` inputs of `cols` channels, channel c scaled by `scale(c)`, all
@@ -420,14 +430,7 @@ mod tests {
             GgmlType::Q6_K,
             GgmlType::Q2_K,
         ] {
-            let quantized = |act_order| {
-                let opts = Options {
-                    damp: 0.01,
-                    act_order,
-                };
-                let q = gptq_rows(ty, (&w, rows, cols), &h, opts).unwrap();
-                dequantize_rows(ty, &q, cols).unwrap()
-            };
+            let quantized = |act_order| gptq_values(ty, (&w, rows, cols), &h, act_order);
             let (plain, act) = (quantized(false), quantized(true));
             let (e_plain, e_act) = (
                 output_error(&h, &w, &plain, cols),
