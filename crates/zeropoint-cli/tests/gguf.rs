@@ -628,6 +628,100 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
     }
 }
 
+/// stories15M, llama2.c's TinyStories model (scripts/fetch-stories15m, which scripts/fetch-assets
+/// runs): a trained float model with Llama 2's 32 000-token SentencePiece vocabulary, where the
+/// other tests' models are random. Its GGUF is what the checkpoint means (llama.cpp's
+/// log-probabilities match llama2.c's forward pass in NumPy, `scripts/llama2c.py --verify`);
+/// zeropoint tokenizes and runs it as llama.cpp does; every preset, plain and with
+/// llama-imatrix's importance matrix, is byte-identical to llama-quantize's; and GPTQ, alone and
+/// after AWQ's scales, brings Q4_0 and Q4_K_M closer to the float model than llama-quantize with
+/// that importance matrix at the same size, issue 15's goal, on a real model. The text
+/// (tests/data/stories15m) was sampled from the model: it reads other English at a perplexity in
+/// the thousands.
+#[test]
+fn stories15m_is_byte_identical_and_gptq_beats_the_importance_matrix() {
+    let model = repo_root().join(".cache/stories15m/stories15M-f32.gguf");
+    assert!(
+        model.exists(),
+        "{} is missing: run scripts/fetch-assets (scripts/test does)",
+        model.display()
+    );
+    let bin = llama_cpp();
+    let dir = tempfile::tempdir().unwrap();
+    let keep = std::env::var_os("ZEROPOINT_KEEP").map(PathBuf::from);
+    let dir = keep.as_deref().unwrap_or(dir.path()).join("stories15m");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = repo_root().join("tests/data/stories15m");
+    let (calib, text) = (data.join("calib.txt"), data.join("eval.txt"));
+    // Windows of 256 tokens, the model's context.
+    let save_logits = |file: &Path, saved: &Path| {
+        run(Command::new(bin.join("llama-perplexity"))
+            .arg("-m")
+            .arg(file)
+            .arg("-f")
+            .arg(&text)
+            .args(["-c", "256", "-b", "256", "--chunks", "8", "-t", "2"])
+            .args(["-ctk", "f32", "-ctv", "f32", "-fa", "off"])
+            .arg("--kl-divergence-base")
+            .arg(saved));
+    };
+    let base = dir.join("float.logits");
+    save_logits(&model, &base);
+    let report = run(Command::new(support::python())
+        .arg(repo_root().join("scripts/llama2c.py"))
+        .arg(model.with_file_name("model.bin"))
+        .arg(model.with_file_name("tokenizer.bin"))
+        .arg("--verify")
+        .arg(&base));
+    println!("stories15M against llama2.c: {report}");
+    same_tokens_and_log_probs_as_llama_cpp(&model, &text, &base);
+
+    let imatrix = dir.join("imatrix.gguf");
+    run(Command::new(bin.join("llama-imatrix"))
+        .arg("-m")
+        .arg(&model)
+        .arg("-f")
+        .arg(&calib)
+        .arg("-o")
+        .arg(&imatrix)
+        .args(["-c", "256", "-b", "256", "--chunks", "32", "-t", "2"]));
+    compare(&model, &dir.join("plain"), &bin, false, None, &PRESETS);
+    compare(
+        &model,
+        &dir.join("imatrix"),
+        &bin,
+        false,
+        Some(&imatrix),
+        &PRESETS,
+    );
+
+    let kld = |file: &Path| -> f64 {
+        let saved = file.with_extension("logits");
+        save_logits(file, &saved);
+        mean_kl_divergence(&base, &saved)
+    };
+    for preset in ["Q4_0", "Q4_K_M"] {
+        let k_theirs = kld(&dir.join(format!("imatrix/llama-{preset}.gguf")));
+        for (method, flags) in [("GPTQ", &[][..]), ("AWQ+GPTQ", &["--awq"][..])] {
+            let out = dir.join(format!("{method}-{preset}.gguf"));
+            run(Command::new(ZEROPOINT)
+                .arg("gguf")
+                .arg(&model)
+                .arg("-o")
+                .arg(&out)
+                .args(["--type", preset, "--calib-ctx", "256", "--calib"])
+                .arg(&calib)
+                .args(flags));
+            let k = kld(&out);
+            println!("{preset}: mean KL divergence from F32: llama-quantize + imatrix {k_theirs:.5}, {method} {k:.5}");
+            assert!(
+                k < k_theirs,
+                "{preset}: {method} {k} vs llama-quantize + imatrix {k_theirs}"
+            );
+        }
+    }
+}
+
 /// What zeropoint's GPTQ calibration runs on the model matches llama.cpp: the tokens its
 /// tokenizer gives the text (`vocab::Vocab`, from the GGUF's metadata) are those at the start of
 /// a `--kl-divergence-base` file, and the log-probabilities of its own llama forward pass
