@@ -10,7 +10,8 @@ Usage: python3 scripts/gguf_gptq_compare.py --model MODEL-F32.gguf --calib CALIB
        [--methods llama-quantize,imatrix,gptq,awq+gptq,awq,rtn]
 
 --methods picks the rows: llama-quantize plain and with the importance matrix (imatrix), and zeropoint with GPTQ (gptq),
-AWQ then GPTQ (awq+gptq), each also with GPTQ's act-order (gptq-act, awq+gptq-act), AWQ then weighted rounding (awq),
+AWQ then GPTQ (awq+gptq), both with GPTQ's act-order (zeropoint's default) and without it (gptq-noact,
+awq+gptq-noact), AWQ then weighted rounding (awq),
 weighted rounding alone (rtn). --imatrix reuses an
 importance matrix llama-imatrix made on the same text instead of computing it again.
 
@@ -31,9 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # zeropoint's rows: the flags after --calib.
 ZEROPOINT_FLAGS = {
     "gptq": [],
-    "gptq-act": ["--act-order"],
+    "gptq-noact": ["--no-act-order"],
     "awq+gptq": ["--awq"],
-    "awq+gptq-act": ["--awq", "--act-order"],
+    "awq+gptq-noact": ["--awq", "--no-act-order"],
     "awq": ["--awq", "--method", "rtn"],
     "awq-noclip": ["--awq", "--method", "rtn", "--no-awq-clip"],
     "rtn": ["--method", "rtn"],

@@ -466,14 +466,14 @@ def gguf(
     awq: bool = False,
     awq_clip: bool = True,
     method: str = "gptq",
-    act_order: bool = False,
+    act_order: Optional[bool] = None,
     calib_chunks: int = 32,
     calib_ctx: int = 512,
 ) -> List[Tuple[str, str, str]]:
     """A float GGUF language model (or a Hugging Face Llama checkpoint folder) to llama.cpp's
     ``type`` (``zeropoint gguf``), byte-identical to llama-quantize without ``calib``. With
-    ``calib``, GPTQ (``act_order=True``: GPTQ's act-order) or ``method="rtn"``, AWQ first with
-    ``awq=True``. Returns (tensor, input type, output type) for every tensor written."""
+    ``calib``, GPTQ (with its act-order unless ``act_order=False``) or ``method="rtn"``, AWQ
+    first with ``awq=True``. Returns (tensor, input type, output type) for every tensor written."""
     return _native.gguf(
         os.fspath(input),
         os.fspath(output),

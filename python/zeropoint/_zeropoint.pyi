@@ -197,7 +197,7 @@ def gguf(
     awq: bool = False,
     awq_clip: bool = True,
     method: str = "gptq",
-    act_order: bool = False,
+    act_order: Optional[bool] = None,
     calib_chunks: int = 32,
     calib_ctx: int = 512,
 ) -> List[Tuple[str, str, str]]: ...

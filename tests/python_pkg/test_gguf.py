@@ -80,6 +80,24 @@ def test_gguf_errors(tmp_path):
         zp.gguf(bad, tmp_path / "o.gguf", "Q8_0")
     with pytest.raises(zp.GgufError, match="overwrite the input"):
         zp.gguf(src, src, "Q8_0")
-    with pytest.raises(zp.GgufError, match="act_order is GPTQ's: it needs calib"):
-        zp.gguf(src, tmp_path / "o.gguf", "Q4_0", act_order=True)
+    for act_order in (True, False):
+        with pytest.raises(zp.GgufError, match="act_order is GPTQ's: it needs calib"):
+            zp.gguf(src, tmp_path / "o.gguf", "Q4_0", act_order=act_order)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "f32.gguf"]
+
+
+def test_calibrated_gptq_takes_act_order_by_default(tmp_path):
+    """GPTQ on stories15M (scripts/fetch-assets) with 4 windows of its own stories: act-order
+    unless act_order=False, recorded in the file either way; weighted rounding records no GPTQ."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    model = root / ".cache/stories15m/stories15M-f32.gguf"
+    assert model.exists(), f"{model} is missing: run scripts/fetch-assets (scripts/test does)"
+    calib = root / "tests/data/stories15m/calib.txt"
+    recorded = {}
+    for label, kw in [("default", {}), ("off", {"act_order": False}), ("rtn", {"method": "rtn"})]:
+        out = tmp_path / f"{label}.gguf"
+        zp.gguf(model, out, "Q4_0", calib=calib, calib_chunks=4, calib_ctx=256, **kw)
+        field = gguf.GGUFReader(str(out)).fields.get("quantize.gptq.act_order")
+        recorded[label] = None if field is None else bool(field.parts[field.data[0]][0])
+    assert recorded == {"default": True, "off": False, "rtn": None}
+    assert (tmp_path / "default.gguf").read_bytes() != (tmp_path / "off.gguf").read_bytes()

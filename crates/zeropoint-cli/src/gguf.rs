@@ -65,10 +65,13 @@ pub struct Args {
     /// GPTQ's dampening of the Hessian, a fraction of its mean diagonal.
     #[arg(long, default_value_t = 0.01, value_name = "F")]
     pub gptq_damp: f64,
-    /// With --method gptq: quantize each matrix's inputs by decreasing mean square on the
-    /// calibration text (GPTQ's act-order). Blocks keep ggml's layout: each block's scales are
-    /// fixed when the first of its inputs is reached, from the block as updated so far.
+    /// With --method gptq: quantize each matrix's inputs in their order, not by decreasing mean
+    /// square on the calibration text (GPTQ's act-order, the default: each block's scales are
+    /// then fixed when the first of its inputs is reached, from the block as updated so far).
     #[arg(long, requires = "calib")]
+    pub no_act_order: bool,
+    /// GPTQ's act-order, the default (kept for scripts written when it was not).
+    #[arg(long, requires = "calib", conflicts_with = "no_act_order", hide = true)]
     pub act_order: bool,
     /// For a checkpoint whose BPE pre-tokenizer zeropoint does not recognise: llama.cpp's name
     /// for it (tokenizer.ggml.pre, e.g. llama-bpe, qwen2, smollm).
@@ -145,8 +148,8 @@ fn calibration(args: &Args, path: &std::path::Path, input: &dyn Input) -> Result
     if args.calib_chunks == 0 {
         bail!("--calib-chunks must be at least 1");
     }
-    if args.act_order && args.method != CalibMethod::Gptq {
-        bail!("--act-order is GPTQ's: it needs --method gptq");
+    if (args.act_order || args.no_act_order) && args.method != CalibMethod::Gptq {
+        bail!("--act-order and --no-act-order are GPTQ's: they need --method gptq");
     }
     let mut g = Calibration::from_file(
         input.header(),
@@ -157,7 +160,7 @@ fn calibration(args: &Args, path: &std::path::Path, input: &dyn Input) -> Result
     )
     .map_err(anyhow::Error::msg)?;
     g.gptq = args.method == CalibMethod::Gptq;
-    g.act_order = args.act_order;
+    g.act_order = !args.no_act_order;
     g.awq = args.awq;
     g.clip = !args.no_awq_clip;
     Ok(g)

@@ -512,15 +512,12 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
         &["--calib", short],
         "fewer than one chunk of 512",
     );
-    // Act-order is GPTQ's: with weighted rounding it is refused, in one line.
-    let rtn_act = [
-        "--calib",
-        calib.to_str().unwrap(),
-        "--method",
-        "rtn",
-        "--act-order",
-    ];
-    refused(&model, &output, &rtn_act, "--act-order is GPTQ's");
+    // Act-order is GPTQ's: with weighted rounding, asking for it or against it is refused, in
+    // one line.
+    for flag in ["--act-order", "--no-act-order"] {
+        let rtn_act = ["--calib", calib.to_str().unwrap(), "--method", "rtn", flag];
+        refused(&model, &output, &rtn_act, "--no-act-order are GPTQ's");
+    }
     // From the log-probabilities llama-perplexity saves: its printed summary can lose its last
     // lines at exit (a race in llama.cpp's logger thread, seen on a loaded machine).
     let kld = |file: &Path| -> f64 {
@@ -556,11 +553,12 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
             let h = GgufFile::open(f).unwrap().header;
             h.tensors.into_iter().map(|t| (t.name, t.ty)).collect()
         };
-        // GPTQ, also with its act-order; AWQ's scales then GPTQ; AWQ's scales, its clipping search, then rounding weighted
-        // by the calibration; the same without clipping.
+        // GPTQ (its act-order by default), also without act-order; AWQ's scales then GPTQ; AWQ's
+        // scales, its clipping search, then rounding weighted by the calibration; the same
+        // without clipping.
         let methods: [(&str, &[&str]); 5] = [
             ("GPTQ", &["--method", "gptq"]),
-            ("GPTQ-act-order", &["--act-order"]),
+            ("GPTQ-in-order", &["--no-act-order"]),
             ("AWQ+GPTQ", &["--awq"]),
             ("AWQ", &["--awq", "--method", "rtn"]),
             ("AWQ-noclip", &["--awq", "--method", "rtn", "--no-awq-clip"]),
@@ -583,9 +581,10 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
             println!("{preset}: mean KL divergence from F32: plain {k_plain:.5}, {method} {k:.5}");
             assert!(k < k_plain, "{preset}: {method} {k} vs plain {k_plain}");
             let meta = GgufFile::open(&out).unwrap().header;
+            let gptq = method.contains("GPTQ");
             assert_eq!(
-                meta.get("quantize.gptq.act_order").is_some(),
-                method.ends_with("act-order"),
+                meta.get("quantize.gptq.act_order"),
+                gptq.then_some(&Value::Bool(!method.ends_with("in-order"))),
                 "{method}: quantize.gptq.act_order"
             );
             let awq = meta.get("quantize.awq.dataset").and_then(Value::as_str);

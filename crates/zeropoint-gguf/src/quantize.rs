@@ -55,7 +55,8 @@ pub struct Calibration {
     /// The calibration text's name, recorded in the output's metadata.
     pub dataset: String,
     pub gptq: bool,
-    /// GPTQ's act-order (ggml::gptq).
+    /// GPTQ's act-order (ggml::gptq): on by default. It lowered the KL divergence from the
+    /// float model in 14 of 16 preset/method pairs over two models (docs/gguf.md).
     pub act_order: bool,
     pub awq: bool,
     pub clip: bool,
@@ -117,7 +118,7 @@ impl Calibration {
             damp,
             dataset: String::new(),
             gptq: true,
-            act_order: false,
+            act_order: true,
             awq: false,
             clip: true,
         })
@@ -278,9 +279,8 @@ fn record_calibration(metadata: &mut Vec<(String, Value)>, c: &Calibration) {
         metadata.push((format!("quantize.{method}.tokens"), Value::U32(tokens)));
         if method == "gptq" {
             metadata.push(("quantize.gptq.damp".into(), Value::F32(c.damp as f32)));
-            if c.act_order {
-                metadata.push(("quantize.gptq.act_order".into(), Value::Bool(true)));
-            }
+            let act_order = Value::Bool(c.act_order);
+            metadata.push(("quantize.gptq.act_order".into(), act_order));
         }
     }
 }

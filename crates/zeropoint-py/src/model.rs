@@ -444,12 +444,12 @@ fn finite(v: f64) -> serde_json::Value {
 
 /// A float GGUF file (or a Hugging Face Llama checkpoint folder) to llama.cpp's `type`
 /// ("Q4_K_M", "Q8_0", ...), byte-identical to llama-quantize; with `imatrix`, importance-
-/// weighted; with `calib` (a text file), GPTQ (its act-order with `act_order=True`; and AWQ
+/// weighted; with `calib` (a text file), GPTQ (with its act-order unless `act_order=False`; AWQ
 /// with `awq=True`, its clipping search unless `awq_clip=False`) in the same formats.
 /// Returns the output's tensor types as a list of (name, input type, output type).
 #[pyfunction]
 #[pyo3(signature = (input, output, type_="Q4_K_M", *, imatrix=None, pure=false, calib=None,
-                    awq=false, awq_clip=true, method="gptq", act_order=false,
+                    awq=false, awq_clip=true, method="gptq", act_order=None,
                     calib_chunks=32, calib_ctx=512))]
 #[allow(clippy::too_many_arguments)]
 fn gguf(
@@ -463,7 +463,7 @@ fn gguf(
     awq: bool,
     awq_clip: bool,
     method: &str,
-    act_order: bool,
+    act_order: Option<bool>,
     calib_chunks: usize,
     calib_ctx: usize,
 ) -> PyResult<Vec<(String, String, String)>> {
@@ -488,7 +488,7 @@ fn gguf(
     if calib.is_some() && calib_chunks == 0 {
         return Err(gguf_error("calib_chunks must be at least 1".into()));
     }
-    if act_order && !(gptq && calib.is_some()) {
+    if act_order.is_some() && !(gptq && calib.is_some()) {
         return Err(gguf_error(
             "act_order is GPTQ's: it needs calib and method='gptq'".into(),
         ));
@@ -516,7 +516,7 @@ fn gguf(
                     0.01,
                 )?;
                 c.gptq = gptq;
-                c.act_order = act_order;
+                c.act_order = act_order.unwrap_or(true);
                 c.awq = awq;
                 c.clip = awq_clip;
                 Some(c)
