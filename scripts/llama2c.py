@@ -17,6 +17,7 @@ Usage: .venv/bin/python scripts/llama2c.py MODEL.bin TOKENIZER.bin -o OUT.gguf
 
 import argparse
 import os
+import re
 import struct
 import sys
 
@@ -209,6 +210,151 @@ def sample(cfg, w, vocab, n_tokens, seed):
     return "\n".join(stories) + "\n"
 
 
+def write_onnx(cfg, w, out):
+    """The model as an fp32 ONNX decoder (opset 17, no KV cache): input_ids and attention_mask [batch, seq] in, logits
+    [batch, seq, vocab] out, the form scripts/decoder_perplexity.py measures. Each projection is a MatMul with its
+    weight transposed to [in, out] (what weight-only quantizers take); the tied embedding is stored twice, as the
+    Gather table and as the LM head's [dim, vocab] MatMul weight, as exporters write a tied model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    heads, head, layers = cfg["heads"], cfg["dim"] // cfg["heads"], cfg["layers"]
+    kv = cfg["kv_heads"]
+    nodes, inits = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def op(kind, inputs, name, **attrs):
+        nodes.append(helper.make_node(kind, inputs, [name], name=name, **attrs))
+        return name
+
+    def rmsnorm(x, weight, name):
+        mean = op("ReduceMean", [op("Mul", [x, x], f"{name}/sq")], f"{name}/mean", axes=[-1])
+        rms = op("Sqrt", [op("Add", [mean, "eps"], f"{name}/add")], f"{name}/rms")
+        return op("Mul", [op("Div", [x, rms], f"{name}/div"), const(f"{name}.weight", weight)], f"{name}/out")
+
+    def split_heads(x, n, name):  # [b, s, n*head] -> [b, n, s, head]
+        r = op("Reshape", [x, const(f"{name}/shape", np.array([0, 0, n, head], np.int64))], f"{name}/reshape")
+        return op("Transpose", [r], f"{name}/heads", perm=[0, 2, 1, 3])
+
+    def rotate(x, name):  # adjacent pairs (x0, x1) of each head turned by the position's angle
+        pairs = op("Reshape", [x, const(f"{name}/pairs", np.array([0, 0, 0, head // 2, 2], np.int64))], f"{name}/p")
+        nodes.append(helper.make_node("Split", [pairs, "two_ones"], [f"{name}/x0", f"{name}/x1"], name=f"{name}/split", axis=-1))
+        x0, x1 = (op("Squeeze", [f"{name}/x{i}", "minus_one"], f"{name}/s{i}") for i in (0, 1))
+        r0 = op("Sub", [op("Mul", [x0, "cos"], f"{name}/a"), op("Mul", [x1, "sin"], f"{name}/b")], f"{name}/r0")
+        r1 = op("Add", [op("Mul", [x0, "sin"], f"{name}/c"), op("Mul", [x1, "cos"], f"{name}/d")], f"{name}/r1")
+        u0, u1 = (op("Unsqueeze", [r, "minus_one"], f"{name}/u{i}") for i, r in ((0, r0), (1, r1)))
+        both = op("Concat", [u0, u1], f"{name}/both", axis=-1)
+        return op("Reshape", [both, const(f"{name}/back", np.array([0, 0, 0, head], np.int64))], f"{name}/out")
+
+    const("eps", np.array(1e-5, np.float32))
+    const("two_ones", np.array([1, 1], np.int64))
+    const("minus_one", np.array([-1], np.int64))
+    const("zero", np.array([0], np.int64))
+    const("one", np.array([1], np.int64))
+    # Positions 0..seq-1: the rotary tables and the causal mask sliced to the input's length.
+    seq = op("Slice", [op("Shape", ["input_ids"], "shape"), "one", op("Add", ["one", "one"], "two")], "seq")
+    table = lambda n, v: op("Slice", [const(n, v), "zero", seq, "zero"], f"{n}/slice")  # noqa: E731
+    nodes.append(helper.make_node("Identity", [table("cos_table", w["freq_real"])], ["cos"], name="cos"))
+    nodes.append(helper.make_node("Identity", [table("sin_table", w["freq_imag"])], ["sin"], name="sin"))
+    causal = np.triu(np.full((cfg["seq_len"], cfg["seq_len"]), -1e9, np.float32), 1)
+    rows = op("Slice", [const("causal_table", causal), "zero", seq, "zero"], "causal/rows")
+    causal = op("Slice", [rows, "zero", seq, "one"], "causal")
+    pad = op("Cast", [op("Unsqueeze", ["attention_mask", const("axes12", np.array([1, 2], np.int64))], "mask/u")],
+             "mask/f", to=TensorProto.FLOAT)
+    pad = op("Mul", [op("Sub", [pad, const("f1", np.array(1, np.float32))], "mask/sub"),
+                     const("big", np.array(1e9, np.float32))], "mask/pad")
+    mask = op("Add", [causal, pad], "mask")
+    x = op("Gather", [const("token_embd", w["tok"]), "input_ids"], "embed")
+    scale = const("scale", np.array(1 / head**0.5, np.float32))
+    for i in range(layers):
+        L = f"layers.{i}"  # noqa: N806
+        h = rmsnorm(x, w["rms_att"][i], f"{L}.attn_norm")
+        proj = lambda h, key, name: op("MatMul", [h, const(f"{L}.{name}.weight", w[key][i].T)], f"{L}/{name}")  # noqa: E731
+        q = rotate(split_heads(proj(h, "wq", "wq"), heads, f"{L}/q"), f"{L}/rq")
+        k = rotate(split_heads(proj(h, "wk", "wk"), kv, f"{L}/k"), f"{L}/rk")
+        v = split_heads(proj(h, "wv", "wv"), kv, f"{L}/v")
+        if kv != heads:
+            sys.exit("grouped-query attention is not exported")
+        kt = op("Transpose", [k], f"{L}/kt", perm=[0, 1, 3, 2])
+        scores = op("Add", [op("Mul", [op("MatMul", [q, kt], f"{L}/qk"), scale], f"{L}/scaled"), mask], f"{L}/masked")
+        att = op("MatMul", [op("Softmax", [scores], f"{L}/softmax", axis=-1), v], f"{L}/att")
+        att = op("Transpose", [att], f"{L}/att_t", perm=[0, 2, 1, 3])
+        att = op("Reshape", [att, const(f"{L}/merge", np.array([0, 0, cfg["dim"]], np.int64))], f"{L}/merged")
+        x = op("Add", [x, op("MatMul", [att, const(f"{L}.wo.weight", w["wo"][i].T)], f"{L}/wo")], f"{L}/res1")
+        h = rmsnorm(x, w["rms_ffn"][i], f"{L}.ffn_norm")
+        gate = proj(h, "w1", "w1")
+        silu = op("Mul", [gate, op("Sigmoid", [gate], f"{L}/sigmoid")], f"{L}/silu")
+        up = op("Mul", [silu, proj(h, "w3", "w3")], f"{L}/up")
+        x = op("Add", [x, op("MatMul", [up, const(f"{L}.w2.weight", w["w2"][i].T)], f"{L}/w2")], f"{L}/res2")
+    h = rmsnorm(x, w["rms_final"], "norm")
+    nodes.append(helper.make_node("MatMul", [h, const("lm_head.weight", w["wcls"].T)], ["logits"], name="lm_head"))
+    ids = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("input_ids", "attention_mask")]
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", cfg["vocab"]])
+    graph = helper.make_graph(nodes, "stories15M", ids, [logits], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, out + ".tmp")
+    check_onnx(cfg, w, out + ".tmp")
+    os.replace(out + ".tmp", out)
+
+
+def check_onnx(cfg, w, path):
+    """The ONNX model in ONNX Runtime against llama2.c's forward pass in numpy, on a window of 64 tokens with the last
+    16 padded away in a second row: the same log-probabilities where the mask lets tokens in."""
+    import onnxruntime as ort
+
+    ids = np.array([[1] + [(97 * i) % cfg["vocab"] for i in range(1, 64)]] * 2, np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 48:] = 0
+    logits = ort.InferenceSession(path).run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+    logits = logits.astype(np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    f = cast(w, np.float64)
+    worst = max(np.abs(logp[0] - forward(cfg, f, ids[0], [])).max(),
+                np.abs(logp[1, :48] - forward(cfg, f, ids[1, :48], [])).max())
+    if worst > 1e-3:
+        sys.exit(f"{path}: ONNX Runtime's log-probabilities differ from llama2.c's by {worst}")
+    print(f"ONNX Runtime against llama2.c: largest |log p difference| {worst:.1e}")
+
+
+def encode(vocab, text):
+    """SentencePiece BPE by scores, as llama2.c's run.c and llama.cpp's SPM tokenizer encode: a space before the text,
+    spaces as '▁', one token per character (its UTF-8 bytes where the vocabulary lacks it), then the best-scoring
+    merge of two neighbours (the leftmost of equals), again and again. No piece of the vocabulary has a '▁' after
+    another character, so no merge crosses into a word's leading '▁'s and each word is encoded alone. BOS not
+    included."""
+    tokens, scores, types = vocab
+    ids = {t: i for i, t in enumerate(tokens) if types[i] in (NORMAL, UNKNOWN)}
+    assert not any(re.search("[^\u2581]\u2581", t) for t in ids), "a piece joins two words"
+    done, out = {}, []
+    for word in re.findall("\u2581*[^\u2581]+|\u2581+", (" " + text).replace(" ", "\u2581")):
+        if word not in done:
+            w = [i for ch in word for i in ([ids[ch]] if ch in ids else [3 + b for b in ch.encode("utf-8")])]
+            while True:
+                pairs = [(scores[m], -i, m) for i in range(len(w) - 1) if (m := ids.get(tokens[w[i]] + tokens[w[i + 1]]))]
+                if not pairs:
+                    break
+                _, i, m = max(pairs)
+                w[-i : -i + 2] = [m]
+            done[word] = w
+        out.extend(done[word])
+    return out
+
+
+def windows(vocab, text, n_ctx):
+    """The text's tokens cut into windows of n_ctx, each starting with BOS in place of its first token, as
+    llama-perplexity runs them (the last, partial window dropped): an int64 array [windows, n_ctx]."""
+    ids = [1] + encode(vocab, text)
+    n = len(ids) // n_ctx
+    out = np.array(ids[: n * n_ctx], np.int64).reshape(n, n_ctx)
+    out[:, 0] = 1
+    return out
+
+
 def verify(cfg, w, logits_path):
     """Compares llama.cpp's log-probabilities on the GGUF (a llama-perplexity --kl-divergence-base file) with
     llama2.c's forward pass on the same tokens, chunk by chunk."""
@@ -239,6 +385,9 @@ def main():
     p.add_argument("--verify", metavar="LOGITS", help="a llama-perplexity --kl-divergence-base file of the GGUF")
     p.add_argument("--sample", type=int, metavar="TOKENS", help="write about this many tokens of stories to -o")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--onnx", action="store_true", help="write the model as an fp32 ONNX decoder to -o")
+    p.add_argument("--tokenize", metavar="TEXT", help="write TEXT's tokens in windows of --ctx to -o (.npy)")
+    p.add_argument("--ctx", type=int, default=256)
     a = p.parse_args()
     cfg, w, shared = read_checkpoint(a.model)
     if a.verify:
@@ -247,6 +396,10 @@ def main():
     if not a.output:
         p.error("-o OUT is needed (or --verify LOGITS)")
     vocab = read_tokenizer(a.tokenizer, cfg["vocab"])
+    if a.onnx:
+        return write_onnx(cfg, w, a.output)
+    if a.tokenize:
+        return np.save(a.output, windows(vocab, open(a.tokenize, encoding="utf-8").read(), a.ctx))
     if a.sample:
         text = sample(cfg, w, vocab, a.sample, a.seed)
         with open(a.output + ".tmp", "w") as out:
