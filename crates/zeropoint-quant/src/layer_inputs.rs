@@ -29,6 +29,7 @@ pub fn summarize<T: Send>(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<()> {
     let exec = Executor::new(graph)?;
+    let until = nodes_needed(graph, wanted);
     let workers = rayon::current_num_threads().max(1);
     let len = data.len;
     loop {
@@ -40,12 +41,16 @@ pub fn summarize<T: Send>(
             .into_par_iter()
             .map(|b| {
                 let mut part = Vec::new();
-                exec.run_with(b, &mut |name, v| {
+                let mut hook = |name: &str, v: zeropoint_engine::Value| {
                     if let Some(&k) = wanted.get(name) {
                         part.push((name.to_string(), v.with_f32s(|x| summary(x, k))??));
                     }
                     Ok(v)
-                })?;
+                };
+                let mut run = exec.begin(b, &mut hook)?;
+                for _ in 0..until {
+                    exec.step(&mut run, &mut hook)?;
+                }
                 Ok(part)
             })
             .collect::<Result<_>>()?;
@@ -53,6 +58,35 @@ pub fn summarize<T: Send>(
             merge(name, s);
         }
         progress(data.consumed(), len);
+    }
+}
+
+/// How many of the graph's nodes (in order) a run needs to compute every wanted value: up to
+/// the last node that writes one. A decoder's Hessians then stop before its LM head, whose
+/// logits (vocabulary × tokens × batch) are the largest value it computes. All nodes where a
+/// wanted value is not written by a node of the graph itself (a Loop body's).
+fn nodes_needed(graph: &Graph, wanted: &HashMap<&str, usize>) -> usize {
+    let mut last = 0;
+    let mut found = 0;
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let writes = node
+            .outputs
+            .iter()
+            .filter(|o| wanted.contains_key(o.as_str()));
+        let n = writes.count();
+        if n > 0 {
+            last = i + 1;
+            found += n;
+        }
+    }
+    let fed = |name: &&str| {
+        graph.inputs.iter().any(|v| v.name == *name) || graph.initializer(name).is_some()
+    };
+    let unwritten = wanted.keys().filter(|n| !fed(n)).count();
+    if found < unwritten {
+        graph.nodes.len()
+    } else {
+        last
     }
 }
 
@@ -68,5 +102,67 @@ pub fn check_rows(x: &[f32], k: usize) -> std::result::Result<(), String> {
     match x.iter().find(|v| !v.is_finite()) {
         Some(bad) => Err(format!("has a non-finite value ({bad}): check the data")),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use zeropoint_graph::{Dim, Node, Op, ValueInfo};
+    use zeropoint_onnx::{DType, RawTensor};
+
+    use super::*;
+
+    /// x → MatMul(w1) → h → MatMul(w2) → y, where w2 does not fit h: a run to the end fails.
+    fn graph() -> Graph {
+        let value = |name: &str, shape: Option<Vec<Dim>>| ValueInfo {
+            name: name.into(),
+            dtype: Some(DType::F32),
+            shape,
+        };
+        let ones = |name: &str, shape: &[usize]| {
+            RawTensor::from_f32s(name, shape, &vec![1.0; shape.iter().product()])
+        };
+        Graph {
+            source: "two_layers.onnx".into(),
+            opset: 13,
+            inputs: vec![value("x", Some(vec![Dim::Sym("N".into()), Dim::Fixed(2)]))],
+            outputs: vec![value("y", None)],
+            initializers: vec![ones("w1", &[2, 3]), ones("w2", &[5, 4])],
+            nodes: vec![
+                Node::new("first", Op::MatMul, &["x", "w1"], &["h"]),
+                Node::new("second", Op::MatMul, &["h", "w2"], &["y"]),
+            ],
+        }
+    }
+
+    /// Only the nodes up to the last wanted value run: the broken second layer is never reached
+    /// when its input is what is wanted, and is when its output is.
+    #[test]
+    fn a_run_stops_after_the_last_wanted_value() {
+        let g = graph();
+        let x = RawTensor::from_f32s("x", &[4, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+        let summarize_at = |name: &str, k: usize| {
+            let mut data =
+                Dataset::from_arrays(vec![("x".into(), Arc::new(x.clone()))], &g.inputs)?;
+            let wanted = HashMap::from([(name, k)]);
+            let mut sums = Vec::new();
+            let sum = |v: &[f32], _: usize| Ok(v.iter().sum::<f32>());
+            summarize(
+                &g,
+                &wanted,
+                (&mut data, 2),
+                &sum,
+                &mut |_, s| sums.push(s),
+                &mut |_, _| {},
+            )?;
+            Ok::<_, crate::error::Error>(sums)
+        };
+        assert_eq!(nodes_needed(&g, &HashMap::from([("h", 3)])), 1);
+        // h = x·1: each row of x summed, three times; two batches of two samples.
+        assert_eq!(summarize_at("h", 3).unwrap(), vec![3.0 * 10.0, 3.0 * 26.0]);
+        let e = summarize_at("y", 4).expect_err("the second MatMul cannot run");
+        assert!(e.to_string().contains("second"), "{e}");
     }
 }
