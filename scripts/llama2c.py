@@ -94,9 +94,19 @@ def read_tokenizer(path, vocab):
 
 
 def write_gguf(cfg, w, shared, vocab, out, name):
+    """The GGUF, written to a temporary file renamed into place (removed if anything fails)."""
+    tmp = out + ".tmp"
+    try:
+        gguf_file(cfg, w, shared, vocab, tmp, name)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def gguf_file(cfg, w, shared, vocab, tmp, name):
     import gguf
 
-    tmp = out + ".tmp"
     g = gguf.GGUFWriter(tmp, "llama")
     g.add_name(name)
     g.add_context_length(cfg["seq_len"])
@@ -140,7 +150,6 @@ def write_gguf(cfg, w, shared, vocab, out, name):
     g.write_kv_data_to_file()
     g.write_tensors_to_file()
     g.close()
-    os.replace(tmp, out)
 
 
 def rmsnorm(x, weight):
@@ -296,9 +305,13 @@ def write_onnx(cfg, w, out):
     graph = helper.make_graph(nodes, "stories15M", ids, [logits], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, out + ".tmp")
-    check_onnx(cfg, w, out + ".tmp")
-    os.replace(out + ".tmp", out)
+    try:
+        onnx.save(model, out + ".tmp")
+        check_onnx(cfg, w, out + ".tmp")
+        os.replace(out + ".tmp", out)
+    finally:
+        if os.path.exists(out + ".tmp"):
+            os.remove(out + ".tmp")
 
 
 def check_onnx(cfg, w, path):
