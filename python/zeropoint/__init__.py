@@ -468,7 +468,7 @@ def gguf(
     method: str = "gptq",
     act_order: Optional[bool] = None,
     calib_chunks: int = 32,
-    calib_ctx: int = 512,
+    calib_ctx: Optional[int] = None,
 ) -> List[Tuple[str, str, str]]:
     """A float GGUF language model (or a Hugging Face Llama checkpoint folder) to llama.cpp's
     ``type`` (``zeropoint gguf``), byte-identical to llama-quantize without ``calib``. With

@@ -199,5 +199,5 @@ def gguf(
     method: str = "gptq",
     act_order: Optional[bool] = None,
     calib_chunks: int = 32,
-    calib_ctx: int = 512,
+    calib_ctx: Optional[int] = None,
 ) -> List[Tuple[str, str, str]]: ...

@@ -88,7 +88,8 @@ def test_gguf_errors(tmp_path):
 
 def test_calibrated_gptq_takes_act_order_by_default(tmp_path):
     """GPTQ on stories15M (scripts/fetch-assets) with 4 windows of its own stories: act-order
-    unless act_order=False, recorded in the file either way; weighted rounding records no GPTQ."""
+    unless act_order=False, recorded in the file either way; weighted rounding records no GPTQ;
+    windows as long as the model's context unless told."""
     root = __import__("pathlib").Path(__file__).resolve().parents[2]
     model = root / ".cache/stories15m/stories15M-f32.gguf"
     assert model.exists(), f"{model} is missing: run scripts/fetch-assets (scripts/test does)"
@@ -96,8 +97,13 @@ def test_calibrated_gptq_takes_act_order_by_default(tmp_path):
     recorded = {}
     for label, kw in [("default", {}), ("off", {"act_order": False}), ("rtn", {"method": "rtn"})]:
         out = tmp_path / f"{label}.gguf"
-        zp.gguf(model, out, "Q4_0", calib=calib, calib_chunks=4, calib_ctx=256, **kw)
+        zp.gguf(model, out, "Q4_0", calib=calib, calib_chunks=4, **kw)
         field = gguf.GGUFReader(str(out)).fields.get("quantize.gptq.act_order")
         recorded[label] = None if field is None else bool(field.parts[field.data[0]][0])
     assert recorded == {"default": True, "off": False, "rtn": None}
     assert (tmp_path / "default.gguf").read_bytes() != (tmp_path / "off.gguf").read_bytes()
+    # Windows of the model's context (256 tokens) by default; longer ones are refused.
+    tokens = gguf.GGUFReader(str(tmp_path / "default.gguf")).fields["quantize.gptq.tokens"]
+    assert int(tokens.parts[tokens.data[0]][0]) == 4 * 256
+    with pytest.raises(zp.GgufError, match="longer than the model's context of 256"):
+        zp.gguf(model, tmp_path / "long.gguf", "Q4_0", calib=calib, calib_ctx=512)

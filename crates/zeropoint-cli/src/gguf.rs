@@ -59,9 +59,10 @@ pub struct Args {
     /// Chunks of --calib-ctx tokens of the calibration text to use (at most).
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub calib_chunks: usize,
-    /// Tokens per calibration chunk (each starts at position 0, BOS first).
-    #[arg(long, default_value_t = 512, value_name = "N")]
-    pub calib_ctx: usize,
+    /// Tokens per calibration chunk (each starts at position 0, BOS first) [default: 512, or the
+    /// model's context if shorter]. More than the model's context is refused.
+    #[arg(long, value_name = "N")]
+    pub calib_ctx: Option<usize>,
     /// GPTQ's dampening of the Hessian, a fraction of its mean diagonal.
     #[arg(long, default_value_t = 0.01, value_name = "F")]
     pub gptq_damp: f64,

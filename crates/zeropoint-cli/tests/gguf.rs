@@ -699,6 +699,16 @@ fn stories15m_is_byte_identical_and_gptq_beats_the_importance_matrix() {
         save_logits(file, &saved);
         mean_kl_divergence(&base, &saved)
     };
+    // Calibration windows default to the model's context (256 here, not 512); longer ones are
+    // refused.
+    let too_long = ["--calib", calib.to_str().unwrap(), "--calib-ctx", "512"];
+    let output = dir.join("refused.gguf");
+    refused(
+        &model,
+        &output,
+        &too_long,
+        "longer than the model's context of 256",
+    );
     for preset in ["Q4_0", "Q4_K_M"] {
         let k_theirs = kld(&dir.join(format!("imatrix/llama-{preset}.gguf")));
         for (method, flags) in [("GPTQ", &[][..]), ("AWQ+GPTQ", &["--awq"][..])] {
@@ -708,9 +718,12 @@ fn stories15m_is_byte_identical_and_gptq_beats_the_importance_matrix() {
                 .arg(&model)
                 .arg("-o")
                 .arg(&out)
-                .args(["--type", preset, "--calib-ctx", "256", "--calib"])
+                .args(["--type", preset, "--calib"])
                 .arg(&calib)
                 .args(flags));
+            let meta = GgufFile::open(&out).unwrap().header;
+            let tokens = meta.get("quantize.gptq.tokens").and_then(Value::as_u64);
+            assert_eq!(tokens, Some(32 * 256), "{method}: 32 windows of 256 tokens");
             let k = kld(&out);
             println!("{preset}: mean KL divergence from F32: llama-quantize + imatrix {k_theirs:.5}, {method} {k:.5}");
             assert!(

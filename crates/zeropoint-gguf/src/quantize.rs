@@ -68,7 +68,7 @@ impl Calibration {
     pub fn from_file(
         header: &Header,
         path: &Path,
-        ctx: usize,
+        ctx: Option<usize>,
         n: usize,
         damp: f64,
     ) -> Result<Calibration, String> {
@@ -83,16 +83,25 @@ impl Calibration {
     }
 
     /// `text` tokenized with the model's own vocabulary and cut into `n` chunks of `ctx` tokens
-    /// (fewer if the text is short; an error if it has not one chunk), for GPTQ alone.
+    /// (fewer if the text is short; an error if it has not one chunk), for GPTQ alone. Without
+    /// `ctx`, chunks of 512 tokens, or of the model's context if that is shorter: positions past
+    /// the context a model was trained on give activations it never produces in use.
     pub fn from_text(
         header: &Header,
         text: &str,
-        ctx: usize,
+        ctx: Option<usize>,
         n: usize,
         damp: f64,
     ) -> Result<Calibration, String> {
+        let trained = context_length(header);
+        let ctx = ctx.unwrap_or(trained.as_ref().map_or(512, |t| t.1.min(512)));
         if ctx < 2 {
             return Err(format!("calibration windows of {ctx} tokens are too short"));
+        }
+        if let Some((key, t)) = trained.filter(|t| ctx > t.1) {
+            return Err(format!(
+                "calibration windows of {ctx} tokens are longer than the model's context of {t} ({key})"
+            ));
         }
         let vocab = crate::vocab::Vocab::from_header(header)?;
         let tokens = vocab.encode(text);
@@ -283,6 +292,14 @@ fn record_calibration(metadata: &mut Vec<(String, Value)>, c: &Calibration) {
             metadata.push(("quantize.gptq.act_order".into(), act_order));
         }
     }
+}
+
+/// The context the model was trained on, and the key that says it (`{arch}.context_length`).
+fn context_length(header: &Header) -> Option<(String, usize)> {
+    let arch = header.get("general.architecture")?.as_str()?;
+    let key = format!("{arch}.context_length");
+    let n = header.get(&key)?.as_u64()?;
+    Some((key, usize::try_from(n).ok()?))
 }
 
 /// The keys llama-quantize records for an importance matrix (each set as gguf does: removed,

@@ -450,7 +450,7 @@ fn finite(v: f64) -> serde_json::Value {
 #[pyfunction]
 #[pyo3(signature = (input, output, type_="Q4_K_M", *, imatrix=None, pure=false, calib=None,
                     awq=false, awq_clip=true, method="gptq", act_order=None,
-                    calib_chunks=32, calib_ctx=512))]
+                    calib_chunks=32, calib_ctx=None))]
 #[allow(clippy::too_many_arguments)]
 fn gguf(
     py: Python<'_>,
@@ -465,7 +465,7 @@ fn gguf(
     method: &str,
     act_order: Option<bool>,
     calib_chunks: usize,
-    calib_ctx: usize,
+    calib_ctx: Option<usize>,
 ) -> PyResult<Vec<(String, String, String)>> {
     use zeropoint_gguf::{hf, imatrix::Imatrix, preset, quantize};
     check_output(&input, &output, Kind::Gguf)?;
