@@ -363,6 +363,14 @@ mod simd {
             .chunks_exact(GROUP * QK)
             .zip(dst.chunks_exact_mut(GROUP * 34));
         for (x, y) in groups {
+            // The group two ahead, asked for now: one core's hardware prefetcher alone left this
+            // loop waiting for its input (73-79% of a copy's speed on an Intel Xeon VM; 86-99%
+            // with this). A prefetch never faults, so addresses past the row's end are harmless;
+            // written out here, not in a helper, because the helper version measured no faster.
+            let ahead = x.as_ptr().wrapping_add(2 * GROUP * QK) as *const i8;
+            for line in 0..GROUP * QK * 4 / 64 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
+            }
             let Some(amax) = block_maxima(x) else {
                 return false;
             };
@@ -397,6 +405,11 @@ mod simd {
             .chunks_exact(GROUP * QK)
             .zip(dst.chunks_exact_mut(GROUP * 18));
         for (x, y) in groups {
+            // As in q8_0_row.
+            let ahead = x.as_ptr().wrapping_add(2 * GROUP * QK) as *const i8;
+            for line in 0..GROUP * QK * 4 / 64 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
+            }
             let Some(max) = signed_maxima(x) else {
                 return false;
             };
