@@ -430,15 +430,7 @@ fn hugging_face_checkpoints_run_in_llama_cpp_as_in_transformers() {
             .arg(&f32_file)
             .args(["--type", "F32"]));
         let logits = dir.join(format!("{tokenizer}.logits"));
-        run(Command::new(bin.join("llama-perplexity"))
-            .arg("-m")
-            .arg(&f32_file)
-            .arg("-f")
-            .arg(&text)
-            .args(["-c", "64", "-b", "64", "--chunks", "4", "-t", "1"])
-            .args(["-ctk", "f32", "-ctv", "f32", "-fa", "off"])
-            .arg("--kl-divergence-base")
-            .arg(&logits));
+        save_log_probs(&bin, &f32_file, &text, &logits, SMALL_WINDOWS);
         let report = run(Command::new(support::python())
             .arg(&script)
             .arg("check")
@@ -490,15 +482,7 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
         .arg(&model)
         .args(["--type", "F32"]));
     let base = dir.join("mild.logits");
-    run(Command::new(bin.join("llama-perplexity"))
-        .arg("-m")
-        .arg(&model)
-        .arg("-f")
-        .arg(text)
-        .args(["-c", "64", "-b", "64", "--chunks", "4", "-t", "1"])
-        .args(["-ctk", "f32", "-ctv", "f32", "-fa", "off"])
-        .arg("--kl-divergence-base")
-        .arg(&base));
+    save_log_probs(bin, &model, text, &base, SMALL_WINDOWS);
     let calib = dir.join("calib.txt");
     std::fs::write(&calib, sotu(&["1790", "1791", "1792", "1793"])).unwrap();
     // Too little text for one window: one line, exit status 1, nothing written.
@@ -518,19 +502,9 @@ fn calibrated_files_are_closer_to_the_float_model(bin: &Path, dir: &Path, text: 
         let rtn_act = ["--calib", calib.to_str().unwrap(), "--method", "rtn", flag];
         refused(&model, &output, &rtn_act, "--no-act-order are GPTQ's");
     }
-    // From the log-probabilities llama-perplexity saves: its printed summary can lose its last
-    // lines at exit (a race in llama.cpp's logger thread, seen on a loaded machine).
     let kld = |file: &Path| -> f64 {
         let saved = file.with_extension("logits");
-        run(Command::new(bin.join("llama-perplexity"))
-            .arg("-m")
-            .arg(file)
-            .arg("-f")
-            .arg(text)
-            .args(["-c", "64", "-b", "64", "--chunks", "4", "-t", "1"])
-            .args(["-ctk", "f32", "-ctv", "f32", "-fa", "off"])
-            .arg("--kl-divergence-base")
-            .arg(&saved));
+        save_log_probs(bin, file, text, &saved, SMALL_WINDOWS);
         mean_kl_divergence(&base, &saved)
     };
     for preset in ["Q4_0", "Q4_K_M", "Q3_K_M"] {
@@ -652,17 +626,9 @@ fn stories15m_is_byte_identical_and_gptq_beats_the_importance_matrix() {
     std::fs::create_dir_all(&dir).unwrap();
     let data = repo_root().join("tests/data/stories15m");
     let (calib, text) = (data.join("calib.txt"), data.join("eval.txt"));
-    // Windows of 256 tokens, the model's context.
+    // 8 windows of 256 tokens, the model's context.
     let save_logits = |file: &Path, saved: &Path| {
-        run(Command::new(bin.join("llama-perplexity"))
-            .arg("-m")
-            .arg(file)
-            .arg("-f")
-            .arg(&text)
-            .args(["-c", "256", "-b", "256", "--chunks", "8", "-t", "2"])
-            .args(["-ctk", "f32", "-ctv", "f32", "-fa", "off"])
-            .arg("--kl-divergence-base")
-            .arg(saved));
+        save_log_probs(&bin, file, &text, saved, ("256", "8", "2"));
     };
     let base = dir.join("float.logits");
     save_logits(&model, &base);
@@ -770,6 +736,32 @@ fn same_tokens_and_log_probs_as_llama_cpp(model: &Path, text: &Path, logits: &Pa
         "{}: log-probabilities differ by {worst}",
         model.display()
     );
+}
+
+/// The small test models' evaluation: 4 windows of 64 tokens, on one thread.
+const SMALL_WINDOWS: (&str, &str, &str) = ("64", "4", "1");
+
+/// llama-perplexity's log-probabilities of `model` on `text`, saved to `saved`
+/// (`--kl-divergence-base`): `chunks` windows of `ctx` tokens on `threads` threads, with an F32 KV
+/// cache and no flash attention. Measures are taken from this file, not from the printed summary,
+/// which can lose its last lines at exit (a race in llama.cpp's logger thread, seen on a loaded
+/// machine).
+fn save_log_probs(
+    bin: &Path,
+    model: &Path,
+    text: &Path,
+    saved: &Path,
+    (ctx, chunks, threads): (&str, &str, &str),
+) {
+    run(Command::new(bin.join("llama-perplexity"))
+        .arg("-m")
+        .arg(model)
+        .arg("-f")
+        .arg(text)
+        .args(["-c", ctx, "-b", ctx, "--chunks", chunks, "-t", threads])
+        .args(["-ctk", "f32", "-ctv", "f32", "-fa", "off"])
+        .arg("--kl-divergence-base")
+        .arg(saved));
 }
 
 /// A `llama-perplexity --kl-divergence-base` file: the tokens it ran, and for every scored

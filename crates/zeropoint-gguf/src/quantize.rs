@@ -56,7 +56,7 @@ pub struct Calibration {
     pub dataset: String,
     pub gptq: bool,
     /// GPTQ's act-order (ggml::gptq): on by default. It lowered the KL divergence from the
-    /// float model in 14 of 16 preset/method pairs over two models (docs/gguf.md).
+    /// float model in 15 of 18 preset/method pairs over two models (docs/gguf.md).
     pub act_order: bool,
     pub awq: bool,
     pub clip: bool,
