@@ -1133,6 +1133,18 @@ fn a_shape_of_a_quantized_value_reads_its_codes() {
     support::check_reference("shape_reads_codes.py", zeropoint, "shape reads codes");
 }
 
+/// A MatMul or Gemm read only by a Relu or Clip still becomes an integer kernel in ONNX Runtime
+/// (tests/python/layers_before_relu_clip.py).
+#[test]
+fn layers_read_by_a_relu_or_clip_fuse_in_onnx_runtime() {
+    let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
+    support::check_reference(
+        "layers_before_relu_clip.py",
+        zeropoint,
+        "layers before Relu/Clip",
+    );
+}
+
 /// A float16 model quantizes: float32 compute behind its float16 interface, int8 layers, in
 /// ONNX Runtime within cosine 0.999 of the float16 model (tests/python/half_precision_reference.py).
 #[test]

@@ -148,6 +148,7 @@ impl Plan {
         let mut plan = Plan::default();
         let mut needed = plan.layer_quantizers(&rules);
         propagate_needed(&rules, &mut needed);
+        quantize_where_ort_cannot_fuse(&rules, &mut needed);
         plan.place_activations(&rules, &needed);
         plan.share_grids(&rules);
         Ok(plan)
@@ -291,6 +292,53 @@ impl Plan {
         let shared: HashMap<String, String> = self.shared.iter().cloned().collect();
         self.activations.retain(|a| !shared.contains_key(a));
     }
+}
+
+/// ONNX Runtime runs a MatMul or Gemm whose inputs are dequantized as an integer kernel with
+/// float output (MatMulIntegerToFloat, QGemm) when nothing quantizes its output, except when
+/// its only reader is a Relu or Clip that is itself read by one node and is no graph output:
+/// its QDQ selector then looks for the QuantizeLinear that makes that Relu/Clip redundant and,
+/// finding none, fuses nothing (`NodeGroupSelector::GetQDQSelection`, onnxruntime's
+/// core/optimizer/qdq_transformer/selectors_actions/qdq_selectors.cc). The layer would run in
+/// float with its weight dequantized on every run. Such an output is quantized: after a Relu
+/// (the zero-point at the bottom of the grid makes the Relu redundant and ORT drops it), before
+/// a Clip (ORT can drop only a Clip whose finite bounds cover the grid).
+fn quantize_where_ort_cannot_fuse(rules: &Rules, needed: &mut HashSet<String>) {
+    let graph = rules.graph;
+    let consumers = graph.consumers();
+    let sole_reader = |v: &str| match consumers.get(v).map(Vec::as_slice) {
+        Some([i]) if !rules.outputs.contains(v) => Some(&graph.nodes[*i]),
+        _ => None,
+    };
+    let mut add = Vec::new();
+    for node in &graph.nodes {
+        if !matches!(node.op, Op::MatMul | Op::Gemm) || rules.excluded(node) {
+            continue;
+        }
+        let out = &node.outputs[0];
+        if needed.contains(out) || !rules.is_float(out) {
+            continue;
+        }
+        let Some(act) = sole_reader(out).filter(|n| matches!(n.op, Op::Relu | Op::Clip)) else {
+            continue;
+        };
+        let act_out = &act.outputs[0];
+        // ONNX Runtime removes Identity and Dropout first: a chain of them into a graph output
+        // makes the Relu/Clip produce that output, and then the layer fuses.
+        let mut end = act_out;
+        while let Some(n) = sole_reader(end).filter(|n| matches!(n.op, Op::Identity | Op::Dropout))
+        {
+            end = &n.outputs[0];
+        }
+        if sole_reader(act_out).is_none()
+            || rules.outputs.contains(end.as_str())
+            || needed.contains(act_out)
+        {
+            continue;
+        }
+        add.push(if act.op == Op::Relu { act_out } else { out }.clone());
+    }
+    needed.extend(add);
 }
 
 /// Backwards through the graph: an integer binary op needs its inputs quantized (both must be
@@ -504,6 +552,52 @@ mod tests {
         let plan = plan_of(&g, &[]).unwrap();
         assert_eq!(names(&plan.weights), ["w1", "w2", "w3"]);
         assert_eq!(plan.activations, ["x", "r", "p"]);
+    }
+
+    #[test]
+    fn a_layer_read_only_by_a_relu_or_clip_gets_the_quantizer_onnx_runtime_fuses_with() {
+        // MatMul -> Clip -> Log: the MatMul's output (an unbounded Clip cannot be made
+        // redundant); Gemm -> Relu -> Sigmoid: the Relu's output (its zero-point drops the Relu);
+        // Gemm -> Relu -> Sub and the graph output: the Relu has two readers, nothing to add.
+        let g = graph(
+            vec![input("x", &[1, 4])],
+            vec![
+                weight("w1", &[4, 4]),
+                weight("lo", &[]),
+                weight("w2", &[4, 4]),
+                weight("w3", &[4, 4]),
+            ],
+            vec![
+                node(Op::MatMul, &["x", "w1"], "m"),
+                node(Op::Clip, &["m", "lo"], "c"),
+                node(Op::Log, &["c"], "l"),
+                node(Op::Gemm, &["l", "w2"], "g"),
+                node(Op::Relu, &["g"], "r"),
+                node(Op::Sigmoid, &["r"], "s"),
+                node(Op::Gemm, &["s", "w3"], "h"),
+                node(Op::Relu, &["h"], "hr"),
+                node(Op::Sub, &["hr", "hr"], "out"),
+            ],
+            "out",
+        );
+        let plan = plan_of(&g, &[]).unwrap();
+        assert_eq!(plan.activations, ["x", "m", "l", "r", "s"]);
+        // A Relu into an Identity into the graph output: ONNX Runtime drops the Identity, the
+        // Relu then produces the output, and the layer fuses with float output as it is.
+        let head = graph(
+            vec![input("x", &[1, 4])],
+            vec![weight("w2", &[4, 4])],
+            vec![
+                node(Op::Gemm, &["x", "w2"], "g"),
+                node(Op::Relu, &["g"], "r"),
+                node(Op::Identity, &["r"], "scores"),
+            ],
+            "scores",
+        );
+        assert_eq!(plan_of(&head, &[]).unwrap().activations, ["x"]);
+        // Excluded, a layer stays float, output and all.
+        let plan = plan_of(&g, &["MatMul".to_string()]).unwrap();
+        assert_eq!(plan.activations, ["l", "r", "s"]);
     }
 
     #[test]

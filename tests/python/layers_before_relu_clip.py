@@ -1,0 +1,105 @@
+"""A MatMul or Gemm read only by a Relu or Clip (itself read by one float op) still becomes an
+integer kernel in ONNX Runtime.
+
+Usage: layers_before_relu_clip.py ZEROPOINT DIR
+
+ONNX Runtime's QDQ selector fuses DQ -> MatMul/Gemm into MatMulIntegerToFloat/QGemm with float
+output, but not when the layer's only reader is a Relu or Clip read by one node and not a graph
+output: it then wants a QuantizeLinear that makes the Relu/Clip redundant and, without one, fuses
+nothing (the layer ran in float, its weight dequantized on every run: openWakeWord's
+melspectrogram MatMul -> Clip -> Log). The model has three branches of x:
+
+- MatMul -> Clip(1e-10, no max) -> Log -> a: the MatMul's output gets the quantizer (ORT cannot
+  drop an unbounded Clip);
+- Gemm -> Relu -> Sigmoid -> b: the Relu's output gets it (its zero-point 0 makes the Relu
+  redundant, ORT drops it);
+- MatMul -> Relu -> c, a graph output: nothing (ORT fuses it with float output as it is).
+
+After `zeropoint quantize` (W8A8, static) the model passes onnx.checker's full check, ONNX
+Runtime's optimized graph (all optimizations, CPU) has no float MatMul or Gemm and no
+DequantizeLinear of a weight, and every output is within cosine 0.999 of the float model's.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+FAILED = []
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        FAILED.append(what)
+
+
+def build(d):
+    rng = np.random.default_rng(5)
+    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    inits = [numpy_helper.from_array(v, n) for n, v in
+             dict(w1=np.abs(f(16, 24)), w2=f(8, 16), b2=f(8), w3=f(16, 4),
+                  lo=np.array(1e-10, np.float32)).items()]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"], name="spectrum"),
+             helper.make_node("Clip", ["m1", "lo", ""], ["c1"], name="floor"),
+             helper.make_node("Log", ["c1"], ["a"], name="log"),
+             helper.make_node("Gemm", ["x", "w2", "b2"], ["g2"], name="dense", transB=1),
+             helper.make_node("Relu", ["g2"], ["r2"], name="relu"),
+             helper.make_node("Sigmoid", ["r2"], ["b"], name="sigmoid"),
+             helper.make_node("MatMul", ["x", "w3"], ["m3"], name="head"),
+             helper.make_node("Relu", ["m3"], ["c"], name="head_relu")]
+    graph = helper.make_graph(nodes, "layers_before_relu_clip",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                              [helper.make_tensor_value_info(v, TensorProto.FLOAT, ["n", k])
+                               for v, k in (("a", 24), ("b", 8), ("c", 4))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = d / "model.onnx"
+    onnx.save(model, path)
+    x = np.abs(rng.standard_normal((32, 16))).astype(np.float32)
+    np.save(d / "calib.npy", x)
+    return path, x
+
+
+def main():
+    exe, d = Path(sys.argv[1]), Path(sys.argv[2])
+    path, x = build(d)
+    out = d / "model.int8.onnx"
+    run = subprocess.run([str(exe), "quantize", str(path), "--calib", str(d / "calib.npy"), "--preset", "w8a8",
+                          "-o", str(out)], capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"zeropoint quantize failed: {run.stderr}")
+    m = onnx.load(out)
+    onnx.checker.check_model(m, full_check=True)
+    quantized = {n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    check("m1" in quantized and "c1" not in quantized, f"the MatMul before the Clip is quantized: {sorted(quantized)}")
+    check("r2" in quantized and "g2" not in quantized, f"the Relu after the Gemm is quantized: {sorted(quantized)}")
+    check("m3" not in quantized and "c" not in quantized, "the MatMul -> Relu graph output is not")
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(d / "optimized.onnx")
+    opts.intra_op_num_threads = 1
+    s = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    opt = onnx.load(d / "optimized.onnx")
+    ops = sorted(n.op_type for n in opt.graph.node)
+    check("MatMul" not in ops and "Gemm" not in ops, f"ONNX Runtime fuses every layer: {ops}")
+    matrices = {i.name for i in opt.graph.initializer if len(i.dims) > 1}
+    dq_weights = [n.input[0] for n in opt.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in matrices]
+    check(not dq_weights, f"no weight is dequantized at run time: {dq_weights}")
+
+    fl = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    xs = x[:8]
+    for name, q, f in zip(("a", "b", "c"), s.run(None, {"x": xs}), fl.run(None, {"x": xs})):
+        cos = float(np.dot(q.ravel(), f.ravel()) / np.linalg.norm(q) / np.linalg.norm(f))
+        check(cos > 0.999, f"{name} within cosine 0.999 of float: {cos:.5f}")
+    if FAILED:
+        sys.exit(f"layers before Relu/Clip: {len(FAILED)} checks failed")
+    print("layers before Relu/Clip: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
