@@ -177,9 +177,10 @@ fn print_tables(s: &ModelSummary) {
     }
     if let Some(c) = &s.canonicalization {
         println!(
-            "\ncanonicalization: {} constant node(s) folded, {} BatchNormalization and {} bias Add folded, {} loop-carried constant(s) made loop-body weights, {} dead node(s) removed: {} -> {} nodes",
+            "\ncanonicalization: {} constant node(s) folded, {} BatchNormalization, {} scale Mul and {} bias Add folded, {} loop-carried constant(s) made loop-body weights, {} dead node(s) removed: {} -> {} nodes",
             c.folded_constants,
             c.folded_batch_norms.len(),
+            c.folded_scale_muls,
             c.folded_bias_adds,
             c.hoisted_loop_constants,
             c.removed_nodes,

@@ -5,8 +5,9 @@
 //! - BatchNormalization folded into the Conv, Gemm or MatMul before it (white paper §2.3):
 //!   W' = W·γ/√(σ²+ε) per output channel, b' = (b − μ)·γ/√(σ²+ε) + β, computed in f64; a
 //!   MatMul becomes a Gemm to take the bias;
-//! - a per-channel constant Add after a Conv (exporters write the bias that way) becomes the
-//!   Conv's bias, so that runtimes fuse the layer into one integer convolution; a constant Add
+//! - a per-channel (or single) constant Mul after a Conv is folded into its weights and bias, and
+//!   a per-channel constant Add after a Conv becomes the Conv's bias (exporters write a bias, and
+//!   an inference BatchNormalization as Mul and Add, that way), so that runtimes fuse the layer into one integer convolution; a constant Add
 //!   of one value per column after a rank-2 MatMul with a constant weight makes the two a Gemm
 //!   (ONNX Runtime fuses MatMul and Add into a float Gemm first, and then has no integer kernel
 //!   for it unless the bias is quantized as a Gemm's is);
@@ -23,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 
 use zeropoint_onnx::proto::attribute_proto::AttributeType;
 use zeropoint_onnx::proto::AttributeProto;
-use zeropoint_onnx::RawTensor;
+use zeropoint_onnx::{DType, RawTensor};
 
 use crate::error::{Error, Result};
 use crate::evaluator::Evaluator;
@@ -42,6 +43,8 @@ pub struct Report {
     pub batch_norm_stats: Vec<BatchNormStats>,
     /// (Add node, the Conv it was folded into as the bias).
     pub folded_bias_adds: Vec<(String, String)>,
+    /// (Mul node, the Conv whose weights and bias it was folded into).
+    pub folded_scale_muls: Vec<(String, String)>,
     /// Loop-carried constants made initializers of their loop's body.
     pub hoisted_loop_constants: usize,
     /// Float16 and bfloat16 values widened to float32 before canonicalization
@@ -73,6 +76,7 @@ pub struct BatchNormStats {
 pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let folded_constants = fold_constants(graph, eval)?;
     let (folded_batch_norms, batch_norm_stats) = fold_batch_norms(graph, eval)?.into_iter().unzip();
+    let folded_scale_muls = fold_scale_muls(graph)?;
     let mut folded_bias_adds = fold_bias_adds(graph)?;
     folded_bias_adds.extend(fold_matmul_bias_adds(graph, eval)?);
     let hoisted_loop_constants = hoist_loop_constants(graph);
@@ -84,6 +88,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
         folded_batch_norms,
         batch_norm_stats,
         folded_bias_adds,
+        folded_scale_muls,
         hoisted_loop_constants,
         half_precision_values: 0,
         removed_nodes,
@@ -102,6 +107,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
 /// subgraph's initializers, so its weights are found like the main graph's.
 fn canonicalize_subgraph(g: &mut Graph, eval: &dyn Evaluator, report: &mut Report) -> Result<()> {
     report.folded_constants += fold_constants(g, eval)?;
+    report.folded_scale_muls.extend(fold_scale_muls(g)?);
     report.folded_bias_adds.extend(fold_bias_adds(g)?);
     report.hoisted_loop_constants += hoist_loop_constants(g);
     let (nodes, initializers) = remove_dead(g);
@@ -412,54 +418,70 @@ fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<BatchNormStat
     })
 }
 
-/// Folds `Conv → Add(per-channel constant)` into the Conv's bias, when the Conv's output goes to
-/// that Add alone.
+/// Folds `Conv → Mul(constant)` into the Conv's weights and bias, W'[c] = W[c]·s[c] and
+/// b'[c] = b[c]·s[c] (in f64), when the constant has one value per output channel or one for
+/// all and the Conv's output goes to that Mul alone: (Mul, Conv) per fold. The scaled weights
+/// are a new initializer (another node may share the old one).
+pub fn fold_scale_muls(graph: &mut Graph) -> Result<Vec<(String, String)>> {
+    let mut folded = Vec::new();
+    while let Some((mul, conv, scale)) = conv_channel_operand(graph, Op::Mul) {
+        let m = graph.nodes[mul].clone();
+        let c = graph.nodes[conv].clone();
+        let err =
+            |what: &str| Error::model(&graph.source, format!("folding {}: {what}", m.label()));
+        let w = graph
+            .initializer(&c.inputs[1])
+            .ok_or_else(|| err("missing weight"))?;
+        let per_channel = w.shape.iter().product::<usize>() / scale.len();
+        let weights: Vec<f32> = (w.to_f64s().iter().enumerate())
+            .map(|(i, &v)| (v * scale[i / per_channel]) as f32)
+            .collect();
+        let shape = w.shape.clone();
+        let w_name = unique_name(graph, &format!("{}_weight", c.name));
+        graph
+            .initializers
+            .push(RawTensor::from_f32s(&w_name, &shape, &weights));
+        let bias = match c.inputs.get(2).filter(|b| !b.is_empty()) {
+            Some(b) => {
+                let old = graph.initializer(b).ok_or_else(|| err("missing bias"))?;
+                let values: Vec<f32> = (old.to_f64s().iter().zip(&scale))
+                    .map(|(b, s)| (b * s) as f32)
+                    .collect();
+                let name = unique_name(graph, &format!("{}_bias", c.name));
+                graph
+                    .initializers
+                    .push(RawTensor::from_f32s(&name, &[values.len()], &values));
+                Some(name)
+            }
+            None => None,
+        };
+        let n = &mut graph.nodes[conv];
+        n.inputs.truncate(1);
+        n.inputs.push(w_name);
+        n.inputs.extend(bias);
+        n.outputs = vec![m.outputs[0].clone()];
+        folded.push((m.name.clone(), n.name.clone()));
+        graph.nodes.remove(mul);
+    }
+    Ok(folded)
+}
+
+/// Folds `Conv → Add(constant)` into the Conv's bias, when the constant has one value per output
+/// channel or one for all and the Conv's output goes to that Add alone: (Add, Conv) per fold.
 pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
     let mut folded = Vec::new();
-    loop {
-        let producers = graph.producers();
-        let consumers = graph.consumers();
-        let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
-        let found = graph.nodes.iter().enumerate().find_map(|(i, add)| {
-            let (x, c) = constant_add(graph, add)?;
-            let p = *producers.get(x)?;
-            let conv = &graph.nodes[p];
-            if conv.op != Op::Conv {
-                return None;
-            }
-            let w = graph.initializer(conv.inputs.get(1)?)?;
-            let channels = *w.shape.first()?;
-            // [C,1,1] or [1,C,1,1] against the output [N,C,H,W]: one value per output channel
-            // (a plain [C] would broadcast along the last axis instead).
-            let (shape, rank) = (c.shape.as_slice(), w.shape.len());
-            let ones = |d: &[usize]| d.iter().all(|&v| v == 1);
-            let per_channel = match shape.len() {
-                n if n + 1 == rank && n >= 1 => shape[0] == channels && ones(&shape[1..]),
-                n if n == rank && n >= 2 => {
-                    shape[0] == 1 && shape[1] == channels && ones(&shape[2..])
-                }
-                _ => false,
-            };
-            let alone = consumers.get(x).is_some_and(|v| v.len() == 1) && !outputs.contains(x);
-            let bias_ok = conv
-                .inputs
-                .get(2)
-                .is_none_or(|b| b.is_empty() || graph.initializer(b).is_some());
-            (per_channel && alone && bias_ok && c.dtype == w.dtype).then_some((i, p))
-        });
-        let Some((add, conv)) = found else { break };
+    while let Some((add, conv, mut bias)) = conv_channel_operand(graph, Op::Add) {
         let a = graph.nodes[add].clone();
-        let err = |m: &str| Error::model(&graph.source, format!("folding {}: {m}", a.label()));
-        let mut bias = constant_add(graph, &a)
-            .ok_or_else(|| err("missing constant"))?
-            .1
-            .to_f64s();
         if let Some(old) = graph.nodes[conv].inputs.get(2).filter(|b| !b.is_empty()) {
-            let old = graph
-                .initializer(old)
-                .ok_or_else(|| err("missing bias"))?
-                .to_f64s();
-            bias.iter_mut().zip(old).for_each(|(b, o)| *b += o);
+            let old = graph.initializer(old).ok_or_else(|| {
+                Error::model(
+                    &graph.source,
+                    format!("folding {}: missing bias", a.label()),
+                )
+            })?;
+            bias.iter_mut()
+                .zip(old.to_f64s())
+                .for_each(|(b, o)| *b += o);
         }
         let values: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
         let name = unique_name(graph, &format!("{}_bias", graph.nodes[conv].name));
@@ -474,6 +496,50 @@ pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
         graph.nodes.remove(add);
     }
     Ok(folded)
+}
+
+/// The first `op` (Add or Mul) of a Conv's output and an initializer that holds one value per
+/// output channel ([C,1,1] or [1,C,1,1] against the output [N,C,H,W]; a plain [C] would
+/// broadcast along the last axis instead) or one value for all, where the Conv's output goes to
+/// that node alone and its weight (and bias, if any) are float32 initializers: (node, Conv, the
+/// constant's value per output channel).
+fn conv_channel_operand(graph: &Graph, op: Op) -> Option<(usize, usize, Vec<f64>)> {
+    let producers = graph.producers();
+    let consumers = graph.consumers();
+    let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+    graph.nodes.iter().enumerate().find_map(|(i, node)| {
+        let (x, c) = constant_operand(graph, node, &op)?;
+        let p = *producers.get(x)?;
+        let conv = &graph.nodes[p];
+        if conv.op != Op::Conv {
+            return None;
+        }
+        let w = graph.initializer(conv.inputs.get(1)?)?;
+        let channels = *w.shape.first()?;
+        let (shape, rank) = (c.shape.as_slice(), w.shape.len());
+        let ones = |d: &[usize]| d.iter().all(|&v| v == 1);
+        let per_channel = match shape.len() {
+            n if n + 1 == rank && n >= 1 => shape[0] == channels && ones(&shape[1..]),
+            n if n == rank && n >= 2 => shape[0] == 1 && shape[1] == channels && ones(&shape[2..]),
+            _ => false,
+        };
+        let single = shape.len() <= rank && ones(shape);
+        let alone = consumers.get(x).is_some_and(|v| v.len() == 1) && !outputs.contains(x);
+        let bias_ok = conv.inputs.get(2).is_none_or(|b| {
+            b.is_empty() || graph.initializer(b).is_some_and(|t| t.dtype == DType::F32)
+        });
+        let float = c.dtype == DType::F32 && w.dtype == DType::F32;
+        if !(per_channel || single) || !alone || !bias_ok || !float {
+            return None;
+        }
+        let values = c.to_f64s();
+        let values = if single {
+            vec![values[0]; channels]
+        } else {
+            values
+        };
+        Some((i, p, values))
+    })
 }
 
 /// Folds `MatMul(x, W) → Add(b)` into `Gemm(x, W, b)` where x is rank 2 (from shape inference),
@@ -496,7 +562,7 @@ pub fn fold_matmul_bias_adds(
     // Folding keeps every other value's name and shape: one inference serves all the folds.
     while let Some(&(add, matmul)) = matmul_bias_adds(graph, &matrix).first() {
         let a = graph.nodes[add].clone();
-        let bias = constant_add(graph, &a)
+        let bias = constant_operand(graph, &a, &Op::Add)
             .map(|(_, c)| c.to_f64s())
             .unwrap_or_default();
         let values: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
@@ -514,17 +580,22 @@ pub fn fold_matmul_bias_adds(
     Ok(folded)
 }
 
-/// An Add of a value and an initializer: the value's name and the initializer.
-fn constant_add<'g>(graph: &'g Graph, add: &'g Node) -> Option<(&'g str, &'g RawTensor)> {
-    if add.op != Op::Add || add.inputs.len() != 2 {
+/// A node of `op` (a binary operator) of a value and an initializer: the value's name and the
+/// initializer.
+fn constant_operand<'g>(
+    graph: &'g Graph,
+    node: &'g Node,
+    op: &Op,
+) -> Option<(&'g str, &'g RawTensor)> {
+    if node.op != *op || node.inputs.len() != 2 {
         return None;
     }
     match (
-        graph.initializer(&add.inputs[0]),
-        graph.initializer(&add.inputs[1]),
+        graph.initializer(&node.inputs[0]),
+        graph.initializer(&node.inputs[1]),
     ) {
-        (None, Some(c)) => Some((&add.inputs[0], c)),
-        (Some(c), None) => Some((&add.inputs[1], c)),
+        (None, Some(c)) => Some((&node.inputs[0], c)),
+        (Some(c), None) => Some((&node.inputs[1], c)),
         _ => None,
     }
 }
@@ -535,13 +606,13 @@ fn matmul_bias_adds(graph: &Graph, matrix: &dyn Fn(&str) -> bool) -> Vec<(usize,
     let producers = graph.producers();
     let consumers = graph.consumers();
     let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
-    let float = |t: &RawTensor| t.dtype == zeropoint_onnx::DType::F32;
+    let float = |t: &RawTensor| t.dtype == DType::F32;
     graph
         .nodes
         .iter()
         .enumerate()
         .filter_map(|(i, add)| {
-            let (x, c) = constant_add(graph, add)?;
+            let (x, c) = constant_operand(graph, add, &Op::Add)?;
             let p = *producers.get(x)?;
             let mm = &graph.nodes[p];
             let w = graph.initializer(mm.inputs.get(1)?)?;
@@ -731,6 +802,58 @@ mod tests {
         assert_eq!(bias.to_f32s(), [0.75, 1.5]);
         // The old bias and the constant are dead now.
         assert_eq!(remove_dead(&mut g), (0, 2));
+    }
+
+    #[test]
+    fn a_conv_then_mul_and_add_of_constants_become_its_weights_and_bias() {
+        // An inference BatchNorm as an exporter writes it: Conv -> Mul(scale) -> Add(shift).
+        let mut g = graph(
+            vec![
+                RawTensor::from_f32s("w", &[2, 1, 1, 2], &[1.0, 2.0, 3.0, 4.0]),
+                RawTensor::from_f32s("b", &[2], &[0.5, -0.5]),
+                RawTensor::from_f32s("scale", &[1, 2, 1, 1], &[2.0, -0.5]),
+                RawTensor::from_f32s("shift", &[2, 1, 1], &[0.25, 2.0]),
+            ],
+            vec![
+                Node::new("conv", Op::Conv, &["x", "w", "b"], &["c"]),
+                Node::new("mul", Op::Mul, &["scale", "c"], &["m"]),
+                Node::new("add", Op::Add, &["m", "shift"], &["y"]),
+            ],
+            "y",
+        );
+        let muls = fold_scale_muls(&mut g).unwrap();
+        assert_eq!(muls, [("mul".to_string(), "conv".to_string())]);
+        assert_eq!(fold_bias_adds(&mut g).unwrap().len(), 1);
+        assert_eq!(g.nodes.len(), 1);
+        assert_eq!(g.nodes[0].outputs, ["y"]);
+        let conv = &g.nodes[0];
+        let w = g.initializer(&conv.inputs[1]).unwrap();
+        assert_eq!(w.to_f32s(), [2.0, 4.0, -1.5, -2.0]);
+        assert_eq!(w.shape, [2, 1, 1, 2]);
+        // (0.5·2 + 0.25, −0.5·−0.5 + 2)
+        assert_eq!(g.initializer(&conv.inputs[2]).unwrap().to_f32s(), [1.25, 2.25]);
+        // The original weight is not changed in place: another node may read it.
+        assert_eq!(g.initializer("w").unwrap().to_f32s(), [1.0, 2.0, 3.0, 4.0]);
+
+        // One value for all channels folds too; a plain [C] (the last axis) does not.
+        let scaled = |shape: &[usize], v: &[f32]| {
+            let mut g = graph(
+                vec![
+                    RawTensor::from_f32s("w", &[2, 1, 1, 1], &[1.0, 2.0]),
+                    RawTensor::from_f32s("s", shape, v),
+                ],
+                vec![
+                    Node::new("conv", Op::Conv, &["x", "w"], &["c"]),
+                    Node::new("mul", Op::Mul, &["c", "s"], &["y"]),
+                ],
+                "y",
+            );
+            let folded = fold_scale_muls(&mut g).unwrap().len();
+            let w = g.initializer(&g.nodes[0].inputs[1]).unwrap().to_f32s();
+            (folded, w, g.nodes[0].inputs.len())
+        };
+        assert_eq!(scaled(&[], &[3.0]), (1, vec![3.0, 6.0], 2));
+        assert_eq!(scaled(&[2], &[3.0, 4.0]), (0, vec![1.0, 2.0], 2));
     }
 
     /// Answers shape inference with fixed ranks (1 for any value it is not told about), and

@@ -59,6 +59,7 @@ pub struct Canonicalization {
     pub folded_constants: usize,
     pub folded_batch_norms: Vec<FoldedBatchNorm>,
     pub folded_bias_adds: usize,
+    pub folded_scale_muls: usize,
     /// Loop-carried constants made initializers of their loop's body.
     pub hoisted_loop_constants: usize,
     pub removed_nodes: usize,
@@ -150,6 +151,7 @@ pub fn describe(
                 })
                 .collect(),
             folded_bias_adds: r.folded_bias_adds.len(),
+            folded_scale_muls: r.folded_scale_muls.len(),
             hoisted_loop_constants: r.hoisted_loop_constants,
             removed_nodes: r.removed_nodes,
             removed_initializers: r.removed_initializers,
