@@ -5,7 +5,7 @@ within 0.5 points of float top-1.
 
 Usage: .venv/bin/python scripts/qat_fashion_mnist.py [--zeropoint target/release/zeropoint]
        [--data ../shared-cache/fashion-mnist] [--work DIR] [--float-model F.onnx] [--float-epochs 4]
-       [--qat-epochs 2] [--qat-lr 1e-4] [--qat-samples 30000] [--skip-bn]
+       [--qat-epochs 2] [--qat-lr 1e-4] [--qat-samples 30000] [--skip-bn] [--skip-qat]
 
 Needs the full Fashion-MNIST set: `bash ../shared/assets/fetch-fashion-mnist.sh ../shared-cache`.
 
@@ -13,7 +13,9 @@ Needs the full Fashion-MNIST set: `bash ../shared/assets/fetch-fashion-mnist.sh 
    60k training images (the last 10 % held out for validation every 200 steps, images flipped at
    random), Adam 1e-3, batch 64; or --float-model to reuse one.
 2. PTQ W4A4 (int4 per-channel weights with MSE ranges, uint4 activations) calibrated on the
-   first 1000 training images.
+   first 1000 training images; the same with AdaRound (1000 Adam steps a layer, on its default
+   16 samples and on 256) and with `--recipe standard` (CLE, MSE weights, AdaRound): the best
+   PTQ that QAT is to beat.
 3. QAT W4A4 from that PTQ on the first --qat-samples training images (10 % of them held out),
    cross-entropy on the labels, BatchNorm-free model.
 4. The same float model with a BatchNormalization after each Conv, set to its input's population
@@ -115,6 +117,7 @@ def main():
     p.add_argument("--qat-lr", default="1e-4")
     p.add_argument("--qat-samples", default="30000", help="the first N training images train QAT")
     p.add_argument("--skip-bn", action="store_true")
+    p.add_argument("--skip-qat", action="store_true", help="the float model and the PTQ rows only")
     a = p.parse_args()
     exe, d, work = a.zeropoint, a.data, a.work
     work.mkdir(parents=True, exist_ok=True)
@@ -137,13 +140,23 @@ def main():
     seconds = zeropoint(exe, "quantize", floatm, "--calib", train, *PREP, "--samples", 1000, *w4a4,
                         "--weight-range", "mse", "-o", ptq)
     rows.append(("W4A4 PTQ (MSE weights)", top1(ptq, x_test, y_test), seconds))
+    for name, extra in (("AdaRound, 16 samples", ["--adaround"]),
+                        ("AdaRound, 256 samples", ["--adaround", "--adaround-samples", 256]),
+                        ("`--recipe standard`", ["--recipe", "standard"])):
+        out = work / f"ptq_w4a4_{len(rows)}.onnx"
+        seconds = zeropoint(exe, "quantize", floatm, "--calib", train, *PREP, "--samples", 1000, *w4a4,
+                            "--weight-range", "mse", *extra, "-o", out)
+        rows.append((f"W4A4 PTQ, {name}", top1(out, x_test, y_test), seconds))
+    if a.skip_qat:
+        a.skip_bn = True
 
     qat_args = [*data, *w4a4, "--samples", a.qat_samples, "--weight-range", "mse", "--epochs", a.qat_epochs,
                 "--batch-size", 64,
                 "--lr", a.qat_lr, "--validation-split", "0.1", "--validate-every", 200]
-    qat = work / "qat_w4a4.onnx"
-    seconds = zeropoint(exe, "train", floatm, *qat_args, "--log", work / "qat.jsonl", "-o", qat)
-    rows.append(("W4A4 QAT, BatchNorm-free", top1(qat, x_test, y_test), seconds))
+    if not a.skip_qat:
+        qat = work / "qat_w4a4.onnx"
+        seconds = zeropoint(exe, "train", floatm, *qat_args, "--log", work / "qat.jsonl", "-o", qat)
+        rows.append(("W4A4 QAT, BatchNorm-free", top1(qat, x_test, y_test), seconds))
 
     if not a.skip_bn:
         bn = work / "float_bn.onnx"
