@@ -128,7 +128,10 @@ def main():
             jobs += [("zeropoint RTN", base), ("zeropoint RTN, MSE ranges", base + ["--weight-range", "mse"]),
                      ("zeropoint HQQ", base + ["--method", "hqq"]), ("zeropoint GPTQ", base + ["--method", "gptq"] + data),
                      ("zeropoint AWQ", base + ["--method", "awq"] + data),
-                     ("zeropoint AWQ + GPTQ", base + ["--method", "gptq", "--awq"] + data)]
+                     ("zeropoint AWQ + GPTQ", base + ["--method", "gptq", "--awq"] + data),
+                     ("zeropoint GPTQ, sequential", base + ["--method", "gptq", "--gptq-sequential"] + data),
+                     ("zeropoint AWQ + GPTQ, sequential",
+                      base + ["--method", "gptq", "--awq", "--gptq-sequential"] + data)]
         if "ort" in a.only:
             me = [a.ort_python, os.path.abspath(__file__), "--model", a.model, "--bits", str(a.bits), "--block",
                   str(a.block), "--ort-job"]

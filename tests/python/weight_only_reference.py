@@ -14,7 +14,9 @@ rows with an outlier channel:
 - RTN: the codes, scales and zero-points are those of a numpy round-to-nearest on each block's min-max;
 - GPTQ: a numpy GPTQ written from the paper (Frantar et al. 2022, Algorithm 1, one column at a time without lazy
   batches, H = 2XᵀX/n from the float model's layer inputs, 1% dampening) gives the same codes (≥ 99%) and the same
-  output error (within 2%), and both have a lower output error than RTN; likewise with act-order;
+  output error (within 2%), and both have a lower output error than RTN; likewise with act-order; with
+  --gptq-sequential, the same numpy GPTQ on the inputs of the partially quantized model (the 8-bit table's lookups
+  for fc1, and those through the quantized fc1 for fc2, computed from the export) gives the same codes;
 - HQQ: a numpy version of the half-quadratic solver (p = 0.7, β = 10, κ = 1.01, 20 iterations, each block stopping
   when its mean |error| stops falling) gives the same zero-points (to 1e-4, in ≥ 95% of blocks: where two steps'
   errors tie to rounding, summation order decides) and codes;
@@ -465,6 +467,23 @@ def main():
             check(same >= 0.99 and abs(e_mine - e_ref) <= 0.02 * e_ref,
                   f"{tag} {name}: {100 * same:.2f}% of codes as numpy's GPTQ, output error {e_mine:.4g} vs {e_ref:.4g}")
             check(e_mine < e_rtn and e_ref < e_rtn, f"{tag} {name}: output error below RTN's ({e_mine:.4g} < {e_rtn:.4g})")
+    # Sequential GPTQ: each layer's Hessian from the inputs of the model with every layer before it quantized: fc1's
+    # from the 8-bit table's lookups, fc2's from those through the quantized fc1, both read back from the export.
+    out = d / "gptq_seq.onnx"
+    zeropoint(exe, "quantize", model, "--mode", "weight-only", "--method", "gptq", "--gptq-sequential",
+              "--weights", weights, "--calib", d / "calib.npz", "-o", out)
+    seq, m = read_nbits(out)
+    table = read_gather(next(n for n in m.graph.node if n.op_type == "GatherBlockQuantized"),
+                        {t.name: numpy_helper.to_array(t) for t in m.graph.initializer})
+    xq = layer_norm(x + table[ids])
+    for name, xi, w in (("fc1", xq, w1), ("fc2", np.maximum(xq @ seq["fc1"]["w"], 0), w2)):
+        codes, _ = gptq(w, xi)
+        same = float(np.mean(seq[name]["codes"] == codes))
+        check(same >= 0.99, f"gptq, sequential {name}: {100 * same:.2f}% of codes as numpy's GPTQ on the partially "
+              f"quantized model's inputs")
+    float_codes = read_nbits(d / "gptq.matmulnbits.onnx")[0]["fc2"]["codes"]
+    check(not np.array_equal(seq["fc2"]["codes"], float_codes), "gptq, sequential fc2: other codes than with the "
+          "float model's inputs")
     hq = read_nbits(d / "hqq.matmulnbits.onnx")[0]
     for name, (xi, w) in inputs.items():
         z = hqq(w)

@@ -79,6 +79,10 @@ pub struct WeightOnlyArgs {
     /// parameters then come from the weights before any update.
     #[arg(long)]
     pub act_order: bool,
+    /// GPTQ in its paper's order: each layer's Hessian from the inputs the model gives with the
+    /// layers before it already quantized (the inputs of the float model otherwise).
+    #[arg(long)]
+    pub gptq_sequential: bool,
 }
 
 /// The weight scheme when --weights is not given: 4-bit, asymmetric, blocks of 32.
@@ -101,6 +105,9 @@ pub fn options(q: &QuantArgs, w: &WeightOnlyArgs, calib: Vec<String>) -> Result<
     }
     if q.smoothquant.is_some() {
         bail!("--mode weight-only keeps activations float, so there is nothing to smooth: --awq scales channels for the weights' sake");
+    }
+    if w.gptq_sequential && w.method != MethodArg::Gptq {
+        bail!("--gptq-sequential is GPTQ's: it needs --method gptq");
     }
     if !(w.gptq_damp.is_finite() && w.gptq_damp > 0.0) {
         bail!("--gptq-damp must be a positive number");
@@ -137,6 +144,7 @@ pub fn options(q: &QuantArgs, w: &WeightOnlyArgs, calib: Vec<String>) -> Result<
         preprocess: q.data.preprocess()?,
         samples: q.samples,
         batch: q.batch,
+        sequential: w.gptq_sequential,
     })
 }
 

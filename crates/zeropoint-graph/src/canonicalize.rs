@@ -831,7 +831,10 @@ mod tests {
         assert_eq!(w.to_f32s(), [2.0, 4.0, -1.5, -2.0]);
         assert_eq!(w.shape, [2, 1, 1, 2]);
         // (0.5·2 + 0.25, −0.5·−0.5 + 2)
-        assert_eq!(g.initializer(&conv.inputs[2]).unwrap().to_f32s(), [1.25, 2.25]);
+        assert_eq!(
+            g.initializer(&conv.inputs[2]).unwrap().to_f32s(),
+            [1.25, 2.25]
+        );
         // The original weight is not changed in place: another node may read it.
         assert_eq!(g.initializer("w").unwrap().to_f32s(), [1.0, 2.0, 3.0, 4.0]);
 

@@ -33,46 +33,74 @@ pub fn collect(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<HashMap<String, Stats>> {
     let wanted: HashMap<&str, usize> = inputs.iter().map(|(v, k)| (v.as_str(), *k)).collect();
-    let mut total: HashMap<String, (Vec<f64>, Vec<f64>, usize)> = wanted
+    let mut total: HashMap<String, Total> = wanted
         .iter()
-        .map(|(v, &k)| (v.to_string(), (vec![0f64; k * k], vec![0f64; k], 0)))
+        .map(|(v, &k)| (v.to_string(), Total::new(k)))
         .collect();
     let mut merge = |name: String, g: Gram| {
-        let (h, abs, n) = total.get_mut(&name).expect("only wanted values are kept");
-        for (a, b) in h.iter_mut().zip(&g.xtx) {
-            *a += f64::from(*b);
-        }
-        for (a, b) in abs.iter_mut().zip(&g.abs) {
-            *a += b;
-        }
-        *n += g.rows;
+        total
+            .get_mut(&name)
+            .expect("only wanted values are kept")
+            .add(g)
     };
     summarize(graph, &wanted, (data, batch), &gram, &mut merge, progress)?;
     total
         .into_iter()
-        .map(|(name, (mut h, abs, rows))| {
-            if rows == 0 {
-                return Err(Error::new(
-                    &graph.source,
-                    format!("value '{name}' was never computed on the calibration data"),
-                ));
-            }
-            let k = abs.len();
-            // Only the upper triangle was summed.
-            for a in 0..k {
-                for b in 0..a {
-                    h[a * k + b] = h[b * k + a];
-                }
-            }
-            h.iter_mut().for_each(|x| *x *= 2.0 / rows as f64);
-            let abs_mean = abs.iter().map(|a| a / rows as f64).collect();
-            Ok((name, Stats { h, abs_mean }))
-        })
+        .map(|(name, t)| Ok((name.clone(), t.finish(graph, &name)?)))
         .collect()
 }
 
+/// One input's sums over batches, added in batch order.
+pub(super) struct Total {
+    /// The upper triangle of Σ XᵀX, `[K, K]`.
+    h: Vec<f64>,
+    abs: Vec<f64>,
+    rows: usize,
+}
+
+impl Total {
+    pub(super) fn new(k: usize) -> Total {
+        Total {
+            h: vec![0f64; k * k],
+            abs: vec![0f64; k],
+            rows: 0,
+        }
+    }
+
+    pub(super) fn add(&mut self, g: Gram) {
+        for (a, b) in self.h.iter_mut().zip(&g.xtx) {
+            *a += f64::from(*b);
+        }
+        for (a, b) in self.abs.iter_mut().zip(&g.abs) {
+            *a += b;
+        }
+        self.rows += g.rows;
+    }
+
+    /// H = 2XᵀX / rows and the mean |x| per channel of input `name`.
+    pub(super) fn finish(self, graph: &Graph, name: &str) -> Result<Stats> {
+        let Total { mut h, abs, rows } = self;
+        if rows == 0 {
+            return Err(Error::new(
+                &graph.source,
+                format!("value '{name}' was never computed on the calibration data"),
+            ));
+        }
+        let k = abs.len();
+        // Only the upper triangle was summed.
+        for a in 0..k {
+            for b in 0..a {
+                h[a * k + b] = h[b * k + a];
+            }
+        }
+        h.iter_mut().for_each(|x| *x *= 2.0 / rows as f64);
+        let abs_mean = abs.iter().map(|a| a / rows as f64).collect();
+        Ok(Stats { h, abs_mean })
+    }
+}
+
 /// One batch's sums over the rows of one input.
-struct Gram {
+pub(super) struct Gram {
     /// The upper triangle of XᵀX, `[K, K]`.
     xtx: Vec<f32>,
     /// Σ|x_k| per channel.
@@ -81,7 +109,7 @@ struct Gram {
 }
 
 /// The sums of `x` seen as rows of `k` values.
-fn gram(x: &[f32], k: usize) -> Result<Gram, String> {
+pub(super) fn gram(x: &[f32], k: usize) -> Result<Gram, String> {
     check_rows(x, k)?;
     let mut g = vec![0f32; k * k];
     let mut abs = vec![0f64; k];

@@ -19,6 +19,7 @@ pub mod gptq;
 pub mod hessian;
 pub mod hqq;
 pub mod nbits_export;
+pub mod sequential;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -79,6 +80,9 @@ pub struct Options {
     pub samples: Option<usize>,
     /// Samples per batch and thread while collecting the Hessians.
     pub batch: usize,
+    /// GPTQ in the paper's order: each layer's Hessian from the inputs of the model with the
+    /// layers before it quantized (sequential.rs), not of the float model.
+    pub sequential: bool,
 }
 
 /// What was done to one layer.
@@ -128,18 +132,27 @@ pub fn quantize(
             "no MatMul or Gemm with a constant 2-D weight to quantize",
         ));
     }
-    let (mut stats, samples) = if opts.data.is_empty() {
-        (HashMap::new(), 0)
-    } else {
-        let mut data = Dataset::open(&opts.data, &graph.inputs, &opts.preprocess)?;
+    let graph_inputs = graph.inputs.clone();
+    let open_data = || -> Result<Dataset> {
+        let mut data = Dataset::open(&opts.data, &graph_inputs, &opts.preprocess)?;
         if let Some(n) = opts.samples {
             data.truncate(n);
         }
+        Ok(data)
+    };
+    let batch = batch_for(&graph.inputs, opts.batch);
+    // Sequential GPTQ takes each layer's Hessian from the partially quantized model
+    // (sequential.rs); the float model's statistics are then needed only by AWQ.
+    let sequential =
+        opts.sequential && matches!(opts.method, Method::Gptq(_)) && !opts.data.is_empty();
+    let (mut stats, mut samples) = if opts.data.is_empty() || (sequential && opts.awq.is_none()) {
+        (HashMap::new(), 0)
+    } else {
+        let mut data = open_data()?;
         let inputs: Vec<(String, usize)> = (sites.iter())
             .filter(|s| s.op != Op::Gather)
             .map(|s| (s.input.clone(), s.k))
             .collect();
-        let batch = batch_for(&graph.inputs, opts.batch);
         let h = hessian::collect(&graph, &inputs, &mut data, batch, &mut |d, n| {
             progress("calibrating", d, n)
         })?;
@@ -154,26 +167,34 @@ pub fn quantize(
         }
         None => Vec::new(),
     };
-    let mut quantized: HashMap<String, BlockWeights> = HashMap::new();
-    let mut layers = Vec::new();
     let mut clipped_blocks = [0usize; 2];
-    for (i, site) in sites.iter().enumerate() {
-        progress("quantizing", i, sites.len());
-        let w = weight_kn(&graph, site)?;
-        let h = stats.get(&site.input).map(|s| &s.h);
-        // A weight several layers share is quantized once.
-        if !quantized.contains_key(&site.weight) {
-            let clipped = clip_site(&graph, site, &w, opts, h)?;
-            if let Some(c) = &clipped {
-                clipped_blocks[0] += c.clipped;
-                clipped_blocks[1] += c.groups;
+    let (quantized, layers) = if sequential {
+        let mut data = open_data()?;
+        let done = sequential::quantize(&graph, &sites, opts, (&mut data, batch), progress)?;
+        samples = data.consumed();
+        done
+    } else {
+        let mut quantized: HashMap<String, BlockWeights> = HashMap::new();
+        let mut layers = Vec::new();
+        for (i, site) in sites.iter().enumerate() {
+            progress("quantizing", i, sites.len());
+            let w = weight_kn(&graph, site)?;
+            let h = stats.get(&site.input).map(|s| &s.h);
+            // A weight several layers share is quantized once.
+            if !quantized.contains_key(&site.weight) {
+                let clipped = clip_site(&graph, site, &w, opts, h)?;
+                if let Some(c) = &clipped {
+                    clipped_blocks[0] += c.clipped;
+                    clipped_blocks[1] += c.groups;
+                }
+                let w = clipped.as_ref().map_or(&w[..], |c| &c.w[..]);
+                let q = quantize_site(&graph, site, w, opts, h)?;
+                quantized.insert(site.weight.clone(), q);
             }
-            let w = clipped.as_ref().map_or(&w[..], |c| &c.w[..]);
-            let q = quantize_site(&graph, site, w, opts, h)?;
-            quantized.insert(site.weight.clone(), q);
+            layers.push(layer(site, &w, &quantized[&site.weight], h));
         }
-        layers.push(layer(site, &w, &quantized[&site.weight], h));
-    }
+        (quantized, layers)
+    };
     progress("quantizing", sites.len(), sites.len());
     let float_bytes = quantized.values().map(|q| q.k * q.n * 4).sum();
     let quantized_bytes = quantized.values().map(nbits_export::bytes).sum();
