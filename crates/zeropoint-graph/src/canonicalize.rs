@@ -526,10 +526,17 @@ fn conv_channel_operand(graph: &Graph, op: Op) -> Option<(usize, usize, Vec<f64>
         let single = shape.len() <= rank && ones(shape);
         let alone = consumers.get(x).is_some_and(|v| v.len() == 1) && !outputs.contains(x);
         let bias_ok = conv.inputs.get(2).is_none_or(|b| {
-            b.is_empty() || graph.initializer(b).is_some_and(|t| t.dtype == DType::F32)
+            b.is_empty()
+                || graph
+                    .initializer(b)
+                    .is_some_and(|t| t.dtype == DType::F32 && t.len() == channels)
         });
         let float = c.dtype == DType::F32 && w.dtype == DType::F32;
-        if !(per_channel || single) || !alone || !bias_ok || !float {
+        // What a broken file may hold instead: no channels, or data that is not its shape.
+        let whole = channels > 0
+            && w.len() == w.shape.iter().product::<usize>()
+            && c.len() == if single { 1 } else { channels };
+        if !(per_channel || single) || !alone || !bias_ok || !float || !whole {
             return None;
         }
         let values = c.to_f64s();
@@ -857,6 +864,20 @@ mod tests {
         };
         assert_eq!(scaled(&[], &[3.0]), (1, vec![3.0, 6.0], 2));
         assert_eq!(scaled(&[2], &[3.0, 4.0]), (0, vec![1.0, 2.0], 2));
+
+        // A kernel with no output channels (a broken file) is left as it is.
+        let mut g = graph(
+            vec![
+                RawTensor::from_f32s("w", &[0, 1, 1, 1], &[]),
+                RawTensor::from_f32s("s", &[], &[3.0]),
+            ],
+            vec![
+                Node::new("conv", Op::Conv, &["x", "w"], &["c"]),
+                Node::new("mul", Op::Mul, &["c", "s"], &["y"]),
+            ],
+            "y",
+        );
+        assert!(fold_scale_muls(&mut g).unwrap().is_empty());
     }
 
     /// Answers shape inference with fixed ranks (1 for any value it is not told about), and

@@ -315,20 +315,30 @@ fn quantize_where_ort_cannot_fuse(rules: &Rules, needed: &mut HashSet<String>) {
         if !matches!(node.op, Op::MatMul | Op::Gemm) || rules.excluded(node) {
             continue;
         }
-        let out = &node.outputs[0];
+        let Some(out) = node.outputs.first() else {
+            continue;
+        };
         if needed.contains(out) || !rules.is_float(out) {
             continue;
         }
         let Some(act) = sole_reader(out).filter(|n| matches!(n.op, Op::Relu | Op::Clip)) else {
             continue;
         };
-        let act_out = &act.outputs[0];
+        let Some(act_out) = act.outputs.first() else {
+            continue;
+        };
         // ONNX Runtime removes Identity and Dropout first: a chain of them into a graph output
         // makes the Relu/Clip produce that output, and then the layer fuses.
         let mut end = act_out;
-        while let Some(n) = sole_reader(end).filter(|n| matches!(n.op, Op::Identity | Op::Dropout))
-        {
-            end = &n.outputs[0];
+        // (At most one step per node: a broken file's Identity may read its own output.)
+        for _ in 0..graph.nodes.len() {
+            let next = sole_reader(end)
+                .filter(|n| matches!(n.op, Op::Identity | Op::Dropout))
+                .and_then(|n| n.outputs.first());
+            match next {
+                Some(o) => end = o,
+                None => break,
+            }
         }
         if sole_reader(act_out).is_none()
             || rules.outputs.contains(end.as_str())
