@@ -163,10 +163,7 @@ fn quadratic_of(h: &[f64], k: usize, n: usize, v: impl Fn(usize) -> f64 + Sync) 
                     }
                 }
             }
-            hv.iter()
-                .enumerate()
-                .map(|(j, y)| y * v(a * n + j))
-                .sum()
+            hv.iter().enumerate().map(|(j, y)| y * v(a * n + j)).sum()
         })
         .collect();
     rows.iter().sum()

@@ -167,33 +167,14 @@ pub fn quantize(
         }
         None => Vec::new(),
     };
-    let mut clipped_blocks = [0usize; 2];
-    let (quantized, layers) = if sequential {
+    let (quantized, layers, clipped_blocks) = if sequential {
         let mut data = open_data()?;
-        let done = sequential::quantize(&graph, &sites, opts, (&mut data, batch), progress)?;
+        let (q, l) = sequential::quantize(&graph, &sites, opts, (&mut data, batch), progress)?;
         samples = data.consumed();
-        done
+        (q, l, [0, 0])
     } else {
-        let mut quantized: HashMap<String, BlockWeights> = HashMap::new();
-        let mut layers = Vec::new();
-        for (i, site) in sites.iter().enumerate() {
-            progress("quantizing", i, sites.len());
-            let w = weight_kn(&graph, site)?;
-            let h = stats.get(&site.input).map(|s| &s.h);
-            // A weight several layers share is quantized once.
-            if !quantized.contains_key(&site.weight) {
-                let clipped = clip_site(&graph, site, &w, opts, h)?;
-                if let Some(c) = &clipped {
-                    clipped_blocks[0] += c.clipped;
-                    clipped_blocks[1] += c.groups;
-                }
-                let w = clipped.as_ref().map_or(&w[..], |c| &c.w[..]);
-                let q = quantize_site(&graph, site, w, opts, h)?;
-                quantized.insert(site.weight.clone(), q);
-            }
-            layers.push(layer(site, &w, &quantized[&site.weight], h));
-        }
-        (quantized, layers)
+        let h = |s: &Site| stats.get(&s.input).map(|s| &s.h);
+        quantize_sites(&graph, &sites, opts, &h, progress)?
     };
     progress("quantizing", sites.len(), sites.len());
     let float_bytes = quantized.values().map(|q| q.k * q.n * 4).sum();
@@ -210,6 +191,41 @@ pub fn quantize(
         calibration_samples: samples,
         seconds: t.elapsed().as_secs_f64(),
     })
+}
+
+/// The quantized weights by name, the report's layers, and the blocks AWQ's clipping search
+/// clipped of those it searched.
+type Quantized = (HashMap<String, BlockWeights>, Vec<Layer>, [usize; 2]);
+
+/// Each site's weight quantized with its input's Hessian `h(site)` (of the float model); a
+/// weight several sites share, once.
+fn quantize_sites<'s>(
+    graph: &Graph,
+    sites: &[Site],
+    opts: &Options,
+    h: &dyn Fn(&Site) -> Option<&'s Vec<f64>>,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Quantized> {
+    let mut quantized: HashMap<String, BlockWeights> = HashMap::new();
+    let mut layers = Vec::new();
+    let mut clipped_blocks = [0usize; 2];
+    for (i, site) in sites.iter().enumerate() {
+        progress("quantizing", i, sites.len());
+        let w = weight_kn(graph, site)?;
+        let h = h(site);
+        if !quantized.contains_key(&site.weight) {
+            let clipped = clip_site(graph, site, &w, opts, h)?;
+            if let Some(c) = &clipped {
+                clipped_blocks[0] += c.clipped;
+                clipped_blocks[1] += c.groups;
+            }
+            let w = clipped.as_ref().map_or(&w[..], |c| &c.w[..]);
+            let q = quantize_site(graph, site, w, opts, h)?;
+            quantized.insert(site.weight.clone(), q);
+        }
+        layers.push(layer(site, &w, &quantized[&site.weight], h));
+    }
+    Ok((quantized, layers, clipped_blocks))
 }
 
 /// Refuses option combinations that cannot work, before the model is read.
