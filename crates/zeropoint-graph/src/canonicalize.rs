@@ -436,32 +436,25 @@ pub fn fold_scale_muls(graph: &mut Graph) -> Result<Vec<(String, String)>> {
         let weights: Vec<f32> = (w.to_f64s().iter().enumerate())
             .map(|(i, &v)| (v * scale[i / per_channel]) as f32)
             .collect();
-        let shape = w.shape.clone();
-        let w_name = unique_name(graph, &format!("{}_weight", c.name));
-        graph
-            .initializers
-            .push(RawTensor::from_f32s(&w_name, &shape, &weights));
         let bias = match c.inputs.get(2).filter(|b| !b.is_empty()) {
             Some(b) => {
                 let old = graph.initializer(b).ok_or_else(|| err("missing bias"))?;
                 let values: Vec<f32> = (old.to_f64s().iter().zip(&scale))
                     .map(|(b, s)| (b * s) as f32)
                     .collect();
-                let name = unique_name(graph, &format!("{}_bias", c.name));
-                graph
-                    .initializers
-                    .push(RawTensor::from_f32s(&name, &[values.len()], &values));
-                Some(name)
+                Some(values)
             }
             None => None,
         };
+        let shape = w.shape.clone();
+        let w_name = add_f32_initializer(graph, &format!("{}_weight", c.name), &shape, &weights);
+        let b_name =
+            bias.map(|b| add_f32_initializer(graph, &format!("{}_bias", c.name), &[b.len()], &b));
         let n = &mut graph.nodes[conv];
         n.inputs.truncate(1);
         n.inputs.push(w_name);
-        n.inputs.extend(bias);
-        n.outputs = vec![m.outputs[0].clone()];
-        folded.push((m.name.clone(), n.name.clone()));
-        graph.nodes.remove(mul);
+        n.inputs.extend(b_name);
+        folded.push(absorb(graph, conv, mul));
     }
     Ok(folded)
 }
@@ -484,16 +477,12 @@ pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
                 .for_each(|(b, o)| *b += o);
         }
         let values: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
-        let name = unique_name(graph, &format!("{}_bias", graph.nodes[conv].name));
-        graph
-            .initializers
-            .push(RawTensor::from_f32s(&name, &[values.len()], &values));
+        let base = format!("{}_bias", graph.nodes[conv].name);
+        let name = add_f32_initializer(graph, &base, &[values.len()], &values);
         let n = &mut graph.nodes[conv];
         n.inputs.truncate(2);
         n.inputs.push(name);
-        n.outputs = vec![a.outputs[0].clone()];
-        folded.push((a.name.clone(), n.name.clone()));
-        graph.nodes.remove(add);
+        folded.push(absorb(graph, conv, add));
     }
     Ok(folded)
 }
@@ -573,16 +562,12 @@ pub fn fold_matmul_bias_adds(
             .map(|(_, c)| c.to_f64s())
             .unwrap_or_default();
         let values: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
-        let name = unique_name(graph, &format!("{}_bias", graph.nodes[matmul].name));
-        graph
-            .initializers
-            .push(RawTensor::from_f32s(&name, &[values.len()], &values));
+        let base = format!("{}_bias", graph.nodes[matmul].name);
+        let name = add_f32_initializer(graph, &base, &[values.len()], &values);
         let n = &mut graph.nodes[matmul];
         n.op = Op::Gemm;
         n.inputs.push(name);
-        n.outputs = vec![a.outputs[0].clone()];
-        folded.push((a.name.clone(), n.name.clone()));
-        graph.nodes.remove(add);
+        folded.push(absorb(graph, matmul, add));
     }
     Ok(folded)
 }
@@ -694,6 +679,28 @@ fn unique_name_in(extra: &[Node], graph: &Graph, base: &str) -> String {
 }
 
 /// `base`, or `base_2`, `base_3`, ... if a value already has that name.
+/// A new float32 initializer named after `base` (made unique): its name.
+fn add_f32_initializer(graph: &mut Graph, base: &str, shape: &[usize], values: &[f32]) -> String {
+    let name = unique_name(graph, base);
+    graph
+        .initializers
+        .push(RawTensor::from_f32s(&name, shape, values));
+    name
+}
+
+/// Node `anchor` writes the output of node `next`, which read it alone, and `next` goes: (next's
+/// name, anchor's name), the pair the folds report.
+fn absorb(graph: &mut Graph, anchor: usize, next: usize) -> (String, String) {
+    let output = graph.nodes[next].outputs[0].clone();
+    graph.nodes[anchor].outputs = vec![output];
+    let pair = (
+        graph.nodes[next].name.clone(),
+        graph.nodes[anchor].name.clone(),
+    );
+    graph.nodes.remove(next);
+    pair
+}
+
 fn unique_name(graph: &Graph, base: &str) -> String {
     let taken = |n: &str| {
         graph.initializer(n).is_some()
