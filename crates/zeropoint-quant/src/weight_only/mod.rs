@@ -169,9 +169,9 @@ pub fn quantize(
     };
     let (quantized, layers, clipped_blocks) = if sequential {
         let mut data = open_data()?;
-        let (q, l) = sequential::quantize(&graph, &sites, opts, (&mut data, batch), progress)?;
+        let done = sequential::quantize(&graph, &sites, opts, (&mut data, batch), progress)?;
         samples = data.consumed();
-        (q, l, [0, 0])
+        done
     } else {
         let h = |s: &Site| stats.get(&s.input).map(|s| &s.h);
         quantize_sites(&graph, &sites, opts, &h, progress)?
@@ -197,8 +197,7 @@ pub fn quantize(
 /// clipped of those it searched.
 type Quantized = (HashMap<String, BlockWeights>, Vec<Layer>, [usize; 2]);
 
-/// Each site's weight quantized with its input's Hessian `h(site)` (of the float model); a
-/// weight several sites share, once.
+/// Each site's weight quantized with its input's Hessian `h(site)` (of the float model).
 fn quantize_sites<'s>(
     graph: &Graph,
     sites: &[Site],
@@ -206,26 +205,46 @@ fn quantize_sites<'s>(
     h: &dyn Fn(&Site) -> Option<&'s Vec<f64>>,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Quantized> {
-    let mut quantized: HashMap<String, BlockWeights> = HashMap::new();
+    let mut quantized = HashMap::new();
     let mut layers = Vec::new();
     let mut clipped_blocks = [0usize; 2];
     for (i, site) in sites.iter().enumerate() {
         progress("quantizing", i, sites.len());
-        let w = weight_kn(graph, site)?;
-        let h = h(site);
-        if !quantized.contains_key(&site.weight) {
-            let clipped = clip_site(graph, site, &w, opts, h)?;
-            if let Some(c) = &clipped {
-                clipped_blocks[0] += c.clipped;
-                clipped_blocks[1] += c.groups;
-            }
-            let w = clipped.as_ref().map_or(&w[..], |c| &c.w[..]);
-            let q = quantize_site(graph, site, w, opts, h)?;
-            quantized.insert(site.weight.clone(), q);
-        }
-        layers.push(layer(site, &w, &quantized[&site.weight], h));
+        let (line, _) = quantize_once(
+            graph,
+            site,
+            opts,
+            h(site),
+            (&mut quantized, &mut clipped_blocks),
+        )?;
+        layers.push(line);
     }
     Ok((quantized, layers, clipped_blocks))
+}
+
+/// `site`'s weight quantized with Hessian `h` into `quantized`, unless a site sharing the weight
+/// came first (a weight is quantized once), AWQ's clipped blocks counted into `clipped`: the
+/// site's report line, and whether the weight was quantized now.
+fn quantize_once(
+    graph: &Graph,
+    site: &Site,
+    opts: &Options,
+    h: Option<&Vec<f64>>,
+    (quantized, clipped_blocks): (&mut HashMap<String, BlockWeights>, &mut [usize; 2]),
+) -> Result<(Layer, bool)> {
+    let w = weight_kn(graph, site)?;
+    let now = !quantized.contains_key(&site.weight);
+    if now {
+        let clipped = clip_site(graph, site, &w, opts, h)?;
+        if let Some(c) = &clipped {
+            clipped_blocks[0] += c.clipped;
+            clipped_blocks[1] += c.groups;
+        }
+        let w = clipped.as_ref().map_or(&w[..], |c| &c.w[..]);
+        let q = quantize_site(graph, site, w, opts, h)?;
+        quantized.insert(site.weight.clone(), q);
+    }
+    Ok((layer(site, &w, &quantized[&site.weight], h), now))
 }
 
 /// Refuses option combinations that cannot work, before the model is read.

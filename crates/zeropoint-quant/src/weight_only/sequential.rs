@@ -20,27 +20,28 @@ use zeropoint_graph::{Graph, Op};
 
 use super::blocks::BlockWeights;
 use super::hessian::{gram, Total};
-use super::{layer, quantize_site, transpose, weight_kn, Layer, Options, Site};
+use super::{quantize_once, transpose, Layer, Options, Quantized, Site};
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 
 /// Quantizes `sites` (in graph order) with Hessians from the partially quantized model on
-/// `data`, `batch` samples per run: the quantized weights by name, and the report's layers in
-/// the order of `sites`.
+/// `data`, `batch` samples per run: the quantized weights by name, the report's layers in the
+/// order of `sites`, and AWQ's clipped blocks (none: GPTQ does not clip).
 pub fn quantize(
     graph: &Graph,
     sites: &[Site],
     opts: &Options,
     (data, batch): (&mut Dataset, usize),
     progress: &mut dyn FnMut(&str, usize, usize),
-) -> Result<(HashMap<String, BlockWeights>, Vec<Layer>)> {
+) -> Result<Quantized> {
     let mut exec = Executor::new(graph)?;
     let mut runs = Vec::new();
     while let Some(b) = data.next_batch(batch)? {
         runs.push(exec.start(b, &mut |_, v| Ok(v))?);
         progress("calibrating", data.consumed(), data.len);
     }
-    let mut quantized: HashMap<String, BlockWeights> = HashMap::new();
+    let mut quantized = HashMap::new();
+    let mut clipped_blocks = [0usize; 2];
     let mut layers: Vec<Option<Layer>> = vec![None; sites.len()];
     for (done, group) in groups(sites).into_iter().enumerate() {
         progress("quantizing", done, sites.len());
@@ -54,25 +55,28 @@ pub fn quantize(
         };
         for &i in &group {
             let site = &sites[i];
-            let w = weight_kn(graph, site)?;
-            if !quantized.contains_key(&site.weight) {
-                let q = quantize_site(graph, site, &w, opts, h.as_ref())?;
-                if !exec.set_initializer(&site.weight, dequantized(site, &q)?) {
-                    return Err(Error::new(
-                        &graph.source,
-                        format!(
-                            "weight '{}' could not be replaced while calibrating",
-                            site.weight
-                        ),
-                    ));
-                }
-                quantized.insert(site.weight.clone(), q);
+            let state = (&mut quantized, &mut clipped_blocks);
+            let (line, now) = quantize_once(graph, site, opts, h.as_ref(), state)?;
+            if now
+                && !exec.set_initializer(&site.weight, dequantized(site, &quantized[&site.weight])?)
+            {
+                return Err(Error::new(
+                    &graph.source,
+                    format!(
+                        "weight '{}' could not be replaced while calibrating",
+                        site.weight
+                    ),
+                ));
             }
-            layers[i] = Some(layer(site, &w, &quantized[&site.weight], h.as_ref()));
+            layers[i] = Some(line);
         }
     }
     progress("quantizing", sites.len(), sites.len());
-    Ok((quantized, layers.into_iter().flatten().collect()))
+    Ok((
+        quantized,
+        layers.into_iter().flatten().collect(),
+        clipped_blocks,
+    ))
 }
 
 /// The sites grouped by the value they read, each group in the order of its first node, and the
