@@ -139,7 +139,10 @@ def main():
         block = rows_per_block if units < 1 << 20 else BLOCK
         inplace[name] = nbytes / best(over(units, None, step), reps) / 1e9
         blocked[name] = nbytes / best(over(units, block, step), reps) / 1e9
-    copy = {r["threads"]: r["gbps"] for r in zp if r["name"] == "copy f32"}
+    # Each kernel is compared with a copy of as many bytes: the flat cases with the 64M-value copy, the
+    # matrix cases (per-channel, per-block, ggml rows) with the matrix-sized one.
+    copies = {(r["bytes"], r["threads"]): r["gbps"] for r in zp
+              if r["name"].startswith("copy f32")}
     head = f"{'kernel':<38} {'threads':>7} {'zeropoint':>9} {'numpy':>6} {'numpy':>7} {'x numpy':>8} {'x numpy':>8} {'% of':>5}"
     print(head)
     print(f"{'(GB/s of f32 input)':<38} {'':>7} {'':>9} {'in-pl.':>6} {'blocked':>7} {'in-pl.':>8} {'blocked':>8} {'copy':>5}")
@@ -150,8 +153,9 @@ def main():
                           f"{g / inplace[name]:>8.2f} {g / blocked[name]:>8.2f}")
         else:  # ggml's block formats have no numpy equivalent here
             numpy_cols = f"{'-':>6} {'-':>7} {'-':>8} {'-':>8}"
-        print(f"{name:<38} {t:>7} {g:>9.2f} {numpy_cols} {100 * g / copy[t]:>4.0f}%")
-    print(f"copy f32: zeropoint's one memcpy per thread of the same buffer, same thread count. "
+        copy = copies[(r["bytes"], t)]
+        print(f"{name:<38} {t:>7} {g:>9.2f} {numpy_cols} {100 * g / copy:>4.0f}%")
+    print(f"copy f32: zeropoint's one memcpy per thread of a buffer of the same size, same thread count. "
           f"numpy {np.__version__}, single-threaded ufuncs; {'quick (cache-resident) sizes' if quick else '64M values, 4096x4096 matrices'}.")
 
 
