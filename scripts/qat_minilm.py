@@ -4,6 +4,7 @@
 Usage: .venv/bin/python scripts/qat_minilm.py [--zeropoint target/release/zeropoint] [--epochs 3] [--lr 1e-4]
        [--batch 16] [--weights int4] [--activations uint8] [--distill mse] [--output 461]
        [--text pang|background] [--samples N] [--ptq-extra="--adaround --adaround-samples 256"] [--ptq-only]
+       [--train-extra="--smoothquant auto"]
 
 Training data (--text): pang, the 200 pang_lee_polarity sentences scripts/ptq_compare.py calibrates on
 (padded with [PAD]); or background, the Lee background corpus (gensim's test_data/lee_background.cor: 300 news
@@ -86,6 +87,8 @@ def main():
     p.add_argument("--output", default="461")
     p.add_argument("--text", default="pang", choices=["pang", "background"])
     p.add_argument("--samples", help="train on the first N samples only")
+    p.add_argument("--train-extra", default="",
+                   help='more arguments for the QAT run\'s train, given with "=": --train-extra="--smoothquant auto"')
     p.add_argument("--ptq-extra", default="",
                    help='more arguments for the PTQ row\'s quantize, given with "=": --ptq-extra="--adaround '
                         '--adaround-samples 256"')
@@ -120,12 +123,14 @@ def main():
         t = time.time()
         run = subprocess.run([a.zeropoint, "train", task.src, "--data", calib[1], *limit, *scheme, "--weight-range", "mse",
                               "--epochs", a.epochs, "--lr", a.lr, "--batch-size", a.batch, "--distill", a.distill,
-                              "--output-name", a.output, "-o", qat], capture_output=True, text=True)
+                              "--output-name", a.output, *a.train_extra.split(), "-o", qat],
+                             capture_output=True, text=True)
         if run.returncode != 0:
             sys.exit(run.stderr)
         print(run.stdout.strip())
         m = task.metrics(task.outputs(qat), ref)
-        print(f"QAT ({a.epochs} epochs, lr {a.lr}, {time.time() - t:.0f} s): cosine {m['cos_mean']:.4f} "
+        print(f"QAT ({a.epochs} epochs, lr {a.lr}{', ' + a.train_extra if a.train_extra else ''}, "
+              f"{time.time() - t:.0f} s): cosine {m['cos_mean']:.4f} "
               f"(min {m['cos_min']:.4f}), Pearson {m['lee_pearson']:.4f}")
 
 
