@@ -61,11 +61,16 @@ def shared_data(name, work):
     raise KeyError(name)
 
 
+def zoo_model(zoo, name):
+    """The zoo model's ONNX file (the first by name in its folder)."""
+    return sorted(glob.glob(os.path.join(zoo, name, "*.onnx")))[0]
+
+
 def zoo_data(name, zoo, work):
     out = os.path.join(work, "inputs")
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "zoo_inputs.py"), zoo, out, "--samples=16",
                     "--models", name], check=True, capture_output=True)
-    model = sorted(glob.glob(os.path.join(zoo, name, "*.onnx")))[0]
+    model = zoo_model(zoo, name)
     calib = dict(np.load(os.path.join(out, name, "calib.npz")))
     evals = dict(np.load(os.path.join(out, name, "eval.npz")))
     return model, calib, evals
@@ -93,8 +98,7 @@ def ppocr_pages(zoo):
         imgs = [img, ImageOps.mirror(img)] if mirrored else [img]
         return np.stack([canvas(i, a, s) for i in imgs for a in (0, 90, 180, 270) for s in (1.0, 0.6)])
 
-    model = sorted(glob.glob(os.path.join(zoo, "ppocr-v3-det", "*.onnx")))[0]
-    return model, {"x": variants("text", True)}, {"x": variants("page", False)}
+    return zoo_model(zoo, "ppocr-v3-det"), {"x": variants("text", True)}, {"x": variants("page", False)}
 
 
 def outputs(path, feeds):

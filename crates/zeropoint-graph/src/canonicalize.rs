@@ -678,7 +678,6 @@ fn unique_name_in(extra: &[Node], graph: &Graph, base: &str) -> String {
     name
 }
 
-/// `base`, or `base_2`, `base_3`, ... if a value already has that name.
 /// A new float32 initializer named after `base` (made unique): its name.
 fn add_f32_initializer(graph: &mut Graph, base: &str, shape: &[usize], values: &[f32]) -> String {
     let name = unique_name(graph, base);
@@ -701,6 +700,7 @@ fn absorb(graph: &mut Graph, anchor: usize, next: usize) -> (String, String) {
     pair
 }
 
+/// `base`, or `base_2`, `base_3`, ... if a value already has that name.
 fn unique_name(graph: &Graph, base: &str) -> String {
     let taken = |n: &str| {
         graph.initializer(n).is_some()
