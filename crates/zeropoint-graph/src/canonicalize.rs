@@ -11,6 +11,9 @@
 //!   of one value per column after a rank-2 MatMul with a constant weight makes the two a Gemm
 //!   (ONNX Runtime fuses MatMul and Add into a float Gemm first, and then has no integer kernel
 //!   for it unless the bias is quantized as a Gemm's is);
+//! - a per-channel constant Mul (and Add) that no layer absorbs and whose result only layers
+//!   read becomes a 1×1 depthwise Conv ([`crate::scale_shift`]: a pre-activation BatchNorm runs
+//!   as one integer convolution);
 //! - loop constants: a Loop-carried value that starts as an initializer and that the body passes
 //!   on unchanged becomes an initializer of the body (tf2onnx exports an LSTM's weights as such
 //!   values of its while loop: as initializers, quantization finds them);
@@ -22,14 +25,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use zeropoint_onnx::proto::attribute_proto::AttributeType;
-use zeropoint_onnx::proto::AttributeProto;
 use zeropoint_onnx::{DType, RawTensor};
 
 use crate::error::{Error, Result};
 use crate::evaluator::Evaluator;
-use crate::graph::{Graph, Node};
+use crate::graph::{float_attribute, Graph, Node};
 use crate::op::Op;
+use crate::rewrite::{absorb, add_f32_initializer, channel_values, constant_operand, unique_name};
 
 /// What canonicalization changed.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -45,6 +47,9 @@ pub struct Report {
     pub folded_bias_adds: Vec<(String, String)>,
     /// (Mul node, the Conv whose weights and bias it was folded into).
     pub folded_scale_muls: Vec<(String, String)>,
+    /// Per-channel Mul (and Add) pairs no layer absorbs, written as depthwise Convs
+    /// ([`crate::scale_shift`]): the Mul nodes, which keep their names.
+    pub scale_shift_convs: Vec<String>,
     /// Loop-carried constants made initializers of their loop's body.
     pub hoisted_loop_constants: usize,
     /// Float16 and bfloat16 values widened to float32 before canonicalization
@@ -79,6 +84,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let folded_scale_muls = fold_scale_muls(graph)?;
     let mut folded_bias_adds = fold_bias_adds(graph)?;
     folded_bias_adds.extend(fold_matmul_bias_adds(graph, eval)?);
+    let scale_shift_convs = crate::scale_shift::scale_shift_convs(graph, eval)?;
     let hoisted_loop_constants = hoist_loop_constants(graph);
     let static_reshapes = crate::reshape_dims::copy_dims_in_reshapes(graph);
     let (removed_nodes, removed_initializers) = remove_dead(graph);
@@ -89,6 +95,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
         batch_norm_stats,
         folded_bias_adds,
         folded_scale_muls,
+        scale_shift_convs,
         hoisted_loop_constants,
         half_precision_values: 0,
         removed_nodes,
@@ -505,35 +512,20 @@ fn conv_channel_operand(graph: &Graph, op: Op) -> Option<(usize, usize, Vec<f64>
         }
         let w = graph.initializer(conv.inputs.get(1)?)?;
         let channels = *w.shape.first()?;
-        let (shape, rank) = (c.shape.as_slice(), w.shape.len());
-        let ones = |d: &[usize]| d.iter().all(|&v| v == 1);
-        let per_channel = match shape.len() {
-            n if n + 1 == rank && n >= 1 => shape[0] == channels && ones(&shape[1..]),
-            n if n == rank && n >= 2 => shape[0] == 1 && shape[1] == channels && ones(&shape[2..]),
-            _ => false,
-        };
-        let single = shape.len() <= rank && ones(shape);
-        let alone = consumers.get(x).is_some_and(|v| v.len() == 1) && !outputs.contains(x);
         let bias_ok = conv.inputs.get(2).is_none_or(|b| {
             b.is_empty()
                 || graph
                     .initializer(b)
                     .is_some_and(|t| t.dtype == DType::F32 && t.len() == channels)
         });
-        let float = c.dtype == DType::F32 && w.dtype == DType::F32;
-        // What a broken file may hold instead: no channels, or data that is not its shape.
-        let whole = channels > 0
-            && w.len() == w.shape.iter().product::<usize>()
-            && c.len() == if single { 1 } else { channels };
-        if !(per_channel || single) || !alone || !bias_ok || !float || !whole {
+        let alone = consumers.get(x).is_some_and(|v| v.len() == 1) && !outputs.contains(x);
+        // What a broken file may hold instead: data that is not its shape.
+        let whole = w.len() == w.shape.iter().product::<usize>();
+        if !alone || !bias_ok || w.dtype != DType::F32 || !whole {
             return None;
         }
-        let values = c.to_f64s();
-        let values = if single {
-            vec![values[0]; channels]
-        } else {
-            values
-        };
+        // The Conv's output has the weight's rank.
+        let values = channel_values(c, w.shape.len(), channels)?;
         Some((i, p, values))
     })
 }
@@ -570,26 +562,6 @@ pub fn fold_matmul_bias_adds(
         folded.push(absorb(graph, matmul, add));
     }
     Ok(folded)
-}
-
-/// A node of `op` (a binary operator) of a value and an initializer: the value's name and the
-/// initializer.
-fn constant_operand<'g>(
-    graph: &'g Graph,
-    node: &'g Node,
-    op: &Op,
-) -> Option<(&'g str, &'g RawTensor)> {
-    if node.op != *op || node.inputs.len() != 2 {
-        return None;
-    }
-    match (
-        graph.initializer(&node.inputs[0]),
-        graph.initializer(&node.inputs[1]),
-    ) {
-        (None, Some(c)) => Some((&node.inputs[0], c)),
-        (Some(c), None) => Some((&node.inputs[1], c)),
-        _ => None,
-    }
 }
 
 /// The (Add, MatMul) pairs [`fold_matmul_bias_adds`] folds, in graph order by Add, given which
@@ -641,19 +613,16 @@ pub fn decompose_hard_swish(graph: &mut Graph) -> usize {
             continue;
         }
         let gate = unique_name_in(&nodes, graph, &format!("{}_gate", node.outputs[0]));
-        let float = |name: &str, v: f32| AttributeProto {
-            name: Some(name.into()),
-            f: Some(v),
-            r#type: Some(AttributeType::Float as i32),
-            ..Default::default()
-        };
         let mut sigmoid = Node::new(
             format!("{}_hardsigmoid", node.name),
             Op::HardSigmoid,
             &[&node.inputs[0]],
             &[&gate],
         );
-        sigmoid.attributes = vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)];
+        sigmoid.attributes = vec![
+            float_attribute("alpha", 1.0 / 6.0),
+            float_attribute("beta", 0.5),
+        ];
         nodes.push(sigmoid);
         nodes.push(Node::new(
             node.name.clone(),
@@ -673,44 +642,6 @@ fn unique_name_in(extra: &[Node], graph: &Graph, base: &str) -> String {
     let mut k = 2;
     while extra.iter().any(|n| n.outputs.contains(&name)) {
         name = unique_name(graph, &format!("{base}_{k}"));
-        k += 1;
-    }
-    name
-}
-
-/// A new float32 initializer named after `base` (made unique): its name.
-fn add_f32_initializer(graph: &mut Graph, base: &str, shape: &[usize], values: &[f32]) -> String {
-    let name = unique_name(graph, base);
-    graph
-        .initializers
-        .push(RawTensor::from_f32s(&name, shape, values));
-    name
-}
-
-/// Node `anchor` writes the output of node `next`, which read it alone, and `next` goes: (next's
-/// name, anchor's name), the pair the folds report.
-fn absorb(graph: &mut Graph, anchor: usize, next: usize) -> (String, String) {
-    let output = graph.nodes[next].outputs[0].clone();
-    graph.nodes[anchor].outputs = vec![output];
-    let pair = (
-        graph.nodes[next].name.clone(),
-        graph.nodes[anchor].name.clone(),
-    );
-    graph.nodes.remove(next);
-    pair
-}
-
-/// `base`, or `base_2`, `base_3`, ... if a value already has that name.
-fn unique_name(graph: &Graph, base: &str) -> String {
-    let taken = |n: &str| {
-        graph.initializer(n).is_some()
-            || graph.inputs.iter().any(|i| i.name == n)
-            || graph.nodes.iter().any(|x| x.outputs.iter().any(|o| o == n))
-    };
-    let mut name = base.to_string();
-    let mut k = 2;
-    while taken(&name) {
-        name = format!("{base}_{k}");
         k += 1;
     }
     name
@@ -1014,12 +945,7 @@ mod tests {
             &["c", "gamma", "beta", "mean", "var"],
             &["y"],
         );
-        bn.attributes.push(AttributeProto {
-            name: Some("epsilon".into()),
-            f: Some(1.0),
-            r#type: Some(AttributeType::Float as i32),
-            ..Default::default()
-        });
+        bn.attributes.push(float_attribute("epsilon", 1.0));
         let mut g = graph(
             vec![
                 RawTensor::from_f32s("w", &[2, 2, 1, 1], &[1.0, 2.0, 3.0, 4.0]),

@@ -664,6 +664,26 @@ pub fn int_attribute(name: &str, v: i64) -> AttributeProto {
     }
 }
 
+/// An integer-list attribute, for the nodes rewrites (and tests) add.
+pub fn ints_attribute(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        ints: v.to_vec(),
+        r#type: Some(AttributeType::Ints as i32),
+        ..Default::default()
+    }
+}
+
+/// A float attribute, for the nodes rewrites add.
+pub fn float_attribute(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        f: Some(v),
+        r#type: Some(AttributeType::Float as i32),
+        ..Default::default()
+    }
+}
+
 /// The oldest IR version that may import `opset` of the default domain (onnx's version table).
 fn min_ir_version(opset: i64) -> i64 {
     match opset {

@@ -9,6 +9,8 @@
 //! - [`op`]: the operator of a node, parsed once from its `op_type` and domain.
 //! - [`canonicalize`]: constant folding, BatchNorm folding, bias Adds into Convs, dead nodes,
 //!   HardSwish as its definition: the form every later step assumes.
+//! - [`scale_shift`]: a per-channel Mul/Add or BatchNorm that no layer absorbs, as a depthwise
+//!   Conv (one of canonicalization's passes).
 //! - [`opset`]: upgrading a graph to a newer opset of the default domain, one step per opset.
 //! - [`half_precision`]: a float16 or bfloat16 model rewritten to compute in float32 behind the
 //!   same interface, for quantization.
@@ -35,6 +37,8 @@ pub mod op;
 pub mod opset;
 pub mod pattern;
 pub mod reshape_dims;
+mod rewrite;
+pub mod scale_shift;
 
 pub use error::{Error, Result};
 pub use evaluator::Evaluator;

@@ -365,16 +365,7 @@ fn flatten_softmax(names: &mut Names, node: &mut Node) -> Vec<Node> {
 mod tests {
     use super::*;
     use crate::evaluator::Structural;
-    use crate::graph::{Dim, ValueInfo};
-
-    fn ints_attribute(name: &str, v: &[i64]) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            ints: v.to_vec(),
-            r#type: Some(zeropoint_onnx::proto::attribute_proto::AttributeType::Ints as i32),
-            ..Default::default()
-        }
-    }
+    use crate::graph::{ints_attribute, Dim, ValueInfo};
 
     fn graph(opset: i64, nodes: Vec<Node>, output: &str) -> Graph {
         let info = |name: &str| ValueInfo {

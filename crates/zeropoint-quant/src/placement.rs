@@ -379,10 +379,8 @@ mod tests {
     //! The rules on small hand-built graphs: which values get a quantizer, which share a grid,
     //! which stay float.
 
-    use zeropoint_graph::graph::int_attribute;
+    use zeropoint_graph::graph::{int_attribute, ints_attribute as ints};
     use zeropoint_graph::{Dim, ValueInfo};
-    use zeropoint_onnx::proto::attribute_proto::AttributeType;
-    use zeropoint_onnx::proto::AttributeProto;
     use zeropoint_onnx::RawTensor;
 
     use super::*;
@@ -414,15 +412,6 @@ mod tests {
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) / 10.0).collect();
         RawTensor::from_f32s(name, shape, &v)
-    }
-
-    fn ints(name: &str, v: &[i64]) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            ints: v.to_vec(),
-            r#type: Some(AttributeType::Ints as i32),
-            ..Default::default()
-        }
     }
 
     fn node(op: Op, inputs: &[&str], output: &str) -> Node {

@@ -155,6 +155,15 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
         .cosine
 }
 
+/// The largest value of `row` minus the second largest.
+fn top_two_gap(row: &[f32]) -> f32 {
+    let mut sorted = row.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    sorted
+        .get(1)
+        .map_or(f32::INFINITY, |second| sorted[0] - second)
+}
+
 fn argmax(row: &[f32]) -> usize {
     (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best })
 }
@@ -192,8 +201,14 @@ fn compare(
         let min_cos = cosines.iter().copied().fold(1.0, f64::min);
         let mean_cos = cosines.iter().sum::<f64>() / cosines.len().max(1) as f64;
         let argmax_same = rows().filter(|(a, b)| argmax(a) == argmax(b)).count();
+        // A row whose two largest values in ORT are closer than the runtimes' largest
+        // difference is a tie within tolerance: either runtime's argmax is as good.
+        let tie = |b: &[f32]| top_two_gap(b) <= max_abs as f32;
+        let flipped_ties = rows()
+            .filter(|(a, b)| argmax(a) != argmax(b) && tie(b))
+            .count();
         let mut line = format!(
-            "{out} {:?}: max |tract - ORT| {max_abs:.3e}, identical {share:.6}, row cosine min {min_cos:.6} mean {mean_cos:.6}, argmax equal {argmax_same}/{}",
+            "{out} {:?}: max |tract - ORT| {max_abs:.3e}, identical {share:.6}, row cosine min {min_cos:.6} mean {mean_cos:.6}, argmax equal {argmax_same}/{} ({flipped_ties} of the others tied within that difference)",
             o.shape,
             cosines.len()
         );
@@ -207,7 +222,11 @@ fn compare(
                 );
                 assert!(max_abs <= steps * scale, "{name} '{out}': {line}");
                 assert!(share >= identical, "{name} '{out}': {line}");
-                assert_eq!(argmax_same, rows().count(), "{name} '{out}': {line}");
+                assert_eq!(
+                    argmax_same + flipped_ties,
+                    rows().count(),
+                    "{name} '{out}': {line}"
+                );
             }
             Expect::Cosine { sentence, token } => {
                 let limit = if o.shape.len() == 3 { token } else { sentence };
@@ -241,7 +260,9 @@ fn exported_models_run_in_tract_as_in_onnx_runtime() {
             },
             // Its scores are the last Gemm + Relu in float (no integer op reads them): the two
             // runtimes' sums differ in their last bits wherever the Relu passes them (measured:
-            // 94.25 % of the elements identical, the zeros and the sums that happen to agree).
+            // 90.0 % of the elements identical, the zeros and the sums that happen to agree;
+            // 94.25 % before three of its BatchNorms became integer depthwise Convs, and with
+            // them one argmax, of two scores closer than that, flipped).
             "cifar10_cnn" => Expect::Close {
                 steps: 2.0,
                 identical: 0.85,

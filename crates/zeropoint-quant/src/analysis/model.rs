@@ -60,6 +60,8 @@ pub struct Canonicalization {
     pub folded_batch_norms: Vec<FoldedBatchNorm>,
     pub folded_bias_adds: usize,
     pub folded_scale_muls: usize,
+    /// Per-channel Mul (and Add) pairs written as depthwise Convs.
+    pub scale_shift_convs: usize,
     /// Loop-carried constants made initializers of their loop's body.
     pub hoisted_loop_constants: usize,
     pub removed_nodes: usize,
@@ -152,6 +154,7 @@ pub fn describe(
                 .collect(),
             folded_bias_adds: r.folded_bias_adds.len(),
             folded_scale_muls: r.folded_scale_muls.len(),
+            scale_shift_convs: r.scale_shift_convs.len(),
             hoisted_loop_constants: r.hoisted_loop_constants,
             removed_nodes: r.removed_nodes,
             removed_initializers: r.removed_initializers,

@@ -1,0 +1,95 @@
+//! Small edits the rewriting passes share: a binary node's constant operand, a constant's
+//! values per channel, new initializers with unique names, a node absorbed into its producer.
+
+use zeropoint_onnx::{DType, RawTensor};
+
+use crate::graph::{Graph, Node};
+use crate::op::Op;
+
+/// The values of constant `c` per channel (axis 1) of a value of `rank` dims with `channels`
+/// channels, when it is float32 and broadcasts that way: [C,1,...] (rank − 1 dims), [1,C,1,...]
+/// (rank dims) or one value for all (a plain [C] would broadcast along the last axis instead).
+/// None for no channels, or data that is not its shape (a broken file).
+pub(crate) fn channel_values(c: &RawTensor, rank: usize, channels: usize) -> Option<Vec<f64>> {
+    let shape = c.shape.as_slice();
+    let ones = |d: &[usize]| d.iter().all(|&v| v == 1);
+    let per_channel = match shape.len() {
+        n if n + 1 == rank && n >= 1 => shape[0] == channels && ones(&shape[1..]),
+        n if n == rank && n >= 2 => shape[0] == 1 && shape[1] == channels && ones(&shape[2..]),
+        _ => false,
+    };
+    let single = shape.len() <= rank && ones(shape);
+    let whole = channels > 0 && c.len() == if single { 1 } else { channels };
+    if !(per_channel || single) || !whole || c.dtype != DType::F32 {
+        return None;
+    }
+    let values = c.to_f64s();
+    Some(if single {
+        vec![values[0]; channels]
+    } else {
+        values
+    })
+}
+
+/// A node of `op` (a binary operator) of a value and an initializer: the value's name and the
+/// initializer.
+pub(crate) fn constant_operand<'g>(
+    graph: &'g Graph,
+    node: &'g Node,
+    op: &Op,
+) -> Option<(&'g str, &'g RawTensor)> {
+    if node.op != *op || node.inputs.len() != 2 {
+        return None;
+    }
+    match (
+        graph.initializer(&node.inputs[0]),
+        graph.initializer(&node.inputs[1]),
+    ) {
+        (None, Some(c)) => Some((&node.inputs[0], c)),
+        (Some(c), None) => Some((&node.inputs[1], c)),
+        _ => None,
+    }
+}
+
+/// A new float32 initializer named after `base` (made unique): its name.
+pub(crate) fn add_f32_initializer(
+    graph: &mut Graph,
+    base: &str,
+    shape: &[usize],
+    values: &[f32],
+) -> String {
+    let name = unique_name(graph, base);
+    graph
+        .initializers
+        .push(RawTensor::from_f32s(&name, shape, values));
+    name
+}
+
+/// Node `anchor` writes the output of node `next`, which read it alone, and `next` goes: (next's
+/// name, anchor's name), the pair the folds report.
+pub(crate) fn absorb(graph: &mut Graph, anchor: usize, next: usize) -> (String, String) {
+    let output = graph.nodes[next].outputs[0].clone();
+    graph.nodes[anchor].outputs = vec![output];
+    let pair = (
+        graph.nodes[next].name.clone(),
+        graph.nodes[anchor].name.clone(),
+    );
+    graph.nodes.remove(next);
+    pair
+}
+
+/// `base`, or `base_2`, `base_3`, ... if a value already has that name.
+pub(crate) fn unique_name(graph: &Graph, base: &str) -> String {
+    let taken = |n: &str| {
+        graph.initializer(n).is_some()
+            || graph.inputs.iter().any(|i| i.name == n)
+            || graph.nodes.iter().any(|x| x.outputs.iter().any(|o| o == n))
+    };
+    let mut name = base.to_string();
+    let mut k = 2;
+    while taken(&name) {
+        name = format!("{base}_{k}");
+        k += 1;
+    }
+    name
+}
