@@ -248,7 +248,13 @@ fn bias_params(name: &str, values: &[f32], wq: &QParams, xq: &QParams) -> Option
 ///   codes, and 4-bit tables were the largest error of 4-bit MiniLM (mean embedding cosine 0.73
 ///   against float with int4 tables; see docs/ptq.md);
 /// - blocks longer than the weight's input axis become per-channel parameters (a block per
-///   element would store more scales than codes).
+///   element would store more scales than codes);
+/// - a weight of one value per output channel (a 1×1 depthwise Conv: a BatchNorm written as
+///   one, `zeropoint_graph::scale_shift`) keeps at least 8 bits. Narrower codes save a few
+///   bytes, and its int32 bias has steps of s_x·s_w = s_x·|w|/q_max: at 4 bits each channel's
+///   bias was up to s_x·|w|/14 off, an offset on every pixel that the next layer sums
+///   coherently (the CIFAR-10 CNN at W4A8: the next Conv's output at 9.1 dB against 13.5 with
+///   the BatchNorm in float; 8 bits gives 13.5 again).
 pub fn site_scheme(base: &Scheme, site: &WeightSite, shape: &[usize]) -> Scheme {
     let mut s = weight_scheme(base, site.channel_axis, shape.len());
     if let Granularity::PerBlock { axis, block } = s.granularity {
@@ -256,7 +262,8 @@ pub fn site_scheme(base: &Scheme, site: &WeightSite, shape: &[usize]) -> Scheme 
             s = s.per_axis(site.channel_axis.min(shape.len().saturating_sub(1)));
         }
     }
-    if site.op == Op::Gather && s.bits < 8 {
+    let one_per_channel = shape.get(site.channel_axis) == Some(&shape.iter().product());
+    if (site.op == Op::Gather || one_per_channel) && s.bits < 8 {
         s = Scheme { bits: 8, ..s }.per_axis(site.channel_axis);
     }
     s
@@ -280,4 +287,41 @@ pub fn weight_scheme(base: &Scheme, channel_axis: usize, rank: usize) -> Scheme 
         },
     };
     base.granularity(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(op: Op, channel_axis: usize) -> WeightSite {
+        WeightSite {
+            name: "w".into(),
+            node: "n".into(),
+            op,
+            channel_axis,
+        }
+    }
+
+    #[test]
+    fn tables_and_per_channel_scales_keep_8_bits_other_weights_take_the_settings() {
+        let int4 = Scheme::new(4).per_axis(0);
+        let conv = site(Op::Conv, 0);
+        // A 3×3 convolution takes the 4 bits asked for.
+        assert_eq!(site_scheme(&int4, &conv, &[8, 4, 3, 3]).bits, 4);
+        // A depthwise 1×1 Conv of one value per channel, and an embedding table, keep 8.
+        let scale = site_scheme(&int4, &conv, &[8, 1, 1, 1]);
+        assert_eq!(
+            (scale.bits, scale.granularity),
+            (8, Granularity::PerAxis { axis: 0 })
+        );
+        assert_eq!(site_scheme(&int4, &site(Op::Gather, 0), &[100, 16]).bits, 8);
+        // A depthwise 3×3 Conv has nine values per channel: 4 bits.
+        assert_eq!(site_scheme(&int4, &conv, &[8, 1, 3, 3]).bits, 4);
+        // 8 bits asked for stay 8; blocks longer than the input axis become per channel.
+        assert_eq!(site_scheme(&Scheme::new(8), &conv, &[8, 1, 1, 1]).bits, 8);
+        let blocks = Scheme::new(4).per_block(1, 32);
+        let gemm = site(Op::Gemm, 0);
+        let s = site_scheme(&blocks, &gemm, &[16, 8]);
+        assert_eq!(s.granularity, Granularity::PerAxis { axis: 0 });
+    }
 }
