@@ -652,7 +652,7 @@ mod tests {
     use zeropoint_onnx::DType;
 
     use super::*;
-    use crate::evaluator::Structural;
+    use crate::evaluator::{Shapes, Structural};
     use crate::graph::{Dim, ValueInfo};
 
     fn info(name: &str) -> ValueInfo {
@@ -818,40 +818,6 @@ mod tests {
         assert!(fold_scale_muls(&mut g).unwrap().is_empty());
     }
 
-    /// Answers shape inference with fixed ranks (1 for any value it is not told about), and
-    /// runs nothing.
-    struct Ranks(Vec<(&'static str, usize)>);
-
-    impl Evaluator for Ranks {
-        fn supports(&self, _: &Node) -> bool {
-            false
-        }
-        fn run_node(
-            &self,
-            _: &Node,
-            _: &[Option<&RawTensor>],
-            _: i64,
-        ) -> std::result::Result<Vec<RawTensor>, crate::error::Source> {
-            Err("runs nothing".into())
-        }
-        fn infer(&self, graph: &Graph) -> Result<HashMap<String, crate::graph::ValueType>> {
-            let rank = |v: &str| self.0.iter().find(|(n, _)| *n == v).map_or(1, |r| r.1);
-            Ok(graph
-                .nodes
-                .iter()
-                .flat_map(|n| n.inputs.iter().chain(&n.outputs))
-                .map(|v| {
-                    let shape = vec![Dim::Fixed(2); rank(v)];
-                    let t = crate::graph::ValueType {
-                        dtype: DType::F32,
-                        shape,
-                    };
-                    (v.clone(), t)
-                })
-                .collect())
-        }
-    }
-
     /// A dense layer written as MatMul + Add: x [N, 4] · W [4, 3] + b [3] becomes Gemm(x, W, b);
     /// a rank-3 x (Gemm takes matrices only), a constant of another length than W's columns
     /// and a graph whose shapes are unknown are left alone.
@@ -871,7 +837,7 @@ mod tests {
             )
         };
         let mut g = dense(&[0.5, -1.0, 2.0]);
-        let folded = fold_matmul_bias_adds(&mut g, &Ranks(vec![("x", 2)])).unwrap();
+        let folded = fold_matmul_bias_adds(&mut g, &Shapes::all(&[2]).with("x", &[2, 2])).unwrap();
         assert_eq!(folded, [("add".to_string(), "mm".to_string())]);
         assert_eq!(g.nodes.len(), 1);
         let gemm = &g.nodes[0];
@@ -887,9 +853,12 @@ mod tests {
         for (mut g, eval) in [
             (
                 dense(&[0.5, -1.0, 2.0]),
-                &Ranks(vec![("x", 3)]) as &dyn Evaluator,
+                &Shapes::all(&[2]).with("x", &[2, 2, 2]) as &dyn Evaluator,
             ),
-            (dense(&[0.5, -1.0, 2.0, 1.0]), &Ranks(vec![("x", 2)])),
+            (
+                dense(&[0.5, -1.0, 2.0, 1.0]),
+                &Shapes::all(&[2]).with("x", &[2, 2]),
+            ),
             (dense(&[0.5, -1.0, 2.0]), &Structural),
         ] {
             assert!(fold_matmul_bias_adds(&mut g, eval).unwrap().is_empty());

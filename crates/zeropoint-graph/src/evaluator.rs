@@ -57,3 +57,65 @@ impl Evaluator for Structural {
         ))
     }
 }
+
+/// For tests: shape inference that says every value of the graph is float32 of shape `default`,
+/// except those it is told, and runs nothing.
+#[cfg(test)]
+pub(crate) struct Shapes {
+    default: Vec<usize>,
+    told: Vec<(&'static str, Vec<usize>)>,
+}
+
+#[cfg(test)]
+impl Shapes {
+    pub(crate) fn all(default: &[usize]) -> Shapes {
+        Shapes {
+            default: default.to_vec(),
+            told: Vec::new(),
+        }
+    }
+
+    pub(crate) fn with(mut self, value: &'static str, shape: &[usize]) -> Shapes {
+        self.told.push((value, shape.to_vec()));
+        self
+    }
+}
+
+#[cfg(test)]
+impl Evaluator for Shapes {
+    fn supports(&self, _: &Node) -> bool {
+        false
+    }
+
+    fn run_node(
+        &self,
+        _: &Node,
+        _: &[Option<&RawTensor>],
+        _: i64,
+    ) -> std::result::Result<Vec<RawTensor>, Source> {
+        Err("runs nothing".into())
+    }
+
+    fn infer(&self, graph: &Graph) -> Result<HashMap<String, ValueType>> {
+        let shape = |v: &str| {
+            let told = self.told.iter().find(|(n, _)| *n == v);
+            told.map_or(&self.default, |(_, s)| s)
+        };
+        let values = graph
+            .nodes
+            .iter()
+            .flat_map(|n| n.inputs.iter().chain(&n.outputs));
+        Ok(values
+            .map(|v| {
+                let t = ValueType {
+                    dtype: zeropoint_onnx::DType::F32,
+                    shape: shape(v)
+                        .iter()
+                        .map(|&d| crate::graph::Dim::Fixed(d))
+                        .collect(),
+                };
+                (v.clone(), t)
+            })
+            .collect())
+    }
+}

@@ -273,44 +273,8 @@ mod tests {
     //! The rewrite on small hand-built graphs: which pairs become Convs, with which weights.
 
     use super::*;
+    use crate::evaluator::Shapes;
     use crate::graph::ValueInfo;
-
-    /// Shape inference that says every value is [1, 2, 3, 3], except those it is told.
-    struct Shapes(Vec<(&'static str, Vec<usize>)>);
-
-    impl Evaluator for Shapes {
-        fn supports(&self, _: &Node) -> bool {
-            false
-        }
-        fn run_node(
-            &self,
-            _: &Node,
-            _: &[Option<&RawTensor>],
-            _: i64,
-        ) -> std::result::Result<Vec<RawTensor>, crate::error::Source> {
-            Err("runs nothing".into())
-        }
-        fn infer(&self, graph: &Graph) -> Result<HashMap<String, ValueType>> {
-            let shape = |v: &str| {
-                let told = self.0.iter().find(|(n, _)| *n == v);
-                told.map_or(vec![1, 2, 3, 3], |s| s.1.clone())
-            };
-            let values = graph
-                .nodes
-                .iter()
-                .flat_map(|n| n.inputs.iter().chain(&n.outputs));
-            Ok(values
-                .map(|v| {
-                    let shape = shape(v).into_iter().map(Dim::Fixed).collect();
-                    let t = ValueType {
-                        dtype: DType::F32,
-                        shape,
-                    };
-                    (v.clone(), t)
-                })
-                .collect())
-        }
-    }
 
     fn info(name: &str) -> ValueInfo {
         ValueInfo {
@@ -357,7 +321,7 @@ mod tests {
     #[test]
     fn a_per_channel_mul_and_add_before_a_relu_and_conv_become_a_depthwise_conv() {
         let mut g = batch_norm((&[1, 2, 1, 1], &[2.0, -0.5]), (&[2, 1, 1], &[0.25, 3.0]));
-        let shapes = Shapes(vec![]);
+        let shapes = Shapes::all(&[1, 2, 3, 3]);
         assert_eq!(scale_shift_convs(&mut g, &shapes).unwrap(), ["bn_mul"]);
         let ops: Vec<&Op> = g.nodes.iter().map(|n| &n.op).collect();
         assert_eq!(ops, [&Op::Add, &Op::Conv, &Op::Relu, &Op::Conv]);
@@ -415,7 +379,10 @@ mod tests {
         g.nodes
             .insert(1, Node::new("relu0", Op::Relu, &["c"], &["r"]));
         g.nodes[2].attributes = vec![crate::graph::float_attribute("epsilon", 1.0)];
-        assert_eq!(scale_shift_convs(&mut g, &Shapes(vec![])).unwrap(), ["bn"]);
+        assert_eq!(
+            scale_shift_convs(&mut g, &Shapes::all(&[1, 2, 3, 3])).unwrap(),
+            ["bn"]
+        );
         let dw = &g.nodes[2];
         assert_eq!((&dw.op, dw.inputs[0].as_str()), (&Op::Conv, "r"));
         // scale γ/√(σ²+ε): 2/2, 1/1; shift β − μ·scale: 0.5 − 1, −1 − 0.
@@ -428,7 +395,7 @@ mod tests {
 
     #[test]
     fn pairs_whose_result_stays_float_or_whose_constants_are_not_per_channel_are_left_alone() {
-        let shapes = Shapes(vec![]);
+        let shapes = Shapes::all(&[1, 2, 3, 3]);
         let unchanged = |mut g: Graph, shapes: &dyn Evaluator| {
             let before = g.clone();
             assert!(scale_shift_convs(&mut g, shapes).unwrap().is_empty());
@@ -441,9 +408,15 @@ mod tests {
         // Single values: nothing per channel to gain.
         unchanged(batch_norm((&[], &[2.0]), (&[1], &[1.0])), &shapes);
         // [C, 1, 1] against a rank-3 input broadcasts along axis 0.
-        unchanged(batch_norm(s, b), &Shapes(vec![("r", vec![2, 3, 3])]));
+        unchanged(
+            batch_norm(s, b),
+            &Shapes::all(&[1, 2, 3, 3]).with("r", &[2, 3, 3]),
+        );
         // Another channel count than the constant's.
-        unchanged(batch_norm(s, b), &Shapes(vec![("r", vec![1, 4, 3, 3])]));
+        unchanged(
+            batch_norm(s, b),
+            &Shapes::all(&[1, 2, 3, 3]).with("r", &[1, 4, 3, 3]),
+        );
         // Shapes unknown.
         unchanged(batch_norm(s, b), &crate::evaluator::Structural);
 

@@ -128,27 +128,18 @@ fn conv_pairings(shape: &[usize]) -> Vec<Vec<(usize, usize)>> {
 mod tests {
     use super::*;
 
-    fn site(op: Op, channel_axis: usize) -> WeightSite {
-        WeightSite {
-            name: "w".into(),
-            node: "n".into(),
-            op,
-            channel_axis,
-        }
-    }
-
     /// Conv W [M, C, taps]: k = tap·C + c, so for C = 3 the flat pairs cross taps, and the
     /// symmetric-conv packing adds the within-tap pairs (c0, c1) of every tap.
     #[test]
     fn conv_pairs_follow_onnx_runtimes_layouts() {
         // W [1, 3, 1, 2]: element (c, tap) at index c·2 + tap.
-        let p = pairings(&site(Op::Conv, 0), &[1, 3, 1, 2]);
+        let p = pairings(&WeightSite::of(Op::Conv, 0), &[1, 3, 1, 2]);
         // k order: (tap0: c0 c1 c2) (tap1: c0 c1 c2) → indices 0 2 4 1 3 5.
         assert_eq!(p[0], vec![(0, 2), (4, 1), (3, 5)]);
         assert_eq!(p[1], vec![(0, 2), (1, 3)]);
         // An even C: one layout.
         assert_eq!(
-            pairings(&site(Op::Conv, 0), &[2, 2, 1, 1]),
+            pairings(&WeightSite::of(Op::Conv, 0), &[2, 2, 1, 1]),
             vec![vec![(0, 1), (2, 3)]]
         );
     }
@@ -157,9 +148,9 @@ mod tests {
     #[test]
     fn matmul_pairs_run_along_k() {
         // B [4, 2]: column n holds elements n, n+2, n+4, n+6.
-        let p = pairings(&site(Op::MatMul, 1), &[4, 2]);
+        let p = pairings(&WeightSite::of(Op::MatMul, 1), &[4, 2]);
         assert_eq!(p, vec![vec![(0, 2), (4, 6), (1, 3), (5, 7)]]);
-        let p = pairings(&site(Op::Gemm, 0), &[2, 4]);
+        let p = pairings(&WeightSite::of(Op::Gemm, 0), &[2, 4]);
         assert_eq!(p, vec![vec![(0, 1), (2, 3), (4, 5), (6, 7)]]);
     }
 }

@@ -293,19 +293,10 @@ pub fn weight_scheme(base: &Scheme, channel_axis: usize, rank: usize) -> Scheme 
 mod tests {
     use super::*;
 
-    fn site(op: Op, channel_axis: usize) -> WeightSite {
-        WeightSite {
-            name: "w".into(),
-            node: "n".into(),
-            op,
-            channel_axis,
-        }
-    }
-
     #[test]
     fn tables_and_per_channel_scales_keep_8_bits_other_weights_take_the_settings() {
         let int4 = Scheme::new(4).per_axis(0);
-        let conv = site(Op::Conv, 0);
+        let conv = WeightSite::of(Op::Conv, 0);
         // A 3×3 convolution takes the 4 bits asked for.
         assert_eq!(site_scheme(&int4, &conv, &[8, 4, 3, 3]).bits, 4);
         // A depthwise 1×1 Conv of one value per channel, and an embedding table, keep 8.
@@ -314,13 +305,16 @@ mod tests {
             (scale.bits, scale.granularity),
             (8, Granularity::PerAxis { axis: 0 })
         );
-        assert_eq!(site_scheme(&int4, &site(Op::Gather, 0), &[100, 16]).bits, 8);
+        assert_eq!(
+            site_scheme(&int4, &WeightSite::of(Op::Gather, 0), &[100, 16]).bits,
+            8
+        );
         // A depthwise 3×3 Conv has nine values per channel: 4 bits.
         assert_eq!(site_scheme(&int4, &conv, &[8, 1, 3, 3]).bits, 4);
         // 8 bits asked for stay 8; blocks longer than the input axis become per channel.
         assert_eq!(site_scheme(&Scheme::new(8), &conv, &[8, 1, 1, 1]).bits, 8);
         let blocks = Scheme::new(4).per_block(1, 32);
-        let gemm = site(Op::Gemm, 0);
+        let gemm = WeightSite::of(Op::Gemm, 0);
         let s = site_scheme(&blocks, &gemm, &[16, 8]);
         assert_eq!(s.granularity, Granularity::PerAxis { axis: 0 });
     }

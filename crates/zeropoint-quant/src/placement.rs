@@ -40,6 +40,19 @@ pub struct WeightSite {
     pub channel_axis: usize,
 }
 
+#[cfg(test)]
+impl WeightSite {
+    /// A weight "w" of node "n", for tests of the rules that look at sites.
+    pub(crate) fn of(op: Op, channel_axis: usize) -> WeightSite {
+        WeightSite {
+            name: "w".into(),
+            node: "n".into(),
+            op,
+            channel_axis,
+        }
+    }
+}
+
 /// A bias to quantize as int32 with scale s_w · s_x.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BiasSite {
