@@ -32,9 +32,9 @@ use crate::rewrite::{absorb, add_f32_initializer, channel_values, constant_opera
 use crate::{Graph, Node, Op};
 
 /// Rewrites every such pair (or lone Mul, or BatchNormalization) as a depthwise Conv, which
-/// keeps the Mul's (or BatchNormalization's) name and writes the pair's output; returns the names of the nodes rewritten. Needs the rank and
-/// channel count of each pair's input: shapes are inferred only if a pair exists, and where
-/// inference fails nothing is rewritten.
+/// keeps the Mul's (or BatchNormalization's) name and writes the pair's output; returns the
+/// names of the nodes rewritten. Needs the rank and channel count of each pair's input: shapes
+/// are inferred only if a pair exists, and where inference fails nothing is rewritten.
 pub fn scale_shift_convs(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Vec<String>> {
     if candidates(graph).is_empty() {
         return Ok(Vec::new());
@@ -111,12 +111,14 @@ fn candidates(graph: &Graph) -> Vec<(usize, Option<usize>)> {
         .enumerate()
         .filter_map(|(i, node)| {
             if let Some(x) = batch_norm_input(graph, node) {
-                let input_ok = producers.get(x).is_some_and(|&p| integer_input(graph, p));
+                let input_ok = producers
+                    .get(x)
+                    .is_some_and(|&p| integer_input(graph, &producers, p));
                 return (input_ok && quantized_anyway(&node.outputs[0])).then_some((i, None));
             }
             let (x, c) = constant_operand(graph, node, &Op::Mul)?;
             let p = *producers.get(x)?;
-            if !float(c) || graph.nodes[p].op == Op::Conv || !integer_input(graph, p) {
+            if !float(c) || graph.nodes[p].op == Op::Conv || !integer_input(graph, &producers, p) {
                 return None;
             }
             let add = sole_add(&node.outputs[0]);
@@ -132,7 +134,7 @@ fn candidates(graph: &Graph) -> Vec<(usize, Option<usize>)> {
 /// Add of a constant, a Sigmoid, ...) would gain a quantizer and nothing would run in integer
 /// for it: with ppocr-v3-det's ConvTranspose → Add(bias) → BatchNorm → Relu → ConvTranspose
 /// rewritten, its quantize peaked at 382 MB against 207 (one run each).
-fn integer_input(graph: &Graph, p: usize) -> bool {
+fn integer_input(graph: &Graph, producers: &HashMap<&str, usize>, p: usize) -> bool {
     let node = &graph.nodes[p];
     let layer = |n: &Node| matches!(n.op, Op::Conv | Op::ConvTranspose | Op::Gemm | Op::MatMul);
     let activations =
@@ -140,7 +142,6 @@ fn integer_input(graph: &Graph, p: usize) -> bool {
     match node.op {
         Op::Add | Op::Mul => activations(),
         Op::Relu | Op::Clip => {
-            let producers = graph.producers();
             let before = node.inputs.first().and_then(|x| producers.get(x.as_str()));
             before.is_some_and(|&b| layer(&graph.nodes[b]))
         }
@@ -167,7 +168,7 @@ fn batch_norm_input<'g>(graph: &Graph, node: &'g Node) -> Option<&'g str> {
 }
 
 /// A BatchNormalization's scale γ/√(σ²+ε) and shift β − μ·scale per channel (in f64), when
-/// its four parameters have `channels` values each.
+/// its four parameters have `channels` values each and both are finite.
 fn batch_norm_affine(graph: &Graph, node: &Node, channels: usize) -> Option<(Vec<f64>, Vec<f64>)> {
     let eps = node.attribute("epsilon").map_or(1e-5, |a| a.f()) as f64;
     let param = |i: usize| {
@@ -178,10 +179,12 @@ fn batch_norm_affine(graph: &Graph, node: &Node, channels: usize) -> Option<(Vec
     let scale: Vec<f64> = (0..channels)
         .map(|c| gamma[c] / (var[c] + eps).sqrt())
         .collect();
-    let shift = (0..channels)
+    let shift: Vec<f64> = (0..channels)
         .map(|c| beta[c] - mean[c] * scale[c])
         .collect();
-    Some((scale, shift))
+    // A broken file's variance below −ε: the BatchNormalization stays as it is.
+    let finite = scale.iter().chain(&shift).all(|v| v.is_finite());
+    finite.then_some((scale, shift))
 }
 
 /// The pair's constants per channel of x, from x's inferred rank (at least 3: a Conv's input
@@ -355,34 +358,37 @@ mod tests {
         assert_eq!(g.nodes[1].inputs.len(), 2);
     }
 
-    #[test]
-    fn a_batch_norm_after_a_relu_becomes_a_depthwise_conv() {
+    /// Keras' Conv → Relu → BatchNorm (γ 2, 1; β 0.5, −1; μ 1, 0; ε 1; σ² as given) → Conv.
+    fn keras_batch_norm(var: [f32; 2]) -> Graph {
         let params = [
             ("g", [2.0, 1.0]),
             ("be", [0.5, -1.0]),
             ("mu", [1.0, 0.0]),
-            ("var", [3.0, 0.0]),
+            ("var", var),
         ];
         let inits = params
             .iter()
             .map(|(n, v)| RawTensor::from_f32s(*n, &[2], v))
             .collect();
-        let bn = Node::new(
+        let mut bn = Node::new(
             "bn",
             Op::BatchNormalization,
             &["r", "g", "be", "mu", "var"],
             &["n"],
         );
-        // Keras' Conv → Relu → BatchNorm → Conv.
+        bn.attributes = vec![crate::graph::float_attribute("epsilon", 1.0)];
         let mut g = block(inits, vec![bn], "n");
         g.nodes[0] = Node::new("conv0", Op::Conv, &["x", "w"], &["c"]);
         g.nodes
             .insert(1, Node::new("relu0", Op::Relu, &["c"], &["r"]));
-        g.nodes[2].attributes = vec![crate::graph::float_attribute("epsilon", 1.0)];
-        assert_eq!(
-            scale_shift_convs(&mut g, &Shapes::all(&[1, 2, 3, 3])).unwrap(),
-            ["bn"]
-        );
+        g
+    }
+
+    #[test]
+    fn a_batch_norm_after_a_relu_becomes_a_depthwise_conv() {
+        let shapes = Shapes::all(&[1, 2, 3, 3]);
+        let mut g = keras_batch_norm([3.0, 0.0]);
+        assert_eq!(scale_shift_convs(&mut g, &shapes).unwrap(), ["bn"]);
         let dw = &g.nodes[2];
         assert_eq!((&dw.op, dw.inputs[0].as_str()), (&Op::Conv, "r"));
         // scale γ/√(σ²+ε): 2/2, 1/1; shift β − μ·scale: 0.5 − 1, −1 − 0.
@@ -391,6 +397,10 @@ mod tests {
             g.initializer(&dw.inputs[2]).unwrap().to_f32s(),
             [-0.5, -1.0]
         );
+
+        // A variance below −ε (a broken file) leaves the BatchNorm as it is.
+        let mut g = keras_batch_norm([3.0, -4.0]);
+        assert!(scale_shift_convs(&mut g, &shapes).unwrap().is_empty());
     }
 
     #[test]
