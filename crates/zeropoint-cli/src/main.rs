@@ -40,6 +40,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 // mimalloc's C API, linked through the mimalloc crate, which does not wrap it.
 unsafe extern "C" {
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    fn mi_collect(force: bool);
 }
 
 /// `mi_option_purge_delay` in mimalloc's headers (v2 and v3).
@@ -55,6 +56,16 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 fn keep_freed_memory() {
     // SAFETY: mi_option_set only stores an option value, valid to call at any time.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+}
+
+/// Returns the memory mimalloc holds freed to the OS now. Between the stages of a quantization
+/// (each builds its own executors of the whole model, then drops them), the next stage's
+/// allocations otherwise land beside what the last one freed or on top of it, depending on
+/// thread timing: ddddocr-ocr's quantize peaked at 278-335 MB over five runs, against 195 MB
+/// of live memory.
+pub(crate) fn return_freed_memory() {
+    // SAFETY: mi_collect only frees memory mimalloc no longer hands out; valid at any time.
+    unsafe { mi_collect(true) }
 }
 
 #[derive(Parser)]

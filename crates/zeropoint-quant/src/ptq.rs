@@ -117,6 +117,9 @@ pub fn quantize(
             batch_for(&c.graph.inputs, opts.settings.batch),
         );
         let graphs = (c.reference(), &c.graph);
+        // Announced before its executors are built: the caller may release memory between
+        // stages (the CLI returns what calibration freed, see zeropoint-cli's main.rs).
+        progress("measuring", 0, data.len);
         let layers = layer_errors(
             graphs,
             &c.plan,
