@@ -93,6 +93,13 @@ fn canonicalized_models_compute_the_same_outputs() {
         // Convs; its other three go to a MaxPool or the classifier's Transpose and stay.
         let scale_shifts = if name == "cifar10_cnn" { 3 } else { 0 };
         assert_eq!(report.scale_shift_convs.len(), scale_shifts, "{name}");
+        // MiniLM's three attention layers divide their scores by √d = 8.
+        let attention_scales = if name == "minilm_l3" { 3 } else { 0 };
+        assert_eq!(
+            report.folded_attention_scales.len(),
+            attention_scales,
+            "{name}"
+        );
         assert!(
             !canon
                 .nodes

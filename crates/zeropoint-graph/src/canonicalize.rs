@@ -14,6 +14,8 @@
 //! - a per-channel constant Mul (and Add) that no layer absorbs and whose result only layers
 //!   read becomes a 1×1 depthwise Conv ([`crate::scale_shift`]: a pre-activation BatchNorm runs
 //!   as one integer convolution);
+//! - attention's `scores / √d` folded into the query projection's weight and bias
+//!   ([`crate::attention_scale`]);
 //! - loop constants: a Loop-carried value that starts as an initializer and that the body passes
 //!   on unchanged becomes an initializer of the body (tf2onnx exports an LSTM's weights as such
 //!   values of its while loop: as initializers, quantization finds them);
@@ -50,6 +52,9 @@ pub struct Report {
     /// Per-channel Mul (and Add) pairs no layer absorbs, written as depthwise Convs
     /// ([`crate::scale_shift`]): the Mul nodes, which keep their names.
     pub scale_shift_convs: Vec<String>,
+    /// Attention's scores scale (Div or Mul of a scalar after the scores MatMul), folded into
+    /// the query projection ([`crate::attention_scale`]): the nodes removed.
+    pub folded_attention_scales: Vec<String>,
     /// Loop-carried constants made initializers of their loop's body.
     pub hoisted_loop_constants: usize,
     /// Float16 and bfloat16 values widened to float32 before canonicalization
@@ -87,7 +92,14 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let scale_shift_convs = crate::scale_shift::scale_shift_convs(graph, eval)?;
     let hoisted_loop_constants = hoist_loop_constants(graph);
     let static_reshapes = crate::reshape_dims::copy_dims_in_reshapes(graph);
-    let (removed_nodes, removed_initializers) = remove_dead(graph);
+    let (mut removed_nodes, mut removed_initializers) = remove_dead(graph);
+    // After the dead shape chains are gone: they read the query projection too.
+    let folded_attention_scales = crate::attention_scale::fold_attention_scales(graph);
+    if !folded_attention_scales.is_empty() {
+        let (nodes, initializers) = remove_dead(graph);
+        removed_nodes += nodes;
+        removed_initializers += initializers;
+    }
     let mut report = Report {
         static_reshapes,
         folded_constants,
@@ -96,6 +108,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
         folded_bias_adds,
         folded_scale_muls,
         scale_shift_convs,
+        folded_attention_scales,
         hoisted_loop_constants,
         half_precision_values: 0,
         removed_nodes,

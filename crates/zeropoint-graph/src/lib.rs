@@ -9,6 +9,8 @@
 //! - [`op`]: the operator of a node, parsed once from its `op_type` and domain.
 //! - [`canonicalize`]: constant folding, BatchNorm folding, bias Adds into Convs, dead nodes,
 //!   HardSwish as its definition: the form every later step assumes.
+//! - [`attention_scale`]: attention's `/ √d` folded into the query projection (one of
+//!   canonicalization's passes).
 //! - [`scale_shift`]: a per-channel Mul/Add or BatchNorm that no layer absorbs, as a depthwise
 //!   Conv (one of canonicalization's passes).
 //! - [`opset`]: upgrading a graph to a newer opset of the default domain, one step per opset.
@@ -28,6 +30,7 @@
 //! # Ok::<(), zeropoint_graph::Error>(())
 //! ```
 
+pub mod attention_scale;
 pub mod canonicalize;
 pub mod error;
 pub mod evaluator;

@@ -62,6 +62,8 @@ pub struct Canonicalization {
     pub folded_scale_muls: usize,
     /// Per-channel Mul (and Add) pairs written as depthwise Convs.
     pub scale_shift_convs: usize,
+    /// Attention score scales folded into the query projection.
+    pub folded_attention_scales: usize,
     /// Loop-carried constants made initializers of their loop's body.
     pub hoisted_loop_constants: usize,
     pub removed_nodes: usize,
@@ -155,6 +157,7 @@ pub fn describe(
             folded_bias_adds: r.folded_bias_adds.len(),
             folded_scale_muls: r.folded_scale_muls.len(),
             scale_shift_convs: r.scale_shift_convs.len(),
+            folded_attention_scales: r.folded_attention_scales.len(),
             hoisted_loop_constants: r.hoisted_loop_constants,
             removed_nodes: r.removed_nodes,
             removed_initializers: r.removed_initializers,
