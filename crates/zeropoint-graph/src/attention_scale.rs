@@ -158,14 +158,6 @@ mod tests {
     use super::*;
     use crate::graph::ValueInfo;
 
-    fn info(name: &str) -> ValueInfo {
-        ValueInfo {
-            name: name.into(),
-            dtype: Some(DType::F32),
-            shape: None,
-        }
-    }
-
     /// x → MatMul(wq) → Add(bq) → Reshape → Transpose → q; x → MatMul(wk) → Transpose → kt;
     /// MatMul(q, kt) → `scale` node (scores, c) → Softmax → y.
     fn head(scale: Op, scores_first: bool) -> Graph {
@@ -175,8 +167,8 @@ mod tests {
         Graph {
             source: "g.onnx".into(),
             opset: 13,
-            inputs: vec![info("x")],
-            outputs: vec![info("y")],
+            inputs: vec![ValueInfo::float("x")],
+            outputs: vec![ValueInfo::float("y")],
             initializers: vec![
                 RawTensor::from_f32s("wq", &[2, 2], &[1.0, 2.0, 3.0, 4.0]),
                 RawTensor::from_f32s("wk", &[2, 2], &[5.0, 6.0, 7.0, 8.0]),
@@ -234,7 +226,7 @@ mod tests {
         unchanged(head(Op::Div, false));
         // The projection read elsewhere too (a key-value cache output, say).
         let mut g = head(Op::Div, true);
-        g.outputs.push(info("q0"));
+        g.outputs.push(ValueInfo::float("q0"));
         let mut both = g.clone();
         // ... on the query side; the key side then takes the fold.
         assert_eq!(fold_attention_scales(&mut g), ["scale"]);
@@ -243,7 +235,7 @@ mod tests {
             g.initializer(&mk.inputs[1]).unwrap().to_f32s(),
             [1.25, 1.5, 1.75, 2.0]
         );
-        both.outputs.push(info("k"));
+        both.outputs.push(ValueInfo::float("k"));
         unchanged(both);
         // A scale of more than one value.
         let mut g = head(Op::Div, true);

@@ -45,6 +45,16 @@ pub struct ValueInfo {
 }
 
 impl ValueInfo {
+    /// A float32 value of undeclared shape, for the graphs tests build.
+    #[cfg(test)]
+    pub(crate) fn float(name: &str) -> ValueInfo {
+        ValueInfo {
+            name: name.into(),
+            dtype: Some(DType::F32),
+            shape: None,
+        }
+    }
+
     /// The declared shape as text, "[N, 1, 28, 28]", or "?" when none is declared.
     pub fn shape_text(&self) -> String {
         self.shape.as_ref().map_or("?".into(), |s| {

@@ -279,14 +279,6 @@ mod tests {
     use crate::evaluator::Shapes;
     use crate::graph::ValueInfo;
 
-    fn info(name: &str) -> ValueInfo {
-        ValueInfo {
-            name: name.into(),
-            dtype: Some(DType::F32),
-            shape: None,
-        }
-    }
-
     /// A residual sum x + x → r, then `tail` (which reads r), then a Conv of `conv_input`
     /// writes y.
     fn block(initializers: Vec<RawTensor>, tail: Vec<Node>, conv_input: &str) -> Graph {
@@ -298,8 +290,8 @@ mod tests {
         Graph {
             source: "g.onnx".into(),
             opset: 13,
-            inputs: vec![info("x")],
-            outputs: vec![info("y")],
+            inputs: vec![ValueInfo::float("x")],
+            outputs: vec![ValueInfo::float("y")],
             initializers: inits,
             nodes,
         }
@@ -433,11 +425,11 @@ mod tests {
         // The result is read by a float op (Sigmoid), or by a Relu that a float op reads.
         let mut g = batch_norm(s, b);
         g.nodes.push(Node::new("sig", Op::Sigmoid, &["a"], &["z"]));
-        g.outputs.push(info("z"));
+        g.outputs.push(ValueInfo::float("z"));
         unchanged(g, &shapes);
         let mut g = batch_norm(s, b);
         g.nodes.push(Node::new("sig", Op::Sigmoid, &["p"], &["z"]));
-        g.outputs.push(info("z"));
+        g.outputs.push(ValueInfo::float("z"));
         unchanged(g, &shapes);
 
         // At a graph input: the raw input would be rounded.
