@@ -10,6 +10,7 @@ pub fn bar() -> impl FnMut(&str, usize, usize) {
             if let Some((_, b)) = &bar {
                 b.finish_and_clear();
             }
+            // The bar sees every stage change: the one moment the last stage's memory is free.
             crate::return_freed_memory();
             let b = indicatif::ProgressBar::new(total as u64);
             b.set_style(

@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use zeropoint_onnx::{DType, RawTensor};
+use zeropoint_onnx::DType;
 
 use crate::rewrite::{absorb, add_f32_initializer, constant_operand};
 use crate::{Graph, Node, Op};
@@ -22,9 +22,13 @@ pub fn fold_attention_scales(graph: &mut Graph) -> Vec<String> {
     let mut folded = Vec::new();
     while let Some(f) = find(graph) {
         folded.push(graph.nodes[f.scale].name.clone());
-        for (name, t) in f.weights {
+        for name in f.weights {
+            let Some(t) = graph.initializer(&name) else {
+                continue;
+            };
+            let shape = t.shape.clone();
             let scaled: Vec<f32> = t.to_f64s().iter().map(|&v| (v * f.factor) as f32).collect();
-            let new = add_f32_initializer(graph, &format!("{name}_scaled"), &t.shape, &scaled);
+            let new = add_f32_initializer(graph, &format!("{name}_scaled"), &shape, &scaled);
             rename_input(graph, f.layers.0, &name, &new);
             if let Some(add) = f.layers.1 {
                 rename_input(graph, add, &name, &new);
@@ -36,12 +40,12 @@ pub fn fold_attention_scales(graph: &mut Graph) -> Vec<String> {
 }
 
 /// A fold to make: the scale node, the scores MatMul, the projection (MatMul or Gemm, and the
-/// bias Add after a MatMul), the weights to scale and by what.
+/// bias Add after a MatMul), the weights to scale (float32 initializers) and by what.
 struct Fold {
     scale: usize,
     matmul: usize,
     layers: (usize, Option<usize>),
-    weights: Vec<(String, RawTensor)>,
+    weights: Vec<String>,
     factor: f64,
 }
 
@@ -64,17 +68,18 @@ fn find(graph: &Graph) -> Option<Fold> {
         _ => None,
     };
     graph.nodes.iter().enumerate().find_map(|(i, node)| {
-        let factor = match node.op {
-            Op::Div | Op::Mul => scalar(graph, node)?,
-            _ => return None,
-        };
-        let factor = if node.op == Op::Div {
-            1.0 / factor
-        } else {
-            factor
-        };
+        if !matches!(node.op, Op::Div | Op::Mul) {
+            return None;
+        }
         let (scores, c) = constant_operand(graph, node, &node.op)?;
-        if scores != node.inputs[0] && node.op == Op::Div || !factor.is_finite() || c.len() != 1 {
+        // c / scores is no scaling.
+        let divides = node.op == Op::Div;
+        if c.dtype != DType::F32 || c.len() != 1 || divides && scores != node.inputs[0] {
+            return None;
+        }
+        let c = c.to_f64s()[0];
+        let factor = if divides { 1.0 / c } else { c };
+        if !factor.is_finite() {
             return None;
         }
         let (mm, m) = sole(scores).filter(|(_, m)| m.op == Op::MatMul)?;
@@ -96,17 +101,13 @@ fn find(graph: &Graph) -> Option<Fold> {
     })
 }
 
-/// The single float value of a binary node's constant operand.
-fn scalar(graph: &Graph, node: &Node) -> Option<f64> {
-    let (_, c) = constant_operand(graph, node, &node.op)?;
-    (c.dtype == DType::F32 && c.len() == 1).then(|| c.to_f64s()[0])
-}
+/// A projection's nodes (the MatMul or Gemm, and the bias Add after a MatMul) and its weights.
+type Layers = ((usize, Option<usize>), Vec<String>);
 
 /// The projection that `v` is, through Reshape, Transpose, Squeeze and Unsqueeze nodes that
 /// each alone read the value before: `MatMul(x, W) + b`, `MatMul(x, W)` or `Gemm(x, W, b)` with
-/// float initializers W and b, each read by that node alone. Its nodes and its weights.
-type Layers = ((usize, Option<usize>), Vec<(String, RawTensor)>);
-
+/// float32 initializers W and b. (Other readers of W and b keep them: the fold writes scaled
+/// copies.)
 fn projection<'g>(
     graph: &'g Graph,
     sole: &dyn Fn(&str) -> Option<(usize, &'g Node)>,
@@ -123,8 +124,8 @@ fn projection<'g>(
         at = sole(at.1.inputs.first()?)?;
     }
     let float_weight = |name: &str| {
-        let t = graph.initializer(name).filter(|t| t.dtype == DType::F32)?;
-        Some((name.to_string(), t.clone()))
+        let is_float = graph.initializer(name)?.dtype == DType::F32;
+        is_float.then(|| name.to_string())
     };
     let (p, node) = at;
     match node.op {
@@ -157,6 +158,7 @@ mod tests {
 
     use super::*;
     use crate::graph::ValueInfo;
+    use zeropoint_onnx::RawTensor;
 
     /// x → MatMul(wq) → Add(bq) → Reshape → Transpose → q; x → MatMul(wk) → Transpose → kt;
     /// MatMul(q, kt) → `scale` node (scores, c) → Softmax → y.

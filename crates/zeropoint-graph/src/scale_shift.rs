@@ -248,8 +248,8 @@ fn mul_add_affine(
     Some((channel_values(scale, rank, channels)?, shift))
 }
 
-/// The Mul (or BatchNormalization) becomes `Conv(x, s, b)` with one group per channel and writes the pair's output;
-/// the Add goes.
+/// The Mul (or BatchNormalization) becomes `Conv(x, s, b)` with one group per channel and
+/// writes the pair's output; the Add goes.
 fn rewrite(graph: &mut Graph, pair: Pair) {
     let name = graph.nodes[pair.first].name.clone();
     let channels = pair.scale.len();
