@@ -9,6 +9,14 @@ folds_and_fusions.onnx: Conv (padded) -> Mul(per-channel) -> Add(per-channel) ->
 exported inference BatchNorm that folds into the Conv; Flatten -> MatMul -> Clip(1e-10, no max)
 -> Log, a layer whose output placement quantizes before the Clip; Gemm -> Relu -> Identity into
 the graph output, whose Relu stays float.
+
+scale_shift.onnx: two Conv -> Relu branches summed, then an inference BatchNormalization ->
+Relu -> Conv, and a Relu -> per-channel Mul -> Add -> Conv: the scales and shifts no layer
+before absorbs, which canonicalization writes as 1x1 depthwise convolutions.
+
+attention.onnx: one attention head, x -> MatMul(W_q) + b_q -> Reshape -> Transpose and
+x -> Gemm(W_k) -> Transpose as the scores MatMul's operands, scores / sqrt(d) -> Softmax ->
+MatMul(V): the division canonicalization folds into the query projection.
 """
 
 import sys
@@ -44,10 +52,68 @@ def folds_and_fusions():
     return model
 
 
+def scale_shift():
+    rng = np.random.default_rng(1)
+    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    weights = dict(w1=f(4, 3, 3, 3), w2=f(4, 3, 1, 1), gamma=f(4) + 1, beta=f(4), mean=f(4),
+                   var=np.abs(f(4)) + 0.1, w3=f(4, 4, 1, 1), b3=f(4), s=f(1, 4, 1, 1), t=f(1, 4, 1, 1),
+                   w4=f(2, 4, 3, 3))
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["x", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Add", ["r1", "r2"], ["sum"], name="residual"),
+             helper.make_node("BatchNormalization", ["sum", "gamma", "beta", "mean", "var"], ["bn"],
+                              name="bn", epsilon=1e-5),
+             helper.make_node("Relu", ["bn"], ["r3"], name="relu3"),
+             helper.make_node("Conv", ["r3", "w3", "b3"], ["c3"], name="conv3"),
+             helper.make_node("Relu", ["c3"], ["r4"], name="relu4"),
+             helper.make_node("Mul", ["r4", "s"], ["m"], name="scale"),
+             helper.make_node("Add", ["m", "t"], ["a"], name="shift"),
+             helper.make_node("Conv", ["a", "w4"], ["y"], name="conv4", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "scale_shift",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2, 5, 5])],
+                              [numpy_helper.from_array(v, n) for n, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def attention():
+    rng = np.random.default_rng(2)
+    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    weights = dict(wq=f(8, 8), bq=f(8), wk=f(8, 8), bk=f(8), wv=f(8, 8),
+                   heads=np.array([1, 4, 2, 4], np.int64), d=np.array(2.0, np.float32))
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q0"], name="q_proj"),
+             helper.make_node("Add", ["q0", "bq"], ["q1"], name="q_bias"),
+             helper.make_node("Reshape", ["q1", "heads"], ["q2"], name="q_heads"),
+             helper.make_node("Transpose", ["q2"], ["q"], name="q_t", perm=[0, 2, 1, 3]),
+             helper.make_node("Flatten", ["x"], ["xf"], name="flat", axis=2),
+             helper.make_node("Gemm", ["xf", "wk", "bk"], ["k0"], name="k_proj"),
+             helper.make_node("Reshape", ["k0", "heads"], ["k1"], name="k_heads"),
+             helper.make_node("Transpose", ["k1"], ["kt"], name="k_t", perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
+             helper.make_node("Div", ["s", "d"], ["sd"], name="scale"),
+             helper.make_node("Softmax", ["sd"], ["p"], name="softmax", axis=-1),
+             helper.make_node("MatMul", ["x", "wv"], ["v0"], name="v_proj"),
+             helper.make_node("Reshape", ["v0", "heads"], ["v1"], name="v_heads"),
+             helper.make_node("Transpose", ["v1"], ["v"], name="v_t", perm=[0, 2, 1, 3]),
+             helper.make_node("MatMul", ["p", "v"], ["y"], name="context")]
+    graph = helper.make_graph(nodes, "attention",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [numpy_helper.from_array(v, n) for n, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    onnx.save(folds_and_fusions(), out / "folds_and_fusions.onnx")
+    for seed in (folds_and_fusions, scale_shift, attention):
+        onnx.save(seed(), out / f"{seed.__name__}.onnx")
 
 
 if __name__ == "__main__":
