@@ -42,8 +42,9 @@ pub struct Report {
     pub folded_constants: usize,
     /// (BatchNormalization node, the node it was folded into).
     pub folded_batch_norms: Vec<(String, String)>,
-    /// What each folded BatchNormalization said of its output, for the algorithms that use it
-    /// (high-bias absorption, analytic bias correction).
+    /// What each folded BatchNormalization said of its output, and each one written as a
+    /// depthwise Conv (`scale_shift_convs`), for the algorithms that use it (high-bias
+    /// absorption, analytic bias correction, QAT with batch statistics).
     pub batch_norm_stats: Vec<BatchNormStats>,
     /// (Add node, the Conv it was folded into as the bias).
     pub folded_bias_adds: Vec<(String, String)>,
@@ -70,7 +71,7 @@ pub struct Report {
 
 /// A folded BatchNormalization's output per channel is distributed with mean β and standard
 /// deviation |γ| (it normalizes, then scales by γ and shifts by β). The value is now the output
-/// of the layer it was folded into.
+/// of the layer it was folded into (or of the depthwise Conv it became).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchNormStats {
     pub value: String,
@@ -85,11 +86,16 @@ pub struct BatchNormStats {
 /// Runs every pass, in the order that lets each feed the next.
 pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let folded_constants = fold_constants(graph, eval)?;
-    let (folded_batch_norms, batch_norm_stats) = fold_batch_norms(graph, eval)?.into_iter().unzip();
+    let (folded_batch_norms, mut batch_norm_stats): (_, Vec<_>) =
+        fold_batch_norms(graph, eval)?.into_iter().unzip();
     let folded_scale_muls = fold_scale_muls(graph)?;
     let mut folded_bias_adds = fold_bias_adds(graph)?;
     folded_bias_adds.extend(fold_matmul_bias_adds(graph, eval)?);
-    let scale_shift_convs = crate::scale_shift::scale_shift_convs(graph, eval)?;
+    let (scale_shift_convs, rewritten_stats): (_, Vec<_>) =
+        crate::scale_shift::scale_shift_convs(graph, eval)?
+            .into_iter()
+            .unzip();
+    batch_norm_stats.extend(rewritten_stats.into_iter().flatten());
     let hoisted_loop_constants = hoist_loop_constants(graph);
     let static_reshapes = crate::reshape_dims::copy_dims_in_reshapes(graph);
     let (mut removed_nodes, mut removed_initializers) = remove_dead(graph);

@@ -20,11 +20,17 @@
 //! (through a Relu or Clip), or an Add or Mul of two activations, which then runs in integer.
 //! Never at a graph input (that would round the model's raw input to gain one small op), nor
 //! after a float op, which would only gain a quantizer.
+//!
+//! A BatchNormalization rewritten so still says how its output is distributed (mean β,
+//! standard deviation |γ|), as one folded into a layer does: the rewrite returns its
+//! statistics, for analytic bias correction, high-bias absorption and QAT's batch statistics
+//! (to which the Conv is the BatchNorm folded into an identity layer).
 
 use std::collections::{HashMap, HashSet};
 
 use zeropoint_onnx::{DType, RawTensor};
 
+use crate::canonicalize::BatchNormStats;
 use crate::error::Result;
 use crate::evaluator::Evaluator;
 use crate::graph::{int_attribute, Dim, ValueType};
@@ -33,9 +39,13 @@ use crate::{Graph, Node, Op};
 
 /// Rewrites every such pair (or lone Mul, or BatchNormalization) as a depthwise Conv, which
 /// keeps the Mul's (or BatchNormalization's) name and writes the pair's output; returns the
-/// names of the nodes rewritten. Needs the rank and channel count of each pair's input: shapes
-/// are inferred only if a pair exists, and where inference fails nothing is rewritten.
-pub fn scale_shift_convs(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Vec<String>> {
+/// names of the nodes rewritten, each with its statistics if it was a BatchNormalization.
+/// Needs the rank and channel count of each pair's input: shapes are inferred only if a pair
+/// exists, and where inference fails nothing is rewritten.
+pub fn scale_shift_convs(
+    graph: &mut Graph,
+    eval: &dyn Evaluator,
+) -> Result<Vec<(String, Option<BatchNormStats>)>> {
     if candidates(graph).is_empty() {
         return Ok(Vec::new());
     }
@@ -48,7 +58,8 @@ pub fn scale_shift_convs(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Vec<
         .into_iter()
         .find_map(|(mul, add)| channel_pair(graph, &types, mul, add))
     {
-        written.push(graph.nodes[pair.first].name.clone());
+        let stats = pair.stats.clone();
+        written.push((graph.nodes[pair.first].name.clone(), stats));
         rewrite(graph, pair);
     }
     Ok(written)
@@ -63,6 +74,8 @@ struct Pair {
     rank: usize,
     scale: Vec<f64>,
     shift: Option<Vec<f64>>,
+    /// A BatchNormalization's.
+    stats: Option<BatchNormStats>,
 }
 
 /// (Mul, the Add after it if any) where the Mul scales a node's float output by a float
@@ -168,8 +181,12 @@ fn batch_norm_input<'g>(graph: &Graph, node: &'g Node) -> Option<&'g str> {
 }
 
 /// A BatchNormalization's scale γ/√(σ²+ε) and shift β − μ·scale per channel (in f64), when
-/// its four parameters have `channels` values each and both are finite.
-fn batch_norm_affine(graph: &Graph, node: &Node, channels: usize) -> Option<(Vec<f64>, Vec<f64>)> {
+/// its four parameters have `channels` values each and both are finite, and its statistics.
+fn batch_norm_affine(
+    graph: &Graph,
+    node: &Node,
+    channels: usize,
+) -> Option<(Vec<f64>, Vec<f64>, BatchNormStats)> {
     let eps = node.attribute("epsilon").map_or(1e-5, |a| a.f()) as f64;
     let param = |i: usize| {
         let t = graph.initializer(&node.inputs[i])?;
@@ -184,7 +201,14 @@ fn batch_norm_affine(graph: &Graph, node: &Node, channels: usize) -> Option<(Vec
         .collect();
     // A broken file's variance below −ε: the BatchNormalization stays as it is.
     let finite = scale.iter().chain(&shift).all(|v| v.is_finite());
-    finite.then_some((scale, shift))
+    let stats = BatchNormStats {
+        value: node.outputs[0].clone(),
+        beta,
+        gamma,
+        variance: var,
+        epsilon: eps,
+    };
+    finite.then_some((scale, shift, stats))
 }
 
 /// The pair's constants per channel of x, from x's inferred rank (at least 3: a Conv's input
@@ -208,11 +232,12 @@ fn channel_pair(
     if rank < 3 || channels < 2 {
         return None;
     }
-    let (scale, shift) = if node.op == Op::BatchNormalization {
-        let (scale, shift) = batch_norm_affine(graph, node, channels)?;
-        (scale, Some(shift))
+    let (scale, shift, stats) = if node.op == Op::BatchNormalization {
+        let (scale, shift, stats) = batch_norm_affine(graph, node, channels)?;
+        (scale, Some(shift), Some(stats))
     } else {
-        mul_add_affine(graph, node, add, rank, channels)?
+        let (scale, shift) = mul_add_affine(graph, node, add, rank, channels)?;
+        (scale, shift, None)
     };
     Some(Pair {
         first,
@@ -221,6 +246,7 @@ fn channel_pair(
         rank,
         scale,
         shift,
+        stats,
     })
 }
 
@@ -317,7 +343,9 @@ mod tests {
     fn a_per_channel_mul_and_add_before_a_relu_and_conv_become_a_depthwise_conv() {
         let mut g = batch_norm((&[1, 2, 1, 1], &[2.0, -0.5]), (&[2, 1, 1], &[0.25, 3.0]));
         let shapes = Shapes::all(&[1, 2, 3, 3]);
-        assert_eq!(scale_shift_convs(&mut g, &shapes).unwrap(), ["bn_mul"]);
+        let written = scale_shift_convs(&mut g, &shapes).unwrap();
+        // A Mul and Add say nothing of how their output is distributed.
+        assert_eq!(written, [("bn_mul".to_string(), None)]);
         let ops: Vec<&Op> = g.nodes.iter().map(|n| &n.op).collect();
         assert_eq!(ops, [&Op::Add, &Op::Conv, &Op::Relu, &Op::Conv]);
         let dw = &g.nodes[1];
@@ -346,7 +374,8 @@ mod tests {
             vec![Node::new("scale", Op::Mul, &["r", "s"], &["m"])],
             "m",
         );
-        assert_eq!(scale_shift_convs(&mut g, &shapes).unwrap(), ["scale"]);
+        let written = scale_shift_convs(&mut g, &shapes).unwrap();
+        assert_eq!(written, [("scale".to_string(), None)]);
         assert_eq!(g.nodes[1].inputs.len(), 2);
     }
 
@@ -380,7 +409,21 @@ mod tests {
     fn a_batch_norm_after_a_relu_becomes_a_depthwise_conv() {
         let shapes = Shapes::all(&[1, 2, 3, 3]);
         let mut g = keras_batch_norm([3.0, 0.0]);
-        assert_eq!(scale_shift_convs(&mut g, &shapes).unwrap(), ["bn"]);
+        let written = scale_shift_convs(&mut g, &shapes).unwrap();
+        let [(name, Some(stats))] = written.as_slice() else {
+            panic!("one BatchNorm rewritten, with its statistics: {written:?}");
+        };
+        // Its output keeps the BatchNorm's statistics, as a folded one's does.
+        assert_eq!(name, "bn");
+        assert_eq!(stats.value, "n");
+        assert_eq!(
+            (stats.gamma.as_slice(), stats.beta.as_slice()),
+            (&[2.0, 1.0][..], &[0.5, -1.0][..])
+        );
+        assert_eq!(
+            (stats.variance.as_slice(), stats.epsilon),
+            (&[3.0, 0.0][..], 1.0)
+        );
         let dw = &g.nodes[2];
         assert_eq!((&dw.op, dw.inputs[0].as_str()), (&Op::Conv, "r"));
         // scale γ/√(σ²+ε): 2/2, 1/1; shift β − μ·scale: 0.5 − 1, −1 − 0.
