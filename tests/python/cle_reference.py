@@ -4,7 +4,8 @@ implementation of their formulas (Nagel et al. 2019, arXiv 1906.04721, §4.1 and
 Usage: cle_reference.py ZEROPOINT DIR
 
 Builds a small CNN with BatchNorms (Conv → BN → ReLU → depthwise Conv → BN → ReLU → 1×1 Conv →
-BN → ReLU → MaxPool → Conv, and a ReLU6 branch that must be refused), runs
+BN → ReLU → MaxPool → Conv, a ReLU6 branch that must be refused, and a Keras-style
+Conv → ReLU → BN → Conv branch, whose BN becomes a per-channel scale that no pair may use), runs
 `zeropoint equalize` on it with and without bias absorption, and checks:
 - the equalized weights and biases equal numpy's (BN folded, pairs equalized with
   s = sqrt(r1 / r2) in turn until no scale moves);
@@ -77,9 +78,20 @@ def build(path):
               numpy_helper.from_array(np.array(6, np.float32), "six")]
     cb(r1, "x", "b1"); nodes.append(helper.make_node("Clip", ["b1", "zero", "six"], ["g1"], name="relu6"))
     cb(r2, "g1", "z")
+    # Keras' order: the BatchNorm after the ReLU becomes a 1×1 depthwise Conv (a per-channel scale).
+    k1, k2 = conv_bn(rng, "k1", 3, 4, 1), conv_bn(rng, "k2", 4, 2, 1)
+    for layer in (k1, k2):
+        inits += [numpy_helper.from_array(layer[k], f"{layer['name']}_{k}") for k in ("w", "b")]
+    inits += [numpy_helper.from_array(v, f"k_{k}") for k, v in k1["bn"].items()]
+    nodes += [helper.make_node("Conv", ["x", "k1_w", "k1_b"], ["k1_conv"], name="k1"),
+              helper.make_node("Relu", ["k1_conv"], ["k1_relu"], name="k1_relu"),
+              helper.make_node("BatchNormalization", ["k1_relu"] + [f"k_{k}" for k in ("gamma", "beta", "mean", "var")],
+                               ["k1_bn"], name="k_bn", epsilon=EPS),
+              helper.make_node("Conv", ["k1_bn", "k2_w", "k2_b"], ["k"], name="k2")]
     graph = helper.make_graph(nodes, "cle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 16, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 6, 6]),
-                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3, 16, 16])], inits)
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3, 16, 16]),
+                               helper.make_tensor_value_info("k", TensorProto.FLOAT, [2, 2, 16, 16])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
@@ -165,8 +177,9 @@ def main():
     refused = {r["layer"]: r["reason"] for r in report["refused"]}
     assert [(p["first"], p["second"]) for p in report["pairs"]] == pairs, report["pairs"]
     assert "r1" in refused and "ReLU6" in refused["r1"], refused
+    assert "k1" in refused and "per-channel scale" in refused["k1"], refused
     print(f"pairs {[(p['first'], p['second']) for p in report['pairs']]} in {report['rounds']} rounds; "
-          f"refused: r1 ({refused['r1']})")
+          f"refused: r1 ({refused['r1']}), k1 ({refused['k1']})")
     for a, b in pairs:
         l1 = dict(w=got[a][0], depthwise=False)
         l2 = dict(w=got[b][0], depthwise=b == "dw")

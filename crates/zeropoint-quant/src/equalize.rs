@@ -12,6 +12,13 @@
 //! depthwise Conv → Conv) are equalized in turn until no scale moves; the fixed point is the
 //! paper's triplet form (all three ranges the cube root of their product).
 //!
+//! A 1×1 depthwise Conv of one value per channel (a BatchNorm after an activation, written as a
+//! Conv by `zeropoint_graph::scale_shift`) takes part in no pair: its weights are per-channel
+//! and exact whatever the settings (`params::site_scheme`), so equalizing gains it nothing,
+//! and moving its scales into its neighbours only skews the per-channel ranges of the
+//! activations around it (the CIFAR-10 CNN at per-tensor int4: 15.4 dB without such pairs,
+//! 3.0 with them).
+//!
 //! ReLU6 (Clip to [0, 6]), HardSwish, sigmoids and the like are not homogeneous: scaling moves
 //! their clip points. Pairs through them are refused and listed. With `relu6_as_relu`, each
 //! ReLU6 between two layers becomes a ReLU first, as the paper does for MobileNetV2: this
@@ -225,13 +232,22 @@ fn find_chains(graph: &Graph, opts: Options) -> (Vec<Chain>, Vec<Refusal>) {
         let Some(kind) = kind_of(graph, node) else {
             continue;
         };
-        if !bias_per_channel(graph, node, kind) {
+        if !bias_per_channel(graph, node, kind) || channel_scale(graph, node) {
             continue;
         }
         match follow(graph, &consumers, &outputs, i, opts) {
             Ok(chain) => {
-                let next = kind_of(graph, &graph.nodes[chain.second]);
-                if next.is_some_and(|k| k.is_conv() == kind.is_conv()) {
+                let second = &graph.nodes[chain.second];
+                let next = kind_of(graph, second);
+                if channel_scale(graph, second) {
+                    refused.push(Refusal {
+                        layer: node.name.clone(),
+                        reason: format!(
+                            "its channels reach {}, a per-channel scale (exact on its own grids)",
+                            second.label()
+                        ),
+                    });
+                } else if next.is_some_and(|k| k.is_conv() == kind.is_conv()) {
                     chains.push(chain);
                 } else {
                     refused.push(Refusal {
@@ -251,6 +267,16 @@ fn find_chains(graph: &Graph, opts: Options) -> (Vec<Chain>, Vec<Refusal>) {
         }
     }
     (chains, refused)
+}
+
+/// Whether `node` is a 1×1 depthwise Conv: one weight per channel, a per-channel scale.
+fn channel_scale(graph: &Graph, node: &Node) -> bool {
+    let Some(Kind::Depthwise) = kind_of(graph, node) else {
+        return false;
+    };
+    graph
+        .float_initializer(&node.inputs[1])
+        .is_some_and(|w| w.len() == w.shape[0])
 }
 
 /// Whether `node`'s bias, if any, is a float initializer with one value per output channel.
