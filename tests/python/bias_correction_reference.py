@@ -14,7 +14,9 @@ float on these samples.
 
 Analytic bias correction (`--bias-correction analytic`) is checked against numpy: for each layer
 whose input is BatchNorm → ReLU, shift = (W̃ − W)·E[x] with E[x] = γ·φ(−β/γ) + β·(1 − Φ(−β/γ))
-from that BatchNorm's β and γ, W the BN-folded float weight and W̃ the export's dequantized one.
+from that BatchNorm's β and γ, W the BN-folded float weight and W̃ the export's dequantized one;
+for the first layer, which reads the model's input, E[x] is the calibration data's mean per
+channel.
 """
 
 import math
@@ -151,17 +153,21 @@ def check_analytic(zeropoint, out, plain):
     init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in src.graph.initializer}
     by_input = {n.input[0]: n for n in src.graph.node}
     by_output = {n.output[0]: n for n in src.graph.node}
+    calib = np.load(out / "calib.npy").astype(np.float64)
     expected = []
     for conv in (n for n in src.graph.node if n.op_type == "Conv"):
         relu = by_output.get(conv.input[0])
         bn_in = by_output.get(relu.input[0]) if relu is not None and relu.op_type == "Relu" else None
-        if bn_in is None or bn_in.op_type != "BatchNormalization":
+        if conv.input[0] == src.graph.input[0].name:
+            mean_x = calib.mean(axis=tuple(a for a in range(calib.ndim) if a != 1))
+        elif bn_in is not None and bn_in.op_type == "BatchNormalization":
+            gamma, beta = init[bn_in.input[1]], init[bn_in.input[2]]
+            z = -beta / np.abs(gamma)
+            pdf = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+            cdf = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
+            mean_x = np.abs(gamma) * pdf + beta * (1 - cdf)
+        else:
             continue
-        gamma, beta = init[bn_in.input[1]], init[bn_in.input[2]]
-        z = -beta / np.abs(gamma)
-        pdf = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-        cdf = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
-        mean_x = np.abs(gamma) * pdf + beta * (1 - cdf)
         bn = by_input[conv.output[0]]
         f = init[bn.input[1]] / np.sqrt(init[bn.input[4]] + 1e-5)
         w = init[conv.input[1]] * f[:, None, None, None]

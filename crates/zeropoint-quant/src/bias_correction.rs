@@ -14,11 +14,16 @@
 //! the exported model computes it. Between layers the samples' activations wait on disk: the
 //! sample count (`--bias-correction-samples`) does not bound the memory.
 //!
-//! Analytic bias correction needs no data: where a layer's input is a folded BatchNorm's output
+//! Analytic bias correction runs no model: where a layer's input is a folded BatchNorm's output
 //! (pre-activation ≈ N(β, γ²) per channel), directly or through a ReLU, E[x] is known —
 //! β, or γ·φ(−β/γ) + β·Φ(β/γ) after the ReLU (the mean of a rectified Gaussian) — and the shift
 //! the quantized weights cause is (W̃ − W)·E[x], summed over each filter's taps. It sees only the
-//! weights' error, not the input's, and ignores zero padding.
+//! weights' error, not the input's, and ignores zero padding. Beyond the paper, a layer that
+//! reads the model's input (directly or through a Transpose) takes E[x] from the calibration
+//! data's mean per channel, a pass over the data alone: the first layer has no BatchNorm before
+//! it, and where the input is not centred its shift is the largest (the CIFAR-10 CNN, fed
+//! pixels in 0..255 at int4 weights: up to 9.2 in the first Conv's output, against at most
+//! 0.8 in any other layer's).
 
 use std::collections::HashMap;
 
@@ -27,7 +32,7 @@ use zeropoint_engine::exec::HookError;
 use zeropoint_engine::{Executor, Value};
 use zeropoint_graph::canonicalize::BatchNormStats;
 use zeropoint_graph::{Graph, Op};
-use zeropoint_onnx::RawTensor;
+use zeropoint_onnx::{DType, RawTensor};
 
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
@@ -155,12 +160,14 @@ fn biased_layers(graph: &Graph, plan: &Plan) -> HashMap<String, (String, String)
 }
 
 /// Analytic bias correction of every planned bias whose layer reads a folded BatchNorm's output,
-/// directly or through one ReLU (`stats`): the bias less (W̃ − W)·E[x].
+/// directly or through one ReLU (`stats`), or a value whose mean per channel `data_means` has
+/// ([`data_means`]): the bias less (W̃ − W)·E[x].
 pub fn correct_biases_analytic(
     graph: &mut Graph,
     plan: &Plan,
     params: &Params,
     stats: &[BatchNormStats],
+    data_means: &HashMap<String, Vec<f64>>,
 ) -> Result<Vec<Correction>> {
     let layers = biased_layers(graph, plan);
     let stats: HashMap<&str, &BatchNormStats> =
@@ -171,7 +178,12 @@ pub fn correct_biases_analytic(
         if !layers.contains_key(&node.outputs[0]) {
             continue;
         }
-        let Some(mean) = input_mean(graph, &producers, &stats, &node.inputs[0]) else {
+        let x = &node.inputs[0];
+        let Some(mean) = data_means
+            .get(x)
+            .cloned()
+            .or_else(|| input_mean(graph, &producers, &stats, x))
+        else {
             continue;
         };
         let (Some(w), Some(wp)) = (
@@ -205,6 +217,60 @@ pub fn correct_biases_analytic(
         shifts.push((node.outputs[0].clone(), shift));
     }
     apply(graph, &layers, shifts)
+}
+
+/// The mean per channel (axis 1) of each graph input of rank 3 or more in `data`, and of each
+/// Transpose of one (its axis 1 is the input's axis `perm[1]`), over every sample and position,
+/// summed in sample order.
+pub fn data_means(graph: &Graph, mut data: Dataset) -> Result<HashMap<String, Vec<f64>>> {
+    // Per input, per axis after the batch: the sums along that axis and the count.
+    let mut sums: HashMap<String, (Vec<Vec<f64>>, f64)> = HashMap::new();
+    while let Some(batch) = data.next_batch(1)? {
+        for (name, v) in batch {
+            let shape = v.shape().to_vec();
+            if shape.len() < 3 || v.dtype != DType::F32 {
+                continue;
+            }
+            let (per_axis, count) = sums
+                .entry(name.clone())
+                .or_insert_with(|| (shape.iter().map(|&d| vec![0.0; d]).collect(), 0.0));
+            if per_axis.iter().map(Vec::len).ne(shape.iter().copied()) {
+                // Samples of another size: their per-axis sums do not line up.
+                continue;
+            }
+            v.with_f32s(|x| add_axis_sums(x, &shape, per_axis))
+                .map_err(|e| Error::new(&graph.source, format!("input '{name}': {e}")))?;
+            *count += shape.iter().product::<usize>() as f64;
+        }
+    }
+    let mean_along = |input: &str, axis: usize| {
+        let (per_axis, count) = sums.get(input)?;
+        let along = per_axis.get(axis)?;
+        let per_index = count / along.len() as f64;
+        Some(along.iter().map(|s| s / per_index).collect::<Vec<f64>>())
+    };
+    let mut means = HashMap::new();
+    for input in &graph.inputs {
+        means.extend(mean_along(&input.name, 1).map(|m| (input.name.clone(), m)));
+    }
+    for node in graph.nodes.iter().filter(|n| n.op == Op::Transpose) {
+        let perm = node.attribute("perm").map(|a| a.ints.clone());
+        let axis = perm.and_then(|p| usize::try_from(*p.get(1)?).ok());
+        if let Some(m) = axis.and_then(|a| mean_along(&node.inputs[0], a)) {
+            means.insert(node.outputs[0].clone(), m);
+        }
+    }
+    Ok(means)
+}
+
+/// Adds each element of `x` (row-major, of `shape`) to its index's sum along every axis.
+fn add_axis_sums(x: &[f32], shape: &[usize], per_axis: &mut [Vec<f64>]) {
+    for (axis, sums) in per_axis.iter_mut().enumerate() {
+        let inner: usize = shape[axis + 1..].iter().product();
+        for (i, &v) in x.iter().enumerate() {
+            sums[(i / inner.max(1)) % shape[axis]] += f64::from(v);
+        }
+    }
 }
 
 /// E[x] per channel of `value` where a folded BatchNorm's statistics give it: the BatchNorm's
@@ -266,4 +332,55 @@ fn channel_error_sums(r: &Value, v: &Value) -> std::result::Result<Part, HookErr
     })??;
     let count = layout.len() / sums.len().max(1);
     Ok((sums, count as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use zeropoint_graph::graph::{Dim, ValueInfo};
+    use zeropoint_graph::Node;
+
+    use super::*;
+
+    /// Two NHWC samples, [1, 2, 2, 3] each (channel c of pixel p holds 10·c + p + sample), as
+    /// the model's input and transposed to NCHW.
+    #[test]
+    fn data_means_are_per_channel_of_the_input_and_of_its_transpose() {
+        let nhwc: Vec<f32> = (0..2)
+            .flat_map(|s| (0..4).flat_map(move |p| (0..3).map(move |c| (10 * c + p + s) as f32)))
+            .collect();
+        let x = RawTensor::from_f32s("x", &[2, 2, 2, 3], &nhwc);
+        let mut t = Node::new("t", Op::Transpose, &["x"], &["xt"]);
+        t.attributes = vec![zeropoint_graph::graph::ints_attribute(
+            "perm",
+            &[0, 3, 1, 2],
+        )];
+        let dims = [
+            Dim::Sym("N".into()),
+            Dim::Fixed(2),
+            Dim::Fixed(2),
+            Dim::Fixed(3),
+        ];
+        let input = ValueInfo {
+            name: "x".into(),
+            dtype: Some(DType::F32),
+            shape: Some(dims.to_vec()),
+        };
+        let graph = Graph {
+            source: "nhwc.onnx".into(),
+            opset: 13,
+            inputs: vec![input],
+            outputs: Vec::new(),
+            initializers: Vec::new(),
+            nodes: vec![t],
+        };
+        let data = Dataset::from_arrays(vec![("x".into(), Arc::new(x))], &graph.inputs).unwrap();
+        let means = data_means(&graph, data).unwrap();
+        // Pixels 0..3 and samples 0, 1 average 1.5 + 0.5 on top of 10·c.
+        assert_eq!(means["xt"], [2.0, 12.0, 22.0]);
+        // The input's own axis 1 is the image's rows: row r holds pixels 2r and 2r + 1.
+        let row = |r: f64| (0..3).map(|c| 10.0 * f64::from(c)).sum::<f64>() / 3.0 + 2.0 * r + 1.0;
+        assert_eq!(means["x"], [row(0.0), row(1.0)]);
+    }
 }

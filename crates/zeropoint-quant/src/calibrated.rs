@@ -12,7 +12,7 @@ use zeropoint_graph::canonicalize::Report;
 use zeropoint_graph::Graph;
 use zeropoint_onnx::{DType, ModelProto};
 
-use crate::bias_correction::{correct_biases, correct_biases_analytic};
+use crate::bias_correction::{correct_biases, correct_biases_analytic, data_means};
 use crate::calibrate::{observe, ranges, Ranges};
 use crate::compare::{next_batches, Batch};
 use crate::dataset::{Arrays, Dataset, Preprocess};
@@ -291,7 +291,8 @@ impl Rounding<'_> {
             }
             Some(BiasCorrection::Analytic) => {
                 let stats = &self.canonical.batch_norm_stats;
-                correct_biases_analytic(graph, plan, params, stats)?
+                let means = data_means(graph, open_data(graph, opts)?)?;
+                correct_biases_analytic(graph, plan, params, stats, &means)?
             }
             None => Vec::new(),
         };
