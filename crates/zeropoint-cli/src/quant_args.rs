@@ -130,7 +130,8 @@ pub struct QuantArgs {
     /// Bias correction (Nagel et al. 2019). empirical (the default): each quantized layer's mean
     /// output error per channel, measured on calibration samples with the layers before it
     /// quantized and corrected, is subtracted from its bias. analytic: the error the quantized
-    /// weights cause on the mean input that the preceding BatchNorm's statistics give.
+    /// weights cause on the mean input that the preceding BatchNorm's statistics give (for a
+    /// layer reading the model's input, the calibration data's mean), without running the model.
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "empirical")]
     pub bias_correction: Option<BiasCorrectionArg>,
     /// AdaRound (Nagel et al. 2020): learn each weight's rounding, up or down, layer by layer on
