@@ -129,6 +129,35 @@ def check_batch_norm(exe, work, svhn):
     return ok
 
 
+def check_keras_batch_norm(exe, work, keras):
+    """`--batchnorm batch` on the CIFAR-10 CNN, whose BatchNorms follow a ReLU (Keras' order):
+    canonicalization writes each as a 1x1 depthwise Conv, which training normalizes with batch
+    statistics like a folded one (the BatchNorm folded into an identity layer)."""
+    x = np.random.default_rng(4).uniform(0, 255, size=(40, 32, 32, 3)).astype(np.float32)
+    np.save(work / "cifar40.npy", x)
+    model = onnx.load(keras)
+    init = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+    out = work / "cifar_bn_float.onnx"
+    zeropoint(exe, "train", keras, "--data", work / "cifar40.npy", "--batchnorm", "batch", "--epochs", 1,
+              "--batch-size", 8, "--float", "--lr", "1e-9", "-o", out)
+    probe = onnx.load(keras)
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(bn.input[0], onnx.TensorProto.FLOAT, None))
+    s = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    u = s.run([bn.input[0]], {s.get_inputs()[0].name: x})[0].astype(np.float64)
+    mean, var = u.mean(axis=(0, 2, 3)), u.var(axis=(0, 2, 3))
+    want_w = init[bn.input[1]] / np.sqrt(var + eps)
+    want_b = init[bn.input[2]] - mean * want_w
+    got = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
+    dw = next(n for n in onnx.load(out).graph.node if n.name == bn.name)
+    w_err = np.max(np.abs(got[dw.input[1]].ravel() - want_w)) / np.max(np.abs(want_w))
+    b_err = np.max(np.abs(got[dw.input[2]] - want_b)) / np.max(np.abs(want_b))
+    return check(dw.op_type == "Conv" and w_err < 1e-4 and b_err < 1e-4,
+                 f"--batchnorm batch on a BatchNorm after a ReLU (a depthwise Conv since canonicalization): "
+                 f"population statistics re-estimated, weight {w_err:.1e}, bias {b_err:.1e} from ONNX Runtime's")
+
+
 def main():
     exe, work = Path(sys.argv[1]), Path(sys.argv[2])
     common = ["--data", TRAIN, *PREP, "--labels", TRAIN_LABELS, "--seed", "3"]
@@ -212,6 +241,7 @@ def main():
     good &= check(r.returncode == 1 and "2000 labels for 500 training samples" in message
                   and len(message.splitlines()) == 1 and not bad.exists(), f"wrong label count: {message}")
     good &= check_batch_norm(exe, work, svhn)
+    good &= check_keras_batch_norm(exe, work, svhn.parent / "cifar10_keras_cnn_bn.onnx")
 
     # Augmentation is for images: a model whose input is not [N, C, H, W] is refused before training.
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
