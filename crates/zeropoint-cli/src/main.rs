@@ -179,6 +179,7 @@ fn main() -> ExitCode {
     {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    zeropoint_engine::ops::fix_thread_count();
     if matches!(cli.command, Command::Train(_)) {
         keep_freed_memory();
     }

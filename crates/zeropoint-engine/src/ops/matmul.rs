@@ -5,6 +5,21 @@ use candle_core::Tensor;
 use super::{c, check_output, like, one, Cx, R};
 use crate::value::Value;
 
+/// candle's matrix product asks on every call how many threads to use, and without
+/// RAYON_NUM_THREADS its answer reads /proc/cpuinfo: 26 µs a call on a 2-core VM, more with
+/// more cores, and 7 992 calls in MiniLM-L3's static quantize. This sets RAYON_NUM_THREADS to
+/// that same answer, read once, after rayon has sized its global pool (it reads the variable
+/// too, and counts logical cores where candle counts physical ones): both keep the thread
+/// counts they would have chosen. An explicit RAYON_NUM_THREADS is left alone. Call it before
+/// any other thread reads the environment.
+pub fn fix_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        rayon::current_num_threads();
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
 pub fn matmul(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     one(like(matmul_nd(cx.float(0)?, cx.float(1)?)?, v))

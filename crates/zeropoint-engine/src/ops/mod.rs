@@ -22,6 +22,8 @@ mod reduce;
 mod resize;
 mod shape;
 
+pub use matmul::fix_thread_count;
+
 use candle_core::{DType as CDType, Tensor};
 
 use zeropoint_graph::{Node, Op};
