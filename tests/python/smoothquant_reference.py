@@ -16,6 +16,9 @@ others are near 1), as BERT's do:
   float model's than without (on held-out inputs);
 - with α searched (`--smoothquant` alone), every α is on the grid 0, 0.05, ..., 1, the error after is at most the
   error before, the outputs are again closer to float than without, and the same bytes come out at 1 and 2 threads;
+- on an attention head whose value projection has two outlier columns, the context read by the output projection
+  takes 1/s in the value projection (W_v's columns and b_v divided by numpy's s, no Mul inserted), the output
+  projection's weight dequantizes to diag(s)·W_o, and the export is closer to float than without SmoothQuant;
 - an α outside [0, 1], and --smoothquant with --mode dynamic or weight-only (no calibrated activation ranges), are
   refused with one line and exit status 1.
 """
@@ -105,6 +108,79 @@ def summary(run):
     return json.loads(run.stdout)["smoothing"]
 
 
+def attention(d):
+    """x → MatMul wq + bq, MatMul wk, MatMul wv + bv, each split into H heads; softmax(q·kᵀ)·v merged back → ctx →
+    MatMul wo → y. Two of wv's columns are 30x the others: outlier channels of ctx."""
+    rng = np.random.default_rng(5)
+    f = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
+    heads = 4
+    w = dict(wq=f(D, D), bq=f(D), wk=f(D, D), wv=f(D, D), bv=f(D), wo=f(D, N),
+             split=np.array([0, 0, heads, D // heads], np.int64), merge=np.array([0, 0, D], np.int64))
+    w["wv"][:, [3, 10]] *= 30
+    node = helper.make_node
+    nodes = [node("MatMul", ["x", "wq"], ["q0"], name="fq"), node("Add", ["q0", "bq"], ["q1"], name="fq_bias"),
+             node("Reshape", ["q1", "split"], ["q2"], name="q_split"),
+             node("Transpose", ["q2"], ["q"], name="q_heads", perm=[0, 2, 1, 3]),
+             node("MatMul", ["x", "wk"], ["k0"], name="fk"), node("Reshape", ["k0", "split"], ["k1"], name="k_split"),
+             node("Transpose", ["k1"], ["kt"], name="k_heads", perm=[0, 2, 3, 1]),
+             node("MatMul", ["q", "kt"], ["scores"], name="scores"),
+             node("Softmax", ["scores"], ["p"], name="softmax", axis=-1),
+             node("MatMul", ["x", "wv"], ["v0"], name="fv"), node("Add", ["v0", "bv"], ["v1"], name="fv_bias"),
+             node("Reshape", ["v1", "split"], ["v2"], name="v_split"),
+             node("Transpose", ["v2"], ["v"], name="v_heads", perm=[0, 2, 1, 3]),
+             node("MatMul", ["p", "v"], ["c0"], name="context"),
+             node("Transpose", ["c0"], ["c1"], name="c_merge", perm=[0, 2, 1, 3]),
+             node("Reshape", ["c1", "merge"], ["ctx"], name="c_flat"),
+             node("MatMul", ["ctx", "wo"], ["y"], name="fo")]
+    g = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", T, D])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", T, N])],
+                          [numpy_helper.from_array(v, k) for k, v in w.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 8
+    path = d / "attention.onnx"
+    onnx.save(m, path)
+    calib = rng.standard_normal((64, T, D)).astype(np.float32)
+    np.savez(d / "attention_calib.npz", x=calib)
+    return path, w, calib, rng.standard_normal((32, T, D)).astype(np.float32)
+
+
+def check_attention(exe, d):
+    path, w, calib, held_out = attention(d)
+    ref = outputs(path, held_out)
+    plain, out = d / "attention_plain.onnx", d / "attention_alpha.onnx"
+    zeropoint(exe, "quantize", path, "--calib", d / "attention_calib.npz", "-o", plain)
+    run = zeropoint(exe, "quantize", path, "--calib", d / "attention_calib.npz", "--smoothquant", "0.5", "--json",
+                    "-o", out)
+    report = {s["input"]: s for s in summary(run)}
+    m = onnx.load(out)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    ctx = outputs_at(path, calib, "ctx")
+    s = smoothing(ctx, [w["wo"]], 0.5)
+    check(report["ctx"]["folded_into"] == "the value projection fv"
+          and not any(n.op_type == "Mul" and "ctx" in n.input for n in m.graph.node),
+          f"1/s of the attention context folded into the value projection: {report['ctx']['folded_into']}")
+    # W_v's rows also take the smoothing of x, which the three projections read.
+    s_x = smoothing(calib, [w["wq"], w["wk"], w["wv"]], 0.5)
+    deq_v, step_v = dequantized(inits, "wv")
+    check(np.all(np.abs(deq_v - s_x[:, None] * w["wv"] / s) <= step_v.reshape(1, -1) / 2 + 1e-6)
+          and np.allclose(inits["bv"], w["bv"] / s, rtol=1e-5),
+          "W_v's columns and b_v are numpy's W_v/s and b_v/s (W_v, its rows smoothed for x, within half a step)")
+    deq_o, step_o = dequantized(inits, "wo")
+    check(np.all(np.abs(deq_o - s[:, None] * w["wo"]) <= step_o.reshape(1, -1) / 2 + 1e-6),
+          "W_o dequantizes to diag(s)·W_o within half a step")
+    smoothed, unsmoothed = error(out, ref, held_out), error(plain, ref, held_out)
+    check(smoothed < unsmoothed,
+          f"attention: closer to float with SmoothQuant α = 0.5 than without ({smoothed:.4g} < {unsmoothed:.4g})")
+
+
+def outputs_at(path, x, value):
+    """`value` of the float model at `path` on `x`, in ONNX Runtime."""
+    m = onnx.load(path)
+    m.graph.output.append(helper.make_tensor_value_info(value, TensorProto.FLOAT, None))
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run([value], {"x": x})[0]
+
+
 def main():
     exe, d = Path(sys.argv[1]), Path(sys.argv[2])
     path, w, calib, held_out = build(d)
@@ -158,6 +234,8 @@ def main():
     auto_error = error(d / "auto2.onnx", ref, held_out)
     check(auto_error < plain_error, f"closer to float with α searched than without ({auto_error:.4g} < {plain_error:.4g})")
     check(outs[0] == outs[1], "the same bytes at 1 and 2 threads")
+
+    check_attention(exe, d)
 
     bad = d / "bad.onnx"
     run = zeropoint(exe, "quantize", path, "--calib", d / "calib.npz", "--smoothquant", "1.5", "-o", bad, ok=False)

@@ -3,9 +3,11 @@
 //! W8A8) choose s differently and share how it is applied:
 //!
 //! - the weights of every layer reading x (MatMul, Gemm) get their rows times s;
-//! - 1/s goes into the LayerNormalization producing x (its scale and bias) when only these
-//!   layers read x; otherwise into a Mul inserted before the layers, which the other readers of
-//!   x (a residual Add) do not see. Not into a GELU's final `· 0.5`, though it could absorb it:
+//! - 1/s goes into the op producing x when only these layers read x: a LayerNormalization
+//!   (its scale and bias), or attention's context (the heads of `softmax(QKᵀ)·V` merged back),
+//!   whose channel j is channel j of the value projection, so that W_v's column j and b_v[j]
+//!   take 1/s_j; otherwise into a Mul inserted before the layers, which the other readers of x
+//!   (a residual Add) do not see. Not into a GELU's final `· 0.5`, though it could absorb it:
 //!   ONNX Runtime fuses a GELU only with a scalar there, and the unfused one cost more than the
 //!   Mul (MiniLM-L3).
 
@@ -99,7 +101,9 @@ pub fn apply(
     }
     let inverse: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
     if only_group_reads(graph, input, group) {
-        if let Some(done) = fold_into_producer(graph, input, &inverse) {
+        let folded = fold_into_producer(graph, input, &inverse)
+            .or_else(|| fold_into_values(graph, input, &inverse));
+        if let Some(done) = folded {
             return Ok((input.to_string(), done));
         }
     }
@@ -174,6 +178,80 @@ fn fold_into_producer(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option
             .map(|(a, b)| a * b)
             .collect();
         *t = RawTensor::from_f32s(p, &[k], &v);
+    }
+    Some(done)
+}
+
+/// Multiplies the value projection behind attention's context `input` by `inverse` per channel,
+/// where `input = Reshape(Transpose(MatMul(P, V), [0, 2, 1, 3]), [·, ·, N])` and
+/// `V = Transpose(Reshape(MatMul(h, W) + b, [·, ·, H, D]), [0, 2, 1, 3])` with H·D = N: the
+/// heads split the projection's N channels in order and the context merges them back in the
+/// same order, and `P·V` mixes positions only, so context channel j is W's column j (and b[j])
+/// scaled. Every value on the way is read by the next node alone; W and b are float
+/// initializers read by their node alone. Where it went, if done.
+fn fold_into_values(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option<String> {
+    let n = inverse.len();
+    let producers = graph.producers();
+    let consumers = graph.consumers();
+    let sole = |v: &str| consumers.get(v).is_some_and(|c| c.len() == 1);
+    let node = |v: &str, op: Op| {
+        let &p = producers.get(v)?;
+        let node = &graph.nodes[p];
+        (node.op == op && sole(&node.outputs[0])).then_some(node)
+    };
+    let perm = |t: &Node| t.attribute("perm").map(|a| a.ints.clone());
+    let shape = |r: &Node| Some(graph.initializer(r.inputs.get(1)?)?.to_i64s());
+    let heads = [0, 2, 1, 3].to_vec();
+
+    let merge = node(input, Op::Reshape)?;
+    let merged = shape(merge)?;
+    let to_heads = node(&merge.inputs[0], Op::Transpose)?;
+    let context = node(&to_heads.inputs[0], Op::MatMul)?;
+    let values = node(context.inputs.get(1)?, Op::Transpose)?;
+    let split = node(&values.inputs[0], Op::Reshape)?;
+    let split_shape = shape(split)?;
+    let ok = merged.len() == 3
+        && merged[2] == n as i64
+        && perm(to_heads)? == heads
+        && perm(values)? == heads
+        && split_shape.len() == 4
+        && split_shape[2] > 0
+        && split_shape[2] * split_shape[3] == n as i64;
+    if !ok {
+        return None;
+    }
+    // The projection: MatMul(h, W), with or without a bias Add after it.
+    let (matmul, bias) = match node(&split.inputs[0], Op::Add) {
+        Some(add) if add.inputs.len() == 2 => {
+            let constant = add
+                .inputs
+                .iter()
+                .position(|i| graph.initializer(i).is_some())?;
+            let x = &add.inputs[1 - constant];
+            (node(x, Op::MatMul)?, Some(add.inputs[constant].clone()))
+        }
+        Some(_) => return None,
+        None => (node(&split.inputs[0], Op::MatMul)?, None),
+    };
+    let weight = matmul.inputs.get(1)?.clone();
+    let only_here = |p: &str| consumers.get(p).is_some_and(|c| c.len() == 1);
+    let w = graph.float_initializer(&weight)?;
+    if w.shape.len() != 2 || w.shape[1] != n || !only_here(&weight) {
+        return None;
+    }
+    if let Some(b) = &bias {
+        let t = graph.float_initializer(b)?;
+        if t.shape != [n] || !only_here(b) {
+            return None;
+        }
+    }
+    let done = format!("the value projection {}", matmul.name);
+    for p in std::iter::once(&weight).chain(&bias) {
+        let t = graph.initializers.iter_mut().find(|t| t.name == *p)?;
+        let v: Vec<f32> = (t.to_f32s().iter().enumerate())
+            .map(|(i, a)| a * inverse[i % n])
+            .collect();
+        *t = RawTensor::from_f32s(p, &t.shape.clone(), &v);
     }
     Some(done)
 }

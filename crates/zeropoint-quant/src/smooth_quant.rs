@@ -20,8 +20,9 @@
 //! tokens with huge activations ([CLS], [SEP]) chose α, and MiniLM-L3's held-out cosine was
 //! 0.9943 instead of 0.9958. α = 0 is a candidate, so a layer is never made worse on that
 //! measure. 1/s goes where the float model stays the same (crate::channel_scaling): a
-//! LayerNormalization that only these layers read, else a Mul inserted before them, which
-//! leaves other readers (a post-LN residual) float.
+//! LayerNormalization that only these layers read, the value projection behind attention's
+//! context (the paper's fusion into the previous linear layer), else a Mul inserted before
+//! them, which leaves other readers (a post-LN residual) float.
 
 use std::collections::HashMap;
 
