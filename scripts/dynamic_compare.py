@@ -4,14 +4,17 @@ quantize_dynamic in its configurations (per-tensor and per-channel, int8 and uin
 W8A8 with and without SmoothQuant (`--smoothquant`), measured in one run (docs/transformers.md). ONNX Runtime's static
 quantizer on this model is in scripts/ptq_compare.py (it breaks the model with every calibrator).
 
-Usage: .venv/bin/python scripts/dynamic_compare.py [--zeropoint target/release/zeropoint] [--runs 5] [--rows TEXT]
+Usage: .venv/bin/python scripts/dynamic_compare.py [--zeropoint target/release/zeropoint] [--rounds 15] [--rows TEXT]
 
 On x86 CPUs without VNNI, ONNX Runtime's uint8 x int8 kernels sum pairs of products in int16 with saturation: the
 7-bit-weight rows (and ORT's reduce_range) are the configurations that cannot saturate there.
 
 Evaluation: the 50 Lee documents of scripts/ptq_compare.py, embedding cosine against float and Pearson of the 1225
-pair similarities with the human scores, in ONNX Runtime. Latency: one pass over the 50 documents on one thread
-(median of --runs passes). Quantize time and peak memory: wall clock and maximum resident size of the quantizing
+pair similarities with the human scores, in ONNX Runtime. Latency: one pass over the 50 documents on one thread,
+the median of --rounds interleaved rounds: every model (float included) is loaded first, and each round runs one
+pass of each, in an order that rotates from round to round, so that the machine's drift over the run (other
+processes, frequency) falls on every model alike. Measured one model after another, the static W8A8 model read
+2.20x float in a run where interleaved runs read 2.34-2.41x. Quantize time and peak memory: wall clock and maximum resident size of the quantizing
 process (/usr/bin/time). Static calibration: the 200 pang_lee_polarity sentences of ptq_compare.py, one unpadded
 sentence per file (a folder of .npz). Needs .cache/shared/minilm-l3 (../shared/assets/fetch-minilm-l3.sh).
 """
@@ -19,8 +22,10 @@ sentence per file (a folder of .npz). Needs .cache/shared/minilm-l3 (../shared/a
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -34,26 +39,41 @@ def ort_job(src, dst, per_channel, weight_type, reduce_range):
                      weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8)
 
 
+def interleaved_latency(paths, feeds, rounds):
+    """Median seconds of one pass over `feeds` per model (1 thread), over `rounds` rounds of one pass of every model
+    each, after one warm-up pass of each."""
+    import onnxruntime as ort
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = 1
+    o.inter_op_num_threads = 1
+    sessions = [ort.InferenceSession(p, o, providers=["CPUExecutionProvider"]) for p in paths]
+    times = [[] for _ in sessions]
+    for r in range(rounds + 1):
+        for k in range(len(sessions)):
+            i = (k + r) % len(sessions)
+            t = time.perf_counter()
+            for f in feeds:
+                sessions[i].run(None, f)
+            if r > 0:
+                times[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--zeropoint", default=os.path.join(ROOT, "target", "release", "zeropoint"))
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--rows", help="measure only the rows whose label contains this text")
     p.add_argument("--ort-job", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.ort_job:
         return ort_job(*a.ort_job)
-    from ptq_compare import B2, latency
+    from ptq_compare import B2
     from weight_only_compare import timed
     task = B2(os.path.join(ROOT, ".cache", "shared"))
     ref = task.outputs(task.src)
     feeds = task.latency_feeds()
-    f_lat = latency(task.src, feeds, a.runs)
     fm = task.metrics(ref, ref)
-    print(f"{'MiniLM-L3, int8':56} {'cos mean':>8} {'cos min':>8} {'Pearson':>8} {'MB':>6} {'latency':>8} "
-          f"{'vs float':>8} {'time s':>7} {'peak MB':>7}")
-    print(f"{'float':56} {1:8.4f} {1:8.4f} {fm['lee_pearson']:8.4f} {os.path.getsize(task.src) / 1e6:6.2f} "
-          f"{f_lat * 1e3:6.1f}ms {1:7.2f}x {'-':>7} {'-':>7}")
     zp = [a.zeropoint, "quantize", task.src, "--mode", "dynamic"]
     me = [sys.executable, os.path.abspath(__file__), "--ort-job", task.src]
     jobs = [("zeropoint per-channel", zp),
@@ -82,7 +102,7 @@ def main():
              ("zeropoint static, SmoothQuant searched, --target-sqnr 26, 7-bit weights",
               st + ["--smoothquant", "--target-sqnr", "26", "--weights", "int7,sym,per-channel"])]
     jobs = [j for j in jobs if a.rows is None or a.rows in j[0]]
-    rows = []
+    rows, paths = [], []
     with tempfile.TemporaryDirectory() as work:
         for i, (label, cmd) in enumerate(jobs):
             dst = os.path.join(work, f"{i}.onnx")
@@ -90,16 +110,22 @@ def main():
             try:
                 secs, peak, _ = timed(cmd)
                 m = task.metrics(task.outputs(dst), ref)
-                lat = latency(dst, feeds, a.runs)
             except Exception as e:  # a configuration ONNX Runtime cannot run is reported, not fatal
                 print(f"{label:56} not run: {str(e).strip().splitlines()[-1][:120]}")
                 continue
-            row = dict(method=label, cos_mean=m["cos_mean"], cos_min=m["cos_min"], pearson=m["lee_pearson"],
-                       mb=os.path.getsize(dst) / 1e6, latency_ms=lat * 1e3, speedup=f_lat / lat, seconds=secs, peak_mb=peak)
-            rows.append(row)
-            print(f"{label:56} {m['cos_mean']:8.4f} {m['cos_min']:8.4f} {m['lee_pearson']:8.4f} {row['mb']:6.2f} "
-                  f"{lat * 1e3:6.1f}ms {row['speedup']:7.2f}x {secs:7.1f} {peak:7.0f}", flush=True)
-    print(json.dumps(dict(float_latency_ms=f_lat * 1e3, rows=rows)))
+            rows.append(dict(method=label, cos_mean=m["cos_mean"], cos_min=m["cos_min"], pearson=m["lee_pearson"],
+                             mb=os.path.getsize(dst) / 1e6, seconds=secs, peak_mb=peak))
+            paths.append(dst)
+        f_lat, *lats = interleaved_latency([task.src] + paths, feeds, a.rounds)
+    print(f"{'MiniLM-L3, int8':56} {'cos mean':>8} {'cos min':>8} {'Pearson':>8} {'MB':>6} {'latency':>8} "
+          f"{'vs float':>8} {'time s':>7} {'peak MB':>7}")
+    print(f"{'float':56} {1:8.4f} {1:8.4f} {fm['lee_pearson']:8.4f} {os.path.getsize(task.src) / 1e6:6.2f} "
+          f"{f_lat * 1e3:6.1f}ms {1:7.2f}x {'-':>7} {'-':>7}")
+    for row, lat in zip(rows, lats):
+        row.update(latency_ms=lat * 1e3, speedup=f_lat / lat)
+        print(f"{row['method']:56} {row['cos_mean']:8.4f} {row['cos_min']:8.4f} {row['pearson']:8.4f} {row['mb']:6.2f} "
+              f"{lat * 1e3:6.1f}ms {row['speedup']:7.2f}x {row['seconds']:7.1f} {row['peak_mb']:7.0f}")
+    print(json.dumps(dict(float_latency_ms=f_lat * 1e3, rounds=a.rounds, rows=rows)))
 
 
 if __name__ == "__main__":
