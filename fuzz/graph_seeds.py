@@ -27,6 +27,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+def seed_model(name, nodes, x_shape, y_shape, weights):
+    """The checked opset-13 model of `nodes` from input x to output y."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              [numpy_helper.from_array(v, n) for n, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def folds_and_fusions():
     rng = np.random.default_rng(0)
     f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
@@ -43,13 +53,7 @@ def folds_and_fusions():
              helper.make_node("Gemm", ["lg", "w2", "b2"], ["g"], name="dense", transB=1),
              helper.make_node("Relu", ["g"], ["gr"], name="relu2"),
              helper.make_node("Identity", ["gr"], ["y"], name="out")]
-    graph = helper.make_graph(nodes, "folds_and_fusions",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])],
-                              [numpy_helper.from_array(v, n) for n, v in weights.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return seed_model("folds_and_fusions", nodes, ["n", 3, 4, 4], ["n", 5], weights)
 
 
 def scale_shift():
@@ -71,13 +75,7 @@ def scale_shift():
              helper.make_node("Mul", ["r4", "s"], ["m"], name="scale"),
              helper.make_node("Add", ["m", "t"], ["a"], name="shift"),
              helper.make_node("Conv", ["a", "w4"], ["y"], name="conv4", pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "scale_shift",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 5, 5])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2, 5, 5])],
-                              [numpy_helper.from_array(v, n) for n, v in weights.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return seed_model("scale_shift", nodes, ["n", 3, 5, 5], ["n", 2, 5, 5], weights)
 
 
 def attention():
@@ -100,13 +98,7 @@ def attention():
              helper.make_node("Reshape", ["v0", "heads"], ["v1"], name="v_heads"),
              helper.make_node("Transpose", ["v1"], ["v"], name="v_t", perm=[0, 2, 1, 3]),
              helper.make_node("MatMul", ["p", "v"], ["y"], name="context")]
-    graph = helper.make_graph(nodes, "attention",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
-                              [numpy_helper.from_array(v, n) for n, v in weights.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return seed_model("attention", nodes, [1, 4, 8], [1, 2, 4, 4], weights)
 
 
 def main():

@@ -64,18 +64,23 @@ def build(d):
              helper.make_node("Add", ["ln", "q"], ["h"], name="residual"),
              helper.make_node("LayerNormalization", ["h", "g2", "b2"], ["ln2"], name="ln2", axis=-1),
              helper.make_node("MatMul", ["ln2", "wo"], ["y"], name="fo")]
-    inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", T, D])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", T, N]),
-                           helper.make_tensor_value_info("k", TensorProto.FLOAT, ["n", T, N])], inits)
+    return save(d, "block", nodes, ["y", "k"], w, rng)
+
+
+def save(d, name, nodes, outputs, w, rng):
+    """The model of `nodes` (input x [n, T, D], `outputs` [n, T, N], initializers `w`) as DIR/name.onnx, 64
+    calibration samples as DIR/name_calib.npz, and 32 held-out ones."""
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["n", T, N]) for o in outputs]
+    g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", T, D])], outs,
+                          [numpy_helper.from_array(v, k) for k, v in w.items()])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 8
-    path = d / "block.onnx"
+    path = d / f"{name}.onnx"
     onnx.save(m, path)
     calib = rng.standard_normal((64, T, D)).astype(np.float32)
-    np.savez(d / "calib.npz", x=calib)
-    held_out = rng.standard_normal((32, T, D)).astype(np.float32)
-    return path, w, calib, held_out
+    np.savez(d / f"{name}_calib.npz", x=calib)
+    return path, w, calib, rng.standard_normal((32, T, D)).astype(np.float32)
+
 
 
 def layer_norm(x, g, b):
@@ -132,16 +137,7 @@ def attention(d):
              node("Transpose", ["c0"], ["c1"], name="c_merge", perm=[0, 2, 1, 3]),
              node("Reshape", ["c1", "merge"], ["ctx"], name="c_flat"),
              node("MatMul", ["ctx", "wo"], ["y"], name="fo")]
-    g = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", T, D])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", T, N])],
-                          [numpy_helper.from_array(v, k) for k, v in w.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
-    m.ir_version = 8
-    path = d / "attention.onnx"
-    onnx.save(m, path)
-    calib = rng.standard_normal((64, T, D)).astype(np.float32)
-    np.savez(d / "attention_calib.npz", x=calib)
-    return path, w, calib, rng.standard_normal((32, T, D)).astype(np.float32)
+    return save(d, "attention", nodes, ["y"], w, rng)
 
 
 def check_attention(exe, d):
@@ -186,11 +182,11 @@ def main():
     path, w, calib, held_out = build(d)
     ref = outputs(path, held_out)
     plain = d / "plain.onnx"
-    zeropoint(exe, "quantize", path, "--calib", d / "calib.npz", "-o", plain)
+    zeropoint(exe, "quantize", path, "--calib", d / "block_calib.npz", "-o", plain)
     plain_error = error(plain, ref, held_out)
 
     out = d / "alpha.onnx"
-    run = zeropoint(exe, "quantize", path, "--calib", d / "calib.npz", "--smoothquant", "0.5", "--json", "-o", out)
+    run = zeropoint(exe, "quantize", path, "--calib", d / "block_calib.npz", "--smoothquant", "0.5", "--json", "-o", out)
     onnx.checker.check_model(onnx.load(out), full_check=True)
     report = {s["input"]: s for s in summary(run)}
     m = onnx.load(out)
@@ -224,7 +220,7 @@ def main():
     outs, errors = [], []
     for threads in ["1", "2"]:
         o = d / f"auto{threads}.onnx"
-        run = zeropoint(exe, "quantize", path, "--calib", d / "calib.npz", "--smoothquant", "--json", "-o", o,
+        run = zeropoint(exe, "quantize", path, "--calib", d / "block_calib.npz", "--smoothquant", "--json", "-o", o,
                         env={**os.environ, "RAYON_NUM_THREADS": threads})
         outs.append(o.read_bytes())
     found = summary(run)
@@ -238,7 +234,7 @@ def main():
     check_attention(exe, d)
 
     bad = d / "bad.onnx"
-    run = zeropoint(exe, "quantize", path, "--calib", d / "calib.npz", "--smoothquant", "1.5", "-o", bad, ok=False)
+    run = zeropoint(exe, "quantize", path, "--calib", d / "block_calib.npz", "--smoothquant", "1.5", "-o", bad, ok=False)
     lines = run.stderr.strip().splitlines()
     check(run.returncode == 1 and len(lines) == 1 and "--smoothquant" in lines[0] and not bad.exists(),
           f"α = 1.5 refused in one line: {lines[0] if lines else '(nothing)'}")
