@@ -4,7 +4,7 @@ quantize_dynamic in its configurations (per-tensor and per-channel, int8 and uin
 W8A8 with and without SmoothQuant (`--smoothquant`), measured in one run (docs/transformers.md). ONNX Runtime's static
 quantizer on this model is in scripts/ptq_compare.py (it breaks the model with every calibrator).
 
-Usage: .venv/bin/python scripts/dynamic_compare.py [--zeropoint target/release/zeropoint] [--rounds 15] [--rows TEXT]
+Usage: .venv/bin/python scripts/dynamic_compare.py [--zeropoint target/release/zeropoint] [--rounds 15] [--rows 'TEXT|TEXT']
 
 On x86 CPUs without VNNI, ONNX Runtime's uint8 x int8 kernels sum pairs of products in int16 with saturation: the
 7-bit-weight rows (and ORT's reduce_range) are the configurations that cannot saturate there.
@@ -63,7 +63,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--zeropoint", default=os.path.join(ROOT, "target", "release", "zeropoint"))
     p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--rows", help="measure only the rows whose label contains this text")
+    p.add_argument("--rows", help="measure only the rows whose label contains one of these texts (separated by '|')")
     p.add_argument("--ort-job", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.ort_job:
@@ -101,7 +101,7 @@ def main():
              ("zeropoint static W8A8, 7-bit weights", st + ["--weights", "int7,sym,per-channel"]),
              ("zeropoint static, SmoothQuant searched, --target-sqnr 26, 7-bit weights",
               st + ["--smoothquant", "--target-sqnr", "26", "--weights", "int7,sym,per-channel"])]
-    jobs = [j for j in jobs if a.rows is None or a.rows in j[0]]
+    jobs = [j for j in jobs if a.rows is None or any(r in j[0] for r in a.rows.split("|"))]
     rows, paths = [], []
     with tempfile.TemporaryDirectory() as work:
         for i, (label, cmd) in enumerate(jobs):
