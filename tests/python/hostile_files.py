@@ -283,6 +283,18 @@ def malformed(out, cases):
         # Crops that leave fewer than no elements (ONNX Runtime refuses them too).
         "Pad cropping past the axis": ([helper.make_node("Pad", ["x", "crop"], ["y"])],
                                        [i64("crop", [0, -2, 0, -1])], "leave -1 elements of axis 1"),
+        # A bias of another length than the output channels: the kernels index it per channel and
+        # wrapped around; an empty one divided by zero (graph_mutations: a Conv whose bias was
+        # rewired to an empty input).
+        "Conv bias of the wrong length": ([to_4d, helper.make_node("Conv", ["x4", "w2", "b3"], ["y"])],
+                                          [f32c("w2", np.ones((2, 1, 1, 1))), f32c("b3", [1, 2, 3])],
+                                          "bias [3] for 2 output channels"),
+        "Conv with an empty bias": ([to_4d, helper.make_node("Conv", ["x4", "w2", "b0"], ["y"])],
+                                    [f32c("w2", np.ones((2, 1, 1, 1))), f32c("b0", np.zeros(0))],
+                                    "bias [0] for 2 output channels"),
+        "ConvTranspose bias of the wrong length": (
+            [to_4d, helper.make_node("ConvTranspose", ["x4", "w2", "b3"], ["y"])],
+            [f32c("w2", np.ones((1, 2, 1, 1))), f32c("b3", [1, 2, 3])], "bias [3] for 2 output channels"),
         # A Split asked for 2^62 parts (graph_mutations: a capacity overflow).
         "Split into 2^62 parts": ([helper.make_node("Split", ["x"], ["y"], axis=0, num_outputs=1 << 62)],
                                   [], "does not fit the node's 1 outputs"),

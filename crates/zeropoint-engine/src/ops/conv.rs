@@ -124,6 +124,18 @@ pub(super) fn pairs<T: Copy>(v: &[T], fill: T) -> Vec<T> {
     }
 }
 
+/// A convolution's bias is one value per output channel (ONNX: 1-D, M values); the kernels
+/// index it per channel and would wrap around another length.
+fn check_bias(bias: Option<&Tensor>, channels: usize) -> R<()> {
+    match bias {
+        Some(b) if b.rank() != 1 || b.elem_count() != channels => Err(Error::Op(format!(
+            "bias {:?} for {channels} output channels",
+            b.dims()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Pads (positive) or crops (negative) `x` along `dim` with zeros.
 fn pad_or_crop(x: &Tensor, dim: usize, begin: i64, end: i64) -> R<Tensor> {
     pad_constant(x, dim, begin, end, 0.0)
@@ -187,6 +199,7 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
         )
     };
     let bias = cx.opt(2).map(|b| &b.tensor);
+    check_bias(bias, w.dims()[0])?;
     let mut y = conv2d(&xp, &w, bias, pad, (strides[0], strides[1]), dil, groups)?;
     if one_d {
         y = c(y.squeeze(2))?;
@@ -431,6 +444,7 @@ pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
     if kh == 0 || kw == 0 {
         return Err("the kernel is empty".into());
     }
+    check_bias(cx.opt(2).map(|b| &b.tensor), groups.saturating_mul(m_g))?;
     let plain_f32 = x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32;
     if plain_f32 && !x.track_op() && !w.track_op() {
         let geometry = Transposed {
