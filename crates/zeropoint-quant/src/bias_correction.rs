@@ -219,23 +219,23 @@ pub fn correct_biases_analytic(
     apply(graph, &layers, shifts)
 }
 
-/// The mean per channel (axis 1) of each graph input of rank 3 or more in `data`, and of each
-/// Transpose of one (its axis 1 is the input's axis `perm[1]`), over every sample and position,
-/// summed in sample order.
+/// The mean per channel (axis 1) of each float graph input of rank 3 or more in `data`, and of
+/// each Transpose of one (its axis 1 is the input's axis `perm[1]`), over every sample and
+/// position, summed in sample order. Samples of another size than the first (a dynamic input)
+/// and empty ones are left out.
 pub fn data_means(graph: &Graph, mut data: Dataset) -> Result<HashMap<String, Vec<f64>>> {
-    // Per input, per axis after the batch: the sums along that axis and the count.
+    // Per input: for each axis, the sums at each of its indices; and the elements summed.
     let mut sums: HashMap<String, (Vec<Vec<f64>>, f64)> = HashMap::new();
     while let Some(batch) = data.next_batch(1)? {
         for (name, v) in batch {
             let shape = v.shape().to_vec();
-            if shape.len() < 3 || v.dtype != DType::F32 {
+            if shape.len() < 3 || v.dtype != DType::F32 || shape.contains(&0) {
                 continue;
             }
             let (per_axis, count) = sums
                 .entry(name.clone())
                 .or_insert_with(|| (shape.iter().map(|&d| vec![0.0; d]).collect(), 0.0));
             if per_axis.iter().map(Vec::len).ne(shape.iter().copied()) {
-                // Samples of another size: their per-axis sums do not line up.
                 continue;
             }
             v.with_f32s(|x| add_axis_sums(x, &shape, per_axis))
