@@ -29,6 +29,7 @@ use std::collections::{HashMap, HashSet};
 
 use zeropoint_onnx::{DType, RawTensor};
 
+pub use crate::batch_norm::BatchNormStats;
 use crate::error::{Error, Result};
 use crate::evaluator::Evaluator;
 use crate::graph::{float_attribute, Graph, Node};
@@ -67,20 +68,6 @@ pub struct Report {
     /// Nodes removed because no output depends on them.
     pub removed_nodes: usize,
     pub removed_initializers: usize,
-}
-
-/// A folded BatchNormalization's output per channel is distributed with mean β and standard
-/// deviation |γ| (it normalizes, then scales by γ and shifts by β). The value is now the output
-/// of the layer it was folded into (or of the depthwise Conv it became).
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatchNormStats {
-    pub value: String,
-    pub beta: Vec<f64>,
-    pub gamma: Vec<f64>,
-    /// The running variance σ² and ε it normalized with (QAT with batch statistics starts
-    /// from them).
-    pub variance: Vec<f64>,
-    pub epsilon: f64,
 }
 
 /// Runs every pass, in the order that lets each feed the next.

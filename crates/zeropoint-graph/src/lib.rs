@@ -13,6 +13,7 @@
 //!   canonicalization's passes).
 //! - [`scale_shift`]: a per-channel Mul/Add or BatchNorm that no layer absorbs, as a depthwise
 //!   Conv (one of canonicalization's passes).
+//! - [`batch_norm`]: what a folded or rewritten BatchNorm says of its output.
 //! - [`opset`]: upgrading a graph to a newer opset of the default domain, one step per opset.
 //! - [`half_precision`]: a float16 or bfloat16 model rewritten to compute in float32 behind the
 //!   same interface, for quantization.
@@ -31,6 +32,7 @@
 //! ```
 
 pub mod attention_scale;
+pub mod batch_norm;
 pub mod canonicalize;
 pub mod error;
 pub mod evaluator;

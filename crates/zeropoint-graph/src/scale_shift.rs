@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 
 use zeropoint_onnx::{DType, RawTensor};
 
-use crate::canonicalize::BatchNormStats;
+use crate::batch_norm::BatchNormStats;
 use crate::error::Result;
 use crate::evaluator::Evaluator;
 use crate::graph::{int_attribute, Dim, ValueType};
