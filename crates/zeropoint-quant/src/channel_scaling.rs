@@ -170,16 +170,20 @@ fn fold_into_producer(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option
     }
     let done = format!("LayerNormalization {}", node.name);
     for p in &params {
-        let t = graph.initializers.iter_mut().find(|t| t.name == *p)?;
-        let v: Vec<f32> = t
-            .to_f32s()
-            .iter()
-            .zip(inverse)
-            .map(|(a, b)| a * b)
-            .collect();
-        *t = RawTensor::from_f32s(p, &[k], &v);
+        scale_last_axis(graph, p, inverse)?;
     }
     Some(done)
+}
+
+/// Multiplies float initializer `name` by `inverse` along its last axis (element i by
+/// `inverse[i mod len]`), in place.
+fn scale_last_axis(graph: &mut Graph, name: &str, inverse: &[f32]) -> Option<()> {
+    let t = graph.initializers.iter_mut().find(|t| t.name == name)?;
+    let v: Vec<f32> = (t.to_f32s().iter().enumerate())
+        .map(|(i, a)| a * inverse[i % inverse.len()])
+        .collect();
+    *t = RawTensor::from_f32s(name, &t.shape.clone(), &v);
+    Some(())
 }
 
 /// Multiplies the value projection behind attention's context `input` by `inverse` per channel,
@@ -247,11 +251,7 @@ fn fold_into_values(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option<S
     }
     let done = format!("the value projection {}", matmul.name);
     for p in std::iter::once(&weight).chain(&bias) {
-        let t = graph.initializers.iter_mut().find(|t| t.name == *p)?;
-        let v: Vec<f32> = (t.to_f32s().iter().enumerate())
-            .map(|(i, a)| a * inverse[i % n])
-            .collect();
-        *t = RawTensor::from_f32s(p, &t.shape.clone(), &v);
+        scale_last_axis(graph, p, inverse)?;
     }
     Some(done)
 }
