@@ -224,52 +224,63 @@ pub fn correct_biases_analytic(
 /// position, summed in sample order. Samples of another size than the first (a dynamic input)
 /// and empty ones are left out.
 pub fn data_means(graph: &Graph, mut data: Dataset) -> Result<HashMap<String, Vec<f64>>> {
-    // Per input: for each axis, the sums at each of its indices; and the elements summed.
-    let mut sums: HashMap<String, (Vec<Vec<f64>>, f64)> = HashMap::new();
+    // (value, the graph input it is, the input's axis that is the value's axis 1).
+    let mut wanted: Vec<(String, &str, usize)> = (graph.inputs.iter())
+        .map(|i| (i.name.clone(), i.name.as_str(), 1))
+        .collect();
+    for node in graph.nodes.iter().filter(|n| n.op == Op::Transpose) {
+        let perm = node.attribute("perm").map(|a| a.ints.clone());
+        let axis = perm.and_then(|p| usize::try_from(*p.get(1)?).ok());
+        let input = graph.inputs.iter().find(|i| i.name == node.inputs[0]);
+        if let (Some(axis), Some(input)) = (axis, input) {
+            wanted.push((node.outputs[0].clone(), input.name.as_str(), axis));
+        }
+    }
+    // Per input: the first sample's shape, the sums at each index of each wanted axis, and the
+    // elements summed.
+    type Sums = (Vec<usize>, HashMap<usize, Vec<f64>>, f64);
+    let mut sums: HashMap<String, Sums> = HashMap::new();
     while let Some(batch) = data.next_batch(1)? {
         for (name, v) in batch {
             let shape = v.shape().to_vec();
             if shape.len() < 3 || v.dtype != DType::F32 || shape.contains(&0) {
                 continue;
             }
-            let (per_axis, count) = sums
-                .entry(name.clone())
-                .or_insert_with(|| (shape.iter().map(|&d| vec![0.0; d]).collect(), 0.0));
-            if per_axis.iter().map(Vec::len).ne(shape.iter().copied()) {
+            let (first, per_axis, count) = sums.entry(name.clone()).or_insert_with(|| {
+                let axes = wanted.iter().filter(|w| w.1 == name && w.2 < shape.len());
+                let per_axis = axes.map(|w| (w.2, vec![0.0; shape[w.2]])).collect();
+                (shape.clone(), per_axis, 0.0)
+            });
+            if *first != shape {
                 continue;
             }
-            v.with_f32s(|x| add_axis_sums(x, &shape, per_axis))
-                .map_err(|e| Error::new(&graph.source, format!("input '{name}': {e}")))?;
+            v.with_f32s(|x| {
+                for (&axis, along) in per_axis.iter_mut() {
+                    add_sums_along(x, &shape, axis, along);
+                }
+            })
+            .map_err(|e| Error::new(&graph.source, format!("input '{name}': {e}")))?;
             *count += shape.iter().product::<usize>() as f64;
         }
     }
-    let mean_along = |input: &str, axis: usize| {
-        let (per_axis, count) = sums.get(input)?;
-        let along = per_axis.get(axis)?;
-        let per_index = count / along.len() as f64;
-        Some(along.iter().map(|s| s / per_index).collect::<Vec<f64>>())
-    };
     let mut means = HashMap::new();
-    for input in &graph.inputs {
-        means.extend(mean_along(&input.name, 1).map(|m| (input.name.clone(), m)));
-    }
-    for node in graph.nodes.iter().filter(|n| n.op == Op::Transpose) {
-        let perm = node.attribute("perm").map(|a| a.ints.clone());
-        let axis = perm.and_then(|p| usize::try_from(*p.get(1)?).ok());
-        if let Some(m) = axis.and_then(|a| mean_along(&node.inputs[0], a)) {
-            means.insert(node.outputs[0].clone(), m);
+    for (value, input, axis) in wanted {
+        let Some((_, per_axis, count)) = sums.get(input) else {
+            continue;
+        };
+        if let Some(along) = per_axis.get(&axis) {
+            let per_index = count / along.len() as f64;
+            means.insert(value, along.iter().map(|s| s / per_index).collect());
         }
     }
     Ok(means)
 }
 
-/// Adds each element of `x` (row-major, of `shape`) to its index's sum along every axis.
-fn add_axis_sums(x: &[f32], shape: &[usize], per_axis: &mut [Vec<f64>]) {
-    for (axis, sums) in per_axis.iter_mut().enumerate() {
-        let inner: usize = shape[axis + 1..].iter().product();
-        for (i, &v) in x.iter().enumerate() {
-            sums[(i / inner.max(1)) % shape[axis]] += f64::from(v);
-        }
+/// Adds each element of `x` (row-major, of `shape`) to the sum of its index along `axis`.
+fn add_sums_along(x: &[f32], shape: &[usize], axis: usize, sums: &mut [f64]) {
+    let inner: usize = shape[axis + 1..].iter().product();
+    for (i, &v) in x.iter().enumerate() {
+        sums[(i / inner.max(1)) % shape[axis]] += f64::from(v);
     }
 }
 
