@@ -577,12 +577,7 @@ fn conv_transpose_direct(
             .flatten_all()?
             .to_dtype(candle_core::DType::F32)?
             .to_vec1::<f32>())?;
-        if b.len() != channels {
-            return Err(Error::Op(format!(
-                "bias of {} for {channels} channels",
-                b.len()
-            )));
-        }
+        // One value per output channel: conv_transpose checked it (check_bias).
         for (plane, out) in y.chunks_mut(oh * ow).enumerate() {
             out.fill(b[plane % channels]);
         }
