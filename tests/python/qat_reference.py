@@ -70,6 +70,16 @@ def sqnr(reference, test):
     return 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - test) ** 2))
 
 
+def input_moments(model, bn, x):
+    """The population mean and variance per channel of BatchNormalization `bn`'s input over `x`, computed by
+    ONNX Runtime on the float `model`."""
+    probe = onnx.load(model)
+    probe.graph.output.append(onnx.helper.make_tensor_value_info(bn.input[0], onnx.TensorProto.FLOAT, None))
+    s = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    u = s.run([bn.input[0]], {s.get_inputs()[0].name: x})[0].astype(np.float64)
+    return u.mean(axis=(0, 2, 3)), u.var(axis=(0, 2, 3))
+
+
 def check_batch_norm(exe, work, svhn):
     """`--batchnorm batch` on the SVHN CNN (six Conv -> BatchNormalization pairs), 80 random
     images of which the last 16 are held out."""
@@ -87,11 +97,7 @@ def check_batch_norm(exe, work, svhn):
     # images, which ONNX Runtime computes here from the float model.
     folded = work / "svhn_bn_float.onnx"
     zeropoint(exe, "train", svhn, *common, "--float", "--lr", "1e-9", "-o", folded)
-    probe = onnx.load(svhn)
-    probe.graph.output.append(onnx.helper.make_tensor_value_info(bn.input[0], onnx.TensorProto.FLOAT, None))
-    s = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    u = s.run([bn.input[0]], {s.get_inputs()[0].name: x[:64]})[0].astype(np.float64)
-    mean, var = u.mean(axis=(0, 2, 3)), u.var(axis=(0, 2, 3))
+    mean, var = input_moments(svhn, bn, x[:64])
     a = init[bn.input[1]] / np.sqrt(var + eps)
     want_w = init[conv.input[1]] * a[:, None, None, None]
     want_b = (init[conv.input[2]] - mean) * a + init[bn.input[2]]
@@ -142,11 +148,7 @@ def check_keras_batch_norm(exe, work, keras):
     out = work / "cifar_bn_float.onnx"
     zeropoint(exe, "train", keras, "--data", work / "cifar40.npy", "--batchnorm", "batch", "--epochs", 1,
               "--batch-size", 8, "--float", "--lr", "1e-9", "-o", out)
-    probe = onnx.load(keras)
-    probe.graph.output.append(onnx.helper.make_tensor_value_info(bn.input[0], onnx.TensorProto.FLOAT, None))
-    s = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    u = s.run([bn.input[0]], {s.get_inputs()[0].name: x})[0].astype(np.float64)
-    mean, var = u.mean(axis=(0, 2, 3)), u.var(axis=(0, 2, 3))
+    mean, var = input_moments(keras, bn, x)
     want_w = init[bn.input[1]] / np.sqrt(var + eps)
     want_b = init[bn.input[2]] - mean * want_w
     got = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
