@@ -295,6 +295,19 @@ def malformed(out, cases):
         "ConvTranspose bias of the wrong length": (
             [to_4d, helper.make_node("ConvTranspose", ["x4", "w2", "b3"], ["y"])],
             [f32c("w2", np.ones((1, 2, 1, 1))), f32c("b3", [1, 2, 3])], "bias [3] for 2 output channels"),
+        # Weights that do not fit the input: the kernels read them with the wrong strides
+        # (graph_mutations: a rank-3 weight on a 2-D convolution made a 4 GB output).
+        "Conv weight of the wrong rank": ([to_4d, helper.make_node("Conv", ["x4", "w3"], ["y"])],
+                                          [f32c("w3", np.ones((1, 200, 1)))], "the ranks must be equal"),
+        "Conv weight of the wrong channels": ([to_4d, helper.make_node("Conv", ["x4", "w3c"], ["y"])],
+                                              [f32c("w3c", np.ones((4, 3, 1, 1)))],
+                                              "does not fit 1 input channels in 1 group(s)"),
+        "Conv outputs not divisible by group": (
+            [helper.make_node("Reshape", ["x", "s2c"], ["x2c"]), helper.make_node("Conv", ["x2c", "w3g"], ["y"], group=2)],
+            [i64("s2c", [1, 2, 2, 1]), f32c("w3g", np.ones((3, 1, 1, 1)))], "does not fit 2 input channels in 2 group(s)"),
+        "ConvTranspose weight of the wrong channels": (
+            [to_4d, helper.make_node("ConvTranspose", ["x4", "w2t"], ["y"])],
+            [f32c("w2t", np.ones((2, 1, 1, 1)))], "does not fit 1 input channels"),
         # A Split asked for 2^62 parts (graph_mutations: a capacity overflow).
         "Split into 2^62 parts": ([helper.make_node("Split", ["x"], ["y"], axis=0, num_outputs=1 << 62)],
                                   [], "does not fit the node's 1 outputs"),

@@ -124,6 +124,36 @@ pub(super) fn pairs<T: Copy>(v: &[T], fill: T) -> Vec<T> {
     }
 }
 
+/// The weight's shape against the input's: Conv's weight is [M, C/group, k...] and
+/// ConvTranspose's [C, M/group, k...], of the input's rank. The kernels read a weight that does
+/// not fit with the wrong strides (a fuzz find: a rank-3 weight on a 2-D convolution gave an
+/// output of 43 844 channels, 4 GB).
+fn check_weight(x: &Tensor, w: &Tensor, groups: usize, transposed: bool) -> R<()> {
+    let (xd, wd) = (x.dims(), w.dims());
+    if xd.len() != wd.len() || xd.len() < 3 {
+        return Err(Error::Op(format!(
+            "weight {wd:?} does not fit an input of shape {xd:?} (the ranks must be equal)"
+        )));
+    }
+    let (channels, grouped) = if transposed {
+        (wd[0], wd[0])
+    } else {
+        (wd[1].saturating_mul(groups), wd[0])
+    };
+    if xd[1] != channels || grouped % groups != 0 {
+        let layout = if transposed {
+            "[C, M/group, k...]"
+        } else {
+            "[M, C/group, k...]"
+        };
+        return Err(Error::Op(format!(
+            "weight {wd:?} does not fit {} input channels in {groups} group(s) (weight {layout})",
+            xd[1]
+        )));
+    }
+    Ok(())
+}
+
 /// A convolution's bias is one value per output channel (ONNX: 1-D, M values); the kernels
 /// index it per channel and would wrap around another length.
 fn check_bias(bias: Option<&Tensor>, channels: usize) -> R<()> {
@@ -160,6 +190,8 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     let (x, w) = (cx.float(0)?, cx.float(1)?);
     let one_d = x.rank() == 3;
+    let groups = cx.int("group", 1)?.max(1) as usize;
+    check_weight(x, w, groups, false)?;
     let (x, w) = (to_2d(x)?, to_2d(w)?);
     let kernel = w.dims()[2..].to_vec();
     let sp = spatial(
@@ -174,7 +206,6 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
     let pads = pairs(&sp.conv_pads(size), (0, 0));
     let strides = pairs(&sp.strides, 1);
     let dil = pairs(&sp.dilations, 1);
-    let groups = cx.int("group", 1)?.max(1) as usize;
     // candle dilates both axes alike: other dilations become zeros spread into the kernel.
     let (w, dil) = if dil[0] == dil[1] {
         (w, dil[0])
@@ -235,6 +266,7 @@ fn conv2d(
         out_len(h + 2 * pad, kh, sh, dil).ok_or(TOO_LARGE)?,
         out_len(wd + 2 * pad, kw, sw, dil).ok_or(TOO_LARGE)?,
     );
+    check_output(&[n, m, oh, ow], x.dtype())?;
     if n == 0 || m == 0 || oh == 0 || ow == 0 {
         return c(Tensor::zeros((n, m, oh, ow), x.dtype(), x.device()));
     }
@@ -428,8 +460,9 @@ pub fn conv_transpose(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     let (x, w) = (cx.float(0)?, cx.float(1)?);
     let one_d = x.rank() == 3;
-    let (x, w) = (to_2d(x)?, to_2d(w)?);
     let groups = cx.int("group", 1)?.max(1) as usize;
+    check_weight(x, w, groups, true)?;
+    let (x, w) = (to_2d(x)?, to_2d(w)?);
     let (c_in, m_g, kh, kw) = c(w.dims4())?;
     let sp = spatial(cx, if one_d { vec![kw] } else { vec![kh, kw] })?;
     let n = sp.kernel.len();
@@ -560,13 +593,7 @@ fn conv_transpose_direct(
 ) -> R<Tensor> {
     use rayon::prelude::*;
     let (n, c_in, h, wd) = c(x.dims4())?;
-    let (w_in, m_g, kh, kw) = c(w.dims4())?;
-    if groups == 0 || c_in % groups != 0 || w_in != c_in {
-        return Err(Error::Op(format!(
-            "weight {:?} does not fit {c_in} input channels in {groups} groups",
-            w.dims()
-        )));
-    }
+    let (_, m_g, kh, kw) = c(w.dims4())?;
     let (c_g, taps, [oh, ow]) = (c_in / groups, kh * kw, at.out);
     let channels = groups * m_g;
     check_output(&[n, channels, oh, ow], x.dtype())?;
