@@ -96,11 +96,17 @@ pub fn observe(
 }
 
 /// Feeds one activation to its observer; NaN or ±Inf stops calibration (the data is wrong).
+/// Every observer refuses a batch holding one before taking any of it, so the search for the
+/// value to name runs only then (a pass of its own over every activation was 1.7 % of
+/// quantizing ddddocr-det).
 fn observe_finite(obs: &mut Observer, x: &[f32], shape: &[usize]) -> Result<(), HookError> {
-    if let Some(bad) = zeropoint_core::kernel::first_non_finite(x) {
-        return Err(format!("activation has a non-finite value ({bad}): check the data").into());
-    }
-    Ok(obs.update(x, shape)?)
+    obs.update(x, shape)
+        .map_err(|e| match zeropoint_core::kernel::first_non_finite(x) {
+            Some(bad) => {
+                format!("activation has a non-finite value ({bad}): check the data").into()
+            }
+            None => e.into(),
+        })
 }
 
 /// Each observer's range for the activation scheme. Range searches (MSE, entropy) are
