@@ -123,6 +123,7 @@ CONFIGS = [
     ("per-channel +cle", "per-channel", ["--cle"]),
     ("per-channel +bc", "per-channel", ["--bias-correction"]),
     ("per-channel +bc analytic", "per-channel", ["--bias-correction", "analytic"]),
+    ("per-channel +bc analytic-means", "per-channel", ["--bias-correction", "analytic-means"]),
     ("per-channel +adaround", "per-channel", ["--adaround"]),
     ("per-tensor recipe", "per-tensor", ["--recipe", "standard"]),
     ("per-channel recipe", "per-channel", ["--recipe", "standard"]),

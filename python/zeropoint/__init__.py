@@ -329,8 +329,9 @@ def quantize_model(
     "abs-percentile", "mse", "entropy", "cross-entropy"; ``range_options``: the activation
     method's parameters, as ``Observer`` takes them (``{"percentile": 99.999}``). ``exclude``: node names or operator
     types kept float. ``report_samples``: samples of the per-layer report (0: none; by default
-    half the calibration samples, at most 64). ``cle``: cross-layer equalization; ``bias_correction``: "empirical" or
-    "analytic", measured on ``bias_correction_samples``; ``adaround``: AdaRound iterations per
+    half the calibration samples, at most 64). ``cle``: cross-layer equalization; ``bias_correction``: "empirical"
+    (measured on ``bias_correction_samples``), "analytic" (from the BatchNorm statistics) or
+    "analytic-means" (and the float model's means where no BatchNorm gives them); ``adaround``: AdaRound iterations per
     layer, fitted on ``adaround_samples`` with each layer's input from the "quantized" model or,
     with ``adaround_inputs="weights-only"``, the one with only its weights quantized (the
     samples wait on disk between layers: memory does not grow with them). ``reduce_range``: 7-bit weights

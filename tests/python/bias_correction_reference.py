@@ -16,7 +16,9 @@ Analytic bias correction (`--bias-correction analytic`) is checked against numpy
 whose input is BatchNorm → ReLU, shift = (W̃ − W)·E[x] with E[x] = γ·φ(−β/γ) + β·(1 − Φ(−β/γ))
 from that BatchNorm's β and γ, W the BN-folded float weight and W̃ the export's dequantized one;
 for the first layer, which reads the model's input, E[x] is the calibration data's mean per
-channel.
+channel. With `--bias-correction analytic-means` every other layer (after a max pool, the dense
+ones) is corrected too, with E[x] the float model's mean per channel on the calibration data,
+from ONNX Runtime.
 """
 
 import math
@@ -126,7 +128,8 @@ def main():
     print(f"output SQNR on the calibration samples: {sqnr['plain']:.2f} dB without, "
           f"{sqnr['corrected']:.2f} dB with bias correction")
     assert sqnr["corrected"] > sqnr["plain"], sqnr
-    check_analytic(zeropoint, out, plain)
+    check_analytic(zeropoint, out, plain, "analytic")
+    check_analytic(zeropoint, out, plain, "analytic-means")
     print("bias correction reference: all checks passed")
 
 
@@ -140,10 +143,10 @@ def dequantized(model, value):
     return (codes - np.reshape(zero, shape)) * np.reshape(scale, shape)
 
 
-def check_analytic(zeropoint, out, plain):
-    dst = out / "analytic.onnx"
+def check_analytic(zeropoint, out, plain, mode):
+    dst = out / f"{mode}.onnx"
     p = subprocess.run([str(zeropoint), "quantize", str(MODEL), "--calib", str(out / "calib.npy"), "--weights",
-                        "int4,sym,per-channel", "--report-samples", "0", "--bias-correction", "analytic", "-o",
+                        "int4,sym,per-channel", "--report-samples", "0", "--bias-correction", mode, "-o",
                         str(dst), "--json"], capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"zeropoint quantize failed: {p.stderr}")
@@ -154,11 +157,15 @@ def check_analytic(zeropoint, out, plain):
     by_input = {n.input[0]: n for n in src.graph.node}
     by_output = {n.output[0]: n for n in src.graph.node}
     calib = np.load(out / "calib.npy").astype(np.float64)
+    layers = [n for n in src.graph.node if n.op_type in ("Conv", "Gemm")]
+    # The float model's mean input of every layer but the first, from ONNX Runtime.
+    inner = [n.input[0] for n in layers if n.input[0] != src.graph.input[0].name]
+    measured = dict(zip(inner, (channel_mean(a) for a in run(src, calib.astype(np.float32), inner))))
     expected = []
-    for conv in (n for n in src.graph.node if n.op_type == "Conv"):
-        relu = by_output.get(conv.input[0])
+    for layer in layers:
+        relu = by_output.get(layer.input[0])
         bn_in = by_output.get(relu.input[0]) if relu is not None and relu.op_type == "Relu" else None
-        if conv.input[0] == src.graph.input[0].name:
+        if layer.input[0] == src.graph.input[0].name:
             mean_x = calib.mean(axis=tuple(a for a in range(calib.ndim) if a != 1))
         elif bn_in is not None and bn_in.op_type == "BatchNormalization":
             gamma, beta = init[bn_in.input[1]], init[bn_in.input[2]]
@@ -166,23 +173,30 @@ def check_analytic(zeropoint, out, plain):
             pdf = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
             cdf = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
             mean_x = np.abs(gamma) * pdf + beta * (1 - cdf)
+        elif mode == "analytic-means":
+            mean_x = measured[layer.input[0]]
         else:
             continue
-        bn = by_input[conv.output[0]]
-        f = init[bn.input[1]] / np.sqrt(init[bn.input[4]] + 1e-5)
-        w = init[conv.input[1]] * f[:, None, None, None]
-        node = next(n for n in analytic.graph.node if n.name == conv.name)
+        w = init[layer.input[1]]
+        bn = by_input.get(layer.output[0])
+        if bn is not None and bn.op_type == "BatchNormalization":
+            f = init[bn.input[1]] / np.sqrt(init[bn.input[4]] + 1e-5)
+            w = w * f.reshape((-1,) + (1,) * (w.ndim - 1))
+        node = next(n for n in analytic.graph.node if n.name == layer.name)
         w_q = dequantized(analytic, node.input[1])
-        shift = np.einsum("oikl,i->o", w_q - w, mean_x)
-        before, _, scale = bias_of(plain, conv.name)
-        after, _, _ = bias_of(analytic, conv.name)
+        # Both layers' weights are [out, in, ...] (the Gemms have transB = 1).
+        d = w_q - w
+        shift = np.einsum("oij,i->o", d.reshape(d.shape[0], d.shape[1], -1), mean_x)
+        before, _, scale = bias_of(plain, layer.name)
+        after, _, _ = bias_of(analytic, layer.name)
         err = np.abs(after - (before - shift)).max()
         tolerance = (2 * scale + 1e-6).max()
-        print(f"analytic {conv.name}: max |shift| {np.abs(shift).max():.4g}, corrected bias vs numpy {err:.3g} "
+        print(f"{mode} {layer.name}: max |shift| {np.abs(shift).max():.4g}, corrected bias vs numpy {err:.3g} "
               f"(tolerance {tolerance:.3g})")
-        assert err <= tolerance, (conv.name, err, tolerance)
-        expected.append(conv.name)
+        assert err <= tolerance, (layer.name, err, tolerance)
+        expected.append(layer.name)
     assert corrected == expected, (corrected, expected)
+    assert mode != "analytic-means" or len(expected) == len(layers), expected
 
 
 if __name__ == "__main__":

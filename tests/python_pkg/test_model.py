@@ -282,7 +282,10 @@ def test_adaround_and_bias_correction_samples_and_inputs_reach_the_run(tmp_path,
     assert four != model_bytes("w4", adaround=20, adaround_samples=4, adaround_inputs="weights-only")
     bc4 = model_bytes("b4", bias_correction="empirical", bias_correction_samples=4)
     assert bc4 != model_bytes("b8", bias_correction="empirical", bias_correction_samples=8)
+    # The model has no BatchNorm: measured means correct the layers plain analytic cannot.
+    assert model_bytes("an", bias_correction="analytic") != model_bytes("am", bias_correction="analytic-means")
     for bad, match in ((dict(adaround=20, adaround_inputs="float"), "weights-only"),
+                       (dict(bias_correction="means"), "analytic-means"),
                        (dict(adaround=20, adaround_samples=0), "at least 1")):
         with pytest.raises(zp.SchemeError, match=match):
             zp.quantize_model(MODEL, data, tmp_path / "no.onnx", **bad)

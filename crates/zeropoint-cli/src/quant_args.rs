@@ -48,6 +48,7 @@ pub enum Recipe {
 pub enum BiasCorrectionArg {
     Empirical,
     Analytic,
+    AnalyticMeans,
 }
 
 /// `--adaround-inputs`' variants.
@@ -132,6 +133,8 @@ pub struct QuantArgs {
     /// quantized and corrected, is subtracted from its bias. analytic: the error the quantized
     /// weights cause on the mean input that the preceding BatchNorm's statistics give (for a
     /// layer reading the model's input, the calibration data's mean), without running the model.
+    /// analytic-means: the same, and where no BatchNorm gives the mean input (after a max pool,
+    /// a dense layer), the float model's mean on the calibration data (one float pass).
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "empirical")]
     pub bias_correction: Option<BiasCorrectionArg>,
     /// AdaRound (Nagel et al. 2020): learn each weight's rounding, up or down, layer by layer on
@@ -242,7 +245,12 @@ impl QuantArgs {
                     BiasCorrectionArg::Empirical => BiasCorrection::Empirical {
                         samples: self.bias_correction_samples,
                     },
-                    BiasCorrectionArg::Analytic => BiasCorrection::Analytic,
+                    BiasCorrectionArg::Analytic => BiasCorrection::Analytic {
+                        measured_means: false,
+                    },
+                    BiasCorrectionArg::AnalyticMeans => BiasCorrection::Analytic {
+                        measured_means: true,
+                    },
                 }),
                 adaround: adaround.map(|iterations| zeropoint_quant::adaround::Options {
                     iterations,

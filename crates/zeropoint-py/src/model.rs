@@ -171,10 +171,15 @@ fn settings(
     s.bias_correction = match bias_correction {
         None => None,
         Some("empirical") => Some(BiasCorrection::Empirical { samples: 16 }),
-        Some("analytic") => Some(BiasCorrection::Analytic),
+        Some("analytic") => Some(BiasCorrection::Analytic {
+            measured_means: false,
+        }),
+        Some("analytic-means") => Some(BiasCorrection::Analytic {
+            measured_means: true,
+        }),
         Some(other) => {
             return Err(scheme_error(format!(
-                "bias_correction '{other}' is not 'empirical' or 'analytic'"
+                "bias_correction '{other}' is not 'empirical', 'analytic' or 'analytic-means'"
             )))
         }
     };

@@ -25,7 +25,7 @@
 //! pixels in 0..255 at int4 weights: up to 9.2 in the first Conv's output, against at most
 //! 0.8 in any other layer's).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use zeropoint_core::{fake_quant, Granularity, Layout};
 use zeropoint_engine::exec::HookError;
@@ -159,15 +159,15 @@ fn biased_layers(graph: &Graph, plan: &Plan) -> HashMap<String, (String, String)
     layers
 }
 
-/// Analytic bias correction of every planned bias whose layer reads a folded BatchNorm's output,
-/// directly or through one ReLU (`stats`), or a value whose mean per channel `data_means` has
-/// ([`data_means`]): the bias less (W̃ − W)·E[x].
+/// Analytic bias correction of every planned bias: the bias less (W̃ − W)·E[x], with E[x] per
+/// channel from the folded BatchNorm whose output the layer reads, directly or through one ReLU
+/// (`stats`), else from `means` measured on the data ([`data_means`], [`float_means`]).
 pub fn correct_biases_analytic(
     graph: &mut Graph,
     plan: &Plan,
     params: &Params,
     stats: &[BatchNormStats],
-    data_means: &HashMap<String, Vec<f64>>,
+    means: &HashMap<String, Vec<f64>>,
 ) -> Result<Vec<Correction>> {
     let layers = biased_layers(graph, plan);
     let stats: HashMap<&str, &BatchNormStats> =
@@ -179,10 +179,7 @@ pub fn correct_biases_analytic(
             continue;
         }
         let x = &node.inputs[0];
-        let Some(mean) = data_means
-            .get(x)
-            .cloned()
-            .or_else(|| input_mean(graph, &producers, &stats, x))
+        let Some(mean) = input_mean(graph, &producers, &stats, x).or_else(|| means.get(x).cloned())
         else {
             continue;
         };
@@ -274,6 +271,62 @@ pub fn data_means(graph: &Graph, mut data: Dataset) -> Result<HashMap<String, Ve
         }
     }
     Ok(means)
+}
+
+/// The inputs of planned biased layers whose E[x] neither a BatchNorm (`stats`) nor `means`
+/// gives: a layer after a max pool or an Add, a dense layer after a flatten.
+pub fn unknown_means(
+    graph: &Graph,
+    plan: &Plan,
+    stats: &[BatchNormStats],
+    means: &HashMap<String, Vec<f64>>,
+) -> HashSet<String> {
+    let layers = biased_layers(graph, plan);
+    let stats: HashMap<&str, &BatchNormStats> =
+        stats.iter().map(|s| (s.value.as_str(), s)).collect();
+    let producers = graph.producers();
+    (graph.nodes.iter())
+        .filter(|n| layers.contains_key(&n.outputs[0]))
+        .map(|n| &n.inputs[0])
+        .filter(|x| !means.contains_key(*x))
+        .filter(|x| input_mean(graph, &producers, &stats, x).is_none())
+        .cloned()
+        .collect()
+}
+
+/// The float model's mean per channel (axis 1) of each of `values` on `data`, over every sample
+/// and position, summed in sample order: E[x] where no BatchNorm gives it. Samples whose value
+/// has another channel count than the first's are left out.
+pub fn float_means(
+    graph: &Graph,
+    values: &HashSet<String>,
+    mut data: Dataset,
+) -> Result<HashMap<String, Vec<f64>>> {
+    let exec = Executor::new(graph)?;
+    // Per value: the sums at each channel and the elements summed.
+    let mut sums: HashMap<String, (Vec<f64>, f64)> = HashMap::new();
+    while let Some(batch) = data.next_batch(1)? {
+        exec.run_with(batch, &mut |name, v| {
+            let shape = v.shape().to_vec();
+            if !values.contains(name) || shape.len() < 2 || shape.contains(&0) {
+                return Ok(v);
+            }
+            let (along, count) =
+                (sums.entry(name.to_string())).or_insert_with(|| (vec![0.0; shape[1]], 0.0));
+            if along.len() == shape[1] {
+                v.with_f32s(|x| add_sums_along(x, &shape, 1, along))?;
+                *count += shape.iter().product::<usize>() as f64;
+            }
+            Ok(v)
+        })?;
+    }
+    Ok(sums
+        .into_iter()
+        .map(|(name, (along, count))| {
+            let per_channel = count / along.len() as f64;
+            (name, along.iter().map(|s| s / per_channel).collect())
+        })
+        .collect())
 }
 
 /// Adds each element of `x` (row-major, of `shape`) to the sum of its index along `axis`.

@@ -12,7 +12,9 @@ use zeropoint_graph::canonicalize::Report;
 use zeropoint_graph::Graph;
 use zeropoint_onnx::{DType, ModelProto};
 
-use crate::bias_correction::{correct_biases, correct_biases_analytic, data_means};
+use crate::bias_correction::{
+    correct_biases, correct_biases_analytic, data_means, float_means, unknown_means,
+};
 use crate::calibrate::{observe, ranges, Ranges};
 use crate::compare::{next_batches, Batch};
 use crate::dataset::{Arrays, Dataset, Preprocess};
@@ -289,9 +291,13 @@ impl Rounding<'_> {
                 data.truncate(samples);
                 correct_biases(graph, plan, params, data)?
             }
-            Some(BiasCorrection::Analytic) => {
+            Some(BiasCorrection::Analytic { measured_means }) => {
                 let stats = &self.canonical.batch_norm_stats;
-                let means = data_means(graph, open_data(graph, opts)?)?;
+                let mut means = data_means(graph, open_data(graph, opts)?)?;
+                let unknown = unknown_means(graph, plan, stats, &means);
+                if measured_means && !unknown.is_empty() {
+                    means.extend(float_means(graph, &unknown, open_data(graph, opts)?)?);
+                }
                 correct_biases_analytic(graph, plan, params, stats, &means)?
             }
             None => Vec::new(),

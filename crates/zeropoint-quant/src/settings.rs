@@ -74,8 +74,11 @@ impl Default for SmoothQuant {
 pub enum BiasCorrection {
     /// Measured on this many calibration samples (one batch).
     Empirical { samples: usize },
-    /// From the BatchNorm statistics before each layer, without data.
-    Analytic,
+    /// (W̃ − W)·E[x], E[x] from the BatchNorm statistics before each layer (and the calibration
+    /// data's mean for a layer reading the model's input), without running the model; with
+    /// `measured_means`, the float model's mean on the calibration data where no BatchNorm
+    /// gives E[x] (one float pass).
+    Analytic { measured_means: bool },
 }
 
 impl Default for Settings {
