@@ -63,6 +63,7 @@ pub fn export(graph: &Graph, plan: &Plan, p: &Params, base: &ModelProto) -> Resu
     let mut dequantized = x.weights(&mut g, graph, plan, p)?;
     dequantized.extend(x.biases(&mut g, graph, plan, p)?);
     x.read_dequantized(&mut g, &dequantized)?;
+    drop_unread_zero_points(&mut g, &dequantized);
     let pairs = x.activations(plan, p)?;
     let front = graph
         .inputs
@@ -72,6 +73,32 @@ pub fn export(graph: &Graph, plan: &Plan, p: &Params, base: &ModelProto) -> Resu
     insert_pairs(&mut g, &pairs, front);
     g.sort()?;
     Ok(g.into_model(base)?)
+}
+
+/// Removes the zero-point initializers of the tables that only lookups read ([`Export::lookup`]
+/// takes codes and scales alone): ONNX Runtime warns about every unused initializer it loads.
+fn drop_unread_zero_points(g: &mut Graph, dequantized: &HashMap<String, Dequantize>) {
+    fn read(g: &Graph, names: &mut HashSet<String>) {
+        for n in &g.nodes {
+            names.extend(n.inputs.iter().cloned());
+            n.subgraphs.iter().for_each(|(_, sub)| read(sub, names));
+        }
+    }
+    fn drop(g: &mut Graph, unread: &HashSet<String>) {
+        g.initializers.retain(|t| !unread.contains(&t.name));
+        for n in &mut g.nodes {
+            n.subgraphs
+                .iter_mut()
+                .for_each(|(_, sub)| drop(sub, unread));
+        }
+    }
+    let mut names = HashSet::new();
+    read(g, &mut names);
+    let unread: HashSet<String> = (dequantized.values())
+        .filter(|d| d.symmetric_rows && !names.contains(&d.inputs[2]))
+        .map(|d| d.inputs[2].clone())
+        .collect();
+    drop(g, &unread);
 }
 
 /// The opset an export with these settings needs: per-channel parameters (int32 biases among
@@ -359,7 +386,7 @@ impl Export {
     }
 
     /// `Gather(table, idx)` of a table quantized per row with zero zero-points, as
-    /// `Cast(Gather(codes, idx)) · Unsqueeze(Gather(scales, idx), -1)`: the rows it reads,
+    /// `Cast(Gather(codes, idx)) · Gather(Unsqueeze(scales, -1), idx)`: the rows it reads,
     /// dequantized, exactly what DequantizeLinear of the whole table then Gather gives.
     fn lookup(&mut self, g: &mut Graph, gather: &Node, dq: &Dequantize) -> Result<Vec<Node>> {
         let (Some(idx), Some(out)) = (gather.inputs.get(1), gather.outputs.first()) else {
@@ -387,12 +414,15 @@ impl Export {
         };
         let mut cast = node(&mut self.names, Op::Cast, &[&rows_q], &rows_f);
         cast.attributes = vec![int_attribute("to", 1)]; // FLOAT
+                                                        // The scales are made a column before the lookup, not after: an Unsqueeze of an
+                                                        // initializer is folded when ONNX Runtime loads the model, one of the gathered rows ran
+                                                        // on every call.
         Ok(vec![
             node(&mut self.names, Op::Gather, &[codes, idx], &rows_q),
             cast,
-            node(&mut self.names, Op::Gather, &[scales, idx], &rows_s),
-            node(&mut self.names, Op::Unsqueeze, &[&rows_s, &axes], &column),
-            node(&mut self.names, Op::Mul, &[&rows_f, &column], out),
+            node(&mut self.names, Op::Unsqueeze, &[scales, &axes], &column),
+            node(&mut self.names, Op::Gather, &[&column, idx], &rows_s),
+            node(&mut self.names, Op::Mul, &[&rows_f, &rows_s], out),
         ])
     }
 
