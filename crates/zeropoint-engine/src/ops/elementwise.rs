@@ -4,6 +4,8 @@
 //! Activations with a kink are written as relu-based sums (leaky = relu(x) + a·(x − relu(x)))
 //! rather than selects: exact in floating point, and differentiable by candle.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{DType as CDType, Tensor};
 
 use super::{broadcast_pair, broadcast_shape, c, dtype_code, like, one, scalar, Cx, Error, R};
@@ -348,39 +350,49 @@ const PAR_CHUNK: usize = 1 << 14;
 /// `f` of each element, in parallel chunks compiled wide ([`zeropoint_core::kernel::dispatch`]):
 /// the element-wise custom ops' loop.
 fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    use rayon::prelude::*;
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(PAR_CHUNK)
-        .zip(x.par_chunks(PAR_CHUNK))
-        .for_each(|(out, x)| {
-            zeropoint_core::kernel::dispatch(
-                #[inline(always)]
-                || {
-                    for (o, &v) in out.iter_mut().zip(x) {
-                        *o = f(v);
-                    }
-                },
-            )
-        });
-    y
+    filled(
+        x.len(),
+        #[inline(always)]
+        |out, at| {
+            let x = &x[at..at + out.len()];
+            for (o, &v) in out.iter_mut().zip(x) {
+                o.write(f(v));
+            }
+        },
+    )
 }
 
 /// [`par_map`] of two operands of one length.
 fn par_map2(x: &[f32], w: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    filled(
+        x.len().min(w.len()),
+        #[inline(always)]
+        |out, at| {
+            let (x, w) = (&x[at..at + out.len()], &w[at..at + out.len()]);
+            for ((o, &a), &b) in out.iter_mut().zip(x).zip(w) {
+                o.write(f(a, b));
+            }
+        },
+    )
+}
+
+/// `n` values, each chunk written by `fill(chunk, its offset)` in parallel, compiled wide. The
+/// buffer is not zeroed first: these ops are bound by memory traffic, and a zero-filled output
+/// was a third more of it (Sigmoid of ddddocr-det's 9.5M activations, 5.5 ms a run).
+fn filled(n: usize, fill: impl Fn(&mut [MaybeUninit<f32>], usize) + Sync) -> Vec<f32> {
     use rayon::prelude::*;
-    let mut y = vec![0f32; x.len().min(w.len())];
-    y.par_chunks_mut(PAR_CHUNK)
-        .zip(x.par_chunks(PAR_CHUNK).zip(w.par_chunks(PAR_CHUNK)))
-        .for_each(|(out, (x, w))| {
+    let mut y: Vec<f32> = Vec::with_capacity(n);
+    y.spare_capacity_mut()[..n]
+        .par_chunks_mut(PAR_CHUNK)
+        .enumerate()
+        .for_each(|(i, out)| {
             zeropoint_core::kernel::dispatch(
                 #[inline(always)]
-                || {
-                    for ((o, &a), &b) in out.iter_mut().zip(x).zip(w) {
-                        *o = f(a, b);
-                    }
-                },
+                || fill(out, i * PAR_CHUNK),
             )
         });
+    // SAFETY: the chunks cover the n elements, and `fill` writes every element of its chunk.
+    unsafe { y.set_len(n) };
     y
 }
 
