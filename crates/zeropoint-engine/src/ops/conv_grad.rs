@@ -586,10 +586,7 @@ impl CustomOp3 for Conv {
         let (x, w, b) = (f32s(x, lx)?, f32s(w, lw)?, f32s(b, lb)?);
         let m = w.len() / self.g.k().max(1);
         let images = x.len() / self.plane().max(1);
-        let mut y = conv_gemm::conv(x, w, m, self.g);
-        if self.bias {
-            add_per_channel(&mut y, b, self.positions());
-        }
+        let y = conv_gemm::conv(x, w, self.bias.then_some(b), m, self.g);
         let (oh, ow) = self.g.output;
         Ok((CpuStorage::F32(y), Shape::from((images, m, oh, ow))))
     }
@@ -780,7 +777,7 @@ mod tests {
         );
         let y = conv(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor()), g).unwrap();
         let plane = 3 * 7;
-        let mut want = conv_gemm::conv(&x, &w, m, g);
+        let mut want = conv_gemm::conv(&x, &w, None, m, g);
         for (i, v) in want.iter_mut().enumerate() {
             *v += b[(i / plane) % m];
         }
@@ -845,7 +842,7 @@ mod tests {
                 let at = format!(
                     "{kernel:?} strides {strides:?} dilation {dilation} pad {pad} plane {p}"
                 );
-                let want_y: Vec<f64> = conv_gemm::conv(xp, wp, 1, one)
+                let want_y: Vec<f64> = conv_gemm::conv(xp, wp, None, 1, one)
                     .iter()
                     .map(|&v| f64::from(v))
                     .collect();
