@@ -290,11 +290,17 @@ fn count_bins(x: &[f32], exp: i32, bins: usize) -> Vec<u64> {
                         .for_each(|(i, &v)| *i = bin(v / width)),
                 }
                 let mut quads = idx[..c.len()].chunks_exact(4);
+                let t = tables.as_mut_ptr();
                 for q in &mut quads {
-                    tables[q[0] as usize] += 1;
-                    tables[bins + q[1] as usize] += 1;
-                    tables[2 * bins + q[2] as usize] += 1;
-                    tables[3 * bins + q[3] as usize] += 1;
+                    // SAFETY: `bin` clamps every index to [0, bins − 1], and table j spans
+                    // [j·bins, (j + 1)·bins) of the 4·bins. Unchecked: a bounds check per
+                    // increment was a fifth of the count's time.
+                    unsafe {
+                        *t.add(q[0] as usize) += 1;
+                        *t.add(bins + q[1] as usize) += 1;
+                        *t.add(2 * bins + q[2] as usize) += 1;
+                        *t.add(3 * bins + q[3] as usize) += 1;
+                    }
                 }
                 for &i in quads.remainder() {
                     tables[i as usize] += 1;
