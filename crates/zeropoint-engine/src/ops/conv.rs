@@ -130,10 +130,14 @@ pub(super) fn pairs<T: Copy>(v: &[T], fill: T) -> Vec<T> {
 /// output of 43 844 channels, 4 GB).
 fn check_weight(x: &Tensor, w: &Tensor, groups: usize, transposed: bool) -> R<()> {
     let (xd, wd) = (x.dims(), w.dims());
-    if xd.len() != wd.len() || xd.len() < 3 {
+    if xd.len() != wd.len() {
         return Err(Error::Op(format!(
             "weight {wd:?} does not fit an input of shape {xd:?} (the ranks must be equal)"
         )));
+    }
+    if xd.len() < 3 {
+        // No channel axis to check: `to_2d` refuses the rank.
+        return Ok(());
     }
     let (channels, grouped) = if transposed {
         (wd[0], wd[0])
