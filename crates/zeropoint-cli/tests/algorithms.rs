@@ -2,7 +2,8 @@
 //! formulas (tests/python/cle_reference.py, bias_correction_reference.py): cross-layer
 //! equalization, high-bias absorption, empirical bias correction and AdaRound's reconstruction
 //! losses (adaround_reference.py, in ONNX Runtime); and the debugging flow
-//! (`analyze`) and mixed precision against ONNX Runtime.
+//! (`analyze`) and mixed precision against ONNX Runtime; CLE on a model whose per-tensor W8A8
+//! collapses (scripts/cle_collapse.py).
 
 #[path = "../../../tests/support.rs"]
 mod support;
@@ -16,6 +17,36 @@ use support::check_reference;
 fn cross_layer_equalization_matches_numpy() {
     let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
     check_reference("cle_reference.py", zeropoint, "cle reference");
+}
+
+/// The paper's effect on a model whose per-tensor W8A8 collapses: the MNIST CNN with its
+/// channels scaled by up to four decades (the same function), at chance level per-tensor and
+/// back to float accuracy with CLE (scripts/cle_collapse.py, on 2 000 test images).
+#[test]
+fn cle_restores_a_model_whose_per_tensor_w8a8_collapses() {
+    let zeropoint = env!("CARGO_BIN_EXE_zeropoint");
+    let script = support::repo_root().join("scripts/cle_collapse.py");
+    let args = [
+        "--zeropoint",
+        zeropoint,
+        "--eval",
+        "2000",
+        "--spread",
+        "4",
+        "--check",
+    ];
+    let out = Command::new(support::python())
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("cle collapse: all checks passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
