@@ -23,7 +23,9 @@
 //! data's mean per channel, a pass over the data alone: the first layer has no BatchNorm before
 //! it, and where the input is not centred its shift is the largest (the CIFAR-10 CNN, fed
 //! pixels in 0..255 at int4 weights: up to 9.2 in the first Conv's output, against at most
-//! 0.8 in any other layer's).
+//! 0.8 in any other layer's). With measured means (`--bias-correction analytic-means`), a layer
+//! whose E[x] neither gives (after a max pool or an Add, a dense layer after a flatten) takes
+//! the float model's mean per channel on the calibration data, from one float pass.
 
 use std::collections::{HashMap, HashSet};
 
