@@ -172,10 +172,9 @@ thread_local! {
 #[inline(always)]
 pub(super) fn gather(x: &[f32], g: Geometry, at: std::ops::Range<usize>, cols: &mut [f32]) {
     let sw = g.strides.1;
+    let walk = Walk::new(g, at.clone());
     for (row, dst) in cols.chunks_mut(at.len()).enumerate() {
-        runs(
-            g,
-            at.clone(),
+        walk.runs(
             row,
             #[inline(always)]
             |run, inside, first| {
@@ -207,10 +206,9 @@ pub(super) fn gather(x: &[f32], g: Geometry, at: std::ops::Range<usize>, cols: &
 #[inline(always)]
 pub(super) fn scatter(cols: &[f32], g: Geometry, at: std::ops::Range<usize>, dx: &mut [f32]) {
     let sw = g.strides.1;
+    let walk = Walk::new(g, at.clone());
     for (row, src) in cols.chunks(at.len()).enumerate() {
-        runs(
-            g,
-            at.clone(),
+        walk.runs(
             row,
             #[inline(always)]
             |run, inside, first| {
@@ -229,45 +227,78 @@ pub(super) fn scatter(cols: &[f32], g: Geometry, at: std::ops::Range<usize>, dx:
     }
 }
 
-/// Walks row `row` = (c, i, j) of the patches of output positions `at`, one output row at a
-/// time: calls `f(run, inside, first)` with the run's positions relative to `at`, the part of
-/// them whose tap falls inside the image (relative to the run; empty where the whole run reads
-/// padding) and the input element that part's first position reads (later ones `sw` apart).
-#[inline(always)]
-fn runs(
+/// The output positions `at` of a tile cut at the ends of output rows, and for each column tap
+/// j the output columns that read inside the image: what [`Walk::runs`] needs for every row of
+/// patches, worked out once a tile (with a division per position it was as much time as the
+/// copying it steered).
+struct Walk {
     g: Geometry,
-    at: std::ops::Range<usize>,
-    row: usize,
-    mut f: impl FnMut(std::ops::Range<usize>, std::ops::Range<usize>, usize),
-) {
-    let (_, h, wd) = g.input;
-    let (kh, kw) = g.kernel;
-    let (sh, sw) = g.strides;
-    let (d, ow, pad) = (g.dilation, g.output.1, g.pad);
-    let (c, tap) = (row / (kh * kw), row % (kh * kw));
-    let (i, j) = (tap / kw, tap % kw);
-    // Output columns [lo, hi) read inside the image: pad ≤ col·sw + j·d < pad + wd.
-    let lo = (pad.saturating_sub(j * d)).div_ceil(sw).min(ow);
-    let hi = (pad + wd).saturating_sub(j * d).div_ceil(sw).clamp(lo, ow);
-    let mut p = at.start;
-    while p < at.end {
-        let (r, col) = (p / ow, p % ow);
-        let n = (ow - col).min(at.end - p);
-        let run = p - at.start..p - at.start + n;
-        p += n;
-        let y = (r * sh + i * d).wrapping_sub(pad);
-        if y >= h {
-            f(run, 0..0, 0);
-            continue;
+    /// (output row, first column, positions, offset of the first relative to `at`).
+    segments: Vec<(usize, usize, usize, usize)>,
+    /// Per column tap j: output columns [lo, hi) read inside the image, pad ≤ col·sw + j·d < pad + wd.
+    inside: Vec<(usize, usize)>,
+}
+
+impl Walk {
+    fn new(g: Geometry, at: std::ops::Range<usize>) -> Walk {
+        let ow = g.output.1;
+        let mut segments = Vec::new();
+        let mut p = at.start;
+        while p < at.end {
+            let (r, col) = (p / ow, p % ow);
+            let n = (ow - col).min(at.end - p);
+            segments.push((r, col, n, p - at.start));
+            p += n;
         }
-        // This run's columns inside the image, [a, b) relative to `col`.
-        let (a, b) = (lo.clamp(col, col + n) - col, hi.clamp(col, col + n) - col);
-        let first = if a < b {
-            c * h * wd + y * wd + (col + a) * sw + j * d - pad
-        } else {
-            0
-        };
-        f(run, a..b.max(a), first);
+        let (sw, d, pad, wd) = (g.strides.1, g.dilation, g.pad, g.input.2);
+        let inside = (0..g.kernel.1)
+            .map(|j| {
+                let lo = (pad.saturating_sub(j * d)).div_ceil(sw).min(ow);
+                let hi = (pad + wd).saturating_sub(j * d).div_ceil(sw).clamp(lo, ow);
+                (lo, hi)
+            })
+            .collect();
+        Walk {
+            g,
+            segments,
+            inside,
+        }
+    }
+
+    /// Walks row `row` = (c, i, j) of the tile's patches, one output row at a time: calls
+    /// `f(run, inside, first)` with the run's positions relative to the tile, the part of them
+    /// whose tap falls inside the image (relative to the run; empty where the whole run reads
+    /// padding) and the input element that part's first position reads (later ones `sw` apart).
+    #[inline(always)]
+    fn runs(
+        &self,
+        row: usize,
+        mut f: impl FnMut(std::ops::Range<usize>, std::ops::Range<usize>, usize),
+    ) {
+        let g = self.g;
+        let (_, h, wd) = g.input;
+        let (kh, kw) = g.kernel;
+        let (sh, sw) = g.strides;
+        let (d, pad) = (g.dilation, g.pad);
+        let (c, tap) = (row / (kh * kw), row % (kh * kw));
+        let (i, j) = (tap / kw, tap % kw);
+        let (lo, hi) = self.inside[j];
+        for &(r, col, n, offset) in &self.segments {
+            let run = offset..offset + n;
+            let y = (r * sh + i * d).wrapping_sub(pad);
+            if y >= h {
+                f(run, 0..0, 0);
+                continue;
+            }
+            // This run's columns inside the image, [a, b) relative to `col`.
+            let (a, b) = (lo.clamp(col, col + n) - col, hi.clamp(col, col + n) - col);
+            let first = if a < b {
+                c * h * wd + y * wd + (col + a) * sw + j * d - pad
+            } else {
+                0
+            };
+            f(run, a..b.max(a), first);
+        }
     }
 }
 
