@@ -258,18 +258,31 @@ fn rank_position(counts: impl Iterator<Item = u64>, p: f64, total: u64) -> Optio
 /// Bin counts of `x` at width 2^exp: bin floor(v / 2^exp) + bins/2, computed exactly (scaling by
 /// a power of two is exact and floor is exact), which is what makes merging bins lossless.
 fn count_bins(x: &[f32], exp: i32, bins: usize) -> Vec<u64> {
+    // Four interleaved tables: repeated hits on one bin (zeros after a ReLU) do not wait on
+    // each other's increments. Fewer values than 16 per bin take one: zeroing and adding up
+    // four tables then cost more than the counting (8192 bins, spread values: 1.17 -> 0.59 ns
+    // a value at 16K values, 0.60 -> 0.44 at 64K; half zeros: 1.28 -> 1.10, 0.74 -> 0.92).
+    if x.len() >= 16 * bins {
+        count_into::<4>(x, exp, bins)
+    } else {
+        count_into::<1>(x, exp, bins)
+    }
+}
+
+/// [`count_bins`] with `WAYS` interleaved tables (1 or 4).
+fn count_into<const WAYS: usize>(x: &[f32], exp: i32, bins: usize) -> Vec<u64> {
     const STAGE: usize = 1024;
     let half = (bins / 2) as f32;
     let top = (bins - 1) as f32;
     // 2^-exp as f32 when representable; tiny widths (exp < -126) divide instead.
     let inv = (exp > -126 && exp < 127).then(|| 2f32.powi(-exp));
     let width = 2f64.powi(exp) as f32;
+    // Table j starts at j·off.
+    let off = if WAYS == 4 { bins } else { 0 };
     crate::kernel::dispatch(
         #[inline(always)]
         || {
-            // Four interleaved tables: repeated hits on one bin (zeros after a ReLU) do not
-            // wait on each other's increments.
-            let mut tables = vec![0u32; 4 * bins];
+            let mut tables = vec![0u32; WAYS * bins];
             let mut idx = [0u32; STAGE];
             for c in x.chunks(STAGE) {
                 // Bounds are integers, so clamping after the floor is exact. The comparisons are
@@ -293,13 +306,13 @@ fn count_bins(x: &[f32], exp: i32, bins: usize) -> Vec<u64> {
                 let t = tables.as_mut_ptr();
                 for q in &mut quads {
                     // SAFETY: `bin` clamps every index to [0, bins − 1], and table j spans
-                    // [j·bins, (j + 1)·bins) of the 4·bins. Unchecked: a bounds check per
+                    // [j·off, j·off + bins) of the WAYS·bins. Unchecked: a bounds check per
                     // increment was a fifth of the count's time.
                     unsafe {
                         *t.add(q[0] as usize) += 1;
-                        *t.add(bins + q[1] as usize) += 1;
-                        *t.add(2 * bins + q[2] as usize) += 1;
-                        *t.add(3 * bins + q[3] as usize) += 1;
+                        *t.add(off + q[1] as usize) += 1;
+                        *t.add(2 * off + q[2] as usize) += 1;
+                        *t.add(3 * off + q[3] as usize) += 1;
                     }
                 }
                 for &i in quads.remainder() {
@@ -307,7 +320,7 @@ fn count_bins(x: &[f32], exp: i32, bins: usize) -> Vec<u64> {
                 }
             }
             (0..bins)
-                .map(|b| (0..4).map(|t| u64::from(tables[t * bins + b])).sum())
+                .map(|b| (0..WAYS).map(|t| u64::from(tables[t * bins + b])).sum())
                 .collect()
         },
     )
@@ -327,6 +340,16 @@ mod tests {
                 (u - 0.3) * (1.0 + i as f32 / 50.0)
             })
             .collect()
+    }
+
+    /// One table or four interleaved ones: the same counts, zeros and clamped extremes included.
+    #[test]
+    fn the_table_count_does_not_change_the_counts() {
+        let mut x = data(5000, 9);
+        x.extend([0.0, -0.0, 1e30, -1e30, 0.0]);
+        for exp in [-3, 0, 4] {
+            assert_eq!(count_into::<1>(&x, exp, 64), count_into::<4>(&x, exp, 64));
+        }
     }
 
     #[test]
