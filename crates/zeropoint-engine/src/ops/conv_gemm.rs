@@ -229,8 +229,9 @@ pub(super) fn scatter(cols: &[f32], g: Geometry, at: std::ops::Range<usize>, dx:
 
 /// The output positions `at` of a tile cut at the ends of output rows, and for each column tap
 /// j the output columns that read inside the image: what [`Walk::runs`] needs for every row of
-/// patches, worked out once a tile (with a division per position it was as much time as the
-/// copying it steered).
+/// patches, worked out once a tile: worked out again for every row, with its divisions, it
+/// took nearly as long as the copying it steered (4.0 % against 5.3 % of quantizing
+/// ddddocr-det).
 struct Walk {
     g: Geometry,
     /// (output row, first column, positions, offset of the first relative to `at`).
