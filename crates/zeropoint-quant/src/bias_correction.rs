@@ -23,9 +23,10 @@
 //! data's mean per channel, a pass over the data alone: the first layer has no BatchNorm before
 //! it, and where the input is not centred its shift is the largest (the CIFAR-10 CNN, fed
 //! pixels in 0..255 at int4 weights: up to 9.2 in the first Conv's output, against at most
-//! 0.8 in any other layer's). With measured means (`--bias-correction analytic-means`), a layer
-//! whose E[x] neither gives (after a max pool or an Add, a dense layer after a flatten) takes
-//! the float model's mean per channel on the calibration data, from one float pass.
+//! 0.8 in any other layer's). With measured means (`--bias-correction analytic-means`), every
+//! layer whose E[x] no BatchNorm gives (the first, one after a max pool or an Add, a dense layer
+//! after a flatten) takes the float model's mean per channel on the calibration data, all from
+//! one float pass.
 
 use std::collections::{HashMap, HashSet};
 
@@ -275,14 +276,9 @@ pub fn data_means(graph: &Graph, mut data: Dataset) -> Result<HashMap<String, Ve
     Ok(means)
 }
 
-/// The inputs of planned biased layers whose E[x] neither a BatchNorm (`stats`) nor `means`
-/// gives: a layer after a max pool or an Add, a dense layer after a flatten.
-pub fn unknown_means(
-    graph: &Graph,
-    plan: &Plan,
-    stats: &[BatchNormStats],
-    means: &HashMap<String, Vec<f64>>,
-) -> HashSet<String> {
+/// The inputs of planned biased layers whose E[x] no BatchNorm (`stats`) gives: the model's
+/// input, a layer after a max pool or an Add, a dense layer after a flatten.
+pub fn unknown_means(graph: &Graph, plan: &Plan, stats: &[BatchNormStats]) -> HashSet<String> {
     let layers = biased_layers(graph, plan);
     let stats: HashMap<&str, &BatchNormStats> =
         stats.iter().map(|s| (s.value.as_str(), s)).collect();
@@ -290,7 +286,6 @@ pub fn unknown_means(
     (graph.nodes.iter())
         .filter(|n| layers.contains_key(&n.outputs[0]))
         .map(|n| &n.inputs[0])
-        .filter(|x| !means.contains_key(*x))
         .filter(|x| input_mean(graph, &producers, &stats, x).is_none())
         .cloned()
         .collect()

@@ -293,11 +293,13 @@ impl Rounding<'_> {
             }
             Some(BiasCorrection::Analytic { measured_means }) => {
                 let stats = &self.canonical.batch_norm_stats;
-                let mut means = data_means(graph, open_data(graph, opts)?)?;
-                let unknown = unknown_means(graph, plan, stats, &means);
-                if measured_means && !unknown.is_empty() {
-                    means.extend(float_means(graph, &unknown, open_data(graph, opts)?)?);
-                }
+                let data = open_data(graph, opts)?;
+                // The float pass measures the model's inputs too: no pass of the data alone.
+                let means = if measured_means {
+                    float_means(graph, &unknown_means(graph, plan, stats), data)?
+                } else {
+                    data_means(graph, data)?
+                };
                 correct_biases_analytic(graph, plan, params, stats, &means)?
             }
             None => Vec::new(),
