@@ -414,9 +414,10 @@ impl Export {
         };
         let mut cast = node(&mut self.names, Op::Cast, &[&rows_q], &rows_f);
         cast.attributes = vec![int_attribute("to", 1)]; // FLOAT
-                                                        // The scales are made a column before the lookup, not after: an Unsqueeze of an
-                                                        // initializer is folded when ONNX Runtime loads the model, one of the gathered rows ran
-                                                        // on every call.
+
+        // The scales are made a column before the lookup, not after it: ONNX Runtime folds an
+        // Unsqueeze of an initializer when it loads the model, while one of the gathered scales
+        // ran on every call.
         Ok(vec![
             node(&mut self.names, Op::Gather, &[codes, idx], &rows_q),
             cast,
