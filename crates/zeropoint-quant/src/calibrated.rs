@@ -296,7 +296,11 @@ impl Rounding<'_> {
                 let data = open_data(graph, opts)?;
                 // The float pass measures the model's inputs too: no pass of the data alone.
                 let means = if measured_means {
-                    float_means(graph, &unknown_means(graph, plan, stats), data)?
+                    // Nothing to measure where a BatchNorm precedes every layer.
+                    match unknown_means(graph, plan, stats) {
+                        unknown if unknown.is_empty() => HashMap::new(),
+                        unknown => float_means(graph, &unknown, data)?,
+                    }
                 } else {
                     data_means(graph, data)?
                 };
