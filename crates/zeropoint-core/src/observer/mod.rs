@@ -434,7 +434,7 @@ impl State {
             ),
             (State::Histogram(h), Method::Mse { norm }) => {
                 let (lo, hi) = h.min_max().ok_or_else(empty)?;
-                search::minimize(scheme, lo, hi, search::histogram_cost(scheme, h, *norm))
+                search::minimize_bounded(scheme, lo, hi, search::histogram_cost(scheme, h, *norm))
             }
             (
                 State::Histogram(h),
