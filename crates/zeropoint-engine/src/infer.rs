@@ -258,20 +258,27 @@ fn probe_run(
         })?;
         feeds.insert(input.name.clone(), Value::new(t, dtype));
     }
-    record(exec, feeds)
+    probe_with(exec, feeds, &mut |_, _| {})
 }
 
 /// The element type and shape of every graph input and node output on a run of `graph` on
 /// `feeds` (real data: a model whose control flow depends on its inputs' values takes the path
 /// the data takes).
 pub fn probe_on(graph: &Graph, feeds: HashMap<String, Value>) -> Result<Run> {
-    record(&Executor::new(graph)?, feeds)
+    probe_with(&Executor::new(graph)?, feeds, &mut |_, _| {})
 }
 
-fn record(exec: &Executor, feeds: HashMap<String, Value>) -> Result<Run> {
+/// [`probe_on`] with an executor at hand, showing each value to `watch` as it is computed:
+/// calibration observes the probe's run rather than running its sample again.
+pub fn probe_with(
+    exec: &Executor,
+    feeds: HashMap<String, Value>,
+    watch: &mut dyn FnMut(&str, &Value),
+) -> Result<Run> {
     let mut seen = HashMap::new();
     exec.run_with(feeds, &mut |name, v| {
         seen.insert(name.to_string(), (v.dtype, v.shape().to_vec()));
+        watch(name, &v);
         Ok(v)
     })
     .map_err(|e| match e {

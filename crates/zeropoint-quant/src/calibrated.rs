@@ -15,7 +15,7 @@ use zeropoint_onnx::{DType, ModelProto};
 use crate::bias_correction::{
     correct_biases, correct_biases_analytic, data_means, float_means, unknown_means,
 };
-use crate::calibrate::{observe, ranges, Ranges};
+use crate::calibrate::{observe, observe_from, ranges, workers, FirstRound, Ranges};
 use crate::compare::{next_batches, Batch};
 use crate::dataset::{Arrays, Dataset, Preprocess};
 use crate::error::Result;
@@ -142,14 +142,36 @@ pub fn calibrated(
         None => Vec::new(),
     };
     // Types and shapes from one run on the first sample: nothing is guessed about free
-    // dimensions, and control flow takes the data's path.
+    // dimensions, and control flow takes the data's path. That run is calibration's first
+    // round, beside a sample per other thread, where observers merge exactly.
     let mut data = open_data(&graph, opts)?;
     data.check_one_sample()?;
     let unit = crate::dataset::unit_batch(&graph.inputs);
-    let first = open_data(&graph, opts)?
-        .next_batch(unit)?
-        .unwrap_or_default();
-    let seen = probe_on(&graph, first)?;
+    let watched = (workers(&opts.settings) > 1)
+        .then(|| Plan::new(&graph, guessed_types(&graph), &opts.exclude).ok())
+        .flatten();
+    let mut first = match &watched {
+        Some(watched) => {
+            let mut batches = next_batches(&mut data, unit, workers(&opts.settings))?;
+            if batches.is_empty() {
+                batches.push(Batch::default());
+            }
+            Some(FirstRound::run(
+                &graph,
+                &watched.activations,
+                batches,
+                &opts.settings,
+            )?)
+        }
+        None => None,
+    };
+    let seen = match &mut first {
+        Some(first) => std::mem::take(&mut first.seen),
+        None => {
+            let one = open_data(&graph, opts)?.next_batch(unit)?;
+            probe_on(&graph, one.unwrap_or_default())?
+        }
+    };
     drop_contradicted_output_shapes(&mut graph, &seen);
     let sizes = seen
         .iter()
@@ -163,9 +185,16 @@ pub fn calibrated(
     let t = Instant::now();
     let total = data.len;
     let settings = &opts.settings;
-    let observers = observe(&graph, &plan, &mut data, settings, &mut |done| {
-        progress("calibrating", done, total)
-    })?;
+    let mut calibrating = |done| progress("calibrating", done, total);
+    let observers = match first.and_then(|f| f.observers_for(&plan)) {
+        Some(first) => observe_from(first, &graph, &plan, &mut data, settings, &mut calibrating)?,
+        // From the first sample again: the first round was not run, or its observers do not
+        // cover the plan.
+        None => {
+            let mut data = open_data(&graph, opts)?;
+            observe(&graph, &plan, &mut data, settings, &mut calibrating)?
+        }
+    };
     let ranges = ranges(&graph, &plan, &observers, settings)?;
     let mut params = params(&graph, &plan, &ranges, settings)?;
     let step_samples = step_samples(&graph, opts)?;
@@ -358,6 +387,22 @@ fn check_activation_bits(graph: &Graph, plan: &Plan, settings: &Settings) -> Res
         ));
     }
     Ok(())
+}
+
+/// The element types a plan can be made from before any run: the initializers' and declared
+/// inputs' own, float32 for every other value. What a node computes in another type is left
+/// unobserved by the calibration round made from it.
+fn guessed_types(graph: &Graph) -> HashMap<String, DType> {
+    let flat = graph.flattened();
+    let computed = flat.nodes.iter().flat_map(|n| n.outputs.iter());
+    let mut types: HashMap<String, DType> = computed.map(|o| (o.clone(), DType::F32)).collect();
+    for input in &flat.inputs {
+        types.insert(input.name.clone(), input.dtype.unwrap_or(DType::F32));
+    }
+    for t in &flat.initializers {
+        types.insert(t.name.clone(), t.dtype);
+    }
+    types
 }
 
 /// Replaces the declared shape of each graph output that the model does not produce on the data

@@ -218,3 +218,33 @@ fn exported_models_run_in_onnx_runtime_as_simulated() {
         );
     }
 }
+
+/// Calibration's first round, run beside the probe with observers placed by a plan of guessed
+/// types (`calibrate::FirstRound`), gives every real model the ranges that observing every
+/// sample anew gives, MiniLM-L3's integer token paths and attention masks included.
+#[test]
+fn the_probes_round_calibrates_as_a_fresh_pass() {
+    use zeropoint_quant::calibrate::{observe, ranges};
+    use zeropoint_quant::ptq::{calibrated, open_data};
+    let refs = tempfile::tempdir().unwrap();
+    write_references(refs.path());
+    // Three threads: the round runs only where calibration has more than one.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for (name, model) in real_models() {
+        let opts = calibration(name, refs.path(), Settings::default());
+        let c = pool
+            .install(|| calibrated(&model, &opts, &mut |_, _, _| {}))
+            .unwrap();
+        let observers = pool
+            .install(|| {
+                let mut data = open_data(&c.graph, &opts)?;
+                observe(&c.graph, &c.plan, &mut data, &opts.settings, &mut |_| {})
+            })
+            .unwrap();
+        let fresh = ranges(&c.graph, &c.plan, &observers, &opts.settings).unwrap();
+        assert_eq!(c.ranges, fresh, "{name}");
+    }
+}
