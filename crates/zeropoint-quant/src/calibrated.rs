@@ -393,15 +393,21 @@ fn check_activation_bits(graph: &Graph, plan: &Plan, settings: &Settings) -> Res
 /// inputs' own, float32 for every other value. What a node computes in another type is left
 /// unobserved by the calibration round made from it.
 fn guessed_types(graph: &Graph) -> HashMap<String, DType> {
-    let flat = graph.flattened();
-    let computed = flat.nodes.iter().flat_map(|n| n.outputs.iter());
-    let mut types: HashMap<String, DType> = computed.map(|o| (o.clone(), DType::F32)).collect();
-    for input in &flat.inputs {
-        types.insert(input.name.clone(), input.dtype.unwrap_or(DType::F32));
+    // Not `flattened()`: it copies every initializer's data.
+    fn guess(graph: &Graph, types: &mut HashMap<String, DType>) {
+        for input in &graph.inputs {
+            types.insert(input.name.clone(), input.dtype.unwrap_or(DType::F32));
+        }
+        for t in &graph.initializers {
+            types.insert(t.name.clone(), t.dtype);
+        }
+        for n in &graph.nodes {
+            types.extend(n.outputs.iter().map(|o| (o.clone(), DType::F32)));
+            n.subgraphs.iter().for_each(|(_, g)| guess(g, types));
+        }
     }
-    for t in &flat.initializers {
-        types.insert(t.name.clone(), t.dtype);
-    }
+    let mut types = HashMap::new();
+    guess(graph, &mut types);
     types
 }
 
