@@ -103,7 +103,7 @@ impl FirstRound {
         let fresh = || fresh_observers(graph, watched, settings);
         let sets: Vec<HashMap<String, Observer>> =
             batches.iter().map(|_| fresh()).collect::<Result<_>>()?;
-        let runs: Vec<_> = batches
+        let runs: Vec<Result<_>> = batches
             .into_par_iter()
             .zip(sets)
             .enumerate()
@@ -131,13 +131,16 @@ impl FirstRound {
                 };
                 Ok((seen, observers, refused))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Vec<Result<_>>>();
         let mut round = FirstRound {
             seen: Run::new(),
             sets: Vec::new(),
             refused: HashSet::new(),
         };
-        for (seen, observers, refused) in runs {
+        // In batch order: where several fail, the error is the first batch's (the probe's,
+        // which names shape inference), whatever thread finished first.
+        for run in runs {
+            let (seen, observers, refused) = run?;
             round.seen.extend(seen.unwrap_or_default());
             round.sets.push(observers);
             round.refused.extend(refused);
