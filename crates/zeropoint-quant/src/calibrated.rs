@@ -141,37 +141,9 @@ pub fn calibrated(
         }
         None => Vec::new(),
     };
-    // Types and shapes from one run on the first sample: nothing is guessed about free
-    // dimensions, and control flow takes the data's path. That run is calibration's first
-    // round, beside a sample per other thread, where observers merge exactly.
     let mut data = open_data(&graph, opts)?;
     data.check_one_sample()?;
-    let unit = crate::dataset::unit_batch(&graph.inputs);
-    let watched = (workers(&opts.settings) > 1)
-        .then(|| Plan::new(&graph, guessed_types(&graph), &opts.exclude).ok())
-        .flatten();
-    let mut first = match &watched {
-        Some(watched) => {
-            let mut batches = next_batches(&mut data, unit, workers(&opts.settings))?;
-            if batches.is_empty() {
-                batches.push(Batch::default());
-            }
-            Some(FirstRound::run(
-                &graph,
-                &watched.activations,
-                batches,
-                &opts.settings,
-            )?)
-        }
-        None => None,
-    };
-    let seen = match &mut first {
-        Some(first) => std::mem::take(&mut first.seen),
-        None => {
-            let one = open_data(&graph, opts)?.next_batch(unit)?;
-            probe_on(&graph, one.unwrap_or_default())?
-        }
-    };
+    let (seen, first) = probe(&graph, opts, &mut data)?;
     drop_contradicted_output_shapes(&mut graph, &seen);
     let sizes = seen
         .iter()
@@ -186,15 +158,7 @@ pub fn calibrated(
     let total = data.len;
     let settings = &opts.settings;
     let mut calibrating = |done| progress("calibrating", done, total);
-    let observers = match first.and_then(|f| f.observers_for(&plan)) {
-        Some(first) => observe_from(first, &graph, &plan, &mut data, settings, &mut calibrating)?,
-        // From the first sample again: the first round was not run, or its observers do not
-        // cover the plan.
-        None => {
-            let mut data = open_data(&graph, opts)?;
-            observe(&graph, &plan, &mut data, settings, &mut calibrating)?
-        }
-    };
+    let observers = observe_rest(first, (&graph, &plan), opts, &mut data, &mut calibrating)?;
     let ranges = ranges(&graph, &plan, &observers, settings)?;
     let mut params = params(&graph, &plan, &ranges, settings)?;
     let step_samples = step_samples(&graph, opts)?;
@@ -387,6 +351,50 @@ fn check_activation_bits(graph: &Graph, plan: &Plan, settings: &Settings) -> Res
         ));
     }
     Ok(())
+}
+
+/// Types and shapes from one run on the first sample of `data`: nothing is guessed about free
+/// dimensions, and control flow takes the data's path. Where observers merge exactly and there
+/// are several threads, that run is calibration's first round, beside a sample per other thread
+/// (taken from `data`); else `data` is left as it was.
+fn probe(graph: &Graph, opts: &Options, data: &mut Dataset) -> Result<(Run, Option<FirstRound>)> {
+    let unit = crate::dataset::unit_batch(&graph.inputs);
+    let workers = workers(&opts.settings);
+    let watched = (workers > 1)
+        .then(|| Plan::new(graph, guessed_types(graph), &opts.exclude).ok())
+        .flatten();
+    let Some(watched) = watched else {
+        let one = open_data(graph, opts)?.next_batch(unit)?;
+        return Ok((probe_on(graph, one.unwrap_or_default())?, None));
+    };
+    let mut batches = next_batches(data, unit, workers)?;
+    if batches.is_empty() {
+        batches.push(Batch::default());
+    }
+    let mut first = FirstRound::run(graph, &watched.activations, batches, &opts.settings)?;
+    Ok((std::mem::take(&mut first.seen), Some(first)))
+}
+
+/// Calibration after [`probe`]: from `first`'s observers on through the rest of `data`, or from
+/// the first sample again where the first round was not run or its observers do not cover
+/// `plan`.
+fn observe_rest(
+    first: Option<FirstRound>,
+    (graph, plan): (&Graph, &Plan),
+    opts: &Options,
+    data: &mut Dataset,
+    progress: &mut dyn FnMut(usize),
+) -> Result<HashMap<String, Observer>> {
+    match first.and_then(|f| f.observers_for(plan)) {
+        Some(first) => observe_from(first, graph, plan, data, &opts.settings, progress),
+        None => observe(
+            graph,
+            plan,
+            &mut open_data(graph, opts)?,
+            &opts.settings,
+            progress,
+        ),
+    }
 }
 
 /// The element types a plan can be made from before any run: the initializers' and declared
