@@ -82,8 +82,6 @@ fn fresh_observers(
 /// on 16 samples (16 to calibrate, 8 float and 8 simulated to report), with the second core
 /// mostly idle.
 pub struct FirstRound {
-    /// Each value's element type and shape in the probe, as [`zeropoint_engine::infer::probe_on`].
-    pub seen: Run,
     /// Per batch, in order, its observers.
     sets: Vec<HashMap<String, Observer>>,
     /// Values an observer refused (a NaN or ±Inf): a plan that needs one calibrates anew, and
@@ -92,13 +90,15 @@ pub struct FirstRound {
 }
 
 impl FirstRound {
-    /// Runs `batches` (the first is the probe's; at least one) in parallel.
+    /// Runs `batches` (the first is the probe's; at least one) in parallel. Returns each
+    /// value's element type and shape in the probe, as [`zeropoint_engine::infer::probe_on`],
+    /// and the round.
     pub fn run(
         graph: &Graph,
         watched: &[String],
         batches: Vec<HashMap<String, Value>>,
         settings: &Settings,
-    ) -> Result<FirstRound> {
+    ) -> Result<(Run, FirstRound)> {
         let exec = Executor::new(graph)?;
         let fresh = || fresh_observers(graph, watched, settings);
         let sets: Vec<HashMap<String, Observer>> =
@@ -132,20 +132,20 @@ impl FirstRound {
                 Ok((seen, observers, refused))
             })
             .collect::<Vec<Result<_>>>();
+        let mut seen = Run::new();
         let mut round = FirstRound {
-            seen: Run::new(),
             sets: Vec::new(),
             refused: HashSet::new(),
         };
         // In batch order: where several fail, the error is the first batch's (the probe's,
         // which names shape inference), whatever thread finished first.
         for run in runs {
-            let (seen, observers, refused) = run?;
-            round.seen.extend(seen.unwrap_or_default());
+            let (probed, observers, refused) = run?;
+            seen.extend(probed.unwrap_or_default());
             round.sets.push(observers);
             round.refused.extend(refused);
         }
-        Ok(round)
+        Ok((seen, round))
     }
 
     /// The observers of `plan`'s activations, one set per batch; None when the plan needs one

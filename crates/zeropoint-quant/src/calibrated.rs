@@ -371,13 +371,13 @@ fn probe(graph: &Graph, opts: &Options, data: &mut Dataset) -> Result<(Run, Opti
     if batches.is_empty() {
         batches.push(Batch::default());
     }
-    let mut first = FirstRound::run(graph, &watched.activations, batches, &opts.settings)?;
-    Ok((std::mem::take(&mut first.seen), Some(first)))
+    let (seen, first) = FirstRound::run(graph, &watched.activations, batches, &opts.settings)?;
+    Ok((seen, Some(first)))
 }
 
-/// Calibration after [`probe`]: from `first`'s observers on through the rest of `data`, or from
-/// the first sample again where the first round was not run or its observers do not cover
-/// `plan`.
+/// Calibration after [`probe`]: from `first`'s observers on through the rest of `data`; through
+/// all of `data` where the first round was not run (it took nothing from `data` then), and from
+/// the first sample again, with the data reopened, where its observers do not cover `plan`.
 fn observe_rest(
     first: Option<FirstRound>,
     (graph, plan): (&Graph, &Plan),
@@ -385,13 +385,15 @@ fn observe_rest(
     data: &mut Dataset,
     progress: &mut dyn FnMut(usize),
 ) -> Result<HashMap<String, Observer>> {
-    match first.and_then(|f| f.observers_for(plan)) {
-        Some(first) => observe_from(first, graph, plan, data, &opts.settings, progress),
-        None => observe(
+    let settings = &opts.settings;
+    match first.map(|f| f.observers_for(plan)) {
+        None => observe(graph, plan, data, settings, progress),
+        Some(Some(first)) => observe_from(first, graph, plan, data, settings, progress),
+        Some(None) => observe(
             graph,
             plan,
             &mut open_data(graph, opts)?,
-            &opts.settings,
+            settings,
             progress,
         ),
     }

@@ -174,27 +174,21 @@ pub fn binary(cx: &Cx) -> R<Vec<Value>> {
             a.dtype, b.dtype
         )));
     }
+    // Float arithmetic takes the block-wise pass where the operands have its form.
+    type Broadcast = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
+    let arith = |f: fn(f32, f32) -> f32, candle: Broadcast| {
+        let t = blockwise(x, y, f).unwrap_or_else(|| candle(x, y));
+        one(like(c(t)?, a))
+    };
     match op {
-        Op::Add => one(like(
-            c(blockwise(x, y, |a, b| a + b).unwrap_or_else(|| x.broadcast_add(y)))?,
-            a,
-        )),
-        Op::Sub => one(like(
-            c(blockwise(x, y, |a, b| a - b).unwrap_or_else(|| x.broadcast_sub(y)))?,
-            a,
-        )),
-        Op::Mul => one(like(
-            c(blockwise(x, y, |a, b| a * b).unwrap_or_else(|| x.broadcast_mul(y)))?,
-            a,
-        )),
+        Op::Add => arith(|a, b| a + b, Tensor::broadcast_add),
+        Op::Sub => arith(|a, b| a - b, Tensor::broadcast_sub),
+        Op::Mul => arith(|a, b| a * b, Tensor::broadcast_mul),
         Op::Div if super::is_int(y) && b.to_i64s()?.contains(&0) => {
             // candle panics there; ONNX leaves it undefined.
             Err("integer division by zero".into())
         }
-        Op::Div => one(like(
-            c(blockwise(x, y, |a, b| a / b).unwrap_or_else(|| x.broadcast_div(y)))?,
-            a,
-        )),
+        Op::Div => arith(|a, b| a / b, Tensor::broadcast_div),
         Op::Pow => one(like(pow(x, b)?, a)),
         Op::Equal => bool_out(c(x.broadcast_eq(y))?),
         Op::Less => bool_out(c(x.broadcast_lt(y))?),
