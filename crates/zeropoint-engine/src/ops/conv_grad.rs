@@ -18,11 +18,12 @@
 //!
 //! The bias is added within the op for the same reason: candle's gradient of a broadcast addition
 //! sums over the batch and spatial axes in a strided scalar loop. Convolutions whose bias comes
-//! after (depthwise and grouped ones) take [`add_bias`], the same addition as an op of its own.
+//! after (depthwise and grouped ones) take [`add_bias`], the block-wise addition.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::blockwise;
 use super::conv_gemm::{self, gather, scatter, tile_width, Geometry};
 use super::{c, R};
 use crate::value::{storage_f32s as f32s, with_f32_slices as with_f32s};
@@ -42,73 +43,17 @@ pub(super) fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Geometry) -
     c(x.contiguous()?.apply_op3(&w.contiguous()?, &b, op))
 }
 
-/// `y` [N, M, ...] plus the bias `b` [M] of each output channel.
+/// `y` [N, M, ...] plus the bias `b` [M] of each output channel; with gradients, the block-wise
+/// op of [`super::blockwise`].
 pub(super) fn add_bias(y: &Tensor, b: &Tensor) -> R<Tensor> {
+    let mut shape = vec![1; y.rank().max(2) - 1];
+    shape[0] = b.elem_count();
+    let b = c(b.reshape(shape))?;
     let tracked = y.track_op() || b.track_op();
-    if !(tracked && y.dtype() == DType::F32 && b.dtype() == DType::F32 && y.rank() >= 2) {
-        let mut shape = vec![1; y.rank()];
-        shape[1] = b.elem_count();
-        return c(y.broadcast_add(&b.reshape(shape)?));
+    match tracked.then(|| blockwise::tracked(y, &b, blockwise::Arith::Add)) {
+        Some(Some(z)) => c(z),
+        _ => c(y.broadcast_add(&b)),
     }
-    let inner = y.dims()[2..].iter().product();
-    c(y.contiguous()?
-        .apply_op2(&b.flatten_all()?.contiguous()?, Bias { inner }))
-}
-
-/// The candle op of [`add_bias`]: element e of y takes channel (e / inner) mod M's bias.
-struct Bias {
-    inner: usize,
-}
-
-impl CustomOp2 for Bias {
-    fn name(&self) -> &'static str {
-        "conv-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        y: &CpuStorage,
-        ly: &Layout,
-        b: &CpuStorage,
-        lb: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (y, b) = (f32s(y, ly)?, f32s(b, lb)?);
-        if ly.dims()[1] != b.len() {
-            candle_core::bail!(
-                "Conv: {} biases for {} output channels",
-                b.len(),
-                ly.dims()[1]
-            );
-        }
-        let mut out = y.to_vec();
-        add_per_channel(&mut out, b, self.inner);
-        Ok((CpuStorage::F32(out), ly.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        y: &Tensor,
-        b: &Tensor,
-        _out: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let db = match b.track_op() {
-            true => with_f32s([grad], |[g]| {
-                let mut sums = vec![0f64; b.elem_count()];
-                add_channel_sums(&mut sums, g, self.inner);
-                sums.into_iter().map(|v| v as f32).collect()
-            })?,
-            false => Vec::new(),
-        };
-        Ok((y.track_op().then(|| grad.clone()), gradient(b, db)?))
-    }
-}
-
-/// Adds to each plane of `y` (`plane` elements, plane i of channel i mod M) its channel's `b`.
-fn add_per_channel(y: &mut [f32], b: &[f32], plane: usize) {
-    y.par_chunks_mut(plane.max(1))
-        .enumerate()
-        .for_each(|(i, y)| y.iter_mut().for_each(|v| *v += b[i % b.len()]));
 }
 
 /// Adds each plane's sum of `g` (planes as in [`add_per_channel`]) to its channel's `sums`, in

@@ -8,6 +8,7 @@ use std::mem::MaybeUninit;
 
 use candle_core::{DType as CDType, Tensor};
 
+use super::blockwise::{blockwise, tracked, Arith};
 use super::{broadcast_pair, broadcast_shape, c, dtype_code, like, one, scalar, Cx, Error, R};
 use crate::value::{carrier, Value};
 use zeropoint_graph::Op;
@@ -174,21 +175,24 @@ pub fn binary(cx: &Cx) -> R<Vec<Value>> {
             a.dtype, b.dtype
         )));
     }
-    // Float arithmetic takes the block-wise pass where the operands have its form.
+    // Float arithmetic takes the block-wise passes where the operands have their form.
     type Broadcast = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
-    let arith = |f: fn(f32, f32) -> f32, candle: Broadcast| {
-        let t = blockwise(x, y, f).unwrap_or_else(|| candle(x, y));
-        one(like(c(t)?, a))
+    let arith = |op: Arith, candle: Broadcast| {
+        let t = match x.track_op() || y.track_op() {
+            true => tracked(x, y, op),
+            false => blockwise(x, y, op),
+        };
+        one(like(c(t.unwrap_or_else(|| candle(x, y)))?, a))
     };
     match op {
-        Op::Add => arith(|a, b| a + b, Tensor::broadcast_add),
-        Op::Sub => arith(|a, b| a - b, Tensor::broadcast_sub),
-        Op::Mul => arith(|a, b| a * b, Tensor::broadcast_mul),
+        Op::Add => arith(Arith::Add, Tensor::broadcast_add),
+        Op::Sub => arith(Arith::Sub, Tensor::broadcast_sub),
+        Op::Mul => arith(Arith::Mul, Tensor::broadcast_mul),
         Op::Div if super::is_int(y) && b.to_i64s()?.contains(&0) => {
             // candle panics there; ONNX leaves it undefined.
             Err("integer division by zero".into())
         }
-        Op::Div => arith(|a, b| a / b, Tensor::broadcast_div),
+        Op::Div => arith(Arith::Div, Tensor::broadcast_div),
         Op::Pow => one(like(pow(x, b)?, a)),
         Op::Equal => bool_out(c(x.broadcast_eq(y))?),
         Op::Less => bool_out(c(x.broadcast_lt(y))?),
@@ -200,59 +204,6 @@ pub fn binary(cx: &Cx) -> R<Vec<Value>> {
         Op::Xor => bool_out(c(x.broadcast_ne(y))?),
         _ => Err(Error::Op(format!("{op} is not a binary operator"))),
     }
-}
-
-/// `f(x, y)` of float32 operands where `y` holds one value per block of `x`'s trailing
-/// elements, repeated along its leading axes: a per-channel shift or scale (`[1, C, 1, 1]` or
-/// `[C, 1, 1]` against `[N, C, H, W]`), a squeeze-excitation gate (`[N, C, 1, 1]`). candle walks such a broadcast one element at a
-/// time with index counters; here it is a vectorized pass per block, the same operation on the
-/// same pairs, so the same bits. None where the operands are not of that form (the same shape
-/// and scalars take candle's vectorized paths), or carry gradients.
-fn blockwise(
-    x: &Tensor,
-    y: &Tensor,
-    f: impl Fn(f32, f32) -> f32 + Sync + Copy,
-) -> Option<candle_core::Result<Tensor>> {
-    let (xd, yd) = (x.dims(), y.dims());
-    let f32s = x.dtype() == CDType::F32 && y.dtype() == CDType::F32;
-    if !f32s || x.track_op() || y.track_op() || yd.len() > xd.len() {
-        return None;
-    }
-    // y's dimensions aligned right, as broadcasting does: 1 outside axes [j, k), equal to
-    // x's inside. Each of y's m values then covers a block of x's trailing elements, and the
-    // m blocks repeat along x's leading axes.
-    let pad = xd.len() - yd.len();
-    let ydim = |i: usize| if i < pad { 1 } else { yd[i - pad] };
-    let k = (0..xd.len())
-        .rev()
-        .find(|&i| ydim(i) != 1)
-        .map_or(0, |i| i + 1);
-    let j = (0..k).find(|&i| ydim(i) != 1).unwrap_or(k);
-    let block: usize = xd[k..].iter().product();
-    let m: usize = xd[j..k].iter().product();
-    if k == 0 || block < 2 || (j..k).any(|i| ydim(i) != xd[i]) {
-        return None;
-    }
-    let out = crate::value::with_f32_slices([x, y], |[xs, ys]| {
-        filled(
-            xs.len(),
-            #[inline(always)]
-            |out, at| {
-                let mut done = 0;
-                while done < out.len() {
-                    let i = at + done;
-                    let take = (block - i % block).min(out.len() - done);
-                    let v = ys[i / block % m];
-                    let xs = &xs[i..i + take];
-                    for (o, &a) in out[done..done + take].iter_mut().zip(xs) {
-                        o.write(f(a, v));
-                    }
-                    done += take;
-                }
-            },
-        )
-    });
-    Some(out.and_then(|v| Tensor::from_vec(v, xd, x.device())))
 }
 
 /// x^y. A constant exponent uses powf (correct for negative bases with integral exponents);
@@ -438,7 +389,7 @@ fn par_map2(x: &[f32], w: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32
 /// `n` values, each chunk written by `fill(chunk, its offset)` in parallel, compiled wide. The
 /// buffer is not zeroed first: these ops are bound by memory traffic, and a zero-filled output
 /// was a third more of it (Sigmoid of ddddocr-det's 9.5M activations, 5.5 ms a run).
-fn filled(n: usize, fill: impl Fn(&mut [MaybeUninit<f32>], usize) + Sync) -> Vec<f32> {
+pub(super) fn filled(n: usize, fill: impl Fn(&mut [MaybeUninit<f32>], usize) + Sync) -> Vec<f32> {
     use rayon::prelude::*;
     let mut y: Vec<f32> = Vec::with_capacity(n);
     y.spare_capacity_mut()[..n]
@@ -694,62 +645,8 @@ pub fn modulo(cx: &Cx) -> R<Vec<Value>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{blockwise, exp_f32, Clamp};
+    use super::{exp_f32, Clamp};
     use candle_core::{Device, Tensor, Var};
-
-    /// The block-wise broadcast gives candle's bits for the four operators on the shapes it
-    /// takes (per channel, per sample and channel, rank-padded, a transposed operand) and
-    /// declines the others (a trailing axis, a gap, a scalar).
-    #[test]
-    fn blockwise_matches_candle_broadcasting() {
-        let dev = Device::Cpu;
-        let tensor = |dims: &[usize], seed: f32| {
-            let n = dims.iter().product();
-            let v: Vec<f32> = (0..n)
-                .map(|i| (i as f32 * 0.37 + seed).sin() * 3.0)
-                .collect();
-            Tensor::from_vec(v, dims, &dev).unwrap()
-        };
-        let x = tensor(&[2, 3, 5, 7], 0.1);
-        let transposed = x.transpose(2, 3).unwrap();
-        let blocks = [
-            &[1, 3, 1, 1][..],
-            &[2, 3, 1, 1],
-            &[3, 1, 1],
-            &[2, 3, 5, 1],
-            &[1, 3, 5, 1],
-            &[2, 1, 1, 1],
-        ];
-        let others = [&[1, 1, 1, 7][..], &[1, 3, 1, 7], &[2, 1, 5, 1], &[]];
-        type Candle = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
-        type Op = (fn(f32, f32) -> f32, Candle);
-        let ops: [Op; 4] = [
-            (|a, b| a + b, |x, y| x.broadcast_add(y)),
-            (|a, b| a - b, |x, y| x.broadcast_sub(y)),
-            (|a, b| a * b, |x, y| x.broadcast_mul(y)),
-            (|a, b| a / b, |x, y| x.broadcast_div(y)),
-        ];
-        let bits = |t: &Tensor| -> Vec<u32> {
-            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            v.iter().map(|v| v.to_bits()).collect()
-        };
-        for (f, candle) in ops {
-            for dims in blocks {
-                let y = tensor(dims, 0.7);
-                let ours = blockwise(&x, &y, f).expect("a block form").unwrap();
-                assert_eq!(ours.dims(), x.dims());
-                assert_eq!(bits(&ours), bits(&candle(&x, &y).unwrap()), "{dims:?}");
-            }
-            let y = tensor(&[1, 3, 1, 1], 0.2);
-            let ours = blockwise(&transposed, &y, f)
-                .expect("a block form")
-                .unwrap();
-            assert_eq!(bits(&ours), bits(&candle(&transposed, &y).unwrap()));
-            for dims in others {
-                assert!(blockwise(&x, &tensor(dims, 0.3), f).is_none(), "{dims:?}");
-            }
-        }
-    }
 
     /// The fused clamp gives candle's own bits, forward and backward, on the bounds, off them,
     /// at ±∞ and NaN: for HardSigmoid's affine clamp and for Clip with one or both bounds.

@@ -6,6 +6,7 @@
 //! bounds, ...). Errors say what went wrong ([`Error::Op`]); the executor adds which node.
 
 mod blocked;
+mod blockwise;
 mod conv;
 mod conv_gemm;
 mod conv_grad;
