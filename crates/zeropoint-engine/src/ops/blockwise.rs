@@ -26,8 +26,8 @@ struct Blocks {
 }
 
 impl Blocks {
-    /// None where `yd` is not of that form against `xd` (a gap, a trailing broadcast axis, a
-    /// scalar, more axes than x).
+    /// None where `yd` is not of that form against `xd` (a gap, a trailing broadcast axis, more
+    /// axes than x). A scalar is one block of all of x.
     fn of(xd: &[usize], yd: &[usize]) -> Option<Blocks> {
         if yd.len() > xd.len() {
             return None;
@@ -41,7 +41,7 @@ impl Blocks {
             .find(|&i| ydim(i) != 1)
             .map_or(0, |i| i + 1);
         let j = (0..k).find(|&i| ydim(i) != 1).unwrap_or(k);
-        if k == 0 || (j..k).any(|i| ydim(i) != xd[i]) {
+        if (j..k).any(|i| ydim(i) != xd[i]) {
             return None;
         }
         let block = xd[k..].iter().product();
@@ -122,15 +122,16 @@ fn block_sums(g: &[f32], x: Option<&[f32]>, b: Blocks) -> Vec<f32> {
         .collect()
 }
 
-/// `x op y` in block form for inference: None where the operands are not of that form, where
-/// a block is one element (the same shape and scalars take candle's vectorized paths), or
-/// where they carry gradients.
+/// `x op y` in block form for inference: None where the operands are not of that form or
+/// carry gradients. Operands of one shape and scalars take it too: candle's passes over them
+/// are vectorized but run on one thread (the CLI gives candle one), and a HardSwish's product
+/// was a fifth of a distillation step's time.
 pub(super) fn blockwise(x: &Tensor, y: &Tensor, op: Arith) -> Option<candle_core::Result<Tensor>> {
     let f32s = x.dtype() == CDType::F32 && y.dtype() == CDType::F32;
     if !f32s || x.track_op() || y.track_op() {
         return None;
     }
-    let b = Blocks::of(x.dims(), y.dims()).filter(|b| b.block >= 2)?;
+    let b = Blocks::of(x.dims(), y.dims())?;
     let out = with_f32s([x, y], |[xs, ys]| map_arith(xs, ys, b, op));
     Some(out.and_then(|v| Tensor::from_vec(v, x.dims(), x.device())))
 }
@@ -252,9 +253,10 @@ mod tests {
         values(t).iter().map(|v| v.to_bits()).collect()
     }
 
-    /// The block-wise broadcast gives candle's bits for the four operators on the shapes it
-    /// takes (per channel, per sample and channel, rank-padded, a transposed operand) and
-    /// declines the others (a trailing axis, a gap, a scalar).
+    /// The block-wise pass gives candle's bits for the four operators on the shapes it takes
+    /// (per channel, per sample and channel, rank-padded, the same shape, per trailing element,
+    /// scalars, a transposed operand) and declines the others (a gap, a mismatched axis, more
+    /// axes than x).
     #[test]
     fn blockwise_matches_candle_broadcasting() {
         let x = tensor(&[2, 3, 5, 7], 0.1);
@@ -266,8 +268,18 @@ mod tests {
             &[2, 3, 5, 1],
             &[1, 3, 5, 1],
             &[2, 1, 1, 1],
+            &[2, 3, 5, 7],
+            &[1, 1, 1, 7],
+            &[7],
+            &[1],
+            &[],
         ];
-        let others = [&[1, 1, 1, 7][..], &[1, 3, 1, 7], &[2, 1, 5, 1], &[]];
+        let others = [
+            &[1, 3, 1, 7][..],
+            &[2, 1, 5, 1],
+            &[3, 5, 1, 1],
+            &[1, 2, 3, 5, 7],
+        ];
         type Candle = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;
         let ops: [(Arith, Candle); 4] = [
             (Arith::Add, |x, y| x.broadcast_add(y)),
