@@ -204,6 +204,44 @@ fn has_avx512() -> bool {
         && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
+/// A new vector of `len` zeros, cut into pieces of `chunk` elements, each piece zero-filled and
+/// handed to `f(state, k, piece)` in a parallel task of its own; `tasks` tasks run, those past
+/// the last piece with an empty one (`len` = 0 runs them all without an output). Returns the
+/// vector and the tasks' results in order. `init` makes each worker's scratch state.
+///
+/// Why: a zero-filled allocation (`vec![0.0; n]`) is one serial pass over all of it in the
+/// thread that allocates, before the parallel work starts; here each task zeroes its own piece,
+/// which then stays in its cache for the work. In a training step those passes were a fifth of
+/// the main thread's time.
+pub fn par_zeroed<S, T: Send>(
+    (len, chunk, tasks): (usize, usize, usize),
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [f32]) -> T + Sync + Send,
+) -> (Vec<f32>, Vec<T>) {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let mut pieces: Vec<&mut [MaybeUninit<f32>]> = out.spare_capacity_mut()[..len]
+        .chunks_mut(chunk.max(1))
+        .collect();
+    assert!(pieces.len() <= tasks, "par_zeroed: more pieces than tasks");
+    pieces.resize_with(tasks, || &mut []);
+    let results = pieces
+        .into_par_iter()
+        .enumerate()
+        .map_init(init, |state, (k, piece)| {
+            for e in piece.iter_mut() {
+                e.write(0.0);
+            }
+            // SAFETY: every element of the piece was written just above.
+            let piece = unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            f(state, k, piece)
+        })
+        .collect();
+    // SAFETY: the pieces cover the first `len` elements and every task zeroed its own piece
+    // before `f` ran (a panic in a task propagates before this point).
+    unsafe { out.set_len(len) };
+    (out, results)
+}
+
 /// The first NaN or ±Inf of `x`, if any. Chunks are checked in vectorized passes without an
 /// early exit (a `find` runs one element at a time: 5 % of calibrating a detector).
 pub fn first_non_finite(x: &[f32]) -> Option<f32> {
@@ -457,6 +495,38 @@ pub fn fake_quant(x: &[f32], shape: &[usize], params: &QParams) -> Result<Vec<f3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every piece comes zeroed whatever was in the memory before (a freed buffer of ones is
+    /// the allocator's likeliest next one), the results come in piece order, and tasks past the
+    /// last piece get empty ones.
+    #[test]
+    fn par_zeroed_pieces_are_zero_and_in_order() {
+        drop(vec![1f32; 10_000]);
+        let (v, r) = par_zeroed(
+            (10_000, 3_000, 6),
+            || 0usize,
+            |calls, k, piece| {
+                *calls += 1;
+                let zero = piece.iter().all(|&v| v == 0.0);
+                if k == 1 {
+                    piece[0] = 7.0;
+                }
+                (k, piece.len(), zero)
+            },
+        );
+        assert_eq!(v.len(), 10_000);
+        assert_eq!(v[3_000], 7.0);
+        assert_eq!(v.iter().filter(|&&v| v != 0.0).count(), 1);
+        let lens: Vec<usize> = r.iter().map(|&(_, n, _)| n).collect();
+        assert_eq!(lens, [3_000, 3_000, 3_000, 1_000, 0, 0]);
+        assert!(r
+            .iter()
+            .enumerate()
+            .all(|(i, &(k, _, zero))| k == i && zero));
+        let (v, r) = par_zeroed((0, 5, 3), || (), |_, k, piece| (k, piece.len()));
+        assert!(v.is_empty());
+        assert_eq!(r, [(0, 0), (1, 0), (2, 0)]);
+    }
     use crate::scheme::{Granularity, Scheme};
 
     fn per_tensor(scale: f32, z: i32, grid: Grid) -> QParams {

@@ -21,12 +21,12 @@
 //! after (depthwise and grouped ones) take [`add_bias`], the block-wise addition.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::blockwise;
 use super::conv_gemm::{self, gather, scatter, tile_width, Geometry};
 use super::{c, R};
 use crate::value::{storage_f32s as f32s, with_f32_slices as with_f32s};
+use zeropoint_core::kernel::par_zeroed;
 
 /// `x` [N, C, H, W] convolved with `w` [M, C, kh, kw] as `g` says, plus `bias` [M], with
 /// gradients for all three.
@@ -91,17 +91,11 @@ impl Conv {
         let m = w.len() / k.max(1);
         let images = x.len() / plane.max(1);
         let t = tile_width(k);
-        let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
-        let groups: Vec<(usize, &mut [f32])> = if want_dx {
-            dx.chunks_mut(GROUP * plane).enumerate().collect()
-        } else {
-            (0..images.div_ceil(GROUP))
-                .map(|i| (i, &mut [][..]))
-                .collect()
-        };
-        let partial: Vec<(Vec<f32>, Vec<f64>)> = groups
-            .into_par_iter()
-            .map(|(group, dx)| {
+        let dx_len = if want_dx { x.len() } else { 0 };
+        let (dx, partial) = par_zeroed(
+            (dx_len, GROUP * plane, images.div_ceil(GROUP)),
+            || (),
+            |_, group, dx| {
                 let mut dw = vec![0f32; m * k];
                 let mut db = vec![0f64; m];
                 let (mut cols, mut dcols) = (Vec::new(), Vec::new());
@@ -119,8 +113,8 @@ impl Conv {
                     self.image(x, w, dy, t, (&mut dw, dx), (&mut cols, &mut dcols));
                 }
                 (dw, db)
-            })
-            .collect();
+            },
+        );
         let (mut dw, mut db) = (vec![0f32; m * k], vec![0f64; m]);
         for (pw, pb) in partial {
             for (d, v) in dw.iter_mut().zip(pw) {
@@ -283,13 +277,13 @@ impl Depthwise {
         (n, ch, h, wd): (usize, usize, usize, usize),
     ) -> Vec<f32> {
         let (oh, ow) = self.output;
-        let mut y = vec![0f32; n * ch * oh * ow];
         if oh * ow == 0 {
-            return y;
+            return Vec::new();
         }
-        y.par_chunks_mut(oh * ow).enumerate().for_each_init(
+        let (y, _) = par_zeroed(
+            (n * ch * oh * ow, oh * ow, n * ch),
             || (Vec::new(), Vec::new()),
-            |(split, wide), (p, out)| {
+            |(split, wide), p, out| {
                 let src = &x[p * h * wd..(p + 1) * h * wd];
                 let sub = split_plane(src, (h, wd), self.pad, self.strides, split);
                 let taps = &w[(p % ch) * self.taps()..(p % ch + 1) * self.taps()];
@@ -360,16 +354,11 @@ impl Depthwise {
             (self.kernel, self.strides, self.dilation, self.output);
         let (plane, out_plane, taps, pad) = (h * wd, oh * ow, self.taps(), self.pad);
         let planes = x.len() / plane.max(1);
-        let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
-        let mut dx_planes: Vec<&mut [f32]> = if want_dx {
-            dx.chunks_mut(plane.max(1)).collect()
-        } else {
-            (0..planes).map(|_| &mut [][..]).collect()
-        };
-        let shares: Vec<Vec<f64>> = dx_planes
-            .par_iter_mut()
-            .enumerate()
-            .map(|(p, dx)| {
+        let dx_len = if want_dx { x.len() } else { 0 };
+        let (dx, shares) = par_zeroed(
+            (dx_len, plane.max(1), planes),
+            || (),
+            |_, p, dx| {
                 // In the padded plane's coordinates, whose rows are `wp` long.
                 let mut src = Vec::new();
                 let src_plane = &x[p * plane..(p + 1) * plane];
@@ -401,8 +390,8 @@ impl Depthwise {
                     }
                 }
                 dw
-            })
-            .collect();
+            },
+        );
         let mut dw = vec![0f64; ch * taps];
         for (p, share) in shares.iter().enumerate() {
             let c = p % ch;

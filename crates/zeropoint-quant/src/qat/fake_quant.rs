@@ -25,7 +25,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use zeropoint_core::kernel::dispatch;
+use zeropoint_core::kernel::{dispatch, par_zeroed};
 use zeropoint_engine::value::{storage_f32s, with_f32_slices};
 
 /// One quantizer's learnable parameters as tensors: scale and zero-point, one each per tensor
@@ -157,9 +157,11 @@ impl FakeQuant {
         )
     }
 
+    /// x̂, written into a buffer that is not zeroed first (each chunk's runs cover it).
     fn forward(&self, x: &[f32], s: &[f32], z: &[f32]) -> Vec<f32> {
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
+        let mut y = Vec::with_capacity(x.len());
+        y.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .enumerate()
             .for_each(|(k, (y, x))| {
@@ -171,11 +173,14 @@ impl FakeQuant {
                         for (y, &x) in y[at.clone()].iter_mut().zip(&x[at]) {
                             let r = round_even(x / s);
                             let r = if r < lo { lo } else { r };
-                            *y = if r > hi { hi } else { r } * s;
+                            y.write(if r > hi { hi } else { r } * s);
                         }
                     },
                 )
             });
+        // SAFETY: the chunks cover the x.len() elements, and each chunk's runs cover its
+        // elements (Channels::runs walks from its start to its end).
+        unsafe { y.set_len(x.len()) };
         y
     }
 
@@ -189,12 +194,13 @@ impl FakeQuant {
         g: &[f32],
     ) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
         let count = self.channels.count;
-        let mut dx = vec![0f32; x.len()];
-        let partial: Vec<Vec<(f64, f64)>> = dx
-            .par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .enumerate()
-            .map(|(k, (dx, (x, g)))| {
+        let tasks = x.len().div_ceil(CHUNK);
+        let (dx, partial) = par_zeroed(
+            (x.len(), CHUNK, tasks),
+            || (),
+            |_, k, dx| {
+                let x = &x[k * CHUNK..k * CHUNK + dx.len()];
+                let g = &g[k * CHUNK..k * CHUNK + dx.len()];
                 let mut sums = vec![(0f64, 0f64); count];
                 self.chunk_runs(
                     (k, x.len()),
@@ -211,8 +217,8 @@ impl FakeQuant {
                     },
                 );
                 sums
-            })
-            .collect();
+            },
+        );
         let (mut ds, mut dz) = (vec![0f64; count], vec![0f64; count]);
         for sums in partial {
             for (c, (a, b)) in sums.into_iter().enumerate() {
