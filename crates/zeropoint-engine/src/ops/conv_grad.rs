@@ -350,46 +350,20 @@ impl Depthwise {
         (ch, h, wd): (usize, usize, usize),
         want_dx: bool,
     ) -> (Vec<f32>, Vec<f32>) {
-        let ((kh, kw), (sh, sw), d, (oh, ow)) =
-            (self.kernel, self.strides, self.dilation, self.output);
-        let (plane, out_plane, taps, pad) = (h * wd, oh * ow, self.taps(), self.pad);
+        let (plane, out_plane, taps) = (h * wd, self.output.0 * self.output.1, self.taps());
         let planes = x.len() / plane.max(1);
         let dx_len = if want_dx { x.len() } else { 0 };
         let (dx, shares) = par_zeroed(
             (dx_len, plane.max(1), planes),
-            || (),
-            |_, p, dx| {
-                // In the padded plane's coordinates, whose rows are `wp` long.
-                let mut src = Vec::new();
-                let src_plane = &x[p * plane..(p + 1) * plane];
-                let (_, wp) = split_plane(src_plane, (h, wd), pad, (1, 1), &mut src);
-                let mut dxp = vec![0f32; if want_dx { src.len() } else { 0 }];
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |scratch, p, dx| {
+                let x = &x[p * plane..(p + 1) * plane];
                 let dy = &dy[p * out_plane..(p + 1) * out_plane];
                 let k = &w[(p % ch) * taps..(p % ch + 1) * taps];
-                let mut dw = vec![0f64; taps];
-                for (r, dy_row) in dy.chunks(ow.max(1)).enumerate() {
-                    for i in 0..kh {
-                        let at = (r * sh + i * d) * wp;
-                        for j in 0..kw {
-                            let first = at + j * d;
-                            let row = src[first..].iter().step_by(sw);
-                            dw[i * kw + j] +=
-                                row.zip(dy_row).map(|(&x, &g)| x * g).sum::<f32>() as f64;
-                            if want_dx {
-                                let t = k[i * kw + j];
-                                for (o, &g) in dxp[first..].iter_mut().step_by(sw).zip(dy_row) {
-                                    *o += t * g;
-                                }
-                            }
-                        }
-                    }
-                }
-                if want_dx {
-                    for (row, padded) in dx.chunks_mut(wd.max(1)).zip(dxp.chunks(wp).skip(pad)) {
-                        row.copy_from_slice(&padded[pad..pad + wd]);
-                    }
-                }
-                dw
+                zeropoint_core::kernel::dispatch(
+                    #[inline(always)]
+                    || self.plane_backward((x, (h, wd)), k, dy, want_dx.then_some(dx), scratch),
+                )
             },
         );
         let mut dw = vec![0f64; ch * taps];
@@ -401,6 +375,106 @@ impl Depthwise {
         }
         (dx, dw.into_iter().map(|v| v as f32).collect())
     }
+
+    /// One image plane's backward pass in [`Depthwise::plane`]'s layout: ∂Y is laid out
+    /// `run` columns wide with zeros past `ow`, so that each tap's share of ∂W is a dot
+    /// product of it with the same contiguous runs of the split input the forward pass read,
+    /// and ∂X gathers t·∂Y along those runs into a split-layout buffer, then is copied back out
+    /// of it (the zero columns add nothing). Returns the plane's ∂W share, summed in f64 per
+    /// block of rows.
+    #[inline(always)]
+    fn plane_backward(
+        &self,
+        (x, (h, wd)): (&[f32], (usize, usize)),
+        taps: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        (split, wide, dsplit): &mut (Vec<f32>, Vec<f32>, Vec<f32>),
+    ) -> Vec<f64> {
+        let ((kh, kw), (sh, sw), d, (oh, ow)) =
+            (self.kernel, self.strides, self.dilation, self.output);
+        let (rows, run) = split_plane(x, (h, wd), self.pad, self.strides, split);
+        let mut dw = vec![0f64; taps.len()];
+        dsplit.clear();
+        if dx.is_some() {
+            dsplit.resize(split.len(), 0.0);
+        }
+        let block = (4096 / run.max(1)).clamp(1, oh.max(1));
+        for r0 in (0..oh).step_by(block) {
+            let b = block.min(oh - r0);
+            wide.clear();
+            wide.resize(b * run, 0.0);
+            for (w, g) in wide
+                .chunks_mut(run)
+                .zip(dy[r0 * ow..(r0 + b) * ow].chunks(ow))
+            {
+                w[..ow].copy_from_slice(g);
+            }
+            for i in 0..kh {
+                let (phase_r, row) = ((i * d) % sh, r0 + (i * d) / sh);
+                for j in 0..kw {
+                    let (phase_c, col) = ((j * d) % sw, (j * d) / sw);
+                    let at = ((phase_r * sw + phase_c) * rows + row) * run + col;
+                    let tap = i * kw + j;
+                    dw[tap] += f64::from(dot(wide, &split[at..at + b * run]));
+                    if dx.is_some() {
+                        let t = taps[tap];
+                        for (o, &g) in dsplit[at..at + b * run].iter_mut().zip(wide.iter()) {
+                            *o += t * g;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(dx) = dx {
+            unsplit_plane(dsplit, (h, wd), self.pad, self.strides, (rows, run), dx);
+        }
+        dw
+    }
+}
+
+/// The inverse of [`split_plane`]: copies the unpadded plane [h, wd] out of its split layout
+/// `buf` (sub-planes of `rows` × `run` by phase modulo the strides) into `dst`.
+fn unsplit_plane(
+    buf: &[f32],
+    (h, wd): (usize, usize),
+    pad: usize,
+    (sh, sw): (usize, usize),
+    (rows, run): (usize, usize),
+    dst: &mut [f32],
+) {
+    let sub = rows * run;
+    for (r, row) in dst.chunks_exact_mut(wd.max(1)).take(h).enumerate() {
+        let pr = r + pad;
+        let src = &buf[((pr % sh) * sw * rows + pr / sh) * run..];
+        match sw {
+            1 => row.copy_from_slice(&src[pad..pad + wd]),
+            _ => {
+                for (x, v) in row.iter_mut().enumerate() {
+                    let q = x + pad;
+                    *v = src[(q % sw) * sub + q / sw];
+                }
+            }
+        }
+    }
+}
+
+/// Σ a·b in sixteen lanes of partial sums, added in a fixed order at the end (a single running
+/// sum would go one element at a time): the same bits whatever the vector width.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (xs, ys) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (tail_x, tail_y) = (xs.remainder(), ys.remainder());
+    for (x, y) in xs.zip(ys) {
+        for l in 0..16 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in tail_x.iter().zip(tail_y).enumerate() {
+        lanes[l] += x * y;
+    }
+    lanes.iter().sum()
 }
 
 /// Copies one image plane `src` [h, wd] into `buf` with `pad` zeros on every side, split by
@@ -741,6 +815,9 @@ mod tests {
             ((3, 3), (1, 2), 1, 1, (6, 7)),
             ((3, 3), (3, 3), 2, 2, (11, 13)),
             ((2, 2), (2, 1), 1, 0, (1, 1)),
+            // More output rows than one block of the backward pass.
+            ((3, 3), (1, 1), 1, 1, (70, 70)),
+            ((3, 3), (2, 2), 1, 1, (131, 129)),
         ] {
             let (images, ch) = (3, 4);
             let out = |len: usize, k: usize, s: usize| {
