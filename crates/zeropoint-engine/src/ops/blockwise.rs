@@ -83,13 +83,32 @@ fn map(xs: &[f32], ys: &[f32], b: Blocks, f: impl Fn(f32, f32) -> f32 + Sync + C
     )
 }
 
+// The operators as functions that are always inlined, so that they are compiled wide inside
+// [`zeropoint_core::kernel::dispatch`] with the loop (a closure may be outlined).
+#[inline(always)]
+fn add(a: f32, b: f32) -> f32 {
+    a + b
+}
+#[inline(always)]
+fn sub(a: f32, b: f32) -> f32 {
+    a - b
+}
+#[inline(always)]
+fn mul(a: f32, b: f32) -> f32 {
+    a * b
+}
+#[inline(always)]
+fn div(a: f32, b: f32) -> f32 {
+    a / b
+}
+
 /// [`map`] with the operator of `arith`, each one compiled into its own loop.
 fn map_arith(xs: &[f32], ys: &[f32], b: Blocks, arith: Arith) -> Vec<f32> {
     match arith {
-        Arith::Add => map(xs, ys, b, |a, v| a + v),
-        Arith::Sub => map(xs, ys, b, |a, v| a - v),
-        Arith::Mul => map(xs, ys, b, |a, v| a * v),
-        Arith::Div => map(xs, ys, b, |a, v| a / v),
+        Arith::Add => map(xs, ys, b, add),
+        Arith::Sub => map(xs, ys, b, sub),
+        Arith::Mul => map(xs, ys, b, mul),
+        Arith::Div => map(xs, ys, b, div),
     }
 }
 
@@ -122,11 +141,26 @@ fn block_sums(g: &[f32], x: Option<&[f32]>, b: Blocks) -> Vec<f32> {
         .collect()
 }
 
+/// `x op y` with numpy broadcasting: this module's passes where the operands have their form
+/// (with gradients where one carries them), else candle's broadcasting operator.
+pub(super) fn arith(x: &Tensor, y: &Tensor, op: Arith) -> candle_core::Result<Tensor> {
+    let t = match x.track_op() || y.track_op() {
+        true => tracked(x, y, op),
+        false => blockwise(x, y, op),
+    };
+    t.unwrap_or_else(|| match op {
+        Arith::Add => x.broadcast_add(y),
+        Arith::Sub => x.broadcast_sub(y),
+        Arith::Mul => x.broadcast_mul(y),
+        Arith::Div => x.broadcast_div(y),
+    })
+}
+
 /// `x op y` in block form for inference: None where the operands are not of that form or
 /// carry gradients. Operands of one shape and scalars take it too: candle's passes over them
 /// are vectorized but run on one thread (the CLI gives candle one), and a HardSwish's product
 /// was a fifth of a distillation step's time.
-pub(super) fn blockwise(x: &Tensor, y: &Tensor, op: Arith) -> Option<candle_core::Result<Tensor>> {
+fn blockwise(x: &Tensor, y: &Tensor, op: Arith) -> Option<candle_core::Result<Tensor>> {
     let f32s = x.dtype() == CDType::F32 && y.dtype() == CDType::F32;
     if !f32s || x.track_op() || y.track_op() {
         return None;
@@ -147,7 +181,7 @@ pub(super) enum Arith {
 
 /// `x op y` of float32 operands in block form (either one the larger, for Add and Mul) as a
 /// candle op with the backward pass of this module. None where they are not of that form.
-pub(super) fn tracked(x: &Tensor, y: &Tensor, arith: Arith) -> Option<candle_core::Result<Tensor>> {
+fn tracked(x: &Tensor, y: &Tensor, arith: Arith) -> Option<candle_core::Result<Tensor>> {
     if x.dtype() != CDType::F32 || y.dtype() != CDType::F32 || arith == Arith::Div {
         return None;
     }

@@ -43,17 +43,16 @@ pub(super) fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Geometry) -
     c(x.contiguous()?.apply_op3(&w.contiguous()?, &b, op))
 }
 
-/// `y` [N, M, ...] plus the bias `b` [M] of each output channel; with gradients, the block-wise
-/// op of [`super::blockwise`].
+/// `y` [N, M, ...] plus the bias `b` [M] of each output channel: [`super::blockwise`]'s
+/// addition.
 pub(super) fn add_bias(y: &Tensor, b: &Tensor) -> R<Tensor> {
     let mut shape = vec![1; y.rank().max(2) - 1];
     shape[0] = b.elem_count();
-    let b = c(b.reshape(shape))?;
-    let tracked = y.track_op() || b.track_op();
-    match tracked.then(|| blockwise::tracked(y, &b, blockwise::Arith::Add)) {
-        Some(Some(z)) => c(z),
-        _ => c(y.broadcast_add(&b)),
-    }
+    c(blockwise::arith(
+        y,
+        &b.reshape(shape)?,
+        blockwise::Arith::Add,
+    ))
 }
 
 /// Adds each plane's sum of `g` (planes as in [`add_per_channel`]) to its channel's `sums`, in
