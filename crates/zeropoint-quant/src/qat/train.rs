@@ -114,6 +114,7 @@ pub fn train(
         teacher: Executor::new(c.reference())?,
         samples: &samples,
         validation: &validation,
+        pool: step_pool(&c.graph.source)?,
     };
     let mut record = Record::new(opts.log.as_deref())?;
     let named: Vec<(String, &Var)> = model
@@ -228,6 +229,24 @@ struct Run<'a> {
     teacher: Executor<'a>,
     samples: &'a [Batch],
     validation: &'a [Batch],
+    /// Where the steps run: see [`step_pool`].
+    pool: rayon::ThreadPool,
+}
+
+/// The threads a training step runs on, as many as rayon's global pool has. The step runs as a
+/// task of this pool, not on the calling thread, so that its parallel operators start on the
+/// thread that reaches them and the others steal from it: called from outside, each of a
+/// step's thousand parallel passes woke the pool's threads and waited for them, while the
+/// caller (candle's bookkeeping between them) ran alone. The stacks are larger than rayon's
+/// default because candle's backward pass walks the graph recursively, once per operator of
+/// the longest path.
+fn step_pool(source: &Path) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .stack_size(64 << 20)
+        .thread_name(|i| format!("zeropoint-train-{i}"))
+        .build()
+        .map_err(|e| Error::new(source, format!("training: cannot start its threads: {e}")))
 }
 
 impl Run<'_> {
@@ -240,7 +259,7 @@ impl Run<'_> {
         record: &mut Record,
         progress: &mut dyn FnMut(&str, usize, usize),
     ) -> Result<Epoch> {
-        let (opts, model) = (self.opts, self.model);
+        let opts = self.opts;
         let t = std::time::Instant::now();
         let per_epoch = self.samples.len().div_ceil(opts.batch.max(1));
         let total = per_epoch * opts.epochs;
@@ -249,18 +268,9 @@ impl Run<'_> {
         for (k, chunk) in order.chunks(opts.batch.max(1)).enumerate() {
             let step = epoch * per_epoch + k;
             lr = learning_rate(opts.learning_rate, step, total, opts.warmup);
-            let batch = self.batch(epoch, chunk)?;
-            let loss = model.loss(&self.student, &self.teacher, batch, chunk, opts)?;
-            let value = loss.to_scalar::<f32>().map_err(candle_error)?;
-            if !value.is_finite() {
-                return Err(Error::new(
-                    &self.c.graph.source,
-                    format!("training: the loss is {value} at step {step} (epoch {}); lower the learning rate", epoch + 1),
-                ));
-            }
-            let grads = loss.backward().map_err(candle_error)?;
-            optimizer.step(&grads, lr).map_err(candle_error)?;
-            model.keep_in_range().map_err(candle_error)?;
+            let value = self
+                .pool
+                .install(|| self.step((epoch, step, chunk), lr, optimizer))?;
             sum += f64::from(value);
             let every = opts.validate_every;
             if every > 0 && (step + 1).is_multiple_of(every) && k + 1 < per_epoch {
@@ -285,6 +295,30 @@ impl Run<'_> {
             validation: end.map(|v| v.validation),
             seconds: t.elapsed().as_secs_f64(),
         })
+    }
+
+    /// One training step on the samples `chunk`: the loss, its gradients and the update.
+    /// Returns the loss.
+    fn step(
+        &self,
+        (epoch, step, chunk): (usize, usize, &[usize]),
+        lr: f64,
+        optimizer: &mut Optimizer,
+    ) -> Result<f32> {
+        let (opts, model) = (self.opts, self.model);
+        let batch = self.batch(epoch, chunk)?;
+        let loss = model.loss(&self.student, &self.teacher, batch, chunk, opts)?;
+        let value = loss.to_scalar::<f32>().map_err(candle_error)?;
+        if !value.is_finite() {
+            return Err(Error::new(
+                &self.c.graph.source,
+                format!("training: the loss is {value} at step {step} (epoch {}); lower the learning rate", epoch + 1),
+            ));
+        }
+        let grads = loss.backward().map_err(candle_error)?;
+        optimizer.step(&grads, lr).map_err(candle_error)?;
+        model.keep_in_range().map_err(candle_error)?;
+        Ok(value)
     }
 
     /// The training samples `chunk` as one batch, each augmented with its draw of `epoch`.
