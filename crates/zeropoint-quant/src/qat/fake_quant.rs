@@ -25,7 +25,9 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use zeropoint_core::kernel::{dispatch, par_zeroed};
+use std::mem::MaybeUninit;
+
+use zeropoint_core::kernel::dispatch;
 use zeropoint_engine::value::{storage_f32s, with_f32_slices};
 
 /// One quantizer's learnable parameters as tensors: scale and zero-point, one each per tensor
@@ -194,13 +196,12 @@ impl FakeQuant {
         g: &[f32],
     ) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
         let count = self.channels.count;
-        let tasks = x.len().div_ceil(CHUNK);
-        let (dx, partial) = par_zeroed(
-            (x.len(), CHUNK, tasks),
-            || (),
-            |_, k, dx| {
-                let x = &x[k * CHUNK..k * CHUNK + dx.len()];
-                let g = &g[k * CHUNK..k * CHUNK + dx.len()];
+        let mut dx = Vec::with_capacity(x.len());
+        let partial: Vec<Vec<(f64, f64)>> = dx.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .enumerate()
+            .map(|(k, (dx, (x, g)))| {
                 let mut sums = vec![(0f64, 0f64); count];
                 self.chunk_runs(
                     (k, x.len()),
@@ -217,8 +218,11 @@ impl FakeQuant {
                     },
                 );
                 sums
-            },
-        );
+            })
+            .collect();
+        // SAFETY: the chunks cover the x.len() elements, and each chunk's runs write all of
+        // its elements (element_sums writes each element of its run).
+        unsafe { dx.set_len(x.len()) };
         let (mut ds, mut dz) = (vec![0f64; count], vec![0f64; count]);
         for sums in partial {
             for (c, (a, b)) in sums.into_iter().enumerate() {
@@ -235,7 +239,7 @@ impl FakeQuant {
     /// a fixed order.
     #[inline(always)]
     fn element_sums(
-        (x, g, dx): (&[f32], &[f32], &mut [f32]),
+        (x, g, dx): (&[f32], &[f32], &mut [MaybeUninit<f32>]),
         s: f32,
         (lo, hi): (f32, f32),
     ) -> (f64, f64) {
@@ -244,10 +248,10 @@ impl FakeQuant {
         let tail = xs.remainder().len();
         for ((x, g), dx) in xs.zip(gs).zip(dxs) {
             let (x, g): (&[f32; 8], &[f32; 8]) = (x.try_into().unwrap(), g.try_into().unwrap());
-            let dx: &mut [f32; 8] = dx.try_into().unwrap();
+            let dx: &mut [MaybeUninit<f32>; 8] = dx.try_into().unwrap();
             for l in 0..8 {
                 let (d, t, c) = one(x[l], g[l], s, (lo, hi));
-                dx[l] = d;
+                dx[l].write(d);
                 ds[l] += t;
                 clipped[l] += c;
             }
@@ -255,7 +259,7 @@ impl FakeQuant {
         let start = x.len() - tail;
         for (l, e) in (start..x.len()).enumerate() {
             let (d, t, c) = one(x[e], g[e], s, (lo, hi));
-            dx[e] = d;
+            dx[e].write(d);
             ds[l] += t;
             clipped[l] += c;
         }
