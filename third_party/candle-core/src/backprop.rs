@@ -697,6 +697,39 @@ impl Tensor {
 #[derive(Default, Debug)]
 pub struct GradStore(HashMap<TensorId, Tensor>);
 
+/// `a + b` for two contiguous float32 CPU tensors of one shape, in parallel chunks of rayon's
+/// current pool: candle's own pass runs on one thread when its pool has one (zeropoint gives it
+/// one), and a value with several consumers gets its gradients added here. The same bits as
+/// `a.add(b)`. None where the tensors are not of that form or are small.
+fn add_f32_parallel(a: &Tensor, b: &Tensor) -> Option<Result<Tensor>> {
+    use crate::{CpuStorage, Storage};
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    if a.shape() != b.shape() || a.dtype() != crate::DType::F32 || a.elem_count() < 4 * CHUNK {
+        return None;
+    }
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(va)), Storage::Cpu(CpuStorage::F32(vb))) = (&*sa, &*sb)
+    else {
+        return None;
+    };
+    let ((a0, a1), (b0, b1)) = (la.contiguous_offsets()?, lb.contiguous_offsets()?);
+    let (xs, ys) = (&va[a0..a1], &vb[b0..b1]);
+    let mut out: Vec<f32> = Vec::with_capacity(xs.len());
+    out.spare_capacity_mut()[..xs.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK).zip(ys.par_chunks(CHUNK)))
+        .for_each(|(o, (x, y))| {
+            for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                o.write(x + y);
+            }
+        });
+    // SAFETY: the chunks cover all xs.len() elements and each one was written.
+    unsafe { out.set_len(xs.len()) };
+    Some(Tensor::from_vec(out, a.shape(), a.device()))
+}
+
 impl GradStore {
     /// Create a new gradient store
     fn new() -> Self {
@@ -734,7 +767,10 @@ impl GradStore {
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
-                let sum = entry.get().add(grad)?;
+                let sum = match add_f32_parallel(entry.get(), grad) {
+                    Some(sum) => sum?,
+                    None => entry.get().add(grad)?,
+                };
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
