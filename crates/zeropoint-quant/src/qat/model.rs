@@ -263,26 +263,30 @@ impl Model {
     }
 
     /// The loss of one step: cross-entropy on the labels of samples `chunk`, or distillation
-    /// from `teacher`.
+    /// towards `target`, the teacher's output on the batch (given when there are no labels).
     pub(crate) fn loss(
         &self,
         student: &Executor,
-        teacher: &Executor,
-        batch: Batch,
-        chunk: &[usize],
+        (batch, chunk): (Batch, &[usize]),
+        target: Option<Tensor>,
         opts: &Options,
     ) -> Result<Tensor> {
-        let (logits, seen) = self.forward(student, batch.clone(), opts, Mode::Train)?;
+        let (logits, seen) = self.forward(student, batch, opts, Mode::Train)?;
         for m in &seen {
             self.norms[m.norm].follow(m)?;
         }
-        let loss = match &opts.labels {
-            Some(labels) => {
+        let loss = match (&opts.labels, target) {
+            (Some(labels), _) => {
                 let picked: Vec<i64> = chunk.iter().map(|&i| labels[i]).collect();
                 scores(&logits, self.softmax_axis).and_then(|s| cross_entropy(&s, &picked))
             }
-            None => {
-                let target = trained_output(teacher.run(batch)?, opts)?.detach();
+            (None, None) => {
+                return Err(Error::Environment(
+                    "training: distillation without the teacher's output".into(),
+                ))
+            }
+            (None, Some(target)) => {
+                let target = target.detach();
                 match opts.distill {
                     Distill::Kl => {
                         let axis = self.softmax_axis;

@@ -115,6 +115,9 @@ pub fn train(
         samples: &samples,
         validation: &validation,
         pool: step_pool(&c.graph.source)?,
+        targets: std::sync::Mutex::new(
+            (opts.labels.is_none() && opts.augment.is_off()).then(|| vec![None; samples.len()]),
+        ),
     };
     let mut record = Record::new(opts.log.as_deref())?;
     let named: Vec<(String, &Var)> = model
@@ -231,7 +234,16 @@ struct Run<'a> {
     validation: &'a [Batch],
     /// Where the steps run: see [`step_pool`].
     pool: rayon::ThreadPool,
+    /// Distillation's targets, one per training sample once a step has computed it: the
+    /// teacher's output does not change between epochs where the samples do not (no
+    /// augmentation), and running the teacher was an eighth of a PP-LCNet step. None where
+    /// they are not kept: labels, augmentation, an output without the batch as its first axis,
+    /// or more than [`TARGET_CACHE_BYTES`] of them.
+    targets: std::sync::Mutex<Option<Vec<Option<Tensor>>>>,
 }
+
+/// The most memory distillation's kept targets may take.
+const TARGET_CACHE_BYTES: usize = 256 << 20;
 
 /// The threads a training step runs on, as many as rayon's global pool has. The step runs as a
 /// task of this pool, not on the calling thread, so that its parallel operators start on the
@@ -307,7 +319,11 @@ impl Run<'_> {
     ) -> Result<f32> {
         let (opts, model) = (self.opts, self.model);
         let batch = self.batch(epoch, chunk)?;
-        let loss = model.loss(&self.student, &self.teacher, batch, chunk, opts)?;
+        let target = match opts.labels {
+            Some(_) => None,
+            None => Some(self.target(&batch, chunk)?),
+        };
+        let loss = model.loss(&self.student, (batch, chunk), target, opts)?;
         let value = loss.to_scalar::<f32>().map_err(candle_error)?;
         if !value.is_finite() {
             return Err(Error::new(
@@ -319,6 +335,35 @@ impl Run<'_> {
         optimizer.step(&grads, lr).map_err(candle_error)?;
         model.keep_in_range().map_err(candle_error)?;
         Ok(value)
+    }
+
+    /// The teacher's output on `batch` (the samples `chunk`), as distillation's target: from
+    /// [`Run::targets`] where every sample has one there, else run, and kept there.
+    fn target(&self, batch: &Batch, chunk: &[usize]) -> Result<Tensor> {
+        let lock = || {
+            self.targets
+                .lock()
+                .map_err(|_| Error::Environment("training: a step panicked".into()))
+        };
+        if let Some(rows) = lock()?.as_ref() {
+            let kept: Option<Vec<&Tensor>> = chunk.iter().map(|&i| rows[i].as_ref()).collect();
+            if let Some(kept) = kept {
+                return Tensor::cat(&kept, 0).map_err(candle_error);
+            }
+        }
+        let target = trained_output(self.teacher.run(batch.clone())?, self.opts)?;
+        let mut cache = lock()?;
+        let per_sample = target.elem_count() / chunk.len().max(1) * 4;
+        let fits = per_sample * self.samples.len() <= TARGET_CACHE_BYTES;
+        match cache.as_mut() {
+            Some(rows) if fits && target.dims().first() == Some(&chunk.len()) => {
+                for (k, &i) in chunk.iter().enumerate() {
+                    rows[i] = Some(target.narrow(0, k, 1).map_err(candle_error)?);
+                }
+            }
+            _ => *cache = None,
+        }
+        Ok(target)
     }
 
     /// The training samples `chunk` as one batch, each augmented with its draw of `epoch`.
