@@ -405,7 +405,7 @@ impl Depthwise {
             wide.resize(b * run, 0.0);
             for (w, g) in wide
                 .chunks_mut(run)
-                .zip(dy[r0 * ow..(r0 + b) * ow].chunks(ow))
+                .zip(dy[r0 * ow..(r0 + b) * ow].chunks(ow.max(1)))
             {
                 w[..ow].copy_from_slice(g);
             }
