@@ -158,8 +158,8 @@ pub(super) fn arith(x: &Tensor, y: &Tensor, op: Arith) -> candle_core::Result<Te
 
 /// `x op y` in block form for inference: None where the operands are not of that form or
 /// carry gradients. Operands of one shape and scalars take it too: candle's passes over them
-/// are vectorized but run on one thread (the CLI gives candle one), and a HardSwish's product
-/// was a fifth of a distillation step's time.
+/// are vectorized but run on one thread (the CLI gives candle one), which left the other core
+/// idle during every HardSwish product of a calibration run or a distillation teacher.
 fn blockwise(x: &Tensor, y: &Tensor, op: Arith) -> Option<candle_core::Result<Tensor>> {
     let f32s = x.dtype() == CDType::F32 && y.dtype() == CDType::F32;
     if !f32s || x.track_op() || y.track_op() {

