@@ -16,7 +16,9 @@ On the MNIST CNN of assets/models with the 500 MNIST training images and labels 
   (checked against ONNX Runtime's on the SVHN CNN's first layer), and its W8A8 export scores in
   ONNX Runtime what training said after the re-estimation;
 - a run killed after its first epoch's checkpoint and resumed writes the same bytes as an
-  unbroken one; a checkpoint of another model is refused;
+  unbroken one, with labels and distilled (where the unbroken run reuses the float model's
+  outputs of its first epoch and the resumed one runs the float model again); a checkpoint of
+  another model is refused;
 - labels whose count does not match the data are refused with one line, exit status 1, and no
   output file.
 """
@@ -160,6 +162,22 @@ def check_keras_batch_norm(exe, work, keras):
                  f"population statistics re-estimated, weight {w_err:.1e}, bias {b_err:.1e} from ONNX Runtime's")
 
 
+def killed_and_resumed(exe, work, args, ck):
+    """Whether a `train` run killed once its first epoch's checkpoint `ck` exists, then resumed
+    from it, writes the same bytes as an unbroken run (and the killed run writes nothing)."""
+    straight, resumed, never = work / "straight.onnx", work / "resumed.onnx", work / "never.onnx"
+    zeropoint(exe, "train", MODEL, *args, "-o", straight)
+    ck.unlink(missing_ok=True)
+    p = subprocess.Popen([str(exe), "train", str(MODEL), *map(str, args), "--checkpoint", str(ck), "-o",
+                          str(never)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not ck.exists() and p.poll() is None:
+        time.sleep(0.02)
+    p.kill()
+    p.wait()
+    zeropoint(exe, "train", MODEL, *args, "--resume", ck, "-o", resumed)
+    return straight.read_bytes() == resumed.read_bytes() and not never.exists()
+
+
 def main():
     exe, work = Path(sys.argv[1]), Path(sys.argv[2])
     common = ["--data", TRAIN, *PREP, "--labels", TRAIN_LABELS, "--seed", "3"]
@@ -217,18 +235,16 @@ def main():
 
     # A run killed after its first epoch's checkpoint, resumed, writes what an unbroken run does.
     two = [*common, "--weights", "int4", "--activations", "uint4", "--epochs", 2]
-    straight, ck, resumed = work / "straight.onnx", work / "ck.safetensors", work / "resumed.onnx"
-    zeropoint(exe, "train", MODEL, *two, "-o", straight)
-    ck.unlink(missing_ok=True)
-    p = subprocess.Popen([str(exe), "train", str(MODEL), *map(str, two), "--checkpoint", str(ck), "-o",
-                          str(work / "never.onnx")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not ck.exists() and p.poll() is None:
-        time.sleep(0.02)
-    p.kill()
-    p.wait()
-    zeropoint(exe, "train", MODEL, *two, "--resume", ck, "-o", resumed)
-    good &= check(straight.read_bytes() == resumed.read_bytes() and not (work / "never.onnx").exists(),
+    ck = work / "ck.safetensors"
+    good &= check(killed_and_resumed(exe, work, two, ck),
                   "killed after epoch 1 and resumed: the same bytes as an unbroken run")
+    # The same without labels: the unbroken run distills its second epoch towards the float
+    # model's outputs kept from the first, the resumed one runs the float model again.
+    distilled = ["--data", TRAIN, *PREP, "--seed", "3", "--weights", "int4", "--activations", "uint4",
+                 "--epochs", 2]
+    good &= check(killed_and_resumed(exe, work, distilled, work / "ck_distilled.safetensors"),
+                  "distilled, killed after epoch 1 and resumed (the float model's outputs kept in the "
+                  "unbroken run, run again in the resumed one): the same bytes")
     other = work / "other.onnx"
     svhn = ROOT.parent / "shared" / "assets" / "models" / "ccexam_svhn_cnn_bn.onnx"
     np.save(work / "svhn.npy", np.random.default_rng(1).normal(size=(8, 3, 32, 32)).astype(np.float32))
