@@ -55,7 +55,7 @@ pub(super) fn add_bias(y: &Tensor, b: &Tensor) -> R<Tensor> {
     ))
 }
 
-/// Adds each plane's sum of `g` (planes as in [`add_per_channel`]) to its channel's `sums`, in
+/// Adds each plane's sum of `g` (`plane` elements, plane i of channel i mod M) to its channel's `sums`, in
 /// f64 and in plane order.
 fn add_channel_sums(sums: &mut [f64], g: &[f32], plane: usize) {
     let m = sums.len();

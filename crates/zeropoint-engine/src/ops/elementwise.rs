@@ -478,16 +478,12 @@ fn leaky(x: &Tensor, alpha: f64) -> R<Tensor> {
 /// clamp and the product took a pass over memory each (PP-LCNet's HardSwishes at batch 8:
 /// 12.4 → 7.6-8.1 ms a run).
 fn hard_swish(x: &Tensor) -> R<Tensor> {
+    let (alpha, beta) = (1.0 / 6.0, 0.5);
     if x.dtype() != CDType::F32 || x.track_op() {
-        return c(arith(x, &hard_sigmoid(x, 1.0 / 6.0, 0.5)?, Arith::Mul));
+        return c(arith(x, &hard_sigmoid(x, alpha, beta)?, Arith::Mul));
     }
-    let (a, b) = ((1.0f64 / 6.0) as f32, 0.5);
-    let bound = Clamp {
-        affine: Some((a, b)),
-        lo: Some(0.0),
-        hi: Some(1.0),
-    }
-    .bound();
+    let op = hard_sigmoid_clamp(alpha, beta);
+    let ((a, b), bound) = (op.affine.unwrap_or((1.0, 0.0)), op.bound());
     let y = crate::value::with_f32_slice(x, |v| par_map(v, move |v| v * bound(v * a + b)))?;
     c(Tensor::from_vec(y, x.dims(), x.device()))
 }
@@ -496,12 +492,16 @@ fn hard_sigmoid(x: &Tensor, alpha: f64, beta: f64) -> R<Tensor> {
     if x.dtype() != CDType::F32 {
         return c(x.affine(alpha, beta)?.clamp(0f32, 1f32));
     }
-    let op = Clamp {
+    clamp(x, hard_sigmoid_clamp(alpha, beta))
+}
+
+/// HardSigmoid as a [`Clamp`]: min(max(x·α + β, 0), 1).
+fn hard_sigmoid_clamp(alpha: f64, beta: f64) -> Clamp {
+    Clamp {
         affine: Some((alpha as f32, beta as f32)),
         lo: Some(0.0),
         hi: Some(1.0),
-    };
-    clamp(x, op)
+    }
 }
 
 fn elu(x: &Tensor, alpha: f64) -> R<Tensor> {

@@ -70,6 +70,14 @@ pub(crate) struct Model {
     softmax_axis: Option<i64>,
 }
 
+/// What a training step's loss compares the student's output with.
+pub(crate) enum Target {
+    /// The labels of the batch's samples, in its order: cross-entropy.
+    Labels(Vec<i64>),
+    /// The teacher's output on the batch: distillation.
+    Teacher(Tensor),
+}
+
 impl Model {
     /// The trainable copy of `c`'s quantized layers, from its PTQ parameters.
     pub(crate) fn from_ptq(c: &Calibrated, opts: &Options) -> Result<Model> {
@@ -262,30 +270,23 @@ impl Model {
         Ok(true)
     }
 
-    /// The loss of one step: cross-entropy on the labels of samples `chunk`, or distillation
-    /// towards `target`, the teacher's output on the batch (given when there are no labels).
+    /// The loss of one step on `batch` against `target`.
     pub(crate) fn loss(
         &self,
         student: &Executor,
-        (batch, chunk): (Batch, &[usize]),
-        target: Option<Tensor>,
+        batch: Batch,
+        target: Target,
         opts: &Options,
     ) -> Result<Tensor> {
         let (logits, seen) = self.forward(student, batch, opts, Mode::Train)?;
         for m in &seen {
             self.norms[m.norm].follow(m)?;
         }
-        let loss = match (&opts.labels, target) {
-            (Some(labels), _) => {
-                let picked: Vec<i64> = chunk.iter().map(|&i| labels[i]).collect();
+        let loss = match target {
+            Target::Labels(picked) => {
                 scores(&logits, self.softmax_axis).and_then(|s| cross_entropy(&s, &picked))
             }
-            (None, None) => {
-                return Err(Error::Environment(
-                    "training: distillation without the teacher's output".into(),
-                ))
-            }
-            (None, Some(target)) => {
+            Target::Teacher(target) => {
                 let target = target.detach();
                 match opts.distill {
                     Distill::Kl => {

@@ -105,9 +105,10 @@ impl Optimizer {
             let f32s = [p, g, &slot.m, &slot.v]
                 .iter()
                 .all(|t| t.dtype() == DType::F32);
+            let u = Update { rule, lr, decay, t };
             let next = match f32s {
-                true => slot.fused(g, Update { rule, lr, decay, t })?,
-                false => slot.tensors(g, Update { rule, lr, decay, t })?,
+                true => slot.fused(g, u)?,
+                false => slot.tensors(g, u)?,
             };
             slot.var.set(&next)
         })

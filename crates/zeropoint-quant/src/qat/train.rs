@@ -23,7 +23,7 @@ use crate::evaluate::top;
 use crate::qat::batch_norm::Mode;
 use crate::qat::checkpoint;
 use crate::qat::loss::{candle_error, f32s, trained_output};
-use crate::qat::model::{stack, Model};
+use crate::qat::model::{stack, Model, Target};
 pub use crate::qat::optim::Rule;
 use crate::qat::optim::{learning_rate, Optimizer};
 pub use crate::qat::options::{Augment, BatchNorm, Distill, Options};
@@ -319,11 +319,11 @@ impl Run<'_> {
     ) -> Result<f32> {
         let (opts, model) = (self.opts, self.model);
         let batch = self.batch(epoch, chunk)?;
-        let target = match opts.labels {
-            Some(_) => None,
-            None => Some(self.target(&batch, chunk)?),
+        let target = match &opts.labels {
+            Some(labels) => Target::Labels(chunk.iter().map(|&i| labels[i]).collect()),
+            None => Target::Teacher(self.target(&batch, chunk)?),
         };
-        let loss = model.loss(&self.student, (batch, chunk), target, opts)?;
+        let loss = model.loss(&self.student, batch, target, opts)?;
         let value = loss.to_scalar::<f32>().map_err(candle_error)?;
         if !value.is_finite() {
             return Err(Error::new(
