@@ -26,6 +26,12 @@ pub type HookError = Box<dyn std::error::Error + Send + Sync>;
 /// A hook: gets each value by name, returns the value to continue with.
 pub type Hook<'a> = dyn FnMut(&str, Value) -> std::result::Result<Value, HookError> + 'a;
 
+/// A node hook: gets each node of the main graph with its inputs before it runs, and returns
+/// its outputs instead of running it, or None to let it run. A trainer fuses a chain of nodes
+/// into one op with its own backward pass this way, the graph unchanged.
+pub type NodeHook<'a> =
+    dyn FnMut(&Node, &[Option<Value>]) -> Option<std::result::Result<Vec<Value>, HookError>> + 'a;
+
 /// Runs a checked graph.
 pub struct Executor<'g> {
     /// The graph, borrowed, or owned without its initializers ([`Executor::owning`]).
@@ -154,10 +160,30 @@ impl<'g> Executor<'g> {
         inputs: HashMap<String, Value>,
         hook: &mut Hook,
     ) -> Result<Vec<(String, Value)>> {
+        self.run_all(inputs, hook, None)
+    }
+
+    /// [`Executor::run_with`], and each node of the main graph offered to `nodes` first (see
+    /// [`NodeHook`]); the outputs it returns pass through `hook` as a node's would.
+    pub fn run_with_nodes(
+        &self,
+        inputs: HashMap<String, Value>,
+        hook: &mut Hook,
+        nodes: &mut NodeHook,
+    ) -> Result<Vec<(String, Value)>> {
+        self.run_all(inputs, hook, Some(nodes))
+    }
+
+    fn run_all(
+        &self,
+        inputs: HashMap<String, Value>,
+        hook: &mut Hook,
+        nodes: Option<&mut NodeHook>,
+    ) -> Result<Vec<(String, Value)>> {
         let mut run = self.begin(inputs, hook)?;
-        let nodes = self.graph().nodes.len();
-        self.run_nodes(&mut run.env, run.next..nodes, hook)?;
-        run.next = nodes;
+        let count = self.graph().nodes.len();
+        self.run_nodes_with(&mut run.env, run.next..count, hook, nodes)?;
+        run.next = count;
         self.finish(run)
     }
 
@@ -302,10 +328,25 @@ impl<'g> Executor<'g> {
         nodes: std::ops::Range<usize>,
         hook: &mut Hook,
     ) -> Result<()> {
+        self.run_nodes_with(env, nodes, hook, None)
+    }
+
+    /// [`Executor::run_nodes`] with each node offered to `over` first, if given.
+    fn run_nodes_with(
+        &self,
+        env: &mut HashMap<String, Value>,
+        nodes: std::ops::Range<usize>,
+        hook: &mut Hook,
+        mut over: Option<&mut NodeHook>,
+    ) -> Result<()> {
         let g = self.graph();
         for i in nodes {
             let node = &g.nodes[i];
-            let outs = self.run_node(i, env, hook)?;
+            let replaced = over.as_mut().and_then(|f| f(node, &node_args(node, env)));
+            let outs = match replaced {
+                Some(outs) => outs.map_err(|e| located(g, node.label(), e))?,
+                None => self.run_node(i, env, hook)?,
+            };
             for (name, v) in node.outputs.iter().zip(outs) {
                 if name.is_empty() {
                     continue;
@@ -331,17 +372,7 @@ impl<'g> Executor<'g> {
     ) -> Result<Vec<Value>> {
         let g = self.graph();
         let node = &g.nodes[i];
-        let args: Vec<Option<Value>> = node
-            .inputs
-            .iter()
-            .map(|n| {
-                if n.is_empty() {
-                    None
-                } else {
-                    env.get(n).cloned()
-                }
-            })
-            .collect();
+        let args = node_args(node, env);
         let outs = if node.subgraphs.is_empty() {
             let cx = Cx {
                 node,
@@ -485,6 +516,21 @@ fn model_error(g: &Graph, message: String) -> Error {
 /// A lower error at a place (a node, an input, an output) of the model.
 fn located(g: &Graph, at: String, e: impl Into<HookError>) -> Error {
     zeropoint_graph::Error::at(&g.source, at, e).into()
+}
+
+/// Node `node`'s inputs from `env`: None for an omitted optional input, and for one that is
+/// not there (which the op then reports).
+fn node_args(node: &Node, env: &HashMap<String, Value>) -> Vec<Option<Value>> {
+    node.inputs
+        .iter()
+        .map(|n| {
+            if n.is_empty() {
+                None
+            } else {
+                env.get(n).cloned()
+            }
+        })
+        .collect()
 }
 
 /// Runs one node on given inputs, outside any graph (used by constant folding).

@@ -495,6 +495,36 @@ fn hard_sigmoid(x: &Tensor, alpha: f64, beta: f64) -> R<Tensor> {
     clamp(x, hard_sigmoid_clamp(alpha, beta))
 }
 
+/// HardSigmoid element by element, with the engine's arithmetic: for a trainer that fuses the
+/// op into one of its own and keeps its bits.
+#[derive(Clone, Copy)]
+pub struct HardSigmoid(Clamp);
+
+impl HardSigmoid {
+    /// The HardSigmoid of node `cx` (its α and β).
+    pub fn of(cx: &Cx) -> R<HardSigmoid> {
+        let (alpha, beta) = (cx.float_attr("alpha", 0.2)?, cx.float_attr("beta", 0.5)?);
+        Ok(HardSigmoid(hard_sigmoid_clamp(
+            f64::from(alpha),
+            f64::from(beta),
+        )))
+    }
+
+    /// min(max(x·α + β, 0), 1).
+    #[inline(always)]
+    pub fn value(&self, x: f32) -> f32 {
+        let (a, b) = self.0.affine.unwrap_or((1.0, 0.0));
+        self.0.bound()(x * a + b)
+    }
+
+    /// ∂x for ∂y = `g`, with candle's split of the gradient on a bound.
+    #[inline(always)]
+    pub fn grad(&self, x: f32, g: f32) -> f32 {
+        let (a, b) = self.0.affine.unwrap_or((1.0, 0.0));
+        clamp_grad::<true, true, true>((a, b, 0.0, 1.0))(x, g)
+    }
+}
+
 /// HardSigmoid as a [`Clamp`]: min(max(x·α + β, 0), 1).
 fn hard_sigmoid_clamp(alpha: f64, beta: f64) -> Clamp {
     Clamp {

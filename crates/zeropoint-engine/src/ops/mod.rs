@@ -23,6 +23,7 @@ mod reduce;
 mod resize;
 mod shape;
 
+pub use elementwise::HardSigmoid;
 pub use matmul::fix_thread_count;
 
 use candle_core::{DType as CDType, Tensor};

@@ -44,17 +44,17 @@ pub struct Quantizer<'a> {
 
 /// `x` (float32) fake-quantized with `q` (see the module's documentation for the gradients).
 pub fn fake_quant(x: &Tensor, q: &Quantizer) -> Result<Tensor> {
-    let zero = match q.zero_point {
-        Some(z) => z.clone(),
-        None => q.scale.zeros_like()?,
-    };
-    let op = FakeQuant {
-        channels: Channels::of(x.dims(), q.scale.dims())?,
-        qmin: q.qmin as f32,
-        qmax: q.qmax as f32,
-        grad_scale: q.grad_scale,
-    };
+    let zero = zero_point(q)?;
+    let op = FakeQuant::new(x.dims(), q)?;
     x.contiguous()?.apply_op3(q.scale, &zero, op)
+}
+
+/// A quantizer's zero-point as a tensor: its own, or zeros for a symmetric grid.
+pub(super) fn zero_point(q: &Quantizer) -> Result<Tensor> {
+    match q.zero_point {
+        Some(z) => Ok(z.clone()),
+        None => q.scale.zeros_like(),
+    }
 }
 
 /// LSQ's gradient scale g = 1/√(N·Qp): N the elements sharing one scale, Qp the largest
@@ -110,7 +110,7 @@ impl Channels {
 
 /// Elements per task, and per partial sum of ∂s and ∂z: fixed, so that the sums are added in
 /// the same order whatever the thread count.
-const CHUNK: usize = 1 << 14;
+pub(super) const CHUNK: usize = 1 << 14;
 
 /// 1.5 · 2^23: adding it to |u| < 2^22 and subtracting it again rounds u half to even in the
 /// default rounding mode (larger |u| is far outside any grid and clipped either way).
@@ -122,7 +122,7 @@ fn round_even(u: f32) -> f32 {
 }
 
 /// The candle op: arguments x, scale and zero-point (both shaped to broadcast against x).
-struct FakeQuant {
+pub(super) struct FakeQuant {
     channels: Channels,
     qmin: f32,
     qmax: f32,
@@ -130,9 +130,19 @@ struct FakeQuant {
 }
 
 impl FakeQuant {
+    /// The op for a value shaped `x` under quantizer `q`.
+    pub(super) fn new(x: &[usize], q: &Quantizer) -> Result<FakeQuant> {
+        Ok(FakeQuant {
+            channels: Channels::of(x, q.scale.dims())?,
+            qmin: q.qmin as f32,
+            qmax: q.qmax as f32,
+            grad_scale: q.grad_scale,
+        })
+    }
+
     /// The grid's bounds in rounded-code units for zero-point `z`: [qmin − round(z), qmax − round(z)].
     #[inline(always)]
-    fn bounds(&self, z: f32) -> (f32, f32) {
+    pub(super) fn bounds(&self, z: f32) -> (f32, f32) {
         let z = z.round();
         (self.qmin - z, self.qmax - z)
     }
@@ -140,7 +150,7 @@ impl FakeQuant {
     /// Calls `f(channel, range, scale, bounds)` for each run of chunk `k` (`len` elements)
     /// that shares one scale, compiled with AVX2 where the CPU has it.
     #[inline(always)]
-    fn chunk_runs(
+    pub(super) fn chunk_runs(
         &self,
         (k, len): (usize, usize),
         (s, z): (&[f32], &[f32]),
@@ -171,11 +181,9 @@ impl FakeQuant {
                     (k, x.len()),
                     (s, z),
                     #[inline(always)]
-                    |_, at, s, (lo, hi)| {
+                    |_, at, s, bounds| {
                         for (y, &x) in y[at.clone()].iter_mut().zip(&x[at]) {
-                            let r = round_even(x / s);
-                            let r = if r < lo { lo } else { r };
-                            y.write(if r > hi { hi } else { r } * s);
+                            y.write(quantized(x, s, bounds));
                         }
                     },
                 )
@@ -233,12 +241,40 @@ impl FakeQuant {
         (dx, ds, dz)
     }
 
+    /// The gradients as candle wants them (None for what is not tracked), from ∂x and the
+    /// sums of [`FakeQuant::backward`]: ∂s = g_LSQ·Σ g·t, ∂z = −s·Σ g over clipped elements.
+    pub(super) fn gradients(
+        &self,
+        (x, dx): (&Tensor, Vec<f32>),
+        (s, sv, ds): (&Tensor, &[f32], &[f64]),
+        (z, dz): (&Tensor, &[f64]),
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let ds: Vec<f32> = ds.iter().map(|d| (d * self.grad_scale) as f32).collect();
+        let dz: Vec<f32> = dz
+            .iter()
+            .zip(sv)
+            .map(|(d, s)| (-d * f64::from(*s)) as f32)
+            .collect();
+        let dev = x.device();
+        Ok((
+            x.track_op()
+                .then(|| Tensor::from_vec(dx, x.shape(), dev))
+                .transpose()?,
+            s.track_op()
+                .then(|| Tensor::from_vec(ds, s.shape(), dev))
+                .transpose()?,
+            z.track_op()
+                .then(|| Tensor::from_vec(dz, z.shape(), dev))
+                .transpose()?,
+        ))
+    }
+
     /// One run of elements sharing scale `s` and bounds: writes ∂x and returns Σ g·t and the
     /// Σ g of clipped elements ([`one`] for each). Eight lanes of partial sums, added in a fixed
     /// order, let the loop run eight elements at a time; the lanes are the same with and
     /// without AVX2, so are the bits.
     #[inline(always)]
-    fn element_sums(
+    pub(super) fn element_sums(
         (x, g, dx): (&[f32], &[f32], &mut [MaybeUninit<f32>]),
         s: f32,
         bounds: (f32, f32),
@@ -305,7 +341,7 @@ unsafe fn lanes_avx2(
     (lo, hi): (f32, f32),
 ) -> ([f32; 8], [f32; 8]) {
     use std::arch::x86_64::*;
-    assert!(x.len() % 8 == 0 && g.len() == x.len() && dx.len() == x.len());
+    assert!(x.len().is_multiple_of(8) && g.len() == x.len() && dx.len() == x.len());
     let (s, lo, hi, magic) = (
         _mm256_set1_ps(s),
         _mm256_set1_ps(lo),
@@ -341,6 +377,14 @@ unsafe fn lanes_avx2(
     (a, b)
 }
 
+/// One element fake-quantized: s·clamp(round(x/s), lo, hi).
+#[inline(always)]
+pub(super) fn quantized(x: f32, s: f32, (lo, hi): (f32, f32)) -> f32 {
+    let r = round_even(x / s);
+    let r = if r < lo { lo } else { r };
+    (if r > hi { hi } else { r }) * s
+}
+
 /// One element's backward pass: ∂x, g·t (t its ∂x̂/∂s before the gradient scale) and g again
 /// if it is clipped (for ∂z), for incoming gradient g, scale s and bounds [lo, hi].
 #[inline(always)]
@@ -360,7 +404,7 @@ fn one(x: f32, g: f32, s: f32, (lo, hi): (f32, f32)) -> (f32, f32, f32) {
 }
 
 /// The contiguous float32 elements of a tensor.
-fn values(t: &Tensor) -> Result<Vec<f32>> {
+pub(super) fn values(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
@@ -399,24 +443,7 @@ impl CustomOp3 for FakeQuant {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (sv, zv) = (values(s)?, values(z)?);
         let (dx, ds, dz) = with_f32_slices([x, grad], |[x, g]| self.backward(x, &sv, &zv, g))?;
-        let ds: Vec<f32> = ds.iter().map(|d| (d * self.grad_scale) as f32).collect();
-        let dz: Vec<f32> = dz
-            .iter()
-            .zip(&sv)
-            .map(|(d, s)| (-d * f64::from(*s)) as f32)
-            .collect();
-        let dev = x.device();
-        Ok((
-            x.track_op()
-                .then(|| Tensor::from_vec(dx, x.shape(), dev))
-                .transpose()?,
-            s.track_op()
-                .then(|| Tensor::from_vec(ds, s.shape(), dev))
-                .transpose()?,
-            z.track_op()
-                .then(|| Tensor::from_vec(dz, z.shape(), dev))
-                .transpose()?,
-        ))
+        self.gradients((x, dx), (s, &sv, &ds), (z, &dz))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod augment;
 mod batch_norm;
 pub mod checkpoint;
 pub mod fake_quant;
+mod hard_swish;
 pub mod loss;
 pub mod model;
 pub mod optim;

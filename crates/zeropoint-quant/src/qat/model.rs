@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use candle_core::{Tensor, Var};
 use zeropoint_core::{Granularity, QParams};
 use zeropoint_engine::{Executor, Value};
+use zeropoint_graph::Node;
 use zeropoint_onnx::{DType, ModelProto, RawTensor};
 
 use crate::calibrate::Ranges;
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::params::{params_reusing_weights, Params, WeightParams};
 use crate::qat::batch_norm::{kept_norms, KeptNorm, Mode, Moments};
 use crate::qat::fake_quant::{fake_quant, lsq_grad_scale, Quantizer};
+use crate::qat::hard_swish::Gates;
 use crate::qat::loss::{
     candle_error, cross_entropy, distillation, f32s, scores, softmax_axis, trained_output,
 };
@@ -68,6 +70,8 @@ pub(crate) struct Model {
     norm_of: HashMap<String, usize>,
     /// The axis of the Softmax the trained output comes from, if it does (loss::scores).
     softmax_axis: Option<i64>,
+    /// The decomposed HardSwishes whose gate and product run as one op.
+    gates: Gates,
 }
 
 /// What a training step's loss compares the student's output with.
@@ -130,7 +134,7 @@ impl Model {
             .enumerate()
             .map(|(i, n)| (n.value.clone(), i))
             .collect();
-        Ok(Model {
+        let mut model = Model {
             weights,
             biases,
             activations,
@@ -138,7 +142,12 @@ impl Model {
             norms,
             norm_of,
             softmax_axis: softmax_axis(&c.graph, opts.output.as_deref()),
-        })
+            gates: Gates::default(),
+        };
+        if !opts.float {
+            model.gates = Gates::of(&c.graph, |v| model.activation(v).is_some());
+        }
+        Ok(model)
     }
 
     /// Registers every trained variable: weights and biases at the learning rate (weights
@@ -209,28 +218,38 @@ impl Model {
         }
         let mut seen = Vec::new();
         let mut failed = None;
-        let out = exec.run_with(batch, &mut |name, v| {
-            let v = match self.norm_of.get(name) {
-                Some(&i) if v.dtype == DType::F32 => match self.norms[i].apply(&v.tensor, mode) {
-                    Ok((y, m)) => {
-                        seen.extend(m.map(|m| m.of(i)));
-                        Value::new(y, DType::F32)
+        let mut fused = |node: &Node, args: &[Option<Value>]| {
+            self.gates.run(node, args, |gate| self.activation(gate))
+        };
+        let out = exec.run_with_nodes(
+            batch,
+            &mut |name, v| {
+                let v = match self.norm_of.get(name) {
+                    Some(&i) if v.dtype == DType::F32 => match self.norms[i].apply(&v.tensor, mode)
+                    {
+                        Ok((y, m)) => {
+                            seen.extend(m.map(|m| m.of(i)));
+                            Value::new(y, DType::F32)
+                        }
+                        Err(e) => {
+                            let text = e.to_string();
+                            failed = Some(e);
+                            return Err(text.into());
+                        }
+                    },
+                    _ => v,
+                };
+                match self.activation(name) {
+                    Some(q)
+                        if !opts.float && v.dtype == DType::F32 && !self.gates.is_gate(name) =>
+                    {
+                        Ok(Value::new(fake_quant(&v.tensor, &q)?, DType::F32))
                     }
-                    Err(e) => {
-                        let text = e.to_string();
-                        failed = Some(e);
-                        return Err(text.into());
-                    }
-                },
-                _ => v,
-            };
-            match self.activation(name) {
-                Some(q) if !opts.float && v.dtype == DType::F32 => {
-                    Ok(Value::new(fake_quant(&v.tensor, &q)?, DType::F32))
+                    _ => Ok(v),
                 }
-                _ => Ok(v),
-            }
-        });
+            },
+            &mut fused,
+        );
         if let Some(e) = failed {
             return Err(e);
         }
