@@ -160,7 +160,7 @@ def zeropoint_run(a, threads, seed):
     s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
     outputs = np.concatenate([s.run(None, {name: x[i:i + 500]})[0] for i in range(0, len(x), 500)])
-    return outputs, {"epoch_seconds": float(np.mean([e["seconds"] for e in epochs])), "total_seconds": total}
+    return outputs, {"epoch_seconds": [e["seconds"] for e in epochs], "total_seconds": total}
 
 
 def torch_worker(a):
@@ -278,7 +278,7 @@ def torch_worker(a):
     x = torch.from_numpy(np.load(a.eval))
     with torch.no_grad():
         np.save(a.out, torch.cat([model(x[i:i + 500]) for i in range(0, len(x), 500)]).numpy())
-    print(json.dumps({"epoch_seconds": float(np.mean(seconds)), "torch": torch.__version__,
+    print(json.dumps({"epoch_seconds": seconds, "torch": torch.__version__,
                       "threads": torch.get_num_threads(), "init": init}))
 
 
@@ -333,13 +333,13 @@ def main():
     if a.model == "mnist":
         print(f"MNIST CNN (A1), W{a.bits}A{a.bits} QAT on {a.samples} training images, {a.epochs} epochs, batch "
               f"{a.batch}, Adam {a.lr:g} with cosine decay; top-1 on the 10 000 test images")
-        print("| tool | threads | seed | top-1 % | s / epoch | whole run s |")
+        print("| tool | threads | seed | top-1 % | s / epoch (each) | whole run s |")
         show = lambda m: f"{m['top1']:.2f}"  # noqa: E731
         summary = lambda m: m["top1"]  # noqa: E731
     else:
         print(f"PP-LCNet (A4), W{a.bits}A{a.bits} QAT distilled on {a.samples} unlabelled crops, {a.epochs} epochs, "
               f"batch {a.batch}, Adam {a.lr:g} with cosine decay; against float on 64 held-out crops and 4 pages")
-        print("| tool | threads | seed | held-out agree, max \\|dp\\| | pages agree, max \\|dp\\| | s / epoch | whole run s |")
+        print("| tool | threads | seed | held-out agree, max \\|dp\\| | pages agree, max \\|dp\\| | s / epoch (each) | whole run s |")
         show = lambda m: (f"{m['heldout']['agree']}/{m['heldout']['n']}, {m['heldout']['max_dp']:.3f} | "  # noqa: E731
                           f"{m['pages']['agree']}/{m['pages']['n']}, {m['pages']['max_dp']:.3f}")
         summary = lambda m: m["heldout"]["agree"]  # noqa: E731
@@ -357,7 +357,8 @@ def main():
                 if k == 0:
                     results[tool].append(summary(m))
                 extra = f" (torch {r['torch']}, {r['threads']} threads, {r['init']} init)" if "torch" in r else ""
-                print(f"| {tool}{extra} | {threads} | {seed} | {show(m)} | {r['epoch_seconds']:.1f} | "
+                each = "/".join(f"{e:.2f}" for e in r["epoch_seconds"])
+                print(f"| {tool}{extra} | {threads} | {seed} | {show(m)} | {np.mean(r['epoch_seconds']):.1f} ({each}) | "
                       f"{r['total_seconds']:.1f} |", flush=True)
     for tool, values in ((t, v) for t, v in results.items() if v):
         print(f"{tool}: mean {'top-1 %' if a.model == 'mnist' else 'held-out agreement'} {np.mean(values):.3f} over "
