@@ -480,6 +480,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// phase modulo the strides into sh·sw sub-planes of `rows` × `run`: sub-plane (a, b) holds the
 /// padded rows a, a + sh, ... and in each the columns b, b + sw, ... Returns (rows, run). A
 /// slack row after the last sub-plane keeps wide reads past its end in the buffer.
+///
+/// `buf` is empty or holds the previous plane of the same op (the same geometry): a plane
+/// writes the same cells as the one before it, so the zeros around them are written once per
+/// buffer, not once per plane (zero-filling each plane's buffer was half of this copy's time).
 fn split_plane(
     src: &[f32],
     (h, wd): (usize, usize),
@@ -489,8 +493,11 @@ fn split_plane(
 ) -> (usize, usize) {
     let (rows, run) = ((h + 2 * pad).div_ceil(sh), (wd + 2 * pad).div_ceil(sw));
     let sub = rows * run;
-    buf.clear();
-    buf.resize(sh * sw * sub + 2 * run + wd + 2 * pad, 0.0);
+    let len = sh * sw * sub + 2 * run + wd + 2 * pad;
+    if buf.len() != len {
+        buf.clear();
+        buf.resize(len, 0.0);
+    }
     if wd == 0 {
         return (rows, run);
     }
