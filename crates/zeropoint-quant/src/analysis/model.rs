@@ -85,7 +85,7 @@ pub struct Group {
 }
 
 /// An error and its causes on one line ("...: node 'If_0' (If): then_branch: ...").
-fn with_causes(e: &dyn std::error::Error) -> String {
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

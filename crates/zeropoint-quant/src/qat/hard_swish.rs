@@ -44,9 +44,9 @@ struct Gate {
 }
 
 impl Gates {
-    /// The pairs of `graph`: a HardSigmoid of x whose gate, quantized (`quantized`), goes only
-    /// to a Mul of x and the gate.
-    pub(crate) fn of(graph: &Graph, quantized: impl Fn(&str) -> bool) -> Gates {
+    /// The pairs of `graph`: a HardSigmoid of x whose gate, quantized (`has_quantizer`), goes
+    /// only to a Mul of x and the gate.
+    pub(crate) fn of(graph: &Graph, has_quantizer: impl Fn(&str) -> bool) -> Gates {
         let consumers = graph.consumers();
         let outputs: Vec<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
         let mut gates = Gates::default();
@@ -54,7 +54,10 @@ impl Gates {
             let ([x], [gate]) = (node.inputs.as_slice(), node.outputs.as_slice()) else {
                 continue;
             };
-            if node.op != Op::HardSigmoid || !quantized(gate) || outputs.contains(&gate.as_str()) {
+            if node.op != Op::HardSigmoid
+                || !has_quantizer(gate)
+                || outputs.contains(&gate.as_str())
+            {
                 continue;
             }
             let Some([only]) = consumers.get(gate).map(Vec::as_slice) else {
@@ -87,8 +90,9 @@ impl Gates {
     }
 
     /// The node hook: a pair's HardSigmoid gives its input as a placeholder for the gate, its
-    /// Mul gives x · fq(h(x)) from `quantizer` of the gate; None for any other node, and for
-    /// a pair on values that are not float32.
+    /// Mul gives x · fq(h(x)) from `quantizer` of the gate; None for any other node. A pair
+    /// whose x is not float32 or whose gate has no quantizer is an error, not a product with
+    /// the placeholder.
     pub(crate) fn run<'q>(
         &self,
         node: &Node,
@@ -96,22 +100,31 @@ impl Gates {
         quantizer: impl Fn(&str) -> Option<Quantizer<'q>>,
     ) -> Option<std::result::Result<Vec<Value>, HookError>> {
         let out = node.outputs.first()?;
-        let float = |v: &Option<Value>| v.as_ref().filter(|v| v.dtype == DType::F32).cloned();
         if self.is_gate(out) {
-            return Some(Ok(vec![float(args.first()?)?]));
+            return Some(
+                args.first()?
+                    .clone()
+                    .map(|x| vec![x])
+                    .ok_or_else(|| "missing input".into()),
+            );
         }
         let gate = self.products.get(out)?;
-        let x = args
+        let x = node
+            .inputs
             .iter()
-            .zip(&node.inputs)
-            .find(|(_, name)| **name == gate.sigmoid.inputs[0])
-            .and_then(|(v, _)| float(v))?;
-        let q = quantizer(&gate.value)?;
-        Some(
-            hard_swish(&x.tensor, &gate.sigmoid, &q)
+            .zip(args)
+            .find(|(name, _)| **name == gate.sigmoid.inputs[0])
+            .and_then(|(_, v)| v.as_ref());
+        Some(match (x, quantizer(&gate.value)) {
+            (Some(x), Some(q)) if x.dtype == DType::F32 => hard_swish(&x.tensor, &gate.sigmoid, &q)
                 .map(|y| vec![Value::new(y, DType::F32)])
                 .map_err(Into::into),
-        )
+            _ => Err(format!(
+                "fused HardSwish: '{}' is not float32 or gate '{}' has no quantizer",
+                gate.sigmoid.inputs[0], gate.value
+            )
+            .into()),
+        })
     }
 }
 
@@ -366,6 +379,26 @@ mod tests {
         }
         let dz = f32::from_bits(fused[3][0]);
         assert!(dz != 0.0, "some gate codes are clipped");
+    }
+
+    /// A fused pair whose gate has no quantizer when it runs stops with the gate's name: the
+    /// HardSigmoid has already handed on its placeholder, so running the Mul would be wrong.
+    #[test]
+    fn a_fused_gate_without_a_quantizer_is_an_error() {
+        let graph = decomposed(&[2, 3]);
+        let gates = Gates::of(&graph, |_| true);
+        let exec = Executor::new(&graph).unwrap();
+        let x = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let inputs = [("x".to_string(), Value::new(x, DType::F32))];
+        let err = exec
+            .run_with_nodes(
+                inputs.into_iter().collect(),
+                &mut |_, v| Ok(v),
+                &mut |node, args| gates.run(node, args, |_| None),
+            )
+            .unwrap_err();
+        let err = crate::analysis::model::with_causes(&err);
+        assert!(err.contains("gate 'gate' has no quantizer"), "{err}");
     }
 
     /// Only a quantized gate whose one reader is the product of the same x fuses.
