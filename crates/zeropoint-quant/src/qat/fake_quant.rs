@@ -171,6 +171,25 @@ impl FakeQuant {
 
     /// x̂, written into a buffer that is not zeroed first (each chunk's runs cover it).
     fn forward(&self, x: &[f32], s: &[f32], z: &[f32]) -> Vec<f32> {
+        self.map_runs(
+            (x, s, z),
+            #[inline(always)]
+            |y, x, s, bounds| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    y.write(quantized(x, s, bounds));
+                }
+            },
+        )
+    }
+
+    /// A buffer like x, filled in parallel chunks by `f(out, x, s, bounds)` for each run of
+    /// elements that share a scale; not zeroed first, `f` writes every element of its run.
+    #[inline(always)]
+    pub(super) fn map_runs(
+        &self,
+        (x, s, z): (&[f32], &[f32], &[f32]),
+        f: impl Fn(&mut [MaybeUninit<f32>], &[f32], f32, (f32, f32)) + Sync,
+    ) -> Vec<f32> {
         let mut y = Vec::with_capacity(x.len());
         y.spare_capacity_mut()[..x.len()]
             .par_chunks_mut(CHUNK)
@@ -181,15 +200,11 @@ impl FakeQuant {
                     (k, x.len()),
                     (s, z),
                     #[inline(always)]
-                    |_, at, s, bounds| {
-                        for (y, &x) in y[at.clone()].iter_mut().zip(&x[at]) {
-                            y.write(quantized(x, s, bounds));
-                        }
-                    },
+                    |_, at, s, bounds| f(&mut y[at.clone()], &x[at], s, bounds),
                 )
             });
-        // SAFETY: the chunks cover the x.len() elements, and each chunk's runs cover its
-        // elements (Channels::runs walks from its start to its end).
+        // SAFETY: the chunks cover the x.len() elements, each chunk's runs cover its elements
+        // (Channels::runs walks from its start to its end), and `f` writes each of a run's.
         unsafe { y.set_len(x.len()) };
         y
     }
@@ -202,6 +217,23 @@ impl FakeQuant {
         s: &[f32],
         z: &[f32],
         g: &[f32],
+    ) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
+        self.backward_runs(
+            (x, s, z, g),
+            #[inline(always)]
+            |dx, x, g, s, bounds| Self::element_sums((x, g, dx), s, bounds),
+        )
+    }
+
+    /// ∂x in parallel chunks, and per channel the two sums of ∂s and ∂z: `f(dx, x, ∂y, s,
+    /// bounds)` writes ∂x of a run of elements that share a scale and returns the run's sums.
+    /// Each chunk's runs add into its own sums, and the chunks' sums are added in order: the
+    /// same bits at any thread count.
+    #[inline(always)]
+    pub(super) fn backward_runs(
+        &self,
+        (x, s, z, g): (&[f32], &[f32], &[f32], &[f32]),
+        f: impl Fn(&mut [MaybeUninit<f32>], &[f32], &[f32], f32, (f32, f32)) -> (f64, f64) + Sync,
     ) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
         let count = self.channels.count;
         let mut dx = Vec::with_capacity(x.len());
@@ -216,11 +248,8 @@ impl FakeQuant {
                     (s, z),
                     #[inline(always)]
                     |c, at, s, bounds| {
-                        let (ds, clipped) = Self::element_sums(
-                            (&x[at.clone()], &g[at.clone()], &mut dx[at]),
-                            s,
-                            bounds,
-                        );
+                        let (ds, clipped) =
+                            f(&mut dx[at.clone()], &x[at.clone()], &g[at], s, bounds);
                         sums[c].0 += ds;
                         sums[c].1 += clipped;
                     },
@@ -229,7 +258,7 @@ impl FakeQuant {
             })
             .collect();
         // SAFETY: the chunks cover the x.len() elements, and each chunk's runs write all of
-        // its elements (element_sums writes each element of its run).
+        // its elements (`f` writes each element of its run).
         unsafe { dx.set_len(x.len()) };
         let (mut ds, mut dz) = (vec![0f64; count], vec![0f64; count]);
         for sums in partial {
@@ -241,18 +270,21 @@ impl FakeQuant {
         (dx, ds, dz)
     }
 
-    /// The gradients as candle wants them (None for what is not tracked), from ∂x and the
-    /// sums of [`FakeQuant::backward`]: ∂s = g_LSQ·Σ g·t, ∂z = −s·Σ g over clipped elements.
+    /// The backward pass of a candle op on x, this quantizer's scale and zero-point: `backward`
+    /// gives ∂x and the sums [`FakeQuant::backward`] gives from (x, s, z, ∂y); returned as
+    /// candle wants them (None for what is not tracked), with ∂s = g_LSQ·Σ g·t and
+    /// ∂z = −s·Σ g over clipped elements.
     pub(super) fn gradients(
         &self,
-        (x, dx): (&Tensor, Vec<f32>),
-        (s, sv, ds): (&Tensor, &[f32], &[f64]),
-        (z, dz): (&Tensor, &[f64]),
+        (x, s, z, grad): (&Tensor, &Tensor, &Tensor, &Tensor),
+        backward: impl Fn(&[f32], &[f32], &[f32], &[f32]) -> (Vec<f32>, Vec<f64>, Vec<f64>),
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (sv, zv) = (values(s)?, values(z)?);
+        let (dx, ds, dz) = with_f32_slices([x, grad], |[x, g]| backward(x, &sv, &zv, g))?;
         let ds: Vec<f32> = ds.iter().map(|d| (d * self.grad_scale) as f32).collect();
         let dz: Vec<f32> = dz
             .iter()
-            .zip(sv)
+            .zip(&sv)
             .map(|(d, s)| (-d * f64::from(*s)) as f32)
             .collect();
         let dev = x.device();
@@ -403,8 +435,19 @@ fn one(x: f32, g: f32, s: f32, (lo, hi): (f32, f32)) -> (f32, f32, f32) {
     (if out { 0.0 } else { g }, g * t, if out { g } else { 0.0 })
 }
 
+/// A custom op's float32 arguments as slices.
+pub(super) fn f32_storages<'a, const N: usize>(
+    args: [(&'a CpuStorage, &'a Layout); N],
+) -> Result<[&'a [f32]; N]> {
+    let mut out = [&[][..]; N];
+    for (o, (storage, layout)) in out.iter_mut().zip(args) {
+        *o = storage_f32s(storage, layout)?;
+    }
+    Ok(out)
+}
+
 /// The contiguous float32 elements of a tensor.
-pub(super) fn values(t: &Tensor) -> Result<Vec<f32>> {
+fn values(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
@@ -422,11 +465,7 @@ impl CustomOp3 for FakeQuant {
         z: &CpuStorage,
         lz: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, s, z) = (
-            storage_f32s(x, lx)?,
-            storage_f32s(s, ls)?,
-            storage_f32s(z, lz)?,
-        );
+        let [x, s, z] = f32_storages([(x, lx), (s, ls), (z, lz)])?;
         if s.len() != self.channels.count || z.len() != self.channels.count {
             candle_core::bail!("fake quantization: scale and zero-point differ in size");
         }
@@ -441,9 +480,7 @@ impl CustomOp3 for FakeQuant {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (sv, zv) = (values(s)?, values(z)?);
-        let (dx, ds, dz) = with_f32_slices([x, grad], |[x, g]| self.backward(x, &sv, &zv, g))?;
-        self.gradients((x, dx), (s, &sv, &ds), (z, &dz))
+        self.gradients((x, s, z, grad), |x, s, z, g| self.backward(x, s, z, g))
     }
 }
 

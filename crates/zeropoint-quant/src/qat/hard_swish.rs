@@ -17,16 +17,14 @@ use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use zeropoint_engine::exec::HookError;
 use zeropoint_engine::ops::{Cx, HardSigmoid};
-use zeropoint_engine::value::{storage_f32s, with_f32_slices};
 use zeropoint_engine::Value;
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::DType;
 
-use crate::qat::fake_quant::{quantized, values, zero_point, FakeQuant, Quantizer, CHUNK};
+use crate::qat::fake_quant::{f32_storages, quantized, zero_point, FakeQuant, Quantizer};
 
 /// The HardSigmoid → Mul pairs of a graph that run as one op, by the output each node writes.
 #[derive(Default)]
@@ -152,32 +150,21 @@ struct QuantizedHardSwish {
 impl QuantizedHardSwish {
     fn forward(&self, x: &[f32], s: &[f32], z: &[f32]) -> Vec<f32> {
         let h = self.h;
-        let mut y = Vec::with_capacity(x.len());
-        y.spare_capacity_mut()[..x.len()]
-            .par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .enumerate()
-            .for_each(|(k, (y, x))| {
-                self.fq.chunk_runs(
-                    (k, x.len()),
-                    (s, z),
-                    #[inline(always)]
-                    |_, at, s, bounds| {
-                        for (y, &x) in y[at.clone()].iter_mut().zip(&x[at]) {
-                            y.write(x * quantized(h.value(x), s, bounds));
-                        }
-                    },
-                )
-            });
-        // SAFETY: the chunks cover the x.len() elements, and each chunk's runs cover its
-        // elements (as in FakeQuant::forward).
-        unsafe { y.set_len(x.len()) };
-        y
+        self.fq.map_runs(
+            (x, s, z),
+            #[inline(always)]
+            |y, x, s, bounds| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    y.write(x * quantized(h.value(x), s, bounds));
+                }
+            },
+        )
     }
 
     /// ∂x, and the gate quantizer's sums as [`FakeQuant::backward`] returns them. Per run, the
-    /// gate h and its incoming gradient ∂y·x are computed into buffers the size of a chunk,
-    /// the quantizer's lanes turn them into ∂h and the sums, and ∂x = ∂y·fq(h) + h'(x; ∂h).
+    /// gate h and its incoming gradient ∂y·x are computed into buffers the size of the run
+    /// (a chunk at most), the quantizer's lanes turn them into ∂h and the sums, and
+    /// ∂x = ∂y·fq(h) + h'(x; ∂h).
     fn backward(
         &self,
         x: &[f32],
@@ -186,51 +173,24 @@ impl QuantizedHardSwish {
         g: &[f32],
     ) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
         let h = self.h;
-        let mut dx = Vec::with_capacity(x.len());
-        let partial: Vec<(f64, f64)> = dx.spare_capacity_mut()[..x.len()]
-            .par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .enumerate()
-            .map(|(k, (dx, (x, g)))| {
-                let (mut gate, mut gate_grad) = (Vec::new(), Vec::new());
+        self.fq.backward_runs(
+            (x, s, z, g),
+            #[inline(always)]
+            |dx, x, g, s, bounds| {
+                let gate: Vec<f32> = x.iter().map(|&x| h.value(x)).collect();
+                let gate_grad: Vec<f32> = g.iter().zip(x).map(|(&g, &x)| g * x).collect();
                 let mut d_gate = vec![MaybeUninit::<f32>::uninit(); x.len()];
-                let mut sums = (0f64, 0f64);
-                self.fq.chunk_runs(
-                    (k, x.len()),
-                    (s, z),
-                    #[inline(always)]
-                    |_, at, s, bounds| {
-                        let (x, g) = (&x[at.clone()], &g[at.clone()]);
-                        gate.clear();
-                        gate.extend(x.iter().map(|&x| h.value(x)));
-                        gate_grad.clear();
-                        gate_grad.extend(g.iter().zip(x).map(|(&g, &x)| g * x));
-                        let d_gate = &mut d_gate[..x.len()];
-                        let (ds, clipped) =
-                            FakeQuant::element_sums((&gate, &gate_grad, d_gate), s, bounds);
-                        sums.0 += ds;
-                        sums.1 += clipped;
-                        // Zipped, not indexed: the loop vectorizes.
-                        let inputs = g.iter().zip(x).zip(&gate).zip(d_gate.iter());
-                        for (dx, (((&g, &x), &gate), d)) in dx[at].iter_mut().zip(inputs) {
-                            // SAFETY: element_sums wrote each element of its run.
-                            let d = unsafe { d.assume_init() };
-                            dx.write(g * quantized(gate, s, bounds) + h.grad(x, d));
-                        }
-                    },
-                );
+                let sums = FakeQuant::element_sums((&gate, &gate_grad, &mut d_gate), s, bounds);
+                // Zipped, not indexed: the loop vectorizes.
+                let inputs = g.iter().zip(x).zip(&gate).zip(&d_gate);
+                for (dx, (((&g, &x), &gate), d)) in dx.iter_mut().zip(inputs) {
+                    // SAFETY: element_sums wrote each element of its run.
+                    let d = unsafe { d.assume_init() };
+                    dx.write(g * quantized(gate, s, bounds) + h.grad(x, d));
+                }
                 sums
-            })
-            .collect();
-        // SAFETY: the chunks cover the x.len() elements, and each chunk's runs write all of
-        // its elements.
-        unsafe { dx.set_len(x.len()) };
-        let (mut ds, mut dz) = (0f64, 0f64);
-        for (a, b) in partial {
-            ds += a;
-            dz += b;
-        }
-        (dx, vec![ds], vec![dz])
+            },
+        )
     }
 }
 
@@ -248,11 +208,7 @@ impl CustomOp3 for QuantizedHardSwish {
         z: &CpuStorage,
         lz: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, s, z) = (
-            storage_f32s(x, lx)?,
-            storage_f32s(s, ls)?,
-            storage_f32s(z, lz)?,
-        );
+        let [x, s, z] = f32_storages([(x, lx), (s, ls), (z, lz)])?;
         if s.len() != 1 || z.len() != 1 {
             candle_core::bail!("quantized HardSwish: the gate's quantizer is not per tensor");
         }
@@ -267,16 +223,14 @@ impl CustomOp3 for QuantizedHardSwish {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (sv, zv) = (values(s)?, values(z)?);
-        let (dx, ds, dz) = with_f32_slices([x, grad], |[x, g]| self.backward(x, &sv, &zv, g))?;
-        self.fq.gradients((x, dx), (s, &sv, &ds), (z, &dz))
+        (self.fq).gradients((x, s, z, grad), |x, s, z, g| self.backward(x, s, z, g))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qat::fake_quant::fake_quant;
+    use crate::qat::fake_quant::{fake_quant, CHUNK};
     use candle_core::{Device, Var};
     use zeropoint_engine::Executor;
     use zeropoint_graph::graph::{float_attribute, Dim, ValueInfo};
