@@ -175,7 +175,22 @@ impl Graph {
     pub fn load(path: &Path) -> Result<Graph> {
         let mut model = model::load(path)?;
         external_data::load_external_data(&mut model, path)?;
-        Graph::from_model(&model, path)
+        Graph::from_model_taking(&mut model, path)
+    }
+
+    /// [`Graph::from_model`], taking the main graph's initializers out of `model` instead of
+    /// copying them: the weights are held once, not twice, while the graph is built.
+    pub fn from_model_taking(model: &mut ModelProto, path: &Path) -> Result<Graph> {
+        let opset = main_opset(model, path)?;
+        let g = model
+            .graph
+            .as_mut()
+            .ok_or_else(|| Error::model(path, "the model has no graph"))?;
+        let initializers = std::mem::take(&mut g.initializer)
+            .into_iter()
+            .map(|t| tensor_proto::into_raw(t, path).map_err(|e| initializer_error(e, path)))
+            .collect::<Result<Vec<_>>>()?;
+        Graph::from_proto_with(g, initializers, opset, path, &HashSet::new())
     }
 
     /// Builds the graph of a decoded model; `path` is for messages (and external data).
@@ -184,13 +199,7 @@ impl Graph {
             .graph
             .as_ref()
             .ok_or_else(|| Error::model(path, "the model has no graph"))?;
-        let opset = model
-            .opset_import
-            .iter()
-            .find(|o| matches!(o.domain(), "" | "ai.onnx"))
-            .map(|o| o.version())
-            .ok_or_else(|| Error::model(path, "the model imports no ai.onnx opset"))?;
-        Graph::from_proto(g, opset, path, &HashSet::new())
+        Graph::from_proto(g, main_opset(model, path)?, path, &HashSet::new())
     }
 
     /// The graph of `g`, a main graph or (with the names its enclosing graphs define in
@@ -206,6 +215,17 @@ impl Graph {
             .iter()
             .map(|t| tensor_proto::to_raw(t, path).map_err(|e| initializer_error(e, path)))
             .collect::<Result<Vec<_>>>()?;
+        Graph::from_proto_with(g, initializers, opset, path, outer)
+    }
+
+    /// [`Graph::from_proto`] with the initializers already read (`g`'s own are not).
+    fn from_proto_with(
+        g: &GraphProto,
+        initializers: Vec<RawTensor>,
+        opset: i64,
+        path: &Path,
+        outer: &HashSet<String>,
+    ) -> Result<Graph> {
         let init_names: HashSet<&str> = initializers.iter().map(|t| t.name.as_str()).collect();
         let inputs: Vec<ValueInfo> = g
             .input
@@ -553,6 +573,16 @@ impl Graph {
 }
 
 /// An initializer that cannot be read, named as one.
+/// The version of the default (ai.onnx) domain `model` imports.
+fn main_opset(model: &ModelProto, path: &Path) -> Result<i64> {
+    model
+        .opset_import
+        .iter()
+        .find(|o| matches!(o.domain(), "" | "ai.onnx"))
+        .map(|o| o.version())
+        .ok_or_else(|| Error::model(path, "the model imports no ai.onnx opset"))
+}
+
 fn initializer_error(e: zeropoint_onnx::Error, path: &Path) -> Error {
     match e {
         zeropoint_onnx::Error::Tensor {

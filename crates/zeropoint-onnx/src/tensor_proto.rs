@@ -14,6 +14,22 @@ use crate::tensor::{element_count, DType, RawTensor};
 /// data is read from its folder. A type zeropoint does not read is an error with `unsupported`
 /// set, so that callers listing tensors can skip it.
 pub fn to_raw(t: &TensorProto, model: &Path) -> Result<RawTensor> {
+    decode(t, || t.raw_data.clone(), model)
+}
+
+/// [`to_raw`] of a tensor given up: its `raw_data` becomes the tensor's bytes without a copy
+/// (a model's weights are then held once while its graph is built, not twice).
+pub fn into_raw(mut t: TensorProto, model: &Path) -> Result<RawTensor> {
+    let raw = t.raw_data.take();
+    decode(&t, || raw, model)
+}
+
+/// [`to_raw`] with `raw_data` from `raw`, called only where the tensor's bytes are there.
+fn decode(
+    t: &TensorProto,
+    raw: impl FnOnce() -> Option<Vec<u8>>,
+    model: &Path,
+) -> Result<RawTensor> {
     let code = t.data_type.unwrap_or(0);
     let dtype = dtype_of(code).ok_or_else(|| Error::Tensor {
         path: model.to_path_buf(),
@@ -32,8 +48,8 @@ pub fn to_raw(t: &TensorProto, model: &Path) -> Result<RawTensor> {
     let n = element_count(&shape).ok_or_else(|| bad("shape is too large".into()))?;
     let bytes = if t.data_location == Some(DataLocation::External as i32) {
         crate::external_data::read_tensor_bytes(t, model)?
-    } else if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty() || n == 0) {
-        raw.clone()
+    } else if let Some(raw) = raw().filter(|r| !r.is_empty() || n == 0) {
+        raw
     } else {
         typed_bytes(t, dtype)
     };

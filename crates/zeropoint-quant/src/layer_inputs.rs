@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 use zeropoint_engine::Executor;
 use zeropoint_graph::Graph;
+use zeropoint_onnx::{DType, RawTensor};
 
 use crate::compare::next_batches;
 use crate::dataset::Dataset;
@@ -20,16 +21,63 @@ pub type Summary<'a, T> = dyn Fn(&[f32], usize) -> std::result::Result<T, String
 /// Runs `graph` over `data` in batches of `batch` samples; `summary(x, k)` reduces each batch's
 /// value of every wanted input (name → K, the layer's input width) and `merge(name, summary)`
 /// takes the summaries in batch order. `progress(done, total)` follows the samples.
+///
+/// The run takes the graph's float32 weights instead of a copy of them and gives them back
+/// after (the same bits): a decoder's weights were held twice during this pass, the largest
+/// part of GPTQ's peak memory.
 pub fn summarize<T: Send>(
-    graph: &Graph,
+    graph: &mut Graph,
     wanted: &HashMap<&str, usize>,
     (data, batch): (&mut Dataset, usize),
     summary: &Summary<'_, T>,
     merge: &mut dyn FnMut(String, T),
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<()> {
-    let exec = Executor::new(graph)?;
     let until = nodes_needed(graph, wanted);
+    let others: HashMap<String, RawTensor> = (graph.initializers.iter())
+        .filter(|t| t.dtype != DType::F32)
+        .map(|t| (t.name.clone(), t.clone()))
+        .collect();
+    let shell = Graph {
+        source: graph.source.clone(),
+        opset: graph.opset,
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        initializers: Vec::new(),
+        nodes: Vec::new(),
+    };
+    let exec = Executor::owning(std::mem::replace(graph, shell))?;
+    let result = run_batches(
+        &exec,
+        until,
+        wanted,
+        (data, batch),
+        summary,
+        merge,
+        progress,
+    );
+    let (mut back, values) = exec.into_parts()?;
+    back.initializers = Vec::with_capacity(values.len());
+    for (name, v) in values {
+        back.initializers.push(match others.get(&name) {
+            Some(t) => t.clone(),
+            None => v.to_raw(&name)?,
+        });
+    }
+    *graph = back;
+    result
+}
+
+/// [`summarize`]'s pass over the data with `exec`, each run stopping after node `until`.
+fn run_batches<T: Send>(
+    exec: &Executor,
+    until: usize,
+    wanted: &HashMap<&str, usize>,
+    (data, batch): (&mut Dataset, usize),
+    summary: &Summary<'_, T>,
+    merge: &mut dyn FnMut(String, T),
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
     let workers = rayon::current_num_threads().max(1);
     let len = data.len;
     loop {
@@ -129,7 +177,13 @@ mod tests {
             opset: 13,
             inputs: vec![value("x", Some(vec![Dim::Sym("N".into()), Dim::Fixed(2)]))],
             outputs: vec![value("y", None)],
-            initializers: vec![ones("w1", &[2, 3]), ones("w2", &[5, 4])],
+            initializers: vec![
+                ones("w1", &[2, 3]),
+                ones("w2", &[5, 4]),
+                // Read by no node: given back by the run as they were, bit for bit.
+                RawTensor::from_f32s("odd", &[4], &[-0.0, f32::NAN, 1e-45, f32::INFINITY]),
+                RawTensor::from_i64s("ints", &[2], &[-1, i64::MAX], DType::I64),
+            ],
             nodes: vec![
                 Node::new("first", Op::MatMul, &["x", "w1"], &["h"]),
                 Node::new("second", Op::MatMul, &["h", "w2"], &["y"]),
@@ -138,7 +192,8 @@ mod tests {
     }
 
     /// Only the nodes up to the last wanted value run: the broken second layer is never reached
-    /// when its input is what is wanted, and is when its output is.
+    /// when its input is what is wanted, and is when its output is. Either way the graph comes
+    /// back as it was, its initializers bit for bit (the run held them).
     #[test]
     fn a_run_stops_after_the_last_wanted_value() {
         let g = graph();
@@ -149,15 +204,17 @@ mod tests {
             let wanted = HashMap::from([(name, k)]);
             let mut sums = Vec::new();
             let sum = |v: &[f32], _: usize| Ok(v.iter().sum::<f32>());
-            summarize(
-                &g,
+            let mut run = g.clone();
+            let result = summarize(
+                &mut run,
                 &wanted,
                 (&mut data, 2),
                 &sum,
                 &mut |_, s| sums.push(s),
                 &mut |_, _| {},
-            )?;
-            Ok::<_, crate::error::Error>(sums)
+            );
+            assert!(run == g, "the graph changed");
+            result.map(|()| sums)
         };
         assert_eq!(nodes_needed(&g, &HashMap::from([("h", 3)])), 1);
         // h = x·1: each row of x summed, three times; two batches of two samples.

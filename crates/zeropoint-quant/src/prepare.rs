@@ -36,10 +36,8 @@ pub struct Prepared {
 pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
     let mut base = model::load(path)?;
     external_data::load_external_data(&mut base, path)?;
-    let mut graph = Graph::from_model(&base, path)?;
-    if let Some(g) = base.graph.as_mut() {
-        g.initializer.clear();
-    }
+    // The initializers move into the graph: `base` keeps none, and the weights are held once.
+    let mut graph = Graph::from_model_taking(&mut base, path)?;
     let half_precision_values = half_precision::compute_in_float32(&mut graph)?;
     if half_precision_values > 0 {
         // The declared types of the values inside were the half ones.

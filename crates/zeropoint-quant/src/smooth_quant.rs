@@ -127,7 +127,7 @@ struct Channels {
 /// stay valid while the groups are smoothed one by one: smoothing changes only a group's own
 /// input, never a value another group reads.
 fn collect(
-    graph: &Graph,
+    graph: &mut Graph,
     inputs: &[(String, usize)],
     data: &mut Dataset,
     batch: usize,

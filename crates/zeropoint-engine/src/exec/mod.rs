@@ -444,27 +444,42 @@ impl<'g> Executor<'g> {
 }
 
 impl Executor<'static> {
-    /// An executor that owns `graph`: its initializers are kept as values only, the raw copies
-    /// dropped, so that a model's weights are held once (for a caller that needs the graph only
-    /// to run it, such as `zeropoint run` and `eval`).
-    pub fn owning(graph: Graph) -> Result<Executor<'static>> {
-        let (scope, dead_after) = {
-            let e = Executor::new(&graph)?;
-            (e.scope, e.dead_after)
-        };
-        let graph = Graph {
-            initializers: Vec::new(),
-            ..graph
-        };
+    /// An executor that owns `graph`: its initializers are kept as values only, each raw copy
+    /// dropped as soon as its value is made, so that a model's weights are held once (plus the
+    /// largest while it is converted). For a caller that needs the graph only to run it, such
+    /// as `zeropoint run` and `eval`, or that takes it back with [`Executor::into_parts`].
+    pub fn owning(mut graph: Graph) -> Result<Executor<'static>> {
+        check_supported(&graph)?;
+        let mut initializers = Vec::with_capacity(graph.initializers.len());
+        for t in std::mem::take(&mut graph.initializers) {
+            let v = Value::from_raw(&t)
+                .map_err(|e| located(&graph, format!("initializer '{}'", t.name), e))?;
+            initializers.push((t.name, v));
+        }
+        // The subgraphs' initializers are in their nodes, made into values as usual.
+        let mut scope = Scope::new(&graph, &mut |t| Ok(Value::from_raw(t)?))?;
+        scope.initializers = initializers;
+        let dead_after = Executor::in_scope(&graph, Arc::new(Scope::default())).dead_after;
         Ok(Executor {
             graph: Cow::Owned(graph),
-            scope,
+            scope: Arc::new(scope),
             dead_after,
         })
+    }
+
+    /// The graph (without its initializers) and the initializers' values, by name in the
+    /// graph's order, of an executor made by [`Executor::owning`].
+    pub fn into_parts(self) -> Result<(Graph, Vec<(String, Value)>)> {
+        let graph = self.graph.into_owned();
+        let scope = Arc::try_unwrap(self.scope).map_err(|_| {
+            model_error(&graph, "the executor's values are still in use".to_string())
+        })?;
+        Ok((graph, scope.initializers))
     }
 }
 
 /// The initializers of a graph as values, and those of its nodes' subgraphs.
+#[derive(Default)]
 pub(crate) struct Scope {
     initializers: Vec<(String, Value)>,
     /// By node index, then attribute name.

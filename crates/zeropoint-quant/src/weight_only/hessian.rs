@@ -26,7 +26,7 @@ pub struct Stats {
 
 /// The statistics of each input value (`name`, K) over `data`, by value name.
 pub fn collect(
-    graph: &Graph,
+    graph: &mut Graph,
     inputs: &[(String, usize)],
     data: &mut Dataset,
     batch: usize,

@@ -153,7 +153,7 @@ pub fn quantize(
             .filter(|s| s.op != Op::Gather)
             .map(|s| (s.input.clone(), s.k))
             .collect();
-        let h = hessian::collect(&graph, &inputs, &mut data, batch, &mut |d, n| {
+        let h = hessian::collect(&mut graph, &inputs, &mut data, batch, &mut |d, n| {
             progress("calibrating", d, n)
         })?;
         (h, data.consumed())
