@@ -34,6 +34,43 @@ pub fn summarize<T: Send>(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<()> {
     let until = nodes_needed(graph, wanted);
+    run_owning(graph, |exec| {
+        let workers = rayon::current_num_threads().max(1);
+        let len = data.len;
+        loop {
+            let batches = next_batches(data, batch.max(1), workers)?;
+            if batches.is_empty() {
+                return Ok(());
+            }
+            let parts: Vec<Vec<(String, T)>> = batches
+                .into_par_iter()
+                .map(|b| {
+                    let mut part = Vec::new();
+                    let mut hook = |name: &str, v: zeropoint_engine::Value| {
+                        if let Some(&k) = wanted.get(name) {
+                            part.push((name.to_string(), v.with_f32s(|x| summary(x, k))??));
+                        }
+                        Ok(v)
+                    };
+                    let mut run = exec.begin(b, &mut hook)?;
+                    for _ in 0..until {
+                        exec.step(&mut run, &mut hook)?;
+                    }
+                    Ok(part)
+                })
+                .collect::<Result<_>>()?;
+            for (name, s) in parts.into_iter().flatten() {
+                merge(name, s);
+            }
+            progress(data.consumed(), len);
+        }
+    })?
+}
+
+/// `run(exec)` with an executor that takes `graph`'s float32 weights instead of a copy of
+/// them, and gives them back after, whatever `run` returned (the same bits; other
+/// initializers stay as they are).
+fn run_owning<R>(graph: &mut Graph, run: impl FnOnce(&Executor) -> R) -> Result<R> {
     let others: HashMap<String, RawTensor> = (graph.initializers.iter())
         .filter(|t| t.dtype != DType::F32)
         .map(|t| (t.name.clone(), t.clone()))
@@ -47,15 +84,7 @@ pub fn summarize<T: Send>(
         nodes: Vec::new(),
     };
     let exec = Executor::owning(std::mem::replace(graph, shell))?;
-    let result = run_batches(
-        &exec,
-        until,
-        wanted,
-        (data, batch),
-        summary,
-        merge,
-        progress,
-    );
+    let result = run(&exec);
     let (mut back, values) = exec.into_parts()?;
     back.initializers = Vec::with_capacity(values.len());
     for (name, v) in values {
@@ -65,48 +94,7 @@ pub fn summarize<T: Send>(
         });
     }
     *graph = back;
-    result
-}
-
-/// [`summarize`]'s pass over the data with `exec`, each run stopping after node `until`.
-fn run_batches<T: Send>(
-    exec: &Executor,
-    until: usize,
-    wanted: &HashMap<&str, usize>,
-    (data, batch): (&mut Dataset, usize),
-    summary: &Summary<'_, T>,
-    merge: &mut dyn FnMut(String, T),
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<()> {
-    let workers = rayon::current_num_threads().max(1);
-    let len = data.len;
-    loop {
-        let batches = next_batches(data, batch.max(1), workers)?;
-        if batches.is_empty() {
-            return Ok(());
-        }
-        let parts: Vec<Vec<(String, T)>> = batches
-            .into_par_iter()
-            .map(|b| {
-                let mut part = Vec::new();
-                let mut hook = |name: &str, v: zeropoint_engine::Value| {
-                    if let Some(&k) = wanted.get(name) {
-                        part.push((name.to_string(), v.with_f32s(|x| summary(x, k))??));
-                    }
-                    Ok(v)
-                };
-                let mut run = exec.begin(b, &mut hook)?;
-                for _ in 0..until {
-                    exec.step(&mut run, &mut hook)?;
-                }
-                Ok(part)
-            })
-            .collect::<Result<_>>()?;
-        for (name, s) in parts.into_iter().flatten() {
-            merge(name, s);
-        }
-        progress(data.consumed(), len);
-    }
+    Ok(result)
 }
 
 /// How many of the graph's nodes (in order) a run needs to compute every wanted value: up to
