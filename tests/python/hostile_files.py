@@ -218,6 +218,17 @@ def operators(out, cases, lim):
                                   helper.make_node("ConstantOfShape", ["s2"], ["row"]),
                                   helper.make_node("MatMul", ["col", "row"], ["y"])],
                                  [i64("s1", [8192, 1]), i64("s2", [1, 8192])]),
+        # A broadcast of a column against a row (graph_mutations: an Add of two rewired inputs
+        # asked for 9 GB).
+        "Add outer broadcast": ([helper.make_node("ConstantOfShape", ["s1"], ["col"]),
+                                 helper.make_node("ConstantOfShape", ["s2"], ["row"]),
+                                 helper.make_node("Add", ["col", "row"], ["y"])],
+                                [i64("s1", [8192, 1]), i64("s2", [1, 8192])]),
+        "Where outer broadcast": ([helper.make_node("ConstantOfShape", ["s1"], ["col"]),
+                                   helper.make_node("ConstantOfShape", ["s2"], ["row"]),
+                                   helper.make_node("Less", ["x", "x"], ["m"]),
+                                   helper.make_node("Where", ["m", "col", "row"], ["y"])],
+                                  [i64("s1", [8192, 1, 1, 1]), i64("s2", [1, 8192, 1, 1])]),
         "Gather of repeated rows": ([helper.make_node("ConstantOfShape", ["s1"], ["idx"],
                                                       value=numpy_helper.from_array(np.array([0], np.int64))),
                                      helper.make_node("Gather", ["t", "idx"], ["y"])],

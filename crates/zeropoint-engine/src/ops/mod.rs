@@ -181,6 +181,9 @@ pub fn supports(node: &Node) -> bool {
 pub fn run(cx: &Cx) -> R<Vec<Value>> {
     let f = function(cx.node)
         .ok_or_else(|| Error::Op(format!("operator {} is not supported", cx.node.op)))?;
+    if broadcasts(&cx.node.op) {
+        check_broadcast(cx.inputs)?;
+    }
     // candle answers some type combinations with a panic (unimplemented kernels); a user gets
     // an error naming the node instead.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(cx))).unwrap_or_else(|p| {
@@ -193,6 +196,47 @@ pub fn run(cx: &Cx) -> R<Vec<Value>> {
             "not supported for these inputs ({what})"
         )))
     })
+}
+
+/// The operators whose output is the numpy broadcast of their inputs.
+fn broadcasts(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Add
+            | Op::Sub
+            | Op::Mul
+            | Op::Div
+            | Op::Pow
+            | Op::Equal
+            | Op::Less
+            | Op::Greater
+            | Op::LessOrEqual
+            | Op::GreaterOrEqual
+            | Op::And
+            | Op::Or
+            | Op::Xor
+            | Op::Max
+            | Op::Min
+            | Op::Sum
+            | Op::Mean
+            | Op::Mod
+            | Op::PRelu
+            | Op::Where
+    )
+}
+
+/// Refuses a broadcast over the memory limit before any operator allocates it: inputs of
+/// [n, 1] and [1, m] ask for n·m elements, a square of sizes the inputs themselves never hold.
+fn check_broadcast(inputs: &[Option<Value>]) -> R<()> {
+    let mut shape = Vec::new();
+    let mut widest = CDType::U8;
+    for v in inputs.iter().flatten() {
+        shape = broadcast_shape(&shape, v.shape())?;
+        if v.tensor.dtype().size_in_bytes() > widest.size_in_bytes() {
+            widest = v.tensor.dtype();
+        }
+    }
+    check_output(&shape, widest)
 }
 
 /// candle's result as an operator result.
