@@ -282,6 +282,25 @@ impl RawTensor {
         self.dtype.decode(&self.data, true)
     }
 
+    /// The elements of a float32 tensor read in place, without a copy: None for other types,
+    /// and where the bytes are not aligned for f32 (the allocator's blocks always are).
+    pub fn f32s_in_place(&self) -> Option<&[f32]> {
+        if self.dtype != DType::F32 || cfg!(target_endian = "big") {
+            return None;
+        }
+        // SAFETY: every bit pattern is an f32; align_to only yields the aligned middle part.
+        let (head, floats, tail) = unsafe { self.data.align_to::<f32>() };
+        (head.is_empty() && tail.is_empty()).then_some(floats)
+    }
+
+    /// The elements as f32, borrowed where they can be ([`RawTensor::f32s_in_place`]).
+    pub fn f32s(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self.f32s_in_place() {
+            Some(f) => std::borrow::Cow::Borrowed(f),
+            None => std::borrow::Cow::Owned(self.to_f32s()),
+        }
+    }
+
     /// The elements as f64: exact for every type but 64-bit integers beyond 2^53.
     pub fn to_f64s(&self) -> Vec<f64> {
         match self.dtype {
@@ -326,4 +345,25 @@ fn le<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
 /// Number of elements of a shape, or None if it overflows.
 pub fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float32_data_is_read_in_place_and_others_are_decoded() {
+        let values = [1.0, -2.5, 3.0, 0.0, f32::MIN, 7.25];
+        let t = RawTensor::from_f32s("w", &[2, 3], &values);
+        assert_eq!(t.f32s_in_place(), Some(&values[..]));
+        assert!(matches!(t.f32s(), std::borrow::Cow::Borrowed(_)));
+        let half = RawTensor {
+            dtype: DType::F16,
+            shape: vec![1],
+            data: vec![0x00, 0x3c],
+            name: "h".into(),
+        };
+        assert!(half.f32s_in_place().is_none());
+        assert_eq!(half.f32s().as_ref(), &[1.0]);
+    }
 }

@@ -3,6 +3,7 @@
 //! layout.
 
 use rayon::prelude::*;
+use std::borrow::Cow;
 use zeropoint_graph::{Graph, Node, Op};
 
 use crate::error::{Error, Result};
@@ -90,15 +91,16 @@ fn site(graph: &Graph, i: usize, n: &Node) -> Option<Site> {
     })
 }
 
-/// The site's weight as `[K, N]` floats.
-pub fn weight_kn(graph: &Graph, site: &Site) -> Result<Vec<f32>> {
+/// The site's weight as `[K, N]` floats, borrowed from the graph where it is stored so (an LM
+/// head's copy was a third of quantizing a small LLM's peak memory).
+pub fn weight_kn<'g>(graph: &'g Graph, site: &Site) -> Result<Cow<'g, [f32]>> {
     let t = graph.float_initializer(&site.weight).ok_or_else(|| {
         Error::new(
             &graph.source,
             format!("weight '{}' is missing", site.weight),
         )
     })?;
-    let w = t.to_f32s();
+    let w = t.f32s();
     if let Some(bad) = w.iter().position(|v| !v.is_finite()) {
         return Err(Error::new(
             &graph.source,
@@ -109,7 +111,7 @@ pub fn weight_kn(graph: &Graph, site: &Site) -> Result<Vec<f32>> {
         ));
     }
     Ok(if site.transposed {
-        transpose(&w, site.n, site.k)
+        Cow::Owned(transpose(&w, site.n, site.k))
     } else {
         w
     })

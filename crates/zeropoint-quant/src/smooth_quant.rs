@@ -88,7 +88,7 @@ pub fn smooth(
         let st = &stats[input];
         let weights: Vec<Vec<f32>> = group
             .iter()
-            .map(|s| weight_kn(graph, s))
+            .map(|s| weight_kn(graph, s).map(|w| w.into_owned()))
             .collect::<Result<_>>()?;
         let at = |e| Error::at(&graph.source, format!("SmoothQuant of '{input}'"), e);
         let search = Search::new(st, group, &weights, settings);

@@ -87,7 +87,7 @@ pub fn awq(
         };
         let weights: Vec<Vec<f32>> = group
             .iter()
-            .map(|s| weight_kn(graph, s))
+            .map(|s| weight_kn(graph, s).map(|w| w.into_owned()))
             .collect::<Result<_>>()?;
         let (alpha, s, before, after) = search(&weights, &group, st, scheme, opts);
         let mut scaled = Scaled {
