@@ -62,14 +62,12 @@ pub fn gptq(
     scheme: BlockScheme,
     opts: &Options,
 ) -> Result<BlockWeights, String> {
-    let mut w = w.to_vec();
     let mut h = h.to_vec();
-    // An input that is always zero carries no information: its weights do not matter.
-    for i in 0..k {
-        if h[i * k + i] == 0.0 {
-            h[i * k + i] = 1.0;
-            w[i * n..(i + 1) * n].fill(0.0);
-        }
+    // An input that is always zero carries no information: its weights do not matter, and
+    // count as zeros (in each chunk's copy: the whole weight is not copied).
+    let dead: Vec<bool> = (0..k).map(|i| h[i * k + i] == 0.0).collect();
+    for i in (0..k).filter(|&i| dead[i]) {
+        h[i * k + i] = 1.0;
     }
     let order: Vec<usize> = if opts.act_order {
         let mut o: Vec<usize> = (0..k).collect();
@@ -78,7 +76,13 @@ pub fn gptq(
     } else {
         (0..k).collect()
     };
-    let fixed = opts.act_order.then(|| block_params(&w, k, n, &scheme));
+    let fixed = opts.act_order.then(|| {
+        let mut live = w.to_vec();
+        for i in (0..k).filter(|&i| dead[i]) {
+            live[i * n..(i + 1) * n].fill(0.0);
+        }
+        block_params(&live, k, n, &scheme)
+    });
     let mut hp: Vec<f64> = (0..k * k)
         .map(|i| h[order[i / k] * k + order[i % k]])
         .collect();
@@ -102,9 +106,13 @@ pub fn gptq(
         .map(|c| {
             let cols = c * COLUMNS..((c + 1) * COLUMNS).min(n);
             // The chunk's columns, rows in quantization order.
-            let wc: Vec<f32> = (0..k)
-                .flat_map(|i| w[order[i] * n + cols.start..order[i] * n + cols.end].to_vec())
-                .collect();
+            let mut wc = Vec::with_capacity(k * cols.len());
+            for &r in &order {
+                match dead[r] {
+                    true => wc.resize(wc.len() + cols.len(), 0.0),
+                    false => wc.extend_from_slice(&w[r * n + cols.start..r * n + cols.end]),
+                }
+            }
             run.chunk(wc, cols)
         })
         .collect();
