@@ -374,13 +374,12 @@ fn quantize_site(
 
 /// The report line of one quantized layer.
 fn layer(site: &Site, w: &[f32], q: &BlockWeights, h: Option<&Vec<f64>>) -> Layer {
-    let d = q.dequantize();
     Layer {
         name: site.name.clone(),
         weight: site.weight.clone(),
         k: site.k,
         n: site.n,
-        weight_sqnr_db: blocks::sqnr_db(w, &d),
-        output_sqnr_db: h.map(|h| hessian::output_sqnr_db(h, w, &d, site.k, site.n)),
+        weight_sqnr_db: q.sqnr_db(w),
+        output_sqnr_db: h.map(|h| hessian::output_sqnr_db(h, w, q)),
     }
 }
