@@ -129,7 +129,14 @@ impl Value {
     pub fn to_raw(&self, name: &str) -> Result<RawTensor> {
         let t = self.tensor.flatten_all()?;
         let data: Vec<u8> = match self.dtype {
-            DType::F32 => bytes_of(t.to_vec1::<f32>()?, f32::to_le_bytes),
+            // From the storage in one copy: by way of a Vec<f32>, a model's largest weight was
+            // held three times while it was given back to the graph.
+            DType::F32 => with_f32_slice(&t, |x| {
+                let mut data = Vec::with_capacity(x.len() * 4);
+                x.iter()
+                    .for_each(|v| data.extend_from_slice(&v.to_le_bytes()));
+                data
+            })?,
             DType::F64 => bytes_of(t.to_vec1::<f64>()?, f64::to_le_bytes),
             DType::F16 => bytes_of(t.to_vec1::<half::f16>()?, |v| v.to_bits().to_le_bytes()),
             DType::BF16 => bytes_of(t.to_vec1::<half::bf16>()?, |v| v.to_bits().to_le_bytes()),
