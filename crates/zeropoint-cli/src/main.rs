@@ -58,6 +58,16 @@ fn keep_freed_memory() {
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
 
+/// Returns freed memory to the OS at once instead of after mimalloc's purge delay. The
+/// transformer modes allocate few, large tensors (a weight, its copy, its codes) and free each
+/// soon: kept, the freed ones stacked up to the peak. GPTQ of stories15M (98 MB of weights)
+/// peaked at 294-312 MB and took 4.4 s; released at once, 210 MB and 5.0 s. Dynamic
+/// quantization of it: 389 → 281 MB, 0.5 → 0.7 s.
+pub(crate) fn release_freed_memory_at_once() {
+    // SAFETY: as in keep_freed_memory.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+}
+
 /// Returns the memory mimalloc holds freed to the OS now. Between the stages of a quantization
 /// (each builds its own executors of the whole model, then drops them), the next stage's
 /// allocations otherwise land beside what the last one freed or on top of it, depending on

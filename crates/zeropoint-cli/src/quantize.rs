@@ -65,6 +65,9 @@ pub fn run(args: &Args) -> Result<()> {
         }
         return demo(args);
     };
+    if args.mode != Mode::Static {
+        crate::release_freed_memory_at_once();
+    }
     if args.mode == Mode::Dynamic {
         return crate::dynamic::run(crate::dynamic::Request {
             model,
