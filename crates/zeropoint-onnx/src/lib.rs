@@ -36,6 +36,7 @@ pub mod limits;
 pub mod model;
 pub mod npy;
 pub mod npz;
+pub mod piecewise;
 pub mod proto;
 pub mod safetensors;
 pub mod tensor;

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use std::io::Read;
+
 use prost::Message;
 
 use crate::atomic;
@@ -16,8 +18,17 @@ pub const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
 /// Reads and decodes an ONNX model file (external data stays where it is: see
 /// [`crate::external_data::load_external_data`]).
 pub fn load(path: &Path) -> Result<ModelProto> {
-    let bytes = crate::limits::read_file(path)?;
-    decode_owned(bytes, path)
+    let file = crate::limits::open_regular(path)?;
+    let len = (file.metadata())
+        .map_err(|e| Error::io(path, "read", e))?
+        .len();
+    crate::limits::check(u128::from(len), "reading the file")
+        .map_err(|m| Error::invalid(path, m))?;
+    let reader = std::io::BufReader::new(file).take(len);
+    match crate::piecewise::decode(reader, len) {
+        Some(model) => checked(Ok(model), path),
+        None => decode_owned(crate::limits::read_file(path)?, path),
+    }
 }
 
 /// Decodes an ONNX model from bytes. `path` is for error messages.

@@ -45,6 +45,9 @@ fn real_models_survive_a_round_trip() {
     assert_eq!(models.len(), 5);
     for model in &models {
         let m = onnx::load(model).unwrap();
+        // Loaded one initializer at a time (model::load), the model is the one decoded whole.
+        let whole = onnx::decode(&std::fs::read(model).unwrap(), model).unwrap();
+        assert!(m == whole, "{}", model.display());
         let out = dir.path().join(model.file_name().unwrap());
         save(&m, &out).unwrap();
         check(model, &out);
