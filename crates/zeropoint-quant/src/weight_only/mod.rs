@@ -403,3 +403,33 @@ fn layer(site: &Site, w: &[f32], q: &BlockWeights, h: Option<&Vec<f64>>) -> Laye
         output_sqnr_db: h.map(|h| hessian::output_sqnr_db(h, w, q)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(node: usize, op: Op, weight: &str) -> Site {
+        Site {
+            node,
+            name: format!("n{node}"),
+            transposed: op == Op::Gather,
+            op,
+            weight: weight.into(),
+            input: format!("x{node}"),
+            k: 4,
+            n: 4,
+        }
+    }
+
+    #[test]
+    fn tables_go_last_unless_a_layer_shares_their_weight() {
+        let sites = [
+            site(0, Op::Gather, "embed"),
+            site(1, Op::MatMul, "wq"),
+            site(2, Op::Gather, "tied"),
+            site(3, Op::MatMul, "tied"),
+            site(4, Op::Gather, "positions"),
+        ];
+        assert_eq!(hessians_first(&sites), [1, 2, 3, 0, 4]);
+    }
+}
