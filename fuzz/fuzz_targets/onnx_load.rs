@@ -7,10 +7,21 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use zeropoint_graph::Graph;
-use zeropoint_onnx::model;
+use zeropoint_onnx::{model, piecewise};
 
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz/nonexistent/model.onnx");
+    if let Some(m) = piecewise::decode(data, data.len() as u64) {
+        // Whole decoding refuses only a model without a graph then, or one nested as deep as
+        // prost's recursion limit, which piecewise decoding counts from the graph.
+        match model::decode(data, path) {
+            Ok(whole) => assert!(m == whole, "piecewise decoding differs"),
+            Err(e) => assert!(
+                m.graph.is_none() || format!("{e:?}").contains("recursion"),
+                "piecewise decoding took a bad file: {e:?}"
+            ),
+        }
+    }
     if let Ok(m) = model::decode(data, path) {
         let _ = model::initializers(&m, path);
         if let Ok(graph) = Graph::from_model(&m, path) {

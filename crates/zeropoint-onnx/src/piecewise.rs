@@ -6,7 +6,8 @@
 //! the decoded model plus its largest initializer (stories15M, 98 MB of weights: 196 → 135 MB of
 //! heap). The result is the model whole-file decoding gives; a file this reader does not take in
 //! one pass (malformed, or with its graph given twice, which protobuf merges) returns `None`, and
-//! the caller decodes the whole file, whose errors are then the usual ones.
+//! the caller decodes the whole file, whose errors are then the usual ones. One difference:
+//! prost's limit on nesting (100 messages deep) counts from the graph here, one level lower.
 
 use std::io::Read;
 
@@ -88,6 +89,10 @@ impl<R: Read> Input<R> {
         let mut v = 0u64;
         for i in 0..10 {
             let b = self.byte()?;
+            // The tenth byte holds the 64th bit alone: more overflows (prost refuses it too).
+            if i == 9 && b > 1 {
+                return None;
+            }
             v |= u64::from(b & 0x7f) << (7 * i);
             if b < 0x80 {
                 return Some(v);
@@ -243,6 +248,13 @@ mod tests {
         );
         // A length past the end.
         assert_eq!(decode(&bytes[..], bytes.len() as u64 + 5), None);
+        // A varint of more than 64 bits (fuzz: onnx_load, 1.5M executions into its first run).
+        let mut wide = vec![0x08];
+        wide.extend([0xff; 9]);
+        wide.push(0x31);
+        wide.extend(&bytes);
+        assert!(ModelProto::decode(wide.as_slice()).is_err());
+        assert_eq!(piecewise(&wide), None);
         // The graph twice: protobuf merges the two.
         let mut twice = bytes.clone();
         twice.extend(

@@ -229,7 +229,11 @@ fn quantize_sites(
             stats.remove(&site.input);
         }
     }
-    Ok((quantized, lines.into_iter().flatten().collect(), clipped_blocks))
+    Ok((
+        quantized,
+        lines.into_iter().flatten().collect(),
+        clipped_blocks,
+    ))
 }
 
 /// The sites' indices, embedding tables (Gather, which take no Hessian) last. A table whose
