@@ -53,7 +53,8 @@ pub fn collect(
 
 /// One input's sums over batches, added in batch order.
 pub(super) struct Total {
-    /// The upper triangle of Σ XᵀX, `[K, K]`.
+    /// The upper triangle of Σ XᵀX, packed row by row (row a holds columns a..K): half of a
+    /// `[K, K]` matrix, summed for every layer input at once during the calibration pass.
     h: Vec<f64>,
     abs: Vec<f64>,
     rows: usize,
@@ -62,14 +63,16 @@ pub(super) struct Total {
 impl Total {
     pub(super) fn new(k: usize) -> Total {
         Total {
-            h: vec![0f64; k * k],
+            h: vec![0f64; k * (k + 1) / 2],
             abs: vec![0f64; k],
             rows: 0,
         }
     }
 
     pub(super) fn add(&mut self, g: Gram) {
-        for (a, b) in self.h.iter_mut().zip(&g.xtx) {
+        let k = self.abs.len();
+        let upper = (0..k).flat_map(|a| &g.xtx[a * k + a..(a + 1) * k]);
+        for (a, b) in self.h.iter_mut().zip(upper) {
             *a += f64::from(*b);
         }
         for (a, b) in self.abs.iter_mut().zip(&g.abs) {
@@ -80,7 +83,11 @@ impl Total {
 
     /// H = 2XᵀX / rows and the mean |x| per channel of input `name`.
     pub(super) fn finish(self, graph: &Graph, name: &str) -> Result<Stats> {
-        let Total { mut h, abs, rows } = self;
+        let Total {
+            h: upper,
+            abs,
+            rows,
+        } = self;
         if rows == 0 {
             return Err(Error::new(
                 &graph.source,
@@ -88,10 +95,13 @@ impl Total {
             ));
         }
         let k = abs.len();
-        // Only the upper triangle was summed.
+        let mut h = vec![0f64; k * k];
+        let mut packed = upper.into_iter();
         for a in 0..k {
-            for b in 0..a {
-                h[a * k + b] = h[b * k + a];
+            for b in a..k {
+                let v = packed.next().unwrap_or_default();
+                h[a * k + b] = v;
+                h[b * k + a] = v;
             }
         }
         h.iter_mut().for_each(|x| *x *= 2.0 / rows as f64);
