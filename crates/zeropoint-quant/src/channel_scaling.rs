@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 
 use zeropoint_graph::graph::Names;
 use zeropoint_graph::{Graph, Node, Op};
-use zeropoint_onnx::RawTensor;
+use zeropoint_onnx::{DType, RawTensor};
 
 use crate::error::{Error, Result};
 use crate::linear_layers::{transpose, Site};
@@ -71,6 +71,21 @@ pub fn columns(w: &[f32], k: usize, n: usize, most: usize) -> (Vec<f32>, usize) 
 /// own layout.
 fn write_scaled(graph: &mut Graph, site: &Site, w: &[f32], s: &[f32]) {
     let n = site.n;
+    let stored = graph
+        .initializers
+        .iter_mut()
+        .find(|t| t.name == site.weight);
+    if let Some(t) = stored.filter(|t| t.dtype == DType::F32 && t.len() == w.len()) {
+        // In place: a copy of a weight beside the copies the search holds was the peak of
+        // AWQ on an LM head. Element i of the stored weight is row i / N of [K, N], or
+        // column i % K of the transposed [N, K].
+        for (i, v) in t.data.chunks_exact_mut(4).enumerate() {
+            let r = if site.transposed { i % site.k } else { i / n };
+            let x = f32::from_le_bytes([v[0], v[1], v[2], v[3]]) * s[r];
+            v.copy_from_slice(&x.to_le_bytes());
+        }
+        return;
+    }
     let up = scale_rows(w, s, n);
     let (values, shape) = if site.transposed {
         (transpose(&up, site.k, n), [n, site.k])
@@ -96,8 +111,12 @@ pub fn apply(
     s: &[f32],
     (names, tag): (&mut Names, &str),
 ) -> Result<(String, String)> {
+    let mut written = HashSet::new();
     for (site, w) in group.iter().zip(weights) {
-        write_scaled(graph, site, w, s);
+        // Two layers of one weight scale it once.
+        if written.insert(site.weight.as_str()) {
+            write_scaled(graph, site, w, s);
+        }
     }
     let inverse: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
     if only_group_reads(graph, input, group) {
