@@ -59,19 +59,7 @@ type OpFn = fn(&Cx) -> R<Vec<Value>>;
 fn lookup(op: &Op) -> Option<OpFn> {
     use elementwise as e;
     Some(match op {
-        Op::Add
-        | Op::Sub
-        | Op::Mul
-        | Op::Div
-        | Op::Pow
-        | Op::Equal
-        | Op::Less
-        | Op::Greater
-        | Op::LessOrEqual
-        | Op::GreaterOrEqual
-        | Op::And
-        | Op::Or
-        | Op::Xor => e::binary,
+        op if binary(op) => e::binary,
         Op::Max | Op::Min | Op::Sum | Op::Mean => e::variadic,
         Op::Relu
         | Op::Sigmoid
@@ -198,8 +186,8 @@ pub fn run(cx: &Cx) -> R<Vec<Value>> {
     })
 }
 
-/// The operators whose output is the numpy broadcast of their inputs.
-fn broadcasts(op: &Op) -> bool {
+/// The two-operand arithmetic, comparison and logic operators ([`elementwise::binary`]).
+fn binary(op: &Op) -> bool {
     matches!(
         op,
         Op::Add
@@ -215,14 +203,16 @@ fn broadcasts(op: &Op) -> bool {
             | Op::And
             | Op::Or
             | Op::Xor
-            | Op::Max
-            | Op::Min
-            | Op::Sum
-            | Op::Mean
-            | Op::Mod
-            | Op::PRelu
-            | Op::Where
     )
+}
+
+/// The operators whose output is the numpy broadcast of their inputs.
+fn broadcasts(op: &Op) -> bool {
+    binary(op)
+        || matches!(
+            op,
+            Op::Max | Op::Min | Op::Sum | Op::Mean | Op::Mod | Op::PRelu | Op::Where
+        )
 }
 
 /// Refuses a broadcast over the memory limit before any operator allocates it: inputs of

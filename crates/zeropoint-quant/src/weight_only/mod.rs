@@ -409,20 +409,25 @@ fn layer(site: &Site, w: &[f32], q: &BlockWeights, h: Option<&Vec<f64>>) -> Laye
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn site(node: usize, op: Op, weight: &str) -> Site {
+    /// A 4 × 4 layer (a table stored transposed) for the tests of the site order.
+    pub(crate) fn site_of(node: usize, op: Op, weight: &str, input: &str) -> Site {
         Site {
             node,
             name: format!("n{node}"),
             transposed: op == Op::Gather,
             op,
             weight: weight.into(),
-            input: format!("x{node}"),
+            input: input.into(),
             k: 4,
             n: 4,
         }
+    }
+
+    fn site(node: usize, op: Op, weight: &str) -> Site {
+        site_of(node, op, weight, &format!("x{node}"))
     }
 
     #[test]

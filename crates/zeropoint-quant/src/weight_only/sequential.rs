@@ -154,16 +154,7 @@ mod tests {
     use super::*;
 
     fn site(node: usize, op: Op, input: &str) -> Site {
-        Site {
-            node,
-            name: format!("n{node}"),
-            op,
-            weight: format!("w{node}"),
-            input: input.into(),
-            k: 4,
-            n: 4,
-            transposed: false,
-        }
+        crate::weight_only::tests::site_of(node, op, &format!("w{node}"), input)
     }
 
     #[test]
