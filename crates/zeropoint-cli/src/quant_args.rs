@@ -94,10 +94,10 @@ pub struct QuantArgs {
     /// Use at most this many calibration samples.
     #[arg(long)]
     pub samples: Option<usize>,
-    /// Samples per calibration batch and thread (1 for a model whose inputs declare a batch of
-    /// 1) [default: 32; 1 with --mode weight-only, whose samples are token windows: a window is
-    /// already hundreds of rows for each layer, and stories15M's GPTQ took 4.9 s and 188 MB at
-    /// a batch of 1 against 7.4 s and 355 MB at 32]
+    /// Samples per calibration batch and thread, one for a model whose inputs declare a batch
+    /// of one [default: 32; 1 with --mode weight-only, whose samples are token windows: a window
+    /// is already hundreds of rows for each layer, and stories15M's GPTQ took 4.9 s and 188 MB
+    /// at a batch of 1 against 7.4 s and 355 MB at 32]
     #[arg(long)]
     pub batch: Option<usize>,
     #[command(flatten)]
