@@ -95,9 +95,8 @@ pub struct QuantArgs {
     #[arg(long)]
     pub samples: Option<usize>,
     /// Samples per calibration batch and thread, one for a model whose inputs declare a batch
-    /// of one [default: 32; 1 with --mode weight-only, whose samples are token windows: a window
-    /// is already hundreds of rows for each layer, and stories15M's GPTQ took 4.9 s and 188 MB
-    /// at a batch of 1 against 7.4 s and 355 MB at 32]
+    /// of one [default: 32; with --mode weight-only, token ids go in batches of about 256
+    /// positions: one 256-token window, four 65-token sentences]
     #[arg(long)]
     pub batch: Option<usize>,
     #[command(flatten)]

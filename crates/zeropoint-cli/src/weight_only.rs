@@ -146,7 +146,7 @@ pub fn options(q: &QuantArgs, w: &WeightOnlyArgs, calib: Vec<String>) -> Result<
         data: calib,
         preprocess: q.data.preprocess()?,
         samples: q.samples,
-        batch: q.batch.unwrap_or(1),
+        batch: q.batch,
         sequential: w.gptq_sequential,
     })
 }
