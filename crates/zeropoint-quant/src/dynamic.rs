@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use zeropoint_core::observer::{estimate_values, Config, Method};
-use zeropoint_core::{Granularity, QParams, QTensor, Scheme, Storage};
+use zeropoint_core::{Codes, Granularity, QParams, QTensor, Scheme, Storage};
 use zeropoint_graph::canonicalize::remove_dead;
 use zeropoint_graph::graph::{int_attribute, Names};
 use zeropoint_graph::{Graph, Node, Op};
@@ -340,19 +340,23 @@ impl Rewrite {
         if let Some(d) = self.done.get(&key) {
             return Ok(d.clone());
         }
-        let t = (g.float_initializer(&l.weight)).expect("a site's weight is an initializer");
-        let (values, mut shape) = (t.to_f32s(), t.shape.clone());
         let scheme = match opts.weights.granularity {
             Granularity::PerTensor => opts.weights,
             _ => opts.weights.per_axis(l.axis),
         };
-        let (qp, mut codes, dequantized) = int8(
-            &values,
-            &shape,
-            scheme,
-            opts.weight_method,
-            (&g.source, &l.weight),
-        )?;
+        // The weight read in place, before the graph is written to.
+        let (qp, mut codes, sqnr, len, mut shape) = {
+            let t = (g.float_initializer(&l.weight)).expect("a site's weight is an initializer");
+            let values = t.f32s();
+            let (qp, codes, sqnr) = int8(
+                &values,
+                &t.shape,
+                scheme,
+                opts.weight_method,
+                (&g.source, &l.weight),
+            )?;
+            (qp, codes, sqnr, values.len(), t.shape.clone())
+        };
         if let Some((rows, cols)) = l.transpose {
             codes = weight_only::transpose(&codes, rows, cols);
             shape = vec![cols, rows];
@@ -364,18 +368,17 @@ impl Rewrite {
             (m, true) => vec![m, 1, 1],
             (n, false) => vec![n],
         };
-        g.initializers
-            .push(RawTensor::from_i64s(&wq, &shape, &codes, DType::I8));
+        g.initializers.push(int8_tensor(&wq, &shape, &codes));
         g.initializers
             .push(RawTensor::from_f32s(&ws, &scale_shape, &qp.scale));
         self.report.push(Layer {
             name: g.nodes[l.node].name.clone(),
             op: g.nodes[l.node].op.to_string(),
             weight: l.weight.clone(),
-            weight_sqnr_db: blocks::sqnr_db(&values, &dequantized),
+            weight_sqnr_db: sqnr,
         });
-        self.bytes.0 += values.len() * 4;
-        self.bytes.1 += values.len() + qp.scale.len() * 4;
+        self.bytes.0 += len * 4;
+        self.bytes.1 += len + qp.scale.len() * 4;
         self.done.insert(key, [wq.clone(), ws.clone()]);
         Ok([wq, ws])
     }
@@ -439,24 +442,20 @@ impl Rewrite {
         };
         let shape = [rows, values.len() / rows];
         let scheme = opts.weights.per_axis(0);
-        let (qp, codes, dequantized) = int8(
+        let (qp, codes, sqnr) = int8(
             &values,
             &shape,
             scheme,
             opts.weight_method,
             (&g.source, name),
         )?;
-        let codes: Vec<i64> = (codes.chunks(gates * k))
+        let codes: Vec<i8> = (codes.chunks(gates * k))
             .flat_map(|direction| weight_only::transpose(direction, gates, k))
             .collect();
         let names =
             ["quantized", "scale", "zero_point"].map(|w| self.names.fresh(&format!("{name}_{w}")));
-        g.initializers.push(RawTensor::from_i64s(
-            &names[0],
-            &[d, k, gates],
-            &codes,
-            DType::I8,
-        ));
+        g.initializers
+            .push(int8_tensor(&names[0], &[d, k, gates], &codes));
         g.initializers
             .push(RawTensor::from_f32s(&names[1], &scale_shape, &qp.scale));
         let zeros = vec![0; qp.scale.len()];
@@ -470,7 +469,7 @@ impl Rewrite {
             name: node.name.clone(),
             op: format!("LSTM {}", if input == 1 { "W" } else { "R" }),
             weight: name.clone(),
-            weight_sqnr_db: blocks::sqnr_db(&values, &dequantized),
+            weight_sqnr_db: sqnr,
         });
         self.bytes.0 += values.len() * 4;
         self.bytes.1 += values.len() + qp.scale.len() * 5;
@@ -491,21 +490,36 @@ impl Rewrite {
 }
 
 /// `values` (`shape`) quantized to int8 on `scheme`, ranges by `method`: the parameters, the
-/// codes and the values they stand for. Errors name the weight (`name` in the model at `path`).
+/// codes and the SQNR of the values they stand for. Errors name the weight (`name` in the model
+/// at `path`).
 fn int8(
     values: &[f32],
     shape: &[usize],
     scheme: Scheme,
     method: Method,
     (path, name): (&Path, &str),
-) -> Result<(QParams, Vec<i64>, Vec<f32>)> {
+) -> Result<(QParams, Vec<i8>, f64)> {
     let fail = |e| Error::at(path, format!("weight '{name}'"), e);
     let ranges = estimate_values(values, shape, &scheme, Config::new(method)).map_err(fail)?;
     let qp = QParams::from_ranges(&scheme, &ranges).map_err(fail)?;
     let q = QTensor::quantize_with(values, shape, qp.clone(), Storage::I8).map_err(fail)?;
-    let dequantized = q.dequantize().map_err(fail)?;
-    let codes = q.codes_i32().into_iter().map(i64::from).collect();
-    Ok((qp, codes, dequantized))
+    let sqnr = blocks::sqnr_db(values, &q.dequantize().map_err(fail)?);
+    // The codes as stored, one byte each: as i64 an LM head's were 74 MB.
+    let codes = match q.codes {
+        Codes::I8(c) => c,
+        _ => q.codes_i32().into_iter().map(|c| c as i8).collect(),
+    };
+    Ok((qp, codes, sqnr))
+}
+
+/// An int8 initializer of `codes`.
+fn int8_tensor(name: &str, shape: &[usize], codes: &[i8]) -> RawTensor {
+    RawTensor {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        dtype: DType::I8,
+        data: codes.iter().map(|&c| c as u8).collect(),
+    }
 }
 
 /// The graph with its embedding tables quantized per row, as weight-only quantization writes
