@@ -115,14 +115,20 @@ pub fn open_regular(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| Error::io(path, "read", e))
 }
 
-/// The whole file at `path`, refused before reading if it is larger than the limit.
-pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+/// `path` opened for reading, and its length, refused if it is larger than the limit.
+pub fn open_within_limit(path: &Path) -> Result<(File, u64)> {
     let file = open_regular(path)?;
     let len = file
         .metadata()
         .map_err(|e| Error::io(path, "read", e))?
         .len();
     check(u128::from(len), "reading the file").map_err(|m| Error::invalid(path, m))?;
+    Ok((file, len))
+}
+
+/// The whole file at `path`, refused before reading if it is larger than the limit.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let (file, len) = open_within_limit(path)?;
     let mut bytes = Vec::with_capacity(len as usize);
     // The length can change under us: never read more than the limit.
     file.take(max_bytes().saturating_add(1))

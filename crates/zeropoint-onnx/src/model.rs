@@ -1,9 +1,8 @@
 //! ONNX model files: loading with clear errors, saving atomically (with or without external
 //! data), and a model's initializers as tensors.
 
-use std::path::Path;
-
 use std::io::Read;
+use std::path::Path;
 
 use prost::Message;
 
@@ -18,12 +17,7 @@ pub const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
 /// Reads and decodes an ONNX model file (external data stays where it is: see
 /// [`crate::external_data::load_external_data`]).
 pub fn load(path: &Path) -> Result<ModelProto> {
-    let file = crate::limits::open_regular(path)?;
-    let len = (file.metadata())
-        .map_err(|e| Error::io(path, "read", e))?
-        .len();
-    crate::limits::check(u128::from(len), "reading the file")
-        .map_err(|m| Error::invalid(path, m))?;
+    let (file, len) = crate::limits::open_within_limit(path)?;
     let reader = std::io::BufReader::new(file).take(len);
     match crate::piecewise::decode(reader, len) {
         Some(model) => checked(Ok(model), path),
