@@ -11,13 +11,14 @@ use zeropoint_onnx::{model, piecewise};
 
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz/nonexistent/model.onnx");
+    let whole = model::decode(data, path);
     if let Some(m) = piecewise::decode(data, data.len() as u64) {
         // Whole decoding refuses only a model without a graph then, or one nested as deep as
         // prost's recursion limit, which piecewise decoding counts from the graph.
-        match model::decode(data, path) {
+        match &whole {
             // Compared encoded: a NaN in float_data makes equal messages unequal.
             Ok(whole) => assert!(
-                model::encode(&m, path).ok() == model::encode(&whole, path).ok(),
+                model::encode(&m, path).ok() == model::encode(whole, path).ok(),
                 "piecewise decoding differs"
             ),
             Err(e) => assert!(
@@ -26,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             ),
         }
     }
-    if let Ok(m) = model::decode(data, path) {
+    if let Ok(m) = whole {
         let _ = model::initializers(&m, path);
         if let Ok(graph) = Graph::from_model(&m, path) {
             let _ = zeropoint_engine::exec::unsupported(&graph);
