@@ -177,6 +177,14 @@ pub struct QuantArgs {
 }
 
 impl QuantArgs {
+    /// `--batch` as given (each mode has its own default), refused if 0.
+    pub fn batch(&self) -> Result<Option<usize>> {
+        if self.batch == Some(0) {
+            bail!("--batch must be at least 1");
+        }
+        Ok(self.batch)
+    }
+
     /// What default output names say about the scheme: "int8" for the default preset, the
     /// preset's name for the others, "qdq" when schemes are given explicitly.
     pub fn tag(&self) -> &str {
@@ -203,10 +211,7 @@ impl QuantArgs {
         if self.limit_pairs {
             check_pair_limit(&weights).map_err(|m| anyhow::anyhow!("--{m}"))?;
         }
-        let batch = self.batch.unwrap_or(32);
-        if batch == 0 {
-            bail!("--batch must be at least 1");
-        }
+        let batch = self.batch()?.unwrap_or(32);
         let standard = self.recipe == Some(Recipe::Standard);
         if (self.cle_relu6 || self.no_bias_absorption) && !(self.cle || standard) {
             bail!("--cle-relu6 and --no-bias-absorption go with --cle (or --recipe standard)");

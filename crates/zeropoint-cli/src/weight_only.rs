@@ -100,9 +100,6 @@ pub fn options(q: &QuantArgs, w: &WeightOnlyArgs, calib: Vec<String>) -> Result<
         RangeMethod::Mse => BlockRange::Mse,
         other => bail!("--mode weight-only takes --weight-range minmax or mse, not {other:?}"),
     };
-    if q.batch == Some(0) {
-        bail!("--batch must be at least 1");
-    }
     if q.activations.is_some() {
         bail!("--mode weight-only keeps activations float: drop --activations");
     }
@@ -146,7 +143,7 @@ pub fn options(q: &QuantArgs, w: &WeightOnlyArgs, calib: Vec<String>) -> Result<
         data: calib,
         preprocess: q.data.preprocess()?,
         samples: q.samples,
-        batch: q.batch,
+        batch: q.batch()?,
         sequential: w.gptq_sequential,
     })
 }
