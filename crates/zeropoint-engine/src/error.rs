@@ -25,9 +25,18 @@ impl From<zeropoint_onnx::Error> for Error {
 
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Error {
-        // candle's messages can span lines (backtraces): keep the first.
-        Error::Op(e.to_string().lines().next().unwrap_or("").to_string())
+        Error::Op(candle_message(e))
     }
+}
+
+/// candle's error as one line. Under RUST_BACKTRACE candle attaches a backtrace to each error,
+/// and formatting it symbolizes the whole stack (100 ms on the first error, milliseconds after):
+/// it is dropped unformatted. Other messages can span lines too: the first is kept.
+pub fn candle_message(mut e: candle_core::Error) -> String {
+    while let candle_core::Error::WithBacktrace { inner, .. } = e {
+        e = *inner;
+    }
+    e.to_string().lines().next().unwrap_or("").to_string()
 }
 
 impl From<String> for Error {
@@ -43,3 +52,19 @@ impl From<&str> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_errors_become_one_line_without_their_backtrace() {
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("shape mismatch\nin matmul".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert_eq!(candle_message(e), "shape mismatch");
+        let e: Error = candle_core::Error::Msg("plain".into()).into();
+        assert_eq!(e.to_string(), "plain");
+    }
+}

@@ -574,7 +574,10 @@ fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Ro
         loss_nearest: 0.0,
         loss_learned: 0.0,
     };
-    let err = |e: candle_core::Error| Error::Environment(format!("{}: {e}", layer.node.label()));
+    let err = |e: candle_core::Error| {
+        let e = zeropoint_engine::error::candle_message(e);
+        Error::Environment(format!("{}: {e}", layer.node.label()))
+    };
     // Each group's columns over all samples, each sample's dropped once copied: a large
     // layer's columns (8192 × 4608 for a 3×3 convolution of 512 channels) are 150 MB a copy.
     let mut columns: Vec<(Vec<f32>, Vec<f32>)> = vec![Default::default(); groups];

@@ -17,7 +17,10 @@ pub(crate) fn f32s(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 pub(crate) fn candle_error(e: candle_core::Error) -> Error {
-    Error::Environment(format!("training: {e}"))
+    Error::Environment(format!(
+        "training: {}",
+        zeropoint_engine::error::candle_message(e)
+    ))
 }
 
 /// Log-softmax over the last axis, rows flattened.
