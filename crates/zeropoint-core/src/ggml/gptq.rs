@@ -133,7 +133,7 @@ pub fn gptq_rows(
     for i in 0..cols {
         hp[i * cols + i] += opts.damp * mean;
     }
-    let u = inverse_cholesky_upper(&hp, cols)?;
+    let u = inverse_cholesky_upper(hp, cols)?;
     let mut position = vec![0; cols];
     for (p, &c) in order.iter().enumerate() {
         position[c] = p;

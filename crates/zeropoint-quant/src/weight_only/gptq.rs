@@ -12,8 +12,8 @@
 //!
 //! where U is the upper Cholesky factor of H⁻¹ (H⁻¹ = UᵀU), computed once after dampening H by
 //! `damp` × its mean diagonal. Updates inside a lazy block of rows are applied at once; those to
-//! the rows after it are batched once the block is done (the paper's "lazy batch updates", the
-//! same arithmetic in a cache-friendly order). A block of the quantization grid takes its scale
+//! the rows after it are batched once the block is done, as one matrix product (the paper's
+//! "lazy batch updates"). A block of the quantization grid takes its scale
 //! and zero when its first row is reached, from the rows as updated so far. With act-order the
 //! rows go by decreasing Hessian diagonal and the grid's parameters come from the weight before
 //! any update ("static groups"), so that blocks stay contiguous in K as runtimes need them.
@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use zeropoint_core::linalg::inverse_cholesky_upper;
+use zeropoint_core::linalg::{gemm, inverse_cholesky_upper};
 
 use crate::weight_only::blocks::{block_params, code, BlockScheme, BlockWeights};
 
@@ -62,16 +62,16 @@ pub fn gptq(
     scheme: BlockScheme,
     opts: &Options,
 ) -> Result<BlockWeights, String> {
-    let mut h = h.to_vec();
     // An input that is always zero carries no information: its weights do not matter, and
-    // count as zeros (in each chunk's copy: the whole weight is not copied).
+    // count as zeros (in each chunk's copy: the whole weight is not copied). Its diagonal
+    // becomes 1 so that H stays invertible.
     let dead: Vec<bool> = (0..k).map(|i| h[i * k + i] == 0.0).collect();
-    for i in (0..k).filter(|&i| dead[i]) {
-        h[i * k + i] = 1.0;
-    }
+    let diag: Vec<f64> = (0..k)
+        .map(|i| if dead[i] { 1.0 } else { h[i * k + i] })
+        .collect();
     let order: Vec<usize> = if opts.act_order {
         let mut o: Vec<usize> = (0..k).collect();
-        o.sort_by(|&a, &b| h[b * k + b].total_cmp(&h[a * k + a]));
+        o.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
         o
     } else {
         (0..k).collect()
@@ -83,14 +83,18 @@ pub fn gptq(
         }
         block_params(&live, k, n, &scheme)
     });
-    let mut hp: Vec<f64> = (0..k * k)
-        .map(|i| h[order[i / k] * k + order[i % k]])
+    // H in quantization order, dampened: the one [K, K] copy, which the factorization reuses.
+    let mean = order.iter().map(|&i| diag[i]).sum::<f64>() / k as f64;
+    let hp: Vec<f64> = (0..k * k)
+        .map(|i| {
+            let (a, b) = (order[i / k], order[i % k]);
+            match a == b {
+                true => diag[a] + opts.damp * mean,
+                false => h[a * k + b],
+            }
+        })
         .collect();
-    let mean = (0..k).map(|i| hp[i * k + i]).sum::<f64>() / k as f64;
-    for i in 0..k {
-        hp[i * k + i] += opts.damp * mean;
-    }
-    let u = inverse_cholesky_upper(&hp, k)?;
+    let u = inverse_cholesky_upper(hp, k)?;
     let lazy = opts.lazy_block.max(1).div_ceil(scheme.block) * scheme.block;
     let run = Run {
         u: &u,
@@ -178,13 +182,12 @@ impl Run<'_> {
                     axpy(&mut wc[r * width..(r + 1) * width], -self.u[i * k + r], e);
                 }
             }
-            // The lazy batch: the block's errors onto every row after it.
-            for i in b0..b1 {
-                let e = &err[(i - b0) * width..(i - b0 + 1) * width];
-                for r in b1..k {
-                    axpy(&mut wc[r * width..(r + 1) * width], -self.u[i * k + r], e);
-                }
-            }
+            // The lazy batch: the block's errors onto every row after it, one gemm:
+            // wc[b1.., :] −= U[b0..b1, b1..]ᵀ · err.
+            let (rest, d) = (k - b1, b1 - b0);
+            let ut = (&self.u[b0 * k + b1..], 1, k);
+            let out = (&mut wc[b1 * width..], width);
+            gemm((rest, width, d), out, 1.0, (ut, (&err[..], width, 1)), -1.0);
         }
         (codes, scales, zeros)
     }
@@ -254,7 +257,7 @@ mod tests {
                     + f64::from(u8::from(r == c))
             })
             .collect();
-        let u = inverse_cholesky_upper(&h, k).unwrap();
+        let u = inverse_cholesky_upper(h.clone(), k).unwrap();
         // (UᵀU) H = I.
         for r in 0..k {
             for c in 0..k {
