@@ -152,6 +152,7 @@ fn search(
     opts: &Options,
 ) -> (f64, Vec<f32>, f64, f64) {
     let k = group[0].k;
+    let h = st.full();
     let sampled: Vec<(Vec<f32>, usize)> = group
         .iter()
         .zip(weights)
@@ -167,7 +168,7 @@ fn search(
                 let delta: Vec<f64> = (w.iter().zip(&q).enumerate())
                     .map(|(i, (&a, &b))| f64::from(a) - f64::from(b / s[i / n]))
                     .collect();
-                quadratic(&st.h, &delta, k, n)
+                quadratic(&h, &delta, k, n)
             })
             .sum()
     };
@@ -188,16 +189,21 @@ fn search(
 /// The statistics of x / s: H' = diag(1/s)·H·diag(1/s), mean |x_k| / s_k.
 fn rescaled(st: Stats, s: &[f32]) -> Stats {
     let k = s.len();
-    let h = (st.h.iter().enumerate())
-        .map(|(i, v)| v / (f64::from(s[i / k]) * f64::from(s[i % k])))
-        .collect();
+    let mut upper = st.upper;
+    let mut packed = upper.iter_mut();
+    for a in 0..k {
+        for b in a..k {
+            let v = packed.next().expect("K(K+1)/2 values");
+            *v = (f64::from(*v) / (f64::from(s[a]) * f64::from(s[b]))) as f32;
+        }
+    }
     let abs_mean = st
         .abs_mean
         .iter()
         .zip(s)
         .map(|(m, v)| m / f64::from(*v))
         .collect();
-    Stats { h, abs_mean }
+    Stats { upper, abs_mean }
 }
 
 #[cfg(test)]

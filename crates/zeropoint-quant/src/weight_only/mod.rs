@@ -184,7 +184,7 @@ pub fn quantize(
     progress("quantizing", sites.len(), sites.len());
     let float_bytes = quantized.values().map(|q| q.k * q.n * 4).sum();
     let quantized_bytes = quantized.values().map(nbits_export::bytes).sum();
-    let graph = nbits_export::rewrite(graph, &sites, &quantized, opts.format, opts.accuracy_level)?;
+    let graph = nbits_export::rewrite(graph, &sites, quantized, opts.format, opts.accuracy_level)?;
     let model = nbits_export::to_model(graph, &prepared.base)?;
     Ok(Outcome {
         model,
@@ -244,11 +244,13 @@ fn quantize_sites(
     for (step, &i) in order.iter().enumerate() {
         progress("quantizing", step, sites.len());
         let site = &sites[i];
+        // The whole [K, K] matrix for this layer only: the others stay packed.
+        let h = stats.get(&site.input).map(hessian::Stats::full);
         let (line, _) = quantize_once(
             graph,
             site,
             opts,
-            stats.get(&site.input).map(|s| &s.h),
+            h.as_ref(),
             (&mut quantized, &mut clipped_blocks),
         )?;
         lines[i] = Some(line);

@@ -133,7 +133,7 @@ fn hessian(graph: &Graph, runs: &[Paused], input: &str, k: usize) -> Result<Vec<
             .collect::<Result<_>>()?;
         grams.into_iter().for_each(|g| total.add(g));
     }
-    Ok(total.finish(graph, input)?.h)
+    Ok(total.finish(graph, input)?.full())
 }
 
 /// The dequantized weight in the layout the graph stores it in.
