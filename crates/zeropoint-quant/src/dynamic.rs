@@ -551,6 +551,6 @@ fn quantize_tables(
         quantized_bytes += nbits_export::bytes(&q);
         quantized.insert(s.weight.clone(), q);
     }
-    let graph = nbits_export::rewrite(graph, sites, &quantized, Format::MatMulNBits, None)?;
+    let graph = nbits_export::rewrite(graph, sites, quantized, Format::MatMulNBits, None)?;
     Ok((graph, report, float_bytes, quantized_bytes))
 }
