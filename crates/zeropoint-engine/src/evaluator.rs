@@ -38,7 +38,7 @@ impl Evaluator for Engine {
             .collect::<Result<_, Error>>()?)
     }
 
-    fn infer(&self, graph: &Graph) -> zeropoint_graph::Result<HashMap<String, ValueType>> {
+    fn infer(&self, graph: &mut Graph) -> zeropoint_graph::Result<HashMap<String, ValueType>> {
         crate::infer::infer(graph).map_err(|e| match e {
             Error::Graph(g) => g,
             op => zeropoint_graph::Error::at(&graph.source, "shape inference", op),

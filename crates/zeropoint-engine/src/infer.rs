@@ -19,7 +19,7 @@ use zeropoint_graph::{Dim, Graph, ValueType};
 use zeropoint_onnx::DType;
 
 use crate::error::{Error, Result};
-use crate::exec::Executor;
+use crate::exec::{with_weights_taken, Executor};
 use crate::value::{carrier, Value};
 
 /// Inputs larger than this (elements) are refused rather than allocated for a probe run.
@@ -64,11 +64,12 @@ pub fn with_input_shapes(graph: &Graph, shapes: &HashMap<String, Vec<usize>>) ->
     g
 }
 
-/// The type of every graph input, initializer and node output.
-pub fn infer(graph: &Graph) -> Result<HashMap<String, ValueType>> {
-    let exec = Executor::new(graph)?;
+/// The type of every graph input, initializer and node output. The probe runs take the graph's
+/// weights and give them back (the same bits) rather than copy them.
+pub fn infer(graph: &mut Graph) -> Result<HashMap<String, ValueType>> {
     let symbols = symbols(graph);
-    let (runs, scale) = probe_runs(graph, &exec, &symbols)?;
+    let (runs, scale) =
+        with_weights_taken(graph, |exec| probe_runs(exec.graph(), exec, &symbols))??;
     let mut types: HashMap<String, ValueType> = graph
         .initializers
         .iter()

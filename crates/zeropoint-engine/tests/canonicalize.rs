@@ -28,7 +28,7 @@ fn inferred_shapes_agree_with_onnx_shape_inference() {
         run_python("onnx_shapes.py", &[&path, &json]);
         let reference: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-        let types = infer(&Graph::load(&path).unwrap()).unwrap();
+        let types = infer(&mut Graph::load(&path).unwrap()).unwrap();
         let (mut dims, mut dynamic) = (0, 0);
         for (value, r) in &reference {
             let ours = types

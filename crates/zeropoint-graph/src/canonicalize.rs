@@ -322,7 +322,7 @@ fn find_foldable(graph: &Graph, matrices: &HashSet<String>) -> Option<(usize, us
 /// The 2-D values of the graph, from shape inference, computed only if a MatMul feeds a
 /// BatchNormalization. Folding keeps every value's name and shape, so one inference serves all
 /// the folds.
-fn two_d_values(graph: &Graph, eval: &dyn Evaluator) -> HashSet<String> {
+fn two_d_values(graph: &mut Graph, eval: &dyn Evaluator) -> HashSet<String> {
     let producers = graph.producers();
     let matmul_bn = graph.nodes.iter().any(|n| {
         n.op == Op::BatchNormalization

@@ -28,8 +28,9 @@ pub trait Evaluator {
     ) -> std::result::Result<Vec<RawTensor>, Source>;
 
     /// The element type and shape of every value of `graph` (inputs, initializers, node
-    /// outputs).
-    fn infer(&self, graph: &Graph) -> Result<HashMap<String, ValueType>>;
+    /// outputs). It may hold the graph's initializers while it runs the graph (rather than a
+    /// copy of them), and gives them back unchanged.
+    fn infer(&self, graph: &mut Graph) -> Result<HashMap<String, ValueType>>;
 }
 
 /// An evaluator that runs nothing: constant folding folds nothing, and the passes that need
@@ -50,7 +51,7 @@ impl Evaluator for Structural {
         Err(format!("{} cannot be run without an engine", node.label()).into())
     }
 
-    fn infer(&self, graph: &Graph) -> Result<HashMap<String, ValueType>> {
+    fn infer(&self, graph: &mut Graph) -> Result<HashMap<String, ValueType>> {
         Err(Error::model(
             &graph.source,
             "value types are known only by running the graph, which needs an engine",
@@ -96,7 +97,7 @@ impl Evaluator for Shapes {
         Err("runs nothing".into())
     }
 
-    fn infer(&self, graph: &Graph) -> Result<HashMap<String, ValueType>> {
+    fn infer(&self, graph: &mut Graph) -> Result<HashMap<String, ValueType>> {
         let shape = |v: &str| {
             let told = self.told.iter().find(|(n, _)| *n == v);
             told.map_or(&self.default, |(_, s)| s)

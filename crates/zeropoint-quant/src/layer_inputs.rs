@@ -5,11 +5,11 @@
 //! statistics are gathered this way.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
-use zeropoint_engine::Executor;
+use zeropoint_engine::exec::with_weights_taken;
 use zeropoint_graph::Graph;
-use zeropoint_onnx::{DType, RawTensor};
 
 use crate::compare::next_batches;
 use crate::dataset::Dataset;
@@ -30,11 +30,15 @@ pub fn summarize<T: Send>(
     wanted: &HashMap<&str, usize>,
     (data, batch): (&mut Dataset, usize),
     summary: &Summary<'_, T>,
-    merge: &mut dyn FnMut(String, T),
+    merge: &mut (dyn FnMut(String, T) + Send),
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<()> {
     let until = nodes_needed(graph, wanted);
-    run_owning(graph, |exec| {
+    let merger = Mutex::new(InOrder {
+        merge,
+        values: HashMap::new(),
+    });
+    with_weights_taken(graph, |exec| {
         let workers = rayon::current_num_threads().max(1);
         let len = data.len;
         loop {
@@ -42,13 +46,12 @@ pub fn summarize<T: Send>(
             if batches.is_empty() {
                 return Ok(());
             }
-            let parts: Vec<Vec<(String, T)>> = batches
-                .into_par_iter()
-                .map(|b| {
-                    let mut part = Vec::new();
+            (batches.into_par_iter().enumerate())
+                .map(|(i, b)| {
                     let mut hook = |name: &str, v: zeropoint_engine::Value| {
                         if let Some(&k) = wanted.get(name) {
-                            part.push((name.to_string(), v.with_f32s(|x| summary(x, k))??));
+                            let s = v.with_f32s(|x| summary(x, k))??;
+                            lock(&merger).add(i, name, s);
                         }
                         Ok(v)
                     };
@@ -56,45 +59,56 @@ pub fn summarize<T: Send>(
                     for _ in 0..until {
                         exec.step(&mut run, &mut hook)?;
                     }
-                    Ok(part)
+                    Ok(())
                 })
-                .collect::<Result<_>>()?;
-            for (name, s) in parts.into_iter().flatten() {
-                merge(name, s);
-            }
+                .collect::<Result<()>>()?;
+            lock(&merger).end_round();
             progress(data.consumed(), len);
         }
     })?
 }
 
-/// `run(exec)` with an executor that takes `graph`'s float32 weights instead of a copy of
-/// them, and gives them back after, whatever `run` returned (the same bits; other
-/// initializers stay as they are).
-fn run_owning<R>(graph: &mut Graph, run: impl FnOnce(&Executor) -> R) -> Result<R> {
-    let others: HashMap<String, RawTensor> = (graph.initializers.iter())
-        .filter(|t| t.dtype != DType::F32)
-        .map(|t| (t.name.clone(), t.clone()))
-        .collect();
-    let shell = Graph {
-        source: graph.source.clone(),
-        opset: graph.opset,
-        inputs: Vec::new(),
-        outputs: Vec::new(),
-        initializers: Vec::new(),
-        nodes: Vec::new(),
-    };
-    let exec = Executor::owning(std::mem::replace(graph, shell))?;
-    let result = run(&exec);
-    let (mut back, values) = exec.into_parts()?;
-    back.initializers = Vec::with_capacity(values.len());
-    for (name, v) in values {
-        back.initializers.push(match others.get(&name) {
-            Some(t) => t.clone(),
-            None => v.to_raw(&name)?,
-        });
+fn lock<'a, 'm, T>(m: &'a Mutex<InOrder<'m, T>>) -> std::sync::MutexGuard<'a, InOrder<'m, T>> {
+    // A panic while merging is a bug that propagates anyway; the state is not needed after it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Summaries merged in batch order as they come. Held until a round of batches ended, a
+/// decoder's were every layer's XᵀX of every batch of the round at once (2.3 GB a batch for a
+/// 0.5B model); now a summary waits only while an earlier batch of the round has not yet
+/// reached its value. Each value is written once per run.
+struct InOrder<'m, T> {
+    merge: &'m mut (dyn FnMut(String, T) + Send),
+    /// Per value: the round's next batch to merge, and the later batches' summaries waiting.
+    values: HashMap<String, (usize, Vec<(usize, T)>)>,
+}
+
+impl<T> InOrder<'_, T> {
+    fn add(&mut self, batch: usize, name: &str, s: T) {
+        let (next, waiting) = self.values.entry(name.to_string()).or_default();
+        if batch != *next {
+            waiting.push((batch, s));
+            return;
+        }
+        (self.merge)(name.to_string(), s);
+        *next += 1;
+        while let Some(at) = waiting.iter().position(|(b, _)| b == next) {
+            let (_, s) = waiting.swap_remove(at);
+            (self.merge)(name.to_string(), s);
+            *next += 1;
+        }
     }
-    *graph = back;
-    Ok(result)
+
+    /// What still waits (batches that did not write a value an earlier batch skipped, in a
+    /// control-flow branch), in batch order.
+    fn end_round(&mut self) {
+        for (name, (_, mut waiting)) in self.values.drain() {
+            waiting.sort_by_key(|(b, _)| *b);
+            for (_, s) in waiting {
+                (self.merge)(name.clone(), s);
+            }
+        }
+    }
 }
 
 /// How many of the graph's nodes (in order) a run needs to compute every wanted value: up to
@@ -209,5 +223,34 @@ mod tests {
         assert_eq!(summarize_at("h", 3).unwrap(), vec![3.0 * 10.0, 3.0 * 26.0]);
         let e = summarize_at("y", 4).expect_err("the second MatMul cannot run");
         assert!(e.to_string().contains("second"), "{e}");
+    }
+
+    /// Summaries arriving out of batch order are merged in batch order; one that an earlier
+    /// batch never wrote (a branch it did not take) is merged when the round ends.
+    #[test]
+    fn summaries_merge_in_batch_order_whatever_order_they_arrive_in() {
+        let mut seen = Vec::new();
+        let mut merge = |name: String, s: usize| seen.push((name, s));
+        let mut m = InOrder {
+            merge: &mut merge,
+            values: HashMap::new(),
+        };
+        m.add(2, "a", 20);
+        m.add(1, "a", 10);
+        m.add(1, "b", 11);
+        m.add(0, "a", 0);
+        m.add(2, "b", 21);
+        m.end_round();
+        m.add(0, "a", 100);
+        m.end_round();
+        drop(m);
+        let of = |v: &str| -> Vec<usize> {
+            seen.iter()
+                .filter(|(n, _)| n == v)
+                .map(|(_, s)| *s)
+                .collect()
+        };
+        assert_eq!(of("a"), [0, 10, 20, 100]);
+        assert_eq!(of("b"), [11, 21]);
     }
 }

@@ -106,7 +106,8 @@ pub fn describe(
     let unsupported = exec::unsupported(graph);
     // Shapes and folding need a run; a graph zeropoint cannot run is still described.
     let (types, shape_error, canonical) = if unsupported.is_empty() {
-        let (types, shape_error) = match infer::infer(&infer::with_input_shapes(graph, shapes)) {
+        let (types, shape_error) = match infer::infer(&mut infer::with_input_shapes(graph, shapes))
+        {
             Ok(types) => (Some(types), None),
             Err(e) => (None, Some(with_causes(&e))),
         };
