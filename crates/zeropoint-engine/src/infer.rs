@@ -322,3 +322,62 @@ fn dim(x: usize, y: usize, symbols: &[Symbol], scale: usize) -> Dim {
     }
     Dim::Sym("?".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use zeropoint_graph::{Node, Op, ValueInfo};
+    use zeropoint_onnx::RawTensor;
+
+    use super::*;
+
+    /// x [N, 2] → MatMul(w) → Add(b) → y, with odd float bits and an integer initializer read
+    /// by no node.
+    fn graph(op: Op) -> Graph {
+        let value = |name: &str, shape: Option<Vec<Dim>>| ValueInfo {
+            name: name.into(),
+            dtype: Some(DType::F32),
+            shape,
+        };
+        Graph {
+            source: "m.onnx".into(),
+            opset: 17,
+            inputs: vec![value("x", Some(vec![Dim::Sym("N".into()), Dim::Fixed(2)]))],
+            outputs: vec![value("y", None)],
+            initializers: vec![
+                RawTensor::from_f32s("w", &[2, 3], &[-0.0, f32::NAN, 1e-45, 1.0, 2.0, 3.0]),
+                RawTensor::from_f32s("b", &[3], &[f32::INFINITY, 0.5, -1.0]),
+                RawTensor::from_i64s("ints", &[2], &[-1, i64::MAX], DType::I64),
+            ],
+            nodes: vec![
+                Node::new("mm", op, &["x", "w"], &["h"]),
+                Node::new("add", Op::Add, &["h", "b"], &["y"]),
+            ],
+        }
+    }
+
+    /// Inference runs on the graph's own weights and gives them back bit for bit, in order; a
+    /// graph it cannot run (an unknown operator, or a MatMul that fails in the probe runs, after
+    /// the weights were taken) keeps them too.
+    #[test]
+    fn inference_gives_the_weights_back() {
+        let bits = |g: &Graph| -> Vec<(String, Vec<u8>)> {
+            (g.initializers.iter())
+                .map(|t| (t.name.clone(), t.data.clone()))
+                .collect()
+        };
+        let mut g = graph(Op::MatMul);
+        let before = bits(&g);
+        let types = infer(&mut g).unwrap();
+        assert_eq!(bits(&g), before);
+        let y = &types["y"];
+        assert_eq!(y.shape, [Dim::Sym("N".into()), Dim::Fixed(3)]);
+        let mut unknown = graph(Op::Other("NoSuchOp".into()));
+        assert!(infer(&mut unknown).is_err());
+        assert_eq!(bits(&unknown), before);
+        let mut misfit = graph(Op::MatMul);
+        misfit.inputs[0].shape = Some(vec![Dim::Sym("N".into()), Dim::Fixed(4)]);
+        let e = infer(&mut misfit).unwrap_err();
+        assert!(e.to_string().contains("mm"), "{e}");
+        assert_eq!(bits(&misfit), before);
+    }
+}
