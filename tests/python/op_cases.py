@@ -1085,6 +1085,15 @@ def where_expand_cases():
     case("Where_same", N("Where", ["c", "x", "y"], ["z"]), {"c": r.b(2, 3), "x": r.n(2, 3), "y": r.n(2, 3)})
     case("Where_int64", N("Where", ["c", "x", "y"], ["z"]), {"c": r.b(4), "x": r.i(0, 9, 2, 4)}, {"y": i64(-1)},
          opset=16, note="int64 values, Where-16")
+    tri = lambda ins=("x",), **kw: N("Trilu", list(ins), ["y"], **kw)
+    case("Trilu_upper", tri(), {"x": r.n(4, 5)}, opset=14, note="upper triangle, diagonal kept")
+    case("Trilu_lower_k_neg", tri(("x", "k"), upper=0), {"x": r.n(2, 3, 5, 4)}, {"k": i64(-1)}, opset=14,
+         note="lower, k = -1 (below the diagonal), batch axes")
+    case("Trilu_upper_k_pos", tri(("x", "k")), {"x": r.n(3, 6)}, {"k": i64(2)}, opset=14, note="upper, k = 2")
+    case("Trilu_int64_k_far", tri(("x", "k"), upper=0), {"x": r.i(-9, 9, 3, 3)}, {"k": i64(-5)}, opset=14,
+         note="int64, k below every element: all zeros")
+    case("Trilu_k_input", tri(("x", "k")), {"x": r.n(4, 4), "k": i64(1)}, opset=14,
+         note="k as a graph input")
     ex = lambda: N("Expand", ["x", "shape"], ["y"])
     case("Expand_rank_up", ex(), {"x": r.n(3, 1)}, {"shape": i64([2, 3, 4])}, note="[3,1] -> [2,3,4]")
     case("Expand_ones", ex(), {"x": r.n(3, 1)}, {"shape": i64([2, 1, 4])},

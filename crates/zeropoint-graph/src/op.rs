@@ -52,7 +52,7 @@ operators! {
     ReduceL1, ReduceL2, ReduceLogSum, ReduceLogSumExp, ReduceMax, ReduceMean, ReduceMin,
     ReduceProd, ReduceSum, ReduceSumSquare, Relu, Reshape, Resize, Selu, Shape, Sigmoid, Sign,
     Sin, Size, Slice, Softmax, Softplus, Split, Sqrt, Squeeze, Sub, Sum, Tanh, Tile, TopK,
-    Transpose, Unsqueeze, Where, Xor,
+    Transpose, Trilu, Unsqueeze, Where, Xor,
     // The recurrent operators, named as ONNX spells them.
     GRU, LSTM, RNN,
     // Control flow: operators with subgraphs.

@@ -6,7 +6,7 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{DType as CDType, Tensor};
+use candle_core::{DType as CDType, Device, Tensor};
 
 use super::blockwise::{arith, Arith};
 use super::{broadcast_pair, broadcast_shape, c, dtype_code, like, one, scalar, Cx, Error, R};
@@ -591,6 +591,40 @@ pub fn where_op(cx: &Cx) -> R<Vec<Value>> {
         .broadcast_as(s)?
         .where_cond(&a.tensor.broadcast_as(s)?, &b.tensor.broadcast_as(s)?))?;
     one(like(t, a))
+}
+
+/// Trilu: the upper (or, with `upper` 0, the lower) triangle of the last two axes, the
+/// diagonal moved by k (input 1, default 0) — element (i, j) is kept where j − i ≥ k (upper) or
+/// j − i ≤ k (lower) — and zeros elsewhere. Exporters write causal attention masks this way.
+pub fn trilu(cx: &Cx) -> R<Vec<Value>> {
+    let x = cx.input(0)?;
+    let k = match cx.opt(1) {
+        Some(v) => (v.to_i64s()?.first().copied())
+            .ok_or_else(|| Error::Op("k is empty, not a scalar".into()))?,
+        None => 0,
+    };
+    let upper = cx.int("upper", 1)? != 0;
+    let shape = x.shape();
+    let rank = shape.len();
+    if rank < 2 {
+        return Err(Error::Op(format!(
+            "Trilu needs at least 2 axes, the input has {rank}"
+        )));
+    }
+    if shape.contains(&0) {
+        return one(x.clone());
+    }
+    let (rows, cols) = (shape[rank - 2], shape[rank - 1]);
+    let keep: Vec<u8> = (0..rows * cols)
+        .map(|i| {
+            let offset = (i % cols) as i64 - (i / cols) as i64;
+            u8::from(if upper { offset >= k } else { offset <= k })
+        })
+        .collect();
+    let mask = c(Tensor::from_vec(keep, (rows, cols), &Device::Cpu))?;
+    let zeros = c(x.tensor.zeros_like())?;
+    let t = c(mask.broadcast_as(shape)?.where_cond(&x.tensor, &zeros))?;
+    one(like(t, x))
 }
 
 pub fn cast(cx: &Cx) -> R<Vec<Value>> {

@@ -85,6 +85,7 @@ fn lookup(op: &Op) -> Option<OpFn> {
         Op::IsNaN | Op::IsInf => e::is_special,
         Op::PRelu => e::prelu,
         Op::Where => e::where_op,
+        Op::Trilu => e::trilu,
         Op::Cast => e::cast,
         Op::Identity => e::identity,
         Op::Dropout => e::dropout,
