@@ -163,8 +163,10 @@ def measure(out, zp, windows, ctx, methods):
     print("|---|---|---|---|---|")
     for method in methods:
         dst = os.path.join(out, f"q4-{method}.onnx")
+        # "gptq+awq": GPTQ after AWQ's scaling.
+        base, *extra = method.split("+")
         cmd = [zp, "quantize", src, "--mode", "weight-only", "--weights", "uint4,asym,per-block=32",
-               "--method", method, "-o", dst]
+               "--method", base, "-o", dst] + [f"--{e}" for e in extra]
         if method != "rtn":
             cmd += ["--calib", calib, "--batch", "1"]
         wall, peak = timed(cmd)
@@ -184,7 +186,7 @@ def main():
     m.add_argument("--zeropoint", default=os.path.join(ROOT, "target", "release", "zeropoint"))
     m.add_argument("--windows", type=int, default=16)
     m.add_argument("--ctx", type=int, default=512)
-    m.add_argument("--methods", default="rtn,gptq")
+    m.add_argument("--methods", default="rtn,gptq", help="comma-separated: rtn, gptq, awq, hqq, gptq+awq, ...")
     a = p.parse_args()
     if a.cmd == "build":
         build(a.out, a.shape)
