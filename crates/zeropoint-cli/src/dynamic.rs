@@ -69,6 +69,7 @@ pub fn run(r: Request) -> Result<()> {
 fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
     let sizes = Sizes {
         model,
+        model_bytes: o.stored_bytes,
         output,
         layers: o.layers.len(),
         float_bytes: o.float_bytes,

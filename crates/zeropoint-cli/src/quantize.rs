@@ -105,7 +105,7 @@ pub fn run(args: &Args) -> Result<()> {
     write(&outcome, &output, args.encodings.as_deref())?;
     let seconds = start.elapsed().as_secs_f64();
     report(
-        (model, file_size(model)),
+        (model, outcome.stored_bytes),
         &output,
         &outcome,
         seconds,

@@ -174,6 +174,8 @@ pub fn run(r: Request) -> Result<()> {
 /// What both transformer modes say about sizes and time.
 pub struct Sizes<'a> {
     pub model: &'a Path,
+    /// The model's size on disk, its external data files included.
+    pub model_bytes: u64,
     pub output: &'a Path,
     pub layers: usize,
     pub float_bytes: usize,
@@ -191,7 +193,7 @@ impl Sizes<'_> {
         let mut doc = serde_json::json!({
             "model": self.model.display().to_string(),
             "output": self.output.display().to_string(),
-            "bytes_before": file_size(self.model),
+            "bytes_before": self.model_bytes,
             "bytes_after": file_size(self.output),
             "weight_bytes_float": self.float_bytes,
             "weight_bytes_quantized": self.quantized_bytes,
@@ -205,7 +207,7 @@ impl Sizes<'_> {
 
     /// One line: weights and file before and after, and the time taken.
     pub fn print(&self) {
-        let (before, after) = (file_size(self.model), file_size(self.output));
+        let (before, after) = (self.model_bytes, file_size(self.output));
         println!(
             "{} layers: weights {:.2} MB -> {:.2} MB; {} -> {}: {:.2} MB -> {:.2} MB ({:.1}x smaller) in {:.1} s",
             self.layers,
@@ -224,6 +226,7 @@ impl Sizes<'_> {
 fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
     let sizes = Sizes {
         model,
+        model_bytes: o.stored_bytes,
         output,
         layers: o.layers.len(),
         float_bytes: o.float_bytes,

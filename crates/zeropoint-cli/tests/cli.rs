@@ -234,8 +234,22 @@ fn inspect_reads_external_data_and_refuses_paths_that_escape() {
         e.contains("tensor 'w': external data location '../outside.bin' leaves the model's folder"),
         "{e}"
     );
-    // A truncated side file is an error too, not a short tensor.
+    // quantize counts the side file in the model's size (it reported the model file alone).
+    let out = dir.path().join("dynamic.onnx");
+    let args = [
+        "quantize",
+        path(&model),
+        "--mode",
+        "dynamic",
+        "--json",
+        "-o",
+        path(&out),
+    ];
+    let v: Value = serde_json::from_str(&ok(&args)).unwrap();
     let weights = dir.path().join("weights.bin");
+    let on_disk = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert_eq!(v["bytes_before"], on_disk(&model) + on_disk(&weights));
+    // A truncated side file is an error too, not a short tensor.
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() - 8]).unwrap();
     let e = fails(&["inspect", path(&model)]);

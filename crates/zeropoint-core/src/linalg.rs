@@ -1,8 +1,8 @@
 //! Dense linear algebra GPTQ needs, in f64: the Cholesky factor of the inverse of a symmetric
 //! positive definite matrix, one layer's inputs wide (K up to a few thousand: a 0.5B decoder's
 //! FFN input is 4864). Both O(K³) steps go in blocks of [`NB`] rows through the gemm crate:
-//! plain loops re-read the whole triangle from memory for every column (23 s for K = 4864
-//! against about 2 s blocked). Each gemm call runs on one thread over a fixed block, and the
+//! plain loops re-read the whole triangle from memory for every column (24.5 s for K = 4864
+//! against 2.0 s blocked). Each gemm call runs on one thread over a fixed block, and the
 //! blocks run in parallel, so the result does not depend on the thread count.
 
 use rayon::prelude::*;
@@ -92,7 +92,8 @@ pub fn gemm<T: Copy + Default + PartialEq + 'static>(
 }
 
 /// Overwrites the lower triangle of the symmetric positive definite `[K, K]` matrix `a` with
-/// its Cholesky factor L (A = LLᵀ); the upper triangle is left as it was. Left-looking by
+/// its Cholesky factor L (A = LLᵀ). Only the lower triangle is read, and the upper one is left
+/// undefined (the block products overwrite the diagonal blocks' upper parts). Left-looking by
 /// column blocks: a block's columns take the product of the finished columns before them
 /// (gemm), then its diagonal block is factored and the rows below solved against it.
 fn cholesky_in_place(a: &mut [f64], k: usize) -> Result<(), String> {

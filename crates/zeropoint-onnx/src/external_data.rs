@@ -145,15 +145,18 @@ pub fn read_tensor_bytes(t: &TensorProto, model: &Path) -> Result<Vec<u8>> {
 }
 
 /// Brings every externally stored tensor of a model loaded from `model_path` into memory
-/// (`raw_data`), so that the model no longer depends on its side files.
-pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<()> {
+/// (`raw_data`), so that the model no longer depends on its side files. Returns the size of
+/// those files on disk, each counted once: with the model file's own, what the model takes.
+pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<u64> {
     let mut failure = None;
+    let mut files = std::collections::BTreeSet::new();
     for_each_tensor_mut(model, &mut |t| {
         if failure.is_some() || !is_external(t) {
             return;
         }
         match read_tensor_bytes(t, model_path) {
             Ok(bytes) => {
+                files.extend(field(t, "location"));
                 t.raw_data = Some(bytes);
                 t.external_data.clear();
                 t.data_location = None;
@@ -161,7 +164,15 @@ pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<(
             Err(e) => failure = Some(e),
         }
     });
-    failure.map_or(Ok(()), Err)
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let dir = model_path.parent().unwrap_or(Path::new("."));
+    Ok(files
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum())
 }
 
 /// Moves the raw data of every tensor of at least `threshold` bytes out of the model: the

@@ -354,7 +354,7 @@ fn quantize_model(
         let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
         Ok(Summary::new(
             &outcome,
-            (&model.display().to_string(), size(&model)),
+            (&model.display().to_string(), outcome.stored_bytes),
             (&output.display().to_string(), size(&output)),
             start.elapsed().as_secs_f64(),
         ))

@@ -81,6 +81,8 @@ pub struct StageSeconds {
 pub struct Calibrated {
     /// The model as read, without its initializers ([`Prepared::base`]).
     pub base: ModelProto,
+    /// The model's size on disk, side files included ([`Prepared::stored_bytes`]).
+    pub stored_bytes: u64,
     pub canonical: Report,
     pub equalization: Option<crate::equalize::Report>,
     /// What SmoothQuant did, per layer input, in graph order (`--smoothquant`).
@@ -131,6 +133,7 @@ pub fn calibrated(
         mut graph,
         canonical,
         equalization,
+        stored_bytes,
     } = prepare(path, &opts.settings)?;
     let smoothing = match &opts.settings.smooth_quant {
         Some(sq) => {
@@ -210,6 +213,7 @@ pub fn calibrated(
         steps,
         calibration_samples: total,
         seconds,
+        stored_bytes,
     })
 }
 

@@ -69,6 +69,8 @@ pub struct Layer {
 
 pub struct Outcome {
     pub model: ModelProto,
+    /// The float model's size on disk, side files included.
+    pub stored_bytes: u64,
     pub layers: Vec<Layer>,
     /// Bytes of the quantized layers' float weights, and of their codes and scales.
     pub float_bytes: usize,
@@ -150,6 +152,7 @@ pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
     report.extend(table_layers);
     Ok(Outcome {
         model,
+        stored_bytes: prepared.stored_bytes,
         layers: report,
         float_bytes: x.bytes.0 + table_float,
         quantized_bytes: x.bytes.1 + table_quantized,

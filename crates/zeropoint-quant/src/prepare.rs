@@ -28,6 +28,8 @@ pub struct Prepared {
     pub canonical: canonicalize::Report,
     /// What cross-layer equalization changed, when the settings ask for it.
     pub equalization: Option<equalize::Report>,
+    /// The model's size on disk: its file and its external data files.
+    pub stored_bytes: u64,
 }
 
 /// Reads the model at `path` and prepares it for quantization with `settings`. An operator
@@ -35,7 +37,8 @@ pub struct Prepared {
 /// calibration.
 pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
     let mut base = model::load(path)?;
-    external_data::load_external_data(&mut base, path)?;
+    let side_files = external_data::load_external_data(&mut base, path)?;
+    let stored_bytes = std::fs::metadata(path).map_or(0, |m| m.len()) + side_files;
     // The initializers move into the graph: `base` keeps none, and the weights are held once.
     let mut graph = Graph::from_model_taking(&mut base, path)?;
     let half_precision_values = half_precision::compute_in_float32(&mut graph)?;
@@ -64,6 +67,7 @@ pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
         graph,
         canonical,
         equalization,
+        stored_bytes,
     })
 }
 

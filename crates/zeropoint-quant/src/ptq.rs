@@ -40,6 +40,8 @@ pub use crate::calibrated::{calibrated, open_data, Calibrated, Options, StageSec
 pub struct Outcome {
     /// The QDQ model.
     pub model: ModelProto,
+    /// The float model's size on disk, side files included.
+    pub stored_bytes: u64,
     pub canonical: Report,
     /// What cross-layer equalization changed (`--cle`).
     pub equalization: Option<crate::equalize::Report>,
@@ -156,6 +158,7 @@ pub fn quantize(
         report_samples,
         layers,
         seconds,
+        stored_bytes: c.stored_bytes,
     })
 }
 

@@ -103,6 +103,8 @@ pub struct Layer {
 /// Everything a weight-only run produced.
 pub struct Outcome {
     pub model: ModelProto,
+    /// The float model's size on disk, side files included.
+    pub stored_bytes: u64,
     pub layers: Vec<Layer>,
     /// What AWQ scaled, per group of layers sharing an input.
     pub awq: Vec<awq::Scaled>,
@@ -188,6 +190,7 @@ pub fn quantize(
     let model = nbits_export::to_model(graph, &prepared.base)?;
     Ok(Outcome {
         model,
+        stored_bytes: prepared.stored_bytes,
         layers,
         awq,
         clipped_blocks,
