@@ -446,8 +446,8 @@ impl<'g> Executor<'g> {
 /// `run(exec)` with an executor that takes `graph`'s initializers instead of a copy of them, and
 /// gives them back after, whatever `run` returned: a 0.5B decoder's 2.5 GB of weights were held
 /// twice by every pass that ran it (shape inference, calibration). Float32 initializers come back
-/// with the same bits; the others, small, from a copy kept meanwhile. Should making the
-/// executor fail, the graph is left as it was.
+/// with the same bits; the others, small, from a copy kept meanwhile. If the executor cannot
+/// be made, the graph is left as it was.
 pub fn with_weights_taken<R>(graph: &mut Graph, run: impl FnOnce(&Executor) -> R) -> Result<R> {
     check_supported(graph)?;
     let others: HashMap<String, RawTensor> = (graph.initializers.iter())
