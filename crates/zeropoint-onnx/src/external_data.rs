@@ -99,10 +99,7 @@ pub fn read_tensor_bytes(t: &TensorProto, model: &Path) -> Result<Vec<u8>> {
             .transpose()
     };
     let offset = number("offset")?.unwrap_or(0);
-    let dir = model
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = folder_of(model);
     let path = dir.join(rel);
     let cannot = |e: std::io::Error| Error::Tensor {
         path: model.to_path_buf(),
@@ -144,6 +141,13 @@ pub fn read_tensor_bytes(t: &TensorProto, model: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The folder a model's external data locations are relative to.
+fn folder_of(model: &Path) -> &Path {
+    (model.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Brings every externally stored tensor of a model loaded from `model_path` into memory
 /// (`raw_data`), so that the model no longer depends on its side files. Returns the size of
 /// those files on disk, each counted once: with the model file's own, what the model takes.
@@ -167,7 +171,7 @@ pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<u
     if let Some(e) = failure {
         return Err(e);
     }
-    let dir = model_path.parent().unwrap_or(Path::new("."));
+    let dir = folder_of(model_path);
     Ok(files
         .iter()
         .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
