@@ -69,7 +69,7 @@ pub fn with_input_shapes(graph: &Graph, shapes: &HashMap<String, Vec<usize>>) ->
 pub fn infer(graph: &mut Graph) -> Result<HashMap<String, ValueType>> {
     let symbols = symbols(graph);
     let (runs, scale) =
-        with_weights_taken(graph, |exec| probe_runs(exec.graph(), exec, &symbols))??;
+        with_weights_taken(graph, |graph, exec| probe_runs(graph, exec, &symbols))??;
     let mut types: HashMap<String, ValueType> = graph
         .initializers
         .iter()
@@ -379,5 +379,27 @@ mod tests {
         let e = infer(&mut misfit).unwrap_err();
         assert!(e.to_string().contains("mm"), "{e}");
         assert_eq!(bits(&misfit), before);
+    }
+
+    /// A weight the executor replaced while it held the weights comes back replaced, and runs
+    /// meanwhile read the replacement; the graph's other initializers come back as they were.
+    #[test]
+    fn a_weight_replaced_while_taken_comes_back_replaced() {
+        let mut g = graph(Op::MatMul);
+        let before = g.initializers.clone();
+        let y = with_weights_taken(&mut g, |graph, exec| {
+            assert!(graph.initializers.is_empty(), "the executor holds them");
+            let w = Value::from_f32_vec(vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0], &[2, 3]).unwrap();
+            assert!(exec.set_initializer("w", w));
+            let x = Value::from_f32_vec(vec![2.0, 3.0], &[1, 2]).unwrap();
+            let out = exec.run(HashMap::from([("x".to_string(), x)])).unwrap();
+            out[0].1.with_f32s(<[f32]>::to_vec).unwrap()
+        })
+        .unwrap();
+        assert_eq!(y, [f32::INFINITY, 3.5, -1.0]);
+        let w = g.initializer("w").unwrap();
+        assert_eq!(w.f32s().as_ref(), [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+        assert_eq!(w.shape, [2, 3]);
+        assert_eq!(g.initializers[1..], before[1..]);
     }
 }

@@ -38,7 +38,8 @@ pub fn summarize<T: Send>(
         merge,
         values: HashMap::new(),
     });
-    with_weights_taken(graph, |exec| {
+    with_weights_taken(graph, |_, exec| {
+        let exec = &*exec;
         let workers = rayon::current_num_threads().max(1);
         let len = data.len;
         loop {

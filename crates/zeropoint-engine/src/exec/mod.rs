@@ -443,12 +443,17 @@ impl<'g> Executor<'g> {
     }
 }
 
-/// `run(exec)` with an executor that takes `graph`'s initializers instead of a copy of them, and
-/// gives them back after, whatever `run` returned: a 0.5B decoder's 2.5 GB of weights were held
-/// twice by every pass that ran it (shape inference, calibration). Float32 initializers come back
-/// with the same bits; the others, small, from a copy kept meanwhile. If the executor cannot
-/// be made, the graph is left as it was.
-pub fn with_weights_taken<R>(graph: &mut Graph, run: impl FnOnce(&Executor) -> R) -> Result<R> {
+/// `run(graph, exec)` with an executor that takes `graph`'s initializers instead of a copy of
+/// them, and gives them back after, whatever `run` returned: a 0.5B decoder's 2.5 GB of weights
+/// were held twice by every pass that ran it (shape inference, calibration). Float32
+/// initializers come back as the executor holds them at the end: with the same bits, unless
+/// `run` replaced them ([`Executor::set_initializer`]); the others, small, from a copy kept
+/// meanwhile. `run` reads the graph, without its initializers, beside the executor. If the
+/// executor cannot be made, the graph is left as it was.
+pub fn with_weights_taken<R>(
+    graph: &mut Graph,
+    run: impl FnOnce(&Graph, &mut Executor) -> R,
+) -> Result<R> {
     check_supported(graph)?;
     let others: HashMap<String, RawTensor> = (graph.initializers.iter())
         .filter(|t| t.dtype != zeropoint_onnx::DType::F32)
@@ -482,8 +487,8 @@ pub fn with_weights_taken<R>(graph: &mut Graph, run: impl FnOnce(&Executor) -> R
         }
     };
     scope.initializers = values;
-    let exec = Executor::in_scope(graph, Arc::new(scope));
-    let result = run(&exec);
+    let mut exec = Executor::in_scope(graph, Arc::new(scope));
+    let result = run(graph, &mut exec);
     // Subgraph executors share the scope only while they run.
     let values = Arc::try_unwrap(exec.scope)
         .map_err(|_| model_error(graph, "the executor's values are still in use".into()))?
