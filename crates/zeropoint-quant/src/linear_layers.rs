@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 use std::borrow::Cow;
+use std::path::Path;
 use zeropoint_graph::{Graph, Node, Op};
 
 use crate::error::{Error, Result};
@@ -100,10 +101,15 @@ pub fn weight_kn<'g>(graph: &'g Graph, site: &Site) -> Result<Cow<'g, [f32]>> {
             format!("weight '{}' is missing", site.weight),
         )
     })?;
-    let w = t.f32s();
+    in_kn_layout(&graph.source, site, t.f32s())
+}
+
+/// `site`'s weight `w`, as stored, in the [K, N] layout, refused (naming the model at `source`)
+/// if a value is not finite.
+pub fn in_kn_layout<'w>(source: &Path, site: &Site, w: Cow<'w, [f32]>) -> Result<Cow<'w, [f32]>> {
     if let Some(bad) = w.iter().position(|v| !v.is_finite()) {
         return Err(Error::new(
-            &graph.source,
+            source,
             format!(
                 "weight '{}' has a non-finite value at index {bad}",
                 site.weight

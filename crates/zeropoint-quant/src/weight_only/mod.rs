@@ -177,7 +177,7 @@ pub fn quantize(
     };
     let (quantized, layers, clipped_blocks) = if sequential {
         let mut data = open_data()?;
-        let done = sequential::quantize(&graph, &sites, opts, (&mut data, batch), progress)?;
+        let done = sequential::quantize(&mut graph, &sites, opts, (&mut data, batch), progress)?;
         samples = data.consumed();
         done
     } else {
@@ -251,7 +251,7 @@ fn quantize_sites(
         let h = stats.get(&site.input).map(hessian::Stats::full);
         let (line, _) = quantize_once(
             graph,
-            site,
+            (site, &weight_kn(graph, site)?),
             opts,
             h.as_ref(),
             (&mut quantized, &mut clipped_blocks),
@@ -278,29 +278,28 @@ fn hessians_first(sites: &[Site]) -> Vec<usize> {
     layers.into_iter().chain(tables).collect()
 }
 
-/// `site`'s weight quantized with Hessian `h` into `quantized`, unless a site sharing the weight
-/// came first (a weight is quantized once), AWQ's clipped blocks counted into `clipped`: the
-/// site's report line, and whether the weight was quantized now.
+/// `site`'s float weight `w` ([K, N]) quantized with Hessian `h` into `quantized`, unless a site
+/// sharing the weight came first (a weight is quantized once), AWQ's clipped blocks counted into
+/// `clipped`: the site's report line, and whether the weight was quantized now.
 fn quantize_once(
     graph: &Graph,
-    site: &Site,
+    (site, w): (&Site, &[f32]),
     opts: &Options,
     h: Option<&Vec<f64>>,
     (quantized, clipped_blocks): (&mut HashMap<String, BlockWeights>, &mut [usize; 2]),
 ) -> Result<(Layer, bool)> {
-    let w = weight_kn(graph, site)?;
     let now = !quantized.contains_key(&site.weight);
     if now {
-        let clipped = clip_site(graph, site, &w, opts, h)?;
+        let clipped = clip_site(graph, site, w, opts, h)?;
         if let Some(c) = &clipped {
             clipped_blocks[0] += c.clipped;
             clipped_blocks[1] += c.groups;
         }
-        let w = clipped.as_ref().map_or(&w[..], |c| &c.w[..]);
+        let w = clipped.as_ref().map_or(w, |c| &c.w[..]);
         let q = quantize_site(graph, site, w, opts, h)?;
         quantized.insert(site.weight.clone(), q);
     }
-    Ok((layer(site, &w, &quantized[&site.weight], h), now))
+    Ok((layer(site, w, &quantized[&site.weight], h), now))
 }
 
 /// Refuses option combinations that cannot work, before the model is read.
