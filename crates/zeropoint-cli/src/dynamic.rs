@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use zeropoint_core::Granularity;
-use zeropoint_onnx::model;
 use zeropoint_quant::dynamic::{self, Options, Outcome};
 
 use crate::output::check_output;
@@ -58,19 +57,25 @@ pub fn run(r: Request) -> Result<()> {
     let output = (r.output.clone())
         .unwrap_or_else(|| zeropoint_quant::ptq::default_output(r.model, "dynamic"));
     check_output(r.model, &output)?;
-    let outcome = dynamic::quantize(r.model, &opts)?;
-    model::save(&outcome.model, &output)?;
-    report(r.model, &output, &outcome, r.json)?;
+    let mut outcome = dynamic::quantize(r.model, &opts)?;
+    let written = crate::output::save_model(std::mem::take(&mut outcome.model), &output)?;
+    report(r.model, (&output, written), &outcome, r.json)?;
     // After the work, so that a failure stays one line.
     crate::vnni::note_overflow(&opts.weights, 8, false);
     Ok(())
 }
 
-fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
+fn report(
+    model: &Path,
+    (output, output_bytes): (&Path, u64),
+    o: &Outcome,
+    json: bool,
+) -> Result<()> {
     let sizes = Sizes {
         model,
         model_bytes: o.stored_bytes,
         output,
+        output_bytes,
         layers: o.layers.len(),
         float_bytes: o.float_bytes,
         quantized_bytes: o.quantized_bytes,

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, ValueEnum};
-use zeropoint_onnx::{atomic, model};
+use zeropoint_onnx::atomic;
 use zeropoint_quant::encodings::encodings;
 
 use zeropoint_quant::ptq::{self, Outcome};
@@ -101,12 +101,12 @@ pub fn run(args: &Args) -> Result<()> {
     crate::output::check_output(model, &output)?;
     let opts = args.quant.options(args.calib.clone())?;
     let start = Instant::now();
-    let outcome = ptq::quantize(model, &opts, &mut crate::progress::bar())?;
-    write(&outcome, &output, args.encodings.as_deref())?;
+    let mut outcome = ptq::quantize(model, &opts, &mut crate::progress::bar())?;
+    let written = write(&mut outcome, &output, args.encodings.as_deref())?;
     let seconds = start.elapsed().as_secs_f64();
     report(
         (model, outcome.stored_bytes),
-        &output,
+        (&output, written),
         &outcome,
         seconds,
         args.json,
@@ -117,18 +117,19 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The quantized model and, if asked, the encodings.
+/// The quantized model (taken out of `outcome`) and, if asked, the encodings; returns the
+/// model's size on disk.
 fn write(
-    outcome: &Outcome,
+    outcome: &mut Outcome,
     output: &std::path::Path,
     encodings_path: Option<&std::path::Path>,
-) -> Result<()> {
-    model::save(&outcome.model, output)?;
+) -> Result<u64> {
+    let bytes = crate::output::save_model(std::mem::take(&mut outcome.model), output)?;
     if let Some(path) = encodings_path {
         let doc = encodings(outcome, &outcome.settings);
         atomic::write_bytes(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// The main job on the embedded model and data: quantize, write, evaluate.
@@ -149,14 +150,14 @@ fn demo(args: &Args) -> Result<()> {
     };
     let opts = quant.options(calib)?;
     let start = Instant::now();
-    let outcome = ptq::quantize(&files.model, &opts, &mut crate::progress::bar())?;
-    write(&outcome, &output, args.encodings.as_deref())?;
+    let mut outcome = ptq::quantize(&files.model, &opts, &mut crate::progress::bar())?;
+    let written = write(&mut outcome, &output, args.encodings.as_deref())?;
     let seconds = start.elapsed().as_secs_f64();
     if !args.json {
         let embedded = PathBuf::from(crate::embedded::MODEL_NAME);
         report(
             (&embedded, crate::embedded::MODEL.len() as u64),
-            &output,
+            (&output, written),
             &outcome,
             seconds,
             false,
@@ -178,26 +179,18 @@ fn demo(args: &Args) -> Result<()> {
     crate::eval::print(&e, args.json)
 }
 
-fn file_size(p: &std::path::Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
-
-/// Prints the summary of a run on `model` (its name for the report, and its size in bytes).
+/// Prints the summary of a run on `model` (its name for the report, and its size in bytes)
+/// written to `output` (`after` bytes on disk).
 fn report(
     (model, before): (&std::path::Path, u64),
-    output: &std::path::Path,
+    (output, after): (&std::path::Path, u64),
     o: &Outcome,
     seconds: f64,
     json_out: bool,
 ) -> Result<()> {
     let model_name = model.display().to_string();
     let output_name = output.display().to_string();
-    let summary = Summary::new(
-        o,
-        (&model_name, before),
-        (&output_name, file_size(output)),
-        seconds,
-    );
+    let summary = Summary::new(o, (&model_name, before), (&output_name, after), seconds);
     if json_out {
         // Through a JSON value: keys sorted, floats printed as the f64 they widen to.
         let doc = serde_json::to_value(&summary)?;

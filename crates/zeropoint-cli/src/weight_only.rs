@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use zeropoint_core::Granularity;
-use zeropoint_onnx::model;
 use zeropoint_quant::weight_only::blocks::{BlockRange, BlockScheme};
 use zeropoint_quant::weight_only::{self, awq, gptq, hqq, Format, Method, Options, Outcome};
 
@@ -166,9 +165,9 @@ pub fn run(r: Request) -> Result<()> {
         zeropoint_quant::ptq::default_output(model, &format!("w{}", opts.scheme.bits))
     });
     check_output(model, &output)?;
-    let outcome = weight_only::quantize(model, &opts, &mut crate::progress::bar())?;
-    model::save(&outcome.model, &output)?;
-    report(model, &output, &outcome, r.json)
+    let mut outcome = weight_only::quantize(model, &opts, &mut crate::progress::bar())?;
+    let written = crate::output::save_model(std::mem::take(&mut outcome.model), &output)?;
+    report(model, (&output, written), &outcome, r.json)
 }
 
 /// What both transformer modes say about sizes and time.
@@ -177,14 +176,12 @@ pub struct Sizes<'a> {
     /// The model's size on disk, its external data files included.
     pub model_bytes: u64,
     pub output: &'a Path,
+    /// The written model's size on disk, its side file included.
+    pub output_bytes: u64,
     pub layers: usize,
     pub float_bytes: usize,
     pub quantized_bytes: usize,
     pub seconds: f64,
-}
-
-fn file_size(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
 impl Sizes<'_> {
@@ -194,7 +191,7 @@ impl Sizes<'_> {
             "model": self.model.display().to_string(),
             "output": self.output.display().to_string(),
             "bytes_before": self.model_bytes,
-            "bytes_after": file_size(self.output),
+            "bytes_after": self.output_bytes,
             "weight_bytes_float": self.float_bytes,
             "weight_bytes_quantized": self.quantized_bytes,
             "seconds": self.seconds,
@@ -207,7 +204,7 @@ impl Sizes<'_> {
 
     /// One line: weights and file before and after, and the time taken.
     pub fn print(&self) {
-        let (before, after) = (self.model_bytes, file_size(self.output));
+        let (before, after) = (self.model_bytes, self.output_bytes);
         println!(
             "{} layers: weights {:.2} MB -> {:.2} MB; {} -> {}: {:.2} MB -> {:.2} MB ({:.1}x smaller) in {:.1} s",
             self.layers,
@@ -223,11 +220,17 @@ impl Sizes<'_> {
     }
 }
 
-fn report(model: &Path, output: &Path, o: &Outcome, json: bool) -> Result<()> {
+fn report(
+    model: &Path,
+    (output, output_bytes): (&Path, u64),
+    o: &Outcome,
+    json: bool,
+) -> Result<()> {
     let sizes = Sizes {
         model,
         model_bytes: o.stored_bytes,
         output,
+        output_bytes,
         layers: o.layers.len(),
         float_bytes: o.float_bytes,
         quantized_bytes: o.quantized_bytes,

@@ -769,6 +769,23 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
         std::fs::read(&copy).unwrap(),
         std::fs::read(&model).unwrap()
     );
+    // Nor over the input as the side file a model over 2 GB would get (`<output>.data`).
+    let named_as_side = dir.path().join("q.onnx.data");
+    std::fs::copy(&model, &named_as_side).unwrap();
+    let q = dir.path().join("q.onnx");
+    let e = fails(&[
+        "quantize",
+        path(&named_as_side),
+        "--calib",
+        path(&x),
+        "-o",
+        path(&q),
+    ]);
+    assert!(
+        e.contains("q.onnx.data: the output would overwrite the input model"),
+        "{e}"
+    );
+    assert!(!q.exists());
     // The model, edited and saved under another name.
     let edited = |name: &str, edit: &dyn Fn(&mut zeropoint_onnx::ModelProto)| {
         let mut proto = zeropoint_onnx::model::load(&model).unwrap();

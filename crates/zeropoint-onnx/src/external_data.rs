@@ -183,7 +183,14 @@ pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<u
 /// returned bytes are the data file, tensors one after another at 64-byte aligned offsets, and
 /// each tensor now points into the file `location`.
 pub fn move_out(model: &mut ModelProto, location: &str, threshold: usize) -> Vec<u8> {
-    let mut data = Vec::new();
+    // Sized once: growing by doubling held the data twice, a model's size more, at a copy.
+    let mut size = 0;
+    for_each_tensor_mut(model, &mut |t| {
+        if let Some(r) = t.raw_data.as_ref().filter(|r| r.len() >= threshold) {
+            size = usize::next_multiple_of(size, 64) + r.len();
+        }
+    });
+    let mut data = Vec::with_capacity(size);
     for_each_tensor_mut(model, &mut |t| {
         let Some(raw) = t.raw_data.take_if(|r| r.len() >= threshold) else {
             return;

@@ -127,8 +127,42 @@ pub fn save_with_external_data(
     }
     let mut model = model.clone();
     crate::external_data::load_external_data(&mut model, model_source)?;
-    let data = crate::external_data::move_out(&mut model, location, threshold);
-    let bytes = encode(&model, path)?;
+    write_split(model, path, location, threshold).map(drop)
+}
+
+/// Tensors of at least this many bytes go to the side file of a model too large for one file.
+pub const SIDE_FILE_THRESHOLD: usize = 1024;
+
+/// Writes `model`, which holds its tensors' data, atomically: as one file when it fits
+/// protobuf's 2 GB limit, else with the data of its tensors of at least
+/// [`SIDE_FILE_THRESHOLD`] bytes in `<file name>.data` beside `path`, as ONNX Runtime and
+/// `onnx.load` read it (a quantized model of a few billion parameters is over the limit; the
+/// model is not copied to move its data out). Returns the bytes written, side file included.
+pub fn save_owned(model: ModelProto, path: &Path) -> Result<u64> {
+    save_owned_within(model, path, PROTOBUF_LIMIT)
+}
+
+/// [`save_owned`] with a file size `limit` (tests split small models).
+pub fn save_owned_within(model: ModelProto, path: &Path, limit: usize) -> Result<u64> {
+    if model.encoded_len() <= limit {
+        let bytes = encode(&model, path)?;
+        atomic::write_bytes(path, &bytes)?;
+        return Ok(bytes.len() as u64);
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let location = format!("{}.data", name.unwrap_or_else(|| "model.onnx".into()));
+    write_split(model, path, &location, SIDE_FILE_THRESHOLD)
+}
+
+/// Moves the data of `model`'s tensors of at least `threshold` bytes to the file `location`
+/// beside `path` and writes both, the data file first (removed again if the model cannot be
+/// written); returns the bytes written.
+fn write_split(
+    mut model: ModelProto,
+    path: &Path,
+    location: &str,
+    threshold: usize,
+) -> Result<u64> {
     let data_path = path.with_file_name(location);
     if data_path == path {
         return Err(Error::invalid(
@@ -136,8 +170,12 @@ pub fn save_with_external_data(
             "the external data file cannot be the model file itself",
         ));
     }
+    let data = crate::external_data::move_out(&mut model, location, threshold);
+    let bytes = encode(&model, path)?;
+    drop(model);
     atomic::write_bytes(&data_path, &data)?;
     atomic::write_bytes(path, &bytes).inspect_err(|_| {
         let _ = std::fs::remove_file(&data_path);
-    })
+    })?;
+    Ok((data.len() + bytes.len()) as u64)
 }

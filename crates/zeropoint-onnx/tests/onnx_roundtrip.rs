@@ -88,6 +88,30 @@ fn external_data_is_written_and_read_back() {
     check(&model, &out2);
 }
 
+/// A model over the file size limit is written with its data beside it, under the model's
+/// file name + `.data`, and reads back (in zeropoint and in ONNX Runtime) to the same model;
+/// one under the limit stays one file.
+#[test]
+fn a_model_over_the_limit_is_written_with_a_side_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = repo_root().join("../shared/assets/models/cifar10_keras_cnn_bn.onnx");
+    let m = onnx::load(&model).unwrap();
+    let out = dir.path().join("big.onnx");
+    let written = onnx::save_owned_within(m.clone(), &out, 1_000_000).unwrap();
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let side = dir.path().join("big.onnx.data");
+    assert!(size(&out) < 100_000);
+    assert_eq!(written, size(&out) + size(&side));
+    check(&model, &out);
+    let mut back = onnx::load(&out).unwrap();
+    load_external_data(&mut back, &out).unwrap();
+    assert_eq!(back, m);
+    let small = dir.path().join("small.onnx");
+    assert_eq!(onnx::save_owned(m.clone(), &small).unwrap(), size(&small));
+    assert!(!dir.path().join("small.onnx.data").exists());
+    assert_eq!(onnx::load(&small).unwrap(), m);
+}
+
 #[test]
 fn bad_external_data_is_refused() {
     let dir = tempfile::tempdir().unwrap();

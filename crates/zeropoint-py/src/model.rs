@@ -349,13 +349,13 @@ fn quantize_model(
     let opts = ptq_options(options, data)?;
     let summary = py.detach(|| -> Result<Summary, zeropoint_quant::Error> {
         let start = std::time::Instant::now();
-        let outcome = ptq::quantize(&model, &opts, &mut |_, _, _| {})?;
-        zeropoint_onnx::model::save(&outcome.model, &output)?;
-        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut outcome = ptq::quantize(&model, &opts, &mut |_, _, _| {})?;
+        let written =
+            zeropoint_onnx::model::save_owned(std::mem::take(&mut outcome.model), &output)?;
         Ok(Summary::new(
             &outcome,
             (&model.display().to_string(), outcome.stored_bytes),
-            (&output.display().to_string(), size(&output)),
+            (&output.display().to_string(), written),
             start.elapsed().as_secs_f64(),
         ))
     });
