@@ -86,7 +86,11 @@ METRIC = {
     "captcha-crnn": ("frames", "frame agree"),
     "lac-bigru": ("frames", "frame agree"),
     "ppocr-v3-det": ("iou", "mask IoU"),
+    "isbnx-yolo26n": ("boxes", "box agree"),
 }
+
+# Detections of an end-to-end head (rows x1, y1, x2, y2, score, class) count from this score.
+BOX_SCORE = 0.25
 
 
 # ------------------------------------------------------------------------------------------ samples
@@ -348,6 +352,33 @@ def task_metric(name, ref, out):
         inter = sum(int(np.sum((a > 0.3) & (b > 0.3))) for a, b in zip(r, q))
         union = sum(int(np.sum((a > 0.3) | (b > 0.3))) for a, b in zip(r, q))
         return inter / union if union else None  # no pixel above 0.3 in either: undefined
+    if kind == "boxes":
+        return box_agreement(r, q)
+
+
+def box_iou(a, b):
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def box_agreement(ref, out):
+    """F1 of the int8 model's detections (score >= BOX_SCORE) against the float model's: a pair
+    agrees with the same class at IoU >= 0.5, matched greedily by score; None when neither model
+    detects anything (undefined)."""
+    matched = n_ref = n_out = 0
+    for a, b in zip(ref, out):
+        fa = [d for d in a.reshape(-1, a.shape[-1]) if d[4] >= BOX_SCORE]
+        fb = sorted((d for d in b.reshape(-1, b.shape[-1]) if d[4] >= BOX_SCORE), key=lambda d: -d[4])
+        n_ref, n_out = n_ref + len(fa), n_out + len(fb)
+        free = list(fa)
+        for d in fb:
+            best = max(free, key=lambda f: box_iou(f, d) if f[5] == d[5] else -1.0, default=None)
+            if best is not None and best[5] == d[5] and box_iou(best, d) >= 0.5:
+                matched += 1
+                free = [f for f in free if f is not best]
+    return 2 * matched / (n_ref + n_out) if n_ref + n_out else None
 
 
 # ------------------------------------------------------------------------------------------ one model
@@ -542,8 +573,11 @@ def row_of(R):
     fmax = R.get("float_output_max_abs", {})
     if fmax and max(fmax.values()) < 1e-2:
         notes.append(f"float output max abs is {max(fmax.values()):.1e} on these inputs: SQNR measures noise on ~0")
-    if R["model"] in METRIC and ok(R, "zp") and R["steps"]["zp"].get("metric") is None and METRIC[R["model"]][0] == "iou":
+    undefined = R["model"] in METRIC and ok(R, "zp") and R["steps"]["zp"].get("metric") is None
+    if undefined and METRIC[R["model"]][0] == "iou":
         notes.append("no pixel > 0.3 in float or int8 maps: IoU undefined")
+    if undefined and METRIC[R["model"]][0] == "boxes":
+        notes.append(f"no detection scores {BOX_SCORE} or more in float or int8 on these inputs: box agreement undefined")
     if R["model"] in ROW_SETS:
         notes.append("output rows come from TopK: reordered near-ties lower every SQNR")
     if "latency_error" in R:
