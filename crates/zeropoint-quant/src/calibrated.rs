@@ -44,20 +44,22 @@ pub struct Options {
     /// Use at most this many calibration samples.
     pub samples: Option<usize>,
     /// Samples the per-layer error is measured on (0: no report); by default half of the
-    /// calibration samples, at most 64 ([`Options::report_count`]).
+    /// calibration samples, at most 16 ([`Options::report_count`]).
     pub report_samples: Option<usize>,
 }
 
 /// The per-layer report's sample count at most, by default.
-const REPORT_SAMPLES: usize = 64;
+const REPORT_SAMPLES: usize = 16;
 
 impl Options {
     /// Samples the per-layer report runs on, of `available` calibration samples: as many as
-    /// asked, or by default half of them, at most 64. Each sample costs the report two model
-    /// runs (float and simulated), so by default it costs at most what calibration did. On the
-    /// zoo's detectors, per-layer SQNR on 8 samples is within 0.03 dB (median) of that on 16
-    /// (docs/zoo.md); a small model's output SQNR on a few samples moves more, and
-    /// `zeropoint eval` measures it on held-out data.
+    /// asked, or by default half of them, at most 16. Each sample costs the report two model
+    /// runs (float and simulated), so by default it costs at most what calibration did, and on
+    /// many samples far less (on 64 calibration samples of the zoo's 224-640² CNNs a 32-sample
+    /// report was 35-48 % of the run, a 16-sample one 25-32 %). Per-layer SQNR on 8 samples
+    /// is within 0.03 dB (median) of that on 16 on the zoo's detectors (docs/zoo.md); a small
+    /// model's output SQNR on a few samples moves more, and `zeropoint eval` measures it on
+    /// held-out data.
     pub fn report_count(&self, available: usize) -> usize {
         match self.report_samples {
             Some(n) => n.min(available),
@@ -109,6 +111,9 @@ pub struct Calibrated {
     /// The output SQNR after each step of the pipeline, when a step beyond range setting ran.
     pub steps: Vec<StepScore>,
     pub calibration_samples: usize,
+    /// Samples per calibration batch: at most `Settings::batch`, fewer where a batch's
+    /// activations would pass `calibrate::BATCH_BYTES`.
+    pub batch: usize,
     pub seconds: StageSeconds,
 }
 
@@ -155,13 +160,20 @@ pub fn calibrated(
     let types = dtypes_of(&graph, seen);
     let plan = Plan::new(&graph, types.clone(), &opts.exclude)?;
     check_activation_bits(&graph, &plan, &opts.settings)?;
+    // The batches after the probe's first round hold what memory allows, whatever the count.
+    let batch =
+        crate::calibrate::batch_within_budget(&graph, (&sizes, &types), opts.settings.batch);
+    let settings = &Settings {
+        batch,
+        ..opts.settings.clone()
+    };
     seconds.prepare = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     let total = data.len;
-    let settings = &opts.settings;
     let mut calibrating = |done| progress("calibrating", done, total);
-    let observers = observe_rest(first, (&graph, &plan), opts, &mut data, &mut calibrating)?;
+    let at = (&graph, &plan);
+    let observers = observe_rest(first, at, (opts, settings), &mut data, &mut calibrating)?;
     let ranges = ranges(&graph, &plan, &observers, settings)?;
     let mut params = params(&graph, &plan, &ranges, settings)?;
     let step_samples = step_samples(&graph, opts)?;
@@ -212,6 +224,7 @@ pub fn calibrated(
         limited_pairs,
         steps,
         calibration_samples: total,
+        batch,
         seconds,
         stored_bytes,
     })
@@ -385,11 +398,10 @@ fn probe(graph: &Graph, opts: &Options, data: &mut Dataset) -> Result<(Run, Opti
 fn observe_rest(
     first: Option<FirstRound>,
     (graph, plan): (&Graph, &Plan),
-    opts: &Options,
+    (opts, settings): (&Options, &Settings),
     data: &mut Dataset,
     progress: &mut dyn FnMut(usize),
 ) -> Result<HashMap<String, Observer>> {
-    let settings = &opts.settings;
     match first.map(|f| f.observers_for(plan)) {
         None => observe(graph, plan, data, settings, progress),
         Some(Some(first)) => observe_from(first, graph, plan, data, settings, progress),

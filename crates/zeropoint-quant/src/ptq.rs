@@ -23,7 +23,7 @@ use zeropoint_graph::Graph;
 use zeropoint_onnx::ModelProto;
 
 use crate::compare::LayerError;
-use crate::dataset::{batch_for, unit_batch};
+use crate::dataset::unit_batch;
 use crate::error::Result;
 use crate::params::Params;
 use crate::placement::Plan;
@@ -114,10 +114,7 @@ pub fn quantize(
     let (report_samples, layers) = if opts.report_samples != Some(0) {
         let mut data = open_data(&c.graph, opts)?;
         data.truncate(opts.report_count(data.len));
-        let batch = data.len.div_ceil(REPORT_BATCHES).clamp(
-            unit_batch(&c.graph.inputs),
-            batch_for(&c.graph.inputs, opts.settings.batch),
-        );
+        let batch = (data.len.div_ceil(REPORT_BATCHES)).clamp(unit_batch(&c.graph.inputs), c.batch);
         let graphs = (c.reference(), &c.graph);
         // Announced before its executors are built: the caller may release memory between
         // stages (the CLI returns what calibration freed, see zeropoint-cli's main.rs).
