@@ -112,13 +112,23 @@ struct Rules<'g> {
     types: HashMap<String, DType>,
     exclude: &'g [String],
     outputs: HashSet<&'g str>,
+    /// The nodes reading each value.
+    consumers: HashMap<String, Vec<usize>>,
 }
 
-impl Rules<'_> {
+impl<'g> Rules<'g> {
     fn excluded(&self, node: &Node) -> bool {
         self.exclude
             .iter()
             .any(|e| *e == node.name || e == node.op.as_str())
+    }
+
+    /// The one node reading `v`, if `v` is no graph output.
+    fn sole_reader(&self, v: &str) -> Option<&'g Node> {
+        match self.consumers.get(v).map(Vec::as_slice) {
+            Some([i]) if !self.outputs.contains(v) => Some(&self.graph.nodes[*i]),
+            _ => None,
+        }
     }
 
     /// A float32 value (shape arithmetic in int64 is never quantized).
@@ -158,6 +168,7 @@ impl Plan {
             types,
             exclude,
             outputs,
+            consumers: flat.consumers(),
         };
         let mut plan = Plan::default();
         let mut needed = plan.layer_quantizers(&rules);
@@ -320,11 +331,6 @@ impl Plan {
 /// a Clip (ORT can drop only a Clip whose finite bounds cover the grid).
 fn quantize_where_ort_cannot_fuse(rules: &Rules, needed: &mut HashSet<String>) {
     let graph = rules.graph;
-    let consumers = graph.consumers();
-    let sole_reader = |v: &str| match consumers.get(v).map(Vec::as_slice) {
-        Some([i]) if !rules.outputs.contains(v) => Some(&graph.nodes[*i]),
-        _ => None,
-    };
     let mut add = Vec::new();
     for node in &graph.nodes {
         if !matches!(node.op, Op::MatMul | Op::Gemm) || rules.excluded(node) {
@@ -336,7 +342,10 @@ fn quantize_where_ort_cannot_fuse(rules: &Rules, needed: &mut HashSet<String>) {
         if needed.contains(out) || !rules.is_float(out) {
             continue;
         }
-        let Some(act) = sole_reader(out).filter(|n| matches!(n.op, Op::Relu | Op::Clip)) else {
+        let Some(act) = rules
+            .sole_reader(out)
+            .filter(|n| matches!(n.op, Op::Relu | Op::Clip))
+        else {
             continue;
         };
         let Some(act_out) = act.outputs.first() else {
@@ -347,7 +356,8 @@ fn quantize_where_ort_cannot_fuse(rules: &Rules, needed: &mut HashSet<String>) {
         let mut end = act_out;
         // (At most one step per node: a broken file's Identity may read its own output.)
         for _ in 0..graph.nodes.len() {
-            let next = sole_reader(end)
+            let next = rules
+                .sole_reader(end)
                 .filter(|n| matches!(n.op, Op::Identity | Op::Dropout))
                 .and_then(|n| n.outputs.first());
             match next {
@@ -355,7 +365,7 @@ fn quantize_where_ort_cannot_fuse(rules: &Rules, needed: &mut HashSet<String>) {
                 None => break,
             }
         }
-        if sole_reader(act_out).is_none()
+        if rules.sole_reader(act_out).is_none()
             || rules.outputs.contains(end.as_str())
             || needed.contains(act_out)
         {
@@ -377,11 +387,6 @@ fn quantize_where_ort_cannot_fuse(rules: &Rules, needed: &mut HashSet<String>) {
 /// one of its inputs (a MatMul's output) float.
 fn quantize_sums_of_quantized(rules: &Rules, needed: &mut HashSet<String>) {
     let graph = rules.graph;
-    let consumers = graph.consumers();
-    let sole_reader = |v: &str| match consumers.get(v).map(Vec::as_slice) {
-        Some([i]) if !rules.outputs.contains(v) => Some(&graph.nodes[*i]),
-        _ => None,
-    };
     let mut add = Vec::new();
     for node in graph
         .nodes
@@ -396,7 +401,9 @@ fn quantize_sums_of_quantized(rules: &Rules, needed: &mut HashSet<String>) {
         if !both_quantized || needed.contains(out) {
             continue;
         }
-        let relu = sole_reader(out).filter(|n| n.op == Op::Relu && !rules.excluded(n));
+        let relu = rules
+            .sole_reader(out)
+            .filter(|n| n.op == Op::Relu && !rules.excluded(n));
         match relu.and_then(|r| r.outputs.first()) {
             Some(r) if !needed.contains(r) => add.push(r.clone()),
             Some(_) => {}
