@@ -140,15 +140,7 @@ pub fn calibrated(
         equalization,
         stored_bytes,
     } = prepare(path, &opts.settings)?;
-    let smoothing = match &opts.settings.smooth_quant {
-        Some(sq) => {
-            let mut data = open_data(&graph, opts)?;
-            let batch = crate::dataset::batch_for(&graph.inputs, opts.settings.batch);
-            let at = (&mut data, batch);
-            crate::smooth_quant::smooth(&mut graph, at, &opts.settings, &opts.exclude, sq)?
-        }
-        None => Vec::new(),
-    };
+    let smoothing = smooth(&mut graph, opts)?;
     let mut data = open_data(&graph, opts)?;
     data.check_one_sample()?;
     let (seen, first) = probe(&graph, opts, &mut data)?;
@@ -228,6 +220,16 @@ pub fn calibrated(
         seconds,
         stored_bytes,
     })
+}
+
+/// SmoothQuant's scales migrated into the weights, when asked (`--smoothquant`).
+fn smooth(graph: &mut Graph, opts: &Options) -> Result<Vec<crate::smooth_quant::Smoothed>> {
+    let Some(sq) = &opts.settings.smooth_quant else {
+        return Ok(Vec::new());
+    };
+    let mut data = open_data(graph, opts)?;
+    let batch = crate::dataset::batch_for(&graph.inputs, opts.settings.batch);
+    crate::smooth_quant::smooth(graph, (&mut data, batch), &opts.settings, &opts.exclude, sq)
 }
 
 /// Samples each step of the pipeline is scored on (at most the report's).
