@@ -40,8 +40,8 @@ def test_quantize_model_from_arrays_equals_from_files(tmp_path, calib, test_set)
     rb = zp.quantize_model(MODEL, tmp_path / "calib.npy", b)
     assert a.read_bytes() == b.read_bytes()
     assert ra.calibration_samples == 200 and ra.weights > 0 and ra.activations > 0
-    # The per-layer report: half the calibration samples by default, at most 64.
-    assert ra.report_samples == 64
+    # The per-layer report: half the calibration samples by default, at most 16.
+    assert ra.report_samples == 16
     assert ra.bytes_after < ra.bytes_before
     assert [l.value for l in ra.layers] == [l.value for l in rb.layers]
     # The QDQ model runs in ONNX Runtime and keeps the float model's accuracy.
@@ -92,7 +92,7 @@ def test_pixel_files_with_preprocessing_and_evaluate(tmp_path, test_set):
     out = tmp_path / "q.onnx"
     images = DATA / "mnist-train-500-images-idx3-ubyte.gz"
     r = zp.quantize_model(MODEL, images, out, samples=100, mean=[MEAN], std=[STD], preset="w4a8")
-    assert r.calibration_samples == 100 and r.report_samples == 50
+    assert r.calibration_samples == 100 and r.report_samples == 16
     e = zp.evaluate(
         MODEL,
         out,
