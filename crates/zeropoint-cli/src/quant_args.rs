@@ -94,9 +94,10 @@ pub struct QuantArgs {
     /// Use at most this many calibration samples.
     #[arg(long)]
     pub samples: Option<usize>,
-    /// Samples per calibration batch and thread, one for a model whose inputs declare a batch
-    /// of one [default: 32; with --mode weight-only, token ids go in batches of about 256
-    /// positions: one 256-token window, four 65-token sentences]
+    /// Samples per calibration batch and thread, at most: fewer where a batch's activations
+    /// would pass 32 MB, one for a model whose inputs declare a batch of one [default: 32; with
+    /// --mode weight-only, token ids go in batches of about 256 positions: one 256-token window,
+    /// four 65-token sentences]
     #[arg(long)]
     pub batch: Option<usize>,
     #[command(flatten)]

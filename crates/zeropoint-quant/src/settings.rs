@@ -13,7 +13,7 @@ pub struct Settings {
     /// Activation scheme (per-tensor).
     pub activations: Scheme,
     pub activation_method: Method,
-    /// Samples per calibration batch.
+    /// Samples per calibration batch, at most (`calibrate::batch_within_budget` may take fewer).
     pub batch: usize,
     /// Cross-layer equalization (and high-bias absorption) before quantizers are placed.
     pub equalize: Option<crate::equalize::Options>,
