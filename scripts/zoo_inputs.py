@@ -50,6 +50,35 @@ def embedding_input(zoo, rng, n):
     return np.stack([f[0, 0, :76, :, None] / 10 + 2 for f in frames]).astype(np.float32)
 
 
+SKIMAGE = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets",
+                                        "data", "skimage"))
+
+
+def text_pages(split, n):
+    """n real-text images for ppocr-v3-det, [n, 3, 640, 640], normalized as PaddleOCR feeds its detector (x/255,
+    ImageNet mean and std): ../shared/assets/data/skimage/text.png for "calib" (also mirrored), page.png for "eval",
+    rotated by 0, 90, 180 and 270 degrees and scaled so that the longer side is 100% or 60% of a white 640x640 canvas,
+    in that order; past those (16 and 8), rotations and scales of 40-100% drawn from a fixed seed. Random pixels give
+    the detector a probability map of ~0 everywhere, on which no accuracy means anything."""
+    from PIL import Image, ImageOps
+
+    def canvas(img, angle, scale):
+        img = img.rotate(angle, expand=True)
+        f = 640 * scale / max(img.size)
+        img = img.resize((max(1, round(img.size[0] * f)), max(1, round(img.size[1] * f))), Image.BILINEAR)
+        c = Image.new("RGB", (640, 640), (255, 255, 255))
+        c.paste(img, ((640 - img.size[0]) // 2, (640 - img.size[1]) // 2))
+        return ((np.asarray(c, np.float32)[None] / 255 - MEAN.transpose(0, 2, 3, 1)) / STD.transpose(0, 2, 3, 1))[0]
+
+    img = Image.open(os.path.join(SKIMAGE, "text.png" if split == "calib" else "page.png")).convert("RGB")
+    imgs = [img, ImageOps.mirror(img)] if split == "calib" else [img]
+    kinds = [(i, a, s) for i in imgs for a in (0, 90, 180, 270) for s in (1.0, 0.6)]
+    rng = np.random.default_rng(4 if split == "calib" else 5)
+    while len(kinds) < n:
+        kinds.append((imgs[rng.integers(len(imgs))], 90 * int(rng.integers(4)), float(rng.uniform(0.4, 1.0))))
+    return np.stack([canvas(i, a, s).transpose(2, 0, 1) for i, a, s in kinds[:n]]).astype(np.float32)
+
+
 def inputs(zoo, name, rng, n):
     """Model input name -> batch-first array of n samples."""
     if name == "ppocr-v3-det":
