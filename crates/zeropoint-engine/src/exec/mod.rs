@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use zeropoint_graph::graph::dims_fit;
@@ -40,6 +41,10 @@ pub struct Executor<'g> {
     scope: Arc<Scope>,
     /// Per node, the values no later node (nor the graph's outputs) reads.
     dead_after: Vec<Vec<String>>,
+    /// Per node, whether it is a Sigmoid that the next node multiplies with the Sigmoid's input
+    /// (a SiLU), run as one pass ([`Executor::run_silu`]) until a hook changes the Sigmoid's
+    /// output (the simulation's quantizer), which the product must then read.
+    silu: Vec<AtomicBool>,
 }
 
 /// A run stopped before node `next`: the values computed or fed so far that a later node or
@@ -129,6 +134,7 @@ impl<'g> Executor<'g> {
             graph: Cow::Borrowed(graph),
             scope,
             dead_after,
+            silu: silu_pairs(graph),
         }
     }
 
@@ -340,8 +346,22 @@ impl<'g> Executor<'g> {
         mut over: Option<&mut NodeHook>,
     ) -> Result<()> {
         let g = self.graph();
-        for i in nodes {
+        let mut after_silu = false;
+        for i in nodes.clone() {
+            if std::mem::take(&mut after_silu) {
+                continue;
+            }
             let node = &g.nodes[i];
+            if over.is_none() && i + 1 < nodes.end {
+                match self.run_silu(i, env, hook)? {
+                    Silu::Both => {
+                        after_silu = true;
+                        continue;
+                    }
+                    Silu::Sigmoid => continue,
+                    Silu::No => {}
+                }
+            }
             let replaced = over.as_mut().and_then(|f| f(node, &node_args(node, env)));
             let outs = match replaced {
                 Some(outs) => outs.map_err(|e| located(g, node.label(), e))?,
@@ -360,6 +380,57 @@ impl<'g> Executor<'g> {
             }
         }
         Ok(())
+    }
+
+    /// Node `i` and the next one as one pass where they are a SiLU ([`Executor::silu`]) on
+    /// float32 data: both outputs pass through `hook` and go into `env` as the two nodes'
+    /// would. Where the hook changes the Sigmoid's output, only node `i` is done, and the pair
+    /// is not fused again.
+    fn run_silu(
+        &self,
+        i: usize,
+        env: &mut HashMap<String, Value>,
+        hook: &mut Hook,
+    ) -> Result<Silu> {
+        if !self.silu[i].load(Ordering::Relaxed) {
+            return Ok(Silu::No);
+        }
+        let g = self.graph();
+        let (sigmoid, mul) = (&g.nodes[i], &g.nodes[i + 1]);
+        let Some(x) = env.get(&sigmoid.inputs[0]) else {
+            return Ok(Silu::No);
+        };
+        if x.dtype != zeropoint_onnx::DType::F32 || x.tensor.track_op() {
+            return Ok(Silu::No);
+        }
+        let dims = x.tensor.dims().to_vec();
+        let (s, y) = crate::value::with_f32_slice(&x.tensor, ops::sigmoid_and_product)
+            .map_err(|e| located(g, sigmoid.label(), e))?;
+        let value = |v: Vec<f32>| -> Result<Value> {
+            let t = candle_core::Tensor::from_vec(v, dims.as_slice(), &candle_core::Device::Cpu);
+            Ok(Value::f32(
+                t.map_err(|e| located(g, sigmoid.label(), e.to_string()))?,
+            ))
+        };
+        let (s, y) = (value(s)?, value(y)?);
+        let mut done = Silu::Both;
+        for (node, step, v) in [(sigmoid, i, s), (mul, i + 1, y)] {
+            let name = &node.outputs[0];
+            let id = v.tensor.id();
+            let v = hook(name, v)
+                .map_err(|e| located(g, format!("{}: output '{name}'", node.label()), e))?;
+            let changed = v.tensor.id() != id;
+            env.insert(name.clone(), v);
+            for dead in &self.dead_after[step] {
+                env.remove(dead);
+            }
+            if step == i && changed {
+                self.silu[i].store(false, Ordering::Relaxed);
+                done = Silu::Sigmoid;
+                break;
+            }
+        }
+        Ok(done)
     }
 
     /// Node `i`'s outputs on the values in `env` (a control-flow node's subgraphs pass theirs
@@ -532,6 +603,7 @@ impl Executor<'static> {
         scope.initializers = initializers;
         let dead_after = Executor::in_scope(&graph, Arc::new(Scope::default())).dead_after;
         Ok(Executor {
+            silu: silu_pairs(&graph),
             graph: Cow::Owned(graph),
             scope: Arc::new(scope),
             dead_after,
@@ -599,6 +671,47 @@ fn model_error(g: &Graph, message: String) -> Error {
     zeropoint_graph::Error::model(&g.source, message).into()
 }
 
+/// What [`Executor::run_silu`] did.
+enum Silu {
+    /// Nothing: run node `i` as usual.
+    No,
+    /// Node `i` only (the hook changed its output): node `i + 1` runs as usual.
+    Sigmoid,
+    /// Both nodes.
+    Both,
+}
+
+/// Per node of `graph`, whether it is a Sigmoid(x) = s that the next node multiplies with x,
+/// Mul(x, s) or Mul(s, x), with nothing else in between.
+fn silu_pairs(graph: &Graph) -> Vec<AtomicBool> {
+    use zeropoint_graph::Op;
+    let n = graph.nodes.len();
+    (0..n)
+        .map(|i| {
+            let (a, b) = (&graph.nodes[i], graph.nodes.get(i + 1));
+            let pair = b.is_some_and(|b| {
+                let single = |n: &Node| n.subgraphs.is_empty() && n.outputs.len() == 1;
+                let (x, s) = (a.inputs.first(), a.outputs.first());
+                a.op == Op::Sigmoid
+                    && b.op == Op::Mul
+                    && single(a)
+                    && single(b)
+                    && a.inputs.len() == 1
+                    && x.zip(s).is_some_and(|(x, s)| {
+                        !x.is_empty()
+                            && !s.is_empty()
+                            && x != s
+                            && !b.outputs[0].is_empty()
+                            && b.inputs.len() == 2
+                            && (b.inputs[..] == [x.clone(), s.clone()]
+                                || b.inputs[..] == [s.clone(), x.clone()])
+                    })
+            });
+            AtomicBool::new(pair)
+        })
+        .collect()
+}
+
 /// A lower error at a place (a node, an input, an output) of the model.
 fn located(g: &Graph, at: String, e: impl Into<HookError>) -> Error {
     zeropoint_graph::Error::at(&g.source, at, e).into()
@@ -626,4 +739,97 @@ pub fn run_node(node: &Node, inputs: &[Option<Value>], opset: i64) -> Result<Vec
         inputs,
         opset,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use zeropoint_graph::{Dim, Op, ValueInfo};
+    use zeropoint_onnx::DType;
+
+    use super::*;
+
+    /// x → Sigmoid → s; Mul(s, x) → y (a SiLU); Add(y, s) → z: s is read after the pair too.
+    fn silu_graph() -> Graph {
+        let value = |name: &str| ValueInfo {
+            name: name.into(),
+            dtype: Some(DType::F32),
+            shape: Some(vec![Dim::Fixed(3), Dim::Fixed(7000)]),
+        };
+        Graph {
+            source: "m.onnx".into(),
+            opset: 17,
+            inputs: vec![value("x")],
+            outputs: vec![value("z")],
+            initializers: Vec::new(),
+            nodes: vec![
+                Node::new("sig", Op::Sigmoid, &["x"], &["s"]),
+                Node::new("mul", Op::Mul, &["s", "x"], &["y"]),
+                Node::new("add", Op::Add, &["y", "s"], &["z"]),
+            ],
+        }
+    }
+
+    fn input() -> HashMap<String, Value> {
+        let x: Vec<f32> = (0..21_000).map(|i| (i as f32 * 0.37).sin() * 9.0).collect();
+        let x = Value::from_f32_vec(x, &[3, 7000]).unwrap();
+        HashMap::from([("x".to_string(), x)])
+    }
+
+    /// Each value the hook sees, and the outputs, of a run with the pair fused (`run_with`)
+    /// and node by node (`step`, which never fuses).
+    fn seen(exec: &Executor, fused: bool, hook: &mut Hook) -> Vec<(String, Vec<f32>)> {
+        let mut seen = Vec::new();
+        let mut watch = |name: &str, v: Value| {
+            let v = hook(name, v)?;
+            seen.push((name.to_string(), v.with_f32s(<[f32]>::to_vec).unwrap()));
+            Ok(v)
+        };
+        let out = if fused {
+            exec.run_with(input(), &mut watch).unwrap()
+        } else {
+            let mut run = exec.begin(input(), &mut watch).unwrap();
+            while exec.step(&mut run, &mut watch).unwrap() {}
+            exec.finish(run).unwrap()
+        };
+        let out: Vec<_> = (out.into_iter())
+            .map(|(n, v)| (format!("out {n}"), v.with_f32s(<[f32]>::to_vec).unwrap()))
+            .collect();
+        seen.into_iter().chain(out).collect()
+    }
+
+    /// The fused Sigmoid → Mul gives the hook and the outputs the bits of the two ops run one
+    /// at a time.
+    #[test]
+    fn a_fused_silu_is_the_two_ops_bit_for_bit() {
+        let g = silu_graph();
+        let exec = Executor::new(&g).unwrap();
+        assert!(exec.silu[0].load(Ordering::Relaxed));
+        let same = &mut |_: &str, v: Value| Ok(v);
+        let fused = seen(&exec, true, same);
+        assert_eq!(fused, seen(&exec, false, same));
+        assert_eq!(fused.len(), 5, "x, s, y, z and the output");
+        assert!(exec.silu[0].load(Ordering::Relaxed), "still fused");
+    }
+
+    /// A hook that replaces the Sigmoid's output (as the simulation's quantizer does) makes
+    /// the Mul read the replacement, in that run and the next, which no longer fuses.
+    #[test]
+    fn a_replaced_sigmoid_is_what_the_product_reads() {
+        let g = silu_graph();
+        let exec = Executor::new(&g).unwrap();
+        let halve = &mut |name: &str, v: Value| {
+            if name != "s" {
+                return Ok(v);
+            }
+            let halved: Vec<f32> = v.with_f32s(|s| s.iter().map(|s| s * 0.5).collect())?;
+            Ok(Value::from_f32_vec(halved, v.tensor.dims())?)
+        };
+        let first = seen(&exec, true, halve);
+        assert!(!exec.silu[0].load(Ordering::Relaxed));
+        assert_eq!(first, seen(&exec, false, halve));
+        assert_eq!(first, seen(&exec, true, halve));
+        let x = input()["x"].with_f32s(<[f32]>::to_vec).unwrap();
+        let (s, y) = (&first[1].1, &first[2].1);
+        assert!((s.iter().zip(y).zip(&x)).all(|((s, y), x)| *y == s * x));
+    }
 }

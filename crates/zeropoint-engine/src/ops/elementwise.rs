@@ -354,6 +354,38 @@ fn sigmoid_f32(x: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_vec(y, x.dims(), x.device())
 }
 
+/// Sigmoid(x) and x · Sigmoid(x) of float32 `x` in one pass: a SiLU written as Sigmoid → Mul,
+/// with the arithmetic of the two ops (the same bits). The Mul then reads nothing: on
+/// YOLO-style detectors the pair was a fifth of a run (isbnx-yolo26n: 10.1 + 7.3 ms of 81).
+pub(crate) fn sigmoid_and_product(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    use rayon::prelude::*;
+    let n = x.len();
+    let mut s: Vec<f32> = Vec::with_capacity(n);
+    let mut y: Vec<f32> = Vec::with_capacity(n);
+    (s.spare_capacity_mut()[..n].par_chunks_mut(PAR_CHUNK))
+        .zip(y.spare_capacity_mut()[..n].par_chunks_mut(PAR_CHUNK))
+        .enumerate()
+        .for_each(|(i, (s, y))| {
+            zeropoint_core::kernel::dispatch(
+                #[inline(always)]
+                || {
+                    let x = &x[i * PAR_CHUNK..i * PAR_CHUNK + s.len()];
+                    for ((s, y), &v) in s.iter_mut().zip(y.iter_mut()).zip(x) {
+                        let sv = 1.0 / (exp_f32(-v) + 1.0);
+                        s.write(sv);
+                        y.write(v * sv);
+                    }
+                },
+            )
+        });
+    // SAFETY: the chunks cover the n elements of both, and each writes all of its elements.
+    unsafe {
+        s.set_len(n);
+        y.set_len(n);
+    }
+    (s, y)
+}
+
 /// Elements per task of [`par_map`] and [`par_map2`].
 const PAR_CHUNK: usize = 1 << 14;
 

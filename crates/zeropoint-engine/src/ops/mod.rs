@@ -12,6 +12,7 @@ mod conv_gemm;
 mod conv_grad;
 mod einsum;
 mod elementwise;
+pub(crate) use elementwise::sigmoid_and_product;
 mod index;
 mod integer;
 mod matmul;
