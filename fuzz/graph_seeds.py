@@ -17,6 +17,10 @@ before absorbs, which canonicalization writes as 1x1 depthwise convolutions.
 attention.onnx: one attention head, x -> MatMul(W_q) + b_q -> Reshape -> Transpose and
 x -> Gemm(W_k) -> Transpose as the scores MatMul's operands, scores / sqrt(d) -> Softmax ->
 MatMul(V): the division canonicalization folds into the query projection.
+
+silu.onnx: Conv -> Sigmoid -> Mul(c, s) -> Conv -> Sigmoid -> Mul(s, c), the SiLU of YOLO-style
+exports, which the executor runs as one pass (`Executor::run_silu`) unless a hook replaces the
+Sigmoid's output; the second Sigmoid is also read by the Add after it.
 """
 
 import sys
@@ -101,10 +105,24 @@ def attention():
     return seed_model("attention", nodes, [1, 4, 8], [1, 2, 4, 4], weights)
 
 
+def silu():
+    rng = np.random.default_rng(3)
+    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    weights = dict(w1=f(4, 3, 3, 3), b1=f(4), w2=f(4, 4, 1, 1))
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c1"], ["s1"], name="sigmoid1"),
+             helper.make_node("Mul", ["c1", "s1"], ["m1"], name="silu1"),
+             helper.make_node("Conv", ["m1", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Sigmoid", ["c2"], ["s2"], name="sigmoid2"),
+             helper.make_node("Mul", ["s2", "c2"], ["m2"], name="silu2"),
+             helper.make_node("Add", ["m2", "s2"], ["y"], name="sum")]
+    return seed_model("silu", nodes, [1, 3, 8, 8], [1, 4, 8, 8], weights)
+
+
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    for seed in (folds_and_fusions, scale_shift, attention):
+    for seed in (folds_and_fusions, scale_shift, attention, silu):
         onnx.save(seed(), out / f"{seed.__name__}.onnx")
 
 

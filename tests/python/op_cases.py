@@ -1489,6 +1489,17 @@ def subgraph_cases():
     case("Subgraph_self_attention", nodes, {"x": r.n(2, 5, 8)},
          {"wq": r.n(8, 8, scale=0.3), "wk": r.n(8, 8, scale=0.3), "scale": f32(1 / np.sqrt(8))},
          dims={"x": ["batch", "seq", 8]}, note="single-head attention, symbolic batch and sequence dims")
+    nodes = [
+        N("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        N("Sigmoid", ["c"], ["s"]),
+        N("Mul", ["c", "s"], ["m"]),
+        N("Sigmoid", ["m"], ["t"]),
+        N("Mul", ["t", "m"], ["u"]),
+        N("Add", ["u", "t"], ["y"]),
+    ]
+    case("Subgraph_silu", nodes, {"x": r.n(2, 3, 20, 30, scale=3.0)}, {"w": r.n(8, 3, 3, 3), "b": r.n(8)},
+         note="Conv -> Sigmoid -> Mul (YOLO's SiLU, which the executor runs as one pass), then a SiLU with the "
+              "product's operands swapped and its Sigmoid read again")
 
 
 FAMILIES = [
