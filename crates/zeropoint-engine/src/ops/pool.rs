@@ -256,10 +256,12 @@ impl MaxPool {
             .for_each(|(p, out)| f(p, &x[p * h * wd..(p + 1) * h * wd], out));
     }
 
-    fn forward(&self, x: &[f32], (h, wd): (usize, usize)) -> Vec<f32> {
+    /// The maxima of `planes` image planes [H, W] of `x`, back to back. The plane count is
+    /// given, not derived from `x`: an input of no rows or columns has planes whose windows read
+    /// only padding.
+    fn forward(&self, x: &[f32], (planes, h, wd): (usize, usize, usize)) -> Vec<f32> {
         let ((oh, ow), (kh, kw), (sh, sw), (dh, dw)) = (self.out, self.k, self.s, self.d);
         let (top, left) = self.pad;
-        let planes = x.len() / (h * wd).max(1);
         let mut y = vec![f32::NEG_INFINITY; planes * oh * ow];
         // The padded columns the windows of an output row reach.
         let reach = ow.saturating_sub(1) * sw + (kw.max(1) - 1) * dw + 1;
@@ -355,7 +357,7 @@ impl candle_core::CustomOp1 for MaxPool {
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let (n, ch, h, wd) = l.shape().dims4()?;
-        let y = self.forward(crate::value::storage_f32s(x, l)?, (h, wd));
+        let y = self.forward(crate::value::storage_f32s(x, l)?, (n * ch, h, wd));
         let shape = candle_core::Shape::from((n, ch, self.out.0, self.out.1));
         Ok((candle_core::CpuStorage::F32(y), shape))
     }
@@ -400,13 +402,22 @@ mod tests {
                 }
             }
             let op = |pad| MaxPool { k, s, d, out, pad };
-            let want = op((0, 0)).forward(&padded, (rh, rw));
+            let want = op((0, 0)).forward(&padded, (2, rh, rw));
             assert_eq!(
-                op(pad).forward(&x, (h, wd)),
+                op(pad).forward(&x, (2, h, wd)),
                 want,
                 "{k:?} {s:?} {d:?} {pad:?}"
             );
         }
+        // An input of no rows: every window reads padding (a fuzzed model's [1, 1, 0, 6]).
+        let op = MaxPool {
+            k: (3, 3),
+            s: (2, 2),
+            d: (1, 1),
+            out: (1, 3),
+            pad: (1, 1),
+        };
+        assert_eq!(op.forward(&[], (2, 0, 6)), [f32::NEG_INFINITY; 6]);
     }
 
     /// Forward and backward against a window-by-window definition, with dilation, strides and
@@ -424,7 +435,7 @@ mod tests {
         // Two planes; the values repeat every 5, so most windows hold tied maxima.
         let x: Vec<f32> = (0..2 * h * wd).map(|i| ((i * 3) % 5) as f32).collect();
         let dy: Vec<f32> = (0..2 * 2 * 6).map(|i| 1.0 + i as f32).collect();
-        let y = op.forward(&x, (h, wd));
+        let y = op.forward(&x, (2, h, wd));
         let dx = op.backward(&x, (h, wd), &dy);
         let mut want_dx = vec![0f32; x.len()];
         for p in 0..2 {
