@@ -401,7 +401,7 @@ def compare_model(name, a, log):
     os.makedirs(tmp)
     t0 = time.perf_counter()
 
-    log(f"[{name}] inputs: {a.calib_samples} calibration (seed 1), {a.eval_samples} evaluation (seed 2)")
+    log(f"[{name}] inputs: {a.calib_samples} calibration, {a.eval_samples} evaluation (split_inputs)")
     calib, evals = os.path.join(tmp, "calib.npz"), os.path.join(tmp, "eval.npz")
     arrays = split_inputs(a.zoo, name, "calib", a.calib_samples)
     np.savez(calib, **arrays)

@@ -406,12 +406,7 @@ impl<'g> Executor<'g> {
         let dims = x.tensor.dims().to_vec();
         let (s, y) = crate::value::with_f32_slice(&x.tensor, ops::sigmoid_and_product)
             .map_err(|e| located(g, sigmoid.label(), e))?;
-        let value = |v: Vec<f32>| -> Result<Value> {
-            let t = candle_core::Tensor::from_vec(v, dims.as_slice(), &candle_core::Device::Cpu);
-            Ok(Value::f32(
-                t.map_err(|e| located(g, sigmoid.label(), e.to_string()))?,
-            ))
-        };
+        let value = |v| Value::from_f32_vec(v, &dims).map_err(|e| located(g, sigmoid.label(), e));
         let (s, y) = (value(s)?, value(y)?);
         let mut done = Silu::Both;
         for (node, step, v) in [(sigmoid, i, s), (mul, i + 1, y)] {
