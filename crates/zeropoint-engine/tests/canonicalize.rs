@@ -247,6 +247,106 @@ fn batch_norm_after_a_matmul_becomes_a_gemm() {
     );
 }
 
+/// A DB-style detector head, ConvTranspose → Add(bias) → Mul(scale) → BatchNormalization (as
+/// PP-OCR exports it, but for the Mul), folds into one ConvTranspose with a bias; a grouped
+/// ConvTranspose's BatchNormalization stays. Both compute what they did.
+#[test]
+fn a_conv_transposes_bias_scale_and_batch_norm_fold_into_it() {
+    use std::collections::HashMap;
+    use zeropoint_engine::Value;
+    use zeropoint_graph::graph::{int_attribute, ints_attribute};
+    use zeropoint_graph::{Node, Op, ValueInfo};
+    use zeropoint_onnx::{DType, RawTensor};
+    let wave = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>();
+    let init =
+        |name: &str, data: Vec<f32>, shape: &[usize]| RawTensor::from_f32s(name, shape, &data);
+    let node =
+        |name: &str, op: Op, inputs: &[&str], output: &str| Node::new(name, op, inputs, &[output]);
+    let info = |name: &str, c: usize, hw: usize| ValueInfo {
+        name: name.into(),
+        dtype: Some(DType::F32),
+        shape: Some(vec![
+            Dim::Fixed(1),
+            Dim::Fixed(c),
+            Dim::Fixed(hw),
+            Dim::Fixed(hw),
+        ]),
+    };
+    let bn = |name: &str, p: &str, x: &str, y: &str| {
+        let p = |k: &str| format!("{p}_{k}");
+        let ins = [x, &p("gamma"), &p("beta"), &p("mean"), &p("var")];
+        node(name, Op::BatchNormalization, &ins, y)
+    };
+    let bn_params = |p: &str, c: usize| {
+        let f = |k: &str, v: Vec<f32>| init(&format!("{p}_{k}"), v, &[c]);
+        let var = wave(c, 0.9).iter().map(|v| 0.5 + v * v).collect();
+        [
+            f("gamma", wave(c, 1.7)),
+            f("beta", wave(c, 0.4)),
+            f("mean", wave(c, 2.3)),
+            f("var", var),
+        ]
+    };
+    let mut up = node("up", Op::ConvTranspose, &["x", "w"], "t");
+    up.attributes.push(ints_attribute("kernel_shape", &[2, 2]));
+    up.attributes.push(ints_attribute("strides", &[2, 2]));
+    // Two groups of 2 input channels to 2 output channels each: [4, 2, 2, 2].
+    let mut grouped = node("grouped", Op::ConvTranspose, &["x", "wg"], "g");
+    grouped.attributes.push(ints_attribute("strides", &[2, 2]));
+    grouped.attributes.push(int_attribute("group", 2));
+    let mut initializers = vec![
+        init("w", wave(4 * 3 * 4, 0.37), &[4, 3, 2, 2]),
+        init("b", vec![0.3, -0.2, 0.5], &[1, 3, 1, 1]),
+        init("s", vec![1.5, -0.75, 0.5], &[1, 3, 1, 1]),
+        init("wg", wave(4 * 2 * 4, 0.53), &[4, 2, 2, 2]),
+    ];
+    initializers.extend(bn_params("bn", 3));
+    initializers.extend(bn_params("gbn", 4));
+    let mut graph = Graph {
+        source: "db_head.onnx".into(),
+        opset: 13,
+        inputs: vec![info("x", 4, 5)],
+        outputs: vec![info("y", 3, 10), info("z", 4, 10)],
+        initializers,
+        nodes: vec![
+            up,
+            node("bias", Op::Add, &["t", "b"], "tb"),
+            node("scale", Op::Mul, &["tb", "s"], "ts"),
+            bn("bn", "bn", "ts", "y"),
+            grouped,
+            bn("gbn", "gbn", "g", "z"),
+        ],
+    };
+    let x = Value::from_f32_vec(wave(4 * 25, 0.21), &[1, 4, 5, 5]).unwrap();
+    let feeds = HashMap::from([("x".to_string(), x)]);
+    let before = Executor::new(&graph).unwrap().run(feeds.clone()).unwrap();
+    let report = canonicalize(&mut graph, &Engine).unwrap();
+    let pair = |a: &str, b: &str| vec![(a.to_string(), b.to_string())];
+    assert_eq!(report.folded_bias_adds, pair("bias", "up"));
+    assert_eq!(report.folded_scale_muls, pair("scale", "up"));
+    assert_eq!(report.folded_batch_norms, pair("bn", "up"));
+    let ops: Vec<Op> = graph.nodes.iter().map(|n| n.op.clone()).collect();
+    assert_eq!(
+        ops,
+        [Op::ConvTranspose, Op::ConvTranspose, Op::BatchNormalization]
+    );
+    assert_eq!(
+        graph.nodes[0].inputs.len(),
+        3,
+        "the folded ConvTranspose has a bias"
+    );
+    let after = Executor::new(&graph).unwrap().run(feeds).unwrap();
+    for ((n, a), (_, b)) in before.iter().zip(&after) {
+        let (a, b) = (a.to_f32s().unwrap(), b.to_f32s().unwrap());
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.1, "{n}");
+        assert!(
+            compare::max_abs_diff(&a, &b) <= 1e-5 * scale,
+            "{n}: {a:?} {b:?}"
+        );
+    }
+}
+
 /// A pre-activation residual block, sum → Mul → Add → Relu → Conv (padded): the Mul and Add
 /// become one depthwise Conv and the block computes what it did.
 #[test]

@@ -2,13 +2,14 @@
 //!
 //! - constant folding: a node whose inputs are all constants becomes an initializer (Q/DQ
 //!   nodes excepted: in a QDQ model they carry the quantization itself);
-//! - BatchNormalization folded into the Conv, Gemm or MatMul before it (white paper §2.3):
-//!   W' = W·γ/√(σ²+ε) per output channel, b' = (b − μ)·γ/√(σ²+ε) + β, computed in f64; a
-//!   MatMul becomes a Gemm to take the bias;
-//! - a per-channel (or single) constant Mul after a Conv is folded into its weights and bias, and
-//!   a per-channel constant Add after a Conv becomes the Conv's bias (exporters write a bias, and
-//!   an inference BatchNormalization as Mul and Add, that way), so that runtimes fuse the layer into one integer convolution; a constant Add
-//!   of one value per column after a rank-2 MatMul with a constant weight makes the two a Gemm
+//! - BatchNormalization folded into the Conv, ungrouped ConvTranspose, Gemm or MatMul before it
+//!   (white paper §2.3): W' = W·γ/√(σ²+ε) per output channel, b' = (b − μ)·γ/√(σ²+ε) + β,
+//!   computed in f64; a MatMul becomes a Gemm to take the bias;
+//! - a per-channel (or single) constant Mul after a Conv (or an ungrouped ConvTranspose) is folded
+//!   into its weights and bias, and a per-channel constant Add after one becomes its bias
+//!   (exporters write a bias, and an inference BatchNormalization as Mul and Add, that way), so
+//!   that runtimes fuse the layer into one integer convolution; a constant Add of one value per
+//!   column after a rank-2 MatMul with a constant weight makes the two a Gemm
 //!   (ONNX Runtime fuses MatMul and Add into a float Gemm first, and then has no integer kernel
 //!   for it unless the bias is quantized as a Gemm's is);
 //! - a per-channel constant Mul (and Add) that no layer absorbs and whose result only layers
@@ -73,10 +74,23 @@ pub struct Report {
 /// Runs every pass, in the order that lets each feed the next.
 pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let folded_constants = fold_constants(graph, eval)?;
-    let (folded_batch_norms, mut batch_norm_stats): (_, Vec<_>) =
-        fold_batch_norms(graph, eval)?.into_iter().unzip();
-    let folded_scale_muls = fold_scale_muls(graph)?;
-    let mut folded_bias_adds = fold_bias_adds(graph)?;
+    let (mut folded_batch_norms, mut batch_norm_stats) = (Vec::new(), Vec::new());
+    let (mut folded_scale_muls, mut folded_bias_adds) = (Vec::new(), Vec::new());
+    // Each fold can make another possible: Conv → Add(bias) → BatchNormalization (PaddlePaddle's
+    // exports write a ConvTranspose's bias that way) folds its Add first, then its BatchNorm.
+    loop {
+        let (bns, stats): (Vec<_>, Vec<_>) = fold_batch_norms(graph, eval)?.into_iter().unzip();
+        let muls = fold_scale_muls(graph)?;
+        let adds = fold_bias_adds(graph)?;
+        let done = bns.is_empty() && muls.is_empty() && adds.is_empty();
+        folded_batch_norms.extend(bns);
+        batch_norm_stats.extend(stats);
+        folded_scale_muls.extend(muls);
+        folded_bias_adds.extend(adds);
+        if done {
+            break;
+        }
+    }
     folded_bias_adds.extend(fold_matmul_bias_adds(graph, eval)?);
     let (scale_shift_convs, rewritten_stats): (_, Vec<_>) =
         crate::scale_shift::scale_shift_convs(graph, eval)?
@@ -256,7 +270,8 @@ pub fn remove_dead(graph: &mut Graph) -> (usize, usize) {
     )
 }
 
-/// Folds each inference BatchNormalization into the Conv, Gemm or (rank-2) MatMul that alone
+/// Folds each inference BatchNormalization into the Conv, ungrouped ConvTranspose, Gemm or
+/// (rank-2) MatMul that alone
 /// feeds it, when all parameters are initializers: (BatchNormalization, the node it was folded
 /// into) and the statistics it kept, per fold.
 pub fn fold_batch_norms(
@@ -301,6 +316,7 @@ fn find_foldable(graph: &Graph, matrices: &HashSet<String>) -> Option<(usize, us
             .is_none_or(|b| b.is_empty() || is_init(b));
         let shape_ok = match anchor.op {
             Op::Conv => true,
+            Op::ConvTranspose => ungrouped(anchor),
             Op::Gemm => {
                 let attr = |n: &str, d: f32| anchor.attribute(n).map_or(d, |a| a.f());
                 let trans_a = anchor.attribute("transA").is_some_and(|a| a.i() != 0);
@@ -345,6 +361,25 @@ fn two_d_values(graph: &mut Graph, eval: &dyn Evaluator) -> HashSet<String> {
         .unwrap_or_default()
 }
 
+/// The axis of a layer's weight that indexes its output channels: 0 for Conv and Gemm with
+/// transB, 1 for ConvTranspose (its weight is [C_in, C_out / group, k...]; the folds take it
+/// only ungrouped, where that axis is all of C_out), MatMul and Gemm.
+fn weight_output_axis(node: &Node) -> usize {
+    let trans_b = node.attribute("transB").is_some_and(|a| a.i() != 0);
+    match node.op {
+        Op::Conv => 0,
+        Op::Gemm if trans_b => 0,
+        _ => 1,
+    }
+}
+
+/// A ConvTranspose of one group: a grouped one's output channel c is weight column c mod
+/// C_out/group of the input channels of group c / (C_out/group), which the per-axis folds do
+/// not express.
+fn ungrouped(node: &Node) -> bool {
+    node.attribute("group").is_none_or(|a| a.i() == 1)
+}
+
 fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<BatchNormStats> {
     let b = graph.nodes[bn].clone();
     let err = |m: &str| Error::model(&graph.source, format!("folding {}: {m}", b.label()));
@@ -366,13 +401,7 @@ fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<BatchNormStat
         .initializer(&node.inputs[1])
         .ok_or_else(|| err("missing weight"))?
         .clone();
-    // The axis of W that indexes output channels.
-    let trans_b = node.attribute("transB").is_some_and(|a| a.i() != 0);
-    let out_axis = match node.op {
-        Op::Conv => 0,
-        Op::Gemm if trans_b => 0,
-        _ => 1,
-    };
+    let out_axis = weight_output_axis(&node);
     let channels = w.shape[out_axis];
     if channels != factor.len() {
         return Err(err(&format!(
@@ -431,7 +460,8 @@ fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<BatchNormStat
     })
 }
 
-/// Folds `Conv → Mul(constant)` into the Conv's weights and bias, W'[c] = W[c]·s[c] and
+/// Folds `Conv → Mul(constant)` (or an ungrouped ConvTranspose's) into the layer's weights and
+/// bias, W'[c] = W[c]·s[c] and
 /// b'[c] = b[c]·s[c] (in f64), when the constant has one value per output channel or one for
 /// all and the Conv's output goes to that Mul alone: (Mul, Conv) per fold. The scaled weights
 /// are a new initializer (another node may share the old one).
@@ -445,9 +475,9 @@ pub fn fold_scale_muls(graph: &mut Graph) -> Result<Vec<(String, String)>> {
         let w = graph
             .initializer(&c.inputs[1])
             .ok_or_else(|| err("missing weight"))?;
-        let per_channel = w.shape.iter().product::<usize>() / scale.len();
+        let inner: usize = w.shape[weight_output_axis(&c) + 1..].iter().product();
         let weights: Vec<f32> = (w.to_f64s().iter().enumerate())
-            .map(|(i, &v)| (v * scale[i / per_channel]) as f32)
+            .map(|(i, &v)| (v * scale[(i / inner.max(1)) % scale.len()]) as f32)
             .collect();
         let bias = match c.inputs.get(2).filter(|b| !b.is_empty()) {
             Some(b) => {
@@ -472,7 +502,8 @@ pub fn fold_scale_muls(graph: &mut Graph) -> Result<Vec<(String, String)>> {
     Ok(folded)
 }
 
-/// Folds `Conv → Add(constant)` into the Conv's bias, when the constant has one value per output
+/// Folds `Conv → Add(constant)` (or an ungrouped ConvTranspose's) into the layer's bias, when
+/// the constant has one value per output
 /// channel or one for all and the Conv's output goes to that Add alone: (Add, Conv) per fold.
 pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
     let mut folded = Vec::new();
@@ -500,7 +531,8 @@ pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
     Ok(folded)
 }
 
-/// The first `op` (Add or Mul) of a Conv's output and an initializer that holds one value per
+/// The first `op` (Add or Mul) of a Conv's (or an ungrouped ConvTranspose's) output and an
+/// initializer that holds one value per
 /// output channel ([C,1,1] or [1,C,1,1] against the output [N,C,H,W]; a plain [C] would
 /// broadcast along the last axis instead) or one value for all, where the Conv's output goes to
 /// that node alone and its weight (and bias, if any) are float32 initializers: (node, Conv, the
@@ -513,11 +545,11 @@ fn conv_channel_operand(graph: &Graph, op: Op) -> Option<(usize, usize, Vec<f64>
         let (x, c) = constant_operand(graph, node, &op)?;
         let p = *producers.get(x)?;
         let conv = &graph.nodes[p];
-        if conv.op != Op::Conv {
+        if !(conv.op == Op::Conv || conv.op == Op::ConvTranspose && ungrouped(conv)) {
             return None;
         }
         let w = graph.initializer(conv.inputs.get(1)?)?;
-        let channels = *w.shape.first()?;
+        let channels = *w.shape.get(weight_output_axis(conv))?;
         let bias_ok = conv.inputs.get(2).is_none_or(|b| {
             b.is_empty()
                 || graph

@@ -85,6 +85,7 @@ pub(crate) fn kept_norms(c: &Calibrated) -> Result<Vec<KeptNorm>> {
         };
         let axis = match node.op {
             Op::Gemm if node.attribute("transB").is_none_or(|a| a.i() == 0) => 1,
+            Op::ConvTranspose => 1,
             _ => 0,
         };
         check_grid(c, weight, axis)?;
