@@ -112,34 +112,13 @@ impl Histogram {
         (i as f64 - (self.bins() / 2) as f64) * self.width()
     }
 
-    /// The smallest width exponent whose bins cover ±`absmax`.
-    fn exp_for(&self, absmax: f32) -> i32 {
-        let half = (self.bins() / 2) as f64;
-        let mut e = (f64::from(absmax) / half).log2().floor() as i32;
-        // absmax / 2^e must be < half: step up until it is (at most a couple of times).
-        while f64::from(absmax) >= half * 2f64.powi(e) {
-            e += 1;
-        }
-        e.max(-149 - 24)
-    }
-
     /// Widens the bins to width 2^`e` (e >= current), merging counts exactly.
     fn widen_to(&mut self, e: i32) {
-        let Some(old) = self.exp else {
-            self.exp = Some(e);
-            return;
-        };
-        if e <= old {
-            return;
+        match self.exp {
+            Some(old) if e > old => merge_bins(&mut self.counts, e - old),
+            Some(_) => return,
+            None => {}
         }
-        let shift = (e - old).min(62) as u32;
-        let half = (self.bins() / 2) as i64;
-        let mut counts = vec![0u64; self.bins()];
-        for (i, &c) in self.counts.iter().enumerate().filter(|(_, &c)| c > 0) {
-            let j = (i as i64 - half).div_euclid(1i64 << shift) + half;
-            counts[j as usize] += c;
-        }
-        self.counts = counts;
         self.exp = Some(e);
     }
 
@@ -148,26 +127,32 @@ impl Histogram {
         if x.is_empty() {
             return Ok(());
         }
-        let (lo, hi) = crate::params::finite_min_max(x)?;
-        let absmax = lo.abs().max(hi.abs());
-        if absmax > 0.0 {
-            let need = self.exp_for(absmax);
-            self.widen_to(need.max(self.exp.unwrap_or(need)));
-        }
-        let exp = self.exp.unwrap_or(0);
+        // Each task bins its part at the width the part needs (this histogram's, if wider):
+        // the widths meet exactly in the merge below. Larger tasks than the kernels': each
+        // builds tables of all bins, which must pay off.
         let bins = self.bins();
-        // Larger tasks than the kernels': each builds 4 tables of all bins, which must pay off.
-        let partial: Vec<Vec<u64>> = x
+        let parts: Vec<Option<Part>> = x
             .par_chunks(16 * CHUNK)
-            .map(|c| count_bins(c, exp, bins))
+            .map(|c| count_part(c, self.exp, bins))
             .collect();
-        for h in partial {
-            for (a, b) in self.counts.iter_mut().zip(h) {
+        if parts.iter().any(Option::is_none) {
+            // The whole batch's count of NaN, or its infinite extreme, for the message.
+            crate::params::finite_min_max(x)?;
+        }
+        for part in parts.into_iter().flatten() {
+            if let Some(e) = part.exp {
+                self.widen_to(e.max(self.exp.unwrap_or(e)));
+            }
+            let mut counts = part.counts;
+            if let (Some(e), Some(mine)) = (part.exp, self.exp) {
+                merge_bins(&mut counts, mine - e);
+            }
+            for (a, b) in self.counts.iter_mut().zip(counts) {
                 *a += b;
             }
+            self.min = self.min.min(part.min);
+            self.max = self.max.max(part.max);
         }
-        self.min = self.min.min(lo);
-        self.max = self.max.max(hi);
         self.total += x.len() as u64;
         Ok(())
     }
@@ -255,9 +240,46 @@ fn rank_position(counts: impl Iterator<Item = u64>, p: f64, total: u64) -> Optio
     None
 }
 
-/// Bin counts of `x` at width 2^exp: bin floor(v / 2^exp) + bins/2, computed exactly (scaling by
-/// a power of two is exact and floor is exact), which is what makes merging bins lossless.
-fn count_bins(x: &[f32], exp: i32, bins: usize) -> Vec<u64> {
+/// Merges the bins of `counts` 2^`shift` at a time, in place: the counts at a width 2^shift
+/// times as wide (bins stay anchored at 0, see the module's comment).
+fn merge_bins<T: Copy + Default + std::ops::AddAssign>(counts: &mut [T], shift: i32) {
+    if shift <= 0 {
+        return;
+    }
+    let shift = shift.min(62) as u32;
+    let half = (counts.len() / 2) as i64;
+    let old = counts.to_vec();
+    counts.iter_mut().for_each(|c| *c = T::default());
+    for (i, &c) in old.iter().enumerate() {
+        let j = (i as i64 - half).div_euclid(1i64 << shift) + half;
+        counts[j as usize] += c;
+    }
+}
+
+/// The smallest width exponent whose `bins` bins cover ±`absmax`.
+fn exp_for(absmax: f32, bins: usize) -> i32 {
+    let half = (bins / 2) as f64;
+    let mut e = (f64::from(absmax) / half).log2().floor() as i32;
+    // absmax / 2^e must be < half: step up until it is (at most a couple of times).
+    while f64::from(absmax) >= half * 2f64.powi(e) {
+        e += 1;
+    }
+    e.max(-149 - 24)
+}
+
+/// A histogram of part of a batch: its counts at width 2^exp (None: only zeros seen, all in
+/// the zero bin) and its exact extremes.
+struct Part {
+    counts: Vec<u64>,
+    exp: Option<i32>,
+    min: f32,
+    max: f32,
+}
+
+/// Bin counts of `x` (bin floor(v / 2^exp) + bins/2, computed exactly: scaling by a power of
+/// two is exact and floor is exact, which is what makes merging bins lossless), at the width
+/// that covers both `x` and `exp` (a histogram's). None if `x` holds NaN or ±Inf.
+fn count_part(x: &[f32], exp: Option<i32>, bins: usize) -> Option<Part> {
     // Four interleaved tables: repeated hits on one bin (zeros after a ReLU) do not wait on
     // each other's increments. Fewer values than 16 per bin take one: zeroing and adding up
     // four tables then cost more than the counting (8192 bins, spread values: 1.17 -> 0.59 ns
@@ -269,59 +291,93 @@ fn count_bins(x: &[f32], exp: i32, bins: usize) -> Vec<u64> {
     }
 }
 
-/// [`count_bins`] with `WAYS` interleaved tables (1 or 4).
-fn count_into<const WAYS: usize>(x: &[f32], exp: i32, bins: usize) -> Vec<u64> {
-    const STAGE: usize = 1024;
+/// [`count_part`] with `WAYS` interleaved tables (1 or 4). Each stage of values is read from
+/// memory once: its extremes (which may widen the bins, merging the tables' counts exactly)
+/// and then its bins come from the cache. Two passes over the whole part, extremes first, read
+/// a large activation from memory twice (2.5M values: 1.0-1.2 ns a value against ~0.6 in L2).
+fn count_into<const WAYS: usize>(x: &[f32], exp: Option<i32>, bins: usize) -> Option<Part> {
+    const STAGE: usize = 8192;
+    const BATCH: usize = 1024;
     let half = (bins / 2) as f32;
     let top = (bins - 1) as f32;
-    // 2^-exp as f32 when representable; tiny widths (exp < -126) divide instead.
-    let inv = (exp > -126 && exp < 127).then(|| 2f32.powi(-exp));
-    let width = 2f64.powi(exp) as f32;
     // Table j starts at j·off.
     let off = if WAYS == 4 { bins } else { 0 };
     crate::kernel::dispatch(
         #[inline(always)]
         || {
             let mut tables = vec![0u32; WAYS * bins];
-            let mut idx = [0u32; STAGE];
-            for c in x.chunks(STAGE) {
-                // Bounds are integers, so clamping after the floor is exact. The comparisons are
-                // MAXPS / MINPS; one loop per case so that each vectorizes.
-                let bin = |q: f32| {
-                    let b = q.floor() + half;
-                    let b = if b > 0.0 { b } else { 0.0 };
-                    let b = if b < top { b } else { top };
-                    // b is an integer below 2^22: read it from the mantissa after adding
-                    // 1.5·2^23 (a float-to-int `as` would not vectorize here).
-                    (b + 12_582_912.0).to_bits() - 0x4B40_0000
-                };
-                match inv {
-                    Some(inv) => idx.iter_mut().zip(c).for_each(|(i, &v)| *i = bin(v * inv)),
-                    None => idx
-                        .iter_mut()
-                        .zip(c)
-                        .for_each(|(i, &v)| *i = bin(v / width)),
+            let mut idx = [0u32; BATCH];
+            let (mut exp, mut lo, mut hi) = (exp, f32::INFINITY, f32::NEG_INFINITY);
+            for stage in x.chunks(STAGE) {
+                let (l, h, nan) = crate::params::min_max(stage);
+                if nan > 0 || !l.is_finite() || !h.is_finite() {
+                    return None;
                 }
-                let mut quads = idx[..c.len()].chunks_exact(4);
-                let t = tables.as_mut_ptr();
-                for q in &mut quads {
-                    // SAFETY: `bin` clamps every index to [0, bins − 1], and table j spans
-                    // [j·off, j·off + bins) of the WAYS·bins. Unchecked: a bounds check per
-                    // increment was a fifth of the count's time.
-                    unsafe {
-                        *t.add(q[0] as usize) += 1;
-                        *t.add(off + q[1] as usize) += 1;
-                        *t.add(2 * off + q[2] as usize) += 1;
-                        *t.add(3 * off + q[3] as usize) += 1;
+                (lo, hi) = (lo.min(l), hi.max(h));
+                let absmax = l.abs().max(h.abs());
+                if absmax > 0.0 {
+                    let need = exp_for(absmax, bins);
+                    match exp {
+                        Some(e) if need > e => {
+                            tables
+                                .chunks_mut(bins)
+                                .for_each(|t| merge_bins(t, need - e));
+                            exp = Some(need);
+                        }
+                        Some(_) => {}
+                        None => exp = Some(need),
                     }
                 }
-                for &i in quads.remainder() {
-                    tables[i as usize] += 1;
+                // Only zeros so far bin alike at any width.
+                let e = exp.unwrap_or(0);
+                // 2^-e as f32 when representable; tiny widths (e < -126) divide instead.
+                let inv = (e > -126 && e < 127).then(|| 2f32.powi(-e));
+                let width = 2f64.powi(e) as f32;
+                for c in stage.chunks(BATCH) {
+                    // Bounds are integers, so clamping after the floor is exact. The comparisons
+                    // are MAXPS / MINPS; one loop per case so that each vectorizes.
+                    let bin = |q: f32| {
+                        let b = q.floor() + half;
+                        let b = if b > 0.0 { b } else { 0.0 };
+                        let b = if b < top { b } else { top };
+                        // b is an integer below 2^22: read it from the mantissa after adding
+                        // 1.5·2^23 (a float-to-int `as` would not vectorize here).
+                        (b + 12_582_912.0).to_bits() - 0x4B40_0000
+                    };
+                    match inv {
+                        Some(inv) => idx.iter_mut().zip(c).for_each(|(i, &v)| *i = bin(v * inv)),
+                        None => idx
+                            .iter_mut()
+                            .zip(c)
+                            .for_each(|(i, &v)| *i = bin(v / width)),
+                    }
+                    let mut quads = idx[..c.len()].chunks_exact(4);
+                    let t = tables.as_mut_ptr();
+                    for q in &mut quads {
+                        // SAFETY: `bin` clamps every index to [0, bins − 1], and table j spans
+                        // [j·off, j·off + bins) of the WAYS·bins. Unchecked: a bounds check per
+                        // increment was a fifth of the count's time.
+                        unsafe {
+                            *t.add(q[0] as usize) += 1;
+                            *t.add(off + q[1] as usize) += 1;
+                            *t.add(2 * off + q[2] as usize) += 1;
+                            *t.add(3 * off + q[3] as usize) += 1;
+                        }
+                    }
+                    for &i in quads.remainder() {
+                        tables[i as usize] += 1;
+                    }
                 }
             }
-            (0..bins)
+            let counts = (0..bins)
                 .map(|b| (0..WAYS).map(|t| u64::from(tables[t * bins + b])).sum())
-                .collect()
+                .collect();
+            Some(Part {
+                counts,
+                exp,
+                min: lo,
+                max: hi,
+            })
         },
     )
 }
@@ -347,9 +403,42 @@ mod tests {
     fn the_table_count_does_not_change_the_counts() {
         let mut x = data(5000, 9);
         x.extend([0.0, -0.0, 1e30, -1e30, 0.0]);
-        for exp in [-3, 0, 4] {
-            assert_eq!(count_into::<1>(&x, exp, 64), count_into::<4>(&x, exp, 64));
+        for exp in [None, Some(-3), Some(0), Some(4)] {
+            let counts = |p: Option<Part>| p.map(|p| (p.counts, p.exp));
+            let (one, four) = (count_into::<1>(&x, exp, 64), count_into::<4>(&x, exp, 64));
+            assert_eq!(counts(one), counts(four));
         }
+    }
+
+    /// Against the definition: every value binned once at the final width, 2^e with e the
+    /// smallest whose bins cover max |x|. The batches hold parts of more than one task (16 ·
+    /// CHUNK values), zeros first, and their stages widen the tables mid-part.
+    #[test]
+    fn counts_are_the_values_binned_at_the_final_width() {
+        let bins = 64;
+        let mut x = vec![0.0f32; 3000];
+        x.extend(data(16 * CHUNK + 70_000, 5));
+        x.extend([0.0, -0.0, 1e-3, -1e-3]);
+        let mut h = Histogram::new(bins).unwrap();
+        for batch in x.chunks(16 * CHUNK + 40_000) {
+            h.update(batch).unwrap();
+        }
+        let absmax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let e = (-40..40)
+            .find(|&e| f64::from(absmax) < 32.0 * 2f64.powi(e))
+            .unwrap();
+        let mut expected = vec![0u64; bins];
+        for &v in &x {
+            let b = (f64::from(v) / 2f64.powi(e)).floor() as i64 + 32;
+            expected[b as usize] += 1;
+        }
+        assert_eq!(h.exp, Some(e));
+        assert_eq!(h.counts, expected);
+        assert_eq!(h.total, x.len() as u64);
+        let (lo, hi) = x
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        assert_eq!(h.min_max(), Some((lo, hi)));
     }
 
     #[test]
