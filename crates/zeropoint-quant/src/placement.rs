@@ -75,10 +75,17 @@ pub struct Plan {
     pub shared: Vec<(String, String)>,
 }
 
-/// Operators whose output lies on the grid of their (first) input.
-fn preserves_grid(op: &Op) -> bool {
+/// Operators whose output lies on the grid of their (first) input: a nearest-neighbour Resize
+/// copies input values too. ONNX Runtime's quantizer gives every Resize its
+/// input's parameters, and runs it on the codes then; a Resize with its own grid is a float
+/// Resize between a DequantizeLinear and a QuantizeLinear (ppocr-v3-det's FPN: 5M values a
+/// 640² image, observed and requantized for nothing).
+fn preserves_grid(node: &Node) -> bool {
+    if node.op == Op::Resize {
+        return node.attribute("mode").is_none_or(|m| m.s() == b"nearest");
+    }
     matches!(
-        op,
+        node.op,
         Op::MaxPool
             | Op::Reshape
             | Op::Flatten
@@ -300,7 +307,7 @@ impl Plan {
             .map(|a| (a.clone(), a.clone()))
             .collect();
         for node in &rules.graph.nodes {
-            if !preserves_grid(&node.op) || rules.excluded(node) {
+            if !preserves_grid(node) || rules.excluded(node) {
                 continue;
             }
             let Some(src) = node.inputs.first().and_then(|i| source.get(i)).cloned() else {
@@ -421,7 +428,7 @@ fn propagate_needed(rules: &Rules, needed: &mut HashSet<String>) {
         if rules.excluded(node) || !node.outputs.iter().any(|o| needed.contains(o)) {
             continue;
         }
-        if preserves_grid(&node.op) {
+        if preserves_grid(node) {
             needed.extend(node.inputs.first().cloned());
         } else if is_binary(&node.op) {
             let activations = node
@@ -548,6 +555,50 @@ mod tests {
                 ("flat".to_string(), "relu".to_string())
             ]
         );
+    }
+
+    /// An FPN's upsampling: Conv → Resize → Conv. A nearest-neighbour Resize copies values, so
+    /// its output takes the Conv's grid; a linear one makes new values and gets its own.
+    #[test]
+    fn a_nearest_resize_shares_its_inputs_grid_a_linear_one_does_not() {
+        use zeropoint_onnx::proto::AttributeProto;
+        let plan_with = |mode: Option<&str>| {
+            let mut up = node(Op::Resize, &["c1", "", "scales"], "up");
+            if let Some(m) = mode {
+                up.attributes = vec![AttributeProto {
+                    name: Some("mode".into()),
+                    s: Some(m.as_bytes().to_vec()),
+                    r#type: Some(
+                        zeropoint_onnx::proto::attribute_proto::AttributeType::String as i32,
+                    ),
+                    ..Default::default()
+                }];
+            }
+            let scales = RawTensor::from_f32s("scales", &[4], &[1.0, 1.0, 2.0, 2.0]);
+            let g = graph(
+                vec![input("x", &[1, 2, 4, 4])],
+                vec![
+                    weight("w1", &[3, 2, 1, 1]),
+                    weight("w2", &[4, 3, 1, 1]),
+                    scales,
+                ],
+                vec![
+                    node(Op::Conv, &["x", "w1"], "c1"),
+                    up,
+                    node(Op::Conv, &["up", "w2"], "c2"),
+                ],
+                "c2",
+            );
+            plan_of(&g, &[]).unwrap()
+        };
+        for mode in [None, Some("nearest")] {
+            let plan = plan_with(mode);
+            assert_eq!(plan.activations, ["x", "c1"], "{mode:?}");
+            assert_eq!(plan.shared, [("up".to_string(), "c1".to_string())]);
+        }
+        let linear = plan_with(Some("linear"));
+        assert_eq!(linear.activations, ["x", "c1", "up"]);
+        assert!(linear.shared.is_empty());
     }
 
     /// A residual sum of two quantized values read by a float ReduceMean (a ResNet's last
