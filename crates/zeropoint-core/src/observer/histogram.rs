@@ -300,12 +300,17 @@ fn count_into<const WAYS: usize>(x: &[f32], exp: Option<i32>, bins: usize) -> Op
     const BATCH: usize = 1024;
     let half = (bins / 2) as f32;
     let top = (bins - 1) as f32;
+    // Each table has SPREAD slots past its bins that count the zero bin's hits in turn, so that
+    // a run of zeros (half of a ReLU's output) increments 4·SPREAD counters instead of waiting
+    // on one counter's last store per table.
+    const SPREAD: usize = 16;
+    let (zero, row) = (bins as u32 / 2, bins + SPREAD);
     // Table j starts at j·off.
-    let off = if WAYS == 4 { bins } else { 0 };
+    let off = if WAYS == 4 { row } else { 0 };
     crate::kernel::dispatch(
         #[inline(always)]
         || {
-            let mut tables = vec![0u32; WAYS * bins];
+            let mut tables = vec![0u32; WAYS * row];
             let mut idx = [0u32; BATCH];
             let (mut exp, mut lo, mut hi) = (exp, f32::INFINITY, f32::NEG_INFINITY);
             for stage in x.chunks(STAGE) {
@@ -319,9 +324,10 @@ fn count_into<const WAYS: usize>(x: &[f32], exp: Option<i32>, bins: usize) -> Op
                     let need = exp_for(absmax, bins);
                     match exp {
                         Some(e) if need > e => {
+                            // The spread slots stay: the zero bin merges into itself.
                             tables
-                                .chunks_mut(bins)
-                                .for_each(|t| merge_bins(t, need - e));
+                                .chunks_mut(row)
+                                .for_each(|t| merge_bins(&mut t[..bins], need - e));
                             exp = Some(need);
                         }
                         Some(_) => {}
@@ -351,12 +357,17 @@ fn count_into<const WAYS: usize>(x: &[f32], exp: Option<i32>, bins: usize) -> Op
                             .zip(c)
                             .for_each(|(i, &v)| *i = bin(v / width)),
                     }
+                    for (j, i) in idx.iter_mut().enumerate() {
+                        let spread = (bins + j % SPREAD) as u32;
+                        *i = if *i == zero { spread } else { *i };
+                    }
                     let mut quads = idx[..c.len()].chunks_exact(4);
                     let t = tables.as_mut_ptr();
                     for q in &mut quads {
-                        // SAFETY: `bin` clamps every index to [0, bins − 1], and table j spans
-                        // [j·off, j·off + bins) of the WAYS·bins. Unchecked: a bounds check per
-                        // increment was a fifth of the count's time.
+                        // SAFETY: `bin` clamps every index to [0, bins − 1], the spreading
+                        // moves some to [bins, row), and table j spans [j·off, j·off + row) of
+                        // the WAYS·row. Unchecked: a bounds check per increment was a fifth of
+                        // the count's time.
                         unsafe {
                             *t.add(q[0] as usize) += 1;
                             *t.add(off + q[1] as usize) += 1;
@@ -369,9 +380,12 @@ fn count_into<const WAYS: usize>(x: &[f32], exp: Option<i32>, bins: usize) -> Op
                     }
                 }
             }
-            let counts = (0..bins)
-                .map(|b| (0..WAYS).map(|t| u64::from(tables[t * bins + b])).sum())
+            let mut counts: Vec<u64> = (0..bins)
+                .map(|b| (0..WAYS).map(|t| u64::from(tables[t * row + b])).sum())
                 .collect();
+            counts[bins / 2] += (tables.chunks(row))
+                .map(|t| t[bins..].iter().map(|&c| u64::from(c)).sum::<u64>())
+                .sum::<u64>();
             Some(Part {
                 counts,
                 exp,
