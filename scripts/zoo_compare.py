@@ -12,7 +12,8 @@ tensors) is out of scope; models zeropoint cannot run yet (If, Loop) get a row w
 Inputs are the synthetic ones of scripts/zoo_inputs.py (`inputs()`): N calibration samples from seed 1
 (default 16), M evaluation samples from seed 2 (default 8), batch-first arrays named after the model inputs;
 ppocr-v3-det, whose output on random pixels is ~0, gets real text instead (`text_pages()`: the shared
-text.png to calibrate, page.png to evaluate, rotated and scaled on a 640x640 canvas).
+text.png to calibrate, page.png to evaluate, rotated and scaled on a 640x640 canvas), and isbnx-yolo26n, which
+finds nothing in random pixels, rendered ISBN barcodes (`isbn_pages()`).
 
 Per model:
   zeropoint  `zeropoint quantize MODEL --calib calib.npz --preset w8a8 --batch 1 -o OUT --json`, its defaults
@@ -66,7 +67,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from zoo_check import OUT_OF_SCOPE, ROW_SETS  # noqa: E402
-from zoo_inputs import inputs, text_pages  # noqa: E402
+from zoo_inputs import inputs, isbn_pages, text_pages  # noqa: E402
 
 # Order of ZOO.md's table.
 ZOO = ["ppocr-v3-det", "ppocr-v2-rec", "ppocr-v5-rec", "ddddocr-ocr", "ddddocr-det", "isbnx-yolo26n", "mtcnn-pnet",
@@ -386,9 +387,12 @@ def box_agreement(ref, out):
 # ------------------------------------------------------------------------------------------ one model
 def split_inputs(zoo, name, split, n):
     """The calibration or evaluation inputs of a model: real text for ppocr-v3-det (zoo_inputs.text_pages: text.png to
-    calibrate, page.png to evaluate), synthetic ones from seed 1 or 2 for the rest."""
+    calibrate, page.png to evaluate), rendered ISBN barcodes for isbnx-yolo26n (zoo_inputs.isbn_pages, seeds 6 and 7),
+    synthetic ones from seed 1 or 2 for the rest."""
     if name == "ppocr-v3-det":
         return {"x": text_pages(split, n)}
+    if name == "isbnx-yolo26n":
+        return {"images": isbn_pages(split, n)}
     return inputs(zoo, name, np.random.default_rng(1 if split == "calib" else 2), n)
 
 

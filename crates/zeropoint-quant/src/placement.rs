@@ -5,7 +5,9 @@
 //! - biases of Conv and Gemm: int32 with scale s_w·s_x, so that the integer accumulator adds
 //!   them exactly;
 //! - activations: the data inputs of every quantized layer; the output of every Conv and
-//!   ConvTranspose fused group (layer + bias + Relu/Clip: no requantization inside); Add, Sub,
+//!   ConvTranspose fused group (layer + bias + Relu/Clip: no requantization inside) but the
+//!   logits of a detection or segmentation head (read, through Reshape and Concat, only by
+//!   Sigmoid, Softmax or the graph's outputs); Add, Sub,
 //!   Mul and Concat between activations, inputs and output, when an integer op consumes their
 //!   output, and an Add of two quantized activations whatever reads it (ONNX Runtime then runs
 //!   it as QLinearAdd). A MatMul's or Gemm's output is quantized only when an integer op consumes it
@@ -130,6 +132,35 @@ impl<'g> Rules<'g> {
             .any(|e| *e == node.name || e == node.op.as_str())
     }
 
+    /// Whether `v` goes, through ops that only move values and Concats, only to graph outputs
+    /// and to Sigmoid, Softmax or LogSoftmax: a detection head's class and box maps, a DB
+    /// text detector's probability map before its Sigmoid. Their few large values are the
+    /// detections, which a range fitted to the bulk of the map (the MSE range) clips: all of
+    /// isbnx-yolo26n's confident barcodes scored 0.728, its logits' clipping point, against
+    /// 0.95-0.97 in float. ONNX Runtime runs such a convolution in float on its dequantized
+    /// input and weight; heads are a model's smallest convolutions.
+    fn logits(&self, v: &str) -> bool {
+        let mut todo = vec![v];
+        let mut seen = HashSet::new();
+        while let Some(v) = todo.pop() {
+            if !seen.insert(v) {
+                continue;
+            }
+            for &i in self.consumers.get(v).into_iter().flatten() {
+                let node = &self.graph.nodes[i];
+                match node.op {
+                    Op::Sigmoid | Op::Softmax | Op::LogSoftmax => {}
+                    Op::Concat => todo.extend(node.outputs.iter().map(String::as_str)),
+                    _ if preserves_grid(node) => {
+                        todo.extend(node.outputs.iter().map(String::as_str))
+                    }
+                    _ => return false,
+                }
+            }
+        }
+        true
+    }
+
     /// The one node reading `v`, if `v` is no graph output.
     fn sole_reader(&self, v: &str) -> Option<&'g Node> {
         match self.consumers.get(v).map(Vec::as_slice) {
@@ -229,12 +260,15 @@ impl Plan {
                 self.add_weight(rules, node, wi);
             }
             // Convolution outputs are requantized (runtimes' integer convolutions produce
-            // codes); a MatMul's or Gemm's only when an integer op consumes it (see
-            // propagate_needed), so that attention scores, residual branches and dense layers
-            // feeding Softmax, LayerNorm or Sigmoid stay float.
+            // codes), but for a detector's or segmenter's logits; a MatMul's or Gemm's only
+            // when an integer op consumes it (see propagate_needed), so that attention scores,
+            // residual branches and dense layers feeding Softmax, LayerNorm or Sigmoid stay
+            // float.
             if !matches!(node.op, Op::MatMul | Op::Gemm) {
                 if let Some(&g) = group_of.get(node.name.as_str()) {
-                    needed.insert(groups[g].output.clone());
+                    if !rules.logits(&groups[g].output) {
+                        needed.insert(groups[g].output.clone());
+                    }
                 }
             }
         }
@@ -554,6 +588,51 @@ mod tests {
                 ("pool".to_string(), "relu".to_string()),
                 ("flat".to_string(), "relu".to_string())
             ]
+        );
+    }
+
+    /// A detection head: the backbone's Conv → SiLU feeds a class Conv whose logits go through
+    /// Reshape and Concat to a Sigmoid, and a box Conv whose output is decoded (Mul by a
+    /// stride). The class logits stay float (their few large values are the detections); the
+    /// box Conv's output, read by an arithmetic op, and the SiLU's input, read by its Mul, are
+    /// quantized.
+    #[test]
+    fn a_heads_class_logits_stay_float() {
+        let g = graph(
+            vec![input("x", &[1, 2, 4, 4])],
+            vec![
+                weight("w", &[3, 2, 1, 1]),
+                weight("wc", &[2, 3, 1, 1]),
+                weight("wb", &[4, 3, 1, 1]),
+                RawTensor::from_i64s("shape", &[3], &[1, 2, 16], DType::I64),
+                RawTensor::from_f32s("stride", &[1], &[8.0]),
+            ],
+            vec![
+                node(Op::Conv, &["x", "w"], "c"),
+                node(Op::Sigmoid, &["c"], "s"),
+                node(Op::Mul, &["c", "s"], "silu"),
+                node(Op::Conv, &["silu", "wc"], "cls"),
+                node(Op::Reshape, &["cls", "shape"], "flat"),
+                node(Op::Concat, &["flat", "flat"], "all"),
+                node(Op::Sigmoid, &["all"], "scores"),
+                node(Op::Conv, &["silu", "wb"], "box"),
+                node(Op::Mul, &["box", "stride"], "boxes"),
+            ],
+            "scores",
+        );
+        let plan = plan_of(&g, &[]).unwrap();
+        assert!(!plan.activations.iter().any(|a| a == "cls" || a == "all"));
+        for a in ["x", "c", "s", "silu", "box"] {
+            assert!(
+                plan.activations.iter().any(|v| v == a),
+                "{a}: {:?}",
+                plan.activations
+            );
+        }
+        assert_eq!(
+            names(&plan.weights),
+            ["w", "wc", "wb"],
+            "the weights all stay integer"
         );
     }
 
