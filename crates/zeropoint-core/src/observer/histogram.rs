@@ -137,7 +137,8 @@ impl Histogram {
             .collect();
         if parts.iter().any(Option::is_none) {
             // The whole batch's count of NaN, or its infinite extreme, for the message.
-            crate::params::finite_min_max(x)?;
+            let (min, max) = crate::params::finite_min_max(x)?;
+            return Err(Error::NonFiniteRange { min, max });
         }
         for part in parts.into_iter().flatten() {
             if let Some(e) = part.exp {
