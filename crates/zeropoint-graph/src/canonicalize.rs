@@ -364,13 +364,22 @@ fn two_d_values(graph: &mut Graph, eval: &dyn Evaluator) -> HashSet<String> {
 /// The axis of a layer's weight that indexes its output channels: 0 for Conv and Gemm with
 /// transB, 1 for ConvTranspose (its weight is [C_in, C_out / group, k...]; the folds take it
 /// only ungrouped, where that axis is all of C_out), MatMul and Gemm.
-fn weight_output_axis(node: &Node) -> usize {
+pub fn weight_output_axis(node: &Node) -> usize {
     let trans_b = node.attribute("transB").is_some_and(|a| a.i() != 0);
     match node.op {
         Op::Conv => 0,
         Op::Gemm if trans_b => 0,
         _ => 1,
     }
+}
+
+/// The values of `w` (in f64), each times `factor` of its index along `axis` (`factor` holds
+/// one value per index of that axis).
+fn scaled_per_channel(w: &RawTensor, axis: usize, factor: &[f64]) -> Vec<f64> {
+    let inner: usize = w.shape[axis + 1..].iter().product();
+    (w.to_f64s().iter().enumerate())
+        .map(|(i, x)| x * factor[(i / inner.max(1)) % factor.len()])
+        .collect()
 }
 
 /// A ConvTranspose of one group: a grouped one's output channel c is weight column c mod
@@ -411,13 +420,7 @@ fn fold_one(graph: &mut Graph, bn: usize, anchor: usize) -> Result<BatchNormStat
         )));
     }
     // W' = W·factor[c] along the channel axis, in f64, back in W's own type.
-    let inner: usize = w.shape[out_axis + 1..].iter().product();
-    let scaled: Vec<f64> = w
-        .to_f64s()
-        .iter()
-        .enumerate()
-        .map(|(i, x)| x * factor[(i / inner.max(1)) % channels])
-        .collect();
+    let scaled = scaled_per_channel(&w, out_axis, &factor);
     let old_bias = match node.inputs.get(2).filter(|s| !s.is_empty()) {
         Some(n) => graph
             .initializer(n)
@@ -475,9 +478,8 @@ pub fn fold_scale_muls(graph: &mut Graph) -> Result<Vec<(String, String)>> {
         let w = graph
             .initializer(&c.inputs[1])
             .ok_or_else(|| err("missing weight"))?;
-        let inner: usize = w.shape[weight_output_axis(&c) + 1..].iter().product();
-        let weights: Vec<f32> = (w.to_f64s().iter().enumerate())
-            .map(|(i, &v)| (v * scale[(i / inner.max(1)) % scale.len()]) as f32)
+        let weights: Vec<f32> = (scaled_per_channel(w, weight_output_axis(&c), &scale).iter())
+            .map(|&v| v as f32)
             .collect();
         let bias = match c.inputs.get(2).filter(|b| !b.is_empty()) {
             Some(b) => {

@@ -18,7 +18,6 @@
 use candle_core::{Tensor, Var};
 use zeropoint_core::Granularity;
 use zeropoint_graph::graph::Graph;
-use zeropoint_graph::op::Op;
 
 use crate::calibrated::Calibrated;
 use crate::error::{Error, Result};
@@ -83,11 +82,7 @@ pub(crate) fn kept_norms(c: &Calibrated) -> Result<Vec<KeptNorm>> {
         let (Some(weight), Some(bias)) = (node.inputs.get(1), node.inputs.get(2)) else {
             continue;
         };
-        let axis = match node.op {
-            Op::Gemm if node.attribute("transB").is_none_or(|a| a.i() == 0) => 1,
-            Op::ConvTranspose => 1,
-            _ => 0,
-        };
+        let axis = zeropoint_graph::canonicalize::weight_output_axis(node);
         check_grid(c, weight, axis)?;
         out.push(kept(g, s, (weight, bias), axis)?);
     }
