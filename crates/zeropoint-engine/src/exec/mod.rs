@@ -346,20 +346,14 @@ impl<'g> Executor<'g> {
         mut over: Option<&mut NodeHook>,
     ) -> Result<()> {
         let g = self.graph();
-        let mut after_silu = false;
-        for i in nodes.clone() {
-            if std::mem::take(&mut after_silu) {
-                continue;
-            }
+        let mut i = nodes.start;
+        while i < nodes.end {
             let node = &g.nodes[i];
             if over.is_none() && i + 1 < nodes.end {
-                match self.run_silu(i, env, hook)? {
-                    Silu::Both => {
-                        after_silu = true;
-                        continue;
-                    }
-                    Silu::Sigmoid => continue,
-                    Silu::No => {}
+                let done = self.run_silu(i, env, hook)?;
+                if done > 0 {
+                    i += done;
+                    continue;
                 }
             }
             let replaced = over.as_mut().and_then(|f| f(node, &node_args(node, env)));
@@ -368,64 +362,81 @@ impl<'g> Executor<'g> {
                 None => self.run_node(i, env, hook)?,
             };
             for (name, v) in node.outputs.iter().zip(outs) {
-                if name.is_empty() {
-                    continue;
+                if !name.is_empty() {
+                    self.keep(node, name, v, env, hook)?;
                 }
-                let v = hook(name, v)
-                    .map_err(|e| located(g, format!("{}: output '{name}'", node.label()), e))?;
-                env.insert(name.clone(), v);
             }
-            for dead in &self.dead_after[i] {
-                env.remove(dead);
-            }
+            self.forget_dead(i, env);
+            i += 1;
         }
         Ok(())
     }
 
+    /// Output `name` of `node`, `v`, through `hook` into `env`.
+    fn keep(
+        &self,
+        node: &Node,
+        name: &str,
+        v: Value,
+        env: &mut HashMap<String, Value>,
+        hook: &mut Hook,
+    ) -> Result<()> {
+        let v = hook(name, v).map_err(|e| {
+            located(
+                self.graph(),
+                format!("{}: output '{name}'", node.label()),
+                e,
+            )
+        })?;
+        env.insert(name.to_string(), v);
+        Ok(())
+    }
+
+    /// Drops from `env` the values no node after node `i` reads.
+    fn forget_dead(&self, i: usize, env: &mut HashMap<String, Value>) {
+        for dead in &self.dead_after[i] {
+            env.remove(dead);
+        }
+    }
+
     /// Node `i` and the next one as one pass where they are a SiLU ([`Executor::silu`]) on
     /// float32 data: both outputs pass through `hook` and go into `env` as the two nodes'
-    /// would. Where the hook changes the Sigmoid's output, only node `i` is done, and the pair
-    /// is not fused again.
+    /// would. Returns how many nodes it ran: 0 (no SiLU here), 2, or 1 where the hook changed
+    /// the Sigmoid's output; the pair is then not fused again.
     fn run_silu(
         &self,
         i: usize,
         env: &mut HashMap<String, Value>,
         hook: &mut Hook,
-    ) -> Result<Silu> {
+    ) -> Result<usize> {
         if !self.silu[i].load(Ordering::Relaxed) {
-            return Ok(Silu::No);
+            return Ok(0);
         }
         let g = self.graph();
         let (sigmoid, mul) = (&g.nodes[i], &g.nodes[i + 1]);
         let Some(x) = env.get(&sigmoid.inputs[0]) else {
-            return Ok(Silu::No);
+            return Ok(0);
         };
         if x.dtype != zeropoint_onnx::DType::F32 || x.tensor.track_op() {
-            return Ok(Silu::No);
+            return Ok(0);
         }
         let dims = x.tensor.dims().to_vec();
         let (s, y) = crate::value::with_f32_slice(&x.tensor, ops::sigmoid_and_product)
             .map_err(|e| located(g, sigmoid.label(), e))?;
         let value = |v| Value::from_f32_vec(v, &dims).map_err(|e| located(g, sigmoid.label(), e));
         let (s, y) = (value(s)?, value(y)?);
-        let mut done = Silu::Both;
-        for (node, step, v) in [(sigmoid, i, s), (mul, i + 1, y)] {
-            let name = &node.outputs[0];
-            let id = v.tensor.id();
-            let v = hook(name, v)
-                .map_err(|e| located(g, format!("{}: output '{name}'", node.label()), e))?;
-            let changed = v.tensor.id() != id;
-            env.insert(name.clone(), v);
-            for dead in &self.dead_after[step] {
-                env.remove(dead);
-            }
-            if step == i && changed {
-                self.silu[i].store(false, Ordering::Relaxed);
-                done = Silu::Sigmoid;
-                break;
-            }
+        let (name, id) = (&sigmoid.outputs[0], s.tensor.id());
+        self.keep(sigmoid, name, s, env, hook)?;
+        // The hook's value, read before node i's dead values go (the Mul reads it: it stays).
+        let changed = env.get(name).is_none_or(|v| v.tensor.id() != id);
+        self.forget_dead(i, env);
+        if changed {
+            self.silu[i].store(false, Ordering::Relaxed);
+            return Ok(1);
         }
-        Ok(done)
+        self.keep(mul, &mul.outputs[0], y, env, hook)?;
+        self.forget_dead(i + 1, env);
+        Ok(2)
     }
 
     /// Node `i`'s outputs on the values in `env` (a control-flow node's subgraphs pass theirs
@@ -664,16 +675,6 @@ impl Scope {
 /// Something wrong with the model or its inputs, said of the model's file.
 fn model_error(g: &Graph, message: String) -> Error {
     zeropoint_graph::Error::model(&g.source, message).into()
-}
-
-/// What [`Executor::run_silu`] did.
-enum Silu {
-    /// Nothing: run node `i` as usual.
-    No,
-    /// Node `i` only (the hook changed its output): node `i + 1` runs as usual.
-    Sigmoid,
-    /// Both nodes.
-    Both,
 }
 
 /// Per node of `graph`, whether it is a Sigmoid(x) = s that the next node multiplies with x,
