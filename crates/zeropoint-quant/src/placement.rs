@@ -150,8 +150,7 @@ impl<'g> Rules<'g> {
                 let node = &self.graph.nodes[i];
                 match node.op {
                     Op::Sigmoid | Op::Softmax | Op::LogSoftmax => {}
-                    Op::Concat => todo.extend(node.outputs.iter().map(String::as_str)),
-                    _ if preserves_grid(node) => {
+                    _ if node.op == Op::Concat || preserves_grid(node) => {
                         todo.extend(node.outputs.iter().map(String::as_str))
                     }
                     _ => return false,
