@@ -364,14 +364,8 @@ fn count_into<const WAYS: usize>(x: &[f32], exp: Option<i32>, bins: usize) -> Op
                     }
                 }
             }
-            let mut counts: Vec<u64> = (0..bins)
-                .map(|b| (0..WAYS).map(|t| u64::from(tables[t * row + b])).sum())
-                .collect();
-            counts[bins / 2] += (tables.chunks(row))
-                .map(|t| t[bins..].iter().map(|&c| u64::from(c)).sum::<u64>())
-                .sum::<u64>();
             Some(Histogram {
-                counts,
+                counts: added_up(&tables, bins, row),
                 exp,
                 min: lo,
                 max: hi,
@@ -379,6 +373,19 @@ fn count_into<const WAYS: usize>(x: &[f32], exp: Option<i32>, bins: usize) -> Op
             })
         },
     )
+}
+
+/// The counts of `tables`, back to back `row` apart (each `bins` bins and then the zero bin's
+/// spread counters), added up bin by bin.
+fn added_up(tables: &[u32], bins: usize, row: usize) -> Vec<u64> {
+    let mut counts = vec![0u64; bins];
+    for table in tables.chunks(row) {
+        for (c, &t) in counts.iter_mut().zip(table) {
+            *c += u64::from(t);
+        }
+        counts[bins / 2] += table[bins..].iter().map(|&c| u64::from(c)).sum::<u64>();
+    }
+    counts
 }
 
 #[cfg(test)]
