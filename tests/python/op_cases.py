@@ -858,6 +858,39 @@ def index_cases():
     case("TopK_k_input", tk(axis=-1), {"x": r.n(1, 40), "k": i64([5])}, note="K as graph input")
     case("TopK_int64", tk(), {"x": r.i(-5, 5, 2, 8)}, {"k": i64([3])}, note="int64 values")
     case("TopK_opset10", tk(axis=1), {"x": r.n(2, 5)}, {"k": i64([2])}, opset=10, note="TopK-10 (no largest)")
+    se = lambda **kw: N("ScatterElements", ["x", "idx", "u"], ["y"], **kw)
+    case("ScatterElements_axis0", se(), {"x": r.n(3, 4), "u": r.n(2, 4)}, {"idx": i64([[2, 0, 1, 1], [0, -1, 2, -3]])},
+         note="negative indices")
+    case("ScatterElements_axis1_smaller", se(axis=-1), {"x": r.n(3, 5), "u": r.n(2, 2)}, {"idx": i64([[4, 0], [1, 1]])},
+         note="axis -1, indices smaller than the data on the other axis")
+    case("ScatterElements_add_duplicates", se(axis=1, reduction="add"), {"x": r.n(2, 4), "u": r.n(2, 5)},
+         {"idx": i64([[1, 1, 3, 1, 0], [2, 2, 2, 2, 2]])}, opset=16, note="reduction add, repeated targets")
+    case("ScatterElements_max", se(axis=0, reduction="max"), {"x": r.n(3, 3), "u": r.n(4, 3)},
+         {"idx": i64([[0, 1, 2], [0, 1, 2], [2, 2, 0], [1, 0, 1]])}, opset=18, note="reduction max")
+    case("ScatterElements_min_int64", se(axis=0, reduction="min"), {"x": r.i(-9, 9, 3, 2), "u": r.i(-9, 9, 2, 2)},
+         {"idx": i64([[2, 0], [2, 0]])}, opset=18, note="reduction min on int64")
+    case("ScatterElements_mul", se(axis=2, reduction="mul"), {"x": r.n(2, 2, 3), "u": r.n(2, 2, 2),
+         "idx": r.i(-3, 3, 2, 2, 2)}, opset=16, note="reduction mul, indices as graph input")
+    case("Scatter_opset10", N("Scatter", ["x", "idx", "u"], ["y"], axis=1), {"x": r.n(2, 3), "u": r.n(2, 2)},
+         {"idx": i64([[2, 0], [1, 2]])}, opset=10, note="opset 9-10's name for ScatterElements")
+    sn = lambda **kw: N("ScatterND", ["x", "idx", "u"], ["y"], **kw)
+    case("ScatterND_elements", sn(), {"x": r.n(3, 4), "u": r.n(3)}, {"idx": i64([[0, 1], [2, 3], [1, -1]])},
+         note="one element per index tuple, a negative coordinate")
+    case("ScatterND_rows", sn(), {"x": r.n(4, 2, 3), "u": r.n(2, 2, 3)}, {"idx": i64([[3], [0]])},
+         note="whole slices [2,3] per index")
+    case("ScatterND_batched_indices", sn(), {"x": r.n(2, 3, 4), "u": r.n(2, 2, 4)},
+         {"idx": i64([[[0, 2], [1, 0]], [[1, 1], [0, 0]]])}, note="indices [2,2,2]: rows of the last axis")
+    case("ScatterND_add", sn(reduction="add"), {"x": r.n(3, 2), "u": r.n(3, 2)}, {"idx": i64([[1], [1], [0]])},
+         opset=16, note="reduction add, a repeated row")
+    case("ScatterND_max_int64", sn(reduction="max"), {"x": r.i(-9, 9, 2, 3), "u": r.i(-9, 9, 2)},
+         {"idx": i64([[0, 2], [0, 2]])}, opset=18, note="reduction max on int64, one element twice")
+    oh = lambda **kw: N("OneHot", ["i", "depth", "values"], ["y"], **kw)
+    case("OneHot_last_axis", oh(), {"i": i64([[0, 3, -1], [5, -6, 2]])}, {"depth": i64([5]), "values": f32([0, 1])},
+         note="negative indices, and 5 and -6 outside [-5, 5): rows of off")
+    case("OneHot_axis0_float", oh(axis=0), {"i": f32([1.0, 2.7, 0.0])}, {"depth": f32(4.0), "values": f32([-2, 3])},
+         opset=11, note="axis 0, float indices and scalar float depth, other off/on")
+    case("OneHot_middle_int_values", oh(axis=1), {"i": r.i(0, 3, 2, 4)}, {"depth": i64([3]), "values": i64([7, 9])},
+         opset=11, note="axis 1 of 3, int64 values")
     md = lambda **kw: N("Mod", ["a", "b"], ["y"], **kw)
     case("Mod_int_sign_of_divisor", md(), {"a": i64([-7, 7, -7, 7, 0, 6]), "b": i64([3, -3, -3, 3, 5, 3])},
          note="fmod=0: Python remainder, sign of the divisor")

@@ -48,9 +48,10 @@ operators! {
     InstanceNormalization, IsInf, IsNaN,
     LayerNormalization, LeakyRelu, Less, LessOrEqual, Log, LogSoftmax, MatMul, MatMulInteger, Max,
     MaxPool,
-    Mean, Min, Mod, Mul, Neg, Not, Or, PRelu, Pad, Pow, QuantizeLinear, Range, Reciprocal,
+    Mean, Min, Mod, Mul, Neg, Not, OneHot, Or, PRelu, Pad, Pow, QuantizeLinear, Range, Reciprocal,
     ReduceL1, ReduceL2, ReduceLogSum, ReduceLogSumExp, ReduceMax, ReduceMean, ReduceMin,
-    ReduceProd, ReduceSum, ReduceSumSquare, Relu, Reshape, Resize, Selu, Shape, Sigmoid, Sign,
+    ReduceProd, ReduceSum, ReduceSumSquare, Relu, Reshape, Resize, Scatter, ScatterElements,
+    ScatterND, Selu, Shape, Sigmoid, Sign,
     Sin, Size, Slice, Softmax, Softplus, Split, Sqrt, Squeeze, Sub, Sum, Tanh, Tile, TopK,
     Transpose, Trilu, Unsqueeze, Where, Xor,
     // The recurrent operators, named as ONNX spells them.

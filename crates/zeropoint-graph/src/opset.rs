@@ -169,9 +169,11 @@ fn to_10(rw: &mut Rewrite, node: &mut Node) -> Result<Vec<Node>> {
     Ok(vec![])
 }
 
-/// Opset 11: Clip's `min`/`max` and Pad's `pads`/`value` become inputs; Resize-10 is refused.
+/// Opset 11: Clip's `min`/`max` and Pad's `pads`/`value` become inputs; Scatter is renamed
+/// ScatterElements (the same operator); Resize-10 is refused.
 fn to_11(rw: &mut Rewrite, node: &mut Node) -> Result<Vec<Node>> {
     match node.op {
+        Op::Scatter => node.op = Op::ScatterElements,
         Op::Clip => {
             for (at, attr) in [(1, "min"), (2, "max")] {
                 if let Some(a) = take_attribute(node, attr) {

@@ -1,12 +1,13 @@
-//! Operators that pick elements by computed indices: GatherElements (torch's `gather`) and TopK
-//! (the k largest or smallest along an axis, with their indices, as detectors use to keep their
-//! best boxes).
+//! Operators that pick or write elements at computed indices: GatherElements (torch's
+//! `gather`), TopK (the k largest or smallest along an axis, with their indices, as detectors use
+//! to keep their best boxes), ScatterElements and ScatterND (torch's `scatter` and index
+//! assignment `x[i] = y`, with their reductions) and OneHot.
 
-use candle_core::{DType as CDType, Tensor};
+use candle_core::{DType as CDType, Device, Tensor};
 use zeropoint_onnx::DType;
 
-use super::{axis, c, check_output, indices_in, like, Cx, Error, R};
-use crate::value::Value;
+use super::{axis, c, check_output, indices_in, like, one, Cx, Error, R};
+use crate::value::{carrier, Value};
 
 /// `out[i][j][k] = data[indices[i][j][k]][j][k]` along `axis` (axis 0 here): the output has the
 /// indices' shape, which may be smaller than the data's on the other axes.
@@ -81,4 +82,250 @@ pub fn top_k(cx: &Cx) -> R<Vec<Value>> {
         like(back(values)?, x),
         Value::new(back(indices)?, DType::I64),
     ])
+}
+
+/// `data` with `updates[i]` written at the position `indices[i]` names: `indices` has the
+/// updates' shape and gives the coordinate along `axis`; the other coordinates are the update's
+/// own. Opset 11's Scatter is the same operator under its old name.
+pub fn scatter_elements(cx: &Cx) -> R<Vec<Value>> {
+    let (data, idx_v, updates) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
+    let shape = data.shape();
+    let rank = shape.len();
+    let a = axis(cx.int("axis", 0)?, rank)?;
+    let ishape = idx_v.shape();
+    if ishape != updates.shape() || ishape.len() != rank {
+        return Err(Error::Op(format!(
+            "indices {ishape:?} and updates {:?} must have one shape, of the data's rank {rank}",
+            updates.shape()
+        )));
+    }
+    if let Some(d) = (0..rank).find(|&d| d != a && ishape[d] > shape[d]) {
+        return Err(Error::Op(format!(
+            "indices {ishape:?} are larger than the data {shape:?} on axis {d}"
+        )));
+    }
+    let idx = indices_in(&idx_v.to_i64s()?, a, shape[a])?;
+    let strides = strides(shape);
+    let targets: Vec<usize> = (idx.iter().enumerate())
+        .map(|(n, &i)| {
+            let mut rest = n;
+            let mut flat = 0;
+            for d in (0..rank).rev() {
+                let coord = if d == a { i as usize } else { rest % ishape[d] };
+                rest /= ishape[d].max(1);
+                flat += coord * strides[d];
+            }
+            flat
+        })
+        .collect();
+    one(scattered(cx, data, updates, &targets)?)
+}
+
+/// `data` with the slices `indices` names replaced by (or combined with) `updates`: the last
+/// axis of `indices` holds the first k coordinates of a slice of `data`'s shape from axis k on.
+pub fn scatter_nd(cx: &Cx) -> R<Vec<Value>> {
+    let (data, idx_v, updates) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
+    let shape = data.shape();
+    let ishape = idx_v.shape();
+    let k = ishape.last().copied().unwrap_or(0);
+    if ishape.is_empty() || k > shape.len() {
+        return Err(Error::Op(format!(
+            "indices {ishape:?} must have rank 1 or more and at most {} coordinates per slice",
+            shape.len()
+        )));
+    }
+    let wanted: Vec<usize> = ishape[..ishape.len() - 1]
+        .iter()
+        .chain(&shape[k..])
+        .copied()
+        .collect();
+    if updates.shape() != wanted {
+        return Err(Error::Op(format!(
+            "updates {:?} do not have the shape {wanted:?} that indices {ishape:?} and data {shape:?} give",
+            updates.shape()
+        )));
+    }
+    let strides = strides(shape);
+    let slice: usize = shape[k..].iter().product();
+    let idx = idx_v.to_i64s()?;
+    let tuples: usize = ishape[..ishape.len() - 1].iter().product();
+    let mut targets = Vec::with_capacity(tuples * slice);
+    for t in 0..tuples {
+        let mut start = 0;
+        for (d, &i) in idx[t * k..(t + 1) * k].iter().enumerate() {
+            start += indices_in(&[i], d, shape[d])?[0] as usize * strides[d];
+        }
+        targets.extend(start..start + slice);
+    }
+    one(scattered(cx, data, updates, &targets)?)
+}
+
+/// A one-hot encoding of `indices` along a new axis of `depth`: `values[1]` where the
+/// coordinate on that axis is the index (negative ones count from the end), `values[0]`
+/// elsewhere; an index outside [-depth, depth) gives a row of `values[0]` only.
+pub fn one_hot(cx: &Cx) -> R<Vec<Value>> {
+    let (idx_v, values) = (cx.input(0)?, cx.input(2)?);
+    let depth = match cx.input(1)?.to_f64s()?.as_slice() {
+        // A float depth counts as its integer part, as ONNX Runtime reads it.
+        &[d] if d >= 1.0 && d.is_finite() => d as usize,
+        other => {
+            return Err(Error::Op(format!(
+                "depth must be one number, at least 1, got {other:?}"
+            )))
+        }
+    };
+    if values.shape().iter().product::<usize>() != 2 {
+        return Err(Error::Op(format!(
+            "values must hold two elements (off, on), got shape {:?}",
+            values.shape()
+        )));
+    }
+    let ishape = idx_v.shape();
+    let a = axis(cx.int("axis", -1)?, ishape.len() + 1)?;
+    let mut shape = ishape.to_vec();
+    shape.insert(a, depth);
+    check_output(&shape, values.tensor.dtype())?;
+    let inner: usize = ishape[a..].iter().product();
+    // Float indices count as their integer part, as ONNX Runtime reads them.
+    let idx = idx_v.to_f64s()?;
+    let targets: Vec<usize> = (idx.iter().enumerate())
+        .filter_map(|(n, &i)| {
+            let i = if i < 0.0 {
+                i.trunc() + depth as f64
+            } else {
+                i.trunc()
+            };
+            (i >= 0.0 && i < depth as f64)
+                .then(|| (n / inner.max(1) * depth + i as usize) * inner + n % inner.max(1))
+        })
+        .collect();
+    let off = values.tensor.flatten_all()?.narrow(0, 0, 1)?;
+    let filled = Value::new(
+        c(off.broadcast_as(shape.as_slice())?.contiguous())?,
+        values.dtype,
+    );
+    let on = Value::new(
+        c(values
+            .tensor
+            .flatten_all()?
+            .narrow(0, 1, 1)?
+            .broadcast_as(targets.len())?
+            .contiguous())?,
+        values.dtype,
+    );
+    one(scattered(cx, &filled, &on, &targets)?)
+}
+
+/// How a scatter combines an update with the element it lands on (opset 16's and 18's
+/// `reduction`); with none, the last update written to an element wins.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Reduction {
+    None,
+    Add,
+    Mul,
+    Max,
+    Min,
+}
+
+/// The elements of a value in one of the three types the scatters compute in: f32 for
+/// float32 and the half types (whose values it holds exactly), f64, and i64 for integers and
+/// bools.
+enum Elements {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+}
+
+impl Elements {
+    fn of(v: &Value) -> R<Elements> {
+        Ok(match v.tensor.dtype() {
+            CDType::F64 => Elements::F64(v.to_f64s()?),
+            d if d.is_float() => Elements::F32(v.to_f32s()?),
+            _ => Elements::I64(v.to_i64s()?),
+        })
+    }
+
+    fn into_value(self, shape: &[usize], dtype: DType) -> R<Value> {
+        let dev = &Device::Cpu;
+        let t = match self {
+            Elements::F32(v) => Tensor::from_vec(v, shape, dev),
+            Elements::F64(v) => Tensor::from_vec(v, shape, dev),
+            Elements::I64(v) => Tensor::from_vec(v, shape, dev),
+        };
+        Ok(Value::new(
+            c(t.and_then(|t| t.to_dtype(carrier(dtype))))?,
+            dtype,
+        ))
+    }
+}
+
+/// `data` with update i combined into its element `targets[i]`, in order, by the node's
+/// `reduction`.
+fn scattered(cx: &Cx, data: &Value, updates: &Value, targets: &[usize]) -> R<Value> {
+    let reduction = match cx.string("reduction", "none")?.as_str() {
+        "none" => Reduction::None,
+        "add" => Reduction::Add,
+        "mul" => Reduction::Mul,
+        "max" => Reduction::Max,
+        "min" => Reduction::Min,
+        other => {
+            return Err(Error::Op(format!(
+                "reduction '{other}' is none of ONNX's (none, add, mul, max, min)"
+            )))
+        }
+    };
+    if updates.dtype != data.dtype {
+        return Err(Error::Op(format!(
+            "updates are {}, the data {}",
+            updates.dtype, data.dtype
+        )));
+    }
+    let out = match (Elements::of(data)?, Elements::of(updates)?) {
+        (Elements::F32(mut d), Elements::F32(u)) => {
+            combine(&mut d, &u, targets, reduction, |a, b| a + b, |a, b| a * b);
+            Elements::F32(d)
+        }
+        (Elements::F64(mut d), Elements::F64(u)) => {
+            combine(&mut d, &u, targets, reduction, |a, b| a + b, |a, b| a * b);
+            Elements::F64(d)
+        }
+        (Elements::I64(mut d), Elements::I64(u)) => {
+            let (add, mul) = (i64::wrapping_add, i64::wrapping_mul);
+            combine(&mut d, &u, targets, reduction, add, mul);
+            Elements::I64(d)
+        }
+        _ => unreachable!("data and updates have one element type"),
+    };
+    out.into_value(data.shape(), data.dtype)
+}
+
+/// Combines `updates[i]` into `data[targets[i]]` for every i, in order.
+fn combine<T: Copy + PartialOrd>(
+    data: &mut [T],
+    updates: &[T],
+    targets: &[usize],
+    reduction: Reduction,
+    add: impl Fn(T, T) -> T,
+    mul: impl Fn(T, T) -> T,
+) {
+    for (&t, &u) in targets.iter().zip(updates) {
+        let d = data[t];
+        data[t] = match reduction {
+            Reduction::None => u,
+            Reduction::Add => add(d, u),
+            Reduction::Mul => mul(d, u),
+            Reduction::Max if u > d => u,
+            Reduction::Min if u < d => u,
+            Reduction::Max | Reduction::Min => d,
+        };
+    }
+}
+
+/// Row-major strides of `shape`, in elements.
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1];
+    }
+    s
 }
