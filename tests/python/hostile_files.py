@@ -330,6 +330,27 @@ def malformed(out, cases):
         model(path, ns, [f32("x", [2, 2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
         cases.append(case(op, ["run", f"ops/{name}.onnx", "-i", "ops/x.npy"], expect))
 
+def claims(out, cases):
+    """Models whose headers claim what zeropoint must not take on trust."""
+    save_npy(os.path.join(out, "x4.npy"), np.ones((2, 4), np.float32))
+    # Quantized already (an ONNX Runtime quantize_dynamic-style MatMul): nothing float to calibrate.
+    w = numpy_helper.from_array(np.ones((4, 2), np.uint8), "w")
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("MatMulInteger", ["xq", "w", "xz"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["accf", "xs"], ["y"])]
+    model(os.path.join(out, "quantized.onnx"), nodes, [f32("x", [2, 4])], [f32("y", [2, 2])], [w])
+    for mode in ("static", "dynamic"):
+        cases.append(case(f"a quantized model, {mode}", ["quantize", "quantized.onnx", "--calib", "x4.npy",
+                                                         "--mode", mode, "-o", "requantized.onnx"],
+                          "quantized already (1 DynamicQuantizeLinear, 1 MatMulInteger"))
+    # An opset no ONNX release defines: its operators mean nothing known, and runtimes refuse it.
+    model(os.path.join(out, "opset1000.onnx"), [helper.make_node("Relu", ["x"], ["y"])],
+          [f32("x", [2, 4])], [f32("y", [2, 4])], opset=1000)
+    cases.append(case("an opset from the future", ["quantize", "opset1000.onnx", "--calib", "x4.npy",
+                                                    "-o", "future.onnx"], "imports ai.onnx opset 1000"))
+
+
 def case(name, args, expect):
     return {"name": name, "args": args, "expect": expect}
 
@@ -339,6 +360,7 @@ def main(out):
     cases = []
     escapes(out, cases)
     limits(out, cases)
+    claims(out, cases)
     with open(os.path.join(out, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)
     print(f"{len(cases)} hostile cases in {out}")

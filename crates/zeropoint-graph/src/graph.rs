@@ -572,17 +572,31 @@ impl Graph {
     }
 }
 
-/// An initializer that cannot be read, named as one.
+/// The newest version of the default domain that ONNX has defined (onnx 1.23). A model that
+/// claims a newer one was written by no exporter: its operators' meaning is unknown, and its
+/// export would carry the claim on to runtimes that refuse it.
+pub const NEWEST_OPSET: i64 = 28;
+
 /// The version of the default (ai.onnx) domain `model` imports.
 fn main_opset(model: &ModelProto, path: &Path) -> Result<i64> {
-    model
+    let opset = model
         .opset_import
         .iter()
         .find(|o| matches!(o.domain(), "" | "ai.onnx"))
         .map(|o| o.version())
-        .ok_or_else(|| Error::model(path, "the model imports no ai.onnx opset"))
+        .ok_or_else(|| Error::model(path, "the model imports no ai.onnx opset"))?;
+    if !(1..=NEWEST_OPSET).contains(&opset) {
+        return Err(Error::model(
+            path,
+            format!(
+                "the model imports ai.onnx opset {opset}: ONNX defines opsets 1 to {NEWEST_OPSET}"
+            ),
+        ));
+    }
+    Ok(opset)
 }
 
+/// An initializer that cannot be read, named as one.
 fn initializer_error(e: zeropoint_onnx::Error, path: &Path) -> Error {
     match e {
         zeropoint_onnx::Error::Tensor {

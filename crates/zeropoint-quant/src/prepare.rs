@@ -11,7 +11,7 @@ use zeropoint_onnx::proto::GraphProto;
 use zeropoint_onnx::{external_data, model, ModelProto};
 
 use crate::equalize;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::qdq_export::required_opset;
 use crate::settings::Settings;
 
@@ -49,6 +49,7 @@ pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
         }
     }
     zeropoint_engine::exec::check_supported(&graph)?;
+    refuse_quantized(&graph)?;
     opset::upgrade(&mut graph, required_opset(settings), &Engine)?;
     let mut canonical = canonicalize(&mut graph, &Engine)?;
     canonical.half_precision_values = half_precision_values;
@@ -69,6 +70,49 @@ pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
         equalization,
         stored_bytes,
     })
+}
+
+/// The operators of a model that is quantized already: quantization nodes, integer kernels and
+/// ONNX Runtime's block-quantized weights.
+const QUANTIZED_OPS: [&str; 10] = [
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulNBits",
+    "GatherBlockQuantized",
+    "DynamicQuantizeLSTM",
+];
+
+/// Refuses a model that is quantized already. Its float-looking parts are what the integer
+/// kernels compute, not a float model to calibrate: quantizing it again would place nothing or
+/// compound the error, and the float original is what to start from.
+fn refuse_quantized(graph: &Graph) -> Result<()> {
+    let nodes = graph.all_nodes();
+    let mut counts: Vec<(&str, usize)> = QUANTIZED_OPS
+        .iter()
+        .map(|&op| (op, nodes.iter().filter(|n| n.op.as_str() == op).count()))
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    if counts.is_empty() {
+        return Ok(());
+    }
+    counts.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+    let first = nodes
+        .iter()
+        .find(|n| QUANTIZED_OPS.contains(&n.op.as_str()))
+        .map_or(String::new(), |n| format!(", first {}", n.label()));
+    let list: Vec<String> = counts.iter().map(|(op, n)| format!("{n} {op}")).collect();
+    Err(Error::new(
+        &graph.source,
+        format!(
+            "the model is quantized already ({}{first}): quantize its float original",
+            list.join(", ")
+        ),
+    ))
 }
 
 /// Drops the declared types of intermediate values of `g` and of its subgraphs.
