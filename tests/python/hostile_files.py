@@ -344,6 +344,16 @@ def claims(out, cases):
         cases.append(case(f"a quantized model, {mode}", ["quantize", "quantized.onnx", "--calib", "x4.npy",
                                                          "--mode", mode, "-o", "requantized.onnx"],
                           "quantized already (1 DynamicQuantizeLinear, 1 MatMulInteger"))
+    # A free batch dimension the graph cannot take (a Reshape to a constant shape inside):
+    # calibration goes one sample at a time instead of failing.
+    save_npy(os.path.join(out, "x8.npy"), np.arange(32, dtype=np.float32).reshape(8, 4))
+    nodes = [helper.make_node("Reshape", ["x", "one_row"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([1, 4], np.int64), "one_row"),
+             numpy_helper.from_array(np.ones((4, 2), np.float32), "w2")]
+    model(os.path.join(out, "batch_of_one.onnx"), nodes, [f32("x", ["N", 4])], [f32("y", [1, 2])], inits)
+    cases.append(case("a free batch dimension that takes one sample", ["quantize", "batch_of_one.onnx", "--calib",
+                                                                       "x8.npy", "-o", "one_at_a_time.onnx"], None))
     # An opset no ONNX release defines: its operators mean nothing known, and runtimes refuse it.
     model(os.path.join(out, "opset1000.onnx"), [helper.make_node("Relu", ["x"], ["y"])],
           [f32("x", [2, 4])], [f32("y", [2, 4])], opset=1000)

@@ -343,6 +343,9 @@ fn print_summary(s: &Summary) {
     if let Some(m) = &s.mixed_precision {
         print_mixed_precision(m);
     }
+    if let Some(why) = &s.one_sample_at_a_time {
+        println!("calibrated one sample at a time: {why}");
+    }
     match s.report_samples {
         0 => println!("calibrated on {} samples", s.calibration_samples),
         n => println!(

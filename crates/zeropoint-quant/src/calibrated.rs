@@ -116,6 +116,9 @@ pub struct Calibrated {
     /// Samples per calibration batch: at most `Settings::batch`, fewer where a batch's
     /// activations would pass `calibrate::BATCH_BYTES`.
     pub batch: usize,
+    /// Why calibration went one sample at a time where batches were planned: the error of the
+    /// first batch of several samples (None when batches ran).
+    pub one_sample_at_a_time: Option<String>,
     pub seconds: StageSeconds,
 }
 
@@ -157,7 +160,7 @@ pub fn calibrated(
     // The batches after the probe's first round hold what memory allows, whatever the count.
     let batch =
         crate::calibrate::batch_within_budget(&graph, (&sizes, &types), opts.settings.batch);
-    let settings = &Settings {
+    let mut settings = Settings {
         batch,
         ..opts.settings.clone()
     };
@@ -167,7 +170,23 @@ pub fn calibrated(
     let total = data.len;
     let mut calibrating = |done| progress("calibrating", done, total);
     let at = (&graph, &plan);
-    let observers = observe_rest(first, at, (opts, settings), &mut data, &mut calibrating)?;
+    let unit = crate::dataset::unit_batch(&graph.inputs);
+    let mut one_sample_at_a_time = None;
+    let observers = match observe_rest(first, at, (opts, &settings), &mut data, &mut calibrating) {
+        // The probe ran one sample: a model whose free batch dimension only takes one (a
+        // Reshape to a constant shape inside) is calibrated one at a time, which observes the
+        // same values (observers do not depend on the batching). An error of the data fails
+        // again there, on its own sample.
+        Err(e) if settings.batch > unit => {
+            let e = crate::analysis::model::with_causes(&e);
+            one_sample_at_a_time = Some(format!("batches of several samples failed ({e})"));
+            settings.batch = unit;
+            let mut again = open_data(&graph, opts)?;
+            observe(&graph, &plan, &mut again, &settings, &mut calibrating)?
+        }
+        observed => observed?,
+    };
+    let settings = &settings;
     let ranges = ranges(&graph, &plan, &observers, settings)?;
     let mut params = params(&graph, &plan, &ranges, settings)?;
     let step_samples = step_samples(&graph, opts)?;
@@ -218,7 +237,8 @@ pub fn calibrated(
         limited_pairs,
         steps,
         calibration_samples: total,
-        batch,
+        batch: settings.batch,
+        one_sample_at_a_time,
         seconds,
         stored_bytes,
     })

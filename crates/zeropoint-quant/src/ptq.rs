@@ -65,6 +65,9 @@ pub struct Outcome {
     pub plan: Plan,
     pub params: Params,
     pub calibration_samples: usize,
+    /// Why calibration went one sample at a time where batches were planned (None when
+    /// batches ran).
+    pub one_sample_at_a_time: Option<String>,
     /// The samples `layers` was measured on (0: no report).
     pub report_samples: usize,
     /// Per planned activation and per graph output, in graph order: the error of the simulated
@@ -152,6 +155,7 @@ pub fn quantize(
         plan: c.plan,
         params: c.params,
         calibration_samples: c.calibration_samples,
+        one_sample_at_a_time: c.one_sample_at_a_time.clone(),
         report_samples,
         layers,
         seconds,

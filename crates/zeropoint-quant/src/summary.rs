@@ -14,6 +14,9 @@ pub struct Summary {
     pub bytes_before: u64,
     pub bytes_after: u64,
     pub calibration_samples: usize,
+    /// Why calibration went one sample at a time where batches were planned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_sample_at_a_time: Option<String>,
     /// The samples each layer's SQNR was measured on (0: no per-layer report).
     pub report_samples: usize,
     pub canonicalization: Canonicalization,
@@ -112,6 +115,7 @@ impl Summary {
             bytes_before: model.1,
             bytes_after: output.1,
             calibration_samples: o.calibration_samples,
+            one_sample_at_a_time: o.one_sample_at_a_time.clone(),
             report_samples: o.report_samples,
             canonicalization: Canonicalization {
                 folded_batch_norms: o.canonical.folded_batch_norms.len(),
