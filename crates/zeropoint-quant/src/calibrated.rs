@@ -170,22 +170,8 @@ pub fn calibrated(
     let total = data.len;
     let mut calibrating = |done| progress("calibrating", done, total);
     let at = (&graph, &plan);
-    let unit = crate::dataset::unit_batch(&graph.inputs);
-    let mut one_sample_at_a_time = None;
-    let observers = match observe_rest(first, at, (opts, &settings), &mut data, &mut calibrating) {
-        // The probe ran one sample: a model whose free batch dimension only takes one (a
-        // Reshape to a constant shape inside) is calibrated one at a time, which observes the
-        // same values (observers do not depend on the batching). An error of the data fails
-        // again there, on its own sample.
-        Err(e) if settings.batch > unit => {
-            let e = crate::analysis::model::with_causes(&e);
-            one_sample_at_a_time = Some(format!("batches of several samples failed ({e})"));
-            settings.batch = unit;
-            let mut again = open_data(&graph, opts)?;
-            observe(&graph, &plan, &mut again, &settings, &mut calibrating)?
-        }
-        observed => observed?,
-    };
+    let (observers, one_sample_at_a_time) =
+        observe_all(first, at, opts, &mut settings, &mut data, &mut calibrating)?;
     let settings = &settings;
     let ranges = ranges(&graph, &plan, &observers, settings)?;
     let mut params = params(&graph, &plan, &ranges, settings)?;
@@ -414,6 +400,34 @@ fn probe(graph: &Graph, opts: &Options, data: &mut Dataset) -> Result<(Run, Opti
     }
     let (seen, first) = FirstRound::run(graph, &watched.activations, batches, &opts.settings)?;
     Ok((seen, Some(first)))
+}
+
+/// Calibration after [`probe`] ([`observe_rest`]), and again one sample at a time where a batch
+/// of several samples fails: the probe ran one, and a model whose free batch dimension takes only
+/// one (a Reshape to a constant shape inside) observes the same values so (observers do not
+/// depend on the batching). An error of the data fails again there, on its own sample. Returns
+/// the observers and, when it went one at a time, why.
+fn observe_all(
+    first: Option<FirstRound>,
+    at: (&Graph, &Plan),
+    opts: &Options,
+    settings: &mut Settings,
+    data: &mut Dataset,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(HashMap<String, Observer>, Option<String>)> {
+    let unit = crate::dataset::unit_batch(&at.0.inputs);
+    match observe_rest(first, at, (opts, settings), data, progress) {
+        Err(e) if settings.batch > unit => {
+            let e = crate::analysis::model::with_causes(&e);
+            settings.batch = unit;
+            let observers = observe(at.0, at.1, &mut open_data(at.0, opts)?, settings, progress)?;
+            Ok((
+                observers,
+                Some(format!("batches of several samples failed ({e})")),
+            ))
+        }
+        observed => Ok((observed?, None)),
+    }
 }
 
 /// Calibration after [`probe`]: from `first`'s observers on through the rest of `data`; through
