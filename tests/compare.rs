@@ -76,7 +76,8 @@ pub fn compare(got: &RawTensor, want: &RawTensor) -> Result<(), String> {
         return if got.data == want.data {
             Ok(())
         } else {
-            let (g, w) = (got.clone().widen().values, want.clone().widen().values);
+            // In f64: an int32 past 2^24 printed through f32 reads like its neighbour.
+            let (g, w) = (got.to_f64s(), want.to_f64s());
             let i = (0..g.len()).find(|&i| g[i] != w[i]).unwrap_or(0);
             Err(format!("element {i}: {} instead of {}", g[i], w[i]))
         };

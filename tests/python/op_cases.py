@@ -1535,13 +1535,25 @@ def subgraph_cases():
               "product's operands swapped and its Sigmoid read again")
 
 
+def integer_cases():
+    r = Rand(150)
+    u8 = lambda v: np.array(v, np.uint8)
+    ci = lambda **kw: N("ConvInteger", ["x", "w", "xz", "wz"], ["y"], **kw)
+    case("ConvInteger_zero_points", ci(pads=[1, 1, 1, 1]), {"x": r.i(0, 256, 1, 3, 6, 6, dtype=np.uint8)},
+         {"w": r.i(0, 256, 4, 3, 3, 3, dtype=np.uint8), "xz": u8(128), "wz": u8(120)},
+         note="uint8 codes, zero-points, padded: exact in float32")
+    case("ConvInteger_beyond_float32", ci(), {"x": np.full((1, 65, 3, 3), 255, np.uint8)},
+         {"w": np.full((2, 65, 3, 3), 253, np.uint8), "xz": u8(0), "wz": u8(0)},
+         note="an odd sum of 585 odd products, 37.7M: past 2^24, float32 would round it")
+
+
 FAMILIES = [
     conv_cases, conv_transpose_cases, gemm_cases, matmul_cases, batchnorm_cases, activation_cases, unary_cases,
     softmax_cases, pool_cases, binary_cases, pow_cases, concat_cases, reshape_cases, flatten_cases,
     transpose_cases, squeeze_cases, pad_cases, resize_cases, dropout_constant_shape_cases, gather_cases, index_cases,
     slice_cases, split_cases, cast_cases, variadic_cases, reduce_cases, layernorm_cases, gelu_cases,
     where_expand_cases, compare_logic_cases, range_tile_cases, einsum_cases, mask_cases, quant_cases,
-    subgraph_cases, recurrent_cases, control_flow_cases,
+    subgraph_cases, recurrent_cases, control_flow_cases, integer_cases,
 ]
 
 
