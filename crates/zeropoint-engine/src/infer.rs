@@ -148,8 +148,15 @@ pub type Run = HashMap<String, (DType, Vec<usize>)>;
 fn probe_runs(graph: &Graph, exec: &Executor, symbols: &[Symbol]) -> Result<([Run; 2], usize)> {
     let mut first_error = None;
     for scale in PROBE_SCALES {
-        let runs = probe_run(graph, exec, symbols, 0, scale)
-            .and_then(|a| Ok([a, probe_run(graph, exec, symbols, 1, scale)?]));
+        let runs = probe_run(graph, exec, symbols, 0, scale).and_then(|a| {
+            // Without symbolic dimensions the second run would be the first again (zeros at
+            // the same sizes): a full forward pass of a static 1024² model for nothing.
+            let b = match symbols.is_empty() {
+                true => a.clone(),
+                false => probe_run(graph, exec, symbols, 1, scale)?,
+            };
+            Ok([a, b])
+        });
         match runs {
             Ok(runs) => return Ok((runs, scale)),
             Err(e) => {
