@@ -344,6 +344,17 @@ def claims(out, cases):
         cases.append(case(f"a quantized model, {mode}", ["quantize", "quantized.onnx", "--calib", "x4.npy",
                                                          "--mode", mode, "-o", "requantized.onnx"],
                           "quantized already (1 DynamicQuantizeLinear, 1 MatMulInteger"))
+    # ONNX Runtime's operator format (QLinearConv, which zeropoint does not run): the same refusal.
+    u8 = lambda name, v: numpy_helper.from_array(np.array(v, np.uint8), name)
+    f = lambda name, v: numpy_helper.from_array(np.array(v, np.float32), name)
+    qconv = helper.make_node("QLinearConv", ["xq8", "s", "z", "wq8", "s", "z", "s", "z"], ["yq8"])
+    model(os.path.join(out, "qlinear.onnx"), [qconv],
+          [helper.make_tensor_value_info("xq8", TensorProto.UINT8, [1, 1, 2, 2])],
+          [helper.make_tensor_value_info("yq8", TensorProto.UINT8, [1, 1, 2, 2])],
+          [u8("wq8", np.ones((1, 1, 1, 1))), f("s", 0.5), u8("z", 0)])
+    cases.append(case("a model in ONNX Runtime's operator format", ["quantize", "qlinear.onnx", "--calib", "x4.npy",
+                                                                    "-o", "requantized.onnx"],
+                      "quantized already (1 QLinearConv"))
     # A free batch dimension the graph cannot take (a Reshape to a constant shape inside):
     # calibration goes one sample at a time instead of failing.
     save_npy(os.path.join(out, "x8.npy"), np.arange(32, dtype=np.float32).reshape(8, 4))

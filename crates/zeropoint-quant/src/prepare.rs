@@ -48,8 +48,10 @@ pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
             clear_value_info(g);
         }
     }
-    zeropoint_engine::exec::check_supported(&graph)?;
+    // First: a model in ONNX Runtime's operator format (QLinearConv) is refused as quantized
+    // already, not for operators zeropoint does not run.
     refuse_quantized(&graph)?;
+    zeropoint_engine::exec::check_supported(&graph)?;
     opset::upgrade(&mut graph, required_opset(settings), &Engine)?;
     let mut canonical = canonicalize(&mut graph, &Engine)?;
     canonical.half_precision_values = half_precision_values;
