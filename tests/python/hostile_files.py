@@ -319,6 +319,19 @@ def malformed(out, cases):
         "ConvTranspose weight of the wrong channels": (
             [to_4d, helper.make_node("ConvTranspose", ["x4", "w2t"], ["y"])],
             [f32c("w2t", np.ones((2, 1, 1, 1)))], "does not fit 1 input channels"),
+        # Scatters and OneHot with operands that contradict each other.
+        "ScatterND index out of range": ([helper.make_node("ScatterND", ["x", "nd_idx", "nd_u"], ["y"])],
+                                         [i64("nd_idx", [[5, 0]]), f32c("nd_u", [1.0])],
+                                         "index 5 is out of range for axis 0 of size 2"),
+        "ScatterElements updates of another shape": (
+            [helper.make_node("ScatterElements", ["x", "se_idx", "se_u"], ["y"])],
+            [i64("se_idx", [[0]]), f32c("se_u", [[1.0, 2.0]])], "must have one shape"),
+        "OneHot of depth 0": ([helper.make_node("OneHot", ["oh_i", "oh_d", "oh_v"], ["oh"]),
+                               helper.make_node("Shape", ["oh"], ["oh_c0"]),
+                               helper.make_node("Cast", ["oh_c0"], ["oh_c"], to=TensorProto.FLOAT),
+                               helper.make_node("Add", ["x", "oh_c"], ["y"])],
+                              [i64("oh_i", [0, 1]), i64("oh_d", [0]), f32c("oh_v", [0.0, 1.0])],
+                              "depth must be one number, at least 1"),
         # A Split asked for 2^62 parts (graph_mutations: a capacity overflow).
         "Split into 2^62 parts": ([helper.make_node("Split", ["x"], ["y"], axis=0, num_outputs=1 << 62)],
                                   [], "does not fit the node's 1 outputs"),
