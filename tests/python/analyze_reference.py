@@ -17,7 +17,9 @@ random calibration samples of which the first 16 are the analysis samples:
   activations to 16 bits (uint16 quantizers in the export, at opset 21), and ONNX Runtime's
   SQNR of its model on the same 16 samples is the reported one and at least T;
 - `quantize --target-agreement 100%` at W4A8 (75 % before) reaches full top-1 agreement with
-  float on those samples, in ONNX Runtime as reported.
+  float on those samples, in ONNX Runtime as reported;
+- the suggested activation range estimators (min-max, percentiles: measured from the MSE
+  observers' histograms) score what ONNX Runtime gives the models `quantize` exports with them.
 """
 
 import json
@@ -133,6 +135,17 @@ def main():
     good &= check(alone == sorted(alone), "ranked by SQNR alone, lowest first")
     good &= check(all(s["alone"]["sqnr_db"] >= full - TOLERANCE_DB for s in a["sensitivities"]),
                   "one quantizer alone never scores below all of them")
+    # The other activation range estimators are measured from calibration's own histograms: each
+    # suggestion's score is ONNX Runtime's on the model `quantize --activation-range` exports.
+    for method in ("minmax", "percentile"):
+        option = f"--activation-range {method}"
+        suggested = [f for f in a["suggestions"] if f["options"] == option]
+        path = work / f"{method}.onnx"
+        zeropoint(exe, "quantize", MODEL, *common, "--activation-range", method, "--report-samples", 0, "-o", path)
+        ort_m = sqnr(reference, outputs(onnx.load(path), x[:SAMPLES]))
+        good &= check(len(suggested) == 1 and abs(suggested[0]["score"]["sqnr_db"] - ort_m) < TOLERANCE_DB,
+                      f"suggestion {option}: analyze {[f['score']['sqnr_db'] for f in suggested]} dB, "
+                      f"ONNX Runtime {ort_m:.2f} dB")
     parser = Svgs()
     parser.feed(html.read_text())
     good &= check(parser.svgs == 1 + len(a["distributions"]) and len(a["distributions"]) == 4,

@@ -337,3 +337,35 @@ fn per_block_ranges_are_those_of_each_block_alone() {
         "{e}"
     );
 }
+
+/// An MSE observer's histograms give the other histogram methods' ranges without a second pass
+/// (what `zeropoint analyze` measures its suggestions with): exactly what an observer of that
+/// method gives on the same data, and the exact extremes for min-max.
+#[test]
+fn one_histogram_answers_every_histogram_method() {
+    let (x, shape) = activations(64);
+    let scheme = Scheme::new(8).symmetric(false);
+    let mse = observe(Config::new(Method::Mse { norm: 2.0 }), &x, &shape, 16);
+    for method in methods() {
+        if matches!(method, Method::MovingAverage { .. }) {
+            continue;
+        }
+        let own = observe(Config::new(method), &x, &shape, 16);
+        let answered = mse.ranges_with(&method, &scheme).expect("histograms");
+        assert_eq!(answered.unwrap(), own.ranges(&scheme).unwrap(), "{method}");
+    }
+    let (lo, hi) = x
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
+    assert_eq!(
+        mse.ranges_with(&Method::MinMax, &scheme).unwrap().unwrap(),
+        vec![(lo, hi)]
+    );
+    // A min-max observer keeps no histogram to answer from.
+    let minmax = observe(Config::new(Method::MinMax), &x, &shape, 16);
+    assert!(minmax
+        .ranges_with(&Method::Mse { norm: 2.0 }, &scheme)
+        .is_none());
+}

@@ -339,6 +339,19 @@ impl Observer {
             .collect()
     }
 
+    /// The ranges another method gives from this observer's histograms (an MSE observer's
+    /// answer min-max and percentiles too, without a second pass over the data); None where the
+    /// state is not histograms.
+    pub fn ranges_with(&self, method: &Method, scheme: &Scheme) -> Option<Result<Vec<(f32, f32)>>> {
+        let histograms = self.states.iter().all(|s| matches!(s, State::Histogram(_)));
+        (histograms && !self.states.is_empty()).then(|| {
+            self.states
+                .iter()
+                .map(|s| s.range(method, scheme))
+                .collect()
+        })
+    }
+
     /// Bytes of state held: constant in the number of samples observed.
     pub fn state_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
@@ -424,6 +437,7 @@ impl State {
         Ok(match (self, method) {
             (State::MinMax { min, max }, _) if min <= max => (*min, *max),
             (State::Average { min, max, batches }, _) if *batches > 0 => (*min, *max),
+            (State::Histogram(h), Method::MinMax) => h.min_max().ok_or_else(empty)?,
             (State::Histogram(h), Method::AbsPercentile { p }) => {
                 let (min, max) = h.min_max().ok_or_else(empty)?;
                 symmetric_clamped(h.abs_percentile(*p).ok_or_else(empty)?, min, max)
