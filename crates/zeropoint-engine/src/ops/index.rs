@@ -3,7 +3,7 @@
 //! to keep their best boxes), ScatterElements and ScatterND (torch's `scatter` and index
 //! assignment `x[i] = y`, with their reductions) and OneHot.
 
-use candle_core::{DType as CDType, Device, Tensor};
+use candle_core::{DType as CDType, Device, Layout, Tensor};
 use zeropoint_onnx::DType;
 
 use super::{axis, c, check_output, indices_in, like, one, Cx, Error, R};
@@ -105,7 +105,8 @@ pub fn scatter_elements(cx: &Cx) -> R<Vec<Value>> {
         )));
     }
     let idx = indices_in(&idx_v.to_i64s()?, a, shape[a])?;
-    let strides = strides(shape);
+    let layout = Layout::contiguous(shape);
+    let strides = layout.stride();
     let targets: Vec<usize> = (idx.iter().enumerate())
         .map(|(n, &i)| {
             let mut rest = n;
@@ -145,7 +146,8 @@ pub fn scatter_nd(cx: &Cx) -> R<Vec<Value>> {
             updates.shape()
         )));
     }
-    let strides = strides(shape);
+    let layout = Layout::contiguous(shape);
+    let strides = layout.stride();
     let slice: usize = shape[k..].iter().product();
     let idx = idx_v.to_i64s()?;
     let tuples: usize = ishape[..ishape.len() - 1].iter().product();
@@ -319,13 +321,4 @@ fn combine<T: Copy + PartialOrd>(
             Reduction::Max | Reduction::Min => d,
         };
     }
-}
-
-/// Row-major strides of `shape`, in elements.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * shape[d + 1];
-    }
-    s
 }
