@@ -18,7 +18,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use zeropoint_core::observer::Method;
+use zeropoint_core::observer::{Method, Observer};
 use zeropoint_core::stats::histogram;
 use zeropoint_core::{Granularity, QParams};
 use zeropoint_engine::Executor;
@@ -428,29 +428,14 @@ impl Fixes<'_> {
     }
 
     /// Each activation's range by `method` from calibration's own histograms, without another
-    /// pass (an observer of another kind, a logit's cross-entropy rows, keeps its range); None
-    /// when no observer holds histograms (min-max or moving-average settings).
+    /// pass; None when no observer keeps histograms (min-max or moving-average settings).
     fn histogram_ranges(&self, method: &Method) -> Result<Option<crate::calibrate::Ranges>> {
-        let (c, s) = (self.c, &self.opts.ptq.settings);
-        let (mut out, mut from_histograms) = (Vec::with_capacity(c.plan.activations.len()), 0);
-        for a in &c.plan.activations {
-            let Some(obs) = c.observers.get(a) else {
-                return Ok(None);
-            };
-            let scheme = s.activation_scheme(a);
-            let range = match obs.ranges_with(method, &scheme) {
-                Some(r) => {
-                    from_histograms += 1;
-                    r
-                }
-                None => obs.ranges(&scheme),
-            };
-            let range = range.map_err(|e| {
-                crate::error::Error::at(&c.graph.source, format!("activation '{a}'"), e)
-            })?;
-            out.push((a.clone(), range[0]));
+        let c = self.c;
+        if !c.observers.values().any(Observer::has_histograms) {
+            return Ok(None);
         }
-        Ok((from_histograms > 0).then_some(crate::calibrate::Ranges(out)))
+        let s = &self.opts.ptq.settings;
+        crate::calibrate::ranges_as(&c.graph, &c.plan, &c.observers, s, Some(method)).map(Some)
     }
 
     /// The score with MSE activation ranges (a calibration pass with their observers).

@@ -306,6 +306,19 @@ pub fn ranges(
     observers: &HashMap<String, Observer>,
     settings: &Settings,
 ) -> Result<Ranges> {
+    ranges_as(graph, plan, observers, settings, None)
+}
+
+/// [`ranges`], by `method` where an observer's histograms can answer it (`zeropoint analyze`
+/// scores other estimators without another calibration pass); other observers (a logit's
+/// cross-entropy rows) give their own.
+pub fn ranges_as(
+    graph: &Graph,
+    plan: &Plan,
+    observers: &HashMap<String, Observer>,
+    settings: &Settings,
+    method: Option<&Method>,
+) -> Result<Ranges> {
     let ranges: Vec<(f32, f32)> = plan
         .activations
         .par_iter()
@@ -316,7 +329,10 @@ pub fn ranges(
                     format!("activation '{a}' was never computed"),
                 )
             })?;
-            obs.ranges(&settings.activation_scheme(a))
+            let scheme = settings.activation_scheme(a);
+            method
+                .and_then(|m| obs.ranges_with(m, &scheme))
+                .unwrap_or_else(|| obs.ranges(&scheme))
                 .map(|r| r[0])
                 .map_err(|e| Error::at(&graph.source, format!("activation '{a}'"), e))
         })

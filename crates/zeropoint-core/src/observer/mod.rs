@@ -343,13 +343,19 @@ impl Observer {
     /// answer min-max and percentiles too, without a second pass over the data); None where the
     /// state is not histograms.
     pub fn ranges_with(&self, method: &Method, scheme: &Scheme) -> Option<Result<Vec<(f32, f32)>>> {
-        let histograms = self.states.iter().all(|s| matches!(s, State::Histogram(_)));
-        (histograms && !self.states.is_empty()).then(|| {
+        self.has_histograms().then(|| {
             self.states
                 .iter()
                 .map(|s| s.range(method, scheme))
                 .collect()
         })
+    }
+
+    /// Whether this observer has seen data and keeps histograms of it (the histogram methods';
+    /// not min-max, moving average or cross-entropy).
+    pub fn has_histograms(&self) -> bool {
+        let histograms = self.states.iter().all(|s| matches!(s, State::Histogram(_)));
+        histograms && !self.states.is_empty()
     }
 
     /// Bytes of state held: constant in the number of samples observed.
