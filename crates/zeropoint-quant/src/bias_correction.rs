@@ -297,33 +297,11 @@ pub fn unknown_means(graph: &Graph, plan: &Plan, stats: &[BatchNormStats]) -> Ha
 pub fn float_means(
     graph: &Graph,
     values: &HashSet<String>,
-    mut data: Dataset,
+    data: Dataset,
 ) -> Result<HashMap<String, Vec<f64>>> {
-    let exec = Executor::new(graph)?;
-    // Per value: the sums at each channel and the elements summed.
-    let mut sums: HashMap<String, (Vec<f64>, f64)> = HashMap::new();
-    while let Some(batch) = data.next_batch(1)? {
-        exec.run_with(batch, &mut |name, v| {
-            let shape = v.shape().to_vec();
-            if !values.contains(name) || shape.len() < 2 || shape.contains(&0) {
-                return Ok(v);
-            }
-            let (along, count) =
-                (sums.entry(name.to_string())).or_insert_with(|| (vec![0.0; shape[1]], 0.0));
-            if along.len() == shape[1] {
-                v.with_f32s(|x| add_sums_along(x, &shape, 1, along))?;
-                *count += shape.iter().product::<usize>() as f64;
-            }
-            Ok(v)
-        })?;
-    }
-    Ok(sums
-        .into_iter()
-        .map(|(name, (along, count))| {
-            let per_channel = count / along.len() as f64;
-            (name, along.iter().map(|s| s / per_channel).collect())
-        })
-        .collect())
+    let axes = values.iter().map(|v| (v.clone(), 1)).collect();
+    let stats = crate::channel_stats::measure(graph, &axes, data)?;
+    Ok(stats.into_iter().map(|(v, s)| (v, s.mean())).collect())
 }
 
 /// Adds each element of `x` (row-major, of `shape`) to the sum of its index along `axis`.

@@ -43,6 +43,7 @@ pub mod bias_correction;
 pub mod calibrate;
 pub mod calibrated;
 pub mod channel_scaling;
+pub mod channel_stats;
 pub mod compare;
 pub mod dataset;
 pub mod dynamic;
