@@ -111,9 +111,11 @@ def lcnet_crops(work):
 CONFIGS = [
     ("per-tensor", "per-tensor", []),
     ("per-tensor +cle", "per-tensor", ["--cle"]),
+    ("per-tensor +cle (no absorption)", "per-tensor", ["--cle", "--no-bias-absorption"]),
     ("per-tensor +cle +bc", "per-tensor", ["--cle", "--bias-correction"]),
     ("per-channel", "per-channel", []),
     ("per-channel +cle", "per-channel", ["--cle"]),
+    ("per-channel +cle (no absorption)", "per-channel", ["--cle", "--no-bias-absorption"]),
     ("per-channel +bc", "per-channel", ["--bias-correction"]),
     ("per-channel +bc analytic", "per-channel", ["--bias-correction", "analytic"]),
     ("per-channel +bc analytic-means", "per-channel", ["--bias-correction", "analytic-means"]),
@@ -172,7 +174,7 @@ def main():
                     row[key] = f"fails: {p.stderr.strip()[:80]}"
                     continue
                 row[key] = round(sqnr(ref, outputs(dst, evals)), 1)
-                if "--cle" in flags:
+                if "--cle" in flags and "--no-bias-absorption" not in flags:
                     eq = json.loads(p.stdout).get("equalization") or {}
                     row["pairs"] = len(eq.get("pairs", []))
                     row["refused"] = len(eq.get("refused", []))

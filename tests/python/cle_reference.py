@@ -13,7 +13,13 @@ Conv → ReLU → BN → Conv branch, whose BN becomes a per-channel scale that 
   ranges;
 - the equalized float model computes the same function in ONNX Runtime (no absorption), and
   nearly the same with absorption (ReLU(x − c) = ReLU(x) − c where x ≥ c);
-- absorption moved c = max(0, β − 3|γ|) (β, γ scaled as the channels were) as numpy says.
+- absorption moved c = max(0, β − 3|γ|) (β, γ scaled as the channels were) as numpy says;
+- no absorption into a layer that pads with zeros (c1 → dw: its border outputs would change);
+- with calibration data (`--calib`), c is capped at the smallest value of the first layer's
+  output on the data (from ONNX Runtime), so that the absorbed model computes the same function
+  on every calibration sample;
+- on the same network with its BatchNorms folded (no statistics left in the graph), c comes from
+  the data alone: max(0, min(μ − 3σ, min x)) per channel, and the function is kept on the data.
 """
 
 import json
@@ -139,6 +145,86 @@ def absorb(first, second):
     return int((c > 0).sum())
 
 
+def folded_model(layers, src, dst):
+    """The model at `src` with every Conv → BatchNorm pair folded in numpy: no statistics left."""
+    m = onnx.load(src)
+    init = {t.name: t for t in m.graph.initializer}
+    by_name = {l["name"]: l for l in layers}
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type == "BatchNormalization" and n.name.endswith("_bn") and n.name[:-3] in by_name:
+            conv = nodes[-1]
+            conv.output[0] = n.output[0]
+            f = fold(by_name[n.name[:-3]])
+            init[conv.input[1]] = numpy_helper.from_array(f["w"].astype(np.float32), conv.input[1])
+            init[conv.input[2]] = numpy_helper.from_array(f["b"].astype(np.float32), conv.input[2])
+            continue
+        nodes.append(n)
+    read = {i for n in nodes for i in n.input}
+    graph = helper.make_graph(nodes, "cle_folded", m.graph.input, m.graph.output,
+                              [t for name, t in init.items() if name in read])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, dst)
+
+
+def outputs_of(path, x, names):
+    """The values `names` of the model at `path` on each batch of `x`, concatenated."""
+    m = onnx.load(path)
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    runs = [s.run(names, {"x": x[i:i + 2]}) for i in range(0, len(x), 2)]
+    return [np.concatenate(v).astype(np.float64) for v in zip(*runs)]
+
+
+def data_absorption(zeropoint, out, src, tag, layers, calib, c_of):
+    """Runs `zeropoint equalize --calib` on `src`, checks the biases against numpy's absorption of
+    c = c_of(a3) (a3: c3's float output on the data, per channel) and the function kept on the
+    calibration samples; returns the channels moved."""
+    dst = out / f"cle_{tag}.onnx"
+    p = subprocess.run([str(zeropoint), "equalize", str(src), "-o", str(dst), "--json", "--calib",
+                        str(out / "calib.npz")], capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"zeropoint equalize --calib failed: {p.stderr}")
+    report = json.loads(p.stdout)
+    ref = {l["name"]: fold(l) for l in layers}
+    equalize(ref, PAIRS)
+    # The pairs absorption applies to (c1 → dw is not: dw pads), each from its first layer's
+    # float output on the data; each keeps the function on the data, so neither changes the
+    # other's statistics.
+    moved = {}
+    for (a, b), value in ((("dw", "c3"), "a2"), (("c3", "c4"), "a3")):
+        (out_a,) = outputs_of(src, calib, [value])
+        per_channel = out_a.transpose(1, 0, 2, 3).reshape(out_a.shape[1], -1)
+        c = np.maximum(0.0, c_of(a, per_channel))
+        first, second = ref[a], ref[b]
+        shift = c / first["scale"]
+        first["b"] = first["b"] - shift
+        second["b"] = second["b"] + np.einsum("oikl,i->o", second["w"], shift)
+        moved[a] = int((c > 0).sum())
+    got = weights_of(dst)
+    worst = max(np.abs(got[n][1] - ref[n]["b"]).max() / np.abs(ref[n]["b"]).max() for n in ("dw", "c3", "c4"))
+    absorbed = {p["first"]: (p["absorbed_channels"], p["statistics"]) for p in report["pairs"]}
+    before, after = run(src, calib[:2]), run(dst, calib[:2])
+    for i in range(2, len(calib), 2):
+        before = [np.concatenate(v) for v in zip(before, run(src, calib[i:i + 2]))]
+        after = [np.concatenate(v) for v in zip(after, run(dst, calib[i:i + 2]))]
+    diff = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(before, after))
+    print(f"{tag}: {moved['dw']} channels of dw into c3 and {moved['c3']} of c3 into c4 "
+          f"({absorbed['c3'][1]}), biases vs numpy: max relative difference {worst:.2e}; on the "
+          f"calibration samples, max relative output difference {diff:.2e}")
+    assert moved["c3"] > 0, moved
+    assert all(absorbed[a][0] == moved[a] for a in moved), (moved, absorbed)
+    assert worst < 1e-5, worst
+    assert diff < 1e-5, diff
+    return moved, absorbed["c3"][1]
+
+
+def a3_min(src, calib):
+    (a3,) = outputs_of(src, calib, ["a3"])
+    return a3.min(axis=(0, 2, 3))
+
+
 def weights_of(path):
     m = onnx.load(path)
     init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in m.graph.initializer}
@@ -150,12 +236,15 @@ def run(path, x):
     return s.run(None, {"x": x})
 
 
+PAIRS = [("c1", "dw"), ("dw", "c3"), ("c3", "c4")]
+
+
 def main():
     zeropoint, out = Path(sys.argv[1]), Path(sys.argv[2])
     src = out / "cle.onnx"
     layers = build(src)
     ref = {l["name"]: fold(l) for l in layers}
-    pairs = [("c1", "dw"), ("dw", "c3"), ("c3", "c4")]
+    pairs = PAIRS
     equalize(ref, pairs)
     results = {}
     for tag, extra in (("plain", ["--no-bias-absorption"]), ("absorbed", []), ("relu", ["--relu6-as-relu"])):
@@ -199,6 +288,9 @@ def main():
     absorbed = {p["first"]: p["absorbed_channels"] for p in report["pairs"]}
     assert moved > 0 and absorbed["c3"] == moved, (moved, absorbed)
     assert absorbed["c1"] == 0 and absorbed["dw"] == 0, absorbed
+    skipped = {p["first"]: p["absorption_skipped"] for p in report["pairs"]}
+    assert skipped["c1"] and "pads" in skipped["c1"], skipped
+    assert skipped["dw"] is None and skipped["c3"] is None, skipped
     worst = max(np.abs(got[n][1] - ref[n]["b"]).max() / np.abs(ref[n]["b"]).max() for n in ("c3", "c4"))
     print(f"high-bias absorption: {moved} channels of c3 into c4, biases vs numpy: max relative difference "
           f"{worst:.2e}")
@@ -212,6 +304,27 @@ def main():
     assert report["relu6_replaced"] == ["relu6"], report
     assert "Relu" in [n.op_type for n in onnx.load(dst).graph.node if n.name == "relu6"]
     print("--relu6-as-relu: the ReLU6 became a ReLU and (r1, r2) was equalized")
+
+    # With data: c capped at the smallest value seen (BatchNorms present), or from the data alone
+    # (BatchNorms folded away). On these inputs c3's output reaches below β − 3|γ| in one of the
+    # two channels where that is positive, and stays above it in the other: the cap bites once.
+    calib = np.random.default_rng(11).normal(0.0, 0.05, (8, 3, 16, 16)).astype(np.float32)
+    np.savez(out / "calib.npz", x=calib)
+    c3 = fold(layers[2])
+
+    def bn_c(name, out_a):
+        f = fold(next(l for l in layers if l["name"] == name))
+        return np.minimum(f["beta"] - 3 * np.abs(f["gamma"]), out_a.min(axis=1))
+    moved, source = data_absorption(zeropoint, out, src, "bn_capped", layers, calib, bn_c)
+    high = c3["beta"] - 3 * np.abs(c3["gamma"])
+    capped = int(((high > 0) & (high > a3_min(src, calib))).sum())
+    print(f"  the data's minimum capped c on {capped} channels")
+    assert source == "batch_norm" and capped > 0, (source, capped)
+    folded = out / "cle_no_bn.onnx"
+    folded_model(layers, src, folded)
+    data_c = lambda name, a: np.minimum(a.mean(axis=1) - 3 * a.std(axis=1), a.min(axis=1))
+    moved, source = data_absorption(zeropoint, out, folded, "folded", layers, calib, data_c)
+    assert source == "calibration", source
     print("cle reference: all checks passed")
 
 

@@ -378,6 +378,21 @@ def claims(out, cases):
     model(os.path.join(out, "batch_of_one.onnx"), nodes, [f32("x", ["N", 4])], [f32("y", [1, 2])], inits)
     cases.append(case("a free batch dimension that takes one sample", ["quantize", "batch_of_one.onnx", "--calib",
                                                                        "x8.npy", "-o", "one_at_a_time.onnx"], None))
+    # High-bias absorption measured on data with a NaN in it: the ReLU between the two layers would
+    # turn it into 0 in zeropoint's executor before the measured value, so the data is checked.
+    conv = lambda name, x, y: helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [y], name=name)
+    nodes = [conv("c1", "x", "a"), helper.make_node("Relu", ["a"], ["h"]), conv("c2", "h", "y")]
+    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "c1_w"),
+             numpy_helper.from_array(np.full(2, 5.0, np.float32), "c1_b"),
+             numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "c2_w"),
+             numpy_helper.from_array(np.zeros(2, np.float32), "c2_b")]
+    model(os.path.join(out, "two_convs.onnx"), nodes, [f32("x", [1, 2, 4, 4])], [f32("y", [1, 2, 4, 4])], inits)
+    nan = np.zeros((3, 2, 4, 4), np.float32)
+    nan[2, 1, 3, 3] = np.nan
+    save_npy(os.path.join(out, "x_nan.npy"), nan)
+    cases.append(case("equalization's statistics on data holding a NaN", ["equalize", "two_convs.onnx", "--calib",
+                                                                         "x_nan.npy", "-o", "equalized.onnx"],
+                      "input 'x': non-finite value (NaN): check the data"))
     # An opset no ONNX release defines: its operators mean nothing known, and runtimes refuse it.
     model(os.path.join(out, "opset1000.onnx"), [helper.make_node("Relu", ["x"], ["y"])],
           [f32("x", [2, 4])], [f32("y", [2, 4])], opset=1000)

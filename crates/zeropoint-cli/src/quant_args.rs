@@ -114,7 +114,8 @@ pub struct QuantArgs {
     pub recipe: Option<Recipe>,
     /// Cross-layer equalization before quantizing (Nagel et al. 2019): rescales the channels of
     /// consecutive layers so that per-tensor weight grids fit every channel, and absorbs high
-    /// biases into the next layer where BatchNorm statistics say how high (docs/algorithms.md).
+    /// biases into the next layer where BatchNorm statistics or the calibration data say how
+    /// high (docs/algorithms.md).
     #[arg(long)]
     pub cle: bool,
     /// SmoothQuant before quantizing (Xiao et al. 2022): moves the outlier channels of MatMul

@@ -230,13 +230,38 @@ fn print_smoothing(smoothed: &[zeropoint_quant::smooth_quant::Smoothed]) {
 
 /// What cross-layer equalization did, in a few lines.
 pub fn print_equalization(e: &zeropoint_quant::equalize::Report) {
-    let absorbed: usize = e.pairs.iter().map(|p| p.absorbed_channels).sum();
+    use zeropoint_quant::equalize::Statistics;
+    let absorbed = |from: Statistics| -> usize {
+        (e.pairs.iter())
+            .filter(|p| p.statistics == Some(from))
+            .map(|p| p.absorbed_channels)
+            .sum()
+    };
+    let (bn, data) = (
+        absorbed(Statistics::BatchNorm),
+        absorbed(Statistics::Calibration),
+    );
+    let from = match (bn, data) {
+        (0, 0) => String::new(),
+        (_, 0) => " (BatchNorm statistics)".to_string(),
+        (0, _) => " (statistics of the calibration data)".to_string(),
+        _ => format!(" ({bn} from BatchNorm statistics, {data} from the calibration data)"),
+    };
     println!(
-        "cross-layer equalization: {} layer pairs in {} rounds, high bias absorbed in {absorbed} channels; {} ReLU6 made ReLU",
+        "cross-layer equalization: {} layer pairs in {} rounds, high bias absorbed in {} channels{from}; {} ReLU6 made ReLU",
         e.pairs.len(),
         e.rounds,
+        bn + data,
         e.relu6_replaced.len()
     );
+    let padded = e
+        .pairs
+        .iter()
+        .filter(|p| p.absorption_skipped.is_some())
+        .count();
+    if padded > 0 {
+        println!("  no high-bias absorption into {padded} layers that pad with zeros (it would change their border outputs)");
+    }
     for r in e.refused.iter().take(5) {
         println!("  not equalized: {} ({})", r.layer, r.reason);
     }

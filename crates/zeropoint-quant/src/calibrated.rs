@@ -21,7 +21,7 @@ use crate::dataset::{Arrays, Dataset, Preprocess};
 use crate::error::Result;
 use crate::params::{params, Params};
 use crate::placement::Plan;
-use crate::prepare::{prepare, Prepared};
+use crate::prepare::{prepare_measuring, Prepared};
 use crate::recipe::StepScore;
 use crate::sensitivity::{Probe, Score};
 use crate::settings::{BiasCorrection, Settings};
@@ -144,7 +144,7 @@ pub fn calibrated(
         canonical,
         equalization,
         stored_bytes,
-    } = prepare(path, &opts.settings)?;
+    } = prepare_measuring(path, &opts.settings, Some(&|g, v| measured(g, v, opts)))?;
     let smoothing = smooth(&mut graph, opts)?;
     let mut data = open_data(&graph, opts)?;
     data.check_one_sample()?;
@@ -228,6 +228,16 @@ pub fn calibrated(
         seconds,
         stored_bytes,
     })
+}
+
+/// The float model's statistics per channel of `values` on the calibration data: what high-bias
+/// absorption takes where no BatchNorm gives them.
+pub fn measured(
+    graph: &Graph,
+    values: &HashMap<String, i64>,
+    opts: &Options,
+) -> Result<HashMap<String, crate::channel_stats::ChannelStats>> {
+    crate::channel_stats::measure(graph, values, open_data(graph, opts)?)
 }
 
 /// SmoothQuant's scales migrated into the weights, when asked (`--smoothquant`).

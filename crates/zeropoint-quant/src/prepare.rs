@@ -2,6 +2,7 @@
 //! it computes in float16 or bfloat16, moved to the opset its export needs and canonicalized, as
 //! every later stage assumes it.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use zeropoint_engine::Engine;
@@ -10,6 +11,7 @@ use zeropoint_graph::{half_precision, opset, Graph};
 use zeropoint_onnx::proto::GraphProto;
 use zeropoint_onnx::{external_data, model, ModelProto};
 
+use crate::channel_stats::ChannelStats;
 use crate::equalize;
 use crate::error::{Error, Result};
 use crate::qdq_export::required_opset;
@@ -32,10 +34,25 @@ pub struct Prepared {
     pub stored_bytes: u64,
 }
 
+/// Measures the float graph's statistics per channel of the given values (with their channel
+/// axes) on calibration data: [`crate::channel_stats::measure`] on the data at hand.
+pub type Measure<'a> =
+    dyn Fn(&Graph, &HashMap<String, i64>) -> Result<HashMap<String, ChannelStats>> + 'a;
+
 /// Reads the model at `path` and prepares it for quantization with `settings`. An operator
 /// zeropoint cannot run, or an opset the model cannot be upgraded to, fails here, before any
-/// calibration.
+/// calibration. Without data, high-bias absorption takes its statistics from BatchNorms only.
 pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
+    prepare_measuring(path, settings, None)
+}
+
+/// [`prepare`], and where equalization's high-bias absorption finds no BatchNorm statistics,
+/// the output's statistics on data from `measure`.
+pub fn prepare_measuring(
+    path: &Path,
+    settings: &Settings,
+    measure: Option<&Measure>,
+) -> Result<Prepared> {
     let mut base = model::load(path)?;
     let side_files = external_data::load_external_data(&mut base, path)?;
     let stored_bytes = std::fs::metadata(path).map_or(0, |m| m.len()) + side_files;
@@ -57,11 +74,15 @@ pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
     canonical.half_precision_values = half_precision_values;
     // Before HardSwish is decomposed: equalization names it when it refuses a pair through it.
     let equalization = match settings.equalize {
-        Some(opts) => Some(equalize::equalize(
-            &mut graph,
-            &mut canonical.batch_norm_stats,
-            opts,
-        )?),
+        Some(opts) => {
+            let stats = &mut canonical.batch_norm_stats;
+            let sites = equalize::absorption_sites(&graph, opts);
+            let measured = match measure {
+                Some(measure) if !sites.is_empty() => measure(&graph, &sites)?,
+                _ => HashMap::new(),
+            };
+            Some(equalize::equalize(&mut graph, stats, &measured, opts)?)
+        }
         None => None,
     };
     canonicalize::decompose_hard_swish(&mut graph);
