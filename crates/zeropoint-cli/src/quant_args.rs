@@ -91,6 +91,12 @@ pub struct QuantArgs {
     /// Keep these nodes float: node names or operator types (repeatable).
     #[arg(long, value_name = "NAME|OP")]
     pub exclude: Vec<String>,
+    /// Quantize the logits of detection and segmentation heads too: a convolution whose output
+    /// reaches only Sigmoid, Softmax or the graph's outputs stays float by default, because a
+    /// range fitted to the bulk of its map clips the few large values that are the detections.
+    /// For runtimes that want every convolution's output in integers.
+    #[arg(long)]
+    pub quantize_logits: bool,
     /// Use at most this many calibration samples.
     #[arg(long)]
     pub samples: Option<usize>,
@@ -271,6 +277,7 @@ impl QuantArgs {
                 activation_bits: self.activation_bits()?,
                 target,
                 limit_pairs: self.limit_pairs,
+                quantize_logits: self.quantize_logits,
             },
             exclude: self.exclude.clone(),
             data,

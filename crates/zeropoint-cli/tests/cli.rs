@@ -1176,6 +1176,14 @@ fn layers_read_by_a_relu_or_clip_fuse_in_onnx_runtime() {
     );
 }
 
+/// A detection head's logits stay float, and are quantized on request (`--quantize-logits`);
+/// both exports run in ONNX Runtime (tests/python/head_logits.py).
+#[test]
+fn head_logits_stay_float_unless_asked() {
+    let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
+    support::check_reference("head_logits.py", zeropoint, "head logits");
+}
+
 /// A float16 model quantizes: float32 compute behind its float16 interface, int8 layers, in
 /// ONNX Runtime within cosine 0.999 of the float16 model (tests/python/half_precision_reference.py).
 #[test]

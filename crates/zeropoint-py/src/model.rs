@@ -281,6 +281,7 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
     let bias_correction_samples: usize = take(&kw, "bias_correction_samples")?.unwrap_or(16);
     let reduce_range = take(&kw, "reduce_range")?.unwrap_or(false);
     let limit_pairs = take(&kw, "limit_pairs")?.unwrap_or(false);
+    let quantize_logits = take(&kw, "quantize_logits")?.unwrap_or(false);
     let mut settings = settings(
         &preset,
         weights.as_deref(),
@@ -311,6 +312,7 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
         check_pair_limit(&settings.weights).map_err(scheme_error)?;
         settings.limit_pairs = true;
     }
+    settings.quantize_logits = quantize_logits;
     let preprocess = preprocess(
         take(&kw, "mean")?.unwrap_or_else(|| vec![0.0]),
         take(&kw, "std")?.unwrap_or_else(|| vec![1.0]),

@@ -20,7 +20,7 @@ use crate::compare::{next_batches, Batch};
 use crate::dataset::{Arrays, Dataset, Preprocess};
 use crate::error::Result;
 use crate::params::{params, Params};
-use crate::placement::Plan;
+use crate::placement::{Choices, Plan};
 use crate::prepare::{prepare_measuring, Prepared};
 use crate::recipe::StepScore;
 use crate::sensitivity::{Probe, Score};
@@ -155,7 +155,7 @@ pub fn calibrated(
         .map(|(name, (_, dims))| (name.clone(), dims.iter().product()))
         .collect();
     let types = dtypes_of(&graph, seen);
-    let plan = Plan::new(&graph, types.clone(), &opts.exclude)?;
+    let plan = Plan::new(&graph, types.clone(), choices(opts))?;
     check_activation_bits(&graph, &plan, &opts.settings)?;
     // The batches after the probe's first round hold what memory allows, whatever the count.
     let batch =
@@ -228,6 +228,14 @@ pub fn calibrated(
         seconds,
         stored_bytes,
     })
+}
+
+/// The placement `opts` ask for.
+pub fn choices(opts: &Options) -> Choices<'_> {
+    Choices {
+        exclude: &opts.exclude,
+        quantize_logits: opts.settings.quantize_logits,
+    }
 }
 
 /// The float model's statistics per channel of `values` on the calibration data: what high-bias
@@ -398,7 +406,7 @@ fn probe(graph: &Graph, opts: &Options, data: &mut Dataset) -> Result<(Run, Opti
     let unit = crate::dataset::unit_batch(&graph.inputs);
     let workers = workers(&opts.settings);
     let watched = (workers > 1)
-        .then(|| Plan::new(graph, guessed_types(graph), &opts.exclude).ok())
+        .then(|| Plan::new(graph, guessed_types(graph), choices(opts)).ok())
         .flatten();
     let Some(watched) = watched else {
         let one = open_data(graph, opts)?.next_batch(unit)?;

@@ -337,7 +337,11 @@ fn build(
     settings: &Settings,
     exclude: &[String],
 ) -> Result<Option<(Plan, Params)>> {
-    let plan = Plan::new(&c.graph, c.types.clone(), exclude)?;
+    let choices = crate::placement::Choices {
+        exclude,
+        quantize_logits: settings.quantize_logits,
+    };
+    let plan = Plan::new(&c.graph, c.types.clone(), choices)?;
     let calibrated: HashMap<&str, (f32, f32)> =
         c.ranges.0.iter().map(|(n, r)| (n.as_str(), *r)).collect();
     let mut ranges = Vec::with_capacity(plan.activations.len());

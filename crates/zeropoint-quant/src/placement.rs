@@ -20,7 +20,8 @@
 //! - everything else (Softmax, LayerNormalization, GELU, ...) stays float, and graph outputs are
 //!   never quantized (the logits keep their precision).
 //!
-//! `exclude` (node names or operator types) keeps layers float.
+//! `exclude` (node names or operator types) keeps layers float; `Choices::quantize_logits`
+//! quantizes heads' logits too.
 
 use std::collections::{HashMap, HashSet};
 
@@ -120,6 +121,8 @@ struct Rules<'g> {
     graph: &'g Graph,
     types: HashMap<String, DType>,
     exclude: &'g [String],
+    /// Whether heads' logits stay float ([`Rules::logits`]).
+    float_logits: bool,
     outputs: HashSet<&'g str>,
     /// The nodes reading each value.
     consumers: HashMap<String, Vec<usize>>,
@@ -183,15 +186,34 @@ impl<'g> Rules<'g> {
     }
 }
 
+/// What the user chose about placement.
+#[derive(Debug, Clone, Copy)]
+pub struct Choices<'a> {
+    /// Nodes kept float: node names or operator types.
+    pub exclude: &'a [String],
+    /// Quantize the logits of detection and segmentation heads too.
+    pub quantize_logits: bool,
+}
+
+impl<'a> Choices<'a> {
+    /// The default placement but for `exclude`.
+    pub fn excluding(exclude: &'a [String]) -> Choices<'a> {
+        Choices {
+            exclude,
+            quantize_logits: false,
+        }
+    }
+}
+
 impl Plan {
     /// The plan for `graph` (canonicalized: BatchNorm folded), keeping float every node whose
-    /// name or operator type is in `exclude`. Only float32 values are quantized: `types` holds
+    /// name or operator type is in `choices.exclude`. Only float32 values are quantized: `types` holds
     /// every value's element type ([`zeropoint_engine::infer::dtypes`], run on the data's
     /// shapes).
     ///
     /// Layers inside subgraphs (the branches of If, the bodies of Loop and Scan) are placed like
     /// any other; values only the subgraphs see (their inputs and outputs) stay float.
-    pub fn new(graph: &Graph, types: HashMap<String, DType>, exclude: &[String]) -> Result<Plan> {
+    pub fn new(graph: &Graph, types: HashMap<String, DType>, choices: Choices) -> Result<Plan> {
         let flat = graph.flattened();
         let mut outputs: HashSet<&str> = flat.outputs.iter().map(|o| o.name.as_str()).collect();
         // A Cast into a graph output (a float16 model's interface, computed in float32) is part
@@ -203,7 +225,8 @@ impl Plan {
         let rules = Rules {
             graph: &flat,
             types,
-            exclude,
+            exclude: choices.exclude,
+            float_logits: !choices.quantize_logits,
             outputs,
             consumers: flat.consumers(),
         };
@@ -265,7 +288,7 @@ impl Plan {
             // float.
             if !matches!(node.op, Op::MatMul | Op::Gemm) {
                 if let Some(&g) = group_of.get(node.name.as_str()) {
-                    if !rules.logits(&groups[g].output) {
+                    if !(rules.float_logits && rules.logits(&groups[g].output)) {
                         needed.insert(groups[g].output.clone());
                     }
                 }
@@ -489,7 +512,7 @@ mod tests {
     use zeropoint_engine::infer::dtypes;
 
     fn plan_of(g: &Graph, exclude: &[String]) -> Result<Plan> {
-        Plan::new(g, dtypes(g)?, exclude)
+        Plan::new(g, dtypes(g)?, Choices::excluding(exclude))
     }
 
     /// A float32 input of fixed shape.
@@ -633,6 +656,17 @@ mod tests {
             ["w", "wc", "wb"],
             "the weights all stay integer"
         );
+        // On request the logits are quantized too: the class Conv's output gets its observer
+        // and the moves after it share its grid.
+        let choices = Choices {
+            exclude: &[],
+            quantize_logits: true,
+        };
+        let plan = Plan::new(&g, dtypes(&g).unwrap(), choices).unwrap();
+        assert!(plan.activations.iter().any(|a| a == "cls"), "{plan:?}");
+        assert!(plan
+            .shared
+            .contains(&("flat".to_string(), "cls".to_string())));
     }
 
     /// An FPN's upsampling: Conv → Resize → Conv. A nearest-neighbour Resize copies values, so

@@ -32,6 +32,9 @@ pub struct Settings {
     /// Lower the 8-bit weight codes that ONNX Runtime's int8 kernels on x86 CPUs without VNNI
     /// could overflow, pair by pair (crate::pair_limit).
     pub limit_pairs: bool,
+    /// Quantize the logits of detection and segmentation heads too (placement keeps them float
+    /// by default): for runtimes that want every convolution's output in integers.
+    pub quantize_logits: bool,
 }
 
 /// What `--target-sqnr` and `--target-agreement` ask of the simulated model, measured against
@@ -106,6 +109,7 @@ impl Settings {
             activation_bits: Vec::new(),
             target: None,
             limit_pairs: false,
+            quantize_logits: false,
         }
     }
 
