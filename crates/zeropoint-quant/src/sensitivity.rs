@@ -7,6 +7,13 @@
 //! A score is measured on the graph outputs only: the output SQNR (the mean, in dB, over the
 //! float outputs, so that a small output counts as much as a large one) and, where the first
 //! output holds class scores, the top-1 agreement with the float model.
+//!
+//! Two simulations per quantizer and sample are the cost of the debugging flow. They share
+//! their beginnings: with only q enabled, every node before the first q acts on computes what
+//! the float model does, and with all but q, what the fully quantized model does. Each sample's
+//! float and fully quantized runs are paused at the quantizers' first nodes in graph order and
+//! only the rest of each run is simulated with q's subset ([`Probe::forked_scores`]): the same
+//! values as whole runs (a test compares them on every real model), in about half the time.
 
 use std::collections::HashMap;
 
@@ -14,6 +21,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use zeropoint_core::metrics::Running;
+use zeropoint_engine::exec::Paused;
 use zeropoint_engine::{Executor, Value};
 use zeropoint_graph::Graph;
 
@@ -99,33 +107,119 @@ impl<'g> Probe<'g> {
     /// The score of the model simulated with `params`.
     pub fn score(&self, params: &Params) -> Result<Score> {
         let sim = Simulation::new(self.graph, params)?;
-        let mut errors: Vec<Running> = Vec::new();
-        let (mut agree, mut rows) = (0usize, 0usize);
+        let mut tally = Tally::default();
         for (b, float) in self.batches.iter().zip(&self.float) {
-            let out = sim.run(b.clone(), &mut |_, _| {})?;
-            let pairs: Vec<(&Value, &Value)> = float
-                .iter()
-                .zip(&out)
-                .filter(|((_, f), _)| f.dtype.is_float())
-                .map(|((_, f), (_, q))| (f, q))
-                .collect();
-            errors.resize(pairs.len(), Running::default());
-            for (acc, (f, q)) in errors.iter_mut().zip(&pairs) {
-                f.with_f32s(|r| q.with_f32s(|x| acc.add(r, x)))??;
-            }
-            if let Some((f, q)) = pairs.first() {
-                let (a, n) = top1_agreement(f, q)?;
-                agree += a;
-                rows += n;
-            }
+            tally.add(float, &sim.run(b.clone(), &mut |_, _| {})?)?;
         }
+        Ok(tally.score())
+    }
+
+    /// The scores of the models simulated with `suffix(q)` for each quantizer of `qs`, where
+    /// every node before the first that q acts on computes what the model simulated with
+    /// `prefix` computes ([`fork_points`]): each sample's run with `prefix` is paused there, and
+    /// only the rest of the graph runs with q's parameters. The same values as whole runs, in
+    /// about half their time.
+    fn forked_scores(
+        &self,
+        qs: &[Quantizer],
+        prefix: &Params,
+        suffix: &(dyn Fn(&Quantizer) -> Params + Sync),
+    ) -> Result<Vec<Score>> {
+        let forks = fork_points(self.graph, qs);
+        let mut order: Vec<usize> = (0..qs.len()).collect();
+        order.sort_by_key(|&i| forks[i].map_or(0, |f| f + 1));
+        let before = Simulation::new(self.graph, prefix)?;
+        let mut paused: Vec<Paused> = (self.batches.par_iter())
+            .map(|b| before.start(b.clone()))
+            .collect::<Result<_>>()?;
+        let mut scores = vec![None; qs.len()];
+        for i in order {
+            let params = suffix(&qs[i]);
+            let sim = Simulation::new(self.graph, &params)?;
+            let outputs: Vec<Vec<(String, Value)>> = match forks[i] {
+                None => (self.batches.par_iter())
+                    .map(|b| sim.run(b.clone(), &mut |_, _| {}))
+                    .collect::<Result<_>>()?,
+                Some(fork) => {
+                    paused = (paused.into_par_iter())
+                        .map(|p| before.resume(p, fork))
+                        .collect::<Result<_>>()?;
+                    (paused.par_iter())
+                        .map(|p| sim.finish(sim.resume(p.clone(), usize::MAX)?))
+                        .collect::<Result<_>>()?
+                }
+            };
+            let mut tally = Tally::default();
+            for (float, out) in self.float.iter().zip(&outputs) {
+                tally.add(float, out)?;
+            }
+            scores[i] = Some(tally.score());
+        }
+        Ok(scores.into_iter().flatten().collect())
+    }
+}
+
+/// A simulated model's errors against the float model's outputs, sample after sample.
+#[derive(Default)]
+struct Tally {
+    errors: Vec<Running>,
+    agree: usize,
+    rows: usize,
+}
+
+impl Tally {
+    fn add(&mut self, float: &Outputs, out: &[(String, Value)]) -> Result<()> {
+        let pairs: Vec<(&Value, &Value)> = float
+            .iter()
+            .zip(out)
+            .filter(|((_, f), _)| f.dtype.is_float())
+            .map(|((_, f), (_, q))| (f, q))
+            .collect();
+        self.errors.resize(pairs.len(), Running::default());
+        for (acc, (f, q)) in self.errors.iter_mut().zip(&pairs) {
+            f.with_f32s(|r| q.with_f32s(|x| acc.add(r, x)))??;
+        }
+        if let Some((f, q)) = pairs.first() {
+            let (a, n) = top1_agreement(f, q)?;
+            self.agree += a;
+            self.rows += n;
+        }
+        Ok(())
+    }
+
+    fn score(&self) -> Score {
+        let errors = &self.errors;
         let sqnr =
             errors.iter().map(|e| e.stats().sqnr_db).sum::<f64>() / errors.len().max(1) as f64;
-        Ok(Score {
+        Score {
             sqnr_db: sqnr,
-            agreement: (rows > 0).then(|| agree as f64 / rows as f64),
-        })
+            agreement: (self.rows > 0).then(|| self.agree as f64 / self.rows as f64),
+        }
     }
+}
+
+/// The node of the main graph at which each quantizer of `qs` starts to act: the one that
+/// produces its activation or first reads its weight (the node holding it, for one inside a
+/// subgraph). None for a graph input's activation, which acts before any node, and for a
+/// quantizer the graph does not show.
+fn fork_points(graph: &Graph, qs: &[Quantizer]) -> Vec<Option<usize>> {
+    let mut produced: HashMap<&str, usize> = HashMap::new();
+    let mut read: HashMap<&str, usize> = HashMap::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let nested = node.subgraphs.iter().flat_map(|(_, g)| g.all_nodes());
+        for n in std::iter::once(node).chain(nested) {
+            n.outputs
+                .iter()
+                .for_each(|o| _ = produced.entry(o).or_insert(i));
+            n.inputs.iter().for_each(|x| _ = read.entry(x).or_insert(i));
+        }
+    }
+    (qs.iter())
+        .map(|q| match q {
+            Quantizer::Activation(a) => produced.get(a.as_str()).copied(),
+            Quantizer::Weight(w) => read.get(w.as_str()).copied(),
+        })
+        .collect()
 }
 
 /// Rows of `f` and `q` (along the last axis) whose argmax is the same, and the number of rows;
@@ -249,25 +343,30 @@ impl<'g> Sites<'g> {
 }
 
 /// The sensitivity of every quantizer of `params`, most harmful first: by the SQNR of the
-/// model with only that quantizer, lowest first. Quantizers are measured in parallel, each on
-/// all the probe's samples.
+/// model with only that quantizer, lowest first. With only q, the nodes before q's first
+/// compute the float model's values, and with all but q the fully quantized model's: those runs
+/// are shared ([`Probe::forked_scores`]). The two kinds, and the samples, run in parallel.
 pub fn sensitivities(probe: &Probe, plan: &Plan, params: &Params) -> Result<Vec<Sensitivity>> {
     let sites = Sites::new(probe.graph(), plan);
-    let mut out = quantizers(params)
-        .into_par_iter()
-        .map(|q| {
-            let alone = probe.score(&subset(params, plan, |o| *o == q))?;
-            let all_but = probe.score(&subset(params, plan, |o| *o != q))?;
+    let qs = quantizers(params);
+    let none = subset(params, plan, |_| false);
+    let (alone, all_but) = rayon::join(
+        || probe.forked_scores(&qs, &none, &|q| subset(params, plan, |o| o == q)),
+        || probe.forked_scores(&qs, params, &|q| subset(params, plan, |o| o != q)),
+    );
+    let scores = alone?.into_iter().zip(all_but?);
+    let mut out: Vec<Sensitivity> = (qs.into_iter().zip(scores))
+        .map(|(q, (alone, all_but))| {
             let (node, op) = sites.of(&q);
-            Ok(Sensitivity {
+            Sensitivity {
                 node: node.to_string(),
                 op: op.to_string(),
                 quantizer: q,
                 alone,
                 all_but,
-            })
+            }
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect();
     out.sort_by(|a, b| a.alone.sqnr_db.total_cmp(&b.alone.sqnr_db));
     Ok(out)
 }

@@ -117,6 +117,11 @@ impl<'g> Simulation<'g> {
             .resume(paused, until, &mut |name, v| self.quantize(name, v))?)
     }
 
+    /// The graph's outputs of `paused`, run to the graph's end.
+    pub fn finish(&self, paused: Paused) -> Result<Vec<(String, Value)>> {
+        Ok(self.exec.finish_paused(paused)?)
+    }
+
     /// The outputs of the node `paused` goes on with, before their quantizers, without running
     /// it.
     pub fn next_outputs(&self, paused: &Paused) -> Result<Vec<Value>> {

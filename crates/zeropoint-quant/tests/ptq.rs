@@ -248,3 +248,33 @@ fn the_probes_round_calibrates_as_a_fresh_pass() {
         assert_eq!(c.ranges, fresh, "{name}");
     }
 }
+
+/// Sensitivities share the part of each run before the quantizer's first node
+/// (`Probe::forked_scores`): every quantizer's scores, alone and all but it, equal those of
+/// whole runs of its subset, bit for bit, on every real model.
+#[test]
+fn forked_sensitivities_equal_whole_runs() {
+    use zeropoint_quant::calibrated::first_samples;
+    use zeropoint_quant::ptq::calibrated;
+    use zeropoint_quant::sensitivity::{sensitivities, subset, Probe};
+    let refs = tempfile::tempdir().unwrap();
+    write_references(refs.path());
+    for (name, model) in real_models() {
+        let opts = calibration(name, refs.path(), Settings::default());
+        let c = calibrated(&model, &opts, &mut |_, _, _| {}).unwrap();
+        let batches = first_samples(&c.graph, &opts, 2).unwrap();
+        let probe = Probe::new(c.reference(), &c.graph, batches).unwrap();
+        let forked = sensitivities(&probe, &c.plan, &c.params).unwrap();
+        assert!(!forked.is_empty(), "{name}");
+        for s in &forked {
+            let q = &s.quantizer;
+            let alone = probe
+                .score(&subset(&c.params, &c.plan, |o| o == q))
+                .unwrap();
+            let all_but = probe
+                .score(&subset(&c.params, &c.plan, |o| o != q))
+                .unwrap();
+            assert_eq!((s.alone, s.all_but), (alone, all_but), "{name}: {q:?}");
+        }
+    }
+}

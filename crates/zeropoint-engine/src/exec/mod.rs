@@ -235,6 +235,20 @@ impl<'g> Executor<'g> {
         })
     }
 
+    /// The graph's outputs of `paused`, run to the graph's end, in order (an output that is
+    /// an initializer from this executor's).
+    pub fn finish_paused(&self, paused: Paused) -> Result<Vec<(String, Value)>> {
+        let g = self.graph();
+        if let Some(node) = g.nodes.get(paused.next) {
+            let node = node.label();
+            return Err(model_error(g, format!("the run stopped before {node}")));
+        }
+        let mut env: HashMap<String, Value> = self.scope.initializers.iter().cloned().collect();
+        env.extend(paused.values);
+        let names = g.outputs.iter().map(|o| o.name.clone());
+        Ok(names.zip(self.outputs_in(&env)?).collect())
+    }
+
     /// Replaces the value of initializer `name` in later runs (a weight learned between the
     /// steps of paused runs). False if there is no such initializer, or if a clone of this
     /// executor's initializers is running.
