@@ -15,7 +15,7 @@ pub fn bar() -> impl FnMut(&str, usize, usize) {
             let b = indicatif::ProgressBar::new(total as u64);
             b.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{prefix:>12} [{bar:30}] {pos}/{len} {elapsed} {msg}",
+                    "{prefix:>12} [{bar:30}] {pos}/{len} {elapsed} (eta {eta}) {msg}",
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );

@@ -121,14 +121,14 @@ pub fn analyze(
     let activations_only =
         probe.score(&subset(p, plan, |q| matches!(q, Quantizer::Activation(_))))?;
     let few = probe.first(opts.sensitivity_samples.max(1));
-    let sensitivities = sensitivities(&few, plan, p)?;
+    progress("measuring", 1, 1);
+    let sensitivities = sensitivities(&few, plan, p, &mut |d, t| progress("sensitivity", d, t))?;
     let worst: Vec<&Quantizer> = sensitivities
         .iter()
         .take(opts.plots)
         .map(|s| &s.quantizer)
         .collect();
     let distributions = distributions(&c, &opts.ptq.settings, &worst, &batches)?;
-    progress("measuring", 1, 1);
     let suggestions = if opts.suggestions {
         suggest(
             path,

@@ -16,6 +16,7 @@
 //! values as whole runs (a test compares them on every real model), in about half the time.
 
 use std::collections::HashMap;
+use std::sync::mpsc::Sender;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -124,6 +125,7 @@ impl<'g> Probe<'g> {
         qs: &[Quantizer],
         prefix: &Params,
         suffix: &(dyn Fn(&Quantizer) -> Params + Sync),
+        scored: &Sender<()>,
     ) -> Result<Vec<Score>> {
         let forks = fork_points(self.graph, qs);
         let mut order: Vec<usize> = (0..qs.len()).collect();
@@ -154,6 +156,8 @@ impl<'g> Probe<'g> {
                 tally.add(float, out)?;
             }
             scores[i] = Some(tally.score());
+            // The receiver only shows progress: one gone away is no reason to stop.
+            let _ = scored.send(());
         }
         Ok(scores.into_iter().flatten().collect())
     }
@@ -345,15 +349,39 @@ impl<'g> Sites<'g> {
 /// The sensitivity of every quantizer of `params`, most harmful first: by the SQNR of the
 /// model with only that quantizer, lowest first. With only q, the nodes before q's first
 /// compute the float model's values, and with all but q the fully quantized model's: those runs
-/// are shared ([`Probe::forked_scores`]). The two kinds, and the samples, run in parallel.
-pub fn sensitivities(probe: &Probe, plan: &Plan, params: &Params) -> Result<Vec<Sensitivity>> {
+/// are shared ([`Probe::forked_scores`]). The two kinds, and the samples, run in parallel on
+/// worker threads while this one reports `progress(scores done, scores in all)`.
+pub fn sensitivities(
+    probe: &Probe,
+    plan: &Plan,
+    params: &Params,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Sensitivity>> {
     let sites = Sites::new(probe.graph(), plan);
     let qs = quantizers(params);
     let none = subset(params, plan, |_| false);
-    let (alone, all_but) = rayon::join(
-        || probe.forked_scores(&qs, &none, &|q| subset(params, plan, |o| o == q)),
-        || probe.forked_scores(&qs, params, &|q| subset(params, plan, |o| o != q)),
-    );
+    let total = 2 * qs.len();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (alone, all_but) = std::thread::scope(|scope| {
+        let (a, b, qs) = (tx.clone(), tx, &qs);
+        let worker = scope.spawn(move || {
+            rayon::join(
+                move || probe.forked_scores(qs, &none, &|q| subset(params, plan, |o| o == q), &a),
+                move || probe.forked_scores(qs, params, &|q| subset(params, plan, |o| o != q), &b),
+            )
+        });
+        progress(0, total);
+        // Ends when both workers are done (or failed): their senders are gone then.
+        for done in 1..=total {
+            if rx.recv().is_err() {
+                break;
+            }
+            progress(done, total);
+        }
+        worker
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    });
     let scores = alone?.into_iter().zip(all_but?);
     let mut out: Vec<Sensitivity> = (qs.into_iter().zip(scores))
         .map(|(q, (alone, all_but))| {

@@ -264,7 +264,11 @@ fn forked_sensitivities_equal_whole_runs() {
         let c = calibrated(&model, &opts, &mut |_, _, _| {}).unwrap();
         let batches = first_samples(&c.graph, &opts, 2).unwrap();
         let probe = Probe::new(c.reference(), &c.graph, batches).unwrap();
-        let forked = sensitivities(&probe, &c.plan, &c.params).unwrap();
+        let mut reported = Vec::new();
+        let mut progress = |done, total| reported.push((done, total));
+        let forked = sensitivities(&probe, &c.plan, &c.params, &mut progress).unwrap();
+        let n = 2 * forked.len();
+        assert_eq!(reported.last(), Some(&(n, n)), "{name}: progress");
         assert!(!forked.is_empty(), "{name}");
         for s in &forked {
             let q = &s.quantizer;
