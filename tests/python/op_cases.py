@@ -1545,6 +1545,14 @@ def integer_cases():
     case("ConvInteger_beyond_float32", ci(), {"x": np.full((1, 65, 3, 3), 255, np.uint8)},
          {"w": np.full((2, 65, 3, 3), 253, np.uint8), "xz": u8(0), "wz": u8(0)},
          note="an odd sum of 585 odd products, 37.7M: past 2^24, float32 would round it")
+    mi = lambda: N("MatMulInteger", ["a", "b", "az", "bz"], ["y"])
+    i8 = lambda v: np.array(v, np.int8)
+    case("MatMulInteger_zero_points", mi(), {"a": r.i(0, 256, 2, 3, 16, dtype=np.uint8)},
+         {"b": r.i(-128, 128, 16, 5, dtype=np.int8), "az": u8(131), "bz": r.i(-3, 4, 5, dtype=np.int8)},
+         note="batched uint8 A times int8 B, a scalar and a per-column zero-point: exact in float32")
+    case("MatMulInteger_beyond_float32", mi(), {"a": np.full((1, 601), 255, np.uint8)},
+         {"b": np.full((601, 2), -127, np.int8), "az": u8(0), "bz": i8(0)},
+         note="an odd sum of 601 odd products, −19.5M: past 2^24, float32 would round it")
 
 
 FAMILIES = [

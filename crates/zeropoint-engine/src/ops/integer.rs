@@ -1,7 +1,7 @@
 //! The integer operators of dynamically quantized models: DynamicQuantizeLinear, MatMulInteger
-//! and ConvInteger, as ONNX defines them. Products of codes are computed in f64, exact for every
-//! int32 result (or in f32 where the operands' bounds keep every partial sum exact there), then
-//! stored as int32.
+//! and ConvInteger, as ONNX defines them. Products of codes are computed in f32 where the
+//! operands' bounds keep every partial sum exact there, else in f64, exact for every int32
+//! result, then stored as int32.
 
 use candle_core::{DType as CDType, Tensor};
 use zeropoint_onnx::DType;
@@ -91,7 +91,31 @@ fn int32(t: Tensor) -> R<Value> {
 pub fn matmul_integer(cx: &Cx) -> R<Vec<Value>> {
     let a = shifted(cx, 0, 2, |r| r.saturating_sub(2))?;
     let b = shifted(cx, 1, 3, |r| r.saturating_sub(1))?;
-    Ok(vec![int32(matmul::matmul_nd(&a, &b)?)?])
+    // Every partial sum of an output is at most max|a| times its column's Σ|b| (over K).
+    let rank = b.rank();
+    let column_l1 = c(b.abs().and_then(|a| a.sum(rank.saturating_sub(2))))?;
+    let carrier = exact_carrier(max_abs(&a)? * max_abs(&column_l1)?);
+    let as_carrier = |t: Tensor| c(t.to_dtype(crate::value::carrier(carrier)));
+    let out = matmul::matmul_nd(&as_carrier(a)?, &as_carrier(b)?)?;
+    Ok(vec![int32(c(out.to_dtype(CDType::F64))?)?])
+}
+
+/// The largest |value| of `t` (f64).
+fn max_abs(t: &Tensor) -> R<f64> {
+    c(t.abs()
+        .and_then(|a| a.max_all())
+        .and_then(|m| m.to_scalar::<f64>()))
+}
+
+/// The type integer products are summed in, given a bound on every partial sum: float32 where
+/// the bound is below 2^24 (every such integer is exact in float32, in any order of summation,
+/// and float32 is the fast GEMM and convolution), else f64 (exact up to 2^53).
+fn exact_carrier(bound: f64) -> DType {
+    if bound < f64::from(1u32 << 24) {
+        DType::F32
+    } else {
+        DType::F64
+    }
 }
 
 /// The convolution of (x − x_zero) by (w − w_zero) in int32, with Conv's attributes.
@@ -99,24 +123,13 @@ pub fn conv_integer(cx: &Cx) -> R<Vec<Value>> {
     // x's zero-point is a scalar; w's one per output channel (axis 0) or a scalar.
     let x = shifted(cx, 0, 2, |_| usize::MAX)?;
     let w = shifted(cx, 1, 3, |_| 0)?;
-    // Every partial sum of an output is an integer below max|x| times its filter's sum of |w|:
-    // below 2^24, float32 holds them all exactly, in any order of summation, and the float32
-    // convolution is the fast one (f64 took 22 s of a 1024² ConvInteger model, ORT 2.5 s).
-    let max_x = c(x
-        .abs()
-        .and_then(|a| a.max_all())
-        .and_then(|m| m.to_scalar::<f64>()))?;
+    // Every partial sum of an output is at most max|x| times its filter's sum of |w| (in f64 a
+    // 1024² ConvInteger model took 22 s, ORT 2.5 s).
     let filter_l1 = c(w
         .abs()
         .and_then(|a| a.flatten_from(1))
-        .and_then(|a| a.sum(1))
-        .and_then(|s| s.max_all())
-        .and_then(|m| m.to_scalar::<f64>()))?;
-    let carrier = if max_x * filter_l1 < f64::from(1u32 << 24) {
-        DType::F32
-    } else {
-        DType::F64
-    };
+        .and_then(|a| a.sum(1)))?;
+    let carrier = exact_carrier(max_abs(&x)? * max_abs(&filter_l1)?);
     let as_carrier = |t: Tensor| c(t.to_dtype(crate::value::carrier(carrier)));
     let inputs = [
         Some(Value::new(as_carrier(x)?, carrier)),
