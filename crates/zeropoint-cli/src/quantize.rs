@@ -273,6 +273,48 @@ pub fn print_equalization(e: &zeropoint_quant::equalize::Report) {
     }
 }
 
+/// What AdaRound or bias correction changed, when they ran.
+fn print_rounding(s: &Summary) {
+    if !s.adaround.is_empty() {
+        let flipped: usize = s.adaround.iter().map(|r| r.flipped).sum();
+        let total: usize = s.adaround.iter().map(|r| r.total).sum();
+        let (near, learned) = s.adaround.iter().fold((0.0, 0.0), |(a, b), r| {
+            (a + r.loss_nearest, b + r.loss_learned)
+        });
+        println!(
+            "AdaRound: {} layers, {flipped} of {total} weights rounded the other way; reconstruction error {} -> {}",
+            s.adaround.len(),
+            num(near, 4),
+            num(learned, 4)
+        );
+    }
+    if !s.bias_corrections.is_empty() {
+        let largest = s
+            .bias_corrections
+            .iter()
+            .fold(0f64, |m, c| m.max(c.max_shift));
+        println!(
+            "bias correction: {} biases corrected, largest channel shift {}",
+            s.bias_corrections.len(),
+            num(largest, 4)
+        );
+    }
+}
+
+/// The activation range estimator `--activation-range auto` chose, and the scores it chose by.
+fn print_range_choice(c: &zeropoint_quant::range_choice::RangeChoice) {
+    let scores: Vec<String> = (c.scores.iter())
+        .map(|(m, db)| format!("{m} {}", crate::table::db(*db)))
+        .collect();
+    println!(
+        "activation ranges: {} (output SQNR on {} held-out samples, fitted on {}: {} dB)",
+        c.method,
+        c.held_out,
+        c.fitted_on,
+        scores.join(", ")
+    );
+}
+
 /// What mixed precision raised, and what it bought.
 fn print_mixed_precision(m: &zeropoint_quant::mixed_precision::Report) {
     use crate::scores::score;
@@ -335,30 +377,7 @@ fn print_summary(s: &Summary) {
     if !s.smoothing.is_empty() {
         print_smoothing(&s.smoothing);
     }
-    if !s.adaround.is_empty() {
-        let flipped: usize = s.adaround.iter().map(|r| r.flipped).sum();
-        let total: usize = s.adaround.iter().map(|r| r.total).sum();
-        let (near, learned) = s.adaround.iter().fold((0.0, 0.0), |(a, b), r| {
-            (a + r.loss_nearest, b + r.loss_learned)
-        });
-        println!(
-            "AdaRound: {} layers, {flipped} of {total} weights rounded the other way; reconstruction error {} -> {}",
-            s.adaround.len(),
-            num(near, 4),
-            num(learned, 4)
-        );
-    }
-    if !s.bias_corrections.is_empty() {
-        let largest = s
-            .bias_corrections
-            .iter()
-            .fold(0f64, |m, c| m.max(c.max_shift));
-        println!(
-            "bias correction: {} biases corrected, largest channel shift {}",
-            s.bias_corrections.len(),
-            num(largest, 4)
-        );
-    }
+    print_rounding(s);
     if !s.steps.is_empty() {
         println!("output SQNR against float after each step (on up to 16 calibration samples):");
         for step in &s.steps {
@@ -370,6 +389,9 @@ fn print_summary(s: &Summary) {
     }
     if let Some(why) = &s.one_sample_at_a_time {
         println!("calibrated one sample at a time: {why}");
+    }
+    if let Some(c) = &s.range_choice {
+        print_range_choice(c);
     }
     match s.report_samples {
         0 => println!("calibrated on {} samples", s.calibration_samples),

@@ -282,12 +282,19 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
     let reduce_range = take(&kw, "reduce_range")?.unwrap_or(false);
     let limit_pairs = take(&kw, "limit_pairs")?.unwrap_or(false);
     let quantize_logits = take(&kw, "quantize_logits")?.unwrap_or(false);
+    // "auto": MSE observers, whose histograms answer every estimator chosen among.
+    let auto = activation_range.eq_ignore_ascii_case("auto");
+    let observed = if auto {
+        "mse"
+    } else {
+        activation_range.as_str()
+    };
     let mut settings = settings(
         &preset,
         weights.as_deref(),
         activations.as_deref(),
         weight_range.as_deref(),
-        parse_method(&activation_range, range_options.as_ref())?,
+        parse_method(observed, range_options.as_ref())?,
         batch,
         cle,
         bias_correction.as_deref(),
@@ -313,6 +320,7 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
         settings.limit_pairs = true;
     }
     settings.quantize_logits = quantize_logits;
+    settings.choose_activation_range = auto;
     let preprocess = preprocess(
         take(&kw, "mean")?.unwrap_or_else(|| vec![0.0]),
         take(&kw, "std")?.unwrap_or_else(|| vec![1.0]),

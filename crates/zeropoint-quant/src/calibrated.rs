@@ -15,13 +15,14 @@ use zeropoint_onnx::{DType, ModelProto};
 use crate::bias_correction::{
     correct_biases, correct_biases_analytic, data_means, float_means, unknown_means,
 };
-use crate::calibrate::{observe, observe_from, ranges, workers, FirstRound, Ranges};
+use crate::calibrate::{observe, observe_from, ranges_as, workers, FirstRound, Ranges};
 use crate::compare::{next_batches, Batch};
 use crate::dataset::{Arrays, Dataset, Preprocess};
 use crate::error::Result;
 use crate::params::{params, Params};
 use crate::placement::{Choices, Plan};
 use crate::prepare::{prepare_measuring, Prepared};
+use crate::range_choice::RangeChoice;
 use crate::recipe::StepScore;
 use crate::sensitivity::{Probe, Score};
 use crate::settings::{BiasCorrection, Settings};
@@ -119,6 +120,8 @@ pub struct Calibrated {
     /// Why calibration went one sample at a time where batches were planned: the error of the
     /// first batch of several samples (None when batches ran).
     pub one_sample_at_a_time: Option<String>,
+    /// The activation range estimator chosen on held-out samples (`--activation-range auto`).
+    pub range_choice: Option<RangeChoice>,
     pub seconds: StageSeconds,
 }
 
@@ -170,10 +173,11 @@ pub fn calibrated(
     let total = data.len;
     let mut calibrating = |done| progress("calibrating", done, total);
     let at = (&graph, &plan);
-    let (observers, one_sample_at_a_time) =
-        observe_all(first, at, opts, &mut settings, &mut data, &mut calibrating)?;
+    let (observers, one_sample_at_a_time, chosen) =
+        observe_choosing(first, at, opts, &mut settings, &mut data, &mut calibrating)?;
     let settings = &settings;
-    let ranges = ranges(&graph, &plan, &observers, settings)?;
+    let method = chosen.as_ref().map(|(m, _)| m);
+    let ranges = ranges_as(&graph, &plan, &observers, settings, method)?;
     let mut params = params(&graph, &plan, &ranges, settings)?;
     let step_samples = step_samples(&graph, opts)?;
     let mut steps = match &step_samples {
@@ -225,6 +229,7 @@ pub fn calibrated(
         calibration_samples: total,
         batch: settings.batch,
         one_sample_at_a_time,
+        range_choice: chosen.map(|(_, c)| c),
         seconds,
         stored_bytes,
     })
@@ -236,6 +241,68 @@ pub fn choices(opts: &Options) -> Choices<'_> {
         exclude: &opts.exclude,
         quantize_logits: opts.settings.quantize_logits,
     }
+}
+
+/// The estimator `--activation-range auto` chose, and what it measured.
+type Chosen = (Method, RangeChoice);
+
+/// Calibration's observers, why they went one sample at a time if they did, and the estimator
+/// `--activation-range auto` chose.
+type Observed = (HashMap<String, Observer>, Option<String>, Option<Chosen>);
+
+/// [`observe_all`], and with `--activation-range auto` the choice of estimator: the observers
+/// first see all but the held-out samples, the estimators are scored on those, and then the
+/// observers see them too.
+fn observe_choosing(
+    first: Option<FirstRound>,
+    at: (&Graph, &Plan),
+    opts: &Options,
+    settings: &mut Settings,
+    data: &mut Dataset,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Observed> {
+    let total = data.len;
+    let held_out = match settings.choose_activation_range {
+        true => crate::range_choice::held_out(total),
+        false => 0,
+    };
+    if held_out == 0 {
+        let (observers, one) = observe_all(first, at, opts, settings, data, progress)?;
+        return Ok((observers, one, None));
+    }
+    let fitting = Options {
+        samples: Some(total - held_out),
+        ..opts.clone()
+    };
+    data.truncate(total - held_out);
+    let (observers, one) = observe_all(first, at, &fitting, settings, data, progress)?;
+    let (observers, chosen) = choose_ranges(at, opts, settings, observers, held_out, progress)?;
+    Ok((observers, one, Some(chosen)))
+}
+
+/// `--activation-range auto` (crate::range_choice): the estimators scored on the last `held_out`
+/// calibration samples with `observers` fitted on the others, then those observers fed the
+/// held-out samples too.
+fn choose_ranges(
+    (graph, plan): (&Graph, &Plan),
+    opts: &Options,
+    settings: &Settings,
+    observers: HashMap<String, Observer>,
+    held_out: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(HashMap<String, Observer>, Chosen)> {
+    let mut data = open_data(graph, opts)?;
+    let fitted_on = data.len - held_out;
+    data.skip(fitted_on);
+    let unit = crate::dataset::unit_batch(&graph.inputs);
+    let batches = next_batches(&mut data, unit, held_out.div_ceil(unit))?;
+    let probe = Probe::new(graph, graph, batches)?;
+    let chosen =
+        crate::range_choice::choose((graph, plan), &observers, settings, &probe, fitted_on)?;
+    let mut data = open_data(graph, opts)?;
+    data.skip(fitted_on);
+    let observers = observe_from(vec![observers], graph, plan, &mut data, settings, progress)?;
+    Ok((observers, chosen))
 }
 
 /// The float model's statistics per channel of `values` on the calibration data: what high-bias

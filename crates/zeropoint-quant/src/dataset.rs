@@ -260,6 +260,11 @@ impl Dataset {
         self.len = self.len.min(n);
     }
 
+    /// Passes over the next `n` samples without reading them.
+    pub fn skip(&mut self, n: usize) {
+        self.next = (self.next + n).min(self.len);
+    }
+
     /// Drops the samples after the last whole batch of a model that takes batches of exactly
     /// `unit` ([`unit_batch`]); refuses data that has not one.
     pub fn whole_batches(&mut self, unit: usize, path: &Path) -> Result<()> {

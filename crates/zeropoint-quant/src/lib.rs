@@ -66,6 +66,7 @@ pub mod prepare;
 pub mod ptq;
 pub mod qat;
 pub mod qdq_export;
+pub mod range_choice;
 pub mod recipe;
 pub mod report;
 pub mod sensitivity;

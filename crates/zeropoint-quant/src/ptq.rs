@@ -68,6 +68,8 @@ pub struct Outcome {
     /// Why calibration went one sample at a time where batches were planned (None when
     /// batches ran).
     pub one_sample_at_a_time: Option<String>,
+    /// The activation range estimator chosen on held-out samples (`--activation-range auto`).
+    pub range_choice: Option<crate::range_choice::RangeChoice>,
     /// The samples `layers` was measured on (0: no report).
     pub report_samples: usize,
     /// Per planned activation and per graph output, in graph order: the error of the simulated
@@ -156,6 +158,7 @@ pub fn quantize(
         params: c.params,
         calibration_samples: c.calibration_samples,
         one_sample_at_a_time: c.one_sample_at_a_time.clone(),
+        range_choice: c.range_choice.clone(),
         report_samples,
         layers,
         seconds,

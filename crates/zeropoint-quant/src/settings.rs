@@ -13,6 +13,10 @@ pub struct Settings {
     /// Activation scheme (per-tensor).
     pub activations: Scheme,
     pub activation_method: Method,
+    /// Choose the activation range estimator on held-out calibration samples
+    /// (`--activation-range auto`, crate::range_choice); `activation_method` is then MSE, whose
+    /// histograms answer every candidate.
+    pub choose_activation_range: bool,
     /// Samples per calibration batch, at most (`calibrate::batch_within_budget` may take fewer).
     pub batch: usize,
     /// Cross-layer equalization (and high-bias absorption) before quantizers are placed.
@@ -101,6 +105,7 @@ impl Settings {
             weight_method: Method::MinMax,
             activations: preset.activations(),
             activation_method: Method::Mse { norm: 2.0 },
+            choose_activation_range: false,
             batch: 32,
             equalize: None,
             smooth_quant: None,

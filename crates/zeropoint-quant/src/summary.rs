@@ -17,6 +17,9 @@ pub struct Summary {
     /// Why calibration went one sample at a time where batches were planned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub one_sample_at_a_time: Option<String>,
+    /// The activation range estimator chosen on held-out samples (`--activation-range auto`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range_choice: Option<crate::range_choice::RangeChoice>,
     /// The samples each layer's SQNR was measured on (0: no per-layer report).
     pub report_samples: usize,
     pub canonicalization: Canonicalization,
@@ -116,6 +119,7 @@ impl Summary {
             bytes_after: output.1,
             calibration_samples: o.calibration_samples,
             one_sample_at_a_time: o.one_sample_at_a_time.clone(),
+            range_choice: o.range_choice.clone(),
             report_samples: o.report_samples,
             canonicalization: Canonicalization {
                 folded_batch_norms: o.canonical.folded_batch_norms.len(),
