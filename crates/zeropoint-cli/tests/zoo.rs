@@ -36,15 +36,21 @@ const FLOAT_REL: f64 = 1e-2;
 /// models, but must stay well below what quantizing costs.
 const SIMULATION_RATIO: f64 = 0.5;
 
-#[test]
-fn every_zoo_model_quantizes_and_runs_in_onnx_runtime() {
-    let root = repo_root();
-    let zoo = root.join(".cache/zoo");
+/// The zoo's folder, which scripts/fetch-assets fills.
+fn zoo_dir() -> std::path::PathBuf {
+    let zoo = repo_root().join(".cache/zoo");
     assert!(
         zoo.join("magika/model.onnx").exists(),
         "the zoo is not in {}: run scripts/fetch-assets (scripts/test does)",
         zoo.display()
     );
+    zoo
+}
+
+#[test]
+fn every_zoo_model_quantizes_and_runs_in_onnx_runtime() {
+    let root = repo_root();
+    let zoo = zoo_dir();
     let dir = tempfile::tempdir().unwrap();
     let inputs = dir.path().join("inputs");
     let script = |name: &str, args: &[&Path]| {
@@ -111,12 +117,7 @@ fn every_zoo_model_quantizes_and_runs_in_onnx_runtime() {
 #[test]
 fn auto_activation_ranges_choose_per_model() {
     let root = repo_root();
-    let zoo = root.join(".cache/zoo");
-    assert!(
-        zoo.join("magika/model.onnx").exists(),
-        "the zoo is not in {}: run scripts/fetch-assets (scripts/test does)",
-        zoo.display()
-    );
+    let zoo = zoo_dir();
     let dir = tempfile::tempdir().unwrap();
     let exe = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
     let out = Command::new(python())
