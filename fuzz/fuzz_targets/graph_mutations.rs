@@ -21,7 +21,7 @@ use zeropoint_onnx::proto::{tensor_shape_proto, type_proto, ModelProto};
 use zeropoint_onnx::{limits, model, DType, RawTensor};
 use zeropoint_quant::calibrate::calibrate;
 use zeropoint_quant::dataset::Dataset;
-use zeropoint_quant::placement::Plan;
+use zeropoint_quant::placement::{Choices, Plan};
 use zeropoint_quant::settings::Settings;
 use zeropoint_quant::{params, qdq_export, report};
 
@@ -225,7 +225,7 @@ fn quantize(m: &ModelProto, path: &Path) -> Option<()> {
     decompose_hard_swish(&mut graph);
     let mut data = Dataset::from_arrays(tiny_inputs(&graph)?, &graph.inputs).ok()?;
     let seen = probe(&with_input_shapes(&graph, &data.sample_shapes())).ok()?;
-    let plan = Plan::new(&graph, dtypes_of(&graph, seen), &[]).ok()?;
+    let plan = Plan::new(&graph, dtypes_of(&graph, seen), Choices::excluding(&[])).ok()?;
     let ranges = calibrate(&graph, &plan, &mut data, &settings, &mut |_| {}).ok()?;
     let params = params::params(&graph, &plan, &ranges, &settings).ok()?;
     let mut again = Dataset::from_arrays(tiny_inputs(&graph)?, &graph.inputs).ok()?;

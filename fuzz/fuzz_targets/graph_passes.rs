@@ -1,5 +1,6 @@
 //! The graph passes on arbitrary bytes read as an ONNX model: the IR, opset upgrade,
-//! canonicalization (constants folded by the engine), cross-layer equalization, quantizer
+//! canonicalization (constants folded by the engine), cross-layer equalization (with high-bias
+//! absorption from synthetic data statistics), quantizer
 //! placement, parameters from synthetic ranges, analytic bias correction and the QDQ export. Errors, never panics. The memory limit is 512 KiB here:
 //! an operator's legitimate work grows with the output it may allocate, so a small limit keeps
 //! each input under the 1 s timeout; larger outputs take the same refusal path. Loops stop after
@@ -14,7 +15,8 @@ use zeropoint_graph::canonicalize::{canonicalize, decompose_hard_swish};
 use zeropoint_graph::{opset, Graph};
 use zeropoint_onnx::{limits, model};
 use zeropoint_quant::calibrate::Ranges;
-use zeropoint_quant::placement::Plan;
+use zeropoint_quant::channel_stats::ChannelStats;
+use zeropoint_quant::placement::{Choices, Plan};
 use zeropoint_quant::settings::Settings;
 use zeropoint_quant::bias_correction::correct_biases_analytic;
 use zeropoint_quant::{equalize, params, qdq_export};
@@ -43,14 +45,31 @@ fuzz_target!(|data: &[u8]| {
         relu6_as_relu: true,
         absorb_high_bias: true,
     };
-    if equalize::equalize(&mut graph, &mut canonical.batch_norm_stats, cle).is_err() {
+    // High-bias absorption from data: statistics of a high, narrow output (μ 5, σ 1, min 1) on
+    // each site's channels as its weight counts them (a dense layer's, miscounted, moves nothing).
+    let measured = equalize::absorption_sites(&graph, cle)
+        .into_keys()
+        .filter_map(|v| {
+            let node = graph.nodes.iter().find(|n| n.outputs.first() == Some(&v))?;
+            let channels = *graph.initializer(node.inputs.get(1)?)?.shape.first()?;
+            let stats = ChannelStats {
+                count: 1000.0,
+                sum: vec![5000.0; channels],
+                sum_of_squares: vec![26_000.0; channels],
+                min: vec![1.0; channels],
+            };
+            Some((v, stats))
+        })
+        .collect();
+    let stats = &mut canonical.batch_norm_stats;
+    if equalize::equalize(&mut graph, stats, &measured, cle).is_err() {
         return;
     }
     decompose_hard_swish(&mut graph);
     let Ok(types) = zeropoint_engine::infer::dtypes(&graph) else {
         return;
     };
-    let Ok(plan) = Plan::new(&graph, types, &[]) else {
+    let Ok(plan) = Plan::new(&graph, types, Choices::excluding(&[])) else {
         return;
     };
     let ranges = Ranges(plan.activations.iter().map(|a| (a.clone(), (-1.0, 1.0))).collect());
@@ -58,7 +77,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let stats = &canonical.batch_norm_stats;
-    if correct_biases_analytic(&mut graph, &plan, &params, stats).is_err() {
+    // No data: E[x] from the BatchNorms alone.
+    let means = std::collections::HashMap::new();
+    if correct_biases_analytic(&mut graph, &plan, &params, stats, &means).is_err() {
         return;
     }
     let Ok(params) = params::params(&graph, &plan, &ranges, &settings) else {

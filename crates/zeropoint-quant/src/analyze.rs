@@ -174,7 +174,8 @@ fn widest(c: &Calibrated, settings: &Settings) -> Result<Params> {
         activation_bits: Vec::new(),
         ..settings.clone()
     };
-    let r = ranges(&c.graph, &c.plan, &c.observers, &wide)?;
+    let method = Some(&c.activation_method);
+    let r = crate::calibrate::ranges_as(&c.graph, &c.plan, &c.observers, &wide, method)?;
     params(&c.graph, &c.plan, &r, &wide)
 }
 

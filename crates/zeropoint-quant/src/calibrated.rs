@@ -122,6 +122,9 @@ pub struct Calibrated {
     pub one_sample_at_a_time: Option<String>,
     /// The activation range estimator chosen on held-out samples (`--activation-range auto`).
     pub range_choice: Option<RangeChoice>,
+    /// The estimator the activation ranges came from: the settings' own, or the one chosen.
+    /// Ranges for other schemes (16-bit activations) come from the observers by it.
+    pub activation_method: Method,
     pub seconds: StageSeconds,
 }
 
@@ -153,10 +156,7 @@ pub fn calibrated(
     data.check_one_sample()?;
     let (seen, first) = probe(&graph, opts, &mut data)?;
     drop_contradicted_output_shapes(&mut graph, &seen);
-    let sizes = seen
-        .iter()
-        .map(|(name, (_, dims))| (name.clone(), dims.iter().product()))
-        .collect();
+    let sizes = element_counts(&seen);
     let types = dtypes_of(&graph, seen);
     let plan = Plan::new(&graph, types.clone(), choices(opts))?;
     check_activation_bits(&graph, &plan, &opts.settings)?;
@@ -173,10 +173,10 @@ pub fn calibrated(
     let total = data.len;
     let mut calibrating = |done| progress("calibrating", done, total);
     let at = (&graph, &plan);
-    let (observers, one_sample_at_a_time, chosen) =
+    let (observers, one_sample_at_a_time, activation_method, range_choice) =
         observe_choosing(first, at, opts, &mut settings, &mut data, &mut calibrating)?;
     let settings = &settings;
-    let method = chosen.as_ref().map(|(m, _)| m);
+    let method = Some(&activation_method);
     let ranges = ranges_as(&graph, &plan, &observers, settings, method)?;
     let mut params = params(&graph, &plan, &ranges, settings)?;
     let step_samples = step_samples(&graph, opts)?;
@@ -229,10 +229,18 @@ pub fn calibrated(
         calibration_samples: total,
         batch: settings.batch,
         one_sample_at_a_time,
-        range_choice: chosen.map(|(_, c)| c),
+        activation_method,
+        range_choice,
         seconds,
         stored_bytes,
     })
+}
+
+/// Every value's element count in the probe's run.
+fn element_counts(seen: &Run) -> HashMap<String, usize> {
+    (seen.iter())
+        .map(|(name, (_, dims))| (name.clone(), dims.iter().product()))
+        .collect()
 }
 
 /// The placement `opts` ask for.
@@ -246,9 +254,14 @@ pub fn choices(opts: &Options) -> Choices<'_> {
 /// The estimator `--activation-range auto` chose, and what it measured.
 type Chosen = (Method, RangeChoice);
 
-/// Calibration's observers, why they went one sample at a time if they did, and the estimator
-/// `--activation-range auto` chose.
-type Observed = (HashMap<String, Observer>, Option<String>, Option<Chosen>);
+/// Calibration's observers, why they went one sample at a time if they did, the estimator the
+/// activation ranges are to come from, and what `--activation-range auto` measured to choose it.
+type Observed = (
+    HashMap<String, Observer>,
+    Option<String>,
+    Method,
+    Option<RangeChoice>,
+);
 
 /// [`observe_all`], and with `--activation-range auto` the choice of estimator: the observers
 /// first see all but the held-out samples, the estimators are scored on those, and then the
@@ -268,7 +281,7 @@ fn observe_choosing(
     };
     if held_out == 0 {
         let (observers, one) = observe_all(first, at, opts, settings, data, progress)?;
-        return Ok((observers, one, None));
+        return Ok((observers, one, settings.activation_method, None));
     }
     let fitting = Options {
         samples: Some(total - held_out),
@@ -276,8 +289,9 @@ fn observe_choosing(
     };
     data.truncate(total - held_out);
     let (observers, one) = observe_all(first, at, &fitting, settings, data, progress)?;
-    let (observers, chosen) = choose_ranges(at, opts, settings, observers, held_out, progress)?;
-    Ok((observers, one, Some(chosen)))
+    let (observers, (method, choice)) =
+        choose_ranges(at, opts, settings, observers, held_out, progress)?;
+    Ok((observers, one, method, Some(choice)))
 }
 
 /// `--activation-range auto` (crate::range_choice): the estimators scored on the last `held_out`

@@ -349,9 +349,12 @@ fn build(
         let raised = settings.activation_bits.iter().any(|(v, _)| v == a);
         let range = match (raised, calibrated.get(a.as_str()), c.observers.get(a)) {
             (false, Some(r), _) => *r,
-            (_, _, Some(obs)) => obs
-                .ranges(&settings.activation_scheme(a))
-                .map_err(|e| Error::at(&c.graph.source, format!("activation '{a}'"), e))?[0],
+            (_, _, Some(obs)) => {
+                let scheme = settings.activation_scheme(a);
+                (obs.ranges_with(&c.activation_method, &scheme))
+                    .unwrap_or_else(|| obs.ranges(&scheme))
+                    .map_err(|e| Error::at(&c.graph.source, format!("activation '{a}'"), e))?[0]
+            }
             (_, _, None) => return Ok(None),
         };
         ranges.push((a.clone(), range));
