@@ -28,8 +28,9 @@
 //! range. Where the first layer's output went through a folded BatchNorm (pre-activation ≈
 //! N(β, γ²) per channel) and only a ReLU (and max pooling) lies before the next layer,
 //! c = max(0, β − 3|γ|) is taken out of the first layer's bias and W₂·c added to the next one's:
-//! ReLU(x − c) = ReLU(x) − c wherever x ≥ c, all but 0.13 % of a Gaussian's mass. Zero padding
-//! in the next layer is where it is not exact: border outputs lose the W₂·c of the padded taps.
+//! ReLU(x − c) = ReLU(x) − c wherever x ≥ c, all but 0.13 % of a Gaussian's mass. A next layer
+//! that pads with zeros takes none: its padded taps would read 0 where the shifted input is −c,
+//! and its border outputs would lose their W₂·c.
 //!
 //! A model exported with its BatchNorms folded has no β and γ left; the paper's alternative is
 //! the pre-activation's statistics on data. With calibration data ([`absorption_sites`], then
