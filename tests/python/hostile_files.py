@@ -316,6 +316,10 @@ def malformed(out, cases):
         "Conv outputs not divisible by group": (
             [helper.make_node("Reshape", ["x", "s2c"], ["x2c"]), helper.make_node("Conv", ["x2c", "w3g"], ["y"], group=2)],
             [i64("s2c", [1, 2, 2, 1]), f32c("w3g", np.ones((3, 1, 1, 1)))], "does not fit 2 input channels in 2 group(s)"),
+        # An output_shape of fewer axes than the kernel (graph_passes: indexed past its end).
+        "ConvTranspose output_shape of one axis": (
+            [to_4d, helper.make_node("ConvTranspose", ["x4", "w1t"], ["y"], output_shape=[3])],
+            [f32c("w1t", np.ones((1, 1, 2, 2)))], "output_shape [3] does not fit 2 spatial axes"),
         "ConvTranspose weight of the wrong channels": (
             [to_4d, helper.make_node("ConvTranspose", ["x4", "w2t"], ["y"])],
             [f32c("w2t", np.ones((2, 1, 1, 1)))], "does not fit 1 input channels"),

@@ -434,8 +434,13 @@ fn transposed_pads(cx: &Cx, sp: &Spatial, size: &[usize]) -> R<(Vec<Pad>, Vec<i6
         None => vec![0; n],
     };
     let pads: Vec<(i64, i64)> = match cx.ints("output_shape")? {
+        Some(shape) if shape.len() < n => {
+            return Err(Error::Op(format!(
+                "output_shape {shape:?} does not fit {n} spatial axes"
+            )))
+        }
         Some(shape) => {
-            let shape = &shape[shape.len().saturating_sub(n)..];
+            let shape = &shape[shape.len() - n..];
             (0..n)
                 .map(|i| {
                     let total = sp.strides[i] as i64 * (size[i] as i64 - 1)
