@@ -15,7 +15,7 @@
 //! only the rest of each run is simulated with q's subset ([`Probe::forked_scores`]): the same
 //! values as whole runs (a test compares them on every real model), in about half the time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::Sender;
 
 use rayon::prelude::*;
@@ -137,7 +137,8 @@ impl<'g> Probe<'g> {
         let mut scores = vec![None; qs.len()];
         for i in order {
             let params = suffix(&qs[i]);
-            let sim = Simulation::new(self.graph, &params)?;
+            let changed = changed_initializers(prefix, &params);
+            let sim = Simulation::varying(&before, self.graph, &params, &changed)?;
             let outputs: Vec<Vec<(String, Value)>> = match forks[i] {
                 None => (self.batches.par_iter())
                     .map(|b| sim.run(b.clone(), &mut |_, _| {}))
@@ -161,6 +162,19 @@ impl<'g> Probe<'g> {
         }
         Ok(scores.into_iter().flatten().collect())
     }
+}
+
+/// The weights and biases quantized in one of `a` and `b` and not in the other, or with other
+/// parameters: the initializers a simulation of `b` cannot take from one of `a`.
+fn changed_initializers<'p>(a: &'p Params, b: &'p Params) -> HashSet<&'p str> {
+    let mut changed = HashSet::new();
+    for (x, y) in [(a, b), (b, a)] {
+        let weights = x.weights.iter().filter(|w| y.weight(&w.name) != Some(w));
+        changed.extend(weights.map(|w| w.name.as_str()));
+        let biases = x.biases.iter().filter(|p| y.bias(&p.name) != Some(p));
+        changed.extend(biases.map(|p| p.name.as_str()));
+    }
+    changed
 }
 
 /// A simulated model's errors against the float model's outputs, sample after sample.

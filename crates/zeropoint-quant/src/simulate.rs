@@ -2,7 +2,7 @@
 //! replaced by its dequantized value and every planned activation fake-quantized as it is
 //! produced, which is what the exported QDQ model computes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use zeropoint_core::{fake_quant, QParams};
 use zeropoint_engine::exec::{Hook, HookError, Paused, Stepped};
@@ -41,6 +41,30 @@ impl<'g> Simulation<'g> {
                 Some(v) if !quantized => Ok((*v).clone()),
                 _ => quantized_initializer(t, params),
             }
+        })?;
+        let activations = params
+            .activations
+            .iter()
+            .map(|a| (a.value.as_str(), &a.qparams))
+            .collect();
+        Ok(Simulation { exec, activations })
+    }
+
+    /// [`Simulation::new`] for `params` that differ from `base`'s only at the initializers in
+    /// `changed`: the others are `base`'s values, not converted again (the sensitivity analysis
+    /// simulates one subset of quantizers after another, each one quantizer away from its base).
+    pub fn varying(
+        base: &Simulation<'g>,
+        graph: &'g Graph,
+        params: &'g Params,
+        changed: &HashSet<&str>,
+    ) -> Result<Simulation<'g>> {
+        let values: HashMap<&str, &Value> = (base.exec.initializer_values().iter())
+            .map(|(n, v)| (n.as_str(), v))
+            .collect();
+        let exec = Executor::with_initializers(graph, |t| match values.get(t.name.as_str()) {
+            Some(v) if !changed.contains(t.name.as_str()) => Ok((*v).clone()),
+            _ => quantized_initializer(t, params),
         })?;
         let activations = params
             .activations
