@@ -34,20 +34,8 @@ impl<'g> Simulation<'g> {
         params: &'g Params,
         float: &[(String, Value)],
     ) -> Result<Simulation<'g>> {
-        let float: HashMap<&str, &Value> = float.iter().map(|(n, v)| (n.as_str(), v)).collect();
-        let exec = Executor::with_initializers(graph, |t| {
-            let quantized = params.weight(&t.name).is_some() || params.bias(&t.name).is_some();
-            match float.get(t.name.as_str()) {
-                Some(v) if !quantized => Ok((*v).clone()),
-                _ => quantized_initializer(t, params),
-            }
-        })?;
-        let activations = params
-            .activations
-            .iter()
-            .map(|a| (a.value.as_str(), &a.qparams))
-            .collect();
-        Ok(Simulation { exec, activations })
+        let quantized = |n: &str| params.weight(n).is_some() || params.bias(n).is_some();
+        Simulation::reusing(graph, params, float, &|n| !quantized(n))
     }
 
     /// [`Simulation::new`] for `params` that differ from `base`'s only at the initializers in
@@ -59,11 +47,21 @@ impl<'g> Simulation<'g> {
         params: &'g Params,
         changed: &HashSet<&str>,
     ) -> Result<Simulation<'g>> {
-        let values: HashMap<&str, &Value> = (base.exec.initializer_values().iter())
-            .map(|(n, v)| (n.as_str(), v))
-            .collect();
+        let values = base.exec.initializer_values();
+        Simulation::reusing(graph, params, values, &|n| !changed.contains(n))
+    }
+
+    /// The simulation of `graph` with `params`, taking from `values` each initializer that
+    /// `reuse` accepts instead of converting it again.
+    fn reusing(
+        graph: &'g Graph,
+        params: &'g Params,
+        values: &[(String, Value)],
+        reuse: &dyn Fn(&str) -> bool,
+    ) -> Result<Simulation<'g>> {
+        let values: HashMap<&str, &Value> = values.iter().map(|(n, v)| (n.as_str(), v)).collect();
         let exec = Executor::with_initializers(graph, |t| match values.get(t.name.as_str()) {
-            Some(v) if !changed.contains(t.name.as_str()) => Ok((*v).clone()),
+            Some(v) if reuse(&t.name) => Ok((*v).clone()),
             _ => quantized_initializer(t, params),
         })?;
         let activations = params
