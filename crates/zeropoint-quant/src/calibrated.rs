@@ -307,13 +307,13 @@ fn choose_ranges(
 ) -> Result<(HashMap<String, Observer>, Chosen)> {
     let mut data = open_data(graph, opts)?;
     let fitted_on = data.len - held_out;
-    data.skip(fitted_on);
-    let unit = crate::dataset::unit_batch(&graph.inputs);
-    let batches = next_batches(&mut data, unit, held_out.div_ceil(unit))?;
-    let probe = Probe::new(graph, graph, batches)?;
+    let probe = Probe::new(
+        graph,
+        graph,
+        samples_from(graph, opts, fitted_on, held_out)?,
+    )?;
     let chosen =
         crate::range_choice::choose((graph, plan), &observers, settings, &probe, fitted_on)?;
-    let mut data = open_data(graph, opts)?;
     data.skip(fitted_on);
     let observers = observe_from(vec![observers], graph, plan, &mut data, settings, progress)?;
     Ok((observers, chosen))
@@ -592,9 +592,15 @@ fn drop_contradicted_output_shapes(graph: &mut Graph, seen: &Run) {
 /// The first `n` calibration samples (fewer if the data has fewer), one per batch (or, for a
 /// model that fixes its batch, one such batch each).
 pub fn first_samples(graph: &Graph, opts: &Options, n: usize) -> Result<Vec<Batch>> {
+    samples_from(graph, opts, 0, n)
+}
+
+/// [`first_samples`], from sample `start` on.
+fn samples_from(graph: &Graph, opts: &Options, start: usize, n: usize) -> Result<Vec<Batch>> {
     let mut data = open_data(graph, opts)?;
     let unit = crate::dataset::unit_batch(&graph.inputs);
-    let n = n.min(data.len);
+    let n = n.min(data.len.saturating_sub(start));
+    data.skip(start);
     next_batches(&mut data, unit, n.div_ceil(unit))
 }
 

@@ -46,8 +46,9 @@ pub fn prepare(path: &Path, settings: &Settings) -> Result<Prepared> {
     prepare_measuring(path, settings, None)
 }
 
-/// [`prepare`], and where equalization's high-bias absorption finds no BatchNorm statistics,
-/// the output's statistics on data from `measure`.
+/// [`prepare`], with the statistics on data of each layer output high-bias absorption applies
+/// to from `measure`: c from them where no BatchNorm gives β and γ, and capped by their
+/// minimum where one does.
 pub fn prepare_measuring(
     path: &Path,
     settings: &Settings,

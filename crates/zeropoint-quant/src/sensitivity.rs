@@ -379,17 +379,18 @@ pub fn sensitivities(
     let total = 2 * qs.len();
     let (tx, rx) = std::sync::mpsc::channel();
     let (alone, all_but) = std::thread::scope(|scope| {
-        let (a, b, qs) = (tx.clone(), tx, &qs);
+        let qs = &qs;
         let worker = scope.spawn(move || {
             // One kind after the other, the samples in parallel: the paused runs of one kind
-            // are held at a time.
-            let alone = probe.forked_scores(qs, &none, &|q| subset(params, plan, |o| o == q), &a);
+            // are held at a time. The sender goes with the thread.
+            let tx = tx;
+            let alone = probe.forked_scores(qs, &none, &|q| subset(params, plan, |o| o == q), &tx);
             let all_but =
-                probe.forked_scores(qs, params, &|q| subset(params, plan, |o| o != q), &b);
+                probe.forked_scores(qs, params, &|q| subset(params, plan, |o| o != q), &tx);
             (alone, all_but)
         });
         progress(0, total);
-        // Ends when both workers are done (or failed): their senders are gone then.
+        // Ends when the worker is done (or failed): its sender is gone then.
         for done in 1..=total {
             if rx.recv().is_err() {
                 break;
