@@ -37,6 +37,7 @@ use zeropoint_graph::canonicalize::BatchNormStats;
 use zeropoint_graph::{Graph, Op};
 use zeropoint_onnx::{DType, RawTensor};
 
+use crate::channel_stats::ChannelStats;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::params::Params;
@@ -236,9 +237,8 @@ pub fn data_means(graph: &Graph, mut data: Dataset) -> Result<HashMap<String, Ve
             wanted.push((node.outputs[0].clone(), input.name.as_str(), axis));
         }
     }
-    // Per input: the first sample's shape, the sums at each index of each wanted axis, and the
-    // elements summed.
-    type Sums = (Vec<usize>, HashMap<usize, Vec<f64>>, f64);
+    // Per input: the first sample's shape and the sums per index of each wanted axis.
+    type Sums = (Vec<usize>, HashMap<usize, ChannelStats>);
     let mut sums: HashMap<String, Sums> = HashMap::new();
     while let Some(batch) = data.next_batch(1)? {
         for (name, v) in batch {
@@ -246,31 +246,29 @@ pub fn data_means(graph: &Graph, mut data: Dataset) -> Result<HashMap<String, Ve
             if shape.len() < 3 || v.dtype != DType::F32 || shape.contains(&0) {
                 continue;
             }
-            let (first, per_axis, count) = sums.entry(name.clone()).or_insert_with(|| {
+            let (first, per_axis) = sums.entry(name.clone()).or_insert_with(|| {
                 let axes = wanted.iter().filter(|w| w.1 == name && w.2 < shape.len());
-                let per_axis = axes.map(|w| (w.2, vec![0.0; shape[w.2]])).collect();
-                (shape.clone(), per_axis, 0.0)
+                let per_axis = axes.map(|w| (w.2, ChannelStats::new(shape[w.2]))).collect();
+                (shape.clone(), per_axis)
             });
             if *first != shape {
                 continue;
             }
             v.with_f32s(|x| {
                 for (&axis, along) in per_axis.iter_mut() {
-                    add_sums_along(x, &shape, axis, along);
+                    along.add(x, &shape, axis);
                 }
             })
             .map_err(|e| Error::new(&graph.source, format!("input '{name}': {e}")))?;
-            *count += shape.iter().product::<usize>() as f64;
         }
     }
     let mut means = HashMap::new();
     for (value, input, axis) in wanted {
-        let Some((_, per_axis, count)) = sums.get(input) else {
+        let Some((_, per_axis)) = sums.get(input) else {
             continue;
         };
         if let Some(along) = per_axis.get(&axis) {
-            let per_index = count / along.len() as f64;
-            means.insert(value, along.iter().map(|s| s / per_index).collect());
+            means.insert(value, along.mean());
         }
     }
     Ok(means)
@@ -302,14 +300,6 @@ pub fn float_means(
     let axes = values.iter().map(|v| (v.clone(), 1)).collect();
     let stats = crate::channel_stats::measure(graph, &axes, data)?;
     Ok(stats.into_iter().map(|(v, s)| (v, s.mean())).collect())
-}
-
-/// Adds each element of `x` (row-major, of `shape`) to the sum of its index along `axis`.
-fn add_sums_along(x: &[f32], shape: &[usize], axis: usize, sums: &mut [f64]) {
-    let inner: usize = shape[axis + 1..].iter().product();
-    for (i, &v) in x.iter().enumerate() {
-        sums[(i / inner.max(1)) % shape[axis]] += f64::from(v);
-    }
 }
 
 /// E[x] per channel of `value` where a folded BatchNorm's statistics give it: the BatchNorm's

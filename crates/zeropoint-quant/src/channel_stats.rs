@@ -27,7 +27,7 @@ pub struct ChannelStats {
 }
 
 impl ChannelStats {
-    fn new(channels: usize) -> ChannelStats {
+    pub(crate) fn new(channels: usize) -> ChannelStats {
         ChannelStats {
             count: 0.0,
             sum: vec![0.0; channels],
@@ -52,7 +52,7 @@ impl ChannelStats {
 
     /// Adds each element of `x` (row-major, of `shape`) to its channel's sums: its index along
     /// `axis`.
-    fn add(&mut self, x: &[f32], shape: &[usize], axis: usize) {
+    pub(crate) fn add(&mut self, x: &[f32], shape: &[usize], axis: usize) {
         let inner: usize = shape[axis + 1..].iter().product();
         let channels = shape[axis];
         for (i, &v) in x.iter().enumerate() {
