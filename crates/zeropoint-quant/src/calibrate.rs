@@ -331,8 +331,7 @@ pub fn ranges_as(
             })?;
             let scheme = settings.activation_scheme(a);
             method
-                .and_then(|m| obs.ranges_with(m, &scheme))
-                .unwrap_or_else(|| obs.ranges(&scheme))
+                .map_or_else(|| obs.ranges(&scheme), |m| obs.ranges_by(m, &scheme))
                 .map(|r| r[0])
                 .map_err(|e| Error::at(&graph.source, format!("activation '{a}'"), e))
         })

@@ -351,8 +351,7 @@ fn build(
             (false, Some(r), _) => *r,
             (_, _, Some(obs)) => {
                 let scheme = settings.activation_scheme(a);
-                (obs.ranges_with(&c.activation_method, &scheme))
-                    .unwrap_or_else(|| obs.ranges(&scheme))
+                (obs.ranges_by(&c.activation_method, &scheme))
                     .map_err(|e| Error::at(&c.graph.source, format!("activation '{a}'"), e))?[0]
             }
             (_, _, None) => return Ok(None),

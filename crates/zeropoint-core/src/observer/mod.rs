@@ -351,6 +351,13 @@ impl Observer {
         })
     }
 
+    /// The ranges by `method` where this observer's histograms answer it
+    /// ([`Observer::ranges_with`]), else by its own method.
+    pub fn ranges_by(&self, method: &Method, scheme: &Scheme) -> Result<Vec<(f32, f32)>> {
+        self.ranges_with(method, scheme)
+            .unwrap_or_else(|| self.ranges(scheme))
+    }
+
     /// Whether this observer has seen data and keeps histograms of it (the histogram methods';
     /// not min-max, moving average or cross-entropy).
     pub fn has_histograms(&self) -> bool {
