@@ -388,6 +388,17 @@ def activation_cases():
          note="slope of shape [1]")
     case("PRelu_last_axis", N("PRelu", ["x", "slope"], ["y"]), {"x": r.n(2, 3, 4)}, {"slope": r.n(4)}, opset=16,
          note="slope [4] broadcast along the last axis (unidirectional), opset 16")
+    # NaN stays NaN and ±∞ saturates as ONNX Runtime has it: a broken input must not come out
+    # of an activation looking like a plausible value (x − relu(x) at +∞ is NaN, not +∞).
+    special = f32([[np.nan, np.inf, -np.inf, -0.0], [0.0, -2.5, 3.0, 1e30]])
+    for op, kw in [("Relu", {}), ("LeakyRelu", {"alpha": 0.1}), ("Elu", {}), ("Tanh", {}), ("Sigmoid", {}),
+                   ("HardSigmoid", {}), ("HardSwish", {}), ("Softplus", {})]:
+        case(f"{op}_special_values", u(op, **kw), {"x": special}, opset=14,
+             note="NaN, ±inf, ±0 and a huge value")
+    case("PRelu_special_values", N("PRelu", ["x", "slope"], ["y"]), {"x": special}, {"slope": f32([0.25])},
+         note="NaN, ±inf, ±0 and a huge value")
+    case("Clip_special_values", N("Clip", ["x", "lo", "hi"], ["y"]), {"x": special},
+         {"lo": f32(0.0), "hi": f32(6.0)}, note="ReLU6 on NaN, ±inf, ±0")
     case("Sigmoid_basic", u("Sigmoid"), {"x": r.n(2, 3, 4, scale=3.0)})
     case("Tanh_basic", u("Tanh"), {"x": r.n(2, 3, 4, scale=2.0)})
     case("HardSigmoid_default", u("HardSigmoid"), {"x": r.n(3, 8, scale=3.0)},

@@ -14,13 +14,30 @@ use crate::value::{carrier, Value};
 use zeropoint_graph::Op;
 use zeropoint_onnx::DType;
 
-/// max(x, 0). Where a float32 gradient is needed it is a candle op whose backward pass is one
-/// select, ∂x = ∂y where x ≥ 0 (as candle's own); candle's takes four tensor-sized passes.
+/// max(x, 0), NaN kept as ONNX Runtime keeps it (candle's turns it into 0, hiding a broken
+/// input behind a plausible activation). Where a float32 gradient is needed it is a candle op
+/// whose backward pass is one select, ∂x = ∂y where x ≥ 0 (as candle's own); candle's takes
+/// four tensor-sized passes.
 fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
-    if !x.track_op() || x.dtype() != CDType::F32 {
+    if x.dtype() != CDType::F32 {
         return x.relu();
     }
+    if !x.track_op() {
+        let y = crate::value::with_f32_slice(x, |v| par_map(v, rectified))
+            .map_err(candle_core::Error::msg)?;
+        return Tensor::from_vec(y, x.dims(), x.device());
+    }
     x.contiguous()?.apply_op1(Relu)
+}
+
+/// One value of [`relu`]: 0 below and at zero, the value itself above and where it is NaN.
+#[inline(always)]
+fn rectified(v: f32) -> f32 {
+    if v > 0.0 || v.is_nan() {
+        v
+    } else {
+        0.0
+    }
 }
 
 struct Relu;
@@ -37,7 +54,7 @@ impl candle_core::CustomOp1 for Relu {
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let y = crate::value::storage_f32s(x, l)?
             .iter()
-            .map(|v| v.max(0.0))
+            .map(|&v| rectified(v))
             .collect();
         Ok((candle_core::CpuStorage::F32(y), l.shape().clone()))
     }
@@ -508,7 +525,16 @@ pub fn activation(cx: &Cx) -> R<Vec<Value>> {
     one(like(t, v))
 }
 
+/// x where x ≥ 0, alpha·x below. Float32 without gradients selects per value, so that +∞
+/// stays +∞ and NaN NaN, as in ONNX Runtime (x − relu(x) is ∞ − ∞ at +∞).
 fn leaky(x: &Tensor, alpha: f64) -> R<Tensor> {
+    if x.dtype() == CDType::F32 && !x.track_op() {
+        let a = alpha as f32;
+        let y = crate::value::with_f32_slice(x, |v| {
+            par_map(v, move |v| if v < 0.0 { v * a } else { v })
+        })?;
+        return c(Tensor::from_vec(y, x.dims(), x.device()));
+    }
     let r = c(x.relu())?;
     c(x.sub(&r)?.affine(alpha, 0.0)?.add(&r))
 }
@@ -616,6 +642,12 @@ pub fn prelu(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     let x = cx.float(0)?;
     let slope = cx.float(1)?;
+    if !x.track_op() && !slope.track_op() {
+        // A select, as LeakyRelu's: x − relu(x) is ∞ − ∞ at +∞.
+        let negative = c(x.lt(&x.zeros_like()?))?;
+        let scaled = c(x.broadcast_mul(slope))?;
+        return one(like(c(negative.where_cond(&scaled, x))?, v));
+    }
     let r = c(x.relu())?;
     one(like(c(x.sub(&r)?.broadcast_mul(slope)?.add(&r))?, v))
 }
