@@ -114,13 +114,19 @@ fn peak_live_bytes(
 }
 
 /// Calibration's threads: one per core, each observing whole batches; one for the moving
-/// average, whose result depends on the order of the batches. Every other observer merges
-/// exactly (docs/ranges.md).
+/// average, whose result depends on the order of the batches.
 pub fn workers(settings: &Settings) -> usize {
-    match settings.activation_method {
-        Method::MovingAverage { .. } => 1,
-        _ => rayon::current_num_threads().max(1),
+    if merges_exactly(settings) {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
     }
+}
+
+/// Whether observers fed batches apart and merged equal one fed them all: every estimator but
+/// the moving average (docs/ranges.md).
+pub fn merges_exactly(settings: &Settings) -> bool {
+    !matches!(settings.activation_method, Method::MovingAverage { .. })
 }
 
 /// An observer per activation of `watched`.
@@ -141,8 +147,8 @@ fn fresh_observers(
 }
 
 /// The probe that placement needs (every value's element type and shape, on the first batch)
-/// run as calibration's first round: beside it each other thread observes a batch of its own,
-/// and the probe's run feeds observers too. Placement is not known yet, so the observers are
+/// run as calibration's first round: beside it a few more samples are observed, each alone and
+/// in parallel where there are threads, and the probe's run feeds observers too. Placement is not known yet, so the observers are
 /// those of `watched`, a plan made before the types were: [`FirstRound::observers_for`] keeps
 /// what the real plan needs. The probe alone was one model run in 33 of quantizing ppocr-v3-det
 /// on 16 samples (16 to calibrate, 8 float and 8 simulated to report), with the second core

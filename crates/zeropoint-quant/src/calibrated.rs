@@ -15,7 +15,7 @@ use zeropoint_onnx::{DType, ModelProto};
 use crate::bias_correction::{
     correct_biases, correct_biases_analytic, data_means, float_means, unknown_means,
 };
-use crate::calibrate::{observe, observe_from, ranges_as, workers, FirstRound, Ranges};
+use crate::calibrate::{merges_exactly, observe, observe_from, ranges_as, FirstRound, Ranges};
 use crate::compare::{next_batches, Batch};
 use crate::dataset::{Arrays, Dataset, Preprocess};
 use crate::error::Result;
@@ -479,21 +479,26 @@ fn check_activation_bits(graph: &Graph, plan: &Plan, settings: &Settings) -> Res
     Ok(())
 }
 
+/// Samples in calibration's first round, one a batch. A constant, not the thread count: a matrix
+/// product's rows are not the same bits in a batch of one and in one of several (the GEMM
+/// takes another path and another blocking of the sum), so each sample's batch must not depend
+/// on the threads for the ranges not to.
+const FIRST_ROUND: usize = 2;
+
 /// Types and shapes from one run on the first sample of `data`: nothing is guessed about free
-/// dimensions, and control flow takes the data's path. Where observers merge exactly and there
-/// are several threads, that run is calibration's first round, beside a sample per other thread
-/// (taken from `data`); else `data` is left as it was.
+/// dimensions, and control flow takes the data's path. Where observers merge exactly, that run
+/// is calibration's first round, beside [`FIRST_ROUND`] − 1 more samples alone (taken from
+/// `data`, in parallel where there are threads); else `data` is left as it was.
 fn probe(graph: &Graph, opts: &Options, data: &mut Dataset) -> Result<(Run, Option<FirstRound>)> {
     let unit = crate::dataset::unit_batch(&graph.inputs);
-    let workers = workers(&opts.settings);
-    let watched = (workers > 1)
+    let watched = merges_exactly(&opts.settings)
         .then(|| Plan::new(graph, guessed_types(graph), choices(opts)).ok())
         .flatten();
     let Some(watched) = watched else {
         let one = open_data(graph, opts)?.next_batch(unit)?;
         return Ok((probe_on(graph, one.unwrap_or_default())?, None));
     };
-    let mut batches = next_batches(data, unit, workers)?;
+    let mut batches = next_batches(data, unit, FIRST_ROUND)?;
     if batches.is_empty() {
         batches.push(Batch::default());
     }

@@ -221,7 +221,9 @@ fn exported_models_run_in_onnx_runtime_as_simulated() {
 
 /// Calibration's first round, run beside the probe with observers placed by a plan of guessed
 /// types (`calibrate::FirstRound`), gives every real model the ranges that observing every
-/// sample anew gives, MiniLM-L3's integer token paths and attention masks included.
+/// sample anew gives, MiniLM-L3's integer token paths and attention masks included. One sample a
+/// batch in both: the first round's samples go alone, and a matrix product's rows are not the
+/// same bits in a batch of one and in one of several.
 #[test]
 fn the_probes_round_calibrates_as_a_fresh_pass() {
     use zeropoint_quant::calibrate::{observe, ranges};
@@ -234,7 +236,11 @@ fn the_probes_round_calibrates_as_a_fresh_pass() {
         .build()
         .unwrap();
     for (name, model) in real_models() {
-        let opts = calibration(name, refs.path(), Settings::default());
+        let settings = Settings {
+            batch: 1,
+            ..Settings::default()
+        };
+        let opts = calibration(name, refs.path(), settings);
         let c = pool
             .install(|| calibrated(&model, &opts, &mut |_, _, _| {}))
             .unwrap();

@@ -16,7 +16,8 @@ use candle_core::Tensor;
 
 use super::resize::pad_constant;
 use super::{c, check_output, like, narrow, one, select, Cx, Error, R};
-use super::{conv_gemm, conv_grad};
+use super::conv_gemm::{self, Sums};
+use super::conv_grad;
 use crate::value::Value;
 
 /// Spatial attributes of Conv, ConvTranspose and the pools, resolved per axis.
@@ -191,6 +192,11 @@ pub(super) fn strided(
 }
 
 pub fn conv(cx: &Cx) -> R<Vec<Value>> {
+    conv_summing(cx, Sums::Fast)
+}
+
+/// Conv with the sums `sums` allows: ConvInteger's float32 carrier needs the definition's.
+pub fn conv_summing(cx: &Cx, sums: Sums) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     let (x, w) = (cx.float(0)?, cx.float(1)?);
     let one_d = x.rank() == 3;
@@ -235,7 +241,7 @@ pub fn conv(cx: &Cx) -> R<Vec<Value>> {
     };
     let bias = cx.opt(2).map(|b| &b.tensor);
     check_bias(bias, w.dims()[0])?;
-    let mut y = conv2d(&xp, &w, bias, pad, (strides[0], strides[1]), dil, groups)?;
+    let mut y = conv2d(&xp, &w, bias, pad, (strides[0], strides[1]), dil, (groups, sums))?;
     if one_d {
         y = c(y.squeeze(2))?;
     }
@@ -258,7 +264,7 @@ fn conv2d(
     pad: usize,
     (sh, sw): (usize, usize),
     dil: usize,
-    groups: usize,
+    (groups, sums): (usize, Sums),
 ) -> R<Tensor> {
     // Empty kernels, batches or outputs: the loops below divide the work by these sizes.
     let (n, c_in, h, wd) = c(x.dims4())?;
@@ -285,13 +291,13 @@ fn conv2d(
         return biased(depthwise(x, w, geometry)?, bias);
     }
     if groups == 1 {
-        return gemm_conv(x, w, bias, pad, (sh, sw), dil);
+        return gemm_conv(x, w, bias, pad, (sh, sw), (dil, sums));
     }
     let (xs, ws) = (c(x.chunk(groups, 1))?, c(w.chunk(groups, 0))?);
     let parts = xs
         .iter()
         .zip(&ws)
-        .map(|(x, w)| gemm_conv(x, w, None, pad, (sh, sw), dil))
+        .map(|(x, w)| gemm_conv(x, w, None, pad, (sh, sw), (dil, sums)))
         .collect::<R<Vec<_>>>()?;
     biased(c(Tensor::cat(&parts, 1))?, bias)
 }
@@ -332,7 +338,7 @@ fn gemm_conv(
     bias: Option<&Tensor>,
     pad: usize,
     (sh, sw): (usize, usize),
-    dil: usize,
+    (dil, sums): (usize, Sums),
 ) -> R<Tensor> {
     let (_, ch, h, wd) = c(x.dims4())?;
     let (_, _, kh, kw) = c(w.dims4())?;
@@ -348,7 +354,7 @@ fn gemm_conv(
     };
     let f32 = candle_core::DType::F32;
     if x.dtype() == f32 && w.dtype() == f32 {
-        return conv_grad::conv(x, w, bias, g);
+        return conv_grad::conv(x, w, bias, (g, sums));
     }
     biased(unbiased_gemm_conv(x, w, g)?, bias)
 }

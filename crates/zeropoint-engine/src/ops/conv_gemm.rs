@@ -69,10 +69,34 @@ impl Geometry {
     }
 }
 
+/// How a float32 convolution may form its sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sums {
+    /// Any rewriting that is exact in real arithmetic (Winograd's transforms): the rounding
+    /// differs from the definition's.
+    Fast,
+    /// The definition's products, added up: exact wherever every partial sum is (integers
+    /// below 2^24), which ConvInteger's float32 carrier relies on.
+    Products,
+}
+
 /// `w` [M, C·kh·kw] convolved with each of `images` ([C, H, W] each, back to back), plus the
 /// `bias` [M] of each output channel if there is one: [images, M, OH·OW].
-pub(super) fn conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, g: Geometry) -> Vec<f32> {
+pub(super) fn conv(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    (g, sums): (Geometry, Sums),
+) -> Vec<f32> {
+    if sums == Sums::Fast && super::winograd::applies(g, m) && !no_winograd() {
+        return super::winograd::conv(x, w, bias, m, g);
+    }
     tiled(x, w, bias, m, g, tile_width(g.k()))
+}
+
+fn no_winograd() -> bool {
+    std::env::var_os("ZP_NO_WINOGRAD").is_some()
 }
 
 /// [`conv`] in tiles of `t` output positions.
@@ -110,9 +134,9 @@ fn tiled(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, g: Geometry, t: u
 
 /// The output of [`conv`], written by all tiles at once: each writes only its own positions
 /// of its own image, so no element is written twice or read.
-struct Output {
-    at: *mut f32,
-    len: usize,
+pub(super) struct Output {
+    pub(super) at: *mut f32,
+    pub(super) len: usize,
 }
 
 // SAFETY: the tiles write disjoint elements (see `Output`), and `conv` keeps the buffer alive
@@ -307,7 +331,7 @@ impl Walk {
 /// `out` rows are `out.1` apart.
 ///
 /// The caller guarantees that `out` reaches m rows of n elements that nothing else accesses.
-fn matmul(
+pub(super) fn matmul(
     m: usize,
     n: usize,
     k: usize,
@@ -434,7 +458,7 @@ mod tests {
     fn a_kernel_without_output_channels_gives_an_empty_output() {
         let g = Geometry::of((2, 5, 5), 1, (3, 3), (1, 1), 1);
         let x = values(2 * 2 * 5 * 5, 1);
-        assert!(conv(&x, &[], None, 0, g).is_empty());
+        assert!(conv(&x, &[], None, 0, (g, Sums::Fast)).is_empty());
     }
 
     /// The tiles are cut by the shapes alone: one thread or three give the same bits.
@@ -455,7 +479,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            pool.install(|| conv(&x, &w, None, 8, g))
+            pool.install(|| conv(&x, &w, None, 8, (g, Sums::Products)))
         };
         let one = on(1);
         assert!(one.iter().any(|&v| v != 0.0));

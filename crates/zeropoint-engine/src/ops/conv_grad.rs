@@ -23,14 +23,19 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
 use super::blockwise;
-use super::conv_gemm::{self, gather, scatter, tile_width, Geometry};
+use super::conv_gemm::{self, gather, scatter, tile_width, Geometry, Sums};
 use super::{c, R};
 use crate::value::{storage_f32s as f32s, with_f32_slices as with_f32s};
 use zeropoint_core::kernel::par_zeroed;
 
 /// `x` [N, C, H, W] convolved with `w` [M, C, kh, kw] as `g` says, plus `bias` [M], with
 /// gradients for all three.
-pub(super) fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Geometry) -> R<Tensor> {
+pub(super) fn conv(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    (g, sums): (Geometry, Sums),
+) -> R<Tensor> {
     let m = w.dims()[0];
     let b = match bias {
         Some(b) => c(b.flatten_all()?.contiguous())?,
@@ -39,6 +44,7 @@ pub(super) fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Geometry) -
     let op = Conv {
         g,
         bias: bias.is_some(),
+        sums,
     };
     c(x.contiguous()?.apply_op3(&w.contiguous()?, &b, op))
 }
@@ -71,6 +77,7 @@ const GROUP: usize = 4;
 struct Conv {
     g: Geometry,
     bias: bool,
+    sums: Sums,
 }
 
 impl Conv {
@@ -600,7 +607,7 @@ impl CustomOp3 for Conv {
         let (x, w, b) = (f32s(x, lx)?, f32s(w, lw)?, f32s(b, lb)?);
         let m = w.len() / self.g.k().max(1);
         let images = x.len() / self.plane().max(1);
-        let y = conv_gemm::conv(x, w, self.bias.then_some(b), m, self.g);
+        let y = conv_gemm::conv(x, w, self.bias.then_some(b), m, (self.g, self.sums));
         let (oh, ow) = self.g.output;
         Ok((CpuStorage::F32(y), Shape::from((images, m, oh, ow))))
     }
@@ -697,7 +704,11 @@ mod tests {
             let w = values(m * g.k(), 7);
             let dy = values(images * m * oh * ow, 3);
             let (want_dx, want_dw) = direct(&x, &w, &dy, m, g);
-            let conv = Conv { g, bias: true };
+            let conv = Conv {
+                g,
+                bias: true,
+                sums: Sums::Fast,
+            };
             let [dx, dw, db] = conv.backward(&x, &w, &dy, true);
             let at = format!("{input:?} pad {pad} {kernel:?} {strides:?} dilation {dilation}");
             close(&dx, &want_dx, &format!("∂X {at}"));
@@ -731,7 +742,11 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            pool.install(|| Conv { g, bias: true }.backward(&x, &w, &dy, true))
+            pool.install(|| Conv {
+                g,
+                bias: true,
+                sums: Sums::Fast,
+            }.backward(&x, &w, &dy, true))
         };
         let one = on(1);
         assert!(one[1].iter().any(|&v| v != 0.0));
@@ -789,9 +804,9 @@ mod tests {
             var(&w, &[m, 2, 3, 3]),
             var(&b, &[m]),
         );
-        let y = conv(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor()), g).unwrap();
+        let y = conv(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor()), (g, Sums::Products)).unwrap();
         let plane = 3 * 7;
-        let mut want = conv_gemm::conv(&x, &w, None, m, g);
+        let mut want = conv_gemm::conv(&x, &w, None, m, (g, Sums::Products));
         for (i, v) in want.iter_mut().enumerate() {
             *v += b[(i / plane) % m];
         }
@@ -799,7 +814,11 @@ mod tests {
         assert_eq!(flat(&y), want);
         let dy = Tensor::from_vec(values(want.len(), 4), y.shape(), &dev).unwrap();
         let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
-        let [dx, dw, db] = Conv { g, bias: true }.backward(&x, &w, &flat(&dy), true);
+        let [dx, dw, db] = Conv {
+                g,
+                bias: true,
+                sums: Sums::Fast,
+            }.backward(&x, &w, &flat(&dy), true);
         assert_eq!(flat(grads.get(xv.as_tensor()).unwrap()), dx);
         assert_eq!(flat(grads.get(wv.as_tensor()).unwrap()), dw);
         assert_eq!(flat(grads.get(bv.as_tensor()).unwrap()), db);
@@ -859,7 +878,7 @@ mod tests {
                 let at = format!(
                     "{kernel:?} strides {strides:?} dilation {dilation} pad {pad} plane {p}"
                 );
-                let want_y: Vec<f64> = conv_gemm::conv(xp, wp, None, 1, one)
+                let want_y: Vec<f64> = conv_gemm::conv(xp, wp, None, 1, (one, Sums::Products))
                     .iter()
                     .map(|&v| f64::from(v))
                     .collect();

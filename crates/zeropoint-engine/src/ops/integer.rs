@@ -140,6 +140,6 @@ pub fn conv_integer(cx: &Cx) -> R<Vec<Value>> {
         inputs: &inputs,
         opset: cx.opset,
     };
-    let out = conv::conv(&shifted_cx)?;
+    let out = conv::conv_summing(&shifted_cx, super::conv_gemm::Sums::Products)?;
     Ok(vec![int32(c(out[0].tensor.to_dtype(CDType::F64))?)?])
 }

@@ -23,6 +23,7 @@ mod recurrent;
 mod reduce;
 mod resize;
 mod shape;
+mod winograd;
 
 pub use elementwise::HardSigmoid;
 pub use matmul::fix_thread_count;
