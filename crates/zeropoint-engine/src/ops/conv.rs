@@ -14,10 +14,10 @@
 
 use candle_core::Tensor;
 
-use super::resize::pad_constant;
-use super::{c, check_output, like, narrow, one, select, Cx, Error, R};
 use super::conv_gemm::{self, Sums};
 use super::conv_grad;
+use super::resize::pad_constant;
+use super::{c, check_output, like, narrow, one, select, Cx, Error, R};
 use crate::value::Value;
 
 /// Spatial attributes of Conv, ConvTranspose and the pools, resolved per axis.
@@ -241,7 +241,15 @@ pub fn conv_summing(cx: &Cx, sums: Sums) -> R<Vec<Value>> {
     };
     let bias = cx.opt(2).map(|b| &b.tensor);
     check_bias(bias, w.dims()[0])?;
-    let mut y = conv2d(&xp, &w, bias, pad, (strides[0], strides[1]), dil, (groups, sums))?;
+    let mut y = conv2d(
+        &xp,
+        &w,
+        bias,
+        pad,
+        (strides[0], strides[1]),
+        dil,
+        (groups, sums),
+    )?;
     if one_d {
         y = c(y.squeeze(2))?;
     }

@@ -89,14 +89,10 @@ pub(super) fn conv(
     m: usize,
     (g, sums): (Geometry, Sums),
 ) -> Vec<f32> {
-    if sums == Sums::Fast && super::winograd::applies(g, m) && !no_winograd() {
+    if sums == Sums::Fast && super::winograd::applies(g, m) {
         return super::winograd::conv(x, w, bias, m, g);
     }
     tiled(x, w, bias, m, g, tile_width(g.k()))
-}
-
-fn no_winograd() -> bool {
-    std::env::var_os("ZP_NO_WINOGRAD").is_some()
 }
 
 /// [`conv`] in tiles of `t` output positions.

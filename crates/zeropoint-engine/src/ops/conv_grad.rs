@@ -742,11 +742,14 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            pool.install(|| Conv {
-                g,
-                bias: true,
-                sums: Sums::Fast,
-            }.backward(&x, &w, &dy, true))
+            pool.install(|| {
+                Conv {
+                    g,
+                    bias: true,
+                    sums: Sums::Fast,
+                }
+                .backward(&x, &w, &dy, true)
+            })
         };
         let one = on(1);
         assert!(one[1].iter().any(|&v| v != 0.0));
@@ -804,7 +807,13 @@ mod tests {
             var(&w, &[m, 2, 3, 3]),
             var(&b, &[m]),
         );
-        let y = conv(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor()), (g, Sums::Products)).unwrap();
+        let y = conv(
+            xv.as_tensor(),
+            wv.as_tensor(),
+            Some(bv.as_tensor()),
+            (g, Sums::Products),
+        )
+        .unwrap();
         let plane = 3 * 7;
         let mut want = conv_gemm::conv(&x, &w, None, m, (g, Sums::Products));
         for (i, v) in want.iter_mut().enumerate() {
@@ -815,10 +824,11 @@ mod tests {
         let dy = Tensor::from_vec(values(want.len(), 4), y.shape(), &dev).unwrap();
         let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
         let [dx, dw, db] = Conv {
-                g,
-                bias: true,
-                sums: Sums::Fast,
-            }.backward(&x, &w, &flat(&dy), true);
+            g,
+            bias: true,
+            sums: Sums::Fast,
+        }
+        .backward(&x, &w, &flat(&dy), true);
         assert_eq!(flat(grads.get(xv.as_tensor()).unwrap()), dx);
         assert_eq!(flat(grads.get(wv.as_tensor()).unwrap()), dw);
         assert_eq!(flat(grads.get(bv.as_tensor()).unwrap()), db);
