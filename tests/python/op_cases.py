@@ -269,6 +269,22 @@ def conv_cases():
     case("Conv_tiles_group", N("Conv", ["x", "w", "b"], ["y"], group=2, pads=[1, 1, 1, 1]),
          {"x": r.n(1, 128, 15, 16)}, {"w": r.n(6, 64, 3, 3, scale=1 / 24), "b": r.n(6)},
          note="2 groups of 64 channels (strided views of the input), 2 tiles each")
+    # 3x3 stride-1 convolutions of 12+ channels and 64+ output tiles of 2x2 go through Winograd's
+    # F(2x2, 3x3) on AVX-512 CPUs: odd sizes (a last tile half outside), pads 0-2, asymmetric
+    # pads (cropped/padded first), groups of 16, and a row wide enough to be cut into pieces.
+    case("Conv_winograd_pad1_odd", N("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1]), {"x": r.n(2, 16, 17, 19)},
+         {"w": r.n(24, 16, 3, 3, scale=1 / 12), "b": r.n(24)}, note="Winograd: 9x10 tiles, odd output sizes")
+    case("Conv_winograd_pad0", N("Conv", ["x", "w"], ["y"]), {"x": r.n(1, 20, 20, 20)},
+         {"w": r.n(12, 20, 3, 3, scale=1 / 13)}, note="Winograd: no padding, 18x18 outputs")
+    case("Conv_winograd_pad2", N("Conv", ["x", "w", "b"], ["y"], pads=[2, 2, 2, 2]), {"x": r.n(1, 16, 14, 15)},
+         {"w": r.n(16, 16, 3, 3, scale=1 / 12), "b": r.n(16)}, note="Winograd: pad 2 (outputs larger than the input)")
+    case("Conv_winograd_pads_asym", N("Conv", ["x", "w"], ["y"], pads=[0, 1, 2, 1]), {"x": r.n(1, 16, 16, 16)},
+         {"w": r.n(16, 16, 3, 3, scale=1 / 12)}, note="Winograd after asymmetric pads")
+    case("Conv_winograd_groups", N("Conv", ["x", "w", "b"], ["y"], group=2, pads=[1, 1, 1, 1]),
+         {"x": r.n(1, 32, 16, 16)}, {"w": r.n(32, 16, 3, 3, scale=1 / 12), "b": r.n(32)},
+         note="Winograd per group of 16 channels")
+    case("Conv_winograd_wide_rows", N("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), {"x": r.n(1, 96, 2, 200)},
+         {"w": r.n(96, 96, 3, 3, scale=1 / 29)}, note="Winograd: rows of 100 tiles cut into pieces of 50")
 
 
 def conv_transpose_cases():
