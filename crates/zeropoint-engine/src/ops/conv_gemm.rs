@@ -365,11 +365,11 @@ pub(super) fn matmul(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// The convolution by its definition, one output at a time, in f64.
-    fn direct(x: &[f32], w: &[f32], m: usize, g: Geometry) -> Vec<f32> {
+    pub(in crate::ops) fn direct(x: &[f32], w: &[f32], m: usize, g: Geometry) -> Vec<f32> {
         let (ch, h, wd) = g.input;
         let ((kh, kw), (sh, sw), d, (oh, ow)) = (g.kernel, g.strides, g.dilation, g.output);
         let images = x.len() / (ch * h * wd);

@@ -413,39 +413,6 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    /// The convolution by its definition, in f64.
-    fn direct(x: &[f32], w: &[f32], bias: &[f32], m: usize, g: Geometry) -> Vec<f64> {
-        let (ch, h, wd) = g.input;
-        let (oh, ow) = g.output;
-        let images = x.len() / (ch * h * wd);
-        let mut y = Vec::new();
-        for n in 0..images {
-            for o in 0..m {
-                for r in 0..oh {
-                    for col in 0..ow {
-                        let mut acc = f64::from(bias[o]);
-                        for c in 0..ch {
-                            for i in 0..3 {
-                                for j in 0..3 {
-                                    let yy = (r + i) as i64 - g.pad as i64;
-                                    let xx = (col + j) as i64 - g.pad as i64;
-                                    if yy < 0 || xx < 0 || yy >= h as i64 || xx >= wd as i64 {
-                                        continue;
-                                    }
-                                    let v = x[((n * ch + c) * h + yy as usize) * wd + xx as usize];
-                                    acc +=
-                                        f64::from(v) * f64::from(w[((o * ch + c) * 3 + i) * 3 + j]);
-                                }
-                            }
-                        }
-                        y.push(acc);
-                    }
-                }
-            }
-        }
-        y
-    }
-
     fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
@@ -480,25 +447,27 @@ mod tests {
             let x = values(2 * ch * h * wd, 1);
             let w = values(m * ch * 9, 2);
             let bias = values(m, 3);
-            let want = direct(&x, &w, &bias, m, g);
+            let plane = g.output.0 * g.output.1;
+            // The definition's sums (in f64, rounded once), plus the bias.
+            let want = super::super::conv_gemm::tests::direct(&x, &w, m, g);
             let got = conv(&x, &w, Some(&bias), m, g);
             assert_eq!(got.len(), want.len());
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                let tol = 2e-6 * (ch * 9) as f64;
+                let b = b + bias[i / plane % m];
+                let tol = 2e-6 * (ch * 9) as f32;
                 assert!(
-                    (f64::from(*a) - b).abs() <= tol,
+                    (a - b).abs() <= tol,
                     "{input:?} pad {pad}: element {i}: {a} vs {b}"
                 );
             }
             let unbiased = conv(&x, &w, None, m, g);
-            let plane = g.output.0 * g.output.1;
             for (i, (a, b)) in unbiased.iter().zip(&got).enumerate() {
                 assert!((a + bias[i / plane % m] - b).abs() <= 1e-5);
             }
         }
     }
 
-    /// A row too wide for one chunk is cut into pieces; narrow images get four chunks.
+    /// A row too wide for one chunk is cut into pieces.
     #[test]
     fn chunks_cover_every_tile_once() {
         for (input, m) in [
