@@ -273,7 +273,34 @@ fn write_tiles(
     }
 }
 
+/// Without x86-64 there is no AVX-512: [`applies`] is false and nothing below is called.
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    pub(super) fn available() -> bool {
+        false
+    }
+
+    pub(super) unsafe fn inputs(_: [*const f32; 4], _: *mut f32, _: usize, _: usize) {
+        unreachable!("Winograd without AVX-512")
+    }
+
+    pub(super) unsafe fn outputs(
+        _: *const f32,
+        _: usize,
+        _: usize,
+        _: f32,
+        _: (*mut f32, usize, usize, usize),
+    ) {
+        unreachable!("Winograd without AVX-512")
+    }
+
+    pub(super) unsafe fn kernels(_: &[f32], _: *mut f32, _: usize) {
+        unreachable!("Winograd without AVX-512")
+    }
+}
+
 /// The transforms, 16 tiles or kernels at a time in 512-bit registers.
+#[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
