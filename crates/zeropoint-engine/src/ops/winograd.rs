@@ -41,9 +41,9 @@ const MIN_CHANNELS: usize = 12;
 const MIN_TILES: usize = 64;
 
 /// Whether [`conv`] computes this convolution of `m` output channels: its transforms are
-/// written for AVX-512 (other CPUs take the direct GEMM).
+/// written for AVX-512 and AVX2 (other CPUs take the direct GEMM).
 pub(super) fn applies(g: Geometry, m: usize) -> bool {
-    avx512::available()
+    Isa::detect().is_some()
         && g.kernel == (3, 3)
         && g.strides == (1, 1)
         && g.dilation == 1
@@ -55,12 +55,24 @@ pub(super) fn applies(g: Geometry, m: usize) -> bool {
 /// `w` [M, C·3·3] convolved with each of `images` ([C, H, W] each, back to back), plus the
 /// `bias` [M] if there is one: [images, M, OH·OW], as [`super::conv_gemm::conv`] computes it.
 pub(super) fn conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, g: Geometry) -> Vec<f32> {
+    let isa = Isa::detect().expect("winograd::conv without applies()");
+    conv_on(isa, x, w, bias, (m, g))
+}
+
+/// [`conv`] with the transforms of `isa`.
+fn conv_on(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    (m, g): (usize, Geometry),
+) -> Vec<f32> {
     let (ch, h, wd) = g.input;
     let plane = ch * h * wd;
     let images = x.len().checked_div(plane).unwrap_or(0);
     let (oh, ow) = g.output;
     let len = images * m * oh * ow;
-    let u = kernel_transform(w, m, ch);
+    let u = kernel_transform(isa, w, m, ch);
     let chunks: Vec<(usize, Chunk)> = (0..images)
         .flat_map(|i| chunks(g, m).into_iter().map(move |c| (i, c)))
         .collect();
@@ -74,7 +86,15 @@ pub(super) fn conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, g: Geom
         let x = &x[i * plane..(i + 1) * plane];
         SCRATCH.with(|s| {
             let s = &mut s.borrow_mut();
-            run_chunk(x, (&u, bias), m, g, chunk, s, (&out, i * m * oh * ow));
+            run_chunk(
+                isa,
+                x,
+                (&u, bias),
+                (m, g),
+                chunk,
+                s,
+                (&out, i * m * oh * ow),
+            );
         });
     });
     // SAFETY: the chunks of each image cover all its tiles, and every tile writes each of its
@@ -84,12 +104,12 @@ pub(super) fn conv(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, g: Geom
 }
 
 /// U_ξ = (G g Gᵀ)_ξ of every kernel, as 16 matrices [M, C] back to back.
-fn kernel_transform(w: &[f32], m: usize, ch: usize) -> Vec<f32> {
+fn kernel_transform(isa: Isa, w: &[f32], m: usize, ch: usize) -> Vec<f32> {
     let n = m * ch;
     let mut u: Vec<f32> = Vec::with_capacity(16 * n);
-    // SAFETY: `applies` checked AVX-512; the kernel writes all 16·n values.
+    // SAFETY: `isa` was detected on this CPU; the kernel writes all 16·n values.
     unsafe {
-        avx512::kernels(&w[..9 * n], u.spare_capacity_mut().as_mut_ptr().cast(), n);
+        isa.kernels(&w[..9 * n], u.spare_capacity_mut().as_mut_ptr().cast(), n);
         u.set_len(16 * n);
     }
     u
@@ -153,10 +173,10 @@ thread_local! {
 
 /// One chunk of one image: its inputs transformed, the 16 products, its outputs written.
 fn run_chunk(
+    isa: Isa,
     x: &[f32],
     (u, bias): (&[f32], Option<&[f32]>),
-    m: usize,
-    g: Geometry,
+    (m, g): (usize, Geometry),
     chunk: Chunk,
     s: &mut Scratch,
     out: (&Output, usize),
@@ -164,27 +184,25 @@ fn run_chunk(
     let (ch, t) = (g.input.0, chunk.tiles());
     s.v.resize(16 * ch * t, 0.0);
     s.p.resize(16 * m * t, 0.0);
-    transform_inputs(x, g, chunk, s);
+    transform_inputs(isa, x, g, chunk, s);
     for xi in 0..16 {
         let p = s.p[xi * m * t..].as_mut_ptr();
         let (u, v) = (&u[xi * m * ch..(xi + 1) * m * ch], &s.v[xi * ch * t..]);
         matmul(m, t, ch, u, (v, t), (p, t));
     }
-    write_tiles(&s.p, bias, m, g, chunk, out);
+    write_tiles(isa, &s.p, bias, (m, g), chunk, out);
 }
-
-/// Tiles transformed at once: one 512-bit register of float32 per value of the 4×4 patch.
-const LANES: usize = 16;
 
 /// V_ξ[c, tile] = (Bᵀ d B)_ξ for each channel c and tile of the chunk, d the tile's 4×4 input
 /// patch (zeros where it lies on the padding).
-fn transform_inputs(x: &[f32], g: Geometry, chunk: Chunk, s: &mut Scratch) {
+fn transform_inputs(isa: Isa, x: &[f32], g: Geometry, chunk: Chunk, s: &mut Scratch) {
     let (ch, h, wd) = g.input;
+    let lanes = isa.lanes();
     let (t, nt) = (chunk.tiles(), chunk.cols.1 - chunk.cols.0);
     // The chunk's input columns from 2·tx0 − pad on: two past the last tile's first column,
     // then zeros up to whole lane blocks (which the block loads read).
     let first = 2 * chunk.cols.0 as isize - g.pad as isize;
-    let len = 2 * nt.div_ceil(LANES) * LANES + 2;
+    let len = 2 * nt.div_ceil(lanes) * lanes + 2;
     for r in s.rows.iter_mut() {
         r.resize(len, 0.0);
     }
@@ -203,16 +221,16 @@ fn transform_inputs(x: &[f32], g: Geometry, chunk: Chunk, s: &mut Scratch) {
                 row[2 * nt + 2..].fill(0.0);
             }
             let at = (ty - chunk.rows.0) * nt;
-            for j in (0..nt).step_by(LANES) {
+            for j in (0..nt).step_by(lanes) {
                 let rows = s
                     .rows
                     .each_ref()
-                    .map(|r| r[2 * j..2 * j + 2 * LANES + 2].as_ptr());
+                    .map(|r| r[2 * j..2 * j + 2 * lanes + 2].as_ptr());
                 let v = s.v[c * t + at + j..].as_mut_ptr();
-                // SAFETY: `applies` checked AVX-512; each row holds 2·LANES + 2 values from
-                // 2j on (len above); the 16 stores of min(LANES, nt − j) values at ch·t apart
-                // stay inside V (ξ < 16, c·t + at + j + n ≤ (c + 1)·t).
-                unsafe { avx512::inputs(rows, v, ch * t, LANES.min(nt - j)) };
+                // SAFETY: `isa` was detected on this CPU; each row holds 2·lanes + 2 values
+                // from 2j on (len above); the 16 stores of min(lanes, nt − j) values at ch·t
+                // apart stay inside V (ξ < 16, c·t + at + j + n ≤ (c + 1)·t).
+                unsafe { isa.inputs(rows, v, ch * t, lanes.min(nt - j)) };
             }
         }
     }
@@ -241,61 +259,110 @@ fn read_row(plane: &[f32], (h, w): (usize, usize), y: isize, first: isize, row: 
 /// Y = Aᵀ P A (+ bias) of every tile of the chunk and output channel, written where the tile's
 /// outputs fall inside the image.
 fn write_tiles(
+    isa: Isa,
     p: &[f32],
     bias: Option<&[f32]>,
-    m: usize,
-    g: Geometry,
+    (m, g): (usize, Geometry),
     chunk: Chunk,
     (out, offset): (&Output, usize),
 ) {
     let ((oh, ow), t, nt) = (g.output, chunk.tiles(), chunk.cols.1 - chunk.cols.0);
+    let lanes = isa.lanes();
     assert!(offset + m * oh * ow <= out.len && p.len() >= 16 * m * t);
     for o in 0..m {
         let b = bias.map_or(0.0, |b| b[o]);
         for ty in chunk.rows.0..chunk.rows.1 {
             let at = (ty - chunk.rows.0) * nt;
             let rows = (oh - 2 * ty).min(2);
-            for j in (0..nt).step_by(LANES) {
+            for j in (0..nt).step_by(lanes) {
                 let x0 = 2 * (chunk.cols.0 + j);
                 // The tiles' columns only: the next chunk may start right after them.
-                let width = (2 * LANES.min(nt - j)).min(ow - x0);
-                // SAFETY: `applies` checked AVX-512; the 16 loads of min(LANES, nt − j) values
+                let width = (2 * lanes.min(nt - j)).min(ow - x0);
+                // SAFETY: `isa` was detected on this CPU; the 16 loads of min(lanes, nt − j) values
                 // at m·t apart stay inside P (by the assert); the stores write `rows` output
                 // rows of `width` values inside the image (row < oh, x0 + width ≤ ow), which
                 // this chunk alone writes (the chunks of an image do not overlap).
                 unsafe {
                     let dst = out.at.add(offset + (o * oh + 2 * ty) * ow + x0);
                     let src = p[o * t + at + j..].as_ptr();
-                    avx512::outputs(src, m * t, LANES.min(nt - j), b, (dst, ow, rows, width));
+                    isa.outputs(src, m * t, lanes.min(nt - j), b, (dst, ow, rows, width));
                 }
             }
         }
     }
 }
 
-/// Without x86-64 there is no AVX-512: [`applies`] is false and nothing below is called.
-#[cfg(not(target_arch = "x86_64"))]
-mod avx512 {
-    pub(super) fn available() -> bool {
-        false
+/// The instruction set the transforms run on: 16 tiles at a time in AVX-512 registers, else 8
+/// in AVX2 ones. Both compute the same operations in the same order: on one CPU (one GEMM) the
+/// same bits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Isa {
+    Avx512,
+    Avx2,
+}
+
+impl Isa {
+    /// The widest this CPU has, if any.
+    fn detect() -> Option<Isa> {
+        Isa::available().into_iter().next()
     }
 
-    pub(super) unsafe fn inputs(_: [*const f32; 4], _: *mut f32, _: usize, _: usize) {
-        unreachable!("Winograd without AVX-512")
+    /// Every one this CPU runs, widest first (the tests run each).
+    fn available() -> Vec<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let has = |isa| match isa {
+                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            };
+            [Isa::Avx512, Isa::Avx2]
+                .into_iter()
+                .filter(|&i| has(i))
+                .collect()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Vec::new()
     }
 
-    pub(super) unsafe fn outputs(
-        _: *const f32,
-        _: usize,
-        _: usize,
-        _: f32,
-        _: (*mut f32, usize, usize, usize),
+    fn lanes(self) -> usize {
+        match self {
+            Isa::Avx512 => 16,
+            Isa::Avx2 => 8,
+        }
+    }
+
+    /// (Bᵀ d B) of `n` ≤ lanes tiles ([`avx512::inputs`]). The CPU must have `self`.
+    unsafe fn inputs(self, rows: [*const f32; 4], v: *mut f32, stride: usize, n: usize) {
+        #[cfg(target_arch = "x86_64")]
+        match self {
+            Isa::Avx512 => avx512::inputs(rows, v, stride, n),
+            Isa::Avx2 => avx2::inputs(rows, v, stride, n),
+        }
+    }
+
+    /// Aᵀ P A + bias of `n` ≤ lanes tiles ([`avx512::outputs`]). The CPU must have `self`.
+    unsafe fn outputs(
+        self,
+        p: *const f32,
+        stride: usize,
+        n: usize,
+        bias: f32,
+        dst: (*mut f32, usize, usize, usize),
     ) {
-        unreachable!("Winograd without AVX-512")
+        #[cfg(target_arch = "x86_64")]
+        match self {
+            Isa::Avx512 => avx512::outputs(p, stride, n, bias, dst),
+            Isa::Avx2 => avx2::outputs(p, stride, n, bias, dst),
+        }
     }
 
-    pub(super) unsafe fn kernels(_: &[f32], _: *mut f32, _: usize) {
-        unreachable!("Winograd without AVX-512")
+    /// G g Gᵀ of `n` kernels ([`avx512::kernels`]). The CPU must have `self`.
+    unsafe fn kernels(self, w: &[f32], u: *mut f32, n: usize) {
+        #[cfg(target_arch = "x86_64")]
+        match self {
+            Isa::Avx512 => avx512::kernels(w, u, n),
+            Isa::Avx2 => avx2::kernels(w, u, n),
+        }
     }
 }
 
@@ -303,10 +370,6 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
-
-    pub(super) fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
 
     /// Lanes 0..n.
     #[inline(always)]
@@ -436,6 +499,139 @@ mod avx512 {
     }
 }
 
+/// The transforms of [`avx512`], 8 tiles or kernels at a time in 256-bit registers: the same
+/// operations in the same order (a generic version over both register types was 1.5-3x slower:
+/// its intrinsics, called from functions without the target feature, were not inlined).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Lanes 0..n, as AVX2's masked loads and stores read them (the top bit of each).
+    #[inline(always)]
+    unsafe fn mask(n: usize) -> __m256i {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane)
+    }
+
+    /// Even elements of a ‖ b (a's 0, 2, 4, 6, then b's), and odd ones.
+    #[inline(always)]
+    unsafe fn deinterleave(a: __m256, b: __m256) -> (__m256, __m256) {
+        // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit pairs in order.
+        let order = |t: __m256| {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(t)))
+        };
+        (
+            order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b)),
+            order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b)),
+        )
+    }
+
+    /// [`super::avx512::inputs`] for `n` ≤ 8 tiles (18 values a row).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn inputs(rows: [*const f32; 4], v: *mut f32, stride: usize, n: usize) {
+        let cols = rows.map(|r| {
+            let (e0, o0) = deinterleave(_mm256_loadu_ps(r), _mm256_loadu_ps(r.add(8)));
+            let (e1, o1) = deinterleave(_mm256_loadu_ps(r.add(2)), _mm256_loadu_ps(r.add(10)));
+            [e0, o0, e1, o1]
+        });
+        let k = mask(n);
+        for a in 0..4 {
+            let d: [__m256; 4] = std::array::from_fn(|j| {
+                let (p, q) = (cols[[0, 1, 2, 1][a]][j], cols[[2, 2, 1, 3][a]][j]);
+                if a == 1 {
+                    _mm256_add_ps(p, q)
+                } else {
+                    _mm256_sub_ps(p, q)
+                }
+            });
+            let out = [
+                _mm256_sub_ps(d[0], d[2]),
+                _mm256_add_ps(d[1], d[2]),
+                _mm256_sub_ps(d[2], d[1]),
+                _mm256_sub_ps(d[1], d[3]),
+            ];
+            for (b, value) in out.into_iter().enumerate() {
+                _mm256_maskstore_ps(v.add((4 * a + b) * stride), k, value);
+            }
+        }
+    }
+
+    /// [`super::avx512::outputs`] for `n` ≤ 8 tiles (`width` ≤ 16 values a row).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn outputs(
+        p: *const f32,
+        stride: usize,
+        n: usize,
+        bias: f32,
+        (dst, row_stride, rows, width): (*mut f32, usize, usize, usize),
+    ) {
+        let k = mask(n);
+        let q: [__m256; 16] = std::array::from_fn(|xi| _mm256_maskload_ps(p.add(xi * stride), k));
+        let s: [[__m256; 2]; 4] = std::array::from_fn(|a| {
+            let (p0, p1, p2, p3) = (q[4 * a], q[4 * a + 1], q[4 * a + 2], q[4 * a + 3]);
+            [
+                _mm256_add_ps(_mm256_add_ps(p0, p1), p2),
+                _mm256_sub_ps(_mm256_sub_ps(p1, p2), p3),
+            ]
+        });
+        let b = _mm256_set1_ps(bias);
+        let (k0, k1) = (mask(width.min(8)), mask(width.saturating_sub(8)));
+        for r in 0..rows {
+            let y: [__m256; 2] = std::array::from_fn(|c| {
+                let v = if r == 0 {
+                    _mm256_add_ps(_mm256_add_ps(s[0][c], s[1][c]), s[2][c])
+                } else {
+                    _mm256_sub_ps(_mm256_sub_ps(s[1][c], s[2][c]), s[3][c])
+                };
+                _mm256_add_ps(v, b)
+            });
+            // Columns interleaved: pairs within each half, then the halves in order.
+            let (lo, hi) = (
+                _mm256_unpacklo_ps(y[0], y[1]),
+                _mm256_unpackhi_ps(y[0], y[1]),
+            );
+            let row = dst.add(r * row_stride);
+            _mm256_maskstore_ps(row, k0, _mm256_permute2f128_ps::<0x20>(lo, hi));
+            _mm256_maskstore_ps(row.add(8), k1, _mm256_permute2f128_ps::<0x31>(lo, hi));
+        }
+    }
+
+    /// [`super::avx512::kernels`], 8 kernels at a time.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn kernels(w: &[f32], u: *mut f32, n: usize) {
+        let nine = _mm256_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63);
+        let half = _mm256_set1_ps(0.5);
+        for i in (0..n).step_by(8) {
+            let k = mask(8.min(n - i));
+            let base = w.as_ptr().add(9 * i);
+            let g: [__m256; 9] = std::array::from_fn(|e| {
+                _mm256_mask_i32gather_ps::<4>(
+                    _mm256_setzero_ps(),
+                    base.add(e),
+                    nine,
+                    _mm256_castsi256_ps(k),
+                )
+            });
+            let gt = |g0: __m256, g1: __m256, g2: __m256| {
+                [
+                    g0,
+                    _mm256_mul_ps(half, _mm256_add_ps(_mm256_add_ps(g0, g1), g2)),
+                    _mm256_mul_ps(half, _mm256_add_ps(_mm256_sub_ps(g0, g1), g2)),
+                    g2,
+                ]
+            };
+            let cols: [[__m256; 4]; 3] = std::array::from_fn(|j| gt(g[j], g[3 + j], g[6 + j]));
+            let rows: [[__m256; 4]; 4] =
+                std::array::from_fn(|a| gt(cols[0][a], cols[1][a], cols[2][a]));
+            for (a, row) in rows.into_iter().enumerate() {
+                for (b, value) in row.into_iter().enumerate() {
+                    _mm256_maskstore_ps(u.add((4 * a + b) * n + i), k, value);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,9 +652,6 @@ mod tests {
     /// definition's outputs within float32 rounding of sums of C·9 terms.
     #[test]
     fn gives_the_convolution() {
-        if !avx512::available() {
-            return;
-        }
         // (input C, H, W), pad, output channels
         for (input, pad, m) in [
             ((16, 9, 11), 1, 16),
@@ -477,19 +670,27 @@ mod tests {
             let plane = g.output.0 * g.output.1;
             // The definition's sums (in f64, rounded once), plus the bias.
             let want = super::super::conv_gemm::tests::direct(&x, &w, m, g);
-            let got = conv(&x, &w, Some(&bias), m, g);
-            assert_eq!(got.len(), want.len());
-            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                let b = b + bias[i / plane % m];
-                let tol = 2e-6 * (ch * 9) as f32;
-                assert!(
-                    (a - b).abs() <= tol,
-                    "{input:?} pad {pad}: element {i}: {a} vs {b}"
-                );
+            let mut results = Vec::new();
+            for isa in Isa::available() {
+                let got = conv_on(isa, &x, &w, Some(&bias), (m, g));
+                assert_eq!(got.len(), want.len());
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    let b = b + bias[i / plane % m];
+                    let tol = 2e-6 * (ch * 9) as f32;
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "{isa:?} {input:?} pad {pad}: element {i}: {a} vs {b}"
+                    );
+                }
+                let unbiased = conv_on(isa, &x, &w, None, (m, g));
+                for (i, (a, b)) in unbiased.iter().zip(&got).enumerate() {
+                    assert!((a + bias[i / plane % m] - b).abs() <= 1e-5);
+                }
+                results.push((isa, got));
             }
-            let unbiased = conv(&x, &w, None, m, g);
-            for (i, (a, b)) in unbiased.iter().zip(&got).enumerate() {
-                assert!((a + bias[i / plane % m] - b).abs() <= 1e-5);
+            // The transforms' arithmetic is the same at either width.
+            if let [(_, a), (_, b)] = &results[..] {
+                assert_eq!(a, b, "{input:?}: AVX-512 and AVX2");
             }
         }
     }
@@ -525,22 +726,21 @@ mod tests {
     /// image alone the same as in a batch.
     #[test]
     fn threads_and_batches_do_not_change_the_bits() {
-        if !avx512::available() {
-            return;
-        }
         let g = Geometry::of((32, 20, 21), 1, (3, 3), (1, 1), 1);
         let x = values(2 * 32 * 20 * 21, 4);
         let w = values(24 * 32 * 9, 5);
-        let on = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| conv(&x, &w, None, 24, g))
-        };
-        let one = on(1);
-        assert_eq!(one, on(3));
-        let second = conv(&x[32 * 20 * 21..], &w, None, 24, g);
-        assert_eq!(&one[24 * 20 * 21..], &second[..]);
+        for isa in Isa::available() {
+            let on = |threads| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| conv_on(isa, &x, &w, None, (24, g)))
+            };
+            let one = on(1);
+            assert_eq!(one, on(3), "{isa:?}");
+            let second = conv_on(isa, &x[32 * 20 * 21..], &w, None, (24, g));
+            assert_eq!(&one[24 * 20 * 21..], &second[..], "{isa:?}");
+        }
     }
 }
