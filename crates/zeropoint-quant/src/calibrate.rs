@@ -150,9 +150,9 @@ fn fresh_observers(
 /// run as calibration's first round: beside it a few more samples are observed, each alone and
 /// in parallel where there are threads, and the probe's run feeds observers too. Placement is
 /// not known yet, so the observers are those of `watched`, a plan made before the types were:
-/// [`FirstRound::observers_for`] keeps what the real plan needs. The probe alone was one model run in 33 of quantizing ppocr-v3-det
-/// on 16 samples (16 to calibrate, 8 float and 8 simulated to report), with the second core
-/// mostly idle.
+/// [`FirstRound::observers_for`] keeps what the real plan needs. The probe alone was one model
+/// run in 33 of quantizing ppocr-v3-det on 16 samples (16 to calibrate, 8 float and 8
+/// simulated to report), with the second core mostly idle.
 pub struct FirstRound {
     /// Per batch, in order, its observers.
     sets: Vec<HashMap<String, Observer>>,

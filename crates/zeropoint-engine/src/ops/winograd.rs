@@ -204,13 +204,22 @@ fn transform_inputs(isa: Isa, x: &[f32], g: Geometry, chunk: Chunk, s: &mut Scra
     let first = 2 * chunk.cols.0 as isize - g.pad as isize;
     let len = 2 * nt.div_ceil(lanes) * lanes + 2;
     for r in s.rows.iter_mut() {
+        // Rows are read into [..2·nt + 2] only: the rest stays zero for the whole chunk.
         r.resize(len, 0.0);
+        r[2 * nt + 2..].fill(0.0);
     }
     for c in 0..ch {
         let plane = &x[c * h * wd..(c + 1) * h * wd];
         for ty in chunk.rows.0..chunk.rows.1 {
             let top = 2 * ty as isize - g.pad as isize;
-            for (k, row) in s.rows.iter_mut().enumerate() {
+            // A tile row's last two input rows are the next one's first two.
+            let fresh = if ty == chunk.rows.0 {
+                0
+            } else {
+                s.rows.rotate_left(2);
+                2
+            };
+            for (k, row) in s.rows.iter_mut().enumerate().skip(fresh) {
                 read_row(
                     plane,
                     (h, wd),
@@ -218,7 +227,6 @@ fn transform_inputs(isa: Isa, x: &[f32], g: Geometry, chunk: Chunk, s: &mut Scra
                     first,
                     &mut row[..2 * nt + 2],
                 );
-                row[2 * nt + 2..].fill(0.0);
             }
             let at = (ty - chunk.rows.0) * nt;
             for j in (0..nt).step_by(lanes) {
@@ -302,26 +310,28 @@ enum Isa {
 }
 
 impl Isa {
-    /// The widest this CPU has, if any.
+    /// The widest this CPU has, if any (asked on every convolution: no allocation).
     fn detect() -> Option<Isa> {
-        Isa::available().into_iter().next()
+        [Isa::Avx512, Isa::Avx2].into_iter().find(|i| i.runs_here())
     }
 
     /// Every one this CPU runs, widest first (the tests run each).
+    #[cfg(test)]
     fn available() -> Vec<Isa> {
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|i| i.runs_here())
+            .collect()
+    }
+
+    fn runs_here(self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        {
-            let has = |isa| match isa {
-                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-                Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
-            };
-            [Isa::Avx512, Isa::Avx2]
-                .into_iter()
-                .filter(|&i| has(i))
-                .collect()
-        }
+        return match self {
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+        };
         #[cfg(not(target_arch = "x86_64"))]
-        Vec::new()
+        false
     }
 
     fn lanes(self) -> usize {
