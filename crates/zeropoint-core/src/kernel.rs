@@ -161,15 +161,17 @@ fn fake_each_into(x: &[f32], out: &mut [MaybeUninit<f32>], s: &[f32], z: &[i32],
     }
 }
 
-/// Runs `f` compiled with AVX-512 (F, BW, DQ, VL) or else AVX2 enabled when the CPU has it, so
-/// the loops inlined into it vectorize 16 or 8 lanes wide; otherwise runs it as compiled for the
-/// baseline target.
+/// Runs `f` compiled with AVX-512 (F, BW, DQ, VL) or else AVX2 and FMA enabled when the CPU has
+/// them, so the loops inlined into it vectorize 16 or 8 lanes wide; otherwise runs it as compiled
+/// for the baseline target.
 ///
 /// Only code inlined into `avx512` or `avx2` gets their instructions: every closure between here
 /// and the loops is marked `#[inline(always)]`, or LLVM may outline it and compile it for the
 /// baseline (2-4x slower). The result is the same bits either way: Rust never fuses a multiply
-/// and an add into an FMA, and reductions keep the order their code gives them, so the wider
-/// registers change how many lanes run at once, not the arithmetic.
+/// and an add into an FMA by itself, an explicit `mul_add` is one correctly rounded operation on
+/// every path (an instruction here, libm's `fmaf` on the baseline), and reductions keep the order
+/// their code gives them, so the wider registers change how many lanes run at once, not the
+/// arithmetic.
 #[inline(always)]
 pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -178,7 +180,7 @@ pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
         unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        #[target_feature(enable = "avx2")]
+        #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
@@ -186,8 +188,9 @@ pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
             // SAFETY: the CPU supports these AVX-512 subsets, checked just above.
             return unsafe { avx512(f) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
             return unsafe { avx2(f) };
         }
     }
