@@ -297,7 +297,9 @@ fn count_into<const WAYS: usize>(x: &[f32], exp: Option<i32>, bins: usize) -> Op
             let mut tables = vec![0u32; WAYS * row];
             let mut idx = [0u32; BATCH];
             let (mut exp, mut lo, mut hi) = (exp, f32::INFINITY, f32::NEG_INFINITY);
-            for stage in x.chunks(STAGE) {
+            for (k, stage) in x.chunks(STAGE).enumerate() {
+                let next = x.get((k + 1) * STAGE..).unwrap_or(&[]);
+                let next = &next[..next.len().min(STAGE)];
                 let (l, h, nan) = crate::params::min_max(stage);
                 if nan > 0 || !l.is_finite() || !h.is_finite() {
                     return None;
@@ -323,7 +325,8 @@ fn count_into<const WAYS: usize>(x: &[f32], exp: Option<i32>, bins: usize) -> Op
                 // 2^-e as f32 when representable; tiny widths (e < -126) divide instead.
                 let inv = (e > -126 && e < 127).then(|| 2f32.powi(-e));
                 let width = 2f64.powi(e) as f32;
-                for c in stage.chunks(BATCH) {
+                for (b, c) in stage.chunks(BATCH).enumerate() {
+                    prefetch(next.get(b * BATCH..).unwrap_or(&[]), BATCH);
                     // Bounds are integers, so clamping after the floor is exact. The comparisons
                     // are MAXPS / MINPS; one loop per case so that each vectorizes.
                     let bin = |q: f32| {
@@ -373,6 +376,24 @@ fn count_into<const WAYS: usize>(x: &[f32], exp: Option<i32>, bins: usize) -> Op
             })
         },
     )
+}
+
+/// Asks for the first `n` values of `x` to be brought into the cache, 64 bytes a line: the
+/// next stage's values arrive from memory while this one's are counted (a ddddocr-det's
+/// activations from memory, one thread: 0.98-1.09 -> 0.90-0.98 ns a value).
+#[inline(always)]
+fn prefetch(x: &[f32], n: usize) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (x, n);
+    #[cfg(target_arch = "x86_64")]
+    for line in x[..n.min(x.len())].chunks(16) {
+        // SAFETY: a prefetch reads nothing and faults on no address; SSE is baseline on x86_64.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
 }
 
 /// The counts of `tables`, back to back `row` apart (each `bins` bins and then the zero bin's
