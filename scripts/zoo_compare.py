@@ -18,7 +18,7 @@ finds nothing in random pixels, rendered ISBN barcodes (`isbn_pages()`).
 Per model:
   zeropoint  `zeropoint quantize MODEL --calib calib.npz --preset w8a8 --batch 1 -o OUT --json`, its defaults
              otherwise (MSE activation ranges, and the per-layer report on a quarter of the calibration
-             samples, at least 4, at most 16: its "measure" stage is part of the time and is shown in the JSON).
+             samples, at least 4, at most 8: its "measure" stage is part of the time and is shown in the JSON).
   ORT MinMax quant_pre_process(skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True), then
              quantize_static(QDQ, per_channel=True, QUInt8 activations, QInt8 weights, MinMax), the
              calibration samples fed one per call (batch 1). If quant_pre_process raises, it is retried with

@@ -329,7 +329,7 @@ def quantize_model(
     "abs-percentile", "mse", "entropy", "cross-entropy"; ``range_options``: the activation
     method's parameters, as ``Observer`` takes them (``{"percentile": 99.999}``). ``exclude``: node names or operator
     types kept float. ``report_samples``: samples of the per-layer report (0: none; by default
-    a quarter of the calibration samples, at least 4, at most 16). ``cle``: cross-layer equalization; ``bias_correction``: "empirical"
+    a quarter of the calibration samples, at least 4, at most 8). ``cle``: cross-layer equalization; ``bias_correction``: "empirical"
     (measured on ``bias_correction_samples``), "analytic" (from the BatchNorm statistics) or
     "analytic-means" (and the float model's means where no BatchNorm gives them); ``adaround``: AdaRound iterations per
     layer, fitted on ``adaround_samples`` with each layer's input from the "quantized" model or,

@@ -136,7 +136,7 @@ pub struct QuantArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Samples on which the simulated model is compared with the float one, layer by layer (0:
-    /// no report) [default: a quarter of the calibration samples, at least 4, at most 16].
+    /// no report) [default: a quarter of the calibration samples, at least 4, at most 8].
     #[arg(long)]
     pub report_samples: Option<usize>,
     /// The white paper's standard PTQ pipeline (Nagel et al. 2021, §4.7, Fig. 9): BatchNorm

@@ -843,7 +843,7 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
 fn quantized_models_do_not_depend_on_the_thread_count() {
     let dir = tempfile::tempdir().unwrap();
     let model = shared_model("ccexam_svhn_cnn_bn.onnx");
-    let x = random_npy(dir.path(), &[40, 3, 32, 32], 5);
+    let x = random_npy(dir.path(), &[24, 3, 32, 32], 5);
     let files = under_thread_counts(
         dir.path(),
         |out| {
@@ -872,7 +872,7 @@ fn quantized_models_do_not_depend_on_the_thread_count() {
 fn the_per_layer_report_does_not_depend_on_the_thread_count() {
     let dir = tempfile::tempdir().unwrap();
     let model = shared_model("ccexam_svhn_cnn_bn.onnx");
-    let x = random_npy(dir.path(), &[40, 3, 32, 32], 5);
+    let x = random_npy(dir.path(), &[24, 3, 32, 32], 5);
     let q = dir.path().join("q.onnx");
     let report = |threads: &str, extra: &[&str]| -> Value {
         let out = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
@@ -890,7 +890,7 @@ fn the_per_layer_report_does_not_depend_on_the_thread_count() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let one = report("1", &[]);
-    assert_eq!(one["report_samples"], 10, "a quarter of the 40 samples");
+    assert_eq!(one["report_samples"], 6, "a quarter of the 24 samples");
     let sqnr = |r: &Value| -> Vec<Value> {
         let layers = r["layers"].as_array().unwrap();
         layers.iter().map(|l| l["sqnr_db"].clone()).collect()
@@ -900,7 +900,7 @@ fn the_per_layer_report_does_not_depend_on_the_thread_count() {
         assert_eq!(sqnr(&report(threads, &[])), sqnr(&one), "{threads} threads");
     }
     let all = report("2", &["--report-samples", "100"]);
-    assert_eq!(all["report_samples"], 40, "at most the calibration samples");
+    assert_eq!(all["report_samples"], 24, "at most the calibration samples");
     assert_ne!(sqnr(&all), sqnr(&one), "other samples, other errors");
     assert_eq!(report("2", &["--report-samples", "0"])["report_samples"], 0);
 }
