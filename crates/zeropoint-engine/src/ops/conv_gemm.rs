@@ -161,7 +161,11 @@ fn tile(
     } else {
         COLS.with(|cols| {
             let mut cols = cols.borrow_mut();
-            cols.resize(k * n, 0.0);
+            // Grown, never shrunk (the gather writes all k·n): a resize back up after a
+            // smaller layer zeroed the difference each time.
+            if cols.len() < k * n {
+                cols.resize(k * n, 0.0);
+            }
             zeropoint_core::kernel::dispatch(
                 #[inline(always)]
                 || gather(x, g, at, &mut cols[..k * n]),

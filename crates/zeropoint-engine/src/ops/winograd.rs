@@ -182,8 +182,14 @@ fn run_chunk(
     out: (&Output, usize),
 ) {
     let (ch, t) = (g.input.0, chunk.tiles());
-    s.v.resize(16 * ch * t, 0.0);
-    s.p.resize(16 * m * t, 0.0);
+    // Grown, never shrunk: every element of the chunk's V and P is written before it is read,
+    // and a resize back up after a smaller layer's chunk zeroed the difference every time
+    // (1 % of a detector's calibration in memset).
+    for (buf, len) in [(&mut s.v, 16 * ch * t), (&mut s.p, 16 * m * t)] {
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+    }
     transform_inputs(isa, x, g, chunk, s);
     for xi in 0..16 {
         let p = s.p[xi * m * t..].as_mut_ptr();
@@ -216,7 +222,10 @@ fn transform_inputs(isa: Isa, x: &[f32], g: Geometry, chunk: Chunk, s: &mut Scra
             let fresh = if ty == chunk.rows.0 {
                 0
             } else {
-                s.rows.rotate_left(2);
+                // Two swaps of the rows' headers: `rotate_left` called memmove each time
+                // (1.3 % of a detector's calibration).
+                s.rows.swap(0, 2);
+                s.rows.swap(1, 3);
                 2
             };
             for (k, row) in s.rows.iter_mut().enumerate().skip(fresh) {
