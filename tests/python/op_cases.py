@@ -481,6 +481,15 @@ def softmax_cases():
          note="attention scores, last axis")
     case("Softmax_opset11_attention", N("Softmax", ["x"], ["y"], axis=3), {"x": r.n(2, 2, 4, 4)}, opset=11,
          note="opset 11 4-D with axis 3 (= per last axis)")
+    masked = r.n(3, 2, 37, scale=3.0)
+    masked[1, :, 20:] = -200.0
+    for op in ("Softmax", "LogSoftmax"):
+        case(f"{op}_long_rows", N(op, ["x"], ["y"], axis=-1), {"x": masked},
+             note="rows of 37: two blocks of 16 lanes and a tail; one batch masked with -200 (exp underflows)")
+        special = f32([[np.nan, 1.0, 2.0], [np.inf, 1.0, 2.0], [-np.inf, 1.0, 2.0], [-np.inf, -np.inf, -np.inf],
+                       [FMIN, 0.0, 88.0]])
+        case(f"{op}_special_values", N(op, ["x"], ["y"], axis=-1), {"x": special},
+             note="NaN and +inf make their rows NaN, -inf entries give 0 (their log -inf), an all -inf row NaN")
 
 
 def pool_cases():

@@ -465,9 +465,9 @@ pub(super) fn filled(n: usize, fill: impl Fn(&mut [MaybeUninit<f32>], usize) + S
 /// e^x within 2 ulp, in operations that vectorize (libm's `expf` is a call per element): x =
 /// n·ln 2 + r with |r| ≤ ln 2 / 2, e^r by its Taylor series to r⁷ (truncation below 1e-8) in
 /// fused multiply-adds (half the operations of separate ones: a SiLU in cache 28 → 18 µs for
-/// 65K values), 2^n written into the exponent bits. Inputs are clamped to [−87.3, 88.3], where 2^n stays a
-/// normal float: results below 1.2e-38 or above 2.4e38 saturate there instead of reaching 0 or
-/// infinity, which no sigmoid can tell apart. NaN stays NaN.
+/// 65K values), 2^n written into the exponent bits. Inputs are clamped to [−87.3, 88.3], where
+/// 2^n stays a normal float: results below 1.2e-38 or above 2.4e38 saturate there instead of
+/// reaching 0 or infinity, which no sigmoid or softmax can tell apart. NaN stays NaN.
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
     // ln 2 split so that n·LN2_HI is exact (Cody and Waite).
