@@ -435,8 +435,19 @@ fn select_f32(t: &Tensor, idx: &[i64], dim: usize) -> R<Tensor> {
     check_output(&shape, CDType::F32)?;
     let mut out = Vec::with_capacity(shape.iter().product());
     crate::value::with_f32_slice(t, |x| {
+        // Every other element (a strided Slice's step of 2, YOLOX's Focus), read in pairs
+        // that vectorize as shuffles: one index at a time was 1.8 ns an element.
+        let pairs = (right == 1 && idx.len() > 1)
+            .then(|| idx[0] as usize)
+            .filter(|_| idx.windows(2).all(|w| w[1] == w[0] + 2));
         for block in x.chunks_exact(n * right) {
-            if right == 1 {
+            if let Some(first) = pairs {
+                // The last index is in range (checked above), so 2·(len − 1) + 1 values are.
+                let len = idx.len();
+                let src = &block[first..first + 2 * (len - 1) + 1];
+                out.extend(src.chunks_exact(2).map(|p| p[0]));
+                out.push(src[2 * (len - 1)]);
+            } else if right == 1 {
                 out.extend(idx.iter().map(|&i| block[i as usize]));
             } else {
                 for &i in idx {
