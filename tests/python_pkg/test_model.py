@@ -92,7 +92,7 @@ def test_pixel_files_with_preprocessing_and_evaluate(tmp_path, test_set):
     out = tmp_path / "q.onnx"
     images = DATA / "mnist-train-500-images-idx3-ubyte.gz"
     r = zp.quantize_model(MODEL, images, out, samples=100, mean=[MEAN], std=[STD], preset="w4a8")
-    assert r.calibration_samples == 100 and r.report_samples == 16
+    assert r.calibration_samples == 100 and r.report_samples == 8
     e = zp.evaluate(
         MODEL,
         out,
