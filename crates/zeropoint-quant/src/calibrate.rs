@@ -300,7 +300,12 @@ pub fn observe_from(
         let mut union = fresh_observers(graph, std::slice::from_ref(&concat), settings)?;
         let obs = union.get_mut(&concat).expect("made just above");
         for input in &inputs {
-            obs.merge(&observers[input])
+            // Every input has an observer: planned, and made before (graph order).
+            let Some(part) = observers.get(input) else {
+                let why = format!("activation '{concat}': its input '{input}' was never observed");
+                return Err(Error::new(&graph.source, why));
+            };
+            obs.merge(part)
                 .map_err(|e| Error::at(&graph.source, format!("activation '{concat}'"), e))?;
         }
         observers.extend(union);
