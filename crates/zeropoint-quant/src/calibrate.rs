@@ -135,15 +135,16 @@ fn fresh_observers(
     watched: &[String],
     settings: &Settings,
 ) -> Result<HashMap<String, Observer>> {
-    let config = Config::new(settings.activation_method);
     watched
         .iter()
-        .map(|a| {
-            let obs = Observer::new(config)
-                .map_err(|e| Error::at(&graph.source, "the activation range estimator", e))?;
-            Ok((a.clone(), obs))
-        })
+        .map(|a| Ok((a.clone(), fresh_observer(graph, settings)?)))
         .collect()
+}
+
+/// An activation observer of the settings' estimator, empty.
+fn fresh_observer(graph: &Graph, settings: &Settings) -> Result<Observer> {
+    Observer::new(Config::new(settings.activation_method))
+        .map_err(|e| Error::at(&graph.source, "the activation range estimator", e))
 }
 
 /// The probe that placement needs (every value's element type and shape, on the first batch)
@@ -297,18 +298,18 @@ pub fn observe_from(
         }
     }
     for (concat, inputs) in unions {
-        let mut union = fresh_observers(graph, std::slice::from_ref(&concat), settings)?;
-        let obs = union.get_mut(&concat).expect("made just above");
+        let mut union = fresh_observer(graph, settings)?;
         for input in &inputs {
             // Every input has an observer: planned, and made before (graph order).
             let Some(part) = observers.get(input) else {
                 let why = format!("activation '{concat}': its input '{input}' was never observed");
                 return Err(Error::new(&graph.source, why));
             };
-            obs.merge(part)
+            union
+                .merge(part)
                 .map_err(|e| Error::at(&graph.source, format!("activation '{concat}'"), e))?;
         }
-        observers.extend(union);
+        observers.insert(concat, union);
     }
     Ok(observers)
 }
