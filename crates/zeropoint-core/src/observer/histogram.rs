@@ -128,55 +128,68 @@ impl Histogram {
             return Ok(());
         }
         let bins = self.bins();
-        if x.len() <= PART {
-            return self.count_in_place(x);
-        }
-        // Each task bins its part at the width the part needs (this histogram's, if wider):
-        // the widths meet exactly in the merge below. Larger tasks than the kernels': each
-        // builds tables of all bins, which must pay off.
-        let parts: Vec<Option<Histogram>> = x
-            .par_chunks(PART)
-            .map(|c| count_part(c, self.exp, bins))
-            .collect();
-        if parts.iter().any(Option::is_none) {
+        let taken = if x.len() <= PART {
+            // One part, the common case (most activations are smaller than a part).
+            self.count_in_place(x)
+        } else {
+            // Each task bins its part at the width the part needs (this histogram's, if
+            // wider): the widths meet exactly in the merge below. Larger tasks than the
+            // kernels': each builds tables of all bins, which must pay off.
+            let parts: Vec<Option<Histogram>> = x
+                .par_chunks(PART)
+                .map(|c| {
+                    let mut part = Histogram {
+                        counts: vec![0; bins],
+                        exp: self.exp,
+                        min: f32::INFINITY,
+                        max: f32::NEG_INFINITY,
+                        total: 0,
+                    };
+                    part.count_in_place(c).then_some(part)
+                })
+                .collect();
+            let taken = parts.iter().all(Option::is_some);
+            if taken {
+                parts.into_iter().flatten().for_each(|p| self.absorb(p));
+            }
+            taken
+        };
+        if !taken {
             // The whole batch's count of NaN, or its infinite extreme, for the message.
             let (min, max) = crate::params::finite_min_max(x)?;
             return Err(Error::NonFiniteRange { min, max });
         }
-        for part in parts.into_iter().flatten() {
-            self.absorb(part);
-        }
         Ok(())
     }
 
-    /// [`update`](Self::update) of one part, the common case (most activations are smaller
-    /// than a part): counted into this thread's tables, whose touched bins are then added
-    /// here and zeroed again. A part's own histogram, zeroed, added up from all its tables
-    /// and merged bin by bin, cost more than the counting on small activations: 2.8 % of
-    /// isbnx-yolo26n's calibration in adding up and merging alone (perf), besides zeroing.
-    fn count_in_place(&mut self, x: &[f32]) -> Result<()> {
+    /// Counts non-empty `x` into this histogram (bin floor(v / 2^exp) + bins/2, computed
+    /// exactly: scaling by a power of two is exact and floor is exact, which is what makes
+    /// merging bins lossless), widening it as `x` needs; false, taking nothing, if `x` holds NaN
+    /// or ±Inf. The values go into this thread's tables, whose touched bins are then added here
+    /// and zeroed again: a histogram of each part's own, added up from all its tables and
+    /// merged bin by bin, cost more than the counting on small activations (2.8 % of
+    /// isbnx-yolo26n's calibration in adding up and merging alone, perf, besides zeroing).
+    fn count_in_place(&mut self, x: &[f32]) -> bool {
         let bins = self.bins();
         let (ways, row) = (ways(x.len(), bins), bins + SPREAD);
-        let counted = TABLES.with(|tables| {
+        TABLES.with(|tables| {
             let mut tables = tables.borrow_mut();
             // Zeros past its old end; the rest is zero between calls (below).
             if tables.len() < ways * row {
                 tables.resize(ways * row, 0);
             }
             let tables = &mut tables[..ways * row];
-            let counted = count_into(x, self.exp, bins, tables, ways);
-            match &counted {
-                Some(c) => self.add_tables(tables, x.len(), c),
-                None => tables.fill(0),
+            match count_into(x, self.exp, bins, tables, ways) {
+                Some(c) => {
+                    self.add_tables(tables, x.len(), &c);
+                    true
+                }
+                None => {
+                    tables.fill(0);
+                    false
+                }
             }
-            counted
-        });
-        if counted.is_none() {
-            // The batch's count of NaN, or its infinite extreme, for the message.
-            let (min, max) = crate::params::finite_min_max(x)?;
-            return Err(Error::NonFiniteRange { min, max });
-        }
-        Ok(())
+        })
     }
 
     /// Adds the `n` values counted into `tables` (back to back, each `bins` bins and the zero
@@ -361,22 +374,6 @@ fn ways(n: usize, bins: usize) -> usize {
     }
 }
 
-/// The histogram of non-empty `x` (bin floor(v / 2^exp) + bins/2, computed exactly: scaling by
-/// a power of two is exact and floor is exact, which is what makes merging bins lossless), at
-/// the width that covers both `x` and `exp` (a histogram's). None if `x` holds NaN or ±Inf.
-fn count_part(x: &[f32], exp: Option<i32>, bins: usize) -> Option<Histogram> {
-    let (ways, row) = (ways(x.len(), bins), bins + SPREAD);
-    let mut tables = vec![0u32; ways * row];
-    let c = count_into(x, exp, bins, &mut tables, ways)?;
-    Some(Histogram {
-        counts: added_up(&tables, bins, row),
-        exp: c.exp,
-        min: c.lo,
-        max: c.hi,
-        total: x.len() as u64,
-    })
-}
-
 /// What [`count_into`] counted: the bin-width exponent its tables ended at, and the values'
 /// exact extremes.
 struct Counted {
@@ -517,19 +514,6 @@ fn prefetch(x: &[f32], n: usize) {
     }
 }
 
-/// The counts of `tables`, back to back `row` apart (each `bins` bins and then the zero bin's
-/// spread counters), added up bin by bin.
-fn added_up(tables: &[u32], bins: usize, row: usize) -> Vec<u64> {
-    let mut counts = vec![0u64; bins];
-    for table in tables.chunks(row) {
-        for (c, &t) in counts.iter_mut().zip(table) {
-            *c += u64::from(t);
-        }
-        counts[bins / 2] += table[bins..].iter().map(|&c| u64::from(c)).sum::<u64>();
-    }
-    counts
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,8 +538,12 @@ mod tests {
         for exp in [None, Some(-3), Some(0), Some(4)] {
             let count = |ways| {
                 let mut tables = vec![0u32; ways * (64 + SPREAD)];
-                let c = count_into(&x, exp, 64, &mut tables, ways);
-                c.map(|c| (added_up(&tables, 64, 64 + SPREAD), c.exp))
+                let c = count_into(&x, exp, 64, &mut tables, ways)?;
+                let mut h = Histogram::new(64).unwrap();
+                h.exp = exp;
+                h.add_tables(&mut tables, x.len(), &c);
+                assert!(tables.iter().all(|&t| t == 0), "tables left dirty");
+                Some((h.counts, h.exp))
             };
             assert_eq!(count(1), count(4));
         }
