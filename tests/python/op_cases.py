@@ -348,6 +348,8 @@ def gemm_cases():
          {"b": r.n(4, 5)}, note="no C, alpha 2.5, transA")
     case("Gemm_fc_transB", N("Gemm", ["a", "w", "b"], ["y"], transB=1), {"a": r.n(2, 8)}, {"w": r.n(6, 8), "b": r.n(6)},
          note="the PyTorch Linear layout: W [out,in] with transB=1, bias [out]")
+    case("Gemm_fc_transB_wide", N("Gemm", ["a", "w", "b"], ["y"], transB=1), {"a": r.n(9, 70)},
+         {"w": r.n(37, 70), "b": r.n(37)}, note="transB with k 70: whole 16-lane chunks, a tail, edge rows and columns")
     case("Gemm_all_inputs", N("Gemm", ["a", "b", "c"], ["y"], transB=1, beta=-1.0),
          {"a": r.n(3, 4), "b": r.n(5, 4), "c": r.n(5)}, note="A, B and C all graph inputs; beta -1")
     case("Gemm_opset11", N("Gemm", ["a", "b", "c"], ["y"], alpha=0.25), {"a": r.n(2, 3)}, {"b": r.n(3, 4), "c": r.n(4)},
@@ -1409,7 +1411,11 @@ def recurrent_cases():
         activations=["Sigmoid", "Relu", "Tanh", "Sigmoid", "Tanh", "Relu"],
         note="per-direction activations f, g, h")
     # GRU: gates zrh, W [dirs, 3h, input], B [dirs, 6h].
+    rec("LSTM", "wide_bidirectional", 2, 3, 6, 37, 40, h0=True, c0=True,
+        note="input 37, hidden 40, batch 6: x·Wᵀ and H·Rᵀ in the kernels' 16-lane chunks, their tail and edge tiles")
     rec("GRU", "forward", 1, 5, 2, 3, 4, note="forward, linear_before_reset=0")
+    rec("GRU", "wide_lbr0", 1, 3, 5, 50, 33, h0=True,
+        note="input 50, hidden 33, linear_before_reset=0: (r ⊙ H)·Rhᵀ on R's rows in place")
     rec("GRU", "forward_lbr1", 1, 5, 2, 3, 4, h0=True, linear_before_reset=1,
         note="linear_before_reset=1: h~ = g(x Wh + r * (H Rh + Rbh) + Wbh)")
     rec("GRU", "bidirectional_lbr0", 2, 5, 3, 4, 5, h0=True, note="bidirectional, linear_before_reset=0, initial_h")

@@ -77,7 +77,8 @@ pub fn gemm(cx: &Cx) -> R<Vec<Value>> {
     if cx.int("transA", 0)? != 0 {
         a = c(a.t())?;
     }
-    if cx.int("transB", 0)? != 0 {
+    let trans_b = cx.int("transB", 0)? != 0;
+    if trans_b {
         b = c(b.t())?;
     }
     let alpha = cx.float_attr("alpha", 1.0)? as f64;
@@ -85,9 +86,14 @@ pub fn gemm(cx: &Cx) -> R<Vec<Value>> {
     if let (Some(&m), Some(&n)) = (a.dims().first(), b.dims().last()) {
         check_output(&[m, n], a.dtype())?;
     }
+    // A weight stored [N, K] (transB) is read row by row in place (see `linear`). Otherwise
     // candle multiplies a transposed contiguous operand in place: making it contiguous would
     // copy a [K, N] weight, strided, on every call (a 16 MB classifier took 3/4 of a run).
-    let mut y = c(plain_or_transposed(&a)?.matmul(&plain_or_transposed(&b)?))?;
+    let mut y = if trans_b && a.rank() == 2 && b.rank() == 2 {
+        super::linear::matmul_bt(&a, cx.float(1)?)?
+    } else {
+        c(plain_or_transposed(&a)?.matmul(&plain_or_transposed(&b)?))?
+    };
     if alpha != 1.0 {
         y = c(y.affine(alpha, 0.0))?;
     }

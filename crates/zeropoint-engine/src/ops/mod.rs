@@ -15,6 +15,7 @@ mod elementwise;
 pub(crate) use elementwise::sigmoid_and_product;
 mod index;
 mod integer;
+mod linear;
 mod matmul;
 mod norm;
 mod pool;

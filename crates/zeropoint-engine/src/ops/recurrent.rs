@@ -19,6 +19,7 @@
 
 use candle_core::{DType as CDType, Tensor};
 
+use super::linear::matmul_bt;
 use super::{c, check_output, like, select, Cx, Error, R};
 use crate::value::Value;
 
@@ -514,7 +515,7 @@ fn input_projection(s: &Setup, d: &Direction, order: Option<&[i64]>) -> R<Tensor
     } else {
         x
     };
-    let xw = c(x.matmul(&d.w.t()?.contiguous()?))?;
+    let xw = super::linear::matmul_bt(&x, &d.w)?;
     match &d.wb {
         Some(wb) => c(xw.broadcast_add(wb)),
         None => Ok(xw),
@@ -540,10 +541,9 @@ fn run_direction(s: &Setup, d: &Direction) -> R<(Tensor, Tensor, Option<Tensor>)
             .collect()
     });
     let xw = input_projection(s, d, order.as_deref())?;
-    let rt = c(d.r.t()?.contiguous())?;
-    // GRU's Rhᵀ alone, for (r ⊙ H)·Rhᵀ.
+    // GRU's Rh alone, for (r ⊙ H)·Rhᵀ: rows of R, contiguous.
     let rh = match s.kind {
-        Kind::Gru => Some(c(rt.narrow(1, 2 * hs, hs)?.contiguous())?),
+        Kind::Gru => Some(c(d.r.narrow(0, 2 * hs, hs))?),
         _ => None,
     };
     // 1 where step t is within an entry's length, as [batch, 1] per step.
@@ -561,7 +561,6 @@ fn run_direction(s: &Setup, d: &Direction) -> R<(Tensor, Tensor, Option<Tensor>)
     let step = Step {
         s,
         d,
-        rt: &rt,
         rh: rh.as_ref(),
     };
     let mut h = d.h0.clone();
@@ -620,14 +619,13 @@ fn run_direction(s: &Setup, d: &Direction) -> R<(Tensor, Tensor, Option<Tensor>)
     Ok((y, h, cell))
 }
 
-/// One time step of a direction: the recurrence weights prepared once, the gates as the
-/// specification writes them.
+/// One time step of a direction, the gates as the specification writes them. The products
+/// read R [gates * hidden, hidden] in place (`linear`): a transposed copy of R on every run
+/// was a third of a CRNN's run.
 struct Step<'a> {
     s: &'a Setup<'a>,
     d: &'a Direction,
-    /// Rᵀ, [hidden, gates * hidden].
-    rt: &'a Tensor,
-    /// GRU's Rhᵀ alone, for (r ⊙ H)·Rhᵀ.
+    /// GRU's Rh alone, [hidden, hidden], for (r ⊙ H)·Rhᵀ.
     rh: Option<&'a Tensor>,
 }
 
@@ -651,7 +649,7 @@ impl Step<'_> {
         } else {
             h
         };
-        let mut pre = c(xt.add(&h.matmul(self.rt)?))?;
+        let mut pre = c(xt.add(&matmul_bt(h, &self.d.r)?))?;
         if let Some(rb) = &self.d.rb {
             pre = c(pre.broadcast_add(rb))?;
         }
@@ -683,7 +681,7 @@ impl Step<'_> {
     /// GRU (gates zrh, linear_before_reset choosing where the reset gate applies): H_t.
     fn gru(&self, xt: &Tensor, h: &Tensor) -> R<Tensor> {
         let d = self.d;
-        let mut hr = c(h.matmul(self.rt))?;
+        let mut hr = matmul_bt(h, &d.r)?;
         if let Some(rb) = &d.rb {
             hr = c(hr.broadcast_add(rb))?;
         }
@@ -697,7 +695,7 @@ impl Step<'_> {
         } else {
             // (r ⊙ H)·Rhᵀ + Rbh
             let rh = self.rh.ok_or("GRU without Rh")?;
-            let mut v = c(rg.mul(h)?.matmul(rh))?;
+            let mut v = matmul_bt(&c(rg.mul(h))?, rh)?;
             if let Some(rb) = &d.rb {
                 v = c(v.broadcast_add(&self.gate(rb, 2)?))?;
             }

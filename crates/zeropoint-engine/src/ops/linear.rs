@@ -1,0 +1,540 @@
+//! x·Wᵀ with W stored [out, in], as ONNX stores a linear layer's weight (Gemm with transB=1,
+//! the W and R of LSTM, GRU and RNN): every output is the dot product of two contiguous rows.
+//!
+//! candle's product takes such a W as a transposed operand: its GEMM then gathers W's columns,
+//! strided, into panels on every call, and the recurrent ops made W and R contiguous first, a
+//! transposed copy of every weight on every run. On a CRNN text recogniser (ddddocr-ocr: a
+//! bidirectional LSTM of 512 and a 1024 → 8210 classifier) those copies and gathers were
+//! three quarters of a run. Here W is read in place, row by row.
+//!
+//! Each output is one dot product summed in a fixed order (16 lanes along k, then a fixed
+//! tree), whichever tile, thread or instruction set computes it: the same bits for any thread
+//! count and on AVX-512, AVX2 or neither.
+
+use candle_core::{DType as CDType, Tensor};
+use rayon::prelude::*;
+
+use super::{c, R};
+
+/// Lanes of the partial sums along k: fixed, so that the arithmetic is the same on every path.
+const L: usize = 16;
+
+/// Columns of the output a task computes: 64 rows of `b`, so that a 2048-wide recurrent step
+/// splits in 32 tasks and each task's rows of `b` stay in its core's cache across all of `a`.
+const COLUMNS_PER_TASK: usize = 64;
+
+/// Below this many multiply-adds the product runs on the calling thread.
+const PARALLEL_WORK: usize = 1 << 20;
+
+/// `a` [M, K] times the transpose of `b` [N, K]: [M, N], for float32 tensors that carry no
+/// gradient; anything else goes to candle's product of `a` and `bᵀ` (a view, not a copy).
+pub(crate) fn matmul_bt(a: &Tensor, b: &Tensor) -> R<Tensor> {
+    let plain = a.dtype() == CDType::F32 && b.dtype() == CDType::F32;
+    if !plain || a.track_op() || b.track_op() || a.rank() != 2 || b.rank() != 2 {
+        return c(a.matmul(&b.t()?));
+    }
+    let ((m, k), (n, kb)) = (c(a.dims2())?, c(b.dims2())?);
+    if k != kb {
+        return Err(format!("matrix product: [{m}, {k}] by the transpose of [{n}, {kb}]").into());
+    }
+    let y = c(crate::value::with_f32_slices([a, b], |[a, b]| {
+        rows_dot(a, b, (m, n, k))
+    }))?;
+    c(Tensor::from_vec(y, (m, n), a.device()))
+}
+
+/// a [m, k] · b [n, k]ᵀ, row-major: [m, n].
+pub(crate) fn rows_dot(a: &[f32], b: &[f32], dims: (usize, usize, usize)) -> Vec<f32> {
+    rows_dot_with(&Tiles::here(), a, b, dims)
+}
+
+/// [`rows_dot`] with the kernels `t`.
+fn rows_dot_with(
+    tiles: &Tiles,
+    a: &[f32],
+    b: &[f32],
+    (m, n, k): (usize, usize, usize),
+) -> Vec<f32> {
+    assert!(a.len() >= m * k && b.len() >= n * k);
+    if m == 0 || n == 0 {
+        return Vec::new();
+    }
+    let tasks = n.div_ceil(COLUMNS_PER_TASK);
+    let columns = |task: usize| -> Vec<f32> {
+        let lo = task * COLUMNS_PER_TASK;
+        let hi = (lo + COLUMNS_PER_TASK).min(n);
+        let mut out = vec![0f32; m * (hi - lo)];
+        block(tiles, a, &b[lo * k..hi * k], (m, hi - lo, k), &mut out);
+        out
+    };
+    let parts: Vec<Vec<f32>> = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK {
+        (0..tasks).into_par_iter().map(columns).collect()
+    } else {
+        (0..tasks).map(columns).collect()
+    };
+    let mut y = vec![0f32; m * n];
+    for (task, part) in parts.iter().enumerate() {
+        let (lo, width) = (task * COLUMNS_PER_TASK, part.len() / m);
+        for (row, src) in part.chunks_exact(width).enumerate() {
+            y[row * n + lo..row * n + lo + width].copy_from_slice(src);
+        }
+    }
+    y
+}
+
+/// out [m, n] = a [m, k] · b [n, k]ᵀ, in tiles of the widest kernels this CPU has; the edges
+/// in tiles of one row or one column, which sum each output the same way.
+fn block(t: &Tiles, a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), out: &mut [f32]) {
+    let mut j = 0;
+    while j < n {
+        let cols = if n - j >= t.nr { t.nr } else { 1 };
+        let mut i = 0;
+        while i < m {
+            let rows = if m - i >= t.mr { t.mr } else { 1 };
+            let tile = match (rows == t.mr && rows > 1, cols == t.nr && cols > 1) {
+                (true, true) => t.full,
+                (true, false) => t.rows,
+                (false, true) => t.cols,
+                (false, false) => t.one,
+            };
+            let at = Operands {
+                a: &a[i * k..(i + rows) * k],
+                b: &b[j * k..(j + cols) * k],
+                k,
+            };
+            let mut y = [0f32; MAX_TILE];
+            // SAFETY: `Tiles::here` picked kernels this CPU runs; `at` holds `rows` rows of `a`
+            // and `cols` of `b`, the shape of `tile`.
+            unsafe { tile(&at, &mut y) };
+            for r in 0..rows {
+                out[(i + r) * n + j..(i + r) * n + j + cols]
+                    .copy_from_slice(&y[r * cols..(r + 1) * cols]);
+            }
+            i += rows;
+        }
+        j += cols;
+    }
+}
+
+/// The most outputs a tile computes.
+const MAX_TILE: usize = 16;
+
+/// One tile's rows of `a` and of `b`, each `k` long, back to back.
+struct Operands<'a> {
+    a: &'a [f32],
+    b: &'a [f32],
+    k: usize,
+}
+
+/// A kernel computing the products of all rows of `a` with all rows of `b` of its operands,
+/// row-major into the output.
+type Tile = unsafe fn(&Operands, &mut [f32; MAX_TILE]);
+
+/// The kernels of one instruction set: `full` takes `mr` rows of `a` and `nr` of `b`, `rows`
+/// takes `mr` and 1, `cols` 1 and `nr`, `one` 1 and 1.
+struct Tiles {
+    mr: usize,
+    nr: usize,
+    full: Tile,
+    rows: Tile,
+    cols: Tile,
+    one: Tile,
+}
+
+impl Tiles {
+    /// The widest kernels this CPU runs.
+    fn here() -> Tiles {
+        Tiles::every_one_here().swap_remove(0)
+    }
+
+    /// Every kernel set this CPU runs, widest first, the portable one last.
+    fn every_one_here() -> Vec<Tiles> {
+        let mut all = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                all.push(Tiles {
+                    mr: 4,
+                    nr: 4,
+                    full: avx512::tile_4x4,
+                    rows: avx512::tile::<4, 1>,
+                    cols: avx512::tile::<1, 4>,
+                    one: avx512::tile::<1, 1>,
+                });
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                all.push(Tiles {
+                    mr: 2,
+                    nr: 3,
+                    full: avx2::tile::<2, 3>,
+                    rows: avx2::tile::<2, 1>,
+                    cols: avx2::tile::<1, 3>,
+                    one: avx2::tile::<1, 1>,
+                });
+            }
+        }
+        all.push(Tiles {
+            mr: 1,
+            nr: 1,
+            full: portable,
+            rows: portable,
+            cols: portable,
+            one: portable,
+        });
+        all
+    }
+}
+
+/// Row `r` of `x`'s rows of `k`: its whole 16-lane chunks and its last k % 16 values, padded
+/// with zeros (which add nothing) to 16.
+fn tail(x: &[f32], r: usize, k: usize) -> [f32; L] {
+    let whole = k / L * L;
+    let mut v = [0f32; L];
+    v[..k - whole].copy_from_slice(&x[r * k + whole..(r + 1) * k]);
+    v
+}
+
+/// Any number of rows, one output at a time, in the lanes and order of the vector kernels.
+///
+/// # Safety
+/// None needed; `unsafe` for the `Tile` signature.
+unsafe fn portable(at: &Operands, y: &mut [f32; MAX_TILE]) {
+    let k = at.k;
+    let (rows, cols) = (at.a.len() / k.max(1), at.b.len() / k.max(1));
+    let whole = k / L * L;
+    for r in 0..rows {
+        for cb in 0..cols {
+            let (a, b) = (&at.a[r * k..(r + 1) * k], &at.b[cb * k..(cb + 1) * k]);
+            let mut acc = [0f32; L];
+            for (ca, cb) in a[..whole].chunks_exact(L).zip(b[..whole].chunks_exact(L)) {
+                for l in 0..L {
+                    acc[l] = ca[l].mul_add(cb[l], acc[l]);
+                }
+            }
+            let (ta, tb) = (tail(at.a, r, k), tail(at.b, cb, k));
+            for l in 0..L {
+                acc[l] = ta[l].mul_add(tb[l], acc[l]);
+            }
+            // The same tree as the vector kernels: lanes l and l + 8, then l + 4, l + 2, l + 1.
+            let mut half = L / 2;
+            while half > 0 {
+                for l in 0..half {
+                    acc[l] += acc[l + half];
+                }
+                half /= 2;
+            }
+            y[r * cols + cb] = acc[0];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{tail, Operands, L, MAX_TILE};
+
+    /// 4 rows of `a` by 4 rows of `b`, written out: with the generic [`tile`] LLVM kept some of
+    /// the 16 sums on the stack and shuffled the rest between registers every step (47 against
+    /// 100+ GFLOP/s).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `at` holds 4 rows of `a` and 4 of `b`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_4x4(at: &Operands, y: &mut [f32; MAX_TILE]) {
+        let k = at.k;
+        assert!(at.a.len() >= 4 * k && at.b.len() >= 4 * k);
+        let (pa, pb) = (at.a.as_ptr(), at.b.as_ptr());
+        let z = _mm512_setzero_ps();
+        let [mut c00, mut c01, mut c02, mut c03] = [z; 4];
+        let [mut c10, mut c11, mut c12, mut c13] = [z; 4];
+        let [mut c20, mut c21, mut c22, mut c23] = [z; 4];
+        let [mut c30, mut c31, mut c32, mut c33] = [z; 4];
+        // acc[r][c] += a[r] · b[c] for the 16 values at a[r] and b[c], rows `k` apart.
+        macro_rules! step {
+            ($a:expr, $b:expr, $stride:expr) => {{
+                let (a, b, s) = ($a, $b, $stride);
+                let x0 = _mm512_loadu_ps(a);
+                let x1 = _mm512_loadu_ps(a.add(s));
+                let x2 = _mm512_loadu_ps(a.add(2 * s));
+                let x3 = _mm512_loadu_ps(a.add(3 * s));
+                let w = _mm512_loadu_ps(b);
+                c00 = _mm512_fmadd_ps(x0, w, c00);
+                c10 = _mm512_fmadd_ps(x1, w, c10);
+                c20 = _mm512_fmadd_ps(x2, w, c20);
+                c30 = _mm512_fmadd_ps(x3, w, c30);
+                let w = _mm512_loadu_ps(b.add(s));
+                c01 = _mm512_fmadd_ps(x0, w, c01);
+                c11 = _mm512_fmadd_ps(x1, w, c11);
+                c21 = _mm512_fmadd_ps(x2, w, c21);
+                c31 = _mm512_fmadd_ps(x3, w, c31);
+                let w = _mm512_loadu_ps(b.add(2 * s));
+                c02 = _mm512_fmadd_ps(x0, w, c02);
+                c12 = _mm512_fmadd_ps(x1, w, c12);
+                c22 = _mm512_fmadd_ps(x2, w, c22);
+                c32 = _mm512_fmadd_ps(x3, w, c32);
+                let w = _mm512_loadu_ps(b.add(3 * s));
+                c03 = _mm512_fmadd_ps(x0, w, c03);
+                c13 = _mm512_fmadd_ps(x1, w, c13);
+                c23 = _mm512_fmadd_ps(x2, w, c23);
+                c33 = _mm512_fmadd_ps(x3, w, c33);
+            }};
+        }
+        let whole = k / L * L;
+        let mut p = 0;
+        while p < whole {
+            // In bounds: p + 16 ≤ k in every row.
+            step!(pa.add(p), pb.add(p), k);
+            p += L;
+        }
+        let mut sums = [
+            [c00, c01, c02, c03],
+            [c10, c11, c12, c13],
+            [c20, c21, c22, c23],
+            [c30, c31, c32, c33],
+        ];
+        if whole < k {
+            tail_add(at, &mut sums);
+        }
+        for (y, v) in y.iter_mut().zip(sums.into_iter().flatten()) {
+            *y = sum16(v);
+        }
+    }
+
+    /// Adds the products of the last k % 16 values of a tile's R rows of `a` and C of `b` to
+    /// its sums. Apart from the tiles: inlined, this code made LLVM keep half of the sums on
+    /// the stack throughout their loops (7.1 against 4.1 ms on a 1024 → 8210 classifier).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `at` holds R rows of `a` and C of `b`.
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    unsafe fn tail_add<const R: usize, const C: usize>(at: &Operands, sums: &mut [[__m512; C]; R]) {
+        let k = at.k;
+        for (r, sums) in sums.iter_mut().enumerate() {
+            let va = _mm512_loadu_ps(tail(at.a, r, k).as_ptr());
+            for (cb, sum) in sums.iter_mut().enumerate() {
+                let vb = _mm512_loadu_ps(tail(at.b, cb, k).as_ptr());
+                *sum = _mm512_fmadd_ps(va, vb, *sum);
+            }
+        }
+    }
+
+    /// R rows of `a` by C rows of `b`, 16 lanes in one register per output.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `at` holds R rows of `a` and C of `b`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)] // indices name the register tile's rows and columns
+    pub(super) unsafe fn tile<const R: usize, const C: usize>(
+        at: &Operands,
+        y: &mut [f32; MAX_TILE],
+    ) {
+        let k = at.k;
+        assert!(at.a.len() >= R * k && at.b.len() >= C * k && R * C <= MAX_TILE);
+        let (pa, pb) = (at.a.as_ptr(), at.b.as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let whole = k / L * L;
+        let mut p = 0;
+        while p < whole {
+            // In bounds: p + 16 ≤ k in every row.
+            let va: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(pa.add(r * k + p)));
+            for cb in 0..C {
+                let vb = _mm512_loadu_ps(pb.add(cb * k + p));
+                for r in 0..R {
+                    acc[r][cb] = _mm512_fmadd_ps(va[r], vb, acc[r][cb]);
+                }
+            }
+            p += L;
+        }
+        if whole < k {
+            tail_add(at, &mut acc);
+        }
+        for r in 0..R {
+            for cb in 0..C {
+                y[r * C + cb] = sum16(acc[r][cb]);
+            }
+        }
+    }
+
+    /// The 16 lanes' total: lanes l and l + 8 first, then as the other kernels.
+    #[inline(always)]
+    unsafe fn sum16(v: __m512) -> f32 {
+        let half = _mm256_add_ps(
+            _mm512_castps512_ps256(v),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+        );
+        super::avx2::sum8(half)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{tail, Operands, L, MAX_TILE};
+
+    /// R rows of `a` by C rows of `b`, 16 lanes in two registers per output.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `at` holds R rows of `a` and C of `b`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const R: usize, const C: usize>(
+        at: &Operands,
+        y: &mut [f32; MAX_TILE],
+    ) {
+        let k = at.k;
+        assert!(at.a.len() >= R * k && at.b.len() >= C * k && R * C <= MAX_TILE);
+        let (pa, pb) = (at.a.as_ptr(), at.b.as_ptr());
+        let zero = _mm256_setzero_ps();
+        let mut acc = [[[zero; 2]; C]; R];
+        let whole = k / L * L;
+        let mut p = 0;
+        let step = |acc: &mut [[[__m256; 2]; C]; R], a: [*const f32; R], b: [*const f32; C]| {
+            for cb in 0..C {
+                let vb = [_mm256_loadu_ps(b[cb]), _mm256_loadu_ps(b[cb].add(8))];
+                for r in 0..R {
+                    for h in 0..2 {
+                        let va = _mm256_loadu_ps(a[r].add(8 * h));
+                        acc[r][cb][h] = _mm256_fmadd_ps(va, vb[h], acc[r][cb][h]);
+                    }
+                }
+            }
+        };
+        while p < whole {
+            // In bounds: p + 16 ≤ k in every row.
+            step(
+                &mut acc,
+                std::array::from_fn(|r| pa.add(r * k + p)),
+                std::array::from_fn(|cb| pb.add(cb * k + p)),
+            );
+            p += L;
+        }
+        if whole < k {
+            let ta: [[f32; L]; R] = std::array::from_fn(|r| tail(at.a, r, k));
+            let tb: [[f32; L]; C] = std::array::from_fn(|cb| tail(at.b, cb, k));
+            step(
+                &mut acc,
+                std::array::from_fn(|r| ta[r].as_ptr()),
+                std::array::from_fn(|cb| tb[cb].as_ptr()),
+            );
+        }
+        for r in 0..R {
+            for cb in 0..C {
+                let [lo, hi] = acc[r][cb];
+                y[r * C + cb] = sum8(_mm256_add_ps(lo, hi));
+            }
+        }
+    }
+
+    /// v[0] + .. + v[7] by the tree of the other kernels: lanes l and l + 4, then l + 2, l + 1.
+    #[inline(always)]
+    pub(super) unsafe fn sum8(v: __m256) -> f32 {
+        let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps::<1>(d, d)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every kernel set this CPU has gives a [m, k]·[n, k]ᵀ within float rounding of the f64
+    /// product, on shapes that leave edge rows, edge columns and a k % 16 tail, and all of
+    /// them the same bits.
+    #[test]
+    fn every_kernel_set_gives_the_product_and_the_same_bits() {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (1, 2048, 512),
+            (25, 67, 1024),
+            (5, 9, 33),
+            (7, 130, 17),
+            (4, 4, 16),
+            (9, 5, 100),
+            (3, 3, 0),
+        ] {
+            let (a, b) = (values(m * k, 1), values(n * k, 2));
+            let sets = Tiles::every_one_here();
+            let first = rows_dot_with(&sets[0], &a, &b, (m, n, k));
+            assert_eq!(first.len(), m * n);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|p| f64::from(a[i * k + p]) * f64::from(b[j * k + p]))
+                        .sum();
+                    let scale: f64 = (0..k)
+                        .map(|p| (f64::from(a[i * k + p]) * f64::from(b[j * k + p])).abs())
+                        .sum();
+                    let got = f64::from(first[i * n + j]);
+                    assert!(
+                        (got - want).abs() <= 1e-6 * (1.0 + scale),
+                        "[{m}, {k}]·[{n}, {k}]ᵀ at ({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+            for t in &sets[1..] {
+                let other = rows_dot_with(t, &a, &b, (m, n, k));
+                assert!(
+                    first
+                        .iter()
+                        .zip(&other)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "[{m}, {k}]·[{n}, {k}]ᵀ: kernels {}x{} and {}x{} differ",
+                    sets[0].mr,
+                    sets[0].nr,
+                    t.mr,
+                    t.nr
+                );
+            }
+        }
+    }
+
+    /// The columns are cut in tasks by the shapes alone: one thread or three give the same bits.
+    #[test]
+    fn the_thread_count_does_not_change_the_bits() {
+        let (m, n, k) = (6, 300, 777);
+        let (a, b) = (values(m * k, 3), values(n * k, 4));
+        let on = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| rows_dot(&a, &b, (m, n, k)))
+        };
+        assert_eq!(on(1), on(3));
+    }
+
+    /// Gradients and other types go to candle's product: the same values.
+    #[test]
+    fn tensors_outside_the_kernel_take_candles_product() {
+        let dev = candle_core::Device::Cpu;
+        let a = Tensor::from_vec(values(3 * 20, 5), (3, 20), &dev).unwrap();
+        let b = Tensor::from_vec(values(7 * 20, 6), (7, 20), &dev).unwrap();
+        let fast = matmul_bt(&a, &b).unwrap();
+        let var = candle_core::Var::from_tensor(&a).unwrap();
+        let tracked = matmul_bt(var.as_tensor(), &b).unwrap();
+        assert!(tracked.track_op());
+        let (x, y) = (
+            fast.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            tracked.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() <= 1e-5));
+        assert!(matmul_bt(&a, &a.t().unwrap()).is_err());
+    }
+}
