@@ -9,7 +9,8 @@
 //!
 //! Each output is one dot product summed in a fixed order (16 lanes along k, then a fixed
 //! tree), whichever tile, thread or instruction set computes it: the same bits for any thread
-//! count and on AVX-512, AVX2 or neither.
+//! count, on AVX-512 and AVX2, and from the portable kernel other CPUs run (an x86 CPU without
+//! AVX2 takes candle's product instead: see [`matmul_bt`]).
 
 use candle_core::{DType as CDType, Tensor};
 use rayon::prelude::*;
@@ -30,7 +31,10 @@ const PARALLEL_WORK: usize = 1 << 20;
 /// gradient; anything else goes to candle's product of `a` and `bᵀ` (a view, not a copy).
 pub(crate) fn matmul_bt(a: &Tensor, b: &Tensor) -> R<Tensor> {
     let plain = a.dtype() == CDType::F32 && b.dtype() == CDType::F32;
-    if !plain || a.track_op() || b.track_op() || a.rank() != 2 || b.rank() != 2 {
+    // An x86 CPU without AVX2 has no FMA instruction: the portable kernel's `mul_add` is a
+    // libm call there (0.6 GFLOP/s), so candle's product does the work.
+    let slow = cfg!(target_arch = "x86_64") && Tiles::here().mr == 1;
+    if !plain || slow || a.track_op() || b.track_op() || a.rank() != 2 || b.rank() != 2 {
         return c(a.matmul(&b.t()?));
     }
     let ((m, k), (n, kb)) = (c(a.dims2())?, c(b.dims2())?);
