@@ -48,8 +48,10 @@ quantize_static(tmp + "/pre.onnx", tmp + "/ort.onnx", Reader(), quant_format=Qua
 """
 
 
-def run(cmd):
-    rc, _, err, wall, peak = zoo_compare.measured(cmd, 1800)
+def run(cmd, tmp):
+    # In the temporary folder: ONNX Runtime's symbolic shape inference leaves its scratch model and
+    # external-data files in the working directory when it fails.
+    rc, _, err, wall, peak = zoo_compare.measured(cmd, 1800, cwd=tmp)
     if rc != 0:
         sys.exit(f"failed ({rc}): {' '.join(cmd)}: {err.strip().splitlines()[-1] if err.strip() else ''}")
     return wall, peak or 0.0
@@ -101,10 +103,10 @@ def main():
             for r in range(a.rounds):
                 cells, ratios = [], []
                 for exe in exes:
-                    wall, peak = run([exe] + zp)
+                    wall, peak = run([exe] + zp, tmp)
                     cells.append(f"{os.path.basename(exe)} {wall:.2f} s {peak:.0f} MB")
                     ratios.append(wall)
-                wall, peak = run(ort)
+                wall, peak = run(ort, tmp)
                 cells.append(f"ORT MinMax {wall:.2f} s {peak:.0f} MB")
                 ratio = " ".join(f"x{z / wall:.3f}" for z in ratios)
                 print(f"{name} round {r + 1}: " + " | ".join(cells) + f" | ratio {ratio}", flush=True)
