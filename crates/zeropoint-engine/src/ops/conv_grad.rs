@@ -738,11 +738,7 @@ mod tests {
         let w = values(8 * g.k(), 5);
         let dy = values(images * 8 * 14 * 14, 9);
         let on = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::ops::on_threads(threads, || {
                 Conv {
                     g,
                     bias: true,

@@ -49,7 +49,7 @@ pub(crate) fn matmul_bt(a: &Tensor, b: &Tensor) -> R<Tensor> {
 
 /// a [m, k] · b [n, k]ᵀ, row-major: [m, n].
 pub(crate) fn rows_dot(a: &[f32], b: &[f32], dims: (usize, usize, usize)) -> Vec<f32> {
-    rows_dot_with(&Tiles::here(), a, b, dims)
+    rows_dot_with(Tiles::here(), a, b, dims)
 }
 
 /// [`rows_dot`] with the kernels `t`.
@@ -146,9 +146,10 @@ struct Tiles {
 }
 
 impl Tiles {
-    /// The widest kernels this CPU runs.
-    fn here() -> Tiles {
-        Tiles::every_one_here().swap_remove(0)
+    /// The widest kernels this CPU runs, found once: a recurrent op asks on every time step.
+    fn here() -> &'static Tiles {
+        static HERE: std::sync::OnceLock<Tiles> = std::sync::OnceLock::new();
+        HERE.get_or_init(|| Tiles::every_one_here().swap_remove(0))
     }
 
     /// Every kernel set this CPU runs, widest first, the portable one last.
@@ -395,18 +396,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::ops::values;
 
     /// Every kernel set this CPU has gives a [m, k]·[n, k]ᵀ within float rounding of the f64
     /// product, on shapes that leave edge rows, edge columns and a k % 16 tail, and all of
@@ -464,13 +454,7 @@ mod tests {
     fn the_thread_count_does_not_change_the_bits() {
         let (m, n, k) = (6, 300, 777);
         let (a, b) = (values(m * k, 3), values(n * k, 4));
-        let on = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| rows_dot(&a, &b, (m, n, k)))
-        };
+        let on = |threads| crate::ops::on_threads(threads, || rows_dot(&a, &b, (m, n, k)));
         assert_eq!(on(1), on(3));
     }
 

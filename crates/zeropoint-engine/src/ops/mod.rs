@@ -236,6 +236,31 @@ fn check_broadcast(inputs: &[Option<Value>]) -> R<()> {
     check_output(&shape, widest)
 }
 
+/// `n` pseudo-random values in [-1, 1) from `seed` (xorshift): the kernels' tests' inputs.
+#[cfg(test)]
+pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// `f` run on a pool of `threads` threads: the kernels' tests check that the thread count does
+/// not change the bits.
+#[cfg(test)]
+pub(crate) fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+        .install(f)
+}
+
 /// candle's result as an operator result.
 pub(crate) fn c<T>(r: candle_core::Result<T>) -> R<T> {
     Ok(r?)

@@ -515,7 +515,7 @@ fn input_projection(s: &Setup, d: &Direction, order: Option<&[i64]>) -> R<Tensor
     } else {
         x
     };
-    let xw = super::linear::matmul_bt(&x, &d.w)?;
+    let xw = matmul_bt(&x, &d.w)?;
     match &d.wb {
         Some(wb) => c(xw.broadcast_add(wb)),
         None => Ok(xw),

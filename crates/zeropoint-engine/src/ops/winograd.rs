@@ -654,18 +654,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::ops::values;
 
     /// Odd and even sizes, pads 0-2, chunks in pieces of a row and of several rows: the
     /// definition's outputs within float32 rounding of sums of C·9 terms.
@@ -749,13 +738,8 @@ mod tests {
         let x = values(2 * 32 * 20 * 21, 4);
         let w = values(24 * 32 * 9, 5);
         for isa in Isa::available() {
-            let on = |threads| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| conv_on(isa, &x, &w, None, (24, g)))
-            };
+            let on =
+                |threads| crate::ops::on_threads(threads, || conv_on(isa, &x, &w, None, (24, g)));
             let one = on(1);
             assert_eq!(one, on(3), "{isa:?}");
             let second = conv_on(isa, &x[32 * 20 * 21..], &w, None, (24, g));
