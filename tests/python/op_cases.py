@@ -1597,13 +1597,48 @@ def integer_cases():
          note="an odd sum of 601 odd products, −19.5M: past 2^24, float32 would round it")
 
 
+def spectral_cases():
+    """DFT (opsets 17 and 20) and STFT (17): the Fourier front ends of audio models."""
+    r = Rand(173)
+    d17 = lambda k=1, **a: N("DFT", ["x", "n"][:k], ["y"], **a)
+    case("DFT_real_forward", d17(), {"x": r.n(2, 12, 1, scale=0.3)}, opset=17, note="real signal along axis 1, full spectrum")
+    case("DFT_complex_forward", d17(), {"x": r.n(2, 10, 2, scale=0.3)}, opset=17, note="complex signal, n = 10 (not a power of two)")
+    case("DFT_real_onesided", d17(onesided=1), {"x": r.n(3, 16, 1, scale=0.3)}, opset=17, note="RFFT: n/2 + 1 = 9 bins")
+    case("DFT_odd_onesided", d17(onesided=1), {"x": r.n(2, 15, 1, scale=0.3)}, opset=17, note="RFFT of odd n: 8 bins")
+    case("DFT_inverse", d17(inverse=1), {"x": r.n(2, 12, 2, scale=0.3)}, opset=17, note="complex inverse, scaled by 1/n")
+    case("DFT_padded", d17(2), {"x": r.n(2, 9, 1, scale=0.3)}, {"n": i64(16)}, opset=17, note="dft_length 16 > 9: zero-padded")
+    case("DFT_truncated", d17(2, onesided=1), {"x": r.n(2, 20, 1, scale=0.3)}, {"n": i64(12)}, opset=17,
+         note="dft_length 12 < 20: the first 12 values")
+    case("DFT_axis2", d17(axis=2), {"x": r.n(2, 3, 8, 2, scale=0.3)}, opset=17, note="transform along axis 2 of [2,3,8,2]")
+    case("DFT_axis_neg", d17(axis=-3), {"x": r.n(2, 6, 4, 1, scale=0.3)}, opset=17, note="axis -3 is axis 1")
+    case("DFT_irfft", d17(inverse=1, onesided=1), {"x": r.n(2, 9, 2, scale=0.3)}, opset=17,
+         note="one-sided inverse: 9 bins to a real signal of 16")
+    d20 = lambda **a: N("DFT", ["x", "n", "axis"], ["y"], **a)
+    case("DFT20_axis_input", d20(onesided=1), {"x": r.n(2, 5, 10, 1, scale=0.3)}, {"n": i64(10), "axis": i64(-2)}, opset=20,
+         note="opset 20: the axis is an input (-2: the last signal axis)")
+    case("DFT20_default_axis", N("DFT", ["x"], ["y"]), {"x": r.n(3, 7, 2, scale=0.3)}, opset=20,
+         note="opset 20 default axis -2")
+    st = lambda k=4, **a: N("STFT", ["x", "step", "w", "len"][:k], ["y"], **a)
+    hann = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(16) / 16)).astype(np.float32)
+    case("STFT_hann", st(3), {"x": r.n(2, 64, 1, scale=0.3)}, {"step": i64(8), "w": hann}, opset=17,
+         note="Hann window of 16, hop 8: 7 frames of 9 bins")
+    case("STFT_length_only", N("STFT", ["x", "step", "", "len"], ["y"]), {"x": r.n(1, 50, 1, scale=0.3)},
+         {"step": i64(10), "len": i64(20)}, opset=17, note="no window (rectangular), frame 20 of 50: 4 frames")
+    case("STFT_twosided", st(3, onesided=0), {"x": r.n(1, 40, 1, scale=0.3)}, {"step": i64(5), "w": hann[:12] + 0.1}, opset=17,
+         note="both sides of the spectrum, odd step")
+    case("STFT_window_and_length", st(4), {"x": r.n(2, 33, 1, scale=0.3)}, {"step": i64(4), "w": hann, "len": i64(16)}, opset=17,
+         note="window and frame_length both given; signal length not a multiple of the hop")
+    case("STFT_rank2_signal", st(3), {"x": r.n(2, 48, scale=0.3)}, {"step": i64(8), "w": hann}, opset=17,
+         note="a real signal as [batch, length], which ONNX Runtime accepts (torch.stft exports)")
+
+
 FAMILIES = [
     conv_cases, conv_transpose_cases, gemm_cases, matmul_cases, batchnorm_cases, activation_cases, unary_cases,
     softmax_cases, pool_cases, binary_cases, pow_cases, concat_cases, reshape_cases, flatten_cases,
     transpose_cases, squeeze_cases, pad_cases, resize_cases, dropout_constant_shape_cases, gather_cases, index_cases,
     slice_cases, split_cases, cast_cases, variadic_cases, reduce_cases, layernorm_cases, gelu_cases,
     where_expand_cases, compare_logic_cases, range_tile_cases, einsum_cases, mask_cases, quant_cases,
-    subgraph_cases, recurrent_cases, control_flow_cases, integer_cases,
+    subgraph_cases, recurrent_cases, control_flow_cases, integer_cases, spectral_cases,
 ]
 
 

@@ -54,8 +54,8 @@ operators! {
     ScatterND, Selu, Shape, Sigmoid, Sign,
     Sin, Size, Slice, Softmax, Softplus, Split, Sqrt, Squeeze, Sub, Sum, Tanh, Tile, TopK,
     Transpose, Trilu, Unsqueeze, Where, Xor,
-    // The recurrent operators, named as ONNX spells them.
-    GRU, LSTM, RNN,
+    // Operators named as ONNX spells them: the recurrent ones and the Fourier transforms.
+    GRU, LSTM, RNN, DFT, STFT,
     // Control flow: operators with subgraphs.
     If, Loop, Scan,
 }

@@ -14,7 +14,9 @@
 //!   axis is the last one (-1) the node is wrapped in Flatten and Reshape; Resize loses the
 //!   `tf_half_pixel_for_nn` mode (refused);
 //! - opset 18: the `axes` of the other Reduce operators become an input, and a Split without a
-//!   `split` input states its `num_outputs`.
+//!   `split` input states its `num_outputs`;
+//! - opset 20: DFT's `axis` attribute becomes an input (whose default also moved, from 1 to -2,
+//!   so an opset-17 DFT without the attribute gets axis 1 stated).
 //!
 //! Each opset with a change is one step, a function that rewrites a node of the opset before it
 //! into its own; an upgrade runs the steps between the model's opset and the target, in order,
@@ -54,13 +56,14 @@ struct Rewrite<'a> {
 type Step = fn(&mut Rewrite, &mut Node) -> Result<Vec<Node>>;
 
 /// The opsets that changed an operator zeropoint runs, with their steps, in order.
-const STEPS: [(i64, Step); 6] = [
+const STEPS: [(i64, Step); 7] = [
     (9, to_9),
     (10, to_10),
     (11, to_11),
     (12, to_12),
     (13, to_13),
     (18, to_18),
+    (20, to_20),
 ];
 
 /// Rewrites `g` for opset `to` of the default domain and sets `g.opset`; nothing happens if the
@@ -262,6 +265,20 @@ fn to_18(rw: &mut Rewrite, node: &mut Node) -> Result<Vec<Node>> {
             node.attributes.push(int_attribute("num_outputs", n));
         }
         _ => {}
+    }
+    Ok(vec![])
+}
+
+/// Opset 20: DFT's `axis` becomes its third input, a scalar; opset 17's default was 1.
+fn to_20(rw: &mut Rewrite, node: &mut Node) -> Result<Vec<Node>> {
+    if node.op == Op::DFT {
+        let axis = take_attribute(node, "axis").map_or(1, |a| a.i());
+        rw.add_input(
+            node,
+            2,
+            "axis",
+            RawTensor::from_i64s("", &[], &[axis], DType::I64),
+        );
     }
     Ok(vec![])
 }

@@ -24,6 +24,7 @@ mod recurrent;
 mod reduce;
 mod resize;
 mod shape;
+mod spectral;
 mod winograd;
 
 pub use elementwise::HardSigmoid;
@@ -135,6 +136,8 @@ fn lookup(op: &Op) -> Option<OpFn> {
         Op::Pad => resize::pad,
         Op::Resize => resize::resize,
         Op::Einsum => einsum::einsum,
+        Op::DFT => spectral::dft,
+        Op::STFT => spectral::stft,
         Op::LSTM => recurrent::lstm,
         Op::GRU => recurrent::gru,
         Op::RNN => recurrent::rnn,
