@@ -426,6 +426,28 @@ mod tests {
     }
 
     #[test]
+    fn dft_states_its_opset_17_axis_as_an_input() {
+        // Without the attribute, opset 17's default (1) must be stated: opset 20's is -2.
+        let implicit = Node::new("implicit", Op::DFT, &["x"], &["a"]);
+        let mut explicit = Node::new("explicit", Op::DFT, &["a", "x"], &["y"]);
+        explicit.attributes = vec![int_attribute("axis", -3), int_attribute("onesided", 1)];
+        let mut g = graph(17, vec![implicit, explicit], "y");
+        upgrade(&mut g, 21, &Structural).unwrap();
+        let axis = |node: usize| {
+            let n = &g.nodes[node];
+            assert_eq!(n.inputs.len(), 3, "{:?}", n.inputs);
+            let t = g.initializer(&n.inputs[2]).unwrap();
+            assert!(t.shape.is_empty(), "a scalar");
+            t.to_i64s()
+        };
+        assert_eq!((axis(0), axis(1)), (vec![1], vec![-3]));
+        assert_eq!(g.nodes[0].inputs[1], "", "no dft_length");
+        assert_eq!(g.nodes[1].inputs[1], "x", "its dft_length kept");
+        let kept: Vec<&str> = g.nodes[1].attributes.iter().map(|a| a.name()).collect();
+        assert_eq!(kept, ["onesided"]);
+    }
+
+    #[test]
     fn softmax_keeps_its_flattening_meaning_past_opset_13() {
         let mut softmax = Node::new("sm", Op::Softmax, &["x"], &["y"]);
         softmax.attributes = vec![int_attribute("axis", 0)];

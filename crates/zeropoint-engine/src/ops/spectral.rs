@@ -513,12 +513,9 @@ mod tests {
         ];
         let var = candle_core::Var::new(&[[0.5f32], [0.25]], &Device::Cpu).unwrap();
         let tracked = Some(Value::f32(var.as_tensor().clone()));
-        let cases = cases.into_iter().chain([(
-            Op::DFT,
-            vec![tracked],
-            vec![],
-            "have no gradient",
-        )]);
+        let cases = cases
+            .into_iter()
+            .chain([(Op::DFT, vec![tracked], vec![], "have no gradient")]);
         for (op, inputs, attrs, want) in cases {
             let e = refused(op.clone(), 17, inputs, &attrs);
             assert!(e.contains(want), "{op}: {e}");
