@@ -117,6 +117,10 @@ enum Batch {
     Axis(usize),
     /// Nowhere: the input is a scalar (a sample rate, a threshold), the same for every sample.
     Shared,
+    /// Along a first axis the model's input does not have: the data has one more axis than
+    /// the input declares, and each sample is a whole input (a model without a batch axis: a
+    /// sequence [T, 576] with a state [1, 1, 128]). Each run takes one sample.
+    Stacked,
 }
 
 /// Where the samples of an input declared `info` lie: a scalar is shared; the batch is the first
@@ -190,10 +194,11 @@ impl Dataset {
                         ),
                     ));
                 }
-                let batch = inputs
-                    .iter()
-                    .find(|i| i.name == name)
-                    .map_or(Batch::Axis(0), batch_of_input);
+                let batch = match inputs.iter().find(|i| i.name == name) {
+                    Some(info) if stacked(info, &array.shape) => Batch::Stacked,
+                    Some(info) => batch_of_input(info),
+                    None => Batch::Axis(0),
+                };
                 if array.shape.is_empty() && batch != Batch::Shared {
                     return Err(Error::new(
                         &path,
@@ -213,6 +218,8 @@ impl Dataset {
 
     /// The next `n` samples (fewer at the end), or None when all were read.
     pub fn next_batch(&mut self, n: usize) -> Result<Option<HashMap<String, Value>>> {
+        // Samples stacked on an axis the model does not have cannot share a run.
+        let n = if self.stacked() { n.min(1) } else { n };
         let n = self
             .streams
             .iter()
@@ -229,6 +236,14 @@ impl Dataset {
         }
         self.next += n;
         Ok(Some(batch))
+    }
+
+    /// Whether the samples are stacked on an axis of their own ([`Batch::Stacked`]): each batch
+    /// is then one sample.
+    pub fn stacked(&self) -> bool {
+        self.streams
+            .iter()
+            .any(|(_, s)| s.batch() == Batch::Stacked)
     }
 
     /// How many samples the batches read so far held.
@@ -341,8 +356,17 @@ fn common_length(
     first: &Path,
 ) -> Result<usize> {
     let mut len = None;
+    let stacked = streams.iter().find(|(_, s)| s.batch() == Batch::Stacked);
     for (name, s) in streams {
         let shared = s.batch() == Batch::Shared;
+        if let (Some((whole, _)), Batch::Axis(_)) = (stacked, s.batch()) {
+            return Err(Error::new(
+                s.path(),
+                format!(
+                    "the samples of '{whole}' are stacked on a first axis of their own (one axis more than the input declares), those of '{name}' are not: stack every input's samples the same way"
+                ),
+            ));
+        }
         let info = inputs.iter().find(|i| &i.name == name).ok_or_else(|| {
             let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
             Error::new(
@@ -359,8 +383,9 @@ fn common_length(
             return Err(Error::new(
                 s.path(),
                 format!(
-                    "{n} samples of '{name}', but {} of the other inputs",
-                    len.unwrap_or(0)
+                    "{n} samples of '{name}', but {} of the other inputs{}",
+                    len.unwrap_or(0),
+                    stacking_hint(inputs)
                 ),
             ));
         }
@@ -408,6 +433,7 @@ impl Stream {
         let mut one = shape.to_vec();
         match self.batch() {
             Batch::Axis(k) => one[k] = 1,
+            Batch::Stacked => drop(one.remove(0)),
             Batch::Shared => {}
         }
         (one, dtype)
@@ -428,6 +454,7 @@ impl Stream {
             | Stream::Images { sample, .. } => sample[0],
             Stream::Memory { array, batch, .. } => match batch {
                 Batch::Axis(k) => array.shape[*k],
+                Batch::Stacked => array.shape[0],
                 Batch::Shared => usize::MAX,
             },
             Stream::Files { shapes, .. } => shapes.iter().map(|(s, _)| s[0]).sum(),
@@ -497,6 +524,12 @@ impl Stream {
             }
             Stream::Memory { array, batch, .. } => Ok(match *batch {
                 Batch::Axis(k) => take_along(array, k, from, n),
+                Batch::Stacked => {
+                    // One sample, without the stacking axis (next_batch asks for one).
+                    let mut one = take_along(array, 0, from, 1);
+                    one.shape.remove(0);
+                    one
+                }
                 Batch::Shared => RawTensor::clone(array),
             }),
             Stream::Inflating {
@@ -572,13 +605,18 @@ fn batch_bytes(path: &Path, elements: usize, size: usize, n: usize) -> Result<()
 }
 
 /// Reads whole, into memory, the data of inputs whose samples do not lie along the first axis
-/// (see [`batch_of_input`]): a recurrent state [2, N, 128], a scalar shared by every sample.
+/// (see [`batch_of_input`]): a recurrent state [2, N, 128], a scalar shared by every sample, and
+/// samples stacked on an axis of their own ([`Batch::Stacked`]).
 fn arrange(streams: &mut [(String, Stream)], inputs: &[ValueInfo]) -> Result<()> {
     for (name, stream) in streams.iter_mut() {
         let Some(info) = inputs.iter().find(|i| &i.name == name) else {
             continue; // common_length names it
         };
-        let batch = batch_of_input(info);
+        let batch = if stacked(info, stream.sample_shape().0) {
+            Batch::Stacked
+        } else {
+            batch_of_input(info)
+        };
         if batch == Batch::Axis(0) {
             continue;
         }
@@ -606,6 +644,33 @@ fn arrange(streams: &mut [(String, Stream)], inputs: &[ValueInfo]) -> Result<()>
         };
     }
     Ok(())
+}
+
+/// For data whose inputs disagree on their number of samples: where an input has no free axis
+/// to batch along (a state [1, 1, 128]), the way to give whole samples.
+fn stacking_hint(inputs: &[ValueInfo]) -> String {
+    let fixed = inputs.iter().find(|i| match (batch_of_input(i), &i.shape) {
+        (Batch::Axis(k), Some(shape)) => matches!(shape.get(k), Some(Dim::Fixed(_))),
+        _ => false,
+    });
+    match fixed {
+        Some(i) => format!(
+            " (input '{}' {} has no free axis for samples: to give whole samples, stack each input's on a new first axis, e.g. [N, {}])",
+            i.name,
+            i.shape_text(),
+            i.shape_text().trim_matches(|c| c == '[' || c == ']')
+        ),
+        None => String::new(),
+    }
+}
+
+/// Whether data of `shape` for the input declared `info` stacks whole samples on a first axis of
+/// its own: it has one axis more than the declared shape. Not for a scalar input, whose one
+/// value every sample shares.
+fn stacked(info: &ValueInfo, shape: &[usize]) -> bool {
+    info.shape
+        .as_ref()
+        .is_some_and(|decl| !decl.is_empty() && shape.len() == decl.len() + 1)
 }
 
 /// Samples `from .. from + n` along `axis` of `array`.
@@ -868,6 +933,9 @@ fn check_fits(
     if let Batch::Axis(k) = batch {
         per_sample.remove(k);
     }
+    if batch == Batch::Stacked {
+        per_sample.remove(0);
+    }
     if let Some(want) = info.dtype.filter(|&d| d != dtype) {
         return Err(Error::new(
             path,
@@ -880,13 +948,14 @@ fn check_fits(
         match batch {
             Batch::Axis(k) if k < decl.len() => drop(decl.remove(k)),
             Batch::Axis(_) => return false,
-            Batch::Shared => {}
+            Batch::Shared | Batch::Stacked => {}
         }
         dims_fit(&decl, &per_sample)
     };
     if info.shape.as_ref().is_some_and(|decl| !fits(decl)) {
         let along = match batch {
             Batch::Axis(k) => format!(", samples along axis {k}"),
+            Batch::Stacked => ", samples stacked on a first axis of their own".into(),
             Batch::Shared => String::new(),
         };
         return Err(Error::new(

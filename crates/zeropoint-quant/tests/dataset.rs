@@ -101,6 +101,82 @@ fn samples_along_a_later_axis_and_shared_scalars() {
     assert_eq!(data.consumed(), 5);
 }
 
+/// A model without a batch axis (a sequence [T, 6] and a state [1, 1, 4], as silero-vad's
+/// sequence model) takes whole samples stacked on a first axis of their own, one a run; data
+/// that stacks one input's samples and not another's is refused.
+#[test]
+fn whole_samples_stacked_on_an_axis_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let x: Vec<f32> = (0..3 * 5 * 6).map(|i| i as f32).collect();
+    let h: Vec<f32> = (0..3 * 4).map(|i| i as f32 * 0.5).collect();
+    let inputs = [
+        info("x", DType::F32, vec![Dim::Sym("T".into()), Dim::Fixed(6)]),
+        info(
+            "h",
+            DType::F32,
+            vec![Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(4)],
+        ),
+        info("sr", DType::I64, vec![]),
+    ];
+    let path = dir.path().join("calib.npz");
+    let members = [
+        ("x", npy::to_bytes(&[3, 5, 6], &x)),
+        ("h", npy::to_bytes(&[3, 1, 1, 4], &h)),
+        ("sr", npy::to_bytes::<i64>(&[], &[16000])),
+    ];
+    write_npz(&path, zip::CompressionMethod::Stored, &members);
+    let spec = [path.display().to_string()];
+    let mut data = Dataset::open(&spec, &inputs, &Preprocess::default()).unwrap();
+    assert!(data.stacked());
+    assert_eq!(data.len, 3);
+    assert_eq!(data.sample_shapes()["x"], [5, 6]);
+    assert_eq!(data.sample_shapes()["h"], [1, 1, 4]);
+    data.next_batch(8).unwrap().unwrap();
+    // A batch of 8 asked, one sample given: the second, without the stacking axis.
+    let b = data.next_batch(8).unwrap().unwrap();
+    assert_eq!(b["x"].shape(), [5, 6]);
+    assert_eq!(b["x"].to_f32s().unwrap(), x[30..60]);
+    assert_eq!(b["h"].shape(), [1, 1, 4]);
+    assert_eq!(b["h"].to_f32s().unwrap(), h[4..8]);
+    assert_eq!(b["sr"].to_i64s().unwrap(), [16000]);
+    assert_eq!(data.consumed(), 2);
+    data.next_batch(8).unwrap().unwrap();
+    assert!(data.next_batch(8).unwrap().is_none());
+
+    // The state given as one sample, not stacked: which input is which, and what to do.
+    let members = [
+        ("x", npy::to_bytes(&[3, 5, 6], &x)),
+        ("h", npy::to_bytes(&[1, 1, 4], &h[..4])),
+        ("sr", npy::to_bytes::<i64>(&[], &[16000])),
+    ];
+    write_npz(&path, zip::CompressionMethod::Stored, &members);
+    let e = Dataset::open(&spec, &inputs, &Preprocess::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.ends_with("the samples of 'x' are stacked on a first axis of their own (one axis more than the input declares), those of 'h' are not: stack every input's samples the same way"),
+        "{e}"
+    );
+
+    // Neither stacked: the sequence's 5 steps are taken for samples, the state has one; the
+    // error says how to give whole samples.
+    let members = [
+        ("x", npy::to_bytes(&[5, 6], &x[..30])),
+        ("h", npy::to_bytes(&[1, 1, 4], &h[..4])),
+        ("sr", npy::to_bytes::<i64>(&[], &[16000])),
+    ];
+    write_npz(&path, zip::CompressionMethod::Stored, &members);
+    let e = Dataset::open(&spec, &inputs, &Preprocess::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("input 'h' [1, 1, 4] has no free axis for samples: to give whole samples, stack each input's on a new first axis, e.g. [N, 1, 1, 4]"),
+        "{e}"
+    );
+}
+
 /// A per-sample array given for a scalar input is refused, saying what the input wants.
 #[test]
 fn a_scalar_input_refuses_per_sample_values() {
