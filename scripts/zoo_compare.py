@@ -287,8 +287,10 @@ def worker(kind, spec, timeout, tmp):
 
 
 def qdq_counts(path):
-    """Q and DQ nodes at any depth, and float_matmuls: MatMuls whose inputs are both dequantized but
-    whose output no QuantizeLinear reads (ORT runs most of them in float on dequantized inputs)."""
+    """Q and DQ nodes at any depth; float_matmuls: MatMuls whose inputs are both dequantized but
+    whose output no QuantizeLinear reads (ORT runs most of them in float on dequantized inputs);
+    float_layers: Conv, Gemm and MatMul nodes with a weight (an initializer) and no dequantized
+    input, kept wholly float (zeropoint's placement does so where a Log reads the output)."""
     import onnx
 
     def graphs(graph):
@@ -301,13 +303,17 @@ def qdq_counts(path):
 
     m = onnx.load(path, load_external_data=False)
     found = [n.op_type for g in graphs(m.graph) for n in g.node]
-    float_matmuls = 0
+    float_matmuls = float_layers = 0
     for g in graphs(m.graph):
         dequantized = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
         requantized = {n.input[0] for n in g.node if n.op_type == "QuantizeLinear"}
+        weights = {i.name for i in g.initializer}
         float_matmuls += sum(1 for n in g.node if n.op_type == "MatMul" and set(n.input) <= dequantized
                              and n.output[0] not in requantized)
-    return dict(Q=found.count("QuantizeLinear"), DQ=found.count("DequantizeLinear"), float_matmuls=float_matmuls)
+        float_layers += sum(1 for n in g.node if n.op_type in ("Conv", "Gemm", "MatMul")
+                            and set(n.input) & weights and not set(n.input) & dequantized)
+    return dict(Q=found.count("QuantizeLinear"), DQ=found.count("DequantizeLinear"), float_matmuls=float_matmuls,
+                float_layers=float_layers)
 
 
 def load_outputs(path, names, samples):
@@ -573,6 +579,10 @@ def row_of(R):
     if kept:
         notes.append(f"zeropoint keeps {kept} MatMul output{'s' if kept > 1 else ''} float (only float ops read "
                      f"{'them' if kept > 1 else 'it'})")
+    whole = R["steps"]["zp"].get("qdq", {}).get("float_layers", 0)
+    if whole:
+        notes.append(f"zeropoint keeps {whole} layer{'s' if whole > 1 else ''} wholly float (a Log reads "
+                     f"{'their outputs' if whole > 1 else 'its output'}: docs/ptq.md)")
     fmax = R.get("float_output_max_abs", {})
     if fmax and max(fmax.values()) < 1e-2:
         notes.append(f"float output max abs is {max(fmax.values()):.1e} on these inputs: SQNR measures noise on ~0")

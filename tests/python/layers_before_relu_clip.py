@@ -1,23 +1,27 @@
 """A MatMul or Gemm read only by a Relu or Clip (itself read by one float op) still becomes an
-integer kernel in ONNX Runtime.
+integer kernel in ONNX Runtime; one whose output a Log reads stays float.
 
 Usage: layers_before_relu_clip.py ZEROPOINT DIR
 
 ONNX Runtime's QDQ selector fuses DQ -> MatMul/Gemm into MatMulIntegerToFloat/QGemm with float
 output, but not when the layer's only reader is a Relu or Clip read by one node and not a graph
 output: it then wants a QuantizeLinear that makes the Relu/Clip redundant and, without one, fuses
-nothing (the layer ran in float, its weight dequantized on every run: openWakeWord's
-melspectrogram MatMul -> Clip -> Log). The model has three branches of x:
+nothing (the layer ran in float, its weight dequantized on every run). The model has four
+branches of x:
 
-- MatMul -> Clip(1e-10, no max) -> Log -> a: the MatMul's output gets the quantizer (ORT cannot
+- MatMul -> Clip(1e-10, no max) -> Tanh -> a: the MatMul's output gets the quantizer (ORT cannot
   drop an unbounded Clip);
 - Gemm -> Relu -> Sigmoid -> b: the Relu's output gets it (its zero-point 0 makes the Relu
   redundant, ORT drops it);
-- MatMul -> Relu -> c, a graph output: nothing (ORT fuses it with float output as it is).
+- MatMul -> Relu -> c, a graph output: nothing (ORT fuses it with float output as it is);
+- MatMul -> Clip(1e-10) -> Log -> d (openWakeWord's mel filterbank): the layer stays float, its
+  weight and output (a uniform grid has no resolution where the log has the most); it reads x
+  dequantized, as x's other readers do.
 
 After `zeropoint quantize` (W8A8, static) the model passes onnx.checker's full check, ONNX
-Runtime's optimized graph (all optimizations, CPU) has no float MatMul or Gemm and no
-DequantizeLinear of a weight, and every output is within cosine 0.999 of the float model's.
+Runtime's optimized graph (all optimizations, CPU) has one float MatMul, the filterbank on its
+float weight, no other float MatMul or Gemm and no DequantizeLinear of a weight, and every
+output is within cosine 0.999 of the float model's.
 """
 
 import subprocess
@@ -42,11 +46,14 @@ def build(d):
     rng = np.random.default_rng(5)
     f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
     inits = [numpy_helper.from_array(v, n) for n, v in
-             dict(w1=np.abs(f(16, 24)), w2=f(8, 16), b2=f(8), w3=f(16, 4),
+             dict(w1=f(16, 24), w2=f(8, 16), b2=f(8), w3=f(16, 4), w4=np.abs(f(16, 24)),
                   lo=np.array(1e-10, np.float32)).items()]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"], name="spectrum"),
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"], name="dense_clipped"),
              helper.make_node("Clip", ["m1", "lo", ""], ["c1"], name="floor"),
-             helper.make_node("Log", ["c1"], ["a"], name="log"),
+             helper.make_node("Tanh", ["c1"], ["a"], name="tanh"),
+             helper.make_node("MatMul", ["x", "w4"], ["m4"], name="filterbank"),
+             helper.make_node("Clip", ["m4", "lo", ""], ["c4"], name="log_floor"),
+             helper.make_node("Log", ["c4"], ["d"], name="log"),
              helper.make_node("Gemm", ["x", "w2", "b2"], ["g2"], name="dense", transB=1),
              helper.make_node("Relu", ["g2"], ["r2"], name="relu"),
              helper.make_node("Sigmoid", ["r2"], ["b"], name="sigmoid"),
@@ -55,7 +62,7 @@ def build(d):
     graph = helper.make_graph(nodes, "layers_before_relu_clip",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
                               [helper.make_tensor_value_info(v, TensorProto.FLOAT, ["n", k])
-                               for v, k in (("a", 24), ("b", 8), ("c", 4))], inits)
+                               for v, k in (("a", 24), ("b", 8), ("c", 4), ("d", 24))], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     path = d / "model.onnx"
     onnx.save(model, path)
@@ -78,6 +85,10 @@ def main():
     check("m1" in quantized and "c1" not in quantized, f"the MatMul before the Clip is quantized: {sorted(quantized)}")
     check("r2" in quantized and "g2" not in quantized, f"the Relu after the Gemm is quantized: {sorted(quantized)}")
     check("m3" not in quantized and "c" not in quantized, "the MatMul -> Relu graph output is not")
+    dequantized = {n.input[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    bank = [n for n in m.graph.node if n.op_type == "MatMul" and n.output[0] == "m4"]
+    check(bool(bank) and bank[0].input[1] == "w4" and "w4_quantized" not in dequantized
+          and "m4" not in quantized, f"the MatMul a Log reads stays float: {bank[0].input if bank else None}")
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -86,14 +97,15 @@ def main():
     s = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
     opt = onnx.load(d / "optimized.onnx")
     ops = sorted(n.op_type for n in opt.graph.node)
-    check("MatMul" not in ops and "Gemm" not in ops, f"ONNX Runtime fuses every layer: {ops}")
+    float_layers = [n.input[1] for n in opt.graph.node if n.op_type in ("MatMul", "Gemm")]
+    check(float_layers == ["w4"], f"ONNX Runtime fuses every layer but the filterbank: {ops}")
     matrices = {i.name for i in opt.graph.initializer if len(i.dims) > 1}
     dq_weights = [n.input[0] for n in opt.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in matrices]
     check(not dq_weights, f"no weight is dequantized at run time: {dq_weights}")
 
     fl = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     xs = x[:8]
-    for name, q, f in zip(("a", "b", "c"), s.run(None, {"x": xs}), fl.run(None, {"x": xs})):
+    for name, q, f in zip(("a", "b", "c", "d"), s.run(None, {"x": xs}), fl.run(None, {"x": xs})):
         cos = float(np.dot(q.ravel(), f.ravel()) / np.linalg.norm(q) / np.linalg.norm(f))
         check(cos > 0.999, f"{name} within cosine 0.999 of float: {cos:.5f}")
     if FAILED:

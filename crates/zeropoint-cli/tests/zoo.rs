@@ -111,8 +111,8 @@ fn every_zoo_model_quantizes_and_runs_in_onnx_runtime() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// `--activation-range auto` chooses min-max on magika, percentile on oww-melspec and keeps MSE
-/// on oww-hey-jarvis, on held-out calibration samples; where it chose another estimator, ONNX
+/// `--activation-range auto` chooses min-max on magika and keeps MSE on oww-melspec and
+/// oww-hey-jarvis, on held-out calibration samples; where it chose another estimator, ONNX
 /// Runtime scores the export 5 dB or more above the default one (tests/python/auto_ranges.py).
 #[test]
 fn auto_activation_ranges_choose_per_model() {

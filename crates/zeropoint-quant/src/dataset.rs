@@ -281,8 +281,12 @@ impl Dataset {
     }
 
     /// Drops the samples after the last whole batch of a model that takes batches of exactly
-    /// `unit` ([`unit_batch`]); refuses data that has not one.
+    /// `unit` ([`unit_batch`]); refuses data that has not one. Stacked samples are whole
+    /// inputs each, batch and all: nothing is dropped.
     pub fn whole_batches(&mut self, unit: usize, path: &Path) -> Result<()> {
+        if self.stacked() {
+            return Ok(());
+        }
         if unit > 1 && self.len < unit {
             return Err(Error::new(
                 path,

@@ -142,35 +142,31 @@ fn whole_samples_stacked_on_an_axis_of_their_own() {
     assert_eq!(data.consumed(), 2);
     data.next_batch(8).unwrap().unwrap();
     assert!(data.next_batch(8).unwrap().is_none());
+    // A model with a fixed batch takes whole stacked inputs: none of the 3 is dropped.
+    let mut data = Dataset::open(&spec, &inputs, &Preprocess::default()).unwrap();
+    data.whole_batches(2, &path).unwrap();
+    assert_eq!(data.len, 3);
 
+    // What opening data whose `x` and `h` have these shapes says.
+    let refusal = |x_shape: &[usize], h_shape: &[usize]| {
+        let members = [
+            ("x", npy::to_bytes(x_shape, &x[..x_shape.iter().product()])),
+            ("h", npy::to_bytes(h_shape, &h[..h_shape.iter().product()])),
+            ("sr", npy::to_bytes::<i64>(&[], &[16000])),
+        ];
+        write_npz(&path, zip::CompressionMethod::Stored, &members);
+        let opened = Dataset::open(&spec, &inputs, &Preprocess::default());
+        opened.err().unwrap().to_string()
+    };
     // The state given as one sample, not stacked: which input is which, and what to do.
-    let members = [
-        ("x", npy::to_bytes(&[3, 5, 6], &x)),
-        ("h", npy::to_bytes(&[1, 1, 4], &h[..4])),
-        ("sr", npy::to_bytes::<i64>(&[], &[16000])),
-    ];
-    write_npz(&path, zip::CompressionMethod::Stored, &members);
-    let e = Dataset::open(&spec, &inputs, &Preprocess::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let e = refusal(&[3, 5, 6], &[1, 1, 4]);
     assert!(
         e.ends_with("the samples of 'x' are stacked on a first axis of their own (one axis more than the input declares), those of 'h' are not: stack every input's samples the same way"),
         "{e}"
     );
-
     // Neither stacked: the sequence's 5 steps are taken for samples, the state has one; the
     // error says how to give whole samples.
-    let members = [
-        ("x", npy::to_bytes(&[5, 6], &x[..30])),
-        ("h", npy::to_bytes(&[1, 1, 4], &h[..4])),
-        ("sr", npy::to_bytes::<i64>(&[], &[16000])),
-    ];
-    write_npz(&path, zip::CompressionMethod::Stored, &members);
-    let e = Dataset::open(&spec, &inputs, &Preprocess::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let e = refusal(&[5, 6], &[1, 1, 4]);
     assert!(
         e.contains("input 'h' [1, 1, 4] has no free axis for samples: to give whole samples, stack each input's on a new first axis, e.g. [N, 1, 1, 4]"),
         "{e}"
