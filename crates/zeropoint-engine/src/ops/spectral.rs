@@ -57,12 +57,13 @@ pub fn dft(cx: &Cx) -> R<Vec<Value>> {
             "a one-sided inverse of {len} bins has no default length (2·({len} - 1) = 0)"
         )));
     }
-    let transform = Transform::new(n, inverse, onesided);
-    let bins = transform.output_len();
+    // The output is checked against the memory limit before anything of length n is made.
+    let bins = output_len(n, inverse, onesided);
     let parts = if inverse && onesided { 1 } else { 2 };
     let mut out_dims = dims.to_vec();
     (out_dims[a], out_dims[rank - 1]) = (bins, parts);
     check_output(&out_dims, x.tensor.dtype())?;
+    let transform = Transform::new(n, inverse, onesided);
     let lanes = Lanes::of(dims, a);
     let data = x.to_f64s()?;
     let out = transform_rows(&data, dims[rank - 1], &lanes, bins, parts, |signal, out| {
@@ -76,6 +77,10 @@ pub fn dft(cx: &Cx) -> R<Vec<Value>> {
 /// torch.stft do this).
 pub fn stft(cx: &Cx) -> R<Vec<Value>> {
     let x = cx.input(0)?;
+    untracked(x, "signal")?;
+    if let Some(w) = cx.opt(2) {
+        untracked(w, "window")?;
+    }
     if !x.dtype.is_float() {
         return Err(Error::Op(format!(
             "the signal is {}, expected float",
@@ -126,10 +131,10 @@ pub fn stft(cx: &Cx) -> R<Vec<Value>> {
         ));
     }
     let frames = (length - frame) / step + 1;
-    let transform = Transform::new(frame, false, onesided);
-    let bins = transform.output_len();
+    let bins = output_len(frame, false, onesided);
     let out_dims = [batch, frames, bins, 2];
     check_output(&out_dims, x.tensor.dtype())?;
+    let transform = Transform::new(frame, false, onesided);
     let data = x.to_f64s()?;
     let window = window.unwrap_or_else(|| vec![1.0; frame]);
     // Each frame is a row: [batch · frames] rows of `frame` values, windowed.
@@ -277,16 +282,7 @@ impl Transform {
         }
     }
 
-    /// Outputs along the axis: n, except a forward one-sided transform's n/2 + 1 bins.
-    fn output_len(&self) -> usize {
-        if self.onesided && !self.inverse {
-            self.n / 2 + 1
-        } else {
-            self.n
-        }
-    }
-
-    /// `out` (of [`output_len`](Self::output_len)) from `signal`, cut or zero-padded to n (a
+    /// `out` (of [`output_len`]) from `signal`, cut or zero-padded to n (a
     /// one-sided inverse reads the n/2 + 1 bins of a Hermitian spectrum and returns the real
     /// signal, in the real parts).
     fn run(&self, signal: &[Complex], out: &mut [Complex]) {
@@ -304,6 +300,16 @@ impl Transform {
         for (o, &(re, im)) in out.iter_mut().zip(&all) {
             *o = (re * scale, im * scale);
         }
+    }
+}
+
+/// Outputs along the axis of an n-point transform: n, except a forward one-sided transform's
+/// n/2 + 1 bins.
+fn output_len(n: usize, inverse: bool, onesided: bool) -> usize {
+    if onesided && !inverse {
+        n / 2 + 1
+    } else {
+        n
     }
 }
 
@@ -513,9 +519,17 @@ mod tests {
         ];
         let var = candle_core::Var::new(&[[0.5f32], [0.25]], &Device::Cpu).unwrap();
         let tracked = Some(Value::f32(var.as_tensor().clone()));
-        let cases = cases
-            .into_iter()
-            .chain([(Op::DFT, vec![tracked], vec![], "have no gradient")]);
+        let cases = cases.into_iter().chain([
+            (Op::DFT, vec![tracked.clone()], vec![], "have no gradient"),
+            (Op::STFT, vec![tracked, i(1)], vec![], "have no gradient"),
+            // Refused by the memory limit before a table of 2^50 twiddles is made.
+            (
+                Op::DFT,
+                vec![f(&[1, 4, 1]), i(1 << 50)],
+                vec![],
+                "an output of shape [1, 1125899906842624, 2]",
+            ),
+        ]);
         for (op, inputs, attrs, want) in cases {
             let e = refused(op.clone(), 17, inputs, &attrs);
             assert!(e.contains(want), "{op}: {e}");
@@ -562,9 +576,9 @@ mod tests {
                 Transform::new(n, false, true),
                 Transform::new(n, true, true),
             );
-            let mut half = vec![(0.0, 0.0); rfft.output_len()];
+            let mut half = vec![(0.0, 0.0); output_len(n, false, true)];
             rfft.run(&real, &mut half);
-            let mut back = vec![(0.0, 0.0); irfft.output_len()];
+            let mut back = vec![(0.0, 0.0); output_len(n, true, true)];
             irfft.run(&half, &mut back);
             for (a, b) in back.iter().zip(&real) {
                 assert!((a.0 - b.0).abs() < 1e-12 && a.1.abs() < 1e-12, "{n}");
