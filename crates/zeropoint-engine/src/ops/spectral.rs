@@ -52,9 +52,14 @@ pub fn dft(cx: &Cx) -> R<Vec<Value>> {
         None if inverse && onesided => 2 * len.saturating_sub(1),
         None => len,
     };
-    if n == 0 {
+    if n == 0 && inverse && onesided {
         return Err(Error::Op(format!(
             "a one-sided inverse of {len} bins has no default length (2·({len} - 1) = 0)"
+        )));
+    }
+    if n == 0 {
+        return Err(Error::Op(format!(
+            "axis {a} is empty and no dft_length is given"
         )));
     }
     // The output is checked against the memory limit before anything of length n is made.
@@ -473,6 +478,12 @@ mod tests {
                 vec![f(&[2, 8, 1]), i(0)],
                 vec![],
                 "dft_length must be a positive scalar",
+            ),
+            (
+                Op::DFT,
+                vec![f(&[2, 0, 1])],
+                vec![],
+                "axis 1 is empty and no dft_length is given",
             ),
             (
                 Op::DFT,
