@@ -86,6 +86,8 @@ pub fn evaluate(
         ..Default::default()
     };
     let mut cosine_sum = 0.0;
+    // Stacked samples are whole inputs, batch axis or not: each run's output is one sample.
+    let one_row = data.stacked();
     // zeropoint's executors run several batches at once, each into its own layer errors, merged
     // in batch order; another runtime runs one batch at a time.
     let workers = match runtime {
@@ -116,12 +118,12 @@ pub fn evaluate(
         for run in runs {
             layers.merge(&run.layers);
             e.compare_outputs(
-                &run.float,
-                &run.other,
+                (&run.float, &run.other),
                 &output,
                 labels,
                 &mut cosine_sum,
                 quant,
+                one_row,
             )?;
         }
         progress(e.samples, data.len);
@@ -151,15 +153,17 @@ fn compared_output(float: &Graph, quant: &Graph) -> Result<String> {
 }
 
 impl Evaluation {
-    /// Adds one batch's outputs: SQNR, per-row cosine, argmax agreement, top-1/top-5.
+    /// Adds one batch's outputs: SQNR, per-row cosine, argmax agreement, top-1/top-5. Rows are
+    /// along the output's first axis, or the whole output is one row (`one_row`: a stacked
+    /// sample of a model without a batch axis).
     fn compare_outputs(
         &mut self,
-        fo: &Outputs,
-        qo: &Outputs,
+        (fo, qo): (&Outputs, &Outputs),
         output: &str,
         labels: Option<&[i64]>,
         cosine_sum: &mut f64,
         quant: &Graph,
+        one_row: bool,
     ) -> Result<()> {
         let e = self;
         let pick = |outs: &Outputs| -> Result<(Vec<f32>, Vec<usize>)> {
@@ -174,7 +178,10 @@ impl Evaluation {
             Ok((x, v.shape().to_vec()))
         };
         let ((f, shape), (q, _)) = (pick(fo)?, pick(qo)?);
-        let rows = shape.first().copied().unwrap_or(1).max(1);
+        let rows = match one_row {
+            true => 1,
+            false => shape.first().copied().unwrap_or(1).max(1),
+        };
         let width = f.len() / rows;
         e.output_sqnr.add(&f, &q);
         for r in 0..rows {
@@ -190,7 +197,16 @@ impl Evaluation {
             let (tf, tq) = (top(fr, 5), top(qr, 5));
             e.agree += usize::from(tf.first() == tq.first());
             if let Some(l) = labels {
-                let y = l[e.samples + r] as usize;
+                // An output whose first axis is not the samples' has more rows than labels.
+                let y = *l.get(e.samples + r).ok_or_else(|| {
+                    Error::new(
+                        &quant.source,
+                        format!(
+                            "output '{output}' has more rows than there are labels ({}): labels need an output with one row per sample",
+                            l.len()
+                        ),
+                    )
+                })? as usize;
                 if let (Some(t1), Some(t5)) = (e.top1.as_mut(), e.top5.as_mut()) {
                     t1.0 += usize::from(tf.first() == Some(&y));
                     t1.1 += usize::from(tq.first() == Some(&y));
@@ -210,4 +226,52 @@ pub(crate) fn top(x: &[f32], k: usize) -> Vec<usize> {
     idx.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
     idx.truncate(k);
     idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeropoint_engine::Value;
+
+    fn evaluation() -> Evaluation {
+        Evaluation {
+            cosine_min: f64::INFINITY,
+            top1: Some((0, 0)),
+            top5: Some((0, 0)),
+            ..Default::default()
+        }
+    }
+
+    /// An output whose first axis is not the samples' (4 rows for the 2 labels of a batch) is
+    /// refused with a message, not read past the labels; a stacked sample is one row.
+    #[test]
+    fn rows_beyond_the_labels_are_refused_and_a_stacked_sample_is_one_row() {
+        let quant = Graph {
+            source: "q.onnx".into(),
+            opset: 13,
+            inputs: vec![],
+            outputs: vec![],
+            initializers: vec![],
+            nodes: vec![],
+        };
+        let y = Value::from_f32_vec((0..8).map(|i| i as f32).collect(), &[4, 2]).unwrap();
+        let outs: Outputs = vec![("y".into(), y)];
+        let labels = [1, 0];
+        let mut sum = 0.0;
+        let mut e = evaluation();
+        let err = e
+            .compare_outputs((&outs, &outs), "y", Some(&labels), &mut sum, &quant, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("output 'y' has more rows than there are labels (2): labels need an output with one row per sample"),
+            "{err}"
+        );
+        let mut e = evaluation();
+        e.compare_outputs((&outs, &outs), "y", Some(&labels), &mut sum, &quant, true)
+            .unwrap();
+        assert_eq!(e.samples, 1);
+        // Its argmax over the whole output is element 7, not label 1.
+        assert_eq!(e.top1, Some((0, 0)));
+    }
 }
