@@ -194,11 +194,10 @@ impl Dataset {
                         ),
                     ));
                 }
-                let batch = match inputs.iter().find(|i| i.name == name) {
-                    Some(info) if stacked(info, &array.shape) => Batch::Stacked,
-                    Some(info) => batch_of_input(info),
-                    None => Batch::Axis(0),
-                };
+                let batch = inputs
+                    .iter()
+                    .find(|i| i.name == name)
+                    .map_or(Batch::Axis(0), |info| batch_of_data(info, &array.shape));
                 if array.shape.is_empty() && batch != Batch::Shared {
                     return Err(Error::new(
                         &path,
@@ -616,11 +615,7 @@ fn arrange(streams: &mut [(String, Stream)], inputs: &[ValueInfo]) -> Result<()>
         let Some(info) = inputs.iter().find(|i| &i.name == name) else {
             continue; // common_length names it
         };
-        let batch = if stacked(info, stream.sample_shape().0) {
-            Batch::Stacked
-        } else {
-            batch_of_input(info)
-        };
+        let batch = batch_of_data(info, stream.sample_shape().0);
         if batch == Batch::Axis(0) {
             continue;
         }
@@ -668,13 +663,19 @@ fn stacking_hint(inputs: &[ValueInfo]) -> String {
     }
 }
 
-/// Whether data of `shape` for the input declared `info` stacks whole samples on a first axis of
-/// its own: it has one axis more than the declared shape. Not for a scalar input, whose one
-/// value every sample shares.
-fn stacked(info: &ValueInfo, shape: &[usize]) -> bool {
-    info.shape
+/// Where the samples lie in data of `shape` for the input declared `info`: stacked on a first
+/// axis of their own where the data has one axis more than the declared shape (not for a scalar
+/// input, whose one value every sample shares), else as [`batch_of_input`] says.
+fn batch_of_data(info: &ValueInfo, shape: &[usize]) -> Batch {
+    let stacked = info
+        .shape
         .as_ref()
-        .is_some_and(|decl| !decl.is_empty() && shape.len() == decl.len() + 1)
+        .is_some_and(|decl| !decl.is_empty() && shape.len() == decl.len() + 1);
+    if stacked {
+        Batch::Stacked
+    } else {
+        batch_of_input(info)
+    }
 }
 
 /// Samples `from .. from + n` along `axis` of `array`.
@@ -934,11 +935,10 @@ fn check_fits(
     dtype: DType,
 ) -> Result<()> {
     let mut per_sample = shape.to_vec();
-    if let Batch::Axis(k) = batch {
-        per_sample.remove(k);
-    }
-    if batch == Batch::Stacked {
-        per_sample.remove(0);
+    match batch {
+        Batch::Axis(k) => drop(per_sample.remove(k)),
+        Batch::Stacked => drop(per_sample.remove(0)),
+        Batch::Shared => {}
     }
     if let Some(want) = info.dtype.filter(|&d| d != dtype) {
         return Err(Error::new(

@@ -178,9 +178,10 @@ impl Evaluation {
             Ok((x, v.shape().to_vec()))
         };
         let ((f, shape), (q, _)) = (pick(fo)?, pick(qo)?);
-        let rows = match one_row {
-            true => 1,
-            false => shape.first().copied().unwrap_or(1).max(1),
+        let rows = if one_row {
+            1
+        } else {
+            shape.first().copied().unwrap_or(1).max(1)
         };
         let width = f.len() / rows;
         e.output_sqnr.add(&f, &q);

@@ -86,12 +86,7 @@ pub fn stft(cx: &Cx) -> R<Vec<Value>> {
     if let Some(w) = cx.opt(2) {
         untracked(w, "window")?;
     }
-    if !x.dtype.is_float() {
-        return Err(Error::Op(format!(
-            "the signal is {}, expected float",
-            x.dtype
-        )));
-    }
+    float(x, "signal")?;
     let (batch, length, parts_in) = match *x.shape() {
         [batch, length] => (batch, length, 1),
         [batch, length, parts @ (1 | 2)] => (batch, length, parts),
@@ -175,15 +170,21 @@ fn untracked(x: &Value, what: &str) -> R<()> {
     Ok(())
 }
 
-/// The shape of a float tensor whose last axis holds 1 (real) or 2 (complex) parts.
-fn complex_dims<'a>(x: &'a Value, what: &str) -> R<&'a [usize]> {
-    let dims = x.shape();
+/// Refuses a tensor that is not float.
+fn float(x: &Value, what: &str) -> R<()> {
     if !x.dtype.is_float() {
         return Err(Error::Op(format!(
             "the {what} is {}, expected float",
             x.dtype
         )));
     }
+    Ok(())
+}
+
+/// The shape of a float tensor whose last axis holds 1 (real) or 2 (complex) parts.
+fn complex_dims<'a>(x: &'a Value, what: &str) -> R<&'a [usize]> {
+    float(x, what)?;
+    let dims = x.shape();
     match dims.last() {
         Some(1 | 2) if dims.len() >= 2 => Ok(dims),
         _ => Err(Error::Op(format!(
