@@ -358,6 +358,13 @@ fn print_summary(s: &Summary) {
         "placed {} weight, {} int32 bias and {} activation quantizers ({} more values share a grid); {} BatchNorm folded",
         q.weights, q.biases, q.activations, q.shared, s.canonicalization.folded_batch_norms
     );
+    if !s.float_before_log.is_empty() {
+        println!(
+            "kept float: {} layer(s) whose output a Log reads ({}; docs/ptq.md)",
+            s.float_before_log.len(),
+            s.float_before_log.join(", ")
+        );
+    }
     let c = &s.canonicalization;
     if c.half_precision_values > 0 {
         println!(

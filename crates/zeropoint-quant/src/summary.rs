@@ -40,6 +40,10 @@ pub struct Summary {
     /// Mixed precision to a target, when asked for (`--target-sqnr`, `--target-agreement`).
     pub mixed_precision: Option<crate::mixed_precision::Report>,
     pub quantizers: Quantizers,
+    /// Layers kept float because a Log reads their output (an audio front end's filterbank;
+    /// docs/ptq.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub float_before_log: Vec<String>,
     pub layers: Vec<Layer>,
     /// Wall time of the whole run.
     pub seconds: f64,
@@ -140,6 +144,7 @@ impl Summary {
                 activations: o.plan.activations.len(),
                 shared: o.plan.shared.len(),
             },
+            float_before_log: crate::placement::float_before_log(&o.graph),
             layers,
             seconds,
             stage_seconds: o.seconds,
