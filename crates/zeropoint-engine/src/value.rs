@@ -207,9 +207,19 @@ pub fn storage_f32s<'a>(
     l: &candle_core::Layout,
 ) -> candle_core::Result<&'a [f32]> {
     match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
+        Some((start, end)) => elements_in(s.as_slice::<f32>()?, start, end)
+            .ok_or_else(|| candle_core::Error::msg("a tensor's layout lies outside its storage")),
         None => candle_core::bail!("a custom op was given a non-contiguous tensor"),
     }
+}
+
+/// `all[start..end]`; empty for an empty range wherever it starts (a view of no elements may
+/// point past the end of an empty storage: an LSTM's state narrowed to a hidden size of 0).
+fn elements_in(all: &[f32], start: usize, end: usize) -> Option<&[f32]> {
+    if start >= end {
+        return Some(&[]);
+    }
+    all.get(start..end)
 }
 
 /// Calls `f` with the float32 elements of each of `ts` (made contiguous), borrowed from their
@@ -245,7 +255,9 @@ pub fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
             (&*storage, layout.contiguous_offsets())
         {
             let all = cpu.as_slice::<f32>()?;
-            return Ok(f(&all[start..end]));
+            if let Some(elements) = elements_in(all, start, end) {
+                return Ok(f(elements));
+            }
         }
     }
     Ok(f(&elements::<f32>(t)?))

@@ -475,4 +475,21 @@ mod tests {
         assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() <= 1e-5));
         assert!(matmul_bt(&a, &a.t().unwrap()).is_err());
     }
+
+    /// A view of no elements whose offset lies past its empty storage (an LSTM state of hidden
+    /// size 0, its gate blocks narrowed out of it) multiplies to an empty product: it panicked
+    /// slicing the storage (fuzz/findings/graph_mutations-crash-26567250).
+    #[test]
+    fn an_empty_view_past_its_storage_is_an_empty_product() {
+        let dev = candle_core::Device::Cpu;
+        let none = Tensor::zeros((0, 8), candle_core::DType::F32, &dev).unwrap();
+        let h = none.narrow(1, 5, 0).unwrap().reshape((0, 0)).unwrap();
+        let r = Tensor::zeros((0, 0), candle_core::DType::F32, &dev).unwrap();
+        let narrowed = Tensor::zeros((2, 8), candle_core::DType::F32, &dev).unwrap();
+        let x = narrowed.narrow(0, 2, 0).unwrap().narrow(1, 5, 3).unwrap();
+        for (a, b, dims) in [(&h, &r, (0, 0)), (&x, &x, (0, 0))] {
+            let y = matmul_bt(a, b).unwrap();
+            assert_eq!(y.dims2().unwrap(), dims);
+        }
+    }
 }
