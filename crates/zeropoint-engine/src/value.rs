@@ -214,7 +214,7 @@ pub fn storage_f32s<'a>(
 }
 
 /// `all[start..end]`; empty for an empty range wherever it starts (a view of no elements may
-/// point past the end of an empty storage: an LSTM's state narrowed to a hidden size of 0).
+/// point past the end of an empty storage: an LSTM's state of a batch of no sequences, narrowed).
 fn elements_in(all: &[f32], start: usize, end: usize) -> Option<&[f32]> {
     if start >= end {
         return Some(&[]);

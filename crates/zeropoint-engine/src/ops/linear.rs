@@ -476,9 +476,9 @@ mod tests {
         assert!(matmul_bt(&a, &a.t().unwrap()).is_err());
     }
 
-    /// A view of no elements whose offset lies past its empty storage (an LSTM state of hidden
-    /// size 0, its gate blocks narrowed out of it) multiplies to an empty product: it panicked
-    /// slicing the storage (fuzz/findings/graph_mutations-crash-26567250).
+    /// A view of no elements whose offset lies past its empty storage (the LSTM state of a
+    /// batch of no sequences, narrowed) multiplies to an empty product: it panicked slicing the
+    /// storage (fuzz/findings/graph_mutations-crash-26567250).
     #[test]
     fn an_empty_view_past_its_storage_is_an_empty_product() {
         let dev = candle_core::Device::Cpu;

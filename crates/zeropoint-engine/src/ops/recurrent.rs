@@ -851,6 +851,29 @@ mod tests {
         }
     }
 
+    /// A batch of no sequences runs to outputs of no rows. It panicked in the LSTM's [out, in]
+    /// product, on a state view of no elements past its empty storage (found by the
+    /// graph_mutations fuzzer; ONNX Runtime 1.32 aborts the process on this input).
+    #[test]
+    fn an_empty_batch_gives_empty_outputs() {
+        for op in [Op::LSTM, Op::GRU, Op::RNN] {
+            let g = match op {
+                Op::LSTM => 4,
+                Op::GRU => 3,
+                _ => 1,
+            };
+            let attrs = vec![int("hidden_size", 5)];
+            let inputs = vec![
+                Some(data(&[3, 0, 4], 1)),
+                Some(data(&[1, g * 5, 4], 2)),
+                Some(data(&[1, g * 5, 5], 3)),
+            ];
+            let out = exec(op.clone(), attrs, inputs).unwrap();
+            assert_eq!(out[0].shape(), [3, 1, 0, 5], "{op}");
+            assert_eq!(out[1].shape(), [1, 0, 5], "{op}");
+        }
+    }
+
     /// A change to the operands of [`operands`].
     type Edit = Box<dyn Fn(&mut Vec<Option<Value>>)>;
 
