@@ -237,6 +237,11 @@ def operators(out, cases, lim):
                       [f32c("w", np.ones((1, 1, 1, 1)))]),
         "ConvTranspose strides": ([helper.make_node("ConvTranspose", ["x4", "w"], ["y"], strides=[big, big])],
                                   [f32c("w", np.ones((1, 1, 1, 1)))]),
+        # Pooling windows over padding: graph_passes' MaxPool with pads up to 3.7M took 2.1 GB
+        # under a 512 KiB limit.
+        "MaxPool pads": ([helper.make_node("MaxPool", ["x4"], ["y"], kernel_shape=[1, 1], pads=[0, 0, big, big])], []),
+        "AveragePool pads": ([helper.make_node("AveragePool", ["x4"], ["y"], kernel_shape=[1, 1],
+                                               pads=[0, 0, big, big])], []),
     }
     # A loop that never ends (its condition stays true), and one whose per-iteration outputs,
     # stacked, outgrow the limit.
@@ -258,7 +263,7 @@ def operators(out, cases, lim):
     for op, (nodes, inits) in ops.items():
         name = op.replace(" ", "_")
         path = os.path.join(folder, f"{name}.onnx")
-        if op.startswith("Conv"):
+        if op.startswith("Conv") or "Pool" in op:
             nodes = [helper.make_node("Reshape", ["x", "s4"], ["x4"])] + nodes
             inits = inits + [i64("s4", [1, 1, 2, 2])]
         model(path, nodes, [f32("x", [2, 2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)

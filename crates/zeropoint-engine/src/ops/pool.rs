@@ -34,6 +34,10 @@ pub fn pool(cx: &Cx) -> R<Vec<Value>> {
     let one_d = x.rank() == 3;
     let x = to_2d(x)?;
     let w = Windows::new(cx, &x, one_d)?;
+    // Padding decides the output's size: refused over the memory limit before it is allocated
+    // (and the padded frame, where one is made: `Windows::grow`).
+    let (n, ch) = (x.dims()[0], x.dims()[1]);
+    crate::ops::check_output(&[n, ch, w.out[0], w.out[1]], x.dtype())?;
     // Without dilation, candle's own pooling kernels cover the padded input exactly. Their
     // gradients are not usable (candle 0.11 scales max-pool gradients by (#max)/k² instead of
     // 1/#max, and has none for overlapping windows): differentiated runs that are not float32
@@ -113,6 +117,10 @@ impl Windows {
     /// `t` padded to exactly the reach with `fill`: explicit pads at the beginning, the rest at
     /// the end.
     fn grow(&self, t: &Tensor, fill: f64) -> R<Tensor> {
+        let (n, ch) = (t.dims()[0], t.dims()[1]);
+        let reach = self.reach.iter().map(|&r| r.max(0) as usize);
+        let frame: Vec<usize> = [n, ch].into_iter().chain(reach).collect();
+        crate::ops::check_output(&frame, t.dtype())?;
         let mut t = t.clone();
         for (i, dim) in [2usize, 3].into_iter().enumerate() {
             let tail = self.reach[i] - self.pads[i].0 - t.dims()[dim] as i64;
