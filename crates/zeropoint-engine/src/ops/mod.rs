@@ -352,7 +352,7 @@ impl<'a> Cx<'a> {
 
 /// Refuses an output of `shape` in `carrier` elements over the memory limit, before it is
 /// allocated: for the operators whose output size their inputs decide (Expand, Tile, Range,
-/// ConstantOfShape, Pad, Resize, Reshape).
+/// ConstantOfShape, Pad, Resize, Reshape, and pooling's padding).
 pub(crate) fn check_output(shape: &[usize], carrier: CDType) -> R<()> {
     // Empty axes count as one: a [0, 2^60] output holds nothing, but the loops and index lists
     // that build it would still run 2^60 times.
