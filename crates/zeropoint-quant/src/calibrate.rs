@@ -129,19 +129,20 @@ pub fn merges_exactly(settings: &Settings) -> bool {
     !matches!(settings.activation_method, Method::MovingAverage { .. })
 }
 
-/// An observer per activation of `watched`.
+/// An observer per activation of `watched`: min-max for the `gates` ([`gates`]), the
+/// settings' estimator for the rest.
 fn fresh_observers(
     graph: &Graph,
     watched: &[String],
-    settings: &Settings,
+    (settings, gates): (&Settings, &HashSet<&str>),
 ) -> Result<HashMap<String, Observer>> {
-    let gates = gates(graph, settings);
     watched
         .iter()
         .map(|a| {
-            let method = match gates.contains(a.as_str()) {
-                true => Method::MinMax,
-                false => settings.activation_method,
+            let method = if gates.contains(a.as_str()) {
+                Method::MinMax
+            } else {
+                settings.activation_method
             };
             Ok((a.clone(), fresh_observer(graph, method)?))
         })
@@ -209,7 +210,8 @@ impl FirstRound {
         settings: &Settings,
     ) -> Result<(Run, FirstRound)> {
         let exec = Executor::new(graph)?;
-        let fresh = || fresh_observers(graph, watched, settings);
+        let gates = gates(graph, settings);
+        let fresh = || fresh_observers(graph, watched, (settings, &gates));
         let sets: Vec<HashMap<String, Observer>> =
             batches.iter().map(|_| fresh()).collect::<Result<_>>()?;
         let runs: Vec<Result<_>> = batches
@@ -288,13 +290,14 @@ pub fn observe_from(
     progress: &mut dyn FnMut(usize),
 ) -> Result<HashMap<String, Observer>> {
     let exec = Executor::new(graph)?;
-    let unions = concat_unions(graph, plan, settings);
+    let gates = gates(graph, settings);
+    let unions = concat_unions(graph, plan, (settings, &gates));
     let derived: HashSet<&str> = unions.iter().map(|(c, _)| c.as_str()).collect();
     let watched: Vec<String> = (plan.activations.iter())
         .filter(|a| !derived.contains(a.as_str()))
         .cloned()
         .collect();
-    let fresh = || fresh_observers(graph, &watched, settings);
+    let fresh = || fresh_observers(graph, &watched, (settings, &gates));
     // Each thread runs its own slice of every batch into its own observers, merged at the end:
     // the executor's operators scale poorly across threads on small images, whole samples do.
     let workers = workers(settings);
@@ -358,12 +361,15 @@ pub fn observe_from(
 /// 7.3M of 57M a 640² image). In graph order, so that a Concat of Concats finds its inputs'
 /// observers made. None where an observer is not a merge of its batches' (moving average) or
 /// depends on the tensor's shape (cross-entropy rows along the last axis).
-fn concat_unions(graph: &Graph, plan: &Plan, settings: &Settings) -> Vec<(String, Vec<String>)> {
+fn concat_unions(
+    graph: &Graph,
+    plan: &Plan,
+    (settings, gates): (&Settings, &HashSet<&str>),
+) -> Vec<(String, Vec<String>)> {
     if !merges_exactly(settings) || settings.activation_method == Method::CrossEntropy {
         return Vec::new();
     }
     // A gate's min-max observer does not merge into a histogram.
-    let gates = gates(graph, settings);
     let own: HashSet<&str> = (plan.activations.iter())
         .map(String::as_str)
         .filter(|a| !gates.contains(a))

@@ -120,14 +120,8 @@ fn is_layer(op: &Op) -> bool {
 /// ([`Rules::feeds_log`]), by name, for the report to say why they have no quantizers.
 pub fn float_before_log(graph: &Graph) -> Vec<String> {
     let flat = graph.flattened();
-    let rules = Rules {
-        graph: &flat,
-        types: HashMap::new(),
-        exclude: &[],
-        float_logits: true,
-        outputs: flat.outputs.iter().map(|o| o.name.as_str()).collect(),
-        consumers: flat.consumers(),
-    };
+    // The Log rule reads neither the value types nor the user's choices.
+    let rules = Rules::new(&flat, HashMap::new(), Choices::excluding(&[]));
     (flat.nodes.iter())
         .filter(|n| is_layer(&n.op) && rules.feeds_log(n))
         .map(|n| n.name.clone())
@@ -147,6 +141,25 @@ struct Rules<'g> {
 }
 
 impl<'g> Rules<'g> {
+    /// The rules over `flat` (a flattened graph: subgraph nodes inline).
+    fn new(flat: &'g Graph, types: HashMap<String, DType>, choices: Choices<'g>) -> Rules<'g> {
+        let mut outputs: HashSet<&str> = flat.outputs.iter().map(|o| o.name.as_str()).collect();
+        // A Cast into a graph output (a float16 model's interface, computed in float32) is part
+        // of the output: its input keeps its precision too.
+        let casts = flat.nodes.iter().filter(|n| n.op == Op::Cast);
+        let cast_outputs = casts.filter(|n| n.outputs.iter().any(|o| outputs.contains(o.as_str())));
+        let before_casts: Vec<&str> = cast_outputs.map(|n| n.inputs[0].as_str()).collect();
+        outputs.extend(before_casts);
+        Rules {
+            graph: flat,
+            types,
+            exclude: choices.exclude,
+            float_logits: !choices.quantize_logits,
+            outputs,
+            consumers: flat.consumers(),
+        }
+    }
+
     /// Whether `node` stays float: the user excluded it, or it is a layer whose output a Log
     /// reads ([`Rules::feeds_log`]).
     fn excluded(&self, node: &Node) -> bool {
@@ -225,15 +238,13 @@ impl<'g> Rules<'g> {
         true
     }
 
-    /// The one node reading `v`, if `v` is no graph output.
+    /// The one node reading `v`, once, if `v` is no graph output.
     fn sole_reader(&self, v: &str) -> Option<&'g Node> {
-        match self.consumers.get(v).map(Vec::as_slice) {
-            Some([i]) if !self.outputs.contains(v) => Some(&self.graph.nodes[*i]),
-            _ => None,
-        }
+        let once = self.consumers.get(v).is_some_and(|c| c.len() == 1);
+        self.only_reader(v).filter(|_| once)
     }
 
-    /// [`Rules::sole_reader`], or the one node reading `v` more than once (x · x).
+    /// The one node reading `v`, once or more (x · x), if `v` is no graph output.
     fn only_reader(&self, v: &str) -> Option<&'g Node> {
         match self.consumers.get(v).map(Vec::as_slice) {
             Some([i, rest @ ..]) if rest.iter().all(|j| j == i) && !self.outputs.contains(v) => {
@@ -287,21 +298,7 @@ impl Plan {
     /// any other; values only the subgraphs see (their inputs and outputs) stay float.
     pub fn new(graph: &Graph, types: HashMap<String, DType>, choices: Choices) -> Result<Plan> {
         let flat = graph.flattened();
-        let mut outputs: HashSet<&str> = flat.outputs.iter().map(|o| o.name.as_str()).collect();
-        // A Cast into a graph output (a float16 model's interface, computed in float32) is part
-        // of the output: its input keeps its precision too.
-        let casts = flat.nodes.iter().filter(|n| n.op == Op::Cast);
-        let cast_outputs = casts.filter(|n| n.outputs.iter().any(|o| outputs.contains(o.as_str())));
-        let before_casts: Vec<&str> = cast_outputs.map(|n| n.inputs[0].as_str()).collect();
-        outputs.extend(before_casts);
-        let rules = Rules {
-            graph: &flat,
-            types,
-            exclude: choices.exclude,
-            float_logits: !choices.quantize_logits,
-            outputs,
-            consumers: flat.consumers(),
-        };
+        let rules = Rules::new(&flat, types, choices);
         let mut plan = Plan::default();
         let mut needed = plan.layer_quantizers(&rules);
         propagate_needed(&rules, &mut needed);
