@@ -406,3 +406,137 @@ fn a_pre_activation_batch_norm_becomes_a_depthwise_conv() {
         "{before:?} {after:?}"
     );
 }
+
+/// A GRU whose initial state is an Expand of a zero sized from the input's batch (as
+/// paddle2onnx writes it), and an LSTM whose `initial_h` is a ConstantOfShape of zero and whose
+/// `initial_c` one of 0.5: the zero states are dropped with the chains that built them, the 0.5
+/// stays, and both layers compute what they did.
+#[test]
+fn a_recurrent_layers_zero_initial_state_is_dropped() {
+    use std::collections::HashMap;
+    use zeropoint_engine::Value;
+    use zeropoint_graph::graph::int_attribute;
+    use zeropoint_graph::{Node, Op, ValueInfo};
+    use zeropoint_onnx::proto::attribute_proto::AttributeType;
+    use zeropoint_onnx::proto::{AttributeProto, TensorProto};
+    use zeropoint_onnx::{DType, RawTensor};
+    let wave = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>();
+    let init =
+        |name: &str, data: Vec<f32>, shape: &[usize]| RawTensor::from_f32s(name, shape, &data);
+    let ints = |name: &str, v: &[i64]| RawTensor::from_i64s(name, &[v.len()], v, DType::I64);
+    let (t, batch, input, hidden) = (3, 2, 4, 3);
+    let info = |name: &str| ValueInfo {
+        name: name.into(),
+        dtype: Some(DType::F32),
+        shape: None,
+    };
+    let recurrent = |name: &str, op: Op, inputs: &[&str], output: &str| {
+        let mut n = Node::new(name, op, inputs, &[output]);
+        n.attributes
+            .push(int_attribute("hidden_size", hidden as i64));
+        n
+    };
+    let fill = |value: f32| AttributeProto {
+        name: Some("value".into()),
+        t: Some(TensorProto {
+            dims: vec![1],
+            data_type: Some(1),
+            float_data: vec![value],
+            ..Default::default()
+        }),
+        r#type: Some(AttributeType::Tensor as i32),
+        ..Default::default()
+    };
+    let mut c_fill = Node::new("c_fill", Op::ConstantOfShape, &["state_shape"], &["c0"]);
+    c_fill.attributes.push(fill(0.5));
+    let mut h_fill = Node::new(
+        "h_fill",
+        Op::ConstantOfShape,
+        &["state_shape"],
+        &["lstm_h0"],
+    );
+    h_fill.attributes.push(fill(0.0));
+    let mut graph = Graph {
+        source: "zero_state.onnx".into(),
+        opset: 13,
+        inputs: vec![info("x")],
+        outputs: vec![info("gy"), info("ly")],
+        initializers: vec![
+            init("zero", vec![0.0], &[1]),
+            ints("one", &[1]),
+            ints("two", &[2]),
+            ints("hidden", &[hidden as i64]),
+            init(
+                "gw",
+                wave(3 * hidden * input, 0.37),
+                &[1, 3 * hidden, input],
+            ),
+            init(
+                "gr",
+                wave(3 * hidden * hidden, 0.53),
+                &[1, 3 * hidden, hidden],
+            ),
+            init(
+                "lw",
+                wave(4 * hidden * input, 0.41),
+                &[1, 4 * hidden, input],
+            ),
+            init(
+                "lr",
+                wave(4 * hidden * hidden, 0.29),
+                &[1, 4 * hidden, hidden],
+            ),
+        ],
+        nodes: vec![
+            Node::new("shape", Op::Shape, &["x"], &["x_shape"]),
+            Node::new("batch", Op::Slice, &["x_shape", "one", "two"], &["n"]),
+            Node::new(
+                "dims",
+                Op::Concat,
+                &["one", "n", "hidden"],
+                &["state_shape"],
+            ),
+            Node::new("expand", Op::Expand, &["zero", "state_shape"], &["zeros"]),
+            Node::new("copy", Op::Identity, &["zeros"], &["gru_h0"]),
+            recurrent("gru", Op::GRU, &["x", "gw", "gr", "", "", "gru_h0"], "gy"),
+            h_fill,
+            c_fill,
+            recurrent(
+                "lstm",
+                Op::LSTM,
+                &["x", "lw", "lr", "", "", "lstm_h0", "c0"],
+                "ly",
+            ),
+        ],
+    };
+    for n in &mut graph.nodes {
+        if n.op == Op::Concat {
+            n.attributes.push(int_attribute("axis", 0));
+        }
+    }
+    let x = Value::from_f32_vec(wave(t * batch * input, 0.71), &[t, batch, input]).unwrap();
+    let feeds = HashMap::from([("x".to_string(), x)]);
+    let run = |g: &Graph| -> Vec<Vec<f32>> {
+        let outputs = Executor::new(g).unwrap().run(feeds.clone()).unwrap();
+        outputs.iter().map(|(_, v)| v.to_f32s().unwrap()).collect()
+    };
+    let before = run(&graph);
+    let report = canonicalize(&mut graph, &Engine).unwrap();
+    assert_eq!(report.dropped_zero_states, vec!["gru", "lstm"]);
+    let node = |name: &str| graph.nodes.iter().find(|n| n.name == name).unwrap();
+    assert_eq!(node("gru").inputs, vec!["x", "gw", "gr"]);
+    assert_eq!(node("lstm").inputs, vec!["x", "lw", "lr", "", "", "", "c0"]);
+    let names: Vec<&str> = graph.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["shape", "batch", "dims", "gru", "c_fill", "lstm"]
+    );
+    let after = run(&graph);
+    for (b, a) in before.iter().zip(&after) {
+        assert!(compare::max_abs_diff(b, a) < 1e-6, "{b:?} {a:?}");
+    }
+    // The 0.5 state mattered: without it the LSTM's output differs.
+    let lstm = graph.nodes.iter_mut().find(|n| n.name == "lstm").unwrap();
+    lstm.inputs.truncate(6);
+    assert!(compare::max_abs_diff(&before[1], &run(&graph)[1]) > 1e-3);
+}

@@ -20,6 +20,8 @@
 //! - loop constants: a Loop-carried value that starts as an initializer and that the body passes
 //!   on unchanged becomes an initializer of the body (tf2onnx exports an LSTM's weights as such
 //!   values of its while loop: as initializers, quantization finds them);
+//! - an LSTM, GRU or RNN initial state that is zeros by construction (an Expand of a zero,
+//!   sized from the input) is dropped, which is the same state ([`crate::zero_state`]);
 //! - dead-node removal: nodes and initializers no graph output depends on;
 //! - HardSwish written as its definition, `x · HardSigmoid(x)`, when quantization asks for it.
 //!
@@ -66,6 +68,8 @@ pub struct Report {
     /// Reshapes whose shape, computed from their input's own dims, became a constant
     /// (crate::reshape_dims).
     pub static_reshapes: usize,
+    /// Recurrent nodes whose zero initial state was dropped ([`crate::zero_state`]).
+    pub dropped_zero_states: Vec<String>,
     /// Nodes removed because no output depends on them.
     pub removed_nodes: usize,
     pub removed_initializers: usize,
@@ -99,6 +103,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     batch_norm_stats.extend(rewritten_stats.into_iter().flatten());
     let hoisted_loop_constants = hoist_loop_constants(graph);
     let static_reshapes = crate::reshape_dims::copy_dims_in_reshapes(graph);
+    let dropped_zero_states = crate::zero_state::drop_zero_initial_states(graph);
     let (mut removed_nodes, mut removed_initializers) = remove_dead(graph);
     // After the dead shape chains are gone: they read the query projection too.
     let folded_attention_scales = crate::attention_scale::fold_attention_scales(graph);
@@ -109,6 +114,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     }
     let mut report = Report {
         static_reshapes,
+        dropped_zero_states,
         folded_constants,
         folded_batch_norms,
         batch_norm_stats,
@@ -137,6 +143,8 @@ fn canonicalize_subgraph(g: &mut Graph, eval: &dyn Evaluator, report: &mut Repor
     report.folded_scale_muls.extend(fold_scale_muls(g)?);
     report.folded_bias_adds.extend(fold_bias_adds(g)?);
     report.hoisted_loop_constants += hoist_loop_constants(g);
+    let dropped = crate::zero_state::drop_zero_initial_states(g);
+    report.dropped_zero_states.extend(dropped);
     let (nodes, initializers) = remove_dead(g);
     report.removed_nodes += nodes;
     report.removed_initializers += initializers;

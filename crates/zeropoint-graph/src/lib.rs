@@ -13,6 +13,8 @@
 //!   canonicalization's passes).
 //! - [`scale_shift`]: a per-channel Mul/Add or BatchNorm that no layer absorbs, as a depthwise
 //!   Conv (one of canonicalization's passes).
+//! - [`zero_state`]: a recurrent op's initial state that is zeros by construction, dropped (one
+//!   of canonicalization's passes).
 //! - [`batch_norm`]: what a folded or rewritten BatchNorm says of its output.
 //! - [`opset`]: upgrading a graph to a newer opset of the default domain, one step per opset.
 //! - [`half_precision`]: a float16 or bfloat16 model rewritten to compute in float32 behind the
@@ -44,6 +46,7 @@ pub mod pattern;
 pub mod reshape_dims;
 mod rewrite;
 pub mod scale_shift;
+pub mod zero_state;
 
 pub use error::{Error, Result};
 pub use evaluator::Evaluator;

@@ -66,6 +66,8 @@ pub struct Canonicalization {
     pub folded_attention_scales: usize,
     /// Loop-carried constants made initializers of their loop's body.
     pub hoisted_loop_constants: usize,
+    /// Recurrent layers whose zero initial state (built explicitly) was dropped.
+    pub dropped_zero_states: usize,
     pub removed_nodes: usize,
     pub removed_initializers: usize,
     pub nodes_after: usize,
@@ -160,6 +162,7 @@ pub fn describe(
             scale_shift_convs: r.scale_shift_convs.len(),
             folded_attention_scales: r.folded_attention_scales.len(),
             hoisted_loop_constants: r.hoisted_loop_constants,
+            dropped_zero_states: r.dropped_zero_states.len(),
             removed_nodes: r.removed_nodes,
             removed_initializers: r.removed_initializers,
             nodes_after: g.all_nodes().len(),
