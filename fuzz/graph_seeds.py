@@ -10,6 +10,11 @@ exported inference BatchNorm that folds into the Conv; Flatten -> MatMul -> Clip
 -> Log, a layer whose output placement quantizes before the Clip; Gemm -> Relu -> Identity into
 the graph output, whose Relu stays float.
 
+zero_state.onnx: a GRU whose initial state is an Expand of a zero sized from the input's batch
+(as paddle2onnx writes it) and an LSTM whose initial_h is a ConstantOfShape of zero and whose
+initial_c one of 0.5, summed: the zero states canonicalization drops (crate::zero_state), the
+0.5 it keeps.
+
 scale_shift.onnx: two Conv -> Relu branches summed, then an inference BatchNormalization ->
 Relu -> Conv, and a Relu -> per-channel Mul -> Add -> Conv: the scales and shifts no layer
 before absorbs, which canonicalization writes as 1x1 depthwise convolutions.
@@ -119,10 +124,31 @@ def silu():
     return seed_model("silu", nodes, [1, 3, 8, 8], [1, 4, 8, 8], weights)
 
 
+def zero_state():
+    rng = np.random.default_rng(4)
+    f = lambda *s: (rng.standard_normal(s) * 0.4).astype(np.float32)  # noqa: E731
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    weights = dict(gw=f(1, 9, 4), gr=f(1, 9, 3), lw=f(1, 12, 4), lr=f(1, 12, 3),
+                   zero=np.zeros(1, np.float32), one=i64(1), two=i64(2), hidden=i64(3))
+    half = helper.make_tensor("value", TensorProto.FLOAT, [1], [0.5])
+    nodes = [helper.make_node("Shape", ["x"], ["x_shape"], name="shape"),
+             helper.make_node("Slice", ["x_shape", "one", "two"], ["n"], name="batch"),
+             helper.make_node("Concat", ["one", "n", "hidden"], ["dims"], name="dims", axis=0),
+             helper.make_node("Expand", ["zero", "dims"], ["zeros"], name="expand"),
+             helper.make_node("GRU", ["x", "gw", "gr", "", "", "zeros"], ["gy"], name="gru",
+                              hidden_size=3, linear_before_reset=1),
+             helper.make_node("ConstantOfShape", ["dims"], ["h0"], name="h_fill"),
+             helper.make_node("ConstantOfShape", ["dims"], ["c0"], name="c_fill", value=half),
+             helper.make_node("LSTM", ["x", "lw", "lr", "", "", "h0", "c0"], ["ly"], name="lstm",
+                              hidden_size=3),
+             helper.make_node("Add", ["gy", "ly"], ["y"], name="sum")]
+    return seed_model("zero_state", nodes, [3, 2, 4], [3, 1, 2, 3], weights)
+
+
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    for seed in (folds_and_fusions, scale_shift, attention, silu):
+    for seed in (folds_and_fusions, scale_shift, attention, silu, zero_state):
         onnx.save(seed(), out / f"{seed.__name__}.onnx")
 
 
