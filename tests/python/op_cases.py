@@ -285,6 +285,12 @@ def conv_cases():
          note="Winograd per group of 16 channels")
     case("Conv_winograd_wide_rows", N("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), {"x": r.n(1, 96, 2, 200)},
          {"w": r.n(96, 96, 3, 3, scale=1 / 29)}, note="Winograd: rows of 100 tiles cut into pieces of 50")
+    case("Conv_1d_dilated_wide", N("Conv", ["x", "w", "b"], ["y"], dilations=[64], pads=[64, 64]),
+         {"x": r.n(1, 2, 300)}, {"w": r.n(3, 2, 3), "b": r.n(3)},
+         note="1-D, dilation 64 (effective kernel 129): a dilated TCN's wide layer")
+    case("Conv_1xk_dilations_per_axis", N("Conv", ["x", "w"], ["y"], dilations=[3, 4], pads=[0, 4, 0, 4]),
+         {"x": r.n(1, 2, 5, 20)}, {"w": r.n(2, 2, 1, 3)},
+         note="1x3 kernel, dilations [3, 4]: the height's dilation moves no tap")
 
 
 def conv_transpose_cases():
@@ -460,6 +466,7 @@ def unary_cases():
     case("IsInf_basic", u("IsInf"), {"x": special}, opset=20)
     case("IsInf_negative_only", N("IsInf", ["x"], ["y"], detect_positive=0), {"x": special}, opset=20,
          note="detect_positive=0")
+    case("Atan_basic", u("Atan"), {"x": r.n(2, 3, 4, scale=3.0)}, note="wide range: both asymptotes")
 
 
 def softmax_cases():
@@ -649,6 +656,12 @@ def transpose_cases():
     case("Transpose_heads", N("Transpose", ["x"], ["y"], perm=[0, 2, 1, 3]), {"x": r.n(2, 5, 3, 4)},
          note="attention [B,S,H,D] -> [B,H,S,D]")
     case("Transpose_int64", N("Transpose", ["x"], ["y"], perm=[1, 0, 2]), {"x": r.i(0, 100, 2, 3, 2)})
+    case("DepthToSpace_DCR", N("DepthToSpace", ["x"], ["y"], blocksize=2), {"x": r.n(2, 8, 3, 4)},
+         note="default mode DCR: channels read as (b, b, C/b²)")
+    case("DepthToSpace_CRD", N("DepthToSpace", ["x"], ["y"], blocksize=3, mode="CRD"), {"x": r.n(1, 18, 2, 3)},
+         note="CRD: channels read as (C/b², b, b)")
+    case("SpaceToDepth_basic", N("SpaceToDepth", ["x"], ["y"], blocksize=2), {"x": r.n(2, 3, 4, 6)},
+         note="each 2x2 block of a channel becomes 4 channels")
 
 
 def squeeze_cases():
@@ -798,6 +811,12 @@ def resize_cases():
     case("Resize_scales_input", N("Resize", ["x", "", "scales"], ["y"], mode="nearest",
                                   coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
          {"x": x, "scales": f32([1, 1, 2, 2])}, note="scales as graph input (dynamic)")
+    rz(13, sizes=[1, 2, 3, 7], mode="cubic", coordinate_transformation_mode="align_corners",
+       name="Resize_cubic_align_corners_sizes", note="cubic align_corners: down on H, up on W")
+    rz(13, scales=[1, 1, 0.6, 1.7], mode="cubic", coordinate_transformation_mode="asymmetric",
+       name="Resize_cubic_asym", note="cubic asymmetric, scales 0.6 and 1.7 (taps past both edges)")
+    rz(13, scales=[1, 1, 3, 3], mode="cubic", coordinate_transformation_mode="pytorch_half_pixel",
+       exclude_outside=1, name="Resize_cubic_pytorch_exclude", note="cubic x3, pytorch_half_pixel, exclude_outside")
 
 
 def dropout_constant_shape_cases():

@@ -30,8 +30,6 @@ const OUT_OF_SCOPE: &[(&str, &str)] = &[
         "MaxPool_indices",
         "Indices output of MaxPool is not supported",
     ),
-    ("Resize_cubic_default", "mode 'cubic' is not supported"),
-    ("Resize_cubic_a05_exclude", "mode 'cubic' is not supported"),
     ("Resize_opset18_antialias", "antialias=1 is not supported"),
     ("Cast_f32_int4_roundtrip", "Cast to int4 is not supported"),
 ];

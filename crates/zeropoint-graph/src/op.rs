@@ -40,8 +40,9 @@ macro_rules! operators {
 }
 
 operators! {
-    Abs, Add, And, ArgMax, ArgMin, AveragePool, BatchNormalization, Cast, Ceil, Clip, Concat,
-    Constant, ConstantOfShape, Conv, ConvInteger, ConvTranspose, Cos, DequantizeLinear, Div,
+    Abs, Add, And, ArgMax, ArgMin, Atan, AveragePool, BatchNormalization, Cast, Ceil, Clip, Concat,
+    Constant, ConstantOfShape, Conv, ConvInteger, ConvTranspose, Cos, DepthToSpace,
+    DequantizeLinear, Div,
     Dropout, DynamicQuantizeLinear, Einsum,
     Elu, Equal, Erf, Exp, Expand, Flatten, Floor, Gather, GatherElements, Gelu, Gemm,
     GlobalAveragePool, GlobalMaxPool, Greater, GreaterOrEqual, HardSigmoid, HardSwish, Identity,
@@ -52,7 +53,8 @@ operators! {
     ReduceL1, ReduceL2, ReduceLogSum, ReduceLogSumExp, ReduceMax, ReduceMean, ReduceMin,
     ReduceProd, ReduceSum, ReduceSumSquare, Relu, Reshape, Resize, Scatter, ScatterElements,
     ScatterND, Selu, Shape, Sigmoid, Sign,
-    Sin, Size, Slice, Softmax, Softplus, Split, Sqrt, Squeeze, Sub, Sum, Tanh, Tile, TopK,
+    Sin, Size, Slice, Softmax, Softplus, SpaceToDepth, Split, Sqrt, Squeeze, Sub, Sum, Tanh, Tile,
+    TopK,
     Transpose, Trilu, Unsqueeze, Where, Xor,
     // Operators named as ONNX spells them: the recurrent ones and the Fourier transforms.
     GRU, LSTM, RNN, DFT, STFT,

@@ -70,6 +70,39 @@ impl candle_core::CustomOp1 for Relu {
     }
 }
 
+/// atan(x) (candle has no kernel for it), differentiable: ∂x = ∂y / (1 + x²). Other float
+/// types go through float32.
+fn atan(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.dtype() != CDType::F32 {
+        return atan(&x.to_dtype(CDType::F32)?)?.to_dtype(x.dtype());
+    }
+    x.contiguous()?.apply_op1(Atan)
+}
+
+struct Atan;
+
+impl candle_core::CustomOp1 for Atan {
+    fn name(&self) -> &'static str {
+        "atan"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let y = crate::value::storage_f32s(x, l)?
+            .iter()
+            .map(|v| v.atan())
+            .collect();
+        Ok((candle_core::CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(dy.div(&x.sqr()?.affine(1.0, 1.0)?)?))
+    }
+}
+
 /// min(max(x·a + b, lo), hi) over float32 in one pass: HardSigmoid (a, b; bounds 0 and 1),
 /// HardSwish's half of it, and Clip (no affine). The same bits as candle's affine, maximum and
 /// minimum, forward and backward: ∂x = ∂y·a inside the bounds, half of that on a bound (where
@@ -318,6 +351,7 @@ pub fn unary(cx: &Cx) -> R<Vec<Value>> {
                 Op::Ceil => x.ceil(),
                 Op::Sin => x.sin(),
                 Op::Cos => x.cos(),
+                Op::Atan => atan(x),
                 // log(1 + e^x), computed as relu(x) + log(1 + e^-|x|) to avoid overflow.
                 _ => x
                     .abs()

@@ -81,7 +81,8 @@ fn lookup(op: &Op) -> Option<OpFn> {
         | Op::Sign
         | Op::Softplus
         | Op::Sin
-        | Op::Cos => e::unary,
+        | Op::Cos
+        | Op::Atan => e::unary,
         Op::LeakyRelu | Op::HardSigmoid | Op::HardSwish | Op::Gelu | Op::Elu | Op::Selu => {
             e::activation
         }
@@ -114,6 +115,8 @@ fn lookup(op: &Op) -> Option<OpFn> {
         Op::Reshape => shape::reshape,
         Op::Flatten => shape::flatten,
         Op::Transpose => shape::transpose,
+        Op::DepthToSpace => shape::depth_to_space,
+        Op::SpaceToDepth => shape::space_to_depth,
         Op::Squeeze => shape::squeeze,
         Op::Unsqueeze => shape::unsqueeze,
         Op::Concat => shape::concat,

@@ -1,6 +1,7 @@
-//! Pad and Resize: both index the input along each axis independently (Resize's nearest and
-//! linear modes are separable), so each is a per-axis gather with host-computed indices, which
-//! is exact and differentiable.
+//! Pad and Resize: both index the input along each axis independently (Resize's nearest,
+//! linear and cubic modes are separable), so each is a per-axis gather with host-computed
+//! indices (and, to interpolate, a weighted sum of such gathers), which is exact and
+//! differentiable.
 
 use candle_core::{DType as CDType, Tensor};
 
@@ -125,11 +126,15 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
     let x = cx.float(0)?;
     let rank = x.rank();
     let mode = cx.string("mode", "nearest")?;
-    if !matches!(mode.as_str(), "nearest" | "linear") {
+    if !matches!(mode.as_str(), "nearest" | "linear" | "cubic") {
         return Err(Error::Op(format!(
-            "mode '{mode}' is not supported (nearest and linear are)"
+            "mode '{mode}' is not a Resize mode (nearest, linear, cubic)"
         )));
     }
+    let cubic = Cubic {
+        a: cx.float_attr("cubic_coeff_a", -0.75)?,
+        exclude_outside: cx.int("exclude_outside", 0)? != 0,
+    };
     if cx.int("antialias", 0)? != 0 {
         return Err("antialias=1 is not supported".into());
     }
@@ -197,13 +202,15 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
             )));
         }
         let src = |i: usize| source_coordinate(&ctm, i as f32, scale, n, out);
-        t = if mode == "nearest" {
-            let idx: Vec<i64> = (0..out)
-                .map(|i| Ok(round_nearest(&nearest, src(i)?)?.clamp(0, n as i64 - 1)))
-                .collect::<R<_>>()?;
-            select(&t, &idx, a)?
-        } else {
-            linear(&t, a, out, n, &src)?
+        t = match mode.as_str() {
+            "nearest" => {
+                let idx: Vec<i64> = (0..out)
+                    .map(|i| Ok(round_nearest(&nearest, src(i)?)?.clamp(0, n as i64 - 1)))
+                    .collect::<R<_>>()?;
+                select(&t, &idx, a)?
+            }
+            "linear" => weighted_sum(&t, a, linear_taps(out, n, &src)?)?,
+            _ => weighted_sum(&t, a, cubic.taps(out, n, &src)?)?,
         };
     }
     if half {
@@ -212,26 +219,101 @@ pub fn resize(cx: &Cx) -> R<Vec<Value>> {
     one(like(t, v))
 }
 
-/// Linear interpolation of `t` along axis `a` (size `n`) to `out` samples at the source
-/// coordinates `src` gives.
-fn linear(t: &Tensor, a: usize, out: usize, n: usize, src: &dyn Fn(usize) -> R<f32>) -> R<Tensor> {
-    let mut i0 = Vec::with_capacity(out);
-    let mut i1 = Vec::with_capacity(out);
-    let mut w = Vec::with_capacity(out);
+/// One tap of an interpolation along an axis: for each output sample, the input index it reads
+/// and that value's weight.
+struct Tap {
+    index: Vec<i64>,
+    weight: Vec<f32>,
+}
+
+impl Tap {
+    fn with_capacity(n: usize) -> Tap {
+        Tap {
+            index: Vec::with_capacity(n),
+            weight: Vec::with_capacity(n),
+        }
+    }
+}
+
+/// `t` interpolated along axis `a`: output sample i is Σ over taps of weight[i] · t[index[i]].
+fn weighted_sum(t: &Tensor, a: usize, taps: Vec<Tap>) -> R<Tensor> {
+    let mut sum: Option<Tensor> = None;
+    for tap in taps {
+        let mut shape = vec![1usize; t.rank()];
+        shape[a] = tap.weight.len();
+        let w = c(Tensor::from_vec(tap.weight, shape.as_slice(), t.device())?.to_dtype(t.dtype()))?;
+        let term = c(select(t, &tap.index, a)?.broadcast_mul(&w))?;
+        sum = Some(match sum {
+            None => term,
+            Some(s) => c(s.add(&term))?,
+        });
+    }
+    sum.ok_or_else(|| "an interpolation without taps".into())
+}
+
+/// Linear interpolation of an axis of size `n` to `out` samples at the source coordinates
+/// `src` gives, clamped into the axis.
+fn linear_taps(out: usize, n: usize, src: &dyn Fn(usize) -> R<f32>) -> R<Vec<Tap>> {
+    let (mut lo, mut hi) = (Tap::with_capacity(out), Tap::with_capacity(out));
     for i in 0..out {
         let p = src(i)?.clamp(0.0, (n - 1) as f32);
-        let lo = p.floor();
-        i0.push(lo as i64);
-        i1.push((lo as i64 + 1).min(n as i64 - 1));
-        w.push(p - lo);
+        let below = p.floor();
+        lo.index.push(below as i64);
+        hi.index.push((below as i64 + 1).min(n as i64 - 1));
+        lo.weight.push(1.0 - (p - below));
+        hi.weight.push(p - below);
     }
-    let mut wshape = vec![1usize; t.rank()];
-    wshape[a] = out;
-    let w1 = c(Tensor::from_vec(w, wshape.as_slice(), t.device())?.to_dtype(t.dtype()))?;
-    let w0 = c(w1.affine(-1.0, 1.0))?;
-    let lo = select(t, &i0, a)?;
-    let hi = select(t, &i1, a)?;
-    c(lo.broadcast_mul(&w0)?.add(&hi.broadcast_mul(&w1)?))
+    Ok(vec![lo, hi])
+}
+
+/// Cubic convolution (Keys 1981) with the operator's `cubic_coeff_a` and `exclude_outside`.
+struct Cubic {
+    a: f32,
+    exclude_outside: bool,
+}
+
+impl Cubic {
+    /// The kernel at distance `d` from a sample: 1 at 0, 0 at the other integers, 0 from 2 on.
+    fn weight(&self, d: f32) -> f32 {
+        let (a, d) = (self.a, d.abs());
+        if d <= 1.0 {
+            ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
+        } else if d < 2.0 {
+            ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+        } else {
+            0.0
+        }
+    }
+
+    /// The four samples around each source coordinate: ⌊p⌋ − 1 … ⌊p⌋ + 2, indices past the
+    /// edges reading the edge (the definition pads with edge values) or, with
+    /// `exclude_outside`, weighing nothing, the other weights scaled to sum to 1.
+    fn taps(&self, out: usize, n: usize, src: &dyn Fn(usize) -> R<f32>) -> R<Vec<Tap>> {
+        let mut taps: Vec<Tap> = (0..4).map(|_| Tap::with_capacity(out)).collect();
+        for i in 0..out {
+            let p = src(i)?;
+            let below = p.floor();
+            let mut w = [0f32; 4];
+            let mut idx = [0i64; 4];
+            for k in 0..4 {
+                let at = below + k as f32 - 1.0;
+                w[k] = self.weight(p - at);
+                idx[k] = at as i64;
+            }
+            let inside = |j: i64| (0..n as i64).contains(&j);
+            if self.exclude_outside {
+                let total: f32 = (0..4).filter(|&k| inside(idx[k])).map(|k| w[k]).sum();
+                for k in 0..4 {
+                    w[k] = if inside(idx[k]) { w[k] / total } else { 0.0 };
+                }
+            }
+            for (k, tap) in taps.iter_mut().enumerate() {
+                tap.index.push(idx[k].clamp(0, n as i64 - 1));
+                tap.weight.push(w[k]);
+            }
+        }
+        Ok(taps)
+    }
 }
 
 /// keep_aspect_ratio_policy (opset 18): one scale for all axes, fitting inside ("not_larger") or

@@ -75,6 +75,67 @@ pub fn transpose(cx: &Cx) -> R<Vec<Value>> {
     one(like(c(v.tensor.permute(perm)?.contiguous())?, v))
 }
 
+/// DepthToSpace: [N, C, H, W] to [N, C/b², H·b, W·b], the channels read as (b, b, C/b²) in
+/// "DCR" mode (the default) and as (C/b², b, b) in "CRD" mode, as the operator defines them.
+pub fn depth_to_space(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let (n, ch, h, w) = dims4(v)?;
+    let b = block_size(cx)?;
+    if ch % (b * b) != 0 {
+        return Err(Error::Op(format!(
+            "{ch} channels do not divide into blocks of {b}x{b}"
+        )));
+    }
+    let c = ch / (b * b);
+    let t = match cx.string("mode", "DCR")?.as_str() {
+        "DCR" => v
+            .tensor
+            .reshape(vec![n, b, b, c, h, w])?
+            .permute(vec![0, 3, 4, 1, 5, 2])?,
+        "CRD" => v
+            .tensor
+            .reshape(vec![n, c, b, b, h, w])?
+            .permute(vec![0, 1, 4, 2, 5, 3])?,
+        m => return Err(Error::Op(format!("mode '{m}' is not DCR or CRD"))),
+    };
+    one(like(super::c(t.reshape(vec![n, c, h * b, w * b]))?, v))
+}
+
+/// SpaceToDepth: [N, C, H, W] to [N, C·b², H/b, W/b], each b×b block of a channel becoming b²
+/// channels (the block's row and column first, then the channel).
+pub fn space_to_depth(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let (n, c, h, w) = dims4(v)?;
+    let b = block_size(cx)?;
+    if h % b != 0 || w % b != 0 {
+        return Err(Error::Op(format!(
+            "{h}x{w} does not divide into blocks of {b}x{b}"
+        )));
+    }
+    let t = v
+        .tensor
+        .reshape(vec![n, c, h / b, b, w / b, b])?
+        .permute(vec![0, 3, 5, 1, 2, 4])?;
+    one(like(
+        super::c(t.reshape(vec![n, c * b * b, h / b, w / b]))?,
+        v,
+    ))
+}
+
+fn dims4(v: &Value) -> R<(usize, usize, usize, usize)> {
+    match *v.shape() {
+        [n, c, h, w] => Ok((n, c, h, w)),
+        ref d => Err(Error::Op(format!("input of shape {d:?} is not of rank 4"))),
+    }
+}
+
+fn block_size(cx: &Cx) -> R<usize> {
+    match cx.int("blocksize", 0)? {
+        b if b > 0 => usize::try_from(b).map_err(|_| "blocksize is too large".into()),
+        b => Err(Error::Op(format!("blocksize {b} is not positive"))),
+    }
+}
+
 pub fn squeeze(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     let dims = v.shape();
