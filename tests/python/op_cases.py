@@ -957,6 +957,15 @@ def index_cases():
     case("Mod_float_fmod", md(fmod=1), {"a": r.n(3, 4, scale=5), "b": r.away(3, 4)}, note="floats, fmod=1")
     case("Mod_int32", md(), {"a": np.array([-5, 9, 4], np.int32), "b": np.array([2, -4, 4], np.int32)},
          note="int32")
+    gnd = lambda **kw: N("GatherND", ["x", "i"], ["y"], **kw)
+    case("GatherND_elements", gnd(), {"x": r.n(3, 4)}, {"i": i64([[0, 1], [2, 3], [-1, 0]])},
+         note="k = rank: single elements; a negative index")
+    case("GatherND_rows", gnd(), {"x": r.n(4, 3, 5)}, {"i": i64([[[1], [3]], [[0], [-2]]])},
+         note="k = 1: whole [3, 5] slices, indices [2, 2, 1]")
+    case("GatherND_batch_dims", gnd(batch_dims=1), {"x": r.n(2, 4, 3)}, {"i": i64([[[1], [3]], [[0], [2]]])},
+         opset=12, note="batch_dims 1: each batch indexes its own rows")
+    case("GatherND_edges", gnd(), {"x": r.n(6, 8), "i": i64([[5], [0], [2], [2], [4]])},
+         note="indices as a graph input: a graph network's node features looked up per edge")
 
 
 def slice_cases():

@@ -44,7 +44,7 @@ operators! {
     Constant, ConstantOfShape, Conv, ConvInteger, ConvTranspose, Cos, DepthToSpace,
     DequantizeLinear, Div,
     Dropout, DynamicQuantizeLinear, Einsum,
-    Elu, Equal, Erf, Exp, Expand, Flatten, Floor, Gather, GatherElements, Gelu, Gemm,
+    Elu, Equal, Erf, Exp, Expand, Flatten, Floor, Gather, GatherElements, GatherND, Gelu, Gemm,
     GlobalAveragePool, GlobalMaxPool, Greater, GreaterOrEqual, HardSigmoid, HardSwish, Identity,
     InstanceNormalization, IsInf, IsNaN,
     LayerNormalization, LeakyRelu, Less, LessOrEqual, Log, LogSoftmax, MatMul, MatMulInteger, Max,

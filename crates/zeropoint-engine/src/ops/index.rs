@@ -1,5 +1,5 @@
 //! Operators that pick or write elements at computed indices: GatherElements (torch's
-//! `gather`), TopK (the k largest or smallest along an axis, with their indices, as detectors use
+//! `gather`), GatherND (index tuples, as graph networks look up an edge's nodes), TopK (the k largest or smallest along an axis, with their indices, as detectors use
 //! to keep their best boxes), ScatterElements and ScatterND (torch's `scatter` and index
 //! assignment `x[i] = y`, with their reductions) and OneHot.
 
@@ -160,6 +160,52 @@ pub fn scatter_nd(cx: &Cx) -> R<Vec<Value>> {
         targets.extend(start..start + slice);
     }
     one(scattered(cx, data, updates, &targets)?)
+}
+
+/// The slices of `data` that `indices` names: the last axis of `indices` holds k coordinates,
+/// after the first `batch_dims` axes, which `indices` and `data` share; the output has the
+/// indices' shape less that last axis, then `data`'s shape from axis `batch_dims + k` on.
+pub fn gather_nd(cx: &Cx) -> R<Vec<Value>> {
+    let (data, idx_v) = (cx.input(0)?, cx.input(1)?);
+    let (shape, ishape) = (data.shape(), idx_v.shape());
+    let b = usize::try_from(cx.int("batch_dims", 0)?).map_err(|_| "batch_dims is negative")?;
+    let k = ishape.last().copied().unwrap_or(0);
+    if ishape.is_empty() || b >= ishape.len() || k == 0 || b + k > shape.len() {
+        return Err(Error::Op(format!(
+            "indices {ishape:?} with batch_dims {b} do not name slices of data {shape:?}"
+        )));
+    }
+    if shape[..b] != ishape[..b] {
+        return Err(Error::Op(format!(
+            "the first {b} axes of data {shape:?} and indices {ishape:?} differ"
+        )));
+    }
+    let out: Vec<usize> = ishape[..ishape.len() - 1]
+        .iter()
+        .chain(&shape[b + k..])
+        .copied()
+        .collect();
+    check_output(&out, data.tensor.dtype())?;
+    // Rows of data as [batch · indexed positions, slice]: each index tuple picks one row.
+    let positions: usize = shape[b..b + k].iter().product();
+    let strides = Layout::contiguous(&shape[b..b + k]).stride().to_vec();
+    let per_batch: usize = ishape[b..ishape.len() - 1].iter().product();
+    let idx = idx_v.to_i64s()?;
+    let mut rows = Vec::with_capacity(idx.len() / k);
+    for (t, tuple) in idx.chunks(k).enumerate() {
+        let mut row = (t / per_batch.max(1)) * positions;
+        for (d, &i) in tuple.iter().enumerate() {
+            row += indices_in(&[i], b + d, shape[b + d])?[0] as usize * strides[d];
+        }
+        rows.push(row as i64);
+    }
+    let slice: usize = shape[b + k..].iter().product();
+    let table = c(data
+        .tensor
+        .reshape((shape[..b + k].iter().product::<usize>(), slice)))?;
+    let rows = Tensor::from_vec(rows, idx.len() / k, &Device::Cpu)?;
+    let picked = c(table.index_select(&rows, 0)?.reshape(out))?;
+    one(like(picked, data))
 }
 
 /// A one-hot encoding of `indices` along a new axis of `depth`: `values[1]` where the

@@ -127,6 +127,7 @@ fn lookup(op: &Op) -> Option<OpFn> {
         Op::TopK => index::top_k,
         Op::ScatterElements | Op::Scatter => index::scatter_elements,
         Op::ScatterND => index::scatter_nd,
+        Op::GatherND => index::gather_nd,
         Op::OneHot => index::one_hot,
         Op::Mod => e::modulo,
         Op::Expand => shape::expand,
