@@ -645,8 +645,9 @@ fn arrange(streams: &mut [(String, Stream)], inputs: &[ValueInfo]) -> Result<()>
     Ok(())
 }
 
-/// For data whose inputs disagree on their number of samples: where an input has no free axis
-/// to batch along (a state [1, 1, 128]), the way to give whole samples.
+/// For data whose inputs disagree on their number of samples, the way to give whole samples:
+/// where an input has no free axis to batch along (a state [1, 1, 128]), and where every input
+/// has one (a graph network's nodes and edges).
 fn stacking_hint(inputs: &[ValueInfo]) -> String {
     let fixed = inputs.iter().find(|i| match (batch_of_input(i), &i.shape) {
         (Batch::Axis(k), Some(shape)) => matches!(shape.get(k), Some(Dim::Fixed(_))),
@@ -659,7 +660,9 @@ fn stacking_hint(inputs: &[ValueInfo]) -> String {
             i.shape_text(),
             i.shape_text().trim_matches(|c| c == '[' || c == ']')
         ),
-        None => String::new(),
+        // Every input's first axis is free, yet they count differently: not samples, as a
+        // graph's nodes and edges are not.
+        None => " (if the first axes are not samples, as a graph network's nodes and edges are not: stack each input's samples on a new first axis, one axis more than the input declares)".into(),
     }
 }
 

@@ -93,6 +93,8 @@ fn preserves_grid(node: &Node) -> bool {
             | Op::Reshape
             | Op::Flatten
             | Op::Transpose
+            | Op::DepthToSpace
+            | Op::SpaceToDepth
             | Op::Squeeze
             | Op::Unsqueeze
             | Op::Identity

@@ -237,3 +237,43 @@ fn a_fixed_leading_dimension_is_the_batch() {
     assert_eq!((unit_batch(&one), batch_for(&one, 32)), (1, 1));
     assert_eq!((unit_batch(&state), batch_for(&state, 32)), (1, 32));
 }
+
+/// A graph network's inputs (node features [nodes, 3], edges [2, edges]) count their first free
+/// axes differently: the refusal says that such axes are not samples and how to give them; the
+/// same graph stacked on a first axis of its own is one sample.
+#[test]
+fn a_graphs_nodes_and_edges_are_not_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("graph.npz");
+    let nodes: Vec<f32> = (0..4 * 3).map(|i| i as f32).collect();
+    let edges: Vec<i64> = vec![0, 1, 2, 3, 1, 2, 3, 0, 0, 2, 1, 3];
+    let inputs = [
+        info(
+            "nodes",
+            DType::F32,
+            vec![Dim::Sym("n".into()), Dim::Fixed(3)],
+        ),
+        info(
+            "edges",
+            DType::I64,
+            vec![Dim::Fixed(2), Dim::Sym("e".into())],
+        ),
+    ];
+    let spec = [path.display().to_string()];
+    let open = |nodes_shape: &[usize], edges_shape: &[usize]| {
+        let members = [
+            ("nodes", npy::to_bytes(nodes_shape, &nodes)),
+            ("edges", npy::to_bytes(edges_shape, &edges)),
+        ];
+        write_npz(&path, zip::CompressionMethod::Stored, &members);
+        Dataset::open(&spec, &inputs, &Preprocess::default())
+    };
+    let e = open(&[4, 3], &[2, 6]).err().unwrap().to_string();
+    assert!(
+        e.contains("6 samples of 'edges', but 4 of the other inputs (if the first axes are not samples, as a graph network's nodes and edges are not: stack each input's samples on a new first axis"),
+        "{e}"
+    );
+    let data = open(&[1, 4, 3], &[1, 2, 6]).unwrap();
+    assert_eq!(data.len, 1);
+    assert_eq!(data.sample_shapes()["edges"], [2, 6]);
+}
