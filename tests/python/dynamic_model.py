@@ -5,6 +5,8 @@ write them (issue: shapes never depend on a guess).
   dynamic_model.py DIR          writes DIR/dyn.onnx, DIR/calib.npy (4 samples of 1x40x56), and
                                 DIR/widths/{a,b,c}.npz: 1, 2 and 1 samples of widths 56, 72, 33
                                 (and DIR/bad/ with a file of 2 channels)
+                                and DIR/seq.onnx, a model without a batch axis, with
+                                DIR/seq.npy (one sequence) and DIR/seq_stacked.npy
   dynamic_model.py check Q.onnx prints JSON: the declared output shape of Q and the output shape
                                 ONNX Runtime gives on one calibration sample
 
@@ -51,6 +53,27 @@ def write(folder):
         for name, (n, c, w) in files.items():
             x = rng.uniform(0, 1, (n, c, 40, w)).astype(np.float32)
             np.savez(os.path.join(folder, sub, f"{name}.npz"), x=x)
+    sequence_model(folder)
+
+
+def sequence_model(folder):
+    """seq.onnx: x [T, 4] (no batch axis) -> Unsqueeze -> Transpose -> Conv 1-D kernel 3 -> y, which
+    needs T >= 3; seq.npy is one sequence [6, 4], seq_stacked.npy the same as [1, 6, 4]."""
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["u"]),
+             helper.make_node("Transpose", ["u"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Conv", ["t", "w"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "axes"),
+             numpy_helper.from_array(rng.standard_normal((2, 4, 3)).astype(np.float32), "w")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, "T2"])
+    model = helper.make_model(helper.make_graph(nodes, "seq", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, os.path.join(folder, "seq.onnx"))
+    seq = rng.standard_normal((6, 4)).astype(np.float32)
+    np.save(os.path.join(folder, "seq.npy"), seq)
+    np.save(os.path.join(folder, "seq_stacked.npy"), seq[None])
 
 
 def check(path):

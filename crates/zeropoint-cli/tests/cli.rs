@@ -1132,6 +1132,30 @@ fn free_dimensions_come_from_the_data_or_the_user_not_a_guess() {
     ]);
     assert!(e.contains("bad/b.npz") && e.contains("[2, 40, 56]"), "{e}");
 
+    // A model without a batch axis ([T, 4]) given one sequence: read as 6 samples of [4], it
+    // fails, and the error says how the data was read and how to give whole samples.
+    let seq = dir.path().join("seq.onnx");
+    let e = fails(&[
+        "quantize",
+        path(&seq),
+        "--calib",
+        path(&dir.path().join("seq.npy")),
+    ]);
+    assert!(
+        e.contains("seq.npy: the model fails on the calibration samples as read, each input's first axis taken for samples ('x': 6 samples of [4]); if that axis is not samples (a sequence's frames, a graph's nodes), stack whole samples on a new first axis, e.g. [N, 6, 4]"),
+        "{e}"
+    );
+    let stacked = dir.path().join("seq_stacked.npy");
+    let q = dir.path().join("seq.int8.onnx");
+    ok(&[
+        "quantize",
+        path(&seq),
+        "--calib",
+        path(&stacked),
+        "-o",
+        path(&q),
+    ]);
+
     for preset in ["w8a8", "w4a8"] {
         let q = dir.path().join(format!("dyn.{preset}.onnx"));
         let calib = dir.path().join("calib.npy");

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use zeropoint_core::observer::{Method, Observer};
 use zeropoint_graph::canonicalize::Report;
-use zeropoint_graph::Graph;
+use zeropoint_graph::{Dim, Graph, ValueInfo};
 use zeropoint_onnx::{DType, ModelProto};
 
 use crate::bias_correction::{
@@ -18,7 +18,7 @@ use crate::bias_correction::{
 use crate::calibrate::{merges_exactly, observe, observe_from, ranges_as, FirstRound, Ranges};
 use crate::compare::{next_batches, Batch};
 use crate::dataset::{Arrays, Dataset, Preprocess};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::params::{params, Params};
 use crate::placement::{Choices, Plan};
 use crate::prepare::{prepare_measuring, Prepared};
@@ -28,7 +28,6 @@ use crate::sensitivity::{Probe, Score};
 use crate::settings::{BiasCorrection, Settings};
 use zeropoint_engine::infer::{dtypes_of, probe_on, Run};
 use zeropoint_graph::graph::dims_fit;
-use zeropoint_graph::Dim;
 
 /// What `quantize` needs besides the model.
 #[derive(Debug, Clone)]
@@ -492,6 +491,44 @@ const FIRST_ROUND: usize = 2;
 /// is calibration's first round, beside [`FIRST_ROUND`] − 1 more samples alone (taken from
 /// `data`, in parallel where there are threads); else `data` is left as it was.
 fn probe(graph: &Graph, opts: &Options, data: &mut Dataset) -> Result<(Run, Option<FirstRound>)> {
+    let hint = samples_hint(graph, data);
+    probe_first(graph, opts, data).map_err(|e| match (e, hint) {
+        (Error::Engine(e), Some(hint)) => {
+            let first = opts.data.first().map_or("<memory>", String::as_str);
+            Error::at(Path::new(first), hint, e)
+        }
+        (e, _) => e,
+    })
+}
+
+/// Where the model fails on the first sample and the samples were taken along a free first axis
+/// of the inputs, what the data was read as and how to give whole samples instead: a model
+/// without a batch axis ([frames, bins]) took each frame for a sample.
+fn samples_hint(graph: &Graph, data: &Dataset) -> Option<String> {
+    let shapes = data.sample_shapes();
+    let free_first = |i: &ValueInfo| matches!(i.shape.as_deref(), Some([Dim::Sym(_), ..]));
+    let input = graph
+        .inputs
+        .iter()
+        .find(|i| free_first(i))
+        .filter(|_| !data.stacked())?;
+    // A sample's shape, less the batch axis of one it has there.
+    let sample = shapes.get(&input.name)?.get(1..)?;
+    let whole = std::iter::once(data.len).chain(sample.iter().copied());
+    let whole: Vec<String> = whole.map(|d| d.to_string()).collect();
+    Some(format!(
+        "the model fails on the calibration samples as read, each input's first axis taken for samples ('{}': {} samples of {sample:?}); if that axis is not samples (a sequence's frames, a graph's nodes), stack whole samples on a new first axis, e.g. [N, {}]",
+        input.name,
+        data.len,
+        whole.join(", ")
+    ))
+}
+
+fn probe_first(
+    graph: &Graph,
+    opts: &Options,
+    data: &mut Dataset,
+) -> Result<(Run, Option<FirstRound>)> {
     let unit = crate::dataset::unit_batch(&graph.inputs);
     let watched = merges_exactly(&opts.settings)
         .then(|| Plan::new(graph, guessed_types(graph), choices(opts)).ok())
