@@ -365,6 +365,13 @@ fn print_summary(s: &Summary) {
             s.float_before_log.join(", ")
         );
     }
+    if !s.float_non_finite.is_empty() {
+        println!(
+            "kept float: {} node(s) whose weights hold an infinity or NaN, which no grid holds ({})",
+            s.float_non_finite.len(),
+            s.float_non_finite.join(", ")
+        );
+    }
     let c = &s.canonicalization;
     if c.half_precision_values > 0 {
         println!(

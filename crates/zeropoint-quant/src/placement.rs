@@ -130,11 +130,30 @@ pub fn float_before_log(graph: &Graph) -> Vec<String> {
         .collect()
 }
 
+/// The layers and Gathers of `graph` that stay float because a weight they read holds an
+/// infinity or a NaN ([`Rules::excluded`]), by name, for the report to say so.
+pub fn float_non_finite(graph: &Graph) -> Vec<String> {
+    let flat = graph.flattened();
+    let rules = Rules::new(&flat, HashMap::new(), Choices::excluding(&[]));
+    (flat.nodes.iter())
+        .filter(|n| {
+            n.inputs
+                .iter()
+                .any(|i| rules.non_finite.contains(i.as_str()))
+        })
+        .map(|n| n.name.clone())
+        .collect()
+}
+
 /// What the rules look at: the graph, its value types, the user's exclusions.
 struct Rules<'g> {
     graph: &'g Graph,
     types: HashMap<String, DType>,
     exclude: &'g [String],
+    /// Weights of layers and Gathers holding an infinity or a NaN: no grid holds them (an
+    /// attention-bias table with −inf for "never attend", as rxnmap's), so their readers stay
+    /// float.
+    non_finite: HashSet<&'g str>,
     /// Whether heads' logits stay float ([`Rules::logits`]).
     float_logits: bool,
     outputs: HashSet<&'g str>,
@@ -152,23 +171,39 @@ impl<'g> Rules<'g> {
         let cast_outputs = casts.filter(|n| n.outputs.iter().any(|o| outputs.contains(o.as_str())));
         let before_casts: Vec<&str> = cast_outputs.map(|n| n.inputs[0].as_str()).collect();
         outputs.extend(before_casts);
+        let weighted = flat
+            .nodes
+            .iter()
+            .filter(|n| is_layer(&n.op) || n.op == Op::Gather);
+        let non_finite = (weighted.flat_map(|n| n.inputs.iter()))
+            .filter(|i| {
+                let t = flat.initializer(i);
+                t.is_some_and(|t| t.dtype.is_float() && t.f32s().iter().any(|v| !v.is_finite()))
+            })
+            .map(String::as_str)
+            .collect();
         Rules {
             graph: flat,
             types,
             exclude: choices.exclude,
+            non_finite,
             float_logits: !choices.quantize_logits,
             outputs,
             consumers: flat.consumers(),
         }
     }
 
-    /// Whether `node` stays float: the user excluded it, or it is a layer whose output a Log
-    /// reads ([`Rules::feeds_log`]).
+    /// Whether `node` stays float: the user excluded it, it is a layer whose output a Log
+    /// reads ([`Rules::feeds_log`]), or a weight it reads is not finite.
     fn excluded(&self, node: &Node) -> bool {
         self.exclude
             .iter()
             .any(|e| *e == node.name || e == node.op.as_str())
             || (is_layer(&node.op) && self.feeds_log(node))
+            || node
+                .inputs
+                .iter()
+                .any(|i| self.non_finite.contains(i.as_str()))
     }
 
     /// Whether `node`'s output goes to a Log, directly or through clamps (Clip, Relu, Max) and
@@ -1092,6 +1127,45 @@ mod tests {
         );
         // Integer indices and the looked-up vectors get no quantizer.
         assert!(plan.activations.is_empty() && plan.shared.is_empty());
+    }
+
+    /// An attention-bias table with −inf ("never attend") and a MatMul weight with a NaN stay
+    /// float, their readers too; the finite MatMul beside them is quantized.
+    #[test]
+    fn weights_with_infinities_or_nans_stay_float() {
+        let mut bias = weight("bias_table", &[10, 4]);
+        let mut values = bias.to_f32s();
+        values[3] = f32::NEG_INFINITY;
+        bias = RawTensor::from_f32s("bias_table", &[10, 4], &values);
+        let mut broken = weight("w_nan", &[4, 4]);
+        let mut values = broken.to_f32s();
+        values[5] = f32::NAN;
+        broken = RawTensor::from_f32s("w_nan", &[4, 4], &values);
+        let g = Graph {
+            inputs: vec![
+                ValueInfo {
+                    name: "ids".into(),
+                    dtype: Some(DType::I64),
+                    shape: Some(vec![Dim::Fixed(2)]),
+                },
+                input("x", &[2, 4]),
+            ],
+            ..graph(
+                vec![],
+                vec![bias, broken, weight("w", &[4, 4])],
+                vec![
+                    node(Op::Gather, &["bias_table", "ids"], "emb"),
+                    node(Op::MatMul, &["x", "w_nan"], "h"),
+                    node(Op::MatMul, &["h", "w"], "y"),
+                    node(Op::Add, &["y", "emb"], "out"),
+                ],
+                "out",
+            )
+        };
+        let plan = plan_of(&g, &[]).unwrap();
+        assert_eq!(names(&plan.weights), ["w"]);
+        assert_eq!(plan.activations, ["h"]);
+        assert_eq!(float_non_finite(&g), ["emb", "h"]);
     }
 
     #[test]

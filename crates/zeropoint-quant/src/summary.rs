@@ -44,6 +44,9 @@ pub struct Summary {
     /// docs/ptq.md).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub float_before_log: Vec<String>,
+    /// Layers and Gathers kept float because a weight they read holds an infinity or a NaN.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub float_non_finite: Vec<String>,
     pub layers: Vec<Layer>,
     /// Wall time of the whole run.
     pub seconds: f64,
@@ -145,6 +148,7 @@ impl Summary {
                 shared: o.plan.shared.len(),
             },
             float_before_log: crate::placement::float_before_log(&o.graph),
+            float_non_finite: crate::placement::float_non_finite(&o.graph),
             layers,
             seconds,
             stage_seconds: o.seconds,
