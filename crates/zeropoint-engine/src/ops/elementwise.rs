@@ -42,6 +42,19 @@ fn rectified(v: f32) -> f32 {
 
 struct Relu;
 
+/// A custom op's forward pass that maps each float32 element alone.
+fn map_f32s(
+    x: &candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    f: impl Fn(f32) -> f32,
+) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    let y = crate::value::storage_f32s(x, l)?
+        .iter()
+        .map(|&v| f(v))
+        .collect();
+    Ok((candle_core::CpuStorage::F32(y), l.shape().clone()))
+}
+
 impl candle_core::CustomOp1 for Relu {
     fn name(&self) -> &'static str {
         "relu"
@@ -52,11 +65,7 @@ impl candle_core::CustomOp1 for Relu {
         x: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let y = crate::value::storage_f32s(x, l)?
-            .iter()
-            .map(|&v| rectified(v))
-            .collect();
-        Ok((candle_core::CpuStorage::F32(y), l.shape().clone()))
+        map_f32s(x, l, rectified)
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -91,11 +100,7 @@ impl candle_core::CustomOp1 for Atan {
         x: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let y = crate::value::storage_f32s(x, l)?
-            .iter()
-            .map(|v| v.atan())
-            .collect();
-        Ok((candle_core::CpuStorage::F32(y), l.shape().clone()))
+        map_f32s(x, l, f32::atan)
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
