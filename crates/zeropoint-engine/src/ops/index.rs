@@ -1,7 +1,8 @@
 //! Operators that pick or write elements at computed indices: GatherElements (torch's
-//! `gather`), GatherND (index tuples, as graph networks look up an edge's nodes), TopK (the k largest or smallest along an axis, with their indices, as detectors use
-//! to keep their best boxes), ScatterElements and ScatterND (torch's `scatter` and index
-//! assignment `x[i] = y`, with their reductions) and OneHot.
+//! `gather`), GatherND (index tuples, as graph networks look up an edge's nodes), TopK (the k
+//! largest or smallest along an axis, with their indices, as detectors use to keep their best
+//! boxes), ScatterElements and ScatterND (torch's `scatter` and index assignment `x[i] = y`, with
+//! their reductions) and OneHot.
 
 use candle_core::{DType as CDType, Device, Layout, Tensor};
 use zeropoint_onnx::DType;
