@@ -401,6 +401,11 @@ fn print_summary(s: &Summary) {
     if let Some(m) = &s.mixed_precision {
         print_mixed_precision(m);
     }
+    if s.whole_sample {
+        println!(
+            "the data's arrays count different samples along their first axes: read as one whole sample, each array a whole input (as `zeropoint run` reads them; stack samples on a new first axis for more)"
+        );
+    }
     if let Some(why) = &s.one_sample_at_a_time {
         println!("calibrated one sample at a time: {why}");
     }

@@ -121,6 +121,9 @@ pub struct Calibrated {
     /// Why calibration went one sample at a time where batches were planned: the error of the
     /// first batch of several samples (None when batches ran).
     pub one_sample_at_a_time: Option<String>,
+    /// Whether the data was read as one whole sample, its arrays' first axes disagreeing as
+    /// samples ([`Dataset::open`]).
+    pub whole_sample: bool,
     /// The activation range estimator chosen on held-out samples (`--activation-range auto`).
     pub range_choice: Option<RangeChoice>,
     /// The estimator the activation ranges came from: the settings' own, or the one chosen.
@@ -230,6 +233,7 @@ pub fn calibrated(
         calibration_samples: total,
         batch: settings.batch,
         one_sample_at_a_time,
+        whole_sample: data.whole,
         activation_method,
         range_choice,
         seconds,

@@ -55,6 +55,9 @@ pub struct Dataset {
     pub len: usize,
     streams: Vec<(String, Stream)>,
     next: usize,
+    /// Whether the data was read as one whole sample, each array a whole input
+    /// ([`Dataset::open`]).
+    pub whole: bool,
 }
 
 enum Stream {
@@ -151,11 +154,15 @@ impl Dataset {
         let mut streams = open_streams(specs, inputs, prep)?;
         arrange(&mut streams, inputs)?;
         let first = Path::new(specs.first().map_or("", String::as_str));
-        let len = common_length(&streams, inputs, first)?;
+        let len = match common_length(&streams, inputs, first) {
+            Ok(len) => len,
+            Err(e) => return one_whole_sample(specs, inputs, prep).unwrap_or(Err(e)),
+        };
         Ok(Dataset {
             len,
             streams,
             next: 0,
+            whole: false,
         })
     }
 
@@ -212,6 +219,7 @@ impl Dataset {
             len,
             streams,
             next: 0,
+            whole: false,
         })
     }
 
@@ -607,6 +615,45 @@ fn batch_bytes(path: &Path, elements: usize, size: usize, n: usize) -> Result<()
         .map_err(|m| Error::new(path, format!("{m}; lower --batch or --samples")))
 }
 
+/// Data whose inputs disagree on their number of samples, read as `zeropoint run` reads it: one
+/// sample, each array a whole input (a graph network's nodes and edges, a sequence beside its
+/// state). None unless every array has exactly the shape its input declares; then the refusal
+/// stands, with its hint.
+fn one_whole_sample(
+    specs: &[String],
+    inputs: &[ValueInfo],
+    prep: &Preprocess,
+) -> Option<Result<Dataset>> {
+    let mut arrays = Vec::new();
+    for (name, mut stream) in open_streams(specs, inputs, prep).ok()? {
+        let declared = inputs.iter().find(|i| i.name == name)?.shape.as_ref()?;
+        let mut whole = match &stream {
+            Stream::Array { .. } | Stream::Inflating { .. } => {
+                let n = stream.samples();
+                match stream.read(0, n) {
+                    Ok(whole) => whole,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            Stream::Memory { array, .. } => RawTensor::clone(array),
+            _ => return None,
+        };
+        // A scalar (a sample rate) is read as one value.
+        if declared.is_empty() && whole.len() == 1 {
+            whole.shape.clear();
+        }
+        if whole.shape.len() != declared.len() || !dims_fit(declared, &whole.shape) {
+            return None;
+        }
+        // Stacked on an axis of its own; a scalar is shared as it is.
+        if !declared.is_empty() {
+            whole.shape.insert(0, 1);
+        }
+        arrays.push((name, Arc::new(whole)));
+    }
+    Some(Dataset::from_arrays(arrays, inputs).map(|d| Dataset { whole: true, ..d }))
+}
+
 /// Reads whole, into memory, the data of inputs whose samples do not lie along the first axis
 /// (see [`batch_of_input`]): a recurrent state [2, N, 128], a scalar shared by every sample, and
 /// samples stacked on an axis of their own ([`Batch::Stacked`]).
@@ -939,6 +986,16 @@ fn check_fits(
 ) -> Result<()> {
     let mut per_sample = shape.to_vec();
     match batch {
+        Batch::Axis(k) if k >= shape.len() => {
+            return Err(Error::new(
+                path,
+                format!(
+                    "input '{}' {} takes its samples along axis {k}, which data of shape {shape:?} does not have",
+                    info.name,
+                    info.shape_text()
+                ),
+            ))
+        }
         Batch::Axis(k) => drop(per_sample.remove(k)),
         Batch::Stacked => drop(per_sample.remove(0)),
         Batch::Shared => {}

@@ -68,6 +68,8 @@ pub struct Outcome {
     /// Why calibration went one sample at a time where batches were planned (None when
     /// batches ran).
     pub one_sample_at_a_time: Option<String>,
+    /// Whether the data was read as one whole sample ([`crate::dataset::Dataset::open`]).
+    pub whole_sample: bool,
     /// The activation range estimator chosen on held-out samples (`--activation-range auto`).
     pub range_choice: Option<crate::range_choice::RangeChoice>,
     /// The samples `layers` was measured on (0: no report).
@@ -158,6 +160,7 @@ pub fn quantize(
         params: c.params,
         calibration_samples: c.calibration_samples,
         one_sample_at_a_time: c.one_sample_at_a_time.clone(),
+        whole_sample: c.whole_sample,
         range_choice: c.range_choice.clone(),
         report_samples,
         layers,

@@ -164,9 +164,35 @@ fn whole_samples_stacked_on_an_axis_of_their_own() {
         e.ends_with("the samples of 'x' are stacked on a first axis of their own (one axis more than the input declares), those of 'h' are not: stack every input's samples the same way"),
         "{e}"
     );
-    // Neither stacked: the sequence's 5 steps are taken for samples, the state has one; the
-    // error says how to give whole samples.
-    let e = refusal(&[5, 6], &[1, 1, 4]);
+    // Neither stacked, each array of its input's own shape: the sequence's 5 steps and the
+    // state's one sample disagree, so the arrays are read as `zeropoint run` reads them, one
+    // whole sample.
+    let members = [
+        ("x", npy::to_bytes(&[5, 6], &x[..30])),
+        ("h", npy::to_bytes(&[1, 1, 4], &h[..4])),
+        ("sr", npy::to_bytes::<i64>(&[], &[16000])),
+    ];
+    write_npz(&path, zip::CompressionMethod::Stored, &members);
+    let mut data = Dataset::open(&spec, &inputs, &Preprocess::default()).unwrap();
+    assert!(data.whole && data.stacked());
+    assert_eq!(data.len, 1);
+    let b = data.next_batch(8).unwrap().unwrap();
+    assert_eq!(b["x"].shape(), [5, 6]);
+    assert_eq!(b["x"].to_f32s().unwrap(), x[..30]);
+    assert_eq!(b["h"].to_f32s().unwrap(), h[..4]);
+    assert_eq!(b["sr"].to_i64s().unwrap(), [16000]);
+    // A sequence of undeclared shape: no whole reading can be checked, and the error says how
+    // to give whole samples.
+    let mut undeclared = inputs.clone();
+    undeclared[0].shape = None;
+    let members = [
+        ("x", npy::to_bytes(&[5, 6], &x[..30])),
+        ("h", npy::to_bytes(&[1, 1, 4], &h[..4])),
+        ("sr", npy::to_bytes::<i64>(&[], &[16000])),
+    ];
+    write_npz(&path, zip::CompressionMethod::Stored, &members);
+    let opened = Dataset::open(&spec, &undeclared, &Preprocess::default());
+    let e = opened.err().unwrap().to_string();
     assert!(
         e.contains("input 'h' [1, 1, 4] has no free axis for samples: to give whole samples, stack each input's on a new first axis, e.g. [N, 1, 1, 4]"),
         "{e}"
@@ -239,15 +265,16 @@ fn a_fixed_leading_dimension_is_the_batch() {
 }
 
 /// A graph network's inputs (node features [nodes, 3], edges [2, edges]) count their first free
-/// axes differently: the refusal says that such axes are not samples and how to give them; the
-/// same graph stacked on a first axis of its own is one sample.
+/// axes differently: arrays of the inputs' own shapes are one whole graph, one sample, as
+/// stacked ones are; arrays that fit no reading are refused, and the refusal says that such
+/// axes are not samples and how to give them.
 #[test]
 fn a_graphs_nodes_and_edges_are_not_samples() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("graph.npz");
     let nodes: Vec<f32> = (0..4 * 3).map(|i| i as f32).collect();
     let edges: Vec<i64> = vec![0, 1, 2, 3, 1, 2, 3, 0, 0, 2, 1, 3];
-    let inputs = [
+    let mut inputs = vec![
         info(
             "nodes",
             DType::F32,
@@ -260,20 +287,34 @@ fn a_graphs_nodes_and_edges_are_not_samples() {
         ),
     ];
     let spec = [path.display().to_string()];
-    let open = |nodes_shape: &[usize], edges_shape: &[usize]| {
+    let open = |nodes_shape: &[usize], edges_shape: &[usize], inputs: &[ValueInfo]| {
         let members = [
             ("nodes", npy::to_bytes(nodes_shape, &nodes)),
             ("edges", npy::to_bytes(edges_shape, &edges)),
         ];
         write_npz(&path, zip::CompressionMethod::Stored, &members);
-        Dataset::open(&spec, &inputs, &Preprocess::default())
+        Dataset::open(&spec, inputs, &Preprocess::default())
     };
-    let e = open(&[4, 3], &[2, 6]).err().unwrap().to_string();
+    let whole = open(&[4, 3], &[2, 6], &inputs).unwrap();
+    assert!(whole.whole);
+    assert_eq!(whole.len, 1);
+    assert_eq!(whole.sample_shapes()["edges"], [2, 6]);
+    // Edges without the axis their samples lie along: refused (this indexed past the shape).
+    let e = open(&[4, 3], &[12], &inputs).err().unwrap().to_string();
     assert!(
-        e.contains("6 samples of 'edges', but 4 of the other inputs (if the first axes are not samples, as a graph network's nodes and edges are not: stack each input's samples on a new first axis"),
+        e.contains("input 'edges' [2, e] takes its samples along axis 1, which data of shape [12] does not have"),
         "{e}"
     );
-    let data = open(&[1, 4, 3], &[1, 2, 6]).unwrap();
+    let data = open(&[1, 4, 3], &[1, 2, 6], &inputs).unwrap();
+    assert!(!data.whole);
     assert_eq!(data.len, 1);
     assert_eq!(data.sample_shapes()["edges"], [2, 6]);
+    // Edges of undeclared shape: no whole reading can be checked, and the refusal says how to
+    // give whole samples.
+    inputs[1].shape = None;
+    let e = open(&[4, 3], &[2, 6], &inputs).err().unwrap().to_string();
+    assert!(
+        e.contains("2 samples of 'edges', but 4 of the other inputs (if the first axes are not samples, as a graph network's nodes and edges are not: stack each input's samples on a new first axis"),
+        "{e}"
+    );
 }
