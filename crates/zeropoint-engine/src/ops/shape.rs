@@ -81,12 +81,16 @@ pub fn depth_to_space(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     let (n, ch, h, w) = dims4(v)?;
     let b = block_size(cx)?;
-    if ch % (b * b) != 0 {
+    // The block size is the file's to say: its square and the grown sides are checked.
+    let area = b.checked_mul(b).filter(|a| ch % a == 0);
+    let Some(area) = area else {
         return Err(Error::Op(format!(
             "{ch} channels do not divide into blocks of {b}x{b}"
         )));
-    }
-    let c = ch / (b * b);
+    };
+    let c = ch / area;
+    let grown = |d: usize| d.checked_mul(b).ok_or("the output is too large");
+    check_output(&[n, c, grown(h)?, grown(w)?], v.tensor.dtype())?;
     let t = match cx.string("mode", "DCR")?.as_str() {
         "DCR" => v
             .tensor
@@ -112,14 +116,16 @@ pub fn space_to_depth(cx: &Cx) -> R<Vec<Value>> {
             "{h}x{w} does not divide into blocks of {b}x{b}"
         )));
     }
+    // The block size is the file's to say (any block divides a side of 0): the channels it
+    // makes are checked.
+    let chans = b.checked_mul(b).and_then(|a| a.checked_mul(c));
+    let chans = chans.ok_or("the output is too large")?;
+    check_output(&[n, chans, h / b, w / b], v.tensor.dtype())?;
     let t = v
         .tensor
         .reshape(vec![n, c, h / b, b, w / b, b])?
         .permute(vec![0, 3, 5, 1, 2, 4])?;
-    one(like(
-        super::c(t.reshape(vec![n, c * b * b, h / b, w / b]))?,
-        v,
-    ))
+    one(like(super::c(t.reshape(vec![n, chans, h / b, w / b]))?, v))
 }
 
 fn dims4(v: &Value) -> R<(usize, usize, usize, usize)> {
