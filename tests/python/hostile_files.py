@@ -242,6 +242,8 @@ def operators(out, cases, lim):
         "MaxPool pads": ([helper.make_node("MaxPool", ["x4"], ["y"], kernel_shape=[1, 1], pads=[0, 0, big, big])], []),
         "AveragePool pads": ([helper.make_node("AveragePool", ["x4"], ["y"], kernel_shape=[1, 1],
                                                pads=[0, 0, big, big])], []),
+        # A block whose square overflows (graph_mutations: it wrapped to 0, a remainder by zero).
+        "DepthToSpace block": ([helper.make_node("DepthToSpace", ["x4"], ["y"], blocksize=1 << 32)], []),
     }
     # A loop that never ends (its condition stays true), and one whose per-iteration outputs,
     # stacked, outgrow the limit.
@@ -263,11 +265,12 @@ def operators(out, cases, lim):
     for op, (nodes, inits) in ops.items():
         name = op.replace(" ", "_")
         path = os.path.join(folder, f"{name}.onnx")
-        if op.startswith("Conv") or "Pool" in op:
+        if op.startswith("Conv") or "Pool" in op or "Space" in op:
             nodes = [helper.make_node("Reshape", ["x", "s4"], ["x4"])] + nodes
             inits = inits + [i64("s4", [1, 1, 2, 2])]
         model(path, nodes, [f32("x", [2, 2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-        expect = {"Reshape": "cannot reshape", "Loop forever": "more than 1048576 iterations"}.get(op, "over the memory limit")
+        expect = {"Reshape": "cannot reshape", "Loop forever": "more than 1048576 iterations",
+                  "DepthToSpace block": "do not divide into blocks"}.get(op, "over the memory limit")
         cases.append(case(f"{op} asked for a huge output", ["run", f"ops/{name}.onnx", "-i", "ops/x.npy"] + lim, expect))
 
 
