@@ -13,7 +13,7 @@
 //!   its own, whose sizes may differ from file to file (text lines of any width, audio of any
 //!   length) where the model's free dimensions allow it. A batch never spans two files.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -154,10 +154,12 @@ impl Dataset {
         let mut streams = open_streams(specs, inputs, prep)?;
         arrange(&mut streams, inputs)?;
         let first = Path::new(specs.first().map_or("", String::as_str));
-        let len = match common_length(&streams, inputs, first) {
-            Ok(len) => len,
-            Err(e) => return one_whole_sample(specs, inputs, prep).unwrap_or(Err(e)),
-        };
+        if counts_disagree(&streams, inputs) {
+            if let Some(whole) = one_whole_sample(specs, inputs, prep) {
+                return whole;
+            }
+        }
+        let len = common_length(&streams, inputs, first)?;
         Ok(Dataset {
             len,
             streams,
@@ -613,6 +615,24 @@ fn batch_bytes(path: &Path, elements: usize, size: usize, n: usize) -> Result<()
     let samples = if n == 1 { "sample" } else { "samples" };
     zeropoint_onnx::limits::check(bytes, &format!("a batch of {n} {samples}"))
         .map_err(|m| Error::new(path, format!("{m}; lower --batch or --samples")))
+}
+
+/// Whether inputs whose data fits them count different numbers of samples (the only case
+/// [`one_whole_sample`] reads another way: an empty or ill-fitting set keeps its refusal).
+fn counts_disagree(streams: &[(String, Stream)], inputs: &[ValueInfo]) -> bool {
+    let mut counts = HashSet::new();
+    for (name, s) in streams {
+        let Some(info) = inputs.iter().find(|i| &i.name == name) else {
+            return false;
+        };
+        if s.check(info).is_err() {
+            return false;
+        }
+        if s.batch() != Batch::Shared {
+            counts.insert(s.samples());
+        }
+    }
+    counts.len() > 1
 }
 
 /// Data whose inputs disagree on their number of samples, read as `zeropoint run` reads it: one
