@@ -154,12 +154,13 @@ impl Dataset {
         let mut streams = open_streams(specs, inputs, prep)?;
         arrange(&mut streams, inputs)?;
         let first = Path::new(specs.first().map_or("", String::as_str));
-        if counts_disagree(&streams, inputs) {
-            if let Some(whole) = one_whole_sample(specs, inputs, prep) {
-                return whole;
+        let len = match common_length(&streams, inputs, first) {
+            Ok(len) => len,
+            Err(e) if counts_disagree(&streams, inputs) => {
+                return one_whole_sample(streams, inputs).unwrap_or(Err(e))
             }
-        }
-        let len = common_length(&streams, inputs, first)?;
+            Err(e) => return Err(e),
+        };
         Ok(Dataset {
             len,
             streams,
@@ -617,8 +618,8 @@ fn batch_bytes(path: &Path, elements: usize, size: usize, n: usize) -> Result<()
         .map_err(|m| Error::new(path, format!("{m}; lower --batch or --samples")))
 }
 
-/// Whether inputs whose data fits them count different numbers of samples (the only case
-/// [`one_whole_sample`] reads another way: an empty or ill-fitting set keeps its refusal).
+/// Whether inputs whose data fits them count different numbers of samples (the only refusal
+/// [`one_whole_sample`] may replace: an empty or ill-fitting set keeps its own).
 fn counts_disagree(streams: &[(String, Stream)], inputs: &[ValueInfo]) -> bool {
     let mut counts = HashSet::new();
     for (name, s) in streams {
@@ -637,17 +638,17 @@ fn counts_disagree(streams: &[(String, Stream)], inputs: &[ValueInfo]) -> bool {
 
 /// Data whose inputs disagree on their number of samples, read as `zeropoint run` reads it: one
 /// sample, each array a whole input (a graph network's nodes and edges, a sequence beside its
-/// state). None unless every array has exactly the shape its input declares; then the refusal
-/// stands, with its hint.
+/// state), from the streams [`Dataset::open`] opened and arranged (nothing read yet but the
+/// arrays [`arrange`] holds whole). None unless every array has exactly the shape its input
+/// declares; then the refusal stands, with its hint.
 fn one_whole_sample(
-    specs: &[String],
+    streams: Vec<(String, Stream)>,
     inputs: &[ValueInfo],
-    prep: &Preprocess,
 ) -> Option<Result<Dataset>> {
     let mut arrays = Vec::new();
-    for (name, mut stream) in open_streams(specs, inputs, prep).ok()? {
+    for (name, mut stream) in streams {
         let declared = inputs.iter().find(|i| i.name == name)?.shape.as_ref()?;
-        let mut whole = match &stream {
+        let mut whole = match stream {
             Stream::Array { .. } | Stream::Inflating { .. } => {
                 let n = stream.samples();
                 match stream.read(0, n) {
@@ -655,7 +656,7 @@ fn one_whole_sample(
                     Err(e) => return Some(Err(e)),
                 }
             }
-            Stream::Memory { array, .. } => RawTensor::clone(array),
+            Stream::Memory { array, .. } => Arc::unwrap_or_clone(array),
             _ => return None,
         };
         // A scalar (a sample rate) is read as one value.
