@@ -118,31 +118,30 @@ fn is_layer(op: &Op) -> bool {
     matches!(op, Op::Conv | Op::ConvTranspose | Op::Gemm | Op::MatMul)
 }
 
-/// The layers of `graph` that stay float because a Log reads their output
-/// ([`Rules::feeds_log`]), by name, for the report to say why they have no quantizers.
-pub fn float_before_log(graph: &Graph) -> Vec<String> {
-    let flat = graph.flattened();
-    // The Log rule reads neither the value types nor the user's choices.
-    let rules = Rules::new(&flat, HashMap::new(), Choices::excluding(&[]));
-    (flat.nodes.iter())
-        .filter(|n| is_layer(&n.op) && rules.feeds_log(n))
-        .map(|n| n.name.clone())
-        .collect()
+/// The nodes of a graph that stay float by a rule of their own, by name, for the report to say
+/// why they have no quantizers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeptFloat {
+    /// Layers whose output a Log reads ([`Rules::feeds_log`]).
+    pub before_log: Vec<String>,
+    /// Layers and Gathers reading a weight that holds an infinity or a NaN.
+    pub non_finite: Vec<String>,
 }
 
-/// The layers and Gathers of `graph` that stay float because a weight they read holds an
-/// infinity or a NaN ([`Rules::excluded`]), by name, for the report to say so.
-pub fn float_non_finite(graph: &Graph) -> Vec<String> {
+/// What of `graph` [`KeptFloat`] lists, from one set of rules.
+pub fn kept_float(graph: &Graph) -> KeptFloat {
     let flat = graph.flattened();
+    // Neither rule reads the value types or the user's choices.
     let rules = Rules::new(&flat, HashMap::new(), Choices::excluding(&[]));
-    (flat.nodes.iter())
-        .filter(|n| {
-            n.inputs
-                .iter()
-                .any(|i| rules.non_finite.contains(i.as_str()))
-        })
-        .map(|n| n.name.clone())
-        .collect()
+    let names = |keep: &dyn Fn(&Node) -> bool| -> Vec<String> {
+        (flat.nodes.iter().filter(|n| keep(n)))
+            .map(|n| n.name.clone())
+            .collect()
+    };
+    KeptFloat {
+        before_log: names(&|n| is_layer(&n.op) && rules.feeds_log(n)),
+        non_finite: names(&|n| rules.reads_non_finite(n)),
+    }
 }
 
 /// What the rules look at: the graph, its value types, the user's exclusions.
@@ -200,10 +199,12 @@ impl<'g> Rules<'g> {
             .iter()
             .any(|e| *e == node.name || e == node.op.as_str())
             || (is_layer(&node.op) && self.feeds_log(node))
-            || node
-                .inputs
-                .iter()
-                .any(|i| self.non_finite.contains(i.as_str()))
+            || self.reads_non_finite(node)
+    }
+
+    /// Whether `node` reads a weight holding an infinity or a NaN.
+    fn reads_non_finite(&self, node: &Node) -> bool {
+        (node.inputs.iter()).any(|i| self.non_finite.contains(i.as_str()))
     }
 
     /// Whether `node`'s output goes to a Log, directly or through clamps (Clip, Relu, Max) and
@@ -1165,7 +1166,7 @@ mod tests {
         let plan = plan_of(&g, &[]).unwrap();
         assert_eq!(names(&plan.weights), ["w"]);
         assert_eq!(plan.activations, ["h"]);
-        assert_eq!(float_non_finite(&g), ["emb", "h"]);
+        assert_eq!(kept_float(&g).non_finite, ["emb", "h"]);
     }
 
     #[test]

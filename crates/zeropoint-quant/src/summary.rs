@@ -100,6 +100,7 @@ impl Summary {
     /// The summary of `o`, a run on `model` (its name and size) written to `output` (its path and
     /// size), which took `seconds`.
     pub fn new(o: &Outcome, model: (&str, u64), output: (&str, u64), seconds: f64) -> Summary {
+        let kept = crate::placement::kept_float(&o.graph);
         let layers = o
             .layers
             .iter()
@@ -151,8 +152,8 @@ impl Summary {
                 activations: o.plan.activations.len(),
                 shared: o.plan.shared.len(),
             },
-            float_before_log: crate::placement::float_before_log(&o.graph),
-            float_non_finite: crate::placement::float_non_finite(&o.graph),
+            float_before_log: kept.before_log,
+            float_non_finite: kept.non_finite,
             layers,
             seconds,
             stage_seconds: o.seconds,
