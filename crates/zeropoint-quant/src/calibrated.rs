@@ -495,8 +495,7 @@ const FIRST_ROUND: usize = 2;
 /// is calibration's first round, beside [`FIRST_ROUND`] − 1 more samples alone (taken from
 /// `data`, in parallel where there are threads); else `data` is left as it was.
 fn probe(graph: &Graph, opts: &Options, data: &mut Dataset) -> Result<(Run, Option<FirstRound>)> {
-    let hint = samples_hint(graph, data);
-    probe_first(graph, opts, data).map_err(|e| match (e, hint) {
+    probe_first(graph, opts, data).map_err(|e| match (e, samples_hint(graph, data)) {
         (Error::Engine(e), Some(hint)) => {
             let first = opts.data.first().map_or("<memory>", String::as_str);
             Error::at(Path::new(first), hint, e)
