@@ -79,7 +79,7 @@ pub fn transpose(cx: &Cx) -> R<Vec<Value>> {
 /// "DCR" mode (the default) and as (C/b², b, b) in "CRD" mode, as the operator defines them.
 pub fn depth_to_space(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
-    let (n, ch, h, w) = dims4(v)?;
+    let (n, ch, h, w) = c(v.tensor.dims4())?;
     let b = block_size(cx)?;
     // The block size is the file's to say: its square and the grown sides are checked.
     let area = b.checked_mul(b).filter(|a| ch % a == 0);
@@ -109,7 +109,7 @@ pub fn depth_to_space(cx: &Cx) -> R<Vec<Value>> {
 /// channels (the block's row and column first, then the channel).
 pub fn space_to_depth(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
-    let (n, c, h, w) = dims4(v)?;
+    let (n, c, h, w) = super::c(v.tensor.dims4())?;
     let b = block_size(cx)?;
     if h % b != 0 || w % b != 0 {
         return Err(Error::Op(format!(
@@ -126,13 +126,6 @@ pub fn space_to_depth(cx: &Cx) -> R<Vec<Value>> {
         .reshape(vec![n, c, h / b, b, w / b, b])?
         .permute(vec![0, 3, 5, 1, 2, 4])?;
     one(like(super::c(t.reshape(vec![n, chans, h / b, w / b]))?, v))
-}
-
-fn dims4(v: &Value) -> R<(usize, usize, usize, usize)> {
-    match *v.shape() {
-        [n, c, h, w] => Ok((n, c, h, w)),
-        ref d => Err(Error::Op(format!("input of shape {d:?} is not of rank 4"))),
-    }
 }
 
 fn block_size(cx: &Cx) -> R<usize> {
