@@ -6,7 +6,8 @@ write them (issue: shapes never depend on a guess).
                                 DIR/widths/{a,b,c}.npz: 1, 2 and 1 samples of widths 56, 72, 33
                                 (and DIR/bad/ with a file of 2 channels)
                                 and DIR/seq.onnx, a model without a batch axis, with
-                                DIR/seq.npy (one sequence) and DIR/seq_stacked.npy
+                                DIR/seq.npy (one sequence), DIR/seq_short.npy (one too short
+                                for it) and DIR/seq_stacked.npy
   dynamic_model.py check Q.onnx prints JSON: the declared output shape of Q and the output shape
                                 ONNX Runtime gives on one calibration sample
 
@@ -58,7 +59,8 @@ def write(folder):
 
 def sequence_model(folder):
     """seq.onnx: x [T, 4] (no batch axis) -> Unsqueeze -> Transpose -> Conv 1-D kernel 3 -> y, which
-    needs T >= 3; seq.npy is one sequence [6, 4], seq_stacked.npy the same as [1, 6, 4]."""
+    needs T >= 3; seq.npy is one sequence [6, 4], seq_stacked.npy the same as [1, 6, 4],
+    seq_short.npy a sequence [1, 4]."""
     rng = np.random.default_rng(8)
     nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["u"]),
              helper.make_node("Transpose", ["u"], ["t"], perm=[0, 2, 1]),
@@ -74,6 +76,7 @@ def sequence_model(folder):
     seq = rng.standard_normal((6, 4)).astype(np.float32)
     np.save(os.path.join(folder, "seq.npy"), seq)
     np.save(os.path.join(folder, "seq_stacked.npy"), seq[None])
+    np.save(os.path.join(folder, "seq_short.npy"), seq[:1])
 
 
 def check(path):

@@ -401,9 +401,9 @@ fn print_summary(s: &Summary) {
     if let Some(m) = &s.mixed_precision {
         print_mixed_precision(m);
     }
-    if s.whole_sample {
+    if let Some(why) = &s.whole_sample {
         println!(
-            "the data's arrays count different samples along their first axes: read as one whole sample, each array a whole input (as `zeropoint run` reads them; stack samples on a new first axis for more)"
+            "read the data as one whole sample, each array a whole input, as `zeropoint run` reads them: {why} (stack samples on a new first axis for more)"
         );
     }
     if let Some(why) = &s.one_sample_at_a_time {

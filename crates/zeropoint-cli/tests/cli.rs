@@ -1133,28 +1133,38 @@ fn free_dimensions_come_from_the_data_or_the_user_not_a_guess() {
     assert!(e.contains("bad/b.npz") && e.contains("[2, 40, 56]"), "{e}");
 
     // A model without a batch axis ([T, 4]) given one sequence: read as 6 samples of [4], it
-    // fails, and the error says how the data was read and how to give whole samples.
+    // fails; read whole, as `run` reads it, it runs, and calibrates on it as on the sequence
+    // stacked on an axis of its own.
     let seq = dir.path().join("seq.onnx");
+    let quantized = |data: &str| {
+        let q = dir.path().join(format!("{data}.int8.onnx"));
+        let calib = dir.path().join(format!("{data}.npy"));
+        let args = ["quantize", path(&seq), "--calib", path(&calib), "--json"];
+        let report: Value =
+            serde_json::from_str(&ok(&[&args[..], &["-o", path(&q)]].concat())).unwrap();
+        (report, std::fs::read(&q).unwrap())
+    };
+    let (whole, whole_bytes) = quantized("seq");
+    assert_eq!(whole["calibration_samples"], 1, "{whole}");
+    let why = whole["whole_sample"].as_str().unwrap_or_default();
+    assert!(why.contains("it has no batch axis"), "{whole}");
+    let (stacked, stacked_bytes) = quantized("seq_stacked");
+    assert_eq!(stacked["whole_sample"], Value::Null, "{stacked}");
+    assert!(
+        whole_bytes == stacked_bytes,
+        "whole and stacked exports differ"
+    );
+    // Too short even whole: the error says how the data was read and how to stack it.
     let e = fails(&[
         "quantize",
         path(&seq),
         "--calib",
-        path(&dir.path().join("seq.npy")),
+        path(&dir.path().join("seq_short.npy")),
     ]);
     assert!(
-        e.contains("seq.npy: the model fails on the calibration samples as read, each input's first axis taken for samples ('x': 6 samples of [4]); if that axis is not samples (a sequence's frames, a graph's nodes), stack whole samples on a new first axis, e.g. [N, 6, 4]"),
+        e.contains("seq_short.npy: the model fails on the calibration samples as read, each input's first axis taken for samples ('x': 1 samples of [4]); if that axis is not samples (a sequence's frames, a graph's nodes), stack whole samples on a new first axis, e.g. [N, 1, 4]"),
         "{e}"
     );
-    let stacked = dir.path().join("seq_stacked.npy");
-    let q = dir.path().join("seq.int8.onnx");
-    ok(&[
-        "quantize",
-        path(&seq),
-        "--calib",
-        path(&stacked),
-        "-o",
-        path(&q),
-    ]);
 
     for preset in ["w8a8", "w4a8"] {
         let q = dir.path().join(format!("dyn.{preset}.onnx"));

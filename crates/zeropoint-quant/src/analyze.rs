@@ -111,6 +111,10 @@ pub fn analyze(
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Analysis> {
     let c = calibrated(path, &opts.ptq, progress)?;
+    let opts = &Options {
+        ptq: c.options.clone(),
+        ..opts.clone()
+    };
     let batches = samples(&c, opts)?;
     let probe = Probe::new(c.reference(), &c.graph, batches.clone())?;
     let (plan, p) = (&c.plan, &c.params);

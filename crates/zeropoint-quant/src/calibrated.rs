@@ -121,9 +121,14 @@ pub struct Calibrated {
     /// Why calibration went one sample at a time where batches were planned: the error of the
     /// first batch of several samples (None when batches ran).
     pub one_sample_at_a_time: Option<String>,
-    /// Whether the data was read as one whole sample, its arrays' first axes disagreeing as
-    /// samples ([`Dataset::open`]).
-    pub whole_sample: bool,
+    /// Why the data was read as one whole sample, where it was: its arrays' first axes
+    /// disagreed as samples ([`Dataset::open`]), or the model ran on the whole arrays only
+    /// ([`probe`]).
+    pub whole_sample: Option<String>,
+    /// The options calibration ran with: the caller's, with the data read whole into memory
+    /// where the model ran on it so only ([`probe`]). Whatever reads the data again after
+    /// calibration reads it from these.
+    pub options: Options,
     /// The activation range estimator chosen on held-out samples (`--activation-range auto`).
     pub range_choice: Option<RangeChoice>,
     /// The estimator the activation ranges came from: the settings' own, or the one chosen.
@@ -158,7 +163,14 @@ pub fn calibrated(
     let smoothing = smooth(&mut graph, opts)?;
     let mut data = open_data(&graph, opts)?;
     data.check_one_sample()?;
-    let (seen, first) = probe(&graph, opts, &mut data)?;
+    let (seen, first, read_whole) = probe(&graph, opts, &mut data)?;
+    let whole_sample = match (&read_whole, data.whole) {
+        (Some(_), _) => Some(WHOLE_FOR_NO_BATCH_AXIS),
+        (None, true) => Some("the arrays count different samples along their first axes"),
+        (None, false) => None,
+    }
+    .map(String::from);
+    let opts = &read_whole.unwrap_or_else(|| opts.clone());
     drop_contradicted_output_shapes(&mut graph, &seen);
     let sizes = element_counts(&seen);
     let types = dtypes_of(&graph, seen);
@@ -233,7 +245,8 @@ pub fn calibrated(
         calibration_samples: total,
         batch: settings.batch,
         one_sample_at_a_time,
-        whole_sample: data.whole,
+        whole_sample,
+        options: opts.clone(),
         activation_method,
         range_choice,
         seconds,
@@ -494,14 +507,58 @@ const FIRST_ROUND: usize = 2;
 /// dimensions, and control flow takes the data's path. Where observers merge exactly, that run
 /// is calibration's first round, beside [`FIRST_ROUND`] − 1 more samples alone (taken from
 /// `data`, in parallel where there are threads); else `data` is left as it was.
-fn probe(graph: &Graph, opts: &Options, data: &mut Dataset) -> Result<(Run, Option<FirstRound>)> {
-    probe_first(graph, opts, data).map_err(|e| match (e, samples_hint(graph, data)) {
-        (Error::Engine(e), Some(hint)) => {
-            let first = opts.data.first().map_or("<memory>", String::as_str);
-            Error::at(Path::new(first), hint, e)
+///
+/// A model without a batch axis whose first axis is free ([frames, bins]) fails on the data as
+/// read, each frame taken for a sample. Where the whole arrays are small enough and the model
+/// runs on them, as `zeropoint run` takes them, they are the data from then on: `data` is
+/// replaced, and the options returned hold them.
+fn probe(
+    graph: &Graph,
+    opts: &Options,
+    data: &mut Dataset,
+) -> Result<(Run, Option<FirstRound>, Option<Options>)> {
+    let failed = match probe_first(graph, opts, data) {
+        Ok((seen, first)) => return Ok((seen, first, None)),
+        Err(Error::Engine(e)) => e,
+        Err(e) => return Err(e),
+    };
+    let Some(hint) = samples_hint(graph, data) else {
+        return Err(Error::Engine(failed));
+    };
+    if let Some((whole, mut whole_data)) = read_whole(graph, opts) {
+        if let Ok((seen, first)) = probe_first(graph, &whole, &mut whole_data) {
+            *data = whole_data;
+            return Ok((seen, first, Some(whole)));
         }
-        (e, _) => e,
-    })
+    }
+    let first = opts.data.first().map_or("<memory>", String::as_str);
+    Err(Error::at(Path::new(first), hint, failed))
+}
+
+/// Why [`probe`] read the data whole.
+const WHOLE_FOR_NO_BATCH_AXIS: &str =
+    "the model fails on the slices of the arrays' first axes taken for samples (it has no batch axis)";
+
+/// The most bytes of data [`probe`] reads whole to try it as one sample: a long spectrogram
+/// (10 minutes of 81 bins at 100 frames a second is 19 MB), not a stack of images whose batch
+/// would be one run.
+const WHOLE_SAMPLE_BYTES: usize = 32 << 20;
+
+/// `opts` with its data read whole into memory as one sample, and that data opened; None where
+/// it is larger than [`WHOLE_SAMPLE_BYTES`] or an array has not its input's declared shape.
+fn read_whole(graph: &Graph, opts: &Options) -> Option<(Options, Dataset)> {
+    let (specs, arrays) = (&opts.data, opts.arrays.clone());
+    let inputs = &graph.inputs;
+    let arrays = Dataset::read_whole(specs, arrays, inputs, &opts.preprocess, WHOLE_SAMPLE_BYTES)
+        .ok()
+        .flatten()?;
+    let whole = Options {
+        data: Vec::new(),
+        arrays,
+        ..opts.clone()
+    };
+    let data = open_data(graph, &whole).ok()?;
+    Some((whole, data))
 }
 
 /// Where the model fails on the first sample and the samples were taken along a free first axis

@@ -187,36 +187,7 @@ impl Dataset {
     /// Data already in memory: one batch-first array per model input, by input name. Errors
     /// name the array as `<memory>/NAME`.
     pub fn from_arrays(arrays: Arrays, inputs: &[ValueInfo]) -> Result<Dataset> {
-        let streams: Vec<(String, Stream)> = arrays
-            .into_iter()
-            .map(|(name, array)| {
-                let path = Path::new("<memory>").join(&name);
-                let bytes =
-                    element_count(&array.shape).and_then(|n| n.checked_mul(array.dtype.size()));
-                if bytes != Some(array.data.len()) {
-                    return Err(Error::new(
-                        &path,
-                        format!(
-                            "{} bytes do not hold a {} array of shape {:?}",
-                            array.data.len(),
-                            array.dtype,
-                            array.shape
-                        ),
-                    ));
-                }
-                let batch = inputs
-                    .iter()
-                    .find(|i| i.name == name)
-                    .map_or(Batch::Axis(0), |info| batch_of_data(info, &array.shape));
-                if array.shape.is_empty() && batch != Batch::Shared {
-                    return Err(Error::new(
-                        &path,
-                        "a batch-first array needs at least one axis",
-                    ));
-                }
-                Ok((name, Stream::Memory { path, array, batch }))
-            })
-            .collect::<Result<_>>()?;
+        let streams = memory_streams(arrays, inputs)?;
         let len = common_length(&streams, inputs, Path::new("<memory>"))?;
         Ok(Dataset {
             len,
@@ -224,6 +195,38 @@ impl Dataset {
             next: 0,
             whole: false,
         })
+    }
+
+    /// The arrays of `specs` (or `arrays`) read as `zeropoint run` reads them, each a whole
+    /// input, stacked on a new first axis as one sample: the data of a model without a batch
+    /// axis whose first axis is free ([frames, bins]), which would otherwise be read as frames.
+    /// None where an array has not exactly the shape its input declares, or where the arrays
+    /// hold more than `limit` bytes (nothing is read then).
+    pub fn read_whole(
+        specs: &[String],
+        arrays: Arrays,
+        inputs: &[ValueInfo],
+        prep: &Preprocess,
+        limit: usize,
+    ) -> Result<Option<Arrays>> {
+        let streams = if arrays.is_empty() {
+            let mut streams = open_streams(specs, inputs, prep)?;
+            arrange(&mut streams, inputs)?;
+            streams
+        } else {
+            memory_streams(arrays, inputs)?
+        };
+        let bytes = streams.iter().try_fold(0usize, |sum, (_, s)| {
+            let (one, dtype) = s.one_sample();
+            element_count(&one)?
+                .checked_mul(s.samples())?
+                .checked_mul(dtype.size())?
+                .checked_add(sum)
+        });
+        if bytes.is_none_or(|b| b > limit) {
+            return Ok(None);
+        }
+        whole_arrays(streams, inputs).transpose()
     }
 
     /// The next `n` samples (fewer at the end), or None when all were read.
@@ -618,6 +621,40 @@ fn batch_bytes(path: &Path, elements: usize, size: usize, n: usize) -> Result<()
         .map_err(|m| Error::new(path, format!("{m}; lower --batch or --samples")))
 }
 
+/// The streams of arrays in memory, one batch-first array per model input, by input name. Errors
+/// name the array as `<memory>/NAME`.
+fn memory_streams(arrays: Arrays, inputs: &[ValueInfo]) -> Result<Vec<(String, Stream)>> {
+    arrays
+        .into_iter()
+        .map(|(name, array)| {
+            let path = Path::new("<memory>").join(&name);
+            let bytes = element_count(&array.shape).and_then(|n| n.checked_mul(array.dtype.size()));
+            if bytes != Some(array.data.len()) {
+                return Err(Error::new(
+                    &path,
+                    format!(
+                        "{} bytes do not hold a {} array of shape {:?}",
+                        array.data.len(),
+                        array.dtype,
+                        array.shape
+                    ),
+                ));
+            }
+            let batch = inputs
+                .iter()
+                .find(|i| i.name == name)
+                .map_or(Batch::Axis(0), |info| batch_of_data(info, &array.shape));
+            if array.shape.is_empty() && batch != Batch::Shared {
+                return Err(Error::new(
+                    &path,
+                    "a batch-first array needs at least one axis",
+                ));
+            }
+            Ok((name, Stream::Memory { path, array, batch }))
+        })
+        .collect()
+}
+
 /// Whether inputs whose data fits them count different numbers of samples (the only refusal
 /// [`one_whole_sample`] may replace: an empty or ill-fitting set keeps its own).
 fn counts_disagree(streams: &[(String, Stream)], inputs: &[ValueInfo]) -> bool {
@@ -645,6 +682,17 @@ fn one_whole_sample(
     streams: Vec<(String, Stream)>,
     inputs: &[ValueInfo],
 ) -> Option<Result<Dataset>> {
+    let arrays = match whole_arrays(streams, inputs)? {
+        Ok(arrays) => arrays,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(Dataset::from_arrays(arrays, inputs).map(|d| Dataset { whole: true, ..d }))
+}
+
+/// Every array of `streams` read whole, with a new first axis of one (a scalar as it is): one
+/// sample stacked ([`Batch::Stacked`]). None unless every array has exactly the shape its input
+/// declares.
+fn whole_arrays(streams: Vec<(String, Stream)>, inputs: &[ValueInfo]) -> Option<Result<Arrays>> {
     let mut arrays = Vec::new();
     for (name, mut stream) in streams {
         let declared = inputs.iter().find(|i| i.name == name)?.shape.as_ref()?;
@@ -672,7 +720,7 @@ fn one_whole_sample(
         }
         arrays.push((name, Arc::new(whole)));
     }
-    Some(Dataset::from_arrays(arrays, inputs).map(|d| Dataset { whole: true, ..d }))
+    Some(Ok(arrays))
 }
 
 /// Reads whole, into memory, the data of inputs whose samples do not lie along the first axis

@@ -68,8 +68,9 @@ pub struct Outcome {
     /// Why calibration went one sample at a time where batches were planned (None when
     /// batches ran).
     pub one_sample_at_a_time: Option<String>,
-    /// Whether the data was read as one whole sample ([`crate::dataset::Dataset::open`]).
-    pub whole_sample: bool,
+    /// Why the data was read as one whole sample, where it was
+    /// ([`crate::calibrated::Calibrated::whole_sample`]).
+    pub whole_sample: Option<String>,
     /// The activation range estimator chosen on held-out samples (`--activation-range auto`).
     pub range_choice: Option<crate::range_choice::RangeChoice>,
     /// The samples `layers` was measured on (0: no report).
@@ -92,6 +93,7 @@ pub fn quantize(
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Outcome> {
     let mut c = calibrated(path, opts, progress)?;
+    let opts = &c.options.clone();
     let mut settings = opts.settings.clone();
     let mixed_precision = match opts.settings.target {
         Some(target) => {
@@ -160,7 +162,7 @@ pub fn quantize(
         params: c.params,
         calibration_samples: c.calibration_samples,
         one_sample_at_a_time: c.one_sample_at_a_time.clone(),
-        whole_sample: c.whole_sample,
+        whole_sample: c.whole_sample.clone(),
         range_choice: c.range_choice.clone(),
         report_samples,
         layers,

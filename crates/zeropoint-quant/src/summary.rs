@@ -17,9 +17,9 @@ pub struct Summary {
     /// Why calibration went one sample at a time where batches were planned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub one_sample_at_a_time: Option<String>,
-    /// The data's arrays read as one whole sample, their first axes disagreeing as samples.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub whole_sample: bool,
+    /// Why the data's arrays were read as one whole sample, where they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whole_sample: Option<String>,
     /// The activation range estimator chosen on held-out samples (`--activation-range auto`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub range_choice: Option<crate::range_choice::RangeChoice>,
@@ -130,7 +130,7 @@ impl Summary {
             bytes_after: output.1,
             calibration_samples: o.calibration_samples,
             one_sample_at_a_time: o.one_sample_at_a_time.clone(),
-            whole_sample: o.whole_sample,
+            whole_sample: o.whole_sample.clone(),
             range_choice: o.range_choice.clone(),
             report_samples: o.report_samples,
             canonicalization: Canonicalization {

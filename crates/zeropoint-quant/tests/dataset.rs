@@ -318,3 +318,46 @@ fn a_graphs_nodes_and_edges_are_not_samples() {
         "{e}"
     );
 }
+
+/// A model without a batch axis whose first axis is free ([T, 4]) given one sequence, from a
+/// file or in memory: read whole, it is one sample stacked on an axis of its own, unless its
+/// arrays hold more than the limit or have not the declared shape.
+#[test]
+fn a_sequence_read_whole_is_one_stacked_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let x: Vec<f32> = (0..6 * 4).map(|i| i as f32 * 0.25).collect();
+    let inputs = [info(
+        "x",
+        DType::F32,
+        vec![Dim::Sym("T".into()), Dim::Fixed(4)],
+    )];
+    let path = dir.path().join("seq.npy");
+    std::fs::write(&path, npy::to_bytes(&[6, 4], &x)).unwrap();
+    let spec = [path.display().to_string()];
+    let prep = Preprocess::default();
+    let read = |arrays| Dataset::read_whole(&spec, arrays, &inputs, &prep, 6 * 4 * 4).unwrap();
+
+    let from_file = read(Vec::new()).unwrap();
+    let (name, array) = &from_file[0];
+    assert_eq!(
+        (name.as_str(), array.shape.as_slice()),
+        ("x", &[1, 6, 4][..])
+    );
+    assert_eq!(array.f32s(), x);
+    // In memory, the same; as a dataset, one sample of the whole sequence.
+    let memory = zeropoint_onnx::RawTensor::from_f32s("x", &[6, 4], &x);
+    let in_memory = read(vec![("x".into(), std::sync::Arc::new(memory))]).unwrap();
+    assert_eq!(in_memory[0].1.data, array.data);
+    let mut data = Dataset::from_arrays(in_memory, &inputs).unwrap();
+    assert_eq!(data.len, 1);
+    let b = data.next_batch(8).unwrap().unwrap();
+    assert_eq!(b["x"].shape(), [6, 4]);
+    assert!(data.next_batch(8).unwrap().is_none());
+
+    // One byte over the limit: nothing is read.
+    let over = Dataset::read_whole(&spec, Vec::new(), &inputs, &prep, 6 * 4 * 4 - 1).unwrap();
+    assert!(over.is_none());
+    // Stacked already, one axis more than declared: no whole reading.
+    std::fs::write(&path, npy::to_bytes(&[1, 6, 4], &x)).unwrap();
+    assert!(read(Vec::new()).is_none());
+}

@@ -94,7 +94,12 @@ pub fn train(
     } else {
         calibrated(path, &opts.ptq, progress)?
     };
-    let mut samples = first_samples(&c.graph, &opts.ptq, usize::MAX)?;
+    // The data as calibration read it (whole, for a model without a batch axis), all of it.
+    let data = calibrated::Options {
+        samples: opts.ptq.samples,
+        ..c.options.clone()
+    };
+    let mut samples = first_samples(&c.graph, &data, usize::MAX)?;
     check_labels(&c, opts, samples.len())?;
     if let (false, Some(first)) = (opts.augment.is_off(), samples.first()) {
         opts.augment
