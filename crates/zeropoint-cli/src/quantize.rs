@@ -403,7 +403,7 @@ fn print_summary(s: &Summary) {
     }
     if let Some(why) = &s.whole_sample {
         println!(
-            "read the data as one whole sample, each array a whole input, as `zeropoint run` reads them: {why} (stack samples on a new first axis for more)"
+            "read the data as `zeropoint run` reads it, each array a whole input: {why}"
         );
     }
     if let Some(why) = &s.one_sample_at_a_time {

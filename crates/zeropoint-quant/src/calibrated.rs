@@ -164,12 +164,7 @@ pub fn calibrated(
     let mut data = open_data(&graph, opts)?;
     data.check_one_sample()?;
     let (seen, first, read_whole) = probe(&graph, opts, &mut data)?;
-    let whole_sample = match (&read_whole, data.whole) {
-        (Some(_), _) => Some(WHOLE_FOR_NO_BATCH_AXIS),
-        (None, true) => Some("the arrays count different samples along their first axes"),
-        (None, false) => None,
-    }
-    .map(String::from);
+    let whole_sample = whole_sample_reason(read_whole.is_some(), &data);
     let opts = &read_whole.unwrap_or_else(|| opts.clone());
     drop_contradicted_output_shapes(&mut graph, &seen);
     let sizes = element_counts(&seen);
@@ -535,9 +530,19 @@ fn probe(
     Err(Error::at(Path::new(first), hint, failed))
 }
 
-/// Why [`probe`] read the data whole.
-const WHOLE_FOR_NO_BATCH_AXIS: &str =
-    "the model fails on the slices of the arrays' first axes taken for samples (it has no batch axis)";
+/// Why the data was read as whole samples, where it was: by [`Dataset::open`], or by [`probe`]
+/// (`by_probe`).
+fn whole_sample_reason(by_probe: bool, data: &Dataset) -> Option<String> {
+    const MORE: &str = "stack samples on a new first axis, or give a folder of files, one a sample, for more";
+    if by_probe {
+        return Some(format!("one whole sample, as the model fails on the slices of the arrays' first axes taken for samples (it has no batch axis); {MORE}"));
+    }
+    match (data.whole, data.len) {
+        (false, _) => None,
+        (true, 1) => Some(format!("one whole sample, as the arrays count different samples along their first axes; {MORE}")),
+        (true, n) => Some(format!("{n} whole samples, one a file, as each file's arrays count different samples along their first axes or an input's samples would not lie there")),
+    }
+}
 
 /// The most bytes of data [`probe`] reads whole to try it as one sample: a long spectrogram
 /// (10 minutes of 81 bins at 100 frames a second is 19 MB), not a stack of images whose batch

@@ -91,8 +91,14 @@ enum Stream {
         dir: PathBuf,
         member: Option<String>,
         files: Vec<PathBuf>,
-        /// Per file: its samples' shape (batch first) and element type.
+        /// Per file: its samples' shape (batch first) and element type. A file that is one
+        /// whole sample ([`whole_files`]) has a first axis of one added here, not in the file.
         shapes: Vec<(Vec<usize>, DType)>,
+        /// Along the first axis ([`Batch::Axis`] 0), or stacked on an axis of their own, one
+        /// a run ([`Batch::Stacked`]).
+        batch: Batch,
+        /// Whether each file is one whole sample, its arrays the inputs' whole values.
+        whole: bool,
         /// The file being read and its stream.
         open: Option<(usize, Box<Stream>)>,
     },
@@ -152,6 +158,7 @@ impl Dataset {
     /// to the inputs in order.
     pub fn open(specs: &[String], inputs: &[ValueInfo], prep: &Preprocess) -> Result<Dataset> {
         let mut streams = open_streams(specs, inputs, prep)?;
+        let whole = whole_files(&mut streams, inputs);
         arrange(&mut streams, inputs)?;
         let first = Path::new(specs.first().map_or("", String::as_str));
         let len = match common_length(&streams, inputs, first) {
@@ -165,7 +172,7 @@ impl Dataset {
             len,
             streams,
             next: 0,
-            whole: false,
+            whole,
         })
     }
 
@@ -458,7 +465,7 @@ impl Stream {
 
     fn batch(&self) -> Batch {
         match self {
-            Stream::Memory { batch, .. } => *batch,
+            Stream::Memory { batch, .. } | Stream::Files { batch, .. } => *batch,
             _ => Batch::Axis(0),
         }
     }
@@ -497,9 +504,15 @@ impl Stream {
     /// The data fits the declared input: element type, and every fixed dimension but the batch
     /// (in every file of a folder).
     fn check(&self, info: &ValueInfo) -> Result<()> {
-        if let Stream::Files { files, shapes, .. } = self {
+        if let Stream::Files {
+            files,
+            shapes,
+            batch,
+            ..
+        } = self
+        {
             for (file, (shape, dtype)) in files.iter().zip(shapes) {
-                check_fits(file, info, shape, Batch::Axis(0), *dtype)?;
+                check_fits(file, info, shape, *batch, *dtype)?;
             }
             return Ok(());
         }
@@ -522,8 +535,18 @@ impl Stream {
                 shapes,
                 member,
                 open,
+                batch,
+                whole,
                 ..
-            } => read_from_files(files, shapes, member.as_deref(), open, from, n),
+            } => {
+                let at = (member.as_deref(), open);
+                let mut sample = read_from_files(files, shapes, at, from, n, *whole)?;
+                // One sample, without the stacking axis (next_batch asks for one).
+                if *batch == Batch::Stacked && !*whole {
+                    sample.shape.remove(0);
+                }
+                Ok(sample)
+            }
             Stream::Array {
                 path,
                 reader,
@@ -723,6 +746,49 @@ fn whole_arrays(streams: Vec<(String, Stream)>, inputs: &[ValueInfo]) -> Option<
     Some(Ok(arrays))
 }
 
+/// Marks a folder of files that are each one whole sample, as `zeropoint run` reads a file (a
+/// graph network's nodes and edges, one molecule a file): every array has exactly the shape its
+/// input declares, and the first axes do not count samples: a file's arrays count differently
+/// there, or an input's samples would not lie there (edges [2, edges]). False, and nothing
+/// changed, where the data is not such a folder.
+fn whole_files(streams: &mut [(String, Stream)], inputs: &[ValueInfo]) -> bool {
+    let mut not_samples = false;
+    let mut firsts: Vec<HashSet<usize>> = Vec::new();
+    for (name, stream) in streams.iter() {
+        let Stream::Files { shapes, .. } = stream else {
+            return false;
+        };
+        let Some(info) = inputs.iter().find(|i| &i.name == name) else {
+            return false;
+        };
+        let declared = info.shape.as_deref().unwrap_or_default();
+        if declared.is_empty() || !shapes.iter().all(|(s, _)| dims_fit(declared, s)) {
+            return false;
+        }
+        not_samples |= batch_of_input(info) != Batch::Axis(0);
+        firsts.resize(firsts.len().max(shapes.len()), HashSet::new());
+        for (counts, (shape, _)) in firsts.iter_mut().zip(shapes) {
+            counts.insert(shape[0]);
+        }
+    }
+    if !(not_samples || firsts.iter().any(|counts| counts.len() > 1)) {
+        return false;
+    }
+    for (_, stream) in streams.iter_mut() {
+        if let Stream::Files {
+            shapes,
+            batch,
+            whole,
+            ..
+        } = stream
+        {
+            shapes.iter_mut().for_each(|(shape, _)| shape.insert(0, 1));
+            (*batch, *whole) = (Batch::Stacked, true);
+        }
+    }
+    true
+}
+
 /// Reads whole, into memory, the data of inputs whose samples do not lie along the first axis
 /// (see [`batch_of_input`]): a recurrent state [2, N, 128], a scalar shared by every sample, and
 /// samples stacked on an axis of their own ([`Batch::Stacked`]).
@@ -732,7 +798,12 @@ fn arrange(streams: &mut [(String, Stream)], inputs: &[ValueInfo]) -> Result<()>
             continue; // common_length names it
         };
         let batch = batch_of_data(info, stream.sample_shape().0);
-        if batch == Batch::Axis(0) {
+        if batch == Batch::Axis(0) || batch == stream.batch() {
+            continue;
+        }
+        // A folder's files each hold samples stacked on an axis of their own: read file by file.
+        if let (Stream::Files { batch: b, .. }, Batch::Stacked) = (&mut *stream, batch) {
+            *b = batch;
             continue;
         }
         if matches!(
@@ -1158,6 +1229,8 @@ fn array_folder(dir: &Path) -> Result<Vec<(Option<String>, Stream)>> {
             files: files.clone(),
             shapes,
             open: None,
+            batch: Batch::Axis(0),
+            whole: false,
         };
         out.push((member, stream));
     }
@@ -1182,15 +1255,21 @@ fn open_file(path: &Path, member: Option<&str>) -> Result<Stream> {
 }
 
 /// Samples `from .. from + n` of a folder of files, from the one file that holds them all
-/// ([`Stream::contiguous`]), which stays open for the next batch.
+/// ([`Stream::contiguous`]), which stays open for the next batch; of a folder of `whole` files,
+/// sample `from` is the whole array of file `from`.
 fn read_from_files(
     files: &[PathBuf],
     shapes: &[(Vec<usize>, DType)],
-    member: Option<&str>,
-    open: &mut Option<(usize, Box<Stream>)>,
+    (member, open): (Option<&str>, &mut Option<(usize, Box<Stream>)>),
     from: usize,
     n: usize,
+    whole: bool,
 ) -> Result<RawTensor> {
+    if whole {
+        let mut stream = open_file(&files[from], member)?;
+        let n = stream.samples();
+        return stream.read(0, n);
+    }
     let (mut i, mut start) = (0, 0);
     while from >= start + shapes[i].0[0] {
         start += shapes[i].0[0];

@@ -361,3 +361,75 @@ fn a_sequence_read_whole_is_one_stacked_sample() {
     std::fs::write(&path, npy::to_bytes(&[1, 6, 4], &x)).unwrap();
     assert!(read(Vec::new()).is_none());
 }
+
+/// A folder of files, each one whole sample (a graph network's nodes [nodes, 3] and edges
+/// [2, edges], one molecule a file), is read one file a sample, each array whole; a folder of
+/// files that each stack whole samples on an axis of their own is read one stacked sample a run.
+#[test]
+fn a_folder_of_whole_or_stacked_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = [
+        info("nodes", DType::F32, vec![Dim::Sym("n".into()), Dim::Fixed(3)]),
+        info("edges", DType::I64, vec![Dim::Fixed(2), Dim::Sym("e".into())]),
+    ];
+    let graphs = [(4, 6), (7, 5)];
+    for (i, &(n, e)) in graphs.iter().enumerate() {
+        let nodes: Vec<f32> = (0..n * 3).map(|v| (v + 100 * i) as f32).collect();
+        let edges: Vec<i64> = (0..2 * e).map(|v| (v % n) as i64).collect();
+        let members = [
+            ("nodes", npy::to_bytes(&[n, 3], &nodes)),
+            ("edges", npy::to_bytes(&[2, e], &edges)),
+        ];
+        let path = dir.path().join(format!("g{i}.npz"));
+        write_npz(&path, zip::CompressionMethod::Deflated, &members);
+    }
+    let spec = [dir.path().display().to_string()];
+    let mut data = Dataset::open(&spec, &inputs, &Preprocess::default()).unwrap();
+    assert!(data.whole && data.stacked());
+    assert_eq!(data.len, 2);
+    for (i, &(n, e)) in graphs.iter().enumerate() {
+        // A batch of 8 asked, one graph given: the file's arrays as they are.
+        let b = data.next_batch(8).unwrap().unwrap();
+        assert_eq!(b["nodes"].shape(), [n, 3]);
+        assert_eq!(b["nodes"].to_f32s().unwrap()[0], (100 * i) as f32);
+        assert_eq!(b["edges"].shape(), [2, e]);
+    }
+    assert!(data.next_batch(8).unwrap().is_none());
+
+    // Files of sequences [k, T, 6] beside states [k, 1, 1, 4]: k whole samples each.
+    let stacked = tempfile::tempdir().unwrap();
+    let inputs = [
+        info("x", DType::F32, vec![Dim::Sym("T".into()), Dim::Fixed(6)]),
+        info(
+            "h",
+            DType::F32,
+            vec![Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(4)],
+        ),
+    ];
+    for (i, (k, t)) in [(2usize, 5usize), (1, 3)].into_iter().enumerate() {
+        let x: Vec<f32> = (0..k * t * 6).map(|v| (v + 1000 * i) as f32).collect();
+        let h: Vec<f32> = (0..k * 4).map(|v| v as f32).collect();
+        let members = [
+            ("x", npy::to_bytes(&[k, t, 6], &x)),
+            ("h", npy::to_bytes(&[k, 1, 1, 4], &h)),
+        ];
+        let path = stacked.path().join(format!("s{i}.npz"));
+        write_npz(&path, zip::CompressionMethod::Stored, &members);
+    }
+    let spec = [stacked.path().display().to_string()];
+    let mut data = Dataset::open(&spec, &inputs, &Preprocess::default()).unwrap();
+    assert!(!data.whole && data.stacked());
+    assert_eq!(data.len, 3);
+    let shapes: Vec<(Vec<usize>, Vec<usize>, f32)> = std::iter::from_fn(|| {
+        let b = data.next_batch(8).unwrap()?;
+        let first = b["x"].to_f32s().unwrap()[0];
+        Some((b["x"].shape().to_vec(), b["h"].shape().to_vec(), first))
+    })
+    .collect();
+    let expected = [
+        (vec![5, 6], vec![1, 1, 4], 0.0),
+        (vec![5, 6], vec![1, 1, 4], 30.0),
+        (vec![3, 6], vec![1, 1, 4], 1000.0),
+    ];
+    assert_eq!(shapes, expected);
+}
