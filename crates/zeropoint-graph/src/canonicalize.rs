@@ -156,13 +156,22 @@ fn canonicalize_subgraph(g: &mut Graph, eval: &dyn Evaluator, report: &mut Repor
     Ok(())
 }
 
-/// Replaces nodes whose inputs are all initializers by initializers holding their outputs.
+/// Replaces nodes whose inputs are all initializers by initializers holding their outputs. An
+/// Identity of an initializer is not copied: its readers read the initializer, so that a weight
+/// several layers share (an ALBERT's, through an Identity each) stays one tensor, held and
+/// quantized once.
 pub fn fold_constants(graph: &mut Graph, eval: &dyn Evaluator) -> Result<usize> {
     let mut known: HashSet<String> = graph.initializers.iter().map(|t| t.name.clone()).collect();
     let outputs: HashSet<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
     let mut kept = Vec::with_capacity(graph.nodes.len());
     let mut folded = 0;
-    for node in std::mem::take(&mut graph.nodes) {
+    let mut aliases: HashMap<String, String> = HashMap::new();
+    for mut node in std::mem::take(&mut graph.nodes) {
+        for input in &mut node.inputs {
+            if let Some(to) = aliases.get(input) {
+                *input = to.clone();
+            }
+        }
         let foldable = eval.supports(&node)
             && node.subgraphs.is_empty()
             && !matches!(node.op, Op::QuantizeLinear | Op::DequantizeLinear)
@@ -174,6 +183,14 @@ pub fn fold_constants(graph: &mut Graph, eval: &dyn Evaluator) -> Result<usize> 
         if !foldable {
             kept.push(node);
             continue;
+        }
+        if let (Op::Identity, [from], [to]) = (&node.op, &node.inputs[..], &node.outputs[..]) {
+            if !from.is_empty() && !to.is_empty() {
+                aliases.insert(to.clone(), from.clone());
+                known.insert(to.clone());
+                folded += 1;
+                continue;
+            }
         }
         let args: Vec<Option<&RawTensor>> =
             node.inputs.iter().map(|i| graph.initializer(i)).collect();
@@ -192,6 +209,10 @@ pub fn fold_constants(graph: &mut Graph, eval: &dyn Evaluator) -> Result<usize> 
         folded += 1;
     }
     graph.nodes = kept;
+    // Subgraphs read the outer graph's values by name.
+    if !aliases.is_empty() {
+        rename_inputs(graph, &aliases);
+    }
     Ok(folded)
 }
 
@@ -999,6 +1020,70 @@ mod tests {
         assert_eq!(g.nodes[1].outputs, ["y"]);
         let alpha = g.nodes[0].attribute("alpha").unwrap().f();
         assert_eq!(alpha, 1.0 / 6.0);
+    }
+
+    /// Runs nothing, but says it could run an Identity: an Identity of an initializer is
+    /// folded without running it.
+    struct IdentityOnly;
+
+    impl Evaluator for IdentityOnly {
+        fn supports(&self, node: &Node) -> bool {
+            node.op == Op::Identity
+        }
+
+        fn run_node(
+            &self,
+            node: &Node,
+            _: &[Option<&RawTensor>],
+            _: i64,
+        ) -> std::result::Result<Vec<RawTensor>, crate::error::Source> {
+            panic!("{} was run: an Identity of an initializer is an alias", node.name)
+        }
+
+        fn infer(&self, _: &mut Graph) -> Result<HashMap<String, crate::graph::ValueType>> {
+            Ok(HashMap::new())
+        }
+    }
+
+    /// ALBERT's layers share their weights, each through an Identity of its own: the layers
+    /// read the one initializer, in subgraphs too, and no copy is made.
+    #[test]
+    fn an_identity_of_an_initializer_is_not_a_copy() {
+        let body = Graph {
+            source: "g.onnx".into(),
+            opset: 13,
+            inputs: vec![],
+            outputs: vec![info("z")],
+            initializers: vec![],
+            nodes: vec![Node::new("inner", Op::MatMul, &["x", "w2"], &["z"])],
+        };
+        let mut branch = Node::new("if", Op::If, &["c"], &["b"]);
+        branch.subgraphs.push(("then_branch".into(), body.clone()));
+        branch.subgraphs.push(("else_branch".into(), body));
+        let mut g = graph(
+            vec![
+                RawTensor::from_f32s("W", &[3, 3], &[0.5; 9]),
+                RawTensor::from_i64s("c", &[], &[1], DType::I64),
+            ],
+            vec![
+                Node::new("id1", Op::Identity, &["W"], &["w1"]),
+                Node::new("id2", Op::Identity, &["w1"], &["w2"]),
+                Node::new("layer1", Op::MatMul, &["x", "w1"], &["h"]),
+                Node::new("layer2", Op::MatMul, &["h", "w2"], &["a"]),
+                branch,
+                Node::new("sum", Op::Add, &["a", "b"], &["y"]),
+            ],
+            "y",
+        );
+        assert_eq!(fold_constants(&mut g, &IdentityOnly).unwrap(), 2);
+        let op_names: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(op_names, ["layer1", "layer2", "if", "sum"]);
+        assert_eq!(g.nodes[0].inputs, ["x", "W"]);
+        assert_eq!(g.nodes[1].inputs, ["h", "W"]);
+        for (_, sub) in &g.nodes[2].subgraphs {
+            assert_eq!(sub.nodes[0].inputs, ["x", "W"]);
+        }
+        assert_eq!(g.initializers.len(), 2, "no copy of W");
     }
 
     #[test]
