@@ -928,6 +928,8 @@ def index_cases():
          {"idx": i64([[2, 0], [2, 0]])}, opset=18, note="reduction min on int64")
     case("ScatterElements_mul", se(axis=2, reduction="mul"), {"x": r.n(2, 2, 3), "u": r.n(2, 2, 2),
          "idx": r.i(-3, 3, 2, 2, 2)}, opset=16, note="reduction mul, indices as graph input")
+    case("ScatterElements_add_rank3_middle_axis", se(axis=1, reduction="add"), {"x": r.n(3, 4, 5), "u": r.n(2, 3, 4),
+         "idx": r.i(-4, 4, 2, 3, 4)}, opset=16, note="rank 3 along a middle axis, indices smaller than the data on the others")
     case("Scatter_opset10", N("Scatter", ["x", "idx", "u"], ["y"], axis=1), {"x": r.n(2, 3), "u": r.n(2, 2)},
          {"idx": i64([[2, 0], [1, 2]])}, opset=10, note="opset 9-10's name for ScatterElements")
     sn = lambda **kw: N("ScatterND", ["x", "idx", "u"], ["y"], **kw)

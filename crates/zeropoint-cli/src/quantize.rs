@@ -402,9 +402,7 @@ fn print_summary(s: &Summary) {
         print_mixed_precision(m);
     }
     if let Some(why) = &s.whole_sample {
-        println!(
-            "read the data as `zeropoint run` reads it, each array a whole input: {why}"
-        );
+        println!("read the data as `zeropoint run` reads it, each array a whole input: {why}");
     }
     if let Some(why) = &s.one_sample_at_a_time {
         println!("calibrated one sample at a time: {why}");

@@ -1037,7 +1037,10 @@ mod tests {
             _: &[Option<&RawTensor>],
             _: i64,
         ) -> std::result::Result<Vec<RawTensor>, crate::error::Source> {
-            panic!("{} was run: an Identity of an initializer is an alias", node.name)
+            panic!(
+                "{} was run: an Identity of an initializer is an alias",
+                node.name
+            )
         }
 
         fn infer(&self, _: &mut Graph) -> Result<HashMap<String, crate::graph::ValueType>> {

@@ -533,7 +533,8 @@ fn probe(
 /// Why the data was read as whole samples, where it was: by [`Dataset::open`], or by [`probe`]
 /// (`by_probe`).
 fn whole_sample_reason(by_probe: bool, data: &Dataset) -> Option<String> {
-    const MORE: &str = "stack samples on a new first axis, or give a folder of files, one a sample, for more";
+    const MORE: &str =
+        "stack samples on a new first axis, or give a folder of files, one a sample, for more";
     if by_probe {
         return Some(format!("one whole sample, as the model fails on the slices of the arrays' first axes taken for samples (it has no batch axis); {MORE}"));
     }

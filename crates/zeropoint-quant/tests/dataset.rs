@@ -369,8 +369,16 @@ fn a_sequence_read_whole_is_one_stacked_sample() {
 fn a_folder_of_whole_or_stacked_samples() {
     let dir = tempfile::tempdir().unwrap();
     let inputs = [
-        info("nodes", DType::F32, vec![Dim::Sym("n".into()), Dim::Fixed(3)]),
-        info("edges", DType::I64, vec![Dim::Fixed(2), Dim::Sym("e".into())]),
+        info(
+            "nodes",
+            DType::F32,
+            vec![Dim::Sym("n".into()), Dim::Fixed(3)],
+        ),
+        info(
+            "edges",
+            DType::I64,
+            vec![Dim::Fixed(2), Dim::Sym("e".into())],
+        ),
     ];
     let graphs = [(4, 6), (7, 5)];
     for (i, &(n, e)) in graphs.iter().enumerate() {

@@ -105,22 +105,45 @@ pub fn scatter_elements(cx: &Cx) -> R<Vec<Value>> {
             "indices {ishape:?} are larger than the data {shape:?} on axis {d}"
         )));
     }
-    let idx = indices_in(&idx_v.to_i64s()?, a, shape[a])?;
-    let layout = Layout::contiguous(shape);
-    let strides = layout.stride();
-    let targets: Vec<usize> = (idx.iter().enumerate())
-        .map(|(n, &i)| {
-            let mut rest = n;
-            let mut flat = 0;
-            for d in (0..rank).rev() {
-                let coord = if d == a { i as usize } else { rest % ishape[d] };
-                rest /= ishape[d].max(1);
-                flat += coord * strides[d];
+    let idx = idx_v.to_i64s()?;
+    let n = shape[a] as i64;
+    if let Some(i) = idx.iter().find(|&&i| !(-n..n).contains(&i)) {
+        return Err(Error::Op(format!(
+            "index {i} is out of range for axis {a} of size {n}"
+        )));
+    }
+    let targets = element_targets(&idx, ishape, shape, a);
+    one(scattered(cx, data, updates, targets)?)
+}
+
+/// The flat position in data of `shape` of each element of `idx` (of shape `ishape`, each index
+/// in range), in order: the element's own coordinates, but along `axis` its index. A GNN's
+/// scatter-add of messages to nodes runs it for every element of [edges, features]: the
+/// leading coordinates are worked out once a row.
+fn element_targets<'a>(
+    idx: &'a [i64],
+    ishape: &'a [usize],
+    shape: &[usize],
+    axis: usize,
+) -> impl Iterator<Item = usize> + 'a {
+    let strides = Layout::contiguous(shape).stride().to_vec();
+    let last = ishape.len() - 1;
+    let (width, n) = (ishape[last].max(1), shape[axis] as i64);
+    idx.chunks(width).enumerate().flat_map(move |(r, row)| {
+        let (mut rest, mut base) = (r, 0);
+        for d in (0..last).rev() {
+            if d != axis {
+                base += rest % ishape[d] * strides[d];
             }
-            flat
+            rest /= ishape[d].max(1);
+        }
+        let step = if axis == last { 0 } else { strides[last] };
+        let along = strides[axis];
+        row.iter().enumerate().map(move |(j, &i)| {
+            let i = if i < 0 { i + n } else { i } as usize;
+            base + j * step + i * along
         })
-        .collect();
-    one(scattered(cx, data, updates, &targets)?)
+    })
 }
 
 /// `data` with the slices `indices` names replaced by (or combined with) `updates`: the last
@@ -160,7 +183,7 @@ pub fn scatter_nd(cx: &Cx) -> R<Vec<Value>> {
         }
         targets.extend(start..start + slice);
     }
-    one(scattered(cx, data, updates, &targets)?)
+    one(scattered(cx, data, updates, targets.into_iter())?)
 }
 
 /// The slices of `data` that `indices` names: the last axis of `indices` holds k coordinates,
@@ -262,7 +285,7 @@ pub fn one_hot(cx: &Cx) -> R<Vec<Value>> {
             .contiguous())?,
         values.dtype,
     );
-    one(scattered(cx, &filled, &on, &targets)?)
+    one(scattered(cx, &filled, &on, targets.into_iter())?)
 }
 
 /// How a scatter combines an update with the element it lands on (opset 16's and 18's
@@ -310,7 +333,12 @@ impl Elements {
 
 /// `data` with update i combined into its element `targets[i]`, in order, by the node's
 /// `reduction`.
-fn scattered(cx: &Cx, data: &Value, updates: &Value, targets: &[usize]) -> R<Value> {
+fn scattered(
+    cx: &Cx,
+    data: &Value,
+    updates: &Value,
+    targets: impl Iterator<Item = usize>,
+) -> R<Value> {
     let reduction = match cx.string("reduction", "none")?.as_str() {
         "none" => Reduction::None,
         "add" => Reduction::Add,
@@ -329,21 +357,23 @@ fn scattered(cx: &Cx, data: &Value, updates: &Value, targets: &[usize]) -> R<Val
             updates.dtype, data.dtype
         )));
     }
-    let out = match (Elements::of(data)?, Elements::of(updates)?) {
-        (Elements::F32(mut d), Elements::F32(u)) => {
-            combine(&mut d, &u, targets, reduction, |a, b| a + b, |a, b| a * b);
+    // The updates are read in place where they are float32 (a GNN's messages, [edges, features]).
+    let out = match Elements::of(data)? {
+        Elements::F32(mut d) => {
+            let (add, mul) = (|a, b| a + b, |a, b| a * b);
+            updates.with_f32s(|u| combine(&mut d, u, targets, reduction, add, mul))?;
             Elements::F32(d)
         }
-        (Elements::F64(mut d), Elements::F64(u)) => {
+        Elements::F64(mut d) => {
+            let u = updates.to_f64s()?;
             combine(&mut d, &u, targets, reduction, |a, b| a + b, |a, b| a * b);
             Elements::F64(d)
         }
-        (Elements::I64(mut d), Elements::I64(u)) => {
+        Elements::I64(mut d) => {
             let (add, mul) = (i64::wrapping_add, i64::wrapping_mul);
-            combine(&mut d, &u, targets, reduction, add, mul);
+            combine(&mut d, &updates.to_i64s()?, targets, reduction, add, mul);
             Elements::I64(d)
         }
-        _ => unreachable!("data and updates have one element type"),
     };
     out.into_value(data.shape(), data.dtype)
 }
@@ -352,12 +382,12 @@ fn scattered(cx: &Cx, data: &Value, updates: &Value, targets: &[usize]) -> R<Val
 fn combine<T: Copy + PartialOrd>(
     data: &mut [T],
     updates: &[T],
-    targets: &[usize],
+    targets: impl Iterator<Item = usize>,
     reduction: Reduction,
     add: impl Fn(T, T) -> T,
     mul: impl Fn(T, T) -> T,
 ) {
-    for (&t, &u) in targets.iter().zip(updates) {
+    for (t, &u) in targets.zip(updates) {
         let d = data[t];
         data[t] = match reduction {
             Reduction::None => u,
