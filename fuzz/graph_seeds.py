@@ -145,10 +145,22 @@ def zero_state():
     return seed_model("zero_state", nodes, [3, 2, 4], [3, 1, 2, 3], weights)
 
 
+def shared_weights():
+    """ALBERT's sharing: one weight read by two layers, each through an Identity of its own."""
+    rng = np.random.default_rng(5)
+    weights = dict(w=(rng.standard_normal((4, 4)) * 0.4).astype(np.float32))
+    nodes = [helper.make_node("Identity", ["w"], ["w1"], name="share1"),
+             helper.make_node("Identity", ["w1"], ["w2"], name="share2"),
+             helper.make_node("MatMul", ["x", "w1"], ["h"], name="layer1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="layer2")]
+    return seed_model("shared_weights", nodes, ["n", 4], ["n", 4], weights)
+
+
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    for seed in (folds_and_fusions, scale_shift, attention, silu, zero_state):
+    for seed in (folds_and_fusions, scale_shift, attention, silu, zero_state, shared_weights):
         onnx.save(seed(), out / f"{seed.__name__}.onnx")
 
 
