@@ -109,15 +109,8 @@ fn whole_samples_stacked_on_an_axis_of_their_own() {
     let dir = tempfile::tempdir().unwrap();
     let x: Vec<f32> = (0..3 * 5 * 6).map(|i| i as f32).collect();
     let h: Vec<f32> = (0..3 * 4).map(|i| i as f32 * 0.5).collect();
-    let inputs = [
-        info("x", DType::F32, vec![Dim::Sym("T".into()), Dim::Fixed(6)]),
-        info(
-            "h",
-            DType::F32,
-            vec![Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(4)],
-        ),
-        info("sr", DType::I64, vec![]),
-    ];
+    let mut inputs = sequence_inputs();
+    inputs.push(info("sr", DType::I64, vec![]));
     let path = dir.path().join("calib.npz");
     let members = [
         ("x", npy::to_bytes(&[3, 5, 6], &x)),
@@ -217,6 +210,31 @@ fn a_scalar_input_refuses_per_sample_values() {
     );
 }
 
+/// A model without a batch axis: a sequence [T, 6] beside its state [1, 1, 4].
+fn sequence_inputs() -> Vec<ValueInfo> {
+    let state = vec![Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(4)];
+    vec![
+        info("x", DType::F32, vec![Dim::Sym("T".into()), Dim::Fixed(6)]),
+        info("h", DType::F32, state),
+    ]
+}
+
+/// A graph network's inputs: nodes [n, 3] and edges [2, e].
+fn graph_inputs() -> Vec<ValueInfo> {
+    vec![
+        info(
+            "nodes",
+            DType::F32,
+            vec![Dim::Sym("n".into()), Dim::Fixed(3)],
+        ),
+        info(
+            "edges",
+            DType::I64,
+            vec![Dim::Fixed(2), Dim::Sym("e".into())],
+        ),
+    ]
+}
+
 fn info(name: &str, dtype: DType, shape: Vec<Dim>) -> ValueInfo {
     ValueInfo {
         name: name.into(),
@@ -274,18 +292,7 @@ fn a_graphs_nodes_and_edges_are_not_samples() {
     let path = dir.path().join("graph.npz");
     let nodes: Vec<f32> = (0..4 * 3).map(|i| i as f32).collect();
     let edges: Vec<i64> = vec![0, 1, 2, 3, 1, 2, 3, 0, 0, 2, 1, 3];
-    let mut inputs = vec![
-        info(
-            "nodes",
-            DType::F32,
-            vec![Dim::Sym("n".into()), Dim::Fixed(3)],
-        ),
-        info(
-            "edges",
-            DType::I64,
-            vec![Dim::Fixed(2), Dim::Sym("e".into())],
-        ),
-    ];
+    let mut inputs = graph_inputs();
     let spec = [path.display().to_string()];
     let open = |nodes_shape: &[usize], edges_shape: &[usize], inputs: &[ValueInfo]| {
         let members = [
@@ -368,18 +375,7 @@ fn a_sequence_read_whole_is_one_stacked_sample() {
 #[test]
 fn a_folder_of_whole_or_stacked_samples() {
     let dir = tempfile::tempdir().unwrap();
-    let inputs = [
-        info(
-            "nodes",
-            DType::F32,
-            vec![Dim::Sym("n".into()), Dim::Fixed(3)],
-        ),
-        info(
-            "edges",
-            DType::I64,
-            vec![Dim::Fixed(2), Dim::Sym("e".into())],
-        ),
-    ];
+    let inputs = graph_inputs();
     let graphs = [(4, 6), (7, 5)];
     for (i, &(n, e)) in graphs.iter().enumerate() {
         let nodes: Vec<f32> = (0..n * 3).map(|v| (v + 100 * i) as f32).collect();
@@ -406,14 +402,7 @@ fn a_folder_of_whole_or_stacked_samples() {
 
     // Files of sequences [k, T, 6] beside states [k, 1, 1, 4]: k whole samples each.
     let stacked = tempfile::tempdir().unwrap();
-    let inputs = [
-        info("x", DType::F32, vec![Dim::Sym("T".into()), Dim::Fixed(6)]),
-        info(
-            "h",
-            DType::F32,
-            vec![Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(4)],
-        ),
-    ];
+    let inputs = sequence_inputs();
     for (i, (k, t)) in [(2usize, 5usize), (1, 3)].into_iter().enumerate() {
         let x: Vec<f32> = (0..k * t * 6).map(|v| (v + 1000 * i) as f32).collect();
         let h: Vec<f32> = (0..k * 4).map(|v| v as f32).collect();
