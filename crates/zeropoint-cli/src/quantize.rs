@@ -436,5 +436,23 @@ fn print_summary(s: &Summary) {
         ]);
     }
     print!("\n{}", t.render());
+    if let (Some((output, sqnr)), None) = (farthest_output(s), &s.mixed_precision) {
+        println!(
+            "\noutput '{output}' has an SQNR of {} dB against the float model's: this quantization does not hold it. `zeropoint analyze` ranks the quantizers that cost most; `--target-sqnr 20` raises them to 16 bits or keeps their layers float until the outputs reach 20 dB",
+            db(sqnr)
+        );
+    }
     println!("\ndone in {:.2} s", s.seconds);
+}
+
+/// Below this SQNR (a cosine of about 0.95) an output does not follow the float model's.
+const FAR_DB: f64 = 10.0;
+
+/// The graph output of the report with the lowest SQNR, where it is below [`FAR_DB`].
+fn farthest_output(s: &Summary) -> Option<(&str, f64)> {
+    let outputs = s.layers.iter().filter(|l| l.output);
+    let scored = outputs.filter_map(|l| Some((l.value.as_str(), l.sqnr_db?)));
+    scored
+        .filter(|&(_, db)| db < FAR_DB)
+        .min_by(|a, b| a.1.total_cmp(&b.1))
 }

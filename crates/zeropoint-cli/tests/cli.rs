@@ -1190,6 +1190,40 @@ fn free_dimensions_come_from_the_data_or_the_user_not_a_guess() {
     }
 }
 
+/// A model whose output 8 bits cannot hold (sin(400 x), tests/python/far_model.py): the summary
+/// says so and what to try; with the target it names, the output holds and nothing is said.
+#[test]
+fn an_output_the_quantization_cannot_hold_is_told_what_to_try() {
+    let dir = tempfile::tempdir().unwrap();
+    run_python("far_model.py", &[dir.path()]);
+    let (model, calib) = (dir.path().join("far.onnx"), dir.path().join("far.npy"));
+    let q = dir.path().join("far.int8.onnx");
+    let args = [
+        "quantize",
+        path(&model),
+        "--calib",
+        path(&calib),
+        "-o",
+        path(&q),
+    ];
+    let out = ok(&args);
+    assert!(
+        out.contains("output 'y' has an SQNR of -")
+            && out.contains(
+                "`zeropoint analyze` ranks the quantizers that cost most; `--target-sqnr 20`"
+            ),
+        "{out}"
+    );
+    let out = ok(&[&args[..], &["--target-sqnr", "20", "--json"]].concat());
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let after = report["mixed_precision"]["after"]["sqnr_db"]
+        .as_f64()
+        .unwrap();
+    assert!(after >= 20.0, "{report}");
+    let out = ok(&[&args[..], &["--target-sqnr", "20"]].concat());
+    assert!(!out.contains("this quantization does not hold it"), "{out}");
+}
+
 /// A Shape of a quantized activation reads its codes in the export, and ONNX Runtime fuses the
 /// activation's producer (tests/python/shape_reads_codes.py).
 #[test]
