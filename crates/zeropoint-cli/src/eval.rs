@@ -8,7 +8,8 @@ use anyhow::Result;
 use clap::{Args as ClapArgs, ValueEnum};
 use serde_json::json;
 use zeropoint_graph::Graph;
-use zeropoint_quant::dataset::{read_labels, Dataset, Preprocess};
+use zeropoint_quant::calibrated::data_as_calibration_reads;
+use zeropoint_quant::dataset::{read_labels, Preprocess};
 use zeropoint_quant::evaluate::{evaluate, Evaluation, Runtime};
 use zeropoint_quant::ort_runtime::OrtModel;
 
@@ -83,7 +84,10 @@ pub struct Comparison<'a> {
 /// Loads both models and the data, and evaluates.
 pub fn compare(c: &Comparison) -> Result<Evaluation> {
     let (f, q) = (Graph::load(c.float)?, Graph::load(c.quantized)?);
-    let mut ds = Dataset::open(c.data, &f.inputs, c.prep)?;
+    let (mut ds, whole) = data_as_calibration_reads(&f, c.data, c.prep)?;
+    if whole {
+        eprintln!("the model fails on the slices of the data's first axes taken for samples (it has no batch axis): read as `zeropoint run` reads it, one whole sample");
+    }
     if let Some(n) = c.samples {
         ds.truncate(n);
     }

@@ -1154,6 +1154,19 @@ fn free_dimensions_come_from_the_data_or_the_user_not_a_guess() {
         whole_bytes == stacked_bytes,
         "whole and stacked exports differ"
     );
+    // `eval` reads it so too: one sequence, not 6 frames.
+    let q = dir.path().join("seq.int8.onnx");
+    let data = dir.path().join("seq.npy");
+    let evaluated: Value = serde_json::from_str(&ok(&[
+        "eval",
+        path(&seq),
+        path(&q),
+        "--data",
+        path(&data),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(evaluated["samples"], 1, "{evaluated}");
     // Too short even whole: the error says how the data was read and how to stack it.
     let e = fails(&[
         "quantize",

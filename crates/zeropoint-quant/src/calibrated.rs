@@ -567,6 +567,37 @@ fn read_whole(graph: &Graph, opts: &Options) -> Option<(Options, Dataset)> {
     Some((whole, data))
 }
 
+/// The data of `specs` for `graph`, read as calibration reads it ([`probe`]): where the model
+/// fails on the first sample taken along a free first axis ([frames, bins] taken for frames)
+/// but runs on the whole arrays, the whole arrays, one sample. For commands that run the model
+/// on data without calibrating it (`eval`); true where it read the data so.
+pub fn data_as_calibration_reads(
+    graph: &Graph,
+    specs: &[String],
+    prep: &Preprocess,
+) -> Result<(Dataset, bool)> {
+    let data = Dataset::open(specs, &graph.inputs, prep)?;
+    if samples_hint(graph, &data).is_none() {
+        return Ok((data, false));
+    }
+    let unit = crate::dataset::unit_batch(&graph.inputs);
+    let first = Dataset::open(specs, &graph.inputs, prep)?.next_batch(unit)?;
+    if probe_on(graph, first.unwrap_or_default()).is_ok() {
+        return Ok((data, false));
+    }
+    let inputs = &graph.inputs;
+    let arrays = Dataset::read_whole(specs, Vec::new(), inputs, prep, WHOLE_SAMPLE_BYTES)?;
+    let Some(arrays) = arrays else {
+        return Ok((data, false));
+    };
+    let mut whole = Dataset::from_arrays(arrays.clone(), inputs)?;
+    let runs = probe_on(graph, whole.next_batch(1)?.unwrap_or_default()).is_ok();
+    match runs {
+        true => Ok((Dataset::from_arrays(arrays, inputs)?, true)),
+        false => Ok((data, false)),
+    }
+}
+
 /// Where the model fails on the first sample and the samples were taken along a free first axis
 /// of the inputs, what the data was read as and how to give whole samples instead: a model
 /// without a batch axis ([frames, bins]) took each frame for a sample.
