@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::calibrate::Ranges;
@@ -22,7 +21,7 @@ use crate::calibrated::Calibrated;
 use crate::error::{Error, Result};
 use crate::params::{params_reusing_weights, Params};
 use crate::placement::Plan;
-use crate::sensitivity::{subset, Probe, Quantizer, Score, Sites};
+use crate::sensitivity::{Probe, Quantizer, Score, Sites};
 use crate::settings::{Settings, Target};
 
 /// The bit-width an activation is raised to.
@@ -183,13 +182,7 @@ pub fn to_target(
     // Each candidate's own noise: the model with only its quantizer. Quantization noise adds up
     // nearly independently, so removing the quantizers with the most noise per byte first is
     // the cheapest way to the target.
-    let alone: Vec<Score> = candidates
-        .par_iter()
-        .map(|cand| match known.get(&cand.quantizer) {
-            Some(s) => Ok(*s),
-            None => probe.score(&subset(&c.params, &c.plan, |q| *q == cand.quantizer)),
-        })
-        .collect::<Result<_>>()?;
+    let alone = alone_scores(c, &probe.first(RANKING_SAMPLES), &candidates, known)?;
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by(|&a, &b| {
         let per_byte = |i: usize| noise(&alone[i]) / candidates[i].bytes.max(1) as f64;
@@ -232,6 +225,32 @@ pub fn to_target(
         candidates: candidates.len(),
     };
     Ok((report, mixed))
+}
+
+/// The samples each candidate's noise alone is measured on, as `analyze`'s sensitivities: the
+/// ranking needs the order of the noises, and every raise is measured on all the target's
+/// samples before it is kept.
+const RANKING_SAMPLES: usize = 8;
+
+/// Each candidate's score alone on `probe`: from `known`, else measured, the candidates
+/// sharing each sample's float run up to their quantizer ([`Probe::alone`]).
+fn alone_scores(
+    c: &Calibrated,
+    probe: &Probe,
+    candidates: &[Candidate],
+    known: &HashMap<Quantizer, Score>,
+) -> Result<Vec<Score>> {
+    let unknown: Vec<Quantizer> = (candidates.iter())
+        .map(|cand| cand.quantizer.clone())
+        .filter(|q| !known.contains_key(q))
+        .collect();
+    let mut measured = probe.alone(&unknown, &c.plan, &c.params)?.into_iter();
+    let scores = candidates.iter().map(|cand| {
+        let known = known.get(&cand.quantizer).copied();
+        known.or_else(|| measured.next())
+    });
+    let scores: Option<Vec<Score>> = scores.collect();
+    scores.ok_or_else(|| Error::new(&c.graph.source, "a candidate was not scored"))
 }
 
 /// The noise-to-signal power ratio of a score: 10^(−SQNR/10).

@@ -115,6 +115,15 @@ impl<'g> Probe<'g> {
         Ok(tally.score())
     }
 
+    /// The score of the model with each quantizer of `qs` alone, in order: the nodes before the
+    /// first that q acts on run once per sample, float, for all of them ([`Probe::forked_scores`]).
+    pub fn alone(&self, qs: &[Quantizer], plan: &Plan, params: &Params) -> Result<Vec<Score>> {
+        let none = subset(params, plan, |_| false);
+        // Nobody follows the progress here.
+        let (tx, _rx) = std::sync::mpsc::channel();
+        self.forked_scores(qs, &none, &|q| subset(params, plan, |o| o == q), &tx)
+    }
+
     /// The scores of the models simulated with `suffix(q)` for each quantizer of `qs`, where
     /// every node before the first that q acts on computes what the model simulated with
     /// `prefix` computes ([`fork_points`]): each sample's run with `prefix` is paused there, and
