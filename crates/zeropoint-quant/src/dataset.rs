@@ -921,28 +921,60 @@ fn is_idx(path: &Path) -> bool {
     name.ends_with("ubyte") || name.ends_with(".idx")
 }
 
-/// The dtype and shape of the `.npy` image `reader` is at, and the bytes its header took;
-/// refuses what cannot be streamed.
-fn npy_header(reader: &mut impl Read, path: &Path, name: &str) -> Result<(DType, Vec<usize>, u64)> {
+/// The dtype and shape of the `.npy` image `reader` is at, and the bytes its header took; None
+/// for an array whose rows do not lie one after the other as little-endian values (numpy's
+/// Fortran order, as `savez` writes a transposed array, or a big-endian type), which
+/// [`whole_array`] reads instead.
+fn npy_header(
+    reader: &mut impl Read,
+    path: &Path,
+    name: &str,
+) -> Result<Option<(DType, Vec<usize>, u64)>> {
     let h = npy::read_header(reader, path, name)?;
     if h.fortran_order && h.shape.len() > 1 || !h.little_endian {
-        return Err(Error::new(
-            path,
-            "only C-order little-endian arrays can be streamed (np.ascontiguousarray, '<' dtypes)",
-        ));
+        return Ok(None);
     }
     // A scalar reads as one element: the input it is for decides whether that is one sample or
     // a value shared by all (`arrange`).
     let shape = if h.shape.is_empty() { vec![1] } else { h.shape };
-    Ok((h.dtype, shape, h.data_offset as u64))
+    Ok(Some((h.dtype, shape, h.data_offset as u64)))
 }
 
-/// The `.npy` image at `base` of the file `reader` reads, as rows read with seeks.
-fn array_stream(path: &Path, mut reader: BufReader<File>, base: u64, name: &str) -> Result<Stream> {
+/// The `.npy` image `image` (`size` bytes, read by `read`) whole in memory, reordered as
+/// `zeropoint run` reads it: for an array that cannot be read row by row ([`npy_header`]).
+fn whole_array(
+    path: &Path,
+    name: &str,
+    size: u64,
+    read: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<Stream> {
+    let what = format!("tensor '{name}' (Fortran-ordered or big-endian: read whole)");
+    zeropoint_onnx::limits::check(u128::from(size), &what).map_err(|m| Error::new(path, m))?;
+    let mut array = npy::parse_raw(&read()?, path, name)?;
+    if array.shape.is_empty() {
+        array.shape.push(1);
+    }
+    Ok(Stream::Memory {
+        path: path.to_path_buf(),
+        array: Arc::new(array),
+        batch: Batch::Axis(0),
+    })
+}
+
+/// The `.npy` image at `base` of the file `reader` reads, as rows read with seeks (None where
+/// it cannot be, [`npy_header`]).
+fn array_stream(
+    path: &Path,
+    mut reader: BufReader<File>,
+    base: u64,
+    name: &str,
+) -> Result<Option<Stream>> {
     reader
         .seek(SeekFrom::Start(base))
         .map_err(|e| Error::io(path, "read", e))?;
-    let (dtype, sample, header) = npy_header(&mut reader, path, name)?;
+    let Some((dtype, sample, header)) = npy_header(&mut reader, path, name)? else {
+        return Ok(None);
+    };
     let start = base + header;
     let need = element_count(&sample).and_then(|n| n.checked_mul(dtype.size()));
     let size = reader.get_ref().metadata().map(|m| m.len()).unwrap_or(0);
@@ -952,13 +984,13 @@ fn array_stream(path: &Path, mut reader: BufReader<File>, base: u64, name: &str)
             format!("truncated: shape {sample:?} of {dtype} does not fit the file"),
         ));
     }
-    Ok(Stream::Array {
+    Ok(Some(Stream::Array {
         path: path.to_path_buf(),
         reader,
         start,
         dtype,
         sample,
-    })
+    }))
 }
 
 fn open_npy(path: &Path) -> Result<Stream> {
@@ -967,7 +999,13 @@ fn open_npy(path: &Path) -> Result<Stream> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    array_stream(path, BufReader::new(file), 0, &name)
+    let size = file.metadata().map_or(0, |m| m.len());
+    match array_stream(path, BufReader::new(file), 0, &name)? {
+        Some(stream) => Ok(stream),
+        None => whole_array(path, &name, size, || {
+            std::fs::read(path).map_err(|e| Error::io(path, "read", e))
+        }),
+    }
 }
 
 /// Every member of an `.npz`: stored ones read with seeks, compressed ones decompressed as they
@@ -982,6 +1020,18 @@ fn open_npz(path: &Path) -> Result<Vec<(String, Stream)>> {
             }
             None => inflating_stream(path, &member)?,
         };
+        let stream = match stream {
+            Some(stream) => stream,
+            None => whole_array(path, &member.name, member.size, || {
+                let mut bytes = Vec::new();
+                // No more than the archive declares (and the limit allowed): not a bomb.
+                let mut reader = member.open(path)?.take(member.size);
+                reader
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| Error::io(path, "read", e))?;
+                Ok(bytes)
+            })?,
+        };
         out.push((member.name, stream));
     }
     Ok(out)
@@ -990,9 +1040,11 @@ fn open_npz(path: &Path) -> Result<Vec<(String, Stream)>> {
 /// A compressed member as rows decompressed on the fly. The archive's word for the member's size
 /// must be the header's: a member that would decompress to more than its array is refused here,
 /// before any data is read.
-fn inflating_stream(path: &Path, member: &npz::Member) -> Result<Stream> {
+fn inflating_stream(path: &Path, member: &npz::Member) -> Result<Option<Stream>> {
     let mut reader = member.open(path)?;
-    let (dtype, sample, header) = npy_header(&mut reader, path, &member.name)?;
+    let Some((dtype, sample, header)) = npy_header(&mut reader, path, &member.name)? else {
+        return Ok(None);
+    };
     let data = element_count(&sample).and_then(|n| n.checked_mul(dtype.size()));
     if data.and_then(|d| (d as u64).checked_add(header)) != Some(member.size) {
         return Err(Error::new(
@@ -1003,12 +1055,12 @@ fn inflating_stream(path: &Path, member: &npz::Member) -> Result<Stream> {
             ),
         ));
     }
-    Ok(Stream::Inflating {
+    Ok(Some(Stream::Inflating {
         path: path.to_path_buf(),
         reader,
         dtype,
         sample,
-    })
+    }))
 }
 
 /// A folder of images for the input `info`, whose declared shape gives channels and size (or

@@ -430,3 +430,60 @@ fn a_folder_of_whole_or_stacked_samples() {
     ];
     assert_eq!(shapes, expected);
 }
+
+/// numpy writes a transposed array in Fortran order, and some data is big-endian: such arrays,
+/// in a `.npy` file or an `.npz` (stored or compressed), are read whole and reordered, as
+/// `zeropoint run` reads them, and give the same batches as the C-order array.
+#[test]
+fn fortran_ordered_and_big_endian_arrays_give_the_same_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, cols) = (3, 4);
+    let x: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 2.0).collect();
+    let c_order = npy::to_bytes(&[rows, cols], &x);
+    let header_len = c_order.len() - x.len() * 4;
+    let retyped = |from: &str, to: &str, data: Vec<u8>| {
+        // Magic and lengths, then the header's text.
+        let text = String::from_utf8(c_order[10..header_len].to_vec()).unwrap();
+        let mut bytes = c_order[..10].to_vec();
+        bytes.extend(text.replace(from, to).into_bytes());
+        assert_eq!(bytes.len(), header_len);
+        bytes.extend(data);
+        bytes
+    };
+    let column_major = (0..cols).flat_map(|c| (0..rows).map(move |r| r * cols + c));
+    let fortran = column_major.flat_map(|i| x[i].to_le_bytes()).collect();
+    let fortran = retyped("'fortran_order': False", "'fortran_order': True ", fortran);
+    let big_endian = x.iter().flat_map(|v| v.to_be_bytes()).collect();
+    let big_endian = retyped("'<f4'", "'>f4'", big_endian);
+    let inputs = [info(
+        "x",
+        DType::F32,
+        vec![Dim::Sym("N".into()), Dim::Fixed(cols)],
+    )];
+    let batches = |spec: &Path| {
+        let spec = [spec.display().to_string()];
+        let mut data = Dataset::open(&spec, &inputs, &Preprocess::default()).unwrap();
+        let mut rows = Vec::new();
+        while let Some(b) = data.next_batch(2).unwrap() {
+            rows.push(b["x"].to_f32s().unwrap());
+        }
+        rows
+    };
+    let plain = dir.path().join("x.npy");
+    std::fs::write(&plain, &c_order).unwrap();
+    let want = batches(&plain);
+    assert_eq!(want.concat(), x);
+    for (what, bytes) in [("fortran", &fortran), ("big-endian", &big_endian)] {
+        let npy_path = dir.path().join(format!("{what}.npy"));
+        std::fs::write(&npy_path, bytes).unwrap();
+        assert_eq!(batches(&npy_path), want, "{what} .npy");
+        for method in [
+            zip::CompressionMethod::Stored,
+            zip::CompressionMethod::Deflated,
+        ] {
+            let npz_path = dir.path().join(format!("{what}.npz"));
+            write_npz(&npz_path, method, &[("x", bytes.clone())]);
+            assert_eq!(batches(&npz_path), want, "{what} .npz, {method:?}");
+        }
+    }
+}
