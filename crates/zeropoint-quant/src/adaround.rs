@@ -314,13 +314,19 @@ impl Conv {
     }
 }
 
-/// The layers of `graph` with a planned weight AdaRound can round, in graph order.
+/// The layers of `graph` with a planned weight AdaRound can round, in graph order. A weight
+/// several layers share (ALBERT's) keeps nearest rounding: rounding learned on one layer's
+/// inputs is not the others'.
 fn layers(graph: &Graph, plan: &Plan, params: &Params) -> Vec<Layer> {
     let mut out = Vec::new();
+    let readers = graph.consumers();
     for (index, node) in graph.nodes.iter().enumerate() {
         let Some(site) = plan.weights.iter().find(|w| w.node == node.name) else {
             continue;
         };
+        if readers.get(&site.name).is_some_and(|r| r.len() > 1) {
+            continue;
+        }
         let (Some(wp), Some(w)) = (params.weight(&site.name), graph.initializer(&site.name)) else {
             continue;
         };

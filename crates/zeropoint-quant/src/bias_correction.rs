@@ -152,10 +152,16 @@ fn apply(
     Ok(corrections)
 }
 
-/// Layer output → (layer, bias initializer), for every layer with a planned bias.
+/// Layer output → (layer, bias initializer), for every layer with a planned bias of its own: a
+/// bias several layers share (ALBERT's, through an Identity each) would take each one's
+/// correction.
 fn biased_layers(graph: &Graph, plan: &Plan) -> HashMap<String, (String, String)> {
     let mut layers = HashMap::new();
+    let readers = graph.consumers();
     for site in &plan.biases {
+        if readers.get(&site.name).is_some_and(|r| r.len() > 1) {
+            continue;
+        }
         if let Some(n) = graph.nodes.iter().find(|n| n.name == site.node) {
             layers.insert(n.outputs[0].clone(), (n.name.clone(), site.name.clone()));
         }
@@ -371,6 +377,45 @@ mod tests {
     use zeropoint_graph::Node;
 
     use super::*;
+    use crate::placement::BiasSite;
+
+    /// A bias two layers share (ALBERT's, after an Identity each became an alias) is corrected
+    /// for neither: each one's correction would land on both.
+    #[test]
+    fn a_shared_bias_is_left_alone() {
+        let gemm = |name: &str, w: &str, b: &str| {
+            Node::new(name, Op::Gemm, &["x", w, b], &[&format!("{name}_y")])
+        };
+        let graph = Graph {
+            source: "g.onnx".into(),
+            opset: 13,
+            inputs: vec![],
+            outputs: vec![],
+            initializers: vec![],
+            nodes: vec![
+                gemm("a", "w1", "b"),
+                gemm("c", "w2", "b"),
+                gemm("d", "w3", "b3"),
+            ],
+        };
+        let site = |node: &str, weight: &str, name: &str| BiasSite {
+            name: name.into(),
+            node: node.into(),
+            weight: weight.into(),
+            input: "x".into(),
+        };
+        let plan = Plan {
+            biases: vec![
+                site("a", "w1", "b"),
+                site("c", "w2", "b"),
+                site("d", "w3", "b3"),
+            ],
+            ..Plan::default()
+        };
+        let layers = biased_layers(&graph, &plan);
+        assert_eq!(layers.len(), 1);
+        assert_eq!(layers["d_y"], ("d".to_string(), "b3".to_string()));
+    }
 
     /// Two NHWC samples, [1, 2, 2, 3] each (channel c of pixel p holds 10·c + p + sample), as
     /// the model's input and transposed to NCHW.
