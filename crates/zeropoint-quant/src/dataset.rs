@@ -225,8 +225,14 @@ impl Dataset {
         };
         let bytes = streams.iter().try_fold(0usize, |sum, (_, s)| {
             let (one, dtype) = s.one_sample();
+            // A value every sample shares (a sample rate) is held once.
+            let held = if s.batch() == Batch::Shared {
+                1
+            } else {
+                s.samples()
+            };
             element_count(&one)?
-                .checked_mul(s.samples())?
+                .checked_mul(held)?
                 .checked_mul(dtype.size())?
                 .checked_add(sum)
         });

@@ -367,6 +367,23 @@ fn a_sequence_read_whole_is_one_stacked_sample() {
     // Stacked already, one axis more than declared: no whole reading.
     std::fs::write(&path, npy::to_bytes(&[1, 6, 4], &x)).unwrap();
     assert!(read(Vec::new()).is_none());
+
+    // Beside a sample rate every sample shares, which counts once against the limit.
+    let mut with_rate = inputs.to_vec();
+    with_rate.push(info("sr", DType::I64, vec![]));
+    let npz = dir.path().join("seq.npz");
+    let members = [
+        ("x", npy::to_bytes(&[6, 4], &x)),
+        ("sr", npy::to_bytes::<i64>(&[], &[16000])),
+    ];
+    write_npz(&npz, zip::CompressionMethod::Stored, &members);
+    let spec = [npz.display().to_string()];
+    let limit = 6 * 4 * 4 + 8;
+    let whole = Dataset::read_whole(&spec, Vec::new(), &with_rate, &prep, limit).unwrap();
+    let mut data = Dataset::from_arrays(whole.unwrap(), &with_rate).unwrap();
+    let b = data.next_batch(8).unwrap().unwrap();
+    assert_eq!(b["x"].shape(), [6, 4]);
+    assert_eq!(b["sr"].to_i64s().unwrap(), [16000]);
 }
 
 /// A folder of files, each one whole sample (a graph network's nodes [nodes, 3] and edges
