@@ -265,7 +265,8 @@ pub fn hoist_loop_constants(graph: &mut Graph) -> usize {
     hoisted
 }
 
-/// Renames the values nodes read (in subgraphs too) as `names` maps them.
+/// Renames the values nodes read (in subgraphs too) as `names` maps them, and the outputs of
+/// subgraphs that pass an outer value on as it is (an If branch returning a weight).
 pub(crate) fn rename_inputs(graph: &mut Graph, names: &HashMap<String, String>) {
     for node in &mut graph.nodes {
         for input in &mut node.inputs {
@@ -275,6 +276,11 @@ pub(crate) fn rename_inputs(graph: &mut Graph, names: &HashMap<String, String>) 
         }
         for (_, sub) in &mut node.subgraphs {
             rename_inputs(sub, names);
+            for output in &mut sub.outputs {
+                if let Some(to) = names.get(&output.name) {
+                    output.name = to.clone();
+                }
+            }
         }
     }
 }
@@ -1060,9 +1066,15 @@ mod tests {
             initializers: vec![],
             nodes: vec![Node::new("inner", Op::MatMul, &["x", "w2"], &["z"])],
         };
+        // The else branch passes the shared weight on as it is.
+        let passes = Graph {
+            outputs: vec![info("w2")],
+            nodes: vec![],
+            ..body.clone()
+        };
         let mut branch = Node::new("if", Op::If, &["c"], &["b"]);
-        branch.subgraphs.push(("then_branch".into(), body.clone()));
-        branch.subgraphs.push(("else_branch".into(), body));
+        branch.subgraphs.push(("then_branch".into(), body));
+        branch.subgraphs.push(("else_branch".into(), passes));
         let mut g = graph(
             vec![
                 RawTensor::from_f32s("W", &[3, 3], &[0.5; 9]),
@@ -1083,9 +1095,9 @@ mod tests {
         assert_eq!(op_names, ["layer1", "layer2", "if", "sum"]);
         assert_eq!(g.nodes[0].inputs, ["x", "W"]);
         assert_eq!(g.nodes[1].inputs, ["h", "W"]);
-        for (_, sub) in &g.nodes[2].subgraphs {
-            assert_eq!(sub.nodes[0].inputs, ["x", "W"]);
-        }
+        let (then, passes) = (&g.nodes[2].subgraphs[0].1, &g.nodes[2].subgraphs[1].1);
+        assert_eq!(then.nodes[0].inputs, ["x", "W"]);
+        assert_eq!(passes.outputs[0].name, "W");
         assert_eq!(g.initializers.len(), 2, "no copy of W");
     }
 
