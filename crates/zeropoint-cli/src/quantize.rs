@@ -417,6 +417,18 @@ fn print_summary(s: &Summary) {
             s.calibration_samples
         ),
     }
+    print_layers(s);
+    if let (Some((output, sqnr)), None) = (farthest_output(s), &s.mixed_precision) {
+        println!(
+            "\noutput '{output}' has an SQNR of {} dB against the float model's: this quantization does not hold it. `zeropoint analyze` ranks the quantizers that cost most; `--target-sqnr 20` raises them to 16 bits or keeps their layers float until the outputs reach 20 dB",
+            db(sqnr)
+        );
+    }
+    println!("\ndone in {:.2} s", s.seconds);
+}
+
+/// The report's table: each value's bits, range, grid and SQNR.
+fn print_layers(s: &Summary) {
     let mut t = Table::new(&["value", "bits", "min", "max", "scale", "zp", "SQNR dB"]);
     for l in &s.layers {
         let range = |i: usize| l.range.map_or("-".to_string(), |r| num(f64::from(r[i]), 4));
@@ -436,13 +448,6 @@ fn print_summary(s: &Summary) {
         ]);
     }
     print!("\n{}", t.render());
-    if let (Some((output, sqnr)), None) = (farthest_output(s), &s.mixed_precision) {
-        println!(
-            "\noutput '{output}' has an SQNR of {} dB against the float model's: this quantization does not hold it. `zeropoint analyze` ranks the quantizers that cost most; `--target-sqnr 20` raises them to 16 bits or keeps their layers float until the outputs reach 20 dB",
-            db(sqnr)
-        );
-    }
-    println!("\ndone in {:.2} s", s.seconds);
 }
 
 /// Below this SQNR (a cosine of about 0.95) an output does not follow the float model's.

@@ -162,7 +162,6 @@ pub fn calibrated(
     } = prepare_measuring(path, &opts.settings, Some(&|g, v| measured(g, v, opts)))?;
     let smoothing = smooth(&mut graph, opts)?;
     let mut data = open_data(&graph, opts)?;
-    data.check_one_sample()?;
     let (seen, first, read_whole) = probe(&graph, opts, &mut data)?;
     let whole_sample = whole_sample_reason(read_whole.is_some(), &data);
     let opts = &read_whole.unwrap_or_else(|| opts.clone());
@@ -210,10 +209,9 @@ pub fn calibrated(
     if !bias_corrections.is_empty() {
         params = crate::params::params(&graph, &plan, &ranges, settings)?;
     }
-    let limited_pairs = if settings.limit_pairs {
-        crate::pair_limit::limit_pairs(&mut graph, &plan, &params)?
-    } else {
-        Vec::new()
+    let limited_pairs = match settings.limit_pairs {
+        true => crate::pair_limit::limit_pairs(&mut graph, &plan, &params)?,
+        false => Vec::new(),
     };
     if let Some(b) = &step_samples {
         let graphs = (float.as_ref().unwrap_or(&graph), &graph);
@@ -512,6 +510,7 @@ fn probe(
     opts: &Options,
     data: &mut Dataset,
 ) -> Result<(Run, Option<FirstRound>, Option<Options>)> {
+    data.check_one_sample()?;
     let failed = match probe_first(graph, opts, data) {
         Ok((seen, first)) => return Ok((seen, first, None)),
         Err(Error::Engine(e)) => e,

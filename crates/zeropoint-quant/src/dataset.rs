@@ -596,26 +596,7 @@ impl Stream {
                 sample,
                 prep,
                 ..
-            } => {
-                let (channels, size) = match prep.image.layout {
-                    Layout::Nchw => (sample[1], (sample[2], sample[3])),
-                    Layout::Nhwc => (sample[3], (sample[1], sample[2])),
-                };
-                let target = images::Target {
-                    channels,
-                    size,
-                    prep: &prep.image,
-                    scale: prep.scale,
-                    mean: &prep.mean,
-                    std: &prep.std,
-                };
-                let mut data = Vec::new();
-                for f in &files[from..from + n] {
-                    let x = images::load(f, &target)?;
-                    data.extend(x.iter().flat_map(|v| v.to_le_bytes()));
-                }
-                Ok(batch_of(sample, n, DType::F32, data))
-            }
+            } => read_images(&files[from..from + n], sample, prep),
             Stream::Idx {
                 path,
                 reader,
@@ -637,6 +618,28 @@ impl Stream {
             }
         }
     }
+}
+
+/// The images `files`, decoded into a batch of `sample`'s shape (its first axis aside).
+fn read_images(files: &[PathBuf], sample: &[usize], prep: &Preprocess) -> Result<RawTensor> {
+    let (channels, size) = match prep.image.layout {
+        Layout::Nchw => (sample[1], (sample[2], sample[3])),
+        Layout::Nhwc => (sample[3], (sample[1], sample[2])),
+    };
+    let target = images::Target {
+        channels,
+        size,
+        prep: &prep.image,
+        scale: prep.scale,
+        mean: &prep.mean,
+        std: &prep.std,
+    };
+    let mut data = Vec::new();
+    for f in files {
+        let x = images::load(f, &target)?;
+        data.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    Ok(batch_of(sample, files.len(), DType::F32, data))
 }
 
 /// Refuses a batch of `n` samples of `elements` values of `size` bytes (in memory: decoded

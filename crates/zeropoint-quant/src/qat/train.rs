@@ -73,27 +73,32 @@ pub struct Trained {
     pub validation_samples: usize,
 }
 
+/// The model calibrated for training: on one batch of samples for float training, which reads
+/// no quantization parameter (the graph, its plan and its shapes, without observing the whole
+/// training set), else on the calibration samples.
+fn calibrated_for(
+    path: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<calibrated::Calibrated> {
+    if !opts.float {
+        return calibrated(path, &opts.ptq, progress);
+    }
+    let batch = opts.batch.max(1);
+    let one_batch = calibrated::Options {
+        samples: Some(batch.min(opts.ptq.samples.unwrap_or(usize::MAX))),
+        ..opts.ptq.clone()
+    };
+    calibrated(path, &one_batch, progress)
+}
+
 /// Trains the model at `path` (see [`Options`]). `progress(stage, done, total)` reports.
 pub fn train(
     path: &Path,
     opts: &Options,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Trained> {
-    let c = if opts.float {
-        // Float training reads no quantization parameter: one batch of samples gives the
-        // graph, its plan and its shapes without observing the whole training set.
-        let one_batch = calibrated::Options {
-            samples: Some(
-                opts.batch
-                    .max(1)
-                    .min(opts.ptq.samples.unwrap_or(usize::MAX)),
-            ),
-            ..opts.ptq.clone()
-        };
-        calibrated(path, &one_batch, progress)?
-    } else {
-        calibrated(path, &opts.ptq, progress)?
-    };
+    let c = calibrated_for(path, opts, progress)?;
     // The data as calibration read it (whole, for a model without a batch axis), all of it.
     let data = calibrated::Options {
         samples: opts.ptq.samples,
