@@ -118,10 +118,21 @@ impl<'g> Probe<'g> {
     /// The score of the model with each quantizer of `qs` alone, in order: the nodes before the
     /// first that q acts on run once per sample, float, for all of them ([`Probe::forked_scores`]).
     pub fn alone(&self, qs: &[Quantizer], plan: &Plan, params: &Params) -> Result<Vec<Score>> {
-        let none = subset(params, plan, |_| false);
         // Nobody follows the progress here.
         let (tx, _rx) = std::sync::mpsc::channel();
-        self.forked_scores(qs, &none, &|q| subset(params, plan, |o| o == q), &tx)
+        self.alone_reporting(qs, plan, params, &tx)
+    }
+
+    /// [`Probe::alone`], sending `scored` a message as each score is done.
+    fn alone_reporting(
+        &self,
+        qs: &[Quantizer],
+        plan: &Plan,
+        params: &Params,
+        scored: &Sender<()>,
+    ) -> Result<Vec<Score>> {
+        let none = subset(params, plan, |_| false);
+        self.forked_scores(qs, &none, &|q| subset(params, plan, |o| o == q), scored)
     }
 
     /// The scores of the models simulated with `suffix(q)` for each quantizer of `qs`, where
@@ -384,7 +395,6 @@ pub fn sensitivities(
 ) -> Result<Vec<Sensitivity>> {
     let sites = Sites::new(probe.graph(), plan);
     let qs = quantizers(params);
-    let none = subset(params, plan, |_| false);
     let total = 2 * qs.len();
     let (tx, rx) = std::sync::mpsc::channel();
     let (alone, all_but) = std::thread::scope(|scope| {
@@ -393,7 +403,7 @@ pub fn sensitivities(
             // One kind after the other, the samples in parallel: the paused runs of one kind
             // are held at a time. The sender goes with the thread.
             let tx = tx;
-            let alone = probe.forked_scores(qs, &none, &|q| subset(params, plan, |o| o == q), &tx);
+            let alone = probe.alone_reporting(qs, plan, params, &tx);
             let all_but =
                 probe.forked_scores(qs, params, &|q| subset(params, plan, |o| o != q), &tx);
             (alone, all_but)

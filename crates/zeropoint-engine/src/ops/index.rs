@@ -7,7 +7,7 @@
 use candle_core::{DType as CDType, Device, Layout, Tensor};
 use zeropoint_onnx::DType;
 
-use super::{axis, c, check_output, indices_in, like, one, Cx, Error, R};
+use super::{axis, c, check_output, index_in, indices_in, like, one, Cx, Error, R};
 use crate::value::{carrier, Value};
 
 /// `out[i][j][k] = data[indices[i][j][k]][j][k]` along `axis` (axis 0 here): the output has the
@@ -106,12 +106,9 @@ pub fn scatter_elements(cx: &Cx) -> R<Vec<Value>> {
         )));
     }
     let idx = idx_v.to_i64s()?;
-    let n = shape[a] as i64;
-    if let Some(i) = idx.iter().find(|&&i| !(-n..n).contains(&i)) {
-        return Err(Error::Op(format!(
-            "index {i} is out of range for axis {a} of size {n}"
-        )));
-    }
+    // Checked once here: the targets count a negative index from the end, each of them.
+    idx.iter()
+        .try_for_each(|&i| index_in(i, a, shape[a]).map(drop))?;
     let targets = element_targets(&idx, ishape, shape, a);
     one(scattered(cx, data, updates, targets)?)
 }
@@ -129,6 +126,8 @@ fn element_targets<'a>(
     let strides = Layout::contiguous(shape).stride().to_vec();
     let last = ishape.len() - 1;
     let (width, n) = (ishape[last].max(1), shape[axis] as i64);
+    let step = if axis == last { 0 } else { strides[last] };
+    let along = strides[axis];
     idx.chunks(width).enumerate().flat_map(move |(r, row)| {
         let (mut rest, mut base) = (r, 0);
         for d in (0..last).rev() {
@@ -137,8 +136,6 @@ fn element_targets<'a>(
             }
             rest /= ishape[d].max(1);
         }
-        let step = if axis == last { 0 } else { strides[last] };
-        let along = strides[axis];
         row.iter().enumerate().map(move |(j, &i)| {
             let i = if i < 0 { i + n } else { i } as usize;
             base + j * step + i * along
@@ -179,7 +176,7 @@ pub fn scatter_nd(cx: &Cx) -> R<Vec<Value>> {
     for t in 0..tuples {
         let mut start = 0;
         for (d, &i) in idx[t * k..(t + 1) * k].iter().enumerate() {
-            start += indices_in(&[i], d, shape[d])?[0] as usize * strides[d];
+            start += index_in(i, d, shape[d])? * strides[d];
         }
         targets.extend(start..start + slice);
     }
@@ -219,7 +216,7 @@ pub fn gather_nd(cx: &Cx) -> R<Vec<Value>> {
     for (t, tuple) in idx.chunks(k).enumerate() {
         let mut row = (t / per_batch.max(1)) * positions;
         for (d, &i) in tuple.iter().enumerate() {
-            row += indices_in(&[i], b + d, shape[b + d])?[0] as usize * strides[d];
+            row += index_in(i, b + d, shape[b + d])? * strides[d];
         }
         rows.push(row as i64);
     }

@@ -382,22 +382,23 @@ pub(crate) fn axis(a: i64, rank: usize) -> R<usize> {
     Ok(if a < 0 { a + r } else { a } as usize)
 }
 
-/// Gather-style indices into axis `a` of size `n`, negative ones counted from the end; any
+/// A gather-style index into axis `a` of size `n`, a negative one counted from the end; one
 /// outside the axis is refused.
-pub(crate) fn indices_in(idx: &[i64], a: usize, n: usize) -> R<Vec<i64>> {
+pub(crate) fn index_in(i: i64, a: usize, n: usize) -> R<usize> {
     let n = n as i64;
-    idx.iter()
-        .map(|&i| {
-            let j = if i < 0 { i.saturating_add(n) } else { i };
-            if (0..n).contains(&j) {
-                Ok(j)
-            } else {
-                Err(Error::Op(format!(
-                    "index {i} is out of range for axis {a} of size {n}"
-                )))
-            }
-        })
-        .collect()
+    let j = if i < 0 { i.saturating_add(n) } else { i };
+    if (0..n).contains(&j) {
+        Ok(j as usize)
+    } else {
+        Err(Error::Op(format!(
+            "index {i} is out of range for axis {a} of size {n}"
+        )))
+    }
+}
+
+/// [`index_in`] of each of `idx`.
+pub(crate) fn indices_in(idx: &[i64], a: usize, n: usize) -> R<Vec<i64>> {
+    idx.iter().map(|&i| Ok(index_in(i, a, n)? as i64)).collect()
 }
 
 /// A float result with the dtype of a float operand.
