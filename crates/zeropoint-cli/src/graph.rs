@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
-use zeropoint_engine::Engine;
+use zeropoint_engine::{exec, Engine};
 use zeropoint_graph::graph::dims_fit;
 use zeropoint_graph::{opset, Graph};
 use zeropoint_onnx::{external_data, model};
@@ -109,9 +109,9 @@ fn write_canonical(
     }
     let Some(mut canonical) = canonical else {
         bail!(
-            "{}: cannot canonicalize: unsupported operators: {}",
+            "{}: cannot canonicalize: {}",
             args.model.display(),
-            summary.unsupported_nodes.join(", ")
+            exec::unsupported_message(&summary.unsupported_nodes)
         );
     };
     if let Some(to) = args.opset {
@@ -169,9 +169,8 @@ fn print_tables(s: &ModelSummary) {
     print!("\n{}", t.render());
     if !s.unsupported_nodes.is_empty() {
         println!(
-            "\nzeropoint cannot run {} node(s): {}",
-            s.unsupported_nodes.len(),
-            serde_json::json!(s.unsupported_nodes)
+            "\nzeropoint cannot run this model: {}",
+            exec::unsupported_message(&s.unsupported_nodes)
         );
         return;
     }

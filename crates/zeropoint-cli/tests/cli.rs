@@ -592,6 +592,24 @@ fn run_refuses_bad_inputs_with_one_line_errors() {
         described.contains("Mish") && described.contains("NO"),
         "{described}"
     );
+    // A classical-ML operator (a scikit-learn converter's Scaler) is out of scope, and said so.
+    let node = &mut proto.graph.as_mut().unwrap().node[1];
+    node.op_type = Some("Scaler".into());
+    node.domain = Some("ai.onnx.ml".into());
+    let ml = dir.path().join("ml.onnx");
+    zeropoint_onnx::model::save(&proto, &ml).unwrap();
+    let e = fails(&["run", path(&ml), "-i", path(&x)]);
+    assert!(
+        e.contains("node 'relu_2' (Scaler, domain ai.onnx.ml)")
+            && e.contains("the ai.onnx.ml domain (classical machine learning")
+            && e.contains("out of zeropoint's scope"),
+        "{e}"
+    );
+    let described = ok(&["graph", path(&ml)]);
+    assert!(
+        described.contains("out of zeropoint's scope"),
+        "{described}"
+    );
 }
 
 #[test]

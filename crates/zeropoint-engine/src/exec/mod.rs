@@ -69,15 +69,31 @@ pub fn check_supported(graph: &Graph) -> Result<()> {
     if unsupported.is_empty() {
         return Ok(());
     }
-    let what = if unsupported.len() == 1 {
+    Err(model_error(graph, unsupported_message(&unsupported)))
+}
+
+/// The domain of classical machine learning (scikit-learn's and XGBoost's converters: scalers,
+/// tree ensembles, SVMs, label encoders), which is not a network to quantize.
+const ML_DOMAIN: &str = "ai.onnx.ml";
+
+/// "operator(s) unsupported: LABELS", and why where a node is of the ai.onnx.ml domain.
+pub fn unsupported_message(labels: &[String]) -> String {
+    let what = if labels.len() == 1 {
         "operator"
     } else {
         "operators"
     };
-    Err(model_error(
-        graph,
-        format!("{what} unsupported: {}", unsupported.join(", ")),
-    ))
+    let mut message = format!("{what} unsupported: {}", labels.join(", "));
+    if labels
+        .iter()
+        .any(|l| l.ends_with(&format!("domain {ML_DOMAIN})")))
+    {
+        message += &format!(
+            "; the {ML_DOMAIN} domain (classical machine learning: scalers, trees, linear \
+             models) is out of zeropoint's scope, which quantizes neural networks"
+        );
+    }
+    message
 }
 
 /// Whether zeropoint can run `node`: an operator it has, or control flow with its subgraphs.
@@ -86,13 +102,16 @@ pub fn supports(node: &Node) -> bool {
 }
 
 /// The nodes of `graph` and of its subgraphs that zeropoint cannot run, as "node 'x' (Op)"
-/// labels.
+/// labels, "node 'x' (Op, domain d)" outside the default domain.
 pub fn unsupported(graph: &Graph) -> Vec<String> {
     graph
         .all_nodes()
         .into_iter()
         .filter(|n| !supports(n))
-        .map(Node::label)
+        .map(|n| match n.domain.as_str() {
+            "" | "ai.onnx" => n.label(),
+            domain => format!("node '{}' ({}, domain {domain})", n.name, n.op),
+        })
         .collect()
 }
 
