@@ -1143,6 +1143,14 @@ def layernorm_cases():
     case("InstanceNormalization_3d", inorm(), {"x": r.n(1, 2, 3, 4, 5)}, {"s": r.n(2), "b": r.n(2)},
          opset=22, note="volumetric input")
 
+    lrn = lambda **kw: N("LRN", ["x"], ["y"], **kw)
+    case("LRN_alexnet", lrn(size=5, alpha=1e-4, beta=0.75, bias=1.0), {"x": r.n(2, 7, 5, 4, scale=30.0)},
+         note="AlexNet's settings; values large enough that the sum of squares matters")
+    case("LRN_even_size", lrn(size=4, alpha=0.5, beta=0.6, bias=2.0), {"x": r.n(1, 6, 3, 3)},
+         note="even size: one channel more after than before")
+    case("LRN_window_past_channels", lrn(size=9, alpha=0.3), {"x": r.n(1, 3, 8)}, opset=13,
+         note="a window wider than the channels, 3-D input")
+
     nodes = [
         N("ReduceMean", ["x"], ["mu"], axes=[-1]),
         N("Sub", ["x", "mu"], ["d"]),

@@ -56,8 +56,8 @@ operators! {
     Sin, Size, Slice, Softmax, Softplus, SpaceToDepth, Split, Sqrt, Squeeze, Sub, Sum, Tanh, Tile,
     TopK,
     Transpose, Trilu, Unsqueeze, Where, Xor,
-    // Operators named as ONNX spells them: the recurrent ones and the Fourier transforms.
-    GRU, LSTM, RNN, DFT, STFT,
+    // Operators named as ONNX spells them: the recurrent ones, the Fourier transforms and LRN.
+    GRU, LSTM, RNN, DFT, STFT, LRN,
     // Control flow: operators with subgraphs.
     If, Loop, Scan,
 }

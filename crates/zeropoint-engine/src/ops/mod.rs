@@ -103,6 +103,7 @@ fn lookup(op: &Op) -> Option<OpFn> {
         Op::BatchNormalization => norm::batch_norm,
         Op::LayerNormalization => norm::layer_norm,
         Op::InstanceNormalization => norm::instance_norm,
+        Op::LRN => norm::lrn,
         Op::Softmax | Op::LogSoftmax => norm::softmax,
         Op::ReduceMean
         | Op::ReduceSum

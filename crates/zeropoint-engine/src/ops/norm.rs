@@ -1,5 +1,5 @@
 //! Normalizations: BatchNormalization (inference), InstanceNormalization, LayerNormalization,
-//! Softmax and LogSoftmax.
+//! LRN, Softmax and LogSoftmax.
 
 use candle_core::{Tensor, D};
 
@@ -69,6 +69,39 @@ pub fn instance_norm(cx: &Cx) -> R<Vec<Value>> {
     let a = c(var.affine(1.0, eps)?.sqrt()?.recip()?.broadcast_mul(&scale))?;
     let y = c(centered.broadcast_mul(&a)?.broadcast_add(&bias))?;
     one(like(y, v))
+}
+
+/// LRN, AlexNet's and GoogLeNet's local response normalization: x / (bias + α/size · Σ x²)^β, the
+/// sum over the `size` channels around each one (⌊(size−1)/2⌋ before it, the rest after).
+pub fn lrn(cx: &Cx) -> R<Vec<Value>> {
+    let v = cx.input(0)?;
+    let x = cx.float(0)?;
+    if x.rank() < 3 {
+        return Err(Error::Op(format!(
+            "input has shape {:?}: LRN needs [N, C, D1, ...]",
+            x.dims()
+        )));
+    }
+    let size = cx.int("size", 0)?;
+    if size < 1 {
+        return Err("attribute 'size' must be a positive integer".into());
+    }
+    let (alpha, beta, bias) = (
+        cx.float_attr("alpha", 1e-4)? as f64,
+        cx.float_attr("beta", 0.75)? as f64,
+        cx.float_attr("bias", 1.0)? as f64,
+    );
+    let channels = x.dims()[1];
+    // Channels past either end add zeros: the window is clipped to the channels there are.
+    let before = (((size - 1) / 2) as usize).min(channels.saturating_sub(1));
+    let after = ((size - 1 - (size - 1) / 2) as usize).min(channels.saturating_sub(1));
+    let squares = c(x.sqr()?.pad_with_zeros(1, before, after))?;
+    let mut sum = c(squares.narrow(1, 0, channels))?;
+    for offset in 1..=before + after {
+        sum = c(sum.add(&squares.narrow(1, offset, channels)?))?;
+    }
+    let scale = c(sum.affine(alpha / size as f64, bias)?.powf(beta))?;
+    one(like(c(x.div(&scale))?, v))
 }
 
 /// LayerNormalization over the axes from `axis` to the last; optional Mean and InvStdDev outputs.
