@@ -78,6 +78,50 @@ pub struct Plan {
     pub shared: Vec<(String, String)>,
 }
 
+/// Gives each Conv, ConvTranspose and Gemm of the main graph whose bias initializer another node
+/// reads too a copy of its own; returns how many it made. An int32 bias has its layer's input
+/// scale times its weight scale, and readers that share a bias need not share an input (a
+/// Siamese network's towers share weights and biases, not images): quantized once, the bias
+/// had the first reader's scale, and ONNX Runtime ran every other reader in float, since its
+/// integer kernel needs the bias on its own accumulator's grid. Biases are small; the weights
+/// stay shared.
+pub fn own_biases(graph: &mut Graph) -> usize {
+    let mut reads: HashMap<String, usize> = HashMap::new();
+    for input in graph.nodes.iter().flat_map(|n| &n.inputs) {
+        *reads.entry(input.clone()).or_default() += 1;
+    }
+    for output in &graph.outputs {
+        *reads.entry(output.name.clone()).or_default() += 1;
+    }
+    let mut names = zeropoint_graph::graph::Names::new(graph);
+    let mut copies = Vec::new();
+    let mut kept = HashSet::new();
+    for node in &mut graph.nodes {
+        let layer = matches!(node.op, Op::Conv | Op::ConvTranspose | Op::Gemm);
+        let Some(bias) = node
+            .inputs
+            .get_mut(2)
+            .filter(|b| layer && reads.get(*b) > Some(&1))
+        else {
+            continue;
+        };
+        // The first reader keeps the original.
+        if kept.insert(bias.clone()) {
+            continue;
+        }
+        let Some(t) = graph.initializers.iter().find(|t| t.name == *bias) else {
+            continue;
+        };
+        let mut copy = t.clone();
+        copy.name = names.fresh(&format!("{}_{}", t.name, node.name));
+        *bias = copy.name.clone();
+        copies.push(copy);
+    }
+    let made = copies.len();
+    graph.initializers.extend(copies);
+    made
+}
+
 /// Operators whose output lies on the grid of their (first) input: a nearest-neighbour Resize
 /// copies input values too. ONNX Runtime's quantizer gives every Resize its
 /// input's parameters, and runs it on the codes then; a Resize with its own grid is a float
@@ -693,6 +737,34 @@ mod tests {
             ],
             "logits",
         )
+    }
+
+    #[test]
+    fn layers_sharing_a_bias_get_a_copy_each_and_keep_their_weight_shared() {
+        let mut g = graph(
+            vec![input("a", &[1, 2, 4, 4]), input("b", &[1, 2, 4, 4])],
+            vec![weight("w", &[3, 2, 1, 1]), weight("bias", &[3])],
+            vec![
+                node(Op::Conv, &["a", "w", "bias"], "ya"),
+                node(Op::Conv, &["b", "w", "bias"], "yb"),
+                node(Op::Add, &["ya", "yb"], "y"),
+            ],
+            "y",
+        );
+        assert_eq!(own_biases(&mut g), 1);
+        let (first, second) = (&g.nodes[0].inputs, &g.nodes[1].inputs);
+        assert_eq!((first[1].as_str(), second[1].as_str()), ("w", "w"));
+        assert_eq!(first[2], "bias");
+        assert_ne!(second[2], "bias");
+        let values = |name: &str| g.initializer(name).unwrap().to_f32s();
+        assert_eq!(values(&second[2]), values("bias"));
+        // Each bias now has its own site, with its own reader's input.
+        let plan = plan_of(&g, &[]).unwrap();
+        let sites: Vec<(&str, &str)> = (plan.biases.iter())
+            .map(|b| (b.name.as_str(), b.input.as_str()))
+            .collect();
+        assert_eq!(sites, [("bias", "a"), (second[2].as_str(), "b")]);
+        assert_eq!(own_biases(&mut g), 0);
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub fn prepare_measuring(
         None => None,
     };
     canonicalize::decompose_hard_swish(&mut graph);
+    crate::placement::own_biases(&mut graph);
     Ok(Prepared {
         base,
         graph,
