@@ -19,7 +19,8 @@ random calibration samples of which the first 16 are the analysis samples:
 - `quantize --target-agreement 100%` at W4A8 (75 % before) reaches full top-1 agreement with
   float on those samples, in ONNX Runtime as reported;
 - the suggested activation range estimators (min-max, percentiles: measured from the MSE
-  observers' histograms) score what ONNX Runtime gives the models `quantize` exports with them.
+  observers' histograms) score what ONNX Runtime gives the models `quantize` exports with them,
+  and so does the suggested `--bias-correction`.
 """
 
 import json
@@ -146,6 +147,15 @@ def main():
         good &= check(len(suggested) == 1 and abs(suggested[0]["score"]["sqnr_db"] - ort_m) < TOLERANCE_DB,
                       f"suggestion {option}: analyze {[f['score']['sqnr_db'] for f in suggested]} dB, "
                       f"ONNX Runtime {ort_m:.2f} dB")
+    # Bias correction is measured by calibrating again with it: its suggestion scores what ONNX
+    # Runtime gives the model `quantize --bias-correction` exports.
+    suggested = [f for f in a["suggestions"] if f["options"] == "--bias-correction"]
+    corrected = work / "bias_correction.onnx"
+    zeropoint(exe, "quantize", MODEL, *common, "--bias-correction", "--report-samples", 0, "-o", corrected)
+    ort_corrected = sqnr(reference, outputs(onnx.load(corrected), x[:SAMPLES]))
+    good &= check(len(suggested) == 1 and abs(suggested[0]["score"]["sqnr_db"] - ort_corrected) < TOLERANCE_DB,
+                  f"suggestion --bias-correction: analyze {[f['score']['sqnr_db'] for f in suggested]} dB, "
+                  f"ONNX Runtime {ort_corrected:.2f} dB (without: {ort_full:.2f})")
     parser = Svgs()
     parser.feed(html.read_text())
     good &= check(parser.svgs == 1 + len(a["distributions"]) and len(a["distributions"]) == 4,

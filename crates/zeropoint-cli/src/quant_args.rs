@@ -191,7 +191,7 @@ pub struct QuantArgs {
     pub adaround_inputs: AdaRoundInputs,
     /// Calibration samples empirical bias correction measures on (their activations wait on
     /// disk between layers: memory does not grow with them).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = zeropoint_quant::settings::BIAS_CORRECTION_SAMPLES)]
     pub bias_correction_samples: usize,
     /// Mixed precision: raise the quantizers that buy the most output SQNR per byte (activations
     /// to 16 bits, layers kept float), one at a time, until the simulated model's output SQNR

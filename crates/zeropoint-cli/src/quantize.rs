@@ -420,7 +420,7 @@ fn print_summary(s: &Summary) {
     print_layers(s);
     if let (Some((output, sqnr)), None) = (farthest_output(s), &s.mixed_precision) {
         println!(
-            "\noutput '{output}' has an SQNR of {} dB against the float model's: this quantization does not hold it. `zeropoint analyze` ranks the quantizers that cost most; `--target-sqnr 20` raises them to 16 bits or keeps their layers float until the outputs reach 20 dB",
+            "\noutput '{output}' has an SQNR of {} dB against the float model's: this quantization does not hold it. `zeropoint analyze` ranks the quantizers that cost most and measures the fixes (other ranges, `--bias-correction`, `--cle`); `--target-sqnr 20` raises the costliest to 16 bits or keeps their layers float until the outputs reach 20 dB",
             db(sqnr)
         );
     }

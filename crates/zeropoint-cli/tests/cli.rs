@@ -1241,7 +1241,7 @@ fn an_output_the_quantization_cannot_hold_is_told_what_to_try() {
     assert!(
         out.contains("output 'y' has an SQNR of -")
             && out.contains(
-                "`zeropoint analyze` ranks the quantizers that cost most; `--target-sqnr 20`"
+                "`zeropoint analyze` ranks the quantizers that cost most and measures the fixes (other ranges, `--bias-correction`, `--cle`); `--target-sqnr 20`"
             ),
         "{out}"
     );

@@ -30,7 +30,7 @@ use crate::error::Result;
 use crate::mixed_precision::{score_with, to_target, Change};
 use crate::params::{params, Params};
 use crate::sensitivity::{sensitivities, subset, Probe, Quantizer, Score, Sensitivity};
-use crate::settings::{Settings, Target};
+use crate::settings::{BiasCorrection, Settings, Target, BIAS_CORRECTION_SAMPLES};
 
 /// What `analyze` needs besides the model.
 #[derive(Debug, Clone)]
@@ -348,6 +348,14 @@ fn suggest(
             );
         }
     }
+    let s = &opts.ptq.settings;
+    if s.bias_correction.is_none() && s.adaround.is_none() {
+        fixes.add(
+            "--bias-correction".into(),
+            "each layer's bias takes back the mean shift that its quantized weights and inputs cause",
+            with_bias_correction(path, opts, progress)?,
+        );
+    }
     fixes.precision(sensitivities)?;
     Ok(fixes.out)
 }
@@ -528,14 +536,42 @@ fn with_cle(
     opts: &Options,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Option<Score>> {
-    let mut cle = opts.ptq.clone();
-    cle.settings.equalize = Some(crate::equalize::Options::default());
-    let c = calibrated(path, &cle, progress)?;
+    let c = recalibrated(path, opts, progress, |s| {
+        s.equalize = Some(crate::equalize::Options::default())
+    })?;
     if c.equalization.as_ref().is_none_or(|e| e.pairs.is_empty()) {
         return Ok(None);
     }
-    let batches = samples(&c, opts)?;
-    Ok(Some(
-        Probe::new(c.reference(), &c.graph, batches)?.score(&c.params)?,
-    ))
+    rescored(&c, opts).map(Some)
+}
+
+/// The score with empirical bias correction on the default number of samples.
+fn with_bias_correction(
+    path: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Score> {
+    let c = recalibrated(path, opts, progress, |s| {
+        s.bias_correction = Some(BiasCorrection::Empirical {
+            samples: BIAS_CORRECTION_SAMPLES,
+        })
+    })?;
+    rescored(&c, opts)
+}
+
+/// The model prepared and calibrated again with `edit` applied to the settings.
+fn recalibrated(
+    path: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str, usize, usize),
+    edit: impl FnOnce(&mut Settings),
+) -> Result<Calibrated> {
+    let mut ptq = opts.ptq.clone();
+    edit(&mut ptq.settings);
+    calibrated(path, &ptq, progress)
+}
+
+/// `c`'s score on the analysis samples, against its own float reference.
+fn rescored(c: &Calibrated, opts: &Options) -> Result<Score> {
+    Probe::new(c.reference(), &c.graph, samples(c, opts)?)?.score(&c.params)
 }

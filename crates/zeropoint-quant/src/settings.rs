@@ -76,6 +76,9 @@ impl Default for SmoothQuant {
     }
 }
 
+/// Calibration samples empirical bias correction measures on, by default.
+pub const BIAS_CORRECTION_SAMPLES: usize = 16;
+
 /// How biases are corrected for the mean shift quantized weights cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BiasCorrection {
