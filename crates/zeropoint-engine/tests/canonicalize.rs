@@ -540,3 +540,109 @@ fn a_recurrent_layers_zero_initial_state_is_dropped() {
     lstm.inputs.truncate(6);
     assert!(compare::max_abs_diff(&before[1], &run(&graph)[1]) > 1e-3);
 }
+
+/// `x · Clip(x + 3, 0, 6) / 6` (and `· (1/6)`) becomes `x · HardSigmoid(x)`, computing the same;
+/// a pattern whose inner value something else reads stays as it is.
+#[test]
+fn a_hard_swish_written_out_becomes_hard_sigmoid_and_mul() {
+    use std::collections::HashMap;
+    use zeropoint_engine::Value;
+    use zeropoint_graph::{Node, Op, ValueInfo};
+    use zeropoint_onnx::{DType, RawTensor};
+    let scalar = |name: &str, v: f32| RawTensor::from_f32s(name, &[], &[v]);
+    let info = |name: &str| ValueInfo {
+        name: name.into(),
+        dtype: Some(DType::F32),
+        shape: None,
+    };
+    // Two patterns on x, one dividing by 6 and one multiplying by 1/6, and a third whose Add
+    // output is also a graph output.
+    let pattern = |k: &str, x: &str, last: Node| {
+        vec![
+            Node::new(
+                format!("add{k}"),
+                Op::Add,
+                &[x, "three"],
+                &[&format!("a{k}")],
+            ),
+            Node::new(
+                format!("clip{k}"),
+                Op::Clip,
+                &[&format!("a{k}"), "zero", "six"],
+                &[&format!("c{k}")],
+            ),
+            Node::new(
+                format!("mul{k}"),
+                Op::Mul,
+                &[&format!("c{k}"), x],
+                &[&format!("m{k}")],
+            ),
+            last,
+        ]
+    };
+    let mut nodes = pattern(
+        "1",
+        "x",
+        Node::new("div1", Op::Div, &["m1", "six"], &["y1"]),
+    );
+    nodes.extend(pattern(
+        "2",
+        "y1",
+        Node::new("scale2", Op::Mul, &["sixth", "m2"], &["y2"]),
+    ));
+    nodes.extend(pattern(
+        "3",
+        "y2",
+        Node::new("div3", Op::Div, &["m3", "six"], &["y3"]),
+    ));
+    let mut graph = Graph {
+        source: "hard_swish.onnx".into(),
+        opset: 13,
+        inputs: vec![info("x")],
+        outputs: vec![info("y3"), info("a3")],
+        initializers: vec![
+            scalar("three", 3.0),
+            scalar("zero", 0.0),
+            scalar("six", 6.0),
+            scalar("sixth", 1.0 / 6.0),
+        ],
+        nodes,
+    };
+    let xs: Vec<f32> = (0..40).map(|i| (i as f32 - 20.0) * 0.37).collect();
+    let feeds = HashMap::from([(
+        "x".to_string(),
+        Value::from_f32_vec(xs.clone(), &[2, 20]).unwrap(),
+    )]);
+    let run = |g: &Graph| -> Vec<Vec<f32>> {
+        let outputs = Executor::new(g).unwrap().run(feeds.clone()).unwrap();
+        outputs.iter().map(|(_, v)| v.to_f32s().unwrap()).collect()
+    };
+    let before = run(&graph);
+    let report = canonicalize(&mut graph, &Engine).unwrap();
+    assert_eq!(report.fused_hard_swishes, 2);
+    let ops: Vec<(&str, &str)> = (graph.nodes.iter())
+        .map(|n| (n.name.as_str(), n.op.as_str()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("add1", "HardSigmoid"),
+            ("div1", "Mul"),
+            ("add2", "HardSigmoid"),
+            ("scale2", "Mul"),
+            ("add3", "Add"),
+            ("clip3", "Clip"),
+            ("mul3", "Mul"),
+            ("div3", "Div")
+        ]
+    );
+    let after = run(&graph);
+    for (b, a) in before.iter().zip(&after) {
+        assert!(compare::max_abs_diff(b, a) < 1e-5, "{b:?} {a:?}");
+    }
+    // The first pattern's own values against the definition, on both sides of the knees.
+    let hard_swish = |x: f32| x * (x + 3.0).clamp(0.0, 6.0) / 6.0;
+    let once: Vec<f32> = xs.iter().map(|&x| hard_swish(x)).collect();
+    let three_times: Vec<f32> = once.iter().map(|&y| hard_swish(hard_swish(y))).collect();
+    assert!(compare::max_abs_diff(&after[0], &three_times) < 1e-5);
+}

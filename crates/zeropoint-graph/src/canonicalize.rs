@@ -70,6 +70,9 @@ pub struct Report {
     pub static_reshapes: usize,
     /// Recurrent nodes whose zero initial state was dropped ([`crate::zero_state`]).
     pub dropped_zero_states: Vec<String>,
+    /// HardSwishes written out as Add, Clip, Mul and Div, made HardSigmoid and Mul
+    /// ([`crate::hard_swish`]).
+    pub fused_hard_swishes: usize,
     /// Nodes removed because no output depends on them.
     pub removed_nodes: usize,
     pub removed_initializers: usize,
@@ -96,6 +99,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
         }
     }
     folded_bias_adds.extend(fold_matmul_bias_adds(graph, eval)?);
+    let fused_hard_swishes = crate::hard_swish::fuse_hard_swishes(graph);
     let (scale_shift_convs, rewritten_stats): (_, Vec<_>) =
         crate::scale_shift::scale_shift_convs(graph, eval)?
             .into_iter()
@@ -113,6 +117,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
         removed_initializers += initializers;
     }
     let mut report = Report {
+        fused_hard_swishes,
         static_reshapes,
         dropped_zero_states,
         folded_constants,

@@ -15,6 +15,8 @@
 //!   Conv (one of canonicalization's passes).
 //! - [`zero_state`]: a recurrent op's initial state that is zeros by construction, dropped (one
 //!   of canonicalization's passes).
+//! - [`hard_swish`]: a HardSwish written out as Add, Clip, Mul and Div, made HardSigmoid and Mul
+//!   (one of canonicalization's passes).
 //! - [`batch_norm`]: what a folded or rewritten BatchNorm says of its output.
 //! - [`opset`]: upgrading a graph to a newer opset of the default domain, one step per opset.
 //! - [`half_precision`]: a float16 or bfloat16 model rewritten to compute in float32 behind the
@@ -40,6 +42,7 @@ pub mod error;
 pub mod evaluator;
 pub mod graph;
 pub mod half_precision;
+pub mod hard_swish;
 pub mod op;
 pub mod opset;
 pub mod pattern;

