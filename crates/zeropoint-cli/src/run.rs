@@ -25,8 +25,9 @@ pub struct Args {
     #[arg(long = "input", short = 'i', value_name = "NAME=FILE")]
     pub inputs: Vec<String>,
     /// Write each output to DIR/<output name>.npy (characters other than letters, digits, '.',
-    /// '-' and '_' in the name become '_').
-    #[arg(long, short = 'o', value_name = "DIR")]
+    /// '-' and '_' in the name become '_'), or, for a path ending in .npz, into that archive
+    /// under its own name.
+    #[arg(long, short = 'o', value_name = "DIR|FILE.npz")]
     pub output: Option<PathBuf>,
     /// Run this many times and report the median time (for benchmarks; outputs are identical).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -141,8 +142,20 @@ fn timed_runs(exec: &Executor, feeds: &HashMap<String, Value>, repeat: u32) -> R
     })
 }
 
-/// Each output as DIR/<name>.npy.
+/// Each output as DIR/<name>.npy, or as a member of DIR when it is named *.npz.
 fn write_outputs(dir: &Path, model: &Path, outputs: &[(String, Value)]) -> Result<()> {
+    if dir
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+    {
+        if dir == model {
+            bail!("{}: refusing to overwrite the model", dir.display());
+        }
+        let arrays: Vec<_> = (outputs.iter())
+            .map(|(name, v)| v.to_raw(name))
+            .collect::<std::result::Result<_, _>>()?;
+        return Ok(zeropoint_onnx::npz::write(dir, &arrays)?);
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     for (name, v) in outputs {
         let raw = v.to_raw(name)?;

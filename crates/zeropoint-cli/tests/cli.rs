@@ -462,6 +462,16 @@ fn run_writes_the_outputs_of_the_executor() {
         .run(feeds.into_iter().collect())
         .unwrap();
     assert_eq!(outs[0].1.to_f32s().unwrap(), written.values);
+    // A path ending in .npz gets an archive with the outputs under their own names.
+    let archive = dir.path().join("out.npz");
+    ok(&["run", path(&model), "--input", &spec, "-o", path(&archive)]);
+    let arrays = zeropoint_onnx::npz::read(&archive).unwrap();
+    assert_eq!(arrays.len(), 1);
+    assert_eq!(
+        (arrays[0].name.as_str(), &arrays[0].shape[..]),
+        ("gemm_10", &[3, 10][..])
+    );
+    assert_eq!(arrays[0].to_f32s(), written.values);
     // A single-input model takes the file without a name; JSON for machines.
     let json: Value =
         serde_json::from_str(&ok(&["run", path(&model), "-i", path(&x), "--json"])).unwrap();

@@ -127,6 +127,26 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Vec<RawTensor>> {
     read_archive(archive(std::io::Cursor::new(bytes), path)?, path)
 }
 
+/// Writes `arrays` as an archive numpy's `load` reads: members `NAME.npy`, stored, as `savez`
+/// writes them (with no timestamps: the same arrays give the same bytes). Atomically; the
+/// archive is built in memory first.
+pub fn write(path: &Path, arrays: &[RawTensor]) -> Result<()> {
+    let zip_error =
+        |e: zip::result::ZipError| Error::invalid(path, format!("cannot write the archive: {e}"));
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for t in arrays {
+        let bytes = npy::raw_to_bytes(t);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(bytes.len() as u64 >= u64::from(u32::MAX));
+        zip.start_file(format!("{}.npy", t.name), options)
+            .map_err(zip_error)?;
+        std::io::Write::write_all(&mut zip, &bytes).map_err(|e| Error::io(path, "write", e))?;
+    }
+    let archive = zip.finish().map_err(zip_error)?;
+    crate::atomic::write_bytes(path, archive.get_ref())
+}
+
 fn read_archive<R: Read + Seek>(
     mut zip: zip::ZipArchive<R>,
     path: &Path,
