@@ -620,6 +620,22 @@ fn run_refuses_bad_inputs_with_one_line_errors() {
         described.contains("out of zeropoint's scope"),
         "{described}"
     );
+    // Stacked samples for a model whose batch is fixed at 1: told so.
+    use zeropoint_onnx::proto::{tensor_shape_proto::dimension, type_proto};
+    let mut proto = zeropoint_onnx::model::load(&model).unwrap();
+    let input = &mut proto.graph.as_mut().unwrap().input[0];
+    let Some(type_proto::Value::TensorType(t)) = &mut input.r#type.as_mut().unwrap().value else {
+        panic!("the MNIST CNN's input is a tensor");
+    };
+    t.shape.as_mut().unwrap().dim[0].value = Some(dimension::Value::DimValue(1));
+    let fixed = dir.path().join("fixed.onnx");
+    zeropoint_onnx::model::save(&proto, &fixed).unwrap();
+    let three = mnist_like_input(dir.path(), 3);
+    let e = fails(&["run", path(&fixed), "-i", path(&three)]);
+    assert!(
+        e.contains("must have shape [1, 1, 28, 28], got [3, 1, 28, 28]: the model's batch is fixed at 1, and the data stacks 3 samples"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -537,11 +537,24 @@ impl<'g> Executor<'g> {
                     format!("input '{}' must be {d}, got {}", info.name, v.dtype),
                 ));
             }
-            if info.shape.as_ref().is_some_and(|s| !dims_fit(s, v.shape())) {
+            if let Some(s) = info.shape.as_ref().filter(|s| !dims_fit(s, v.shape())) {
+                // Stacked samples for a model that takes one: the rest of the shape fits.
+                let one_at_a_time = matches!(s.first(), Some(zeropoint_graph::Dim::Fixed(1)))
+                    && v.shape().len() == s.len()
+                    && v.shape()[0] > 1
+                    && dims_fit(&s[1..], &v.shape()[1..]);
+                let why = if one_at_a_time {
+                    format!(
+                        ": the model's batch is fixed at 1, and the data stacks {} samples; give them one at a time",
+                        v.shape()[0]
+                    )
+                } else {
+                    String::new()
+                };
                 return Err(model_error(
                     g,
                     format!(
-                        "input '{}' must have shape {}, got {:?}",
+                        "input '{}' must have shape {}, got {:?}{why}",
                         info.name,
                         info.shape_text(),
                         v.shape()
