@@ -26,6 +26,11 @@ MatMul(V): the division canonicalization folds into the query projection.
 silu.onnx: Conv -> Sigmoid -> Mul(c, s) -> Conv -> Sigmoid -> Mul(s, c), the SiLU of YOLO-style
 exports, which the executor runs as one pass (`Executor::run_silu`) unless a hook replaces the
 Sigmoid's output; the second Sigmoid is also read by the Add after it.
+
+hard_swish_and_shared_bias.onnx: Conv -> Add(3) -> Clip(0, 6) -> Mul -> Div(6), the HardSwish
+paddle2onnx writes out, which canonicalization makes HardSigmoid and Mul (crate::hard_swish); then
+two Convs sharing a weight and a bias, a Siamese pair's towers, whose bias placement copies per
+layer (placement::own_biases).
 """
 
 import sys
@@ -157,10 +162,30 @@ def shared_weights():
     return seed_model("shared_weights", nodes, ["n", 4], ["n", 4], weights)
 
 
+def hard_swish_and_shared_bias():
+    """paddle2onnx's HardSwish written out, x · Clip(x + 3, 0, 6) / 6, after a Conv, then two Convs
+    (a Siamese pair's towers) sharing a weight and a bias."""
+    rng = np.random.default_rng(6)
+    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    weights = dict(w=f(4, 3, 1, 1), b=f(4), w2=f(4, 4, 3, 3), b2=f(4), three=np.array(3, np.float32),
+                   zero=np.array(0, np.float32), six=np.array(6, np.float32))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+             helper.make_node("Add", ["c", "three"], ["a"], name="hs_add"),
+             helper.make_node("Clip", ["a", "zero", "six"], ["k"], name="hs_clip"),
+             helper.make_node("Mul", ["c", "k"], ["m"], name="hs_mul"),
+             helper.make_node("Div", ["m", "six"], ["h"], name="hs_div"),
+             helper.make_node("Conv", ["h", "w2", "b2"], ["t1"], name="tower1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["t2"], name="tower2", pads=[1, 1, 1, 1]),
+             helper.make_node("Sub", ["t1", "t2"], ["y"], name="distance")]
+    return seed_model("hard_swish_and_shared_bias", nodes, ["n", 3, 4, 4], ["n", 4, 4, 4], weights)
+
+
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    for seed in (folds_and_fusions, scale_shift, attention, silu, zero_state, shared_weights):
+    for seed in (folds_and_fusions, scale_shift, attention, silu, zero_state, shared_weights,
+                 hard_swish_and_shared_bias):
         onnx.save(seed(), out / f"{seed.__name__}.onnx")
 
 
