@@ -36,8 +36,10 @@ def _upsample(a, f):
     c = np.cumsum(np.cumsum(a, axis=-1), axis=-2)
     c = np.pad(c, [(0, 0)] * (a.ndim - 2) + [(1, 0), (1, 0)])
     H, W = a.shape[-2:]
-    i = np.clip(np.arange(H) + k, 0, H); i0 = np.clip(np.arange(H) - k, 0, H)
-    j = np.clip(np.arange(W) + k, 0, W); j0 = np.clip(np.arange(W) - k, 0, W)
+    i = np.clip(np.arange(H) + k, 0, H)
+    i0 = np.clip(np.arange(H) - k, 0, H)
+    j = np.clip(np.arange(W) + k, 0, W)
+    j0 = np.clip(np.arange(W) - k, 0, W)
     s = (c[..., i[:, None], j[None, :]] - c[..., i0[:, None], j[None, :]]
          - c[..., i[:, None], j0[None, :]] + c[..., i0[:, None], j0[None, :]])
     return s / ((i - i0)[:, None] * (j - j0)[None, :])
@@ -57,7 +59,8 @@ def _image01(n, h, w, c=3):
 def _pink(n, length):
     """1/f noise, unit std, (n, length)."""
     X = np.fft.rfft(r.standard_normal((n, length)), axis=-1)
-    f = np.arange(X.shape[-1]); f[0] = 1
+    f = np.arange(X.shape[-1])
+    f[0] = 1
     x = np.fft.irfft(X / np.sqrt(f), n=length, axis=-1)
     return (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True)
 
@@ -249,7 +252,8 @@ def _mol_graph(na):
 
 
 def _shortest_paths(na, bonds):
-    D = np.full((na, na), 1e9); np.fill_diagonal(D, 0)
+    D = np.full((na, na), 1e9)
+    np.fill_diagonal(D, 0)
     for i, j, _ in bonds:
         D[i, j] = D[j, i] = 1
     for k in range(na):
@@ -274,10 +278,13 @@ def minimol_gnn(n):
         deg = A.sum(1)
         f = np.zeros((na, 85), np.float32)
         for a in range(na):
-            z = int(Z[a]); H = max(0, VAL[z] - (deg[a] + (1 if a < 6 else 0)))
+            z = int(Z[a])
+            H = max(0, VAL[z] - (deg[a] + (1 if a < 6 else 0)))
             f[a, 0] = deg[a] + H - 2            # total degree - carbon offset
-            f[a, 1] = 0; f[a, 2] = 0            # formal charge, radicals
-            f[a, 3] = float(a < 6); f[a, 4] = float(a < 6)  # aromatic, in-ring
+            f[a, 1] = 0
+            f[a, 2] = 0            # formal charge, radicals
+            f[a, 3] = float(a < 6)
+            f[a, 4] = float(a < 6)  # aromatic, in-ring
             f[a, 5 + ATOM_IDX[z]] = 1           # atomic number one-hot (44)
             f[a, 49 + GROUP[z] - 1] = 1         # group one-hot (20)
             f[a, 69 + PERIOD[z] - 1] = 1        # period one-hot (8)
@@ -285,17 +292,24 @@ def minimol_gnn(n):
         feats.append(f)
         for i, j, o in bonds:
             e = np.zeros(13, np.float32)
-            e[{1: 0, 2: 1, 3: 2, 4: 3}[o]] = 1; e[5] = 1; e[12] = float(o == 4)
-            efeats += [e, e]; eidx += [(i + off, j + off), (j + off, i + off)]
+            e[{1: 0, 2: 1, 3: 2, 4: 3}[o]] = 1
+            e[5] = 1
+            e[12] = float(o == 4)
+            efeats += [e, e]
+            eidx += [(i + off, j + off), (j + off, i + off)]
         Lp = np.diag(deg) - A
         w, v = np.linalg.eigh(Lp)
-        vec = np.zeros((na, 8)); vec[:, :min(8, na)] = v[:, :8]
-        val = np.zeros((na, 8)); val[:, :min(8, na)] = w[:8]
-        ev.append(vec); ew.append(val)
+        vec = np.zeros((na, 8))
+        vec[:, :min(8, na)] = v[:, :8]
+        val = np.zeros((na, 8))
+        val[:, :min(8, na)] = w[:8]
+        ev.append(vec)
+        ew.append(val)
         P = A / np.maximum(deg, 1)[:, None]
         Pk, rp = np.eye(na), []
         for _ in range(16):
-            Pk = Pk @ P; rp.append(np.diag(Pk))
+            Pk = Pk @ P
+            rp.append(np.diag(Pk))
         rw.append(np.stack(rp, 1))
         batch.append(np.full(na, g, np.int64))
         off += na
@@ -328,13 +342,17 @@ def caustic_nmr(n, R=12):
         aa = r.integers(0, 20, R)
         d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
         src, dst = np.nonzero((d < 8.0) & (d > 0))
-        out["element"].append(np.tile(ELEM, R)); out["atom_role"].append(np.tile(ROLE, R))
-        out["amino_acid"].append(np.repeat(aa, A)); out["bfactor"].append(r.uniform(10, 60, na))
-        out["edge_index"].append(np.stack([src + off, dst + off])); out["edge_dist"].append(d[src, dst])
+        out["element"].append(np.tile(ELEM, R))
+        out["atom_role"].append(np.tile(ROLE, R))
+        out["amino_acid"].append(np.repeat(aa, A))
+        out["bfactor"].append(r.uniform(10, 60, na))
+        out["edge_index"].append(np.stack([src + off, dst + off]))
+        out["edge_dist"].append(d[src, dst])
         out["seq_sep"].append(np.minimum(np.abs(res[src] - res[dst]), 32))
         out["same_residue"].append((res[src] == res[dst]).astype(np.float32))
         ti = off + A * np.arange(R)[:, None] + np.array([5, 6, 0, 1, 4, 2])[None]
-        out["target_indices"].append(ti); out["target_mask"].append(np.ones((R, 6), bool))
+        out["target_indices"].append(ti)
+        out["target_mask"].append(np.ones((R, 6), bool))
         out["residue_types"].append(aa)
         geo = np.concatenate([np.sin(r.uniform(-np.pi, np.pi, (R, 26))), np.cos(r.uniform(-np.pi, np.pi, (R, 26)))], 1)
         out["residue_geometry"].append(geo)
@@ -342,9 +360,11 @@ def caustic_nmr(n, R=12):
         out["temperature_feature"].append(np.full((R, 1), (298.0 - 298.0) / 10.0))
         out["target_atom_rsasa"].append(r.uniform(0, 1, (R, 6)))
         out["pos"].append(pos)
-        nrm = r.standard_normal((na, 3)); out["node_normal"].append(nrm / np.linalg.norm(nrm, axis=1, keepdims=True))
+        nrm = r.standard_normal((na, 3))
+        out["node_normal"].append(nrm / np.linalg.norm(nrm, axis=1, keepdims=True))
         hb = (r.random(src.size) < 0.05).astype(np.float32)
-        out["is_hbond"].append(hb); out["hb_cos"].append(hb * r.uniform(0.5, 1, src.size))
+        out["is_hbond"].append(hb)
+        out["hb_cos"].append(hb * r.uniform(0.5, 1, src.size))
         off += na
     I64 = {"element", "amino_acid", "atom_role", "edge_index", "seq_sep", "target_indices", "residue_types"}
     feeds = {}
@@ -365,21 +385,29 @@ def rxnmap(n):
         Z, bonds = _mol_graph(na)
         deg = np.zeros(na)
         for i, j, _ in bonds:
-            deg[i] += 1; deg[j] += 1
+            deg[i] += 1
+            deg[j] += 1
         H = np.array([max(0, VAL[int(z)] - deg[a] - (a < 6)) for a, z in enumerate(Z)])
         D = _shortest_paths(na, bonds)
         dist = np.ones((na + 1, na + 1), np.int64)
         dist[1:, 1:] = np.minimum(D, 10).astype(np.int64) + 2
         mols.append((np.r_[1, Z + 2], np.r_[0, np.minimum(deg + H, 14) + 2], dist, role))
-    atoms = [np.zeros(1, np.int64)]; neigh = [np.zeros(1, np.int64)]; roles = [1]
+    atoms = [np.zeros(1, np.int64)]
+    neigh = [np.zeros(1, np.int64)]
+    roles = [1]
     for a, nb, _, role in mols:
-        atoms.append(a.astype(np.int64)); neigh.append(nb.astype(np.int64)); roles += [0] + [role] * (len(a) - 1)
-    atoms = np.concatenate(atoms); neigh = np.concatenate(neigh)
+        atoms.append(a.astype(np.int64))
+        neigh.append(nb.astype(np.int64))
+        roles += [0] + [role] * (len(a) - 1)
+    atoms = np.concatenate(atoms)
+    neigh = np.concatenate(neigh)
     T = atoms.size
-    dist = np.zeros((T, T), np.int64); dist[0, 0] = 1
+    dist = np.zeros((T, T), np.int64)
+    dist[0, 0] = 1
     p = 1
     for _, _, d, _ in mols:
-        dist[p:p + d.shape[0], p:p + d.shape[0]] = d; p += d.shape[0]
+        dist[p:p + d.shape[0], p:p + d.shape[0]] = d
+        p += d.shape[0]
     return {"atoms": atoms[None], "neighbors": neigh[None], "distances": dist[None],
             "roles": np.array(roles, np.int64)[None]}
 
@@ -392,20 +420,33 @@ def atspm_tcn_pair(n, T=600):
     x = np.zeros((n, 15, T), np.float32)
     t = np.arange(T)
     for i in range(n):
-        cyc = int(r.integers(80, 150)); g = int(r.uniform(0.3, 0.5) * cyc); off = int(r.integers(0, cyc))
+        cyc = int(r.integers(80, 150))
+        g = int(r.uniform(0.3, 0.5) * cyc)
+        off = int(r.integers(0, cyc))
         ph = (t + off) % cyc
-        green = (ph < g).astype(np.float32); yellow = ((ph >= g) & (ph < g + 4)).astype(np.float32)
+        green = (ph < g).astype(np.float32)
+        yellow = ((ph >= g) & (ph < g + 4)).astype(np.float32)
         red_clr = ((ph >= g + 4) & (ph < g + 6)).astype(np.float32)
         arrivals = r.random(T) < r.uniform(0.05, 0.3)
         occ = np.clip(np.convolve(arrivals, np.ones(3), 'same') + (1 - green) * (r.random(T) < 0.5), 0, 1)
-        on = np.diff(np.r_[0, occ]) > 0; offe = np.diff(np.r_[0, occ]) < 0
+        on = np.diff(np.r_[0, occ]) > 0
+        offe = np.diff(np.r_[0, occ]) < 0
         call = np.clip(occ + (1 - green) * 0.8, 0, 1).round()
-        x[i, 0] = occ; x[i, 1] = np.convolve(on, np.ones(10) / 10, 'same'); x[i, 2] = on; x[i, 3] = offe
-        x[i, 4] = green; x[i, 5] = yellow; x[i, 6] = red_clr; x[i, 7] = call
-        x[i, 8] = (1 - green) * r.integers(1, 3); x[i, 9] = r.integers(0, 4, T) * (r.random(T) < 0.3)
+        x[i, 0] = occ
+        x[i, 1] = np.convolve(on, np.ones(10) / 10, 'same')
+        x[i, 2] = on
+        x[i, 3] = offe
+        x[i, 4] = green
+        x[i, 5] = yellow
+        x[i, 6] = red_clr
+        x[i, 7] = call
+        x[i, 8] = (1 - green) * r.integers(1, 3)
+        x[i, 9] = r.integers(0, 4, T) * (r.random(T) < 0.3)
         x[i, 10] = float(r.random() < 0.5)
-        x[i, 11] = np.diff(np.r_[0, call]) > 0; x[i, 12] = np.diff(np.r_[0, call]) < 0
-        x[i, 13] = np.roll(green, g // 2); x[i, 14] = np.roll(call, g // 2)
+        x[i, 11] = np.diff(np.r_[0, call]) > 0
+        x[i, 12] = np.diff(np.r_[0, call]) < 0
+        x[i, 13] = np.roll(green, g // 2)
+        x[i, 14] = np.roll(call, g // 2)
     return {"x": x}
 
 
@@ -438,7 +479,9 @@ def _noise(n, L, sr, kind=None):
     for i in range(n):
         k = kind or r.choice(['pink', 'babble', 'hum'])
         if k == 'pink':
-            X = np.fft.rfft(r.standard_normal(L)); fr = np.arange(X.size); fr[0] = 1
+            X = np.fft.rfft(r.standard_normal(L))
+            fr = np.arange(X.size)
+            fr[0] = 1
             x = np.fft.irfft(X / np.sqrt(fr), n=L)
         elif k == 'babble':
             x = _speech(4, L, sr).sum(0)
@@ -470,7 +513,8 @@ def _mel_fb(sr, n_fft, n_mels, fmin=0.0, fmax=None):
     fmax = sr / 2 if fmax is None else fmax
     fftf = np.fft.rfftfreq(n_fft, 1 / sr)
     pts = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
-    fd = np.diff(pts); ramps = pts[:, None] - fftf[None, :]
+    fd = np.diff(pts)
+    ramps = pts[:, None] - fftf[None, :]
     w = np.maximum(0, np.minimum(-ramps[:-2] / fd[:-1, None], ramps[2:] / fd[1:, None]))
     return w * (2.0 / (pts[2:] - pts[:-2]))[:, None]
 
@@ -518,7 +562,8 @@ def aecmos_16k(n, seconds=10):
     L = 16000 * seconds
     far = _speech(1, L, 16000)[0]
     near = _speech(1, L, 16000)[0] * (r.random(L // 16000 + 1).repeat(16000)[:L] < 0.5)  # double talk part of the time
-    h = np.exp(-np.arange(1600) / 300.0) * r.standard_normal(1600) * 0.3; h[:160] = 0  # 10 ms delay, decaying room
+    h = np.exp(-np.arange(1600) / 300.0) * r.standard_normal(1600) * 0.3
+    h[:160] = 0  # 10 ms delay, decaying room
     echo = np.convolve(far, h)[:L]
     mic = near + echo + 0.003 * r.standard_normal(L)
     enh = near + 0.08 * echo + 0.002 * r.standard_normal(L)
@@ -537,12 +582,15 @@ def plcmos_v2(n, seconds=8):
         x[a:a + 320] = 0 if r.random() < 0.5 or a == 0 else x[a - 320:a] * 0.7  # the first packet has none before it
     hs, fs = 256, 512
     nfr = int(np.ceil((L + fs - hs) / hs))
-    pad = np.zeros((nfr - 1) * hs + fs); pad[fs - hs:fs - hs + L] = x
+    pad = np.zeros((nfr - 1) * hs + fs)
+    pad[fs - hs:fs - hs + L] = x
     idx = np.arange(fs)[None, :] + hs * np.arange(nfr)[:, None]
     amp = np.abs(np.fft.rfft(pad[idx] * np.hamming(fs + 1)[:-1], n=fs))
     p = amp ** 2
     z = p == 0
-    lp = np.empty_like(p); lp[~z] = np.log(p[~z]); lp[z] = np.log(p[~z].min()) - 120 / 10 / np.log10(np.e)
+    lp = np.empty_like(p)
+    lp[~z] = np.log(p[~z])
+    lp[z] = np.log(p[~z].min()) - 120 / 10 / np.log10(np.e)
     feat = (lp / 20.0)[None, None]
     return {"degraded_audio": feat.astype(np.float32), "rater_embed": r.standard_normal((1, 64)).astype(np.float32)}
 
@@ -580,7 +628,8 @@ def _doc_page(H, W):
     """RGB page in [0,1] (H,W,3): title, paragraphs, a table and a figure."""
     paper = np.ones((H, W, 3)) * r.uniform(0.9, 1.0) - r.uniform(0, 0.04, 3)
     ink = np.zeros((H, W))
-    mx = int(W * 0.08); y = int(H * 0.06)
+    mx = int(W * 0.08)
+    y = int(H * 0.06)
     th = int(H * 0.03)
     ink[y:y + th, mx:W - mx] = _text_block(th, W - 2 * mx, th, 0)[:, :W - 2 * mx] * (np.arange(W - 2 * mx) < (W - 2 * mx) * 0.6)
     y += th + 12
@@ -588,18 +637,22 @@ def _doc_page(H, W):
     while y < H * 0.92:
         kind = r.choice(['para', 'para', 'fig', 'table']) if y > H * 0.2 else 'para'
         if kind == 'fig' and not fig_done:
-            fh = int(H * r.uniform(0.15, 0.25)); fw = int((W - 2 * mx) * r.uniform(0.5, 0.9))
+            fh = int(H * r.uniform(0.15, 0.25))
+            fw = int((W - 2 * mx) * r.uniform(0.5, 0.9))
             fh = min(fh, int(H * 0.92) - y)
             if fh > 20:
                 img = _image01(1, fh, fw)[0].transpose(1, 2, 0)
                 paper[y:y + fh, mx:mx + fw] = img
                 y += fh + 6
                 ink[y:y + 9, mx:mx + fw] = _text_block(9, fw, 9, 0)     # caption
-                y += 20; fig_done = True
+                y += 20
+                fig_done = True
             continue
         if kind == 'table' and not tab_done:
             rows, cols = int(r.integers(3, 7)), int(r.integers(2, 5))
-            rh = 16; tw = W - 2 * mx; cw = tw // cols
+            rh = 16
+            tw = W - 2 * mx
+            cw = tw // cols
             if y + rows * rh > H * 0.92:
                 break
             for i in range(rows + 1):
@@ -610,9 +663,12 @@ def _doc_page(H, W):
                 for j in range(cols):
                     ink[y + i * rh + 4:y + i * rh + 12, mx + j * cw + 4:mx + j * cw + 4 + cw // 2] = \
                         _text_block(8, cw // 2, 8, 0)
-            y += rows * rh + 16; tab_done = True
+            y += rows * rh + 16
+            tab_done = True
             continue
-        nl = int(r.integers(3, 9)); lh = int(r.integers(7, 11)); gap = int(lh * 0.6)
+        nl = int(r.integers(3, 9))
+        lh = int(r.integers(7, 11))
+        gap = int(lh * 0.6)
         bh = min(nl * (lh + gap), int(H * 0.95) - y)
         if bh < lh:
             break
@@ -651,7 +707,8 @@ def _scene_text(h, w):
     for _ in range(int(r.integers(3, 7))):
         bh, bw = int(r.integers(20, 60)), int(r.integers(60, w // 2))
         y0, x0 = int(r.integers(0, h - bh)), int(r.integers(0, w - bw))
-        bg = r.uniform(0, 1, 3); fg = 1 - bg
+        bg = r.uniform(0, 1, 3)
+        fg = 1 - bg
         m = _text_block(bh - 8, bw - 8, max(8, (bh - 8) // int(r.integers(1, 3))), 4)
         img[y0:y0 + bh, x0:x0 + bw] = bg
         img[y0 + 4:y0 + bh - 4, x0 + 4:x0 + bw - 4] = bg * (1 - m[..., None]) + fg * m[..., None]
@@ -663,7 +720,8 @@ def craftnet(n, long_size=512):
     # (package default 1280; 512 keeps the check affordable), pasted on a zero canvas padded to multiples of 32,
     # then (x - mean*255) / (std*255) -> 1x3x384x512 with the bottom 24 rows padding.
     img = _scene_text(360, long_size) * 255.0
-    canvas = np.zeros((384, long_size, 3)); canvas[:360] = img
+    canvas = np.zeros((384, long_size, 3))
+    canvas[:360] = img
     x = (canvas.transpose(2, 0, 1)[None] - IMNET_MEAN * 255) / (IMNET_STD * 255)
     return {"image": x.astype(np.float32)}
 
@@ -694,9 +752,11 @@ def _icon(k, s=60):
 def capspot_siamese(n):
     # CapSpot similarity net: two 60x60 RGB crops (NHWC, x/255, letterboxed with grey 128): a detected icon
     # from a click-captcha background vs. a reference icon; half the pairs are the same icon.
-    a = np.empty((n, 60, 60, 3)); b = np.empty((n, 60, 60, 3))
+    a = np.empty((n, 60, 60, 3))
+    b = np.empty((n, 60, 60, 3))
     for i in range(n):
-        k = int(r.integers(0, 8)); k2 = k if i % 2 == 0 else (k + int(r.integers(1, 8))) % 8
+        k = int(r.integers(0, 8))
+        k2 = k if i % 2 == 0 else (k + int(r.integers(1, 8))) % 8
         ref = _icon(k)
         a[i] = 128 / 255 * (1 - ref[..., None]) + ref[..., None] * np.array([0.1, 0.1, 0.1])
         bg = _image01(1, 60, 60)[0].transpose(1, 2, 0)
