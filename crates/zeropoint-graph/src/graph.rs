@@ -466,6 +466,22 @@ impl Graph {
         self.initializer(name).filter(|t| t.dtype.is_float())
     }
 
+    /// A Clip node's (min, max), from its constant inputs (opset ≥ 11) or its attributes; None
+    /// where a bound is missing or computed.
+    pub fn clip_bounds(&self, clip: &Node) -> Option<(f32, f32)> {
+        let input = |i: usize| {
+            clip.inputs
+                .get(i)
+                .filter(|n| !n.is_empty())
+                .and_then(|n| self.initializer(n))
+                .and_then(|t| t.to_f32s().first().copied())
+        };
+        let attr = |name: &str| clip.attribute(name).map(|a| a.f());
+        let lo = input(1).or_else(|| attr("min"))?;
+        let hi = input(2).or_else(|| attr("max"))?;
+        Some((lo, hi))
+    }
+
     /// The node producing each value, by value name.
     pub fn producers(&self) -> HashMap<&str, usize> {
         let mut map = HashMap::new();

@@ -10,7 +10,10 @@
 
 use std::collections::HashSet;
 
+use zeropoint_onnx::RawTensor;
+
 use crate::graph::float_attribute;
+use crate::rewrite::constant_operand;
 use crate::{Graph, Node, Op};
 
 /// Rewrites every such pattern of the main graph whose inner values nothing else reads; returns
@@ -65,13 +68,14 @@ fn find(graph: &Graph) -> Vec<Match> {
     };
     let mut found = Vec::new();
     for (clip, node) in graph.nodes.iter().enumerate() {
-        if node.op != Op::Clip || clip_bounds(graph, node) != Some((0.0, 6.0)) {
+        if node.op != Op::Clip || graph.clip_bounds(node) != Some((0.0, 6.0)) {
             continue;
         }
         let Some(&add) = producers.get(node.inputs[0].as_str()) else {
             continue;
         };
-        let Some(x) = other_operand(graph, &graph.nodes[add], Op::Add, 3.0) else {
+        let Some(x) = other_operand(graph, &graph.nodes[add], Op::Add, 3.0).map(String::from)
+        else {
             continue;
         };
         let Some(product) = only_reader(&node.outputs[0]) else {
@@ -88,10 +92,11 @@ fn find(graph: &Graph) -> Vec<Match> {
             continue;
         };
         let s = &graph.nodes[scale];
-        let divides = s.op == Op::Div
-            && s.inputs.first() == Some(&p.outputs[0])
-            && s.inputs.get(1).and_then(|c| scalar(graph, c)) == Some(6.0);
-        let multiplies = other_operand(graph, s, Op::Mul, 1.0 / 6.0) == Some(p.outputs[0].clone());
+        // The product divided by 6, not 6 by the product.
+        let divides = constant_operand(graph, s, &Op::Div).is_some_and(|(m, c)| {
+            m == p.outputs[0] && s.inputs[0] == p.outputs[0] && one_value(c) == Some(6.0)
+        });
+        let multiplies = other_operand(graph, s, Op::Mul, 1.0 / 6.0) == Some(&p.outputs[0]);
         if divides || multiplies {
             found.push(Match {
                 x,
@@ -106,32 +111,14 @@ fn find(graph: &Graph) -> Vec<Match> {
 }
 
 /// The operand of `node` (an `op` of two inputs) other than a constant equal to `value`.
-fn other_operand(graph: &Graph, node: &Node, op: Op, value: f32) -> Option<String> {
-    if node.op != op || node.inputs.len() != 2 {
-        return None;
-    }
-    let near = |c: &str| scalar(graph, c).is_some_and(|v| (v - value).abs() <= 1e-6 * value);
-    match (near(&node.inputs[0]), near(&node.inputs[1])) {
-        (false, true) => Some(node.inputs[0].clone()),
-        (true, false) => Some(node.inputs[1].clone()),
-        _ => None,
-    }
+fn other_operand<'g>(graph: &'g Graph, node: &'g Node, op: Op, value: f32) -> Option<&'g str> {
+    let (x, c) = constant_operand(graph, node, &op)?;
+    one_value(c)
+        .is_some_and(|v| (v - value).abs() <= 1e-6 * value)
+        .then_some(x)
 }
 
-/// The value of a float initializer of one element.
-fn scalar(graph: &Graph, name: &str) -> Option<f32> {
-    let t = graph.float_initializer(name)?;
-    match t.to_f32s().as_slice() {
-        [v] => Some(*v),
-        _ => None,
-    }
-}
-
-/// A Clip's bounds: attributes before opset 11, inputs from it; None where one is missing.
-fn clip_bounds(graph: &Graph, clip: &Node) -> Option<(f32, f32)> {
-    if let (Some(lo), Some(hi)) = (clip.attribute("min"), clip.attribute("max")) {
-        return Some((lo.f(), hi.f()));
-    }
-    let bound = |i: usize| clip.inputs.get(i).and_then(|b| scalar(graph, b));
-    Some((bound(1)?, bound(2)?))
+/// The value of a float constant of one element.
+fn one_value(t: &RawTensor) -> Option<f32> {
+    (t.dtype.is_float() && t.len() == 1).then(|| t.to_f32s()[0])
 }

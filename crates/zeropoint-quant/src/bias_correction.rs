@@ -153,8 +153,8 @@ fn apply(
 }
 
 /// Layer output → (layer, bias initializer), for every layer with a planned bias of its own: a
-/// bias several layers share (ALBERT's, through an Identity each) would take each one's
-/// correction.
+/// bias something else reads too would take the layer's correction there as well. (Layers that
+/// share a bias get a copy each first, `placement::own_biases`.)
 fn biased_layers(graph: &Graph, plan: &Plan) -> HashMap<String, (String, String)> {
     let mut layers = HashMap::new();
     let readers = graph.consumers();

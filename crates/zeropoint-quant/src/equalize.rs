@@ -451,7 +451,7 @@ fn homogeneous(graph: &Graph, node: &Node) -> Homogeneous {
         {
             Homogeneous::Yes
         }
-        Op::Clip if clip_bounds(graph, node) == Some((0.0, 6.0)) => Homogeneous::Relu6,
+        Op::Clip if graph.clip_bounds(node) == Some((0.0, 6.0)) => Homogeneous::Relu6,
         _ => Homogeneous::No,
     }
 }
@@ -470,21 +470,6 @@ fn is_activation(op: &Op) -> bool {
             | Op::Softplus
             | Op::Mul
     )
-}
-
-/// Clip's (min, max), from its inputs (opset ≥ 11) or attributes.
-fn clip_bounds(graph: &Graph, node: &Node) -> Option<(f32, f32)> {
-    let input = |i: usize| {
-        node.inputs
-            .get(i)
-            .filter(|n| !n.is_empty())
-            .and_then(|n| graph.initializer(n))
-            .and_then(|t| t.to_f32s().first().copied())
-    };
-    let attr = |name: &str| node.attribute(name).map(|a| a.f());
-    let lo = input(1).or_else(|| attr("min"))?;
-    let hi = input(2).or_else(|| attr("max"))?;
-    Some((lo, hi))
 }
 
 /// A layer's weight and bias in f64, as equalization rescales them.

@@ -86,13 +86,12 @@ pub struct Plan {
 /// integer kernel needs the bias on its own accumulator's grid. Biases are small; the weights
 /// stay shared.
 pub fn own_biases(graph: &mut Graph) -> usize {
-    let mut reads: HashMap<String, usize> = HashMap::new();
-    for input in graph.nodes.iter().flat_map(|n| &n.inputs) {
-        *reads.entry(input.clone()).or_default() += 1;
-    }
-    for output in &graph.outputs {
-        *reads.entry(output.name.clone()).or_default() += 1;
-    }
+    let consumers = graph.consumers();
+    let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+    let shared: HashSet<String> = (consumers.into_iter())
+        .filter(|(v, readers)| readers.len() + usize::from(outputs.contains(v.as_str())) > 1)
+        .map(|(v, _)| v)
+        .collect();
     let mut names = zeropoint_graph::graph::Names::new(graph);
     let mut copies = Vec::new();
     let mut kept = HashSet::new();
@@ -101,7 +100,7 @@ pub fn own_biases(graph: &mut Graph) -> usize {
         let Some(bias) = node
             .inputs
             .get_mut(2)
-            .filter(|b| layer && reads.get(*b) > Some(&1))
+            .filter(|b| layer && shared.contains(*b))
         else {
             continue;
         };

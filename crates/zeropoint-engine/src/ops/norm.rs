@@ -41,14 +41,8 @@ pub fn batch_norm(cx: &Cx) -> R<Vec<Value>> {
 pub fn instance_norm(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     let x = cx.float(0)?;
-    if x.rank() < 3 {
-        return Err(Error::Op(format!(
-            "input has shape {:?}: InstanceNormalization needs [N, C, D1, ...]",
-            x.dims()
-        )));
-    }
+    let channels = channels(x, "InstanceNormalization")?;
     let eps = cx.float_attr("epsilon", 1e-5)? as f64;
-    let channels = x.dims()[1];
     let mut shape = vec![1usize; x.rank()];
     shape[1] = channels;
     let p = |i: usize, what: &str| -> R<Tensor> {
@@ -76,12 +70,7 @@ pub fn instance_norm(cx: &Cx) -> R<Vec<Value>> {
 pub fn lrn(cx: &Cx) -> R<Vec<Value>> {
     let v = cx.input(0)?;
     let x = cx.float(0)?;
-    if x.rank() < 3 {
-        return Err(Error::Op(format!(
-            "input has shape {:?}: LRN needs [N, C, D1, ...]",
-            x.dims()
-        )));
-    }
+    let channels = channels(x, "LRN")?;
     let size = cx.int("size", 0)?;
     if size < 1 {
         return Err("attribute 'size' must be a positive integer".into());
@@ -91,7 +80,6 @@ pub fn lrn(cx: &Cx) -> R<Vec<Value>> {
         cx.float_attr("beta", 0.75)? as f64,
         cx.float_attr("bias", 1.0)? as f64,
     );
-    let channels = x.dims()[1];
     // Channels past either end add zeros: the window is clipped to the channels there are.
     let before = (((size - 1) / 2) as usize).min(channels.saturating_sub(1));
     let after = ((size - 1 - (size - 1) / 2) as usize).min(channels.saturating_sub(1));
@@ -102,6 +90,16 @@ pub fn lrn(cx: &Cx) -> R<Vec<Value>> {
     }
     let scale = c(sum.affine(alpha / size as f64, bias)?.powf(beta))?;
     one(like(c(x.div(&scale))?, v))
+}
+
+/// The channels of `op`'s input, which must be [N, C, D1, ...].
+fn channels(x: &Tensor, op: &str) -> R<usize> {
+    match x.dims() {
+        [_, c, _, ..] => Ok(*c),
+        dims => Err(Error::Op(format!(
+            "input has shape {dims:?}: {op} needs [N, C, D1, ...]"
+        ))),
+    }
 }
 
 /// LayerNormalization over the axes from `axis` to the last; optional Mean and InvStdDev outputs.
