@@ -42,14 +42,47 @@ struct Symbol {
     anonymous: bool,
     /// On an input's first axis somewhere: the batch, which probes keep small.
     batch: bool,
+    /// Which probe sizes it takes: its own place among the symbols, or the first batch
+    /// symbol's where the batches are tied ([`tied_batches`]).
+    slot: usize,
 }
 
-/// Probe sizes per symbol: the k-th distinct symbol is (2 + k)·scale in the first run and
+/// Probe sizes per symbol: the one in slot k is (2 + k)·scale in the first run and
 /// (5 + 2k)·scale in the second, so that no two symbols (nor their small multiples) coincide in
 /// both runs.
-fn probe_size(k: usize, sym: &Symbol, run: usize, scale: usize) -> usize {
-    let scale = if sym.batch { 1 } else { scale };
+fn probe_size(sym: &Symbol, run: usize, scale: usize) -> usize {
+    let (k, scale) = (sym.slot, if sym.batch { 1 } else { scale });
     scale * if run == 0 { 2 + k } else { 5 + 2 * k }
+}
+
+/// The symbols with every batch symbol given the first one's probe sizes, where there are two
+/// or more: exporters (tf2onnx) name each input's batch apart although the model only runs when
+/// they are equal (a Concat of two inputs' features), and distinct probe batches would fail it.
+fn tied_batches(symbols: &[Symbol]) -> Option<Vec<Symbol>> {
+    let mut batches = symbols.iter().filter(|s| s.batch);
+    let first = batches.next()?.slot;
+    batches.next()?;
+    let tie = |s: &Symbol| Symbol {
+        slot: if s.batch { first } else { s.slot },
+        ..s.clone()
+    };
+    Some(symbols.iter().map(tie).collect())
+}
+
+/// `probe(symbols)`, and where it fails, again with the batches tied if that makes it run; the
+/// symbols of the run that was kept. The first error is the one reported.
+fn with_tied_batches<T>(
+    symbols: Vec<Symbol>,
+    mut probe: impl FnMut(&[Symbol]) -> Result<T>,
+) -> Result<(T, Vec<Symbol>)> {
+    let error = match probe(&symbols) {
+        Ok(t) => return Ok((t, symbols)),
+        Err(e) => e,
+    };
+    match tied_batches(&symbols) {
+        Some(tied) => probe(&tied).map(|t| (t, tied)).map_err(|_| error),
+        None => Err(error),
+    }
 }
 
 /// `graph` with the inputs named in `shapes` declared with those exact dimensions (the data's
@@ -67,9 +100,9 @@ pub fn with_input_shapes(graph: &Graph, shapes: &HashMap<String, Vec<usize>>) ->
 /// The type of every graph input, initializer and node output. The probe runs take the graph's
 /// weights and give them back (the same bits) rather than copy them.
 pub fn infer(graph: &mut Graph) -> Result<HashMap<String, ValueType>> {
-    let symbols = symbols(graph);
-    let (runs, scale) =
-        with_weights_taken(graph, |graph, exec| probe_runs(graph, exec, &symbols))??;
+    let ((runs, scale), symbols) = with_weights_taken(graph, |graph, exec| {
+        with_tied_batches(symbols(graph), |s| probe_runs(graph, exec, s))
+    })??;
     let mut types: HashMap<String, ValueType> = graph
         .initializers
         .iter()
@@ -129,15 +162,17 @@ pub fn dtypes_of(graph: &Graph, run: Run) -> HashMap<String, DType> {
 /// ([`with_input_shapes`]).
 pub fn probe(graph: &Graph) -> Result<Run> {
     let exec = Executor::new(graph)?;
-    let symbols = symbols(graph);
-    let mut run = probe_run(graph, &exec, &symbols, 0, PROBE_SCALES[0]);
-    for &scale in &PROBE_SCALES[1..] {
-        if run.is_ok() || symbols.is_empty() {
-            break;
+    let first_run = |symbols: &[Symbol]| {
+        let mut run = probe_run(graph, &exec, symbols, 0, PROBE_SCALES[0]);
+        for &scale in &PROBE_SCALES[1..] {
+            if run.is_ok() || symbols.is_empty() {
+                break;
+            }
+            run = probe_run(graph, &exec, symbols, 0, scale).or(run);
         }
-        run = probe_run(graph, &exec, &symbols, 0, scale).or(run);
-    }
-    run
+        run
+    };
+    Ok(with_tied_batches(symbols(graph), first_run)?.0)
 }
 
 /// Per value: its element type and shape in one run.
@@ -189,6 +224,7 @@ fn symbols(graph: &Graph) -> Vec<Symbol> {
                     name,
                     anonymous,
                     batch: j == 0,
+                    slot: symbols.len(),
                 }),
             }
         }
@@ -206,11 +242,11 @@ fn probe_dim(d: &Dim, i: usize, j: usize, symbols: &[Symbol], run: usize, scale:
             } else {
                 s.clone()
             };
-            let k = symbols
+            let sym = symbols
                 .iter()
-                .position(|x| x.name == name)
+                .find(|x| x.name == name)
                 .expect("collected symbol");
-            probe_size(k, &symbols[k], run, scale)
+            probe_size(sym, run, scale)
         }
     }
 }
@@ -301,8 +337,8 @@ fn dim(x: usize, y: usize, symbols: &[Symbol], scale: usize) -> Dim {
     if x == y {
         return Dim::Fixed(x);
     }
-    for (k, sym) in symbols.iter().enumerate() {
-        let (p, q) = (probe_size(k, sym, 0, scale), probe_size(k, sym, 1, scale));
+    for sym in symbols {
+        let (p, q) = (probe_size(sym, 0, scale), probe_size(sym, 1, scale));
         // An anonymous dimension's relatives are as anonymous as it is.
         let s = if sym.anonymous {
             "?"
@@ -386,6 +422,38 @@ mod tests {
         let e = infer(&mut misfit).unwrap_err();
         assert!(e.to_string().contains("mm"), "{e}");
         assert_eq!(bits(&misfit), before);
+    }
+
+    /// Two inputs whose batches an exporter named apart but a Concat of their features ties:
+    /// inference probes them tied after the distinct probe fails, and names the batch after the
+    /// first. A graph that fails tied too reports the first, untied error.
+    #[test]
+    fn batches_named_apart_but_concatenated_are_probed_tied() {
+        let input = |name: &str, batch: &str, features: usize| ValueInfo {
+            name: name.into(),
+            dtype: Some(DType::F32),
+            shape: Some(vec![Dim::Sym(batch.into()), Dim::Fixed(features)]),
+        };
+        let mut concat = Node::new("cat", Op::Concat, &["a", "b"], &["y"]);
+        concat
+            .attributes
+            .push(zeropoint_graph::graph::int_attribute("axis", 1));
+        let mut g = Graph {
+            source: "m.onnx".into(),
+            opset: 17,
+            inputs: vec![input("a", "unk__1", 2), input("b", "unk__2", 3)],
+            outputs: vec![input("y", "unk__3", 5)],
+            initializers: vec![],
+            nodes: vec![concat],
+        };
+        let types = infer(&mut g).unwrap();
+        assert_eq!(types["y"].shape, [Dim::Sym("unk__1".into()), Dim::Fixed(5)]);
+        assert_eq!(types["b"].shape, [Dim::Sym("unk__1".into()), Dim::Fixed(3)]);
+        assert_eq!(probe(&g).unwrap()["y"].1, [2, 5]);
+        // Concatenated along the batch: 2 and 3 features never match, tied or not.
+        g.nodes[0].attributes = vec![zeropoint_graph::graph::int_attribute("axis", 0)];
+        let e = format!("{:?}", infer(&mut g).unwrap_err());
+        assert!(e.contains("[2, 2]") && e.contains("[3, 3]"), "{e}");
     }
 
     /// A weight the executor replaced while it held the weights comes back replaced, and runs
