@@ -22,6 +22,8 @@
 //!   values of its while loop: as initializers, quantization finds them);
 //! - an LSTM, GRU or RNN initial state that is zeros by construction (an Expand of a zero,
 //!   sized from the input) is dropped, which is the same state ([`crate::zero_state`]);
+//! - arithmetic that changes nothing (`x + 0`, `x · 1` by a 0-d constant) removed
+//!   ([`crate::neutral_ops`]);
 //! - dead-node removal: nodes and initializers no graph output depends on;
 //! - HardSwish written as its definition, `x · HardSigmoid(x)`, when quantization asks for it.
 //!
@@ -37,7 +39,9 @@ use crate::error::{Error, Result};
 use crate::evaluator::Evaluator;
 use crate::graph::{float_attribute, Graph, Node};
 use crate::op::Op;
-use crate::rewrite::{absorb, add_f32_initializer, channel_values, constant_operand, unique_name};
+use crate::rewrite::{
+    absorb, add_f32_initializer, channel_values, constant_operand, rename_inputs, unique_name,
+};
 
 /// What canonicalization changed.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -73,6 +77,9 @@ pub struct Report {
     /// HardSwishes written out as Add, Clip, Mul and Div, made HardSigmoid and Mul
     /// ([`crate::hard_swish`]).
     pub fused_hard_swishes: usize,
+    /// Adds and Subs of a 0-d zero, Muls and Divs by a 0-d one, removed
+    /// ([`crate::neutral_ops`]).
+    pub dropped_neutral_ops: Vec<String>,
     /// Nodes removed because no output depends on them.
     pub removed_nodes: usize,
     pub removed_initializers: usize,
@@ -108,6 +115,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let hoisted_loop_constants = hoist_loop_constants(graph);
     let static_reshapes = crate::reshape_dims::copy_dims_in_reshapes(graph);
     let dropped_zero_states = crate::zero_state::drop_zero_initial_states(graph);
+    let dropped_neutral_ops = crate::neutral_ops::drop_neutral_ops(graph);
     let (mut removed_nodes, mut removed_initializers) = remove_dead(graph);
     // After the dead shape chains are gone: they read the query projection too.
     let folded_attention_scales = crate::attention_scale::fold_attention_scales(graph);
@@ -120,6 +128,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
         fused_hard_swishes,
         static_reshapes,
         dropped_zero_states,
+        dropped_neutral_ops,
         folded_constants,
         folded_batch_norms,
         batch_norm_stats,
@@ -268,26 +277,6 @@ pub fn hoist_loop_constants(graph: &mut Graph) -> usize {
         rename_inputs(graph, &finals);
     }
     hoisted
-}
-
-/// Renames the values nodes read (in subgraphs too) as `names` maps them, and the outputs of
-/// subgraphs that pass an outer value on as it is (an If branch returning a weight).
-pub(crate) fn rename_inputs(graph: &mut Graph, names: &HashMap<String, String>) {
-    for node in &mut graph.nodes {
-        for input in &mut node.inputs {
-            if let Some(to) = names.get(input) {
-                *input = to.clone();
-            }
-        }
-        for (_, sub) in &mut node.subgraphs {
-            rename_inputs(sub, names);
-            for output in &mut sub.outputs {
-                if let Some(to) = names.get(&output.name) {
-                    output.name = to.clone();
-                }
-            }
-        }
-    }
 }
 
 /// Removes nodes and initializers that no graph output depends on; returns how many of each.

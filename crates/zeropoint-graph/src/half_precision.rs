@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use zeropoint_onnx::proto::AttributeProto;
 use zeropoint_onnx::{tensor_proto, DType, RawTensor};
 
-use crate::canonicalize::rename_inputs as rename_reads;
 use crate::error::Result;
 use crate::graph::{int_attribute, Graph, Names, Node};
 use crate::op::Op;
+use crate::rewrite::rename_inputs as rename_reads;
 
 /// Whether `graph` (or a subgraph) holds or makes half-precision floats: initializers, inputs,
 /// outputs, Casts or constants of float16 or bfloat16.

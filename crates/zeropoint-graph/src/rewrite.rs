@@ -1,5 +1,8 @@
 //! Small edits the rewriting passes share: a binary node's constant operand, a constant's
-//! values per channel, new initializers with unique names, a node absorbed into its producer.
+//! values per channel, new initializers with unique names, a node absorbed into its producer,
+//! values renamed where nodes read them.
+
+use std::collections::HashMap;
 
 use zeropoint_onnx::{DType, RawTensor};
 
@@ -76,6 +79,26 @@ pub(crate) fn absorb(graph: &mut Graph, anchor: usize, next: usize) -> (String, 
     );
     graph.nodes.remove(next);
     pair
+}
+
+/// Renames the values nodes read (in subgraphs too) as `names` maps them, and the outputs of
+/// subgraphs that pass an outer value on as it is (an If branch returning a weight).
+pub(crate) fn rename_inputs(graph: &mut Graph, names: &HashMap<String, String>) {
+    for node in &mut graph.nodes {
+        for input in &mut node.inputs {
+            if let Some(to) = names.get(input) {
+                *input = to.clone();
+            }
+        }
+        for (_, sub) in &mut node.subgraphs {
+            rename_inputs(sub, names);
+            for output in &mut sub.outputs {
+                if let Some(to) = names.get(&output.name) {
+                    output.name = to.clone();
+                }
+            }
+        }
+    }
 }
 
 /// `base`, or `base_2`, `base_3`, ... if a value already has that name.

@@ -70,6 +70,8 @@ pub struct Canonicalization {
     pub dropped_zero_states: usize,
     /// HardSwishes written out as four operators, made HardSigmoid and Mul.
     pub fused_hard_swishes: usize,
+    /// Adds and Subs of a 0-d zero, Muls and Divs by a 0-d one, removed.
+    pub dropped_neutral_ops: usize,
     pub removed_nodes: usize,
     pub removed_initializers: usize,
     pub nodes_after: usize,
@@ -166,6 +168,7 @@ pub fn describe(
             hoisted_loop_constants: r.hoisted_loop_constants,
             dropped_zero_states: r.dropped_zero_states.len(),
             fused_hard_swishes: r.fused_hard_swishes,
+            dropped_neutral_ops: r.dropped_neutral_ops.len(),
             removed_nodes: r.removed_nodes,
             removed_initializers: r.removed_initializers,
             nodes_after: g.all_nodes().len(),

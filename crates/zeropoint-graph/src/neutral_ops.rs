@@ -1,0 +1,131 @@
+//! Arithmetic that changes nothing: `x + 0`, `x - 0`, `x · 1` and `x / 1` by a scalar constant.
+//!
+//! PyTorch's exporter writes `xs = 0; xs += block(x)` as an Add of a 0-d zero (HiFi-GAN's
+//! multi-receptive-field sum does this four times). In a quantized model such a node is a float
+//! op between two integer ones: its input is dequantized for it, and the sum that reads it runs
+//! in float instead of as one integer Add. The node goes and its readers read its input.
+//!
+//! Only a 0-d float32 constant qualifies: it broadcasts to the other operand's shape whatever
+//! that is, so the output is the input, value for value (`-0.0 + 0.0` gives `+0.0`, the one bit
+//! that can differ). A node writing a graph output stays: the output's name must be kept.
+
+use std::collections::{HashMap, HashSet};
+
+use zeropoint_onnx::DType;
+
+use crate::graph::Graph;
+use crate::op::Op;
+use crate::rewrite::rename_inputs;
+
+/// Removes every node that adds or subtracts a 0-d zero, or multiplies or divides by a 0-d one;
+/// returns their names.
+pub fn drop_neutral_ops(graph: &mut Graph) -> Vec<String> {
+    let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+    let mut bypass: HashMap<String, String> = HashMap::new();
+    let mut dropped = Vec::new();
+    let mut keep = vec![true; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let Some(x) = neutral_operand(graph, &node.op, &node.inputs) else {
+            continue;
+        };
+        let [out] = node.outputs.as_slice() else {
+            continue;
+        };
+        if outputs.contains(out.as_str()) {
+            continue;
+        }
+        // A chain of them (x + 0 + 0) reads the first input.
+        let source = bypass.get(x).cloned().unwrap_or_else(|| x.to_string());
+        bypass.insert(out.clone(), source);
+        dropped.push(node.name.clone());
+        keep[i] = false;
+    }
+    if dropped.is_empty() {
+        return dropped;
+    }
+    let mut k = keep.into_iter();
+    graph.nodes.retain(|_| k.next().unwrap_or(true));
+    rename_inputs(graph, &bypass);
+    dropped
+}
+
+/// The operand a node of `op` on `inputs` passes through unchanged, if it is neutral.
+fn neutral_operand<'a>(graph: &Graph, op: &Op, inputs: &'a [String]) -> Option<&'a str> {
+    let [a, b] = inputs else {
+        return None;
+    };
+    let scalar = |name: &str, value: f32| {
+        graph.initializer(name).is_some_and(|t| {
+            t.shape.is_empty() && t.dtype == DType::F32 && t.len() == 1 && t.f32s()[0] == value
+        })
+    };
+    let (neutral, commutes) = match op {
+        Op::Add => (0.0, true),
+        Op::Sub => (0.0, false),
+        Op::Mul => (1.0, true),
+        Op::Div => (1.0, false),
+        _ => return None,
+    };
+    // The other operand must be a value (two constants are constant folding's).
+    let value = |name: &str| graph.initializer(name).is_none() && !name.is_empty();
+    if scalar(b, neutral) && value(a) {
+        Some(a)
+    } else if commutes && scalar(a, neutral) && value(b) {
+        Some(b)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::ValueInfo;
+    use crate::Node;
+    use zeropoint_onnx::RawTensor;
+
+    fn graph(nodes: Vec<Node>) -> Graph {
+        let out = ValueInfo {
+            name: "y".into(),
+            dtype: Some(DType::F32),
+            shape: None,
+        };
+        Graph {
+            source: "g.onnx".into(),
+            opset: 13,
+            inputs: Vec::new(),
+            outputs: vec![out],
+            initializers: vec![
+                RawTensor::from_f32s("zero", &[], &[0.0]),
+                RawTensor::from_f32s("one", &[], &[1.0]),
+                RawTensor::from_f32s("zero_1d", &[1], &[0.0]),
+                RawTensor::from_f32s("two", &[], &[2.0]),
+            ],
+            nodes,
+        }
+    }
+
+    /// x + 0, 1 · (·), (·) − 0 and (·) / 1 by 0-d constants go, a chain of them included, and
+    /// the Relu reads x; a [1] zero (it can raise a 0-d operand's rank), a 0-d two, 0 − x and
+    /// 1 / x stay, and so does a neutral node writing the graph output.
+    #[test]
+    fn only_neutral_scalars_are_removed() {
+        let mut g = graph(vec![
+            Node::new("add", Op::Add, &["x", "zero"], &["a"]),
+            Node::new("mul", Op::Mul, &["one", "a"], &["b"]),
+            Node::new("sub", Op::Sub, &["b", "zero"], &["c"]),
+            Node::new("div", Op::Div, &["c", "one"], &["d"]),
+            Node::new("relu", Op::Relu, &["d"], &["r"]),
+            Node::new("add_1d", Op::Add, &["r", "zero_1d"], &["e"]),
+            Node::new("mul_two", Op::Mul, &["e", "two"], &["f"]),
+            Node::new("neg", Op::Sub, &["zero", "f"], &["h"]),
+            Node::new("inv", Op::Div, &["one", "h"], &["i"]),
+            Node::new("last", Op::Add, &["i", "zero"], &["y"]),
+        ]);
+        assert_eq!(drop_neutral_ops(&mut g), ["add", "mul", "sub", "div"]);
+        let names: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["relu", "add_1d", "mul_two", "neg", "inv", "last"]);
+        assert_eq!(g.nodes[0].inputs, ["x"]);
+        assert_eq!(g.nodes[1].inputs, ["r", "zero_1d"]);
+    }
+}
