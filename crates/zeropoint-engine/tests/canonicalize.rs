@@ -646,3 +646,71 @@ fn a_hard_swish_written_out_becomes_hard_sigmoid_and_mul() {
     let three_times: Vec<f32> = once.iter().map(|&y| hard_swish(hard_swish(y))).collect();
     assert!(compare::max_abs_diff(&after[0], &three_times) < 1e-5);
 }
+
+/// tf2onnx's Casts to float32 of float32 values go, and with them out of the way the Conv's bias
+/// Add folds; a Cast that converts (float to int64) stays, and so does the 0-d zero added to a
+/// graph output.
+#[test]
+fn casts_to_the_type_they_have_go_and_the_bias_add_then_folds() {
+    use std::collections::HashMap;
+    use zeropoint_engine::Value;
+    use zeropoint_graph::graph::int_attribute;
+    use zeropoint_graph::{Node, Op, ValueInfo};
+    use zeropoint_onnx::{DType, RawTensor};
+    let info = |name: &str, shape: Option<Vec<Dim>>| ValueInfo {
+        name: name.into(),
+        dtype: Some(DType::F32),
+        shape,
+    };
+    let cast = |name: &str, input: &str, output: &str, to: i64| {
+        let mut n = Node::new(name, Op::Cast, &[input], &[output]);
+        n.attributes = vec![int_attribute("to", to)];
+        n
+    };
+    let shape = vec![
+        Dim::Sym("N".into()),
+        Dim::Fixed(2),
+        Dim::Fixed(3),
+        Dim::Fixed(3),
+    ];
+    let w: Vec<f32> = (0..8).map(|i| i as f32 * 0.25 - 1.0).collect();
+    let mut graph = Graph {
+        source: "casts.onnx".into(),
+        opset: 13,
+        inputs: vec![info("x", Some(shape))],
+        outputs: vec![info("y", None), info("z", None), info("i", None)],
+        initializers: vec![
+            RawTensor::from_f32s("w", &[2, 2, 1, 2], &w),
+            RawTensor::from_f32s("b", &[1, 2, 1, 1], &[0.5, -0.5]),
+            RawTensor::from_f32s("zero", &[], &[0.0]),
+        ],
+        nodes: vec![
+            cast("c0", "x", "x32", 1),
+            Node::new("conv", Op::Conv, &["x32", "w"], &["h"]),
+            cast("c1", "h", "h32", 1),
+            Node::new("bias", Op::Add, &["h32", "b"], &["y"]),
+            Node::new("plus_zero", Op::Add, &["y", "zero"], &["z"]),
+            cast("to_int", "z", "i", 7),
+        ],
+    };
+    let xs: Vec<f32> = (0..36).map(|i| (i as f32 - 17.0) * 0.3).collect();
+    let feeds = HashMap::from([(
+        "x".to_string(),
+        Value::from_f32_vec(xs, &[2, 2, 3, 3]).unwrap(),
+    )]);
+    let run = |g: &Graph| -> Vec<Vec<f32>> {
+        let outputs = Executor::new(g).unwrap().run(feeds.clone()).unwrap();
+        outputs.iter().map(|(_, v)| v.to_f32s().unwrap()).collect()
+    };
+    let before = run(&graph);
+    let report = canonicalize(&mut graph, &Engine).unwrap();
+    assert_eq!(report.dropped_neutral_ops, ["c0", "c1"]);
+    assert_eq!(report.folded_bias_adds.len(), 1);
+    let ops: Vec<&str> = graph.nodes.iter().map(|n| n.op.as_str()).collect();
+    assert_eq!(ops, ["Conv", "Add", "Cast"]);
+    assert_eq!(graph.nodes[0].inputs[0], "x");
+    let after = run(&graph);
+    for (b, a) in before.iter().zip(&after) {
+        assert!(compare::max_abs_diff(b, a) < 1e-6, "{b:?} {a:?}");
+    }
+}

@@ -2,6 +2,8 @@
 //!
 //! - constant folding: a node whose inputs are all constants becomes an initializer (Q/DQ
 //!   nodes excepted: in a QDQ model they carry the quantization itself);
+//! - nodes that change nothing (`x + 0`, `x · 1` by a 0-d constant, a Cast to its input's type)
+//!   removed ([`crate::neutral_ops`]);
 //! - BatchNormalization folded into the Conv, ungrouped ConvTranspose, Gemm or MatMul before it
 //!   (white paper §2.3): W' = W·γ/√(σ²+ε) per output channel, b' = (b − μ)·γ/√(σ²+ε) + β,
 //!   computed in f64; a MatMul becomes a Gemm to take the bias;
@@ -22,8 +24,6 @@
 //!   values of its while loop: as initializers, quantization finds them);
 //! - an LSTM, GRU or RNN initial state that is zeros by construction (an Expand of a zero,
 //!   sized from the input) is dropped, which is the same state ([`crate::zero_state`]);
-//! - arithmetic that changes nothing (`x + 0`, `x · 1` by a 0-d constant) removed
-//!   ([`crate::neutral_ops`]);
 //! - dead-node removal: nodes and initializers no graph output depends on;
 //! - HardSwish written as its definition, `x · HardSigmoid(x)`, when quantization asks for it.
 //!
@@ -77,8 +77,8 @@ pub struct Report {
     /// HardSwishes written out as Add, Clip, Mul and Div, made HardSigmoid and Mul
     /// ([`crate::hard_swish`]).
     pub fused_hard_swishes: usize,
-    /// Adds and Subs of a 0-d zero, Muls and Divs by a 0-d one, removed
-    /// ([`crate::neutral_ops`]).
+    /// Adds and Subs of a 0-d zero, Muls and Divs by a 0-d one, Casts to their input's type,
+    /// removed ([`crate::neutral_ops`]).
     pub dropped_neutral_ops: Vec<String>,
     /// Nodes removed because no output depends on them.
     pub removed_nodes: usize,
@@ -88,6 +88,8 @@ pub struct Report {
 /// Runs every pass, in the order that lets each feed the next.
 pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let folded_constants = fold_constants(graph, eval)?;
+    // Before the folds: a Cast between a Conv and its bias Add keeps them apart.
+    let dropped_neutral_ops = crate::neutral_ops::drop_neutral_ops(graph, eval);
     let (mut folded_batch_norms, mut batch_norm_stats) = (Vec::new(), Vec::new());
     let (mut folded_scale_muls, mut folded_bias_adds) = (Vec::new(), Vec::new());
     // Each fold can make another possible: Conv → Add(bias) → BatchNormalization (PaddlePaddle's
@@ -115,7 +117,6 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let hoisted_loop_constants = hoist_loop_constants(graph);
     let static_reshapes = crate::reshape_dims::copy_dims_in_reshapes(graph);
     let dropped_zero_states = crate::zero_state::drop_zero_initial_states(graph);
-    let dropped_neutral_ops = crate::neutral_ops::drop_neutral_ops(graph);
     let (mut removed_nodes, mut removed_initializers) = remove_dead(graph);
     // After the dead shape chains are gone: they read the query projection too.
     let folded_attention_scales = crate::attention_scale::fold_attention_scales(graph);

@@ -17,8 +17,8 @@
 //!   of canonicalization's passes).
 //! - [`hard_swish`]: a HardSwish written out as Add, Clip, Mul and Div, made HardSigmoid and Mul
 //!   (one of canonicalization's passes).
-//! - [`neutral_ops`]: `x + 0`, `x · 1` and the like by a 0-d constant, removed (one of
-//!   canonicalization's passes).
+//! - [`neutral_ops`]: `x + 0`, `x · 1` and the like by a 0-d constant, and Casts to their
+//!   input's type, removed (one of canonicalization's passes).
 //! - [`batch_norm`]: what a folded or rewritten BatchNorm says of its output.
 //! - [`opset`]: upgrading a graph to a newer opset of the default domain, one step per opset.
 //! - [`half_precision`]: a float16 or bfloat16 model rewritten to compute in float32 behind the

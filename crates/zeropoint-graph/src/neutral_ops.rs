@@ -1,4 +1,5 @@
-//! Arithmetic that changes nothing: `x + 0`, `x - 0`, `x · 1` and `x / 1` by a scalar constant.
+//! Nodes that change nothing: `x + 0`, `x - 0`, `x · 1` and `x / 1` by a scalar constant, and a
+//! Cast to the type its input already has.
 //!
 //! PyTorch's exporter writes `xs = 0; xs += block(x)` as an Add of a 0-d zero (HiFi-GAN's
 //! multi-receptive-field sum does this four times). In a quantized model such a node is a float
@@ -8,24 +9,34 @@
 //! Only a 0-d float32 constant qualifies: it broadcasts to the other operand's shape whatever
 //! that is, so the output is the input, value for value (`-0.0 + 0.0` gives `+0.0`, the one bit
 //! that can differ). A node writing a graph output stays: the output's name must be kept.
+//!
+//! tf2onnx writes a Cast to float32 of float32 values around every op of some models (open_nsfw's
+//! ResNet-50: 298), which keeps each BatchNorm's Sub, Mul and Add in float between quantized
+//! convolutions. Their input types come from shape inference; where it fails they stay.
 
 use std::collections::{HashMap, HashSet};
 
 use zeropoint_onnx::DType;
 
-use crate::graph::Graph;
+use crate::evaluator::Evaluator;
+use crate::graph::{Graph, Node, ValueType};
 use crate::op::Op;
 use crate::rewrite::rename_inputs;
 
-/// Removes every node that adds or subtracts a 0-d zero, or multiplies or divides by a 0-d one;
-/// returns their names.
-pub fn drop_neutral_ops(graph: &mut Graph) -> Vec<String> {
+/// Removes every node that adds or subtracts a 0-d zero, multiplies or divides by a 0-d one, or
+/// casts to its input's type; returns their names.
+pub fn drop_neutral_ops(graph: &mut Graph, eval: &dyn Evaluator) -> Vec<String> {
+    let types = match graph.nodes.iter().any(|n| n.op == Op::Cast) {
+        true => eval.infer(graph).unwrap_or_default(),
+        false => HashMap::new(),
+    };
     let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
     let mut bypass: HashMap<String, String> = HashMap::new();
     let mut dropped = Vec::new();
     let mut keep = vec![true; graph.nodes.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
-        let Some(x) = neutral_operand(graph, &node.op, &node.inputs) else {
+        let neutral = neutral_operand(graph, &node.op, &node.inputs);
+        let Some(x) = neutral.or_else(|| same_type_cast(node, &types)) else {
             continue;
         };
         let [out] = node.outputs.as_slice() else {
@@ -47,6 +58,16 @@ pub fn drop_neutral_ops(graph: &mut Graph) -> Vec<String> {
     graph.nodes.retain(|_| k.next().unwrap_or(true));
     rename_inputs(graph, &bypass);
     dropped
+}
+
+/// The input of a Cast to the type that input already has.
+fn same_type_cast<'a>(node: &'a Node, types: &HashMap<String, ValueType>) -> Option<&'a str> {
+    let [x] = node.inputs.as_slice() else {
+        return None;
+    };
+    let to = node.attribute("to")?.i();
+    let to = zeropoint_onnx::tensor_proto::dtype_of(i32::try_from(to).ok()?)?;
+    (node.op == Op::Cast && types.get(x)?.dtype == to).then_some(x.as_str())
 }
 
 /// The operand a node of `op` on `inputs` passes through unchanged, if it is neutral.
@@ -122,7 +143,10 @@ mod tests {
             Node::new("inv", Op::Div, &["one", "h"], &["i"]),
             Node::new("last", Op::Add, &["i", "zero"], &["y"]),
         ]);
-        assert_eq!(drop_neutral_ops(&mut g), ["add", "mul", "sub", "div"]);
+        assert_eq!(
+            drop_neutral_ops(&mut g, &crate::evaluator::Structural),
+            ["add", "mul", "sub", "div"]
+        );
         let names: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["relu", "add_1d", "mul_two", "neg", "inv", "last"]);
         assert_eq!(g.nodes[0].inputs, ["x"]);

@@ -70,7 +70,8 @@ pub struct Canonicalization {
     pub dropped_zero_states: usize,
     /// HardSwishes written out as four operators, made HardSigmoid and Mul.
     pub fused_hard_swishes: usize,
-    /// Adds and Subs of a 0-d zero, Muls and Divs by a 0-d one, removed.
+    /// Adds and Subs of a 0-d zero, Muls and Divs by a 0-d one, Casts to their input's type,
+    /// removed.
     pub dropped_neutral_ops: usize,
     pub removed_nodes: usize,
     pub removed_initializers: usize,
