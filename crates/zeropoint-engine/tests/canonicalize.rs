@@ -714,3 +714,96 @@ fn casts_to_the_type_they_have_go_and_the_bias_add_then_folds() {
         assert!(compare::max_abs_diff(b, a) < 1e-6, "{b:?} {a:?}");
     }
 }
+
+/// tf2onnx's NHWC chain between two NCHW Convs: the Transposes move past the bias, BatchNorm
+/// (Sub, Mul, Add) and Relu, cancel, and the bias and BatchNorm fold into the first Conv; a
+/// constant that varies along H as well as C is transposed the other way with its Transpose
+/// (it stays an Add of its own); the model computes what it did. A Transpose whose output two
+/// nodes read stays.
+#[test]
+fn layout_transposes_cancel_and_the_ops_between_fold_into_the_conv() {
+    use std::collections::HashMap;
+    use zeropoint_engine::Value;
+    use zeropoint_graph::graph::ints_attribute;
+    use zeropoint_graph::{Node, Op, ValueInfo};
+    use zeropoint_onnx::{DType, RawTensor};
+    let info = |name: &str, shape: Option<Vec<Dim>>| ValueInfo {
+        name: name.into(),
+        dtype: Some(DType::F32),
+        shape,
+    };
+    let transpose = |name: &str, input: &str, output: &str, perm: &[i64]| {
+        let mut n = Node::new(name, Op::Transpose, &[input], &[output]);
+        n.attributes = vec![ints_attribute("perm", perm)];
+        n
+    };
+    let f = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin()).collect() };
+    let shape = vec![
+        Dim::Sym("N".into()),
+        Dim::Fixed(2),
+        Dim::Fixed(3),
+        Dim::Fixed(3),
+    ];
+    let mut graph = Graph {
+        source: "nhwc.onnx".into(),
+        opset: 13,
+        inputs: vec![info("x", Some(shape))],
+        outputs: vec![info("y", None), info("fork", None)],
+        initializers: vec![
+            RawTensor::from_f32s("w1", &[2, 2, 1, 1], &f(4, 0.9)),
+            RawTensor::from_f32s("w2", &[2, 2, 1, 1], &f(4, 1.7)),
+            RawTensor::from_f32s("bias", &[2], &[0.25, -0.5]),
+            RawTensor::from_f32s("mean", &[1, 1, 1, 2], &[0.1, 0.2]),
+            RawTensor::from_f32s("scale", &[2], &[1.5, 0.75]),
+            RawTensor::from_f32s("shift", &[2], &[-0.3, 0.4]),
+            RawTensor::from_f32s("rows", &[3, 1, 2], &f(6, 0.5)),
+        ],
+        nodes: vec![
+            Node::new("conv1", Op::Conv, &["x", "w1"], &["c1"]),
+            transpose("to_nhwc", "c1", "t1", &[0, 2, 3, 1]),
+            Node::new("add_bias", Op::Add, &["t1", "bias"], &["a"]),
+            Node::new("sub_mean", Op::Sub, &["a", "mean"], &["s"]),
+            Node::new("mul_scale", Op::Mul, &["s", "scale"], &["m"]),
+            Node::new("add_shift", Op::Add, &["m", "shift"], &["b"]),
+            Node::new("relu", Op::Relu, &["b"], &["r"]),
+            Node::new("add_rows", Op::Add, &["rows", "r"], &["r2"]),
+            transpose("to_nchw", "r2", "t2", &[0, 3, 1, 2]),
+            Node::new("conv2", Op::Conv, &["t2", "w2"], &["c2"]),
+            transpose("to_nhwc_2", "c2", "t3", &[0, 2, 3, 1]),
+            Node::new("relu_2", Op::Relu, &["t3"], &["y"]),
+            Node::new("sigmoid", Op::Sigmoid, &["t3"], &["fork"]),
+        ],
+    };
+    let feeds = HashMap::from([(
+        "x".to_string(),
+        Value::from_f32_vec(f(36, 0.37), &[2, 2, 3, 3]).unwrap(),
+    )]);
+    let run = |g: &Graph| -> Vec<Vec<f32>> {
+        let outputs = Executor::new(g).unwrap().run(feeds.clone()).unwrap();
+        outputs.iter().map(|(_, v)| v.to_f32s().unwrap()).collect()
+    };
+    let before = run(&graph);
+    let report = canonicalize(&mut graph, &Engine).unwrap();
+    assert_eq!(report.cancelled_transposes, 2);
+    let ops: Vec<&str> = graph.nodes.iter().map(|n| n.op.as_str()).collect();
+    assert_eq!(
+        ops,
+        [
+            "Conv",
+            "Relu",
+            "Add",
+            "Conv",
+            "Transpose",
+            "Relu",
+            "Sigmoid"
+        ]
+    );
+    assert_eq!(report.folded_scale_muls.len(), 1);
+    assert_eq!(report.folded_bias_adds.len(), 3);
+    let rows = graph.initializer(&graph.nodes[2].inputs[0]).unwrap();
+    assert_eq!(rows.shape, [1, 2, 3, 1]);
+    let after = run(&graph);
+    for (b, a) in before.iter().zip(&after) {
+        assert!(compare::max_abs_diff(b, a) < 1e-5, "{b:?} {a:?}");
+    }
+}

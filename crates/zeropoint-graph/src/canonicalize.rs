@@ -4,6 +4,8 @@
 //!   nodes excepted: in a QDQ model they carry the quantization itself);
 //! - nodes that change nothing (`x + 0`, `x · 1` by a 0-d constant, a Cast to its input's type)
 //!   removed ([`crate::neutral_ops`]);
+//! - layout Transposes moved past element-wise ops to cancel against their inverse
+//!   ([`crate::transpose_sink`]: tf2onnx's NHWC chains between NCHW convolutions);
 //! - BatchNormalization folded into the Conv, ungrouped ConvTranspose, Gemm or MatMul before it
 //!   (white paper §2.3): W' = W·γ/√(σ²+ε) per output channel, b' = (b − μ)·γ/√(σ²+ε) + β,
 //!   computed in f64; a MatMul becomes a Gemm to take the bias;
@@ -80,6 +82,9 @@ pub struct Report {
     /// Adds and Subs of a 0-d zero, Muls and Divs by a 0-d one, Casts to their input's type,
     /// removed ([`crate::neutral_ops`]).
     pub dropped_neutral_ops: Vec<String>,
+    /// Layout Transposes removed, moved past element-wise ops until they met their inverse
+    /// ([`crate::transpose_sink`]).
+    pub cancelled_transposes: usize,
     /// Nodes removed because no output depends on them.
     pub removed_nodes: usize,
     pub removed_initializers: usize,
@@ -90,6 +95,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let folded_constants = fold_constants(graph, eval)?;
     // Before the folds: a Cast between a Conv and its bias Add keeps them apart.
     let dropped_neutral_ops = crate::neutral_ops::drop_neutral_ops(graph, eval);
+    let cancelled_transposes = crate::transpose_sink::sink_transposes(graph);
     let (mut folded_batch_norms, mut batch_norm_stats) = (Vec::new(), Vec::new());
     let (mut folded_scale_muls, mut folded_bias_adds) = (Vec::new(), Vec::new());
     // Each fold can make another possible: Conv → Add(bias) → BatchNormalization (PaddlePaddle's
@@ -130,6 +136,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
         static_reshapes,
         dropped_zero_states,
         dropped_neutral_ops,
+        cancelled_transposes,
         folded_constants,
         folded_batch_norms,
         batch_norm_stats,
@@ -537,9 +544,18 @@ pub fn fold_scale_muls(graph: &mut Graph) -> Result<Vec<(String, String)>> {
 /// Folds `Conv → Add(constant)` (or an ungrouped ConvTranspose's) into the layer's bias, when
 /// the constant has one value per output
 /// channel or one for all and the Conv's output goes to that Add alone: (Add, Conv) per fold.
+/// `Sub(Conv, constant)` folds as the Add of its negation (a BatchNorm's mean, as TensorFlow
+/// writes it).
 pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
     let mut folded = Vec::new();
-    while let Some((add, conv, mut bias)) = conv_channel_operand(graph, Op::Add) {
+    let next = |graph: &Graph| {
+        conv_channel_operand(graph, Op::Add).or_else(|| {
+            let (sub, conv, c) = conv_channel_operand(graph, Op::Sub)?;
+            let minus: Vec<f64> = c.iter().map(|v| -v).collect();
+            Some((sub, conv, minus))
+        })
+    };
+    while let Some((add, conv, mut bias)) = next(graph) {
         let a = graph.nodes[add].clone();
         if let Some(old) = graph.nodes[conv].inputs.get(2).filter(|b| !b.is_empty()) {
             let old = graph.initializer(old).ok_or_else(|| {
@@ -563,7 +579,7 @@ pub fn fold_bias_adds(graph: &mut Graph) -> Result<Vec<(String, String)>> {
     Ok(folded)
 }
 
-/// The first `op` (Add or Mul) of a Conv's (or an ungrouped ConvTranspose's) output and an
+/// The first `op` (Add, Sub of a constant, or Mul) of a Conv's (or an ungrouped ConvTranspose's) output and an
 /// initializer that holds one value per
 /// output channel ([C,1,1] or [1,C,1,1] against the output [N,C,H,W]; a plain [C] would
 /// broadcast along the last axis instead) or one value for all, where the Conv's output goes to
@@ -575,6 +591,10 @@ fn conv_channel_operand(graph: &Graph, op: Op) -> Option<(usize, usize, Vec<f64>
     let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
     graph.nodes.iter().enumerate().find_map(|(i, node)| {
         let (x, c) = constant_operand(graph, node, &op)?;
+        // c − x is not x plus anything.
+        if op == Op::Sub && node.inputs[0] != x {
+            return None;
+        }
         let p = *producers.get(x)?;
         let conv = &graph.nodes[p];
         if !(conv.op == Op::Conv || conv.op == Op::ConvTranspose && ungrouped(conv)) {

@@ -19,6 +19,8 @@
 //!   (one of canonicalization's passes).
 //! - [`neutral_ops`]: `x + 0`, `x · 1` and the like by a 0-d constant, and Casts to their
 //!   input's type, removed (one of canonicalization's passes).
+//! - [`transpose_sink`]: layout Transposes moved past element-wise ops until they meet their
+//!   inverse (one of canonicalization's passes).
 //! - [`batch_norm`]: what a folded or rewritten BatchNorm says of its output.
 //! - [`opset`]: upgrading a graph to a newer opset of the default domain, one step per opset.
 //! - [`half_precision`]: a float16 or bfloat16 model rewritten to compute in float32 behind the
@@ -52,6 +54,7 @@ pub mod pattern;
 pub mod reshape_dims;
 mod rewrite;
 pub mod scale_shift;
+pub mod transpose_sink;
 pub mod zero_state;
 
 pub use error::{Error, Result};

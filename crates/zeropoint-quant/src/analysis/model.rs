@@ -73,6 +73,8 @@ pub struct Canonicalization {
     /// Adds and Subs of a 0-d zero, Muls and Divs by a 0-d one, Casts to their input's type,
     /// removed.
     pub dropped_neutral_ops: usize,
+    /// Layout Transposes cancelled against their inverse after moving past element-wise ops.
+    pub cancelled_transposes: usize,
     pub removed_nodes: usize,
     pub removed_initializers: usize,
     pub nodes_after: usize,
@@ -170,6 +172,7 @@ pub fn describe(
             dropped_zero_states: r.dropped_zero_states.len(),
             fused_hard_swishes: r.fused_hard_swishes,
             dropped_neutral_ops: r.dropped_neutral_ops.len(),
+            cancelled_transposes: r.cancelled_transposes,
             removed_nodes: r.removed_nodes,
             removed_initializers: r.removed_initializers,
             nodes_after: g.all_nodes().len(),
