@@ -31,6 +31,12 @@ hard_swish_and_shared_bias.onnx: Conv -> Add(3) -> Clip(0, 6) -> Mul -> Div(6), 
 paddle2onnx writes out, which canonicalization makes HardSigmoid and Mul (crate::hard_swish); then
 two Convs sharing a weight and a bias, a Siamese pair's towers, whose bias placement copies per
 layer (placement::own_biases).
+
+nhwc_chain.onnx: tf2onnx's NHWC chain, Conv -> Cast(float) -> Transpose(0,2,3,1) -> Add(bias) ->
+Sub(mean) -> Mul(scale) -> Add(shift) -> Relu -> Transpose(0,3,1,2) -> Conv, then two residual
+sums of sums and an Add of a 0-d zero: the Casts (crate::neutral_ops), Transposes
+(crate::transpose_sink) and folds of canonicalization, and the sums of quantized sums placement
+quantizes.
 """
 
 import sys
@@ -181,11 +187,33 @@ def hard_swish_and_shared_bias():
     return seed_model("hard_swish_and_shared_bias", nodes, ["n", 3, 4, 4], ["n", 4, 4, 4], weights)
 
 
+def nhwc_chain():
+    """tf2onnx's NHWC BatchNorm between two NCHW Convs, float-to-float Casts, HiFi-GAN's sums."""
+    rng = np.random.default_rng(7)
+    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    weights = dict(w=f(4, 3, 1, 1), w2=f(4, 4, 1, 1), bias=f(4), mean=f(1, 1, 1, 4), scale=np.abs(f(4)) + 0.5,
+                   shift=f(4), zero=np.array(0, np.float32))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Cast", ["c"], ["cc"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["cc"], ["t"], name="to_nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("Add", ["t", "bias"], ["a"], name="bias_add"),
+             helper.make_node("Sub", ["a", "mean"], ["s"], name="bn_sub"),
+             helper.make_node("Mul", ["s", "scale"], ["m"], name="bn_mul"),
+             helper.make_node("Add", ["m", "shift"], ["b"], name="bn_add"),
+             helper.make_node("Relu", ["b"], ["r"], name="relu"),
+             helper.make_node("Transpose", ["r"], ["n"], name="to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["n", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Add", ["c2", "n"], ["s1"], name="sum1"),
+             helper.make_node("Add", ["s1", "c2"], ["s2"], name="sum2"),
+             helper.make_node("Add", ["s2", "zero"], ["y"], name="plus_zero")]
+    return seed_model("nhwc_chain", nodes, ["n", 3, 4, 4], ["n", 4, 4, 4], weights)
+
+
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     for seed in (folds_and_fusions, scale_shift, attention, silu, zero_state, shared_weights,
-                 hard_swish_and_shared_bias):
+                 hard_swish_and_shared_bias, nhwc_chain):
         onnx.save(seed(), out / f"{seed.__name__}.onnx")
 
 

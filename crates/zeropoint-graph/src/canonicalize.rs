@@ -94,7 +94,7 @@ pub struct Report {
 pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     let folded_constants = fold_constants(graph, eval)?;
     // Before the folds: a Cast between a Conv and its bias Add keeps them apart.
-    let dropped_neutral_ops = crate::neutral_ops::drop_neutral_ops(graph, eval);
+    let dropped_neutral_ops = crate::neutral_ops::drop_neutral_ops(graph);
     let cancelled_transposes = crate::transpose_sink::sink_transposes(graph);
     let (mut folded_batch_norms, mut batch_norm_stats) = (Vec::new(), Vec::new());
     let (mut folded_scale_muls, mut folded_bias_adds) = (Vec::new(), Vec::new());
