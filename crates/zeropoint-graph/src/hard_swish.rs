@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use zeropoint_onnx::RawTensor;
 
 use crate::graph::float_attribute;
-use crate::rewrite::constant_operand;
+use crate::rewrite::{constant_operand, only_reader};
 use crate::{Graph, Node, Op};
 
 /// Rewrites every such pattern of the main graph whose inner values nothing else reads; returns
@@ -60,12 +60,7 @@ struct Match {
 fn find(graph: &Graph) -> Vec<Match> {
     let producers = graph.producers();
     let consumers = graph.consumers();
-    let outputs: HashSet<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
-    // The one node reading `value`, where nothing else (a graph output included) reads it.
-    let only_reader = |value: &str| match consumers.get(value).map(Vec::as_slice) {
-        Some([one]) if !outputs.contains(value) => Some(*one),
-        _ => None,
-    };
+    let only_reader = |value: &str| only_reader(graph, &consumers, value);
     let mut found = Vec::new();
     for (clip, node) in graph.nodes.iter().enumerate() {
         if node.op != Op::Clip || graph.clip_bounds(node) != Some((0.0, 6.0)) {

@@ -24,7 +24,7 @@ use zeropoint_onnx::DType;
 
 use crate::graph::{Graph, Node};
 use crate::op::Op;
-use crate::rewrite::rename_inputs;
+use crate::rewrite::{constant_operand, rename_inputs};
 
 /// Removes every node that adds or subtracts a 0-d zero, multiplies or divides by a 0-d one, or
 /// casts to its input's type; returns their names.
@@ -35,7 +35,7 @@ pub fn drop_neutral_ops(graph: &mut Graph) -> Vec<String> {
     let mut dropped = Vec::new();
     let mut keep = vec![true; graph.nodes.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
-        let neutral = neutral_operand(graph, &node.op, &node.inputs);
+        let neutral = neutral_operand(graph, node);
         let Some(x) = neutral.or_else(|| same_type_cast(graph, &producers, node)) else {
             continue;
         };
@@ -92,84 +92,82 @@ fn value_type(graph: &Graph, producers: &HashMap<&str, usize>, value: &str) -> O
             return input.dtype;
         }
         let node = &graph.nodes[*producers.get(value)?];
-        match node.op.as_str() {
-            "Cast" => return cast_type(node),
-            "Shape" | "Size" => return Some(DType::I64),
-            "Equal" | "Greater" | "GreaterOrEqual" | "Less" | "LessOrEqual" | "Not" | "And"
-            | "Or" | "Xor" => return Some(DType::Bool),
+        match node.op {
+            Op::Cast => return cast_type(node),
+            Op::Shape | Op::Size => return Some(DType::I64),
+            Op::Equal
+            | Op::Greater
+            | Op::GreaterOrEqual
+            | Op::Less
+            | Op::LessOrEqual
+            | Op::Not
+            | Op::And
+            | Op::Or
+            | Op::Xor => return Some(DType::Bool),
             _ => {}
         }
         let keeps_type = matches!(
-            node.op.as_str(),
-            "Conv"
-                | "ConvTranspose"
-                | "MatMul"
-                | "Gemm"
-                | "Add"
-                | "Sub"
-                | "Mul"
-                | "Div"
-                | "Relu"
-                | "LeakyRelu"
-                | "Sigmoid"
-                | "Tanh"
-                | "Clip"
-                | "HardSigmoid"
-                | "Elu"
-                | "Softplus"
-                | "Transpose"
-                | "Reshape"
-                | "Flatten"
-                | "Squeeze"
-                | "Unsqueeze"
-                | "Slice"
-                | "Gather"
-                | "Expand"
-                | "Tile"
-                | "Concat"
-                | "Pad"
-                | "Resize"
-                | "MaxPool"
-                | "AveragePool"
-                | "GlobalAveragePool"
-                | "BatchNormalization"
-                | "ReduceMean"
-                | "ReduceMax"
-                | "ReduceMin"
-                | "ReduceSum"
-                | "ReduceProd"
-                | "Identity"
-                | "Neg"
-                | "Abs"
-                | "Exp"
-                | "Log"
-                | "Sqrt"
-                | "Reciprocal"
-                | "Pow"
-                | "Erf"
-                | "Floor"
-                | "Ceil"
-                | "Round"
-                | "Max"
-                | "Min"
-                | "Softmax"
+            node.op,
+            Op::Conv
+                | Op::ConvTranspose
+                | Op::MatMul
+                | Op::Gemm
+                | Op::Add
+                | Op::Sub
+                | Op::Mul
+                | Op::Div
+                | Op::Relu
+                | Op::LeakyRelu
+                | Op::Sigmoid
+                | Op::Tanh
+                | Op::Clip
+                | Op::HardSigmoid
+                | Op::Elu
+                | Op::Softplus
+                | Op::Transpose
+                | Op::Reshape
+                | Op::Flatten
+                | Op::Squeeze
+                | Op::Unsqueeze
+                | Op::Slice
+                | Op::Gather
+                | Op::Expand
+                | Op::Tile
+                | Op::Concat
+                | Op::Pad
+                | Op::Resize
+                | Op::MaxPool
+                | Op::AveragePool
+                | Op::GlobalAveragePool
+                | Op::BatchNormalization
+                | Op::ReduceMean
+                | Op::ReduceMax
+                | Op::ReduceMin
+                | Op::ReduceSum
+                | Op::ReduceProd
+                | Op::Identity
+                | Op::Neg
+                | Op::Abs
+                | Op::Exp
+                | Op::Log
+                | Op::Sqrt
+                | Op::Reciprocal
+                | Op::Pow
+                | Op::Erf
+                | Op::Floor
+                | Op::Ceil
+                | Op::Max
+                | Op::Min
+                | Op::Softmax
         );
         value = node.inputs.first().filter(|_| keeps_type)?;
     }
     None
 }
 
-/// The operand a node of `op` on `inputs` passes through unchanged, if it is neutral.
-fn neutral_operand<'a>(graph: &Graph, op: &Op, inputs: &'a [String]) -> Option<&'a str> {
-    let [a, b] = inputs else {
-        return None;
-    };
-    let scalar = |name: &str, value: f32| {
-        graph.initializer(name).is_some_and(|t| {
-            t.shape.is_empty() && t.dtype == DType::F32 && t.len() == 1 && t.f32s()[0] == value
-        })
-    };
-    let (neutral, commutes) = match op {
+/// The operand an Add or Sub of a 0-d zero, or a Mul or Div by a 0-d one, passes through.
+fn neutral_operand<'g>(graph: &'g Graph, node: &'g Node) -> Option<&'g str> {
+    let (neutral, commutes) = match node.op {
         Op::Add => (0.0, true),
         Op::Sub => (0.0, false),
         Op::Mul => (1.0, true),
@@ -177,14 +175,11 @@ fn neutral_operand<'a>(graph: &Graph, op: &Op, inputs: &'a [String]) -> Option<&
         _ => return None,
     };
     // The other operand must be a value (two constants are constant folding's).
-    let value = |name: &str| graph.initializer(name).is_none() && !name.is_empty();
-    if scalar(b, neutral) && value(a) {
-        Some(a)
-    } else if commutes && scalar(a, neutral) && value(b) {
-        Some(b)
-    } else {
-        None
-    }
+    let (x, c) = constant_operand(graph, node, &node.op)?;
+    // x − 0 and x / 1, not 0 − x nor 1 / x.
+    let in_order = commutes || node.inputs[0] == x;
+    let scalar = c.shape.is_empty() && c.dtype == DType::F32 && c.len() == 1;
+    (in_order && scalar && c.f32s()[0] == neutral && !x.is_empty()).then_some(x)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Small edits the rewriting passes share: a binary node's constant operand, a constant's
 //! values per channel, new initializers with unique names, a node absorbed into its producer,
-//! values renamed where nodes read them.
+//! values renamed where nodes read them, the one reader of a value.
 
 use std::collections::HashMap;
 
@@ -98,6 +98,19 @@ pub(crate) fn rename_inputs(graph: &mut Graph, names: &HashMap<String, String>) 
                 }
             }
         }
+    }
+}
+
+/// The one node that reads `value` (by [`Graph::consumers`]), where nothing else, a graph output
+/// included, reads it.
+pub(crate) fn only_reader(
+    graph: &Graph,
+    consumers: &HashMap<String, Vec<usize>>,
+    value: &str,
+) -> Option<usize> {
+    match consumers.get(value).map(Vec::as_slice) {
+        Some([one]) if !graph.outputs.iter().any(|o| o.name == value) => Some(*one),
+        _ => None,
     }
 }
 

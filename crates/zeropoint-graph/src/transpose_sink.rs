@@ -24,7 +24,7 @@ use zeropoint_onnx::{DType, RawTensor};
 
 use crate::graph::{ints_attribute, Graph, Node};
 use crate::op::Op;
-use crate::rewrite::unique_name;
+use crate::rewrite::{only_reader, unique_name};
 
 /// Moves Transposes past the element-wise nodes that alone read them, composing and cancelling
 /// the ones that meet; returns how many Transposes were removed. A Transpose moves only where
@@ -72,7 +72,7 @@ fn uncovers_a_fold(graph: &Graph, i: usize) -> bool {
     let layer = graph.nodes[..i]
         .iter()
         .any(|n| n.outputs.first() == Some(x) && matches!(n.op, Op::Conv | Op::ConvTranspose));
-    let Some(r) = only_reader(graph, &t.outputs[0], i) else {
+    let Some(r) = only_reader(graph, &graph.consumers(), &t.outputs[0]) else {
         return false;
     };
     let reader = &graph.nodes[r];
@@ -87,9 +87,10 @@ fn meets_a_transpose(graph: &Graph, i: usize) -> bool {
     let Some(perm) = permutation(&graph.nodes[i]) else {
         return false;
     };
-    let (mut y, mut from) = (graph.nodes[i].outputs[0].clone(), i);
+    let consumers = graph.consumers();
+    let mut y = graph.nodes[i].outputs[0].clone();
     loop {
-        let Some(r) = only_reader(graph, &y, from) else {
+        let Some(r) = only_reader(graph, &consumers, &y) else {
             return false;
         };
         let reader = &graph.nodes[r];
@@ -102,19 +103,8 @@ fn meets_a_transpose(graph: &Graph, i: usize) -> bool {
         let [out] = reader.outputs.as_slice() else {
             return false;
         };
-        (y, from) = (out.clone(), r);
+        y = out.clone();
     }
-}
-
-/// The one node after `from` that reads `y`, where `y` is no graph output.
-fn only_reader(graph: &Graph, y: &str, from: usize) -> Option<usize> {
-    if graph.outputs.iter().any(|o| o.name == y) {
-        return None;
-    }
-    let mut readers =
-        (from + 1..graph.nodes.len()).filter(|&j| graph.nodes[j].reads().iter().any(|r| *r == y));
-    let r = readers.next()?;
-    readers.next().is_none().then_some(r)
 }
 
 enum Step {
@@ -134,7 +124,7 @@ fn step(graph: &mut Graph, i: usize) -> Step {
         return Step::Stays;
     };
     let (x, y) = (x.clone(), y.clone());
-    let Some(r) = only_reader(graph, &y, i) else {
+    let Some(r) = only_reader(graph, &graph.consumers(), &y) else {
         return Step::Stays;
     };
     if graph.nodes[r].op == Op::Transpose {
