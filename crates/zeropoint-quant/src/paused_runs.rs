@@ -10,11 +10,13 @@
 
 use std::path::{Path, PathBuf};
 
-use prost::Message;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+
 use rayon::prelude::*;
 use zeropoint_engine::exec::Paused;
 use zeropoint_engine::{Executor, Value};
-use zeropoint_onnx::{tensor_proto, TensorProto};
+use zeropoint_onnx::{tensor_proto, RawTensor};
 
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
@@ -78,57 +80,97 @@ impl PausedRuns {
         self.dir.path().join(format!("{i}.runs"))
     }
 
-    /// Writes sample `i`'s two runs over its file.
+    /// Writes sample `i`'s two runs over its file, a value at a time: memory holds one value's
+    /// bytes beside the runs, not the whole file (at 1024×1024 inputs a run's live values are
+    /// hundreds of megabytes, and every thread saves one).
     fn save(&self, i: usize, float: &Paused, sim: &Paused) -> Result<()> {
-        let mut bytes = Vec::new();
-        for run in [float, sim] {
-            encode_run(run, &mut bytes)?;
-        }
         let path = self.path(i);
-        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, "write", e))
+        let write = |e| Error::io(&path, "write", e);
+        let mut file = BufWriter::new(File::create(&path).map_err(write)?);
+        for run in [float, sim] {
+            encode_run(run, &mut file).map_err(write)?;
+        }
+        file.flush().map_err(write)
     }
 
     /// Reads sample `i`'s two runs back.
     fn load(&self, i: usize) -> Result<(Paused, Paused)> {
         let path = self.path(i);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, "read", e))?;
-        let mut rest = bytes.as_slice();
-        let float = decode_run(&mut rest, &path)?;
-        let sim = decode_run(&mut rest, &path)?;
+        let file = File::open(&path).map_err(|e| Error::io(&path, "read", e))?;
+        let size = file.metadata().map_or(0, |m| m.len() as usize);
+        let mut file = BufReader::new(file);
+        let float = decode_run(&mut file, size, &path)?;
+        let sim = decode_run(&mut file, size, &path)?;
         Ok((float, sim))
     }
 }
 
-/// A run as its node index and its values, each a length-delimited `TensorProto`.
-fn encode_run(run: &Paused, out: &mut Vec<u8>) -> Result<()> {
-    out.extend_from_slice(&(run.next as u64).to_le_bytes());
-    out.extend_from_slice(&(run.values.len() as u64).to_le_bytes());
-    // In name order: the same bytes for the same run.
+/// A run as its node index and its values in name order (the same bytes for the same run),
+/// each as its name, ONNX element type, shape and raw little-endian data, every length and
+/// number a little-endian u64.
+fn encode_run(run: &Paused, out: &mut impl Write) -> std::io::Result<()> {
+    let word = |out: &mut dyn Write, n: usize| out.write_all(&(n as u64).to_le_bytes());
+    word(out, run.next)?;
+    word(out, run.values.len())?;
     let mut names: Vec<&String> = run.values.keys().collect();
     names.sort();
     for name in names {
-        let t = tensor_proto::from_raw(run.values[name].to_raw(name)?);
-        t.encode_length_delimited(out)
-            .map_err(|e| Error::Environment(format!("encoding '{name}': {e}")))?;
+        let raw = run.values[name]
+            .to_raw(name)
+            .map_err(std::io::Error::other)?;
+        word(out, name.len())?;
+        out.write_all(name.as_bytes())?;
+        word(out, tensor_proto::onnx_code(raw.dtype) as usize)?;
+        word(out, raw.shape.len())?;
+        for &d in &raw.shape {
+            word(out, d)?;
+        }
+        word(out, raw.data.len())?;
+        out.write_all(&raw.data)?;
     }
     Ok(())
 }
 
-/// The run [`encode_run`] wrote at the start of `bytes`, which move past it.
-fn decode_run(bytes: &mut &[u8], path: &Path) -> Result<Paused> {
-    let corrupt = || Error::new(path, "the file of a paused run is cut short");
-    let mut word = || -> Result<u64> {
-        let (head, rest) = bytes.split_first_chunk::<8>().ok_or_else(corrupt)?;
-        *bytes = rest;
-        Ok(u64::from_le_bytes(*head))
+/// The next run [`encode_run`] wrote to `input`, a file of `size` bytes at `path`.
+fn decode_run(input: &mut impl Read, size: usize, path: &Path) -> Result<Paused> {
+    let corrupt = |what: &str| Error::new(path, format!("the file of a paused run {what}"));
+    let word = |input: &mut dyn Read| -> Result<usize> {
+        let mut b = [0u8; 8];
+        input
+            .read_exact(&mut b)
+            .map_err(|_| corrupt("is cut short"))?;
+        usize::try_from(u64::from_le_bytes(b)).map_err(|_| corrupt("is damaged"))
     };
-    let next = word()? as usize;
-    let count = word()? as usize;
-    let mut values = std::collections::HashMap::with_capacity(count);
+    // A length is checked against the file's size before anything is allocated.
+    let bytes = |input: &mut dyn Read, n: usize| -> Result<Vec<u8>> {
+        if n > size {
+            return Err(corrupt("is damaged"));
+        }
+        let mut v = vec![0u8; n];
+        input
+            .read_exact(&mut v)
+            .map_err(|_| corrupt("is cut short"))?;
+        Ok(v)
+    };
+    let next = word(input)?;
+    let count = word(input)?;
+    let mut values = std::collections::HashMap::new();
     for _ in 0..count {
-        let t = TensorProto::decode_length_delimited(&mut *bytes)
-            .map_err(|e| Error::at(path, "a paused run's value", e))?;
-        let raw = tensor_proto::to_raw(&t, path)?;
+        let name_len = word(input)?;
+        let name = String::from_utf8(bytes(input, name_len)?).map_err(|_| corrupt("is damaged"))?;
+        let code = i32::try_from(word(input)?).map_err(|_| corrupt("is damaged"))?;
+        let dtype = tensor_proto::dtype_of(code).ok_or_else(|| corrupt("is damaged"))?;
+        let rank = word(input)?;
+        let shape = (0..rank.min(64))
+            .map(|_| word(input))
+            .collect::<Result<Vec<_>>>()?;
+        let data_len = word(input)?;
+        let raw = RawTensor {
+            name,
+            shape,
+            dtype,
+            data: bytes(input, data_len)?,
+        };
         values.insert(raw.name.clone(), Value::from_raw(&raw)?);
     }
     Ok(Paused { next, values })
@@ -163,7 +205,7 @@ mod tests {
         let mut bytes = Vec::new();
         encode_run(&run, &mut bytes).unwrap();
         let path = Path::new("7.runs");
-        let back = decode_run(&mut bytes.as_slice(), path).unwrap();
+        let back = decode_run(&mut bytes.as_slice(), bytes.len(), path).unwrap();
         assert_eq!(back.next, 17);
         assert_eq!(back.values.len(), run.values.len());
         for (name, v) in &run.values {
@@ -178,9 +220,25 @@ mod tests {
             );
         }
         let cut = &bytes[..bytes.len() - 3];
-        let e = decode_run(&mut &cut[..], path)
+        let e = decode_run(&mut &cut[..], cut.len(), path)
             .err()
             .expect("a cut file is refused");
-        assert!(e.to_string().contains("7.runs"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("7.runs: the file of a paused run is cut short"),
+            "{e}"
+        );
+        // A damaged length is refused before it is allocated: the first value's name length
+        // (after the node index and the count) made 2^62.
+        let mut damaged = bytes.clone();
+        damaged[16..24].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        let e = decode_run(&mut damaged.as_slice(), damaged.len(), path)
+            .err()
+            .expect("a damaged file is refused");
+        assert!(
+            e.to_string()
+                .contains("7.runs: the file of a paused run is damaged"),
+            "{e}"
+        );
     }
 }
