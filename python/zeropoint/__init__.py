@@ -325,7 +325,8 @@ def quantize_model(
     batch-first array per model input, or an iterable of feed dicts (an ONNX Runtime
     ``CalibrationDataReader`` works as it is). ``preset``: "w8a8", "w4a8", "w8a16", "w4a16";
     ``weights`` / ``activations`` override it with specs such as "int8,sym,per-channel",
-    "int4,per-block=32", "uint8". Range methods: "minmax", "ema", "percentile",
+    "int4,per-block=32", "uint8"; ``activations="float"`` quantizes the weights alone (any
+    layer, biases float). Range methods: "minmax", "ema", "percentile",
     "abs-percentile", "mse", "entropy", "cross-entropy"; ``range_options``: the activation
     method's parameters, as ``Observer`` takes them (``{"percentile": 99.999}``). ``exclude``: node names or operator
     types kept float. ``report_samples``: samples of the per-layer report (0: none; by default

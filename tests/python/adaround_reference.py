@@ -13,7 +13,8 @@ graph order, the reported losses are recomputed as the paper's asymmetric recons
 with x the layer's input in the float model, x̃ its input in the exported QDQ model (whose earlier
 layers hold their learned weights) as ONNX Runtime computes it (with `--adaround-inputs
 weights-only`: in that model with its activations' QuantizeLinear → DequantizeLinear pairs
-taken out, only the weights quantized), and W' either the learned weight
+taken out, only the weights quantized; with `--activations float`, the export itself, which has
+no activation quantizers), and W' either the learned weight
 (the export's dequantized one) or W rounded to nearest on the export's grid. The layer's product
 is a one-node ONNX model (the layer's own node without its bias) run by ONNX Runtime. The
 reported losses must match within 1e-4 relative, and the learned one must not exceed the
@@ -78,12 +79,27 @@ def positions(y):
     return y.size // y.shape[1]
 
 
+def check_weights_only_export(qdq, failures):
+    """`--activations float`: every DequantizeLinear reads a weight, nothing is quantized at
+    run time, and the biases stay float."""
+    inits = {t.name: t for t in qdq.graph.initializer}
+    quantize = [n.name for n in qdq.graph.node if n.op_type == "QuantizeLinear"]
+    dq_of_values = [n.name for n in qdq.graph.node
+                    if n.op_type == "DequantizeLinear" and n.input[0] not in inits]
+    int32 = [t.name for t in qdq.graph.initializer if t.data_type == onnx.TensorProto.INT32]
+    if quantize or dq_of_values or int32:
+        failures.append(f"float activations: QuantizeLinear {quantize}, DequantizeLinear of values "
+                        f"{dq_of_values}, int32 initializers {int32}")
+
+
 def check(zeropoint, out, x, mode, failures):
-    """Quantizes with `--adaround-inputs mode` and checks every layer's reported losses."""
+    """Quantizes with `--adaround-inputs mode` (or `--activations float`) and checks every
+    layer's reported losses."""
     dst = out / f"adaround.{mode}.onnx"
+    how = ["--activations", "float"] if mode == "float-activations" else ["--adaround-inputs", mode]
     p = subprocess.run([str(zeropoint), "quantize", str(MODEL), "--calib", str(out / "calib.npy"),
                         "--weights", "int4", "--adaround", "100", "--adaround-samples", "4",
-                        "--adaround-inputs", mode, "--report-samples", "0", "--json", "-o", str(dst)],
+                        "--report-samples", "0", "--json", "-o", str(dst)] + how,
                        capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"zeropoint quantize failed: {p.stderr}")
@@ -91,6 +107,8 @@ def check(zeropoint, out, x, mode, failures):
     float_model, qdq = onnx.load(MODEL), onnx.load(dst)
     float_init = {t.name: numpy_helper.to_array(t) for t in float_model.graph.initializer}
     qdq_init = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    if mode == "float-activations":
+        check_weights_only_export(qdq, failures)
     samples = x[:4]
     layers = [r["layer"] for r in report]
     if layers != ["conv_1", "conv_4", "gemm_8", "gemm_10"]:
@@ -100,7 +118,7 @@ def check(zeropoint, out, x, mode, failures):
         qnode = next(n for n in qdq.graph.node if n.name == r["layer"])
         w = float_init[fnode.input[1]]
         xf, = values(float_model, samples, [fnode.input[0]])
-        inputs_model = qdq if mode == "quantized" else weights_only(qdq)
+        inputs_model = weights_only(qdq) if mode == "weights-only" else qdq
         inode = next(n for n in inputs_model.graph.node if n.name == r["layer"])
         xq, = values(inputs_model, samples, [inode.input[0]])
         wq, = values(qdq, samples[:1], [qnode.input[1]])
@@ -131,7 +149,7 @@ def main():
     x = np.random.default_rng(3).uniform(0, 1, (8, 1, 28, 28)).astype(np.float32)
     np.save(out / "calib.npy", x)
     failures = []
-    for mode in ("quantized", "weights-only"):
+    for mode in ("quantized", "weights-only", "float-activations"):
         check(zeropoint, out, x, mode, failures)
     if failures:
         sys.exit("adaround reference: " + "; ".join(failures))

@@ -289,3 +289,23 @@ def test_adaround_and_bias_correction_samples_and_inputs_reach_the_run(tmp_path,
                        (dict(adaround=20, adaround_samples=0), "at least 1")):
         with pytest.raises(zp.SchemeError, match=match):
             zp.quantize_model(MODEL, data, tmp_path / "no.onnx", **bad)
+
+
+def test_float_activations_quantize_the_weights_alone(tmp_path, calib, test_set):
+    # activations="float": every DequantizeLinear reads a weight initializer, nothing is
+    # quantized at run time, and the model keeps the float model's accuracy at int4 weights
+    # with AdaRound, in ONNX Runtime.
+    onnx = pytest.importorskip("onnx")
+    out = tmp_path / "w4.onnx"
+    r = zp.quantize_model(MODEL, {input_name(): calib[:32]}, out, weights="int4",
+                          activations="float", adaround=50, adaround_samples=4, report_samples=0)
+    assert r.weights > 0 and r.activations == 0
+    m = onnx.load(out)
+    inits = {t.name for t in m.graph.initializer}
+    ops = [n.op_type for n in m.graph.node]
+    assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") == r.weights
+    assert all(n.input[0] in inits for n in m.graph.node if n.op_type == "DequantizeLinear")
+    x, labels = test_set
+    float_acc = np.mean(ort_run(MODEL, x).argmax(1) == labels)
+    quant_acc = np.mean(ort_run(out, x).argmax(1) == labels)
+    assert quant_acc >= float_acc - 0.02, (float_acc, quant_acc)

@@ -73,8 +73,14 @@ pub fn run(args: &Args) -> Result<()> {
         base.with_extension("analysis.html")
     });
     crate::output::check_output(&model, &html)?;
+    let ptq = quant.options(calib)?;
+    if ptq.settings.float_activations {
+        bail!(
+            "analyze weighs weights against activations; --activations float leaves none to weigh"
+        );
+    }
     let opts = Options {
-        ptq: quant.options(calib)?,
+        ptq,
         samples: args.analysis_samples.max(1),
         sensitivity_samples: args.sensitivity_samples.max(1),
         plots: args.plots,

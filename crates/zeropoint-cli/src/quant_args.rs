@@ -92,7 +92,9 @@ pub struct QuantArgs {
     /// ",per-channel"/",per-tensor"/",per-block=N", e.g. "int8,sym,per-channel".
     #[arg(long)]
     pub weights: Option<String>,
-    /// Activation scheme, overriding the preset: uint8|int8|uint16|int16, then ",asym"/",sym".
+    /// Activation scheme, overriding the preset: uint8|int8|uint16|int16, then ",asym"/",sym";
+    /// or "float": weights only, for any layer (Conv included), activations and biases float,
+    /// e.g. with --weights int4 --adaround.
     #[arg(long)]
     pub activations: Option<String>,
     /// 7-bit weights instead of 8 (ONNX Runtime's reduce_range). ONNX Runtime's int8 Conv and
@@ -236,9 +238,10 @@ impl QuantArgs {
             Some(spec) => parse_scheme(spec, true)?,
             None => preset.weights(),
         })?;
+        let float_activations = self.float_activations()?;
         let activations = match &self.activations {
-            Some(spec) => parse_scheme(spec, false)?,
-            None => preset.activations(),
+            Some(spec) if !float_activations => parse_scheme(spec, false)?,
+            _ => preset.activations(),
         };
         if activations.granularity != Granularity::PerTensor {
             bail!("activations are quantized per tensor");
@@ -306,6 +309,7 @@ impl QuantArgs {
                 target,
                 limit_pairs: self.limit_pairs,
                 quantize_logits: self.quantize_logits,
+                float_activations,
             },
             exclude: self.exclude.clone(),
             data,
@@ -318,6 +322,28 @@ impl QuantArgs {
 }
 
 impl QuantArgs {
+    /// Whether `--activations float` asks for weights only, refused with the options that
+    /// act on activation quantizers.
+    fn float_activations(&self) -> Result<bool> {
+        if self.activations.as_deref() != Some("float") {
+            return Ok(false);
+        }
+        let clashes = [
+            ("--target-sqnr", self.target_sqnr.is_some()),
+            ("--target-agreement", self.target_agreement.is_some()),
+            ("--activation-bits", !self.activation_bits.is_empty()),
+            ("--smoothquant", self.smoothquant.is_some()),
+            ("--limit-pairs", self.limit_pairs),
+            ("--quantize-logits", self.quantize_logits),
+        ];
+        if let Some((flag, _)) = clashes.iter().find(|(_, given)| *given) {
+            bail!(
+                "--activations float quantizes weights only; {flag} acts on activation quantizers"
+            );
+        }
+        Ok(true)
+    }
+
     /// `weights` in 7 bits with --reduce-range, which only 8-bit weights take.
     pub fn reduced(&self, weights: Scheme) -> Result<Scheme> {
         if !self.reduce_range {

@@ -113,7 +113,9 @@ pub fn run(args: &Args) -> Result<()> {
     )?;
     // After the work, so that a failure stays one line.
     let s = &opts.settings;
-    crate::vnni::note_overflow(&s.weights, s.activations.bits, s.limit_pairs);
+    if !s.float_activations {
+        crate::vnni::note_overflow(&s.weights, s.activations.bits, s.limit_pairs);
+    }
     Ok(())
 }
 

@@ -880,6 +880,22 @@ fn quantize_refuses_bad_input_and_writes_nothing() {
         e.contains("per-block ranges are estimated by minmax, percentile, abs-percentile or mse"),
         "{e}"
     );
+    let e = fails(&[
+        "quantize",
+        m,
+        "--calib",
+        path(&x),
+        "--activations",
+        "float",
+        "--target-sqnr",
+        "30",
+        "-o",
+        o,
+    ]);
+    assert!(
+        e.contains("--activations float quantizes weights only; --target-sqnr acts on activation quantizers"),
+        "{e}"
+    );
     assert!(!out.exists(), "a failed run left {}", out.display());
 }
 

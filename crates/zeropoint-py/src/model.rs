@@ -150,7 +150,9 @@ fn settings(
     if let Some(w) = weights {
         s.weights = parse_scheme(w, true).map_err(scheme_error)?;
     }
-    if let Some(a) = activations {
+    if activations == Some("float") {
+        s.float_activations = true;
+    } else if let Some(a) = activations {
         s.activations = parse_scheme(a, false).map_err(scheme_error)?;
         if s.activations.granularity != zeropoint_core::Granularity::PerTensor {
             return Err(scheme_error("activations are quantized per tensor".into()));

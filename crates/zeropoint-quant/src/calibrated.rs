@@ -259,6 +259,7 @@ pub fn choices(opts: &Options) -> Choices<'_> {
     Choices {
         exclude: &opts.exclude,
         quantize_logits: opts.settings.quantize_logits,
+        float_activations: opts.settings.float_activations,
     }
 }
 

@@ -359,6 +359,7 @@ fn build(
     let choices = crate::placement::Choices {
         exclude,
         quantize_logits: settings.quantize_logits,
+        float_activations: settings.float_activations,
     };
     let plan = Plan::new(&c.graph, c.types.clone(), choices)?;
     let calibrated: HashMap<&str, (f32, f32)> =

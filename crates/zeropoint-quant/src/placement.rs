@@ -357,6 +357,9 @@ pub struct Choices<'a> {
     pub exclude: &'a [String],
     /// Quantize the logits of detection and segmentation heads too.
     pub quantize_logits: bool,
+    /// Weights only: no activation quantizers, and the biases stay float (an int32 bias needs
+    /// its input's scale).
+    pub float_activations: bool,
 }
 
 impl<'a> Choices<'a> {
@@ -365,6 +368,7 @@ impl<'a> Choices<'a> {
         Choices {
             exclude,
             quantize_logits: false,
+            float_activations: false,
         }
     }
 }
@@ -379,9 +383,14 @@ impl Plan {
     /// any other; values only the subgraphs see (their inputs and outputs) stay float.
     pub fn new(graph: &Graph, types: HashMap<String, DType>, choices: Choices) -> Result<Plan> {
         let flat = graph.flattened();
+        let float_activations = choices.float_activations;
         let rules = Rules::new(&flat, types, choices);
         let mut plan = Plan::default();
         let mut needed = plan.layer_quantizers(&rules);
+        if float_activations {
+            plan.biases.clear();
+            return Ok(plan);
+        }
         propagate_needed(&rules, &mut needed);
         quantize_where_ort_cannot_fuse(&rules, &mut needed);
         quantize_sums_of_quantized(&rules, &mut needed);
@@ -793,6 +802,24 @@ mod tests {
         );
     }
 
+    /// `--activations float`: the same weights as the full plan, nothing else (an int32 bias
+    /// would need its input's scale).
+    #[test]
+    fn float_activations_place_weights_alone() {
+        let g = cnn();
+        let choices = Choices {
+            float_activations: true,
+            ..Choices::excluding(&[])
+        };
+        let plan = Plan::new(&g, dtypes(&g).unwrap(), choices).unwrap();
+        assert_eq!(
+            names(&plan.weights),
+            names(&plan_of(&g, &[]).unwrap().weights)
+        );
+        assert!(!plan.weights.is_empty());
+        assert!(plan.biases.is_empty() && plan.activations.is_empty() && plan.shared.is_empty());
+    }
+
     /// A detection head: the backbone's Conv → SiLU feeds a class Conv whose logits go through
     /// Reshape and Concat to a Sigmoid, and a box Conv whose output is decoded (Mul by a
     /// stride). The class logits stay float (their few large values are the detections); the
@@ -839,8 +866,8 @@ mod tests {
         // On request the logits are quantized too: the class Conv's output gets its observer
         // and the moves after it share its grid.
         let choices = Choices {
-            exclude: &[],
             quantize_logits: true,
+            ..Choices::excluding(&[])
         };
         let plan = Plan::new(&g, dtypes(&g).unwrap(), choices).unwrap();
         assert!(plan.activations.iter().any(|a| a == "cls"), "{plan:?}");

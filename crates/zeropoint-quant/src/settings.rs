@@ -39,6 +39,10 @@ pub struct Settings {
     /// Quantize the logits of detection and segmentation heads too (placement keeps them float
     /// by default): for runtimes that want every convolution's output in integers.
     pub quantize_logits: bool,
+    /// Activations stay float (`--activations float`): only weights are quantized, the export
+    /// dequantizes them in front of float layers, and the calibration data serves AdaRound,
+    /// bias correction and the report only. `activations` is then unused.
+    pub float_activations: bool,
 }
 
 /// What `--target-sqnr` and `--target-agreement` ask of the simulated model, measured against
@@ -118,6 +122,7 @@ impl Settings {
             target: None,
             limit_pairs: false,
             quantize_logits: false,
+            float_activations: false,
         }
     }
 
