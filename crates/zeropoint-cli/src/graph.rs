@@ -176,7 +176,7 @@ fn print_tables(s: &ModelSummary) {
     }
     if let Some(c) = &s.canonicalization {
         println!(
-            "\ncanonicalization: {} constant node(s) folded, {} BatchNormalization, {} scale Mul and {} bias Add folded, {} per-channel Mul/Add made depthwise Conv, {} attention scale(s) folded into the query projection, {} loop-carried constant(s) made loop-body weights, {} recurrent layer(s) given their default zero state, {} HardSwish(es) written out as four operators made two, {} node(s) that change nothing removed (x + 0, x * 1, a Cast to its input's type), {} layout Transpose(s) cancelled, {} dead node(s) removed: {} -> {} nodes",
+            "\ncanonicalization: {} constant node(s) folded, {} BatchNormalization, {} scale Mul and {} bias Add folded, {} per-channel Mul/Add made depthwise Conv, {} attention scale(s) folded into the query projection, {} loop-carried constant(s) made loop-body weights, {} recurrent layer(s) given their default zero state, {} HardSwish(es) written out as four operators made two, {} GELU(s) written out as five operators after a layer made one Gelu, {} node(s) that change nothing removed (x + 0, x * 1, a Cast to its input's type), {} layout Transpose(s) cancelled, {} dead node(s) removed: {} -> {} nodes",
             c.folded_constants,
             c.folded_batch_norms.len(),
             c.folded_scale_muls,
@@ -186,6 +186,7 @@ fn print_tables(s: &ModelSummary) {
             c.hoisted_loop_constants,
             c.dropped_zero_states,
             c.fused_hard_swishes,
+            c.fused_gelus,
             c.dropped_neutral_ops,
             c.cancelled_transposes,
             c.removed_nodes,

@@ -715,6 +715,81 @@ fn casts_to_the_type_they_have_go_and_the_bias_add_then_folds() {
     }
 }
 
+/// PyTorch's written-out GELU after a Conv (opset 17) becomes one Gelu, the graph moves to
+/// opset 20, and it computes what it did, against the definition too.
+#[test]
+fn a_written_out_gelu_after_a_conv_becomes_gelu_at_opset_20() {
+    use std::collections::HashMap;
+    use zeropoint_engine::Value;
+    use zeropoint_graph::{Node, Op, ValueInfo};
+    use zeropoint_onnx::{DType, RawTensor};
+    let info = |name: &str| ValueInfo {
+        name: name.into(),
+        dtype: Some(DType::F32),
+        shape: None,
+    };
+    let scalar = |name: &str, v: f32| RawTensor::from_f32s(name, &[], &[v]);
+    let mut graph = Graph {
+        source: "gelu.onnx".into(),
+        opset: 17,
+        inputs: vec![info("x")],
+        outputs: vec![info("y")],
+        initializers: vec![
+            RawTensor::from_f32s("w", &[2, 2, 1, 1], &[1.0, 0.0, 0.0, 1.0]),
+            scalar("inv_sqrt2", std::f32::consts::FRAC_1_SQRT_2),
+            scalar("one", 1.0),
+            scalar("half", 0.5),
+        ],
+        nodes: vec![
+            Node::new("conv", Op::Conv, &["x", "w"], &["c"]),
+            Node::new("scale", Op::Mul, &["c", "inv_sqrt2"], &["d"]),
+            Node::new("erf", Op::Erf, &["d"], &["e"]),
+            Node::new("add", Op::Add, &["one", "e"], &["gate"]),
+            Node::new("half_x", Op::Mul, &["half", "c"], &["h"]),
+            Node::new("gelu", Op::Mul, &["h", "gate"], &["y"]),
+        ],
+    };
+    let xs: Vec<f32> = (0..36).map(|i| (i as f32 - 17.0) * 0.3).collect();
+    let feeds = HashMap::from([(
+        "x".to_string(),
+        Value::from_f32_vec(xs.clone(), &[2, 2, 3, 3]).unwrap(),
+    )]);
+    let run = |g: &Graph| -> Vec<f32> {
+        let outputs = Executor::new(g).unwrap().run(feeds.clone()).unwrap();
+        outputs[0].1.to_f32s().unwrap()
+    };
+    let before = run(&graph);
+    let report = canonicalize(&mut graph, &Engine).unwrap();
+    assert_eq!(report.fused_gelus, 1);
+    assert_eq!(graph.opset, 20);
+    let ops: Vec<(&str, &str)> = (graph.nodes.iter())
+        .map(|n| (n.name.as_str(), n.op.as_str()))
+        .collect();
+    assert_eq!(ops, [("conv", "Conv"), ("gelu", "Gelu")]);
+    let after = run(&graph);
+    assert!(compare::max_abs_diff(&before, &after) < 1e-6);
+    // The Conv is the identity on channels: y = GELU(x) = x·Φ(x).
+    let phi = |x: f64| 0.5 * (1.0 + erf_approx(x / std::f64::consts::SQRT_2));
+    let want: Vec<f32> = xs
+        .iter()
+        .map(|&x| (f64::from(x) * phi(f64::from(x))) as f32)
+        .collect();
+    assert!(
+        compare::max_abs_diff(&after, &want) < 1e-5,
+        "{after:?} {want:?}"
+    );
+}
+
+/// erf by Abramowitz and Stegun 7.1.26 (|error| < 1.5e-7), for the definition above.
+fn erf_approx(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    (1.0 - poly * (-x * x).exp()).copysign(x)
+}
+
 /// tf2onnx's NHWC chain between two NCHW Convs: the Transposes move past the bias, BatchNorm
 /// (Sub, Mul, Add) and Relu, cancel, and the bias and BatchNorm fold into the first Conv; a
 /// constant that varies along H as well as C is transposed the other way with its Transpose

@@ -79,6 +79,9 @@ pub struct Report {
     /// HardSwishes written out as Add, Clip, Mul and Div, made HardSigmoid and Mul
     /// ([`crate::hard_swish`]).
     pub fused_hard_swishes: usize,
+    /// GELUs written out as five operators after a layer, made one `Gelu` (opset 20; the graph
+    /// moved there if older; [`crate::gelu`]).
+    pub fused_gelus: usize,
     /// Adds and Subs of a 0-d zero, Muls and Divs by a 0-d one, Casts to their input's type,
     /// removed ([`crate::neutral_ops`]).
     pub dropped_neutral_ops: Vec<String>,
@@ -115,6 +118,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     }
     folded_bias_adds.extend(fold_matmul_bias_adds(graph, eval)?);
     let fused_hard_swishes = crate::hard_swish::fuse_hard_swishes(graph);
+    let fused_gelus = crate::gelu::fuse_gelus_after_layers(graph, eval)?;
     let (scale_shift_convs, rewritten_stats): (_, Vec<_>) =
         crate::scale_shift::scale_shift_convs(graph, eval)?
             .into_iter()
@@ -133,6 +137,7 @@ pub fn canonicalize(graph: &mut Graph, eval: &dyn Evaluator) -> Result<Report> {
     }
     let mut report = Report {
         fused_hard_swishes,
+        fused_gelus,
         static_reshapes,
         dropped_zero_states,
         dropped_neutral_ops,

@@ -10,10 +10,8 @@
 
 use std::collections::HashSet;
 
-use zeropoint_onnx::RawTensor;
-
 use crate::graph::float_attribute;
-use crate::rewrite::{constant_operand, only_reader};
+use crate::rewrite::{constant_operand, one_value, only_reader, other_operand};
 use crate::{Graph, Node, Op};
 
 /// Rewrites every such pattern of the main graph whose inner values nothing else reads; returns
@@ -103,17 +101,4 @@ fn find(graph: &Graph) -> Vec<Match> {
         }
     }
     found
-}
-
-/// The operand of `node` (an `op` of two inputs) other than a constant equal to `value`.
-fn other_operand<'g>(graph: &'g Graph, node: &'g Node, op: Op, value: f32) -> Option<&'g str> {
-    let (x, c) = constant_operand(graph, node, &op)?;
-    one_value(c)
-        .is_some_and(|v| (v - value).abs() <= 1e-6 * value)
-        .then_some(x)
-}
-
-/// The value of a float constant of one element.
-fn one_value(t: &RawTensor) -> Option<f32> {
-    (t.dtype.is_float() && t.len() == 1).then(|| t.to_f32s()[0])
 }

@@ -44,6 +44,7 @@ pub mod batch_norm;
 pub mod canonicalize;
 pub mod error;
 pub mod evaluator;
+pub mod gelu;
 pub mod graph;
 pub mod half_precision;
 pub mod hard_swish;

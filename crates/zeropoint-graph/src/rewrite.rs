@@ -54,6 +54,25 @@ pub(crate) fn constant_operand<'g>(
     }
 }
 
+/// The operand of `node` (an `op` of two inputs) other than a constant equal to `value` (to a
+/// millionth of it).
+pub(crate) fn other_operand<'g>(
+    graph: &'g Graph,
+    node: &'g Node,
+    op: Op,
+    value: f32,
+) -> Option<&'g str> {
+    let (x, c) = constant_operand(graph, node, &op)?;
+    one_value(c)
+        .is_some_and(|v| (v - value).abs() <= 1e-6 * value.abs())
+        .then_some(x)
+}
+
+/// The value of a float constant of one element.
+pub(crate) fn one_value(t: &RawTensor) -> Option<f32> {
+    (t.dtype.is_float() && t.len() == 1).then(|| t.to_f32s()[0])
+}
+
 /// A new float32 initializer named after `base` (made unique): its name.
 pub(crate) fn add_f32_initializer(
     graph: &mut Graph,

@@ -219,6 +219,38 @@ fn exported_models_run_in_onnx_runtime_as_simulated() {
     }
 }
 
+/// A GELU written out as five operators after a Conv (PyTorch's export before opset 20) is
+/// exported as one opset-20 `Gelu` (zeropoint_graph::gelu), and ONNX Runtime runs the export as
+/// zeropoint simulates it.
+#[test]
+fn a_gelu_after_a_layer_is_exported_as_gelu_and_runs_as_simulated() {
+    let dir = tempfile::tempdir().unwrap();
+    run_python("gelu_model.py", &[dir.path()]);
+    let model = dir.path().join("gelu.onnx");
+    let opts = Options {
+        settings: Settings::default(),
+        exclude: vec![],
+        data: vec![dir.path().join("inputs.npz").display().to_string()],
+        arrays: vec![],
+        preprocess: Default::default(),
+        samples: None,
+        report_samples: Some(0),
+    };
+    let r = check("gelu", &model, &opts, dir.path(), dir.path());
+    let qdq = zeropoint_onnx::model::load(&dir.path().join("gelu.qdq.onnx")).unwrap();
+    let graph = qdq.graph.as_ref().unwrap();
+    let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type()).collect();
+    assert_eq!(ops.iter().filter(|&&o| o == "Gelu").count(), 1, "{ops:?}");
+    assert!(!ops.contains(&"Erf"), "{ops:?}");
+    assert_eq!(qdq.opset_import[0].version(), 20);
+    for run in ["reference_per_layer", "optimized_per_layer"] {
+        assert!(
+            r[run]["max_steps"].as_f64().unwrap() <= 1.0 + 1e-4,
+            "{run}: {r}"
+        );
+    }
+}
+
 /// Calibration's first round, run beside the probe with observers placed by a plan of guessed
 /// types (`calibrate::FirstRound`), gives every real model the ranges that observing every
 /// sample anew gives, MiniLM-L3's integer token paths and attention masks included. One sample a

@@ -292,3 +292,33 @@ fn exported_models_run_in_tract_as_in_onnx_runtime() {
         println!("{name} (tract {tract_s:.2} s): {report}");
     }
 }
+
+/// An export with an opset-20 `Gelu` (a GELU written out after a Conv, made one node by
+/// canonicalization) runs in tract as in ONNX Runtime.
+#[test]
+fn an_export_with_gelu_runs_in_tract_as_in_onnx_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    run_python("gelu_model.py", &[dir.path()]);
+    let inputs_npz = dir.path().join("inputs.npz");
+    let opts = zeropoint_quant::ptq::Options {
+        settings: Settings::default(),
+        exclude: vec![],
+        data: vec![inputs_npz.display().to_string()],
+        arrays: vec![],
+        preprocess: Default::default(),
+        samples: None,
+        report_samples: Some(0),
+    };
+    let outcome = quantize(&dir.path().join("gelu.onnx"), &opts, &mut |_, _, _| {}).unwrap();
+    assert_eq!(outcome.canonical.fused_gelus, 1);
+    let qdq = dir.path().join("gelu.qdq.onnx");
+    save(&outcome.model, &qdq).unwrap();
+    let inputs = read_arrays(&inputs_npz).unwrap();
+    let tract = run_tract("gelu", &qdq, &inputs).unwrap_or_else(|e| panic!("tract: {e:?}"));
+    let ort = run_ort("gelu", &qdq, &inputs_npz);
+    let expect = Expect::Close {
+        steps: 2.0,
+        identical: 0.95,
+    };
+    println!("gelu: {}", compare("gelu", &outcome, &tract, &ort, &expect));
+}

@@ -70,6 +70,8 @@ pub struct Canonicalization {
     pub dropped_zero_states: usize,
     /// HardSwishes written out as four operators, made HardSigmoid and Mul.
     pub fused_hard_swishes: usize,
+    /// GELUs written out as five operators after a layer, made one Gelu (opset 20).
+    pub fused_gelus: usize,
     /// Adds and Subs of a 0-d zero, Muls and Divs by a 0-d one, Casts to their input's type,
     /// removed.
     pub dropped_neutral_ops: usize,
@@ -171,6 +173,7 @@ pub fn describe(
             hoisted_loop_constants: r.hoisted_loop_constants,
             dropped_zero_states: r.dropped_zero_states.len(),
             fused_hard_swishes: r.fused_hard_swishes,
+            fused_gelus: r.fused_gelus,
             dropped_neutral_ops: r.dropped_neutral_ops.len(),
             cancelled_transposes: r.cancelled_transposes,
             removed_nodes: r.removed_nodes,
