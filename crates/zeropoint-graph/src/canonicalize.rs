@@ -303,8 +303,7 @@ pub fn remove_dead(graph: &mut Graph) -> (usize, usize) {
         }
     }
     let before = (graph.nodes.len(), graph.initializers.len());
-    let mut k = keep.into_iter();
-    graph.nodes.retain(|_| k.next().unwrap_or(true));
+    crate::rewrite::retain_nodes(graph, |i| keep[i]);
     graph.initializers.retain(|t| needed.contains(&t.name));
     (
         before.0 - graph.nodes.len(),

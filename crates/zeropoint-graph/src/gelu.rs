@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use crate::error::Result;
 use crate::evaluator::Evaluator;
-use crate::rewrite::{constant_operand, one_value, only_reader, other_operand};
+use crate::rewrite::{constant_operand, one_value, only_reader, other_operand, retain_nodes};
 use crate::{Graph, Node, Op};
 
 /// The opset that defines `Gelu`.
@@ -90,11 +90,7 @@ fn fuse_gelus(graph: &mut Graph, found: &[Match]) -> usize {
         *last = Node::new(last.name.clone(), Op::Gelu, &[&m.x], &[&last.outputs[0]]);
         removed.extend(m.removed);
     }
-    let mut i = 0;
-    graph.nodes.retain(|_| {
-        i += 1;
-        !removed.contains(&(i - 1))
-    });
+    retain_nodes(graph, |i| !removed.contains(&i));
     found.len()
 }
 

@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use crate::graph::float_attribute;
-use crate::rewrite::{constant_operand, one_value, only_reader, other_operand};
+use crate::rewrite::{constant_operand, one_value, only_reader, other_operand, retain_nodes};
 use crate::{Graph, Node, Op};
 
 /// Rewrites every such pattern of the main graph whose inner values nothing else reads; returns
@@ -38,11 +38,7 @@ pub fn fuse_hard_swishes(graph: &mut Graph) -> usize {
         );
         removed.extend([m.clip, m.product]);
     }
-    let mut i = 0;
-    graph.nodes.retain(|_| {
-        i += 1;
-        !removed.contains(&(i - 1))
-    });
+    retain_nodes(graph, |i| !removed.contains(&i));
     found.len()
 }
 

@@ -24,7 +24,7 @@ use zeropoint_onnx::DType;
 
 use crate::graph::{Graph, Node};
 use crate::op::Op;
-use crate::rewrite::{constant_operand, rename_inputs};
+use crate::rewrite::{constant_operand, rename_inputs, retain_nodes};
 
 /// Removes every node that adds or subtracts a 0-d zero, multiplies or divides by a 0-d one, or
 /// casts to its input's type; returns their names.
@@ -54,8 +54,7 @@ pub fn drop_neutral_ops(graph: &mut Graph) -> Vec<String> {
     if dropped.is_empty() {
         return dropped;
     }
-    let mut k = keep.into_iter();
-    graph.nodes.retain(|_| k.next().unwrap_or(true));
+    retain_nodes(graph, |i| keep[i]);
     rename_inputs(graph, &bypass);
     dropped
 }

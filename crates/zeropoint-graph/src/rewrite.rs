@@ -73,6 +73,15 @@ pub(crate) fn one_value(t: &RawTensor) -> Option<f32> {
     (t.dtype.is_float() && t.len() == 1).then(|| t.to_f32s()[0])
 }
 
+/// Keeps the main graph's nodes whose index `keep` accepts, in order.
+pub(crate) fn retain_nodes(graph: &mut Graph, keep: impl Fn(usize) -> bool) {
+    let mut i = 0;
+    graph.nodes.retain(|_| {
+        i += 1;
+        keep(i - 1)
+    });
+}
+
 /// A new float32 initializer named after `base` (made unique): its name.
 pub(crate) fn add_f32_initializer(
     graph: &mut Graph,
