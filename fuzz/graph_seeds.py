@@ -37,6 +37,10 @@ Sub(mean) -> Mul(scale) -> Add(shift) -> Relu -> Transpose(0,3,1,2) -> Conv, the
 sums of sums and an Add of a 0-d zero: the Casts (crate::neutral_ops), Transposes
 (crate::transpose_sink) and folds of canonicalization, and the sums of quantized sums placement
 quantizes.
+
+gelu.onnx: Conv -> Div(sqrt 2) -> Erf -> Add(1) -> Mul(c, gate) -> Mul(0.5), and a Gemm -> Mul(1/sqrt 2)
+-> Erf -> Add -> Mul(x, 0.5) -> Mul(half, gate): GELUs written out after layers, which
+canonicalization makes one Gelu after moving the model to opset 20 (crate::gelu).
 """
 
 import sys
@@ -209,11 +213,35 @@ def nhwc_chain():
     return seed_model("nhwc_chain", nodes, ["n", 3, 4, 4], ["n", 4, 4, 4], weights)
 
 
+def gelu():
+    """GELUs written out after a Conv and after a Gemm, in two of PyTorch's spellings."""
+    rng = np.random.default_rng(8)
+    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    c = lambda v: np.array(v, np.float32)  # noqa: E731
+    weights = dict(w=f(4, 3, 3, 3), wg=f(64, 8), sqrt2=c(np.sqrt(2)), inv=c(1 / np.sqrt(2)), one=c(1), half=c(0.5),
+                   shape=np.array([-1, 4, 4, 4], np.int64))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Div", ["c", "sqrt2"], ["d"], name="div"),
+             helper.make_node("Erf", ["d"], ["e"], name="erf"),
+             helper.make_node("Add", ["e", "one"], ["gate"], name="add"),
+             helper.make_node("Mul", ["c", "gate"], ["m"], name="mul"),
+             helper.make_node("Mul", ["m", "half"], ["g"], name="gelu"),
+             helper.make_node("Flatten", ["g"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "wg"], ["h"], name="gemm"),
+             helper.make_node("Mul", ["h", "inv"], ["d2"], name="scale2"),
+             helper.make_node("Erf", ["d2"], ["e2"], name="erf2"),
+             helper.make_node("Add", ["one", "e2"], ["gate2"], name="add2"),
+             helper.make_node("Mul", ["h", "half"], ["h2"], name="half2"),
+             helper.make_node("Mul", ["h2", "gate2"], ["g2"], name="gelu2"),
+             helper.make_node("Reshape", ["g2", "shape"], ["y"], name="reshape")]
+    return seed_model("gelu", nodes, ["n", 3, 4, 4], ["n", 4, 4, 4], weights)
+
+
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     for seed in (folds_and_fusions, scale_shift, attention, silu, zero_state, shared_weights,
-                 hard_swish_and_shared_bias, nhwc_chain):
+                 hard_swish_and_shared_bias, nhwc_chain, gelu):
         onnx.save(seed(), out / f"{seed.__name__}.onnx")
 
 

@@ -344,6 +344,12 @@ def malformed(out, cases):
                                helper.make_node("Add", ["x", "oh_c"], ["y"])],
                               [i64("oh_i", [0, 1]), i64("oh_d", [0]), f32c("oh_v", [0.0, 1.0])],
                               "depth must be one number, at least 1"),
+        # Two nodes writing one value (graph_mutations: a layout Transpose's reader then sorted
+        # before it, and the pass that moves Transposes removed a node past the end).
+        "A value written twice": ([helper.make_node("Relu", ["x"], ["r"], name="first"),
+                                   helper.make_node("Neg", ["x"], ["r"], name="second"),
+                                   helper.make_node("Add", ["r", "x"], ["y"])],
+                                  [], "node 'second' (Neg): its output 'r' is written twice: node 'first' (Relu) writes it too"),
         # A Split asked for 2^62 parts (graph_mutations: a capacity overflow).
         "Split into 2^62 parts": ([helper.make_node("Split", ["x"], ["y"], axis=0, num_outputs=1 << 62)],
                                   [], "does not fit the node's 1 outputs"),

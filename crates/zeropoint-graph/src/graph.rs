@@ -262,17 +262,37 @@ impl Graph {
         self.sort_within(&HashSet::new())
     }
 
+    /// The values the nodes write, each written once (ONNX graphs are in single assignment):
+    /// a value two nodes write, or a node writes over an input or an initializer, is an error
+    /// that names both, since every pass finds a value by its one producer.
+    fn single_producers(&self, defined: &HashSet<String>) -> Result<HashSet<&str>> {
+        let mut producers: HashMap<&str, &Node> = HashMap::new();
+        for node in &self.nodes {
+            for out in node.outputs.iter().filter(|o| !o.is_empty()) {
+                let why = match producers.insert(out, node) {
+                    Some(first) => format!("{} writes it too", first.label()),
+                    None if defined.contains(out) => "it is a graph input or initializer".into(),
+                    None => continue,
+                };
+                return Err(Error::model(
+                    &self.source,
+                    format!(
+                        "{}: its output '{out}' is written twice: {why}",
+                        node.label()
+                    ),
+                ));
+            }
+        }
+        Ok(producers.into_keys().collect())
+    }
+
     /// [`Graph::sort`] for a subgraph, which may also read the values `outer` names.
     pub fn sort_within(&mut self, outer: &HashSet<String>) -> Result<()> {
         let mut defined: HashSet<String> = outer.clone();
         defined.extend(self.inputs.iter().map(|i| i.name.clone()));
         defined.extend(self.initializers.iter().map(|t| t.name.clone()));
         defined.insert(String::new());
-        let producers: HashSet<&str> = self
-            .nodes
-            .iter()
-            .flat_map(|n| n.outputs.iter().map(String::as_str))
-            .collect();
+        let producers = self.single_producers(&defined)?;
         // What each node reads, its subgraphs' captures included, found once.
         let reads: Vec<Vec<String>> = self.nodes.iter().map(Node::reads).collect();
         for (node, reads) in self.nodes.iter().zip(&reads) {

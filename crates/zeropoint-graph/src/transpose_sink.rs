@@ -124,7 +124,8 @@ fn step(graph: &mut Graph, i: usize) -> Step {
         return Step::Stays;
     };
     let (x, y) = (x.clone(), y.clone());
-    let Some(r) = only_reader(graph, &graph.consumers(), &y) else {
+    // In a sorted graph of single assignment the reader comes later; the moves rely on it.
+    let Some(r) = only_reader(graph, &graph.consumers(), &y).filter(|&r| r > i) else {
         return Step::Stays;
     };
     if graph.nodes[r].op == Op::Transpose {
@@ -261,4 +262,51 @@ fn inverse_transposed(c: &RawTensor, perm: &[usize], name: &str) -> Option<RawTe
         out[j] = v;
     }
     Some(RawTensor::from_f32s(name, &shape, &out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::ValueInfo;
+    use zeropoint_onnx::DType;
+
+    /// Two Transposes that cancel, once in order and once with the reader listed first (a graph
+    /// the loader would have sorted, or refused for a value written twice): the first cancels,
+    /// the second is left as it is rather than indexed past the end.
+    #[test]
+    fn a_transpose_moves_only_toward_a_later_reader() {
+        let transpose = |name: &str, x: &str, y: &str, perm: &[i64]| {
+            let mut n = Node::new(name, Op::Transpose, &[x], &[y]);
+            n.attributes = vec![ints_attribute("perm", perm)];
+            n
+        };
+        let graph = |nodes: Vec<Node>| Graph {
+            source: "t.onnx".into(),
+            opset: 13,
+            inputs: vec![],
+            outputs: vec![ValueInfo {
+                name: "z".into(),
+                dtype: Some(DType::F32),
+                shape: None,
+            }],
+            initializers: vec![],
+            nodes,
+        };
+        let first = transpose("first", "x", "t", &[0, 2, 3, 1]);
+        let relu = Node::new("relu", Op::Relu, &["t"], &["r"]);
+        let back = transpose("back", "r", "u", &[0, 3, 1, 2]);
+        let last = Node::new("last", Op::Neg, &["u"], &["z"]);
+        let mut sorted = graph(vec![
+            first.clone(),
+            relu.clone(),
+            back.clone(),
+            last.clone(),
+        ]);
+        assert_eq!(sink_transposes(&mut sorted), 2);
+        let ops: Vec<&Op> = sorted.nodes.iter().map(|n| &n.op).collect();
+        assert_eq!(ops, [&Op::Relu, &Op::Neg]);
+        let mut unsorted = graph(vec![back, relu, first, last]);
+        assert_eq!(sink_transposes(&mut unsorted), 0);
+        assert_eq!(unsorted.nodes.len(), 4);
+    }
 }
