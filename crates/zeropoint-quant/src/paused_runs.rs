@@ -85,7 +85,7 @@ impl PausedRuns {
     /// hundreds of megabytes, and every thread saves one).
     fn save(&self, i: usize, float: &Paused, sim: &Paused) -> Result<()> {
         let path = self.path(i);
-        let write = |e| Error::io(&path, "write", e);
+        let write = |e| write_error(&path, e);
         let mut file = BufWriter::new(File::create(&path).map_err(write)?);
         for run in [float, sim] {
             encode_run(run, &mut file).map_err(write)?;
@@ -103,6 +103,19 @@ impl PausedRuns {
         let sim = decode_run(&mut file, size, &path)?;
         Ok((float, sim))
     }
+}
+
+/// The error of writing a paused run: where the disk is full, what fills it and what to do.
+fn write_error(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() != std::io::ErrorKind::StorageFull {
+        return Error::io(path, "write", e);
+    }
+    Error::new(
+        path,
+        "the disk is full: AdaRound and bias correction keep every sample's activations in the \
+         temporary folder between layers; point TMPDIR at a larger disk, or pass fewer \
+         --adaround-samples / --bias-correction-samples",
+    )
 }
 
 /// A run as its node index and its values in name order (the same bytes for the same run),
@@ -180,6 +193,20 @@ fn decode_run(input: &mut impl Read, size: usize, path: &Path) -> Result<Paused>
 mod tests {
     use super::*;
     use zeropoint_onnx::DType;
+
+    /// A full disk is named as such, with what to do; other write errors keep their cause.
+    #[test]
+    fn a_full_disk_says_what_fills_it() {
+        let path = Path::new("/tmp/zeropoint-runs-x/3.runs");
+        let full = write_error(path, std::io::ErrorKind::StorageFull.into()).to_string();
+        assert!(full.contains("3.runs: the disk is full"), "{full}");
+        assert!(
+            full.contains("TMPDIR") && full.contains("--adaround-samples"),
+            "{full}"
+        );
+        let denied = write_error(path, std::io::ErrorKind::PermissionDenied.into()).to_string();
+        assert!(denied.contains("3.runs: cannot write"), "{denied}");
+    }
 
     /// A paused run's values come back from its file as they were, of every element type a run
     /// holds, and a file cut short is an error that names it.
