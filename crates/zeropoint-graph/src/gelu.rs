@@ -51,7 +51,11 @@ fn find_gelus(graph: &Graph) -> Vec<Match> {
         if node.op != Op::Erf {
             continue;
         }
-        let Some(&scale) = producers.get(node.inputs[0].as_str()) else {
+        // A broken file's node may lack an input or an output: it matches nothing.
+        let (Some(erf_in), Some(erf_out)) = (node.inputs.first(), node.outputs.first()) else {
+            continue;
+        };
+        let Some(&scale) = producers.get(erf_in.as_str()) else {
             continue;
         };
         let Some(x) = scaled_by_inverse_sqrt2(graph, &graph.nodes[scale]) else {
@@ -60,13 +64,15 @@ fn find_gelus(graph: &Graph) -> Vec<Match> {
         let after_layer = producers
             .get(x)
             .is_some_and(|&p| matches!(graph.nodes[p].op, Op::Conv | Op::ConvTranspose | Op::Gemm));
-        let Some(add) = only(&node.outputs[0]) else {
+        let Some(add) = only(erf_out) else {
             continue;
         };
-        let add_out = &graph.nodes[add].outputs[0];
+        let Some(add_out) = graph.nodes[add].outputs.first() else {
+            continue;
+        };
         if !after_layer
-            || only(&graph.nodes[scale].outputs[0]) != Some(erf)
-            || other_operand(graph, &graph.nodes[add], Op::Add, 1.0) != Some(&node.outputs[0])
+            || graph.nodes[scale].outputs.first().and_then(|o| only(o)) != Some(erf)
+            || other_operand(graph, &graph.nodes[add], Op::Add, 1.0) != Some(erf_out)
         {
             continue;
         }
@@ -125,15 +131,16 @@ fn halved_product(
     let halves = |n: usize, v: &str| other_operand(graph, &graph.nodes[n], Op::Mul, 0.5) == Some(v);
     let first = only(gate)?;
     let f = &graph.nodes[first];
+    let out = f.outputs.first()?;
     // (x · gate) · 0.5, or (gate · 0.5) · x: the first Mul's one reader is the last.
     if reads(f, x, gate) || halves(first, gate) {
-        let last = only(&f.outputs[0])?;
-        let out = &f.outputs[0];
-        let ok = if reads(f, x, gate) {
-            halves(last, out)
-        } else {
-            reads(&graph.nodes[last], x, out)
-        };
+        let last = only(out)?;
+        let ok = graph.nodes[last].outputs.len() == 1
+            && if reads(f, x, gate) {
+                halves(last, out)
+            } else {
+                reads(&graph.nodes[last], x, out)
+            };
         return ok.then_some((first, last));
     }
     // (x · 0.5) · gate: the half of x is made apart, and read by the last alone.
@@ -243,5 +250,21 @@ mod tests {
         assert_eq!(gelu(Op::MatMul, std::f32::consts::SQRT_2, false), 0);
         assert_eq!(gelu(Op::Gemm, std::f32::consts::SQRT_2, true), 0);
         assert_eq!(gelu(Op::Gemm, 1.5, false), 0);
+    }
+
+    /// A broken file's Erf without an input, or without an output, matches nothing.
+    #[test]
+    fn nodes_without_inputs_or_outputs_match_nothing() {
+        for (inputs, outputs) in [(&[][..], &["e"][..]), (&["x"][..], &[][..])] {
+            let g = graph(
+                vec![constant("one", 1.0)],
+                vec![
+                    Node::new("erf", Op::Erf, inputs, outputs),
+                    node(Op::Add, &["e", "one"], "y"),
+                ],
+                "y",
+            );
+            assert!(find_gelus(&g).is_empty());
+        }
     }
 }
