@@ -10,7 +10,7 @@
 //! x0.79 as `Gelu` (docs/zoo.md). A MatMul's output (a transformer's feed-forward layer) stays
 //! float, ONNX Runtime's own fusion applies there, and the pattern is left alone.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::error::Result;
 use crate::evaluator::Evaluator;
@@ -24,12 +24,15 @@ pub const GELU_OPSET: i64 = 20;
 /// moving a graph of an older opset to [`GELU_OPSET`] (`eval` tells the upgrade value types);
 /// returns how many.
 pub fn fuse_gelus_after_layers(graph: &mut Graph, eval: &dyn Evaluator) -> Result<usize> {
-    if find_gelus(graph).is_empty() {
+    let mut found = find_gelus(graph);
+    if found.is_empty() {
         return Ok(0);
     }
-    crate::opset::upgrade(graph, GELU_OPSET, eval)?;
-    // The upgrade may add nodes: the patterns are found again.
-    let found = find_gelus(graph);
+    if graph.opset < GELU_OPSET {
+        crate::opset::upgrade(graph, GELU_OPSET, eval)?;
+        // The upgrade may add nodes and sorts the graph: the patterns are found again.
+        found = find_gelus(graph);
+    }
     Ok(fuse_gelus(graph, &found))
 }
 
@@ -117,7 +120,7 @@ fn close(v: f32, want: f32) -> bool {
 /// Mul (removed) and the last (which becomes the Gelu). `gate` is `1 + erf(·)`.
 fn halved_product(
     graph: &Graph,
-    producers: &std::collections::HashMap<&str, usize>,
+    producers: &HashMap<&str, usize>,
     only: &dyn Fn(&str) -> Option<usize>,
     x: &str,
     gate: &str,

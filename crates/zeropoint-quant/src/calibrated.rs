@@ -168,7 +168,11 @@ pub fn calibrated(
     drop_contradicted_output_shapes(&mut graph, &seen);
     let sizes = element_counts(&seen);
     let types = dtypes_of(&graph, seen);
-    let plan = Plan::new(&graph, types.clone(), choices(opts))?;
+    let plan = Plan::new(
+        &graph,
+        types.clone(),
+        Choices::of(&opts.settings, &opts.exclude),
+    )?;
     check_activation_bits(&graph, &plan, &opts.settings)?;
     // The batches after the probe's first round hold what memory allows, whatever the count.
     let batch =
@@ -252,15 +256,6 @@ fn element_counts(seen: &Run) -> HashMap<String, usize> {
     (seen.iter())
         .map(|(name, (_, dims))| (name.clone(), dims.iter().product()))
         .collect()
-}
-
-/// The placement `opts` ask for.
-pub fn choices(opts: &Options) -> Choices<'_> {
-    Choices {
-        exclude: &opts.exclude,
-        quantize_logits: opts.settings.quantize_logits,
-        float_activations: opts.settings.float_activations,
-    }
 }
 
 /// The estimator `--activation-range auto` chose, and what it measured.
@@ -628,7 +623,14 @@ fn probe_first(
 ) -> Result<(Run, Option<FirstRound>)> {
     let unit = crate::dataset::unit_batch(&graph.inputs);
     let watched = merges_exactly(&opts.settings)
-        .then(|| Plan::new(graph, guessed_types(graph), choices(opts)).ok())
+        .then(|| {
+            Plan::new(
+                graph,
+                guessed_types(graph),
+                Choices::of(&opts.settings, &opts.exclude),
+            )
+            .ok()
+        })
         .flatten();
     let Some(watched) = watched else {
         let one = open_data(graph, opts)?.next_batch(unit)?;

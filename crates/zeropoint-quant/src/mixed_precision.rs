@@ -356,11 +356,7 @@ fn build(
     settings: &Settings,
     exclude: &[String],
 ) -> Result<Option<(Plan, Params)>> {
-    let choices = crate::placement::Choices {
-        exclude,
-        quantize_logits: settings.quantize_logits,
-        float_activations: settings.float_activations,
-    };
+    let choices = crate::placement::Choices::of(settings, exclude);
     let plan = Plan::new(&c.graph, c.types.clone(), choices)?;
     let calibrated: HashMap<&str, (f32, f32)> =
         c.ranges.0.iter().map(|(n, r)| (n.as_str(), *r)).collect();

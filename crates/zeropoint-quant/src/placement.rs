@@ -363,6 +363,15 @@ pub struct Choices<'a> {
 }
 
 impl<'a> Choices<'a> {
+    /// The placement `settings` ask for, keeping float the nodes of `exclude`.
+    pub fn of(settings: &crate::settings::Settings, exclude: &'a [String]) -> Choices<'a> {
+        Choices {
+            exclude,
+            quantize_logits: settings.quantize_logits,
+            float_activations: settings.float_activations,
+        }
+    }
+
     /// The default placement but for `exclude`.
     pub fn excluding(exclude: &'a [String]) -> Choices<'a> {
         Choices {
