@@ -52,6 +52,11 @@ pub struct Options {
 const REPORT_SAMPLES: (usize, usize) = (4, 8);
 
 impl Options {
+    /// The placement these options ask for.
+    pub fn choices(&self) -> Choices<'_> {
+        Choices::of(&self.settings, &self.exclude)
+    }
+
     /// Samples the per-layer report runs on, of `available` calibration samples: as many as
     /// asked, or by default a quarter of them, at least 4 (or all there are) and at most 8.
     /// Each sample costs the report two model runs (float and simulated), so by default it
@@ -168,11 +173,7 @@ pub fn calibrated(
     drop_contradicted_output_shapes(&mut graph, &seen);
     let sizes = element_counts(&seen);
     let types = dtypes_of(&graph, seen);
-    let plan = Plan::new(
-        &graph,
-        types.clone(),
-        Choices::of(&opts.settings, &opts.exclude),
-    )?;
+    let plan = Plan::new(&graph, types.clone(), opts.choices())?;
     check_activation_bits(&graph, &plan, &opts.settings)?;
     // The batches after the probe's first round hold what memory allows, whatever the count.
     let batch =
@@ -623,14 +624,7 @@ fn probe_first(
 ) -> Result<(Run, Option<FirstRound>)> {
     let unit = crate::dataset::unit_batch(&graph.inputs);
     let watched = merges_exactly(&opts.settings)
-        .then(|| {
-            Plan::new(
-                graph,
-                guessed_types(graph),
-                Choices::of(&opts.settings, &opts.exclude),
-            )
-            .ok()
-        })
+        .then(|| Plan::new(graph, guessed_types(graph), opts.choices()).ok())
         .flatten();
     let Some(watched) = watched else {
         let one = open_data(graph, opts)?.next_batch(unit)?;
