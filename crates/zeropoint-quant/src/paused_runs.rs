@@ -174,9 +174,11 @@ fn decode_run(input: &mut impl Read, size: usize, path: &Path) -> Result<Paused>
         let code = i32::try_from(word(input)?).map_err(|_| corrupt("is damaged"))?;
         let dtype = tensor_proto::dtype_of(code).ok_or_else(|| corrupt("is damaged"))?;
         let rank = word(input)?;
-        let shape = (0..rank.min(64))
-            .map(|_| word(input))
-            .collect::<Result<Vec<_>>>()?;
+        // No tensor has more axes; a larger rank is a damaged file, not one to read on.
+        if rank > 64 {
+            return Err(corrupt("is damaged"));
+        }
+        let shape = (0..rank).map(|_| word(input)).collect::<Result<Vec<_>>>()?;
         let data_len = word(input)?;
         let raw = RawTensor {
             name,
@@ -262,6 +264,18 @@ mod tests {
         let e = decode_run(&mut damaged.as_slice(), damaged.len(), path)
             .err()
             .expect("a damaged file is refused");
+        assert!(
+            e.to_string()
+                .contains("7.runs: the file of a paused run is damaged"),
+            "{e}"
+        );
+        // So is a rank no tensor has: the first value's ("bytes") rank made 65.
+        let mut damaged = bytes.clone();
+        let rank_at = 16 + 8 + "bytes".len() + 8;
+        damaged[rank_at..rank_at + 8].copy_from_slice(&65u64.to_le_bytes());
+        let e = decode_run(&mut damaged.as_slice(), damaged.len(), path)
+            .err()
+            .expect("a rank of 65 is refused");
         assert!(
             e.to_string()
                 .contains("7.runs: the file of a paused run is damaged"),
