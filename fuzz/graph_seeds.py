@@ -51,6 +51,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+def normal(seed, spread=0.3):
+    """Float32 arrays of the shape asked for, normal around 0 with this spread, from a generator
+    seeded with `seed` (each seed model its own, so that each writes the same bytes every time)."""
+    rng = np.random.default_rng(seed)
+    return lambda *shape: (rng.standard_normal(shape) * spread).astype(np.float32)
+
+
 def seed_model(name, nodes, x_shape, y_shape, weights):
     """The checked opset-13 model of `nodes` from input x to output y."""
     graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
@@ -62,8 +69,7 @@ def seed_model(name, nodes, x_shape, y_shape, weights):
 
 
 def folds_and_fusions():
-    rng = np.random.default_rng(0)
-    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    f = normal(0)
     weights = dict(w=f(4, 3, 3, 3), s=np.abs(f(1, 4, 1, 1)) + 0.5, t=f(4, 1, 1), w1=np.abs(f(64, 8)),
                    lo=np.array(1e-10, np.float32), w2=f(5, 8), b2=f(5))
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
@@ -81,8 +87,7 @@ def folds_and_fusions():
 
 
 def scale_shift():
-    rng = np.random.default_rng(1)
-    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    f = normal(1)
     weights = dict(w1=f(4, 3, 3, 3), w2=f(4, 3, 1, 1), gamma=f(4) + 1, beta=f(4), mean=f(4),
                    var=np.abs(f(4)) + 0.1, w3=f(4, 4, 1, 1), b3=f(4), s=f(1, 4, 1, 1), t=f(1, 4, 1, 1),
                    w4=f(2, 4, 3, 3))
@@ -103,8 +108,7 @@ def scale_shift():
 
 
 def attention():
-    rng = np.random.default_rng(2)
-    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    f = normal(2)
     weights = dict(wq=f(8, 8), bq=f(8), wk=f(8, 8), bk=f(8), wv=f(8, 8),
                    heads=np.array([1, 4, 2, 4], np.int64), d=np.array(2.0, np.float32))
     nodes = [helper.make_node("MatMul", ["x", "wq"], ["q0"], name="q_proj"),
@@ -126,8 +130,7 @@ def attention():
 
 
 def silu():
-    rng = np.random.default_rng(3)
-    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    f = normal(3)
     weights = dict(w1=f(4, 3, 3, 3), b1=f(4), w2=f(4, 4, 1, 1))
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
              helper.make_node("Sigmoid", ["c1"], ["s1"], name="sigmoid1"),
@@ -140,8 +143,7 @@ def silu():
 
 
 def zero_state():
-    rng = np.random.default_rng(4)
-    f = lambda *s: (rng.standard_normal(s) * 0.4).astype(np.float32)  # noqa: E731
+    f = normal(4, 0.4)
     i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
     weights = dict(gw=f(1, 9, 4), gr=f(1, 9, 3), lw=f(1, 12, 4), lr=f(1, 12, 3),
                    zero=np.zeros(1, np.float32), one=i64(1), two=i64(2), hidden=i64(3))
@@ -162,8 +164,8 @@ def zero_state():
 
 def shared_weights():
     """ALBERT's sharing: one weight read by two layers, each through an Identity of its own."""
-    rng = np.random.default_rng(5)
-    weights = dict(w=(rng.standard_normal((4, 4)) * 0.4).astype(np.float32))
+    f = normal(5, 0.4)
+    weights = dict(w=f(4, 4))
     nodes = [helper.make_node("Identity", ["w"], ["w1"], name="share1"),
              helper.make_node("Identity", ["w1"], ["w2"], name="share2"),
              helper.make_node("MatMul", ["x", "w1"], ["h"], name="layer1"),
@@ -175,8 +177,7 @@ def shared_weights():
 def hard_swish_and_shared_bias():
     """paddle2onnx's HardSwish written out, x · Clip(x + 3, 0, 6) / 6, after a Conv, then two Convs
     (a Siamese pair's towers) sharing a weight and a bias."""
-    rng = np.random.default_rng(6)
-    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    f = normal(6)
     weights = dict(w=f(4, 3, 1, 1), b=f(4), w2=f(4, 4, 3, 3), b2=f(4), three=np.array(3, np.float32),
                    zero=np.array(0, np.float32), six=np.array(6, np.float32))
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
@@ -193,8 +194,7 @@ def hard_swish_and_shared_bias():
 
 def nhwc_chain():
     """tf2onnx's NHWC BatchNorm between two NCHW Convs, float-to-float Casts, HiFi-GAN's sums."""
-    rng = np.random.default_rng(7)
-    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    f = normal(7)
     weights = dict(w=f(4, 3, 1, 1), w2=f(4, 4, 1, 1), bias=f(4), mean=f(1, 1, 1, 4), scale=np.abs(f(4)) + 0.5,
                    shift=f(4), zero=np.array(0, np.float32))
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
@@ -215,8 +215,7 @@ def nhwc_chain():
 
 def gelu():
     """GELUs written out after a Conv and after a Gemm, in two of PyTorch's spellings."""
-    rng = np.random.default_rng(8)
-    f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    f = normal(8)
     c = lambda v: np.array(v, np.float32)  # noqa: E731
     weights = dict(w=f(4, 3, 3, 3), wg=f(64, 8), sqrt2=c(np.sqrt(2)), inv=c(1 / np.sqrt(2)), one=c(1), half=c(0.5),
                    shape=np.array([-1, 4, 4, 4], np.int64))
