@@ -18,10 +18,7 @@ no activation quantizers), and W' either the learned weight
 (the export's dequantized one) or W rounded to nearest on the export's grid. The layer's product
 is a one-node ONNX model (the layer's own node without its bias) run by ONNX Runtime. The
 reported losses must match within 1e-4 relative, and the learned one must not exceed the
-nearest one. The dense layers have one column a sample, fewer than their inputs, so AdaRound
-first fits them on the even samples and judges them on the odd ones: the reported held-out loss
-of nearest rounding is recomputed the same way, and a layer that failed that check must hold
-the nearest weight.
+nearest one.
 """
 
 import json
@@ -145,30 +142,6 @@ def check(zeropoint, out, x, mode, failures):
                 failures.append(f"{mode} {r['layer']} loss_{kind}: {got} vs {want}")
         if r["loss_learned"] > r["loss_nearest"]:
             failures.append(f"{mode} {r['layer']}: learned rounding is worse than nearest")
-        inputs = int(np.prod(w.shape[1:])) if w.ndim == 4 else xf.shape[-1]
-        check_held_out(mode, r, inputs, target, product(fnode, xq, nearest), wq, nearest, failures)
-
-
-def check_held_out(mode, r, inputs, target, y_nearest, learned, nearest, failures):
-    """A layer with fewer columns (here: a dense layer, one a sample) than inputs is judged on
-    its odd columns: the reported nearest loss there is recomputed, and a layer that failed
-    the check holds the nearest weight."""
-    columns = positions(target)
-    h = r.get("held_out")
-    if (h is not None) != (columns < inputs):
-        failures.append(f"{mode} {r['layer']}: {columns} columns, {inputs} inputs, held_out {h}")
-        return
-    if h is None:
-        return
-    want = float(((target[1::2] - y_nearest[1::2]) ** 2).sum() / len(target[1::2]))
-    ok = (h["columns"], h["inputs"]) == (columns, inputs) and abs(h["loss_nearest"] - want) <= 1e-4 * want
-    kept = h["loss_learned"] < h["loss_nearest"]
-    print(f"{mode:<12} {r['layer']:<8} held out zeropoint {h['loss_nearest']:.6g}  reference {want:.6g}"
-          f"  learned {h['loss_learned']:.6g} ({'kept' if kept else 'nearest kept'}){'' if ok else '  MISMATCH'}")
-    if not ok:
-        failures.append(f"{mode} {r['layer']} held_out: {h} vs nearest {want}, {columns} columns")
-    if not kept and not np.allclose(learned, nearest, rtol=1e-6, atol=0):
-        failures.append(f"{mode} {r['layer']}: failed its held-out check but holds a learned weight")
 
 
 def main():

@@ -289,19 +289,6 @@ fn print_rounding(s: &Summary) {
             num(near, 4),
             num(learned, 4)
         );
-        for r in &s.adaround {
-            let Some(c) = r.held_out.filter(|c| !c.passed()) else {
-                continue;
-            };
-            println!(
-                "AdaRound kept rounding to nearest in '{}': fitted on half of its {} columns (fewer than its {} inputs), it reconstructed the other half worse ({} against {}); more --adaround-samples give it columns",
-                r.layer,
-                c.columns,
-                c.inputs,
-                num(c.loss_learned, 4),
-                num(c.loss_nearest, 4)
-            );
-        }
     }
     if !s.bias_corrections.is_empty() {
         let largest = s

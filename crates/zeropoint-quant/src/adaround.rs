@@ -58,32 +58,6 @@ pub struct Rounded {
     /// The reconstruction error ‖Wx − W̃x̃‖² per position, rounding to nearest and as learned.
     pub loss_nearest: f64,
     pub loss_learned: f64,
-    /// Set where a group had fewer columns than inputs, and its rounding was checked on
-    /// columns it was not fitted on (see [`held_out`]).
-    pub held_out: Option<HeldOut>,
-}
-
-/// The check of a layer fitted on fewer columns than it has inputs: with fewer equations than
-/// unknowns per output, a learned rounding can reproduce its columns and nothing else (the
-/// MNIST CNN's last layer, 16 columns for 128 inputs, fitted on 8: 79.1 on the other 8 against
-/// nearest's 66.8), or it can correct an error that every sample shares (magika's last layer
-/// with float activations, 16 columns for 512 inputs: kept, +6.3 dB output SQNR on held-out
-/// samples). So the rounding is learned on the even columns and kept, learned again on all of
-/// them, only if it beats nearest on the odd ones.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct HeldOut {
-    pub columns: usize,
-    pub inputs: usize,
-    /// ‖W̃x̃ − Wx‖² per odd column, rounding to nearest and as learned on the even ones.
-    pub loss_nearest: f64,
-    pub loss_learned: f64,
-}
-
-impl HeldOut {
-    /// Whether the learned rounding is kept.
-    pub fn passed(&self) -> bool {
-        self.loss_learned < self.loss_nearest
-    }
 }
 
 /// h(V) = clip(σ(V)·(ζ − γ) + γ, 0, 1), the rectified sigmoid.
@@ -139,43 +113,6 @@ impl Problem {
                 )
             })
             .unzip()
-    }
-
-    /// h of rounding to nearest: 1 where W/s is rounded up.
-    fn nearest_h(&self) -> Vec<f64> {
-        (0..self.w.len())
-            .map(|e| {
-                let x = self.w[e] / self.scale[e];
-                f64::from(u8::from(x - x.floor() >= 0.5))
-            })
-            .collect()
-    }
-
-    /// The weight rounded to nearest, and its loss.
-    fn nearest(&self) -> candle_core::Result<(Vec<f32>, f64)> {
-        let (w, _) = self.soft_weight(&self.nearest_h());
-        let loss = self.loss(&w)?;
-        Ok((w, loss))
-    }
-
-    /// The same weight on every other column, from column `first`.
-    fn columns(&self, first: usize) -> Problem {
-        let pick = |data: &[f32], width: usize| -> Vec<f32> {
-            data.chunks(width.max(1))
-                .skip(first)
-                .step_by(2)
-                .flatten()
-                .copied()
-                .collect()
-        };
-        Problem {
-            w: self.w.clone(),
-            scale: self.scale.clone(),
-            zero: self.zero.clone(),
-            inputs: pick(&self.inputs, self.cols),
-            targets: pick(&self.targets, self.rows),
-            ..*self
-        }
     }
 
     /// ‖W̃x̃ − Wx‖² per position, over all positions.
@@ -247,32 +184,21 @@ pub fn optimize(p: &Problem, opts: &Options) -> candle_core::Result<(Vec<f32>, u
         .iter()
         .map(|&v| f64::from(u8::from(rectified_sigmoid(v) >= 0.5)))
         .collect();
-    let flipped = hard
-        .iter()
-        .zip(&p.nearest_h())
-        .filter(|(a, b)| a != b)
-        .count();
+    let nearest: Vec<f64> = (0..n)
+        .map(|e| {
+            let x = p.w[e] / p.scale[e];
+            f64::from(u8::from(x - x.floor() >= 0.5))
+        })
+        .collect();
+    let flipped = hard.iter().zip(&nearest).filter(|(a, b)| a != b).count();
     let (learned, _) = p.soft_weight(&hard);
-    let (rounded, loss_nearest) = p.nearest()?;
-    let loss_learned = p.loss(&learned)?;
+    let (rounded, _) = p.soft_weight(&nearest);
+    let (loss_nearest, loss_learned) = (p.loss(&rounded)?, p.loss(&learned)?);
     // Never worse than rounding to nearest on the columns it was fitted on.
     if loss_learned > loss_nearest {
         return Ok((rounded, 0, loss_nearest, loss_nearest));
     }
     Ok((learned, flipped, loss_nearest, loss_learned))
-}
-
-/// [`HeldOut`]: `p`'s rounding learned on its even columns, judged on its odd ones.
-pub fn held_out(p: &Problem, opts: &Options) -> candle_core::Result<HeldOut> {
-    let (even, odd) = (p.columns(0), p.columns(1));
-    let (learned, ..) = optimize(&even, opts)?;
-    let (_, loss_nearest) = odd.nearest()?;
-    Ok(HeldOut {
-        columns: p.inputs.len() / p.cols.max(1),
-        inputs: p.cols,
-        loss_nearest,
-        loss_learned: odd.loss(&learned)?,
-    })
 }
 
 /// Problems up to this many multiply-adds a step are done in plain loops.
@@ -653,7 +579,6 @@ fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Ro
         total: w.len(),
         loss_nearest: 0.0,
         loss_learned: 0.0,
-        held_out: None,
     };
     let err = |e: candle_core::Error| {
         let e = zeropoint_engine::error::candle_message(e);
@@ -692,20 +617,7 @@ fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Ro
             inputs,
             targets,
         };
-        let check = (positions < k)
-            .then(|| held_out(&problem, opts))
-            .transpose()
-            .map_err(err)?;
-        let (wl, flipped, nearest, loss) = match check {
-            Some(c) if !c.passed() => {
-                let (w, loss) = problem.nearest().map_err(err)?;
-                (w, 0, loss, loss)
-            }
-            _ => optimize(&problem, opts).map_err(err)?,
-        };
-        // A layer's groups share its column count, so all or none are checked; the report
-        // keeps the first group's check (a depthwise group has more columns than inputs).
-        rounded.held_out = rounded.held_out.or(check);
+        let (wl, flipped, nearest, loss) = optimize(&problem, opts).map_err(err)?;
         for (e, v) in wl.into_iter().enumerate() {
             learned[at(e)] = v;
         }
@@ -749,12 +661,6 @@ mod tests {
     }
 
     fn problem(seed: u64) -> Problem {
-        problem_on(seed, 256, true)
-    }
-
-    /// A random layer of 16 inputs on `positions` columns; where `coarse`, the quantized model's
-    /// input is the float one on a coarse grid, an error every column shares, else the float one.
-    fn problem_on(seed: u64, positions: usize, coarse: bool) -> Problem {
         let mut state = seed;
         let mut next = || {
             state = state
@@ -762,7 +668,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         };
-        let (rows, cols) = (4, 16);
+        let (rows, cols, positions) = (4, 16, 256);
         let w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
         let exact: Vec<f32> = (0..positions * cols).map(|_| 2.0 * next()).collect();
         let mut targets = vec![0f32; positions * rows];
@@ -774,10 +680,7 @@ mod tests {
             }
         }
         // The quantized model's input: the float one on a coarse grid, with a bias to make up.
-        let inputs: Vec<f32> = match coarse {
-            true => exact.iter().map(|x| (x * 4.0).floor() / 4.0).collect(),
-            false => exact,
-        };
+        let inputs: Vec<f32> = exact.iter().map(|x| (x * 4.0).floor() / 4.0).collect();
         Problem {
             rows,
             cols,
@@ -841,44 +744,5 @@ mod tests {
             better >= 3,
             "learned rounding was clearly better on {better} of 5 problems"
         );
-    }
-
-    /// Fitted on fewer columns than inputs, a learned rounding is kept where it corrects an
-    /// error that every column shares (x̃ = x times a gain per input), and not where it can
-    /// only fit its own columns (x̃ = x).
-    #[test]
-    fn held_out_columns_tell_a_shared_error_from_a_fit_of_the_columns() {
-        let opts = Options {
-            iterations: 1000,
-            batch: 64,
-            ..Options::default()
-        };
-        let mut rejected = 0;
-        for seed in 1..6 {
-            let mut shared = problem_on(seed, 12, false);
-            for (e, x) in shared.inputs.iter_mut().enumerate() {
-                *x *= [1.5, 0.7][e % 2];
-            }
-            let shared = held_out(&shared, &opts).unwrap();
-            assert!(shared.passed(), "seed {seed}: {shared:?}");
-            let fitted = held_out(&problem_on(seed, 12, false), &opts).unwrap();
-            rejected += usize::from(!fitted.passed());
-            assert_eq!((fitted.columns, fitted.inputs), (12, 16));
-        }
-        // Without an error to correct, nearest is the best rounding on new columns on
-        // average; six columns judge it, so one problem in five may still keep its fit.
-        assert!(
-            rejected >= 4,
-            "the fit of the columns was kept on {} of 5",
-            5 - rejected
-        );
-        // Even and odd columns, each in order.
-        let p = problem_on(1, 5, false);
-        let (even, odd) = (p.columns(0), p.columns(1));
-        assert_eq!(
-            even.inputs,
-            [&p.inputs[0..16], &p.inputs[32..48], &p.inputs[64..80]].concat()
-        );
-        assert_eq!(odd.targets, [&p.targets[4..8], &p.targets[12..16]].concat());
     }
 }
