@@ -41,6 +41,20 @@ def test_set():
     return mnist("test", 500)
 
 
+def int8_kernels_saturate():
+    """Whether ONNX Runtime's uint8 x int8 kernels add int16 pairs with saturation here: x86 without
+    VNNI (the rule of tests/support.rs's ort_int8_kernels_saturate)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return not any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def ort_run(path, x, optimize=True):
     """The first output of the model in ONNX Runtime; without graph optimizations, QDQ pairs run
     as the separate QuantizeLinear / DequantizeLinear the spec defines (no integer kernels)."""

@@ -1,7 +1,6 @@
 """Models: run against ONNX Runtime, quantize_model from arrays and from files (the same
 bytes), the quantized model in ONNX Runtime, evaluate, and errors."""
 
-import platform
 import tempfile
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 
 import zeropoint as zp
-from conftest import DATA, MEAN, MODEL, STD, mnist, ort_run
+from conftest import DATA, MEAN, MODEL, STD, int8_kernels_saturate, mnist, ort_run
 
 # The models the tests write declare IR version 10 (opsets up to 21), which every onnxruntime
 # from 1.16 loads: onnx's default is its own newest, which the newest onnxruntime for
@@ -256,9 +255,8 @@ def test_float16_parts_compute_in_float32(tmp_path):
     model, out = tmp_path / "mixed.onnx", tmp_path / "mixed.q.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR), str(model))
     # limit_pairs where ORT's int8 kernels add int16 pairs (x86 without VNNI), as the CLI tests do.
-    saturates = platform.machine() == "x86_64" and not any(
-        f in open("/proc/cpuinfo").read() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-    zp.quantize_model(model, {"x": rng.standard_normal((16, 8)).astype(np.float32)}, out, limit_pairs=saturates)
+    zp.quantize_model(model, {"x": rng.standard_normal((16, 8)).astype(np.float32)}, out,
+                      limit_pairs=int8_kernels_saturate())
     q = onnx.load(str(out))
     dequantized = {n.input[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
     assert {"w16_quantized", "w32_quantized"} <= dequantized
