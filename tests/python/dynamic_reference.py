@@ -36,7 +36,6 @@ one forward) and a model with a batch-first LSTM:
 """
 
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +44,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from ort_kernels import int8_kernels_saturate
 
 FAILED = []
 V, D, N1, N2, C, G = 30, 64, 48, 40, 8, 2
@@ -134,18 +135,6 @@ def avx2_matmul(q, z, wq):
         wq = np.concatenate([wq, np.zeros((1, wq.shape[1]), np.int64)])
     pairs = q[..., 0::2, None] * wq[0::2] + q[..., 1::2, None] * wq[1::2]
     return np.clip(pairs, -32768, 32767).sum(-2) - z * wq.sum(0)
-
-
-def int8_kernels_saturate():
-    """Whether ONNX Runtime's uint8 × int8 kernels saturate here: x86 without VNNI (the rule of
-    tests/support.rs's ort_int8_kernels_saturate)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    return not any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def simulate(w, feeds, table, matmul=exact_matmul):

@@ -27,11 +27,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from dynamic_reference import int8_kernels_saturate
-
-# ONNX Runtime's uint8 x int8 kernels add pairs of products in int16 on x86 without VNNI, so
-# the fused model departs from the QDQ semantics there; --limit-pairs is zeropoint's remedy.
-LIMIT_PAIRS = ["--limit-pairs"] if int8_kernels_saturate() else []
+from ort_kernels import LIMIT_PAIRS
 
 FAILED = []
 

@@ -3,12 +3,16 @@ numpy alone (an independent path from zeropoint's own idx reader)."""
 
 import gzip
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# tests/python's rule for ONNX Runtime's int8 kernels on this CPU, re-exported to the tests here.
+sys.path.insert(0, str(REPO / "tests" / "python"))
+from ort_kernels import int8_kernels_saturate  # noqa: E402,F401
 MODEL = REPO / "assets" / "models" / "mnist_cnn.onnx"
 DATA = REPO / "assets" / "data"
 # The embedded model's preprocessing (crates/zeropoint-cli/src/embedded.rs).
@@ -39,20 +43,6 @@ def calib():
 @pytest.fixture(scope="session")
 def test_set():
     return mnist("test", 500)
-
-
-def int8_kernels_saturate():
-    """Whether ONNX Runtime's uint8 x int8 kernels add int16 pairs with saturation here: x86 without
-    VNNI (the rule of tests/support.rs's ort_int8_kernels_saturate)."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    return not any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def ort_run(path, x, optimize=True):
