@@ -257,29 +257,22 @@ mod tests {
                 .contains("7.runs: the file of a paused run is cut short"),
             "{e}"
         );
-        // A damaged length is refused before it is allocated: the first value's name length
-        // (after the node index and the count) made 2^62.
-        let mut damaged = bytes.clone();
-        damaged[16..24].copy_from_slice(&(1u64 << 62).to_le_bytes());
-        let e = decode_run(&mut damaged.as_slice(), damaged.len(), path)
-            .err()
-            .expect("a damaged file is refused");
-        assert!(
-            e.to_string()
-                .contains("7.runs: the file of a paused run is damaged"),
-            "{e}"
-        );
-        // So is a rank no tensor has: the first value's ("bytes") rank made 65.
-        let mut damaged = bytes.clone();
-        let rank_at = 16 + 8 + "bytes".len() + 8;
-        damaged[rank_at..rank_at + 8].copy_from_slice(&65u64.to_le_bytes());
-        let e = decode_run(&mut damaged.as_slice(), damaged.len(), path)
-            .err()
-            .expect("a rank of 65 is refused");
-        assert!(
-            e.to_string()
-                .contains("7.runs: the file of a paused run is damaged"),
-            "{e}"
-        );
+        // A damaged length is refused before it is allocated, and so is a rank no tensor has.
+        let refused = |at: usize, value: u64, what: &str| {
+            let mut damaged = bytes.clone();
+            damaged[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            let e = decode_run(&mut damaged.as_slice(), damaged.len(), path)
+                .err()
+                .unwrap_or_else(|| panic!("{what} is refused"));
+            assert!(
+                e.to_string()
+                    .contains("7.runs: the file of a paused run is damaged"),
+                "{what}: {e}"
+            );
+        };
+        // The first value's name length (after the node index and the count).
+        refused(16, 1 << 62, "a name length of 2^62");
+        // The first value's ("bytes") rank.
+        refused(16 + 8 + "bytes".len() + 8, 65, "a rank of 65");
     }
 }
