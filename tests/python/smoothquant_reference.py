@@ -19,8 +19,13 @@ others are near 1), as BERT's do:
 - on an attention head whose value projection has two outlier columns, the context read by the output projection
   takes 1/s in the value projection (W_v's columns and b_v divided by numpy's s, no Mul inserted), the output
   projection's weight dequantizes to diag(s)·W_o, and the export is closer to float than without SmoothQuant;
-- an α outside [0, 1], and --smoothquant with --mode dynamic or weight-only (no calibrated activation ranges), are
-  refused with one line and exit status 1.
+- with --mode dynamic (the paper's per-tensor dynamic setting) and α = 0.5: the same 1/s (the Mul's constant, γ/s and
+  β/s in LayerNorm₂), the int8 weights of MatMulInteger dequantize to diag(s)·W within half a step, the export passes
+  onnx.checker and is closer to float in ONNX Runtime than the dynamic model without SmoothQuant; α searched, the
+  same bytes at 1 and 2 threads; on x86 without VNNI with --reduce-range, whose 7-bit codes ORT's saturating kernels
+  cannot overflow;
+- an α outside [0, 1], --smoothquant with --mode weight-only, and with --mode dynamic but no --calib (or --calib
+  without --smoothquant, which would be ignored), are refused with one line and exit status 1.
 """
 
 import json
@@ -33,6 +38,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from ort_kernels import int8_kernels_saturate
 
 FAILED = []
 T, D, N = 6, 32, 24
@@ -169,6 +176,48 @@ def check_attention(exe, d):
           f"attention: closer to float with SmoothQuant α = 0.5 than without ({smoothed:.4g} < {unsmoothed:.4g})")
 
 
+def check_dynamic(exe, d, model, ref):
+    """SmoothQuant before dynamic quantization, on the post-LN block."""
+    path, w, calib, held_out = model
+    # 7-bit codes on x86 without VNNI, where ORT's uint8 x int8 kernels saturate int16 pair sums.
+    dyn = ["--mode", "dynamic"] + (["--reduce-range"] if int8_kernels_saturate() else [])
+    plain, out = d / "dynamic_plain.onnx", d / "dynamic_alpha.onnx"
+    zeropoint(exe, "quantize", path, *dyn, "-o", plain)
+    run = zeropoint(exe, "quantize", path, *dyn, "--calib", d / "block_calib.npz", "--smoothquant", "0.5", "--json",
+                    "-o", out)
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    report = {s["input"]: s for s in summary(run)}
+    m = onnx.load(out)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    ops = [n.op_type for n in m.graph.node]
+    s1 = smoothing(layer_norm(calib, w["g1"], w["b1"]), [w["wq"], w["wk"]], 0.5)
+    muls = [n for n in m.graph.node if n.op_type == "Mul" and "ln" in n.input]
+    inv = next((inits[i] for i in muls[0].input if i in inits), None) if muls else None
+    check(ops.count("MatMulInteger") == 3 and inv is not None and np.allclose(inv, 1 / s1, rtol=1e-5),
+          f"dynamic: 3 MatMulInteger, and 1/s of ln is an inserted Mul with numpy's 1/s ({report['ln']['folded_into']})")
+    h = layer_norm(calib, w["g1"], w["b1"])
+    s2 = smoothing(layer_norm(h + h @ w["wq"], w["g2"], w["b2"]), [w["wo"]], 0.5)
+    check(np.allclose(inits["g2"], w["g2"] / s2, rtol=1e-5) and np.allclose(inits["b2"], w["b2"] / s2, rtol=1e-5),
+          "dynamic: LayerNorm₂'s scale and bias are numpy's γ/s and β/s")
+    for name, s in [("wq", s1), ("wk", s1), ("wo", s2)]:
+        deq, step = dequantized(inits, name)
+        check(np.all(np.abs(deq - s[:, None] * w[name]) <= step.reshape(1, -1) / 2 + 1e-6),
+              f"dynamic: {name}'s MatMulInteger codes dequantize to diag(s)·W within half a step")
+    smoothed, unsmoothed = error(out, ref, held_out), error(plain, ref, held_out)
+    check(smoothed < unsmoothed, f"dynamic: closer to float with SmoothQuant α = 0.5 than without "
+          f"({smoothed:.4g} < {unsmoothed:.4g})")
+    outs = []
+    for threads in ["1", "2"]:
+        o = d / f"dynamic_auto{threads}.onnx"
+        run = zeropoint(exe, "quantize", path, *dyn, "--calib", d / "block_calib.npz", "--smoothquant", "--json",
+                        "-o", o, env={**os.environ, "RAYON_NUM_THREADS": threads})
+        outs.append(o.read_bytes())
+    found = summary(run)
+    check(outs[0] == outs[1] and all(s["error_after"] <= s["error_before"] for s in found),
+          f"dynamic, α searched: error never worse, the same bytes at 1 and 2 threads: "
+          f"{[(s['input'], s['alpha']) for s in found]}")
+
+
 def outputs_at(path, x, value):
     """`value` of the float model at `path` on `x`, in ONNX Runtime."""
     m = onnx.load(path)
@@ -232,17 +281,21 @@ def main():
     check(outs[0] == outs[1], "the same bytes at 1 and 2 threads")
 
     check_attention(exe, d)
+    check_dynamic(exe, d, (path, w, calib, held_out), ref)
 
     bad = d / "bad.onnx"
     run = zeropoint(exe, "quantize", path, "--calib", d / "block_calib.npz", "--smoothquant", "1.5", "-o", bad, ok=False)
     lines = run.stderr.strip().splitlines()
     check(run.returncode == 1 and len(lines) == 1 and "--smoothquant" in lines[0] and not bad.exists(),
           f"α = 1.5 refused in one line: {lines[0] if lines else '(nothing)'}")
-    for mode in ["dynamic", "weight-only"]:
-        run = zeropoint(exe, "quantize", path, "--mode", mode, "--smoothquant", "-o", bad, ok=False)
+    calib_args = ["--calib", d / "block_calib.npz"]
+    for what, args in [("--mode weight-only --smoothquant", ["--mode", "weight-only", "--smoothquant", *calib_args]),
+                       ("--mode dynamic --smoothquant without --calib", ["--mode", "dynamic", "--smoothquant"]),
+                       ("--mode dynamic --calib without --smoothquant", ["--mode", "dynamic", *calib_args])]:
+        run = zeropoint(exe, "quantize", path, *args, "-o", bad, ok=False)
         lines = run.stderr.strip().splitlines()
         check(run.returncode == 1 and len(lines) == 1 and "smooth" in lines[0] and not bad.exists(),
-              f"--mode {mode} --smoothquant refused in one line: {lines[0] if lines else '(nothing)'}")
+              f"{what} refused in one line: {lines[0] if lines else '(nothing)'}")
     if FAILED:
         sys.exit(f"smoothquant reference: {len(FAILED)} checks failed")
     print("smoothquant reference: all checks passed")

@@ -1,11 +1,12 @@
 //! `zeropoint quantize MODEL --mode dynamic`: int8 weights, activations quantized at run time,
-//! in the form ONNX Runtime runs with its integer kernels. Needs no calibration data.
+//! in the form ONNX Runtime runs with its integer kernels. Needs no calibration data, except
+//! for `--smoothquant`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use zeropoint_core::Granularity;
-use zeropoint_quant::dynamic::{self, Options, Outcome};
+use zeropoint_quant::dynamic::{self, Options, Outcome, Smoothing};
 
 use crate::output::check_output;
 use crate::quant_args::{parse_scheme, QuantArgs};
@@ -22,6 +23,8 @@ pub struct Request<'a> {
     pub embedding_bits: Option<u32>,
     /// `--conv-integer`: Conv layers as ConvInteger too.
     pub conv: bool,
+    /// `--calib`: only SmoothQuant reads it.
+    pub calib: Vec<String>,
     pub json: bool,
 }
 
@@ -39,15 +42,25 @@ fn options(r: &Request) -> Result<Options> {
     if q.limit_pairs {
         bail!("--limit-pairs is implemented for static quantization; with --mode dynamic use --reduce-range");
     }
-    if q.smoothquant.is_some() {
-        bail!("--smoothquant prepares activations for calibrated ranges (static quantization); --mode dynamic computes them at run time: drop --smoothquant");
-    }
+    let smoothing = match q.smooth_quant()? {
+        None if !r.calib.is_empty() => bail!("--mode dynamic reads --calib only for --smoothquant: drop --calib, or add --smoothquant"),
+        None => None,
+        Some(_) if r.calib.is_empty() => bail!("--smoothquant needs --calib: SmoothQuant's channel ranges and α come from calibration data"),
+        Some(options) => Some(Smoothing {
+            options,
+            data: r.calib.clone(),
+            preprocess: q.data.preprocess()?,
+            samples: q.samples,
+            batch: q.batch()?.unwrap_or(1),
+        }),
+    };
     Ok(Options {
         weights,
         weight_method: q.weight_range.unwrap_or(RangeMethod::Minmax).method(),
         exclude: q.exclude.clone(),
         conv: r.conv,
         embedding_bits: Some(r.embedding_bits.unwrap_or(8)),
+        smoothing,
     })
 }
 
@@ -82,7 +95,8 @@ fn report(
         seconds: o.seconds,
     };
     if json {
-        println!("{}", sizes.json(serde_json::json!({ "layers": o.layers }))?);
+        let extra = serde_json::json!({ "layers": o.layers, "smoothing": o.smoothing });
+        println!("{}", sizes.json(extra)?);
         return Ok(());
     }
     let mut t = Table::new(&["layer", "op", "weight SQNR"]);
@@ -90,6 +104,9 @@ fn report(
         t.row(vec![l.name.clone(), l.op.clone(), db(l.weight_sqnr_db)]);
     }
     print!("{}", t.render());
+    if !o.smoothing.is_empty() {
+        crate::smoothing::print(&o.smoothing);
+    }
     sizes.print();
     println!("activations are quantized at run time (DynamicQuantizeLinear: uint8, per tensor)");
     Ok(())

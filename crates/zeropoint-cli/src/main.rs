@@ -23,6 +23,7 @@ mod range_args;
 mod run;
 mod scheme_args;
 mod scores;
+mod smoothing;
 mod table;
 mod train;
 mod vnni;

@@ -155,8 +155,8 @@ pub struct QuantArgs {
     pub cle: bool,
     /// SmoothQuant before quantizing (Xiao et al. 2022): moves the outlier channels of MatMul
     /// and Gemm inputs into their weights, s_j = max|X_j|^α / max|W_j|^(1−α); "auto" searches
-    /// α per layer on the calibration data, a number in [0, 1] fixes it
-    /// (docs/transformers.md).
+    /// α per layer on the calibration data, a number in [0, 1] fixes it. Static and dynamic
+    /// (`--mode dynamic --calib DATA --smoothquant`) quantization (docs/transformers.md).
     #[arg(long, value_name = "auto|ALPHA", num_args = 0..=1, default_missing_value = "auto")]
     pub smoothquant: Option<String>,
     /// With --cle: replace each ReLU6 between two layers by a ReLU so that they can be
@@ -353,7 +353,7 @@ impl QuantArgs {
     }
 
     /// SmoothQuant's options, if asked for.
-    fn smooth_quant(&self) -> Result<Option<zeropoint_quant::smooth_quant::Options>> {
+    pub fn smooth_quant(&self) -> Result<Option<zeropoint_quant::smooth_quant::Options>> {
         use zeropoint_quant::smooth_quant::{Alpha, Options};
         let alpha = match self.smoothquant.as_deref() {
             None => return Ok(None),

@@ -32,7 +32,8 @@ pub struct Args {
     pub output: Option<PathBuf>,
     /// static: weights and activations quantized, activation ranges calibrated (QDQ).
     /// dynamic: int8 weights, activations quantized at run time (DynamicQuantizeLinear →
-    /// MatMulInteger / ConvInteger, as ONNX Runtime fuses them); needs no --calib.
+    /// MatMulInteger / ConvInteger, as ONNX Runtime fuses them); needs no --calib, except with
+    /// --smoothquant.
     /// weight-only: MatMul/Gemm weights in 2-8 bits in blocks along K, activations float
     /// (--method, --format; --weights defaults to uint4,asym,per-block=32).
     #[arg(long, value_enum, default_value = "static")]
@@ -75,6 +76,7 @@ pub fn run(args: &Args) -> Result<()> {
             quant: &args.quant,
             embedding_bits: args.weight_only.embedding_bits,
             conv: args.weight_only.conv_integer,
+            calib: args.calib.clone(),
             json: args.json,
         });
     }
@@ -207,27 +209,6 @@ fn report(
         );
     }
     Ok(())
-}
-
-/// What SmoothQuant did, one line per smoothed layer input.
-fn print_smoothing(smoothed: &[zeropoint_quant::smooth_quant::Smoothed]) {
-    let done: Vec<_> = smoothed.iter().filter(|s| s.alpha > 0.0).collect();
-    println!(
-        "SmoothQuant: {} of {} layer inputs smoothed (output error on the search rows, before -> after)",
-        done.len(),
-        smoothed.len()
-    );
-    for s in done {
-        println!(
-            "  α {:.2}  {} -> {}  {} ({} layers), 1/s into {}",
-            s.alpha,
-            num(s.error_before, 4),
-            num(s.error_after, 4),
-            s.input,
-            s.layers.len(),
-            s.folded_into
-        );
-    }
 }
 
 /// What cross-layer equalization did, in a few lines.
@@ -391,7 +372,7 @@ fn print_summary(s: &Summary) {
         print_equalization(e);
     }
     if !s.smoothing.is_empty() {
-        print_smoothing(&s.smoothing);
+        crate::smoothing::print(&s.smoothing);
     }
     print_rounding(s);
     if !s.steps.is_empty() {

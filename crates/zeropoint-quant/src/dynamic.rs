@@ -20,6 +20,12 @@
 //! projections of an attention block). Weight zero-points are 0: ONNX Runtime's ConvInteger
 //! takes one zero-point per tensor, and a symmetric grid needs none. Embedding tables, when
 //! asked, are stored per row in 8-bit blocks as weight-only quantization stores them.
+//!
+//! With calibration data, SmoothQuant can run first ([`Smoothing`]): the SmoothQuant paper's
+//! per-tensor dynamic setting (its O2), where a decoder's outlier channels otherwise set each
+//! run-time scale. α is searched for the least error of the layers quantized as here: int8
+//! activations whose range is the min-max of the search rows (a run-time range covers one input
+//! only, so this is the widest it gets), the weights on the run's scheme.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,9 +38,11 @@ use zeropoint_graph::graph::{int_attribute, Names};
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::{DType, ModelProto, RawTensor};
 
+use crate::dataset::{batch_for, Dataset, Preprocess};
 use crate::error::{Error, Result};
 use crate::prepare::prepare;
 use crate::settings::{Preset, Settings};
+use crate::smooth_quant::{self, Smoothed};
 use crate::weight_only::blocks::{self, BlockRange, BlockScheme, BlockWeights};
 use crate::weight_only::{self, nbits_export, Format, Site};
 
@@ -52,6 +60,20 @@ pub struct Options {
     /// Bits of embedding tables (Gather of rows), quantized per row in blocks of 128; None keeps
     /// them float.
     pub embedding_bits: Option<u32>,
+    /// SmoothQuant before quantizing, on calibration data.
+    pub smoothing: Option<Smoothing>,
+}
+
+/// SmoothQuant's options and the calibration data its statistics come from.
+#[derive(Debug, Clone)]
+pub struct Smoothing {
+    pub options: smooth_quant::Options,
+    /// Calibration data specs (see [`Dataset::open`]).
+    pub data: Vec<String>,
+    pub preprocess: Preprocess,
+    pub samples: Option<usize>,
+    /// Samples per batch of the statistics pass.
+    pub batch: usize,
 }
 
 /// Values per scale in embedding rows: at 8 bits, blocks of 128 cost MiniLM-L3 no cosine and a
@@ -72,6 +94,8 @@ pub struct Outcome {
     /// The float model's size on disk, side files included.
     pub stored_bytes: u64,
     pub layers: Vec<Layer>,
+    /// What SmoothQuant did, one entry per layer input it searched (empty without it).
+    pub smoothing: Vec<Smoothed>,
     /// Bytes of the quantized layers' float weights, and of their codes and scales.
     pub float_bytes: usize,
     pub quantized_bytes: usize,
@@ -94,6 +118,10 @@ pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
     check(path, opts)?;
     let prepared = prepare(path, &Settings::preset(Preset::W8A8))?;
     let mut g = prepared.graph;
+    let smoothing = match &opts.smoothing {
+        Some(sm) => smooth(&mut g, sm, opts)?,
+        None => Vec::new(),
+    };
     // Tables first (their Gathers become GatherBlockQuantized, which no later pass reads), then
     // the layers, found again in the rewritten graph.
     let tables: Vec<Site> = match opts.embedding_bits {
@@ -154,10 +182,27 @@ pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
         model,
         stored_bytes: prepared.stored_bytes,
         layers: report,
+        smoothing,
         float_bytes: x.bytes.0 + table_float,
         quantized_bytes: x.bytes.1 + table_quantized,
         seconds: t.elapsed().as_secs_f64(),
     })
+}
+
+/// SmoothQuant on `g`, its α searched for the layers as this module quantizes them.
+fn smooth(g: &mut Graph, sm: &Smoothing, opts: &Options) -> Result<Vec<Smoothed>> {
+    let mut data = Dataset::open(&sm.data, &g.inputs, &sm.preprocess)?;
+    if let Some(n) = sm.samples {
+        data.truncate(n);
+    }
+    let settings = Settings {
+        weights: opts.weights,
+        weight_method: opts.weight_method,
+        activation_method: Method::MinMax,
+        ..Settings::preset(Preset::W8A8)
+    };
+    let batch = batch_for(&g.inputs, sm.batch);
+    smooth_quant::smooth(g, (&mut data, batch), &settings, &opts.exclude, &sm.options)
 }
 
 fn check(path: &Path, opts: &Options) -> Result<()> {
