@@ -51,7 +51,7 @@ fn options(r: &Request) -> Result<Options> {
             data: r.calib.clone(),
             preprocess: q.data.preprocess()?,
             samples: q.samples,
-            batch: q.batch()?.unwrap_or(1),
+            batch: q.batch()?,
         }),
     };
     Ok(Options {

@@ -72,8 +72,9 @@ pub struct Smoothing {
     pub data: Vec<String>,
     pub preprocess: Preprocess,
     pub samples: Option<usize>,
-    /// Samples per batch of the statistics pass.
-    pub batch: usize,
+    /// Samples per batch of the statistics pass; None batches as weight-only quantization does
+    /// (token ids by about 256 positions).
+    pub batch: Option<usize>,
 }
 
 /// Values per scale in embedding rows: at 8 bits, blocks of 128 cost MiniLM-L3 no cosine and a
@@ -201,7 +202,8 @@ fn smooth(g: &mut Graph, sm: &Smoothing, opts: &Options) -> Result<Vec<Smoothed>
         activation_method: Method::MinMax,
         ..Settings::preset(Preset::W8A8)
     };
-    let batch = batch_for(&g.inputs, sm.batch);
+    let batch = (sm.batch).unwrap_or_else(|| weight_only::default_batch(&g.inputs, &data));
+    let batch = batch_for(&g.inputs, batch);
     smooth_quant::smooth(g, (&mut data, batch), &settings, &opts.exclude, &sm.options)
 }
 

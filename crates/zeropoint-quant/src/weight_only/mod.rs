@@ -213,7 +213,7 @@ const TOKENS_PER_BATCH: usize = 256;
 /// only takes memory (stories15M's GPTQ, 256-token windows: 4.9 s and 188 MB a window at a time,
 /// 7.4 s and 355 MB 32 at a time), and a shorter one runs the layers on too few rows (MiniLM,
 /// 65-token sentences: 12.2 s one at a time, 9.8 s four at a time). Other data: 32 samples.
-fn default_batch(inputs: &[ValueInfo], data: &Dataset) -> usize {
+pub(crate) fn default_batch(inputs: &[ValueInfo], data: &Dataset) -> usize {
     let shapes = data.sample_shapes();
     let integer = |i: &&ValueInfo| i.dtype.is_some_and(|d| !d.is_float());
     let tokens = (inputs.iter().filter(integer))
