@@ -24,6 +24,9 @@ others are near 1), as BERT's do:
   onnx.checker and is closer to float in ONNX Runtime than the dynamic model without SmoothQuant; α searched, the
   same bytes at 1 and 2 threads; on x86 without VNNI with --reduce-range, whose 7-bit codes ORT's saturating kernels
   cannot overflow;
+- on an RMSNorm written out in elementary ops (x / √(mean(x²) + ε) · γ, γ with two outlier channels, as exported
+  decoders have it) read by two projections alone, 1/s goes into γ (numpy's γ/s, no Mul inserted), the weights
+  dequantize to diag(s)·W within half a step, and the export is closer to float than without SmoothQuant;
 - an α outside [0, 1], --smoothquant with --mode weight-only, and with --mode dynamic but no --calib (or --calib
   without --smoothquant, which would be ignored), are refused with one line and exit status 1.
 """
@@ -218,6 +221,46 @@ def check_dynamic(exe, d, model, ref):
           f"{[(s['input'], s['alpha']) for s in found]}")
 
 
+def rms_norm(d):
+    """x → RMSNorm (Mul, ReduceMean, Add ε, Sqrt, Div, Mul γ) → r → MatMul wq → q, MatMul wk → k."""
+    rng = np.random.default_rng(7)
+    f = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
+    g = (1 + 0.1 * rng.standard_normal(D)).astype(np.float32)
+    g[5], g[20] = 30.0, -20.0
+    w = dict(g=g, eps=np.array(1e-5, np.float32), axes=np.array([-1], np.int64), wq=f(D, N), wk=f(D, N))
+    node = helper.make_node
+    nodes = [node("Mul", ["x", "x"], ["sq"], name="square"), node("ReduceMean", ["sq", "axes"], ["ms"], name="mean"),
+             node("Add", ["ms", "eps"], ["mse"], name="plus_eps"), node("Sqrt", ["mse"], ["rms"], name="root"),
+             node("Div", ["x", "rms"], ["xn"], name="normalize"), node("Mul", ["xn", "g"], ["r"], name="gain"),
+             node("MatMul", ["r", "wq"], ["q"], name="fq"), node("MatMul", ["r", "wk"], ["k"], name="fk")]
+    return save(d, "rms", nodes, ["q", "k"], w, rng)
+
+
+def check_rms_norm(exe, d):
+    path, w, calib, held_out = rms_norm(d)
+    ref = outputs(path, held_out)
+    plain, out = d / "rms_plain.onnx", d / "rms_alpha.onnx"
+    zeropoint(exe, "quantize", path, "--calib", d / "rms_calib.npz", "-o", plain)
+    run = zeropoint(exe, "quantize", path, "--calib", d / "rms_calib.npz", "--smoothquant", "0.5", "--json", "-o", out)
+    report = {s["input"]: s for s in summary(run)}
+    m = onnx.load(out)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    x = calib.astype(np.float64)
+    r = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5) * w["g"]
+    s = smoothing(r, [w["wq"], w["wk"]], 0.5)
+    check(report["r"]["folded_into"] == "the constant of Mul gain"
+          and sum(n.op_type == "Mul" for n in m.graph.node) == 2
+          and np.allclose(inits["g"], w["g"] / s, rtol=1e-5),
+          f"RMSNorm: 1/s folded into γ, numpy's γ/s, no Mul inserted: {report['r']['folded_into']}")
+    for name in ["wq", "wk"]:
+        deq, step = dequantized(inits, name)
+        check(np.all(np.abs(deq - s[:, None] * w[name]) <= step.reshape(1, -1) / 2 + 1e-6),
+              f"RMSNorm: {name} dequantizes to diag(s)·W within half a step")
+    smoothed, unsmoothed = error(out, ref, held_out), error(plain, ref, held_out)
+    check(smoothed < unsmoothed,
+          f"RMSNorm: closer to float with SmoothQuant α = 0.5 than without ({smoothed:.4g} < {unsmoothed:.4g})")
+
+
 def outputs_at(path, x, value):
     """`value` of the float model at `path` on `x`, in ONNX Runtime."""
     m = onnx.load(path)
@@ -281,6 +324,7 @@ def main():
     check(outs[0] == outs[1], "the same bytes at 1 and 2 threads")
 
     check_attention(exe, d)
+    check_rms_norm(exe, d)
     check_dynamic(exe, d, (path, w, calib, held_out), ref)
 
     bad = d / "bad.onnx"

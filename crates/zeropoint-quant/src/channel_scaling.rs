@@ -4,7 +4,8 @@
 //!
 //! - the weights of every layer reading x (MatMul, Gemm) get their rows times s;
 //! - 1/s goes into the op producing x when only these layers read x: a LayerNormalization
-//!   (its scale and bias), or attention's context (the heads of `softmax(QKᵀ)·V` merged back),
+//!   (its scale and bias), a Mul by a per-channel constant (the γ of an RMSNorm written out in
+//!   elementary ops, as exported decoders have it), or attention's context (the heads of `softmax(QKᵀ)·V` merged back),
 //!   whose channel j is channel j of the value projection, so that W_v's column j and b_v[j]
 //!   take 1/s_j; otherwise into a Mul inserted before the layers, which the other readers of x
 //!   (a residual Add) do not see. Not into a GELU's final `· 0.5`, though it could absorb it:
@@ -104,7 +105,8 @@ fn write_scaled(graph: &mut Graph, site: &Site, w: &[f32], s: &[f32]) {
 /// Applies `s` to the layers of `group` reading `input`: their weights (`weights`, each `[K, N]`)
 /// times s row by row, and their input divided by s: into the op producing it when it can
 /// absorb it, else with a Mul the group reads instead (named after `tag`). Returns the group's
-/// new input and where 1/s went ("LayerNormalization <name>", "Mul <name>").
+/// new input and where 1/s went ("LayerNormalization <name>", "the constant of Mul <name>",
+/// "the value projection <name>", or "Mul <name>" for an inserted one).
 pub fn apply(
     graph: &mut Graph,
     (input, group, weights): (&str, &[&Site], &[Vec<f32>]),
@@ -121,6 +123,7 @@ pub fn apply(
     let inverse: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
     if only_group_reads(graph, input, group) {
         let folded = fold_into_producer(graph, input, &inverse)
+            .or_else(|| fold_into_gain(graph, input, &inverse))
             .or_else(|| fold_into_values(graph, input, &inverse));
         if let Some(done) = folded {
             return Ok((input.to_string(), done));
@@ -191,6 +194,26 @@ fn fold_into_producer(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option
     for p in &params {
         scale_last_axis(graph, p, inverse)?;
     }
+    Some(done)
+}
+
+/// Multiplies the constant of the Mul producing `input` by `inverse`, if that constant holds one
+/// value per channel (`[K]`, or `[1, …, 1, K]`) and only this Mul reads it: an RMSNorm's γ in a
+/// decoder exported op by op. A scalar is left alone: it may be part of a pattern ONNX Runtime
+/// fuses (a GELU's `· 0.5`). Where it went, if done.
+fn fold_into_gain(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option<String> {
+    let k = inverse.len();
+    let consumers = graph.consumers();
+    let node = (graph.nodes.iter()).find(|n| n.op == Op::Mul && n.outputs[0] == input)?;
+    let gain = (node.inputs.iter()).find(|i| graph.float_initializer(i).is_some())?;
+    let t = graph.float_initializer(gain)?;
+    let per_channel = t.shape.last() == Some(&k) && t.shape.iter().rev().skip(1).all(|&d| d == 1);
+    let only_here = consumers.get(gain.as_str()).is_some_and(|c| c.len() == 1);
+    if !per_channel || !only_here || node.inputs.iter().filter(|i| *i == gain).count() != 1 {
+        return None;
+    }
+    let (gain, done) = (gain.clone(), format!("the constant of Mul {}", node.name));
+    scale_last_axis(graph, &gain, inverse)?;
     Some(done)
 }
 

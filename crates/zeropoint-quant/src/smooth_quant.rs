@@ -61,7 +61,7 @@ pub struct Smoothed {
     /// at α = 0 and at the chosen α.
     pub error_before: f64,
     pub error_after: f64,
-    /// Where 1/s went ("LayerNormalization <name>", "Mul <name>"), "" when α = 0.
+    /// Where 1/s went ([`crate::channel_scaling::apply`]'s words), "" when α = 0.
     pub folded_into: String,
 }
 

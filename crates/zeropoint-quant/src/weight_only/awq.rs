@@ -61,7 +61,7 @@ pub struct Scaled {
     /// The output error (Σ δᵀHδ over the layers) of plain rounding, and with the chosen scales.
     pub error_before: f64,
     pub error_after: f64,
-    /// Where 1/s went: "LayerNormalization <name>", "Mul <name>", or "" when α = 0.
+    /// Where 1/s went ([`crate::channel_scaling::apply`]'s words), or "" when α = 0.
     pub folded_into: String,
 }
 
