@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Int8 quantization of MiniLM-L3, int8 and static: zeropoint's `quantize --mode dynamic` against ONNX Runtime's
-quantize_dynamic in its configurations (per-tensor and per-channel, int8 and uint8 weights), and zeropoint's static
-W8A8 with and without SmoothQuant (`--smoothquant`), measured in one run (docs/transformers.md). ONNX Runtime's static
+quantize_dynamic in its configurations (per-tensor and per-channel, int8 and uint8 weights), zeropoint's dynamic and
+static W8A8 models with and without SmoothQuant (`--smoothquant`), measured in one run (docs/transformers.md). ONNX Runtime's static
 quantizer on this model is in scripts/ptq_compare.py (it breaks the model with every calibrator).
 
 Usage: .venv/bin/python scripts/dynamic_compare.py [--zeropoint target/release/zeropoint] [--rounds 15] [--rows 'TEXT|TEXT']
@@ -86,6 +86,9 @@ def main():
     os.makedirs(calib)
     for i, f in enumerate(task.calib_feeds()):
         np.savez(os.path.join(calib, f"{i:04d}.npz"), **f)
+    jobs += [("zeropoint per-channel, SmoothQuant", zp + ["--calib", calib, "--smoothquant"]),
+             ("zeropoint per-channel, SmoothQuant, 7-bit weights",
+              zp + ["--calib", calib, "--smoothquant", "--weights", "int7,sym,per-channel"])]
     st = [a.zeropoint, "quantize", task.src, "--calib", calib]
     jobs += [("zeropoint static W8A8", st),
              ("zeropoint static, SmoothQuant a searched", st + ["--smoothquant"]),
