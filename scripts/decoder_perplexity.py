@@ -70,18 +70,9 @@ def ort_dynamic_job(src, dst, weight_type, reduce_range):
 def ort_static_job(src, dst, calib, method, activations, reduce_range):
     """quant_pre_process + quantize_static (QDQ, per-channel int8 weights), one calibration window per call, as
     scripts/ptq_compare.py runs it."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, feeds):
-            self.feeds, self.it = feeds, iter(feeds)
-
-        def get_next(self):
-            return next(self.it, None)
-
-        def rewind(self):
-            self.it = iter(self.feeds)
+    from ptq_compare import Reader
 
     z = np.load(calib)
     feeds = [{k: z[k][i:i + 1] for k in z.files} for i in range(len(z["input_ids"]))]
