@@ -1,16 +1,17 @@
 //! Moving a per-input-channel scale s from a layer's input into its weight, which leaves the
 //! float model unchanged: y = (x / s) · (diag(s) W). AWQ (weight-only) and SmoothQuant (static
-//! W8A8) choose s differently and share how it is applied:
+//! and dynamic W8A8) choose s differently and share how it is applied:
 //!
 //! - the weights of every layer reading x (MatMul, Gemm) get their rows times s;
 //! - 1/s goes into the op producing x when only these layers read x: a LayerNormalization
 //!   (its scale and bias), a Mul by a per-channel constant (the γ of an RMSNorm written out in
-//!   elementary ops, as exported decoders have it), or attention's context (the heads of `softmax(QKᵀ)·V` merged back),
-//!   whose channel j is channel j of the value projection, so that W_v's column j and b_v[j]
-//!   take 1/s_j; otherwise into a Mul inserted before the layers, which the other readers of x
-//!   (a residual Add) do not see. Not into a GELU's final `· 0.5`, though it could absorb it:
-//!   ONNX Runtime fuses a GELU only with a scalar there, and the unfused one cost more than the
-//!   Mul (MiniLM-L3).
+//!   elementary ops, as exported decoders have it), or attention's context (the heads of
+//!   `softmax(QKᵀ)·V` merged back), whose channel j is channel j of the value projection, so
+//!   that W_v's column j and b_v[j] take 1/s_j; otherwise into a Mul inserted before the
+//!   layers, which the other readers of x (a residual Add) do not see. Not into a GELU's final
+//!   `· 0.5`, though it could absorb it: ONNX Runtime fuses a GELU only with a scalar there, and
+//!   the unfused one cost more than the Mul (MiniLM-L3).
+
 
 use std::collections::{HashMap, HashSet};
 
@@ -204,7 +205,8 @@ fn fold_into_producer(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option
 fn fold_into_gain(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option<String> {
     let k = inverse.len();
     let consumers = graph.consumers();
-    let node = (graph.nodes.iter()).find(|n| n.op == Op::Mul && n.outputs[0] == input)?;
+    let node = (graph.nodes.iter())
+        .find(|n| n.op == Op::Mul && n.outputs.first().is_some_and(|o| o == input))?;
     let gain = (node.inputs.iter()).find(|i| graph.float_initializer(i).is_some())?;
     let t = graph.float_initializer(gain)?;
     let per_channel = t.shape.last() == Some(&k) && t.shape.iter().rev().skip(1).all(|&d| d == 1);
