@@ -12,6 +12,7 @@
 //!   `· 0.5`, though it could absorb it: ONNX Runtime fuses a GELU only with a scalar there, and
 //!   the unfused one cost more than the Mul (MiniLM-L3).
 
+
 use std::collections::{HashMap, HashSet};
 
 use zeropoint_graph::graph::Names;
@@ -124,8 +125,7 @@ pub fn apply(
     if only_group_reads(graph, input, group) {
         let folded = fold_into_producer(graph, input, &inverse)
             .or_else(|| fold_into_gain(graph, input, &inverse))
-            .or_else(|| fold_into_values(graph, input, &inverse))
-            .or_else(|| fold_into_product(graph, input, &inverse));
+            .or_else(|| fold_into_values(graph, input, &inverse));
         if let Some(done) = folded {
             return Ok((input.to_string(), done));
         }
@@ -268,27 +268,8 @@ fn fold_into_values(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option<S
     if !ok {
         return None;
     }
-    let (matmul, weight, bias) = projection(graph, &split.inputs[0], n)?;
-    let done = format!("the value projection {matmul}");
-    for p in std::iter::once(&weight).chain(&bias) {
-        scale_last_axis(graph, p, inverse)?;
-    }
-    Some(done)
-}
-
-/// The linear layer computing `value` (`[·, n]`): `MatMul(h, W)`, with or without a constant
-/// bias Add after it, each value on the way read by the next node alone and W (`[·, n]`) and b
-/// (`[n]`) float initializers read by their node alone. Its name, W and b.
-fn projection(graph: &Graph, value: &str, n: usize) -> Option<(String, String, Option<String>)> {
-    let producers = graph.producers();
-    let consumers = graph.consumers();
-    let only_here = |v: &str| consumers.get(v).is_some_and(|c| c.len() == 1);
-    let node = |v: &str, op: Op| {
-        let &p = producers.get(v)?;
-        let node = &graph.nodes[p];
-        (node.op == op && only_here(&node.outputs[0])).then_some(node)
-    };
-    let (matmul, bias) = match node(value, Op::Add) {
+    // The projection: MatMul(h, W), with or without a bias Add after it.
+    let (matmul, bias) = match node(&split.inputs[0], Op::Add) {
         Some(add) if add.inputs.len() == 2 => {
             let constant = add
                 .inputs
@@ -298,9 +279,10 @@ fn projection(graph: &Graph, value: &str, n: usize) -> Option<(String, String, O
             (node(x, Op::MatMul)?, Some(add.inputs[constant].clone()))
         }
         Some(_) => return None,
-        None => (node(value, Op::MatMul)?, None),
+        None => (node(&split.inputs[0], Op::MatMul)?, None),
     };
     let weight = matmul.inputs.get(1)?.clone();
+    let only_here = |p: &str| consumers.get(p).is_some_and(|c| c.len() == 1);
     let w = graph.float_initializer(&weight)?;
     if w.shape.len() != 2 || w.shape[1] != n || !only_here(&weight) {
         return None;
@@ -311,27 +293,7 @@ fn projection(graph: &Graph, value: &str, n: usize) -> Option<(String, String, O
             return None;
         }
     }
-    Some((matmul.name.clone(), weight, bias))
-}
-
-/// Multiplies one factor of the product `input = a ⊙ b` by `inverse` per channel, where that
-/// factor is a linear layer's output ([`projection`]) that only this Mul reads: SwiGLU's
-/// `silu(x·W_gate) ⊙ (x·W_up)` before an FFN's down projection, whose W_up columns take 1/s
-/// (as AWQ's and SmoothQuant's reference code fold a down projection's scales into the up
-/// projection). Where it went, if done.
-fn fold_into_product(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option<String> {
-    let n = inverse.len();
-    let mul = (graph.nodes.iter())
-        .find(|m| m.op == Op::Mul && m.outputs.first().is_some_and(|o| o == input))?;
-    if mul.inputs.len() != 2 || mul.inputs.iter().any(|i| graph.initializer(i).is_some()) {
-        return None;
-    }
-    let consumers = graph.consumers();
-    let factors = mul.inputs.clone();
-    let (matmul, weight, bias) = (factors.iter().rev())
-        .filter(|f| consumers.get(f.as_str()).is_some_and(|c| c.len() == 1))
-        .find_map(|f| projection(graph, f, n))?;
-    let done = format!("the projection {matmul} (one factor of Mul {})", mul.name);
+    let done = format!("the value projection {}", matmul.name);
     for p in std::iter::once(&weight).chain(&bias) {
         scale_last_axis(graph, p, inverse)?;
     }
