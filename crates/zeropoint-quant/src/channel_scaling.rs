@@ -10,8 +10,9 @@
 //!   that W_v's column j and b_v[j] take 1/s_j; otherwise into a Mul inserted before the
 //!   layers, which the other readers of x (a residual Add) do not see. Not into a GELU's final
 //!   `· 0.5`, though it could absorb it: ONNX Runtime fuses a GELU only with a scalar there, and
-//!   the unfused one cost more than the Mul (MiniLM-L3).
-
+//!   the unfused one cost more than the Mul (MiniLM-L3). Nor into the up projection behind
+//!   SwiGLU's product before a down projection: the inserted Mul is what keeps static
+//!   placement from quantizing the SwiGLU chain, which cost stories15M 0.36% perplexity.
 
 use std::collections::{HashMap, HashSet};
 
