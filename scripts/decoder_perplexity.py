@@ -96,7 +96,10 @@ def eight_bit_jobs(a, calib):
             ("zeropoint static W8A8", st),
             ("zeropoint static W8A8, --limit-pairs", st + ["--limit-pairs"]),
             ("zeropoint static, SmoothQuant", st + ["--smoothquant"]),
-            ("zeropoint static, SmoothQuant, --limit-pairs", st + ["--smoothquant", "--limit-pairs"])]
+            ("zeropoint static, SmoothQuant, --limit-pairs", st + ["--smoothquant", "--limit-pairs"]),
+            # Elementwise Muls (RMSNorm's γ, SwiGLU, rotary embeddings) kept float.
+            ("zeropoint static, SmoothQuant, --limit-pairs, --exclude Mul",
+             st + ["--smoothquant", "--limit-pairs", "--exclude", "Mul"])]
     me = [a.ort_python, os.path.abspath(__file__), "--model", a.model]
     jobs += [(f"ORT quantize_dynamic per-channel {wt}{', reduce_range' if rr == '1' else ''}",
               me + ["--ort-dynamic", "{dst}", wt, rr]) for wt, rr in [("int8", "0"), ("uint8", "0"), ("int8", "1")]]
