@@ -149,13 +149,19 @@ pub fn apply(
     Ok((out, format!("Mul {mul}")))
 }
 
+/// The nodes reading `value`.
+fn readers<'g>(graph: &'g Graph, value: &'g str) -> impl Iterator<Item = &'g Node> {
+    (graph.nodes.iter()).filter(move |n| n.inputs.iter().any(|i| i == value))
+}
+
+/// The node whose first output is `value`.
+fn producer<'g>(graph: &'g Graph, value: &str) -> Option<&'g Node> {
+    (graph.nodes.iter()).find(|n| n.outputs.first().is_some_and(|o| o == value))
+}
+
 /// Whether the layers of `group` are all that read `input` (and it is no graph output).
 fn only_group_reads(graph: &Graph, input: &str, group: &[&Site]) -> bool {
-    let readers: Vec<&Node> = graph
-        .nodes
-        .iter()
-        .filter(|n| n.inputs.iter().any(|i| i == input))
-        .collect();
+    let readers: Vec<&Node> = readers(graph, input).collect();
     readers.len() == group.len()
         && readers
             .iter()
@@ -166,10 +172,7 @@ fn only_group_reads(graph: &Graph, input: &str, group: &[&Site]) -> bool {
 /// Multiplies the op producing `input` by `inverse` per channel (last axis), if it is a
 /// LayerNormalization whose scale and bias are constants only it reads. Where it went, if done.
 fn fold_into_producer(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option<String> {
-    let node = graph
-        .nodes
-        .iter()
-        .find(|n| n.outputs.first().is_some_and(|o| o == input))?;
+    let node = producer(graph, input)?;
     if node.op != Op::LayerNormalization || node.outputs.iter().skip(1).any(|o| !o.is_empty()) {
         return None;
     }
@@ -178,14 +181,7 @@ fn fold_into_producer(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option
         .filter(|p| !p.is_empty())
         .cloned()
         .collect();
-    let only_here = |p: &str| {
-        graph
-            .nodes
-            .iter()
-            .filter(|n| n.inputs.iter().any(|i| i == p))
-            .count()
-            == 1
-    };
+    let only_here = |p: &str| readers(graph, p).count() == 1;
     let usable = params
         .iter()
         .all(|p| only_here(p) && graph.float_initializer(p).is_some_and(|t| t.shape == [k]));
@@ -205,13 +201,11 @@ fn fold_into_producer(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option
 /// fuses (a GELU's `· 0.5`). Where it went, if done.
 fn fold_into_gain(graph: &mut Graph, input: &str, inverse: &[f32]) -> Option<String> {
     let k = inverse.len();
-    let consumers = graph.consumers();
-    let node = (graph.nodes.iter())
-        .find(|n| n.op == Op::Mul && n.outputs.first().is_some_and(|o| o == input))?;
+    let node = producer(graph, input).filter(|n| n.op == Op::Mul)?;
     let gain = (node.inputs.iter()).find(|i| graph.float_initializer(i).is_some())?;
     let t = graph.float_initializer(gain)?;
     let per_channel = t.shape.last() == Some(&k) && t.shape.iter().rev().skip(1).all(|&d| d == 1);
-    let only_here = consumers.get(gain.as_str()).is_some_and(|c| c.len() == 1);
+    let only_here = readers(graph, gain).count() == 1;
     if !per_channel || !only_here || node.inputs.iter().filter(|i| *i == gain).count() != 1 {
         return None;
     }
