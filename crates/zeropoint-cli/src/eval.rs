@@ -84,13 +84,11 @@ pub struct Comparison<'a> {
 /// Loads both models and the data, and evaluates.
 pub fn compare(c: &Comparison) -> Result<Evaluation> {
     let (f, q) = (Graph::load(c.float)?, Graph::load(c.quantized)?);
-    let (mut ds, whole) = data_as_calibration_reads(&f, c.data, c.prep)?;
+    let (ds, whole) = data_as_calibration_reads(&f, c.data, c.prep)?;
     if whole {
         eprintln!("the model fails on the slices of the data's first axes taken for samples (it has no batch axis): read as `zeropoint run` reads it, one whole sample");
     }
-    if let Some(n) = c.samples {
-        ds.truncate(n);
-    }
+    let mut ds = ds.at_most(c.samples);
     let (batch, ort, quantized) = (c.batch, c.ort, c.quantized);
     let labels = c.labels.map(read_labels).transpose()?;
     let mut bar = crate::progress::bar();

@@ -415,10 +415,8 @@ fn evaluate(
     };
     let e = py.detach(|| -> Result<Evaluation, zeropoint_quant::Error> {
         let (f, q) = (Graph::load(&float_model)?, Graph::load(&quantized_model)?);
-        let mut ds = Dataset::from_specs_or_arrays(&specs, arrays, &f.inputs, &prep)?;
-        if let Some(n) = samples {
-            ds.truncate(n);
-        }
+        let mut ds =
+            Dataset::from_specs_or_arrays(&specs, arrays, &f.inputs, &prep)?.at_most(samples);
         let labels = labels.as_deref();
         zeropoint_quant::evaluate::evaluate(
             f,

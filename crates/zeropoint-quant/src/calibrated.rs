@@ -745,10 +745,8 @@ fn samples_from(graph: &Graph, opts: &Options, start: usize, n: usize) -> Result
 pub fn open_data(graph: &Graph, opts: &Options) -> Result<Dataset> {
     let arrays = opts.arrays.clone();
     let mut data =
-        Dataset::from_specs_or_arrays(&opts.data, arrays, &graph.inputs, &opts.preprocess)?;
-    if let Some(n) = opts.samples {
-        data.truncate(n);
-    }
+        Dataset::from_specs_or_arrays(&opts.data, arrays, &graph.inputs, &opts.preprocess)?
+            .at_most(opts.samples);
     let first = opts.data.first().map_or("<memory>", String::as_str);
     data.whole_batches(crate::dataset::unit_batch(&graph.inputs), Path::new(first))?;
     Ok(data)

@@ -301,6 +301,14 @@ impl Dataset {
         self.len = self.len.min(n);
     }
 
+    /// The dataset limited to its first `n` samples when `n` is given (`--samples`).
+    pub fn at_most(mut self, n: Option<usize>) -> Dataset {
+        if let Some(n) = n {
+            self.truncate(n);
+        }
+        self
+    }
+
     /// Passes over the next `n` samples without reading them.
     pub fn skip(&mut self, n: usize) {
         self.next = (self.next + n).min(self.len);

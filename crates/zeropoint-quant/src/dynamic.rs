@@ -192,10 +192,7 @@ pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
 
 /// SmoothQuant on `g`, its α searched for the layers as this module quantizes them.
 fn smooth(g: &mut Graph, sm: &Smoothing, opts: &Options) -> Result<Vec<Smoothed>> {
-    let mut data = Dataset::open(&sm.data, &g.inputs, &sm.preprocess)?;
-    if let Some(n) = sm.samples {
-        data.truncate(n);
-    }
+    let mut data = Dataset::open(&sm.data, &g.inputs, &sm.preprocess)?.at_most(sm.samples);
     let settings = Settings {
         weights: opts.weights,
         weight_method: opts.weight_method,

@@ -137,11 +137,7 @@ pub fn quantize(
     }
     let graph_inputs = graph.inputs.clone();
     let open_data = || -> Result<Dataset> {
-        let mut data = Dataset::open(&opts.data, &graph_inputs, &opts.preprocess)?;
-        if let Some(n) = opts.samples {
-            data.truncate(n);
-        }
-        Ok(data)
+        Ok(Dataset::open(&opts.data, &graph_inputs, &opts.preprocess)?.at_most(opts.samples))
     };
     let batch = match opts.batch {
         Some(b) => b,
