@@ -105,6 +105,13 @@ def smoothing(x_rows, weights, alpha):
     return np.clip(amax ** alpha / wmax ** (1 - alpha), 1e-5, 1e5)
 
 
+def block_scales(w, calib):
+    """numpy's s at α = 0.5 for the block's two smoothed inputs: ln (read by wq, wk) and ln2 (read by wo)."""
+    ln = layer_norm(calib, w["g1"], w["b1"])
+    ln2 = layer_norm(ln + ln @ w["wq"], w["g2"], w["b2"])
+    return smoothing(ln, [w["wq"], w["wk"]], 0.5), smoothing(ln2, [w["wo"]], 0.5)
+
+
 def dequantized(inits, name):
     q, s = inits[f"{name}_quantized"].astype(np.float64), inits[f"{name}_scale"].astype(np.float64)
     z = inits.get(f"{name}_zero_point", np.zeros_like(s)).astype(np.float64)
@@ -179,9 +186,9 @@ def check_attention(exe, d):
           f"attention: closer to float with SmoothQuant α = 0.5 than without ({smoothed:.4g} < {unsmoothed:.4g})")
 
 
-def check_dynamic(exe, d, model, ref):
-    """SmoothQuant before dynamic quantization, on the post-LN block."""
-    path, w, calib, held_out = model
+def check_dynamic(exe, d, model, ref, scales):
+    """SmoothQuant before dynamic quantization, on the post-LN block (`scales`: its numpy s at α = 0.5)."""
+    (path, w, _, held_out), (s1, s2) = model, scales
     # 7-bit codes on x86 without VNNI, where ORT's uint8 x int8 kernels saturate int16 pair sums.
     dyn = ["--mode", "dynamic"] + (["--reduce-range"] if int8_kernels_saturate() else [])
     plain, out = d / "dynamic_plain.onnx", d / "dynamic_alpha.onnx"
@@ -193,13 +200,10 @@ def check_dynamic(exe, d, model, ref):
     m = onnx.load(out)
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     ops = [n.op_type for n in m.graph.node]
-    s1 = smoothing(layer_norm(calib, w["g1"], w["b1"]), [w["wq"], w["wk"]], 0.5)
     muls = [n for n in m.graph.node if n.op_type == "Mul" and "ln" in n.input]
     inv = next((inits[i] for i in muls[0].input if i in inits), None) if muls else None
     check(ops.count("MatMulInteger") == 3 and inv is not None and np.allclose(inv, 1 / s1, rtol=1e-5),
           f"dynamic: 3 MatMulInteger, and 1/s of ln is an inserted Mul with numpy's 1/s ({report['ln']['folded_into']})")
-    h = layer_norm(calib, w["g1"], w["b1"])
-    s2 = smoothing(layer_norm(h + h @ w["wq"], w["g2"], w["b2"]), [w["wo"]], 0.5)
     check(np.allclose(inits["g2"], w["g2"] / s2, rtol=1e-5) and np.allclose(inits["b2"], w["b2"] / s2, rtol=1e-5),
           "dynamic: LayerNorm₂'s scale and bias are numpy's γ/s and β/s")
     for name, s in [("wq", s1), ("wk", s1), ("wo", s2)]:
@@ -283,8 +287,7 @@ def main():
     report = {s["input"]: s for s in summary(run)}
     m = onnx.load(out)
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    ln = layer_norm(calib, w["g1"], w["b1"])
-    s1 = smoothing(ln, [w["wq"], w["wk"]], 0.5)
+    s1, s2 = block_scales(w, calib)
     muls = [n for n in m.graph.node if n.op_type == "Mul" and "ln" in n.input]
     check(len(muls) == 1 and report["ln"]["folded_into"] == f"Mul {muls[0].name}",
           f"1/s of ln is an inserted Mul (ln is also read by the residual Add): {report['ln']['folded_into']}")
@@ -298,9 +301,6 @@ def main():
         target = s1[:, None] * w[name]
         check(np.all(np.abs(deq - target) <= s.reshape(1, -1) / 2 + 1e-6),
               f"{name} dequantizes to diag(s)·W within half a step")
-    h = ln + ln @ w["wq"]
-    ln2 = layer_norm(h, w["g2"], w["b2"])
-    s2 = smoothing(ln2, [w["wo"]], 0.5)
     check(report["ln2"]["folded_into"] == "LayerNormalization ln2",
           f"1/s of ln2 folded into LayerNorm₂ (only wo reads it): {report['ln2']['folded_into']}")
     check(np.allclose(inits["g2"], w["g2"] / s2, rtol=1e-5) and np.allclose(inits["b2"], w["b2"] / s2, rtol=1e-5),
@@ -325,7 +325,7 @@ def main():
 
     check_attention(exe, d)
     check_rms_norm(exe, d)
-    check_dynamic(exe, d, (path, w, calib, held_out), ref)
+    check_dynamic(exe, d, (path, w, calib, held_out), ref, (s1, s2))
 
     bad = d / "bad.onnx"
     run = zeropoint(exe, "quantize", path, "--calib", d / "block_calib.npz", "--smoothquant", "1.5", "-o", bad, ok=False)
