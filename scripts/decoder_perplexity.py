@@ -61,12 +61,6 @@ def ort_job(algo, src, dst, bits, block):
     q.model.save_model_to_file(dst, use_external_data_format=False)
 
 
-def ort_dynamic_job(src, dst, weight_type, reduce_range):
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    quantize_dynamic(src, dst, per_channel=True, reduce_range=reduce_range == "1",
-                     weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8)
-
-
 def ort_static_job(src, dst, calib, method, activations, reduce_range):
     """quant_pre_process + quantize_static (QDQ, per-channel int8 weights), one calibration window per call, as
     scripts/ptq_compare.py runs it."""
@@ -101,8 +95,10 @@ def eight_bit_jobs(a, calib):
             ("zeropoint static, SmoothQuant, --limit-pairs, --exclude Mul",
              st + ["--smoothquant", "--limit-pairs", "--exclude", "Mul"])]
     me = [a.ort_python, os.path.abspath(__file__), "--model", a.model]
+    # ONNX Runtime's quantize_dynamic (per channel) as dynamic_compare.py runs it.
+    dynamic = [a.ort_python, os.path.join(ROOT, "scripts", "dynamic_compare.py"), "--ort-job"]
     jobs += [(f"ORT quantize_dynamic per-channel {wt}{', reduce_range' if rr == '1' else ''}",
-              me + ["--ort-dynamic", "{dst}", wt, rr]) for wt, rr in [("int8", "0"), ("uint8", "0"), ("int8", "1")]]
+              dynamic + [a.model, "{dst}", "1", wt, rr]) for wt, rr in [("int8", "0"), ("uint8", "0"), ("int8", "1")]]
     jobs += [(f"ORT quantize_static {m} {act}{', reduce_range' if rr == '1' else ''}",
               me + ["--ort-static", "{dst}", calib, m, act, rr])
              for m, act, rr in [("MinMax", "QUInt8", "0"), ("MinMax", "QInt8", "0"), ("MinMax", "QUInt8", "1"),
@@ -166,13 +162,10 @@ def main():
     p.add_argument("--eight-bit", action="store_true", help="8-bit rows (dynamic and static) instead of weight-only")
     p.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds (--eight-bit)")
     p.add_argument("--ort-job", nargs=3, help=argparse.SUPPRESS)
-    p.add_argument("--ort-dynamic", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--ort-static", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.ort_job:
         return ort_job(*a.ort_job, a.bits, a.block)
-    if a.ort_dynamic:
-        return ort_dynamic_job(a.model, *a.ort_dynamic)
     if a.ort_static:
         return ort_static_job(a.model, *a.ort_static)
     from weight_only_compare import timed
