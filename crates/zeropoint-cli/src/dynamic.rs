@@ -23,6 +23,8 @@ pub struct Request<'a> {
     pub embedding_bits: Option<u32>,
     /// `--conv-integer`: Conv layers as ConvInteger too.
     pub conv: bool,
+    /// `--per-token`: MatMul and Gemm inputs quantized per row.
+    pub per_token: bool,
     /// `--calib`: only SmoothQuant reads it.
     pub calib: Vec<String>,
     pub json: bool,
@@ -37,7 +39,7 @@ fn options(r: &Request) -> Result<Options> {
         bail!("--mode dynamic quantizes weights per channel or per tensor, not in blocks ('{spec}'): blocks are --mode weight-only");
     }
     if q.activations.is_some() {
-        bail!("--mode dynamic quantizes activations at run time (uint8, per tensor): drop --activations");
+        bail!("--mode dynamic quantizes activations at run time (uint8 per tensor, or int8 per row with --per-token): drop --activations");
     }
     if q.limit_pairs {
         bail!("--limit-pairs is implemented for static quantization; with --mode dynamic use --reduce-range");
@@ -61,6 +63,7 @@ fn options(r: &Request) -> Result<Options> {
         conv: r.conv,
         embedding_bits: Some(r.embedding_bits.unwrap_or(8)),
         smoothing,
+        per_token: r.per_token,
     })
 }
 
@@ -72,7 +75,13 @@ pub fn run(r: Request) -> Result<()> {
     check_output(r.model, &output)?;
     let mut outcome = dynamic::quantize(r.model, &opts)?;
     let written = crate::output::save_model(std::mem::take(&mut outcome.model), &output)?;
-    report(r.model, (&output, written), &outcome, r.json)?;
+    report(
+        r.model,
+        (&output, written),
+        &outcome,
+        opts.per_token,
+        r.json,
+    )?;
     // After the work, so that a failure stays one line.
     crate::vnni::note_overflow(&opts.weights, 8, false);
     Ok(())
@@ -82,6 +91,7 @@ fn report(
     model: &Path,
     (output, output_bytes): (&Path, u64),
     o: &Outcome,
+    per_token: bool,
     json: bool,
 ) -> Result<()> {
     let sizes = Sizes {
@@ -95,7 +105,16 @@ fn report(
         seconds: o.seconds,
     };
     if json {
-        let extra = serde_json::json!({ "layers": o.layers, "smoothing": o.smoothing });
+        let activations = if per_token {
+            "int8 per row"
+        } else {
+            "uint8 per tensor"
+        };
+        let extra = serde_json::json!({
+            "layers": o.layers,
+            "smoothing": o.smoothing,
+            "activations": activations,
+        });
         println!("{}", sizes.json(extra)?);
         return Ok(());
     }
@@ -108,6 +127,12 @@ fn report(
         crate::smoothing::print(&o.smoothing);
     }
     sizes.print();
-    println!("activations are quantized at run time (DynamicQuantizeLinear: uint8, per tensor)");
+    if per_token {
+        println!("activations are quantized at run time: MatMul and Gemm inputs per row (int8, symmetric), Conv inputs per tensor (uint8)");
+    } else {
+        println!(
+            "activations are quantized at run time (DynamicQuantizeLinear: uint8, per tensor)"
+        );
+    }
     Ok(())
 }

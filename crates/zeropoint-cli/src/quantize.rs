@@ -60,6 +60,15 @@ pub enum Mode {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    let w = &args.weight_only;
+    if args.mode != Mode::Dynamic && (w.per_token || w.conv_integer) {
+        let flag = if w.per_token {
+            "--per-token"
+        } else {
+            "--conv-integer"
+        };
+        bail!("{flag} is for --mode dynamic, whose activations are quantized at run time");
+    }
     let Some(model) = &args.model else {
         if args.mode != Mode::Static {
             bail!("--mode dynamic and weight-only need a MODEL: the built-in demonstration is a CNN quantized statically");
@@ -76,6 +85,7 @@ pub fn run(args: &Args) -> Result<()> {
             quant: &args.quant,
             embedding_bits: args.weight_only.embedding_bits,
             conv: args.weight_only.conv_integer,
+            per_token: args.weight_only.per_token,
             calib: args.calib.clone(),
             json: args.json,
         });

@@ -67,6 +67,11 @@ pub struct WeightOnlyArgs {
     /// ConvInteger 4-5x slower than float Conv on the zoo's CNNs).
     #[arg(long)]
     pub conv_integer: bool,
+    /// With --mode dynamic: MatMul and Gemm inputs quantized per row (each token's features) at
+    /// run time, int8 symmetric, instead of one uint8 scale per tensor (DynamicQuantizeLinear):
+    /// a decoder's outlier tokens then coarsen only their own rows.
+    #[arg(long)]
+    pub per_token: bool,
     /// AWQ's channel scaling before any method (--method gptq --awq: both). Needs --calib.
     #[arg(long)]
     pub awq: bool,

@@ -21,6 +21,23 @@
 //! takes one zero-point per tensor, and a symmetric grid needs none. Embedding tables, when
 //! asked, are stored per row in 8-bit blocks as weight-only quantization stores them.
 //!
+//! Per-token activations ([`Options::per_token`]) give each row of a MatMul or Gemm input (a
+//! token's features in a transformer) its own scale, from plain ONNX operators, as ONNX
+//! Runtime's DynamicQuantizeLinear has only one scale per tensor:
+//!
+//! ```text
+//! x ─┬─ Abs ─ ReduceMax(last axis) ─ Div(127) ─ Max(f32::MIN_POSITIVE) ─ s ─┐
+//!    └────────────────────────────── Div(x, s) ─ QuantizeLinear(1, 128) ─ x_q (uint8)
+//! ```
+//!
+//! The grid is symmetric, so that every row has the same zero-point (MatMulInteger takes one
+//! for A), and its codes are stored as uint8 around 128 rather than as int8, so that ONNX
+//! Runtime runs its uint8 × int8 kernels: its int8 × int8 MatMulInteger ran stories15M 3.5x
+//! slower than float on an AVX2 CPU. `s` has shape `[..., 1]` and the scale Mul broadcasts it
+//! against the weight's `[N]`. A decoder's few outlier tokens then coarsen only their own rows:
+//! on stories15M per-token activations cost 0.7% perplexity, per tensor 10%
+//! (docs/transformers.md).
+//!
 //! With calibration data, SmoothQuant can run first ([`Smoothing`]): the SmoothQuant paper's
 //! per-tensor dynamic setting (its O2), where a decoder's outlier channels otherwise set each
 //! run-time scale. α is searched for the least error of the layers quantized as here: int8
@@ -34,7 +51,7 @@ use std::time::Instant;
 use zeropoint_core::observer::{estimate_values, Config, Method};
 use zeropoint_core::{Codes, Granularity, QParams, QTensor, Scheme, Storage};
 use zeropoint_graph::canonicalize::remove_dead;
-use zeropoint_graph::graph::{int_attribute, Names};
+use zeropoint_graph::graph::{int_attribute, ints_attribute, Names};
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::{DType, ModelProto, RawTensor};
 
@@ -62,6 +79,9 @@ pub struct Options {
     pub embedding_bits: Option<u32>,
     /// SmoothQuant before quantizing, on calibration data.
     pub smoothing: Option<Smoothing>,
+    /// MatMul and Gemm inputs quantized per row at run time (int8, symmetric) instead of per
+    /// tensor; Conv inputs stay per tensor (ConvInteger takes one zero-point for x).
+    pub per_token: bool,
 }
 
 /// SmoothQuant's options and the calibration data its statistics come from.
@@ -162,7 +182,7 @@ pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
         added: Vec::new(),
         quantized_inputs: HashMap::new(),
         done: HashMap::new(),
-        zero: None,
+        constants: HashMap::new(),
         report: Vec::new(),
         bytes: (0, 0),
     };
@@ -256,13 +276,15 @@ fn lstm_nodes(graph: &Graph, exclude: &[String]) -> Vec<usize> {
 struct Rewrite {
     names: Names,
     added: Vec<Node>,
-    /// Each dynamically quantized value: its codes, scale and zero-point.
-    quantized_inputs: HashMap<String, [String; 3]>,
+    /// Each dynamically quantized value, by name and whether per row: its codes, scale and
+    /// zero-point.
+    quantized_inputs: HashMap<(String, bool), [String; 3]>,
     /// Each quantized weight's codes and scale initializers, by weight and whether a
     /// convolution reads it (its scales are shaped for channels).
     done: HashMap<(String, bool), [String; 2]>,
-    /// The int8 zero-point initializer every weight shares, once written.
-    zero: Option<String>,
+    /// The scalar initializers the rewrite shares (the int8 zero-point of every weight, ...),
+    /// by what they hold, once written.
+    constants: HashMap<&'static str, String>,
     report: Vec<Layer>,
     bytes: (usize, usize),
 }
@@ -272,7 +294,8 @@ impl Rewrite {
     fn layer(&mut self, g: &mut Graph, l: &IntegerLayer, opts: &Options) -> Result<()> {
         let node = g.nodes[l.node].clone();
         let conv = node.op == Op::Conv;
-        let [xq, xs, xz] = self.dynamic_input(&node.inputs[0]);
+        let per_row = opts.per_token && !conv;
+        let [xq, xs, xz] = self.quantized_input(g, &node.inputs[0], per_row);
         let [wq, ws] = self.weight(g, l, conv, opts)?;
         let base = node.name.clone();
         let fresh = |names: &mut Names, what: &str| names.fresh(&format!("{base}_{what}"));
@@ -305,13 +328,24 @@ impl Rewrite {
             &[&float],
         );
         cast.attributes = vec![int_attribute("to", 1)];
+        let bias = node.inputs.get(2).filter(|b| !b.is_empty()).cloned();
+        // y = float · (x_scale · W_scale) is the form ONNX Runtime fuses into
+        // MatMulIntegerToFloat, with a constant Add after it as the bias. With per-row scales
+        // its kernel (1.32) then multiplies the bias by each row's scale as well (measured:
+        // x·W + s_row·b), so a layer with a bias takes y = (float · W_scale) · x_scale, which is
+        // not fused and costs stories15M a tenth of its speed-up.
+        let unfused = per_row && (bias.is_some() || constant_add_reads(g, &node.outputs[0]));
+        let (scale_inputs, mul_inputs): ([&str; 2], [&str; 2]) = if unfused {
+            ([&float, &ws], [&scale, &xs])
+        } else {
+            ([&xs, &ws], [&float, &scale])
+        };
         let scales = Node::new(
             fresh(&mut self.names, "scale_Mul"),
             Op::Mul,
-            &[&xs, &ws],
+            &scale_inputs,
             &[&scale],
         );
-        let bias = node.inputs.get(2).filter(|b| !b.is_empty()).cloned();
         let out = node.outputs[0].clone();
         let scaled = if bias.is_some() {
             fresh(&mut self.names, "unbiased")
@@ -321,7 +355,7 @@ impl Rewrite {
         let mul = Node::new(
             fresh(&mut self.names, "Mul"),
             Op::Mul,
-            &[&float, &scale],
+            &mul_inputs,
             &[&scaled],
         );
         self.added.extend([integer, cast, scales]);
@@ -341,16 +375,25 @@ impl Rewrite {
         Ok(())
     }
 
-    /// The DynamicQuantizeLinear outputs of value `x`, added the first time it is asked for.
-    fn dynamic_input(&mut self, x: &str) -> [String; 3] {
-        if let Some(q) = self.quantized_inputs.get(x) {
+    /// Value `x` quantized at run time, per row or per tensor: its codes, scale and zero-point,
+    /// added the first time they are asked for.
+    fn quantized_input(&mut self, g: &mut Graph, x: &str, per_row: bool) -> [String; 3] {
+        let key = (x.to_string(), per_row);
+        if let Some(q) = self.quantized_inputs.get(&key) {
             return q.clone();
         }
-        let q = [
-            self.names.fresh(&format!("{x}_quantized")),
-            self.names.fresh(&format!("{x}_scale")),
-            self.names.fresh(&format!("{x}_zero_point")),
-        ];
+        let q = if per_row {
+            self.per_row(g, x)
+        } else {
+            self.per_tensor(x)
+        };
+        self.quantized_inputs.insert(key, q.clone());
+        q
+    }
+
+    /// DynamicQuantizeLinear of `x`: uint8 codes, one scale and zero-point.
+    fn per_tensor(&mut self, x: &str) -> [String; 3] {
+        let q = ["quantized", "scale", "zero_point"].map(|w| self.names.fresh(&format!("{x}_{w}")));
         let outs: Vec<&str> = q.iter().map(String::as_str).collect();
         self.added.push(Node::new(
             self.names.fresh(&format!("{x}_DynamicQuantizeLinear")),
@@ -358,19 +401,90 @@ impl Rewrite {
             &[x],
             &outs,
         ));
-        self.quantized_inputs.insert(x.to_string(), q.clone());
         q
+    }
+
+    /// `x` quantized per row (its last axis) on a symmetric grid: s = max(max|x_row| / 127,
+    /// the smallest normal float), so that a row of zeros gets codes 128, not 0/0; codes =
+    /// QuantizeLinear(x / s, 1, 128), in 1..=255, rounded half to even as DynamicQuantizeLinear
+    /// rounds.
+    fn per_row(&mut self, g: &mut Graph, x: &str) -> [String; 3] {
+        let [abs, max_abs, ratio, scale, scaled, codes] = [
+            "abs",
+            "max_abs",
+            "ratio",
+            "row_scale",
+            "scaled",
+            "quantized",
+        ]
+        .map(|w| self.names.fresh(&format!("{x}_{w}")));
+        let c127 = self.scalar(g, "127", 127.0);
+        let smallest = self.scalar(g, "smallest_normal", f32::MIN_POSITIVE);
+        let one = self.scalar(g, "one", 1.0);
+        let zero = self.constant(g, "row_zero_point", |name| {
+            RawTensor::from_i64s(name, &[], &[128], DType::U8)
+        });
+        let mut reduce = Node::new(
+            self.names.fresh(&format!("{x}_ReduceMax")),
+            Op::ReduceMax,
+            &[&abs],
+            &[&max_abs],
+        );
+        reduce.attributes.push(int_attribute("keepdims", 1));
+        // ReduceMax takes its axes as an input from opset 18, as an attribute before.
+        if g.opset >= 18 {
+            let axes = self.constant(g, "last_axis", |name| {
+                RawTensor::from_i64s(name, &[1], &[-1], DType::I64)
+            });
+            reduce.inputs.push(axes);
+        } else {
+            reduce.attributes.push(ints_attribute("axes", &[-1]));
+        }
+        let node = |names: &mut Names, op: Op, inputs: &[&str], output: &str| {
+            Node::new(names.fresh(&format!("{x}_{op}")), op, inputs, &[output])
+        };
+        let nodes = [
+            node(&mut self.names, Op::Abs, &[x], &abs),
+            reduce,
+            node(&mut self.names, Op::Div, &[&max_abs, &c127], &ratio),
+            node(&mut self.names, Op::Max, &[&ratio, &smallest], &scale),
+            node(&mut self.names, Op::Div, &[x, &scale], &scaled),
+            node(
+                &mut self.names,
+                Op::QuantizeLinear,
+                &[&scaled, &one, &zero],
+                &codes,
+            ),
+        ];
+        self.added.extend(nodes);
+        [codes, scale, zero]
     }
 
     /// The int8 zero-point scalar every weight shares.
     fn zero(&mut self, g: &mut Graph) -> String {
-        if let Some(z) = &self.zero {
-            return z.clone();
+        self.constant(g, "weight_zero_point", |name| {
+            RawTensor::from_i64s(name, &[], &[0], DType::I8)
+        })
+    }
+
+    /// A float32 scalar initializer, written once.
+    fn scalar(&mut self, g: &mut Graph, what: &'static str, value: f32) -> String {
+        self.constant(g, what, |name| RawTensor::from_f32s(name, &[], &[value]))
+    }
+
+    /// The initializer `make` writes, named after `what`, written the first time it is asked for.
+    fn constant(
+        &mut self,
+        g: &mut Graph,
+        what: &'static str,
+        make: impl FnOnce(&str) -> RawTensor,
+    ) -> String {
+        if let Some(name) = self.constants.get(what) {
+            return name.clone();
         }
-        let name = self.names.fresh("weight_zero_point");
-        g.initializers
-            .push(RawTensor::from_i64s(&name, &[], &[0], DType::I8));
-        self.zero = Some(name.clone());
+        let name = self.names.fresh(what);
+        g.initializers.push(make(&name));
+        self.constants.insert(what, name.clone());
         name
     }
 
@@ -534,6 +648,19 @@ impl Rewrite {
             .push(RawTensor::from_f32s(&name, &[values.len(), 1, 1], &values));
         Ok(name)
     }
+}
+
+/// Whether an Add of a constant reads `value`.
+fn constant_add_reads(g: &Graph, value: &str) -> bool {
+    let constant = |name: &str| {
+        g.initializer(name).is_some()
+            || (g.nodes.iter()).any(|n| n.op == Op::Constant && n.outputs.iter().any(|o| o == name))
+    };
+    (g.nodes.iter()).any(|n| {
+        n.op == Op::Add
+            && n.inputs.iter().any(|i| i == value)
+            && n.inputs.iter().any(|i| i != value && constant(i))
+    })
 }
 
 /// `values` (`shape`) quantized to int8 on `scheme`, ranges by `method`: the parameters, the
