@@ -81,7 +81,9 @@ def main():
             ("zeropoint per-tensor", zp + ["--weights", "int8,sym,per-tensor"]),
             # x86 without VNNI: ORT's uint8 x int8 kernels saturate int16 pair sums; 7-bit weights cannot.
             ("zeropoint per-channel, 7-bit weights", zp + ["--weights", "int7,sym,per-channel"]),
-            ("zeropoint per-channel, float tables", zp + ["--exclude", "Gather"])]
+            ("zeropoint per-channel, float tables", zp + ["--exclude", "Gather"]),
+            ("zeropoint per-channel, --per-token", zp + ["--per-token"]),
+            ("zeropoint per-channel, --per-token, 7-bit weights", zp + ["--per-token", "--weights", "int7,sym,per-channel"])]
     calib = os.path.join(tempfile.mkdtemp(), "calib")
     os.makedirs(calib)
     for i, f in enumerate(task.calib_feeds()):

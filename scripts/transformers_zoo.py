@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Dynamic, static and weight-only quantization of the zoo models that carry MatMul, Gemm, Conv or Gather weights:
-zeropoint (`quantize --mode dynamic`, with and without `--smoothquant`; static W8A8 with and without `--smoothquant`; `--mode weight-only` with RTN,
+zeropoint (`quantize --mode dynamic`, with and without `--smoothquant`, and with `--per-token`; static W8A8 with and without `--smoothquant`; `--mode weight-only` with RTN,
 GPTQ and HQQ) against ONNX Runtime's own tools
 (quantize_dynamic per-channel and per-tensor; MatMulNBitsQuantizer's DEFAULT round-to-nearest on MatMul only and on
 MatMul and Gather), measured in one run.
@@ -74,6 +74,7 @@ def configurations(zeropoint, src, calib):
         ("zeropoint dynamic", zp + ["--mode", "dynamic", "-o", "{dst}"]),
         ("zeropoint dynamic --conv-integer", zp + ["--mode", "dynamic", "--conv-integer", "-o", "{dst}"]),
         ("zeropoint dynamic --smoothquant", zp + ["--mode", "dynamic", "--calib", calib, "--smoothquant", "-o", "{dst}"]),
+        ("zeropoint dynamic --per-token", zp + ["--mode", "dynamic", "--per-token", "-o", "{dst}"]),
         ("zeropoint static W8A8", zp + ["--calib", calib, "-o", "{dst}"]),
         ("zeropoint static --smoothquant", zp + ["--calib", calib, "--smoothquant", "-o", "{dst}"]),
         ("ORT quantize_dynamic per-channel", me + ["dynamic-per-channel", src, "{dst}"]),
