@@ -8,6 +8,11 @@
 //! - `--smoothquant` (tests/python/smoothquant_reference.py): the smoothing factors, where
 //!   1/s goes and the scaled weights against numpy, and outputs closer to float than without;
 //!
+//! - a float decoder end to end (tests/python/decoder_reference.py): stories15M exported to ONNX,
+//!   quantized dynamically per token and per tensor and to 4-bit weights with round to nearest
+//!   and GPTQ, scored by perplexity in ONNX Runtime against float and ONNX Runtime's own
+//!   4-bit round to nearest;
+//!
 //! all with the same bytes at any thread count and one-line refusals.
 
 #[path = "../../../tests/support.rs"]
@@ -41,4 +46,10 @@ fn smoothquant_end_to_end() {
         zeropoint,
         "smoothquant reference",
     );
+}
+
+#[test]
+fn a_float_decoder_quantizes_end_to_end() {
+    let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
+    check_reference("decoder_reference.py", zeropoint, "decoder reference");
 }
