@@ -39,7 +39,7 @@ fn options(r: &Request) -> Result<Options> {
         bail!("--mode dynamic quantizes weights per channel or per tensor, not in blocks ('{spec}'): blocks are --mode weight-only");
     }
     if q.activations.is_some() {
-        bail!("--mode dynamic quantizes activations at run time (uint8 per tensor, or int8 per row with --per-token): drop --activations");
+        bail!("--mode dynamic quantizes activations at run time (per tensor, or per row with --per-token): drop --activations");
     }
     if q.limit_pairs {
         bail!("--limit-pairs is implemented for static quantization; with --mode dynamic use --reduce-range");
@@ -106,9 +106,9 @@ fn report(
     };
     if json {
         let activations = if per_token {
-            "int8 per row"
+            "per row, symmetric (uint8 codes around 128)"
         } else {
-            "uint8 per tensor"
+            "per tensor, asymmetric (uint8)"
         };
         let extra = serde_json::json!({
             "layers": o.layers,
@@ -128,7 +128,7 @@ fn report(
     }
     sizes.print();
     if per_token {
-        println!("activations are quantized at run time: MatMul and Gemm inputs per row (int8, symmetric), Conv inputs per tensor (uint8)");
+        println!("activations are quantized at run time: MatMul and Gemm inputs per row, symmetric (uint8 codes around 128), Conv inputs per tensor (DynamicQuantizeLinear)");
     } else {
         println!(
             "activations are quantized at run time (DynamicQuantizeLinear: uint8, per tensor)"

@@ -68,7 +68,7 @@ pub struct WeightOnlyArgs {
     #[arg(long)]
     pub conv_integer: bool,
     /// With --mode dynamic: MatMul and Gemm inputs quantized per row (each token's features) at
-    /// run time, int8 symmetric, instead of one uint8 scale per tensor (DynamicQuantizeLinear):
+    /// run time on a symmetric grid, instead of one scale per tensor (DynamicQuantizeLinear):
     /// a decoder's outlier tokens then coarsen only their own rows.
     #[arg(long)]
     pub per_token: bool,

@@ -79,7 +79,7 @@ pub struct Options {
     pub embedding_bits: Option<u32>,
     /// SmoothQuant before quantizing, on calibration data.
     pub smoothing: Option<Smoothing>,
-    /// MatMul and Gemm inputs quantized per row at run time (int8, symmetric) instead of per
+    /// MatMul and Gemm inputs quantized per row at run time (symmetric) instead of per
     /// tensor; Conv inputs stay per tensor (ConvInteger takes one zero-point for x).
     pub per_token: bool,
 }
