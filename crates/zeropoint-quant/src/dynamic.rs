@@ -34,7 +34,10 @@
 //! for A), and its codes are stored as uint8 around 128 rather than as int8, so that ONNX
 //! Runtime runs its uint8 × int8 kernels: its int8 × int8 MatMulInteger ran stories15M 3.5x
 //! slower than float on an AVX2 CPU. `s` has shape `[..., 1]` and the scale Mul broadcasts it
-//! against the weight's `[N]`. A decoder's few outlier tokens then coarsen only their own rows:
+//! against the weight's `[N]`. A layer with a bias, or whose output an Add of a constant reads,
+//! is written as ONNX Runtime's MatMulIntegerToFloat (com.microsoft) instead, without its bias
+//! input (see [`Rewrite::layer`] for why). A decoder's few outlier tokens then coarsen only their
+//! own rows:
 //! on stories15M per-token activations cost 0.7% perplexity, per tensor 10%
 //! (docs/transformers.md).
 //!
@@ -295,8 +298,47 @@ impl Rewrite {
         let node = g.nodes[l.node].clone();
         let conv = node.op == Op::Conv;
         let per_row = opts.per_token && !conv;
-        let [xq, xs, xz] = self.quantized_input(g, &node.inputs[0], per_row);
-        let [wq, ws] = self.weight(g, l, conv, opts)?;
+        let input = self.quantized_input(g, &node.inputs[0], per_row);
+        let weight = self.weight(g, l, conv, opts)?;
+        let bias = node.inputs.get(2).filter(|b| !b.is_empty()).cloned();
+        let out = node.outputs[0].clone();
+        let scaled = match bias {
+            Some(_) => self.names.fresh(&format!("{}_unbiased", node.name)),
+            None => out.clone(),
+        };
+        // ONNX Runtime fuses the standard form into MatMulIntegerToFloat, with a constant Add
+        // after it as the bias; with per-row scales its kernel (1.32) then multiplies the bias
+        // by each row's scale as well (measured: x·W + s_row·b). Such a layer is written as
+        // MatMulIntegerToFloat without a bias, which is right, and the Add after it.
+        let direct = per_row && (bias.is_some() || constant_add_reads(g, &out));
+        let last = if direct {
+            self.integer_to_float(g, &node.name, input, weight, &scaled)
+        } else {
+            self.integer_then_scale(g, &node, input, weight, &scaled)
+        };
+        g.nodes[l.node] = match bias {
+            Some(b) => {
+                let b = if conv { self.channel_shaped(g, &b)? } else { b };
+                self.added.push(last);
+                let name = self.names.fresh(&format!("{}_bias_Add", node.name));
+                Node::new(name, Op::Add, &[&scaled, &b], &[&out])
+            }
+            None => last,
+        };
+        Ok(())
+    }
+
+    /// MatMulInteger (or ConvInteger) → Cast → Mul(x_scale · W_scale) writing `scaled`: the
+    /// standard form, which ONNX Runtime fuses. Returns the last node; the others are added.
+    fn integer_then_scale(
+        &mut self,
+        g: &mut Graph,
+        node: &Node,
+        [xq, xs, xz]: [String; 3],
+        [wq, ws]: [String; 2],
+        scaled: &str,
+    ) -> Node {
+        let conv = node.op == Op::Conv;
         let base = node.name.clone();
         let fresh = |names: &mut Names, what: &str| names.fresh(&format!("{base}_{what}"));
         let (int32, float, scale) = (
@@ -305,16 +347,10 @@ impl Rewrite {
             fresh(&mut self.names, "scale"),
         );
         let zero = self.zero(g);
+        let kind = if conv { "ConvInteger" } else { "MatMulInteger" };
         let mut integer = Node::new(
-            fresh(
-                &mut self.names,
-                if conv { "ConvInteger" } else { "MatMulInteger" },
-            ),
-            if conv {
-                Op::Other("ConvInteger".into())
-            } else {
-                Op::Other("MatMulInteger".into())
-            },
+            fresh(&mut self.names, kind),
+            Op::Other(kind.into()),
             &[&xq, &wq, &xz, &zero],
             &[&int32],
         );
@@ -328,51 +364,41 @@ impl Rewrite {
             &[&float],
         );
         cast.attributes = vec![int_attribute("to", 1)];
-        let bias = node.inputs.get(2).filter(|b| !b.is_empty()).cloned();
-        // y = float · (x_scale · W_scale) is the form ONNX Runtime fuses into
-        // MatMulIntegerToFloat, with a constant Add after it as the bias. With per-row scales
-        // its kernel (1.32) then multiplies the bias by each row's scale as well (measured:
-        // x·W + s_row·b), so a layer with a bias takes y = (float · W_scale) · x_scale, which is
-        // not fused and costs stories15M a tenth of its speed-up.
-        let unfused = per_row && (bias.is_some() || constant_add_reads(g, &node.outputs[0]));
-        let (scale_inputs, mul_inputs): ([&str; 2], [&str; 2]) = if unfused {
-            ([&float, &ws], [&scale, &xs])
-        } else {
-            ([&xs, &ws], [&float, &scale])
-        };
         let scales = Node::new(
             fresh(&mut self.names, "scale_Mul"),
             Op::Mul,
-            &scale_inputs,
+            &[&xs, &ws],
             &[&scale],
         );
-        let out = node.outputs[0].clone();
-        let scaled = if bias.is_some() {
-            fresh(&mut self.names, "unbiased")
-        } else {
-            out.clone()
-        };
         let mul = Node::new(
             fresh(&mut self.names, "Mul"),
             Op::Mul,
-            &mul_inputs,
-            &[&scaled],
+            &[&float, &scale],
+            &[scaled],
         );
         self.added.extend([integer, cast, scales]);
-        g.nodes[l.node] = match bias {
-            Some(b) => {
-                let b = if conv { self.channel_shaped(g, &b)? } else { b };
-                self.added.push(mul);
-                Node::new(
-                    fresh(&mut self.names, "bias_Add"),
-                    Op::Add,
-                    &[&scaled, &b],
-                    &[&out],
-                )
-            }
-            None => mul,
-        };
-        Ok(())
+        mul
+    }
+
+    /// ONNX Runtime's MatMulIntegerToFloat (com.microsoft) writing `scaled`, without a bias.
+    fn integer_to_float(
+        &mut self,
+        g: &mut Graph,
+        base: &str,
+        [xq, xs, xz]: [String; 3],
+        [wq, ws]: [String; 2],
+        scaled: &str,
+    ) -> Node {
+        let zero = self.zero(g);
+        let name = self.names.fresh(&format!("{base}_MatMulIntegerToFloat"));
+        let mut node = Node::new(
+            name,
+            Op::Other("MatMulIntegerToFloat".into()),
+            &[&xq, &wq, &xs, &ws, &xz, &zero],
+            &[scaled],
+        );
+        node.domain = nbits_export::MS_DOMAIN.into();
+        node
     }
 
     /// Value `x` quantized at run time, per row or per tensor: its codes, scale and zero-point,

@@ -1,5 +1,5 @@
 //! The integer operators of dynamically quantized models: DynamicQuantizeLinear, MatMulInteger
-//! and ConvInteger, as ONNX defines them. Products of codes are computed in f32 where the
+//! and ConvInteger, as ONNX defines them, and ONNX Runtime's MatMulIntegerToFloat. Products of codes are computed in f32 where the
 //! operands' bounds keep every partial sum exact there, else in f64, exact for every int32
 //! result, then stored as int32.
 
@@ -89,15 +89,36 @@ fn int32(t: Tensor) -> R<Value> {
 
 /// (A − a_zero)·(B − b_zero) in int32, numpy's batch broadcasting.
 pub fn matmul_integer(cx: &Cx) -> R<Vec<Value>> {
-    let a = shifted(cx, 0, 2, |r| r.saturating_sub(2))?;
-    let b = shifted(cx, 1, 3, |r| r.saturating_sub(1))?;
+    Ok(vec![int32(integer_product(cx, [0, 1, 2, 3])?)?])
+}
+
+/// ONNX Runtime's MatMulIntegerToFloat (com.microsoft): (A − a_zero)·(B − b_zero) · a_scale ·
+/// b_scale + bias, in float32. a_scale broadcasts against the output: one value, or one per row
+/// of A (`[..., M, 1]`, as zeropoint's per-token form writes it); b_scale one value or one per
+/// column of B.
+pub fn matmul_integer_to_float(cx: &Cx) -> R<Vec<Value>> {
+    let product = c(integer_product(cx, [0, 1, 4, 5])?.to_dtype(CDType::F32))?;
+    let (a_scale, b_scale) = (cx.float(2)?, cx.float(3)?);
+    let mut y = c(product
+        .broadcast_mul(a_scale)
+        .and_then(|y| y.broadcast_mul(b_scale)))?;
+    if let Some(bias) = cx.opt(6) {
+        y = c(y.broadcast_add(&bias.tensor))?;
+    }
+    Ok(vec![Value::new(y, DType::F32)])
+}
+
+/// (A − a_zero)·(B − b_zero), exact, in f64: A, B and their zero-points at `inputs`.
+fn integer_product(cx: &Cx, [ai, bi, azi, bzi]: [usize; 4]) -> R<Tensor> {
+    let a = shifted(cx, ai, azi, |r| r.saturating_sub(2))?;
+    let b = shifted(cx, bi, bzi, |r| r.saturating_sub(1))?;
     // Every partial sum of an output is at most max|a| times its column's Σ|b| (over K).
     let rank = b.rank();
     let column_l1 = c(b.abs().and_then(|a| a.sum(rank.saturating_sub(2))))?;
     let carrier = exact_carrier(max_abs(&a)? * max_abs(&column_l1)?);
     let as_carrier = |t: Tensor| c(t.to_dtype(crate::value::carrier(carrier)));
     let out = matmul::matmul_nd(&as_carrier(a)?, &as_carrier(b)?)?;
-    Ok(vec![int32(c(out.to_dtype(CDType::F64))?)?])
+    c(out.to_dtype(CDType::F64))
 }
 
 /// The largest |value| of `t` (f64).

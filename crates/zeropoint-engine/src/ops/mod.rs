@@ -165,6 +165,7 @@ fn lookup_contrib(node: &Node) -> Option<OpFn> {
         "MatMulNBits" => blocked::matmul_nbits,
         "GatherBlockQuantized" => blocked::gather_block_quantized,
         "DynamicQuantizeLSTM" => recurrent::dynamic_quantize_lstm,
+        "MatMulIntegerToFloat" => integer::matmul_integer_to_float,
         _ => return None,
     })
 }
