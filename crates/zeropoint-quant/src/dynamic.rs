@@ -36,9 +36,9 @@
 //! slower than float on an AVX2 CPU. `s` has shape `[..., 1]` and the scale Mul broadcasts it
 //! against the weight's `[N]`. A layer with a bias, or whose output an Add of a constant reads,
 //! is written as ONNX Runtime's MatMulIntegerToFloat (com.microsoft) instead, without its bias
-//! input (the comment in `Rewrite::layer` says why). A decoder's few outlier tokens then coarsen only their
-//! own rows: on stories15M, per-token activations cost 1.0% perplexity, per tensor 10%
-//! (docs/transformers.md).
+//! input (the comment in `Rewrite::layer` says why). A decoder's few outlier tokens then
+//! coarsen only their own rows: on stories15M, per-token activations cost 1.0% perplexity, per
+//! tensor 10% (docs/transformers.md).
 //!
 //! With calibration data, SmoothQuant can run first ([`Smoothing`]): the SmoothQuant paper's
 //! per-tensor dynamic setting (its O2), where a decoder's outlier channels otherwise set each
