@@ -1,7 +1,7 @@
 //! The integer operators of dynamically quantized models: DynamicQuantizeLinear, MatMulInteger
-//! and ConvInteger, as ONNX defines them, and ONNX Runtime's MatMulIntegerToFloat. Products of codes are computed in f32 where the
-//! operands' bounds keep every partial sum exact there, else in f64, exact for every int32
-//! result, then stored as int32.
+//! and ConvInteger, as ONNX defines them, and ONNX Runtime's MatMulIntegerToFloat. Products of
+//! codes are computed in f32 where the operands' bounds keep every partial sum exact there, else
+//! in f64, exact for every int32 result, then stored as int32.
 
 use candle_core::{DType as CDType, Tensor};
 use zeropoint_onnx::DType;
