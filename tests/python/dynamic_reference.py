@@ -18,7 +18,9 @@ on a 3-D input whose value two MatMuls share, a transB Gemm with a bias, and a g
   is exact (without graph optimizations, which may fuse a DequantizeLinear into a MatMul of another precision);
 - without --conv-integer the Conv stays float;
 - the same bytes come out at 1 and 2 threads;
-- asymmetric or blocked weight schemes are refused with one line and exit status 1.
+- asymmetric or blocked weight schemes are refused with one line and exit status 1;
+- a model of Convs alone is refused in one line that names --conv-integer (Convs stay float by default), and
+  quantized with it.
 
 With --per-token, on the same model:
 
@@ -348,6 +350,19 @@ def main():
         lines = run.stderr.strip().splitlines()
         check(run.returncode == 1 and len(lines) == 1 and not o.exists(),
               f"--weights {spec} refused in one line: {lines[0] if lines else '(nothing)'}")
+    conv_only = d / "conv_only.onnx"
+    g = helper.make_graph([helper.make_node("Conv", ["img", "wc", "bc"], ["z"], group=G, pads=[1, 1, 1, 1])], "g",
+                          [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["n", 4, 6, 6])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", C, 6, 6])],
+                          [numpy_helper.from_array(w["wc"], "wc"), numpy_helper.from_array(w["bc"], "bc")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), conv_only)
+    o = d / "conv_only.dynamic.onnx"
+    run = zeropoint(exe, "quantize", conv_only, "--mode", "dynamic", "-o", o, ok=False)
+    lines = run.stderr.strip().splitlines()
+    check(run.returncode == 1 and len(lines) == 1 and "--conv-integer" in lines[0] and not o.exists()
+          and zeropoint(exe, "quantize", conv_only, "--mode", "dynamic", "--conv-integer", "-o", o).returncode == 0,
+          f"a model of Convs alone: refused in one line that names --conv-integer, quantized with it: "
+          f"{lines[0] if lines else '(nothing)'}")
     per_token_case(exe, d, path, w, feeds)
     lstm_case(exe, d)
     if FAILED:

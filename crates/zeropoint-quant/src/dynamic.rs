@@ -174,9 +174,16 @@ pub fn quantize(path: &Path, opts: &Options) -> Result<Outcome> {
     layers.sort_by_key(|l| l.node);
     let lstms = lstm_nodes(&g, &opts.exclude);
     if layers.is_empty() && tables.is_empty() && lstms.is_empty() {
+        // A CNN's Convs stay float by default: say so rather than that it has none.
+        let convs = !opts.conv && g.nodes.iter().any(|n| n.op == Op::Conv);
+        let hint = if convs {
+            " (its Conv layers only with --conv-integer, which ONNX Runtime runs slower than float)"
+        } else {
+            ""
+        };
         return Err(Error::new(
             path,
-            "no MatMul, Gemm, Conv or LSTM with a constant weight to quantize",
+            format!("no MatMul, Gemm, Conv or LSTM with a constant weight to quantize{hint}"),
         ));
     }
     let mut x = Rewrite {
