@@ -83,7 +83,7 @@ pub fn run(r: Request) -> Result<()> {
         r.json,
     )?;
     // After the work, so that a failure stays one line.
-    crate::vnni::note_overflow(&opts.weights, 8, false);
+    crate::vnni::note_overflow(&opts.weights, 8, false, "--reduce-range");
     Ok(())
 }
 

@@ -126,7 +126,12 @@ pub fn run(args: &Args) -> Result<()> {
     // After the work, so that a failure stays one line.
     let s = &opts.settings;
     if !s.float_activations {
-        crate::vnni::note_overflow(&s.weights, s.activations.bits, s.limit_pairs);
+        crate::vnni::note_overflow(
+            &s.weights,
+            s.activations.bits,
+            s.limit_pairs,
+            "--limit-pairs or --reduce-range",
+        );
     }
     Ok(())
 }

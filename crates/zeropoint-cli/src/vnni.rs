@@ -12,12 +12,13 @@ use zeropoint_core::Scheme;
 
 /// Prints a note on stderr when this CPU is one whose ONNX Runtime int8 kernels can overflow
 /// with these schemes (8-bit signed weights, 8-bit activations, pairs not limited), and says
-/// what avoids it.
-pub fn note_overflow(weights: &Scheme, activation_bits: u32, limited: bool) {
+/// what avoids it: `remedies`, the flags the mode takes ("--limit-pairs or --reduce-range" for
+/// static quantization; dynamic quantization refuses --limit-pairs).
+pub fn note_overflow(weights: &Scheme, activation_bits: u32, limited: bool, remedies: &str) {
     if weights.bits == 8 && weights.signed && activation_bits == 8 && !limited && overflowing_cpu()
     {
         eprintln!(
-            "note: this CPU has no VNNI: ONNX Runtime's int8 Conv/MatMul kernels on it add pairs of uint8·int8 products in 16 bits, which 8-bit weights can overflow; if the model will run on such a CPU, also try --limit-pairs or --reduce-range (no overflow, a coarser grid) and compare with `zeropoint eval --runtime ort`"
+            "note: this CPU has no VNNI: ONNX Runtime's int8 Conv/MatMul kernels on it add pairs of uint8·int8 products in 16 bits, which 8-bit weights can overflow; if the model will run on such a CPU, also try {remedies} (no overflow, a coarser grid) and compare with `zeropoint eval --runtime ort`"
         );
     }
 }
