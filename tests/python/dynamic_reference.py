@@ -81,6 +81,14 @@ def zeropoint(exe, *args, env=None, ok=True):
     return run
 
 
+def refused(exe, out, *args):
+    """`zeropoint quantize ARGS -o OUT`, expected to be refused: whether it exited with status 1, one line on stderr
+    and no OUT, and that line."""
+    run = zeropoint(exe, "quantize", *args, "-o", out, ok=False)
+    lines = run.stderr.strip().splitlines()
+    return run.returncode == 1 and len(lines) == 1 and not out.exists(), lines[0] if lines else "(nothing)"
+
+
 def build(d):
     rng = np.random.default_rng(1)
     f = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
@@ -229,11 +237,8 @@ def per_token_case(exe, d, path, w, feeds):
     check(cos[0] > 0.999 and cos[0] > cos[1], f"--per-token with one token 100x the others: cosine to float of the "
           f"samples without it {cos[0]:.5f} per row against {cos[1]:.5f} per tensor")
     for mode in [[], ["--mode", "weight-only"]]:
-        o = d / "bad.onnx"
-        run = zeropoint(exe, "quantize", path, *mode, "--per-token", "-o", o, ok=False)
-        lines = run.stderr.strip().splitlines()
-        check(run.returncode == 1 and len(lines) == 1 and "--mode dynamic" in lines[0] and not o.exists(),
-              f"--per-token outside --mode dynamic refused in one line: {lines[0] if lines else '(nothing)'}")
+        ok, line = refused(exe, d / "bad.onnx", path, *mode, "--per-token")
+        check(ok and "--mode dynamic" in line, f"--per-token outside --mode dynamic refused in one line: {line}")
     rng = np.random.default_rng(2)
     wm, bm = (rng.standard_normal((D, N1)) * 0.3).astype(np.float32), rng.standard_normal(N1).astype(np.float32)
     g = helper.make_graph([helper.make_node("MatMul", ["x", "wm"], ["h"], name="linear"),
@@ -345,11 +350,8 @@ def main():
         outs.append(o.read_bytes())
     check(outs[0] == outs[1], "the same bytes at 1 and 2 threads")
     for spec in ["int8,asym,per-channel", "int8,sym,per-block=32"]:
-        o = d / "bad.onnx"
-        run = zeropoint(exe, "quantize", path, "--mode", "dynamic", "--weights", spec, "-o", o, ok=False)
-        lines = run.stderr.strip().splitlines()
-        check(run.returncode == 1 and len(lines) == 1 and not o.exists(),
-              f"--weights {spec} refused in one line: {lines[0] if lines else '(nothing)'}")
+        ok, line = refused(exe, d / "bad.onnx", path, "--mode", "dynamic", "--weights", spec)
+        check(ok, f"--weights {spec} refused in one line: {line}")
     conv_only = d / "conv_only.onnx"
     g = helper.make_graph([helper.make_node("Conv", ["img", "wc", "bc"], ["z"], group=G, pads=[1, 1, 1, 1])], "g",
                           [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["n", 4, 6, 6])],
@@ -357,12 +359,10 @@ def main():
                           [numpy_helper.from_array(w["wc"], "wc"), numpy_helper.from_array(w["bc"], "bc")])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), conv_only)
     o = d / "conv_only.dynamic.onnx"
-    run = zeropoint(exe, "quantize", conv_only, "--mode", "dynamic", "-o", o, ok=False)
-    lines = run.stderr.strip().splitlines()
-    check(run.returncode == 1 and len(lines) == 1 and "--conv-integer" in lines[0] and not o.exists()
+    ok, line = refused(exe, o, conv_only, "--mode", "dynamic")
+    check(ok and "--conv-integer" in line
           and zeropoint(exe, "quantize", conv_only, "--mode", "dynamic", "--conv-integer", "-o", o).returncode == 0,
-          f"a model of Convs alone: refused in one line that names --conv-integer, quantized with it: "
-          f"{lines[0] if lines else '(nothing)'}")
+          f"a model of Convs alone: refused in one line that names --conv-integer, quantized with it: {line}")
     per_token_case(exe, d, path, w, feeds)
     lstm_case(exe, d)
     if FAILED:
@@ -444,11 +444,8 @@ def lstm_case(exe, d):
         diff = max_diff(engine, ort_out)
         check(diff < 1e-5, f"{granularity}: zeropoint's executor gives ONNX Runtime's outputs (max |diff| {diff:.1e}, "
               f"against {quant_error:.1e} between the quantized and float models)")
-    out = d / "lstm_bf.dynamic.onnx"
-    run = zeropoint(exe, "quantize", d / "lstm_bf.onnx", "--mode", "dynamic", "-o", out, ok=False)
-    lines = run.stderr.strip().splitlines()
-    check(run.returncode == 1 and len(lines) == 1 and "no MatMul, Gemm, Conv or LSTM" in lines[0] and not out.exists(),
-          f"a batch-first LSTM is not quantized: {lines[0] if lines else '(nothing)'}")
+    ok, line = refused(exe, d / "lstm_bf.dynamic.onnx", d / "lstm_bf.onnx", "--mode", "dynamic")
+    check(ok and "no MatMul, Gemm, Conv or LSTM" in line, f"a batch-first LSTM is not quantized: {line}")
 
 
 if __name__ == "__main__":
