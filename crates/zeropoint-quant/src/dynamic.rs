@@ -682,16 +682,13 @@ impl Rewrite {
     }
 }
 
-/// Whether an Add of a constant reads `value`.
+/// Whether an Add of a constant reads `value` (canonicalization has made every Constant node
+/// and constant subgraph an initializer).
 fn constant_add_reads(g: &Graph, value: &str) -> bool {
-    let constant = |name: &str| {
-        g.initializer(name).is_some()
-            || (g.nodes.iter()).any(|n| n.op == Op::Constant && n.outputs.iter().any(|o| o == name))
-    };
     (g.nodes.iter()).any(|n| {
         n.op == Op::Add
             && n.inputs.iter().any(|i| i == value)
-            && n.inputs.iter().any(|i| i != value && constant(i))
+            && (n.inputs.iter()).any(|i| i != value && g.initializer(i).is_some())
     })
 }
 
