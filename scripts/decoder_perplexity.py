@@ -84,7 +84,7 @@ def eight_bit_jobs(a, calib):
     st = zp + ["--calib", calib]
     jobs = [("zeropoint dynamic", zp + ["--mode", "dynamic"]),
             ("zeropoint dynamic, --reduce-range", zp + ["--mode", "dynamic", "--reduce-range"]),
-            # Each token's activations on a grid of their own (int8 codes around 128, see docs/transformers.md).
+            # Each token's activations on a grid of their own (uint8 codes around 128, see docs/transformers.md).
             ("zeropoint dynamic, --per-token", zp + ["--mode", "dynamic", "--per-token"]),
             ("zeropoint dynamic, --per-token, --reduce-range", zp + ["--mode", "dynamic", "--per-token", "--reduce-range"]),
             ("zeropoint dynamic, SmoothQuant", zp + ["--mode", "dynamic", "--calib", calib, "--smoothquant"]),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Dynamic, static and weight-only quantization of the zoo models that carry MatMul, Gemm, Conv or Gather weights:
-zeropoint (`quantize --mode dynamic`, with and without `--smoothquant`, and with `--per-token`; static W8A8 with and without `--smoothquant`; `--mode weight-only` with RTN,
-GPTQ and HQQ) against ONNX Runtime's own tools
+zeropoint (`quantize --mode dynamic`, with and without `--smoothquant`, and with `--per-token`; static W8A8 with and
+without `--smoothquant`; `--mode weight-only` with RTN, GPTQ and HQQ) against ONNX Runtime's own tools
 (quantize_dynamic per-channel and per-tensor; MatMulNBitsQuantizer's DEFAULT round-to-nearest on MatMul only and on
 MatMul and Gather), measured in one run.
 

@@ -83,9 +83,9 @@ pub fn run(args: &Args) -> Result<()> {
             model,
             output: args.output.clone(),
             quant: &args.quant,
-            embedding_bits: args.weight_only.embedding_bits,
-            conv: args.weight_only.conv_integer,
-            per_token: args.weight_only.per_token,
+            embedding_bits: w.embedding_bits,
+            conv: w.conv_integer,
+            per_token: w.per_token,
             calib: args.calib.clone(),
             json: args.json,
         });
