@@ -8,18 +8,22 @@ each runs in a venv of its own, one `--peer` per run; every run appends its rows
 (JSON lines) and `--table` prints them side by side:
 
     python3 -m venv /tmp/aimet && /tmp/aimet/bin/pip install aimet-onnx pillow
-    python3 -m venv /tmp/quark && /tmp/quark/bin/pip install amd-quark pillow   # needs ninja on PATH
+    python3 -m venv /tmp/quark && /tmp/quark/bin/pip install amd-quark pillow
     python3 -m venv /tmp/nncf && /tmp/nncf/bin/pip install nncf onnxruntime pillow
-    cd /tmp && for p in zeropoint ort nncf quark aimet; do
-        PATH=/tmp/$p/bin:$PATH python /work/main/scripts/peer_ptq.py --peer $p --out peers.jsonl
-    done                          # zeropoint and ort run in any of them, e.g. /work/main/.venv
-    python3 /work/main/scripts/peer_ptq.py --table peers.jsonl
+    cd /tmp && S=/work/main/scripts/peer_ptq.py
+    for p in zeropoint ort; do /work/main/.venv/bin/python $S --peer $p --out peers.jsonl; done
+    for p in nncf quark aimet; do PATH=/tmp/$p/bin:$PATH python $S --peer $p --out peers.jsonl; done
+    /work/main/.venv/bin/python $S --table peers.jsonl
+
+(Quark compiles its custom operators at first import and needs its venv's ninja on PATH.)
+Keras' MobileNet v1 (`--models mobilenet-v1 --bits 8 --cle-relu6`) needs the files of
+docs/algorithms.md under `--mobilenet` (scripts/tfjs_mobilenet.py writes the model).
 
 Models and data are algorithms_compare.py's (A1, A3, A4, A5 from ../shared/assets; the zoo's
 fsmn-vad on synthetic inputs; `--lcnet-crops` for A4 on 256 training / 68 held-out crops).
 Weights int8 or int4, symmetric, per tensor or per channel; activations 8 bits, each tool's
-best calibrator for the row where it has several; graph outputs stay float where the tool lets
-them (all but ORT). Score: output SQNR in dB against the float model on the evaluation data,
+best calibrator for the row where it has several; graph outputs as each tool leaves them, but
+AIMET's, which it quantizes by default, are kept float. Score: output SQNR in dB against the float model on the evaluation data,
 computed by ONNX Runtime with graph optimizations off (algorithms_compare.outputs), so that the
 QDQ arithmetic is exact whatever the CPU.
 """
