@@ -19,7 +19,9 @@ Conv → ReLU → BN → Conv branch, whose BN becomes a per-channel scale that 
   output on the data (from ONNX Runtime), so that the absorbed model computes the same function
   on every calibration sample;
 - on the same network with its BatchNorms folded (no statistics left in the graph), c comes from
-  the data alone: max(0, min(μ − 3σ, min x)) per channel, and the function is kept on the data.
+  the data alone: max(0, min(μ − 3σ, min x)) per channel, and the function is kept on the data;
+- a bias too large for int32 at s_x·s_w on a per-tensor grid is clipped and reported, and the
+  grid is not raised for it (`clipped_bias`).
 """
 
 import json
@@ -325,7 +327,45 @@ def main():
     data_c = lambda name, a: np.minimum(a.mean(axis=1) - 3 * a.std(axis=1), a.min(axis=1))
     moved, source = data_absorption(zeropoint, out, folded, "folded", layers, calib, data_c)
     assert source == "calibration", source
+    clipped_bias(zeropoint, out)
     print("cle reference: all checks passed")
+
+
+def clipped_bias(zeropoint, out):
+    """A channel whose bias (-1e6) cannot be held in int32 at s_x·s_w, as equalization leaves
+    behind a channel of near-zero weights (Keras' MobileNet): with per-tensor int8 weights the
+    layer's grid stays max|W|/127, the bias is clipped, and the output is the float model's."""
+    rng = np.random.default_rng(3)
+    w = rng.uniform(-1, 1, (4, 3, 3, 3)).astype(np.float32)
+    w[0] *= 1e-7
+    b = np.array([-1e6, 0.1, -0.2, 0.3], np.float32)
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])
+    relu = helper.make_node("Relu", ["y"], ["z"])
+    graph = helper.make_graph(
+        [conv, relu], "clip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    src, dst = out / "clip.onnx", out / "clip_q.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), src)
+    x = rng.uniform(-1, 1, (16, 3, 8, 8)).astype(np.float32)
+    np.save(out / "clip_calib.npy", x)
+    p = subprocess.run([str(zeropoint), "quantize", str(src), "--calib", str(out / "clip_calib.npy"), "--weights",
+                        "int8,sym,per-tensor", "-o", str(dst)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "clipped to int32: 1 bias(es) ('b' first)" in p.stdout, p.stdout
+    q = {t.name: numpy_helper.to_array(t) for t in onnx.load(dst).graph.initializer}
+    w_scale = next(v for k, v in q.items() if k.startswith("w") and "scale" in k)
+    assert np.isclose(w_scale, np.abs(w).max() / 127, rtol=1e-6), (w_scale, np.abs(w).max() / 127)
+    codes = next(v for k, v in q.items() if v.dtype == np.int32)
+    assert codes[0] == np.iinfo(np.int32).min, codes
+    # Exact QDQ arithmetic: without VNNI, ORT's fused int8 Conv saturates pairs of products.
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    got, ref = (ort.InferenceSession(str(m), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+                for m in (dst, src))
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    print(f"a bias past int32 at a per-tensor grid: clipped, grid kept, output within {err:.1e} of float")
+    assert err < 0.02 and np.all(got[:, 0] == 0), err
 
 
 if __name__ == "__main__":

@@ -356,6 +356,12 @@ fn print_summary(s: &Summary) {
         "placed {} weight, {} int32 bias and {} activation quantizers ({} more values share a grid); {} BatchNorm folded",
         q.weights, q.biases, q.activations, q.shared, s.canonicalization.folded_batch_norms
     );
+    if let Some(first) = q.clipped_biases.first() {
+        println!(
+            "clipped to int32: {} bias(es) ('{first}' first) too large for their per-tensor weight grid; the channels stay saturated (docs/algorithms.md, MobileNet)",
+            q.clipped_biases.len()
+        );
+    }
     if !s.float_before_log.is_empty() {
         println!(
             "kept float: {} layer(s) whose output a Log reads ({}; docs/ptq.md)",

@@ -76,6 +76,9 @@ pub struct Quantizers {
     pub activations: usize,
     /// Values that share another value's grid.
     pub shared: usize,
+    /// Biases with a channel clipped to int32: too large for the scale s_x·s_w of a per-tensor
+    /// weight grid (`params::fit_bias_in_int32`).
+    pub clipped_biases: Vec<String>,
 }
 
 /// One reported value: its quantizer (if any) and the simulated model's error there.
@@ -151,6 +154,10 @@ impl Summary {
                 biases: o.params.biases.len(),
                 activations: o.plan.activations.len(),
                 shared: o.plan.shared.len(),
+                clipped_biases: (o.params.biases.iter())
+                    .filter(|b| b.codes.iter().any(|&c| c == i32::MIN || c == i32::MAX))
+                    .map(|b| b.name.clone())
+                    .collect(),
             },
             float_before_log: kept.before_log,
             float_non_finite: kept.non_finite,
