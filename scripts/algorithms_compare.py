@@ -106,7 +106,19 @@ def sqnr(ref, got):
     return 10 * np.log10(num / den) if den > 0 else float("inf")
 
 
-# (column, weight granularity, extra flags)
+def model_data(name, work, zoo, crops=False, pages=False):
+    """(model path, calibration feeds, evaluation feeds) of a model of the table: the shared CNNs,
+    A4 on qat_lcnet.py's crops with `crops`, ppocr-v3-det on real text with `pages`,
+    other zoo models on synthetic inputs."""
+    if name == "a4" and crops:
+        return lcnet_crops(work)
+    if name in ("a1", "a3", "a4", "a5"):
+        return shared_data(name, work)
+    if name == "ppocr-v3-det" and pages:
+        return ppocr_pages(zoo)
+    return zoo_data(name, zoo, work)
+
+
 def lcnet_crops(work):
     """A4 on the QAT data (scripts/qat_lcnet.py): 256 training crops, 64 held-out crops + 4 pages."""
     from pathlib import Path
@@ -116,6 +128,7 @@ def lcnet_crops(work):
     return str(A4), {"x": np.load(train)}, {"x": x_eval}
 
 
+# (column, weight granularity, extra flags)
 CONFIGS = [
     ("per-tensor", "per-tensor", []),
     ("per-tensor +cle", "per-tensor", ["--cle"]),
@@ -158,14 +171,7 @@ def main():
     work = tempfile.mkdtemp(prefix="cle_compare_")
     rows = []
     for name in args.models.split(","):
-        if name == "a4" and args.lcnet_crops:
-            model, calib, evals = lcnet_crops(work)
-        elif name in ("a1", "a3", "a4", "a5"):
-            model, calib, evals = shared_data(name, work)
-        elif name == "ppocr-v3-det" and args.ppocr_pages:
-            model, calib, evals = ppocr_pages(args.zoo)
-        else:
-            model, calib, evals = zoo_data(name, args.zoo, work)
+        model, calib, evals = model_data(name, work, args.zoo, args.lcnet_crops, args.ppocr_pages)
         if name == "ppocr-v3-det" and not args.ppocr_pages:
             print("ppocr-v3-det: its float output is ~0 on synthetic inputs; SQNR there measures noise")
         calib_path = os.path.join(work, f"{name}.calib.npz")

@@ -72,20 +72,21 @@ class Reader:
 def zeropoint(model, calib, bits, gran, algo, work, args):
     flags = {"plain": [], "cle": ["--cle"], "bias correction": ["--bias-correction"],
              "adaround": ["--adaround"], "recipe": ["--recipe", "standard"]}[algo]
+    # `work` is the model's own folder: its calibration file is written once, for every row.
     calib_path = os.path.join(work, "calib.npz")
-    np.savez(calib_path, **calib)
-    dst = os.path.join(work, "zp.onnx")
+    if not os.path.exists(calib_path):
+        np.savez(calib_path, **calib)
     cmd = [args.zeropoint, "quantize", model, "--calib", calib_path, "--weights", f"int{bits},sym,{gran}",
-           "--batch", "1", "--report-samples", "0", "-o", dst]
+           "--batch", "1", "--report-samples", "0"]
     if args.cle_relu6 and algo in ("cle", "recipe"):
         flags = flags + ["--cle-relu6"]
     # Weight ranges: min-max (the default) and MSE, as the peers' best calibrator is taken; AdaRound
     # keeps the default, the recipe takes MSE itself.
     out = []
     for ranges in (["minmax", "mse"] if algo in ("plain", "cle", "bias correction") else ["default"]):
-        path = dst.replace(".onnx", f".{ranges}.onnx")
+        path = os.path.join(work, f"zp.{ranges}.onnx")
         extra = [] if ranges == "default" else ["--weight-range", ranges]
-        subprocess.run(cmd[:-1] + [path] + flags + extra, check=True, capture_output=True)
+        subprocess.run(cmd + ["-o", path] + flags + extra, check=True, capture_output=True)
         out.append((f"{ranges} weights, uint8 MSE activations", path))
     return out
 
@@ -216,11 +217,7 @@ def data(name, args, work):
         calib = np.random.default_rng(0).permutation(len(x))[:args.mobilenet_calib]
         model = os.path.join(args.mobilenet, "mobilenet_v1_0.75_224.onnx")
         return model, {"input": x[calib]}, {"input": x}, labels
-    if name == "a4" and args.lcnet_crops:
-        return ac.lcnet_crops(work) + (None,)
-    if name in ("a1", "a3", "a4", "a5"):
-        return ac.shared_data(name, work) + (None,)
-    return ac.zoo_data(name, args.zoo, work) + (None,)
+    return ac.model_data(name, work, args.zoo, args.lcnet_crops) + (None,)
 
 
 def top1(outs, labels):
