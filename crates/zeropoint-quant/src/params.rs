@@ -150,9 +150,10 @@ fn fit_bias_in_int32(wq: &mut QParams, bias: &[f32], sx: f32) {
     if wq.scale.len() != bias.len() && !shared {
         return;
     }
-    let ceiling = match shared {
-        true => f64::from(wq.scale[0]) * (f64::from(wq.grid.levels()) / 256.0).max(1.0),
-        false => f64::INFINITY,
+    let ceiling = if shared {
+        f64::from(wq.scale[0]) * (f64::from(wq.grid.levels()) / 256.0).max(1.0)
+    } else {
+        f64::INFINITY
     };
     for (c, &b) in bias.iter().enumerate() {
         let k = if shared { 0 } else { c };
