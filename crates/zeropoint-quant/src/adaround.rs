@@ -18,9 +18,10 @@
 //! positions, spread evenly over the samples; each group of a grouped or depthwise convolution
 //! is its own problem.
 //!
-//! Every sample's float and simulated runs step from layer to layer together, kept on disk in
-//! between ([`crate::paused_runs`]); at each layer the layer's rounding is learned on
-//! everyone's columns, and the simulation goes on with the learned weight. The rounded weight
+//! Every sample's float and simulated runs step from layer to layer together
+//! ([`crate::reconstruction::walk`], kept on disk in between); at each layer the layer's
+//! rounding is learned on everyone's columns, and the simulation goes on with the learned
+//! weight. The rounded weight
 //! replaces the float one in the graph (on the grid, so the export's codes are the learned
 //! ones); the quantization parameters do not change.
 //!
@@ -29,18 +30,15 @@
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
-use zeropoint_core::{Layout, QParams};
-use zeropoint_engine::exec::Paused;
-use zeropoint_engine::{Executor, Value};
-use zeropoint_graph::{Graph, Node, Op};
+use zeropoint_core::Layout;
+use zeropoint_graph::Graph;
 use zeropoint_onnx::RawTensor;
 
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::params::Params;
-use crate::paused_runs::PausedRuns;
 use crate::placement::Plan;
-use crate::simulate::Simulation;
+use crate::reconstruction::{self, matrix_dims, weight_index, Inputs, Layer, Part};
 
 pub use crate::settings::AdaRoundOptions as Options;
 
@@ -272,228 +270,11 @@ fn adam(x: &mut [f64; 3], g: f64, t: usize, lr: f64) {
     x[0] -= lr * mh / (vh.sqrt() + 1e-8);
 }
 
-/// A layer AdaRound can take, and how its weight and input map onto [`Problem`]s.
-#[derive(Clone)]
-struct Layer {
-    /// The node's index in the graph.
-    index: usize,
-    node: Node,
-    weight: RawTensor,
-    qparams: QParams,
-    shape: LayerShape,
-}
-
-#[derive(Clone, Copy)]
-enum LayerShape {
-    /// [M, C/g, kh, kw] (a 1-D convolution has kh = 1), with its geometry.
-    Conv(Conv),
-    /// x [.., K] times W [K, M] (or [M, K] with transB).
-    Dense { trans_b: bool },
-}
-
-#[derive(Clone, Copy)]
-struct Conv {
-    groups: usize,
-    kernel: [usize; 2],
-    strides: [usize; 2],
-    dilations: [usize; 2],
-    pads: [usize; 2],
-    end_pads: [usize; 2],
-}
-
-impl Conv {
-    /// The output's spatial size for an input of spatial size `input`, if the kernel fits the
-    /// padded input.
-    fn output_size(&self, input: [usize; 2]) -> Option<[usize; 2]> {
-        let axis = |a: usize| {
-            let span = self.dilations[a] * (self.kernel[a].max(1) - 1) + 1;
-            let padded = input[a] + self.pads[a] + self.end_pads[a];
-            Some((padded.checked_sub(span)?) / self.strides[a].max(1) + 1)
-        };
-        Some([axis(0)?, axis(1)?])
-    }
-}
-
-/// The layers of `graph` with a planned weight AdaRound can round, in graph order. A weight
-/// several layers share (ALBERT's) keeps nearest rounding: rounding learned on one layer's
-/// inputs is not the others'.
-fn layers(graph: &Graph, plan: &Plan, params: &Params) -> Vec<Layer> {
-    let mut out = Vec::new();
-    let readers = graph.consumers();
-    for (index, node) in graph.nodes.iter().enumerate() {
-        let Some(site) = plan.weights.iter().find(|w| w.node == node.name) else {
-            continue;
-        };
-        if readers.get(&site.name).is_some_and(|r| r.len() > 1) {
-            continue;
-        }
-        let (Some(wp), Some(w)) = (params.weight(&site.name), graph.initializer(&site.name)) else {
-            continue;
-        };
-        if node.inputs.get(1) != Some(&site.name) {
-            continue;
-        }
-        let shape = match node.op {
-            Op::Conv => match conv_geometry(node, &w.shape) {
-                Some(c) => LayerShape::Conv(c),
-                None => continue,
-            },
-            Op::Gemm if node.attribute("transA").is_none_or(|a| a.i() == 0) => LayerShape::Dense {
-                trans_b: node.attribute("transB").is_some_and(|a| a.i() != 0),
-            },
-            Op::MatMul if w.shape.len() == 2 => LayerShape::Dense { trans_b: false },
-            _ => continue,
-        };
-        out.push(Layer {
-            index,
-            node: node.clone(),
-            weight: w.clone(),
-            qparams: wp.qparams.clone(),
-            shape,
-        });
-    }
-    out
-}
-
-/// A convolution's geometry, when its pads are explicit (auto_pad NOTSET or VALID) and it has
-/// one or two spatial axes.
-fn conv_geometry(node: &Node, w: &[usize]) -> Option<Conv> {
-    let auto = node
-        .attribute("auto_pad")
-        .and_then(|a| a.s.as_ref())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .unwrap_or_default();
-    if !matches!(auto.as_str(), "" | "NOTSET" | "VALID") || !(3..=4).contains(&w.len()) {
-        return None;
-    }
-    let ints = |name: &str| node.attribute(name).map(|a| a.ints.clone());
-    let two = |v: Option<Vec<i64>>, fill: usize| -> Option<[usize; 2]> {
-        match v.as_deref() {
-            None => Some([fill, fill]),
-            Some([a]) => Some([fill, usize::try_from(*a).ok()?]),
-            Some([a, b]) => Some([usize::try_from(*a).ok()?, usize::try_from(*b).ok()?]),
-            _ => None,
-        }
-    };
-    let pads = ints("pads").unwrap_or_else(|| vec![0; 2 * (w.len() - 2)]);
-    let half = pads.len() / 2;
-    let begin = two(Some(pads[..half].to_vec()), 0)?;
-    let end = two(Some(pads[half..].to_vec()), 0)?;
-    Some(Conv {
-        groups: node.attribute("group").map_or(1, |a| a.i()).max(1) as usize,
-        kernel: if w.len() == 3 {
-            [1, w[2]]
-        } else {
-            [w[2], w[3]]
-        },
-        strides: two(ints("strides"), 1)?,
-        dilations: two(ints("dilations"), 1)?,
-        pads: begin,
-        end_pads: end,
-    })
-}
-
-/// The flat index, in the layer's weight, of row m (output channel) and column k (input
-/// element) of group g's matrix.
-fn weight_index(layer: &Layer, g: usize, m: usize, k: usize) -> usize {
-    let shape = &layer.weight.shape;
-    match layer.shape {
-        LayerShape::Conv(c) => {
-            let k_len: usize = shape[1..].iter().product();
-            (g * (shape[0] / c.groups) + m) * k_len + k
-        }
-        LayerShape::Dense { trans_b: true } => m * shape[1] + k,
-        LayerShape::Dense { trans_b: false } => k * shape[1] + m,
-    }
-}
-
-/// (groups, rows per group, columns) of the layer's weight matrices.
-fn matrix_dims(layer: &Layer) -> (usize, usize, usize) {
-    let shape = &layer.weight.shape;
-    match layer.shape {
-        LayerShape::Conv(c) => (c.groups, shape[0] / c.groups, shape[1..].iter().product()),
-        LayerShape::Dense { trans_b: true } => (1, shape[0], shape[1]),
-        LayerShape::Dense { trans_b: false } => (1, shape[1], shape[0]),
-    }
-}
-
-/// The columns of group `g` at up to `take` output positions spread evenly: a convolution's
-/// im2col rows (zero where a tap falls in the padding), a dense layer's input rows.
-fn columns(layer: &Layer, x: &Value, g: usize, take: usize) -> Result<Vec<f32>> {
-    // Read in place: a depthwise layer asks once per channel.
-    x.with_f32s(|data| gather_columns(layer, data, x.shape(), g, take))?
-}
-
-/// [`columns`] of the input `data` of shape `shape`.
-fn gather_columns(
-    layer: &Layer,
-    data: &[f32],
-    shape: &[usize],
-    g: usize,
-    take: usize,
-) -> Result<Vec<f32>> {
-    let (_, _, k) = matrix_dims(layer);
-    let mut cols = Vec::new();
-    match layer.shape {
-        LayerShape::Conv(c) => {
-            let (n, ch) = (shape[0], shape[1]);
-            let (h, w) = if shape.len() == 3 {
-                (1, shape[2])
-            } else {
-                (shape[2], shape[3])
-            };
-            let [oh, ow] = c.output_size([h, w]).ok_or_else(|| {
-                Error::Environment(format!(
-                    "{}: its kernel does not fit its padded input {shape:?}",
-                    layer.node.label()
-                ))
-            })?;
-            let cg = ch / c.groups;
-            let positions = n * oh * ow;
-            for j in 0..take.min(positions) {
-                let p = j * positions / take.min(positions).max(1);
-                let (b, oy, ox) = (p / (oh * ow), (p / ow) % oh, p % ow);
-                for cc in 0..cg {
-                    let plane = &data[(b * ch + g * cg + cc) * h * w..][..h * w];
-                    for i in 0..c.kernel[0] {
-                        let y = (oy * c.strides[0] + i * c.dilations[0]) as i64 - c.pads[0] as i64;
-                        for jj in 0..c.kernel[1] {
-                            let xx =
-                                (ox * c.strides[1] + jj * c.dilations[1]) as i64 - c.pads[1] as i64;
-                            let inside = y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w;
-                            cols.push(if inside {
-                                plane[y as usize * w + xx as usize]
-                            } else {
-                                0.0
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        LayerShape::Dense { .. } => {
-            let positions = data.len() / k.max(1);
-            for j in 0..take.min(positions) {
-                let p = j * positions / take.min(positions).max(1);
-                cols.extend_from_slice(&data[p * k..(p + 1) * k]);
-            }
-        }
-    }
-    Ok(cols)
-}
-
-/// One sample's columns of a layer, per group: (float model's input, quantized model's input).
-type Part = Vec<(Vec<f32>, Vec<f32>)>;
-
-/// AdaRounds every eligible layer of `graph` on `data` (one batch of the model's smallest batch
-/// size per sample, read as the runs start), and replaces each
-/// layer's weight in `graph` by its learned rounding. `params` stay as they are: the learned
-/// weights lie on their grids.
-///
-/// Every sample's float and simulated runs step from layer to layer together
-/// ([`PausedRuns`]), kept on disk in between: memory holds a few samples' activations and one
-/// layer's columns, whatever the number of samples. `on_layer(done, total, rounded)` is called
-/// as each layer's rounding is learned.
+/// AdaRounds every eligible layer of `graph` ([`reconstruction::layers`]) on `data` (one batch
+/// of the model's smallest batch size per sample), layer after layer ([`reconstruction::walk`]),
+/// and replaces each layer's weight in `graph` by its learned rounding. `params` stay as they
+/// are: the learned weights lie on their grids. `on_layer(done, total, rounded)` is called as
+/// each layer's rounding is learned.
 pub fn adaround(
     graph: &mut Graph,
     plan: &Plan,
@@ -502,42 +283,20 @@ pub fn adaround(
     opts: &Options,
     on_layer: &(dyn Fn(usize, usize, &Rounded) + Sync),
 ) -> Result<Vec<Rounded>> {
-    let layers = layers(graph, plan, params);
-    if layers.is_empty() || data.len == 0 {
-        return Ok(Vec::new());
-    }
-    let mut learned = Vec::with_capacity(layers.len());
-    // The model x̃ comes from: the quantized one, or the one with quantized weights only.
-    let weights_only;
-    let inputs_params = if opts.quantized_inputs {
-        params
-    } else {
-        weights_only = Params {
-            activations: Vec::new(),
-            ..params.clone()
-        };
-        &weights_only
+    let layers = reconstruction::layers(graph, plan, params);
+    let inputs = Inputs {
+        quantized: opts.quantized_inputs,
+        max_columns: opts.max_columns,
     };
-    {
-        let float = Executor::new(graph)?;
-        let mut sim = Simulation::sharing(graph, inputs_params, float.initializer_values())?;
-        let mut runs = PausedRuns::start(&float, &sim, data)?;
-        let take = (opts.max_columns / runs.samples().max(1)).max(1);
-        for layer in &layers {
-            // Every sample's columns of the layer's input, the float run's and the simulated
-            // run's (with every earlier layer already rounded as learned).
-            let parts = runs.step(&float, &sim, layer.index, |f, q| {
-                let (xf, xq) = (input_of(layer, f)?, input_of(layer, q)?);
-                (0..matrix_dims(layer).0)
-                    .map(|g| Ok((columns(layer, xf, g, take)?, columns(layer, xq, g, take)?)))
-                    .collect::<Result<Part>>()
-            })?;
-            let (weight, rounded) = fit(layer, parts, opts)?;
-            on_layer(learned.len() + 1, layers.len(), &rounded);
-            sim.set_weight(&weight)?;
-            learned.push((weight, rounded));
-        }
-    }
+    let learned = reconstruction::walk(
+        graph,
+        &layers,
+        params,
+        data,
+        inputs,
+        &mut |layer, parts| fit(layer, parts, opts),
+        &mut |done, total, rounded| on_layer(done, total, rounded),
+    )?;
     let mut done = Vec::with_capacity(learned.len());
     for (weight, rounded) in learned {
         if let Some(t) = graph
@@ -550,17 +309,6 @@ pub fn adaround(
         done.push(rounded);
     }
     Ok(done)
-}
-
-/// The layer's input in a run paused before it.
-fn input_of<'a>(layer: &Layer, run: &'a Paused) -> Result<&'a Value> {
-    let input = &layer.node.inputs[0];
-    run.values.get(input).ok_or_else(|| {
-        Error::Environment(format!(
-            "{}: its input '{input}' was not computed",
-            layer.node.label()
-        ))
-    })
 }
 
 /// Learns the rounding of every group of `layer` on the samples' columns.

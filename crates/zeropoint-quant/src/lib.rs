@@ -68,6 +68,7 @@ pub mod qat;
 pub mod qdq_export;
 pub mod range_choice;
 pub mod recipe;
+pub mod reconstruction;
 pub mod report;
 pub mod sensitivity;
 pub mod settings;
