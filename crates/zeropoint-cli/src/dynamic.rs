@@ -9,8 +9,8 @@ use zeropoint_core::Granularity;
 use zeropoint_quant::dynamic::{self, Options, Outcome, Smoothing};
 
 use crate::output::check_output;
+use crate::quant_args::WeightRange;
 use crate::quant_args::{parse_scheme, QuantArgs};
-use crate::range_args::RangeMethod;
 use crate::table::{db, Table};
 use crate::weight_only::Sizes;
 
@@ -58,7 +58,7 @@ fn options(r: &Request) -> Result<Options> {
     };
     Ok(Options {
         weights,
-        weight_method: q.weight_range.unwrap_or(RangeMethod::Minmax).method(),
+        weight_method: WeightRange::estimator(q.weight_range, "--mode dynamic")?.method(),
         exclude: q.exclude.clone(),
         conv: r.conv,
         embedding_bits: Some(r.embedding_bits.unwrap_or(8)),

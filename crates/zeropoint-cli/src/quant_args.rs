@@ -58,6 +58,36 @@ pub enum AdaRoundInputs {
     WeightsOnly,
 }
 
+/// Calibration samples `--weight-range output` fits each layer's range on (AdaRound's default).
+const OUTPUT_RANGE_SAMPLES: usize = 16;
+
+/// `--weight-range`: an estimator, or ranges fitted to the layers' outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightRange {
+    Output,
+    Method(RangeMethod),
+}
+
+impl WeightRange {
+    /// The estimator, for the modes that take only estimators (`mode` names the mode).
+    pub fn estimator(range: Option<WeightRange>, mode: &str) -> Result<RangeMethod> {
+        match range {
+            None => Ok(RangeMethod::Minmax),
+            Some(WeightRange::Method(m)) => Ok(m),
+            Some(WeightRange::Output) => bail!(
+                "--weight-range output fits weight ranges on the layers' quantized inputs, which {mode} does not have: static quantization only"
+            ),
+        }
+    }
+}
+
+fn parse_weight_range(s: &str) -> std::result::Result<WeightRange, String> {
+    if s.eq_ignore_ascii_case("output") {
+        return Ok(WeightRange::Output);
+    }
+    RangeMethod::from_str(s, true).map(WeightRange::Method)
+}
+
 /// `--activation-range`: an estimator, or the choice among them on held-out samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActivationRange {
@@ -108,9 +138,13 @@ pub struct QuantArgs {
     /// --reduce-range (docs/ptq.md). Static quantization only.
     #[arg(long)]
     pub limit_pairs: bool,
-    /// Range estimator for weights [default: minmax; mse with --recipe standard].
-    #[arg(long, value_enum)]
-    pub weight_range: Option<RangeMethod>,
+    /// Range estimator for weights: minmax, ema, percentile, abs-percentile, mse, entropy,
+    /// cross-entropy, or output: each layer's range clipped to the fraction of min-max that
+    /// best keeps the layer's output, ‖Ŵx̃ − Wx‖² on 16 calibration samples with every earlier
+    /// layer quantized (one per tensor or per output channel; static quantization)
+    /// [default: minmax; mse with --recipe standard].
+    #[arg(long, value_parser = parse_weight_range, value_name = "METHOD")]
+    pub weight_range: Option<WeightRange>,
     /// Range estimator for activations: minmax, ema, percentile, abs-percentile, mse, entropy,
     /// cross-entropy, or auto: MSE, min-max or percentile, whichever gives the simulated model
     /// the best output on the last quarter of the calibration samples, fitted on the rest (MSE
@@ -248,6 +282,9 @@ impl QuantArgs {
         }
         if self.limit_pairs {
             check_pair_limit(&weights).map_err(|m| anyhow::anyhow!("--{m}"))?;
+            if self.weight_range == Some(WeightRange::Output) {
+                bail!("--weight-range output does not go with --limit-pairs: the fitted ranges do not keep the pair limit");
+            }
         }
         let batch = self.batch()?.unwrap_or(32);
         let standard = self.recipe == Some(Recipe::Standard);
@@ -270,14 +307,15 @@ impl QuantArgs {
         Ok(Options {
             settings: Settings {
                 weights,
-                weight_method: self
-                    .weight_range
-                    .unwrap_or(if standard {
-                        RangeMethod::Mse
-                    } else {
-                        RangeMethod::Minmax
-                    })
-                    .method(),
+                weight_method: match self.weight_range {
+                    Some(WeightRange::Method(m)) => m,
+                    Some(WeightRange::Output) => RangeMethod::Minmax,
+                    None if standard => RangeMethod::Mse,
+                    None => RangeMethod::Minmax,
+                }
+                .method(),
+                output_weight_ranges: (self.weight_range == Some(WeightRange::Output))
+                    .then_some(OUTPUT_RANGE_SAMPLES),
                 activations,
                 activation_method: self.activation_range.method(),
                 choose_activation_range: self.activation_range == ActivationRange::Auto,

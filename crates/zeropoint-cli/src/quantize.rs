@@ -271,8 +271,38 @@ pub fn print_equalization(e: &zeropoint_quant::equalize::Report) {
     }
 }
 
+/// How far `--weight-range output` clipped the min-max ranges, and what it bought on the
+/// layers' reconstruction error.
+fn print_output_ranges(fitted: &[zeropoint_quant::output_ranges::FittedRange]) {
+    let searched: Vec<_> = fitted.iter().filter(|f| !f.alpha.is_empty()).collect();
+    if fitted.is_empty() {
+        return;
+    }
+    let mut alphas: Vec<f32> = searched.iter().flat_map(|f| f.alpha.clone()).collect();
+    alphas.sort_by(f32::total_cmp);
+    let (before, after) = searched.iter().fold((0.0, 0.0), |(a, b), f| {
+        (a + f.loss_minmax, b + f.loss_fitted)
+    });
+    let kept = fitted.len() - searched.len();
+    if let (Some(lo), Some(hi)) = (alphas.first(), alphas.last()) {
+        println!(
+            "weight ranges fitted to layer outputs: {} layers, {} to {} of min-max kept (median {}); reconstruction error {} -> {}",
+            searched.len(),
+            num(f64::from(*lo), 2),
+            num(f64::from(*hi), 2),
+            num(f64::from(alphas[alphas.len() / 2]), 2),
+            num(before, 4),
+            num(after, 4)
+        );
+    }
+    if kept > 0 {
+        println!("  {kept} layers kept the estimator's range: their grid is not one range per output channel");
+    }
+}
+
 /// What AdaRound or bias correction changed, when they ran.
 fn print_rounding(s: &Summary) {
+    print_output_ranges(&s.output_ranges);
     if !s.adaround.is_empty() {
         let flipped: usize = s.adaround.iter().map(|r| r.flipped).sum();
         let total: usize = s.adaround.iter().map(|r| r.total).sum();

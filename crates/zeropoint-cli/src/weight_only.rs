@@ -11,7 +11,7 @@ use zeropoint_quant::weight_only::blocks::{BlockRange, BlockScheme};
 use zeropoint_quant::weight_only::{self, awq, gptq, hqq, Format, Method, Options, Outcome};
 
 use crate::output::check_output;
-use crate::quant_args::{parse_scheme, QuantArgs};
+use crate::quant_args::{parse_scheme, QuantArgs, WeightRange};
 use crate::range_args::RangeMethod;
 use crate::table::{db, Table};
 
@@ -99,7 +99,7 @@ pub fn options(q: &QuantArgs, w: &WeightOnlyArgs, calib: Vec<String>) -> Result<
     let Granularity::PerBlock { block, .. } = parsed.granularity else {
         bail!("--mode weight-only quantizes in blocks: give --weights like '{DEFAULT_WEIGHTS}', not '{spec}'");
     };
-    let range = match q.weight_range.unwrap_or(RangeMethod::Minmax) {
+    let range = match WeightRange::estimator(q.weight_range, "--mode weight-only")? {
         RangeMethod::Minmax => BlockRange::MinMax,
         RangeMethod::Mse => BlockRange::Mse,
         other => bail!("--mode weight-only takes --weight-range minmax or mse, not {other:?}"),

@@ -1,7 +1,8 @@
 //! The white paper's PTQ algorithms against independent numpy implementations of their
 //! formulas (tests/python/cle_reference.py, bias_correction_reference.py): cross-layer
 //! equalization, high-bias absorption, empirical bias correction and AdaRound's reconstruction
-//! losses (adaround_reference.py, in ONNX Runtime); and the debugging flow
+//! losses (adaround_reference.py, in ONNX Runtime); the weight ranges fitted to the layers'
+//! outputs (output_ranges_reference.py); and the debugging flow
 //! (`analyze`) and mixed precision against ONNX Runtime; CLE on a model whose per-tensor W8A8
 //! collapses (scripts/cle_collapse.py).
 
@@ -68,9 +69,23 @@ fn adaround_losses_match_onnx_runtime() {
     check_reference("adaround_reference.py", zeropoint, "adaround reference");
 }
 
+/// `--weight-range output`'s fitted ranges, scales and losses are those of a numpy search over
+/// ONNX Runtime's layer products (tests/python/output_ranges_reference.py), per channel and per
+/// tensor, with float and with quantized activations.
+#[test]
+fn output_weight_ranges_match_a_numpy_search_in_onnx_runtime() {
+    let zeropoint = Path::new(env!("CARGO_BIN_EXE_zeropoint"));
+    check_reference(
+        "output_ranges_reference.py",
+        zeropoint,
+        "output ranges reference",
+    );
+}
+
 /// `--recipe standard` is CLE, MSE weight ranges and AdaRound together (bias correction with
-/// `--bias-correction`), and neither output depends on the thread count (AdaRound and bias
-/// correction run their samples in parallel).
+/// `--bias-correction`; output-fitted weight ranges with `--weight-range output`), and no
+/// output depends on the thread count (AdaRound, bias correction and the range fit run their
+/// samples in parallel).
 #[test]
 fn standard_recipe_is_deterministic_and_does_every_step() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,6 +97,11 @@ fn standard_recipe_is_deterministic_and_does_every_step() {
     for (tag, extra, key) in [
         ("adaround", &["--adaround", "50"][..], "adaround"),
         ("bias", &["--bias-correction"][..], "bias_corrections"),
+        (
+            "output",
+            &["--weight-range", "output", "--bias-correction"][..],
+            "output_ranges",
+        ),
     ] {
         let mut files = Vec::new();
         for threads in ["1", "3"] {
@@ -128,6 +148,31 @@ fn standard_recipe_is_deterministic_and_does_every_step() {
     assert_eq!(run.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("go with --cle"), "{stderr}");
+    // Output-fitted weight ranges need the quantized model's layer inputs.
+    let calib = [Path::new("--calib"), &x];
+    for (extra, says) in [
+        (
+            &[Path::new("--mode"), Path::new("dynamic")][..],
+            "static quantization only",
+        ),
+        (
+            &[&calib[..], &[Path::new("--limit-pairs")]].concat()[..],
+            "does not go with --limit-pairs",
+        ),
+    ] {
+        let run = Command::new(env!("CARGO_BIN_EXE_zeropoint"))
+            .args(["quantize", "--weight-range", "output"])
+            .arg(&model)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(1), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.contains(says) && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+    }
 }
 
 /// `analyze`'s scores are ONNX Runtime's on the exported models, its report is complete, and

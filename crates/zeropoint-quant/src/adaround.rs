@@ -294,8 +294,11 @@ pub fn adaround(
         params,
         data,
         inputs,
-        &mut |layer, parts| fit(layer, parts, opts),
-        &mut |done, total, rounded| on_layer(done, total, rounded),
+        &mut |layer, parts| {
+            let (weight, rounded) = fit(layer, parts, opts)?;
+            Ok((vec![weight.clone()], (weight, rounded)))
+        },
+        &mut |done, total, (_, rounded)| on_layer(done, total, rounded),
     )?;
     let mut done = Vec::with_capacity(learned.len());
     for (weight, rounded) in learned {

@@ -19,7 +19,7 @@ use crate::calibrate::{merges_exactly, observe, observe_from, ranges_as, FirstRo
 use crate::compare::{next_batches, Batch};
 use crate::dataset::{Arrays, Dataset, Preprocess};
 use crate::error::{Error, Result};
-use crate::params::{params, Params};
+use crate::params::{params, params_reusing_weights, Params};
 use crate::placement::{Choices, Plan};
 use crate::prepare::{prepare_measuring, Prepared};
 use crate::range_choice::RangeChoice;
@@ -115,6 +115,8 @@ pub struct Calibrated {
     pub params: Params,
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
     pub adaround: Vec<crate::adaround::Rounded>,
+    /// What `--weight-range output` fitted, layer by layer.
+    pub output_ranges: Vec<crate::output_ranges::FittedRange>,
     /// The weights whose paired codes were lowered (`Settings::limit_pairs`).
     pub limited_pairs: Vec<crate::pair_limit::Limited>,
     /// The output SQNR after each step of the pipeline, when a step beyond range setting ran.
@@ -203,6 +205,17 @@ pub fn calibrated(
         }
         None => Vec::new(),
     };
+    let output_ranges = match settings.output_weight_ranges {
+        Some(samples) => {
+            let fitted = fit_output_ranges((&graph, &plan), &mut params, opts, samples, progress)?;
+            params = params_reusing_weights(&graph, &plan, &ranges, settings, &params)?;
+            if let Some(b) = &step_samples {
+                steps.push(crate::recipe::fitted_ranges(&graph, &params, b)?);
+            }
+            fitted
+        }
+        None => Vec::new(),
+    };
     let float = settings.changes_weights().then(|| graph.clone());
     let mut rounded = Rounding {
         graph: &mut graph,
@@ -212,7 +225,15 @@ pub fn calibrated(
     };
     let (adaround, bias_corrections) = rounded.run(opts, progress)?;
     if !bias_corrections.is_empty() {
-        params = crate::params::params(&graph, &plan, &ranges, settings)?;
+        // The corrected biases' codes; fitted weight ranges stay.
+        let fitted = Params {
+            weights: (params.weights.iter())
+                .filter(|w| output_ranges.iter().any(|f| f.weight == w.name))
+                .cloned()
+                .collect(),
+            ..Params::default()
+        };
+        params = params_reusing_weights(&graph, &plan, &ranges, settings, &fitted)?;
     }
     let limited_pairs = match settings.limit_pairs {
         true => crate::pair_limit::limit_pairs(&mut graph, &plan, &params)?,
@@ -238,6 +259,7 @@ pub fn calibrated(
         params,
         bias_corrections,
         adaround,
+        output_ranges,
         limited_pairs,
         steps,
         calibration_samples: total,
@@ -354,7 +376,10 @@ const STEP_SAMPLES: usize = 16;
 /// on, or the report is off.
 fn step_samples(graph: &Graph, opts: &Options) -> Result<Option<Vec<Batch>>> {
     let s = &opts.settings;
-    let any = s.equalize.is_some() || s.adaround.is_some() || s.bias_correction.is_some();
+    let any = s.equalize.is_some()
+        || s.adaround.is_some()
+        || s.bias_correction.is_some()
+        || s.output_weight_ranges.is_some();
     if !any || opts.report_samples == Some(0) {
         return Ok(None);
     }
@@ -386,6 +411,31 @@ fn score_without_cle(
         progress("calibrating without CLE", done, total)
     })?;
     Probe::new(&c.graph, &c.graph, batches.to_vec())?.score(&c.params)
+}
+
+/// `--weight-range output` (crate::output_ranges): each layer's weight range fitted to its
+/// output on `samples` calibration samples, written into `params` (their biases not redone).
+fn fit_output_ranges(
+    (graph, plan): (&Graph, &Plan),
+    params: &mut Params,
+    opts: &Options,
+    samples: usize,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Vec<crate::output_ranges::FittedRange>> {
+    let mut data = open_data(graph, opts)?;
+    data.truncate(samples);
+    let inputs = crate::reconstruction::Inputs {
+        quantized: true,
+        max_columns: crate::output_ranges::MAX_COLUMNS,
+    };
+    let mut on_layer = |done: usize, total: usize, f: &crate::output_ranges::FittedRange| {
+        let line = format!(
+            "weight ranges\t{}: loss {:.4} -> {:.4}",
+            f.layer, f.loss_minmax, f.loss_fitted
+        );
+        progress(&line, done, total);
+    };
+    crate::output_ranges::fit_ranges(graph, plan, params, data, inputs, &mut on_layer)
 }
 
 /// The graph whose weights AdaRound learns or whose biases bias correction changes.

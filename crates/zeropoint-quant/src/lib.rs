@@ -58,6 +58,7 @@ pub mod layer_inputs;
 pub mod linear_layers;
 pub mod mixed_precision;
 pub mod ort_runtime;
+pub mod output_ranges;
 pub mod pair_limit;
 pub mod params;
 pub mod paused_runs;

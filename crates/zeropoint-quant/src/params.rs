@@ -122,12 +122,23 @@ pub fn params_reusing_weights(
         let Some(w) = p.weights.iter_mut().find(|w| w.name == b.weight) else {
             continue;
         };
-        fit_bias_in_int32(&mut w.qparams, &bias, xq.scale[0]);
-        if let Some(params) = bias_params(&b.name, &bias, &w.qparams, &xq) {
+        if let Some(params) = layer_bias(&b.name, &bias, &mut w.qparams, &xq) {
             p.biases.push(params);
         }
     }
     Ok(p)
+}
+
+/// The int32 bias `name` of `values` for a layer with weight parameters `wq`, raised where the
+/// bias needs it ([`fit_bias_in_int32`]), and input parameters `xq`.
+pub fn layer_bias(
+    name: &str,
+    values: &[f32],
+    wq: &mut QParams,
+    xq: &QParams,
+) -> Option<BiasParams> {
+    fit_bias_in_int32(wq, values, xq.scale[0]);
+    bias_params(name, values, wq, xq)
 }
 
 /// Raises the weight scale of each channel whose bias would not fit int32 with scale s_x·s_w:

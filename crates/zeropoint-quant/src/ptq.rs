@@ -9,6 +9,7 @@
 //! place      graph           → Plan (which values get which quantizer)            placement.rs
 //! calibrate  graph, plan     → Ranges (each activation's clipping range)          calibrate.rs
 //! parameters ranges, weights → Params (scales, zero-points, int32 biases)         params.rs
+//!            fitted to the layers' outputs (--weight-range output)            output_ranges.rs
 //! rounding   graph, params   → AdaRound's weights (--adaround)                    adaround.rs
 //!            or the biases corrected (--bias-correction)                        bias_correction.rs
 //! report     graph, params   → the simulated model's error per value              report.rs
@@ -51,6 +52,8 @@ pub struct Outcome {
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
     /// The layers AdaRounded (`--adaround`), in graph order.
     pub adaround: Vec<crate::adaround::Rounded>,
+    /// The weight ranges fitted to the layers' outputs (`--weight-range output`), in graph order.
+    pub output_ranges: Vec<crate::output_ranges::FittedRange>,
     /// The weights whose paired codes were lowered (`--limit-pairs`).
     pub limited_pairs: Vec<crate::pair_limit::Limited>,
     /// The output SQNR after each step of the pipeline (`--recipe standard` and its switches).
@@ -153,6 +156,7 @@ pub fn quantize(
         smoothing: c.smoothing,
         bias_corrections: c.bias_corrections,
         adaround: c.adaround,
+        output_ranges: c.output_ranges,
         limited_pairs: c.limited_pairs,
         steps: c.steps,
         mixed_precision,

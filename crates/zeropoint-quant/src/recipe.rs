@@ -56,6 +56,16 @@ pub fn before_rounding(
     Ok(steps)
 }
 
+/// The step of weight ranges fitted to the layers' outputs (crate::output_ranges), with the
+/// fitted `params`.
+pub fn fitted_ranges(graph: &Graph, params: &Params, batches: &[Batch]) -> Result<StepScore> {
+    let score = Probe::new(graph, graph, batches.to_vec())?.score(params)?;
+    Ok(StepScore {
+        step: "+ weight ranges fitted to layer outputs".into(),
+        score,
+    })
+}
+
 /// The step of AdaRound or bias correction: `graph` with its weights or biases, against
 /// `float`.
 pub fn rounding(

@@ -33,21 +33,25 @@ pub struct Inputs {
     pub max_columns: usize,
 }
 
+/// A layer's fit in [`walk`]: from the layer and its input columns, the initializers the
+/// simulation goes on with and what the caller keeps.
+pub type Fit<'a, T> = dyn FnMut(&Layer, Vec<Part>) -> Result<(Vec<RawTensor>, T)> + 'a;
+
 /// Fits every layer of `layers` (from [`layers`]) in turn on `data` (one batch of the model's
 /// smallest batch size per sample, read as the runs start): `fit(layer, parts)` gets every
-/// sample's columns of the layer's input, float and simulated, and returns the layer's weight
-/// as the simulation is to go on with it (on its grid: it is not quantized again), with what
-/// the caller keeps. The simulation starts with `params`. `on_layer(done, total, kept)` is
-/// called as each layer is fitted.
+/// sample's columns of the layer's input, float and simulated, and returns the initializers the
+/// simulation is to go on with (the layer's weight on its grid, which is not quantized again;
+/// its bias where the fit changed it), with what the caller keeps. The simulation starts with
+/// `params`. `on_layer(done, total, kept)` is called as each layer is fitted.
 pub fn walk<T>(
     graph: &Graph,
     layers: &[Layer],
     params: &Params,
     data: Dataset,
     inputs: Inputs,
-    fit: &mut dyn FnMut(&Layer, Vec<Part>) -> Result<(RawTensor, T)>,
+    fit: &mut Fit<'_, T>,
     on_layer: &mut dyn FnMut(usize, usize, &T),
-) -> Result<Vec<(RawTensor, T)>> {
+) -> Result<Vec<T>> {
     let mut fitted = Vec::with_capacity(layers.len());
     if layers.is_empty() || data.len == 0 {
         return Ok(fitted);
@@ -73,10 +77,12 @@ pub fn walk<T>(
                 .map(|g| Ok((columns(layer, xf, g, take)?, columns(layer, xq, g, take)?)))
                 .collect::<Result<Part>>()
         })?;
-        let (weight, kept) = fit(layer, parts)?;
+        let (initializers, kept) = fit(layer, parts)?;
         on_layer(fitted.len() + 1, layers.len(), &kept);
-        sim.set_weight(&weight)?;
-        fitted.push((weight, kept));
+        for t in &initializers {
+            sim.set_weight(t)?;
+        }
+        fitted.push(kept);
     }
     Ok(fitted)
 }
@@ -158,7 +164,7 @@ pub fn layers(graph: &Graph, plan: &Plan, params: &Params) -> Vec<Layer> {
             index,
             node: node.clone(),
             weight: w.clone(),
-            scheme: wp.scheme.clone(),
+            scheme: wp.scheme,
             qparams: wp.qparams.clone(),
             shape,
         });
@@ -306,4 +312,3 @@ fn input_of<'a>(layer: &Layer, run: &'a Paused) -> Result<&'a Value> {
         ))
     })
 }
-

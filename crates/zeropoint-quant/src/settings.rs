@@ -10,6 +10,10 @@ pub struct Settings {
     /// Weight scheme; its granularity's axis is replaced by each layer's channel axis.
     pub weights: Scheme,
     pub weight_method: Method,
+    /// Weight ranges fitted to each layer's output on this many calibration samples
+    /// (`--weight-range output`, crate::output_ranges), starting from `weight_method`'s
+    /// (min-max); None: the estimator's ranges stay.
+    pub output_weight_ranges: Option<usize>,
     /// Activation scheme (per-tensor).
     pub activations: Scheme,
     pub activation_method: Method,
@@ -110,6 +114,7 @@ impl Settings {
         Settings {
             weights: preset.weights(),
             weight_method: Method::MinMax,
+            output_weight_ranges: None,
             activations: preset.activations(),
             activation_method: Method::Mse { norm: 2.0 },
             choose_activation_range: false,

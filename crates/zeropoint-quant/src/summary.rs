@@ -35,6 +35,9 @@ pub struct Summary {
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
     /// AdaRound, when asked for (`--adaround`).
     pub adaround: Vec<crate::adaround::Rounded>,
+    /// Weight ranges fitted to the layers' outputs, when asked for (`--weight-range output`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub output_ranges: Vec<crate::output_ranges::FittedRange>,
     /// The weights whose paired codes were lowered, when asked for (`--limit-pairs`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub limited_pairs: Vec<crate::pair_limit::Limited>,
@@ -146,6 +149,7 @@ impl Summary {
             smoothing: o.smoothing.clone(),
             bias_corrections: o.bias_corrections.clone(),
             adaround: o.adaround.clone(),
+            output_ranges: o.output_ranges.clone(),
             limited_pairs: o.limited_pairs.clone(),
             steps: o.steps.clone(),
             mixed_precision: o.mixed_precision.clone(),
