@@ -80,10 +80,10 @@ def zeropoint(model, calib, bits, gran, algo, work, args):
            "--batch", "1", "--report-samples", "0"]
     if args.cle_relu6 and algo in ("cle", "recipe"):
         flags = flags + ["--cle-relu6"]
-    # Weight ranges: min-max (the default) and MSE, as the peers' best calibrator is taken; AdaRound
-    # keeps the default, the recipe takes MSE itself.
+    # Weight ranges: min-max (the default), MSE and fitted to the layers' outputs, as the peers'
+    # best calibrator is taken; AdaRound keeps the default, the recipe takes MSE itself.
     out = []
-    for ranges in (["minmax", "mse"] if algo in ("plain", "cle", "bias correction") else ["default"]):
+    for ranges in (["minmax", "mse", "output"] if algo in ("plain", "cle", "bias correction") else ["default"]):
         path = os.path.join(work, f"zp.{ranges}.onnx")
         extra = [] if ranges == "default" else ["--weight-range", ranges]
         subprocess.run(cmd + ["-o", path] + flags + extra, check=True, capture_output=True)
