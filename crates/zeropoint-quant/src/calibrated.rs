@@ -19,6 +19,7 @@ use crate::calibrate::{merges_exactly, observe, observe_from, ranges_as, FirstRo
 use crate::compare::{next_batches, Batch};
 use crate::dataset::{Arrays, Dataset, Preprocess};
 use crate::error::{Error, Result};
+use crate::output_ranges::FittedRange;
 use crate::params::{params, params_reusing_weights, Params};
 use crate::placement::{Choices, Plan};
 use crate::prepare::{prepare_measuring, Prepared};
@@ -116,7 +117,7 @@ pub struct Calibrated {
     pub bias_corrections: Vec<crate::bias_correction::Correction>,
     pub adaround: Vec<crate::adaround::Rounded>,
     /// What `--weight-range output` fitted, layer by layer.
-    pub output_ranges: Vec<crate::output_ranges::FittedRange>,
+    pub output_ranges: Vec<FittedRange>,
     /// The weights whose paired codes were lowered (`Settings::limit_pairs`).
     pub limited_pairs: Vec<crate::pair_limit::Limited>,
     /// The output SQNR after each step of the pipeline, when a step beyond range setting ran.
@@ -195,27 +196,15 @@ pub fn calibrated(
     let settings = &settings;
     let method = Some(&activation_method);
     let ranges = ranges_as(&graph, &plan, &observers, settings, method)?;
-    let mut params = params(&graph, &plan, &ranges, settings)?;
     let step_samples = step_samples(&graph, opts)?;
-    let mut steps = match &step_samples {
-        Some(b) => {
-            let mut without_cle = || score_without_cle(path, opts, b, progress);
-            let at = (&graph, &plan, &ranges);
-            crate::recipe::before_rounding(settings, at, b, &mut without_cle)?
-        }
-        None => Vec::new(),
-    };
-    let output_ranges = match settings.output_weight_ranges {
-        Some(samples) => {
-            let fitted = fit_output_ranges((&graph, &plan), &mut params, opts, samples, progress)?;
-            params = params_reusing_weights(&graph, &plan, &ranges, settings, &params)?;
-            if let Some(b) = &step_samples {
-                steps.push(crate::recipe::fitted_ranges(&graph, &params, b)?);
-            }
-            fitted
-        }
-        None => Vec::new(),
-    };
+    let at = (&graph, &plan, &ranges);
+    let (mut params, output_ranges, mut steps) = parameters(
+        path,
+        at,
+        (opts, settings),
+        step_samples.as_deref(),
+        progress,
+    )?;
     let float = settings.changes_weights().then(|| graph.clone());
     let mut rounded = Rounding {
         graph: &mut graph,
@@ -225,15 +214,7 @@ pub fn calibrated(
     };
     let (adaround, bias_corrections) = rounded.run(opts, progress)?;
     if !bias_corrections.is_empty() {
-        // The corrected biases' codes; fitted weight ranges stay.
-        let fitted = Params {
-            weights: (params.weights.iter())
-                .filter(|w| output_ranges.iter().any(|f| f.weight == w.name))
-                .cloned()
-                .collect(),
-            ..Params::default()
-        };
-        params = params_reusing_weights(&graph, &plan, &ranges, settings, &fitted)?;
+        params = corrected((&graph, &plan, &ranges), settings, &params, &output_ranges)?;
     }
     let limited_pairs = match settings.limit_pairs {
         true => crate::pair_limit::limit_pairs(&mut graph, &plan, &params)?,
@@ -413,29 +394,80 @@ fn score_without_cle(
     Probe::new(&c.graph, &c.graph, batches.to_vec())?.score(&c.params)
 }
 
-/// `--weight-range output` (crate::output_ranges): each layer's weight range fitted to its
-/// output on `samples` calibration samples, written into `params` (their biases not redone).
-fn fit_output_ranges(
-    (graph, plan): (&Graph, &Plan),
-    params: &mut Params,
-    opts: &Options,
-    samples: usize,
+/// The quantizers' parameters from `ranges`, with each layer's weight range fitted to its
+/// output where the settings ask, and the pipeline's steps up to there when they are scored
+/// (on `step_samples`).
+fn parameters(
+    path: &Path,
+    at: (&Graph, &Plan, &Ranges),
+    (opts, settings): (&Options, &Settings),
+    step_samples: Option<&[Batch]>,
     progress: &mut dyn FnMut(&str, usize, usize),
-) -> Result<Vec<crate::output_ranges::FittedRange>> {
+) -> Result<(Params, Vec<FittedRange>, Vec<StepScore>)> {
+    let (graph, plan, ranges) = at;
+    let mut params = params(graph, plan, ranges, settings)?;
+    let mut steps = match step_samples {
+        Some(b) => {
+            let mut without_cle = || score_without_cle(path, opts, b, progress);
+            crate::recipe::before_rounding(settings, at, b, &mut without_cle)?
+        }
+        None => Vec::new(),
+    };
+    let output_ranges = match settings.output_weight_ranges {
+        Some(samples) => fit_output_ranges(at, settings, &mut params, (opts, samples), progress)?,
+        None => Vec::new(),
+    };
+    if let (Some(b), false) = (step_samples, output_ranges.is_empty()) {
+        steps.push(crate::recipe::fitted_ranges(graph, &params, b)?);
+    }
+    Ok((params, output_ranges, steps))
+}
+
+/// `--weight-range output` (crate::output_ranges): each layer's weight range fitted to its
+/// output on `samples` calibration samples, written into `params` with the biases at the
+/// fitted scales.
+fn fit_output_ranges(
+    (graph, plan, ranges): (&Graph, &Plan, &Ranges),
+    settings: &Settings,
+    params: &mut Params,
+    (opts, samples): (&Options, usize),
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Vec<FittedRange>> {
     let mut data = open_data(graph, opts)?;
     data.truncate(samples);
     let inputs = crate::reconstruction::Inputs {
         quantized: true,
         max_columns: crate::output_ranges::MAX_COLUMNS,
     };
-    let mut on_layer = |done: usize, total: usize, f: &crate::output_ranges::FittedRange| {
+    let mut on_layer = |done: usize, total: usize, f: &FittedRange| {
         let line = format!(
             "weight ranges\t{}: loss {:.4} -> {:.4}",
             f.layer, f.loss_minmax, f.loss_fitted
         );
         progress(&line, done, total);
     };
-    crate::output_ranges::fit_ranges(graph, plan, params, data, inputs, &mut on_layer)
+    let fitted =
+        crate::output_ranges::fit_ranges(graph, plan, params, data, inputs, &mut on_layer)?;
+    *params = params_reusing_weights(graph, plan, ranges, settings, params)?;
+    Ok(fitted)
+}
+
+/// The parameters after bias correction: the corrected biases' codes, and the weights' from
+/// their estimator but where `fitted` to the layers' outputs.
+fn corrected(
+    (graph, plan, ranges): (&Graph, &Plan, &Ranges),
+    settings: &Settings,
+    params: &Params,
+    fitted: &[FittedRange],
+) -> Result<Params> {
+    let keep = Params {
+        weights: (params.weights.iter())
+            .filter(|w| fitted.iter().any(|f| f.weight == w.name))
+            .cloned()
+            .collect(),
+        ..Params::default()
+    };
+    params_reusing_weights(graph, plan, ranges, settings, &keep)
 }
 
 /// The graph whose weights AdaRound learns or whose biases bias correction changes.
