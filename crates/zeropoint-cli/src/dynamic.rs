@@ -9,8 +9,7 @@ use zeropoint_core::Granularity;
 use zeropoint_quant::dynamic::{self, Options, Outcome, Smoothing};
 
 use crate::output::check_output;
-use crate::quant_args::WeightRange;
-use crate::quant_args::{parse_scheme, QuantArgs};
+use crate::quant_args::{parse_scheme, QuantArgs, WeightRange};
 use crate::table::{db, Table};
 use crate::weight_only::Sizes;
 

@@ -274,10 +274,10 @@ pub fn print_equalization(e: &zeropoint_quant::equalize::Report) {
 /// How far `--weight-range output` clipped the min-max ranges, and what it bought on the
 /// layers' reconstruction error.
 fn print_output_ranges(fitted: &[zeropoint_quant::output_ranges::FittedRange]) {
-    let searched: Vec<_> = fitted.iter().filter(|f| !f.alpha.is_empty()).collect();
     if fitted.is_empty() {
         return;
     }
+    let searched: Vec<_> = fitted.iter().filter(|f| !f.alpha.is_empty()).collect();
     let mut alphas: Vec<f32> = searched.iter().flat_map(|f| f.alpha.clone()).collect();
     alphas.sort_by(f32::total_cmp);
     let (before, after) = searched.iter().fold((0.0, 0.0), |(a, b), f| {
