@@ -38,7 +38,9 @@ use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::params::Params;
 use crate::placement::Plan;
-use crate::reconstruction::{self, matrix_dims, weight_index, Inputs, Layer, Part};
+use crate::reconstruction::{
+    self, group_columns, group_matrix, matrix_dims, weight_index, Columns, Inputs, Layer, Part,
+};
 
 pub use crate::settings::AdaRoundOptions as Options;
 
@@ -316,7 +318,7 @@ pub fn adaround(
 
 /// Learns the rounding of every group of `layer` on the samples' columns.
 fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Rounded)> {
-    let (groups, rows, k) = matrix_dims(layer);
+    let (_, rows, k) = matrix_dims(layer);
     let w = layer.weight.to_f32s();
     let qp = &layer.qparams;
     let layout = Layout::new(&layer.weight.shape, qp.granularity)
@@ -335,26 +337,9 @@ fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Ro
         let e = zeropoint_engine::error::candle_message(e);
         Error::Environment(format!("{}: {e}", layer.node.label()))
     };
-    // Each group's columns over all samples, each sample's dropped once copied: a large
-    // layer's columns (8192 × 4608 for a 3×3 convolution of 512 channels) are 150 MB a copy.
-    let mut columns: Vec<(Vec<f32>, Vec<f32>)> = vec![Default::default(); groups];
-    for part in parts {
-        for ((f, q), (fp, qp)) in columns.iter_mut().zip(part) {
-            f.extend_from_slice(&fp);
-            q.extend_from_slice(&qp);
-        }
-    }
-    for (g, (float_inputs, inputs)) in columns.into_iter().enumerate() {
+    let columns = group_columns(layer, parts, &w).map_err(err)?;
+    for (g, Columns { inputs, targets }) in columns.into_iter().enumerate() {
         let at = |e: usize| weight_index(layer, g, e / k, e % k);
-        let wg: Vec<f32> = (0..rows * k).map(|e| w[at(e)]).collect();
-        let positions = inputs.len() / k.max(1);
-        // W·x, the float model's output at the columns; the float columns go.
-        let targets = Tensor::from_vec(float_inputs, (positions, k), &Device::Cpu)
-            .and_then(|xf| {
-                let wt = Tensor::from_slice(&wg, (rows, k), &Device::Cpu)?;
-                xf.matmul(&wt.t()?)?.flatten_all()?.to_vec1::<f32>()
-            })
-            .map_err(err)?;
         let problem = Problem {
             rows,
             cols: k,
@@ -362,7 +347,7 @@ fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Ro
             zero: (0..rows * k)
                 .map(|e| qp.zero_point[index(at(e))] as f32)
                 .collect(),
-            w: wg,
+            w: group_matrix(layer, &w, g),
             qmin: qp.grid.qmin as f32,
             qmax: qp.grid.qmax as f32,
             inputs,

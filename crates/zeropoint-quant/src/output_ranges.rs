@@ -32,7 +32,9 @@ use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::params::Params;
 use crate::placement::Plan;
-use crate::reconstruction::{self, matrix_dims, weight_index, Inputs, Layer, Part};
+use crate::reconstruction::{
+    self, group_columns, group_matrix, matrix_dims, weight_index, Columns, Inputs, Layer, Part,
+};
 
 /// The smallest fraction of the min-max range tried.
 pub const LOWEST: f64 = 0.3;
@@ -113,13 +115,6 @@ fn bias_of(graph: &Graph, plan: &Plan, params: &Params, layer: &Layer) -> Option
     })
 }
 
-/// One group's search problem: the quantized model's input columns x̃ [P, K] and the float
-/// model's outputs W·x [P, M].
-struct Group {
-    inputs: Tensor,
-    targets: Tensor,
-}
-
 /// The fitted range of `layer` on the samples' columns, and the layer's weight rounded to
 /// nearest on it (with its int32 bias at the new scale) for the simulation to go on with.
 fn fit(
@@ -159,9 +154,7 @@ fn fit(
         let wq = fake_quant(&w, shape, &qp).map_err(|e| err(e.to_string()))?;
         let mut per_unit = vec![0f64; minmax.len()];
         for (g, problem) in problems.iter().enumerate() {
-            let wg: Vec<f32> = (0..rows * k)
-                .map(|e| wq[weight_index(layer, g, e / k, e % k)])
-                .collect();
+            let wg = group_matrix(layer, &wq, g);
             let row_losses = row_losses(problem, &wg, rows, k).map_err(candle)?;
             for (m, l) in row_losses.into_iter().enumerate() {
                 per_unit[units[g * rows + m]] += f64::from(l) / positions;
@@ -248,26 +241,22 @@ fn units_of_rows(layer: &Layer) -> Option<Vec<usize>> {
     Some(units)
 }
 
-/// Every group's columns over all samples as matrices, with the float model's outputs W·x.
+/// One group's search problem as matrices: x̃ [P, K] and W·x [P, rows].
+struct Group {
+    inputs: Tensor,
+    targets: Tensor,
+}
+
+/// Every group's [`Columns`] as matrices.
 fn groups_of(layer: &Layer, parts: Vec<Part>, w: &[f32]) -> candle_core::Result<Vec<Group>> {
-    let (groups, rows, k) = matrix_dims(layer);
-    let mut columns: Vec<(Vec<f32>, Vec<f32>)> = vec![Default::default(); groups];
-    for part in parts {
-        for ((f, q), (fp, qp)) in columns.iter_mut().zip(part) {
-            f.extend_from_slice(&fp);
-            q.extend_from_slice(&qp);
-        }
-    }
-    (columns.into_iter().enumerate())
-        .map(|(g, (float, quantized))| {
-            let p = quantized.len() / k.max(1);
-            let wg: Vec<f32> = (0..rows * k)
-                .map(|e| w[weight_index(layer, g, e / k, e % k)])
-                .collect();
-            let wt = Tensor::from_vec(wg, (rows, k), &Device::Cpu)?;
-            let targets = Tensor::from_vec(float, (p, k), &Device::Cpu)?.matmul(&wt.t()?)?;
-            let inputs = Tensor::from_vec(quantized, (p, k), &Device::Cpu)?;
-            Ok(Group { inputs, targets })
+    let (_, rows, k) = matrix_dims(layer);
+    (group_columns(layer, parts, w)?.into_iter())
+        .map(|Columns { inputs, targets }| {
+            let p = inputs.len() / k.max(1);
+            Ok(Group {
+                inputs: Tensor::from_vec(inputs, (p, k), &Device::Cpu)?,
+                targets: Tensor::from_vec(targets, (p, rows), &Device::Cpu)?,
+            })
         })
         .collect()
 }
