@@ -4,8 +4,8 @@ Usage: output_ranges_reference.py ZEROPOINT DIR
 
 Quantizes the MNIST CNN (../shared/assets/models/ccexam_mnist_cnn.onnx, no BatchNorm, so its
 weights are the float model's) at int4 weights, per channel and per tensor, with float and with
-uint8 activations, with `--weight-range output` on 2 samples, few enough that every output
-position of every layer is a column. For each layer, in graph order, the search is done again
+uint8 activations, calibrated on 4 samples with `--weight-range output` fitted on the first 2
+(`--weight-range-samples 2`), few enough that every output position of every layer is a column. For each layer, in graph order, the search is done again
 here: for α = 1, 0.95, ..., 0.3, then α ± 0.01 ... 0.04 around each range's best, the weight
 rounded to nearest on the grid of α·max|W| (scale α·max|W|/7, codes in [-8, 7]) and
 
@@ -66,8 +66,9 @@ def check(zeropoint, out, x, granularity, activations, failures):
     label = f"{granularity} {activations}"
     dst = out / f"output.{granularity}.{activations}.onnx"
     p = subprocess.run([str(zeropoint), "quantize", str(MODEL), "--calib", str(out / "calib.npy"),
-                        "--samples", "2", "--weights", f"int4,sym,{granularity}",
+                        "--samples", "4", "--weights", f"int4,sym,{granularity}",
                         "--activations", activations, "--weight-range", "output",
+                        "--weight-range-samples", "2",
                         "--report-samples", "0", "--json", "-o", str(dst)],
                        capture_output=True, text=True)
     if p.returncode != 0:

@@ -58,9 +58,6 @@ pub enum AdaRoundInputs {
     WeightsOnly,
 }
 
-/// Calibration samples `--weight-range output` fits each layer's range on (AdaRound's default).
-const OUTPUT_RANGE_SAMPLES: usize = 16;
-
 /// `--weight-range`: an estimator, or ranges fitted to the layers' outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightRange {
@@ -140,11 +137,15 @@ pub struct QuantArgs {
     pub limit_pairs: bool,
     /// Range estimator for weights: minmax, ema, percentile, abs-percentile, mse, entropy,
     /// cross-entropy, or output: each layer's range clipped to the fraction of min-max that
-    /// best keeps the layer's output, ‖Ŵx̃ − Wx‖² on 16 calibration samples with every earlier
-    /// layer quantized (one per tensor or per output channel; static quantization)
-    /// [default: minmax; mse with --recipe standard].
+    /// best keeps the layer's output, ‖Ŵx̃ − Wx‖² on --weight-range-samples calibration samples
+    /// with every earlier layer quantized (one per tensor or per output channel; static
+    /// quantization) [default: minmax; mse with --recipe standard].
     #[arg(long, value_parser = parse_weight_range, value_name = "METHOD")]
     pub weight_range: Option<WeightRange>,
+    /// Calibration samples --weight-range output fits on (their activations wait on disk between
+    /// layers, as AdaRound's do).
+    #[arg(long, default_value_t = zeropoint_quant::settings::OUTPUT_RANGE_SAMPLES)]
+    pub weight_range_samples: usize,
     /// Range estimator for activations: minmax, ema, percentile, abs-percentile, mse, entropy,
     /// cross-entropy, or auto: MSE, min-max or percentile, whichever gives the simulated model
     /// the best output on the last quarter of the calibration samples, fitted on the rest (MSE
@@ -315,7 +316,7 @@ impl QuantArgs {
                 }
                 .method(),
                 output_weight_ranges: (self.weight_range == Some(WeightRange::Output))
-                    .then_some(OUTPUT_RANGE_SAMPLES),
+                    .then_some(self.weight_range_samples.max(1)),
                 activations,
                 activation_method: self.activation_range.method(),
                 choose_activation_range: self.activation_range == ActivationRange::Auto,

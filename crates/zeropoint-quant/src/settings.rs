@@ -84,6 +84,12 @@ impl Default for SmoothQuant {
     }
 }
 
+/// Calibration samples `--weight-range output` fits each layer's range on, by default. With 16,
+/// the ranges fitted the samples more than the data: on the MNIST CNN at W4A8 they scored 29.9 dB
+/// on those samples and 25.7 on held-out ones; 64 give 26.7 held out, at 1.5× the time
+/// (docs/algorithms.md).
+pub const OUTPUT_RANGE_SAMPLES: usize = 64;
+
 /// Calibration samples empirical bias correction measures on, by default.
 pub const BIAS_CORRECTION_SAMPLES: usize = 16;
 
