@@ -20,7 +20,8 @@ random calibration samples of which the first 16 are the analysis samples:
   float on those samples, in ONNX Runtime as reported;
 - the suggested activation range estimators (min-max, percentiles: measured from the MSE
   observers' histograms) score what ONNX Runtime gives the models `quantize` exports with them,
-  and so does the suggested `--bias-correction`.
+  and so do the suggested `--bias-correction` and `--weight-range output`, the two flagged as
+  fitted on the scored samples (and no other).
 """
 
 import json
@@ -147,15 +148,21 @@ def main():
         good &= check(len(suggested) == 1 and abs(suggested[0]["score"]["sqnr_db"] - ort_m) < TOLERANCE_DB,
                       f"suggestion {option}: analyze {[f['score']['sqnr_db'] for f in suggested]} dB, "
                       f"ONNX Runtime {ort_m:.2f} dB")
-    # Bias correction is measured by calibrating again with it: its suggestion scores what ONNX
-    # Runtime gives the model `quantize --bias-correction` exports.
-    suggested = [f for f in a["suggestions"] if f["options"] == "--bias-correction"]
-    corrected = work / "bias_correction.onnx"
-    zeropoint(exe, "quantize", MODEL, *common, "--bias-correction", "--report-samples", 0, "-o", corrected)
-    ort_corrected = sqnr(reference, outputs(onnx.load(corrected), x[:SAMPLES]))
-    good &= check(len(suggested) == 1 and abs(suggested[0]["score"]["sqnr_db"] - ort_corrected) < TOLERANCE_DB,
-                  f"suggestion --bias-correction: analyze {[f['score']['sqnr_db'] for f in suggested]} dB, "
-                  f"ONNX Runtime {ort_corrected:.2f} dB (without: {ort_full:.2f})")
+    # Bias correction and output-fitted weight ranges are measured by calibrating again with them:
+    # each suggestion scores what ONNX Runtime gives the model `quantize` exports with it.
+    for option in ("--bias-correction", "--weight-range output"):
+        suggested = [f for f in a["suggestions"] if f["options"] == option]
+        path = work / "suggested.onnx"
+        zeropoint(exe, "quantize", MODEL, *common, *option.split(), "--report-samples", 0, "-o", path)
+        ort_s = sqnr(reference, outputs(onnx.load(path), x[:SAMPLES]))
+        good &= check(len(suggested) == 1 and abs(suggested[0]["score"]["sqnr_db"] - ort_s) < TOLERANCE_DB,
+                      f"suggestion {option}: analyze {[f['score']['sqnr_db'] for f in suggested]} dB, "
+                      f"ONNX Runtime {ort_s:.2f} dB (without: {ort_full:.2f})")
+        # Both fit the first calibration samples, which the analysis scores on.
+        good &= check(len(suggested) == 1 and suggested[0]["fitted_on_scored_samples"],
+                      f"suggestion {option} flagged as fitted on the scored samples")
+    fitted = sorted(f["options"] for f in a["suggestions"] if f["fitted_on_scored_samples"])
+    good &= check(fitted == ["--bias-correction", "--weight-range output"], f"fits flagged: {fitted}")
     parser = Svgs()
     parser.feed(html.read_text())
     good &= check(parser.svgs == 1 + len(a["distributions"]) and len(a["distributions"]) == 4,

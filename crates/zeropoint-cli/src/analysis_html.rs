@@ -94,6 +94,19 @@ fn sensitivity_table(w: &mut String, a: &Analysis) {
     w.push_str("</table>");
 }
 
+/// What `*` after a fix's gain means, in the report and `analyze`'s table.
+pub const FITTED_NOTE: &str =
+    "* fitted on calibration samples that include the scored ones: held out, it may gain less";
+
+/// `*` for a fix fitted on the scored samples, else a space that keeps a column aligned.
+pub fn fitted_mark(s: &zeropoint_quant::analyze::Suggestion) -> &'static str {
+    if s.fitted_on_scored_samples {
+        "*"
+    } else {
+        " "
+    }
+}
+
 fn suggestions(w: &mut String, a: &Analysis) {
     if a.suggestions.is_empty() {
         return;
@@ -105,14 +118,18 @@ fn suggestions(w: &mut String, a: &Analysis) {
     for s in &a.suggestions {
         let _ = write!(
             w,
-            "<tr><td><code>{}</code></td><td>{}</td><td class=\"n\">{:+.1}</td><td>{}</td></tr>",
+            "<tr><td><code>{}</code></td><td>{}</td><td class=\"n\">{:+.1}{}</td><td>{}</td></tr>",
             escape(&s.options),
             score(&s.score),
             s.gain_db,
+            fitted_mark(s),
             escape(&s.why)
         );
     }
     w.push_str("</table>");
+    if a.suggestions.iter().any(|s| s.fitted_on_scored_samples) {
+        let _ = write!(w, "<p>{}</p>", escape(FITTED_NOTE));
+    }
 }
 
 /// Horizontal bars: each of the 40 most harmful quantizers' SQNR alone, a tick at all-but.

@@ -8,6 +8,7 @@ use clap::Args as ClapArgs;
 use zeropoint_onnx::atomic;
 use zeropoint_quant::analyze::{analyze, Analysis, Options};
 
+use crate::analysis_html;
 use crate::quant_args::QuantArgs;
 use crate::scores::{label, score, verdict_16_bits, verdict_split};
 use crate::table::{db, Table};
@@ -87,7 +88,7 @@ pub fn run(args: &Args) -> Result<()> {
         suggestions: !args.no_suggestions,
     };
     let a = analyze(&model, &opts, &mut crate::progress::bar())?;
-    let page = crate::analysis_html::page(&name, &a);
+    let page = analysis_html::page(&name, &a);
     atomic::write_bytes(&html, page.as_bytes())?;
     if args.json {
         let doc = serde_json::to_value(&a)?;
@@ -141,9 +142,12 @@ fn print(a: &Analysis) {
         t.row(vec![
             s.options.clone(),
             db(s.score.sqnr_db),
-            format!("{:+.1}", s.gain_db),
+            format!("{:+.1}{}", s.gain_db, analysis_html::fitted_mark(s)),
             s.why.clone(),
         ]);
     }
     println!("\nfixes, each measured alone:\n{}", t.render());
+    if a.suggestions.iter().any(|s| s.fitted_on_scored_samples) {
+        println!("{}", analysis_html::FITTED_NOTE);
+    }
 }

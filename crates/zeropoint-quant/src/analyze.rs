@@ -8,8 +8,9 @@
 //! 4. the distributions of the worst quantizers: a histogram of the values with the clipping
 //!    range, to tell outliers (a range problem) from a coarse grid (a bit-width problem);
 //! 5. the fixes that apply to this model and these settings (per-channel weights, MSE ranges,
-//!    cross-layer equalization, the worst weight's layer kept float, the worst activation at 16
-//!    bits, mixed precision to 3 dB more), each measured.
+//!    weight ranges fitted to the layers' outputs, cross-layer equalization, bias correction, the
+//!    worst weight's layer kept float, the worst activation at 16 bits, mixed precision to 3 dB
+//!    more), each measured.
 //!
 //! Every score is the simulated model against the float one on the same calibration samples.
 
@@ -30,7 +31,9 @@ use crate::error::Result;
 use crate::mixed_precision::{score_with, to_target, Change};
 use crate::params::{params, Params};
 use crate::sensitivity::{sensitivities, subset, Probe, Quantizer, Score, Sensitivity};
-use crate::settings::{BiasCorrection, Settings, Target, BIAS_CORRECTION_SAMPLES};
+use crate::settings::{
+    BiasCorrection, Settings, Target, BIAS_CORRECTION_SAMPLES, OUTPUT_RANGE_SAMPLES,
+};
 
 /// What `analyze` needs besides the model.
 #[derive(Debug, Clone)]
@@ -99,6 +102,10 @@ pub struct Suggestion {
     pub score: Score,
     /// Output SQNR gained over the quantized model, dB.
     pub gain_db: f64,
+    /// The fix fits the model to calibration samples that include the scored ones (output
+    /// ranges, bias correction): held out, it may gain less (on the MNIST CNN at W4A8, output
+    /// ranges gained 5.2 dB here and 4.0 on held-out images).
+    pub fitted_on_scored_samples: bool,
 }
 
 /// Bins of a distribution.
@@ -349,8 +356,16 @@ fn suggest(
         }
     }
     let s = &opts.ptq.settings;
+    let per_block = matches!(s.weights.granularity, Granularity::PerBlock { .. });
+    if s.output_weight_ranges.is_none() && !per_block && !s.limit_pairs {
+        fixes.add_fitted(
+            "--weight-range output".into(),
+            "each layer's weight range fitted to what the layer outputs rather than to the weights' own error",
+            with_output_ranges(path, opts, progress)?,
+        );
+    }
     if s.bias_correction.is_none() && s.adaround.is_none() {
-        fixes.add(
+        fixes.add_fitted(
             "--bias-correction".into(),
             "each layer's bias takes back the mean shift that its quantized weights and inputs cause",
             with_bias_correction(path, opts, progress)?,
@@ -376,7 +391,16 @@ impl Fixes<'_> {
             why: why.to_string(),
             gain_db: score.sqnr_db - self.quantized.sqnr_db,
             score,
+            fitted_on_scored_samples: false,
         })
+    }
+
+    /// A fix fitted on calibration samples, the scored ones among them.
+    fn add_fitted(&mut self, options: String, why: &str, score: Score) {
+        self.add(options, why, score);
+        if let Some(s) = self.out.last_mut() {
+            s.fitted_on_scored_samples = true;
+        }
     }
 
     /// The score with other settings for the weights (same activation ranges).
@@ -543,6 +567,19 @@ fn with_cle(
         return Ok(None);
     }
     rescored(&c, opts).map(Some)
+}
+
+/// The score with each layer's weight range fitted to its output (crate::output_ranges).
+fn with_output_ranges(
+    path: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Score> {
+    let c = recalibrated(path, opts, progress, |s| {
+        s.weight_method = Method::MinMax;
+        s.output_weight_ranges = Some(OUTPUT_RANGE_SAMPLES);
+    })?;
+    rescored(&c, opts)
 }
 
 /// The score with empirical bias correction on the default number of samples.
