@@ -313,6 +313,7 @@ def quantize_model(
     adaround: Optional[int] = None,
     adaround_samples: int = 16,
     adaround_inputs: str = "quantized",
+    weight_range_samples: int = 64,
     reduce_range: bool = False,
     limit_pairs: bool = False,
     mean: Sequence[float] = (0.0,),
@@ -327,7 +328,9 @@ def quantize_model(
     ``weights`` / ``activations`` override it with specs such as "int8,sym,per-channel",
     "int4,per-block=32", "uint8"; ``activations="float"`` quantizes the weights alone (any
     layer, biases float). Range methods: "minmax", "ema", "percentile",
-    "abs-percentile", "mse", "entropy", "cross-entropy"; ``range_options``: the activation
+    "abs-percentile", "mse", "entropy", "cross-entropy", and for ``weight_range`` also "output":
+    each layer's weight range fitted to its output on ``weight_range_samples`` calibration
+    samples (docs/algorithms.md); ``range_options``: the activation
     method's parameters, as ``Observer`` takes them (``{"percentile": 99.999}``). ``exclude``: node names or operator
     types kept float. ``report_samples``: samples of the per-layer report (0: none; by default
     a quarter of the calibration samples, at least 4, at most 8). ``cle``: cross-layer equalization; ``bias_correction``: "empirical"
@@ -361,6 +364,7 @@ def quantize_model(
             adaround=adaround,
             adaround_samples=adaround_samples,
             adaround_inputs=adaround_inputs,
+            weight_range_samples=weight_range_samples,
             reduce_range=reduce_range,
             limit_pairs=limit_pairs,
             mean=list(mean),

@@ -268,7 +268,7 @@ def test_float16_parts_compute_in_float32(tmp_path):
     assert np.abs(y - want).max() <= 0.05 * np.abs(want).max()
 
 
-def test_adaround_and_bias_correction_samples_and_inputs_reach_the_run(tmp_path, calib):
+def test_adaround_bias_correction_and_output_range_samples_reach_the_run(tmp_path, calib):
     # Each knob changes the learned weights or biases (so it reached the run), the same call
     # twice gives the same bytes, and bad values are refused as scheme errors.
     data = {input_name(): calib[:32]}
@@ -282,13 +282,17 @@ def test_adaround_and_bias_correction_samples_and_inputs_reach_the_run(tmp_path,
     assert four == model_bytes("a4again", adaround=20, adaround_samples=4)
     assert four != model_bytes("a8", adaround=20, adaround_samples=8)
     assert four != model_bytes("w4", adaround=20, adaround_samples=4, adaround_inputs="weights-only")
+    out4 = model_bytes("o4", weight_range="output", weight_range_samples=4)
+    assert out4 != model_bytes("o8", weight_range="output", weight_range_samples=8)
+    assert out4 != model_bytes("minmax", weight_range="minmax")
     bc4 = model_bytes("b4", bias_correction="empirical", bias_correction_samples=4)
     assert bc4 != model_bytes("b8", bias_correction="empirical", bias_correction_samples=8)
     # The model has no BatchNorm: measured means correct the layers plain analytic cannot.
     assert model_bytes("an", bias_correction="analytic") != model_bytes("am", bias_correction="analytic-means")
     for bad, match in ((dict(adaround=20, adaround_inputs="float"), "weights-only"),
                        (dict(bias_correction="means"), "analytic-means"),
-                       (dict(adaround=20, adaround_samples=0), "at least 1")):
+                       (dict(adaround=20, adaround_samples=0), "at least 1"),
+                       (dict(weight_range="output", limit_pairs=True), "pair limit")):
         with pytest.raises(zp.SchemeError, match=match):
             zp.quantize_model(MODEL, data, tmp_path / "no.onnx", **bad)
 

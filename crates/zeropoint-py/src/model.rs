@@ -158,8 +158,14 @@ fn settings(
             return Err(scheme_error("activations are quantized per tensor".into()));
         }
     }
-    if let Some(r) = weight_range {
-        s.weight_method = parse_method(r, None)?;
+    match weight_range {
+        // Fitted to the layers' outputs from min-max, as `--weight-range output`.
+        Some("output") => {
+            s.weight_method = Method::MinMax;
+            s.output_weight_ranges = Some(zeropoint_quant::settings::OUTPUT_RANGE_SAMPLES);
+        }
+        Some(r) => s.weight_method = parse_method(r, None)?,
+        None => {}
     }
     s.activation_method = activation_range;
     if batch == 0 {
@@ -206,13 +212,17 @@ fn sampling(
     s: &mut Settings,
     adaround_samples: usize,
     adaround_inputs: &str,
-    bias_correction_samples: usize,
+    (bias_correction_samples, weight_range_samples): (usize, usize),
 ) -> PyResult<()> {
     let scheme_error = |m: String| raise(Kind::Scheme, m);
-    if adaround_samples == 0 || bias_correction_samples == 0 {
+    if adaround_samples == 0 || bias_correction_samples == 0 || weight_range_samples == 0 {
         return Err(scheme_error(
-            "adaround_samples and bias_correction_samples must be at least 1".into(),
+            "adaround_samples, bias_correction_samples and weight_range_samples must be at least 1"
+                .into(),
         ));
+    }
+    if let Some(samples) = s.output_weight_ranges.as_mut() {
+        *samples = weight_range_samples;
     }
     let quantized_inputs = match adaround_inputs {
         "quantized" => true,
@@ -281,6 +291,8 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
     let adaround_inputs: String =
         take(&kw, "adaround_inputs")?.unwrap_or_else(|| "quantized".into());
     let bias_correction_samples: usize = take(&kw, "bias_correction_samples")?.unwrap_or(16);
+    let weight_range_samples: usize = take(&kw, "weight_range_samples")?
+        .unwrap_or(zeropoint_quant::settings::OUTPUT_RANGE_SAMPLES);
     let reduce_range = take(&kw, "reduce_range")?.unwrap_or(false);
     let limit_pairs = take(&kw, "limit_pairs")?.unwrap_or(false);
     let quantize_logits = take(&kw, "quantize_logits")?.unwrap_or(false);
@@ -307,7 +319,7 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
         &mut settings,
         adaround_samples,
         &adaround_inputs,
-        bias_correction_samples,
+        (bias_correction_samples, weight_range_samples),
     )?;
     if reduce_range && limit_pairs {
         return Err(scheme_error(
@@ -316,6 +328,11 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
     }
     if reduce_range {
         settings.weights = reduced_range(settings.weights).map_err(scheme_error)?;
+    }
+    if limit_pairs && settings.output_weight_ranges.is_some() {
+        return Err(scheme_error(
+            "weight_range='output' does not go with limit_pairs: the fitted ranges do not keep the pair limit".into(),
+        ));
     }
     if limit_pairs {
         check_pair_limit(&settings.weights).map_err(scheme_error)?;
