@@ -358,17 +358,26 @@ fn suggest(
     let s = &opts.ptq.settings;
     let per_block = matches!(s.weights.granularity, Granularity::PerBlock { .. });
     if s.output_weight_ranges.is_none() && !per_block && !s.limit_pairs {
+        let score = with_settings(path, opts, progress, |fitted| {
+            fitted.weight_method = Method::MinMax;
+            fitted.output_weight_ranges = Some(OUTPUT_RANGE_SAMPLES);
+        })?;
         fixes.add_fitted(
             "--weight-range output".into(),
             "each layer's weight range fitted to what the layer outputs rather than to the weights' own error",
-            with_output_ranges(path, opts, progress)?,
+            score,
         );
     }
     if s.bias_correction.is_none() && s.adaround.is_none() {
+        let score = with_settings(path, opts, progress, |corrected| {
+            corrected.bias_correction = Some(BiasCorrection::Empirical {
+                samples: BIAS_CORRECTION_SAMPLES,
+            })
+        })?;
         fixes.add_fitted(
             "--bias-correction".into(),
             "each layer's bias takes back the mean shift that its quantized weights and inputs cause",
-            with_bias_correction(path, opts, progress)?,
+            score,
         );
     }
     fixes.precision(sensitivities)?;
@@ -569,31 +578,14 @@ fn with_cle(
     rescored(&c, opts).map(Some)
 }
 
-/// The score with each layer's weight range fitted to its output (crate::output_ranges).
-fn with_output_ranges(
+/// The score of the model calibrated again with `edit` applied to the settings.
+fn with_settings(
     path: &Path,
     opts: &Options,
     progress: &mut dyn FnMut(&str, usize, usize),
+    edit: impl FnOnce(&mut Settings),
 ) -> Result<Score> {
-    let c = recalibrated(path, opts, progress, |s| {
-        s.weight_method = Method::MinMax;
-        s.output_weight_ranges = Some(OUTPUT_RANGE_SAMPLES);
-    })?;
-    rescored(&c, opts)
-}
-
-/// The score with empirical bias correction on the default number of samples.
-fn with_bias_correction(
-    path: &Path,
-    opts: &Options,
-    progress: &mut dyn FnMut(&str, usize, usize),
-) -> Result<Score> {
-    let c = recalibrated(path, opts, progress, |s| {
-        s.bias_correction = Some(BiasCorrection::Empirical {
-            samples: BIAS_CORRECTION_SAMPLES,
-        })
-    })?;
-    rescored(&c, opts)
+    rescored(&recalibrated(path, opts, progress, edit)?, opts)
 }
 
 /// The model prepared and calibrated again with `edit` applied to the settings.
