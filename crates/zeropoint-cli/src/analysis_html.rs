@@ -98,13 +98,42 @@ fn sensitivity_table(w: &mut String, a: &Analysis) {
 pub const FITTED_NOTE: &str =
     "* fitted on calibration samples that include the scored ones: held out, it may gain less";
 
-/// `*` for a fix fitted on the scored samples, else a space that keeps a column aligned.
+/// What `†` after a fix's gain means.
+pub const HELD_OUT_NOTE: &str = "† fitted on the first calibration samples, scored (with the \
+     quantized model it is compared with) on the samples after them, which the fit did not see";
+
+/// `*` for a fix fitted on the scored samples, `†` for one scored on held-out samples, else a
+/// space that keeps a column aligned.
 pub fn fitted_mark(s: &zeropoint_quant::analyze::Suggestion) -> &'static str {
     if s.fitted_on_scored_samples {
         "*"
+    } else if s.held_out.is_some() {
+        "†"
     } else {
         " "
     }
+}
+
+/// The notes for the marks `fitted_mark` gave the fixes.
+pub fn fitted_notes(a: &Analysis) -> Vec<String> {
+    let mut notes = Vec::new();
+    if a.suggestions.iter().any(|s| s.fitted_on_scored_samples) {
+        notes.push(FITTED_NOTE.to_string());
+    }
+    let held: Vec<usize> = a
+        .suggestions
+        .iter()
+        .filter_map(|s| s.held_out.as_ref().map(|h| h.samples))
+        .collect();
+    if let (Some(least), Some(most)) = (held.iter().min(), held.iter().max()) {
+        let count = if least == most {
+            format!("{least}")
+        } else {
+            format!("{least} to {most}")
+        };
+        notes.push(format!("{HELD_OUT_NOTE} ({count} samples)"));
+    }
+    notes
 }
 
 fn suggestions(w: &mut String, a: &Analysis) {
@@ -127,8 +156,8 @@ fn suggestions(w: &mut String, a: &Analysis) {
         );
     }
     w.push_str("</table>");
-    if a.suggestions.iter().any(|s| s.fitted_on_scored_samples) {
-        let _ = write!(w, "<p>{}</p>", escape(FITTED_NOTE));
+    for note in fitted_notes(a) {
+        let _ = write!(w, "<p>{}</p>", escape(&note));
     }
 }
 

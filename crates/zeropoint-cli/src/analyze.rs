@@ -147,7 +147,7 @@ fn print(a: &Analysis) {
         ]);
     }
     println!("\nfixes, each measured alone:\n{}", t.render());
-    if a.suggestions.iter().any(|s| s.fitted_on_scored_samples) {
-        println!("{}", analysis_html::FITTED_NOTE);
+    for note in analysis_html::fitted_notes(a) {
+        println!("{note}");
     }
 }

@@ -12,7 +12,10 @@
 //!    worst weight's layer kept float, the worst activation at 16 bits, mixed precision to 3 dB
 //!    more), each measured.
 //!
-//! Every score is the simulated model against the float one on the same calibration samples.
+//! Every score is the simulated model against the float one on the same calibration samples,
+//! but for the fixes fitted on the first calibration samples (output ranges, bias correction):
+//! where the data has samples after those, such a fix and the quantized model it is compared with
+//! are scored on them, which the fit did not see.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,7 +28,7 @@ use zeropoint_core::{Granularity, QParams};
 use zeropoint_engine::Executor;
 
 use crate::calibrate::{observe, ranges};
-use crate::calibrated::{calibrated, first_samples, open_data, Calibrated};
+use crate::calibrated::{calibrated, first_samples, open_data, samples_from, Calibrated};
 use crate::compare::Batch;
 use crate::error::Result;
 use crate::mixed_precision::{score_with, to_target, Change};
@@ -100,12 +103,26 @@ pub struct Suggestion {
     pub options: String,
     pub why: String,
     pub score: Score,
-    /// Output SQNR gained over the quantized model, dB.
+    /// Output SQNR gained over the quantized model, dB (on the held-out samples for a fix
+    /// scored there).
     pub gain_db: f64,
     /// The fix fits the model to calibration samples that include the scored ones (output
-    /// ranges, bias correction): held out, it may gain less (on the MNIST CNN at W4A8, output
-    /// ranges gained 5.2 dB here and 4.0 on held-out images).
+    /// ranges or bias correction where the data has no samples after the fitted ones): held
+    /// out, it may gain less (on the MNIST CNN at W4A8, output ranges gained 5.2 dB here and
+    /// 4.0 on held-out images).
     pub fitted_on_scored_samples: bool,
+    /// For a fix fitted on the first calibration samples where the data has more: the samples
+    /// after those, which `score` and `gain_db` are measured on instead of the analysis's.
+    pub held_out: Option<HeldOut>,
+}
+
+/// Where a fitted fix was scored on samples its fit did not see.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldOut {
+    /// The calibration samples after the fitted ones (at most as many as the analysis's).
+    pub samples: usize,
+    /// The quantized model's score on them, which the fix's gain is measured against.
+    pub quantized: Score,
 }
 
 /// Bins of a distribution.
@@ -358,18 +375,18 @@ fn suggest(
     let s = &opts.ptq.settings;
     let per_block = matches!(s.weights.granularity, Granularity::PerBlock { .. });
     if s.output_weight_ranges.is_none() && !per_block && !s.limit_pairs {
-        let score = with_settings(path, opts, progress, |fitted| {
+        let fitted = recalibrated(path, opts, progress, |fitted| {
             fitted.weight_method = Method::MinMax;
             fitted.output_weight_ranges = Some(OUTPUT_RANGE_SAMPLES);
         })?;
         fixes.add_fitted(
             "--weight-range output".into(),
             "each layer's weight range fitted to what the layer outputs rather than to the weights' own error",
-            score,
-        );
+            (&fitted, OUTPUT_RANGE_SAMPLES),
+        )?;
     }
     if s.bias_correction.is_none() && s.adaround.is_none() {
-        let score = with_settings(path, opts, progress, |corrected| {
+        let corrected = recalibrated(path, opts, progress, |corrected| {
             corrected.bias_correction = Some(BiasCorrection::Empirical {
                 samples: BIAS_CORRECTION_SAMPLES,
             })
@@ -377,8 +394,8 @@ fn suggest(
         fixes.add_fitted(
             "--bias-correction".into(),
             "each layer's bias takes back the mean shift that its quantized weights and inputs cause",
-            score,
-        );
+            (&corrected, BIAS_CORRECTION_SAMPLES),
+        )?;
     }
     fixes.precision(sensitivities)?;
     Ok(fixes.out)
@@ -401,15 +418,42 @@ impl Fixes<'_> {
             gain_db: score.sqnr_db - self.quantized.sqnr_db,
             score,
             fitted_on_scored_samples: false,
+            held_out: None,
         })
     }
 
-    /// A fix fitted on calibration samples, the scored ones among them.
-    fn add_fitted(&mut self, options: String, why: &str, score: Score) {
-        self.add(options, why, score);
-        if let Some(s) = self.out.last_mut() {
-            s.fitted_on_scored_samples = true;
+    /// A fix, `fixed`, fitted on the first `fit` calibration samples: scored with the quantized
+    /// model on the samples after them where the data has any, else on the analysis samples,
+    /// which it was fitted on (and flagged so).
+    fn add_fitted(
+        &mut self,
+        options: String,
+        why: &str,
+        (fixed, fit): (&Calibrated, usize),
+    ) -> Result<()> {
+        let later = samples_from(&fixed.graph, &self.opts.ptq, fit, self.opts.samples.max(1))?;
+        if later.is_empty() {
+            self.add(options, why, rescored(fixed, self.opts)?);
+            if let Some(s) = self.out.last_mut() {
+                s.fitted_on_scored_samples = true;
+            }
+            return Ok(());
         }
+        let on_later =
+            |c: &Calibrated| Probe::new(c.reference(), &c.graph, later.clone())?.score(&c.params);
+        let (quantized, score) = (on_later(self.c)?, on_later(fixed)?);
+        self.out.push(Suggestion {
+            options,
+            why: why.to_string(),
+            gain_db: score.sqnr_db - quantized.sqnr_db,
+            score,
+            fitted_on_scored_samples: false,
+            held_out: Some(HeldOut {
+                samples: later.len(),
+                quantized,
+            }),
+        });
+        Ok(())
     }
 
     /// The score with other settings for the weights (same activation ranges).
@@ -576,16 +620,6 @@ fn with_cle(
         return Ok(None);
     }
     rescored(&c, opts).map(Some)
-}
-
-/// The score of the model calibrated again with `edit` applied to the settings.
-fn with_settings(
-    path: &Path,
-    opts: &Options,
-    progress: &mut dyn FnMut(&str, usize, usize),
-    edit: impl FnOnce(&mut Settings),
-) -> Result<Score> {
-    rescored(&recalibrated(path, opts, progress, edit)?, opts)
 }
 
 /// The model prepared and calibrated again with `edit` applied to the settings.

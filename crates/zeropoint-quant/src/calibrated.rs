@@ -814,8 +814,8 @@ pub fn first_samples(graph: &Graph, opts: &Options, n: usize) -> Result<Vec<Batc
     samples_from(graph, opts, 0, n)
 }
 
-/// [`first_samples`], from sample `start` on.
-fn samples_from(graph: &Graph, opts: &Options, start: usize, n: usize) -> Result<Vec<Batch>> {
+/// [`first_samples`], from sample `start` on (none where the data has no more).
+pub fn samples_from(graph: &Graph, opts: &Options, start: usize, n: usize) -> Result<Vec<Batch>> {
     let mut data = open_data(graph, opts)?;
     let unit = crate::dataset::unit_batch(&graph.inputs);
     let n = n.min(data.len.saturating_sub(start));
