@@ -412,14 +412,7 @@ struct Fixes<'a> {
 
 impl Fixes<'_> {
     fn add(&mut self, options: String, why: &str, score: Score) {
-        self.out.push(Suggestion {
-            options,
-            why: why.to_string(),
-            gain_db: score.sqnr_db - self.quantized.sqnr_db,
-            score,
-            fitted_on_scored_samples: false,
-            held_out: None,
-        })
+        self.push(options, why, score, false, None)
     }
 
     /// A fix, `fixed`, fitted on the first `fit` calibration samples: scored with the quantized
@@ -433,27 +426,39 @@ impl Fixes<'_> {
     ) -> Result<()> {
         let later = samples_from(&fixed.graph, &self.opts.ptq, fit, self.opts.samples.max(1))?;
         if later.is_empty() {
-            self.add(options, why, rescored(fixed, self.opts)?);
-            if let Some(s) = self.out.last_mut() {
-                s.fitted_on_scored_samples = true;
-            }
+            self.push(options, why, rescored(fixed, self.opts)?, true, None);
             return Ok(());
         }
         let on_later =
             |c: &Calibrated| Probe::new(c.reference(), &c.graph, later.clone())?.score(&c.params);
         let (quantized, score) = (on_later(self.c)?, on_later(fixed)?);
+        let held_out = HeldOut {
+            samples: later.len(),
+            quantized,
+        };
+        self.push(options, why, score, false, Some(held_out));
+        Ok(())
+    }
+
+    /// The fix with its gain over the quantized model, on the held-out samples where it was
+    /// scored there.
+    fn push(
+        &mut self,
+        options: String,
+        why: &str,
+        score: Score,
+        fitted_on_scored_samples: bool,
+        held_out: Option<HeldOut>,
+    ) {
+        let quantized = held_out.as_ref().map_or(self.quantized, |h| h.quantized);
         self.out.push(Suggestion {
             options,
             why: why.to_string(),
             gain_db: score.sqnr_db - quantized.sqnr_db,
             score,
-            fitted_on_scored_samples: false,
-            held_out: Some(HeldOut {
-                samples: later.len(),
-                quantized,
-            }),
-        });
-        Ok(())
+            fitted_on_scored_samples,
+            held_out,
+        })
     }
 
     /// The score with other settings for the weights (same activation ranges).
