@@ -313,6 +313,7 @@ def quantize_model(
     adaround: Optional[int] = None,
     adaround_samples: int = 16,
     adaround_inputs: str = "quantized",
+    adaround_loss: str = "linear",
     weight_range_samples: int = 64,
     reduce_range: bool = False,
     limit_pairs: bool = False,
@@ -338,7 +339,9 @@ def quantize_model(
     "analytic-means" (and the float model's means where no BatchNorm gives them); ``adaround``: AdaRound iterations per
     layer, fitted on ``adaround_samples`` with each layer's input from the "quantized" model or,
     with ``adaround_inputs="weights-only"``, the one with only its weights quantized (the
-    samples wait on disk between layers: memory does not grow with them). ``reduce_range``: 7-bit weights
+    samples wait on disk between layers: memory does not grow with them), reconstructing each
+    layer's product W·x or, with ``adaround_loss="activation"``, its output after the bias and
+    the Relu or Clip fused into it (the paper's eq. 25). ``reduce_range``: 7-bit weights
     (ONNX Runtime's reduce_range); ``limit_pairs``: 8-bit weights whose same-sign pairs ONNX
     Runtime's int8 kernels cannot overflow on x86 CPUs without VNNI (docs/ptq.md).
     ``mean`` / ``std``: pixel files
@@ -364,6 +367,7 @@ def quantize_model(
             adaround=adaround,
             adaround_samples=adaround_samples,
             adaround_inputs=adaround_inputs,
+            adaround_loss=adaround_loss,
             weight_range_samples=weight_range_samples,
             reduce_range=reduce_range,
             limit_pairs=limit_pairs,

@@ -6,9 +6,14 @@ Quantizes the MNIST CNN (../shared/assets/models/ccexam_mnist_cnn.onnx, no Batch
 weights are the float model's) at int4 per-channel weights with `--adaround` on 4 samples, which
 are few enough that AdaRound takes every output position of every layer. For each layer k, in
 graph order, the reported losses are recomputed as the paper's asymmetric reconstruction
-(Nagel et al. 2020, §3.3) defines them:
+through the activation (Nagel et al. 2020, §3.3, eq. 25) defines them:
 
-    loss = Σ over output positions and channels (W·x − W'·x̃)² / positions
+    loss = Σ over output positions and channels (f(W·x + b) − f(W'·x̃ + b))² / positions
+
+with f the Relu that follows the layer alone in the float model (conv_1, conv_4, gemm_8) and b
+the float model's bias, with `--adaround-loss activation`; the last layer, gemm_10, has none,
+and its loss is Σ (W·x − W'·x̃)² / positions, as every layer's is with the default
+`--adaround-loss linear` (checked once, with `quantized`).
 
 with x the layer's input in the float model, x̃ its input in the exported QDQ model (whose earlier
 layers hold their learned weights) as ONNX Runtime computes it (with `--adaround-inputs
@@ -16,7 +21,8 @@ weights-only`: in that model with its activations' QuantizeLinear → Dequantize
 taken out, only the weights quantized; with `--activations float`, the export itself, which has
 no activation quantizers), and W' either the learned weight
 (the export's dequantized one) or W rounded to nearest on the export's grid. The layer's product
-is a one-node ONNX model (the layer's own node without its bias) run by ONNX Runtime. The
+is a one-node ONNX model (the layer's own node, with its bias where f is applied) run by ONNX
+Runtime, and f is numpy's. The
 reported losses must match within 1e-4 relative, and the learned one must not exceed the
 nearest one.
 """
@@ -47,18 +53,25 @@ def values(model, x, names):
     return [np.concatenate([g[j] for g in got]) for j in range(len(names))]
 
 
-def product(node, x, w):
-    """The layer's node without its bias on input `x` and weight `w`, in ONNX Runtime."""
-    one = helper.make_node(node.op_type, ["x", "w"], ["y"], name="layer")
+def product(node, x, w, b=None):
+    """The layer's node on input `x`, weight `w` and bias `b` (none if None), in ONNX Runtime."""
+    names = ["x", "w"] + ([] if b is None else ["b"])
+    one = helper.make_node(node.op_type, names, ["y"], name="layer")
     one.attribute.extend(node.attribute)
     graph = helper.make_graph(
         [one], "layer",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    return session(model, []).run(["y"], {"x": x, "w": w})[0].astype(np.float64)
+    feeds = {"x": x, "w": w} | ({} if b is None else {"b": b})
+    return session(model, []).run(["y"], feeds)[0].astype(np.float64)
+
+
+def relu_after(model, node):
+    """Whether the layer `node`'s output is read by a Relu alone in `model`."""
+    readers = [n for n in model.graph.node if node.output[0] in n.input]
+    return len(readers) == 1 and readers[0].op_type == "Relu"
 
 
 def weights_only(model):
@@ -92,11 +105,13 @@ def check_weights_only_export(qdq, failures):
                         f"{dq_of_values}, int32 initializers {int32}")
 
 
-def check(zeropoint, out, x, mode, failures):
-    """Quantizes with `--adaround-inputs mode` (or `--activations float`) and checks every
-    layer's reported losses."""
-    dst = out / f"adaround.{mode}.onnx"
+def check(zeropoint, out, x, mode, failures, loss="activation"):
+    """Quantizes with `--adaround-inputs mode` (or `--activations float`) and `--adaround-loss
+    loss`, and checks every layer's reported losses."""
+    dst = out / f"adaround.{mode}.{loss}.onnx"
     how = ["--activations", "float"] if mode == "float-activations" else ["--adaround-inputs", mode]
+    how += ["--adaround-loss", loss]
+    mode = mode if loss == "activation" else f"{mode}/{loss}"
     p = subprocess.run([str(zeropoint), "quantize", str(MODEL), "--calib", str(out / "calib.npy"),
                         "--weights", "int4", "--adaround", "100", "--adaround-samples", "4",
                         "--report-samples", "0", "--json", "-o", str(dst)] + how,
@@ -130,9 +145,14 @@ def check(zeropoint, out, x, mode, failures):
         shape[axis] = -1
         s = scale.reshape(shape)
         nearest = (np.clip(np.floor(w / s + 0.5), QMIN, QMAX) * s).astype(np.float32)
-        target = product(fnode, xf, w)
+        b, f = None, lambda y: y
+        if loss == "activation" and relu_after(float_model, fnode):
+            b, f = float_init[fnode.input[2]], lambda y: np.maximum(y, 0)
+        if r["through_activation"] != (b is not None):
+            failures.append(f"{mode} {r['layer']}: through_activation is {r['through_activation']}")
+        target = f(product(fnode, xf, w, b))
         for kind, weight in (("learned", wq), ("nearest", nearest)):
-            y = product(fnode, xq, weight)
+            y = f(product(fnode, xq, weight, b))
             want = float(((target - y) ** 2).sum() / positions(y))
             got = r[f"loss_{kind}"]
             ok = abs(got - want) <= 1e-4 * max(abs(want), 1e-9)
@@ -151,6 +171,7 @@ def main():
     failures = []
     for mode in ("quantized", "weights-only", "float-activations"):
         check(zeropoint, out, x, mode, failures)
+    check(zeropoint, out, x, "quantized", failures, loss="linear")
     if failures:
         sys.exit("adaround reference: " + "; ".join(failures))
     print("adaround reference: all checks passed")

@@ -58,6 +58,13 @@ pub enum AdaRoundInputs {
     WeightsOnly,
 }
 
+/// `--adaround-loss`' variants.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdaRoundLoss {
+    Activation,
+    Linear,
+}
+
 /// `--weight-range`: an estimator, or ranges fitted to the layers' outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightRange {
@@ -226,6 +233,11 @@ pub struct QuantArgs {
     /// does). The float model gives the targets either way.
     #[arg(long, value_enum, default_value_t = AdaRoundInputs::Quantized)]
     pub adaround_inputs: AdaRoundInputs,
+    /// What AdaRound reconstructs of a layer with a Relu or Clip fused into it: its product W·x,
+    /// or its output after its bias and that activation (the paper's eq. 25; no better on the
+    /// models measured, docs/algorithms.md).
+    #[arg(long, value_enum, default_value_t = AdaRoundLoss::Linear)]
+    pub adaround_loss: AdaRoundLoss,
     /// Calibration samples empirical bias correction measures on (their activations wait on
     /// disk between layers: memory does not grow with them).
     #[arg(long, default_value_t = zeropoint_quant::settings::BIAS_CORRECTION_SAMPLES)]
@@ -342,6 +354,7 @@ impl QuantArgs {
                     samples: self.adaround_samples.max(1),
                     learning_rate: self.adaround_lr,
                     quantized_inputs: self.adaround_inputs == AdaRoundInputs::Quantized,
+                    through_activation: self.adaround_loss == AdaRoundLoss::Activation,
                     ..Default::default()
                 }),
                 activation_bits: self.activation_bits()?,

@@ -309,8 +309,9 @@ fn print_rounding(s: &Summary) {
         let (near, learned) = s.adaround.iter().fold((0.0, 0.0), |(a, b), r| {
             (a + r.loss_nearest, b + r.loss_learned)
         });
+        let through = s.adaround.iter().filter(|r| r.through_activation).count();
         println!(
-            "AdaRound: {} layers, {flipped} of {total} weights rounded the other way; reconstruction error {} -> {}",
+            "AdaRound: {} layers ({through} fitted after their Relu/Clip), {flipped} of {total} weights rounded the other way; reconstruction error {} -> {}",
             s.adaround.len(),
             num(near, 4),
             num(learned, 4)

@@ -207,11 +207,11 @@ fn settings(
     Ok(s)
 }
 
-/// The samples AdaRound and bias correction fit on, and AdaRound's input model.
+/// The samples AdaRound and bias correction fit on, and AdaRound's input model and loss.
 fn sampling(
     s: &mut Settings,
     adaround_samples: usize,
-    adaround_inputs: &str,
+    (adaround_inputs, adaround_loss): (&str, &str),
     (bias_correction_samples, weight_range_samples): (usize, usize),
 ) -> PyResult<()> {
     let scheme_error = |m: String| raise(Kind::Scheme, m);
@@ -233,9 +233,19 @@ fn sampling(
             )))
         }
     };
+    let through_activation = match adaround_loss {
+        "activation" => true,
+        "linear" => false,
+        other => {
+            return Err(scheme_error(format!(
+                "adaround_loss '{other}' is not 'activation' or 'linear'"
+            )))
+        }
+    };
     if let Some(a) = s.adaround.as_mut() {
         a.samples = adaround_samples;
         a.quantized_inputs = quantized_inputs;
+        a.through_activation = through_activation;
     }
     if let Some(BiasCorrection::Empirical { samples }) = s.bias_correction.as_mut() {
         *samples = bias_correction_samples;
@@ -290,6 +300,7 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
     let adaround_samples: usize = take(&kw, "adaround_samples")?.unwrap_or(16);
     let adaround_inputs: String =
         take(&kw, "adaround_inputs")?.unwrap_or_else(|| "quantized".into());
+    let adaround_loss: String = take(&kw, "adaround_loss")?.unwrap_or_else(|| "linear".into());
     let bias_correction_samples: usize = take(&kw, "bias_correction_samples")?.unwrap_or(16);
     let weight_range_samples: usize = take(&kw, "weight_range_samples")?
         .unwrap_or(zeropoint_quant::settings::OUTPUT_RANGE_SAMPLES);
@@ -318,7 +329,7 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
     sampling(
         &mut settings,
         adaround_samples,
-        &adaround_inputs,
+        (&adaround_inputs, &adaround_loss),
         (bias_correction_samples, weight_range_samples),
     )?;
     if reduce_range && limit_pairs {

@@ -14,9 +14,11 @@
 //! with β annealed linearly from 20 to 2; the regularizer pushes each h to 0 or 1, and the
 //! result is rounded hard at h ≥ ½. x is the layer's input in the float model, x̃ in the quantized
 //! model with every earlier layer already AdaRounded (the paper's asymmetric reconstruction,
-//! §3.3). A convolution's input is taken as its im2col columns at up to `max_columns` output
-//! positions, spread evenly over the samples; each group of a grouped or depthwise convolution
-//! is its own problem.
+//! §3.3). With `through_activation`, a layer with a Relu or Clip f fused into it compares
+//! f(W·x + b) and f(W̃·x̃ + b) instead, its bias b included (the paper's eq. 25: an error the
+//! activation cuts off costs nothing). A convolution's input is taken as its im2col columns
+//! at up to `max_columns` output positions, spread evenly over the samples; each group of a
+//! grouped or depthwise convolution is its own problem.
 //!
 //! Every sample's float and simulated runs step from layer to layer together
 //! ([`crate::reconstruction::walk`], kept on disk in between); at each layer the layer's
@@ -39,7 +41,8 @@ use crate::error::{Error, Result};
 use crate::params::Params;
 use crate::placement::Plan;
 use crate::reconstruction::{
-    self, group_columns, group_matrix, matrix_dims, weight_index, Columns, Inputs, Layer, Part,
+    self, group_columns, group_matrix, matrix_dims, weight_index, Activation, Columns, Inputs,
+    Layer, Part,
 };
 
 pub use crate::settings::AdaRoundOptions as Options;
@@ -55,9 +58,12 @@ pub struct Rounded {
     /// Weights rounded the other way than to nearest, of all.
     pub flipped: usize,
     pub total: usize,
-    /// The reconstruction error ‖Wx − W̃x̃‖² per position, rounding to nearest and as learned.
+    /// The reconstruction error ‖f(Wx + b) − f(W̃x̃ + b)‖² per position (‖Wx − W̃x̃‖² without
+    /// an activation), rounding to nearest and as learned.
     pub loss_nearest: f64,
     pub loss_learned: f64,
+    /// Whether the losses are taken after the layer's bias and fused Relu or Clip.
+    pub through_activation: bool,
 }
 
 /// h(V) = clip(σ(V)·(ζ − γ) + γ, 0, 1), the rectified sigmoid.
@@ -85,7 +91,8 @@ pub fn beta_at(t: usize, total: usize, opts: &Options) -> Option<f64> {
 }
 
 /// One rounding problem: a weight matrix W [M, K] with a scale and zero-point per element, the
-/// quantized model's input columns x̃ [P, K] and the float model's outputs W·x [P, M].
+/// quantized model's input columns x̃ [P, K] and the float model's outputs [P, M]: W·x, or
+/// f(W·x + b) through the layer's activation.
 pub struct Problem {
     pub rows: usize,
     pub cols: usize,
@@ -96,6 +103,9 @@ pub struct Problem {
     pub qmax: f32,
     pub inputs: Vec<f32>,
     pub targets: Vec<f32>,
+    /// The layer's bias (this problem's rows) and the clamp fused into it: where given, the
+    /// targets are f(W·x + b) and the outputs compared f(W̃·x̃ + b).
+    pub activation: Option<Activation>,
 }
 
 impl Problem {
@@ -121,9 +131,46 @@ impl Problem {
         let x = Tensor::from_slice(&self.inputs, (p, self.cols), &Device::Cpu)?;
         let t = Tensor::from_slice(&self.targets, (p, self.rows), &Device::Cpu)?;
         let wt = Tensor::from_slice(w, (self.rows, self.cols), &Device::Cpu)?;
-        let e = x.matmul(&wt.t()?)?.sub(&t)?;
+        let e = output_errors(x.matmul(&wt.t()?)?, &t, self.activation.as_ref(), false)?;
         Ok(f64::from(e.sqr()?.sum_all()?.to_scalar::<f32>()?) / p.max(1) as f64)
     }
+}
+
+/// The error of product `y` = x̃·W̃ᵀ in row `m` against its target `t`: y − t, or through the
+/// layer's activation f(y + b) − t, times f'(y + b) where `chain` (the gradient's factor: 0
+/// where the clamp cuts the output off, 1 between its bounds).
+fn output_error(a: Option<&Activation>, y: f64, t: f64, m: usize, chain: bool) -> f64 {
+    let Some(a) = a else {
+        return y - t;
+    };
+    let z = y + f64::from(a.bias[m]);
+    let (lo, hi) = (f64::from(a.lo), f64::from(a.hi));
+    if chain && !(z > lo && z < hi) {
+        0.0
+    } else {
+        z.clamp(lo, hi) - t
+    }
+}
+
+/// The errors of products `y` [positions, rows] against targets `t` ([`output_error`]).
+fn output_errors(
+    y: Tensor,
+    t: &Tensor,
+    a: Option<&Activation>,
+    chain: bool,
+) -> candle_core::Result<Tensor> {
+    let Some(a) = a else {
+        return y.sub(t);
+    };
+    let rows = a.bias.len();
+    let (yv, tv) = (
+        y.flatten_all()?.to_vec1::<f32>()?,
+        t.flatten_all()?.to_vec1::<f32>()?,
+    );
+    let e: Vec<f32> = (yv.iter().zip(&tv).enumerate())
+        .map(|(e, (&y, &t))| output_error(Some(a), y.into(), t.into(), e % rows, chain) as f32)
+        .collect();
+    Tensor::from_vec(e, y.dims(), &Device::Cpu)
 }
 
 /// The learned rounding of `p`: the hard-rounded W̃ and how many weights were flipped against
@@ -154,7 +201,7 @@ pub fn optimize(p: &Problem, opts: &Options) -> candle_core::Result<(Vec<f32>, u
         let rows = batch.min(positions - start);
         let xb = &p.inputs[start * p.cols..(start + rows) * p.cols];
         let tb = &p.targets[start * p.rows..(start + rows) * p.rows];
-        let grad_w = reconstruction_gradient(xb, tb, &w, p.rows, p.cols)?;
+        let grad_w = reconstruction_gradient(xb, tb, &w, p)?;
         let beta = beta_at(t, opts.iterations, opts);
         vars.par_iter_mut()
             .with_min_len(RUN)
@@ -207,33 +254,35 @@ const SMALL: usize = 1 << 15;
 /// Element-wise work is split among threads in runs of at least this many weights.
 const RUN: usize = 4096;
 
-/// d/dW̃ of ‖W̃x̃ − Wx‖² averaged over the batch's positions: 2·(x̃W̃ᵀ − T)ᵀ·x̃ / B.
+/// d/dW̃ of the reconstruction loss of `p` averaged over the batch's positions x̃ with
+/// targets t: 2·(x̃W̃ᵀ − t)ᵀ·x̃ / B, through the layer's activation where it has one.
 fn reconstruction_gradient(
     x: &[f32],
     t: &[f32],
     w: &[f32],
-    rows: usize,
-    cols: usize,
+    p: &Problem,
 ) -> candle_core::Result<Vec<f64>> {
-    let b = x.len() / cols.max(1);
-    if rows * cols * b <= SMALL {
+    let b = x.len() / p.cols.max(1);
+    if p.rows * p.cols * b <= SMALL {
         // A depthwise filter's problem: candle's per-call cost would be most of the time.
-        return Ok(gradient_in_loops(x, t, w, rows, cols));
+        return Ok(gradient_in_loops(x, t, w, p));
     }
-    gradient_by_products(x, t, w, rows, cols)
+    gradient_by_products(x, t, w, p)
 }
 
 /// [`reconstruction_gradient`] in plain loops.
-fn gradient_in_loops(x: &[f32], t: &[f32], w: &[f32], rows: usize, cols: usize) -> Vec<f64> {
+fn gradient_in_loops(x: &[f32], t: &[f32], w: &[f32], p: &Problem) -> Vec<f64> {
+    let (rows, cols) = (p.rows, p.cols);
     let b = x.len() / cols.max(1);
     let mut g = vec![0f64; rows * cols];
-    for p in 0..b {
-        let xp = &x[p * cols..(p + 1) * cols];
+    for q in 0..b {
+        let xq = &x[q * cols..(q + 1) * cols];
         for m in 0..rows {
             let wm = &w[m * cols..(m + 1) * cols];
-            let y: f64 = wm.iter().zip(xp).map(|(a, b)| f64::from(a * b)).sum();
-            let e = 2.0 * (y - f64::from(t[p * rows + m])) / b.max(1) as f64;
-            for (gk, xk) in g[m * cols..(m + 1) * cols].iter_mut().zip(xp) {
+            let y: f64 = wm.iter().zip(xq).map(|(a, b)| f64::from(a * b)).sum();
+            let t = f64::from(t[q * rows + m]);
+            let e = 2.0 * output_error(p.activation.as_ref(), y, t, m, true) / b.max(1) as f64;
+            for (gk, xk) in g[m * cols..(m + 1) * cols].iter_mut().zip(xq) {
                 *gk += e * f64::from(*xk);
             }
         }
@@ -246,14 +295,14 @@ fn gradient_by_products(
     x: &[f32],
     t: &[f32],
     w: &[f32],
-    rows: usize,
-    cols: usize,
+    p: &Problem,
 ) -> candle_core::Result<Vec<f64>> {
+    let (rows, cols) = (p.rows, p.cols);
     let b = x.len() / cols.max(1);
     let xt = Tensor::from_slice(x, (b, cols), &Device::Cpu)?;
     let tt = Tensor::from_slice(t, (b, rows), &Device::Cpu)?;
     let wt = Tensor::from_slice(w, (rows, cols), &Device::Cpu)?;
-    let e = xt.matmul(&wt.t()?)?.sub(&tt)?;
+    let e = output_errors(xt.matmul(&wt.t()?)?, &tt, p.activation.as_ref(), true)?;
     let g = e.t()?.matmul(&xt)?.affine(2.0 / b.max(1) as f64, 0.0)?;
     Ok(g.flatten_all()?
         .to_vec1::<f32>()?
@@ -332,14 +381,34 @@ fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Ro
         total: w.len(),
         loss_nearest: 0.0,
         loss_learned: 0.0,
+        through_activation: false,
     };
     let err = |e: candle_core::Error| {
         let e = zeropoint_engine::error::candle_message(e);
         Error::Environment(format!("{}: {e}", layer.node.label()))
     };
     let columns = group_columns(layer, parts, &w).map_err(err)?;
-    for (g, Columns { inputs, targets }) in columns.into_iter().enumerate() {
+    let activation = layer
+        .activation
+        .as_ref()
+        .filter(|_| opts.through_activation);
+    rounded.through_activation = activation.is_some();
+    for (g, columns) in columns.into_iter().enumerate() {
+        let Columns {
+            inputs,
+            mut targets,
+        } = columns;
         let at = |e: usize| weight_index(layer, g, e / k, e % k);
+        // This group's rows of the activation, and the float outputs through it.
+        let activation = activation.map(|a| Activation {
+            bias: a.bias[g * rows..(g + 1) * rows].to_vec(),
+            ..*a
+        });
+        if let Some(a) = &activation {
+            for (e, t) in targets.iter_mut().enumerate() {
+                *t = (*t + a.bias[e % rows]).clamp(a.lo, a.hi);
+            }
+        }
         let problem = Problem {
             rows,
             cols: k,
@@ -352,6 +421,7 @@ fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Ro
             qmax: qp.grid.qmax as f32,
             inputs,
             targets,
+            activation,
         };
         let (wl, flipped, nearest, loss) = optimize(&problem, opts).map_err(err)?;
         for (e, v) in wl.into_iter().enumerate() {
@@ -427,38 +497,82 @@ mod tests {
             qmax: 7.0,
             inputs,
             targets,
+            activation: None,
         }
     }
 
-    /// The written-out gradient of the reconstruction loss against central finite differences.
+    /// [`problem`] with a Relu6 fused into it: a bias that puts about a third of the outputs
+    /// below 0 and a few above 6 (at three times the products' scale), and the targets through it.
+    fn clamped(seed: u64) -> Problem {
+        let mut p = problem(seed);
+        let bias: Vec<f32> = (0..p.rows).map(|m| m as f32 * 0.4 - 0.5).collect();
+        let scaled: Vec<f32> = p.targets.iter().map(|t| 3.0 * t).collect();
+        p.w.iter_mut().for_each(|w| *w *= 3.0);
+        p.scale.iter_mut().for_each(|s| *s *= 3.0);
+        p.targets = (scaled.iter().enumerate())
+            .map(|(e, t)| (t + bias[e % p.rows]).clamp(0.0, 6.0))
+            .collect();
+        p.activation = Some(Activation {
+            bias,
+            lo: 0.0,
+            hi: 6.0,
+        });
+        p
+    }
+
+    /// The written-out gradient of the reconstruction loss against central finite differences,
+    /// for a layer without an activation and for one with a Relu6 fused into it.
     #[test]
     fn reconstruction_gradient_matches_finite_differences() {
-        let p = problem(3);
-        let w: Vec<f32> = p.w.iter().map(|w| w + 0.01).collect();
-        let loss = |w: &[f32]| p.loss(w).unwrap();
-        let g = gradient_in_loops(&p.inputs, &p.targets, &w, p.rows, p.cols);
-        let products = gradient_by_products(&p.inputs, &p.targets, &w, p.rows, p.cols).unwrap();
-        for (a, b) in g.iter().zip(&products) {
-            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
-        }
-        for e in 0..w.len() {
-            let eps = 1e-2f32;
-            let (mut up, mut down) = (w.clone(), w.clone());
-            up[e] += eps;
-            down[e] -= eps;
-            let numeric = (loss(&up) - loss(&down)) / (2.0 * f64::from(eps));
-            assert!(
-                (g[e] - numeric).abs() <= 1e-3 * numeric.abs().max(1.0),
-                "{e}: {} vs {numeric}",
-                g[e]
-            );
+        for p in [problem(3), clamped(3)] {
+            if let Some(a) = &p.activation {
+                let mut z = Vec::new();
+                for x in p.inputs.chunks(p.cols) {
+                    for (m, wm) in p.w.chunks(p.cols).enumerate() {
+                        z.push(wm.iter().zip(x).map(|(w, x)| w * x).sum::<f32>() + a.bias[m]);
+                    }
+                }
+                let below = z.iter().filter(|&&z| z <= a.lo).count();
+                let above = z.iter().filter(|&&z| z >= a.hi).count();
+                assert!(
+                    below * 5 > z.len() && above > 0,
+                    "{below} and {above} of {} cut off",
+                    z.len()
+                );
+            }
+            let w: Vec<f32> = p.w.iter().map(|w| w + 0.01).collect();
+            let loss = |w: &[f32]| p.loss(w).unwrap();
+            let g = gradient_in_loops(&p.inputs, &p.targets, &w, &p);
+            let products = gradient_by_products(&p.inputs, &p.targets, &w, &p).unwrap();
+            for (a, b) in g.iter().zip(&products) {
+                assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+            }
+            for e in 0..w.len() {
+                let eps = 1e-2f32;
+                let (mut up, mut down) = (w.clone(), w.clone());
+                up[e] += eps;
+                down[e] -= eps;
+                let numeric = (loss(&up) - loss(&down)) / (2.0 * f64::from(eps));
+                assert!(
+                    (g[e] - numeric).abs() <= 2e-3 * numeric.abs().max(1.0),
+                    "{e}: {} vs {numeric}",
+                    g[e]
+                );
+            }
         }
     }
 
     /// Learned rounding reconstructs the layer at least as well as rounding to nearest (better
-    /// on most problems), and every learned weight is on the grid, one step from W/s at most.
+    /// on most problems), and every learned weight is on the grid, one step from W/s at most:
+    /// on plain layers and on layers with a Relu6.
     #[test]
     fn learned_rounding_beats_nearest_on_its_problem() {
+        for problem in [problem, clamped] {
+            learned_rounding_beats_nearest_on(problem);
+        }
+    }
+
+    fn learned_rounding_beats_nearest_on(problem: fn(u64) -> Problem) {
         let mut better = 0;
         for seed in 1..6 {
             let p = problem(seed);

@@ -14,6 +14,7 @@ use candle_core::{Device, Tensor};
 use zeropoint_core::{QParams, Scheme};
 use zeropoint_engine::exec::Paused;
 use zeropoint_engine::{Executor, Value};
+use zeropoint_graph::pattern::fused_groups;
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::RawTensor;
 
@@ -97,7 +98,23 @@ pub struct Layer {
     pub weight: RawTensor,
     pub scheme: Scheme,
     pub qparams: QParams,
+    /// The bias and the Relu or Clip fused into the layer, if it has such an activation.
+    pub activation: Option<Activation>,
     shape: LayerShape,
+}
+
+/// The bias and the Relu or Clip that runtimes fuse into a layer
+/// ([`zeropoint_graph::pattern::fused_groups`]), nothing quantized between them: the layer's
+/// output as the next quantizer sees it is clamp(W·x + b, lo, hi). AdaRound compares outputs
+/// there, as its paper's final objective does (eq. 25, ‖f(W·x) − f(W̃·x̃)‖²): an error the
+/// activation clips away costs nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Activation {
+    /// One per output channel over all groups, zero where the layer has no bias.
+    pub bias: Vec<f32>,
+    /// The clamp's bounds: Relu's are 0 and +∞.
+    pub lo: f32,
+    pub hi: f32,
 }
 
 #[derive(Clone, Copy)]
@@ -137,6 +154,7 @@ impl Conv {
 pub fn layers(graph: &Graph, plan: &Plan, params: &Params) -> Vec<Layer> {
     let mut out = Vec::new();
     let readers = graph.consumers();
+    let groups = fused_groups(graph);
     for (index, node) in graph.nodes.iter().enumerate() {
         let Some(site) = plan.weights.iter().find(|w| w.node == node.name) else {
             continue;
@@ -167,10 +185,89 @@ pub fn layers(graph: &Graph, plan: &Plan, params: &Params) -> Vec<Layer> {
             weight: w.clone(),
             scheme: wp.scheme,
             qparams: wp.qparams.clone(),
+            activation: groups
+                .iter()
+                .find(|g| g.nodes[0] == node.name)
+                .and_then(|g| activation_of(graph, node, &g.nodes[1..], &w.shape, shape)),
             shape,
         });
     }
     out
+}
+
+/// The [`Activation`] of `node`, a layer with weight shape `w` whose fused group's other
+/// members are `members` (a bias Add, then the Relu or Clip), if the group ends in one with
+/// constant bounds and its biases are one value per output channel (or one for all).
+fn activation_of(
+    graph: &Graph,
+    node: &Node,
+    members: &[String],
+    w: &[usize],
+    shape: LayerShape,
+) -> Option<Activation> {
+    let member = |name: &String| graph.nodes.iter().find(|n| &n.name == name);
+    let act = member(members.last()?)?;
+    let (lo, hi) = match act.op {
+        Op::Relu => (0.0, f32::INFINITY),
+        Op::Clip => graph.clip_bounds(act).filter(|(lo, hi)| lo <= hi)?,
+        _ => return None,
+    };
+    let (channels, spatial) = match shape {
+        LayerShape::Conv(_) => (w[0], w.len() - 2),
+        LayerShape::Dense { trans_b } => (w[usize::from(!trans_b)], 0),
+    };
+    let mut bias = vec![0f32; channels];
+    // The layer's own bias input: Conv's B, Gemm's C (alpha and beta 1, or the clamp would see
+    // another output than W·x + b).
+    let own = match node.op {
+        Op::Gemm
+            if ["alpha", "beta"]
+                .iter()
+                .any(|a| node.attribute(a).is_some_and(|a| a.f() != 1.0)) =>
+        {
+            return None
+        }
+        Op::Conv | Op::Gemm => node.inputs.get(2).filter(|b| !b.is_empty()),
+        _ => None,
+    };
+    if let Some(b) = own {
+        let t = graph.initializer(b)?;
+        add_bias(
+            &mut bias,
+            &t.to_f32s(),
+            node.op == Op::Conv || along_channels(&t.shape, 0),
+        )?;
+    }
+    if let [bias_add, _] = members {
+        let bias_add = member(bias_add)?;
+        let constant = bias_add.inputs.iter().find(|i| *i != &node.outputs[0])?;
+        let t = graph.initializer(constant)?;
+        add_bias(&mut bias, &t.to_f32s(), along_channels(&t.shape, spatial))?;
+    }
+    Some(Activation { bias, lo, hi })
+}
+
+/// Adds `values` to the per-channel `bias`: one value for every channel, or one per channel
+/// where `per_channel` says their shape lays them along the channels.
+fn add_bias(bias: &mut [f32], values: &[f32], per_channel: bool) -> Option<()> {
+    match values.len() {
+        1 => bias.iter_mut().for_each(|b| *b += values[0]),
+        n if n == bias.len() && per_channel => {
+            bias.iter_mut().zip(values).for_each(|(b, v)| *b += v);
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// Whether a constant of shape `c` added to a layer's output [N, M, `spatial` axes..] lies
+/// along its channels M (right-aligned broadcasting: M, then a 1 for each spatial axis, and
+/// nothing but 1s before M).
+fn along_channels(c: &[usize], spatial: usize) -> bool {
+    let Some(at) = c.len().checked_sub(spatial + 1) else {
+        return false;
+    };
+    c[..at].iter().chain(&c[at + 1..]).all(|&d| d == 1)
 }
 
 /// A convolution's geometry, when its pads are explicit (auto_pad NOTSET or VALID) and it has
@@ -355,4 +452,120 @@ fn input_of<'a>(layer: &Layer, run: &'a Paused) -> Result<&'a Value> {
             layer.node.label()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use zeropoint_graph::graph::float_attribute;
+
+    use super::*;
+
+    fn graph(nodes: Vec<Node>, initializers: Vec<RawTensor>) -> Graph {
+        Graph {
+            source: "g.onnx".into(),
+            opset: 13,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            initializers,
+            nodes,
+        }
+    }
+
+    fn tensor(name: &str, shape: &[usize], values: &[f32]) -> RawTensor {
+        RawTensor::from_f32s(name, shape, values)
+    }
+
+    /// `activation_of` the first node of `g`, with `members` its fused group's others.
+    fn activation(
+        g: &Graph,
+        members: &[&str],
+        w: &[usize],
+        shape: LayerShape,
+    ) -> Option<Activation> {
+        let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        activation_of(g, &g.nodes[0], &members, w, shape)
+    }
+
+    const CONV: LayerShape = LayerShape::Conv(Conv {
+        groups: 1,
+        kernel: [1, 1],
+        strides: [1, 1],
+        dilations: [1, 1],
+        pads: [0, 0],
+        end_pads: [0, 0],
+    });
+
+    /// A convolution's own bias and a per-channel Add before the Relu sum into the bias; an
+    /// Add along another axis than the channels' ([3] against [N, 3, H, W] adds along W) leaves
+    /// the layer without an activation.
+    #[test]
+    fn a_convolution_with_its_bias_adds_and_relu() {
+        let conv = Node::new("c", Op::Conv, &["x", "w", "b"], &["y"]);
+        let relu = Node::new("r", Op::Relu, &["z"], &["out"]);
+        let bias = tensor("b", &[3], &[1.0, 2.0, 3.0]);
+        for (shape, want) in [
+            (vec![3, 1, 1], Some(vec![1.5, 2.5, 3.5])),
+            (vec![1, 3, 1, 1], Some(vec![1.5, 2.5, 3.5])),
+            (vec![1], Some(vec![1.5, 2.5, 3.5])),
+            (vec![3], None),
+            (vec![1, 1, 3], None),
+        ] {
+            let n = shape.iter().product();
+            let add = Node::new("a", Op::Add, &["y", "k"], &["z"]);
+            let g = graph(
+                vec![conv.clone(), add, relu.clone()],
+                vec![bias.clone(), tensor("k", &shape, &vec![0.5; n])],
+            );
+            let got = activation(&g, &["a", "r"], &[3, 2, 1, 1], CONV);
+            assert_eq!(
+                got.as_ref().map(|a| a.bias.clone()),
+                want,
+                "Add of shape {shape:?}"
+            );
+            if let Some(a) = got {
+                assert_eq!((a.lo, a.hi), (0.0, f32::INFINITY));
+            }
+        }
+        let g = graph(vec![conv, relu], vec![bias]);
+        let got = activation(&g, &["r"], &[3, 2, 1, 1], CONV).unwrap();
+        assert_eq!(got.bias, [1.0, 2.0, 3.0]);
+    }
+
+    /// A MatMul's bias Add and a Clip with constant bounds (ReLU6); a Gemm whose alpha or beta
+    /// is not 1, a Clip without constant bounds and a group ending in no activation have none.
+    #[test]
+    fn dense_layers_with_a_clip_and_what_has_no_activation() {
+        let dense = LayerShape::Dense { trans_b: false };
+        let clip = Node::new("c", Op::Clip, &["z", "lo", "hi"], &["out"]);
+        let bounds = || vec![tensor("lo", &[], &[0.0]), tensor("hi", &[], &[6.0])];
+        let matmul = Node::new("m", Op::MatMul, &["x", "w"], &["y"]);
+        let add = Node::new("a", Op::Add, &["k", "y"], &["z"]);
+        let mut inits = bounds();
+        inits.push(tensor("k", &[1, 2], &[-1.0, 4.0]));
+        let g = graph(
+            vec![matmul.clone(), add.clone(), clip.clone()],
+            inits.clone(),
+        );
+        let got = activation(&g, &["a", "c"], &[5, 2], dense).unwrap();
+        assert_eq!((got.bias, got.lo, got.hi), (vec![-1.0, 4.0], 0.0, 6.0));
+        // [2, 1] against [N, 2] broadcasts along N, not the channels.
+        inits[2] = tensor("k", &[2, 1], &[-1.0, 4.0]);
+        let g = graph(vec![matmul.clone(), add.clone(), clip.clone()], inits);
+        assert_eq!(activation(&g, &["a", "c"], &[5, 2], dense), None);
+        let g = graph(vec![matmul.clone(), add.clone(), clip], Vec::new());
+        assert_eq!(activation(&g, &["a", "c"], &[5, 2], dense), None);
+        let g = graph(vec![matmul, add], Vec::new());
+        assert_eq!(activation(&g, &["a"], &[5, 2], dense), None);
+
+        let trans = LayerShape::Dense { trans_b: true };
+        let relu = Node::new("r", Op::Relu, &["y"], &["out"]);
+        let mut gemm = Node::new("g", Op::Gemm, &["x", "w", "b"], &["y"]);
+        let b = tensor("b", &[3], &[0.1, 0.2, 0.3]);
+        let g = graph(vec![gemm.clone(), relu.clone()], vec![b.clone()]);
+        let got = activation(&g, &["r"], &[3, 5], trans).unwrap();
+        assert_eq!(got.bias, [0.1, 0.2, 0.3]);
+        gemm.attributes = vec![float_attribute("beta", 0.5)];
+        let g = graph(vec![gemm, relu], vec![b]);
+        assert_eq!(activation(&g, &["r"], &[3, 5], trans), None);
+    }
 }

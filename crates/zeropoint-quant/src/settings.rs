@@ -232,6 +232,9 @@ pub struct AdaRoundOptions {
     /// Whether a layer's input x̃ is taken from the quantized model with its activation
     /// quantizers (as deployed), or with its weights quantized only (as AIMET does).
     pub quantized_inputs: bool,
+    /// Whether a layer with a Relu or Clip fused into it is fitted on its outputs after them,
+    /// bias included (the paper's eq. 25), or on its products W·x.
+    pub through_activation: bool,
 }
 
 impl Default for AdaRoundOptions {
@@ -246,6 +249,7 @@ impl Default for AdaRoundOptions {
             beta: (20.0, 2.0),
             warm_start: 0.2,
             quantized_inputs: true,
+            through_activation: false,
         }
     }
 }
