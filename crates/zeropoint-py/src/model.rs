@@ -207,6 +207,18 @@ fn settings(
     Ok(s)
 }
 
+/// Whether the option `name`, one of two words, is `yes` (else `no`).
+fn one_of(name: &str, value: &str, yes: &str, no: &str) -> PyResult<bool> {
+    match value {
+        v if v == yes => Ok(true),
+        v if v == no => Ok(false),
+        other => Err(raise(
+            Kind::Scheme,
+            format!("{name} '{other}' is not '{yes}' or '{no}'"),
+        )),
+    }
+}
+
 /// The samples AdaRound and bias correction fit on, and AdaRound's input model and loss.
 fn sampling(
     s: &mut Settings,
@@ -224,24 +236,13 @@ fn sampling(
     if let Some(samples) = s.output_weight_ranges.as_mut() {
         *samples = weight_range_samples;
     }
-    let quantized_inputs = match adaround_inputs {
-        "quantized" => true,
-        "weights-only" => false,
-        other => {
-            return Err(scheme_error(format!(
-                "adaround_inputs '{other}' is not 'quantized' or 'weights-only'"
-            )))
-        }
-    };
-    let through_activation = match adaround_loss {
-        "activation" => true,
-        "linear" => false,
-        other => {
-            return Err(scheme_error(format!(
-                "adaround_loss '{other}' is not 'activation' or 'linear'"
-            )))
-        }
-    };
+    let quantized_inputs = one_of(
+        "adaround_inputs",
+        adaround_inputs,
+        "quantized",
+        "weights-only",
+    )?;
+    let through_activation = one_of("adaround_loss", adaround_loss, "activation", "linear")?;
     if let Some(a) = s.adaround.as_mut() {
         a.samples = adaround_samples;
         a.quantized_inputs = quantized_inputs;
