@@ -554,7 +554,7 @@ mod tests {
                 down[e] -= eps;
                 let numeric = (loss(&up) - loss(&down)) / (2.0 * f64::from(eps));
                 assert!(
-                    (g[e] - numeric).abs() <= 2e-3 * numeric.abs().max(1.0),
+                    (g[e] - numeric).abs() <= 1e-3 * numeric.abs().max(1.0),
                     "{e}: {} vs {numeric}",
                     g[e]
                 );
