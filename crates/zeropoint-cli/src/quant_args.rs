@@ -234,8 +234,8 @@ pub struct QuantArgs {
     #[arg(long, value_enum, default_value_t = AdaRoundInputs::Quantized)]
     pub adaround_inputs: AdaRoundInputs,
     /// What AdaRound reconstructs of a layer with a Relu or Clip fused into it: its product W·x,
-    /// or its output after its bias and that activation (the paper's eq. 25; no better on the
-    /// models measured, docs/algorithms.md).
+    /// or its output after its bias and that activation (the paper's eq. 25; better on
+    /// ResNet-18 at W4A8, worse on smaller models: docs/algorithms.md).
     #[arg(long, value_enum, default_value_t = AdaRoundLoss::Linear)]
     pub adaround_loss: AdaRoundLoss,
     /// Calibration samples empirical bias correction measures on (their activations wait on
