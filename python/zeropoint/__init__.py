@@ -314,6 +314,7 @@ def quantize_model(
     adaround_samples: int = 16,
     adaround_inputs: str = "quantized",
     adaround_loss: str = "linear",
+    adaround_settle: bool = True,
     weight_range_samples: int = 64,
     reduce_range: bool = False,
     limit_pairs: bool = False,
@@ -341,7 +342,9 @@ def quantize_model(
     with ``adaround_inputs="weights-only"``, the one with only its weights quantized (the
     samples wait on disk between layers: memory does not grow with them), reconstructing each
     layer's product W·x or, with ``adaround_loss="activation"``, its output after the bias and
-    the Relu or Clip fused into it (the paper's eq. 25). ``reduce_range``: 7-bit weights
+    the Relu or Clip fused into it (the paper's eq. 25); ``adaround_settle=False`` rounds the
+    weights the fit leaves undecided at h = ½, as the paper does, instead of settling them on
+    the reconstruction error (docs/algorithms.md, "Settling"). ``reduce_range``: 7-bit weights
     (ONNX Runtime's reduce_range); ``limit_pairs``: 8-bit weights whose same-sign pairs ONNX
     Runtime's int8 kernels cannot overflow on x86 CPUs without VNNI (docs/ptq.md).
     ``mean`` / ``std``: pixel files
@@ -368,6 +371,7 @@ def quantize_model(
             adaround_samples=adaround_samples,
             adaround_inputs=adaround_inputs,
             adaround_loss=adaround_loss,
+            adaround_settle=adaround_settle,
             weight_range_samples=weight_range_samples,
             reduce_range=reduce_range,
             limit_pairs=limit_pairs,

@@ -283,6 +283,7 @@ def test_adaround_bias_correction_and_output_range_samples_reach_the_run(tmp_pat
     assert four != model_bytes("a8", adaround=20, adaround_samples=8)
     assert four != model_bytes("w4", adaround=20, adaround_samples=4, adaround_inputs="weights-only")
     assert four != model_bytes("act4", adaround=20, adaround_samples=4, adaround_loss="activation")
+    assert four != model_bytes("half4", adaround=20, adaround_samples=4, adaround_settle=False)
     out4 = model_bytes("o4", weight_range="output", weight_range_samples=4)
     assert out4 != model_bytes("o8", weight_range="output", weight_range_samples=8)
     assert out4 != model_bytes("minmax", weight_range="minmax")

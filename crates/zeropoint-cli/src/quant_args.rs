@@ -238,6 +238,11 @@ pub struct QuantArgs {
     /// ResNet-18 at W4A8, worse on smaller models: docs/algorithms.md).
     #[arg(long, value_enum, default_value_t = AdaRoundLoss::Linear)]
     pub adaround_loss: AdaRoundLoss,
+    /// Round the weights AdaRound's fit leaves undecided (0 < h < 1) at h = ½, as the paper
+    /// does, instead of settling each on the layer's reconstruction error (zeropoint's default;
+    /// docs/algorithms.md, "Settling").
+    #[arg(long)]
+    pub no_adaround_settle: bool,
     /// Calibration samples empirical bias correction measures on (their activations wait on
     /// disk between layers: memory does not grow with them).
     #[arg(long, default_value_t = zeropoint_quant::settings::BIAS_CORRECTION_SAMPLES)]
@@ -355,6 +360,7 @@ impl QuantArgs {
                     learning_rate: self.adaround_lr,
                     quantized_inputs: self.adaround_inputs == AdaRoundInputs::Quantized,
                     through_activation: self.adaround_loss == AdaRoundLoss::Activation,
+                    settle: !self.no_adaround_settle,
                     ..Default::default()
                 }),
                 activation_bits: self.activation_bits()?,

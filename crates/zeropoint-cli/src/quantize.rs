@@ -310,8 +310,9 @@ fn print_rounding(s: &Summary) {
             (a + r.loss_nearest, b + r.loss_learned)
         });
         let through = s.adaround.iter().filter(|r| r.through_activation).count();
+        let settled: usize = s.adaround.iter().map(|r| r.settled).sum();
         println!(
-            "AdaRound: {} layers ({through} fitted after their Relu/Clip), {flipped} of {total} weights rounded the other way; reconstruction error {} -> {}",
+            "AdaRound: {} layers ({through} fitted after their Relu/Clip), {flipped} of {total} weights rounded the other way ({settled} undecided ones settled against h >= 1/2); reconstruction error {} -> {}",
             s.adaround.len(),
             num(near, 4),
             num(learned, 4)

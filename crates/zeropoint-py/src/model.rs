@@ -219,11 +219,12 @@ fn one_of(name: &str, value: &str, yes: &str, no: &str) -> PyResult<bool> {
     }
 }
 
-/// The samples AdaRound and bias correction fit on, and AdaRound's input model and loss.
+/// The samples AdaRound and bias correction fit on, and AdaRound's input model, loss and
+/// settling.
 fn sampling(
     s: &mut Settings,
     adaround_samples: usize,
-    (adaround_inputs, adaround_loss): (&str, &str),
+    (adaround_inputs, adaround_loss, adaround_settle): (&str, &str, bool),
     (bias_correction_samples, weight_range_samples): (usize, usize),
 ) -> PyResult<()> {
     let scheme_error = |m: String| raise(Kind::Scheme, m);
@@ -247,6 +248,7 @@ fn sampling(
         a.samples = adaround_samples;
         a.quantized_inputs = quantized_inputs;
         a.through_activation = through_activation;
+        a.settle = adaround_settle;
     }
     if let Some(BiasCorrection::Empirical { samples }) = s.bias_correction.as_mut() {
         *samples = bias_correction_samples;
@@ -302,6 +304,7 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
     let adaround_inputs: String =
         take(&kw, "adaround_inputs")?.unwrap_or_else(|| "quantized".into());
     let adaround_loss: String = take(&kw, "adaround_loss")?.unwrap_or_else(|| "linear".into());
+    let adaround_settle = take(&kw, "adaround_settle")?.unwrap_or(true);
     let bias_correction_samples: usize = take(&kw, "bias_correction_samples")?.unwrap_or(16);
     let weight_range_samples: usize = take(&kw, "weight_range_samples")?
         .unwrap_or(zeropoint_quant::settings::OUTPUT_RANGE_SAMPLES);
@@ -330,7 +333,7 @@ pub fn ptq_options(kw: Option<&Bound<'_, PyDict>>, data: &Bound<'_, PyAny>) -> P
     sampling(
         &mut settings,
         adaround_samples,
-        (&adaround_inputs, &adaround_loss),
+        (&adaround_inputs, &adaround_loss, adaround_settle),
         (bias_correction_samples, weight_range_samples),
     )?;
     if reduce_range && limit_pairs {

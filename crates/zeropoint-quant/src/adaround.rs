@@ -12,7 +12,10 @@
 //! ```
 //!
 //! with β annealed linearly from 20 to 2; the regularizer pushes each h to 0 or 1, and the
-//! result is rounded hard at h ≥ ½. x is the layer's input in the float model, x̃ in the quantized
+//! result is rounded hard at h ≥ ½. Where the fit ends with some h still strictly between 0 and
+//! 1 (at the default 1000 steps, up to a third of a layer's weights), rounding those at ½ is a
+//! blind choice; [`settle`] makes it on the same reconstruction error instead (zeropoint's
+//! addition, not the paper's: the paper's 10 000 steps leave few undecided). x is the layer's input in the float model, x̃ in the quantized
 //! model with every earlier layer already AdaRounded (the paper's asymmetric reconstruction,
 //! §3.3). With `through_activation`, a layer with a Relu or Clip f fused into it compares
 //! f(W·x + b) and f(W̃·x̃ + b) instead, its bias b included (the paper's eq. 25: an error the
@@ -29,6 +32,8 @@
 //!
 //! The gradient is the layer's own, written out (a linear layer's: 2·(W̃x̃ − Wx)·x̃ᵀ, then the
 //! chain through the clip and h), and the matrix products are candle's.
+
+use std::ops::Range;
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -58,6 +63,9 @@ pub struct Rounded {
     /// Weights rounded the other way than to nearest, of all.
     pub flipped: usize,
     pub total: usize,
+    /// Weights the fit left undecided (0 < h < 1) that [`settle`] rounded the other way than
+    /// h ≥ ½ would.
+    pub settled: usize,
     /// The reconstruction error ‖f(Wx + b) − f(W̃x̃ + b)‖² per position (‖Wx − W̃x̃‖² without
     /// an activation), rounding to nearest and as learned.
     pub loss_nearest: f64,
@@ -125,14 +133,32 @@ impl Problem {
             .unzip()
     }
 
+    fn positions(&self) -> usize {
+        self.inputs.len() / self.cols.max(1)
+    }
+
     /// ‖W̃x̃ − Wx‖² per position, over all positions.
     fn loss(&self, w: &[f32]) -> candle_core::Result<f64> {
-        let p = self.inputs.len() / self.cols.max(1);
-        let x = Tensor::from_slice(&self.inputs, (p, self.cols), &Device::Cpu)?;
-        let t = Tensor::from_slice(&self.targets, (p, self.rows), &Device::Cpu)?;
+        self.loss_on(w, 0..self.positions())
+    }
+
+    /// ‖W̃x̃ − Wx‖² per position, over the positions in `span`.
+    fn loss_on(&self, w: &[f32], span: Range<usize>) -> candle_core::Result<f64> {
+        let p = span.len();
+        let (x, t) = self.span(span);
+        let x = Tensor::from_slice(x, (p, self.cols), &Device::Cpu)?;
+        let t = Tensor::from_slice(t, (p, self.rows), &Device::Cpu)?;
         let wt = Tensor::from_slice(w, (self.rows, self.cols), &Device::Cpu)?;
         let e = output_errors(x.matmul(&wt.t()?)?, &t, self.activation.as_ref(), false)?;
         Ok(f64::from(e.sqr()?.sum_all()?.to_scalar::<f32>()?) / p.max(1) as f64)
+    }
+
+    /// The inputs and targets of the positions in `span`.
+    fn span(&self, span: Range<usize>) -> (&[f32], &[f32]) {
+        (
+            &self.inputs[span.start * self.cols..span.end * self.cols],
+            &self.targets[span.start * self.rows..span.end * self.rows],
+        )
     }
 }
 
@@ -173,12 +199,24 @@ fn output_errors(
     Tensor::from_vec(e, y.dims(), &Device::Cpu)
 }
 
-/// The learned rounding of `p`: the hard-rounded W̃ and how many weights were flipped against
-/// rounding to nearest, with the losses of both. Where the learned rounding reconstructs the
-/// columns worse than rounding to nearest (a small layer, too few steps), nearest is kept.
-pub fn optimize(p: &Problem, opts: &Options) -> candle_core::Result<(Vec<f32>, usize, f64, f64)> {
+/// The learned rounding of one problem.
+#[derive(Debug)]
+pub struct Fit {
+    /// The hard-rounded W̃.
+    pub weight: Vec<f32>,
+    /// Weights rounded the other way than to nearest.
+    pub flipped: usize,
+    /// Undecided weights [`settle`] rounded the other way than h ≥ ½.
+    pub settled: usize,
+    pub loss_nearest: f64,
+    pub loss_learned: f64,
+}
+
+/// The learned rounding of `p`. Where it reconstructs the columns worse than rounding to
+/// nearest (a small layer, too few steps), nearest is kept.
+pub fn optimize(p: &Problem, opts: &Options) -> candle_core::Result<Fit> {
     let n = p.w.len();
-    let positions = p.inputs.len() / p.cols.max(1);
+    let positions = p.positions();
     // V starts where h(V) is the fractional part of W/s: the soft weight is W itself.
     let v: Vec<f64> = (0..n)
         .map(|e| {
@@ -226,11 +264,17 @@ pub fn optimize(p: &Problem, opts: &Options) -> candle_core::Result<(Vec<f32>, u
                 adam(x, g * dh, t + 1, opts.learning_rate);
             });
     }
-    let v: Vec<f64> = vars.iter().map(|x| x[0]).collect();
-    let hard: Vec<f64> = v
+    let soft: Vec<f64> = vars.iter().map(|x| rectified_sigmoid(x[0])).collect();
+    let halfway: Vec<f64> = soft
         .iter()
-        .map(|&v| f64::from(u8::from(rectified_sigmoid(v) >= 0.5)))
+        .map(|&h| f64::from(u8::from(h >= 0.5)))
         .collect();
+    let hard = if opts.settle && p.activation.is_none() {
+        settled(p, &soft, &halfway)?
+    } else {
+        halfway.clone()
+    };
+    let settled = hard.iter().zip(&halfway).filter(|(a, b)| a != b).count();
     let nearest: Vec<f64> = (0..n)
         .map(|e| {
             let x = p.w[e] / p.scale[e];
@@ -243,10 +287,119 @@ pub fn optimize(p: &Problem, opts: &Options) -> candle_core::Result<(Vec<f32>, u
     let (loss_nearest, loss_learned) = (p.loss(&rounded)?, p.loss(&learned)?);
     // Never worse than rounding to nearest on the columns it was fitted on.
     if loss_learned > loss_nearest {
-        return Ok((rounded, 0, loss_nearest, loss_nearest));
+        return Ok(Fit {
+            weight: rounded,
+            flipped: 0,
+            settled: 0,
+            loss_nearest,
+            loss_learned: loss_nearest,
+        });
     }
-    Ok((learned, flipped, loss_nearest, loss_learned))
+    Ok(Fit {
+        weight: learned,
+        flipped,
+        settled,
+        loss_nearest,
+        loss_learned,
+    })
 }
+
+/// `hard` with its undecided weights settled ([`settle`]) on all columns, where settling them
+/// on the first half of the columns lowers the error on the second half; else `hard` itself.
+/// The columns come in sample order, so the halves are mostly different samples: a layer
+/// whose columns are too few for its inputs fits the first half's noise, and is refused.
+fn settled(p: &Problem, soft: &[f64], hard: &[f64]) -> candle_core::Result<Vec<f64>> {
+    let positions = p.positions();
+    let half = positions / 2;
+    if half == 0 || !soft.iter().any(|&h| h > 0.0 && h < 1.0) {
+        return Ok(hard.to_vec());
+    }
+    let trial = settle(p, soft, hard, 0..half)?;
+    let (before, _) = p.soft_weight(hard);
+    let (after, _) = p.soft_weight(&trial);
+    if p.loss_on(&after, half..positions)? < p.loss_on(&before, half..positions)? {
+        settle(p, soft, hard, 0..positions)
+    } else {
+        Ok(hard.to_vec())
+    }
+}
+
+/// Rounds `p`'s undecided weights (0 < h < 1 in `soft`; `hard` holds the rounding so far, 0 or
+/// 1 per weight) to whichever side gives the smaller error ‖W̃x̃ − Wx‖² on the positions in
+/// `span`: row by row, each undecided weight is turned over where that lowers its row's error,
+/// pass after pass until no turn does. Flipping weight j of a row by d changes the error by
+/// 2d·x_jᵀr + d²·‖x_j‖², with r the row's residual over the positions, which is what is kept.
+fn settle(
+    p: &Problem,
+    soft: &[f64],
+    hard: &[f64],
+    span: Range<usize>,
+) -> candle_core::Result<Vec<f64>> {
+    let (k, n) = (p.cols, span.len());
+    let (x, t) = p.span(span);
+    let (w, _) = p.soft_weight(hard);
+    // Residuals x̃W̃ᵀ − Wx [n, rows], then transposed: a row's residual and an input's column
+    // are each one slice.
+    let xs = Tensor::from_slice(x, (n, k), &Device::Cpu)?;
+    let r = xs
+        .matmul(&Tensor::from_slice(&w, (p.rows, k), &Device::Cpu)?.t()?)?
+        .sub(&Tensor::from_slice(t, (n, p.rows), &Device::Cpu)?)?
+        .t()?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let columns = xs.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let mut hard = hard.to_vec();
+    hard.par_chunks_mut(k).enumerate().for_each(|(row, bits)| {
+        let open: Vec<usize> = (0..k)
+            .filter(|&j| soft[row * k + j] > 0.0 && soft[row * k + j] < 1.0)
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let mut residual: Vec<f64> = r[row * n..(row + 1) * n]
+            .iter()
+            .map(|&v| v.into())
+            .collect();
+        let mut weight: Vec<f64> = w[row * k..(row + 1) * k]
+            .iter()
+            .map(|&v| v.into())
+            .collect();
+        for _ in 0..SETTLE_PASSES {
+            let mut turned = false;
+            for &j in &open {
+                let e = row * k + j;
+                let code = (p.w[e] / p.scale[e]).floor() + (1.0 - bits[j]) as f32 + p.zero[e];
+                let other = f64::from((code.clamp(p.qmin, p.qmax) - p.zero[e]) * p.scale[e]);
+                let d = other - weight[j];
+                let xj = &columns[j * n..(j + 1) * n];
+                let (dot, norm) = xj
+                    .iter()
+                    .zip(&residual)
+                    .fold((0.0, 0.0), |(a, b), (&x, r)| {
+                        let x = f64::from(x);
+                        (a + x * r, b + x * x)
+                    });
+                if d != 0.0 && 2.0 * d * dot + d * d * norm < 0.0 {
+                    for (r, &x) in residual.iter_mut().zip(xj) {
+                        *r += d * f64::from(x);
+                    }
+                    weight[j] = other;
+                    bits[j] = 1.0 - bits[j];
+                    turned = true;
+                }
+            }
+            if !turned {
+                break;
+            }
+        }
+    });
+    Ok(hard)
+}
+
+/// Passes over a row's undecided weights at most; each pass only lowers the error, so this is
+/// a bound on the time, rarely reached.
+const SETTLE_PASSES: usize = 32;
 
 /// Problems up to this many multiply-adds a step are done in plain loops.
 const SMALL: usize = 1 << 15;
@@ -379,6 +532,7 @@ fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Ro
         weight: layer.weight.name.clone(),
         flipped: 0,
         total: w.len(),
+        settled: 0,
         loss_nearest: 0.0,
         loss_learned: 0.0,
         through_activation: false,
@@ -423,13 +577,14 @@ fn fit(layer: &Layer, parts: Vec<Part>, opts: &Options) -> Result<(RawTensor, Ro
             targets,
             activation,
         };
-        let (wl, flipped, nearest, loss) = optimize(&problem, opts).map_err(err)?;
-        for (e, v) in wl.into_iter().enumerate() {
+        let fit = optimize(&problem, opts).map_err(err)?;
+        for (e, v) in fit.weight.into_iter().enumerate() {
             learned[at(e)] = v;
         }
-        rounded.flipped += flipped;
-        rounded.loss_nearest += nearest;
-        rounded.loss_learned += loss;
+        rounded.flipped += fit.flipped;
+        rounded.settled += fit.settled;
+        rounded.loss_nearest += fit.loss_nearest;
+        rounded.loss_learned += fit.loss_learned;
     }
     let values: Vec<f64> = learned.iter().map(|&v| f64::from(v)).collect();
     let t = &layer.weight;
@@ -562,6 +717,73 @@ mod tests {
         }
     }
 
+    /// Settling turns only the undecided weights, never raises the error, and stops where no
+    /// single undecided weight turned alone would lower it (checked through `loss`, candle's
+    /// products, not the residuals `settle` keeps).
+    #[test]
+    fn settling_turns_undecided_weights_until_no_turn_helps() {
+        for seed in 1..4 {
+            let p = problem(seed);
+            // Every third weight decided (0 or 1), the others anywhere between.
+            let soft: Vec<f64> = (0..p.w.len())
+                .map(|e| match e % 3 {
+                    0 => (e % 2) as f64,
+                    _ => ((e * 37 + seed as usize) % 97) as f64 / 97.0 * 0.98 + 0.01,
+                })
+                .collect();
+            let halfway: Vec<f64> = soft
+                .iter()
+                .map(|&h| f64::from(u8::from(h >= 0.5)))
+                .collect();
+            let hard = settle(&p, &soft, &halfway, 0..p.positions()).unwrap();
+            let loss = |h: &[f64]| p.loss(&p.soft_weight(h).0).unwrap();
+            let settled = loss(&hard);
+            assert!(settled <= loss(&halfway), "seed {seed}");
+            let mut turned = 0;
+            for e in 0..p.w.len() {
+                if e % 3 == 0 {
+                    assert_eq!(
+                        hard[e], halfway[e],
+                        "seed {seed}: decided weight {e} turned"
+                    );
+                    continue;
+                }
+                turned += usize::from(hard[e] != halfway[e]);
+                let mut other = hard.clone();
+                other[e] = 1.0 - other[e];
+                assert!(
+                    loss(&other) >= settled * (1.0 - 1e-5),
+                    "seed {seed}: turning {e} lowers the error: {} < {settled}",
+                    loss(&other)
+                );
+            }
+            assert!(turned > 0, "seed {seed}: nothing settled");
+        }
+    }
+
+    /// One weight halfway between two grid points, undecided: the first half of the columns
+    /// wants it rounded down, the second half decides whether that holds.
+    #[test]
+    fn settling_is_kept_only_where_the_held_out_half_agrees() {
+        let problem = |second: f32| Problem {
+            rows: 1,
+            cols: 1,
+            w: vec![0.5],
+            scale: vec![1.0],
+            zero: vec![0.0],
+            qmin: -8.0,
+            qmax: 7.0,
+            inputs: vec![1.0; 4],
+            targets: vec![0.0, 0.0, second, second],
+            activation: None,
+        };
+        let (soft, up) = (vec![0.5], vec![1.0]);
+        assert_eq!(settled(&problem(0.0), &soft, &up).unwrap(), vec![0.0]);
+        assert_eq!(settled(&problem(1.0), &soft, &up).unwrap(), vec![1.0]);
+        // A decided weight is left alone whatever the columns say.
+        assert_eq!(settled(&problem(0.0), &[1.0], &up).unwrap(), vec![1.0]);
+    }
+
     /// Learned rounding reconstructs the layer at least as well as rounding to nearest (better
     /// on most problems), and every learned weight is on the grid, one step from W/s at most:
     /// on plain layers and on layers with a Relu6.
@@ -581,7 +803,12 @@ mod tests {
                 batch: 64,
                 ..Options::default()
             };
-            let (w, _, nearest, learned) = optimize(&p, &opts).unwrap();
+            let Fit {
+                weight: w,
+                loss_nearest: nearest,
+                loss_learned: learned,
+                ..
+            } = optimize(&p, &opts).unwrap();
             assert!(learned <= nearest, "seed {seed}: {learned} > {nearest}");
             better += usize::from(learned < 0.8 * nearest);
             for (e, &v) in w.iter().enumerate() {

@@ -235,6 +235,9 @@ pub struct AdaRoundOptions {
     /// Whether a layer with a Relu or Clip fused into it is fitted on its outputs after them,
     /// bias included (the paper's eq. 25), or on its products W·x.
     pub through_activation: bool,
+    /// Whether weights the fit leaves undecided are settled on the reconstruction error
+    /// (crate::adaround::settle) instead of rounded at h = ½. Linear loss only.
+    pub settle: bool,
 }
 
 impl Default for AdaRoundOptions {
@@ -250,6 +253,7 @@ impl Default for AdaRoundOptions {
             warm_start: 0.2,
             quantized_inputs: true,
             through_activation: false,
+            settle: true,
         }
     }
 }
