@@ -15,8 +15,9 @@
 //! result is rounded hard at h ≥ ½. Where the fit ends with some h still strictly between 0 and
 //! 1 (at the default 1000 steps, up to a third of a layer's weights), rounding those at ½ is a
 //! blind choice; [`settle`] makes it on the same reconstruction error instead (zeropoint's
-//! addition, not the paper's: the paper's 10 000 steps leave few undecided). x is the layer's input in the float model, x̃ in the quantized
-//! model with every earlier layer already AdaRounded (the paper's asymmetric reconstruction,
+//! addition, not the paper's: the paper's 10 000 steps leave few undecided). x is the layer's
+//! input in the float model, x̃ in the quantized model with every earlier layer already
+//! AdaRounded (the paper's asymmetric reconstruction,
 //! §3.3). With `through_activation`, a layer with a Relu or Clip f fused into it compares
 //! f(W·x + b) and f(W̃·x̃ + b) instead, its bias b included (the paper's eq. 25: an error the
 //! activation cuts off costs nothing). A convolution's input is taken as its im2col columns
