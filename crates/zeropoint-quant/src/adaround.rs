@@ -123,15 +123,19 @@ impl Problem {
         (0..h.len())
             .into_par_iter()
             .with_min_len(RUN)
-            .map(|e| {
-                let code = (self.w[e] / self.scale[e]).floor() + h[e] as f32 + self.zero[e];
-                let inside = code > self.qmin && code < self.qmax;
-                (
-                    (code.clamp(self.qmin, self.qmax) - self.zero[e]) * self.scale[e],
-                    inside,
-                )
-            })
+            .map(|e| self.on_grid(e, h[e]))
             .unzip()
+    }
+
+    /// Weight `e` rounded down (h = 0) or up (h = 1) or between, on its grid, and whether its
+    /// code lies inside the grid.
+    fn on_grid(&self, e: usize, h: f64) -> (f32, bool) {
+        let code = (self.w[e] / self.scale[e]).floor() + h as f32 + self.zero[e];
+        let inside = code > self.qmin && code < self.qmax;
+        (
+            (code.clamp(self.qmin, self.qmax) - self.zero[e]) * self.scale[e],
+            inside,
+        )
     }
 
     fn positions(&self) -> usize {
@@ -312,7 +316,7 @@ pub fn optimize(p: &Problem, opts: &Options) -> candle_core::Result<Fit> {
 fn settled(p: &Problem, soft: &[f64], hard: &[f64]) -> candle_core::Result<Vec<f64>> {
     let positions = p.positions();
     let half = positions / 2;
-    if half == 0 || !soft.iter().any(|&h| h > 0.0 && h < 1.0) {
+    if half == 0 || !soft.iter().any(|&h| undecided(h)) {
         return Ok(hard.to_vec());
     }
     let trial = settle(p, soft, hard, 0..half)?;
@@ -350,11 +354,12 @@ fn settle(
         .flatten_all()?
         .to_vec1::<f32>()?;
     let columns = xs.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let norms: Vec<f64> = (columns.chunks(n.max(1)))
+        .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum())
+        .collect();
     let mut hard = hard.to_vec();
     hard.par_chunks_mut(k).enumerate().for_each(|(row, bits)| {
-        let open: Vec<usize> = (0..k)
-            .filter(|&j| soft[row * k + j] > 0.0 && soft[row * k + j] < 1.0)
-            .collect();
+        let open: Vec<usize> = (0..k).filter(|&j| undecided(soft[row * k + j])).collect();
         if open.is_empty() {
             return;
         }
@@ -370,18 +375,15 @@ fn settle(
             let mut turned = false;
             for &j in &open {
                 let e = row * k + j;
-                let code = (p.w[e] / p.scale[e]).floor() + (1.0 - bits[j]) as f32 + p.zero[e];
-                let other = f64::from((code.clamp(p.qmin, p.qmax) - p.zero[e]) * p.scale[e]);
+                let other = f64::from(p.on_grid(e, 1.0 - bits[j]).0);
                 let d = other - weight[j];
                 let xj = &columns[j * n..(j + 1) * n];
-                let (dot, norm) = xj
+                let dot: f64 = xj
                     .iter()
                     .zip(&residual)
-                    .fold((0.0, 0.0), |(a, b), (&x, r)| {
-                        let x = f64::from(x);
-                        (a + x * r, b + x * x)
-                    });
-                if d != 0.0 && 2.0 * d * dot + d * d * norm < 0.0 {
+                    .map(|(&x, r)| f64::from(x) * r)
+                    .sum();
+                if d != 0.0 && 2.0 * d * dot + d * d * norms[j] < 0.0 {
                     for (r, &x) in residual.iter_mut().zip(xj) {
                         *r += d * f64::from(x);
                     }
@@ -396,6 +398,11 @@ fn settle(
         }
     });
     Ok(hard)
+}
+
+/// Whether rounding h is still undecided: strictly between down (0) and up (1).
+fn undecided(h: f64) -> bool {
+    h > 0.0 && h < 1.0
 }
 
 /// Passes over a row's undecided weights at most; each pass only lowers the error, so this is
