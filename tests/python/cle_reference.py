@@ -21,7 +21,11 @@ Conv → ReLU → BN → Conv branch, whose BN becomes a per-channel scale that 
 - on the same network with its BatchNorms folded (no statistics left in the graph), c comes from
   the data alone: max(0, min(μ − 3σ, min x)) per channel, and the function is kept on the data;
 - a bias too large for int32 at s_x·s_w on a per-tensor grid is clipped and reported, and the
-  grid is not raised for it (`clipped_bias`).
+  grid is not raised for it (`clipped_bias`);
+- linear layers applied to a sequence, as exporters write them (MatMul, then an Add of the bias,
+  which canonicalization cannot make a Gemm): the Add's constant is the layer's bias, scaled
+  with its channels, and absorption moves c into the next layer's bias Add but never into a
+  MatMul without one (`dense_bias_adds`).
 """
 
 import json
@@ -330,6 +334,7 @@ def main():
     moved, source = data_absorption(zeropoint, out, folded, "folded", layers, calib, data_c)
     assert source == "calibration", source
     clipped_bias(zeropoint, out)
+    dense_bias_adds(zeropoint, out)
     print("cle reference: all checks passed")
 
 
@@ -365,6 +370,92 @@ def clipped_bias(zeropoint, out):
     err = np.abs(got - ref).max() / np.abs(ref).max()
     print(f"a bias past int32 at a per-tensor grid: clipped, grid kept, output within {err:.1e} of float")
     assert err < 0.02 and np.all(got[:, 0] == 0), err
+
+
+def dense_bias_adds(zeropoint, out):
+    """x [N, T, 6] → MatMul m1 → Add(b1, ·) → ReLU → MatMul m2 → Add(·, b2 [1, 1, 7]) → ReLU →
+    MatMul m3 (no bias): both pairs equalized as numpy does, the biases (the Adds' constants,
+    in either operand and shape) scaled with their channels, the function kept; with data, m1's
+    high values absorbed into b2, and none into m3, which has no bias to take them."""
+    rng = np.random.default_rng(5)
+    spread = lambda n: np.exp(rng.normal(0, 1.5, n))
+    w = [rng.normal(0, 1, (6, 8)) * spread(8), rng.normal(0, 1, (8, 7)) * spread(7), rng.normal(0, 1, (7, 5))]
+    # Channels 0-2 of m1's output are shifted far up: c > 0 where their spread leaves room.
+    b1 = np.concatenate([[12.0, 14.0, 13.0], rng.normal(0, 0.1, 5)])
+    b2 = rng.normal(0, 0.1, (1, 1, 7))
+    w = [v.astype(np.float32) for v in w]
+    b1, b2 = b1.astype(np.float32), b2.astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["y1"], name="m1"),
+             helper.make_node("Add", ["b1", "y1"], ["z1"], name="m1_bias"),
+             helper.make_node("Relu", ["z1"], ["h1"], name="r1"),
+             helper.make_node("MatMul", ["h1", "w2"], ["y2"], name="m2"),
+             helper.make_node("Add", ["y2", "b2"], ["z2"], name="m2_bias"),
+             helper.make_node("Relu", ["z2"], ["h2"], name="r2"),
+             helper.make_node("MatMul", ["h2", "w3"], ["y"], name="m3")]
+    inits = [numpy_helper.from_array(v, f"w{i + 1}") for i, v in enumerate(w)]
+    inits += [numpy_helper.from_array(b1, "b1"), numpy_helper.from_array(b2, "b2")]
+    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 200, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 200, 5])], inits)
+    src = out / "dense.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+
+    ref = [v.astype(np.float64) for v in w]
+    bias = [b1.astype(np.float64), b2.reshape(-1).astype(np.float64)]
+    scale = np.ones(8)
+    for _ in range(100):
+        largest = 0.0
+        for a in (0, 1):
+            s = np.sqrt(np.abs(ref[a]).max(axis=0) / np.abs(ref[a + 1]).max(axis=1))
+            largest = max(largest, np.abs(np.log(s)).max())
+            ref[a] /= s
+            bias[a] /= s
+            ref[a + 1] *= s[:, None]
+            if a == 0:
+                scale *= s
+        if largest < 1e-6:
+            break
+    x = rng.normal(0, 1, (8, 200, 6)).astype(np.float32)
+    np.savez(out / "dense_calib.npz", x=x)
+
+    def equalized(tag, extra):
+        dst = out / f"dense_{tag}.onnx"
+        p = subprocess.run([str(zeropoint), "equalize", str(src), "-o", str(dst), "--json"] + extra,
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        m = onnx.load(dst)
+        init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in m.graph.initializer}
+        byname = {n.name: n for n in m.graph.node}
+        ws = [init[byname[f"m{i}"].input[1]] for i in (1, 2, 3)]
+        bs = [next(init[i] for i in byname[f"m{i}_bias"].input if i in init) for i in (1, 2)]
+        return dst, json.loads(p.stdout), ws, bs
+
+    dst, report, ws, bs = equalized("plain", [])
+    worst = max(np.abs(g - r).max() / np.abs(r).max() for g, r in zip(ws + [b.reshape(-1) for b in bs], ref + bias))
+    pairs = [(p["first"], p["second"], p["absorption_skipped"]) for p in report["pairs"]]
+    print(f"MatMul → bias Add layers: pairs {pairs}; weights and biases vs numpy: max relative "
+          f"difference {worst:.2e}")
+    assert [p[:2] for p in pairs] == [("m1", "m2"), ("m2", "m3")], pairs
+    assert pairs[0][2] is None and "without a bias" in pairs[1][2], pairs
+    assert worst < 1e-5, worst
+    assert bs[1].shape == (1, 1, 7), bs[1].shape
+    before, after = run(src, x)[0], run(dst, x)[0]
+    diff = float(np.abs(before - after).max() / np.abs(before).max())
+    print(f"  float function kept: max relative output difference {diff:.2e}")
+    assert diff < 1e-5, diff
+
+    # With data: c = max(0, min(μ − 3σ, min)) of m1's output after its bias, per channel.
+    (z1,) = outputs_of(src, x, ["z1"])
+    z1 = z1.reshape(-1, 8)
+    c = np.maximum(0.0, np.minimum(z1.mean(0) - 3 * z1.std(0), z1.min(0))) / scale
+    dst, report, ws, bs = equalized("absorbed", ["--calib", str(out / "dense_calib.npz")])
+    want = [bias[0] - c, bias[1] + ref[1].T @ c]
+    worst = max(np.abs(g.reshape(-1) - r).max() / np.abs(r).max() for g, r in zip(bs, want))
+    moved = {p["first"]: p["absorbed_channels"] for p in report["pairs"]}
+    print(f"  absorbed from data: {moved} channels; biases vs numpy: max relative difference {worst:.2e}")
+    assert moved == {"m1": int((c > 0).sum()), "m2": 0} and moved["m1"] >= 2, (moved, c)
+    assert worst < 1e-5, worst
+    diff = float(np.abs(before - run(dst, x)[0]).max() / np.abs(before).max())
+    assert diff < 1e-5, diff
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@
 //! activations around it (the CIFAR-10 CNN at per-tensor int4: 15.4 dB without such pairs,
 //! 3.0 with them).
 //!
+//! A layer's bias is its own third input (Conv, Gemm) or, for a MatMul, the constant of the Add
+//! that alone reads its output: a linear layer applied to a sequence ([N, T, K]) is exported that
+//! way, and canonicalization makes a Gemm of it only for a matrix input. The Add's constant is
+//! scaled with the channels; a MatMul without such an Add takes no absorbed bias.
+//!
 //! ReLU6 (Clip to [0, 6]), HardSwish, sigmoids and the like are not homogeneous: scaling moves
 //! their clip points. Pairs through them are refused and listed. With `relu6_as_relu`, each
 //! ReLU6 between two layers becomes a ReLU first, as the paper does for MobileNetV2: this
@@ -124,12 +129,10 @@ pub fn absorption_sites(graph: &Graph, opts: Options) -> HashMap<String, i64> {
     }
     let (chains, _) = find_chains(graph, opts);
     (chains.iter())
-        .filter(|c| c.absorbable)
-        .map(|c| &graph.nodes[c.first])
-        .filter(|n| n.inputs.get(2).is_some_and(|b| !b.is_empty()))
-        .map(|n| {
-            let conv = kind_of(graph, n).is_some_and(Kind::is_conv);
-            (n.outputs[0].clone(), if conv { 1 } else { -1 })
+        .filter(|c| c.absorbable && c.first_bias.is_some())
+        .map(|c| {
+            let conv = kind_of(graph, &graph.nodes[c.first]).is_some_and(Kind::is_conv);
+            (c.output.clone(), if conv { 1 } else { -1 })
         })
         .collect()
 }
@@ -154,9 +157,9 @@ pub fn equalize(
     }
     let mut layers: HashMap<usize, Layer> = HashMap::new();
     for c in &chains {
-        for i in [c.first, c.second] {
+        for (i, site) in [(c.first, c.first_bias), (c.second, c.second_bias)] {
             if let std::collections::hash_map::Entry::Vacant(e) = layers.entry(i) {
-                e.insert(Layer::read(graph, i)?);
+                e.insert(Layer::read(graph, i, site)?);
             }
         }
     }
@@ -168,10 +171,10 @@ pub fn equalize(
         .collect();
     let mut absorbed: HashMap<usize, Vec<f64>> = HashMap::new();
     for c in &chains {
-        let output = &graph.nodes[c.first].outputs[0];
+        let output = &c.output;
         let seen = measured.get(output);
         let high = match (index.get(output), seen) {
-            _ if !(opts.absorb_high_bias && c.absorbable) => None,
+            _ if !(opts.absorb_high_bias && c.absorbable && c.second_takes_bias) => None,
             (Some(&i), _) => Some((high_biases(&stats[i], seen), Statistics::BatchNorm)),
             (None, Some(m)) => Some((high_values(m), Statistics::Calibration)),
             (None, None) => None,
@@ -187,15 +190,14 @@ pub fn equalize(
             through: c.through.iter().map(|&i| graph.nodes[i].label()).collect(),
             absorbed_channels,
             statistics: statistics.filter(|_| absorbed_channels > 0),
-            absorption_skipped: (opts.absorb_high_bias && c.padded)
-                .then(|| "the next layer pads with zeros".to_string()),
+            absorption_skipped: absorption_skipped(c, opts),
         });
         absorbed.insert(c.first, shift);
     }
     // The statistics follow the channels: divided by their scales, less what was absorbed.
     for (i, layer) in &layers {
         let Some(s) = index
-            .get(&graph.nodes[*i].outputs[0])
+            .get(&layer_output(graph, *i, layer.bias_site))
             .map(|&k| &mut stats[k])
         else {
             continue;
@@ -223,6 +225,11 @@ pub fn equalize(
 struct Chain {
     first: usize,
     second: usize,
+    /// Where each layer's bias is, if it has one.
+    first_bias: Option<BiasSite>,
+    second_bias: Option<BiasSite>,
+    /// `first`'s output channels as the operators between see them: after its bias.
+    output: String,
     through: Vec<usize>,
     /// ReLU6 nodes among `through`, to become ReLUs.
     relu6: Vec<usize>,
@@ -231,6 +238,82 @@ struct Chain {
     absorbable: bool,
     /// Absorption would hold but for `second`'s zero padding.
     padded: bool,
+    /// `second` has a bias, or can be given one (Conv, Gemm): a MatMul without a bias Add
+    /// cannot take W₂·c.
+    second_takes_bias: bool,
+}
+
+/// Why high-bias absorption does not apply to a chain it would otherwise hold for.
+fn absorption_skipped(c: &Chain, opts: Options) -> Option<String> {
+    if !opts.absorb_high_bias {
+        return None;
+    }
+    if c.padded {
+        return Some("the next layer pads with zeros".to_string());
+    }
+    (c.absorbable && !c.second_takes_bias)
+        .then(|| "the next layer is a MatMul without a bias to take it".to_string())
+}
+
+/// Where a layer's bias is: its own third input (Conv, Gemm), or the constant of the Add that
+/// alone reads a MatMul's output (as exporters write a linear layer applied to a sequence,
+/// which canonicalization cannot make a Gemm).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BiasSite {
+    Input,
+    Add { node: usize, input: usize },
+}
+
+/// The bias of layer `i`: its third input, or for a MatMul the float constant with one value per
+/// output channel, laid along the last axis, of the Add that alone reads its output (the constant
+/// read by nothing else, the output not a graph output).
+fn bias_site(
+    graph: &Graph,
+    consumers: &HashMap<String, Vec<usize>>,
+    outputs: &HashSet<&str>,
+    i: usize,
+) -> Option<BiasSite> {
+    let node = &graph.nodes[i];
+    if node.inputs.get(2).is_some_and(|b| !b.is_empty()) {
+        return Some(BiasSite::Input);
+    }
+    let channels = match (&node.op, kind_of(graph, node)) {
+        (Op::MatMul, Some(Kind::Dense)) => graph.float_initializer(&node.inputs[1])?.shape[1],
+        _ => return None,
+    };
+    let value = &node.outputs[0];
+    let sole = |v: &str| match consumers.get(v).map(Vec::as_slice) {
+        Some(&[one]) => Some(one),
+        _ => None,
+    };
+    let add = sole(value).filter(|_| !outputs.contains(value.as_str()))?;
+    let a = &graph.nodes[add];
+    if a.op != Op::Add || a.inputs.len() != 2 || !a.subgraphs.is_empty() {
+        return None;
+    }
+    let input = usize::from(a.inputs[0] == *value);
+    let name = &a.inputs[input];
+    let t = graph.float_initializer(name)?;
+    let along_last =
+        t.shape.last() == Some(&channels) && t.shape.iter().rev().skip(1).all(|&d| d == 1);
+    (a.inputs[1 - input] == *value && along_last && t.len() == channels && sole(name) == Some(add))
+        .then_some(BiasSite::Add { node: add, input })
+}
+
+/// The name of layer `i`'s bias at `site`.
+fn bias_name(graph: &Graph, i: usize, site: Option<BiasSite>) -> Option<&String> {
+    match site? {
+        BiasSite::Input => graph.nodes[i].inputs.get(2).filter(|b| !b.is_empty()),
+        BiasSite::Add { node, input } => graph.nodes[node].inputs.get(input),
+    }
+}
+
+/// The value layer `i`'s output channels leave it as: after its bias Add where it has one.
+fn layer_output(graph: &Graph, i: usize, site: Option<BiasSite>) -> String {
+    match site {
+        Some(BiasSite::Add { node, .. }) => graph.nodes[node].outputs[0].clone(),
+        _ => graph.nodes[i].outputs[0].clone(),
+    }
 }
 
 /// Where a layer's channels are in its weight: output and input channel axes, and whether one
@@ -295,7 +378,8 @@ fn find_chains(graph: &Graph, opts: Options) -> (Vec<Chain>, Vec<Refusal>) {
         if !bias_per_channel(graph, node, kind) || channel_scale(graph, node) {
             continue;
         }
-        match follow(graph, &consumers, &outputs, i, opts) {
+        let site = bias_site(graph, &consumers, &outputs, i);
+        match follow(graph, &consumers, &outputs, (i, site), opts) {
             Ok(chain) => {
                 let second = &graph.nodes[chain.second];
                 let next = kind_of(graph, second);
@@ -360,10 +444,11 @@ fn follow(
     graph: &Graph,
     consumers: &HashMap<String, Vec<usize>>,
     outputs: &HashSet<&str>,
-    first: usize,
+    (first, first_bias): (usize, Option<BiasSite>),
     opts: Options,
 ) -> std::result::Result<Chain, Option<String>> {
-    let mut value = graph.nodes[first].outputs[0].clone();
+    let output = layer_output(graph, first, first_bias);
+    let mut value = output.clone();
     let (mut through, mut relu6): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
     loop {
         if outputs.contains(value.as_str()) {
@@ -387,13 +472,18 @@ fn follow(
             let relu = !through.is_empty()
                 && (*ops[0] == Op::Relu || relu6.first() == Some(&through[0]))
                 && ops[1..].iter().all(|&op| *op == Op::MaxPool);
+            let second_bias = bias_site(graph, consumers, outputs, next);
             return Ok(Chain {
                 first,
                 second: next,
+                first_bias,
+                second_bias,
+                output,
                 through,
                 relu6,
                 absorbable: relu && !zero_padded(node),
                 padded: relu && zero_padded(node),
+                second_takes_bias: second_bias.is_some() || node.op != Op::MatMul,
             });
         }
         match homogeneous(graph, node) {
@@ -481,23 +571,21 @@ struct Layer {
     w: Vec<f64>,
     w_dtype: DType,
     bias: Option<Vec<f64>>,
+    bias_site: Option<BiasSite>,
     /// The product of the scales its output channels were divided by.
     out_scale: Vec<f64>,
     changed: bool,
 }
 
 impl Layer {
-    fn read(graph: &Graph, i: usize) -> Result<Layer> {
+    fn read(graph: &Graph, i: usize, bias_site: Option<BiasSite>) -> Result<Layer> {
         let node = &graph.nodes[i];
         let kind = kind_of(graph, node)
             .ok_or_else(|| Error::new(&graph.source, format!("{} is not a layer", node.label())))?;
         let w = graph.float_initializer(&node.inputs[1]).ok_or_else(|| {
             Error::new(&graph.source, format!("{}: weight missing", node.label()))
         })?;
-        let bias = node
-            .inputs
-            .get(2)
-            .filter(|b| !b.is_empty())
+        let bias = bias_name(graph, i, bias_site)
             .and_then(|b| graph.float_initializer(b))
             .map(RawTensor::to_f64s);
         let (out_axis, in_axis) = kind.axes();
@@ -512,6 +600,7 @@ impl Layer {
             w: w.to_f64s(),
             w_dtype: w.dtype,
             bias,
+            bias_site,
             out_scale: vec![1.0; w.shape[out_axis]],
             changed: false,
         })
@@ -685,23 +774,29 @@ fn write_back(graph: &mut Graph, layers: HashMap<usize, Layer>) {
         let w = RawTensor::from_f64s(&w_name, &layer.shape, &layer.w, layer.w_dtype);
         let mut bias = None;
         if let Some(b) = &layer.bias {
-            let old = node.inputs.get(2).filter(|b| !b.is_empty());
-            let base = old
-                .cloned()
-                .unwrap_or_else(|| format!("{}_bias", node.name));
-            let dtype = old
-                .and_then(|o| graph.initializer(o))
-                .map_or(DType::F32, |t| t.dtype);
-            replaced.extend(old.cloned());
+            let old = bias_name(graph, i, layer.bias_site).cloned();
+            let base = old.clone().unwrap_or_else(|| format!("{}_bias", node.name));
+            let template = old.as_ref().and_then(|o| graph.initializer(o));
+            let dtype = template.map_or(DType::F32, |t| t.dtype);
+            // A bias Add's constant keeps its shape ([1, 1, M] broadcasts as [M] may not).
+            let shape = template.map_or(vec![b.len()], |t| t.shape.clone());
+            replaced.extend(old);
             let name = names.fresh(&format!("{base}_equalized"));
-            bias = Some(RawTensor::from_f64s(&name, &[b.len()], b, dtype));
+            bias = Some(RawTensor::from_f64s(&name, &shape, b, dtype));
         }
-        let node = &mut graph.nodes[i];
-        node.inputs[1] = w.name.clone();
+        graph.nodes[i].inputs[1] = w.name.clone();
         graph.initializers.push(w);
         if let Some(b) = bias {
-            node.inputs.truncate(2);
-            node.inputs.push(b.name.clone());
+            match layer.bias_site {
+                Some(BiasSite::Add { node, input }) => {
+                    graph.nodes[node].inputs[input] = b.name.clone()
+                }
+                _ => {
+                    let node = &mut graph.nodes[i];
+                    node.inputs.truncate(2);
+                    node.inputs.push(b.name.clone());
+                }
+            }
             graph.initializers.push(b);
         }
     }
