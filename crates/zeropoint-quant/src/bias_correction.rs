@@ -34,6 +34,7 @@ use zeropoint_core::{fake_quant, Granularity, Layout};
 use zeropoint_engine::exec::HookError;
 use zeropoint_engine::{Executor, Value};
 use zeropoint_graph::canonicalize::BatchNormStats;
+use zeropoint_graph::pattern::matmul_bias_add;
 use zeropoint_graph::{Graph, Op};
 use zeropoint_onnx::{DType, RawTensor};
 
@@ -73,25 +74,27 @@ pub fn correct_biases(
         let mut sim = Simulation::sharing(graph, params, float.initializer_values())?;
         let mut runs = PausedRuns::start(&float, &sim, data)?;
         for (index, node) in graph.nodes.iter().enumerate() {
-            let Some((_, bias)) = layers.get(&node.outputs[0]) else {
+            let Some(layer) = layers.get(&node.outputs[0]) else {
                 continue;
             };
+            let bias = &layer.bias;
             // Each sample's error at the layer's output, before its quantizer.
             let parts = runs.step(&float, &sim, index, |f, q| {
                 let (r, v) = (float.next_outputs(f)?, sim.next_outputs(q)?);
                 let at = |e: HookError| Error::Environment(format!("{}: {e}", node.label()));
-                channel_error_sums(&r[0], &v[0]).map_err(at)
+                channel_error_sums(&r[0], &v[0], layer.last_axis).map_err(at)
             })?;
             let mean = mean_in_order(&parts);
             // Later layers see this one's output as corrected, as the export computes it.
             let b = sim
                 .initializer(bias)
                 .ok_or_else(|| Error::new(&graph.source, format!("bias '{bias}' is missing")))?;
-            if b.shape() == [mean.len()] {
+            let shape = b.shape().to_vec();
+            if shape.iter().product::<usize>() == mean.len() {
                 let corrected = b.with_f32s(|b| {
                     let shifted: Vec<f32> =
                         b.iter().zip(&mean).map(|(b, m)| b - *m as f32).collect();
-                    RawTensor::from_f32s(bias, &[mean.len()], &shifted)
+                    RawTensor::from_f32s(bias, &shape, &shifted)
                 })?;
                 sim.set_weight(&corrected)?;
             }
@@ -122,12 +125,12 @@ fn mean_in_order(parts: &[Part]) -> Vec<f64> {
 /// Subtracts each layer output's shift from its layer's bias.
 fn apply(
     graph: &mut Graph,
-    layers: &HashMap<String, (String, String)>,
+    layers: &HashMap<String, Biased>,
     shifts: Vec<(String, Vec<f64>)>,
 ) -> Result<Vec<Correction>> {
     let mut corrections = Vec::new();
     for (value, shift) in shifts {
-        let Some((layer, bias)) = layers.get(&value) else {
+        let Some(Biased { layer, bias, .. }) = layers.get(&value) else {
             continue;
         };
         let t = graph
@@ -152,10 +155,24 @@ fn apply(
     Ok(corrections)
 }
 
-/// Layer output → (layer, bias initializer), for every layer with a planned bias of its own: a
-/// bias something else reads too would take the layer's correction there as well. (Layers that
-/// share a bias get a copy each first, `placement::own_biases`.)
-fn biased_layers(graph: &Graph, plan: &Plan) -> HashMap<String, (String, String)> {
+/// A layer whose bias correction moves.
+#[derive(Debug, PartialEq)]
+struct Biased {
+    layer: String,
+    /// The bias initializer: the layer's own, or its bias Add's constant.
+    bias: String,
+    /// Whether the output's channels are on its last axis (a MatMul's), not axis 1.
+    last_axis: bool,
+}
+
+/// Layer output → its [`Biased`], for every layer with a planned bias of its own (a bias
+/// something else reads too would take the layer's correction there as well; layers that share
+/// a bias get a copy each first, `placement::own_biases`), and every MatMul with a planned
+/// weight and a quantized input whose output goes to a bias Add
+/// ([`zeropoint_graph::pattern::matmul_bias_add`]): a linear layer applied to a sequence, as
+/// exporters write it. Its bias stays a float Add after the integer MatMul, and takes the
+/// correction as a Conv's or Gemm's int32 bias does.
+fn biased_layers(graph: &Graph, plan: &Plan) -> HashMap<String, Biased> {
     let mut layers = HashMap::new();
     let readers = graph.consumers();
     for site in &plan.biases {
@@ -163,7 +180,37 @@ fn biased_layers(graph: &Graph, plan: &Plan) -> HashMap<String, (String, String)
             continue;
         }
         if let Some(n) = graph.nodes.iter().find(|n| n.name == site.node) {
-            layers.insert(n.outputs[0].clone(), (n.name.clone(), site.name.clone()));
+            let (layer, bias) = (n.name.clone(), site.name.clone());
+            let last_axis = false;
+            layers.insert(
+                n.outputs[0].clone(),
+                Biased {
+                    layer,
+                    bias,
+                    last_axis,
+                },
+            );
+        }
+    }
+    let quantized = |v: &String| {
+        plan.activations.contains(v) || plan.shared.iter().any(|(shared, _)| shared == v)
+    };
+    for (i, n) in graph.nodes.iter().enumerate() {
+        let planned = plan.weights.iter().any(|w| w.node == n.name);
+        if !planned || !n.inputs.first().is_some_and(quantized) {
+            continue;
+        }
+        if let Some((add, input)) = matmul_bias_add(graph, &readers, i) {
+            let (layer, bias) = (n.name.clone(), graph.nodes[add].inputs[input].clone());
+            let last_axis = true;
+            layers.insert(
+                n.outputs[0].clone(),
+                Biased {
+                    layer,
+                    bias,
+                    last_axis,
+                },
+            );
         }
     }
     layers
@@ -179,7 +226,7 @@ pub fn correct_biases_analytic(
     stats: &[BatchNormStats],
     means: &HashMap<String, Vec<f64>>,
 ) -> Result<Vec<Correction>> {
-    let layers = biased_layers(graph, plan);
+    let layers = analytic_layers(graph, plan);
     let stats: HashMap<&str, &BatchNormStats> =
         stats.iter().map(|s| (s.value.as_str(), s)).collect();
     let producers = graph.producers();
@@ -283,7 +330,7 @@ pub fn data_means(graph: &Graph, mut data: Dataset) -> Result<HashMap<String, Ve
 /// The inputs of planned biased layers whose E[x] no BatchNorm (`stats`) gives: the model's
 /// input, a layer after a max pool or an Add, a dense layer after a flatten.
 pub fn unknown_means(graph: &Graph, plan: &Plan, stats: &[BatchNormStats]) -> HashSet<String> {
-    let layers = biased_layers(graph, plan);
+    let layers = analytic_layers(graph, plan);
     let stats: HashMap<&str, &BatchNormStats> =
         stats.iter().map(|s| (s.value.as_str(), s)).collect();
     let producers = graph.producers();
@@ -344,19 +391,34 @@ pub fn rectified_mean(mu: f64, sigma: f64) -> f64 {
     sigma * pdf + mu * cdf
 }
 
-/// Which channel (axis 1) each element of a layer output of `shape` belongs to.
-fn channels(shape: &[usize]) -> std::result::Result<Layout, HookError> {
-    let g = if shape.len() >= 2 {
-        Granularity::PerAxis { axis: 1 }
-    } else {
-        Granularity::PerTensor
+/// The layers analytic correction reaches: those with a bias of their own. A MatMul's bias Add is
+/// left to empirical correction: its input's features are on the last axis, and the BatchNorm
+/// statistics and means taken here are per channel of axis 1.
+fn analytic_layers(graph: &Graph, plan: &Plan) -> HashMap<String, Biased> {
+    let mut layers = biased_layers(graph, plan);
+    layers.retain(|_, l| !l.last_axis);
+    layers
+}
+
+/// Which channel (axis 1, or the last axis with `last_axis`) each element of a layer output of
+/// `shape` belongs to.
+fn channels(shape: &[usize], last_axis: bool) -> std::result::Result<Layout, HookError> {
+    let g = match shape.len() {
+        0 | 1 => Granularity::PerTensor,
+        rank if last_axis => Granularity::PerAxis { axis: rank - 1 },
+        _ => Granularity::PerAxis { axis: 1 },
     };
     Ok(Layout::new(shape, g)?)
 }
 
-/// Sums of `v − r` per channel (axis 1) over every other axis, and the elements per channel.
-fn channel_error_sums(r: &Value, v: &Value) -> std::result::Result<Part, HookError> {
-    let layout = channels(v.shape())?;
+/// Sums of `v − r` per channel ([`channels`]) over every other axis, and the elements per
+/// channel.
+fn channel_error_sums(
+    r: &Value,
+    v: &Value,
+    last_axis: bool,
+) -> std::result::Result<Part, HookError> {
+    let layout = channels(v.shape(), last_axis)?;
     let mut sums = vec![0f64; layout.num_params()];
     r.with_f32s(|r| {
         v.with_f32s(|x| {
@@ -414,7 +476,12 @@ mod tests {
         };
         let layers = biased_layers(&graph, &plan);
         assert_eq!(layers.len(), 1);
-        assert_eq!(layers["d_y"], ("d".to_string(), "b3".to_string()));
+        let own = Biased {
+            layer: "d".into(),
+            bias: "b3".into(),
+            last_axis: false,
+        };
+        assert_eq!(layers["d_y"], own);
     }
 
     /// Two NHWC samples, [1, 2, 2, 3] each (channel c of pixel p holds 10·c + p + sample), as

@@ -48,6 +48,7 @@ use std::collections::{HashMap, HashSet};
 use zeropoint_core::{Granularity, Layout};
 use zeropoint_graph::canonicalize::BatchNormStats;
 use zeropoint_graph::graph::Names;
+use zeropoint_graph::pattern::matmul_bias_add;
 use zeropoint_graph::{Graph, Node, Op};
 use zeropoint_onnx::{DType, RawTensor};
 
@@ -264,40 +265,14 @@ enum BiasSite {
     Add { node: usize, input: usize },
 }
 
-/// The bias of layer `i`: its third input, or for a MatMul the float constant with one value per
-/// output channel, laid along the last axis, of the Add that alone reads its output (the constant
-/// read by nothing else, the output not a graph output).
-fn bias_site(
-    graph: &Graph,
-    consumers: &HashMap<String, Vec<usize>>,
-    outputs: &HashSet<&str>,
-    i: usize,
-) -> Option<BiasSite> {
-    let node = &graph.nodes[i];
-    if node.inputs.get(2).is_some_and(|b| !b.is_empty()) {
+/// The bias of layer `i`: its third input, or a MatMul's bias Add
+/// ([`zeropoint_graph::pattern::matmul_bias_add`]).
+fn bias_site(graph: &Graph, consumers: &HashMap<String, Vec<usize>>, i: usize) -> Option<BiasSite> {
+    if graph.nodes[i].inputs.get(2).is_some_and(|b| !b.is_empty()) {
         return Some(BiasSite::Input);
     }
-    let channels = match (&node.op, kind_of(graph, node)) {
-        (Op::MatMul, Some(Kind::Dense)) => graph.float_initializer(&node.inputs[1])?.shape[1],
-        _ => return None,
-    };
-    let value = &node.outputs[0];
-    let sole = |v: &str| match consumers.get(v).map(Vec::as_slice) {
-        Some(&[one]) => Some(one),
-        _ => None,
-    };
-    let add = sole(value).filter(|_| !outputs.contains(value.as_str()))?;
-    let a = &graph.nodes[add];
-    if a.op != Op::Add || a.inputs.len() != 2 || !a.subgraphs.is_empty() {
-        return None;
-    }
-    let input = usize::from(a.inputs[0] == *value);
-    let name = &a.inputs[input];
-    let t = graph.float_initializer(name)?;
-    let along_last =
-        t.shape.last() == Some(&channels) && t.shape.iter().rev().skip(1).all(|&d| d == 1);
-    (a.inputs[1 - input] == *value && along_last && t.len() == channels && sole(name) == Some(add))
-        .then_some(BiasSite::Add { node: add, input })
+    let (node, input) = matmul_bias_add(graph, consumers, i)?;
+    Some(BiasSite::Add { node, input })
 }
 
 /// The name of layer `i`'s bias at `site`.
@@ -378,7 +353,7 @@ fn find_chains(graph: &Graph, opts: Options) -> (Vec<Chain>, Vec<Refusal>) {
         if !bias_per_channel(graph, node, kind) || channel_scale(graph, node) {
             continue;
         }
-        let site = bias_site(graph, &consumers, &outputs, i);
+        let site = bias_site(graph, &consumers, i);
         match follow(graph, &consumers, &outputs, (i, site), opts) {
             Ok(chain) => {
                 let second = &graph.nodes[chain.second];
@@ -472,7 +447,7 @@ fn follow(
             let relu = !through.is_empty()
                 && (*ops[0] == Op::Relu || relu6.first() == Some(&through[0]))
                 && ops[1..].iter().all(|&op| *op == Op::MaxPool);
-            let second_bias = bias_site(graph, consumers, outputs, next);
+            let second_bias = bias_site(graph, consumers, next);
             return Ok(Chain {
                 first,
                 second: next,
