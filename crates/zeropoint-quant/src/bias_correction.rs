@@ -174,22 +174,25 @@ struct Biased {
 /// correction as a Conv's or Gemm's int32 bias does.
 fn biased_layers(graph: &Graph, plan: &Plan) -> HashMap<String, Biased> {
     let mut layers = HashMap::new();
+    let mut insert = |n: &zeropoint_graph::Node, bias: &str, last_axis: bool| {
+        let layer = n.name.clone();
+        let bias = bias.to_string();
+        layers.insert(
+            n.outputs[0].clone(),
+            Biased {
+                layer,
+                bias,
+                last_axis,
+            },
+        );
+    };
     let readers = graph.consumers();
     for site in &plan.biases {
         if readers.get(&site.name).is_some_and(|r| r.len() > 1) {
             continue;
         }
         if let Some(n) = graph.nodes.iter().find(|n| n.name == site.node) {
-            let (layer, bias) = (n.name.clone(), site.name.clone());
-            let last_axis = false;
-            layers.insert(
-                n.outputs[0].clone(),
-                Biased {
-                    layer,
-                    bias,
-                    last_axis,
-                },
-            );
+            insert(n, &site.name, false);
         }
     }
     let quantized = |v: &String| {
@@ -201,16 +204,7 @@ fn biased_layers(graph: &Graph, plan: &Plan) -> HashMap<String, Biased> {
             continue;
         }
         if let Some((add, input)) = matmul_bias_add(graph, &readers, i) {
-            let (layer, bias) = (n.name.clone(), graph.nodes[add].inputs[input].clone());
-            let last_axis = true;
-            layers.insert(
-                n.outputs[0].clone(),
-                Biased {
-                    layer,
-                    bias,
-                    last_axis,
-                },
-            );
+            insert(n, &graph.nodes[add].inputs[input], true);
         }
     }
     layers
