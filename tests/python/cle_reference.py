@@ -25,7 +25,8 @@ Conv → ReLU → BN → Conv branch, whose BN becomes a per-channel scale that 
 - linear layers applied to a sequence, as exporters write them (MatMul, then an Add of the bias,
   which canonicalization cannot make a Gemm): the Add's constant is the layer's bias, scaled
   with its channels, and absorption moves c into the next layer's bias Add but never into a
-  MatMul without one (`dense_bias_adds`).
+  MatMul without one (`dense_bias_adds`); a Gemm → ReLU → MatMul pair with high biases on the
+  data stays a valid model, the MatMul given no third input (`gemm_into_matmul`).
 """
 
 import json
@@ -335,6 +336,7 @@ def main():
     assert source == "calibration", source
     clipped_bias(zeropoint, out)
     dense_bias_adds(zeropoint, out)
+    gemm_into_matmul(zeropoint, out)
     print("cle reference: all checks passed")
 
 
@@ -455,6 +457,38 @@ def dense_bias_adds(zeropoint, out):
     assert moved == {"m1": int((c > 0).sum()), "m2": 0} and moved["m1"] >= 2, (moved, c)
     assert worst < 1e-5, worst
     diff = float(np.abs(before - run(dst, x)[0]).max() / np.abs(before).max())
+    assert diff < 1e-5, diff
+
+
+def gemm_into_matmul(zeropoint, out):
+    """x [N, 4] → Gemm (bias 20 on every channel) → ReLU → MatMul, with 1500 calibration samples
+    (past the 1000 values per channel absorption needs): c > 0 on every channel, but the MatMul
+    has no bias to take W₂·c. It used to be given a third input, which ONNX's checker rejects."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(0, 1, (4, 6)).astype(np.float32), rng.normal(0, 1, (6, 3)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["g"], name="gemm"),
+             helper.make_node("Relu", ["g"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="matmul")]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.full(6, 20.0, np.float32), "b1"),
+             numpy_helper.from_array(w2, "w2")]
+    graph = helper.make_graph(nodes, "gemm_matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    src, dst = out / "gemm_matmul.onnx", out / "gemm_matmul_eq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    x = rng.normal(0, 1, (1500, 4)).astype(np.float32)
+    np.save(out / "gemm_matmul_calib.npy", x)
+    p = subprocess.run([str(zeropoint), "equalize", str(src), "-o", str(dst), "--json", "--calib",
+                        str(out / "gemm_matmul_calib.npy")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    (pair,) = json.loads(p.stdout)["pairs"]
+    assert pair["absorbed_channels"] == 0 and "without a bias" in pair["absorption_skipped"], pair
+    model = onnx.load(dst)
+    onnx.checker.check_model(model, full_check=True)
+    got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    diff = float(np.abs(got - ref).max() / np.abs(ref).max())
+    print(f"Gemm → ReLU → MatMul: equalized, nothing absorbed into the MatMul, a valid model "
+          f"(max relative output difference {diff:.1e})")
     assert diff < 1e-5, diff
 
 
