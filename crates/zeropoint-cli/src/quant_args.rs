@@ -210,9 +210,10 @@ pub struct QuantArgs {
     pub no_bias_absorption: bool,
     /// Bias correction (Nagel et al. 2019). empirical (the default): each quantized layer's mean
     /// output error per channel, measured on calibration samples with the layers before it
-    /// quantized and corrected, is subtracted from its bias. analytic: the error the quantized
-    /// weights cause on the mean input that the preceding BatchNorm's statistics give (for a
-    /// layer reading the model's input, the calibration data's mean), without running the model.
+    /// quantized and corrected, is subtracted from its bias (a MatMul's: the constant of the Add
+    /// that follows it). analytic: the error the quantized weights cause on the mean input that
+    /// the preceding BatchNorm's statistics give (for a layer reading the model's input, the
+    /// calibration data's mean), without running the model; Conv and Gemm only.
     /// analytic-means: the same, and where no BatchNorm gives the mean input (after a max pool,
     /// a dense layer), the float model's mean on the calibration data (one float pass).
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "empirical")]
