@@ -274,7 +274,7 @@ pub fn optimize(p: &Problem, opts: &Options) -> candle_core::Result<Fit> {
         .iter()
         .map(|&h| f64::from(u8::from(h >= 0.5)))
         .collect();
-    let hard = if opts.settle && p.activation.is_none() {
+    let hard = if opts.settle {
         settled(p, &soft, &halfway)?
     } else {
         halfway.clone()
@@ -330,10 +330,13 @@ fn settled(p: &Problem, soft: &[f64], hard: &[f64]) -> candle_core::Result<Vec<f
 }
 
 /// Rounds `p`'s undecided weights (0 < h < 1 in `soft`; `hard` holds the rounding so far, 0 or
-/// 1 per weight) to whichever side gives the smaller error ‖W̃x̃ − Wx‖² on the positions in
-/// `span`: row by row, each undecided weight is turned over where that lowers its row's error,
-/// pass after pass until no turn does. Flipping weight j of a row by d changes the error by
+/// 1 per weight) to whichever side gives the smaller error on the positions in `span`
+/// (‖W̃x̃ − Wx‖², or through the layer's activation ‖f(W̃x̃ + b) − t‖²): row by row, each
+/// undecided weight is turned over where that lowers its row's error, pass after pass until no
+/// turn does. Without an activation, flipping weight j of a row by d changes the error by
 /// 2d·x_jᵀr + d²·‖x_j‖², with r the row's residual over the positions, which is what is kept.
+/// Through a clamp the change is not quadratic in d: the row's products W̃x̃ are kept, and each
+/// turn's error is taken anew at every position.
 fn settle(
     p: &Problem,
     soft: &[f64],
@@ -343,16 +346,17 @@ fn settle(
     let (k, n) = (p.cols, span.len());
     let (x, t) = p.span(span);
     let (w, _) = p.soft_weight(hard);
-    // Residuals x̃W̃ᵀ − Wx [n, rows], then transposed: a row's residual and an input's column
-    // are each one slice.
+    let act = p.activation.as_ref();
+    // Per row, transposed so that a row's values and an input's column are each one slice: the
+    // residuals x̃W̃ᵀ − Wx, or with an activation the products x̃W̃ᵀ and their targets.
+    let transposed = |m: Tensor| m.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>();
     let xs = Tensor::from_slice(x, (n, k), &Device::Cpu)?;
-    let r = xs
-        .matmul(&Tensor::from_slice(&w, (p.rows, k), &Device::Cpu)?.t()?)?
-        .sub(&Tensor::from_slice(t, (n, p.rows), &Device::Cpu)?)?
-        .t()?
-        .contiguous()?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let y = xs.matmul(&Tensor::from_slice(&w, (p.rows, k), &Device::Cpu)?.t()?)?;
+    let t = Tensor::from_slice(t, (n, p.rows), &Device::Cpu)?;
+    let (r, targets) = match act {
+        None => (transposed(y.sub(&t)?)?, Vec::new()),
+        Some(_) => (transposed(y)?, transposed(t)?),
+    };
     let columns = xs.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let norms: Vec<f64> = (columns.chunks(n.max(1)))
         .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum())
@@ -367,6 +371,22 @@ fn settle(
             .iter()
             .map(|&v| v.into())
             .collect();
+        let targets = targets.get(row * n..(row + 1) * n).unwrap_or_default();
+        // The change of the row's error if `residual` (the products, with an activation) moved
+        // by d·x.
+        let change = |residual: &[f64], x: &[f32], d: f64, norm: f64| -> f64 {
+            if act.is_none() {
+                let dot: f64 = x.iter().zip(residual).map(|(&x, r)| f64::from(x) * r).sum();
+                return 2.0 * d * dot + d * d * norm;
+            }
+            (residual.iter().zip(x).zip(targets))
+                .map(|((&y, &x), &t)| {
+                    let before = output_error(act, y, t.into(), row, false);
+                    let after = output_error(act, y + d * f64::from(x), t.into(), row, false);
+                    after * after - before * before
+                })
+                .sum()
+        };
         let mut weight: Vec<f64> = w[row * k..(row + 1) * k]
             .iter()
             .map(|&v| v.into())
@@ -378,12 +398,7 @@ fn settle(
                 let other = f64::from(p.on_grid(e, 1.0 - bits[j]).0);
                 let d = other - weight[j];
                 let xj = &columns[j * n..(j + 1) * n];
-                let dot: f64 = xj
-                    .iter()
-                    .zip(&residual)
-                    .map(|(&x, r)| f64::from(x) * r)
-                    .sum();
-                if d != 0.0 && 2.0 * d * dot + d * d * norms[j] < 0.0 {
+                if d != 0.0 && change(&residual, xj, d, norms[j]) < 0.0 {
                     for (r, &x) in residual.iter_mut().zip(xj) {
                         *r += d * f64::from(x);
                     }
@@ -727,11 +742,10 @@ mod tests {
 
     /// Settling turns only the undecided weights, never raises the error, and stops where no
     /// single undecided weight turned alone would lower it (checked through `loss`, candle's
-    /// products, not the residuals `settle` keeps).
+    /// products, not the residuals `settle` keeps), without an activation and through a Relu6.
     #[test]
     fn settling_turns_undecided_weights_until_no_turn_helps() {
-        for seed in 1..4 {
-            let p = problem(seed);
+        for (seed, p) in (1..4).flat_map(|seed| [(seed, problem(seed)), (seed, clamped(seed))]) {
             // Every third weight decided (0 or 1), the others anywhere between.
             let soft: Vec<f64> = (0..p.w.len())
                 .map(|e| match e % 3 {

@@ -236,7 +236,8 @@ pub struct AdaRoundOptions {
     /// bias included (the paper's eq. 25), or on its products W·x.
     pub through_activation: bool,
     /// Whether weights the fit leaves undecided are settled on the reconstruction error
-    /// (crate::adaround::settle) instead of rounded at h = ½. Linear loss only.
+    /// (crate::adaround::settle) instead of rounded at h = ½, with the loss the layer was
+    /// fitted on (through its activation where `through_activation` applies).
     pub settle: bool,
 }
 
